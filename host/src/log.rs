@@ -1,0 +1,113 @@
+//! Job logs: the lines a job's builder and its programs wrote, capped.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+
+/// Longest line kept; longer ones are cut with a marker, so one runaway
+/// line cannot use the whole budget.
+const MAX_LINE_BYTES: usize = 8 * 1024;
+
+/// The log of one job. Keeps at most `cap` lines: when full, the oldest
+/// line is dropped and the count of dropped lines is reported as the first
+/// line of every snapshot, so readers know the log is incomplete.
+#[derive(Debug)]
+pub struct JobLog {
+    cap: usize,
+    inner: Mutex<Lines>,
+}
+
+#[derive(Debug, Default)]
+struct Lines {
+    kept: VecDeque<String>,
+    dropped: u64,
+}
+
+impl JobLog {
+    pub fn new(cap: usize) -> Self {
+        JobLog {
+            cap: cap.max(1),
+            inner: Mutex::new(Lines::default()),
+        }
+    }
+
+    /// Appends `text`, one entry per line it contains.
+    pub fn push(&self, text: &str) {
+        let mut lines = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        for line in text.lines() {
+            let line = truncate(line.trim_end_matches('\r'));
+            if lines.kept.len() == self.cap {
+                lines.kept.pop_front();
+                lines.dropped += 1;
+            }
+            lines.kept.push_back(line);
+        }
+    }
+
+    /// The kept lines, oldest first, preceded by a marker when some were
+    /// dropped.
+    pub fn snapshot(&self) -> Vec<String> {
+        let lines = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let marker = (lines.dropped > 0).then(|| {
+            format!(
+                "[helix] {} earlier log lines dropped (log cap {})",
+                lines.dropped, self.cap
+            )
+        });
+        marker
+            .into_iter()
+            .chain(lines.kept.iter().cloned())
+            .collect()
+    }
+}
+
+fn truncate(line: &str) -> String {
+    if line.len() <= MAX_LINE_BYTES {
+        return line.to_string();
+    }
+    let mut end = MAX_LINE_BYTES;
+    while !line.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!(
+        "{} [helix] line cut at {MAX_LINE_BYTES} bytes",
+        &line[..end]
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_order_and_splits_lines() {
+        let log = JobLog::new(10);
+        log.push("one\ntwo\r\n");
+        log.push("three");
+        assert_eq!(log.snapshot(), ["one", "two", "three"]);
+    }
+
+    #[test]
+    fn drops_oldest_over_cap_with_marker() {
+        let log = JobLog::new(3);
+        for i in 0..10 {
+            log.push(&format!("line {i}"));
+        }
+        let lines = log.snapshot();
+        assert_eq!(lines.len(), 4);
+        assert!(
+            lines[0].contains("7 earlier log lines dropped"),
+            "{}",
+            lines[0]
+        );
+        assert_eq!(&lines[1..], ["line 7", "line 8", "line 9"]);
+    }
+
+    #[test]
+    fn cuts_long_lines_on_a_char_boundary() {
+        let log = JobLog::new(2);
+        log.push(&"é".repeat(MAX_LINE_BYTES));
+        let line = &log.snapshot()[0];
+        assert!(line.ends_with("line cut at 8192 bytes"));
+        assert!(line.len() < MAX_LINE_BYTES + 64);
+    }
+}

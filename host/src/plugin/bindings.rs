@@ -1,0 +1,19 @@
+//! Host bindings generated from `wit/`, the single source of the plugin
+//! contract.
+
+wasmtime::component::bindgen!({
+    path: "../wit",
+    world: "helix:build/builder",
+    imports: { "helix:build/command-runner.run": async },
+    exports: { default: async },
+});
+
+pub use exports::helix::build::builder_info::Metadata;
+pub use helix::build::command_runner;
+pub use helix::build::job_context;
+pub use helix::build::types::{BuildArg, Platform};
+
+/// The version of `helix:build` this host implements, from `wit/world.wit`.
+pub const WIT_VERSION: &str = "0.1.0";
+/// The WIT package name, without version.
+pub const WIT_PACKAGE: &str = "helix:build";

@@ -1,0 +1,330 @@
+//! One loaded builder: its metadata, and running a job in a fresh instance.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use wasmtime::{Engine, Store, Trap};
+
+use super::bindings::{self, BuildError, BuildOutput, BuilderPre};
+use super::host::{JobHost, JobHostParts};
+use super::{BuilderInfo, BuilderSource, Limits};
+use crate::cancel::CancelSignal;
+use crate::job::{BuildResult, FailureKind, Job, Outcome};
+use crate::log::JobLog;
+
+/// How long a builder's `info` export may take at load time.
+const INFO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Lines kept from `info`'s output for an error message.
+const INFO_LOG_LINES: usize = 50;
+
+/// What a job run is given besides the job itself.
+pub struct RunContext {
+    /// Receives the builder's log lines and its stdout/stderr.
+    pub log: Arc<JobLog>,
+    /// Ends the run (and the instance) as soon as it fires.
+    pub cancel: CancelSignal,
+    /// An existing, empty directory: the builder's only preopened directory.
+    pub workspace: PathBuf,
+}
+
+/// A builder ready to run jobs. Each run gets a fresh instance from the
+/// pre-instantiated component, in its own store, so nothing one job does can
+/// leak into the next.
+pub struct Builder {
+    info: BuilderInfo,
+    name: Arc<str>,
+    engine: Engine,
+    pre: BuilderPre<JobHost>,
+    limits: Limits,
+    settings: Arc<BTreeMap<String, String>>,
+}
+
+/// Why a call into the guest did not return a value.
+enum CallError {
+    Instantiate(wasmtime::Error),
+    Trap(wasmtime::Error),
+}
+
+impl Builder {
+    /// Wraps a linked component, asking it for its `info`.
+    pub(super) async fn new(
+        engine: Engine,
+        pre: BuilderPre<JobHost>,
+        source: BuilderSource,
+    ) -> Result<Self, String> {
+        use sha2::Digest as _;
+        let component_digest = format!(
+            "sha256:{}",
+            hex::encode(sha2::Sha256::digest(&source.bytes))
+        );
+        let mut builder = Builder {
+            info: BuilderInfo {
+                name: source.name.clone(),
+                plugin_name: String::new(),
+                version: String::new(),
+                description: String::new(),
+                simulated: false,
+                component_digest,
+                origin: source.origin.to_string(),
+                limits: source.limits,
+            },
+            name: source.name.as_str().into(),
+            engine,
+            pre,
+            limits: source.limits,
+            settings: Arc::new(source.settings),
+        };
+        let metadata = builder.call_info().await?;
+        builder.info.plugin_name = metadata.name;
+        builder.info.version = metadata.version;
+        builder.info.description = metadata.description;
+        builder.info.simulated = metadata.simulated;
+        Ok(builder)
+    }
+
+    pub fn info(&self) -> &BuilderInfo {
+        &self.info
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    fn new_store(&self, host: JobHost) -> Store<JobHost> {
+        let mut store = Store::new(&self.engine, host);
+        store.limiter(|host| &mut host.memory);
+        // Yield to the async runtime at every epoch tick: a guest that never
+        // calls the host still lets other jobs run and can be timed out.
+        store.epoch_deadline_async_yield_and_update(1);
+        store
+    }
+
+    async fn call_info(&self) -> Result<bindings::Metadata, String> {
+        let log = Arc::new(JobLog::new(INFO_LOG_LINES));
+        let host = JobHost::new(JobHostParts {
+            builder: self.name.clone(),
+            log: log.clone(),
+            cancel: CancelSignal::new(),
+            settings: self.settings.clone(),
+            workspace: None,
+            memory_limit: self.limits.memory_bytes,
+        })
+        .map_err(|e| e.to_string())?;
+        let mut store = self.new_store(host);
+        let call = async {
+            let instance = self.pre.instantiate_async(&mut store).await?;
+            instance
+                .helix_build_builder_info()
+                .call_info(&mut store)
+                .await
+        };
+        match tokio::time::timeout(INFO_TIMEOUT, call).await {
+            Ok(Ok(metadata)) => Ok(metadata),
+            Ok(Err(e)) => Err(format!("{}: {e:#}", log.snapshot().join(" / "))),
+            Err(_) => Err(format!(
+                "it did not return within {}s",
+                INFO_TIMEOUT.as_secs()
+            )),
+        }
+    }
+
+    /// Runs `job` to an outcome. Never panics and never leaves the job
+    /// undecided: a trap, a limit, cancellation or an invalid result each
+    /// become an outcome whose error says what happened.
+    pub async fn run(&self, job: &Job, ctx: RunContext) -> Outcome {
+        let host = match JobHost::new(JobHostParts {
+            builder: self.name.clone(),
+            log: ctx.log.clone(),
+            cancel: ctx.cancel.clone(),
+            settings: self.settings.clone(),
+            workspace: Some(&ctx.workspace),
+            memory_limit: self.limits.memory_bytes,
+        }) {
+            Ok(host) => host,
+            Err(e) => {
+                return Outcome::failed(
+                    FailureKind::Host,
+                    format!(
+                        "could not open the job workspace {}: {e}",
+                        ctx.workspace.display()
+                    ),
+                );
+            }
+        };
+        let mut store = self.new_store(host);
+        let wit_job = to_wit(job);
+        let started = Instant::now();
+        let call = async {
+            let instance = self
+                .pre
+                .instantiate_async(&mut store)
+                .await
+                .map_err(CallError::Instantiate)?;
+            tracing::debug!(
+                builder = %self.name,
+                micros = started.elapsed().as_micros() as u64,
+                "instantiated builder"
+            );
+            instance
+                .call_build(&mut store, &wit_job)
+                .await
+                .map_err(CallError::Trap)
+        };
+        // Dropping the call future abandons the instance; the store goes
+        // with it, so a cancelled or timed-out instance is never reused.
+        let returned = tokio::select! {
+            biased;
+            reason = ctx.cancel.cancelled() => return Outcome::Cancelled { reason },
+            returned = tokio::time::timeout(self.limits.timeout, call) => returned,
+        };
+        let stderr_tail = store.data().stderr.finish();
+        store.data().stdout.finish();
+        let memory_limit_hit = store.data().memory.was_hit();
+        match returned {
+            Err(_elapsed) => Outcome::TimedOut {
+                message: format!(
+                    "builder '{}' ran longer than its limit of {}s (builders.{}.timeout_secs)",
+                    self.name,
+                    self.limits.timeout.as_secs(),
+                    self.name
+                ),
+            },
+            Ok(Ok(Ok(output))) => self.validate(job, output),
+            Ok(Ok(Err(error))) => self.build_error(error, &ctx.cancel),
+            Ok(Err(_)) if memory_limit_hit => Outcome::failed(
+                FailureKind::Limit,
+                format!(
+                    "builder '{}' needed more memory than its limit of {} MiB (builders.{}.memory_mib)",
+                    self.name,
+                    self.limits.memory_bytes >> 20,
+                    self.name
+                ),
+            ),
+            Ok(Err(CallError::Instantiate(e))) if e.downcast_ref::<Trap>().is_none() => {
+                Outcome::failed(
+                    FailureKind::Host,
+                    format!("could not start builder '{}': {e:#}", self.name),
+                )
+            }
+            Ok(Err(CallError::Instantiate(e) | CallError::Trap(e))) => Outcome::failed(
+                FailureKind::Plugin,
+                format!(
+                    "builder '{}' crashed: {}",
+                    self.name,
+                    crash_message(&e, &stderr_tail)
+                ),
+            ),
+        }
+    }
+
+    fn validate(&self, job: &Job, output: BuildOutput) -> Outcome {
+        let platform_digests = output
+            .manifest
+            .into_iter()
+            .map(|entry| (platform_string(&entry.platform), entry.digest))
+            .collect();
+        match BuildResult::validate(
+            output.image_tag,
+            output.digest,
+            platform_digests,
+            &job.platforms,
+        ) {
+            Ok(result) => Outcome::Succeeded(result),
+            Err(message) => Outcome::failed(
+                FailureKind::Plugin,
+                format!("builder '{}' {message}", self.name),
+            ),
+        }
+    }
+
+    fn build_error(&self, error: BuildError, cancel: &CancelSignal) -> Outcome {
+        let (kind, message) = match error {
+            BuildError::Cancelled if cancel.is_cancelled() => {
+                return Outcome::Cancelled {
+                    reason: cancel.reason(),
+                };
+            }
+            BuildError::Cancelled => (
+                FailureKind::Plugin,
+                format!(
+                    "builder '{}' reported the job cancelled, but nobody cancelled it",
+                    self.name
+                ),
+            ),
+            BuildError::InvalidJob(m) => (FailureKind::InvalidJob, m),
+            BuildError::Source(m) => (FailureKind::Source, m),
+            BuildError::Build(m) => (FailureKind::Build, m),
+            BuildError::Registry(m) => (FailureKind::Registry, m),
+            BuildError::Denied(m) => (FailureKind::Denied, m),
+            BuildError::Internal(m) => {
+                (FailureKind::Plugin, format!("builder '{}': {m}", self.name))
+            }
+        };
+        Outcome::failed(kind, message)
+    }
+}
+
+/// The panic message a Rust guest printed, or the last lines of stderr,
+/// followed by the trap itself.
+fn crash_message(error: &wasmtime::Error, stderr_tail: &[String]) -> String {
+    let panic_start = stderr_tail.iter().rposition(|l| l.contains("panicked at"));
+    let said: Vec<&str> = match panic_start {
+        Some(i) => stderr_tail[i..].iter().map(String::as_str).collect(),
+        None => stderr_tail
+            .iter()
+            .rev()
+            .take(3)
+            .rev()
+            .map(String::as_str)
+            .collect(),
+    };
+    let said: Vec<&str> = said
+        .into_iter()
+        .filter(|l| !l.starts_with("note: run with `RUST_BACKTRACE"))
+        .collect();
+    let cause = match error.downcast_ref::<Trap>() {
+        Some(trap) => format!("wasm trap: {trap}"),
+        None => format!("{error:#}"),
+    };
+    if said.is_empty() {
+        cause
+    } else {
+        format!("{} ({cause})", said.join(" "))
+    }
+}
+
+fn to_wit(job: &Job) -> bindings::Job {
+    bindings::Job {
+        id: job.id.to_string(),
+        repo_url: job.repo_url.clone(),
+        git_ref: job.git_ref.clone(),
+        dockerfile_path: job.dockerfile_path.clone(),
+        build_args: job
+            .build_args
+            .iter()
+            .map(|(name, value)| bindings::BuildArg {
+                name: name.clone(),
+                value: value.clone(),
+            })
+            .collect(),
+        platforms: job
+            .platforms
+            .iter()
+            .map(|p| bindings::Platform {
+                os: p.os().to_string(),
+                arch: p.arch().to_string(),
+                variant: p.variant().map(str::to_string),
+            })
+            .collect(),
+        image: job.image.clone(),
+    }
+}
+
+fn platform_string(p: &bindings::Platform) -> String {
+    match &p.variant {
+        Some(variant) => format!("{}/{}/{variant}", p.os, p.arch),
+        None => format!("{}/{}", p.os, p.arch),
+    }
+}

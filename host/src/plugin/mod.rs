@@ -1,0 +1,225 @@
+//! The plugin runtime: loads builder components into one engine, checks they
+//! speak this host's `helix:build` version, and runs each job in a fresh
+//! instance under the builder's memory and time limits.
+
+mod bindings;
+mod builder;
+mod cache;
+mod contract;
+mod engine;
+mod host;
+mod output;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use wasmtime::Engine;
+use wasmtime::component::{HasSelf, Linker};
+
+pub use bindings::WIT_VERSION;
+pub use builder::{Builder, RunContext};
+pub use cache::{CacheUse, ComponentCache};
+pub use engine::PoolSizing;
+
+use host::JobHost;
+
+/// A builder component to load and how to run it.
+#[derive(Debug, Clone)]
+pub struct BuilderSource {
+    /// The name jobs use to pick this builder (the config key).
+    pub name: String,
+    pub origin: Origin,
+    pub bytes: Arc<[u8]>,
+    pub limits: Limits,
+    /// Operator settings the builder reads through `job-context.setting`.
+    pub settings: BTreeMap<String, String>,
+}
+
+/// Where a component came from, for messages and `/v1/builders`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// Compiled into this binary.
+    BuiltIn,
+    /// Read from a file named in the config.
+    File(PathBuf),
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Origin::BuiltIn => f.write_str("built-in"),
+            Origin::File(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+/// Per-builder resource limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Limits {
+    /// Largest linear memory the builder may grow to.
+    pub memory_bytes: usize,
+    /// Wall-clock limit on one job, instantiation included.
+    #[serde(serialize_with = "as_secs")]
+    pub timeout: Duration,
+}
+
+fn as_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
+}
+
+/// What the host knows about a loaded builder.
+#[derive(Debug, Clone, Serialize)]
+pub struct BuilderInfo {
+    /// The name jobs use.
+    pub name: String,
+    /// The name the component gives itself.
+    pub plugin_name: String,
+    pub version: String,
+    pub description: String,
+    pub simulated: bool,
+    /// SHA-256 of the component bytes.
+    pub component_digest: String,
+    pub origin: String,
+    pub limits: Limits,
+}
+
+/// How loading one builder went, for operators and measurements.
+#[derive(Debug, Clone)]
+pub struct LoadReport {
+    pub builder: String,
+    pub cache: CacheUse,
+    /// Compile-or-deserialize plus linking, excluding the `info` call.
+    pub elapsed: Duration,
+}
+
+/// A component that could not become a builder.
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError {
+    #[error("builder '{name}' ({origin}): not a valid WebAssembly component: {message}")]
+    Invalid {
+        name: String,
+        origin: Origin,
+        message: String,
+    },
+    #[error("builder '{name}' ({origin}): {message}")]
+    Incompatible {
+        name: String,
+        origin: Origin,
+        message: String,
+    },
+    #[error("builder '{name}' ({origin}): its `info` export failed: {message}")]
+    Info {
+        name: String,
+        origin: Origin,
+        message: String,
+    },
+    #[error("cannot set up the WebAssembly engine: {0}")]
+    Engine(String),
+}
+
+/// All loaded builders, sharing one engine and one linker.
+pub struct PluginRuntime {
+    builders: BTreeMap<String, Arc<Builder>>,
+    reports: Vec<LoadReport>,
+}
+
+impl PluginRuntime {
+    /// Loads every source, compiling through `cache`. Fails on the first
+    /// component that cannot be a builder, naming it.
+    pub async fn load(
+        sources: Vec<BuilderSource>,
+        cache: &ComponentCache,
+        sizing: PoolSizing,
+    ) -> Result<Self, PluginError> {
+        let engine =
+            engine::new_engine(sizing).map_err(|e| PluginError::Engine(format!("{e:#}")))?;
+        let linker = new_linker(&engine).map_err(|e| PluginError::Engine(format!("{e:#}")))?;
+        let mut builders = BTreeMap::new();
+        let mut reports = Vec::new();
+        for source in sources {
+            let (builder, report) = load_one(&engine, &linker, cache, source).await?;
+            tracing::info!(
+                builder = %report.builder,
+                cache = ?report.cache,
+                elapsed_ms = report.elapsed.as_secs_f64() * 1e3,
+                "loaded builder"
+            );
+            builders.insert(builder.info().name.clone(), Arc::new(builder));
+            reports.push(report);
+        }
+        Ok(PluginRuntime { builders, reports })
+    }
+
+    pub fn builder(&self, name: &str) -> Option<Arc<Builder>> {
+        self.builders.get(name).cloned()
+    }
+
+    /// Loaded builders in name order.
+    pub fn builders(&self) -> impl Iterator<Item = &Arc<Builder>> {
+        self.builders.values()
+    }
+
+    pub fn names(&self) -> Vec<&str> {
+        self.builders.keys().map(String::as_str).collect()
+    }
+
+    pub fn load_reports(&self) -> &[LoadReport] {
+        &self.reports
+    }
+}
+
+fn new_linker(engine: &Engine) -> wasmtime::Result<Linker<JobHost>> {
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    bindings::Builder::add_to_linker::<JobHost, HasSelf<JobHost>>(&mut linker, |host| host)?;
+    Ok(linker)
+}
+
+async fn load_one(
+    engine: &Engine,
+    linker: &Linker<JobHost>,
+    cache: &ComponentCache,
+    source: BuilderSource,
+) -> Result<(Builder, LoadReport), PluginError> {
+    let started = Instant::now();
+    let name = source.name.clone();
+    let origin = source.origin.clone();
+    let invalid = |message: String| PluginError::Invalid {
+        name: name.clone(),
+        origin: origin.clone(),
+        message,
+    };
+    let (component, cache_use) = cache
+        .load(engine, &source.bytes)
+        .map_err(|e| invalid(format!("{e:#}")))?;
+    contract::check(engine, &component).map_err(|message| PluginError::Incompatible {
+        name: name.clone(),
+        origin: origin.clone(),
+        message,
+    })?;
+    let pre = linker
+        .instantiate_pre(&component)
+        .and_then(bindings::BuilderPre::new)
+        .map_err(|e| PluginError::Incompatible {
+            name: name.clone(),
+            origin: origin.clone(),
+            message: format!("it needs imports this host does not provide: {e:#}"),
+        })?;
+    let elapsed = started.elapsed();
+    let builder = Builder::new(engine.clone(), pre, source)
+        .await
+        .map_err(|message| PluginError::Info {
+            name: name.clone(),
+            origin: origin.clone(),
+            message,
+        })?;
+    let report = LoadReport {
+        builder: name,
+        cache: cache_use,
+        elapsed,
+    };
+    Ok((builder, report))
+}

@@ -1,0 +1,154 @@
+//! Image references: `[registry[:port]/]path[:tag][@digest]`.
+
+use crate::manifest::Digest;
+
+/// Checks that `input` is an image reference a registry client accepts:
+/// an optional registry host (with a `.` or `:`, or `localhost`), a path of
+/// lower-case components (`[a-z0-9]+([._-][a-z0-9]+)*`, `/`-separated), an
+/// optional tag (`[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`) and an optional
+/// `@sha256:` digest. Returns a message saying what is wrong otherwise.
+pub fn validate_image_ref(input: &str) -> Result<(), String> {
+    if input.is_empty() || input.len() > 512 {
+        return Err("must be 1 to 512 characters".into());
+    }
+    let (rest, digest) = match input.split_once('@') {
+        Some((rest, digest)) => (rest, Some(digest)),
+        None => (input, None),
+    };
+    if let Some(digest) = digest {
+        Digest::parse(digest).map_err(|e| e.to_string())?;
+    }
+    // A ':' after the last '/' starts the tag; one before it is a port.
+    let last_slash = rest.rfind('/').map_or(0, |i| i + 1);
+    let (name, tag) = match rest[last_slash..].rfind(':') {
+        Some(i) => (&rest[..last_slash + i], Some(&rest[last_slash + i + 1..])),
+        None => (rest, None),
+    };
+    if let Some(tag) = tag {
+        let ok = !tag.is_empty()
+            && tag.len() <= 128
+            && !tag.starts_with(['.', '-'])
+            && tag
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+        if !ok {
+            return Err(format!(
+                "tag {tag:?} must be 1 to 128 letters, digits, '_', '.' or '-', not starting with '.' or '-'"
+            ));
+        }
+    }
+    let mut components: Vec<&str> = name.split('/').collect();
+    let first = components[0];
+    let has_registry = components.len() > 1 && (first.contains(['.', ':']) || first == "localhost");
+    if has_registry {
+        validate_registry(first)?;
+        components.remove(0);
+    }
+    for component in components {
+        if !is_path_component(component) {
+            return Err(format!(
+                "name component {component:?} must be lower-case letters and digits, \
+                 separated by single '.', '_', '__' or '-'"
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn validate_registry(host: &str) -> Result<(), String> {
+    let (name, port) = match host.rsplit_once(':') {
+        Some((name, port)) => (name, Some(port)),
+        None => (host, None),
+    };
+    let name_ok = !name.is_empty()
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok_and(|p| p > 0));
+    if name_ok && port_ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "registry {host:?} must be a host name with an optional port"
+        ))
+    }
+}
+
+fn is_path_component(component: &str) -> bool {
+    let bytes = component.as_bytes();
+    let alnum = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    if bytes.is_empty() || !alnum(&bytes[0]) || !alnum(&bytes[bytes.len() - 1]) {
+        return false;
+    }
+    // Separators: '.', '_', '__', or any run of '-'; never two other separators in a row.
+    let mut previous_separator: Option<u8> = None;
+    let mut run = 0;
+    for &b in bytes {
+        if alnum(&b) {
+            previous_separator = None;
+            run = 0;
+            continue;
+        }
+        if !matches!(b, b'.' | b'_' | b'-') {
+            return false;
+        }
+        run += 1;
+        let allowed = match previous_separator {
+            None => true,
+            Some(b'_') => b == b'_' && run == 2,
+            Some(b'-') => b == b'-',
+            Some(_) => false,
+        };
+        if !allowed {
+            return false;
+        }
+        previous_separator = Some(b);
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_common_references() {
+        let digest = format!("sha256:{}", "a".repeat(64));
+        for input in [
+            "alpine".to_string(),
+            "library/alpine:3.19".into(),
+            "localhost:5000/team/app".into(),
+            "127.0.0.1:5000/team/app:v1.2.3".into(),
+            "registry.example.com/a/b/c:latest".into(),
+            "simulated.invalid/helix-simulated:Job_1.x".into(),
+            "my__app/x--y".into(),
+            format!("localhost/app@{digest}"),
+            format!("localhost/app:1@{digest}"),
+        ] {
+            assert_eq!(validate_image_ref(&input), Ok(()), "{input}");
+        }
+    }
+
+    #[test]
+    fn refuses_malformed_references() {
+        for input in [
+            "",
+            "UPPER/app",
+            "app:",
+            "app:-tag",
+            "localhost:99999/app",
+            "/app",
+            "app/",
+            "a..b",
+            "a___b",
+            "app@sha256:short",
+            "app:tag with space",
+            "-app",
+        ] {
+            assert!(validate_image_ref(input).is_err(), "{input}");
+        }
+    }
+}

@@ -1,10 +1,18 @@
 //! Helix Build: build orchestration with sandboxed WebAssembly builders.
+//!
+//! A job goes: [`api`] → [`service`] (queue, workers) → [`plugin`] (a
+//! fresh wasm instance of the job's builder) → an [`job::Outcome`] the
+//! service records.
 
+pub mod api;
+pub mod app;
 pub mod builtin;
 pub mod cancel;
+pub mod config;
 pub mod job;
 pub mod log;
 pub mod manifest;
 pub mod platform;
 pub mod plugin;
 pub mod reference;
+pub mod service;

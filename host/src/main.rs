@@ -1,1 +1,93 @@
-fn main() {}
+//! The `helix-build` command.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use helix_build::config::Config;
+use helix_build::{api, app};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(name = "helix-build", version, about = "Build orchestration with sandboxed WebAssembly builders")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the build service and its HTTP API.
+    Serve {
+        /// Config file (TOML). Without one, every setting has its default.
+        #[arg(long, env = "HELIX_CONFIG")]
+        config: Option<PathBuf>,
+        /// Listen address, overriding the config file's `listen`.
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve { config, listen } => serve(config, listen).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("helix-build: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: Option<PathBuf>, listen: Option<std::net::SocketAddr>) -> Result<(), String> {
+    let mut config = match config {
+        Some(path) => Config::from_file(&path).map_err(|e| e.to_string())?,
+        None => Config::default().validated().map_err(|e| e.to_string())?,
+    };
+    if let Some(listen) = listen {
+        config.listen = listen;
+    }
+    let service = app::start(&config).await.map_err(|e| e.to_string())?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e} (choose another with --listen)", config.listen))?;
+    let address = listener.local_addr().map_err(|e| e.to_string())?;
+    tracing::info!(%address, data_dir = %config.data_dir.display(), "helix-build listening");
+    // Printed on stdout so scripts (and the tests) can find an ephemeral port.
+    println!("listening on http://{address}");
+    axum::serve(listener, api::router(service.clone()))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .map_err(|e| format!("HTTP server failed: {e}"))?;
+    tracing::info!("shutting down: waiting for running jobs");
+    service.stop(app::stop_grace(&config)).await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -62,12 +62,12 @@ pub struct Limits {
     /// Largest linear memory the builder may grow to.
     pub memory_bytes: usize,
     /// Wall-clock limit on one job, instantiation included.
-    #[serde(serialize_with = "as_secs")]
+    #[serde(rename = "timeout_secs", serialize_with = "as_secs")]
     pub timeout: Duration,
 }
 
 fn as_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_f64(d.as_secs_f64())
+    s.serialize_u64(d.as_secs())
 }
 
 /// What the host knows about a loaded builder.

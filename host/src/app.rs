@@ -1,0 +1,55 @@
+//! Putting the parts together: from a [`Config`] to a running service.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::{Config, ConfigError};
+use crate::job::SubmitPolicy;
+use crate::plugin::{ComponentCache, PluginError, PluginRuntime, PoolSizing};
+use crate::service::{Service, ServiceConfig};
+
+/// Builder instances allowed beyond one per worker: load-time `info` calls
+/// and `plugin check` need their own.
+const SPARE_INSTANCES: usize = 4;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Plugin(#[from] PluginError),
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir { path: String, source: std::io::Error },
+}
+
+/// Loads every configured builder and starts the service's workers.
+pub async fn start(config: &Config) -> Result<Service, StartError> {
+    for dir in [config.data_dir.clone(), config.workspace_dir()] {
+        std::fs::create_dir_all(&dir).map_err(|source| StartError::DataDir {
+            path: dir.display().to_string(),
+            source,
+        })?;
+    }
+    let sources = config.builder_sources()?;
+    let sizing = PoolSizing {
+        instances: u32::try_from(config.workers + SPARE_INSTANCES).unwrap_or(u32::MAX),
+        max_memory_bytes: sources.iter().map(|s| s.limits.memory_bytes).max().unwrap_or(0),
+    };
+    let runtime = PluginRuntime::load(sources, &ComponentCache::new(config.cache_dir()), sizing).await?;
+    let service_config = ServiceConfig {
+        workers: config.workers,
+        queue_capacity: config.queue_capacity,
+        default_builder: config.default_builder.clone(),
+        submit_policy: SubmitPolicy {
+            allow_file_repos: config.allow_file_repos,
+        },
+        log_cap_lines: config.log_cap_lines,
+        workspace_dir: config.workspace_dir(),
+    };
+    Ok(Service::start(service_config, Arc::new(runtime)))
+}
+
+/// How long running jobs get on shutdown.
+pub fn stop_grace(config: &Config) -> Duration {
+    Duration::from_secs(config.stop_grace_secs)
+}

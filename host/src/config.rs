@@ -1,0 +1,302 @@
+//! The configuration file: one TOML document, every field defaulted, unknown
+//! fields refused by name.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::builtin;
+use crate::plugin::{BuilderSource, Limits, Origin};
+
+/// The whole configuration. `Config::default()` is what `helix-build serve`
+/// runs with when no file is given.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address the HTTP API listens on; loopback unless the operator says
+    /// otherwise.
+    pub listen: SocketAddr,
+    /// Where compiled components, job workspaces (and later the store) live.
+    pub data_dir: PathBuf,
+    /// Jobs run at the same time.
+    pub workers: usize,
+    /// Queued jobs accepted before submissions are refused.
+    pub queue_capacity: usize,
+    /// Builder used when a job names none.
+    pub default_builder: String,
+    /// Whether jobs may use `file://` repository URLs.
+    pub allow_file_repos: bool,
+    /// Log lines kept per job; older lines are dropped with a marker.
+    pub log_cap_lines: usize,
+    /// On shutdown, how long running jobs get to finish before they are
+    /// cancelled.
+    pub stop_grace_secs: u64,
+    /// Builders by the name jobs use. The built-in `simulated` builder is
+    /// always available unless an entry of that name replaces it.
+    pub builders: BTreeMap<String, BuilderConfig>,
+}
+
+/// One builder's component, limits and settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BuilderConfig {
+    /// A `.wasm` component file; absent means the built-in builder of the
+    /// same name.
+    pub component: Option<PathBuf>,
+    /// Largest linear memory the builder may use, in MiB.
+    pub memory_mib: u64,
+    /// Wall-clock limit on one job, in seconds.
+    pub timeout_secs: u64,
+    /// Values the builder reads through `job-context.setting`.
+    pub settings: BTreeMap<String, String>,
+}
+
+const MAX_WORKERS: usize = 256;
+const MAX_MEMORY_MIB: u64 = 16 * 1024;
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: default_data_dir(),
+            workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            queue_capacity: 1000,
+            default_builder: "simulated".into(),
+            allow_file_repos: false,
+            log_cap_lines: 10_000,
+            stop_grace_secs: 30,
+            builders: BTreeMap::new(),
+        }
+    }
+}
+
+impl Default for BuilderConfig {
+    fn default() -> Self {
+        BuilderConfig {
+            component: None,
+            memory_mib: 512,
+            timeout_secs: 3600,
+            settings: BTreeMap::new(),
+        }
+    }
+}
+
+/// A configuration that cannot be used; the message names the field.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let config: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        config.validated()
+    }
+
+    /// Checks values serde cannot: ranges, names, references between fields.
+    pub fn validated(self) -> Result<Self, ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if !(1..=MAX_WORKERS).contains(&self.workers) {
+            return invalid(format!("workers must be 1 to {MAX_WORKERS}, got {}", self.workers));
+        }
+        if self.queue_capacity == 0 {
+            return invalid("queue_capacity must be at least 1".into());
+        }
+        if self.log_cap_lines == 0 {
+            return invalid("log_cap_lines must be at least 1".into());
+        }
+        for (name, builder) in &self.builders {
+            let valid_name = name
+                .bytes()
+                .next()
+                .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+                && name.len() <= 64
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+            if !valid_name {
+                return invalid(format!(
+                    "builders.{name}: builder names must be 1 to 64 lower-case letters, digits, '-' or '_'"
+                ));
+            }
+            if !(1..=MAX_MEMORY_MIB).contains(&builder.memory_mib) {
+                return invalid(format!(
+                    "builders.{name}.memory_mib must be 1 to {MAX_MEMORY_MIB}, got {}",
+                    builder.memory_mib
+                ));
+            }
+            if builder.timeout_secs == 0 {
+                return invalid(format!("builders.{name}.timeout_secs must be at least 1"));
+            }
+            if builder.component.is_none() && builtin::component(name).is_none() {
+                return invalid(format!(
+                    "builders.{name}.component is missing, and there is no built-in builder called '{name}' \
+                     (built-in: {})",
+                    builtin::names().collect::<Vec<_>>().join(", ")
+                ));
+            }
+        }
+        if !self.builder_configs().contains_key(&self.default_builder) {
+            return invalid(format!(
+                "default_builder '{}' is not a configured or built-in builder",
+                self.default_builder
+            ));
+        }
+        Ok(self)
+    }
+
+    /// Every builder to load: the configured ones plus each built-in that no
+    /// entry replaces.
+    pub fn builder_configs(&self) -> BTreeMap<String, BuilderConfig> {
+        let mut all = self.builders.clone();
+        for name in builtin::names() {
+            all.entry(name.to_string()).or_default();
+        }
+        all
+    }
+
+    /// Reads each builder's component (embedded or from its file).
+    pub fn builder_sources(&self) -> Result<Vec<BuilderSource>, ConfigError> {
+        self.builder_configs()
+            .into_iter()
+            .map(|(name, builder)| {
+                let (origin, bytes): (Origin, Arc<[u8]>) = match &builder.component {
+                    Some(path) => {
+                        let bytes = std::fs::read(path).map_err(|e| {
+                            ConfigError::Invalid(format!(
+                                "builders.{name}.component: cannot read {}: {e}",
+                                path.display()
+                            ))
+                        })?;
+                        (Origin::File(path.clone()), bytes.into())
+                    }
+                    None => {
+                        let bytes = builtin::component(&name).expect("validated: built-in exists");
+                        (Origin::BuiltIn, bytes.into())
+                    }
+                };
+                Ok(BuilderSource {
+                    limits: builder.limits(),
+                    name,
+                    origin,
+                    bytes,
+                    settings: builder.settings,
+                })
+            })
+            .collect()
+    }
+
+    pub fn cache_dir(&self) -> PathBuf {
+        self.data_dir.join("compiled")
+    }
+
+    pub fn workspace_dir(&self) -> PathBuf {
+        self.data_dir.join("workspaces")
+    }
+}
+
+impl BuilderConfig {
+    pub fn limits(&self) -> Limits {
+        Limits {
+            memory_bytes: usize::try_from(self.memory_mib << 20).unwrap_or(usize::MAX),
+            timeout: Duration::from_secs(self.timeout_secs),
+        }
+    }
+}
+
+/// `$HELIX_DATA_DIR`, else `$XDG_DATA_HOME/helix-build`, else
+/// `~/.local/share/helix-build`, else `./helix-data`.
+fn default_data_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("HELIX_DATA_DIR") {
+        return dir.into();
+    }
+    if let Some(xdg) = std::env::var_os("XDG_DATA_HOME") {
+        return PathBuf::from(xdg).join("helix-build");
+    }
+    if let Some(home) = std::env::var_os("HOME") {
+        return PathBuf::from(home).join(".local/share/helix-build");
+    }
+    PathBuf::from("helix-data")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, String> {
+        toml::from_str::<Config>(text)
+            .map_err(|e| e.to_string())
+            .and_then(|c| c.validated().map_err(|e| e.to_string()))
+    }
+
+    #[test]
+    fn empty_file_is_the_default() {
+        let config = parse("").unwrap();
+        assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.default_builder, "simulated");
+        assert!(config.builder_configs().contains_key("simulated"));
+        assert!(!config.allow_file_repos);
+    }
+
+    #[test]
+    fn unknown_fields_are_named() {
+        let err = parse("wrokers = 3").unwrap_err();
+        assert!(err.contains("wrokers"), "{err}");
+        let err = parse("[builders.simulated]\nmemory = 3").unwrap_err();
+        assert!(err.contains("memory"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_the_field() {
+        for (text, field) in [
+            ("workers = 0", "workers"),
+            ("queue_capacity = 0", "queue_capacity"),
+            ("[builders.simulated]\nmemory_mib = 0", "builders.simulated.memory_mib"),
+            ("[builders.simulated]\ntimeout_secs = 0", "builders.simulated.timeout_secs"),
+            ("[builders.mine]\ntimeout_secs = 5", "builders.mine.component"),
+            ("[builders.Bad]\ncomponent = 'x.wasm'", "builders.Bad"),
+            ("default_builder = 'nope'", "default_builder"),
+        ] {
+            let err = parse(text).unwrap_err();
+            assert!(err.contains(field), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn builder_overrides_and_sources() {
+        let config = parse(
+            "[builders.simulated]\nmemory_mib = 64\ntimeout_secs = 5\nsettings = { delay_ms = '10' }",
+        )
+        .unwrap();
+        let sources = config.builder_sources().unwrap();
+        let sim = sources.iter().find(|s| s.name == "simulated").unwrap();
+        assert_eq!(sim.origin, Origin::BuiltIn);
+        assert_eq!(sim.limits.memory_bytes, 64 << 20);
+        assert_eq!(sim.limits.timeout, Duration::from_secs(5));
+        assert_eq!(sim.settings["delay_ms"], "10");
+    }
+
+    #[test]
+    fn missing_component_file_is_named() {
+        let config = parse("[builders.mine]\ncomponent = '/nonexistent/x.wasm'").unwrap();
+        let err = config.builder_sources().unwrap_err().to_string();
+        assert!(err.contains("builders.mine.component") && err.contains("/nonexistent/x.wasm"), "{err}");
+    }
+}

@@ -1,0 +1,382 @@
+//! The build service: accepts jobs into a bounded queue, runs them on a pool
+//! of workers through their builders, and lets callers get, list, cancel and
+//! wait for them.
+//!
+//! Jobs live in memory in this version; every state change goes through
+//! [`Job::start`] / [`Job::finish`], so the lifecycle rules hold whatever
+//! the order of events.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+use tracing::Instrument;
+
+use crate::cancel::CancelSignal;
+use crate::job::{FailureKind, InvalidJob, Job, JobId, JobRequest, Outcome, State, SubmitPolicy};
+use crate::log::JobLog;
+use crate::plugin::{PluginRuntime, RunContext};
+
+/// How the service runs jobs.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    pub workers: usize,
+    pub queue_capacity: usize,
+    pub default_builder: String,
+    pub submit_policy: SubmitPolicy,
+    pub log_cap_lines: usize,
+    /// Parent of the per-job workspace directories.
+    pub workspace_dir: PathBuf,
+}
+
+/// Why a request to the service was refused. Nothing is changed when one
+/// is returned.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("invalid job: {0}")]
+    Invalid(#[from] InvalidJob),
+    #[error("a job with id '{0}' already exists")]
+    Duplicate(JobId),
+    #[error("build queue is full ({capacity} jobs waiting); retry later")]
+    QueueFull { capacity: usize },
+    #[error("no job with id '{0}'")]
+    NotFound(String),
+    #[error("job '{id}' already ended ({state}); only queued or running jobs can be cancelled")]
+    AlreadyEnded { id: JobId, state: State },
+    #[error("the service is shutting down and accepts no new jobs")]
+    ShuttingDown,
+}
+
+/// How long `cancel` waits for a running job's worker to record the
+/// cancellation before returning the job as it then is.
+const CANCEL_SETTLE: Duration = Duration::from_secs(5);
+
+/// A handle to the service; clones share it.
+#[derive(Clone)]
+pub struct Service {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: ServiceConfig,
+    runtime: Arc<PluginRuntime>,
+    table: Mutex<Table>,
+    /// One permit per queued job; closed on stop.
+    ready: Semaphore,
+    stopping: AtomicBool,
+    workers: tokio::sync::Mutex<JoinSet<()>>,
+}
+
+#[derive(Default)]
+struct Table {
+    jobs: HashMap<JobId, Entry>,
+    /// Ids in submission order, for listing.
+    order: Vec<JobId>,
+    /// Ids of queued jobs, oldest first.
+    queue: VecDeque<JobId>,
+}
+
+struct Entry {
+    job: Job,
+    log: Arc<JobLog>,
+    /// Publishes every state change to waiters.
+    state: watch::Sender<State>,
+    /// Present while the job runs.
+    cancel: Option<CancelSignal>,
+}
+
+impl Service {
+    /// Starts `config.workers` workers on the current tokio runtime.
+    pub fn start(config: ServiceConfig, runtime: Arc<PluginRuntime>) -> Self {
+        let inner = Arc::new(Inner {
+            runtime,
+            table: Mutex::default(),
+            ready: Semaphore::new(0),
+            stopping: AtomicBool::new(false),
+            workers: tokio::sync::Mutex::new(JoinSet::new()),
+            config,
+        });
+        let mut workers = JoinSet::new();
+        for _ in 0..inner.config.workers {
+            workers.spawn(worker(inner.clone()));
+        }
+        *inner.workers.try_lock().expect("nobody else holds the new service") = workers;
+        Service { inner }
+    }
+
+    pub fn runtime(&self) -> &PluginRuntime {
+        &self.inner.runtime
+    }
+
+    /// Validates `request` and queues it. On any error nothing is stored.
+    pub fn submit(&self, request: JobRequest) -> Result<Job, ServiceError> {
+        if self.inner.stopping.load(Ordering::SeqCst) {
+            return Err(ServiceError::ShuttingDown);
+        }
+        let id = match &request.id {
+            Some(id) => JobId::parse(id)?,
+            None => JobId::generate(),
+        };
+        let builder = request
+            .builder
+            .clone()
+            .unwrap_or_else(|| self.inner.config.default_builder.clone());
+        if self.inner.runtime.builder(&builder).is_none() {
+            return Err(InvalidJob::new(
+                "builder",
+                format!(
+                    "no builder called '{builder}'; available: {}",
+                    self.inner.runtime.names().join(", ")
+                ),
+            )
+            .into());
+        }
+        let job = Job::from_request(request, id, builder, &self.inner.config.submit_policy, Utc::now())?;
+
+        let mut table = self.inner.lock();
+        if table.jobs.contains_key(&job.id) {
+            return Err(ServiceError::Duplicate(job.id));
+        }
+        if table.queue.len() >= self.inner.config.queue_capacity {
+            return Err(ServiceError::QueueFull {
+                capacity: self.inner.config.queue_capacity,
+            });
+        }
+        let (state, _) = watch::channel(job.state);
+        table.order.push(job.id.clone());
+        table.queue.push_back(job.id.clone());
+        table.jobs.insert(
+            job.id.clone(),
+            Entry {
+                job: job.clone(),
+                log: Arc::new(JobLog::new(self.inner.config.log_cap_lines)),
+                state,
+                cancel: None,
+            },
+        );
+        drop(table);
+        self.inner.ready.add_permits(1);
+        tracing::info!(job = %job.id, builder = %job.builder, "job queued");
+        Ok(job)
+    }
+
+    /// A snapshot of job `id`.
+    pub fn get(&self, id: &str) -> Result<Job, ServiceError> {
+        self.inner.with_entry(id, |entry| entry.job.clone())
+    }
+
+    /// Snapshots of every job, newest first.
+    pub fn list(&self) -> Vec<Job> {
+        let table = self.inner.lock();
+        table
+            .order
+            .iter()
+            .rev()
+            .filter_map(|id| table.jobs.get(id).map(|e| e.job.clone()))
+            .collect()
+    }
+
+    /// The job's log lines so far.
+    pub fn logs(&self, id: &str) -> Result<Vec<String>, ServiceError> {
+        self.inner.with_entry(id, |entry| entry.log.snapshot())
+    }
+
+    /// Cancels job `id`. A queued job ends `cancelled` at once; a running
+    /// job's builder is stopped (its instance dropped) and the job returned
+    /// once its worker has recorded the cancellation. A job that already
+    /// ended is an error.
+    pub async fn cancel(&self, id: &str) -> Result<Job, ServiceError> {
+        {
+            let mut table = self.inner.lock();
+            let table = &mut *table;
+            let entry = table
+                .jobs
+                .get_mut(id)
+                .ok_or_else(|| ServiceError::NotFound(id.to_string()))?;
+            match entry.job.state {
+                State::Queued => {
+                    entry
+                        .job
+                        .finish(
+                            Outcome::Cancelled {
+                                reason: "cancelled by request before it started".into(),
+                            },
+                            Utc::now(),
+                        )
+                        .expect("queued → cancelled is allowed");
+                    entry.log.push("[helix] cancelled before it started");
+                    entry.state.send_replace(entry.job.state);
+                    table.queue.retain(|queued| queued.as_str() != id);
+                    tracing::info!(job = %id, "queued job cancelled");
+                    return Ok(entry.job.clone());
+                }
+                State::Running => {
+                    if let Some(cancel) = &entry.cancel {
+                        cancel.cancel("cancelled by request");
+                    }
+                }
+                state => {
+                    return Err(ServiceError::AlreadyEnded {
+                        id: entry.job.id.clone(),
+                        state,
+                    });
+                }
+            }
+        }
+        tracing::info!(job = %id, "running job cancelled");
+        self.wait(id, CANCEL_SETTLE).await
+    }
+
+    /// Waits until job `id` ends or `timeout` passes, then returns its
+    /// snapshot (terminal, or its current state at the timeout).
+    pub async fn wait(&self, id: &str, timeout: Duration) -> Result<Job, ServiceError> {
+        let mut state = self.inner.with_entry(id, |entry| entry.state.subscribe())?;
+        let _ = tokio::time::timeout(timeout, state.wait_for(|s| s.is_terminal())).await;
+        self.get(id)
+    }
+
+    /// Number of jobs waiting for a worker.
+    pub fn queue_depth(&self) -> usize {
+        self.inner.lock().queue.len()
+    }
+
+    /// Stops gracefully: no new jobs are accepted or started, running jobs
+    /// get `grace` to finish, then are cancelled. Returns when every worker
+    /// has exited. Queued jobs stay queued.
+    pub async fn stop(&self, grace: Duration) {
+        self.inner.stopping.store(true, Ordering::SeqCst);
+        self.inner.ready.close();
+        let mut workers = self.inner.workers.lock().await;
+        let drained = tokio::time::timeout(grace, async {
+            while workers.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            let table = self.inner.lock();
+            for entry in table.jobs.values() {
+                if let Some(cancel) = &entry.cancel {
+                    cancel.cancel(format!("the host shut down and the job did not finish within {}s", grace.as_secs()));
+                }
+            }
+            drop(table);
+            while workers.join_next().await.is_some() {}
+        }
+        tracing::info!("service stopped");
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, Table> {
+        // A panic while holding the lock cannot leave a job half-changed
+        // (each change is a single assignment), so a poisoned lock is safe
+        // to keep using.
+        self.table.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn with_entry<T>(&self, id: &str, f: impl FnOnce(&Entry) -> T) -> Result<T, ServiceError> {
+        let table = self.lock();
+        table
+            .jobs
+            .get(id)
+            .map(f)
+            .ok_or_else(|| ServiceError::NotFound(id.to_string()))
+    }
+
+    /// Takes the oldest queued job and marks it running.
+    fn claim_next(&self) -> Option<(Job, Arc<JobLog>, CancelSignal)> {
+        let mut table = self.lock();
+        let id = table.queue.pop_front()?;
+        let entry = table.jobs.get_mut(&id)?;
+        entry.job.start(Utc::now()).ok()?;
+        let cancel = CancelSignal::new();
+        entry.cancel = Some(cancel.clone());
+        entry.state.send_replace(entry.job.state);
+        Some((entry.job.clone(), entry.log.clone(), cancel))
+    }
+
+    fn record(&self, id: &JobId, outcome: Outcome) {
+        let mut table = self.lock();
+        let Some(entry) = table.jobs.get_mut(id) else {
+            return;
+        };
+        let state = outcome.state();
+        let error = outcome.error();
+        match entry.job.finish(outcome, Utc::now()) {
+            Ok(()) => {
+                entry.cancel = None;
+                entry.log.push(&match &error {
+                    Some(error) => format!("[helix] job {state}: {error}"),
+                    None => format!("[helix] job {state}"),
+                });
+                entry.state.send_replace(state);
+                tracing::info!(job = %id, %state, error = error.as_deref().unwrap_or(""), "job ended");
+            }
+            Err(e) => tracing::error!(job = %id, "dropping outcome: {e}"),
+        }
+    }
+
+    async fn run(&self, job: Job, log: Arc<JobLog>, cancel: CancelSignal) {
+        let outcome = match self.runtime.builder(&job.builder) {
+            None => Outcome::failed(
+                FailureKind::Host,
+                format!("builder '{}' is not loaded on this host", job.builder),
+            ),
+            Some(builder) => {
+                let workspace = self.config.workspace_dir.join(job.id.as_str());
+                match prepare_workspace(&workspace) {
+                    Err(e) => Outcome::failed(
+                        FailureKind::Host,
+                        format!("could not create the job workspace {}: {e}", workspace.display()),
+                    ),
+                    Ok(()) => {
+                        log.push(&format!("[helix] running on builder '{}'", job.builder));
+                        let ctx = RunContext {
+                            log,
+                            cancel,
+                            workspace: workspace.clone(),
+                        };
+                        let outcome = builder.run(&job, ctx).await;
+                        if let Err(e) = std::fs::remove_dir_all(&workspace) {
+                            tracing::warn!(job = %job.id, "could not remove workspace {}: {e}", workspace.display());
+                        }
+                        outcome
+                    }
+                }
+            }
+        };
+        self.record(&job.id, outcome);
+    }
+}
+
+/// A fresh, empty directory for one job (left-overs of an earlier attempt
+/// are removed).
+fn prepare_workspace(dir: &std::path::Path) -> std::io::Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    std::fs::create_dir_all(dir)
+}
+
+async fn worker(inner: Arc<Inner>) {
+    loop {
+        match inner.ready.acquire().await {
+            Ok(permit) => permit.forget(),
+            Err(_closed) => return,
+        }
+        if inner.stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        // A permit whose job was cancelled while queued finds nothing.
+        if let Some((job, log, cancel)) = inner.claim_next() {
+            let span = tracing::info_span!("job", id = %job.id, builder = %job.builder);
+            inner.run(job, log, cancel).instrument(span).await;
+        }
+    }
+}

@@ -13,7 +13,11 @@ const TARGET: &str = "wasm32-wasip2";
 /// (builder name, crate file stem) of builders compiled into the binary.
 const BUILTIN: &[(&str, &str)] = &[("simulated", "helix_plugin_simulated")];
 /// Crate file stems of plugins that misbehave on purpose, for tests.
-const TESTING: &[&str] = &["helix_plugin_hog", "helix_plugin_panic", "helix_plugin_spin"];
+const TESTING: &[&str] = &[
+    "helix_plugin_hog",
+    "helix_plugin_panic",
+    "helix_plugin_spin",
+];
 
 /// Variables of the outer build that must not reach the nested one: flags
 /// meant for the host target, and wrappers such as clippy-driver.

@@ -117,7 +117,10 @@ async fn wait(
     Path(id): Path<String>,
     Query(query): Query<WaitQuery>,
 ) -> ApiResult<Json<Job>> {
-    let secs = query.timeout_secs.unwrap_or(DEFAULT_WAIT_SECS).min(MAX_WAIT_SECS);
+    let secs = query
+        .timeout_secs
+        .unwrap_or(DEFAULT_WAIT_SECS)
+        .min(MAX_WAIT_SECS);
     Ok(Json(service.wait(&id, Duration::from_secs(secs)).await?))
 }
 
@@ -128,5 +131,11 @@ async fn logs(State(service): State<Service>, Path(id): Path<String>) -> ApiResu
 }
 
 async fn builders(State(service): State<Service>) -> Json<Vec<BuilderInfo>> {
-    Json(service.runtime().builders().map(|b| b.info().clone()).collect())
+    Json(
+        service
+            .runtime()
+            .builders()
+            .map(|b| b.info().clone())
+            .collect(),
+    )
 }

@@ -19,7 +19,10 @@ pub enum StartError {
     #[error(transparent)]
     Plugin(#[from] PluginError),
     #[error("cannot create data directory {path}: {source}")]
-    DataDir { path: String, source: std::io::Error },
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 /// Loads every configured builder and starts the service's workers.
@@ -33,9 +36,14 @@ pub async fn start(config: &Config) -> Result<Service, StartError> {
     let sources = config.builder_sources()?;
     let sizing = PoolSizing {
         instances: u32::try_from(config.workers + SPARE_INSTANCES).unwrap_or(u32::MAX),
-        max_memory_bytes: sources.iter().map(|s| s.limits.memory_bytes).max().unwrap_or(0),
+        max_memory_bytes: sources
+            .iter()
+            .map(|s| s.limits.memory_bytes)
+            .max()
+            .unwrap_or(0),
     };
-    let runtime = PluginRuntime::load(sources, &ComponentCache::new(config.cache_dir()), sizing).await?;
+    let runtime =
+        PluginRuntime::load(sources, &ComponentCache::new(config.cache_dir()), sizing).await?;
     let service_config = ServiceConfig {
         workers: config.workers,
         queue_capacity: config.queue_capacity,

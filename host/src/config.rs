@@ -22,6 +22,10 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Where compiled components, job workspaces (and later the store) live.
     pub data_dir: PathBuf,
+    /// Compiled-component cache; `<data_dir>/compiled` when absent. Safe to
+    /// share between hosts and data dirs: entries are keyed by content and
+    /// engine, and written atomically.
+    pub cache_dir: Option<PathBuf>,
     /// Jobs run at the same time.
     pub workers: usize,
     /// Queued jobs accepted before submissions are refused.
@@ -63,6 +67,7 @@ impl Default for Config {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             data_dir: default_data_dir(),
+            cache_dir: None,
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
             queue_capacity: 1000,
             default_builder: "simulated".into(),
@@ -89,7 +94,10 @@ impl Default for BuilderConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("config: {0}")]
@@ -114,7 +122,10 @@ impl Config {
     pub fn validated(self) -> Result<Self, ConfigError> {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
         if !(1..=MAX_WORKERS).contains(&self.workers) {
-            return invalid(format!("workers must be 1 to {MAX_WORKERS}, got {}", self.workers));
+            return invalid(format!(
+                "workers must be 1 to {MAX_WORKERS}, got {}",
+                self.workers
+            ));
         }
         if self.queue_capacity == 0 {
             return invalid("queue_capacity must be at least 1".into());
@@ -128,9 +139,9 @@ impl Config {
                 .next()
                 .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
                 && name.len() <= 64
-                && name
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+                && name.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_'
+                });
             if !valid_name {
                 return invalid(format!(
                     "builders.{name}: builder names must be 1 to 64 lower-case letters, digits, '-' or '_'"
@@ -204,7 +215,9 @@ impl Config {
     }
 
     pub fn cache_dir(&self) -> PathBuf {
-        self.data_dir.join("compiled")
+        self.cache_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("compiled"))
     }
 
     pub fn workspace_dir(&self) -> PathBuf {
@@ -268,9 +281,18 @@ mod tests {
         for (text, field) in [
             ("workers = 0", "workers"),
             ("queue_capacity = 0", "queue_capacity"),
-            ("[builders.simulated]\nmemory_mib = 0", "builders.simulated.memory_mib"),
-            ("[builders.simulated]\ntimeout_secs = 0", "builders.simulated.timeout_secs"),
-            ("[builders.mine]\ntimeout_secs = 5", "builders.mine.component"),
+            (
+                "[builders.simulated]\nmemory_mib = 0",
+                "builders.simulated.memory_mib",
+            ),
+            (
+                "[builders.simulated]\ntimeout_secs = 0",
+                "builders.simulated.timeout_secs",
+            ),
+            (
+                "[builders.mine]\ntimeout_secs = 5",
+                "builders.mine.component",
+            ),
             ("[builders.Bad]\ncomponent = 'x.wasm'", "builders.Bad"),
             ("default_builder = 'nope'", "default_builder"),
         ] {
@@ -297,6 +319,9 @@ mod tests {
     fn missing_component_file_is_named() {
         let config = parse("[builders.mine]\ncomponent = '/nonexistent/x.wasm'").unwrap();
         let err = config.builder_sources().unwrap_err().to_string();
-        assert!(err.contains("builders.mine.component") && err.contains("/nonexistent/x.wasm"), "{err}");
+        assert!(
+            err.contains("builders.mine.component") && err.contains("/nonexistent/x.wasm"),
+            "{err}"
+        );
     }
 }

@@ -9,7 +9,11 @@ use helix_build::{api, app};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
-#[command(name = "helix-build", version, about = "Build orchestration with sandboxed WebAssembly builders")]
+#[command(
+    name = "helix-build",
+    version,
+    about = "Build orchestration with sandboxed WebAssembly builders"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -31,7 +35,9 @@ enum Command {
 #[tokio::main]
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
@@ -47,7 +53,10 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn serve(config: Option<PathBuf>, listen: Option<std::net::SocketAddr>) -> Result<(), String> {
+async fn serve(
+    config: Option<PathBuf>,
+    listen: Option<std::net::SocketAddr>,
+) -> Result<(), String> {
     let mut config = match config {
         Some(path) => Config::from_file(&path).map_err(|e| e.to_string())?,
         None => Config::default().validated().map_err(|e| e.to_string())?,
@@ -58,7 +67,12 @@ async fn serve(config: Option<PathBuf>, listen: Option<std::net::SocketAddr>) ->
     let service = app::start(&config).await.map_err(|e| e.to_string())?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
-        .map_err(|e| format!("cannot listen on {}: {e} (choose another with --listen)", config.listen))?;
+        .map_err(|e| {
+            format!(
+                "cannot listen on {}: {e} (choose another with --listen)",
+                config.listen
+            )
+        })?;
     let address = listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!(%address, data_dir = %config.data_dir.display(), "helix-build listening");
     // Printed on stdout so scripts (and the tests) can find an ephemeral port.
@@ -76,13 +90,14 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(term) => term,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

@@ -105,7 +105,10 @@ impl Service {
         for _ in 0..inner.config.workers {
             workers.spawn(worker(inner.clone()));
         }
-        *inner.workers.try_lock().expect("nobody else holds the new service") = workers;
+        *inner
+            .workers
+            .try_lock()
+            .expect("nobody else holds the new service") = workers;
         Service { inner }
     }
 
@@ -136,7 +139,13 @@ impl Service {
             )
             .into());
         }
-        let job = Job::from_request(request, id, builder, &self.inner.config.submit_policy, Utc::now())?;
+        let job = Job::from_request(
+            request,
+            id,
+            builder,
+            &self.inner.config.submit_policy,
+            Utc::now(),
+        )?;
 
         let mut table = self.inner.lock();
         if table.jobs.contains_key(&job.id) {
@@ -260,7 +269,10 @@ impl Service {
             let table = self.inner.lock();
             for entry in table.jobs.values() {
                 if let Some(cancel) = &entry.cancel {
-                    cancel.cancel(format!("the host shut down and the job did not finish within {}s", grace.as_secs()));
+                    cancel.cancel(format!(
+                        "the host shut down and the job did not finish within {}s",
+                        grace.as_secs()
+                    ));
                 }
             }
             drop(table);
@@ -331,7 +343,10 @@ impl Inner {
                 match prepare_workspace(&workspace) {
                     Err(e) => Outcome::failed(
                         FailureKind::Host,
-                        format!("could not create the job workspace {}: {e}", workspace.display()),
+                        format!(
+                            "could not create the job workspace {}: {e}",
+                            workspace.display()
+                        ),
                     ),
                     Ok(()) => {
                         log.push(&format!("[helix] running on builder '{}'", job.builder));

@@ -1,0 +1,103 @@
+//! Helpers shared by the integration tests: services built from real
+//! components (the built-in ones and the misbehaving ones in
+//! plugins/testing/), each in its own temporary data directory.
+
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use helix_build::app;
+use helix_build::config::{BuilderConfig, Config};
+use helix_build::job::{Job, JobRequest, State};
+use helix_build::service::Service;
+
+/// A testing plugin's component file, built by host/build.rs.
+pub fn testing_plugin(stem: &str) -> PathBuf {
+    PathBuf::from(env!("HELIX_TESTING_PLUGIN_DIR")).join(format!("helix_plugin_{stem}.wasm"))
+}
+
+/// A config for tests: data in `dir`, and the testing plugins `panic`,
+/// `spin` and `hog` loaded beside the built-in builders. Compiled components
+/// are cached in one directory shared by all tests, so each is compiled once
+/// per test run; tests of the cache itself use [`own_cache`].
+pub fn config(dir: &tempfile::TempDir, workers: usize, queue_capacity: usize) -> Config {
+    let mut builders = BTreeMap::new();
+    for stem in ["panic", "spin", "hog"] {
+        builders.insert(
+            stem.to_string(),
+            BuilderConfig {
+                component: Some(testing_plugin(stem)),
+                timeout_secs: 2,
+                memory_mib: 64,
+                ..BuilderConfig::default()
+            },
+        );
+    }
+    Config {
+        data_dir: dir.path().to_path_buf(),
+        cache_dir: Some(PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("helix-compiled")),
+        workers,
+        queue_capacity,
+        builders,
+        ..Config::default()
+    }
+    .validated()
+    .expect("test config is valid")
+}
+
+/// `config` with the compile cache inside its own data dir.
+pub fn own_cache(mut config: Config) -> Config {
+    config.cache_dir = None;
+    config
+}
+
+pub async fn start(config: &Config) -> Service {
+    app::start(config).await.expect("service starts")
+}
+
+/// A submission for the simulated builder.
+pub fn simulated(delay_ms: u64) -> JobRequest {
+    let mut build_args = BTreeMap::new();
+    build_args.insert("HELIX_SIMULATE_DELAY_MS".to_string(), delay_ms.to_string());
+    JobRequest {
+        repo_url: "https://git.example/team/app.git".into(),
+        build_args,
+        ..JobRequest::default()
+    }
+}
+
+/// A submission for builder `builder`.
+pub fn on_builder(builder: &str) -> JobRequest {
+    JobRequest {
+        builder: Some(builder.into()),
+        ..simulated(0)
+    }
+}
+
+/// Waits (at most 30 s) for the job to end and returns it.
+pub async fn finished(service: &Service, id: &helix_build::job::JobId) -> Job {
+    let job = service
+        .wait(id.as_str(), Duration::from_secs(30))
+        .await
+        .expect("job exists");
+    assert!(
+        job.state.is_terminal(),
+        "job {} still {} after 30s",
+        job.id,
+        job.state
+    );
+    job
+}
+
+/// Polls until the job is running (at most 10 s).
+pub async fn until_running(service: &Service, id: &helix_build::job::JobId) {
+    for _ in 0..1000 {
+        if service.get(id.as_str()).unwrap().state == State::Running {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("job {id} never started running");
+}

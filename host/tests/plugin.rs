@@ -1,0 +1,136 @@
+//! Loading components: the on-disk compile cache, refusing files that are
+//! not builders, and what a job instance is given.
+
+mod common;
+
+use std::time::Instant;
+
+use common::{config, finished, own_cache, simulated, start};
+use helix_build::app;
+use helix_build::config::BuilderConfig;
+use helix_build::job::State;
+use helix_build::plugin::CacheUse;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_start_loads_compiled_components_from_the_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = own_cache(config(&dir, 1, 10));
+
+    let cold = Instant::now();
+    let first = start(&config).await;
+    let cold = cold.elapsed();
+    let reports = first.runtime().load_reports().to_vec();
+    assert_eq!(reports.len(), 4);
+    assert!(
+        reports.iter().all(|r| r.cache == CacheUse::Compiled),
+        "{reports:?}"
+    );
+    first.stop(std::time::Duration::ZERO).await;
+
+    let warm = Instant::now();
+    let second = start(&config).await;
+    let warm = warm.elapsed();
+    let reports = second.runtime().load_reports().to_vec();
+    assert!(
+        reports.iter().all(|r| r.cache == CacheUse::Loaded),
+        "{reports:?}"
+    );
+    // Reported for the record, not asserted: speed belongs in benchmarks.
+    eprintln!("start with compiling: {cold:?}; start from cache: {warm:?}");
+
+    let job = second.submit(simulated(0)).unwrap();
+    assert_eq!(finished(&second, &job.id).await.state, State::Succeeded);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_cache_entry_is_recompiled() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = own_cache(config(&dir, 1, 10));
+    start(&config).await.stop(std::time::Duration::ZERO).await;
+    for entry in std::fs::read_dir(config.cache_dir()).unwrap() {
+        std::fs::write(entry.unwrap().path(), b"not a compiled component").unwrap();
+    }
+    let service = start(&config).await;
+    let reports = service.runtime().load_reports();
+    assert!(
+        reports.iter().all(|r| r.cache == CacheUse::Compiled),
+        "{reports:?}"
+    );
+    let job = service.submit(simulated(0)).unwrap();
+    assert_eq!(finished(&service, &job.id).await.state, State::Succeeded);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_that_are_not_builders_are_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: [(&str, &[u8], &str); 2] = [
+        (
+            "garbage",
+            b"hello, I am not wasm",
+            "not a valid WebAssembly component",
+        ),
+        (
+            "core-module",
+            b"\0asm\x01\0\0\0",
+            "not a valid WebAssembly component",
+        ),
+    ];
+    for (name, bytes, expected) in cases {
+        let path = dir.path().join(format!("{name}.wasm"));
+        std::fs::write(&path, bytes).unwrap();
+        let mut config = config(&dir, 1, 10);
+        config.builders.insert(
+            name.to_string(),
+            BuilderConfig {
+                component: Some(path.clone()),
+                ..BuilderConfig::default()
+            },
+        );
+        let err = match app::start(&config).await {
+            Ok(_) => panic!("{name} was accepted as a builder"),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains(&format!("builder '{name}'")), "{err}");
+        assert!(err.contains(&path.display().to_string()), "{err}");
+        assert!(err.contains(expected), "{err}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn builders_report_their_info_and_digest() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = start(&config(&dir, 1, 10)).await;
+    let infos: Vec<_> = service
+        .runtime()
+        .builders()
+        .map(|b| b.info().clone())
+        .collect();
+    let names: Vec<&str> = infos.iter().map(|i| i.name.as_str()).collect();
+    assert_eq!(names, ["hog", "panic", "simulated", "spin"]);
+    let panic = &infos[1];
+    assert_eq!(panic.plugin_name, "testing-panic");
+    assert!(
+        panic.origin.ends_with("helix_plugin_panic.wasm"),
+        "{}",
+        panic.origin
+    );
+    assert_eq!(panic.limits.memory_bytes, 64 << 20);
+    let simulated = &infos[2];
+    assert_eq!(simulated.origin, "built-in");
+    assert!(
+        simulated.component_digest.starts_with("sha256:") && simulated.component_digest.len() == 71
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_workspaces_are_removed_when_jobs_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(&dir, 2, 10);
+    let service = start(&config).await;
+    let ok = service.submit(simulated(0)).unwrap();
+    let crashed = service.submit(common::on_builder("panic")).unwrap();
+    finished(&service, &ok.id).await;
+    finished(&service, &crashed.id).await;
+    let left: Vec<_> = std::fs::read_dir(config.workspace_dir()).unwrap().collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}

@@ -73,8 +73,16 @@ impl From<ServiceError> for ApiError {
 
 impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> Self {
+        // A body that parses but does not fit the schema is as invalid as
+        // one that does not parse: both are the client's to fix (400).
+        let status = match &rejection {
+            JsonRejection::JsonDataError(_) | JsonRejection::JsonSyntaxError(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            other => other.status(),
+        };
         ApiError {
-            status: rejection.status(),
+            status,
             code: "bad_request",
             message: rejection.body_text(),
         }

@@ -266,16 +266,10 @@ impl Service {
         })
         .await;
         if drained.is_err() {
-            let table = self.inner.lock();
-            for entry in table.jobs.values() {
-                if let Some(cancel) = &entry.cancel {
-                    cancel.cancel(format!(
-                        "the host shut down and the job did not finish within {}s",
-                        grace.as_secs()
-                    ));
-                }
-            }
-            drop(table);
+            self.inner.cancel_running(&format!(
+                "the host shut down and the job did not finish within {}s",
+                grace.as_secs()
+            ));
             while workers.join_next().await.is_some() {}
         }
         tracing::info!("service stopped");
@@ -297,6 +291,14 @@ impl Inner {
             .get(id)
             .map(f)
             .ok_or_else(|| ServiceError::NotFound(id.to_string()))
+    }
+
+    fn cancel_running(&self, reason: &str) {
+        for entry in self.lock().jobs.values() {
+            if let Some(cancel) = &entry.cancel {
+                cancel.cancel(reason);
+            }
+        }
     }
 
     /// Takes the oldest queued job and marks it running.

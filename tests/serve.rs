@@ -1,0 +1,249 @@
+//! End to end: the real `helix-build` binary, started with no config file,
+//! driven over HTTP on a loopback port.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+/// A `helix-build serve` process, killed when dropped.
+struct Server {
+    child: Child,
+    address: SocketAddr,
+    _data: tempfile::TempDir,
+}
+
+impl Server {
+    fn start(extra_args: &[&str]) -> Server {
+        let data = tempfile::tempdir().unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_helix-build"))
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(extra_args)
+            .env("HELIX_DATA_DIR", data.path())
+            .env_remove("HELIX_CONFIG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the binary starts");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let address = line
+            .trim()
+            .strip_prefix("listening on http://")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .parse()
+            .unwrap();
+        Server {
+            child,
+            address,
+            _data: data,
+        }
+    }
+
+    /// One HTTP/1.1 request; returns the status and the body.
+    fn request(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, String) {
+        let mut stream = TcpStream::connect(self.address).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let body = body.map(Value::to_string).unwrap_or_default();
+        write!(
+            stream,
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            self.address,
+            body.len()
+        )
+        .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        let status = response[9..12].parse().unwrap();
+        let (head, body) = response.split_once("\r\n\r\n").unwrap();
+        let body = if head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked")
+        {
+            dechunk(body)
+        } else {
+            body.to_string()
+        };
+        (status, body)
+    }
+
+    fn json(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+        let (status, body) = self.request(method, path, body);
+        let value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+        (status, value)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if size == 0 {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        body = &rest[size + 2..];
+    }
+    out
+}
+
+#[test]
+fn serves_with_no_config_and_runs_a_simulated_job() {
+    let server = Server::start(&[]);
+    assert_eq!(
+        server.json("GET", "/healthz", None),
+        (200, json!({"status": "ok"}))
+    );
+
+    let (status, builders) = server.json("GET", "/v1/builders", None);
+    assert_eq!(status, 200);
+    assert_eq!(builders[0]["name"], "simulated");
+    assert_eq!(builders[0]["simulated"], true);
+
+    let request = json!({
+        "id": "e2e-1",
+        "repo_url": "https://git.example/team/app.git",
+        "ref": "main",
+        "platforms": ["linux/amd64", "Linux/AArch64"],
+        "build_args": {"HELIX_SIMULATE_DELAY_MS": "50"},
+    });
+    let (status, job) = server.json("POST", "/v1/jobs", Some(&request));
+    assert_eq!(status, 201, "{job}");
+    assert_eq!(job["state"], "queued");
+    assert_eq!(job["platforms"], json!(["linux/amd64", "linux/arm64"]));
+
+    let (status, job) = server.json("GET", "/v1/jobs/e2e-1/wait?timeout_secs=20", None);
+    assert_eq!(status, 200);
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["image_tag"], "simulated.invalid/helix-simulated:e2e-1");
+    assert_eq!(job["attempts"], 1);
+    assert!(
+        job["manifest"]["linux/arm64"]
+            .as_str()
+            .unwrap()
+            .starts_with("sha256:")
+    );
+
+    let (status, logs) = server.request("GET", "/v1/jobs/e2e-1/logs", None);
+    assert_eq!(status, 200);
+    assert!(
+        logs.contains("[simulated] building https://git.example/team/app.git at main"),
+        "{logs}"
+    );
+    assert!(logs.contains("[helix] job succeeded"), "{logs}");
+
+    let (status, error) = server.json("POST", "/v1/jobs", Some(&request));
+    assert_eq!(status, 409, "{error}");
+    assert_eq!(error["error"]["code"], "duplicate_id");
+
+    let (status, error) = server.json("POST", "/v1/jobs/e2e-1/cancel", None);
+    assert_eq!(status, 409);
+    assert_eq!(error["error"]["code"], "already_ended");
+
+    let (status, error) = server.json("GET", "/v1/jobs/nope", None);
+    assert_eq!(status, 404);
+    assert!(error["error"]["message"].as_str().unwrap().contains("nope"));
+}
+
+#[test]
+fn bad_submissions_get_a_400_naming_the_problem_and_store_nothing() {
+    let server = Server::start(&[]);
+    let cases = [
+        (json!({"repo_url": "ext::sh -c id"}), "repo_url"),
+        (
+            json!({"repo_url": "https://h/r", "ref": "--upload-pack=x"}),
+            "ref",
+        ),
+        (
+            json!({"repo_url": "https://h/r", "dockerfile_path": "../../etc/passwd"}),
+            "dockerfile_path",
+        ),
+        (
+            json!({"repo_url": "https://h/r", "platforms": ["linux/"]}),
+            "platforms",
+        ),
+        (
+            json!({"repo_url": "https://h/r", "builder": "docker"}),
+            "builder",
+        ),
+        (
+            json!({"repo_url": "https://h/r", "colour": "blue"}),
+            "colour",
+        ),
+        (json!({"ref": "main"}), "repo_url"),
+    ];
+    for (body, named) in cases {
+        let (status, error) = server.json("POST", "/v1/jobs", Some(&body));
+        assert_eq!(status, 400, "{body}: {error}");
+        let message = error["error"]["message"].as_str().unwrap();
+        assert!(message.contains(named), "{body}: {message}");
+    }
+    let (status, malformed) = server.request("POST", "/v1/jobs", None);
+    assert_eq!(status, 400, "{malformed}");
+    assert_eq!(server.json("GET", "/v1/jobs", None), (200, json!([])));
+}
+
+#[test]
+fn cancelling_a_running_job_over_http() {
+    let server = Server::start(&[]);
+    let request = json!({
+        "id": "long",
+        "repo_url": "https://git.example/app.git",
+        "build_args": {"HELIX_SIMULATE_DELAY_MS": "60000"},
+    });
+    assert_eq!(server.json("POST", "/v1/jobs", Some(&request)).0, 201);
+    let (_, job) = server.json("GET", "/v1/jobs/long/wait?timeout_secs=1", None);
+    assert_eq!(job["state"], "running");
+    let (status, job) = server.json("POST", "/v1/jobs/long/cancel", None);
+    assert_eq!(status, 200);
+    assert_eq!(job["state"], "cancelled");
+    assert_eq!(job["error"], "cancelled: cancelled by request");
+}
+
+#[test]
+fn sigterm_stops_the_server_cleanly() {
+    let mut server = Server::start(&[]);
+    let pid = server.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = server.child.wait().unwrap();
+    assert!(status.success(), "exit status {status}");
+}
+
+#[test]
+fn a_config_with_an_unknown_field_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("helix.toml");
+    std::fs::write(&path, "workers = 2\nqueue_capcity = 5\n").unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_helix-build"))
+        .args(["serve", "--config"])
+        .arg(&path)
+        .env("HELIX_DATA_DIR", dir.path())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("helix-build: config file") && stderr.contains("queue_capcity"),
+        "{stderr}"
+    );
+}

@@ -53,6 +53,7 @@ pub async fn start(config: &Config) -> Result<Service, StartError> {
         },
         log_cap_lines: config.log_cap_lines,
         workspace_dir: config.workspace_dir(),
+        keep_failed_workspaces: config.keep_failed_workspaces,
     };
     Ok(Service::start(service_config, Arc::new(runtime)))
 }

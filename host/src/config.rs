@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::builtin;
+use crate::exec::Grants;
 use crate::plugin::{BuilderSource, Limits, Origin};
 
 /// The whole configuration. `Config::default()` is what `helix-build serve`
@@ -39,6 +40,9 @@ pub struct Config {
     /// On shutdown, how long running jobs get to finish before they are
     /// cancelled.
     pub stop_grace_secs: u64,
+    /// Keep the workspace of a job that did not succeed, for debugging
+    /// (it is removed otherwise).
+    pub keep_failed_workspaces: bool,
     /// Builders by the name jobs use. The built-in `simulated` builder is
     /// always available unless an entry of that name replaces it.
     pub builders: BTreeMap<String, BuilderConfig>,
@@ -57,6 +61,8 @@ pub struct BuilderConfig {
     pub timeout_secs: u64,
     /// Values the builder reads through `job-context.setting`.
     pub settings: BTreeMap<String, String>,
+    /// What the builder may run and see. Nothing by default.
+    pub grants: Grants,
 }
 
 const MAX_WORKERS: usize = 256;
@@ -74,6 +80,7 @@ impl Default for Config {
             allow_file_repos: false,
             log_cap_lines: 10_000,
             stop_grace_secs: 30,
+            keep_failed_workspaces: false,
             builders: BTreeMap::new(),
         }
     }
@@ -86,6 +93,7 @@ impl Default for BuilderConfig {
             memory_mib: 512,
             timeout_secs: 3600,
             settings: BTreeMap::new(),
+            grants: Grants::default(),
         }
     }
 }
@@ -156,6 +164,10 @@ impl Config {
             if builder.timeout_secs == 0 {
                 return invalid(format!("builders.{name}.timeout_secs must be at least 1"));
             }
+            builder
+                .grants
+                .validate(&format!("builders.{name}.grants"))
+                .map_err(ConfigError::Invalid)?;
             if builder.component.is_none() && builtin::component(name).is_none() {
                 return invalid(format!(
                     "builders.{name}.component is missing, and there is no built-in builder called '{name}' \
@@ -205,6 +217,7 @@ impl Config {
                 };
                 Ok(BuilderSource {
                     limits: builder.limits(),
+                    grants: builder.grants.resolve(|name| std::env::var(name).ok()),
                     name,
                     origin,
                     bytes,

@@ -310,6 +310,23 @@ impl Outcome {
         }
     }
 
+    /// The same outcome with `redact` applied to its message.
+    pub fn redacted(self, redact: impl Fn(&str) -> String) -> Self {
+        match self {
+            Outcome::Succeeded(result) => Outcome::Succeeded(result),
+            Outcome::Failed { kind, message } => Outcome::Failed {
+                kind,
+                message: redact(&message),
+            },
+            Outcome::Cancelled { reason } => Outcome::Cancelled {
+                reason: redact(&reason),
+            },
+            Outcome::TimedOut { message } => Outcome::TimedOut {
+                message: redact(&message),
+            },
+        }
+    }
+
     /// The job's `error` text for this outcome; `None` on success.
     pub fn error(&self) -> Option<String> {
         match self {

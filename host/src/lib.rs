@@ -9,6 +9,7 @@ pub mod app;
 pub mod builtin;
 pub mod cancel;
 pub mod config;
+pub mod exec;
 pub mod job;
 pub mod log;
 pub mod manifest;

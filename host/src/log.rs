@@ -9,11 +9,36 @@ const MAX_LINE_BYTES: usize = 8 * 1024;
 
 /// The log of one job. Keeps at most `cap` lines: when full, the oldest
 /// line is dropped and the count of dropped lines is reported as the first
-/// line of every snapshot, so readers know the log is incomplete.
+/// line of every snapshot, so readers know the log is incomplete. Every
+/// line passes through the job's [`Redactor`] on the way in, so a secret
+/// never reaches memory, storage or a reader.
 #[derive(Debug)]
 pub struct JobLog {
     cap: usize,
+    redactor: Redactor,
     inner: Mutex<Lines>,
+}
+
+/// Replaces secret values by `***`.
+#[derive(Debug, Clone, Default)]
+pub struct Redactor {
+    /// Longest first, so a secret containing another is hidden whole.
+    secrets: Vec<String>,
+}
+
+impl Redactor {
+    pub fn new(secrets: &[String]) -> Self {
+        let mut secrets: Vec<String> = secrets.iter().filter(|s| !s.is_empty()).cloned().collect();
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        secrets.dedup();
+        Redactor { secrets }
+    }
+
+    pub fn redact(&self, text: &str) -> String {
+        self.secrets
+            .iter()
+            .fold(text.to_string(), |text, secret| text.replace(secret.as_str(), "***"))
+    }
 }
 
 #[derive(Debug, Default)]
@@ -24,14 +49,26 @@ struct Lines {
 
 impl JobLog {
     pub fn new(cap: usize) -> Self {
+        Self::with_redactor(cap, Redactor::default())
+    }
+
+    pub fn with_redactor(cap: usize, redactor: Redactor) -> Self {
         JobLog {
             cap: cap.max(1),
+            redactor,
             inner: Mutex::new(Lines::default()),
         }
     }
 
+    /// `text` with this job's secrets hidden, for messages that leave the
+    /// job by another way than its log (its `error`).
+    pub fn redact(&self, text: &str) -> String {
+        self.redactor.redact(text)
+    }
+
     /// Appends `text`, one entry per line it contains.
     pub fn push(&self, text: &str) {
+        let text = self.redactor.redact(text);
         let mut lines = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         for line in text.lines() {
             let line = truncate(line.trim_end_matches('\r'));
@@ -100,6 +137,15 @@ mod tests {
             lines[0]
         );
         assert_eq!(&lines[1..], ["line 7", "line 8", "line 9"]);
+    }
+
+    #[test]
+    fn secrets_never_reach_the_log() {
+        let redactor = Redactor::new(&["hunter22".into(), "hunter2".into(), String::new()]);
+        let log = JobLog::with_redactor(10, redactor);
+        log.push("login with hunter22 and hunter2, twice: hunter22");
+        assert_eq!(log.snapshot(), ["login with *** and ***, twice: ***"]);
+        assert_eq!(log.redact("e: hunter2"), "e: ***");
     }
 
     #[test]

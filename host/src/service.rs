@@ -19,7 +19,7 @@ use tracing::Instrument;
 
 use crate::cancel::CancelSignal;
 use crate::job::{FailureKind, InvalidJob, Job, JobId, JobRequest, Outcome, State, SubmitPolicy};
-use crate::log::JobLog;
+use crate::log::{JobLog, Redactor};
 use crate::plugin::{PluginRuntime, RunContext};
 
 /// How the service runs jobs.
@@ -32,6 +32,8 @@ pub struct ServiceConfig {
     pub log_cap_lines: usize,
     /// Parent of the per-job workspace directories.
     pub workspace_dir: PathBuf,
+    /// Leave the workspace of a job that did not succeed in place.
+    pub keep_failed_workspaces: bool,
 }
 
 /// Why a request to the service was refused. Nothing is changed when one
@@ -129,7 +131,7 @@ impl Service {
             .builder
             .clone()
             .unwrap_or_else(|| self.inner.config.default_builder.clone());
-        if self.inner.runtime.builder(&builder).is_none() {
+        let Some(loaded) = self.inner.runtime.builder(&builder) else {
             return Err(InvalidJob::new(
                 "builder",
                 format!(
@@ -138,7 +140,8 @@ impl Service {
                 ),
             )
             .into());
-        }
+        };
+        let log = JobLog::with_redactor(self.inner.config.log_cap_lines, Redactor::new(loaded.secrets()));
         let job = Job::from_request(
             request,
             id,
@@ -163,7 +166,7 @@ impl Service {
             job.id.clone(),
             Entry {
                 job: job.clone(),
-                log: Arc::new(JobLog::new(self.inner.config.log_cap_lines)),
+                log: Arc::new(log),
                 state,
                 cancel: None,
             },
@@ -353,12 +356,15 @@ impl Inner {
                     Ok(()) => {
                         log.push(&format!("[helix] running on builder '{}'", job.builder));
                         let ctx = RunContext {
-                            log,
+                            log: log.clone(),
                             cancel,
                             workspace: workspace.clone(),
                         };
                         let outcome = builder.run(&job, ctx).await;
-                        if let Err(e) = std::fs::remove_dir_all(&workspace) {
+                        let failed = !matches!(outcome, Outcome::Succeeded(_));
+                        if failed && self.config.keep_failed_workspaces {
+                            log.push(&format!("[helix] workspace kept for debugging: {}", workspace.display()));
+                        } else if let Err(e) = std::fs::remove_dir_all(&workspace) {
                             tracing::warn!(job = %job.id, "could not remove workspace {}: {e}", workspace.display());
                         }
                         outcome

@@ -9,8 +9,9 @@ use wasmtime::{Engine, Store, Trap};
 
 use super::bindings::{self, BuildError, BuildOutput, BuilderPre};
 use super::host::{JobHost, JobHostParts};
-use super::{BuilderInfo, BuilderSource, Limits};
+use super::{BuilderInfo, BuilderSource, GrantSummary, Limits};
 use crate::cancel::CancelSignal;
+use crate::exec::GrantPolicy;
 use crate::job::{BuildResult, FailureKind, Job, Outcome};
 use crate::log::JobLog;
 
@@ -39,6 +40,7 @@ pub struct Builder {
     pre: BuilderPre<JobHost>,
     limits: Limits,
     settings: Arc<BTreeMap<String, String>>,
+    grants: Arc<GrantPolicy>,
 }
 
 /// Why a call into the guest did not return a value.
@@ -69,12 +71,19 @@ impl Builder {
                 component_digest,
                 origin: source.origin.to_string(),
                 limits: source.limits,
+                grants: GrantSummary {
+                    programs: source.grants.programs().to_vec(),
+                    env: source.grants.env_names(),
+                    builder_env: source.grants.builder_env(),
+                    dirs: source.grants.dirs().iter().map(|d| d.guest.clone()).collect(),
+                },
             },
             name: source.name.as_str().into(),
             engine,
             pre,
             limits: source.limits,
             settings: Arc::new(source.settings),
+            grants: Arc::new(source.grants),
         };
         let metadata = builder.call_info().await?;
         builder.info.plugin_name = metadata.name;
@@ -90,6 +99,11 @@ impl Builder {
 
     pub fn limits(&self) -> Limits {
         self.limits
+    }
+
+    /// Values this builder's jobs must never show: its secret variables.
+    pub fn secrets(&self) -> &[String] {
+        self.grants.secrets()
     }
 
     fn new_store(&self, host: JobHost) -> Store<JobHost> {
@@ -108,6 +122,7 @@ impl Builder {
             log: log.clone(),
             cancel: CancelSignal::new(),
             settings: self.settings.clone(),
+            grants: self.grants.clone(),
             workspace: None,
             memory_limit: self.limits.memory_bytes,
         })
@@ -132,13 +147,20 @@ impl Builder {
 
     /// Runs `job` to an outcome. Never panics and never leaves the job
     /// undecided: a trap, a limit, cancellation or an invalid result each
-    /// become an outcome whose error says what happened.
+    /// become an outcome whose error says what happened. Secrets are
+    /// removed from the error as from the log.
     pub async fn run(&self, job: &Job, ctx: RunContext) -> Outcome {
+        let log = ctx.log.clone();
+        self.run_unredacted(job, ctx).await.redacted(|text| log.redact(text))
+    }
+
+    async fn run_unredacted(&self, job: &Job, ctx: RunContext) -> Outcome {
         let host = match JobHost::new(JobHostParts {
             builder: self.name.clone(),
             log: ctx.log.clone(),
             cancel: ctx.cancel.clone(),
             settings: self.settings.clone(),
+            grants: self.grants.clone(),
             workspace: Some(&ctx.workspace),
             memory_limit: self.limits.memory_bytes,
         }) {

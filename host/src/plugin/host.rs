@@ -2,9 +2,10 @@
 //! side of the `helix:build` imports.
 //!
 //! A fresh [`JobHost`] is made for every job. By construction it grants
-//! nothing but: the job workspace as the only preopened directory, no
-//! environment, no arguments, no sockets or name lookups, no stdin, and
-//! stdout/stderr copied into the job log.
+//! nothing but: the job workspace and the builder's granted directories as
+//! its only preopened directories, no environment, no arguments, no sockets
+//! or name lookups, no stdin, stdout/stderr copied into the job log, and
+//! programs only through [`CommandRunner`] under the builder's grants.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -17,20 +18,19 @@ use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use super::bindings::{command_runner, helix, job_context};
 use super::output::PluginOutput;
 use crate::cancel::CancelSignal;
+use crate::exec::{CommandRunner, CommandSpec, GUEST_WORKSPACE, GrantPolicy, RunError};
 use crate::log::JobLog;
-
-/// Where the job workspace appears inside the guest.
-pub(crate) const GUEST_WORKSPACE: &str = "/workspace";
 
 /// Store data for one job's builder instance.
 pub(crate) struct JobHost {
     wasi: WasiCtx,
     table: ResourceTable,
     pub(crate) memory: MemoryLimit,
-    builder: Arc<str>,
     log: Arc<JobLog>,
     cancel: CancelSignal,
     settings: Arc<BTreeMap<String, String>>,
+    /// `None` outside a job, where no program may run.
+    runner: Option<CommandRunner>,
     pub(crate) stdout: PluginOutput,
     pub(crate) stderr: PluginOutput,
 }
@@ -41,6 +41,7 @@ pub(crate) struct JobHostParts<'a> {
     pub log: Arc<JobLog>,
     pub cancel: CancelSignal,
     pub settings: Arc<BTreeMap<String, String>>,
+    pub grants: Arc<GrantPolicy>,
     /// `None` for calls outside a job (reading `info` at load time).
     pub workspace: Option<&'a Path>,
     pub memory_limit: usize,
@@ -60,14 +61,29 @@ impl JobHost {
             wasi.preopened_dir(dir, GUEST_WORKSPACE, FsPerms::ReadWrite)
                 .map_err(std::io::Error::other)?;
         }
+        for dir in parts.grants.dirs() {
+            let perms = if dir.writable { FsPerms::ReadWrite } else { FsPerms::ReadOnly };
+            wasi.preopened_dir(&dir.host, &dir.guest, perms)
+                .map_err(std::io::Error::other)?;
+        }
+        let runner = parts.workspace.map(|workspace| {
+            CommandRunner::new(
+                parts.builder.clone(),
+                parts.grants.clone(),
+                workspace.to_path_buf(),
+                parts.log.clone(),
+                parts.cancel.clone(),
+                std::env::var_os("PATH"),
+            )
+        });
         Ok(JobHost {
             wasi: wasi.build(),
             table: ResourceTable::new(),
             memory: MemoryLimit::new(parts.memory_limit),
-            builder: parts.builder,
             log: parts.log,
             cancel: parts.cancel,
             settings: parts.settings,
+            runner,
             stdout,
             stderr,
         })
@@ -102,18 +118,33 @@ impl job_context::Host for JobHost {
 }
 
 impl command_runner::Host for JobHost {
-    /// No program grants exist for builders yet, so every call is refused,
-    /// logged, and reported to the builder as `denied`.
     async fn run(
         &mut self,
         cmd: command_runner::Command,
     ) -> Result<command_runner::Output, command_runner::RunError> {
-        let reason = format!(
-            "builder '{}' is not granted any programs; refused to run `{}`",
-            self.builder, cmd.program
-        );
-        self.log.push(&format!("[helix] denied: {reason}"));
-        Err(command_runner::RunError::Denied(reason))
+        use command_runner::RunError as Wit;
+        let Some(runner) = &self.runner else {
+            return Err(Wit::Denied("programs can only run during a build".into()));
+        };
+        let spec = CommandSpec {
+            program: cmd.program,
+            args: cmd.args,
+            env: cmd.env,
+            working_dir: cmd.working_dir,
+            timeout: cmd.timeout_ms.map(std::time::Duration::from_millis),
+        };
+        match runner.run(spec).await {
+            Ok(output) => Ok(command_runner::Output {
+                exit_code: output.exit_code,
+                stdout: output.stdout,
+                stderr: output.stderr,
+            }),
+            Err(RunError::Denied(m)) => Err(Wit::Denied(m)),
+            Err(RunError::NotFound(m)) => Err(Wit::NotFound(m)),
+            Err(RunError::Cancelled) => Err(Wit::Cancelled),
+            Err(RunError::TimedOut) => Err(Wit::TimedOut),
+            Err(RunError::FailedToStart(m)) => Err(Wit::FailedToStart(m)),
+        }
     }
 }
 

@@ -19,6 +19,8 @@ use serde::Serialize;
 use wasmtime::Engine;
 use wasmtime::component::{HasSelf, Linker};
 
+use crate::exec::{GrantPolicy, ProgramGrant};
+
 pub use bindings::WIT_VERSION;
 pub use builder::{Builder, RunContext};
 pub use cache::{CacheUse, ComponentCache};
@@ -36,6 +38,8 @@ pub struct BuilderSource {
     pub limits: Limits,
     /// Operator settings the builder reads through `job-context.setting`.
     pub settings: BTreeMap<String, String>,
+    /// What the builder may run and see, resolved against the host.
+    pub grants: GrantPolicy,
 }
 
 /// Where a component came from, for messages and `/v1/builders`.
@@ -84,6 +88,17 @@ pub struct BuilderInfo {
     pub component_digest: String,
     pub origin: String,
     pub limits: Limits,
+    pub grants: GrantSummary,
+}
+
+/// The grants of a builder as operators may see them: programs and the
+/// names (never the values) of variables.
+#[derive(Debug, Clone, Serialize)]
+pub struct GrantSummary {
+    pub programs: Vec<ProgramGrant>,
+    pub env: Vec<String>,
+    pub builder_env: Vec<String>,
+    pub dirs: Vec<String>,
 }
 
 /// How loading one builder went, for operators and measurements.

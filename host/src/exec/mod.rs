@@ -1,0 +1,188 @@
+//! Running programs for a builder: the host side of `command-runner`.
+//!
+//! Every call is checked against the builder's [`GrantPolicy`]; a granted
+//! program runs without a shell, resolved on the host's `PATH` (never the
+//! workspace or the current directory), in its own process group, with an
+//! environment built from the grants alone, in a directory inside the job
+//! workspace. Its output goes into the job log line by line as it arrives.
+//! Cancellation, a timeout, or dropping the call kills the whole group.
+
+mod grant;
+mod process;
+
+use std::ffi::OsString;
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use grant::{Denial, DirGrant, GrantPolicy, Grants, ProgramGrant};
+
+use crate::cancel::CancelSignal;
+use crate::log::JobLog;
+
+/// Where the job workspace appears to a builder.
+pub const GUEST_WORKSPACE: &str = "/workspace";
+
+/// One program invocation a builder asked for.
+#[derive(Debug, Clone, Default)]
+pub struct CommandSpec {
+    pub program: String,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    /// Relative to the workspace, or absolute under [`GUEST_WORKSPACE`].
+    pub working_dir: Option<String>,
+    pub timeout: Option<Duration>,
+}
+
+/// How a program that ran ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandOutput {
+    /// The exit code; `128 + n` when killed by signal `n`.
+    pub exit_code: i32,
+    /// The last [`OUTPUT_TAIL_BYTES`] of standard output.
+    pub stdout: String,
+    /// The last [`OUTPUT_TAIL_BYTES`] of standard error.
+    pub stderr: String,
+}
+
+/// Output kept for the builder per stream; everything goes to the log.
+pub const OUTPUT_TAIL_BYTES: usize = 64 * 1024;
+
+/// Why a program did not run to completion.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RunError {
+    #[error("denied: {0}")]
+    Denied(String),
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error("cancelled")]
+    Cancelled,
+    #[error("timed out")]
+    TimedOut,
+    #[error("failed to start: {0}")]
+    FailedToStart(String),
+}
+
+/// Runs programs for one job of one builder.
+pub struct CommandRunner {
+    builder: Arc<str>,
+    policy: Arc<GrantPolicy>,
+    workspace: PathBuf,
+    log: Arc<JobLog>,
+    cancel: CancelSignal,
+    search_path: Option<OsString>,
+}
+
+impl CommandRunner {
+    /// A runner for a job whose workspace is `workspace` (an existing
+    /// directory). Programs are looked up on `search_path` (the host's
+    /// `PATH`); only its absolute entries are used.
+    pub fn new(
+        builder: Arc<str>,
+        policy: Arc<GrantPolicy>,
+        workspace: PathBuf,
+        log: Arc<JobLog>,
+        cancel: CancelSignal,
+        search_path: Option<OsString>,
+    ) -> Self {
+        CommandRunner {
+            builder,
+            policy,
+            workspace,
+            log,
+            cancel,
+            search_path,
+        }
+    }
+
+    /// Runs `spec` to completion if the grants allow it. A denial is
+    /// logged as well as returned.
+    pub async fn run(&self, spec: CommandSpec) -> Result<CommandOutput, RunError> {
+        let result = self.checked_run(spec).await;
+        if let Err(RunError::Denied(reason)) = &result {
+            self.log.push(&format!("[helix] denied: {reason}"));
+        }
+        result
+    }
+
+    async fn checked_run(&self, spec: CommandSpec) -> Result<CommandOutput, RunError> {
+        let denied = |d: Denial| RunError::Denied(format!("builder '{}': {d}", self.builder));
+        self.policy.check(&spec.program, &spec.args).map_err(denied)?;
+        let env = self.policy.environment(&spec.env).map_err(denied)?;
+        let cwd = self.working_dir(spec.working_dir.as_deref())?;
+        let program = resolve_program(&spec.program, self.search_path.as_deref())?;
+        if self.cancel.is_cancelled() {
+            return Err(RunError::Cancelled);
+        }
+        self.log.push(&format!("[helix] run: {} {}", spec.program, spec.args.join(" ")));
+        process::run(process::Invocation {
+            program: &program,
+            label: &spec.program,
+            args: &spec.args,
+            env: &env,
+            cwd: &cwd,
+            timeout: spec.timeout,
+            log: &self.log,
+            cancel: &self.cancel,
+        })
+        .await
+    }
+
+    /// The host directory for a requested working directory, which must
+    /// stay inside the workspace after following symlinks.
+    fn working_dir(&self, requested: Option<&str>) -> Result<PathBuf, RunError> {
+        let Some(requested) = requested.filter(|r| !r.is_empty()) else {
+            return Ok(self.workspace.clone());
+        };
+        let path = Path::new(requested);
+        let relative = if path.is_absolute() {
+            path.strip_prefix(GUEST_WORKSPACE).map_err(|_| {
+                RunError::Denied(format!(
+                    "working directory {requested} is outside the job workspace {GUEST_WORKSPACE}"
+                ))
+            })?
+        } else {
+            path
+        };
+        if relative.components().any(|c| matches!(c, Component::ParentDir)) {
+            return Err(RunError::Denied(format!(
+                "working directory {requested} may not contain '..'"
+            )));
+        }
+        let root = self
+            .workspace
+            .canonicalize()
+            .map_err(|e| RunError::FailedToStart(format!("job workspace is gone: {e}")))?;
+        let resolved = self.workspace.join(relative).canonicalize().map_err(|_| {
+            RunError::FailedToStart(format!("working directory {requested} does not exist in the workspace"))
+        })?;
+        if !resolved.starts_with(&root) {
+            return Err(RunError::Denied(format!(
+                "working directory {requested} leads outside the job workspace"
+            )));
+        }
+        Ok(resolved)
+    }
+}
+
+/// The executable for a granted program name: an absolute path as is, a
+/// bare name from the absolute entries of `search_path`.
+fn resolve_program(program: &str, search_path: Option<&std::ffi::OsStr>) -> Result<PathBuf, RunError> {
+    let not_found = || RunError::NotFound(format!("`{program}` is not installed on this host"));
+    let path = Path::new(program);
+    if path.is_absolute() {
+        return is_executable(path).then(|| path.to_path_buf()).ok_or_else(not_found);
+    }
+    let search_path = search_path.ok_or_else(not_found)?;
+    std::env::split_paths(search_path)
+        .filter(|dir| dir.is_absolute())
+        .map(|dir| dir.join(program))
+        .find(|candidate| is_executable(candidate))
+        .ok_or_else(not_found)
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    path.metadata()
+        .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}

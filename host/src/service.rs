@@ -141,7 +141,10 @@ impl Service {
             )
             .into());
         };
-        let log = JobLog::with_redactor(self.inner.config.log_cap_lines, Redactor::new(loaded.secrets()));
+        let log = JobLog::with_redactor(
+            self.inner.config.log_cap_lines,
+            Redactor::new(loaded.secrets()),
+        );
         let job = Job::from_request(
             request,
             id,
@@ -363,7 +366,10 @@ impl Inner {
                         let outcome = builder.run(&job, ctx).await;
                         let failed = !matches!(outcome, Outcome::Succeeded(_));
                         if failed && self.config.keep_failed_workspaces {
-                            log.push(&format!("[helix] workspace kept for debugging: {}", workspace.display()));
+                            log.push(&format!(
+                                "[helix] workspace kept for debugging: {}",
+                                workspace.display()
+                            ));
                         } else if let Err(e) = std::fs::remove_dir_all(&workspace) {
                             tracing::warn!(job = %job.id, "could not remove workspace {}: {e}", workspace.display());
                         }

@@ -20,7 +20,7 @@ async fn second_start_loads_compiled_components_from_the_cache() {
     let first = start(&config).await;
     let cold = cold.elapsed();
     let reports = first.runtime().load_reports().to_vec();
-    assert_eq!(reports.len(), 4);
+    assert_eq!(reports.len(), 9);
     assert!(
         reports.iter().all(|r| r.cache == CacheUse::Compiled),
         "{reports:?}"
@@ -106,8 +106,22 @@ async fn builders_report_their_info_and_digest() {
         .map(|b| b.info().clone())
         .collect();
     let names: Vec<&str> = infos.iter().map(|i| i.name.as_str()).collect();
-    assert_eq!(names, ["hog", "panic", "simulated", "spin"]);
-    let panic = &infos[1];
+    assert_eq!(
+        names,
+        [
+            "empty-tag",
+            "escape",
+            "exec",
+            "hog",
+            "panic",
+            "shell",
+            "simulated",
+            "spin",
+            "ungranted"
+        ]
+    );
+    let info = |name: &str| infos.iter().find(|i| i.name == name).unwrap();
+    let panic = info("panic");
     assert_eq!(panic.plugin_name, "testing-panic");
     assert!(
         panic.origin.ends_with("helix_plugin_panic.wasm"),
@@ -115,7 +129,7 @@ async fn builders_report_their_info_and_digest() {
         panic.origin
     );
     assert_eq!(panic.limits.memory_bytes, 64 << 20);
-    let simulated = &infos[2];
+    let simulated = info("simulated");
     assert_eq!(simulated.origin, "built-in");
     assert!(
         simulated.component_digest.starts_with("sha256:") && simulated.component_digest.len() == 71

@@ -98,16 +98,24 @@ impl Grants {
             .chain(self.builder_env.iter().map(|n| ("builder_env", n)));
         for (field, name) in names {
             if !is_env_name(name) {
-                return Err(format!("{at}.{field}: {name:?} is not a valid environment variable name"));
+                return Err(format!(
+                    "{at}.{field}: {name:?} is not a valid environment variable name"
+                ));
             }
         }
         for (i, dir) in self.dirs.iter().enumerate() {
             let here = format!("{at}.dirs[{i}]");
             if !dir.host.is_absolute() || !dir.host.is_dir() {
-                return Err(format!("{here}.host {} must be an existing absolute directory", dir.host.display()));
+                return Err(format!(
+                    "{here}.host {} must be an existing absolute directory",
+                    dir.host.display()
+                ));
             }
             let guest = Path::new(&dir.guest);
-            if !guest.is_absolute() || guest.starts_with(crate::exec::GUEST_WORKSPACE) || dir.guest.contains("..") {
+            if !guest.is_absolute()
+                || guest.starts_with(crate::exec::GUEST_WORKSPACE)
+                || dir.guest.contains("..")
+            {
                 return Err(format!(
                     "{here}.guest {:?} must be an absolute path outside {}",
                     dir.guest,
@@ -147,15 +155,24 @@ impl GrantPolicy {
     /// Whether `program` may run with `args`. The denial names what was
     /// refused and what the grants allow instead.
     pub fn check(&self, program: &str, args: &[String]) -> Result<(), Denial> {
-        let for_program: Vec<&ProgramGrant> = self.programs.iter().filter(|g| g.command == program).collect();
+        let for_program: Vec<&ProgramGrant> = self
+            .programs
+            .iter()
+            .filter(|g| g.command == program)
+            .collect();
         if for_program.iter().any(|g| matches(&g.args, args)) {
             return Ok(());
         }
         let call = describe(program, args);
         if for_program.is_empty() {
-            return Err(Denial(format!("`{call}`: program `{program}` is not granted")));
+            return Err(Denial(format!(
+                "`{call}`: program `{program}` is not granted"
+            )));
         }
-        let allowed: Vec<String> = for_program.iter().map(|g| describe(&g.command, &g.args)).collect();
+        let allowed: Vec<String> = for_program
+            .iter()
+            .map(|g| describe(&g.command, &g.args))
+            .collect();
         Err(Denial(format!(
             "`{call}`: these arguments are not granted; allowed: {}",
             allowed.join(" | ")
@@ -164,11 +181,16 @@ impl GrantPolicy {
 
     /// The environment for one call: the granted base plus what the
     /// builder set, each of which must be granted in `builder_env`.
-    pub fn environment(&self, requested: &[(String, String)]) -> Result<BTreeMap<String, String>, Denial> {
+    pub fn environment(
+        &self,
+        requested: &[(String, String)],
+    ) -> Result<BTreeMap<String, String>, Denial> {
         let mut env = self.base_env.clone();
         for (name, value) in requested {
             if !self.builder_env.contains(name) {
-                return Err(Denial(format!("environment variable {name} is not granted to the builder")));
+                return Err(Denial(format!(
+                    "environment variable {name} is not granted to the builder"
+                )));
             }
             env.insert(name.clone(), value.clone());
         }
@@ -222,7 +244,9 @@ fn describe(program: &str, args: &[String]) -> String {
 
 fn is_env_name(name: &str) -> bool {
     let mut bytes = name.bytes();
-    bytes.next().is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+    bytes
+        .next()
+        .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
         && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
@@ -282,16 +306,26 @@ mod tests {
             ("sh", &["-c", "podman build"], false),
         ];
         for (program, list, allowed) in cases {
-            assert_eq!(policy.check(program, &args(list)).is_ok(), *allowed, "{program} {list:?}");
+            assert_eq!(
+                policy.check(program, &args(list)).is_ok(),
+                *allowed,
+                "{program} {list:?}"
+            );
         }
     }
 
     #[test]
     fn denials_say_what_was_refused_and_what_is_allowed() {
         let policy = policy(vec![grant("podman", &["build", "**"])]);
-        let err = policy.check("curl", &args(&["http://x"])).unwrap_err().to_string();
+        let err = policy
+            .check("curl", &args(&["http://x"]))
+            .unwrap_err()
+            .to_string();
         assert_eq!(err, "`curl http://x`: program `curl` is not granted");
-        let err = policy.check("podman", &args(&["run", "x"])).unwrap_err().to_string();
+        let err = policy
+            .check("podman", &args(&["run", "x"]))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("allowed: podman build **"), "{err}");
     }
 
@@ -319,32 +353,76 @@ mod tests {
             ..Grants::default()
         };
         let policy = grants.resolve(host_env);
-        let env = policy.environment(&[("GIT_TERMINAL_PROMPT".into(), "0".into())]).unwrap();
+        let env = policy
+            .environment(&[("GIT_TERMINAL_PROMPT".into(), "0".into())])
+            .unwrap();
         let names: Vec<&str> = env.keys().map(String::as_str).collect();
-        assert_eq!(names, ["GIT_TERMINAL_PROMPT", "HELIX_TEST_PASS", "HELIX_TEST_SECRET", "LANG"]);
+        assert_eq!(
+            names,
+            [
+                "GIT_TERMINAL_PROMPT",
+                "HELIX_TEST_PASS",
+                "HELIX_TEST_SECRET",
+                "LANG"
+            ]
+        );
         assert_eq!(env["HELIX_TEST_PASS"], "passed");
         assert_eq!(policy.secrets(), ["hunter22"]);
-        let err = policy.environment(&[("LD_PRELOAD".into(), "/x.so".into())]).unwrap_err();
+        let err = policy
+            .environment(&[("LD_PRELOAD".into(), "/x.so".into())])
+            .unwrap_err();
         assert!(err.to_string().contains("LD_PRELOAD"));
     }
 
     #[test]
     fn validation_names_the_field() {
         let cases = [
-            (Grants { programs: vec![grant("", &[])], ..Grants::default() }, "programs[0].command"),
-            (Grants { programs: vec![grant("bin/podman", &[])], ..Grants::default() }, "programs[0].command"),
-            (Grants { programs: vec![grant("podman", &["**", "x"])], ..Grants::default() }, "programs[0].args"),
-            (Grants { pass_env: vec!["A-B".into()], ..Grants::default() }, "pass_env"),
             (
                 Grants {
-                    dirs: vec![DirGrant { host: "/nonexistent-dir".into(), guest: "/x".into(), writable: false }],
+                    programs: vec![grant("", &[])],
+                    ..Grants::default()
+                },
+                "programs[0].command",
+            ),
+            (
+                Grants {
+                    programs: vec![grant("bin/podman", &[])],
+                    ..Grants::default()
+                },
+                "programs[0].command",
+            ),
+            (
+                Grants {
+                    programs: vec![grant("podman", &["**", "x"])],
+                    ..Grants::default()
+                },
+                "programs[0].args",
+            ),
+            (
+                Grants {
+                    pass_env: vec!["A-B".into()],
+                    ..Grants::default()
+                },
+                "pass_env",
+            ),
+            (
+                Grants {
+                    dirs: vec![DirGrant {
+                        host: "/nonexistent-dir".into(),
+                        guest: "/x".into(),
+                        writable: false,
+                    }],
                     ..Grants::default()
                 },
                 "dirs[0].host",
             ),
             (
                 Grants {
-                    dirs: vec![DirGrant { host: "/tmp".into(), guest: "/workspace/x".into(), writable: false }],
+                    dirs: vec![DirGrant {
+                        host: "/tmp".into(),
+                        guest: "/workspace/x".into(),
+                        writable: false,
+                    }],
                     ..Grants::default()
                 },
                 "dirs[0].guest",
@@ -352,9 +430,15 @@ mod tests {
         ];
         for (grants, field) in cases {
             let err = grants.validate("builders.b.grants").unwrap_err();
-            assert!(err.starts_with(&format!("builders.b.grants.{field}")), "{err}");
+            assert!(
+                err.starts_with(&format!("builders.b.grants.{field}")),
+                "{err}"
+            );
         }
-        let ok = Grants { programs: vec![grant("/usr/bin/git", &["*"])], ..Grants::default() };
+        let ok = Grants {
+            programs: vec![grant("/usr/bin/git", &["*"])],
+            ..Grants::default()
+        };
         assert_eq!(ok.validate("g"), Ok(()));
     }
 }

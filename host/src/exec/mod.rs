@@ -107,14 +107,20 @@ impl CommandRunner {
 
     async fn checked_run(&self, spec: CommandSpec) -> Result<CommandOutput, RunError> {
         let denied = |d: Denial| RunError::Denied(format!("builder '{}': {d}", self.builder));
-        self.policy.check(&spec.program, &spec.args).map_err(denied)?;
+        self.policy
+            .check(&spec.program, &spec.args)
+            .map_err(denied)?;
         let env = self.policy.environment(&spec.env).map_err(denied)?;
         let cwd = self.working_dir(spec.working_dir.as_deref())?;
         let program = resolve_program(&spec.program, self.search_path.as_deref())?;
         if self.cancel.is_cancelled() {
             return Err(RunError::Cancelled);
         }
-        self.log.push(&format!("[helix] run: {} {}", spec.program, spec.args.join(" ")));
+        self.log.push(&format!(
+            "[helix] run: {} {}",
+            spec.program,
+            spec.args.join(" ")
+        ));
         process::run(process::Invocation {
             program: &program,
             label: &spec.program,
@@ -144,7 +150,10 @@ impl CommandRunner {
         } else {
             path
         };
-        if relative.components().any(|c| matches!(c, Component::ParentDir)) {
+        if relative
+            .components()
+            .any(|c| matches!(c, Component::ParentDir))
+        {
             return Err(RunError::Denied(format!(
                 "working directory {requested} may not contain '..'"
             )));
@@ -154,7 +163,9 @@ impl CommandRunner {
             .canonicalize()
             .map_err(|e| RunError::FailedToStart(format!("job workspace is gone: {e}")))?;
         let resolved = self.workspace.join(relative).canonicalize().map_err(|_| {
-            RunError::FailedToStart(format!("working directory {requested} does not exist in the workspace"))
+            RunError::FailedToStart(format!(
+                "working directory {requested} does not exist in the workspace"
+            ))
         })?;
         if !resolved.starts_with(&root) {
             return Err(RunError::Denied(format!(
@@ -167,11 +178,16 @@ impl CommandRunner {
 
 /// The executable for a granted program name: an absolute path as is, a
 /// bare name from the absolute entries of `search_path`.
-fn resolve_program(program: &str, search_path: Option<&std::ffi::OsStr>) -> Result<PathBuf, RunError> {
+fn resolve_program(
+    program: &str,
+    search_path: Option<&std::ffi::OsStr>,
+) -> Result<PathBuf, RunError> {
     let not_found = || RunError::NotFound(format!("`{program}` is not installed on this host"));
     let path = Path::new(program);
     if path.is_absolute() {
-        return is_executable(path).then(|| path.to_path_buf()).ok_or_else(not_found);
+        return is_executable(path)
+            .then(|| path.to_path_buf())
+            .ok_or_else(not_found);
     }
     let search_path = search_path.ok_or_else(not_found)?;
     std::env::split_paths(search_path)

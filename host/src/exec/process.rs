@@ -47,7 +47,10 @@ pub(super) async fn run(inv: Invocation<'_>) -> Result<CommandOutput, RunError> 
             _ => RunError::FailedToStart(format!("`{}`: {e}", inv.label)),
         })?;
     let Some(pid) = child.id() else {
-        return Err(RunError::FailedToStart(format!("`{}` exited before it could be tracked", inv.label)));
+        return Err(RunError::FailedToStart(format!(
+            "`{}` exited before it could be tracked",
+            inv.label
+        )));
     };
     let mut group = ProcessGroup::new(pid);
     let stdout = child.stdout.take().expect("stdout is piped");
@@ -66,7 +69,8 @@ pub(super) async fn run(inv: Invocation<'_>) -> Result<CommandOutput, RunError> 
                 Ok(status)
             }
             Err(e) => {
-                inv.log.push(&format!("[helix] stopping `{}`: {e}", inv.label));
+                inv.log
+                    .push(&format!("[helix] stopping `{}`: {e}", inv.label));
                 group.terminate(&mut child).await;
                 Err(e)
             }
@@ -108,7 +112,11 @@ async fn stream_lines(pipe: impl AsyncRead + Unpin, log: &JobLog, label: &str) -
     let mut line = Vec::new();
     loop {
         line.clear();
-        match (&mut reader).take(MAX_LINE).read_until(b'\n', &mut line).await {
+        match (&mut reader)
+            .take(MAX_LINE)
+            .read_until(b'\n', &mut line)
+            .await
+        {
             Ok(0) | Err(_) => break,
             Ok(_) => {
                 let text = String::from_utf8_lossy(&line);

@@ -75,7 +75,12 @@ impl Builder {
                     programs: source.grants.programs().to_vec(),
                     env: source.grants.env_names(),
                     builder_env: source.grants.builder_env(),
-                    dirs: source.grants.dirs().iter().map(|d| d.guest.clone()).collect(),
+                    dirs: source
+                        .grants
+                        .dirs()
+                        .iter()
+                        .map(|d| d.guest.clone())
+                        .collect(),
                 },
             },
             name: source.name.as_str().into(),
@@ -151,7 +156,9 @@ impl Builder {
     /// removed from the error as from the log.
     pub async fn run(&self, job: &Job, ctx: RunContext) -> Outcome {
         let log = ctx.log.clone();
-        self.run_unredacted(job, ctx).await.redacted(|text| log.redact(text))
+        self.run_unredacted(job, ctx)
+            .await
+            .redacted(|text| log.redact(text))
     }
 
     async fn run_unredacted(&self, job: &Job, ctx: RunContext) -> Outcome {

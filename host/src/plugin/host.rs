@@ -62,7 +62,11 @@ impl JobHost {
                 .map_err(std::io::Error::other)?;
         }
         for dir in parts.grants.dirs() {
-            let perms = if dir.writable { FsPerms::ReadWrite } else { FsPerms::ReadOnly };
+            let perms = if dir.writable {
+                FsPerms::ReadWrite
+            } else {
+                FsPerms::ReadOnly
+            };
             wasi.preopened_dir(&dir.host, &dir.guest, perms)
                 .map_err(std::io::Error::other)?;
         }

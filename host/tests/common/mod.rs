@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use helix_build::app;
 use helix_build::config::{BuilderConfig, Config};
+use helix_build::exec::{Grants, ProgramGrant};
 use helix_build::job::{Job, JobRequest, State};
 use helix_build::service::Service;
 
@@ -18,19 +19,50 @@ pub fn testing_plugin(stem: &str) -> PathBuf {
     PathBuf::from(env!("HELIX_TESTING_PLUGIN_DIR")).join(format!("helix_plugin_{stem}.wasm"))
 }
 
-/// A config for tests: data in `dir`, and the testing plugins `panic`,
-/// `spin` and `hog` loaded beside the built-in builders. Compiled components
+/// Every testing plugin, by the builder name tests use (its crate's stem).
+pub const TESTING_PLUGINS: [&str; 8] = [
+    "empty-tag",
+    "escape",
+    "exec",
+    "hog",
+    "panic",
+    "shell",
+    "spin",
+    "ungranted",
+];
+
+/// A program grant.
+pub fn program(command: &str, args: &[&str]) -> ProgramGrant {
+    ProgramGrant {
+        command: command.into(),
+        args: args.iter().map(|a| a.to_string()).collect(),
+    }
+}
+
+/// A config for tests: data in `dir`, and every testing plugin loaded
+/// beside the built-in builders, with a 2 s time limit and 64 MiB of
+/// memory. `exec` may run `sh -c <one script>`; `shell` only
+/// `sh -c "echo hello"`. Compiled components
 /// are cached in one directory shared by all tests, so each is compiled once
 /// per test run; tests of the cache itself use [`own_cache`].
 pub fn config(dir: &tempfile::TempDir, workers: usize, queue_capacity: usize) -> Config {
     let mut builders = BTreeMap::new();
-    for stem in ["panic", "spin", "hog"] {
+    for name in TESTING_PLUGINS {
+        let programs = match name {
+            "exec" => vec![program("sh", &["-c", "*"])],
+            "shell" => vec![program("sh", &["-c", "echo hello"])],
+            _ => Vec::new(),
+        };
         builders.insert(
-            stem.to_string(),
+            name.to_string(),
             BuilderConfig {
-                component: Some(testing_plugin(stem)),
+                component: Some(testing_plugin(&name.replace('-', "_"))),
                 timeout_secs: 2,
                 memory_mib: 64,
+                grants: Grants {
+                    programs,
+                    ..Grants::default()
+                },
                 ..BuilderConfig::default()
             },
         );
@@ -89,6 +121,47 @@ pub async fn finished(service: &Service, id: &helix_build::job::JobId) -> Job {
         job.state
     );
     job
+}
+
+/// Polls the job's log until a line satisfies `found` (at most 10 s).
+pub async fn until_logged(
+    service: &Service,
+    id: &helix_build::job::JobId,
+    found: impl Fn(&str) -> bool,
+) -> Vec<String> {
+    for _ in 0..1000 {
+        let lines = service.logs(id.as_str()).unwrap();
+        if lines.iter().any(|l| found(l)) {
+            return lines;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!(
+        "job {id} never logged the expected line: {:?}",
+        service.logs(id.as_str())
+    );
+}
+
+/// Whether process `pid` is gone (or a zombie waiting to be reaped).
+pub fn process_gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+    }
+}
+
+/// Waits up to `within` for every pid to be gone; returns those still alive.
+pub async fn survivors(pids: &[u32], within: Duration) -> Vec<u32> {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let alive: Vec<u32> = pids.iter().copied().filter(|p| !process_gone(*p)).collect();
+        if alive.is_empty() || std::time::Instant::now() > deadline {
+            return alive;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Polls until the job is running (at most 10 s).

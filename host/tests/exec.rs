@@ -1,0 +1,437 @@
+//! The command runner with real processes: grants, environment, working
+//! directories, live output, caps, redaction, and killing process groups.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{program, survivors};
+use helix_build::cancel::CancelSignal;
+use helix_build::exec::{
+    CommandOutput, CommandRunner, CommandSpec, Grants, OUTPUT_TAIL_BYTES, ProgramGrant, RunError,
+};
+use helix_build::log::{JobLog, Redactor};
+
+/// A runner over a fresh workspace, with the host's PATH.
+struct Fixture {
+    workspace: tempfile::TempDir,
+    log: Arc<JobLog>,
+    cancel: CancelSignal,
+    runner: CommandRunner,
+}
+
+fn fixture(grants: Grants) -> Fixture {
+    fixture_with(grants, |_| None, std::env::var_os("PATH"))
+}
+
+fn fixture_with(
+    grants: Grants,
+    host_env: impl Fn(&str) -> Option<String>,
+    search_path: Option<std::ffi::OsString>,
+) -> Fixture {
+    let workspace = tempfile::tempdir().unwrap();
+    let policy = grants.resolve(host_env);
+    let log = Arc::new(JobLog::with_redactor(
+        10_000,
+        Redactor::new(policy.secrets()),
+    ));
+    let cancel = CancelSignal::new();
+    let runner = CommandRunner::new(
+        "test".into(),
+        Arc::new(policy),
+        workspace.path().to_path_buf(),
+        log.clone(),
+        cancel.clone(),
+        search_path,
+    );
+    Fixture {
+        workspace,
+        log,
+        cancel,
+        runner,
+    }
+}
+
+fn grants(programs: Vec<ProgramGrant>) -> Grants {
+    Grants {
+        programs,
+        ..Grants::default()
+    }
+}
+
+fn call(program: &str, args: &[&str]) -> CommandSpec {
+    CommandSpec {
+        program: program.into(),
+        args: args.iter().map(|a| a.to_string()).collect(),
+        ..CommandSpec::default()
+    }
+}
+
+fn sh(script: &str) -> CommandSpec {
+    call("sh", &["-c", script])
+}
+
+fn sh_grants() -> Grants {
+    grants(vec![program("sh", &["-c", "*"])])
+}
+
+/// Pids a script printed, one per line, prefixed `pid `.
+fn pids_in(lines: &[String]) -> Vec<u32> {
+    lines
+        .iter()
+        .filter_map(|l| {
+            l.split_once("pid ")
+                .and_then(|(_, p)| p.trim().parse().ok())
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn ungranted_calls_are_denied_and_logged() {
+    let f = fixture(grants(vec![program("echo", &["hello"])]));
+    let ok = f.runner.run(call("echo", &["hello"])).await.unwrap();
+    assert_eq!(ok.stdout, "hello\n");
+    for spec in [
+        call("echo", &["bye"]),
+        call("echo", &[]),
+        call("cat", &["/etc/passwd"]),
+        sh("echo hello"),
+    ] {
+        match f.runner.run(spec.clone()).await {
+            Err(RunError::Denied(reason)) => assert!(reason.contains(&spec.program), "{reason}"),
+            other => panic!("{spec:?} was not denied: {other:?}"),
+        }
+    }
+    let denials = f
+        .log
+        .snapshot()
+        .iter()
+        .filter(|l| l.starts_with("[helix] denied:"))
+        .count();
+    assert_eq!(denials, 4);
+}
+
+#[tokio::test]
+async fn look_alike_programs_in_the_workspace_are_never_run() {
+    // A fake `true` in the workspace that would leave a marker if run.
+    let f = fixture_with(
+        grants(vec![program("true", &[])]),
+        |_| None,
+        Some(".:relative/bin:/usr/bin:/bin".into()),
+    );
+    let fake = f.workspace.path().join("true");
+    std::fs::write(&fake, "#!/bin/sh\ntouch \"$(dirname \"$0\")/ran\"\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+
+    let output = f.runner.run(call("true", &[])).await.unwrap();
+    assert_eq!(output.exit_code, 0);
+    assert!(
+        !f.workspace.path().join("ran").exists(),
+        "the workspace's `true` ran"
+    );
+    for program in ["./true", fake.to_str().unwrap(), "/workspace/true"] {
+        assert!(
+            matches!(
+                f.runner.run(call(program, &[])).await,
+                Err(RunError::Denied(_))
+            ),
+            "{program}"
+        );
+    }
+    assert!(!f.workspace.path().join("ran").exists());
+}
+
+#[tokio::test]
+async fn an_absolute_grant_runs_exactly_that_file() {
+    let f = fixture(grants(vec![program("/bin/echo", &["*"])]));
+    assert_eq!(
+        f.runner
+            .run(call("/bin/echo", &["x"]))
+            .await
+            .unwrap()
+            .stdout,
+        "x\n"
+    );
+    assert!(matches!(
+        f.runner.run(call("echo", &["x"])).await,
+        Err(RunError::Denied(_))
+    ));
+}
+
+#[tokio::test]
+async fn a_granted_program_that_is_not_installed_is_not_found() {
+    let f = fixture(grants(vec![program("helix-no-such-program", &[])]));
+    let err = f
+        .runner
+        .run(call("helix-no-such-program", &[]))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, RunError::NotFound(ref m) if m.contains("helix-no-such-program")),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_environment_holds_only_granted_variables() {
+    let host_env = |name: &str| match name {
+        "HELIX_PASSED" => Some("from-host".to_string()),
+        "HOME" => Some("/root".to_string()),
+        _ => None,
+    };
+    let grants = Grants {
+        programs: vec![program("env", &[])],
+        env: BTreeMap::from([("LANG".to_string(), "C".to_string())]),
+        pass_env: vec!["HELIX_PASSED".into()],
+        builder_env: vec!["GIT_TERMINAL_PROMPT".into()],
+        ..Grants::default()
+    };
+    let f = fixture_with(grants, host_env, std::env::var_os("PATH"));
+    let mut spec = call("env", &[]);
+    spec.env = vec![("GIT_TERMINAL_PROMPT".into(), "0".into())];
+    let output = f.runner.run(spec).await.unwrap();
+    let mut lines: Vec<&str> = output.stdout.lines().collect();
+    lines.sort();
+    assert_eq!(
+        lines,
+        ["GIT_TERMINAL_PROMPT=0", "HELIX_PASSED=from-host", "LANG=C"]
+    );
+
+    let mut spec = call("env", &[]);
+    spec.env = vec![("LD_PRELOAD".into(), "/tmp/evil.so".into())];
+    let err = f.runner.run(spec).await.unwrap_err();
+    assert!(
+        matches!(err, RunError::Denied(ref m) if m.contains("LD_PRELOAD")),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn working_directories_cannot_leave_the_workspace() {
+    let f = fixture(grants(vec![program("pwd", &["-P"])]));
+    std::fs::create_dir(f.workspace.path().join("sub")).unwrap();
+    std::os::unix::fs::symlink("/tmp", f.workspace.path().join("out")).unwrap();
+    let root = f.workspace.path().canonicalize().unwrap();
+    let pwd = |dir: &str| {
+        let mut spec = call("pwd", &["-P"]);
+        spec.working_dir = Some(dir.into());
+        f.runner.run(spec)
+    };
+    assert_eq!(
+        pwd("sub").await.unwrap().stdout.trim(),
+        root.join("sub").to_str().unwrap()
+    );
+    assert_eq!(
+        pwd("/workspace/sub").await.unwrap().stdout.trim(),
+        root.join("sub").to_str().unwrap()
+    );
+    assert_eq!(pwd("").await.unwrap().stdout.trim(), root.to_str().unwrap());
+    for escape in [
+        "..",
+        "sub/../..",
+        "/etc",
+        "/workspace/../etc",
+        "out",
+        "out/",
+    ] {
+        assert!(
+            matches!(pwd(escape).await, Err(RunError::Denied(_))),
+            "{escape}"
+        );
+    }
+    assert!(matches!(
+        pwd("missing").await,
+        Err(RunError::FailedToStart(_))
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_lines_reach_the_log_before_the_program_exits() {
+    let f = fixture(sh_grants());
+    let log = f.log.clone();
+    let run =
+        tokio::spawn(async move { f.runner.run(sh("echo first; sleep 2; echo second")).await });
+    let mut seen_first = false;
+    for _ in 0..150 {
+        let lines = log.snapshot();
+        if lines.iter().any(|l| l == "[sh stdout] first") {
+            seen_first = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        seen_first,
+        "first line not logged while running: {:?}",
+        log.snapshot()
+    );
+    assert!(!run.is_finished(), "the program had already exited");
+    assert!(!log.snapshot().iter().any(|l| l == "[sh stdout] second"));
+    let output = run.await.unwrap().unwrap();
+    assert_eq!(output.stdout, "first\nsecond\n");
+    let lines = log.snapshot();
+    let first = lines.iter().position(|l| l == "[sh stdout] first").unwrap();
+    let second = lines
+        .iter()
+        .position(|l| l == "[sh stdout] second")
+        .unwrap();
+    assert!(first < second);
+}
+
+#[tokio::test]
+async fn stderr_is_logged_and_exit_codes_are_reported() {
+    let f = fixture(sh_grants());
+    let output = f.runner.run(sh("echo oops >&2; exit 3")).await.unwrap();
+    assert_eq!((output.exit_code, output.stderr.as_str()), (3, "oops\n"));
+    assert!(f.log.snapshot().contains(&"[sh stderr] oops".to_string()));
+    let killed = f.runner.run(sh("kill -9 $$")).await.unwrap();
+    assert_eq!(killed.exit_code, 128 + 9);
+}
+
+#[tokio::test]
+async fn kept_output_is_capped() {
+    let f = fixture(sh_grants());
+    let output: CommandOutput = f
+        .runner
+        .run(sh(
+            "i=0; while [ $i -lt 20000 ]; do echo line-$i; i=$((i+1)); done",
+        ))
+        .await
+        .unwrap();
+    assert!(
+        output.stdout.len() <= OUTPUT_TAIL_BYTES,
+        "{}",
+        output.stdout.len()
+    );
+    assert!(output.stdout.ends_with("line-19999\n"));
+    assert_eq!(
+        f.log.snapshot().len(),
+        10_000 + 1,
+        "log keeps its cap plus the marker"
+    );
+    assert!(f.log.snapshot()[0].contains("earlier log lines dropped"));
+}
+
+#[tokio::test]
+async fn secret_values_are_redacted_in_every_log_line() {
+    let grants = Grants {
+        programs: vec![program("sh", &["-c", "*"])],
+        secret_env: vec!["REGISTRY_TOKEN".into()],
+        ..Grants::default()
+    };
+    let f = fixture_with(
+        grants,
+        |name| (name == "REGISTRY_TOKEN").then(|| "s3cr3t-t0ken".to_string()),
+        std::env::var_os("PATH"),
+    );
+    let output = f
+        .runner
+        .run(sh(
+            "echo token=$REGISTRY_TOKEN; echo again $REGISTRY_TOKEN >&2",
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        output.stdout, "token=s3cr3t-t0ken\n",
+        "the builder gets the real output"
+    );
+    let log = f.log.snapshot().join("\n");
+    assert!(!log.contains("s3cr3t-t0ken"), "{log}");
+    assert!(
+        log.contains("[sh stdout] token=***") && log.contains("[sh stderr] again ***"),
+        "{log}"
+    );
+    // A denial echoing the secret in its arguments is redacted too.
+    let _ = f.runner.run(call("curl", &["-u", "s3cr3t-t0ken"])).await;
+    assert!(!f.log.snapshot().join("\n").contains("s3cr3t-t0ken"));
+}
+
+const FAMILY: &str =
+    "sleep 300 & echo pid $!; (sleep 300 & echo pid $!; wait) & echo pid $!; echo pid $$; wait";
+
+async fn started_family(log: &JobLog) -> Vec<u32> {
+    for _ in 0..500 {
+        let pids = pids_in(&log.snapshot());
+        if pids.len() == 4 {
+            return pids;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the script did not start: {:?}", log.snapshot());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_kills_the_program_and_its_grandchildren() {
+    let f = fixture(sh_grants());
+    let (log, cancel) = (f.log.clone(), f.cancel.clone());
+    let run = tokio::spawn(async move { f.runner.run(sh(FAMILY)).await });
+    let pids = started_family(&log).await;
+    cancel.cancel("test");
+    // Bounded: a surviving grandchild holding the output pipe would hang it.
+    let result = tokio::time::timeout(Duration::from_secs(10), run).await;
+    assert_eq!(
+        result.expect("cancel returns promptly").unwrap(),
+        Err(RunError::Cancelled)
+    );
+    assert_eq!(
+        survivors(&pids, Duration::from_secs(5)).await,
+        Vec::<u32>::new()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_timeout_kills_the_whole_group() {
+    let f = fixture(sh_grants());
+    let log = f.log.clone();
+    let mut spec = sh(FAMILY);
+    spec.timeout = Some(Duration::from_millis(500));
+    let result = tokio::time::timeout(Duration::from_secs(10), f.runner.run(spec)).await;
+    assert_eq!(
+        result.expect("the timeout returns promptly"),
+        Err(RunError::TimedOut)
+    );
+    let pids = pids_in(&log.snapshot());
+    assert_eq!(pids.len(), 4, "{:?}", log.snapshot());
+    assert_eq!(
+        survivors(&pids, Duration::from_secs(5)).await,
+        Vec::<u32>::new()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_call_kills_the_whole_group() {
+    let f = fixture(sh_grants());
+    let log = f.log.clone();
+    let run = tokio::spawn(async move { f.runner.run(sh(FAMILY)).await });
+    let pids = started_family(&log).await;
+    run.abort();
+    assert!(run.await.unwrap_err().is_cancelled());
+    // SIGTERM at once; SIGKILL after the grace period for anything left.
+    assert_eq!(
+        survivors(&pids, Duration::from_secs(5)).await,
+        Vec::<u32>::new()
+    );
+}
+
+#[tokio::test]
+async fn leftover_background_processes_die_with_their_program() {
+    let f = fixture(sh_grants());
+    let output = f
+        .runner
+        .run(sh("sleep 300 > /dev/null 2>&1 & echo pid $!"))
+        .await
+        .unwrap();
+    let pid: u32 = output
+        .stdout
+        .trim()
+        .trim_start_matches("pid ")
+        .parse()
+        .unwrap();
+    assert_eq!(
+        survivors(&[pid], Duration::from_secs(5)).await,
+        Vec::<u32>::new()
+    );
+}

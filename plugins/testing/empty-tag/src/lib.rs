@@ -1,0 +1,34 @@
+//! Misbehaving builder for tests: reports success without an image tag.
+//! The host must not believe it.
+
+wit_bindgen::generate!({
+    path: "../../../wit",
+    world: "helix:build/builder",
+});
+
+use exports::helix::build::builder_info::{self, Metadata};
+
+struct EmptyTag;
+
+impl builder_info::Guest for EmptyTag {
+    fn info() -> Metadata {
+        Metadata {
+            name: "testing-empty-tag".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            description: "TESTING: claims success with an empty tag".into(),
+            simulated: true,
+        }
+    }
+}
+
+impl Guest for EmptyTag {
+    fn build(_job: Job) -> Result<BuildOutput, BuildError> {
+        Ok(BuildOutput {
+            image_tag: String::new(),
+            digest: None,
+            manifest: Vec::new(),
+        })
+    }
+}
+
+export!(EmptyTag);

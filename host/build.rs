@@ -12,11 +12,16 @@ use std::process::{Command, exit};
 const TARGET: &str = "wasm32-wasip2";
 /// (builder name, crate file stem) of builders compiled into the binary.
 const BUILTIN: &[(&str, &str)] = &[("simulated", "helix_plugin_simulated")];
-/// Crate file stems of plugins that misbehave on purpose, for tests.
+/// Crate file stems of the plugins in plugins/testing/, for tests.
 const TESTING: &[&str] = &[
+    "helix_plugin_empty_tag",
+    "helix_plugin_escape",
+    "helix_plugin_exec",
     "helix_plugin_hog",
     "helix_plugin_panic",
+    "helix_plugin_shell",
     "helix_plugin_spin",
+    "helix_plugin_ungranted",
 ];
 
 /// Variables of the outer build that must not reach the nested one: flags

@@ -440,7 +440,9 @@ async fn invalid_submissions_store_nothing() {
         .unwrap_err()
         .to_string();
     assert!(
-        err.contains("available: hog, panic, simulated, spin"),
+        err.contains(
+            "available: empty-tag, escape, exec, hog, panic, shell, simulated, spin, ungranted"
+        ),
         "{err}"
     );
 }

@@ -1,0 +1,243 @@
+//! Misbehaving plugins against the sandbox, through the service: each ends
+//! its own job with the right state and a cause, nothing escapes, and a
+//! normal job alongside still succeeds.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::{
+    config, finished, on_builder, simulated, start, survivors, until_logged, until_running,
+};
+use helix_build::job::{JobRequest, State};
+
+fn exec(script: &str) -> JobRequest {
+    JobRequest {
+        build_args: BTreeMap::from([("EXEC_0".to_string(), format!("sh\n-c\n{script}"))]),
+        ..on_builder("exec")
+    }
+}
+
+fn pids(lines: &[String]) -> Vec<u32> {
+    lines
+        .iter()
+        .filter(|l| l.starts_with("[sh stdout] pid "))
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_misbehaving_plugin_ends_its_job_with_the_cause_while_a_normal_job_succeeds() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = start(&config(&dir, 8, 50)).await;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let escape = JobRequest {
+        build_args: BTreeMap::from([(
+            "ESCAPE_ADDR".to_string(),
+            listener.local_addr().unwrap().to_string(),
+        )]),
+        ..on_builder("escape")
+    };
+
+    let submitted = [
+        ("spin", service.submit(on_builder("spin")).unwrap().id),
+        ("hog", service.submit(on_builder("hog")).unwrap().id),
+        ("panic", service.submit(on_builder("panic")).unwrap().id),
+        (
+            "empty-tag",
+            service.submit(on_builder("empty-tag")).unwrap().id,
+        ),
+        (
+            "ungranted",
+            service.submit(on_builder("ungranted")).unwrap().id,
+        ),
+        ("shell", service.submit(on_builder("shell")).unwrap().id),
+        ("escape", service.submit(escape).unwrap().id),
+    ];
+    let normal = service.submit(simulated(0)).unwrap();
+    assert_eq!(finished(&service, &normal.id).await.state, State::Succeeded);
+
+    let expected: [(&str, State, &str); 7] = [
+        (
+            "spin",
+            State::TimedOut,
+            "timed out: builder 'spin' ran longer than its limit of 2s",
+        ),
+        (
+            "hog",
+            State::Failed,
+            "limit exceeded: builder 'hog' needed more memory than its limit of 64 MiB",
+        ),
+        (
+            "panic",
+            State::Failed,
+            "plugin fault: builder 'panic' crashed: ",
+        ),
+        (
+            "empty-tag",
+            State::Failed,
+            "plugin fault: builder 'empty-tag' reported success without an image tag",
+        ),
+        (
+            "ungranted",
+            State::Failed,
+            "denied: builder 'ungranted': `curl -s http://127.0.0.1:1/`: program `curl` is not granted",
+        ),
+        (
+            "shell",
+            State::Failed,
+            "denied: builder 'shell': `sh -c id; cat /etc/passwd`: these arguments are not granted",
+        ),
+        (
+            "escape",
+            State::Failed,
+            "denied: every escape attempt was refused",
+        ),
+    ];
+    for ((name, id), (expected_name, state, error)) in submitted.iter().zip(expected) {
+        assert_eq!(*name, expected_name);
+        let job = finished(&service, id).await;
+        assert_eq!(job.state, state, "{name}: {:?}", job.error);
+        let got = job.error.unwrap_or_default();
+        assert!(got.starts_with(error), "{name}: {got}");
+    }
+    assert!(
+        listener.accept().is_err(),
+        "the escape plugin reached the network"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn denied_calls_are_recorded_in_the_job_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = start(&config(&dir, 2, 10)).await;
+    let shell = service.submit(on_builder("shell")).unwrap();
+    finished(&service, &shell.id).await;
+    let logs = service.logs(shell.id.as_str()).unwrap();
+    let denials: Vec<&String> = logs
+        .iter()
+        .filter(|l| l.starts_with("[helix] denied:"))
+        .collect();
+    assert_eq!(denials.len(), 2, "{logs:?}");
+    assert!(
+        denials[1].contains("allowed: sh -c echo hello"),
+        "{}",
+        denials[1]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_escape_plugin_sees_no_host_files_env_or_network() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = start(&config(&dir, 1, 10)).await;
+    let job = service.submit(on_builder("escape")).unwrap();
+    finished(&service, &job.id).await;
+    let logs = service.logs(job.id.as_str()).unwrap();
+    let attempts: Vec<&String> = logs.iter().filter(|l| l.starts_with("[escape]")).collect();
+    assert_eq!(attempts.len(), 6, "{logs:?}");
+    for line in attempts {
+        assert!(line.contains(": refused ("), "{line}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn granted_commands_run_and_stream_into_the_job_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = start(&config(&dir, 1, 10)).await;
+    let job = service
+        .submit(exec("echo hello from sh; echo warn >&2"))
+        .unwrap();
+    let job = finished(&service, &job.id).await;
+    assert_eq!(job.state, State::Succeeded, "{:?}", job.error);
+    let logs = service.logs(job.id.as_str()).unwrap();
+    assert!(
+        logs.contains(&"[sh stdout] hello from sh".to_string()),
+        "{logs:?}"
+    );
+    assert!(logs.contains(&"[sh stderr] warn".to_string()), "{logs:?}");
+    assert!(
+        logs.contains(&"[exec] 0: last stdout line: hello from sh".to_string()),
+        "{logs:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_job_kills_every_process_it_started() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(&dir, 1, 10);
+    config.builders.get_mut("exec").unwrap().timeout_secs = 600;
+    let service = start(&config).await;
+    let job = service
+        .submit(exec(
+            "sleep 300 & echo pid $!; (sleep 300 & echo pid $!; wait) & echo pid $$; wait",
+        ))
+        .unwrap();
+    until_running(&service, &job.id).await;
+    until_logged(&service, &job.id, |l| l.starts_with("[sh stdout] pid ")).await;
+    let mut pids = Vec::new();
+    for _ in 0..500 {
+        pids = self::pids(&service.logs(job.id.as_str()).unwrap());
+        if pids.len() == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(pids.len(), 3, "{:?}", service.logs(job.id.as_str()));
+
+    let asked = Instant::now();
+    let cancelled = service.cancel(job.id.as_str()).await.unwrap();
+    assert_eq!(cancelled.state, State::Cancelled);
+    assert!(
+        asked.elapsed() < Duration::from_secs(1),
+        "cancel took {:?}",
+        asked.elapsed()
+    );
+    assert_eq!(
+        survivors(&pids, Duration::from_secs(5)).await,
+        Vec::<u32>::new()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_timeout_kills_every_process_it_started() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = start(&config(&dir, 1, 10)).await;
+    let job = service
+        .submit(exec("sleep 300 & echo pid $!; echo pid $$; wait"))
+        .unwrap();
+    let job = finished(&service, &job.id).await;
+    assert_eq!(job.state, State::TimedOut, "{:?}", job.error);
+    let pids = pids(&service.logs(job.id.as_str()).unwrap());
+    assert_eq!(pids.len(), 2);
+    assert_eq!(
+        survivors(&pids, Duration::from_secs(5)).await,
+        Vec::<u32>::new()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_workspaces_are_kept_only_when_configured() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(&dir, 1, 10);
+    config.keep_failed_workspaces = true;
+    let service = start(&config).await;
+    let failed = service
+        .submit(exec("echo debris > left-behind; exit 1"))
+        .unwrap();
+    let ok = service.submit(exec("echo fine > output")).unwrap();
+    assert_eq!(finished(&service, &failed.id).await.state, State::Failed);
+    assert_eq!(finished(&service, &ok.id).await.state, State::Succeeded);
+    let kept = config.workspace_dir().join(failed.id.as_str());
+    assert_eq!(
+        std::fs::read_to_string(kept.join("left-behind")).unwrap(),
+        "debris\n"
+    );
+    assert!(!config.workspace_dir().join(ok.id.as_str()).exists());
+    let logs = service.logs(failed.id.as_str()).unwrap();
+    assert!(
+        logs.iter()
+            .any(|l| l.starts_with("[helix] workspace kept for debugging"))
+    );
+}

@@ -247,3 +247,48 @@ fn a_config_with_an_unknown_field_is_refused_by_name() {
         "{stderr}"
     );
 }
+
+fn plugin_check(path: &std::path::Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_helix-build"))
+        .args(["plugin", "check"])
+        .arg(path)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn plugin_check_describes_a_builder() {
+    let path =
+        std::path::Path::new(env!("HELIX_TESTING_PLUGIN_DIR")).join("helix_plugin_exec.wasm");
+    let output = plugin_check(&path);
+    assert!(output.status.success());
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("a builder for helix:build@0.1.0"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("name:        testing-exec"), "{stdout}");
+    assert!(
+        stdout.contains("helix:build/command-runner@0.1.0"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn plugin_check_refuses_what_is_not_a_builder() {
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("junk.wasm");
+    std::fs::write(&junk, b"definitely not wasm").unwrap();
+    for (path, expected) in [
+        (junk, "not a valid WebAssembly component"),
+        (dir.path().join("missing.wasm"), "cannot read"),
+    ] {
+        let output = plugin_check(&path);
+        assert!(!output.status.success());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.starts_with("helix-build: ") && stderr.contains(expected),
+            "{stderr}"
+        );
+    }
+}

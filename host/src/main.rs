@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use helix_build::config::Config;
-use helix_build::{api, app};
+use helix_build::{api, app, plugin};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -30,6 +30,21 @@ enum Command {
         #[arg(long)]
         listen: Option<std::net::SocketAddr>,
     },
+    /// Work with builder plugins.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Check that a .wasm file is a builder this host can load, and show
+    /// its info and imports.
+    Check {
+        /// The component file.
+        file: PathBuf,
+    },
 }
 
 #[tokio::main]
@@ -43,6 +58,9 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve { config, listen } => serve(config, listen).await,
+        Command::Plugin {
+            command: PluginCommand::Check { file },
+        } => check_plugin(&file).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -83,6 +101,28 @@ async fn serve(
         .map_err(|e| format!("HTTP server failed: {e}"))?;
     tracing::info!("shutting down: waiting for running jobs");
     service.stop(app::stop_grace(&config)).await;
+    Ok(())
+}
+
+async fn check_plugin(file: &std::path::Path) -> Result<(), String> {
+    let inspection = plugin::inspect(file).await.map_err(|e| e.to_string())?;
+    let info = &inspection.info;
+    println!(
+        "{}: a builder for helix:build@{}",
+        file.display(),
+        plugin::WIT_VERSION
+    );
+    println!("  name:        {} {}", info.plugin_name, info.version);
+    println!("  description: {}", info.description);
+    println!(
+        "  simulated:   {}",
+        if info.simulated { "yes" } else { "no" }
+    );
+    println!("  digest:      {}", info.component_digest);
+    println!("  imports:");
+    for import in &inspection.imports {
+        println!("    {import}");
+    }
     Ok(())
 }
 

@@ -148,3 +148,77 @@ async fn job_workspaces_are_removed_when_jobs_end() {
     let left: Vec<_> = std::fs::read_dir(config.workspace_dir()).unwrap().collect();
     assert!(left.is_empty(), "left behind: {left:?}");
 }
+
+/// A real component whose `helix:build` interface versions are rewritten
+/// from 0.1.0 to 9.1.0 (same length, so the binary stays well formed): a
+/// stand-in for a plugin built against a future, incompatible contract.
+fn future_version_component(dir: &std::path::Path) -> std::path::PathBuf {
+    let mut bytes = std::fs::read(common::testing_plugin("panic")).unwrap();
+    let (from, to) = (b"helix:build/".as_slice(), b"@0.1.0".as_slice());
+    let mut i = 0;
+    while let Some(at) = bytes[i..].windows(from.len()).position(|w| w == from) {
+        let start = i + at;
+        let end = start + bytes[start..].iter().position(|b| *b == b'@').unwrap();
+        if bytes[end..].starts_with(to) {
+            bytes[end + 1] = b'9';
+        }
+        i = end;
+    }
+    let path = dir.join("future.wasm");
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_component_for_an_incompatible_contract_version_is_refused_naming_both() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = future_version_component(dir.path());
+    let mut config = config(&dir, 1, 10);
+    config.builders.insert(
+        "future".into(),
+        BuilderConfig {
+            component: Some(path.clone()),
+            ..BuilderConfig::default()
+        },
+    );
+    let err = match app::start(&config).await {
+        Ok(_) => panic!("an incompatible component was loaded"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("builder 'future'"), "{err}");
+    assert!(err.contains("built against helix:build@9.1.0"), "{err}");
+    assert!(
+        err.contains("this host implements helix:build@0.1.0"),
+        "{err}"
+    );
+
+    let err = helix_build::plugin::inspect(&path)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("helix:build@9.1.0"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inspect_describes_a_builder_and_its_imports() {
+    let inspection = helix_build::plugin::inspect(&common::testing_plugin("exec"))
+        .await
+        .unwrap();
+    assert_eq!(inspection.info.plugin_name, "testing-exec");
+    assert!(
+        inspection
+            .imports
+            .contains(&"helix:build/command-runner@0.1.0".to_string())
+    );
+    let escape = helix_build::plugin::inspect(&common::testing_plugin("escape"))
+        .await
+        .unwrap();
+    assert!(
+        escape
+            .imports
+            .iter()
+            .any(|i| i.starts_with("wasi:sockets/")),
+        "{:?}",
+        escape.imports
+    );
+}

@@ -11,13 +11,13 @@ mod host;
 mod output;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use wasmtime::Engine;
-use wasmtime::component::{HasSelf, Linker};
+use wasmtime::component::{Component, HasSelf, Linker};
 
 use crate::exec::{GrantPolicy, ProgramGrant};
 
@@ -131,6 +131,8 @@ pub enum PluginError {
         origin: Origin,
         message: String,
     },
+    #[error("cannot read {path}: {message}")]
+    Unreadable { path: PathBuf, message: String },
     #[error("cannot set up the WebAssembly engine: {0}")]
     Engine(String),
 }
@@ -200,41 +202,120 @@ async fn load_one(
     source: BuilderSource,
 ) -> Result<(Builder, LoadReport), PluginError> {
     let started = Instant::now();
-    let name = source.name.clone();
-    let origin = source.origin.clone();
+    let (component, cache_use) =
+        cache
+            .load(engine, &source.bytes)
+            .map_err(|e| PluginError::Invalid {
+                name: source.name.clone(),
+                origin: source.origin.clone(),
+                message: format!("{e:#}"),
+            })?;
+    let pre = prepare(engine, linker, &component, &source)?;
+    let elapsed = started.elapsed();
+    let report = LoadReport {
+        builder: source.name.clone(),
+        cache: cache_use,
+        elapsed,
+    };
+    Ok((describe(engine, pre, source).await?, report))
+}
+
+/// Checks the component against the contract and links it.
+fn prepare(
+    engine: &Engine,
+    linker: &Linker<JobHost>,
+    component: &Component,
+    source: &BuilderSource,
+) -> Result<bindings::BuilderPre<JobHost>, PluginError> {
+    let incompatible = |message: String| PluginError::Incompatible {
+        name: source.name.clone(),
+        origin: source.origin.clone(),
+        message,
+    };
+    contract::check(engine, component).map_err(incompatible)?;
+    linker
+        .instantiate_pre(component)
+        .and_then(bindings::BuilderPre::new)
+        .map_err(|e| {
+            incompatible(format!(
+                "it needs imports this host does not provide: {e:#}"
+            ))
+        })
+}
+
+/// Makes a [`Builder`], asking the component for its `info`.
+async fn describe(
+    engine: &Engine,
+    pre: bindings::BuilderPre<JobHost>,
+    source: BuilderSource,
+) -> Result<Builder, PluginError> {
+    let (name, origin) = (source.name.clone(), source.origin.clone());
+    Builder::new(engine.clone(), pre, source)
+        .await
+        .map_err(|message| PluginError::Info {
+            name,
+            origin,
+            message,
+        })
+}
+
+/// What `helix-build plugin check` reports about a component file.
+#[derive(Debug, Clone)]
+pub struct Inspection {
+    pub info: BuilderInfo,
+    /// Every interface the component imports.
+    pub imports: Vec<String>,
+}
+
+/// Loads the component in `path` as a builder would be loaded (without
+/// the disk cache or any grants), and describes it. The error says why the
+/// file is not a usable builder.
+pub async fn inspect(path: &Path) -> Result<Inspection, PluginError> {
+    let name = path.file_stem().map_or_else(
+        || "plugin".to_string(),
+        |s| s.to_string_lossy().into_owned(),
+    );
+    let origin = Origin::File(path.to_path_buf());
     let invalid = |message: String| PluginError::Invalid {
         name: name.clone(),
         origin: origin.clone(),
         message,
     };
-    let (component, cache_use) = cache
-        .load(engine, &source.bytes)
-        .map_err(|e| invalid(format!("{e:#}")))?;
-    contract::check(engine, &component).map_err(|message| PluginError::Incompatible {
+    let bytes = std::fs::read(path).map_err(|e| PluginError::Unreadable {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    let limits = Limits {
+        memory_bytes: INSPECT_MEMORY,
+        timeout: Duration::from_secs(10),
+    };
+    let engine = engine::new_engine(PoolSizing {
+        instances: 1,
+        max_memory_bytes: limits.memory_bytes,
+    })
+    .map_err(|e| PluginError::Engine(format!("{e:#}")))?;
+    let linker = new_linker(&engine).map_err(|e| PluginError::Engine(format!("{e:#}")))?;
+    let component = Component::new(&engine, &bytes).map_err(|e| invalid(format!("{e:#}")))?;
+    let imports = component
+        .component_type()
+        .imports(&engine)
+        .map(|(name, _)| name.to_string())
+        .collect();
+    let source = BuilderSource {
         name: name.clone(),
         origin: origin.clone(),
-        message,
-    })?;
-    let pre = linker
-        .instantiate_pre(&component)
-        .and_then(bindings::BuilderPre::new)
-        .map_err(|e| PluginError::Incompatible {
-            name: name.clone(),
-            origin: origin.clone(),
-            message: format!("it needs imports this host does not provide: {e:#}"),
-        })?;
-    let elapsed = started.elapsed();
-    let builder = Builder::new(engine.clone(), pre, source)
-        .await
-        .map_err(|message| PluginError::Info {
-            name: name.clone(),
-            origin: origin.clone(),
-            message,
-        })?;
-    let report = LoadReport {
-        builder: name,
-        cache: cache_use,
-        elapsed,
+        bytes: bytes.into(),
+        limits,
+        settings: BTreeMap::new(),
+        grants: GrantPolicy::default(),
     };
-    Ok((builder, report))
+    let pre = prepare(&engine, &linker, &component, &source)?;
+    let builder = describe(&engine, pre, source).await?;
+    Ok(Inspection {
+        info: builder.info().clone(),
+        imports,
+    })
 }
+
+/// Memory a component may use while `plugin check` asks for its `info`.
+const INSPECT_MEMORY: usize = 256 << 20;

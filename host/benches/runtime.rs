@@ -1,12 +1,14 @@
-//! What the plugin runtime costs, each figure measured side by side in one
-//! run and reported as a median:
+//! What the runtime adds, each figure measured side by side in one run and
+//! reported as a median:
 //!
 //! - loading every built-in builder with an empty compile cache against
 //!   loading them again from the cache;
 //! - one job's fresh instance plus its `build` call (simulated builder, zero
-//!   delay), the per-job price of the wasm boundary.
+//!   delay), the per-job price of the wasm boundary;
+//! - running `true` through the command runner (grant check, process group,
+//!   log streaming) against spawning it directly.
 //!
-//! Run with `cargo bench -p helix-build --bench plugin`.
+//! Run with `cargo bench -p helix-build --bench runtime`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,12 +16,14 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use helix_build::cancel::CancelSignal;
 use helix_build::config::Config;
+use helix_build::exec::{CommandRunner, CommandSpec, Grants, ProgramGrant};
 use helix_build::job::{Job, JobId, JobRequest, Outcome, SubmitPolicy};
 use helix_build::log::JobLog;
 use helix_build::plugin::{ComponentCache, PluginRuntime, PoolSizing, RunContext};
 
 const LOAD_ROUNDS: usize = 5;
 const JOB_ROUNDS: usize = 2_000;
+const COMMAND_ROUNDS: usize = 500;
 
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -104,6 +108,58 @@ async fn run() {
     println!(
         "one job: fresh instance + build call:   {:>10.1} µs",
         per_job.as_secs_f64() * 1e6
+    );
+
+    command_overhead(workspace.path()).await;
+}
+
+/// `true` through the command runner against `true` spawned directly,
+/// alternating so both see the same machine state.
+async fn command_overhead(workspace: &std::path::Path) {
+    let grants = Grants {
+        programs: vec![ProgramGrant {
+            command: "true".into(),
+            args: Vec::new(),
+        }],
+        ..Grants::default()
+    };
+    let runner = CommandRunner::new(
+        "bench".into(),
+        Arc::new(grants.resolve(|_| None)),
+        workspace.to_path_buf(),
+        Arc::new(JobLog::new(100)),
+        CancelSignal::new(),
+        std::env::var_os("PATH"),
+    );
+    let spec = CommandSpec {
+        program: "true".into(),
+        ..CommandSpec::default()
+    };
+    let mut mediated = Vec::with_capacity(COMMAND_ROUNDS);
+    let mut direct = Vec::with_capacity(COMMAND_ROUNDS);
+    for _ in 0..COMMAND_ROUNDS {
+        let started = Instant::now();
+        let output = runner.run(spec.clone()).await.unwrap();
+        mediated.push(started.elapsed());
+        assert_eq!(output.exit_code, 0);
+
+        let started = Instant::now();
+        let status = std::process::Command::new("true").status().unwrap();
+        direct.push(started.elapsed());
+        assert!(status.success());
+    }
+    let (mediated, direct) = (median(&mut mediated), median(&mut direct));
+    println!(
+        "`true` through the command runner:      {:>10.1} µs",
+        mediated.as_secs_f64() * 1e6
+    );
+    println!(
+        "`true` spawned directly:                {:>10.1} µs",
+        direct.as_secs_f64() * 1e6
+    );
+    println!(
+        "  command runner / direct = {:.2}x",
+        mediated.as_secs_f64() / direct.as_secs_f64()
     );
 }
 

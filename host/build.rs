@@ -11,7 +11,11 @@ use std::process::{Command, exit};
 
 const TARGET: &str = "wasm32-wasip2";
 /// (builder name, crate file stem) of builders compiled into the binary.
-const BUILTIN: &[(&str, &str)] = &[("simulated", "helix_plugin_simulated")];
+const BUILTIN: &[(&str, &str)] = &[
+    ("buildah", "helix_plugin_buildah"),
+    ("podman", "helix_plugin_podman"),
+    ("simulated", "helix_plugin_simulated"),
+];
 /// Crate file stems of the plugins in plugins/testing/, for tests.
 const TESTING: &[&str] = &[
     "helix_plugin_empty_tag",
@@ -47,14 +51,15 @@ fn main() {
         .parent()
         .expect("host/ lives in the workspace root");
     let plugins = root.join("plugins");
-    for watched in [
-        root.join("wit"),
-        plugins.join("Cargo.toml"),
-        plugins.join("Cargo.lock"),
-        plugins.join("simulated"),
-        plugins.join("testing"),
-    ] {
-        println!("cargo::rerun-if-changed={}", watched.display());
+    println!("cargo::rerun-if-changed={}", root.join("wit").display());
+    // Every plugin crate and the plugin workspace's manifest and lock; not
+    // plugins/target, which a manual build may fill.
+    let entries = std::fs::read_dir(&plugins)
+        .unwrap_or_else(|e| fail(&format!("reading {}: {e}", plugins.display())));
+    for entry in entries.flatten() {
+        if entry.file_name() != "target" {
+            println!("cargo::rerun-if-changed={}", entry.path().display());
+        }
     }
 
     check_target_installed();

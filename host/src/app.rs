@@ -6,6 +6,7 @@ use std::time::Duration;
 use crate::config::{Config, ConfigError};
 use crate::job::SubmitPolicy;
 use crate::plugin::{ComponentCache, PluginError, PluginRuntime, PoolSizing};
+use crate::registry::RegistryCheck;
 use crate::service::{Service, ServiceConfig};
 
 /// Builder instances allowed beyond one per worker: load-time `info` calls
@@ -54,6 +55,7 @@ pub async fn start(config: &Config) -> Result<Service, StartError> {
         log_cap_lines: config.log_cap_lines,
         workspace_dir: config.workspace_dir(),
         keep_failed_workspaces: config.keep_failed_workspaces,
+        registry_check: RegistryCheck::new(config.insecure_registries()),
     };
     Ok(Service::start(service_config, Arc::new(runtime)))
 }

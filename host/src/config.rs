@@ -43,9 +43,29 @@ pub struct Config {
     /// Keep the workspace of a job that did not succeed, for debugging
     /// (it is removed otherwise).
     pub keep_failed_workspaces: bool,
-    /// Builders by the name jobs use. The built-in `simulated` builder is
-    /// always available unless an entry of that name replaces it.
+    /// Registry images go to when a job names no `image`
+    /// (`host[:port][/namespace]`).
+    pub default_registry: Option<String>,
+    /// Per-registry settings, by `host[:port]`.
+    pub registries: BTreeMap<String, RegistryConfig>,
+    /// Builders by the name jobs use. Every built-in builder is available
+    /// unless an entry of that name replaces it.
     pub builders: BTreeMap<String, BuilderConfig>,
+}
+
+/// How to talk to one registry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistryConfig {
+    /// `false` for a registry served over plain HTTP or with a certificate
+    /// that cannot be verified.
+    pub tls_verify: bool,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        RegistryConfig { tls_verify: true }
+    }
 }
 
 /// One builder's component, limits and settings.
@@ -59,10 +79,13 @@ pub struct BuilderConfig {
     pub memory_mib: u64,
     /// Wall-clock limit on one job, in seconds.
     pub timeout_secs: u64,
-    /// Values the builder reads through `job-context.setting`.
+    /// Values the builder reads through `job-context.setting`, on top of
+    /// those the host sets: `default_registry`, `insecure_registries`,
+    /// `allow_file_repos`.
     pub settings: BTreeMap<String, String>,
-    /// What the builder may run and see. Nothing by default.
-    pub grants: Grants,
+    /// What the builder may run and see. Absent: a built-in builder's own
+    /// defaults, nothing for any other.
+    pub grants: Option<Grants>,
 }
 
 const MAX_WORKERS: usize = 256;
@@ -81,6 +104,8 @@ impl Default for Config {
             log_cap_lines: 10_000,
             stop_grace_secs: 30,
             keep_failed_workspaces: false,
+            default_registry: None,
+            registries: BTreeMap::new(),
             builders: BTreeMap::new(),
         }
     }
@@ -93,7 +118,7 @@ impl Default for BuilderConfig {
             memory_mib: 512,
             timeout_secs: 3600,
             settings: BTreeMap::new(),
-            grants: Grants::default(),
+            grants: None,
         }
     }
 }
@@ -164,15 +189,24 @@ impl Config {
             if builder.timeout_secs == 0 {
                 return invalid(format!("builders.{name}.timeout_secs must be at least 1"));
             }
-            builder
-                .grants
-                .validate(&format!("builders.{name}.grants"))
-                .map_err(ConfigError::Invalid)?;
+            if let Some(grants) = &builder.grants {
+                grants
+                    .validate(&format!("builders.{name}.grants"))
+                    .map_err(ConfigError::Invalid)?;
+            }
             if builder.component.is_none() && builtin::component(name).is_none() {
                 return invalid(format!(
                     "builders.{name}.component is missing, and there is no built-in builder called '{name}' \
                      (built-in: {})",
                     builtin::names().collect::<Vec<_>>().join(", ")
+                ));
+            }
+        }
+        if let Some(registry) = &self.default_registry {
+            let probe = format!("{registry}/probe");
+            if registry.is_empty() || crate::reference::validate_image_ref(&probe).is_err() {
+                return invalid(format!(
+                    "default_registry {registry:?} must be host[:port][/namespace], e.g. registry.example.com/team"
                 ));
             }
         }
@@ -215,15 +249,44 @@ impl Config {
                         (Origin::BuiltIn, bytes.into())
                     }
                 };
+                let grants = builder
+                    .grants
+                    .clone()
+                    .unwrap_or_else(|| builtin::default_grants(&name));
+                let mut settings = self.host_settings();
+                settings.extend(builder.settings.clone());
                 Ok(BuilderSource {
                     limits: builder.limits(),
-                    grants: builder.grants.resolve(|name| std::env::var(name).ok()),
+                    grants: grants.resolve(|name| std::env::var(name).ok()),
                     name,
                     origin,
                     bytes,
-                    settings: builder.settings,
+                    settings,
                 })
             })
+            .collect()
+    }
+
+    /// Settings every builder gets from the host's own config.
+    fn host_settings(&self) -> BTreeMap<String, String> {
+        let mut settings = BTreeMap::new();
+        if let Some(registry) = &self.default_registry {
+            settings.insert("default_registry".into(), registry.clone());
+        }
+        settings.insert(
+            "insecure_registries".into(),
+            self.insecure_registries().join(","),
+        );
+        settings.insert("allow_file_repos".into(), self.allow_file_repos.to_string());
+        settings
+    }
+
+    /// Registries configured with `tls_verify = false`.
+    pub fn insecure_registries(&self) -> Vec<String> {
+        self.registries
+            .iter()
+            .filter(|(_, r)| !r.tls_verify)
+            .map(|(host, _)| host.clone())
             .collect()
     }
 
@@ -326,6 +389,10 @@ mod tests {
         assert_eq!(sim.limits.memory_bytes, 64 << 20);
         assert_eq!(sim.limits.timeout, Duration::from_secs(5));
         assert_eq!(sim.settings["delay_ms"], "10");
+        assert_eq!(
+            sim.settings["allow_file_repos"], "false",
+            "host settings are added"
+        );
     }
 
     #[test]

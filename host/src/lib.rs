@@ -16,4 +16,5 @@ pub mod manifest;
 pub mod platform;
 pub mod plugin;
 pub mod reference;
+pub mod registry;
 pub mod service;

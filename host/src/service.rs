@@ -21,6 +21,7 @@ use crate::cancel::CancelSignal;
 use crate::job::{FailureKind, InvalidJob, Job, JobId, JobRequest, Outcome, State, SubmitPolicy};
 use crate::log::{JobLog, Redactor};
 use crate::plugin::{PluginRuntime, RunContext};
+use crate::registry::RegistryCheck;
 
 /// How the service runs jobs.
 #[derive(Debug, Clone)]
@@ -34,6 +35,8 @@ pub struct ServiceConfig {
     pub workspace_dir: PathBuf,
     /// Leave the workspace of a job that did not succeed in place.
     pub keep_failed_workspaces: bool,
+    /// Confirms real builders' reports against the registry.
+    pub registry_check: RegistryCheck,
 }
 
 /// Why a request to the service was refused. Nothing is changed when one
@@ -364,6 +367,9 @@ impl Inner {
                             workspace: workspace.clone(),
                         };
                         let outcome = builder.run(&job, ctx).await;
+                        let outcome = self
+                            .confirm(outcome, &job, builder.info().simulated, &log)
+                            .await;
                         let failed = !matches!(outcome, Outcome::Succeeded(_));
                         if failed && self.config.keep_failed_workspaces {
                             log.push(&format!(
@@ -379,6 +385,31 @@ impl Inner {
             }
         };
         self.record(&job.id, outcome);
+    }
+}
+
+impl Inner {
+    /// A real builder's success stands only once the registry shows it.
+    async fn confirm(&self, outcome: Outcome, job: &Job, simulated: bool, log: &JobLog) -> Outcome {
+        let Outcome::Succeeded(result) = &outcome else {
+            return outcome;
+        };
+        if simulated {
+            log.push("[helix] simulated builder: no image, so no registry check");
+            return outcome;
+        }
+        match self
+            .config
+            .registry_check
+            .verify(result, &job.platforms)
+            .await
+        {
+            Ok(verified) => {
+                log.push(&format!("[helix] verified: {verified}"));
+                outcome
+            }
+            Err(mismatch) => Outcome::failed(FailureKind::Registry, mismatch),
+        }
     }
 }
 

@@ -59,10 +59,10 @@ pub fn config(dir: &tempfile::TempDir, workers: usize, queue_capacity: usize) ->
                 component: Some(testing_plugin(&name.replace('-', "_"))),
                 timeout_secs: 2,
                 memory_mib: 64,
-                grants: Grants {
+                grants: Some(Grants {
                     programs,
                     ..Grants::default()
-                },
+                }),
                 ..BuilderConfig::default()
             },
         );

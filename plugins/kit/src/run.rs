@@ -1,0 +1,42 @@
+//! Running a program through the host, with the host's refusals mapped to
+//! build errors that say whose fault they are.
+
+use crate::BuildError;
+use crate::bindings::helix::build::command_runner::{self, Command, Output, RunError};
+
+pub(crate) fn run(program: &str, args: Vec<String>) -> Result<Output, BuildError> {
+    let command = Command {
+        program: program.to_string(),
+        args,
+        env: Vec::new(),
+        working_dir: None,
+        timeout_ms: None,
+    };
+    command_runner::run(&command).map_err(|e| match e {
+        RunError::Denied(reason) => BuildError::Denied(reason),
+        RunError::NotFound(reason) => {
+            BuildError::Internal(format!("{reason}; the operator must install `{program}` on the build host"))
+        }
+        RunError::Cancelled => BuildError::Cancelled,
+        RunError::TimedOut => BuildError::Internal(format!("`{program}` timed out")),
+        RunError::FailedToStart(reason) => BuildError::Internal(format!("`{program}` could not start: {reason}")),
+    })
+}
+
+/// The line of a tool's stderr that says what went wrong: its last
+/// `Error:`/`fatal:` line, else its last non-empty line.
+pub(crate) fn error_line(stderr: &str) -> String {
+    let lines: Vec<&str> = stderr.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    lines
+        .iter()
+        .rev()
+        .find(|l| l.starts_with("Error:") || l.starts_with("error:") || l.starts_with("fatal:"))
+        .or(lines.last())
+        .map(|l| {
+            l.trim_start_matches("Error: ")
+                .trim_start_matches("error: ")
+                .trim_start_matches("fatal: ")
+                .to_string()
+        })
+        .unwrap_or_else(|| "no error output".into())
+}

@@ -111,8 +111,16 @@ fn serves_with_no_config_and_runs_a_simulated_job() {
 
     let (status, builders) = server.json("GET", "/v1/builders", None);
     assert_eq!(status, 200);
-    assert_eq!(builders[0]["name"], "simulated");
-    assert_eq!(builders[0]["simulated"], true);
+    let names: Vec<&str> = builders
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["buildah", "podman", "simulated"]);
+    assert_eq!(builders[2]["simulated"], true);
+    assert_eq!(builders[1]["simulated"], false);
+    assert_eq!(builders[1]["grants"]["programs"][0]["command"], "git");
 
     let request = json!({
         "id": "e2e-1",

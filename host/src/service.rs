@@ -376,8 +376,8 @@ impl Inner {
                                 "[helix] workspace kept for debugging: {}",
                                 workspace.display()
                             ));
-                        } else if let Err(e) = std::fs::remove_dir_all(&workspace) {
-                            tracing::warn!(job = %job.id, "could not remove workspace {}: {e}", workspace.display());
+                        } else {
+                            remove_workspace(workspace);
                         }
                         outcome
                     }
@@ -411,6 +411,21 @@ impl Inner {
             Err(mismatch) => Outcome::failed(FailureKind::Registry, mismatch),
         }
     }
+}
+
+/// Removes a job's workspace. Processes of a cancelled job may still be
+/// exiting (they get SIGKILL after a grace period) and writing into it, so
+/// a failed removal is retried once they are surely gone.
+fn remove_workspace(dir: PathBuf) {
+    if std::fs::remove_dir_all(&dir).is_ok() || !dir.exists() {
+        return;
+    }
+    tokio::spawn(async move {
+        tokio::time::sleep(crate::exec::KILL_GRACE + Duration::from_secs(1)).await;
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            tracing::warn!("could not remove workspace {}: {e}", dir.display());
+        }
+    });
 }
 
 /// A fresh, empty directory for one job (left-overs of an earlier attempt

@@ -20,7 +20,7 @@ async fn second_start_loads_compiled_components_from_the_cache() {
     let first = start(&config).await;
     let cold = cold.elapsed();
     let reports = first.runtime().load_reports().to_vec();
-    assert_eq!(reports.len(), 9);
+    assert_eq!(reports.len(), 11);
     assert!(
         reports.iter().all(|r| r.cache == CacheUse::Compiled),
         "{reports:?}"
@@ -109,11 +109,13 @@ async fn builders_report_their_info_and_digest() {
     assert_eq!(
         names,
         [
+            "buildah",
             "empty-tag",
             "escape",
             "exec",
             "hog",
             "panic",
+            "podman",
             "shell",
             "simulated",
             "spin",

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use grant::{Denial, DirGrant, GrantPolicy, Grants, ProgramGrant};
+pub use process::KILL_GRACE;
 
 use crate::cancel::CancelSignal;
 use crate::log::JobLog;

@@ -15,7 +15,7 @@ use crate::cancel::CancelSignal;
 use crate::log::JobLog;
 
 /// Between SIGTERM and SIGKILL.
-pub(super) const KILL_GRACE: Duration = Duration::from_secs(2);
+pub const KILL_GRACE: Duration = Duration::from_secs(2);
 /// Longest line read at once; a longer one is logged in pieces.
 const MAX_LINE: u64 = 8 * 1024;
 

@@ -73,8 +73,7 @@ fn detach(url: &str, git_ref: &str) -> Result<(), BuildError> {
     let output = git(&["-C", SOURCE_DIR, "checkout", "--detach", git_ref])?;
     if output.exit_code != 0 {
         return Err(BuildError::Source(format!(
-            "ref {git_ref:?} was not found in {url}: {}",
-            run::error_line(&output.stderr)
+            "ref {git_ref:?} was not found in {url}: it names no branch, tag or commit there"
         )));
     }
     log_commit()

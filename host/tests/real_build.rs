@@ -1,0 +1,444 @@
+//! Real builds end to end: real git repositories, real podman and buildah
+//! run by the built-in builder components, a real registry on loopback
+//! (Debian's docker-registry), and images read back from it by digest.
+//! Needs root, podman, buildah, skopeo, git, docker-registry and
+//! busybox-static, as `.ci/run` installs them.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{finished, start, until_logged, until_running};
+use helix_build::config::{Config, RegistryConfig};
+use helix_build::job::{Job, JobRequest, State};
+use helix_build::service::Service;
+
+/// A docker-registry process on a free loopback port, killed on drop.
+struct Registry {
+    child: Child,
+    address: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Registry {
+    fn start(read_only: bool) -> Registry {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let address = format!("127.0.0.1:{port}");
+        let config = dir.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  \
+                 maintenance:\n    readonly:\n      enabled: {read_only}\nhttp:\n  addr: {address}\n",
+                dir.path().join("data").display()
+            ),
+        )
+        .unwrap();
+        let registry = Registry {
+            child: Command::new("docker-registry")
+                .arg("serve")
+                .arg(&config)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("docker-registry is installed"),
+            address,
+            _dir: dir,
+        };
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(&registry.address).is_ok() {
+                return registry;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("the registry did not start on {}", registry.address);
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const DOCKERFILE: &str = "FROM scratch\nARG TARGETARCH\nARG GREETING=none\n\
+COPY busybox /bin/busybox\n\
+RUN [\"/bin/busybox\", \"sh\", \"-c\", \"echo $GREETING-$TARGETARCH > /hello\"]\n\
+LABEL greeting=$GREETING\n";
+
+/// A git repository with a `FROM scratch` build: busybox copied in, a `RUN`
+/// step writing `/hello`, a label from a build arg. Tagged `v1`; a second
+/// commit adds `failing/Dockerfile` and `slow/Dockerfile`.
+struct Repo {
+    dir: tempfile::TempDir,
+    first_commit: String,
+}
+
+impl Repo {
+    fn new() -> Repo {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path();
+        git(path, &["init", "-q", "-b", "main"]);
+        std::fs::copy("/bin/busybox", path.join("busybox")).expect("busybox-static is installed");
+        std::fs::write(path.join("Dockerfile"), DOCKERFILE).unwrap();
+        git(path, &["add", "-A"]);
+        git(path, &["commit", "-qm", "first"]);
+        git(path, &["tag", "v1"]);
+        let first_commit = git(path, &["rev-parse", "HEAD"]);
+        for (sub, text) in [
+            (
+                "failing",
+                "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"false\"]\n",
+            ),
+            (
+                "slow",
+                "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"sleep\", \"300\"]\n",
+            ),
+        ] {
+            std::fs::create_dir(path.join(sub)).unwrap();
+            std::fs::copy("/bin/busybox", path.join(sub).join("busybox")).unwrap();
+            std::fs::write(path.join(sub).join("Dockerfile"), text).unwrap();
+        }
+        git(path, &["add", "-A"]);
+        git(path, &["commit", "-qm", "second"]);
+        Repo { dir, first_commit }
+    }
+
+    fn url(&self) -> String {
+        format!("file://{}", self.dir.path().display())
+    }
+}
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let output = Command::new("git")
+        .args([
+            "-c",
+            "user.name=test",
+            "-c",
+            "user.email=test@example.invalid",
+        ])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+fn real_config(dir: &tempfile::TempDir, registry: &str) -> Config {
+    let mut config = common::config(dir, 4, 20);
+    config.allow_file_repos = true;
+    config.default_registry = Some(format!("{registry}/team"));
+    config
+        .registries
+        .insert(registry.to_string(), RegistryConfig { tls_verify: false });
+    config
+}
+
+fn job(repo: &Repo, builder: &str, git_ref: &str) -> JobRequest {
+    JobRequest {
+        repo_url: repo.url(),
+        git_ref: Some(git_ref.into()),
+        builder: Some(builder.into()),
+        build_args: BTreeMap::from([("GREETING".to_string(), "hello".to_string())]),
+        ..JobRequest::default()
+    }
+}
+
+async fn run(service: &Service, request: JobRequest) -> Job {
+    let job = service.submit(request).unwrap();
+    let job = finished(service, &job.id).await;
+    let logs = service.logs(job.id.as_str()).unwrap().join("\n");
+    eprintln!("--- {} ({}): {:?}\n{logs}", job.id, job.state, job.error);
+    job
+}
+
+/// Copies `reference` (by digest) out of the registry into a directory and
+/// returns what its layers hold at `path`, and its config.
+fn pull(reference: &str, path: &str) -> (String, serde_json::Value) {
+    let out = tempfile::tempdir().unwrap();
+    let status = Command::new("skopeo")
+        .args([
+            "copy",
+            "--src-tls-verify=false",
+            &format!("docker://{reference}"),
+        ])
+        .arg(format!("dir:{}", out.path().display()))
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "skopeo copy {reference}");
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("manifest.json")).unwrap()).unwrap();
+    let blob = |digest: &str| out.path().join(digest.trim_start_matches("sha256:"));
+    let config: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(blob(manifest["config"]["digest"].as_str().unwrap())).unwrap(),
+    )
+    .unwrap();
+    let mut content = String::new();
+    for layer in manifest["layers"].as_array().unwrap() {
+        let output = Command::new("tar")
+            .arg("-xzOf")
+            .arg(blob(layer["digest"].as_str().unwrap()))
+            .arg(path)
+            .stderr(Stdio::null())
+            .output()
+            .unwrap();
+        content.push_str(&String::from_utf8_lossy(&output.stdout));
+    }
+    (content, config)
+}
+
+fn image_name(tag: &str) -> &str {
+    tag.rsplit_once(':').map_or(tag, |(name, _)| name)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn podman_builds_copy_run_and_build_args_and_the_image_pulls_back_by_digest() {
+    let registry = Registry::start(false);
+    let repo = Repo::new();
+    let dir = tempfile::tempdir().unwrap();
+    let service = start(&real_config(&dir, &registry.address)).await;
+
+    let job = run(&service, job(&repo, "podman", "v1")).await;
+    assert_eq!(job.state, State::Succeeded, "{:?}", job.error);
+    let tag = job.image_tag.clone().unwrap();
+    assert_eq!(
+        tag,
+        format!("{}/team/{}:{}", registry.address, repo_name(&repo), job.id)
+    );
+    let digest = job.digest.clone().unwrap();
+    let (hello, config) = pull(&format!("{}@{digest}", image_name(&tag)), "hello");
+    assert_eq!(hello, "hello-amd64\n");
+    assert_eq!(config["config"]["Labels"]["greeting"], "hello");
+    let logs = service.logs(job.id.as_str()).unwrap();
+    assert!(
+        logs.iter().any(|l| l.starts_with("[helix] verified:")),
+        "{logs:?}"
+    );
+}
+
+fn repo_name(repo: &Repo) -> String {
+    repo.dir
+        .path()
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect::<String>()
+        .trim_matches('-')
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_sha_and_an_explicit_image_are_honoured() {
+    let registry = Registry::start(false);
+    let repo = Repo::new();
+    let dir = tempfile::tempdir().unwrap();
+    let service = start(&real_config(&dir, &registry.address)).await;
+    let request = JobRequest {
+        image: Some(format!("{}/other/app:pinned", registry.address)),
+        ..job(&repo, "podman", &repo.first_commit)
+    };
+    let job = run(&service, request).await;
+    assert_eq!(job.state, State::Succeeded, "{:?}", job.error);
+    assert_eq!(
+        job.image_tag.unwrap(),
+        format!("{}/other/app:pinned", registry.address)
+    );
+    let logs = service.logs(job.id.as_str()).unwrap();
+    assert!(
+        logs.iter()
+            .any(|l| l.contains(&format!("checked out commit {}", repo.first_commit))),
+        "{logs:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_platforms_give_an_index_with_both_and_arch_specific_content() {
+    let registry = Registry::start(false);
+    let repo = Repo::new();
+    let dir = tempfile::tempdir().unwrap();
+    let service = start(&real_config(&dir, &registry.address)).await;
+    let request = JobRequest {
+        platforms: vec!["linux/amd64".into(), "linux/arm64".into()],
+        ..job(&repo, "podman", "main")
+    };
+    let job = run(&service, request).await;
+    assert_eq!(job.state, State::Succeeded, "{:?}", job.error);
+    let platforms: Vec<String> = job.manifest.platforms().map(|p| p.to_string()).collect();
+    assert_eq!(platforms, ["linux/amd64", "linux/arm64"]);
+    let name = image_name(job.image_tag.as_deref().unwrap()).to_string();
+    for (platform, digest) in job.manifest.iter() {
+        let (hello, config) = pull(&format!("{name}@{digest}"), "hello");
+        assert_eq!(hello, format!("hello-{}\n", platform.arch()));
+        assert_eq!(config["architecture"], platform.arch());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buildah_builds_and_pushes_the_same_way() {
+    let registry = Registry::start(false);
+    let repo = Repo::new();
+    let dir = tempfile::tempdir().unwrap();
+    let service = start(&real_config(&dir, &registry.address)).await;
+    let job = run(&service, job(&repo, "buildah", "v1")).await;
+    assert_eq!(job.state, State::Succeeded, "{:?}", job.error);
+    let tag = job.image_tag.clone().unwrap();
+    let (hello, config) = pull(
+        &format!("{}@{}", image_name(&tag), job.digest.unwrap()),
+        "hello",
+    );
+    assert_eq!(hello, "hello-amd64\n");
+    assert_eq!(config["config"]["Labels"]["greeting"], "hello");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_say_whose_fault_they_are() {
+    let registry = Registry::start(false);
+    let read_only = Registry::start(true);
+    let repo = Repo::new();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = real_config(&dir, &registry.address);
+    config.registries.insert(
+        read_only.address.clone(),
+        RegistryConfig { tls_verify: false },
+    );
+    let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    config
+        .registries
+        .insert(closed_port.clone(), RegistryConfig { tls_verify: false });
+    let service = start(&config).await;
+
+    let cases = [
+        (
+            job(&repo, "podman", "no-such-branch"),
+            "source error: ref \"no-such-branch\" was not found in file://",
+        ),
+        (
+            job(&repo, "buildah", "0123456789abcdef0123456789abcdef01234567"),
+            "source error: ref \"0123456789abcdef0123456789abcdef01234567\" was not found",
+        ),
+        (
+            JobRequest {
+                dockerfile_path: Some("missing/Dockerfile".into()),
+                ..job(&repo, "podman", "main")
+            },
+            "invalid job: dockerfile_path \"missing/Dockerfile\" does not exist",
+        ),
+        (
+            JobRequest {
+                dockerfile_path: Some("failing/Dockerfile".into()),
+                ..job(&repo, "podman", "main")
+            },
+            "build error: podman build failed: building at STEP \"RUN /bin/busybox false\": exit status 1",
+        ),
+        (
+            JobRequest {
+                image: Some(format!("{closed_port}/team/app:x")),
+                ..job(&repo, "podman", "main")
+            },
+            "registry error: pushing",
+        ),
+        (
+            JobRequest {
+                image: Some(format!("{}/team/app:x", read_only.address)),
+                ..job(&repo, "podman", "main")
+            },
+            "registry error: pushing",
+        ),
+    ];
+    for (request, expected) in cases {
+        let job = run(&service, request).await;
+        assert_eq!(job.state, State::Failed);
+        let error = job.error.unwrap();
+        assert!(
+            error.starts_with(expected),
+            "expected {expected:?}, got {error:?}"
+        );
+    }
+}
+
+/// Processes whose working directory is inside `dir`.
+fn processes_in(dir: &Path) -> Vec<(u32, String)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cwd) = std::fs::read_link(entry.path().join("cwd")) else {
+            continue;
+        };
+        if cwd.starts_with(dir) && !common::process_gone(pid) {
+            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            found.push((pid, String::from_utf8_lossy(&cmdline).replace('\0', " ")));
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_long_build_leaves_no_process_and_no_build_state_behind() {
+    let registry = Registry::start(false);
+    let repo = Repo::new();
+    let dir = tempfile::tempdir().unwrap();
+    let config = real_config(&dir, &registry.address);
+    let service = start(&config).await;
+    for builder in ["podman", "buildah"] {
+        let request = JobRequest {
+            dockerfile_path: Some("slow/Dockerfile".into()),
+            ..job(&repo, builder, "main")
+        };
+        let job = service.submit(request).unwrap();
+        until_running(&service, &job.id).await;
+        until_logged(&service, &job.id, |l| l.contains("STEP 3/3")).await;
+        let workspace: PathBuf = config.workspace_dir().join(job.id.as_str());
+        assert!(
+            !processes_in(&workspace).is_empty(),
+            "{builder}: the build is not running"
+        );
+
+        let cancelled = service.cancel(job.id.as_str()).await.unwrap();
+        assert_eq!(cancelled.state, State::Cancelled, "{builder}");
+        let mut left = processes_in(&workspace);
+        for _ in 0..250 {
+            if left.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            left = processes_in(&workspace);
+        }
+        assert_eq!(left, Vec::new(), "{builder}: processes outlived the job");
+        // The build's containers and layers lived in the job's storage.
+        for _ in 0..250 {
+            if !workspace.exists() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(
+            !workspace.exists(),
+            "{builder}: build state left in {}",
+            workspace.display()
+        );
+    }
+}

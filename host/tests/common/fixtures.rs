@@ -1,0 +1,128 @@
+//! Fixtures for real builds, shared by the tests and the benches: a
+//! registry on loopback and a git repository with a `FROM scratch` build.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// A docker-registry process on a free loopback port, killed on drop.
+pub struct Registry {
+    child: Child,
+    pub address: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Registry {
+    pub fn start(read_only: bool) -> Registry {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let address = format!("127.0.0.1:{port}");
+        let config = dir.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  \
+                 maintenance:\n    readonly:\n      enabled: {read_only}\nhttp:\n  addr: {address}\n",
+                dir.path().join("data").display()
+            ),
+        )
+        .unwrap();
+        let registry = Registry {
+            child: Command::new("docker-registry")
+                .arg("serve")
+                .arg(&config)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("docker-registry is installed"),
+            address,
+            _dir: dir,
+        };
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(&registry.address).is_ok() {
+                return registry;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("the registry did not start on {}", registry.address);
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const DOCKERFILE: &str = "FROM scratch\nARG TARGETARCH\nARG GREETING=none\n\
+COPY busybox /bin/busybox\n\
+RUN [\"/bin/busybox\", \"sh\", \"-c\", \"echo $GREETING-$TARGETARCH > /hello\"]\n\
+LABEL greeting=$GREETING\n";
+
+/// A git repository with a `FROM scratch` build: busybox copied in, a `RUN`
+/// step writing `/hello`, a label from a build arg. Tagged `v1`; a second
+/// commit adds `failing/Dockerfile` and `slow/Dockerfile`.
+pub struct Repo {
+    pub dir: tempfile::TempDir,
+    pub first_commit: String,
+}
+
+impl Repo {
+    pub fn new() -> Repo {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path();
+        git(path, &["init", "-q", "-b", "main"]);
+        std::fs::copy("/bin/busybox", path.join("busybox")).expect("busybox-static is installed");
+        std::fs::write(path.join("Dockerfile"), DOCKERFILE).unwrap();
+        git(path, &["add", "-A"]);
+        git(path, &["commit", "-qm", "first"]);
+        git(path, &["tag", "v1"]);
+        let first_commit = git(path, &["rev-parse", "HEAD"]);
+        for (sub, text) in [
+            (
+                "failing",
+                "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"false\"]\n",
+            ),
+            (
+                "slow",
+                "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"sleep\", \"300\"]\n",
+            ),
+        ] {
+            std::fs::create_dir(path.join(sub)).unwrap();
+            std::fs::copy("/bin/busybox", path.join(sub).join("busybox")).unwrap();
+            std::fs::write(path.join(sub).join("Dockerfile"), text).unwrap();
+        }
+        git(path, &["add", "-A"]);
+        git(path, &["commit", "-qm", "second"]);
+        Repo { dir, first_commit }
+    }
+
+    pub fn url(&self) -> String {
+        format!("file://{}", self.dir.path().display())
+    }
+}
+
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let output = Command::new("git")
+        .args([
+            "-c",
+            "user.name=test",
+            "-c",
+            "user.email=test@example.invalid",
+        ])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}

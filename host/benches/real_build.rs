@@ -13,9 +13,13 @@
 #[path = "../tests/common/fixtures.rs"]
 mod fixtures;
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
+
+use common::median;
 
 use helix_build::app;
 use helix_build::config::{BuilderConfig, Config, RegistryConfig};
@@ -24,11 +28,7 @@ use helix_build::job::{JobRequest, State};
 const ROUNDS: usize = 7;
 
 fn main() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(run());
+    common::block_on(run());
 }
 
 async fn run() {
@@ -165,9 +165,4 @@ fn run_quietly(dir: &Path, program: &str, args: &[&str]) {
         "{program} {args:?}: {}",
         String::from_utf8_lossy(&output.stderr)
     );
-}
-
-fn median(samples: &mut [Duration]) -> Duration {
-    samples.sort();
-    samples[samples.len() / 2]
 }

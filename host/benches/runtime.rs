@@ -10,8 +10,12 @@
 //!
 //! Run with `cargo bench -p helix-build --bench runtime`.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use common::median;
 
 use chrono::Utc;
 use helix_build::cancel::CancelSignal;
@@ -26,11 +30,7 @@ const JOB_ROUNDS: usize = 2_000;
 const COMMAND_ROUNDS: usize = 500;
 
 fn main() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(run());
+    common::block_on(run());
 }
 
 async fn run() {
@@ -161,11 +161,6 @@ async fn command_overhead(workspace: &std::path::Path) {
         "  command runner / direct = {:.2}x",
         mediated.as_secs_f64() / direct.as_secs_f64()
     );
-}
-
-fn median(samples: &mut [Duration]) -> Duration {
-    samples.sort();
-    samples[samples.len() / 2]
 }
 
 fn ms(d: Duration) -> f64 {

@@ -62,6 +62,38 @@ impl Tool {
     }
 }
 
+/// Defines a complete builder component that drives `tool`: its `info`,
+/// its `build`, and the component exports.
+///
+/// ```ignore
+/// helix_builder_kit::real_builder!(Podman, Tool::Podman, "Builds with podman …");
+/// ```
+#[macro_export]
+macro_rules! real_builder {
+    ($ty:ident, $tool:expr, $description:literal) => {
+        struct $ty;
+
+        impl $crate::InfoGuest for $ty {
+            fn info() -> $crate::Metadata {
+                $crate::Metadata {
+                    name: $tool.program().into(),
+                    version: env!("CARGO_PKG_VERSION").into(),
+                    description: $description.into(),
+                    simulated: false,
+                }
+            }
+        }
+
+        impl $crate::Guest for $ty {
+            fn build(job: $crate::Job) -> Result<$crate::BuildOutput, $crate::BuildError> {
+                $crate::build($tool, job)
+            }
+        }
+
+        $crate::bindings::export_builder!($ty with_types_in $crate::bindings);
+    };
+}
+
 /// Builds and pushes `job` with `tool`.
 pub fn build(tool: Tool, job: Job) -> Result<BuildOutput, BuildError> {
     let settings = image::Settings::read();

@@ -386,9 +386,7 @@ impl Inner {
         };
         self.record(&job.id, outcome);
     }
-}
 
-impl Inner {
     /// A real builder's success stands only once the registry shows it.
     async fn confirm(&self, outcome: Outcome, job: &Job, simulated: bool, log: &JobLog) -> Outcome {
         let Outcome::Succeeded(result) = &outcome else {

@@ -344,47 +344,50 @@ impl Inner {
     }
 
     async fn run(&self, job: Job, log: Arc<JobLog>, cancel: CancelSignal) {
-        let outcome = match self.runtime.builder(&job.builder) {
-            None => Outcome::failed(
+        let outcome = self.execute(&job, log, cancel).await;
+        self.record(&job.id, outcome);
+    }
+
+    /// Runs `job` on its builder in a fresh workspace and confirms the
+    /// result; the workspace is removed afterwards unless the job failed
+    /// and the operator keeps failed workspaces.
+    async fn execute(&self, job: &Job, log: Arc<JobLog>, cancel: CancelSignal) -> Outcome {
+        let Some(builder) = self.runtime.builder(&job.builder) else {
+            return Outcome::failed(
                 FailureKind::Host,
                 format!("builder '{}' is not loaded on this host", job.builder),
-            ),
-            Some(builder) => {
-                let workspace = self.config.workspace_dir.join(job.id.as_str());
-                match prepare_workspace(&workspace) {
-                    Err(e) => Outcome::failed(
-                        FailureKind::Host,
-                        format!(
-                            "could not create the job workspace {}: {e}",
-                            workspace.display()
-                        ),
-                    ),
-                    Ok(()) => {
-                        log.push(&format!("[helix] running on builder '{}'", job.builder));
-                        let ctx = RunContext {
-                            log: log.clone(),
-                            cancel,
-                            workspace: workspace.clone(),
-                        };
-                        let outcome = builder.run(&job, ctx).await;
-                        let outcome = self
-                            .confirm(outcome, &job, builder.info().simulated, &log)
-                            .await;
-                        let failed = !matches!(outcome, Outcome::Succeeded(_));
-                        if failed && self.config.keep_failed_workspaces {
-                            log.push(&format!(
-                                "[helix] workspace kept for debugging: {}",
-                                workspace.display()
-                            ));
-                        } else {
-                            remove_workspace(workspace);
-                        }
-                        outcome
-                    }
-                }
-            }
+            );
         };
-        self.record(&job.id, outcome);
+        let workspace = self.config.workspace_dir.join(job.id.as_str());
+        if let Err(e) = prepare_workspace(&workspace) {
+            return Outcome::failed(
+                FailureKind::Host,
+                format!(
+                    "could not create the job workspace {}: {e}",
+                    workspace.display()
+                ),
+            );
+        }
+        log.push(&format!("[helix] running on builder '{}'", job.builder));
+        let ctx = RunContext {
+            log: log.clone(),
+            cancel,
+            workspace: workspace.clone(),
+        };
+        let outcome = builder.run(job, ctx).await;
+        let outcome = self
+            .confirm(outcome, job, builder.info().simulated, &log)
+            .await;
+        let failed = !matches!(outcome, Outcome::Succeeded(_));
+        if failed && self.config.keep_failed_workspaces {
+            log.push(&format!(
+                "[helix] workspace kept for debugging: {}",
+                workspace.display()
+            ));
+        } else {
+            remove_workspace(workspace);
+        }
+        outcome
     }
 
     /// A real builder's success stands only once the registry shows it.

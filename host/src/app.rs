@@ -55,7 +55,10 @@ pub async fn start(config: &Config) -> Result<Service, StartError> {
         log_cap_lines: config.log_cap_lines,
         workspace_dir: config.workspace_dir(),
         keep_failed_workspaces: config.keep_failed_workspaces,
-        registry_check: RegistryCheck::new(config.insecure_registries()),
+        registry_check: RegistryCheck::new(
+            config.insecure_registries(),
+            config.registry_auth_file.clone(),
+        ),
     };
     Ok(Service::start(service_config, Arc::new(runtime)))
 }

@@ -62,9 +62,9 @@ fn real_builder_grants(tool: &str) -> Grants {
             grant("skopeo", &["inspect", "--raw", "**"]),
         ],
         env: [("GIT_TERMINAL_PROMPT".to_string(), "0".to_string())].into(),
-        // PATH for git's transport helpers; an auth file for private
-        // registries is passed by name, never by content.
-        pass_env: vec!["PATH".into(), "HOME".into(), "REGISTRY_AUTH_FILE".into()],
+        // PATH for git's transport helpers. Registry credentials arrive as
+        // REGISTRY_AUTH_FILE when the config names `registry_auth_file`.
+        pass_env: vec!["PATH".into(), "HOME".into()],
         ..Grants::default()
     }
 }

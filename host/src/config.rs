@@ -48,6 +48,11 @@ pub struct Config {
     pub default_registry: Option<String>,
     /// Per-registry settings, by `host[:port]`.
     pub registries: BTreeMap<String, RegistryConfig>,
+    /// Registry credentials: a containers auth file (`auth.json`, as
+    /// `podman login --authfile` writes). Given to builders' programs and
+    /// the registry check as `REGISTRY_AUTH_FILE`; its contents never reach
+    /// a log or a job.
+    pub registry_auth_file: Option<PathBuf>,
     /// Builders by the name jobs use. Every built-in builder is available
     /// unless an entry of that name replaces it.
     pub builders: BTreeMap<String, BuilderConfig>,
@@ -106,6 +111,7 @@ impl Default for Config {
             keep_failed_workspaces: false,
             default_registry: None,
             registries: BTreeMap::new(),
+            registry_auth_file: None,
             builders: BTreeMap::new(),
         }
     }
@@ -209,6 +215,14 @@ impl Config {
                     "default_registry {registry:?} must be host[:port][/namespace], e.g. registry.example.com/team"
                 ));
             }
+        }
+        if let Some(file) = &self.registry_auth_file
+            && !file.is_file()
+        {
+            return invalid(format!(
+                "registry_auth_file {} is not a readable file",
+                file.display()
+            ));
         }
         if !self.builder_configs().contains_key(&self.default_builder) {
             return invalid(format!(
@@ -393,6 +407,22 @@ mod tests {
             sim.settings["allow_file_repos"], "false",
             "host settings are added"
         );
+    }
+
+    #[test]
+    fn registry_auth_file_reaches_every_builders_programs_by_name() {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let text = format!("registry_auth_file = {:?}", file.path().display().to_string());
+        let config = parse(&text).unwrap();
+        for source in config.builder_sources().unwrap() {
+            assert!(
+                source.grants.env_names().contains(&"REGISTRY_AUTH_FILE".to_string()),
+                "{}",
+                source.name
+            );
+        }
+        let err = parse("registry_auth_file = '/nonexistent/auth.json'").unwrap_err();
+        assert!(err.contains("registry_auth_file"), "{err}");
     }
 
     #[test]

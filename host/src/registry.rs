@@ -3,9 +3,10 @@
 //! multi-platform job, its index lists every requested platform.
 //!
 //! Uses `skopeo inspect --raw`, which speaks the OCI distribution API with
-//! the host's TLS and auth configuration (`REGISTRY_AUTH_FILE`).
+//! the host's TLS configuration and the configured auth file.
 
 use std::collections::BTreeSet;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use sha2::{Digest as _, Sha256};
@@ -21,12 +22,15 @@ const QUERY_TIMEOUT: Duration = Duration::from_secs(60);
 pub struct RegistryCheck {
     /// Registries (`host[:port]`) reached without TLS verification.
     insecure: BTreeSet<String>,
+    /// Credentials, as a containers auth file.
+    auth_file: Option<PathBuf>,
 }
 
 impl RegistryCheck {
-    pub fn new(insecure: impl IntoIterator<Item = String>) -> Self {
+    pub fn new(insecure: impl IntoIterator<Item = String>, auth_file: Option<PathBuf>) -> Self {
         RegistryCheck {
             insecure: insecure.into_iter().collect(),
+            auth_file,
         }
     }
 
@@ -77,6 +81,9 @@ impl RegistryCheck {
         command.arg("inspect").arg("--raw");
         if self.insecure.contains(registry) {
             command.arg("--tls-verify=false");
+        }
+        if let Some(file) = &self.auth_file {
+            command.arg("--authfile").arg(file);
         }
         command.arg(format!("docker://{tag}")).kill_on_drop(true);
         let output = tokio::time::timeout(QUERY_TIMEOUT, command.output())

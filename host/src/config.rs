@@ -263,10 +263,15 @@ impl Config {
                         (Origin::BuiltIn, bytes.into())
                     }
                 };
-                let grants = builder
+                let mut grants = builder
                     .grants
                     .clone()
                     .unwrap_or_else(|| builtin::default_grants(&name));
+                if let Some(file) = &self.registry_auth_file {
+                    grants
+                        .env
+                        .insert("REGISTRY_AUTH_FILE".into(), file.display().to_string());
+                }
                 let mut settings = self.host_settings();
                 settings.extend(builder.settings.clone());
                 Ok(BuilderSource {
@@ -412,11 +417,17 @@ mod tests {
     #[test]
     fn registry_auth_file_reaches_every_builders_programs_by_name() {
         let file = tempfile::NamedTempFile::new().unwrap();
-        let text = format!("registry_auth_file = {:?}", file.path().display().to_string());
+        let text = format!(
+            "registry_auth_file = {:?}",
+            file.path().display().to_string()
+        );
         let config = parse(&text).unwrap();
         for source in config.builder_sources().unwrap() {
             assert!(
-                source.grants.env_names().contains(&"REGISTRY_AUTH_FILE".to_string()),
+                source
+                    .grants
+                    .env_names()
+                    .contains(&"REGISTRY_AUTH_FILE".to_string()),
                 "{}",
                 source.name
             );

@@ -155,19 +155,21 @@ async fn two_platforms_give_an_index_with_both_and_arch_specific_content() {
     let repo = Repo::new();
     let dir = tempfile::tempdir().unwrap();
     let service = start(&real_config(&dir, &registry.address)).await;
-    let request = JobRequest {
-        platforms: vec!["linux/amd64".into(), "linux/arm64".into()],
-        ..job(&repo, "podman", "main")
-    };
-    let job = run(&service, request).await;
-    assert_eq!(job.state, State::Succeeded, "{:?}", job.error);
-    let platforms: Vec<String> = job.manifest.platforms().map(|p| p.to_string()).collect();
-    assert_eq!(platforms, ["linux/amd64", "linux/arm64"]);
-    let name = image_name(job.image_tag.as_deref().unwrap()).to_string();
-    for (platform, digest) in job.manifest.iter() {
-        let (hello, config) = pull(&format!("{name}@{digest}"), "hello");
-        assert_eq!(hello, format!("hello-{}\n", platform.arch()));
-        assert_eq!(config["architecture"], platform.arch());
+    for builder in ["podman", "buildah"] {
+        let request = JobRequest {
+            platforms: vec!["linux/amd64".into(), "linux/arm64".into()],
+            ..job(&repo, builder, "main")
+        };
+        let job = run(&service, request).await;
+        assert_eq!(job.state, State::Succeeded, "{builder}: {:?}", job.error);
+        let platforms: Vec<String> = job.manifest.platforms().map(|p| p.to_string()).collect();
+        assert_eq!(platforms, ["linux/amd64", "linux/arm64"], "{builder}");
+        let name = image_name(job.image_tag.as_deref().unwrap()).to_string();
+        for (platform, digest) in job.manifest.iter() {
+            let (hello, config) = pull(&format!("{name}@{digest}"), "hello");
+            assert_eq!(hello, format!("hello-{}\n", platform.arch()), "{builder}");
+            assert_eq!(config["architecture"], platform.arch(), "{builder}");
+        }
     }
 }
 

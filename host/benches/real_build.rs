@@ -15,8 +15,6 @@ mod fixtures;
 
 mod common;
 
-use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::median;
@@ -98,14 +96,7 @@ async fn run() {
 /// What the podman builder runs, typed in by hand.
 fn build_by_hand(url: &str, image: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let storage = [
-        "--root",
-        "storage",
-        "--runroot",
-        "run",
-        "--storage-driver",
-        "vfs",
-    ];
+    let storage = helix_build::builtin::CONTAINER_STORAGE_ARGS;
     let destination = format!("docker://{image}");
     let steps: [(&str, Vec<&str>); 3] = [
         (
@@ -150,19 +141,6 @@ fn build_by_hand(url: &str, image: &str) {
         ),
     ];
     for (program, args) in steps {
-        run_quietly(dir.path(), program, &args);
+        fixtures::run(dir.path(), program, &args);
     }
-}
-
-fn run_quietly(dir: &Path, program: &str, args: &[&str]) {
-    let output = Command::new(program)
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{program} {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
 }

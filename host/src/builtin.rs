@@ -29,21 +29,25 @@ pub fn default_grants(name: &str) -> Grants {
     }
 }
 
+/// The global flags the real builders pass to podman and buildah: per-job
+/// container storage inside the job workspace (`plugins/kit` uses the
+/// same list).
+pub const CONTAINER_STORAGE_ARGS: [&str; 6] = [
+    "--root",
+    "storage",
+    "--runroot",
+    "run",
+    "--storage-driver",
+    "vfs",
+];
+
 fn real_builder_grants(tool: &str) -> Grants {
     let grant = |command: &str, args: &[&str]| ProgramGrant {
         command: command.into(),
         args: args.iter().map(|a| a.to_string()).collect(),
     };
-    let storage = [
-        "--root",
-        "storage",
-        "--runroot",
-        "run",
-        "--storage-driver",
-        "vfs",
-    ];
     let tool_grant = |args: &[&str]| {
-        let all: Vec<&str> = storage.iter().chain(args).copied().collect();
+        let all: Vec<&str> = CONTAINER_STORAGE_ARGS.iter().chain(args).copied().collect();
         grant(tool, &all)
     };
     Grants {

@@ -107,22 +107,28 @@ impl Repo {
     }
 }
 
-pub fn git(dir: &Path, args: &[&str]) -> String {
-    let output = Command::new("git")
-        .args([
-            "-c",
-            "user.name=test",
-            "-c",
-            "user.email=test@example.invalid",
-        ])
+/// Runs `program` in `dir`, failing with its stderr; returns its stdout.
+pub fn run(dir: &Path, program: &str, args: &[&str]) -> String {
+    let output = Command::new(program)
         .args(args)
         .current_dir(dir)
         .output()
         .unwrap();
     assert!(
         output.status.success(),
-        "git {args:?}: {}",
+        "{program} {args:?}: {}",
         String::from_utf8_lossy(&output.stderr)
     );
     String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let identity = [
+        "-c",
+        "user.name=test",
+        "-c",
+        "user.email=test@example.invalid",
+    ];
+    let all: Vec<&str> = identity.iter().chain(args).copied().collect();
+    run(dir, "git", &all)
 }

@@ -12,16 +12,23 @@ use serde_json::{Value, json};
 struct Server {
     child: Child,
     address: SocketAddr,
-    _data: tempfile::TempDir,
+    _data: Option<tempfile::TempDir>,
 }
 
 impl Server {
     fn start(extra_args: &[&str]) -> Server {
         let data = tempfile::tempdir().unwrap();
+        let mut server = Server::start_in(data.path(), extra_args);
+        server._data = Some(data);
+        server
+    }
+
+    /// A server keeping its data in `data`, which outlives it.
+    fn start_in(data: &std::path::Path, extra_args: &[&str]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_helix-build"))
             .args(["serve", "--listen", "127.0.0.1:0"])
             .args(extra_args)
-            .env("HELIX_DATA_DIR", data.path())
+            .env("HELIX_DATA_DIR", data)
             .env_remove("HELIX_CONFIG")
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -40,7 +47,7 @@ impl Server {
         Server {
             child,
             address,
-            _data: data,
+            _data: None,
         }
     }
 
@@ -298,5 +305,49 @@ fn plugin_check_refuses_what_is_not_a_builder() {
             stderr.starts_with("helix-build: ") && stderr.contains(expected),
             "{stderr}"
         );
+    }
+}
+
+#[test]
+fn kill_9_during_builds_loses_no_accepted_job_and_runs_none_twice_at_once() {
+    let data = tempfile::tempdir().unwrap();
+    let config = data.path().join("helix.toml");
+    std::fs::write(&config, "workers = 2\n").unwrap();
+    let config = config.to_str().unwrap();
+    let mut server = Server::start_in(data.path(), &["--config", config]);
+    let ids: Vec<String> = (0..5).map(|i| format!("crash-{i}")).collect();
+    for id in &ids {
+        let request = json!({
+            "id": id,
+            "repo_url": "https://git.example/app.git",
+            "build_args": {"HELIX_SIMULATE_DELAY_MS": "1500"},
+        });
+        assert_eq!(server.json("POST", "/v1/jobs", Some(&request)).0, 201);
+    }
+    // Two are running, three queued: kill the host without warning.
+    let (_, job) = server.json("GET", "/v1/jobs/crash-1/wait?timeout_secs=1", None);
+    assert_eq!(job["state"], "running");
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+
+    let server = Server::start_in(data.path(), &["--config", config]);
+    let (_, jobs) = server.json("GET", "/v1/jobs", None);
+    assert_eq!(jobs.as_array().unwrap().len(), 5, "{jobs}");
+    for id in &ids {
+        let (_, job) = server.json("GET", &format!("/v1/jobs/{id}/wait?timeout_secs=30"), None);
+        assert_eq!(job["state"], "succeeded", "{job}");
+        let (_, logs) = server.request("GET", &format!("/v1/jobs/{id}/logs"), None);
+        let runs = logs.matches("running on builder").count();
+        assert_eq!(
+            job["attempts"].as_u64().unwrap() as usize,
+            runs,
+            "{id}: {logs}"
+        );
+        let expected = if id == "crash-0" || id == "crash-1" {
+            2
+        } else {
+            1
+        };
+        assert_eq!(runs, expected, "{id}: {logs}");
     }
 }

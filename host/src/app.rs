@@ -8,6 +8,7 @@ use crate::job::SubmitPolicy;
 use crate::plugin::{ComponentCache, PluginError, PluginRuntime, PoolSizing};
 use crate::registry::RegistryCheck;
 use crate::service::{Service, ServiceConfig};
+use crate::store::{SqliteStore, StoreError};
 
 /// Builder instances allowed beyond one per worker: load-time `info` calls
 /// and `plugin check` need their own.
@@ -19,6 +20,8 @@ pub enum StartError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Plugin(#[from] PluginError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
     #[error("cannot create data directory {path}: {source}")]
     DataDir {
         path: String,
@@ -34,6 +37,7 @@ pub async fn start(config: &Config) -> Result<Service, StartError> {
             source,
         })?;
     }
+    let store = SqliteStore::open(&config.store_path()?)?;
     let sources = config.builder_sources()?;
     let sizing = PoolSizing {
         instances: u32::try_from(config.workers + SPARE_INSTANCES).unwrap_or(u32::MAX),
@@ -55,12 +59,14 @@ pub async fn start(config: &Config) -> Result<Service, StartError> {
         log_cap_lines: config.log_cap_lines,
         workspace_dir: config.workspace_dir(),
         keep_failed_workspaces: config.keep_failed_workspaces,
+        store: Arc::new(store),
+        max_attempts: config.max_attempts,
         registry_check: RegistryCheck::new(
             config.insecure_registries(),
             config.registry_auth_file.clone(),
         ),
     };
-    Ok(Service::start(service_config, Arc::new(runtime)))
+    Ok(Service::start(service_config, Arc::new(runtime))?)
 }
 
 /// How long running jobs get on shutdown.

@@ -43,6 +43,12 @@ pub struct Config {
     /// Keep the workspace of a job that did not succeed, for debugging
     /// (it is removed otherwise).
     pub keep_failed_workspaces: bool,
+    /// Where jobs are stored: `sqlite://PATH`; `<data_dir>/helix.db` when
+    /// absent.
+    pub store_url: Option<String>,
+    /// Runs a job may start: a job that was running when the host died is
+    /// queued again while it has attempts left, else failed "interrupted".
+    pub max_attempts: u32,
     /// Registry images go to when a job names no `image`
     /// (`host[:port][/namespace]`).
     pub default_registry: Option<String>,
@@ -109,6 +115,8 @@ impl Default for Config {
             log_cap_lines: 10_000,
             stop_grace_secs: 30,
             keep_failed_workspaces: false,
+            store_url: None,
+            max_attempts: 2,
             default_registry: None,
             registries: BTreeMap::new(),
             registry_auth_file: None,
@@ -169,6 +177,10 @@ impl Config {
         if self.queue_capacity == 0 {
             return invalid("queue_capacity must be at least 1".into());
         }
+        if self.max_attempts == 0 {
+            return invalid("max_attempts must be at least 1".into());
+        }
+        self.store_path()?;
         if self.log_cap_lines == 0 {
             return invalid("log_cap_lines must be at least 1".into());
         }
@@ -284,6 +296,23 @@ impl Config {
                 })
             })
             .collect()
+    }
+
+    /// The SQLite database file named by `store_url`.
+    pub fn store_path(&self) -> Result<PathBuf, ConfigError> {
+        let Some(url) = &self.store_url else {
+            return Ok(self.data_dir.join("helix.db"));
+        };
+        let path = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+            .filter(|p| !p.is_empty())
+            .ok_or_else(|| {
+                ConfigError::Invalid(format!(
+                    "store_url {url:?} is not supported; use sqlite://PATH (PostgreSQL arrives with the scale-out store)"
+                ))
+            })?;
+        Ok(PathBuf::from(path))
     }
 
     /// Settings every builder gets from the host's own config.
@@ -434,6 +463,24 @@ mod tests {
         }
         let err = parse("registry_auth_file = '/nonexistent/auth.json'").unwrap_err();
         assert!(err.contains("registry_auth_file"), "{err}");
+    }
+
+    #[test]
+    fn store_url_selects_the_sqlite_file() {
+        let config = parse("data_dir = '/srv/helix'").unwrap();
+        assert_eq!(
+            config.store_path().unwrap(),
+            PathBuf::from("/srv/helix/helix.db")
+        );
+        let config = parse("store_url = 'sqlite:///var/lib/h.db'").unwrap();
+        assert_eq!(config.store_path().unwrap(), PathBuf::from("/var/lib/h.db"));
+        let err = parse("store_url = 'postgres://db/helix'").unwrap_err();
+        assert!(err.contains("store_url"), "{err}");
+        assert!(
+            parse("max_attempts = 0")
+                .unwrap_err()
+                .contains("max_attempts")
+        );
     }
 
     #[test]

@@ -427,6 +427,23 @@ impl Job {
         Ok(())
     }
 
+    /// Crash recovery only: a job found `running` when the host starts was
+    /// interrupted by the host's death, not by anything it did, so it goes
+    /// back to `queued` (its attempt stays counted). Any other state is
+    /// refused.
+    pub fn requeue_after_interruption(&mut self) -> Result<(), TransitionError> {
+        if self.state != State::Running {
+            return Err(TransitionError {
+                id: self.id.to_string(),
+                from: self.state,
+                to: State::Queued,
+            });
+        }
+        self.state = State::Queued;
+        self.started_at = None;
+        Ok(())
+    }
+
     /// Moves to the terminal state of `outcome`, recording its result or
     /// error and stamping `completed_at`.
     pub fn finish(&mut self, outcome: Outcome, now: DateTime<Utc>) -> Result<(), TransitionError> {
@@ -698,6 +715,20 @@ mod tests {
             .is_err()
         );
         assert_eq!(job, before);
+    }
+
+    #[test]
+    fn only_running_jobs_are_requeued_after_an_interruption() {
+        let mut job = job(request()).unwrap();
+        assert!(job.requeue_after_interruption().is_err());
+        job.start(Utc::now()).unwrap();
+        job.requeue_after_interruption().unwrap();
+        assert_eq!(
+            (job.state, job.attempts, job.started_at),
+            (State::Queued, 1, None)
+        );
+        job.start(Utc::now()).unwrap();
+        assert_eq!(job.attempts, 2);
     }
 
     #[test]

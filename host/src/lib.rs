@@ -18,3 +18,4 @@ pub mod plugin;
 pub mod reference;
 pub mod registry;
 pub mod service;
+pub mod store;

@@ -1,7 +1,10 @@
 //! Job logs: the lines a job's builder and its programs wrote, capped.
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+
+use crate::job::JobId;
+use crate::store::JobStore;
 
 /// Longest line kept; longer ones are cut with a marker, so one runaway
 /// line cannot use the whole budget.
@@ -12,11 +15,20 @@ const MAX_LINE_BYTES: usize = 8 * 1024;
 /// line of every snapshot, so readers know the log is incomplete. Every
 /// line passes through the job's [`Redactor`] on the way in, so a secret
 /// never reaches memory, storage or a reader.
-#[derive(Debug)]
 pub struct JobLog {
     cap: usize,
     redactor: Redactor,
     inner: Mutex<Lines>,
+    /// Where lines are also written, so they outlive this process.
+    persist: Option<(JobId, Arc<dyn JobStore>)>,
+}
+
+impl std::fmt::Debug for JobLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobLog")
+            .field("cap", &self.cap)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Replaces secret values by `***`.
@@ -57,7 +69,26 @@ impl JobLog {
             cap: cap.max(1),
             redactor,
             inner: Mutex::new(Lines::default()),
+            persist: None,
         }
+    }
+
+    /// A log that also writes every line to `store` under job `id`,
+    /// starting from the `earlier` lines read back from it.
+    pub fn persistent(
+        cap: usize,
+        redactor: Redactor,
+        id: JobId,
+        store: Arc<dyn JobStore>,
+        earlier: Vec<String>,
+    ) -> Self {
+        let mut log = Self::with_redactor(cap, redactor);
+        let lines = log.inner.get_mut().unwrap_or_else(|e| e.into_inner());
+        let skip = earlier.len().saturating_sub(log.cap);
+        lines.dropped = skip as u64;
+        lines.kept.extend(earlier.into_iter().skip(skip));
+        log.persist = Some((id, store));
+        log
     }
 
     /// `text` with this job's secrets hidden, for messages that leave the
@@ -75,6 +106,11 @@ impl JobLog {
             if lines.kept.len() == self.cap {
                 lines.kept.pop_front();
                 lines.dropped += 1;
+            }
+            if let Some((id, store)) = &self.persist
+                && let Err(e) = store.append_log(id, &line, self.cap)
+            {
+                tracing::warn!(job = %id, "log line not stored: {e}");
             }
             lines.kept.push_back(line);
         }

@@ -2,9 +2,12 @@
 //! of workers through their builders, and lets callers get, list, cancel and
 //! wait for them.
 //!
-//! Jobs live in memory in this version; every state change goes through
-//! [`Job::start`] / [`Job::finish`], so the lifecycle rules hold whatever
-//! the order of events.
+//! The service works on an in-memory copy of every job and writes each
+//! accepted job, state change and log line through to its [`JobStore`]
+//! before anyone can observe it; at start it reads the store back and
+//! recovers jobs an earlier process left running. Every state change goes
+//! through [`Job::start`] / [`Job::finish`], so the lifecycle rules hold
+//! whatever the order of events.
 
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
@@ -22,9 +25,10 @@ use crate::job::{FailureKind, InvalidJob, Job, JobId, JobRequest, Outcome, State
 use crate::log::{JobLog, Redactor};
 use crate::plugin::{PluginRuntime, RunContext};
 use crate::registry::RegistryCheck;
+use crate::store::{JobStore, StoreError};
 
 /// How the service runs jobs.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ServiceConfig {
     pub workers: usize,
     pub queue_capacity: usize,
@@ -37,6 +41,11 @@ pub struct ServiceConfig {
     pub keep_failed_workspaces: bool,
     /// Confirms real builders' reports against the registry.
     pub registry_check: RegistryCheck,
+    /// Where jobs outlive this process.
+    pub store: Arc<dyn JobStore>,
+    /// Runs a job may start before an interruption (the host dying while
+    /// it ran) fails it instead of queueing it again.
+    pub max_attempts: u32,
 }
 
 /// Why a request to the service was refused. Nothing is changed when one
@@ -55,6 +64,8 @@ pub enum ServiceError {
     AlreadyEnded { id: JobId, state: State },
     #[error("the service is shutting down and accepts no new jobs")]
     ShuttingDown,
+    #[error("the job could not be stored, so it was not accepted: {0}")]
+    Store(String),
 }
 
 /// How long `cancel` waits for a running job's worker to record the
@@ -77,6 +88,18 @@ struct Inner {
     workers: tokio::sync::Mutex<JoinSet<()>>,
 }
 
+impl Table {
+    /// Adds a job, queueing it if it is queued.
+    fn add(&mut self, entry: Entry) {
+        let id = entry.job.id.clone();
+        self.order.push(id.clone());
+        if entry.job.state == State::Queued {
+            self.queue.push_back(id.clone());
+        }
+        self.jobs.insert(id, entry);
+    }
+}
+
 #[derive(Default)]
 struct Table {
     jobs: HashMap<JobId, Entry>,
@@ -96,8 +119,10 @@ struct Entry {
 }
 
 impl Service {
-    /// Starts `config.workers` workers on the current tokio runtime.
-    pub fn start(config: ServiceConfig, runtime: Arc<PluginRuntime>) -> Self {
+    /// Reads back the stored jobs (recovering those an earlier process
+    /// left running) and starts `config.workers` workers on the current
+    /// tokio runtime.
+    pub fn start(config: ServiceConfig, runtime: Arc<PluginRuntime>) -> Result<Self, StoreError> {
         let inner = Arc::new(Inner {
             runtime,
             table: Mutex::default(),
@@ -106,6 +131,7 @@ impl Service {
             workers: tokio::sync::Mutex::new(JoinSet::new()),
             config,
         });
+        inner.restore()?;
         let mut workers = JoinSet::new();
         for _ in 0..inner.config.workers {
             workers.spawn(worker(inner.clone()));
@@ -114,7 +140,7 @@ impl Service {
             .workers
             .try_lock()
             .expect("nobody else holds the new service") = workers;
-        Service { inner }
+        Ok(Service { inner })
     }
 
     pub fn runtime(&self) -> &PluginRuntime {
@@ -134,7 +160,7 @@ impl Service {
             .builder
             .clone()
             .unwrap_or_else(|| self.inner.config.default_builder.clone());
-        let Some(loaded) = self.inner.runtime.builder(&builder) else {
+        if self.inner.runtime.builder(&builder).is_none() {
             return Err(InvalidJob::new(
                 "builder",
                 format!(
@@ -143,11 +169,7 @@ impl Service {
                 ),
             )
             .into());
-        };
-        let log = JobLog::with_redactor(
-            self.inner.config.log_cap_lines,
-            Redactor::new(loaded.secrets()),
-        );
+        }
         let job = Job::from_request(
             request,
             id,
@@ -165,18 +187,13 @@ impl Service {
                 capacity: self.inner.config.queue_capacity,
             });
         }
-        let (state, _) = watch::channel(job.state);
-        table.order.push(job.id.clone());
-        table.queue.push_back(job.id.clone());
-        table.jobs.insert(
-            job.id.clone(),
-            Entry {
-                job: job.clone(),
-                log: Arc::new(log),
-                state,
-                cancel: None,
-            },
-        );
+        // Stored before it is acknowledged or can run.
+        self.inner.config.store.insert(&job).map_err(|e| match e {
+            StoreError::Duplicate(id) => ServiceError::Duplicate(id),
+            other => ServiceError::Store(other.to_string()),
+        })?;
+        let entry = self.inner.entry(job.clone(), Vec::new());
+        table.add(entry);
         drop(table);
         self.inner.ready.add_permits(1);
         tracing::info!(job = %job.id, builder = %job.builder, "job queued");
@@ -228,6 +245,7 @@ impl Service {
                         )
                         .expect("queued → cancelled is allowed");
                     entry.log.push("[helix] cancelled before it started");
+                    self.inner.persist(&entry.job);
                     entry.state.send_replace(entry.job.state);
                     table.queue.retain(|queued| queued.as_str() != id);
                     tracing::info!(job = %id, "queued job cancelled");
@@ -302,6 +320,89 @@ impl Inner {
             .ok_or_else(|| ServiceError::NotFound(id.to_string()))
     }
 
+    /// A table entry for `job` with its log (continuing `earlier` lines).
+    fn entry(&self, job: Job, earlier: Vec<String>) -> Entry {
+        let secrets = self
+            .runtime
+            .builder(&job.builder)
+            .map(|b| Redactor::new(b.secrets()))
+            .unwrap_or_default();
+        let log = JobLog::persistent(
+            self.config.log_cap_lines,
+            secrets,
+            job.id.clone(),
+            self.config.store.clone(),
+            earlier,
+        );
+        let (state, _) = watch::channel(job.state);
+        Entry {
+            job,
+            log: Arc::new(log),
+            state,
+            cancel: None,
+        }
+    }
+
+    /// Writes a job's new state through to the store. The change has
+    /// happened in memory already; a failed write is logged, and the store
+    /// catches up at the job's next change.
+    fn persist(&self, job: &Job) {
+        if let Err(e) = self.config.store.update(job) {
+            tracing::error!(job = %job.id, "job state not stored: {e}");
+        }
+    }
+
+    /// Loads every stored job. Queued ones are queued again; running ones
+    /// were interrupted by the previous process's death: they are queued
+    /// again while attempts remain, else failed as interrupted.
+    fn restore(&self) -> Result<(), StoreError> {
+        let stored = self.config.store.load()?;
+        let mut table = self.lock();
+        for item in stored {
+            let mut entry = self.entry(item.job, item.log);
+            if entry.job.state == State::Running {
+                self.recover_interrupted(&mut entry);
+            }
+            let queued = entry.job.state == State::Queued;
+            table.add(entry);
+            if queued {
+                self.ready.add_permits(1);
+            }
+        }
+        let queued = table.queue.len();
+        drop(table);
+        if queued > 0 {
+            tracing::info!(jobs = queued, "queued jobs restored from the store");
+        }
+        Ok(())
+    }
+
+    fn recover_interrupted(&self, entry: &mut Entry) {
+        let max = self.config.max_attempts;
+        let job = &mut entry.job;
+        if job.attempts < max {
+            job.requeue_after_interruption()
+                .expect("the job is running");
+            entry.log.push(&format!(
+                "[helix] the host stopped while this job ran; queued again (attempt {} of {max})",
+                job.attempts + 1
+            ));
+        } else {
+            let outcome = Outcome::failed(
+                FailureKind::Host,
+                format!(
+                    "interrupted: the host stopped while the job ran, and it has used all {max} attempts"
+                ),
+            );
+            job.finish(outcome, Utc::now())
+                .expect("running → failed is allowed");
+            entry
+                .log
+                .push("[helix] the host stopped while this job ran; no attempts left");
+        }
+        self.persist(&entry.job);
+    }
+
     fn cancel_running(&self, reason: &str) {
         for entry in self.lock().jobs.values() {
             if let Some(cancel) = &entry.cancel {
@@ -318,6 +419,7 @@ impl Inner {
         entry.job.start(Utc::now()).ok()?;
         let cancel = CancelSignal::new();
         entry.cancel = Some(cancel.clone());
+        self.persist(&entry.job);
         entry.state.send_replace(entry.job.state);
         Some((entry.job.clone(), entry.log.clone(), cancel))
     }
@@ -332,6 +434,7 @@ impl Inner {
         match entry.job.finish(outcome, Utc::now()) {
             Ok(()) => {
                 entry.cancel = None;
+                self.persist(&entry.job);
                 entry.log.push(&match &error {
                     Some(error) => format!("[helix] job {state}: {error}"),
                     None => format!("[helix] job {state}"),

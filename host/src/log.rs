@@ -3,6 +3,8 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
+use tokio::sync::watch;
+
 use crate::job::JobId;
 use crate::store::JobStore;
 
@@ -21,6 +23,8 @@ pub struct JobLog {
     inner: Mutex<Lines>,
     /// Where lines are also written, so they outlive this process.
     persist: Option<(JobId, Arc<dyn JobStore>)>,
+    /// Publishes the number of lines ever pushed, for followers.
+    pushed: watch::Sender<u64>,
 }
 
 impl std::fmt::Debug for JobLog {
@@ -59,6 +63,13 @@ struct Lines {
     dropped: u64,
 }
 
+impl Lines {
+    /// Lines ever pushed (kept plus dropped).
+    fn total(&self) -> u64 {
+        self.dropped + self.kept.len() as u64
+    }
+}
+
 impl JobLog {
     pub fn new(cap: usize) -> Self {
         Self::with_redactor(cap, Redactor::default())
@@ -70,6 +81,7 @@ impl JobLog {
             redactor,
             inner: Mutex::new(Lines::default()),
             persist: None,
+            pushed: watch::Sender::new(0),
         }
     }
 
@@ -87,6 +99,8 @@ impl JobLog {
         let skip = earlier.len().saturating_sub(log.cap);
         lines.dropped = skip as u64;
         lines.kept.extend(earlier.into_iter().skip(skip));
+        let total = lines.total();
+        log.pushed.send_replace(total);
         log.persist = Some((id, store));
         log
     }
@@ -114,6 +128,27 @@ impl JobLog {
             }
             lines.kept.push_back(line);
         }
+        self.pushed.send_replace(lines.total());
+    }
+
+    /// Lines pushed after the first `seen` ones, and the new count to pass
+    /// next time. Lines dropped by the cap in between are reported as one
+    /// marker line.
+    pub fn since(&self, seen: u64) -> (Vec<String>, u64) {
+        let lines = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let total = lines.total();
+        let mut out = Vec::new();
+        if seen < lines.dropped {
+            out.push(format!("[helix] {} log lines dropped (log cap {})", lines.dropped - seen, self.cap));
+        }
+        let skip = seen.saturating_sub(lines.dropped) as usize;
+        out.extend(lines.kept.iter().skip(skip).cloned());
+        (out, total)
+    }
+
+    /// Changes whenever a line is pushed.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.pushed.subscribe()
     }
 
     /// The kept lines, oldest first, preceded by a marker when some were
@@ -173,6 +208,21 @@ mod tests {
             lines[0]
         );
         assert_eq!(&lines[1..], ["line 7", "line 8", "line 9"]);
+    }
+
+    #[test]
+    fn followers_get_the_lines_they_have_not_seen() {
+        let log = JobLog::new(3);
+        log.push("a\nb");
+        let (lines, seen) = log.since(0);
+        assert_eq!((lines, seen), (vec!["a".to_string(), "b".to_string()], 2));
+        log.push("c\nd\ne");
+        let (lines, seen) = log.since(seen);
+        assert_eq!(lines, ["c", "d", "e"], "a and b were seen before the cap dropped them");
+        let (late, _) = log.since(1);
+        assert_eq!(late, ["[helix] 1 log lines dropped (log cap 3)", "c", "d", "e"]);
+        assert_eq!(log.since(seen), (vec![], 5));
+        assert_eq!(*log.subscribe().borrow(), 5);
     }
 
     #[test]

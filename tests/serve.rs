@@ -53,19 +53,23 @@ impl Server {
 
     /// One HTTP/1.1 request; returns the status and the body.
     fn request(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, String) {
+        let body = body.map(Value::to_string).unwrap_or_default();
+        self.raw(method, path, &body, "")
+    }
+
+    /// A request with a raw body and extra header lines (each ending in CRLF).
+    fn raw(&self, method: &str, path: &str, body: &str, headers: &str) -> (u16, String) {
         let mut stream = TcpStream::connect(self.address).unwrap();
         stream
             .set_read_timeout(Some(Duration::from_secs(30)))
             .unwrap();
-        let body = body.map(Value::to_string).unwrap_or_default();
-        write!(
+        let _ = write!(
             stream,
             "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
-             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+             Content-Length: {}\r\nConnection: close\r\n{headers}\r\n{body}",
             self.address,
             body.len()
-        )
-        .unwrap();
+        );
         let mut response = String::new();
         stream.read_to_string(&mut response).unwrap();
         let status = response[9..12].parse().unwrap();
@@ -209,7 +213,10 @@ fn bad_submissions_get_a_400_naming_the_problem_and_store_nothing() {
     }
     let (status, malformed) = server.request("POST", "/v1/jobs", None);
     assert_eq!(status, 400, "{malformed}");
-    assert_eq!(server.json("GET", "/v1/jobs", None), (200, json!([])));
+    assert_eq!(
+        server.json("GET", "/v1/jobs", None),
+        (200, json!({"jobs": [], "next_cursor": null}))
+    );
 }
 
 #[test]
@@ -332,7 +339,7 @@ fn kill_9_during_builds_loses_no_accepted_job_and_runs_none_twice_at_once() {
 
     let server = Server::start_in(data.path(), &["--config", config]);
     let (_, jobs) = server.json("GET", "/v1/jobs", None);
-    assert_eq!(jobs.as_array().unwrap().len(), 5, "{jobs}");
+    assert_eq!(jobs["jobs"].as_array().unwrap().len(), 5, "{jobs}");
     for id in &ids {
         let (_, job) = server.json("GET", &format!("/v1/jobs/{id}/wait?timeout_secs=30"), None);
         assert_eq!(job["state"], "succeeded", "{job}");
@@ -349,5 +356,155 @@ fn kill_9_during_builds_loses_no_accepted_job_and_runs_none_twice_at_once() {
             1
         };
         assert_eq!(runs, expected, "{id}: {logs}");
+    }
+}
+
+fn submit(server: &Server, id: &str, args: Value) -> Value {
+    let request = json!({"id": id, "repo_url": "https://git.example/app.git", "build_args": args});
+    let (status, job) = server.json("POST", "/v1/jobs", Some(&request));
+    assert_eq!(status, 201, "{job}");
+    job
+}
+
+#[test]
+fn a_configured_token_guards_every_v1_route_but_not_health() {
+    let data = tempfile::tempdir().unwrap();
+    let config = data.path().join("helix.toml");
+    std::fs::write(&config, "token = \"correct-horse-battery-staple\"\n").unwrap();
+    let server = Server::start_in(data.path(), &["--config", config.to_str().unwrap()]);
+    for path in ["/v1/jobs", "/v1/builders", "/v1/jobs/x", "/v1/jobs/x/logs"] {
+        let (status, body) = server.raw("GET", path, "", "");
+        assert_eq!(status, 401, "{path}: {body}");
+        assert!(body.contains("unauthorized"), "{body}");
+        let (status, _) = server.raw(
+            "GET",
+            path,
+            "",
+            "Authorization: Bearer wrong-token-of-some-length\r\n",
+        );
+        assert_eq!(status, 401, "{path}");
+    }
+    let good = "Authorization: Bearer correct-horse-battery-staple\r\n";
+    assert_eq!(server.raw("GET", "/v1/jobs", "", good).0, 200);
+    let (status, _) = server.raw("POST", "/v1/jobs", r#"{"repo_url":"https://h/r"}"#, "");
+    assert_eq!(status, 401, "an unauthorised submission is refused");
+    assert_eq!(
+        server.raw("GET", "/v1/jobs", "", good).1,
+        r#"{"jobs":[],"next_cursor":null}"#
+    );
+    assert_eq!(server.raw("GET", "/healthz", "", "").0, 200);
+}
+
+#[test]
+fn jobs_list_filters_by_state_and_pages_with_a_cursor() {
+    let server = Server::start(&[]);
+    for i in 0..5 {
+        submit(&server, &format!("ok-{i}"), json!({}));
+    }
+    submit(&server, "bad", json!({"HELIX_SIMULATE_FAIL": "no"}));
+    for id in ["ok-0", "ok-1", "ok-2", "ok-3", "ok-4", "bad"] {
+        server.json("GET", &format!("/v1/jobs/{id}/wait?timeout_secs=20"), None);
+    }
+    let (_, failed) = server.json("GET", "/v1/jobs?state=failed", None);
+    let ids: Vec<&str> = failed["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["bad"]);
+
+    let mut seen = Vec::new();
+    let mut path = "/v1/jobs?state=succeeded&limit=2".to_string();
+    loop {
+        let (status, page) = server.json("GET", &path, None);
+        assert_eq!(status, 200, "{page}");
+        for job in page["jobs"].as_array().unwrap() {
+            seen.push(job["id"].as_str().unwrap().to_string());
+        }
+        match page["next_cursor"].as_str() {
+            Some(cursor) => path = format!("/v1/jobs?state=succeeded&limit=2&cursor={cursor}"),
+            None => break,
+        }
+    }
+    assert_eq!(
+        seen,
+        ["ok-4", "ok-3", "ok-2", "ok-1", "ok-0"],
+        "newest first, each once"
+    );
+
+    for bad in [
+        "/v1/jobs?state=sleeping",
+        "/v1/jobs?cursor=nope",
+        "/v1/jobs?limit=many",
+        "/v1/jobs?colour=1",
+    ] {
+        let (status, error) = server.json("GET", bad, None);
+        assert_eq!(status, 400, "{bad}: {error}");
+        assert!(error["error"]["message"].as_str().is_some());
+    }
+}
+
+#[test]
+fn an_oversized_body_is_refused_with_413_and_nothing_stored() {
+    let server = Server::start(&[]);
+    let huge = format!(
+        r#"{{"repo_url":"https://h/r","build_args":{{"A":"{}"}}}}"#,
+        "x".repeat(10 * 1024 * 1024)
+    );
+    let (status, _) = server.raw("POST", "/v1/jobs", &huge, "");
+    assert_eq!(status, 413);
+    assert_eq!(server.json("GET", "/v1/jobs", None).1["jobs"], json!([]));
+}
+
+#[test]
+fn following_logs_streams_lines_until_the_job_ends() {
+    let server = Server::start(&[]);
+    submit(
+        &server,
+        "followed",
+        json!({"HELIX_SIMULATE_DELAY_MS": "700"}),
+    );
+    let (status, body) = server.request("GET", "/v1/jobs/followed/logs?follow=true", None);
+    assert_eq!(status, 200);
+    let events: Vec<&str> = body.lines().filter(|l| l.starts_with("event:")).collect();
+    assert_eq!(events.last(), Some(&"event: end"), "{body}");
+    assert!(
+        body.contains("data: [simulated] working for 700 ms"),
+        "{body}"
+    );
+    assert!(body.contains("data: [helix] job succeeded"), "{body}");
+    let end = body.lines().rev().find(|l| l.starts_with("data:")).unwrap();
+    let job: Value = serde_json::from_str(end.trim_start_matches("data:").trim()).unwrap();
+    assert_eq!(job["state"], "succeeded");
+    assert_eq!(
+        server
+            .request("GET", "/v1/jobs/nope/logs?follow=true", None)
+            .0,
+        404
+    );
+}
+
+#[test]
+fn metrics_count_jobs_by_state_and_build_time() {
+    let server = Server::start(&[]);
+    submit(&server, "m1", json!({}));
+    submit(&server, "m2", json!({"HELIX_SIMULATE_FAIL": "x"}));
+    server.json("GET", "/v1/jobs/m1/wait?timeout_secs=20", None);
+    server.json("GET", "/v1/jobs/m2/wait?timeout_secs=20", None);
+    let (status, text) = server.request("GET", "/metrics", None);
+    assert_eq!(status, 200);
+    for line in [
+        "helix_jobs{state=\"succeeded\"} 1",
+        "helix_jobs{state=\"failed\"} 1",
+        "helix_jobs{state=\"queued\"} 0",
+        "helix_queue_depth 0",
+        "helix_build_seconds_count 2",
+        "helix_build_seconds_bucket{le=\"+Inf\"} 2",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing {line:?} in\n{text}"
+        );
     }
 }

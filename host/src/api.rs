@@ -1,36 +1,87 @@
 //! The HTTP API: thin handlers over [`Service`]. Errors are JSON
 //! `{"error": {"code", "message"}}` with a status that says whose fault
-//! it is.
+//! it is. When a token is configured every `/v1` route needs
+//! `Authorization: Bearer <token>`; `/healthz` and `/metrics` stay open.
 
+use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use futures_util::stream::{self, Stream};
 use serde::Deserialize;
 use serde_json::json;
+use sha2::{Digest as _, Sha256};
 
-use crate::job::{Job, JobRequest};
+use crate::job::{Job, JobRequest, State as JobState};
 use crate::plugin::BuilderInfo;
-use crate::service::{Service, ServiceError};
+use crate::service::{JobPage, Service, ServiceError};
 
 /// Longest `wait` a client may ask for.
 const MAX_WAIT_SECS: u64 = 3600;
 const DEFAULT_WAIT_SECS: u64 = 30;
+/// Largest request body; a job submission is far smaller.
+const MAX_BODY_BYTES: usize = 1024 * 1024;
+const DEFAULT_PAGE: usize = 100;
+const MAX_PAGE: usize = 1000;
 
-pub fn router(service: Service) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
+/// The API over `service`, guarded by `token` when one is given.
+pub fn router(service: Service, token: Option<&str>) -> Router {
+    let mut v1 = Router::new()
         .route("/v1/jobs", post(submit).get(list))
         .route("/v1/jobs/{id}", get(get_job))
         .route("/v1/jobs/{id}/cancel", post(cancel))
         .route("/v1/jobs/{id}/wait", get(wait))
         .route("/v1/jobs/{id}/logs", get(logs))
-        .route("/v1/builders", get(builders))
+        .route("/v1/builders", get(builders));
+    if let Some(token) = token {
+        let expected = Arc::new(Sha256::digest(token.as_bytes()));
+        v1 = v1.route_layer(middleware::from_fn(move |request, next| {
+            require_token(expected.clone(), request, next)
+        }));
+    }
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .merge(v1)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(service)
+}
+
+/// Compares the bearer token by its SHA-256 with a constant-time fold, so
+/// the time taken says nothing about how much of it matched.
+async fn require_token(
+    expected: Arc<sha2::digest::Output<Sha256>>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    let given = Sha256::digest(given.as_bytes());
+    let differs = given
+        .iter()
+        .zip(expected.iter())
+        .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+    if differs != 0 {
+        return Err(ApiError {
+            status: StatusCode::UNAUTHORIZED,
+            code: "unauthorized",
+            message: "missing or wrong bearer token; send Authorization: Bearer <token> (HELIX_TOKEN for the CLI)"
+                .into(),
+        });
+    }
+    Ok(next.run(request).await)
 }
 
 /// An error as the client sees it.
@@ -63,6 +114,7 @@ impl From<ServiceError> for ApiError {
             ServiceError::AlreadyEnded { .. } => (StatusCode::CONFLICT, "already_ended"),
             ServiceError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
             ServiceError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
+            ServiceError::UnknownCursor(_) => (StatusCode::BAD_REQUEST, "bad_request"),
         };
         ApiError {
             status,
@@ -90,6 +142,16 @@ impl From<JsonRejection> for ApiError {
     }
 }
 
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> Self {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            code: "bad_request",
+            message: rejection.body_text(),
+        }
+    }
+}
+
 type ApiResult<T> = Result<T, ApiError>;
 
 async fn healthz() -> Json<serde_json::Value> {
@@ -104,8 +166,25 @@ async fn submit(
     Ok((StatusCode::CREATED, Json(service.submit(request)?)))
 }
 
-async fn list(State(service): State<Service>) -> Json<Vec<Job>> {
-    Json(service.list())
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    state: Option<JobState>,
+    limit: Option<usize>,
+    cursor: Option<String>,
+}
+
+async fn list(
+    State(service): State<Service>,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> ApiResult<Json<JobPage>> {
+    let Query(query) = query?;
+    let limit = query.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
+    Ok(Json(service.list_page(
+        query.state,
+        limit,
+        query.cursor.as_deref(),
+    )?))
 }
 
 async fn get_job(State(service): State<Service>, Path(id): Path<String>) -> ApiResult<Json<Job>> {
@@ -133,10 +212,119 @@ async fn wait(
     Ok(Json(service.wait(&id, Duration::from_secs(secs)).await?))
 }
 
-async fn logs(State(service): State<Service>, Path(id): Path<String>) -> ApiResult<String> {
-    let mut text = service.logs(&id)?.join("\n");
-    text.push('\n');
-    Ok(text)
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogsQuery {
+    #[serde(default)]
+    follow: bool,
+}
+
+/// Plain text, or with `?follow=true` server-sent events: one `log` event
+/// per line as lines arrive, then one `end` event carrying the finished job.
+async fn logs(
+    State(service): State<Service>,
+    Path(id): Path<String>,
+    query: Result<Query<LogsQuery>, QueryRejection>,
+) -> ApiResult<Response> {
+    let Query(query) = query?;
+    if !query.follow {
+        let mut text = service.logs(&id)?.join("\n");
+        text.push('\n');
+        return Ok(text.into_response());
+    }
+    let events = follow_events(service, id)?;
+    Ok(Sse::new(events)
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}
+
+fn follow_events(
+    service: Service,
+    id: String,
+) -> ApiResult<impl Stream<Item = Result<Event, Infallible>>> {
+    let (log, states) = service.follow(&id)?;
+    let lines = log.subscribe();
+    struct Follow {
+        service: Service,
+        id: String,
+        log: Arc<crate::log::JobLog>,
+        lines: tokio::sync::watch::Receiver<u64>,
+        states: tokio::sync::watch::Receiver<JobState>,
+        seen: u64,
+        ended: bool,
+    }
+    let start = Follow {
+        service,
+        id,
+        log,
+        lines,
+        states,
+        seen: 0,
+        ended: false,
+    };
+    let batches = stream::unfold(start, |mut f| async move {
+        loop {
+            if f.ended {
+                return None;
+            }
+            // Read the state before the lines, so no line written before the
+            // job ended is missed.
+            let terminal = f.states.borrow_and_update().is_terminal();
+            let (lines, seen) = f.log.since(f.seen);
+            f.seen = seen;
+            if !lines.is_empty() {
+                let events: Vec<Event> = lines
+                    .into_iter()
+                    .map(|l| Event::default().event("log").data(l))
+                    .collect();
+                return Some((events, f));
+            }
+            if terminal {
+                f.ended = true;
+                let job = f.service.get(&f.id).ok();
+                let end = Event::default()
+                    .event("end")
+                    .data(serde_json::to_string(&job).unwrap_or_default());
+                return Some((vec![end], f));
+            }
+            tokio::select! {
+                _ = f.lines.changed() => {}
+                _ = f.states.changed() => {}
+            }
+        }
+    });
+    Ok(futures_util::StreamExt::flat_map(batches, |events| {
+        stream::iter(events.into_iter().map(Ok))
+    }))
+}
+
+async fn metrics(State(service): State<Service>) -> impl IntoResponse {
+    let metrics = service.metrics();
+    let mut text = String::new();
+    text.push_str(
+        "# HELP helix_jobs Jobs known to this host, by state.\n# TYPE helix_jobs gauge\n",
+    );
+    for (state, count) in &metrics.jobs_by_state {
+        text.push_str(&format!("helix_jobs{{state=\"{state}\"}} {count}\n"));
+    }
+    text.push_str(
+        "# HELP helix_queue_depth Jobs waiting for a worker.\n# TYPE helix_queue_depth gauge\n",
+    );
+    text.push_str(&format!("helix_queue_depth {}\n", metrics.queue_depth));
+    text.push_str("# HELP helix_build_seconds Run time of jobs that ran.\n# TYPE helix_build_seconds histogram\n");
+    let histogram = &metrics.build_seconds;
+    for (bound, count) in &histogram.buckets {
+        text.push_str(&format!(
+            "helix_build_seconds_bucket{{le=\"{bound}\"}} {count}\n"
+        ));
+    }
+    text.push_str(&format!(
+        "helix_build_seconds_bucket{{le=\"+Inf\"}} {}\n",
+        histogram.count
+    ));
+    text.push_str(&format!("helix_build_seconds_sum {}\n", histogram.sum));
+    text.push_str(&format!("helix_build_seconds_count {}\n", histogram.count));
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }
 
 async fn builders(State(service): State<Service>) -> Json<Vec<BuilderInfo>> {

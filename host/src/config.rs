@@ -21,7 +21,9 @@ pub struct Config {
     /// Address the HTTP API listens on; loopback unless the operator says
     /// otherwise.
     pub listen: SocketAddr,
-    /// Where compiled components, job workspaces (and later the store) live.
+    /// When set, every `/v1` request needs `Authorization: Bearer <token>`.
+    pub token: Option<String>,
+    /// Where compiled components, job workspaces and the store live.
     pub data_dir: PathBuf,
     /// Compiled-component cache; `<data_dir>/compiled` when absent. Safe to
     /// share between hosts and data dirs: entries are keyed by content and
@@ -106,6 +108,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            token: None,
             data_dir: default_data_dir(),
             cache_dir: None,
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
@@ -176,6 +179,9 @@ impl Config {
         }
         if self.queue_capacity == 0 {
             return invalid("queue_capacity must be at least 1".into());
+        }
+        if self.token.as_ref().is_some_and(|t| t.len() < 16) {
+            return invalid("token must be at least 16 characters".into());
         }
         if self.max_attempts == 0 {
             return invalid("max_attempts must be at least 1".into());

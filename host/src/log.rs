@@ -139,7 +139,11 @@ impl JobLog {
         let total = lines.total();
         let mut out = Vec::new();
         if seen < lines.dropped {
-            out.push(format!("[helix] {} log lines dropped (log cap {})", lines.dropped - seen, self.cap));
+            out.push(format!(
+                "[helix] {} log lines dropped (log cap {})",
+                lines.dropped - seen,
+                self.cap
+            ));
         }
         let skip = seen.saturating_sub(lines.dropped) as usize;
         out.extend(lines.kept.iter().skip(skip).cloned());
@@ -218,9 +222,16 @@ mod tests {
         assert_eq!((lines, seen), (vec!["a".to_string(), "b".to_string()], 2));
         log.push("c\nd\ne");
         let (lines, seen) = log.since(seen);
-        assert_eq!(lines, ["c", "d", "e"], "a and b were seen before the cap dropped them");
+        assert_eq!(
+            lines,
+            ["c", "d", "e"],
+            "a and b were seen before the cap dropped them"
+        );
         let (late, _) = log.since(1);
-        assert_eq!(late, ["[helix] 1 log lines dropped (log cap 3)", "c", "d", "e"]);
+        assert_eq!(
+            late,
+            ["[helix] 1 log lines dropped (log cap 3)", "c", "d", "e"]
+        );
         assert_eq!(log.since(seen), (vec![], 5));
         assert_eq!(*log.subscribe().borrow(), 5);
     }

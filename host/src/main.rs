@@ -15,8 +15,17 @@ use tracing_subscriber::EnvFilter;
     about = "Build orchestration with sandboxed WebAssembly builders"
 )]
 struct Cli {
+    /// How the server writes its own log (to stderr).
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -49,13 +58,16 @@ enum PluginCommand {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
+    let cli = Cli::parse();
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
-        .with_writer(std::io::stderr)
-        .init();
-    let cli = Cli::parse();
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
     let result = match cli.command {
         Command::Serve { config, listen } => serve(config, listen).await,
         Command::Plugin {
@@ -96,10 +108,13 @@ async fn serve(
     tracing::info!(%address, data_dir = %config.data_dir.display(), "helix-build listening");
     // Printed on stdout so scripts (and the tests) can find an ephemeral port.
     println!("listening on http://{address}");
-    axum::serve(listener, api::router(service.clone()))
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(|e| format!("HTTP server failed: {e}"))?;
+    axum::serve(
+        listener,
+        api::router(service.clone(), config.token.as_deref()),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+    .map_err(|e| format!("HTTP server failed: {e}"))?;
     tracing::info!("shutting down: waiting for running jobs");
     service.stop(app::stop_grace(&config)).await;
     Ok(())

@@ -66,7 +66,40 @@ pub enum ServiceError {
     ShuttingDown,
     #[error("the job could not be stored, so it was not accepted: {0}")]
     Store(String),
+    #[error("cursor '{0}' names no job; start again without a cursor")]
+    UnknownCursor(String),
 }
+
+/// One page of [`Service::list_page`].
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct JobPage {
+    /// Newest first.
+    pub jobs: Vec<Job>,
+    /// Pass as `cursor` for the next page; `None` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// What `/metrics` reports.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    pub jobs_by_state: Vec<(State, usize)>,
+    pub queue_depth: usize,
+    /// Run time (`started_at` to `completed_at`) of jobs that ran, in
+    /// seconds: cumulative bucket counts, sum and count.
+    pub build_seconds: Histogram,
+}
+
+/// A Prometheus-style histogram.
+#[derive(Debug, Clone, Default)]
+pub struct Histogram {
+    pub buckets: Vec<(f64, u64)>,
+    pub sum: f64,
+    pub count: u64,
+}
+
+/// Upper bounds of the build-duration buckets, in seconds.
+const BUILD_SECONDS_BUCKETS: [f64; 10] =
+    [0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 1800.0, 3600.0];
 
 /// How long `cancel` waits for a running job's worker to record the
 /// cancellation before returning the job as it then is.
@@ -214,6 +247,89 @@ impl Service {
             .rev()
             .filter_map(|id| table.jobs.get(id).map(|e| e.job.clone()))
             .collect()
+    }
+
+    /// Up to `limit` jobs, newest first, optionally only those in `state`,
+    /// starting after job `cursor` (the previous page's `next_cursor`).
+    pub fn list_page(
+        &self,
+        state: Option<State>,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<JobPage, ServiceError> {
+        let table = self.inner.lock();
+        let mut newest_first = table.order.iter().rev().peekable();
+        if let Some(cursor) = cursor {
+            if !table.jobs.contains_key(cursor) {
+                return Err(ServiceError::UnknownCursor(cursor.to_string()));
+            }
+            for id in newest_first.by_ref() {
+                if id.as_str() == cursor {
+                    break;
+                }
+            }
+        }
+        let mut matching = newest_first
+            .filter_map(|id| table.jobs.get(id))
+            .filter(|e| state.is_none_or(|s| e.job.state == s));
+        let jobs: Vec<Job> = matching
+            .by_ref()
+            .take(limit)
+            .map(|e| e.job.clone())
+            .collect();
+        let more = matching.next().is_some();
+        let next_cursor = more
+            .then(|| jobs.last().map(|j| j.id.to_string()))
+            .flatten();
+        Ok(JobPage { jobs, next_cursor })
+    }
+
+    /// The job's log and a receiver of its state changes, for following
+    /// it as it runs.
+    pub fn follow(&self, id: &str) -> Result<(Arc<JobLog>, watch::Receiver<State>), ServiceError> {
+        self.inner
+            .with_entry(id, |entry| (entry.log.clone(), entry.state.subscribe()))
+    }
+
+    /// Counts for `/metrics`.
+    pub fn metrics(&self) -> Metrics {
+        let table = self.inner.lock();
+        let jobs_by_state = State::ALL
+            .iter()
+            .map(|state| {
+                (
+                    *state,
+                    table
+                        .jobs
+                        .values()
+                        .filter(|e| e.job.state == *state)
+                        .count(),
+                )
+            })
+            .collect();
+        let mut build_seconds = Histogram {
+            buckets: BUILD_SECONDS_BUCKETS.iter().map(|b| (*b, 0)).collect(),
+            ..Histogram::default()
+        };
+        for entry in table.jobs.values() {
+            let (Some(started), Some(completed)) = (entry.job.started_at, entry.job.completed_at)
+            else {
+                continue;
+            };
+            let seconds = (completed - started).num_milliseconds().max(0) as f64 / 1000.0;
+            build_seconds.sum += seconds;
+            build_seconds.count += 1;
+            for (bound, count) in &mut build_seconds.buckets {
+                if seconds <= *bound {
+                    *count += 1;
+                }
+            }
+        }
+        Metrics {
+            jobs_by_state,
+            queue_depth: table.queue.len(),
+            build_seconds,
+        }
     }
 
     /// The job's log lines so far.

@@ -508,3 +508,163 @@ fn metrics_count_jobs_by_state_and_build_time() {
         );
     }
 }
+
+/// Runs a client command against `server` (HELIX_TOKEN as given).
+fn cli(server: &Server, token: Option<&str>, args: &[&str]) -> (bool, String, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_helix-build"));
+    command
+        .args(args)
+        .env("HELIX_SERVER", format!("http://{}", server.address))
+        .env_remove("HELIX_TOKEN");
+    if let Some(token) = token {
+        command.env("HELIX_TOKEN", token);
+    }
+    let output = command.output().unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn cli_submit_wait_and_follow_exit_zero_only_when_the_job_succeeds() {
+    let server = Server::start(&[]);
+    let repo = ["submit", "--repo", "https://git.example/app.git"];
+    let with = |extra: &[&str]| -> Vec<String> {
+        repo.iter().chain(extra).map(|s| s.to_string()).collect()
+    };
+    let run = |args: Vec<String>| {
+        cli(
+            &server,
+            None,
+            &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        )
+    };
+
+    let (ok, out, err) = run(with(&["--id", "c1", "--wait"]));
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.contains("c1 succeeded: simulated.invalid/helix-simulated:c1"),
+        "{out}"
+    );
+
+    let (ok, out, _) = run(with(&[
+        "--id",
+        "c2",
+        "--wait",
+        "--build-arg",
+        "HELIX_SIMULATE_FAIL=nope",
+    ]));
+    assert!(!ok);
+    assert!(
+        out.contains("c2 failed: build error: simulated failure: nope"),
+        "{out}"
+    );
+
+    let (ok, out, err) = run(with(&[
+        "--id",
+        "c3",
+        "--follow",
+        "--platform",
+        "linux/amd64,linux/arm64",
+        "--build-arg",
+        "HELIX_SIMULATE_DELAY_MS=300",
+    ]));
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("[simulated] working for 300 ms"), "{out}");
+    assert!(out.contains("linux/arm64 sha256:"), "{out}");
+
+    let (ok, out, _) = run(with(&[
+        "--id",
+        "c4",
+        "--follow",
+        "--build-arg",
+        "HELIX_SIMULATE_FAIL=x",
+    ]));
+    assert!(!ok);
+    assert!(out.contains("[helix] job failed"), "{out}");
+
+    let (ok, out, _) = run(with(&["--id", "c5"]));
+    assert!(ok);
+    assert_eq!(out.trim(), "c5");
+    let (ok, out, err) = run(with(&["--id", "c5"]));
+    assert!(!ok);
+    assert!(
+        err.contains("helix-build: a job with id 'c5' already exists"),
+        "{out}{err}"
+    );
+}
+
+#[test]
+fn cli_lists_shows_cancels_and_reads_logs() {
+    let server = Server::start(&[]);
+    submit(&server, "long", json!({"HELIX_SIMULATE_DELAY_MS": "60000"}));
+    submit(&server, "short", json!({}));
+    server.json("GET", "/v1/jobs/short/wait?timeout_secs=20", None);
+
+    let (ok, out, _) = cli(&server, None, &["jobs"]);
+    assert!(ok);
+    assert!(out.starts_with("ID"), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("short") && l.contains("succeeded")),
+        "{out}"
+    );
+    let (ok, out, _) = cli(&server, None, &["jobs", "--json", "--state", "succeeded"]);
+    assert!(ok);
+    let jobs: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(jobs.as_array().unwrap().len(), 1);
+
+    let (ok, out, _) = cli(&server, None, &["get", "short"]);
+    assert!(ok);
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap()["state"],
+        "succeeded"
+    );
+    let (ok, out, _) = cli(&server, None, &["logs", "short"]);
+    assert!(ok && out.contains("[helix] job succeeded"), "{out}");
+    let (ok, out, _) = cli(&server, None, &["wait", "long", "--timeout", "1"]);
+    assert!(!ok, "a job still running is not a success");
+    assert!(out.contains("long running"), "{out}");
+    let (ok, out, _) = cli(&server, None, &["cancel", "long"]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("long cancelled: cancelled: cancelled by request"),
+        "{out}"
+    );
+    let (ok, _, err) = cli(&server, None, &["cancel", "long"]);
+    assert!(!ok && err.contains("already ended"), "{err}");
+    let (ok, out, _) = cli(&server, None, &["builders"]);
+    assert!(ok && out.lines().any(|l| l.starts_with("podman")), "{out}");
+    let (ok, _, err) = cli(&server, None, &["get", "missing"]);
+    assert!(!ok && err.contains("no job with id 'missing'"), "{err}");
+}
+
+#[test]
+fn cli_sends_the_token_and_says_when_the_server_is_unreachable() {
+    let data = tempfile::tempdir().unwrap();
+    let config = data.path().join("helix.toml");
+    std::fs::write(&config, "token = \"correct-horse-battery-staple\"\n").unwrap();
+    let server = Server::start_in(data.path(), &["--config", config.to_str().unwrap()]);
+    let (ok, _, err) = cli(&server, None, &["jobs"]);
+    assert!(!ok && err.contains("bearer token"), "{err}");
+    let (ok, out, err) = cli(
+        &server,
+        Some("correct-horse-battery-staple"),
+        &["jobs", "--json"],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "[]");
+
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_helix-build"))
+        .args(["jobs", "--server", &format!("http://{closed}")])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("cannot reach the server"));
+}

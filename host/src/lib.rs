@@ -8,6 +8,7 @@ pub mod api;
 pub mod app;
 pub mod builtin;
 pub mod cancel;
+pub mod client;
 pub mod config;
 pub mod exec;
 pub mod job;

@@ -1,5 +1,7 @@
 //! The `helix-build` command.
 
+mod cli;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -18,6 +20,17 @@ struct Cli {
     /// How the server writes its own log (to stderr).
     #[arg(long, global = true, value_enum, default_value = "text")]
     log_format: LogFormat,
+    /// The server the client commands talk to.
+    #[arg(
+        long,
+        global = true,
+        env = "HELIX_SERVER",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    server: String,
+    /// Print JSON instead of text (client commands).
+    #[arg(long, global = true)]
+    json: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -39,11 +52,78 @@ enum Command {
         #[arg(long)]
         listen: Option<std::net::SocketAddr>,
     },
+    #[command(flatten)]
+    Client(ClientCommand),
     /// Work with builder plugins.
     Plugin {
         #[command(subcommand)]
         command: PluginCommand,
     },
+}
+
+/// Commands that talk to a running server.
+#[derive(Subcommand)]
+enum ClientCommand {
+    /// Submit a build job.
+    Submit {
+        /// Git repository URL.
+        #[arg(long)]
+        repo: String,
+        /// Branch, tag or commit (default: the repository's default branch).
+        #[arg(long = "ref")]
+        git_ref: Option<String>,
+        /// Dockerfile path inside the repository.
+        #[arg(short = 'f', long = "file")]
+        dockerfile: Option<String>,
+        /// NAME=VALUE, repeatable.
+        #[arg(long = "build-arg")]
+        build_args: Vec<String>,
+        /// os/arch[/variant], repeatable or comma-separated.
+        #[arg(long = "platform")]
+        platforms: Vec<String>,
+        #[arg(long)]
+        builder: Option<String>,
+        /// Image reference to push to.
+        #[arg(long)]
+        image: Option<String>,
+        /// Your own job id.
+        #[arg(long)]
+        id: Option<String>,
+        /// Wait for the job to end; exit 0 only if it succeeded.
+        #[arg(long)]
+        wait: bool,
+        /// Show the log as it is written; exit 0 only if the job succeeded.
+        #[arg(long)]
+        follow: bool,
+    },
+    /// List jobs, newest first.
+    Jobs {
+        /// Only jobs in this state.
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Show one job as JSON.
+    Get { id: String },
+    /// Cancel a queued or running job.
+    Cancel { id: String },
+    /// Show a job's log.
+    Logs {
+        id: String,
+        /// Keep printing lines until the job ends.
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// Wait for a job to end; exit 0 only if it succeeded.
+    Wait {
+        id: String,
+        /// Give up after this many seconds (then print the job as it is).
+        #[arg(long)]
+        timeout: Option<u64>,
+    },
+    /// List the server's builders.
+    Builders,
 }
 
 #[derive(Subcommand)]
@@ -69,13 +149,15 @@ async fn main() -> ExitCode {
         LogFormat::Json => logs.json().init(),
     }
     let result = match cli.command {
-        Command::Serve { config, listen } => serve(config, listen).await,
+        Command::Serve { config, listen } => serve(config, listen).await.map(|()| true),
         Command::Plugin {
             command: PluginCommand::Check { file },
-        } => check_plugin(&file).await,
+        } => check_plugin(&file).await.map(|()| true),
+        Command::Client(command) => client_command(command, &cli.server, cli.json).await,
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
         Err(message) => {
             eprintln!("helix-build: {message}");
             ExitCode::FAILURE
@@ -118,6 +200,43 @@ async fn serve(
     tracing::info!("shutting down: waiting for running jobs");
     service.stop(app::stop_grace(&config)).await;
     Ok(())
+}
+
+async fn client_command(command: ClientCommand, server: &str, json: bool) -> Result<bool, String> {
+    let token = std::env::var("HELIX_TOKEN").ok().filter(|t| !t.is_empty());
+    let client = helix_build::client::Client::new(server, token).map_err(|e| e.to_string())?;
+    match command {
+        ClientCommand::Submit {
+            repo,
+            git_ref,
+            dockerfile,
+            build_args,
+            platforms,
+            builder,
+            image,
+            id,
+            wait,
+            follow,
+        } => {
+            let submission = cli::Submission {
+                repo,
+                git_ref,
+                dockerfile,
+                build_args,
+                platforms,
+                builder,
+                image,
+                id,
+            };
+            cli::submit(&client, submission, wait, follow, json).await
+        }
+        ClientCommand::Jobs { state, limit } => cli::jobs(&client, state, limit, json).await,
+        ClientCommand::Get { id } => cli::get(&client, &id).await,
+        ClientCommand::Cancel { id } => cli::cancel(&client, &id, json).await,
+        ClientCommand::Logs { id, follow } => cli::logs(&client, &id, follow).await,
+        ClientCommand::Wait { id, timeout } => cli::wait(&client, &id, timeout, json).await,
+        ClientCommand::Builders => cli::builders(&client, json).await,
+    }
 }
 
 async fn check_plugin(file: &std::path::Path) -> Result<(), String> {

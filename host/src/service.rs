@@ -71,7 +71,7 @@ pub enum ServiceError {
 }
 
 /// One page of [`Service::list_page`].
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct JobPage {
     /// Newest first.
     pub jobs: Vec<Job>,

@@ -1,0 +1,284 @@
+//! The client commands: submit, jobs, get, cancel, logs, wait, builders.
+//! Each talks to a server over HTTP and prints for a person (or `--json`
+//! for a program). Exit codes: 0 when the command did what was asked (for
+//! `submit --wait/--follow` and `wait`: the job succeeded), 1 otherwise.
+
+use std::io::{IsTerminal, Write};
+use std::time::{Duration, Instant};
+
+use helix_build::client::{Client, ClientError};
+use helix_build::job::{Job, State};
+use helix_build::service::JobPage;
+use hyper::Method;
+use serde_json::{Value, json};
+
+/// What `submit` sends.
+pub struct Submission {
+    pub repo: String,
+    pub git_ref: Option<String>,
+    pub dockerfile: Option<String>,
+    pub build_args: Vec<String>,
+    pub platforms: Vec<String>,
+    pub builder: Option<String>,
+    pub image: Option<String>,
+    pub id: Option<String>,
+}
+
+/// How long one `wait` request may block before asking again.
+const WAIT_SLICE_SECS: u64 = 60;
+
+pub async fn submit(
+    client: &Client,
+    s: Submission,
+    wait: bool,
+    follow: bool,
+    as_json: bool,
+) -> Result<bool, String> {
+    let mut build_args = serde_json::Map::new();
+    for arg in &s.build_args {
+        let (name, value) = arg
+            .split_once('=')
+            .ok_or_else(|| format!("--build-arg {arg:?} must be NAME=VALUE"))?;
+        build_args.insert(name.to_string(), Value::String(value.to_string()));
+    }
+    let platforms: Vec<&str> = s
+        .platforms
+        .iter()
+        .flat_map(|p| p.split(','))
+        .map(str::trim)
+        .collect();
+    let mut request =
+        json!({ "repo_url": s.repo, "build_args": build_args, "platforms": platforms });
+    for (field, value) in [
+        ("ref", s.git_ref),
+        ("dockerfile_path", s.dockerfile),
+        ("builder", s.builder),
+        ("image", s.image),
+        ("id", s.id),
+    ] {
+        if let Some(value) = value {
+            request[field] = Value::String(value);
+        }
+    }
+    let job: Job = client
+        .json(Method::POST, "/v1/jobs", Some(&request))
+        .await
+        .map_err(message)?;
+    if !wait && !follow {
+        if as_json {
+            print_json(&job);
+        } else {
+            println!("{}", job.id);
+        }
+        return Ok(true);
+    }
+    if !as_json {
+        eprintln!("submitted {} on builder '{}'", job.id, job.builder);
+    }
+    let job = if follow {
+        follow_job(client, job.id.as_str(), !as_json).await?
+    } else {
+        wait_for(client, job.id.as_str(), None).await?
+    };
+    report(&job, as_json);
+    Ok(job.state == State::Succeeded)
+}
+
+/// Prints the job's log as it is written; on a terminal, a status line
+/// under it shows the elapsed time.
+async fn follow_job(client: &Client, id: &str, show_progress: bool) -> Result<Job, String> {
+    let tty = show_progress && std::io::stderr().is_terminal();
+    let started = Instant::now();
+    let frames = ['⠋', '⠙', '⠹', '⠸', '⠼', '⠴', '⠦', '⠧', '⠇', '⠏'];
+    let mut frame = 0;
+    let mut status = |clear_only: bool| {
+        if tty {
+            let mut err = std::io::stderr();
+            let _ = write!(err, "\r\x1b[2K");
+            if !clear_only {
+                frame = (frame + 1) % frames.len();
+                let _ = write!(
+                    err,
+                    "{} {id} running {:.0}s",
+                    frames[frame],
+                    started.elapsed().as_secs_f64()
+                );
+            }
+            let _ = err.flush();
+        }
+    };
+    let job = client
+        .follow_logs(id, |line| {
+            status(true);
+            println!("{line}");
+            status(false);
+        })
+        .await
+        .map_err(message)?;
+    status(true);
+    Ok(job)
+}
+
+/// Waits until the job ends, or `timeout` passes (then returns it as is).
+async fn wait_for(client: &Client, id: &str, timeout: Option<Duration>) -> Result<Job, String> {
+    let deadline = timeout.map(|t| Instant::now() + t);
+    loop {
+        let slice = match deadline {
+            Some(deadline) => deadline
+                .saturating_duration_since(Instant::now())
+                .as_secs()
+                .min(WAIT_SLICE_SECS),
+            None => WAIT_SLICE_SECS,
+        };
+        let job: Job = client
+            .json(
+                Method::GET,
+                &format!("/v1/jobs/{id}/wait?timeout_secs={slice}"),
+                None,
+            )
+            .await
+            .map_err(message)?;
+        if job.state.is_terminal() || deadline.is_some_and(|d| Instant::now() >= d) {
+            return Ok(job);
+        }
+    }
+}
+
+fn report(job: &Job, as_json: bool) {
+    if as_json {
+        print_json(job);
+        return;
+    }
+    match (&job.state, &job.image_tag, &job.error) {
+        (State::Succeeded, Some(tag), _) => {
+            println!("{} succeeded: {tag}", job.id);
+            if let Some(digest) = &job.digest {
+                println!("  digest {digest}");
+            }
+            for (platform, digest) in job.manifest.iter() {
+                println!("  {platform} {digest}");
+            }
+        }
+        (state, _, Some(error)) => println!("{} {state}: {error}", job.id),
+        (state, _, None) => println!("{} {state}", job.id),
+    }
+}
+
+pub async fn jobs(
+    client: &Client,
+    state: Option<String>,
+    limit: usize,
+    as_json: bool,
+) -> Result<bool, String> {
+    let mut path = format!("/v1/jobs?limit={limit}");
+    if let Some(state) = state {
+        path.push_str(&format!("&state={state}"));
+    }
+    let page: JobPage = client
+        .json(Method::GET, &path, None)
+        .await
+        .map_err(message)?;
+    if as_json {
+        print_json(&page.jobs);
+        return Ok(true);
+    }
+    println!(
+        "{:<38} {:<10} {:<10} {:<20} IMAGE / ERROR",
+        "ID", "STATE", "BUILDER", "CREATED"
+    );
+    for job in &page.jobs {
+        let detail = job
+            .image_tag
+            .as_deref()
+            .or(job.error.as_deref())
+            .unwrap_or("");
+        println!(
+            "{:<38} {:<10} {:<10} {:<20} {detail}",
+            job.id,
+            job.state,
+            job.builder,
+            job.created_at.format("%Y-%m-%d %H:%M:%S")
+        );
+    }
+    Ok(true)
+}
+
+pub async fn get(client: &Client, id: &str) -> Result<bool, String> {
+    let job: Job = client
+        .json(Method::GET, &format!("/v1/jobs/{id}"), None)
+        .await
+        .map_err(message)?;
+    print_json(&job);
+    Ok(true)
+}
+
+pub async fn cancel(client: &Client, id: &str, as_json: bool) -> Result<bool, String> {
+    let job: Job = client
+        .json(Method::POST, &format!("/v1/jobs/{id}/cancel"), None)
+        .await
+        .map_err(message)?;
+    report(&job, as_json);
+    Ok(job.state == State::Cancelled)
+}
+
+pub async fn logs(client: &Client, id: &str, follow: bool) -> Result<bool, String> {
+    if follow {
+        let job = follow_job(client, id, true).await?;
+        return Ok(job.state == State::Succeeded);
+    }
+    print!(
+        "{}",
+        client
+            .text(&format!("/v1/jobs/{id}/logs"))
+            .await
+            .map_err(message)?
+    );
+    Ok(true)
+}
+
+pub async fn wait(
+    client: &Client,
+    id: &str,
+    timeout: Option<u64>,
+    as_json: bool,
+) -> Result<bool, String> {
+    let job = wait_for(client, id, timeout.map(Duration::from_secs)).await?;
+    report(&job, as_json);
+    Ok(job.state == State::Succeeded)
+}
+
+pub async fn builders(client: &Client, as_json: bool) -> Result<bool, String> {
+    let builders: Vec<Value> = client
+        .json(Method::GET, "/v1/builders", None)
+        .await
+        .map_err(message)?;
+    if as_json {
+        print_json(&builders);
+        return Ok(true);
+    }
+    println!(
+        "{:<12} {:<10} {:<10} DESCRIPTION",
+        "NAME", "VERSION", "SIMULATED"
+    );
+    for b in &builders {
+        println!(
+            "{:<12} {:<10} {:<10} {}",
+            b["name"].as_str().unwrap_or_default(),
+            b["version"].as_str().unwrap_or_default(),
+            if b["simulated"] == true { "yes" } else { "no" },
+            b["description"].as_str().unwrap_or_default()
+        );
+    }
+    Ok(true)
+}
+
+fn print_json(value: &impl serde::Serialize) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).unwrap_or_default()
+    );
+}
+
+fn message(e: ClientError) -> String {
+    e.to_string()
+}

@@ -668,3 +668,34 @@ fn cli_sends_the_token_and_says_when_the_server_is_unreachable() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("cannot reach the server"));
 }
+
+#[test]
+fn every_documented_operation_exists_and_answers_a_documented_status() {
+    let server = Server::start(&[]);
+    submit(&server, "doc", json!({}));
+    server.json("GET", "/v1/jobs/doc/wait?timeout_secs=20", None);
+    let (status, doc) = server.json("GET", "/v1/openapi.json", None);
+    assert_eq!(status, 200);
+    let paths = doc["paths"].as_object().unwrap();
+    let mut checked = 0;
+    for (path, operations) in paths {
+        for (method, operation) in operations.as_object().unwrap() {
+            let method = method.to_ascii_uppercase();
+            let concrete = path.replace("{id}", "doc");
+            let body = (method == "POST" && path == "/v1/jobs")
+                .then(|| json!({"repo_url": "https://git.example/app.git"}).to_string())
+                .unwrap_or_default();
+            let (status, answer) = server.raw(&method, &concrete, &body, "");
+            let documented: Vec<&String> =
+                operation["responses"].as_object().unwrap().keys().collect();
+            assert!(
+                documented
+                    .iter()
+                    .any(|code| code.as_str() == status.to_string()),
+                "{method} {path} answered {status}, documented {documented:?}: {answer}"
+            );
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 10, "every route of the router is documented");
+}

@@ -40,7 +40,8 @@ pub fn router(service: Service, token: Option<&str>) -> Router {
         .route("/v1/jobs/{id}/cancel", post(cancel))
         .route("/v1/jobs/{id}/wait", get(wait))
         .route("/v1/jobs/{id}/logs", get(logs))
-        .route("/v1/builders", get(builders));
+        .route("/v1/builders", get(builders))
+        .route("/v1/openapi.json", get(openapi));
     if let Some(token) = token {
         let expected = Arc::new(Sha256::digest(token.as_bytes()));
         v1 = v1.route_layer(middleware::from_fn(move |request, next| {
@@ -296,6 +297,10 @@ fn follow_events(
     Ok(futures_util::StreamExt::flat_map(batches, |events| {
         stream::iter(events.into_iter().map(Ok))
     }))
+}
+
+async fn openapi() -> Json<serde_json::Value> {
+    Json(crate::openapi::document())
 }
 
 async fn metrics(State(service): State<Service>) -> impl IntoResponse {

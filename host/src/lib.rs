@@ -14,6 +14,7 @@ pub mod exec;
 pub mod job;
 pub mod log;
 pub mod manifest;
+pub mod openapi;
 pub mod platform;
 pub mod plugin;
 pub mod reference;

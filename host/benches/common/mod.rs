@@ -1,5 +1,7 @@
 //! Helpers shared by the benches.
 
+#![allow(dead_code)] // each bench uses a different subset
+
 use std::time::Duration;
 
 /// The median of `samples` (sorts them).

@@ -501,6 +501,7 @@ fn metrics_count_jobs_by_state_and_build_time() {
         "helix_queue_depth 0",
         "helix_build_seconds_count 2",
         "helix_build_seconds_bucket{le=\"+Inf\"} 2",
+        "helix_plugin_instantiation_seconds_count{builder=\"simulated\"} 2",
     ] {
         assert!(
             text.lines().any(|l| l == line),

@@ -329,6 +329,20 @@ async fn metrics(State(service): State<Service>) -> impl IntoResponse {
     ));
     text.push_str(&format!("helix_build_seconds_sum {}\n", histogram.sum));
     text.push_str(&format!("helix_build_seconds_count {}\n", histogram.count));
+    text.push_str(
+        "# HELP helix_plugin_instantiation_seconds Making a fresh builder instance for a job.\n\
+         # TYPE helix_plugin_instantiation_seconds summary\n",
+    );
+    for builder in service.runtime().builders() {
+        let (count, seconds) = builder.instantiations().read();
+        let name = &builder.info().name;
+        text.push_str(&format!(
+            "helix_plugin_instantiation_seconds_sum{{builder=\"{name}\"}} {seconds}\n"
+        ));
+        text.push_str(&format!(
+            "helix_plugin_instantiation_seconds_count{{builder=\"{name}\"}} {count}\n"
+        ));
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }
 

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use wasmtime::{Engine, Store, Trap};
@@ -41,6 +42,32 @@ pub struct Builder {
     limits: Limits,
     settings: Arc<BTreeMap<String, String>>,
     grants: Arc<GrantPolicy>,
+    instantiations: Timings,
+}
+
+/// A running count and total of durations, readable while jobs run.
+#[derive(Debug, Default)]
+pub struct Timings {
+    count: AtomicU64,
+    total_micros: AtomicU64,
+}
+
+impl Timings {
+    fn record(&self, took: Duration) {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.total_micros.fetch_add(
+            u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// (how many, total seconds).
+    pub fn read(&self) -> (u64, f64) {
+        (
+            self.count.load(Ordering::Relaxed),
+            self.total_micros.load(Ordering::Relaxed) as f64 / 1e6,
+        )
+    }
 }
 
 /// Why a call into the guest did not return a value.
@@ -89,6 +116,7 @@ impl Builder {
             limits: source.limits,
             settings: Arc::new(source.settings),
             grants: Arc::new(source.grants),
+            instantiations: Timings::default(),
         };
         let metadata = builder.call_info().await?;
         builder.info.plugin_name = metadata.name;
@@ -104,6 +132,11 @@ impl Builder {
 
     pub fn limits(&self) -> Limits {
         self.limits
+    }
+
+    /// How long making a fresh instance for a job has taken so far.
+    pub fn instantiations(&self) -> &Timings {
+        &self.instantiations
     }
 
     /// Values this builder's jobs must never show: its secret variables.
@@ -191,11 +224,9 @@ impl Builder {
                 .instantiate_async(&mut store)
                 .await
                 .map_err(CallError::Instantiate)?;
-            tracing::debug!(
-                builder = %self.name,
-                micros = started.elapsed().as_micros() as u64,
-                "instantiated builder"
-            );
+            let took = started.elapsed();
+            self.instantiations.record(took);
+            tracing::debug!(builder = %self.name, micros = took.as_micros() as u64, "instantiated builder");
             instance
                 .call_build(&mut store, &wit_job)
                 .await

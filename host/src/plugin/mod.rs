@@ -22,7 +22,7 @@ use wasmtime::component::{Component, HasSelf, Linker};
 use crate::exec::{GrantPolicy, ProgramGrant};
 
 pub use bindings::WIT_VERSION;
-pub use builder::{Builder, RunContext};
+pub use builder::{Builder, RunContext, Timings};
 pub use cache::{CacheUse, ComponentCache};
 pub use engine::PoolSizing;
 

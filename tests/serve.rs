@@ -469,6 +469,7 @@ fn following_logs_streams_lines_until_the_job_ends() {
     assert_eq!(status, 200);
     let events: Vec<&str> = body.lines().filter(|l| l.starts_with("event:")).collect();
     assert_eq!(events.last(), Some(&"event: end"), "{body}");
+    assert!(body.contains("event: state\ndata: running"), "{body}");
     assert!(
         body.contains("data: [simulated] working for 700 ms"),
         "{body}"
@@ -574,6 +575,10 @@ fn cli_submit_wait_and_follow_exit_zero_only_when_the_job_succeeds() {
     ]));
     assert!(ok, "{out}{err}");
     assert!(out.contains("[simulated] working for 300 ms"), "{out}");
+    assert!(
+        !out.lines().any(|l| l == "running" || l == "queued"),
+        "states are not log lines: {out}"
+    );
     assert!(out.contains("linux/arm64 sha256:"), "{out}");
 
     let (ok, out, _) = run(with(&[

@@ -220,8 +220,9 @@ struct LogsQuery {
     follow: bool,
 }
 
-/// Plain text, or with `?follow=true` server-sent events: one `log` event
-/// per line as lines arrive, then one `end` event carrying the finished job.
+/// Plain text, or with `?follow=true` server-sent events: a `state` event
+/// at each change of state, one `log` event per line as lines arrive, then
+/// one `end` event carrying the finished job.
 async fn logs(
     State(service): State<Service>,
     Path(id): Path<String>,
@@ -252,6 +253,8 @@ fn follow_events(
         lines: tokio::sync::watch::Receiver<u64>,
         states: tokio::sync::watch::Receiver<JobState>,
         seen: u64,
+        /// The state last reported, so each change is sent once.
+        reported: Option<JobState>,
         ended: bool,
     }
     let start = Follow {
@@ -261,6 +264,7 @@ fn follow_events(
         lines,
         states,
         seen: 0,
+        reported: None,
         ended: false,
     };
     let batches = stream::unfold(start, |mut f| async move {
@@ -270,14 +274,21 @@ fn follow_events(
             }
             // Read the state before the lines, so no line written before the
             // job ended is missed.
-            let terminal = f.states.borrow_and_update().is_terminal();
+            let state = *f.states.borrow_and_update();
+            let terminal = state.is_terminal();
+            let mut events = Vec::new();
+            if f.reported != Some(state) && !terminal {
+                f.reported = Some(state);
+                events.push(Event::default().event("state").data(state.as_str()));
+            }
             let (lines, seen) = f.log.since(f.seen);
             f.seen = seen;
-            if !lines.is_empty() {
-                let events: Vec<Event> = lines
+            events.extend(
+                lines
                     .into_iter()
-                    .map(|l| Event::default().event("log").data(l))
-                    .collect();
+                    .map(|l| Event::default().event("log").data(l)),
+            );
+            if !events.is_empty() {
                 return Some((events, f));
             }
             if terminal {

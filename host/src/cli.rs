@@ -6,7 +6,7 @@
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
-use helix_build::client::{Client, ClientError};
+use helix_build::client::{Client, ClientError, Followed};
 use helix_build::job::{Job, State};
 use helix_build::service::JobPage;
 use hyper::Method;
@@ -85,37 +85,40 @@ pub async fn submit(
 }
 
 /// Prints the job's log as it is written; on a terminal, a status line
-/// under it shows the elapsed time.
+/// under it shows the job's state and the elapsed time.
 async fn follow_job(client: &Client, id: &str, show_progress: bool) -> Result<Job, String> {
     let tty = show_progress && std::io::stderr().is_terminal();
     let started = Instant::now();
     let frames = ['⠋', '⠙', '⠹', '⠸', '⠼', '⠴', '⠦', '⠧', '⠇', '⠏'];
     let mut frame = 0;
-    let mut status = |clear_only: bool| {
+    let mut state = String::from("queued");
+    let mut status = |state: &str, clear_only: bool| {
         if tty {
             let mut err = std::io::stderr();
             let _ = write!(err, "\r\x1b[2K");
             if !clear_only {
                 frame = (frame + 1) % frames.len();
-                let _ = write!(
-                    err,
-                    "{} {id} running {:.0}s",
-                    frames[frame],
-                    started.elapsed().as_secs_f64()
-                );
+                let elapsed = started.elapsed().as_secs_f64();
+                let _ = write!(err, "{} {id} {state} {elapsed:.0}s", frames[frame]);
             }
             let _ = err.flush();
         }
     };
     let job = client
-        .follow_logs(id, |line| {
-            status(true);
-            println!("{line}");
-            status(false);
+        .follow_logs(id, |event| match event {
+            Followed::State(new) => {
+                state = new.to_string();
+                status(&state, false);
+            }
+            Followed::Line(line) => {
+                status(&state, true);
+                println!("{line}");
+                status(&state, false);
+            }
         })
         .await
         .map_err(message)?;
-    status(true);
+    status(&state, true);
     Ok(job)
 }
 

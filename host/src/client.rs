@@ -30,6 +30,14 @@ pub enum ClientError {
     Protocol(String),
 }
 
+/// What following a job reports before it ends.
+pub enum Followed<'a> {
+    /// The job is now in this state (`queued`, `running`).
+    State(&'a str),
+    /// A log line.
+    Line(&'a str),
+}
+
 /// Talks to one Helix Build server.
 pub struct Client {
     authority: String,
@@ -131,12 +139,12 @@ impl Client {
         Ok(String::from_utf8_lossy(&body).into_owned())
     }
 
-    /// Follows a job's log: calls `on_line` for every line as it arrives,
-    /// and returns the job once it has ended.
+    /// Follows a job: calls `on_event` with every state change and every log
+    /// line as they arrive, and returns the job once it has ended.
     pub async fn follow_logs(
         &self,
         id: &str,
-        mut on_line: impl FnMut(&str),
+        mut on_event: impl FnMut(Followed<'_>),
     ) -> Result<Job, ClientError> {
         let mut response = self
             .send(
@@ -165,7 +173,8 @@ impl Client {
                             return serde_json::from_str(data)
                                 .map_err(|e| ClientError::Protocol(e.to_string()));
                         }
-                        _ => on_line(data),
+                        "state" => on_event(Followed::State(data)),
+                        _ => on_event(Followed::Line(data)),
                     }
                 }
             }

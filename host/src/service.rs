@@ -240,13 +240,9 @@ impl Service {
 
     /// Snapshots of every job, newest first.
     pub fn list(&self) -> Vec<Job> {
-        let table = self.inner.lock();
-        table
-            .order
-            .iter()
-            .rev()
-            .filter_map(|id| table.jobs.get(id).map(|e| e.job.clone()))
-            .collect()
+        self.list_page(None, usize::MAX, None)
+            .map(|page| page.jobs)
+            .unwrap_or_default()
     }
 
     /// Up to `limit` jobs, newest first, optionally only those in `state`,

@@ -13,14 +13,31 @@ use hyper::Method;
 use serde_json::{Value, json};
 
 /// What `submit` sends.
+#[derive(clap::Args)]
 pub struct Submission {
+    /// Git repository URL.
+    #[arg(long)]
     pub repo: String,
+    /// Branch, tag or commit (default: the repository's default branch).
+    #[arg(long = "ref")]
     pub git_ref: Option<String>,
+    /// Dockerfile path inside the repository.
+    #[arg(short = 'f', long = "file")]
     pub dockerfile: Option<String>,
+    /// NAME=VALUE, repeatable.
+    #[arg(long = "build-arg")]
     pub build_args: Vec<String>,
+    /// os/arch[/variant], repeatable or comma-separated.
+    #[arg(long = "platform")]
     pub platforms: Vec<String>,
+    /// Builder name (default: the server's `default_builder`).
+    #[arg(long)]
     pub builder: Option<String>,
+    /// Image reference to push to.
+    #[arg(long)]
     pub image: Option<String>,
+    /// Your own job id.
+    #[arg(long)]
     pub id: Option<String>,
 }
 

@@ -66,29 +66,8 @@ enum Command {
 enum ClientCommand {
     /// Submit a build job.
     Submit {
-        /// Git repository URL.
-        #[arg(long)]
-        repo: String,
-        /// Branch, tag or commit (default: the repository's default branch).
-        #[arg(long = "ref")]
-        git_ref: Option<String>,
-        /// Dockerfile path inside the repository.
-        #[arg(short = 'f', long = "file")]
-        dockerfile: Option<String>,
-        /// NAME=VALUE, repeatable.
-        #[arg(long = "build-arg")]
-        build_args: Vec<String>,
-        /// os/arch[/variant], repeatable or comma-separated.
-        #[arg(long = "platform")]
-        platforms: Vec<String>,
-        #[arg(long)]
-        builder: Option<String>,
-        /// Image reference to push to.
-        #[arg(long)]
-        image: Option<String>,
-        /// Your own job id.
-        #[arg(long)]
-        id: Option<String>,
+        #[command(flatten)]
+        job: cli::Submission,
         /// Wait for the job to end; exit 0 only if it succeeded.
         #[arg(long)]
         wait: bool,
@@ -206,29 +185,8 @@ async fn client_command(command: ClientCommand, server: &str, json: bool) -> Res
     let token = std::env::var("HELIX_TOKEN").ok().filter(|t| !t.is_empty());
     let client = helix_build::client::Client::new(server, token).map_err(|e| e.to_string())?;
     match command {
-        ClientCommand::Submit {
-            repo,
-            git_ref,
-            dockerfile,
-            build_args,
-            platforms,
-            builder,
-            image,
-            id,
-            wait,
-            follow,
-        } => {
-            let submission = cli::Submission {
-                repo,
-                git_ref,
-                dockerfile,
-                build_args,
-                platforms,
-                builder,
-                image,
-                id,
-            };
-            cli::submit(&client, submission, wait, follow, json).await
+        ClientCommand::Submit { job, wait, follow } => {
+            cli::submit(&client, job, wait, follow, json).await
         }
         ClientCommand::Jobs { state, limit } => cli::jobs(&client, state, limit, json).await,
         ClientCommand::Get { id } => cli::get(&client, &id).await,

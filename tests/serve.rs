@@ -59,6 +59,18 @@ impl Server {
 
     /// A request with a raw body and extra header lines (each ending in CRLF).
     fn raw(&self, method: &str, path: &str, body: &str, headers: &str) -> (u16, String) {
+        let (status, _, body) = self.exchange(method, path, body, headers);
+        (status, body)
+    }
+
+    /// Like `raw`, with the response head (status line and headers) too.
+    fn exchange(
+        &self,
+        method: &str,
+        path: &str,
+        body: &str,
+        headers: &str,
+    ) -> (u16, String, String) {
         let mut stream = TcpStream::connect(self.address).unwrap();
         stream
             .set_read_timeout(Some(Duration::from_secs(30)))
@@ -82,7 +94,7 @@ impl Server {
         } else {
             body.to_string()
         };
-        (status, body)
+        (status, head.to_string(), body)
     }
 
     fn json(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
@@ -706,4 +718,35 @@ fn every_documented_operation_exists_and_answers_a_documented_status() {
         }
     }
     assert_eq!(checked, 10, "every route of the router is documented");
+}
+
+#[test]
+fn a_full_queue_answers_503_with_retry_after_and_stores_nothing() {
+    let data = tempfile::tempdir().unwrap();
+    let config = data.path().join("helix.toml");
+    std::fs::write(&config, "workers = 1\nqueue_capacity = 1\n").unwrap();
+    let server = Server::start_in(data.path(), &["--config", config.to_str().unwrap()]);
+    submit(
+        &server,
+        "running",
+        json!({"HELIX_SIMULATE_DELAY_MS": "60000"}),
+    );
+    server.json("GET", "/v1/jobs/running/wait?timeout_secs=1", None);
+    submit(&server, "waiting", json!({}));
+    let body = json!({"id": "refused", "repo_url": "https://git.example/app.git"}).to_string();
+    let (status, head, answer) = server.exchange("POST", "/v1/jobs", &body, "");
+    assert_eq!(status, 503, "{answer}");
+    assert!(
+        head.to_ascii_lowercase().contains("retry-after: "),
+        "{head}"
+    );
+    let error: Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(error["error"]["code"], "queue_full");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("build queue is full")
+    );
+    assert_eq!(server.json("GET", "/v1/jobs/refused", None).0, 404);
 }

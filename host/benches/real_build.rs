@@ -61,7 +61,7 @@ async fn run() {
             ..JobRequest::default()
         };
         let started = Instant::now();
-        let job = service.submit(request).unwrap();
+        let job = service.submit(request).await.unwrap();
         let job = service
             .wait(job.id.as_str(), Duration::from_secs(300))
             .await

@@ -164,7 +164,7 @@ async fn submit(
     body: Result<Json<JobRequest>, JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<Job>)> {
     let Json(request) = body?;
-    Ok((StatusCode::CREATED, Json(service.submit(request)?)))
+    Ok((StatusCode::CREATED, Json(service.submit(request).await?)))
 }
 
 #[derive(Deserialize)]
@@ -181,15 +181,15 @@ async fn list(
 ) -> ApiResult<Json<JobPage>> {
     let Query(query) = query?;
     let limit = query.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
-    Ok(Json(service.list_page(
-        query.state,
-        limit,
-        query.cursor.as_deref(),
-    )?))
+    Ok(Json(
+        service
+            .list_page(query.state, limit, query.cursor.as_deref())
+            .await?,
+    ))
 }
 
 async fn get_job(State(service): State<Service>, Path(id): Path<String>) -> ApiResult<Json<Job>> {
-    Ok(Json(service.get(&id)?))
+    Ok(Json(service.get(&id).await?))
 }
 
 async fn cancel(State(service): State<Service>, Path(id): Path<String>) -> ApiResult<Json<Job>> {
@@ -230,21 +230,21 @@ async fn logs(
 ) -> ApiResult<Response> {
     let Query(query) = query?;
     if !query.follow {
-        let mut text = service.logs(&id)?.join("\n");
+        let mut text = service.logs(&id).await?.join("\n");
         text.push('\n');
         return Ok(text.into_response());
     }
-    let events = follow_events(service, id)?;
+    let events = follow_events(service, id).await?;
     Ok(Sse::new(events)
         .keep_alive(KeepAlive::default())
         .into_response())
 }
 
-fn follow_events(
+async fn follow_events(
     service: Service,
     id: String,
 ) -> ApiResult<impl Stream<Item = Result<Event, Infallible>>> {
-    let (log, states) = service.follow(&id)?;
+    let (log, states) = service.follow(&id).await?;
     let lines = log.subscribe();
     struct Follow {
         service: Service,
@@ -293,7 +293,7 @@ fn follow_events(
             }
             if terminal {
                 f.ended = true;
-                let job = f.service.get(&f.id).ok();
+                let job = f.service.get(&f.id).await.ok();
                 let end = Event::default()
                     .event("end")
                     .data(serde_json::to_string(&job).unwrap_or_default());

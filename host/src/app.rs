@@ -66,7 +66,7 @@ pub async fn start(config: &Config) -> Result<Service, StartError> {
             config.registry_auth_file.clone(),
         ),
     };
-    Ok(Service::start(service_config, Arc::new(runtime))?)
+    Ok(Service::start(service_config, Arc::new(runtime)).await?)
 }
 
 /// How long running jobs get on shutdown.

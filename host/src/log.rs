@@ -85,6 +85,18 @@ impl JobLog {
         }
     }
 
+    /// A log continuing the `earlier` lines (read back from the store).
+    pub fn restored(cap: usize, redactor: Redactor, earlier: Vec<String>) -> Self {
+        let mut log = Self::with_redactor(cap, redactor);
+        let lines = log.inner.get_mut().unwrap_or_else(|e| e.into_inner());
+        let skip = earlier.len().saturating_sub(log.cap);
+        lines.dropped = skip as u64;
+        lines.kept.extend(earlier.into_iter().skip(skip));
+        let total = lines.total();
+        log.pushed.send_replace(total);
+        log
+    }
+
     /// A log that also writes every line to `store` under job `id`,
     /// starting from the `earlier` lines read back from it.
     pub fn persistent(
@@ -94,13 +106,7 @@ impl JobLog {
         store: Arc<dyn JobStore>,
         earlier: Vec<String>,
     ) -> Self {
-        let mut log = Self::with_redactor(cap, redactor);
-        let lines = log.inner.get_mut().unwrap_or_else(|e| e.into_inner());
-        let skip = earlier.len().saturating_sub(log.cap);
-        lines.dropped = skip as u64;
-        lines.kept.extend(earlier.into_iter().skip(skip));
-        let total = lines.total();
-        log.pushed.send_replace(total);
+        let mut log = Self::restored(cap, redactor, earlier);
         log.persist = Some((id, store));
         log
     }
@@ -121,10 +127,8 @@ impl JobLog {
                 lines.kept.pop_front();
                 lines.dropped += 1;
             }
-            if let Some((id, store)) = &self.persist
-                && let Err(e) = store.append_log(id, &line, self.cap)
-            {
-                tracing::warn!(job = %id, "log line not stored: {e}");
+            if let Some((id, store)) = &self.persist {
+                store.append_log(id, &line, self.cap);
             }
             lines.kept.push_back(line);
         }

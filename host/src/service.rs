@@ -2,14 +2,16 @@
 //! of workers through their builders, and lets callers get, list, cancel and
 //! wait for them.
 //!
-//! The service works on an in-memory copy of every job and writes each
-//! accepted job, state change and log line through to its [`JobStore`]
-//! before anyone can observe it; at start it reads the store back and
-//! recovers jobs an earlier process left running. Every state change goes
-//! through [`Job::start`] / [`Job::finish`], so the lifecycle rules hold
-//! whatever the order of events.
+//! The service keeps its live jobs (queued and running) in memory and
+//! writes each accepted job, state change and log line through to its
+//! [`JobStore`]; a submission is acknowledged once it is durable, and a job
+//! leaves memory once its end is. Finished jobs are read from the store.
+//! At start the service reads the live jobs back and recovers those an
+//! earlier process left running. Every state change goes through
+//! [`Job::start`] / [`Job::finish`], so the lifecycle rules hold whatever
+//! the order of events.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -82,10 +84,11 @@ pub struct JobPage {
 /// What `/metrics` reports.
 #[derive(Debug, Clone)]
 pub struct Metrics {
-    pub jobs_by_state: Vec<(State, usize)>,
+    pub jobs_by_state: Vec<(State, u64)>,
     pub queue_depth: usize,
-    /// Run time (`started_at` to `completed_at`) of jobs that ran, in
-    /// seconds: cumulative bucket counts, sum and count.
+    /// Run time (`started_at` to `completed_at`) of jobs that ended since
+    /// this process started, in seconds: cumulative bucket counts, sum and
+    /// count.
     pub build_seconds: Histogram,
 }
 
@@ -121,25 +124,21 @@ struct Inner {
     workers: tokio::sync::Mutex<JoinSet<()>>,
 }
 
-impl Table {
-    /// Adds a job, queueing it if it is queued.
-    fn add(&mut self, entry: Entry) {
-        let id = entry.job.id.clone();
-        self.order.push(id.clone());
-        if entry.job.state == State::Queued {
-            self.queue.push_back(id.clone());
-        }
-        self.jobs.insert(id, entry);
-    }
-}
-
+/// The live jobs. A job leaves the table once its end is stored; from
+/// then on it is read from the store, so memory does not grow with
+/// history.
 #[derive(Default)]
 struct Table {
     jobs: HashMap<JobId, Entry>,
-    /// Ids in submission order, for listing.
-    order: Vec<JobId>,
+    /// Ids of accepted jobs whose insert is not yet committed: taken for
+    /// duplicates and capacity, invisible to readers.
+    pending: HashSet<JobId>,
     /// Ids of queued jobs, oldest first.
     queue: VecDeque<JobId>,
+    /// Stored jobs in each terminal state (counted at start, then kept up).
+    ended: HashMap<State, u64>,
+    /// Run times of jobs that ended since this process started.
+    build_seconds: Histogram,
 }
 
 struct Entry {
@@ -151,20 +150,58 @@ struct Entry {
     cancel: Option<CancelSignal>,
 }
 
+impl Table {
+    /// Adds a live job, queueing it if it is queued.
+    fn add(&mut self, entry: Entry) {
+        let id = entry.job.id.clone();
+        if entry.job.state == State::Queued {
+            self.queue.push_back(id.clone());
+        }
+        self.jobs.insert(id, entry);
+    }
+
+    /// Counts a job that ended.
+    fn count_ended(&mut self, job: &Job) {
+        *self.ended.entry(job.state).or_default() += 1;
+        let (Some(started), Some(completed)) = (job.started_at, job.completed_at) else {
+            return;
+        };
+        let seconds = (completed - started).num_milliseconds().max(0) as f64 / 1000.0;
+        let histogram = &mut self.build_seconds;
+        histogram.sum += seconds;
+        histogram.count += 1;
+        for (bound, count) in &mut histogram.buckets {
+            if seconds <= *bound {
+                *count += 1;
+            }
+        }
+    }
+}
+
 impl Service {
-    /// Reads back the stored jobs (recovering those an earlier process
-    /// left running) and starts `config.workers` workers on the current
-    /// tokio runtime.
-    pub fn start(config: ServiceConfig, runtime: Arc<PluginRuntime>) -> Result<Self, StoreError> {
+    /// Reads back the stored live jobs (recovering those an earlier
+    /// process left running) and starts `config.workers` workers on the
+    /// current tokio runtime.
+    pub async fn start(
+        config: ServiceConfig,
+        runtime: Arc<PluginRuntime>,
+    ) -> Result<Self, StoreError> {
+        let table = Table {
+            build_seconds: Histogram {
+                buckets: BUILD_SECONDS_BUCKETS.iter().map(|b| (*b, 0)).collect(),
+                ..Histogram::default()
+            },
+            ..Table::default()
+        };
         let inner = Arc::new(Inner {
             runtime,
-            table: Mutex::default(),
+            table: Mutex::new(table),
             ready: Semaphore::new(0),
             stopping: AtomicBool::new(false),
             workers: tokio::sync::Mutex::new(JoinSet::new()),
             config,
         });
-        inner.restore()?;
+        inner.restore().await?;
         let mut workers = JoinSet::new();
         for _ in 0..inner.config.workers {
             workers.spawn(worker(inner.clone()));
@@ -180,8 +217,9 @@ impl Service {
         &self.inner.runtime
     }
 
-    /// Validates `request` and queues it. On any error nothing is stored.
-    pub fn submit(&self, request: JobRequest) -> Result<Job, ServiceError> {
+    /// Validates `request`, stores it and queues it. On any error nothing
+    /// is stored; once it returns the job is durable.
+    pub async fn submit(&self, request: JobRequest) -> Result<Job, ServiceError> {
         if self.inner.stopping.load(Ordering::SeqCst) {
             return Err(ServiceError::ShuttingDown);
         }
@@ -211,69 +249,82 @@ impl Service {
             Utc::now(),
         )?;
 
-        let mut table = self.inner.lock();
-        if table.jobs.contains_key(&job.id) {
-            return Err(ServiceError::Duplicate(job.id));
-        }
-        if table.queue.len() >= self.inner.config.queue_capacity {
-            return Err(ServiceError::QueueFull {
-                capacity: self.inner.config.queue_capacity,
-            });
-        }
-        // Stored before it is acknowledged or can run.
-        self.inner.config.store.insert(&job).map_err(|e| match e {
-            StoreError::Duplicate(id) => ServiceError::Duplicate(id),
-            other => ServiceError::Store(other.to_string()),
-        })?;
-        let entry = self.inner.entry(job.clone(), Vec::new());
-        table.add(entry);
-        drop(table);
-        self.inner.ready.add_permits(1);
-        tracing::info!(job = %job.id, builder = %job.builder, "job queued");
-        Ok(job)
+        let committed = {
+            let mut table = self.inner.lock();
+            if table.jobs.contains_key(&job.id) || table.pending.contains(&job.id) {
+                return Err(ServiceError::Duplicate(job.id));
+            }
+            let capacity = self.inner.config.queue_capacity;
+            if table.queue.len() + table.pending.len() >= capacity {
+                return Err(ServiceError::QueueFull { capacity });
+            }
+            table.pending.insert(job.id.clone());
+            self.inner.config.store.insert(&job)
+        };
+        // Finished in its own task: once the insert is on its way, the job
+        // must end up queued (or refused) even if this caller goes away.
+        let inner = self.inner.clone();
+        tokio::spawn(async move {
+            let committed = committed.await;
+            let mut table = inner.lock();
+            table.pending.remove(&job.id);
+            committed.map_err(|e| match e {
+                StoreError::Duplicate(id) => ServiceError::Duplicate(id),
+                other => ServiceError::Store(other.to_string()),
+            })?;
+            let entry = inner.entry(job.clone(), Vec::new());
+            table.add(entry);
+            drop(table);
+            inner.ready.add_permits(1);
+            tracing::debug!(job = %job.id, builder = %job.builder, "job queued");
+            Ok(job)
+        })
+        .await
+        .map_err(|e| ServiceError::Store(format!("storing the job was interrupted: {e}")))?
     }
 
     /// A snapshot of job `id`.
-    pub fn get(&self, id: &str) -> Result<Job, ServiceError> {
-        self.inner.with_entry(id, |entry| entry.job.clone())
+    pub async fn get(&self, id: &str) -> Result<Job, ServiceError> {
+        if let Some(job) = self.inner.live(id, |entry| entry.job.clone()) {
+            return Ok(job);
+        }
+        self.inner.stored(id).await
     }
 
     /// Snapshots of every job, newest first.
-    pub fn list(&self) -> Vec<Job> {
+    pub async fn list(&self) -> Vec<Job> {
         self.list_page(None, usize::MAX, None)
+            .await
             .map(|page| page.jobs)
             .unwrap_or_default()
     }
 
     /// Up to `limit` jobs, newest first, optionally only those in `state`,
     /// starting after job `cursor` (the previous page's `next_cursor`).
-    pub fn list_page(
+    pub async fn list_page(
         &self,
         state: Option<State>,
         limit: usize,
         cursor: Option<&str>,
     ) -> Result<JobPage, ServiceError> {
+        let mut jobs = self
+            .inner
+            .config
+            .store
+            .page(state, limit.saturating_add(1), cursor)
+            .await
+            .map_err(|e| ServiceError::Store(e.to_string()))?
+            .ok_or_else(|| ServiceError::UnknownCursor(cursor.unwrap_or_default().into()))?;
+        let more = jobs.len() > limit;
+        jobs.truncate(limit);
+        // A live job's latest state may not be committed yet.
         let table = self.inner.lock();
-        let mut newest_first = table.order.iter().rev().peekable();
-        if let Some(cursor) = cursor {
-            if !table.jobs.contains_key(cursor) {
-                return Err(ServiceError::UnknownCursor(cursor.to_string()));
-            }
-            for id in newest_first.by_ref() {
-                if id.as_str() == cursor {
-                    break;
-                }
+        for job in &mut jobs {
+            if let Some(entry) = table.jobs.get(&job.id) {
+                job.clone_from(&entry.job);
             }
         }
-        let mut matching = newest_first
-            .filter_map(|id| table.jobs.get(id))
-            .filter(|e| state.is_none_or(|s| e.job.state == s));
-        let jobs: Vec<Job> = matching
-            .by_ref()
-            .take(limit)
-            .map(|e| e.job.clone())
-            .collect();
-        let more = matching.next().is_some();
+        drop(table);
         let next_cursor = more
             .then(|| jobs.last().map(|j| j.id.to_string()))
             .flatten();
@@ -281,10 +332,21 @@ impl Service {
     }
 
     /// The job's log and a receiver of its state changes, for following
-    /// it as it runs.
-    pub fn follow(&self, id: &str) -> Result<(Arc<JobLog>, watch::Receiver<State>), ServiceError> {
-        self.inner
-            .with_entry(id, |entry| (entry.log.clone(), entry.state.subscribe()))
+    /// it as it runs. A finished job's receiver already holds its end.
+    pub async fn follow(
+        &self,
+        id: &str,
+    ) -> Result<(Arc<JobLog>, watch::Receiver<State>), ServiceError> {
+        if let Some(live) = self
+            .inner
+            .live(id, |entry| (entry.log.clone(), entry.state.subscribe()))
+        {
+            return Ok(live);
+        }
+        let job = self.inner.stored(id).await?;
+        let lines = self.inner.stored_log(id).await?;
+        let log = JobLog::restored(self.inner.config.log_cap_lines, Redactor::default(), lines);
+        Ok((Arc::new(log), watch::channel(job.state).1))
     }
 
     /// Counts for `/metrics`.
@@ -293,44 +355,32 @@ impl Service {
         let jobs_by_state = State::ALL
             .iter()
             .map(|state| {
-                (
-                    *state,
+                let count = if state.is_terminal() {
+                    table.ended.get(state).copied().unwrap_or(0)
+                } else {
                     table
                         .jobs
                         .values()
                         .filter(|e| e.job.state == *state)
-                        .count(),
-                )
+                        .count() as u64
+                };
+                (*state, count)
             })
             .collect();
-        let mut build_seconds = Histogram {
-            buckets: BUILD_SECONDS_BUCKETS.iter().map(|b| (*b, 0)).collect(),
-            ..Histogram::default()
-        };
-        for entry in table.jobs.values() {
-            let (Some(started), Some(completed)) = (entry.job.started_at, entry.job.completed_at)
-            else {
-                continue;
-            };
-            let seconds = (completed - started).num_milliseconds().max(0) as f64 / 1000.0;
-            build_seconds.sum += seconds;
-            build_seconds.count += 1;
-            for (bound, count) in &mut build_seconds.buckets {
-                if seconds <= *bound {
-                    *count += 1;
-                }
-            }
-        }
         Metrics {
             jobs_by_state,
             queue_depth: table.queue.len(),
-            build_seconds,
+            build_seconds: table.build_seconds.clone(),
         }
     }
 
     /// The job's log lines so far.
-    pub fn logs(&self, id: &str) -> Result<Vec<String>, ServiceError> {
-        self.inner.with_entry(id, |entry| entry.log.snapshot())
+    pub async fn logs(&self, id: &str) -> Result<Vec<String>, ServiceError> {
+        if let Some(lines) = self.inner.live(id, |entry| entry.log.snapshot()) {
+            return Ok(lines);
+        }
+        self.inner.stored(id).await?;
+        self.inner.stored_log(id).await
     }
 
     /// Cancels job `id`. A queued job ends `cancelled` at once; a running
@@ -338,15 +388,19 @@ impl Service {
     /// once its worker has recorded the cancellation. A job that already
     /// ended is an error.
     pub async fn cancel(&self, id: &str) -> Result<Job, ServiceError> {
-        {
+        enum Found {
+            Stored,
+            Ended(Job),
+            Settling(tokio::task::JoinHandle<()>),
+            Running,
+        }
+        let found = {
             let mut table = self.inner.lock();
             let table = &mut *table;
-            let entry = table
-                .jobs
-                .get_mut(id)
-                .ok_or_else(|| ServiceError::NotFound(id.to_string()))?;
-            match entry.job.state {
-                State::Queued => {
+            match table.jobs.get_mut(id) {
+                None => Found::Stored,
+                Some(entry) if entry.job.state.is_terminal() => Found::Ended(entry.job.clone()),
+                Some(entry) if entry.job.state == State::Queued => {
                     entry
                         .job
                         .finish(
@@ -357,35 +411,41 @@ impl Service {
                         )
                         .expect("queued → cancelled is allowed");
                     entry.log.push("[helix] cancelled before it started");
-                    self.inner.persist(&entry.job);
-                    entry.state.send_replace(entry.job.state);
                     table.queue.retain(|queued| queued.as_str() != id);
                     tracing::info!(job = %id, "queued job cancelled");
-                    return Ok(entry.job.clone());
+                    Found::Settling(self.inner.settle(&entry.job))
                 }
-                State::Running => {
+                Some(entry) => {
                     if let Some(cancel) = &entry.cancel {
                         cancel.cancel("cancelled by request");
                     }
-                }
-                state => {
-                    return Err(ServiceError::AlreadyEnded {
-                        id: entry.job.id.clone(),
-                        state,
-                    });
+                    tracing::info!(job = %id, "running job cancelled");
+                    Found::Running
                 }
             }
-        }
-        tracing::info!(job = %id, "running job cancelled");
-        self.wait(id, CANCEL_SETTLE).await
+        };
+        let ended = match found {
+            Found::Settling(settled) => {
+                let _ = settled.await;
+                return self.get(id).await;
+            }
+            Found::Running => return self.wait(id, CANCEL_SETTLE).await,
+            Found::Ended(job) => job,
+            Found::Stored => self.inner.stored(id).await?,
+        };
+        Err(ServiceError::AlreadyEnded {
+            id: ended.id,
+            state: ended.state,
+        })
     }
 
     /// Waits until job `id` ends or `timeout` passes, then returns its
     /// snapshot (terminal, or its current state at the timeout).
     pub async fn wait(&self, id: &str, timeout: Duration) -> Result<Job, ServiceError> {
-        let mut state = self.inner.with_entry(id, |entry| entry.state.subscribe())?;
-        let _ = tokio::time::timeout(timeout, state.wait_for(|s| s.is_terminal())).await;
-        self.get(id)
+        if let Some(mut state) = self.inner.live(id, |entry| entry.state.subscribe()) {
+            let _ = tokio::time::timeout(timeout, state.wait_for(|s| s.is_terminal())).await;
+        }
+        self.get(id).await
     }
 
     /// Number of jobs waiting for a worker.
@@ -423,13 +483,27 @@ impl Inner {
         self.table.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn with_entry<T>(&self, id: &str, f: impl FnOnce(&Entry) -> T) -> Result<T, ServiceError> {
-        let table = self.lock();
-        table
-            .jobs
+    /// `f` of live job `id`, if it is live.
+    fn live<T>(&self, id: &str, f: impl FnOnce(&Entry) -> T) -> Option<T> {
+        self.lock().jobs.get(id).map(f)
+    }
+
+    /// Job `id` from the store.
+    async fn stored(&self, id: &str) -> Result<Job, ServiceError> {
+        self.config
+            .store
             .get(id)
-            .map(f)
+            .await
+            .map_err(|e| ServiceError::Store(e.to_string()))?
             .ok_or_else(|| ServiceError::NotFound(id.to_string()))
+    }
+
+    async fn stored_log(&self, id: &str) -> Result<Vec<String>, ServiceError> {
+        self.config
+            .store
+            .log(id)
+            .await
+            .map_err(|e| ServiceError::Store(e.to_string()))
     }
 
     /// A table entry for `job` with its log (continuing `earlier` lines).
@@ -455,34 +529,75 @@ impl Inner {
         }
     }
 
-    /// Writes a job's new state through to the store. The change has
-    /// happened in memory already; a failed write is logged, and the store
-    /// catches up at the job's next change.
+    /// Writes a live job's new state through to the store without waiting:
+    /// the store applies writes in order, and a job's end is waited for
+    /// (see [`Inner::settle`]).
     fn persist(&self, job: &Job) {
-        if let Err(e) = self.config.store.update(job) {
-            tracing::error!(job = %job.id, "job state not stored: {e}");
-        }
+        let commit = self.config.store.update(job);
+        let id = job.id.clone();
+        tokio::spawn(async move {
+            if let Err(e) = commit.await {
+                tracing::error!(job = %id, "job state not stored: {e}");
+            }
+        });
     }
 
-    /// Loads every stored job. Queued ones are queued again; running ones
-    /// were interrupted by the previous process's death: they are queued
-    /// again while attempts remain, else failed as interrupted.
-    fn restore(&self) -> Result<(), StoreError> {
-        let stored = self.config.store.load()?;
-        let mut table = self.lock();
-        for item in stored {
-            let mut entry = self.entry(item.job, item.log);
-            if entry.job.state == State::Running {
-                self.recover_interrupted(&mut entry);
+    /// Stores a job that has just ended; once that is durable, tells its
+    /// waiters and drops it from the table (it is read from the store from
+    /// then on). Runs to completion even if the caller goes away. If the
+    /// store fails, the job stays live so its end is not lost to readers.
+    fn settle(self: &Arc<Self>, job: &Job) -> tokio::task::JoinHandle<()> {
+        let commit = self.config.store.update(job);
+        let inner = self.clone();
+        let id = job.id.clone();
+        tokio::spawn(async move {
+            let stored = commit.await;
+            let mut table = inner.lock();
+            if let Err(e) = &stored {
+                tracing::error!(job = %id, "job end not stored: {e}");
+                if let Some(entry) = table.jobs.get(&id) {
+                    entry.state.send_replace(entry.job.state);
+                }
+                return;
             }
-            let queued = entry.job.state == State::Queued;
-            table.add(entry);
-            if queued {
-                self.ready.add_permits(1);
+            if let Some(entry) = table.jobs.remove(&id) {
+                table.count_ended(&entry.job);
+                entry.state.send_replace(entry.job.state);
+            }
+        })
+    }
+
+    /// Loads the live stored jobs. Queued ones are queued again; running
+    /// ones were interrupted by the previous process's death: they are
+    /// queued again while attempts remain, else failed as interrupted.
+    async fn restore(self: &Arc<Self>) -> Result<(), StoreError> {
+        let store = &self.config.store;
+        let counts = store.count_by_state().await?;
+        let stored = store.load_unfinished().await?;
+        let mut settling = Vec::new();
+        {
+            let mut table = self.lock();
+            table.ended = counts
+                .into_iter()
+                .filter(|(state, _)| state.is_terminal())
+                .collect();
+            for item in stored {
+                let mut entry = self.entry(item.job, item.log);
+                if entry.job.state == State::Running {
+                    self.recover_interrupted(&mut entry);
+                }
+                if entry.job.state.is_terminal() {
+                    settling.push(self.settle(&entry.job));
+                } else if entry.job.state == State::Queued {
+                    self.ready.add_permits(1);
+                }
+                table.add(entry);
             }
         }
-        let queued = table.queue.len();
-        drop(table);
+        for settled in settling {
+            let _ = settled.await;
+        }
+        let queued = self.lock().queue.len();
         if queued > 0 {
             tracing::info!(jobs = queued, "queued jobs restored from the store");
         }
@@ -499,6 +614,7 @@ impl Inner {
                 "[helix] the host stopped while this job ran; queued again (attempt {} of {max})",
                 job.attempts + 1
             ));
+            self.persist(&entry.job);
         } else {
             let outcome = Outcome::failed(
                 FailureKind::Host,
@@ -512,7 +628,6 @@ impl Inner {
                 .log
                 .push("[helix] the host stopped while this job ran; no attempts left");
         }
-        self.persist(&entry.job);
     }
 
     fn cancel_running(&self, reason: &str) {
@@ -536,31 +651,32 @@ impl Inner {
         Some((entry.job.clone(), entry.log.clone(), cancel))
     }
 
-    fn record(&self, id: &JobId, outcome: Outcome) {
-        let mut table = self.lock();
-        let Some(entry) = table.jobs.get_mut(id) else {
-            return;
-        };
-        let state = outcome.state();
-        let error = outcome.error();
-        match entry.job.finish(outcome, Utc::now()) {
-            Ok(()) => {
-                entry.cancel = None;
-                self.persist(&entry.job);
-                entry.log.push(&match &error {
-                    Some(error) => format!("[helix] job {state}: {error}"),
-                    None => format!("[helix] job {state}"),
-                });
-                entry.state.send_replace(state);
-                tracing::info!(job = %id, %state, error = error.as_deref().unwrap_or(""), "job ended");
+    async fn record(self: &Arc<Self>, id: &JobId, outcome: Outcome) {
+        let settled = {
+            let mut table = self.lock();
+            let Some(entry) = table.jobs.get_mut(id) else {
+                return;
+            };
+            let state = outcome.state();
+            let error = outcome.error();
+            if let Err(e) = entry.job.finish(outcome, Utc::now()) {
+                tracing::error!(job = %id, "dropping outcome: {e}");
+                return;
             }
-            Err(e) => tracing::error!(job = %id, "dropping outcome: {e}"),
-        }
+            entry.cancel = None;
+            entry.log.push(&match &error {
+                Some(error) => format!("[helix] job {state}: {error}"),
+                None => format!("[helix] job {state}"),
+            });
+            tracing::info!(job = %id, %state, error = error.as_deref().unwrap_or(""), "job ended");
+            self.settle(&entry.job)
+        };
+        let _ = settled.await;
     }
 
-    async fn run(&self, job: Job, log: Arc<JobLog>, cancel: CancelSignal) {
+    async fn run(self: &Arc<Self>, job: Job, log: Arc<JobLog>, cancel: CancelSignal) {
         let outcome = self.execute(&job, log, cancel).await;
-        self.record(&job.id, outcome);
+        self.record(&job.id, outcome).await;
     }
 
     /// Runs `job` on its builder in a fresh workspace and confirms the

@@ -15,37 +15,39 @@ async fn a_restart_shows_the_same_history_and_logs() {
     let dir = tempfile::tempdir().unwrap();
     let config = config(&dir, 2, 10);
     let service = start(&config).await;
-    let ok = service.submit(simulated(0)).unwrap();
+    let ok = service.submit(simulated(0)).await.unwrap();
     let mut failing = simulated(0);
     failing
         .build_args
         .insert("HELIX_SIMULATE_FAIL".into(), "boom".into());
-    let failed = service.submit(failing).unwrap();
-    let long = service.submit(simulated(60_000)).unwrap();
+    let failed = service.submit(failing).await.unwrap();
+    let long = service.submit(simulated(60_000)).await.unwrap();
     finished(&service, &ok.id).await;
     finished(&service, &failed.id).await;
     until_running(&service, &long.id).await;
     service.cancel(long.id.as_str()).await.unwrap();
-    let before = service.list();
-    let logs_before = service.logs(ok.id.as_str()).unwrap();
+    let before = service.list().await;
+    let logs_before = service.logs(ok.id.as_str()).await.unwrap();
     service.stop(Duration::from_secs(5)).await;
     drop(service);
 
     let again = start(&config).await;
-    assert_eq!(again.list(), before);
-    assert_eq!(again.logs(ok.id.as_str()).unwrap(), logs_before);
-    let states: Vec<State> = again.list().iter().map(|j| j.state).collect();
+    assert_eq!(again.list().await, before);
+    assert_eq!(again.logs(ok.id.as_str()).await.unwrap(), logs_before);
+    let states: Vec<State> = again.list().await.iter().map(|j| j.state).collect();
     assert_eq!(states, [State::Cancelled, State::Failed, State::Succeeded]);
     // Ids stay taken across restarts.
-    let duplicate = again.submit(JobRequest {
-        id: Some(ok.id.to_string()),
-        ..simulated(0)
-    });
+    let duplicate = again
+        .submit(JobRequest {
+            id: Some(ok.id.to_string()),
+            ..simulated(0)
+        })
+        .await;
     assert!(duplicate.is_err());
 }
 
 /// A job left `running` in the store, as a process killed mid-build leaves it.
-fn interrupted_job(config: &helix_build::config::Config, id: &str, attempts: u32) {
+async fn interrupted_job(config: &helix_build::config::Config, id: &str, attempts: u32) {
     std::fs::create_dir_all(&config.data_dir).unwrap();
     let store = SqliteStore::open(&config.store_path().unwrap()).unwrap();
     let mut job = Job::from_request(
@@ -56,29 +58,27 @@ fn interrupted_job(config: &helix_build::config::Config, id: &str, attempts: u32
         Utc::now(),
     )
     .unwrap();
-    store.insert(&job).unwrap();
+    store.insert(&job).await.unwrap();
     for _ in 0..attempts {
         job.start(Utc::now()).unwrap();
         if job.attempts < attempts {
             job.requeue_after_interruption().unwrap();
         }
     }
-    store.update(&job).unwrap();
-    store
-        .append_log(&job.id, "[helix] running on builder 'simulated'", 100)
-        .unwrap();
+    store.append_log(&job.id, "[helix] running on builder 'simulated'", 100);
+    store.update(&job).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn interrupted_jobs_run_again_while_attempts_remain() {
     let dir = tempfile::tempdir().unwrap();
     let config = config(&dir, 1, 10);
-    interrupted_job(&config, "was-running", 1);
+    interrupted_job(&config, "was-running", 1).await;
     let service = start(&config).await;
     let job = finished(&service, &JobId::parse("was-running").unwrap()).await;
     assert_eq!(job.state, State::Succeeded, "{:?}", job.error);
     assert_eq!(job.attempts, 2);
-    let logs = service.logs("was-running").unwrap();
+    let logs = service.logs("was-running").await.unwrap();
     assert!(
         logs.iter()
             .any(|l| l.contains("queued again (attempt 2 of 2)")),
@@ -95,9 +95,9 @@ async fn interrupted_jobs_run_again_while_attempts_remain() {
 async fn interrupted_jobs_without_attempts_left_fail_as_interrupted() {
     let dir = tempfile::tempdir().unwrap();
     let config = config(&dir, 1, 10);
-    interrupted_job(&config, "out-of-attempts", 2);
+    interrupted_job(&config, "out-of-attempts", 2).await;
     let service = start(&config).await;
-    let job = service.get("out-of-attempts").unwrap();
+    let job = service.get("out-of-attempts").await.unwrap();
     assert_eq!(job.state, State::Failed);
     assert_eq!(job.attempts, 2);
     let error = job.error.unwrap();

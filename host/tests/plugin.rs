@@ -38,7 +38,7 @@ async fn second_start_loads_compiled_components_from_the_cache() {
     // Reported for the record, not asserted: speed belongs in benchmarks.
     eprintln!("start with compiling: {cold:?}; start from cache: {warm:?}");
 
-    let job = second.submit(simulated(0)).unwrap();
+    let job = second.submit(simulated(0)).await.unwrap();
     assert_eq!(finished(&second, &job.id).await.state, State::Succeeded);
 }
 
@@ -56,7 +56,7 @@ async fn a_corrupt_cache_entry_is_recompiled() {
         reports.iter().all(|r| r.cache == CacheUse::Compiled),
         "{reports:?}"
     );
-    let job = service.submit(simulated(0)).unwrap();
+    let job = service.submit(simulated(0)).await.unwrap();
     assert_eq!(finished(&service, &job.id).await.state, State::Succeeded);
 }
 
@@ -143,8 +143,8 @@ async fn job_workspaces_are_removed_when_jobs_end() {
     let dir = tempfile::tempdir().unwrap();
     let config = config(&dir, 2, 10);
     let service = start(&config).await;
-    let ok = service.submit(simulated(0)).unwrap();
-    let crashed = service.submit(common::on_builder("panic")).unwrap();
+    let ok = service.submit(simulated(0)).await.unwrap();
+    let crashed = service.submit(common::on_builder("panic")).await.unwrap();
     finished(&service, &ok.id).await;
     finished(&service, &crashed.id).await;
     let left: Vec<_> = std::fs::read_dir(config.workspace_dir()).unwrap().collect();

@@ -39,9 +39,9 @@ fn job(repo: &Repo, builder: &str, git_ref: &str) -> JobRequest {
 }
 
 async fn run(service: &Service, request: JobRequest) -> Job {
-    let job = service.submit(request).unwrap();
+    let job = service.submit(request).await.unwrap();
     let job = finished(service, &job.id).await;
-    let logs = service.logs(job.id.as_str()).unwrap().join("\n");
+    let logs = service.logs(job.id.as_str()).await.unwrap().join("\n");
     eprintln!("--- {} ({}): {:?}\n{logs}", job.id, job.state, job.error);
     job
 }
@@ -104,7 +104,7 @@ async fn podman_builds_copy_run_and_build_args_and_the_image_pulls_back_by_diges
     let (hello, config) = pull(&format!("{}@{digest}", image_name(&tag)), "hello");
     assert_eq!(hello, "hello-amd64\n");
     assert_eq!(config["config"]["Labels"]["greeting"], "hello");
-    let logs = service.logs(job.id.as_str()).unwrap();
+    let logs = service.logs(job.id.as_str()).await.unwrap();
     assert!(
         logs.iter().any(|l| l.starts_with("[helix] verified:")),
         "{logs:?}"
@@ -141,7 +141,7 @@ async fn a_commit_sha_and_an_explicit_image_are_honoured() {
         job.image_tag.unwrap(),
         format!("{}/other/app:pinned", registry.address)
     );
-    let logs = service.logs(job.id.as_str()).unwrap();
+    let logs = service.logs(job.id.as_str()).await.unwrap();
     assert!(
         logs.iter()
             .any(|l| l.contains(&format!("checked out commit {}", repo.first_commit))),
@@ -290,7 +290,7 @@ async fn cancelling_a_long_build_leaves_no_process_and_no_build_state_behind() {
             dockerfile_path: Some("slow/Dockerfile".into()),
             ..job(&repo, builder, "main")
         };
-        let job = service.submit(request).unwrap();
+        let job = service.submit(request).await.unwrap();
         until_running(&service, &job.id).await;
         until_logged(&service, &job.id, |l| l.contains("STEP 3/3")).await;
         let workspace: PathBuf = config.workspace_dir().join(job.id.as_str());

@@ -42,21 +42,27 @@ async fn every_misbehaving_plugin_ends_its_job_with_the_cause_while_a_normal_job
     };
 
     let submitted = [
-        ("spin", service.submit(on_builder("spin")).unwrap().id),
-        ("hog", service.submit(on_builder("hog")).unwrap().id),
-        ("panic", service.submit(on_builder("panic")).unwrap().id),
+        ("spin", service.submit(on_builder("spin")).await.unwrap().id),
+        ("hog", service.submit(on_builder("hog")).await.unwrap().id),
+        (
+            "panic",
+            service.submit(on_builder("panic")).await.unwrap().id,
+        ),
         (
             "empty-tag",
-            service.submit(on_builder("empty-tag")).unwrap().id,
+            service.submit(on_builder("empty-tag")).await.unwrap().id,
         ),
         (
             "ungranted",
-            service.submit(on_builder("ungranted")).unwrap().id,
+            service.submit(on_builder("ungranted")).await.unwrap().id,
         ),
-        ("shell", service.submit(on_builder("shell")).unwrap().id),
-        ("escape", service.submit(escape).unwrap().id),
+        (
+            "shell",
+            service.submit(on_builder("shell")).await.unwrap().id,
+        ),
+        ("escape", service.submit(escape).await.unwrap().id),
     ];
-    let normal = service.submit(simulated(0)).unwrap();
+    let normal = service.submit(simulated(0)).await.unwrap();
     assert_eq!(finished(&service, &normal.id).await.state, State::Succeeded);
 
     let expected: [(&str, State, &str); 7] = [
@@ -113,9 +119,9 @@ async fn every_misbehaving_plugin_ends_its_job_with_the_cause_while_a_normal_job
 async fn denied_calls_are_recorded_in_the_job_log() {
     let dir = tempfile::tempdir().unwrap();
     let service = start(&config(&dir, 2, 10)).await;
-    let shell = service.submit(on_builder("shell")).unwrap();
+    let shell = service.submit(on_builder("shell")).await.unwrap();
     finished(&service, &shell.id).await;
-    let logs = service.logs(shell.id.as_str()).unwrap();
+    let logs = service.logs(shell.id.as_str()).await.unwrap();
     let denials: Vec<&String> = logs
         .iter()
         .filter(|l| l.starts_with("[helix] denied:"))
@@ -132,9 +138,9 @@ async fn denied_calls_are_recorded_in_the_job_log() {
 async fn the_escape_plugin_sees_no_host_files_env_or_network() {
     let dir = tempfile::tempdir().unwrap();
     let service = start(&config(&dir, 1, 10)).await;
-    let job = service.submit(on_builder("escape")).unwrap();
+    let job = service.submit(on_builder("escape")).await.unwrap();
     finished(&service, &job.id).await;
-    let logs = service.logs(job.id.as_str()).unwrap();
+    let logs = service.logs(job.id.as_str()).await.unwrap();
     let attempts: Vec<&String> = logs.iter().filter(|l| l.starts_with("[escape]")).collect();
     assert_eq!(attempts.len(), 6, "{logs:?}");
     for line in attempts {
@@ -148,10 +154,11 @@ async fn granted_commands_run_and_stream_into_the_job_log() {
     let service = start(&config(&dir, 1, 10)).await;
     let job = service
         .submit(exec("echo hello from sh; echo warn >&2"))
+        .await
         .unwrap();
     let job = finished(&service, &job.id).await;
     assert_eq!(job.state, State::Succeeded, "{:?}", job.error);
-    let logs = service.logs(job.id.as_str()).unwrap();
+    let logs = service.logs(job.id.as_str()).await.unwrap();
     assert!(
         logs.contains(&"[sh stdout] hello from sh".to_string()),
         "{logs:?}"
@@ -173,18 +180,19 @@ async fn cancelling_a_job_kills_every_process_it_started() {
         .submit(exec(
             "sleep 300 & echo pid $!; (sleep 300 & echo pid $!; wait) & echo pid $$; wait",
         ))
+        .await
         .unwrap();
     until_running(&service, &job.id).await;
     until_logged(&service, &job.id, |l| l.starts_with("[sh stdout] pid ")).await;
     let mut pids = Vec::new();
     for _ in 0..500 {
-        pids = self::pids(&service.logs(job.id.as_str()).unwrap());
+        pids = self::pids(&service.logs(job.id.as_str()).await.unwrap());
         if pids.len() == 3 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert_eq!(pids.len(), 3, "{:?}", service.logs(job.id.as_str()));
+    assert_eq!(pids.len(), 3, "{:?}", service.logs(job.id.as_str()).await);
 
     let asked = Instant::now();
     let cancelled = service.cancel(job.id.as_str()).await.unwrap();
@@ -206,10 +214,11 @@ async fn a_job_timeout_kills_every_process_it_started() {
     let service = start(&config(&dir, 1, 10)).await;
     let job = service
         .submit(exec("sleep 300 & echo pid $!; echo pid $$; wait"))
+        .await
         .unwrap();
     let job = finished(&service, &job.id).await;
     assert_eq!(job.state, State::TimedOut, "{:?}", job.error);
-    let pids = pids(&service.logs(job.id.as_str()).unwrap());
+    let pids = pids(&service.logs(job.id.as_str()).await.unwrap());
     assert_eq!(pids.len(), 2);
     assert_eq!(
         survivors(&pids, Duration::from_secs(5)).await,
@@ -225,8 +234,9 @@ async fn failed_workspaces_are_kept_only_when_configured() {
     let service = start(&config).await;
     let failed = service
         .submit(exec("echo debris > left-behind; exit 1"))
+        .await
         .unwrap();
-    let ok = service.submit(exec("echo fine > output")).unwrap();
+    let ok = service.submit(exec("echo fine > output")).await.unwrap();
     assert_eq!(finished(&service, &failed.id).await.state, State::Failed);
     assert_eq!(finished(&service, &ok.id).await.state, State::Succeeded);
     let kept = config.workspace_dir().join(failed.id.as_str());
@@ -235,7 +245,7 @@ async fn failed_workspaces_are_kept_only_when_configured() {
         "debris\n"
     );
     assert!(!config.workspace_dir().join(ok.id.as_str()).exists());
-    let logs = service.logs(failed.id.as_str()).unwrap();
+    let logs = service.logs(failed.id.as_str()).await.unwrap();
     assert!(
         logs.iter()
             .any(|l| l.starts_with("[helix] workspace kept for debugging"))

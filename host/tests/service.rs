@@ -23,7 +23,7 @@ async fn eighty_concurrent_submits_on_eight_workers_none_lost_or_duplicated() {
                 id: Some(format!("job-{i:02}")),
                 ..simulated(i % 5)
             };
-            service.submit(request).map(|job| job.id)
+            service.submit(request).await.map(|job| job.id)
         });
     }
     let mut ids = Vec::new();
@@ -38,13 +38,14 @@ async fn eighty_concurrent_submits_on_eight_workers_none_lost_or_duplicated() {
         assert_eq!(job.attempts, 1, "{id} ran more than once");
         let runs = service
             .logs(id.as_str())
+            .await
             .unwrap()
             .iter()
             .filter(|l| l.contains("running on builder"))
             .count();
         assert_eq!(runs, 1, "{id} was run {runs} times");
     }
-    let listed = service.list();
+    let listed = service.list().await;
     assert_eq!(listed.len(), 80);
     assert_eq!(
         listed.iter().map(|j| &j.id).collect::<HashSet<_>>().len(),
@@ -61,17 +62,20 @@ async fn duplicate_id_is_refused_and_changes_nothing() {
             id: Some("same".into()),
             ..simulated(0)
         })
+        .await
         .unwrap();
-    let again = service.submit(JobRequest {
-        id: Some("same".into()),
-        repo_url: "https://other.example/x.git".into(),
-        ..simulated(0)
-    });
+    let again = service
+        .submit(JobRequest {
+            id: Some("same".into()),
+            repo_url: "https://other.example/x.git".into(),
+            ..simulated(0)
+        })
+        .await;
     assert!(
         matches!(again, Err(ServiceError::Duplicate(ref id)) if id.as_str() == "same"),
         "{again:?}"
     );
-    assert_eq!(service.list().len(), 1);
+    assert_eq!(service.list().await.len(), 1);
     let job = finished(&service, &first.id).await;
     assert_eq!(job.repo_url, first.repo_url);
     assert_eq!(job.state, State::Succeeded);
@@ -81,24 +85,26 @@ async fn duplicate_id_is_refused_and_changes_nothing() {
 async fn full_queue_refuses_and_registers_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let service = start(&config(&dir, 1, 2)).await;
-    let running = service.submit(simulated(60_000)).unwrap();
+    let running = service.submit(simulated(60_000)).await.unwrap();
     until_running(&service, &running.id).await;
-    service.submit(simulated(0)).unwrap();
-    service.submit(simulated(0)).unwrap();
+    service.submit(simulated(0)).await.unwrap();
+    service.submit(simulated(0)).await.unwrap();
 
-    let refused = service.submit(JobRequest {
-        id: Some("overflow".into()),
-        ..simulated(0)
-    });
+    let refused = service
+        .submit(JobRequest {
+            id: Some("overflow".into()),
+            ..simulated(0)
+        })
+        .await;
     match refused {
         Err(e @ ServiceError::QueueFull { capacity: 2 }) => {
             assert!(e.to_string().contains("build queue is full"), "{e}")
         }
         other => panic!("expected a full queue, got {other:?}"),
     }
-    assert_eq!(service.list().len(), 3);
+    assert_eq!(service.list().await.len(), 3);
     assert!(matches!(
-        service.get("overflow"),
+        service.get("overflow").await,
         Err(ServiceError::NotFound(_))
     ));
     assert_eq!(service.queue_depth(), 2);
@@ -109,9 +115,9 @@ async fn full_queue_refuses_and_registers_nothing() {
 async fn cancelling_a_queued_job_ends_it_without_running() {
     let dir = tempfile::tempdir().unwrap();
     let service = start(&config(&dir, 1, 10)).await;
-    let blocker = service.submit(simulated(60_000)).unwrap();
+    let blocker = service.submit(simulated(60_000)).await.unwrap();
     until_running(&service, &blocker.id).await;
-    let queued = service.submit(simulated(0)).unwrap();
+    let queued = service.submit(simulated(0)).await.unwrap();
 
     let job = service.cancel(queued.id.as_str()).await.unwrap();
     assert_eq!(job.state, State::Cancelled);
@@ -120,7 +126,7 @@ async fn cancelling_a_queued_job_ends_it_without_running() {
     assert_eq!(service.queue_depth(), 0);
 
     service.cancel(blocker.id.as_str()).await.unwrap();
-    let after = service.get(queued.id.as_str()).unwrap();
+    let after = service.get(queued.id.as_str()).await.unwrap();
     assert_eq!(
         after.state,
         State::Cancelled,
@@ -133,7 +139,7 @@ async fn cancelling_a_queued_job_ends_it_without_running() {
 async fn cancelling_a_running_job_ends_it_within_a_second() {
     let dir = tempfile::tempdir().unwrap();
     let service = start(&config(&dir, 2, 10)).await;
-    let job = service.submit(simulated(60_000)).unwrap();
+    let job = service.submit(simulated(60_000)).await.unwrap();
     until_running(&service, &job.id).await;
 
     let asked = Instant::now();
@@ -148,7 +154,7 @@ async fn cancelling_a_running_job_ends_it_within_a_second() {
     assert!(cancelled.completed_at.is_some());
 
     // The worker carries on with new work.
-    let next = service.submit(simulated(0)).unwrap();
+    let next = service.submit(simulated(0)).await.unwrap();
     assert_eq!(finished(&service, &next.id).await.state, State::Succeeded);
 }
 
@@ -156,7 +162,7 @@ async fn cancelling_a_running_job_ends_it_within_a_second() {
 async fn cancelling_an_ended_job_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
     let service = start(&config(&dir, 1, 10)).await;
-    let job = service.submit(simulated(0)).unwrap();
+    let job = service.submit(simulated(0)).await.unwrap();
     let done = finished(&service, &job.id).await;
     let err = service.cancel(job.id.as_str()).await.unwrap_err();
     assert!(
@@ -170,7 +176,7 @@ async fn cancelling_an_ended_job_is_an_error() {
         "{err}"
     );
     assert_eq!(
-        service.get(job.id.as_str()).unwrap(),
+        service.get(job.id.as_str()).await.unwrap(),
         done,
         "refused cancel changes nothing"
     );
@@ -184,7 +190,7 @@ async fn cancelling_an_ended_job_is_an_error() {
 async fn wait_returns_current_state_at_timeout_then_terminal() {
     let dir = tempfile::tempdir().unwrap();
     let service = start(&config(&dir, 1, 10)).await;
-    let job = service.submit(simulated(1_500)).unwrap();
+    let job = service.submit(simulated(1_500)).await.unwrap();
     let early = service
         .wait(job.id.as_str(), Duration::from_millis(100))
         .await
@@ -208,8 +214,8 @@ async fn a_panicking_plugin_fails_its_job_with_the_message_and_others_succeed() 
     let mut good = Vec::new();
     let mut bad = Vec::new();
     for _ in 0..3 {
-        bad.push(service.submit(on_builder("panic")).unwrap().id);
-        good.push(service.submit(simulated(10)).unwrap().id);
+        bad.push(service.submit(on_builder("panic")).await.unwrap().id);
+        good.push(service.submit(simulated(10)).await.unwrap().id);
     }
     for id in &bad {
         let job = finished(&service, id).await;
@@ -223,7 +229,7 @@ async fn a_panicking_plugin_fails_its_job_with_the_message_and_others_succeed() 
             error.contains(&format!("testing-panic gave up on job {id}")),
             "{error}"
         );
-        let logs = service.logs(id.as_str()).unwrap();
+        let logs = service.logs(id.as_str()).await.unwrap();
         assert!(
             logs.iter()
                 .any(|l| l.starts_with("[plugin stderr]") && l.contains("gave up")),
@@ -239,14 +245,15 @@ async fn a_panicking_plugin_fails_its_job_with_the_message_and_others_succeed() 
 async fn a_spinning_plugin_times_out_while_the_host_stays_responsive() {
     let dir = tempfile::tempdir().unwrap();
     let service = start(&config(&dir, 3, 20)).await;
-    let spinners: Vec<_> = (0..2)
-        .map(|_| service.submit(on_builder("spin")).unwrap().id)
-        .collect();
+    let mut spinners = Vec::new();
+    for _ in 0..2 {
+        spinners.push(service.submit(on_builder("spin")).await.unwrap().id);
+    }
     for id in &spinners {
         until_running(&service, id).await;
     }
     // Two guests are spinning on a two-core machine; a normal job still runs.
-    let normal = service.submit(simulated(0)).unwrap();
+    let normal = service.submit(simulated(0)).await.unwrap();
     assert_eq!(finished(&service, &normal.id).await.state, State::Succeeded);
     for id in &spinners {
         let job = finished(&service, id).await;
@@ -269,7 +276,7 @@ async fn a_sleeping_build_over_its_time_limit_times_out() {
         .or_default()
         .timeout_secs = 1;
     let service = start(&config).await;
-    let job = service.submit(simulated(30_000)).unwrap();
+    let job = service.submit(simulated(30_000)).await.unwrap();
     let job = finished(&service, &job.id).await;
     assert_eq!(job.state, State::TimedOut);
     assert!(job.started_at.is_some() && job.completed_at.is_some());
@@ -279,8 +286,8 @@ async fn a_sleeping_build_over_its_time_limit_times_out() {
 async fn a_plugin_over_its_memory_limit_fails_naming_the_limit() {
     let dir = tempfile::tempdir().unwrap();
     let service = start(&config(&dir, 2, 10)).await;
-    let hog = service.submit(on_builder("hog")).unwrap();
-    let normal = service.submit(simulated(0)).unwrap();
+    let hog = service.submit(on_builder("hog")).await.unwrap();
+    let normal = service.submit(simulated(0)).await.unwrap();
     let job = finished(&service, &hog.id).await;
     assert_eq!(job.state, State::Failed);
     let error = job.error.unwrap();
@@ -300,7 +307,7 @@ async fn simulated_failure_is_reported_as_a_build_error() {
     request
         .build_args
         .insert("HELIX_SIMULATE_FAIL".into(), "RUN make exited 2".into());
-    let job = service.submit(request).unwrap();
+    let job = service.submit(request).await.unwrap();
     let job = finished(&service, &job.id).await;
     assert_eq!(job.state, State::Failed);
     assert_eq!(
@@ -320,6 +327,7 @@ async fn simulated_output_is_marked_and_validated() {
             platforms: vec!["linux/arm64".into(), "linux/amd64".into()],
             ..simulated(0)
         })
+        .await
         .unwrap();
     let job = finished(&service, &job.id).await;
     assert_eq!(job.state, State::Succeeded);
@@ -330,7 +338,7 @@ async fn simulated_output_is_marked_and_validated() {
     let platforms: Vec<String> = job.manifest.platforms().map(|p| p.to_string()).collect();
     assert_eq!(platforms, ["linux/amd64", "linux/arm64"]);
     assert!(job.digest.is_some());
-    let logs = service.logs("sim-1").unwrap();
+    let logs = service.logs("sim-1").await.unwrap();
     assert!(
         logs.iter().any(|l| l.contains("no image will be produced")),
         "{logs:?}"
@@ -357,7 +365,7 @@ async fn operator_delay_setting_is_honoured_and_invalid_values_fail_the_job() {
         repo_url: "https://git.example/a.git".into(),
         ..JobRequest::default()
     };
-    let job = service.submit(plain).unwrap();
+    let job = service.submit(plain).await.unwrap();
     let early = service
         .wait(job.id.as_str(), Duration::from_millis(100))
         .await
@@ -367,7 +375,7 @@ async fn operator_delay_setting_is_honoured_and_invalid_values_fail_the_job() {
         State::Running,
         "the 400 ms setting delays the build"
     );
-    let logs = service.logs(job.id.as_str()).unwrap();
+    let logs = service.logs(job.id.as_str()).await.unwrap();
     assert!(
         logs.iter().any(|l| l.contains("working for 400 ms")),
         "{logs:?}"
@@ -377,7 +385,7 @@ async fn operator_delay_setting_is_honoured_and_invalid_values_fail_the_job() {
     let mut bad = simulated(0);
     bad.build_args
         .insert("HELIX_SIMULATE_DELAY_MS".into(), "soon".into());
-    let job = service.submit(bad).unwrap();
+    let job = service.submit(bad).await.unwrap();
     let job = finished(&service, &job.id).await;
     assert_eq!(job.state, State::Failed);
     assert!(
@@ -429,14 +437,15 @@ async fn invalid_submissions_store_nothing() {
         ),
     ];
     for (field, request) in cases {
-        match service.submit(request) {
+        match service.submit(request).await {
             Err(ServiceError::Invalid(e)) => assert_eq!(e.field, field, "{e}"),
             other => panic!("{field}: expected invalid, got {other:?}"),
         }
     }
-    assert!(service.list().is_empty());
+    assert!(service.list().await.is_empty());
     let err = service
         .submit(on_builder("docker"))
+        .await
         .unwrap_err()
         .to_string();
     assert!(
@@ -451,21 +460,21 @@ async fn invalid_submissions_store_nothing() {
 async fn stop_lets_jobs_finish_within_grace_then_cancels_the_rest() {
     let dir = tempfile::tempdir().unwrap();
     let service = start(&config(&dir, 2, 10)).await;
-    let quick = service.submit(simulated(300)).unwrap();
-    let slow = service.submit(simulated(60_000)).unwrap();
+    let quick = service.submit(simulated(300)).await.unwrap();
+    let slow = service.submit(simulated(60_000)).await.unwrap();
     until_running(&service, &quick.id).await;
     until_running(&service, &slow.id).await;
 
     service.stop(Duration::from_secs(2)).await;
     assert_eq!(
-        service.get(quick.id.as_str()).unwrap().state,
+        service.get(quick.id.as_str()).await.unwrap().state,
         State::Succeeded
     );
-    let slow = service.get(slow.id.as_str()).unwrap();
+    let slow = service.get(slow.id.as_str()).await.unwrap();
     assert_eq!(slow.state, State::Cancelled);
     assert!(slow.error.unwrap().contains("host shut down"));
     assert!(matches!(
-        service.submit(simulated(0)),
+        service.submit(simulated(0)).await,
         Err(ServiceError::ShuttingDown)
     ));
 }
@@ -474,8 +483,8 @@ async fn stop_lets_jobs_finish_within_grace_then_cancels_the_rest() {
 async fn snapshots_are_independent_of_the_service() {
     let dir = tempfile::tempdir().unwrap();
     let service = start(&config(&dir, 1, 10)).await;
-    let submitted = service.submit(simulated(0)).unwrap();
-    let mut snapshot = service.get(submitted.id.as_str()).unwrap();
+    let submitted = service.submit(simulated(0)).await.unwrap();
+    let mut snapshot = service.get(submitted.id.as_str()).await.unwrap();
     snapshot.repo_url = "https://changed.example/x".into();
     snapshot.state = State::Failed;
     let job = finished(&service, &submitted.id).await;

@@ -1,20 +1,31 @@
 //! The embedded default store: one SQLite file in WAL mode.
 //!
-//! `synchronous = NORMAL` in WAL mode makes each write durable against a
-//! process crash (`kill -9`); only a power loss can take the last few
-//! commits.
+//! One writer thread owns the write connection and commits whatever writes
+//! have queued up since its last commit in one transaction (group commit),
+//! so a burst of submissions and log lines costs a few commits, not one
+//! each. Reads use their own connection, which WAL lets run beside the
+//! writer.
+//!
+//! `synchronous = NORMAL` in WAL mode makes each commit durable against a
+//! process crash (`kill -9`); only a power loss can take the last few.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Mutex;
+use std::sync::mpsc;
+use std::thread::JoinHandle;
 
+use futures_util::FutureExt as _;
 use rusqlite::{Connection, OptionalExtension, params};
+use tokio::sync::oneshot;
 
-use super::{JobStore, StoreError, StoredJob};
-use crate::job::{Job, JobId};
+use super::{Commit, JobStore, Read, StoreError, StoredJob};
+use crate::job::{Job, JobId, State};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how
 /// many have run.
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
     CREATE TABLE jobs (
         seq   INTEGER PRIMARY KEY AUTOINCREMENT,
         id    TEXT NOT NULL UNIQUE,
@@ -27,134 +38,386 @@ const MIGRATIONS: &[&str] = &["
         line   TEXT NOT NULL,
         PRIMARY KEY (job_id, n)
     ) WITHOUT ROWID;
-"];
+    ",
+    // Listing by state and finding live jobs at start without a full scan.
+    "CREATE INDEX jobs_by_state ON jobs (state, seq);",
+];
+
+/// Most writes committed in one transaction.
+const MAX_BATCH: usize = 4096;
+
+/// Trim a job's stored log every this many lines, not on every line.
+const TRIM_EVERY: i64 = 256;
+
+/// Jobs whose next log line number the writer remembers; beyond this it
+/// forgets them all and asks the database again.
+const REMEMBERED_LOGS: usize = 16 * 1024;
 
 /// A job store in one SQLite database file.
 pub struct SqliteStore {
-    db: Mutex<Connection>,
+    /// `None` only while dropping, to let the writer finish.
+    writes: Option<mpsc::Sender<Write>>,
+    writer: Option<JoinHandle<()>>,
+    reader: Mutex<Connection>,
+}
+
+enum Write {
+    Job {
+        id: JobId,
+        state: State,
+        body: String,
+        insert: bool,
+        done: oneshot::Sender<Result<(), StoreError>>,
+    },
+    Log {
+        id: JobId,
+        line: String,
+        cap: usize,
+    },
 }
 
 fn db_error(e: impl std::fmt::Display) -> StoreError {
     StoreError::Database(e.to_string())
 }
 
+fn connect(path: &Path) -> Result<Connection, StoreError> {
+    let db = Connection::open(path)
+        .map_err(|e| StoreError::Database(format!("{}: {e}", path.display())))?;
+    db.pragma_update(None, "journal_mode", "WAL")
+        .map_err(db_error)?;
+    db.pragma_update(None, "synchronous", "NORMAL")
+        .map_err(db_error)?;
+    db.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(db_error)?;
+    Ok(db)
+}
+
+fn migrate(db: &Connection, path: &Path) -> Result<(), StoreError> {
+    let applied: i64 = db
+        .pragma_query_value(None, "user_version", |row| row.get(0))
+        .map_err(db_error)?;
+    let applied = usize::try_from(applied).unwrap_or(usize::MAX);
+    if applied > MIGRATIONS.len() {
+        return Err(StoreError::Database(format!(
+            "{} was written by a newer helix-build (schema version {applied}); upgrade this binary",
+            path.display()
+        )));
+    }
+    for (version, migration) in MIGRATIONS.iter().enumerate().skip(applied) {
+        db.execute_batch(&format!(
+            "BEGIN; {migration}; PRAGMA user_version = {}; COMMIT;",
+            version + 1
+        ))
+        .map_err(db_error)?;
+    }
+    Ok(())
+}
+
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path` and brings its
     /// schema up to date.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = Connection::open(path)
-            .map_err(|e| StoreError::Database(format!("{}: {e}", path.display())))?;
-        db.pragma_update(None, "journal_mode", "WAL")
+        let db = connect(path)?;
+        migrate(&db, path)?;
+        let reader = connect(path)?;
+        let (writes, queued) = mpsc::channel();
+        let writer = std::thread::Builder::new()
+            .name("helix-store-writer".into())
+            .spawn(move || write_loop(db, queued))
             .map_err(db_error)?;
-        db.pragma_update(None, "synchronous", "NORMAL")
-            .map_err(db_error)?;
-        db.busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(db_error)?;
-        let applied: i64 = db
-            .pragma_query_value(None, "user_version", |row| row.get(0))
-            .map_err(db_error)?;
-        let applied = usize::try_from(applied).unwrap_or(usize::MAX);
-        if applied > MIGRATIONS.len() {
-            return Err(StoreError::Database(format!(
-                "{} was written by a newer helix-build (schema version {applied}); upgrade this binary",
-                path.display()
-            )));
-        }
-        for (version, migration) in MIGRATIONS.iter().enumerate().skip(applied) {
-            db.execute_batch(&format!(
-                "BEGIN; {migration}; PRAGMA user_version = {}; COMMIT;",
-                version + 1
-            ))
-            .map_err(db_error)?;
-        }
-        Ok(SqliteStore { db: Mutex::new(db) })
+        Ok(SqliteStore {
+            writes: Some(writes),
+            writer: Some(writer),
+            reader: Mutex::new(reader),
+        })
     }
 
-    fn db(&self) -> std::sync::MutexGuard<'_, Connection> {
-        self.db.lock().unwrap_or_else(|e| e.into_inner())
+    fn reader(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.reader.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn send(&self, write: Write) {
+        if let Some(writes) = &self.writes {
+            // Fails only once the writer is gone, and then the commit's
+            // receiver reports it.
+            let _ = writes.send(write);
+        }
+    }
+
+    fn write_job(&self, job: &Job, insert: bool) -> Commit {
+        let (done, committed) = oneshot::channel();
+        match serde_json::to_string(job) {
+            Ok(body) => self.send(Write::Job {
+                id: job.id.clone(),
+                state: job.state,
+                body,
+                insert,
+                done,
+            }),
+            Err(e) => {
+                let _ = done.send(Err(db_error(e)));
+            }
+        }
+        async move {
+            committed
+                .await
+                .unwrap_or_else(|_| Err(db_error("the store's writer has stopped")))
+        }
+        .boxed()
     }
 }
 
-fn body(job: &Job) -> Result<String, StoreError> {
-    serde_json::to_string(job).map_err(db_error)
+impl Drop for SqliteStore {
+    /// Lets the writer commit what is queued, so a store reopened after
+    /// this one sees every write.
+    fn drop(&mut self) {
+        self.writes.take();
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
+}
+
+/// Commits queued writes in batches until every sender is gone.
+fn write_loop(mut db: Connection, queued: mpsc::Receiver<Write>) {
+    let mut next_line = HashMap::new();
+    while let Ok(first) = queued.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match queued.try_recv() {
+                Ok(write) => batch.push(write),
+                Err(_) => break,
+            }
+        }
+        let results = match commit(&mut db, &batch, &mut next_line) {
+            Ok(results) => results,
+            Err(e) => {
+                tracing::error!("job store: a batch of {} writes failed: {e}", batch.len());
+                // Rolled back: line numbers remembered from it are wrong.
+                next_line.clear();
+                vec![Err(e); batch.len()]
+            }
+        };
+        for (write, result) in batch.into_iter().zip(results) {
+            if let Write::Job { done, .. } = write {
+                let _ = done.send(result);
+            }
+        }
+    }
+}
+
+/// Applies `batch` in one transaction; one result per write (only an
+/// insert of a duplicate id fails alone).
+fn commit(
+    db: &mut Connection,
+    batch: &[Write],
+    next_line: &mut HashMap<JobId, i64>,
+) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+    let tx = db.transaction().map_err(db_error)?;
+    let mut results = Vec::with_capacity(batch.len());
+    for write in batch {
+        results.push(match write {
+            Write::Job {
+                id,
+                state,
+                body,
+                insert: true,
+                ..
+            } => {
+                let inserted = tx
+                    .prepare_cached(
+                        "INSERT INTO jobs (id, state, body) VALUES (?1, ?2, ?3) \
+                         ON CONFLICT (id) DO NOTHING",
+                    )
+                    .and_then(|mut s| s.execute(params![id.as_str(), state.as_str(), body]))
+                    .map_err(db_error)?;
+                match inserted {
+                    0 => Err(StoreError::Duplicate(id.clone())),
+                    _ => Ok(()),
+                }
+            }
+            Write::Job {
+                id, state, body, ..
+            } => {
+                tx.prepare_cached("UPDATE jobs SET state = ?2, body = ?3 WHERE id = ?1")
+                    .and_then(|mut s| s.execute(params![id.as_str(), state.as_str(), body]))
+                    .map_err(db_error)?;
+                Ok(())
+            }
+            Write::Log { id, line, cap } => {
+                append_line(&tx, next_line, id, line, *cap)?;
+                Ok(())
+            }
+        });
+    }
+    tx.commit().map_err(db_error)?;
+    Ok(results)
+}
+
+fn append_line(
+    tx: &rusqlite::Transaction<'_>,
+    next_line: &mut HashMap<JobId, i64>,
+    id: &JobId,
+    line: &str,
+    cap: usize,
+) -> Result<(), StoreError> {
+    let n = match next_line.get(id) {
+        Some(n) => *n,
+        None => {
+            let last: Option<i64> = tx
+                .prepare_cached("SELECT MAX(n) FROM job_logs WHERE job_id = ?1")
+                .and_then(|mut s| s.query_row([id.as_str()], |row| row.get(0)))
+                .optional()
+                .map_err(db_error)?
+                .flatten();
+            if next_line.len() >= REMEMBERED_LOGS {
+                next_line.clear();
+            }
+            last.map_or(0, |n| n + 1)
+        }
+    };
+    next_line.insert(id.clone(), n + 1);
+    tx.prepare_cached("INSERT INTO job_logs (job_id, n, line) VALUES (?1, ?2, ?3)")
+        .and_then(|mut s| s.execute(params![id.as_str(), n, line]))
+        .map_err(db_error)?;
+    let cap = i64::try_from(cap).unwrap_or(i64::MAX);
+    if n % TRIM_EVERY == 0 && n >= cap {
+        tx.prepare_cached("DELETE FROM job_logs WHERE job_id = ?1 AND n <= ?2")
+            .and_then(|mut s| s.execute(params![id.as_str(), n - cap]))
+            .map_err(db_error)?;
+    }
+    Ok(())
+}
+
+fn parse_job(body: String) -> Result<Job, StoreError> {
+    serde_json::from_str(&body).map_err(|e| db_error(format!("a stored job is unreadable: {e}")))
+}
+
+/// The jobs whose bodies `query` selects with `params`.
+fn jobs(
+    db: &Connection,
+    query: &str,
+    params: impl rusqlite::Params,
+) -> Result<Vec<Job>, StoreError> {
+    let mut statement = db.prepare_cached(query).map_err(db_error)?;
+    let bodies = statement
+        .query_map(params, |row| row.get::<_, String>(0))
+        .map_err(db_error)?;
+    bodies
+        .map(|body| parse_job(body.map_err(db_error)?))
+        .collect()
+}
+
+fn log_lines(db: &Connection, id: &str) -> Result<Vec<String>, StoreError> {
+    let mut statement = db
+        .prepare_cached("SELECT line FROM job_logs WHERE job_id = ?1 ORDER BY n")
+        .map_err(db_error)?;
+    let lines = statement
+        .query_map([id], |row| row.get(0))
+        .map_err(db_error)?;
+    lines.collect::<Result<_, _>>().map_err(db_error)
+}
+
+/// Reads are quick local queries, answered before the future is returned.
+fn ready<'a, T: Send + 'a>(result: Result<T, StoreError>) -> Read<'a, T> {
+    std::future::ready(result).boxed()
 }
 
 impl JobStore for SqliteStore {
-    fn insert(&self, job: &Job) -> Result<(), StoreError> {
-        let inserted = self.db().execute(
-            "INSERT INTO jobs (id, state, body) VALUES (?1, ?2, ?3) ON CONFLICT (id) DO NOTHING",
-            params![job.id.as_str(), job.state.as_str(), body(job)?],
-        );
-        match inserted.map_err(db_error)? {
-            0 => Err(StoreError::Duplicate(job.id.clone())),
-            _ => Ok(()),
-        }
+    fn insert(&self, job: &Job) -> Commit {
+        self.write_job(job, true)
     }
 
-    fn update(&self, job: &Job) -> Result<(), StoreError> {
-        self.db()
-            .execute(
-                "UPDATE jobs SET state = ?2, body = ?3 WHERE id = ?1",
-                params![job.id.as_str(), job.state.as_str(), body(job)?],
-            )
-            .map_err(db_error)?;
-        Ok(())
+    fn update(&self, job: &Job) -> Commit {
+        self.write_job(job, false)
     }
 
-    fn append_log(&self, id: &JobId, line: &str, cap: usize) -> Result<(), StoreError> {
-        let db = self.db();
-        let last: Option<i64> = db
-            .query_row(
-                "SELECT MAX(n) FROM job_logs WHERE job_id = ?1",
-                [id.as_str()],
-                |row| row.get(0),
-            )
-            .optional()
-            .map_err(db_error)?
-            .flatten();
-        let n = last.map_or(0, |n| n + 1);
-        db.execute(
-            "INSERT INTO job_logs (job_id, n, line) VALUES (?1, ?2, ?3)",
-            params![id.as_str(), n, line],
-        )
-        .map_err(db_error)?;
-        // Trim in batches, not on every line.
-        if n % 256 == 0 && n >= cap as i64 {
-            db.execute(
-                "DELETE FROM job_logs WHERE job_id = ?1 AND n <= ?2",
-                params![id.as_str(), n - cap as i64],
-            )
-            .map_err(db_error)?;
-        }
-        Ok(())
+    fn append_log(&self, id: &JobId, line: &str, cap: usize) {
+        self.send(Write::Log {
+            id: id.clone(),
+            line: line.to_string(),
+            cap,
+        });
     }
 
-    fn load(&self) -> Result<Vec<StoredJob>, StoreError> {
-        let db = self.db();
-        let mut jobs = db
-            .prepare("SELECT body FROM jobs ORDER BY seq")
-            .map_err(db_error)?;
-        let mut lines = db
-            .prepare("SELECT line FROM job_logs WHERE job_id = ?1 ORDER BY n")
-            .map_err(db_error)?;
-        let bodies: Vec<String> = jobs
-            .query_map([], |row| row.get(0))
-            .map_err(db_error)?
-            .collect::<Result<_, _>>()
-            .map_err(db_error)?;
-        bodies
-            .into_iter()
-            .map(|body| {
-                let job: Job = serde_json::from_str(&body)
-                    .map_err(|e| db_error(format!("a stored job is unreadable: {e}")))?;
-                let log = lines
-                    .query_map([job.id.as_str()], |row| row.get(0))
-                    .map_err(db_error)?
-                    .collect::<Result<_, _>>()
-                    .map_err(db_error)?;
-                Ok(StoredJob { job, log })
+    fn get<'a>(&'a self, id: &'a str) -> Read<'a, Option<Job>> {
+        let found = jobs(&self.reader(), "SELECT body FROM jobs WHERE id = ?1", [id]);
+        ready(found.map(|jobs| jobs.into_iter().next()))
+    }
+
+    fn log<'a>(&'a self, id: &'a str) -> Read<'a, Vec<String>> {
+        ready(log_lines(&self.reader(), id))
+    }
+
+    fn page<'a>(
+        &'a self,
+        state: Option<State>,
+        limit: usize,
+        before: Option<&'a str>,
+    ) -> Read<'a, Option<Vec<Job>>> {
+        let db = self.reader();
+        let page = || {
+            let before = match before {
+                None => i64::MAX,
+                Some(id) => {
+                    let seq = db
+                        .prepare_cached("SELECT seq FROM jobs WHERE id = ?1")
+                        .and_then(|mut s| s.query_row([id], |row| row.get(0)).optional())
+                        .map_err(db_error)?;
+                    match seq {
+                        Some(seq) => seq,
+                        None => return Ok(None),
+                    }
+                }
+            };
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            let page = match state {
+                Some(state) => jobs(
+                    &db,
+                    "SELECT body FROM jobs WHERE state = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3",
+                    params![state.as_str(), before, limit],
+                ),
+                None => jobs(
+                    &db,
+                    "SELECT body FROM jobs WHERE seq < ?1 ORDER BY seq DESC LIMIT ?2",
+                    params![before, limit],
+                ),
+            };
+            page.map(Some)
+        };
+        ready(page())
+    }
+
+    fn count_by_state(&self) -> Read<'_, Vec<(State, u64)>> {
+        let db = self.reader();
+        let counts = State::ALL
+            .iter()
+            .map(|state| {
+                db.prepare_cached("SELECT COUNT(*) FROM jobs WHERE state = ?1")
+                    .and_then(|mut s| s.query_row([state.as_str()], |row| row.get::<_, i64>(0)))
+                    .map(|count| (*state, u64::try_from(count).unwrap_or(0)))
+                    .map_err(db_error)
             })
-            .collect()
+            .collect();
+        ready(counts)
+    }
+
+    fn load_unfinished(&self) -> Read<'_, Vec<StoredJob>> {
+        let db = self.reader();
+        let unfinished = jobs(
+            &db,
+            "SELECT body FROM jobs WHERE state IN ('queued', 'running') ORDER BY seq",
+            [],
+        )
+        .and_then(|jobs| {
+            jobs.into_iter()
+                .map(|job| {
+                    let log = log_lines(&db, job.id.as_str())?;
+                    Ok(StoredJob { job, log })
+                })
+                .collect()
+        });
+        ready(unfinished)
     }
 }
 
@@ -179,62 +442,102 @@ mod tests {
         .unwrap()
     }
 
-    #[test]
-    fn jobs_and_logs_survive_reopening() {
+    #[tokio::test]
+    async fn jobs_and_logs_survive_reopening() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("helix.db");
         {
             let store = SqliteStore::open(&path).unwrap();
             let mut a = job("a");
-            store.insert(&a).unwrap();
-            store.insert(&job("b")).unwrap();
+            store.insert(&a).await.unwrap();
+            store.insert(&job("b")).await.unwrap();
             a.start(chrono::Utc::now()).unwrap();
+            store.append_log(&a.id, "first", 100);
+            store.append_log(&a.id, "second", 100);
+            store.update(&a).await.unwrap();
+            let running = store.load_unfinished().await.unwrap();
+            assert_eq!(
+                running[0].log,
+                ["first", "second"],
+                "committed before the update"
+            );
             a.finish(
                 Outcome::failed(FailureKind::Build, "RUN false"),
                 chrono::Utc::now(),
             )
             .unwrap();
-            store.update(&a).unwrap();
-            store.append_log(&a.id, "first", 100).unwrap();
-            store.append_log(&a.id, "second", 100).unwrap();
+            let _ = store.update(&a);
+            store.append_log(&a.id, "third", 100);
+            // Dropping the store commits what is queued.
         }
         let store = SqliteStore::open(&path).unwrap();
-        let loaded = store.load().unwrap();
-        let ids: Vec<&str> = loaded.iter().map(|s| s.job.id.as_str()).collect();
-        assert_eq!(ids, ["a", "b"], "submission order");
-        assert_eq!(loaded[0].job.state, State::Failed);
-        assert_eq!(
-            loaded[0].job.error.as_deref(),
-            Some("build error: RUN false")
-        );
-        assert_eq!(loaded[0].job.platforms, job("x").platforms);
-        assert_eq!(loaded[0].log, ["first", "second"]);
-        assert_eq!(loaded[1].job.state, State::Queued);
-        assert!(loaded[1].log.is_empty());
+        let a = store.get("a").await.unwrap().unwrap();
+        assert_eq!(a.state, State::Failed);
+        assert_eq!(a.error.as_deref(), Some("build error: RUN false"));
+        assert_eq!(a.platforms, job("x").platforms);
+        assert_eq!(store.log("a").await.unwrap(), ["first", "second", "third"]);
+        let unfinished = store.load_unfinished().await.unwrap();
+        let ids: Vec<&str> = unfinished.iter().map(|s| s.job.id.as_str()).collect();
+        assert_eq!(ids, ["b"]);
+        assert!(unfinished[0].log.is_empty());
+        assert!(store.get("nope").await.unwrap().is_none());
     }
 
-    #[test]
-    fn a_duplicate_id_is_refused() {
+    #[tokio::test]
+    async fn pages_run_newest_first_by_state_and_cursor() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("helix.db")).unwrap();
-        store.insert(&job("same")).unwrap();
-        assert!(matches!(
-            store.insert(&job("same")),
-            Err(StoreError::Duplicate(_))
-        ));
-        assert_eq!(store.load().unwrap().len(), 1);
+        for i in 0..5 {
+            let mut j = job(&format!("j{i}"));
+            store.insert(&j).await.unwrap();
+            if i % 2 == 0 {
+                j.start(chrono::Utc::now()).unwrap();
+                store.update(&j).await.unwrap();
+            }
+        }
+        let ids = |jobs: Vec<Job>| {
+            jobs.into_iter()
+                .map(|j| j.id.to_string())
+                .collect::<Vec<_>>()
+        };
+        let first = store.page(None, 2, None).await.unwrap().unwrap();
+        assert_eq!(ids(first), ["j4", "j3"]);
+        let next = store.page(None, 2, Some("j3")).await.unwrap().unwrap();
+        assert_eq!(ids(next), ["j2", "j1"]);
+        let running = store
+            .page(Some(State::Running), 10, None)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(ids(running), ["j4", "j2", "j0"]);
+        assert!(store.page(None, 2, Some("gone")).await.unwrap().is_none());
+        let counts = store.count_by_state().await.unwrap();
+        assert!(counts.contains(&(State::Running, 3)), "{counts:?}");
+        assert!(counts.contains(&(State::Queued, 2)), "{counts:?}");
     }
 
-    #[test]
-    fn stored_logs_are_trimmed_to_the_cap() {
+    #[tokio::test]
+    async fn a_duplicate_id_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("helix.db")).unwrap();
+        store.insert(&job("same")).await.unwrap();
+        let (again, other) = (store.insert(&job("same")), store.insert(&job("other")));
+        assert!(matches!(again.await, Err(StoreError::Duplicate(_))));
+        other.await.expect("a duplicate in a batch fails alone");
+        assert_eq!(store.page(None, 10, None).await.unwrap().unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn stored_logs_are_trimmed_to_the_cap() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("helix.db")).unwrap();
         let a = job("a");
-        store.insert(&a).unwrap();
+        store.insert(&a).await.unwrap();
         for i in 0..1000 {
-            store.append_log(&a.id, &format!("line {i}"), 100).unwrap();
+            store.append_log(&a.id, &format!("line {i}"), 100);
         }
-        let log = &store.load().unwrap()[0].log;
+        store.update(&a).await.unwrap();
+        let log = store.log("a").await.unwrap();
         assert!(log.len() <= 100 + 256, "{}", log.len());
         assert_eq!(log.last().map(String::as_str), Some("line 999"));
     }

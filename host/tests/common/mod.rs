@@ -132,7 +132,7 @@ pub async fn until_logged(
     found: impl Fn(&str) -> bool,
 ) -> Vec<String> {
     for _ in 0..1000 {
-        let lines = service.logs(id.as_str()).unwrap();
+        let lines = service.logs(id.as_str()).await.unwrap();
         if lines.iter().any(|l| found(l)) {
             return lines;
         }
@@ -140,7 +140,7 @@ pub async fn until_logged(
     }
     panic!(
         "job {id} never logged the expected line: {:?}",
-        service.logs(id.as_str())
+        service.logs(id.as_str()).await
     );
 }
 
@@ -169,7 +169,7 @@ pub async fn survivors(pids: &[u32], within: Duration) -> Vec<u32> {
 /// Polls until the job is running (at most 10 s).
 pub async fn until_running(service: &Service, id: &helix_build::job::JobId) {
     for _ in 0..1000 {
-        if service.get(id.as_str()).unwrap().state == State::Running {
+        if service.get(id.as_str()).await.unwrap().state == State::Running {
             return;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;

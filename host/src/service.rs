@@ -390,7 +390,7 @@ impl Service {
     pub async fn cancel(&self, id: &str) -> Result<Job, ServiceError> {
         enum Found {
             Stored,
-            Ended(Job),
+            Ended(Box<Job>),
             Settling(tokio::task::JoinHandle<()>),
             Running,
         }
@@ -399,7 +399,9 @@ impl Service {
             let table = &mut *table;
             match table.jobs.get_mut(id) {
                 None => Found::Stored,
-                Some(entry) if entry.job.state.is_terminal() => Found::Ended(entry.job.clone()),
+                Some(entry) if entry.job.state.is_terminal() => {
+                    Found::Ended(Box::new(entry.job.clone()))
+                }
                 Some(entry) if entry.job.state == State::Queued => {
                     entry
                         .job
@@ -430,7 +432,7 @@ impl Service {
                 return self.get(id).await;
             }
             Found::Running => return self.wait(id, CANCEL_SETTLE).await,
-            Found::Ended(job) => job,
+            Found::Ended(job) => *job,
             Found::Stored => self.inner.stored(id).await?,
         };
         Err(ServiceError::AlreadyEnded {

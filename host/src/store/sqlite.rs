@@ -466,7 +466,7 @@ mod tests {
                 chrono::Utc::now(),
             )
             .unwrap();
-            let _ = store.update(&a);
+            drop(store.update(&a));
             store.append_log(&a.id, "third", 100);
             // Dropping the store commits what is queued.
         }

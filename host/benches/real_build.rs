@@ -17,7 +17,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::median;
+use common::{median, ms, row};
 
 use helix_build::app;
 use helix_build::config::{BuilderConfig, Config, RegistryConfig};
@@ -75,10 +75,7 @@ async fn run() {
         by_hand.push(started.elapsed());
     }
     let (service_median, hand_median) = (median(&mut through_service), median(&mut by_hand));
-    println!(
-        "cores: {}",
-        std::thread::available_parallelism().map_or(0, |n| n.get())
-    );
+    println!("cores: {}", common::cores());
     println!(
         "small real build through the service: {:>8.0} ms",
         service_median.as_secs_f64() * 1e3
@@ -87,9 +84,15 @@ async fn run() {
         "same git + podman commands by hand:    {:>8.0} ms",
         hand_median.as_secs_f64() * 1e3
     );
-    println!(
-        "  service / by hand = {:.2}x",
-        service_median.as_secs_f64() / hand_median.as_secs_f64()
+    let ratio = service_median.as_secs_f64() / hand_median.as_secs_f64();
+    println!("  service / by hand = {ratio:.2}x");
+    row(
+        "real build",
+        &format!("{:.0} ms via service", ms(service_median)),
+        &format!("{:.0} ms by hand", ms(hand_median)),
+        &format!("{ratio:.2}x"),
+        "<= 1.10x",
+        ratio <= 1.10,
     );
 }
 

@@ -15,7 +15,7 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::median;
+use common::{median, ms, row};
 
 use chrono::Utc;
 use helix_build::cancel::CancelSignal;
@@ -39,10 +39,7 @@ async fn run() {
         instances: 4,
         max_memory_bytes: 512 << 20,
     };
-    println!(
-        "cores: {}",
-        std::thread::available_parallelism().map_or(0, |n| n.get())
-    );
+    println!("cores: {}", common::cores());
 
     let mut cold = Vec::new();
     let mut warm = Vec::new();
@@ -71,9 +68,15 @@ async fn run() {
         "load all built-in builders, from cache: {:>10.2} ms",
         ms(warm)
     );
-    println!(
-        "  cached is {:.1}x faster",
-        cold.as_secs_f64() / warm.as_secs_f64()
+    let faster = cold.as_secs_f64() / warm.as_secs_f64();
+    println!("  cached is {faster:.1}x faster");
+    row(
+        "component load",
+        &format!("{:.1} ms cached", ms(warm)),
+        &format!("{:.0} ms compiling", ms(cold)),
+        &format!("{faster:.0}x faster"),
+        ">= 20x faster, <= 50 ms",
+        faster >= 20.0 && warm <= Duration::from_millis(50),
     );
 
     let runtime = loaded.unwrap();
@@ -105,9 +108,15 @@ async fn run() {
         assert!(matches!(outcome, Outcome::Succeeded(_)), "{outcome:?}");
     }
     let per_job = median(&mut per_job);
-    println!(
-        "one job: fresh instance + build call:   {:>10.1} µs",
-        per_job.as_secs_f64() * 1e6
+    let micros = per_job.as_secs_f64() * 1e6;
+    println!("one job: fresh instance + build call:   {micros:>10.1} µs");
+    row(
+        "instantiate + call",
+        &format!("{micros:.1} µs per job"),
+        "-",
+        "-",
+        "<= 50 µs",
+        per_job <= Duration::from_micros(50),
     );
 
     command_overhead(workspace.path()).await;
@@ -157,12 +166,14 @@ async fn command_overhead(workspace: &std::path::Path) {
         "`true` spawned directly:                {:>10.1} µs",
         direct.as_secs_f64() * 1e6
     );
-    println!(
-        "  command runner / direct = {:.2}x",
-        mediated.as_secs_f64() / direct.as_secs_f64()
+    let ratio = mediated.as_secs_f64() / direct.as_secs_f64();
+    println!("  command runner / direct = {ratio:.2}x");
+    row(
+        "command",
+        &format!("{:.0} µs via runner", mediated.as_secs_f64() * 1e6),
+        &format!("{:.0} µs direct", direct.as_secs_f64() * 1e6),
+        &format!("{ratio:.2}x"),
+        "<= 1.10x",
+        ratio <= 1.10,
     );
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
 }

@@ -31,6 +31,15 @@ pub enum StartError {
 
 /// Loads every configured builder and starts the service's workers.
 pub async fn start(config: &Config) -> Result<Service, StartError> {
+    start_with(config, |_| {}).await
+}
+
+/// [`start`], letting `extend` add to the loaded builders first (the
+/// benchmarks add a native one).
+pub async fn start_with(
+    config: &Config,
+    extend: impl FnOnce(&mut PluginRuntime),
+) -> Result<Service, StartError> {
     for dir in [config.data_dir.clone(), config.workspace_dir()] {
         std::fs::create_dir_all(&dir).map_err(|source| StartError::DataDir {
             path: dir.display().to_string(),
@@ -47,8 +56,9 @@ pub async fn start(config: &Config) -> Result<Service, StartError> {
             .max()
             .unwrap_or(0),
     };
-    let runtime =
+    let mut runtime =
         PluginRuntime::load(sources, &ComponentCache::new(config.cache_dir()), sizing).await?;
+    extend(&mut runtime);
     let service_config = ServiceConfig {
         workers: config.workers,
         queue_capacity: config.queue_capacity,

@@ -4,6 +4,11 @@
 
 use std::time::Duration;
 
+use helix_build::config::Config;
+use helix_build::job::{BuildResult, Job, Outcome};
+use helix_build::log::JobLog;
+use helix_build::service::Service;
+
 /// The median of `samples` (sorts them).
 pub fn median(samples: &mut [Duration]) -> Duration {
     samples.sort();
@@ -17,4 +22,64 @@ pub fn block_on<F: std::future::Future>(body: F) -> F::Output {
         .build()
         .expect("a tokio runtime")
         .block_on(body)
+}
+
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(0, |n| n.get())
+}
+
+/// One row of the summary table. `bench/run` collects these lines from
+/// every bench and prints them as one table; each bench also prints its
+/// details above.
+pub fn row(name: &str, measured: &str, floor: &str, ratio: &str, target: &str, met: bool) {
+    let verdict = if met { "met" } else { "MISSED" };
+    println!("ROW\t{name}\t{measured}\t{floor}\t{ratio}\t{target}\t{verdict}");
+}
+
+pub fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// The name the benches give the native no-op builder.
+pub const NATIVE: &str = "native-no-op";
+
+/// What the simulated builder does at zero delay — two log lines, a tag
+/// and a digest derived from the job id — as native Rust in the host
+/// process: the floor of the plugin boundary.
+pub fn native_no_op(job: &Job, log: &JobLog) -> Outcome {
+    use sha2::Digest as _;
+    log.push(&format!(
+        "[native] building {} at {} ({}); no image will be produced",
+        job.repo_url, job.git_ref, job.dockerfile_path
+    ));
+    let tag = format!("simulated.invalid/helix-native:{}", job.id);
+    let digest = format!(
+        "sha256:{}",
+        hex::encode(sha2::Sha256::digest(job.id.as_str()))
+    );
+    log.push(&format!("[native] done: {tag} (not a real image)"));
+    match BuildResult::validate(tag, Some(digest), Vec::new(), &job.platforms) {
+        Ok(result) => Outcome::Succeeded(result),
+        Err(message) => panic!("the native no-op builder's result is invalid: {message}"),
+    }
+}
+
+/// A service as `app::start` makes it from `config`, plus the native
+/// no-op builder.
+pub async fn service_with_native(config: &Config) -> Service {
+    let config = config.clone().validated().expect("a valid bench config");
+    helix_build::app::start_with(&config, |runtime| runtime.add_native(NATIVE, native_no_op))
+        .await
+        .expect("the bench service starts")
+}
+
+/// Resident memory of this process, from `/proc/self/status`.
+pub fn resident_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/self/status");
+    kib * 1024
 }

@@ -37,13 +37,26 @@ pub struct RunContext {
 pub struct Builder {
     info: BuilderInfo,
     name: Arc<str>,
-    engine: Engine,
-    pre: BuilderPre<JobHost>,
+    code: Code,
     limits: Limits,
     settings: Arc<BTreeMap<String, String>>,
     grants: Arc<GrantPolicy>,
     instantiations: Timings,
 }
+
+/// What runs a job.
+enum Code {
+    Component {
+        engine: Engine,
+        pre: BuilderPre<JobHost>,
+    },
+    Native(NativeBuild),
+}
+
+/// A builder written in Rust and run in-process, with no sandbox and no
+/// limits. Only benchmarks use one, as the floor the wasm boundary is
+/// measured against; operators cannot configure one.
+pub type NativeBuild = fn(&Job, &JobLog) -> Outcome;
 
 /// A running count and total of durations, readable while jobs run.
 #[derive(Debug, Default)]
@@ -111,8 +124,7 @@ impl Builder {
                 },
             },
             name: source.name.as_str().into(),
-            engine,
-            pre,
+            code: Code::Component { engine, pre },
             limits: source.limits,
             settings: Arc::new(source.settings),
             grants: Arc::new(source.grants),
@@ -124,6 +136,33 @@ impl Builder {
         builder.info.description = metadata.description;
         builder.info.simulated = metadata.simulated;
         Ok(builder)
+    }
+
+    /// A native builder called `name` (see [`NativeBuild`]).
+    pub fn native(name: &str, build: NativeBuild) -> Self {
+        let limits = Limits {
+            memory_bytes: 0,
+            timeout: Duration::MAX,
+        };
+        Builder {
+            info: BuilderInfo {
+                name: name.to_string(),
+                plugin_name: name.to_string(),
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                description: "native in-process builder (benchmark floor)".into(),
+                simulated: true,
+                component_digest: String::new(),
+                origin: super::Origin::Native.to_string(),
+                limits,
+                grants: GrantSummary::default(),
+            },
+            name: name.into(),
+            code: Code::Native(build),
+            limits,
+            settings: Arc::default(),
+            grants: Arc::default(),
+            instantiations: Timings::default(),
+        }
     }
 
     pub fn info(&self) -> &BuilderInfo {
@@ -144,8 +183,8 @@ impl Builder {
         self.grants.secrets()
     }
 
-    fn new_store(&self, host: JobHost) -> Store<JobHost> {
-        let mut store = Store::new(&self.engine, host);
+    fn new_store(engine: &Engine, host: JobHost) -> Store<JobHost> {
+        let mut store = Store::new(engine, host);
         store.limiter(|host| &mut host.memory);
         // Yield to the async runtime at every epoch tick: a guest that never
         // calls the host still lets other jobs run and can be timed out.
@@ -154,6 +193,9 @@ impl Builder {
     }
 
     async fn call_info(&self) -> Result<bindings::Metadata, String> {
+        let Code::Component { engine, pre } = &self.code else {
+            return Err("a native builder has no `info` export".into());
+        };
         let log = Arc::new(JobLog::new(INFO_LOG_LINES));
         let host = JobHost::new(JobHostParts {
             builder: self.name.clone(),
@@ -165,9 +207,9 @@ impl Builder {
             memory_limit: self.limits.memory_bytes,
         })
         .map_err(|e| e.to_string())?;
-        let mut store = self.new_store(host);
+        let mut store = Self::new_store(engine, host);
         let call = async {
-            let instance = self.pre.instantiate_async(&mut store).await?;
+            let instance = pre.instantiate_async(&mut store).await?;
             instance
                 .helix_build_builder_info()
                 .call_info(&mut store)
@@ -195,6 +237,10 @@ impl Builder {
     }
 
     async fn run_unredacted(&self, job: &Job, ctx: RunContext) -> Outcome {
+        let (engine, pre) = match &self.code {
+            Code::Component { engine, pre } => (engine, pre),
+            Code::Native(build) => return build(job, &ctx.log),
+        };
         let host = match JobHost::new(JobHostParts {
             builder: self.name.clone(),
             log: ctx.log.clone(),
@@ -215,12 +261,11 @@ impl Builder {
                 );
             }
         };
-        let mut store = self.new_store(host);
+        let mut store = Self::new_store(engine, host);
         let wit_job = to_wit(job);
         let started = Instant::now();
         let call = async {
-            let instance = self
-                .pre
+            let instance = pre
                 .instantiate_async(&mut store)
                 .await
                 .map_err(CallError::Instantiate)?;

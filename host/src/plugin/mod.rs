@@ -22,7 +22,7 @@ use wasmtime::component::{Component, HasSelf, Linker};
 use crate::exec::{GrantPolicy, ProgramGrant};
 
 pub use bindings::WIT_VERSION;
-pub use builder::{Builder, RunContext, Timings};
+pub use builder::{Builder, NativeBuild, RunContext, Timings};
 pub use cache::{CacheUse, ComponentCache};
 pub use engine::PoolSizing;
 
@@ -49,6 +49,8 @@ pub enum Origin {
     BuiltIn,
     /// Read from a file named in the config.
     File(PathBuf),
+    /// Rust code in this process (benchmarks only; see [`NativeBuild`]).
+    Native,
 }
 
 impl std::fmt::Display for Origin {
@@ -56,6 +58,7 @@ impl std::fmt::Display for Origin {
         match self {
             Origin::BuiltIn => f.write_str("built-in"),
             Origin::File(path) => write!(f, "{}", path.display()),
+            Origin::Native => f.write_str("native"),
         }
     }
 }
@@ -93,7 +96,7 @@ pub struct BuilderInfo {
 
 /// The grants of a builder as operators may see them: programs and the
 /// names (never the values) of variables.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct GrantSummary {
     pub programs: Vec<ProgramGrant>,
     pub env: Vec<String>,
@@ -181,6 +184,13 @@ impl PluginRuntime {
 
     pub fn names(&self) -> Vec<&str> {
         self.builders.keys().map(String::as_str).collect()
+    }
+
+    /// Adds a native builder called `name`, replacing any builder of
+    /// that name (see [`NativeBuild`]).
+    pub fn add_native(&mut self, name: &str, build: NativeBuild) {
+        self.builders
+            .insert(name.to_string(), Arc::new(Builder::native(name, build)));
     }
 
     pub fn load_reports(&self) -> &[LoadReport] {

@@ -1,0 +1,126 @@
+//! Resident memory of a running service with 100,000 finished jobs in its
+//! history and 10,000 queued, against the same process idle (started, no
+//! jobs). History is made by running the jobs through the service (native
+//! no-op builder, so it is quick); the queued jobs wait behind long
+//! simulated jobs holding every worker. Memory is read after 50,000 and
+//! after 100,000 finished jobs too, to show it does not grow with history.
+//!
+//! Run with `cargo bench -p helix-build --bench memory`.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{NATIVE, resident_bytes, row};
+use helix_build::config::Config;
+use helix_build::job::{JobId, JobRequest, State};
+use helix_build::service::Service;
+
+const FINISHED: usize = 100_000;
+const QUEUED: usize = 10_000;
+const CLIENTS: usize = 64;
+/// Over idle, with the full history and queue.
+const BUDGET_MB: f64 = 150.0;
+/// Growth allowed between half and all of the history.
+const FLAT_MB: f64 = 10.0;
+
+fn main() {
+    common::block_on(run());
+}
+
+async fn run() {
+    let data = tempfile::tempdir().unwrap();
+    let config = Config {
+        data_dir: data.path().to_path_buf(),
+        workers: common::cores().max(1),
+        queue_capacity: QUEUED + CLIENTS,
+        ..Config::default()
+    };
+    let service = common::service_with_native(&config).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let idle = mb(resident_bytes());
+
+    submit_all(&service, 0..FINISHED / 2, true).await;
+    let half = mb(resident_bytes());
+    submit_all(&service, FINISHED / 2..FINISHED, true).await;
+    let full = mb(resident_bytes());
+
+    // Hold every worker with a long job, so what follows stays queued.
+    let mut holders = Vec::new();
+    for _ in 0..config.workers {
+        let request = JobRequest {
+            repo_url: "https://git.example/app.git".into(),
+            build_args: [("HELIX_SIMULATE_DELAY_MS".into(), "600000".into())].into(),
+            ..JobRequest::default()
+        };
+        holders.push(service.submit(request).await.unwrap().id);
+    }
+    for id in &holders {
+        while service.get(id.as_str()).await.unwrap().state != State::Running {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    submit_all(&service, FINISHED..FINISHED + QUEUED, false).await;
+    assert_eq!(service.queue_depth(), QUEUED);
+    let loaded = mb(resident_bytes());
+
+    println!("cores: {}", common::cores());
+    println!("idle service:                         {idle:>7.1} MB resident");
+    println!(
+        "+ {:>6} finished jobs:               {half:>7.1} MB",
+        FINISHED / 2
+    );
+    println!("+ {FINISHED:>6} finished jobs:               {full:>7.1} MB");
+    println!("+ {FINISHED:>6} finished and {QUEUED} queued:   {loaded:>7.1} MB");
+    let over = loaded - idle;
+    let growth = full - half;
+    println!("  over idle: {over:.1} MB; from half to all of the history: {growth:+.1} MB");
+    row(
+        "memory",
+        &format!("{loaded:.0} MB ({FINISHED} done, {QUEUED} queued)"),
+        &format!("{idle:.0} MB idle"),
+        &format!("+{over:.0} MB; history {growth:+.1} MB"),
+        &format!("<= {BUDGET_MB:.0} MB over idle, flat"),
+        over <= BUDGET_MB && growth <= FLAT_MB,
+    );
+    service.stop(Duration::ZERO).await;
+}
+
+/// Submits jobs `ids` for the native builder from `CLIENTS` tasks; with
+/// `finish`, waits until each has succeeded.
+async fn submit_all(service: &Service, ids: std::ops::Range<usize>, finish: bool) {
+    let mut clients = tokio::task::JoinSet::new();
+    for client in 0..CLIENTS {
+        let service = service.clone();
+        let ids = ids.clone();
+        clients.spawn(async move {
+            for i in ids.skip(client).step_by(CLIENTS) {
+                let request = JobRequest {
+                    id: Some(format!("job-{i}")),
+                    repo_url: "https://git.example/app.git".into(),
+                    builder: Some(NATIVE.into()),
+                    ..JobRequest::default()
+                };
+                let job = service.submit(request).await.expect("accepted");
+                if finish {
+                    wait_succeeded(&service, &job.id).await;
+                }
+            }
+        });
+    }
+    while let Some(done) = clients.join_next().await {
+        done.unwrap();
+    }
+}
+
+async fn wait_succeeded(service: &Service, id: &JobId) {
+    let job = service
+        .wait(id.as_str(), Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(job.state, State::Succeeded, "{:?}", job.error);
+}
+
+fn mb(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}

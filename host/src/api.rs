@@ -314,8 +314,8 @@ async fn openapi() -> Json<serde_json::Value> {
     Json(crate::openapi::document())
 }
 
-async fn metrics(State(service): State<Service>) -> impl IntoResponse {
-    let metrics = service.metrics();
+async fn metrics(State(service): State<Service>) -> ApiResult<impl IntoResponse> {
+    let metrics = service.metrics().await?;
     let mut text = String::new();
     text.push_str(
         "# HELP helix_jobs Jobs known to this host, by state.\n# TYPE helix_jobs gauge\n",
@@ -354,7 +354,7 @@ async fn metrics(State(service): State<Service>) -> impl IntoResponse {
             "helix_plugin_instantiation_seconds_count{{builder=\"{name}\"}} {count}\n"
         ));
     }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text))
 }
 
 async fn builders(State(service): State<Service>) -> Json<Vec<BuilderInfo>> {

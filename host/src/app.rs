@@ -3,12 +3,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, StoreLocation};
 use crate::job::SubmitPolicy;
 use crate::plugin::{ComponentCache, PluginError, PluginRuntime, PoolSizing};
 use crate::registry::RegistryCheck;
-use crate::service::{Service, ServiceConfig};
-use crate::store::{SqliteStore, StoreError};
+use crate::service::{Service, ServiceConfig, Shared};
+use crate::store::{JobStore, PostgresStore, SqliteStore, StoreError};
 
 /// Builder instances allowed beyond one per worker: load-time `info` calls
 /// and `plugin check` need their own.
@@ -46,7 +46,17 @@ pub async fn start_with(
             source,
         })?;
     }
-    let store = SqliteStore::open(&config.store_path()?)?;
+    let (store, shared): (Arc<dyn JobStore>, _) = match config.store()? {
+        StoreLocation::Sqlite(path) => (Arc::new(SqliteStore::open(&path)?), None),
+        StoreLocation::Postgres(url) => {
+            let store = PostgresStore::connect(&url, &config.host_id()).await?;
+            let shared = Shared {
+                queue: store.clone(),
+                lease: Duration::from_secs(config.lease_secs),
+            };
+            (store, Some(shared))
+        }
+    };
     let sources = config.builder_sources()?;
     let sizing = PoolSizing {
         instances: u32::try_from(config.workers + SPARE_INSTANCES).unwrap_or(u32::MAX),
@@ -69,7 +79,8 @@ pub async fn start_with(
         log_cap_lines: config.log_cap_lines,
         workspace_dir: config.workspace_dir(),
         keep_failed_workspaces: config.keep_failed_workspaces,
-        store: Arc::new(store),
+        store,
+        shared,
         max_attempts: config.max_attempts,
         registry_check: RegistryCheck::new(
             config.insecure_registries(),

@@ -45,9 +45,19 @@ pub struct Config {
     /// Keep the workspace of a job that did not succeed, for debugging
     /// (it is removed otherwise).
     pub keep_failed_workspaces: bool,
-    /// Where jobs are stored: `sqlite://PATH`; `<data_dir>/helix.db` when
-    /// absent.
+    /// Where jobs are stored: `sqlite://PATH` (`<data_dir>/helix.db` when
+    /// absent), or `postgres://user:password@host:port/db` for a database
+    /// and queue several hosts share.
     pub store_url: Option<String>,
+    /// This host's name in a shared queue's leases; the machine's host
+    /// name when absent. Hosts sharing a database need different names; a
+    /// host restarting under the same name takes its leftover runs back
+    /// at once instead of waiting for their leases to run out.
+    pub host_id: Option<String>,
+    /// With a shared queue: how long a running job stays this host's
+    /// without a heartbeat (renewed every third of it). After a host dies
+    /// its jobs run again elsewhere within about this long.
+    pub lease_secs: u64,
     /// Runs a job may start: a job that was running when the host died is
     /// queued again while it has attempts left, else failed "interrupted".
     pub max_attempts: u32,
@@ -64,6 +74,15 @@ pub struct Config {
     /// Builders by the name jobs use. Every built-in builder is available
     /// unless an entry of that name replaces it.
     pub builders: BTreeMap<String, BuilderConfig>,
+}
+
+/// Where jobs are stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreLocation {
+    /// One host's SQLite file.
+    Sqlite(PathBuf),
+    /// A PostgreSQL database several hosts share (its URL).
+    Postgres(String),
 }
 
 /// How to talk to one registry.
@@ -119,6 +138,8 @@ impl Default for Config {
             stop_grace_secs: 30,
             keep_failed_workspaces: false,
             store_url: None,
+            host_id: None,
+            lease_secs: 30,
             max_attempts: 2,
             default_registry: None,
             registries: BTreeMap::new(),
@@ -186,7 +207,13 @@ impl Config {
         if self.max_attempts == 0 {
             return invalid("max_attempts must be at least 1".into());
         }
-        self.store_path()?;
+        self.store()?;
+        if self.lease_secs < 3 {
+            return Err(ConfigError::Invalid(format!(
+                "lease_secs must be at least 3 (a heartbeat renews leases every third of it), got {}",
+                self.lease_secs
+            )));
+        }
         if self.log_cap_lines == 0 {
             return invalid("log_cap_lines must be at least 1".into());
         }
@@ -304,21 +331,35 @@ impl Config {
             .collect()
     }
 
-    /// The SQLite database file named by `store_url`.
-    pub fn store_path(&self) -> Result<PathBuf, ConfigError> {
+    /// The store `store_url` names.
+    pub fn store(&self) -> Result<StoreLocation, ConfigError> {
         let Some(url) = &self.store_url else {
-            return Ok(self.data_dir.join("helix.db"));
+            return Ok(StoreLocation::Sqlite(self.data_dir.join("helix.db")));
         };
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Ok(StoreLocation::Postgres(url.clone()));
+        }
         let path = url
             .strip_prefix("sqlite://")
             .or_else(|| url.strip_prefix("sqlite:"))
             .filter(|p| !p.is_empty())
             .ok_or_else(|| {
                 ConfigError::Invalid(format!(
-                    "store_url {url:?} is not supported; use sqlite://PATH (PostgreSQL arrives with the scale-out store)"
+                    "store_url {url:?} is not supported; use sqlite://PATH or postgres://user:password@host:port/database"
                 ))
             })?;
-        Ok(PathBuf::from(path))
+        Ok(StoreLocation::Sqlite(PathBuf::from(path)))
+    }
+
+    /// This host's name in a shared queue's leases.
+    pub fn host_id(&self) -> String {
+        self.host_id.clone().unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|name| name.trim().to_string())
+                .ok()
+                .filter(|name| !name.is_empty())
+                .unwrap_or_else(|| "helix-host".into())
+        })
     }
 
     /// Settings every builder gets from the host's own config.
@@ -472,16 +513,28 @@ mod tests {
     }
 
     #[test]
-    fn store_url_selects_the_sqlite_file() {
+    fn store_url_selects_sqlite_or_postgres() {
         let config = parse("data_dir = '/srv/helix'").unwrap();
         assert_eq!(
-            config.store_path().unwrap(),
-            PathBuf::from("/srv/helix/helix.db")
+            config.store().unwrap(),
+            StoreLocation::Sqlite(PathBuf::from("/srv/helix/helix.db"))
         );
         let config = parse("store_url = 'sqlite:///var/lib/h.db'").unwrap();
-        assert_eq!(config.store_path().unwrap(), PathBuf::from("/var/lib/h.db"));
-        let err = parse("store_url = 'postgres://db/helix'").unwrap_err();
-        assert!(err.contains("store_url"), "{err}");
+        assert_eq!(
+            config.store().unwrap(),
+            StoreLocation::Sqlite(PathBuf::from("/var/lib/h.db"))
+        );
+        let config = parse("store_url = 'postgres://helix@db:5432/helix'").unwrap();
+        assert_eq!(
+            config.store().unwrap(),
+            StoreLocation::Postgres("postgres://helix@db:5432/helix".into())
+        );
+        let err = parse("store_url = 'mysql://db/helix'").unwrap_err();
+        assert!(
+            err.contains("store_url") && err.contains("postgres://"),
+            "{err}"
+        );
+        assert!(parse("lease_secs = 1").unwrap_err().contains("lease_secs"));
         assert!(
             parse("max_attempts = 0")
                 .unwrap_err()

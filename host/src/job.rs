@@ -444,6 +444,28 @@ impl Job {
         Ok(())
     }
 
+    /// A running job whose run was lost with its host (the host died, or
+    /// stopped renewing its lease; `what` says which): queued again while
+    /// it has attempts left (the lost attempt stays counted), else failed.
+    /// Returns the log line that says which.
+    pub fn recover_lost_run(
+        &mut self,
+        max_attempts: u32,
+        what: &str,
+        now: DateTime<Utc>,
+    ) -> Result<String, TransitionError> {
+        if self.attempts < max_attempts {
+            self.requeue_after_interruption()?;
+            return Ok(format!(
+                "[helix] {what}; queued again (attempt {} of {max_attempts})",
+                self.attempts + 1
+            ));
+        }
+        let message = format!("{what}, and the job has used all {max_attempts} attempts");
+        self.finish(Outcome::failed(FailureKind::Host, message), now)?;
+        Ok(format!("[helix] {what}; no attempts left"))
+    }
+
     /// Moves to the terminal state of `outcome`, recording its result or
     /// error and stamping `completed_at`.
     pub fn finish(&mut self, outcome: Outcome, now: DateTime<Utc>) -> Result<(), TransitionError> {

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use chrono::Utc;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Notify, Semaphore, broadcast, watch};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
@@ -27,7 +27,9 @@ use crate::job::{FailureKind, InvalidJob, Job, JobId, JobRequest, Outcome, State
 use crate::log::{JobLog, Redactor};
 use crate::plugin::{PluginRuntime, RunContext};
 use crate::registry::RegistryCheck;
-use crate::store::{JobStore, StoreError};
+use crate::store::{
+    CancelRequest, Heartbeat, JobStore, Notice, SharedQueue, StoreError, StoredJob,
+};
 
 /// How the service runs jobs.
 #[derive(Clone)]
@@ -48,6 +50,18 @@ pub struct ServiceConfig {
     /// Runs a job may start before an interruption (the host dying while
     /// it ran) fails it instead of queueing it again.
     pub max_attempts: u32,
+    /// Set when the queue is shared with other hosts; else this host's
+    /// queue lives in its memory (and its store).
+    pub shared: Option<Shared>,
+}
+
+/// Running against a queue other hosts share.
+#[derive(Clone)]
+pub struct Shared {
+    pub queue: Arc<dyn SharedQueue>,
+    /// How long a claimed job stays this host's without a heartbeat; a
+    /// heartbeat renews it every third of that.
+    pub lease: Duration,
 }
 
 /// Why a request to the service was refused. Nothing is changed when one
@@ -108,6 +122,12 @@ const BUILD_SECONDS_BUCKETS: [f64; 10] =
 /// cancellation before returning the job as it then is.
 const CANCEL_SETTLE: Duration = Duration::from_secs(5);
 
+/// How often a job that lives on another host is read again while
+/// waiting for or following it, and how often an idle worker looks at a
+/// shared queue when no notification came.
+const REMOTE_POLL: Duration = Duration::from_millis(250);
+const IDLE_POLL: Duration = Duration::from_secs(1);
+
 /// A handle to the service; clones share it.
 #[derive(Clone)]
 pub struct Service {
@@ -121,6 +141,8 @@ struct Inner {
     /// One permit per queued job; closed on stop.
     ready: Semaphore,
     stopping: AtomicBool,
+    /// Wakes idle workers of a shared queue (new work, or stopping).
+    work: Notify,
     workers: tokio::sync::Mutex<JoinSet<()>>,
 }
 
@@ -198,13 +220,30 @@ impl Service {
             table: Mutex::new(table),
             ready: Semaphore::new(0),
             stopping: AtomicBool::new(false),
+            work: Notify::new(),
             workers: tokio::sync::Mutex::new(JoinSet::new()),
             config,
         });
-        inner.restore().await?;
         let mut workers = JoinSet::new();
-        for _ in 0..inner.config.workers {
-            workers.spawn(worker(inner.clone()));
+        match inner.config.shared.clone() {
+            None => {
+                inner.restore().await?;
+                for _ in 0..inner.config.workers {
+                    workers.spawn(worker(inner.clone()));
+                }
+            }
+            Some(shared) => {
+                // Runs this host left behind when it last stopped.
+                shared
+                    .queue
+                    .recover_lost(inner.config.max_attempts, true)
+                    .await?;
+                for _ in 0..inner.config.workers {
+                    workers.spawn(shared_worker(inner.clone(), shared.clone()));
+                }
+                tokio::spawn(keep_leases(Arc::downgrade(&inner), shared.clone()));
+                tokio::spawn(relay_notices(Arc::downgrade(&inner), shared));
+            }
         }
         *inner
             .workers
@@ -249,13 +288,18 @@ impl Service {
             Utc::now(),
         )?;
 
+        let capacity = self.inner.config.queue_capacity;
+        let elsewhere = match &self.inner.config.shared {
+            Some(shared) => shared.queue.queued().await.map_err(store_error)?,
+            None => 0,
+        };
         let committed = {
             let mut table = self.inner.lock();
             if table.jobs.contains_key(&job.id) || table.pending.contains(&job.id) {
                 return Err(ServiceError::Duplicate(job.id));
             }
-            let capacity = self.inner.config.queue_capacity;
-            if table.queue.len() + table.pending.len() >= capacity {
+            let queued = table.queue.len() + table.pending.len() + elsewhere as usize;
+            if queued >= capacity {
                 return Err(ServiceError::QueueFull { capacity });
             }
             table.pending.insert(job.id.clone());
@@ -268,10 +312,11 @@ impl Service {
             let committed = committed.await;
             let mut table = inner.lock();
             table.pending.remove(&job.id);
-            committed.map_err(|e| match e {
-                StoreError::Duplicate(id) => ServiceError::Duplicate(id),
-                other => ServiceError::Store(other.to_string()),
-            })?;
+            committed.map_err(store_error)?;
+            if inner.config.shared.is_some() {
+                // Whichever host claims it runs it.
+                return Ok(job);
+            }
             let entry = inner.entry(job.clone(), Vec::new());
             table.add(entry);
             drop(table);
@@ -345,12 +390,40 @@ impl Service {
         }
         let job = self.inner.stored(id).await?;
         let lines = self.inner.stored_log(id).await?;
-        let log = JobLog::restored(self.inner.config.log_cap_lines, Redactor::default(), lines);
-        Ok((Arc::new(log), watch::channel(job.state).1))
+        let seen = lines.len();
+        let log = Arc::new(JobLog::restored(
+            self.inner.config.log_cap_lines,
+            Redactor::default(),
+            lines,
+        ));
+        let (state, states) = watch::channel(job.state);
+        if !job.state.is_terminal() {
+            // It lives on another host: relay what the store shows.
+            tokio::spawn(relay_remote(self.clone(), job.id, log.clone(), state, seen));
+        }
+        Ok((log, states))
     }
 
-    /// Counts for `/metrics`.
-    pub fn metrics(&self) -> Metrics {
+    /// Counts for `/metrics`: with a shared queue, of every host's jobs.
+    pub async fn metrics(&self) -> Result<Metrics, ServiceError> {
+        if self.inner.config.shared.is_some() {
+            let jobs_by_state = self
+                .inner
+                .config
+                .store
+                .count_by_state()
+                .await
+                .map_err(store_error)?;
+            let queue_depth = jobs_by_state
+                .iter()
+                .find(|(state, _)| *state == State::Queued)
+                .map_or(0, |(_, count)| *count as usize);
+            return Ok(Metrics {
+                jobs_by_state,
+                queue_depth,
+                build_seconds: self.inner.lock().build_seconds.clone(),
+            });
+        }
         let table = self.inner.lock();
         let jobs_by_state = State::ALL
             .iter()
@@ -367,11 +440,11 @@ impl Service {
                 (*state, count)
             })
             .collect();
-        Metrics {
+        Ok(Metrics {
             jobs_by_state,
             queue_depth: table.queue.len(),
             build_seconds: table.build_seconds.clone(),
-        }
+        })
     }
 
     /// The job's log lines so far.
@@ -433,7 +506,24 @@ impl Service {
             }
             Found::Running => return self.wait(id, CANCEL_SETTLE).await,
             Found::Ended(job) => *job,
-            Found::Stored => self.inner.stored(id).await?,
+            Found::Stored => match &self.inner.config.shared {
+                None => self.inner.stored(id).await?,
+                Some(shared) => {
+                    match shared
+                        .queue
+                        .request_cancel(id, "cancelled by request")
+                        .await
+                        .map_err(store_error)?
+                    {
+                        CancelRequest::Cancelled(job) => return Ok(*job),
+                        CancelRequest::Asked => return self.wait(id, CANCEL_SETTLE).await,
+                        CancelRequest::Ended(job) => *job,
+                        CancelRequest::NotFound => {
+                            return Err(ServiceError::NotFound(id.to_string()));
+                        }
+                    }
+                }
+            },
         };
         Err(ServiceError::AlreadyEnded {
             id: ended.id,
@@ -446,8 +536,17 @@ impl Service {
     pub async fn wait(&self, id: &str, timeout: Duration) -> Result<Job, ServiceError> {
         if let Some(mut state) = self.inner.live(id, |entry| entry.state.subscribe()) {
             let _ = tokio::time::timeout(timeout, state.wait_for(|s| s.is_terminal())).await;
+            return self.get(id).await;
         }
-        self.get(id).await
+        // Finished, or live on another host: read the store until it ends.
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let job = self.get(id).await?;
+            if job.state.is_terminal() || tokio::time::Instant::now() >= deadline {
+                return Ok(job);
+            }
+            tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + REMOTE_POLL)).await;
+        }
     }
 
     /// Number of jobs waiting for a worker.
@@ -461,6 +560,7 @@ impl Service {
     pub async fn stop(&self, grace: Duration) {
         self.inner.stopping.store(true, Ordering::SeqCst);
         self.inner.ready.close();
+        self.inner.work.notify_waiters();
         let mut workers = self.inner.workers.lock().await;
         let drained = tokio::time::timeout(grace, async {
             while workers.join_next().await.is_some() {}
@@ -547,21 +647,18 @@ impl Inner {
     /// Stores a job that has just ended; once that is durable, tells its
     /// waiters and drops it from the table (it is read from the store from
     /// then on). Runs to completion even if the caller goes away. If the
-    /// store fails, the job stays live so its end is not lost to readers.
+    /// store fails, the store keeps the job as it last had it (running, for
+    /// a job that ran), so recovery runs it again: its end is lost, the job
+    /// is not.
     fn settle(self: &Arc<Self>, job: &Job) -> tokio::task::JoinHandle<()> {
         let commit = self.config.store.update(job);
         let inner = self.clone();
         let id = job.id.clone();
         tokio::spawn(async move {
-            let stored = commit.await;
-            let mut table = inner.lock();
-            if let Err(e) = &stored {
+            if let Err(e) = commit.await {
                 tracing::error!(job = %id, "job end not stored: {e}");
-                if let Some(entry) = table.jobs.get(&id) {
-                    entry.state.send_replace(entry.job.state);
-                }
-                return;
             }
+            let mut table = inner.lock();
             if let Some(entry) = table.jobs.remove(&id) {
                 table.count_ended(&entry.job);
                 entry.state.send_replace(entry.job.state);
@@ -607,28 +704,56 @@ impl Inner {
     }
 
     fn recover_interrupted(&self, entry: &mut Entry) {
-        let max = self.config.max_attempts;
-        let job = &mut entry.job;
-        if job.attempts < max {
-            job.requeue_after_interruption()
-                .expect("the job is running");
-            entry.log.push(&format!(
-                "[helix] the host stopped while this job ran; queued again (attempt {} of {max})",
-                job.attempts + 1
-            ));
+        let line = entry
+            .job
+            .recover_lost_run(
+                self.config.max_attempts,
+                "interrupted: the host stopped while the job ran",
+                Utc::now(),
+            )
+            .expect("the job is running");
+        entry.log.push(&line);
+        if entry.job.state == State::Queued {
             self.persist(&entry.job);
-        } else {
-            let outcome = Outcome::failed(
-                FailureKind::Host,
-                format!(
-                    "interrupted: the host stopped while the job ran, and it has used all {max} attempts"
-                ),
-            );
-            job.finish(outcome, Utc::now())
-                .expect("running → failed is allowed");
-            entry
-                .log
-                .push("[helix] the host stopped while this job ran; no attempts left");
+        }
+    }
+
+    /// Makes a job this host claimed from a shared queue live here.
+    fn adopt(&self, stored: StoredJob) -> (Job, Arc<JobLog>, CancelSignal) {
+        let mut entry = self.entry(stored.job, stored.log);
+        let cancel = CancelSignal::new();
+        entry.cancel = Some(cancel.clone());
+        let claimed = (entry.job.clone(), entry.log.clone(), cancel);
+        self.lock().add(entry);
+        claimed
+    }
+
+    /// Stops the jobs this host runs that someone asked to cancel, and
+    /// those whose lease it lost (another host may run them now). Jobs
+    /// claimed after the heartbeat began are not in it and are left alone.
+    fn apply_heartbeat(&self, beat: &Heartbeat, began: chrono::DateTime<Utc>) {
+        for entry in self.lock().jobs.values() {
+            let (Some(cancel), Some(started)) = (&entry.cancel, entry.job.started_at) else {
+                continue;
+            };
+            if started >= began {
+                continue;
+            }
+            if !beat.held.contains(&entry.job.id) {
+                cancel.cancel(
+                    "this host lost its lease on the job (it could not renew it in time); \
+                     it is queued again for another run",
+                );
+            } else if let Some((_, reason)) = beat.cancel.iter().find(|(id, _)| *id == entry.job.id)
+            {
+                cancel.cancel(reason);
+            }
+        }
+    }
+
+    fn cancel_live(&self, id: &str, reason: &str) {
+        if let Some(cancel) = self.lock().jobs.get(id).and_then(|e| e.cancel.as_ref()) {
+            cancel.cancel(reason);
         }
     }
 
@@ -786,6 +911,106 @@ async fn worker(inner: Arc<Inner>) {
         if let Some((job, log, cancel)) = inner.claim_next() {
             let span = tracing::info_span!("job", id = %job.id, builder = %job.builder);
             inner.run(job, log, cancel).instrument(span).await;
+        }
+    }
+}
+
+fn store_error(e: StoreError) -> ServiceError {
+    match e {
+        StoreError::Duplicate(id) => ServiceError::Duplicate(id),
+        other => ServiceError::Store(other.to_string()),
+    }
+}
+
+/// A worker of a shared queue: claims jobs while there are any, else waits
+/// for news of some (or polls, in case a notification was lost).
+async fn shared_worker(inner: Arc<Inner>, shared: Shared) {
+    while !inner.stopping.load(Ordering::SeqCst) {
+        // Registered before looking, so news arriving meanwhile is kept.
+        let news = inner.work.notified();
+        match shared.queue.claim(shared.lease).await {
+            Ok(Some(stored)) => {
+                let (job, log, cancel) = inner.adopt(stored);
+                let span = tracing::info_span!("job", id = %job.id, builder = %job.builder);
+                inner.run(job, log, cancel).instrument(span).await;
+                continue;
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!("cannot claim work from the shared queue: {e}"),
+        }
+        let _ = tokio::time::timeout(IDLE_POLL, news).await;
+    }
+}
+
+/// Renews this host's leases every third of the lease, applies what the
+/// heartbeat says, and recovers jobs of hosts that stopped renewing
+/// theirs. Ends with the service.
+async fn keep_leases(inner: std::sync::Weak<Inner>, shared: Shared) {
+    let mut tick = tokio::time::interval(shared.lease / 3);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        let began = Utc::now();
+        match shared.queue.heartbeat(shared.lease).await {
+            Ok(beat) => inner.apply_heartbeat(&beat, began),
+            Err(e) => tracing::warn!("cannot renew this host's leases: {e}"),
+        }
+        if let Err(e) = shared
+            .queue
+            .recover_lost(inner.config.max_attempts, false)
+            .await
+        {
+            tracing::warn!("cannot look for jobs of lost hosts: {e}");
+        }
+    }
+}
+
+/// Passes other hosts' news to this one: wakes idle workers when jobs are
+/// queued, stops a job here when someone asked for it to be cancelled.
+async fn relay_notices(inner: std::sync::Weak<Inner>, shared: Shared) {
+    let mut notices = shared.queue.notices();
+    loop {
+        let notice = notices.recv().await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        match notice {
+            Ok(Notice::Queued) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                inner.work.notify_waiters();
+            }
+            Ok(Notice::Cancel(id)) => inner.cancel_live(&id, "cancelled by request"),
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+/// Follows a job that lives on another host by reading the store, into
+/// `log` and `state`, until the job ends or nobody follows any more.
+async fn relay_remote(
+    service: Service,
+    id: JobId,
+    log: Arc<JobLog>,
+    state: watch::Sender<State>,
+    mut seen: usize,
+) {
+    while !state.is_closed() {
+        tokio::time::sleep(REMOTE_POLL).await;
+        let Ok(job) = service.inner.stored(id.as_str()).await else {
+            continue;
+        };
+        let Ok(lines) = service.inner.stored_log(id.as_str()).await else {
+            continue;
+        };
+        for line in lines.iter().skip(seen) {
+            log.push(line);
+        }
+        seen = seen.max(lines.len());
+        state.send_if_modified(|current| std::mem::replace(current, job.state) != job.state);
+        if job.state.is_terminal() {
+            return;
         }
     }
 }

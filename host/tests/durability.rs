@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use common::{config, finished, simulated, start, until_running};
+use helix_build::config::StoreLocation;
 use helix_build::job::{Job, JobId, JobRequest, State, SubmitPolicy};
 use helix_build::store::{JobStore, SqliteStore};
 
@@ -49,7 +50,10 @@ async fn a_restart_shows_the_same_history_and_logs() {
 /// A job left `running` in the store, as a process killed mid-build leaves it.
 async fn interrupted_job(config: &helix_build::config::Config, id: &str, attempts: u32) {
     std::fs::create_dir_all(&config.data_dir).unwrap();
-    let store = SqliteStore::open(&config.store_path().unwrap()).unwrap();
+    let StoreLocation::Sqlite(path) = config.store().unwrap() else {
+        panic!("the test config uses SQLite");
+    };
+    let store = SqliteStore::open(&path).unwrap();
     let mut job = Job::from_request(
         simulated(0),
         JobId::parse(id).unwrap(),

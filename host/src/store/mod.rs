@@ -8,12 +8,18 @@
 //! batches (group commit): the returned [`Commit`] resolves once the write,
 //! and every write made before it, is durable.
 
+mod postgres;
 mod sqlite;
 
+use std::time::Duration;
+
+use futures_util::FutureExt as _;
 use futures_util::future::BoxFuture;
+use tokio::sync::{broadcast, oneshot};
 
 use crate::job::{Job, JobId, State};
 
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 /// A job as stored, with the log lines kept for it (oldest first).
@@ -66,4 +72,119 @@ pub trait JobStore: Send + Sync + 'static {
     /// Every queued or running job in submission order, with its log: what
     /// a starting host must pick up again.
     fn load_unfinished(&self) -> Read<'_, Vec<StoredJob>>;
+}
+
+/// A queue several hosts share (PostgreSQL). Each host claims jobs from it
+/// and holds a lease on every job it runs, renewed by heartbeat; a job
+/// whose lease ran out goes back to the queue. This host's name in the
+/// leases is fixed when the queue is opened.
+pub trait SharedQueue: Send + Sync + 'static {
+    /// Claims the oldest queued job: it becomes running on this host with
+    /// a lease of `lease`, its log so far alongside. `None` when nothing is
+    /// queued.
+    fn claim(&self, lease: Duration) -> Read<'_, Option<StoredJob>>;
+    /// Renews the leases of the jobs this host runs.
+    fn heartbeat(&self, lease: Duration) -> Read<'_, Heartbeat>;
+    /// Queues again — or fails, after `max_attempts` — running jobs whose
+    /// lease ran out, and with `own_too` also this host's (at start, when
+    /// any run of this host's is a leftover). Returns how many.
+    fn recover_lost(&self, max_attempts: u32, own_too: bool) -> Read<'_, usize>;
+    /// Cancels job `id` if it is queued, or asks the host running it to.
+    fn request_cancel<'a>(&'a self, id: &'a str, reason: &'a str) -> Read<'a, CancelRequest>;
+    /// How many jobs wait in the queue.
+    fn queued(&self) -> Read<'_, u64>;
+    /// What other hosts announce: new work, cancellations.
+    fn notices(&self) -> broadcast::Receiver<Notice>;
+}
+
+/// What a heartbeat found.
+#[derive(Debug, Default)]
+pub struct Heartbeat {
+    /// Jobs this host still holds.
+    pub held: Vec<JobId>,
+    /// Held jobs someone asked to cancel, with the reason given.
+    pub cancel: Vec<(JobId, String)>,
+}
+
+/// What [`SharedQueue::request_cancel`] did.
+#[derive(Debug)]
+pub enum CancelRequest {
+    /// The job was queued and is now cancelled.
+    Cancelled(Box<Job>),
+    /// The job runs on some host, which is told to stop it.
+    Asked,
+    /// The job had already ended.
+    Ended(Box<Job>),
+    NotFound,
+}
+
+/// What hosts announce to each other through the shared store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    /// New jobs are queued (or may be: sent after a lost connection too).
+    Queued,
+    /// Someone asked for job `id` to be cancelled.
+    Cancel(String),
+}
+
+/// A write waiting for its batch, in the order it was made.
+enum Write {
+    Job {
+        id: JobId,
+        state: State,
+        /// The job as JSON.
+        body: String,
+        /// Attempts the job has started, which a shared store checks so a
+        /// host that lost a job cannot overwrite its new run.
+        attempts: u32,
+        insert: bool,
+        done: oneshot::Sender<Result<(), StoreError>>,
+    },
+    Log {
+        id: JobId,
+        line: String,
+        cap: usize,
+    },
+}
+
+impl Write {
+    /// The write of `job` and its commit; no write when the job cannot be
+    /// serialized (the commit then says so).
+    fn job(job: &Job, insert: bool) -> (Option<Write>, Commit) {
+        let (done, committed) = oneshot::channel();
+        let write = match serde_json::to_string(job) {
+            Ok(body) => Some(Write::Job {
+                id: job.id.clone(),
+                state: job.state,
+                body,
+                attempts: job.attempts,
+                insert,
+                done,
+            }),
+            Err(e) => {
+                let _ = done.send(Err(db_error(e)));
+                None
+            }
+        };
+        let commit = async move {
+            committed
+                .await
+                .unwrap_or_else(|_| Err(db_error("the store's writer has stopped")))
+        }
+        .boxed();
+        (write, commit)
+    }
+}
+
+/// Tells each job write of a committed (or failed) batch how it went.
+fn acknowledge(batch: Vec<Write>, results: Vec<Result<(), StoreError>>) {
+    for (write, result) in batch.into_iter().zip(results) {
+        if let Write::Job { done, .. } = write {
+            let _ = done.send(result);
+        }
+    }
+}
+
+fn db_error(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Database(e.to_string())
 }

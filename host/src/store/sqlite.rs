@@ -17,9 +17,8 @@ use std::thread::JoinHandle;
 
 use futures_util::FutureExt as _;
 use rusqlite::{Connection, OptionalExtension, params};
-use tokio::sync::oneshot;
 
-use super::{Commit, JobStore, Read, StoreError, StoredJob};
+use super::{Commit, JobStore, Read, StoreError, StoredJob, Write, acknowledge, db_error};
 use crate::job::{Job, JobId, State};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how
@@ -59,25 +58,6 @@ pub struct SqliteStore {
     writes: Option<mpsc::Sender<Write>>,
     writer: Option<JoinHandle<()>>,
     reader: Mutex<Connection>,
-}
-
-enum Write {
-    Job {
-        id: JobId,
-        state: State,
-        body: String,
-        insert: bool,
-        done: oneshot::Sender<Result<(), StoreError>>,
-    },
-    Log {
-        id: JobId,
-        line: String,
-        cap: usize,
-    },
-}
-
-fn db_error(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Database(e.to_string())
 }
 
 fn connect(path: &Path) -> Result<Connection, StoreError> {
@@ -145,25 +125,11 @@ impl SqliteStore {
     }
 
     fn write_job(&self, job: &Job, insert: bool) -> Commit {
-        let (done, committed) = oneshot::channel();
-        match serde_json::to_string(job) {
-            Ok(body) => self.send(Write::Job {
-                id: job.id.clone(),
-                state: job.state,
-                body,
-                insert,
-                done,
-            }),
-            Err(e) => {
-                let _ = done.send(Err(db_error(e)));
-            }
+        let (write, committed) = Write::job(job, insert);
+        if let Some(write) = write {
+            self.send(write);
         }
-        async move {
-            committed
-                .await
-                .unwrap_or_else(|_| Err(db_error("the store's writer has stopped")))
-        }
-        .boxed()
+        committed
     }
 }
 
@@ -198,11 +164,7 @@ fn write_loop(mut db: Connection, queued: mpsc::Receiver<Write>) {
                 vec![Err(e); batch.len()]
             }
         };
-        for (write, result) in batch.into_iter().zip(results) {
-            if let Write::Job { done, .. } = write {
-                let _ = done.send(result);
-            }
-        }
+        acknowledge(batch, results);
     }
 }
 
@@ -481,64 +443,5 @@ mod tests {
         assert_eq!(ids, ["b"]);
         assert!(unfinished[0].log.is_empty());
         assert!(store.get("nope").await.unwrap().is_none());
-    }
-
-    #[tokio::test]
-    async fn pages_run_newest_first_by_state_and_cursor() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("helix.db")).unwrap();
-        for i in 0..5 {
-            let mut j = job(&format!("j{i}"));
-            store.insert(&j).await.unwrap();
-            if i % 2 == 0 {
-                j.start(chrono::Utc::now()).unwrap();
-                store.update(&j).await.unwrap();
-            }
-        }
-        let ids = |jobs: Vec<Job>| {
-            jobs.into_iter()
-                .map(|j| j.id.to_string())
-                .collect::<Vec<_>>()
-        };
-        let first = store.page(None, 2, None).await.unwrap().unwrap();
-        assert_eq!(ids(first), ["j4", "j3"]);
-        let next = store.page(None, 2, Some("j3")).await.unwrap().unwrap();
-        assert_eq!(ids(next), ["j2", "j1"]);
-        let running = store
-            .page(Some(State::Running), 10, None)
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(ids(running), ["j4", "j2", "j0"]);
-        assert!(store.page(None, 2, Some("gone")).await.unwrap().is_none());
-        let counts = store.count_by_state().await.unwrap();
-        assert!(counts.contains(&(State::Running, 3)), "{counts:?}");
-        assert!(counts.contains(&(State::Queued, 2)), "{counts:?}");
-    }
-
-    #[tokio::test]
-    async fn a_duplicate_id_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("helix.db")).unwrap();
-        store.insert(&job("same")).await.unwrap();
-        let (again, other) = (store.insert(&job("same")), store.insert(&job("other")));
-        assert!(matches!(again.await, Err(StoreError::Duplicate(_))));
-        other.await.expect("a duplicate in a batch fails alone");
-        assert_eq!(store.page(None, 10, None).await.unwrap().unwrap().len(), 2);
-    }
-
-    #[tokio::test]
-    async fn stored_logs_are_trimmed_to_the_cap() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("helix.db")).unwrap();
-        let a = job("a");
-        store.insert(&a).await.unwrap();
-        for i in 0..1000 {
-            store.append_log(&a.id, &format!("line {i}"), 100);
-        }
-        store.update(&a).await.unwrap();
-        let log = store.log("a").await.unwrap();
-        assert!(log.len() <= 100 + 256, "{}", log.len());
-        assert_eq!(log.last().map(String::as_str), Some("line 999"));
     }
 }

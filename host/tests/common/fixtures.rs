@@ -132,3 +132,135 @@ pub fn git(dir: &Path, args: &[&str]) -> String {
     let all: Vec<&str> = identity.iter().chain(args).copied().collect();
     run(dir, "git", &all)
 }
+
+/// A PostgreSQL server of its own (Debian's packages) on a free loopback
+/// port, its data in a temporary directory, with an empty database
+/// `helix`; stopped on drop. PostgreSQL refuses to run as root, so when
+/// this process is root it runs as the `postgres` user.
+pub struct Postgres {
+    dir: tempfile::TempDir,
+    bin: std::path::PathBuf,
+    pub port: u16,
+}
+
+impl Postgres {
+    pub fn start() -> Postgres {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL is installed (.ci/setup installs it)")
+            .filter_map(|entry| Some(entry.ok()?.path().join("bin")))
+            .filter(|bin| bin.join("initdb").exists())
+            .max()
+            .expect("an initdb under /usr/lib/postgresql/*/bin");
+        let dir = tempfile::tempdir().unwrap();
+        if as_root() {
+            let uid = run(Path::new("/"), "id", &["-u", "postgres"]);
+            let gid = run(Path::new("/"), "id", &["-g", "postgres"]);
+            std::os::unix::fs::chown(dir.path(), uid.parse().ok(), gid.parse().ok()).unwrap();
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let postgres = Postgres { dir, bin, port };
+        let data = postgres.data();
+        postgres.run(
+            "initdb",
+            &[
+                "-D",
+                &data,
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ],
+        );
+        postgres.resume();
+        let port = port.to_string();
+        postgres.run(
+            "createdb",
+            &["-h", "127.0.0.1", "-p", &port, "-U", "postgres", "helix"],
+        );
+        postgres
+    }
+
+    /// The `helix` database's URL.
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/helix", self.port)
+    }
+
+    /// Stops the server, cutting every connection.
+    pub fn pause(&self) {
+        self.run("pg_ctl", &["-D", &self.data(), "-m", "fast", "-w", "stop"]);
+    }
+
+    /// Starts the server (again), waiting until it accepts connections.
+    pub fn resume(&self) {
+        let options = format!(
+            "-p {} -c listen_addresses=127.0.0.1 -k {} -c fsync=off -c max_connections=200",
+            self.port,
+            self.dir.path().display()
+        );
+        let log = self.dir.path().join("server.log");
+        self.run(
+            "pg_ctl",
+            &[
+                "-D",
+                &self.data(),
+                "-o",
+                &options,
+                "-l",
+                &log.display().to_string(),
+                "-w",
+                "start",
+            ],
+        );
+    }
+
+    fn data(&self) -> String {
+        self.dir.path().join("data").display().to_string()
+    }
+
+    fn run(&self, program: &str, args: &[&str]) {
+        let out = self.command(program).args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{program} {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// `program` from the server's bin directory, as the `postgres` user
+    /// when this process is root.
+    fn command(&self, program: &str) -> Command {
+        let program = self.bin.join(program);
+        let mut command = if as_root() {
+            let mut command = Command::new("runuser");
+            command.args(["-u", "postgres", "--"]).arg(program);
+            command
+        } else {
+            Command::new(program)
+        };
+        command.current_dir(self.dir.path());
+        command
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let data = self.data();
+        let _ = self
+            .command("pg_ctl")
+            .args(["-D", &data, "-m", "immediate", "stop"])
+            .output();
+    }
+}
+
+fn as_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}

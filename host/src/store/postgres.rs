@@ -1,0 +1,710 @@
+//! The shared store: one PostgreSQL database that several hosts use at
+//! once. Besides the jobs and their logs it holds the queue: hosts claim
+//! queued jobs with `FOR UPDATE SKIP LOCKED`, hold a lease on each job they
+//! run (owner host, expiry) and renew it by heartbeat; a job whose lease
+//! ran out is queued again (or failed) by whichever host notices first.
+//!
+//! Every statement runs on its own (autocommit), so one pipelined
+//! connection serves all reads; state changes that race between hosts are
+//! compare-and-set `UPDATE`s that name the state they expect. Writes from
+//! the service go through a writer task that commits whatever has queued up
+//! in one transaction (group commit), as the SQLite store does.
+//!
+//! When the database goes away the store reconnects on the next use;
+//! meanwhile writes and reads fail with [`StoreError::Database`].
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use futures_util::FutureExt as _;
+use tokio::sync::{Mutex, broadcast, mpsc};
+use tokio_postgres::{Client, NoTls};
+
+use super::{
+    CancelRequest, Commit, Heartbeat, JobStore, Notice, Read, SharedQueue, StoreError, StoredJob,
+    Write, acknowledge, db_error,
+};
+use crate::job::{Job, JobId, Outcome, State};
+
+/// Schema migrations, applied in order; `helix_schema.version` records how
+/// many have run. The same tables as the SQLite store, plus the lease.
+const MIGRATIONS: &[&str] = &["
+    CREATE TABLE jobs (
+        seq              BIGSERIAL PRIMARY KEY,
+        id               TEXT NOT NULL UNIQUE,
+        state            TEXT NOT NULL,
+        body             TEXT NOT NULL,
+        attempts         INTEGER NOT NULL DEFAULT 0,
+        owner            TEXT,
+        lease_until      TIMESTAMPTZ,
+        cancel_requested TEXT
+    );
+    CREATE INDEX jobs_by_state ON jobs (state, seq);
+    CREATE TABLE job_logs (
+        job_id TEXT NOT NULL,
+        n      BIGSERIAL,
+        line   TEXT NOT NULL,
+        PRIMARY KEY (job_id, n)
+    );
+"];
+
+/// Channel told when jobs are queued (payload empty).
+const QUEUED_CHANNEL: &str = "helix_queued";
+/// Channel told when a running job should be cancelled (payload: its id).
+const CANCEL_CHANNEL: &str = "helix_cancel";
+
+/// Most writes committed in one transaction.
+const MAX_BATCH: usize = 1024;
+/// Trim a job's stored log every this many lines.
+const TRIM_EVERY: u64 = 256;
+/// How long to wait before reconnecting the listener after it lost the
+/// database.
+const RECONNECT_DELAY: Duration = Duration::from_millis(500);
+
+/// A job store and queue in one PostgreSQL database, shared by hosts.
+pub struct PostgresStore {
+    url: String,
+    /// This host's name in leases.
+    host: String,
+    /// Reads and single-statement changes; replaced when it breaks.
+    client: Mutex<Option<Arc<Client>>>,
+    writes: mpsc::UnboundedSender<Write>,
+    notices: broadcast::Sender<Notice>,
+}
+
+impl PostgresStore {
+    /// Connects to `url` (`postgres://…`), brings the schema up to date and
+    /// starts the writer and the listener. `host` names this host in the
+    /// leases it takes.
+    pub async fn connect(url: &str, host: &str) -> Result<Arc<Self>, StoreError> {
+        let mut client = open(url).await?;
+        migrate(&mut client).await?;
+        let (writes, queued) = mpsc::unbounded_channel();
+        let (notices, _) = broadcast::channel(1024);
+        let store = Arc::new(PostgresStore {
+            url: url.to_string(),
+            host: host.to_string(),
+            client: Mutex::new(Some(Arc::new(client))),
+            writes,
+            notices,
+        });
+        tokio::spawn(write_loop(url.to_string(), host.to_string(), queued));
+        tokio::spawn(listen_loop(url.to_string(), Arc::downgrade(&store)));
+        Ok(store)
+    }
+
+    /// The connection for reads, reconnecting if it broke.
+    async fn client(&self) -> Result<Arc<Client>, StoreError> {
+        let mut slot = self.client.lock().await;
+        if let Some(client) = slot.as_ref().filter(|c| !c.is_closed()) {
+            return Ok(client.clone());
+        }
+        *slot = None;
+        let client = Arc::new(open(&self.url).await?);
+        *slot = Some(client.clone());
+        Ok(client)
+    }
+
+    fn write_job(&self, job: &Job, insert: bool) -> Commit {
+        let (write, committed) = Write::job(job, insert);
+        if let Some(write) = write {
+            // Fails only once the writer is gone; the commit reports it.
+            let _ = self.writes.send(write);
+        }
+        committed
+    }
+
+    async fn jobs(
+        &self,
+        query: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<Job>, StoreError> {
+        let rows = self
+            .client()
+            .await?
+            .query(query, params)
+            .await
+            .map_err(db_error)?;
+        rows.iter().map(|row| parse_job(row.get(0))).collect()
+    }
+
+    /// Moves `job` from `expected` to its new state, clearing its lease.
+    /// False when the job was no longer in `expected` (another host got
+    /// there first).
+    async fn swap(&self, job: &Job, expected: State) -> Result<bool, StoreError> {
+        let body = serde_json::to_string(job).map_err(db_error)?;
+        let changed = self
+            .client()
+            .await?
+            .execute(
+                "UPDATE jobs SET state = $2, body = $3, owner = NULL, lease_until = NULL \
+                 WHERE id = $1 AND state = $4",
+                &[
+                    &job.id.as_str(),
+                    &job.state.as_str(),
+                    &body,
+                    &expected.as_str(),
+                ],
+            )
+            .await
+            .map_err(db_error)?;
+        Ok(changed == 1)
+    }
+}
+
+async fn open(url: &str) -> Result<Client, StoreError> {
+    let (client, connection) = tokio_postgres::connect(url, NoTls)
+        .await
+        .map_err(|e| StoreError::Database(format!("cannot connect to {}: {e}", redact_url(url))))?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!("PostgreSQL connection closed: {e}");
+        }
+    });
+    Ok(client)
+}
+
+/// `url` without its password, for messages.
+fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &url[scheme + 3..at];
+            match credentials.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+async fn migrate(client: &mut Client) -> Result<(), StoreError> {
+    // Serialises hosts starting at once against a new database.
+    let tx = client.transaction().await.map_err(db_error)?;
+    tx.batch_execute(
+        "SELECT pg_advisory_xact_lock(7243110); \
+         CREATE TABLE IF NOT EXISTS helix_schema (version INTEGER NOT NULL); \
+         INSERT INTO helix_schema SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM helix_schema);",
+    )
+    .await
+    .map_err(db_error)?;
+    let applied: i32 = tx
+        .query_one("SELECT version FROM helix_schema", &[])
+        .await
+        .map_err(db_error)?
+        .get(0);
+    let applied = usize::try_from(applied).unwrap_or(usize::MAX);
+    if applied > MIGRATIONS.len() {
+        return Err(StoreError::Database(format!(
+            "the database was written by a newer helix-build (schema version {applied}); upgrade this binary"
+        )));
+    }
+    for (version, migration) in MIGRATIONS.iter().enumerate().skip(applied) {
+        tx.batch_execute(migration).await.map_err(db_error)?;
+        let version = i32::try_from(version + 1).unwrap_or(i32::MAX);
+        tx.execute("UPDATE helix_schema SET version = $1", &[&version])
+            .await
+            .map_err(db_error)?;
+    }
+    tx.commit().await.map_err(db_error)
+}
+
+fn parse_job(body: String) -> Result<Job, StoreError> {
+    serde_json::from_str(&body).map_err(|e| db_error(format!("a stored job is unreadable: {e}")))
+}
+
+/// Commits queued writes in batches until the store is dropped,
+/// reconnecting when the database comes back.
+async fn write_loop(url: String, host: String, mut queued: mpsc::UnboundedReceiver<Write>) {
+    let mut client: Option<Client> = None;
+    let mut lines: HashMap<JobId, u64> = HashMap::new();
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while queued.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let result = match client.as_mut().filter(|c| !c.is_closed()) {
+            Some(c) => commit(c, &host, &batch, &mut lines).await,
+            None => match open(&url).await {
+                Ok(c) => commit(client.insert(c), &host, &batch, &mut lines).await,
+                Err(e) => Err(e),
+            },
+        };
+        let results = result.unwrap_or_else(|e| {
+            tracing::error!("job store: a batch of {} writes failed: {e}", batch.len());
+            vec![Err(e); batch.len()]
+        });
+        acknowledge(std::mem::take(&mut batch), results);
+        if lines.len() > 16 * 1024 {
+            lines.clear();
+        }
+    }
+}
+
+/// Applies `batch` in one transaction; one result per write.
+async fn commit(
+    client: &mut Client,
+    host: &str,
+    batch: &[Write],
+    lines: &mut HashMap<JobId, u64>,
+) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+    let tx = client.transaction().await.map_err(db_error)?;
+    let mut results = Vec::with_capacity(batch.len());
+    let mut inserted_any = false;
+    for write in batch {
+        results.push(match write {
+            Write::Job {
+                id,
+                state,
+                body,
+                insert: true,
+                ..
+            } => {
+                let inserted = tx
+                    .execute(
+                        "INSERT INTO jobs (id, state, body) VALUES ($1, $2, $3) \
+                         ON CONFLICT (id) DO NOTHING",
+                        &[&id.as_str(), &state.as_str(), body],
+                    )
+                    .await
+                    .map_err(db_error)?;
+                inserted_any |= inserted == 1;
+                match inserted {
+                    0 => Err(StoreError::Duplicate(id.clone())),
+                    _ => Ok(()),
+                }
+            }
+            Write::Job {
+                id,
+                state,
+                body,
+                attempts,
+                ..
+            } => {
+                // Only the run that holds the job may change it: a host
+                // whose lease ran out must not overwrite the next run.
+                let attempts = i32::try_from(*attempts).unwrap_or(i32::MAX);
+                let changed = tx
+                    .execute(
+                        "UPDATE jobs SET state = $2, body = $3 \
+                         WHERE id = $1 AND owner = $4 AND attempts = $5",
+                        &[&id.as_str(), &state.as_str(), body, &host, &attempts],
+                    )
+                    .await
+                    .map_err(db_error)?;
+                match changed {
+                    0 => Err(StoreError::Database(format!(
+                        "job '{id}' is no longer held by this host (its lease ran out and it was taken over)"
+                    ))),
+                    _ => Ok(()),
+                }
+            }
+            Write::Log { id, line, cap } => {
+                tx.execute(
+                    "INSERT INTO job_logs (job_id, line) VALUES ($1, $2)",
+                    &[&id.as_str(), line],
+                )
+                .await
+                .map_err(db_error)?;
+                let count = lines.entry(id.clone()).or_default();
+                *count += 1;
+                if count.is_multiple_of(TRIM_EVERY) {
+                    let cap = i64::try_from(*cap).unwrap_or(i64::MAX);
+                    tx.execute(
+                        "DELETE FROM job_logs WHERE job_id = $1 AND n < \
+                         (SELECT n FROM job_logs WHERE job_id = $1 ORDER BY n DESC OFFSET $2 LIMIT 1)",
+                        &[&id.as_str(), &cap],
+                    )
+                    .await
+                    .map_err(db_error)?;
+                }
+                Ok(())
+            }
+        });
+    }
+    if inserted_any {
+        tx.batch_execute(&format!("NOTIFY {QUEUED_CHANNEL}"))
+            .await
+            .map_err(db_error)?;
+    }
+    tx.commit().await.map_err(db_error)?;
+    Ok(results)
+}
+
+/// Relays the database's notifications to `notices` until the store is
+/// gone, reconnecting after the database went away. After a reconnect it
+/// announces `Queued`, since notifications sent meanwhile were lost.
+async fn listen_loop(url: String, store: std::sync::Weak<PostgresStore>) {
+    loop {
+        let Some(notices) = store.upgrade().map(|s| s.notices.clone()) else {
+            return;
+        };
+        if let Err(e) = listen_once(&url, &notices, &store).await {
+            tracing::warn!("PostgreSQL notifications interrupted: {e}");
+        }
+        tokio::time::sleep(RECONNECT_DELAY).await;
+        let _ = notices.send(Notice::Queued);
+    }
+}
+
+/// Listens on one connection until it breaks or the store is gone.
+async fn listen_once(
+    url: &str,
+    notices: &broadcast::Sender<Notice>,
+    store: &std::sync::Weak<PostgresStore>,
+) -> Result<(), StoreError> {
+    use futures_util::StreamExt as _;
+    let (client, mut connection) = tokio_postgres::connect(url, NoTls)
+        .await
+        .map_err(db_error)?;
+    let (relay, mut received) = mpsc::unbounded_channel();
+    // The connection has to be polled for anything to happen on it,
+    // including the LISTEN below.
+    let driver = tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(message) = messages.next().await {
+            match message {
+                Ok(tokio_postgres::AsyncMessage::Notification(n)) => {
+                    let notice = match n.channel() {
+                        CANCEL_CHANNEL => Notice::Cancel(n.payload().to_string()),
+                        _ => Notice::Queued,
+                    };
+                    if relay.send(notice).is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!("PostgreSQL notification connection: {e}");
+                    return;
+                }
+            }
+        }
+    });
+    client
+        .batch_execute(&format!("LISTEN {QUEUED_CHANNEL}; LISTEN {CANCEL_CHANNEL}"))
+        .await
+        .map_err(db_error)?;
+    while let Some(notice) = received.recv().await {
+        if store.strong_count() == 0 {
+            driver.abort();
+            return Ok(());
+        }
+        let _ = notices.send(notice);
+    }
+    Err(db_error("the notification connection closed"))
+}
+
+impl JobStore for PostgresStore {
+    fn insert(&self, job: &Job) -> Commit {
+        self.write_job(job, true)
+    }
+
+    fn update(&self, job: &Job) -> Commit {
+        self.write_job(job, false)
+    }
+
+    fn append_log(&self, id: &JobId, line: &str, cap: usize) {
+        let _ = self.writes.send(Write::Log {
+            id: id.clone(),
+            line: line.to_string(),
+            cap,
+        });
+    }
+
+    fn get<'a>(&'a self, id: &'a str) -> Read<'a, Option<Job>> {
+        async move {
+            let jobs = self
+                .jobs("SELECT body FROM jobs WHERE id = $1", &[&id])
+                .await?;
+            Ok(jobs.into_iter().next())
+        }
+        .boxed()
+    }
+
+    fn log<'a>(&'a self, id: &'a str) -> Read<'a, Vec<String>> {
+        async move {
+            let rows = self
+                .client()
+                .await?
+                .query(
+                    "SELECT line FROM job_logs WHERE job_id = $1 ORDER BY n",
+                    &[&id],
+                )
+                .await
+                .map_err(db_error)?;
+            Ok(rows.iter().map(|row| row.get(0)).collect())
+        }
+        .boxed()
+    }
+
+    fn page<'a>(
+        &'a self,
+        state: Option<State>,
+        limit: usize,
+        before: Option<&'a str>,
+    ) -> Read<'a, Option<Vec<Job>>> {
+        async move {
+            let before: i64 = match before {
+                None => i64::MAX,
+                Some(id) => {
+                    let row = self
+                        .client()
+                        .await?
+                        .query_opt("SELECT seq FROM jobs WHERE id = $1", &[&id])
+                        .await
+                        .map_err(db_error)?;
+                    match row {
+                        Some(row) => row.get(0),
+                        None => return Ok(None),
+                    }
+                }
+            };
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            let jobs = match state {
+                Some(state) => {
+                    self.jobs(
+                        "SELECT body FROM jobs WHERE state = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3",
+                        &[&state.as_str(), &before, &limit],
+                    )
+                    .await?
+                }
+                None => {
+                    self.jobs(
+                        "SELECT body FROM jobs WHERE seq < $1 ORDER BY seq DESC LIMIT $2",
+                        &[&before, &limit],
+                    )
+                    .await?
+                }
+            };
+            Ok(Some(jobs))
+        }
+        .boxed()
+    }
+
+    fn count_by_state(&self) -> Read<'_, Vec<(State, u64)>> {
+        async move {
+            let rows = self
+                .client()
+                .await?
+                .query("SELECT state, COUNT(*) FROM jobs GROUP BY state", &[])
+                .await
+                .map_err(db_error)?;
+            let counts: HashMap<String, i64> =
+                rows.iter().map(|row| (row.get(0), row.get(1))).collect();
+            Ok(State::ALL
+                .iter()
+                .map(|state| {
+                    let count = counts.get(state.as_str()).copied().unwrap_or(0);
+                    (*state, u64::try_from(count).unwrap_or(0))
+                })
+                .collect())
+        }
+        .boxed()
+    }
+
+    /// Nothing: in a shared queue, live jobs belong to whichever host
+    /// claims them; see [`SharedQueue::recover_lost`].
+    fn load_unfinished(&self) -> Read<'_, Vec<StoredJob>> {
+        std::future::ready(Ok(Vec::new())).boxed()
+    }
+}
+
+impl PostgresStore {
+    /// Appends a line to a job's log at once, outside the writer: for
+    /// changes made by this host to jobs it does not run.
+    async fn log_now(&self, id: &str, line: &str) -> Result<(), StoreError> {
+        self.client()
+            .await?
+            .execute(
+                "INSERT INTO job_logs (job_id, line) VALUES ($1, $2)",
+                &[&id, &line],
+            )
+            .await
+            .map_err(db_error)?;
+        Ok(())
+    }
+
+    async fn notify(&self, channel: &str, payload: &str) -> Result<(), StoreError> {
+        self.client()
+            .await?
+            .execute("SELECT pg_notify($1, $2)", &[&channel, &payload])
+            .await
+            .map_err(db_error)?;
+        Ok(())
+    }
+}
+
+impl SharedQueue for PostgresStore {
+    fn claim(&self, lease: Duration) -> Read<'_, Option<StoredJob>> {
+        async move {
+            let row = self
+                .client()
+                .await?
+                .query_opt(
+                    "UPDATE jobs SET state = 'running', owner = $1, attempts = attempts + 1, \
+                     lease_until = now() + make_interval(secs => $2), cancel_requested = NULL \
+                     WHERE id = (SELECT id FROM jobs WHERE state = 'queued' ORDER BY seq \
+                                 LIMIT 1 FOR UPDATE SKIP LOCKED) \
+                     RETURNING body",
+                    &[&self.host, &lease.as_secs_f64()],
+                )
+                .await
+                .map_err(db_error)?;
+            let Some(row) = row else {
+                return Ok(None);
+            };
+            let mut job = parse_job(row.get(0))?;
+            job.start(Utc::now()).map_err(db_error)?;
+            // The claim is ours; record it in the body before running.
+            self.update(&job).await?;
+            let log = self.log(job.id.as_str()).await?;
+            Ok(Some(StoredJob { job, log }))
+        }
+        .boxed()
+    }
+
+    fn heartbeat(&self, lease: Duration) -> Read<'_, Heartbeat> {
+        async move {
+            let rows = self
+                .client()
+                .await?
+                .query(
+                    "UPDATE jobs SET lease_until = now() + make_interval(secs => $2) \
+                     WHERE owner = $1 AND state = 'running' RETURNING id, cancel_requested",
+                    &[&self.host, &lease.as_secs_f64()],
+                )
+                .await
+                .map_err(db_error)?;
+            let mut beat = Heartbeat::default();
+            for row in rows {
+                let id = JobId::parse(row.get::<_, &str>(0)).map_err(db_error)?;
+                if let Some(reason) = row.get::<_, Option<String>>(1) {
+                    beat.cancel.push((id.clone(), reason));
+                }
+                beat.held.push(id);
+            }
+            Ok(beat)
+        }
+        .boxed()
+    }
+
+    fn recover_lost(&self, max_attempts: u32, own_too: bool) -> Read<'_, usize> {
+        async move {
+            let client = self.client().await?;
+            let rows = client
+                .query(
+                    "SELECT body, owner FROM jobs WHERE state = 'running' \
+                     AND (lease_until < now() OR ($2 AND owner = $1))",
+                    &[&self.host, &own_too],
+                )
+                .await
+                .map_err(db_error)?;
+            let mut recovered = 0;
+            for row in rows {
+                let mut job = parse_job(row.get(0))?;
+                let owner: Option<String> = row.get(1);
+                let owner = owner.unwrap_or_default();
+                let what = if owner == self.host {
+                    "interrupted: this host stopped while the job ran".to_string()
+                } else {
+                    format!("host lost: '{owner}' stopped renewing its lease on the job")
+                };
+                let line = job
+                    .recover_lost_run(max_attempts, &what, Utc::now())
+                    .map_err(db_error)?;
+                let body = serde_json::to_string(&job).map_err(db_error)?;
+                let attempts = i32::try_from(job.attempts).unwrap_or(i32::MAX);
+                // Only if nobody renewed or recovered it meanwhile.
+                let changed = client
+                    .execute(
+                        "UPDATE jobs SET state = $2, body = $3, owner = NULL, lease_until = NULL \
+                         WHERE id = $1 AND state = 'running' AND owner = $4 AND attempts = $5 \
+                         AND (lease_until < now() OR $6)",
+                        &[
+                            &job.id.as_str(),
+                            &job.state.as_str(),
+                            &body,
+                            &owner,
+                            &attempts,
+                            &(own_too && owner == self.host),
+                        ],
+                    )
+                    .await
+                    .map_err(db_error)?;
+                if changed == 1 {
+                    recovered += 1;
+                    self.log_now(job.id.as_str(), &line).await?;
+                    tracing::warn!(job = %job.id, state = %job.state, "{what}");
+                }
+            }
+            if recovered > 0 {
+                self.notify(QUEUED_CHANNEL, "").await?;
+            }
+            Ok(recovered)
+        }
+        .boxed()
+    }
+
+    fn request_cancel<'a>(&'a self, id: &'a str, reason: &'a str) -> Read<'a, CancelRequest> {
+        async move {
+            // A queued job may be claimed between the read and the swap;
+            // then look again.
+            loop {
+                let Some(mut job) = self.get(id).await? else {
+                    return Ok(CancelRequest::NotFound);
+                };
+                match job.state {
+                    State::Queued => {
+                        job.finish(
+                            Outcome::Cancelled {
+                                reason: format!("{reason} before it started"),
+                            },
+                            Utc::now(),
+                        )
+                        .map_err(db_error)?;
+                        if self.swap(&job, State::Queued).await? {
+                            self.log_now(id, "[helix] cancelled before it started")
+                                .await?;
+                            return Ok(CancelRequest::Cancelled(Box::new(job)));
+                        }
+                    }
+                    State::Running => {
+                        let asked = self
+                            .client()
+                            .await?
+                            .execute(
+                                "UPDATE jobs SET cancel_requested = $2 WHERE id = $1 AND state = 'running'",
+                                &[&id, &reason],
+                            )
+                            .await
+                            .map_err(db_error)?;
+                        if asked == 1 {
+                            self.notify(CANCEL_CHANNEL, id).await?;
+                            return Ok(CancelRequest::Asked);
+                        }
+                    }
+                    _ => return Ok(CancelRequest::Ended(Box::new(job))),
+                }
+            }
+        }
+        .boxed()
+    }
+
+    fn queued(&self) -> Read<'_, u64> {
+        async move {
+            let count: i64 = self
+                .client()
+                .await?
+                .query_one("SELECT COUNT(*) FROM jobs WHERE state = 'queued'", &[])
+                .await
+                .map_err(db_error)?
+                .get(0);
+            Ok(u64::try_from(count).unwrap_or(0))
+        }
+        .boxed()
+    }
+
+    fn notices(&self) -> broadcast::Receiver<Notice> {
+        self.notices.subscribe()
+    }
+}

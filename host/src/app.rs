@@ -49,9 +49,11 @@ pub async fn start_with(
     let (store, shared): (Arc<dyn JobStore>, _) = match config.store()? {
         StoreLocation::Sqlite(path) => (Arc::new(SqliteStore::open(&path)?), None),
         StoreLocation::Postgres(url) => {
-            let store = PostgresStore::connect(&url, &config.host_id()).await?;
+            let host = config.host_id();
+            let store = PostgresStore::connect(&url, &host).await?;
             let shared = Shared {
                 queue: store.clone(),
+                host,
                 lease: Duration::from_secs(config.lease_secs),
             };
             (store, Some(shared))

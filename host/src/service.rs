@@ -59,6 +59,8 @@ pub struct ServiceConfig {
 #[derive(Clone)]
 pub struct Shared {
     pub queue: Arc<dyn SharedQueue>,
+    /// This host's name in the queue's leases.
+    pub host: String,
     /// How long a claimed job stays this host's without a heartbeat; a
     /// heartbeat renews it every third of that.
     pub lease: Duration,
@@ -751,6 +753,16 @@ impl Inner {
         }
     }
 
+    /// Ids of the jobs running on this host.
+    fn running_here(&self) -> Vec<JobId> {
+        self.lock()
+            .jobs
+            .values()
+            .filter(|e| e.job.state == State::Running)
+            .map(|e| e.job.id.clone())
+            .collect()
+    }
+
     fn cancel_live(&self, id: &str, reason: &str) {
         if let Some(cancel) = self.lock().jobs.get(id).and_then(|e| e.cancel.as_ref()) {
             cancel.cancel(reason);
@@ -826,7 +838,13 @@ impl Inner {
                 ),
             );
         }
-        log.push(&format!("[helix] running on builder '{}'", job.builder));
+        log.push(&match &self.config.shared {
+            Some(shared) => format!(
+                "[helix] running on builder '{}' on host '{}'",
+                job.builder, shared.host
+            ),
+            None => format!("[helix] running on builder '{}'", job.builder),
+        });
         let ctx = RunContext {
             log: log.clone(),
             cancel,
@@ -954,7 +972,8 @@ async fn keep_leases(inner: std::sync::Weak<Inner>, shared: Shared) {
             return;
         };
         let began = Utc::now();
-        match shared.queue.heartbeat(shared.lease).await {
+        let running = inner.running_here();
+        match shared.queue.heartbeat(shared.lease, &running).await {
             Ok(beat) => inner.apply_heartbeat(&beat, began),
             Err(e) => tracing::warn!("cannot renew this host's leases: {e}"),
         }

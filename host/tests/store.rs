@@ -162,9 +162,15 @@ async fn hosts_claim_each_job_once_and_take_over_lost_leases() {
 
     // Host A's heartbeat holds its jobs; a lease that ran out is taken
     // over: queued again with the attempt counted.
-    let beat = a.heartbeat(lease).await.unwrap();
+    let ids = |claimed: &[String]| -> Vec<JobId> {
+        claimed.iter().map(|id| JobId::parse(id).unwrap()).collect()
+    };
+    let (held_by_a, held_by_b) = (ids(&by_a), ids(&by_b));
+    let beat = a.heartbeat(lease, &held_by_a).await.unwrap();
     assert_eq!(beat.held.len(), by_a.len());
-    let lost = a.heartbeat(Duration::ZERO).await.unwrap();
+    let beat = a.heartbeat(lease, &held_by_b).await.unwrap();
+    assert!(beat.held.is_empty(), "a cannot renew b's leases");
+    let lost = a.heartbeat(Duration::ZERO, &held_by_a).await.unwrap();
     assert_eq!(lost.held.len(), by_a.len());
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(b.recover_lost(2, false).await.unwrap(), by_a.len());
@@ -176,7 +182,13 @@ async fn hosts_claim_each_job_once_and_take_over_lost_leases() {
             .any(|l| l.contains("host lost: 'host-a' stopped renewing")),
         "{log:?}"
     );
-    assert!(a.heartbeat(lease).await.unwrap().held.is_empty());
+    assert!(
+        a.heartbeat(lease, &held_by_a)
+            .await
+            .unwrap()
+            .held
+            .is_empty()
+    );
 
     // A's late write about a job it lost changes nothing.
     let mut stale = taken.clone();
@@ -211,7 +223,7 @@ async fn hosts_claim_each_job_once_and_take_over_lost_leases() {
     .await
     .expect("the cancel notice arrives");
     assert_eq!(notice, by_b[0]);
-    let beat = b.heartbeat(lease).await.unwrap();
+    let beat = b.heartbeat(lease, &held_by_b).await.unwrap();
     assert!(beat.cancel.iter().any(|(id, _)| id.as_str() == by_b[0]));
     assert!(matches!(
         a.request_cancel("nope", "x").await.unwrap(),

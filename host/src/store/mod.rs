@@ -83,8 +83,10 @@ pub trait SharedQueue: Send + Sync + 'static {
     /// a lease of `lease`, its log so far alongside. `None` when nothing is
     /// queued.
     fn claim(&self, lease: Duration) -> Read<'_, Option<StoredJob>>;
-    /// Renews the leases of the jobs this host runs.
-    fn heartbeat(&self, lease: Duration) -> Read<'_, Heartbeat>;
+    /// Renews this host's leases on `running`, the jobs it still runs (a
+    /// job it no longer runs — its end could not be stored — is left to
+    /// expire and be recovered).
+    fn heartbeat<'a>(&'a self, lease: Duration, running: &'a [JobId]) -> Read<'a, Heartbeat>;
     /// Queues again — or fails, after `max_attempts` — running jobs whose
     /// lease ran out, and with `own_too` also this host's (at start, when
     /// any run of this host's is a leftover). Returns how many.
@@ -100,7 +102,7 @@ pub trait SharedQueue: Send + Sync + 'static {
 /// What a heartbeat found.
 #[derive(Debug, Default)]
 pub struct Heartbeat {
-    /// Jobs this host still holds.
+    /// Jobs of those asked about that this host still holds.
     pub held: Vec<JobId>,
     /// Held jobs someone asked to cancel, with the reason given.
     pub cancel: Vec<(JobId, String)>,

@@ -563,15 +563,17 @@ impl SharedQueue for PostgresStore {
         .boxed()
     }
 
-    fn heartbeat(&self, lease: Duration) -> Read<'_, Heartbeat> {
+    fn heartbeat<'a>(&'a self, lease: Duration, running: &'a [JobId]) -> Read<'a, Heartbeat> {
         async move {
+            let running: Vec<&str> = running.iter().map(JobId::as_str).collect();
             let rows = self
                 .client()
                 .await?
                 .query(
                     "UPDATE jobs SET lease_until = now() + make_interval(secs => $2) \
-                     WHERE owner = $1 AND state = 'running' RETURNING id, cancel_requested",
-                    &[&self.host, &lease.as_secs_f64()],
+                     WHERE owner = $1 AND state = 'running' AND id = ANY($3) \
+                     RETURNING id, cancel_requested",
+                    &[&self.host, &lease.as_secs_f64(), &running],
                 )
                 .await
                 .map_err(db_error)?;

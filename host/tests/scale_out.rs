@@ -1,0 +1,184 @@
+//! Several hosts — services with their own data directories and workers —
+//! sharing one real PostgreSQL database: the queue drains with every job
+//! run exactly once, a job running on one host is cancelled through
+//! another, and a database restart loses no job.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use common::fixtures::Postgres;
+use common::{config, finished, simulated, start, until_running};
+use helix_build::job::{JobId, JobRequest, State};
+use helix_build::service::{Service, ServiceError};
+
+/// A host on `postgres`, called `name`, with its own data directory.
+async fn host(postgres: &Postgres, name: &str, workers: usize, dir: &tempfile::TempDir) -> Service {
+    let mut config = config(dir, workers, 10_000);
+    config.store_url = Some(postgres.url());
+    config.host_id = Some(name.into());
+    config.lease_secs = 3;
+    config.max_attempts = 3;
+    start(&config).await
+}
+
+/// The hosts that ran job `id`, one entry per run, read from its log.
+async fn runs(service: &Service, id: &JobId) -> Vec<String> {
+    service
+        .logs(id.as_str())
+        .await
+        .unwrap()
+        .iter()
+        .filter_map(|line| line.split_once("[helix] running on builder 'simulated' on host '"))
+        .map(|(_, host)| host.trim_end_matches('\'').to_string())
+        .collect()
+}
+
+/// Submits `jobs` simulated jobs spread over `hosts`, waits for every one
+/// through the first host, and checks each succeeded after exactly one
+/// run. Returns how many jobs each host ran.
+async fn drain(hosts: &[Service], jobs: usize) -> HashMap<String, usize> {
+    let mut ids = Vec::new();
+    for i in 0..jobs {
+        let job = hosts[i % hosts.len()].submit(simulated(0)).await.unwrap();
+        ids.push(job.id);
+    }
+    let mut ran = HashMap::new();
+    for id in &ids {
+        let job = hosts[0]
+            .wait(id.as_str(), Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert_eq!(job.state, State::Succeeded, "{id}: {:?}", job.error);
+        let on = runs(&hosts[0], id).await;
+        assert_eq!(on.len(), 1, "{id} ran {} times: {on:?}", on.len());
+        assert_eq!(job.attempts, 1, "{id}");
+        *ran.entry(on[0].clone()).or_insert(0) += 1;
+    }
+    ran
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hosts_drain_500_jobs_running_each_exactly_once() {
+    let postgres = Postgres::start();
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let hosts = [
+        host(&postgres, "a", 2, &dirs[0]).await,
+        host(&postgres, "b", 2, &dirs[1]).await,
+    ];
+    let ran = drain(&hosts, 500).await;
+    assert_eq!(ran.values().sum::<usize>(), 500);
+    assert!(ran.len() == 2, "both hosts ran jobs: {ran:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_hosts_drain_500_jobs_running_each_exactly_once() {
+    let postgres = Postgres::start();
+    let dirs = [(); 3].map(|_| tempfile::tempdir().unwrap());
+    let hosts = [
+        host(&postgres, "a", 2, &dirs[0]).await,
+        host(&postgres, "b", 2, &dirs[1]).await,
+        host(&postgres, "c", 2, &dirs[2]).await,
+    ];
+    let ran = drain(&hosts, 500).await;
+    assert_eq!(ran.values().sum::<usize>(), 500);
+    assert!(ran.len() == 3, "every host ran jobs: {ran:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_running_on_one_host_is_cancelled_through_another() {
+    let postgres = Postgres::start();
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let b = host(&postgres, "b", 1, &dirs[1]).await;
+    let long = b.submit(simulated(60_000)).await.unwrap();
+    until_running(&b, &long.id).await;
+    // Host A joins after the job runs on B, so it holds nothing itself.
+    let a = host(&postgres, "a", 1, &dirs[0]).await;
+    assert_eq!(a.get(long.id.as_str()).await.unwrap().state, State::Running);
+
+    let asked = Instant::now();
+    let cancelled = a.cancel(long.id.as_str()).await.unwrap();
+    assert_eq!(cancelled.state, State::Cancelled, "{cancelled:?}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        asked.elapsed()
+    );
+    let logs = b.logs(long.id.as_str()).await.unwrap();
+    assert!(
+        logs.iter()
+            .any(|l| l.starts_with("[helix] job cancelled") && l.contains("cancelled by request")),
+        "{logs:?}"
+    );
+    assert!(matches!(
+        a.cancel(long.id.as_str()).await,
+        Err(ServiceError::AlreadyEnded { .. })
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_restart_while_jobs_run_loses_no_job() {
+    let postgres = Postgres::start();
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let hosts = [
+        host(&postgres, "a", 2, &dirs[0]).await,
+        host(&postgres, "b", 2, &dirs[1]).await,
+    ];
+    let mut ids = Vec::new();
+    for i in 0..12 {
+        ids.push(hosts[i % 2].submit(simulated(700)).await.unwrap().id);
+    }
+    until_running(&hosts[0], &ids[0]).await;
+    postgres.pause();
+    // Meanwhile new work is refused with a store error (503 over HTTP).
+    let refused = hosts[0].submit(simulated(0)).await;
+    assert!(
+        matches!(refused, Err(ServiceError::Store(_))),
+        "{refused:?}"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    postgres.resume();
+
+    for id in &ids {
+        let job = hosts[1]
+            .wait(id.as_str(), Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert_eq!(job.state, State::Succeeded, "{id}: {:?}", job.error);
+    }
+    let after = hosts[1].submit(simulated(0)).await.unwrap();
+    assert_eq!(finished(&hosts[1], &after.id).await.state, State::Succeeded);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_host_answers_reads_and_follows_jobs_of_another() {
+    let postgres = Postgres::start();
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let b = host(&postgres, "b", 1, &dirs[1]).await;
+    let job = b
+        .submit(JobRequest {
+            id: Some("followed".into()),
+            ..simulated(1_500)
+        })
+        .await
+        .unwrap();
+    until_running(&b, &job.id).await;
+    let a = host(&postgres, "a", 1, &dirs[0]).await;
+    let (log, mut state) = a.follow("followed").await.unwrap();
+    state
+        .wait_for(|s| s.is_terminal())
+        .await
+        .expect("the relay reports the end");
+    assert_eq!(*state.borrow(), State::Succeeded);
+    let lines = log.snapshot();
+    assert!(
+        lines.iter().any(|l| l.contains("[helix] job succeeded")),
+        "{lines:?}"
+    );
+    let listed = a.list().await;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].id, job.id);
+    let metrics = a.metrics().await.unwrap();
+    assert!(metrics.jobs_by_state.contains(&(State::Succeeded, 1)));
+}

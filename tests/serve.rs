@@ -8,6 +8,10 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+#[allow(dead_code)]
+#[path = "../host/tests/common/fixtures.rs"]
+mod fixtures;
+
 /// A `helix-build serve` process, killed when dropped.
 struct Server {
     child: Child,
@@ -368,6 +372,62 @@ fn kill_9_during_builds_loses_no_accepted_job_and_runs_none_twice_at_once() {
             1
         };
         assert_eq!(runs, expected, "{id}: {logs}");
+    }
+}
+
+#[test]
+fn a_host_killed_mid_build_leaves_its_jobs_to_another_host() {
+    let postgres = fixtures::Postgres::start();
+    let host_config = |dir: &tempfile::TempDir, name: &str| {
+        let path = dir.path().join("helix.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "workers = 2\nlease_secs = 3\nhost_id = '{name}'\nstore_url = '{}'\n",
+                postgres.url()
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let config_a = host_config(&dir_a, "a");
+    let mut a = Server::start_in(dir_a.path(), &["--config", config_a.to_str().unwrap()]);
+    let ids: Vec<String> = (0..6).map(|i| format!("lost-{i}")).collect();
+    for id in &ids {
+        submit(&a, id, json!({"HELIX_SIMULATE_DELAY_MS": "3000"}));
+    }
+    // A runs the first two and dies without warning; B starts after.
+    for id in &ids[..2] {
+        let running = (0..100).any(|_| {
+            std::thread::sleep(Duration::from_millis(20));
+            a.json("GET", &format!("/v1/jobs/{id}"), None).1["state"] == "running"
+        });
+        assert!(running, "{id} never ran on a");
+    }
+    a.child.kill().unwrap();
+    a.child.wait().unwrap();
+    let config_b = host_config(&dir_b, "b");
+    let b = Server::start_in(dir_b.path(), &["--config", config_b.to_str().unwrap()]);
+
+    for id in &ids {
+        let (_, job) = b.json("GET", &format!("/v1/jobs/{id}/wait?timeout_secs=60"), None);
+        assert_eq!(job["state"], "succeeded", "{job}");
+        let (_, logs) = b.request("GET", &format!("/v1/jobs/{id}/logs"), None);
+        let hosts: Vec<&str> = logs
+            .lines()
+            .filter_map(|l| l.strip_prefix("[helix] running on builder 'simulated' on host "))
+            .collect();
+        if id == "lost-0" || id == "lost-1" {
+            assert_eq!(hosts, ["'a'", "'b'"], "{id}: {logs}");
+            assert!(
+                logs.contains("host lost: 'a' stopped renewing its lease"),
+                "{logs}"
+            );
+            assert_eq!(job["attempts"], 2, "{job}");
+        } else {
+            assert_eq!(hosts.len(), 1, "{id} ran once: {logs}");
+        }
     }
 }
 

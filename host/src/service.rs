@@ -124,10 +124,10 @@ const BUILD_SECONDS_BUCKETS: [f64; 10] =
 /// cancellation before returning the job as it then is.
 const CANCEL_SETTLE: Duration = Duration::from_secs(5);
 
-/// How often a job that lives on another host is read again while
-/// waiting for or following it, and how often an idle worker looks at a
-/// shared queue when no notification came.
-const REMOTE_POLL: Duration = Duration::from_millis(250);
+/// How long an idle worker of a shared queue, or a host waiting for or
+/// following a job that lives on another host, waits for a notification
+/// before looking at the store anyway (a notification can be lost while
+/// the database connection is down).
 const IDLE_POLL: Duration = Duration::from_secs(1);
 
 /// A handle to the service; clones share it.
@@ -542,12 +542,13 @@ impl Service {
         }
         // Finished, or live on another host: read the store until it ends.
         let deadline = tokio::time::Instant::now() + timeout;
+        let mut changes = self.inner.remote_changes();
         loop {
             let job = self.get(id).await?;
             if job.state.is_terminal() || tokio::time::Instant::now() >= deadline {
                 return Ok(job);
             }
-            tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + REMOTE_POLL)).await;
+            let _ = tokio::time::timeout_at(deadline, changes.next(id)).await;
         }
     }
 
@@ -750,6 +751,12 @@ impl Inner {
             {
                 cancel.cancel(reason);
             }
+        }
+    }
+
+    fn remote_changes(&self) -> RemoteChanges {
+        RemoteChanges {
+            notices: self.config.shared.as_ref().map(|s| s.queue.notices()),
         }
     }
 
@@ -1001,6 +1008,7 @@ async fn relay_notices(inner: std::sync::Weak<Inner>, shared: Shared) {
                 inner.work.notify_waiters();
             }
             Ok(Notice::Cancel(id)) => inner.cancel_live(&id, "cancelled by request"),
+            Ok(Notice::Changed(_)) => {}
             Err(broadcast::error::RecvError::Closed) => return,
         }
     }
@@ -1015,8 +1023,9 @@ async fn relay_remote(
     state: watch::Sender<State>,
     mut seen: usize,
 ) {
+    let mut changes = service.inner.remote_changes();
     while !state.is_closed() {
-        tokio::time::sleep(REMOTE_POLL).await;
+        changes.next(id.as_str()).await;
         let Ok(job) = service.inner.stored(id.as_str()).await else {
             continue;
         };
@@ -1031,5 +1040,33 @@ async fn relay_remote(
         if job.state.is_terminal() {
             return;
         }
+    }
+}
+
+/// News of changes to jobs that live on other hosts.
+struct RemoteChanges {
+    /// `None` without a shared queue (then nothing changes elsewhere).
+    notices: Option<broadcast::Receiver<Notice>>,
+}
+
+impl RemoteChanges {
+    /// Returns when job `id` may have changed: the store said so, or
+    /// `IDLE_POLL` passed without a word.
+    async fn next(&mut self, id: &str) {
+        let Some(notices) = &mut self.notices else {
+            tokio::time::sleep(IDLE_POLL).await;
+            return;
+        };
+        let changed = async {
+            loop {
+                match notices.recv().await {
+                    Ok(Notice::Changed(changed)) if changed == id => return,
+                    Err(broadcast::error::RecvError::Lagged(_)) => return,
+                    Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
+                    Ok(_) => {}
+                }
+            }
+        };
+        let _ = tokio::time::timeout(IDLE_POLL, changed).await;
     }
 }

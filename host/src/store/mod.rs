@@ -127,6 +127,8 @@ pub enum Notice {
     Queued,
     /// Someone asked for job `id` to be cancelled.
     Cancel(String),
+    /// Job `id`'s state or log changed.
+    Changed(String),
 }
 
 /// A write waiting for its batch, in the order it was made.

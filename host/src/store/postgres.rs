@@ -54,6 +54,9 @@ const MIGRATIONS: &[&str] = &["
 const QUEUED_CHANNEL: &str = "helix_queued";
 /// Channel told when a running job should be cancelled (payload: its id).
 const CANCEL_CHANNEL: &str = "helix_cancel";
+/// Channel told when a job's state or log changed (payload: its id), for
+/// hosts following it.
+const CHANGED_CHANNEL: &str = "helix_changed";
 
 /// Most writes committed in one transaction.
 const MAX_BATCH: usize = 1024;
@@ -250,6 +253,7 @@ async fn commit(
     let tx = client.transaction().await.map_err(db_error)?;
     let mut results = Vec::with_capacity(batch.len());
     let mut inserted_any = false;
+    let mut changed = std::collections::BTreeSet::new();
     for write in batch {
         results.push(match write {
             Write::Job {
@@ -282,6 +286,7 @@ async fn commit(
             } => {
                 // Only the run that holds the job may change it: a host
                 // whose lease ran out must not overwrite the next run.
+                changed.insert(id.as_str());
                 let attempts = i32::try_from(*attempts).unwrap_or(i32::MAX);
                 let changed = tx
                     .execute(
@@ -299,6 +304,7 @@ async fn commit(
                 }
             }
             Write::Log { id, line, cap } => {
+                changed.insert(id.as_str());
                 tx.execute(
                     "INSERT INTO job_logs (job_id, line) VALUES ($1, $2)",
                     &[&id.as_str(), line],
@@ -323,6 +329,11 @@ async fn commit(
     }
     if inserted_any {
         tx.batch_execute(&format!("NOTIFY {QUEUED_CHANNEL}"))
+            .await
+            .map_err(db_error)?;
+    }
+    for id in changed {
+        tx.execute("SELECT pg_notify($1, $2)", &[&CHANGED_CHANNEL, &id])
             .await
             .map_err(db_error)?;
     }
@@ -366,6 +377,7 @@ async fn listen_once(
                 Ok(tokio_postgres::AsyncMessage::Notification(n)) => {
                     let notice = match n.channel() {
                         CANCEL_CHANNEL => Notice::Cancel(n.payload().to_string()),
+                        CHANGED_CHANNEL => Notice::Changed(n.payload().to_string()),
                         _ => Notice::Queued,
                     };
                     if relay.send(notice).is_err() {
@@ -381,7 +393,9 @@ async fn listen_once(
         }
     });
     client
-        .batch_execute(&format!("LISTEN {QUEUED_CHANNEL}; LISTEN {CANCEL_CHANNEL}"))
+        .batch_execute(&format!(
+            "LISTEN {QUEUED_CHANNEL}; LISTEN {CANCEL_CHANNEL}; LISTEN {CHANGED_CHANNEL}"
+        ))
         .await
         .map_err(db_error)?;
     while let Some(notice) = received.recv().await {

@@ -81,7 +81,7 @@ async fn run() {
         &format!("{idle:.0} MB idle"),
         &format!("+{over:.0} MB; history {growth:+.1} MB"),
         &format!("<= {BUDGET_MB:.0} MB over idle, flat"),
-        over <= BUDGET_MB && growth <= FLAT_MB,
+        Some(over <= BUDGET_MB && growth <= FLAT_MB),
     );
     service.stop(Duration::ZERO).await;
 }

@@ -57,7 +57,7 @@ async fn run() {
         &format!("{native:.0} jobs/s (native)"),
         &format!("{ratio:.2}x"),
         ">= 0.5x",
-        ratio >= 0.5,
+        Some(ratio >= 0.5),
     );
     service.stop(Duration::from_secs(5)).await;
 }

@@ -31,8 +31,13 @@ pub fn cores() -> usize {
 /// One row of the summary table. `bench/run` collects these lines from
 /// every bench and prints them as one table; each bench also prints its
 /// details above.
-pub fn row(name: &str, measured: &str, floor: &str, ratio: &str, target: &str, met: bool) {
-    let verdict = if met { "met" } else { "MISSED" };
+/// `met` is `None` for a row reported without a target.
+pub fn row(name: &str, measured: &str, floor: &str, ratio: &str, target: &str, met: Option<bool>) {
+    let verdict = match met {
+        Some(true) => "met",
+        Some(false) => "MISSED",
+        None => "-",
+    };
     println!("ROW\t{name}\t{measured}\t{floor}\t{ratio}\t{target}\t{verdict}");
 }
 

@@ -20,7 +20,7 @@ use std::time::Duration;
 use chrono::Utc;
 use futures_util::FutureExt as _;
 use tokio::sync::{Mutex, broadcast, mpsc};
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::{Client, NoTls, Statement};
 
 use super::{
     CancelRequest, Commit, Heartbeat, JobStore, Notice, Read, SharedQueue, StoreError, StoredJob,
@@ -218,17 +218,71 @@ fn parse_job(body: String) -> Result<Job, StoreError> {
     serde_json::from_str(&body).map_err(|e| db_error(format!("a stored job is unreadable: {e}")))
 }
 
+/// Owned statement parameters, so pipelined statements need not borrow.
+type Params = Vec<Box<dyn tokio_postgres::types::ToSql + Sync + Send>>;
+
+macro_rules! params {
+    ($($value:expr),* $(,)?) => {
+        { let params: Params = vec![$(Box::new($value)),*]; params }
+    };
+}
+
+/// The writer's connection and its statements, prepared once.
+struct Writer {
+    client: Client,
+    insert: Statement,
+    update: Statement,
+    log: Statement,
+    trim: Statement,
+    notify: Statement,
+}
+
+impl Writer {
+    async fn connect(url: &str) -> Result<Writer, StoreError> {
+        let client = open(url).await?;
+        let prepare = |sql: &'static str| client.prepare(sql);
+        let (insert, update, log, trim, notify) = tokio::try_join!(
+            prepare(
+                "INSERT INTO jobs (id, state, body) VALUES ($1, $2, $3) ON CONFLICT (id) DO NOTHING"
+            ),
+            // Only the run that holds the job may change it: a host whose
+            // lease ran out must not overwrite the next run.
+            prepare(
+                "UPDATE jobs SET state = $2, body = $3 WHERE id = $1 AND owner = $4 AND attempts = $5"
+            ),
+            prepare("INSERT INTO job_logs (job_id, line) VALUES ($1, $2)"),
+            prepare(
+                "DELETE FROM job_logs WHERE job_id = $1 AND n < \
+                 (SELECT n FROM job_logs WHERE job_id = $1 ORDER BY n DESC OFFSET $2 LIMIT 1)"
+            ),
+            prepare("SELECT pg_notify($1, $2)"),
+        )
+        .map_err(db_error)?;
+        Ok(Writer {
+            client,
+            insert,
+            update,
+            log,
+            trim,
+            notify,
+        })
+    }
+}
+
 /// Commits queued writes in batches until the store is dropped,
 /// reconnecting when the database comes back.
 async fn write_loop(url: String, host: String, mut queued: mpsc::UnboundedReceiver<Write>) {
-    let mut client: Option<Client> = None;
+    let mut writer: Option<Writer> = None;
     let mut lines: HashMap<JobId, u64> = HashMap::new();
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while queued.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let result = match client.as_mut().filter(|c| !c.is_closed()) {
-            Some(c) => commit(c, &host, &batch, &mut lines).await,
-            None => match open(&url).await {
-                Ok(c) => commit(client.insert(c), &host, &batch, &mut lines).await,
+        if writer.as_ref().is_some_and(|w| w.client.is_closed()) {
+            writer = None;
+        }
+        let result = match writer.as_mut() {
+            Some(w) => commit(w, &host, &batch, &mut lines).await,
+            None => match Writer::connect(&url).await {
+                Ok(w) => commit(writer.insert(w), &host, &batch, &mut lines).await,
                 Err(e) => Err(e),
             },
         };
@@ -243,19 +297,32 @@ async fn write_loop(url: String, host: String, mut queued: mpsc::UnboundedReceiv
     }
 }
 
-/// Applies `batch` in one transaction; one result per write.
+/// Applies `batch` in one transaction, its statements pipelined (sent
+/// without waiting for each answer; the server runs them in order). One
+/// result per write.
 async fn commit(
-    client: &mut Client,
+    writer: &mut Writer,
     host: &str,
     batch: &[Write],
     lines: &mut HashMap<JobId, u64>,
 ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+    let Writer {
+        client,
+        insert,
+        update,
+        log,
+        trim,
+        notify,
+    } = writer;
     let tx = client.transaction().await.map_err(db_error)?;
-    let mut results = Vec::with_capacity(batch.len());
+    let mut statements = Vec::with_capacity(batch.len() + 8);
+    // Index into `statements` of each write's own statement.
+    let mut own = Vec::with_capacity(batch.len());
     let mut inserted_any = false;
     let mut changed = std::collections::BTreeSet::new();
     for write in batch {
-        results.push(match write {
+        own.push(statements.len());
+        match write {
             Write::Job {
                 id,
                 state,
@@ -263,19 +330,11 @@ async fn commit(
                 insert: true,
                 ..
             } => {
-                let inserted = tx
-                    .execute(
-                        "INSERT INTO jobs (id, state, body) VALUES ($1, $2, $3) \
-                         ON CONFLICT (id) DO NOTHING",
-                        &[&id.as_str(), &state.as_str(), body],
-                    )
-                    .await
-                    .map_err(db_error)?;
-                inserted_any |= inserted == 1;
-                match inserted {
-                    0 => Err(StoreError::Duplicate(id.clone())),
-                    _ => Ok(()),
-                }
+                inserted_any = true;
+                statements.push(tx.execute_raw(
+                    &*insert,
+                    params![id.to_string(), state.as_str(), body.clone()],
+                ));
             }
             Write::Job {
                 id,
@@ -284,61 +343,57 @@ async fn commit(
                 attempts,
                 ..
             } => {
-                // Only the run that holds the job may change it: a host
-                // whose lease ran out must not overwrite the next run.
                 changed.insert(id.as_str());
                 let attempts = i32::try_from(*attempts).unwrap_or(i32::MAX);
-                let changed = tx
-                    .execute(
-                        "UPDATE jobs SET state = $2, body = $3 \
-                         WHERE id = $1 AND owner = $4 AND attempts = $5",
-                        &[&id.as_str(), &state.as_str(), body, &host, &attempts],
-                    )
-                    .await
-                    .map_err(db_error)?;
-                match changed {
-                    0 => Err(StoreError::Database(format!(
-                        "job '{id}' is no longer held by this host (its lease ran out and it was taken over)"
-                    ))),
-                    _ => Ok(()),
-                }
+                statements.push(tx.execute_raw(
+                    &*update,
+                    params![
+                        id.to_string(),
+                        state.as_str(),
+                        body.clone(),
+                        host.to_string(),
+                        attempts
+                    ],
+                ));
             }
             Write::Log { id, line, cap } => {
                 changed.insert(id.as_str());
-                tx.execute(
-                    "INSERT INTO job_logs (job_id, line) VALUES ($1, $2)",
-                    &[&id.as_str(), line],
-                )
-                .await
-                .map_err(db_error)?;
+                statements.push(tx.execute_raw(&*log, params![id.to_string(), line.clone()]));
                 let count = lines.entry(id.clone()).or_default();
                 *count += 1;
                 if count.is_multiple_of(TRIM_EVERY) {
                     let cap = i64::try_from(*cap).unwrap_or(i64::MAX);
-                    tx.execute(
-                        "DELETE FROM job_logs WHERE job_id = $1 AND n < \
-                         (SELECT n FROM job_logs WHERE job_id = $1 ORDER BY n DESC OFFSET $2 LIMIT 1)",
-                        &[&id.as_str(), &cap],
-                    )
-                    .await
-                    .map_err(db_error)?;
+                    statements.push(tx.execute_raw(&*trim, params![id.to_string(), cap]));
                 }
-                Ok(())
             }
-        });
+        }
     }
+    // Told at commit, to hosts waiting for new work or following a job.
     if inserted_any {
-        tx.batch_execute(&format!("NOTIFY {QUEUED_CHANNEL}"))
-            .await
-            .map_err(db_error)?;
+        statements.push(tx.execute_raw(&*notify, params![QUEUED_CHANNEL, ""]));
     }
     for id in changed {
-        tx.execute("SELECT pg_notify($1, $2)", &[&CHANGED_CHANNEL, &id])
-            .await
-            .map_err(db_error)?;
+        statements.push(tx.execute_raw(&*notify, params![CHANGED_CHANNEL, id.to_string()]));
     }
+    let counts = futures_util::future::try_join_all(statements)
+        .await
+        .map_err(db_error)?;
     tx.commit().await.map_err(db_error)?;
-    Ok(results)
+    Ok(batch
+        .iter()
+        .zip(own)
+        .map(|(write, at)| match write {
+            Write::Job {
+                id, insert: true, ..
+            } if counts[at] == 0 => Err(StoreError::Duplicate(id.clone())),
+            Write::Job {
+                id, insert: false, ..
+            } if counts[at] == 0 => Err(StoreError::Database(format!(
+                "job '{id}' is no longer held by this host (its lease ran out and it was taken over)"
+            ))),
+            _ => Ok(()),
+        })
+        .collect())
 }
 
 /// Relays the database's notifications to `notices` until the store is
@@ -571,7 +626,11 @@ impl SharedQueue for PostgresStore {
             job.start(Utc::now()).map_err(db_error)?;
             // The claim is ours; record it in the body before running.
             self.update(&job).await?;
-            let log = self.log(job.id.as_str()).await?;
+            // Only a job that ran before has a log to continue.
+            let log = match job.attempts {
+                1 => Vec::new(),
+                _ => self.log(job.id.as_str()).await?,
+            };
             Ok(Some(StoredJob { job, log }))
         }
         .boxed()

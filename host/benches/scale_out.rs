@@ -1,0 +1,116 @@
+//! Jobs per second through one, two and three hosts sharing one PostgreSQL
+//! database (a real server on loopback, started by the bench), simulated
+//! builder at zero delay, 2 workers per host, all hosts in this process —
+//! so on one machine they share its cores, as the database does. Each
+//! figure is the median of several rounds; every round drains its jobs
+//! completely.
+//!
+//! Needs PostgreSQL (Debian's `postgresql`). Run with
+//! `cargo bench -p helix-build --bench scale_out`.
+
+#[allow(dead_code)]
+#[path = "../tests/common/fixtures.rs"]
+mod fixtures;
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{median, row};
+use helix_build::app;
+use helix_build::config::Config;
+use helix_build::job::{JobRequest, State};
+use helix_build::service::Service;
+
+const JOBS: usize = 1_000;
+const ROUNDS: usize = 3;
+const CLIENTS: usize = 64;
+const WORKERS_PER_HOST: usize = 2;
+
+fn main() {
+    common::block_on(run());
+}
+
+async fn run() {
+    let postgres = fixtures::Postgres::start();
+    let cache = tempfile::tempdir().unwrap();
+    println!("cores: {}", common::cores());
+    let mut single = 0.0;
+    for hosts in 1..=3 {
+        let mut rounds = Vec::new();
+        for round in 0..ROUNDS {
+            rounds.push(drain(&postgres, cache.path(), hosts, round).await);
+        }
+        let per_second = JOBS as f64 / median(&mut rounds).as_secs_f64();
+        if hosts == 1 {
+            single = per_second;
+        }
+        let ratio = per_second / single;
+        println!("{hosts} host(s), {JOBS} jobs: {per_second:>8.0} jobs/s ({ratio:.2}x one host)");
+        row(
+            &format!("scale-out, {hosts} host(s)"),
+            &format!("{per_second:.0} jobs/s"),
+            &format!("{single:.0} jobs/s on 1 host"),
+            &format!("{ratio:.2}x"),
+            "reported (no target)",
+            None,
+        );
+    }
+}
+
+/// Starts `hosts` hosts, submits `JOBS` jobs spread over them from
+/// `CLIENTS` tasks, and returns the time until every job succeeded.
+async fn drain(
+    postgres: &fixtures::Postgres,
+    cache: &std::path::Path,
+    hosts: usize,
+    round: usize,
+) -> Duration {
+    let dirs: Vec<_> = (0..hosts).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut services = Vec::new();
+    for (i, dir) in dirs.iter().enumerate() {
+        let config = Config {
+            data_dir: dir.path().to_path_buf(),
+            cache_dir: Some(cache.to_path_buf()),
+            workers: WORKERS_PER_HOST,
+            queue_capacity: JOBS * 2,
+            store_url: Some(postgres.url()),
+            host_id: Some(format!("host-{i}")),
+            lease_secs: 10,
+            ..Config::default()
+        };
+        services.push(app::start(&config.validated().unwrap()).await.unwrap());
+    }
+    let started = Instant::now();
+    let mut clients = tokio::task::JoinSet::new();
+    for client in 0..CLIENTS {
+        let services: Vec<Service> = services.clone();
+        clients.spawn(async move {
+            let mut ids = Vec::new();
+            for i in (client..JOBS).step_by(CLIENTS) {
+                let request = JobRequest {
+                    id: Some(format!("h{hosts}-r{round}-{i}")),
+                    repo_url: "https://git.example/app.git".into(),
+                    ..JobRequest::default()
+                };
+                let service = &services[i % services.len()];
+                ids.push(service.submit(request).await.expect("accepted").id);
+            }
+            for id in ids {
+                let job = services[0]
+                    .wait(id.as_str(), Duration::from_secs(120))
+                    .await
+                    .unwrap();
+                assert_eq!(job.state, State::Succeeded, "{:?}", job.error);
+            }
+        });
+    }
+    while let Some(done) = clients.join_next().await {
+        done.unwrap();
+    }
+    let elapsed = started.elapsed();
+    for service in &services {
+        service.stop(Duration::from_secs(5)).await;
+    }
+    elapsed
+}

@@ -157,10 +157,34 @@ impl PostgresStore {
     }
 }
 
-async fn open(url: &str) -> Result<Client, StoreError> {
-    let (client, connection) = tokio_postgres::connect(url, NoTls)
+/// How long connecting may take when the URL does not say
+/// (`connect_timeout`): an unreachable database must not hang requests.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Connects to `url`; the connection's own task runs until it closes.
+async fn connect(
+    url: &str,
+) -> Result<
+    (
+        Client,
+        tokio_postgres::Connection<tokio_postgres::Socket, tokio_postgres::tls::NoTlsStream>,
+    ),
+    StoreError,
+> {
+    let mut config: tokio_postgres::Config = url
+        .parse()
+        .map_err(|e| StoreError::Database(format!("store_url {}: {e}", redact_url(url))))?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(CONNECT_TIMEOUT);
+    }
+    config
+        .connect(NoTls)
         .await
-        .map_err(|e| StoreError::Database(format!("cannot connect to {}: {e}", redact_url(url))))?;
+        .map_err(|e| StoreError::Database(format!("cannot connect to {}: {e}", redact_url(url))))
+}
+
+async fn open(url: &str) -> Result<Client, StoreError> {
+    let (client, connection) = connect(url).await?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::warn!("PostgreSQL connection closed: {e}");
@@ -419,9 +443,7 @@ async fn listen_once(
     store: &std::sync::Weak<PostgresStore>,
 ) -> Result<(), StoreError> {
     use futures_util::StreamExt as _;
-    let (client, mut connection) = tokio_postgres::connect(url, NoTls)
-        .await
-        .map_err(db_error)?;
+    let (client, mut connection) = connect(url).await?;
     let (relay, mut received) = mpsc::unbounded_channel();
     // The connection has to be polled for anything to happen on it,
     // including the LISTEN below.
@@ -781,5 +803,23 @@ impl SharedQueue for PostgresStore {
 
     fn notices(&self) -> broadcast::Receiver<Notice> {
         self.notices.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn passwords_never_reach_messages() {
+        assert_eq!(
+            redact_url("postgres://helix:s3cret@db:5432/helix"),
+            "postgres://helix:***@db:5432/helix"
+        );
+        assert_eq!(
+            redact_url("postgres://helix@db/helix"),
+            "postgres://helix@db/helix"
+        );
+        assert_eq!(redact_url("postgres://db/helix"), "postgres://db/helix");
     }
 }

@@ -431,6 +431,47 @@ fn a_host_killed_mid_build_leaves_its_jobs_to_another_host() {
     }
 }
 
+#[test]
+fn a_host_restarting_under_its_name_takes_its_runs_back_without_waiting_for_the_lease() {
+    let postgres = fixtures::Postgres::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("helix.toml");
+    // A lease far longer than the test may wait.
+    std::fs::write(
+        &config,
+        format!(
+            "workers = 1\nlease_secs = 600\nhost_id = 'a'\nstore_url = '{}'\n",
+            postgres.url()
+        ),
+    )
+    .unwrap();
+    let args = ["--config", config.to_str().unwrap()];
+    let mut a = Server::start_in(dir.path(), &args);
+    submit(&a, "comeback", json!({"HELIX_SIMULATE_DELAY_MS": "60000"}));
+    let running = (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(20));
+        a.json("GET", "/v1/jobs/comeback", None).1["state"] == "running"
+    });
+    assert!(running);
+    a.child.kill().unwrap();
+    a.child.wait().unwrap();
+
+    let a = Server::start_in(dir.path(), &args);
+    let mut job = Value::Null;
+    let rerun = (0..250).any(|_| {
+        std::thread::sleep(Duration::from_millis(20));
+        job = a.json("GET", "/v1/jobs/comeback", None).1;
+        job["state"] == "running"
+    });
+    assert!(rerun, "not run again within 5 s: {job}");
+    assert_eq!(job["attempts"], 2, "{job}");
+    let (_, logs) = a.request("GET", "/v1/jobs/comeback/logs", None);
+    assert!(
+        logs.contains("interrupted: this host stopped while the job ran; queued again"),
+        "{logs}"
+    );
+}
+
 fn submit(server: &Server, id: &str, args: Value) -> Value {
     let request = json!({"id": id, "repo_url": "https://git.example/app.git", "build_args": args});
     let (status, job) = server.json("POST", "/v1/jobs", Some(&request));

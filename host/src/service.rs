@@ -536,15 +536,17 @@ impl Service {
     /// Waits until job `id` ends or `timeout` passes, then returns its
     /// snapshot (terminal, or its current state at the timeout).
     pub async fn wait(&self, id: &str, timeout: Duration) -> Result<Job, ServiceError> {
-        if let Some(mut state) = self.inner.live(id, |entry| entry.state.subscribe()) {
-            let _ = tokio::time::timeout(timeout, state.wait_for(|s| s.is_terminal())).await;
-            return self.get(id).await;
-        }
-        // Finished, or live on another host: read the store until it ends.
         let deadline = tokio::time::Instant::now() + timeout;
         let mut changes = self.inner.remote_changes();
         loop {
-            let job = self.get(id).await?;
+            if let Some(mut state) = self.inner.live(id, |entry| entry.state.subscribe()) {
+                let _ =
+                    tokio::time::timeout_at(deadline, state.wait_for(|s| s.is_terminal())).await;
+                return self.get(id).await;
+            }
+            // Finished, or live on another host: read the store until it
+            // ends (or, claimed by this host meanwhile, becomes live here).
+            let job = self.inner.stored(id).await?;
             if job.state.is_terminal() || tokio::time::Instant::now() >= deadline {
                 return Ok(job);
             }

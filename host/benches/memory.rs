@@ -12,7 +12,6 @@ mod common;
 use std::time::Duration;
 
 use common::{NATIVE, resident_bytes, row};
-use helix_build::config::Config;
 use helix_build::job::{JobId, JobRequest, State};
 use helix_build::service::Service;
 
@@ -30,12 +29,7 @@ fn main() {
 
 async fn run() {
     let data = tempfile::tempdir().unwrap();
-    let config = Config {
-        data_dir: data.path().to_path_buf(),
-        workers: common::cores().max(1),
-        queue_capacity: QUEUED + CLIENTS,
-        ..Config::default()
-    };
+    let config = common::config(&data, QUEUED + CLIENTS);
     let service = common::service_with_native(&config).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let idle = mb(resident_bytes());

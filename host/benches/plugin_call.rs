@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{NATIVE, median, row};
-use helix_build::config::Config;
 use helix_build::job::{JobRequest, State};
 use helix_build::service::Service;
 
@@ -27,12 +26,7 @@ fn main() {
 
 async fn run() {
     let data = tempfile::tempdir().unwrap();
-    let config = Config {
-        data_dir: data.path().to_path_buf(),
-        workers: common::cores().max(1),
-        queue_capacity: JOBS * 2,
-        ..Config::default()
-    };
+    let config = common::config(&data, JOBS * 2);
     let service = common::service_with_native(&config).await;
     println!("cores: {}, workers: {}", common::cores(), config.workers);
 

@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::row;
-use helix_build::config::Config;
 use helix_build::{api, app};
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
@@ -33,12 +32,7 @@ fn main() {
 
 async fn run() {
     let data = tempfile::tempdir().unwrap();
-    let config = Config {
-        data_dir: data.path().to_path_buf(),
-        workers: common::cores().max(1),
-        queue_capacity: REQUESTS * 2,
-        ..Config::default()
-    };
+    let config = common::config(&data, REQUESTS * 2);
     let service = app::start(&config.validated().unwrap()).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();

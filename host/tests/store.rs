@@ -123,6 +123,35 @@ async fn the_sqlite_store_keeps_the_contract() {
     contract(&store, None).await;
 }
 
+#[tokio::test]
+async fn the_sqlite_store_keeps_what_was_written_across_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("helix.db");
+    {
+        let store = SqliteStore::open(&path).unwrap();
+        let mut a = job("a");
+        store.insert(&a).await.unwrap();
+        store.insert(&job("b")).await.unwrap();
+        a.start(Utc::now()).unwrap();
+        store.append_log(&a.id, "first", 100);
+        store.update(&a).await.unwrap();
+        a.finish(
+            helix_build::job::Outcome::failed(helix_build::job::FailureKind::Build, "RUN false"),
+            Utc::now(),
+        )
+        .unwrap();
+        // Not waited for: dropping the store commits what is queued.
+        drop(store.update(&a));
+        store.append_log(&a.id, "second", 100);
+    }
+    let store = SqliteStore::open(&path).unwrap();
+    assert_eq!(store.get("a").await.unwrap().unwrap().state, State::Failed);
+    assert_eq!(store.log("a").await.unwrap(), ["first", "second"]);
+    let unfinished = store.load_unfinished().await.unwrap();
+    let ids: Vec<&str> = unfinished.iter().map(|s| s.job.id.as_str()).collect();
+    assert_eq!(ids, ["b"], "only live jobs are loaded at start");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_postgres_store_keeps_the_contract() {
     let postgres = fixtures::Postgres::start();

@@ -45,6 +45,17 @@ pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
+/// A config with data in `data`, one worker per core and room for
+/// `queue_capacity` queued jobs.
+pub fn config(data: &tempfile::TempDir, queue_capacity: usize) -> Config {
+    Config {
+        data_dir: data.path().to_path_buf(),
+        workers: cores().max(1),
+        queue_capacity,
+        ..Config::default()
+    }
+}
+
 /// The name the benches give the native no-op builder.
 pub const NATIVE: &str = "native-no-op";
 

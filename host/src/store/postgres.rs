@@ -119,6 +119,19 @@ impl PostgresStore {
         committed
     }
 
+    /// Runs one statement; how many rows it changed.
+    async fn execute(
+        &self,
+        statement: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<u64, StoreError> {
+        self.client()
+            .await?
+            .execute(statement, params)
+            .await
+            .map_err(db_error)
+    }
+
     async fn jobs(
         &self,
         query: &str,
@@ -604,23 +617,17 @@ impl PostgresStore {
     /// Appends a line to a job's log at once, outside the writer: for
     /// changes made by this host to jobs it does not run.
     async fn log_now(&self, id: &str, line: &str) -> Result<(), StoreError> {
-        self.client()
-            .await?
-            .execute(
-                "INSERT INTO job_logs (job_id, line) VALUES ($1, $2)",
-                &[&id, &line],
-            )
-            .await
-            .map_err(db_error)?;
+        self.execute(
+            "INSERT INTO job_logs (job_id, line) VALUES ($1, $2)",
+            &[&id, &line],
+        )
+        .await?;
         Ok(())
     }
 
     async fn notify(&self, channel: &str, payload: &str) -> Result<(), StoreError> {
-        self.client()
-            .await?
-            .execute("SELECT pg_notify($1, $2)", &[&channel, &payload])
-            .await
-            .map_err(db_error)?;
+        self.execute("SELECT pg_notify($1, $2)", &[&channel, &payload])
+            .await?;
         Ok(())
     }
 }
@@ -767,14 +774,11 @@ impl SharedQueue for PostgresStore {
                     }
                     State::Running => {
                         let asked = self
-                            .client()
-                            .await?
                             .execute(
                                 "UPDATE jobs SET cancel_requested = $2 WHERE id = $1 AND state = 'running'",
                                 &[&id, &reason],
                             )
-                            .await
-                            .map_err(db_error)?;
+                            .await?;
                         if asked == 1 {
                             self.notify(CANCEL_CHANNEL, id).await?;
                             return Ok(CancelRequest::Asked);

@@ -7,7 +7,13 @@
 //! [`JobStore`]; a submission is acknowledged once it is durable, and a job
 //! leaves memory once its end is. Finished jobs are read from the store.
 //! At start the service reads the live jobs back and recovers those an
-//! earlier process left running. Every state change goes through
+//! earlier process left running.
+//!
+//! With a [`SharedQueue`] (PostgreSQL) the queue is not in memory: workers
+//! claim jobs from the database, a heartbeat keeps this host's leases and
+//! recovers jobs of hosts that stopped renewing theirs, and notifications
+//! from other hosts wake idle workers, cancel jobs running here, and tell
+//! waiters and followers of jobs running elsewhere that they changed. Every state change goes through
 //! [`Job::start`] / [`Job::finish`], so the lifecycle rules hold whatever
 //! the order of events.
 

@@ -259,3 +259,34 @@ async fn hosts_claim_each_job_once_and_take_over_lost_leases() {
         CancelRequest::NotFound
     ));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_its_host_never_recorded_goes_back_to_the_queue() {
+    let postgres = fixtures::Postgres::start();
+    let a = PostgresStore::connect(&postgres.url(), "host-a")
+        .await
+        .unwrap();
+    a.insert(&job("half")).await.unwrap();
+    // Host C claimed the job and died before recording the claim in the
+    // job itself; its lease has run out.
+    let (client, connection) = tokio_postgres::connect(&postgres.url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+        .execute(
+            "UPDATE jobs SET state = 'running', owner = 'host-c', attempts = attempts + 1, \
+             lease_until = now() - interval '1 second' WHERE id = 'half'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(a.recover_lost(2, false).await.unwrap(), 1);
+    let back = a.get("half").await.unwrap().unwrap();
+    assert_eq!((back.state, back.attempts), (State::Queued, 0));
+    let claimed = a.claim(Duration::from_secs(30)).await.unwrap().unwrap();
+    assert_eq!(
+        (claimed.job.state, claimed.job.attempts),
+        (State::Running, 1)
+    );
+}

@@ -697,7 +697,7 @@ impl SharedQueue for PostgresStore {
             let client = self.client().await?;
             let rows = client
                 .query(
-                    "SELECT body, owner FROM jobs WHERE state = 'running' \
+                    "SELECT body, owner, attempts FROM jobs WHERE state = 'running' \
                      AND (lease_until < now() OR ($2 AND owner = $1))",
                     &[&self.host, &own_too],
                 )
@@ -705,23 +705,39 @@ impl SharedQueue for PostgresStore {
                 .map_err(db_error)?;
             let mut recovered = 0;
             for row in rows {
-                let mut job = parse_job(row.get(0))?;
-                let owner: Option<String> = row.get(1);
-                let owner = owner.unwrap_or_default();
+                let owner = row.get::<_, Option<String>>(1).unwrap_or_default();
+                let claimed_attempts: i32 = row.get(2);
+                let mut job = match parse_job(row.get(0)) {
+                    Ok(job) => job,
+                    Err(e) => {
+                        tracing::error!("cannot recover a job of host '{owner}': {e}");
+                        continue;
+                    }
+                };
                 let what = if owner == self.host {
                     "interrupted: this host stopped while the job ran".to_string()
                 } else {
                     format!("host lost: '{owner}' stopped renewing its lease on the job")
                 };
-                let line = job
-                    .recover_lost_run(max_attempts, &what, Utc::now())
-                    .map_err(db_error)?;
+                // A host that died between claiming a job and recording the
+                // claim left the job as it was queued: it simply goes back.
+                let line = match job.state {
+                    State::Running => match job.recover_lost_run(max_attempts, &what, Utc::now()) {
+                        Ok(line) => Some(line),
+                        Err(e) => {
+                            tracing::error!(job = %job.id, "cannot recover: {e}");
+                            continue;
+                        }
+                    },
+                    _ => None,
+                };
                 let body = serde_json::to_string(&job).map_err(db_error)?;
                 let attempts = i32::try_from(job.attempts).unwrap_or(i32::MAX);
                 // Only if nobody renewed or recovered it meanwhile.
                 let changed = client
                     .execute(
-                        "UPDATE jobs SET state = $2, body = $3, owner = NULL, lease_until = NULL \
+                        "UPDATE jobs SET state = $2, body = $3, attempts = $7, owner = NULL, \
+                         lease_until = NULL \
                          WHERE id = $1 AND state = 'running' AND owner = $4 AND attempts = $5 \
                          AND (lease_until < now() OR $6)",
                         &[
@@ -729,15 +745,18 @@ impl SharedQueue for PostgresStore {
                             &job.state.as_str(),
                             &body,
                             &owner,
-                            &attempts,
+                            &claimed_attempts,
                             &(own_too && owner == self.host),
+                            &attempts,
                         ],
                     )
                     .await
                     .map_err(db_error)?;
                 if changed == 1 {
                     recovered += 1;
-                    self.log_now(job.id.as_str(), &line).await?;
+                    if let Some(line) = line {
+                        self.log_now(job.id.as_str(), &line).await?;
+                    }
                     tracing::warn!(job = %job.id, state = %job.state, "{what}");
                 }
             }

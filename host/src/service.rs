@@ -566,8 +566,10 @@ impl Service {
     }
 
     /// Stops gracefully: no new jobs are accepted or started, running jobs
-    /// get `grace` to finish, then are cancelled. Returns when every worker
-    /// has exited. Queued jobs stay queued.
+    /// get `grace` to finish, then are cancelled — or, with a shared queue,
+    /// stopped and queued again for another host (the run counts as an
+    /// attempt). Returns when every worker has exited. Queued jobs stay
+    /// queued.
     pub async fn stop(&self, grace: Duration) {
         self.inner.stopping.store(true, Ordering::SeqCst);
         self.inner.ready.close();
@@ -578,11 +580,29 @@ impl Service {
         })
         .await;
         if drained.is_err() {
-            self.inner.cancel_running(&format!(
-                "the host shut down and the job did not finish within {}s",
-                grace.as_secs()
-            ));
-            while workers.join_next().await.is_some() {}
+            match &self.inner.config.shared {
+                None => {
+                    self.inner.cancel_running(&format!(
+                        "the host shut down and the job did not finish within {}s",
+                        grace.as_secs()
+                    ));
+                    while workers.join_next().await.is_some() {}
+                }
+                Some(shared) => {
+                    // Another host can finish them: stop them here (dropping
+                    // a run kills its processes) and give them back.
+                    workers.abort_all();
+                    while workers.join_next().await.is_some() {}
+                    self.inner.lock().jobs.clear();
+                    if let Err(e) = shared
+                        .queue
+                        .recover_lost(self.inner.config.max_attempts, true)
+                        .await
+                    {
+                        tracing::warn!("could not give unfinished jobs back to the queue: {e}");
+                    }
+                }
+            }
         }
         tracing::info!("service stopped");
     }

@@ -182,3 +182,19 @@ async fn any_host_answers_reads_and_follows_jobs_of_another() {
     let metrics = a.metrics().await.unwrap();
     assert!(metrics.jobs_by_state.contains(&(State::Succeeded, 1)));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_shutting_down_gives_its_unfinished_jobs_to_another() {
+    let postgres = Postgres::start();
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let b = host(&postgres, "b", 1, &dirs[1]).await;
+    let job = b.submit(simulated(1_500)).await.unwrap();
+    until_running(&b, &job.id).await;
+    let a = host(&postgres, "a", 1, &dirs[0]).await;
+    b.stop(Duration::ZERO).await;
+
+    let done = finished(&a, &job.id).await;
+    assert_eq!(done.state, State::Succeeded, "{:?}", done.error);
+    assert_eq!(done.attempts, 2);
+    assert_eq!(runs(&a, &job.id).await, ["b", "a"]);
+}

@@ -71,7 +71,7 @@ pub fn document() -> Value {
         "security": [{ "bearer": [] }],
         "paths": {
             "/healthz": { "get": { "summary": "liveness", "security": [], "responses": { "200": { "description": "ok" } } } },
-            "/metrics": { "get": { "summary": "Prometheus metrics", "security": [], "responses": { "200": { "description": "text exposition format" } } } },
+            "/metrics": { "get": { "summary": "Prometheus metrics", "security": [], "responses": { "200": { "description": "text exposition format" }, "503": error } } },
             "/v1/openapi.json": { "get": { "summary": "this document", "responses": { "200": { "description": "OpenAPI 3" } } } },
             "/v1/jobs": {
                 "post": {
@@ -86,19 +86,19 @@ pub fn document() -> Value {
                         { "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 1, "maximum": 1000 } },
                         { "name": "cursor", "in": "query", "schema": { "type": "string" } }
                     ],
-                    "responses": { "200": { "description": "a page", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/JobPage" } } } }, "400": error, "401": error }
+                    "responses": { "200": { "description": "a page", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/JobPage" } } } }, "400": error, "401": error, "503": error }
                 }
             },
-            "/v1/jobs/{id}": { "get": { "summary": "one job", "parameters": [id], "responses": { "200": job, "401": error, "404": error } } },
-            "/v1/jobs/{id}/cancel": { "post": { "summary": "cancel a queued or running job", "parameters": [id], "responses": { "200": job, "401": error, "404": error, "409": error } } },
+            "/v1/jobs/{id}": { "get": { "summary": "one job", "parameters": [id], "responses": { "200": job, "401": error, "404": error, "503": error } } },
+            "/v1/jobs/{id}/cancel": { "post": { "summary": "cancel a queued or running job", "parameters": [id], "responses": { "200": job, "401": error, "404": error, "409": error, "503": error } } },
             "/v1/jobs/{id}/wait": { "get": {
                 "summary": "the job once it ends, or as it is at the timeout",
                 "parameters": [id, { "name": "timeout_secs", "in": "query", "schema": { "type": "integer" } }],
-                "responses": { "200": job, "401": error, "404": error } } },
+                "responses": { "200": job, "401": error, "404": error, "503": error } } },
             "/v1/jobs/{id}/logs": { "get": {
                 "summary": "the job's log; with follow=true, server-sent `state` and `log` events, then one `end` event with the job",
                 "parameters": [id, { "name": "follow", "in": "query", "schema": { "type": "boolean" } }],
-                "responses": { "200": { "description": "text/plain, or text/event-stream when following" }, "401": error, "404": error } } },
+                "responses": { "200": { "description": "text/plain, or text/event-stream when following" }, "401": error, "404": error, "503": error } } },
             "/v1/builders": { "get": { "summary": "loaded builders: info, grants, limits, component digest", "responses": { "200": { "description": "builders" }, "401": error } } }
         }
     })

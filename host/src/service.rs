@@ -88,7 +88,7 @@ pub enum ServiceError {
     AlreadyEnded { id: JobId, state: State },
     #[error("the service is shutting down and accepts no new jobs")]
     ShuttingDown,
-    #[error("the job could not be stored, so it was not accepted: {0}")]
+    #[error("the job store is unavailable, so nothing was read or changed ({0}); retry later")]
     Store(String),
     #[error("cursor '{0}' names no job; start again without a cursor")]
     UnknownCursor(String),

@@ -20,7 +20,8 @@ use std::time::Duration;
 use chrono::Utc;
 use futures_util::FutureExt as _;
 use tokio::sync::{Mutex, broadcast, mpsc};
-use tokio_postgres::{Client, NoTls, Statement};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, NoTls, Row, Statement};
 
 use super::{
     CancelRequest, Commit, Heartbeat, JobStore, Notice, Read, SharedQueue, StoreError, StoredJob,
@@ -66,13 +67,47 @@ const TRIM_EVERY: u64 = 256;
 /// database.
 const RECONNECT_DELAY: Duration = Duration::from_millis(500);
 
+/// A connection and the statements prepared on it, so each is parsed and
+/// planned once, not at every use.
+struct Conn {
+    client: Client,
+    prepared: std::sync::Mutex<HashMap<&'static str, Statement>>,
+}
+
+impl Conn {
+    fn new(client: Client) -> Self {
+        Conn {
+            client,
+            prepared: std::sync::Mutex::default(),
+        }
+    }
+
+    async fn statement(&self, sql: &'static str) -> Result<Statement, StoreError> {
+        let cached = self
+            .prepared
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(sql)
+            .cloned();
+        if let Some(statement) = cached {
+            return Ok(statement);
+        }
+        let statement = self.client.prepare(sql).await.map_err(db_error)?;
+        self.prepared
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(sql, statement.clone());
+        Ok(statement)
+    }
+}
+
 /// A job store and queue in one PostgreSQL database, shared by hosts.
 pub struct PostgresStore {
     url: String,
     /// This host's name in leases.
     host: String,
     /// Reads and single-statement changes; replaced when it breaks.
-    client: Mutex<Option<Arc<Client>>>,
+    conn: Mutex<Option<Arc<Conn>>>,
     writes: mpsc::UnboundedSender<Write>,
     notices: broadcast::Sender<Notice>,
 }
@@ -89,7 +124,7 @@ impl PostgresStore {
         let store = Arc::new(PostgresStore {
             url: url.to_string(),
             host: host.to_string(),
-            client: Mutex::new(Some(Arc::new(client))),
+            conn: Mutex::new(Some(Arc::new(Conn::new(client)))),
             writes,
             notices,
         });
@@ -99,15 +134,60 @@ impl PostgresStore {
     }
 
     /// The connection for reads, reconnecting if it broke.
-    async fn client(&self) -> Result<Arc<Client>, StoreError> {
-        let mut slot = self.client.lock().await;
-        if let Some(client) = slot.as_ref().filter(|c| !c.is_closed()) {
-            return Ok(client.clone());
+    async fn conn(&self) -> Result<Arc<Conn>, StoreError> {
+        let mut slot = self.conn.lock().await;
+        if let Some(conn) = slot.as_ref().filter(|c| !c.client.is_closed()) {
+            return Ok(conn.clone());
         }
         *slot = None;
-        let client = Arc::new(open(&self.url).await?);
-        *slot = Some(client.clone());
-        Ok(client)
+        let conn = Arc::new(Conn::new(open(&self.url).await?));
+        *slot = Some(conn.clone());
+        Ok(conn)
+    }
+
+    async fn query(
+        &self,
+        sql: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, StoreError> {
+        let conn = self.conn().await?;
+        let statement = conn.statement(sql).await?;
+        conn.client
+            .query(&statement, params)
+            .await
+            .map_err(db_error)
+    }
+
+    async fn query_opt(
+        &self,
+        sql: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<Row>, StoreError> {
+        Ok(self.query(sql, params).await?.into_iter().next())
+    }
+
+    async fn query_one(
+        &self,
+        sql: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Row, StoreError> {
+        self.query_opt(sql, params)
+            .await?
+            .ok_or_else(|| db_error(format!("no row from {sql}")))
+    }
+
+    /// Runs one statement; how many rows it changed.
+    async fn execute(
+        &self,
+        sql: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64, StoreError> {
+        let conn = self.conn().await?;
+        let statement = conn.statement(sql).await?;
+        conn.client
+            .execute(&statement, params)
+            .await
+            .map_err(db_error)
     }
 
     fn write_job(&self, job: &Job, insert: bool) -> Commit {
@@ -119,30 +199,12 @@ impl PostgresStore {
         committed
     }
 
-    /// Runs one statement; how many rows it changed.
-    async fn execute(
-        &self,
-        statement: &str,
-        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-    ) -> Result<u64, StoreError> {
-        self.client()
-            .await?
-            .execute(statement, params)
-            .await
-            .map_err(db_error)
-    }
-
     async fn jobs(
         &self,
-        query: &str,
-        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+        query: &'static str,
+        params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<Job>, StoreError> {
-        let rows = self
-            .client()
-            .await?
-            .query(query, params)
-            .await
-            .map_err(db_error)?;
+        let rows = self.query(query, params).await?;
         rows.iter().map(|row| parse_job(row.get(0))).collect()
     }
 
@@ -152,8 +214,6 @@ impl PostgresStore {
     async fn swap(&self, job: &Job, expected: State) -> Result<bool, StoreError> {
         let body = serde_json::to_string(job).map_err(db_error)?;
         let changed = self
-            .client()
-            .await?
             .execute(
                 "UPDATE jobs SET state = $2, body = $3, owner = NULL, lease_until = NULL \
                  WHERE id = $1 AND state = $4",
@@ -164,8 +224,7 @@ impl PostgresStore {
                     &expected.as_str(),
                 ],
             )
-            .await
-            .map_err(db_error)?;
+            .await?;
         Ok(changed == 1)
     }
 }
@@ -256,7 +315,7 @@ fn parse_job(body: String) -> Result<Job, StoreError> {
 }
 
 /// Owned statement parameters, so pipelined statements need not borrow.
-type Params = Vec<Box<dyn tokio_postgres::types::ToSql + Sync + Send>>;
+type Params = Vec<Box<dyn ToSql + Sync + Send>>;
 
 macro_rules! params {
     ($($value:expr),* $(,)?) => {
@@ -409,8 +468,8 @@ async fn commit(
     if inserted_any {
         statements.push(tx.execute_raw(&*notify, params![QUEUED_CHANNEL, ""]));
     }
-    for id in changed {
-        statements.push(tx.execute_raw(&*notify, params![CHANGED_CHANNEL, id.to_string()]));
+    for ids in changed_payloads(changed) {
+        statements.push(tx.execute_raw(&*notify, params![CHANGED_CHANNEL, ids]));
     }
     let counts = futures_util::future::try_join_all(statements)
         .await
@@ -431,6 +490,23 @@ async fn commit(
             _ => Ok(()),
         })
         .collect())
+}
+
+/// The ids of changed jobs as few notification payloads: space-separated
+/// (ids hold no spaces), each under PostgreSQL's 8000-byte limit.
+fn changed_payloads<'a>(ids: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+    const MAX_PAYLOAD: usize = 7900;
+    let mut payloads: Vec<String> = Vec::new();
+    for id in ids {
+        match payloads.last_mut() {
+            Some(last) if last.len() + 1 + id.len() <= MAX_PAYLOAD => {
+                last.push(' ');
+                last.push_str(id);
+            }
+            _ => payloads.push(id.to_string()),
+        }
+    }
+    payloads
 }
 
 /// Relays the database's notifications to `notices` until the store is
@@ -467,7 +543,14 @@ async fn listen_once(
                 Ok(tokio_postgres::AsyncMessage::Notification(n)) => {
                     let notice = match n.channel() {
                         CANCEL_CHANNEL => Notice::Cancel(n.payload().to_string()),
-                        CHANGED_CHANNEL => Notice::Changed(n.payload().to_string()),
+                        CHANGED_CHANNEL => {
+                            for id in n.payload().split(' ') {
+                                if relay.send(Notice::Changed(id.to_string())).is_err() {
+                                    return;
+                                }
+                            }
+                            continue;
+                        }
                         _ => Notice::Queued,
                     };
                     if relay.send(notice).is_err() {
@@ -528,14 +611,11 @@ impl JobStore for PostgresStore {
     fn log<'a>(&'a self, id: &'a str) -> Read<'a, Vec<String>> {
         async move {
             let rows = self
-                .client()
-                .await?
                 .query(
                     "SELECT line FROM job_logs WHERE job_id = $1 ORDER BY n",
                     &[&id],
                 )
-                .await
-                .map_err(db_error)?;
+                .await?;
             Ok(rows.iter().map(|row| row.get(0)).collect())
         }
         .boxed()
@@ -551,12 +631,7 @@ impl JobStore for PostgresStore {
             let before: i64 = match before {
                 None => i64::MAX,
                 Some(id) => {
-                    let row = self
-                        .client()
-                        .await?
-                        .query_opt("SELECT seq FROM jobs WHERE id = $1", &[&id])
-                        .await
-                        .map_err(db_error)?;
+                    let row = self.query_opt("SELECT seq FROM jobs WHERE id = $1", &[&id]).await?;
                     match row {
                         Some(row) => row.get(0),
                         None => return Ok(None),
@@ -588,11 +663,8 @@ impl JobStore for PostgresStore {
     fn count_by_state(&self) -> Read<'_, Vec<(State, u64)>> {
         async move {
             let rows = self
-                .client()
-                .await?
                 .query("SELECT state, COUNT(*) FROM jobs GROUP BY state", &[])
-                .await
-                .map_err(db_error)?;
+                .await?;
             let counts: HashMap<String, i64> =
                 rows.iter().map(|row| (row.get(0), row.get(1))).collect();
             Ok(State::ALL
@@ -636,8 +708,6 @@ impl SharedQueue for PostgresStore {
     fn claim(&self, lease: Duration) -> Read<'_, Option<StoredJob>> {
         async move {
             let row = self
-                .client()
-                .await?
                 .query_opt(
                     "UPDATE jobs SET state = 'running', owner = $1, attempts = attempts + 1, \
                      lease_until = now() + make_interval(secs => $2), cancel_requested = NULL \
@@ -646,8 +716,7 @@ impl SharedQueue for PostgresStore {
                      RETURNING body",
                     &[&self.host, &lease.as_secs_f64()],
                 )
-                .await
-                .map_err(db_error)?;
+                .await?;
             let Some(row) = row else {
                 return Ok(None);
             };
@@ -669,16 +738,13 @@ impl SharedQueue for PostgresStore {
         async move {
             let running: Vec<&str> = running.iter().map(JobId::as_str).collect();
             let rows = self
-                .client()
-                .await?
                 .query(
                     "UPDATE jobs SET lease_until = now() + make_interval(secs => $2) \
                      WHERE owner = $1 AND state = 'running' AND id = ANY($3) \
                      RETURNING id, cancel_requested",
                     &[&self.host, &lease.as_secs_f64(), &running],
                 )
-                .await
-                .map_err(db_error)?;
+                .await?;
             let mut beat = Heartbeat::default();
             for row in rows {
                 let id = JobId::parse(row.get::<_, &str>(0)).map_err(db_error)?;
@@ -694,8 +760,7 @@ impl SharedQueue for PostgresStore {
 
     fn recover_lost(&self, max_attempts: u32, own_too: bool) -> Read<'_, usize> {
         async move {
-            let client = self.client().await?;
-            let rows = client
+            let rows = self
                 .query(
                     "SELECT body, owner, attempts FROM jobs WHERE state = 'running' \
                      AND (lease_until < now() OR ($2 AND owner = $1))",
@@ -734,7 +799,7 @@ impl SharedQueue for PostgresStore {
                 let body = serde_json::to_string(&job).map_err(db_error)?;
                 let attempts = i32::try_from(job.attempts).unwrap_or(i32::MAX);
                 // Only if nobody renewed or recovered it meanwhile.
-                let changed = client
+                let changed = self
                     .execute(
                         "UPDATE jobs SET state = $2, body = $3, attempts = $7, owner = NULL, \
                          lease_until = NULL \
@@ -813,11 +878,8 @@ impl SharedQueue for PostgresStore {
     fn queued(&self) -> Read<'_, u64> {
         async move {
             let count: i64 = self
-                .client()
-                .await?
                 .query_one("SELECT COUNT(*) FROM jobs WHERE state = 'queued'", &[])
-                .await
-                .map_err(db_error)?
+                .await?
                 .get(0);
             Ok(u64::try_from(count).unwrap_or(0))
         }
@@ -831,7 +893,19 @@ impl SharedQueue for PostgresStore {
 
 #[cfg(test)]
 mod tests {
-    use super::redact_url;
+    use super::{changed_payloads, redact_url};
+
+    #[test]
+    fn changed_jobs_share_notifications_within_the_size_limit() {
+        assert_eq!(changed_payloads(["a", "b-1", "c"]), ["a b-1 c"]);
+        let long = "x".repeat(128);
+        let ids = vec![long.as_str(); 100];
+        let payloads = changed_payloads(ids);
+        assert_eq!(payloads.len(), 2);
+        assert!(payloads.iter().all(|p| p.len() <= 7900));
+        let total: usize = payloads.iter().map(|p| p.split(' ').count()).sum();
+        assert_eq!(total, 100);
+    }
 
     #[test]
     fn passwords_never_reach_messages() {

@@ -760,23 +760,20 @@ impl Inner {
     }
 
     /// Stops the jobs this host runs that someone asked to cancel, and
-    /// those whose lease it lost (another host may run them now). Jobs
-    /// claimed after the heartbeat began are not in it and are left alone.
-    fn apply_heartbeat(&self, beat: &Heartbeat, began: chrono::DateTime<Utc>) {
-        for entry in self.lock().jobs.values() {
-            let (Some(cancel), Some(started)) = (&entry.cancel, entry.job.started_at) else {
+    /// those of `asked` (the jobs the heartbeat renewed) whose lease it
+    /// lost: another host may run them now.
+    fn apply_heartbeat(&self, beat: &Heartbeat, asked: &[JobId]) {
+        let table = self.lock();
+        for id in asked {
+            let Some(cancel) = table.jobs.get(id).and_then(|e| e.cancel.as_ref()) else {
                 continue;
             };
-            if started >= began {
-                continue;
-            }
-            if !beat.held.contains(&entry.job.id) {
+            if !beat.held.contains(id) {
                 cancel.cancel(
                     "this host lost its lease on the job (it could not renew it in time); \
                      it is queued again for another run",
                 );
-            } else if let Some((_, reason)) = beat.cancel.iter().find(|(id, _)| *id == entry.job.id)
-            {
+            } else if let Some((_, reason)) = beat.cancel.iter().find(|(held, _)| held == id) {
                 cancel.cancel(reason);
             }
         }
@@ -978,10 +975,17 @@ fn store_error(e: StoreError) -> ServiceError {
 /// A worker of a shared queue: claims jobs while there are any, else waits
 /// for news of some (or polls, in case a notification was lost).
 async fn shared_worker(inner: Arc<Inner>, shared: Shared) {
+    // Jobs for builders this host lacks are left to hosts that have them.
+    let builders: Vec<String> = inner
+        .runtime
+        .names()
+        .into_iter()
+        .map(String::from)
+        .collect();
     while !inner.stopping.load(Ordering::SeqCst) {
         // Registered before looking, so news arriving meanwhile is kept.
         let news = inner.work.notified();
-        match shared.queue.claim(shared.lease).await {
+        match shared.queue.claim(shared.lease, &builders).await {
             Ok(Some(stored)) => {
                 let (job, log, cancel) = inner.adopt(stored);
                 let span = tracing::info_span!("job", id = %job.id, builder = %job.builder);
@@ -1006,10 +1010,9 @@ async fn keep_leases(inner: std::sync::Weak<Inner>, shared: Shared) {
         let Some(inner) = inner.upgrade() else {
             return;
         };
-        let began = Utc::now();
         let running = inner.running_here();
         match shared.queue.heartbeat(shared.lease, &running).await {
-            Ok(beat) => inner.apply_heartbeat(&beat, began),
+            Ok(beat) => inner.apply_heartbeat(&beat, &running),
             Err(e) => tracing::warn!("cannot renew this host's leases: {e}"),
         }
         if let Err(e) = shared

@@ -18,7 +18,7 @@ async fn host(postgres: &Postgres, name: &str, workers: usize, dir: &tempfile::T
     let mut config = config(dir, workers, 10_000);
     config.store_url = Some(postgres.url());
     config.host_id = Some(name.into());
-    config.lease_secs = 3;
+    config.lease_secs = 5;
     config.max_attempts = 3;
     start(&config).await
 }

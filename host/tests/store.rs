@@ -30,12 +30,21 @@ fn job(id: &str) -> Job {
     .unwrap()
 }
 
+/// The builders a claiming host has in these tests.
+fn simulated() -> Vec<String> {
+    vec!["simulated".to_string()]
+}
+
 /// Starts the oldest queued job, as a host does: by claiming it from a
 /// shared queue, else by starting it and storing that.
 async fn start_next(store: &dyn JobStore, queue: Option<&dyn SharedQueue>, mut job: Job) -> Job {
     match queue {
         Some(queue) => {
-            let claimed = queue.claim(Duration::from_secs(30)).await.unwrap().unwrap();
+            let claimed = queue
+                .claim(Duration::from_secs(30), &simulated())
+                .await
+                .unwrap()
+                .unwrap();
             assert_eq!(claimed.job.id, job.id, "the oldest queued job is claimed");
             claimed.job
         }
@@ -177,7 +186,7 @@ async fn hosts_claim_each_job_once_and_take_over_lost_leases() {
     let lease = Duration::from_secs(30);
     let claim_all = |queue: std::sync::Arc<PostgresStore>| async move {
         let mut ids = Vec::new();
-        while let Some(stored) = queue.claim(lease).await.unwrap() {
+        while let Some(stored) = queue.claim(lease, &simulated()).await.unwrap() {
             ids.push(stored.job.id.to_string());
         }
         ids
@@ -284,9 +293,36 @@ async fn a_claim_its_host_never_recorded_goes_back_to_the_queue() {
     assert_eq!(a.recover_lost(2, false).await.unwrap(), 1);
     let back = a.get("half").await.unwrap().unwrap();
     assert_eq!((back.state, back.attempts), (State::Queued, 0));
-    let claimed = a.claim(Duration::from_secs(30)).await.unwrap().unwrap();
+    let claimed = a
+        .claim(Duration::from_secs(30), &simulated())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(
         (claimed.job.state, claimed.job.attempts),
         (State::Running, 1)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_claims_only_jobs_for_builders_it_has() {
+    let postgres = fixtures::Postgres::start();
+    let store = PostgresStore::connect(&postgres.url(), "host-a")
+        .await
+        .unwrap();
+    let mut podman = job("needs-podman");
+    podman.builder = "podman".into();
+    store.insert(&podman).await.unwrap();
+    store.insert(&job("simulated-one")).await.unwrap();
+    let lease = Duration::from_secs(30);
+    let claimed = store.claim(lease, &simulated()).await.unwrap().unwrap();
+    assert_eq!(
+        claimed.job.id.as_str(),
+        "simulated-one",
+        "the older job needs podman"
+    );
+    assert!(store.claim(lease, &simulated()).await.unwrap().is_none());
+    let podman_host = vec!["podman".to_string(), "buildah".to_string()];
+    let claimed = store.claim(lease, &podman_host).await.unwrap().unwrap();
+    assert_eq!(claimed.job.id.as_str(), "needs-podman");
 }

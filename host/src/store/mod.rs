@@ -79,10 +79,10 @@ pub trait JobStore: Send + Sync + 'static {
 /// whose lease ran out goes back to the queue. This host's name in the
 /// leases is fixed when the queue is opened.
 pub trait SharedQueue: Send + Sync + 'static {
-    /// Claims the oldest queued job: it becomes running on this host with
-    /// a lease of `lease`, its log so far alongside. `None` when nothing is
-    /// queued.
-    fn claim(&self, lease: Duration) -> Read<'_, Option<StoredJob>>;
+    /// Claims the oldest queued job for one of `builders` (those this host
+    /// has loaded): it becomes running on this host with a lease of
+    /// `lease`, its log so far alongside. `None` when no such job is queued.
+    fn claim<'a>(&'a self, lease: Duration, builders: &'a [String]) -> Read<'a, Option<StoredJob>>;
     /// Renews this host's leases on `running`, the jobs it still runs (a
     /// job it no longer runs — its end could not be stored — is left to
     /// expire and be recovered).
@@ -136,6 +136,7 @@ enum Write {
     Job {
         id: JobId,
         state: State,
+        builder: String,
         /// The job as JSON.
         body: String,
         /// Attempts the job has started, which a shared store checks so a
@@ -160,6 +161,7 @@ impl Write {
             Ok(body) => Some(Write::Job {
                 id: job.id.clone(),
                 state: job.state,
+                builder: job.builder.clone(),
                 body,
                 attempts: job.attempts,
                 insert,

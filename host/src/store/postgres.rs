@@ -36,6 +36,7 @@ const MIGRATIONS: &[&str] = &["
         seq              BIGSERIAL PRIMARY KEY,
         id               TEXT NOT NULL UNIQUE,
         state            TEXT NOT NULL,
+        builder          TEXT NOT NULL,
         body             TEXT NOT NULL,
         attempts         INTEGER NOT NULL DEFAULT 0,
         owner            TEXT,
@@ -43,6 +44,7 @@ const MIGRATIONS: &[&str] = &["
         cancel_requested TEXT
     );
     CREATE INDEX jobs_by_state ON jobs (state, seq);
+    CREATE INDEX queued_by_builder ON jobs (builder, seq) WHERE state = 'queued';
     CREATE TABLE job_logs (
         job_id TEXT NOT NULL,
         n      BIGSERIAL,
@@ -339,7 +341,8 @@ impl Writer {
         let prepare = |sql: &'static str| client.prepare(sql);
         let (insert, update, log, trim, notify) = tokio::try_join!(
             prepare(
-                "INSERT INTO jobs (id, state, body) VALUES ($1, $2, $3) ON CONFLICT (id) DO NOTHING"
+                "INSERT INTO jobs (id, state, builder, body) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (id) DO NOTHING"
             ),
             // Only the run that holds the job may change it: a host whose
             // lease ran out must not overwrite the next run.
@@ -422,6 +425,7 @@ async fn commit(
             Write::Job {
                 id,
                 state,
+                builder,
                 body,
                 insert: true,
                 ..
@@ -429,7 +433,12 @@ async fn commit(
                 inserted_any = true;
                 statements.push(tx.execute_raw(
                     &*insert,
-                    params![id.to_string(), state.as_str(), body.clone()],
+                    params![
+                        id.to_string(),
+                        state.as_str(),
+                        builder.clone(),
+                        body.clone()
+                    ],
                 ));
             }
             Write::Job {
@@ -705,16 +714,17 @@ impl PostgresStore {
 }
 
 impl SharedQueue for PostgresStore {
-    fn claim(&self, lease: Duration) -> Read<'_, Option<StoredJob>> {
+    fn claim<'a>(&'a self, lease: Duration, builders: &'a [String]) -> Read<'a, Option<StoredJob>> {
         async move {
             let row = self
                 .query_opt(
                     "UPDATE jobs SET state = 'running', owner = $1, attempts = attempts + 1, \
                      lease_until = now() + make_interval(secs => $2), cancel_requested = NULL \
-                     WHERE id = (SELECT id FROM jobs WHERE state = 'queued' ORDER BY seq \
+                     WHERE id = (SELECT id FROM jobs WHERE state = 'queued' \
+                                 AND builder = ANY($3) ORDER BY seq \
                                  LIMIT 1 FOR UPDATE SKIP LOCKED) \
                      RETURNING body",
-                    &[&self.host, &lease.as_secs_f64()],
+                    &[&self.host, &lease.as_secs_f64(), &builders],
                 )
                 .await?;
             let Some(row) = row else {

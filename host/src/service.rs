@@ -677,16 +677,29 @@ impl Inner {
 
     /// Stores a job that has just ended; once that is durable, tells its
     /// waiters and drops it from the table (it is read from the store from
-    /// then on). Runs to completion even if the caller goes away. If the
-    /// store fails, the store keeps the job as it last had it (running, for
-    /// a job that ran), so recovery runs it again: its end is lost, the job
-    /// is not.
+    /// then on). Runs to completion even if the caller goes away. With a
+    /// shared queue a failed write is retried for as long as a lease lasts
+    /// (the heartbeat keeps renewing it meanwhile), so a short database
+    /// outage does not cost the job a second run. If the store still fails,
+    /// it keeps the job as it last had it (running, for a job that ran), so
+    /// recovery runs it again: its end is lost, the job is not.
     fn settle(self: &Arc<Self>, job: &Job) -> tokio::task::JoinHandle<()> {
         let commit = self.config.store.update(job);
         let inner = self.clone();
-        let id = job.id.clone();
+        let job = job.clone();
         tokio::spawn(async move {
-            if let Err(e) = commit.await {
+            let mut stored = commit.await;
+            if let Some(shared) = &inner.config.shared {
+                let give_up = tokio::time::Instant::now() + shared.lease;
+                while matches!(stored, Err(StoreError::Database(_)))
+                    && tokio::time::Instant::now() < give_up
+                {
+                    tokio::time::sleep(IDLE_POLL).await;
+                    stored = inner.config.store.update(&job).await;
+                }
+            }
+            let id = job.id;
+            if let Err(e) = stored {
                 tracing::error!(job = %id, "job end not stored: {e}");
             }
             let mut table = inner.lock();
@@ -785,14 +798,10 @@ impl Inner {
         }
     }
 
-    /// Ids of the jobs running on this host.
-    fn running_here(&self) -> Vec<JobId> {
-        self.lock()
-            .jobs
-            .values()
-            .filter(|e| e.job.state == State::Running)
-            .map(|e| e.job.id.clone())
-            .collect()
+    /// Ids of the jobs this host holds in a shared queue: every live one
+    /// (running, or ended with its end not yet stored).
+    fn held_here(&self) -> Vec<JobId> {
+        self.lock().jobs.keys().cloned().collect()
     }
 
     fn cancel_live(&self, id: &str, reason: &str) {
@@ -1010,9 +1019,9 @@ async fn keep_leases(inner: std::sync::Weak<Inner>, shared: Shared) {
         let Some(inner) = inner.upgrade() else {
             return;
         };
-        let running = inner.running_here();
-        match shared.queue.heartbeat(shared.lease, &running).await {
-            Ok(beat) => inner.apply_heartbeat(&beat, &running),
+        let held = inner.held_here();
+        match shared.queue.heartbeat(shared.lease, &held).await {
+            Ok(beat) => inner.apply_heartbeat(&beat, &held),
             Err(e) => tracing::warn!("cannot renew this host's leases: {e}"),
         }
         if let Err(e) = shared

@@ -15,10 +15,20 @@ use helix_build::service::{Service, ServiceError};
 
 /// A host on `postgres`, called `name`, with its own data directory.
 async fn host(postgres: &Postgres, name: &str, workers: usize, dir: &tempfile::TempDir) -> Service {
+    host_with_lease(postgres, name, workers, dir, 5).await
+}
+
+async fn host_with_lease(
+    postgres: &Postgres,
+    name: &str,
+    workers: usize,
+    dir: &tempfile::TempDir,
+    lease_secs: u64,
+) -> Service {
     let mut config = config(dir, workers, 10_000);
     config.store_url = Some(postgres.url());
     config.host_id = Some(name.into());
-    config.lease_secs = 5;
+    config.lease_secs = lease_secs;
     config.max_attempts = 3;
     start(&config).await
 }
@@ -118,12 +128,13 @@ async fn a_job_running_on_one_host_is_cancelled_through_another() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_database_restart_while_jobs_run_loses_no_job() {
+async fn a_database_restart_while_jobs_run_loses_no_job_and_runs_none_twice() {
     let postgres = Postgres::start();
     let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    // Leases outlast the outage: no job loses its host, so none runs twice.
     let hosts = [
-        host(&postgres, "a", 2, &dirs[0]).await,
-        host(&postgres, "b", 2, &dirs[1]).await,
+        host_with_lease(&postgres, "a", 2, &dirs[0], 20).await,
+        host_with_lease(&postgres, "b", 2, &dirs[1], 20).await,
     ];
     let mut ids = Vec::new();
     for i in 0..12 {
@@ -146,6 +157,10 @@ async fn a_database_restart_while_jobs_run_loses_no_job() {
             .await
             .unwrap();
         assert_eq!(job.state, State::Succeeded, "{id}: {:?}", job.error);
+        assert_eq!(
+            job.attempts, 1,
+            "{id} ran once: its end was stored after the outage"
+        );
     }
     let after = hosts[1].submit(simulated(0)).await.unwrap();
     assert_eq!(finished(&hosts[1], &after.id).await.state, State::Succeeded);

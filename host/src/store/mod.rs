@@ -34,6 +34,10 @@ pub struct StoredJob {
 pub enum StoreError {
     #[error("a job with id '{0}' is already stored")]
     Duplicate(JobId),
+    #[error(
+        "job '{0}' is no longer held by this host (its lease ran out and another run took it over)"
+    )]
+    Lost(JobId),
     #[error("job store: {0}")]
     Database(String),
 }

@@ -493,9 +493,7 @@ async fn commit(
             } if counts[at] == 0 => Err(StoreError::Duplicate(id.clone())),
             Write::Job {
                 id, insert: false, ..
-            } if counts[at] == 0 => Err(StoreError::Database(format!(
-                "job '{id}' is no longer held by this host (its lease ran out and it was taken over)"
-            ))),
+            } if counts[at] == 0 => Err(StoreError::Lost(id.clone())),
             _ => Ok(()),
         })
         .collect())

@@ -11,13 +11,11 @@ mod common;
 
 use std::time::Duration;
 
-use common::{NATIVE, resident_bytes, row};
-use helix_build::job::{JobId, JobRequest, State};
-use helix_build::service::Service;
+use common::{CLIENTS, NATIVE, resident_bytes, row, submit_all};
+use helix_build::job::{JobRequest, State};
 
 const FINISHED: usize = 100_000;
 const QUEUED: usize = 10_000;
-const CLIENTS: usize = 64;
 /// Over idle, with the full history and queue.
 const BUDGET_MB: f64 = 150.0;
 /// Growth allowed between half and all of the history.
@@ -31,12 +29,13 @@ async fn run() {
     let data = tempfile::tempdir().unwrap();
     let config = common::config(&data, QUEUED + CLIENTS);
     let service = common::service_with_native(&config).await;
+    let services = [service.clone()];
     tokio::time::sleep(Duration::from_millis(500)).await;
     let idle = mb(resident_bytes());
 
-    submit_all(&service, 0..FINISHED / 2, true).await;
+    submit_all(&services, "job", 0..FINISHED / 2, Some(NATIVE), true).await;
     let half = mb(resident_bytes());
-    submit_all(&service, FINISHED / 2..FINISHED, true).await;
+    submit_all(&services, "job", FINISHED / 2..FINISHED, Some(NATIVE), true).await;
     let full = mb(resident_bytes());
 
     // Hold every worker with a long job, so what follows stays queued.
@@ -54,7 +53,14 @@ async fn run() {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
-    submit_all(&service, FINISHED..FINISHED + QUEUED, false).await;
+    submit_all(
+        &services,
+        "job",
+        FINISHED..FINISHED + QUEUED,
+        Some(NATIVE),
+        false,
+    )
+    .await;
     assert_eq!(service.queue_depth(), QUEUED);
     let loaded = mb(resident_bytes());
 
@@ -78,41 +84,6 @@ async fn run() {
         Some(over <= BUDGET_MB && growth <= FLAT_MB),
     );
     service.stop(Duration::ZERO).await;
-}
-
-/// Submits jobs `ids` for the native builder from `CLIENTS` tasks; with
-/// `finish`, waits until each has succeeded.
-async fn submit_all(service: &Service, ids: std::ops::Range<usize>, finish: bool) {
-    let mut clients = tokio::task::JoinSet::new();
-    for client in 0..CLIENTS {
-        let service = service.clone();
-        let ids = ids.clone();
-        clients.spawn(async move {
-            for i in ids.skip(client).step_by(CLIENTS) {
-                let request = JobRequest {
-                    id: Some(format!("job-{i}")),
-                    repo_url: "https://git.example/app.git".into(),
-                    builder: Some(NATIVE.into()),
-                    ..JobRequest::default()
-                };
-                let job = service.submit(request).await.expect("accepted");
-                if finish {
-                    wait_succeeded(&service, &job.id).await;
-                }
-            }
-        });
-    }
-    while let Some(done) = clients.join_next().await {
-        done.unwrap();
-    }
-}
-
-async fn wait_succeeded(service: &Service, id: &JobId) {
-    let job = service
-        .wait(id.as_str(), Duration::from_secs(60))
-        .await
-        .unwrap();
-    assert_eq!(job.state, State::Succeeded, "{:?}", job.error);
 }
 
 fn mb(bytes: u64) -> f64 {

@@ -8,17 +8,13 @@
 
 mod common;
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{NATIVE, median, row};
-use helix_build::job::{JobRequest, State};
-use helix_build::service::Service;
+use common::{NATIVE, median, row, submit_all};
 
+/// Jobs per round, submitted by `common::CLIENTS` clients.
 const JOBS: usize = 2_000;
 const ROUNDS: usize = 5;
-/// Concurrent submitters.
-const CLIENTS: usize = 64;
 
 fn main() {
     common::block_on(run());
@@ -33,8 +29,29 @@ async fn run() {
     let mut wasm = Vec::new();
     let mut native = Vec::new();
     for round in 0..ROUNDS {
-        wasm.push(drain(&service, "simulated", round).await);
-        native.push(drain(&service, NATIVE, round).await);
+        let services = [service.clone()];
+        let prefix = format!("round-{round}");
+        let simulated = Some("simulated");
+        wasm.push(
+            submit_all(
+                &services,
+                &format!("{prefix}-wasm"),
+                0..JOBS,
+                simulated,
+                true,
+            )
+            .await,
+        );
+        native.push(
+            submit_all(
+                &services,
+                &format!("{prefix}-native"),
+                0..JOBS,
+                Some(NATIVE),
+                true,
+            )
+            .await,
+        );
     }
     let per_second = |d: Duration| JOBS as f64 / d.as_secs_f64();
     let (wasm, native) = (
@@ -54,40 +71,4 @@ async fn run() {
         Some(ratio >= 0.5),
     );
     service.stop(Duration::from_secs(5)).await;
-}
-
-/// Submits `JOBS` jobs for `builder` from `CLIENTS` tasks and waits until
-/// every one has succeeded; returns the time from the first submission to
-/// the last success.
-async fn drain(service: &Service, builder: &str, round: usize) -> Duration {
-    let started = Instant::now();
-    let mut clients = tokio::task::JoinSet::new();
-    let builder: Arc<str> = builder.into();
-    for client in 0..CLIENTS {
-        let service = service.clone();
-        let builder = builder.clone();
-        clients.spawn(async move {
-            let mut ids = Vec::new();
-            for i in (client..JOBS).step_by(CLIENTS) {
-                let request = JobRequest {
-                    id: Some(format!("{builder}-{round}-{i}")),
-                    repo_url: "https://git.example/app.git".into(),
-                    builder: Some(builder.to_string()),
-                    ..JobRequest::default()
-                };
-                ids.push(service.submit(request).await.expect("accepted").id);
-            }
-            for id in ids {
-                let job = service
-                    .wait(id.as_str(), Duration::from_secs(120))
-                    .await
-                    .unwrap();
-                assert_eq!(job.state, State::Succeeded, "{:?}", job.error);
-            }
-        });
-    }
-    while let Some(done) = clients.join_next().await {
-        done.unwrap();
-    }
-    started.elapsed()
 }

@@ -14,17 +14,14 @@ mod fixtures;
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{median, row};
+use common::{median, row, submit_all};
 use helix_build::app;
 use helix_build::config::Config;
-use helix_build::job::{JobRequest, State};
-use helix_build::service::Service;
 
 const JOBS: usize = 1_000;
 const ROUNDS: usize = 3;
-const CLIENTS: usize = 64;
 const WORKERS_PER_HOST: usize = 2;
 
 fn main() {
@@ -58,8 +55,8 @@ async fn run() {
     }
 }
 
-/// Starts `hosts` hosts, submits `JOBS` jobs spread over them from
-/// `CLIENTS` tasks, and returns the time until every job succeeded.
+/// Starts `hosts` hosts, submits `JOBS` jobs spread over them, and returns
+/// the time until every job succeeded.
 async fn drain(
     postgres: &fixtures::Postgres,
     cache: &std::path::Path,
@@ -81,34 +78,8 @@ async fn drain(
         };
         services.push(app::start(&config.validated().unwrap()).await.unwrap());
     }
-    let started = Instant::now();
-    let mut clients = tokio::task::JoinSet::new();
-    for client in 0..CLIENTS {
-        let services: Vec<Service> = services.clone();
-        clients.spawn(async move {
-            let mut ids = Vec::new();
-            for i in (client..JOBS).step_by(CLIENTS) {
-                let request = JobRequest {
-                    id: Some(format!("h{hosts}-r{round}-{i}")),
-                    repo_url: "https://git.example/app.git".into(),
-                    ..JobRequest::default()
-                };
-                let service = &services[i % services.len()];
-                ids.push(service.submit(request).await.expect("accepted").id);
-            }
-            for id in ids {
-                let job = services[0]
-                    .wait(id.as_str(), Duration::from_secs(120))
-                    .await
-                    .unwrap();
-                assert_eq!(job.state, State::Succeeded, "{:?}", job.error);
-            }
-        });
-    }
-    while let Some(done) = clients.join_next().await {
-        done.unwrap();
-    }
-    let elapsed = started.elapsed();
+    let prefix = format!("hosts-{hosts}-round-{round}");
+    let elapsed = submit_all(&services, &prefix, 0..JOBS, None, true).await;
     for service in &services {
         service.stop(Duration::from_secs(5)).await;
     }

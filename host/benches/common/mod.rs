@@ -2,10 +2,11 @@
 
 #![allow(dead_code)] // each bench uses a different subset
 
-use std::time::Duration;
+use std::ops::Range;
+use std::time::{Duration, Instant};
 
 use helix_build::config::Config;
-use helix_build::job::{BuildResult, Job, Outcome};
+use helix_build::job::{BuildResult, Job, JobRequest, Outcome, State};
 use helix_build::log::JobLog;
 use helix_build::service::Service;
 
@@ -98,4 +99,54 @@ pub fn resident_bytes() -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .expect("VmRSS in /proc/self/status");
     kib * 1024
+}
+
+/// Concurrent clients of the load benches.
+pub const CLIENTS: usize = 64;
+
+/// Submits jobs `{prefix}-{i}` for every `i` in `ids` — for `builder`, or
+/// the default one — spread over `services`, from `CLIENTS` tasks. With
+/// `finish`, each task waits for each of its jobs to succeed (through the
+/// first service) before submitting the next, so at most `CLIENTS` jobs
+/// are in flight. Returns the time from the first submission to the end.
+pub async fn submit_all(
+    services: &[Service],
+    prefix: &str,
+    ids: Range<usize>,
+    builder: Option<&str>,
+    finish: bool,
+) -> Duration {
+    let started = Instant::now();
+    let mut clients = tokio::task::JoinSet::new();
+    for client in 0..CLIENTS {
+        let services = services.to_vec();
+        let ids = ids.clone();
+        let prefix = prefix.to_string();
+        let builder = builder.map(str::to_string);
+        clients.spawn(async move {
+            for i in ids.skip(client).step_by(CLIENTS) {
+                let request = JobRequest {
+                    id: Some(format!("{prefix}-{i}")),
+                    repo_url: "https://git.example/app.git".into(),
+                    builder: builder.clone(),
+                    ..JobRequest::default()
+                };
+                let job = services[i % services.len()]
+                    .submit(request)
+                    .await
+                    .expect("accepted");
+                if finish {
+                    let job = services[0]
+                        .wait(job.id.as_str(), Duration::from_secs(120))
+                        .await
+                        .unwrap();
+                    assert_eq!(job.state, State::Succeeded, "{:?}", job.error);
+                }
+            }
+        });
+    }
+    while let Some(done) = clients.join_next().await {
+        done.unwrap();
+    }
+    started.elapsed()
 }

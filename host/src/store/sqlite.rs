@@ -42,6 +42,9 @@ const MIGRATIONS: &[&str] = &[
     "CREATE INDEX jobs_by_state ON jobs (state, seq);",
 ];
 
+/// How often the WAL is checkpointed into the database file.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Most writes committed in one transaction.
 const MAX_BATCH: usize = 4096;
 
@@ -58,6 +61,8 @@ pub struct SqliteStore {
     writes: Option<mpsc::Sender<Write>>,
     writer: Option<JoinHandle<()>>,
     reader: Mutex<Connection>,
+    /// Dropped to stop the checkpointer.
+    checkpoints: Option<(mpsc::Sender<()>, JoinHandle<()>)>,
 }
 
 fn connect(path: &Path) -> Result<Connection, StoreError> {
@@ -99,16 +104,27 @@ impl SqliteStore {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let db = connect(path)?;
         migrate(&db, path)?;
+        // Checkpoints (which fsync) run on their own thread instead of
+        // inside whichever commit crosses the threshold.
+        db.pragma_update(None, "wal_autocheckpoint", 0)
+            .map_err(db_error)?;
         let reader = connect(path)?;
+        let checkpointer = connect(path)?;
         let (writes, queued) = mpsc::channel();
         let writer = std::thread::Builder::new()
             .name("helix-store-writer".into())
             .spawn(move || write_loop(db, queued))
             .map_err(db_error)?;
+        let (stop, stopped) = mpsc::channel();
+        let checkpoints = std::thread::Builder::new()
+            .name("helix-store-checkpoints".into())
+            .spawn(move || checkpoint_loop(checkpointer, stopped))
+            .map_err(db_error)?;
         Ok(SqliteStore {
             writes: Some(writes),
             writer: Some(writer),
             reader: Mutex::new(reader),
+            checkpoints: Some((stop, checkpoints)),
         })
     }
 
@@ -140,6 +156,21 @@ impl Drop for SqliteStore {
         self.writes.take();
         if let Some(writer) = self.writer.take() {
             let _ = writer.join();
+        }
+        if let Some((stop, checkpoints)) = self.checkpoints.take() {
+            drop(stop);
+            let _ = checkpoints.join();
+        }
+    }
+}
+
+/// Moves committed pages from the WAL into the database file every
+/// `CHECKPOINT_EVERY` until told to stop, without blocking the writer
+/// (a passive checkpoint copies what it can and never waits).
+fn checkpoint_loop(db: Connection, stop: mpsc::Receiver<()>) {
+    while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_EVERY) {
+        if let Err(e) = db.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::warn!("job store: checkpoint failed: {e}");
         }
     }
 }

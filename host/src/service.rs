@@ -13,9 +13,10 @@
 //! claim jobs from the database, a heartbeat keeps this host's leases and
 //! recovers jobs of hosts that stopped renewing theirs, and notifications
 //! from other hosts wake idle workers, cancel jobs running here, and tell
-//! waiters and followers of jobs running elsewhere that they changed. Every state change goes through
-//! [`Job::start`] / [`Job::finish`], so the lifecycle rules hold whatever
-//! the order of events.
+//! waiters and followers of jobs running elsewhere that they changed.
+//!
+//! Every state change goes through [`Job::start`] / [`Job::finish`], so the
+//! lifecycle rules hold whatever the order of events.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
@@ -366,7 +367,7 @@ impl Service {
             .store
             .page(state, limit.saturating_add(1), cursor)
             .await
-            .map_err(|e| ServiceError::Store(e.to_string()))?
+            .map_err(store_error)?
             .ok_or_else(|| ServiceError::UnknownCursor(cursor.unwrap_or_default().into()))?;
         let more = jobs.len() > limit;
         jobs.truncate(limit);
@@ -627,16 +628,12 @@ impl Inner {
             .store
             .get(id)
             .await
-            .map_err(|e| ServiceError::Store(e.to_string()))?
+            .map_err(store_error)?
             .ok_or_else(|| ServiceError::NotFound(id.to_string()))
     }
 
     async fn stored_log(&self, id: &str) -> Result<Vec<String>, ServiceError> {
-        self.config
-            .store
-            .log(id)
-            .await
-            .map_err(|e| ServiceError::Store(e.to_string()))
+        self.config.store.log(id).await.map_err(store_error)
     }
 
     /// A table entry for `job` with its log (continuing `earlier` lines).

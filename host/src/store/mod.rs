@@ -42,6 +42,13 @@ pub enum StoreError {
     Database(String),
 }
 
+/// Stores trim a job's stored log every this many lines, not on every line.
+const TRIM_EVERY: u64 = 256;
+
+/// Jobs whose log line count a store's writer remembers; beyond this it
+/// forgets them all and starts counting (or asking the database) again.
+const REMEMBERED_LOGS: usize = 16 * 1024;
+
 /// Resolves once a write is durable.
 pub type Commit = BoxFuture<'static, Result<(), StoreError>>;
 

@@ -24,8 +24,8 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, NoTls, Row, Statement};
 
 use super::{
-    CancelRequest, Commit, Heartbeat, JobStore, Notice, Read, SharedQueue, StoreError, StoredJob,
-    Write, acknowledge, db_error,
+    CancelRequest, Commit, Heartbeat, JobStore, Notice, REMEMBERED_LOGS, Read, SharedQueue,
+    StoreError, StoredJob, TRIM_EVERY, Write, acknowledge, db_error,
 };
 use crate::job::{Job, JobId, Outcome, State};
 
@@ -63,8 +63,6 @@ const CHANGED_CHANNEL: &str = "helix_changed";
 
 /// Most writes committed in one transaction.
 const MAX_BATCH: usize = 1024;
-/// Trim a job's stored log every this many lines.
-const TRIM_EVERY: u64 = 256;
 /// How long to wait before reconnecting the listener after it lost the
 /// database.
 const RECONNECT_DELAY: Duration = Duration::from_millis(500);
@@ -390,7 +388,7 @@ async fn write_loop(url: String, host: String, mut queued: mpsc::UnboundedReceiv
             vec![Err(e); batch.len()]
         });
         acknowledge(std::mem::take(&mut batch), results);
-        if lines.len() > 16 * 1024 {
+        if lines.len() > REMEMBERED_LOGS {
             lines.clear();
         }
     }

@@ -18,7 +18,10 @@ use std::thread::JoinHandle;
 use futures_util::FutureExt as _;
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{Commit, JobStore, Read, StoreError, StoredJob, Write, acknowledge, db_error};
+use super::{
+    Commit, JobStore, REMEMBERED_LOGS, Read, StoreError, StoredJob, TRIM_EVERY, Write, acknowledge,
+    db_error,
+};
 use crate::job::{Job, JobId, State};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how
@@ -47,13 +50,6 @@ const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Most writes committed in one transaction.
 const MAX_BATCH: usize = 4096;
-
-/// Trim a job's stored log every this many lines, not on every line.
-const TRIM_EVERY: i64 = 256;
-
-/// Jobs whose next log line number the writer remembers; beyond this it
-/// forgets them all and asks the database again.
-const REMEMBERED_LOGS: usize = 16 * 1024;
 
 /// A job store in one SQLite database file.
 pub struct SqliteStore {
@@ -274,7 +270,7 @@ fn append_line(
         .and_then(|mut s| s.execute(params![id.as_str(), n, line]))
         .map_err(db_error)?;
     let cap = i64::try_from(cap).unwrap_or(i64::MAX);
-    if n % TRIM_EVERY == 0 && n >= cap {
+    if n.unsigned_abs().is_multiple_of(TRIM_EVERY) && n >= cap {
         tx.prepare_cached("DELETE FROM job_logs WHERE job_id = ?1 AND n <= ?2")
             .and_then(|mut s| s.execute(params![id.as_str(), n - cap]))
             .map_err(db_error)?;

@@ -375,23 +375,44 @@ fn kill_9_during_builds_loses_no_accepted_job_and_runs_none_twice_at_once() {
     }
 }
 
+/// Writes a config for host `name` on `postgres` into `dir`; returns its
+/// path.
+fn shared_host_config(
+    dir: &tempfile::TempDir,
+    postgres: &fixtures::Postgres,
+    name: &str,
+    workers: usize,
+    lease_secs: u64,
+) -> std::path::PathBuf {
+    let path = dir.path().join("helix.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "workers = {workers}\nlease_secs = {lease_secs}\nhost_id = '{name}'\nstore_url = '{}'\n",
+            postgres.url()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// Polls job `id` on `server` every 20 ms, at most `tries` times, until
+/// it is running; returns the job as last read, and whether it ran.
+fn until_running(server: &Server, id: &str, tries: usize) -> (bool, Value) {
+    let mut job = Value::Null;
+    let running = (0..tries).any(|_| {
+        std::thread::sleep(Duration::from_millis(20));
+        job = server.json("GET", &format!("/v1/jobs/{id}"), None).1;
+        job["state"] == "running"
+    });
+    (running, job)
+}
+
 #[test]
 fn a_host_killed_mid_build_leaves_its_jobs_to_another_host() {
     let postgres = fixtures::Postgres::start();
-    let host_config = |dir: &tempfile::TempDir, name: &str| {
-        let path = dir.path().join("helix.toml");
-        std::fs::write(
-            &path,
-            format!(
-                "workers = 2\nlease_secs = 3\nhost_id = '{name}'\nstore_url = '{}'\n",
-                postgres.url()
-            ),
-        )
-        .unwrap();
-        path
-    };
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let config_a = host_config(&dir_a, "a");
+    let config_a = shared_host_config(&dir_a, &postgres, "a", 2, 3);
     let mut a = Server::start_in(dir_a.path(), &["--config", config_a.to_str().unwrap()]);
     let ids: Vec<String> = (0..6).map(|i| format!("lost-{i}")).collect();
     for id in &ids {
@@ -399,15 +420,11 @@ fn a_host_killed_mid_build_leaves_its_jobs_to_another_host() {
     }
     // A runs the first two and dies without warning; B starts after.
     for id in &ids[..2] {
-        let running = (0..100).any(|_| {
-            std::thread::sleep(Duration::from_millis(20));
-            a.json("GET", &format!("/v1/jobs/{id}"), None).1["state"] == "running"
-        });
-        assert!(running, "{id} never ran on a");
+        assert!(until_running(&a, id, 100).0, "{id} never ran on a");
     }
     a.child.kill().unwrap();
     a.child.wait().unwrap();
-    let config_b = host_config(&dir_b, "b");
+    let config_b = shared_host_config(&dir_b, &postgres, "b", 2, 3);
     let b = Server::start_in(dir_b.path(), &["--config", config_b.to_str().unwrap()]);
 
     for id in &ids {
@@ -435,34 +452,17 @@ fn a_host_killed_mid_build_leaves_its_jobs_to_another_host() {
 fn a_host_restarting_under_its_name_takes_its_runs_back_without_waiting_for_the_lease() {
     let postgres = fixtures::Postgres::start();
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("helix.toml");
     // A lease far longer than the test may wait.
-    std::fs::write(
-        &config,
-        format!(
-            "workers = 1\nlease_secs = 600\nhost_id = 'a'\nstore_url = '{}'\n",
-            postgres.url()
-        ),
-    )
-    .unwrap();
+    let config = shared_host_config(&dir, &postgres, "a", 1, 600);
     let args = ["--config", config.to_str().unwrap()];
     let mut a = Server::start_in(dir.path(), &args);
     submit(&a, "comeback", json!({"HELIX_SIMULATE_DELAY_MS": "60000"}));
-    let running = (0..100).any(|_| {
-        std::thread::sleep(Duration::from_millis(20));
-        a.json("GET", "/v1/jobs/comeback", None).1["state"] == "running"
-    });
-    assert!(running);
+    assert!(until_running(&a, "comeback", 100).0);
     a.child.kill().unwrap();
     a.child.wait().unwrap();
 
     let a = Server::start_in(dir.path(), &args);
-    let mut job = Value::Null;
-    let rerun = (0..250).any(|_| {
-        std::thread::sleep(Duration::from_millis(20));
-        job = a.json("GET", "/v1/jobs/comeback", None).1;
-        job["state"] == "running"
-    });
+    let (rerun, job) = until_running(&a, "comeback", 250);
     assert!(rerun, "not run again within 5 s: {job}");
     assert_eq!(job["attempts"], 2, "{job}");
     let (_, logs) = a.request("GET", "/v1/jobs/comeback/logs", None);

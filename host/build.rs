@@ -63,6 +63,10 @@ fn main() {
     }
 
     check_target_installed();
+    println!(
+        "cargo::rustc-env=HELIX_WIT_VERSION={}",
+        wit_version(&root.join("wit").join("world.wit"))
+    );
 
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     // The outer build holds the lock on its own target dir.
@@ -124,6 +128,23 @@ fn main() {
         "cargo::rustc-env=HELIX_TESTING_PLUGIN_DIR={}",
         staged.display()
     );
+}
+
+/// The version in `package helix:build@X.Y.Z;`, so the host's idea of its
+/// contract version can never drift from the WIT it was built from.
+fn wit_version(world: &Path) -> String {
+    let text = std::fs::read_to_string(world)
+        .unwrap_or_else(|e| fail(&format!("reading {}: {e}", world.display())));
+    text.lines()
+        .find_map(|line| line.trim().strip_prefix("package helix:build@"))
+        .and_then(|rest| rest.strip_suffix(';'))
+        .map(str::to_string)
+        .unwrap_or_else(|| {
+            fail(&format!(
+                "{} declares no `package helix:build@X.Y.Z;`",
+                world.display()
+            ))
+        })
 }
 
 /// Stops with one line saying how to install the target when it is missing

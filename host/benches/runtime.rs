@@ -21,9 +21,9 @@ use chrono::Utc;
 use helix_build::cancel::CancelSignal;
 use helix_build::config::Config;
 use helix_build::exec::{CommandRunner, CommandSpec, Grants, ProgramGrant};
-use helix_build::job::{Job, JobId, JobRequest, Outcome, SubmitPolicy};
+use helix_build::job::{Job, JobId, JobRequest, SubmitPolicy};
 use helix_build::log::JobLog;
-use helix_build::plugin::{ComponentCache, PluginRuntime, PoolSizing, RunContext};
+use helix_build::plugin::{Built, ComponentCache, PluginRuntime, PoolSizing, RunContext};
 
 const LOAD_ROUNDS: usize = 5;
 const JOB_ROUNDS: usize = 2_000;
@@ -101,11 +101,12 @@ async fn run() {
             log: Arc::new(JobLog::new(100)),
             cancel: CancelSignal::new(),
             workspace: workspace.path().to_path_buf(),
+            commit: None,
         };
         let started = Instant::now();
         let outcome = builder.run(&job, ctx).await;
         per_job.push(started.elapsed());
-        assert!(matches!(outcome, Outcome::Succeeded(_)), "{outcome:?}");
+        assert!(matches!(outcome, Ok(Built::Simulated(_))), "{outcome:?}");
     }
     let per_job = median(&mut per_job);
     let micros = per_job.as_secs_f64() * 1e6;
@@ -129,6 +130,7 @@ async fn command_overhead(workspace: &std::path::Path) {
         programs: vec![ProgramGrant {
             command: "true".into(),
             args: Vec::new(),
+            options: Default::default(),
         }],
         ..Grants::default()
     };

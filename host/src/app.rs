@@ -8,6 +8,7 @@ use crate::job::SubmitPolicy;
 use crate::plugin::{ComponentCache, PluginError, PluginRuntime, PoolSizing};
 use crate::registry::RegistryCheck;
 use crate::service::{Service, ServiceConfig, Shared};
+use crate::source::Checkout;
 use crate::store::{JobStore, PostgresStore, SqliteStore, StoreError};
 
 /// Builder instances allowed beyond one per worker: load-time `info` calls
@@ -88,6 +89,10 @@ pub async fn start_with(
             config.insecure_registries(),
             config.registry_auth_file.clone(),
         ),
+        checkout: Checkout {
+            allow_file_repos: config.allow_file_repos,
+        },
+        default_registry: config.default_registry.clone(),
     };
     Ok(Service::start(service_config, Arc::new(runtime)).await?)
 }

@@ -1,7 +1,8 @@
 //! Builder components compiled into this binary by `build.rs`, so the host
 //! runs with no files beside it, and the grants each needs by default.
 
-use crate::exec::{Grants, ProgramGrant};
+use crate::exec::{Grants, ProgramGrant, ValueType};
+use crate::network::BuildNetwork;
 
 include!(concat!(env!("OUT_DIR"), "/builtin_components.rs"));
 
@@ -19,56 +20,66 @@ pub fn names() -> impl Iterator<Item = &'static str> {
 }
 
 /// The grants a built-in builder gets unless the config gives its own:
-/// nothing for `simulated`; for `podman` and `buildah` exactly the git,
-/// build-tool and `skopeo inspect` invocations `plugins/kit` makes, with
-/// container storage confined to the job workspace.
-pub fn default_grants(name: &str) -> Grants {
+/// nothing for `simulated`; for `podman` and `buildah` exactly the build
+/// and export invocations `plugins/kit` makes — container storage inside
+/// the job workspace, every `RUN` step in an OCI container under runc on
+/// `network`, the image exported to an OCI layout in the workspace. No
+/// git, no push, no credentials: the host does those.
+pub fn default_grants(name: &str, network: BuildNetwork) -> Grants {
     match name {
-        "podman" | "buildah" => real_builder_grants(name),
+        "podman" | "buildah" => real_builder_grants(name, network),
         _ => Grants::default(),
     }
 }
 
-/// The global flags the real builders pass to podman and buildah: per-job
-/// container storage inside the job workspace (`plugins/kit` uses the
-/// same list).
-pub const CONTAINER_STORAGE_ARGS: [&str; 6] = [
-    "--root",
-    "storage",
-    "--runroot",
-    "run",
-    "--storage-driver",
-    "vfs",
-];
-
-fn real_builder_grants(tool: &str) -> Grants {
-    let grant = |command: &str, args: &[&str]| ProgramGrant {
-        command: command.into(),
-        args: args.iter().map(|a| a.to_string()).collect(),
-    };
-    let tool_grant = |args: &[&str]| {
-        let all: Vec<&str> = CONTAINER_STORAGE_ARGS.iter().chain(args).copied().collect();
-        grant(tool, &all)
+fn real_builder_grants(tool: &str, network: BuildNetwork) -> Grants {
+    // Before the subcommand, as plugins/kit passes them; pinned, so no
+    // call can give a second --root or --cgroup-manager.
+    const GLOBAL: [&str; 8] = [
+        "--root",
+        "{path}",
+        "--runroot",
+        "{path}",
+        "--storage-driver",
+        "vfs",
+        "--cgroup-manager",
+        "cgroupfs",
+    ];
+    let grant = |args: &[&str], options: &[(&str, ValueType)]| ProgramGrant {
+        command: tool.into(),
+        args: GLOBAL.iter().chain(args).map(|a| a.to_string()).collect(),
+        options: options
+            .iter()
+            .map(|(name, ty)| (name.to_string(), *ty))
+            .collect(),
     };
     Grants {
         programs: vec![
-            grant("git", &["clone", "--depth", "1", "--", "*", "src"]),
             grant(
-                "git",
-                &["clone", "--depth", "1", "--branch", "*", "--", "*", "src"],
+                &[
+                    "build",
+                    "--isolation",
+                    "oci",
+                    "--runtime",
+                    "runc",
+                    "--network",
+                    network.flag_value(),
+                    "{path}",
+                ],
+                &[
+                    ("-f", ValueType::Path),
+                    ("--build-arg", ValueType::Text),
+                    ("--platform", ValueType::Text),
+                    ("--tag", ValueType::Text),
+                    ("--manifest", ValueType::Text),
+                ],
             ),
-            grant("git", &["clone", "--", "*", "src"]),
-            grant("git", &["-C", "src", "checkout", "--detach", "*"]),
-            grant("git", &["-C", "src", "rev-parse", "HEAD"]),
-            tool_grant(&["build", "--isolation", "chroot", "**"]),
-            tool_grant(&["push", "**"]),
-            tool_grant(&["manifest", "push", "--all", "**"]),
-            grant("skopeo", &["inspect", "--raw", "**"]),
+            grant(&["push", "*", "oci:{path}"], &[]),
+            grant(&["manifest", "push", "--all", "*", "oci:{path}"], &[]),
         ],
-        env: [("GIT_TERMINAL_PROMPT".to_string(), "0".to_string())].into(),
-        // PATH for git's transport helpers. Registry credentials arrive as
-        // REGISTRY_AUTH_FILE when the config names `registry_auth_file`.
-        pass_env: vec!["PATH".into(), "HOME".into()],
+        // PATH so the tools find their helpers (runc, conmon, the CNI
+        // plugins); nothing else of the host's environment.
+        pass_env: vec!["PATH".into()],
         ..Grants::default()
     }
 }

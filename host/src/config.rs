@@ -10,7 +10,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::builtin;
-use crate::exec::Grants;
+use crate::exec::{Grants, ValuePolicy};
+use crate::network::BuildNetwork;
 use crate::plugin::{BuilderSource, Limits, Origin};
 
 /// The whole configuration. `Config::default()` is what `helix-build serve`
@@ -67,9 +68,8 @@ pub struct Config {
     /// Per-registry settings, by `host[:port]`.
     pub registries: BTreeMap<String, RegistryConfig>,
     /// Registry credentials: a containers auth file (`auth.json`, as
-    /// `podman login --authfile` writes). Given to builders' programs and
-    /// the registry check as `REGISTRY_AUTH_FILE`; its contents never reach
-    /// a log or a job.
+    /// `podman login --authfile` writes). Only the host's own push and
+    /// registry check use it; no builder and no granted program gets it.
     pub registry_auth_file: Option<PathBuf>,
     /// Builders by the name jobs use. Every built-in builder is available
     /// unless an entry of that name replaces it.
@@ -112,15 +112,20 @@ pub struct BuilderConfig {
     /// Wall-clock limit on one job, in seconds.
     pub timeout_secs: u64,
     /// Values the builder reads through `job-context.setting`, on top of
-    /// those the host sets: `default_registry`, `insecure_registries`,
-    /// `allow_file_repos`.
+    /// the one the host sets: `network` (the `--network` value for its
+    /// build steps).
     pub settings: BTreeMap<String, String>,
+    /// What the builder's build steps may reach: `none`, `private` (the
+    /// world but no address of this host; the default) or `host`.
+    pub network: BuildNetwork,
     /// What the builder may run and see. Absent: a built-in builder's own
     /// defaults, nothing for any other.
     pub grants: Option<Grants>,
 }
 
 const MAX_WORKERS: usize = 256;
+/// The setting through which a builder learns its `--network` value.
+const NETWORK_SETTING: &str = "network";
 const MAX_MEMORY_MIB: u64 = 16 * 1024;
 
 impl Default for Config {
@@ -156,6 +161,7 @@ impl Default for BuilderConfig {
             memory_mib: 512,
             timeout_secs: 3600,
             settings: BTreeMap::new(),
+            network: BuildNetwork::default(),
             grants: None,
         }
     }
@@ -240,6 +246,11 @@ impl Config {
             if builder.timeout_secs == 0 {
                 return invalid(format!("builders.{name}.timeout_secs must be at least 1"));
             }
+            if builder.settings.contains_key(NETWORK_SETTING) {
+                return invalid(format!(
+                    "builders.{name}.settings.{NETWORK_SETTING} is set by the host; use builders.{name}.network"
+                ));
+            }
             if let Some(grants) = &builder.grants {
                 grants
                     .validate(&format!("builders.{name}.grants"))
@@ -308,20 +319,18 @@ impl Config {
                         (Origin::BuiltIn, bytes.into())
                     }
                 };
-                let mut grants = builder
+                let grants = builder
                     .grants
                     .clone()
-                    .unwrap_or_else(|| builtin::default_grants(&name));
-                if let Some(file) = &self.registry_auth_file {
-                    grants
-                        .env
-                        .insert("REGISTRY_AUTH_FILE".into(), file.display().to_string());
-                }
-                let mut settings = self.host_settings();
-                settings.extend(builder.settings.clone());
+                    .unwrap_or_else(|| builtin::default_grants(&name, builder.network));
+                let mut settings = builder.settings.clone();
+                settings.insert(NETWORK_SETTING.into(), builder.network.flag_value().into());
                 Ok(BuilderSource {
                     limits: builder.limits(),
-                    grants: grants.resolve(|name| std::env::var(name).ok()),
+                    grants: grants
+                        .resolve(|name| std::env::var(name).ok())
+                        .with_values(self.value_policy()),
+                    network: builder.network,
                     name,
                     origin,
                     bytes,
@@ -362,18 +371,18 @@ impl Config {
         })
     }
 
-    /// Settings every builder gets from the host's own config.
-    fn host_settings(&self) -> BTreeMap<String, String> {
-        let mut settings = BTreeMap::new();
-        if let Some(registry) = &self.default_registry {
-            settings.insert("default_registry".into(), registry.clone());
+    /// What typed grant values are checked against: the configured
+    /// registries (and the default one's) and the repository policy.
+    fn value_policy(&self) -> ValuePolicy {
+        let mut registries: std::collections::BTreeSet<String> =
+            self.registries.keys().cloned().collect();
+        if let Some(default) = &self.default_registry {
+            registries.insert(crate::reference::registry_of(default).to_string());
         }
-        settings.insert(
-            "insecure_registries".into(),
-            self.insecure_registries().join(","),
-        );
-        settings.insert("allow_file_repos".into(), self.allow_file_repos.to_string());
-        settings
+        ValuePolicy {
+            registries,
+            allow_file_repos: self.allow_file_repos,
+        }
     }
 
     /// Registries configured with `tls_verify = false`.
@@ -485,13 +494,33 @@ mod tests {
         assert_eq!(sim.limits.timeout, Duration::from_secs(5));
         assert_eq!(sim.settings["delay_ms"], "10");
         assert_eq!(
-            sim.settings["allow_file_repos"], "false",
-            "host settings are added"
+            sim.settings["network"], "helix-private",
+            "the host adds the network setting"
         );
+        let config = parse(
+            "[builders.podman]
+network = 'none'",
+        )
+        .unwrap();
+        let sources = config.builder_sources().unwrap();
+        let podman = sources.iter().find(|s| s.name == "podman").unwrap();
+        assert_eq!(podman.settings["network"], "none");
+        let err = parse(
+            "[builders.podman]
+network = 'bridge'",
+        )
+        .unwrap_err();
+        assert!(err.contains("network"), "{err}");
+        let err = parse(
+            "[builders.podman]
+settings = { network = 'host' }",
+        )
+        .unwrap_err();
+        assert!(err.contains("builders.podman.network"), "{err}");
     }
 
     #[test]
-    fn registry_auth_file_reaches_every_builders_programs_by_name() {
+    fn registry_auth_file_reaches_no_builders_programs() {
         let file = tempfile::NamedTempFile::new().unwrap();
         let text = format!(
             "registry_auth_file = {:?}",
@@ -500,10 +529,18 @@ mod tests {
         let config = parse(&text).unwrap();
         for source in config.builder_sources().unwrap() {
             assert!(
-                source
+                !source
                     .grants
                     .env_names()
                     .contains(&"REGISTRY_AUTH_FILE".to_string()),
+                "{}",
+                source.name
+            );
+            assert!(
+                !source
+                    .settings
+                    .values()
+                    .any(|v| v.contains(&file.path().display().to_string())),
                 "{}",
                 source.name
             );

@@ -482,7 +482,7 @@ impl Job {
     }
 }
 
-fn validate_repo_url(url: &str, policy: &SubmitPolicy) -> Result<(), InvalidJob> {
+pub(crate) fn validate_repo_url(url: &str, policy: &SubmitPolicy) -> Result<(), InvalidJob> {
     let err = |message: String| Err(InvalidJob::new("repo_url", message));
     if url.is_empty() || url.len() > 2048 {
         return err("must be 1 to 2048 characters".into());

@@ -1,23 +1,31 @@
-//! Checking a builder's report against the registry: the job succeeds only
-//! if the pushed tag resolves to the digest the builder reported and, for a
-//! multi-platform job, its index lists every requested platform.
+//! Publishing a build: the host pushes the image a builder left in its
+//! workspace, with credentials no builder and no granted program can read,
+//! and the job succeeds only if the registry then holds the tag at the
+//! digest the host pushed and, for several platforms, an index listing
+//! every requested one.
 //!
-//! Uses `skopeo inspect --raw`, which speaks the OCI distribution API with
-//! the host's TLS configuration and the configured auth file.
+//! Uses `skopeo copy` and `skopeo inspect --raw`, which speak the OCI
+//! distribution API with the configured TLS settings and auth file.
 
-use std::collections::BTreeSet;
-use std::path::PathBuf;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use sha2::{Digest as _, Sha256};
 
-use crate::job::BuildResult;
+use crate::cancel::CancelSignal;
+use crate::exec::{HostCommand, RunError};
+use crate::job::{BuildResult, FailureKind, Outcome};
+use crate::log::JobLog;
 use crate::platform::Platform;
+use crate::reference::registry_of;
 
 /// How long one registry query may take.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a push may take.
+const PUSH_TIMEOUT: Duration = Duration::from_secs(1800);
 
-/// Asks registries what a tag really points to.
+/// Pushes images and asks registries what a tag really points to.
 #[derive(Debug, Clone, Default)]
 pub struct RegistryCheck {
     /// Registries (`host[:port]`) reached without TLS verification.
@@ -34,22 +42,103 @@ impl RegistryCheck {
         }
     }
 
-    /// Returns what `verified …` line to log, or what did not match.
-    pub async fn verify(
+    /// Pushes the OCI layout at `layout` (inside a job workspace) to
+    /// `image`, then reads the registry back: the job's result, or the
+    /// outcome saying why it failed (a layout the builder got wrong is the
+    /// plugin's fault, a refused push the registry's).
+    pub async fn publish(
         &self,
-        result: &BuildResult,
+        layout: &Path,
+        image: &str,
         requested: &[Platform],
-    ) -> Result<String, String> {
-        let tag = &result.image_tag;
-        let raw = self.raw_manifest(tag).await?;
-        let actual = format!("sha256:{}", hex::encode(Sha256::digest(&raw)));
-        if let Some(reported) = &result.digest
-            && reported.as_str() != actual
-        {
-            return Err(format!(
-                "{tag} resolves to {actual} in the registry, but the builder reported {reported}"
+        log: &JobLog,
+        cancel: &CancelSignal,
+    ) -> Result<BuildResult, Outcome> {
+        check_layout(layout).map_err(|e| Outcome::failed(FailureKind::Plugin, e))?;
+        log.push(&format!("[helix] pushing the built image to {image}"));
+        let mut args = vec![
+            "copy".to_string(),
+            "--all".into(),
+            "--quiet".into(),
+            "--digestfile".into(),
+            "/dev/stdout".into(),
+        ];
+        if self.insecure.contains(registry_of(image)) {
+            args.push("--dest-tls-verify=false".into());
+        }
+        if let Some(file) = &self.auth_file {
+            args.push(format!("--dest-authfile={}", file.display()));
+        }
+        args.push(format!("oci:{}", layout.display()));
+        args.push(format!("docker://{image}"));
+        let env = BTreeMap::from([(
+            "PATH".to_string(),
+            std::env::var("PATH").unwrap_or_default(),
+        )]);
+        let pushed = HostCommand {
+            program: "skopeo",
+            args: &args,
+            env: &env,
+            cwd: layout,
+            timeout: Some(PUSH_TIMEOUT),
+            log,
+            cancel,
+        }
+        .run()
+        .await
+        .map_err(|e| match e {
+            RunError::Cancelled => Outcome::Cancelled {
+                reason: cancel.reason(),
+            },
+            RunError::TimedOut => Outcome::failed(
+                FailureKind::Registry,
+                format!(
+                    "pushing {image} took longer than {}s",
+                    PUSH_TIMEOUT.as_secs()
+                ),
+            ),
+            other => Outcome::failed(
+                FailureKind::Host,
+                format!("cannot run skopeo to push: {other}; install skopeo on the build host"),
+            ),
+        })?;
+        if pushed.exit_code != 0 {
+            return Err(Outcome::failed(
+                FailureKind::Registry,
+                format!(
+                    "pushing {image} failed: {}",
+                    crate::source::last_error_line(&pushed.stderr)
+                ),
             ));
         }
+        let digest = pushed.stdout.trim().to_string();
+        let result = self
+            .verify(image, &digest, requested)
+            .await
+            .map_err(|e| Outcome::failed(FailureKind::Registry, e))?;
+        log.push(&format!(
+            "[helix] verified: {image} is {digest} in the registry"
+        ));
+        Ok(result)
+    }
+
+    /// What `tag` holds now, if it is the `pushed` digest with every
+    /// requested platform.
+    async fn verify(
+        &self,
+        tag: &str,
+        pushed: &str,
+        requested: &[Platform],
+    ) -> Result<BuildResult, String> {
+        let raw = self.raw_manifest(tag).await?;
+        let actual = format!("sha256:{}", hex::encode(Sha256::digest(&raw)));
+        if pushed != actual {
+            return Err(format!(
+                "{tag} resolves to {actual} in the registry, but the host pushed {pushed:?}; \
+                 did something else push the same tag?"
+            ));
+        }
+        let mut platform_digests = Vec::new();
         if requested.len() > 1 {
             let listed = index_platforms(&raw).map_err(|e| format!("{tag}: {e}"))?;
             let missing: Vec<String> = requested
@@ -63,23 +152,20 @@ impl RegistryCheck {
                     missing.join(", ")
                 ));
             }
-            for (platform, digest) in result.manifest.iter() {
-                let in_registry = listed.iter().find(|(p, _)| p == platform).map(|(_, d)| d);
-                if in_registry.is_some_and(|d| d != digest.as_str()) {
-                    return Err(format!(
-                        "the index of {tag} has a different image for {platform} than the builder reported"
-                    ));
-                }
-            }
+            platform_digests = listed
+                .into_iter()
+                .filter(|(p, _)| requested.contains(p))
+                .map(|(p, d)| (p.to_string(), d))
+                .collect();
         }
-        Ok(format!("{tag} is {actual} in the registry"))
+        BuildResult::validate(tag.to_string(), Some(actual), platform_digests, requested)
+            .map_err(|e| format!("the registry {e}"))
     }
 
     async fn raw_manifest(&self, tag: &str) -> Result<Vec<u8>, String> {
-        let registry = tag.split('/').next().unwrap_or_default();
         let mut command = tokio::process::Command::new("skopeo");
         command.arg("inspect").arg("--raw");
-        if self.insecure.contains(registry) {
+        if self.insecure.contains(registry_of(tag)) {
             command.arg("--tls-verify=false");
         }
         if let Some(file) = &self.auth_file {
@@ -110,6 +196,56 @@ impl RegistryCheck {
             ));
         }
         Ok(output.stdout)
+    }
+}
+
+/// A layout the host may read: a directory of plain files and directories
+/// only. A symbolic link (or a device, a FIFO) could make the push read a
+/// host file or hang, so any is refused.
+fn check_layout(layout: &Path) -> Result<(), String> {
+    let shown = layout.display();
+    let mut pending = vec![layout.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        let meta = std::fs::symlink_metadata(&dir)
+            .map_err(|e| format!("the builder left no image at {shown}: {e}"))?;
+        if !meta.is_dir() {
+            return Err(format!(
+                "the builder's image {shown} must be an OCI layout directory, found {}",
+                kind(&meta)
+            ));
+        }
+        let entries = std::fs::read_dir(&dir).map_err(|e| format!("cannot read {shown}: {e}"))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| format!("cannot read {shown}: {e}"))?;
+            let meta = entry
+                .metadata()
+                .map_err(|e| format!("cannot read {}: {e}", entry.path().display()))?;
+            if meta.is_dir() {
+                pending.push(entry.path());
+            } else if !meta.is_file() {
+                return Err(format!(
+                    "the builder's image holds {} at {}; an OCI layout may hold only files and directories",
+                    kind(&meta),
+                    entry.path().display()
+                ));
+            }
+        }
+    }
+    if !layout.join("index.json").is_file() {
+        return Err(format!(
+            "the builder's image {shown} has no index.json: it is not an OCI layout"
+        ));
+    }
+    Ok(())
+}
+
+fn kind(meta: &std::fs::Metadata) -> &'static str {
+    if meta.file_type().is_symlink() {
+        "a symbolic link"
+    } else if meta.is_file() {
+        "a file"
+    } else {
+        "a special file"
     }
 }
 

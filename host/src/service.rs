@@ -32,8 +32,9 @@ use tracing::Instrument;
 use crate::cancel::CancelSignal;
 use crate::job::{FailureKind, InvalidJob, Job, JobId, JobRequest, Outcome, State, SubmitPolicy};
 use crate::log::{JobLog, Redactor};
-use crate::plugin::{PluginRuntime, RunContext};
+use crate::plugin::{Built, PluginRuntime, RunContext};
 use crate::registry::RegistryCheck;
+use crate::source::Checkout;
 use crate::store::{
     CancelRequest, Heartbeat, JobStore, Notice, SharedQueue, StoreError, StoredJob,
 };
@@ -50,8 +51,12 @@ pub struct ServiceConfig {
     pub workspace_dir: PathBuf,
     /// Leave the workspace of a job that did not succeed in place.
     pub keep_failed_workspaces: bool,
-    /// Confirms real builders' reports against the registry.
+    /// Pushes what real builders built and confirms it in the registry.
     pub registry_check: RegistryCheck,
+    /// Checks out real builders' sources.
+    pub checkout: Checkout,
+    /// Where images of jobs that name none go (`host[:port][/namespace]`).
+    pub default_registry: Option<String>,
     /// Where jobs outlive this process.
     pub store: Arc<dyn JobStore>,
     /// Runs a job may start before an interruption (the host dying while
@@ -856,9 +861,10 @@ impl Inner {
         self.record(&job.id, outcome).await;
     }
 
-    /// Runs `job` on its builder in a fresh workspace and confirms the
-    /// result; the workspace is removed afterwards unless the job failed
-    /// and the operator keeps failed workspaces.
+    /// Runs `job` in a fresh workspace: for a real builder the host checks
+    /// the source out, the builder builds it, and the host pushes and
+    /// confirms the image. The workspace is removed afterwards unless the
+    /// job failed and the operator keeps failed workspaces.
     async fn execute(&self, job: &Job, log: Arc<JobLog>, cancel: CancelSignal) -> Outcome {
         let Some(builder) = self.runtime.builder(&job.builder) else {
             return Outcome::failed(
@@ -883,15 +889,10 @@ impl Inner {
             ),
             None => format!("[helix] running on builder '{}'", job.builder),
         });
-        let ctx = RunContext {
-            log: log.clone(),
-            cancel,
-            workspace: workspace.clone(),
-        };
-        let outcome = builder.run(job, ctx).await;
         let outcome = self
-            .confirm(outcome, job, builder.info().simulated, &log)
-            .await;
+            .build_and_publish(job, &builder, &workspace, &log, &cancel)
+            .await
+            .unwrap_or_else(|ended| ended);
         let failed = !matches!(outcome, Outcome::Succeeded(_));
         if failed && self.config.keep_failed_workspaces {
             log.push(&format!(
@@ -904,26 +905,65 @@ impl Inner {
         outcome
     }
 
-    /// A real builder's success stands only once the registry shows it.
-    async fn confirm(&self, outcome: Outcome, job: &Job, simulated: bool, log: &JobLog) -> Outcome {
-        let Outcome::Succeeded(result) = &outcome else {
-            return outcome;
+    async fn build_and_publish(
+        &self,
+        job: &Job,
+        builder: &crate::plugin::Builder,
+        workspace: &std::path::Path,
+        log: &Arc<JobLog>,
+        cancel: &CancelSignal,
+    ) -> Result<Outcome, Outcome> {
+        let simulated = builder.info().simulated;
+        let (image, commit) = if simulated {
+            (None, None)
+        } else {
+            let Some(image) =
+                crate::reference::job_image(job, self.config.default_registry.as_deref())
+            else {
+                return Err(Outcome::failed(
+                    FailureKind::InvalidJob,
+                    "the job names no image and the operator configured no default registry; set `image`",
+                ));
+            };
+            builder.network().prepare().await.map_err(|e| {
+                Outcome::failed(
+                    FailureKind::Host,
+                    format!("{e}; or set builders.{}.network = \"none\"", job.builder),
+                )
+            })?;
+            let commit = self
+                .config
+                .checkout
+                .fetch(job, workspace, log, cancel)
+                .await?;
+            (Some(image), Some(commit))
         };
-        if simulated {
-            log.push("[helix] simulated builder: no image, so no registry check");
-            return outcome;
-        }
-        match self
-            .config
-            .registry_check
-            .verify(result, &job.platforms)
-            .await
-        {
-            Ok(verified) => {
-                log.push(&format!("[helix] verified: {verified}"));
-                outcome
+        let ctx = RunContext {
+            log: log.clone(),
+            cancel: cancel.clone(),
+            workspace: workspace.to_path_buf(),
+            commit,
+        };
+        match (builder.run(job, ctx).await?, image) {
+            (Built::Simulated(result), _) => {
+                log.push("[helix] simulated builder: no image, so nothing pushed or checked");
+                Ok(Outcome::Succeeded(result))
             }
-            Err(mismatch) => Outcome::failed(FailureKind::Registry, mismatch),
+            (Built::Layout(layout), Some(image)) => self
+                .config
+                .registry_check
+                .publish(&layout, &image, &job.platforms, log, cancel)
+                .await
+                .map(Outcome::Succeeded)
+                .map_err(|outcome| outcome.redacted(|text| log.redact(text))),
+            // Builder::run refuses a layout from a simulated builder.
+            (Built::Layout(_), None) => Err(Outcome::failed(
+                FailureKind::Plugin,
+                format!(
+                    "simulated builder '{}' returned an image to push",
+                    job.builder
+                ),
+            )),
         }
     }
 }

@@ -1,10 +1,23 @@
 //! What a builder may run: the operator's grants, and matching a call
 //! against them.
 //!
-//! Nothing is granted by default. A program grant names one command and an
-//! argument pattern: a literal matches itself, `*` exactly one argument,
-//! `**` (last only) any remaining arguments, including none. Without `**`
-//! the argument count must match.
+//! Nothing is granted by default. A program grant names one command, an
+//! argument pattern and the options the builder may add:
+//!
+//! - In the pattern, a literal matches itself; `*` one argument that is not
+//!   an option (does not start with `-`); `**` (last only) the remaining
+//!   non-option arguments, including none; `{path}`, `{image}`, `{url}`
+//!   (after an optional literal prefix, as in `oci:{path}`) one argument of
+//!   that type. Without `**` the argument count must match.
+//! - `options` lists, by name, the options the builder may put anywhere
+//!   among the arguments, each with the type of its value (`flag` for
+//!   none), given as `--name=value` or `--name value`. Any other argument
+//!   starting with `-` is refused, and an option the pattern pins (a
+//!   literal starting with `-`) cannot be given again.
+//! - Typed values: a `path` must resolve inside the job workspace,
+//!   symbolic links followed; an `image` must be in a registry the
+//!   operator configured; a `url` must pass the policy a job's `repo_url`
+//!   does; `text` is anything.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -38,6 +51,55 @@ pub struct ProgramGrant {
     /// Argument patterns; absent means no arguments.
     #[serde(default)]
     pub args: Vec<String>,
+    /// Options the builder may add, by name (`-f`, `--build-arg`), with
+    /// the type of their value; absent means none.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub options: BTreeMap<String, ValueType>,
+}
+
+/// What an option's value, or a typed pattern, accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ValueType {
+    /// An option without a value.
+    Flag,
+    /// Any value.
+    Text,
+    /// A path that resolves inside the job workspace.
+    Path,
+    /// An image reference in a registry the operator configured.
+    Image,
+    /// A repository URL the job policy accepts.
+    Url,
+}
+
+impl ValueType {
+    fn from_placeholder(name: &str) -> Option<Self> {
+        match name {
+            "path" => Some(ValueType::Path),
+            "image" => Some(ValueType::Image),
+            "url" => Some(ValueType::Url),
+            _ => None,
+        }
+    }
+}
+
+/// What typed values are checked against: the operator's registries and
+/// repository policy.
+#[derive(Debug, Clone, Default)]
+pub struct ValuePolicy {
+    /// Registries (`host[:port]`) an `image` may name.
+    pub registries: BTreeSet<String>,
+    /// Whether a `url` may use `file://`.
+    pub allow_file_repos: bool,
+}
+
+/// Where one call runs, for checking `path` values.
+pub struct CallSite<'a> {
+    /// The workspace, canonical.
+    pub workspace: &'a Path,
+    /// The call's working directory, canonical and inside the workspace.
+    pub cwd: &'a Path,
 }
 
 /// A host directory visible to the builder's own code (not its programs,
@@ -61,6 +123,7 @@ pub struct GrantPolicy {
     builder_env: BTreeSet<String>,
     secrets: Vec<String>,
     dirs: Vec<DirGrant>,
+    values: ValuePolicy,
 }
 
 /// Why a call was refused, for the builder and the job log.
@@ -87,6 +150,27 @@ impl Grants {
                 && pos + 1 != grant.args.len()
             {
                 return Err(format!("{here}.args: \"**\" may only be the last pattern"));
+            }
+            for arg in &grant.args {
+                if let Some((_, name)) = placeholder(arg)
+                    && ValueType::from_placeholder(name).is_none()
+                {
+                    return Err(format!(
+                        "{here}.args: {arg:?} names no type; use {{path}}, {{image}} or {{url}}"
+                    ));
+                }
+            }
+            for name in grant.options.keys() {
+                if !name.starts_with('-') || name == "-" || name == "--" || name.contains('=') {
+                    return Err(format!(
+                        "{here}.options: {name:?} is not an option name such as \"-f\" or \"--build-arg\""
+                    ));
+                }
+                if pinned(&grant.args).contains(name.as_str()) {
+                    return Err(format!(
+                        "{here}.options: {name} is pinned in args and cannot also be an option"
+                    ));
+                }
             }
         }
         let names = self
@@ -147,36 +231,172 @@ impl Grants {
             builder_env: self.builder_env.iter().cloned().collect(),
             secrets,
             dirs: self.dirs.clone(),
+            values: ValuePolicy::default(),
         }
     }
 }
 
 impl GrantPolicy {
-    /// Whether `program` may run with `args`. The denial names what was
-    /// refused and what the grants allow instead.
-    pub fn check(&self, program: &str, args: &[String]) -> Result<(), Denial> {
+    /// The same policy, checking typed values against `values`.
+    pub fn with_values(mut self, values: ValuePolicy) -> Self {
+        self.values = values;
+        self
+    }
+
+    /// Whether `program` may run with `args` at `site`. The denial names
+    /// the rule that refused the call.
+    pub fn check(&self, program: &str, args: &[String], site: &CallSite<'_>) -> Result<(), Denial> {
         let for_program: Vec<&ProgramGrant> = self
             .programs
             .iter()
             .filter(|g| g.command == program)
             .collect();
-        if for_program.iter().any(|g| matches(&g.args, args)) {
-            return Ok(());
-        }
         let call = describe(program, args);
         if for_program.is_empty() {
             return Err(Denial(format!(
                 "`{call}`: program `{program}` is not granted"
             )));
         }
+        // The refusal of the grant that matched furthest says most.
+        let mut best: Option<Mismatch> = None;
+        for grant in &for_program {
+            match self.match_grant(grant, args, site) {
+                Ok(()) => return Ok(()),
+                Err(mismatch) if best.as_ref().is_none_or(|b| mismatch.at > b.at) => {
+                    best = Some(mismatch)
+                }
+                Err(_) => {}
+            }
+        }
+        let reason = best.map(|m| m.reason).unwrap_or_default();
+        if for_program.len() == 1 {
+            return Err(Denial(format!("`{call}`: {reason}")));
+        }
         let allowed: Vec<String> = for_program
             .iter()
             .map(|g| describe(&g.command, &g.args))
             .collect();
         Err(Denial(format!(
-            "`{call}`: these arguments are not granted; allowed: {}",
+            "`{call}`: {reason}; granted: {}",
             allowed.join(" | ")
         )))
+    }
+
+    fn match_grant(
+        &self,
+        grant: &ProgramGrant,
+        args: &[String],
+        site: &CallSite<'_>,
+    ) -> Result<(), Mismatch> {
+        let pinned = pinned(&grant.args);
+        let mut patterns = grant.args.iter().peekable();
+        let mut i = 0;
+        while i < args.len() {
+            let arg = &args[i];
+            let at = i;
+            let fail = |reason: String| Err(Mismatch { at, reason });
+            if patterns.peek().is_some_and(|p| *p == arg) {
+                patterns.next();
+                i += 1;
+                continue;
+            }
+            if arg.starts_with('-') {
+                let (name, inline) = match arg.split_once('=') {
+                    Some((name, value)) if arg.starts_with("--") => (name, Some(value)),
+                    _ => (arg.as_str(), None),
+                };
+                if pinned.contains(name) {
+                    return fail(format!(
+                        "option {name} is pinned by the grant and may not be given again"
+                    ));
+                }
+                let Some(&ty) = grant.options.get(name) else {
+                    return fail(format!("option {name} is not granted"));
+                };
+                let value = match (ty, inline) {
+                    (ValueType::Flag, None) => {
+                        i += 1;
+                        continue;
+                    }
+                    (ValueType::Flag, Some(_)) => {
+                        return fail(format!("option {name} takes no value"));
+                    }
+                    (_, Some(value)) => value,
+                    (_, None) => match args.get(i + 1) {
+                        Some(value) if !value.starts_with('-') => {
+                            i += 1;
+                            value.as_str()
+                        }
+                        _ => {
+                            return fail(format!(
+                                "option {name} needs a value (give it as {name}=VALUE)"
+                            ));
+                        }
+                    },
+                };
+                if let Err(why) = self.check_value(ty, value, site) {
+                    return fail(format!("option {name}: {why}"));
+                }
+                i += 1;
+                continue;
+            }
+            match patterns.peek().map(|p| p.as_str()) {
+                Some("**") => {}
+                Some("*") => {
+                    patterns.next();
+                }
+                Some(pattern) => {
+                    let typed = placeholder(pattern).and_then(|(prefix, name)| {
+                        Some((prefix, ValueType::from_placeholder(name)?))
+                    });
+                    let Some((prefix, ty)) = typed else {
+                        return fail(format!("expected {pattern:?}, got {arg:?}"));
+                    };
+                    let Some(value) = arg.strip_prefix(prefix) else {
+                        return fail(format!("expected {pattern:?}, got {arg:?}"));
+                    };
+                    if let Err(why) = self.check_value(ty, value, site) {
+                        return fail(why);
+                    }
+                    patterns.next();
+                }
+                None => return fail(format!("argument {arg:?} is not granted")),
+            }
+            i += 1;
+        }
+        match patterns.next().map(String::as_str) {
+            None | Some("**") => Ok(()),
+            Some(missing) => Err(Mismatch {
+                at: args.len(),
+                reason: format!("the grant requires {missing:?} here"),
+            }),
+        }
+    }
+
+    fn check_value(&self, ty: ValueType, value: &str, site: &CallSite<'_>) -> Result<(), String> {
+        match ty {
+            ValueType::Flag | ValueType::Text => Ok(()),
+            ValueType::Path => inside_workspace(value, site),
+            ValueType::Image => {
+                crate::reference::validate_image_ref(value)
+                    .map_err(|e| format!("{value:?} is not an image reference: {e}"))?;
+                let registry = crate::reference::registry_of(value);
+                if value.contains('/') && self.values.registries.contains(registry) {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "image {value:?} is not in a registry the operator configured"
+                    ))
+                }
+            }
+            ValueType::Url => crate::job::validate_repo_url(
+                value,
+                &crate::job::SubmitPolicy {
+                    allow_file_repos: self.values.allow_file_repos,
+                },
+            )
+            .map_err(|e| format!("{value:?}: {}", e.message)),
+        }
     }
 
     /// The environment for one call: the granted base plus what the
@@ -220,12 +440,54 @@ impl GrantPolicy {
     }
 }
 
-fn matches(patterns: &[String], args: &[String]) -> bool {
-    match (patterns.split_first(), args.split_first()) {
-        (None, None) => true,
-        (Some((p, _)), _) if p == "**" => true,
-        (Some((p, rest)), Some((a, args))) => (p == "*" || p == a) && matches(rest, args),
-        _ => false,
+/// Why one grant did not match: the argument it stopped at, and the rule.
+struct Mismatch {
+    at: usize,
+    reason: String,
+}
+
+/// Option names a pattern pins: its literals that start with `-`.
+fn pinned(patterns: &[String]) -> BTreeSet<&str> {
+    patterns
+        .iter()
+        .filter(|p| p.starts_with('-') && p.as_str() != "--")
+        .map(|p| p.split_once('=').map_or(p.as_str(), |(name, _)| name))
+        .collect()
+}
+
+/// `(prefix, type name)` of a typed pattern such as `oci:{path}`.
+fn placeholder(pattern: &str) -> Option<(&str, &str)> {
+    let rest = pattern.strip_suffix('}')?;
+    let open = rest.rfind('{')?;
+    Some((&rest[..open], &rest[open + 1..]))
+}
+
+/// A path argument must name something inside the workspace: relative to
+/// the call's directory or absolute under the guest's workspace, and its
+/// longest existing prefix must resolve (symbolic links followed) inside
+/// the workspace; what does not exist yet may not contain `..`.
+fn inside_workspace(value: &str, site: &CallSite<'_>) -> Result<(), String> {
+    let outside = || Err(format!("path {value:?} is outside the job workspace"));
+    let path = Path::new(value);
+    let full = if path.is_absolute() {
+        match path.strip_prefix(crate::exec::GUEST_WORKSPACE) {
+            Ok(relative) => site.workspace.join(relative),
+            Err(_) => return outside(),
+        }
+    } else {
+        site.cwd.join(path)
+    };
+    let mut existing = full.as_path();
+    // `file_name` is `None` for a `..`, so one in the missing part fails.
+    while std::fs::symlink_metadata(existing).is_err() {
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(_)) => existing = parent,
+            _ => return outside(),
+        }
+    }
+    match existing.canonicalize() {
+        Ok(resolved) if resolved.starts_with(site.workspace) => Ok(()),
+        _ => outside(),
     }
 }
 
@@ -255,9 +517,43 @@ mod tests {
     use super::*;
 
     fn grant(command: &str, args: &[&str]) -> ProgramGrant {
+        with_options(command, args, &[])
+    }
+
+    fn with_options(command: &str, args: &[&str], options: &[(&str, ValueType)]) -> ProgramGrant {
         ProgramGrant {
             command: command.into(),
             args: args.iter().map(|s| s.to_string()).collect(),
+            options: options.iter().map(|(n, t)| (n.to_string(), *t)).collect(),
+        }
+    }
+
+    /// A real workspace with `src/Dockerfile`, a symlink `out` pointing to
+    /// the host's `/etc`, and one `inside` pointing to `src`.
+    struct Site {
+        dir: tempfile::TempDir,
+    }
+
+    impl Site {
+        fn new() -> Site {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::create_dir(dir.path().join("src")).unwrap();
+            std::fs::write(dir.path().join("src/Dockerfile"), "FROM scratch").unwrap();
+            std::os::unix::fs::symlink("/etc", dir.path().join("out")).unwrap();
+            std::os::unix::fs::symlink("src", dir.path().join("inside")).unwrap();
+            Site { dir }
+        }
+
+        fn check(&self, policy: &GrantPolicy, program: &str, list: &[&str]) -> Result<(), Denial> {
+            let root = self.dir.path().canonicalize().unwrap();
+            policy.check(
+                program,
+                &args(list),
+                &CallSite {
+                    workspace: &root,
+                    cwd: &root,
+                },
+            )
         }
     }
 
@@ -291,7 +587,8 @@ mod tests {
             ("git", &["--version", "extra"], false),
             ("git", &["--help"], false),
             ("podman", &["build"], true),
-            ("podman", &["build", "-f", "Dockerfile", "."], true),
+            ("podman", &["build", "-f", "Dockerfile", "."], false),
+            ("podman", &["build", "Dockerfile", "."], true),
             ("podman", &["push", "localhost/x"], true),
             ("podman", &["push"], false),
             ("podman", &["push", "a", "b"], false),
@@ -305,9 +602,10 @@ mod tests {
             ("true", &[], false),
             ("sh", &["-c", "podman build"], false),
         ];
+        let site = Site::new();
         for (program, list, allowed) in cases {
             assert_eq!(
-                policy.check(program, &args(list)).is_ok(),
+                site.check(&policy, program, list).is_ok(),
                 *allowed,
                 "{program} {list:?}"
             );
@@ -315,24 +613,287 @@ mod tests {
     }
 
     #[test]
+    fn wildcards_never_match_an_option() {
+        let policy = policy(vec![
+            grant("podman", &["build", "**"]),
+            grant("skopeo", &["inspect", "*"]),
+        ]);
+        let site = Site::new();
+        for (program, list) in [
+            ("podman", &["build", "--volume", "/:/host", "."][..]),
+            ("podman", &["build", "--root=/var/lib/containers", "."]),
+            ("podman", &["build", "-v/:/host"]),
+            ("podman", &["build", "-"]),
+            ("skopeo", &["inspect", "--raw"]),
+        ] {
+            let err = site.check(&policy, program, list).unwrap_err().to_string();
+            assert!(err.contains("is not granted"), "{list:?}: {err}");
+        }
+        assert!(site.check(&policy, "podman", &["build", "a", "b"]).is_ok());
+    }
+
+    #[test]
+    fn options_are_an_allowlist_and_pinned_options_cannot_repeat() {
+        let policy = policy(vec![with_options(
+            "podman",
+            &["--root", "{path}", "build", "--isolation", "oci", "{path}"],
+            &[
+                ("-f", ValueType::Path),
+                ("--build-arg", ValueType::Text),
+                ("--no-cache", ValueType::Flag),
+            ],
+        )]);
+        let site = Site::new();
+        let ok: &[&[&str]] = &[
+            &["--root", "storage", "build", "--isolation", "oci", "src"],
+            &[
+                "--root",
+                "storage",
+                "build",
+                "--isolation",
+                "oci",
+                "-f",
+                "src/Dockerfile",
+                "src",
+            ],
+            &[
+                "--root",
+                "storage",
+                "build",
+                "--isolation",
+                "oci",
+                "--build-arg=A=-x",
+                "src",
+                "--no-cache",
+            ],
+            &[
+                "--root",
+                "storage",
+                "build",
+                "-f=src/Dockerfile",
+                "--isolation",
+                "oci",
+                "src",
+            ],
+        ];
+        for list in ok {
+            let denied = site.check(&policy, "podman", list);
+            // `-f=…` is not a long option: a short one takes no `=`.
+            assert_eq!(
+                denied.is_ok(),
+                !list.contains(&"-f=src/Dockerfile"),
+                "{list:?}: {denied:?}"
+            );
+        }
+        let refused: &[(&[&str], &str)] = &[
+            (
+                &[
+                    "--root",
+                    "storage",
+                    "build",
+                    "--isolation",
+                    "oci",
+                    "--isolation",
+                    "chroot",
+                    "src",
+                ],
+                "--isolation is pinned",
+            ),
+            (
+                &[
+                    "--root",
+                    "storage",
+                    "build",
+                    "--isolation",
+                    "oci",
+                    "--root=/",
+                    "src",
+                ],
+                "--root is pinned",
+            ),
+            (
+                &[
+                    "--root",
+                    "storage",
+                    "build",
+                    "--isolation",
+                    "oci",
+                    "--runtime",
+                    "runc",
+                    "src",
+                ],
+                "--runtime is not granted",
+            ),
+            (
+                &["--root", "storage", "build", "--isolation", "chroot", "src"],
+                "expected \"oci\", got \"chroot\"",
+            ),
+            (
+                &[
+                    "--root",
+                    "storage",
+                    "build",
+                    "--isolation",
+                    "oci",
+                    "--no-cache=false",
+                    "src",
+                ],
+                "takes no value",
+            ),
+            (
+                &[
+                    "--root",
+                    "storage",
+                    "build",
+                    "--isolation",
+                    "oci",
+                    "--build-arg",
+                    "-x",
+                    "src",
+                ],
+                "needs a value",
+            ),
+            (
+                &["--root", "/", "build", "--isolation", "oci", "src"],
+                "outside the job workspace",
+            ),
+            (
+                &["--root", "storage", "build", "--isolation", "oci", "/etc"],
+                "outside the job workspace",
+            ),
+            (
+                &[
+                    "--root",
+                    "storage",
+                    "build",
+                    "--isolation",
+                    "oci",
+                    "-f",
+                    "/etc/shadow",
+                    "src",
+                ],
+                "outside the job workspace",
+            ),
+            (
+                &[
+                    "--root",
+                    "storage",
+                    "build",
+                    "--isolation",
+                    "oci",
+                    "src",
+                    "extra",
+                ],
+                "not granted",
+            ),
+            (
+                &["--root", "storage", "build", "--isolation", "oci"],
+                "requires",
+            ),
+        ];
+        for (list, expected) in refused {
+            let err = site.check(&policy, "podman", list).unwrap_err().to_string();
+            assert!(
+                err.contains(expected),
+                "{list:?}: expected {expected:?} in {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn paths_must_resolve_inside_the_workspace() {
+        let policy = policy(vec![grant("podman", &["push", "*", "oci:{path}"])]);
+        let site = Site::new();
+        for (dest, allowed) in [
+            ("oci:image", true),
+            ("oci:image/new/deeper", true),
+            ("oci:inside/layout", true),
+            ("oci:/workspace/image", true),
+            ("oci:out", false),
+            ("oci:out/x", false),
+            ("oci:../x", false),
+            ("oci:src/../../x", false),
+            ("oci:missing/../../x", false),
+            ("oci:/etc", false),
+            ("oci:/workspace/../etc", false),
+            ("docker://evil.example/x", false),
+        ] {
+            let result = site.check(&policy, "podman", &["push", "img", dest]);
+            assert_eq!(result.is_ok(), allowed, "{dest}: {result:?}");
+        }
+    }
+
+    #[test]
+    fn images_must_be_in_a_configured_registry_and_urls_pass_the_job_policy() {
+        let policy = policy(vec![
+            grant("skopeo", &["inspect", "docker://{image}"]),
+            grant("git", &["clone", "{url}"]),
+        ])
+        .with_values(ValuePolicy {
+            registries: ["registry.internal:5000".to_string()].into(),
+            allow_file_repos: false,
+        });
+        let site = Site::new();
+        assert!(
+            site.check(
+                &policy,
+                "skopeo",
+                &["inspect", "docker://registry.internal:5000/team/app:1"]
+            )
+            .is_ok()
+        );
+        for image in [
+            "docker://exfil.example/secret-data:x",
+            "docker://app",
+            "docker://registry.internal:5000",
+        ] {
+            let err = site
+                .check(&policy, "skopeo", &["inspect", image])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("registry") || err.contains("image"),
+                "{image}: {err}"
+            );
+        }
+        assert!(
+            site.check(&policy, "git", &["clone", "https://git.example/a.git"])
+                .is_ok()
+        );
+        for url in ["file:///srv/other-job", "/srv/repo", "ext::sh -c id"] {
+            assert!(
+                site.check(&policy, "git", &["clone", url]).is_err(),
+                "{url}"
+            );
+        }
+    }
+
+    #[test]
     fn denials_say_what_was_refused_and_what_is_allowed() {
-        let policy = policy(vec![grant("podman", &["build", "**"])]);
-        let err = policy
-            .check("curl", &args(&["http://x"]))
+        let policy = policy(vec![
+            grant("podman", &["build", "**"]),
+            grant("podman", &["push", "*"]),
+        ]);
+        let site = Site::new();
+        let err = site
+            .check(&policy, "curl", &["http://x"])
             .unwrap_err()
             .to_string();
         assert_eq!(err, "`curl http://x`: program `curl` is not granted");
-        let err = policy
-            .check("podman", &args(&["run", "x"]))
+        let err = site
+            .check(&policy, "podman", &["run", "x"])
             .unwrap_err()
             .to_string();
-        assert!(err.contains("allowed: podman build **"), "{err}");
+        assert!(
+            err.contains("granted: podman build ** | podman push *"),
+            "{err}"
+        );
     }
 
     #[test]
     fn nothing_is_granted_by_default() {
         let policy = Grants::default().resolve(no_env);
-        assert!(policy.check("true", &[]).is_err());
+        assert!(Site::new().check(&policy, "true", &[]).is_err());
         assert!(policy.environment(&[]).unwrap().is_empty());
         assert!(policy.environment(&[("HOME".into(), "/".into())]).is_err());
     }
@@ -397,6 +958,31 @@ mod tests {
                     ..Grants::default()
                 },
                 "programs[0].args",
+            ),
+            (
+                Grants {
+                    programs: vec![grant("podman", &["{file}"])],
+                    ..Grants::default()
+                },
+                "programs[0].args",
+            ),
+            (
+                Grants {
+                    programs: vec![with_options(
+                        "podman",
+                        &["--root", "x"],
+                        &[("--root", ValueType::Path)],
+                    )],
+                    ..Grants::default()
+                },
+                "programs[0].options",
+            ),
+            (
+                Grants {
+                    programs: vec![with_options("podman", &[], &[("root", ValueType::Path)])],
+                    ..Grants::default()
+                },
+                "programs[0].options",
             ),
             (
                 Grants {

@@ -10,12 +10,15 @@
 mod grant;
 mod process;
 
+use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use grant::{Denial, DirGrant, GrantPolicy, Grants, ProgramGrant};
+pub use grant::{
+    CallSite, Denial, DirGrant, GrantPolicy, Grants, ProgramGrant, ValuePolicy, ValueType,
+};
 pub use process::KILL_GRACE;
 
 use crate::cancel::CancelSignal;
@@ -108,11 +111,15 @@ impl CommandRunner {
 
     async fn checked_run(&self, spec: CommandSpec) -> Result<CommandOutput, RunError> {
         let denied = |d: Denial| RunError::Denied(format!("builder '{}': {d}", self.builder));
+        let (workspace, cwd) = self.working_dir(spec.working_dir.as_deref())?;
+        let site = CallSite {
+            workspace: &workspace,
+            cwd: &cwd,
+        };
         self.policy
-            .check(&spec.program, &spec.args)
+            .check(&spec.program, &spec.args, &site)
             .map_err(denied)?;
         let env = self.policy.environment(&spec.env).map_err(denied)?;
-        let cwd = self.working_dir(spec.working_dir.as_deref())?;
         let program = resolve_program(&spec.program, self.search_path.as_deref())?;
         if self.cancel.is_cancelled() {
             return Err(RunError::Cancelled);
@@ -135,11 +142,16 @@ impl CommandRunner {
         .await
     }
 
-    /// The host directory for a requested working directory, which must
-    /// stay inside the workspace after following symlinks.
-    fn working_dir(&self, requested: Option<&str>) -> Result<PathBuf, RunError> {
+    /// The canonical workspace and the host directory for a requested
+    /// working directory, which must stay inside the workspace after
+    /// following symlinks.
+    fn working_dir(&self, requested: Option<&str>) -> Result<(PathBuf, PathBuf), RunError> {
+        let root = self
+            .workspace
+            .canonicalize()
+            .map_err(|e| RunError::FailedToStart(format!("job workspace is gone: {e}")))?;
         let Some(requested) = requested.filter(|r| !r.is_empty()) else {
-            return Ok(self.workspace.clone());
+            return Ok((root.clone(), root));
         };
         let path = Path::new(requested);
         let relative = if path.is_absolute() {
@@ -159,10 +171,6 @@ impl CommandRunner {
                 "working directory {requested} may not contain '..'"
             )));
         }
-        let root = self
-            .workspace
-            .canonicalize()
-            .map_err(|e| RunError::FailedToStart(format!("job workspace is gone: {e}")))?;
         let resolved = self.workspace.join(relative).canonicalize().map_err(|_| {
             RunError::FailedToStart(format!(
                 "working directory {requested} does not exist in the workspace"
@@ -173,7 +181,41 @@ impl CommandRunner {
                 "working directory {requested} leads outside the job workspace"
             )));
         }
-        Ok(resolved)
+        Ok((root, resolved))
+    }
+}
+
+/// One of the host's own commands: git for the checkout, skopeo for the
+/// push. No grant is checked (the host chose every argument), but it runs
+/// like a builder's programs: no shell, its own process group, a cleared
+/// environment plus `env`, output into the job log, the group killed on
+/// cancel or `timeout`.
+pub struct HostCommand<'a> {
+    /// A bare name, looked up on the host's `PATH`.
+    pub program: &'a str,
+    pub args: &'a [String],
+    pub env: &'a BTreeMap<String, String>,
+    pub cwd: &'a Path,
+    pub timeout: Option<Duration>,
+    pub log: &'a JobLog,
+    pub cancel: &'a CancelSignal,
+}
+
+impl HostCommand<'_> {
+    pub async fn run(self) -> Result<CommandOutput, RunError> {
+        let search_path = std::env::var_os("PATH");
+        let program = resolve_program(self.program, search_path.as_deref())?;
+        process::run(process::Invocation {
+            program: &program,
+            label: self.program,
+            args: self.args,
+            env: self.env,
+            cwd: self.cwd,
+            timeout: self.timeout,
+            log: self.log,
+            cancel: self.cancel,
+        })
+        .await
     }
 }
 

@@ -13,7 +13,8 @@ pub use helix::build::command_runner;
 pub use helix::build::job_context;
 pub use helix::build::types::{BuildArg, Platform};
 
-/// The version of `helix:build` this host implements, from `wit/world.wit`.
-pub const WIT_VERSION: &str = "0.1.0";
+/// The version of `helix:build` this host implements, read from
+/// `wit/world.wit` by `build.rs`.
+pub const WIT_VERSION: &str = env!("HELIX_WIT_VERSION");
 /// The WIT package name, without version.
 pub const WIT_PACKAGE: &str = "helix:build";

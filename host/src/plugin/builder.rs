@@ -1,7 +1,7 @@
 //! One loaded builder: its metadata, and running a job in a fresh instance.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -27,8 +27,22 @@ pub struct RunContext {
     pub log: Arc<JobLog>,
     /// Ends the run (and the instance) as soon as it fires.
     pub cancel: CancelSignal,
-    /// An existing, empty directory: the builder's only preopened directory.
+    /// An existing directory: the builder's only preopened directory,
+    /// holding the host's checkout in `src` for a real builder.
     pub workspace: PathBuf,
+    /// The commit checked out in the workspace; `None` for a simulated
+    /// builder.
+    pub commit: Option<String>,
+}
+
+/// What a builder's successful run left for the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Built {
+    /// An OCI layout directory inside the workspace (checked to contain no
+    /// symbolic link on the way), for the host to push.
+    Layout(PathBuf),
+    /// A simulated builder's pretend result, recorded as is.
+    Simulated(BuildResult),
 }
 
 /// A builder ready to run jobs. Each run gets a fresh instance from the
@@ -122,6 +136,7 @@ impl Builder {
                         .map(|d| d.guest.clone())
                         .collect(),
                 },
+                network: source.network,
             },
             name: source.name.as_str().into(),
             code: Code::Component { engine, pre },
@@ -155,6 +170,7 @@ impl Builder {
                 origin: super::Origin::Native.to_string(),
                 limits,
                 grants: GrantSummary::default(),
+                network: crate::network::BuildNetwork::None,
             },
             name: name.into(),
             code: Code::Native(build),
@@ -171,6 +187,11 @@ impl Builder {
 
     pub fn limits(&self) -> Limits {
         self.limits
+    }
+
+    /// What this builder's build steps may reach.
+    pub fn network(&self) -> crate::network::BuildNetwork {
+        self.info.network
     }
 
     /// How long making a fresh instance for a job has taken so far.
@@ -225,21 +246,27 @@ impl Builder {
         }
     }
 
-    /// Runs `job` to an outcome. Never panics and never leaves the job
-    /// undecided: a trap, a limit, cancellation or an invalid result each
-    /// become an outcome whose error says what happened. Secrets are
-    /// removed from the error as from the log.
-    pub async fn run(&self, job: &Job, ctx: RunContext) -> Outcome {
+    /// Runs `job` to what it built, or to the outcome that ends it. Never
+    /// panics and never leaves the job undecided: a trap, a limit,
+    /// cancellation or an invalid result each become an outcome whose error
+    /// says what happened. Secrets are removed from the error as from the
+    /// log.
+    pub async fn run(&self, job: &Job, ctx: RunContext) -> Result<Built, Outcome> {
         let log = ctx.log.clone();
         self.run_unredacted(job, ctx)
             .await
-            .redacted(|text| log.redact(text))
+            .map_err(|outcome| outcome.redacted(|text| log.redact(text)))
     }
 
-    async fn run_unredacted(&self, job: &Job, ctx: RunContext) -> Outcome {
+    async fn run_unredacted(&self, job: &Job, ctx: RunContext) -> Result<Built, Outcome> {
         let (engine, pre) = match &self.code {
             Code::Component { engine, pre } => (engine, pre),
-            Code::Native(build) => return build(job, &ctx.log),
+            Code::Native(build) => {
+                return match build(job, &ctx.log) {
+                    Outcome::Succeeded(result) => Ok(Built::Simulated(result)),
+                    other => Err(other),
+                };
+            }
         };
         let host = match JobHost::new(JobHostParts {
             builder: self.name.clone(),
@@ -252,17 +279,17 @@ impl Builder {
         }) {
             Ok(host) => host,
             Err(e) => {
-                return Outcome::failed(
+                return Err(Outcome::failed(
                     FailureKind::Host,
                     format!(
                         "could not open the job workspace {}: {e}",
                         ctx.workspace.display()
                     ),
-                );
+                ));
             }
         };
         let mut store = Self::new_store(engine, host);
-        let wit_job = to_wit(job);
+        let wit_job = to_wit(job, ctx.commit.clone());
         let started = Instant::now();
         let call = async {
             let instance = pre
@@ -281,13 +308,13 @@ impl Builder {
         // with it, so a cancelled or timed-out instance is never reused.
         let returned = tokio::select! {
             biased;
-            reason = ctx.cancel.cancelled() => return Outcome::Cancelled { reason },
+            reason = ctx.cancel.cancelled() => return Err(Outcome::Cancelled { reason }),
             returned = tokio::time::timeout(self.limits.timeout, call) => returned,
         };
         let stderr_tail = store.data().stderr.finish();
         store.data().stdout.finish();
         let memory_limit_hit = store.data().memory.was_hit();
-        match returned {
+        let failed = match returned {
             Err(_elapsed) => Outcome::TimedOut {
                 message: format!(
                     "builder '{}' ran longer than its limit of {}s (builders.{}.timeout_secs)",
@@ -296,7 +323,7 @@ impl Builder {
                     self.name
                 ),
             },
-            Ok(Ok(Ok(output))) => self.validate(job, output),
+            Ok(Ok(Ok(output))) => return self.validate(job, output, &ctx.workspace),
             Ok(Ok(Err(error))) => self.build_error(error, &ctx.cancel),
             Ok(Err(_)) if memory_limit_hit => Outcome::failed(
                 FailureKind::Limit,
@@ -321,26 +348,44 @@ impl Builder {
                     crash_message(&e, &stderr_tail)
                 ),
             ),
-        }
+        };
+        Err(failed)
     }
 
-    fn validate(&self, job: &Job, output: BuildOutput) -> Outcome {
-        let platform_digests = output
-            .manifest
-            .into_iter()
-            .map(|entry| (platform_string(&entry.platform), entry.digest))
-            .collect();
-        match BuildResult::validate(
-            output.image_tag,
-            output.digest,
-            platform_digests,
-            &job.platforms,
-        ) {
-            Ok(result) => Outcome::Succeeded(result),
-            Err(message) => Outcome::failed(
+    /// A real builder must leave an OCI layout inside the workspace; a
+    /// simulated one reports a pretend image whose fields must be valid.
+    fn validate(&self, job: &Job, output: BuildOutput, workspace: &Path) -> Result<Built, Outcome> {
+        let fault = |message: String| {
+            Outcome::failed(
                 FailureKind::Plugin,
                 format!("builder '{}' {message}", self.name),
-            ),
+            )
+        };
+        match (output, self.info.simulated) {
+            (BuildOutput::OciLayout(path), false) => layout_in(workspace, &path)
+                .map(Built::Layout)
+                .map_err(fault),
+            (BuildOutput::Simulated(image), true) => {
+                let platform_digests = image
+                    .manifest
+                    .into_iter()
+                    .map(|entry| (platform_string(&entry.platform), entry.digest))
+                    .collect();
+                BuildResult::validate(
+                    image.image_tag,
+                    image.digest,
+                    platform_digests,
+                    &job.platforms,
+                )
+                .map(Built::Simulated)
+                .map_err(fault)
+            }
+            (BuildOutput::OciLayout(_), true) => Err(fault(
+                "is simulated but returned an image layout to push".into(),
+            )),
+            (BuildOutput::Simulated(_), false) => Err(fault(
+                "returned a simulated image, but its info does not say it is simulated".into(),
+            )),
         }
     }
 
@@ -400,11 +445,41 @@ fn crash_message(error: &wasmtime::Error, stderr_tail: &[String]) -> String {
     }
 }
 
-fn to_wit(job: &Job) -> bindings::Job {
+/// The host path of a layout a builder names: relative to the workspace,
+/// plain directory names only, no symbolic link on the way.
+fn layout_in(workspace: &Path, relative: &str) -> Result<PathBuf, String> {
+    let path = Path::new(relative);
+    let plain = !relative.is_empty()
+        && path
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)));
+    if !plain {
+        return Err(format!(
+            "named its image {relative:?}; it must be a path inside the workspace such as \"image\""
+        ));
+    }
+    let mut host = workspace.to_path_buf();
+    for part in path.components() {
+        host.push(part);
+        let meta = std::fs::symlink_metadata(&host)
+            .map_err(|e| format!("left no image at {relative:?}: {e}"))?;
+        if meta.file_type().is_symlink() {
+            return Err(format!(
+                "named its image {relative:?}, but {} is a symbolic link",
+                host.display()
+            ));
+        }
+    }
+    Ok(host)
+}
+
+fn to_wit(job: &Job, commit: Option<String>) -> bindings::Job {
     bindings::Job {
         id: job.id.to_string(),
         repo_url: job.repo_url.clone(),
         git_ref: job.git_ref.clone(),
+        commit,
+        source_dir: crate::source::SOURCE_DIR.to_string(),
         dockerfile_path: job.dockerfile_path.clone(),
         build_args: job
             .build_args
@@ -423,7 +498,6 @@ fn to_wit(job: &Job) -> bindings::Job {
                 variant: p.variant().map(str::to_string),
             })
             .collect(),
-        image: job.image.clone(),
     }
 }
 

@@ -8,7 +8,7 @@ use wasmtime::component::Component;
 use super::bindings::{WIT_PACKAGE, WIT_VERSION};
 
 /// Checks that every `helix:build` interface `component` imports or
-/// exports is of a version compatible with [`WIT_VERSION`] (same major;
+/// exports is of a version compatible with [`WIT_VERSION`] (same major and no newer minor;
 /// same minor while the major is 0) and that it exports what a builder
 /// must. The error is a sentence for the operator.
 pub(crate) fn check(engine: &Engine, component: &Component) -> Result<(), String> {
@@ -65,7 +65,8 @@ fn compatible(plugin: &str, host: &str) -> bool {
         Some((major, minor))
     };
     match (parse(plugin), parse(host)) {
-        (Some((pm, pn)), Some((hm, hn))) => pm == hm && (hm > 0 || pn == hn),
+        // A plugin built for a newer minor may import what this host lacks.
+        (Some((pm, pn)), Some((hm, hn))) => pm == hm && (if hm > 0 { pn <= hn } else { pn == hn }),
         _ => false,
     }
 }
@@ -76,11 +77,13 @@ mod tests {
 
     #[test]
     fn version_compatibility() {
-        assert!(compatible("0.1.0", "0.1.0"));
-        assert!(compatible("0.1.7", "0.1.0"));
-        assert!(!compatible("0.2.0", "0.1.0"));
+        assert!(compatible("0.2.0", "0.2.0"));
+        assert!(compatible("0.2.7", "0.2.0"));
+        assert!(!compatible("0.1.0", "0.2.0"));
+        assert!(!compatible("0.3.0", "0.2.0"));
         assert!(!compatible("1.0.0", "0.1.0"));
-        assert!(compatible("1.4.0", "1.0.0"));
+        assert!(compatible("1.0.0", "1.4.0"));
+        assert!(!compatible("1.4.0", "1.0.0"));
         assert!(!compatible("2.0.0", "1.0.0"));
         assert!(!compatible("junk", "0.1.0"));
     }

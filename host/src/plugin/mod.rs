@@ -21,8 +21,9 @@ use wasmtime::component::{Component, HasSelf, Linker};
 
 use crate::exec::{GrantPolicy, ProgramGrant};
 
+use crate::network::BuildNetwork;
 pub use bindings::WIT_VERSION;
-pub use builder::{Builder, NativeBuild, RunContext, Timings};
+pub use builder::{Builder, Built, NativeBuild, RunContext, Timings};
 pub use cache::{CacheUse, ComponentCache};
 pub use engine::PoolSizing;
 
@@ -40,6 +41,8 @@ pub struct BuilderSource {
     pub settings: BTreeMap<String, String>,
     /// What the builder may run and see, resolved against the host.
     pub grants: GrantPolicy,
+    /// What its build steps may reach.
+    pub network: BuildNetwork,
 }
 
 /// Where a component came from, for messages and `/v1/builders`.
@@ -92,6 +95,8 @@ pub struct BuilderInfo {
     pub origin: String,
     pub limits: Limits,
     pub grants: GrantSummary,
+    /// What its build steps may reach: `none`, `private` or `host`.
+    pub network: BuildNetwork,
 }
 
 /// The grants of a builder as operators may see them: programs and the
@@ -318,6 +323,7 @@ pub async fn inspect(path: &Path) -> Result<Inspection, PluginError> {
         limits,
         settings: BTreeMap::new(),
         grants: GrantPolicy::default(),
+        network: BuildNetwork::None,
     };
     let pre = prepare(&engine, &linker, &component, &source)?;
     let builder = describe(&engine, pre, source).await?;

@@ -38,6 +38,7 @@ pub fn program(command: &str, args: &[&str]) -> ProgramGrant {
     ProgramGrant {
         command: command.into(),
         args: args.iter().map(|a| a.to_string()).collect(),
+        options: Default::default(),
     }
 }
 

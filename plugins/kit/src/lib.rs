@@ -1,17 +1,18 @@
-//! Guest code shared by the real builders: check out the job's source with
-//! git, build it with podman or buildah, push it, and report what was
-//! pushed. Everything runs through the host's `command-runner`, so what a
-//! builder can do is exactly what the operator granted.
+//! Guest code shared by the real builders: build the source the host
+//! checked out with podman or buildah, and leave the image in the
+//! workspace as an OCI layout for the host to push. Everything runs through
+//! the host's `command-runner`, so what a builder can do is exactly what the
+//! operator granted.
 //!
 //! Each job keeps its container storage inside its own workspace
 //! (`--root storage --runroot run`, vfs driver): builds of different jobs
 //! never share state, and when the host removes the workspace — after the
 //! job, or after killing a cancelled build — nothing is left behind.
 //!
-//! Operator settings read here (the host fills them from its config):
-//! `default_registry`, `insecure_registries` (comma-separated hosts that use
-//! plain HTTP or unverified TLS), `allow_file_repos` (`true` to accept
-//! `file://` URLs).
+//! Every `RUN` step runs in its own OCI container (`--isolation oci
+//! --runtime runc`: own PID, mount, IPC, UTS and network namespaces,
+//! default capabilities, seccomp) on the network the host's setting
+//! `network` names (`none`, `host`, or the host's private build network).
 
 /// The `helix:build` bindings; builders export through
 /// `helix_builder_kit::export_builder!(T with_types_in helix_builder_kit::bindings)`.
@@ -24,21 +25,30 @@ pub mod bindings {
     });
 }
 
-mod git;
-mod image;
 mod run;
 
 pub use bindings::exports::helix::build::builder_info::{Guest as InfoGuest, Metadata};
-pub use bindings::{BuildError, BuildOutput, Guest, Job};
 use bindings::helix::build::job_context;
-use bindings::helix::build::types::{Platform, PlatformDigest};
+use bindings::helix::build::types::Platform;
+pub use bindings::{BuildError, BuildOutput, Guest, Job};
 
-/// Where the checkout goes, relative to the workspace.
-const SOURCE_DIR: &str = "src";
-/// Container storage flags: per-job storage inside the workspace.
-const STORAGE: [&str; 6] = ["--root", "storage", "--runroot", "run", "--storage-driver", "vfs"];
-/// Written by `--digestfile`, relative to the workspace.
-const DIGEST_FILE: &str = "pushed.digest";
+/// Container storage and cgroup flags, given before the subcommand:
+/// per-job storage inside the workspace; cgroupfs because runc cannot use
+/// systemd's cgroups on every host.
+const GLOBAL: [&str; 8] = [
+    "--root",
+    "storage",
+    "--runroot",
+    "run",
+    "--storage-driver",
+    "vfs",
+    "--cgroup-manager",
+    "cgroupfs",
+];
+/// The image's name in the job's own container storage.
+const LOCAL_IMAGE: &str = "localhost/helix-image";
+/// Where the image is left for the host, relative to the workspace.
+const LAYOUT_DIR: &str = "image";
 
 /// The build tool a builder drives. Both accept the same flags for what
 /// this kit does.
@@ -56,9 +66,20 @@ impl Tool {
         }
     }
 
-    /// `<tool> <storage flags> <args…>`.
-    fn args(self, args: &[&str]) -> Vec<String> {
-        STORAGE.iter().chain(args).map(|a| a.to_string()).collect()
+    /// Runs `<tool> <global flags> <args…>`; a non-zero exit becomes
+    /// `failure(first line of what went wrong)`.
+    fn run(
+        self,
+        args: Vec<String>,
+        failure: impl Fn(String) -> BuildError,
+    ) -> Result<(), BuildError> {
+        let all = GLOBAL.iter().map(|a| a.to_string()).chain(args).collect();
+        let output = run::run(self.program(), all)?;
+        if output.exit_code == 0 {
+            Ok(())
+        } else {
+            Err(failure(run::error_line(&output.stderr)))
+        }
     }
 }
 
@@ -94,47 +115,84 @@ macro_rules! real_builder {
     };
 }
 
-/// Builds and pushes `job` with `tool`.
+/// Builds the checked-out source of `job` with `tool` and leaves the image
+/// (or, for several platforms, the index) as an OCI layout.
 pub fn build(tool: Tool, job: Job) -> Result<BuildOutput, BuildError> {
-    let settings = image::Settings::read();
-    git::check_source(&job, &settings)?;
-    let image = image::reference(&job, &settings)?;
-    log(&format!("building {} at {} with {} into {image}", job.repo_url, job.git_ref, tool.program()));
+    let network = job_context::setting("network").unwrap_or_else(|| "none".into());
+    let dockerfile = format!("{}/{}", job.source_dir, job.dockerfile_path);
+    check_dockerfile(&dockerfile, &job.dockerfile_path)?;
+    log(&format!(
+        "building {} at {} with {} (network: {network})",
+        job.repo_url,
+        job.commit.as_deref().unwrap_or(&job.git_ref),
+        tool.program()
+    ));
 
-    git::checkout(&job.repo_url, &job.git_ref)?;
-    check_dockerfile(&job.dockerfile_path)?;
-    build_image(tool, &job, &image)?;
-    let digest = push(tool, &job, &image, &settings)?;
-    let manifest = if job.platforms.len() > 1 {
-        pushed_platform_digests(&image, &settings)?
+    let platforms: Vec<String> = job.platforms.iter().map(platform_string).collect();
+    let several = platforms.len() > 1;
+    let mut args = strings(&[
+        "build",
+        "--isolation",
+        "oci",
+        "--runtime",
+        "runc",
+        "--network",
+        &network,
+        "-f",
+        &dockerfile,
+    ]);
+    let mut build_args: Vec<_> = job.build_args.iter().collect();
+    build_args.sort_by(|a, b| a.name.cmp(&b.name));
+    // `--flag=value` keeps a value starting with '-' from reading as a flag.
+    args.extend(
+        build_args
+            .iter()
+            .map(|arg| format!("--build-arg={}={}", arg.name, arg.value)),
+    );
+    args.push(format!("--platform={}", platforms.join(",")));
+    args.push(format!(
+        "{}={LOCAL_IMAGE}",
+        if several { "--manifest" } else { "--tag" }
+    ));
+    args.push(job.source_dir.clone());
+    tool.run(args, |why| {
+        BuildError::Build(format!("{} build failed: {why}", tool.program()))
+    })?;
+
+    let destination = format!("oci:{LAYOUT_DIR}");
+    let export = if several {
+        strings(&["manifest", "push", "--all", LOCAL_IMAGE, &destination])
     } else {
-        Vec::new()
+        strings(&["push", LOCAL_IMAGE, &destination])
     };
-    log(&format!("pushed {image} as {digest}"));
-    Ok(BuildOutput {
-        image_tag: image,
-        digest: Some(digest),
-        manifest,
-    })
+    tool.run(export, |why| {
+        BuildError::Internal(format!(
+            "could not write the built image to {LAYOUT_DIR}: {why}"
+        ))
+    })?;
+    log(&format!("image left in {LAYOUT_DIR} for the host to push"));
+    Ok(BuildOutput::OciLayout(LAYOUT_DIR.into()))
+}
+
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|a| a.to_string()).collect()
 }
 
 fn log(line: &str) {
     job_context::log(&format!("[builder] {line}"));
 }
 
-fn workspace_path(relative: &str) -> String {
-    format!("{}/{relative}", job_context::workspace())
-}
-
 /// The Dockerfile must exist inside the checkout. The lookup goes through
 /// the sandbox, so a symlink pointing out of the workspace fails here too.
-fn check_dockerfile(path: &str) -> Result<(), BuildError> {
-    let full = workspace_path(&format!("{SOURCE_DIR}/{path}"));
+fn check_dockerfile(path: &str, as_submitted: &str) -> Result<(), BuildError> {
+    let full = format!("{}/{path}", job_context::workspace());
     match std::fs::metadata(&full) {
         Ok(meta) if meta.is_file() => Ok(()),
-        Ok(_) => Err(BuildError::InvalidJob(format!("dockerfile_path {path:?} is not a file in the repository"))),
+        Ok(_) => Err(BuildError::InvalidJob(format!(
+            "dockerfile_path {as_submitted:?} is not a file in the repository"
+        ))),
         Err(_) => Err(BuildError::InvalidJob(format!(
-            "dockerfile_path {path:?} does not exist in the repository at this ref"
+            "dockerfile_path {as_submitted:?} does not exist in the repository at this ref"
         ))),
     }
 }
@@ -144,76 +202,4 @@ fn platform_string(p: &Platform) -> String {
         Some(v) => format!("{}/{}/{v}", p.os, p.arch),
         None => format!("{}/{}", p.os, p.arch),
     }
-}
-
-fn build_image(tool: Tool, job: &Job, image: &str) -> Result<(), BuildError> {
-    let dockerfile = format!("{SOURCE_DIR}/{}", job.dockerfile_path);
-    let mut args: Vec<String> = ["build", "--isolation", "chroot", "-f", &dockerfile]
-        .iter()
-        .map(|a| a.to_string())
-        .collect();
-    let mut build_args: Vec<_> = job.build_args.iter().collect();
-    build_args.sort_by(|a, b| a.name.cmp(&b.name));
-    for arg in build_args {
-        args.push("--build-arg".into());
-        args.push(format!("{}={}", arg.name, arg.value));
-    }
-    let platforms: Vec<String> = job.platforms.iter().map(platform_string).collect();
-    args.push("--platform".into());
-    args.push(platforms.join(","));
-    args.push(if platforms.len() > 1 { "--manifest" } else { "-t" }.into());
-    args.push(image.into());
-    args.push(SOURCE_DIR.into());
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let output = run::run(tool.program(), tool.args(&args))?;
-    if output.exit_code != 0 {
-        return Err(BuildError::Build(format!(
-            "{} build failed: {}",
-            tool.program(),
-            run::error_line(&output.stderr)
-        )));
-    }
-    Ok(())
-}
-
-fn push(tool: Tool, job: &Job, image: &str, settings: &image::Settings) -> Result<String, BuildError> {
-    let destination = format!("docker://{image}");
-    let mut args: Vec<&str> = if job.platforms.len() > 1 {
-        vec!["manifest", "push", "--all"]
-    } else {
-        vec!["push"]
-    };
-    if settings.is_insecure(image) {
-        args.push("--tls-verify=false");
-    }
-    args.extend(["--digestfile", DIGEST_FILE, image, &destination]);
-    let output = run::run(tool.program(), tool.args(&args))?;
-    if output.exit_code != 0 {
-        return Err(BuildError::Registry(format!(
-            "pushing {image} failed: {}",
-            run::error_line(&output.stderr)
-        )));
-    }
-    let digest = std::fs::read_to_string(workspace_path(DIGEST_FILE))
-        .map_err(|e| BuildError::Internal(format!("{} wrote no digest file: {e}", tool.program())))?;
-    Ok(digest.trim().to_string())
-}
-
-/// Each platform's digest as pushed. Pushing rewrites the per-platform
-/// manifests (compression, format), so the local list's digests are not
-/// what the registry holds; ask the registry.
-fn pushed_platform_digests(image: &str, settings: &image::Settings) -> Result<Vec<PlatformDigest>, BuildError> {
-    let mut args = vec!["inspect".to_string(), "--raw".to_string()];
-    if settings.is_insecure(image) {
-        args.push("--tls-verify=false".into());
-    }
-    args.push(format!("docker://{image}"));
-    let output = run::run("skopeo", args)?;
-    if output.exit_code != 0 {
-        return Err(BuildError::Registry(format!(
-            "cannot read back the pushed index of {image}: {}",
-            run::error_line(&output.stderr)
-        )));
-    }
-    image::parse_manifest_list(&output.stdout).map_err(BuildError::Internal)
 }

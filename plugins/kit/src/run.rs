@@ -14,19 +14,25 @@ pub(crate) fn run(program: &str, args: Vec<String>) -> Result<Output, BuildError
     };
     command_runner::run(&command).map_err(|e| match e {
         RunError::Denied(reason) => BuildError::Denied(reason),
-        RunError::NotFound(reason) => {
-            BuildError::Internal(format!("{reason}; the operator must install `{program}` on the build host"))
-        }
+        RunError::NotFound(reason) => BuildError::Internal(format!(
+            "{reason}; the operator must install `{program}` on the build host"
+        )),
         RunError::Cancelled => BuildError::Cancelled,
         RunError::TimedOut => BuildError::Internal(format!("`{program}` timed out")),
-        RunError::FailedToStart(reason) => BuildError::Internal(format!("`{program}` could not start: {reason}")),
+        RunError::FailedToStart(reason) => {
+            BuildError::Internal(format!("`{program}` could not start: {reason}"))
+        }
     })
 }
 
 /// The line of a tool's stderr that says what went wrong: its last
 /// `Error:`/`fatal:` line, else its last non-empty line.
 pub(crate) fn error_line(stderr: &str) -> String {
-    let lines: Vec<&str> = stderr.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let lines: Vec<&str> = stderr
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
     lines
         .iter()
         .rev()

@@ -1,9 +1,10 @@
-//! The podman builder: checks out the job's repository, builds it with
-//! `podman build --isolation chroot` (one platform, or a manifest list for
-//! several), and pushes it to the registry. See `helix-builder-kit`.
+//! The podman builder: builds the source the host checked out with
+//! `podman build --isolation oci --runtime runc` (one platform, or a manifest
+//! list for several) and leaves it as an OCI layout the host pushes. See
+//! `helix-builder-kit`.
 
 helix_builder_kit::real_builder!(
     Podman,
     helix_builder_kit::Tool::Podman,
-    "Builds with podman (chroot isolation) and pushes to a registry"
+    "Builds with podman, each RUN step in its own OCI container; the host pushes"
 );

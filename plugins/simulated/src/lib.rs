@@ -22,7 +22,7 @@ wit_bindgen::generate!({
 
 use exports::helix::build::builder_info::{self, Metadata};
 use helix::build::job_context;
-use helix::build::types::{Platform, PlatformDigest};
+use helix::build::types::{Platform, PlatformDigest, SimulatedImage};
 
 /// Registry host of every simulated tag: `.invalid` is reserved (RFC 2606),
 /// so no one can mistake the tag for a pullable image.
@@ -85,11 +85,11 @@ impl Guest for Simulated {
         };
         let image_tag = format!("{SIMULATED_REGISTRY}/helix-simulated:{}", job.id);
         log(&format!("done: {image_tag} (not a real image)"));
-        Ok(BuildOutput {
+        Ok(BuildOutput::Simulated(SimulatedImage {
             image_tag,
             digest: Some(fake_digest(&[&job.id])),
             manifest,
-        })
+        }))
     }
 }
 

@@ -7,6 +7,7 @@ wit_bindgen::generate!({
 });
 
 use exports::helix::build::builder_info::{self, Metadata};
+use helix::build::types::SimulatedImage;
 
 struct EmptyTag;
 
@@ -23,11 +24,11 @@ impl builder_info::Guest for EmptyTag {
 
 impl Guest for EmptyTag {
     fn build(_job: Job) -> Result<BuildOutput, BuildError> {
-        Ok(BuildOutput {
+        Ok(BuildOutput::Simulated(SimulatedImage {
             image_tag: String::new(),
             digest: None,
             manifest: Vec::new(),
-        })
+        }))
     }
 }
 

@@ -34,12 +34,40 @@ impl Guest for Escape {
             .map(|a| a.value.clone())
             .unwrap_or_else(|| "127.0.0.1:80".into());
         let attempts: Vec<(&str, Result<String, String>)> = vec![
-            ("read /etc/passwd", std::fs::read_to_string("/etc/passwd").map(|t| format!("{} bytes", t.len())).map_err(|e| e.to_string())),
-            ("read /workspace/../etc/passwd", std::fs::read_to_string("/workspace/../etc/passwd").map(|t| format!("{} bytes", t.len())).map_err(|e| e.to_string())),
-            ("list /", std::fs::read_dir("/").map(|d| format!("{} entries", d.count())).map_err(|e| e.to_string())),
-            ("read env HOME", std::env::var("HOME").map_err(|e| e.to_string())),
-            ("tcp connect", std::net::TcpStream::connect(&addr).map(|_| "connected".to_string()).map_err(|e| e.to_string())),
-            ("udp bind", std::net::UdpSocket::bind("0.0.0.0:0").map(|_| "bound".to_string()).map_err(|e| e.to_string())),
+            (
+                "read /etc/passwd",
+                std::fs::read_to_string("/etc/passwd")
+                    .map(|t| format!("{} bytes", t.len()))
+                    .map_err(|e| e.to_string()),
+            ),
+            (
+                "read /workspace/../etc/passwd",
+                std::fs::read_to_string("/workspace/../etc/passwd")
+                    .map(|t| format!("{} bytes", t.len()))
+                    .map_err(|e| e.to_string()),
+            ),
+            (
+                "list /",
+                std::fs::read_dir("/")
+                    .map(|d| format!("{} entries", d.count()))
+                    .map_err(|e| e.to_string()),
+            ),
+            (
+                "read env HOME",
+                std::env::var("HOME").map_err(|e| e.to_string()),
+            ),
+            (
+                "tcp connect",
+                std::net::TcpStream::connect(&addr)
+                    .map(|_| "connected".to_string())
+                    .map_err(|e| e.to_string()),
+            ),
+            (
+                "udp bind",
+                std::net::UdpSocket::bind("0.0.0.0:0")
+                    .map(|_| "bound".to_string())
+                    .map_err(|e| e.to_string()),
+            ),
         ];
         let mut escaped = Vec::new();
         for (what, result) in attempts {
@@ -52,9 +80,14 @@ impl Guest for Escape {
             }
         }
         if escaped.is_empty() {
-            Err(BuildError::Denied("every escape attempt was refused".into()))
+            Err(BuildError::Denied(
+                "every escape attempt was refused".into(),
+            ))
         } else {
-            Err(BuildError::Internal(format!("ESCAPED: {}", escaped.join(", "))))
+            Err(BuildError::Internal(format!(
+                "ESCAPED: {}",
+                escaped.join(", ")
+            )))
         }
     }
 }

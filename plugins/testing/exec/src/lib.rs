@@ -17,6 +17,7 @@ wit_bindgen::generate!({
 use exports::helix::build::builder_info::{self, Metadata};
 use helix::build::command_runner::{self, Command, RunError};
 use helix::build::job_context;
+use helix::build::types::SimulatedImage;
 
 struct Exec;
 
@@ -32,13 +33,18 @@ impl builder_info::Guest for Exec {
 }
 
 fn arg(job: &Job, name: &str) -> Option<String> {
-    job.build_args.iter().find(|a| a.name == name).map(|a| a.value.clone())
+    job.build_args
+        .iter()
+        .find(|a| a.name == name)
+        .map(|a| a.value.clone())
 }
 
 impl Guest for Exec {
     fn build(job: Job) -> Result<BuildOutput, BuildError> {
         for n in 0..10 {
-            let Some(line) = arg(&job, &format!("EXEC_{n}")) else { continue };
+            let Some(line) = arg(&job, &format!("EXEC_{n}")) else {
+                continue;
+            };
             let mut words = line.split('\n').map(str::to_string);
             let program = words.next().unwrap_or_default();
             let env = arg(&job, &format!("EXEC_{n}_ENV"))
@@ -68,7 +74,10 @@ impl Guest for Exec {
                         job_context::log(&format!("[exec] {n}: last stdout line: {last}"));
                     }
                     if output.exit_code != 0 {
-                        return Err(BuildError::Build(format!("command {n} exited with {}", output.exit_code)));
+                        return Err(BuildError::Build(format!(
+                            "command {n} exited with {}",
+                            output.exit_code
+                        )));
                     }
                 }
                 Err(RunError::Denied(reason)) => {
@@ -81,11 +90,11 @@ impl Guest for Exec {
                 }
             }
         }
-        Ok(BuildOutput {
+        Ok(BuildOutput::Simulated(SimulatedImage {
             image_tag: format!("testing.invalid/exec:{}", job.id),
             digest: None,
             manifest: Vec::new(),
-        })
+        }))
     }
 }
 

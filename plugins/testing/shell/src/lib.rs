@@ -40,7 +40,11 @@ impl Guest for Shell {
                     job_context::log(&format!("[shell] refused: {reason}"));
                     refusals.push(reason);
                 }
-                other => return Err(BuildError::Internal(format!("sh {args:?} was not refused: {other:?}"))),
+                other => {
+                    return Err(BuildError::Internal(format!(
+                        "sh {args:?} was not refused: {other:?}"
+                    )));
+                }
             }
         }
         Err(BuildError::Denied(refusals.join("; ")))

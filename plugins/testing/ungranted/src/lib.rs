@@ -33,7 +33,9 @@ impl Guest for Ungranted {
         };
         match command_runner::run(&command) {
             Err(RunError::Denied(reason)) => Err(BuildError::Denied(reason)),
-            other => Err(BuildError::Internal(format!("curl was not refused: {other:?}"))),
+            other => Err(BuildError::Internal(format!(
+                "curl was not refused: {other:?}"
+            ))),
         }
     }
 }

@@ -1,0 +1,225 @@
+//! Checking out a job's source: the host's own git, hardened, before the
+//! builder runs, so no builder ever runs git or chooses what is fetched.
+//!
+//! Hardening: git reads no system or global config and runs no hooks and
+//! no fsmonitor (`core.hooksPath=/dev/null`, `core.fsmonitor=false`); only
+//! the https, http, ssh and git transports are enabled (file too when the
+//! operator allows `file://` repositories), so `ext::`, local paths and
+//! other helpers are refused by git itself; it never prompts and gets an
+//! environment of `PATH` and an empty `HOME` alone. Every git command runs
+//! before the builder is instantiated, on a directory only the host has
+//! written, so a `.git` a guest wrote is never read.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use crate::cancel::CancelSignal;
+use crate::exec::{CommandOutput, HostCommand, RunError};
+use crate::job::{FailureKind, Job, Outcome};
+use crate::log::JobLog;
+
+/// Where the checkout goes, relative to the workspace.
+pub const SOURCE_DIR: &str = "src";
+/// How long one git command may take.
+const GIT_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Fetches sources the way the operator allows.
+#[derive(Debug, Clone, Default)]
+pub struct Checkout {
+    /// Whether `file://` repositories may be cloned.
+    pub allow_file_repos: bool,
+}
+
+impl Checkout {
+    /// Checks `job`'s ref out into `<workspace>/src` and returns the commit:
+    /// a shallow clone where the server allows it, else a full clone and a
+    /// checkout (commit shas, and servers that refuse `--depth`). Failures
+    /// are the job's outcome: an unknown repository or ref is a source
+    /// error, a cancel is a cancel.
+    pub async fn fetch(
+        &self,
+        job: &Job,
+        workspace: &Path,
+        log: &JobLog,
+        cancel: &CancelSignal,
+    ) -> Result<String, Outcome> {
+        let git = Git {
+            workspace,
+            log,
+            cancel,
+            allow_file: self.allow_file_repos,
+        };
+        let url = job.repo_url.as_str();
+        let git_ref = job.git_ref.as_str();
+        log.push(&format!("[helix] checking out {url} at {git_ref}"));
+        if is_commit(git_ref) {
+            git.clone(url, &[]).await?;
+            git.detach(url, git_ref).await?;
+        } else {
+            let mut shallow = vec!["--depth", "1"];
+            if git_ref != "HEAD" {
+                shallow.extend(["--branch", git_ref]);
+            }
+            if let Err(refused) = git.clone(url, &shallow).await {
+                if matches!(refused, Outcome::Cancelled { .. }) {
+                    return Err(refused);
+                }
+                log.push("[helix] shallow clone failed; trying a full clone");
+                remove_partial(workspace);
+                git.clone(url, &[]).await?;
+                if git_ref != "HEAD" {
+                    git.detach(url, git_ref).await?;
+                }
+            }
+        }
+        let head = git
+            .run(&["-C", SOURCE_DIR, "rev-parse", "--verify", "HEAD^{commit}"])
+            .await?;
+        let commit = head.stdout.trim().to_string();
+        if head.exit_code != 0 || !is_commit(&commit) {
+            return Err(Outcome::failed(
+                FailureKind::Source,
+                format!("{url} at {git_ref:?} has no commit to build"),
+            ));
+        }
+        log.push(&format!("[helix] checked out commit {commit}"));
+        Ok(commit)
+    }
+}
+
+/// git with the hardening described in the module docs.
+struct Git<'a> {
+    workspace: &'a Path,
+    log: &'a JobLog,
+    cancel: &'a CancelSignal,
+    allow_file: bool,
+}
+
+impl Git<'_> {
+    async fn clone(&self, url: &str, options: &[&str]) -> Result<(), Outcome> {
+        let mut args = vec!["clone"];
+        args.extend(options);
+        args.extend(["--", url, SOURCE_DIR]);
+        let output = self.run(&args).await?;
+        if output.exit_code == 0 {
+            return Ok(());
+        }
+        Err(Outcome::failed(
+            FailureKind::Source,
+            format!("cannot clone {url}: {}", last_error_line(&output.stderr)),
+        ))
+    }
+
+    async fn detach(&self, url: &str, git_ref: &str) -> Result<(), Outcome> {
+        let output = self
+            .run(&[
+                "-C", SOURCE_DIR, "checkout", "--quiet", "--detach", git_ref, "--",
+            ])
+            .await?;
+        if output.exit_code == 0 {
+            return Ok(());
+        }
+        Err(Outcome::failed(
+            FailureKind::Source,
+            format!(
+                "ref {git_ref:?} was not found in {url}: it names no branch, tag or commit there"
+            ),
+        ))
+    }
+
+    async fn run(&self, args: &[&str]) -> Result<CommandOutput, Outcome> {
+        let mut all: Vec<String> = [
+            "-c",
+            "core.hooksPath=/dev/null",
+            "-c",
+            "core.fsmonitor=false",
+            "-c",
+            "protocol.allow=never",
+            "-c",
+            "protocol.https.allow=always",
+            "-c",
+            "protocol.http.allow=always",
+            "-c",
+            "protocol.ssh.allow=always",
+            "-c",
+            "protocol.git.allow=always",
+            "-c",
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+        all.push(format!(
+            "protocol.file.allow={}",
+            if self.allow_file { "always" } else { "never" }
+        ));
+        all.extend(args.iter().map(|a| a.to_string()));
+        let env = BTreeMap::from([
+            (
+                "PATH".to_string(),
+                std::env::var("PATH").unwrap_or_default(),
+            ),
+            ("HOME".to_string(), "/nonexistent".to_string()),
+            ("GIT_CONFIG_NOSYSTEM".to_string(), "1".to_string()),
+            ("GIT_CONFIG_GLOBAL".to_string(), "/dev/null".to_string()),
+            ("GIT_TERMINAL_PROMPT".to_string(), "0".to_string()),
+            ("GIT_PROTOCOL_FROM_USER".to_string(), "0".to_string()),
+        ]);
+        HostCommand {
+            program: "git",
+            args: &all,
+            env: &env,
+            cwd: self.workspace,
+            timeout: Some(GIT_TIMEOUT),
+            log: self.log,
+            cancel: self.cancel,
+        }
+        .run()
+        .await
+        .map_err(|e| match e {
+            RunError::Cancelled => Outcome::Cancelled {
+                reason: self.cancel.reason(),
+            },
+            RunError::TimedOut => Outcome::failed(
+                FailureKind::Source,
+                format!(
+                    "git did not finish within {}s; is the repository reachable?",
+                    GIT_TIMEOUT.as_secs()
+                ),
+            ),
+            other => Outcome::failed(
+                FailureKind::Host,
+                format!("cannot run git for the checkout: {other}; install git on the build host"),
+            ),
+        })
+    }
+}
+
+/// A full clone goes where a failed shallow one may have left files.
+fn remove_partial(workspace: &Path) {
+    let _ = std::fs::remove_dir_all(workspace.join(SOURCE_DIR));
+}
+
+fn is_commit(git_ref: &str) -> bool {
+    (7..=64).contains(&git_ref.len()) && git_ref.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// git's `fatal:`/`error:` line, else its last line.
+pub(crate) fn last_error_line(stderr: &str) -> String {
+    let lines: Vec<&str> = stderr
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    lines
+        .iter()
+        .rev()
+        .find(|l| l.starts_with("fatal:") || l.starts_with("error:") || l.starts_with("Error:"))
+        .or(lines.last())
+        .map(|l| {
+            ["fatal: ", "error: ", "Error: "]
+                .iter()
+                .fold(l.to_string(), |l, p| l.trim_start_matches(p).to_string())
+        })
+        .unwrap_or_else(|| "no error output".into())
+}

@@ -232,7 +232,7 @@ async fn failures_say_whose_fault_they_are() {
                 dockerfile_path: Some("failing/Dockerfile".into()),
                 ..job(&repo, "podman", "main")
             },
-            "build error: podman build failed: building at STEP \"RUN /bin/busybox false\": exit status 1",
+            "build error: podman build failed: building at STEP \"RUN /bin/busybox false\": while running runtime: exit status 1",
         ),
         (
             JobRequest {

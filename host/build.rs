@@ -18,6 +18,7 @@ const BUILTIN: &[(&str, &str)] = &[
 ];
 /// Crate file stems of the plugins in plugins/testing/, for tests.
 const TESTING: &[&str] = &[
+    "helix_plugin_attack",
     "helix_plugin_empty_tag",
     "helix_plugin_escape",
     "helix_plugin_exec",

@@ -147,7 +147,16 @@ fn serves_with_no_config_and_runs_a_simulated_job() {
     assert_eq!(names, ["buildah", "podman", "simulated"]);
     assert_eq!(builders[2]["simulated"], true);
     assert_eq!(builders[1]["simulated"], false);
-    assert_eq!(builders[1]["grants"]["programs"][0]["command"], "git");
+    assert_eq!(builders[1]["network"], "private");
+    let podman_grants = &builders[1]["grants"]["programs"];
+    assert_eq!(podman_grants[0]["command"], "podman");
+    assert!(
+        podman_grants[0]["args"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("oci")),
+        "{podman_grants}"
+    );
 
     let request = json!({
         "id": "e2e-1",
@@ -286,6 +295,29 @@ fn a_config_with_an_unknown_field_is_refused_by_name() {
     );
 }
 
+#[test]
+fn a_public_address_without_a_token_is_refused_unless_told_insecure() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_helix-build"))
+        .args(["serve", "--listen", "0.0.0.0:0"])
+        .env("HELIX_DATA_DIR", dir.path())
+        .env_remove("HELIX_CONFIG")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("refusing to serve 0.0.0.0:0 without a token")
+            && stderr.contains("--insecure-no-auth"),
+        "{stderr}"
+    );
+    let mut server = Server::start_in(dir.path(), &["--listen", "0.0.0.0:0", "--insecure-no-auth"]);
+    assert!(server.address.ip().is_unspecified());
+    // Asked over loopback, like every other test's traffic.
+    server.address.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    assert_eq!(server.request("GET", "/healthz", None).0, 200);
+}
+
 fn plugin_check(path: &std::path::Path) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_helix-build"))
         .args(["plugin", "check"])
@@ -302,12 +334,18 @@ fn plugin_check_describes_a_builder() {
     assert!(output.status.success());
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
-        stdout.contains("a builder for helix:build@0.1.0"),
+        stdout.contains(&format!(
+            "a builder for helix:build@{}",
+            helix_build::plugin::WIT_VERSION
+        )),
         "{stdout}"
     );
     assert!(stdout.contains("name:        testing-exec"), "{stdout}");
     assert!(
-        stdout.contains("helix:build/command-runner@0.1.0"),
+        stdout.contains(&format!(
+            "helix:build/command-runner@{}",
+            helix_build::plugin::WIT_VERSION
+        )),
         "{stdout}"
     );
 }

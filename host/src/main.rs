@@ -51,6 +51,10 @@ enum Command {
         /// Listen address, overriding the config file's `listen`.
         #[arg(long)]
         listen: Option<std::net::SocketAddr>,
+        /// Serve a non-loopback address without a `token`: anyone who can
+        /// reach it can submit builds and read every job.
+        #[arg(long)]
+        insecure_no_auth: bool,
     },
     #[command(flatten)]
     Client(ClientCommand),
@@ -128,7 +132,11 @@ async fn main() -> ExitCode {
         LogFormat::Json => logs.json().init(),
     }
     let result = match cli.command {
-        Command::Serve { config, listen } => serve(config, listen).await.map(|()| true),
+        Command::Serve {
+            config,
+            listen,
+            insecure_no_auth,
+        } => serve(config, listen, insecure_no_auth).await.map(|()| true),
         Command::Plugin {
             command: PluginCommand::Check { file },
         } => check_plugin(&file).await.map(|()| true),
@@ -147,6 +155,7 @@ async fn main() -> ExitCode {
 async fn serve(
     config: Option<PathBuf>,
     listen: Option<std::net::SocketAddr>,
+    insecure_no_auth: bool,
 ) -> Result<(), String> {
     let mut config = match config {
         Some(path) => Config::from_file(&path).map_err(|e| e.to_string())?,
@@ -154,6 +163,13 @@ async fn serve(
     };
     if let Some(listen) = listen {
         config.listen = listen;
+    }
+    if !config.listen.ip().is_loopback() && config.token.is_none() && !insecure_no_auth {
+        return Err(format!(
+            "refusing to serve {} without a token: anyone who reaches it could submit builds \
+             and read every job; set `token` in the config, or pass --insecure-no-auth",
+            config.listen
+        ));
     }
     let shutdown = shutdown_signal()?;
     let service = app::start(&config).await.map_err(|e| e.to_string())?;

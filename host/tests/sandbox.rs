@@ -94,7 +94,7 @@ async fn every_misbehaving_plugin_ends_its_job_with_the_cause_while_a_normal_job
         (
             "shell",
             State::Failed,
-            "denied: builder 'shell': `sh -c id; cat /etc/passwd`: these arguments are not granted",
+            "denied: builder 'shell': `sh -c id; cat /etc/passwd`: expected \"echo hello\", got \"id; cat /etc/passwd\"; granted: sh -c echo hello",
         ),
         (
             "escape",
@@ -128,7 +128,7 @@ async fn denied_calls_are_recorded_in_the_job_log() {
         .collect();
     assert_eq!(denials.len(), 2, "{logs:?}");
     assert!(
-        denials[1].contains("allowed: sh -c echo hello"),
+        denials[1].contains("granted: sh -c echo hello"),
         "{}",
         denials[1]
     );

@@ -269,9 +269,6 @@ impl GrantPolicy {
             }
         }
         let reason = best.map(|m| m.reason).unwrap_or_default();
-        if for_program.len() == 1 {
-            return Err(Denial(format!("`{call}`: {reason}")));
-        }
         let allowed: Vec<String> = for_program
             .iter()
             .map(|g| describe(&g.command, &g.args))

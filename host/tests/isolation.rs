@@ -1,0 +1,332 @@
+//! Untrusted parties against the host, with real components, real podman
+//! and runc, real git and a real registry on loopback:
+//!
+//! - a user's Dockerfile whose `RUN` step tries to see host processes,
+//!   reach services on the host (its loopback and the build network's
+//!   gateway address), read a file on the host, and break out of a
+//!   `chroot(2)` — every attempt fails and the build itself succeeds;
+//! - a third-party builder granted exactly what the built-in podman
+//!   builder is granted, trying one way out per job — each call is refused
+//!   with a `denied` naming the rule, while a normal build beside them
+//!   succeeds.
+//!
+//! Needs root, podman, runc, iptables, skopeo, git, docker-registry,
+//! busybox-static and rustc (for the breakout helper), as `.ci/run` has.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use common::fixtures::{Registry, Repo, git};
+use common::{finished, start};
+use helix_build::config::{BuilderConfig, Config, RegistryConfig};
+use helix_build::job::{Job, JobRequest, State};
+use helix_build::network::BuildNetwork;
+use helix_build::service::Service;
+
+/// The private build network's gateway: the host as a build step sees it.
+const GATEWAY: &str = "10.213.77.1";
+
+/// Escapes a `chroot(2)` the classic way (chroot into a subdirectory while
+/// the working directory stays outside it, climb, chroot again), then
+/// tries to read the canary file and counts the processes it can see.
+const BREAKOUT: &str = r#"
+fn main() {
+    let canary = std::env::args().nth(1).unwrap();
+    let _ = std::fs::create_dir("/breakout-jail");
+    if let Err(e) = std::os::unix::fs::chroot("/breakout-jail") {
+        println!("breakout: chroot refused: {e}");
+        return;
+    }
+    for _ in 0..64 {
+        let _ = std::env::set_current_dir("..");
+    }
+    if let Err(e) = std::os::unix::fs::chroot(".") {
+        println!("breakout: second chroot refused: {e}");
+        return;
+    }
+    match std::fs::read_to_string(&canary) {
+        Ok(text) => println!("breakout: read the canary: {text}"),
+        Err(e) => println!("breakout: no canary after the escape: {e}"),
+    }
+}
+"#;
+
+const PROBE: &str = "B=/bin/busybox; \
+echo \"probe pids: $($B ls /proc | $B grep -c '^[0-9]')\"; \
+for a in 127.0.0.1 $GATEWAY; do \
+  if echo x | $B nc -w 2 $a $HOST_PORT; then echo \"probe reached $a\"; else echo \"probe blocked $a\"; fi; \
+done; \
+if $B cat $CANARY; then echo 'probe canary read'; else echo 'probe canary absent'; fi; \
+/bin/breakout $CANARY";
+
+fn config(dir: &tempfile::TempDir, registry: &str) -> Config {
+    let mut config = common::config(dir, 4, 50);
+    config.allow_file_repos = true;
+    config.default_registry = Some(format!("{registry}/team"));
+    config
+        .registries
+        .insert(registry.to_string(), RegistryConfig { tls_verify: false });
+    config
+}
+
+async fn run(service: &Service, request: JobRequest) -> (Job, Vec<String>) {
+    let job = service.submit(request).await.unwrap();
+    let job = finished(service, &job.id).await;
+    let logs = service.logs(job.id.as_str()).await.unwrap();
+    eprintln!(
+        "--- {} ({}): {:?}\n{}",
+        job.id,
+        job.state,
+        job.error,
+        logs.join("\n")
+    );
+    (job, logs)
+}
+
+/// A repository whose Dockerfile runs the probe, with a static breakout
+/// helper compiled here.
+fn probe_repo() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path();
+    std::fs::write(path.join("breakout.rs"), BREAKOUT).unwrap();
+    let status = std::process::Command::new("rustc")
+        .args([
+            "--edition",
+            "2021",
+            "-O",
+            "-C",
+            "target-feature=+crt-static",
+        ])
+        .arg(path.join("breakout.rs"))
+        .arg("-o")
+        .arg(path.join("breakout"))
+        .status()
+        .expect("rustc is installed");
+    assert!(status.success(), "compiling the breakout helper");
+    std::fs::remove_file(path.join("breakout.rs")).unwrap();
+    std::fs::copy("/bin/busybox", path.join("busybox")).expect("busybox-static is installed");
+    let script = serde_json::to_string(PROBE).unwrap();
+    std::fs::write(
+        path.join("Dockerfile"),
+        format!(
+            "FROM scratch\nARG HOST_PORT\nARG CANARY\nARG GATEWAY\n\
+             COPY busybox /bin/busybox\nCOPY breakout /bin/breakout\n\
+             RUN [\"/bin/busybox\", \"sh\", \"-c\", {script}]\n"
+        ),
+    )
+    .unwrap();
+    git(path, &["init", "-q", "-b", "main"]);
+    git(path, &["add", "-A"]);
+    git(path, &["commit", "-qm", "probe"]);
+    dir
+}
+
+/// A TCP listener on every host address, counting the connections it
+/// accepts: the stand-in for the API, PostgreSQL, or any host service.
+fn host_service() -> (u16, Arc<AtomicUsize>) {
+    let listener = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            count.fetch_add(1, Ordering::SeqCst);
+            let mut buf = [0u8; 16];
+            let _ = (&stream).read(&mut buf);
+        }
+    });
+    (port, accepted)
+}
+
+fn host_processes() -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_step_cannot_see_reach_or_escape_to_the_host() {
+    let registry = Registry::start(false);
+    let repo = probe_repo();
+    let dir = tempfile::tempdir().unwrap();
+    let service = start(&config(&dir, &registry.address)).await;
+    let (port, accepted) = host_service();
+    let canary_dir = tempfile::tempdir().unwrap();
+    let canary = canary_dir.path().join("canary");
+    let secret = format!("canary-{}", uuid_like());
+    std::fs::write(&canary, &secret).unwrap();
+
+    for builder in ["podman", "buildah"] {
+        let request = JobRequest {
+            repo_url: format!("file://{}", repo.path().display()),
+            builder: Some(builder.into()),
+            build_args: BTreeMap::from([
+                ("HOST_PORT".to_string(), port.to_string()),
+                ("CANARY".to_string(), canary.display().to_string()),
+                ("GATEWAY".to_string(), GATEWAY.to_string()),
+            ]),
+            ..JobRequest::default()
+        };
+        let (job, logs) = run(&service, request).await;
+        assert_eq!(job.state, State::Succeeded, "{builder}: {:?}", job.error);
+        let said = |text: &str| logs.iter().any(|l| l.contains(text));
+
+        let pids: usize = logs
+            .iter()
+            .find_map(|l| l.split("probe pids: ").nth(1)?.trim().parse().ok())
+            .expect("the probe counted processes");
+        assert!(
+            pids < 10 && pids < host_processes(),
+            "{builder}: a RUN step sees {pids} processes"
+        );
+        for address in ["127.0.0.1", GATEWAY] {
+            assert!(
+                said(&format!("probe blocked {address}")),
+                "{builder}: {address}"
+            );
+            assert!(
+                !said(&format!("probe reached {address}")),
+                "{builder}: {address}"
+            );
+        }
+        assert!(said("probe canary absent"), "{builder}");
+        assert!(said("breakout: no canary after the escape"), "{builder}");
+        assert!(
+            !logs.iter().any(|l| l.contains(&secret)),
+            "{builder}: canary read"
+        );
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        0,
+        "a RUN step connected to a service on the host"
+    );
+}
+
+/// A unique enough suffix without another dependency.
+fn uuid_like() -> String {
+    format!(
+        "{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_builder_with_the_podman_grants_is_refused_every_way_out() {
+    let registry = Registry::start(false);
+    let repo = Repo::new();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(&dir, &registry.address);
+    config.builders.insert(
+        "attack".into(),
+        BuilderConfig {
+            component: Some(common::testing_plugin("attack")),
+            grants: Some(helix_build::builtin::default_grants(
+                "podman",
+                BuildNetwork::Private,
+            )),
+            ..BuilderConfig::default()
+        },
+    );
+    let config = config.validated().unwrap();
+    let service = start(&config).await;
+    let pwned = dir.path().join("pwned-by-git-hooks");
+
+    let cases: &[(&str, &str)] = &[
+        ("host-context", "path \"/etc\" is outside the job workspace"),
+        ("volume", "option --volume is not granted"),
+        ("build-context", "option --build-context is not granted"),
+        ("secret-src", "option --secret is not granted"),
+        ("capabilities", "option --cap-add is not granted"),
+        ("duplicate-isolation", "option --isolation is pinned"),
+        ("duplicate-root", "option --root is pinned"),
+        ("runtime", "option --runtime is pinned"),
+        ("network-host", "option --network is pinned"),
+        ("write-iidfile", "option --iidfile is not granted"),
+        (
+            "write-push",
+            "path \"/etc/helix-pwned\" is outside the job workspace",
+        ),
+        (
+            "dockerfile-outside",
+            "path \"/etc/shadow\" is outside the job workspace",
+        ),
+        ("authfile", "option --authfile is not granted"),
+        (
+            "credentials-env",
+            "environment variable REGISTRY_AUTH_FILE is not granted",
+        ),
+        ("clone-local", "program `git` is not granted"),
+        ("exfiltrate-inspect", "program `skopeo` is not granted"),
+        ("exfiltrate-push", "expected \"oci:{path}\""),
+    ];
+    let mut submitted = Vec::new();
+    for (case, _) in cases {
+        let request = JobRequest {
+            repo_url: format!("file://{}", repo.dir.path().display()),
+            builder: Some("attack".into()),
+            build_args: BTreeMap::from([("ATTACK".to_string(), case.to_string())]),
+            ..JobRequest::default()
+        };
+        submitted.push(service.submit(request).await.unwrap().id);
+    }
+    let normal = JobRequest {
+        repo_url: format!("file://{}", repo.dir.path().display()),
+        builder: Some("podman".into()),
+        ..JobRequest::default()
+    };
+    let (normal, _) = run(&service, normal).await;
+    assert_eq!(normal.state, State::Succeeded, "{:?}", normal.error);
+
+    for ((case, rule), id) in cases.iter().zip(&submitted) {
+        let job = finished(&service, id).await;
+        let error = job.error.clone().unwrap_or_default();
+        assert_eq!(job.state, State::Failed, "{case}: {error}");
+        assert!(
+            error.starts_with("denied: builder 'attack': ") && error.contains(rule),
+            "{case}: expected a denial naming {rule:?}, got {error:?}"
+        );
+        let logs = service.logs(id.as_str()).await.unwrap();
+        assert!(
+            logs.iter().any(|l| l.starts_with("[helix] denied: ")),
+            "{case}: the denial is logged"
+        );
+    }
+
+    // The guest may write the checkout, but the host never runs git on it
+    // again, and a layout that is not one (or not in the workspace) is the
+    // plugin's fault.
+    for (case, error) in [
+        ("git-hooks", "plugin fault: "),
+        (
+            "layout-outside",
+            "plugin fault: builder 'attack' named its image \"../../..\"",
+        ),
+    ] {
+        let request = JobRequest {
+            repo_url: format!("file://{}", repo.dir.path().display()),
+            builder: Some("attack".into()),
+            build_args: BTreeMap::from([
+                ("ATTACK".to_string(), case.to_string()),
+                ("PWNED".to_string(), pwned.display().to_string()),
+            ]),
+            ..JobRequest::default()
+        };
+        let (job, _) = run(&service, request).await;
+        assert_eq!(job.state, State::Failed, "{case}");
+        let message = job.error.unwrap();
+        assert!(message.starts_with(error), "{case}: {message}");
+    }
+    assert!(!Path::new(&pwned).exists(), "a git hook ran");
+}

@@ -281,6 +281,29 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_layout_holding_a_link_or_no_index_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = dir.path().join("image");
+        std::fs::create_dir_all(layout.join("blobs/sha256")).unwrap();
+        std::fs::write(layout.join("index.json"), "{}").unwrap();
+        std::fs::write(layout.join("oci-layout"), "{}").unwrap();
+        assert_eq!(check_layout(&layout), Ok(()));
+
+        std::os::unix::fs::symlink("/etc/shadow", layout.join("blobs/sha256/abc")).unwrap();
+        let err = check_layout(&layout).unwrap_err();
+        assert!(err.contains("a symbolic link"), "{err}");
+
+        std::fs::remove_file(layout.join("blobs/sha256/abc")).unwrap();
+        std::fs::remove_file(layout.join("index.json")).unwrap();
+        let err = check_layout(&layout).unwrap_err();
+        assert!(err.contains("no index.json"), "{err}");
+
+        std::os::unix::fs::symlink(&layout, dir.path().join("link")).unwrap();
+        let err = check_layout(&dir.path().join("link")).unwrap_err();
+        assert!(err.contains("a symbolic link"), "{err}");
+    }
+
+    #[test]
     fn reads_platforms_of_an_index() {
         let raw = br#"{"manifests":[
             {"digest":"sha256:aa","platform":{"os":"linux","architecture":"amd64"}},

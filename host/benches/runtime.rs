@@ -101,6 +101,7 @@ async fn run() {
             log: Arc::new(JobLog::new(100)),
             cancel: CancelSignal::new(),
             workspace: workspace.path().to_path_buf(),
+            program_env: Default::default(),
             commit: None,
         };
         let started = Instant::now();

@@ -21,10 +21,10 @@ pub fn names() -> impl Iterator<Item = &'static str> {
 
 /// The grants a built-in builder gets unless the config gives its own:
 /// nothing for `simulated`; for `podman` and `buildah` exactly the build
-/// and export invocations `plugins/kit` makes — container storage inside
-/// the job workspace, every `RUN` step in an OCI container under runc on
-/// `network`, the image exported to an OCI layout in the workspace. No
-/// git, no push, no credentials: the host does those.
+/// and export invocations `plugins/kit` makes — every `RUN` step in an OCI
+/// container under runc on `network`, the image exported to the OCI layout
+/// `image` in the workspace. No storage flags (the host names each job's
+/// container storage), no git, no push, no credentials.
 pub fn default_grants(name: &str, network: BuildNetwork) -> Grants {
     match name {
         "podman" | "buildah" => real_builder_grants(name, network),
@@ -33,18 +33,8 @@ pub fn default_grants(name: &str, network: BuildNetwork) -> Grants {
 }
 
 fn real_builder_grants(tool: &str, network: BuildNetwork) -> Grants {
-    // Before the subcommand, as plugins/kit passes them; pinned, so no
-    // call can give a second --root or --cgroup-manager.
-    const GLOBAL: [&str; 8] = [
-        "--root",
-        "{path}",
-        "--runroot",
-        "{path}",
-        "--storage-driver",
-        "vfs",
-        "--cgroup-manager",
-        "cgroupfs",
-    ];
+    // Before the subcommand, as plugins/kit passes it; pinned.
+    const GLOBAL: [&str; 2] = ["--cgroup-manager", "cgroupfs"];
     let grant = |args: &[&str], options: &[(&str, ValueType)]| ProgramGrant {
         command: tool.into(),
         args: GLOBAL.iter().chain(args).map(|a| a.to_string()).collect(),
@@ -74,8 +64,10 @@ fn real_builder_grants(tool: &str, network: BuildNetwork) -> Grants {
                     ("--manifest", ValueType::Text),
                 ],
             ),
-            grant(&["push", "*", "oci:{path}"], &[]),
-            grant(&["manifest", "push", "--all", "*", "oci:{path}"], &[]),
+            // A fixed destination the builder cannot write itself: no link
+            // planted below it for the export to follow.
+            grant(&["push", "*", "oci:image"], &[]),
+            grant(&["manifest", "push", "--all", "*", "oci:image"], &[]),
         ],
         // PATH so the tools find their helpers (runc, conmon, the CNI
         // plugins); nothing else of the host's environment.

@@ -23,3 +23,4 @@ pub mod registry;
 pub mod service;
 pub mod source;
 pub mod store;
+pub mod workspace;

@@ -38,6 +38,7 @@ use crate::source::Checkout;
 use crate::store::{
     CancelRequest, Heartbeat, JobStore, Notice, SharedQueue, StoreError, StoredJob,
 };
+use crate::workspace::JobDirs;
 
 /// How the service runs jobs.
 #[derive(Clone)]
@@ -872,16 +873,16 @@ impl Inner {
                 format!("builder '{}' is not loaded on this host", job.builder),
             );
         };
-        let workspace = self.config.workspace_dir.join(job.id.as_str());
-        if let Err(e) = prepare_workspace(&workspace) {
-            return Outcome::failed(
-                FailureKind::Host,
-                format!(
-                    "could not create the job workspace {}: {e}",
-                    workspace.display()
-                ),
-            );
-        }
+        let root = self.config.workspace_dir.join(job.id.as_str());
+        let dirs = match JobDirs::create(root.clone()) {
+            Ok(dirs) => dirs,
+            Err(e) => {
+                return Outcome::failed(
+                    FailureKind::Host,
+                    format!("could not create the job workspace {}: {e}", root.display()),
+                );
+            }
+        };
         log.push(&match &self.config.shared {
             Some(shared) => format!(
                 "[helix] running on builder '{}' on host '{}'",
@@ -890,17 +891,17 @@ impl Inner {
             None => format!("[helix] running on builder '{}'", job.builder),
         });
         let outcome = self
-            .build_and_publish(job, &builder, &workspace, &log, &cancel)
+            .build_and_publish(job, &builder, &dirs, &log, &cancel)
             .await
             .unwrap_or_else(|ended| ended);
         let failed = !matches!(outcome, Outcome::Succeeded(_));
         if failed && self.config.keep_failed_workspaces {
             log.push(&format!(
                 "[helix] workspace kept for debugging: {}",
-                workspace.display()
+                dirs.root().display()
             ));
         } else {
-            remove_workspace(workspace);
+            dirs.remove();
         }
         outcome
     }
@@ -909,10 +910,11 @@ impl Inner {
         &self,
         job: &Job,
         builder: &crate::plugin::Builder,
-        workspace: &std::path::Path,
+        dirs: &JobDirs,
         log: &Arc<JobLog>,
         cancel: &CancelSignal,
     ) -> Result<Outcome, Outcome> {
+        let workspace = dirs.workspace();
         let simulated = builder.info().simulated;
         let (image, commit) = if simulated {
             (None, None)
@@ -934,14 +936,15 @@ impl Inner {
             let commit = self
                 .config
                 .checkout
-                .fetch(job, workspace, log, cancel)
+                .fetch(job, &workspace, log, cancel)
                 .await?;
             (Some(image), Some(commit))
         };
         let ctx = RunContext {
             log: log.clone(),
             cancel: cancel.clone(),
-            workspace: workspace.to_path_buf(),
+            workspace,
+            program_env: dirs.program_env(),
             commit,
         };
         match (builder.run(job, ctx).await?, image) {
@@ -966,32 +969,6 @@ impl Inner {
             )),
         }
     }
-}
-
-/// Removes a job's workspace. Processes of a cancelled job may still be
-/// exiting (they get SIGKILL after a grace period) and writing into it, so
-/// a failed removal is retried once they are surely gone.
-fn remove_workspace(dir: PathBuf) {
-    if std::fs::remove_dir_all(&dir).is_ok() || !dir.exists() {
-        return;
-    }
-    tokio::spawn(async move {
-        tokio::time::sleep(crate::exec::KILL_GRACE + Duration::from_secs(1)).await;
-        if let Err(e) = std::fs::remove_dir_all(&dir) {
-            tracing::warn!("could not remove workspace {}: {e}", dir.display());
-        }
-    });
-}
-
-/// A fresh, empty directory for one job (left-overs of an earlier attempt
-/// are removed).
-fn prepare_workspace(dir: &std::path::Path) -> std::io::Result<()> {
-    match std::fs::remove_dir_all(dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
-    std::fs::create_dir_all(dir)
 }
 
 async fn worker(inner: Arc<Inner>) {

@@ -250,13 +250,13 @@ async fn a_builder_with_the_podman_grants_is_refused_every_way_out() {
         ("secret-src", "option --secret is not granted"),
         ("capabilities", "option --cap-add is not granted"),
         ("duplicate-isolation", "option --isolation is pinned"),
-        ("duplicate-root", "option --root is pinned"),
+        ("storage-root", "option --root is not granted"),
         ("runtime", "option --runtime is pinned"),
         ("network-host", "option --network is pinned"),
         ("write-iidfile", "option --iidfile is not granted"),
         (
             "write-push",
-            "path \"/etc/helix-pwned\" is outside the job workspace",
+            "expected \"oci:image\", got \"oci:/etc/helix-pwned\"",
         ),
         (
             "dockerfile-outside",
@@ -269,7 +269,11 @@ async fn a_builder_with_the_podman_grants_is_refused_every_way_out() {
         ),
         ("clone-local", "program `git` is not granted"),
         ("exfiltrate-inspect", "program `skopeo` is not granted"),
-        ("exfiltrate-push", "expected \"oci:{path}\""),
+        ("exfiltrate-push", "expected \"oci:image\""),
+        (
+            "storage-env",
+            "environment variable CONTAINERS_STORAGE_CONF is not granted",
+        ),
     ];
     let mut submitted = Vec::new();
     for (case, _) in cases {
@@ -304,11 +308,16 @@ async fn a_builder_with_the_podman_grants_is_refused_every_way_out() {
         );
     }
 
-    // The guest may write the checkout, but the host never runs git on it
-    // again, and a layout that is not one (or not in the workspace) is the
-    // plugin's fault.
+    // The workspace is read-only to the builder's own code (so it can
+    // plant no link for podman to follow, and no git config — the host
+    // never runs git on it again anyway), and a layout outside the
+    // workspace is the plugin's fault.
     for (case, error) in [
-        ("git-hooks", "plugin fault: "),
+        ("write-workspace", "denied: the workspace is read-only"),
+        (
+            "git-hooks",
+            "plugin fault: builder 'attack': writing /workspace/src/.git/config",
+        ),
         (
             "layout-outside",
             "plugin fault: builder 'attack' named its image \"../../..\"",

@@ -239,9 +239,11 @@ async fn failed_workspaces_are_kept_only_when_configured() {
     let ok = service.submit(exec("echo fine > output")).await.unwrap();
     assert_eq!(finished(&service, &failed.id).await.state, State::Failed);
     assert_eq!(finished(&service, &ok.id).await.state, State::Succeeded);
+    // The job's directory: its workspace and its container state.
     let kept = config.workspace_dir().join(failed.id.as_str());
+    assert!(kept.join("state/storage.conf").is_file());
     assert_eq!(
-        std::fs::read_to_string(kept.join("left-behind")).unwrap(),
+        std::fs::read_to_string(kept.join("workspace/left-behind")).unwrap(),
         "debris\n"
     );
     assert!(!config.workspace_dir().join(ok.id.as_str()).exists());

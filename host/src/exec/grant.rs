@@ -460,20 +460,17 @@ fn placeholder(pattern: &str) -> Option<(&str, &str)> {
 }
 
 /// A path argument must name something inside the workspace: relative to
-/// the call's directory or absolute under the guest's workspace, and its
-/// longest existing prefix must resolve (symbolic links followed) inside
-/// the workspace; what does not exist yet may not contain `..`.
+/// the call's directory (the program gets it as is, and an absolute one —
+/// `/workspace/…` included — means that path on the host), and its longest
+/// existing prefix must resolve (symbolic links followed) inside the
+/// workspace; what does not exist yet may not contain `..`.
 fn inside_workspace(value: &str, site: &CallSite<'_>) -> Result<(), String> {
     let outside = || Err(format!("path {value:?} is outside the job workspace"));
     let path = Path::new(value);
-    let full = if path.is_absolute() {
-        match path.strip_prefix(crate::exec::GUEST_WORKSPACE) {
-            Ok(relative) => site.workspace.join(relative),
-            Err(_) => return outside(),
-        }
-    } else {
-        site.cwd.join(path)
-    };
+    if path.is_absolute() {
+        return outside();
+    }
+    let full = site.cwd.join(path);
     let mut existing = full.as_path();
     // `file_name` is `None` for a `..`, so one in the missing part fails.
     while std::fs::symlink_metadata(existing).is_err() {
@@ -805,7 +802,8 @@ mod tests {
             ("oci:image", true),
             ("oci:image/new/deeper", true),
             ("oci:inside/layout", true),
-            ("oci:/workspace/image", true),
+            // Programs see host paths: /workspace is not the workspace.
+            ("oci:/workspace/image", false),
             ("oci:out", false),
             ("oci:out/x", false),
             ("oci:../x", false),

@@ -75,6 +75,8 @@ pub struct CommandRunner {
     log: Arc<JobLog>,
     cancel: CancelSignal,
     search_path: Option<OsString>,
+    /// Set by the host for every call, over the grants and the builder.
+    program_env: BTreeMap<String, String>,
 }
 
 impl CommandRunner {
@@ -96,7 +98,15 @@ impl CommandRunner {
             log,
             cancel,
             search_path,
+            program_env: BTreeMap::new(),
         }
+    }
+
+    /// The same runner, setting `env` for every program over whatever the
+    /// grants and the builder set (the job's container storage, say).
+    pub fn with_program_env(mut self, env: BTreeMap<String, String>) -> Self {
+        self.program_env = env;
+        self
     }
 
     /// Runs `spec` to completion if the grants allow it. A denial is
@@ -119,7 +129,8 @@ impl CommandRunner {
         self.policy
             .check(&spec.program, &spec.args, &site)
             .map_err(denied)?;
-        let env = self.policy.environment(&spec.env).map_err(denied)?;
+        let mut env = self.policy.environment(&spec.env).map_err(denied)?;
+        env.extend(self.program_env.clone());
         let program = resolve_program(&spec.program, self.search_path.as_deref())?;
         if self.cancel.is_cancelled() {
             return Err(RunError::Cancelled);

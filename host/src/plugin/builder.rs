@@ -27,9 +27,13 @@ pub struct RunContext {
     pub log: Arc<JobLog>,
     /// Ends the run (and the instance) as soon as it fires.
     pub cancel: CancelSignal,
-    /// An existing directory: the builder's only preopened directory,
-    /// holding the host's checkout in `src` for a real builder.
+    /// An existing directory: the builder's only preopened directory
+    /// (read-only to its own code), holding the host's checkout in `src`
+    /// for a real builder.
     pub workspace: PathBuf,
+    /// Variables the host sets for every program of the job, over the
+    /// grants (see `workspace::JobDirs::program_env`).
+    pub program_env: BTreeMap<String, String>,
     /// The commit checked out in the workspace; `None` for a simulated
     /// builder.
     pub commit: Option<String>,
@@ -225,6 +229,7 @@ impl Builder {
             settings: self.settings.clone(),
             grants: self.grants.clone(),
             workspace: None,
+            program_env: BTreeMap::new(),
             memory_limit: self.limits.memory_bytes,
         })
         .map_err(|e| e.to_string())?;
@@ -275,6 +280,7 @@ impl Builder {
             settings: self.settings.clone(),
             grants: self.grants.clone(),
             workspace: Some(&ctx.workspace),
+            program_env: ctx.program_env.clone(),
             memory_limit: self.limits.memory_bytes,
         }) {
             Ok(host) => host,

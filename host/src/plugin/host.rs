@@ -44,6 +44,8 @@ pub(crate) struct JobHostParts<'a> {
     pub grants: Arc<GrantPolicy>,
     /// `None` for calls outside a job (reading `info` at load time).
     pub workspace: Option<&'a Path>,
+    /// Variables the host sets for every program, over the grants.
+    pub program_env: BTreeMap<String, String>,
     pub memory_limit: usize,
 }
 
@@ -58,7 +60,10 @@ impl JobHost {
             .allow_udp(false)
             .allow_ip_name_lookup(false);
         if let Some(dir) = parts.workspace {
-            wasi.preopened_dir(dir, GUEST_WORKSPACE, FsPerms::ReadWrite)
+            // Read-only to the builder's own code: it could otherwise plant
+            // symbolic links out of the workspace for the root-run programs
+            // that write there to follow.
+            wasi.preopened_dir(dir, GUEST_WORKSPACE, FsPerms::ReadOnly)
                 .map_err(std::io::Error::other)?;
         }
         for dir in parts.grants.dirs() {
@@ -79,6 +84,7 @@ impl JobHost {
                 parts.cancel.clone(),
                 std::env::var_os("PATH"),
             )
+            .with_program_env(parts.program_env.clone())
         });
         Ok(JobHost {
             wasi: wasi.build(),

@@ -4,10 +4,10 @@
 //! the host's `command-runner`, so what a builder can do is exactly what the
 //! operator granted.
 //!
-//! Each job keeps its container storage inside its own workspace
-//! (`--root storage --runroot run`, vfs driver): builds of different jobs
-//! never share state, and when the host removes the workspace — after the
-//! job, or after killing a cancelled build — nothing is left behind.
+//! Container storage is the host's business: every program of a job gets
+//! `CONTAINERS_STORAGE_CONF` naming that job's own storage, outside the
+//! workspace, removed with the job. Builds of different jobs never share
+//! state.
 //!
 //! Every `RUN` step runs in its own OCI container (`--isolation oci
 //! --runtime runc`: own PID, mount, IPC, UTS and network namespaces,
@@ -32,19 +32,9 @@ use bindings::helix::build::job_context;
 use bindings::helix::build::types::Platform;
 pub use bindings::{BuildError, BuildOutput, Guest, Job};
 
-/// Container storage and cgroup flags, given before the subcommand:
-/// per-job storage inside the workspace; cgroupfs because runc cannot use
+/// Given before the subcommand: cgroupfs, because runc cannot use
 /// systemd's cgroups on every host.
-const GLOBAL: [&str; 8] = [
-    "--root",
-    "storage",
-    "--runroot",
-    "run",
-    "--storage-driver",
-    "vfs",
-    "--cgroup-manager",
-    "cgroupfs",
-];
+const GLOBAL: [&str; 2] = ["--cgroup-manager", "cgroupfs"];
 /// The image's name in the job's own container storage.
 const LOCAL_IMAGE: &str = "localhost/helix-image";
 /// Where the image is left for the host, relative to the workspace.

@@ -28,16 +28,7 @@ impl builder_info::Guest for Attack {
 }
 
 /// podman's global flags as the kit passes them.
-const GLOBAL: &[&str] = &[
-    "--root",
-    "storage",
-    "--runroot",
-    "run",
-    "--storage-driver",
-    "vfs",
-    "--cgroup-manager",
-    "cgroupfs",
-];
+const GLOBAL: &[&str] = &["--cgroup-manager", "cgroupfs"];
 /// A granted build up to its options.
 const BUILD: &[&str] = &[
     "build",
@@ -82,13 +73,36 @@ impl Guest for Attack {
             "secret-src" => build(&["--secret=id=s,src=/etc/shadow", "src"]),
             "capabilities" => build(&["--cap-add=ALL", "--security-opt=seccomp=unconfined", "src"]),
             "duplicate-isolation" => build(&["--isolation", "chroot", "src"]),
-            "duplicate-root" => build(&["--root=/var/lib/containers/storage", "src"]),
+            "storage-root" => build(&["--root=/var/lib/containers/storage", "src"]),
             "runtime" => build(&["--runtime=/workspace/evil", "src"]),
             "network-host" => build(&["--network=host", "src"]),
             "write-iidfile" => build(&["--iidfile=/etc/helix-pwned", "src"]),
             "write-push" => podman(&["push", "localhost/helix-image", "oci:/etc/helix-pwned"]),
             "dockerfile-outside" => build(&["-f", "/etc/shadow", "src"]),
             "authfile" => build(&["--authfile=/etc/helix/auth.json", "src"]),
+            "storage-env" => {
+                let (program, args, _) = build(&["src"]);
+                (
+                    program,
+                    args,
+                    vec![(
+                        "CONTAINERS_STORAGE_CONF".into(),
+                        "/etc/containers/storage.conf".into(),
+                    )],
+                )
+            }
+            "write-workspace" => {
+                // Where the export goes: a builder that could write here
+                // could plant a link out of the workspace for podman (root)
+                // to follow. The workspace is read-only to the builder.
+                let link = format!("{}/image", job_context::workspace());
+                return match std::fs::create_dir(&link) {
+                    Ok(()) => Err(BuildError::Internal(format!("NOT REFUSED: created {link}"))),
+                    Err(e) => Err(BuildError::Denied(format!(
+                        "the workspace is read-only: {e}"
+                    ))),
+                };
+            }
             "credentials-env" => {
                 let (program, args, _) = build(&["src"]);
                 (

@@ -1,0 +1,93 @@
+//! A job's directories on the host: the workspace the builder sees, and
+//! the state its container tools keep where the builder cannot reach.
+//!
+//! `<workspaces>/<job id>/` holds:
+//! - `workspace/` — the builder's `/workspace`, read-only to its own code:
+//!   the host's checkout and what granted programs write there. Programs
+//!   run in it and every path argument must resolve inside it.
+//! - `state/` — container storage (`storage/`, `run/`, `storage.conf`).
+//!   Every program of the job gets `CONTAINERS_STORAGE_CONF` pointing at
+//!   it, so podman and buildah keep images and layers per job, and no
+//!   builder can plant links in, or point a tool at, storage it made up.
+//!
+//! Both go when the job ends, so a cancelled build leaves nothing behind.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// One job's directories, created fresh.
+#[derive(Debug, Clone)]
+pub struct JobDirs {
+    root: PathBuf,
+}
+
+impl JobDirs {
+    /// Creates `root` with an empty workspace and container state (what an
+    /// earlier attempt left there is removed first).
+    pub fn create(root: PathBuf) -> std::io::Result<Self> {
+        match std::fs::remove_dir_all(&root) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let dirs = JobDirs { root };
+        std::fs::create_dir_all(dirs.workspace())?;
+        let state = dirs.state();
+        std::fs::create_dir_all(&state)?;
+        // containers/storage reads this file as TOML; a path is written as
+        // a TOML string (Debug quoting is TOML's basic-string escaping for
+        // the paths a data dir can have).
+        std::fs::write(
+            dirs.storage_conf(),
+            format!(
+                "[storage]\ndriver = \"vfs\"\ngraphroot = {:?}\nrunroot = {:?}\n",
+                state.join("storage").display().to_string(),
+                state.join("run").display().to_string(),
+            ),
+        )?;
+        Ok(dirs)
+    }
+
+    /// The builder's `/workspace`.
+    pub fn workspace(&self) -> PathBuf {
+        self.root.join("workspace")
+    }
+
+    fn state(&self) -> PathBuf {
+        self.root.join("state")
+    }
+
+    fn storage_conf(&self) -> PathBuf {
+        self.state().join("storage.conf")
+    }
+
+    /// Variables every program of the job gets, over anything the grants
+    /// or the builder set.
+    pub fn program_env(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([(
+            "CONTAINERS_STORAGE_CONF".to_string(),
+            self.storage_conf().display().to_string(),
+        )])
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Removes everything. Processes of a cancelled job may still be
+    /// exiting (they get SIGKILL after a grace period) and writing, so a
+    /// failed removal is retried once they are surely gone.
+    pub fn remove(self) {
+        let dir = self.root;
+        if std::fs::remove_dir_all(&dir).is_ok() || !dir.exists() {
+            return;
+        }
+        tokio::spawn(async move {
+            tokio::time::sleep(crate::exec::KILL_GRACE + Duration::from_secs(1)).await;
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                tracing::warn!("could not remove job directory {}: {e}", dir.display());
+            }
+        });
+    }
+}

@@ -6,7 +6,7 @@ use std::time::Duration;
 use crate::config::{Config, ConfigError, StoreLocation};
 use crate::job::SubmitPolicy;
 use crate::plugin::{ComponentCache, PluginError, PluginRuntime, PoolSizing};
-use crate::registry::RegistryCheck;
+use crate::registry::Publisher;
 use crate::service::{Service, ServiceConfig, Shared};
 use crate::source::Checkout;
 use crate::store::{JobStore, PostgresStore, SqliteStore, StoreError};
@@ -85,7 +85,7 @@ pub async fn start_with(
         store,
         shared,
         max_attempts: config.max_attempts,
-        registry_check: RegistryCheck::new(
+        publisher: Publisher::new(
             config.insecure_registries(),
             config.registry_auth_file.clone(),
         ),

@@ -80,16 +80,6 @@ impl BuildNetwork {
     }
 }
 
-impl std::fmt::Display for BuildNetwork {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            BuildNetwork::None => "none",
-            BuildNetwork::Private => "private",
-            BuildNetwork::Host => "host",
-        })
-    }
-}
-
 async fn prepare_private() -> Result<(), String> {
     let failed = |what: String| format!("cannot prepare the private build network: {what}");
     let config = Path::new(CNI_CONFIG_DIR).join(format!("{PRIVATE_NETWORK}.conflist"));

@@ -27,16 +27,16 @@ const PUSH_TIMEOUT: Duration = Duration::from_secs(1800);
 
 /// Pushes images and asks registries what a tag really points to.
 #[derive(Debug, Clone, Default)]
-pub struct RegistryCheck {
+pub struct Publisher {
     /// Registries (`host[:port]`) reached without TLS verification.
     insecure: BTreeSet<String>,
     /// Credentials, as a containers auth file.
     auth_file: Option<PathBuf>,
 }
 
-impl RegistryCheck {
+impl Publisher {
     pub fn new(insecure: impl IntoIterator<Item = String>, auth_file: Option<PathBuf>) -> Self {
-        RegistryCheck {
+        Publisher {
             insecure: insecure.into_iter().collect(),
             auth_file,
         }
@@ -105,10 +105,7 @@ impl RegistryCheck {
         if pushed.exit_code != 0 {
             return Err(Outcome::failed(
                 FailureKind::Registry,
-                format!(
-                    "pushing {image} failed: {}",
-                    crate::source::last_error_line(&pushed.stderr)
-                ),
+                format!("pushing {image} failed: {}", pushed.error_line()),
             ));
         }
         let digest = pushed.stdout.trim().to_string();

@@ -33,7 +33,7 @@ use crate::cancel::CancelSignal;
 use crate::job::{FailureKind, InvalidJob, Job, JobId, JobRequest, Outcome, State, SubmitPolicy};
 use crate::log::{JobLog, Redactor};
 use crate::plugin::{Built, PluginRuntime, RunContext};
-use crate::registry::RegistryCheck;
+use crate::registry::Publisher;
 use crate::source::Checkout;
 use crate::store::{
     CancelRequest, Heartbeat, JobStore, Notice, SharedQueue, StoreError, StoredJob,
@@ -53,7 +53,7 @@ pub struct ServiceConfig {
     /// Leave the workspace of a job that did not succeed in place.
     pub keep_failed_workspaces: bool,
     /// Pushes what real builders built and confirms it in the registry.
-    pub registry_check: RegistryCheck,
+    pub publisher: Publisher,
     /// Checks out real builders' sources.
     pub checkout: Checkout,
     /// Where images of jobs that name none go (`host[:port][/namespace]`).
@@ -954,7 +954,7 @@ impl Inner {
             }
             (Built::Layout(layout), Some(image)) => self
                 .config
-                .registry_check
+                .publisher
                 .publish(&layout, &image, &job.platforms, log, cancel)
                 .await
                 .map(Outcome::Succeeded)

@@ -107,7 +107,7 @@ impl Git<'_> {
         }
         Err(Outcome::failed(
             FailureKind::Source,
-            format!("cannot clone {url}: {}", last_error_line(&output.stderr)),
+            format!("cannot clone {url}: {}", output.error_line()),
         ))
     }
 
@@ -202,24 +202,4 @@ fn remove_partial(workspace: &Path) {
 
 fn is_commit(git_ref: &str) -> bool {
     (7..=64).contains(&git_ref.len()) && git_ref.bytes().all(|b| b.is_ascii_hexdigit())
-}
-
-/// git's `fatal:`/`error:` line, else its last line.
-pub(crate) fn last_error_line(stderr: &str) -> String {
-    let lines: Vec<&str> = stderr
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect();
-    lines
-        .iter()
-        .rev()
-        .find(|l| l.starts_with("fatal:") || l.starts_with("error:") || l.starts_with("Error:"))
-        .or(lines.last())
-        .map(|l| {
-            ["fatal: ", "error: ", "Error: "]
-                .iter()
-                .fold(l.to_string(), |l, p| l.trim_start_matches(p).to_string())
-        })
-        .unwrap_or_else(|| "no error output".into())
 }

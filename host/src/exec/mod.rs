@@ -49,6 +49,32 @@ pub struct CommandOutput {
     pub stderr: String,
 }
 
+impl CommandOutput {
+    /// The line of stderr that says what went wrong, for an error message:
+    /// the last `fatal:`/`error:`/`Error:` line (prefix removed), else the
+    /// last non-empty one.
+    pub fn error_line(&self) -> String {
+        let lines: Vec<&str> = self
+            .stderr
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
+        const PREFIXES: [&str; 3] = ["fatal: ", "error: ", "Error: "];
+        lines
+            .iter()
+            .rev()
+            .find(|l| PREFIXES.iter().any(|p| l.starts_with(p.trim_end())))
+            .or(lines.last())
+            .map(|l| {
+                PREFIXES
+                    .iter()
+                    .fold(l.to_string(), |l, p| l.trim_start_matches(p).to_string())
+            })
+            .unwrap_or_else(|| "no error output".into())
+    }
+}
+
 /// Output kept for the builder per stream; everything goes to the log.
 pub const OUTPUT_TAIL_BYTES: usize = 64 * 1024;
 

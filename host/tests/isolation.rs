@@ -23,10 +23,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use common::fixtures::{Registry, Repo, git};
 use common::{finished, start};
-use helix_build::config::{BuilderConfig, Config, RegistryConfig};
-use helix_build::job::{Job, JobRequest, State};
+use helix_build::config::BuilderConfig;
+use helix_build::job::{JobRequest, State};
 use helix_build::network::BuildNetwork;
-use helix_build::service::Service;
 
 /// The private build network's gateway: the host as a build step sees it.
 const GATEWAY: &str = "10.213.77.1";
@@ -63,30 +62,6 @@ for a in 127.0.0.1 $GATEWAY; do \
 done; \
 if $B cat $CANARY; then echo 'probe canary read'; else echo 'probe canary absent'; fi; \
 /bin/breakout $CANARY";
-
-fn config(dir: &tempfile::TempDir, registry: &str) -> Config {
-    let mut config = common::config(dir, 4, 50);
-    config.allow_file_repos = true;
-    config.default_registry = Some(format!("{registry}/team"));
-    config
-        .registries
-        .insert(registry.to_string(), RegistryConfig { tls_verify: false });
-    config
-}
-
-async fn run(service: &Service, request: JobRequest) -> (Job, Vec<String>) {
-    let job = service.submit(request).await.unwrap();
-    let job = finished(service, &job.id).await;
-    let logs = service.logs(job.id.as_str()).await.unwrap();
-    eprintln!(
-        "--- {} ({}): {:?}\n{}",
-        job.id,
-        job.state,
-        job.error,
-        logs.join("\n")
-    );
-    (job, logs)
-}
 
 /// A repository whose Dockerfile runs the probe, with a static breakout
 /// helper compiled here.
@@ -156,7 +131,7 @@ async fn a_run_step_cannot_see_reach_or_escape_to_the_host() {
     let registry = Registry::start(false);
     let repo = probe_repo();
     let dir = tempfile::tempdir().unwrap();
-    let service = start(&config(&dir, &registry.address)).await;
+    let service = start(&common::real_config(&dir, &registry.address)).await;
     let (port, accepted) = host_service();
     let canary_dir = tempfile::tempdir().unwrap();
     let canary = canary_dir.path().join("canary");
@@ -174,7 +149,7 @@ async fn a_run_step_cannot_see_reach_or_escape_to_the_host() {
             ]),
             ..JobRequest::default()
         };
-        let (job, logs) = run(&service, request).await;
+        let (job, logs) = common::run_logged(&service, request).await;
         assert_eq!(job.state, State::Succeeded, "{builder}: {:?}", job.error);
         let said = |text: &str| logs.iter().any(|l| l.contains(text));
 
@@ -227,7 +202,7 @@ async fn a_builder_with_the_podman_grants_is_refused_every_way_out() {
     let registry = Registry::start(false);
     let repo = Repo::new();
     let dir = tempfile::tempdir().unwrap();
-    let mut config = config(&dir, &registry.address);
+    let mut config = common::real_config(&dir, &registry.address);
     config.builders.insert(
         "attack".into(),
         BuilderConfig {
@@ -290,7 +265,7 @@ async fn a_builder_with_the_podman_grants_is_refused_every_way_out() {
         builder: Some("podman".into()),
         ..JobRequest::default()
     };
-    let (normal, _) = run(&service, normal).await;
+    let (normal, _) = common::run_logged(&service, normal).await;
     assert_eq!(normal.state, State::Succeeded, "{:?}", normal.error);
 
     for ((case, rule), id) in cases.iter().zip(&submitted) {
@@ -332,7 +307,7 @@ async fn a_builder_with_the_podman_grants_is_refused_every_way_out() {
             ]),
             ..JobRequest::default()
         };
-        let (job, _) = run(&service, request).await;
+        let (job, _) = common::run_logged(&service, request).await;
         assert_eq!(job.state, State::Failed, "{case}");
         let message = job.error.unwrap();
         assert!(message.starts_with(error), "{case}: {message}");

@@ -13,20 +13,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{finished, start, until_logged, until_running};
-use helix_build::config::{Config, RegistryConfig};
+use common::{start, until_logged, until_running};
+use helix_build::config::RegistryConfig;
 use helix_build::job::{Job, JobRequest, State};
 use helix_build::service::Service;
-
-fn real_config(dir: &tempfile::TempDir, registry: &str) -> Config {
-    let mut config = common::config(dir, 4, 20);
-    config.allow_file_repos = true;
-    config.default_registry = Some(format!("{registry}/team"));
-    config
-        .registries
-        .insert(registry.to_string(), RegistryConfig { tls_verify: false });
-    config
-}
 
 fn job(repo: &Repo, builder: &str, git_ref: &str) -> JobRequest {
     JobRequest {
@@ -39,11 +29,7 @@ fn job(repo: &Repo, builder: &str, git_ref: &str) -> JobRequest {
 }
 
 async fn run(service: &Service, request: JobRequest) -> Job {
-    let job = service.submit(request).await.unwrap();
-    let job = finished(service, &job.id).await;
-    let logs = service.logs(job.id.as_str()).await.unwrap().join("\n");
-    eprintln!("--- {} ({}): {:?}\n{logs}", job.id, job.state, job.error);
-    job
+    common::run_logged(service, request).await.0
 }
 
 /// Copies `reference` (by digest) out of the registry into a directory and
@@ -91,7 +77,7 @@ async fn podman_builds_copy_run_and_build_args_and_the_image_pulls_back_by_diges
     let registry = Registry::start(false);
     let repo = Repo::new();
     let dir = tempfile::tempdir().unwrap();
-    let service = start(&real_config(&dir, &registry.address)).await;
+    let service = start(&common::real_config(&dir, &registry.address)).await;
 
     let job = run(&service, job(&repo, "podman", "v1")).await;
     assert_eq!(job.state, State::Succeeded, "{:?}", job.error);
@@ -130,7 +116,7 @@ async fn a_commit_sha_and_an_explicit_image_are_honoured() {
     let registry = Registry::start(false);
     let repo = Repo::new();
     let dir = tempfile::tempdir().unwrap();
-    let service = start(&real_config(&dir, &registry.address)).await;
+    let service = start(&common::real_config(&dir, &registry.address)).await;
     let request = JobRequest {
         image: Some(format!("{}/other/app:pinned", registry.address)),
         ..job(&repo, "podman", &repo.first_commit)
@@ -154,7 +140,7 @@ async fn two_platforms_give_an_index_with_both_and_arch_specific_content() {
     let registry = Registry::start(false);
     let repo = Repo::new();
     let dir = tempfile::tempdir().unwrap();
-    let service = start(&real_config(&dir, &registry.address)).await;
+    let service = start(&common::real_config(&dir, &registry.address)).await;
     for builder in ["podman", "buildah"] {
         let request = JobRequest {
             platforms: vec!["linux/amd64".into(), "linux/arm64".into()],
@@ -178,7 +164,7 @@ async fn buildah_builds_and_pushes_the_same_way() {
     let registry = Registry::start(false);
     let repo = Repo::new();
     let dir = tempfile::tempdir().unwrap();
-    let service = start(&real_config(&dir, &registry.address)).await;
+    let service = start(&common::real_config(&dir, &registry.address)).await;
     let job = run(&service, job(&repo, "buildah", "v1")).await;
     assert_eq!(job.state, State::Succeeded, "{:?}", job.error);
     let tag = job.image_tag.clone().unwrap();
@@ -196,7 +182,7 @@ async fn failures_say_whose_fault_they_are() {
     let read_only = Registry::start(true);
     let repo = Repo::new();
     let dir = tempfile::tempdir().unwrap();
-    let mut config = real_config(&dir, &registry.address);
+    let mut config = common::real_config(&dir, &registry.address);
     config.registries.insert(
         read_only.address.clone(),
         RegistryConfig { tls_verify: false },
@@ -283,7 +269,7 @@ async fn cancelling_a_long_build_leaves_no_process_and_no_build_state_behind() {
     let registry = Registry::start(false);
     let repo = Repo::new();
     let dir = tempfile::tempdir().unwrap();
-    let config = real_config(&dir, &registry.address);
+    let config = common::real_config(&dir, &registry.address);
     let service = start(&config).await;
     for builder in ["podman", "buildah"] {
         let request = JobRequest {

@@ -82,6 +82,36 @@ pub fn config(dir: &tempfile::TempDir, workers: usize, queue_capacity: usize) ->
     .expect("test config is valid")
 }
 
+/// `config` for real builds: `file://` repositories allowed, images going
+/// to `<registry>/team` unless a job names one, that registry reached over
+/// plain HTTP.
+pub fn real_config(dir: &tempfile::TempDir, registry: &str) -> Config {
+    let mut config = config(dir, 4, 50);
+    config.allow_file_repos = true;
+    config.default_registry = Some(format!("{registry}/team"));
+    config.registries.insert(
+        registry.to_string(),
+        helix_build::config::RegistryConfig { tls_verify: false },
+    );
+    config
+}
+
+/// Submits `request` and waits for it to end; prints its log (shown when a
+/// test fails) and returns the job with it.
+pub async fn run_logged(service: &Service, request: JobRequest) -> (Job, Vec<String>) {
+    let job = service.submit(request).await.unwrap();
+    let job = finished(service, &job.id).await;
+    let logs = service.logs(job.id.as_str()).await.unwrap();
+    eprintln!(
+        "--- {} ({}): {:?}\n{}",
+        job.id,
+        job.state,
+        job.error,
+        logs.join("\n")
+    );
+    (job, logs)
+}
+
 /// `config` with the compile cache inside its own data dir.
 pub fn own_cache(mut config: Config) -> Config {
     config.cache_dir = None;

@@ -22,8 +22,8 @@ pub fn names() -> impl Iterator<Item = &'static str> {
 /// The grants a built-in builder gets unless the config gives its own:
 /// nothing for `simulated`; for `podman` and `buildah` exactly the build
 /// and export invocations `plugins/kit` makes — every `RUN` step in an OCI
-/// container under runc on `network`, the image exported to the OCI layout
-/// `image` in the workspace. No storage flags (the host names each job's
+/// container under runc on `network`, the image exported to a new OCI
+/// layout in the workspace. No storage flags (the host names each job's
 /// container storage), no git, no push, no credentials.
 pub fn default_grants(name: &str, network: BuildNetwork) -> Grants {
     match name {
@@ -64,10 +64,10 @@ fn real_builder_grants(tool: &str, network: BuildNetwork) -> Grants {
                     ("--manifest", ValueType::Text),
                 ],
             ),
-            // A fixed destination the builder cannot write itself: no link
-            // planted below it for the export to follow.
-            grant(&["push", "*", "oci:image"], &[]),
-            grant(&["manifest", "push", "--all", "*", "oci:image"], &[]),
+            // A new directory: no link (planted in the checkout, say) can
+            // lie below it for the export to follow.
+            grant(&["push", "*", "oci:{output}"], &[]),
+            grant(&["manifest", "push", "--all", "*", "oci:{output}"], &[]),
         ],
         // PATH so the tools find their helpers (runc, conmon, the CNI
         // plugins); nothing else of the host's environment.

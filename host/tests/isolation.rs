@@ -231,7 +231,7 @@ async fn a_builder_with_the_podman_grants_is_refused_every_way_out() {
         ("write-iidfile", "option --iidfile is not granted"),
         (
             "write-push",
-            "expected \"oci:image\", got \"oci:/etc/helix-pwned\"",
+            "path \"/etc/helix-pwned\" is outside the job workspace",
         ),
         (
             "dockerfile-outside",
@@ -244,7 +244,8 @@ async fn a_builder_with_the_podman_grants_is_refused_every_way_out() {
         ),
         ("clone-local", "program `git` is not granted"),
         ("exfiltrate-inspect", "program `skopeo` is not granted"),
-        ("exfiltrate-push", "expected \"oci:image\""),
+        ("exfiltrate-push", "expected \"oci:{output}\""),
+        ("export-over-checkout", "output path \"src\" exists already"),
         (
             "storage-env",
             "environment variable CONTAINERS_STORAGE_CONF is not granted",

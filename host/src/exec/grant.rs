@@ -6,16 +6,17 @@
 //!
 //! - In the pattern, a literal matches itself; `*` one argument that is not
 //!   an option (does not start with `-`); `**` (last only) the remaining
-//!   non-option arguments, including none; `{path}`, `{image}`, `{url}`
-//!   (after an optional literal prefix, as in `oci:{path}`) one argument of
-//!   that type. Without `**` the argument count must match.
+//!   non-option arguments, including none; `{path}`, `{output}`, `{image}`,
+//!   `{url}` (after an optional literal prefix, as in `oci:{output}`) one
+//!   argument of that type. Without `**` the argument count must match.
 //! - `options` lists, by name, the options the builder may put anywhere
 //!   among the arguments, each with the type of its value (`flag` for
 //!   none), given as `--name=value` or `--name value`. Any other argument
 //!   starting with `-` is refused, and an option the pattern pins (a
 //!   literal starting with `-`) cannot be given again.
-//! - Typed values: a `path` must resolve inside the job workspace,
-//!   symbolic links followed; an `image` must be in a registry the
+//! - Typed values: a `path` must be relative and resolve inside the job
+//!   workspace, symbolic links followed; an `output` likewise, and must not
+//!   exist yet; an `image` must be in a registry the
 //!   operator configured; a `url` must pass the policy a job's `repo_url`
 //!   does; `text` is anything.
 
@@ -67,6 +68,10 @@ pub enum ValueType {
     Text,
     /// A path that resolves inside the job workspace.
     Path,
+    /// A path inside the job workspace that does not exist yet: where a
+    /// program writes something new. Nothing can already lie below it (a
+    /// link planted in the checkout, say) for the program to follow.
+    Output,
     /// An image reference in a registry the operator configured.
     Image,
     /// A repository URL the job policy accepts.
@@ -77,6 +82,7 @@ impl ValueType {
     fn from_placeholder(name: &str) -> Option<Self> {
         match name {
             "path" => Some(ValueType::Path),
+            "output" => Some(ValueType::Output),
             "image" => Some(ValueType::Image),
             "url" => Some(ValueType::Url),
             _ => None,
@@ -156,7 +162,7 @@ impl Grants {
                     && ValueType::from_placeholder(name).is_none()
                 {
                     return Err(format!(
-                        "{here}.args: {arg:?} names no type; use {{path}}, {{image}} or {{url}}"
+                        "{here}.args: {arg:?} names no type; use {{path}}, {{output}}, {{image}} or {{url}}"
                     ));
                 }
             }
@@ -374,6 +380,13 @@ impl GrantPolicy {
         match ty {
             ValueType::Flag | ValueType::Text => Ok(()),
             ValueType::Path => inside_workspace(value, site),
+            ValueType::Output => {
+                inside_workspace(value, site)?;
+                match std::fs::symlink_metadata(site.cwd.join(value)) {
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                    _ => Err(format!("output path {value:?} exists already")),
+                }
+            }
             ValueType::Image => {
                 crate::reference::validate_image_ref(value)
                     .map_err(|e| format!("{value:?} is not an image reference: {e}"))?;
@@ -816,6 +829,30 @@ mod tests {
             let result = site.check(&policy, "podman", &["push", "img", dest]);
             assert_eq!(result.is_ok(), allowed, "{dest}: {result:?}");
         }
+    }
+
+    #[test]
+    fn outputs_must_be_new_paths_inside_the_workspace() {
+        let policy = policy(vec![grant("podman", &["push", "*", "oci:{output}"])]);
+        let site = Site::new();
+        for (dest, allowed) in [
+            ("oci:image", true),
+            ("oci:inside/layout", true),
+            ("oci:src", false),
+            ("oci:src/Dockerfile", false),
+            ("oci:inside", false),
+            ("oci:out/x", false),
+            ("oci:/tmp/new", false),
+            ("oci:../new", false),
+        ] {
+            let result = site.check(&policy, "podman", &["push", "img", dest]);
+            assert_eq!(result.is_ok(), allowed, "{dest}: {result:?}");
+        }
+        let err = site
+            .check(&policy, "podman", &["push", "img", "oci:src"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("output path \"src\" exists already"), "{err}");
     }
 
     #[test]

@@ -77,6 +77,7 @@ impl Guest for Attack {
             "runtime" => build(&["--runtime=/workspace/evil", "src"]),
             "network-host" => build(&["--network=host", "src"]),
             "write-iidfile" => build(&["--iidfile=/etc/helix-pwned", "src"]),
+            "export-over-checkout" => podman(&["push", "localhost/helix-image", "oci:src"]),
             "write-push" => podman(&["push", "localhost/helix-image", "oci:/etc/helix-pwned"]),
             "dockerfile-outside" => build(&["-f", "/etc/shadow", "src"]),
             "authfile" => build(&["--authfile=/etc/helix/auth.json", "src"]),

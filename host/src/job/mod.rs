@@ -1,0 +1,168 @@
+//! Build jobs: what a client submits and how it is validated
+//! ([`request`]), the lifecycle state machine the host drives
+//! ([`lifecycle`]), and how a run ended ([`outcome`]).
+
+mod lifecycle;
+mod outcome;
+mod request;
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::manifest::{Digest, Manifest};
+use crate::platform::Platform;
+
+pub use lifecycle::{State, TransitionError};
+pub use outcome::{BuildResult, FailureKind, Outcome};
+pub(crate) use request::validate_repo_url;
+pub use request::{InvalidJob, JobRequest, SubmitPolicy};
+
+pub const MAX_ID_LEN: usize = 128;
+
+/// A job's id: caller-given `[A-Za-z0-9][A-Za-z0-9._-]{0,127}`, or a UUIDv7.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct JobId(String);
+
+impl JobId {
+    pub fn parse(input: &str) -> Result<Self, InvalidJob> {
+        let ok = !input.is_empty()
+            && input.len() <= MAX_ID_LEN
+            && input.as_bytes()[0].is_ascii_alphanumeric()
+            && input
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        if ok {
+            Ok(JobId(input.to_string()))
+        } else {
+            Err(InvalidJob::new(
+                "id",
+                format!(
+                    "{input:?} must be 1 to {MAX_ID_LEN} letters, digits, '.', '_' or '-', starting with a letter or digit"
+                ),
+            ))
+        }
+    }
+
+    /// A new time-ordered id.
+    pub fn generate() -> Self {
+        JobId(uuid::Uuid::now_v7().to_string())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::borrow::Borrow<str> for JobId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+/// A job and everything known about it. Cloning gives an independent
+/// snapshot.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    pub id: JobId,
+    pub repo_url: String,
+    #[serde(rename = "ref")]
+    pub git_ref: String,
+    pub dockerfile_path: String,
+    pub build_args: BTreeMap<String, String>,
+    pub platforms: Vec<Platform>,
+    pub builder: String,
+    pub image: Option<String>,
+    pub state: State,
+    pub image_tag: Option<String>,
+    pub digest: Option<Digest>,
+    pub manifest: Manifest,
+    pub error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub completed_at: Option<DateTime<Utc>>,
+    pub attempts: u32,
+}
+
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use chrono::Utc;
+
+    use super::{InvalidJob, Job, JobId, JobRequest, SubmitPolicy};
+
+    /// The smallest valid request.
+    pub fn request() -> JobRequest {
+        JobRequest {
+            repo_url: "https://git.example/team/app.git".into(),
+            ..JobRequest::default()
+        }
+    }
+
+    /// `request` accepted as a queued job for the simulated builder.
+    pub fn job(request: JobRequest) -> Result<Job, InvalidJob> {
+        Job::from_request(
+            request,
+            JobId::generate(),
+            "simulated".into(),
+            &SubmitPolicy::default(),
+            Utc::now(),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::{job, request};
+    use super::*;
+
+    #[test]
+    fn job_ids() {
+        for ok in ["a", "Job-1", "x.y_z", &"a".repeat(128)] {
+            assert!(JobId::parse(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "-a", ".a", "a/b", "a b", &"a".repeat(129), "ü"] {
+            assert_eq!(JobId::parse(bad).unwrap_err().field, "id", "{bad}");
+        }
+        let a = JobId::generate();
+        let b = JobId::generate();
+        assert!(a < b, "UUIDv7 ids sort by creation time");
+        assert!(JobId::parse(a.as_str()).is_ok());
+    }
+
+    #[test]
+    fn json_uses_the_documented_field_names() {
+        let job = job(request()).unwrap();
+        let value = serde_json::to_value(&job).unwrap();
+        for field in [
+            "id",
+            "repo_url",
+            "ref",
+            "dockerfile_path",
+            "build_args",
+            "platforms",
+            "builder",
+            "image",
+            "state",
+            "image_tag",
+            "digest",
+            "manifest",
+            "error",
+            "created_at",
+            "started_at",
+            "completed_at",
+            "attempts",
+        ] {
+            assert!(value.get(field).is_some(), "missing {field}");
+        }
+        assert_eq!(value["state"], "queued");
+        assert_eq!(value["platforms"][0], "linux/amd64");
+    }
+}

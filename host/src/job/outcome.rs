@@ -1,0 +1,220 @@
+//! How a run ended: the validated result of a build, or whose fault its
+//! failure was.
+
+use crate::manifest::{Digest, Manifest};
+use crate::platform::Platform;
+use crate::reference::validate_image_ref;
+
+use super::State;
+
+/// What a successful build produced, validated by the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildResult {
+    pub image_tag: String,
+    pub digest: Option<Digest>,
+    pub manifest: Manifest,
+}
+
+impl BuildResult {
+    /// Checks a builder's report against the job it built: a well-formed
+    /// non-empty tag, well-formed digests, and for a multi-platform job one
+    /// digest per requested platform and no others. The error says what the
+    /// builder got wrong.
+    pub fn validate(
+        image_tag: String,
+        digest: Option<String>,
+        platform_digests: Vec<(String, String)>,
+        requested: &[Platform],
+    ) -> Result<Self, String> {
+        if image_tag.trim().is_empty() {
+            return Err("reported success without an image tag".into());
+        }
+        validate_image_ref(&image_tag)
+            .map_err(|e| format!("reported an invalid image tag {image_tag:?}: {e}"))?;
+        let digest = digest
+            .map(|d| Digest::parse(&d))
+            .transpose()
+            .map_err(|e| format!("reported {e}"))?;
+        let mut manifest = Manifest::new();
+        for (platform, digest) in platform_digests {
+            let platform = Platform::parse(&platform).map_err(|e| format!("reported {e}"))?;
+            let digest =
+                Digest::parse(&digest).map_err(|e| format!("reported {e} for {platform}"))?;
+            if manifest.insert(platform.clone(), digest).is_some() {
+                return Err(format!("reported platform {platform} twice"));
+            }
+        }
+        if requested.len() > 1 {
+            let missing: Vec<String> = requested
+                .iter()
+                .filter(|p| manifest.get(p).is_none())
+                .map(ToString::to_string)
+                .collect();
+            if !missing.is_empty() {
+                return Err(format!(
+                    "reported no image for platform(s) {}",
+                    missing.join(", ")
+                ));
+            }
+        }
+        if let Some(extra) = manifest.platforms().find(|p| !requested.contains(p)) {
+            return Err(format!(
+                "reported platform {extra}, which the job did not request"
+            ));
+        }
+        Ok(BuildResult {
+            image_tag,
+            digest,
+            manifest,
+        })
+    }
+}
+
+/// Whose fault a failed job is. It leads the job's `error`, so a user knows
+/// at a glance whether to fix their Dockerfile, ask the operator for a grant,
+/// or report a plugin bug.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The submission cannot be built as given.
+    InvalidJob,
+    /// The repository or ref could not be fetched.
+    Source,
+    /// A step of the user's build failed.
+    Build,
+    /// The registry refused or could not be reached.
+    Registry,
+    /// The builder needed something its grants do not allow.
+    Denied,
+    /// The builder trapped, panicked or reported something invalid.
+    Plugin,
+    /// The builder went over a resource limit (memory).
+    Limit,
+    /// The host itself failed (disk, instantiation).
+    Host,
+}
+
+impl FailureKind {
+    fn label(self) -> &'static str {
+        match self {
+            FailureKind::InvalidJob => "invalid job",
+            FailureKind::Source => "source error",
+            FailureKind::Build => "build error",
+            FailureKind::Registry => "registry error",
+            FailureKind::Denied => "denied",
+            FailureKind::Plugin => "plugin fault",
+            FailureKind::Limit => "limit exceeded",
+            FailureKind::Host => "host error",
+        }
+    }
+}
+
+/// How a run ended, as the host decided it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Succeeded(BuildResult),
+    Failed { kind: FailureKind, message: String },
+    Cancelled { reason: String },
+    TimedOut { message: String },
+}
+
+impl Outcome {
+    pub fn failed(kind: FailureKind, message: impl Into<String>) -> Self {
+        Outcome::Failed {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    pub fn state(&self) -> State {
+        match self {
+            Outcome::Succeeded(_) => State::Succeeded,
+            Outcome::Failed { .. } => State::Failed,
+            Outcome::Cancelled { .. } => State::Cancelled,
+            Outcome::TimedOut { .. } => State::TimedOut,
+        }
+    }
+
+    /// The same outcome with `redact` applied to its message.
+    pub fn redacted(self, redact: impl Fn(&str) -> String) -> Self {
+        match self {
+            Outcome::Succeeded(result) => Outcome::Succeeded(result),
+            Outcome::Failed { kind, message } => Outcome::Failed {
+                kind,
+                message: redact(&message),
+            },
+            Outcome::Cancelled { reason } => Outcome::Cancelled {
+                reason: redact(&reason),
+            },
+            Outcome::TimedOut { message } => Outcome::TimedOut {
+                message: redact(&message),
+            },
+        }
+    }
+
+    /// The job's `error` text for this outcome; `None` on success.
+    pub fn error(&self) -> Option<String> {
+        match self {
+            Outcome::Succeeded(_) => None,
+            Outcome::Failed { kind, message } => Some(format!("{}: {message}", kind.label())),
+            Outcome::Cancelled { reason } => Some(format!("cancelled: {reason}")),
+            Outcome::TimedOut { message } => Some(format!("timed out: {message}")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn build_result_validation() {
+        let amd64 = Platform::parse("linux/amd64").unwrap();
+        let arm64 = Platform::parse("linux/arm64").unwrap();
+        let d = |c: char| format!("sha256:{}", c.to_string().repeat(64));
+        let both = [amd64.clone(), arm64.clone()];
+        let err =
+            |tag: &str, digest: Option<String>, entries: Vec<(&str, String)>, req: &[Platform]| {
+                let entries = entries
+                    .into_iter()
+                    .map(|(p, d)| (p.to_string(), d))
+                    .collect();
+                BuildResult::validate(tag.into(), digest, entries, req).unwrap_err()
+            };
+        assert!(err("", None, vec![], &both[..1]).contains("without an image tag"));
+        assert!(err("  ", None, vec![], &both[..1]).contains("without an image tag"));
+        assert!(err("Bad Tag", None, vec![], &both[..1]).contains("invalid image tag"));
+        assert!(
+            err("app:1", Some("sha256:x".into()), vec![], &both[..1]).contains("invalid digest")
+        );
+        assert!(err("app:1", None, vec![("linux/amd64", d('a'))], &both).contains("linux/arm64"));
+        assert!(
+            err(
+                "app:1",
+                None,
+                vec![("linux/amd64", d('a')), ("linux/s390x", d('b'))],
+                &both[..1]
+            )
+            .contains("did not request")
+        );
+        assert!(
+            err(
+                "app:1",
+                None,
+                vec![("linux/amd64", d('a')), ("linux/x86_64", d('b'))],
+                &both
+            )
+            .contains("twice")
+        );
+        let ok = BuildResult::validate(
+            "app:1".into(),
+            Some(d('c')),
+            vec![
+                ("linux/arm64".into(), d('a')),
+                ("linux/amd64".into(), d('b')),
+            ],
+            &both,
+        )
+        .unwrap();
+        assert_eq!(ok.manifest.platforms().cloned().collect::<Vec<_>>(), both);
+    }
+}

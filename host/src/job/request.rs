@@ -1,0 +1,484 @@
+//! What a client submits, and the validation that turns it into a queued
+//! [`Job`] or an [`InvalidJob`] naming the field at fault.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::{Job, JobId, State};
+use crate::manifest::Manifest;
+use crate::platform::Platform;
+use crate::reference::validate_image_ref;
+
+/// A job submission as a client sends it, before validation.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobRequest {
+    /// Caller-chosen id; a UUIDv7 is generated when absent.
+    #[serde(default)]
+    pub id: Option<String>,
+    pub repo_url: String,
+    /// Branch, tag or commit; the repository's default branch when absent.
+    #[serde(rename = "ref", default)]
+    pub git_ref: Option<String>,
+    #[serde(default)]
+    pub dockerfile_path: Option<String>,
+    #[serde(default)]
+    pub build_args: BTreeMap<String, String>,
+    /// `os/arch[/variant]` strings; `linux/amd64` when empty.
+    #[serde(default)]
+    pub platforms: Vec<String>,
+    /// Builder name; the configured default when absent.
+    #[serde(default)]
+    pub builder: Option<String>,
+    #[serde(default)]
+    pub image: Option<String>,
+}
+
+/// A submission refused by validation: which field, and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct InvalidJob {
+    pub field: &'static str,
+    pub message: String,
+}
+
+impl InvalidJob {
+    pub fn new(field: &'static str, message: impl Into<String>) -> Self {
+        InvalidJob {
+            field,
+            message: message.into(),
+        }
+    }
+}
+
+/// Operator choices that change what a submission may contain.
+#[derive(Debug, Clone, Default)]
+pub struct SubmitPolicy {
+    /// Whether `file://` repository URLs are accepted (they read the host's
+    /// disk, so only an operator may enable them).
+    pub allow_file_repos: bool,
+}
+const MAX_BUILD_ARGS: usize = 256;
+const MAX_BUILD_ARG_VALUE: usize = 64 * 1024;
+const MAX_PLATFORMS: usize = 16;
+const DEFAULT_REF: &str = "HEAD";
+const DEFAULT_DOCKERFILE: &str = "Dockerfile";
+impl Job {
+    /// Validates `request` and makes a `queued` job of it. `id` and
+    /// `builder` are the caller's choice after defaults were applied; the
+    /// caller checks that the builder exists.
+    pub fn from_request(
+        request: JobRequest,
+        id: JobId,
+        builder: String,
+        policy: &SubmitPolicy,
+        now: DateTime<Utc>,
+    ) -> Result<Self, InvalidJob> {
+        validate_repo_url(&request.repo_url, policy)?;
+        let git_ref = request.git_ref.unwrap_or_else(|| DEFAULT_REF.into());
+        validate_ref(&git_ref)?;
+        let dockerfile_path = request
+            .dockerfile_path
+            .unwrap_or_else(|| DEFAULT_DOCKERFILE.into());
+        validate_dockerfile_path(&dockerfile_path)?;
+        validate_build_args(&request.build_args)?;
+        let platforms = parse_platforms(&request.platforms)?;
+        if let Some(image) = &request.image {
+            validate_image_ref(image).map_err(|e| InvalidJob::new("image", e))?;
+        }
+        Ok(Job {
+            id,
+            repo_url: request.repo_url,
+            git_ref,
+            dockerfile_path,
+            build_args: request.build_args,
+            platforms,
+            builder,
+            image: request.image,
+            state: State::Queued,
+            image_tag: None,
+            digest: None,
+            manifest: Manifest::new(),
+            error: None,
+            created_at: now,
+            started_at: None,
+            completed_at: None,
+            attempts: 0,
+        })
+    }
+}
+
+pub(crate) fn validate_repo_url(url: &str, policy: &SubmitPolicy) -> Result<(), InvalidJob> {
+    let err = |message: String| Err(InvalidJob::new("repo_url", message));
+    if url.is_empty() || url.len() > 2048 {
+        return err("must be 1 to 2048 characters".into());
+    }
+    if url.starts_with('-') {
+        return err(format!(
+            "{url:?} starts with '-' and could be read as an option"
+        ));
+    }
+    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return err("must not contain white space or control characters".into());
+    }
+    if let Some((scheme, rest)) = url.split_once("://") {
+        let scheme = scheme.to_ascii_lowercase();
+        if rest.is_empty() {
+            return err(format!("{url:?} has no host or path after {scheme}://"));
+        }
+        return match scheme.as_str() {
+            "https" | "http" | "ssh" | "git" => Ok(()),
+            "file" if policy.allow_file_repos => Ok(()),
+            "file" => err(
+                "file:// repositories are disabled on this server (the operator can allow them)"
+                    .into(),
+            ),
+            _ => err(format!(
+                "transport {scheme:?} is not allowed; use https, http, ssh or git"
+            )),
+        };
+    }
+    // scp-like ssh syntax: [user@]host:path, with no '/' before the ':'.
+    if let Some((host, path)) = url.split_once(':') {
+        let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
+        let host_ok = !host.is_empty()
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'));
+        if host_ok && !path.is_empty() && !path.starts_with(':') {
+            return Ok(());
+        }
+    }
+    err(format!(
+        "{url:?} is not a repository URL; use https://, http://, ssh://, git:// or user@host:path"
+    ))
+}
+
+fn validate_ref(git_ref: &str) -> Result<(), InvalidJob> {
+    let err = |message: String| Err(InvalidJob::new("ref", message));
+    if git_ref.is_empty() || git_ref.len() > 255 {
+        return err("must be 1 to 255 characters".into());
+    }
+    if git_ref.starts_with('-') {
+        return err(format!(
+            "{git_ref:?} starts with '-' and could be read as an option"
+        ));
+    }
+    let bad_char = git_ref
+        .chars()
+        .find(|c| c.is_whitespace() || c.is_control() || "~^:?*[\\".contains(*c));
+    if let Some(c) = bad_char {
+        return err(format!(
+            "{git_ref:?} contains {c:?}, which git does not allow in a ref"
+        ));
+    }
+    let bad_shape = git_ref.contains("..")
+        || git_ref.contains("@{")
+        || git_ref.contains("//")
+        || git_ref.starts_with('/')
+        || git_ref.ends_with(['/', '.'])
+        || git_ref.ends_with(".lock")
+        || git_ref == "@"
+        || git_ref.split('/').any(|part| part.starts_with('.'));
+    if bad_shape {
+        return err(format!(
+            "{git_ref:?} is not a valid git branch, tag or commit"
+        ));
+    }
+    Ok(())
+}
+
+fn validate_dockerfile_path(path: &str) -> Result<(), InvalidJob> {
+    let err = |message: String| Err(InvalidJob::new("dockerfile_path", message));
+    if path.is_empty() || path.len() > 1024 {
+        return err("must be 1 to 1024 characters".into());
+    }
+    if path.chars().any(char::is_control) {
+        return err("must not contain control characters".into());
+    }
+    if path.starts_with('/') || path.starts_with('-') {
+        return err(format!(
+            "{path:?} must be a path relative to the repository root"
+        ));
+    }
+    if path.split(['/', '\\']).any(|part| part == "..") {
+        return err(format!(
+            "{path:?} must stay inside the repository (no '..')"
+        ));
+    }
+    Ok(())
+}
+
+fn validate_build_args(args: &BTreeMap<String, String>) -> Result<(), InvalidJob> {
+    if args.len() > MAX_BUILD_ARGS {
+        return Err(InvalidJob::new(
+            "build_args",
+            format!(
+                "at most {MAX_BUILD_ARGS} build args are allowed, got {}",
+                args.len()
+            ),
+        ));
+    }
+    for (name, value) in args {
+        let mut bytes = name.bytes();
+        let name_ok = name.len() <= 128
+            && bytes
+                .next()
+                .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+            && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !name_ok {
+            return Err(InvalidJob::new(
+                "build_args",
+                format!("name {name:?} must match [A-Za-z_][A-Za-z0-9_]* (at most 128 characters)"),
+            ));
+        }
+        if value.len() > MAX_BUILD_ARG_VALUE || value.contains('\0') {
+            return Err(InvalidJob::new(
+                "build_args",
+                format!("value of {name} must be at most 64 KiB with no NUL bytes"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Parses, normalises, sorts and de-duplicates the requested platforms
+/// (`x86_64` and `amd64` name one platform).
+fn parse_platforms(raw: &[String]) -> Result<Vec<Platform>, InvalidJob> {
+    if raw.len() > MAX_PLATFORMS {
+        return Err(InvalidJob::new(
+            "platforms",
+            format!(
+                "at most {MAX_PLATFORMS} platforms are allowed, got {}",
+                raw.len()
+            ),
+        ));
+    }
+    if raw.is_empty() {
+        return Ok(vec![Platform::default_target()]);
+    }
+    let set = raw
+        .iter()
+        .map(|p| Platform::parse(p).map_err(|e| InvalidJob::new("platforms", e.to_string())))
+        .collect::<Result<BTreeSet<_>, _>>()?;
+    Ok(set.into_iter().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::fixtures::{job, request};
+    use super::*;
+
+    #[test]
+    fn request_defaults() {
+        let job = job(request()).unwrap();
+        assert_eq!(job.git_ref, "HEAD");
+        assert_eq!(job.dockerfile_path, "Dockerfile");
+        assert_eq!(job.platforms, vec![Platform::default_target()]);
+    }
+
+    #[test]
+    fn platforms_are_normalised_sorted_and_unique() {
+        let job = job(JobRequest {
+            platforms: vec![
+                "linux/arm64".into(),
+                "Linux/x86_64".into(),
+                "linux/amd64".into(),
+            ],
+            ..request()
+        })
+        .unwrap();
+        let names: Vec<String> = job.platforms.iter().map(ToString::to_string).collect();
+        assert_eq!(names, ["linux/amd64", "linux/arm64"]);
+    }
+
+    #[test]
+    fn refuses_bad_submissions_naming_the_field() {
+        let cases: Vec<(&str, JobRequest)> = vec![
+            (
+                "repo_url",
+                JobRequest {
+                    repo_url: String::new(),
+                    ..request()
+                },
+            ),
+            (
+                "repo_url",
+                JobRequest {
+                    repo_url: "-uhttps://x".into(),
+                    ..request()
+                },
+            ),
+            (
+                "repo_url",
+                JobRequest {
+                    repo_url: "ext::sh -c touch% /tmp/pwned".into(),
+                    ..request()
+                },
+            ),
+            (
+                "repo_url",
+                JobRequest {
+                    repo_url: "ext::sh".into(),
+                    ..request()
+                },
+            ),
+            (
+                "repo_url",
+                JobRequest {
+                    repo_url: "ftp://host/repo".into(),
+                    ..request()
+                },
+            ),
+            (
+                "repo_url",
+                JobRequest {
+                    repo_url: "file:///srv/repo".into(),
+                    ..request()
+                },
+            ),
+            (
+                "repo_url",
+                JobRequest {
+                    repo_url: "/srv/repo".into(),
+                    ..request()
+                },
+            ),
+            (
+                "repo_url",
+                JobRequest {
+                    repo_url: "https://".into(),
+                    ..request()
+                },
+            ),
+            (
+                "ref",
+                JobRequest {
+                    git_ref: Some("--upload-pack=evil".into()),
+                    ..request()
+                },
+            ),
+            (
+                "ref",
+                JobRequest {
+                    git_ref: Some("main..dev".into()),
+                    ..request()
+                },
+            ),
+            (
+                "ref",
+                JobRequest {
+                    git_ref: Some("a b".into()),
+                    ..request()
+                },
+            ),
+            (
+                "ref",
+                JobRequest {
+                    git_ref: Some(String::new()),
+                    ..request()
+                },
+            ),
+            (
+                "dockerfile_path",
+                JobRequest {
+                    dockerfile_path: Some("../../etc/passwd".into()),
+                    ..request()
+                },
+            ),
+            (
+                "dockerfile_path",
+                JobRequest {
+                    dockerfile_path: Some("/etc/passwd".into()),
+                    ..request()
+                },
+            ),
+            (
+                "dockerfile_path",
+                JobRequest {
+                    dockerfile_path: Some("docker/../../x".into()),
+                    ..request()
+                },
+            ),
+            (
+                "build_args",
+                JobRequest {
+                    build_args: [("1BAD".into(), "v".into())].into(),
+                    ..request()
+                },
+            ),
+            (
+                "build_args",
+                JobRequest {
+                    build_args: [("A-B".into(), "v".into())].into(),
+                    ..request()
+                },
+            ),
+            (
+                "build_args",
+                JobRequest {
+                    build_args: [("OK".into(), "nul\0".into())].into(),
+                    ..request()
+                },
+            ),
+            (
+                "platforms",
+                JobRequest {
+                    platforms: vec!["linux/".into()],
+                    ..request()
+                },
+            ),
+            (
+                "image",
+                JobRequest {
+                    image: Some("Not A Ref".into()),
+                    ..request()
+                },
+            ),
+        ];
+        for (field, request) in cases {
+            let debug = format!("{request:?}");
+            let err = job(request).expect_err(&debug);
+            assert_eq!(err.field, field, "{debug}: {err}");
+        }
+    }
+
+    #[test]
+    fn accepts_every_allowed_transport() {
+        for url in [
+            "https://h/r.git",
+            "http://h/r",
+            "ssh://git@h/r",
+            "git://h/r",
+            "git@github.example:team/r.git",
+        ] {
+            assert!(
+                job(JobRequest {
+                    repo_url: url.into(),
+                    ..request()
+                })
+                .is_ok(),
+                "{url}"
+            );
+        }
+        let policy = SubmitPolicy {
+            allow_file_repos: true,
+        };
+        let file = JobRequest {
+            repo_url: "file:///srv/repo".into(),
+            ..request()
+        };
+        assert!(
+            Job::from_request(file, JobId::generate(), "s".into(), &policy, Utc::now()).is_ok()
+        );
+    }
+
+    #[test]
+    fn request_rejects_unknown_fields() {
+        let err = serde_json::from_str::<JobRequest>(r#"{"repo_url":"https://h/r","colour":1}"#)
+            .unwrap_err();
+        assert!(err.to_string().contains("colour"), "{err}");
+    }
+}

@@ -21,7 +21,7 @@ use chrono::Utc;
 use helix_build::cancel::CancelSignal;
 use helix_build::config::Config;
 use helix_build::exec::{CommandRunner, CommandSpec, Grants, ProgramGrant};
-use helix_build::job::{Job, JobId, JobRequest, SubmitPolicy};
+use helix_build::job::{Job, JobRequest, SubmitPolicy};
 use helix_build::log::JobLog;
 use helix_build::plugin::{Built, ComponentCache, PluginRuntime, PoolSizing, RunContext};
 
@@ -88,9 +88,7 @@ async fn run() {
     };
     let mut job = Job::from_request(
         request,
-        JobId::generate(),
-        "simulated".into(),
-        &SubmitPolicy::default(),
+        &SubmitPolicy::for_builders("simulated", ["simulated"]),
         Utc::now(),
     )
     .unwrap();
@@ -103,6 +101,7 @@ async fn run() {
             workspace: workspace.path().to_path_buf(),
             program_env: Default::default(),
             commit: None,
+            secrets: Default::default(),
         };
         let started = Instant::now();
         let outcome = builder.run(&job, ctx).await;

@@ -72,17 +72,21 @@ pub async fn start_with(
     let mut runtime =
         PluginRuntime::load(sources, &ComponentCache::new(config.cache_dir()), sizing).await?;
     extend(&mut runtime);
+    let secrets = config.build_secrets()?;
     let service_config = ServiceConfig {
         workers: config.workers,
         queue_capacity: config.queue_capacity,
-        default_builder: config.default_builder.clone(),
         submit_policy: SubmitPolicy {
             allow_file_repos: config.allow_file_repos,
+            default_builder: config.default_builder.clone(),
+            builders: runtime.names().into_iter().map(String::from).collect(),
+            secrets: secrets.names(),
         },
         log_cap_lines: config.log_cap_lines,
         workspace_dir: config.workspace_dir(),
         keep_failed_workspaces: config.keep_failed_workspaces,
         store,
+        secrets,
         shared,
         max_attempts: config.max_attempts,
         publisher: Publisher::new(

@@ -62,6 +62,10 @@ fn real_builder_grants(tool: &str, network: BuildNetwork) -> Grants {
                     ("--platform", ValueType::Text),
                     ("--tag", ValueType::Text),
                     ("--manifest", ValueType::Text),
+                    ("--target", ValueType::Text),
+                    ("--label", ValueType::Text),
+                    ("--no-cache", ValueType::Flag),
+                    ("--secret", ValueType::Secret),
                 ],
             ),
             // A new directory: no link (planted in the checkout, say) can

@@ -3,14 +3,15 @@
 //! for a program). Exit codes: 0 when the command did what was asked (for
 //! `submit --wait/--follow` and `wait`: the job succeeded), 1 otherwise.
 
+use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
 use helix_build::client::{Client, ClientError, Followed};
-use helix_build::job::{Job, State};
+use helix_build::job::{Job, JobRequest, State};
 use helix_build::service::JobPage;
 use hyper::Method;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 /// What `submit` sends.
 #[derive(clap::Args)]
@@ -39,6 +40,60 @@ pub struct Submission {
     /// Your own job id.
     #[arg(long)]
     pub id: Option<String>,
+    /// Directory of the repository to build (the Dockerfile path is
+    /// relative to it).
+    #[arg(long)]
+    pub context: Option<String>,
+    /// Stage of a multi-stage Dockerfile to build.
+    #[arg(long)]
+    pub target: Option<String>,
+    /// KEY=VALUE set on the image, repeatable.
+    #[arg(long = "label")]
+    pub labels: Vec<String>,
+    /// Build every step afresh.
+    #[arg(long)]
+    pub no_cache: bool,
+    /// Name of a build secret the server defines, for
+    /// `RUN --mount=type=secret,id=NAME`; repeatable.
+    #[arg(long = "secret")]
+    pub secrets: Vec<String>,
+}
+
+impl Submission {
+    /// The request the server is sent.
+    fn request(self) -> Result<JobRequest, String> {
+        Ok(JobRequest {
+            id: self.id,
+            repo_url: self.repo,
+            git_ref: self.git_ref,
+            dockerfile_path: self.dockerfile,
+            build_args: pairs("--build-arg", "NAME=VALUE", &self.build_args)?,
+            platforms: self
+                .platforms
+                .iter()
+                .flat_map(|p| p.split(','))
+                .map(|p| p.trim().to_string())
+                .collect(),
+            builder: self.builder,
+            image: self.image,
+            context: self.context,
+            target: self.target,
+            labels: pairs("--label", "KEY=VALUE", &self.labels)?,
+            no_cache: self.no_cache,
+            secrets: self.secrets,
+        })
+    }
+}
+
+/// `NAME=VALUE` arguments of `flag` as a map.
+fn pairs(flag: &str, shape: &str, args: &[String]) -> Result<BTreeMap<String, String>, String> {
+    args.iter()
+        .map(|arg| {
+            arg.split_once('=')
+                .map(|(name, value)| (name.to_string(), value.to_string()))
+                .ok_or_else(|| format!("{flag} {arg:?} must be {shape}"))
+        })
+        .collect()
 }
 
 /// How long one `wait` request may block before asking again.
@@ -51,32 +106,7 @@ pub async fn submit(
     follow: bool,
     as_json: bool,
 ) -> Result<bool, String> {
-    let mut build_args = serde_json::Map::new();
-    for arg in &s.build_args {
-        let (name, value) = arg
-            .split_once('=')
-            .ok_or_else(|| format!("--build-arg {arg:?} must be NAME=VALUE"))?;
-        build_args.insert(name.to_string(), Value::String(value.to_string()));
-    }
-    let platforms: Vec<&str> = s
-        .platforms
-        .iter()
-        .flat_map(|p| p.split(','))
-        .map(str::trim)
-        .collect();
-    let mut request =
-        json!({ "repo_url": s.repo, "build_args": build_args, "platforms": platforms });
-    for (field, value) in [
-        ("ref", s.git_ref),
-        ("dockerfile_path", s.dockerfile),
-        ("builder", s.builder),
-        ("image", s.image),
-        ("id", s.id),
-    ] {
-        if let Some(value) = value {
-            request[field] = Value::String(value);
-        }
-    }
+    let request = serde_json::to_value(s.request()?).map_err(|e| e.to_string())?;
     let job: Job = client
         .json(Method::POST, "/v1/jobs", Some(&request))
         .await

@@ -13,6 +13,7 @@ use crate::builtin;
 use crate::exec::{Grants, ValuePolicy};
 use crate::network::BuildNetwork;
 use crate::plugin::{BuilderSource, Limits, Origin};
+use crate::secrets::{BuildSecrets, SecretSource};
 
 /// The whole configuration. `Config::default()` is what `helix-build serve`
 /// runs with when no file is given.
@@ -74,6 +75,9 @@ pub struct Config {
     /// Builders by the name jobs use. Every built-in builder is available
     /// unless an entry of that name replaces it.
     pub builders: BTreeMap<String, BuilderConfig>,
+    /// Build secrets by the name jobs use (`RUN --mount=type=secret,id=NAME`),
+    /// each read from the server's environment or a file when it starts.
+    pub secrets: BTreeMap<String, SecretSource>,
 }
 
 /// Where jobs are stored.
@@ -149,6 +153,7 @@ impl Default for Config {
             default_registry: None,
             registries: BTreeMap::new(),
             registry_auth_file: None,
+            secrets: BTreeMap::new(),
             builders: BTreeMap::new(),
         }
     }
@@ -280,6 +285,7 @@ impl Config {
                 file.display()
             ));
         }
+        self.build_secrets()?;
         if !self.builder_configs().contains_key(&self.default_builder) {
             return invalid(format!(
                 "default_builder '{}' is not a configured or built-in builder",
@@ -287,6 +293,12 @@ impl Config {
             ));
         }
         Ok(self)
+    }
+
+    /// The build secrets, read from the server's environment and files.
+    pub fn build_secrets(&self) -> Result<BuildSecrets, ConfigError> {
+        BuildSecrets::load(&self.secrets, |name| std::env::var(name).ok())
+            .map_err(ConfigError::Invalid)
     }
 
     /// Every builder to load: the configured ones plus each built-in that no

@@ -20,6 +20,7 @@ pub mod platform;
 pub mod plugin;
 pub mod reference;
 pub mod registry;
+pub mod secrets;
 pub mod service;
 pub mod source;
 pub mod store;

@@ -37,7 +37,12 @@ pub fn document() -> Value {
                         "dockerfile_path": { "type": "string" },
                         "build_args": { "type": "object", "additionalProperties": { "type": "string" } },
                         "platforms": { "type": "array", "items": { "type": "string" } },
-                        "builder": { "type": "string" }, "image": { "type": "string" }
+                        "builder": { "type": "string" }, "image": { "type": "string" },
+                        "context": { "type": "string", "description": "directory of the checkout to build; dockerfile_path is relative to it" },
+                        "target": { "type": "string" },
+                        "labels": { "type": "object", "additionalProperties": { "type": "string" } },
+                        "no_cache": { "type": "boolean" },
+                        "secrets": { "type": "array", "items": { "type": "string" }, "description": "names of build secrets the operator defined" }
                     }
                 },
                 "Job": {
@@ -48,6 +53,11 @@ pub fn document() -> Value {
                         "build_args": { "type": "object", "additionalProperties": { "type": "string" } },
                         "platforms": { "type": "array", "items": { "type": "string" } },
                         "builder": { "type": "string" }, "image": { "type": "string", "nullable": true },
+                        "context": { "type": "string" },
+                        "target": { "type": "string", "nullable": true },
+                        "labels": { "type": "object", "additionalProperties": { "type": "string" } },
+                        "no_cache": { "type": "boolean" },
+                        "secrets": { "type": "array", "items": { "type": "string" } },
                         "state": { "type": "string", "enum": ["queued", "running", "succeeded", "failed", "cancelled", "timed_out"] },
                         "image_tag": { "type": "string", "nullable": true },
                         "digest": { "type": "string", "nullable": true },

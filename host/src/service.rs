@@ -34,6 +34,7 @@ use crate::job::{FailureKind, InvalidJob, Job, JobId, JobRequest, Outcome, State
 use crate::log::{JobLog, Redactor};
 use crate::plugin::{Built, PluginRuntime, RunContext};
 use crate::registry::Publisher;
+use crate::secrets::BuildSecrets;
 use crate::source::Checkout;
 use crate::store::{
     CancelRequest, Heartbeat, JobStore, Notice, SharedQueue, StoreError, StoredJob,
@@ -45,7 +46,7 @@ use crate::workspace::JobDirs;
 pub struct ServiceConfig {
     pub workers: usize,
     pub queue_capacity: usize,
-    pub default_builder: String,
+    /// What a submission may contain, the builders it may name included.
     pub submit_policy: SubmitPolicy,
     pub log_cap_lines: usize,
     /// Parent of the per-job workspace directories.
@@ -60,6 +61,8 @@ pub struct ServiceConfig {
     pub default_registry: Option<String>,
     /// Where jobs outlive this process.
     pub store: Arc<dyn JobStore>,
+    /// The operator's build secrets, handed to the jobs that name them.
+    pub secrets: BuildSecrets,
     /// Runs a job may start before an interruption (the host dying while
     /// it ran) fails it instead of queueing it again.
     pub max_attempts: u32,
@@ -277,31 +280,7 @@ impl Service {
         if self.inner.stopping.load(Ordering::SeqCst) {
             return Err(ServiceError::ShuttingDown);
         }
-        let id = match &request.id {
-            Some(id) => JobId::parse(id)?,
-            None => JobId::generate(),
-        };
-        let builder = request
-            .builder
-            .clone()
-            .unwrap_or_else(|| self.inner.config.default_builder.clone());
-        if self.inner.runtime.builder(&builder).is_none() {
-            return Err(InvalidJob::new(
-                "builder",
-                format!(
-                    "no builder called '{builder}'; available: {}",
-                    self.inner.runtime.names().join(", ")
-                ),
-            )
-            .into());
-        }
-        let job = Job::from_request(
-            request,
-            id,
-            builder,
-            &self.inner.config.submit_policy,
-            Utc::now(),
-        )?;
+        let job = Job::from_request(request, &self.inner.config.submit_policy, Utc::now())?;
 
         let capacity = self.inner.config.queue_capacity;
         let elsewhere = match &self.inner.config.shared {
@@ -644,14 +623,9 @@ impl Inner {
 
     /// A table entry for `job` with its log (continuing `earlier` lines).
     fn entry(&self, job: Job, earlier: Vec<String>) -> Entry {
-        let secrets = self
-            .runtime
-            .builder(&job.builder)
-            .map(|b| Redactor::new(b.secrets()))
-            .unwrap_or_default();
         let log = JobLog::persistent(
             self.config.log_cap_lines,
-            secrets,
+            self.config.secrets.redactor(&job.secrets),
             job.id.clone(),
             self.config.store.clone(),
             earlier,
@@ -938,14 +912,26 @@ impl Inner {
                 .checkout
                 .fetch(job, &workspace, log, cancel)
                 .await?;
+            crate::source::check_context(&workspace, &job.context, &job.dockerfile_path)?;
             (Some(image), Some(commit))
         };
+        let secrets = self
+            .config
+            .secrets
+            .write(&job.secrets, &dirs.secrets())
+            .map_err(|e| {
+                Outcome::failed(
+                    FailureKind::Host,
+                    format!("could not hand the job its build secrets: {e}"),
+                )
+            })?;
         let ctx = RunContext {
             log: log.clone(),
             cancel: cancel.clone(),
             workspace,
             program_env: dirs.program_env(),
             commit,
+            secrets,
         };
         match (builder.run(job, ctx).await?, image) {
             (Built::Simulated(result), _) => {

@@ -21,6 +21,44 @@ use crate::log::JobLog;
 
 /// Where the checkout goes, relative to the workspace.
 pub const SOURCE_DIR: &str = "src";
+/// Checks that the job's context is a directory and its Dockerfile a file
+/// of the checkout in `workspace`, symbolic links followed: a link in the
+/// repository must not lead the build to the host's files.
+pub fn check_context(workspace: &Path, context: &str, dockerfile: &str) -> Result<(), Outcome> {
+    let source = workspace
+        .join(SOURCE_DIR)
+        .canonicalize()
+        .map_err(|e| Outcome::failed(FailureKind::Host, format!("the checkout is gone: {e}")))?;
+    let context_dir = source.join(context);
+    let invalid = |what: String, problem: &str| {
+        Err(Outcome::failed(
+            FailureKind::InvalidJob,
+            format!("{what} {problem} of the repository at this commit"),
+        ))
+    };
+    for (what, path, want_dir) in [
+        (format!("context {context:?}"), context_dir.clone(), true),
+        (
+            format!("dockerfile_path {dockerfile:?} (in context {context:?})"),
+            context_dir.join(dockerfile),
+            false,
+        ),
+    ] {
+        match path.canonicalize() {
+            Err(_) => return invalid(what, "does not exist in the checkout"),
+            Ok(resolved) if !resolved.starts_with(&source) => {
+                return invalid(what, "is a symbolic link leading out");
+            }
+            Ok(resolved) if resolved.is_dir() != want_dir => {
+                let kind = if want_dir { "a directory" } else { "a file" };
+                return invalid(what, &format!("is not {kind}"));
+            }
+            Ok(_) => {}
+        }
+    }
+    Ok(())
+}
+
 /// How long one git command may take.
 const GIT_TIMEOUT: Duration = Duration::from_secs(600);
 

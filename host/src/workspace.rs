@@ -5,7 +5,8 @@
 //! - `workspace/` — the builder's `/workspace`, read-only to its own code:
 //!   the host's checkout and what granted programs write there. Programs
 //!   run in it and every path argument must resolve inside it.
-//! - `state/` — container storage (`storage/`, `run/`, `storage.conf`).
+//! - `state/` — container storage (`storage/`, `run/`, `storage.conf`)
+//!   and the job's build secrets (`secrets/`).
 //!   Every program of the job gets `CONTAINERS_STORAGE_CONF` pointing at
 //!   it, so podman and buildah keep images and layers per job, and no
 //!   builder can plant links in, or point a tool at, storage it made up.
@@ -56,6 +57,12 @@ impl JobDirs {
 
     fn state(&self) -> PathBuf {
         self.root.join("state")
+    }
+
+    /// Where the job's build secrets are written: outside the workspace,
+    /// so the builder's own code cannot read them.
+    pub fn secrets(&self) -> PathBuf {
+        self.state().join("secrets")
     }
 
     fn storage_conf(&self) -> PathBuf {

@@ -55,10 +55,11 @@ async fn interrupted_job(config: &helix_build::config::Config, id: &str, attempt
     };
     let store = SqliteStore::open(&path).unwrap();
     let mut job = Job::from_request(
-        simulated(0),
-        JobId::parse(id).unwrap(),
-        "simulated".into(),
-        &SubmitPolicy::default(),
+        JobRequest {
+            id: Some(id.into()),
+            ..simulated(0)
+        },
+        &SubmitPolicy::for_builders("simulated", ["simulated"]),
         Utc::now(),
     )
     .unwrap();

@@ -12,11 +12,13 @@ use helix_build::cancel::CancelSignal;
 use helix_build::exec::{
     CommandOutput, CommandRunner, CommandSpec, Grants, OUTPUT_TAIL_BYTES, ProgramGrant, RunError,
 };
-use helix_build::log::{JobLog, Redactor};
+use helix_build::log::JobLog;
+use helix_build::secrets::{BuildSecrets, SecretSource};
 
 /// A runner over a fresh workspace, with the host's PATH.
 struct Fixture {
     workspace: tempfile::TempDir,
+    _state: tempfile::TempDir,
     log: Arc<JobLog>,
     cancel: CancelSignal,
     runner: CommandRunner,
@@ -31,13 +33,24 @@ fn fixture_with(
     host_env: impl Fn(&str) -> Option<String>,
     search_path: Option<std::ffi::OsString>,
 ) -> Fixture {
+    with_secrets(grants, host_env, search_path, &BuildSecrets::default(), &[])
+}
+
+/// A fixture whose job has the build secrets `names` of `secrets`.
+fn with_secrets(
+    grants: Grants,
+    host_env: impl Fn(&str) -> Option<String>,
+    search_path: Option<std::ffi::OsString>,
+    secrets: &BuildSecrets,
+    names: &[String],
+) -> Fixture {
     let workspace = tempfile::tempdir().unwrap();
     let policy = grants.resolve(host_env);
-    let log = Arc::new(JobLog::with_redactor(
-        10_000,
-        Redactor::new(policy.secrets()),
-    ));
+    let log = Arc::new(JobLog::with_redactor(10_000, secrets.redactor(names)));
     let cancel = CancelSignal::new();
+    // Outside the workspace, as the host keeps them.
+    let state = tempfile::tempdir().unwrap();
+    let files = secrets.write(names, &state.path().join("secrets")).unwrap();
     let runner = CommandRunner::new(
         "test".into(),
         Arc::new(policy),
@@ -45,9 +58,11 @@ fn fixture_with(
         log.clone(),
         cancel.clone(),
         search_path,
-    );
+    )
+    .with_secrets(files);
     Fixture {
         workspace,
+        _state: state,
         log,
         cancel,
         runner,
@@ -316,27 +331,42 @@ async fn kept_output_is_capped() {
 }
 
 #[tokio::test]
-async fn secret_values_are_redacted_in_every_log_line() {
+async fn build_secrets_reach_only_their_program_and_are_redacted_everywhere() {
+    let secrets = BuildSecrets::load(
+        &[(
+            "token".to_string(),
+            SecretSource {
+                env: Some("HELIX_TEST_TOKEN".into()),
+                file: None,
+            },
+        )]
+        .into(),
+        |_| Some("s3cr3t-t0ken".to_string()),
+    )
+    .unwrap();
     let grants = Grants {
-        programs: vec![program("sh", &["-c", "*"])],
-        secret_env: vec!["REGISTRY_TOKEN".into()],
+        programs: vec![program("sh", &["-c", "*", "sh", "{secret}"])],
         ..Grants::default()
     };
-    let f = fixture_with(
+    let f = with_secrets(
         grants,
-        |name| (name == "REGISTRY_TOKEN").then(|| "s3cr3t-t0ken".to_string()),
+        |_| None,
         std::env::var_os("PATH"),
+        &secrets,
+        &["token".to_string()],
     );
+    // The program gets `id=token,src=FILE` and prints the value.
+    let script = r#"v=$(cat "${1#*src=}"); echo "token=$v"; echo "again $v" >&2"#;
     let output = f
         .runner
-        .run(sh(
-            "echo token=$REGISTRY_TOKEN; echo again $REGISTRY_TOKEN >&2",
-        ))
+        .run(call("sh", &["-c", script, "sh", "id=token"]))
         .await
         .unwrap();
+    assert_eq!(output.exit_code, 0, "{}", output.stderr);
     assert_eq!(
-        output.stdout, "token=s3cr3t-t0ken\n",
-        "the builder gets the real output"
+        (output.stdout.as_str(), output.stderr.as_str()),
+        ("token=***\n", "again ***\n"),
+        "the builder gets the output with the value redacted"
     );
     let log = f.log.snapshot().join("\n");
     assert!(!log.contains("s3cr3t-t0ken"), "{log}");
@@ -347,6 +377,15 @@ async fn secret_values_are_redacted_in_every_log_line() {
     // A denial echoing the secret in its arguments is redacted too.
     let _ = f.runner.run(call("curl", &["-u", "s3cr3t-t0ken"])).await;
     assert!(!f.log.snapshot().join("\n").contains("s3cr3t-t0ken"));
+    // The builder cannot name a file of its own, or a secret the job lacks.
+    for bad in ["id=token,src=/etc/shadow", "id=other"] {
+        let err = f
+            .runner
+            .run(call("sh", &["-c", script, "sh", bad]))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, RunError::Denied(_)), "{bad}: {err}");
+    }
 }
 
 const FAMILY: &str =

@@ -211,7 +211,7 @@ async fn failures_say_whose_fault_they_are() {
                 dockerfile_path: Some("missing/Dockerfile".into()),
                 ..job(&repo, "podman", "main")
             },
-            "invalid job: dockerfile_path \"missing/Dockerfile\" does not exist",
+            "invalid job: dockerfile_path \"missing/Dockerfile\" (in context \".\") does not exist in the checkout",
         ),
         (
             JobRequest {

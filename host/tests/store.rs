@@ -21,10 +21,11 @@ fn job(id: &str) -> Job {
         ..JobRequest::default()
     };
     Job::from_request(
-        request,
-        JobId::parse(id).unwrap(),
-        "simulated".into(),
-        &SubmitPolicy::default(),
+        JobRequest {
+            id: Some(id.into()),
+            ..request
+        },
+        &SubmitPolicy::for_builders("simulated", ["simulated"]),
         Utc::now(),
     )
     .unwrap()

@@ -18,12 +18,16 @@
 //!   workspace, symbolic links followed; an `output` likewise, and must not
 //!   exist yet; an `image` must be in a registry the
 //!   operator configured; a `url` must pass the policy a job's `repo_url`
-//!   does; `text` is anything.
+//!   does; a `secret` is `id=NAME` for one of the job's build secrets, and
+//!   the host appends `,src=FILE` (a file the builder cannot read); `text`
+//!   is anything.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+
+use crate::secrets::SecretFiles;
 
 /// A builder's grants, as written in the config file.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
@@ -34,9 +38,10 @@ pub struct Grants {
     /// Variables set, with these values, for every program it runs.
     pub env: BTreeMap<String, String>,
     /// Variables copied from the host's environment (when set there).
+    /// Never a secret: whatever a program is given, the builder that runs
+    /// it can have it print back. Secrets reach builds as build secrets
+    /// (`[secrets]`, the `secret` value type).
     pub pass_env: Vec<String>,
-    /// Like `pass_env`, and their values are replaced by `***` in logs.
-    pub secret_env: Vec<String>,
     /// Variables the builder may set itself on a call.
     pub builder_env: Vec<String>,
     /// Host directories opened to the builder besides its workspace.
@@ -76,6 +81,9 @@ pub enum ValueType {
     Image,
     /// A repository URL the job policy accepts.
     Url,
+    /// `id=NAME`, naming one of the job's build secrets; the host adds
+    /// where its value is (`,src=FILE`).
+    Secret,
 }
 
 impl ValueType {
@@ -85,6 +93,7 @@ impl ValueType {
             "output" => Some(ValueType::Output),
             "image" => Some(ValueType::Image),
             "url" => Some(ValueType::Url),
+            "secret" => Some(ValueType::Secret),
             _ => None,
         }
     }
@@ -100,12 +109,14 @@ pub struct ValuePolicy {
     pub allow_file_repos: bool,
 }
 
-/// Where one call runs, for checking `path` values.
+/// Where one call runs, for checking `path` and `secret` values.
 pub struct CallSite<'a> {
     /// The workspace, canonical.
     pub workspace: &'a Path,
     /// The call's working directory, canonical and inside the workspace.
     pub cwd: &'a Path,
+    /// The job's build secrets and the files holding their values.
+    pub secrets: &'a SecretFiles,
 }
 
 /// A host directory visible to the builder's own code (not its programs,
@@ -127,7 +138,6 @@ pub struct GrantPolicy {
     /// The environment every program starts from.
     base_env: BTreeMap<String, String>,
     builder_env: BTreeSet<String>,
-    secrets: Vec<String>,
     dirs: Vec<DirGrant>,
     values: ValuePolicy,
 }
@@ -162,7 +172,7 @@ impl Grants {
                     && ValueType::from_placeholder(name).is_none()
                 {
                     return Err(format!(
-                        "{here}.args: {arg:?} names no type; use {{path}}, {{output}}, {{image}} or {{url}}"
+                        "{here}.args: {arg:?} names no type; use {{path}}, {{output}}, {{image}}, {{url}} or {{secret}}"
                     ));
                 }
             }
@@ -184,7 +194,6 @@ impl Grants {
             .keys()
             .map(|n| ("env", n))
             .chain(self.pass_env.iter().map(|n| ("pass_env", n)))
-            .chain(self.secret_env.iter().map(|n| ("secret_env", n)))
             .chain(self.builder_env.iter().map(|n| ("builder_env", n)));
         for (field, name) in names {
             if !is_env_name(name) {
@@ -220,22 +229,15 @@ impl Grants {
     /// `host_env` (normally `|name| std::env::var(name).ok()`).
     pub fn resolve(&self, host_env: impl Fn(&str) -> Option<String>) -> GrantPolicy {
         let mut base_env = self.env.clone();
-        let mut secrets = Vec::new();
-        for name in self.pass_env.iter().chain(&self.secret_env) {
+        for name in &self.pass_env {
             if let Some(value) = host_env(name) {
                 base_env.insert(name.clone(), value);
-            }
-        }
-        for name in &self.secret_env {
-            if let Some(value) = base_env.get(name).filter(|v| !v.is_empty()) {
-                secrets.push(value.clone());
             }
         }
         GrantPolicy {
             programs: self.programs.clone(),
             base_env,
             builder_env: self.builder_env.iter().cloned().collect(),
-            secrets,
             dirs: self.dirs.clone(),
             values: ValuePolicy::default(),
         }
@@ -249,9 +251,15 @@ impl GrantPolicy {
         self
     }
 
-    /// Whether `program` may run with `args` at `site`. The denial names
-    /// the rule that refused the call.
-    pub fn check(&self, program: &str, args: &[String], site: &CallSite<'_>) -> Result<(), Denial> {
+    /// Whether `program` may run with `args` at `site`: the arguments to
+    /// run it with (`secret` values completed by the host), or a denial
+    /// naming the rule that refused the call.
+    pub fn check(
+        &self,
+        program: &str,
+        args: &[String],
+        site: &CallSite<'_>,
+    ) -> Result<Vec<String>, Denial> {
         let for_program: Vec<&ProgramGrant> = self
             .programs
             .iter()
@@ -267,7 +275,7 @@ impl GrantPolicy {
         let mut best: Option<Mismatch> = None;
         for grant in &for_program {
             match self.match_grant(grant, args, site) {
-                Ok(()) => return Ok(()),
+                Ok(resolved) => return Ok(resolved),
                 Err(mismatch) if best.as_ref().is_none_or(|b| mismatch.at > b.at) => {
                     best = Some(mismatch)
                 }
@@ -290,9 +298,10 @@ impl GrantPolicy {
         grant: &ProgramGrant,
         args: &[String],
         site: &CallSite<'_>,
-    ) -> Result<(), Mismatch> {
+    ) -> Result<Vec<String>, Mismatch> {
         let pinned = pinned(&grant.args);
         let mut patterns = grant.args.iter().peekable();
+        let mut resolved = args.to_vec();
         let mut i = 0;
         while i < args.len() {
             let arg = &args[i];
@@ -337,8 +346,13 @@ impl GrantPolicy {
                         }
                     },
                 };
-                if let Err(why) = self.check_value(ty, value, site) {
-                    return fail(format!("option {name}: {why}"));
+                match self.check_value(ty, value, site) {
+                    Err(why) => return fail(format!("option {name}: {why}")),
+                    Ok(Some(completed)) if inline.is_some() => {
+                        resolved[i] = format!("{name}={completed}");
+                    }
+                    Ok(Some(completed)) => resolved[i] = completed,
+                    Ok(None) => {}
                 }
                 i += 1;
                 continue;
@@ -358,8 +372,10 @@ impl GrantPolicy {
                     let Some(value) = arg.strip_prefix(prefix) else {
                         return fail(format!("expected {pattern:?}, got {arg:?}"));
                     };
-                    if let Err(why) = self.check_value(ty, value, site) {
-                        return fail(why);
+                    match self.check_value(ty, value, site) {
+                        Err(why) => return fail(why),
+                        Ok(Some(completed)) => resolved[i] = format!("{prefix}{completed}"),
+                        Ok(None) => {}
                     }
                     patterns.next();
                 }
@@ -368,7 +384,7 @@ impl GrantPolicy {
             i += 1;
         }
         match patterns.next().map(String::as_str) {
-            None | Some("**") => Ok(()),
+            None | Some("**") => Ok(resolved),
             Some(missing) => Err(Mismatch {
                 at: args.len(),
                 reason: format!("the grant requires {missing:?} here"),
@@ -376,15 +392,32 @@ impl GrantPolicy {
         }
     }
 
-    fn check_value(&self, ty: ValueType, value: &str, site: &CallSite<'_>) -> Result<(), String> {
+    /// Checks one typed value; `Some` is the value the host completed
+    /// (a secret's file), to pass instead.
+    fn check_value(
+        &self,
+        ty: ValueType,
+        value: &str,
+        site: &CallSite<'_>,
+    ) -> Result<Option<String>, String> {
         match ty {
-            ValueType::Flag | ValueType::Text => Ok(()),
-            ValueType::Path => inside_workspace(value, site),
+            ValueType::Flag | ValueType::Text => Ok(None),
+            ValueType::Path => inside_workspace(value, site).map(|()| None),
             ValueType::Output => {
                 inside_workspace(value, site)?;
                 match std::fs::symlink_metadata(site.cwd.join(value)) {
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
                     _ => Err(format!("output path {value:?} exists already")),
+                }
+            }
+            ValueType::Secret => {
+                let name = value.strip_prefix("id=").unwrap_or_default();
+                match site.secrets.get(name) {
+                    Some(file) => Ok(Some(format!("id={name},src={}", file.display()))),
+                    None if name.is_empty() || name.contains(',') => Err(format!(
+                        "{value:?} must be id=NAME; the host says where the value is"
+                    )),
+                    None => Err(format!("secret '{name}' is not one of the job's secrets")),
                 }
             }
             ValueType::Image => {
@@ -392,20 +425,16 @@ impl GrantPolicy {
                     .map_err(|e| format!("{value:?} is not an image reference: {e}"))?;
                 let registry = crate::reference::registry_of(value);
                 if value.contains('/') && self.values.registries.contains(registry) {
-                    Ok(())
+                    Ok(None)
                 } else {
                     Err(format!(
                         "image {value:?} is not in a registry the operator configured"
                     ))
                 }
             }
-            ValueType::Url => crate::job::validate_repo_url(
-                value,
-                &crate::job::SubmitPolicy {
-                    allow_file_repos: self.values.allow_file_repos,
-                },
-            )
-            .map_err(|e| format!("{value:?}: {}", e.message)),
+            ValueType::Url => crate::job::validate_repo_url(value, self.values.allow_file_repos)
+                .map(|()| None)
+                .map_err(|e| format!("{value:?}: {}", e.message)),
         }
     }
 
@@ -425,11 +454,6 @@ impl GrantPolicy {
             env.insert(name.clone(), value.clone());
         }
         Ok(env)
-    }
-
-    /// Values to replace by `***` in logs.
-    pub fn secrets(&self) -> &[String] {
-        &self.secrets
     }
 
     pub fn dirs(&self) -> &[DirGrant] {
@@ -536,9 +560,11 @@ mod tests {
     }
 
     /// A real workspace with `src/Dockerfile`, a symlink `out` pointing to
-    /// the host's `/etc`, and one `inside` pointing to `src`.
+    /// the host's `/etc`, and one `inside` pointing to `src`; the job has
+    /// one build secret, `token`.
     struct Site {
         dir: tempfile::TempDir,
+        secrets: SecretFiles,
     }
 
     impl Site {
@@ -548,10 +574,20 @@ mod tests {
             std::fs::write(dir.path().join("src/Dockerfile"), "FROM scratch").unwrap();
             std::os::unix::fs::symlink("/etc", dir.path().join("out")).unwrap();
             std::os::unix::fs::symlink("src", dir.path().join("inside")).unwrap();
-            Site { dir }
+            let secrets = [("token".to_string(), PathBuf::from("/state/secrets/token"))].into();
+            Site { dir, secrets }
         }
 
         fn check(&self, policy: &GrantPolicy, program: &str, list: &[&str]) -> Result<(), Denial> {
+            self.resolve(policy, program, list).map(|_| ())
+        }
+
+        fn resolve(
+            &self,
+            policy: &GrantPolicy,
+            program: &str,
+            list: &[&str],
+        ) -> Result<Vec<String>, Denial> {
             let root = self.dir.path().canonicalize().unwrap();
             policy.check(
                 program,
@@ -559,6 +595,7 @@ mod tests {
                 &CallSite {
                     workspace: &root,
                     cwd: &root,
+                    secrets: &self.secrets,
                 },
             )
         }
@@ -934,14 +971,12 @@ mod tests {
     fn environment_is_built_from_grants_only() {
         let host_env = |name: &str| match name {
             "HELIX_TEST_PASS" => Some("passed".to_string()),
-            "HELIX_TEST_SECRET" => Some("hunter22".to_string()),
             "HOME" => Some("/root".to_string()),
             _ => None,
         };
         let grants = Grants {
             env: [("LANG".to_string(), "C".to_string())].into(),
             pass_env: vec!["HELIX_TEST_PASS".into(), "HELIX_TEST_UNSET_VAR".into()],
-            secret_env: vec!["HELIX_TEST_SECRET".into()],
             builder_env: vec!["GIT_TERMINAL_PROMPT".into()],
             ..Grants::default()
         };
@@ -950,21 +985,48 @@ mod tests {
             .environment(&[("GIT_TERMINAL_PROMPT".into(), "0".into())])
             .unwrap();
         let names: Vec<&str> = env.keys().map(String::as_str).collect();
-        assert_eq!(
-            names,
-            [
-                "GIT_TERMINAL_PROMPT",
-                "HELIX_TEST_PASS",
-                "HELIX_TEST_SECRET",
-                "LANG"
-            ]
-        );
+        assert_eq!(names, ["GIT_TERMINAL_PROMPT", "HELIX_TEST_PASS", "LANG"]);
         assert_eq!(env["HELIX_TEST_PASS"], "passed");
-        assert_eq!(policy.secrets(), ["hunter22"]);
         let err = policy
             .environment(&[("LD_PRELOAD".into(), "/x.so".into())])
             .unwrap_err();
         assert!(err.to_string().contains("LD_PRELOAD"));
+    }
+
+    #[test]
+    fn secrets_are_named_by_the_builder_and_located_by_the_host() {
+        let site = Site::new();
+        let policy = policy(vec![with_options(
+            "podman",
+            &["build", "{path}"],
+            &[("--secret", ValueType::Secret)],
+        )]);
+        assert_eq!(
+            site.resolve(&policy, "podman", &["build", "--secret", "id=token", "src"])
+                .unwrap(),
+            [
+                "build",
+                "--secret",
+                "id=token,src=/state/secrets/token",
+                "src"
+            ]
+        );
+        assert_eq!(
+            site.resolve(&policy, "podman", &["build", "--secret=id=token", "src"])
+                .unwrap(),
+            ["build", "--secret=id=token,src=/state/secrets/token", "src"]
+        );
+        for (bad, why) in [
+            ("id=other", "secret 'other' is not one of the job's secrets"),
+            ("id=token,src=/etc/shadow", "must be id=NAME"),
+            ("id=x,src=/etc/shadow", "must be id=NAME"),
+            ("token", "must be id=NAME"),
+        ] {
+            let err = site
+                .check(&policy, "podman", &["build", "--secret", bad, "src"])
+                .unwrap_err();
+            assert!(err.0.contains(why), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -23,6 +23,7 @@ pub use process::KILL_GRACE;
 
 use crate::cancel::CancelSignal;
 use crate::log::JobLog;
+use crate::secrets::SecretFiles;
 
 /// Where the job workspace appears to a builder.
 pub const GUEST_WORKSPACE: &str = "/workspace";
@@ -103,6 +104,8 @@ pub struct CommandRunner {
     search_path: Option<OsString>,
     /// Set by the host for every call, over the grants and the builder.
     program_env: BTreeMap<String, String>,
+    /// The job's build secrets, for `secret` values.
+    secrets: SecretFiles,
 }
 
 impl CommandRunner {
@@ -125,6 +128,7 @@ impl CommandRunner {
             cancel,
             search_path,
             program_env: BTreeMap::new(),
+            secrets: SecretFiles::new(),
         }
     }
 
@@ -135,14 +139,26 @@ impl CommandRunner {
         self
     }
 
+    /// The same runner, locating the job's build secrets in `secrets`.
+    pub fn with_secrets(mut self, secrets: SecretFiles) -> Self {
+        self.secrets = secrets;
+        self
+    }
+
     /// Runs `spec` to completion if the grants allow it. A denial is
-    /// logged as well as returned.
+    /// logged as well as returned. The output returned has the job's
+    /// secrets redacted, as the log has: a build step that prints one
+    /// must not hand it to the builder.
     pub async fn run(&self, spec: CommandSpec) -> Result<CommandOutput, RunError> {
         let result = self.checked_run(spec).await;
         if let Err(RunError::Denied(reason)) = &result {
             self.log.push(&format!("[helix] denied: {reason}"));
         }
-        result
+        result.map(|output| CommandOutput {
+            exit_code: output.exit_code,
+            stdout: self.log.redact(&output.stdout),
+            stderr: self.log.redact(&output.stderr),
+        })
     }
 
     async fn checked_run(&self, spec: CommandSpec) -> Result<CommandOutput, RunError> {
@@ -151,8 +167,10 @@ impl CommandRunner {
         let site = CallSite {
             workspace: &workspace,
             cwd: &cwd,
+            secrets: &self.secrets,
         };
-        self.policy
+        let args = self
+            .policy
             .check(&spec.program, &spec.args, &site)
             .map_err(denied)?;
         let mut env = self.policy.environment(&spec.env).map_err(denied)?;
@@ -169,7 +187,7 @@ impl CommandRunner {
         process::run(process::Invocation {
             program: &program,
             label: &spec.program,
-            args: &spec.args,
+            args: &args,
             env: &env,
             cwd: &cwd,
             timeout: spec.timeout,

@@ -76,9 +76,22 @@ pub struct Job {
     pub repo_url: String,
     #[serde(rename = "ref")]
     pub git_ref: String,
+    /// Directory of the checkout that is the build context (`.`: its root).
+    #[serde(default = "root_context")]
+    pub context: String,
+    /// Relative to `context`.
     pub dockerfile_path: String,
     pub build_args: BTreeMap<String, String>,
     pub platforms: Vec<Platform>,
+    #[serde(default)]
+    pub target: Option<String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub no_cache: bool,
+    /// Names of the build secrets handed to the build; never their values.
+    #[serde(default)]
+    pub secrets: Vec<String>,
     pub builder: String,
     pub image: Option<String>,
     pub state: State,
@@ -92,11 +105,16 @@ pub struct Job {
     pub attempts: u32,
 }
 
+/// What jobs stored before `context` existed were built from.
+fn root_context() -> String {
+    request::ROOT_CONTEXT.into()
+}
+
 #[cfg(test)]
 pub(crate) mod fixtures {
     use chrono::Utc;
 
-    use super::{InvalidJob, Job, JobId, JobRequest, SubmitPolicy};
+    use super::{InvalidJob, Job, JobRequest, SubmitPolicy};
 
     /// The smallest valid request.
     pub fn request() -> JobRequest {
@@ -110,9 +128,7 @@ pub(crate) mod fixtures {
     pub fn job(request: JobRequest) -> Result<Job, InvalidJob> {
         Job::from_request(
             request,
-            JobId::generate(),
-            "simulated".into(),
-            &SubmitPolicy::default(),
+            &SubmitPolicy::for_builders("simulated", ["simulated"]),
             Utc::now(),
         )
     }

@@ -34,6 +34,23 @@ pub struct JobRequest {
     pub builder: Option<String>,
     #[serde(default)]
     pub image: Option<String>,
+    /// Directory of the checkout to build, like `docker build`'s context
+    /// argument; the checkout's root when absent.
+    #[serde(default)]
+    pub context: Option<String>,
+    /// Stage of a multi-stage Dockerfile to build (`--target`).
+    #[serde(default)]
+    pub target: Option<String>,
+    /// Labels set on the image (`--label`).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Build every step afresh, reusing no cached layer (`--no-cache`).
+    #[serde(default)]
+    pub no_cache: bool,
+    /// Names of build secrets the operator defined, for `RUN
+    /// --mount=type=secret,id=NAME` steps.
+    #[serde(default)]
+    pub secrets: Vec<String>,
 }
 
 /// A submission refused by validation: which field, and what is wrong.
@@ -59,42 +76,94 @@ pub struct SubmitPolicy {
     /// Whether `file://` repository URLs are accepted (they read the host's
     /// disk, so only an operator may enable them).
     pub allow_file_repos: bool,
+    /// The builder of jobs that name none.
+    pub default_builder: String,
+    /// Builders a job may name: those loaded on this host.
+    pub builders: BTreeSet<String>,
+    /// Build secrets a job may name: those the operator defined.
+    pub secrets: BTreeSet<String>,
+}
+
+impl SubmitPolicy {
+    /// A policy accepting jobs for `builders`, `default` when they name
+    /// none, with no file repositories and no secrets.
+    pub fn for_builders<'a>(default: &str, builders: impl IntoIterator<Item = &'a str>) -> Self {
+        SubmitPolicy {
+            default_builder: default.to_string(),
+            builders: builders.into_iter().map(String::from).collect(),
+            ..SubmitPolicy::default()
+        }
+    }
 }
 const MAX_BUILD_ARGS: usize = 256;
 const MAX_BUILD_ARG_VALUE: usize = 64 * 1024;
 const MAX_PLATFORMS: usize = 16;
 const DEFAULT_REF: &str = "HEAD";
 const DEFAULT_DOCKERFILE: &str = "Dockerfile";
+/// The checkout's root, as a context.
+pub(crate) const ROOT_CONTEXT: &str = ".";
+const MAX_LABELS: usize = 64;
+const MAX_LABEL_VALUE: usize = 4 * 1024;
+const MAX_SECRETS: usize = 32;
 impl Job {
-    /// Validates `request` and makes a `queued` job of it. `id` and
-    /// `builder` are the caller's choice after defaults were applied; the
-    /// caller checks that the builder exists.
+    /// Validates `request` against `policy` and makes a `queued` job of
+    /// it: a generated id unless it names one, the default builder unless
+    /// it names a loaded one. The error names the first field at fault.
     pub fn from_request(
         request: JobRequest,
-        id: JobId,
-        builder: String,
         policy: &SubmitPolicy,
         now: DateTime<Utc>,
     ) -> Result<Self, InvalidJob> {
-        validate_repo_url(&request.repo_url, policy)?;
+        let id = match &request.id {
+            Some(id) => JobId::parse(id)?,
+            None => JobId::generate(),
+        };
+        let builder = request
+            .builder
+            .unwrap_or_else(|| policy.default_builder.clone());
+        if !policy.builders.contains(&builder) {
+            let available: Vec<&str> = policy.builders.iter().map(String::as_str).collect();
+            return Err(InvalidJob::new(
+                "builder",
+                format!(
+                    "no builder called '{builder}'; available: {}",
+                    available.join(", ")
+                ),
+            ));
+        }
+        validate_repo_url(&request.repo_url, policy.allow_file_repos)?;
         let git_ref = request.git_ref.unwrap_or_else(|| DEFAULT_REF.into());
         validate_ref(&git_ref)?;
+        let context = match request.context {
+            Some(context) => normalise_context(&context)?,
+            None => ROOT_CONTEXT.into(),
+        };
         let dockerfile_path = request
             .dockerfile_path
             .unwrap_or_else(|| DEFAULT_DOCKERFILE.into());
-        validate_dockerfile_path(&dockerfile_path)?;
+        validate_relative_path("dockerfile_path", &dockerfile_path, "the context")?;
         validate_build_args(&request.build_args)?;
         let platforms = parse_platforms(&request.platforms)?;
         if let Some(image) = &request.image {
             validate_image_ref(image).map_err(|e| InvalidJob::new("image", e))?;
         }
+        if let Some(target) = &request.target {
+            validate_target(target)?;
+        }
+        validate_labels(&request.labels)?;
+        let secrets = validate_secrets(request.secrets, &policy.secrets)?;
         Ok(Job {
             id,
             repo_url: request.repo_url,
             git_ref,
+            context,
             dockerfile_path,
             build_args: request.build_args,
             platforms,
+            target: request.target,
+            labels: request.labels,
+            no_cache: request.no_cache,
+            secrets,
             builder,
             image: request.image,
             state: State::Queued,
@@ -110,7 +179,7 @@ impl Job {
     }
 }
 
-pub(crate) fn validate_repo_url(url: &str, policy: &SubmitPolicy) -> Result<(), InvalidJob> {
+pub(crate) fn validate_repo_url(url: &str, allow_file_repos: bool) -> Result<(), InvalidJob> {
     let err = |message: String| Err(InvalidJob::new("repo_url", message));
     if url.is_empty() || url.len() > 2048 {
         return err("must be 1 to 2048 characters".into());
@@ -130,7 +199,7 @@ pub(crate) fn validate_repo_url(url: &str, policy: &SubmitPolicy) -> Result<(), 
         }
         return match scheme.as_str() {
             "https" | "http" | "ssh" | "git" => Ok(()),
-            "file" if policy.allow_file_repos => Ok(()),
+            "file" if allow_file_repos => Ok(()),
             "file" => err(
                 "file:// repositories are disabled on this server (the operator can allow them)"
                     .into(),
@@ -190,8 +259,11 @@ fn validate_ref(git_ref: &str) -> Result<(), InvalidJob> {
     Ok(())
 }
 
-fn validate_dockerfile_path(path: &str) -> Result<(), InvalidJob> {
-    let err = |message: String| Err(InvalidJob::new("dockerfile_path", message));
+/// A path below a directory of the checkout: relative, no `..`, so it
+/// cannot leave the checkout whatever directory it is joined to (links in
+/// the checkout are checked where the path is used).
+fn validate_relative_path(field: &'static str, path: &str, base: &str) -> Result<(), InvalidJob> {
+    let err = |message: String| Err(InvalidJob::new(field, message));
     if path.is_empty() || path.len() > 1024 {
         return err("must be 1 to 1024 characters".into());
     }
@@ -199,9 +271,7 @@ fn validate_dockerfile_path(path: &str) -> Result<(), InvalidJob> {
         return err("must not contain control characters".into());
     }
     if path.starts_with('/') || path.starts_with('-') {
-        return err(format!(
-            "{path:?} must be a path relative to the repository root"
-        ));
+        return err(format!("{path:?} must be a path relative to {base}"));
     }
     if path.split(['/', '\\']).any(|part| part == "..") {
         return err(format!(
@@ -209,6 +279,99 @@ fn validate_dockerfile_path(path: &str) -> Result<(), InvalidJob> {
         ));
     }
     Ok(())
+}
+
+/// The context as stored: relative to the checkout's root, without `.`
+/// parts or a trailing `/`; the root itself is `.`.
+fn normalise_context(context: &str) -> Result<String, InvalidJob> {
+    validate_relative_path("context", context, "the repository root")?;
+    let parts: Vec<&str> = context
+        .split('/')
+        .filter(|part| !part.is_empty() && *part != ".")
+        .collect();
+    Ok(match parts.is_empty() {
+        true => ROOT_CONTEXT.into(),
+        false => parts.join("/"),
+    })
+}
+
+/// A stage name as a Dockerfile's `FROM … AS name` allows it.
+fn validate_target(target: &str) -> Result<(), InvalidJob> {
+    let mut bytes = target.bytes();
+    let ok = target.len() <= 128
+        && bytes.next().is_some_and(|b| b.is_ascii_alphabetic())
+        && bytes.all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(InvalidJob::new(
+            "target",
+            format!(
+                "{target:?} is not a build stage name: a letter, then letters, digits, '.', '_' or '-' (at most 128)"
+            ),
+        ))
+    }
+}
+
+/// Label keys as the OCI image spec recommends them (`org.example.key`);
+/// values any text without control characters.
+fn validate_labels(labels: &BTreeMap<String, String>) -> Result<(), InvalidJob> {
+    let err = |message: String| Err(InvalidJob::new("labels", message));
+    if labels.len() > MAX_LABELS {
+        return err(format!(
+            "at most {MAX_LABELS} labels are allowed, got {}",
+            labels.len()
+        ));
+    }
+    for (key, value) in labels {
+        let mut bytes = key.bytes();
+        let key_ok = key.len() <= 256
+            && bytes.next().is_some_and(|b| b.is_ascii_alphanumeric())
+            && bytes.all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'/'));
+        if !key_ok {
+            return err(format!(
+                "key {key:?} must start with a letter or digit and hold only letters, digits, '.', '_', '-' or '/' (at most 256)"
+            ));
+        }
+        if value.len() > MAX_LABEL_VALUE || value.chars().any(char::is_control) {
+            return err(format!(
+                "value of {key} must be at most 4 KiB with no control characters"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The job's secrets, sorted and unique; each must be one the operator
+/// defined.
+fn validate_secrets(
+    names: Vec<String>,
+    defined: &BTreeSet<String>,
+) -> Result<Vec<String>, InvalidJob> {
+    if names.len() > MAX_SECRETS {
+        return Err(InvalidJob::new(
+            "secrets",
+            format!(
+                "at most {MAX_SECRETS} secrets are allowed, got {}",
+                names.len()
+            ),
+        ));
+    }
+    let names: BTreeSet<String> = names.into_iter().collect();
+    if let Some(unknown) = names.iter().find(|n| !defined.contains(*n)) {
+        let defined: Vec<&str> = defined.iter().map(String::as_str).collect();
+        return Err(InvalidJob::new(
+            "secrets",
+            match defined.is_empty() {
+                true => format!("unknown secret '{unknown}': this server defines no secrets"),
+                false => format!(
+                    "unknown secret '{unknown}'; this server defines: {}",
+                    defined.join(", ")
+                ),
+            },
+        ));
+    }
+    Ok(names.into_iter().collect())
 }
 
 fn validate_build_args(args: &BTreeMap<String, String>) -> Result<(), InvalidJob> {
@@ -465,14 +628,108 @@ mod tests {
         }
         let policy = SubmitPolicy {
             allow_file_repos: true,
+            ..SubmitPolicy::for_builders("s", ["s"])
         };
         let file = JobRequest {
             repo_url: "file:///srv/repo".into(),
             ..request()
         };
-        assert!(
-            Job::from_request(file, JobId::generate(), "s".into(), &policy, Utc::now()).is_ok()
+        assert!(Job::from_request(file, &policy, Utc::now()).is_ok());
+    }
+
+    #[test]
+    fn builder_must_be_loaded_here() {
+        let err = job(JobRequest {
+            builder: Some("nope".into()),
+            ..request()
+        })
+        .unwrap_err();
+        assert_eq!(err.field, "builder");
+        assert!(err.message.contains("available: simulated"), "{err}");
+    }
+
+    #[test]
+    fn context_is_normalised_and_stays_in_the_checkout() {
+        let context = |c: &str| {
+            job(JobRequest {
+                context: Some(c.into()),
+                ..request()
+            })
+        };
+        assert_eq!(job(request()).unwrap().context, ".");
+        assert_eq!(context("./app/").unwrap().context, "app");
+        assert_eq!(context("services//api/.").unwrap().context, "services/api");
+        assert_eq!(context(".").unwrap().context, ".");
+        for bad in ["/etc", "../other", "app/../../x", "-f", ""] {
+            assert_eq!(context(bad).unwrap_err().field, "context", "{bad}");
+        }
+    }
+
+    #[test]
+    fn target_labels_and_no_cache_are_checked_and_kept() {
+        let mut labels = BTreeMap::new();
+        labels.insert(
+            "org.opencontainers.image.source".to_string(),
+            "https://x".to_string(),
         );
+        let accepted = job(JobRequest {
+            target: Some("build-stage.2".into()),
+            labels: labels.clone(),
+            no_cache: true,
+            ..request()
+        })
+        .unwrap();
+        assert_eq!(accepted.target.as_deref(), Some("build-stage.2"));
+        assert_eq!(accepted.labels, labels);
+        assert!(accepted.no_cache);
+        for bad in ["", "-x", "1stage", "a b", "a=b"] {
+            let err = job(JobRequest {
+                target: Some(bad.into()),
+                ..request()
+            })
+            .unwrap_err();
+            assert_eq!(err.field, "target", "{bad}");
+        }
+        for (key, value) in [("", "v"), ("a=b", "v"), ("-k", "v"), ("k", "line\nbreak")] {
+            let err = job(JobRequest {
+                labels: BTreeMap::from([(key.to_string(), value.to_string())]),
+                ..request()
+            })
+            .unwrap_err();
+            assert_eq!(err.field, "labels", "{key}");
+        }
+    }
+
+    #[test]
+    fn secrets_must_be_defined_by_the_operator() {
+        let policy = SubmitPolicy {
+            secrets: ["npm_token".to_string(), "deploy".to_string()].into(),
+            ..SubmitPolicy::for_builders("simulated", ["simulated"])
+        };
+        let submit = |names: &[&str]| {
+            Job::from_request(
+                JobRequest {
+                    secrets: names.iter().map(|n| n.to_string()).collect(),
+                    ..request()
+                },
+                &policy,
+                Utc::now(),
+            )
+        };
+        let accepted = submit(&["npm_token", "deploy", "npm_token"]).unwrap();
+        assert_eq!(accepted.secrets, ["deploy", "npm_token"]);
+        let err = submit(&["aws"]).unwrap_err();
+        assert_eq!(err.field, "secrets");
+        assert_eq!(
+            err.message,
+            "unknown secret 'aws'; this server defines: deploy, npm_token"
+        );
+        let err = job(JobRequest {
+            secrets: vec!["npm_token".into()],
+            ..request()
+        })
+        .unwrap_err();
+        assert!(err.message.contains("defines no secrets"), "{err}");
     }
 
     #[test]

@@ -15,6 +15,7 @@ use crate::cancel::CancelSignal;
 use crate::exec::GrantPolicy;
 use crate::job::{BuildResult, FailureKind, Job, Outcome};
 use crate::log::JobLog;
+use crate::secrets::SecretFiles;
 
 /// How long a builder's `info` export may take at load time.
 const INFO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -37,6 +38,8 @@ pub struct RunContext {
     /// The commit checked out in the workspace; `None` for a simulated
     /// builder.
     pub commit: Option<String>,
+    /// The job's build secrets, written where the builder cannot read them.
+    pub secrets: SecretFiles,
 }
 
 /// What a builder's successful run left for the host.
@@ -203,11 +206,6 @@ impl Builder {
         &self.instantiations
     }
 
-    /// Values this builder's jobs must never show: its secret variables.
-    pub fn secrets(&self) -> &[String] {
-        self.grants.secrets()
-    }
-
     fn new_store(engine: &Engine, host: JobHost) -> Store<JobHost> {
         let mut store = Store::new(engine, host);
         store.limiter(|host| &mut host.memory);
@@ -230,6 +228,7 @@ impl Builder {
             grants: self.grants.clone(),
             workspace: None,
             program_env: BTreeMap::new(),
+            secrets: SecretFiles::new(),
             memory_limit: self.limits.memory_bytes,
         })
         .map_err(|e| e.to_string())?;
@@ -281,6 +280,7 @@ impl Builder {
             grants: self.grants.clone(),
             workspace: Some(&ctx.workspace),
             program_env: ctx.program_env.clone(),
+            secrets: ctx.secrets.clone(),
             memory_limit: self.limits.memory_bytes,
         }) {
             Ok(host) => host,
@@ -486,6 +486,7 @@ fn to_wit(job: &Job, commit: Option<String>) -> bindings::Job {
         git_ref: job.git_ref.clone(),
         commit,
         source_dir: crate::source::SOURCE_DIR.to_string(),
+        context: job.context.clone(),
         dockerfile_path: job.dockerfile_path.clone(),
         build_args: job
             .build_args
@@ -504,6 +505,14 @@ fn to_wit(job: &Job, commit: Option<String>) -> bindings::Job {
                 variant: p.variant().map(str::to_string),
             })
             .collect(),
+        target: job.target.clone(),
+        labels: job
+            .labels
+            .iter()
+            .map(|(key, value)| (key.clone(), value.clone()))
+            .collect(),
+        no_cache: job.no_cache,
+        secrets: job.secrets.clone(),
     }
 }
 

@@ -20,6 +20,7 @@ use super::output::PluginOutput;
 use crate::cancel::CancelSignal;
 use crate::exec::{CommandRunner, CommandSpec, GUEST_WORKSPACE, GrantPolicy, RunError};
 use crate::log::JobLog;
+use crate::secrets::SecretFiles;
 
 /// Store data for one job's builder instance.
 pub(crate) struct JobHost {
@@ -46,6 +47,8 @@ pub(crate) struct JobHostParts<'a> {
     pub workspace: Option<&'a Path>,
     /// Variables the host sets for every program, over the grants.
     pub program_env: BTreeMap<String, String>,
+    /// The job's build secrets, for the programs' `secret` values.
+    pub secrets: SecretFiles,
     pub memory_limit: usize,
 }
 
@@ -85,6 +88,7 @@ impl JobHost {
                 std::env::var_os("PATH"),
             )
             .with_program_env(parts.program_env.clone())
+            .with_secrets(parts.secrets.clone())
         });
         Ok(JobHost {
             wasi: wasi.build(),

@@ -109,8 +109,12 @@ macro_rules! real_builder {
 /// (or, for several platforms, the index) as an OCI layout.
 pub fn build(tool: Tool, job: Job) -> Result<BuildOutput, BuildError> {
     let network = job_context::setting("network").unwrap_or_else(|| "none".into());
-    let dockerfile = format!("{}/{}", job.source_dir, job.dockerfile_path);
-    check_dockerfile(&dockerfile, &job.dockerfile_path)?;
+    // The host checked both: a directory and a file of the checkout.
+    let context = match job.context.as_str() {
+        "." => job.source_dir.clone(),
+        sub => format!("{}/{sub}", job.source_dir),
+    };
+    let dockerfile = format!("{context}/{}", job.dockerfile_path);
     log(&format!(
         "building {} at {} with {} (network: {network})",
         job.repo_url,
@@ -139,12 +143,25 @@ pub fn build(tool: Tool, job: Job) -> Result<BuildOutput, BuildError> {
             .iter()
             .map(|arg| format!("--build-arg={}={}", arg.name, arg.value)),
     );
+    if let Some(target) = &job.target {
+        args.push(format!("--target={target}"));
+    }
+    args.extend(
+        job.labels
+            .iter()
+            .map(|(key, value)| format!("--label={key}={value}")),
+    );
+    if job.no_cache {
+        args.push("--no-cache".into());
+    }
+    // The host completes each with where the value is.
+    args.extend(job.secrets.iter().map(|name| format!("--secret=id={name}")));
     args.push(format!("--platform={}", platforms.join(",")));
     args.push(format!(
         "{}={LOCAL_IMAGE}",
         if several { "--manifest" } else { "--tag" }
     ));
-    args.push(job.source_dir.clone());
+    args.push(context);
     tool.run(args, |why| {
         BuildError::Build(format!("{} build failed: {why}", tool.program()))
     })?;
@@ -170,21 +187,6 @@ fn strings(args: &[&str]) -> Vec<String> {
 
 fn log(line: &str) {
     job_context::log(&format!("[builder] {line}"));
-}
-
-/// The Dockerfile must exist inside the checkout. The lookup goes through
-/// the sandbox, so a symlink pointing out of the workspace fails here too.
-fn check_dockerfile(path: &str, as_submitted: &str) -> Result<(), BuildError> {
-    let full = format!("{}/{path}", job_context::workspace());
-    match std::fs::metadata(&full) {
-        Ok(meta) if meta.is_file() => Ok(()),
-        Ok(_) => Err(BuildError::InvalidJob(format!(
-            "dockerfile_path {as_submitted:?} is not a file in the repository"
-        ))),
-        Err(_) => Err(BuildError::InvalidJob(format!(
-            "dockerfile_path {as_submitted:?} does not exist in the repository at this ref"
-        ))),
-    }
 }
 
 fn platform_string(p: &Platform) -> String {

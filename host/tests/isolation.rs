@@ -26,6 +26,7 @@ use common::{finished, start};
 use helix_build::config::BuilderConfig;
 use helix_build::job::{JobRequest, State};
 use helix_build::network::BuildNetwork;
+use helix_build::secrets::SecretSource;
 
 /// The private build network's gateway: the host as a build step sees it.
 const GATEWAY: &str = "10.213.77.1";
@@ -214,6 +215,16 @@ async fn a_builder_with_the_podman_grants_is_refused_every_way_out() {
             ..BuilderConfig::default()
         },
     );
+    // Defined by the operator, named by no job here.
+    let key = dir.path().join("deploy-key");
+    std::fs::write(&key, "deploy-key-value").unwrap();
+    config.secrets.insert(
+        "deploy_key".into(),
+        SecretSource {
+            env: None,
+            file: Some(key),
+        },
+    );
     let config = config.validated().unwrap();
     let service = start(&config).await;
     let pwned = dir.path().join("pwned-by-git-hooks");
@@ -222,7 +233,14 @@ async fn a_builder_with_the_podman_grants_is_refused_every_way_out() {
         ("host-context", "path \"/etc\" is outside the job workspace"),
         ("volume", "option --volume is not granted"),
         ("build-context", "option --build-context is not granted"),
-        ("secret-src", "option --secret is not granted"),
+        (
+            "secret-src",
+            "option --secret: \"id=s,src=/etc/shadow\" must be id=NAME",
+        ),
+        (
+            "secret-not-the-jobs",
+            "secret 'deploy_key' is not one of the job's secrets",
+        ),
         ("capabilities", "option --cap-add is not granted"),
         ("duplicate-isolation", "option --isolation is pinned"),
         ("storage-root", "option --root is not granted"),

@@ -16,6 +16,7 @@ use std::time::Duration;
 use common::{start, until_logged, until_running};
 use helix_build::config::RegistryConfig;
 use helix_build::job::{Job, JobRequest, State};
+use helix_build::secrets::SecretSource;
 use helix_build::service::Service;
 
 fn job(repo: &Repo, builder: &str, git_ref: &str) -> JobRequest {
@@ -308,5 +309,108 @@ async fn cancelling_a_long_build_leaves_no_process_and_no_build_state_behind() {
             "{builder}: build state left in {}",
             workspace.display()
         );
+    }
+}
+
+/// `app/Dockerfile`, three stages: `tested` reads the build secret `token`
+/// in a `RUN --mount=type=secret` step (and prints it, as a careless build
+/// might), the last stage overwrites `/stage`.
+const STAGED_DOCKERFILE: &str = r#"FROM scratch AS base
+COPY busybox /bin/busybox
+RUN ["/bin/busybox", "sh", "-c", "echo base > /stage"]
+FROM base AS tested
+RUN --mount=type=secret,id=token ["/bin/busybox", "sh", "-c", "test \"$(/bin/busybox cat /run/secrets/token)\" = s3cr3t-value && echo seen > /secret-check && echo printed: $(/bin/busybox cat /run/secrets/token)"]
+RUN ["/bin/busybox", "sh", "-c", "echo tested > /stage"]
+FROM tested AS last
+RUN ["/bin/busybox", "sh", "-c", "echo last > /stage"]
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn context_target_labels_and_a_build_secret_reach_the_build_and_the_secret_nothing_else() {
+    let registry = Registry::start(false);
+    let repo = tempfile::tempdir().unwrap();
+    let app = repo.path().join("app");
+    std::fs::create_dir(&app).unwrap();
+    std::fs::copy("/bin/busybox", app.join("busybox")).unwrap();
+    std::fs::write(app.join("Dockerfile"), STAGED_DOCKERFILE).unwrap();
+    std::os::unix::fs::symlink("/etc", repo.path().join("escape")).unwrap();
+    common::fixtures::git(repo.path(), &["init", "-q", "-b", "main"]);
+    common::fixtures::git(repo.path(), &["add", "-A"]);
+    common::fixtures::git(repo.path(), &["commit", "-qm", "staged"]);
+
+    let dir = tempfile::tempdir().unwrap();
+    let secret_file = dir.path().join("token");
+    std::fs::write(&secret_file, "s3cr3t-value").unwrap();
+    let mut config = common::real_config(&dir, &registry.address);
+    config.secrets.insert(
+        "token".into(),
+        SecretSource {
+            env: None,
+            file: Some(secret_file),
+        },
+    );
+    let service = start(&config.validated().unwrap()).await;
+    let request = |builder: &str| JobRequest {
+        repo_url: format!("file://{}", repo.path().display()),
+        builder: Some(builder.into()),
+        context: Some("app".into()),
+        target: Some("tested".into()),
+        labels: BTreeMap::from([("org.example.team".to_string(), "platform".to_string())]),
+        no_cache: true,
+        secrets: vec!["token".into()],
+        ..JobRequest::default()
+    };
+
+    for builder in ["podman", "buildah"] {
+        let (job, logs) = common::run_logged(&service, request(builder)).await;
+        assert_eq!(job.state, State::Succeeded, "{builder}: {:?}", job.error);
+        assert_eq!(job.secrets, ["token"]);
+        let reference = format!(
+            "{}@{}",
+            image_name(job.image_tag.as_deref().unwrap()),
+            job.digest.clone().unwrap()
+        );
+        let (stage, config) = pull(&reference, "stage");
+        // Each layer that wrote /stage holds its own copy; the last wins.
+        assert_eq!(
+            stage, "base\ntested\n",
+            "{builder}: built up to the target stage"
+        );
+        assert_eq!(pull(&reference, "secret-check").0, "seen\n", "{builder}");
+        assert_eq!(
+            pull(&reference, "run/secrets/token").0,
+            "",
+            "{builder}: the secret is in no layer"
+        );
+        assert_eq!(config["config"]["Labels"]["org.example.team"], "platform");
+        let text = logs.join("\n");
+        assert!(!text.contains("s3cr3t-value"), "{builder}: {text}");
+        assert!(text.contains("printed: ***"), "{builder}: {text}");
+        let stored = serde_json::to_string(&job).unwrap();
+        assert!(!stored.contains("s3cr3t-value"));
+    }
+
+    for (context, problem) in [
+        (
+            "missing",
+            "context \"missing\" does not exist in the checkout",
+        ),
+        (
+            "escape",
+            "context \"escape\" is a symbolic link leading out",
+        ),
+    ] {
+        let job = run(
+            &service,
+            JobRequest {
+                context: Some(context.into()),
+                ..request("podman")
+            },
+        )
+        .await;
+        assert_eq!(job.state, State::Failed);
+        let error = job.error.unwrap();
+        assert!(error.starts_with("invalid job: "), "{error}");
+        assert!(error.contains(problem), "{error}");
     }
 }

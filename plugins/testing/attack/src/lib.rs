@@ -71,6 +71,7 @@ impl Guest for Attack {
             "volume" => build(&["--volume", "/:/host", "src"]),
             "build-context" => build(&["--build-context=host=/etc", "src"]),
             "secret-src" => build(&["--secret=id=s,src=/etc/shadow", "src"]),
+            "secret-not-the-jobs" => build(&["--secret", "id=deploy_key", "src"]),
             "capabilities" => build(&["--cap-add=ALL", "--security-opt=seccomp=unconfined", "src"]),
             "duplicate-isolation" => build(&["--isolation", "chroot", "src"]),
             "storage-root" => build(&["--root=/var/lib/containers/storage", "src"]),

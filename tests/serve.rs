@@ -1,16 +1,13 @@
 //! End to end: the real `helix-build` binary, started with no config file,
 //! driven over HTTP on a loopback port.
 
+use helix_fixtures as fixtures;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-
-#[allow(dead_code)]
-#[path = "../host/tests/common/fixtures.rs"]
-mod fixtures;
 
 /// A `helix-build serve` process, killed when dropped.
 struct Server {

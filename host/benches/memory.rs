@@ -61,7 +61,7 @@ async fn run() {
         false,
     )
     .await;
-    assert_eq!(service.queue_depth(), QUEUED);
+    assert_eq!(service.queue_depth().await.unwrap(), QUEUED);
     let loaded = mb(resident_bytes());
 
     println!("cores: {}", common::cores());

@@ -13,13 +13,9 @@
 //! Needs git, podman, skopeo, docker-registry and busybox-static.
 //! Run with `cargo bench -p helix-build --bench real_build`.
 
-// Shared with the tests; not every fixture is used here.
-#[allow(dead_code)]
-#[path = "../tests/common/fixtures.rs"]
-mod fixtures;
-
 mod common;
 
+use helix_fixtures as fixtures;
 use std::time::{Duration, Instant};
 
 use common::{median, ms, row};

@@ -8,12 +8,9 @@
 //! Needs PostgreSQL (Debian's `postgresql`). Run with
 //! `cargo bench -p helix-build --bench scale_out`.
 
-#[allow(dead_code)]
-#[path = "../tests/common/fixtures.rs"]
-mod fixtures;
-
 mod common;
 
+use helix_fixtures as fixtures;
 use std::time::Duration;
 
 use common::{median, row, submit_all};

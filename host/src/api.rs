@@ -114,7 +114,7 @@ impl From<ServiceError> for ApiError {
             ServiceError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ServiceError::AlreadyEnded { .. } => (StatusCode::CONFLICT, "already_ended"),
             ServiceError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
-            ServiceError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
+            ServiceError::Store => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
             ServiceError::UnknownCursor(_) => (StatusCode::BAD_REQUEST, "bad_request"),
         };
         ApiError {
@@ -315,45 +315,7 @@ async fn openapi() -> Json<serde_json::Value> {
 }
 
 async fn metrics(State(service): State<Service>) -> ApiResult<impl IntoResponse> {
-    let metrics = service.metrics().await?;
-    let mut text = String::new();
-    text.push_str(
-        "# HELP helix_jobs Jobs known to this host, by state.\n# TYPE helix_jobs gauge\n",
-    );
-    for (state, count) in &metrics.jobs_by_state {
-        text.push_str(&format!("helix_jobs{{state=\"{state}\"}} {count}\n"));
-    }
-    text.push_str(
-        "# HELP helix_queue_depth Jobs waiting for a worker.\n# TYPE helix_queue_depth gauge\n",
-    );
-    text.push_str(&format!("helix_queue_depth {}\n", metrics.queue_depth));
-    text.push_str("# HELP helix_build_seconds Run time of jobs that ran.\n# TYPE helix_build_seconds histogram\n");
-    let histogram = &metrics.build_seconds;
-    for (bound, count) in &histogram.buckets {
-        text.push_str(&format!(
-            "helix_build_seconds_bucket{{le=\"{bound}\"}} {count}\n"
-        ));
-    }
-    text.push_str(&format!(
-        "helix_build_seconds_bucket{{le=\"+Inf\"}} {}\n",
-        histogram.count
-    ));
-    text.push_str(&format!("helix_build_seconds_sum {}\n", histogram.sum));
-    text.push_str(&format!("helix_build_seconds_count {}\n", histogram.count));
-    text.push_str(
-        "# HELP helix_plugin_instantiation_seconds Making a fresh builder instance for a job.\n\
-         # TYPE helix_plugin_instantiation_seconds summary\n",
-    );
-    for builder in service.runtime().builders() {
-        let (count, seconds) = builder.instantiations().read();
-        let name = &builder.info().name;
-        text.push_str(&format!(
-            "helix_plugin_instantiation_seconds_sum{{builder=\"{name}\"}} {seconds}\n"
-        ));
-        text.push_str(&format!(
-            "helix_plugin_instantiation_seconds_count{{builder=\"{name}\"}} {count}\n"
-        ));
-    }
+    let text = service.metrics().await?.render(service.runtime());
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text))
 }
 

@@ -6,8 +6,9 @@ use std::time::Duration;
 use crate::config::{Config, ConfigError, StoreLocation};
 use crate::job::SubmitPolicy;
 use crate::plugin::{ComponentCache, PluginError, PluginRuntime, PoolSizing};
+use crate::queue::{JobQueue, LocalQueue};
 use crate::registry::Publisher;
-use crate::service::{Service, ServiceConfig, Shared};
+use crate::service::{Service, ServiceConfig};
 use crate::source::Checkout;
 use crate::store::{JobStore, PostgresStore, SqliteStore, StoreError};
 
@@ -47,17 +48,16 @@ pub async fn start_with(
             source,
         })?;
     }
-    let (store, shared): (Arc<dyn JobStore>, _) = match config.store()? {
-        StoreLocation::Sqlite(path) => (Arc::new(SqliteStore::open(&path)?), None),
+    let (store, queue): (Arc<dyn JobStore>, Arc<dyn JobQueue>) = match config.store()? {
+        StoreLocation::Sqlite(path) => {
+            let store: Arc<dyn JobStore> = Arc::new(SqliteStore::open(&path)?);
+            let queue = Arc::new(LocalQueue::open(store.clone()).await?);
+            (store, queue)
+        }
         StoreLocation::Postgres(url) => {
-            let host = config.host_id();
-            let store = PostgresStore::connect(&url, &host).await?;
-            let shared = Shared {
-                queue: store.clone(),
-                host,
-                lease: Duration::from_secs(config.lease_secs),
-            };
-            (store, Some(shared))
+            let lease = Duration::from_secs(config.lease_secs);
+            let store = PostgresStore::connect(&url, &config.host_id(), lease).await?;
+            (store.clone(), store)
         }
     };
     let sources = config.builder_sources()?;
@@ -86,8 +86,8 @@ pub async fn start_with(
         workspace_dir: config.workspace_dir(),
         keep_failed_workspaces: config.keep_failed_workspaces,
         store,
+        queue,
         secrets,
-        shared,
         max_attempts: config.max_attempts,
         publisher: Publisher::new(
             config.insecure_registries(),

@@ -18,6 +18,7 @@ pub mod network;
 pub mod openapi;
 pub mod platform;
 pub mod plugin;
+pub mod queue;
 pub mod reference;
 pub mod registry;
 pub mod secrets;

@@ -71,7 +71,7 @@ enum ClientCommand {
     /// Submit a build job.
     Submit {
         #[command(flatten)]
-        job: cli::Submission,
+        job: Box<cli::Submission>,
         /// Wait for the job to end; exit 0 only if it succeeded.
         #[arg(long)]
         wait: bool,
@@ -202,7 +202,7 @@ async fn client_command(command: ClientCommand, server: &str, json: bool) -> Res
     let client = helix_build::client::Client::new(server, token).map_err(|e| e.to_string())?;
     match command {
         ClientCommand::Submit { job, wait, follow } => {
-            cli::submit(&client, job, wait, follow, json).await
+            cli::submit(&client, *job, wait, follow, json).await
         }
         ClientCommand::Jobs { state, limit } => cli::jobs(&client, state, limit, json).await,
         ClientCommand::Get { id } => cli::get(&client, &id).await,

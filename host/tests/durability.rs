@@ -27,15 +27,21 @@ async fn a_restart_shows_the_same_history_and_logs() {
     finished(&service, &failed.id).await;
     until_running(&service, &long.id).await;
     service.cancel(long.id.as_str()).await.unwrap();
-    let before = service.list().await;
+    let before = service.list().await.unwrap();
     let logs_before = service.logs(ok.id.as_str()).await.unwrap();
     service.stop(Duration::from_secs(5)).await;
     drop(service);
 
     let again = start(&config).await;
-    assert_eq!(again.list().await, before);
+    assert_eq!(again.list().await.unwrap(), before);
     assert_eq!(again.logs(ok.id.as_str()).await.unwrap(), logs_before);
-    let states: Vec<State> = again.list().await.iter().map(|j| j.state).collect();
+    let states: Vec<State> = again
+        .list()
+        .await
+        .unwrap()
+        .iter()
+        .map(|j| j.state)
+        .collect();
     assert_eq!(states, [State::Cancelled, State::Failed, State::Succeeded]);
     // Ids stay taken across restarts.
     let duplicate = again

@@ -21,12 +21,12 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use common::fixtures::{Registry, Repo, git};
 use common::{finished, start};
 use helix_build::config::BuilderConfig;
 use helix_build::job::{JobRequest, State};
 use helix_build::network::BuildNetwork;
 use helix_build::secrets::SecretSource;
+use helix_fixtures::{Registry, Repo, git};
 
 /// The private build network's gateway: the host as a build step sees it.
 const GATEWAY: &str = "10.213.77.1";

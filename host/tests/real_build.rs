@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::fixtures::{Registry, Repo};
+use helix_fixtures::{Registry, Repo};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -334,9 +334,9 @@ async fn context_target_labels_and_a_build_secret_reach_the_build_and_the_secret
     std::fs::copy("/bin/busybox", app.join("busybox")).unwrap();
     std::fs::write(app.join("Dockerfile"), STAGED_DOCKERFILE).unwrap();
     std::os::unix::fs::symlink("/etc", repo.path().join("escape")).unwrap();
-    common::fixtures::git(repo.path(), &["init", "-q", "-b", "main"]);
-    common::fixtures::git(repo.path(), &["add", "-A"]);
-    common::fixtures::git(repo.path(), &["commit", "-qm", "staged"]);
+    helix_fixtures::git(repo.path(), &["init", "-q", "-b", "main"]);
+    helix_fixtures::git(repo.path(), &["add", "-A"]);
+    helix_fixtures::git(repo.path(), &["commit", "-qm", "staged"]);
 
     let dir = tempfile::tempdir().unwrap();
     let secret_file = dir.path().join("token");

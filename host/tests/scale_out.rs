@@ -8,10 +8,10 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::fixtures::Postgres;
 use common::{config, finished, simulated, start, until_running};
 use helix_build::job::{JobId, JobRequest, State};
 use helix_build::service::{Service, ServiceError};
+use helix_fixtures::Postgres;
 
 /// A host on `postgres`, called `name`, with its own data directory.
 async fn host(postgres: &Postgres, name: &str, workers: usize, dir: &tempfile::TempDir) -> Service {
@@ -144,10 +144,7 @@ async fn a_database_restart_while_jobs_run_loses_no_job_and_runs_none_twice() {
     postgres.pause();
     // Meanwhile new work is refused with a store error (503 over HTTP).
     let refused = hosts[0].submit(simulated(0)).await;
-    assert!(
-        matches!(refused, Err(ServiceError::Store(_))),
-        "{refused:?}"
-    );
+    assert!(matches!(refused, Err(ServiceError::Store)), "{refused:?}");
     tokio::time::sleep(Duration::from_secs(2)).await;
     postgres.resume();
 
@@ -191,7 +188,7 @@ async fn any_host_answers_reads_and_follows_jobs_of_another() {
         lines.iter().any(|l| l.contains("[helix] job succeeded")),
         "{lines:?}"
     );
-    let listed = a.list().await;
+    let listed = a.list().await.unwrap();
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].id, job.id);
     let metrics = a.metrics().await.unwrap();

@@ -45,7 +45,7 @@ async fn eighty_concurrent_submits_on_eight_workers_none_lost_or_duplicated() {
             .count();
         assert_eq!(runs, 1, "{id} was run {runs} times");
     }
-    let listed = service.list().await;
+    let listed = service.list().await.unwrap();
     assert_eq!(listed.len(), 80);
     assert_eq!(
         listed.iter().map(|j| &j.id).collect::<HashSet<_>>().len(),
@@ -75,7 +75,7 @@ async fn duplicate_id_is_refused_and_changes_nothing() {
         matches!(again, Err(ServiceError::Duplicate(ref id)) if id.as_str() == "same"),
         "{again:?}"
     );
-    assert_eq!(service.list().await.len(), 1);
+    assert_eq!(service.list().await.unwrap().len(), 1);
     let job = finished(&service, &first.id).await;
     assert_eq!(job.repo_url, first.repo_url);
     assert_eq!(job.state, State::Succeeded);
@@ -102,12 +102,12 @@ async fn full_queue_refuses_and_registers_nothing() {
         }
         other => panic!("expected a full queue, got {other:?}"),
     }
-    assert_eq!(service.list().await.len(), 3);
+    assert_eq!(service.list().await.unwrap().len(), 3);
     assert!(matches!(
         service.get("overflow").await,
         Err(ServiceError::NotFound(_))
     ));
-    assert_eq!(service.queue_depth(), 2);
+    assert_eq!(service.queue_depth().await.unwrap(), 2);
     service.cancel(running.id.as_str()).await.unwrap();
 }
 
@@ -123,7 +123,7 @@ async fn cancelling_a_queued_job_ends_it_without_running() {
     assert_eq!(job.state, State::Cancelled);
     assert_eq!(job.attempts, 0);
     assert!(job.started_at.is_none() && job.completed_at.is_some());
-    assert_eq!(service.queue_depth(), 0);
+    assert_eq!(service.queue_depth().await.unwrap(), 0);
 
     service.cancel(blocker.id.as_str()).await.unwrap();
     let after = service.get(queued.id.as_str()).await.unwrap();
@@ -442,7 +442,7 @@ async fn invalid_submissions_store_nothing() {
             other => panic!("{field}: expected invalid, got {other:?}"),
         }
     }
-    assert!(service.list().await.is_empty());
+    assert!(service.list().await.unwrap().is_empty());
     let err = service
         .submit(on_builder("docker"))
         .await

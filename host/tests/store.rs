@@ -1,34 +1,29 @@
-//! The job store contract, run against both stores — SQLite and a real
-//! PostgreSQL server — and the shared queue's claims and leases, on
-//! PostgreSQL with two hosts.
+//! The job store and the queue, each contract run against both
+//! implementations — SQLite (with the local queue) and a real PostgreSQL
+//! server — and the shared queue's claims and leases with two hosts.
 
-#[allow(dead_code)]
-#[path = "common/fixtures.rs"]
-mod fixtures;
+mod common;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use helix_build::job::{Job, JobId, JobRequest, State, SubmitPolicy};
-use helix_build::store::{
-    CancelRequest, JobStore, PostgresStore, SharedQueue, SqliteStore, StoreError,
-};
+use helix_build::job::{FailureKind, Job, JobId, JobRequest, Outcome, State, SubmitPolicy};
+use helix_build::queue::{JobQueue, LocalQueue, Notice};
+use helix_build::store::{JobStore, PostgresStore, SqliteStore, StoreError};
+use helix_fixtures::Postgres;
+
+const LEASE: Duration = Duration::from_secs(30);
 
 fn job(id: &str) -> Job {
     let request = JobRequest {
+        id: Some(id.into()),
         repo_url: "https://git.example/a.git".into(),
         platforms: vec!["linux/arm64".into(), "linux/amd64".into()],
         ..JobRequest::default()
     };
-    Job::from_request(
-        JobRequest {
-            id: Some(id.into()),
-            ..request
-        },
-        &SubmitPolicy::for_builders("simulated", ["simulated"]),
-        Utc::now(),
-    )
-    .unwrap()
+    let policy = SubmitPolicy::for_builders("simulated", ["simulated"]);
+    Job::from_request(request, &policy, Utc::now()).unwrap()
 }
 
 /// The builders a claiming host has in these tests.
@@ -36,105 +31,149 @@ fn simulated() -> Vec<String> {
     vec!["simulated".to_string()]
 }
 
-/// Starts the oldest queued job, as a host does: by claiming it from a
-/// shared queue, else by starting it and storing that.
-async fn start_next(store: &dyn JobStore, queue: Option<&dyn SharedQueue>, mut job: Job) -> Job {
-    match queue {
-        Some(queue) => {
-            let claimed = queue
-                .claim(Duration::from_secs(30), &simulated())
-                .await
-                .unwrap()
-                .unwrap();
-            assert_eq!(claimed.job.id, job.id, "the oldest queued job is claimed");
-            claimed.job
-        }
-        None => {
-            job.start(Utc::now()).unwrap();
-            store.update(&job).await.unwrap();
-            job
-        }
+fn start_now(job: &mut Job) -> Result<(), helix_build::job::TransitionError> {
+    job.start(Utc::now())
+}
+
+fn ids(jobs: Vec<Job>) -> Vec<String> {
+    jobs.into_iter().map(|j| j.id.to_string()).collect()
+}
+
+fn sqlite() -> (tempfile::TempDir, Arc<SqliteStore>) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SqliteStore::open(&dir.path().join("helix.db")).unwrap());
+    (dir, store)
+}
+
+async fn postgres(server: &Postgres, host: &str) -> Arc<PostgresStore> {
+    PostgresStore::connect(&server.url(), host, LEASE)
+        .await
+        .unwrap()
+}
+
+// The store's contract, one behaviour each.
+
+/// `job(id)` for builder `builder`, queued and claimed through `queue`:
+/// a stored job becomes running only by a claim.
+async fn running(queue: &dyn JobQueue, id: &str, builder: &str) -> Job {
+    let mut queued = job(id);
+    queued.builder = builder.into();
+    queue.enqueue(&queued).await.unwrap();
+    let claimed = queue
+        .claim(&[builder.to_string()], &start_now)
+        .await
+        .unwrap();
+    claimed.unwrap().job
+}
+
+async fn keeps_state_result_and_log_in_order(store: &dyn JobStore, queue: &dyn JobQueue) {
+    let mut j = running(queue, "kept", "kept").await;
+    store.append_log(&j.id, "first", 100);
+    store.append_log(&j.id, "second", 100);
+    j.finish(Outcome::failed(FailureKind::Build, "RUN false"), Utc::now())
+        .unwrap();
+    store.update(&j).await.unwrap();
+    let stored = store.get("kept").await.unwrap().unwrap();
+    assert_eq!(stored.state, State::Failed);
+    assert_eq!(stored.error.as_deref(), Some("build error: RUN false"));
+    assert_eq!(stored.platforms, j.platforms);
+    assert_eq!(store.log("kept").await.unwrap(), ["first", "second"]);
+    assert!(store.get("nope").await.unwrap().is_none());
+    assert!(store.log("nope").await.unwrap().is_empty());
+}
+
+async fn refuses_a_duplicate_id(store: &dyn JobStore) {
+    store.insert(&job("once")).await.unwrap();
+    let again = store.insert(&job("once")).await;
+    assert!(
+        matches!(&again, Err(StoreError::Duplicate(id)) if id.as_str() == "once"),
+        "{again:?}"
+    );
+}
+
+async fn pages_newest_first_by_state_from_a_cursor(store: &dyn JobStore, queue: &dyn JobQueue) {
+    let count = |counts: &[(State, u64)], state| {
+        counts
+            .iter()
+            .find(|(s, _)| *s == state)
+            .map_or(0, |(_, n)| *n)
+    };
+    let earlier = store.count_by_state().await.unwrap();
+    running(queue, "p0", "pages").await;
+    for i in 1..5 {
+        store.insert(&job(&format!("p{i}"))).await.unwrap();
+    }
+    let page = |state, limit, cursor| store.page(state, limit, cursor);
+    assert_eq!(
+        ids(page(None, 2, None).await.unwrap().unwrap()),
+        ["p4", "p3"]
+    );
+    assert_eq!(
+        ids(page(None, 3, Some("p3")).await.unwrap().unwrap()),
+        ["p2", "p1", "p0"]
+    );
+    assert_eq!(
+        ids(page(Some(State::Running), 1, None).await.unwrap().unwrap()),
+        ["p0"]
+    );
+    assert!(page(None, 2, Some("gone")).await.unwrap().is_none());
+    let counts = store.count_by_state().await.unwrap();
+    for (state, added) in [(State::Queued, 4), (State::Running, 1), (State::Failed, 0)] {
+        let now = count(&counts, state);
+        assert_eq!(now, count(&earlier, state) + added, "{state}: {counts:?}");
     }
 }
 
-/// What every store guarantees.
-async fn contract(store: &dyn JobStore, queue: Option<&dyn SharedQueue>) {
-    for i in 0..5 {
-        store.insert(&job(&format!("j{i}"))).await.unwrap();
-    }
-    assert!(matches!(
-        store.insert(&job("j1")).await,
-        Err(StoreError::Duplicate(_))
-    ));
-
-    // Started jobs keep their state, result and log, in order.
-    let mut j0 = start_next(store, queue, job("j0")).await;
-    assert_eq!(j0.attempts, 1);
-    store.append_log(&j0.id, "first", 100);
-    store.append_log(&j0.id, "second", 100);
-    j0.finish(
-        helix_build::job::Outcome::failed(helix_build::job::FailureKind::Build, "RUN false"),
-        Utc::now(),
-    )
-    .unwrap();
-    store.update(&j0).await.unwrap();
-    let stored = store.get("j0").await.unwrap().unwrap();
-    assert_eq!(stored.state, State::Failed);
-    assert_eq!(stored.error.as_deref(), Some("build error: RUN false"));
-    assert_eq!(stored.platforms, job("x").platforms);
-    assert_eq!(store.log("j0").await.unwrap(), ["first", "second"]);
-    assert!(store.get("nope").await.unwrap().is_none());
-    assert!(store.log("j1").await.unwrap().is_empty());
-
-    // Pages: newest first, by state, from a cursor; an unknown cursor is None.
-    let _j1 = start_next(store, queue, job("j1")).await;
-    let ids = |jobs: Vec<Job>| {
-        jobs.into_iter()
-            .map(|j| j.id.to_string())
-            .collect::<Vec<_>>()
-    };
-    assert_eq!(
-        ids(store.page(None, 2, None).await.unwrap().unwrap()),
-        ["j4", "j3"]
-    );
-    assert_eq!(
-        ids(store.page(None, 10, Some("j3")).await.unwrap().unwrap()),
-        ["j2", "j1", "j0"]
-    );
-    assert_eq!(
-        ids(store
-            .page(Some(State::Queued), 10, None)
-            .await
-            .unwrap()
-            .unwrap()),
-        ["j4", "j3", "j2"]
-    );
-    assert!(store.page(None, 2, Some("gone")).await.unwrap().is_none());
-    let counts = store.count_by_state().await.unwrap();
-    for expected in [(State::Queued, 3), (State::Running, 1), (State::Failed, 1)] {
-        assert!(counts.contains(&expected), "{counts:?}");
-    }
-
-    // Logs keep about the last `cap` lines.
-    let j1 = JobId::parse("j1").unwrap();
+async fn keeps_about_the_last_cap_log_lines(store: &dyn JobStore) {
+    let long = job("long");
+    store.insert(&long).await.unwrap();
     for i in 0..1000 {
-        store.append_log(&j1, &format!("line {i}"), 100);
+        store.append_log(&long.id, &format!("line {i}"), 100);
     }
+    // A write waited for: every line before it is stored too.
     store.insert(&job("after-the-log")).await.unwrap();
-    let log = store.log("j1").await.unwrap();
+    let log = store.log("long").await.unwrap();
     assert!((100..=356).contains(&log.len()), "{}", log.len());
     assert_eq!(log.last().map(String::as_str), Some("line 999"));
 }
 
 #[tokio::test]
-async fn the_sqlite_store_keeps_the_contract() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(&dir.path().join("helix.db")).unwrap();
-    contract(&store, None).await;
+async fn sqlite_keeps_state_result_and_log_in_order() {
+    let (_dir, store) = sqlite();
+    let queue = LocalQueue::open(store.clone()).await.unwrap();
+    keeps_state_result_and_log_in_order(store.as_ref(), &queue).await;
 }
 
 #[tokio::test]
-async fn the_sqlite_store_keeps_what_was_written_across_a_reopen() {
+async fn sqlite_refuses_a_duplicate_id() {
+    refuses_a_duplicate_id(sqlite().1.as_ref()).await;
+}
+
+#[tokio::test]
+async fn sqlite_pages_newest_first_by_state_from_a_cursor() {
+    let (_dir, store) = sqlite();
+    let queue = LocalQueue::open(store.clone()).await.unwrap();
+    pages_newest_first_by_state_from_a_cursor(store.as_ref(), &queue).await;
+}
+
+#[tokio::test]
+async fn sqlite_keeps_about_the_last_cap_log_lines() {
+    keeps_about_the_last_cap_log_lines(sqlite().1.as_ref()).await;
+}
+
+/// One server for the whole contract: starting PostgreSQL takes seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_keeps_the_store_contract() {
+    let server = Postgres::start();
+    let store = postgres(&server, "host-a").await;
+    keeps_state_result_and_log_in_order(store.as_ref(), store.as_ref()).await;
+    refuses_a_duplicate_id(store.as_ref()).await;
+    pages_newest_first_by_state_from_a_cursor(store.as_ref(), store.as_ref()).await;
+    keeps_about_the_last_cap_log_lines(store.as_ref()).await;
+}
+
+#[tokio::test]
+async fn sqlite_keeps_what_was_written_across_a_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("helix.db");
     {
@@ -145,11 +184,8 @@ async fn the_sqlite_store_keeps_what_was_written_across_a_reopen() {
         a.start(Utc::now()).unwrap();
         store.append_log(&a.id, "first", 100);
         store.update(&a).await.unwrap();
-        a.finish(
-            helix_build::job::Outcome::failed(helix_build::job::FailureKind::Build, "RUN false"),
-            Utc::now(),
-        )
-        .unwrap();
+        a.finish(Outcome::failed(FailureKind::Build, "RUN false"), Utc::now())
+            .unwrap();
         // Not waited for: dropping the store commits what is queued.
         drop(store.update(&a));
         store.append_log(&a.id, "second", 100);
@@ -162,32 +198,134 @@ async fn the_sqlite_store_keeps_what_was_written_across_a_reopen() {
     assert_eq!(ids, ["b"], "only live jobs are loaded at start");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_postgres_store_keeps_the_contract() {
-    let postgres = fixtures::Postgres::start();
-    let store = PostgresStore::connect(&postgres.url(), "host-a")
+// The queue's contract.
+
+/// Claims the oldest job first, started and stored as started; a queued
+/// job is withdrawn once, a claimed one not at all.
+async fn hands_out_the_oldest_and_withdraws_only_queued(
+    queue: &dyn JobQueue,
+    store: &dyn JobStore,
+) {
+    for id in ["q0", "q1", "q2"] {
+        queue.enqueue(&job(id)).await.unwrap();
+    }
+    assert_eq!(queue.depth().await.unwrap(), 3);
+    let claimed = queue
+        .claim(&simulated(), &start_now)
         .await
+        .unwrap()
         .unwrap();
-    contract(store.as_ref(), Some(store.as_ref())).await;
+    assert_eq!(claimed.job.id.as_str(), "q0");
+    assert_eq!(
+        (claimed.job.state, claimed.job.attempts),
+        (State::Running, 1)
+    );
+    assert!(claimed.log.is_empty());
+
+    let mut cancelled = job("q1");
+    cancelled
+        .finish(
+            Outcome::Cancelled {
+                reason: "by request".into(),
+            },
+            Utc::now(),
+        )
+        .unwrap();
+    assert!(queue.withdraw(&cancelled).await.unwrap());
+    assert!(!queue.withdraw(&cancelled).await.unwrap(), "only once");
+    let mut running = claimed.job.clone();
+    running
+        .finish(Outcome::Cancelled { reason: "x".into() }, Utc::now())
+        .unwrap();
+    assert!(!queue.withdraw(&running).await.unwrap(), "q0 was claimed");
+    assert_eq!(queue.depth().await.unwrap(), 1);
+    let next = queue
+        .claim(&simulated(), &start_now)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(next.job.id.as_str(), "q2", "q1 was withdrawn");
+    assert!(
+        queue
+            .claim(&simulated(), &start_now)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // What the queue wrote is what the store reads (the local queue's
+    // claim is written in order with later writes).
+    store.insert(&job("barrier")).await.unwrap();
+    assert_eq!(
+        store.get("q1").await.unwrap().unwrap().state,
+        State::Cancelled
+    );
+    assert_eq!(
+        store.get("q2").await.unwrap().unwrap().state,
+        State::Running
+    );
+}
+
+#[tokio::test]
+async fn the_local_queue_hands_out_the_oldest_and_withdraws_only_queued() {
+    let (_dir, store) = sqlite();
+    let queue = LocalQueue::open(store.clone()).await.unwrap();
+    hands_out_the_oldest_and_withdraws_only_queued(&queue, store.as_ref()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hosts_claim_each_job_once_and_take_over_lost_leases() {
-    let postgres = fixtures::Postgres::start();
-    let a = PostgresStore::connect(&postgres.url(), "host-a")
-        .await
-        .unwrap();
-    let b = PostgresStore::connect(&postgres.url(), "host-b")
-        .await
-        .unwrap();
-    for i in 0..40 {
-        a.insert(&job(&format!("q{i}"))).await.unwrap();
+async fn the_shared_queue_hands_out_the_oldest_and_withdraws_only_queued() {
+    let server = Postgres::start();
+    let store = postgres(&server, "host-a").await;
+    hands_out_the_oldest_and_withdraws_only_queued(store.as_ref(), store.as_ref()).await;
+}
+
+#[tokio::test]
+async fn the_local_queue_reopens_with_its_queue_and_its_lost_runs() {
+    let (_dir, store) = sqlite();
+    {
+        let queue = LocalQueue::open(store.clone()).await.unwrap();
+        for id in ["first", "second", "third"] {
+            queue.enqueue(&job(id)).await.unwrap();
+        }
+        queue
+            .claim(&simulated(), &start_now)
+            .await
+            .unwrap()
+            .unwrap();
     }
-    // Both hosts claim at once; every job goes to exactly one of them.
-    let lease = Duration::from_secs(30);
-    let claim_all = |queue: std::sync::Arc<PostgresStore>| async move {
+    store.insert(&job("barrier")).await.unwrap();
+    let queue = LocalQueue::open(store.clone()).await.unwrap();
+    assert_eq!(queue.depth().await.unwrap(), 3, "second, third, barrier");
+    let lost = queue.lost_runs(true).await.unwrap();
+    assert_eq!(lost.len(), 1);
+    assert_eq!(lost[0].job.id.as_str(), "first");
+    assert!(
+        queue.lost_runs(true).await.unwrap().is_empty(),
+        "reported once"
+    );
+    let mut again = lost[0].job.clone();
+    again.requeue_after_interruption().unwrap();
+    assert!(queue.replace_lost(&lost[0], &again).await.unwrap());
+    let next = queue
+        .claim(&simulated(), &start_now)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(next.job.id.as_str(), "first", "back in submission order");
+    assert_eq!(next.job.attempts, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_claim_each_job_once() {
+    let server = Postgres::start();
+    let a = postgres(&server, "host-a").await;
+    let b = postgres(&server, "host-b").await;
+    for i in 0..40 {
+        a.enqueue(&job(&format!("q{i}"))).await.unwrap();
+    }
+    let claim_all = |queue: Arc<PostgresStore>| async move {
         let mut ids = Vec::new();
-        while let Some(stored) = queue.claim(lease, &simulated()).await.unwrap() {
+        while let Some(stored) = queue.claim(&simulated(), &start_now).await.unwrap() {
             ids.push(stored.job.id.to_string());
         }
         ids
@@ -198,132 +336,121 @@ async fn hosts_claim_each_job_once_and_take_over_lost_leases() {
     all.dedup();
     assert_eq!(all.len(), 40, "a: {by_a:?}\nb: {by_b:?}");
     assert_eq!(by_a.len() + by_b.len(), 40, "no job claimed twice");
+}
 
-    // Host A's heartbeat holds its jobs; a lease that ran out is taken
-    // over: queued again with the attempt counted.
-    let ids = |claimed: &[String]| -> Vec<JobId> {
-        claimed.iter().map(|id| JobId::parse(id).unwrap()).collect()
-    };
-    let (held_by_a, held_by_b) = (ids(&by_a), ids(&by_b));
-    let beat = a.heartbeat(lease, &held_by_a).await.unwrap();
-    assert_eq!(beat.held.len(), by_a.len());
-    let beat = a.heartbeat(lease, &held_by_b).await.unwrap();
-    assert!(beat.held.is_empty(), "a cannot renew b's leases");
-    let lost = a.heartbeat(Duration::ZERO, &held_by_a).await.unwrap();
-    assert_eq!(lost.held.len(), by_a.len());
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    assert_eq!(b.recover_lost(2, false).await.unwrap(), by_a.len());
-    let taken = a.get(&by_a[0]).await.unwrap().unwrap();
-    assert_eq!((taken.state, taken.attempts), (State::Queued, 1));
-    let log = a.log(&by_a[0]).await.unwrap();
-    assert!(
-        log.iter()
-            .any(|l| l.contains("host lost: 'host-a' stopped renewing")),
-        "{log:?}"
-    );
-    assert!(
-        a.heartbeat(lease, &held_by_a)
-            .await
-            .unwrap()
-            .held
-            .is_empty()
-    );
-
-    // A's late write about a job it lost changes nothing.
-    let mut stale = taken.clone();
-    stale.start(Utc::now()).unwrap();
-    stale.attempts = 1;
-    assert!(a.update(&stale).await.is_err());
-    assert_eq!(a.get(&by_a[0]).await.unwrap().unwrap().state, State::Queued);
-
-    // Cancelling: a queued job ends at once; a running one is asked for.
-    match a
-        .request_cancel(&by_a[0], "cancelled by request")
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_that_ran_out_is_taken_over_and_the_old_host_cannot_write() {
+    let server = Postgres::start();
+    let short = PostgresStore::connect(&server.url(), "host-a", Duration::ZERO)
+        .await
+        .unwrap();
+    let b = postgres(&server, "host-b").await;
+    short.enqueue(&job("taken")).await.unwrap();
+    let claimed = short
+        .claim(&simulated(), &start_now)
         .await
         .unwrap()
-    {
-        CancelRequest::Cancelled(job) => assert_eq!(job.state, State::Cancelled),
-        other => panic!("{other:?}"),
-    }
+        .unwrap();
+    let held = [claimed.job.id.clone()];
+    assert!(
+        b.heartbeat(&held).await.unwrap().held.is_empty(),
+        "b cannot renew a's lease"
+    );
+    tokio::time::sleep(Duration::from_millis(50)).await;
+
+    let lost = b.lost_runs(false).await.unwrap();
+    assert_eq!(lost.len(), 1);
+    assert_eq!(lost[0].owner.as_deref(), Some("host-a"));
+    let mut again = lost[0].job.clone();
+    again.requeue_after_interruption().unwrap();
+    assert!(b.replace_lost(&lost[0], &again).await.unwrap());
+    assert!(
+        !b.replace_lost(&lost[0], &again).await.unwrap(),
+        "recovered once"
+    );
+    let taken = b.get("taken").await.unwrap().unwrap();
+    assert_eq!((taken.state, taken.attempts), (State::Queued, 1));
+
+    // A's late write about the run it lost changes nothing.
+    let mut stale = claimed.job.clone();
+    stale
+        .finish(Outcome::failed(FailureKind::Build, "late"), Utc::now())
+        .unwrap();
+    let late = short.update(&stale).await;
+    assert!(
+        matches!(&late, Err(StoreError::Lost(id)) if id.as_str() == "taken"),
+        "{late:?}"
+    );
+    assert_eq!(b.get("taken").await.unwrap().unwrap().state, State::Queued);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_job_is_asked_to_cancel_through_its_host() {
+    let server = Postgres::start();
+    let a = postgres(&server, "host-a").await;
+    let b = postgres(&server, "host-b").await;
+    a.enqueue(&job("long")).await.unwrap();
+    let claimed = b.claim(&simulated(), &start_now).await.unwrap().unwrap();
     let mut notices = b.notices();
-    assert!(matches!(
-        a.request_cancel(&by_b[0], "cancelled by request")
-            .await
-            .unwrap(),
-        CancelRequest::Asked
-    ));
+    assert!(a.ask_cancel("long", "cancelled by request").await.unwrap());
     let notice = tokio::time::timeout(Duration::from_secs(5), async {
         loop {
-            if let Ok(helix_build::store::Notice::Cancel(id)) = notices.recv().await {
+            if let Ok(Notice::Cancel(id)) = notices.recv().await {
                 return id;
             }
         }
     })
     .await
     .expect("the cancel notice arrives");
-    assert_eq!(notice, by_b[0]);
-    let beat = b.heartbeat(lease, &held_by_b).await.unwrap();
-    assert!(beat.cancel.iter().any(|(id, _)| id.as_str() == by_b[0]));
-    assert!(matches!(
-        a.request_cancel("nope", "x").await.unwrap(),
-        CancelRequest::NotFound
-    ));
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_claim_its_host_never_recorded_goes_back_to_the_queue() {
-    let postgres = fixtures::Postgres::start();
-    let a = PostgresStore::connect(&postgres.url(), "host-a")
+    assert_eq!(notice, "long");
+    let beat = b
+        .heartbeat(std::slice::from_ref(&claimed.job.id))
         .await
         .unwrap();
-    a.insert(&job("half")).await.unwrap();
-    // Host C claimed the job and died before recording the claim in the
-    // job itself; its lease has run out.
-    let (client, connection) = tokio_postgres::connect(&postgres.url(), tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    client
-        .execute(
-            "UPDATE jobs SET state = 'running', owner = 'host-c', attempts = attempts + 1, \
-             lease_until = now() - interval '1 second' WHERE id = 'half'",
-            &[],
-        )
-        .await
-        .unwrap();
-    assert_eq!(a.recover_lost(2, false).await.unwrap(), 1);
-    let back = a.get("half").await.unwrap().unwrap();
-    assert_eq!((back.state, back.attempts), (State::Queued, 0));
-    let claimed = a
-        .claim(Duration::from_secs(30), &simulated())
-        .await
-        .unwrap()
-        .unwrap();
+    assert_eq!(beat.held, [JobId::parse("long").unwrap()]);
     assert_eq!(
-        (claimed.job.state, claimed.job.attempts),
-        (State::Running, 1)
+        beat.cancel,
+        [(
+            JobId::parse("long").unwrap(),
+            "cancelled by request".to_string()
+        )]
+    );
+    assert!(
+        !a.ask_cancel("nope", "x").await.unwrap(),
+        "no such running job"
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_claims_only_jobs_for_builders_it_has() {
-    let postgres = fixtures::Postgres::start();
-    let store = PostgresStore::connect(&postgres.url(), "host-a")
-        .await
-        .unwrap();
+    let server = Postgres::start();
+    let store = postgres(&server, "host-a").await;
     let mut podman = job("needs-podman");
     podman.builder = "podman".into();
-    store.insert(&podman).await.unwrap();
-    store.insert(&job("simulated-one")).await.unwrap();
-    let lease = Duration::from_secs(30);
-    let claimed = store.claim(lease, &simulated()).await.unwrap().unwrap();
+    store.enqueue(&podman).await.unwrap();
+    store.enqueue(&job("simulated-one")).await.unwrap();
+    let claimed = store
+        .claim(&simulated(), &start_now)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(
         claimed.job.id.as_str(),
         "simulated-one",
         "the older job needs podman"
     );
-    assert!(store.claim(lease, &simulated()).await.unwrap().is_none());
+    assert!(
+        store
+            .claim(&simulated(), &start_now)
+            .await
+            .unwrap()
+            .is_none()
+    );
     let podman_host = vec!["podman".to_string(), "buildah".to_string()];
-    let claimed = store.claim(lease, &podman_host).await.unwrap().unwrap();
+    let claimed = store
+        .claim(&podman_host, &start_now)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(claimed.job.id.as_str(), "needs-podman");
 }

@@ -11,11 +11,9 @@
 mod postgres;
 mod sqlite;
 
-use std::time::Duration;
-
 use futures_util::FutureExt as _;
 use futures_util::future::BoxFuture;
-use tokio::sync::{broadcast, oneshot};
+use tokio::sync::oneshot;
 
 use crate::job::{Job, JobId, State};
 
@@ -43,11 +41,11 @@ pub enum StoreError {
 }
 
 /// Stores trim a job's stored log every this many lines, not on every line.
-const TRIM_EVERY: u64 = 256;
+pub(crate) const TRIM_EVERY: u64 = 256;
 
 /// Jobs whose log line count a store's writer remembers; beyond this it
 /// forgets them all and starts counting (or asking the database) again.
-const REMEMBERED_LOGS: usize = 16 * 1024;
+pub(crate) const REMEMBERED_LOGS: usize = 16 * 1024;
 
 /// Resolves once a write is durable.
 pub type Commit = BoxFuture<'static, Result<(), StoreError>>;
@@ -70,80 +68,77 @@ pub trait JobStore: Send + Sync + 'static {
     fn get<'a>(&'a self, id: &'a str) -> Read<'a, Option<Job>>;
     /// Job `id`'s stored log lines, oldest first.
     fn log<'a>(&'a self, id: &'a str) -> Read<'a, Vec<String>>;
+    /// Where job `id` is in submission order; `None` when no job has it.
+    fn position<'a>(&'a self, id: &'a str) -> Read<'a, Option<i64>>;
+    /// Up to `limit` jobs submitted before position `before`, newest
+    /// first, optionally only those in `state`.
+    fn before(&self, state: Option<State>, before: i64, limit: usize) -> Read<'_, Vec<Job>>;
+    /// How many jobs are stored in each state.
+    fn count_by_state(&self) -> Read<'_, Vec<(State, u64)>>;
+    /// Every queued or running job in submission order, with its log.
+    fn load_unfinished(&self) -> Read<'_, Vec<StoredJob>>;
+
     /// Up to `limit` jobs, newest first, optionally only those in `state`,
-    /// submitted before job `before`. `None` when `before` names no job.
+    /// submitted before job `cursor`. `None` when `cursor` names no job.
     fn page<'a>(
         &'a self,
         state: Option<State>,
         limit: usize,
-        before: Option<&'a str>,
-    ) -> Read<'a, Option<Vec<Job>>>;
-    /// How many jobs are stored in each state.
-    fn count_by_state(&self) -> Read<'_, Vec<(State, u64)>>;
-    /// Every queued or running job in submission order, with its log: what
-    /// a starting host must pick up again.
-    fn load_unfinished(&self) -> Read<'_, Vec<StoredJob>>;
+        cursor: Option<&'a str>,
+    ) -> Read<'a, Option<Vec<Job>>> {
+        async move {
+            let before = match cursor {
+                None => i64::MAX,
+                Some(id) => match self.position(id).await? {
+                    Some(position) => position,
+                    None => return Ok(None),
+                },
+            };
+            self.before(state, before, limit).await.map(Some)
+        }
+        .boxed()
+    }
 }
 
-/// A queue several hosts share (PostgreSQL). Each host claims jobs from it
-/// and holds a lease on every job it runs, renewed by heartbeat; a job
-/// whose lease ran out goes back to the queue. This host's name in the
-/// leases is fixed when the queue is opened.
-pub trait SharedQueue: Send + Sync + 'static {
-    /// Claims the oldest queued job for one of `builders` (those this host
-    /// has loaded): it becomes running on this host with a lease of
-    /// `lease`, its log so far alongside. `None` when no such job is queued.
-    fn claim<'a>(&'a self, lease: Duration, builders: &'a [String]) -> Read<'a, Option<StoredJob>>;
-    /// Renews this host's leases on `running`, the jobs it still runs (a
-    /// job it no longer runs — its end could not be stored — is left to
-    /// expire and be recovered).
-    fn heartbeat<'a>(&'a self, lease: Duration, running: &'a [JobId]) -> Read<'a, Heartbeat>;
-    /// Queues again — or fails, after `max_attempts` — running jobs whose
-    /// lease ran out, and with `own_too` also this host's (at start, when
-    /// any run of this host's is a leftover). Returns how many.
-    fn recover_lost(&self, max_attempts: u32, own_too: bool) -> Read<'_, usize>;
-    /// Cancels job `id` if it is queued, or asks the host running it to.
-    fn request_cancel<'a>(&'a self, id: &'a str, reason: &'a str) -> Read<'a, CancelRequest>;
-    /// How many jobs wait in the queue.
-    fn queued(&self) -> Read<'_, u64>;
-    /// What other hosts announce: new work, cancellations.
-    fn notices(&self) -> broadcast::Receiver<Notice>;
+/// The sending end of a store's writer: every write of the store goes
+/// through here, in the order it is made.
+pub(crate) struct Writes {
+    send: Box<dyn Fn(Write) + Send + Sync>,
 }
 
-/// What a heartbeat found.
-#[derive(Debug, Default)]
-pub struct Heartbeat {
-    /// Jobs of those asked about that this host still holds.
-    pub held: Vec<JobId>,
-    /// Held jobs someone asked to cancel, with the reason given.
-    pub cancel: Vec<(JobId, String)>,
+impl Writes {
+    pub(crate) fn new(send: impl Fn(Write) + Send + Sync + 'static) -> Self {
+        Writes {
+            send: Box::new(send),
+        }
+    }
+
+    /// Queues the write of `job` (an insert or an update).
+    pub(crate) fn job(&self, job: &Job, insert: bool) -> Commit {
+        let (write, committed) = Write::job(job, insert);
+        if let Some(write) = write {
+            // Fails only once the writer is gone; the commit reports it.
+            (self.send)(write);
+        }
+        committed
+    }
+
+    pub(crate) fn log(&self, id: &JobId, line: &str, cap: usize) {
+        (self.send)(Write::Log {
+            id: id.clone(),
+            line: line.to_string(),
+            cap,
+        });
+    }
 }
 
-/// What [`SharedQueue::request_cancel`] did.
-#[derive(Debug)]
-pub enum CancelRequest {
-    /// The job was queued and is now cancelled.
-    Cancelled(Box<Job>),
-    /// The job runs on some host, which is told to stop it.
-    Asked,
-    /// The job had already ended.
-    Ended(Box<Job>),
-    NotFound,
-}
-
-/// What hosts announce to each other through the shared store.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Notice {
-    /// New jobs are queued (or may be: sent after a lost connection too).
-    Queued,
-    /// Someone asked for job `id` to be cancelled.
-    Cancel(String),
-    /// Job `id`'s state or log changed.
-    Changed(String),
+/// A job read back from its stored body.
+pub(crate) fn parse_job(body: String) -> Result<Job, StoreError> {
+    serde_json::from_str(&body).map_err(|e| db_error(format!("a stored job is unreadable: {e}")))
 }
 
 /// A write waiting for its batch, in the order it was made.
-enum Write {
+pub(crate) enum Write {
     Job {
         id: JobId,
         state: State,
@@ -194,7 +189,7 @@ impl Write {
 }
 
 /// Tells each job write of a committed (or failed) batch how it went.
-fn acknowledge(batch: Vec<Write>, results: Vec<Result<(), StoreError>>) {
+pub(crate) fn acknowledge(batch: Vec<Write>, results: Vec<Result<(), StoreError>>) {
     for (write, result) in batch.into_iter().zip(results) {
         if let Write::Job { done, .. } = write {
             let _ = done.send(result);
@@ -202,6 +197,6 @@ fn acknowledge(batch: Vec<Write>, results: Vec<Result<(), StoreError>>) {
     }
 }
 
-fn db_error(e: impl std::fmt::Display) -> StoreError {
+pub(crate) fn db_error(e: impl std::fmt::Display) -> StoreError {
     StoreError::Database(e.to_string())
 }

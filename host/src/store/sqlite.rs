@@ -19,8 +19,8 @@ use futures_util::FutureExt as _;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{
-    Commit, JobStore, REMEMBERED_LOGS, Read, StoreError, StoredJob, TRIM_EVERY, Write, acknowledge,
-    db_error,
+    Commit, JobStore, REMEMBERED_LOGS, Read, StoreError, StoredJob, TRIM_EVERY, Write, Writes,
+    acknowledge, db_error, parse_job,
 };
 use crate::job::{Job, JobId, State};
 
@@ -54,7 +54,7 @@ const MAX_BATCH: usize = 4096;
 /// A job store in one SQLite database file.
 pub struct SqliteStore {
     /// `None` only while dropping, to let the writer finish.
-    writes: Option<mpsc::Sender<Write>>,
+    writes: Option<Writes>,
     writer: Option<JoinHandle<()>>,
     reader: Mutex<Connection>,
     /// Dropped to stop the checkpointer.
@@ -116,6 +116,11 @@ impl SqliteStore {
             .name("helix-store-checkpoints".into())
             .spawn(move || checkpoint_loop(checkpointer, stopped))
             .map_err(db_error)?;
+        // A send fails only once the writer is gone, and then the commit's
+        // receiver reports it.
+        let writes = Writes::new(move |write| {
+            let _ = writes.send(write);
+        });
         Ok(SqliteStore {
             writes: Some(writes),
             writer: Some(writer),
@@ -128,20 +133,10 @@ impl SqliteStore {
         self.reader.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn send(&self, write: Write) {
-        if let Some(writes) = &self.writes {
-            // Fails only once the writer is gone, and then the commit's
-            // receiver reports it.
-            let _ = writes.send(write);
-        }
-    }
-
-    fn write_job(&self, job: &Job, insert: bool) -> Commit {
-        let (write, committed) = Write::job(job, insert);
-        if let Some(write) = write {
-            self.send(write);
-        }
-        committed
+    fn writes(&self) -> &Writes {
+        self.writes
+            .as_ref()
+            .expect("the store is not being dropped")
     }
 }
 
@@ -278,10 +273,6 @@ fn append_line(
     Ok(())
 }
 
-fn parse_job(body: String) -> Result<Job, StoreError> {
-    serde_json::from_str(&body).map_err(|e| db_error(format!("a stored job is unreadable: {e}")))
-}
-
 /// The jobs whose bodies `query` selects with `params`.
 fn jobs(
     db: &Connection,
@@ -314,19 +305,15 @@ fn ready<'a, T: Send + 'a>(result: Result<T, StoreError>) -> Read<'a, T> {
 
 impl JobStore for SqliteStore {
     fn insert(&self, job: &Job) -> Commit {
-        self.write_job(job, true)
+        self.writes().job(job, true)
     }
 
     fn update(&self, job: &Job) -> Commit {
-        self.write_job(job, false)
+        self.writes().job(job, false)
     }
 
     fn append_log(&self, id: &JobId, line: &str, cap: usize) {
-        self.send(Write::Log {
-            id: id.clone(),
-            line: line.to_string(),
-            cap,
-        });
+        self.writes().log(id, line, cap);
     }
 
     fn get<'a>(&'a self, id: &'a str) -> Read<'a, Option<Job>> {
@@ -338,43 +325,30 @@ impl JobStore for SqliteStore {
         ready(log_lines(&self.reader(), id))
     }
 
-    fn page<'a>(
-        &'a self,
-        state: Option<State>,
-        limit: usize,
-        before: Option<&'a str>,
-    ) -> Read<'a, Option<Vec<Job>>> {
+    fn position<'a>(&'a self, id: &'a str) -> Read<'a, Option<i64>> {
+        let position = self
+            .reader()
+            .prepare_cached("SELECT seq FROM jobs WHERE id = ?1")
+            .and_then(|mut s| s.query_row([id], |row| row.get(0)).optional())
+            .map_err(db_error);
+        ready(position)
+    }
+
+    fn before(&self, state: Option<State>, before: i64, limit: usize) -> Read<'_, Vec<Job>> {
         let db = self.reader();
-        let page = || {
-            let before = match before {
-                None => i64::MAX,
-                Some(id) => {
-                    let seq = db
-                        .prepare_cached("SELECT seq FROM jobs WHERE id = ?1")
-                        .and_then(|mut s| s.query_row([id], |row| row.get(0)).optional())
-                        .map_err(db_error)?;
-                    match seq {
-                        Some(seq) => seq,
-                        None => return Ok(None),
-                    }
-                }
-            };
-            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-            let page = match state {
-                Some(state) => jobs(
-                    &db,
-                    "SELECT body FROM jobs WHERE state = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3",
-                    params![state.as_str(), before, limit],
-                ),
-                None => jobs(
-                    &db,
-                    "SELECT body FROM jobs WHERE seq < ?1 ORDER BY seq DESC LIMIT ?2",
-                    params![before, limit],
-                ),
-            };
-            page.map(Some)
-        };
-        ready(page())
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        ready(match state {
+            Some(state) => jobs(
+                &db,
+                "SELECT body FROM jobs WHERE state = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3",
+                params![state.as_str(), before, limit],
+            ),
+            None => jobs(
+                &db,
+                "SELECT body FROM jobs WHERE seq < ?1 ORDER BY seq DESC LIMIT ?2",
+                params![before, limit],
+            ),
+        })
     }
 
     fn count_by_state(&self) -> Read<'_, Vec<(State, u64)>> {

@@ -4,8 +4,6 @@
 
 #![allow(dead_code)] // each test binary uses a different subset
 
-pub mod fixtures;
-
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;

@@ -1,0 +1,179 @@
+//! One host's queue: the queued jobs in memory, oldest first, every change
+//! written through to the host's own store, so a restart finds them again.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use futures_util::FutureExt as _;
+use tokio::sync::broadcast;
+
+use super::{Heartbeat, JobQueue, LostRun, Notice, Start};
+use crate::job::{Job, JobId, State};
+use crate::store::{JobStore, Read, StoreError, StoredJob};
+
+/// A queue only this host uses.
+pub struct LocalQueue {
+    store: Arc<dyn JobStore>,
+    /// Queued jobs, oldest first.
+    waiting: Mutex<VecDeque<Job>>,
+    /// Runs the store showed running when the queue opened: an earlier
+    /// process died running them.
+    leftovers: Mutex<Vec<Job>>,
+    notices: broadcast::Sender<Notice>,
+}
+
+impl LocalQueue {
+    /// The queue as `store` left it: its queued jobs waiting in the order
+    /// they were submitted, its running ones reported as lost runs.
+    pub async fn open(store: Arc<dyn JobStore>) -> Result<Self, StoreError> {
+        let mut waiting = VecDeque::new();
+        let mut leftovers = Vec::new();
+        for stored in store.load_unfinished().await? {
+            match stored.job.state {
+                State::Running => leftovers.push(stored.job),
+                _ => waiting.push_back(stored.job),
+            }
+        }
+        if !waiting.is_empty() {
+            tracing::info!(jobs = waiting.len(), "queued jobs restored from the store");
+        }
+        Ok(LocalQueue {
+            store,
+            waiting: Mutex::new(waiting),
+            leftovers: Mutex::new(leftovers),
+            notices: broadcast::channel(1024).0,
+        })
+    }
+
+    fn waiting(&self) -> MutexGuard<'_, VecDeque<Job>> {
+        // Every change is one push or removal: a panic cannot leave the
+        // queue half-changed.
+        self.waiting.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn announce(&self, notice: Notice) {
+        // Nobody listening is fine.
+        let _ = self.notices.send(notice);
+    }
+}
+
+impl JobQueue for LocalQueue {
+    fn host(&self) -> Option<&str> {
+        None
+    }
+
+    fn lease(&self) -> Option<Duration> {
+        None
+    }
+
+    fn enqueue<'a>(&'a self, job: &'a Job) -> Read<'a, ()> {
+        async move {
+            self.store.insert(job).await?;
+            self.waiting().push_back(job.clone());
+            self.announce(Notice::Queued);
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn claim<'a>(
+        &'a self,
+        _builders: &'a [String],
+        start: &'a Start,
+    ) -> Read<'a, Option<StoredJob>> {
+        async move {
+            let Some(mut job) = self.waiting().pop_front() else {
+                return Ok(None);
+            };
+            start(&mut job).map_err(|e| StoreError::Database(e.to_string()))?;
+            // Not waited for: writes are applied in order, and a host that
+            // dies before this one lands finds the job queued, as it was.
+            let commit = self.store.update(&job);
+            let id = job.id.clone();
+            tokio::spawn(async move {
+                if let Err(e) = commit.await {
+                    tracing::error!(job = %id, "job state not stored: {e}");
+                }
+            });
+            // Only a job that ran before has a log to continue.
+            let log = match job.attempts {
+                1 => Vec::new(),
+                _ => self.store.log(job.id.as_str()).await?,
+            };
+            self.announce(Notice::Changed(job.id.to_string()));
+            Ok(Some(StoredJob { job, log }))
+        }
+        .boxed()
+    }
+
+    fn withdraw<'a>(&'a self, ended: &'a Job) -> Read<'a, bool> {
+        async move {
+            let taken = {
+                let mut waiting = self.waiting();
+                let at = waiting.iter().position(|job| job.id == ended.id);
+                at.and_then(|at| waiting.remove(at))
+            };
+            if taken.is_none() {
+                return Ok(false);
+            }
+            self.store.update(ended).await?;
+            self.announce(Notice::Changed(ended.id.to_string()));
+            Ok(true)
+        }
+        .boxed()
+    }
+
+    fn ask_cancel<'a>(&'a self, _id: &'a str, _reason: &'a str) -> Read<'a, bool> {
+        // Every run of this queue's jobs is this host's own.
+        std::future::ready(Ok(false)).boxed()
+    }
+
+    fn lost_runs(&self, own_too: bool) -> Read<'_, Vec<LostRun>> {
+        let lost = match own_too {
+            true => std::mem::take(&mut *self.leftovers.lock().unwrap_or_else(|e| e.into_inner())),
+            false => Vec::new(),
+        };
+        let lost = lost
+            .into_iter()
+            .map(|job| LostRun { job, owner: None })
+            .collect();
+        std::future::ready(Ok(lost)).boxed()
+    }
+
+    fn replace_lost<'a>(&'a self, _lost: &'a LostRun, recovered: &'a Job) -> Read<'a, bool> {
+        async move {
+            self.store.update(recovered).await?;
+            if recovered.state == State::Queued {
+                // In submission order among the waiting jobs.
+                let mut waiting = self.waiting();
+                let at = waiting
+                    .iter()
+                    .position(|job| job.created_at > recovered.created_at)
+                    .unwrap_or(waiting.len());
+                waiting.insert(at, recovered.clone());
+                drop(waiting);
+                self.announce(Notice::Queued);
+            }
+            Ok(true)
+        }
+        .boxed()
+    }
+
+    fn heartbeat<'a>(&'a self, running: &'a [JobId]) -> Read<'a, Heartbeat> {
+        // No lease to lose: everything this host runs stays its own.
+        let beat = Heartbeat {
+            held: running.to_vec(),
+            cancel: Vec::new(),
+        };
+        std::future::ready(Ok(beat)).boxed()
+    }
+
+    fn depth(&self) -> Read<'_, usize> {
+        std::future::ready(Ok(self.waiting().len())).boxed()
+    }
+
+    fn notices(&self) -> broadcast::Receiver<Notice> {
+        self.notices.subscribe()
+    }
+}

@@ -1,0 +1,102 @@
+//! The queue: where accepted jobs wait for a worker, which host runs which,
+//! and what happens to a run whose host went away.
+//!
+//! [`JobQueue`] has two implementations: [`LocalQueue`], one host's queue
+//! in memory over its SQLite store, and the PostgreSQL store, a queue
+//! several hosts share with a lease per running job. The queue only stores
+//! and hands out; the lifecycle decisions (a queued job ends cancelled, a
+//! lost run is queued again or failed, the log lines that say so) are the
+//! service's, made once for both.
+
+mod local;
+
+use std::time::Duration;
+
+use tokio::sync::broadcast;
+
+use crate::job::{Job, JobId, TransitionError};
+use crate::store::{Read, StoredJob};
+
+pub use local::LocalQueue;
+
+/// The lifecycle's step from queued to running, applied by a claim.
+pub type Start = dyn Fn(&mut Job) -> Result<(), TransitionError> + Send + Sync;
+
+/// Where accepted jobs wait, and who runs them.
+pub trait JobQueue: Send + Sync + 'static {
+    /// This host's name when other hosts share the queue.
+    fn host(&self) -> Option<&str>;
+
+    /// How long a job this host claimed stays its own without a heartbeat;
+    /// `None` when no other host could take a job over.
+    fn lease(&self) -> Option<Duration>;
+
+    /// Stores a newly accepted, queued job and queues it; resolves once
+    /// that is durable. [`StoreError::Duplicate`](crate::store::StoreError)
+    /// when the id is taken.
+    fn enqueue<'a>(&'a self, job: &'a Job) -> Read<'a, ()>;
+
+    /// Claims the oldest queued job for one of `builders` (a queue no other
+    /// host shares hands out every job: no one else could run it). `start`
+    /// makes it running, and the job is stored as `start` left it in the
+    /// same write as the claim. Returns it with its log so far; `None` when
+    /// no job waits.
+    fn claim<'a>(&'a self, builders: &'a [String], start: &'a Start)
+    -> Read<'a, Option<StoredJob>>;
+
+    /// Stores `ended` in place of queued job `ended.id` if that job is
+    /// still queued (it ended before it started); `false` when a worker
+    /// claimed it, or it ended, meanwhile.
+    fn withdraw<'a>(&'a self, ended: &'a Job) -> Read<'a, bool>;
+
+    /// Asks the host running job `id` to cancel it for `reason`; `false`
+    /// when no other host runs it.
+    fn ask_cancel<'a>(&'a self, id: &'a str, reason: &'a str) -> Read<'a, bool>;
+
+    /// Running jobs whose host is gone: every other host's whose lease ran
+    /// out, and with `own_too` this host's own (when it starts or stops,
+    /// and any run of its own is a leftover).
+    fn lost_runs(&self, own_too: bool) -> Read<'_, Vec<LostRun>>;
+
+    /// Stores `recovered` (queued again, or ended) in place of `lost`
+    /// unless someone renewed or recovered that run meanwhile; queued again,
+    /// it waits for a worker. `false` when someone did.
+    fn replace_lost<'a>(&'a self, lost: &'a LostRun, recovered: &'a Job) -> Read<'a, bool>;
+
+    /// Renews this host's leases on `running`, the jobs it still runs.
+    fn heartbeat<'a>(&'a self, running: &'a [JobId]) -> Read<'a, Heartbeat>;
+
+    /// How many jobs wait, on every host.
+    fn depth(&self) -> Read<'_, usize>;
+
+    /// News: jobs queued, cancellations asked for, jobs changed.
+    fn notices(&self) -> broadcast::Receiver<Notice>;
+}
+
+/// A running job whose host is gone, as the queue held it.
+#[derive(Debug, Clone)]
+pub struct LostRun {
+    pub job: Job,
+    /// The host that ran it, in a shared queue.
+    pub owner: Option<String>,
+}
+
+/// What a heartbeat found.
+#[derive(Debug, Default)]
+pub struct Heartbeat {
+    /// Jobs of those asked about that this host still holds.
+    pub held: Vec<JobId>,
+    /// Held jobs someone asked to cancel, with the reason given.
+    pub cancel: Vec<(JobId, String)>,
+}
+
+/// What a queue announces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    /// New jobs are queued (or may be: sent after a lost connection too).
+    Queued,
+    /// Someone asked for job `id` to be cancelled.
+    Cancel(String),
+    /// Job `id`'s state or log changed.
+    Changed(String),
+}

@@ -1,0 +1,206 @@
+//! The service's tasks: the workers, and those that keep this host's
+//! leases, pass the queue's news on, and relay jobs that are not running
+//! here to the callers following them.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use tokio::sync::{broadcast, watch};
+use tracing::Instrument;
+
+use super::Inner;
+use crate::job::{Job, JobId, State};
+use crate::log::JobLog;
+use crate::queue::Notice;
+
+/// How long an idle worker, or a task waiting for a job that is not
+/// running here, waits for news before looking anyway (news can be lost,
+/// for example while the database connection is down).
+pub(super) const IDLE_POLL: Duration = Duration::from_secs(1);
+
+/// A worker: claims jobs while there are any, runs each to its end, and
+/// otherwise waits for news of work (or polls). Exits when the service
+/// stops.
+pub(super) async fn worker(inner: Arc<Inner>) {
+    // Jobs for builders this host lacks are left to hosts that have them.
+    let builders: Vec<String> = inner
+        .runtime
+        .names()
+        .into_iter()
+        .map(String::from)
+        .collect();
+    let start = |job: &mut Job| job.start(chrono::Utc::now());
+    while !inner.stopping.load(Ordering::SeqCst) {
+        // Registered before looking, so news arriving meanwhile is kept.
+        let news = inner.work.notified();
+        match inner.config.queue.claim(&builders, &start).await {
+            Ok(Some(stored)) => {
+                let claimed = inner.adopt(stored);
+                let span = tracing::info_span!("job", id = %claimed.job.id, builder = %claimed.job.builder);
+                inner.run(claimed).instrument(span).await;
+                continue;
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!("cannot claim work from the queue: {e}"),
+        }
+        let _ = tokio::time::timeout(IDLE_POLL, news).await;
+    }
+}
+
+/// Renews this host's leases every third of `lease`, stops the jobs whose
+/// lease it lost or that someone asked to cancel, and recovers jobs of
+/// hosts that stopped renewing theirs. Ends with the service.
+pub(super) async fn keep_leases(inner: Weak<Inner>, lease: Duration) {
+    let mut tick = tokio::time::interval(lease / 3);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        // Every live job: running, or ended with its end not yet stored.
+        let held: Vec<JobId> = inner.lock().jobs.keys().cloned().collect();
+        match inner.config.queue.heartbeat(&held).await {
+            Ok(beat) => {
+                let table = inner.lock();
+                for id in &held {
+                    if !beat.held.contains(id) {
+                        table.cancel(
+                            id.as_str(),
+                            "this host lost its lease on the job (it could not renew it in time); \
+                             it is queued again for another run",
+                        );
+                    } else if let Some((_, reason)) = beat.cancel.iter().find(|(j, _)| j == id) {
+                        table.cancel(id.as_str(), reason);
+                    }
+                }
+            }
+            Err(e) => tracing::warn!("cannot renew this host's leases: {e}"),
+        }
+        if let Err(e) = inner.recover_lost(false).await {
+            tracing::warn!("cannot look for jobs of lost hosts: {e}");
+        }
+    }
+}
+
+/// Passes the queue's news on: wakes idle workers when jobs are queued,
+/// stops a job running here when someone asked for it to be cancelled.
+pub(super) async fn relay_notices(inner: Weak<Inner>, mut notices: broadcast::Receiver<Notice>) {
+    loop {
+        let notice = notices.recv().await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        match notice {
+            Ok(Notice::Queued) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                inner.work.notify_waiters();
+            }
+            Ok(Notice::Cancel(id)) => inner.lock().cancel(&id, "cancelled by request"),
+            Ok(Notice::Changed(_)) => {}
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+/// Follows a job that is not running here into `log` and `state`, from
+/// its `seen`-th line on, until it ends or nobody follows any more: from
+/// the store while it waits or runs elsewhere, from its live log once this
+/// host claims it.
+pub(super) async fn relay(
+    inner: Weak<Inner>,
+    id: JobId,
+    log: Arc<JobLog>,
+    state: watch::Sender<State>,
+    mut seen: usize,
+) {
+    let Some(notices) = inner.upgrade().map(|i| i.config.queue.notices()) else {
+        return;
+    };
+    let mut changes = Changes::new(notices);
+    while !state.is_closed() {
+        let Some(service) = inner.upgrade() else {
+            return;
+        };
+        if let Some((live, states)) =
+            service.live(id.as_str(), |e| (e.log.clone(), e.state.subscribe()))
+        {
+            drop(service);
+            return relay_live(&live, states, &log, &state, seen as u64).await;
+        }
+        let read = async {
+            let job = service.stored(id.as_str()).await.ok()?;
+            let lines = service.stored_log(id.as_str()).await.ok()?;
+            Some((job, lines))
+        };
+        if let Some((job, lines)) = read.await {
+            for line in lines.iter().skip(seen) {
+                log.push(line);
+            }
+            seen = seen.max(lines.len());
+            state.send_if_modified(|current| std::mem::replace(current, job.state) != job.state);
+            if job.state.is_terminal() {
+                return;
+            }
+        }
+        drop(service);
+        changes.next(id.as_str()).await;
+    }
+}
+
+/// Copies a live job's lines after the first `seen` and its state changes
+/// until it ends.
+async fn relay_live(
+    live: &JobLog,
+    mut states: watch::Receiver<State>,
+    log: &JobLog,
+    state: &watch::Sender<State>,
+    mut seen: u64,
+) {
+    let mut pushed = live.subscribe();
+    loop {
+        // The state before the lines, so no line written before the end is
+        // missed.
+        let current = *states.borrow_and_update();
+        let (lines, next) = live.since(seen);
+        seen = next;
+        for line in lines {
+            log.push(&line);
+        }
+        state.send_if_modified(|s| std::mem::replace(s, current) != current);
+        if current.is_terminal() || state.is_closed() {
+            return;
+        }
+        tokio::select! {
+            changed = pushed.changed() => if changed.is_err() { return },
+            changed = states.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
+/// News of changes to jobs that are not running here.
+pub(super) struct Changes {
+    notices: broadcast::Receiver<Notice>,
+}
+
+impl Changes {
+    pub(super) fn new(notices: broadcast::Receiver<Notice>) -> Self {
+        Changes { notices }
+    }
+
+    /// Returns when job `id` may have changed: the queue said so, or
+    /// `IDLE_POLL` passed without a word.
+    pub(super) async fn next(&mut self, id: &str) {
+        let changed = async {
+            loop {
+                match self.notices.recv().await {
+                    Ok(Notice::Changed(changed)) if changed == id => return,
+                    Err(broadcast::error::RecvError::Lagged(_)) => return,
+                    Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
+                    Ok(_) => {}
+                }
+            }
+        };
+        let _ = tokio::time::timeout(IDLE_POLL, changed).await;
+    }
+}

@@ -1,0 +1,113 @@
+//! What `/metrics` reports, and its Prometheus text rendering.
+
+use std::fmt::Write as _;
+
+use crate::job::{Job, State};
+use crate::plugin::PluginRuntime;
+
+/// Counts for `/metrics`.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    /// Stored jobs in each state, on every host sharing the store.
+    pub jobs_by_state: Vec<(State, u64)>,
+    /// Jobs waiting for a worker, on every host sharing the queue.
+    pub queue_depth: usize,
+    /// Run time (`started_at` to `completed_at`) of the jobs this process
+    /// ran to their end, in seconds.
+    pub build_seconds: Histogram,
+}
+
+/// A Prometheus-style histogram: cumulative bucket counts, sum and count.
+#[derive(Debug, Clone)]
+pub struct Histogram {
+    pub buckets: Vec<(f64, u64)>,
+    pub sum: f64,
+    pub count: u64,
+}
+
+/// Upper bounds of the build-duration buckets, in seconds.
+const BUILD_SECONDS_BUCKETS: [f64; 10] =
+    [0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 1800.0, 3600.0];
+
+impl Histogram {
+    /// An empty histogram of build durations.
+    pub fn build_seconds() -> Self {
+        Histogram {
+            buckets: BUILD_SECONDS_BUCKETS.iter().map(|b| (*b, 0)).collect(),
+            sum: 0.0,
+            count: 0,
+        }
+    }
+
+    /// Counts the run time of `job`, which ended; a job that never ran
+    /// has none.
+    pub fn observe(&mut self, job: &Job) {
+        let (Some(started), Some(completed)) = (job.started_at, job.completed_at) else {
+            return;
+        };
+        let seconds = (completed - started).num_milliseconds().max(0) as f64 / 1000.0;
+        self.sum += seconds;
+        self.count += 1;
+        for (bound, count) in &mut self.buckets {
+            if seconds <= *bound {
+                *count += 1;
+            }
+        }
+    }
+}
+
+impl Metrics {
+    /// The Prometheus text exposition of these metrics and of `runtime`'s
+    /// instantiation timings.
+    pub fn render(&self, runtime: &PluginRuntime) -> String {
+        let mut text = String::new();
+        // Writing to a String cannot fail.
+        let _ = self.write(&mut text, runtime);
+        text
+    }
+
+    fn write(&self, text: &mut String, runtime: &PluginRuntime) -> std::fmt::Result {
+        writeln!(text, "# HELP helix_jobs Jobs known to this host, by state.")?;
+        writeln!(text, "# TYPE helix_jobs gauge")?;
+        for (state, count) in &self.jobs_by_state {
+            writeln!(text, "helix_jobs{{state=\"{state}\"}} {count}")?;
+        }
+        writeln!(text, "# HELP helix_queue_depth Jobs waiting for a worker.")?;
+        writeln!(text, "# TYPE helix_queue_depth gauge")?;
+        writeln!(text, "helix_queue_depth {}", self.queue_depth)?;
+        writeln!(
+            text,
+            "# HELP helix_build_seconds Run time of jobs that ran."
+        )?;
+        writeln!(text, "# TYPE helix_build_seconds histogram")?;
+        let histogram = &self.build_seconds;
+        for (bound, count) in &histogram.buckets {
+            writeln!(text, "helix_build_seconds_bucket{{le=\"{bound}\"}} {count}")?;
+        }
+        writeln!(
+            text,
+            "helix_build_seconds_bucket{{le=\"+Inf\"}} {}",
+            histogram.count
+        )?;
+        writeln!(text, "helix_build_seconds_sum {}", histogram.sum)?;
+        writeln!(text, "helix_build_seconds_count {}", histogram.count)?;
+        writeln!(
+            text,
+            "# HELP helix_plugin_instantiation_seconds Making a fresh builder instance for a job."
+        )?;
+        writeln!(text, "# TYPE helix_plugin_instantiation_seconds summary")?;
+        for builder in runtime.builders() {
+            let (count, seconds) = builder.instantiations().read();
+            let name = &builder.info().name;
+            writeln!(
+                text,
+                "helix_plugin_instantiation_seconds_sum{{builder=\"{name}\"}} {seconds}"
+            )?;
+            writeln!(
+                text,
+                "helix_plugin_instantiation_seconds_count{{builder=\"{name}\"}} {count}"
+            )?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,504 @@
+//! The build service: accepts jobs into its [`JobQueue`], runs them on a
+//! pool of workers through their builders, and lets callers get, list,
+//! cancel, follow and wait for them.
+//!
+//! - this module: the facade and its errors;
+//! - [`table`]: the jobs this host runs, live in memory;
+//! - [`run`]: the run of one job, from claim to stored end;
+//! - [`background`]: the workers, and the tasks that keep leases, relay
+//!   the queue's news and follow jobs running elsewhere;
+//! - [`metrics`]: what `/metrics` reports.
+//!
+//! Every accepted job, state change and log line is written through to the
+//! [`JobStore`]; a submission is acknowledged once it is durable. Jobs
+//! that are not running here (queued, finished, or running on another host
+//! sharing the queue) are read from the store. Every state change goes
+//! through the lifecycle's methods ([`Job::start`], [`Job::finish`],
+//! [`Job::recover_lost_run`]), decided here once whichever queue is used.
+
+mod background;
+mod metrics;
+mod run;
+mod table;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinSet;
+
+use crate::job::{InvalidJob, Job, JobId, JobRequest, Outcome, State, SubmitPolicy};
+use crate::log::{JobLog, Redactor};
+use crate::plugin::PluginRuntime;
+use crate::queue::{JobQueue, LostRun};
+use crate::registry::Publisher;
+use crate::secrets::BuildSecrets;
+use crate::source::Checkout;
+use crate::store::{JobStore, StoreError};
+use background::Changes;
+use table::{Entry, Table};
+
+pub use metrics::{Histogram, Metrics};
+
+/// How the service runs jobs.
+#[derive(Clone)]
+pub struct ServiceConfig {
+    pub workers: usize,
+    pub queue_capacity: usize,
+    /// What a submission may contain, the builders it may name included.
+    pub submit_policy: SubmitPolicy,
+    pub log_cap_lines: usize,
+    /// Parent of the per-job workspace directories.
+    pub workspace_dir: PathBuf,
+    /// Leave the workspace of a job that did not succeed in place.
+    pub keep_failed_workspaces: bool,
+    /// Pushes what real builders built and confirms it in the registry.
+    pub publisher: Publisher,
+    /// Checks out real builders' sources.
+    pub checkout: Checkout,
+    /// Where images of jobs that name none go (`host[:port][/namespace]`).
+    pub default_registry: Option<String>,
+    /// Where jobs outlive this process.
+    pub store: Arc<dyn JobStore>,
+    /// Where accepted jobs wait; shared with other hosts or not.
+    pub queue: Arc<dyn JobQueue>,
+    /// The operator's build secrets, handed to the jobs that name them.
+    pub secrets: BuildSecrets,
+    /// Runs a job may start before an interruption (its host dying while
+    /// it ran) fails it instead of queueing it again.
+    pub max_attempts: u32,
+}
+
+/// Why a request to the service was refused. Nothing is changed when one
+/// is returned.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("invalid job: {0}")]
+    Invalid(#[from] InvalidJob),
+    #[error("a job with id '{0}' already exists")]
+    Duplicate(JobId),
+    #[error("build queue is full ({capacity} jobs waiting); retry later")]
+    QueueFull { capacity: usize },
+    #[error("no job with id '{0}'")]
+    NotFound(String),
+    #[error("job '{id}' already ended ({state}); only queued or running jobs can be cancelled")]
+    AlreadyEnded { id: JobId, state: State },
+    #[error("the service is shutting down and accepts no new jobs")]
+    ShuttingDown,
+    /// The detail goes to the server's log, not to clients.
+    #[error("the job store is unavailable, so nothing was read or changed; retry later")]
+    Store,
+    #[error("cursor '{0}' names no job; start again without a cursor")]
+    UnknownCursor(String),
+}
+
+impl From<StoreError> for ServiceError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Duplicate(id) => ServiceError::Duplicate(id),
+            other => {
+                tracing::error!("job store: {other}");
+                ServiceError::Store
+            }
+        }
+    }
+}
+
+/// One page of [`Service::list_page`].
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct JobPage {
+    /// Newest first.
+    pub jobs: Vec<Job>,
+    /// Pass as `cursor` for the next page; `None` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// How long `cancel` waits for a running job's worker to record the
+/// cancellation before returning the job as it then is.
+const CANCEL_SETTLE: Duration = Duration::from_secs(5);
+
+/// How often `cancel` looks again at a job that changed under it (claimed
+/// or ended between two reads) before giving up.
+const CANCEL_RETRIES: usize = 100;
+
+/// A handle to the service; clones share it.
+#[derive(Clone)]
+pub struct Service {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: ServiceConfig,
+    runtime: Arc<PluginRuntime>,
+    table: Mutex<Table>,
+    stopping: AtomicBool,
+    /// Wakes idle workers: new work, or stopping.
+    work: Notify,
+    workers: tokio::sync::Mutex<JoinSet<()>>,
+}
+
+impl Service {
+    /// Recovers the runs an earlier process of this host left behind, then
+    /// starts `config.workers` workers and the queue's background tasks on
+    /// the current tokio runtime.
+    pub async fn start(
+        config: ServiceConfig,
+        runtime: Arc<PluginRuntime>,
+    ) -> Result<Self, StoreError> {
+        let inner = Arc::new(Inner {
+            runtime,
+            table: Mutex::new(Table::new()),
+            stopping: AtomicBool::new(false),
+            work: Notify::new(),
+            workers: tokio::sync::Mutex::new(JoinSet::new()),
+            config,
+        });
+        inner.recover_lost(true).await?;
+        let mut workers = JoinSet::new();
+        for _ in 0..inner.config.workers {
+            workers.spawn(background::worker(inner.clone()));
+        }
+        if let Some(lease) = inner.config.queue.lease() {
+            tokio::spawn(background::keep_leases(Arc::downgrade(&inner), lease));
+        }
+        tokio::spawn(background::relay_notices(
+            Arc::downgrade(&inner),
+            inner.config.queue.notices(),
+        ));
+        *inner
+            .workers
+            .try_lock()
+            .expect("nobody else holds the new service") = workers;
+        Ok(Service { inner })
+    }
+
+    pub fn runtime(&self) -> &PluginRuntime {
+        &self.inner.runtime
+    }
+
+    /// Validates `request`, stores it and queues it. On any error nothing
+    /// is stored; once it returns the job is durable.
+    pub async fn submit(&self, request: JobRequest) -> Result<Job, ServiceError> {
+        if self.inner.stopping.load(Ordering::SeqCst) {
+            return Err(ServiceError::ShuttingDown);
+        }
+        let job = Job::from_request(request, &self.inner.config.submit_policy, Utc::now())?;
+        let capacity = self.inner.config.queue_capacity;
+        let waiting = self.inner.config.queue.depth().await?;
+        {
+            let mut table = self.inner.lock();
+            if table.jobs.contains_key(&job.id) || table.pending.contains(&job.id) {
+                return Err(ServiceError::Duplicate(job.id));
+            }
+            if waiting + table.pending.len() >= capacity {
+                return Err(ServiceError::QueueFull { capacity });
+            }
+            table.pending.insert(job.id.clone());
+        }
+        // Finished in its own task: once the job is on its way into the
+        // queue, it must end up queued (or refused) even if this caller
+        // goes away.
+        let inner = self.inner.clone();
+        tokio::spawn(async move {
+            let queued = inner.config.queue.enqueue(&job).await;
+            inner.lock().pending.remove(&job.id);
+            queued?;
+            tracing::debug!(job = %job.id, builder = %job.builder, "job queued");
+            Ok(job)
+        })
+        .await
+        .map_err(|e| {
+            tracing::error!("storing a job was interrupted: {e}");
+            ServiceError::Store
+        })?
+    }
+
+    /// A snapshot of job `id`.
+    pub async fn get(&self, id: &str) -> Result<Job, ServiceError> {
+        if let Some(job) = self.inner.live(id, |entry| entry.job.clone()) {
+            return Ok(job);
+        }
+        self.inner.stored(id).await
+    }
+
+    /// Up to `limit` jobs, newest first, optionally only those in `state`,
+    /// starting after job `cursor` (the previous page's `next_cursor`).
+    pub async fn list_page(
+        &self,
+        state: Option<State>,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<JobPage, ServiceError> {
+        let mut jobs = self
+            .inner
+            .config
+            .store
+            .page(state, limit.saturating_add(1), cursor)
+            .await?
+            .ok_or_else(|| ServiceError::UnknownCursor(cursor.unwrap_or_default().into()))?;
+        let more = jobs.len() > limit;
+        jobs.truncate(limit);
+        // A live job's latest state may not be committed yet.
+        let table = self.inner.lock();
+        for job in &mut jobs {
+            if let Some(entry) = table.jobs.get(&job.id) {
+                job.clone_from(&entry.job);
+            }
+        }
+        drop(table);
+        let next_cursor = more
+            .then(|| jobs.last().map(|j| j.id.to_string()))
+            .flatten();
+        Ok(JobPage { jobs, next_cursor })
+    }
+
+    /// Every job, newest first.
+    pub async fn list(&self) -> Result<Vec<Job>, ServiceError> {
+        Ok(self.list_page(None, usize::MAX, None).await?.jobs)
+    }
+
+    /// The job's log and a receiver of its state changes, for following
+    /// it as it runs. A finished job's receiver already holds its end.
+    pub async fn follow(
+        &self,
+        id: &str,
+    ) -> Result<(Arc<JobLog>, watch::Receiver<State>), ServiceError> {
+        if let Some(live) = self
+            .inner
+            .live(id, |entry| (entry.log.clone(), entry.state.subscribe()))
+        {
+            return Ok(live);
+        }
+        let job = self.inner.stored(id).await?;
+        let lines = self.inner.stored_log(id).await?;
+        let seen = lines.len();
+        let log = Arc::new(JobLog::restored(
+            self.inner.config.log_cap_lines,
+            Redactor::default(),
+            lines,
+        ));
+        let (state, states) = watch::channel(job.state);
+        if !job.state.is_terminal() {
+            // Queued, or running elsewhere: relay what changes.
+            tokio::spawn(background::relay(
+                Arc::downgrade(&self.inner),
+                job.id,
+                log.clone(),
+                state,
+                seen,
+            ));
+        }
+        Ok((log, states))
+    }
+
+    /// Counts for `/metrics`, of every host sharing the store.
+    pub async fn metrics(&self) -> Result<Metrics, ServiceError> {
+        let jobs_by_state = self.inner.config.store.count_by_state().await?;
+        let queue_depth = self.inner.config.queue.depth().await?;
+        Ok(Metrics {
+            jobs_by_state,
+            queue_depth,
+            build_seconds: self.inner.lock().build_seconds.clone(),
+        })
+    }
+
+    /// The job's log lines so far.
+    pub async fn logs(&self, id: &str) -> Result<Vec<String>, ServiceError> {
+        if let Some(lines) = self.inner.live(id, |entry| entry.log.snapshot()) {
+            return Ok(lines);
+        }
+        self.inner.stored(id).await?;
+        self.inner.stored_log(id).await
+    }
+
+    /// Cancels job `id`. A queued job ends `cancelled` at once; a running
+    /// job's builder is stopped (its instance dropped, its programs killed)
+    /// and the job returned once its worker has recorded the cancellation.
+    /// A job that already ended is an error.
+    pub async fn cancel(&self, id: &str) -> Result<Job, ServiceError> {
+        const REASON: &str = "cancelled by request";
+        for _ in 0..CANCEL_RETRIES {
+            let running_here = self.inner.live(id, |entry| {
+                if let Some(cancel) = &entry.cancel {
+                    cancel.cancel(REASON);
+                }
+                entry.job.state
+            });
+            match running_here {
+                Some(state) if state.is_terminal() => break,
+                Some(_) => {
+                    tracing::info!(job = %id, "running job cancelled");
+                    return self.wait(id, CANCEL_SETTLE).await;
+                }
+                None => {}
+            }
+            let job = self.inner.stored(id).await?;
+            match job.state {
+                State::Queued => {
+                    let mut ended = job;
+                    let outcome = Outcome::Cancelled {
+                        reason: format!("{REASON} before it started"),
+                    };
+                    ended
+                        .finish(outcome, Utc::now())
+                        .expect("queued → cancelled is allowed");
+                    if self.inner.config.queue.withdraw(&ended).await? {
+                        self.inner
+                            .log_line(&ended.id, "[helix] cancelled before it started");
+                        tracing::info!(job = %id, "queued job cancelled");
+                        return Ok(ended);
+                    }
+                }
+                State::Running => {
+                    if self.inner.config.queue.ask_cancel(id, REASON).await? {
+                        return self.wait(id, CANCEL_SETTLE).await;
+                    }
+                }
+                _ => break,
+            }
+            // Claimed or ended meanwhile: look again.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let ended = self.get(id).await?;
+        Err(ServiceError::AlreadyEnded {
+            id: ended.id,
+            state: ended.state,
+        })
+    }
+
+    /// Waits until job `id` ends or `timeout` passes, then returns its
+    /// snapshot (terminal, or its current state at the timeout).
+    pub async fn wait(&self, id: &str, timeout: Duration) -> Result<Job, ServiceError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut changes = Changes::new(self.inner.config.queue.notices());
+        loop {
+            if let Some(mut state) = self.inner.live(id, |entry| entry.state.subscribe()) {
+                let _ =
+                    tokio::time::timeout_at(deadline, state.wait_for(|s| s.is_terminal())).await;
+                return self.get(id).await;
+            }
+            // Queued, finished, or running elsewhere: read the store until
+            // it ends (or, claimed by this host meanwhile, becomes live).
+            let job = self.inner.stored(id).await?;
+            if job.state.is_terminal() || tokio::time::Instant::now() >= deadline {
+                return Ok(job);
+            }
+            let _ = tokio::time::timeout_at(deadline, changes.next(id)).await;
+        }
+    }
+
+    /// Number of jobs waiting for a worker, on every host.
+    pub async fn queue_depth(&self) -> Result<usize, ServiceError> {
+        Ok(self.inner.config.queue.depth().await?)
+    }
+
+    /// Stops gracefully: no new jobs are accepted or started, running jobs
+    /// get `grace` to finish, then are cancelled — or, when another host
+    /// can take them over, stopped and queued again for it (the run counts
+    /// as an attempt). Returns when every worker has exited. Queued jobs
+    /// stay queued.
+    pub async fn stop(&self, grace: Duration) {
+        self.inner.stopping.store(true, Ordering::SeqCst);
+        self.inner.work.notify_waiters();
+        let mut workers = self.inner.workers.lock().await;
+        let drained = tokio::time::timeout(grace, async {
+            while workers.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            if self.inner.config.queue.lease().is_some() {
+                // Dropping a run kills its processes; its lease is this
+                // host's, so it goes back to the queue at once.
+                workers.abort_all();
+                while workers.join_next().await.is_some() {}
+                self.inner.lock().jobs.clear();
+                if let Err(e) = self.inner.recover_lost(true).await {
+                    tracing::warn!("could not give unfinished jobs back to the queue: {e}");
+                }
+            } else {
+                self.inner.lock().cancel_all(&format!(
+                    "the host shut down and the job did not finish within {}s",
+                    grace.as_secs()
+                ));
+                while workers.join_next().await.is_some() {}
+            }
+        }
+        tracing::info!("service stopped");
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, Table> {
+        // A panic while holding the lock cannot leave a job half-changed
+        // (each change is a single assignment), so a poisoned lock is safe
+        // to keep using.
+        self.table.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// `f` of live job `id`, if it runs here.
+    fn live<T>(&self, id: &str, f: impl FnOnce(&Entry) -> T) -> Option<T> {
+        self.lock().jobs.get(id).map(f)
+    }
+
+    /// Job `id` from the store.
+    async fn stored(&self, id: &str) -> Result<Job, ServiceError> {
+        self.config
+            .store
+            .get(id)
+            .await?
+            .ok_or_else(|| ServiceError::NotFound(id.to_string()))
+    }
+
+    async fn stored_log(&self, id: &str) -> Result<Vec<String>, ServiceError> {
+        Ok(self.config.store.log(id).await?)
+    }
+
+    /// Appends a line the host wrote to the stored log of a job that does
+    /// not run here.
+    fn log_line(&self, id: &JobId, line: &str) {
+        self.config
+            .store
+            .append_log(id, line, self.config.log_cap_lines);
+    }
+
+    /// Queues again — or fails, after `max_attempts` — the runs whose host
+    /// is gone (with `own_too`, this host's own leftovers as well), each
+    /// with a log line saying why. Returns how many it recovered.
+    async fn recover_lost(&self, own_too: bool) -> Result<usize, StoreError> {
+        let queue = &self.config.queue;
+        let mut recovered = 0;
+        for lost in queue.lost_runs(own_too).await? {
+            let what = lost_run_cause(&lost, queue.host());
+            let mut job = lost.job.clone();
+            let line = match job.recover_lost_run(self.config.max_attempts, &what, Utc::now()) {
+                Ok(line) => line,
+                Err(e) => {
+                    tracing::error!(job = %job.id, "cannot recover: {e}");
+                    continue;
+                }
+            };
+            if queue.replace_lost(&lost, &job).await? {
+                self.log_line(&job.id, &line);
+                tracing::warn!(job = %job.id, state = %job.state, "{what}");
+                recovered += 1;
+            }
+        }
+        if recovered > 0 {
+            self.work.notify_waiters();
+        }
+        Ok(recovered)
+    }
+}
+
+/// Why a run was lost, for its log and error.
+fn lost_run_cause(lost: &LostRun, this_host: Option<&str>) -> String {
+    match lost.owner.as_deref() {
+        Some(owner) if Some(owner) != this_host => {
+            format!("host lost: '{owner}' stopped renewing its lease on the job")
+        }
+        _ => "interrupted: this host stopped while the job ran".to_string(),
+    }
+}

@@ -1,0 +1,237 @@
+//! The run of one job on this host, from its claim to its stored end: a
+//! fresh workspace, the host's checkout, the builder's run, the host's
+//! push and registry check, and the outcome recorded.
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use tokio::sync::watch;
+
+use super::Inner;
+use super::background::IDLE_POLL;
+use super::table::Entry;
+use crate::cancel::CancelSignal;
+use crate::job::{FailureKind, Job, JobId, Outcome};
+use crate::log::JobLog;
+use crate::plugin::{Builder, Built, RunContext};
+use crate::store::{StoreError, StoredJob};
+use crate::workspace::JobDirs;
+
+/// What a worker holds of the job it runs.
+pub(super) struct Claimed {
+    pub job: Job,
+    pub log: Arc<JobLog>,
+    pub cancel: CancelSignal,
+}
+
+impl Inner {
+    /// Makes a job this host claimed live here: in the table, with its log
+    /// (continuing the lines an earlier run left) and its cancel signal.
+    pub(super) fn adopt(&self, stored: StoredJob) -> Claimed {
+        let StoredJob { job, log } = stored;
+        let log = Arc::new(JobLog::persistent(
+            self.config.log_cap_lines,
+            self.config.secrets.redactor(&job.secrets),
+            job.id.clone(),
+            self.config.store.clone(),
+            log,
+        ));
+        let cancel = CancelSignal::new();
+        let (state, _) = watch::channel(job.state);
+        let claimed = Claimed {
+            job: job.clone(),
+            log: log.clone(),
+            cancel: cancel.clone(),
+        };
+        self.lock().jobs.insert(
+            job.id.clone(),
+            Entry {
+                job,
+                log,
+                state,
+                cancel: Some(cancel),
+            },
+        );
+        claimed
+    }
+
+    /// Runs a claimed job to its end and records it.
+    pub(super) async fn run(self: &Arc<Self>, claimed: Claimed) {
+        let outcome = self
+            .execute(&claimed.job, &claimed.log, &claimed.cancel)
+            .await;
+        self.record(&claimed.job.id, outcome).await;
+    }
+
+    /// Runs `job` in a fresh workspace: for a real builder the host checks
+    /// the source out, the builder builds it, and the host pushes and
+    /// confirms the image. The workspace is removed afterwards unless the
+    /// job failed and the operator keeps failed workspaces.
+    async fn execute(&self, job: &Job, log: &Arc<JobLog>, cancel: &CancelSignal) -> Outcome {
+        let Some(builder) = self.runtime.builder(&job.builder) else {
+            return Outcome::failed(
+                FailureKind::Host,
+                format!("builder '{}' is not loaded on this host", job.builder),
+            );
+        };
+        let root = self.config.workspace_dir.join(job.id.as_str());
+        let dirs = match JobDirs::create(root.clone()) {
+            Ok(dirs) => dirs,
+            Err(e) => {
+                return Outcome::failed(
+                    FailureKind::Host,
+                    format!("could not create the job workspace {}: {e}", root.display()),
+                );
+            }
+        };
+        log.push(&match self.config.queue.host() {
+            Some(host) => format!(
+                "[helix] running on builder '{}' on host '{host}'",
+                job.builder
+            ),
+            None => format!("[helix] running on builder '{}'", job.builder),
+        });
+        let outcome = self
+            .build_and_publish(job, &builder, &dirs, log, cancel)
+            .await
+            .unwrap_or_else(|ended| ended);
+        let failed = !matches!(outcome, Outcome::Succeeded(_));
+        if failed && self.config.keep_failed_workspaces {
+            log.push(&format!(
+                "[helix] workspace kept for debugging: {}",
+                dirs.root().display()
+            ));
+        } else {
+            dirs.remove();
+        }
+        outcome
+    }
+
+    async fn build_and_publish(
+        &self,
+        job: &Job,
+        builder: &Builder,
+        dirs: &JobDirs,
+        log: &Arc<JobLog>,
+        cancel: &CancelSignal,
+    ) -> Result<Outcome, Outcome> {
+        let workspace = dirs.workspace();
+        let simulated = builder.info().simulated;
+        let (image, commit) = if simulated {
+            (None, None)
+        } else {
+            let Some(image) =
+                crate::reference::job_image(job, self.config.default_registry.as_deref())
+            else {
+                return Err(Outcome::failed(
+                    FailureKind::InvalidJob,
+                    "the job names no image and the operator configured no default registry; set `image`",
+                ));
+            };
+            builder.network().prepare().await.map_err(|e| {
+                Outcome::failed(
+                    FailureKind::Host,
+                    format!("{e}; or set builders.{}.network = \"none\"", job.builder),
+                )
+            })?;
+            let commit = self
+                .config
+                .checkout
+                .fetch(job, &workspace, log, cancel)
+                .await?;
+            crate::source::check_context(&workspace, &job.context, &job.dockerfile_path)?;
+            (Some(image), Some(commit))
+        };
+        let secrets = self
+            .config
+            .secrets
+            .write(&job.secrets, &dirs.secrets())
+            .map_err(|e| {
+                Outcome::failed(
+                    FailureKind::Host,
+                    format!("could not hand the job its build secrets: {e}"),
+                )
+            })?;
+        let ctx = RunContext {
+            log: log.clone(),
+            cancel: cancel.clone(),
+            workspace,
+            program_env: dirs.program_env(),
+            commit,
+            secrets,
+        };
+        match (builder.run(job, ctx).await?, image) {
+            (Built::Simulated(result), _) => {
+                log.push("[helix] simulated builder: no image, so nothing pushed or checked");
+                Ok(Outcome::Succeeded(result))
+            }
+            (Built::Layout(layout), Some(image)) => self
+                .config
+                .publisher
+                .publish(&layout, &image, &job.platforms, log, cancel)
+                .await
+                .map(Outcome::Succeeded)
+                .map_err(|outcome| outcome.redacted(|text| log.redact(text))),
+            // Builder::run refuses a layout from a simulated builder.
+            (Built::Layout(_), None) => Err(Outcome::failed(
+                FailureKind::Plugin,
+                format!(
+                    "simulated builder '{}' returned an image to push",
+                    job.builder
+                ),
+            )),
+        }
+    }
+
+    /// Ends live job `id` with `outcome` and stores it.
+    async fn record(self: &Arc<Self>, id: &JobId, outcome: Outcome) {
+        let ended = {
+            let mut table = self.lock();
+            let Some(entry) = table.jobs.get_mut(id) else {
+                return;
+            };
+            let state = outcome.state();
+            let error = outcome.error();
+            if let Err(e) = entry.job.finish(outcome, Utc::now()) {
+                tracing::error!(job = %id, "dropping outcome: {e}");
+                return;
+            }
+            entry.cancel = None;
+            entry.log.push(&match &error {
+                Some(error) => format!("[helix] job {state}: {error}"),
+                None => format!("[helix] job {state}"),
+            });
+            tracing::info!(job = %id, %state, error = error.as_deref().unwrap_or(""), "job ended");
+            entry.job.clone()
+        };
+        // In its own task, so the end is stored even if this run is
+        // dropped meanwhile.
+        let inner = self.clone();
+        let _ = tokio::spawn(async move { inner.settle(ended).await }).await;
+    }
+
+    /// Stores a job that has just ended; once that is durable, drops it
+    /// from the table and tells its waiters (it is read from the store from
+    /// then on). When another host could take the job over, a failed write
+    /// is retried for as long as a lease lasts (the heartbeat keeps renewing
+    /// it meanwhile), so a short database outage does not cost the job a
+    /// second run. If the store still fails, the job stays stored as it last
+    /// was (running), so recovery runs it again: its end is lost, the job
+    /// is not.
+    async fn settle(&self, job: Job) {
+        let mut stored = self.config.store.update(&job).await;
+        if let Some(lease) = self.config.queue.lease() {
+            let give_up = tokio::time::Instant::now() + lease;
+            while matches!(stored, Err(StoreError::Database(_)))
+                && tokio::time::Instant::now() < give_up
+            {
+                tokio::time::sleep(IDLE_POLL).await;
+                stored = self.config.store.update(&job).await;
+            }
+        }
+        if let Err(e) = stored {
+            tracing::error!(job = %job.id, "job end not stored: {e}");
+        }
+        self.lock().remove_ended(&job.id);
+    }
+}

@@ -1,0 +1,65 @@
+//! The live table: the jobs this host runs, each with its log, its state
+//! published to waiters, and its cancel signal. A job joins the table when
+//! a worker claims it and leaves once its end is stored; before and after,
+//! it is read from the store, so memory does not grow with history.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use super::metrics::Histogram;
+use crate::cancel::CancelSignal;
+use crate::job::{Job, JobId, State};
+use crate::log::JobLog;
+
+pub(super) struct Table {
+    pub jobs: HashMap<JobId, Entry>,
+    /// Ids of accepted jobs whose enqueue is not yet durable: taken for
+    /// duplicates and capacity, invisible to readers.
+    pub pending: HashSet<JobId>,
+    /// Run times of the jobs this process ran to their end.
+    pub build_seconds: Histogram,
+}
+
+/// One job this host runs.
+pub(super) struct Entry {
+    pub job: Job,
+    pub log: Arc<JobLog>,
+    /// Publishes every state change to waiters.
+    pub state: watch::Sender<State>,
+    /// Stops the run; `None` once the job has ended.
+    pub cancel: Option<CancelSignal>,
+}
+
+impl Table {
+    pub fn new() -> Self {
+        Table {
+            jobs: HashMap::new(),
+            pending: HashSet::new(),
+            build_seconds: Histogram::build_seconds(),
+        }
+    }
+
+    /// Cancels job `id` if it runs here.
+    pub fn cancel(&self, id: &str, reason: &str) {
+        if let Some(cancel) = self.jobs.get(id).and_then(|e| e.cancel.as_ref()) {
+            cancel.cancel(reason);
+        }
+    }
+
+    /// Cancels every job that runs here.
+    pub fn cancel_all(&self, reason: &str) {
+        for cancel in self.jobs.values().filter_map(|e| e.cancel.as_ref()) {
+            cancel.cancel(reason);
+        }
+    }
+
+    /// Drops job `id`, whose end is stored, telling its waiters.
+    pub fn remove_ended(&mut self, id: &JobId) {
+        if let Some(entry) = self.jobs.remove(id) {
+            self.build_seconds.observe(&entry.job);
+            entry.state.send_replace(entry.job.state);
+        }
+    }
+}

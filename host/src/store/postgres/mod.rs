@@ -1,0 +1,280 @@
+//! The shared store: one PostgreSQL database that several hosts use at
+//! once. Besides the jobs and their logs it holds the queue
+//! ([`queue`]): hosts claim queued jobs with `FOR UPDATE SKIP LOCKED`, hold
+//! a lease on each job they run (owner host, expiry) and renew it by
+//! heartbeat; a job whose lease ran out is queued again (or failed) by
+//! whichever host notices first.
+//!
+//! Reads and single-statement changes share one pipelined connection
+//! ([`conn`]); changes that race between hosts are compare-and-set
+//! `UPDATE`s that name the state they expect, and a claim is one
+//! transaction on a connection of its own. Writes from the service go
+//! through the [`writer`], which commits whatever has queued up in one
+//! transaction (group commit), as the SQLite store does. The [`listener`]
+//! relays the database's notifications.
+//!
+//! When the database goes away the store reconnects on the next use;
+//! meanwhile writes and reads fail with [`StoreError::Database`].
+
+mod conn;
+mod listener;
+mod queue;
+mod writer;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::FutureExt as _;
+use tokio::sync::{Mutex, broadcast, mpsc};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, Row};
+
+use super::{Commit, JobStore, Read, StoreError, StoredJob, Writes, db_error, parse_job};
+use crate::job::{Job, JobId, State};
+use crate::queue::Notice;
+use conn::{Conn, migrate, open};
+
+/// Channel told when jobs are queued (payload empty).
+const QUEUED_CHANNEL: &str = "helix_queued";
+/// Channel told when a running job should be cancelled (payload: its id).
+const CANCEL_CHANNEL: &str = "helix_cancel";
+/// Channel told when a job's state or log changed (payload: its id), for
+/// hosts following it.
+const CHANGED_CHANNEL: &str = "helix_changed";
+
+/// Statements used in more than one place.
+mod sql {
+    pub const APPEND_LOG: &str = "INSERT INTO job_logs (job_id, line) VALUES ($1, $2)";
+    pub const NOTIFY: &str = "SELECT pg_notify($1, $2)";
+}
+
+/// A job store and queue in one PostgreSQL database, shared by hosts.
+pub struct PostgresStore {
+    url: String,
+    /// This host's name in leases.
+    host: String,
+    /// How long a claimed job stays this host's without a heartbeat.
+    lease: Duration,
+    /// Reads and single-statement changes; replaced when it breaks.
+    conn: Mutex<Option<Arc<Conn>>>,
+    /// Claims, each a transaction; replaced when it breaks.
+    claims: Mutex<Option<Client>>,
+    writes: Writes,
+    notices: broadcast::Sender<Notice>,
+}
+
+impl PostgresStore {
+    /// Connects to `url` (`postgres://…`), brings the schema up to date and
+    /// starts the writer and the listener. `host` names this host in the
+    /// leases it takes, each lasting `lease` without a heartbeat.
+    pub async fn connect(url: &str, host: &str, lease: Duration) -> Result<Arc<Self>, StoreError> {
+        let mut client = open(url).await?;
+        migrate(&mut client).await?;
+        let (writes, queued) = mpsc::unbounded_channel();
+        let (notices, _) = broadcast::channel(1024);
+        let store = Arc::new(PostgresStore {
+            url: url.to_string(),
+            host: host.to_string(),
+            lease,
+            conn: Mutex::new(Some(Arc::new(Conn::new(client)))),
+            claims: Mutex::new(None),
+            // Fails only once the writer is gone; the commit reports it.
+            writes: Writes::new(move |write| {
+                let _ = writes.send(write);
+            }),
+            notices,
+        });
+        tokio::spawn(writer::write_loop(
+            url.to_string(),
+            host.to_string(),
+            queued,
+        ));
+        tokio::spawn(listener::listen_loop(
+            url.to_string(),
+            Arc::downgrade(&store),
+        ));
+        Ok(store)
+    }
+
+    /// The connection for reads, reconnecting if it broke.
+    async fn conn(&self) -> Result<Arc<Conn>, StoreError> {
+        let mut slot = self.conn.lock().await;
+        if let Some(conn) = slot.as_ref().filter(|c| !c.client.is_closed()) {
+            return Ok(conn.clone());
+        }
+        *slot = None;
+        let conn = Arc::new(Conn::new(open(&self.url).await?));
+        *slot = Some(conn.clone());
+        Ok(conn)
+    }
+
+    async fn query(
+        &self,
+        sql: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, StoreError> {
+        let conn = self.conn().await?;
+        let statement = conn.statement(sql).await?;
+        conn.client
+            .query(&statement, params)
+            .await
+            .map_err(db_error)
+    }
+
+    async fn query_opt(
+        &self,
+        sql: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<Row>, StoreError> {
+        Ok(self.query(sql, params).await?.into_iter().next())
+    }
+
+    async fn query_one(
+        &self,
+        sql: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Row, StoreError> {
+        self.query_opt(sql, params)
+            .await?
+            .ok_or_else(|| db_error(format!("no row from {sql}")))
+    }
+
+    /// Runs one statement; how many rows it changed.
+    async fn execute(
+        &self,
+        sql: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64, StoreError> {
+        let conn = self.conn().await?;
+        let statement = conn.statement(sql).await?;
+        conn.client
+            .execute(&statement, params)
+            .await
+            .map_err(db_error)
+    }
+
+    async fn jobs(
+        &self,
+        query: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Job>, StoreError> {
+        let rows = self.query(query, params).await?;
+        rows.iter().map(|row| parse_job(row.get(0))).collect()
+    }
+
+    async fn notify(&self, channel: &str, payload: &str) -> Result<(), StoreError> {
+        self.execute(sql::NOTIFY, &[&channel, &payload]).await?;
+        Ok(())
+    }
+
+    async fn jobs_with_logs(&self, jobs: Vec<Job>) -> Result<Vec<StoredJob>, StoreError> {
+        let mut stored = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            let log = self.log(job.id.as_str()).await?;
+            stored.push(StoredJob { job, log });
+        }
+        Ok(stored)
+    }
+}
+
+impl JobStore for PostgresStore {
+    fn insert(&self, job: &Job) -> Commit {
+        self.writes.job(job, true)
+    }
+
+    fn update(&self, job: &Job) -> Commit {
+        self.writes.job(job, false)
+    }
+
+    fn append_log(&self, id: &JobId, line: &str, cap: usize) {
+        self.writes.log(id, line, cap);
+    }
+
+    fn get<'a>(&'a self, id: &'a str) -> Read<'a, Option<Job>> {
+        async move {
+            let jobs = self
+                .jobs("SELECT body FROM jobs WHERE id = $1", &[&id])
+                .await?;
+            Ok(jobs.into_iter().next())
+        }
+        .boxed()
+    }
+
+    fn log<'a>(&'a self, id: &'a str) -> Read<'a, Vec<String>> {
+        async move {
+            let rows = self
+                .query(
+                    "SELECT line FROM job_logs WHERE job_id = $1 ORDER BY n",
+                    &[&id],
+                )
+                .await?;
+            Ok(rows.iter().map(|row| row.get(0)).collect())
+        }
+        .boxed()
+    }
+
+    fn position<'a>(&'a self, id: &'a str) -> Read<'a, Option<i64>> {
+        async move {
+            let row = self
+                .query_opt("SELECT seq FROM jobs WHERE id = $1", &[&id])
+                .await?;
+            Ok(row.map(|row| row.get(0)))
+        }
+        .boxed()
+    }
+
+    fn before(&self, state: Option<State>, before: i64, limit: usize) -> Read<'_, Vec<Job>> {
+        async move {
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            match state {
+                Some(state) => {
+                    self.jobs(
+                        "SELECT body FROM jobs WHERE state = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3",
+                        &[&state.as_str(), &before, &limit],
+                    )
+                    .await
+                }
+                None => {
+                    self.jobs(
+                        "SELECT body FROM jobs WHERE seq < $1 ORDER BY seq DESC LIMIT $2",
+                        &[&before, &limit],
+                    )
+                    .await
+                }
+            }
+        }
+        .boxed()
+    }
+
+    fn count_by_state(&self) -> Read<'_, Vec<(State, u64)>> {
+        async move {
+            let rows = self
+                .query("SELECT state, COUNT(*) FROM jobs GROUP BY state", &[])
+                .await?;
+            let counts: HashMap<String, i64> =
+                rows.iter().map(|row| (row.get(0), row.get(1))).collect();
+            Ok(State::ALL
+                .iter()
+                .map(|state| {
+                    let count = counts.get(state.as_str()).copied().unwrap_or(0);
+                    (*state, u64::try_from(count).unwrap_or(0))
+                })
+                .collect())
+        }
+        .boxed()
+    }
+
+    fn load_unfinished(&self) -> Read<'_, Vec<StoredJob>> {
+        async move {
+            let jobs = self
+                .jobs(
+                    "SELECT body FROM jobs WHERE state IN ('queued', 'running') ORDER BY seq",
+                    &[],
+                )
+                .await?;
+            self.jobs_with_logs(jobs).await
+        }
+        .boxed()
+    }
+}

@@ -1,0 +1,232 @@
+//! The queue several hosts share: claims, leases, cancel requests and
+//! recovery of lost runs, each a compare-and-set on the `jobs` table, so
+//! two hosts never both get one job.
+
+use std::time::Duration;
+
+use futures_util::FutureExt as _;
+use tokio::sync::broadcast;
+use tokio_postgres::Client;
+
+use super::conn::open;
+use super::{CANCEL_CHANNEL, CHANGED_CHANNEL, PostgresStore, QUEUED_CHANNEL};
+use crate::job::{Job, JobId, State};
+use crate::queue::{Heartbeat, JobQueue, LostRun, Notice, Start};
+use crate::store::{JobStore, Read, StoreError, StoredJob, db_error, parse_job};
+
+impl PostgresStore {
+    /// The claim connection, reconnecting if it broke.
+    async fn claims(&self) -> Result<tokio::sync::MutexGuard<'_, Option<Client>>, StoreError> {
+        let mut slot = self.claims.lock().await;
+        if slot.as_ref().is_none_or(Client::is_closed) {
+            *slot = Some(open(&self.url).await?);
+        }
+        Ok(slot)
+    }
+
+    /// Claims one job in one transaction: the oldest queued one for
+    /// `builders`, locked so no other host's claim takes it, made running
+    /// by `start` and stored with this host's lease, body and columns
+    /// together.
+    async fn claim_one(
+        &self,
+        builders: &[String],
+        start: &Start,
+    ) -> Result<Option<Job>, StoreError> {
+        let mut slot = self.claims().await?;
+        let client = slot.as_mut().expect("claims() connected it");
+        let tx = client.transaction().await.map_err(db_error)?;
+        let row = tx
+            .query_opt(
+                "SELECT body FROM jobs WHERE state = 'queued' AND builder = ANY($1) \
+                 ORDER BY seq LIMIT 1 FOR UPDATE SKIP LOCKED",
+                &[&builders],
+            )
+            .await
+            .map_err(db_error)?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let mut job = parse_job(row.get(0))?;
+        start(&mut job).map_err(|e| db_error(format!("a queued job cannot start: {e}")))?;
+        let body = serde_json::to_string(&job).map_err(db_error)?;
+        let attempts = i32::try_from(job.attempts).unwrap_or(i32::MAX);
+        tx.execute(
+            "UPDATE jobs SET state = $2, body = $3, owner = $4, attempts = $5, \
+             lease_until = now() + make_interval(secs => $6), cancel_requested = NULL \
+             WHERE id = $1",
+            &[
+                &job.id.as_str(),
+                &job.state.as_str(),
+                &body,
+                &self.host,
+                &attempts,
+                &self.lease.as_secs_f64(),
+            ],
+        )
+        .await
+        .map_err(db_error)?;
+        tx.commit().await.map_err(db_error)?;
+        Ok(Some(job))
+    }
+}
+
+impl JobQueue for PostgresStore {
+    fn host(&self) -> Option<&str> {
+        Some(&self.host)
+    }
+
+    fn lease(&self) -> Option<Duration> {
+        Some(self.lease)
+    }
+
+    fn enqueue<'a>(&'a self, job: &'a Job) -> Read<'a, ()> {
+        // The writer tells other hosts when the insert commits.
+        self.insert(job)
+    }
+
+    fn claim<'a>(
+        &'a self,
+        builders: &'a [String],
+        start: &'a Start,
+    ) -> Read<'a, Option<StoredJob>> {
+        async move {
+            let Some(job) = self.claim_one(builders, start).await? else {
+                return Ok(None);
+            };
+            // Only a job that ran before has a log to continue.
+            let log = match job.attempts {
+                1 => Vec::new(),
+                _ => self.log(job.id.as_str()).await?,
+            };
+            Ok(Some(StoredJob { job, log }))
+        }
+        .boxed()
+    }
+
+    fn withdraw<'a>(&'a self, ended: &'a Job) -> Read<'a, bool> {
+        async move {
+            let body = serde_json::to_string(ended).map_err(db_error)?;
+            let changed = self
+                .execute(
+                    "UPDATE jobs SET state = $2, body = $3 WHERE id = $1 AND state = 'queued'",
+                    &[&ended.id.as_str(), &ended.state.as_str(), &body],
+                )
+                .await?;
+            if changed == 1 {
+                self.notify(CHANGED_CHANNEL, ended.id.as_str()).await?;
+            }
+            Ok(changed == 1)
+        }
+        .boxed()
+    }
+
+    fn ask_cancel<'a>(&'a self, id: &'a str, reason: &'a str) -> Read<'a, bool> {
+        async move {
+            let asked = self
+                .execute(
+                    "UPDATE jobs SET cancel_requested = $2 WHERE id = $1 AND state = 'running'",
+                    &[&id, &reason],
+                )
+                .await?;
+            if asked == 1 {
+                self.notify(CANCEL_CHANNEL, id).await?;
+            }
+            Ok(asked == 1)
+        }
+        .boxed()
+    }
+
+    fn lost_runs(&self, own_too: bool) -> Read<'_, Vec<LostRun>> {
+        async move {
+            let rows = self
+                .query(
+                    "SELECT body, owner FROM jobs WHERE state = 'running' \
+                     AND (lease_until < now() OR ($2 AND owner = $1))",
+                    &[&self.host, &own_too],
+                )
+                .await?;
+            let mut lost = Vec::with_capacity(rows.len());
+            for row in rows {
+                let owner: Option<String> = row.get(1);
+                match parse_job(row.get(0)) {
+                    Ok(job) => lost.push(LostRun { job, owner }),
+                    Err(e) => tracing::error!(
+                        "cannot recover a job of host '{}': {e}",
+                        owner.unwrap_or_default()
+                    ),
+                }
+            }
+            Ok(lost)
+        }
+        .boxed()
+    }
+
+    fn replace_lost<'a>(&'a self, lost: &'a LostRun, recovered: &'a Job) -> Read<'a, bool> {
+        async move {
+            let body = serde_json::to_string(recovered).map_err(db_error)?;
+            let attempts = i32::try_from(lost.job.attempts).unwrap_or(i32::MAX);
+            // Only the run that was lost, and only if nobody renewed its
+            // lease (its own host may take its leftovers back at once).
+            let changed = self
+                .execute(
+                    "UPDATE jobs SET state = $2, body = $3, owner = NULL, lease_until = NULL \
+                     WHERE id = $1 AND state = 'running' AND owner = $4 AND attempts = $5 \
+                     AND (lease_until < now() OR owner = $6)",
+                    &[
+                        &recovered.id.as_str(),
+                        &recovered.state.as_str(),
+                        &body,
+                        &lost.owner,
+                        &attempts,
+                        &self.host,
+                    ],
+                )
+                .await?;
+            if changed == 1 && recovered.state == State::Queued {
+                self.notify(QUEUED_CHANNEL, "").await?;
+            }
+            Ok(changed == 1)
+        }
+        .boxed()
+    }
+
+    fn heartbeat<'a>(&'a self, running: &'a [JobId]) -> Read<'a, Heartbeat> {
+        async move {
+            let running: Vec<&str> = running.iter().map(JobId::as_str).collect();
+            let rows = self
+                .query(
+                    "UPDATE jobs SET lease_until = now() + make_interval(secs => $2) \
+                     WHERE owner = $1 AND state = 'running' AND id = ANY($3) \
+                     RETURNING id, cancel_requested",
+                    &[&self.host, &self.lease.as_secs_f64(), &running],
+                )
+                .await?;
+            let mut beat = Heartbeat::default();
+            for row in rows {
+                let id = JobId::parse(row.get::<_, &str>(0)).map_err(db_error)?;
+                if let Some(reason) = row.get::<_, Option<String>>(1) {
+                    beat.cancel.push((id.clone(), reason));
+                }
+                beat.held.push(id);
+            }
+            Ok(beat)
+        }
+        .boxed()
+    }
+
+    fn depth(&self) -> Read<'_, usize> {
+        async move {
+            let count: i64 = self
+                .query_one("SELECT COUNT(*) FROM jobs WHERE state = 'queued'", &[])
+                .await?
+                .get(0);
+            Ok(usize::try_from(count).unwrap_or(0))
+        }
+        .boxed()
+    }
+
+    fn notices(&self) -> broadcast::Receiver<Notice> {
+        self.notices.subscribe()
+    }
+}

@@ -599,6 +599,9 @@ fn jobs_list_filters_by_state_and_pages_with_a_cursor() {
         "/v1/jobs?cursor=nope",
         "/v1/jobs?limit=many",
         "/v1/jobs?colour=1",
+        "/v1/jobs/ok-0/wait?timeout_secs=soon",
+        "/v1/jobs/ok-0/wait?timeout=5",
+        "/v1/jobs/ok-0/logs?follow=maybe",
     ] {
         let (status, error) = server.json("GET", bad, None);
         assert_eq!(status, 400, "{bad}: {error}");
@@ -769,10 +772,27 @@ fn cli_lists_shows_cancels_and_reads_logs() {
     submit(&server, "long", json!({"HELIX_SIMULATE_DELAY_MS": "60000"}));
     submit(&server, "short", json!({}));
     server.json("GET", "/v1/jobs/short/wait?timeout_secs=20", None);
+    // A generated id: 36 characters.
+    let (status, _) = server.json(
+        "POST",
+        "/v1/jobs",
+        Some(&json!({"repo_url": "https://h/r"})),
+    );
+    assert_eq!(status, 201);
 
     let (ok, out, _) = cli(&server, None, &["jobs"]);
     assert!(ok);
     assert!(out.starts_with("ID"), "{out}");
+    let state_column = out.find("STATE").unwrap();
+    for line in out.lines().skip(1) {
+        let state = line.get(state_column..).unwrap_or_default();
+        assert!(
+            ["queued", "running", "succeeded"]
+                .iter()
+                .any(|s| state.starts_with(s)),
+            "columns line up: {out}"
+        );
+    }
     assert!(
         out.lines()
             .any(|l| l.starts_with("short") && l.contains("succeeded")),

@@ -197,6 +197,7 @@ async fn cancel(State(service): State<Service>, Path(id): Path<String>) -> ApiRe
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct WaitQuery {
     timeout_secs: Option<u64>,
 }
@@ -204,8 +205,9 @@ struct WaitQuery {
 async fn wait(
     State(service): State<Service>,
     Path(id): Path<String>,
-    Query(query): Query<WaitQuery>,
+    query: Result<Query<WaitQuery>, QueryRejection>,
 ) -> ApiResult<Json<Job>> {
+    let Query(query) = query?;
     let secs = query
         .timeout_secs
         .unwrap_or(DEFAULT_WAIT_SECS)

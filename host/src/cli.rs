@@ -232,24 +232,22 @@ pub async fn jobs(
         print_json(&page.jobs);
         return Ok(true);
     }
-    println!(
-        "{:<38} {:<10} {:<10} {:<20} IMAGE / ERROR",
-        "ID", "STATE", "BUILDER", "CREATED"
+    let rows = page.jobs.iter().map(|job| {
+        vec![
+            job.id.to_string(),
+            job.state.to_string(),
+            job.builder.clone(),
+            job.created_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+            job.image_tag
+                .clone()
+                .or_else(|| job.error.clone())
+                .unwrap_or_default(),
+        ]
+    });
+    print_table(
+        &["ID", "STATE", "BUILDER", "CREATED", "IMAGE / ERROR"],
+        rows,
     );
-    for job in &page.jobs {
-        let detail = job
-            .image_tag
-            .as_deref()
-            .or(job.error.as_deref())
-            .unwrap_or("");
-        println!(
-            "{:<38} {:<10} {:<10} {:<20} {detail}",
-            job.id,
-            job.state,
-            job.builder,
-            job.created_at.format("%Y-%m-%d %H:%M:%S")
-        );
-    }
     Ok(true)
 }
 
@@ -306,20 +304,43 @@ pub async fn builders(client: &Client, as_json: bool) -> Result<bool, String> {
         print_json(&builders);
         return Ok(true);
     }
-    println!(
-        "{:<12} {:<10} {:<10} DESCRIPTION",
-        "NAME", "VERSION", "SIMULATED"
-    );
-    for b in &builders {
-        println!(
-            "{:<12} {:<10} {:<10} {}",
-            b["name"].as_str().unwrap_or_default(),
-            b["version"].as_str().unwrap_or_default(),
-            if b["simulated"] == true { "yes" } else { "no" },
-            b["description"].as_str().unwrap_or_default()
-        );
-    }
+    let text = |b: &Value, field: &str| b[field].as_str().unwrap_or_default().to_string();
+    let rows = builders.iter().map(|b| {
+        vec![
+            text(b, "name"),
+            text(b, "version"),
+            (if b["simulated"] == true { "yes" } else { "no" }).to_string(),
+            text(b, "description"),
+        ]
+    });
+    print_table(&["NAME", "VERSION", "SIMULATED", "DESCRIPTION"], rows);
     Ok(true)
+}
+
+/// Prints `rows` under `header`, each column as wide as its widest cell
+/// (the last one left ragged).
+fn print_table(header: &[&str], rows: impl Iterator<Item = Vec<String>>) {
+    let rows: Vec<Vec<String>> = std::iter::once(header.iter().map(|h| h.to_string()).collect())
+        .chain(rows)
+        .collect();
+    let mut widths = vec![0; header.len()];
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    for row in rows {
+        let last = row.len().saturating_sub(1);
+        let line: Vec<String> = row
+            .iter()
+            .enumerate()
+            .map(|(i, cell)| match i == last {
+                true => cell.clone(),
+                false => format!("{cell:<width$}", width = widths[i]),
+            })
+            .collect();
+        println!("{}", line.join("  "));
+    }
 }
 
 fn print_json(value: &impl serde::Serialize) {

@@ -9,6 +9,7 @@ use chrono::Utc;
 use common::{config, finished, simulated, start, until_running};
 use helix_build::config::StoreLocation;
 use helix_build::job::{Job, JobId, JobRequest, State, SubmitPolicy};
+use helix_build::service::ServiceError;
 use helix_build::store::{JobStore, SqliteStore};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -50,7 +51,10 @@ async fn a_restart_shows_the_same_history_and_logs() {
             ..simulated(0)
         })
         .await;
-    assert!(duplicate.is_err());
+    assert!(
+        matches!(&duplicate, Err(ServiceError::Duplicate(id)) if *id == ok.id),
+        "{duplicate:?}"
+    );
 }
 
 /// A job left `running` in the store, as a process killed mid-build leaves it.

@@ -12,8 +12,7 @@ use helix_build::service::ServiceError;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eighty_concurrent_submits_on_eight_workers_none_lost_or_duplicated() {
-    let dir = tempfile::tempdir().unwrap();
-    let service = start(&config(&dir, 8, 100)).await;
+    let (_dir, service) = common::service(8, 100).await;
 
     let mut submits = tokio::task::JoinSet::new();
     for i in 0..80 {
@@ -55,8 +54,7 @@ async fn eighty_concurrent_submits_on_eight_workers_none_lost_or_duplicated() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicate_id_is_refused_and_changes_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let service = start(&config(&dir, 1, 10)).await;
+    let (_dir, service) = common::service(1, 10).await;
     let first = service
         .submit(JobRequest {
             id: Some("same".into()),
@@ -83,8 +81,7 @@ async fn duplicate_id_is_refused_and_changes_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_queue_refuses_and_registers_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let service = start(&config(&dir, 1, 2)).await;
+    let (_dir, service) = common::service(1, 2).await;
     let running = service.submit(simulated(60_000)).await.unwrap();
     until_running(&service, &running.id).await;
     service.submit(simulated(0)).await.unwrap();
@@ -113,8 +110,7 @@ async fn full_queue_refuses_and_registers_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelling_a_queued_job_ends_it_without_running() {
-    let dir = tempfile::tempdir().unwrap();
-    let service = start(&config(&dir, 1, 10)).await;
+    let (_dir, service) = common::service(1, 10).await;
     let blocker = service.submit(simulated(60_000)).await.unwrap();
     until_running(&service, &blocker.id).await;
     let queued = service.submit(simulated(0)).await.unwrap();
@@ -137,8 +133,7 @@ async fn cancelling_a_queued_job_ends_it_without_running() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelling_a_running_job_ends_it_within_a_second() {
-    let dir = tempfile::tempdir().unwrap();
-    let service = start(&config(&dir, 2, 10)).await;
+    let (_dir, service) = common::service(2, 10).await;
     let job = service.submit(simulated(60_000)).await.unwrap();
     until_running(&service, &job.id).await;
 
@@ -160,8 +155,7 @@ async fn cancelling_a_running_job_ends_it_within_a_second() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelling_an_ended_job_is_an_error() {
-    let dir = tempfile::tempdir().unwrap();
-    let service = start(&config(&dir, 1, 10)).await;
+    let (_dir, service) = common::service(1, 10).await;
     let job = service.submit(simulated(0)).await.unwrap();
     let done = finished(&service, &job.id).await;
     let err = service.cancel(job.id.as_str()).await.unwrap_err();
@@ -188,8 +182,7 @@ async fn cancelling_an_ended_job_is_an_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wait_returns_current_state_at_timeout_then_terminal() {
-    let dir = tempfile::tempdir().unwrap();
-    let service = start(&config(&dir, 1, 10)).await;
+    let (_dir, service) = common::service(1, 10).await;
     let job = service.submit(simulated(1_500)).await.unwrap();
     let early = service
         .wait(job.id.as_str(), Duration::from_millis(100))
@@ -209,8 +202,7 @@ async fn wait_returns_current_state_at_timeout_then_terminal() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panicking_plugin_fails_its_job_with_the_message_and_others_succeed() {
-    let dir = tempfile::tempdir().unwrap();
-    let service = start(&config(&dir, 2, 20)).await;
+    let (_dir, service) = common::service(2, 20).await;
     let mut good = Vec::new();
     let mut bad = Vec::new();
     for _ in 0..3 {
@@ -243,8 +235,7 @@ async fn a_panicking_plugin_fails_its_job_with_the_message_and_others_succeed() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spinning_plugin_times_out_while_the_host_stays_responsive() {
-    let dir = tempfile::tempdir().unwrap();
-    let service = start(&config(&dir, 3, 20)).await;
+    let (_dir, service) = common::service(3, 20).await;
     let mut spinners = Vec::new();
     for _ in 0..2 {
         spinners.push(service.submit(on_builder("spin")).await.unwrap().id);
@@ -284,8 +275,7 @@ async fn a_sleeping_build_over_its_time_limit_times_out() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plugin_over_its_memory_limit_fails_naming_the_limit() {
-    let dir = tempfile::tempdir().unwrap();
-    let service = start(&config(&dir, 2, 10)).await;
+    let (_dir, service) = common::service(2, 10).await;
     let hog = service.submit(on_builder("hog")).await.unwrap();
     let normal = service.submit(simulated(0)).await.unwrap();
     let job = finished(&service, &hog.id).await;
@@ -301,8 +291,7 @@ async fn a_plugin_over_its_memory_limit_fails_naming_the_limit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simulated_failure_is_reported_as_a_build_error() {
-    let dir = tempfile::tempdir().unwrap();
-    let service = start(&config(&dir, 1, 10)).await;
+    let (_dir, service) = common::service(1, 10).await;
     let mut request = simulated(0);
     request
         .build_args
@@ -319,8 +308,7 @@ async fn simulated_failure_is_reported_as_a_build_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simulated_output_is_marked_and_validated() {
-    let dir = tempfile::tempdir().unwrap();
-    let service = start(&config(&dir, 1, 10)).await;
+    let (_dir, service) = common::service(1, 10).await;
     let job = service
         .submit(JobRequest {
             id: Some("sim-1".into()),
@@ -397,8 +385,7 @@ async fn operator_delay_setting_is_honoured_and_invalid_values_fail_the_job() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_submissions_store_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let service = start(&config(&dir, 1, 10)).await;
+    let (_dir, service) = common::service(1, 10).await;
     let cases = [
         (
             "id",
@@ -458,8 +445,7 @@ async fn invalid_submissions_store_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_lets_jobs_finish_within_grace_then_cancels_the_rest() {
-    let dir = tempfile::tempdir().unwrap();
-    let service = start(&config(&dir, 2, 10)).await;
+    let (_dir, service) = common::service(2, 10).await;
     let quick = service.submit(simulated(300)).await.unwrap();
     let slow = service.submit(simulated(60_000)).await.unwrap();
     until_running(&service, &quick.id).await;
@@ -477,17 +463,4 @@ async fn stop_lets_jobs_finish_within_grace_then_cancels_the_rest() {
         service.submit(simulated(0)).await,
         Err(ServiceError::ShuttingDown)
     ));
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn snapshots_are_independent_of_the_service() {
-    let dir = tempfile::tempdir().unwrap();
-    let service = start(&config(&dir, 1, 10)).await;
-    let submitted = service.submit(simulated(0)).await.unwrap();
-    let mut snapshot = service.get(submitted.id.as_str()).await.unwrap();
-    snapshot.repo_url = "https://changed.example/x".into();
-    snapshot.state = State::Failed;
-    let job = finished(&service, &submitted.id).await;
-    assert_eq!(job.repo_url, submitted.repo_url);
-    assert_eq!(job.state, State::Succeeded);
 }

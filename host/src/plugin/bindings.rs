@@ -1,8 +1,8 @@
-//! Host bindings generated from `wit/`, the single source of the plugin
-//! contract.
+//! Host bindings generated from `wit/current` (the newest published
+//! version of the plugin contract, its single source).
 
 wasmtime::component::bindgen!({
-    path: "../wit",
+    path: "../wit/current",
     world: "helix:build/builder",
     imports: { "helix:build/command-runner.run": async },
     exports: { default: async },
@@ -14,7 +14,7 @@ pub use helix::build::job_context;
 pub use helix::build::types::{BuildArg, Platform};
 
 /// The version of `helix:build` this host implements, read from
-/// `wit/world.wit` by `build.rs`.
+/// `wit/current/world.wit` by `build.rs`.
 pub const WIT_VERSION: &str = env!("HELIX_WIT_VERSION");
 /// The WIT package name, without version.
 pub const WIT_PACKAGE: &str = "helix:build";

@@ -57,9 +57,7 @@ pub enum Built {
 /// leak into the next.
 pub struct Builder {
     info: BuilderInfo,
-    name: Arc<str>,
     code: Code,
-    limits: Limits,
     settings: Arc<BTreeMap<String, String>>,
     grants: Arc<GrantPolicy>,
     instantiations: Timings,
@@ -145,9 +143,7 @@ impl Builder {
                 },
                 network: source.network,
             },
-            name: source.name.as_str().into(),
             code: Code::Component { engine, pre },
-            limits: source.limits,
             settings: Arc::new(source.settings),
             grants: Arc::new(source.grants),
             instantiations: Timings::default(),
@@ -179,9 +175,7 @@ impl Builder {
                 grants: GrantSummary::default(),
                 network: crate::network::BuildNetwork::None,
             },
-            name: name.into(),
             code: Code::Native(build),
-            limits,
             settings: Arc::default(),
             grants: Arc::default(),
             instantiations: Timings::default(),
@@ -190,10 +184,6 @@ impl Builder {
 
     pub fn info(&self) -> &BuilderInfo {
         &self.info
-    }
-
-    pub fn limits(&self) -> Limits {
-        self.limits
     }
 
     /// What this builder's build steps may reach.
@@ -221,7 +211,7 @@ impl Builder {
         };
         let log = Arc::new(JobLog::new(INFO_LOG_LINES));
         let host = JobHost::new(JobHostParts {
-            builder: self.name.clone(),
+            builder: self.info.name.as_str().into(),
             log: log.clone(),
             cancel: CancelSignal::new(),
             settings: self.settings.clone(),
@@ -229,7 +219,7 @@ impl Builder {
             workspace: None,
             program_env: BTreeMap::new(),
             secrets: SecretFiles::new(),
-            memory_limit: self.limits.memory_bytes,
+            memory_limit: self.info.limits.memory_bytes,
         })
         .map_err(|e| e.to_string())?;
         let mut store = Self::new_store(engine, host);
@@ -273,7 +263,7 @@ impl Builder {
             }
         };
         let host = match JobHost::new(JobHostParts {
-            builder: self.name.clone(),
+            builder: self.info.name.as_str().into(),
             log: ctx.log.clone(),
             cancel: ctx.cancel.clone(),
             settings: self.settings.clone(),
@@ -281,7 +271,7 @@ impl Builder {
             workspace: Some(&ctx.workspace),
             program_env: ctx.program_env.clone(),
             secrets: ctx.secrets.clone(),
-            memory_limit: self.limits.memory_bytes,
+            memory_limit: self.info.limits.memory_bytes,
         }) {
             Ok(host) => host,
             Err(e) => {
@@ -304,7 +294,7 @@ impl Builder {
                 .map_err(CallError::Instantiate)?;
             let took = started.elapsed();
             self.instantiations.record(took);
-            tracing::debug!(builder = %self.name, micros = took.as_micros() as u64, "instantiated builder");
+            tracing::debug!(builder = %self.info.name, micros = took.as_micros() as u64, "instantiated builder");
             instance
                 .call_build(&mut store, &wit_job)
                 .await
@@ -315,7 +305,7 @@ impl Builder {
         let returned = tokio::select! {
             biased;
             reason = ctx.cancel.cancelled() => return Err(Outcome::Cancelled { reason }),
-            returned = tokio::time::timeout(self.limits.timeout, call) => returned,
+            returned = tokio::time::timeout(self.info.limits.timeout, call) => returned,
         };
         let stderr_tail = store.data().stderr.finish();
         store.data().stdout.finish();
@@ -324,9 +314,9 @@ impl Builder {
             Err(_elapsed) => Outcome::TimedOut {
                 message: format!(
                     "builder '{}' ran longer than its limit of {}s (builders.{}.timeout_secs)",
-                    self.name,
-                    self.limits.timeout.as_secs(),
-                    self.name
+                    self.info.name,
+                    self.info.limits.timeout.as_secs(),
+                    self.info.name
                 ),
             },
             Ok(Ok(Ok(output))) => return self.validate(job, output, &ctx.workspace),
@@ -335,22 +325,22 @@ impl Builder {
                 FailureKind::Limit,
                 format!(
                     "builder '{}' needed more memory than its limit of {} MiB (builders.{}.memory_mib)",
-                    self.name,
-                    self.limits.memory_bytes >> 20,
-                    self.name
+                    self.info.name,
+                    self.info.limits.memory_bytes >> 20,
+                    self.info.name
                 ),
             ),
             Ok(Err(CallError::Instantiate(e))) if e.downcast_ref::<Trap>().is_none() => {
                 Outcome::failed(
                     FailureKind::Host,
-                    format!("could not start builder '{}': {e:#}", self.name),
+                    format!("could not start builder '{}': {e:#}", self.info.name),
                 )
             }
             Ok(Err(CallError::Instantiate(e) | CallError::Trap(e))) => Outcome::failed(
                 FailureKind::Plugin,
                 format!(
                     "builder '{}' crashed: {}",
-                    self.name,
+                    self.info.name,
                     crash_message(&e, &stderr_tail)
                 ),
             ),
@@ -364,7 +354,7 @@ impl Builder {
         let fault = |message: String| {
             Outcome::failed(
                 FailureKind::Plugin,
-                format!("builder '{}' {message}", self.name),
+                format!("builder '{}' {message}", self.info.name),
             )
         };
         match (output, self.info.simulated) {
@@ -406,7 +396,7 @@ impl Builder {
                 FailureKind::Plugin,
                 format!(
                     "builder '{}' reported the job cancelled, but nobody cancelled it",
-                    self.name
+                    self.info.name
                 ),
             ),
             BuildError::InvalidJob(m) => (FailureKind::InvalidJob, m),
@@ -414,9 +404,10 @@ impl Builder {
             BuildError::Build(m) => (FailureKind::Build, m),
             BuildError::Registry(m) => (FailureKind::Registry, m),
             BuildError::Denied(m) => (FailureKind::Denied, m),
-            BuildError::Internal(m) => {
-                (FailureKind::Plugin, format!("builder '{}': {m}", self.name))
-            }
+            BuildError::Internal(m) => (
+                FailureKind::Plugin,
+                format!("builder '{}': {m}", self.info.name),
+            ),
         };
         Outcome::failed(kind, message)
     }

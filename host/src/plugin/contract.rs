@@ -45,28 +45,39 @@ fn check_name(name: &str) -> Result<(), String> {
         ));
     };
     if compatible(version, WIT_VERSION) {
-        Ok(())
-    } else {
-        Err(format!(
-            "it was built against {WIT_PACKAGE}@{version}, but this host implements \
-             {WIT_PACKAGE}@{WIT_VERSION}; rebuild the plugin against this host's wit/"
-        ))
+        return Ok(());
     }
+    let what_to_do = if newer(version, WIT_VERSION) {
+        "upgrade helix-build to a version that implements it, or rebuild the plugin against"
+    } else {
+        "this host no longer implements it; rebuild the plugin against"
+    };
+    Err(format!(
+        "it was built against {WIT_PACKAGE}@{version}, but this host implements \
+         {WIT_PACKAGE}@{WIT_VERSION}: {what_to_do} wit/v{WIT_VERSION}"
+    ))
+}
+
+/// (major, minor, patch) of a version, pre-release and build ignored.
+fn parse(version: &str) -> Option<(u64, u64, u64)> {
+    let core = version.split(['-', '+']).next()?;
+    let mut parts = core.split('.').map(|p| p.parse().ok());
+    let parsed = (parts.next()??, parts.next()??, parts.next()??);
+    parts.next().is_none().then_some(parsed)
+}
+
+/// Whether `plugin` is a later version than `host`.
+fn newer(plugin: &str, host: &str) -> bool {
+    matches!((parse(plugin), parse(host)), (Some(p), Some(h)) if p > h)
 }
 
 /// Semver compatibility of a plugin's version with the host's.
 fn compatible(plugin: &str, host: &str) -> bool {
-    let parse = |v: &str| -> Option<(u64, u64)> {
-        let core = v.split(['-', '+']).next()?;
-        let mut parts = core.split('.');
-        let major = parts.next()?.parse().ok()?;
-        let minor = parts.next()?.parse().ok()?;
-        parts.next()?.parse::<u64>().ok()?;
-        Some((major, minor))
-    };
     match (parse(plugin), parse(host)) {
         // A plugin built for a newer minor may import what this host lacks.
-        (Some((pm, pn)), Some((hm, hn))) => pm == hm && (if hm > 0 { pn <= hn } else { pn == hn }),
+        (Some((pm, pn, _)), Some((hm, hn, _))) => {
+            pm == hm && (if hm > 0 { pn <= hn } else { pn == hn })
+        }
         _ => false,
     }
 }
@@ -100,6 +111,61 @@ mod tests {
         assert!(
             err.contains("helix:build@0.9.0") && err.contains(WIT_VERSION),
             "{err}"
+        );
+        assert!(err.contains("upgrade helix-build"), "{err}");
+        let err = check_name(&format!("{WIT_PACKAGE}/job-context@0.2.0")).unwrap_err();
+        assert!(err.contains("no longer implements"), "{err}");
+        assert!(err.ends_with(&format!("wit/v{WIT_VERSION}")), "{err}");
+    }
+
+    /// Each published version of the contract, by its folder in wit/, and
+    /// the digest of its files: a component built against one relies on
+    /// every byte of it. A change is a new version, in a new folder.
+    const PUBLISHED: &[(&str, &str)] = &[
+        (
+            "v0.2.0",
+            "bd9c8c96ef5d344e95be881150f5d9ed24a3825d2bd89bfdb9caac124d0abe60",
+        ),
+        (
+            "v0.3.0",
+            "b1e17fb3e006a0a917e5bedff1b5531c19bacd9fc919afea1b444040e8ffae9f",
+        ),
+    ];
+
+    #[test]
+    fn published_contracts_are_frozen() {
+        use sha2::Digest as _;
+        let wit = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../wit");
+        let mut folders: Vec<String> = std::fs::read_dir(&wit)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|name| name.starts_with('v'))
+            .collect();
+        folders.sort();
+        let recorded: Vec<&str> = PUBLISHED.iter().map(|(folder, _)| *folder).collect();
+        assert_eq!(folders, recorded, "record a new version's digest here");
+        for (folder, digest) in PUBLISHED {
+            let mut files: Vec<_> = std::fs::read_dir(wit.join(folder))
+                .unwrap()
+                .flatten()
+                .map(|e| e.path())
+                .collect();
+            files.sort();
+            let mut hasher = sha2::Sha256::new();
+            for file in files {
+                hasher.update(format!("{}\n", file.file_name().unwrap().to_string_lossy()));
+                hasher.update(std::fs::read(&file).unwrap());
+            }
+            assert_eq!(
+                hex::encode(hasher.finalize()),
+                *digest,
+                "wit/{folder} changed after it was published; put the change in a new version"
+            );
+        }
+        assert_eq!(
+            std::fs::read_link(wit.join("current")).unwrap(),
+            std::path::Path::new(&format!("v{WIT_VERSION}"))
         );
     }
 }

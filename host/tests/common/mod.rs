@@ -120,6 +120,15 @@ pub async fn start(config: &Config) -> Service {
     app::start(config).await.expect("service starts")
 }
 
+/// A service on the test config with `workers` workers and room for
+/// `queue_capacity` queued jobs, in a data directory of its own (kept as
+/// long as the returned directory lives).
+pub async fn service(workers: usize, queue_capacity: usize) -> (tempfile::TempDir, Service) {
+    let dir = tempfile::tempdir().unwrap();
+    let service = start(&config(&dir, workers, queue_capacity)).await;
+    (dir, service)
+}
+
 /// A submission for the simulated builder.
 pub fn simulated(delay_ms: u64) -> JobRequest {
     let mut build_args = BTreeMap::new();

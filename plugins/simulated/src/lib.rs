@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 
 wit_bindgen::generate!({
-    path: "../../wit",
+    path: "../../wit/current",
     world: "helix:build/builder",
 });
 

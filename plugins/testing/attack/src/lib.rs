@@ -6,7 +6,7 @@
 //! tests treat as an escape.
 
 wit_bindgen::generate!({
-    path: "../../../wit",
+    path: "../../../wit/current",
     world: "helix:build/builder",
 });
 

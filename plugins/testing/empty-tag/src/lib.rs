@@ -2,7 +2,7 @@
 //! The host must not believe it.
 
 wit_bindgen::generate!({
-    path: "../../../wit",
+    path: "../../../wit/current",
     world: "helix:build/builder",
 });
 

@@ -5,7 +5,7 @@
 //! with an internal error naming what got through otherwise.
 
 wit_bindgen::generate!({
-    path: "../../../wit",
+    path: "../../../wit/current",
     world: "helix:build/builder",
 });
 

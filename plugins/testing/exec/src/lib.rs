@@ -10,7 +10,7 @@
 //! exit ends it as a build error.
 
 wit_bindgen::generate!({
-    path: "../../../wit",
+    path: "../../../wit/current",
     world: "helix:build/builder",
 });
 

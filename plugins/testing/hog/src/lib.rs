@@ -5,7 +5,7 @@
 //! `failed` with an error naming the limit, and keep serving other jobs.
 
 wit_bindgen::generate!({
-    path: "../../../wit",
+    path: "../../../wit/current",
     world: "helix:build/builder",
 });
 

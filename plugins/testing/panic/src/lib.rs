@@ -4,7 +4,7 @@
 //! serving other jobs.
 
 wit_bindgen::generate!({
-    path: "../../../wit",
+    path: "../../../wit/current",
     world: "helix:build/builder",
 });
 

@@ -2,7 +2,7 @@
 //! `sh -c`, first bare, then as the arguments of a granted `sh -c echo`.
 
 wit_bindgen::generate!({
-    path: "../../../wit",
+    path: "../../../wit/current",
     world: "helix:build/builder",
 });
 

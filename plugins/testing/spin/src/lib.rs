@@ -5,7 +5,7 @@
 //! stay responsive while it spins.
 
 wit_bindgen::generate!({
-    path: "../../../wit",
+    path: "../../../wit/current",
     world: "helix:build/builder",
 });
 

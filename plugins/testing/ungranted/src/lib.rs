@@ -2,7 +2,7 @@
 //! passes the host's refusal on as its error.
 
 wit_bindgen::generate!({
-    path: "../../../wit",
+    path: "../../../wit/current",
     world: "helix:build/builder",
 });
 

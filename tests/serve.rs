@@ -773,11 +773,11 @@ fn cli_lists_shows_cancels_and_reads_logs() {
     submit(&server, "short", json!({}));
     server.json("GET", "/v1/jobs/short/wait?timeout_secs=20", None);
     // A generated id: 36 characters.
-    let (status, _) = server.json(
-        "POST",
-        "/v1/jobs",
-        Some(&json!({"repo_url": "https://h/r"})),
-    );
+    let generated = json!({
+        "repo_url": "https://h/r",
+        "build_args": {"HELIX_SIMULATE_DELAY_MS": "60000"}
+    });
+    let (status, _) = server.json("POST", "/v1/jobs", Some(&generated));
     assert_eq!(status, 201);
 
     let (ok, out, _) = cli(&server, None, &["jobs"]);

@@ -101,7 +101,6 @@ impl JobQueue for LocalQueue {
                 1 => Vec::new(),
                 _ => self.store.log(job.id.as_str()).await?,
             };
-            self.announce(Notice::Changed(job.id.to_string()));
             Ok(Some(StoredJob { job, log }))
         }
         .boxed()

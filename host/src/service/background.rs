@@ -114,10 +114,9 @@ pub(super) async fn relay(
     state: watch::Sender<State>,
     mut seen: usize,
 ) {
-    let Some(notices) = inner.upgrade().map(|i| i.config.queue.notices()) else {
+    let Some(mut changes) = inner.upgrade().map(|i| i.changes()) else {
         return;
     };
-    let mut changes = Changes::new(notices);
     while !state.is_closed() {
         let Some(service) = inner.upgrade() else {
             return;
@@ -181,16 +180,31 @@ async fn relay_live(
 /// News of changes to jobs that are not running here.
 pub(super) struct Changes {
     notices: broadcast::Receiver<Notice>,
+    /// Ids of jobs a worker of this host claimed.
+    adopted: broadcast::Receiver<JobId>,
 }
 
 impl Changes {
-    pub(super) fn new(notices: broadcast::Receiver<Notice>) -> Self {
-        Changes { notices }
+    pub(super) fn new(
+        notices: broadcast::Receiver<Notice>,
+        adopted: broadcast::Receiver<JobId>,
+    ) -> Self {
+        Changes { notices, adopted }
     }
 
-    /// Returns when job `id` may have changed: the queue said so, or
-    /// `IDLE_POLL` passed without a word.
+    /// Returns when job `id` may have changed: the queue said so, a worker
+    /// here claimed it, or `IDLE_POLL` passed without a word.
     pub(super) async fn next(&mut self, id: &str) {
+        let adopted = async {
+            loop {
+                match self.adopted.recv().await {
+                    Ok(adopted) if adopted.as_str() == id => return,
+                    Err(broadcast::error::RecvError::Lagged(_)) => return,
+                    Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
+                    Ok(_) => {}
+                }
+            }
+        };
         let changed = async {
             loop {
                 match self.notices.recv().await {
@@ -201,6 +215,12 @@ impl Changes {
                 }
             }
         };
-        let _ = tokio::time::timeout(IDLE_POLL, changed).await;
+        let _ = tokio::time::timeout(IDLE_POLL, async {
+            tokio::select! {
+                () = changed => {}
+                () = adopted => {}
+            }
+        })
+        .await;
     }
 }

@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use chrono::Utc;
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, broadcast, watch};
 use tokio::task::JoinSet;
 
 use crate::job::{InvalidJob, Job, JobId, JobRequest, Outcome, State, SubmitPolicy};
@@ -137,6 +137,9 @@ struct Inner {
     stopping: AtomicBool,
     /// Wakes idle workers: new work, or stopping.
     work: Notify,
+    /// Tells those waiting for a job that was not running here that a
+    /// worker of this host claimed it (its id).
+    adopted: broadcast::Sender<JobId>,
     workers: tokio::sync::Mutex<JoinSet<()>>,
 }
 
@@ -153,6 +156,7 @@ impl Service {
             table: Mutex::new(Table::new()),
             stopping: AtomicBool::new(false),
             work: Notify::new(),
+            adopted: broadcast::channel(1024).0,
             workers: tokio::sync::Mutex::new(JoinSet::new()),
             config,
         });
@@ -373,7 +377,7 @@ impl Service {
     /// snapshot (terminal, or its current state at the timeout).
     pub async fn wait(&self, id: &str, timeout: Duration) -> Result<Job, ServiceError> {
         let deadline = tokio::time::Instant::now() + timeout;
-        let mut changes = Changes::new(self.inner.config.queue.notices());
+        let mut changes = self.inner.changes();
         loop {
             if let Some(mut state) = self.inner.live(id, |entry| entry.state.subscribe()) {
                 let _ =
@@ -441,6 +445,11 @@ impl Inner {
     /// `f` of live job `id`, if it runs here.
     fn live<T>(&self, id: &str, f: impl FnOnce(&Entry) -> T) -> Option<T> {
         self.lock().jobs.get(id).map(f)
+    }
+
+    /// News of changes to jobs that are not running here, from now on.
+    fn changes(&self) -> Changes {
+        Changes::new(self.config.queue.notices(), self.adopted.subscribe())
     }
 
     /// Job `id` from the store.

@@ -43,6 +43,7 @@ impl Inner {
             log: log.clone(),
             cancel: cancel.clone(),
         };
+        let id = job.id.clone();
         self.lock().jobs.insert(
             job.id.clone(),
             Entry {
@@ -52,6 +53,8 @@ impl Inner {
                 cancel: Some(cancel),
             },
         );
+        // Nobody waiting is fine.
+        let _ = self.adopted.send(id);
         claimed
     }
 

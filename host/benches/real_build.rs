@@ -42,7 +42,10 @@ async fn run() {
     };
     config.registries.insert(
         registry.address.clone(),
-        RegistryConfig { tls_verify: false },
+        RegistryConfig {
+            tls_verify: false,
+            ..Default::default()
+        },
     );
     config
         .builders

@@ -73,6 +73,7 @@ pub async fn start_with(
         PluginRuntime::load(sources, &ComponentCache::new(config.cache_dir()), sizing).await?;
     extend(&mut runtime);
     let secrets = config.build_secrets()?;
+    let registries = Arc::new(config.registry_settings());
     let service_config = ServiceConfig {
         workers: config.workers,
         queue_capacity: config.queue_capacity,
@@ -89,10 +90,8 @@ pub async fn start_with(
         queue,
         secrets,
         max_attempts: config.max_attempts,
-        publisher: Publisher::new(
-            config.insecure_registries(),
-            config.registry_auth_file.clone(),
-        ),
+        publisher: Publisher::new(registries.clone()),
+        registries,
         checkout: Checkout {
             allow_file_repos: config.allow_file_repos,
         },

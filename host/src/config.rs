@@ -13,6 +13,7 @@ use crate::builtin;
 use crate::exec::{Grants, ValuePolicy};
 use crate::network::BuildNetwork;
 use crate::plugin::{BuilderSource, Limits, Origin};
+use crate::registry::RegistrySettings;
 use crate::secrets::{BuildSecrets, SecretSource};
 
 /// The whole configuration. `Config::default()` is what `helix-build serve`
@@ -96,11 +97,17 @@ pub struct RegistryConfig {
     /// `false` for a registry served over plain HTTP or with a certificate
     /// that cannot be verified.
     pub tls_verify: bool,
+    /// Registries (`host[:port][/path]`) base images of this one are
+    /// pulled from first, in order, falling back to this one.
+    pub mirrors: Vec<String>,
 }
 
 impl Default for RegistryConfig {
     fn default() -> Self {
-        RegistryConfig { tls_verify: true }
+        RegistryConfig {
+            tls_verify: true,
+            mirrors: Vec::new(),
+        }
     }
 }
 
@@ -269,6 +276,21 @@ impl Config {
                 ));
             }
         }
+        for (host, registry) in &self.registries {
+            let probe = |location: &str| {
+                crate::reference::validate_image_ref(&format!("{location}/probe")).is_ok()
+            };
+            if host.contains('/') || !probe(host) {
+                return invalid(format!(
+                    "registries.\"{host}\" must be a registry's host[:port], e.g. registry.example.com:5000"
+                ));
+            }
+            if let Some(mirror) = registry.mirrors.iter().find(|m| !probe(m)) {
+                return invalid(format!(
+                    "registries.\"{host}\".mirrors: {mirror:?} must be host[:port][/path]"
+                ));
+            }
+        }
         if let Some(registry) = &self.default_registry {
             let probe = format!("{registry}/probe");
             if registry.is_empty() || crate::reference::validate_image_ref(&probe).is_err() {
@@ -397,13 +419,9 @@ impl Config {
         }
     }
 
-    /// Registries configured with `tls_verify = false`.
-    pub fn insecure_registries(&self) -> Vec<String> {
-        self.registries
-            .iter()
-            .filter(|(_, r)| !r.tls_verify)
-            .map(|(host, _)| host.clone())
-            .collect()
+    /// How the host and its builds reach registries.
+    pub fn registry_settings(&self) -> RegistrySettings {
+        RegistrySettings::new(self.registries.clone(), self.registry_auth_file.clone())
     }
 
     pub fn cache_dir(&self) -> PathBuf {

@@ -5,8 +5,9 @@
 //! - `workspace/` — the builder's `/workspace`, read-only to its own code:
 //!   the host's checkout and what granted programs write there. Programs
 //!   run in it and every path argument must resolve inside it.
-//! - `state/` — container storage (`storage/`, `run/`, `storage.conf`)
-//!   and the job's build secrets (`secrets/`).
+//! - `state/` — container storage (`storage/`, `run/`, `storage.conf`),
+//!   the registry settings builds use (`registries.conf`) and the job's
+//!   build secrets (`secrets/`).
 //!   Every program of the job gets `CONTAINERS_STORAGE_CONF` pointing at
 //!   it, so podman and buildah keep images and layers per job, and no
 //!   builder can plant links in, or point a tool at, storage it made up.
@@ -17,22 +18,30 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::registry::RegistrySettings;
+
 /// One job's directories, created fresh.
 #[derive(Debug, Clone)]
 pub struct JobDirs {
     root: PathBuf,
+    /// What every program of the job gets, over its grants.
+    program_env: BTreeMap<String, String>,
 }
 
 impl JobDirs {
-    /// Creates `root` with an empty workspace and container state (what an
-    /// earlier attempt left there is removed first).
-    pub fn create(root: PathBuf) -> std::io::Result<Self> {
+    /// Creates `root` with an empty workspace and container state that
+    /// reaches registries as `registries` says (what an earlier attempt
+    /// left there is removed first).
+    pub fn create(root: PathBuf, registries: &RegistrySettings) -> std::io::Result<Self> {
         match std::fs::remove_dir_all(&root) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
-        let dirs = JobDirs { root };
+        let mut dirs = JobDirs {
+            root,
+            program_env: BTreeMap::new(),
+        };
         std::fs::create_dir_all(dirs.workspace())?;
         let state = dirs.state();
         std::fs::create_dir_all(&state)?;
@@ -47,6 +56,13 @@ impl JobDirs {
                 state.join("run").display().to_string(),
             ),
         )?;
+        let registries_conf = state.join("registries.conf");
+        std::fs::write(&registries_conf, registries.registries_conf())?;
+        dirs.program_env = registries.program_env(&registries_conf);
+        dirs.program_env.insert(
+            "CONTAINERS_STORAGE_CONF".into(),
+            dirs.storage_conf().display().to_string(),
+        );
         Ok(dirs)
     }
 
@@ -70,12 +86,9 @@ impl JobDirs {
     }
 
     /// Variables every program of the job gets, over anything the grants
-    /// or the builder set.
+    /// or the builder set: its container storage and registry settings.
     pub fn program_env(&self) -> BTreeMap<String, String> {
-        BTreeMap::from([(
-            "CONTAINERS_STORAGE_CONF".to_string(),
-            self.storage_conf().display().to_string(),
-        )])
+        self.program_env.clone()
     }
 
     pub fn root(&self) -> &Path {

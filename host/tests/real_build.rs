@@ -36,13 +36,19 @@ async fn run(service: &Service, request: JobRequest) -> Job {
 /// Copies `reference` (by digest) out of the registry into a directory and
 /// returns what its layers hold at `path`, and its config.
 fn pull(reference: &str, path: &str) -> (String, serde_json::Value) {
+    pull_as(None, reference, path)
+}
+
+/// [`pull`] with `user:password` credentials.
+fn pull_as(creds: Option<&str>, reference: &str, path: &str) -> (String, serde_json::Value) {
     let out = tempfile::tempdir().unwrap();
-    let status = Command::new("skopeo")
-        .args([
-            "copy",
-            "--src-tls-verify=false",
-            &format!("docker://{reference}"),
-        ])
+    let mut copy = Command::new("skopeo");
+    copy.args(["copy", "--src-tls-verify=false"]);
+    if let Some(creds) = creds {
+        copy.arg(format!("--src-creds={creds}"));
+    }
+    let status = copy
+        .arg(format!("docker://{reference}"))
         .arg(format!("dir:{}", out.path().display()))
         .stdout(Stdio::null())
         .status()
@@ -186,16 +192,23 @@ async fn failures_say_whose_fault_they_are() {
     let mut config = common::real_config(&dir, &registry.address);
     config.registries.insert(
         read_only.address.clone(),
-        RegistryConfig { tls_verify: false },
+        RegistryConfig {
+            tls_verify: false,
+            ..Default::default()
+        },
     );
     let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .to_string();
-    config
-        .registries
-        .insert(closed_port.clone(), RegistryConfig { tls_verify: false });
+    config.registries.insert(
+        closed_port.clone(),
+        RegistryConfig {
+            tls_verify: false,
+            ..Default::default()
+        },
+    );
     let service = start(&config).await;
 
     let cases = [
@@ -412,5 +425,123 @@ async fn context_target_labels_and_a_build_secret_reach_the_build_and_the_secret
         let error = job.error.unwrap();
         assert!(error.starts_with("invalid job: "), "{error}");
         assert!(error.contains(problem), "{error}");
+    }
+}
+
+/// Builds `FROM scratch` + busybox as an image and pushes it to
+/// `reference` with `creds`, in a container storage of its own (the test
+/// itself makes the base image a team would keep in its registry).
+fn push_base_image(reference: &str, creds: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy("/bin/busybox", dir.path().join("busybox")).unwrap();
+    std::fs::write(
+        dir.path().join("Dockerfile"),
+        "FROM scratch\nCOPY busybox /bin/busybox\n",
+    )
+    .unwrap();
+    let root = dir.path().join("storage");
+    let storage = [
+        format!("--root={}", root.join("graph").display()),
+        format!("--runroot={}", root.join("run").display()),
+        "--storage-driver=vfs".to_string(),
+    ];
+    let podman = |args: &[&str]| {
+        let all: Vec<&str> = storage
+            .iter()
+            .map(String::as_str)
+            .chain(args.iter().copied())
+            .collect();
+        helix_fixtures::run(dir.path(), "podman", &all);
+    };
+    podman(&["build", "-q", "-t", "localhost/base", "."]);
+    podman(&[
+        "push",
+        "--tls-verify=false",
+        &format!("--creds={creds}"),
+        "localhost/base",
+        &format!("docker://{reference}"),
+    ]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_private_base_image_is_pulled_and_the_result_pushed_with_the_operators_credentials() {
+    const PASSWORD: &str = "pr1vate-Passw0rd";
+    let registry = helix_fixtures::Registry::with_password("helix", PASSWORD);
+    let creds = format!("helix:{PASSWORD}");
+    let base = format!("{}/platform/busybox:1", registry.address);
+    push_base_image(&base, &creds);
+
+    let repo = tempfile::tempdir().unwrap();
+    std::fs::write(
+        repo.path().join("Dockerfile"),
+        format!(
+            "FROM {base}\nRUN [\"/bin/busybox\", \"sh\", \"-c\", \"echo on-the-private-base > /proof\"]\n"
+        ),
+    )
+    .unwrap();
+    helix_fixtures::git(repo.path(), &["init", "-q", "-b", "main"]);
+    helix_fixtures::git(repo.path(), &["add", "-A"]);
+    helix_fixtures::git(repo.path(), &["commit", "-qm", "private base"]);
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::real_config(&dir, &registry.address);
+    let request = |builder: &str| JobRequest {
+        repo_url: format!("file://{}", repo.path().display()),
+        builder: Some(builder.into()),
+        ..JobRequest::default()
+    };
+
+    // Without credentials the pull is refused, and the job says it was
+    // the registry.
+    let service = start(&config).await;
+    let job = run(&service, request("podman")).await;
+    assert_eq!(job.state, State::Failed);
+    let error = job.error.unwrap();
+    assert!(error.starts_with("registry error: "), "{error}");
+    service.stop(Duration::from_secs(5)).await;
+
+    // As an operator would write it: `skopeo login` (as `podman login`).
+    let auth = dir.path().join("auth.json");
+    helix_fixtures::run(
+        dir.path(),
+        "skopeo",
+        &[
+            "login",
+            "--tls-verify=false",
+            "--authfile",
+            &auth.display().to_string(),
+            "--username",
+            "helix",
+            "--password",
+            PASSWORD,
+            &registry.address,
+        ],
+    );
+    let stored: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&auth).unwrap()).unwrap();
+    let encoded = stored["auths"][&registry.address]["auth"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    config.registry_auth_file = Some(auth);
+    let service = start(&config.validated().unwrap()).await;
+    for builder in ["podman", "buildah"] {
+        let (job, logs) = common::run_logged(&service, request(builder)).await;
+        assert_eq!(job.state, State::Succeeded, "{builder}: {:?}", job.error);
+        let reference = format!(
+            "{}@{}",
+            image_name(job.image_tag.as_deref().unwrap()),
+            job.digest.clone().unwrap()
+        );
+        let (proof, _) = pull_as(Some(&creds), &reference, "proof");
+        assert_eq!(proof, "on-the-private-base\n", "{builder}");
+        let everything = format!(
+            "{}\n{}",
+            logs.join("\n"),
+            serde_json::to_string(&job).unwrap()
+        );
+        for secret in [PASSWORD, encoded.as_str()] {
+            assert!(!everything.contains(secret), "{builder}: {everything}");
+        }
     }
 }

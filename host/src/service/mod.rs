@@ -34,7 +34,7 @@ use crate::job::{InvalidJob, Job, JobId, JobRequest, Outcome, State, SubmitPolic
 use crate::log::{JobLog, Redactor};
 use crate::plugin::PluginRuntime;
 use crate::queue::{JobQueue, LostRun};
-use crate::registry::Publisher;
+use crate::registry::{Publisher, RegistrySettings};
 use crate::secrets::BuildSecrets;
 use crate::source::Checkout;
 use crate::store::{JobStore, StoreError};
@@ -57,6 +57,8 @@ pub struct ServiceConfig {
     pub keep_failed_workspaces: bool,
     /// Pushes what real builders built and confirms it in the registry.
     pub publisher: Publisher,
+    /// How builds reach registries (for their base images).
+    pub registries: Arc<RegistrySettings>,
     /// Checks out real builders' sources.
     pub checkout: Checkout,
     /// Where images of jobs that name none go (`host[:port][/namespace]`).

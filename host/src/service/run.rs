@@ -78,7 +78,7 @@ impl Inner {
             );
         };
         let root = self.config.workspace_dir.join(job.id.as_str());
-        let dirs = match JobDirs::create(root.clone()) {
+        let dirs = match JobDirs::create(root.clone(), &self.config.registries) {
             Ok(dirs) => dirs,
             Err(e) => {
                 return Outcome::failed(

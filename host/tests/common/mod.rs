@@ -89,7 +89,10 @@ pub fn real_config(dir: &tempfile::TempDir, registry: &str) -> Config {
     config.default_registry = Some(format!("{registry}/team"));
     config.registries.insert(
         registry.to_string(),
-        helix_build::config::RegistryConfig { tls_verify: false },
+        helix_build::config::RegistryConfig {
+            tls_verify: false,
+            ..Default::default()
+        },
     );
     config
 }

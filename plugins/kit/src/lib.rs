@@ -163,7 +163,12 @@ pub fn build(tool: Tool, job: Job) -> Result<BuildOutput, BuildError> {
     ));
     args.push(context);
     tool.run(args, |why| {
-        BuildError::Build(format!("{} build failed: {why}", tool.program()))
+        let what = format!("{} build failed: {why}", tool.program());
+        if is_registry_failure(&why) {
+            BuildError::Registry(what)
+        } else {
+            BuildError::Build(what)
+        }
     })?;
 
     let destination = format!("oci:{LAYOUT_DIR}");
@@ -179,6 +184,21 @@ pub fn build(tool: Tool, job: Job) -> Result<BuildOutput, BuildError> {
     })?;
     log(&format!("image left in {LAYOUT_DIR} for the host to push"));
     Ok(BuildOutput::OciLayout(LAYOUT_DIR.into()))
+}
+
+/// Whether a failed build stopped at a registry (pulling a base image)
+/// rather than at a step of the Dockerfile: the phrases podman and buildah
+/// (containers/image) use for those.
+fn is_registry_failure(error: &str) -> bool {
+    const REGISTRY: [&str; 6] = [
+        "initializing source docker://",
+        "pinging container registry",
+        "authentication required",
+        "unauthorized",
+        "manifest unknown",
+        "requested access to the resource is denied",
+    ];
+    !error.contains("building at STEP \"RUN") && REGISTRY.iter().any(|p| error.contains(p))
 }
 
 fn strings(args: &[&str]) -> Vec<String> {

@@ -7,18 +7,19 @@
 //! Uses `skopeo copy` and `skopeo inspect --raw`, which speak the OCI
 //! distribution API with the configured TLS settings and auth file.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sha2::{Digest as _, Sha256};
 
+use super::RegistrySettings;
 use crate::cancel::CancelSignal;
 use crate::exec::{HostCommand, RunError};
 use crate::job::{BuildResult, FailureKind, Outcome};
 use crate::log::JobLog;
 use crate::platform::Platform;
-use crate::reference::registry_of;
 
 /// How long one registry query may take.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -28,18 +29,12 @@ const PUSH_TIMEOUT: Duration = Duration::from_secs(1800);
 /// Pushes images and asks registries what a tag really points to.
 #[derive(Debug, Clone, Default)]
 pub struct Publisher {
-    /// Registries (`host[:port]`) reached without TLS verification.
-    insecure: BTreeSet<String>,
-    /// Credentials, as a containers auth file.
-    auth_file: Option<PathBuf>,
+    registries: Arc<RegistrySettings>,
 }
 
 impl Publisher {
-    pub fn new(insecure: impl IntoIterator<Item = String>, auth_file: Option<PathBuf>) -> Self {
-        Publisher {
-            insecure: insecure.into_iter().collect(),
-            auth_file,
-        }
+    pub fn new(registries: Arc<RegistrySettings>) -> Self {
+        Publisher { registries }
     }
 
     /// Pushes the OCI layout at `layout` (inside a job workspace) to
@@ -63,10 +58,10 @@ impl Publisher {
             "--digestfile".into(),
             "/dev/stdout".into(),
         ];
-        if self.insecure.contains(registry_of(image)) {
+        if self.registries.is_insecure(image) {
             args.push("--dest-tls-verify=false".into());
         }
-        if let Some(file) = &self.auth_file {
+        if let Some(file) = self.registries.auth_file() {
             args.push(format!("--dest-authfile={}", file.display()));
         }
         args.push(format!("oci:{}", layout.display()));
@@ -162,10 +157,10 @@ impl Publisher {
     async fn raw_manifest(&self, tag: &str) -> Result<Vec<u8>, String> {
         let mut command = tokio::process::Command::new("skopeo");
         command.arg("inspect").arg("--raw");
-        if self.insecure.contains(registry_of(tag)) {
+        if self.registries.is_insecure(tag) {
             command.arg("--tls-verify=false");
         }
-        if let Some(file) = &self.auth_file {
+        if let Some(file) = self.registries.auth_file() {
             command.arg("--authfile").arg(file);
         }
         command.arg(format!("docker://{tag}")).kill_on_drop(true);

@@ -1,0 +1,122 @@
+//! Registries: one configuration for every way the host and its builds
+//! reach them ([`RegistrySettings`]), and publishing a build ([`publish`]).
+
+mod publish;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+pub use publish::Publisher;
+
+use crate::config::RegistryConfig;
+use crate::reference::registry_of;
+
+/// How to reach registries: TLS, mirrors and credentials, alike for the
+/// base-image pulls of builds, the host's pushes and its registry checks.
+/// Builds get it per job as a generated `registries.conf` and the auth
+/// file, both outside the workspace, never by editing the host's global
+/// files.
+#[derive(Debug, Clone, Default)]
+pub struct RegistrySettings {
+    /// Per registry (`host[:port]`).
+    registries: BTreeMap<String, RegistryConfig>,
+    /// Credentials, as a containers auth file (`auth.json`).
+    auth_file: Option<PathBuf>,
+}
+
+impl RegistrySettings {
+    pub fn new(registries: BTreeMap<String, RegistryConfig>, auth_file: Option<PathBuf>) -> Self {
+        RegistrySettings {
+            registries,
+            auth_file,
+        }
+    }
+
+    /// Whether `image`'s registry is reached without TLS verification.
+    pub fn is_insecure(&self, image: &str) -> bool {
+        self.registries
+            .get(registry_of(image))
+            .is_some_and(|r| !r.tls_verify)
+    }
+
+    pub fn auth_file(&self) -> Option<&Path> {
+        self.auth_file.as_deref()
+    }
+
+    /// `registries.conf` (containers-registries.conf(5), version 2) for a
+    /// job's build tools: each configured registry with its TLS setting and
+    /// mirrors; short names resolve on Docker Hub, as `docker build` does.
+    pub fn registries_conf(&self) -> String {
+        // TOML basic strings: Debug quoting escapes what they need.
+        let mut text = String::from("unqualified-search-registries = [\"docker.io\"]\n");
+        for (location, registry) in &self.registries {
+            text.push_str(&format!(
+                "\n[[registry]]\nlocation = {location:?}\ninsecure = {}\n",
+                !registry.tls_verify
+            ));
+            for mirror in &registry.mirrors {
+                text.push_str(&format!(
+                    "[[registry.mirror]]\nlocation = {mirror:?}\ninsecure = {}\n",
+                    self.registries
+                        .get(registry_of(&format!("{mirror}/x")))
+                        .is_some_and(|m| !m.tls_verify)
+                ));
+            }
+        }
+        text
+    }
+
+    /// Variables that point a build tool at these settings, given where
+    /// the job's `registries.conf` was written.
+    pub fn program_env(&self, registries_conf: &Path) -> BTreeMap<String, String> {
+        let mut env = BTreeMap::from([(
+            "CONTAINERS_REGISTRIES_CONF".to_string(),
+            registries_conf.display().to_string(),
+        )]);
+        if let Some(file) = &self.auth_file {
+            env.insert("REGISTRY_AUTH_FILE".into(), file.display().to_string());
+        }
+        env
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registries_conf_carries_tls_and_mirrors() {
+        let registries = BTreeMap::from([
+            (
+                "127.0.0.1:5000".to_string(),
+                RegistryConfig {
+                    tls_verify: false,
+                    mirrors: vec!["127.0.0.1:5001/cache".into()],
+                },
+            ),
+            (
+                "127.0.0.1:5001".to_string(),
+                RegistryConfig {
+                    tls_verify: false,
+                    mirrors: Vec::new(),
+                },
+            ),
+            ("registry.example".to_string(), RegistryConfig::default()),
+        ]);
+        let settings = RegistrySettings::new(registries, Some("/etc/helix/auth.json".into()));
+        let conf = settings.registries_conf();
+        let parsed: toml::Value = toml::from_str(&conf).unwrap();
+        let entries = parsed["registry"].as_array().unwrap();
+        assert_eq!(entries[0]["location"].as_str(), Some("127.0.0.1:5000"));
+        assert_eq!(entries[0]["insecure"].as_bool(), Some(true));
+        let mirror = &entries[0]["mirror"][0];
+        assert_eq!(mirror["location"].as_str(), Some("127.0.0.1:5001/cache"));
+        assert_eq!(mirror["insecure"].as_bool(), Some(true));
+        assert_eq!(entries[2]["insecure"].as_bool(), Some(false));
+        assert!(settings.is_insecure("127.0.0.1:5000/team/app:1"));
+        assert!(!settings.is_insecure("registry.example/team/app:1"));
+        let env = settings.program_env(Path::new("/state/registries.conf"));
+        assert_eq!(env["REGISTRY_AUTH_FILE"], "/etc/helix/auth.json");
+        assert_eq!(env["CONTAINERS_REGISTRIES_CONF"], "/state/registries.conf");
+    }
+}

@@ -80,7 +80,10 @@ pub async fn start_with(
         submit_policy: SubmitPolicy {
             allow_file_repos: config.allow_file_repos,
             default_builder: config.default_builder.clone(),
-            builders: runtime.names().into_iter().map(String::from).collect(),
+            builders: runtime
+                .builders()
+                .map(|b| (b.info().name.clone(), b.info().platforms.clone()))
+                .collect(),
             secrets: secrets.names(),
         },
         log_cap_lines: config.log_cap_lines,

@@ -109,7 +109,7 @@ pub fn document() -> Value {
                 "summary": "the job's log; with follow=true, server-sent `state` and `log` events, then one `end` event with the job",
                 "parameters": [id, { "name": "follow", "in": "query", "schema": { "type": "boolean" } }],
                 "responses": { "200": { "description": "text/plain, or text/event-stream when following" }, "401": error, "404": error, "503": error } } },
-            "/v1/builders": { "get": { "summary": "loaded builders: info, grants, limits, component digest", "responses": { "200": { "description": "builders" }, "401": error } } }
+            "/v1/builders": { "get": { "summary": "loaded builders: info, grants, limits, component digest, platforms they can build here", "responses": { "200": { "description": "builders" }, "401": error } } }
         }
     })
 }

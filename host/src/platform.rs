@@ -87,6 +87,67 @@ impl Platform {
     }
 }
 
+/// Where binfmt_misc lists the interpreters the kernel runs foreign
+/// executables with.
+const BINFMT_MISC: &str = "/proc/sys/fs/binfmt_misc";
+
+/// The platforms this host can run build steps for: its own, and each one
+/// a QEMU user-mode emulator is registered with binfmt_misc for (enabled,
+/// its interpreter present).
+pub fn buildable_here() -> Vec<Platform> {
+    let native = std::env::consts::ARCH;
+    let mut platforms: Vec<Platform> = emulated(native)
+        .into_iter()
+        .chain(qemu_handlers().flat_map(|arch| emulated(&arch)))
+        .collect();
+    platforms.sort();
+    platforms.dedup();
+    platforms
+}
+
+/// The names (`aarch64`, `arm`, …) of the QEMU handlers binfmt_misc has
+/// enabled.
+fn qemu_handlers() -> impl Iterator<Item = String> {
+    let entries = std::fs::read_dir(BINFMT_MISC)
+        .into_iter()
+        .flatten()
+        .flatten();
+    entries.filter_map(|entry| {
+        let arch = entry
+            .file_name()
+            .to_str()?
+            .strip_prefix("qemu-")?
+            .to_string();
+        let text = std::fs::read_to_string(entry.path()).ok()?;
+        let enabled = text.lines().next() == Some("enabled");
+        let interpreter = text
+            .lines()
+            .find_map(|l| l.strip_prefix("interpreter "))
+            .is_some_and(|path| std::path::Path::new(path).exists());
+        (enabled && interpreter).then_some(arch)
+    })
+}
+
+/// The Linux platforms a machine (or emulator) of architecture `arch`, in
+/// the kernel's or QEMU's naming, runs.
+fn emulated(arch: &str) -> Vec<Platform> {
+    let names: &[&str] = match arch {
+        "x86_64" => &["linux/amd64"],
+        "aarch64" => &["linux/arm64"],
+        "arm" => &["linux/arm", "linux/arm/v6", "linux/arm/v7"],
+        "i386" => &["linux/386"],
+        "ppc64le" => &["linux/ppc64le"],
+        "s390x" => &["linux/s390x"],
+        "riscv64" => &["linux/riscv64"],
+        "mips64el" => &["linux/mips64le"],
+        _ => &[],
+    };
+    names
+        .iter()
+        .filter_map(|n| Platform::parse(n).ok())
+        .collect()
+}
+
 /// Maps architecture aliases to the names OCI image indexes use, with the
 /// variant an alias implies (`armv7l` is `arm` variant `v7`).
 fn normalise_arch(arch: &str) -> (String, Option<String>) {
@@ -197,6 +258,20 @@ mod tests {
             assert_eq!(Platform::parse(&platform.to_string()).unwrap(), platform);
             assert_eq!(platform.to_string(), input);
         }
+    }
+
+    #[test]
+    fn this_host_builds_its_own_platform_and_registered_emulators() {
+        let here = buildable_here();
+        let native = Platform::parse(&format!("linux/{}", std::env::consts::ARCH)).unwrap();
+        assert!(here.contains(&native), "{here:?}");
+        let aarch64 = std::path::Path::new(BINFMT_MISC).join("qemu-aarch64");
+        let emulated = std::fs::read_to_string(aarch64).is_ok_and(|t| t.starts_with("enabled"));
+        assert_eq!(
+            here.contains(&Platform::parse("linux/arm64").unwrap()),
+            emulated || native.arch() == "arm64",
+            "{here:?}"
+        );
     }
 
     #[test]

@@ -428,15 +428,23 @@ async fn context_target_labels_and_a_build_secret_reach_the_build_and_the_secret
     }
 }
 
-/// Builds `FROM scratch` + busybox as an image and pushes it to
-/// `reference` with `creds`, in a container storage of its own (the test
-/// itself makes the base image a team would keep in its registry).
-fn push_base_image(reference: &str, creds: &str) {
+/// Builds `FROM scratch` + busybox for each of `platforms` (one image
+/// index) and pushes it to `reference`, with `creds` when given, from a
+/// container storage of its own: the test makes the base image a team
+/// would keep in its registry.
+fn push_base_image(reference: &str, creds: Option<&str>, platforms: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::copy("/bin/busybox", dir.path().join("busybox")).unwrap();
+    for platform in platforms {
+        let arch = platform.rsplit('/').next().unwrap();
+        std::fs::copy(
+            helix_fixtures::busybox(arch),
+            dir.path().join(format!("busybox-{arch}")),
+        )
+        .unwrap();
+    }
     std::fs::write(
         dir.path().join("Dockerfile"),
-        "FROM scratch\nCOPY busybox /bin/busybox\n",
+        "FROM scratch\nARG TARGETARCH\nCOPY busybox-${TARGETARCH} /bin/busybox\n",
     )
     .unwrap();
     let root = dir.path().join("storage");
@@ -453,14 +461,22 @@ fn push_base_image(reference: &str, creds: &str) {
             .collect();
         helix_fixtures::run(dir.path(), "podman", &all);
     };
-    podman(&["build", "-q", "-t", "localhost/base", "."]);
+    let platforms = platforms.join(",");
     podman(&[
-        "push",
-        "--tls-verify=false",
-        &format!("--creds={creds}"),
+        "build",
+        "-q",
+        "--platform",
+        &platforms,
+        "--manifest",
         "localhost/base",
-        &format!("docker://{reference}"),
+        ".",
     ]);
+    let creds = creds.map(|c| format!("--creds={c}"));
+    let mut push = vec!["manifest", "push", "--all", "--tls-verify=false"];
+    push.extend(creds.as_deref());
+    let destination = format!("docker://{reference}");
+    push.extend(["localhost/base", destination.as_str()]);
+    podman(&push);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -469,7 +485,7 @@ async fn a_private_base_image_is_pulled_and_the_result_pushed_with_the_operators
     let registry = helix_fixtures::Registry::with_password("helix", PASSWORD);
     let creds = format!("helix:{PASSWORD}");
     let base = format!("{}/platform/busybox:1", registry.address);
-    push_base_image(&base, &creds);
+    push_base_image(&base, Some(&creds), &["linux/amd64"]);
 
     let repo = tempfile::tempdir().unwrap();
     std::fs::write(
@@ -544,4 +560,82 @@ async fn a_private_base_image_is_pulled_and_the_result_pushed_with_the_operators
             assert!(!everything.contains(secret), "{builder}: {everything}");
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_platforms_run_their_steps_under_emulation_from_a_multi_arch_base() {
+    let registry = Registry::start(false);
+    let base = format!("{}/platform/busybox:multi", registry.address);
+    push_base_image(&base, None, &["linux/amd64", "linux/arm64"]);
+    let repo = tempfile::tempdir().unwrap();
+    std::fs::write(
+        repo.path().join("Dockerfile"),
+        format!("FROM {base}\nRUN [\"/bin/busybox\", \"sh\", \"-c\", \"/bin/busybox uname -m > /arch\"]\n"),
+    )
+    .unwrap();
+    helix_fixtures::git(repo.path(), &["init", "-q", "-b", "main"]);
+    helix_fixtures::git(repo.path(), &["add", "-A"]);
+    helix_fixtures::git(repo.path(), &["commit", "-qm", "multi-arch"]);
+
+    let dir = tempfile::tempdir().unwrap();
+    let service = start(&common::real_config(&dir, &registry.address)).await;
+    for builder in ["podman", "buildah"] {
+        let request = JobRequest {
+            repo_url: format!("file://{}", repo.path().display()),
+            builder: Some(builder.into()),
+            platforms: vec!["linux/amd64".into(), "linux/arm64".into()],
+            ..JobRequest::default()
+        };
+        let job = run(&service, request).await;
+        assert_eq!(job.state, State::Succeeded, "{builder}: {:?}", job.error);
+        let name = image_name(job.image_tag.as_deref().unwrap()).to_string();
+        let machines: Vec<(String, String)> = job
+            .manifest
+            .iter()
+            .map(|(platform, digest)| {
+                let (arch, _) = pull(&format!("{name}@{digest}"), "arch");
+                (platform.to_string(), arch.trim().to_string())
+            })
+            .collect();
+        assert_eq!(
+            machines,
+            [
+                ("linux/amd64".to_string(), "x86_64".to_string()),
+                ("linux/arm64".to_string(), "aarch64".to_string())
+            ],
+            "{builder}"
+        );
+    }
+
+    // A platform no emulator is registered for is refused at submit,
+    // naming the ones this host can build.
+    let here = helix_build::platform::buildable_here();
+    let unavailable = [
+        "linux/s390x",
+        "linux/ppc64le",
+        "linux/riscv64",
+        "linux/mips64le",
+    ]
+    .into_iter()
+    .find(|p| !here.iter().any(|h| h.to_string() == *p))
+    .expect("some platform has no emulator here");
+    let refused = service
+        .submit(JobRequest {
+            repo_url: format!("file://{}", repo.path().display()),
+            builder: Some("podman".into()),
+            platforms: vec![unavailable.into()],
+            ..JobRequest::default()
+        })
+        .await;
+    match refused {
+        Err(helix_build::service::ServiceError::Invalid(e)) => {
+            assert_eq!(e.field, "platforms");
+            assert!(e.message.contains(unavailable), "{e}");
+            assert!(e.message.contains("linux/arm64"), "{e}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    let builders = service.runtime().builders().map(|b| b.info().clone());
+    let podman = builders.into_iter().find(|b| b.name == "podman").unwrap();
+    assert_eq!(podman.platforms, Some(here));
 }

@@ -78,8 +78,9 @@ pub struct SubmitPolicy {
     pub allow_file_repos: bool,
     /// The builder of jobs that name none.
     pub default_builder: String,
-    /// Builders a job may name: those loaded on this host.
-    pub builders: BTreeSet<String>,
+    /// Builders a job may name (those loaded on this host), each with the
+    /// platforms it can build here; `None`: any (a simulated builder).
+    pub builders: BTreeMap<String, Option<Vec<Platform>>>,
     /// Build secrets a job may name: those the operator defined.
     pub secrets: BTreeSet<String>,
 }
@@ -90,7 +91,10 @@ impl SubmitPolicy {
     pub fn for_builders<'a>(default: &str, builders: impl IntoIterator<Item = &'a str>) -> Self {
         SubmitPolicy {
             default_builder: default.to_string(),
-            builders: builders.into_iter().map(String::from).collect(),
+            builders: builders
+                .into_iter()
+                .map(|b| (b.to_string(), None))
+                .collect(),
             ..SubmitPolicy::default()
         }
     }
@@ -121,8 +125,8 @@ impl Job {
         let builder = request
             .builder
             .unwrap_or_else(|| policy.default_builder.clone());
-        if !policy.builders.contains(&builder) {
-            let available: Vec<&str> = policy.builders.iter().map(String::as_str).collect();
+        let Some(buildable) = policy.builders.get(&builder) else {
+            let available: Vec<&str> = policy.builders.keys().map(String::as_str).collect();
             return Err(InvalidJob::new(
                 "builder",
                 format!(
@@ -130,7 +134,7 @@ impl Job {
                     available.join(", ")
                 ),
             ));
-        }
+        };
         validate_repo_url(&request.repo_url, policy.allow_file_repos)?;
         let git_ref = request.git_ref.unwrap_or_else(|| DEFAULT_REF.into());
         validate_ref(&git_ref)?;
@@ -144,6 +148,9 @@ impl Job {
         validate_relative_path("dockerfile_path", &dockerfile_path, "the context")?;
         validate_build_args(&request.build_args)?;
         let platforms = parse_platforms(&request.platforms)?;
+        if let Some(buildable) = buildable {
+            check_buildable(&builder, &platforms, buildable)?;
+        }
         if let Some(image) = &request.image {
             validate_image_ref(image).map_err(|e| InvalidJob::new("image", e))?;
         }
@@ -407,6 +414,32 @@ fn validate_build_args(args: &BTreeMap<String, String>) -> Result<(), InvalidJob
     Ok(())
 }
 
+/// Every requested platform must be one `builder` can build on this host.
+fn check_buildable(
+    builder: &str,
+    requested: &[Platform],
+    buildable: &[Platform],
+) -> Result<(), InvalidJob> {
+    let missing: Vec<String> = requested
+        .iter()
+        .filter(|p| !buildable.contains(p))
+        .map(ToString::to_string)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let available: Vec<String> = buildable.iter().map(ToString::to_string).collect();
+    Err(InvalidJob::new(
+        "platforms",
+        format!(
+            "builder '{builder}' cannot build {} on this server; it can build {} \
+             (foreign platforms need an emulator the operator registers: qemu-user-static with binfmt_misc)",
+            missing.join(", "),
+            available.join(", ")
+        ),
+    ))
+}
+
 /// Parses, normalises, sorts and de-duplicates the requested platforms
 /// (`x86_64` and `amd64` name one platform).
 fn parse_platforms(raw: &[String]) -> Result<Vec<Platform>, InvalidJob> {
@@ -635,6 +668,44 @@ mod tests {
             ..request()
         };
         assert!(Job::from_request(file, &policy, Utc::now()).is_ok());
+    }
+
+    #[test]
+    fn platforms_must_be_ones_the_builder_can_build_here() {
+        let policy = SubmitPolicy {
+            builders: BTreeMap::from([(
+                "podman".to_string(),
+                Some(vec![Platform::parse("linux/amd64").unwrap()]),
+            )]),
+            ..SubmitPolicy::for_builders("podman", [])
+        };
+        let submit = |platforms: &[&str]| {
+            Job::from_request(
+                JobRequest {
+                    platforms: platforms.iter().map(|p| p.to_string()).collect(),
+                    ..request()
+                },
+                &policy,
+                Utc::now(),
+            )
+        };
+        assert!(submit(&["linux/amd64"]).is_ok());
+        let err = submit(&["linux/amd64", "linux/s390x"]).unwrap_err();
+        assert_eq!(err.field, "platforms");
+        assert!(
+            err.message.starts_with(
+                "builder 'podman' cannot build linux/s390x on this server; it can build linux/amd64"
+            ),
+            "{err}"
+        );
+        // A simulated builder takes any.
+        assert!(
+            job(JobRequest {
+                platforms: vec!["linux/s390x".into()],
+                ..request()
+            })
+            .is_ok()
+        );
     }
 
     #[test]

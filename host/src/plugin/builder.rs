@@ -142,6 +142,7 @@ impl Builder {
                         .collect(),
                 },
                 network: source.network,
+                platforms: None,
             },
             code: Code::Component { engine, pre },
             settings: Arc::new(source.settings),
@@ -153,6 +154,9 @@ impl Builder {
         builder.info.version = metadata.version;
         builder.info.description = metadata.description;
         builder.info.simulated = metadata.simulated;
+        if !metadata.simulated {
+            builder.info.platforms = Some(crate::platform::buildable_here());
+        }
         Ok(builder)
     }
 
@@ -174,6 +178,7 @@ impl Builder {
                 limits,
                 grants: GrantSummary::default(),
                 network: crate::network::BuildNetwork::None,
+                platforms: None,
             },
             code: Code::Native(build),
             settings: Arc::default(),

@@ -22,6 +22,7 @@ use wasmtime::component::{Component, HasSelf, Linker};
 use crate::exec::{GrantPolicy, ProgramGrant};
 
 use crate::network::BuildNetwork;
+use crate::platform::Platform;
 pub use bindings::WIT_VERSION;
 pub use builder::{Builder, Built, NativeBuild, RunContext, Timings};
 pub use cache::{CacheUse, ComponentCache};
@@ -97,6 +98,9 @@ pub struct BuilderInfo {
     pub grants: GrantSummary,
     /// What its build steps may reach: `none`, `private` or `host`.
     pub network: BuildNetwork,
+    /// The platforms it can build on this host; `None` (`null`) for a
+    /// simulated builder, which builds nothing and takes any.
+    pub platforms: Option<Vec<Platform>>,
 }
 
 /// The grants of a builder as operators may see them: programs and the

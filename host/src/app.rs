@@ -87,6 +87,7 @@ pub async fn start_with(
             secrets: secrets.names(),
         },
         log_cap_lines: config.log_cap_lines,
+        log_output_caps: config.output_caps(),
         workspace_dir: config.workspace_dir(),
         keep_failed_workspaces: config.keep_failed_workspaces,
         store,

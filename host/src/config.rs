@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 use crate::builtin;
 use crate::exec::{Grants, ValuePolicy};
+use crate::log::OutputCaps;
 use crate::network::BuildNetwork;
 use crate::plugin::{BuilderSource, Limits, Origin};
 use crate::registry::RegistrySettings;
@@ -42,6 +43,11 @@ pub struct Config {
     pub allow_file_repos: bool,
     /// Log lines kept per job; older lines are dropped with a marker.
     pub log_cap_lines: usize,
+    /// Bytes of output (builder and program lines) kept per job; past it,
+    /// output is dropped where it is read, with a marker.
+    pub log_cap_bytes: usize,
+    /// Bytes of output kept per program run (a whole `podman build`).
+    pub log_step_cap_bytes: usize,
     /// On shutdown, how long running jobs get to finish before they are
     /// cancelled.
     pub stop_grace_secs: u64,
@@ -151,6 +157,8 @@ impl Default for Config {
             default_builder: "simulated".into(),
             allow_file_repos: false,
             log_cap_lines: 10_000,
+            log_cap_bytes: OutputCaps::default().job_bytes,
+            log_step_cap_bytes: OutputCaps::default().step_bytes,
             stop_grace_secs: 30,
             keep_failed_workspaces: false,
             store_url: None,
@@ -234,6 +242,9 @@ impl Config {
         }
         if self.log_cap_lines == 0 {
             return invalid("log_cap_lines must be at least 1".into());
+        }
+        if self.log_cap_bytes < 1024 || self.log_step_cap_bytes < 1024 {
+            return invalid("log_cap_bytes and log_step_cap_bytes must be at least 1024".into());
         }
         for (name, builder) in &self.builders {
             let valid_name = name
@@ -416,6 +427,14 @@ impl Config {
         ValuePolicy {
             registries,
             allow_file_repos: self.allow_file_repos,
+        }
+    }
+
+    /// How much output a job may log.
+    pub fn output_caps(&self) -> OutputCaps {
+        OutputCaps {
+            step_bytes: self.log_step_cap_bytes,
+            job_bytes: self.log_cap_bytes,
         }
     }
 

@@ -1,4 +1,12 @@
-//! Job logs: the lines a job's builder and its programs wrote, capped.
+//! Job logs: the lines a job's builder and its programs wrote, capped in
+//! lines and in bytes.
+//!
+//! What a build prints is untrusted and unbounded (a `RUN` step can print
+//! hundreds of megabytes without a newline), so output is bounded where it
+//! is read: each program run may log at most [`OutputCaps::step_bytes`]
+//! and the job's builder and programs together [`OutputCaps::job_bytes`];
+//! past a cap, output is dropped before it reaches memory or the store,
+//! with one marker line saying so. The host's own lines are always kept.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -19,6 +27,7 @@ const MAX_LINE_BYTES: usize = 8 * 1024;
 /// never reaches memory, storage or a reader.
 pub struct JobLog {
     cap: usize,
+    output_caps: OutputCaps,
     redactor: Redactor,
     inner: Mutex<Lines>,
     /// Where lines are also written, so they outlive this process.
@@ -61,6 +70,30 @@ impl Redactor {
 struct Lines {
     kept: VecDeque<String>,
     dropped: u64,
+    /// Bytes of output (not host lines) logged so far.
+    output_bytes: usize,
+    /// Set once output passed the job's cap.
+    clipped: bool,
+}
+
+/// How much output a job may log, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutputCaps {
+    /// Per program run (a build tool's whole run, both streams): what
+    /// BuildKit allows one build step by default.
+    pub step_bytes: usize,
+    /// Per job, everything its builder and programs print: GitLab's job
+    /// log limit.
+    pub job_bytes: usize,
+}
+
+impl Default for OutputCaps {
+    fn default() -> Self {
+        OutputCaps {
+            step_bytes: 2 * 1024 * 1024,
+            job_bytes: 4 * 1024 * 1024,
+        }
+    }
 }
 
 impl Lines {
@@ -78,6 +111,7 @@ impl JobLog {
     pub fn with_redactor(cap: usize, redactor: Redactor) -> Self {
         JobLog {
             cap: cap.max(1),
+            output_caps: OutputCaps::default(),
             redactor,
             inner: Mutex::new(Lines::default()),
             persist: None,
@@ -111,16 +145,51 @@ impl JobLog {
         log
     }
 
+    /// The same log, bounding output by `caps`.
+    pub fn with_output_caps(mut self, caps: OutputCaps) -> Self {
+        self.output_caps = caps;
+        self
+    }
+
+    pub fn output_caps(&self) -> OutputCaps {
+        self.output_caps
+    }
+
     /// `text` with this job's secrets hidden, for messages that leave the
     /// job by another way than its log (its `error`).
     pub fn redact(&self, text: &str) -> String {
         self.redactor.redact(text)
     }
 
-    /// Appends `text`, one entry per line it contains.
+    /// Appends the host's own `text`, one entry per line it contains.
     pub fn push(&self, text: &str) {
-        let text = self.redactor.redact(text);
         let mut lines = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        self.append(&mut lines, text);
+    }
+
+    /// Appends `text` a builder or a program printed, unless the job's
+    /// output has passed [`OutputCaps::job_bytes`]; the first line past it
+    /// is replaced by a marker, and later ones are dropped.
+    pub fn push_output(&self, text: &str) {
+        let mut lines = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if lines.clipped {
+            return;
+        }
+        if lines.output_bytes + text.len() > self.output_caps.job_bytes {
+            lines.clipped = true;
+            let marker = format!(
+                "[helix] log clipped: the job's output passed {} (log_cap_bytes); later output is not kept",
+                human_bytes(self.output_caps.job_bytes)
+            );
+            self.append(&mut lines, &marker);
+            return;
+        }
+        lines.output_bytes += text.len();
+        self.append(&mut lines, text);
+    }
+
+    fn append(&self, lines: &mut Lines, text: &str) {
+        let text = self.redactor.redact(text);
         for line in text.lines() {
             let line = truncate(line.trim_end_matches('\r'));
             if lines.kept.len() == self.cap {
@@ -173,6 +242,15 @@ impl JobLog {
             .into_iter()
             .chain(lines.kept.iter().cloned())
             .collect()
+    }
+}
+
+/// `bytes` for a person: `4 MiB`, `512 KiB`, `100 bytes`.
+pub fn human_bytes(bytes: usize) -> String {
+    match bytes {
+        b if b >= 1024 * 1024 && b % (1024 * 1024) == 0 => format!("{} MiB", b / (1024 * 1024)),
+        b if b >= 1024 && b % 1024 == 0 => format!("{} KiB", b / 1024),
+        b => format!("{b} bytes"),
     }
 }
 
@@ -247,6 +325,28 @@ mod tests {
         log.push("login with hunter22 and hunter2, twice: hunter22");
         assert_eq!(log.snapshot(), ["login with *** and ***, twice: ***"]);
         assert_eq!(log.redact("e: hunter2"), "e: ***");
+    }
+
+    #[test]
+    fn output_past_the_job_cap_is_dropped_with_one_marker_and_host_lines_kept() {
+        let log = JobLog::new(1000).with_output_caps(OutputCaps {
+            step_bytes: 100,
+            job_bytes: 20,
+        });
+        log.push_output("0123456789");
+        log.push_output("0123456789");
+        log.push_output("past the cap");
+        log.push_output("and more");
+        log.push("[helix] job failed: RUN false");
+        assert_eq!(
+            log.snapshot(),
+            [
+                "0123456789",
+                "0123456789",
+                "[helix] log clipped: the job's output passed 20 bytes (log_cap_bytes); later output is not kept",
+                "[helix] job failed: RUN false",
+            ]
+        );
     }
 
     #[test]

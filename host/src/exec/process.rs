@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
@@ -12,7 +13,7 @@ use tokio::process::{Child, Command};
 
 use super::{CommandOutput, OUTPUT_TAIL_BYTES, RunError};
 use crate::cancel::CancelSignal;
-use crate::log::JobLog;
+use crate::log::{JobLog, human_bytes};
 
 /// Between SIGTERM and SIGKILL.
 pub const KILL_GRACE: Duration = Duration::from_secs(2);
@@ -78,10 +79,11 @@ pub(super) async fn run(inv: Invocation<'_>) -> Result<CommandOutput, RunError> 
     };
     let stdout_label = format!("[{} stdout]", inv.label);
     let stderr_label = format!("[{} stderr]", inv.label);
+    let budget = StepBudget::new(inv.label, inv.log.output_caps().step_bytes);
     let (ended, stdout, stderr) = tokio::join!(
         ended,
-        stream_lines(stdout, inv.log, &stdout_label),
-        stream_lines(stderr, inv.log, &stderr_label),
+        stream_lines(stdout, inv.log, &stdout_label, &budget),
+        stream_lines(stderr, inv.log, &stderr_label, &budget),
     );
     let status = ended?;
     Ok(CommandOutput {
@@ -104,9 +106,50 @@ async fn sleep_or_never(timeout: Option<Duration>) {
     }
 }
 
-/// Copies `pipe` into the log line by line as lines arrive; returns the
-/// last [`OUTPUT_TAIL_BYTES`] of it.
-async fn stream_lines(pipe: impl AsyncRead + Unpin, log: &JobLog, label: &str) -> String {
+/// What one program run may still log, shared by its two streams.
+struct StepBudget<'a> {
+    program: &'a str,
+    cap: usize,
+    used: AtomicUsize,
+    clipped: AtomicBool,
+}
+
+impl<'a> StepBudget<'a> {
+    fn new(program: &'a str, cap: usize) -> Self {
+        StepBudget {
+            program,
+            cap,
+            used: AtomicUsize::new(0),
+            clipped: AtomicBool::new(false),
+        }
+    }
+
+    /// Logs `line` (`len` bytes read) while the run is within its cap;
+    /// the first line past it is replaced by a marker, later ones dropped.
+    fn log(&self, log: &JobLog, len: usize, line: impl FnOnce() -> String) {
+        let used = self.used.fetch_add(len, Ordering::Relaxed) + len;
+        if used <= self.cap {
+            log.push_output(&line());
+        } else if !self.clipped.swap(true, Ordering::Relaxed) {
+            log.push(&format!(
+                "[helix] output of `{}` clipped: it printed more than {} (log_step_cap_bytes); the rest is not logged",
+                self.program,
+                human_bytes(self.cap)
+            ));
+        }
+    }
+}
+
+/// Copies `pipe` into the log line by line as lines arrive, within
+/// `budget`; returns the last [`OUTPUT_TAIL_BYTES`] of it. Everything is
+/// read, so the program never blocks on a full pipe, but no more than a
+/// line and the tail is ever held.
+async fn stream_lines(
+    pipe: impl AsyncRead + Unpin,
+    log: &JobLog,
+    label: &str,
+    budget: &StepBudget<'_>,
+) -> String {
     let mut reader = BufReader::new(pipe);
     let mut tail = String::new();
     let mut line = Vec::new();
@@ -118,10 +161,12 @@ async fn stream_lines(pipe: impl AsyncRead + Unpin, log: &JobLog, label: &str) -
             .await
         {
             Ok(0) | Err(_) => break,
-            Ok(_) => {
+            Ok(read) => {
                 let text = String::from_utf8_lossy(&line);
                 tail.push_str(&text);
-                log.push(&format!("{label} {}", text.trim_end_matches(['\n', '\r'])));
+                budget.log(log, read, || {
+                    format!("{label} {}", text.trim_end_matches(['\n', '\r']))
+                });
             }
         }
         if tail.len() > 2 * OUTPUT_TAIL_BYTES {

@@ -115,7 +115,7 @@ impl WasiView for JobHost {
 
 impl job_context::Host for JobHost {
     fn log(&mut self, line: String) {
-        self.log.push(&line);
+        self.log.push_output(&line);
     }
 
     fn cancelled(&mut self) -> bool {

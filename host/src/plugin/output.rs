@@ -61,7 +61,8 @@ impl PluginOutput {
         let line = String::from_utf8_lossy(line)
             .trim_end_matches('\r')
             .to_string();
-        self.log.push(&format!("[plugin {}] {line}", self.stream));
+        self.log
+            .push_output(&format!("[plugin {}] {line}", self.stream));
         if state.tail.len() == TAIL_LINES {
             state.tail.pop_front();
         }

@@ -31,7 +31,7 @@ use tokio::sync::{Notify, broadcast, watch};
 use tokio::task::JoinSet;
 
 use crate::job::{InvalidJob, Job, JobId, JobRequest, Outcome, State, SubmitPolicy};
-use crate::log::{JobLog, Redactor};
+use crate::log::{JobLog, OutputCaps, Redactor};
 use crate::plugin::PluginRuntime;
 use crate::queue::{JobQueue, LostRun};
 use crate::registry::{Publisher, RegistrySettings};
@@ -51,6 +51,8 @@ pub struct ServiceConfig {
     /// What a submission may contain, the builders it may name included.
     pub submit_policy: SubmitPolicy,
     pub log_cap_lines: usize,
+    /// How much output a job may log, in bytes.
+    pub log_output_caps: OutputCaps,
     /// Parent of the per-job workspace directories.
     pub workspace_dir: PathBuf,
     /// Leave the workspace of a job that did not succeed in place.

@@ -29,13 +29,16 @@ impl Inner {
     /// (continuing the lines an earlier run left) and its cancel signal.
     pub(super) fn adopt(&self, stored: StoredJob) -> Claimed {
         let StoredJob { job, log } = stored;
-        let log = Arc::new(JobLog::persistent(
-            self.config.log_cap_lines,
-            self.config.secrets.redactor(&job.secrets),
-            job.id.clone(),
-            self.config.store.clone(),
-            log,
-        ));
+        let log = Arc::new(
+            JobLog::persistent(
+                self.config.log_cap_lines,
+                self.config.secrets.redactor(&job.secrets),
+                job.id.clone(),
+                self.config.store.clone(),
+                log,
+            )
+            .with_output_caps(self.config.log_output_caps),
+        );
         let cancel = CancelSignal::new();
         let (state, _) = watch::channel(job.state);
         let claimed = Claimed {

@@ -93,6 +93,7 @@ pub async fn start_with(
         store,
         queue,
         secrets,
+        cache: Arc::new(config.build_cache()),
         max_attempts: config.max_attempts,
         publisher: Publisher::new(registries.clone()),
         registries,

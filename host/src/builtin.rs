@@ -1,6 +1,7 @@
 //! Builder components compiled into this binary by `build.rs`, so the host
 //! runs with no files beside it, and the grants each needs by default.
 
+use crate::cache::LOCAL_IMAGE;
 use crate::exec::{Grants, ProgramGrant, ValueType};
 use crate::network::BuildNetwork;
 
@@ -65,13 +66,20 @@ fn real_builder_grants(tool: &str, network: BuildNetwork) -> Grants {
                     ("--target", ValueType::Text),
                     ("--label", ValueType::Text),
                     ("--no-cache", ValueType::Flag),
+                    ("--layers", ValueType::Flag),
+                    ("--force-rm", ValueType::Flag),
                     ("--secret", ValueType::Secret),
                 ],
             ),
             // A new directory: no link (planted in the checkout, say) can
             // lie below it for the export to follow.
-            grant(&["push", "*", "oci:{output}"], &[]),
-            grant(&["manifest", "push", "--all", "*", "oci:{output}"], &[]),
+            // Only the image this job built: the builder's layer cache
+            // holds other jobs' layers too.
+            grant(&["push", LOCAL_IMAGE, "oci:{output}"], &[]),
+            grant(
+                &["manifest", "push", "--all", LOCAL_IMAGE, "oci:{output}"],
+                &[],
+            ),
         ],
         // PATH so the tools find their helpers (runc, conmon, the CNI
         // plugins); nothing else of the host's environment.

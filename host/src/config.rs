@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::builtin;
+use crate::cache::BuildCache;
 use crate::exec::{Grants, ValuePolicy};
 use crate::log::OutputCaps;
 use crate::network::BuildNetwork;
@@ -82,6 +83,10 @@ pub struct Config {
     /// Builders by the name jobs use. Every built-in builder is available
     /// unless an entry of that name replaces it.
     pub builders: BTreeMap<String, BuilderConfig>,
+    /// Disk the layer cache of one builder may use, in MiB, over all its
+    /// slots (one per worker); a slot past its share is emptied after its
+    /// job.
+    pub build_cache_mib: u64,
     /// Build secrets by the name jobs use (`RUN --mount=type=secret,id=NAME`),
     /// each read from the server's environment or a file when it starts.
     pub secrets: BTreeMap<String, SecretSource>,
@@ -138,6 +143,9 @@ pub struct BuilderConfig {
     /// What the builder may run and see. Absent: a built-in builder's own
     /// defaults, nothing for any other.
     pub grants: Option<Grants>,
+    /// Whether its jobs reuse layers from earlier jobs (see `build_cache_mib`);
+    /// a job can still opt out with `no_cache`.
+    pub cache: bool,
 }
 
 const MAX_WORKERS: usize = 256;
@@ -169,6 +177,7 @@ impl Default for Config {
             registries: BTreeMap::new(),
             registry_auth_file: None,
             secrets: BTreeMap::new(),
+            build_cache_mib: 20 * 1024,
             builders: BTreeMap::new(),
         }
     }
@@ -183,6 +192,7 @@ impl Default for BuilderConfig {
             settings: BTreeMap::new(),
             network: BuildNetwork::default(),
             grants: None,
+            cache: true,
         }
     }
 }
@@ -428,6 +438,24 @@ impl Config {
             registries,
             allow_file_repos: self.allow_file_repos,
         }
+    }
+
+    /// The layer cache of every builder that keeps one.
+    pub fn build_cache(&self) -> BuildCache {
+        let builders: Vec<String> = self
+            .builder_configs()
+            .into_iter()
+            .filter(|(_, b)| b.cache)
+            .map(|(name, _)| name)
+            .collect();
+        let slots = self.workers;
+        let per_slot = self.build_cache_mib * 1024 * 1024 / slots.max(1) as u64;
+        BuildCache::new(
+            self.data_dir.join("build-cache"),
+            &builders,
+            slots,
+            per_slot,
+        )
     }
 
     /// How much output a job may log.

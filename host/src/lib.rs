@@ -7,6 +7,7 @@
 pub mod api;
 pub mod app;
 pub mod builtin;
+pub mod cache;
 pub mod cancel;
 pub mod client;
 pub mod config;

@@ -5,9 +5,10 @@
 //! - `workspace/` — the builder's `/workspace`, read-only to its own code:
 //!   the host's checkout and what granted programs write there. Programs
 //!   run in it and every path argument must resolve inside it.
-//! - `state/` — container storage (`storage/`, `run/`, `storage.conf`),
-//!   the registry settings builds use (`registries.conf`) and the job's
-//!   build secrets (`secrets/`).
+//! - `state/` — where the job's container storage is (`storage.conf`:
+//!   its own `storage/` and `run/`, or a slot of the builder's layer cache,
+//!   see [`crate::cache`]), the registry settings builds use
+//!   (`registries.conf`) and the job's build secrets (`secrets/`).
 //!   Every program of the job gets `CONTAINERS_STORAGE_CONF` pointing at
 //!   it, so podman and buildah keep images and layers per job, and no
 //!   builder can plant links in, or point a tool at, storage it made up.
@@ -18,6 +19,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::cache::{StorageDriver, storage_conf};
 use crate::registry::RegistrySettings;
 
 /// One job's directories, created fresh.
@@ -29,10 +31,16 @@ pub struct JobDirs {
 }
 
 impl JobDirs {
-    /// Creates `root` with an empty workspace and container state that
-    /// reaches registries as `registries` says (what an earlier attempt
-    /// left there is removed first).
-    pub fn create(root: PathBuf, registries: &RegistrySettings) -> std::io::Result<Self> {
+    /// Creates `root` with an empty workspace, and container state that
+    /// reaches registries as `registries` says and keeps images in
+    /// `shared` (a cache slot) or else in a storage of the job's own, with
+    /// `driver` (what an earlier attempt left in `root` is removed first).
+    pub fn create(
+        root: PathBuf,
+        registries: &RegistrySettings,
+        driver: StorageDriver,
+        shared: Option<&Path>,
+    ) -> std::io::Result<Self> {
         match std::fs::remove_dir_all(&root) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -45,16 +53,9 @@ impl JobDirs {
         std::fs::create_dir_all(dirs.workspace())?;
         let state = dirs.state();
         std::fs::create_dir_all(&state)?;
-        // containers/storage reads this file as TOML; a path is written as
-        // a TOML string (Debug quoting is TOML's basic-string escaping for
-        // the paths a data dir can have).
         std::fs::write(
             dirs.storage_conf(),
-            format!(
-                "[storage]\ndriver = \"vfs\"\ngraphroot = {:?}\nrunroot = {:?}\n",
-                state.join("storage").display().to_string(),
-                state.join("run").display().to_string(),
-            ),
+            storage_conf(driver, shared.unwrap_or(&state)),
         )?;
         let registries_conf = state.join("registries.conf");
         std::fs::write(&registries_conf, registries.registries_conf())?;

@@ -30,6 +30,7 @@ use chrono::Utc;
 use tokio::sync::{Notify, broadcast, watch};
 use tokio::task::JoinSet;
 
+use crate::cache::BuildCache;
 use crate::job::{InvalidJob, Job, JobId, JobRequest, Outcome, State, SubmitPolicy};
 use crate::log::{JobLog, OutputCaps, Redactor};
 use crate::plugin::PluginRuntime;
@@ -71,6 +72,8 @@ pub struct ServiceConfig {
     pub queue: Arc<dyn JobQueue>,
     /// The operator's build secrets, handed to the jobs that name them.
     pub secrets: BuildSecrets,
+    /// Layers real builds reuse between jobs.
+    pub cache: Arc<BuildCache>,
     /// Runs a job may start before an interruption (its host dying while
     /// it ran) fails it instead of queueing it again.
     pub max_attempts: u32,

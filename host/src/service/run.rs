@@ -80,8 +80,20 @@ impl Inner {
                 format!("builder '{}' is not loaded on this host", job.builder),
             );
         };
+        let simulated = builder.info().simulated;
+        let cache = self.config.cache.clone();
+        // A slot of the builder's layer cache, unless the job wants none.
+        let slot = match simulated || job.no_cache {
+            true => None,
+            false => cache.acquire(&job.builder, &job.repo_url).await,
+        };
         let root = self.config.workspace_dir.join(job.id.as_str());
-        let dirs = match JobDirs::create(root.clone(), &self.config.registries) {
+        let dirs = match JobDirs::create(
+            root.clone(),
+            &self.config.registries,
+            cache.driver(),
+            slot.as_ref().map(|s| s.dir()),
+        ) {
             Ok(dirs) => dirs,
             Err(e) => {
                 return Outcome::failed(
@@ -97,10 +109,31 @@ impl Inner {
             ),
             None => format!("[helix] running on builder '{}'", job.builder),
         });
+        if !simulated {
+            log.push(&match &slot {
+                Some(slot) => format!(
+                    "[helix] container storage: {} (the builder's layer cache, {})",
+                    slot.dir().display(),
+                    slot.driver().as_str()
+                ),
+                None => format!(
+                    "[helix] container storage: the job's own ({}), removed with it{}",
+                    cache.driver().as_str(),
+                    if job.no_cache { " (no_cache)" } else { "" }
+                ),
+            });
+        }
+        let cleanup_env = cleanup_env(&dirs);
+        if let Some(slot) = &slot {
+            slot.clean(&cleanup_env, log).await;
+        }
         let outcome = self
             .build_and_publish(job, &builder, &dirs, log, cancel)
             .await
             .unwrap_or_else(|ended| ended);
+        if let Some(slot) = &slot {
+            slot.clean(&cleanup_env, log).await;
+        }
         let failed = !matches!(outcome, Outcome::Succeeded(_));
         if failed && self.config.keep_failed_workspaces {
             log.push(&format!(
@@ -240,4 +273,11 @@ impl Inner {
         }
         self.lock().remove_ended(&job.id);
     }
+}
+
+/// The environment of the host's own cleanup in a job's storage.
+fn cleanup_env(dirs: &JobDirs) -> std::collections::BTreeMap<String, String> {
+    let mut env = dirs.program_env();
+    env.insert("PATH".into(), std::env::var("PATH").unwrap_or_default());
+    env
 }

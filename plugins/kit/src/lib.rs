@@ -134,6 +134,10 @@ pub fn build(tool: Tool, job: Job) -> Result<BuildOutput, BuildError> {
         &network,
         "-f",
         &dockerfile,
+        // Keep each step's layer (the host keeps the storage between jobs
+        // of this builder), and remove a failed step's container.
+        "--layers",
+        "--force-rm",
     ]);
     let mut build_args: Vec<_> = job.build_args.iter().collect();
     build_args.sort_by(|a, b| a.name.cmp(&b.name));

@@ -1,0 +1,253 @@
+//! The layer cache between jobs: container storage a builder's jobs reuse,
+//! so a rebuild after a small change runs only the steps that changed.
+//!
+//! Each builder with the cache on has as many storage *slots* as the host
+//! has workers, under `<data_dir>/build-cache/<builder>/<n>/`. A job holds
+//! one slot alone for its whole run — preferably the one its repository
+//! used last, where its layers are — so:
+//!
+//! - concurrent jobs never share a storage, and a cancelled or failed job
+//!   can be cleaned up completely: afterwards the host removes every build
+//!   container left in its slot (`buildah rm --all`: a killed build leaves
+//!   its working containers and their mounts) and the names the build gave
+//!   its image, keeping the layers as cache;
+//! - a Dockerfile cannot start `FROM` another job's image by name: the
+//!   image name is removed before and after every job; cached layers are
+//!   reachable only by content (their digests);
+//! - jobs on one builder share its cache, as jobs on one BuildKit daemon
+//!   do: a team that must not share cached layers with another gets a
+//!   builder of its own, or `no_cache`.
+//!
+//! A slot over the size cap is emptied after its job. Jobs with `no_cache`,
+//! and builders with `cache = false`, get a fresh storage of their own,
+//! removed with the job. The storage driver is overlay where the kernel
+//! and the data directory's file system allow it, else vfs.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Mutex, OwnedMutexGuard};
+
+use crate::cancel::CancelSignal;
+use crate::exec::HostCommand;
+use crate::log::JobLog;
+
+/// What the build tools name the image they build (see `plugins/kit`).
+pub const LOCAL_IMAGE: &str = "localhost/helix-image";
+
+/// How long one cleanup command may take.
+const CLEANUP_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// A containers/storage driver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageDriver {
+    Overlay,
+    Vfs,
+}
+
+impl StorageDriver {
+    /// overlay when the kernel has it and `dir` is not itself on overlayfs
+    /// (which cannot be an overlay's upper layer); vfs otherwise.
+    pub fn for_dir(dir: &Path) -> Self {
+        const OVERLAYFS_SUPER_MAGIC: i64 = 0x794c_7630;
+        let kernel_has_overlay = std::fs::read_to_string("/proc/filesystems")
+            .is_ok_and(|fs| fs.lines().any(|l| l.trim_end().ends_with("\toverlay")));
+        let on_overlay = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
+            .ok()
+            .and_then(|path| {
+                let mut stat = std::mem::MaybeUninit::<libc::statfs>::uninit();
+                // SAFETY: `path` is a valid C string and `stat` is written
+                // by statfs before it is read.
+                let ok = unsafe { libc::statfs(path.as_ptr(), stat.as_mut_ptr()) } == 0;
+                ok.then(|| unsafe { stat.assume_init() }.f_type as i64)
+            })
+            .is_some_and(|kind| kind == OVERLAYFS_SUPER_MAGIC);
+        if kernel_has_overlay && !on_overlay {
+            StorageDriver::Overlay
+        } else {
+            StorageDriver::Vfs
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StorageDriver::Overlay => "overlay",
+            StorageDriver::Vfs => "vfs",
+        }
+    }
+}
+
+/// `storage.conf` for a storage rooted at `dir`.
+pub fn storage_conf(driver: StorageDriver, dir: &Path) -> String {
+    // containers/storage reads this file as TOML; Debug quoting is TOML's
+    // basic-string escaping for the paths a data dir can have.
+    format!(
+        "[storage]\ndriver = \"{}\"\ngraphroot = {:?}\nrunroot = {:?}\n",
+        driver.as_str(),
+        dir.join("storage").display().to_string(),
+        dir.join("run").display().to_string(),
+    )
+}
+
+/// The cache of every builder that has one.
+#[derive(Debug)]
+pub struct BuildCache {
+    driver: StorageDriver,
+    max_bytes: u64,
+    /// Slots by builder; each holds the repository its last job built.
+    slots: BTreeMap<String, Vec<Arc<Mutex<Option<String>>>>>,
+    root: PathBuf,
+}
+
+/// One slot, held by one job until dropped.
+pub struct CacheSlot {
+    dir: PathBuf,
+    driver: StorageDriver,
+    max_bytes: u64,
+    held: OwnedMutexGuard<Option<String>>,
+}
+
+impl BuildCache {
+    /// A cache under `root` for `builders`, `slots` slots each, emptying a
+    /// slot that grows past `max_bytes`.
+    pub fn new(root: PathBuf, builders: &[String], slots: usize, max_bytes: u64) -> Self {
+        let driver = StorageDriver::for_dir(root.parent().unwrap_or(&root));
+        let slots = builders
+            .iter()
+            .map(|b| {
+                let slots = (0..slots.max(1))
+                    .map(|_| Arc::new(Mutex::new(None)))
+                    .collect();
+                (b.clone(), slots)
+            })
+            .collect();
+        BuildCache {
+            driver,
+            max_bytes,
+            slots,
+            root,
+        }
+    }
+
+    pub fn driver(&self) -> StorageDriver {
+        self.driver
+    }
+
+    /// Whether `builder`'s jobs use the cache.
+    pub fn covers(&self, builder: &str) -> bool {
+        self.slots.contains_key(builder)
+    }
+
+    /// A slot of `builder`'s cache for a job of `repository`: a free one
+    /// that last built it, else any free one, else the first to come free.
+    /// `None` when the builder has no cache.
+    pub async fn acquire(&self, builder: &str, repository: &str) -> Option<CacheSlot> {
+        let slots = self.slots.get(builder)?;
+        let free: Vec<(usize, OwnedMutexGuard<Option<String>>)> = slots
+            .iter()
+            .enumerate()
+            .filter_map(|(n, slot)| slot.clone().try_lock_owned().ok().map(|g| (n, g)))
+            .collect();
+        let chosen = match free
+            .iter()
+            .position(|(_, held)| held.as_deref() == Some(repository))
+        {
+            Some(at) => free.into_iter().nth(at),
+            None => free.into_iter().next(),
+        };
+        let (n, held) = match chosen {
+            Some(chosen) => chosen,
+            None => {
+                let waits = slots
+                    .iter()
+                    .enumerate()
+                    .map(|(n, slot)| Box::pin(async move { (n, slot.clone().lock_owned().await) }));
+                futures_util::future::select_all(waits).await.0
+            }
+        };
+        let mut slot = CacheSlot {
+            dir: self.root.join(builder).join(n.to_string()),
+            driver: self.driver,
+            max_bytes: self.max_bytes,
+            held,
+        };
+        *slot.held = Some(repository.to_string());
+        Some(slot)
+    }
+}
+
+impl CacheSlot {
+    /// The slot's storage, created if new.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn driver(&self) -> StorageDriver {
+        self.driver
+    }
+
+    /// Takes away what one job may leave in the slot — build containers
+    /// (with their mounts) and the names of its image — keeping the
+    /// layers; empties the slot if it has grown past the cap. Run before a
+    /// job (in case a crashed host left something) and after it, whatever
+    /// its outcome.
+    pub async fn clean(&self, env: &BTreeMap<String, String>, log: &JobLog) {
+        let cancel = CancelSignal::new();
+        for (program, args) in [
+            ("buildah", &["rm", "--all"][..]),
+            ("podman", &["manifest", "rm", LOCAL_IMAGE][..]),
+            ("podman", &["untag", LOCAL_IMAGE][..]),
+        ] {
+            let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+            // Output goes to a log of its own: "no such image" is the
+            // usual answer and nothing the job's reader needs.
+            let quiet = JobLog::new(20);
+            let _ = HostCommand {
+                program,
+                args: &args,
+                env,
+                cwd: &self.dir,
+                timeout: Some(CLEANUP_TIMEOUT),
+                log: &quiet,
+                cancel: &cancel,
+            }
+            .run()
+            .await;
+        }
+        let size = dir_size(&self.dir.join("storage"));
+        if size > self.max_bytes {
+            log.push(&format!(
+                "[helix] build cache slot {} holds {} MiB, over the cap of {} MiB: emptied",
+                self.dir.display(),
+                size / (1024 * 1024),
+                self.max_bytes / (1024 * 1024)
+            ));
+            if let Err(e) = std::fs::remove_dir_all(self.dir.join("storage")) {
+                tracing::warn!("could not empty build cache {}: {e}", self.dir.display());
+            }
+        }
+    }
+}
+
+/// Bytes under `dir`, not following links and not crossing into mounts'
+/// contents twice (hard links are counted once per name, an upper bound).
+fn dir_size(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            match entry.metadata() {
+                Ok(meta) if meta.is_dir() => pending.push(entry.path()),
+                Ok(meta) => total += meta.len(),
+                Err(_) => {}
+            }
+        }
+    }
+    total
+}

@@ -1,0 +1,189 @@
+//! The layer cache between jobs, with real podman and buildah: a rebuild
+//! reuses the unchanged steps, and a cancelled or failed build leaves
+//! nothing behind in the shared storage (checked with the tools' own
+//! listings). Needs what the real-build tests need (see real_build.rs).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use helix_build::job::{Job, JobRequest, State};
+use helix_build::service::Service;
+use helix_fixtures::{Registry, git};
+
+const DOCKERFILE: &str = "FROM scratch\n\
+COPY busybox /bin/busybox\n\
+RUN [\"/bin/busybox\", \"sh\", \"-c\", \"/bin/busybox sleep 2; echo dependencies > /deps\"]\n\
+COPY app.txt /app.txt\n";
+
+/// A repository with a slow dependency step, then the source copied in.
+fn repo(app: &str) -> tempfile::TempDir {
+    let repo = tempfile::tempdir().unwrap();
+    std::fs::copy("/bin/busybox", repo.path().join("busybox")).unwrap();
+    std::fs::write(repo.path().join("Dockerfile"), DOCKERFILE).unwrap();
+    for (name, text) in [
+        ("app.txt", app),
+        (
+            "slow.Dockerfile",
+            "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"sleep\", \"300\"]\n",
+        ),
+        (
+            "failing.Dockerfile",
+            "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"false\"]\n",
+        ),
+    ] {
+        std::fs::write(repo.path().join(name), text).unwrap();
+    }
+    git(repo.path(), &["init", "-q", "-b", "main"]);
+    git(repo.path(), &["add", "-A"]);
+    git(repo.path(), &["commit", "-qm", "app"]);
+    repo
+}
+
+fn request(repo: &Path, builder: &str) -> JobRequest {
+    JobRequest {
+        repo_url: format!("file://{}", repo.display()),
+        builder: Some(builder.into()),
+        ..JobRequest::default()
+    }
+}
+
+/// The storage the job's log says it used, when it was a cache slot.
+fn slot_of(logs: &[String]) -> Option<PathBuf> {
+    logs.iter().find_map(|l| {
+        let rest = l.strip_prefix("[helix] container storage: ")?;
+        let (path, kind) = rest.split_once(" (")?;
+        kind.starts_with("the builder's layer cache")
+            .then(|| PathBuf::from(path))
+    })
+}
+
+/// `program args…` against the slot's storage; its stdout.
+fn in_slot(slot: &Path, program: &str, args: &[&str]) -> String {
+    let conf = slot.join("inspect-storage.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "[storage]\ndriver = \"{}\"\ngraphroot = {:?}\nrunroot = {:?}\n",
+            helix_build::cache::StorageDriver::for_dir(slot.parent().unwrap()).as_str(),
+            slot.join("storage").display().to_string(),
+            slot.join("run").display().to_string()
+        ),
+    )
+    .unwrap();
+    let output = Command::new(program)
+        .args(args)
+        .env("CONTAINERS_STORAGE_CONF", &conf)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Nothing a build left in the slot: no build containers, no mounts under
+/// it, no image under the build's name.
+fn assert_clean(slot: &Path, what: &str) {
+    let containers = in_slot(slot, "podman", &["ps", "--all", "--external", "--quiet"]);
+    assert_eq!(containers.trim(), "", "{what}: containers left");
+    let images = in_slot(slot, "podman", &["images", "--format", "{{.Repository}}"]);
+    assert!(!images.contains("helix-image"), "{what}: {images}");
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    let slot = slot.display().to_string();
+    assert!(
+        !mounts.lines().any(|m| m.contains(&slot)),
+        "{what}: mounts left under {slot}"
+    );
+}
+
+async fn run(service: &Service, request: JobRequest) -> (Job, Vec<String>) {
+    common::run_logged(service, request).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_reuses_unchanged_steps_and_builds_the_change() {
+    let registry = Registry::start(false);
+    let dir = tempfile::tempdir().unwrap();
+    let service = common::start(&common::real_config(&dir, &registry.address)).await;
+    for builder in ["podman", "buildah"] {
+        let repo = repo("version 1");
+        let (cold, logs) = run(&service, request(repo.path(), builder)).await;
+        assert_eq!(cold.state, State::Succeeded, "{builder}: {:?}", cold.error);
+        let slot = slot_of(&logs).expect("a cache slot");
+        assert!(
+            !logs.iter().any(|l| l.contains("Using cache")),
+            "{builder}: cold"
+        );
+
+        std::fs::write(repo.path().join("app.txt"), "version 2").unwrap();
+        git(repo.path(), &["commit", "-qam", "change the source"]);
+        let (warm, logs) = run(&service, request(repo.path(), builder)).await;
+        assert_eq!(warm.state, State::Succeeded, "{builder}: {:?}", warm.error);
+        assert_eq!(slot_of(&logs).as_ref(), Some(&slot), "{builder}: same slot");
+        let reused = logs.iter().filter(|l| l.contains("Using cache")).count();
+        assert_eq!(reused, 2, "{builder}: COPY busybox and the slow RUN");
+        assert_clean(&slot, builder);
+
+        // A job that wants no cache builds in a storage of its own.
+        let (fresh, logs) = run(
+            &service,
+            JobRequest {
+                no_cache: true,
+                ..request(repo.path(), builder)
+            },
+        )
+        .await;
+        assert_eq!(
+            fresh.state,
+            State::Succeeded,
+            "{builder}: {:?}",
+            fresh.error
+        );
+        assert_eq!(slot_of(&logs), None);
+        assert!(!logs.iter().any(|l| l.contains("Using cache")));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_and_failed_builds_leave_nothing_in_the_cache() {
+    let registry = Registry::start(false);
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::real_config(&dir, &registry.address);
+    config.workers = 1;
+    let service = common::start(&config).await;
+    let repo = repo("v1");
+    for builder in ["podman", "buildah"] {
+        let (failed, logs) = run(
+            &service,
+            JobRequest {
+                dockerfile_path: Some("failing.Dockerfile".into()),
+                ..request(repo.path(), builder)
+            },
+        )
+        .await;
+        assert_eq!(failed.state, State::Failed, "{builder}");
+        let slot = slot_of(&logs).unwrap();
+        assert_clean(&slot, &format!("{builder}, failed"));
+
+        let slow = service
+            .submit(JobRequest {
+                dockerfile_path: Some("slow.Dockerfile".into()),
+                ..request(repo.path(), builder)
+            })
+            .await
+            .unwrap();
+        common::until_logged(&service, &slow.id, |l| {
+            l.contains("STEP") && l.contains("sleep")
+        })
+        .await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let cancelled = service.cancel(slow.id.as_str()).await.unwrap();
+        assert_eq!(cancelled.state, State::Cancelled, "{builder}");
+        assert_clean(&slot, &format!("{builder}, cancelled"));
+    }
+}

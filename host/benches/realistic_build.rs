@@ -142,7 +142,11 @@ fn by_hand(url: &str, image: &str, storage: &Path) -> Duration {
         "--storage-driver=overlay",
         "--cgroup-manager=cgroupfs",
     ];
-    sh(work.path(), "git", &["clone", "-q", "--depth", "1", "--", url, "src"]);
+    sh(
+        work.path(),
+        "git",
+        &["clone", "-q", "--depth", "1", "--", url, "src"],
+    );
     let podman = |args: &[&str]| {
         let all: Vec<&str> = global.iter().chain(args).copied().collect();
         sh(work.path(), "podman", &all);
@@ -158,7 +162,13 @@ fn by_hand(url: &str, image: &str, storage: &Path) -> Duration {
         "src",
     ]);
     let destination = format!("docker://{image}");
-    podman(&["push", "-q", "--tls-verify=false", "localhost/app", &destination]);
+    podman(&[
+        "push",
+        "-q",
+        "--tls-verify=false",
+        "localhost/app",
+        &destination,
+    ]);
     started.elapsed()
 }
 
@@ -187,9 +197,22 @@ fn push_base(reference: &str) {
             .collect();
         sh(dir.path(), "podman", &all);
     };
-    podman(&["build", "-q", "--isolation=chroot", "-t", "localhost/base", "."]);
+    podman(&[
+        "build",
+        "-q",
+        "--isolation=chroot",
+        "-t",
+        "localhost/base",
+        ".",
+    ]);
     let destination = format!("docker://{reference}");
-    podman(&["push", "-q", "--tls-verify=false", "localhost/base", &destination]);
+    podman(&[
+        "push",
+        "-q",
+        "--tls-verify=false",
+        "localhost/base",
+        &destination,
+    ]);
 }
 
 /// The application: dependencies installed in a slow step, then the

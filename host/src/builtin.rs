@@ -1,7 +1,6 @@
 //! Builder components compiled into this binary by `build.rs`, so the host
 //! runs with no files beside it, and the grants each needs by default.
 
-use crate::cache::LOCAL_IMAGE;
 use crate::exec::{Grants, ProgramGrant, ValueType};
 use crate::network::BuildNetwork;
 
@@ -22,10 +21,10 @@ pub fn names() -> impl Iterator<Item = &'static str> {
 
 /// The grants a built-in builder gets unless the config gives its own:
 /// nothing for `simulated`; for `podman` and `buildah` exactly the build
-/// and export invocations `plugins/kit` makes — every `RUN` step in an OCI
-/// container under runc on `network`, the image exported to a new OCI
-/// layout in the workspace. No storage flags (the host names each job's
-/// container storage), no git, no push, no credentials.
+/// `plugins/kit` runs — every `RUN` step in an OCI container under runc on
+/// `network`, the image left in the job's container storage, which the
+/// host pushes from. No storage flags (the host names each job's container
+/// storage), no export, no git, no push, no credentials.
 pub fn default_grants(name: &str, network: BuildNetwork) -> Grants {
     match name {
         "podman" | "buildah" => real_builder_grants(name, network),
@@ -45,42 +44,31 @@ fn real_builder_grants(tool: &str, network: BuildNetwork) -> Grants {
             .collect(),
     };
     Grants {
-        programs: vec![
-            grant(
-                &[
-                    "build",
-                    "--isolation",
-                    "oci",
-                    "--runtime",
-                    "runc",
-                    "--network",
-                    network.flag_value(),
-                    "{path}",
-                ],
-                &[
-                    ("-f", ValueType::Path),
-                    ("--build-arg", ValueType::Text),
-                    ("--platform", ValueType::Text),
-                    ("--tag", ValueType::Text),
-                    ("--manifest", ValueType::Text),
-                    ("--target", ValueType::Text),
-                    ("--label", ValueType::Text),
-                    ("--no-cache", ValueType::Flag),
-                    ("--layers", ValueType::Flag),
-                    ("--force-rm", ValueType::Flag),
-                    ("--secret", ValueType::Secret),
-                ],
-            ),
-            // A new directory: no link (planted in the checkout, say) can
-            // lie below it for the export to follow.
-            // Only the image this job built: the builder's layer cache
-            // holds other jobs' layers too.
-            grant(&["push", LOCAL_IMAGE, "oci:{output}"], &[]),
-            grant(
-                &["manifest", "push", "--all", LOCAL_IMAGE, "oci:{output}"],
-                &[],
-            ),
-        ],
+        programs: vec![grant(
+            &[
+                "build",
+                "--isolation",
+                "oci",
+                "--runtime",
+                "runc",
+                "--network",
+                network.flag_value(),
+                "{path}",
+            ],
+            &[
+                ("-f", ValueType::Path),
+                ("--build-arg", ValueType::Text),
+                ("--platform", ValueType::Text),
+                ("--tag", ValueType::Text),
+                ("--manifest", ValueType::Text),
+                ("--target", ValueType::Text),
+                ("--label", ValueType::Text),
+                ("--no-cache", ValueType::Flag),
+                ("--layers", ValueType::Flag),
+                ("--force-rm", ValueType::Flag),
+                ("--secret", ValueType::Secret),
+            ],
+        )],
         // PATH so the tools find their helpers (runc, conmon, the CNI
         // plugins); nothing else of the host's environment.
         pass_env: vec!["PATH".into()],

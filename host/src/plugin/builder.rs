@@ -48,6 +48,9 @@ pub enum Built {
     /// An OCI layout directory inside the workspace (checked to contain no
     /// symbolic link on the way), for the host to push.
     Layout(PathBuf),
+    /// The image in the job's container storage, under
+    /// [`crate::cache::LOCAL_IMAGE`], for the host to push from there.
+    LocalImage,
     /// A simulated builder's pretend result, recorded as is.
     Simulated(BuildResult),
 }
@@ -353,7 +356,8 @@ impl Builder {
         Err(failed)
     }
 
-    /// A real builder must leave an OCI layout inside the workspace; a
+    /// A real builder must leave its image in the job's container storage
+    /// or an OCI layout inside the workspace; a
     /// simulated one reports a pretend image whose fields must be valid.
     fn validate(&self, job: &Job, output: BuildOutput, workspace: &Path) -> Result<Built, Outcome> {
         let fault = |message: String| {
@@ -366,6 +370,7 @@ impl Builder {
             (BuildOutput::OciLayout(path), false) => layout_in(workspace, &path)
                 .map(Built::Layout)
                 .map_err(fault),
+            (BuildOutput::LocalImage, false) => Ok(Built::LocalImage),
             (BuildOutput::Simulated(image), true) => {
                 let platform_digests = image
                     .manifest
@@ -381,9 +386,9 @@ impl Builder {
                 .map(Built::Simulated)
                 .map_err(fault)
             }
-            (BuildOutput::OciLayout(_), true) => Err(fault(
-                "is simulated but returned an image layout to push".into(),
-            )),
+            (BuildOutput::OciLayout(_) | BuildOutput::LocalImage, true) => {
+                Err(fault("is simulated but returned an image to push".into()))
+            }
             (BuildOutput::Simulated(_), false) => Err(fault(
                 "returned a simulated image, but its info does not say it is simulated".into(),
             )),

@@ -128,7 +128,7 @@ mod tests {
         ),
         (
             "v0.3.0",
-            "b1e17fb3e006a0a917e5bedff1b5531c19bacd9fc919afea1b444040e8ffae9f",
+            "20c28272f14bbff7630d1cba97d2bc16a052df64ae715e897e4d2ed15de84e58",
         ),
     ];
 

@@ -21,6 +21,28 @@ use crate::job::{BuildResult, FailureKind, Outcome};
 use crate::log::JobLog;
 use crate::platform::Platform;
 
+/// What a builder left for the host to push.
+pub enum Built<'a> {
+    /// An OCI layout directory inside the workspace.
+    Layout(&'a Path),
+    /// The image in the job's container storage, which `env` names.
+    Storage {
+        env: &'a BTreeMap<String, String>,
+        workspace: &'a Path,
+        several_platforms: bool,
+    },
+}
+
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|a| a.to_string()).collect()
+}
+
+/// `env` with the host's `PATH`, for the host's own tools.
+fn host_path(mut env: BTreeMap<String, String>) -> BTreeMap<String, String> {
+    env.insert("PATH".into(), std::env::var("PATH").unwrap_or_default());
+    env
+}
+
 /// How long one registry query may take.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a push may take.
@@ -37,44 +59,65 @@ impl Publisher {
         Publisher { registries }
     }
 
-    /// Pushes the OCI layout at `layout` (inside a job workspace) to
-    /// `image`, then reads the registry back: the job's result, or the
-    /// outcome saying why it failed (a layout the builder got wrong is the
-    /// plugin's fault, a refused push the registry's).
+    /// Pushes the image a builder left to `image`, then reads the registry
+    /// back: the job's result, or the outcome saying why it failed (a
+    /// layout the builder got wrong is the plugin's fault, a refused push
+    /// the registry's).
     pub async fn publish(
         &self,
-        layout: &Path,
+        built: Built<'_>,
         image: &str,
         requested: &[Platform],
         log: &JobLog,
         cancel: &CancelSignal,
     ) -> Result<BuildResult, Outcome> {
-        check_layout(layout).map_err(|e| Outcome::failed(FailureKind::Plugin, e))?;
         log.push(&format!("[helix] pushing the built image to {image}"));
-        let mut args = vec![
-            "copy".to_string(),
-            "--all".into(),
-            "--quiet".into(),
-            "--digestfile".into(),
-            "/dev/stdout".into(),
-        ];
-        if self.registries.is_insecure(image) {
-            args.push("--dest-tls-verify=false".into());
-        }
-        if let Some(file) = self.registries.auth_file() {
-            args.push(format!("--dest-authfile={}", file.display()));
-        }
-        args.push(format!("oci:{}", layout.display()));
-        args.push(format!("docker://{image}"));
-        let env = BTreeMap::from([(
-            "PATH".to_string(),
-            std::env::var("PATH").unwrap_or_default(),
-        )]);
+        let insecure = self.registries.is_insecure(image);
+        let auth = self.registries.auth_file();
+        let destination = format!("docker://{image}");
+        let (program, args, env, cwd) = match built {
+            Built::Layout(layout) => {
+                check_layout(layout).map_err(|e| Outcome::failed(FailureKind::Plugin, e))?;
+                let mut args =
+                    strings(&["copy", "--all", "--quiet", "--digestfile", "/dev/stdout"]);
+                if insecure {
+                    args.push("--dest-tls-verify=false".into());
+                }
+                if let Some(file) = auth {
+                    args.push(format!("--dest-authfile={}", file.display()));
+                }
+                args.push(format!("oci:{}", layout.display()));
+                args.push(destination);
+                ("skopeo", args, host_path(BTreeMap::new()), layout)
+            }
+            // podman, not skopeo: it pushes manifest lists from storage.
+            // Layers the registry has (a base image's) are not sent again.
+            Built::Storage {
+                env,
+                workspace,
+                several_platforms,
+            } => {
+                let mut args = match several_platforms {
+                    true => strings(&["manifest", "push", "--all"]),
+                    false => strings(&["push"]),
+                };
+                args.extend(strings(&["--quiet", "--digestfile", "/dev/stdout"]));
+                if insecure {
+                    args.push("--tls-verify=false".into());
+                }
+                if let Some(file) = auth {
+                    args.push(format!("--authfile={}", file.display()));
+                }
+                args.push(crate::cache::LOCAL_IMAGE.into());
+                args.push(destination);
+                ("podman", args, host_path(env.clone()), workspace)
+            }
+        };
         let pushed = HostCommand {
-            program: "skopeo",
+            program,
             args: &args,
             env: &env,
-            cwd: layout,
+            cwd,
             timeout: Some(PUSH_TIMEOUT),
             log,
             cancel,
@@ -94,7 +137,9 @@ impl Publisher {
             ),
             other => Outcome::failed(
                 FailureKind::Host,
-                format!("cannot run skopeo to push: {other}; install skopeo on the build host"),
+                format!(
+                    "cannot run {program} to push: {other}; install {program} on the build host"
+                ),
             ),
         })?;
         if pushed.exit_code != 0 {

@@ -14,6 +14,7 @@ use crate::cancel::CancelSignal;
 use crate::job::{FailureKind, Job, JobId, Outcome};
 use crate::log::JobLog;
 use crate::plugin::{Builder, Built, RunContext};
+use crate::registry::Pushed;
 use crate::store::{StoreError, StoredJob};
 use crate::workspace::JobDirs;
 
@@ -191,6 +192,7 @@ impl Inner {
                     format!("could not hand the job its build secrets: {e}"),
                 )
             })?;
+        let workspace_dir = workspace.clone();
         let ctx = RunContext {
             log: log.clone(),
             cancel: cancel.clone(),
@@ -204,15 +206,25 @@ impl Inner {
                 log.push("[helix] simulated builder: no image, so nothing pushed or checked");
                 Ok(Outcome::Succeeded(result))
             }
-            (Built::Layout(layout), Some(image)) => self
-                .config
-                .publisher
-                .publish(&layout, &image, &job.platforms, log, cancel)
-                .await
-                .map(Outcome::Succeeded)
-                .map_err(|outcome| outcome.redacted(|text| log.redact(text))),
-            // Builder::run refuses a layout from a simulated builder.
-            (Built::Layout(_), None) => Err(Outcome::failed(
+            (built @ (Built::Layout(_) | Built::LocalImage), Some(image)) => {
+                let env = dirs.program_env();
+                let pushed = match &built {
+                    Built::Layout(layout) => Pushed::Layout(layout),
+                    _ => Pushed::Storage {
+                        env: &env,
+                        workspace: &workspace_dir,
+                        several_platforms: job.platforms.len() > 1,
+                    },
+                };
+                self.config
+                    .publisher
+                    .publish(pushed, &image, &job.platforms, log, cancel)
+                    .await
+                    .map(Outcome::Succeeded)
+                    .map_err(|outcome| outcome.redacted(|text| log.redact(text)))
+            }
+            // Builder::run refuses an image from a simulated builder.
+            (Built::Layout(_) | Built::LocalImage, None) => Err(Outcome::failed(
                 FailureKind::Plugin,
                 format!(
                     "simulated builder '{}' returned an image to push",

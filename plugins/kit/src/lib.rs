@@ -37,8 +37,6 @@ pub use bindings::{BuildError, BuildOutput, Guest, Job};
 const GLOBAL: [&str; 2] = ["--cgroup-manager", "cgroupfs"];
 /// The image's name in the job's own container storage.
 const LOCAL_IMAGE: &str = "localhost/helix-image";
-/// Where the image is left for the host, relative to the workspace.
-const LAYOUT_DIR: &str = "image";
 
 /// The build tool a builder drives. Both accept the same flags for what
 /// this kit does.
@@ -175,19 +173,10 @@ pub fn build(tool: Tool, job: Job) -> Result<BuildOutput, BuildError> {
         }
     })?;
 
-    let destination = format!("oci:{LAYOUT_DIR}");
-    let export = if several {
-        strings(&["manifest", "push", "--all", LOCAL_IMAGE, &destination])
-    } else {
-        strings(&["push", LOCAL_IMAGE, &destination])
-    };
-    tool.run(export, |why| {
-        BuildError::Internal(format!(
-            "could not write the built image to {LAYOUT_DIR}: {why}"
-        ))
-    })?;
-    log(&format!("image left in {LAYOUT_DIR} for the host to push"));
-    Ok(BuildOutput::OciLayout(LAYOUT_DIR.into()))
+    log(&format!(
+        "image left in the job's container storage as {LOCAL_IMAGE} for the host to push"
+    ));
+    Ok(BuildOutput::LocalImage)
 }
 
 /// Whether a failed build stopped at a registry (pulling a base image)

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
 
-use crate::job::JobId;
+use crate::job::{BuildSteps, JobId};
 use crate::store::JobStore;
 
 /// Longest line kept; longer ones are cut with a marker, so one runaway
@@ -74,6 +74,7 @@ struct Lines {
     output_bytes: usize,
     /// Set once output passed the job's cap.
     clipped: bool,
+    steps: BuildSteps,
 }
 
 /// How much output a job may log, in bytes.
@@ -223,6 +224,17 @@ impl JobLog {
         (out, total)
     }
 
+    /// Counts a line a build tool printed on its standard output.
+    pub fn count_step(&self, line: &str) {
+        let mut lines = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        count_step(&mut lines.steps, line);
+    }
+
+    /// The build steps counted so far.
+    pub fn steps(&self) -> BuildSteps {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).steps
+    }
+
     /// Changes whenever a line is pushed.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.pushed.subscribe()
@@ -251,6 +263,28 @@ pub fn human_bytes(bytes: usize) -> String {
         b if b >= 1024 * 1024 && b % (1024 * 1024) == 0 => format!("{} MiB", b / (1024 * 1024)),
         b if b >= 1024 && b % 1024 == 0 => format!("{} KiB", b / 1024),
         b => format!("{b} bytes"),
+    }
+}
+
+/// Counts `line` of a build tool's output: podman and buildah print
+/// `STEP n/m: …` as each step starts and `--> Using cache <id>` when
+/// it came from the cache.
+fn count_step(steps: &mut BuildSteps, line: &str) {
+    let step = line
+        .split_once("STEP ")
+        .and_then(|(before, rest)| {
+            let platform_prefix = before.is_empty() || before.ends_with("] ");
+            platform_prefix.then_some(rest)
+        })
+        .and_then(|rest| rest.split_once(':'))
+        .and_then(|(counter, _)| counter.split_once('/'))
+        .is_some_and(|(n, m)| {
+            n.bytes().all(|b| b.is_ascii_digit()) && m.bytes().all(|b| b.is_ascii_digit())
+        });
+    if step {
+        steps.total += 1;
+    } else if line.starts_with("--> Using cache ") {
+        steps.cached += 1;
     }
 }
 
@@ -346,6 +380,28 @@ mod tests {
                 "[helix] log clipped: the job's output passed 20 bytes (log_cap_bytes); later output is not kept",
                 "[helix] job failed: RUN false",
             ]
+        );
+    }
+
+    #[test]
+    fn build_steps_and_cache_hits_are_counted_from_the_tools_output() {
+        let log = JobLog::new(10);
+        for line in [
+            "[linux/amd64] STEP 1/3: FROM scratch",
+            "STEP 2/3: COPY busybox /bin/busybox",
+            "--> Using cache 41df357d299e0329c20d666c7cd05e13631b97b73a18ab541a0714957f1e1aba",
+            "STEP 3/3: RUN [\"/bin/busybox\", \"true\"]",
+            "echo STEP 9/9: is not a step",
+            "COMMIT localhost/helix-image",
+        ] {
+            log.count_step(line);
+        }
+        assert_eq!(
+            log.steps(),
+            BuildSteps {
+                total: 3,
+                cached: 1
+            }
         );
     }
 

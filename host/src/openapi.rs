@@ -66,7 +66,8 @@ pub fn document() -> Value {
                         "created_at": { "type": "string", "format": "date-time" },
                         "started_at": { "type": "string", "format": "date-time", "nullable": true },
                         "completed_at": { "type": "string", "format": "date-time", "nullable": true },
-                        "attempts": { "type": "integer" }
+                        "attempts": { "type": "integer" },
+                        "steps": { "type": "object", "description": "build steps of the last run and how many came from the layer cache", "properties": { "total": { "type": "integer" }, "cached": { "type": "integer" } } }
                     }
                 },
                 "JobPage": {

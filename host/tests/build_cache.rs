@@ -127,6 +127,21 @@ async fn a_rebuild_reuses_unchanged_steps_and_builds_the_change() {
         assert_eq!(slot_of(&logs).as_ref(), Some(&slot), "{builder}: same slot");
         let reused = logs.iter().filter(|l| l.contains("Using cache")).count();
         assert_eq!(reused, 2, "{builder}: COPY busybox and the slow RUN");
+        assert_eq!(
+            (
+                cold.steps.total,
+                cold.steps.cached,
+                warm.steps.total,
+                warm.steps.cached
+            ),
+            (4, 0, 4, 2),
+            "{builder}: the jobs record their steps and cache hits"
+        );
+        let counted = service.metrics().await.unwrap().build_steps[builder];
+        assert!(
+            counted.cached >= 2 && counted.total >= 8,
+            "{builder}: {counted:?}"
+        );
         assert_clean(&slot, builder);
 
         // A job that wants no cache builds in a storage of its own.

@@ -82,8 +82,8 @@ pub(super) async fn run(inv: Invocation<'_>) -> Result<CommandOutput, RunError> 
     let budget = StepBudget::new(inv.label, inv.log.output_caps().step_bytes);
     let (ended, stdout, stderr) = tokio::join!(
         ended,
-        stream_lines(stdout, inv.log, &stdout_label, &budget),
-        stream_lines(stderr, inv.log, &stderr_label, &budget),
+        stream_lines(stdout, inv.log, &stdout_label, &budget, true),
+        stream_lines(stderr, inv.log, &stderr_label, &budget, false),
     );
     let status = ended?;
     Ok(CommandOutput {
@@ -149,6 +149,7 @@ async fn stream_lines(
     log: &JobLog,
     label: &str,
     budget: &StepBudget<'_>,
+    count_steps: bool,
 ) -> String {
     let mut reader = BufReader::new(pipe);
     let mut tail = String::new();
@@ -163,6 +164,9 @@ async fn stream_lines(
             Ok(0) | Err(_) => break,
             Ok(read) => {
                 let text = String::from_utf8_lossy(&line);
+                if count_steps {
+                    log.count_step(text.trim_end());
+                }
                 tail.push_str(&text);
                 budget.log(log, read, || {
                     format!("{label} {}", text.trim_end_matches(['\n', '\r']))

@@ -103,6 +103,17 @@ pub struct Job {
     pub started_at: Option<DateTime<Utc>>,
     pub completed_at: Option<DateTime<Utc>>,
     pub attempts: u32,
+    /// Build steps of its last run, and how many came from the cache.
+    #[serde(default)]
+    pub steps: BuildSteps,
+}
+
+/// Build steps a job's build tools reported, and how many of them came
+/// from the layer cache.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildSteps {
+    pub total: u32,
+    pub cached: u32,
 }
 
 /// What jobs stored before `context` existed were built from.
@@ -175,6 +186,7 @@ mod tests {
             "started_at",
             "completed_at",
             "attempts",
+            "steps",
         ] {
             assert!(value.get(field).is_some(), "missing {field}");
         }

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::{Job, JobId, State};
+use super::{BuildSteps, Job, JobId, State};
 use crate::manifest::Manifest;
 use crate::platform::Platform;
 use crate::reference::validate_image_ref;
@@ -182,6 +182,7 @@ impl Job {
             started_at: None,
             completed_at: None,
             attempts: 0,
+            steps: BuildSteps::default(),
         })
     }
 }

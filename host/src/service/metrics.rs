@@ -1,8 +1,9 @@
 //! What `/metrics` reports, and its Prometheus text rendering.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use crate::job::{Job, State};
+use crate::job::{BuildSteps, Job, State};
 use crate::plugin::PluginRuntime;
 
 /// Counts for `/metrics`.
@@ -15,6 +16,8 @@ pub struct Metrics {
     /// Run time (`started_at` to `completed_at`) of the jobs this process
     /// ran to their end, in seconds.
     pub build_seconds: Histogram,
+    /// Their build steps by builder, and how many came from the cache.
+    pub build_steps: BTreeMap<String, BuildSteps>,
 }
 
 /// A Prometheus-style histogram: cumulative bucket counts, sum and count.
@@ -91,6 +94,23 @@ impl Metrics {
         )?;
         writeln!(text, "helix_build_seconds_sum {}", histogram.sum)?;
         writeln!(text, "helix_build_seconds_count {}", histogram.count)?;
+        writeln!(
+            text,
+            "# HELP helix_build_steps_total Build steps of the jobs this process ran, by builder and whether the layer cache had them."
+        )?;
+        writeln!(text, "# TYPE helix_build_steps_total counter")?;
+        for (builder, steps) in &self.build_steps {
+            let missed = steps.total.saturating_sub(steps.cached);
+            writeln!(
+                text,
+                "helix_build_steps_total{{builder=\"{builder}\",cache=\"hit\"}} {}",
+                steps.cached
+            )?;
+            writeln!(
+                text,
+                "helix_build_steps_total{{builder=\"{builder}\",cache=\"miss\"}} {missed}"
+            )?;
+        }
         writeln!(
             text,
             "# HELP helix_plugin_instantiation_seconds Making a fresh builder instance for a job."

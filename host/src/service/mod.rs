@@ -309,10 +309,12 @@ impl Service {
     pub async fn metrics(&self) -> Result<Metrics, ServiceError> {
         let jobs_by_state = self.inner.config.store.count_by_state().await?;
         let queue_depth = self.inner.config.queue.depth().await?;
+        let table = self.inner.lock();
         Ok(Metrics {
             jobs_by_state,
             queue_depth,
-            build_seconds: self.inner.lock().build_seconds.clone(),
+            build_seconds: table.build_seconds.clone(),
+            build_steps: table.build_steps.clone(),
         })
     }
 

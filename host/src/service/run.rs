@@ -243,6 +243,7 @@ impl Inner {
             };
             let state = outcome.state();
             let error = outcome.error();
+            entry.job.steps = entry.log.steps();
             if let Err(e) = entry.job.finish(outcome, Utc::now()) {
                 tracing::error!(job = %id, "dropping outcome: {e}");
                 return;

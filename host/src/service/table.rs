@@ -3,14 +3,14 @@
 //! a worker claims it and leaves once its end is stored; before and after,
 //! it is read from the store, so memory does not grow with history.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use tokio::sync::watch;
 
 use super::metrics::Histogram;
 use crate::cancel::CancelSignal;
-use crate::job::{Job, JobId, State};
+use crate::job::{BuildSteps, Job, JobId, State};
 use crate::log::JobLog;
 
 pub(super) struct Table {
@@ -20,6 +20,8 @@ pub(super) struct Table {
     pub pending: HashSet<JobId>,
     /// Run times of the jobs this process ran to their end.
     pub build_seconds: Histogram,
+    /// Their build steps, and cache hits, by builder.
+    pub build_steps: BTreeMap<String, BuildSteps>,
 }
 
 /// One job this host runs.
@@ -38,6 +40,7 @@ impl Table {
             jobs: HashMap::new(),
             pending: HashSet::new(),
             build_seconds: Histogram::build_seconds(),
+            build_steps: BTreeMap::new(),
         }
     }
 
@@ -59,6 +62,12 @@ impl Table {
     pub fn remove_ended(&mut self, id: &JobId) {
         if let Some(entry) = self.jobs.remove(id) {
             self.build_seconds.observe(&entry.job);
+            let steps = self
+                .build_steps
+                .entry(entry.job.builder.clone())
+                .or_default();
+            steps.total += entry.job.steps.total;
+            steps.cached += entry.job.steps.cached;
             entry.state.send_replace(entry.job.state);
         }
     }

@@ -21,7 +21,6 @@ use std::time::{Duration, Instant};
 use common::{median, ms, row};
 
 use helix_build::app;
-use helix_build::config::{BuilderConfig, Config, RegistryConfig};
 use helix_build::job::{JobRequest, State};
 
 const ROUNDS: usize = 7;
@@ -34,23 +33,8 @@ async fn run() {
     let registry = fixtures::Registry::start(false);
     let repo = fixtures::Repo::new();
     let data = tempfile::tempdir().unwrap();
-    let mut config = Config {
-        data_dir: data.path().to_path_buf(),
-        workers: 1,
-        allow_file_repos: true,
-        ..Config::default()
-    };
-    config.registries.insert(
-        registry.address.clone(),
-        RegistryConfig {
-            tls_verify: false,
-            ..Default::default()
-        },
-    );
-    config
-        .builders
-        .insert("podman".into(), BuilderConfig::default());
-    let service = app::start(&config.validated().unwrap()).await.unwrap();
+    let config = common::real_build_config(&data, &registry.address);
+    let service = app::start(&config).await.unwrap();
 
     let mut through_service = Vec::new();
     let mut by_hand = Vec::new();

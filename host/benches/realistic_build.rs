@@ -22,7 +22,6 @@ use std::time::{Duration, Instant};
 
 use common::{median, ms, row};
 use helix_build::app;
-use helix_build::config::{BuilderConfig, Config, RegistryConfig};
 use helix_build::job::{JobRequest, State};
 use helix_build::service::Service;
 use helix_fixtures::{Registry, git, run as sh};
@@ -42,23 +41,8 @@ async fn bench() {
     let url = format!("file://{}", repo.path().display());
 
     let data = tempfile::tempdir().unwrap();
-    let mut config = Config {
-        data_dir: data.path().to_path_buf(),
-        workers: 1,
-        allow_file_repos: true,
-        ..Config::default()
-    };
-    config.registries.insert(
-        registry.address.clone(),
-        RegistryConfig {
-            tls_verify: false,
-            ..Default::default()
-        },
-    );
-    config
-        .builders
-        .insert("podman".into(), BuilderConfig::default());
-    let service = app::start(&config.validated().unwrap()).await.unwrap();
+    let config = common::real_build_config(&data, &registry.address);
+    let service = app::start(&config).await.unwrap();
 
     let (mut cold_service, mut cold_hand) = (Vec::new(), Vec::new());
     let (mut warm_service, mut warm_hand) = (Vec::new(), Vec::new());

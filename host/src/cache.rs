@@ -62,6 +62,8 @@ impl StorageDriver {
                 // SAFETY: `path` is a valid C string and `stat` is written
                 // by statfs before it is read.
                 let ok = unsafe { libc::statfs(path.as_ptr(), stat.as_mut_ptr()) } == 0;
+                // f_type's width differs between architectures.
+                #[allow(clippy::unnecessary_cast)]
                 ok.then(|| unsafe { stat.assume_init() }.f_type as i64)
             })
             .is_some_and(|kind| kind == OVERLAYFS_SUPER_MAGIC);

@@ -6,9 +6,9 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
+use helix_build::cache::{StorageDriver, storage_conf};
 use helix_build::job::{Job, JobRequest, State};
 use helix_build::service::Service;
 use helix_fixtures::{Registry, git};
@@ -63,27 +63,9 @@ fn slot_of(logs: &[String]) -> Option<PathBuf> {
 /// `program args…` against the slot's storage; its stdout.
 fn in_slot(slot: &Path, program: &str, args: &[&str]) -> String {
     let conf = slot.join("inspect-storage.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "[storage]\ndriver = \"{}\"\ngraphroot = {:?}\nrunroot = {:?}\n",
-            helix_build::cache::StorageDriver::for_dir(slot.parent().unwrap()).as_str(),
-            slot.join("storage").display().to_string(),
-            slot.join("run").display().to_string()
-        ),
-    )
-    .unwrap();
-    let output = Command::new(program)
-        .args(args)
-        .env("CONTAINERS_STORAGE_CONF", &conf)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{program} {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
+    let driver = StorageDriver::for_dir(slot.parent().unwrap());
+    std::fs::write(&conf, storage_conf(driver, slot)).unwrap();
+    helix_fixtures::run_with(slot, &[("CONTAINERS_STORAGE_CONF", &conf)], program, args)
 }
 
 /// Nothing a build left in the slot: no build containers, no mounts under

@@ -231,13 +231,29 @@ async fn hands_out_the_oldest_and_withdraws_only_queued(
             Utc::now(),
         )
         .unwrap();
-    assert!(queue.withdraw(&cancelled).await.unwrap());
-    assert!(!queue.withdraw(&cancelled).await.unwrap(), "only once");
+    assert!(
+        queue
+            .withdraw(&cancelled, "[test] withdrawn")
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.log("q1").await.unwrap(),
+        ["[test] withdrawn"],
+        "the line is durable when withdraw returns"
+    );
+    assert!(
+        !queue.withdraw(&cancelled, "again").await.unwrap(),
+        "only once"
+    );
     let mut running = claimed.job.clone();
     running
         .finish(Outcome::Cancelled { reason: "x".into() }, Utc::now())
         .unwrap();
-    assert!(!queue.withdraw(&running).await.unwrap(), "q0 was claimed");
+    assert!(
+        !queue.withdraw(&running, "x").await.unwrap(),
+        "q0 was claimed"
+    );
     assert_eq!(queue.depth().await.unwrap(), 1);
     let next = queue
         .claim(&simulated(), &start_now)
@@ -305,7 +321,12 @@ async fn the_local_queue_reopens_with_its_queue_and_its_lost_runs() {
     );
     let mut again = lost[0].job.clone();
     again.requeue_after_interruption().unwrap();
-    assert!(queue.replace_lost(&lost[0], &again).await.unwrap());
+    assert!(
+        queue
+            .replace_lost(&lost[0], &again, "[test] back")
+            .await
+            .unwrap()
+    );
     let next = queue
         .claim(&simulated(), &start_now)
         .await
@@ -313,6 +334,7 @@ async fn the_local_queue_reopens_with_its_queue_and_its_lost_runs() {
         .unwrap();
     assert_eq!(next.job.id.as_str(), "first", "back in submission order");
     assert_eq!(next.job.attempts, 2);
+    assert_eq!(next.log, ["[test] back"], "the claim continues the log");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -363,9 +385,14 @@ async fn a_lease_that_ran_out_is_taken_over_and_the_old_host_cannot_write() {
     assert_eq!(lost[0].owner.as_deref(), Some("host-a"));
     let mut again = lost[0].job.clone();
     again.requeue_after_interruption().unwrap();
-    assert!(b.replace_lost(&lost[0], &again).await.unwrap());
     assert!(
-        !b.replace_lost(&lost[0], &again).await.unwrap(),
+        b.replace_lost(&lost[0], &again, "[test] taken over")
+            .await
+            .unwrap()
+    );
+    assert_eq!(b.log("taken").await.unwrap(), ["[test] taken over"]);
+    assert!(
+        !b.replace_lost(&lost[0], &again, "twice").await.unwrap(),
         "recovered once"
     );
     let taken = b.get("taken").await.unwrap().unwrap();

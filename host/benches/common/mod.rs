@@ -5,7 +5,7 @@
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
-use helix_build::config::Config;
+use helix_build::config::{BuilderConfig, Config, RegistryConfig};
 use helix_build::job::{BuildResult, Job, JobRequest, Outcome, State};
 use helix_build::log::JobLog;
 use helix_build::service::Service;
@@ -55,6 +55,28 @@ pub fn config(data: &tempfile::TempDir, queue_capacity: usize) -> Config {
         queue_capacity,
         ..Config::default()
     }
+}
+
+/// A config for real builds with the podman builder: one worker, file://
+/// repositories, and `registry` (loopback, plain HTTP).
+pub fn real_build_config(data: &tempfile::TempDir, registry: &str) -> Config {
+    let mut config = Config {
+        data_dir: data.path().to_path_buf(),
+        workers: 1,
+        allow_file_repos: true,
+        ..Config::default()
+    };
+    config.registries.insert(
+        registry.to_string(),
+        RegistryConfig {
+            tls_verify: false,
+            ..Default::default()
+        },
+    );
+    config
+        .builders
+        .insert("podman".into(), BuilderConfig::default());
+    config.validated().expect("a valid config")
 }
 
 /// The name the benches give the native no-op builder.

@@ -96,17 +96,13 @@ impl JobQueue for LocalQueue {
                     tracing::error!(job = %id, "job state not stored: {e}");
                 }
             });
-            // Only a job that ran before has a log to continue.
-            let log = match job.attempts {
-                1 => Vec::new(),
-                _ => self.store.log(job.id.as_str()).await?,
-            };
+            let log = super::earlier_log(self.store.as_ref(), &job).await?;
             Ok(Some(StoredJob { job, log }))
         }
         .boxed()
     }
 
-    fn withdraw<'a>(&'a self, ended: &'a Job) -> Read<'a, bool> {
+    fn withdraw<'a>(&'a self, ended: &'a Job, line: &'a str) -> Read<'a, bool> {
         async move {
             let taken = {
                 let mut waiting = self.waiting();
@@ -116,6 +112,8 @@ impl JobQueue for LocalQueue {
             if taken.is_none() {
                 return Ok(false);
             }
+            // Writes are applied in order: the update's commit covers both.
+            self.store.append_log(&ended.id, line, usize::MAX);
             self.store.update(ended).await?;
             self.announce(Notice::Changed(ended.id.to_string()));
             Ok(true)
@@ -140,8 +138,14 @@ impl JobQueue for LocalQueue {
         std::future::ready(Ok(lost)).boxed()
     }
 
-    fn replace_lost<'a>(&'a self, _lost: &'a LostRun, recovered: &'a Job) -> Read<'a, bool> {
+    fn replace_lost<'a>(
+        &'a self,
+        _lost: &'a LostRun,
+        recovered: &'a Job,
+        line: &'a str,
+    ) -> Read<'a, bool> {
         async move {
+            self.store.append_log(&recovered.id, line, usize::MAX);
             self.store.update(recovered).await?;
             if recovered.state == State::Queued {
                 // In submission order among the waiting jobs.

@@ -15,7 +15,7 @@ use std::time::Duration;
 use tokio::sync::broadcast;
 
 use crate::job::{Job, JobId, TransitionError};
-use crate::store::{Read, StoredJob};
+use crate::store::{JobStore, Read, StoreError, StoredJob};
 
 pub use local::LocalQueue;
 
@@ -45,9 +45,10 @@ pub trait JobQueue: Send + Sync + 'static {
     -> Read<'a, Option<StoredJob>>;
 
     /// Stores `ended` in place of queued job `ended.id` if that job is
-    /// still queued (it ended before it started); `false` when a worker
-    /// claimed it, or it ended, meanwhile.
-    fn withdraw<'a>(&'a self, ended: &'a Job) -> Read<'a, bool>;
+    /// still queued (it ended before it started), and `line` in its log,
+    /// both durable when it returns; `false` when a worker claimed it, or
+    /// it ended, meanwhile.
+    fn withdraw<'a>(&'a self, ended: &'a Job, line: &'a str) -> Read<'a, bool>;
 
     /// Asks the host running job `id` to cancel it for `reason`; `false`
     /// when no other host runs it.
@@ -58,10 +59,16 @@ pub trait JobQueue: Send + Sync + 'static {
     /// and any run of its own is a leftover).
     fn lost_runs(&self, own_too: bool) -> Read<'_, Vec<LostRun>>;
 
-    /// Stores `recovered` (queued again, or ended) in place of `lost`
-    /// unless someone renewed or recovered that run meanwhile; queued again,
-    /// it waits for a worker. `false` when someone did.
-    fn replace_lost<'a>(&'a self, lost: &'a LostRun, recovered: &'a Job) -> Read<'a, bool>;
+    /// Stores `recovered` (queued again, or ended) in place of `lost`,
+    /// and `line` in its log, both durable before a worker can claim it,
+    /// unless someone renewed or recovered that run meanwhile; queued
+    /// again, it waits for a worker. `false` when someone did.
+    fn replace_lost<'a>(
+        &'a self,
+        lost: &'a LostRun,
+        recovered: &'a Job,
+        line: &'a str,
+    ) -> Read<'a, bool>;
 
     /// Renews this host's leases on `running`, the jobs it still runs.
     fn heartbeat<'a>(&'a self, running: &'a [JobId]) -> Read<'a, Heartbeat>;
@@ -71,6 +78,18 @@ pub trait JobQueue: Send + Sync + 'static {
 
     /// News: jobs queued, cancellations asked for, jobs changed.
     fn notices(&self) -> broadcast::Receiver<Notice>;
+}
+
+/// What a claimed job's log continues: the lines of its earlier runs
+/// (only a job that ran before has any).
+pub(crate) async fn earlier_log(
+    store: &dyn JobStore,
+    job: &Job,
+) -> Result<Vec<String>, StoreError> {
+    match job.attempts {
+        0 | 1 => Ok(Vec::new()),
+        _ => store.log(job.id.as_str()).await,
+    }
 }
 
 /// A running job whose host is gone, as the queue held it.

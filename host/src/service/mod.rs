@@ -358,9 +358,8 @@ impl Service {
                     ended
                         .finish(outcome, Utc::now())
                         .expect("queued → cancelled is allowed");
-                    if self.inner.config.queue.withdraw(&ended).await? {
-                        self.inner
-                            .log_line(&ended.id, "[helix] cancelled before it started");
+                    let line = "[helix] cancelled before it started";
+                    if self.inner.config.queue.withdraw(&ended, line).await? {
                         tracing::info!(job = %id, "queued job cancelled");
                         return Ok(ended);
                     }
@@ -474,14 +473,6 @@ impl Inner {
         Ok(self.config.store.log(id).await?)
     }
 
-    /// Appends a line the host wrote to the stored log of a job that does
-    /// not run here.
-    fn log_line(&self, id: &JobId, line: &str) {
-        self.config
-            .store
-            .append_log(id, line, self.config.log_cap_lines);
-    }
-
     /// Queues again — or fails, after `max_attempts` — the runs whose host
     /// is gone (with `own_too`, this host's own leftovers as well), each
     /// with a log line saying why. Returns how many it recovered.
@@ -498,8 +489,7 @@ impl Inner {
                     continue;
                 }
             };
-            if queue.replace_lost(&lost, &job).await? {
-                self.log_line(&job.id, &line);
+            if queue.replace_lost(&lost, &job, &line).await? {
                 tracing::warn!(job = %job.id, state = %job.state, "{what}");
                 recovered += 1;
             }

@@ -15,6 +15,13 @@ use crate::queue::{Heartbeat, JobQueue, LostRun, Notice, Start};
 use crate::store::{JobStore, Read, StoreError, StoredJob, db_error, parse_job};
 
 impl PostgresStore {
+    /// Appends a line the host wrote to a job's log at once, outside the
+    /// writer, ordered before whatever this host does next.
+    async fn log_now(&self, id: &str, line: &str) -> Result<(), StoreError> {
+        self.execute(super::sql::APPEND_LOG, &[&id, &line]).await?;
+        Ok(())
+    }
+
     /// The claim connection, reconnecting if it broke.
     async fn claims(&self) -> Result<tokio::sync::MutexGuard<'_, Option<Client>>, StoreError> {
         let mut slot = self.claims.lock().await;
@@ -94,17 +101,13 @@ impl JobQueue for PostgresStore {
             let Some(job) = self.claim_one(builders, start).await? else {
                 return Ok(None);
             };
-            // Only a job that ran before has a log to continue.
-            let log = match job.attempts {
-                1 => Vec::new(),
-                _ => self.log(job.id.as_str()).await?,
-            };
+            let log = crate::queue::earlier_log(self, &job).await?;
             Ok(Some(StoredJob { job, log }))
         }
         .boxed()
     }
 
-    fn withdraw<'a>(&'a self, ended: &'a Job) -> Read<'a, bool> {
+    fn withdraw<'a>(&'a self, ended: &'a Job, line: &'a str) -> Read<'a, bool> {
         async move {
             let body = serde_json::to_string(ended).map_err(db_error)?;
             let changed = self
@@ -114,6 +117,7 @@ impl JobQueue for PostgresStore {
                 )
                 .await?;
             if changed == 1 {
+                self.log_now(ended.id.as_str(), line).await?;
                 self.notify(CHANGED_CHANNEL, ended.id.as_str()).await?;
             }
             Ok(changed == 1)
@@ -162,7 +166,12 @@ impl JobQueue for PostgresStore {
         .boxed()
     }
 
-    fn replace_lost<'a>(&'a self, lost: &'a LostRun, recovered: &'a Job) -> Read<'a, bool> {
+    fn replace_lost<'a>(
+        &'a self,
+        lost: &'a LostRun,
+        recovered: &'a Job,
+        line: &'a str,
+    ) -> Read<'a, bool> {
         async move {
             let body = serde_json::to_string(recovered).map_err(db_error)?;
             let attempts = i32::try_from(lost.job.attempts).unwrap_or(i32::MAX);
@@ -183,8 +192,12 @@ impl JobQueue for PostgresStore {
                     ],
                 )
                 .await?;
-            if changed == 1 && recovered.state == State::Queued {
-                self.notify(QUEUED_CHANNEL, "").await?;
+            if changed == 1 {
+                // Before the notice: whoever claims it then sees the line.
+                self.log_now(recovered.id.as_str(), line).await?;
+                if recovered.state == State::Queued {
+                    self.notify(QUEUED_CHANNEL, "").await?;
+                }
             }
             Ok(changed == 1)
         }

@@ -1,10 +1,11 @@
 //! A small real build (`FROM scratch`, COPY, RUN, a build arg; one
-//! platform) through the service with the podman builder, against the same
-//! git, podman and skopeo commands run by hand — alternating, side by side,
-//! medians over several rounds. The service's figure includes what the
-//! hand-run floor does not: a fresh wasm instance, grant checks, log
-//! streaming, the private build network, and the registry check (`skopeo
-//! inspect`) before the job may succeed.
+//! platform) through the service with the podman builder, with no layer
+//! cache (`no_cache`: a fresh storage of the job's own), against the same
+//! work by hand — `git clone`, `podman build` in a fresh storage, `podman
+//! push` — alternating, side by side, medians over several rounds. The
+//! service's figure includes what the hand-run floor does not: a fresh
+//! wasm instance, grant checks, log streaming, the private build network,
+//! and the registry check (`skopeo inspect`) before the job may succeed.
 //!
 //! A second row prices the isolation itself: the same hand-run build with
 //! every `RUN` step in an OCI container under runc, against `--isolation
@@ -47,6 +48,7 @@ async fn run() {
             builder: Some("podman".into()),
             image: Some(image),
             build_args: [("GREETING".to_string(), "hello".to_string())].into(),
+            no_cache: true,
             ..JobRequest::default()
         };
         let started = Instant::now();
@@ -106,17 +108,20 @@ enum Isolation {
     Chroot,
 }
 
-/// What the service runs (checkout, build, export, push), typed in by
-/// hand, with `isolation` for the `RUN` steps.
+/// What the service runs (checkout, build in a fresh storage, push),
+/// typed in by hand, with `isolation` for the `RUN` steps.
 fn build_by_hand(url: &str, image: &str, isolation: Isolation) {
     let dir = tempfile::tempdir().unwrap();
-    let storage = [
+    let driver = format!(
+        "--storage-driver={}",
+        helix_build::cache::StorageDriver::for_dir(dir.path()).as_str()
+    );
+    let global = [
         "--root",
         "storage",
         "--runroot",
         "run",
-        "--storage-driver",
-        "vfs",
+        driver.as_str(),
         "--cgroup-manager",
         "cgroupfs",
     ];
@@ -125,7 +130,7 @@ fn build_by_hand(url: &str, image: &str, isolation: Isolation) {
         Isolation::Chroot => &["--isolation", "chroot"],
     };
     let destination = format!("docker://{image}");
-    let build: Vec<&str> = storage
+    let build: Vec<&str> = global
         .iter()
         .chain(&["build"])
         .chain(isolation)
@@ -142,29 +147,24 @@ fn build_by_hand(url: &str, image: &str, isolation: Isolation) {
         ])
         .copied()
         .collect();
-    let export: Vec<&str> = storage
+    let push: Vec<&str> = global
         .iter()
-        .chain(&["push", "localhost/helix-image", "oci:image"])
+        .chain(&[
+            "push",
+            "--quiet",
+            "--tls-verify=false",
+            "localhost/helix-image",
+            destination.as_str(),
+        ])
         .copied()
         .collect();
-    let steps: [(&str, Vec<&str>); 4] = [
+    let steps: [(&str, Vec<&str>); 3] = [
         (
             "git",
             vec!["clone", "--depth", "1", "--branch", "v1", "--", url, "src"],
         ),
         ("podman", build),
-        ("podman", export),
-        (
-            "skopeo",
-            vec![
-                "copy",
-                "--all",
-                "--quiet",
-                "--dest-tls-verify=false",
-                "oci:image",
-                &destination,
-            ],
-        ),
+        ("podman", push),
     ];
     for (program, args) in steps {
         fixtures::run(dir.path(), program, &args);

@@ -170,8 +170,12 @@ impl BuildCache {
                 futures_util::future::select_all(waits).await.0
             }
         };
+        let dir = self.root.join(builder).join(n.to_string());
+        if let Err(e) = std::fs::create_dir_all(&dir) {
+            tracing::warn!("cannot create build cache slot {}: {e}", dir.display());
+        }
         let mut slot = CacheSlot {
-            dir: self.root.join(builder).join(n.to_string()),
+            dir,
             driver: self.driver,
             max_bytes: self.max_bytes,
             held,

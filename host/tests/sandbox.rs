@@ -231,9 +231,21 @@ async fn failed_workspaces_are_kept_only_when_configured() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = config(&dir, 1, 10);
     config.keep_failed_workspaces = true;
+    let secret = dir.path().join("token");
+    std::fs::write(&secret, "kept-nowhere").unwrap();
+    config.secrets.insert(
+        "token".into(),
+        helix_build::secrets::SecretSource {
+            env: None,
+            file: Some(secret),
+        },
+    );
     let service = start(&config).await;
     let failed = service
-        .submit(exec("echo debris > left-behind; exit 1"))
+        .submit(JobRequest {
+            secrets: vec!["token".into()],
+            ..exec("echo debris > left-behind; exit 1")
+        })
         .await
         .unwrap();
     let ok = service.submit(exec("echo fine > output")).await.unwrap();
@@ -242,6 +254,10 @@ async fn failed_workspaces_are_kept_only_when_configured() {
     // The job's directory: its workspace and its container state.
     let kept = config.workspace_dir().join(failed.id.as_str());
     assert!(kept.join("state/storage.conf").is_file());
+    assert!(
+        !kept.join("state/secrets").exists(),
+        "a kept workspace keeps no build secret"
+    );
     assert_eq!(
         std::fs::read_to_string(kept.join("workspace/left-behind")).unwrap(),
         "debris\n"

@@ -137,8 +137,14 @@ impl Inner {
         }
         let failed = !matches!(outcome, Outcome::Succeeded(_));
         if failed && self.config.keep_failed_workspaces {
+            // Never the secrets: they outlive no job.
+            if let Err(e) = std::fs::remove_dir_all(dirs.secrets())
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::error!(job = %job.id, "could not remove the job's build secrets: {e}");
+            }
             log.push(&format!(
-                "[helix] workspace kept for debugging: {}",
+                "[helix] workspace kept for debugging (without its build secrets): {}",
                 dirs.root().display()
             ));
         } else {

@@ -193,10 +193,6 @@ impl Git<'_> {
         ));
         all.extend(args.iter().map(|a| a.to_string()));
         let env = BTreeMap::from([
-            (
-                "PATH".to_string(),
-                std::env::var("PATH").unwrap_or_default(),
-            ),
             ("HOME".to_string(), "/nonexistent".to_string()),
             ("GIT_CONFIG_NOSYSTEM".to_string(), "1".to_string()),
             ("GIT_CONFIG_GLOBAL".to_string(), "/dev/null".to_string()),

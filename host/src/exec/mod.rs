@@ -240,11 +240,12 @@ impl CommandRunner {
     }
 }
 
-/// One of the host's own commands: git for the checkout, skopeo for the
-/// push. No grant is checked (the host chose every argument), but it runs
-/// like a builder's programs: no shell, its own process group, a cleared
-/// environment plus `env`, output into the job log, the group killed on
-/// cancel or `timeout`.
+/// One of the host's own commands: git for the checkout, skopeo or podman
+/// for the push, the build cache's cleanup. No grant is checked (the host
+/// chose every argument), but it runs like a builder's programs: no shell,
+/// its own process group, a cleared environment plus the host's `PATH` and
+/// `env`, output into the job log, the group killed on cancel or
+/// `timeout`.
 pub struct HostCommand<'a> {
     /// A bare name, looked up on the host's `PATH`.
     pub program: &'a str,
@@ -260,11 +261,20 @@ impl HostCommand<'_> {
     pub async fn run(self) -> Result<CommandOutput, RunError> {
         let search_path = std::env::var_os("PATH");
         let program = resolve_program(self.program, search_path.as_deref())?;
+        // The host's tools find their helpers (runc, conmon, git's remote
+        // helpers) where the host does.
+        let mut env = self.env.clone();
+        env.entry("PATH".to_string()).or_insert_with(|| {
+            search_path
+                .as_deref()
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        });
         process::run(process::Invocation {
             program: &program,
             label: self.program,
             args: self.args,
-            env: self.env,
+            env: &env,
             cwd: self.cwd,
             timeout: self.timeout,
             log: self.log,

@@ -6,7 +6,7 @@ mod publish;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-pub use publish::{Built as Pushed, Publisher};
+pub use publish::{Publisher, Pushed};
 
 use crate::config::RegistryConfig;
 use crate::reference::registry_of;

@@ -22,7 +22,7 @@ use crate::log::JobLog;
 use crate::platform::Platform;
 
 /// What a builder left for the host to push.
-pub enum Built<'a> {
+pub enum Pushed<'a> {
     /// An OCI layout directory inside the workspace.
     Layout(&'a Path),
     /// The image in the job's container storage, which `env` names.
@@ -35,12 +35,6 @@ pub enum Built<'a> {
 
 fn strings(args: &[&str]) -> Vec<String> {
     args.iter().map(|a| a.to_string()).collect()
-}
-
-/// `env` with the host's `PATH`, for the host's own tools.
-fn host_path(mut env: BTreeMap<String, String>) -> BTreeMap<String, String> {
-    env.insert("PATH".into(), std::env::var("PATH").unwrap_or_default());
-    env
 }
 
 /// How long one registry query may take.
@@ -65,7 +59,7 @@ impl Publisher {
     /// the registry's).
     pub async fn publish(
         &self,
-        built: Built<'_>,
+        built: Pushed<'_>,
         image: &str,
         requested: &[Platform],
         log: &JobLog,
@@ -76,7 +70,7 @@ impl Publisher {
         let auth = self.registries.auth_file();
         let destination = format!("docker://{image}");
         let (program, args, env, cwd) = match built {
-            Built::Layout(layout) => {
+            Pushed::Layout(layout) => {
                 check_layout(layout).map_err(|e| Outcome::failed(FailureKind::Plugin, e))?;
                 let mut args =
                     strings(&["copy", "--all", "--quiet", "--digestfile", "/dev/stdout"]);
@@ -88,11 +82,11 @@ impl Publisher {
                 }
                 args.push(format!("oci:{}", layout.display()));
                 args.push(destination);
-                ("skopeo", args, host_path(BTreeMap::new()), layout)
+                ("skopeo", args, BTreeMap::new(), layout)
             }
             // podman, not skopeo: it pushes manifest lists from storage.
             // Layers the registry has (a base image's) are not sent again.
-            Built::Storage {
+            Pushed::Storage {
                 env,
                 workspace,
                 several_platforms,
@@ -110,7 +104,7 @@ impl Publisher {
                 }
                 args.push(crate::cache::LOCAL_IMAGE.into());
                 args.push(destination);
-                ("podman", args, host_path(env.clone()), workspace)
+                ("podman", args, env.clone(), workspace)
             }
         };
         let pushed = HostCommand {

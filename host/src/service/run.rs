@@ -124,7 +124,7 @@ impl Inner {
                 ),
             });
         }
-        let cleanup_env = cleanup_env(&dirs);
+        let cleanup_env = dirs.program_env();
         if let Some(slot) = &slot {
             slot.clean(&cleanup_env, log).await;
         }
@@ -292,11 +292,4 @@ impl Inner {
         }
         self.lock().remove_ended(&job.id);
     }
-}
-
-/// The environment of the host's own cleanup in a job's storage.
-fn cleanup_env(dirs: &JobDirs) -> std::collections::BTreeMap<String, String> {
-    let mut env = dirs.program_env();
-    env.insert("PATH".into(), std::env::var("PATH").unwrap_or_default());
-    env
 }

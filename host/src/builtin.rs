@@ -1,6 +1,7 @@
 //! Builder components compiled into this binary by `build.rs`, so the host
 //! runs with no files beside it, and the grants each needs by default.
 
+use crate::cache::LOCAL_IMAGE;
 use crate::exec::{Grants, ProgramGrant, ValueType};
 use crate::network::BuildNetwork;
 
@@ -43,8 +44,9 @@ fn real_builder_grants(tool: &str, network: BuildNetwork) -> Grants {
             .map(|(name, ty)| (name.to_string(), *ty))
             .collect(),
     };
-    Grants {
-        programs: vec![grant(
+    let build = |name_option: &str| {
+        let name = format!("{name_option}={LOCAL_IMAGE}");
+        grant(
             &[
                 "build",
                 "--isolation",
@@ -53,14 +55,15 @@ fn real_builder_grants(tool: &str, network: BuildNetwork) -> Grants {
                 "runc",
                 "--network",
                 network.flag_value(),
+                // Pinned: the build's image can have no other name, so no
+                // name it leaves in a shared cache slot outlives the job.
+                &name,
                 "{path}",
             ],
             &[
                 ("-f", ValueType::Path),
                 ("--build-arg", ValueType::Text),
                 ("--platform", ValueType::Text),
-                ("--tag", ValueType::Text),
-                ("--manifest", ValueType::Text),
                 ("--target", ValueType::Text),
                 ("--label", ValueType::Text),
                 ("--no-cache", ValueType::Flag),
@@ -68,7 +71,11 @@ fn real_builder_grants(tool: &str, network: BuildNetwork) -> Grants {
                 ("--force-rm", ValueType::Flag),
                 ("--secret", ValueType::Secret),
             ],
-        )],
+        )
+    };
+    Grants {
+        // One image, or a manifest list for several platforms.
+        programs: vec![build("--tag"), build("--manifest")],
         // PATH so the tools find their helpers (runc, conmon, the CNI
         // plugins); nothing else of the host's environment.
         pass_env: vec!["PATH".into()],

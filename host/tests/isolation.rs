@@ -234,6 +234,10 @@ async fn a_builder_with_the_podman_grants_is_refused_every_way_out() {
         ("volume", "option --volume is not granted"),
         ("build-context", "option --build-context is not granted"),
         (
+            "name-another-image",
+            "option --tag is pinned by the grant and may not be given again",
+        ),
+        (
             "secret-src",
             "option --secret: \"id=s,src=/etc/shadow\" must be id=NAME",
         ),

@@ -159,6 +159,8 @@ pub fn build(tool: Tool, job: Job) -> Result<BuildOutput, BuildError> {
     // The host completes each with where the value is.
     args.extend(job.secrets.iter().map(|name| format!("--secret=id={name}")));
     args.push(format!("--platform={}", platforms.join(",")));
+    // Just before the context, as the grants pin it: the only name a
+    // build may give its image.
     args.push(format!(
         "{}={LOCAL_IMAGE}",
         if several { "--manifest" } else { "--tag" }

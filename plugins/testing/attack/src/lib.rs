@@ -38,6 +38,7 @@ const BUILD: &[&str] = &[
     "runc",
     "--network",
     "helix-private",
+    "--tag=localhost/helix-image",
 ];
 
 fn podman(rest: &[&str]) -> (String, Vec<String>, Vec<(String, String)>) {
@@ -70,6 +71,7 @@ impl Guest for Attack {
             "host-context" => build(&["/etc"]),
             "volume" => build(&["--volume", "/:/host", "src"]),
             "build-context" => build(&["--build-context=host=/etc", "src"]),
+            "name-another-image" => build(&["--tag=localhost/loot", "src"]),
             "secret-src" => build(&["--secret=id=s,src=/etc/shadow", "src"]),
             "secret-not-the-jobs" => build(&["--secret", "id=deploy_key", "src"]),
             "capabilities" => build(&["--cap-add=ALL", "--security-opt=seccomp=unconfined", "src"]),

@@ -811,6 +811,14 @@ fn cli_lists_shows_cancels_and_reads_logs() {
     );
     let (ok, out, _) = cli(&server, None, &["logs", "short"]);
     assert!(ok && out.contains("[helix] job succeeded"), "{out}");
+    for flags in [
+        &["logs", "-t", "short"][..],
+        &["logs", "--follow", "--timestamps", "short"],
+    ] {
+        let (ok, timed, _) = cli(&server, None, flags);
+        assert!(ok, "{flags:?}: {timed}");
+        assert_timestamped(&timed, &out);
+    }
     let (ok, out, _) = cli(&server, None, &["wait", "long", "--timeout", "1"]);
     assert!(!ok, "a job still running is not a success");
     assert!(out.contains("long running"), "{out}");
@@ -918,4 +926,21 @@ fn a_full_queue_answers_503_with_retry_after_and_stores_nothing() {
             .contains("build queue is full")
     );
     assert_eq!(server.json("GET", "/v1/jobs/refused", None).0, 404);
+}
+
+/// `timed` is `plain` with each line preceded by its time (RFC 3339, UTC)
+/// and a space, the times in order.
+fn assert_timestamped(timed: &str, plain: &str) {
+    let mut last = None;
+    let mut texts = Vec::new();
+    for line in timed.lines() {
+        let (time, text) = line.split_once(' ').unwrap_or_else(|| panic!("{line:?}"));
+        let time = chrono::DateTime::parse_from_rfc3339(time)
+            .unwrap_or_else(|e| panic!("{line:?} does not start with a time: {e}"));
+        assert_eq!(time.offset().local_minus_utc(), 0, "{line:?} is not in UTC");
+        assert!(last <= Some(time), "times out of order at {line:?}");
+        last = Some(time);
+        texts.push(text);
+    }
+    assert_eq!(texts, plain.lines().collect::<Vec<_>>());
 }

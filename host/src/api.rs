@@ -220,6 +220,9 @@ async fn wait(
 struct LogsQuery {
     #[serde(default)]
     follow: bool,
+    /// Each line preceded by its time, as `docker logs -t` prints it.
+    #[serde(default)]
+    timestamps: bool,
 }
 
 /// Plain text, or with `?follow=true` server-sent events: a `state` event
@@ -232,11 +235,14 @@ async fn logs(
 ) -> ApiResult<Response> {
     let Query(query) = query?;
     if !query.follow {
-        let mut text = service.logs(&id).await?.join("\n");
-        text.push('\n');
+        let mut text = String::new();
+        for line in service.logs(&id).await? {
+            text.push_str(&line.render(query.timestamps));
+            text.push('\n');
+        }
         return Ok(text.into_response());
     }
-    let events = follow_events(service, id).await?;
+    let events = follow_events(service, id, query.timestamps).await?;
     Ok(Sse::new(events)
         .keep_alive(KeepAlive::default())
         .into_response())
@@ -245,6 +251,7 @@ async fn logs(
 async fn follow_events(
     service: Service,
     id: String,
+    timestamps: bool,
 ) -> ApiResult<impl Stream<Item = Result<Event, Infallible>>> {
     let (log, states) = service.follow(&id).await?;
     let lines = log.subscribe();
@@ -269,7 +276,7 @@ async fn follow_events(
         reported: None,
         ended: false,
     };
-    let batches = stream::unfold(start, |mut f| async move {
+    let batches = stream::unfold(start, move |mut f| async move {
         loop {
             if f.ended {
                 return None;
@@ -288,7 +295,7 @@ async fn follow_events(
             events.extend(
                 lines
                     .into_iter()
-                    .map(|l| Event::default().event("log").data(l)),
+                    .map(|l| Event::default().event("log").data(l.render(timestamps))),
             );
             if !events.is_empty() {
                 return Some((events, f));

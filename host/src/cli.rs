@@ -123,7 +123,7 @@ pub async fn submit(
         eprintln!("submitted {} on builder '{}'", job.id, job.builder);
     }
     let job = if follow {
-        follow_job(client, job.id.as_str(), !as_json).await?
+        follow_job(client, job.id.as_str(), !as_json, false).await?
     } else {
         wait_for(client, job.id.as_str(), None).await?
     };
@@ -131,9 +131,15 @@ pub async fn submit(
     Ok(job.state == State::Succeeded)
 }
 
-/// Prints the job's log as it is written; on a terminal, a status line
-/// under it shows the job's state and the elapsed time.
-async fn follow_job(client: &Client, id: &str, show_progress: bool) -> Result<Job, String> {
+/// Prints the job's log as it is written (with `timestamps`, each line's
+/// time first); on a terminal, a status line under it shows the job's
+/// state and the elapsed time.
+async fn follow_job(
+    client: &Client,
+    id: &str,
+    show_progress: bool,
+    timestamps: bool,
+) -> Result<Job, String> {
     let tty = show_progress && std::io::stderr().is_terminal();
     let started = Instant::now();
     let frames = ['⠋', '⠙', '⠹', '⠸', '⠼', '⠴', '⠦', '⠧', '⠇', '⠏'];
@@ -152,7 +158,7 @@ async fn follow_job(client: &Client, id: &str, show_progress: bool) -> Result<Jo
         }
     };
     let job = client
-        .follow_logs(id, |event| match event {
+        .follow_logs(id, timestamps, |event| match event {
             Followed::State(new) => {
                 state = new.to_string();
                 status(&state, false);
@@ -269,15 +275,20 @@ pub async fn cancel(client: &Client, id: &str, as_json: bool) -> Result<bool, St
     Ok(job.state == State::Cancelled)
 }
 
-pub async fn logs(client: &Client, id: &str, follow: bool) -> Result<bool, String> {
+pub async fn logs(
+    client: &Client,
+    id: &str,
+    follow: bool,
+    timestamps: bool,
+) -> Result<bool, String> {
     if follow {
-        let job = follow_job(client, id, true).await?;
+        let job = follow_job(client, id, true, timestamps).await?;
         return Ok(job.state == State::Succeeded);
     }
     print!(
         "{}",
         client
-            .text(&format!("/v1/jobs/{id}/logs"))
+            .text(&format!("/v1/jobs/{id}/logs?timestamps={timestamps}"))
             .await
             .map_err(message)?
     );

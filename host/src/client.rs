@@ -140,16 +140,18 @@ impl Client {
     }
 
     /// Follows a job: calls `on_event` with every state change and every log
-    /// line as they arrive, and returns the job once it has ended.
+    /// line as they arrive (with `timestamps`, each preceded by its time),
+    /// and returns the job once it has ended.
     pub async fn follow_logs(
         &self,
         id: &str,
+        timestamps: bool,
         mut on_event: impl FnMut(Followed<'_>),
     ) -> Result<Job, ClientError> {
         let mut response = self
             .send(
                 Method::GET,
-                &format!("/v1/jobs/{id}/logs?follow=true"),
+                &format!("/v1/jobs/{id}/logs?follow=true&timestamps={timestamps}"),
                 None,
             )
             .await?;

@@ -11,6 +11,7 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
+use chrono::{DateTime, SecondsFormat, SubsecRound as _, Utc};
 use tokio::sync::watch;
 
 use crate::job::{BuildSteps, JobId};
@@ -19,6 +20,56 @@ use crate::store::JobStore;
 /// Longest line kept; longer ones are cut with a marker, so one runaway
 /// line cannot use the whole budget.
 const MAX_LINE_BYTES: usize = 8 * 1024;
+
+/// One line of a job's log and when the host took it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogLine {
+    /// `None` only for lines stored before the store kept times.
+    pub at: Option<DateTime<Utc>>,
+    pub text: String,
+}
+
+impl LogLine {
+    /// `text`, taken now.
+    pub fn new(text: impl Into<String>) -> Self {
+        LogLine {
+            at: Some(now()),
+            text: text.into(),
+        }
+    }
+
+    /// A line read back from a store, which keeps its time in microseconds
+    /// since the Unix epoch.
+    pub(crate) fn stored(text: String, at_micros: Option<i64>) -> Self {
+        LogLine {
+            at: at_micros.and_then(DateTime::from_timestamp_micros),
+            text,
+        }
+    }
+
+    pub(crate) fn at_micros(&self) -> Option<i64> {
+        self.at.map(|at| at.timestamp_micros())
+    }
+
+    /// The line as `docker logs` prints it: with `timestamps`, its time
+    /// (RFC 3339, UTC, microseconds) and a space before the text.
+    pub fn render(&self, timestamps: bool) -> String {
+        match (timestamps, self.at) {
+            (true, Some(at)) => format!(
+                "{} {}",
+                at.to_rfc3339_opts(SecondsFormat::Micros, true),
+                self.text
+            ),
+            _ => self.text.clone(),
+        }
+    }
+}
+
+/// Now, to the microsecond the stores keep, so a line reads back with the
+/// time it had.
+fn now() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(6)
+}
 
 /// The log of one job. Keeps at most `cap` lines: when full, the oldest
 /// line is dropped and the count of dropped lines is reported as the first
@@ -68,7 +119,7 @@ impl Redactor {
 
 #[derive(Debug, Default)]
 struct Lines {
-    kept: VecDeque<String>,
+    kept: VecDeque<LogLine>,
     dropped: u64,
     /// Bytes of output (not host lines) logged so far.
     output_bytes: usize,
@@ -121,7 +172,7 @@ impl JobLog {
     }
 
     /// A log continuing the `earlier` lines (read back from the store).
-    pub fn restored(cap: usize, redactor: Redactor, earlier: Vec<String>) -> Self {
+    pub fn restored(cap: usize, redactor: Redactor, earlier: Vec<LogLine>) -> Self {
         let mut log = Self::with_redactor(cap, redactor);
         let lines = log.inner.get_mut().unwrap_or_else(|e| e.into_inner());
         let skip = earlier.len().saturating_sub(log.cap);
@@ -139,7 +190,7 @@ impl JobLog {
         redactor: Redactor,
         id: JobId,
         store: Arc<dyn JobStore>,
-        earlier: Vec<String>,
+        earlier: Vec<LogLine>,
     ) -> Self {
         let mut log = Self::restored(cap, redactor, earlier);
         log.persist = Some((id, store));
@@ -168,6 +219,13 @@ impl JobLog {
         self.append(&mut lines, text);
     }
 
+    /// Appends a line copied from another log, keeping its time.
+    pub fn push_line(&self, line: LogLine) {
+        let mut lines = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        self.keep(&mut lines, line);
+        self.pushed.send_replace(lines.total());
+    }
+
     /// Appends `text` a builder or a program printed, unless the job's
     /// output has passed [`OutputCaps::job_bytes`]; the first line past it
     /// is replaced by a marker, and later ones are dropped.
@@ -190,34 +248,39 @@ impl JobLog {
     }
 
     fn append(&self, lines: &mut Lines, text: &str) {
+        let at = Some(now());
         let text = self.redactor.redact(text);
         for line in text.lines() {
-            let line = truncate(line.trim_end_matches('\r'));
-            if lines.kept.len() == self.cap {
-                lines.kept.pop_front();
-                lines.dropped += 1;
-            }
-            if let Some((id, store)) = &self.persist {
-                store.append_log(id, &line, self.cap);
-            }
-            lines.kept.push_back(line);
+            let text = truncate(line.trim_end_matches('\r'));
+            self.keep(lines, LogLine { at, text });
         }
         self.pushed.send_replace(lines.total());
+    }
+
+    fn keep(&self, lines: &mut Lines, line: LogLine) {
+        if lines.kept.len() == self.cap {
+            lines.kept.pop_front();
+            lines.dropped += 1;
+        }
+        if let Some((id, store)) = &self.persist {
+            store.append_log(id, &line, self.cap);
+        }
+        lines.kept.push_back(line);
     }
 
     /// Lines pushed after the first `seen` ones, and the new count to pass
     /// next time. Lines dropped by the cap in between are reported as one
     /// marker line.
-    pub fn since(&self, seen: u64) -> (Vec<String>, u64) {
+    pub fn since(&self, seen: u64) -> (Vec<LogLine>, u64) {
         let lines = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let total = lines.total();
         let mut out = Vec::new();
         if seen < lines.dropped {
-            out.push(format!(
+            out.push(LogLine::new(format!(
                 "[helix] {} log lines dropped (log cap {})",
                 lines.dropped - seen,
                 self.cap
-            ));
+            )));
         }
         let skip = seen.saturating_sub(lines.dropped) as usize;
         out.extend(lines.kept.iter().skip(skip).cloned());
@@ -242,18 +305,23 @@ impl JobLog {
 
     /// The kept lines, oldest first, preceded by a marker when some were
     /// dropped.
-    pub fn snapshot(&self) -> Vec<String> {
+    pub fn lines(&self) -> Vec<LogLine> {
         let lines = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let marker = (lines.dropped > 0).then(|| {
-            format!(
+            LogLine::new(format!(
                 "[helix] {} earlier log lines dropped (log cap {})",
                 lines.dropped, self.cap
-            )
+            ))
         });
         marker
             .into_iter()
             .chain(lines.kept.iter().cloned())
             .collect()
+    }
+
+    /// The text of [`JobLog::lines`].
+    pub fn snapshot(&self) -> Vec<String> {
+        self.lines().into_iter().map(|line| line.text).collect()
     }
 }
 
@@ -330,26 +398,64 @@ mod tests {
         assert_eq!(&lines[1..], ["line 7", "line 8", "line 9"]);
     }
 
+    fn texts(lines: Vec<LogLine>) -> Vec<String> {
+        lines.into_iter().map(|line| line.text).collect()
+    }
+
     #[test]
     fn followers_get_the_lines_they_have_not_seen() {
         let log = JobLog::new(3);
         log.push("a\nb");
         let (lines, seen) = log.since(0);
-        assert_eq!((lines, seen), (vec!["a".to_string(), "b".to_string()], 2));
+        assert_eq!(
+            (texts(lines), seen),
+            (vec!["a".to_string(), "b".to_string()], 2)
+        );
         log.push("c\nd\ne");
         let (lines, seen) = log.since(seen);
         assert_eq!(
-            lines,
+            texts(lines),
             ["c", "d", "e"],
             "a and b were seen before the cap dropped them"
         );
         let (late, _) = log.since(1);
         assert_eq!(
-            late,
+            texts(late),
             ["[helix] 1 log lines dropped (log cap 3)", "c", "d", "e"]
         );
         assert_eq!(log.since(seen), (vec![], 5));
         assert_eq!(*log.subscribe().borrow(), 5);
+    }
+
+    #[test]
+    fn each_line_keeps_the_time_it_was_taken_and_copies_keep_it_too() {
+        let before = now();
+        let log = JobLog::new(10);
+        log.push("first");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        log.push("second");
+        let lines = log.lines();
+        let (first, second) = (lines[0].at.unwrap(), lines[1].at.unwrap());
+        assert!(before <= first && first < second && second <= Utc::now());
+
+        let copy = JobLog::new(10);
+        for line in lines.clone() {
+            copy.push_line(line);
+        }
+        assert_eq!(copy.lines(), lines);
+
+        let rendered = lines[0].render(true);
+        let (time, text) = rendered.split_once(' ').unwrap();
+        assert_eq!(text, "first");
+        assert_eq!(DateTime::parse_from_rfc3339(time).unwrap(), first);
+        assert!(time.ends_with('Z') && time.len() == "2026-11-30T03:44:46.123456Z".len());
+        assert_eq!(lines[0].render(false), "first");
+        let untimed = LogLine::stored("old".into(), None);
+        assert_eq!(untimed.render(true), "old");
+        assert_eq!(
+            LogLine::stored("x".into(), lines[0].at_micros()).at,
+            Some(first)
+        );
     }
 
     #[test]

@@ -97,6 +97,9 @@ enum ClientCommand {
         /// Keep printing lines until the job ends.
         #[arg(short, long)]
         follow: bool,
+        /// Show each line's time (RFC 3339, UTC), as `docker logs -t` does.
+        #[arg(short, long)]
+        timestamps: bool,
     },
     /// Wait for a job to end; exit 0 only if it succeeded.
     Wait {
@@ -207,7 +210,11 @@ async fn client_command(command: ClientCommand, server: &str, json: bool) -> Res
         ClientCommand::Jobs { state, limit } => cli::jobs(&client, state, limit, json).await,
         ClientCommand::Get { id } => cli::get(&client, &id).await,
         ClientCommand::Cancel { id } => cli::cancel(&client, &id, json).await,
-        ClientCommand::Logs { id, follow } => cli::logs(&client, &id, follow).await,
+        ClientCommand::Logs {
+            id,
+            follow,
+            timestamps,
+        } => cli::logs(&client, &id, follow, timestamps).await,
         ClientCommand::Wait { id, timeout } => cli::wait(&client, &id, timeout, json).await,
         ClientCommand::Builders => cli::builders(&client, json).await,
     }

@@ -107,8 +107,8 @@ pub fn document() -> Value {
                 "parameters": [id, { "name": "timeout_secs", "in": "query", "schema": { "type": "integer" } }],
                 "responses": { "200": job, "401": error, "404": error, "503": error } } },
             "/v1/jobs/{id}/logs": { "get": {
-                "summary": "the job's log; with follow=true, server-sent `state` and `log` events, then one `end` event with the job",
-                "parameters": [id, { "name": "follow", "in": "query", "schema": { "type": "boolean" } }],
+                "summary": "the job's log; with follow=true, server-sent `state` and `log` events, then one `end` event with the job; with timestamps=true, each line starts with its time (RFC 3339, UTC) and a space",
+                "parameters": [id, { "name": "follow", "in": "query", "schema": { "type": "boolean" } }, { "name": "timestamps", "in": "query", "schema": { "type": "boolean" } }],
                 "responses": { "200": { "description": "text/plain, or text/event-stream when following" }, "401": error, "404": error, "503": error } } },
             "/v1/builders": { "get": { "summary": "loaded builders: info, grants, limits, component digest, platforms they can build here", "responses": { "200": { "description": "builders" }, "401": error } } }
         }

@@ -2,6 +2,8 @@
 //! jobs an earlier process left running are recovered. Real SQLite files.
 
 mod common;
+use common::LogText as _;
+use helix_build::log::LogLine;
 
 use std::time::Duration;
 
@@ -29,13 +31,16 @@ async fn a_restart_shows_the_same_history_and_logs() {
     until_running(&service, &long.id).await;
     service.cancel(long.id.as_str()).await.unwrap();
     let before = service.list().await.unwrap();
-    let logs_before = service.logs(ok.id.as_str()).await.unwrap();
+    let logs_before = service.logs(ok.id.as_str()).await.unwrap().texts();
     service.stop(Duration::from_secs(5)).await;
     drop(service);
 
     let again = start(&config).await;
     assert_eq!(again.list().await.unwrap(), before);
-    assert_eq!(again.logs(ok.id.as_str()).await.unwrap(), logs_before);
+    assert_eq!(
+        again.logs(ok.id.as_str()).await.unwrap().texts(),
+        logs_before
+    );
     let states: Vec<State> = again
         .list()
         .await
@@ -80,7 +85,11 @@ async fn interrupted_job(config: &helix_build::config::Config, id: &str, attempt
             job.requeue_after_interruption().unwrap();
         }
     }
-    store.append_log(&job.id, "[helix] running on builder 'simulated'", 100);
+    store.append_log(
+        &job.id,
+        &LogLine::new("[helix] running on builder 'simulated'"),
+        100,
+    );
     store.update(&job).await.unwrap();
 }
 
@@ -93,7 +102,7 @@ async fn interrupted_jobs_run_again_while_attempts_remain() {
     let job = finished(&service, &JobId::parse("was-running").unwrap()).await;
     assert_eq!(job.state, State::Succeeded, "{:?}", job.error);
     assert_eq!(job.attempts, 2);
-    let logs = service.logs("was-running").await.unwrap();
+    let logs = service.logs("was-running").await.unwrap().texts();
     assert!(
         logs.iter()
             .any(|l| l.contains("queued again (attempt 2 of 2)")),

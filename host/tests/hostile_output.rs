@@ -4,6 +4,7 @@
 //! alone. Needs what the real-build tests need (see real_build.rs).
 
 mod common;
+use common::LogText as _;
 
 use std::time::Duration;
 
@@ -70,7 +71,7 @@ async fn endless_output_is_clipped_where_it_is_read_and_memory_stays_bounded() {
             .unwrap();
         assert_eq!(job.state, State::Succeeded, "{case}: {:?}", job.error);
         // The end of the job is still there, after the clip.
-        let logs = service.logs(job.id.as_str()).await.unwrap();
+        let logs = service.logs(job.id.as_str()).await.unwrap().texts();
         let bytes: usize = logs.iter().map(|l| l.len() + 1).sum();
         let (step_cap, job_cap) = (config.log_step_cap_bytes, config.log_cap_bytes);
         assert!(

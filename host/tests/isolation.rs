@@ -14,6 +14,7 @@
 //! busybox-static and rustc (for the breakout helper), as `.ci/run` has.
 
 mod common;
+use common::LogText as _;
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -297,7 +298,7 @@ async fn a_builder_with_the_podman_grants_is_refused_every_way_out() {
             error.starts_with("denied: builder 'attack': ") && error.contains(rule),
             "{case}: expected a denial naming {rule:?}, got {error:?}"
         );
-        let logs = service.logs(id.as_str()).await.unwrap();
+        let logs = service.logs(id.as_str()).await.unwrap().texts();
         assert!(
             logs.iter().any(|l| l.starts_with("[helix] denied: ")),
             "{case}: the denial is logged"

@@ -5,6 +5,7 @@
 //! busybox-static, as `.ci/run` installs them.
 
 mod common;
+use common::LogText as _;
 
 use helix_fixtures::{Registry, Repo};
 
@@ -97,7 +98,7 @@ async fn podman_builds_copy_run_and_build_args_and_the_image_pulls_back_by_diges
     let (hello, config) = pull(&format!("{}@{digest}", image_name(&tag)), "hello");
     assert_eq!(hello, "hello-amd64\n");
     assert_eq!(config["config"]["Labels"]["greeting"], "hello");
-    let logs = service.logs(job.id.as_str()).await.unwrap();
+    let logs = service.logs(job.id.as_str()).await.unwrap().texts();
     assert!(
         logs.iter().any(|l| l.starts_with("[helix] verified:")),
         "{logs:?}"
@@ -134,7 +135,7 @@ async fn a_commit_sha_and_an_explicit_image_are_honoured() {
         job.image_tag.unwrap(),
         format!("{}/other/app:pinned", registry.address)
     );
-    let logs = service.logs(job.id.as_str()).await.unwrap();
+    let logs = service.logs(job.id.as_str()).await.unwrap().texts();
     assert!(
         logs.iter()
             .any(|l| l.contains(&format!("checked out commit {}", repo.first_commit))),

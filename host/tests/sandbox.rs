@@ -3,6 +3,7 @@
 //! normal job alongside still succeeds.
 
 mod common;
+use common::LogText as _;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -121,7 +122,7 @@ async fn denied_calls_are_recorded_in_the_job_log() {
     let service = start(&config(&dir, 2, 10)).await;
     let shell = service.submit(on_builder("shell")).await.unwrap();
     finished(&service, &shell.id).await;
-    let logs = service.logs(shell.id.as_str()).await.unwrap();
+    let logs = service.logs(shell.id.as_str()).await.unwrap().texts();
     let denials: Vec<&String> = logs
         .iter()
         .filter(|l| l.starts_with("[helix] denied:"))
@@ -140,7 +141,7 @@ async fn the_escape_plugin_sees_no_host_files_env_or_network() {
     let service = start(&config(&dir, 1, 10)).await;
     let job = service.submit(on_builder("escape")).await.unwrap();
     finished(&service, &job.id).await;
-    let logs = service.logs(job.id.as_str()).await.unwrap();
+    let logs = service.logs(job.id.as_str()).await.unwrap().texts();
     let attempts: Vec<&String> = logs.iter().filter(|l| l.starts_with("[escape]")).collect();
     assert_eq!(attempts.len(), 6, "{logs:?}");
     for line in attempts {
@@ -158,7 +159,7 @@ async fn granted_commands_run_and_stream_into_the_job_log() {
         .unwrap();
     let job = finished(&service, &job.id).await;
     assert_eq!(job.state, State::Succeeded, "{:?}", job.error);
-    let logs = service.logs(job.id.as_str()).await.unwrap();
+    let logs = service.logs(job.id.as_str()).await.unwrap().texts();
     assert!(
         logs.contains(&"[sh stdout] hello from sh".to_string()),
         "{logs:?}"
@@ -186,7 +187,7 @@ async fn cancelling_a_job_kills_every_process_it_started() {
     until_logged(&service, &job.id, |l| l.starts_with("[sh stdout] pid ")).await;
     let mut pids = Vec::new();
     for _ in 0..500 {
-        pids = self::pids(&service.logs(job.id.as_str()).await.unwrap());
+        pids = self::pids(&service.logs(job.id.as_str()).await.unwrap().texts());
         if pids.len() == 3 {
             break;
         }
@@ -218,7 +219,7 @@ async fn a_job_timeout_kills_every_process_it_started() {
         .unwrap();
     let job = finished(&service, &job.id).await;
     assert_eq!(job.state, State::TimedOut, "{:?}", job.error);
-    let pids = pids(&service.logs(job.id.as_str()).await.unwrap());
+    let pids = pids(&service.logs(job.id.as_str()).await.unwrap().texts());
     assert_eq!(pids.len(), 2);
     assert_eq!(
         survivors(&pids, Duration::from_secs(5)).await,
@@ -263,7 +264,7 @@ async fn failed_workspaces_are_kept_only_when_configured() {
         "debris\n"
     );
     assert!(!config.workspace_dir().join(ok.id.as_str()).exists());
-    let logs = service.logs(failed.id.as_str()).await.unwrap();
+    let logs = service.logs(failed.id.as_str()).await.unwrap().texts();
     assert!(
         logs.iter()
             .any(|l| l.starts_with("[helix] workspace kept for debugging"))

@@ -4,6 +4,7 @@
 //! another, and a database restart loses no job.
 
 mod common;
+use common::LogText as _;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -39,6 +40,7 @@ async fn runs(service: &Service, id: &JobId) -> Vec<String> {
         .logs(id.as_str())
         .await
         .unwrap()
+        .texts()
         .iter()
         .filter_map(|line| line.split_once("[helix] running on builder 'simulated' on host '"))
         .map(|(_, host)| host.trim_end_matches('\'').to_string())
@@ -115,7 +117,7 @@ async fn a_job_running_on_one_host_is_cancelled_through_another() {
         "took {:?}",
         asked.elapsed()
     );
-    let logs = b.logs(long.id.as_str()).await.unwrap();
+    let logs = b.logs(long.id.as_str()).await.unwrap().texts();
     assert!(
         logs.iter()
             .any(|l| l.starts_with("[helix] job cancelled") && l.contains("cancelled by request")),

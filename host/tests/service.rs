@@ -2,6 +2,7 @@
 //! real worker pool, no test doubles.
 
 mod common;
+use common::LogText as _;
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -39,6 +40,7 @@ async fn eighty_concurrent_submits_on_eight_workers_none_lost_or_duplicated() {
             .logs(id.as_str())
             .await
             .unwrap()
+            .texts()
             .iter()
             .filter(|l| l.contains("running on builder"))
             .count();
@@ -221,7 +223,7 @@ async fn a_panicking_plugin_fails_its_job_with_the_message_and_others_succeed() 
             error.contains(&format!("testing-panic gave up on job {id}")),
             "{error}"
         );
-        let logs = service.logs(id.as_str()).await.unwrap();
+        let logs = service.logs(id.as_str()).await.unwrap().texts();
         assert!(
             logs.iter()
                 .any(|l| l.starts_with("[plugin stderr]") && l.contains("gave up")),
@@ -326,7 +328,7 @@ async fn simulated_output_is_marked_and_validated() {
     let platforms: Vec<String> = job.manifest.platforms().map(|p| p.to_string()).collect();
     assert_eq!(platforms, ["linux/amd64", "linux/arm64"]);
     assert!(job.digest.is_some());
-    let logs = service.logs("sim-1").await.unwrap();
+    let logs = service.logs("sim-1").await.unwrap().texts();
     assert!(
         logs.iter().any(|l| l.contains("no image will be produced")),
         "{logs:?}"
@@ -363,7 +365,7 @@ async fn operator_delay_setting_is_honoured_and_invalid_values_fail_the_job() {
         State::Running,
         "the 400 ms setting delays the build"
     );
-    let logs = service.logs(job.id.as_str()).await.unwrap();
+    let logs = service.logs(job.id.as_str()).await.unwrap().texts();
     assert!(
         logs.iter().any(|l| l.contains("working for 400 ms")),
         "{logs:?}"

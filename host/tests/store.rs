@@ -3,6 +3,8 @@
 //! server — and the shared queue's claims and leases with two hosts.
 
 mod common;
+use common::LogText as _;
+use helix_build::log::LogLine;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -68,8 +70,11 @@ async fn running(queue: &dyn JobQueue, id: &str, builder: &str) -> Job {
 
 async fn keeps_state_result_and_log_in_order(store: &dyn JobStore, queue: &dyn JobQueue) {
     let mut j = running(queue, "kept", "kept").await;
-    store.append_log(&j.id, "first", 100);
-    store.append_log(&j.id, "second", 100);
+    let first = LogLine::new("first");
+    std::thread::sleep(Duration::from_millis(2));
+    let second = LogLine::new("second");
+    store.append_log(&j.id, &first, 100);
+    store.append_log(&j.id, &second, 100);
     j.finish(Outcome::failed(FailureKind::Build, "RUN false"), Utc::now())
         .unwrap();
     store.update(&j).await.unwrap();
@@ -77,9 +82,13 @@ async fn keeps_state_result_and_log_in_order(store: &dyn JobStore, queue: &dyn J
     assert_eq!(stored.state, State::Failed);
     assert_eq!(stored.error.as_deref(), Some("build error: RUN false"));
     assert_eq!(stored.platforms, j.platforms);
-    assert_eq!(store.log("kept").await.unwrap(), ["first", "second"]);
+    assert_eq!(
+        store.log("kept").await.unwrap(),
+        [first, second],
+        "each line with the time it was taken"
+    );
     assert!(store.get("nope").await.unwrap().is_none());
-    assert!(store.log("nope").await.unwrap().is_empty());
+    assert!(store.log("nope").await.unwrap().texts().is_empty());
 }
 
 async fn refuses_a_duplicate_id(store: &dyn JobStore) {
@@ -128,11 +137,11 @@ async fn keeps_about_the_last_cap_log_lines(store: &dyn JobStore) {
     let long = job("long");
     store.insert(&long).await.unwrap();
     for i in 0..1000 {
-        store.append_log(&long.id, &format!("line {i}"), 100);
+        store.append_log(&long.id, &LogLine::new(format!("line {i}")), 100);
     }
     // A write waited for: every line before it is stored too.
     store.insert(&job("after-the-log")).await.unwrap();
-    let log = store.log("long").await.unwrap();
+    let log = store.log("long").await.unwrap().texts();
     assert!((100..=356).contains(&log.len()), "{}", log.len());
     assert_eq!(log.last().map(String::as_str), Some("line 999"));
 }
@@ -182,17 +191,17 @@ async fn sqlite_keeps_what_was_written_across_a_reopen() {
         store.insert(&a).await.unwrap();
         store.insert(&job("b")).await.unwrap();
         a.start(Utc::now()).unwrap();
-        store.append_log(&a.id, "first", 100);
+        store.append_log(&a.id, &LogLine::new("first"), 100);
         store.update(&a).await.unwrap();
         a.finish(Outcome::failed(FailureKind::Build, "RUN false"), Utc::now())
             .unwrap();
         // Not waited for: dropping the store commits what is queued.
         drop(store.update(&a));
-        store.append_log(&a.id, "second", 100);
+        store.append_log(&a.id, &LogLine::new("second"), 100);
     }
     let store = SqliteStore::open(&path).unwrap();
     assert_eq!(store.get("a").await.unwrap().unwrap().state, State::Failed);
-    assert_eq!(store.log("a").await.unwrap(), ["first", "second"]);
+    assert_eq!(store.log("a").await.unwrap().texts(), ["first", "second"]);
     let unfinished = store.load_unfinished().await.unwrap();
     let ids: Vec<&str> = unfinished.iter().map(|s| s.job.id.as_str()).collect();
     assert_eq!(ids, ["b"], "only live jobs are loaded at start");
@@ -238,7 +247,7 @@ async fn hands_out_the_oldest_and_withdraws_only_queued(
             .unwrap()
     );
     assert_eq!(
-        store.log("q1").await.unwrap(),
+        store.log("q1").await.unwrap().texts(),
         ["[test] withdrawn"],
         "the line is durable when withdraw returns"
     );
@@ -334,7 +343,11 @@ async fn the_local_queue_reopens_with_its_queue_and_its_lost_runs() {
         .unwrap();
     assert_eq!(next.job.id.as_str(), "first", "back in submission order");
     assert_eq!(next.job.attempts, 2);
-    assert_eq!(next.log, ["[test] back"], "the claim continues the log");
+    assert_eq!(
+        next.log.texts(),
+        ["[test] back"],
+        "the claim continues the log"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -390,7 +403,7 @@ async fn a_lease_that_ran_out_is_taken_over_and_the_old_host_cannot_write() {
             .await
             .unwrap()
     );
-    assert_eq!(b.log("taken").await.unwrap(), ["[test] taken over"]);
+    assert_eq!(b.log("taken").await.unwrap().texts(), ["[test] taken over"]);
     assert!(
         !b.replace_lost(&lost[0], &again, "twice").await.unwrap(),
         "recovered once"

@@ -10,6 +10,7 @@ use tokio::sync::broadcast;
 
 use super::{Heartbeat, JobQueue, LostRun, Notice, Start};
 use crate::job::{Job, JobId, State};
+use crate::log::LogLine;
 use crate::store::{JobStore, Read, StoreError, StoredJob};
 
 /// A queue only this host uses.
@@ -113,7 +114,8 @@ impl JobQueue for LocalQueue {
                 return Ok(false);
             }
             // Writes are applied in order: the update's commit covers both.
-            self.store.append_log(&ended.id, line, usize::MAX);
+            self.store
+                .append_log(&ended.id, &LogLine::new(line), usize::MAX);
             self.store.update(ended).await?;
             self.announce(Notice::Changed(ended.id.to_string()));
             Ok(true)
@@ -145,7 +147,8 @@ impl JobQueue for LocalQueue {
         line: &'a str,
     ) -> Read<'a, bool> {
         async move {
-            self.store.append_log(&recovered.id, line, usize::MAX);
+            self.store
+                .append_log(&recovered.id, &LogLine::new(line), usize::MAX);
             self.store.update(recovered).await?;
             if recovered.state == State::Queued {
                 // In submission order among the waiting jobs.

@@ -15,6 +15,7 @@ use std::time::Duration;
 use tokio::sync::broadcast;
 
 use crate::job::{Job, JobId, TransitionError};
+use crate::log::LogLine;
 use crate::store::{JobStore, Read, StoreError, StoredJob};
 
 pub use local::LocalQueue;
@@ -85,7 +86,7 @@ pub trait JobQueue: Send + Sync + 'static {
 pub(crate) async fn earlier_log(
     store: &dyn JobStore,
     job: &Job,
-) -> Result<Vec<String>, StoreError> {
+) -> Result<Vec<LogLine>, StoreError> {
     match job.attempts {
         0 | 1 => Ok(Vec::new()),
         _ => store.log(job.id.as_str()).await,

@@ -133,10 +133,11 @@ pub(super) async fn relay(
             Some((job, lines))
         };
         if let Some((job, lines)) = read.await {
-            for line in lines.iter().skip(seen) {
-                log.push(line);
+            let count = lines.len();
+            for line in lines.into_iter().skip(seen) {
+                log.push_line(line);
             }
-            seen = seen.max(lines.len());
+            seen = seen.max(count);
             state.send_if_modified(|current| std::mem::replace(current, job.state) != job.state);
             if job.state.is_terminal() {
                 return;
@@ -164,7 +165,7 @@ async fn relay_live(
         let (lines, next) = live.since(seen);
         seen = next;
         for line in lines {
-            log.push(&line);
+            log.push_line(line);
         }
         state.send_if_modified(|s| std::mem::replace(s, current) != current);
         if current.is_terminal() || state.is_closed() {

@@ -32,7 +32,7 @@ use tokio::task::JoinSet;
 
 use crate::cache::BuildCache;
 use crate::job::{InvalidJob, Job, JobId, JobRequest, Outcome, State, SubmitPolicy};
-use crate::log::{JobLog, OutputCaps, Redactor};
+use crate::log::{JobLog, LogLine, OutputCaps, Redactor};
 use crate::plugin::PluginRuntime;
 use crate::queue::{JobQueue, LostRun};
 use crate::registry::{Publisher, RegistrySettings};
@@ -319,8 +319,8 @@ impl Service {
     }
 
     /// The job's log lines so far.
-    pub async fn logs(&self, id: &str) -> Result<Vec<String>, ServiceError> {
-        if let Some(lines) = self.inner.live(id, |entry| entry.log.snapshot()) {
+    pub async fn logs(&self, id: &str) -> Result<Vec<LogLine>, ServiceError> {
+        if let Some(lines) = self.inner.live(id, |entry| entry.log.lines()) {
             return Ok(lines);
         }
         self.inner.stored(id).await?;
@@ -469,7 +469,7 @@ impl Inner {
             .ok_or_else(|| ServiceError::NotFound(id.to_string()))
     }
 
-    async fn stored_log(&self, id: &str) -> Result<Vec<String>, ServiceError> {
+    async fn stored_log(&self, id: &str) -> Result<Vec<LogLine>, ServiceError> {
         Ok(self.config.store.log(id).await?)
     }
 

@@ -16,6 +16,7 @@ use futures_util::future::BoxFuture;
 use tokio::sync::oneshot;
 
 use crate::job::{Job, JobId, State};
+use crate::log::LogLine;
 
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
@@ -24,7 +25,7 @@ pub use sqlite::SqliteStore;
 #[derive(Debug, Clone)]
 pub struct StoredJob {
     pub job: Job,
-    pub log: Vec<String>,
+    pub log: Vec<LogLine>,
 }
 
 /// Why the store could not do what was asked.
@@ -62,12 +63,12 @@ pub trait JobStore: Send + Sync + 'static {
     fn update(&self, job: &Job) -> Commit;
     /// Appends one log line to job `id`, keeping at most about `cap` lines.
     /// Ordered with the other writes; nobody waits for it.
-    fn append_log(&self, id: &JobId, line: &str, cap: usize);
+    fn append_log(&self, id: &JobId, line: &LogLine, cap: usize);
 
     /// Job `id` as last committed.
     fn get<'a>(&'a self, id: &'a str) -> Read<'a, Option<Job>>;
     /// Job `id`'s stored log lines, oldest first.
-    fn log<'a>(&'a self, id: &'a str) -> Read<'a, Vec<String>>;
+    fn log<'a>(&'a self, id: &'a str) -> Read<'a, Vec<LogLine>>;
     /// Where job `id` is in submission order; `None` when no job has it.
     fn position<'a>(&'a self, id: &'a str) -> Read<'a, Option<i64>>;
     /// Up to `limit` jobs submitted before position `before`, newest
@@ -123,10 +124,10 @@ impl Writes {
         committed
     }
 
-    pub(crate) fn log(&self, id: &JobId, line: &str, cap: usize) {
+    pub(crate) fn log(&self, id: &JobId, line: &LogLine, cap: usize) {
         (self.send)(Write::Log {
             id: id.clone(),
-            line: line.to_string(),
+            line: line.clone(),
             cap,
         });
     }
@@ -153,7 +154,7 @@ pub(crate) enum Write {
     },
     Log {
         id: JobId,
-        line: String,
+        line: LogLine,
         cap: usize,
     },
 }

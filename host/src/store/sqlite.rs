@@ -23,6 +23,7 @@ use super::{
     acknowledge, db_error, parse_job,
 };
 use crate::job::{Job, JobId, State};
+use crate::log::LogLine;
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how
 /// many have run.
@@ -43,6 +44,8 @@ const MIGRATIONS: &[&str] = &[
     ",
     // Listing by state and finding live jobs at start without a full scan.
     "CREATE INDEX jobs_by_state ON jobs (state, seq);",
+    // When each line was taken, in microseconds since the Unix epoch.
+    "ALTER TABLE job_logs ADD COLUMN at INTEGER;",
 ];
 
 /// How often the WAL is checkpointed into the database file.
@@ -242,7 +245,7 @@ fn append_line(
     tx: &rusqlite::Transaction<'_>,
     next_line: &mut HashMap<JobId, i64>,
     id: &JobId,
-    line: &str,
+    line: &LogLine,
     cap: usize,
 ) -> Result<(), StoreError> {
     let n = match next_line.get(id) {
@@ -261,8 +264,8 @@ fn append_line(
         }
     };
     next_line.insert(id.clone(), n + 1);
-    tx.prepare_cached("INSERT INTO job_logs (job_id, n, line) VALUES (?1, ?2, ?3)")
-        .and_then(|mut s| s.execute(params![id.as_str(), n, line]))
+    tx.prepare_cached("INSERT INTO job_logs (job_id, n, line, at) VALUES (?1, ?2, ?3, ?4)")
+        .and_then(|mut s| s.execute(params![id.as_str(), n, line.text, line.at_micros()]))
         .map_err(db_error)?;
     let cap = i64::try_from(cap).unwrap_or(i64::MAX);
     if n.unsigned_abs().is_multiple_of(TRIM_EVERY) && n >= cap {
@@ -288,12 +291,12 @@ fn jobs(
         .collect()
 }
 
-fn log_lines(db: &Connection, id: &str) -> Result<Vec<String>, StoreError> {
+fn log_lines(db: &Connection, id: &str) -> Result<Vec<LogLine>, StoreError> {
     let mut statement = db
-        .prepare_cached("SELECT line FROM job_logs WHERE job_id = ?1 ORDER BY n")
+        .prepare_cached("SELECT line, at FROM job_logs WHERE job_id = ?1 ORDER BY n")
         .map_err(db_error)?;
     let lines = statement
-        .query_map([id], |row| row.get(0))
+        .query_map([id], |row| Ok(LogLine::stored(row.get(0)?, row.get(1)?)))
         .map_err(db_error)?;
     lines.collect::<Result<_, _>>().map_err(db_error)
 }
@@ -312,7 +315,7 @@ impl JobStore for SqliteStore {
         self.writes().job(job, false)
     }
 
-    fn append_log(&self, id: &JobId, line: &str, cap: usize) {
+    fn append_log(&self, id: &JobId, line: &LogLine, cap: usize) {
         self.writes().log(id, line, cap);
     }
 
@@ -321,7 +324,7 @@ impl JobStore for SqliteStore {
         ready(found.map(|jobs| jobs.into_iter().next()))
     }
 
-    fn log<'a>(&'a self, id: &'a str) -> Read<'a, Vec<String>> {
+    fn log<'a>(&'a self, id: &'a str) -> Read<'a, Vec<LogLine>> {
         ready(log_lines(&self.reader(), id))
     }
 

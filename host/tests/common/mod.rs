@@ -102,7 +102,7 @@ pub fn real_config(dir: &tempfile::TempDir, registry: &str) -> Config {
 pub async fn run_logged(service: &Service, request: JobRequest) -> (Job, Vec<String>) {
     let job = service.submit(request).await.unwrap();
     let job = finished(service, &job.id).await;
-    let logs = service.logs(job.id.as_str()).await.unwrap();
+    let logs = service.logs(job.id.as_str()).await.unwrap().texts();
     eprintln!(
         "--- {} ({}): {:?}\n{}",
         job.id,
@@ -111,6 +111,17 @@ pub async fn run_logged(service: &Service, request: JobRequest) -> (Job, Vec<Str
         logs.join("\n")
     );
     (job, logs)
+}
+
+/// The text of log lines, for tests about what was logged.
+pub trait LogText {
+    fn texts(self) -> Vec<String>;
+}
+
+impl LogText for Vec<helix_build::log::LogLine> {
+    fn texts(self) -> Vec<String> {
+        self.into_iter().map(|line| line.text).collect()
+    }
 }
 
 /// `config` with the compile cache inside its own data dir.
@@ -173,7 +184,7 @@ pub async fn until_logged(
     found: impl Fn(&str) -> bool,
 ) -> Vec<String> {
     for _ in 0..1000 {
-        let lines = service.logs(id.as_str()).await.unwrap();
+        let lines = service.logs(id.as_str()).await.unwrap().texts();
         if lines.iter().any(|l| found(l)) {
             return lines;
         }

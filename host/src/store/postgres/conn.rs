@@ -11,7 +11,8 @@ use crate::store::{StoreError, db_error};
 
 /// Schema migrations, applied in order; `helix_schema.version` records how
 /// many have run. The same tables as the SQLite store, plus the lease.
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
     CREATE TABLE jobs (
         seq              BIGSERIAL PRIMARY KEY,
         id               TEXT NOT NULL UNIQUE,
@@ -31,7 +32,10 @@ const MIGRATIONS: &[&str] = &["
         line   TEXT NOT NULL,
         PRIMARY KEY (job_id, n)
     );
-"];
+",
+    // When each line was taken, in microseconds since the Unix epoch.
+    "ALTER TABLE job_logs ADD COLUMN at BIGINT;",
+];
 
 /// A connection and the statements prepared on it, so each is parsed and
 /// planned once, not at every use.

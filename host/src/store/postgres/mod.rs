@@ -32,6 +32,7 @@ use tokio_postgres::{Client, Row};
 
 use super::{Commit, JobStore, Read, StoreError, StoredJob, Writes, db_error, parse_job};
 use crate::job::{Job, JobId, State};
+use crate::log::LogLine;
 use crate::queue::Notice;
 use conn::{Conn, migrate, open};
 
@@ -45,7 +46,7 @@ const CHANGED_CHANNEL: &str = "helix_changed";
 
 /// Statements used in more than one place.
 mod sql {
-    pub const APPEND_LOG: &str = "INSERT INTO job_logs (job_id, line) VALUES ($1, $2)";
+    pub const APPEND_LOG: &str = "INSERT INTO job_logs (job_id, line, at) VALUES ($1, $2, $3)";
     pub const NOTIFY: &str = "SELECT pg_notify($1, $2)";
 }
 
@@ -187,7 +188,7 @@ impl JobStore for PostgresStore {
         self.writes.job(job, false)
     }
 
-    fn append_log(&self, id: &JobId, line: &str, cap: usize) {
+    fn append_log(&self, id: &JobId, line: &LogLine, cap: usize) {
         self.writes.log(id, line, cap);
     }
 
@@ -201,15 +202,18 @@ impl JobStore for PostgresStore {
         .boxed()
     }
 
-    fn log<'a>(&'a self, id: &'a str) -> Read<'a, Vec<String>> {
+    fn log<'a>(&'a self, id: &'a str) -> Read<'a, Vec<LogLine>> {
         async move {
             let rows = self
                 .query(
-                    "SELECT line FROM job_logs WHERE job_id = $1 ORDER BY n",
+                    "SELECT line, at FROM job_logs WHERE job_id = $1 ORDER BY n",
                     &[&id],
                 )
                 .await?;
-            Ok(rows.iter().map(|row| row.get(0)).collect())
+            Ok(rows
+                .iter()
+                .map(|row| LogLine::stored(row.get(0), row.get(1)))
+                .collect())
         }
         .boxed()
     }

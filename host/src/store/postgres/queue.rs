@@ -11,6 +11,7 @@ use tokio_postgres::Client;
 use super::conn::open;
 use super::{CANCEL_CHANNEL, CHANGED_CHANNEL, PostgresStore, QUEUED_CHANNEL};
 use crate::job::{Job, JobId, State};
+use crate::log::LogLine;
 use crate::queue::{Heartbeat, JobQueue, LostRun, Notice, Start};
 use crate::store::{JobStore, Read, StoreError, StoredJob, db_error, parse_job};
 
@@ -18,7 +19,12 @@ impl PostgresStore {
     /// Appends a line the host wrote to a job's log at once, outside the
     /// writer, ordered before whatever this host does next.
     async fn log_now(&self, id: &str, line: &str) -> Result<(), StoreError> {
-        self.execute(super::sql::APPEND_LOG, &[&id, &line]).await?;
+        let line = LogLine::new(line);
+        self.execute(
+            super::sql::APPEND_LOG,
+            &[&id, &line.text, &line.at_micros()],
+        )
+        .await?;
         Ok(())
     }
 

@@ -167,7 +167,10 @@ async fn commit(
             }
             Write::Log { id, line, cap } => {
                 changed.insert(id.as_str());
-                statements.push(tx.execute_raw(&*log, params![id.to_string(), line.clone()]));
+                statements.push(tx.execute_raw(
+                    &*log,
+                    params![id.to_string(), line.text.clone(), line.at_micros()],
+                ));
                 let count = lines.entry(id.clone()).or_default();
                 *count += 1;
                 if count.is_multiple_of(TRIM_EVERY) {

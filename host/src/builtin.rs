@@ -70,6 +70,8 @@ fn real_builder_grants(tool: &str, network: BuildNetwork) -> Grants {
                 ("--layers", ValueType::Flag),
                 ("--force-rm", ValueType::Flag),
                 ("--secret", ValueType::Secret),
+                ("--cache-from", ValueType::Cache),
+                ("--cache-to", ValueType::Cache),
             ],
         )
     };

@@ -146,6 +146,12 @@ pub struct BuilderConfig {
     /// Whether its jobs reuse layers from earlier jobs (see `build_cache_mib`);
     /// a job can still opt out with `no_cache`.
     pub cache: bool,
+    /// A repository prefix in a configured registry (`host[:port]/path`)
+    /// where its jobs' layers are also kept, so every host sharing the
+    /// registry reuses them: each source repository gets its own
+    /// repository under it, pushed to (`--cache-to`) and pulled from
+    /// (`--cache-from`, not with `no_cache`) with the registry's settings.
+    pub registry_cache: Option<String>,
 }
 
 const MAX_WORKERS: usize = 256;
@@ -193,6 +199,7 @@ impl Default for BuilderConfig {
             network: BuildNetwork::default(),
             grants: None,
             cache: true,
+            registry_cache: None,
         }
     }
 }
@@ -288,6 +295,9 @@ impl Config {
                 grants
                     .validate(&format!("builders.{name}.grants"))
                     .map_err(ConfigError::Invalid)?;
+            }
+            if let Some(prefix) = &builder.registry_cache {
+                self.validate_registry_cache(name, prefix)?;
             }
             if builder.component.is_none() && builtin::component(name).is_none() {
                 return invalid(format!(
@@ -386,6 +396,7 @@ impl Config {
                         .resolve(|name| std::env::var(name).ok())
                         .with_values(self.value_policy()),
                     network: builder.network,
+                    registry_cache: builder.registry_cache.clone(),
                     name,
                     origin,
                     bytes,
@@ -428,6 +439,26 @@ impl Config {
 
     /// What typed grant values are checked against: the configured
     /// registries (and the default one's) and the repository policy.
+    /// A registry cache must be a plain repository (no tag or digest:
+    /// podman's cache keys are its tags) in a registry the operator
+    /// configured, whose settings and credentials then apply to it.
+    fn validate_registry_cache(&self, name: &str, prefix: &str) -> Result<(), ConfigError> {
+        let last = prefix.rsplit('/').next().unwrap_or_default();
+        let plain = prefix.contains('/') && !last.contains(':') && !prefix.contains('@');
+        if !plain || crate::reference::validate_image_ref(prefix).is_err() {
+            return Err(ConfigError::Invalid(format!(
+                "builders.{name}.registry_cache {prefix:?} must be host[:port]/path, a repository without tag or digest"
+            )));
+        }
+        let registry = crate::reference::registry_of(prefix);
+        if !self.value_policy().registries.contains(registry) {
+            return Err(ConfigError::Invalid(format!(
+                "builders.{name}.registry_cache: registry {registry} is not configured; add [registries.\"{registry}\"] or make it the default_registry"
+            )));
+        }
+        Ok(())
+    }
+
     fn value_policy(&self) -> ValuePolicy {
         let mut registries: std::collections::BTreeSet<String> =
             self.registries.keys().cloned().collect();
@@ -552,6 +583,14 @@ mod tests {
             ),
             ("[builders.Bad]\ncomponent = 'x.wasm'", "builders.Bad"),
             ("default_builder = 'nope'", "default_builder"),
+            (
+                "[builders.podman]\nregistry_cache = 'elsewhere.example/cache'",
+                "registry elsewhere.example is not configured",
+            ),
+            (
+                "default_registry = 'r.example/team'\n[builders.podman]\nregistry_cache = 'r.example/cache:latest'",
+                "a repository without tag or digest",
+            ),
         ] {
             let err = parse(text).unwrap_err();
             assert!(err.contains(field), "{text}: {err}");

@@ -184,3 +184,62 @@ async fn cancelled_and_failed_builds_leave_nothing_in_the_cache() {
         assert_clean(&slot, &format!("{builder}, cancelled"));
     }
 }
+
+/// A host of its own (data directory, layer cache) whose podman and
+/// buildah builders keep their layers in `registry`'s cache too.
+async fn host_with_registry_cache(dir: &tempfile::TempDir, registry: &str) -> Service {
+    let mut config = common::real_config(dir, registry);
+    for builder in ["podman", "buildah"] {
+        config
+            .builders
+            .entry(builder.into())
+            .or_default()
+            .registry_cache = Some(format!("{registry}/helix-cache/{builder}"));
+    }
+    common::start(&config.validated().unwrap()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_host_starts_from_the_layers_another_left_in_the_registry_cache() {
+    let registry = Registry::start(false);
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let first = host_with_registry_cache(&dirs[0], &registry.address).await;
+    let second = host_with_registry_cache(&dirs[1], &registry.address).await;
+    let third = host_with_registry_cache(&dirs[2], &registry.address).await;
+    for builder in ["podman", "buildah"] {
+        let source = repo("version 1");
+        let (cold, logs) = run(&first, request(source.path(), builder)).await;
+        assert_eq!(cold.state, State::Succeeded, "{builder}: {:?}", cold.error);
+        assert_eq!(cold.steps.cached, 0, "{builder}: the first build is cold");
+        let cache = logs
+            .iter()
+            .find_map(|l| l.strip_prefix("[builder] layer cache in the registry: "))
+            .unwrap_or_else(|| panic!("{builder}: no registry cache logged"))
+            .to_string();
+        assert!(cache.starts_with(&format!("{}/helix-cache/{builder}/", registry.address)));
+
+        // Another host, with nothing in its own storage, after a source
+        // change: the unchanged steps come from the registry.
+        std::fs::write(source.path().join("app.txt"), "version 2").unwrap();
+        git(source.path(), &["commit", "-qam", "change the source"]);
+        let (warm, logs) = run(&second, request(source.path(), builder)).await;
+        assert_eq!(warm.state, State::Succeeded, "{builder}: {:?}", warm.error);
+        assert_eq!(
+            (warm.steps.total, warm.steps.cached),
+            (4, 2),
+            "{builder}: COPY busybox and the slow RUN from the registry"
+        );
+        assert!(
+            logs.iter().any(|l| l.contains(&cache)),
+            "{builder}: the same repository, the same cache"
+        );
+
+        // The same Dockerfile in another repository has a cache of its own:
+        // one repository's jobs cannot seed another's.
+        let other = repo("version 1");
+        let (elsewhere, logs) = run(&third, request(other.path(), builder)).await;
+        assert_eq!(elsewhere.state, State::Succeeded, "{builder}");
+        assert_eq!(elsewhere.steps.cached, 0, "{builder}: {logs:?}");
+        assert!(!logs.iter().any(|l| l.contains(&cache)), "{builder}");
+    }
+}

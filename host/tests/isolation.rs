@@ -213,6 +213,7 @@ async fn a_builder_with_the_podman_grants_is_refused_every_way_out() {
                 "podman",
                 BuildNetwork::Private,
             )),
+            registry_cache: Some(format!("{}/helix-cache/attack", registry.address)),
             ..BuilderConfig::default()
         },
     );
@@ -241,6 +242,10 @@ async fn a_builder_with_the_podman_grants_is_refused_every_way_out() {
         (
             "secret-src",
             "option --secret: \"id=s,src=/etc/shadow\" must be id=NAME",
+        ),
+        (
+            "cache-elsewhere",
+            "\"127.0.0.1:5000/team/app\" is not the job's registry cache",
         ),
         (
             "secret-not-the-jobs",

@@ -19,8 +19,9 @@
 //!   exist yet; an `image` must be in a registry the
 //!   operator configured; a `url` must pass the policy a job's `repo_url`
 //!   does; a `secret` is `id=NAME` for one of the job's build secrets, and
-//!   the host appends `,src=FILE` (a file the builder cannot read); `text`
-//!   is anything.
+//!   the host appends `,src=FILE` (a file the builder cannot read); a
+//!   `cache` is exactly the job's repository in the registry cache (the
+//!   builder's `registry-cache` setting); `text` is anything.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -84,6 +85,9 @@ pub enum ValueType {
     /// `id=NAME`, naming one of the job's build secrets; the host adds
     /// where its value is (`,src=FILE`).
     Secret,
+    /// The job's repository in its builder's registry cache, nothing else:
+    /// a build tool pushes there with the host's registry credentials.
+    Cache,
 }
 
 impl ValueType {
@@ -94,6 +98,7 @@ impl ValueType {
             "image" => Some(ValueType::Image),
             "url" => Some(ValueType::Url),
             "secret" => Some(ValueType::Secret),
+            "cache" => Some(ValueType::Cache),
             _ => None,
         }
     }
@@ -117,6 +122,8 @@ pub struct CallSite<'a> {
     pub cwd: &'a Path,
     /// The job's build secrets and the files holding their values.
     pub secrets: &'a SecretFiles,
+    /// The job's repository in the registry cache, if it has one.
+    pub registry_cache: Option<&'a str>,
 }
 
 /// A host directory visible to the builder's own code (not its programs,
@@ -172,7 +179,7 @@ impl Grants {
                     && ValueType::from_placeholder(name).is_none()
                 {
                     return Err(format!(
-                        "{here}.args: {arg:?} names no type; use {{path}}, {{output}}, {{image}}, {{url}} or {{secret}}"
+                        "{here}.args: {arg:?} names no type; use {{path}}, {{output}}, {{image}}, {{url}}, {{secret}} or {{cache}}"
                     ));
                 }
             }
@@ -420,6 +427,15 @@ impl GrantPolicy {
                     None => Err(format!("secret '{name}' is not one of the job's secrets")),
                 }
             }
+            ValueType::Cache => match site.registry_cache {
+                Some(cache) if value == cache => Ok(None),
+                Some(cache) => Err(format!(
+                    "{value:?} is not the job's registry cache; only {cache:?} is"
+                )),
+                None => Err(format!(
+                    "{value:?}: the builder has no registry cache (builders.<name>.registry_cache)"
+                )),
+            },
             ValueType::Image => {
                 crate::reference::validate_image_ref(value)
                     .map_err(|e| format!("{value:?} is not an image reference: {e}"))?;
@@ -565,6 +581,7 @@ mod tests {
     struct Site {
         dir: tempfile::TempDir,
         secrets: SecretFiles,
+        registry_cache: Option<&'static str>,
     }
 
     impl Site {
@@ -575,7 +592,11 @@ mod tests {
             std::os::unix::fs::symlink("/etc", dir.path().join("out")).unwrap();
             std::os::unix::fs::symlink("src", dir.path().join("inside")).unwrap();
             let secrets = [("token".to_string(), PathBuf::from("/state/secrets/token"))].into();
-            Site { dir, secrets }
+            Site {
+                dir,
+                secrets,
+                registry_cache: Some("127.0.0.1:5000/cache/0123456789abcdef"),
+            }
         }
 
         fn check(&self, policy: &GrantPolicy, program: &str, list: &[&str]) -> Result<(), Denial> {
@@ -596,6 +617,7 @@ mod tests {
                     workspace: &root,
                     cwd: &root,
                     secrets: &self.secrets,
+                    registry_cache: self.registry_cache,
                 },
             )
         }
@@ -1027,6 +1049,50 @@ mod tests {
                 .unwrap_err();
             assert!(err.0.contains(why), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn a_registry_cache_value_is_the_jobs_own_repository_and_nothing_else() {
+        let mut site = Site::new();
+        let policy = policy(vec![with_options(
+            "podman",
+            &["build", "{path}"],
+            &[
+                ("--cache-from", ValueType::Cache),
+                ("--cache-to", ValueType::Cache),
+            ],
+        )]);
+        let own = "127.0.0.1:5000/cache/0123456789abcdef";
+        site.check(
+            &policy,
+            "podman",
+            &[
+                "build",
+                &format!("--cache-from={own}"),
+                "--cache-to",
+                own,
+                "src",
+            ],
+        )
+        .unwrap();
+        for bad in [
+            "127.0.0.1:5000/cache/fedcba9876543210",
+            "127.0.0.1:5000/team/app",
+            "127.0.0.1:5000/cache/0123456789abcdef/x",
+        ] {
+            let err = site
+                .check(&policy, "podman", &["build", "--cache-to", bad, "src"])
+                .unwrap_err();
+            assert!(
+                err.0.contains("not the job's registry cache"),
+                "{bad}: {err}"
+            );
+        }
+        site.registry_cache = None;
+        let err = site
+            .check(&policy, "podman", &["build", "--cache-to", own, "src"])
+            .unwrap_err();
+        assert!(err.0.contains("has no registry cache"), "{err}");
     }
 
     #[test]

@@ -106,6 +106,8 @@ pub struct CommandRunner {
     program_env: BTreeMap<String, String>,
     /// The job's build secrets, for `secret` values.
     secrets: SecretFiles,
+    /// The job's repository in the registry cache, for `cache` values.
+    registry_cache: Option<String>,
 }
 
 impl CommandRunner {
@@ -129,6 +131,7 @@ impl CommandRunner {
             search_path,
             program_env: BTreeMap::new(),
             secrets: SecretFiles::new(),
+            registry_cache: None,
         }
     }
 
@@ -142,6 +145,12 @@ impl CommandRunner {
     /// The same runner, locating the job's build secrets in `secrets`.
     pub fn with_secrets(mut self, secrets: SecretFiles) -> Self {
         self.secrets = secrets;
+        self
+    }
+
+    /// The same runner, accepting `cache` as the job's registry cache.
+    pub fn with_registry_cache(mut self, cache: Option<String>) -> Self {
+        self.registry_cache = cache;
         self
     }
 
@@ -168,6 +177,7 @@ impl CommandRunner {
             workspace: &workspace,
             cwd: &cwd,
             secrets: &self.secrets,
+            registry_cache: self.registry_cache.as_deref(),
         };
         let args = self
             .policy

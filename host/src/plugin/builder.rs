@@ -40,6 +40,8 @@ pub struct RunContext {
     pub commit: Option<String>,
     /// The job's build secrets, written where the builder cannot read them.
     pub secrets: SecretFiles,
+    /// The job's repository in the registry cache, if its builder has one.
+    pub registry_cache: Option<String>,
 }
 
 /// What a builder's successful run left for the host.
@@ -145,6 +147,7 @@ impl Builder {
                         .collect(),
                 },
                 network: source.network,
+                registry_cache: source.registry_cache,
                 platforms: None,
             },
             code: Code::Component { engine, pre },
@@ -181,6 +184,7 @@ impl Builder {
                 limits,
                 grants: GrantSummary::default(),
                 network: crate::network::BuildNetwork::None,
+                registry_cache: None,
                 platforms: None,
             },
             code: Code::Native(build),
@@ -197,6 +201,16 @@ impl Builder {
     /// What this builder's build steps may reach.
     pub fn network(&self) -> crate::network::BuildNetwork {
         self.info.network
+    }
+
+    /// Where `job`'s layers are kept in the registry cache: a repository
+    /// per source repository, so a job can only seed the cache of jobs
+    /// building the same repository.
+    pub fn registry_cache_for(&self, job: &Job) -> Option<String> {
+        use sha2::Digest as _;
+        let prefix = self.info.registry_cache.as_deref()?;
+        let scope = hex::encode(sha2::Sha256::digest(job.repo_url.as_bytes()));
+        Some(format!("{prefix}/{}", &scope[..16]))
     }
 
     /// How long making a fresh instance for a job has taken so far.
@@ -227,6 +241,7 @@ impl Builder {
             workspace: None,
             program_env: BTreeMap::new(),
             secrets: SecretFiles::new(),
+            registry_cache: None,
             memory_limit: self.info.limits.memory_bytes,
         })
         .map_err(|e| e.to_string())?;
@@ -279,6 +294,7 @@ impl Builder {
             workspace: Some(&ctx.workspace),
             program_env: ctx.program_env.clone(),
             secrets: ctx.secrets.clone(),
+            registry_cache: ctx.registry_cache.clone(),
             memory_limit: self.info.limits.memory_bytes,
         }) {
             Ok(host) => host,

@@ -22,6 +22,9 @@ use crate::exec::{CommandRunner, CommandSpec, GUEST_WORKSPACE, GrantPolicy, RunE
 use crate::log::JobLog;
 use crate::secrets::SecretFiles;
 
+/// The setting through which a builder learns its job's registry cache.
+pub const REGISTRY_CACHE_SETTING: &str = "registry-cache";
+
 /// Store data for one job's builder instance.
 pub(crate) struct JobHost {
     wasi: WasiCtx,
@@ -49,6 +52,9 @@ pub(crate) struct JobHostParts<'a> {
     pub program_env: BTreeMap<String, String>,
     /// The job's build secrets, for the programs' `secret` values.
     pub secrets: SecretFiles,
+    /// The job's repository in the registry cache: told to the builder
+    /// as the `registry-cache` setting, the only `cache` value it may pass.
+    pub registry_cache: Option<String>,
     pub memory_limit: usize,
 }
 
@@ -89,14 +95,23 @@ impl JobHost {
             )
             .with_program_env(parts.program_env.clone())
             .with_secrets(parts.secrets.clone())
+            .with_registry_cache(parts.registry_cache.clone())
         });
+        let settings = match &parts.registry_cache {
+            Some(cache) => {
+                let mut settings = (*parts.settings).clone();
+                settings.insert(REGISTRY_CACHE_SETTING.into(), cache.clone());
+                Arc::new(settings)
+            }
+            None => parts.settings,
+        };
         Ok(JobHost {
             wasi: wasi.build(),
             table: ResourceTable::new(),
             memory: MemoryLimit::new(parts.memory_limit),
             log: parts.log,
             cancel: parts.cancel,
-            settings: parts.settings,
+            settings,
             runner,
             stdout,
             stderr,

@@ -44,6 +44,8 @@ pub struct BuilderSource {
     pub grants: GrantPolicy,
     /// What its build steps may reach.
     pub network: BuildNetwork,
+    /// Where its jobs' layers are kept in a registry, by repository prefix.
+    pub registry_cache: Option<String>,
 }
 
 /// Where a component came from, for messages and `/v1/builders`.
@@ -98,6 +100,9 @@ pub struct BuilderInfo {
     pub grants: GrantSummary,
     /// What its build steps may reach: `none`, `private` or `host`.
     pub network: BuildNetwork,
+    /// The repository prefix under which its jobs' layers are kept in a
+    /// registry, if they are.
+    pub registry_cache: Option<String>,
     /// The platforms it can build on this host; `None` (`null`) for a
     /// simulated builder, which builds nothing and takes any.
     pub platforms: Option<Vec<Platform>>,
@@ -328,6 +333,7 @@ pub async fn inspect(path: &Path) -> Result<Inspection, PluginError> {
         settings: BTreeMap::new(),
         grants: GrantPolicy::default(),
         network: BuildNetwork::None,
+        registry_cache: None,
     };
     let pre = prepare(&engine, &linker, &component, &source)?;
     let builder = describe(&engine, pre, source).await?;

@@ -206,6 +206,7 @@ impl Inner {
             program_env: dirs.program_env(),
             commit,
             secrets,
+            registry_cache: builder.registry_cache_for(job),
         };
         match (builder.run(job, ctx).await?, image) {
             (Built::Simulated(result), _) => {

@@ -156,6 +156,15 @@ pub fn build(tool: Tool, job: Job) -> Result<BuildOutput, BuildError> {
     if job.no_cache {
         args.push("--no-cache".into());
     }
+    // Layers shared through the registry, when the operator keeps them
+    // there: a new host starts from them; `no_cache` only refreshes them.
+    if let Some(cache) = job_context::setting("registry-cache") {
+        log(&format!("layer cache in the registry: {cache}"));
+        if !job.no_cache {
+            args.push(format!("--cache-from={cache}"));
+        }
+        args.push(format!("--cache-to={cache}"));
+    }
     // The host completes each with where the value is.
     args.extend(job.secrets.iter().map(|name| format!("--secret=id={name}")));
     args.push(format!("--platform={}", platforms.join(",")));

@@ -73,6 +73,8 @@ impl Guest for Attack {
             "build-context" => build(&["--build-context=host=/etc", "src"]),
             "name-another-image" => build(&["--tag=localhost/loot", "src"]),
             "secret-src" => build(&["--secret=id=s,src=/etc/shadow", "src"]),
+            // Pushing "cache" over an image the host's credentials can write.
+            "cache-elsewhere" => build(&["--cache-to=127.0.0.1:5000/team/app", "src"]),
             "secret-not-the-jobs" => build(&["--secret", "id=deploy_key", "src"]),
             "capabilities" => build(&["--cap-add=ALL", "--security-opt=seccomp=unconfined", "src"]),
             "duplicate-isolation" => build(&["--isolation", "chroot", "src"]),

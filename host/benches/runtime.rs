@@ -102,6 +102,7 @@ async fn run() {
             program_env: Default::default(),
             commit: None,
             secrets: Default::default(),
+            registry_cache: None,
         };
         let started = Instant::now();
         let outcome = builder.run(&job, ctx).await;

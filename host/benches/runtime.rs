@@ -101,8 +101,7 @@ async fn run() {
             workspace: workspace.path().to_path_buf(),
             program_env: Default::default(),
             commit: None,
-            secrets: Default::default(),
-            registry_cache: None,
+            values: Default::default(),
         };
         let started = Instant::now();
         let outcome = builder.run(&job, ctx).await;

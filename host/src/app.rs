@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::cgroup::Cgroups;
 use crate::config::{Config, ConfigError, StoreLocation};
 use crate::job::SubmitPolicy;
 use crate::plugin::{ComponentCache, PluginError, PluginRuntime, PoolSizing};
@@ -24,6 +25,10 @@ pub enum StartError {
     Plugin(#[from] PluginError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(
+        "{0}; real builders need control groups for their limits and for cleaning up after a crash (run the server as root on a host with cgroups mounted)"
+    )]
+    Cgroups(String),
     #[error("cannot create data directory {path}: {source}")]
     DataDir {
         path: String,
@@ -72,6 +77,7 @@ pub async fn start_with(
     let mut runtime =
         PluginRuntime::load(sources, &ComponentCache::new(config.cache_dir()), sizing).await?;
     extend(&mut runtime);
+    let cgroups = control_groups(config, &runtime)?;
     let secrets = config.build_secrets()?;
     let registries = Arc::new(config.registry_settings());
     let service_config = ServiceConfig {
@@ -89,6 +95,7 @@ pub async fn start_with(
         log_cap_lines: config.log_cap_lines,
         log_output_caps: config.output_caps(),
         workspace_dir: config.workspace_dir(),
+        cgroups,
         keep_failed_workspaces: config.keep_failed_workspaces,
         store,
         queue,
@@ -103,6 +110,32 @@ pub async fn start_with(
         default_registry: config.default_registry.clone(),
     };
     Ok(Service::start(service_config, Arc::new(runtime)).await?)
+}
+
+/// This server's control groups, with what a run cut short by a crash
+/// left in them killed: before any job runs, so no old attempt works
+/// beside a new one. Required once a builder can run programs.
+fn control_groups(
+    config: &Config,
+    runtime: &PluginRuntime,
+) -> Result<Option<Arc<Cgroups>>, StartError> {
+    let real = runtime.builders().any(|b| !b.info().simulated);
+    match Cgroups::detect(&config.data_dir) {
+        Ok(cgroups) => {
+            let killed = cgroups.reap();
+            if killed > 0 {
+                tracing::warn!(
+                    "killed {killed} processes left by job runs this server was executing when it stopped"
+                );
+            }
+            Ok(Some(Arc::new(cgroups)))
+        }
+        Err(e) if real => Err(StartError::Cgroups(e)),
+        Err(e) => {
+            tracing::info!("no control groups ({e}); only simulated builders are loaded");
+            Ok(None)
+        }
+    }
 }
 
 /// How long running jobs get on shutdown.

@@ -55,6 +55,9 @@ fn real_builder_grants(tool: &str, network: BuildNetwork) -> Grants {
                 "runc",
                 "--network",
                 network.flag_value(),
+                // Pinned: every `RUN` step in the job's control group,
+                // under the job's limits, found again after a crash.
+                "--cgroup-parent={cgroup}",
                 // Pinned: the build's image can have no other name, so no
                 // name it leaves in a shared cache slot outlives the job.
                 &name,

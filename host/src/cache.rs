@@ -219,6 +219,7 @@ impl CacheSlot {
                 timeout: Some(CLEANUP_TIMEOUT),
                 log: &quiet,
                 cancel: &cancel,
+                cgroup: None,
             }
             .run()
             .await;

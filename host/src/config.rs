@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 use crate::builtin;
 use crate::cache::BuildCache;
+use crate::cgroup::BuildLimits;
 use crate::exec::{Grants, ValuePolicy};
 use crate::log::OutputCaps;
 use crate::network::BuildNetwork;
@@ -152,6 +153,14 @@ pub struct BuilderConfig {
     /// repository under it, pushed to (`--cache-to`) and pulled from
     /// (`--cache-from`, not with `no_cache`) with the registry's settings.
     pub registry_cache: Option<String>,
+    /// Memory a job's build may use, its tools and `RUN` steps together,
+    /// in MiB; 0: unbounded.
+    pub build_memory_mib: u64,
+    /// CPUs' worth of time a job's build may use; 0: unbounded.
+    pub build_cpus: f64,
+    /// Processes (and threads) a job's build may have at once; 0:
+    /// unbounded.
+    pub build_pids: u64,
 }
 
 const MAX_WORKERS: usize = 256;
@@ -200,6 +209,14 @@ impl Default for BuilderConfig {
             grants: None,
             cache: true,
             registry_cache: None,
+            // What a CI job typically gets (GitLab's and GitHub's smallest
+            // Linux runners have 4 to 8 GiB for everything).
+            build_memory_mib: 4096,
+            // Shared fairly by the kernel's scheduler unless set.
+            build_cpus: 0.0,
+            // podman's own default per container (containers.conf
+            // pids_limit): room for parallel compilers, not a fork bomb.
+            build_pids: 2048,
         }
     }
 }
@@ -295,6 +312,18 @@ impl Config {
                 grants
                     .validate(&format!("builders.{name}.grants"))
                     .map_err(ConfigError::Invalid)?;
+            }
+            if !(0.0..=1024.0).contains(&builder.build_cpus) {
+                return invalid(format!(
+                    "builders.{name}.build_cpus must be 0 (unbounded) to 1024, got {}",
+                    builder.build_cpus
+                ));
+            }
+            if (1..64).contains(&builder.build_memory_mib) || (1..16).contains(&builder.build_pids)
+            {
+                return invalid(format!(
+                    "builders.{name}: build_memory_mib must be 0 (unbounded) or at least 64, build_pids 0 or at least 16; a build's tools need that much"
+                ));
             }
             if let Some(prefix) = &builder.registry_cache {
                 self.validate_registry_cache(name, prefix)?;
@@ -392,6 +421,7 @@ impl Config {
                 settings.insert(NETWORK_SETTING.into(), builder.network.flag_value().into());
                 Ok(BuilderSource {
                     limits: builder.limits(),
+                    build_limits: builder.build_limits(),
                     grants: grants
                         .resolve(|name| std::env::var(name).ok())
                         .with_values(self.value_policy()),
@@ -518,6 +548,14 @@ impl BuilderConfig {
         Limits {
             memory_bytes: usize::try_from(self.memory_mib << 20).unwrap_or(usize::MAX),
             timeout: Duration::from_secs(self.timeout_secs),
+        }
+    }
+
+    pub fn build_limits(&self) -> BuildLimits {
+        BuildLimits {
+            memory_mib: (self.build_memory_mib > 0).then_some(self.build_memory_mib),
+            cpus: (self.build_cpus > 0.0).then_some(self.build_cpus),
+            pids: (self.build_pids > 0).then_some(self.build_pids),
         }
     }
 }

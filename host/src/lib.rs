@@ -9,6 +9,7 @@ pub mod app;
 pub mod builtin;
 pub mod cache;
 pub mod cancel;
+pub mod cgroup;
 pub mod client;
 pub mod config;
 pub mod exec;

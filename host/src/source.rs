@@ -15,6 +15,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::cancel::CancelSignal;
+use crate::cgroup::RunCgroup;
 use crate::exec::{CommandOutput, HostCommand, RunError};
 use crate::job::{FailureKind, Job, Outcome};
 use crate::log::JobLog;
@@ -81,11 +82,13 @@ impl Checkout {
         workspace: &Path,
         log: &JobLog,
         cancel: &CancelSignal,
+        cgroup: Option<&RunCgroup>,
     ) -> Result<String, Outcome> {
         let git = Git {
             workspace,
             log,
             cancel,
+            cgroup,
             allow_file: self.allow_file_repos,
         };
         let url = job.repo_url.as_str();
@@ -131,6 +134,7 @@ struct Git<'a> {
     workspace: &'a Path,
     log: &'a JobLog,
     cancel: &'a CancelSignal,
+    cgroup: Option<&'a RunCgroup>,
     allow_file: bool,
 }
 
@@ -207,6 +211,7 @@ impl Git<'_> {
             timeout: Some(GIT_TIMEOUT),
             log: self.log,
             cancel: self.cancel,
+            cgroup: self.cgroup,
         }
         .run()
         .await

@@ -21,14 +21,16 @@
 //!   does; a `secret` is `id=NAME` for one of the job's build secrets, and
 //!   the host appends `,src=FILE` (a file the builder cannot read); a
 //!   `cache` is exactly the job's repository in the registry cache (the
-//!   builder's `registry-cache` setting); `text` is anything.
+//!   builder's `registry-cache` setting); a `cgroup` exactly the control
+//!   group of the job run's build steps (the `cgroup-parent` setting);
+//!   `text` is anything.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::secrets::SecretFiles;
+use super::JobValues;
 
 /// A builder's grants, as written in the config file.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
@@ -88,6 +90,9 @@ pub enum ValueType {
     /// The job's repository in its builder's registry cache, nothing else:
     /// a build tool pushes there with the host's registry credentials.
     Cache,
+    /// The control group the job run's `RUN` steps go in (podman's
+    /// `--cgroup-parent`), nothing else: its limits are the job's.
+    Cgroup,
 }
 
 impl ValueType {
@@ -99,6 +104,7 @@ impl ValueType {
             "url" => Some(ValueType::Url),
             "secret" => Some(ValueType::Secret),
             "cache" => Some(ValueType::Cache),
+            "cgroup" => Some(ValueType::Cgroup),
             _ => None,
         }
     }
@@ -120,10 +126,9 @@ pub struct CallSite<'a> {
     pub workspace: &'a Path,
     /// The call's working directory, canonical and inside the workspace.
     pub cwd: &'a Path,
-    /// The job's build secrets and the files holding their values.
-    pub secrets: &'a SecretFiles,
-    /// The job's repository in the registry cache, if it has one.
-    pub registry_cache: Option<&'a str>,
+    /// What the host set for the job: its secrets, registry cache and
+    /// control group.
+    pub job: &'a JobValues,
 }
 
 /// A host directory visible to the builder's own code (not its programs,
@@ -179,7 +184,7 @@ impl Grants {
                     && ValueType::from_placeholder(name).is_none()
                 {
                     return Err(format!(
-                        "{here}.args: {arg:?} names no type; use {{path}}, {{output}}, {{image}}, {{url}}, {{secret}} or {{cache}}"
+                        "{here}.args: {arg:?} names no type; use {{path}}, {{output}}, {{image}}, {{url}}, {{secret}}, {{cache}} or {{cgroup}}"
                     ));
                 }
             }
@@ -319,7 +324,13 @@ impl GrantPolicy {
                 i += 1;
                 continue;
             }
-            if arg.starts_with('-') {
+            // A pinned option with a typed value (`--name={type}`) is
+            // matched as a pattern, not as one of the options.
+            let pinned_typed = patterns.peek().is_some_and(|p| {
+                p.starts_with('-')
+                    && placeholder(p).is_some_and(|(prefix, _)| arg.starts_with(prefix))
+            });
+            if arg.starts_with('-') && !pinned_typed {
                 let (name, inline) = match arg.split_once('=') {
                     Some((name, value)) if arg.starts_with("--") => (name, Some(value)),
                     _ => (arg.as_str(), None),
@@ -419,7 +430,7 @@ impl GrantPolicy {
             }
             ValueType::Secret => {
                 let name = value.strip_prefix("id=").unwrap_or_default();
-                match site.secrets.get(name) {
+                match site.job.secrets.get(name) {
                     Some(file) => Ok(Some(format!("id={name},src={}", file.display()))),
                     None if name.is_empty() || name.contains(',') => Err(format!(
                         "{value:?} must be id=NAME; the host says where the value is"
@@ -427,7 +438,7 @@ impl GrantPolicy {
                     None => Err(format!("secret '{name}' is not one of the job's secrets")),
                 }
             }
-            ValueType::Cache => match site.registry_cache {
+            ValueType::Cache => match site.job.registry_cache.as_deref() {
                 Some(cache) if value == cache => Ok(None),
                 Some(cache) => Err(format!(
                     "{value:?} is not the job's registry cache; only {cache:?} is"
@@ -435,6 +446,13 @@ impl GrantPolicy {
                 None => Err(format!(
                     "{value:?}: the builder has no registry cache (builders.<name>.registry_cache)"
                 )),
+            },
+            ValueType::Cgroup => match site.job.cgroup.as_deref().map(|c| c.steps_path()) {
+                Some(path) if value == path => Ok(None),
+                Some(path) => Err(format!(
+                    "{value:?} is not the job's control group; only {path:?} is"
+                )),
+                None => Err(format!("{value:?}: the job has no control group")),
             },
             ValueType::Image => {
                 crate::reference::validate_image_ref(value)
@@ -580,8 +598,7 @@ mod tests {
     /// one build secret, `token`.
     struct Site {
         dir: tempfile::TempDir,
-        secrets: SecretFiles,
-        registry_cache: Option<&'static str>,
+        values: JobValues,
     }
 
     impl Site {
@@ -594,8 +611,11 @@ mod tests {
             let secrets = [("token".to_string(), PathBuf::from("/state/secrets/token"))].into();
             Site {
                 dir,
-                secrets,
-                registry_cache: Some("127.0.0.1:5000/cache/0123456789abcdef"),
+                values: JobValues {
+                    secrets,
+                    registry_cache: Some("127.0.0.1:5000/cache/0123456789abcdef".into()),
+                    cgroup: None,
+                },
             }
         }
 
@@ -616,8 +636,7 @@ mod tests {
                 &CallSite {
                     workspace: &root,
                     cwd: &root,
-                    secrets: &self.secrets,
-                    registry_cache: self.registry_cache,
+                    job: &self.values,
                 },
             )
         }
@@ -1088,7 +1107,7 @@ mod tests {
                 "{bad}: {err}"
             );
         }
-        site.registry_cache = None;
+        site.values.registry_cache = None;
         let err = site
             .check(&policy, "podman", &["build", "--cache-to", own, "src"])
             .unwrap_err();

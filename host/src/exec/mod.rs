@@ -22,6 +22,7 @@ pub use grant::{
 pub use process::KILL_GRACE;
 
 use crate::cancel::CancelSignal;
+use crate::cgroup::RunCgroup;
 use crate::log::JobLog;
 use crate::secrets::SecretFiles;
 
@@ -104,10 +105,52 @@ pub struct CommandRunner {
     search_path: Option<OsString>,
     /// Set by the host for every call, over the grants and the builder.
     program_env: BTreeMap<String, String>,
+    /// What the host set for this job besides the grants.
+    values: JobValues,
+}
+
+/// What the host sets per job besides the builder's grants: what the
+/// typed values of its calls are checked against, and where its programs
+/// run.
+#[derive(Debug, Clone, Default)]
+pub struct JobValues {
     /// The job's build secrets, for `secret` values.
-    secrets: SecretFiles,
+    pub secrets: SecretFiles,
     /// The job's repository in the registry cache, for `cache` values.
-    registry_cache: Option<String>,
+    pub registry_cache: Option<String>,
+    /// The run's control group: every program starts in it, and its
+    /// `steps` group is the only `cgroup` value.
+    pub cgroup: Option<Arc<RunCgroup>>,
+}
+
+/// The settings through which a builder learns its job's values.
+pub const REGISTRY_CACHE_SETTING: &str = "registry-cache";
+pub const CGROUP_SETTING: &str = "cgroup-parent";
+
+impl JobValues {
+    /// `settings` with the job's values a builder reads as settings.
+    pub fn settings(
+        &self,
+        settings: &Arc<BTreeMap<String, String>>,
+    ) -> Arc<BTreeMap<String, String>> {
+        let own = [
+            (REGISTRY_CACHE_SETTING, self.registry_cache.clone()),
+            (
+                CGROUP_SETTING,
+                self.cgroup.as_ref().map(|c| c.steps_path().to_string()),
+            ),
+        ];
+        if own.iter().all(|(_, value)| value.is_none()) {
+            return settings.clone();
+        }
+        let mut settings = (**settings).clone();
+        for (name, value) in own {
+            if let Some(value) = value {
+                settings.insert(name.into(), value);
+            }
+        }
+        Arc::new(settings)
+    }
 }
 
 impl CommandRunner {
@@ -130,8 +173,7 @@ impl CommandRunner {
             cancel,
             search_path,
             program_env: BTreeMap::new(),
-            secrets: SecretFiles::new(),
-            registry_cache: None,
+            values: JobValues::default(),
         }
     }
 
@@ -142,15 +184,9 @@ impl CommandRunner {
         self
     }
 
-    /// The same runner, locating the job's build secrets in `secrets`.
-    pub fn with_secrets(mut self, secrets: SecretFiles) -> Self {
-        self.secrets = secrets;
-        self
-    }
-
-    /// The same runner, accepting `cache` as the job's registry cache.
-    pub fn with_registry_cache(mut self, cache: Option<String>) -> Self {
-        self.registry_cache = cache;
+    /// The same runner, with the job's `values`.
+    pub fn with_values(mut self, values: JobValues) -> Self {
+        self.values = values;
         self
     }
 
@@ -176,8 +212,7 @@ impl CommandRunner {
         let site = CallSite {
             workspace: &workspace,
             cwd: &cwd,
-            secrets: &self.secrets,
-            registry_cache: self.registry_cache.as_deref(),
+            job: &self.values,
         };
         let args = self
             .policy
@@ -203,6 +238,7 @@ impl CommandRunner {
             timeout: spec.timeout,
             log: &self.log,
             cancel: &self.cancel,
+            cgroup: self.values.cgroup.as_deref(),
         })
         .await
     }
@@ -255,7 +291,7 @@ impl CommandRunner {
 /// chose every argument), but it runs like a builder's programs: no shell,
 /// its own process group, a cleared environment plus the host's `PATH` and
 /// `env`, output into the job log, the group killed on cancel or
-/// `timeout`.
+/// `timeout`, and inside the job run's control group when it has one.
 pub struct HostCommand<'a> {
     /// A bare name, looked up on the host's `PATH`.
     pub program: &'a str,
@@ -265,6 +301,7 @@ pub struct HostCommand<'a> {
     pub timeout: Option<Duration>,
     pub log: &'a JobLog,
     pub cancel: &'a CancelSignal,
+    pub cgroup: Option<&'a RunCgroup>,
 }
 
 impl HostCommand<'_> {
@@ -289,6 +326,7 @@ impl HostCommand<'_> {
             timeout: self.timeout,
             log: self.log,
             cancel: self.cancel,
+            cgroup: self.cgroup,
         })
         .await
     }

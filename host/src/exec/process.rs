@@ -13,6 +13,7 @@ use tokio::process::{Child, Command};
 
 use super::{CommandOutput, OUTPUT_TAIL_BYTES, RunError};
 use crate::cancel::CancelSignal;
+use crate::cgroup::RunCgroup;
 use crate::log::{JobLog, human_bytes};
 
 /// Between SIGTERM and SIGKILL.
@@ -30,10 +31,14 @@ pub(super) struct Invocation<'a> {
     pub timeout: Option<Duration>,
     pub log: &'a JobLog,
     pub cancel: &'a CancelSignal,
+    /// Where the program starts, so it and all it starts stay accounted
+    /// and limited with the job run, and are found after a crash.
+    pub cgroup: Option<&'a RunCgroup>,
 }
 
 pub(super) async fn run(inv: Invocation<'_>) -> Result<CommandOutput, RunError> {
-    let mut child = Command::new(inv.program)
+    let mut command = Command::new(inv.program);
+    command
         .args(inv.args)
         .env_clear()
         .envs(inv.env)
@@ -41,12 +46,19 @@ pub(super) async fn run(inv: Invocation<'_>) -> Result<CommandOutput, RunError> 
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .process_group(0)
-        .spawn()
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => RunError::NotFound(format!("`{}`: {e}", inv.label)),
-            _ => RunError::FailedToStart(format!("`{}`: {e}", inv.label)),
-        })?;
+        .process_group(0);
+    if let Some(cgroup) = inv.cgroup {
+        let fds = cgroup.enter_fds();
+        // SAFETY: the closure runs between fork and exec and only writes
+        // to descriptors opened before the fork (no allocation, no locks).
+        unsafe {
+            command.pre_exec(move || crate::cgroup::enter(&fds));
+        }
+    }
+    let mut child = command.spawn().map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => RunError::NotFound(format!("`{}`: {e}", inv.label)),
+        _ => RunError::FailedToStart(format!("`{}`: {e}", inv.label)),
+    })?;
     let Some(pid) = child.id() else {
         return Err(RunError::FailedToStart(format!(
             "`{}` exited before it could be tracked",

@@ -13,9 +13,9 @@ use super::host::{JobHost, JobHostParts};
 use super::{BuilderInfo, BuilderSource, GrantSummary, Limits};
 use crate::cancel::CancelSignal;
 use crate::exec::GrantPolicy;
+use crate::exec::JobValues;
 use crate::job::{BuildResult, FailureKind, Job, Outcome};
 use crate::log::JobLog;
-use crate::secrets::SecretFiles;
 
 /// How long a builder's `info` export may take at load time.
 const INFO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -38,10 +38,9 @@ pub struct RunContext {
     /// The commit checked out in the workspace; `None` for a simulated
     /// builder.
     pub commit: Option<String>,
-    /// The job's build secrets, written where the builder cannot read them.
-    pub secrets: SecretFiles,
-    /// The job's repository in the registry cache, if its builder has one.
-    pub registry_cache: Option<String>,
+    /// The job's build secrets (written where the builder cannot read
+    /// them), its registry cache and its run's control group.
+    pub values: JobValues,
 }
 
 /// What a builder's successful run left for the host.
@@ -135,6 +134,7 @@ impl Builder {
                 component_digest,
                 origin: source.origin.to_string(),
                 limits: source.limits,
+                build_limits: source.build_limits,
                 grants: GrantSummary {
                     programs: source.grants.programs().to_vec(),
                     env: source.grants.env_names(),
@@ -182,6 +182,7 @@ impl Builder {
                 component_digest: String::new(),
                 origin: super::Origin::Native.to_string(),
                 limits,
+                build_limits: Default::default(),
                 grants: GrantSummary::default(),
                 network: crate::network::BuildNetwork::None,
                 registry_cache: None,
@@ -240,8 +241,7 @@ impl Builder {
             grants: self.grants.clone(),
             workspace: None,
             program_env: BTreeMap::new(),
-            secrets: SecretFiles::new(),
-            registry_cache: None,
+            values: JobValues::default(),
             memory_limit: self.info.limits.memory_bytes,
         })
         .map_err(|e| e.to_string())?;
@@ -293,8 +293,7 @@ impl Builder {
             grants: self.grants.clone(),
             workspace: Some(&ctx.workspace),
             program_env: ctx.program_env.clone(),
-            secrets: ctx.secrets.clone(),
-            registry_cache: ctx.registry_cache.clone(),
+            values: ctx.values.clone(),
             memory_limit: self.info.limits.memory_bytes,
         }) {
             Ok(host) => host,

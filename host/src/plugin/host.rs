@@ -18,12 +18,8 @@ use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use super::bindings::{command_runner, helix, job_context};
 use super::output::PluginOutput;
 use crate::cancel::CancelSignal;
-use crate::exec::{CommandRunner, CommandSpec, GUEST_WORKSPACE, GrantPolicy, RunError};
+use crate::exec::{CommandRunner, CommandSpec, GUEST_WORKSPACE, GrantPolicy, JobValues, RunError};
 use crate::log::JobLog;
-use crate::secrets::SecretFiles;
-
-/// The setting through which a builder learns its job's registry cache.
-pub const REGISTRY_CACHE_SETTING: &str = "registry-cache";
 
 /// Store data for one job's builder instance.
 pub(crate) struct JobHost {
@@ -50,11 +46,9 @@ pub(crate) struct JobHostParts<'a> {
     pub workspace: Option<&'a Path>,
     /// Variables the host sets for every program, over the grants.
     pub program_env: BTreeMap<String, String>,
-    /// The job's build secrets, for the programs' `secret` values.
-    pub secrets: SecretFiles,
-    /// The job's repository in the registry cache: told to the builder
-    /// as the `registry-cache` setting, the only `cache` value it may pass.
-    pub registry_cache: Option<String>,
+    /// What the host set for the job; the builder learns the registry
+    /// cache and control group as settings (see [`JobValues::settings`]).
+    pub values: JobValues,
     pub memory_limit: usize,
 }
 
@@ -94,17 +88,9 @@ impl JobHost {
                 std::env::var_os("PATH"),
             )
             .with_program_env(parts.program_env.clone())
-            .with_secrets(parts.secrets.clone())
-            .with_registry_cache(parts.registry_cache.clone())
+            .with_values(parts.values.clone())
         });
-        let settings = match &parts.registry_cache {
-            Some(cache) => {
-                let mut settings = (*parts.settings).clone();
-                settings.insert(REGISTRY_CACHE_SETTING.into(), cache.clone());
-                Arc::new(settings)
-            }
-            None => parts.settings,
-        };
+        let settings = parts.values.settings(&parts.settings);
         Ok(JobHost {
             wasi: wasi.build(),
             table: ResourceTable::new(),

@@ -21,6 +21,7 @@ use wasmtime::component::{Component, HasSelf, Linker};
 
 use crate::exec::{GrantPolicy, ProgramGrant};
 
+use crate::cgroup::BuildLimits;
 use crate::network::BuildNetwork;
 use crate::platform::Platform;
 pub use bindings::WIT_VERSION;
@@ -46,6 +47,8 @@ pub struct BuilderSource {
     pub network: BuildNetwork,
     /// Where its jobs' layers are kept in a registry, by repository prefix.
     pub registry_cache: Option<String>,
+    /// What each job's build may use.
+    pub build_limits: BuildLimits,
 }
 
 /// Where a component came from, for messages and `/v1/builders`.
@@ -97,6 +100,8 @@ pub struct BuilderInfo {
     pub component_digest: String,
     pub origin: String,
     pub limits: Limits,
+    /// What each job's build (its tools and `RUN` steps) may use.
+    pub build_limits: BuildLimits,
     pub grants: GrantSummary,
     /// What its build steps may reach: `none`, `private` or `host`.
     pub network: BuildNetwork,
@@ -334,6 +339,7 @@ pub async fn inspect(path: &Path) -> Result<Inspection, PluginError> {
         grants: GrantPolicy::default(),
         network: BuildNetwork::None,
         registry_cache: None,
+        build_limits: BuildLimits::default(),
     };
     let pre = prepare(&engine, &linker, &component, &source)?;
     let builder = describe(&engine, pre, source).await?;

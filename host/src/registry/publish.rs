@@ -16,6 +16,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::RegistrySettings;
 use crate::cancel::CancelSignal;
+use crate::cgroup::RunCgroup;
 use crate::exec::{HostCommand, RunError};
 use crate::job::{BuildResult, FailureKind, Outcome};
 use crate::log::JobLog;
@@ -64,6 +65,7 @@ impl Publisher {
         requested: &[Platform],
         log: &JobLog,
         cancel: &CancelSignal,
+        cgroup: Option<&RunCgroup>,
     ) -> Result<BuildResult, Outcome> {
         log.push(&format!("[helix] pushing the built image to {image}"));
         let insecure = self.registries.is_insecure(image);
@@ -115,6 +117,7 @@ impl Publisher {
             timeout: Some(PUSH_TIMEOUT),
             log,
             cancel,
+            cgroup,
         }
         .run()
         .await

@@ -31,6 +31,7 @@ use tokio::sync::{Notify, broadcast, watch};
 use tokio::task::JoinSet;
 
 use crate::cache::BuildCache;
+use crate::cgroup::Cgroups;
 use crate::job::{InvalidJob, Job, JobId, JobRequest, Outcome, State, SubmitPolicy};
 use crate::log::{JobLog, LogLine, OutputCaps, Redactor};
 use crate::plugin::PluginRuntime;
@@ -56,6 +57,9 @@ pub struct ServiceConfig {
     pub log_output_caps: OutputCaps,
     /// Parent of the per-job workspace directories.
     pub workspace_dir: PathBuf,
+    /// Where each real job run's processes go and what they may use;
+    /// `None` only where no builder runs programs.
+    pub cgroups: Option<Arc<Cgroups>>,
     /// Leave the workspace of a job that did not succeed in place.
     pub keep_failed_workspaces: bool,
     /// Pushes what real builders built and confirms it in the registry.

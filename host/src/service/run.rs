@@ -11,6 +11,8 @@ use super::Inner;
 use super::background::IDLE_POLL;
 use super::table::Entry;
 use crate::cancel::CancelSignal;
+use crate::cgroup::{BuildLimits, LimitHit, RunCgroup};
+use crate::exec::JobValues;
 use crate::job::{FailureKind, Job, JobId, Outcome};
 use crate::log::JobLog;
 use crate::plugin::{Builder, Built, RunContext};
@@ -88,7 +90,36 @@ impl Inner {
             true => None,
             false => cache.acquire(&job.builder, &job.repo_url).await,
         };
-        let root = self.config.workspace_dir.join(job.id.as_str());
+        // Each attempt in a directory and a control group of its own: an
+        // earlier attempt's (its processes reaped when this host started)
+        // is removed first, never reused.
+        let run_name = format!("{}.{}", job.id, job.attempts);
+        for earlier in 0..job.attempts {
+            let old = self
+                .config
+                .workspace_dir
+                .join(format!("{}.{earlier}", job.id));
+            if old.exists()
+                && let Err(e) = std::fs::remove_dir_all(&old)
+            {
+                tracing::warn!("could not remove {}: {e}", old.display());
+            }
+        }
+        let cgroup = match &self.config.cgroups {
+            Some(cgroups) if !simulated => {
+                match cgroups.create(&run_name, &builder.info().build_limits) {
+                    Ok(cgroup) => Some(Arc::new(cgroup)),
+                    Err(e) => {
+                        return Outcome::failed(
+                            FailureKind::Host,
+                            format!("could not create the job's control group: {e}"),
+                        );
+                    }
+                }
+            }
+            _ => None,
+        };
+        let root = self.config.workspace_dir.join(&run_name);
         let dirs = match JobDirs::create(
             root.clone(),
             &self.config.registries,
@@ -129,9 +160,14 @@ impl Inner {
             slot.clean(&cleanup_env, log).await;
         }
         let outcome = self
-            .build_and_publish(job, &builder, &dirs, log, cancel)
+            .build_and_publish(job, &builder, &dirs, log, cancel, cgroup.clone())
             .await
             .unwrap_or_else(|ended| ended);
+        let outcome = match cgroup.as_ref().and_then(|c| c.limit_hit()) {
+            Some(hit) => blame_limit(outcome, hit, job, &builder.info().build_limits),
+            None => outcome,
+        };
+        drop(cgroup);
         if let Some(slot) = &slot {
             slot.clean(&cleanup_env, log).await;
         }
@@ -160,6 +196,7 @@ impl Inner {
         dirs: &JobDirs,
         log: &Arc<JobLog>,
         cancel: &CancelSignal,
+        cgroup: Option<Arc<RunCgroup>>,
     ) -> Result<Outcome, Outcome> {
         let workspace = dirs.workspace();
         let simulated = builder.info().simulated;
@@ -183,7 +220,7 @@ impl Inner {
             let commit = self
                 .config
                 .checkout
-                .fetch(job, &workspace, log, cancel)
+                .fetch(job, &workspace, log, cancel, cgroup.as_deref())
                 .await?;
             crate::source::check_context(&workspace, &job.context, &job.dockerfile_path)?;
             (Some(image), Some(commit))
@@ -205,8 +242,11 @@ impl Inner {
             workspace,
             program_env: dirs.program_env(),
             commit,
-            secrets,
-            registry_cache: builder.registry_cache_for(job),
+            values: JobValues {
+                secrets,
+                registry_cache: builder.registry_cache_for(job),
+                cgroup: cgroup.clone(),
+            },
         };
         match (builder.run(job, ctx).await?, image) {
             (Built::Simulated(result), _) => {
@@ -225,7 +265,14 @@ impl Inner {
                 };
                 self.config
                     .publisher
-                    .publish(pushed, &image, &job.platforms, log, cancel)
+                    .publish(
+                        pushed,
+                        &image,
+                        &job.platforms,
+                        log,
+                        cancel,
+                        cgroup.as_deref(),
+                    )
                     .await
                     .map(Outcome::Succeeded)
                     .map_err(|outcome| outcome.redacted(|text| log.redact(text)))
@@ -293,4 +340,32 @@ impl Inner {
         }
         self.lock().remove_ended(&job.id);
     }
+}
+
+/// A failed build's outcome once its control group says it reached a
+/// limit: the limit named first (with the setting that raises it), the
+/// tool's own error after it. A build that succeeded anyway stands.
+fn blame_limit(outcome: Outcome, hit: LimitHit, job: &Job, limits: &BuildLimits) -> Outcome {
+    let Outcome::Failed { kind, message } = outcome else {
+        return outcome;
+    };
+    if !matches!(kind, FailureKind::Build | FailureKind::Registry) {
+        return Outcome::Failed { kind, message };
+    }
+    let what = match hit {
+        LimitHit::Memory => format!(
+            "memory limit of {} MiB (builders.{}.build_memory_mib)",
+            limits.memory_mib.unwrap_or_default(),
+            job.builder
+        ),
+        LimitHit::Pids => format!(
+            "process limit of {} (builders.{}.build_pids)",
+            limits.pids.unwrap_or_default(),
+            job.builder
+        ),
+    };
+    Outcome::failed(
+        FailureKind::Limit,
+        format!("the build reached its {what}; {message}"),
+    )
 }

@@ -130,6 +130,11 @@ pub fn build(tool: Tool, job: Job) -> Result<BuildOutput, BuildError> {
         "runc",
         "--network",
         &network,
+        // The host's control group for the job's steps: its limits apply.
+        &format!(
+            "--cgroup-parent={}",
+            job_context::setting("cgroup-parent").unwrap_or_default()
+        ),
         "-f",
         &dockerfile,
         // Keep each step's layer (the host keeps the storage between jobs

@@ -29,7 +29,7 @@ impl builder_info::Guest for Attack {
 
 /// podman's global flags as the kit passes them.
 const GLOBAL: &[&str] = &["--cgroup-manager", "cgroupfs"];
-/// A granted build up to its options.
+/// A granted build up to its control group.
 const BUILD: &[&str] = &[
     "build",
     "--isolation",
@@ -38,7 +38,6 @@ const BUILD: &[&str] = &[
     "runc",
     "--network",
     "helix-private",
-    "--tag=localhost/helix-image",
 ];
 
 fn podman(rest: &[&str]) -> (String, Vec<String>, Vec<(String, String)>) {
@@ -46,8 +45,19 @@ fn podman(rest: &[&str]) -> (String, Vec<String>, Vec<(String, String)>) {
     ("podman".into(), args, Vec::new())
 }
 
+/// A granted build (in the job's control group, as the host says) with
+/// `extra` after it.
 fn build(extra: &[&str]) -> (String, Vec<String>, Vec<(String, String)>) {
-    let rest: Vec<&str> = BUILD.iter().chain(extra).copied().collect();
+    let cgroup = format!(
+        "--cgroup-parent={}",
+        job_context::setting("cgroup-parent").unwrap_or_default()
+    );
+    let rest: Vec<&str> = BUILD
+        .iter()
+        .copied()
+        .chain([cgroup.as_str(), "--tag=localhost/helix-image"])
+        .chain(extra.iter().copied())
+        .collect();
     podman(&rest)
 }
 

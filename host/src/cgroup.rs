@@ -1,0 +1,400 @@
+//! A control group per job run: what the run's build tools and the
+//! containers of their `RUN` steps may use together (memory, CPU,
+//! processes), and a record of every process the run started.
+//!
+//! Each server keeps its runs' groups under one directory of its own,
+//! `/helix/<instance>` in each hierarchy (the instance is named after the
+//! server's data directory), so when a server starts again after a crash
+//! it finds the groups of the runs it was executing and kills what is left
+//! in them before any job runs ([`Cgroups::reap`]).
+//!
+//! A run's group holds `tools/` (every program the host starts for the
+//! job, placed there before it executes) and `steps/` (where podman and
+//! buildah put the `RUN` containers when given `--cgroup-parent`, which
+//! the built-in grants pin); the limits are set on the run's group, so
+//! they bound both together. cgroup v1 (the `pids`, `memory` and `cpu`
+//! hierarchies) and a unified v2 hierarchy are supported.
+
+use std::fs::File;
+use std::io::Write as _;
+use std::os::fd::{AsRawFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// What one job run's build may use, all its processes together. `None`
+/// leaves that resource unbounded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct BuildLimits {
+    /// Memory (without swap), in MiB.
+    pub memory_mib: Option<u64>,
+    /// CPU time, in CPUs' worth (1.5 = one and a half CPUs).
+    pub cpus: Option<f64>,
+    /// Processes and threads at once.
+    pub pids: Option<u64>,
+}
+
+/// A limit a run reached, for the job's error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitHit {
+    Memory,
+    Pids,
+}
+
+const CPU_PERIOD_US: u64 = 100_000;
+/// How close to its memory limit a run's peak counts as reaching it.
+const PAGE_SLACK: u64 = 64 * 1024;
+/// How long [`kill_tree`] keeps killing before it gives up.
+const KILL_ROUNDS: usize = 100;
+
+/// The control group file systems of this host, and this server's
+/// directory in them.
+#[derive(Debug)]
+pub struct Cgroups {
+    layout: Layout,
+    /// `/helix/<instance>`, the same in every hierarchy.
+    base: String,
+}
+
+#[derive(Debug, Clone)]
+enum Layout {
+    /// One mount per controller: `pids`, `memory`, `cpu`.
+    V1 {
+        pids: PathBuf,
+        memory: PathBuf,
+        cpu: PathBuf,
+    },
+    /// One hierarchy for all.
+    V2 { root: PathBuf },
+}
+
+impl Cgroups {
+    /// This host's control groups, for the server whose data directory is
+    /// `data_dir`; an error says why they cannot be used.
+    pub fn detect(data_dir: &Path) -> Result<Self, String> {
+        use sha2::Digest as _;
+        let root = Path::new("/sys/fs/cgroup");
+        let layout = if root.join("cgroup.controllers").is_file() {
+            Layout::V2 {
+                root: root.to_path_buf(),
+            }
+        } else {
+            let controller = |name: &str| {
+                let dir = root.join(name);
+                match dir.join("cgroup.procs").is_file() {
+                    true => Ok(dir),
+                    false => Err(format!(
+                        "no cgroup v1 `{name}` hierarchy at {}",
+                        dir.display()
+                    )),
+                }
+            };
+            Layout::V1 {
+                pids: controller("pids")?,
+                memory: controller("memory")?,
+                cpu: controller("cpu")?,
+            }
+        };
+        let data_dir = data_dir
+            .canonicalize()
+            .unwrap_or_else(|_| data_dir.to_path_buf());
+        let digest = sha2::Sha256::digest(data_dir.as_os_str().as_encoded_bytes());
+        let cgroups = Cgroups {
+            layout,
+            base: format!("/helix/{}", &hex::encode(digest)[..16]),
+        };
+        for dir in cgroups.dirs(&cgroups.base) {
+            create_dir(&dir)
+                .map_err(|e| format!("cannot create control group {}: {e}", dir.display()))?;
+        }
+        if let Layout::V2 { root } = &cgroups.layout {
+            enable_controllers(root, &cgroups.base).map_err(|e| {
+                format!(
+                    "cannot enable the pids, memory and cpu controllers for {}: {e}",
+                    cgroups.base
+                )
+            })?;
+        }
+        Ok(cgroups)
+    }
+
+    /// The directories of `path` (`/a/b`), one per hierarchy.
+    fn dirs(&self, path: &str) -> Vec<PathBuf> {
+        let inside = path.trim_start_matches('/');
+        match &self.layout {
+            Layout::V1 { pids, memory, cpu } => {
+                vec![pids.join(inside), memory.join(inside), cpu.join(inside)]
+            }
+            Layout::V2 { root } => vec![root.join(inside)],
+        }
+    }
+
+    /// Kills every process left in this server's run groups (a run cut
+    /// short by a crash) and removes the groups; the number killed.
+    pub fn reap(&self) -> usize {
+        let mut killed = 0;
+        for dir in self.dirs(&self.base) {
+            let Ok(runs) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for run in runs.flatten().filter(|e| e.path().is_dir()) {
+                killed += kill_tree(&run.path());
+                remove_tree(&run.path());
+            }
+        }
+        killed
+    }
+
+    /// A new group for run `name` (replacing one of that name), limited
+    /// by `limits`.
+    pub fn create(&self, name: &str, limits: &BuildLimits) -> std::io::Result<RunCgroup> {
+        let path = format!("{}/{name}", self.base);
+        let run = RunCgroup {
+            dirs: self.dirs(&path),
+            v2: matches!(self.layout, Layout::V2 { .. }),
+            steps: format!("{path}/steps"),
+            tools: Vec::new(),
+        };
+        for dir in &run.dirs {
+            kill_tree(dir);
+            remove_tree(dir);
+            create_dir(dir)?;
+        }
+        if let Layout::V2 { root } = &self.layout {
+            enable_controllers(root, &path)?;
+        }
+        run.limit(limits)?;
+        let mut run = run;
+        for dir in run.dirs.clone() {
+            create_dir(&dir.join("tools"))?;
+            run.tools.push(
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(dir.join("tools/cgroup.procs"))?,
+            );
+        }
+        Ok(run)
+    }
+}
+
+impl Drop for Cgroups {
+    /// Removes this server's directory where no run is left in it.
+    fn drop(&mut self) {
+        for dir in self.dirs(&self.base) {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
+/// One run's control group; dropping it kills whatever is left in it and
+/// removes it.
+#[derive(Debug)]
+pub struct RunCgroup {
+    /// One per hierarchy; in v1: pids, memory, cpu.
+    dirs: Vec<PathBuf>,
+    v2: bool,
+    /// Where `RUN` containers go (`--cgroup-parent`), as a cgroup path.
+    steps: String,
+    /// `tools/cgroup.procs` in each hierarchy, open for [`RunCgroup::enter`].
+    tools: Vec<File>,
+}
+
+impl RunCgroup {
+    fn limit(&self, limits: &BuildLimits) -> std::io::Result<()> {
+        let (pids, memory, cpu) = match self.v2 {
+            false => (&self.dirs[0], &self.dirs[1], &self.dirs[2]),
+            true => (&self.dirs[0], &self.dirs[0], &self.dirs[0]),
+        };
+        if let Some(max) = limits.pids {
+            write(pids, "pids.max", &max.to_string())?;
+        }
+        if let Some(mib) = limits.memory_mib {
+            let bytes = (mib * 1024 * 1024).to_string();
+            if self.v2 {
+                write(memory, "memory.max", &bytes)?;
+                write(memory, "memory.swap.max", "0")?;
+            } else {
+                write(memory, "memory.limit_in_bytes", &bytes)?;
+                // Where swap is accounted, none of it either.
+                if memory.join("memory.memsw.limit_in_bytes").exists() {
+                    write(memory, "memory.memsw.limit_in_bytes", &bytes)?;
+                }
+            }
+        }
+        if let Some(cpus) = limits.cpus {
+            let quota = ((cpus * CPU_PERIOD_US as f64) as u64).max(1000);
+            if self.v2 {
+                write(cpu, "cpu.max", &format!("{quota} {CPU_PERIOD_US}"))?;
+            } else {
+                write(cpu, "cpu.cfs_period_us", &CPU_PERIOD_US.to_string())?;
+                write(cpu, "cpu.cfs_quota_us", &quota.to_string())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The cgroup path for the build tool's `--cgroup-parent`.
+    pub fn steps_path(&self) -> &str {
+        &self.steps
+    }
+
+    /// Descriptors that, written "0" to, move the writing process into the
+    /// run's group: for a child between fork and exec, where nothing may
+    /// allocate.
+    pub fn enter_fds(&self) -> Vec<RawFd> {
+        self.tools.iter().map(AsRawFd::as_raw_fd).collect()
+    }
+
+    /// A limit the run reached, if it reached one.
+    pub fn limit_hit(&self) -> Option<LimitHit> {
+        // A refused fork is counted where it was tried (v1: in the step's
+        // group, gone with it), so the peak tells too.
+        let pids = &self.dirs[0];
+        let max = std::fs::read_to_string(pids.join("pids.max")).unwrap_or_default();
+        let at_max = max
+            .trim()
+            .parse::<u64>()
+            .is_ok_and(|max| read_number(&pids.join("pids.peak")) >= max);
+        if at_max || counter(&pids.join("pids.events"), "max") > 0 {
+            return Some(LimitHit::Pids);
+        }
+        let memory = &self.dirs[if self.v2 { 0 } else { 1 }];
+        let reached = match self.v2 {
+            true => {
+                let events = memory.join("memory.events");
+                counter(&events, "oom_kill") + counter(&events, "max") > 0
+            }
+            // v1's failure counters stay 0 on some kernels when the
+            // memory+swap limit is set too; the peak does not lie.
+            false => {
+                let limit = read_number(&memory.join("memory.limit_in_bytes"));
+                let peak = read_number(&memory.join("memory.max_usage_in_bytes"));
+                limit > 0 && peak + PAGE_SLACK >= limit
+            }
+        };
+        reached.then_some(LimitHit::Memory)
+    }
+}
+
+impl Drop for RunCgroup {
+    fn drop(&mut self) {
+        for dir in &self.dirs {
+            kill_tree(dir);
+            remove_tree(dir);
+        }
+    }
+}
+
+/// Moves the calling process into the groups behind `fds` (see
+/// [`RunCgroup::enter_fds`]). Only async-signal-safe calls: it runs in a
+/// forked child.
+pub fn enter(fds: &[RawFd]) -> std::io::Result<()> {
+    for &fd in fds {
+        // SAFETY: writing a static buffer to a descriptor; no allocation.
+        let written = unsafe { libc::write(fd, b"0".as_ptr().cast(), 1) };
+        if written != 1 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+fn create_dir(dir: &Path) -> std::io::Result<()> {
+    match std::fs::create_dir_all(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => Err(e),
+        _ => Ok(()),
+    }
+}
+
+fn write(dir: &Path, file: &str, value: &str) -> std::io::Result<()> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.join(file))
+        .and_then(|mut f| f.write_all(value.as_bytes()))
+        .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", dir.join(file).display())))
+}
+
+/// Turns on the controllers for the children of each group along `path`
+/// (v2 delegates them level by level).
+fn enable_controllers(root: &Path, path: &str) -> std::io::Result<()> {
+    let mut dir = root.to_path_buf();
+    for part in path.trim_start_matches('/').split('/') {
+        write(&dir, "cgroup.subtree_control", "+pids +memory +cpu")?;
+        dir.push(part);
+    }
+    Ok(())
+}
+
+/// `name N` in a flat keyed file such as `pids.events`; 0 when absent.
+fn counter(file: &Path, name: &str) -> u64 {
+    std::fs::read_to_string(file)
+        .unwrap_or_default()
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn read_number(file: &Path) -> u64 {
+    std::fs::read_to_string(file)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// The processes in `dir` and the groups below it.
+fn processes(dir: &Path, into: &mut Vec<libc::pid_t>) {
+    if let Ok(text) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+        into.extend(
+            text.lines()
+                .filter_map(|l| l.trim().parse::<libc::pid_t>().ok()),
+        );
+    }
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten().filter(|e| e.path().is_dir()) {
+            processes(&entry.path(), into);
+        }
+    }
+}
+
+/// SIGKILLs every process in `dir`'s subtree until none is left (a
+/// process forking meanwhile lands in the same groups); the number
+/// killed.
+fn kill_tree(dir: &Path) -> usize {
+    let mut killed = 0;
+    for _ in 0..KILL_ROUNDS {
+        let mut pids = Vec::new();
+        processes(dir, &mut pids);
+        if pids.is_empty() {
+            return killed;
+        }
+        for pid in pids {
+            // SAFETY: kill has no memory-safety preconditions; a process
+            // already gone gives ESRCH.
+            if unsafe { libc::kill(pid, libc::SIGKILL) } == 0 {
+                killed += 1;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    tracing::warn!("processes survived SIGKILL in {}", dir.display());
+    killed
+}
+
+/// Removes `dir` and the groups below it, deepest first (a group goes
+/// only once it is empty).
+fn remove_tree(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten().filter(|e| e.path().is_dir()) {
+            remove_tree(&entry.path());
+        }
+    }
+    for _ in 0..50 {
+        match std::fs::remove_dir(dir) {
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            _ => return,
+        }
+    }
+}

@@ -10,7 +10,8 @@ use std::time::Duration;
 use common::{program, survivors};
 use helix_build::cancel::CancelSignal;
 use helix_build::exec::{
-    CommandOutput, CommandRunner, CommandSpec, Grants, OUTPUT_TAIL_BYTES, ProgramGrant, RunError,
+    CommandOutput, CommandRunner, CommandSpec, Grants, JobValues, OUTPUT_TAIL_BYTES, ProgramGrant,
+    RunError,
 };
 use helix_build::log::JobLog;
 use helix_build::secrets::{BuildSecrets, SecretSource};
@@ -59,7 +60,10 @@ fn with_secrets(
         cancel.clone(),
         search_path,
     )
-    .with_secrets(files);
+    .with_values(JobValues {
+        secrets: files,
+        ..JobValues::default()
+    });
     Fixture {
         workspace,
         _state: state,

@@ -944,3 +944,112 @@ fn assert_timestamped(timed: &str, plain: &str) {
     }
     assert_eq!(texts, plain.lines().collect::<Vec<_>>());
 }
+
+/// The processes in the control groups of job `id`'s first run, wherever
+/// this host's server keeps them.
+fn run_processes(id: &str) -> Vec<u32> {
+    fn collect(dir: &std::path::Path, into: &mut Vec<u32>) {
+        if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+            into.extend(procs.lines().filter_map(|l| l.parse::<u32>().ok()));
+        }
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            if entry.path().is_dir() {
+                collect(&entry.path(), into);
+            }
+        }
+    }
+    let mut pids = Vec::new();
+    for server in std::fs::read_dir("/sys/fs/cgroup/pids/helix")
+        .unwrap()
+        .flatten()
+    {
+        collect(&server.path().join(format!("{id}.1")), &mut pids);
+    }
+    pids
+}
+
+/// Whether process `pid` still runs (a zombie does not).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        !stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z')
+    })
+}
+
+#[test]
+fn after_kill_9_mid_build_no_build_process_outlives_the_restart_and_the_retry_succeeds() {
+    let registry = fixtures::Registry::start(false);
+    let repo = tempfile::tempdir().unwrap();
+    std::fs::copy("/bin/busybox", repo.path().join("busybox")).unwrap();
+    std::fs::write(
+        repo.path().join("Dockerfile"),
+        "FROM scratch\nCOPY busybox /bin/busybox\n\
+         RUN [\"/bin/busybox\", \"sh\", \"-c\", \"echo step started; /bin/busybox sleep 15\"]\n",
+    )
+    .unwrap();
+    fixtures::git(repo.path(), &["init", "-q", "-b", "main"]);
+    fixtures::git(repo.path(), &["add", "-A"]);
+    fixtures::git(repo.path(), &["commit", "-qm", "slow"]);
+
+    let data = tempfile::tempdir().unwrap();
+    let config = data.path().join("helix.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "workers = 1\nallow_file_repos = true\ndefault_registry = \"{0}/team\"\n\
+             [registries.\"{0}\"]\ntls_verify = false\n",
+            registry.address
+        ),
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+    let mut server = Server::start_in(data.path(), &["--config", config]);
+    let request = json!({
+        "id": "slow-build",
+        "repo_url": format!("file://{}", repo.path().display()),
+        "builder": "podman",
+    });
+    assert_eq!(server.json("POST", "/v1/jobs", Some(&request)).0, 201);
+    let started = (0..1500).any(|_| {
+        std::thread::sleep(Duration::from_millis(20));
+        let (_, logs) = server.request("GET", "/v1/jobs/slow-build/logs", None);
+        logs.contains("step started")
+    });
+    assert!(started, "the RUN step never started");
+    // The step's own process too, not only the build tool.
+    let mut pids = Vec::new();
+    let in_group = (0..500).any(|_| {
+        std::thread::sleep(Duration::from_millis(20));
+        pids = run_processes("slow-build");
+        pids.iter().any(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|cmd| cmd.contains("sleep"))
+        })
+    });
+    assert!(
+        in_group,
+        "the RUN step is in the run's control group: {pids:?}"
+    );
+
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        pids.iter().any(|&pid| alive(pid)),
+        "the build outlives a killed server (what the restart must clean up): {pids:?}"
+    );
+
+    let server = Server::start_in(data.path(), &["--config", config]);
+    let survivors: Vec<u32> = pids.iter().copied().filter(|&pid| alive(pid)).collect();
+    assert_eq!(
+        survivors, [0u32; 0],
+        "build processes alive after the restart"
+    );
+    let (_, job) = server.json("GET", "/v1/jobs/slow-build/wait?timeout_secs=120", None);
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["attempts"], 2, "{job}");
+}

@@ -97,6 +97,7 @@ pub async fn start_with(
         workspace_dir: config.workspace_dir(),
         cgroups,
         keep_failed_workspaces: config.keep_failed_workspaces,
+        retention: config.retention(),
         store,
         queue,
         secrets,

@@ -18,6 +18,7 @@ use crate::network::BuildNetwork;
 use crate::plugin::{BuilderSource, Limits, Origin};
 use crate::registry::RegistrySettings;
 use crate::secrets::{BuildSecrets, SecretSource};
+use crate::service::Retention;
 
 /// The whole configuration. `Config::default()` is what `helix-build serve`
 /// runs with when no file is given.
@@ -56,6 +57,10 @@ pub struct Config {
     /// Keep the workspace of a job that did not succeed, for debugging
     /// (it is removed otherwise).
     pub keep_failed_workspaces: bool,
+    /// Days an ended job (and its log) is kept; 0: for ever.
+    pub retention_days: u64,
+    /// Ended jobs kept at most, the newest; 0: no limit.
+    pub retention_jobs: u64,
     /// Where jobs are stored: `sqlite://PATH` (`<data_dir>/helix.db` when
     /// absent), or `postgres://user:password@host:port/db` for a database
     /// and queue several hosts share.
@@ -164,6 +169,8 @@ pub struct BuilderConfig {
 }
 
 const MAX_WORKERS: usize = 256;
+/// A hundred years: longer is "for ever", which 0 says.
+const MAX_RETENTION_DAYS: u64 = 36_500;
 /// The setting through which a builder learns its `--network` value.
 const NETWORK_SETTING: &str = "network";
 const MAX_MEMORY_MIB: u64 = 16 * 1024;
@@ -184,6 +191,8 @@ impl Default for Config {
             log_step_cap_bytes: OutputCaps::default().step_bytes,
             stop_grace_secs: 30,
             keep_failed_workspaces: false,
+            retention_days: 30,
+            retention_jobs: 0,
             store_url: None,
             host_id: None,
             lease_secs: 30,
@@ -276,6 +285,11 @@ impl Config {
         }
         if self.log_cap_lines == 0 {
             return invalid("log_cap_lines must be at least 1".into());
+        }
+        if self.retention_days > MAX_RETENTION_DAYS {
+            return invalid(format!(
+                "retention_days must be at most {MAX_RETENTION_DAYS}; 0 keeps ended jobs for ever"
+            ));
         }
         if self.log_cap_bytes < 1024 || self.log_step_cap_bytes < 1024 {
             return invalid("log_cap_bytes and log_step_cap_bytes must be at least 1024".into());
@@ -498,6 +512,17 @@ impl Config {
         ValuePolicy {
             registries,
             allow_file_repos: self.allow_file_repos,
+        }
+    }
+
+    /// How long, and how many, ended jobs are kept.
+    pub fn retention(&self) -> Retention {
+        Retention {
+            max_age: (self.retention_days > 0).then(|| {
+                chrono::Duration::days(self.retention_days.min(MAX_RETENTION_DAYS) as i64)
+            }),
+            keep: (self.retention_jobs > 0)
+                .then(|| usize::try_from(self.retention_jobs).unwrap_or(usize::MAX)),
         }
     }
 

@@ -128,3 +128,54 @@ async fn interrupted_jobs_without_attempts_left_fail_as_interrupted() {
     assert!(error.starts_with("host error: interrupted:"), "{error}");
     assert!(job.completed_at.is_some());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_past_the_retention_are_deleted_with_their_logs_once_the_server_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(&dir, 1, 10);
+    config.retention_days = 7;
+    std::fs::create_dir_all(&config.data_dir).unwrap();
+    let StoreLocation::Sqlite(path) = config.store().unwrap() else {
+        panic!("the test config uses SQLite");
+    };
+    {
+        let store = SqliteStore::open(&path).unwrap();
+        let policy = SubmitPolicy::for_builders("simulated", ["simulated"]);
+        for (id, days_ago) in [("last-month", 30), ("yesterday", 1)] {
+            let ended = Utc::now() - chrono::Duration::days(days_ago);
+            let request = JobRequest {
+                id: Some(id.into()),
+                ..simulated(0)
+            };
+            let mut job = Job::from_request(request, &policy, ended).unwrap();
+            store.insert(&job).await.unwrap();
+            job.start(ended).unwrap();
+            store.append_log(&job.id, &LogLine::new("built"), 100);
+            job.finish(
+                helix_build::job::Outcome::failed(
+                    helix_build::job::FailureKind::Build,
+                    "RUN false",
+                ),
+                ended,
+            )
+            .unwrap();
+            store.update(&job).await.unwrap();
+        }
+    }
+    let service = start(&config).await;
+    let mut gone = false;
+    for _ in 0..500 {
+        if service.get("last-month").await.is_err() {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        gone,
+        "a job that ended 30 days ago outlives a 7-day retention"
+    );
+    assert!(service.logs("last-month").await.is_err());
+    assert_eq!(service.get("yesterday").await.unwrap().state, State::Failed);
+    assert_eq!(service.logs("yesterday").await.unwrap().texts(), ["built"]);
+}

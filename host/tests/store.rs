@@ -91,6 +91,59 @@ async fn keeps_state_result_and_log_in_order(store: &dyn JobStore, queue: &dyn J
     assert!(store.log("nope").await.unwrap().texts().is_empty());
 }
 
+/// `id` run through `queue` and ended `ago` before now, with a log line.
+async fn ended(store: &dyn JobStore, queue: &dyn JobQueue, id: &str, ago: chrono::Duration) -> Job {
+    let mut j = running(queue, id, "pruning").await;
+    store.append_log(&j.id, &LogLine::new("built"), 100);
+    j.finish(
+        Outcome::failed(FailureKind::Build, "RUN false"),
+        Utc::now() - ago,
+    )
+    .unwrap();
+    store.update(&j).await.unwrap();
+    j
+}
+
+async fn prunes_ended_jobs_and_their_logs_never_live_ones(
+    store: &dyn JobStore,
+    queue: &dyn JobQueue,
+) {
+    let days = chrono::Duration::days;
+    ended(store, queue, "old", days(40)).await;
+    ended(store, queue, "recent", days(0)).await;
+    running(queue, "live", "pruning").await;
+
+    let pruned = store
+        .prune(Some(Utc::now() - days(30)), None)
+        .await
+        .unwrap();
+    assert!(pruned >= 1, "{pruned}");
+    assert!(
+        store.get("old").await.unwrap().is_none(),
+        "ended 40 days ago"
+    );
+    assert!(
+        store.log("old").await.unwrap().is_empty(),
+        "its log goes with it"
+    );
+    assert!(store.get("recent").await.unwrap().is_some());
+    assert_eq!(store.log("recent").await.unwrap().texts(), ["built"]);
+
+    // By count: only the newest ended job stays, and every live one.
+    ended(store, queue, "newest", days(0)).await;
+    store.prune(None, Some(1)).await.unwrap();
+    assert!(store.get("recent").await.unwrap().is_none());
+    assert!(store.log("recent").await.unwrap().is_empty());
+    assert!(store.get("newest").await.unwrap().is_some());
+    let live = store.get("live").await.unwrap().unwrap();
+    assert_eq!(live.state, State::Running, "a live job is never pruned");
+    assert_eq!(
+        store.prune(None, Some(1)).await.unwrap(),
+        0,
+        "nothing more to prune"
+    );
+}
+
 async fn refuses_a_duplicate_id(store: &dyn JobStore) {
     store.insert(&job("once")).await.unwrap();
     let again = store.insert(&job("once")).await;
@@ -154,6 +207,13 @@ async fn sqlite_keeps_state_result_and_log_in_order() {
 }
 
 #[tokio::test]
+async fn sqlite_prunes_ended_jobs_and_their_logs_never_live_ones() {
+    let (_dir, store) = sqlite();
+    let queue = LocalQueue::open(store.clone()).await.unwrap();
+    prunes_ended_jobs_and_their_logs_never_live_ones(store.as_ref(), &queue).await;
+}
+
+#[tokio::test]
 async fn sqlite_refuses_a_duplicate_id() {
     refuses_a_duplicate_id(sqlite().1.as_ref()).await;
 }
@@ -179,6 +239,8 @@ async fn postgres_keeps_the_store_contract() {
     refuses_a_duplicate_id(store.as_ref()).await;
     pages_newest_first_by_state_from_a_cursor(store.as_ref(), store.as_ref()).await;
     keeps_about_the_last_cap_log_lines(store.as_ref()).await;
+    // Last: it prunes what the others left too.
+    prunes_ended_jobs_and_their_logs_never_live_ones(store.as_ref(), store.as_ref()).await;
 }
 
 #[tokio::test]

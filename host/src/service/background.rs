@@ -48,6 +48,31 @@ pub(super) async fn worker(inner: Arc<Inner>) {
     }
 }
 
+/// How often ended jobs past the retention are deleted.
+pub const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+/// Deletes the ended jobs the retention no longer keeps, at once and then
+/// every [`PRUNE_EVERY`]. Ends with the service.
+pub(super) async fn prune_ended(inner: Weak<Inner>) {
+    let mut tick = tokio::time::interval(PRUNE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        let retention = inner.config.retention;
+        let cutoff = retention.max_age.map(|age| chrono::Utc::now() - age);
+        match inner.config.store.prune(cutoff, retention.keep).await {
+            Ok(0) => {}
+            Ok(pruned) => {
+                tracing::info!("deleted {pruned} ended jobs past the retention, with their logs")
+            }
+            Err(e) => tracing::warn!("cannot delete ended jobs past the retention: {e}"),
+        }
+    }
+}
+
 /// Renews this host's leases every third of `lease`, stops the jobs whose
 /// lease it lost or that someone asked to cancel, and recovers jobs of
 /// hosts that stopped renewing theirs. Ends with the service.

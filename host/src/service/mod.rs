@@ -62,6 +62,8 @@ pub struct ServiceConfig {
     pub cgroups: Option<Arc<Cgroups>>,
     /// Leave the workspace of a job that did not succeed in place.
     pub keep_failed_workspaces: bool,
+    /// Which ended jobs are deleted, with their logs.
+    pub retention: Retention,
     /// Pushes what real builders built and confirms it in the registry.
     pub publisher: Publisher,
     /// How builds reach registries (for their base images).
@@ -154,6 +156,21 @@ struct Inner {
     workers: tokio::sync::Mutex<JoinSet<()>>,
 }
 
+/// How long, and how many, ended jobs are kept with their logs; the rest
+/// are deleted every [`background::PRUNE_EVERY`], by every host sharing
+/// the store alike.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Retention {
+    pub max_age: Option<chrono::Duration>,
+    pub keep: Option<usize>,
+}
+
+impl Retention {
+    fn prunes(&self) -> bool {
+        self.max_age.is_some() || self.keep.is_some()
+    }
+}
+
 impl Service {
     /// Recovers the runs an earlier process of this host left behind, then
     /// starts `config.workers` workers and the queue's background tasks on
@@ -178,6 +195,9 @@ impl Service {
         }
         if let Some(lease) = inner.config.queue.lease() {
             tokio::spawn(background::keep_leases(Arc::downgrade(&inner), lease));
+        }
+        if inner.config.retention.prunes() {
+            tokio::spawn(background::prune_ended(Arc::downgrade(&inner)));
         }
         tokio::spawn(background::relay_notices(
             Arc::downgrade(&inner),

@@ -11,6 +11,7 @@
 mod postgres;
 mod sqlite;
 
+use chrono::{DateTime, Utc};
 use futures_util::FutureExt as _;
 use futures_util::future::BoxFuture;
 use tokio::sync::oneshot;
@@ -40,6 +41,16 @@ pub enum StoreError {
     #[error("job store: {0}")]
     Database(String),
 }
+
+/// Selects the finished jobs [`JobStore::prune`] deletes, in both stores'
+/// SQL: `$1` the cutoff as RFC 3339 text (NULL: none), `$2` how many of the
+/// newest finished jobs to keep whatever their age.
+pub(crate) const PRUNED_JOBS: &str = "
+    SELECT id FROM jobs WHERE state NOT IN ('queued', 'running') AND (
+        COMPLETED_AT < CUTOFF
+        OR seq <= (SELECT seq FROM jobs WHERE state NOT IN ('queued', 'running')
+                   ORDER BY seq DESC LIMIT 1 OFFSET $2)
+    )";
 
 /// Stores trim a job's stored log every this many lines, not on every line.
 pub(crate) const TRIM_EVERY: u64 = 256;
@@ -78,6 +89,10 @@ pub trait JobStore: Send + Sync + 'static {
     fn count_by_state(&self) -> Read<'_, Vec<(State, u64)>>;
     /// Every queued or running job in submission order, with its log.
     fn load_unfinished(&self) -> Read<'_, Vec<StoredJob>>;
+    /// Deletes the finished jobs, with their logs, that ended before
+    /// `ended_before` or are older than the newest `keep` finished ones;
+    /// how many it deleted. Queued and running jobs are never touched.
+    fn prune(&self, ended_before: Option<DateTime<Utc>>, keep: Option<usize>) -> Read<'_, u64>;
 
     /// Up to `limit` jobs, newest first, optionally only those in `state`,
     /// submitted before job `cursor`. `None` when `cursor` names no job.

@@ -18,9 +18,11 @@ use std::thread::JoinHandle;
 use futures_util::FutureExt as _;
 use rusqlite::{Connection, OptionalExtension, params};
 
+use chrono::{DateTime, Utc};
+
 use super::{
-    Commit, JobStore, REMEMBERED_LOGS, Read, StoreError, StoredJob, TRIM_EVERY, Write, Writes,
-    acknowledge, db_error, parse_job,
+    Commit, JobStore, PRUNED_JOBS, REMEMBERED_LOGS, Read, StoreError, StoredJob, TRIM_EVERY, Write,
+    Writes, acknowledge, db_error, parse_job,
 };
 use crate::job::{Job, JobId, State};
 use crate::log::LogLine;
@@ -72,6 +74,10 @@ fn connect(path: &Path) -> Result<Connection, StoreError> {
     db.pragma_update(None, "synchronous", "NORMAL")
         .map_err(db_error)?;
     db.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(db_error)?;
+    // Whichever connection's checkpoint resets the WAL cuts it back to
+    // this, so a burst of writes does not leave a large file behind.
+    db.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)
         .map_err(db_error)?;
     Ok(db)
 }
@@ -276,6 +282,40 @@ fn append_line(
     Ok(())
 }
 
+/// Deletes what [`JobStore::prune`] says in one transaction, taking the
+/// write lock first (waiting for the writer's commits, not failing on
+/// them).
+fn prune(
+    db: &Connection,
+    ended_before: Option<DateTime<Utc>>,
+    keep: Option<usize>,
+) -> Result<u64, StoreError> {
+    let select = PRUNED_JOBS
+        .replace(
+            "COMPLETED_AT",
+            "julianday(json_extract(body, '$.completed_at'))",
+        )
+        .replace("CUTOFF", "julianday($1)");
+    let cutoff = ended_before.map(|at| at.to_rfc3339());
+    let keep = keep.map_or(i64::MAX, |keep| i64::try_from(keep).unwrap_or(i64::MAX));
+    let tx = rusqlite::Transaction::new_unchecked(db, rusqlite::TransactionBehavior::Immediate)
+        .map_err(db_error)?;
+    let ids: Vec<String> = tx
+        .prepare(&select)
+        .and_then(|mut s| {
+            s.query_map(params![cutoff, keep], |row| row.get(0))?
+                .collect()
+        })
+        .map_err(db_error)?;
+    for id in &ids {
+        tx.execute("DELETE FROM job_logs WHERE job_id = ?1", [id])
+            .and_then(|_| tx.execute("DELETE FROM jobs WHERE id = ?1", [id]))
+            .map_err(db_error)?;
+    }
+    tx.commit().map_err(db_error)?;
+    Ok(ids.len() as u64)
+}
+
 /// The jobs whose bodies `query` selects with `params`.
 fn jobs(
     db: &Connection,
@@ -366,6 +406,10 @@ impl JobStore for SqliteStore {
             })
             .collect();
         ready(counts)
+    }
+
+    fn prune(&self, ended_before: Option<DateTime<Utc>>, keep: Option<usize>) -> Read<'_, u64> {
+        ready(prune(&self.reader(), ended_before, keep))
     }
 
     fn load_unfinished(&self) -> Read<'_, Vec<StoredJob>> {

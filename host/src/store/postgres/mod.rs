@@ -25,6 +25,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use futures_util::FutureExt as _;
 use tokio::sync::{Mutex, broadcast, mpsc};
 use tokio_postgres::types::ToSql;
@@ -265,6 +266,30 @@ impl JobStore for PostgresStore {
                     (*state, u64::try_from(count).unwrap_or(0))
                 })
                 .collect())
+        }
+        .boxed()
+    }
+
+    fn prune(&self, ended_before: Option<DateTime<Utc>>, keep: Option<usize>) -> Read<'_, u64> {
+        async move {
+            let select = super::PRUNED_JOBS
+                .replace(
+                    "COMPLETED_AT",
+                    "(body::jsonb ->> 'completed_at')::timestamptz",
+                )
+                .replace("CUTOFF", "$1::text::timestamptz");
+            let sql = format!(
+                "WITH doomed AS ({select}), \
+                 logs AS (DELETE FROM job_logs WHERE job_id IN (SELECT id FROM doomed)) \
+                 DELETE FROM jobs WHERE id IN (SELECT id FROM doomed)"
+            );
+            let cutoff = ended_before.map(|at| at.to_rfc3339());
+            let keep = keep.map_or(i64::MAX, |keep| i64::try_from(keep).unwrap_or(i64::MAX));
+            let conn = self.conn().await?;
+            conn.client
+                .execute(&sql, &[&cutoff, &keep])
+                .await
+                .map_err(db_error)
         }
         .boxed()
     }

@@ -1053,3 +1053,76 @@ fn after_kill_9_mid_build_no_build_process_outlives_the_restart_and_the_retry_su
     assert_eq!(job["state"], "succeeded", "{job}");
     assert_eq!(job["attempts"], 2, "{job}");
 }
+
+#[test]
+fn backup_under_load_holds_every_job_committed_before_it_and_opens() {
+    let server = Server::start(&[]);
+    let data = server._data.as_ref().unwrap().path().to_path_buf();
+    let copy = data.join("copy.db");
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    // A steady stream of submissions while the backup runs.
+    let (accepted, began, backup) = std::thread::scope(|scope| {
+        let submitter = scope.spawn(|| {
+            let mut accepted = Vec::new();
+            for i in 0..2000 {
+                if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
+                let id = format!("load-{i}");
+                let request = json!({"id": id, "repo_url": "https://git.example/app.git"});
+                if server.json("POST", "/v1/jobs", Some(&request)).0 == 201 {
+                    accepted.push((id, std::time::Instant::now()));
+                }
+            }
+            accepted
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        let began = std::time::Instant::now();
+        let backup = Command::new(env!("CARGO_BIN_EXE_helix-build"))
+            .args(["backup", copy.to_str().unwrap()])
+            .env("HELIX_DATA_DIR", &data)
+            .env_remove("HELIX_CONFIG")
+            .output()
+            .unwrap();
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        (submitter.join().unwrap(), began, backup)
+    });
+    assert!(
+        backup.status.success(),
+        "{}",
+        String::from_utf8_lossy(&backup.stderr)
+    );
+    let before: Vec<&String> = accepted
+        .iter()
+        .filter(|(_, at)| *at < began)
+        .map(|(id, _)| id)
+        .collect();
+    assert!(
+        before.len() > 10,
+        "the load ran before the backup: {}",
+        before.len()
+    );
+
+    let db = rusqlite::Connection::open(&copy).unwrap();
+    let check: String = db
+        .query_row("PRAGMA integrity_check", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(check, "ok");
+    let stored: std::collections::HashSet<String> = db
+        .prepare("SELECT id FROM jobs")
+        .unwrap()
+        .query_map([], |row| row.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let missing: Vec<&&String> = before.iter().filter(|id| !stored.contains(**id)).collect();
+    assert!(
+        missing.is_empty(),
+        "committed before the backup, not in it: {missing:?}"
+    );
+    assert!(
+        String::from_utf8_lossy(&backup.stdout).contains("a consistent copy of"),
+        "{}",
+        String::from_utf8_lossy(&backup.stdout)
+    );
+}

@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use helix_build::config::Config;
+use helix_build::config::{Config, StoreLocation};
+use helix_build::store::SqliteStore;
 use helix_build::{api, app, plugin};
 use tracing_subscriber::EnvFilter;
 
@@ -55,6 +56,14 @@ enum Command {
         /// reach it can submit builds and read every job.
         #[arg(long)]
         insecure_no_auth: bool,
+    },
+    /// Copy the embedded (SQLite) store to FILE, consistently, while the
+    /// server runs (run it on the server's host, with its config).
+    Backup {
+        file: PathBuf,
+        /// The server's config file, to find its store.
+        #[arg(long, env = "HELIX_CONFIG")]
+        config: Option<PathBuf>,
     },
     #[command(flatten)]
     Client(ClientCommand),
@@ -143,6 +152,7 @@ async fn main() -> ExitCode {
         Command::Plugin {
             command: PluginCommand::Check { file },
         } => check_plugin(&file).await.map(|()| true),
+        Command::Backup { file, config } => backup(config, &file).map(|()| true),
         Command::Client(command) => client_command(command, &cli.server, cli.json).await,
     };
     match result {
@@ -155,15 +165,39 @@ async fn main() -> ExitCode {
     }
 }
 
+fn load_config(config: Option<PathBuf>) -> Result<Config, String> {
+    match config {
+        Some(path) => Config::from_file(&path).map_err(|e| e.to_string()),
+        None => Config::default().validated().map_err(|e| e.to_string()),
+    }
+}
+
+fn backup(config: Option<PathBuf>, file: &std::path::Path) -> Result<(), String> {
+    let config = load_config(config)?;
+    match config.store().map_err(|e| e.to_string())? {
+        StoreLocation::Sqlite(db) => {
+            let copied = SqliteStore::backup(&db, file).map_err(|e| e.to_string())?;
+            println!(
+                "{}: a consistent copy of {} ({copied} jobs)",
+                file.display(),
+                db.display()
+            );
+            Ok(())
+        }
+        StoreLocation::Postgres(_) => Err(
+            "the store is PostgreSQL: back it up with the database's own tools (pg_dump, or its \
+             continuous archiving); `backup` copies the embedded SQLite store"
+                .into(),
+        ),
+    }
+}
+
 async fn serve(
     config: Option<PathBuf>,
     listen: Option<std::net::SocketAddr>,
     insecure_no_auth: bool,
 ) -> Result<(), String> {
-    let mut config = match config {
-        Some(path) => Config::from_file(&path).map_err(|e| e.to_string())?,
-        None => Config::default().validated().map_err(|e| e.to_string())?,
-    };
+    let mut config = load_config(config)?;
     if let Some(listen) = listen {
         config.listen = listen;
     }

@@ -138,6 +138,48 @@ impl SqliteStore {
         })
     }
 
+    /// Copies the database at `db` to `to` while other processes may be
+    /// writing to it: SQLite's online backup, all pages in one step, so the
+    /// copy is the database as of one moment (every job committed before
+    /// it began). Written beside `to` and renamed, so `to` is never half a
+    /// database. Returns how many jobs the copy holds.
+    pub fn backup(db: &Path, to: &Path) -> Result<u64, StoreError> {
+        use rusqlite::OpenFlags;
+        if !db.is_file() {
+            return Err(StoreError::Database(format!(
+                "{}: no store here (is this the server's config?)",
+                db.display()
+            )));
+        }
+        let source = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(|e| StoreError::Database(format!("{}: {e}", db.display())))?;
+        source
+            .busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(db_error)?;
+        let partial = to.with_extension("partial");
+        let written = |e: rusqlite::Error| StoreError::Database(format!("{}: {e}", to.display()));
+        let mut copy = Connection::open(&partial).map_err(written)?;
+        {
+            let backup = rusqlite::backup::Backup::new(&source, &mut copy).map_err(written)?;
+            match backup.step(-1).map_err(written)? {
+                rusqlite::backup::StepResult::Done => {}
+                _ => {
+                    return Err(StoreError::Database(format!(
+                        "{}: the store stayed locked; try again",
+                        db.display()
+                    )));
+                }
+            }
+        }
+        let jobs: i64 = copy
+            .query_row("SELECT COUNT(*) FROM jobs", [], |row| row.get(0))
+            .map_err(written)?;
+        drop(copy);
+        std::fs::rename(&partial, to)
+            .map_err(|e| StoreError::Database(format!("{}: {e}", to.display())))?;
+        Ok(u64::try_from(jobs).unwrap_or(0))
+    }
+
     fn reader(&self) -> std::sync::MutexGuard<'_, Connection> {
         self.reader.lock().unwrap_or_else(|e| e.into_inner())
     }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use helix_build::client::{Client, ClientError, Followed};
 use helix_build::job::{Job, JobRequest, State};
 use helix_build::service::JobPage;
-use hyper::Method;
+use reqwest::Method;
 use serde_json::Value;
 
 /// What `submit` sends.

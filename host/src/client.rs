@@ -1,13 +1,11 @@
-//! A client of the HTTP API, for the CLI: plain HTTP/1.1 to one server,
-//! with the bearer token when one is given.
+//! A client of the HTTP API, for the CLI: HTTP or HTTPS (the system's
+//! roots, plus a CA file if given) to one server, with the bearer token
+//! when one is given.
 
+use std::path::Path;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper::{Method, Request, Response, StatusCode, Uri};
-use hyper_util::rt::TokioIo;
+use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
@@ -38,32 +36,54 @@ pub enum Followed<'a> {
     Line(&'a str),
 }
 
+/// How long connecting may take; a request itself may take long (`wait`,
+/// a followed log).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Talks to one Helix Build server.
 pub struct Client {
-    authority: String,
+    /// `http(s)://host:port`, without a trailing slash.
+    base: String,
     token: Option<String>,
+    http: reqwest::Client,
 }
 
 impl Client {
-    /// `server` is `http://host:port` (or just `host:port`).
-    pub fn new(server: &str, token: Option<String>) -> Result<Self, ClientError> {
-        let uri: Uri = if server.contains("://") {
-            server.to_string()
-        } else {
-            format!("http://{server}")
-        }
-        .parse()
-        .map_err(|e| ClientError::Protocol(format!("server address {server:?}: {e}")))?;
-        if uri.scheme_str() != Some("http") {
+    /// `server` is `http://host:port`, `https://host:port` (or just
+    /// `host:port`, meaning http); `ca_file` (PEM) is trusted besides the
+    /// system's roots, for a server with a private CA.
+    pub fn new(
+        server: &str,
+        token: Option<String>,
+        ca_file: Option<&Path>,
+    ) -> Result<Self, ClientError> {
+        let base = match server.contains("://") {
+            true => server.trim_end_matches('/').to_string(),
+            false => format!("http://{}", server.trim_end_matches('/')),
+        };
+        let url = reqwest::Url::parse(&base)
+            .map_err(|e| ClientError::Protocol(format!("server address {server:?}: {e}")))?;
+        if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
             return Err(ClientError::Protocol(format!(
-                "server address {server:?}: only http:// is supported (the server speaks plain HTTP on loopback)"
+                "server address {server:?}: give http://host:port or https://host:port"
             )));
         }
-        let authority = uri
-            .authority()
-            .ok_or_else(|| ClientError::Protocol(format!("server address {server:?} has no host")))?
-            .to_string();
-        Ok(Client { authority, token })
+        let mut http = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .no_proxy();
+        if let Some(file) = ca_file {
+            let pem = std::fs::read(file)
+                .map_err(|e| ClientError::Protocol(format!("CA file {}: {e}", file.display())))?;
+            let certificates = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| ClientError::Protocol(format!("CA file {}: {e}", file.display())))?;
+            for certificate in certificates {
+                http = http.add_root_certificate(certificate);
+            }
+        }
+        let http = http
+            .build()
+            .map_err(|e| ClientError::Protocol(format!("cannot set up HTTPS: {e}")))?;
+        Ok(Client { base, token, http })
     }
 
     async fn send(
@@ -71,43 +91,23 @@ impl Client {
         method: Method,
         path: &str,
         body: Option<&Value>,
-    ) -> Result<Response<Incoming>, ClientError> {
-        let unreachable = |reason: String| ClientError::Unreachable {
-            server: self.authority.clone(),
-            reason,
-        };
-        let stream = tokio::time::timeout(
-            Duration::from_secs(10),
-            tokio::net::TcpStream::connect(&self.authority),
-        )
-        .await
-        .map_err(|_| unreachable("connection timed out".into()))?
-        .map_err(|e| unreachable(e.to_string()))?;
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
-        tokio::spawn(connection);
-        let mut request = Request::builder()
-            .method(method)
-            .uri(path)
-            .header(hyper::header::HOST, &self.authority)
-            .header(hyper::header::CONTENT_TYPE, "application/json");
+    ) -> Result<reqwest::Response, ClientError> {
+        let mut request = self.http.request(method, format!("{}{path}", self.base));
         if let Some(token) = &self.token {
-            request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
+            request = request.bearer_auth(token);
         }
-        let body = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
-        let request = request
-            .body(Full::new(body))
-            .map_err(|e| ClientError::Protocol(e.to_string()))?;
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await.map_err(|e| ClientError::Unreachable {
+            server: self.base.clone(),
+            reason: error_chain(&e),
+        })?;
         if response.status().is_success() {
             return Ok(response);
         }
         let status = response.status();
-        let body = collect(response).await?;
+        let body = response.bytes().await.unwrap_or_default();
         let error: Value = serde_json::from_slice(&body).unwrap_or_default();
         Err(ClientError::Api {
             status,
@@ -129,14 +129,20 @@ impl Client {
         path: &str,
         body: Option<&Value>,
     ) -> Result<T, ClientError> {
-        let body = collect(self.send(method, path, body).await?).await?;
-        serde_json::from_slice(&body).map_err(|e| ClientError::Protocol(e.to_string()))
+        self.send(method, path, body)
+            .await?
+            .json()
+            .await
+            .map_err(|e| ClientError::Protocol(e.to_string()))
     }
 
     /// A plain-text answer.
     pub async fn text(&self, path: &str) -> Result<String, ClientError> {
-        let body = collect(self.send(Method::GET, path, None).await?).await?;
-        Ok(String::from_utf8_lossy(&body).into_owned())
+        self.send(Method::GET, path, None)
+            .await?
+            .text()
+            .await
+            .map_err(|e| ClientError::Protocol(e.to_string()))
     }
 
     /// Follows a job: calls `on_event` with every state change and every log
@@ -157,12 +163,12 @@ impl Client {
             .await?;
         let mut pending = String::new();
         let mut event = String::new();
-        while let Some(frame) = response.body_mut().frame().await {
-            let frame = frame.map_err(|e| ClientError::Protocol(e.to_string()))?;
-            let Some(data) = frame.data_ref() else {
-                continue;
-            };
-            pending.push_str(&String::from_utf8_lossy(data));
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| ClientError::Protocol(e.to_string()))?
+        {
+            pending.push_str(&String::from_utf8_lossy(&chunk));
             while let Some(end) = pending.find('\n') {
                 let line: String = pending.drain(..=end).collect();
                 let line = line.trim_end_matches(['\n', '\r']);
@@ -187,11 +193,15 @@ impl Client {
     }
 }
 
-async fn collect(response: Response<Incoming>) -> Result<Bytes, ClientError> {
-    Ok(response
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| ClientError::Protocol(e.to_string()))?
-        .to_bytes())
+/// `error` and its causes: reqwest's own message ("error sending
+/// request") hides the useful part (refused, certificate unknown).
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        cause = e.source();
+    }
+    text
 }

@@ -29,6 +29,10 @@ struct Cli {
         default_value = "http://127.0.0.1:8080"
     )]
     server: String,
+    /// A CA certificate (PEM) trusted besides the system's, for a server
+    /// whose HTTPS certificate a private CA signed (client commands).
+    #[arg(long, global = true, env = "HELIX_CA_FILE")]
+    ca_file: Option<PathBuf>,
     /// Print JSON instead of text (client commands).
     #[arg(long, global = true)]
     json: bool,
@@ -153,7 +157,9 @@ async fn main() -> ExitCode {
             command: PluginCommand::Check { file },
         } => check_plugin(&file).await.map(|()| true),
         Command::Backup { file, config } => backup(config, &file).map(|()| true),
-        Command::Client(command) => client_command(command, &cli.server, cli.json).await,
+        Command::Client(command) => {
+            client_command(command, &cli.server, cli.ca_file.as_deref(), cli.json).await
+        }
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
@@ -234,9 +240,15 @@ async fn serve(
     Ok(())
 }
 
-async fn client_command(command: ClientCommand, server: &str, json: bool) -> Result<bool, String> {
+async fn client_command(
+    command: ClientCommand,
+    server: &str,
+    ca_file: Option<&std::path::Path>,
+    json: bool,
+) -> Result<bool, String> {
     let token = std::env::var("HELIX_TOKEN").ok().filter(|t| !t.is_empty());
-    let client = helix_build::client::Client::new(server, token).map_err(|e| e.to_string())?;
+    let client =
+        helix_build::client::Client::new(server, token, ca_file).map_err(|e| e.to_string())?;
     match command {
         ClientCommand::Submit { job, wait, follow } => {
             cli::submit(&client, *job, wait, follow, json).await

@@ -13,6 +13,8 @@ use serde_json::{Value, json};
 struct Server {
     child: Child,
     address: SocketAddr,
+    /// `http` or `https`.
+    scheme: String,
     _data: Option<tempfile::TempDir>,
 }
 
@@ -39,15 +41,15 @@ impl Server {
         BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut line)
             .unwrap();
-        let address = line
+        let (scheme, address) = line
             .trim()
-            .strip_prefix("listening on http://")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .parse()
-            .unwrap();
+            .strip_prefix("listening on ")
+            .and_then(|url| url.split_once("://"))
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
         Server {
+            scheme: scheme.to_string(),
+            address: address.parse().unwrap(),
             child,
-            address,
             _data: None,
         }
     }
@@ -680,7 +682,11 @@ fn cli(server: &Server, token: Option<&str>, args: &[&str]) -> (bool, String, St
     let mut command = Command::new(env!("CARGO_BIN_EXE_helix-build"));
     command
         .args(args)
-        .env("HELIX_SERVER", format!("http://{}", server.address))
+        .env(
+            "HELIX_SERVER",
+            format!("{}://{}", server.scheme, server.address),
+        )
+        .env_remove("HELIX_CA_FILE")
         .env_remove("HELIX_TOKEN");
     if let Some(token) = token {
         command.env("HELIX_TOKEN", token);
@@ -1125,4 +1131,79 @@ fn backup_under_load_holds_every_job_committed_before_it_and_opens() {
         "{}",
         String::from_utf8_lossy(&backup.stdout)
     );
+}
+
+/// A new CA named `name`, and a certificate for 127.0.0.1 it signed:
+/// the CA's PEM, the certificate's and its key's.
+fn test_ca(name: &str) -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(DnType::CommonName, name);
+    let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    (ca_pem, cert.pem(), key.serialize_pem())
+}
+
+#[test]
+fn the_server_speaks_https_reloads_its_certificate_on_sighup_and_the_cli_trusts_a_given_ca() {
+    let data = tempfile::tempdir().unwrap();
+    let file = |name: &str| data.path().join(name);
+    let (first_ca, cert, key) = test_ca("helix test CA one");
+    for (name, pem) in [
+        ("ca1.pem", &first_ca),
+        ("cert.pem", &cert),
+        ("key.pem", &key),
+    ] {
+        std::fs::write(file(name), pem).unwrap();
+    }
+    std::fs::write(
+        file("helix.toml"),
+        format!(
+            "tls_cert = \"{}\"\ntls_key = \"{}\"\n",
+            file("cert.pem").display(),
+            file("key.pem").display()
+        ),
+    )
+    .unwrap();
+    let server = Server::start_in(
+        data.path(),
+        &["--config", file("helix.toml").to_str().unwrap()],
+    );
+    assert_eq!(server.scheme, "https");
+    let ca_flag = |name: &str| format!("--ca-file={}", file(name).display());
+
+    let (ok, out, err) = cli(&server, None, &["jobs", &ca_flag("ca1.pem")]);
+    assert!(ok, "{out}{err}");
+    let (ok, _, err) = cli(&server, None, &["jobs"]);
+    assert!(!ok, "a certificate from an unknown CA is refused");
+    assert!(err.contains("certificate"), "{err}");
+
+    // A renewed certificate from another CA, read again on SIGHUP.
+    let (second_ca, cert, key) = test_ca("helix test CA two");
+    for (name, pem) in [
+        ("ca2.pem", &second_ca),
+        ("cert.pem", &cert),
+        ("key.pem", &key),
+    ] {
+        std::fs::write(file(name), pem).unwrap();
+    }
+    let hup = Command::new("kill")
+        .args(["-HUP", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    let reloaded = (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(50));
+        cli(&server, None, &["jobs", &ca_flag("ca2.pem")]).0
+    });
+    assert!(reloaded, "the new certificate is served after SIGHUP");
+    let (ok, _, err) = cli(&server, None, &["jobs", &ca_flag("ca1.pem")]);
+    assert!(!ok && err.contains("certificate"), "{err}");
 }

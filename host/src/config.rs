@@ -30,6 +30,11 @@ pub struct Config {
     pub listen: SocketAddr,
     /// When set, every `/v1` request needs `Authorization: Bearer <token>`.
     pub token: Option<String>,
+    /// Serve HTTPS with this certificate chain (PEM), with `tls_key`;
+    /// both are read again on SIGHUP.
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
     /// Where compiled components, job workspaces and the store live.
     pub data_dir: PathBuf,
     /// Compiled-component cache; `<data_dir>/compiled` when absent. Safe to
@@ -180,6 +185,8 @@ impl Default for Config {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             token: None,
+            tls_cert: None,
+            tls_key: None,
             data_dir: default_data_dir(),
             cache_dir: None,
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
@@ -285,6 +292,18 @@ impl Config {
         }
         if self.log_cap_lines == 0 {
             return invalid("log_cap_lines must be at least 1".into());
+        }
+        match (&self.tls_cert, &self.tls_key) {
+            (None, None) => {}
+            (Some(cert), Some(key)) => {
+                if let Some(missing) = [cert, key].into_iter().find(|f| !f.is_file()) {
+                    return invalid(format!(
+                        "{} (tls_cert / tls_key) is not a readable file",
+                        missing.display()
+                    ));
+                }
+            }
+            _ => return invalid("tls_cert and tls_key go together: give both, or neither".into()),
         }
         if self.retention_days > MAX_RETENTION_DAYS {
             return invalid(format!(

@@ -5,6 +5,7 @@ mod cli;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use axum_server::tls_rustls::RustlsConfig;
 use clap::{Parser, Subcommand};
 use helix_build::config::{Config, StoreLocation};
 use helix_build::store::SqliteStore;
@@ -215,9 +216,13 @@ async fn serve(
         ));
     }
     let shutdown = shutdown_signal()?;
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Some(tls_config(cert, key).await?),
+        _ => None,
+    };
     let service = app::start(&config).await.map_err(|e| e.to_string())?;
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
+    let listener = std::net::TcpListener::bind(config.listen)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
         .map_err(|e| {
             format!(
                 "cannot listen on {}: {e} (choose another with --listen)",
@@ -225,15 +230,39 @@ async fn serve(
             )
         })?;
     let address = listener.local_addr().map_err(|e| e.to_string())?;
-    tracing::info!(%address, data_dir = %config.data_dir.display(), "helix-build listening");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(%address, scheme, data_dir = %config.data_dir.display(), "helix-build listening");
     // Printed on stdout so scripts (and the tests) can find an ephemeral port.
-    println!("listening on http://{address}");
-    axum::serve(
-        listener,
-        api::router(service.clone(), config.token.as_deref()),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
+    println!("listening on {scheme}://{address}");
+    let router = api::router(service.clone(), config.token.as_deref());
+    match tls {
+        Some(tls) => {
+            tokio::spawn(reload_on_sighup(
+                tls.clone(),
+                config.tls_cert.clone().unwrap_or_default(),
+                config.tls_key.clone().unwrap_or_default(),
+            ));
+            let handle = axum_server::Handle::new();
+            let stopping = handle.clone();
+            let grace = app::stop_grace(&config);
+            tokio::spawn(async move {
+                shutdown.await;
+                stopping.graceful_shutdown(Some(grace));
+            });
+            axum_server::from_tcp_rustls(listener, tls)
+                .map_err(|e| format!("cannot serve HTTPS on {address}: {e}"))?
+                .handle(handle)
+                .serve(router.into_make_service())
+                .await
+        }
+        None => {
+            let listener =
+                tokio::net::TcpListener::from_std(listener).map_err(|e| e.to_string())?;
+            axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+    }
     .map_err(|e| format!("HTTP server failed: {e}"))?;
     tracing::info!("shutting down: waiting for running jobs");
     service.stop(app::stop_grace(&config)).await;
@@ -291,6 +320,35 @@ async fn check_plugin(file: &std::path::Path) -> Result<(), String> {
 /// Resolves on SIGTERM or SIGINT. The handlers are installed when this is
 /// called, not when the future is first polled, so a signal arriving right
 /// after start-up still shuts down gracefully.
+async fn tls_config(cert: &std::path::Path, key: &std::path::Path) -> Result<RustlsConfig, String> {
+    RustlsConfig::from_pem_file(cert, key).await.map_err(|e| {
+        format!(
+            "cannot use {} and {} for HTTPS: {e}",
+            cert.display(),
+            key.display()
+        )
+    })
+}
+
+/// Reads the certificate and key again at every SIGHUP (a renewed
+/// certificate, say); new connections get it, a bad pair keeps the old.
+async fn reload_on_sighup(tls: RustlsConfig, cert: PathBuf, key: PathBuf) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot handle SIGHUP: the certificate will not be reloaded");
+        return;
+    };
+    while hangups.recv().await.is_some() {
+        match tls.reload_from_pem_file(&cert, &key).await {
+            Ok(()) => tracing::info!(cert = %cert.display(), "reloaded the TLS certificate"),
+            Err(e) => tracing::error!(
+                cert = %cert.display(),
+                "cannot reload the TLS certificate, keeping the old one: {e}"
+            ),
+        }
+    }
+}
+
 fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, String> {
     use tokio::signal::unix::{SignalKind, signal};
     let install = |kind| signal(kind).map_err(|e| format!("cannot handle signals: {e}"));

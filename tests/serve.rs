@@ -1207,3 +1207,34 @@ fn the_server_speaks_https_reloads_its_certificate_on_sighup_and_the_cli_trusts_
     let (ok, _, err) = cli(&server, None, &["jobs", &ca_flag("ca1.pem")]);
     assert!(!ok && err.contains("certificate"), "{err}");
 }
+
+#[test]
+fn the_systemd_unit_verifies_with_the_built_binary() {
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/helix-build.service"
+    ))
+    .unwrap();
+    assert!(unit.contains("ExecStart=/usr/local/bin/helix-build serve"));
+    // As installed, with this build's binary where the unit expects it.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("helix-build.service");
+    std::fs::write(
+        &path,
+        unit.replace(
+            "/usr/local/bin/helix-build",
+            env!("CARGO_BIN_EXE_helix-build"),
+        ),
+    )
+    .unwrap();
+    let verify = Command::new("systemd-analyze")
+        .args(["verify", path.to_str().unwrap()])
+        .output()
+        .expect("systemd-analyze is installed (.ci/setup)");
+    let complaints = String::from_utf8_lossy(&verify.stderr);
+    assert!(verify.status.success(), "{complaints}");
+    assert!(
+        !complaints.contains("helix-build.service"),
+        "systemd has something to say about the unit: {complaints}"
+    );
+}

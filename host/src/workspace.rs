@@ -20,7 +20,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::cache::{StorageDriver, storage_conf};
+use crate::job::JobId;
 use crate::registry::RegistrySettings;
+
+/// What one attempt of a job is called on this host: its directory under
+/// the workspaces and its control group. Attempts never share one.
+pub fn run_name(id: &JobId, attempt: u32) -> String {
+    format!("{id}.{attempt}")
+}
 
 /// One job's directories, created fresh.
 #[derive(Debug, Clone)]

@@ -19,6 +19,7 @@ use helix_build::config::RegistryConfig;
 use helix_build::job::{Job, JobRequest, State};
 use helix_build::secrets::SecretSource;
 use helix_build::service::Service;
+use helix_build::workspace::run_name;
 
 fn job(repo: &Repo, builder: &str, git_ref: &str) -> JobRequest {
     JobRequest {
@@ -297,7 +298,7 @@ async fn cancelling_a_long_build_leaves_no_process_and_no_build_state_behind() {
         let job = service.submit(request).await.unwrap();
         until_running(&service, &job.id).await;
         until_logged(&service, &job.id, |l| l.contains("STEP 3/3")).await;
-        let workspace: PathBuf = config.workspace_dir().join(job.id.as_str());
+        let workspace: PathBuf = config.workspace_dir().join(run_name(&job.id, 1));
         assert!(
             !processes_in(&workspace).is_empty(),
             "{builder}: the build is not running"

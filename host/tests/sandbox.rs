@@ -4,6 +4,7 @@
 
 mod common;
 use common::LogText as _;
+use helix_build::workspace::run_name;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -253,7 +254,7 @@ async fn failed_workspaces_are_kept_only_when_configured() {
     assert_eq!(finished(&service, &failed.id).await.state, State::Failed);
     assert_eq!(finished(&service, &ok.id).await.state, State::Succeeded);
     // The job's directory: its workspace and its container state.
-    let kept = config.workspace_dir().join(failed.id.as_str());
+    let kept = config.workspace_dir().join(run_name(&failed.id, 1));
     assert!(kept.join("state/storage.conf").is_file());
     assert!(
         !kept.join("state/secrets").exists(),
@@ -263,7 +264,7 @@ async fn failed_workspaces_are_kept_only_when_configured() {
         std::fs::read_to_string(kept.join("workspace/left-behind")).unwrap(),
         "debris\n"
     );
-    assert!(!config.workspace_dir().join(ok.id.as_str()).exists());
+    assert!(!config.workspace_dir().join(run_name(&ok.id, 1)).exists());
     let logs = service.logs(failed.id.as_str()).await.unwrap().texts();
     assert!(
         logs.iter()

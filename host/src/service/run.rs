@@ -18,7 +18,7 @@ use crate::log::JobLog;
 use crate::plugin::{Builder, Built, RunContext};
 use crate::registry::Pushed;
 use crate::store::{StoreError, StoredJob};
-use crate::workspace::JobDirs;
+use crate::workspace::{JobDirs, run_name};
 
 /// What a worker holds of the job it runs.
 pub(super) struct Claimed {
@@ -93,12 +93,9 @@ impl Inner {
         // Each attempt in a directory and a control group of its own: an
         // earlier attempt's (its processes reaped when this host started)
         // is removed first, never reused.
-        let run_name = format!("{}.{}", job.id, job.attempts);
+        let run = run_name(&job.id, job.attempts);
         for earlier in 0..job.attempts {
-            let old = self
-                .config
-                .workspace_dir
-                .join(format!("{}.{earlier}", job.id));
+            let old = self.config.workspace_dir.join(run_name(&job.id, earlier));
             if old.exists()
                 && let Err(e) = std::fs::remove_dir_all(&old)
             {
@@ -107,7 +104,7 @@ impl Inner {
         }
         let cgroup = match &self.config.cgroups {
             Some(cgroups) if !simulated => {
-                match cgroups.create(&run_name, &builder.info().build_limits) {
+                match cgroups.create(&run, &builder.info().build_limits) {
                     Ok(cgroup) => Some(Arc::new(cgroup)),
                     Err(e) => {
                         return Outcome::failed(
@@ -119,7 +116,7 @@ impl Inner {
             }
             _ => None,
         };
-        let root = self.config.workspace_dir.join(&run_name);
+        let root = self.config.workspace_dir.join(&run);
         let dirs = match JobDirs::create(
             root.clone(),
             &self.config.registries,

@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures_util::stream::{self, Stream};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sha2::{Digest as _, Sha256};
 
@@ -92,9 +92,28 @@ pub struct ApiError {
     message: String,
 }
 
+/// The body of every error answer.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct ErrorBody {
+    error: ErrorDetail,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct ErrorDetail {
+    /// Stable, for programs: `invalid_job`, `not_found`, `queue_full`, …
+    code: &'static str,
+    /// For the person: what is wrong and what to do.
+    message: String,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = Json(json!({ "error": { "code": self.code, "message": self.message } }));
+        let body = Json(ErrorBody {
+            error: ErrorDetail {
+                code: self.code,
+                message: self.message,
+            },
+        });
         let mut response = (self.status, body).into_response();
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
             response
@@ -155,11 +174,18 @@ impl From<QueryRejection> for ApiError {
 
 type ApiResult<T> = Result<T, ApiError>;
 
-async fn healthz() -> Json<serde_json::Value> {
+#[utoipa::path(get, path = "/healthz", summary = "liveness", security(()),
+    responses((status = 200, description = "ok")))]
+pub(crate) async fn healthz() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))
 }
 
-async fn submit(
+#[utoipa::path(post, path = "/v1/jobs", summary = "submit a job", request_body = JobRequest,
+    responses((status = 201, description = "the job", body = Job),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 413, body = ErrorBody),
+        (status = 503, body = ErrorBody)))]
+pub(crate) async fn submit(
     State(service): State<Service>,
     body: Result<Json<JobRequest>, JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<Job>)> {
@@ -167,15 +193,24 @@ async fn submit(
     Ok((StatusCode::CREATED, Json(service.submit(request).await?)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
-struct ListQuery {
+#[into_params(parameter_in = Query)]
+pub(crate) struct ListQuery {
+    /// Only jobs in this state.
     state: Option<JobState>,
+    /// Jobs per page (1 to 1000, default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
+    /// The previous page's `next_cursor`.
     cursor: Option<String>,
 }
 
-async fn list(
+#[utoipa::path(get, path = "/v1/jobs", summary = "list jobs, newest first", params(ListQuery),
+    responses((status = 200, description = "a page", body = JobPage),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 503, body = ErrorBody)))]
+pub(crate) async fn list(
     State(service): State<Service>,
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> ApiResult<Json<JobPage>> {
@@ -188,21 +223,44 @@ async fn list(
     ))
 }
 
-async fn get_job(State(service): State<Service>, Path(id): Path<String>) -> ApiResult<Json<Job>> {
+#[utoipa::path(get, path = "/v1/jobs/{id}", summary = "one job", params(("id" = String, Path)),
+    responses((status = 200, description = "the job", body = Job),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 503, body = ErrorBody)))]
+pub(crate) async fn get_job(
+    State(service): State<Service>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Job>> {
     Ok(Json(service.get(&id).await?))
 }
 
-async fn cancel(State(service): State<Service>, Path(id): Path<String>) -> ApiResult<Json<Job>> {
+#[utoipa::path(post, path = "/v1/jobs/{id}/cancel", summary = "cancel a queued or running job",
+    params(("id" = String, Path)),
+    responses((status = 200, description = "the job", body = Job),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub(crate) async fn cancel(
+    State(service): State<Service>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Job>> {
     Ok(Json(service.cancel(&id).await?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
-struct WaitQuery {
+#[into_params(parameter_in = Query)]
+pub(crate) struct WaitQuery {
+    /// Longest wait in seconds (default 30, at most 3600).
     timeout_secs: Option<u64>,
 }
 
-async fn wait(
+#[utoipa::path(get, path = "/v1/jobs/{id}/wait",
+    summary = "the job once it ends, or as it is at the timeout",
+    params(("id" = String, Path), WaitQuery),
+    responses((status = 200, description = "the job", body = Job),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 503, body = ErrorBody)))]
+pub(crate) async fn wait(
     State(service): State<Service>,
     Path(id): Path<String>,
     query: Result<Query<WaitQuery>, QueryRejection>,
@@ -215,9 +273,11 @@ async fn wait(
     Ok(Json(service.wait(&id, Duration::from_secs(secs)).await?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
-struct LogsQuery {
+#[into_params(parameter_in = Query)]
+pub(crate) struct LogsQuery {
+    /// Server-sent events until the job ends, instead of the text so far.
     #[serde(default)]
     follow: bool,
     /// Each line preceded by its time, as `docker logs -t` prints it.
@@ -228,7 +288,13 @@ struct LogsQuery {
 /// Plain text, or with `?follow=true` server-sent events: a `state` event
 /// at each change of state, one `log` event per line as lines arrive, then
 /// one `end` event carrying the finished job.
-async fn logs(
+#[utoipa::path(get, path = "/v1/jobs/{id}/logs",
+    summary = "the job's log; with follow=true, server-sent `state` and `log` events, then one `end` event with the job; with timestamps=true, each line starts with its time (RFC 3339, UTC) and a space",
+    params(("id" = String, Path), LogsQuery),
+    responses((status = 200, description = "text/plain, or text/event-stream when following", content_type = "text/plain", body = String),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 503, body = ErrorBody)))]
+pub(crate) async fn logs(
     State(service): State<Service>,
     Path(id): Path<String>,
     query: Result<Query<LogsQuery>, QueryRejection>,
@@ -319,16 +385,25 @@ async fn follow_events(
     }))
 }
 
-async fn openapi() -> Json<serde_json::Value> {
+#[utoipa::path(get, path = "/v1/openapi.json", summary = "this document",
+    responses((status = 200, description = "OpenAPI 3.1")))]
+pub(crate) async fn openapi() -> Json<serde_json::Value> {
     Json(crate::openapi::document())
 }
 
-async fn metrics(State(service): State<Service>) -> ApiResult<impl IntoResponse> {
+#[utoipa::path(get, path = "/metrics", summary = "Prometheus metrics", security(()),
+    responses((status = 200, description = "text exposition format", content_type = "text/plain", body = String),
+        (status = 503, body = ErrorBody)))]
+pub(crate) async fn metrics(State(service): State<Service>) -> ApiResult<impl IntoResponse> {
     let text = service.metrics().await?.render(service.runtime());
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text))
 }
 
-async fn builders(State(service): State<Service>) -> Json<Vec<BuilderInfo>> {
+#[utoipa::path(get, path = "/v1/builders",
+    summary = "loaded builders: info, grants, limits, component digest, platforms they can build here",
+    responses((status = 200, description = "builders", body = Vec<Object>),
+        (status = 401, body = ErrorBody)))]
+pub(crate) async fn builders(State(service): State<Service>) -> Json<Vec<BuilderInfo>> {
     Json(
         service
             .runtime()

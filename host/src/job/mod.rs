@@ -70,8 +70,9 @@ impl fmt::Display for JobId {
 }
 /// A job and everything known about it. Cloning gives an independent
 /// snapshot.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Job {
+    #[schema(value_type = String)]
     pub id: JobId,
     pub repo_url: String,
     #[serde(rename = "ref")]
@@ -82,6 +83,7 @@ pub struct Job {
     /// Relative to `context`.
     pub dockerfile_path: String,
     pub build_args: BTreeMap<String, String>,
+    #[schema(value_type = Vec<String>, example = json!(["linux/amd64"]))]
     pub platforms: Vec<Platform>,
     #[serde(default)]
     pub target: Option<String>,
@@ -96,7 +98,10 @@ pub struct Job {
     pub image: Option<String>,
     pub state: State,
     pub image_tag: Option<String>,
+    #[schema(value_type = Option<String>)]
     pub digest: Option<Digest>,
+    /// Each platform's image digest.
+    #[schema(value_type = std::collections::BTreeMap<String, String>)]
     pub manifest: Manifest,
     pub error: Option<String>,
     pub created_at: DateTime<Utc>,
@@ -110,7 +115,7 @@ pub struct Job {
 
 /// Build steps a job's build tools reported, and how many of them came
 /// from the layer cache.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BuildSteps {
     pub total: u32,
     pub cached: u32,

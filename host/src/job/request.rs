@@ -12,7 +12,7 @@ use crate::platform::Platform;
 use crate::reference::validate_image_ref;
 
 /// A job submission as a client sends it, before validation.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JobRequest {
     /// Caller-chosen id; a UUIDv7 is generated when absent.

@@ -121,7 +121,7 @@ impl From<StoreError> for ServiceError {
 }
 
 /// One page of [`Service::list_page`].
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct JobPage {
     /// Newest first.
     pub jobs: Vec<Job>,

@@ -33,12 +33,15 @@ use tokio::sync::{Mutex, OwnedMutexGuard};
 use crate::cancel::CancelSignal;
 use crate::exec::HostCommand;
 use crate::log::JobLog;
+use crate::quota::DiskQuota;
 
 /// What the build tools name the image they build (see `plugins/kit`).
 pub const LOCAL_IMAGE: &str = "localhost/helix-image";
 
 /// How long one cleanup command may take.
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(120);
+/// Smallest slot file system: a build's tools need some room.
+const MIN_SLOT_MIB: u64 = 64;
 
 /// A containers/storage driver.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -99,9 +102,17 @@ pub fn storage_conf(driver: StorageDriver, dir: &Path) -> String {
 pub struct BuildCache {
     driver: StorageDriver,
     max_bytes: u64,
-    /// Slots by builder; each holds the repository its last job built.
-    slots: BTreeMap<String, Vec<Arc<Mutex<Option<String>>>>>,
+    /// Slots by builder.
+    slots: BTreeMap<String, Vec<Arc<Mutex<SlotState>>>>,
     root: PathBuf,
+}
+
+#[derive(Debug, Default)]
+struct SlotState {
+    /// The repository its last job built.
+    repository: Option<String>,
+    /// Its file system of `max_bytes`, once a job has used it.
+    disk: Option<DiskQuota>,
 }
 
 /// One slot, held by one job until dropped.
@@ -109,19 +120,20 @@ pub struct CacheSlot {
     dir: PathBuf,
     driver: StorageDriver,
     max_bytes: u64,
-    held: OwnedMutexGuard<Option<String>>,
+    held: OwnedMutexGuard<SlotState>,
 }
 
 impl BuildCache {
-    /// A cache under `root` for `builders`, `slots` slots each, emptying a
-    /// slot that grows past `max_bytes`.
+    /// A cache under `root` for `builders`, `slots` slots each, every slot
+    /// a file system of `max_bytes` of its own (so a build cannot write
+    /// past it), emptied after a job once mostly full.
     pub fn new(root: PathBuf, builders: &[String], slots: usize, max_bytes: u64) -> Self {
         let driver = StorageDriver::for_dir(root.parent().unwrap_or(&root));
         let slots = builders
             .iter()
             .map(|b| {
                 let slots = (0..slots.max(1))
-                    .map(|_| Arc::new(Mutex::new(None)))
+                    .map(|_| Arc::new(Mutex::new(SlotState::default())))
                     .collect();
                 (b.clone(), slots)
             })
@@ -146,16 +158,22 @@ impl BuildCache {
     /// A slot of `builder`'s cache for a job of `repository`: a free one
     /// that last built it, else any free one, else the first to come free.
     /// `None` when the builder has no cache.
-    pub async fn acquire(&self, builder: &str, repository: &str) -> Option<CacheSlot> {
-        let slots = self.slots.get(builder)?;
-        let free: Vec<(usize, OwnedMutexGuard<Option<String>>)> = slots
+    pub async fn acquire(
+        &self,
+        builder: &str,
+        repository: &str,
+    ) -> std::io::Result<Option<CacheSlot>> {
+        let Some(slots) = self.slots.get(builder) else {
+            return Ok(None);
+        };
+        let free: Vec<(usize, OwnedMutexGuard<SlotState>)> = slots
             .iter()
             .enumerate()
             .filter_map(|(n, slot)| slot.clone().try_lock_owned().ok().map(|g| (n, g)))
             .collect();
         let chosen = match free
             .iter()
-            .position(|(_, held)| held.as_deref() == Some(repository))
+            .position(|(_, held)| held.repository.as_deref() == Some(repository))
         {
             Some(at) => free.into_iter().nth(at),
             None => free.into_iter().next(),
@@ -171,17 +189,18 @@ impl BuildCache {
             }
         };
         let dir = self.root.join(builder).join(n.to_string());
-        if let Err(e) = std::fs::create_dir_all(&dir) {
-            tracing::warn!("cannot create build cache slot {}: {e}", dir.display());
-        }
         let mut slot = CacheSlot {
             dir,
             driver: self.driver,
             max_bytes: self.max_bytes,
             held,
         };
-        *slot.held = Some(repository.to_string());
-        Some(slot)
+        if slot.held.disk.is_none() {
+            let mib = (self.max_bytes / (1024 * 1024)).max(MIN_SLOT_MIB);
+            slot.held.disk = Some(DiskQuota::persistent(&slot.dir, mib)?);
+        }
+        slot.held.repository = Some(repository.to_string());
+        Ok(Some(slot))
     }
 }
 
@@ -193,6 +212,11 @@ impl CacheSlot {
 
     pub fn driver(&self) -> StorageDriver {
         self.driver
+    }
+
+    /// The slot's file system, which bounds what a build writes in it.
+    pub fn disk(&self) -> Option<&DiskQuota> {
+        self.held.disk.as_ref()
     }
 
     /// Takes away what one job may leave in the slot — build containers
@@ -225,9 +249,9 @@ impl CacheSlot {
             .await;
         }
         let size = dir_size(&self.dir.join("storage"));
-        if size > self.max_bytes {
+        if size > self.max_bytes / 4 * 3 {
             log.push(&format!(
-                "[helix] build cache slot {} holds {} MiB, over the cap of {} MiB: emptied",
+                "[helix] build cache slot {} holds {} MiB, most of its {} MiB: emptied",
                 self.dir.display(),
                 size / (1024 * 1024),
                 self.max_bytes / (1024 * 1024)

@@ -33,6 +33,10 @@ pub struct BuildLimits {
     pub cpus: Option<f64>,
     /// Processes and threads at once.
     pub pids: Option<u64>,
+    /// Disk for the job's workspace and, without the layer cache, its
+    /// own container storage, in MiB (a cache slot has its share of the
+    /// builder's cache instead).
+    pub disk_mib: Option<u64>,
 }
 
 /// A limit a run reached, for the job's error.

@@ -171,6 +171,9 @@ pub struct BuilderConfig {
     /// Processes (and threads) a job's build may have at once; 0:
     /// unbounded.
     pub build_pids: u64,
+    /// Disk a job's workspace (and, with `no_cache` or `cache = false`,
+    /// its container storage) may use, in MiB; 0: unbounded.
+    pub build_disk_mib: u64,
 }
 
 const MAX_WORKERS: usize = 256;
@@ -233,6 +236,8 @@ impl Default for BuilderConfig {
             // podman's own default per container (containers.conf
             // pids_limit): room for parallel compilers, not a fork bomb.
             build_pids: 2048,
+            // What a GitHub-hosted runner leaves a job, roughly.
+            build_disk_mib: 20 * 1024,
         }
     }
 }
@@ -600,6 +605,7 @@ impl BuilderConfig {
             memory_mib: (self.build_memory_mib > 0).then_some(self.build_memory_mib),
             cpus: (self.build_cpus > 0.0).then_some(self.build_cpus),
             pids: (self.build_pids > 0).then_some(self.build_pids),
+            disk_mib: (self.build_disk_mib > 0).then_some(self.build_disk_mib),
         }
     }
 }

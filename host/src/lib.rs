@@ -21,6 +21,7 @@ pub mod openapi;
 pub mod platform;
 pub mod plugin;
 pub mod queue;
+pub mod quota;
 pub mod reference;
 pub mod registry;
 pub mod secrets;

@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use crate::cache::{StorageDriver, storage_conf};
 use crate::job::JobId;
+use crate::quota::DiskQuota;
 use crate::registry::RegistrySettings;
 
 /// What one attempt of a job is called on this host: its directory under
@@ -30,11 +31,13 @@ pub fn run_name(id: &JobId, attempt: u32) -> String {
 }
 
 /// One job's directories, created fresh.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct JobDirs {
     root: PathBuf,
     /// What every program of the job gets, over its grants.
     program_env: BTreeMap<String, String>,
+    /// The file system `root` is, when its size is limited.
+    quota: Option<DiskQuota>,
 }
 
 impl JobDirs {
@@ -42,19 +45,28 @@ impl JobDirs {
     /// reaches registries as `registries` says and keeps images in
     /// `shared` (a cache slot) or else in a storage of the job's own, with
     /// `driver` (what an earlier attempt left in `root` is removed first).
+    /// With `quota_mib`, `root` is a file system of that size of its own.
     pub fn create(
         root: PathBuf,
         registries: &RegistrySettings,
         driver: StorageDriver,
         shared: Option<&Path>,
+        quota_mib: Option<u64>,
     ) -> std::io::Result<Self> {
-        match std::fs::remove_dir_all(&root) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
-        }
+        let quota = match quota_mib {
+            Some(mib) => Some(DiskQuota::fresh(&root, mib)?),
+            None => {
+                match std::fs::remove_dir_all(&root) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
+                }
+                None
+            }
+        };
         let mut dirs = JobDirs {
             root,
+            quota,
             program_env: BTreeMap::new(),
         };
         std::fs::create_dir_all(dirs.workspace())?;
@@ -103,10 +115,26 @@ impl JobDirs {
         &self.root
     }
 
+    /// The size limit of the job's directory, if it has one.
+    pub fn quota(&self) -> Option<&DiskQuota> {
+        self.quota.as_ref()
+    }
+
+    /// Leaves everything where it is, for a person to look at.
+    pub fn keep(self) {
+        if let Some(quota) = self.quota {
+            quota.keep_mounted();
+        }
+    }
+
     /// Removes everything. Processes of a cancelled job may still be
     /// exiting (they get SIGKILL after a grace period) and writing, so a
     /// failed removal is retried once they are surely gone.
     pub fn remove(self) {
+        if self.quota.is_some() {
+            // Unmounting takes it all at once, lazily while in use.
+            return;
+        }
         let dir = self.root;
         if std::fs::remove_dir_all(&dir).is_ok() || !dir.exists() {
             return;

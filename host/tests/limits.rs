@@ -83,3 +83,71 @@ async fn a_memory_hog_and_a_fork_bomb_fail_naming_the_limit_while_a_job_beside_t
         }
     }
 }
+
+/// Bytes free where the data directory is.
+fn free_bytes(dir: &Path) -> u64 {
+    let out = helix_fixtures::run(dir, "df", &["--output=avail", "-B1", "."]);
+    out.lines().nth(1).unwrap().trim().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_filling_its_disk_fails_naming_the_limit_and_leaves_the_host_space_as_it_was() {
+    let registry = Registry::start(false);
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::real_config(&dir, &registry.address);
+    // Four slots of 128 MiB; 128 MiB for a job's own storage.
+    config.build_cache_mib = 512;
+    for builder in ["podman", "buildah"] {
+        config
+            .builders
+            .entry(builder.into())
+            .or_default()
+            .build_disk_mib = 128;
+    }
+    let service = common::start(&config.validated().unwrap()).await;
+    let filler = repo("/bin/busybox dd if=/dev/zero of=/filler bs=1M count=400");
+    let fine = repo("/bin/busybox echo built > /built");
+    // Warm up: the slots' file systems exist before the space is measured.
+    for builder in ["podman", "buildah"] {
+        let (job, _) = common::run_logged(&service, request(fine.path(), builder)).await;
+        assert_eq!(job.state, State::Succeeded, "{builder}");
+    }
+    let free_before = free_bytes(dir.path());
+    for builder in ["podman", "buildah"] {
+        for (no_cache, limit) in [
+            (
+                false,
+                "disk limit of 128 MiB (its layer cache slot".to_string(),
+            ),
+            (
+                true,
+                format!("disk limit of 128 MiB (builders.{builder}.build_disk_mib)"),
+            ),
+        ] {
+            let request = JobRequest {
+                no_cache,
+                ..request(filler.path(), builder)
+            };
+            let (job, logs) = common::run_logged(&service, request).await;
+            let error = job.error.clone().unwrap_or_default();
+            assert_eq!(job.state, State::Failed, "{builder}: {logs:?}");
+            assert!(
+                error.starts_with(&format!("limit exceeded: the build reached its {limit}")),
+                "{builder} (no_cache {no_cache}): {error}"
+            );
+        }
+        let (job, _) = common::run_logged(&service, request(fine.path(), builder)).await;
+        assert_eq!(
+            job.state,
+            State::Succeeded,
+            "{builder}: a full slot is emptied"
+        );
+    }
+    let free_after = free_bytes(dir.path());
+    let lost = free_before.saturating_sub(free_after);
+    assert!(
+        lost < 32 * 1024 * 1024,
+        "the host lost {} MiB of free space",
+        lost / (1024 * 1024)
+    );
+}

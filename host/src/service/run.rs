@@ -10,8 +10,9 @@ use tokio::sync::watch;
 use super::Inner;
 use super::background::IDLE_POLL;
 use super::table::Entry;
+use crate::cache::CacheSlot;
 use crate::cancel::CancelSignal;
-use crate::cgroup::{BuildLimits, LimitHit, RunCgroup};
+use crate::cgroup::{LimitHit, RunCgroup};
 use crate::exec::JobValues;
 use crate::job::{FailureKind, Job, JobId, Outcome};
 use crate::log::JobLog;
@@ -88,7 +89,15 @@ impl Inner {
         // A slot of the builder's layer cache, unless the job wants none.
         let slot = match simulated || job.no_cache {
             true => None,
-            false => cache.acquire(&job.builder, &job.repo_url).await,
+            false => match cache.acquire(&job.builder, &job.repo_url).await {
+                Ok(slot) => slot,
+                Err(e) => {
+                    return Outcome::failed(
+                        FailureKind::Host,
+                        format!("could not mount the builder's layer cache: {e}"),
+                    );
+                }
+            },
         };
         // Each attempt in a directory and a control group of its own: an
         // earlier attempt's (its processes reaped when this host started)
@@ -96,6 +105,7 @@ impl Inner {
         let run = run_name(&job.id, job.attempts);
         for earlier in 0..job.attempts {
             let old = self.config.workspace_dir.join(run_name(&job.id, earlier));
+            crate::quota::release(&old, &crate::quota::image_of(&old));
             if old.exists()
                 && let Err(e) = std::fs::remove_dir_all(&old)
             {
@@ -122,6 +132,10 @@ impl Inner {
             &self.config.registries,
             cache.driver(),
             slot.as_ref().map(|s| s.dir()),
+            match simulated {
+                true => None,
+                false => builder.info().build_limits.disk_mib,
+            },
         ) {
             Ok(dirs) => dirs,
             Err(e) => {
@@ -160,8 +174,22 @@ impl Inner {
             .build_and_publish(job, &builder, &dirs, log, cancel, cgroup.clone())
             .await
             .unwrap_or_else(|ended| ended);
-        let outcome = match cgroup.as_ref().and_then(|c| c.limit_hit()) {
-            Some(hit) => blame_limit(outcome, hit, job, &builder.info().build_limits),
+        let limits = &builder.info().build_limits;
+        let reached = match cgroup.as_ref().and_then(|c| c.limit_hit()) {
+            Some(LimitHit::Memory) => Some(format!(
+                "memory limit of {} MiB (builders.{}.build_memory_mib)",
+                limits.memory_mib.unwrap_or_default(),
+                job.builder
+            )),
+            Some(LimitHit::Pids) => Some(format!(
+                "process limit of {} (builders.{}.build_pids)",
+                limits.pids.unwrap_or_default(),
+                job.builder
+            )),
+            None => disk_filled(job, &dirs, slot.as_ref(), log),
+        };
+        let outcome = match reached {
+            Some(limit) => blame_limit(outcome, &limit),
             None => outcome,
         };
         drop(cgroup);
@@ -180,6 +208,7 @@ impl Inner {
                 "[helix] workspace kept for debugging (without its build secrets): {}",
                 dirs.root().display()
             ));
+            dirs.keep();
         } else {
             dirs.remove();
         }
@@ -339,30 +368,56 @@ impl Inner {
     }
 }
 
-/// A failed build's outcome once its control group says it reached a
-/// limit: the limit named first (with the setting that raises it), the
-/// tool's own error after it. A build that succeeded anyway stands.
-fn blame_limit(outcome: Outcome, hit: LimitHit, job: &Job, limits: &BuildLimits) -> Outcome {
+/// The disk limit a build filled, if it filled one: its workspace's, or
+/// the layer cache slot it built in.
+/// A tool that ran out of space may have freed it again before it
+/// exited (podman removes a failed step's container), so what it printed
+/// counts too.
+fn disk_filled(
+    job: &Job,
+    dirs: &JobDirs,
+    slot: Option<&CacheSlot>,
+    log: &JobLog,
+) -> Option<String> {
+    let said_so = log.lines().iter().rev().take(200).any(|line| {
+        line.text
+            .to_ascii_lowercase()
+            .contains("no space left on device")
+    });
+    let own = dirs.quota();
+    let shared = slot.and_then(CacheSlot::disk);
+    // Where the build's layers were written is where it most likely ran
+    // out, when neither is full any more.
+    let disk = [own, shared]
+        .into_iter()
+        .flatten()
+        .find(|disk| disk.is_full())
+        .or_else(|| said_so.then(|| shared.or(own)).flatten())?;
+    Some(match shared.is_some_and(|s| std::ptr::eq(s, disk)) {
+        true => format!(
+            "disk limit of {} MiB (its layer cache slot: build_cache_mib shared by the workers)",
+            disk.mib()
+        ),
+        false => format!(
+            "disk limit of {} MiB (builders.{}.build_disk_mib)",
+            disk.mib(),
+            job.builder
+        ),
+    })
+}
+
+/// A failed build's outcome once it turns out to have reached a limit:
+/// the limit named first (with the setting that raises it), the tool's own
+/// error after it. A build that succeeded anyway stands.
+fn blame_limit(outcome: Outcome, limit: &str) -> Outcome {
     let Outcome::Failed { kind, message } = outcome else {
         return outcome;
     };
     if !matches!(kind, FailureKind::Build | FailureKind::Registry) {
         return Outcome::Failed { kind, message };
     }
-    let what = match hit {
-        LimitHit::Memory => format!(
-            "memory limit of {} MiB (builders.{}.build_memory_mib)",
-            limits.memory_mib.unwrap_or_default(),
-            job.builder
-        ),
-        LimitHit::Pids => format!(
-            "process limit of {} (builders.{}.build_pids)",
-            limits.pids.unwrap_or_default(),
-            job.builder
-        ),
-    };
     Outcome::failed(
         FailureKind::Limit,
-        format!("the build reached its {what}; {message}"),
+        format!("the build reached its {limit}; {message}"),
     )
 }

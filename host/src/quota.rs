@@ -1,0 +1,164 @@
+//! Disk quotas: a directory with a file system of its own, of a fixed
+//! size, so what a build writes there (its workspace, its layers) cannot
+//! fill the host's disk.
+//!
+//! The file system is ext4 in a sparse file beside the directory, mounted
+//! through a loop device with `discard`: it takes only what is written,
+//! and what is deleted inside goes back to the host.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// A directory whose contents are limited to a fixed size. Dropping it
+/// unmounts the file system (and removes its file, unless it is kept).
+#[derive(Debug)]
+pub struct DiskQuota {
+    dir: PathBuf,
+    image: PathBuf,
+    mib: u64,
+    /// Whether the file outlives the mount (a cache slot's, for the next
+    /// start).
+    persistent: bool,
+}
+
+impl DiskQuota {
+    /// A new, empty file system of `mib` MiB at `dir` (created), replacing
+    /// whatever was mounted or kept there; removed entirely on drop.
+    pub fn fresh(dir: &Path, mib: u64) -> std::io::Result<Self> {
+        let image = image_of(dir);
+        release(dir, &image);
+        if let Err(e) = std::fs::remove_dir_all(dir)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            return Err(e);
+        }
+        Self::mount(dir, image, mib, false)
+    }
+
+    /// The file system of `mib` MiB at `dir`, as an earlier start of the
+    /// server left it (mounted or not), else a new one; its file is kept
+    /// on drop, so the contents outlive this process.
+    pub fn persistent(dir: &Path, mib: u64) -> std::io::Result<Self> {
+        let image = image_of(dir);
+        if is_mountpoint(dir) {
+            return Ok(DiskQuota {
+                dir: dir.to_path_buf(),
+                image,
+                mib,
+                persistent: true,
+            });
+        }
+        Self::mount(dir, image, mib, true)
+    }
+
+    fn mount(dir: &Path, image: PathBuf, mib: u64, persistent: bool) -> std::io::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        if !image.exists() {
+            let file = std::fs::File::create(&image)?;
+            file.set_len(mib * 1024 * 1024)?;
+            // No reserved blocks and lazy initialisation: a build gets all
+            // of it, and making it takes milliseconds.
+            run(Command::new("mkfs.ext4")
+                .args(["-q", "-F", "-m", "0", "-E"])
+                .arg("lazy_itable_init=1,lazy_journal_init=1,nodiscard")
+                .arg(&image))?;
+        }
+        run(Command::new("mount")
+            .args(["-o", "loop,discard,nosuid,nodev"])
+            .arg(&image)
+            .arg(dir))?;
+        Ok(DiskQuota {
+            dir: dir.to_path_buf(),
+            image,
+            mib,
+            persistent,
+        })
+    }
+
+    pub fn mib(&self) -> u64 {
+        self.mib
+    }
+
+    /// Whether (nearly) nothing is left: what a build that failed for want
+    /// of space leaves.
+    pub fn is_full(&self) -> bool {
+        let Ok(path) = std::ffi::CString::new(self.dir.as_os_str().as_encoded_bytes()) else {
+            return false;
+        };
+        let mut stat = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+        // SAFETY: statvfs writes the struct it is given; read only on success.
+        if unsafe { libc::statvfs(path.as_ptr(), stat.as_mut_ptr()) } != 0 {
+            return false;
+        }
+        // SAFETY: initialised by the successful call above.
+        let stat = unsafe { stat.assume_init() };
+        let free = stat.f_bavail as u64 * stat.f_frsize as u64;
+        free < (self.mib * 1024 * 1024 / 50).max(4 * 1024 * 1024)
+    }
+
+    /// Leaves the file system mounted at its directory for good (a failed
+    /// job's workspace kept for debugging: unmount it and remove
+    /// `<dir>.img` when done).
+    pub fn keep_mounted(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for DiskQuota {
+    fn drop(&mut self) {
+        unmount(&self.dir);
+        if !self.persistent {
+            let _ = std::fs::remove_file(&self.image);
+            let _ = std::fs::remove_dir(&self.dir);
+        }
+    }
+}
+
+/// Unmounts whatever a quota left at `dir` (kept, or left by a crash)
+/// and removes its file.
+pub fn release(dir: &Path, image: &Path) {
+    if is_mountpoint(dir) {
+        unmount(dir);
+    }
+    let _ = std::fs::remove_file(image);
+}
+
+/// The file holding `dir`'s file system: beside it, so the directory's
+/// own contents never include it.
+pub fn image_of(dir: &Path) -> PathBuf {
+    let mut name = dir.file_name().unwrap_or_default().to_os_string();
+    name.push(".img");
+    dir.with_file_name(name)
+}
+
+fn unmount(dir: &Path) {
+    // Lazily when busy: mounts a killed build left inside go with it.
+    let done = Command::new("umount").arg(dir).output();
+    if !done.is_ok_and(|o| o.status.success()) {
+        let _ = Command::new("umount").arg("-l").arg(dir).output();
+    }
+}
+
+fn is_mountpoint(dir: &Path) -> bool {
+    let Ok(dir) = dir.canonicalize() else {
+        return false;
+    };
+    std::fs::read_to_string("/proc/self/mounts").is_ok_and(|mounts| {
+        mounts
+            .lines()
+            .filter_map(|line| line.split(' ').nth(1))
+            .any(|point| Path::new(&point.replace("\\040", " ")) == dir)
+    })
+}
+
+fn run(command: &mut Command) -> std::io::Result<()> {
+    let output = command.output()?;
+    if output.status.success() {
+        return Ok(());
+    }
+    Err(std::io::Error::other(format!(
+        "{:?} failed: {}",
+        command.get_program(),
+        String::from_utf8_lossy(&output.stderr).trim()
+    )))
+}

@@ -92,6 +92,8 @@ impl DiskQuota {
         }
         // SAFETY: initialised by the successful call above.
         let stat = unsafe { stat.assume_init() };
+        // The fields' widths differ between architectures.
+        #[allow(clippy::unnecessary_cast)]
         let free = stat.f_bavail as u64 * stat.f_frsize as u64;
         free < (self.mib * 1024 * 1024 / 50).max(4 * 1024 * 1024)
     }

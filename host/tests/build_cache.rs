@@ -42,14 +42,6 @@ fn repo(app: &str) -> tempfile::TempDir {
     repo
 }
 
-fn request(repo: &Path, builder: &str) -> JobRequest {
-    JobRequest {
-        repo_url: format!("file://{}", repo.display()),
-        builder: Some(builder.into()),
-        ..JobRequest::default()
-    }
-}
-
 /// The storage the job's log says it used, when it was a cache slot.
 fn slot_of(logs: &[String]) -> Option<PathBuf> {
     logs.iter().find_map(|l| {
@@ -75,12 +67,15 @@ fn assert_clean(slot: &Path, what: &str) {
     assert_eq!(containers.trim(), "", "{what}: containers left");
     let images = in_slot(slot, "podman", &["images", "--format", "{{.Repository}}"]);
     assert!(!images.contains("helix-image"), "{what}: {images}");
+    // The slot is a file system of its own; nothing may be mounted inside.
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
-    let slot = slot.display().to_string();
-    assert!(
-        !mounts.lines().any(|m| m.contains(&slot)),
-        "{what}: mounts left under {slot}"
-    );
+    let inside = format!("{}/", slot.display());
+    let left: Vec<&str> = mounts
+        .lines()
+        .filter_map(|m| m.split(' ').nth(1))
+        .filter(|point| point.starts_with(&inside))
+        .collect();
+    assert_eq!(left, Vec::<&str>::new(), "{what}: mounts left in the slot");
 }
 
 async fn run(service: &Service, request: JobRequest) -> (Job, Vec<String>) {
@@ -94,7 +89,7 @@ async fn a_rebuild_reuses_unchanged_steps_and_builds_the_change() {
     let service = common::start(&common::real_config(&dir, &registry.address)).await;
     for builder in ["podman", "buildah"] {
         let repo = repo("version 1");
-        let (cold, logs) = run(&service, request(repo.path(), builder)).await;
+        let (cold, logs) = run(&service, common::on_repo(repo.path(), builder)).await;
         assert_eq!(cold.state, State::Succeeded, "{builder}: {:?}", cold.error);
         let slot = slot_of(&logs).expect("a cache slot");
         assert!(
@@ -104,7 +99,7 @@ async fn a_rebuild_reuses_unchanged_steps_and_builds_the_change() {
 
         std::fs::write(repo.path().join("app.txt"), "version 2").unwrap();
         git(repo.path(), &["commit", "-qam", "change the source"]);
-        let (warm, logs) = run(&service, request(repo.path(), builder)).await;
+        let (warm, logs) = run(&service, common::on_repo(repo.path(), builder)).await;
         assert_eq!(warm.state, State::Succeeded, "{builder}: {:?}", warm.error);
         assert_eq!(slot_of(&logs).as_ref(), Some(&slot), "{builder}: same slot");
         let reused = logs.iter().filter(|l| l.contains("Using cache")).count();
@@ -131,7 +126,7 @@ async fn a_rebuild_reuses_unchanged_steps_and_builds_the_change() {
             &service,
             JobRequest {
                 no_cache: true,
-                ..request(repo.path(), builder)
+                ..common::on_repo(repo.path(), builder)
             },
         )
         .await;
@@ -159,7 +154,7 @@ async fn cancelled_and_failed_builds_leave_nothing_in_the_cache() {
             &service,
             JobRequest {
                 dockerfile_path: Some("failing.Dockerfile".into()),
-                ..request(repo.path(), builder)
+                ..common::on_repo(repo.path(), builder)
             },
         )
         .await;
@@ -170,7 +165,7 @@ async fn cancelled_and_failed_builds_leave_nothing_in_the_cache() {
         let slow = service
             .submit(JobRequest {
                 dockerfile_path: Some("slow.Dockerfile".into()),
-                ..request(repo.path(), builder)
+                ..common::on_repo(repo.path(), builder)
             })
             .await
             .unwrap();
@@ -208,7 +203,7 @@ async fn a_new_host_starts_from_the_layers_another_left_in_the_registry_cache() 
     let third = host_with_registry_cache(&dirs[2], &registry.address).await;
     for builder in ["podman", "buildah"] {
         let source = repo("version 1");
-        let (cold, logs) = run(&first, request(source.path(), builder)).await;
+        let (cold, logs) = run(&first, common::on_repo(source.path(), builder)).await;
         assert_eq!(cold.state, State::Succeeded, "{builder}: {:?}", cold.error);
         assert_eq!(cold.steps.cached, 0, "{builder}: the first build is cold");
         let cache = logs
@@ -222,7 +217,7 @@ async fn a_new_host_starts_from_the_layers_another_left_in_the_registry_cache() 
         // change: the unchanged steps come from the registry.
         std::fs::write(source.path().join("app.txt"), "version 2").unwrap();
         git(source.path(), &["commit", "-qam", "change the source"]);
-        let (warm, logs) = run(&second, request(source.path(), builder)).await;
+        let (warm, logs) = run(&second, common::on_repo(source.path(), builder)).await;
         assert_eq!(warm.state, State::Succeeded, "{builder}: {:?}", warm.error);
         assert_eq!(
             (warm.steps.total, warm.steps.cached),
@@ -237,7 +232,7 @@ async fn a_new_host_starts_from_the_layers_another_left_in_the_registry_cache() 
         // The same Dockerfile in another repository has a cache of its own:
         // one repository's jobs cannot seed another's.
         let other = repo("version 1");
-        let (elsewhere, logs) = run(&third, request(other.path(), builder)).await;
+        let (elsewhere, logs) = run(&third, common::on_repo(other.path(), builder)).await;
         assert_eq!(elsewhere.state, State::Succeeded, "{builder}");
         assert_eq!(elsewhere.steps.cached, 0, "{builder}: {logs:?}");
         assert!(!logs.iter().any(|l| l.contains(&cache)), "{builder}");

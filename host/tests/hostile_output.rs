@@ -9,7 +9,7 @@ use common::LogText as _;
 use std::time::Duration;
 
 use helix_build::job::{JobRequest, State};
-use helix_fixtures::{Registry, git};
+use helix_fixtures::{Registry, repo_running};
 
 /// Peak resident memory of this process so far, in MiB (`VmHWM`).
 fn peak_rss_mib() -> u64 {
@@ -20,23 +20,6 @@ fn peak_rss_mib() -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap();
     kib / 1024
-}
-
-/// A repository whose `Dockerfile` runs `script` in a `RUN` step.
-fn repo_running(script: &str) -> tempfile::TempDir {
-    let repo = tempfile::tempdir().unwrap();
-    std::fs::copy("/bin/busybox", repo.path().join("busybox")).unwrap();
-    std::fs::write(
-        repo.path().join("Dockerfile"),
-        format!(
-            "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"sh\", \"-c\", \"{script}\"]\n"
-        ),
-    )
-    .unwrap();
-    git(repo.path(), &["init", "-q", "-b", "main"]);
-    git(repo.path(), &["add", "-A"]);
-    git(repo.path(), &["commit", "-qm", "hostile"]);
-    repo
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

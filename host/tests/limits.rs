@@ -9,32 +9,7 @@ use common::LogText as _;
 use std::path::Path;
 
 use helix_build::job::{JobRequest, State};
-use helix_fixtures::{Registry, git};
-
-/// A repository whose Dockerfile runs `script` with busybox's shell.
-fn repo(script: &str) -> tempfile::TempDir {
-    let repo = tempfile::tempdir().unwrap();
-    std::fs::copy("/bin/busybox", repo.path().join("busybox")).unwrap();
-    std::fs::write(
-        repo.path().join("Dockerfile"),
-        format!(
-            "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"sh\", \"-c\", \"{script}\"]\n"
-        ),
-    )
-    .unwrap();
-    git(repo.path(), &["init", "-q", "-b", "main"]);
-    git(repo.path(), &["add", "-A"]);
-    git(repo.path(), &["commit", "-qm", "app"]);
-    repo
-}
-
-fn request(repo: &Path, builder: &str) -> JobRequest {
-    JobRequest {
-        repo_url: format!("file://{}", repo.display()),
-        builder: Some(builder.into()),
-        ..JobRequest::default()
-    }
-}
+use helix_fixtures::{Registry, repo_running};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_memory_hog_and_a_fork_bomb_fail_naming_the_limit_while_a_job_beside_them_builds() {
@@ -50,14 +25,22 @@ async fn a_memory_hog_and_a_fork_bomb_fail_naming_the_limit_while_a_job_beside_t
 
     // dd holds a 512 MiB block in memory; the loop starts far more
     // processes than the limit allows, each living a minute.
-    let hog = repo("/bin/busybox dd if=/dev/zero of=/dev/null bs=512M count=1");
-    let bomb =
-        repo("i=0; while [ $i -lt 1000 ]; do /bin/busybox sleep 60 & i=$((i+1)); done; wait");
-    let fine = repo("/bin/busybox echo built > /built");
+    let hog = repo_running("/bin/busybox dd if=/dev/zero of=/dev/null bs=512M count=1");
+    let bomb = repo_running(
+        "i=0; while [ $i -lt 1000 ]; do /bin/busybox sleep 60 & i=$((i+1)); done; wait",
+    );
+    let fine = repo_running("/bin/busybox echo built > /built");
     for builder in ["podman", "buildah"] {
-        let hog_job = service.submit(request(hog.path(), builder)).await.unwrap();
-        let bomb_job = service.submit(request(bomb.path(), builder)).await.unwrap();
-        let (fine_job, logs) = common::run_logged(&service, request(fine.path(), builder)).await;
+        let hog_job = service
+            .submit(common::on_repo(hog.path(), builder))
+            .await
+            .unwrap();
+        let bomb_job = service
+            .submit(common::on_repo(bomb.path(), builder))
+            .await
+            .unwrap();
+        let (fine_job, logs) =
+            common::run_logged(&service, common::on_repo(fine.path(), builder)).await;
         assert_eq!(fine_job.state, State::Succeeded, "{builder}: {logs:?}");
 
         for (id, limit) in [
@@ -105,11 +88,11 @@ async fn a_step_filling_its_disk_fails_naming_the_limit_and_leaves_the_host_spac
             .build_disk_mib = 128;
     }
     let service = common::start(&config.validated().unwrap()).await;
-    let filler = repo("/bin/busybox dd if=/dev/zero of=/filler bs=1M count=400");
-    let fine = repo("/bin/busybox echo built > /built");
+    let filler = repo_running("/bin/busybox dd if=/dev/zero of=/filler bs=1M count=400");
+    let fine = repo_running("/bin/busybox echo built > /built");
     // Warm up: the slots' file systems exist before the space is measured.
     for builder in ["podman", "buildah"] {
-        let (job, _) = common::run_logged(&service, request(fine.path(), builder)).await;
+        let (job, _) = common::run_logged(&service, common::on_repo(fine.path(), builder)).await;
         assert_eq!(job.state, State::Succeeded, "{builder}");
     }
     let free_before = free_bytes(dir.path());
@@ -126,7 +109,7 @@ async fn a_step_filling_its_disk_fails_naming_the_limit_and_leaves_the_host_spac
         ] {
             let request = JobRequest {
                 no_cache,
-                ..request(filler.path(), builder)
+                ..common::on_repo(filler.path(), builder)
             };
             let (job, logs) = common::run_logged(&service, request).await;
             let error = job.error.clone().unwrap_or_default();
@@ -136,7 +119,7 @@ async fn a_step_filling_its_disk_fails_naming_the_limit_and_leaves_the_host_spac
                 "{builder} (no_cache {no_cache}): {error}"
             );
         }
-        let (job, _) = common::run_logged(&service, request(fine.path(), builder)).await;
+        let (job, _) = common::run_logged(&service, common::on_repo(fine.path(), builder)).await;
         assert_eq!(
             job.state,
             State::Succeeded,

@@ -154,6 +154,16 @@ pub fn simulated(delay_ms: u64) -> JobRequest {
     }
 }
 
+/// A submission building the `file://` repository at `repo` with
+/// `builder`.
+pub fn on_repo(repo: &std::path::Path, builder: &str) -> JobRequest {
+    JobRequest {
+        repo_url: format!("file://{}", repo.display()),
+        builder: Some(builder.into()),
+        ..JobRequest::default()
+    }
+}
+
 /// A submission for builder `builder`.
 pub fn on_builder(builder: &str) -> JobRequest {
     JobRequest {

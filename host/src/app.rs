@@ -98,6 +98,7 @@ pub async fn start_with(
         cgroups,
         keep_failed_workspaces: config.keep_failed_workspaces,
         retention: config.retention(),
+        queue_ttl: (config.queue_ttl_secs > 0).then(|| Duration::from_secs(config.queue_ttl_secs)),
         store,
         queue,
         secrets,

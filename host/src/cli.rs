@@ -57,6 +57,10 @@ pub struct Submission {
     /// `RUN --mount=type=secret,id=NAME`; repeatable.
     #[arg(long = "secret")]
     pub secrets: Vec<String>,
+    /// Seconds the job may wait for a worker before it ends `expired`
+    /// (default: the server's `queue_ttl_secs`).
+    #[arg(long)]
+    pub queue_ttl: Option<u64>,
 }
 
 impl Submission {
@@ -81,6 +85,7 @@ impl Submission {
             labels: pairs("--label", "KEY=VALUE", &self.labels)?,
             no_cache: self.no_cache,
             secrets: self.secrets,
+            queue_ttl_secs: self.queue_ttl,
         })
     }
 }

@@ -62,6 +62,9 @@ pub struct Config {
     /// Keep the workspace of a job that did not succeed, for debugging
     /// (it is removed otherwise).
     pub keep_failed_workspaces: bool,
+    /// Seconds a job may wait in the queue before it ends `expired`,
+    /// unless it sets its own `queue_ttl_secs`; 0: no limit.
+    pub queue_ttl_secs: u64,
     /// Days an ended job (and its log) is kept; 0: for ever.
     pub retention_days: u64,
     /// Ended jobs kept at most, the newest; 0: no limit.
@@ -201,6 +204,8 @@ impl Default for Config {
             log_step_cap_bytes: OutputCaps::default().step_bytes,
             stop_grace_secs: 30,
             keep_failed_workspaces: false,
+            // As a CI job waiting for a runner: a day.
+            queue_ttl_secs: 24 * 3600,
             retention_days: 30,
             retention_jobs: 0,
             store_url: None,

@@ -212,3 +212,11 @@ async fn a_host_shutting_down_gives_its_unfinished_jobs_to_another() {
     assert_eq!(done.attempts, 2);
     assert_eq!(runs(&a, &job.id).await, ["b", "a"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_waiting_past_its_queue_ttl_expires_on_a_shared_queue() {
+    let postgres = Postgres::start();
+    let dir = tempfile::tempdir().unwrap();
+    let a = host(&postgres, "host-a", 1, &dir).await;
+    common::expires_jobs_waiting_past_their_ttl(&a).await;
+}

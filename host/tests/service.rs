@@ -466,3 +466,19 @@ async fn stop_lets_jobs_finish_within_grace_then_cancels_the_rest() {
         Err(ServiceError::ShuttingDown)
     ));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_waiting_past_its_queue_ttl_expires() {
+    let (_dir, service) = common::service(1, 10).await;
+    common::expires_jobs_waiting_past_their_ttl(&service).await;
+    let refused = service
+        .submit(JobRequest {
+            queue_ttl_secs: Some(0),
+            ..simulated(0)
+        })
+        .await;
+    match refused {
+        Err(ServiceError::Invalid(e)) => assert_eq!(e.field, "queue_ttl_secs", "{e}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}

@@ -10,7 +10,7 @@ use super::{FailureKind, Job, Outcome};
 
 /// Where a job is in its life.
 ///
-/// Allowed transitions: `queued → running`, `queued → cancelled`, and
+/// Allowed transitions: `queued → running | cancelled | expired`, and
 /// `running → succeeded | failed | cancelled | timed_out`. Terminal states
 /// never change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
@@ -22,16 +22,19 @@ pub enum State {
     Failed,
     Cancelled,
     TimedOut,
+    /// Waited in the queue longer than its queue TTL.
+    Expired,
 }
 
 impl State {
-    pub const ALL: [State; 6] = [
+    pub const ALL: [State; 7] = [
         State::Queued,
         State::Running,
         State::Succeeded,
         State::Failed,
         State::Cancelled,
         State::TimedOut,
+        State::Expired,
     ];
 
     pub fn is_terminal(self) -> bool {
@@ -43,8 +46,7 @@ impl State {
         use State::*;
         matches!(
             (self, next),
-            (Queued, Running)
-                | (Queued, Cancelled)
+            (Queued, Running | Cancelled | Expired)
                 | (Running, Succeeded | Failed | Cancelled | TimedOut)
         )
     }
@@ -57,6 +59,7 @@ impl State {
             State::Failed => "failed",
             State::Cancelled => "cancelled",
             State::TimedOut => "timed_out",
+            State::Expired => "expired",
         }
     }
 }
@@ -168,6 +171,7 @@ mod tests {
         let allowed = [
             (Queued, Running),
             (Queued, Cancelled),
+            (Queued, Expired),
             (Running, Succeeded),
             (Running, Failed),
             (Running, Cancelled),

@@ -94,6 +94,9 @@ pub struct Job {
     /// Names of the build secrets handed to the build; never their values.
     #[serde(default)]
     pub secrets: Vec<String>,
+    /// Seconds it may wait in the queue, when the submission set it.
+    #[serde(default)]
+    pub queue_ttl_secs: Option<u64>,
     pub builder: String,
     pub image: Option<String>,
     pub state: State,

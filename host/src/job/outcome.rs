@@ -112,9 +112,20 @@ impl FailureKind {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     Succeeded(BuildResult),
-    Failed { kind: FailureKind, message: String },
-    Cancelled { reason: String },
-    TimedOut { message: String },
+    Failed {
+        kind: FailureKind,
+        message: String,
+    },
+    Cancelled {
+        reason: String,
+    },
+    TimedOut {
+        message: String,
+    },
+    /// Never started: it waited longer than its queue TTL.
+    Expired {
+        message: String,
+    },
 }
 
 impl Outcome {
@@ -131,6 +142,7 @@ impl Outcome {
             Outcome::Failed { .. } => State::Failed,
             Outcome::Cancelled { .. } => State::Cancelled,
             Outcome::TimedOut { .. } => State::TimedOut,
+            Outcome::Expired { .. } => State::Expired,
         }
     }
 
@@ -148,6 +160,9 @@ impl Outcome {
             Outcome::TimedOut { message } => Outcome::TimedOut {
                 message: redact(&message),
             },
+            Outcome::Expired { message } => Outcome::Expired {
+                message: redact(&message),
+            },
         }
     }
 
@@ -158,6 +173,7 @@ impl Outcome {
             Outcome::Failed { kind, message } => Some(format!("{}: {message}", kind.label())),
             Outcome::Cancelled { reason } => Some(format!("cancelled: {reason}")),
             Outcome::TimedOut { message } => Some(format!("timed out: {message}")),
+            Outcome::Expired { message } => Some(format!("expired: {message}")),
         }
     }
 }

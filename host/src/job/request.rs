@@ -51,7 +51,15 @@ pub struct JobRequest {
     /// --mount=type=secret,id=NAME` steps.
     #[serde(default)]
     pub secrets: Vec<String>,
+    /// Seconds the job may wait in the queue before it ends `expired`;
+    /// the server's `queue_ttl_secs` when absent.
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 2592000)]
+    pub queue_ttl_secs: Option<u64>,
 }
+
+/// Longest queue TTL a job may ask for: 30 days.
+pub const MAX_QUEUE_TTL_SECS: u64 = 30 * 24 * 3600;
 
 /// A submission refused by validation: which field, and what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -159,6 +167,14 @@ impl Job {
         }
         validate_labels(&request.labels)?;
         let secrets = validate_secrets(request.secrets, &policy.secrets)?;
+        if let Some(ttl) = request.queue_ttl_secs
+            && !(1..=MAX_QUEUE_TTL_SECS).contains(&ttl)
+        {
+            return Err(InvalidJob::new(
+                "queue_ttl_secs",
+                format!("must be 1 to {MAX_QUEUE_TTL_SECS} seconds (30 days), got {ttl}"),
+            ));
+        }
         Ok(Job {
             id,
             repo_url: request.repo_url,
@@ -171,6 +187,7 @@ impl Job {
             labels: request.labels,
             no_cache: request.no_cache,
             secrets,
+            queue_ttl_secs: request.queue_ttl_secs,
             builder,
             image: request.image,
             state: State::Queued,

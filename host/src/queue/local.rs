@@ -179,6 +179,10 @@ impl JobQueue for LocalQueue {
         std::future::ready(Ok(self.waiting().len())).boxed()
     }
 
+    fn waiting_jobs(&self) -> Read<'_, Vec<Job>> {
+        std::future::ready(Ok(self.waiting().iter().cloned().collect())).boxed()
+    }
+
     fn notices(&self) -> broadcast::Receiver<Notice> {
         self.notices.subscribe()
     }

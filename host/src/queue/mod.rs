@@ -77,6 +77,9 @@ pub trait JobQueue: Send + Sync + 'static {
     /// How many jobs wait, on every host.
     fn depth(&self) -> Read<'_, usize>;
 
+    /// The jobs waiting, on every host, oldest first.
+    fn waiting_jobs(&self) -> Read<'_, Vec<Job>>;
+
     /// News: jobs queued, cancellations asked for, jobs changed.
     fn notices(&self) -> broadcast::Receiver<Notice>;
 }

@@ -10,7 +10,7 @@ use tokio::sync::{broadcast, watch};
 use tracing::Instrument;
 
 use super::Inner;
-use crate::job::{Job, JobId, State};
+use crate::job::{Job, JobId, Outcome, State};
 use crate::log::JobLog;
 use crate::queue::Notice;
 
@@ -45,6 +45,71 @@ pub(super) async fn worker(inner: Arc<Inner>) {
             Err(e) => tracing::warn!("cannot claim work from the queue: {e}"),
         }
         let _ = tokio::time::timeout(IDLE_POLL, news).await;
+    }
+}
+
+/// How often waiting jobs are checked against their queue TTL.
+const EXPIRE_EVERY: Duration = Duration::from_secs(1);
+
+/// Ends `expired` every waiting job older than its queue TTL, every
+/// [`EXPIRE_EVERY`]. On a shared queue every host does it; the store lets
+/// one of them end each job. Ends with the service.
+pub(super) async fn expire_waiting(inner: Weak<Inner>) {
+    let mut tick = tokio::time::interval(EXPIRE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        let waiting = match inner.config.queue.waiting_jobs().await {
+            Ok(waiting) => waiting,
+            Err(e) => {
+                tracing::warn!("cannot look for expired jobs: {e}");
+                continue;
+            }
+        };
+        let now = chrono::Utc::now();
+        for job in waiting {
+            let ttl = match job.queue_ttl_secs {
+                Some(secs) => Duration::from_secs(secs),
+                None => match inner.config.queue_ttl {
+                    Some(ttl) => ttl,
+                    None => continue,
+                },
+            };
+            let waited = (now - job.created_at).to_std().unwrap_or_default();
+            if waited < ttl {
+                continue;
+            }
+            let mut ended = job;
+            let message = format!(
+                "waited {} in the queue, past its queue TTL of {} (queue_ttl_secs): no worker \
+                 for builder '{}' was free in time; submit it again, or give it a longer TTL",
+                human_duration(waited),
+                human_duration(ttl),
+                ended.builder
+            );
+            if ended.finish(Outcome::Expired { message }, now).is_err() {
+                continue;
+            }
+            let line = format!("[helix] {}", ended.error.as_deref().unwrap_or("expired"));
+            match inner.config.queue.withdraw(&ended, &line).await {
+                Ok(true) => tracing::info!(job = %ended.id, "queued job expired"),
+                Ok(false) => {}
+                Err(e) => tracing::warn!(job = %ended.id, "cannot expire a queued job: {e}"),
+            }
+        }
+    }
+}
+
+/// `d` for a person: `45s`, `3m 20s`, `2h 5m`.
+fn human_duration(d: Duration) -> String {
+    let secs = d.as_secs();
+    match secs {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m {}s", s / 60, s % 60),
+        s => format!("{}h {}m", s / 3600, s % 3600 / 60),
     }
 }
 

@@ -64,6 +64,8 @@ pub struct ServiceConfig {
     pub keep_failed_workspaces: bool,
     /// Which ended jobs are deleted, with their logs.
     pub retention: Retention,
+    /// How long a job waits in the queue before it expires, unless it says.
+    pub queue_ttl: Option<Duration>,
     /// Pushes what real builders built and confirms it in the registry.
     pub publisher: Publisher,
     /// How builds reach registries (for their base images).
@@ -196,6 +198,7 @@ impl Service {
         if let Some(lease) = inner.config.queue.lease() {
             tokio::spawn(background::keep_leases(Arc::downgrade(&inner), lease));
         }
+        tokio::spawn(background::expire_waiting(Arc::downgrade(&inner)));
         if inner.config.retention.prunes() {
             tokio::spawn(background::prune_ended(Arc::downgrade(&inner)));
         }

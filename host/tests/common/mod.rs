@@ -238,3 +238,36 @@ pub async fn until_running(service: &Service, id: &helix_build::job::JobId) {
     }
     panic!("job {id} never started running");
 }
+
+/// With `service`'s only worker busy, a job asking for a one-second queue
+/// TTL ends `expired` saying how long it waited, and one without stays
+/// queued; both stores share this check.
+pub async fn expires_jobs_waiting_past_their_ttl(service: &Service) {
+    let busy = service.submit(simulated(30_000)).await.unwrap();
+    until_running(service, &busy.id).await;
+    let hurried = service
+        .submit(JobRequest {
+            queue_ttl_secs: Some(1),
+            ..simulated(0)
+        })
+        .await
+        .unwrap();
+    let patient = service.submit(simulated(0)).await.unwrap();
+    let expired = finished(service, &hurried.id).await;
+    assert_eq!(expired.state, helix_build::job::State::Expired);
+    let error = expired.error.clone().unwrap_or_default();
+    assert!(
+        error.starts_with("expired: waited ") && error.contains("past its queue TTL of 1s"),
+        "{error}"
+    );
+    assert!(expired.started_at.is_none() && expired.attempts == 0);
+    let logs = service.logs(hurried.id.as_str()).await.unwrap().texts();
+    assert!(
+        logs.iter()
+            .any(|l| l.starts_with("[helix] expired: waited")),
+        "{logs:?}"
+    );
+    let patient = service.get(patient.id.as_str()).await.unwrap();
+    assert_eq!(patient.state, helix_build::job::State::Queued);
+    service.cancel(busy.id.as_str()).await.unwrap();
+}

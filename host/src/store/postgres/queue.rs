@@ -245,6 +245,17 @@ impl JobQueue for PostgresStore {
         .boxed()
     }
 
+    fn waiting_jobs(&self) -> Read<'_, Vec<Job>> {
+        async move {
+            self.jobs(
+                "SELECT body FROM jobs WHERE state = 'queued' ORDER BY seq",
+                &[],
+            )
+            .await
+        }
+        .boxed()
+    }
+
     fn notices(&self) -> broadcast::Receiver<Notice> {
         self.notices.subscribe()
     }

@@ -61,6 +61,9 @@ pub struct Submission {
     /// (default: the server's `queue_ttl_secs`).
     #[arg(long)]
     pub queue_ttl: Option<u64>,
+    /// -100 to 100; higher runs first (default 0).
+    #[arg(long, allow_negative_numbers = true)]
+    pub priority: Option<i32>,
 }
 
 impl Submission {
@@ -86,6 +89,7 @@ impl Submission {
             no_cache: self.no_cache,
             secrets: self.secrets,
             queue_ttl_secs: self.queue_ttl,
+            priority: self.priority,
         })
     }
 }

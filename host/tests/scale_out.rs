@@ -220,3 +220,11 @@ async fn a_job_waiting_past_its_queue_ttl_expires_on_a_shared_queue() {
     let a = host(&postgres, "host-a", 1, &dir).await;
     common::expires_jobs_waiting_past_their_ttl(&a).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_take_the_highest_priority_first_on_a_shared_queue() {
+    let postgres = Postgres::start();
+    let dir = tempfile::tempdir().unwrap();
+    let a = host(&postgres, "host-a", 1, &dir).await;
+    common::claims_take_the_highest_priority_first(&a).await;
+}

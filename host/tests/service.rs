@@ -482,3 +482,19 @@ async fn a_job_waiting_past_its_queue_ttl_expires() {
         other => panic!("expected a refusal, got {other:?}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_take_the_highest_priority_first() {
+    let (_dir, service) = common::service(1, 10).await;
+    common::claims_take_the_highest_priority_first(&service).await;
+    let refused = service
+        .submit(JobRequest {
+            priority: Some(101),
+            ..simulated(0)
+        })
+        .await;
+    match refused {
+        Err(ServiceError::Invalid(e)) => assert_eq!(e.field, "priority", "{e}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}

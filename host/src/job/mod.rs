@@ -18,7 +18,9 @@ use crate::platform::Platform;
 pub use lifecycle::{State, TransitionError};
 pub use outcome::{BuildResult, FailureKind, Outcome};
 pub(crate) use request::validate_repo_url;
-pub use request::{InvalidJob, JobRequest, SubmitPolicy};
+pub use request::{
+    InvalidJob, JobRequest, PRIORITIES, PRIORITY_AGING_SECS, SubmitPolicy, effective_priority,
+};
 
 pub const MAX_ID_LEN: usize = 128;
 
@@ -97,6 +99,9 @@ pub struct Job {
     /// Seconds it may wait in the queue, when the submission set it.
     #[serde(default)]
     pub queue_ttl_secs: Option<u64>,
+    /// Higher is claimed first (-100 to 100).
+    #[serde(default)]
+    pub priority: i32,
     pub builder: String,
     pub image: Option<String>,
     pub state: State,

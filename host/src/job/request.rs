@@ -56,6 +56,24 @@ pub struct JobRequest {
     #[serde(default)]
     #[schema(minimum = 1, maximum = 2592000)]
     pub queue_ttl_secs: Option<u64>,
+    /// Higher runs first (-100 to 100, default 0); see [`effective_priority`].
+    #[serde(default)]
+    #[schema(minimum = -100, maximum = 100)]
+    pub priority: Option<i32>,
+}
+
+/// The range of `priority`.
+pub const PRIORITIES: std::ops::RangeInclusive<i32> = -100..=100;
+/// A waiting job gains one priority level per this many seconds, so no
+/// job waits forever behind higher ones: the lowest (-100) passes the
+/// highest (100) after 200 such periods (200 minutes).
+pub const PRIORITY_AGING_SECS: i64 = 60;
+
+/// Where a waiting job stands: its priority plus one level per
+/// [`PRIORITY_AGING_SECS`] it has waited. Claims take the highest first,
+/// the oldest among equals.
+pub fn effective_priority(priority: i32, waited_secs: i64) -> i64 {
+    i64::from(priority) + waited_secs.max(0) / PRIORITY_AGING_SECS
 }
 
 /// Longest queue TTL a job may ask for: 30 days.
@@ -167,6 +185,13 @@ impl Job {
         }
         validate_labels(&request.labels)?;
         let secrets = validate_secrets(request.secrets, &policy.secrets)?;
+        let priority = request.priority.unwrap_or(0);
+        if !PRIORITIES.contains(&priority) {
+            return Err(InvalidJob::new(
+                "priority",
+                format!("must be -100 to 100 (higher runs first), got {priority}"),
+            ));
+        }
         if let Some(ttl) = request.queue_ttl_secs
             && !(1..=MAX_QUEUE_TTL_SECS).contains(&ttl)
         {
@@ -188,6 +213,7 @@ impl Job {
             no_cache: request.no_cache,
             secrets,
             queue_ttl_secs: request.queue_ttl_secs,
+            priority,
             builder,
             image: request.image,
             state: State::Queued,
@@ -482,6 +508,24 @@ fn parse_platforms(raw: &[String]) -> Result<Vec<Platform>, InvalidJob> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn waiting_raises_a_jobs_priority_so_none_starves() {
+        assert_eq!(effective_priority(5, 0), 5);
+        assert_eq!(effective_priority(5, PRIORITY_AGING_SECS - 1), 5);
+        assert_eq!(effective_priority(5, PRIORITY_AGING_SECS), 6);
+        // The lowest passes a fresh highest after 200 periods.
+        let waited = 201 * PRIORITY_AGING_SECS;
+        assert!(
+            effective_priority(*PRIORITIES.start(), waited)
+                > effective_priority(*PRIORITIES.end(), 0)
+        );
+        assert_eq!(
+            effective_priority(0, -10),
+            0,
+            "a clock step back gives no bonus"
+        );
+    }
+
     use super::super::fixtures::{job, request};
     use super::*;
 

@@ -9,7 +9,7 @@ use futures_util::FutureExt as _;
 use tokio::sync::broadcast;
 
 use super::{Heartbeat, JobQueue, LostRun, Notice, Start};
-use crate::job::{Job, JobId, State};
+use crate::job::{Job, JobId, State, effective_priority};
 use crate::log::LogLine;
 use crate::store::{JobStore, Read, StoreError, StoredJob};
 
@@ -53,6 +53,25 @@ impl LocalQueue {
         self.waiting.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Removes the waiting job to run next: the highest effective
+    /// priority, the oldest among equals.
+    fn take_first(&self) -> Option<Job> {
+        let now = chrono::Utc::now();
+        let mut waiting = self.waiting();
+        let at = waiting
+            .iter()
+            .enumerate()
+            .max_by_key(|(at, job)| {
+                let waited = (now - job.created_at).num_seconds();
+                (
+                    effective_priority(job.priority, waited),
+                    std::cmp::Reverse(*at),
+                )
+            })
+            .map(|(at, _)| at)?;
+        waiting.remove(at)
+    }
+
     fn announce(&self, notice: Notice) {
         // Nobody listening is fine.
         let _ = self.notices.send(notice);
@@ -84,7 +103,7 @@ impl JobQueue for LocalQueue {
         start: &'a Start,
     ) -> Read<'a, Option<StoredJob>> {
         async move {
-            let Some(mut job) = self.waiting().pop_front() else {
+            let Some(mut job) = self.take_first() else {
                 return Ok(None);
             };
             start(&mut job).map_err(|e| StoreError::Database(e.to_string()))?;

@@ -159,6 +159,8 @@ pub(crate) enum Write {
         id: JobId,
         state: State,
         builder: String,
+        /// Claims take higher first (a shared queue's column).
+        priority: i32,
         /// The job as JSON.
         body: String,
         /// Attempts the job has started, which a shared store checks so a
@@ -184,6 +186,7 @@ impl Write {
                 id: job.id.clone(),
                 state: job.state,
                 builder: job.builder.clone(),
+                priority: job.priority,
                 body,
                 attempts: job.attempts,
                 insert,

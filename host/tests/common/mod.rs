@@ -271,3 +271,36 @@ pub async fn expires_jobs_waiting_past_their_ttl(service: &Service) {
     assert_eq!(patient.state, helix_build::job::State::Queued);
     service.cancel(busy.id.as_str()).await.unwrap();
 }
+
+/// With `service`'s only worker busy, waiting jobs start highest priority
+/// first, in submission order within one priority; both stores share
+/// this check.
+pub async fn claims_take_the_highest_priority_first(service: &Service) {
+    let busy = service.submit(simulated(1500)).await.unwrap();
+    until_running(service, &busy.id).await;
+    let mut submitted = Vec::new();
+    for (name, priority) in [
+        ("low", -5),
+        ("plain", 0),
+        ("urgent", 50),
+        ("urgent-too", 50),
+    ] {
+        let job = service
+            .submit(JobRequest {
+                priority: Some(priority),
+                ..simulated(50)
+            })
+            .await
+            .unwrap();
+        submitted.push((name, job.id));
+    }
+    let mut started = Vec::new();
+    for (name, id) in &submitted {
+        let job = finished(service, id).await;
+        assert_eq!(job.state, helix_build::job::State::Succeeded, "{name}");
+        started.push((job.started_at.unwrap(), *name));
+    }
+    started.sort();
+    let order: Vec<&str> = started.into_iter().map(|(_, name)| name).collect();
+    assert_eq!(order, ["urgent", "urgent-too", "plain", "low"]);
+}

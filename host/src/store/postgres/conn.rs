@@ -35,6 +35,9 @@ const MIGRATIONS: &[&str] = &[
 ",
     // When each line was taken, in microseconds since the Unix epoch.
     "ALTER TABLE job_logs ADD COLUMN at BIGINT;",
+    // What claims order by: priority, aged by the time waited.
+    "ALTER TABLE jobs ADD COLUMN priority INTEGER NOT NULL DEFAULT 0, \
+     ADD COLUMN queued_at TIMESTAMPTZ NOT NULL DEFAULT now();",
 ];
 
 /// A connection and the statements prepared on it, so each is parsed and

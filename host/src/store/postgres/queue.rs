@@ -51,8 +51,10 @@ impl PostgresStore {
         let tx = client.transaction().await.map_err(db_error)?;
         let row = tx
             .query_opt(
+                // As job::effective_priority: one level per 60 s waited.
                 "SELECT body FROM jobs WHERE state = 'queued' AND builder = ANY($1) \
-                 ORDER BY seq LIMIT 1 FOR UPDATE SKIP LOCKED",
+                 ORDER BY priority + floor(extract(epoch FROM now() - queued_at) / 60) DESC, seq \
+                 LIMIT 1 FOR UPDATE SKIP LOCKED",
                 &[&builders],
             )
             .await

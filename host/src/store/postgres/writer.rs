@@ -41,7 +41,7 @@ impl Writer {
         let prepare = |sql: &'static str| client.prepare(sql);
         let (insert, update, log, trim, notify) = tokio::try_join!(
             prepare(
-                "INSERT INTO jobs (id, state, builder, body) VALUES ($1, $2, $3, $4) \
+                "INSERT INTO jobs (id, state, builder, body, priority) VALUES ($1, $2, $3, $4, $5) \
                  ON CONFLICT (id) DO NOTHING"
             ),
             // Only the run that holds the job may change it: a host whose
@@ -131,6 +131,7 @@ async fn commit(
                 state,
                 builder,
                 body,
+                priority,
                 insert: true,
                 ..
             } => {
@@ -141,7 +142,8 @@ async fn commit(
                         id.to_string(),
                         state.as_str(),
                         builder.clone(),
-                        body.clone()
+                        body.clone(),
+                        *priority
                     ],
                 ));
             }

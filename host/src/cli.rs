@@ -64,6 +64,15 @@ pub struct Submission {
     /// -100 to 100; higher runs first (default 0).
     #[arg(long, allow_negative_numbers = true)]
     pub priority: Option<i32>,
+    /// Concurrency group: at most --max-running of its jobs run at once.
+    #[arg(long)]
+    pub group: Option<String>,
+    /// With --group: how many of its jobs may run at once (default 1).
+    #[arg(long)]
+    pub max_running: Option<u32>,
+    /// With --group: cancel the group's queued and running jobs.
+    #[arg(long)]
+    pub cancel_in_progress: bool,
 }
 
 impl Submission {
@@ -90,6 +99,9 @@ impl Submission {
             secrets: self.secrets,
             queue_ttl_secs: self.queue_ttl,
             priority: self.priority,
+            group: self.group,
+            max_running: self.max_running,
+            cancel_in_progress: self.cancel_in_progress,
         })
     }
 }

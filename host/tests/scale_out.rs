@@ -228,3 +228,41 @@ async fn claims_take_the_highest_priority_first_on_a_shared_queue() {
     let a = host(&postgres, "host-a", 1, &dir).await;
     common::claims_take_the_highest_priority_first(&a).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_hold_across_hosts_and_a_push_to_one_supersedes_a_job_on_another() {
+    let postgres = Postgres::start();
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = host(&postgres, "host-a", 3, &da).await;
+    let b = host(&postgres, "host-b", 3, &db).await;
+    common::a_group_never_runs_more_than_max_running(&[&a, &b]).await;
+    common::only_the_last_of_ten_pushes_builds(&[&a, &b]).await;
+
+    // A job running on host A, superseded by a push arriving at host B.
+    let first = a
+        .submit(JobRequest {
+            cancel_in_progress: true,
+            ..common::in_group("team/app:release", 30_000)
+        })
+        .await
+        .unwrap();
+    until_running(&a, &first.id).await;
+    let second = b
+        .submit(JobRequest {
+            cancel_in_progress: true,
+            ..common::in_group("team/app:release", 0)
+        })
+        .await
+        .unwrap();
+    let ended = finished(&b, &first.id).await;
+    assert_eq!(ended.state, State::Cancelled);
+    let error = ended.error.unwrap_or_default();
+    assert!(
+        error.contains(&format!(
+            "superseded by job {} in group 'team/app:release'",
+            second.id
+        )),
+        "{error}"
+    );
+    assert_eq!(finished(&a, &second.id).await.state, State::Succeeded);
+}

@@ -498,3 +498,15 @@ async fn claims_take_the_highest_priority_first() {
         other => panic!("expected a refusal, got {other:?}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_last_of_ten_pushes_to_a_branch_builds() {
+    let (_dir, service) = common::service(2, 100).await;
+    common::only_the_last_of_ten_pushes_builds(&[&service]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_never_runs_more_than_its_max_running() {
+    let (_dir, service) = common::service(4, 100).await;
+    common::a_group_never_runs_more_than_max_running(&[&service]).await;
+}

@@ -494,17 +494,20 @@ async fn a_running_job_is_asked_to_cancel_through_its_host() {
     a.enqueue(&job("long")).await.unwrap();
     let claimed = b.claim(&simulated(), &start_now).await.unwrap().unwrap();
     let mut notices = b.notices();
-    assert!(a.ask_cancel("long", "cancelled by request").await.unwrap());
+    assert!(a.ask_cancel("long", "superseded by job x").await.unwrap());
     let notice = tokio::time::timeout(Duration::from_secs(5), async {
         loop {
-            if let Ok(Notice::Cancel(id)) = notices.recv().await {
-                return id;
+            if let Ok(Notice::Cancel { id, reason }) = notices.recv().await {
+                return (id, reason);
             }
         }
     })
     .await
     .expect("the cancel notice arrives");
-    assert_eq!(notice, "long");
+    assert_eq!(
+        notice,
+        ("long".to_string(), "superseded by job x".to_string())
+    );
     let beat = b
         .heartbeat(std::slice::from_ref(&claimed.job.id))
         .await
@@ -514,7 +517,7 @@ async fn a_running_job_is_asked_to_cancel_through_its_host() {
         beat.cancel,
         [(
             JobId::parse("long").unwrap(),
-            "cancelled by request".to_string()
+            "superseded by job x".to_string()
         )]
     );
     assert!(

@@ -102,6 +102,15 @@ pub struct Job {
     /// Higher is claimed first (-100 to 100).
     #[serde(default)]
     pub priority: i32,
+    /// Its concurrency group, if it has one.
+    #[serde(default)]
+    pub group: Option<String>,
+    /// At most this many of its group's jobs run at once when it starts.
+    #[serde(default = "one")]
+    pub max_running: u32,
+    /// Whether submitting it cancelled its group's earlier jobs.
+    #[serde(default)]
+    pub cancel_in_progress: bool,
     pub builder: String,
     pub image: Option<String>,
     pub state: State,
@@ -130,6 +139,10 @@ pub struct BuildSteps {
 }
 
 /// What jobs stored before `context` existed were built from.
+fn one() -> u32 {
+    1
+}
+
 fn root_context() -> String {
     request::ROOT_CONTEXT.into()
 }

@@ -60,7 +60,23 @@ pub struct JobRequest {
     #[serde(default)]
     #[schema(minimum = -100, maximum = 100)]
     pub priority: Option<i32>,
+    /// A concurrency group (a repository and branch, say): at most
+    /// `max_running` of its jobs run at once.
+    #[serde(default)]
+    pub group: Option<String>,
+    /// How many of the group's jobs may run at once when this one starts
+    /// (1 to 100, default 1).
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 100)]
+    pub max_running: Option<u32>,
+    /// Submitting this job cancels the group's queued and running jobs:
+    /// a newer push supersedes the builds of older ones.
+    #[serde(default)]
+    pub cancel_in_progress: bool,
 }
+
+/// Most jobs of one group that may be allowed to run at once.
+pub const MAX_RUNNING_LIMIT: u32 = 100;
 
 /// The range of `priority`.
 pub const PRIORITIES: std::ops::RangeInclusive<i32> = -100..=100;
@@ -192,6 +208,11 @@ impl Job {
                 format!("must be -100 to 100 (higher runs first), got {priority}"),
             ));
         }
+        let group = validate_group(
+            request.group,
+            request.max_running,
+            request.cancel_in_progress,
+        )?;
         if let Some(ttl) = request.queue_ttl_secs
             && !(1..=MAX_QUEUE_TTL_SECS).contains(&ttl)
         {
@@ -214,6 +235,12 @@ impl Job {
             secrets,
             queue_ttl_secs: request.queue_ttl_secs,
             priority,
+            max_running: match group {
+                Some(_) => request.max_running.unwrap_or(1),
+                None => 1,
+            },
+            cancel_in_progress: request.cancel_in_progress,
+            group,
             builder,
             image: request.image,
             state: State::Queued,
@@ -228,6 +255,44 @@ impl Job {
             steps: BuildSteps::default(),
         })
     }
+}
+
+/// A group name is free text for people (`team/app:main`), bounded;
+/// `max_running` and `cancel_in_progress` mean nothing without one.
+fn validate_group(
+    group: Option<String>,
+    max_running: Option<u32>,
+    cancel_in_progress: bool,
+) -> Result<Option<String>, InvalidJob> {
+    let Some(group) = group else {
+        if max_running.is_some() || cancel_in_progress {
+            let field = if cancel_in_progress {
+                "cancel_in_progress"
+            } else {
+                "max_running"
+            };
+            return Err(InvalidJob::new(
+                field,
+                "applies to a group; set `group` too",
+            ));
+        }
+        return Ok(None);
+    };
+    if group.is_empty() || group.len() > 200 || group.chars().any(char::is_control) {
+        return Err(InvalidJob::new(
+            "group",
+            "must be 1 to 200 characters without control characters",
+        ));
+    }
+    if let Some(max) = max_running
+        && !(1..=MAX_RUNNING_LIMIT).contains(&max)
+    {
+        return Err(InvalidJob::new(
+            "max_running",
+            format!("must be 1 to {MAX_RUNNING_LIMIT}, got {max}"),
+        ));
+    }
+    Ok(Some(group))
 }
 
 pub(crate) fn validate_repo_url(url: &str, allow_file_repos: bool) -> Result<(), InvalidJob> {

@@ -1,7 +1,7 @@
 //! One host's queue: the queued jobs in memory, oldest first, every change
 //! written through to the host's own store, so a restart finds them again.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -18,6 +18,9 @@ pub struct LocalQueue {
     store: Arc<dyn JobStore>,
     /// Queued jobs, oldest first.
     waiting: Mutex<VecDeque<Job>>,
+    /// Jobs of a concurrency group this queue started, by group, until
+    /// the store shows them ended.
+    running_in_group: Mutex<HashMap<String, Vec<JobId>>>,
     /// Runs the store showed running when the queue opened: an earlier
     /// process died running them.
     leftovers: Mutex<Vec<Job>>,
@@ -42,6 +45,7 @@ impl LocalQueue {
         Ok(LocalQueue {
             store,
             waiting: Mutex::new(waiting),
+            running_in_group: Mutex::default(),
             leftovers: Mutex::new(leftovers),
             notices: broadcast::channel(1024).0,
         })
@@ -53,14 +57,54 @@ impl LocalQueue {
         self.waiting.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Removes the waiting job to run next: the highest effective
-    /// priority, the oldest among equals.
+    /// Forgets the grouped jobs the store shows ended.
+    async fn forget_ended_runs(&self) -> Result<(), StoreError> {
+        let tracked: Vec<JobId> = self
+            .running_in_group
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .flatten()
+            .cloned()
+            .collect();
+        let mut ended = Vec::new();
+        for id in tracked {
+            let job = self.store.get(id.as_str()).await?;
+            if job.is_none_or(|job| job.state.is_terminal()) {
+                ended.push(id);
+            }
+        }
+        let mut running = self
+            .running_in_group
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        for ids in running.values_mut() {
+            ids.retain(|id| !ended.contains(id));
+        }
+        running.retain(|_, ids| !ids.is_empty());
+        Ok(())
+    }
+
+    /// Removes the waiting job to run next — the highest effective
+    /// priority, the oldest among equals, among those whose group has
+    /// room — and counts it running in its group, all under one lock so
+    /// two claims cannot both take a group's last place.
     fn take_first(&self) -> Option<Job> {
         let now = chrono::Utc::now();
+        let mut running = self
+            .running_in_group
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let has_room = |job: &Job| {
+            job.group
+                .as_ref()
+                .is_none_or(|g| running.get(g).map_or(0, Vec::len) < job.max_running as usize)
+        };
         let mut waiting = self.waiting();
         let at = waiting
             .iter()
             .enumerate()
+            .filter(|(_, job)| has_room(job))
             .max_by_key(|(at, job)| {
                 let waited = (now - job.created_at).num_seconds();
                 (
@@ -69,7 +113,14 @@ impl LocalQueue {
                 )
             })
             .map(|(at, _)| at)?;
-        waiting.remove(at)
+        let job = waiting.remove(at)?;
+        if let Some(group) = &job.group {
+            running
+                .entry(group.clone())
+                .or_default()
+                .push(job.id.clone());
+        }
+        Some(job)
     }
 
     fn announce(&self, notice: Notice) {
@@ -103,6 +154,7 @@ impl JobQueue for LocalQueue {
         start: &'a Start,
     ) -> Read<'a, Option<StoredJob>> {
         async move {
+            self.forget_ended_runs().await?;
             let Some(mut job) = self.take_first() else {
                 return Ok(None);
             };

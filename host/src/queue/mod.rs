@@ -119,7 +119,7 @@ pub enum Notice {
     /// New jobs are queued (or may be: sent after a lost connection too).
     Queued,
     /// Someone asked for job `id` to be cancelled.
-    Cancel(String),
+    Cancel { id: String, reason: String },
     /// Job `id`'s state or log changed.
     Changed(String),
 }

@@ -186,7 +186,7 @@ pub(super) async fn relay_notices(inner: Weak<Inner>, mut notices: broadcast::Re
             Ok(Notice::Queued) | Err(broadcast::error::RecvError::Lagged(_)) => {
                 inner.work.notify_waiters();
             }
-            Ok(Notice::Cancel(id)) => inner.lock().cancel(&id, "cancelled by request"),
+            Ok(Notice::Cancel { id, reason }) => inner.lock().cancel(&id, &reason),
             Ok(Notice::Changed(_)) => {}
             Err(broadcast::error::RecvError::Closed) => return,
         }

@@ -240,18 +240,45 @@ impl Service {
         // queue, it must end up queued (or refused) even if this caller
         // goes away.
         let inner = self.inner.clone();
-        tokio::spawn(async move {
+        let job = tokio::spawn(async move {
             let queued = inner.config.queue.enqueue(&job).await;
             inner.lock().pending.remove(&job.id);
             queued?;
             tracing::debug!(job = %job.id, builder = %job.builder, "job queued");
-            Ok(job)
+            Ok::<_, ServiceError>(job)
         })
         .await
         .map_err(|e| {
             tracing::error!("storing a job was interrupted: {e}");
             ServiceError::Store
-        })?
+        })??;
+        if job.cancel_in_progress {
+            self.supersede(&job).await;
+        }
+        Ok(job)
+    }
+
+    /// Cancels the queued and running jobs of `newer`'s group submitted
+    /// before it: a newer push supersedes their builds.
+    async fn supersede(&self, newer: &Job) {
+        let Some(group) = &newer.group else {
+            return;
+        };
+        let older = match self.inner.config.store.unfinished_in_group(group).await {
+            Ok(jobs) => jobs,
+            Err(e) => {
+                tracing::warn!(job = %newer.id, "cannot find the jobs it supersedes: {e}");
+                return;
+            }
+        };
+        let reason = format!("superseded by job {} in group '{group}'", newer.id);
+        for job in older
+            .iter()
+            .filter(|j| j.id != newer.id && j.created_at <= newer.created_at)
+        {
+            // One that ended meanwhile needs nothing.
+            let _ = self.cancel_because(job.id.as_str(), &reason).await;
+        }
     }
 
     /// A snapshot of job `id`.
@@ -359,11 +386,15 @@ impl Service {
     /// and the job returned once its worker has recorded the cancellation.
     /// A job that already ended is an error.
     pub async fn cancel(&self, id: &str) -> Result<Job, ServiceError> {
-        const REASON: &str = "cancelled by request";
+        self.cancel_because(id, "cancelled by request").await
+    }
+
+    /// [`Service::cancel`], saying `reason` in the job's error.
+    async fn cancel_because(&self, id: &str, reason: &str) -> Result<Job, ServiceError> {
         for _ in 0..CANCEL_RETRIES {
             let running_here = self.inner.live(id, |entry| {
                 if let Some(cancel) = &entry.cancel {
-                    cancel.cancel(REASON);
+                    cancel.cancel(reason);
                 }
                 entry.job.state
             });
@@ -380,7 +411,7 @@ impl Service {
                 State::Queued => {
                     let mut ended = job;
                     let outcome = Outcome::Cancelled {
-                        reason: format!("{REASON} before it started"),
+                        reason: format!("{reason} before it started"),
                     };
                     ended
                         .finish(outcome, Utc::now())
@@ -392,7 +423,7 @@ impl Service {
                     }
                 }
                 State::Running => {
-                    if self.inner.config.queue.ask_cancel(id, REASON).await? {
+                    if self.inner.config.queue.ask_cancel(id, reason).await? {
                         return self.wait(id, CANCEL_SETTLE).await;
                     }
                 }

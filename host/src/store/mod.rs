@@ -89,6 +89,9 @@ pub trait JobStore: Send + Sync + 'static {
     fn count_by_state(&self) -> Read<'_, Vec<(State, u64)>>;
     /// Every queued or running job in submission order, with its log.
     fn load_unfinished(&self) -> Read<'_, Vec<StoredJob>>;
+    /// The queued and running jobs of concurrency group `group`, in
+    /// submission order.
+    fn unfinished_in_group<'a>(&'a self, group: &'a str) -> Read<'a, Vec<Job>>;
     /// Deletes the finished jobs, with their logs, that ended before
     /// `ended_before` or are older than the newest `keep` finished ones;
     /// how many it deleted. Queued and running jobs are never touched.
@@ -161,6 +164,9 @@ pub(crate) enum Write {
         builder: String,
         /// Claims take higher first (a shared queue's column).
         priority: i32,
+        /// Its concurrency group and how many of it may run (columns too).
+        group: Option<String>,
+        max_running: u32,
         /// The job as JSON.
         body: String,
         /// Attempts the job has started, which a shared store checks so a
@@ -187,6 +193,8 @@ impl Write {
                 state: job.state,
                 builder: job.builder.clone(),
                 priority: job.priority,
+                group: job.group.clone(),
+                max_running: job.max_running,
                 body,
                 attempts: job.attempts,
                 insert,

@@ -450,6 +450,15 @@ impl JobStore for SqliteStore {
         ready(counts)
     }
 
+    fn unfinished_in_group<'a>(&'a self, group: &'a str) -> Read<'a, Vec<Job>> {
+        ready(jobs(
+            &self.reader(),
+            "SELECT body FROM jobs WHERE state IN ('queued', 'running') \
+             AND json_extract(body, '$.group') = ?1 ORDER BY seq",
+            [group],
+        ))
+    }
+
     fn prune(&self, ended_before: Option<DateTime<Utc>>, keep: Option<usize>) -> Read<'_, u64> {
         ready(prune(&self.reader(), ended_before, keep))
     }

@@ -304,3 +304,91 @@ pub async fn claims_take_the_highest_priority_first(service: &Service) {
     let order: Vec<&str> = started.into_iter().map(|(_, name)| name).collect();
     assert_eq!(order, ["urgent", "urgent-too", "plain", "low"]);
 }
+
+/// A submission to concurrency group `group`.
+pub fn in_group(group: &str, delay_ms: u64) -> JobRequest {
+    JobRequest {
+        group: Some(group.into()),
+        ..simulated(delay_ms)
+    }
+}
+
+/// Ten pushes to one branch, each cancelling the group's earlier jobs:
+/// only the last one succeeds, the others end `cancelled` naming a later
+/// job of the ten. `hosts` take the submissions in turn.
+pub async fn only_the_last_of_ten_pushes_builds(hosts: &[&Service]) {
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        let request = JobRequest {
+            cancel_in_progress: true,
+            ..in_group("team/app:main", 400)
+        };
+        ids.push(hosts[i % hosts.len()].submit(request).await.unwrap().id);
+    }
+    for (i, id) in ids.iter().enumerate() {
+        let job = finished(hosts[0], id).await;
+        if i == ids.len() - 1 {
+            assert_eq!(
+                job.state,
+                helix_build::job::State::Succeeded,
+                "{:?}",
+                job.error
+            );
+            continue;
+        }
+        let error = job.error.clone().unwrap_or_default();
+        assert_eq!(
+            job.state,
+            helix_build::job::State::Cancelled,
+            "push {i}: {error}"
+        );
+        let by = ids[i + 1..].iter().find(|later| {
+            error.contains(&format!(
+                "superseded by job {later} in group 'team/app:main'"
+            ))
+        });
+        assert!(by.is_some(), "push {i}: {error}");
+    }
+}
+
+/// Fifty jobs of a group allowing two at once, submitted together to
+/// `hosts` with more workers than that: never more than two run at once,
+/// and all succeed.
+pub async fn a_group_never_runs_more_than_max_running(hosts: &[&Service]) {
+    let submits = (0..50).map(|i| {
+        let host = hosts[i % hosts.len()];
+        async move {
+            host.submit(JobRequest {
+                max_running: Some(2),
+                ..in_group("nightly", 60)
+            })
+            .await
+            .unwrap()
+            .id
+        }
+    });
+    let ids = futures_util::future::join_all(submits).await;
+    let mut spans = Vec::new();
+    for id in &ids {
+        let job = finished(hosts[0], id).await;
+        assert_eq!(
+            job.state,
+            helix_build::job::State::Succeeded,
+            "{:?}",
+            job.error
+        );
+        spans.push((job.started_at.unwrap(), job.completed_at.unwrap()));
+    }
+    let most = spans
+        .iter()
+        .map(|(start, _)| {
+            spans
+                .iter()
+                .filter(|(s, e)| s <= start && start < e)
+                .count()
+        })
+        .max()
+        .unwrap();
+    assert!(most <= 2, "{most} of the group ran at once");
+    assert_eq!(most, 2, "the group used both places");
+}

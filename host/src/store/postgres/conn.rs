@@ -38,6 +38,9 @@ const MIGRATIONS: &[&str] = &[
     // What claims order by: priority, aged by the time waited.
     "ALTER TABLE jobs ADD COLUMN priority INTEGER NOT NULL DEFAULT 0, \
      ADD COLUMN queued_at TIMESTAMPTZ NOT NULL DEFAULT now();",
+    // Concurrency groups: claims count a group's running jobs.
+    "ALTER TABLE jobs ADD COLUMN grp TEXT, ADD COLUMN max_running INTEGER NOT NULL DEFAULT 1; \
+     CREATE INDEX running_by_group ON jobs (grp) WHERE state = 'running';",
 ];
 
 /// A connection and the statements prepared on it, so each is parsed and

@@ -47,7 +47,17 @@ async fn listen_once(
             match message {
                 Ok(tokio_postgres::AsyncMessage::Notification(n)) => {
                     let notice = match n.channel() {
-                        CANCEL_CHANNEL => Notice::Cancel(n.payload().to_string()),
+                        // `id` and the reason, a line apart (ask_cancel).
+                        CANCEL_CHANNEL => {
+                            let (id, reason) = n
+                                .payload()
+                                .split_once('\n')
+                                .unwrap_or((n.payload(), "cancelled by request"));
+                            Notice::Cancel {
+                                id: id.to_string(),
+                                reason: reason.to_string(),
+                            }
+                        }
                         CHANGED_CHANNEL => {
                             for id in n.payload().split(' ') {
                                 if relay.send(Notice::Changed(id.to_string())).is_err() {

@@ -270,6 +270,18 @@ impl JobStore for PostgresStore {
         .boxed()
     }
 
+    fn unfinished_in_group<'a>(&'a self, group: &'a str) -> Read<'a, Vec<Job>> {
+        async move {
+            self.jobs(
+                "SELECT body FROM jobs WHERE state IN ('queued', 'running') AND grp = $1 \
+                 ORDER BY seq",
+                &[&group],
+            )
+            .await
+        }
+        .boxed()
+    }
+
     fn prune(&self, ended_before: Option<DateTime<Utc>>, keep: Option<usize>) -> Read<'_, u64> {
         async move {
             let select = super::PRUNED_JOBS

@@ -49,18 +49,52 @@ impl PostgresStore {
         let mut slot = self.claims().await?;
         let client = slot.as_mut().expect("claims() connected it");
         let tx = client.transaction().await.map_err(db_error)?;
-        let row = tx
-            .query_opt(
-                // As job::effective_priority: one level per 60 s waited.
-                "SELECT body FROM jobs WHERE state = 'queued' AND builder = ANY($1) \
-                 ORDER BY priority + floor(extract(epoch FROM now() - queued_at) / 60) DESC, seq \
-                 LIMIT 1 FOR UPDATE SKIP LOCKED",
-                &[&builders],
-            )
-            .await
-            .map_err(db_error)?;
-        let Some(row) = row else {
-            return Ok(None);
+        // Groups found full during this claim; a job of one waits.
+        let mut full: Vec<String> = Vec::new();
+        let row = loop {
+            let row = tx
+                .query_opt(
+                    // As job::effective_priority: one level per 60 s waited.
+                    "SELECT body, grp, max_running FROM jobs q \
+                     WHERE state = 'queued' AND builder = ANY($1) \
+                     AND (grp IS NULL OR NOT (grp = ANY($2))) \
+                     ORDER BY priority + floor(extract(epoch FROM now() - queued_at) / 60) DESC, seq \
+                     LIMIT 1 FOR UPDATE SKIP LOCKED",
+                    &[&builders, &full],
+                )
+                .await
+                .map_err(db_error)?;
+            let Some(row) = row else {
+                return Ok(None);
+            };
+            let Some(group) = row.get::<_, Option<String>>(1) else {
+                break row;
+            };
+            // One claim at a time per group, on every host: counted after
+            // the lock, the count includes every claim committed before.
+            // A group another claim holds is skipped, never waited for (two
+            // claims waiting on each other's groups would deadlock).
+            let locked: bool = tx
+                .query_one("SELECT pg_try_advisory_xact_lock(hashtext($1))", &[&group])
+                .await
+                .map_err(db_error)?
+                .get(0);
+            if !locked {
+                full.push(group);
+                continue;
+            }
+            let running: i64 = tx
+                .query_one(
+                    "SELECT COUNT(*) FROM jobs WHERE state = 'running' AND grp = $1",
+                    &[&group],
+                )
+                .await
+                .map_err(db_error)?
+                .get(0);
+            if running < i64::from(row.get::<_, i32>(2)) {
+                break row;
+            }
+            full.push(group);
         };
         let mut job = parse_job(row.get(0))?;
         start(&mut job).map_err(|e| db_error(format!("a queued job cannot start: {e}")))?;
@@ -142,7 +176,8 @@ impl JobQueue for PostgresStore {
                 )
                 .await?;
             if asked == 1 {
-                self.notify(CANCEL_CHANNEL, id).await?;
+                self.notify(CANCEL_CHANNEL, &format!("{id}\n{reason}"))
+                    .await?;
             }
             Ok(asked == 1)
         }

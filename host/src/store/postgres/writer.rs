@@ -41,8 +41,8 @@ impl Writer {
         let prepare = |sql: &'static str| client.prepare(sql);
         let (insert, update, log, trim, notify) = tokio::try_join!(
             prepare(
-                "INSERT INTO jobs (id, state, builder, body, priority) VALUES ($1, $2, $3, $4, $5) \
-                 ON CONFLICT (id) DO NOTHING"
+                "INSERT INTO jobs (id, state, builder, body, priority, grp, max_running) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING"
             ),
             // Only the run that holds the job may change it: a host whose
             // lease ran out must not overwrite the next run.
@@ -132,6 +132,8 @@ async fn commit(
                 builder,
                 body,
                 priority,
+                group,
+                max_running,
                 insert: true,
                 ..
             } => {
@@ -143,7 +145,9 @@ async fn commit(
                         state.as_str(),
                         builder.clone(),
                         body.clone(),
-                        *priority
+                        *priority,
+                        group.clone(),
+                        i32::try_from(*max_running).unwrap_or(i32::MAX)
                     ],
                 ));
             }

@@ -804,6 +804,36 @@ fn cli_lists_shows_cancels_and_reads_logs() {
             .any(|l| l.starts_with("short") && l.contains("succeeded")),
         "{out}"
     );
+    // Submitted and listed by group, a name with a space and a colon.
+    let (ok, out, err) = cli(
+        &server,
+        None,
+        &[
+            "submit",
+            "--repo",
+            "https://h/grouped",
+            "--group",
+            "team app:main",
+            "--priority",
+            "-5",
+            "--json",
+        ],
+    );
+    assert!(ok, "{err}");
+    let grouped: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (grouped["group"].as_str(), grouped["priority"].as_i64()),
+        (Some("team app:main"), Some(-5))
+    );
+    let (ok, out, _) = cli(
+        &server,
+        None,
+        &["jobs", "--json", "--group", "team app:main"],
+    );
+    assert!(ok);
+    let listed: Vec<Value> = serde_json::from_str(&out).unwrap();
+    assert_eq!(listed.len(), 1, "{out}");
+    assert_eq!(listed[0]["id"], grouped["id"]);
     let (ok, out, _) = cli(&server, None, &["jobs", "--json", "--state", "succeeded"]);
     assert!(ok);
     let jobs: Value = serde_json::from_str(&out).unwrap();

@@ -23,6 +23,7 @@ use sha2::{Digest as _, Sha256};
 use crate::job::{Job, JobRequest, State as JobState};
 use crate::plugin::BuilderInfo;
 use crate::service::{JobPage, Service, ServiceError};
+use crate::store::JobFilter;
 
 /// Longest `wait` a client may ask for.
 const MAX_WAIT_SECS: u64 = 3600;
@@ -204,6 +205,8 @@ pub(crate) struct ListQuery {
     limit: Option<usize>,
     /// The previous page's `next_cursor`.
     cursor: Option<String>,
+    /// Only jobs of this concurrency group.
+    group: Option<String>,
 }
 
 #[utoipa::path(get, path = "/v1/jobs", summary = "list jobs, newest first", params(ListQuery),
@@ -218,7 +221,14 @@ pub(crate) async fn list(
     let limit = query.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
     Ok(Json(
         service
-            .list_page(query.state, limit, query.cursor.as_deref())
+            .list_page(
+                &JobFilter {
+                    state: query.state,
+                    group: query.group,
+                },
+                limit,
+                query.cursor.as_deref(),
+            )
             .await?,
     ))
 }

@@ -244,13 +244,22 @@ fn report(job: &Job, as_json: bool) {
 pub async fn jobs(
     client: &Client,
     state: Option<String>,
+    group: Option<String>,
     limit: usize,
     as_json: bool,
 ) -> Result<bool, String> {
-    let mut path = format!("/v1/jobs?limit={limit}");
-    if let Some(state) = state {
-        path.push_str(&format!("&state={state}"));
+    let mut path = reqwest::Url::parse("http://server/v1/jobs").expect("a fixed URL");
+    {
+        let mut query = path.query_pairs_mut();
+        query.append_pair("limit", &limit.to_string());
+        if let Some(state) = &state {
+            query.append_pair("state", state);
+        }
+        if let Some(group) = &group {
+            query.append_pair("group", group);
+        }
     }
+    let path = format!("{}?{}", path.path(), path.query().unwrap_or_default());
     let page: JobPage = client
         .json(Method::GET, &path, None)
         .await

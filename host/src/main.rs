@@ -98,6 +98,9 @@ enum ClientCommand {
         /// Only jobs in this state.
         #[arg(long)]
         state: Option<String>,
+        /// Only jobs of this concurrency group.
+        #[arg(long)]
+        group: Option<String>,
         #[arg(long, default_value_t = 50)]
         limit: usize,
     },
@@ -282,7 +285,11 @@ async fn client_command(
         ClientCommand::Submit { job, wait, follow } => {
             cli::submit(&client, *job, wait, follow, json).await
         }
-        ClientCommand::Jobs { state, limit } => cli::jobs(&client, state, limit, json).await,
+        ClientCommand::Jobs {
+            state,
+            group,
+            limit,
+        } => cli::jobs(&client, state, group, limit, json).await,
         ClientCommand::Get { id } => cli::get(&client, &id).await,
         ClientCommand::Cancel { id } => cli::cancel(&client, &id, json).await,
         ClientCommand::Logs {

@@ -12,7 +12,7 @@ use std::time::Duration;
 use chrono::Utc;
 use helix_build::job::{FailureKind, Job, JobId, JobRequest, Outcome, State, SubmitPolicy};
 use helix_build::queue::{JobQueue, LocalQueue, Notice};
-use helix_build::store::{JobStore, PostgresStore, SqliteStore, StoreError};
+use helix_build::store::{JobFilter, JobStore, PostgresStore, SqliteStore, StoreError};
 use helix_fixtures::Postgres;
 
 const LEASE: Duration = Duration::from_secs(30);
@@ -165,22 +165,54 @@ async fn pages_newest_first_by_state_from_a_cursor(store: &dyn JobStore, queue: 
     for i in 1..5 {
         store.insert(&job(&format!("p{i}"))).await.unwrap();
     }
-    let page = |state, limit, cursor| store.page(state, limit, cursor);
+    let all = JobFilter::default();
+    let running_only = JobFilter {
+        state: Some(State::Running),
+        ..JobFilter::default()
+    };
     assert_eq!(
-        ids(page(None, 2, None).await.unwrap().unwrap()),
+        ids(store.page(&all, 2, None).await.unwrap().unwrap()),
         ["p4", "p3"]
     );
     assert_eq!(
-        ids(page(None, 3, Some("p3")).await.unwrap().unwrap()),
+        ids(store.page(&all, 3, Some("p3")).await.unwrap().unwrap()),
         ["p2", "p1", "p0"]
     );
     assert_eq!(
-        ids(page(Some(State::Running), 1, None).await.unwrap().unwrap()),
+        ids(store.page(&running_only, 1, None).await.unwrap().unwrap()),
         ["p0"]
     );
-    assert!(page(None, 2, Some("gone")).await.unwrap().is_none());
+    assert!(store.page(&all, 2, Some("gone")).await.unwrap().is_none());
+    // By concurrency group, and by group and state together.
+    let mut grouped = job("p5");
+    grouped.group = Some("team/app:main".into());
+    store.insert(&grouped).await.unwrap();
+    let group = |state| JobFilter {
+        state,
+        group: Some("team/app:main".into()),
+    };
+    assert_eq!(
+        ids(store.page(&group(None), 10, None).await.unwrap().unwrap()),
+        ["p5"]
+    );
+    assert_eq!(
+        ids(store
+            .page(&group(Some(State::Queued)), 10, None)
+            .await
+            .unwrap()
+            .unwrap()),
+        ["p5"]
+    );
+    assert!(
+        store
+            .page(&group(Some(State::Running)), 10, None)
+            .await
+            .unwrap()
+            .unwrap()
+            .is_empty()
+    );
     let counts = store.count_by_state().await.unwrap();
-    for (state, added) in [(State::Queued, 4), (State::Running, 1), (State::Failed, 0)] {
+    for (state, added) in [(State::Queued, 5), (State::Running, 1), (State::Failed, 0)] {
         let now = count(&counts, state);
         assert_eq!(now, count(&earlier, state) + added, "{state}: {counts:?}");
     }

@@ -39,7 +39,7 @@ use crate::queue::{JobQueue, LostRun};
 use crate::registry::{Publisher, RegistrySettings};
 use crate::secrets::BuildSecrets;
 use crate::source::Checkout;
-use crate::store::{JobStore, StoreError};
+use crate::store::{JobFilter, JobStore, StoreError};
 use background::Changes;
 use table::{Entry, Table};
 
@@ -289,11 +289,12 @@ impl Service {
         self.inner.stored(id).await
     }
 
-    /// Up to `limit` jobs, newest first, optionally only those in `state`,
-    /// starting after job `cursor` (the previous page's `next_cursor`).
+    /// Up to `limit` jobs, newest first, only those `filter` lets
+    /// through, starting after job `cursor` (the previous page's
+    /// `next_cursor`).
     pub async fn list_page(
         &self,
-        state: Option<State>,
+        filter: &JobFilter,
         limit: usize,
         cursor: Option<&str>,
     ) -> Result<JobPage, ServiceError> {
@@ -301,7 +302,7 @@ impl Service {
             .inner
             .config
             .store
-            .page(state, limit.saturating_add(1), cursor)
+            .page(filter, limit.saturating_add(1), cursor)
             .await?
             .ok_or_else(|| ServiceError::UnknownCursor(cursor.unwrap_or_default().into()))?;
         let more = jobs.len() > limit;
@@ -322,7 +323,10 @@ impl Service {
 
     /// Every job, newest first.
     pub async fn list(&self) -> Result<Vec<Job>, ServiceError> {
-        Ok(self.list_page(None, usize::MAX, None).await?.jobs)
+        Ok(self
+            .list_page(&JobFilter::default(), usize::MAX, None)
+            .await?
+            .jobs)
     }
 
     /// The job's log and a receiver of its state changes, for following

@@ -22,6 +22,15 @@ use crate::log::LogLine;
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
+/// Which jobs a listing shows.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JobFilter {
+    /// Only jobs in this state.
+    pub state: Option<State>,
+    /// Only jobs of this concurrency group.
+    pub group: Option<String>,
+}
+
 /// A job as stored, with the log lines kept for it (oldest first).
 #[derive(Debug, Clone)]
 pub struct StoredJob {
@@ -83,8 +92,9 @@ pub trait JobStore: Send + Sync + 'static {
     /// Where job `id` is in submission order; `None` when no job has it.
     fn position<'a>(&'a self, id: &'a str) -> Read<'a, Option<i64>>;
     /// Up to `limit` jobs submitted before position `before`, newest
-    /// first, optionally only those in `state`.
-    fn before(&self, state: Option<State>, before: i64, limit: usize) -> Read<'_, Vec<Job>>;
+    /// first, only those `filter` lets through.
+    fn before<'a>(&'a self, filter: &'a JobFilter, before: i64, limit: usize)
+    -> Read<'a, Vec<Job>>;
     /// How many jobs are stored in each state.
     fn count_by_state(&self) -> Read<'_, Vec<(State, u64)>>;
     /// Every queued or running job in submission order, with its log.
@@ -97,11 +107,11 @@ pub trait JobStore: Send + Sync + 'static {
     /// how many it deleted. Queued and running jobs are never touched.
     fn prune(&self, ended_before: Option<DateTime<Utc>>, keep: Option<usize>) -> Read<'_, u64>;
 
-    /// Up to `limit` jobs, newest first, optionally only those in `state`,
+    /// Up to `limit` jobs, newest first, only those `filter` lets through,
     /// submitted before job `cursor`. `None` when `cursor` names no job.
     fn page<'a>(
         &'a self,
-        state: Option<State>,
+        filter: &'a JobFilter,
         limit: usize,
         cursor: Option<&'a str>,
     ) -> Read<'a, Option<Vec<Job>>> {
@@ -113,7 +123,7 @@ pub trait JobStore: Send + Sync + 'static {
                     None => return Ok(None),
                 },
             };
-            self.before(state, before, limit).await.map(Some)
+            self.before(filter, before, limit).await.map(Some)
         }
         .boxed()
     }

@@ -21,8 +21,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 use chrono::{DateTime, Utc};
 
 use super::{
-    Commit, JobStore, PRUNED_JOBS, REMEMBERED_LOGS, Read, StoreError, StoredJob, TRIM_EVERY, Write,
-    Writes, acknowledge, db_error, parse_job,
+    Commit, JobFilter, JobStore, PRUNED_JOBS, REMEMBERED_LOGS, Read, StoreError, StoredJob,
+    TRIM_EVERY, Write, Writes, acknowledge, db_error, parse_job,
 };
 use crate::job::{Job, JobId, State};
 use crate::log::LogLine;
@@ -419,19 +419,30 @@ impl JobStore for SqliteStore {
         ready(position)
     }
 
-    fn before(&self, state: Option<State>, before: i64, limit: usize) -> Read<'_, Vec<Job>> {
+    fn before<'a>(
+        &'a self,
+        filter: &'a JobFilter,
+        before: i64,
+        limit: usize,
+    ) -> Read<'a, Vec<Job>> {
         let db = self.reader();
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        ready(match state {
+        let group = filter.group.as_deref();
+        // Two statements, so a state's listing uses the state index.
+        ready(match filter.state {
             Some(state) => jobs(
                 &db,
-                "SELECT body FROM jobs WHERE state = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3",
-                params![state.as_str(), before, limit],
+                "SELECT body FROM jobs WHERE state = ?1 AND seq < ?2 \
+                 AND (?4 IS NULL OR json_extract(body, '$.group') = ?4) \
+                 ORDER BY seq DESC LIMIT ?3",
+                params![state.as_str(), before, limit, group],
             ),
             None => jobs(
                 &db,
-                "SELECT body FROM jobs WHERE seq < ?1 ORDER BY seq DESC LIMIT ?2",
-                params![before, limit],
+                "SELECT body FROM jobs WHERE seq < ?1 \
+                 AND (?3 IS NULL OR json_extract(body, '$.group') = ?3) \
+                 ORDER BY seq DESC LIMIT ?2",
+                params![before, limit, group],
             ),
         })
     }

@@ -31,7 +31,9 @@ use tokio::sync::{Mutex, broadcast, mpsc};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Row};
 
-use super::{Commit, JobStore, Read, StoreError, StoredJob, Writes, db_error, parse_job};
+use super::{
+    Commit, JobFilter, JobStore, Read, StoreError, StoredJob, Writes, db_error, parse_job,
+};
 use crate::job::{Job, JobId, State};
 use crate::log::LogLine;
 use crate::queue::Notice;
@@ -229,25 +231,21 @@ impl JobStore for PostgresStore {
         .boxed()
     }
 
-    fn before(&self, state: Option<State>, before: i64, limit: usize) -> Read<'_, Vec<Job>> {
+    fn before<'a>(
+        &'a self,
+        filter: &'a JobFilter,
+        before: i64,
+        limit: usize,
+    ) -> Read<'a, Vec<Job>> {
         async move {
             let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-            match state {
-                Some(state) => {
-                    self.jobs(
-                        "SELECT body FROM jobs WHERE state = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3",
-                        &[&state.as_str(), &before, &limit],
-                    )
-                    .await
-                }
-                None => {
-                    self.jobs(
-                        "SELECT body FROM jobs WHERE seq < $1 ORDER BY seq DESC LIMIT $2",
-                        &[&before, &limit],
-                    )
-                    .await
-                }
-            }
+            let state = filter.state.map(State::as_str);
+            self.jobs(
+                "SELECT body FROM jobs WHERE ($1::text IS NULL OR state = $1) \
+                 AND ($2::text IS NULL OR grp = $2) AND seq < $3 ORDER BY seq DESC LIMIT $4",
+                &[&state, &filter.group, &before, &limit],
+            )
+            .await
         }
         .boxed()
     }

@@ -18,9 +18,9 @@ pub struct LocalQueue {
     store: Arc<dyn JobStore>,
     /// Queued jobs, oldest first.
     waiting: Mutex<VecDeque<Job>>,
-    /// Jobs of a concurrency group this queue started, by group, until
-    /// the store shows them ended.
-    running_in_group: Mutex<HashMap<String, Vec<JobId>>>,
+    /// Runs of concurrency groups this queue started (job and attempt),
+    /// by group, until the store shows them over.
+    running_in_group: Mutex<HashMap<String, Vec<(JobId, u32)>>>,
     /// Runs the store showed running when the queue opened: an earlier
     /// process died running them.
     leftovers: Mutex<Vec<Job>>,
@@ -57,9 +57,11 @@ impl LocalQueue {
         self.waiting.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Forgets the grouped jobs the store shows ended.
+    /// Forgets the grouped runs the store shows over: the job ended, or
+    /// is queued again after that attempt (a claim's own write may not
+    /// have landed yet, so a job queued at an earlier attempt still runs).
     async fn forget_ended_runs(&self) -> Result<(), StoreError> {
-        let tracked: Vec<JobId> = self
+        let tracked: Vec<(JobId, u32)> = self
             .running_in_group
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -67,21 +69,24 @@ impl LocalQueue {
             .flatten()
             .cloned()
             .collect();
-        let mut ended = Vec::new();
-        for id in tracked {
+        let mut over = Vec::new();
+        for (id, attempt) in tracked {
             let job = self.store.get(id.as_str()).await?;
-            if job.is_none_or(|job| job.state.is_terminal()) {
-                ended.push(id);
+            let done = job.is_none_or(|job| {
+                job.state.is_terminal() || (job.state == State::Queued && job.attempts >= attempt)
+            });
+            if done {
+                over.push(id);
             }
         }
         let mut running = self
             .running_in_group
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        for ids in running.values_mut() {
-            ids.retain(|id| !ended.contains(id));
+        for runs in running.values_mut() {
+            runs.retain(|(id, _)| !over.contains(id));
         }
-        running.retain(|_, ids| !ids.is_empty());
+        running.retain(|_, runs| !runs.is_empty());
         Ok(())
     }
 
@@ -115,10 +120,11 @@ impl LocalQueue {
             .map(|(at, _)| at)?;
         let job = waiting.remove(at)?;
         if let Some(group) = &job.group {
+            // Counted as the attempt the claim is about to start.
             running
                 .entry(group.clone())
                 .or_default()
-                .push(job.id.clone());
+                .push((job.id.clone(), job.attempts + 1));
         }
         Some(job)
     }

@@ -930,7 +930,7 @@ fn every_documented_operation_exists_and_answers_a_documented_status() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 10, "every route of the router is documented");
+    assert_eq!(checked, 11, "every route of the router is documented");
 }
 
 #[test]
@@ -1267,4 +1267,128 @@ fn the_systemd_unit_verifies_with_the_built_binary() {
         !complaints.contains("helix-build.service"),
         "systemd has something to say about the unit: {complaints}"
     );
+}
+
+/// The hex HMAC-SHA256 of `body` with `secret`, as GitHub and Gitea sign.
+fn hmac_hex(secret: &str, body: &str) -> String {
+    use hmac::Mac as _;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(body.as_bytes());
+    hex::encode(mac.finalize().into_bytes())
+}
+
+/// A push of `git_ref` at commit `after` to `url`, with the fields each
+/// forge's documentation gives its push event (GitHub and Gitea name the
+/// URL `repository.clone_url`, GitLab `repository.git_http_url`).
+fn push_payload(forge: &str, git_ref: &str, after: &str, url: &str) -> String {
+    let url_field = if forge == "gitlab" {
+        "git_http_url"
+    } else {
+        "clone_url"
+    };
+    json!({
+        "ref": git_ref,
+        "before": "0000000000000000000000000000000000000000",
+        "after": after,
+        "repository": { "name": "app", url_field: url },
+        "commits": [],
+    })
+    .to_string()
+}
+
+/// The header lines `forge` sends with `body` (signed with `secret`) as
+/// delivery `delivery`.
+fn forge_headers(forge: &str, secret: &str, body: &str, delivery: &str) -> String {
+    match forge {
+        "github" => format!(
+            "X-GitHub-Event: push\r\nX-GitHub-Delivery: {delivery}\r\nX-Hub-Signature-256: sha256={}\r\n",
+            hmac_hex(secret, body)
+        ),
+        "gitea" => format!(
+            "X-Gitea-Event: push\r\nX-Gitea-Delivery: {delivery}\r\nX-Gitea-Signature: {}\r\n",
+            hmac_hex(secret, body)
+        ),
+        _ => format!(
+            "X-Gitlab-Event: Push Hook\r\nX-Gitlab-Event-UUID: {delivery}\r\nX-Gitlab-Token: {secret}\r\n"
+        ),
+    }
+}
+
+#[test]
+fn webhooks_build_signed_pushes_and_refuse_bad_signatures_replays_and_other_branches() {
+    let data = tempfile::tempdir().unwrap();
+    let secret_file = |forge: &str| {
+        let path = data.path().join(format!("{forge}.secret"));
+        std::fs::write(&path, format!("{forge}-hook-secret")).unwrap();
+        path
+    };
+    let config = data.path().join("helix.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "token = \"a-token-the-forges-never-send\"\n\
+             [webhooks]\n\
+             github = {{ file = \"{}\" }}\n\
+             gitea = {{ file = \"{}\" }}\n\
+             gitlab = {{ file = \"{}\" }}\n\
+             [[webhook_rules]]\n\
+             repository = \"https://git.example/team/*\"\n\
+             refs = [\"refs/heads/main\"]\n",
+            secret_file("github").display(),
+            secret_file("gitea").display(),
+            secret_file("gitlab").display()
+        ),
+    )
+    .unwrap();
+    let server = Server::start_in(data.path(), &["--config", config.to_str().unwrap()]);
+    let commit = "4f5c8d0e3a2b1c9d8e7f6a5b4c3d2e1f0a9b8c7d";
+    let url = "https://git.example/team/app.git";
+    for forge in ["github", "gitea", "gitlab"] {
+        let secret = format!("{forge}-hook-secret");
+        let path = format!("/v1/hooks/{forge}");
+        let delivery = format!("72d3162e-cc78-11e3-81ab-4c9367dc09{}", forge.len());
+        let body = push_payload(forge, "refs/heads/main", commit, url);
+
+        let (status, answer) = server.raw(
+            "POST",
+            &path,
+            &body,
+            &forge_headers(forge, &secret, &body, &delivery),
+        );
+        assert_eq!(status, 202, "{forge}: {answer}");
+        let job: Value = serde_json::from_str(&answer).unwrap();
+        assert_eq!(job["id"], format!("hook-{forge}-{delivery}"), "{forge}");
+        assert_eq!(job["ref"], commit, "{forge}: the pushed commit is built");
+        assert_eq!(job["repo_url"], url);
+        assert_eq!(job["group"], format!("{url}:main"));
+        assert_eq!(job["cancel_in_progress"], true);
+
+        let (status, answer) = server.raw(
+            "POST",
+            &path,
+            &body,
+            &forge_headers(forge, &secret, &body, &delivery),
+        );
+        assert_eq!(status, 409, "{forge}: a replayed delivery: {answer}");
+        assert!(answer.contains("received before"), "{answer}");
+
+        let forged = forge_headers(forge, "not-the-secret", &body, "another-delivery");
+        let (status, answer) = server.raw("POST", &path, &body, &forged);
+        assert_eq!(status, 401, "{forge}: a wrong signature: {answer}");
+        let unsigned = forge_headers(forge, &secret, &body, "yet-another")
+            .lines()
+            .filter(|l| !l.contains("Signature") && !l.contains("Token"))
+            .map(|l| format!("{l}\r\n"))
+            .collect::<String>();
+        let (status, answer) = server.raw("POST", &path, &body, &unsigned);
+        assert_eq!(status, 401, "{forge}: no signature: {answer}");
+        assert!(answer.contains("not signed"), "{answer}");
+
+        let feature = push_payload(forge, "refs/heads/feature", commit, url);
+        let headers = forge_headers(forge, &secret, &feature, &format!("feature-{forge}"));
+        let (status, answer) = server.raw("POST", &path, &feature, &headers);
+        assert_eq!(status, 204, "{forge}: a branch no rule builds: {answer}");
+    }
+    let (status, _) = server.raw("POST", "/v1/hooks/bitbucket", "{}", "");
+    assert_eq!(status, 404);
 }

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sha2::{Digest as _, Sha256};
 
+use crate::hooks::{Forge, HookError, Hooked};
 use crate::job::{Job, JobRequest, State as JobState};
 use crate::plugin::BuilderInfo;
 use crate::service::{JobPage, Service, ServiceError};
@@ -51,6 +52,8 @@ pub fn router(service: Service, token: Option<&str>) -> Router {
     }
     Router::new()
         .route("/healthz", get(healthz))
+        // Outside the token: a forge signs its deliveries instead.
+        .route("/v1/hooks/{forge}", post(hook))
         .route("/metrics", get(metrics))
         .merge(v1)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -393,6 +396,61 @@ async fn follow_events(
     Ok(futures_util::StreamExt::flat_map(batches, |events| {
         stream::iter(events.into_iter().map(Ok))
     }))
+}
+
+/// A forge's delivery: 202 with the job it made, 204 when it builds
+/// nothing, 401 for a bad or missing signature, 409 for a replay.
+#[utoipa::path(post, path = "/v1/hooks/{forge}",
+    summary = "a git push from GitHub, Gitea/Forgejo or GitLab, signed as the forge signs",
+    security(()),
+    params(("forge" = String, Path, description = "github, gitea, forgejo or gitlab")),
+    responses((status = 202, description = "the job the push made", body = Job),
+        (status = 204, description = "a delivery that builds nothing (no rule, a deleted branch, another event)"),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 503, body = ErrorBody)))]
+pub(crate) async fn hook(
+    State(service): State<Service>,
+    Path(forge): Path<String>,
+    headers: header::HeaderMap,
+    body: axum::body::Bytes,
+) -> ApiResult<Response> {
+    let error = |status, code, message: String| ApiError {
+        status,
+        code,
+        message,
+    };
+    let forge = Forge::from_route(&forge).ok_or_else(|| {
+        error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no forge {forge:?}: use github, gitea, forgejo or gitlab"),
+        )
+    })?;
+    let request = match service.webhooks().receive(forge, &headers, &body) {
+        Ok(Hooked::Job(request)) => *request,
+        Ok(Hooked::Ignored(why)) => {
+            tracing::info!(forge = forge.name(), "webhook delivery ignored: {why}");
+            return Ok(StatusCode::NO_CONTENT.into_response());
+        }
+        Err(e) => {
+            let (status, code) = match &e {
+                HookError::NotConfigured(_) => (StatusCode::NOT_FOUND, "not_found"),
+                HookError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+                HookError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            };
+            return Err(error(status, code, e.to_string()));
+        }
+    };
+    match service.submit(request).await {
+        Ok(job) => Ok((StatusCode::ACCEPTED, Json(job)).into_response()),
+        Err(ServiceError::Duplicate(id)) => Err(error(
+            StatusCode::CONFLICT,
+            "duplicate_delivery",
+            format!("this delivery was received before (job {id}); a replay builds nothing"),
+        )),
+        Err(e) => Err(e.into()),
+    }
 }
 
 #[utoipa::path(get, path = "/v1/openapi.json", summary = "this document",

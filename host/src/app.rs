@@ -79,6 +79,7 @@ pub async fn start_with(
     extend(&mut runtime);
     let cgroups = control_groups(config, &runtime)?;
     let secrets = config.build_secrets()?;
+    let webhooks = Arc::new(config.webhooks()?);
     let registries = Arc::new(config.registry_settings());
     let service_config = ServiceConfig {
         workers: config.workers,
@@ -98,6 +99,7 @@ pub async fn start_with(
         cgroups,
         keep_failed_workspaces: config.keep_failed_workspaces,
         retention: config.retention(),
+        webhooks,
         queue_ttl: (config.queue_ttl_secs > 0).then(|| Duration::from_secs(config.queue_ttl_secs)),
         store,
         queue,

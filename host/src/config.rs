@@ -13,6 +13,7 @@ use crate::builtin;
 use crate::cache::BuildCache;
 use crate::cgroup::BuildLimits;
 use crate::exec::{Grants, ValuePolicy};
+use crate::hooks::{HookRule, Webhooks};
 use crate::log::OutputCaps;
 use crate::network::BuildNetwork;
 use crate::plugin::{BuilderSource, Limits, Origin};
@@ -65,6 +66,11 @@ pub struct Config {
     /// Seconds a job may wait in the queue before it ends `expired`,
     /// unless it sets its own `queue_ttl_secs`; 0: no limit.
     pub queue_ttl_secs: u64,
+    /// Incoming git webhooks: each forge's secret (`github`, `gitea` or
+    /// `forgejo`, `gitlab`); a forge without one has no hook here.
+    pub webhooks: BTreeMap<String, SecretSource>,
+    /// What a webhook's push builds: the first rule that matches.
+    pub webhook_rules: Vec<HookRule>,
     /// Days an ended job (and its log) is kept; 0: for ever.
     pub retention_days: u64,
     /// Ended jobs kept at most, the newest; 0: no limit.
@@ -206,6 +212,8 @@ impl Default for Config {
             keep_failed_workspaces: false,
             // As a CI job waiting for a runner: a day.
             queue_ttl_secs: 24 * 3600,
+            webhooks: BTreeMap::new(),
+            webhook_rules: Vec::new(),
             retention_days: 30,
             retention_jobs: 0,
             store_url: None,
@@ -421,6 +429,14 @@ impl Config {
     }
 
     /// The build secrets, read from the server's environment and files.
+    /// The webhook secrets, read now, and the rules.
+    pub fn webhooks(&self) -> Result<Webhooks, ConfigError> {
+        Webhooks::load(&self.webhooks, self.webhook_rules.clone(), |name| {
+            std::env::var(name).ok()
+        })
+        .map_err(ConfigError::Invalid)
+    }
+
     pub fn build_secrets(&self) -> Result<BuildSecrets, ConfigError> {
         BuildSecrets::load(&self.secrets, |name| std::env::var(name).ok())
             .map_err(ConfigError::Invalid)

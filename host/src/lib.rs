@@ -13,6 +13,7 @@ pub mod cgroup;
 pub mod client;
 pub mod config;
 pub mod exec;
+pub mod hooks;
 pub mod job;
 pub mod log;
 pub mod manifest;

@@ -25,7 +25,8 @@ use crate::api;
         api::cancel,
         api::wait,
         api::logs,
-        api::builders
+        api::builders,
+        api::hook
     ),
     modifiers(&BearerToken),
     security(("bearer" = []))

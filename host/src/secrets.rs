@@ -67,6 +67,11 @@ impl BuildSecrets {
         Ok(BuildSecrets { values })
     }
 
+    /// The value of secret `name`.
+    pub(crate) fn value(&self, name: &str) -> Option<&str> {
+        self.values.get(name).map(String::as_str)
+    }
+
     /// Names a job may ask for.
     pub fn names(&self) -> BTreeSet<String> {
         self.values.keys().cloned().collect()

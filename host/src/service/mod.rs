@@ -32,6 +32,7 @@ use tokio::task::JoinSet;
 
 use crate::cache::BuildCache;
 use crate::cgroup::Cgroups;
+use crate::hooks::Webhooks;
 use crate::job::{InvalidJob, Job, JobId, JobRequest, Outcome, State, SubmitPolicy};
 use crate::log::{JobLog, LogLine, OutputCaps, Redactor};
 use crate::plugin::PluginRuntime;
@@ -66,6 +67,8 @@ pub struct ServiceConfig {
     pub retention: Retention,
     /// How long a job waits in the queue before it expires, unless it says.
     pub queue_ttl: Option<Duration>,
+    /// Incoming git webhooks and what they build.
+    pub webhooks: Arc<Webhooks>,
     /// Pushes what real builders built and confirms it in the registry.
     pub publisher: Publisher,
     /// How builds reach registries (for their base images).
@@ -211,6 +214,11 @@ impl Service {
             .try_lock()
             .expect("nobody else holds the new service") = workers;
         Ok(Service { inner })
+    }
+
+    /// The webhook settings.
+    pub fn webhooks(&self) -> &Webhooks {
+        &self.inner.config.webhooks
     }
 
     pub fn runtime(&self) -> &PluginRuntime {

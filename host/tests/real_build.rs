@@ -644,3 +644,51 @@ async fn foreign_platforms_run_their_steps_under_emulation_from_a_multi_arch_bas
     let podman = builders.into_iter().find(|b| b.name == "podman").unwrap();
     assert_eq!(podman.platforms, Some(here));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_outage_is_retried_and_a_failing_step_is_not() {
+    let mut registry = Registry::start(false);
+    let repo = Repo::new();
+    let dir = tempfile::tempdir().unwrap();
+    let service = start(&common::real_config(&dir, &registry.address)).await;
+
+    // The registry is down for the first attempt's push, back before the
+    // second.
+    registry.stop();
+    let pushed = service.submit(job(&repo, "podman", "main")).await.unwrap();
+    let logs = common::until_logged(&service, &pushed.id, |l| l.contains("starts in")).await;
+    let announced = logs.iter().find(|l| l.contains("starts in")).unwrap();
+    assert!(
+        announced.starts_with("[helix] attempt 1 of 2 failed: registry error: ")
+            && announced.contains("an infrastructure fault, so attempt 2 starts in"),
+        "{announced}"
+    );
+    registry.resume();
+    let retried = common::finished(&service, &pushed.id).await;
+    assert_eq!(retried.state, State::Succeeded, "{:?}", retried.error);
+    assert_eq!(retried.attempts, 2, "each attempt is counted on the job");
+    let logs = service.logs(pushed.id.as_str()).await.unwrap().texts();
+    assert_eq!(
+        logs.iter()
+            .filter(|l| l.starts_with("[helix] checking out"))
+            .count(),
+        2,
+        "the second attempt starts afresh: {logs:?}"
+    );
+
+    // The user's own failure is not retried.
+    let failing = JobRequest {
+        dockerfile_path: Some("failing/Dockerfile".into()),
+        ..job(&repo, "podman", "main")
+    };
+    let failed = run(&service, failing).await;
+    assert_eq!(failed.state, State::Failed);
+    assert!(
+        failed
+            .error
+            .as_deref()
+            .unwrap_or_default()
+            .starts_with("build error:")
+    );
+    assert_eq!(failed.attempts, 1);
+}

@@ -140,6 +140,21 @@ impl Job {
         Ok(format!("[helix] {what}; no attempts left"))
     }
 
+    /// Another attempt of a running job whose last one hit an
+    /// infrastructure fault: counts it and stamps `started_at`.
+    pub fn next_attempt(&mut self, now: DateTime<Utc>) -> Result<(), TransitionError> {
+        if self.state != State::Running {
+            return Err(TransitionError {
+                id: self.id.to_string(),
+                from: self.state,
+                to: State::Running,
+            });
+        }
+        self.attempts += 1;
+        self.started_at = Some(now);
+        Ok(())
+    }
+
     /// Moves to the terminal state of `outcome`, recording its result or
     /// error and stamping `completed_at`.
     pub fn finish(&mut self, outcome: Outcome, now: DateTime<Utc>) -> Result<(), TransitionError> {

@@ -256,6 +256,14 @@ impl JobQueue for LocalQueue {
         std::future::ready(Ok(self.waiting().len())).boxed()
     }
 
+    fn next_attempt<'a>(&'a self, _job: &'a Job, next: &'a Job) -> Read<'a, bool> {
+        async move {
+            self.store.update(next).await?;
+            Ok(true)
+        }
+        .boxed()
+    }
+
     fn waiting_jobs(&self) -> Read<'_, Vec<Job>> {
         std::future::ready(Ok(self.waiting().iter().cloned().collect())).boxed()
     }

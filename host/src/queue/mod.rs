@@ -80,6 +80,11 @@ pub trait JobQueue: Send + Sync + 'static {
     /// The jobs waiting, on every host, oldest first.
     fn waiting_jobs(&self) -> Read<'_, Vec<Job>>;
 
+    /// Records that this host starts another attempt of `job`, which it
+    /// runs (`next` is the job with the attempt counted); false when the
+    /// host no longer holds the job.
+    fn next_attempt<'a>(&'a self, job: &'a Job, next: &'a Job) -> Read<'a, bool>;
+
     /// News: jobs queued, cancellations asked for, jobs changed.
     fn notices(&self) -> broadcast::Receiver<Notice>;
 }

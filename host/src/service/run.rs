@@ -66,11 +66,56 @@ impl Inner {
     }
 
     /// Runs a claimed job to its end and records it.
+    /// Runs a claimed job to its end and records it. A run that ends at
+    /// the registry (a push or pull refused or unreachable) is an
+    /// infrastructure fault, not the user's: it is tried again, after a
+    /// backoff, while attempts are left. Nothing else is retried.
     pub(super) async fn run(self: &Arc<Self>, claimed: Claimed) {
-        let outcome = self
-            .execute(&claimed.job, &claimed.log, &claimed.cancel)
-            .await;
-        self.record(&claimed.job.id, outcome).await;
+        let mut job = claimed.job.clone();
+        loop {
+            let outcome = self.execute(&job, &claimed.log, &claimed.cancel).await;
+            let max = self.config.max_attempts;
+            let fault = match &outcome {
+                Outcome::Failed {
+                    kind: FailureKind::Registry,
+                    ..
+                } if job.attempts < max => outcome.error().unwrap_or_default(),
+                _ => return self.record(&job.id, outcome).await,
+            };
+            let delay = retry_delay(job.attempts + 1);
+            claimed.log.push(&format!(
+                "[helix] attempt {} of {max} failed: {fault}; an infrastructure fault, so attempt {} starts in {:.1}s",
+                job.attempts,
+                job.attempts + 1,
+                delay.as_secs_f64()
+            ));
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = claimed.cancel.cancelled() => {
+                    let reason = claimed.cancel.reason();
+                    return self.record(&job.id, Outcome::Cancelled { reason }).await;
+                }
+            }
+            let mut next = job.clone();
+            if next.next_attempt(Utc::now()).is_err() {
+                return self.record(&job.id, outcome).await;
+            }
+            match self.config.queue.next_attempt(&job, &next).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    // Another host has it now; this run is over.
+                    return self.record(&job.id, outcome).await;
+                }
+                Err(e) => {
+                    tracing::warn!(job = %job.id, "cannot record another attempt: {e}");
+                    return self.record(&job.id, outcome).await;
+                }
+            }
+            if let Some(entry) = self.lock().jobs.get_mut(&job.id) {
+                entry.job.clone_from(&next);
+            }
+            job = next;
+        }
     }
 
     /// Runs `job` in a fresh workspace: for a real builder the host checks
@@ -368,6 +413,23 @@ impl Inner {
     }
 }
 
+/// The first retry waits about this long; each later one twice as long.
+const RETRY_BASE: std::time::Duration = std::time::Duration::from_secs(2);
+const RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The wait before attempt `next` (2, 3, …) after an infrastructure
+/// fault: [`RETRY_BASE`] doubled per attempt since the second, at most
+/// [`RETRY_MAX`], then a random point in its second half ("equal
+/// jitter"), so jobs that failed together do not retry together.
+fn retry_delay(next: u32) -> std::time::Duration {
+    use std::hash::BuildHasher as _;
+    let full = RETRY_BASE
+        .saturating_mul(1 << next.saturating_sub(2).min(10))
+        .min(RETRY_MAX);
+    let random = std::collections::hash_map::RandomState::new().hash_one(next);
+    full / 2 + (full / 2).mul_f64((random % 1000) as f64 / 1000.0)
+}
+
 /// The disk limit a build filled, if it filled one: its workspace's, or
 /// the layer cache slot it built in.
 /// A tool that ran out of space may have freed it again before it
@@ -420,4 +482,27 @@ fn blame_limit(outcome: Outcome, limit: &str) -> Outcome {
         FailureKind::Limit,
         format!("the build reached its {limit}; {message}"),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_back_off_exponentially_with_jitter_up_to_a_cap() {
+        for next in 2..20 {
+            let full = RETRY_BASE
+                .saturating_mul(1 << (next - 2).min(10))
+                .min(RETRY_MAX);
+            let delay = retry_delay(next);
+            assert!(
+                full / 2 <= delay && delay <= full,
+                "attempt {next}: {delay:?}"
+            );
+        }
+        assert!(retry_delay(2) <= RETRY_BASE && retry_delay(3) >= RETRY_BASE);
+        assert!(retry_delay(40) <= RETRY_MAX);
+        let spread: std::collections::BTreeSet<_> = (0..20).map(|_| retry_delay(4)).collect();
+        assert!(spread.len() > 1, "jitter: {spread:?}");
+    }
 }

@@ -282,6 +282,27 @@ impl JobQueue for PostgresStore {
         .boxed()
     }
 
+    fn next_attempt<'a>(&'a self, job: &'a Job, next: &'a Job) -> Read<'a, bool> {
+        async move {
+            let body = serde_json::to_string(next).map_err(db_error)?;
+            let (was, now) = (
+                i32::try_from(job.attempts).unwrap_or(i32::MAX),
+                i32::try_from(next.attempts).unwrap_or(i32::MAX),
+            );
+            // Only while this host holds this run: the writer's updates
+            // check the attempt count from now on.
+            let changed = self
+                .execute(
+                    "UPDATE jobs SET attempts = $2, body = $3 \
+                     WHERE id = $1 AND state = 'running' AND owner = $4 AND attempts = $5",
+                    &[&job.id.as_str(), &now, &body, &self.host, &was],
+                )
+                .await?;
+            Ok(changed == 1)
+        }
+        .boxed()
+    }
+
     fn waiting_jobs(&self) -> Read<'_, Vec<Job>> {
         async move {
             self.jobs(

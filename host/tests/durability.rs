@@ -98,14 +98,19 @@ async fn interrupted_jobs_run_again_while_attempts_remain() {
     let dir = tempfile::tempdir().unwrap();
     let config = config(&dir, 1, 10);
     interrupted_job(&config, "was-running", 1).await;
+    let restarted = Utc::now();
     let service = start(&config).await;
     let job = finished(&service, &JobId::parse("was-running").unwrap()).await;
     assert_eq!(job.state, State::Succeeded, "{:?}", job.error);
     assert_eq!(job.attempts, 2);
+    // A run lost with its host is retried after a backoff of at least a
+    // second (2 s at most, with jitter).
+    let waited = job.started_at.unwrap() - restarted;
+    assert!(waited >= chrono::Duration::milliseconds(1000), "{waited}");
     let logs = service.logs("was-running").await.unwrap().texts();
     assert!(
         logs.iter()
-            .any(|l| l.contains("queued again (attempt 2 of 2)")),
+            .any(|l| l.contains("queued again (attempt 2 of 2, in ")),
         "{logs:?}"
     );
     let runs = logs

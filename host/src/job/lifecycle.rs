@@ -98,6 +98,7 @@ impl Job {
         self.state = State::Running;
         self.attempts += 1;
         self.started_at = Some(now);
+        self.not_before = None;
         Ok(())
     }
 
@@ -119,19 +120,23 @@ impl Job {
     }
 
     /// A running job whose run was lost with its host (the host died, or
-    /// stopped renewing its lease; `what` says which): queued again while
-    /// it has attempts left (the lost attempt stays counted), else failed.
-    /// Returns the log line that says which.
+    /// stopped renewing its lease; `what` says which): queued again, to be
+    /// claimed no earlier than `not_before`, while it has attempts left
+    /// (the lost attempt stays counted), else failed. Returns the log line
+    /// that says which.
     pub fn recover_lost_run(
         &mut self,
         max_attempts: u32,
         what: &str,
         now: DateTime<Utc>,
+        not_before: DateTime<Utc>,
     ) -> Result<String, TransitionError> {
         if self.attempts < max_attempts {
             self.requeue_after_interruption()?;
+            self.not_before = Some(not_before);
+            let wait = (not_before - now).num_milliseconds().max(0) as f64 / 1000.0;
             return Ok(format!(
-                "[helix] {what}; queued again (attempt {} of {max_attempts})",
+                "[helix] {what}; queued again (attempt {} of {max_attempts}, in {wait:.1}s)",
                 self.attempts + 1
             ));
         }

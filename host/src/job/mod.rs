@@ -111,6 +111,10 @@ pub struct Job {
     /// Whether submitting it cancelled its group's earlier jobs.
     #[serde(default)]
     pub cancel_in_progress: bool,
+    /// Queued again after its host was lost: not claimed before this
+    /// (the retry's backoff).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before: Option<DateTime<Utc>>,
     pub builder: String,
     pub image: Option<String>,
     pub state: State,

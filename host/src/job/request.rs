@@ -240,6 +240,7 @@ impl Job {
                 None => 1,
             },
             cancel_in_progress: request.cancel_in_progress,
+            not_before: None,
             group,
             builder,
             image: request.image,

@@ -109,7 +109,7 @@ impl LocalQueue {
         let at = waiting
             .iter()
             .enumerate()
-            .filter(|(_, job)| has_room(job))
+            .filter(|(_, job)| has_room(job) && job.not_before.is_none_or(|at| at <= now))
             .max_by_key(|(at, job)| {
                 let waited = (now - job.created_at).num_seconds();
                 (

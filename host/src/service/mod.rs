@@ -552,13 +552,17 @@ impl Inner {
         for lost in queue.lost_runs(own_too).await? {
             let what = lost_run_cause(&lost, queue.host());
             let mut job = lost.job.clone();
-            let line = match job.recover_lost_run(self.config.max_attempts, &what, Utc::now()) {
-                Ok(line) => line,
-                Err(e) => {
-                    tracing::error!(job = %job.id, "cannot recover: {e}");
-                    continue;
-                }
-            };
+            let now = Utc::now();
+            let backoff =
+                chrono::Duration::from_std(run::retry_delay(job.attempts + 1)).unwrap_or_default();
+            let line =
+                match job.recover_lost_run(self.config.max_attempts, &what, now, now + backoff) {
+                    Ok(line) => line,
+                    Err(e) => {
+                        tracing::error!(job = %job.id, "cannot recover: {e}");
+                        continue;
+                    }
+                };
             if queue.replace_lost(&lost, &job, &line).await? {
                 tracing::warn!(job = %job.id, state = %job.state, "{what}");
                 recovered += 1;

@@ -421,7 +421,7 @@ const RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(60);
 /// fault: [`RETRY_BASE`] doubled per attempt since the second, at most
 /// [`RETRY_MAX`], then a random point in its second half ("equal
 /// jitter"), so jobs that failed together do not retry together.
-fn retry_delay(next: u32) -> std::time::Duration {
+pub(super) fn retry_delay(next: u32) -> std::time::Duration {
     use std::hash::BuildHasher as _;
     let full = RETRY_BASE
         .saturating_mul(1 << next.saturating_sub(2).min(10))

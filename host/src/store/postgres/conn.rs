@@ -41,6 +41,8 @@ const MIGRATIONS: &[&str] = &[
     // Concurrency groups: claims count a group's running jobs.
     "ALTER TABLE jobs ADD COLUMN grp TEXT, ADD COLUMN max_running INTEGER NOT NULL DEFAULT 1; \
      CREATE INDEX running_by_group ON jobs (grp) WHERE state = 'running';",
+    // A lost run queued again waits out its backoff.
+    "ALTER TABLE jobs ADD COLUMN not_before TIMESTAMPTZ;",
 ];
 
 /// A connection and the statements prepared on it, so each is parsed and

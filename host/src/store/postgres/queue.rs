@@ -58,6 +58,7 @@ impl PostgresStore {
                     "SELECT body, grp, max_running FROM jobs q \
                      WHERE state = 'queued' AND builder = ANY($1) \
                      AND (grp IS NULL OR NOT (grp = ANY($2))) \
+                     AND (not_before IS NULL OR not_before <= now()) \
                      ORDER BY priority + floor(extract(epoch FROM now() - queued_at) / 60) DESC, seq \
                      LIMIT 1 FOR UPDATE SKIP LOCKED",
                     &[&builders, &full],
@@ -222,7 +223,8 @@ impl JobQueue for PostgresStore {
             // lease (its own host may take its leftovers back at once).
             let changed = self
                 .execute(
-                    "UPDATE jobs SET state = $2, body = $3, owner = NULL, lease_until = NULL \
+                    "UPDATE jobs SET state = $2, body = $3, owner = NULL, lease_until = NULL, \
+                     not_before = $7::text::timestamptz \
                      WHERE id = $1 AND state = 'running' AND owner = $4 AND attempts = $5 \
                      AND (lease_until < now() OR owner = $6)",
                     &[
@@ -232,6 +234,7 @@ impl JobQueue for PostgresStore {
                         &lost.owner,
                         &attempts,
                         &self.host,
+                        &recovered.not_before.map(|at| at.to_rfc3339()),
                     ],
                 )
                 .await?;

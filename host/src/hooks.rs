@@ -244,13 +244,9 @@ fn verify<'a>(
     match forge {
         Forge::GitLab => {
             let token = header("x-gitlab-token").ok_or_else(|| missing("X-Gitlab-Token"))?;
-            // Equal-length digests, compared without an early exit.
-            let (given, expected) = (Sha256::digest(token), Sha256::digest(secret));
-            let differs = given
-                .iter()
-                .zip(expected.iter())
-                .fold(0, |acc, (a, b)| acc | (a ^ b));
-            (differs == 0).then_some(()).ok_or_else(wrong)
+            crate::secrets::matches_digest(token.as_bytes(), &Sha256::digest(secret))
+                .then_some(())
+                .ok_or_else(wrong)
         }
         Forge::GitHub | Forge::Gitea => {
             let hex_signature = match forge {

@@ -33,6 +33,19 @@ pub struct BuildSecrets {
     values: BTreeMap<String, String>,
 }
 
+/// Whether `given` is the secret whose SHA-256 is `expected`, compared
+/// digest to digest with a constant-time fold, so the time taken says
+/// nothing about how much of it matched (or how long the secret is).
+pub(crate) fn matches_digest(given: &[u8], expected: &sha2::digest::Output<sha2::Sha256>) -> bool {
+    use sha2::Digest as _;
+    let given = sha2::Sha256::digest(given);
+    given
+        .iter()
+        .zip(expected.iter())
+        .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+        == 0
+}
+
 /// The files a job's secrets were written to, by name.
 pub type SecretFiles = BTreeMap<String, PathBuf>;
 

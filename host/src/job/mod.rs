@@ -143,6 +143,24 @@ pub struct BuildSteps {
 }
 
 /// What jobs stored before `context` existed were built from.
+impl Job {
+    /// How long it may wait in the queue: its own TTL, else `default`.
+    pub fn queue_ttl(&self, default: Option<std::time::Duration>) -> Option<std::time::Duration> {
+        self.queue_ttl_secs
+            .map(std::time::Duration::from_secs)
+            .or(default)
+    }
+
+    /// Whether it has waited past its queue TTL at `now`.
+    pub fn is_overdue(&self, default_ttl: Option<std::time::Duration>, now: DateTime<Utc>) -> bool {
+        self.queue_ttl(default_ttl).is_some_and(|ttl| {
+            (now - self.created_at)
+                .to_std()
+                .is_ok_and(|waited| waited >= ttl)
+        })
+    }
+}
+
 fn one() -> u32 {
     1
 }

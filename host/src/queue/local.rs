@@ -264,8 +264,18 @@ impl JobQueue for LocalQueue {
         .boxed()
     }
 
-    fn waiting_jobs(&self) -> Read<'_, Vec<Job>> {
-        std::future::ready(Ok(self.waiting().iter().cloned().collect())).boxed()
+    fn overdue(
+        &self,
+        default_ttl: Option<Duration>,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Read<'_, Vec<Job>> {
+        let overdue = self
+            .waiting()
+            .iter()
+            .filter(|job| job.is_overdue(default_ttl, now))
+            .cloned()
+            .collect();
+        std::future::ready(Ok(overdue)).boxed()
     }
 
     fn notices(&self) -> broadcast::Receiver<Notice> {

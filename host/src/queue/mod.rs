@@ -12,6 +12,7 @@ mod local;
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use tokio::sync::broadcast;
 
 use crate::job::{Job, JobId, TransitionError};
@@ -77,8 +78,9 @@ pub trait JobQueue: Send + Sync + 'static {
     /// How many jobs wait, on every host.
     fn depth(&self) -> Read<'_, usize>;
 
-    /// The jobs waiting, on every host, oldest first.
-    fn waiting_jobs(&self) -> Read<'_, Vec<Job>>;
+    /// The waiting jobs, on every host, that have waited past their
+    /// queue TTL (their own, else `default_ttl`) at `now`, oldest first.
+    fn overdue(&self, default_ttl: Option<Duration>, now: DateTime<Utc>) -> Read<'_, Vec<Job>>;
 
     /// Records that this host starts another attempt of `job`, which it
     /// runs (`next` is the job with the attempt counted); false when the

@@ -62,26 +62,18 @@ pub(super) async fn expire_waiting(inner: Weak<Inner>) {
         let Some(inner) = inner.upgrade() else {
             return;
         };
-        let waiting = match inner.config.queue.waiting_jobs().await {
-            Ok(waiting) => waiting,
+        let now = chrono::Utc::now();
+        let default_ttl = inner.config.queue_ttl;
+        let overdue = match inner.config.queue.overdue(default_ttl, now).await {
+            Ok(overdue) => overdue,
             Err(e) => {
                 tracing::warn!("cannot look for expired jobs: {e}");
                 continue;
             }
         };
-        let now = chrono::Utc::now();
-        for job in waiting {
-            let ttl = match job.queue_ttl_secs {
-                Some(secs) => Duration::from_secs(secs),
-                None => match inner.config.queue_ttl {
-                    Some(ttl) => ttl,
-                    None => continue,
-                },
-            };
+        for job in overdue {
+            let ttl = job.queue_ttl(default_ttl).unwrap_or_default();
             let waited = (now - job.created_at).to_std().unwrap_or_default();
-            if waited < ttl {
-                continue;
-            }
             let mut ended = job;
             let message = format!(
                 "waited {} in the queue, past its queue TTL of {} (queue_ttl_secs): no worker \

@@ -306,13 +306,28 @@ impl JobQueue for PostgresStore {
         .boxed()
     }
 
-    fn waiting_jobs(&self) -> Read<'_, Vec<Job>> {
+    fn overdue(
+        &self,
+        default_ttl: Option<Duration>,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Read<'_, Vec<Job>> {
         async move {
-            self.jobs(
-                "SELECT body FROM jobs WHERE state = 'queued' ORDER BY seq",
-                &[],
-            )
-            .await
+            // Only candidates leave the database; Job::is_overdue decides,
+            // as the local queue does.
+            let default_secs = default_ttl.map(|ttl| ttl.as_secs_f64());
+            let jobs = self
+                .jobs(
+                    "SELECT body FROM jobs WHERE state = 'queued' \
+                     AND queued_at + make_interval(secs => \
+                         COALESCE((body::jsonb ->> 'queue_ttl_secs')::float8, $1)) <= now() \
+                     ORDER BY seq",
+                    &[&default_secs],
+                )
+                .await?;
+            Ok(jobs
+                .into_iter()
+                .filter(|job| job.is_overdue(default_ttl, now))
+                .collect())
         }
         .boxed()
     }

@@ -148,7 +148,8 @@ impl Inner {
         // earlier attempt's (its processes reaped when this host started)
         // is removed first, never reused.
         let run = run_name(&job.id, job.attempts);
-        for earlier in 0..job.attempts {
+        // Attempts count from 1: the first run has no earlier one.
+        for earlier in 1..job.attempts {
             let old = self.config.workspace_dir.join(run_name(&job.id, earlier));
             crate::quota::release(&old, &crate::quota::image_of(&old));
             if old.exists()

@@ -80,6 +80,7 @@ pub async fn start_with(
     let cgroups = control_groups(config, &runtime)?;
     let secrets = config.build_secrets()?;
     let webhooks = Arc::new(config.webhooks()?);
+    let notifications = Arc::new(config.notifications()?);
     let registries = Arc::new(config.registry_settings());
     let service_config = ServiceConfig {
         workers: config.workers,
@@ -100,6 +101,7 @@ pub async fn start_with(
         keep_failed_workspaces: config.keep_failed_workspaces,
         retention: config.retention(),
         webhooks,
+        notifications,
         queue_ttl: (config.queue_ttl_secs > 0).then(|| Duration::from_secs(config.queue_ttl_secs)),
         store,
         queue,

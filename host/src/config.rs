@@ -16,6 +16,7 @@ use crate::exec::{Grants, ValuePolicy};
 use crate::hooks::{HookRule, Webhooks};
 use crate::log::OutputCaps;
 use crate::network::BuildNetwork;
+use crate::notify::{Notifications, NotifyTarget};
 use crate::plugin::{BuilderSource, Limits, Origin};
 use crate::registry::RegistrySettings;
 use crate::secrets::{BuildSecrets, SecretSource};
@@ -71,6 +72,10 @@ pub struct Config {
     pub webhooks: BTreeMap<String, SecretSource>,
     /// What a webhook's push builds: the first rule that matches.
     pub webhook_rules: Vec<HookRule>,
+    /// Where each job's end is POSTed, signed (see [`crate::notify`]).
+    /// Hosts sharing a database should list the same ones: any of them
+    /// may send a notification owed for a job another ran.
+    pub notifications: Vec<NotifyTarget>,
     /// Days an ended job (and its log) is kept; 0: for ever.
     pub retention_days: u64,
     /// Ended jobs kept at most, the newest; 0: no limit.
@@ -214,6 +219,7 @@ impl Default for Config {
             queue_ttl_secs: 24 * 3600,
             webhooks: BTreeMap::new(),
             webhook_rules: Vec::new(),
+            notifications: Vec::new(),
             retention_days: 30,
             retention_jobs: 0,
             store_url: None,
@@ -428,7 +434,6 @@ impl Config {
         Ok(self)
     }
 
-    /// The build secrets, read from the server's environment and files.
     /// The webhook secrets, read now, and the rules.
     pub fn webhooks(&self) -> Result<Webhooks, ConfigError> {
         Webhooks::load(&self.webhooks, self.webhook_rules.clone(), |name| {
@@ -437,6 +442,13 @@ impl Config {
         .map_err(ConfigError::Invalid)
     }
 
+    /// The notification targets, their secrets read now.
+    pub fn notifications(&self) -> Result<Notifications, ConfigError> {
+        Notifications::load(&self.notifications, |name| std::env::var(name).ok())
+            .map_err(ConfigError::Invalid)
+    }
+
+    /// The build secrets, read from the server's environment and files.
     pub fn build_secrets(&self) -> Result<BuildSecrets, ConfigError> {
         BuildSecrets::load(&self.secrets, |name| std::env::var(name).ok())
             .map_err(ConfigError::Invalid)

@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod app;
+pub mod backoff;
 pub mod builtin;
 pub mod cache;
 pub mod cancel;
@@ -18,6 +19,7 @@ pub mod job;
 pub mod log;
 pub mod manifest;
 pub mod network;
+pub mod notify;
 pub mod openapi;
 pub mod platform;
 pub mod plugin;

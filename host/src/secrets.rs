@@ -27,6 +27,29 @@ pub struct SecretSource {
     pub file: Option<PathBuf>,
 }
 
+impl SecretSource {
+    /// The value, read now through `host_env` for a variable; errors name
+    /// the config key `at`.
+    pub(crate) fn read(
+        &self,
+        at: &str,
+        host_env: impl Fn(&str) -> Option<String>,
+    ) -> Result<String, String> {
+        let value = match (&self.env, &self.file) {
+            (Some(var), None) => host_env(var).ok_or_else(|| {
+                format!("{at}: environment variable {var} is not set on this server")
+            })?,
+            (None, Some(file)) => std::fs::read_to_string(file)
+                .map_err(|e| format!("{at}: cannot read {}: {e}", file.display()))?,
+            _ => return Err(format!("{at}: set exactly one of `env` and `file`")),
+        };
+        if value.is_empty() {
+            return Err(format!("{at}: the value is empty"));
+        }
+        Ok(value)
+    }
+}
+
 /// The operator's secrets, read when the server starts.
 #[derive(Debug, Clone, Default)]
 pub struct BuildSecrets {
@@ -64,18 +87,7 @@ impl BuildSecrets {
                     "{at}: a secret name is 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit"
                 ));
             }
-            let value = match (&source.env, &source.file) {
-                (Some(var), None) => host_env(var).ok_or_else(|| {
-                    format!("{at}: environment variable {var} is not set on this server")
-                })?,
-                (None, Some(file)) => std::fs::read_to_string(file)
-                    .map_err(|e| format!("{at}: cannot read {}: {e}", file.display()))?,
-                _ => return Err(format!("{at}: set exactly one of `env` and `file`")),
-            };
-            if value.is_empty() {
-                return Err(format!("{at}: the value is empty"));
-            }
-            values.insert(name.clone(), value);
+            values.insert(name.clone(), source.read(&at, &host_env)?);
         }
         Ok(BuildSecrets { values })
     }

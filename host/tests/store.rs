@@ -12,7 +12,9 @@ use std::time::Duration;
 use chrono::Utc;
 use helix_build::job::{FailureKind, Job, JobId, JobRequest, Outcome, State, SubmitPolicy};
 use helix_build::queue::{JobQueue, LocalQueue, Notice};
-use helix_build::store::{JobFilter, JobStore, PostgresStore, SqliteStore, StoreError};
+use helix_build::store::{
+    JobFilter, JobStore, OwedNotification, PostgresStore, SqliteStore, StoreError,
+};
 use helix_fixtures::Postgres;
 
 const LEASE: Duration = Duration::from_secs(30);
@@ -144,6 +146,94 @@ async fn prunes_ended_jobs_and_their_logs_never_live_ones(
     );
 }
 
+/// The ids of `owed`, sorted, with how many deliveries each has begun.
+fn owed_ids(owed: &[OwedNotification]) -> Vec<(String, u32)> {
+    let mut ids: Vec<_> = owed
+        .iter()
+        .map(|o| (o.job.id.to_string(), o.attempts))
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// Every way a job ends owes one notification, in the write that ends
+/// it: a run's end, and a queued job withdrawn. Taken, it is nobody
+/// else's until its lease runs out; settled, it is gone or due again
+/// with the targets already told.
+async fn owes_one_notification_per_ended_job(store: &dyn JobStore, queue: &dyn JobQueue) {
+    let day = Duration::from_secs(24 * 3600);
+    let mut ran = running(queue, "told", "notifying").await;
+    running(queue, "still-running", "notifying").await;
+    let mut withdrawn = job("withdrawn");
+    queue.enqueue(&withdrawn).await.unwrap();
+    assert!(store.owed_notifications(day, 10).await.unwrap().is_empty());
+
+    ran.finish(Outcome::failed(FailureKind::Build, "RUN false"), Utc::now())
+        .unwrap();
+    store.update(&ran).await.unwrap();
+    // A second write of the same end owes nothing more.
+    store.update(&ran).await.unwrap();
+    withdrawn
+        .finish(
+            Outcome::Cancelled {
+                reason: "by request".into(),
+            },
+            Utc::now(),
+        )
+        .unwrap();
+    assert!(
+        queue
+            .withdraw(&withdrawn, "[test] withdrawn")
+            .await
+            .unwrap()
+    );
+
+    // A lease of nothing: handed out again at once, as after a crash.
+    let owed = store.owed_notifications(Duration::ZERO, 10).await.unwrap();
+    assert_eq!(
+        owed_ids(&owed),
+        [("told".into(), 1), ("withdrawn".into(), 1)]
+    );
+    let told = owed.iter().find(|o| o.job.id.as_str() == "told").unwrap();
+    assert_eq!(told.job.state, State::Failed, "the job as it ended");
+    assert!(told.delivered.is_empty());
+    let owed = store.owed_notifications(day, 10).await.unwrap();
+    assert_eq!(
+        owed_ids(&owed),
+        [("told".into(), 2), ("withdrawn".into(), 2)]
+    );
+    assert!(
+        store.owed_notifications(day, 10).await.unwrap().is_empty(),
+        "taken for a day"
+    );
+
+    let delivered = vec!["http://127.0.0.1:1/a".to_string()];
+    store
+        .settle_notification("told", &delivered, Some(Duration::ZERO))
+        .await
+        .unwrap();
+    let owed = store.owed_notifications(day, 10).await.unwrap();
+    assert_eq!(owed_ids(&owed), [("told".into(), 3)]);
+    assert_eq!(owed[0].delivered, delivered);
+    store
+        .settle_notification("told", &delivered, None)
+        .await
+        .unwrap();
+    store
+        .settle_notification("withdrawn", &[], Some(Duration::ZERO))
+        .await
+        .unwrap();
+    // Pruning a job drops what is owed for it.
+    store.prune(None, Some(0)).await.unwrap();
+    assert!(
+        store
+            .owed_notifications(Duration::ZERO, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
 async fn refuses_a_duplicate_id(store: &dyn JobStore) {
     store.insert(&job("once")).await.unwrap();
     let again = store.insert(&job("once")).await;
@@ -246,6 +336,13 @@ async fn sqlite_prunes_ended_jobs_and_their_logs_never_live_ones() {
 }
 
 #[tokio::test]
+async fn sqlite_owes_one_notification_per_ended_job() {
+    let (_dir, store) = sqlite();
+    let queue = LocalQueue::open(store.clone()).await.unwrap();
+    owes_one_notification_per_ended_job(store.as_ref(), &queue).await;
+}
+
+#[tokio::test]
 async fn sqlite_refuses_a_duplicate_id() {
     refuses_a_duplicate_id(sqlite().1.as_ref()).await;
 }
@@ -267,6 +364,8 @@ async fn sqlite_keeps_about_the_last_cap_log_lines() {
 async fn postgres_keeps_the_store_contract() {
     let server = Postgres::start();
     let store = postgres(&server, "host-a").await;
+    // First: it takes every notification owed.
+    owes_one_notification_per_ended_job(store.as_ref(), store.as_ref()).await;
     keeps_state_result_and_log_in_order(store.as_ref(), store.as_ref()).await;
     refuses_a_duplicate_id(store.as_ref()).await;
     pages_newest_first_by_state_from_a_cursor(store.as_ref(), store.as_ref()).await;

@@ -95,6 +95,55 @@ pub(super) async fn expire_waiting(inner: Weak<Inner>) {
     }
 }
 
+/// How often the store is asked for notifications that are due.
+const NOTIFY_EVERY: Duration = Duration::from_secs(1);
+
+/// Notifications taken from the store at once, and sent at once.
+const NOTIFY_BATCH: usize = 16;
+
+/// How long notifications taken from the store are this host's to send
+/// (it takes them again after that if it died or hung meanwhile).
+const NOTIFY_LEASE: Duration = Duration::from_secs(120);
+
+/// Sends the notifications owed for ended jobs (whichever host ended
+/// them) as they fall due, every [`NOTIFY_EVERY`], and records in the
+/// store how each went. Ends with the service; what it had not sent is
+/// sent by the next process.
+pub(super) async fn send_notifications(inner: Weak<Inner>) {
+    let mut tick = tokio::time::interval(NOTIFY_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        let store = &inner.config.store;
+        let owed = match store.owed_notifications(NOTIFY_LEASE, NOTIFY_BATCH).await {
+            Ok(owed) => owed,
+            Err(e) => {
+                tracing::warn!("cannot read the notifications owed: {e}");
+                continue;
+            }
+        };
+        let full = owed.len() == NOTIFY_BATCH;
+        let sends = owed.iter().map(|owed| async {
+            let delivery = inner.config.notifications.deliver(owed).await;
+            let id = owed.job.id.as_str();
+            if let Err(e) = store
+                .settle_notification(id, &delivery.delivered, delivery.retry_in)
+                .await
+            {
+                tracing::warn!(job = %id, "cannot record a notification's delivery: {e}");
+            }
+        });
+        futures_util::future::join_all(sends).await;
+        if full {
+            // More are due: take them now rather than after a tick.
+            tick.reset_immediately();
+        }
+    }
+}
+
 /// `d` for a person: `45s`, `3m 20s`, `2h 5m`.
 fn human_duration(d: Duration) -> String {
     let secs = d.as_secs();

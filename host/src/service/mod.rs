@@ -35,6 +35,7 @@ use crate::cgroup::Cgroups;
 use crate::hooks::Webhooks;
 use crate::job::{InvalidJob, Job, JobId, JobRequest, Outcome, State, SubmitPolicy};
 use crate::log::{JobLog, LogLine, OutputCaps, Redactor};
+use crate::notify::Notifications;
 use crate::plugin::PluginRuntime;
 use crate::queue::{JobQueue, LostRun};
 use crate::registry::{Publisher, RegistrySettings};
@@ -69,6 +70,8 @@ pub struct ServiceConfig {
     pub queue_ttl: Option<Duration>,
     /// Incoming git webhooks and what they build.
     pub webhooks: Arc<Webhooks>,
+    /// Where each job's end is told.
+    pub notifications: Arc<Notifications>,
     /// Pushes what real builders built and confirms it in the registry.
     pub publisher: Publisher,
     /// How builds reach registries (for their base images).
@@ -204,6 +207,9 @@ impl Service {
         tokio::spawn(background::expire_waiting(Arc::downgrade(&inner)));
         if inner.config.retention.prunes() {
             tokio::spawn(background::prune_ended(Arc::downgrade(&inner)));
+        }
+        if !inner.config.notifications.is_empty() {
+            tokio::spawn(background::send_notifications(Arc::downgrade(&inner)));
         }
         tokio::spawn(background::relay_notices(
             Arc::downgrade(&inner),
@@ -554,7 +560,7 @@ impl Inner {
             let mut job = lost.job.clone();
             let now = Utc::now();
             let backoff =
-                chrono::Duration::from_std(run::retry_delay(job.attempts + 1)).unwrap_or_default();
+                chrono::Duration::from_std(run::RETRY.delay(job.attempts)).unwrap_or_default();
             let line =
                 match job.recover_lost_run(self.config.max_attempts, &what, now, now + backoff) {
                     Ok(line) => line,

@@ -10,6 +10,7 @@ use tokio::sync::watch;
 use super::Inner;
 use super::background::IDLE_POLL;
 use super::table::Entry;
+use crate::backoff::Backoff;
 use crate::cache::CacheSlot;
 use crate::cancel::CancelSignal;
 use crate::cgroup::{LimitHit, RunCgroup};
@@ -82,7 +83,7 @@ impl Inner {
                 } if job.attempts < max => outcome.error().unwrap_or_default(),
                 _ => return self.record(&job.id, outcome).await,
             };
-            let delay = retry_delay(job.attempts + 1);
+            let delay = RETRY.delay(job.attempts);
             claimed.log.push(&format!(
                 "[helix] attempt {} of {max} failed: {fault}; an infrastructure fault, so attempt {} starts in {:.1}s",
                 job.attempts,
@@ -414,22 +415,11 @@ impl Inner {
     }
 }
 
-/// The first retry waits about this long; each later one twice as long.
-const RETRY_BASE: std::time::Duration = std::time::Duration::from_secs(2);
-const RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(60);
-
-/// The wait before attempt `next` (2, 3, …) after an infrastructure
-/// fault: [`RETRY_BASE`] doubled per attempt since the second, at most
-/// [`RETRY_MAX`], then a random point in its second half ("equal
-/// jitter"), so jobs that failed together do not retry together.
-pub(super) fn retry_delay(next: u32) -> std::time::Duration {
-    use std::hash::BuildHasher as _;
-    let full = RETRY_BASE
-        .saturating_mul(1 << next.saturating_sub(2).min(10))
-        .min(RETRY_MAX);
-    let random = std::collections::hash_map::RandomState::new().hash_one(next);
-    full / 2 + (full / 2).mul_f64((random % 1000) as f64 / 1000.0)
-}
+/// The wait between attempts after an infrastructure fault.
+pub(super) const RETRY: Backoff = Backoff {
+    first: std::time::Duration::from_secs(2),
+    max: std::time::Duration::from_secs(60),
+};
 
 /// The disk limit a build filled, if it filled one: its workspace's, or
 /// the layer cache slot it built in.
@@ -483,27 +473,4 @@ fn blame_limit(outcome: Outcome, limit: &str) -> Outcome {
         FailureKind::Limit,
         format!("the build reached its {limit}; {message}"),
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn retries_back_off_exponentially_with_jitter_up_to_a_cap() {
-        for next in 2..20 {
-            let full = RETRY_BASE
-                .saturating_mul(1 << (next - 2).min(10))
-                .min(RETRY_MAX);
-            let delay = retry_delay(next);
-            assert!(
-                full / 2 <= delay && delay <= full,
-                "attempt {next}: {delay:?}"
-            );
-        }
-        assert!(retry_delay(2) <= RETRY_BASE && retry_delay(3) >= RETRY_BASE);
-        assert!(retry_delay(40) <= RETRY_MAX);
-        let spread: std::collections::BTreeSet<_> = (0..20).map(|_| retry_delay(4)).collect();
-        assert!(spread.len() > 1, "jitter: {spread:?}");
-    }
 }

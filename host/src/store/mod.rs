@@ -11,6 +11,8 @@
 mod postgres;
 mod sqlite;
 
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 use futures_util::FutureExt as _;
 use futures_util::future::BoxFuture;
@@ -36,6 +38,20 @@ pub struct JobFilter {
 pub struct StoredJob {
     pub job: Job,
     pub log: Vec<LogLine>,
+}
+
+/// A notification owed because a job ended, as [`JobStore::owed_notifications`]
+/// hands it out. The stores owe one for every job that reaches an end
+/// state, in the same transaction as that state (a database trigger), so
+/// no way of ending a job can skip it and no crash can lose it.
+#[derive(Debug, Clone)]
+pub struct OwedNotification {
+    /// The job as it ended.
+    pub job: Job,
+    /// The targets (their URLs) already told.
+    pub delivered: Vec<String>,
+    /// Deliveries begun, this one included.
+    pub attempts: u32,
 }
 
 /// Why the store could not do what was asked.
@@ -107,6 +123,21 @@ pub trait JobStore: Send + Sync + 'static {
     /// how many it deleted. Queued and running jobs are never touched.
     fn prune(&self, ended_before: Option<DateTime<Utc>>, keep: Option<usize>) -> Read<'_, u64>;
 
+    /// Takes up to `limit` of the owed notifications that are due, oldest
+    /// first, for `lease`: until then no one else (no other host, no later
+    /// process) is handed them, and after it they are handed out again, so
+    /// one whose sender died is still sent.
+    fn owed_notifications(&self, lease: Duration, limit: usize) -> Read<'_, Vec<OwedNotification>>;
+    /// Records how delivering job `id`'s notification went: `retry_in`
+    /// `None` when it is settled (every target told, or given up), else
+    /// the targets told so far and how long until the rest are tried again.
+    fn settle_notification<'a>(
+        &'a self,
+        id: &'a str,
+        delivered: &'a [String],
+        retry_in: Option<Duration>,
+    ) -> Read<'a, ()>;
+
     /// Up to `limit` jobs, newest first, only those `filter` lets through,
     /// submitted before job `cursor`. `None` when `cursor` names no job.
     fn page<'a>(
@@ -159,6 +190,16 @@ impl Writes {
             cap,
         });
     }
+}
+
+/// How the targets already told are kept in the outbox's `delivered`
+/// column: one URL per line (URLs hold no line breaks).
+pub(crate) fn delivered_column(delivered: &[String]) -> String {
+    delivered.join("\n")
+}
+
+pub(crate) fn delivered_from_column(column: &str) -> Vec<String> {
+    column.lines().map(String::from).collect()
 }
 
 /// A job read back from its stored body.

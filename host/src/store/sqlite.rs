@@ -21,8 +21,9 @@ use rusqlite::{Connection, OptionalExtension, params};
 use chrono::{DateTime, Utc};
 
 use super::{
-    Commit, JobFilter, JobStore, PRUNED_JOBS, REMEMBERED_LOGS, Read, StoreError, StoredJob,
-    TRIM_EVERY, Write, Writes, acknowledge, db_error, parse_job,
+    Commit, JobFilter, JobStore, OwedNotification, PRUNED_JOBS, REMEMBERED_LOGS, Read, StoreError,
+    StoredJob, TRIM_EVERY, Write, Writes, acknowledge, db_error, delivered_column,
+    delivered_from_column, parse_job,
 };
 use crate::job::{Job, JobId, State};
 use crate::log::LogLine;
@@ -48,6 +49,23 @@ const MIGRATIONS: &[&str] = &[
     "CREATE INDEX jobs_by_state ON jobs (state, seq);",
     // When each line was taken, in microseconds since the Unix epoch.
     "ALTER TABLE job_logs ADD COLUMN at INTEGER;",
+    // The notifications owed for ended jobs: owed by the same transaction
+    // that ends the job, whichever write does. `due_at` is in microseconds
+    // since the Unix epoch.
+    "
+    CREATE TABLE outbox (
+        job_id    TEXT PRIMARY KEY,
+        due_at    INTEGER NOT NULL,
+        attempts  INTEGER NOT NULL DEFAULT 0,
+        delivered TEXT NOT NULL DEFAULT ''
+    ) WITHOUT ROWID;
+    CREATE INDEX outbox_by_due ON outbox (due_at);
+    CREATE TRIGGER outbox_when_ended AFTER UPDATE OF state ON jobs
+    WHEN OLD.state IN ('queued', 'running') AND NEW.state NOT IN ('queued', 'running')
+    BEGIN
+        INSERT OR IGNORE INTO outbox (job_id, due_at) VALUES (NEW.id, 0);
+    END;
+    ",
 ];
 
 /// How often the WAL is checkpointed into the database file.
@@ -351,11 +369,59 @@ fn prune(
         .map_err(db_error)?;
     for id in &ids {
         tx.execute("DELETE FROM job_logs WHERE job_id = ?1", [id])
+            .and_then(|_| tx.execute("DELETE FROM outbox WHERE job_id = ?1", [id]))
             .and_then(|_| tx.execute("DELETE FROM jobs WHERE id = ?1", [id]))
             .map_err(db_error)?;
     }
     tx.commit().map_err(db_error)?;
     Ok(ids.len() as u64)
+}
+
+/// Microseconds since the Unix epoch, `after` from now: the outbox's time.
+fn micros_from_now(after: std::time::Duration) -> i64 {
+    let at = Utc::now() + chrono::Duration::from_std(after).unwrap_or(chrono::Duration::MAX);
+    at.timestamp_micros()
+}
+
+/// What [`JobStore::owed_notifications`] says, in one transaction.
+fn take_owed(
+    db: &Connection,
+    lease: std::time::Duration,
+    limit: usize,
+) -> Result<Vec<OwedNotification>, StoreError> {
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let tx = rusqlite::Transaction::new_unchecked(db, rusqlite::TransactionBehavior::Immediate)
+        .map_err(db_error)?;
+    let taken: Vec<(String, String, u32)> = tx
+        .prepare_cached(
+            "UPDATE outbox SET due_at = ?2, attempts = attempts + 1 WHERE job_id IN \
+             (SELECT job_id FROM outbox WHERE due_at <= ?1 ORDER BY due_at LIMIT ?3) \
+             RETURNING job_id, delivered, attempts",
+        )
+        .and_then(|mut s| {
+            s.query_map(
+                params![
+                    micros_from_now(Default::default()),
+                    micros_from_now(lease),
+                    limit
+                ],
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+            )?
+            .collect()
+        })
+        .map_err(db_error)?;
+    let mut owed = Vec::with_capacity(taken.len());
+    for (id, delivered, attempts) in taken {
+        if let Some(job) = jobs(&tx, "SELECT body FROM jobs WHERE id = ?1", [&id])?.pop() {
+            owed.push(OwedNotification {
+                job,
+                delivered: delivered_from_column(&delivered),
+                attempts,
+            });
+        }
+    }
+    tx.commit().map_err(db_error)?;
+    Ok(owed)
 }
 
 /// The jobs whose bodies `query` selects with `params`.
@@ -472,6 +538,31 @@ impl JobStore for SqliteStore {
 
     fn prune(&self, ended_before: Option<DateTime<Utc>>, keep: Option<usize>) -> Read<'_, u64> {
         ready(prune(&self.reader(), ended_before, keep))
+    }
+
+    fn owed_notifications(
+        &self,
+        lease: std::time::Duration,
+        limit: usize,
+    ) -> Read<'_, Vec<OwedNotification>> {
+        ready(take_owed(&self.reader(), lease, limit))
+    }
+
+    fn settle_notification<'a>(
+        &'a self,
+        id: &'a str,
+        delivered: &'a [String],
+        retry_in: Option<std::time::Duration>,
+    ) -> Read<'a, ()> {
+        let db = self.reader();
+        let settled = match retry_in {
+            None => db.execute("DELETE FROM outbox WHERE job_id = ?1", [id]),
+            Some(after) => db.execute(
+                "UPDATE outbox SET delivered = ?2, due_at = ?3 WHERE job_id = ?1",
+                params![id, delivered_column(delivered), micros_from_now(after)],
+            ),
+        };
+        ready(settled.map(drop).map_err(db_error))
     }
 
     fn load_unfinished(&self) -> Read<'_, Vec<StoredJob>> {

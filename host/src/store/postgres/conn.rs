@@ -43,6 +43,25 @@ const MIGRATIONS: &[&str] = &[
      CREATE INDEX running_by_group ON jobs (grp) WHERE state = 'running';",
     // A lost run queued again waits out its backoff.
     "ALTER TABLE jobs ADD COLUMN not_before TIMESTAMPTZ;",
+    // The notifications owed for ended jobs: owed by the same transaction
+    // that ends the job, whichever host's write does.
+    "
+    CREATE TABLE outbox (
+        job_id    TEXT PRIMARY KEY,
+        due_at    TIMESTAMPTZ NOT NULL DEFAULT now(),
+        attempts  INTEGER NOT NULL DEFAULT 0,
+        delivered TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX outbox_by_due ON outbox (due_at);
+    CREATE FUNCTION helix_owe_notification() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        INSERT INTO outbox (job_id) VALUES (NEW.id) ON CONFLICT DO NOTHING;
+        RETURN NULL;
+    END $$;
+    CREATE TRIGGER outbox_when_ended AFTER UPDATE OF state ON jobs FOR EACH ROW
+        WHEN (OLD.state IN ('queued', 'running') AND NEW.state NOT IN ('queued', 'running'))
+        EXECUTE FUNCTION helix_owe_notification();
+    ",
 ];
 
 /// A connection and the statements prepared on it, so each is parsed and

@@ -32,7 +32,8 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Row};
 
 use super::{
-    Commit, JobFilter, JobStore, Read, StoreError, StoredJob, Writes, db_error, parse_job,
+    Commit, JobFilter, JobStore, OwedNotification, Read, StoreError, StoredJob, Writes, db_error,
+    delivered_column, delivered_from_column, parse_job,
 };
 use crate::job::{Job, JobId, State};
 use crate::log::LogLine;
@@ -290,7 +291,8 @@ impl JobStore for PostgresStore {
                 .replace("CUTOFF", "$1::text::timestamptz");
             let sql = format!(
                 "WITH doomed AS ({select}), \
-                 logs AS (DELETE FROM job_logs WHERE job_id IN (SELECT id FROM doomed)) \
+                 logs AS (DELETE FROM job_logs WHERE job_id IN (SELECT id FROM doomed)), \
+                 owed AS (DELETE FROM outbox WHERE job_id IN (SELECT id FROM doomed)) \
                  DELETE FROM jobs WHERE id IN (SELECT id FROM doomed)"
             );
             let cutoff = ended_before.map(|at| at.to_rfc3339());
@@ -300,6 +302,59 @@ impl JobStore for PostgresStore {
                 .execute(&sql, &[&cutoff, &keep])
                 .await
                 .map_err(db_error)
+        }
+        .boxed()
+    }
+
+    fn owed_notifications(&self, lease: Duration, limit: usize) -> Read<'_, Vec<OwedNotification>> {
+        async move {
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            // SKIP LOCKED: hosts taking at once take different ones.
+            let rows = self
+                .query(
+                    "UPDATE outbox o SET due_at = now() + make_interval(secs => $1), \
+                     attempts = o.attempts + 1 FROM jobs j \
+                     WHERE j.id = o.job_id AND o.job_id IN (SELECT job_id FROM outbox \
+                       WHERE due_at <= now() ORDER BY due_at LIMIT $2 FOR UPDATE SKIP LOCKED) \
+                     RETURNING j.body, o.delivered, o.attempts",
+                    &[&lease.as_secs_f64(), &limit],
+                )
+                .await?;
+            rows.iter()
+                .map(|row| {
+                    Ok(OwedNotification {
+                        job: parse_job(row.get(0))?,
+                        delivered: delivered_from_column(row.get(1)),
+                        attempts: u32::try_from(row.get::<_, i32>(2)).unwrap_or(0),
+                    })
+                })
+                .collect()
+        }
+        .boxed()
+    }
+
+    fn settle_notification<'a>(
+        &'a self,
+        id: &'a str,
+        delivered: &'a [String],
+        retry_in: Option<Duration>,
+    ) -> Read<'a, ()> {
+        async move {
+            match retry_in {
+                None => {
+                    self.execute("DELETE FROM outbox WHERE job_id = $1", &[&id])
+                        .await?
+                }
+                Some(after) => {
+                    self.execute(
+                        "UPDATE outbox SET delivered = $2, \
+                         due_at = now() + make_interval(secs => $3) WHERE job_id = $1",
+                        &[&id, &delivered_column(delivered), &after.as_secs_f64()],
+                    )
+                    .await?
+                }
+            };
+            Ok(())
         }
         .boxed()
     }

@@ -1392,3 +1392,177 @@ fn webhooks_build_signed_pushes_and_refuse_bad_signatures_replays_and_other_bran
     let (status, _) = server.raw("POST", "/v1/hooks/bitbucket", "{}", "");
     assert_eq!(status, 404);
 }
+
+/// One request a [`Receiver`] took.
+#[derive(Debug, Clone)]
+struct Received {
+    /// Header names in lower case.
+    headers: std::collections::HashMap<String, String>,
+    body: String,
+}
+
+/// A webhook receiver on a loopback port: records each request and
+/// answers it with the next status of its script (then 200s).
+struct Receiver {
+    address: SocketAddr,
+    received: std::sync::Arc<std::sync::Mutex<Vec<Received>>>,
+}
+
+impl Receiver {
+    fn start(listener: std::net::TcpListener, script: Vec<u16>) -> Receiver {
+        let address = listener.local_addr().unwrap();
+        let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = received.clone();
+        std::thread::spawn(move || {
+            let mut script = script.into_iter();
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                let mut reader = BufReader::new(stream);
+                let mut headers = std::collections::HashMap::new();
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                loop {
+                    line.clear();
+                    reader.read_line(&mut line).unwrap();
+                    match line.trim_end().split_once(": ") {
+                        Some((name, value)) => {
+                            headers.insert(name.to_ascii_lowercase(), value.to_string())
+                        }
+                        None => break,
+                    };
+                }
+                let length = headers["content-length"].parse().unwrap();
+                let mut body = vec![0; length];
+                reader.read_exact(&mut body).unwrap();
+                let status = script.next().unwrap_or(200);
+                log.lock().unwrap().push(Received {
+                    headers,
+                    body: String::from_utf8(body).unwrap(),
+                });
+                let _ = write!(
+                    reader.get_mut(),
+                    "HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                );
+            }
+        });
+        Receiver { address, received }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.address)
+    }
+
+    /// The requests taken so far, once there are at least `count` (waits
+    /// up to `secs` seconds for them).
+    fn wait_for(&self, count: usize, secs: u64) -> Vec<Received> {
+        for _ in 0..secs * 10 {
+            let received = self.received.lock().unwrap().clone();
+            if received.len() >= count {
+                return received;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!(
+            "{count} notification(s) expected, got {:?}",
+            self.received.lock().unwrap()
+        );
+    }
+}
+
+/// Checks one notification: signed with `secret`, about `id` ending in
+/// `state`; returns its delivery id.
+fn assert_notified(received: &Received, secret: &str, id: &str, state: &str) -> String {
+    assert_eq!(
+        received.headers["x-helix-signature-256"],
+        format!("sha256={}", hmac_hex(secret, &received.body)),
+        "signed with the target's secret"
+    );
+    assert_eq!(received.headers["x-helix-event"], format!("job.{state}"));
+    assert_eq!(received.headers["content-type"], "application/json");
+    let job: Value = serde_json::from_str(&received.body).unwrap();
+    assert_eq!(
+        (job["id"].as_str(), job["state"].as_str()),
+        (Some(id), Some(state))
+    );
+    received.headers["x-helix-delivery"].clone()
+}
+
+fn notification_config(data: &std::path::Path, targets: &[(String, &str)]) -> String {
+    let secret = data.join("notify.secret");
+    std::fs::write(&secret, "notify-secret").unwrap();
+    let mut config = String::from("workers = 2\n");
+    for (url, states) in targets {
+        config.push_str(&format!(
+            "[[notifications]]\nurl = \"{url}\"\nsecret = {{ file = \"{}\" }}\n{states}\n",
+            secret.display()
+        ));
+    }
+    let path = data.join("helix.toml");
+    std::fs::write(&path, config).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+#[test]
+fn job_ends_are_notified_signed_retried_and_filtered_by_state() {
+    let data = tempfile::tempdir().unwrap();
+    // The first request fails: the notification is sent again.
+    let all = Receiver::start(
+        std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
+        vec![500],
+    );
+    let failures = Receiver::start(std::net::TcpListener::bind("127.0.0.1:0").unwrap(), vec![]);
+    let config = notification_config(
+        data.path(),
+        &[
+            (all.url("/all"), ""),
+            (failures.url("/failures"), "states = [\"failed\"]"),
+        ],
+    );
+    let server = Server::start_in(data.path(), &["--config", &config]);
+    submit(&server, "notify-ok", json!({}));
+    let (_, job) = server.json("GET", "/v1/jobs/notify-ok/wait?timeout_secs=30", None);
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let received = all.wait_for(2, 30);
+    assert_eq!(received.len(), 2, "refused once, then taken: {received:?}");
+    let first = assert_notified(&received[0], "notify-secret", "notify-ok", "succeeded");
+    let second = assert_notified(&received[1], "notify-secret", "notify-ok", "succeeded");
+    assert_eq!(first, second, "a retry keeps its delivery id");
+
+    submit(
+        &server,
+        "notify-bad",
+        json!({"HELIX_SIMULATE_FAIL": "RUN make: exit 2"}),
+    );
+    let (_, job) = server.json("GET", "/v1/jobs/notify-bad/wait?timeout_secs=30", None);
+    assert_eq!(job["state"], "failed", "{job}");
+    let told = failures.wait_for(1, 30);
+    assert_eq!(told.len(), 1, "only the failure: {told:?}");
+    let delivery = assert_notified(&told[0], "notify-secret", "notify-bad", "failed");
+    assert_ne!(delivery, first, "each job's notification has its own id");
+    let received = all.wait_for(3, 30);
+    assert_notified(&received[2], "notify-secret", "notify-bad", "failed");
+}
+
+#[test]
+fn a_notification_owed_when_the_server_is_killed_is_sent_after_the_restart() {
+    let data = tempfile::tempdir().unwrap();
+    // Nothing listens at the receiver's address yet: every try is refused.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = port.local_addr().unwrap();
+    drop(port);
+    let config = notification_config(data.path(), &[(format!("http://{address}/hook"), "")]);
+    let mut server = Server::start_in(data.path(), &["--config", &config]);
+    submit(&server, "owed", json!({}));
+    let (_, job) = server.json("GET", "/v1/jobs/owed/wait?timeout_secs=30", None);
+    assert_eq!(job["state"], "succeeded", "{job}");
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+
+    let receiver = Receiver::start(std::net::TcpListener::bind(address).unwrap(), vec![]);
+    let _server = Server::start_in(data.path(), &["--config", &config]);
+    // Due within the first retry's wait (at most 5 s), or the lease (120 s)
+    // if the kill came while a try was in flight.
+    let received = receiver.wait_for(1, 150);
+    assert_eq!(received.len(), 1, "{received:?}");
+    assert_notified(&received[0], "notify-secret", "owed", "succeeded");
+}

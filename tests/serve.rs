@@ -786,6 +786,16 @@ fn cli_lists_shows_cancels_and_reads_logs() {
     let (status, _) = server.json("POST", "/v1/jobs", Some(&generated));
     assert_eq!(status, 201);
 
+    // The simulated builder runs no program: an empty trail.
+    let (ok, out, _) = cli(&server, None, &["audit", "short"]);
+    assert!(ok && out.starts_with("RUN"), "{out}");
+    let (ok, out, _) = cli(&server, None, &["--json", "audit", "short"]);
+    assert!(ok, "{out}");
+    let audit: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(audit, json!({"entries": [], "dropped": 0}));
+    let (ok, _, err) = cli(&server, None, &["audit", "no-such-job"]);
+    assert!(!ok && err.contains("no job with id 'no-such-job'"), "{err}");
+
     let (ok, out, _) = cli(&server, None, &["jobs"]);
     assert!(ok);
     assert!(out.starts_with("ID"), "{out}");
@@ -930,7 +940,7 @@ fn every_documented_operation_exists_and_answers_a_documented_status() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 11, "every route of the router is documented");
+    assert_eq!(checked, 12, "every route of the router is documented");
 }
 
 #[test]

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use common::{median, ms, row};
 
 use chrono::Utc;
+use helix_build::audit::AuditTrail;
 use helix_build::cancel::CancelSignal;
 use helix_build::config::Config;
 use helix_build::exec::{CommandRunner, CommandSpec, Grants, ProgramGrant};
@@ -102,6 +103,7 @@ async fn run() {
             program_env: Default::default(),
             commit: None,
             values: Default::default(),
+            audit: Arc::new(AuditTrail::new(1)),
         };
         let started = Instant::now();
         let outcome = builder.run(&job, ctx).await;

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sha2::{Digest as _, Sha256};
 
+use crate::audit::JobAudit;
 use crate::hooks::{Forge, HookError, Hooked};
 use crate::job::{Job, JobRequest, State as JobState};
 use crate::plugin::BuilderInfo;
@@ -42,6 +43,7 @@ pub fn router(service: Service, token: Option<&str>) -> Router {
         .route("/v1/jobs/{id}/cancel", post(cancel))
         .route("/v1/jobs/{id}/wait", get(wait))
         .route("/v1/jobs/{id}/logs", get(logs))
+        .route("/v1/jobs/{id}/audit", get(audit))
         .route("/v1/builders", get(builders))
         .route("/v1/openapi.json", get(openapi));
     if let Some(token) = token {
@@ -240,6 +242,20 @@ pub(crate) async fn get_job(
     Path(id): Path<String>,
 ) -> ApiResult<Json<Job>> {
     Ok(Json(service.get(&id).await?))
+}
+
+#[utoipa::path(get, path = "/v1/jobs/{id}/audit",
+    summary = "every program the job's builder asked for, allowed or refused",
+    description = "Each run's calls in order, with the grant that allowed each one (secrets redacted). A run's calls appear when the run ends.",
+    params(("id" = String, Path)),
+    responses((status = 200, description = "the audit trail", body = JobAudit),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 503, body = ErrorBody)))]
+pub(crate) async fn audit(
+    State(service): State<Service>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<JobAudit>> {
+    Ok(Json(service.audit(&id).await?))
 }
 
 #[utoipa::path(post, path = "/v1/jobs/{id}/cancel", summary = "cancel a queued or running job",

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
+use helix_build::audit::JobAudit;
 use helix_build::client::{Client, ClientError, Followed};
 use helix_build::job::{Job, JobRequest, State};
 use helix_build::service::JobPage;
@@ -322,6 +323,44 @@ pub async fn logs(
             .await
             .map_err(message)?
     );
+    Ok(true)
+}
+
+pub async fn audit(client: &Client, id: &str, as_json: bool) -> Result<bool, String> {
+    let audit: JobAudit = client
+        .json(Method::GET, &format!("/v1/jobs/{id}/audit"), None)
+        .await
+        .map_err(message)?;
+    if as_json {
+        print_json(&audit);
+        return Ok(true);
+    }
+    let rows = audit.entries.iter().map(|call| {
+        let command = std::iter::once(call.program.as_str())
+            .chain(call.args.iter().map(String::as_str))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let result = match (&call.exit_code, &call.error) {
+            (Some(code), _) => format!("exit {code}"),
+            (None, Some(error)) => error.clone(),
+            (None, None) => String::new(),
+        };
+        vec![
+            call.attempt.to_string(),
+            call.started_at.format("%H:%M:%S%.3f").to_string(),
+            format!("{}ms", call.duration_ms),
+            if call.allowed { "allowed" } else { "DENIED" }.to_string(),
+            command,
+            result,
+        ]
+    });
+    print_table(
+        &["RUN", "STARTED", "TOOK", "GRANTS", "COMMAND", "RESULT"],
+        rows,
+    );
+    if audit.dropped > 0 {
+        println!("({} more calls were not kept)", audit.dropped);
+    }
     Ok(true)
 }
 

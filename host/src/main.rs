@@ -118,6 +118,9 @@ enum ClientCommand {
         #[arg(short, long)]
         timestamps: bool,
     },
+    /// Show every program a job's builder asked for, allowed or refused,
+    /// and the grant that allowed it.
+    Audit { id: String },
     /// Wait for a job to end; exit 0 only if it succeeded.
     Wait {
         id: String,
@@ -297,6 +300,7 @@ async fn client_command(
             follow,
             timestamps,
         } => cli::logs(&client, &id, follow, timestamps).await,
+        ClientCommand::Audit { id } => cli::audit(&client, &id, json).await,
         ClientCommand::Wait { id, timeout } => cli::wait(&client, &id, timeout, json).await,
         ClientCommand::Builders => cli::builders(&client, json).await,
     }

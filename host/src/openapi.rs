@@ -25,6 +25,7 @@ use crate::api;
         api::cancel,
         api::wait,
         api::logs,
+        api::audit,
         api::builders,
         api::hook
     ),

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{program, survivors};
+use helix_build::audit::AuditTrail;
 use helix_build::cancel::CancelSignal;
 use helix_build::exec::{
     CommandOutput, CommandRunner, CommandSpec, Grants, JobValues, OUTPUT_TAIL_BYTES, ProgramGrant,
@@ -22,6 +23,7 @@ struct Fixture {
     _state: tempfile::TempDir,
     log: Arc<JobLog>,
     cancel: CancelSignal,
+    audit: Arc<AuditTrail>,
     runner: CommandRunner,
 }
 
@@ -64,11 +66,14 @@ fn with_secrets(
         secrets: files,
         ..JobValues::default()
     });
+    let audit = Arc::new(AuditTrail::new(1));
+    let runner = runner.with_audit(audit.clone());
     Fixture {
         workspace,
         _state: state,
         log,
         cancel,
+        audit,
         runner,
     }
 }
@@ -378,9 +383,20 @@ async fn build_secrets_reach_only_their_program_and_are_redacted_everywhere() {
         log.contains("[sh stdout] token=***") && log.contains("[sh stderr] again ***"),
         "{log}"
     );
-    // A denial echoing the secret in its arguments is redacted too.
+    // A denial echoing the secret in its arguments is redacted too, in
+    // the log and in the audit trail.
     let _ = f.runner.run(call("curl", &["-u", "s3cr3t-t0ken"])).await;
     assert!(!f.log.snapshot().join("\n").contains("s3cr3t-t0ken"));
+    let (calls, _) = f.audit.entries();
+    let denied = calls.last().unwrap();
+    assert_eq!((denied.program.as_str(), denied.allowed), ("curl", false));
+    assert_eq!(denied.args, ["-u", "***"]);
+    assert!(
+        !serde_json::to_string(&calls)
+            .unwrap()
+            .contains("s3cr3t-t0ken"),
+        "{calls:?}"
+    );
     // The builder cannot name a file of its own, or a secret the job lacks.
     for bad in ["id=token,src=/etc/shadow", "id=other"] {
         let err = f

@@ -406,6 +406,21 @@ async fn context_target_labels_and_a_build_secret_reach_the_build_and_the_secret
         assert!(text.contains("printed: ***"), "{builder}: {text}");
         let stored = serde_json::to_string(&job).unwrap();
         assert!(!stored.contains("s3cr3t-value"));
+        let audit = service.audit(job.id.as_str()).await.unwrap();
+        let build = audit
+            .entries
+            .iter()
+            .find(|call| {
+                call.program == builder && call.args.iter().any(|a| a.starts_with("--secret"))
+            })
+            .unwrap_or_else(|| panic!("{builder}: no build in the audit: {audit:?}"));
+        assert!(build.allowed && build.exit_code == Some(0), "{build:?}");
+        assert!(
+            build.grant.as_deref().unwrap().starts_with(builder),
+            "{build:?}"
+        );
+        let audit = serde_json::to_string(&audit).unwrap();
+        assert!(!audit.contains("s3cr3t-value"), "{builder}: {audit}");
     }
 
     for (context, problem) in [

@@ -137,6 +137,56 @@ async fn denied_calls_are_recorded_in_the_job_log() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_lists_each_call_with_its_grant_or_its_refusal() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = start(&config(&dir, 2, 10)).await;
+    let mut request = exec("echo audited");
+    request
+        .build_args
+        .insert("EXEC_1".into(), "curl\n-s\nhttp://127.0.0.1:1/".into());
+    let job = service.submit(request).await.unwrap();
+    let shell = service.submit(on_builder("shell")).await.unwrap();
+    assert_eq!(finished(&service, &job.id).await.state, State::Failed);
+    finished(&service, &shell.id).await;
+
+    let audit = service.audit(job.id.as_str()).await.unwrap();
+    assert_eq!(audit.entries.len(), 2, "{audit:?}");
+    let (sh, curl) = (&audit.entries[0], &audit.entries[1]);
+    assert_eq!((sh.program.as_str(), sh.attempt), ("sh", 1));
+    assert_eq!(sh.args, ["-c", "echo audited"]);
+    assert!(sh.allowed && sh.error.is_none(), "{sh:?}");
+    assert_eq!(sh.grant.as_deref(), Some("sh -c *"));
+    assert_eq!(sh.exit_code, Some(0));
+    assert_eq!((curl.program.as_str(), curl.allowed), ("curl", false));
+    assert!(curl.grant.is_none() && curl.exit_code.is_none());
+    assert!(
+        curl.error
+            .as_deref()
+            .unwrap()
+            .contains("program `curl` is not granted"),
+        "{curl:?}"
+    );
+    assert!(curl.started_at >= sh.started_at);
+
+    let audit = service.audit(shell.id.as_str()).await.unwrap();
+    let refused: Vec<_> = audit.entries.iter().map(|c| c.args[1].as_str()).collect();
+    assert_eq!(refused, ["id; cat /etc/passwd", "echo hello; id"]);
+    assert!(audit.entries.iter().all(|c| !c.allowed));
+    assert!(
+        audit.entries[0]
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("granted: sh -c echo hello"),
+        "{audit:?}"
+    );
+    assert!(matches!(
+        service.audit("no-such-job").await,
+        Err(helix_build::service::ServiceError::NotFound(_))
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_escape_plugin_sees_no_host_files_env_or_network() {
     let dir = tempfile::tempdir().unwrap();
     let service = start(&config(&dir, 1, 10)).await;

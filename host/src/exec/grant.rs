@@ -154,6 +154,16 @@ pub struct GrantPolicy {
     values: ValuePolicy,
 }
 
+/// A call the grants allow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Granted {
+    /// The arguments to run it with (host values put in where the grant
+    /// says).
+    pub args: Vec<String>,
+    /// The grant that allowed it: its program and argument patterns.
+    pub grant: String,
+}
+
 /// Why a call was refused, for the builder and the job log.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
@@ -271,7 +281,7 @@ impl GrantPolicy {
         program: &str,
         args: &[String],
         site: &CallSite<'_>,
-    ) -> Result<Vec<String>, Denial> {
+    ) -> Result<Granted, Denial> {
         let for_program: Vec<&ProgramGrant> = self
             .programs
             .iter()
@@ -287,7 +297,12 @@ impl GrantPolicy {
         let mut best: Option<Mismatch> = None;
         for grant in &for_program {
             match self.match_grant(grant, args, site) {
-                Ok(resolved) => return Ok(resolved),
+                Ok(args) => {
+                    return Ok(Granted {
+                        args,
+                        grant: describe(&grant.command, &grant.args),
+                    });
+                }
                 Err(mismatch) if best.as_ref().is_none_or(|b| mismatch.at > b.at) => {
                     best = Some(mismatch)
                 }
@@ -630,15 +645,17 @@ mod tests {
             list: &[&str],
         ) -> Result<Vec<String>, Denial> {
             let root = self.dir.path().canonicalize().unwrap();
-            policy.check(
-                program,
-                &args(list),
-                &CallSite {
-                    workspace: &root,
-                    cwd: &root,
-                    job: &self.values,
-                },
-            )
+            policy
+                .check(
+                    program,
+                    &args(list),
+                    &CallSite {
+                        workspace: &root,
+                        cwd: &root,
+                        job: &self.values,
+                    },
+                )
+                .map(|granted| granted.args)
         }
     }
 

@@ -17,10 +17,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use grant::{
-    CallSite, Denial, DirGrant, GrantPolicy, Grants, ProgramGrant, ValuePolicy, ValueType,
+    CallSite, Denial, DirGrant, GrantPolicy, Granted, Grants, ProgramGrant, ValuePolicy, ValueType,
 };
 pub use process::KILL_GRACE;
 
+use crate::audit::{AuditEntry, AuditTrail};
 use crate::cancel::CancelSignal;
 use crate::cgroup::RunCgroup;
 use crate::log::JobLog;
@@ -107,6 +108,8 @@ pub struct CommandRunner {
     program_env: BTreeMap<String, String>,
     /// What the host set for this job besides the grants.
     values: JobValues,
+    /// Where each call is recorded; `None` outside a job's run.
+    audit: Option<Arc<AuditTrail>>,
 }
 
 /// What the host sets per job besides the builder's grants: what the
@@ -174,6 +177,7 @@ impl CommandRunner {
             search_path,
             program_env: BTreeMap::new(),
             values: JobValues::default(),
+            audit: None,
         }
     }
 
@@ -181,6 +185,12 @@ impl CommandRunner {
     /// grants and the builder set (the job's container storage, say).
     pub fn with_program_env(mut self, env: BTreeMap<String, String>) -> Self {
         self.program_env = env;
+        self
+    }
+
+    /// The same runner, recording every call in `audit`.
+    pub fn with_audit(mut self, audit: Arc<AuditTrail>) -> Self {
+        self.audit = Some(audit);
         self
     }
 
@@ -194,10 +204,31 @@ impl CommandRunner {
     /// logged as well as returned. The output returned has the job's
     /// secrets redacted, as the log has: a build step that prints one
     /// must not hand it to the builder.
+    /// Every call, allowed or not, is recorded in the job's audit trail.
     pub async fn run(&self, spec: CommandSpec) -> Result<CommandOutput, RunError> {
-        let result = self.checked_run(spec).await;
+        let started_at = chrono::Utc::now();
+        let clock = std::time::Instant::now();
+        let mut grant = None;
+        let result = self.checked_run(&spec, &mut grant).await;
         if let Err(RunError::Denied(reason)) = &result {
             self.log.push(&format!("[helix] denied: {reason}"));
+        }
+        if let Some(audit) = &self.audit {
+            audit.record(AuditEntry {
+                attempt: audit.attempt(),
+                program: spec.program,
+                args: spec.args.iter().map(|a| self.log.redact(a)).collect(),
+                working_dir: spec.working_dir.map(|d| self.log.redact(&d)),
+                allowed: grant.is_some(),
+                grant,
+                started_at,
+                duration_ms: u64::try_from(clock.elapsed().as_millis()).unwrap_or(u64::MAX),
+                exit_code: result.as_ref().ok().map(|o| o.exit_code),
+                error: result
+                    .as_ref()
+                    .err()
+                    .map(|e| self.log.redact(&e.to_string())),
+            });
         }
         result.map(|output| CommandOutput {
             exit_code: output.exit_code,
@@ -206,7 +237,13 @@ impl CommandRunner {
         })
     }
 
-    async fn checked_run(&self, spec: CommandSpec) -> Result<CommandOutput, RunError> {
+    /// Runs `spec` if the grants allow it, setting `grant` to the grant
+    /// that did.
+    async fn checked_run(
+        &self,
+        spec: &CommandSpec,
+        grant: &mut Option<String>,
+    ) -> Result<CommandOutput, RunError> {
         let denied = |d: Denial| RunError::Denied(format!("builder '{}': {d}", self.builder));
         let (workspace, cwd) = self.working_dir(spec.working_dir.as_deref())?;
         let site = CallSite {
@@ -214,10 +251,12 @@ impl CommandRunner {
             cwd: &cwd,
             job: &self.values,
         };
-        let args = self
+        let granted = self
             .policy
             .check(&spec.program, &spec.args, &site)
             .map_err(denied)?;
+        let args = granted.args;
+        *grant = Some(granted.grant);
         let mut env = self.policy.environment(&spec.env).map_err(denied)?;
         env.extend(self.program_env.clone());
         let program = resolve_program(&spec.program, self.search_path.as_deref())?;

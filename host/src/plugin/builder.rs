@@ -11,6 +11,7 @@ use wasmtime::{Engine, Store, Trap};
 use super::bindings::{self, BuildError, BuildOutput, BuilderPre};
 use super::host::{JobHost, JobHostParts};
 use super::{BuilderInfo, BuilderSource, GrantSummary, Limits};
+use crate::audit::AuditTrail;
 use crate::cancel::CancelSignal;
 use crate::exec::GrantPolicy;
 use crate::exec::JobValues;
@@ -41,6 +42,8 @@ pub struct RunContext {
     /// The job's build secrets (written where the builder cannot read
     /// them), its registry cache and its run's control group.
     pub values: JobValues,
+    /// Records every program the builder asks for.
+    pub audit: Arc<AuditTrail>,
 }
 
 /// What a builder's successful run left for the host.
@@ -242,6 +245,7 @@ impl Builder {
             workspace: None,
             program_env: BTreeMap::new(),
             values: JobValues::default(),
+            audit: None,
             memory_limit: self.info.limits.memory_bytes,
         })
         .map_err(|e| e.to_string())?;
@@ -294,6 +298,7 @@ impl Builder {
             workspace: Some(&ctx.workspace),
             program_env: ctx.program_env.clone(),
             values: ctx.values.clone(),
+            audit: Some(ctx.audit.clone()),
             memory_limit: self.info.limits.memory_bytes,
         }) {
             Ok(host) => host,

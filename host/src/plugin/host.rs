@@ -17,6 +17,7 @@ use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::bindings::{command_runner, helix, job_context};
 use super::output::PluginOutput;
+use crate::audit::AuditTrail;
 use crate::cancel::CancelSignal;
 use crate::exec::{CommandRunner, CommandSpec, GUEST_WORKSPACE, GrantPolicy, JobValues, RunError};
 use crate::log::JobLog;
@@ -49,6 +50,8 @@ pub(crate) struct JobHostParts<'a> {
     /// What the host set for the job; the builder learns the registry
     /// cache and control group as settings (see [`JobValues::settings`]).
     pub values: JobValues,
+    /// Where each program call is recorded, during a job.
+    pub audit: Option<Arc<AuditTrail>>,
     pub memory_limit: usize,
 }
 
@@ -79,7 +82,7 @@ impl JobHost {
                 .map_err(std::io::Error::other)?;
         }
         let runner = parts.workspace.map(|workspace| {
-            CommandRunner::new(
+            let runner = CommandRunner::new(
                 parts.builder.clone(),
                 parts.grants.clone(),
                 workspace.to_path_buf(),
@@ -88,7 +91,11 @@ impl JobHost {
                 std::env::var_os("PATH"),
             )
             .with_program_env(parts.program_env.clone())
-            .with_values(parts.values.clone())
+            .with_values(parts.values.clone());
+            match &parts.audit {
+                Some(audit) => runner.with_audit(audit.clone()),
+                None => runner,
+            }
         });
         let settings = parts.values.settings(&parts.settings);
         Ok(JobHost {

@@ -30,6 +30,7 @@ use chrono::Utc;
 use tokio::sync::{Notify, broadcast, watch};
 use tokio::task::JoinSet;
 
+use crate::audit::JobAudit;
 use crate::cache::BuildCache;
 use crate::cgroup::Cgroups;
 use crate::hooks::Webhooks;
@@ -301,6 +302,16 @@ impl Service {
             return Ok(job);
         }
         self.inner.stored(id).await
+    }
+
+    /// Job `id`'s audit trail: the calls of its ended runs.
+    pub async fn audit(&self, id: &str) -> Result<JobAudit, ServiceError> {
+        self.inner
+            .config
+            .store
+            .audit(id)
+            .await?
+            .ok_or_else(|| ServiceError::NotFound(id.to_string()))
     }
 
     /// Up to `limit` jobs, newest first, only those `filter` lets

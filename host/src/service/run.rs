@@ -10,6 +10,7 @@ use tokio::sync::watch;
 use super::Inner;
 use super::background::IDLE_POLL;
 use super::table::Entry;
+use crate::audit::AuditTrail;
 use crate::backoff::Backoff;
 use crate::cache::CacheSlot;
 use crate::cancel::CancelSignal;
@@ -217,10 +218,13 @@ impl Inner {
         if let Some(slot) = &slot {
             slot.clean(&cleanup_env, log).await;
         }
+        let audit = Arc::new(AuditTrail::new(job.attempts));
         let outcome = self
-            .build_and_publish(job, &builder, &dirs, log, cancel, cgroup.clone())
+            .build_and_publish(job, &builder, &dirs, log, cancel, cgroup.clone(), &audit)
             .await
             .unwrap_or_else(|ended| ended);
+        // Written before the run's end, so the end is never stored without it.
+        self.config.store.record_audit(&job.id, &audit);
         let limits = &builder.info().build_limits;
         let reached = match cgroup.as_ref().and_then(|c| c.limit_hit()) {
             Some(LimitHit::Memory) => Some(format!(
@@ -270,6 +274,7 @@ impl Inner {
         log: &Arc<JobLog>,
         cancel: &CancelSignal,
         cgroup: Option<Arc<RunCgroup>>,
+        audit: &Arc<AuditTrail>,
     ) -> Result<Outcome, Outcome> {
         let workspace = dirs.workspace();
         let simulated = builder.info().simulated;
@@ -320,6 +325,7 @@ impl Inner {
                 registry_cache: builder.registry_cache_for(job),
                 cgroup: cgroup.clone(),
             },
+            audit: audit.clone(),
         };
         match (builder.run(job, ctx).await?, image) {
             (Built::Simulated(result), _) => {

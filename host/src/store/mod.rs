@@ -18,6 +18,7 @@ use futures_util::FutureExt as _;
 use futures_util::future::BoxFuture;
 use tokio::sync::oneshot;
 
+use crate::audit::{AuditEntry, AuditTrail, JobAudit};
 use crate::job::{Job, JobId, State};
 use crate::log::LogLine;
 
@@ -101,6 +102,14 @@ pub trait JobStore: Send + Sync + 'static {
     /// Ordered with the other writes; nobody waits for it.
     fn append_log(&self, id: &JobId, line: &LogLine, cap: usize);
 
+    /// Stores what `trail` recorded as the audit of job `id`'s run
+    /// `trail.attempt()`, replacing what was stored for that run. Ordered
+    /// with the other writes; nobody waits for it.
+    fn record_audit(&self, id: &JobId, trail: &AuditTrail);
+    /// Job `id`'s audit trail, every run's in order; `None` when no job
+    /// has that id.
+    fn audit<'a>(&'a self, id: &'a str) -> Read<'a, Option<JobAudit>>;
+
     /// Job `id` as last committed.
     fn get<'a>(&'a self, id: &'a str) -> Read<'a, Option<Job>>;
     /// Job `id`'s stored log lines, oldest first.
@@ -183,6 +192,19 @@ impl Writes {
         committed
     }
 
+    pub(crate) fn audit(&self, id: &JobId, trail: &AuditTrail) {
+        let (entries, dropped) = trail.entries();
+        match serde_json::to_string(&entries) {
+            Ok(entries) => (self.send)(Write::Audit {
+                id: id.clone(),
+                attempt: trail.attempt(),
+                entries,
+                dropped,
+            }),
+            Err(e) => tracing::error!(job = %id, "audit trail not stored: {e}"),
+        }
+    }
+
     pub(crate) fn log(&self, id: &JobId, line: &LogLine, cap: usize) {
         (self.send)(Write::Log {
             id: id.clone(),
@@ -200,6 +222,21 @@ pub(crate) fn delivered_column(delivered: &[String]) -> String {
 
 pub(crate) fn delivered_from_column(column: &str) -> Vec<String> {
     column.lines().map(String::from).collect()
+}
+
+/// Job `id`'s audit from its runs' stored rows (entries as JSON arrays,
+/// how many each dropped), in run order.
+pub(crate) fn audit_from_rows(
+    rows: impl IntoIterator<Item = (String, i64)>,
+) -> Result<JobAudit, StoreError> {
+    let mut audit = JobAudit::default();
+    for (entries, dropped) in rows {
+        let entries: Vec<AuditEntry> = serde_json::from_str(&entries)
+            .map_err(|e| db_error(format!("a stored audit trail is unreadable: {e}")))?;
+        audit.entries.extend(entries);
+        audit.dropped += u64::try_from(dropped).unwrap_or(0);
+    }
+    Ok(audit)
 }
 
 /// A job read back from its stored body.
@@ -230,6 +267,13 @@ pub(crate) enum Write {
         id: JobId,
         line: LogLine,
         cap: usize,
+    },
+    /// One run's audit trail, its entries as a JSON array.
+    Audit {
+        id: JobId,
+        attempt: u32,
+        entries: String,
+        dropped: u64,
     },
 }
 

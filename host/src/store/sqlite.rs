@@ -22,9 +22,10 @@ use chrono::{DateTime, Utc};
 
 use super::{
     Commit, JobFilter, JobStore, OwedNotification, PRUNED_JOBS, REMEMBERED_LOGS, Read, StoreError,
-    StoredJob, TRIM_EVERY, Write, Writes, acknowledge, db_error, delivered_column,
+    StoredJob, TRIM_EVERY, Write, Writes, acknowledge, audit_from_rows, db_error, delivered_column,
     delivered_from_column, parse_job,
 };
+use crate::audit::{AuditTrail, JobAudit};
 use crate::job::{Job, JobId, State};
 use crate::log::LogLine;
 
@@ -65,6 +66,16 @@ const MIGRATIONS: &[&str] = &[
     BEGIN
         INSERT OR IGNORE INTO outbox (job_id, due_at) VALUES (NEW.id, 0);
     END;
+    ",
+    // Each run's audit trail: the programs its builder asked for.
+    "
+    CREATE TABLE job_audit (
+        job_id  TEXT NOT NULL,
+        attempt INTEGER NOT NULL,
+        entries TEXT NOT NULL,
+        dropped BIGINT NOT NULL,
+        PRIMARY KEY (job_id, attempt)
+    ) WITHOUT ROWID;
     ",
 ];
 
@@ -301,6 +312,28 @@ fn commit(
                 append_line(&tx, next_line, id, line, *cap)?;
                 Ok(())
             }
+            Write::Audit {
+                id,
+                attempt,
+                entries,
+                dropped,
+            } => {
+                tx.prepare_cached(
+                    "INSERT INTO job_audit (job_id, attempt, entries, dropped) VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT (job_id, attempt) DO UPDATE SET entries = excluded.entries, \
+                 dropped = excluded.dropped",
+                )
+                .and_then(|mut s| {
+                    s.execute(params![
+                        id.as_str(),
+                        attempt,
+                        entries,
+                        i64::try_from(*dropped).unwrap_or(i64::MAX)
+                    ])
+                })
+                .map_err(db_error)?;
+                Ok(())
+            }
         });
     }
     tx.commit().map_err(db_error)?;
@@ -370,6 +403,7 @@ fn prune(
     for id in &ids {
         tx.execute("DELETE FROM job_logs WHERE job_id = ?1", [id])
             .and_then(|_| tx.execute("DELETE FROM outbox WHERE job_id = ?1", [id]))
+            .and_then(|_| tx.execute("DELETE FROM job_audit WHERE job_id = ?1", [id]))
             .and_then(|_| tx.execute("DELETE FROM jobs WHERE id = ?1", [id]))
             .map_err(db_error)?;
     }
@@ -465,6 +499,34 @@ impl JobStore for SqliteStore {
 
     fn append_log(&self, id: &JobId, line: &LogLine, cap: usize) {
         self.writes().log(id, line, cap);
+    }
+
+    fn record_audit(&self, id: &JobId, trail: &AuditTrail) {
+        self.writes().audit(id, trail);
+    }
+
+    fn audit<'a>(&'a self, id: &'a str) -> Read<'a, Option<JobAudit>> {
+        let db = self.reader();
+        let read = || {
+            let exists = db
+                .prepare_cached("SELECT 1 FROM jobs WHERE id = ?1")
+                .and_then(|mut s| s.query_row([id], |_| Ok(())).optional())
+                .map_err(db_error)?;
+            if exists.is_none() {
+                return Ok(None);
+            }
+            let rows: Vec<(String, i64)> = db
+                .prepare_cached(
+                    "SELECT entries, dropped FROM job_audit WHERE job_id = ?1 ORDER BY attempt",
+                )
+                .and_then(|mut s| {
+                    s.query_map([id], |row| Ok((row.get(0)?, row.get(1)?)))?
+                        .collect()
+                })
+                .map_err(db_error)?;
+            audit_from_rows(rows).map(Some)
+        };
+        ready(read())
     }
 
     fn get<'a>(&'a self, id: &'a str) -> Read<'a, Option<Job>> {

@@ -62,6 +62,16 @@ const MIGRATIONS: &[&str] = &[
         WHEN (OLD.state IN ('queued', 'running') AND NEW.state NOT IN ('queued', 'running'))
         EXECUTE FUNCTION helix_owe_notification();
     ",
+    // Each run's audit trail: the programs its builder asked for.
+    "
+    CREATE TABLE job_audit (
+        job_id  TEXT NOT NULL,
+        attempt INTEGER NOT NULL,
+        entries TEXT NOT NULL,
+        dropped BIGINT NOT NULL,
+        PRIMARY KEY (job_id, attempt)
+    );
+    ",
 ];
 
 /// A connection and the statements prepared on it, so each is parsed and

@@ -32,9 +32,10 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Row};
 
 use super::{
-    Commit, JobFilter, JobStore, OwedNotification, Read, StoreError, StoredJob, Writes, db_error,
-    delivered_column, delivered_from_column, parse_job,
+    Commit, JobFilter, JobStore, OwedNotification, Read, StoreError, StoredJob, Writes,
+    audit_from_rows, db_error, delivered_column, delivered_from_column, parse_job,
 };
+use crate::audit::{AuditTrail, JobAudit};
 use crate::job::{Job, JobId, State};
 use crate::log::LogLine;
 use crate::queue::Notice;
@@ -196,6 +197,30 @@ impl JobStore for PostgresStore {
         self.writes.log(id, line, cap);
     }
 
+    fn record_audit(&self, id: &JobId, trail: &AuditTrail) {
+        self.writes.audit(id, trail);
+    }
+
+    fn audit<'a>(&'a self, id: &'a str) -> Read<'a, Option<JobAudit>> {
+        async move {
+            if self
+                .query_opt("SELECT 1 FROM jobs WHERE id = $1", &[&id])
+                .await?
+                .is_none()
+            {
+                return Ok(None);
+            }
+            let rows = self
+                .query(
+                    "SELECT entries, dropped FROM job_audit WHERE job_id = $1 ORDER BY attempt",
+                    &[&id],
+                )
+                .await?;
+            audit_from_rows(rows.iter().map(|row| (row.get(0), row.get(1)))).map(Some)
+        }
+        .boxed()
+    }
+
     fn get<'a>(&'a self, id: &'a str) -> Read<'a, Option<Job>> {
         async move {
             let jobs = self
@@ -292,7 +317,8 @@ impl JobStore for PostgresStore {
             let sql = format!(
                 "WITH doomed AS ({select}), \
                  logs AS (DELETE FROM job_logs WHERE job_id IN (SELECT id FROM doomed)), \
-                 owed AS (DELETE FROM outbox WHERE job_id IN (SELECT id FROM doomed)) \
+                 owed AS (DELETE FROM outbox WHERE job_id IN (SELECT id FROM doomed)), \
+                 audits AS (DELETE FROM job_audit WHERE job_id IN (SELECT id FROM doomed)) \
                  DELETE FROM jobs WHERE id IN (SELECT id FROM doomed)"
             );
             let cutoff = ended_before.map(|at| at.to_rfc3339());

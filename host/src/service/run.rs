@@ -30,6 +30,15 @@ pub(super) struct Claimed {
     pub cancel: CancelSignal,
 }
 
+/// What one run (attempt) of a job builds with and records into.
+struct Attempt<'a> {
+    dirs: &'a JobDirs,
+    log: &'a Arc<JobLog>,
+    cancel: &'a CancelSignal,
+    cgroup: Option<Arc<RunCgroup>>,
+    audit: &'a Arc<AuditTrail>,
+}
+
 impl Inner {
     /// Makes a job this host claimed live here: in the table, with its log
     /// (continuing the lines an earlier run left) and its cancel signal.
@@ -67,7 +76,6 @@ impl Inner {
         claimed
     }
 
-    /// Runs a claimed job to its end and records it.
     /// Runs a claimed job to its end and records it. A run that ends at
     /// the registry (a push or pull refused or unreachable) is an
     /// infrastructure fault, not the user's: it is tried again, after a
@@ -219,8 +227,15 @@ impl Inner {
             slot.clean(&cleanup_env, log).await;
         }
         let audit = Arc::new(AuditTrail::new(job.attempts));
+        let attempt = Attempt {
+            dirs: &dirs,
+            log,
+            cancel,
+            cgroup: cgroup.clone(),
+            audit: &audit,
+        };
         let outcome = self
-            .build_and_publish(job, &builder, &dirs, log, cancel, cgroup.clone(), &audit)
+            .build_and_publish(job, &builder, attempt)
             .await
             .unwrap_or_else(|ended| ended);
         // Written before the run's end, so the end is never stored without it.
@@ -270,12 +285,15 @@ impl Inner {
         &self,
         job: &Job,
         builder: &Builder,
-        dirs: &JobDirs,
-        log: &Arc<JobLog>,
-        cancel: &CancelSignal,
-        cgroup: Option<Arc<RunCgroup>>,
-        audit: &Arc<AuditTrail>,
+        attempt: Attempt<'_>,
     ) -> Result<Outcome, Outcome> {
+        let Attempt {
+            dirs,
+            log,
+            cancel,
+            cgroup,
+            audit,
+        } = attempt;
         let workspace = dirs.workspace();
         let simulated = builder.info().simulated;
         let (image, commit) = if simulated {

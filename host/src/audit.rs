@@ -46,12 +46,29 @@ pub struct AuditEntry {
     pub error: Option<String>,
 }
 
+/// The store keeps each run's trail as a job record named this and the run,
+/// zero-padded so that names sort in run order.
+pub const RECORD_PREFIX: &str = "audit.";
+
 /// A job's audit trail as stored: every run's calls, in order.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JobAudit {
     pub entries: Vec<AuditEntry>,
     /// Calls not kept, past [`MAX_ENTRIES`] in a run.
     pub dropped: u64,
+}
+
+impl JobAudit {
+    /// The trail of a job from its runs' stored records, in run order.
+    pub fn from_runs(records: &[String]) -> Result<Self, serde_json::Error> {
+        let mut audit = JobAudit::default();
+        for record in records {
+            let run: JobAudit = serde_json::from_str(record)?;
+            audit.entries.extend(run.entries);
+            audit.dropped += run.dropped;
+        }
+        Ok(audit)
+    }
 }
 
 /// The calls of one job run, as they are made.
@@ -95,6 +112,14 @@ impl AuditTrail {
     pub fn entries(&self) -> (Vec<AuditEntry>, u64) {
         let kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
         (kept.entries.clone(), kept.dropped)
+    }
+
+    /// The name and body of the job record that stores this run's trail.
+    pub fn stored(&self) -> (String, String) {
+        let (entries, dropped) = self.entries();
+        let body = serde_json::to_string(&JobAudit { entries, dropped })
+            .expect("an audit trail is plain data");
+        (format!("{RECORD_PREFIX}{:06}", self.attempt), body)
     }
 }
 

@@ -4,7 +4,6 @@
 
 mod common;
 use common::LogText as _;
-use helix_build::audit::{AuditEntry, AuditTrail, JobAudit};
 use helix_build::log::LogLine;
 
 use std::sync::Arc;
@@ -235,51 +234,34 @@ async fn owes_one_notification_per_ended_job(store: &dyn JobStore, queue: &dyn J
     );
 }
 
-/// One call of a run's audit trail.
-fn call(attempt: u32, program: &str) -> AuditEntry {
-    AuditEntry {
-        attempt,
-        program: program.into(),
-        args: vec!["build".into()],
-        working_dir: None,
-        grant: Some(format!("{program} build")),
-        allowed: true,
-        started_at: Utc::now(),
-        duration_ms: 3,
-        exit_code: Some(0),
-        error: None,
-    }
-}
-
-/// Each run's trail is kept, in run order, rewritten whole when a run
-/// writes it again; an unknown job has none; pruning drops it.
-async fn keeps_each_runs_audit_trail(store: &dyn JobStore, queue: &dyn JobQueue) {
-    let mut j = running(queue, "audited", "auditing").await;
-    assert_eq!(
-        store.audit("audited").await.unwrap(),
-        Some(JobAudit::default())
-    );
-    let first = AuditTrail::new(1);
-    first.record(call(1, "early"));
-    store.record_audit(&j.id, &first);
-    first.record(call(1, "podman"));
-    store.record_audit(&j.id, &first);
-    let second = AuditTrail::new(2);
-    second.record(call(2, "buildah"));
-    store.record_audit(&j.id, &second);
+/// A job's records (its runs' audit trails, its provenance) are kept by
+/// name, rewritten whole when written again, listed by name prefix in
+/// name order; an unknown job has none; pruning drops them.
+async fn keeps_a_jobs_records_by_name(store: &dyn JobStore, queue: &dyn JobQueue) {
+    let mut j = running(queue, "recorded", "recording").await;
+    assert_eq!(store.records("recorded", "").await.unwrap(), Some(vec![]));
+    store.put_record(&j.id, "audit.000002", "second run".into());
+    store.put_record(&j.id, "audit.000001", "first, early".into());
+    store.put_record(&j.id, "audit.000001", "first run".into());
+    store.put_record(&j.id, "provenance", "{}".into());
     j.finish(Outcome::failed(FailureKind::Build, "RUN false"), Utc::now())
         .unwrap();
     store.update(&j).await.unwrap();
-    let audit = store.audit("audited").await.unwrap().unwrap();
-    let programs: Vec<_> = audit.entries.iter().map(|c| c.program.as_str()).collect();
-    assert_eq!(programs, ["early", "podman", "buildah"]);
     assert_eq!(
-        (audit.entries[2].attempt, audit.entries[2].grant.as_deref()),
-        (2, Some("buildah build"))
+        store.records("recorded", "audit.").await.unwrap().unwrap(),
+        ["first run", "second run"]
     );
-    assert!(store.audit("nope").await.unwrap().is_none());
+    assert_eq!(
+        store
+            .records("recorded", "provenance")
+            .await
+            .unwrap()
+            .unwrap(),
+        ["{}"]
+    );
+    assert!(store.records("nope", "").await.unwrap().is_none());
     store.prune(None, Some(0)).await.unwrap();
-    assert!(store.audit("audited").await.unwrap().is_none());
+    assert!(store.records("recorded", "").await.unwrap().is_none());
 }
 
 async fn refuses_a_duplicate_id(store: &dyn JobStore) {
@@ -391,10 +373,10 @@ async fn sqlite_owes_one_notification_per_ended_job() {
 }
 
 #[tokio::test]
-async fn sqlite_keeps_each_runs_audit_trail() {
+async fn sqlite_keeps_a_jobs_records_by_name() {
     let (_dir, store) = sqlite();
     let queue = LocalQueue::open(store.clone()).await.unwrap();
-    keeps_each_runs_audit_trail(store.as_ref(), &queue).await;
+    keeps_a_jobs_records_by_name(store.as_ref(), &queue).await;
 }
 
 #[tokio::test]
@@ -421,7 +403,7 @@ async fn postgres_keeps_the_store_contract() {
     let store = postgres(&server, "host-a").await;
     // First: it takes every notification owed.
     owes_one_notification_per_ended_job(store.as_ref(), store.as_ref()).await;
-    keeps_each_runs_audit_trail(store.as_ref(), store.as_ref()).await;
+    keeps_a_jobs_records_by_name(store.as_ref(), store.as_ref()).await;
     keeps_state_result_and_log_in_order(store.as_ref(), store.as_ref()).await;
     refuses_a_duplicate_id(store.as_ref()).await;
     pages_newest_first_by_state_from_a_cursor(store.as_ref(), store.as_ref()).await;

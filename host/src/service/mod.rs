@@ -306,12 +306,18 @@ impl Service {
 
     /// Job `id`'s audit trail: the calls of its ended runs.
     pub async fn audit(&self, id: &str) -> Result<JobAudit, ServiceError> {
-        self.inner
+        let runs = self
+            .inner
             .config
             .store
-            .audit(id)
+            .records(id, crate::audit::RECORD_PREFIX)
             .await?
-            .ok_or_else(|| ServiceError::NotFound(id.to_string()))
+            .ok_or_else(|| ServiceError::NotFound(id.to_string()))?;
+        JobAudit::from_runs(&runs).map_err(|e| {
+            ServiceError::from(StoreError::Database(format!(
+                "the audit trail of job '{id}' is unreadable: {e}"
+            )))
+        })
     }
 
     /// Up to `limit` jobs, newest first, only those `filter` lets

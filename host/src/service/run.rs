@@ -239,7 +239,8 @@ impl Inner {
             .await
             .unwrap_or_else(|ended| ended);
         // Written before the run's end, so the end is never stored without it.
-        self.config.store.record_audit(&job.id, &audit);
+        let (name, body) = audit.stored();
+        self.config.store.put_record(&job.id, &name, body);
         let limits = &builder.info().build_limits;
         let reached = match cgroup.as_ref().and_then(|c| c.limit_hit()) {
             Some(LimitHit::Memory) => Some(format!(

@@ -18,7 +18,6 @@ use futures_util::FutureExt as _;
 use futures_util::future::BoxFuture;
 use tokio::sync::oneshot;
 
-use crate::audit::{AuditEntry, AuditTrail, JobAudit};
 use crate::job::{Job, JobId, State};
 use crate::log::LogLine;
 
@@ -78,6 +77,12 @@ pub(crate) const PRUNED_JOBS: &str = "
                    ORDER BY seq DESC LIMIT 1 OFFSET $2)
     )";
 
+/// [`JobStore::put_record`] in SQLite's and PostgreSQL's parameters.
+pub(crate) const PUT_RECORD: &str = "INSERT INTO job_records (job_id, name, body) \
+     VALUES (?1, ?2, ?3) ON CONFLICT (job_id, name) DO UPDATE SET body = excluded.body";
+pub(crate) const PUT_RECORD_PG: &str = "INSERT INTO job_records (job_id, name, body) \
+     VALUES ($1, $2, $3) ON CONFLICT (job_id, name) DO UPDATE SET body = excluded.body";
+
 /// Stores trim a job's stored log every this many lines, not on every line.
 pub(crate) const TRIM_EVERY: u64 = 256;
 
@@ -102,13 +107,14 @@ pub trait JobStore: Send + Sync + 'static {
     /// Ordered with the other writes; nobody waits for it.
     fn append_log(&self, id: &JobId, line: &LogLine, cap: usize);
 
-    /// Stores what `trail` recorded as the audit of job `id`'s run
-    /// `trail.attempt()`, replacing what was stored for that run. Ordered
-    /// with the other writes; nobody waits for it.
-    fn record_audit(&self, id: &JobId, trail: &AuditTrail);
-    /// Job `id`'s audit trail, every run's in order; `None` when no job
-    /// has that id.
-    fn audit<'a>(&'a self, id: &'a str) -> Read<'a, Option<JobAudit>>;
+    /// Stores document `name` of job `id` (a run's audit trail, the
+    /// job's provenance), replacing one of that name; pruned with the
+    /// job. Ordered with the other writes, so one written before the job's
+    /// end is durable with it; nobody waits for it.
+    fn put_record(&self, id: &JobId, name: &str, body: String);
+    /// The bodies of job `id`'s documents whose names start with
+    /// `prefix`, in name order; `None` when no job has that id.
+    fn records<'a>(&'a self, id: &'a str, prefix: &'a str) -> Read<'a, Option<Vec<String>>>;
 
     /// Job `id` as last committed.
     fn get<'a>(&'a self, id: &'a str) -> Read<'a, Option<Job>>;
@@ -192,17 +198,12 @@ impl Writes {
         committed
     }
 
-    pub(crate) fn audit(&self, id: &JobId, trail: &AuditTrail) {
-        let (entries, dropped) = trail.entries();
-        match serde_json::to_string(&entries) {
-            Ok(entries) => (self.send)(Write::Audit {
-                id: id.clone(),
-                attempt: trail.attempt(),
-                entries,
-                dropped,
-            }),
-            Err(e) => tracing::error!(job = %id, "audit trail not stored: {e}"),
-        }
+    pub(crate) fn record(&self, id: &JobId, name: &str, body: String) {
+        (self.send)(Write::Record {
+            id: id.clone(),
+            name: name.to_string(),
+            body,
+        });
     }
 
     pub(crate) fn log(&self, id: &JobId, line: &LogLine, cap: usize) {
@@ -222,21 +223,6 @@ pub(crate) fn delivered_column(delivered: &[String]) -> String {
 
 pub(crate) fn delivered_from_column(column: &str) -> Vec<String> {
     column.lines().map(String::from).collect()
-}
-
-/// Job `id`'s audit from its runs' stored rows (entries as JSON arrays,
-/// how many each dropped), in run order.
-pub(crate) fn audit_from_rows(
-    rows: impl IntoIterator<Item = (String, i64)>,
-) -> Result<JobAudit, StoreError> {
-    let mut audit = JobAudit::default();
-    for (entries, dropped) in rows {
-        let entries: Vec<AuditEntry> = serde_json::from_str(&entries)
-            .map_err(|e| db_error(format!("a stored audit trail is unreadable: {e}")))?;
-        audit.entries.extend(entries);
-        audit.dropped += u64::try_from(dropped).unwrap_or(0);
-    }
-    Ok(audit)
 }
 
 /// A job read back from its stored body.
@@ -268,12 +254,11 @@ pub(crate) enum Write {
         line: LogLine,
         cap: usize,
     },
-    /// One run's audit trail, its entries as a JSON array.
-    Audit {
+    /// A document of a job, by name.
+    Record {
         id: JobId,
-        attempt: u32,
-        entries: String,
-        dropped: u64,
+        name: String,
+        body: String,
     },
 }
 

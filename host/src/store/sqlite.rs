@@ -22,10 +22,9 @@ use chrono::{DateTime, Utc};
 
 use super::{
     Commit, JobFilter, JobStore, OwedNotification, PRUNED_JOBS, REMEMBERED_LOGS, Read, StoreError,
-    StoredJob, TRIM_EVERY, Write, Writes, acknowledge, audit_from_rows, db_error, delivered_column,
+    StoredJob, TRIM_EVERY, Write, Writes, acknowledge, db_error, delivered_column,
     delivered_from_column, parse_job,
 };
-use crate::audit::{AuditTrail, JobAudit};
 use crate::job::{Job, JobId, State};
 use crate::log::LogLine;
 
@@ -67,14 +66,14 @@ const MIGRATIONS: &[&str] = &[
         INSERT OR IGNORE INTO outbox (job_id, due_at) VALUES (NEW.id, 0);
     END;
     ",
-    // Each run's audit trail: the programs its builder asked for.
+    // Documents of a job besides its log: each run's audit trail, its
+    // provenance.
     "
-    CREATE TABLE job_audit (
-        job_id  TEXT NOT NULL,
-        attempt INTEGER NOT NULL,
-        entries TEXT NOT NULL,
-        dropped BIGINT NOT NULL,
-        PRIMARY KEY (job_id, attempt)
+    CREATE TABLE job_records (
+        job_id TEXT NOT NULL,
+        name   TEXT NOT NULL,
+        body   TEXT NOT NULL,
+        PRIMARY KEY (job_id, name)
     ) WITHOUT ROWID;
     ",
 ];
@@ -312,26 +311,10 @@ fn commit(
                 append_line(&tx, next_line, id, line, *cap)?;
                 Ok(())
             }
-            Write::Audit {
-                id,
-                attempt,
-                entries,
-                dropped,
-            } => {
-                tx.prepare_cached(
-                    "INSERT INTO job_audit (job_id, attempt, entries, dropped) VALUES (?1, ?2, ?3, ?4) \
-                 ON CONFLICT (job_id, attempt) DO UPDATE SET entries = excluded.entries, \
-                 dropped = excluded.dropped",
-                )
-                .and_then(|mut s| {
-                    s.execute(params![
-                        id.as_str(),
-                        attempt,
-                        entries,
-                        i64::try_from(*dropped).unwrap_or(i64::MAX)
-                    ])
-                })
-                .map_err(db_error)?;
+            Write::Record { id, name, body } => {
+                tx.prepare_cached(super::PUT_RECORD)
+                    .and_then(|mut s| s.execute(params![id.as_str(), name, body]))
+                    .map_err(db_error)?;
                 Ok(())
             }
         });
@@ -403,7 +386,7 @@ fn prune(
     for id in &ids {
         tx.execute("DELETE FROM job_logs WHERE job_id = ?1", [id])
             .and_then(|_| tx.execute("DELETE FROM outbox WHERE job_id = ?1", [id]))
-            .and_then(|_| tx.execute("DELETE FROM job_audit WHERE job_id = ?1", [id]))
+            .and_then(|_| tx.execute("DELETE FROM job_records WHERE job_id = ?1", [id]))
             .and_then(|_| tx.execute("DELETE FROM jobs WHERE id = ?1", [id]))
             .map_err(db_error)?;
     }
@@ -501,11 +484,11 @@ impl JobStore for SqliteStore {
         self.writes().log(id, line, cap);
     }
 
-    fn record_audit(&self, id: &JobId, trail: &AuditTrail) {
-        self.writes().audit(id, trail);
+    fn put_record(&self, id: &JobId, name: &str, body: String) {
+        self.writes().record(id, name, body);
     }
 
-    fn audit<'a>(&'a self, id: &'a str) -> Read<'a, Option<JobAudit>> {
+    fn records<'a>(&'a self, id: &'a str, prefix: &'a str) -> Read<'a, Option<Vec<String>>> {
         let db = self.reader();
         let read = || {
             let exists = db
@@ -515,16 +498,13 @@ impl JobStore for SqliteStore {
             if exists.is_none() {
                 return Ok(None);
             }
-            let rows: Vec<(String, i64)> = db
-                .prepare_cached(
-                    "SELECT entries, dropped FROM job_audit WHERE job_id = ?1 ORDER BY attempt",
-                )
-                .and_then(|mut s| {
-                    s.query_map([id], |row| Ok((row.get(0)?, row.get(1)?)))?
-                        .collect()
-                })
-                .map_err(db_error)?;
-            audit_from_rows(rows).map(Some)
+            db.prepare_cached(
+                "SELECT body FROM job_records WHERE job_id = ?1 AND substr(name, 1, length(?2)) = ?2 \
+                 ORDER BY name",
+            )
+            .and_then(|mut s| s.query_map([id, prefix], |row| row.get(0))?.collect())
+            .map(Some)
+            .map_err(db_error)
         };
         ready(read())
     }

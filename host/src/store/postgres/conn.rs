@@ -62,14 +62,14 @@ const MIGRATIONS: &[&str] = &[
         WHEN (OLD.state IN ('queued', 'running') AND NEW.state NOT IN ('queued', 'running'))
         EXECUTE FUNCTION helix_owe_notification();
     ",
-    // Each run's audit trail: the programs its builder asked for.
+    // Documents of a job besides its log: each run's audit trail, its
+    // provenance.
     "
-    CREATE TABLE job_audit (
-        job_id  TEXT NOT NULL,
-        attempt INTEGER NOT NULL,
-        entries TEXT NOT NULL,
-        dropped BIGINT NOT NULL,
-        PRIMARY KEY (job_id, attempt)
+    CREATE TABLE job_records (
+        job_id TEXT NOT NULL,
+        name   TEXT NOT NULL,
+        body   TEXT NOT NULL,
+        PRIMARY KEY (job_id, name)
     );
     ",
 ];

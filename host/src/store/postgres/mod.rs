@@ -32,10 +32,9 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Row};
 
 use super::{
-    Commit, JobFilter, JobStore, OwedNotification, Read, StoreError, StoredJob, Writes,
-    audit_from_rows, db_error, delivered_column, delivered_from_column, parse_job,
+    Commit, JobFilter, JobStore, OwedNotification, Read, StoreError, StoredJob, Writes, db_error,
+    delivered_column, delivered_from_column, parse_job,
 };
-use crate::audit::{AuditTrail, JobAudit};
 use crate::job::{Job, JobId, State};
 use crate::log::LogLine;
 use crate::queue::Notice;
@@ -197,11 +196,11 @@ impl JobStore for PostgresStore {
         self.writes.log(id, line, cap);
     }
 
-    fn record_audit(&self, id: &JobId, trail: &AuditTrail) {
-        self.writes.audit(id, trail);
+    fn put_record(&self, id: &JobId, name: &str, body: String) {
+        self.writes.record(id, name, body);
     }
 
-    fn audit<'a>(&'a self, id: &'a str) -> Read<'a, Option<JobAudit>> {
+    fn records<'a>(&'a self, id: &'a str, prefix: &'a str) -> Read<'a, Option<Vec<String>>> {
         async move {
             if self
                 .query_opt("SELECT 1 FROM jobs WHERE id = $1", &[&id])
@@ -212,11 +211,12 @@ impl JobStore for PostgresStore {
             }
             let rows = self
                 .query(
-                    "SELECT entries, dropped FROM job_audit WHERE job_id = $1 ORDER BY attempt",
-                    &[&id],
+                    "SELECT body FROM job_records WHERE job_id = $1 AND starts_with(name, $2) \
+                     ORDER BY name",
+                    &[&id, &prefix],
                 )
                 .await?;
-            audit_from_rows(rows.iter().map(|row| (row.get(0), row.get(1)))).map(Some)
+            Ok(Some(rows.iter().map(|row| row.get(0)).collect()))
         }
         .boxed()
     }
@@ -318,7 +318,7 @@ impl JobStore for PostgresStore {
                 "WITH doomed AS ({select}), \
                  logs AS (DELETE FROM job_logs WHERE job_id IN (SELECT id FROM doomed)), \
                  owed AS (DELETE FROM outbox WHERE job_id IN (SELECT id FROM doomed)), \
-                 audits AS (DELETE FROM job_audit WHERE job_id IN (SELECT id FROM doomed)) \
+                 records AS (DELETE FROM job_records WHERE job_id IN (SELECT id FROM doomed)) \
                  DELETE FROM jobs WHERE id IN (SELECT id FROM doomed)"
             );
             let cutoff = ended_before.map(|at| at.to_rfc3339());

@@ -33,14 +33,14 @@ struct Writer {
     log: Statement,
     trim: Statement,
     notify: Statement,
-    audit: Statement,
+    record: Statement,
 }
 
 impl Writer {
     async fn connect(url: &str) -> Result<Writer, StoreError> {
         let client = open(url).await?;
         let prepare = |sql: &'static str| client.prepare(sql);
-        let (insert, update, log, trim, notify, audit) = tokio::try_join!(
+        let (insert, update, log, trim, notify, record) = tokio::try_join!(
             prepare(
                 "INSERT INTO jobs (id, state, builder, body, priority, grp, max_running) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING"
@@ -56,11 +56,7 @@ impl Writer {
                  (SELECT n FROM job_logs WHERE job_id = $1 ORDER BY n DESC OFFSET $2 LIMIT 1)"
             ),
             prepare(sql::NOTIFY),
-            prepare(
-                "INSERT INTO job_audit (job_id, attempt, entries, dropped) VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (job_id, attempt) DO UPDATE SET entries = excluded.entries, \
-                 dropped = excluded.dropped"
-            ),
+            prepare(super::super::PUT_RECORD_PG),
         )
         .map_err(db_error)?;
         Ok(Writer {
@@ -70,7 +66,7 @@ impl Writer {
             log,
             trim,
             notify,
-            audit,
+            record,
         })
     }
 }
@@ -123,7 +119,7 @@ async fn commit(
         log,
         trim,
         notify,
-        audit,
+        record,
     } = writer;
     let tx = client.transaction().await.map_err(db_error)?;
     let mut statements = Vec::with_capacity(batch.len() + 8);
@@ -179,20 +175,10 @@ async fn commit(
                     ],
                 ));
             }
-            Write::Audit {
-                id,
-                attempt,
-                entries,
-                dropped,
-            } => {
+            Write::Record { id, name, body } => {
                 statements.push(tx.execute_raw(
-                    &*audit,
-                    params![
-                        id.to_string(),
-                        i32::try_from(*attempt).unwrap_or(i32::MAX),
-                        entries.clone(),
-                        i64::try_from(*dropped).unwrap_or(i64::MAX)
-                    ],
+                    &*record,
+                    params![id.to_string(), name.clone(), body.clone()],
                 ));
             }
             Write::Log { id, line, cap } => {

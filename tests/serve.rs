@@ -795,6 +795,12 @@ fn cli_lists_shows_cancels_and_reads_logs() {
     assert_eq!(audit, json!({"entries": [], "dropped": 0}));
     let (ok, _, err) = cli(&server, None, &["audit", "no-such-job"]);
     assert!(!ok && err.contains("no job with id 'no-such-job'"), "{err}");
+    let (ok, _, err) = cli(&server, None, &["provenance", "short"]);
+    assert!(!ok, "{err}");
+    assert!(
+        err.contains("job 'short' has no provenance: builder 'simulated' is simulated"),
+        "{err}"
+    );
 
     let (ok, out, _) = cli(&server, None, &["jobs"]);
     assert!(ok);
@@ -940,7 +946,7 @@ fn every_documented_operation_exists_and_answers_a_documented_status() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 12, "every route of the router is documented");
+    assert_eq!(checked, 13, "every route of the router is documented");
 }
 
 #[test]

@@ -24,6 +24,7 @@ use crate::audit::JobAudit;
 use crate::hooks::{Forge, HookError, Hooked};
 use crate::job::{Job, JobRequest, State as JobState};
 use crate::plugin::BuilderInfo;
+use crate::provenance::Attestation;
 use crate::service::{JobPage, Service, ServiceError};
 use crate::store::JobFilter;
 
@@ -44,6 +45,7 @@ pub fn router(service: Service, token: Option<&str>) -> Router {
         .route("/v1/jobs/{id}/wait", get(wait))
         .route("/v1/jobs/{id}/logs", get(logs))
         .route("/v1/jobs/{id}/audit", get(audit))
+        .route("/v1/jobs/{id}/provenance", get(provenance))
         .route("/v1/builders", get(builders))
         .route("/v1/openapi.json", get(openapi));
     if let Some(token) = token {
@@ -136,6 +138,7 @@ impl From<ServiceError> for ApiError {
             ServiceError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
             ServiceError::Store => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
             ServiceError::UnknownCursor(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            ServiceError::NoProvenance { .. } => (StatusCode::NOT_FOUND, "no_provenance"),
         };
         ApiError {
             status,
@@ -256,6 +259,20 @@ pub(crate) async fn audit(
     Path(id): Path<String>,
 ) -> ApiResult<Json<JobAudit>> {
     Ok(Json(service.audit(&id).await?))
+}
+
+#[utoipa::path(get, path = "/v1/jobs/{id}/provenance",
+    summary = "the signed SLSA provenance attached to the job's image",
+    description = "The DSSE envelope as pushed to the registry, where it is, the key that signed it, and its statement decoded. 404 with the reason for a job without one (a simulated builder, a build that did not succeed).",
+    params(("id" = String, Path)),
+    responses((status = 200, description = "the attestation", body = Attestation),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 503, body = ErrorBody)))]
+pub(crate) async fn provenance(
+    State(service): State<Service>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Attestation>> {
+    Ok(Json(service.provenance(&id).await?))
 }
 
 #[utoipa::path(post, path = "/v1/jobs/{id}/cancel", summary = "cancel a queued or running job",

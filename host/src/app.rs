@@ -7,8 +7,10 @@ use crate::cgroup::Cgroups;
 use crate::config::{Config, ConfigError, StoreLocation};
 use crate::job::SubmitPolicy;
 use crate::plugin::{ComponentCache, PluginError, PluginRuntime, PoolSizing};
+use crate::provenance::Provenance;
 use crate::queue::{JobQueue, LocalQueue};
 use crate::registry::Publisher;
+use crate::registry::oci::RegistryClient;
 use crate::service::{Service, ServiceConfig};
 use crate::source::Checkout;
 use crate::store::{JobStore, PostgresStore, SqliteStore, StoreError};
@@ -82,6 +84,13 @@ pub async fn start_with(
     let webhooks = Arc::new(config.webhooks()?);
     let notifications = Arc::new(config.notifications()?);
     let registries = Arc::new(config.registry_settings());
+    let provenance = config.provenance_key()?.map(|key| {
+        Arc::new(Provenance::new(
+            key,
+            Arc::new(RegistryClient::new(registries.clone())),
+            config.host_id(),
+        ))
+    });
     let service_config = ServiceConfig {
         workers: config.workers,
         queue_capacity: config.queue_capacity,
@@ -102,6 +111,7 @@ pub async fn start_with(
         retention: config.retention(),
         webhooks,
         notifications,
+        provenance,
         queue_ttl: (config.queue_ttl_secs > 0).then(|| Duration::from_secs(config.queue_ttl_secs)),
         store,
         queue,

@@ -18,6 +18,7 @@ use crate::log::OutputCaps;
 use crate::network::BuildNetwork;
 use crate::notify::{Notifications, NotifyTarget};
 use crate::plugin::{BuilderSource, Limits, Origin};
+use crate::provenance::dsse::SigningKey;
 use crate::registry::RegistrySettings;
 use crate::secrets::{BuildSecrets, SecretSource};
 use crate::service::Retention;
@@ -80,6 +81,13 @@ pub struct Config {
     pub retention_days: u64,
     /// Ended jobs kept at most, the newest; 0: no limit.
     pub retention_jobs: u64,
+    /// Sign and attach SLSA provenance to every image a real builder
+    /// builds (see [`crate::provenance`]).
+    pub provenance: bool,
+    /// The Ed25519 private key (PKCS#8 PEM) that signs provenance;
+    /// `<data_dir>/provenance.key` when absent, made on first start with
+    /// its public key beside it (`.pub`).
+    pub provenance_key: Option<PathBuf>,
     /// Where jobs are stored: `sqlite://PATH` (`<data_dir>/helix.db` when
     /// absent), or `postgres://user:password@host:port/db` for a database
     /// and queue several hosts share.
@@ -222,6 +230,8 @@ impl Default for Config {
             notifications: Vec::new(),
             retention_days: 30,
             retention_jobs: 0,
+            provenance: true,
+            provenance_key: None,
             store_url: None,
             host_id: None,
             lease_secs: 30,
@@ -622,6 +632,35 @@ impl Config {
 
     pub fn workspace_dir(&self) -> PathBuf {
         self.data_dir.join("workspaces")
+    }
+
+    /// The key that signs provenance, when provenance is on: the
+    /// configured one, else the data dir's, made now if it is missing.
+    pub fn provenance_key(&self) -> Result<Option<SigningKey>, ConfigError> {
+        if !self.provenance {
+            return Ok(None);
+        }
+        if let Some(path) = &self.provenance_key {
+            return SigningKey::load(path)
+                .map(Some)
+                .map_err(|e| ConfigError::Invalid(format!("provenance_key: {e}")));
+        }
+        let path = self.data_dir.join("provenance.key");
+        if !path.exists() {
+            let key = SigningKey::generate().map_err(ConfigError::Invalid)?;
+            std::fs::create_dir_all(&self.data_dir)
+                .map_err(|e| ConfigError::Invalid(format!("{}: {e}", self.data_dir.display())))?;
+            key.write(&path, &path.with_extension("pub"))
+                .map_err(ConfigError::Invalid)?;
+            tracing::info!(
+                "made a provenance signing key at {} (public key: {}); consumers verify images with the public key",
+                path.display(),
+                path.with_extension("pub").display()
+            );
+        }
+        SigningKey::load(&path)
+            .map(Some)
+            .map_err(|e| ConfigError::Invalid(format!("provenance_key: {e}")))
     }
 }
 

@@ -24,6 +24,7 @@ pub mod notify;
 pub mod openapi;
 pub mod platform;
 pub mod plugin;
+pub mod provenance;
 pub mod queue;
 pub mod quota;
 pub mod reference;

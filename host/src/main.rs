@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use axum_server::tls_rustls::RustlsConfig;
 use clap::{Parser, Subcommand};
 use helix_build::config::{Config, StoreLocation};
+use helix_build::provenance::dsse::SigningKey;
 use helix_build::store::SqliteStore;
 use helix_build::{api, app, plugin};
 use tracing_subscriber::EnvFilter;
@@ -70,6 +71,33 @@ enum Command {
         #[arg(long, env = "HELIX_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Make an Ed25519 key pair for signing provenance: PREFIX.key (the
+    /// server's `provenance_key`, readable by its owner only) and
+    /// PREFIX.pub (what consumers verify with).
+    Keygen {
+        #[arg(default_value = "helix-provenance")]
+        prefix: PathBuf,
+    },
+    /// Check an image's provenance in its registry: signed by KEY, about
+    /// this image's digest, and (with --builder-digest) made by an allowed
+    /// builder component. Exits non-zero with the reason otherwise.
+    Verify {
+        /// `registry/repository:tag` or `registry/repository@sha256:…`.
+        image: String,
+        /// The signer's public key (PEM), as `keygen` wrote it.
+        #[arg(long)]
+        key: PathBuf,
+        /// Accept only builds by a builder component with this digest
+        /// (`sha256:…`); repeat for several.
+        #[arg(long = "builder-digest")]
+        builder_digests: Vec<String>,
+        /// Speak plain HTTP to the image's registry.
+        #[arg(long)]
+        insecure: bool,
+        /// Registry credentials (a containers auth.json).
+        #[arg(long, env = "REGISTRY_AUTH_FILE")]
+        authfile: Option<PathBuf>,
+    },
     #[command(flatten)]
     Client(ClientCommand),
     /// Work with builder plugins.
@@ -121,6 +149,8 @@ enum ClientCommand {
     /// Show every program a job's builder asked for, allowed or refused,
     /// and the grant that allowed it.
     Audit { id: String },
+    /// Show the signed SLSA provenance attached to a job's image (JSON).
+    Provenance { id: String },
     /// Wait for a job to end; exit 0 only if it succeeded.
     Wait {
         id: String,
@@ -164,6 +194,16 @@ async fn main() -> ExitCode {
             command: PluginCommand::Check { file },
         } => check_plugin(&file).await.map(|()| true),
         Command::Backup { file, config } => backup(config, &file).map(|()| true),
+        Command::Keygen { prefix } => keygen(&prefix).map(|()| true),
+        Command::Verify {
+            image,
+            key,
+            builder_digests,
+            insecure,
+            authfile,
+        } => cli::verify(&image, &key, &builder_digests, insecure, authfile)
+            .await
+            .map(|()| true),
         Command::Client(command) => {
             client_command(command, &cli.server, cli.ca_file.as_deref(), cli.json).await
         }
@@ -183,6 +223,20 @@ fn load_config(config: Option<PathBuf>) -> Result<Config, String> {
         Some(path) => Config::from_file(&path).map_err(|e| e.to_string()),
         None => Config::default().validated().map_err(|e| e.to_string()),
     }
+}
+
+fn keygen(prefix: &std::path::Path) -> Result<(), String> {
+    let key = SigningKey::generate()?;
+    let (private, public) = (prefix.with_extension("key"), prefix.with_extension("pub"));
+    key.write(&private, &public)?;
+    println!(
+        "{}: the private key (set `provenance_key` to it; keep it secret)\n{}: the public key, \
+         for `helix-build verify --key`\nkey id {}",
+        private.display(),
+        public.display(),
+        key.id()
+    );
+    Ok(())
 }
 
 fn backup(config: Option<PathBuf>, file: &std::path::Path) -> Result<(), String> {
@@ -301,6 +355,7 @@ async fn client_command(
             timestamps,
         } => cli::logs(&client, &id, follow, timestamps).await,
         ClientCommand::Audit { id } => cli::audit(&client, &id, json).await,
+        ClientCommand::Provenance { id } => cli::provenance(&client, &id).await,
         ClientCommand::Wait { id, timeout } => cli::wait(&client, &id, timeout, json).await,
         ClientCommand::Builders => cli::builders(&client, json).await,
     }

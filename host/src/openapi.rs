@@ -26,6 +26,7 @@ use crate::api;
         api::wait,
         api::logs,
         api::audit,
+        api::provenance,
         api::builders,
         api::hook
     ),

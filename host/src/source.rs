@@ -24,8 +24,9 @@ use crate::log::JobLog;
 pub const SOURCE_DIR: &str = "src";
 /// Checks that the job's context is a directory and its Dockerfile a file
 /// of the checkout in `workspace`, symbolic links followed: a link in the
-/// repository must not lead the build to the host's files.
-pub fn check_context(workspace: &Path, context: &str, dockerfile: &str) -> Result<(), Outcome> {
+/// repository must not lead the build to the host's files. Returns the
+/// Dockerfile's text as checked out.
+pub fn check_context(workspace: &Path, context: &str, dockerfile: &str) -> Result<String, Outcome> {
     let source = workspace
         .join(SOURCE_DIR)
         .canonicalize()
@@ -57,7 +58,12 @@ pub fn check_context(workspace: &Path, context: &str, dockerfile: &str) -> Resul
             Ok(_) => {}
         }
     }
-    Ok(())
+    std::fs::read_to_string(context_dir.join(dockerfile)).map_err(|e| {
+        Outcome::failed(
+            FailureKind::InvalidJob,
+            format!("dockerfile_path {dockerfile:?} (in context {context:?}) is unreadable: {e}"),
+        )
+    })
 }
 
 /// How long one git command may take.

@@ -1,6 +1,7 @@
 //! Registries: one configuration for every way the host and its builds
 //! reach them ([`RegistrySettings`]), and publishing a build ([`publish`]).
 
+pub mod oci;
 mod publish;
 
 use std::collections::BTreeMap;
@@ -37,6 +38,15 @@ impl RegistrySettings {
         self.registries
             .get(registry_of(image))
             .is_some_and(|r| !r.tls_verify)
+    }
+
+    /// The registries (`host[:port]`) reached without TLS.
+    pub fn insecure_registries(&self) -> Vec<String> {
+        self.registries
+            .iter()
+            .filter(|(_, r)| !r.tls_verify)
+            .map(|(location, _)| location.clone())
+            .collect()
     }
 
     pub fn auth_file(&self) -> Option<&Path> {

@@ -38,6 +38,7 @@ use crate::job::{InvalidJob, Job, JobId, JobRequest, Outcome, State, SubmitPolic
 use crate::log::{JobLog, LogLine, OutputCaps, Redactor};
 use crate::notify::Notifications;
 use crate::plugin::PluginRuntime;
+use crate::provenance::{Attestation, Provenance};
 use crate::queue::{JobQueue, LostRun};
 use crate::registry::{Publisher, RegistrySettings};
 use crate::secrets::BuildSecrets;
@@ -73,6 +74,8 @@ pub struct ServiceConfig {
     pub webhooks: Arc<Webhooks>,
     /// Where each job's end is told.
     pub notifications: Arc<Notifications>,
+    /// Signs and attaches the provenance of real builds; `None`: off.
+    pub provenance: Option<Arc<Provenance>>,
     /// Pushes what real builders built and confirms it in the registry.
     pub publisher: Publisher,
     /// How builds reach registries (for their base images).
@@ -115,6 +118,8 @@ pub enum ServiceError {
     Store,
     #[error("cursor '{0}' names no job; start again without a cursor")]
     UnknownCursor(String),
+    #[error("job '{id}' has no provenance: {reason}")]
+    NoProvenance { id: String, reason: String },
 }
 
 impl From<StoreError> for ServiceError {
@@ -317,6 +322,42 @@ impl Service {
             ServiceError::from(StoreError::Database(format!(
                 "the audit trail of job '{id}' is unreadable: {e}"
             )))
+        })
+    }
+
+    /// Job `id`'s signed provenance, as attached to its image.
+    pub async fn provenance(&self, id: &str) -> Result<Attestation, ServiceError> {
+        let store = &self.inner.config.store;
+        let records = store
+            .records(id, crate::provenance::RECORD)
+            .await?
+            .ok_or_else(|| ServiceError::NotFound(id.to_string()))?;
+        if let Some(record) = records.first() {
+            return serde_json::from_str(record).map_err(|e| {
+                ServiceError::from(StoreError::Database(format!(
+                    "the provenance of job '{id}' is unreadable: {e}"
+                )))
+            });
+        }
+        let job = self.get(id).await?;
+        let simulated = self
+            .inner
+            .runtime
+            .builder(&job.builder)
+            .is_some_and(|b| b.info().simulated);
+        let reason = if simulated {
+            format!(
+                "builder '{}' is simulated: it builds no image, so there is nothing to attest",
+                job.builder
+            )
+        } else if job.state != State::Succeeded {
+            format!("it {} (only a build that succeeds is attested)", job.state)
+        } else {
+            "provenance was off (`provenance = false`) when it was built".to_string()
+        };
+        Err(ServiceError::NoProvenance {
+            id: id.to_string(),
+            reason,
         })
     }
 

@@ -19,6 +19,7 @@ use crate::exec::JobValues;
 use crate::job::{FailureKind, Job, JobId, Outcome};
 use crate::log::JobLog;
 use crate::plugin::{Builder, Built, RunContext};
+use crate::provenance::{BuildFacts, Provenance};
 use crate::registry::Pushed;
 use crate::store::{StoreError, StoredJob};
 use crate::workspace::{JobDirs, run_name};
@@ -297,8 +298,8 @@ impl Inner {
         } = attempt;
         let workspace = dirs.workspace();
         let simulated = builder.info().simulated;
-        let (image, commit) = if simulated {
-            (None, None)
+        let (image, commit, dockerfile) = if simulated {
+            (None, None, String::new())
         } else {
             let Some(image) =
                 crate::reference::job_image(job, self.config.default_registry.as_deref())
@@ -319,8 +320,9 @@ impl Inner {
                 .checkout
                 .fetch(job, &workspace, log, cancel, cgroup.as_deref())
                 .await?;
-            crate::source::check_context(&workspace, &job.context, &job.dockerfile_path)?;
-            (Some(image), Some(commit))
+            let dockerfile =
+                crate::source::check_context(&workspace, &job.context, &job.dockerfile_path)?;
+            (Some(image), Some(commit), dockerfile)
         };
         let secrets = self
             .config
@@ -338,7 +340,7 @@ impl Inner {
             cancel: cancel.clone(),
             workspace,
             program_env: dirs.program_env(),
-            commit,
+            commit: commit.clone(),
             values: JobValues {
                 secrets,
                 registry_cache: builder.registry_cache_for(job),
@@ -348,7 +350,10 @@ impl Inner {
         };
         match (builder.run(job, ctx).await?, image) {
             (Built::Simulated(result), _) => {
-                log.push("[helix] simulated builder: no image, so nothing pushed or checked");
+                log.push(
+                    "[helix] simulated builder: no image, so nothing pushed, checked or attested \
+                     (no provenance)",
+                );
                 Ok(Outcome::Succeeded(result))
             }
             (built @ (Built::Layout(_) | Built::LocalImage), Some(image)) => {
@@ -361,7 +366,8 @@ impl Inner {
                         several_platforms: job.platforms.len() > 1,
                     },
                 };
-                self.config
+                let result = self
+                    .config
                     .publisher
                     .publish(
                         pushed,
@@ -372,8 +378,20 @@ impl Inner {
                         cgroup.as_deref(),
                     )
                     .await
-                    .map(Outcome::Succeeded)
-                    .map_err(|outcome| outcome.redacted(|text| log.redact(text)))
+                    .map_err(|outcome| outcome.redacted(|text| log.redact(text)))?;
+                if let Some(provenance) = &self.config.provenance {
+                    let (_, trail) = audit.stored();
+                    let facts = BuildFacts {
+                        job,
+                        commit: commit.as_deref().unwrap_or_default(),
+                        result: &result,
+                        builder: builder.info(),
+                        base_images: provenance.base_images(&dockerfile).await,
+                        audit: trail.as_bytes(),
+                    };
+                    self.attest(provenance, &facts, log).await?;
+                }
+                Ok(Outcome::Succeeded(result))
             }
             // Builder::run refuses an image from a simulated builder.
             (Built::Layout(_) | Built::LocalImage, None) => Err(Outcome::failed(
@@ -384,6 +402,38 @@ impl Inner {
                 ),
             )),
         }
+    }
+
+    /// Signs and attaches the provenance of the build `facts` describe,
+    /// and keeps it with the job; a registry that refuses it fails the job
+    /// as it would a refused push.
+    async fn attest(
+        &self,
+        provenance: &Provenance,
+        facts: &BuildFacts<'_>,
+        log: &JobLog,
+    ) -> Result<(), Outcome> {
+        let attestation = provenance.attest(facts).await.map_err(|e| {
+            Outcome::failed(
+                FailureKind::Registry,
+                format!("could not attach the build's provenance to the image: {e}"),
+            )
+        })?;
+        let size = attestation.envelope.payload.len() * 3 / 4;
+        match serde_json::to_string(&attestation) {
+            Ok(body) => {
+                self.config
+                    .store
+                    .put_record(&facts.job.id, crate::provenance::RECORD, body)
+            }
+            Err(e) => tracing::error!(job = %facts.job.id, "provenance not kept: {e}"),
+        }
+        log.push(&format!(
+            "[helix] provenance: a signed SLSA v1 statement (about {size} bytes, key {}) is \
+             attached to the image as {}",
+            attestation.key_id, attestation.reference
+        ));
+        Ok(())
     }
 
     /// Ends live job `id` with `outcome` and stores it.

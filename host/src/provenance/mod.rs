@@ -1,0 +1,402 @@
+//! Provenance: evidence a consumer of an image can check.
+//!
+//! For every real build that succeeds, the host writes a SLSA v1
+//! provenance statement ([`statement`]) about the digests it pushed,
+//! signs it with the operator's Ed25519 key in a DSSE envelope ([`dsse`])
+//! and pushes it next to the image as an OCI artifact referring to it
+//! ([`attach`]); the job succeeds only once the registry lists it.
+//! [`verify`] is the consumer's side: find the attestation of an image,
+//! check the signature and that it is about that image.
+//!
+//! Everything in the statement comes from the host, not the builder: the
+//! host checked the source out (the commit), pushed the image (the
+//! digests), loaded the component (its digest) and ran every program the
+//! builder asked for (the audit trail's digest).
+
+pub mod attach;
+pub mod dsse;
+pub mod statement;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::job::{BuildResult, Job};
+use crate::plugin::{BuilderInfo, WIT_VERSION};
+use crate::registry::oci::{RegistryClient, digest_of, reference};
+use dsse::{Envelope, IN_TOTO_PAYLOAD, PublicKey, SigningKey};
+use statement::{
+    BUILD_TYPE, BuildDefinition, BuildMetadata, COMPONENT, ExternalParameters, InternalParameters,
+    ResourceDescriptor, RunDetails, SLSA_PROVENANCE, STATEMENT_TYPE, SlsaBuilder, Statement,
+    sha256_hex,
+};
+
+/// The name of the job record holding a job's provenance.
+pub const RECORD: &str = "provenance";
+
+/// A build's attestation as the host keeps it with the job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Attestation {
+    /// Where it is in the registry: `repository@sha256:…`.
+    pub reference: String,
+    /// The id of the key that signed it.
+    pub key_id: String,
+    pub envelope: Envelope,
+    /// The envelope's payload, decoded.
+    pub statement: Statement,
+}
+
+/// What a build's statement is made from.
+pub struct BuildFacts<'a> {
+    pub job: &'a Job,
+    /// The commit the host checked out.
+    pub commit: &'a str,
+    /// What the host pushed and confirmed.
+    pub result: &'a BuildResult,
+    pub builder: &'a BuilderInfo,
+    /// The base images the Dockerfile names, as resolved in the registry.
+    pub base_images: Vec<ResourceDescriptor>,
+    /// The job's audit trail so far (every program the builder ran).
+    pub audit: &'a [u8],
+}
+
+/// Signs and attaches the provenance of this host's builds.
+pub struct Provenance {
+    key: SigningKey,
+    registry: Arc<RegistryClient>,
+    host: String,
+}
+
+impl Provenance {
+    pub fn new(key: SigningKey, registry: Arc<RegistryClient>, host: String) -> Self {
+        Provenance {
+            key,
+            registry,
+            host,
+        }
+    }
+
+    pub fn key_id(&self) -> String {
+        self.key.id()
+    }
+
+    /// The statement about `facts`' build, finished now.
+    pub fn statement(&self, facts: &BuildFacts<'_>) -> Statement {
+        let job = facts.job;
+        let result = facts.result;
+        let repository = repository_of(&result.image_tag);
+        let descriptor = |digest: &str, platform: Option<String>| ResourceDescriptor {
+            name: Some(repository.clone()),
+            digest: BTreeMap::from([("sha256".into(), sha256_hex(digest).to_string())]),
+            annotations: platform
+                .map(|p| BTreeMap::from([("platform".to_string(), p)]))
+                .unwrap_or_default(),
+            ..Default::default()
+        };
+        let mut subject: Vec<ResourceDescriptor> = result
+            .digest
+            .iter()
+            .map(|d| descriptor(d.as_str(), None))
+            .collect();
+        subject.extend(
+            result
+                .manifest
+                .iter()
+                .map(|(platform, digest)| descriptor(digest.as_str(), Some(platform.to_string()))),
+        );
+        let mut dependencies = vec![ResourceDescriptor {
+            uri: Some(format!("git+{}", job.repo_url)),
+            digest: BTreeMap::from([("gitCommit".into(), facts.commit.to_string())]),
+            annotations: BTreeMap::from([("ref".to_string(), job.git_ref.clone())]),
+            ..Default::default()
+        }];
+        dependencies.extend(facts.base_images.iter().cloned());
+        let builder = facts.builder;
+        let grants = serde_json::to_vec(&builder.grants).unwrap_or_default();
+        Statement {
+            statement_type: STATEMENT_TYPE.into(),
+            subject,
+            predicate_type: SLSA_PROVENANCE.into(),
+            predicate: statement::Provenance {
+                build_definition: BuildDefinition {
+                    build_type: BUILD_TYPE.into(),
+                    external_parameters: ExternalParameters {
+                        repository: job.repo_url.clone(),
+                        git_ref: job.git_ref.clone(),
+                        context: job.context.clone(),
+                        dockerfile: job.dockerfile_path.clone(),
+                        target: job.target.clone(),
+                        build_args: job.build_args.clone(),
+                        labels: job.labels.clone(),
+                        platforms: job.platforms.iter().map(ToString::to_string).collect(),
+                        secrets: job.secrets.clone(),
+                        no_cache: job.no_cache,
+                    },
+                    internal_parameters: InternalParameters {
+                        builder: builder.name.clone(),
+                        grants_digest: digest_of(&grants),
+                    },
+                    resolved_dependencies: dependencies,
+                },
+                run_details: RunDetails {
+                    builder: SlsaBuilder {
+                        id: format!(
+                            "urn:helix-build:host:{}:builder:{}",
+                            self.host, builder.name
+                        ),
+                        version: BTreeMap::from([
+                            ("helix-build".into(), env!("CARGO_PKG_VERSION").into()),
+                            ("component".into(), builder.version.clone()),
+                            ("wit".into(), format!("helix:build@{WIT_VERSION}")),
+                        ]),
+                        builder_dependencies: vec![ResourceDescriptor {
+                            name: Some(COMPONENT.into()),
+                            uri: Some(format!("urn:helix-build:component:{}", builder.plugin_name)),
+                            digest: BTreeMap::from([(
+                                "sha256".into(),
+                                sha256_hex(&builder.component_digest).to_string(),
+                            )]),
+                            ..Default::default()
+                        }],
+                    },
+                    metadata: BuildMetadata {
+                        invocation_id: job.id.to_string(),
+                        started_on: job.started_at,
+                        finished_on: chrono::Utc::now(),
+                    },
+                    byproducts: vec![ResourceDescriptor {
+                        name: Some("audit".into()),
+                        uri: Some(format!("/v1/jobs/{}/audit", job.id)),
+                        digest: BTreeMap::from([(
+                            "sha256".into(),
+                            sha256_hex(&digest_of(facts.audit)).to_string(),
+                        )]),
+                        ..Default::default()
+                    }],
+                },
+            },
+        }
+    }
+
+    /// Writes, signs and attaches the statement about `facts`' build, and
+    /// checks the registry lists it as referring to the image.
+    pub async fn attest(&self, facts: &BuildFacts<'_>) -> Result<Attestation, String> {
+        let statement = self.statement(facts);
+        let payload = serde_json::to_vec(&statement).map_err(|e| e.to_string())?;
+        let envelope = self.key.sign(IN_TOTO_PAYLOAD, &payload);
+        let envelope_bytes = serde_json::to_vec(&envelope).map_err(|e| e.to_string())?;
+        let image = &facts.result.image_tag;
+        let digest = facts
+            .result
+            .digest
+            .as_ref()
+            .ok_or_else(|| format!("{image} was pushed without a digest"))?;
+        let repository = reference(image)?;
+        let pinned = reference(&format!("{}@{}", repository_of(image), digest.as_str()))?;
+        let subject = self
+            .registry
+            .manifest(&pinned)
+            .await?
+            .ok_or_else(|| format!("{pinned} is not in the registry"))?;
+        let attached =
+            attach::attach(&self.registry, &repository, &subject, &envelope_bytes).await?;
+        let listed = attach::attestations(&self.registry, &repository, &subject.digest).await?;
+        if !listed.contains(&attached) {
+            return Err(format!(
+                "the registry does not list the attestation {attached} as referring to {pinned}"
+            ));
+        }
+        Ok(Attestation {
+            reference: format!("{}@{attached}", repository_of(image)),
+            key_id: self.key.id(),
+            envelope,
+            statement,
+        })
+    }
+
+    /// Each base image `dockerfile` names (not `scratch`, not an earlier
+    /// stage, not one built from build args) with its digest in the
+    /// registry where it can be resolved.
+    pub async fn base_images(&self, dockerfile: &str) -> Vec<ResourceDescriptor> {
+        let mut resolved = Vec::new();
+        for image in base_images(dockerfile) {
+            let mut descriptor = ResourceDescriptor {
+                uri: Some(image.clone()),
+                ..Default::default()
+            };
+            if let Ok(reference) = reference(&image)
+                && let Ok(Some(manifest)) = self.registry.manifest(&reference).await
+            {
+                descriptor.digest =
+                    BTreeMap::from([("sha256".into(), sha256_hex(&manifest.digest).to_string())]);
+            }
+            resolved.push(descriptor);
+        }
+        resolved
+    }
+}
+
+/// `image` without its tag or digest.
+fn repository_of(image: &str) -> String {
+    let image = image.split('@').next().unwrap_or(image);
+    match image.rsplit_once(':') {
+        Some((repository, tag)) if !tag.contains('/') => repository.to_string(),
+        _ => image.to_string(),
+    }
+}
+
+/// The images `FROM` lines name, in order, without repeats: not
+/// `scratch`, not a stage named earlier, not one that needs a build arg.
+fn base_images(dockerfile: &str) -> Vec<String> {
+    let mut stages: Vec<String> = Vec::new();
+    let mut images: Vec<String> = Vec::new();
+    for line in dockerfile.lines().map(str::trim) {
+        let mut words = line.split_whitespace();
+        if !words.next().is_some_and(|w| w.eq_ignore_ascii_case("FROM")) {
+            continue;
+        }
+        let mut words = words.skip_while(|w| w.starts_with("--"));
+        let Some(image) = words.next() else { continue };
+        let lower = image.to_ascii_lowercase();
+        if lower != "scratch"
+            && !image.contains('$')
+            && !stages.contains(&lower)
+            && !images.iter().any(|i| i == image)
+        {
+            images.push(image.to_string());
+        }
+        if words.next().is_some_and(|w| w.eq_ignore_ascii_case("AS"))
+            && let Some(stage) = words.next()
+        {
+            stages.push(stage.to_ascii_lowercase());
+        }
+    }
+    images
+}
+
+/// What [`verify`] found: an image whose attestation holds.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    /// `repository@sha256:…` of the image.
+    pub image: String,
+    /// `repository@sha256:…` of the attestation that verified.
+    pub attestation: String,
+    pub statement: Statement,
+}
+
+/// Checks `image` (a tag or `@digest`) against its attestations: one must
+/// be signed by `key`, unaltered, about this image's digest, and (when
+/// `builders` is not empty) made by a builder component whose digest is
+/// listed. The error says which check failed.
+pub async fn verify(
+    registry: &RegistryClient,
+    image: &str,
+    key: &PublicKey,
+    builders: &[String],
+) -> Result<Verified, String> {
+    let given = reference(image)?;
+    let repository = repository_of(image);
+    let digest = match given.digest() {
+        Some(digest) => digest.to_string(),
+        None => {
+            registry
+                .manifest(&given)
+                .await?
+                .ok_or_else(|| format!("{image} is not in the registry"))?
+                .digest
+        }
+    };
+    let pinned = format!("{repository}@{digest}");
+    let found = attach::attestations(registry, &given, &digest).await?;
+    if found.is_empty() {
+        return Err(format!(
+            "{pinned} has no provenance: no attestation refers to it (it was not built by \
+             Helix with signing, or was pushed by other means)"
+        ));
+    }
+    let mut failures = Vec::new();
+    for attestation in found {
+        let check = async {
+            let bytes = attach::envelope(registry, &given, &attestation).await?;
+            let envelope: Envelope = serde_json::from_slice(&bytes)
+                .map_err(|e| format!("it is not a DSSE envelope: {e}"))?;
+            let payload = key.open(&envelope).map_err(|e| e.to_string())?;
+            let statement: Statement = serde_json::from_slice(&payload)
+                .map_err(|e| format!("it holds no in-toto statement: {e}"))?;
+            if statement.predicate_type != SLSA_PROVENANCE {
+                return Err(format!(
+                    "it is not SLSA provenance ({})",
+                    statement.predicate_type
+                ));
+            }
+            if !statement.names_subject(&digest) {
+                let named: Vec<String> = statement
+                    .subject
+                    .iter()
+                    .filter_map(|s| s.digest.get("sha256").map(|d| format!("sha256:{d}")))
+                    .collect();
+                return Err(format!(
+                    "it is about {}, not {digest}: it was made for another image",
+                    named.join(", ")
+                ));
+            }
+            let builder = statement.builder_digest().unwrap_or_default();
+            if !builders.is_empty() && !builders.contains(&builder) {
+                return Err(format!(
+                    "its builder component {builder} is not one --builder-digest allows"
+                ));
+            }
+            Ok(statement)
+        };
+        match check.await {
+            Ok(statement) => {
+                return Ok(Verified {
+                    image: pinned,
+                    attestation: format!("{repository}@{attestation}"),
+                    statement,
+                });
+            }
+            Err(e) => failures.push(format!("attestation {attestation}: {e}")),
+        }
+    }
+    Err(format!("{pinned} does not verify: {}", failures.join("; ")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base_images_skip_scratch_stages_and_build_args() {
+        let dockerfile = "\
+            ARG BASE=debian\n\
+            FROM --platform=$BUILDPLATFORM 127.0.0.1:5000/base:1 AS build\n\
+            RUN make\n\
+            from build AS tested\n\
+            FROM ${BASE}:12\n\
+            FROM scratch\n\
+            FROM 127.0.0.1:5000/base:1\n\
+            FROM 127.0.0.1:5000/runtime@sha256:abc\n";
+        assert_eq!(
+            base_images(dockerfile),
+            ["127.0.0.1:5000/base:1", "127.0.0.1:5000/runtime@sha256:abc"]
+        );
+    }
+
+    #[test]
+    fn a_repository_is_the_image_without_tag_or_digest() {
+        assert_eq!(
+            repository_of("127.0.0.1:5000/team/app:v1"),
+            "127.0.0.1:5000/team/app"
+        );
+        assert_eq!(
+            repository_of("127.0.0.1:5000/team/app"),
+            "127.0.0.1:5000/team/app"
+        );
+        assert_eq!(
+            repository_of("127.0.0.1:5000/team/app@sha256:abc"),
+            "127.0.0.1:5000/team/app"
+        );
+    }
+}

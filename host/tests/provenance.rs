@@ -1,0 +1,273 @@
+//! Provenance of real builds: a two-platform podman build through the
+//! service, its signed SLSA statement attached in a real registry
+//! (Debian's docker-registry 2.8, which has no referrers API, so the
+//! fallback tag is what is exercised), verified with the public key, and
+//! forgeries refused each for its own reason.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::sync::Arc;
+
+use helix_build::config::RegistryConfig;
+use helix_build::job::{JobRequest, State};
+use helix_build::provenance::dsse::{PublicKey, SigningKey};
+use helix_build::provenance::{attach, verify};
+use helix_build::registry::RegistrySettings;
+use helix_build::registry::oci::{RegistryClient, reference};
+use helix_build::secrets::SecretSource;
+use helix_build::service::ServiceError;
+use helix_fixtures::{Registry, Repo};
+
+/// A key pair in `dir` named `name`; the private key's path and the public key.
+fn key_pair(dir: &std::path::Path, name: &str) -> (std::path::PathBuf, PublicKey) {
+    let (private, public) = (
+        dir.join(format!("{name}.key")),
+        dir.join(format!("{name}.pub")),
+    );
+    SigningKey::generate()
+        .unwrap()
+        .write(&private, &public)
+        .unwrap();
+    (private, PublicKey::load(&public).unwrap())
+}
+
+/// A client for the test registry, over plain HTTP.
+fn client(registry: &str) -> RegistryClient {
+    let registries = BTreeMap::from([(
+        registry.to_string(),
+        RegistryConfig {
+            tls_verify: false,
+            ..RegistryConfig::default()
+        },
+    )]);
+    RegistryClient::new(Arc::new(RegistrySettings::new(registries, None)))
+}
+
+/// Pushes an empty image labelled `label` to `reference` with buildah, in
+/// a storage of its own: an image pushed without Helix.
+fn push_plain_image(reference: &str, label: &str) {
+    let storage = tempfile::tempdir().unwrap();
+    let buildah = |args: &[&str]| {
+        let output = Command::new("buildah")
+            .arg(format!("--root={}", storage.path().join("root").display()))
+            .arg(format!(
+                "--runroot={}",
+                storage.path().join("run").display()
+            ))
+            .arg("--storage-driver=vfs")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "buildah {args:?}: {output:?}");
+        String::from_utf8(output.stdout).unwrap().trim().to_string()
+    };
+    let container = buildah(&["from", "scratch"]);
+    buildah(&["config", "--label", &format!("plain={label}"), &container]);
+    buildah(&["commit", "--quiet", &container, "plain"]);
+    buildah(&[
+        "push",
+        "--quiet",
+        "--tls-verify=false",
+        "plain",
+        &format!("docker://{reference}"),
+    ]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_two_platform_build_is_attested_verifies_and_forgeries_do_not() {
+    let registry = Registry::start(false);
+    let repo = Repo::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (signing, public) = key_pair(dir.path(), "helix");
+    let secret = dir.path().join("token");
+    std::fs::write(&secret, "s3cr3t-provenance").unwrap();
+    let mut config = common::real_config(&dir, &registry.address);
+    config.provenance_key = Some(signing);
+    config.secrets.insert(
+        "token".into(),
+        SecretSource {
+            env: None,
+            file: Some(secret),
+        },
+    );
+    let service = common::start(&config.validated().unwrap()).await;
+    let request = JobRequest {
+        repo_url: repo.url(),
+        git_ref: Some("v1".into()),
+        builder: Some("podman".into()),
+        platforms: vec!["linux/amd64".into(), "linux/arm64".into()],
+        build_args: BTreeMap::from([("GREETING".to_string(), "hello".to_string())]),
+        secrets: vec!["token".into()],
+        ..JobRequest::default()
+    };
+    let (job, logs) = common::run_logged(&service, request).await;
+    assert_eq!(job.state, State::Succeeded, "{:?}", job.error);
+    assert!(
+        logs.iter()
+            .any(|l| l.starts_with("[helix] provenance: a signed SLSA v1 statement")),
+        "{logs:?}"
+    );
+
+    // What the host kept and what it says.
+    let attestation = service.provenance(job.id.as_str()).await.unwrap();
+    let statement = &attestation.statement;
+    let index = job.digest.clone().unwrap().to_string();
+    assert!(statement.names_subject(&index), "the index: {statement:?}");
+    assert_eq!(job.manifest.iter().count(), 2);
+    for (platform, digest) in job.manifest.iter() {
+        assert!(
+            statement.names_subject(digest.as_str()),
+            "{platform}: {statement:?}"
+        );
+    }
+    assert_eq!(statement.commit(), Some(repo.first_commit.as_str()));
+    let component = service
+        .runtime()
+        .builder("podman")
+        .unwrap()
+        .info()
+        .component_digest
+        .clone();
+    assert_eq!(
+        statement.builder_digest().unwrap(),
+        format!("sha256:{}", component.trim_start_matches("sha256:"))
+    );
+    let parameters = &statement.predicate.build_definition.external_parameters;
+    assert_eq!(parameters.secrets, ["token"], "named, never valued");
+    assert_eq!(parameters.platforms, ["linux/amd64", "linux/arm64"]);
+    let text = serde_json::to_string(&attestation).unwrap();
+    assert!(!text.contains("s3cr3t-provenance"), "{text}");
+    let audit = serde_json::to_string(&service.audit(job.id.as_str()).await.unwrap()).unwrap();
+    assert!(!audit.contains("s3cr3t-provenance"), "{audit}");
+    assert!(audit.contains("--secret=id=token"), "{audit}");
+
+    // In the registry, listed by the referrers fallback tag.
+    let tag = job.image_tag.clone().unwrap();
+    let repository = tag.rsplit_once(':').unwrap().0.to_string();
+    let fallback = Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false"])
+        .arg(format!(
+            "docker://{repository}:sha256-{}",
+            index.trim_start_matches("sha256:")
+        ))
+        .output()
+        .unwrap();
+    assert!(fallback.status.success(), "{fallback:?}");
+    let listed: serde_json::Value = serde_json::from_slice(&fallback.stdout).unwrap();
+    let attached = attestation.reference.rsplit_once('@').unwrap().1;
+    assert_eq!(listed["manifests"][0]["digest"], attached, "{listed}");
+
+    // Verified by tag and by digest, with the public key.
+    let registry_client = client(&registry.address);
+    for image in [tag.clone(), format!("{repository}@{index}")] {
+        let verified = verify(&registry_client, &image, &public, &[])
+            .await
+            .unwrap();
+        assert_eq!(verified.image, format!("{repository}@{index}"));
+        assert_eq!(verified.statement, *statement);
+    }
+    let allowed = [statement.builder_digest().unwrap()];
+    verify(&registry_client, &tag, &public, &allowed)
+        .await
+        .unwrap();
+
+    // Each way of failing says its own reason.
+    let failure = |result: Result<_, String>| result.map(|_| ()).unwrap_err();
+    let other_builder = ["sha256:0000".to_string()];
+    let err = failure(verify(&registry_client, &tag, &public, &other_builder).await);
+    assert!(err.contains("is not one --builder-digest allows"), "{err}");
+    let (_, stranger) = key_pair(dir.path(), "stranger");
+    let err = failure(verify(&registry_client, &tag, &stranger, &[]).await);
+    assert!(err.contains("signed by another key"), "{err}");
+
+    // An image pushed without Helix has none.
+    let plain = format!("{}/plain/app:1", registry.address);
+    push_plain_image(&plain, "one");
+    let err = failure(verify(&registry_client, &plain, &public, &[]).await);
+    assert!(err.contains("has no provenance"), "{err}");
+
+    // The real envelope attached to it: about another image.
+    let plain_ref = reference(&plain).unwrap();
+    let plain_manifest = registry_client.manifest(&plain_ref).await.unwrap().unwrap();
+    let envelope = serde_json::to_vec(&attestation.envelope).unwrap();
+    attach::attach(&registry_client, &plain_ref, &plain_manifest, &envelope)
+        .await
+        .unwrap();
+    let err = failure(verify(&registry_client, &plain, &public, &[]).await);
+    assert!(err.contains("it was made for another image"), "{err}");
+
+    // A statement rewritten to name another image and commit, under the
+    // real signature: altered.
+    let other = format!("{}/plain/other:1", registry.address);
+    push_plain_image(&other, "two");
+    let other_ref = reference(&other).unwrap();
+    let other_manifest = registry_client.manifest(&other_ref).await.unwrap().unwrap();
+    let forged = serde_json::to_string(statement)
+        .unwrap()
+        .replace(&repo.first_commit, &"f".repeat(40))
+        .replace(
+            index.trim_start_matches("sha256:"),
+            other_manifest.digest.trim_start_matches("sha256:"),
+        );
+    let mut tampered = attestation.envelope.clone();
+    use base64::Engine as _;
+    tampered.payload = base64::engine::general_purpose::STANDARD.encode(forged);
+    attach::attach(
+        &registry_client,
+        &other_ref,
+        &other_manifest,
+        &serde_json::to_vec(&tampered).unwrap(),
+    )
+    .await
+    .unwrap();
+    let err = failure(verify(&registry_client, &other, &public, &[]).await);
+    assert!(err.contains("altered after it was signed"), "{err}");
+
+    // The command consumers run: exit 0 and a summary, or non-zero and
+    // the reason.
+    let public_file = dir.path().join("helix.pub");
+    let cli = |image: &str| {
+        Command::new(env!("CARGO_BIN_EXE_helix-build"))
+            .args(["verify", image, "--insecure", "--key"])
+            .arg(&public_file)
+            .output()
+            .unwrap()
+    };
+    let ok = cli(&tag);
+    let out = String::from_utf8_lossy(&ok.stdout);
+    assert!(
+        ok.status.success(),
+        "{out} {}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(
+        out.contains(&format!("{repository}@{index}: verified")),
+        "{out}"
+    );
+    assert!(out.contains(&repo.first_commit), "{out}");
+    assert!(out.contains("linux/arm64"), "{out}");
+    let refused = cli(&plain);
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("made for another image"), "{err}");
+
+    // The simulated builder builds nothing, so it attests nothing, and
+    // says so.
+    let simulated = service
+        .submit(JobRequest {
+            repo_url: "https://git.example/app.git".into(),
+            builder: Some("simulated".into()),
+            ..JobRequest::default()
+        })
+        .await
+        .unwrap();
+    common::finished(&service, &simulated.id).await;
+    match service.provenance(simulated.id.as_str()).await {
+        Err(ServiceError::NoProvenance { reason, .. }) => {
+            assert!(reason.contains("is simulated"), "{reason}")
+        }
+        other => panic!("{other:?}"),
+    }
+}

@@ -7,7 +7,11 @@
 //! wasm instance, grant checks, log streaming, the private build network,
 //! and the registry check (`skopeo inspect`) before the job may succeed.
 //!
-//! A second row prices the isolation itself: the same hand-run build with
+//! A second row prices the provenance: the same build through a second
+//! service with `provenance = false`, against the first, which signs a
+//! SLSA statement and attaches it to the image (the default).
+//!
+//! A third row prices the isolation itself: the same hand-run build with
 //! every `RUN` step in an OCI container under runc, against `--isolation
 //! chroot` (what the builders used before; not a sandbox).
 //!
@@ -36,29 +40,38 @@ async fn run() {
     let data = tempfile::tempdir().unwrap();
     let config = common::real_build_config(&data, &registry.address);
     let service = app::start(&config).await.unwrap();
+    let unattested_data = tempfile::tempdir().unwrap();
+    let mut unattested = common::real_build_config(&unattested_data, &registry.address);
+    unattested.provenance = false;
+    let unattested = app::start(&unattested).await.unwrap();
 
     let mut through_service = Vec::new();
+    let mut without_provenance = Vec::new();
     let mut by_hand = Vec::new();
     let mut by_hand_chroot = Vec::new();
     for round in 0..ROUNDS {
-        let image = format!("{}/bench/service:{round}", registry.address);
-        let request = JobRequest {
-            repo_url: repo.url(),
-            git_ref: Some("v1".into()),
-            builder: Some("podman".into()),
-            image: Some(image),
-            build_args: [("GREETING".to_string(), "hello".to_string())].into(),
-            no_cache: true,
-            ..JobRequest::default()
-        };
-        let started = Instant::now();
-        let job = service.submit(request).await.unwrap();
-        let job = service
-            .wait(job.id.as_str(), Duration::from_secs(300))
-            .await
-            .unwrap();
-        through_service.push(started.elapsed());
-        assert_eq!(job.state, State::Succeeded, "{:?}", job.error);
+        for (service, times, name) in [
+            (&service, &mut through_service, "service"),
+            (&unattested, &mut without_provenance, "unattested"),
+        ] {
+            let request = JobRequest {
+                repo_url: repo.url(),
+                git_ref: Some("v1".into()),
+                builder: Some("podman".into()),
+                image: Some(format!("{}/bench/{name}:{round}", registry.address)),
+                build_args: [("GREETING".to_string(), "hello".to_string())].into(),
+                no_cache: true,
+                ..JobRequest::default()
+            };
+            let started = Instant::now();
+            let job = service.submit(request).await.unwrap();
+            let job = service
+                .wait(job.id.as_str(), Duration::from_secs(300))
+                .await
+                .unwrap();
+            times.push(started.elapsed());
+            assert_eq!(job.state, State::Succeeded, "{:?}", job.error);
+        }
 
         for (isolation, times) in [
             (Isolation::Oci, &mut by_hand),
@@ -90,6 +103,17 @@ async fn run() {
         &format!("{ratio:.2}x"),
         "<= 1.10x",
         Some(ratio <= 1.10),
+    );
+    let unattested_median = median(&mut without_provenance);
+    let attesting = service_median.as_secs_f64() / unattested_median.as_secs_f64();
+    println!("  with provenance / without = {attesting:.2}x");
+    row(
+        "provenance",
+        &format!("{:.0} ms signed + attached", ms(service_median)),
+        &format!("{:.0} ms without", ms(unattested_median)),
+        &format!("{attesting:.2}x"),
+        "<= 1.05x",
+        Some(attesting <= 1.05),
     );
     let cost = hand_median.as_secs_f64() / chroot_median.as_secs_f64();
     row(

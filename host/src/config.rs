@@ -707,6 +707,20 @@ mod tests {
             .and_then(|c| c.validated().map_err(|e| e.to_string()))
     }
 
+    /// The README's configuration example: every key in it is one the
+    /// server knows, in the table it belongs to.
+    #[test]
+    fn the_readme_example_is_a_config() {
+        let readme = include_str!("../../README.md");
+        let section = &readme[readme.find("## Configuration").unwrap()..];
+        let start = section.find("```toml\n").unwrap() + "```toml\n".len();
+        let example = &section[start..start + section[start..].find("```").unwrap()];
+        let config = toml::from_str::<Config>(example).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.log_cap_lines, 10_000);
+        assert!(config.provenance);
+        assert!(!config.registries["127.0.0.1:5000"].tls_verify);
+    }
+
     #[test]
     fn empty_file_is_the_default() {
         let config = parse("").unwrap();

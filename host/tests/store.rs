@@ -49,6 +49,13 @@ fn sqlite() -> (tempfile::TempDir, Arc<SqliteStore>) {
     (dir, store)
 }
 
+/// A SQLite store and the local queue over it.
+async fn sqlite_with_queue() -> (tempfile::TempDir, Arc<SqliteStore>, LocalQueue) {
+    let (dir, store) = sqlite();
+    let queue = LocalQueue::open(store.clone()).await.unwrap();
+    (dir, store, queue)
+}
+
 async fn postgres(server: &Postgres, host: &str) -> Arc<PostgresStore> {
     PostgresStore::connect(&server.url(), host, LEASE)
         .await
@@ -353,29 +360,25 @@ async fn keeps_about_the_last_cap_log_lines(store: &dyn JobStore) {
 
 #[tokio::test]
 async fn sqlite_keeps_state_result_and_log_in_order() {
-    let (_dir, store) = sqlite();
-    let queue = LocalQueue::open(store.clone()).await.unwrap();
+    let (_dir, store, queue) = sqlite_with_queue().await;
     keeps_state_result_and_log_in_order(store.as_ref(), &queue).await;
 }
 
 #[tokio::test]
 async fn sqlite_prunes_ended_jobs_and_their_logs_never_live_ones() {
-    let (_dir, store) = sqlite();
-    let queue = LocalQueue::open(store.clone()).await.unwrap();
+    let (_dir, store, queue) = sqlite_with_queue().await;
     prunes_ended_jobs_and_their_logs_never_live_ones(store.as_ref(), &queue).await;
 }
 
 #[tokio::test]
 async fn sqlite_owes_one_notification_per_ended_job() {
-    let (_dir, store) = sqlite();
-    let queue = LocalQueue::open(store.clone()).await.unwrap();
+    let (_dir, store, queue) = sqlite_with_queue().await;
     owes_one_notification_per_ended_job(store.as_ref(), &queue).await;
 }
 
 #[tokio::test]
 async fn sqlite_keeps_a_jobs_records_by_name() {
-    let (_dir, store) = sqlite();
-    let queue = LocalQueue::open(store.clone()).await.unwrap();
+    let (_dir, store, queue) = sqlite_with_queue().await;
     keeps_a_jobs_records_by_name(store.as_ref(), &queue).await;
 }
 
@@ -386,8 +389,7 @@ async fn sqlite_refuses_a_duplicate_id() {
 
 #[tokio::test]
 async fn sqlite_pages_newest_first_by_state_from_a_cursor() {
-    let (_dir, store) = sqlite();
-    let queue = LocalQueue::open(store.clone()).await.unwrap();
+    let (_dir, store, queue) = sqlite_with_queue().await;
     pages_newest_first_by_state_from_a_cursor(store.as_ref(), &queue).await;
 }
 
@@ -523,8 +525,7 @@ async fn hands_out_the_oldest_and_withdraws_only_queued(
 
 #[tokio::test]
 async fn the_local_queue_hands_out_the_oldest_and_withdraws_only_queued() {
-    let (_dir, store) = sqlite();
-    let queue = LocalQueue::open(store.clone()).await.unwrap();
+    let (_dir, store, queue) = sqlite_with_queue().await;
     hands_out_the_oldest_and_withdraws_only_queued(&queue, store.as_ref()).await;
 }
 

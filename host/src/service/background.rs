@@ -48,55 +48,75 @@ pub(super) async fn worker(inner: Arc<Inner>) {
     }
 }
 
-/// How often waiting jobs are checked against their queue TTL.
-const EXPIRE_EVERY: Duration = Duration::from_secs(1);
+/// What a periodic task wants after a round.
+pub(super) enum Next {
+    /// The next round after the period.
+    Wait,
+    /// Another round at once: there is more to do.
+    Now,
+}
 
-/// Ends `expired` every waiting job older than its queue TTL, every
-/// [`EXPIRE_EVERY`]. On a shared queue every host does it; the store lets
-/// one of them end each job. Ends with the service.
-pub(super) async fn expire_waiting(inner: Weak<Inner>) {
-    let mut tick = tokio::time::interval(EXPIRE_EVERY);
+/// Runs `task` at once and then every `period` (at once again when it
+/// says [`Next::Now`]) for as long as the service lives.
+pub(super) async fn every(
+    period: Duration,
+    inner: Weak<Inner>,
+    mut task: impl AsyncFnMut(&Inner) -> Next,
+) {
+    let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         let Some(inner) = inner.upgrade() else {
             return;
         };
-        let now = chrono::Utc::now();
-        let default_ttl = inner.config.queue_ttl;
-        let overdue = match inner.config.queue.overdue(default_ttl, now).await {
-            Ok(overdue) => overdue,
-            Err(e) => {
-                tracing::warn!("cannot look for expired jobs: {e}");
-                continue;
-            }
-        };
-        for job in overdue {
-            let ttl = job.queue_ttl(default_ttl).unwrap_or_default();
-            let waited = (now - job.created_at).to_std().unwrap_or_default();
-            let mut ended = job;
-            let message = format!(
-                "waited {} in the queue, past its queue TTL of {} (queue_ttl_secs): no worker \
-                 for builder '{}' was free in time; submit it again, or give it a longer TTL",
-                human_duration(waited),
-                human_duration(ttl),
-                ended.builder
-            );
-            if ended.finish(Outcome::Expired { message }, now).is_err() {
-                continue;
-            }
-            let line = format!("[helix] {}", ended.error.as_deref().unwrap_or("expired"));
-            match inner.config.queue.withdraw(&ended, &line).await {
-                Ok(true) => tracing::info!(job = %ended.id, "queued job expired"),
-                Ok(false) => {}
-                Err(e) => tracing::warn!(job = %ended.id, "cannot expire a queued job: {e}"),
-            }
+        if let Next::Now = task(&inner).await {
+            tick.reset_immediately();
         }
     }
 }
 
+/// How often waiting jobs are checked against their queue TTL.
+pub(super) const EXPIRE_EVERY: Duration = Duration::from_secs(1);
+
+/// Ends `expired` every waiting job older than its queue TTL. On a shared
+/// queue every host does it; the store lets one of them end each job.
+pub(super) async fn expire_waiting(inner: &Inner) -> Next {
+    let now = chrono::Utc::now();
+    let default_ttl = inner.config.queue_ttl;
+    let overdue = match inner.config.queue.overdue(default_ttl, now).await {
+        Ok(overdue) => overdue,
+        Err(e) => {
+            tracing::warn!("cannot look for expired jobs: {e}");
+            return Next::Wait;
+        }
+    };
+    for job in overdue {
+        let ttl = job.queue_ttl(default_ttl).unwrap_or_default();
+        let waited = (now - job.created_at).to_std().unwrap_or_default();
+        let mut ended = job;
+        let message = format!(
+            "waited {} in the queue, past its queue TTL of {} (queue_ttl_secs): no worker \
+             for builder '{}' was free in time; submit it again, or give it a longer TTL",
+            human_duration(waited),
+            human_duration(ttl),
+            ended.builder
+        );
+        if ended.finish(Outcome::Expired { message }, now).is_err() {
+            continue;
+        }
+        let line = format!("[helix] {}", ended.error.as_deref().unwrap_or("expired"));
+        match inner.config.queue.withdraw(&ended, &line).await {
+            Ok(true) => tracing::info!(job = %ended.id, "queued job expired"),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(job = %ended.id, "cannot expire a queued job: {e}"),
+        }
+    }
+    Next::Wait
+}
+
 /// How often the store is asked for notifications that are due.
-const NOTIFY_EVERY: Duration = Duration::from_secs(1);
+pub(super) const NOTIFY_EVERY: Duration = Duration::from_secs(1);
 
 /// Notifications taken from the store at once, and sent at once.
 const NOTIFY_BATCH: usize = 16;
@@ -106,41 +126,31 @@ const NOTIFY_BATCH: usize = 16;
 const NOTIFY_LEASE: Duration = Duration::from_secs(120);
 
 /// Sends the notifications owed for ended jobs (whichever host ended
-/// them) as they fall due, every [`NOTIFY_EVERY`], and records in the
-/// store how each went. Ends with the service; what it had not sent is
-/// sent by the next process.
-pub(super) async fn send_notifications(inner: Weak<Inner>) {
-    let mut tick = tokio::time::interval(NOTIFY_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let Some(inner) = inner.upgrade() else {
-            return;
-        };
-        let store = &inner.config.store;
-        let owed = match store.owed_notifications(NOTIFY_LEASE, NOTIFY_BATCH).await {
-            Ok(owed) => owed,
-            Err(e) => {
-                tracing::warn!("cannot read the notifications owed: {e}");
-                continue;
-            }
-        };
-        let full = owed.len() == NOTIFY_BATCH;
-        let sends = owed.iter().map(|owed| async {
-            let delivery = inner.config.notifications.deliver(owed).await;
-            let id = owed.job.id.as_str();
-            if let Err(e) = store
-                .settle_notification(id, &delivery.delivered, delivery.retry_in)
-                .await
-            {
-                tracing::warn!(job = %id, "cannot record a notification's delivery: {e}");
-            }
-        });
-        futures_util::future::join_all(sends).await;
-        if full {
-            // More are due: take them now rather than after a tick.
-            tick.reset_immediately();
+/// them) that are due, and records in the store how each went; what a
+/// process had not sent when it stopped is sent by the next.
+pub(super) async fn send_notifications(inner: &Inner) -> Next {
+    let store = &inner.config.store;
+    let owed = match store.owed_notifications(NOTIFY_LEASE, NOTIFY_BATCH).await {
+        Ok(owed) => owed,
+        Err(e) => {
+            tracing::warn!("cannot read the notifications owed: {e}");
+            return Next::Wait;
         }
+    };
+    let sends = owed.iter().map(|owed| async {
+        let delivery = inner.config.notifications.deliver(owed).await;
+        let id = owed.job.id.as_str();
+        if let Err(e) = store
+            .settle_notification(id, &delivery.delivered, delivery.retry_in)
+            .await
+        {
+            tracing::warn!(job = %id, "cannot record a notification's delivery: {e}");
+        }
+    });
+    futures_util::future::join_all(sends).await;
+    match owed.len() == NOTIFY_BATCH {
+        true => Next::Now,
+        false => Next::Wait,
     }
 }
 
@@ -157,62 +167,47 @@ fn human_duration(d: Duration) -> String {
 /// How often ended jobs past the retention are deleted.
 pub const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
-/// Deletes the ended jobs the retention no longer keeps, at once and then
-/// every [`PRUNE_EVERY`]. Ends with the service.
-pub(super) async fn prune_ended(inner: Weak<Inner>) {
-    let mut tick = tokio::time::interval(PRUNE_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let Some(inner) = inner.upgrade() else {
-            return;
-        };
-        let retention = inner.config.retention;
-        let cutoff = retention.max_age.map(|age| chrono::Utc::now() - age);
-        match inner.config.store.prune(cutoff, retention.keep).await {
-            Ok(0) => {}
-            Ok(pruned) => {
-                tracing::info!("deleted {pruned} ended jobs past the retention, with their logs")
-            }
-            Err(e) => tracing::warn!("cannot delete ended jobs past the retention: {e}"),
+/// Deletes the ended jobs the retention no longer keeps.
+pub(super) async fn prune_ended(inner: &Inner) -> Next {
+    let retention = inner.config.retention;
+    let cutoff = retention.max_age.map(|age| chrono::Utc::now() - age);
+    match inner.config.store.prune(cutoff, retention.keep).await {
+        Ok(0) => {}
+        Ok(pruned) => {
+            tracing::info!("deleted {pruned} ended jobs past the retention, with their logs")
         }
+        Err(e) => tracing::warn!("cannot delete ended jobs past the retention: {e}"),
     }
+    Next::Wait
 }
 
-/// Renews this host's leases every third of `lease`, stops the jobs whose
-/// lease it lost or that someone asked to cancel, and recovers jobs of
-/// hosts that stopped renewing theirs. Ends with the service.
-pub(super) async fn keep_leases(inner: Weak<Inner>, lease: Duration) {
-    let mut tick = tokio::time::interval(lease / 3);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let Some(inner) = inner.upgrade() else {
-            return;
-        };
-        // Every live job: running, or ended with its end not yet stored.
-        let held: Vec<JobId> = inner.lock().jobs.keys().cloned().collect();
-        match inner.config.queue.heartbeat(&held).await {
-            Ok(beat) => {
-                let table = inner.lock();
-                for id in &held {
-                    if !beat.held.contains(id) {
-                        table.cancel(
-                            id.as_str(),
-                            "this host lost its lease on the job (it could not renew it in time); \
-                             it is queued again for another run",
-                        );
-                    } else if let Some((_, reason)) = beat.cancel.iter().find(|(j, _)| j == id) {
-                        table.cancel(id.as_str(), reason);
-                    }
+/// Renews this host's leases (run every third of a lease), stops the
+/// jobs whose lease it lost or that someone asked to cancel, and recovers
+/// jobs of hosts that stopped renewing theirs.
+pub(super) async fn keep_leases(inner: &Inner) -> Next {
+    // Every live job: running, or ended with its end not yet stored.
+    let held: Vec<JobId> = inner.lock().jobs.keys().cloned().collect();
+    match inner.config.queue.heartbeat(&held).await {
+        Ok(beat) => {
+            let table = inner.lock();
+            for id in &held {
+                if !beat.held.contains(id) {
+                    table.cancel(
+                        id.as_str(),
+                        "this host lost its lease on the job (it could not renew it in time); \
+                         it is queued again for another run",
+                    );
+                } else if let Some((_, reason)) = beat.cancel.iter().find(|(j, _)| j == id) {
+                    table.cancel(id.as_str(), reason);
                 }
             }
-            Err(e) => tracing::warn!("cannot renew this host's leases: {e}"),
         }
-        if let Err(e) = inner.recover_lost(false).await {
-            tracing::warn!("cannot look for jobs of lost hosts: {e}");
-        }
+        Err(e) => tracing::warn!("cannot renew this host's leases: {e}"),
     }
+    if let Err(e) = inner.recover_lost(false).await {
+        tracing::warn!("cannot look for jobs of lost hosts: {e}");
+    }
+    Next::Wait
 }
 
 /// Passes the queue's news on: wakes idle workers when jobs are queued,

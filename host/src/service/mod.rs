@@ -207,15 +207,20 @@ impl Service {
         for _ in 0..inner.config.workers {
             workers.spawn(background::worker(inner.clone()));
         }
+        use background::{
+            EXPIRE_EVERY, NOTIFY_EVERY, PRUNE_EVERY, every, expire_waiting, keep_leases,
+            prune_ended, send_notifications,
+        };
+        let weak = || Arc::downgrade(&inner);
         if let Some(lease) = inner.config.queue.lease() {
-            tokio::spawn(background::keep_leases(Arc::downgrade(&inner), lease));
+            tokio::spawn(every(lease / 3, weak(), keep_leases));
         }
-        tokio::spawn(background::expire_waiting(Arc::downgrade(&inner)));
+        tokio::spawn(every(EXPIRE_EVERY, weak(), expire_waiting));
         if inner.config.retention.prunes() {
-            tokio::spawn(background::prune_ended(Arc::downgrade(&inner)));
+            tokio::spawn(every(PRUNE_EVERY, weak(), prune_ended));
         }
         if !inner.config.notifications.is_empty() {
-            tokio::spawn(background::send_notifications(Arc::downgrade(&inner)));
+            tokio::spawn(every(NOTIFY_EVERY, weak(), send_notifications));
         }
         tokio::spawn(background::relay_notices(
             Arc::downgrade(&inner),

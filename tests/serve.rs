@@ -1,131 +1,16 @@
 //! End to end: the real `helix-build` binary, started with no config file,
 //! driven over HTTP on a loopback port.
 
+mod common;
+
+use common::Server;
 use helix_fixtures as fixtures;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-
-/// A `helix-build serve` process, killed when dropped.
-struct Server {
-    child: Child,
-    address: SocketAddr,
-    /// `http` or `https`.
-    scheme: String,
-    _data: Option<tempfile::TempDir>,
-}
-
-impl Server {
-    fn start(extra_args: &[&str]) -> Server {
-        let data = tempfile::tempdir().unwrap();
-        let mut server = Server::start_in(data.path(), extra_args);
-        server._data = Some(data);
-        server
-    }
-
-    /// A server keeping its data in `data`, which outlives it.
-    fn start_in(data: &std::path::Path, extra_args: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_helix-build"))
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .args(extra_args)
-            .env("HELIX_DATA_DIR", data)
-            .env_remove("HELIX_CONFIG")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("the binary starts");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let (scheme, address) = line
-            .trim()
-            .strip_prefix("listening on ")
-            .and_then(|url| url.split_once("://"))
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
-        Server {
-            scheme: scheme.to_string(),
-            address: address.parse().unwrap(),
-            child,
-            _data: None,
-        }
-    }
-
-    /// One HTTP/1.1 request; returns the status and the body.
-    fn request(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, String) {
-        let body = body.map(Value::to_string).unwrap_or_default();
-        self.raw(method, path, &body, "")
-    }
-
-    /// A request with a raw body and extra header lines (each ending in CRLF).
-    fn raw(&self, method: &str, path: &str, body: &str, headers: &str) -> (u16, String) {
-        let (status, _, body) = self.exchange(method, path, body, headers);
-        (status, body)
-    }
-
-    /// Like `raw`, with the response head (status line and headers) too.
-    fn exchange(
-        &self,
-        method: &str,
-        path: &str,
-        body: &str,
-        headers: &str,
-    ) -> (u16, String, String) {
-        let mut stream = TcpStream::connect(self.address).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(30)))
-            .unwrap();
-        let _ = write!(
-            stream,
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
-             Content-Length: {}\r\nConnection: close\r\n{headers}\r\n{body}",
-            self.address,
-            body.len()
-        );
-        let mut response = String::new();
-        stream.read_to_string(&mut response).unwrap();
-        let status = response[9..12].parse().unwrap();
-        let (head, body) = response.split_once("\r\n\r\n").unwrap();
-        let body = if head
-            .to_ascii_lowercase()
-            .contains("transfer-encoding: chunked")
-        {
-            dechunk(body)
-        } else {
-            body.to_string()
-        };
-        (status, head.to_string(), body)
-    }
-
-    fn json(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
-        let (status, body) = self.request(method, path, body);
-        let value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
-        (status, value)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if size == 0 {
-            break;
-        }
-        out.push_str(&rest[..size]);
-        body = &rest[size + 2..];
-    }
-    out
-}
 
 #[test]
 fn serves_with_no_config_and_runs_a_simulated_job() {

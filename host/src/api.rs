@@ -59,6 +59,7 @@ pub fn router(service: Service, token: Option<&str>) -> Router {
         // Outside the token: a forge signs its deliveries instead.
         .route("/v1/hooks/{forge}", post(hook))
         .route("/metrics", get(metrics))
+        .merge(crate::dashboard::router())
         .merge(v1)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(service)
@@ -78,12 +79,11 @@ async fn require_token(
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or_default();
     if !crate::secrets::matches_digest(given.as_bytes(), &expected) {
-        return Err(ApiError {
-            status: StatusCode::UNAUTHORIZED,
-            code: "unauthorized",
-            message: "missing or wrong bearer token; send Authorization: Bearer <token> (HELIX_TOKEN for the CLI)"
-                .into(),
-        });
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing or wrong bearer token; send Authorization: Bearer <token> (HELIX_TOKEN for the CLI)",
+        ));
     }
     Ok(next.run(request).await)
 }
@@ -93,6 +93,18 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    field: Option<&'static str>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            field: None,
+        }
+    }
 }
 
 /// The body of every error answer.
@@ -107,6 +119,9 @@ pub(crate) struct ErrorDetail {
     code: &'static str,
     /// For the person: what is wrong and what to do.
     message: String,
+    /// The request field at fault, for an invalid job.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<&'static str>,
 }
 
 impl IntoResponse for ApiError {
@@ -115,6 +130,7 @@ impl IntoResponse for ApiError {
             error: ErrorDetail {
                 code: self.code,
                 message: self.message,
+                field: self.field,
             },
         });
         let mut response = (self.status, body).into_response();
@@ -140,10 +156,15 @@ impl From<ServiceError> for ApiError {
             ServiceError::UnknownCursor(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             ServiceError::NoProvenance { .. } => (StatusCode::NOT_FOUND, "no_provenance"),
         };
+        let field = match &e {
+            ServiceError::Invalid(invalid) => Some(invalid.field),
+            _ => None,
+        };
         ApiError {
             status,
             code,
             message: e.to_string(),
+            field,
         }
     }
 }
@@ -158,21 +179,17 @@ impl From<JsonRejection> for ApiError {
             }
             other => other.status(),
         };
-        ApiError {
-            status,
-            code: "bad_request",
-            message: rejection.body_text(),
-        }
+        ApiError::new(status, "bad_request", rejection.body_text())
     }
 }
 
 impl From<QueryRejection> for ApiError {
     fn from(rejection: QueryRejection) -> Self {
-        ApiError {
-            status: StatusCode::BAD_REQUEST,
-            code: "bad_request",
-            message: rejection.body_text(),
-        }
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            rejection.body_text(),
+        )
     }
 }
 
@@ -210,6 +227,10 @@ pub(crate) struct ListQuery {
     cursor: Option<String>,
     /// Only jobs of this concurrency group.
     group: Option<String>,
+    /// Only jobs for this builder.
+    builder: Option<String>,
+    /// Only jobs whose id, repository URL or image contains this text.
+    q: Option<String>,
 }
 
 #[utoipa::path(get, path = "/v1/jobs", summary = "list jobs, newest first", params(ListQuery),
@@ -228,6 +249,8 @@ pub(crate) async fn list(
                 &JobFilter {
                     state: query.state,
                     group: query.group,
+                    builder: query.builder,
+                    text: query.q.filter(|q| !q.is_empty()),
                 },
                 limit,
                 query.cursor.as_deref(),
@@ -443,11 +466,7 @@ pub(crate) async fn hook(
     headers: header::HeaderMap,
     body: axum::body::Bytes,
 ) -> ApiResult<Response> {
-    let error = |status, code, message: String| ApiError {
-        status,
-        code,
-        message,
-    };
+    let error = ApiError::new;
     let forge = Forge::from_route(&forge).ok_or_else(|| {
         error(
             StatusCode::NOT_FOUND,

@@ -14,6 +14,7 @@ pub mod cancel;
 pub mod cgroup;
 pub mod client;
 pub mod config;
+pub mod dashboard;
 pub mod exec;
 pub mod hooks;
 pub mod job;

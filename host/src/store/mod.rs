@@ -31,6 +31,10 @@ pub struct JobFilter {
     pub state: Option<State>,
     /// Only jobs of this concurrency group.
     pub group: Option<String>,
+    /// Only jobs for this builder.
+    pub builder: Option<String>,
+    /// Only jobs whose id, repository URL or image contains this text.
+    pub text: Option<String>,
 }
 
 /// A job as stored, with the log lines kept for it (oldest first).

@@ -78,6 +78,14 @@ const MIGRATIONS: &[&str] = &[
     ",
 ];
 
+/// [`JobFilter`]'s group (`?4`), builder (`?5`) and text (`?6`), each
+/// when given.
+const FILTERS: &str = "(?4 IS NULL OR json_extract(body, '$.group') = ?4) \
+    AND (?5 IS NULL OR json_extract(body, '$.builder') = ?5) \
+    AND (?6 IS NULL OR instr(id, ?6) > 0 \
+         OR instr(json_extract(body, '$.repo_url'), ?6) > 0 \
+         OR instr(coalesce(json_extract(body, '$.image_tag'), json_extract(body, '$.image'), ''), ?6) > 0)";
+
 /// How often the WAL is checkpointed into the database file.
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -535,22 +543,28 @@ impl JobStore for SqliteStore {
     ) -> Read<'a, Vec<Job>> {
         let db = self.reader();
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let group = filter.group.as_deref();
+        let (group, builder, text) = (
+            filter.group.as_deref(),
+            filter.builder.as_deref(),
+            filter.text.as_deref(),
+        );
         // Two statements, so a state's listing uses the state index.
         ready(match filter.state {
             Some(state) => jobs(
                 &db,
-                "SELECT body FROM jobs WHERE state = ?1 AND seq < ?2 \
-                 AND (?4 IS NULL OR json_extract(body, '$.group') = ?4) \
-                 ORDER BY seq DESC LIMIT ?3",
-                params![state.as_str(), before, limit, group],
+                &format!(
+                    "SELECT body FROM jobs WHERE state = ?1 AND seq < ?2 AND {FILTERS} \
+                     ORDER BY seq DESC LIMIT ?3"
+                ),
+                params![state.as_str(), before, limit, group, builder, text],
             ),
             None => jobs(
                 &db,
-                "SELECT body FROM jobs WHERE seq < ?1 \
-                 AND (?3 IS NULL OR json_extract(body, '$.group') = ?3) \
-                 ORDER BY seq DESC LIMIT ?2",
-                params![before, limit, group],
+                &format!(
+                    "SELECT body FROM jobs WHERE ?1 IS NULL AND seq < ?2 AND {FILTERS} \
+                     ORDER BY seq DESC LIMIT ?3"
+                ),
+                params![None::<String>, before, limit, group, builder, text],
             ),
         })
     }

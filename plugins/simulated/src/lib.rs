@@ -10,6 +10,9 @@
 //!   takes (default 0). Cancellation is honoured during the delay.
 //! - `HELIX_SIMULATE_FAIL`: fail the build with this message, as a user's
 //!   build error would.
+//! - `HELIX_SIMULATE_LOG_LINES`: log this many numbered lines, spread
+//!   evenly over the delay, in ANSI colours, as a long build's output
+//!   would be (for log viewers).
 
 use std::time::{Duration, Instant};
 
@@ -58,14 +61,29 @@ impl Guest for Simulated {
         if !delay.is_zero() {
             log(&format!("working for {} ms", delay.as_millis()));
         }
-        let deadline = Instant::now() + delay;
-        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        let lines = log_lines(&job)?;
+        let started = Instant::now();
+        let deadline = started + delay;
+        let mut logged = 0;
+        loop {
+            // The lines due by now: line n at n/lines of the delay.
+            let elapsed = started.elapsed().as_secs_f64();
+            let due = match delay.is_zero() {
+                true => lines,
+                false => ((elapsed / delay.as_secs_f64()) * lines as f64).min(lines as f64) as u64,
+            };
+            (logged + 1..=due).for_each(|n| step_output(n, lines));
+            logged = logged.max(due);
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                break;
+            };
             if job_context::cancelled() {
                 log("cancelled; stopping");
                 return Err(BuildError::Cancelled);
             }
             std::thread::sleep(left.min(CANCEL_POLL));
         }
+        (logged + 1..=lines).for_each(|n| step_output(n, lines));
 
         if let Some(message) = build_arg(&job, "HELIX_SIMULATE_FAIL") {
             log(&format!("failing on request: {message}"));
@@ -120,6 +138,22 @@ fn delay(job: &Job) -> Result<Duration, BuildError> {
                 "{source} must be a whole number of milliseconds, got {raw:?}"
             ))
         })
+}
+
+/// Line `n` of `lines` of pretend build output, in one of six colours.
+fn step_output(n: u64, lines: u64) {
+    log(&format!("\x1b[{}mstep output {n} of {lines}\x1b[0m", 31 + n % 6));
+}
+
+fn log_lines(job: &Job) -> Result<u64, BuildError> {
+    match build_arg(job, "HELIX_SIMULATE_LOG_LINES") {
+        None => Ok(0),
+        Some(raw) => raw.trim().parse::<u64>().map_err(|_| {
+            BuildError::InvalidJob(format!(
+                "build arg HELIX_SIMULATE_LOG_LINES must be a whole number, got {raw:?}"
+            ))
+        }),
+    }
 }
 
 fn platform_string(p: &Platform) -> String {

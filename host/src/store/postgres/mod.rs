@@ -268,8 +268,13 @@ impl JobStore for PostgresStore {
             let state = filter.state.map(State::as_str);
             self.jobs(
                 "SELECT body FROM jobs WHERE ($1::text IS NULL OR state = $1) \
-                 AND ($2::text IS NULL OR grp = $2) AND seq < $3 ORDER BY seq DESC LIMIT $4",
-                &[&state, &filter.group, &before, &limit],
+                 AND ($2::text IS NULL OR grp = $2) AND seq < $3 \
+                 AND ($5::text IS NULL OR builder = $5) \
+                 AND ($6::text IS NULL OR strpos(id, $6) > 0 \
+                      OR strpos(body::jsonb ->> 'repo_url', $6) > 0 \
+                      OR strpos(coalesce(body::jsonb ->> 'image_tag', body::jsonb ->> 'image', ''), $6) > 0) \
+                 ORDER BY seq DESC LIMIT $4",
+                &[&state, &filter.group, &before, &limit, &filter.builder, &filter.text],
             )
             .await
         }

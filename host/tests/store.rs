@@ -317,6 +317,7 @@ async fn pages_newest_first_by_state_from_a_cursor(store: &dyn JobStore, queue: 
     let group = |state| JobFilter {
         state,
         group: Some("team/app:main".into()),
+        ..JobFilter::default()
     };
     assert_eq!(
         ids(store.page(&group(None), 10, None).await.unwrap().unwrap()),
@@ -342,6 +343,32 @@ async fn pages_newest_first_by_state_from_a_cursor(store: &dyn JobStore, queue: 
     for (state, added) in [(State::Queued, 5), (State::Running, 1), (State::Failed, 0)] {
         let now = count(&counts, state);
         assert_eq!(now, count(&earlier, state) + added, "{state}: {counts:?}");
+    }
+    // By builder, and by text in the id, repository URL or image; with a
+    // state too.
+    let mut other = job("p6");
+    other.builder = "podman".into();
+    other.repo_url = "https://git.example/needle.git".into();
+    store.insert(&other).await.unwrap();
+    let by = |state, builder: Option<&str>, text: Option<&str>| JobFilter {
+        state,
+        builder: builder.map(String::from),
+        text: text.map(String::from),
+        ..JobFilter::default()
+    };
+    for (filter, expected) in [
+        (by(None, Some("podman"), None), vec!["p6"]),
+        (by(None, None, Some("needle")), vec!["p6"]),
+        (by(None, None, Some("p5")), vec!["p5"]),
+        (
+            by(Some(State::Queued), Some("podman"), Some("needle")),
+            vec!["p6"],
+        ),
+        (by(Some(State::Running), Some("podman"), None), vec![]),
+        (by(None, Some("simulated"), Some("needle")), vec![]),
+    ] {
+        let page = store.page(&filter, 10, None).await.unwrap().unwrap();
+        assert_eq!(ids(page), expected, "{filter:?}");
     }
 }
 

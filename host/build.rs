@@ -16,8 +16,10 @@ const BUILTIN: &[(&str, &str)] = &[
     ("podman", "helix_plugin_podman"),
     ("simulated", "helix_plugin_simulated"),
 ];
-/// Crate file stems of the plugins in plugins/testing/, for tests.
+/// Crate file stems of the plugins tests load: those in plugins/testing/
+/// and the examples in plugins/examples/.
 const TESTING: &[&str] = &[
+    "helix_example_user_policy",
     "helix_plugin_attack",
     "helix_plugin_empty_tag",
     "helix_plugin_escape",

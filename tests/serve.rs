@@ -247,6 +247,120 @@ fn plugin_check_describes_a_builder() {
     );
 }
 
+/// `helix-build plugin test ARGS…`: whether it exited 0, and its output.
+fn plugin_test(args: &[&std::ffi::OsStr]) -> (bool, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_helix-build"))
+        .args(["plugin", "test"])
+        .args(args)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+#[test]
+fn plugin_test_dry_runs_a_policy_builder_under_the_podman_grants() {
+    let component = std::path::Path::new(env!("HELIX_TESTING_PLUGIN_DIR"))
+        .join("helix_example_user_policy.wasm");
+    let repo = tempfile::tempdir().unwrap();
+    fixtures::git(repo.path(), &["init", "-q", "-b", "main"]);
+    let dockerfile = repo.path().join("Dockerfile");
+    std::fs::write(&dockerfile, "FROM scratch\nCOPY app /app\nUSER root\n").unwrap();
+    std::fs::write(repo.path().join("app"), "app").unwrap();
+    fixtures::git(repo.path(), &["add", "-A"]);
+    fixtures::git(repo.path(), &["commit", "-qm", "as root"]);
+    let job = repo.path().join("job.json");
+    std::fs::write(
+        &job,
+        json!({"repo_url": format!("file://{}", repo.path().display()), "ref": "main"}).to_string(),
+    )
+    .unwrap();
+    let args = [
+        component.as_os_str(),
+        "--job".as_ref(),
+        job.as_os_str(),
+        "--grants-of".as_ref(),
+        "podman".as_ref(),
+        "--dry-run".as_ref(),
+    ];
+
+    let (ok, out) = plugin_test(&args);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("calls (dry run: none was run):\n  (none)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("result: failed: invalid job: Dockerfile would run as root"),
+        "{out}"
+    );
+
+    std::fs::write(&dockerfile, "FROM scratch\nCOPY app /app\nUSER 1000\n").unwrap();
+    fixtures::git(repo.path(), &["commit", "-qam", "as a user"]);
+    let (ok, out) = plugin_test(&args);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("allowed by `podman --cgroup-manager cgroupfs build --isolation oci"),
+        "{out}"
+    );
+    assert!(out.contains("[helix] dry run: podman"), "{out}");
+    assert!(out.contains("result: succeeded"), "{out}");
+
+    // Without grants every program is refused, and the try says so.
+    let (ok, out) = plugin_test(&args[..3]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("REFUSED: denied: builder 'trial'"), "{out}");
+}
+
+#[test]
+fn plugin_test_answers_each_program_from_canned_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let component =
+        std::path::Path::new(env!("HELIX_TESTING_PLUGIN_DIR")).join("helix_plugin_exec.wasm");
+    let job = dir.path().join("job.json");
+    std::fs::write(
+        &job,
+        json!({"repo_url": "https://git.example/app.git",
+               "build_args": {"EXEC_0": "sh\n-c\necho from the real sh"}})
+        .to_string(),
+    )
+    .unwrap();
+    let grants = dir.path().join("grants.toml");
+    std::fs::write(
+        &grants,
+        "[[programs]]\ncommand = \"sh\"\nargs = [\"-c\", \"*\"]\n",
+    )
+    .unwrap();
+    let canned = dir.path().join("canned.toml");
+    std::fs::write(&canned, "[programs.sh]\nstdout = \"canned hello\\n\"\n").unwrap();
+    let (ok, out) = plugin_test(&[
+        component.as_os_str(),
+        "--job".as_ref(),
+        job.as_os_str(),
+        "--grants".as_ref(),
+        grants.as_os_str(),
+        "--canned".as_ref(),
+        canned.as_os_str(),
+    ]);
+    assert!(ok, "{out}");
+    assert!(out.contains("last stdout line: canned hello"), "{out}");
+    assert!(!out.contains("last stdout line: from the real sh"), "{out}");
+    // Run for real, the same job prints what sh printed.
+    let (ok, out) = plugin_test(&[
+        component.as_os_str(),
+        "--job".as_ref(),
+        job.as_os_str(),
+        "--grants".as_ref(),
+        grants.as_os_str(),
+    ]);
+    assert!(ok, "{out}");
+    assert!(out.contains("last stdout line: from the real sh"), "{out}");
+}
+
 #[test]
 fn plugin_check_refuses_what_is_not_a_builder() {
     let dir = tempfile::tempdir().unwrap();

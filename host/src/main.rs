@@ -170,6 +170,42 @@ enum PluginCommand {
         /// The component file.
         file: PathBuf,
     },
+    /// Run a builder once without a server: its job in a temporary
+    /// workspace (with the host's checkout, for a real builder), printing
+    /// every program it asks for, whether the grants allow it, and the
+    /// result. Exits 0 only if the build succeeded.
+    Test {
+        /// The component file.
+        file: PathBuf,
+        /// The job, as JSON (what `POST /v1/jobs` takes).
+        #[arg(long)]
+        job: PathBuf,
+        /// The grants (TOML, as a `[builders.X.grants]` table holds them);
+        /// none when absent (and no --grants-of): every program is refused.
+        #[arg(long, conflicts_with = "grants_of")]
+        grants: Option<PathBuf>,
+        /// The grants of a built-in builder (`podman` or `buildah`), with
+        /// build steps on no network.
+        #[arg(long)]
+        grants_of: Option<String>,
+        /// A setting the builder reads (`NAME=VALUE`); repeatable.
+        #[arg(long = "setting", value_parser = parse_setting)]
+        settings: Vec<(String, String)>,
+        /// Answer allowed programs instead of running them: exit 0 and no
+        /// output, unless --canned says otherwise.
+        #[arg(long)]
+        dry_run: bool,
+        /// Canned answers per program (TOML: `[programs.podman]` with
+        /// `exit_code`, `stdout`, `stderr`); implies --dry-run.
+        #[arg(long)]
+        canned: Option<PathBuf>,
+    },
+}
+
+fn parse_setting(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(name, value)| (name.to_string(), value.to_string()))
+        .ok_or_else(|| format!("'{text}' is not NAME=VALUE"))
 }
 
 #[tokio::main]
@@ -193,6 +229,29 @@ async fn main() -> ExitCode {
         Command::Plugin {
             command: PluginCommand::Check { file },
         } => check_plugin(&file).await.map(|()| true),
+        Command::Plugin {
+            command:
+                PluginCommand::Test {
+                    file,
+                    job,
+                    grants,
+                    grants_of,
+                    settings,
+                    dry_run,
+                    canned,
+                },
+        } => {
+            cli::plugin_test(cli::TrialFiles {
+                component: file,
+                job,
+                grants,
+                grants_of,
+                settings: settings.into_iter().collect(),
+                dry_run,
+                canned,
+            })
+            .await
+        }
         Command::Backup { file, config } => backup(config, &file).map(|()| true),
         Command::Keygen { prefix } => keygen(&prefix).map(|()| true),
         Command::Verify {

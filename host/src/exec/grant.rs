@@ -629,7 +629,7 @@ mod tests {
                 values: JobValues {
                     secrets,
                     registry_cache: Some("127.0.0.1:5000/cache/0123456789abcdef".into()),
-                    cgroup: None,
+                    ..JobValues::default()
                 },
             }
         }

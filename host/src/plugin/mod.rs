@@ -9,6 +9,7 @@ mod contract;
 mod engine;
 mod host;
 mod output;
+pub mod trial;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

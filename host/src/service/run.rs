@@ -345,6 +345,7 @@ impl Inner {
                 secrets,
                 registry_cache: builder.registry_cache_for(job),
                 cgroup: cgroup.clone(),
+                canned: None,
             },
             audit: audit.clone(),
         };

@@ -103,16 +103,38 @@ macro_rules! real_builder {
     };
 }
 
+/// The build context of `job`: a directory of the host's checkout, as
+/// the builder sees it (read-only).
+pub fn context_dir(job: &Job) -> String {
+    match job.context.as_str() {
+        "." => job.source_dir.clone(),
+        sub => format!("{}/{sub}", job.source_dir),
+    }
+}
+
+/// The path of `job`'s Dockerfile in the checkout, as the builder sees it.
+pub fn dockerfile_path(job: &Job) -> String {
+    format!("{}/{}", context_dir(job), job.dockerfile_path)
+}
+
+/// The text of `job`'s Dockerfile, for builders that check it before
+/// building.
+pub fn read_dockerfile(job: &Job) -> Result<String, BuildError> {
+    // Paths in the job are relative to the workspace, which the builder's
+    // own code sees where `workspace()` says.
+    let path = format!("{}/{}", job_context::workspace(), dockerfile_path(job));
+    std::fs::read_to_string(&path)
+        .map_err(|e| BuildError::Internal(format!("cannot read the Dockerfile {path}: {e}")))
+}
+
 /// Builds the checked-out source of `job` with `tool` and leaves the image
-/// (or, for several platforms, the index) as an OCI layout.
+/// (or, for several platforms, the index) in the job's container storage
+/// for the host to push.
 pub fn build(tool: Tool, job: Job) -> Result<BuildOutput, BuildError> {
     let network = job_context::setting("network").unwrap_or_else(|| "none".into());
     // The host checked both: a directory and a file of the checkout.
-    let context = match job.context.as_str() {
-        "." => job.source_dir.clone(),
-        sub => format!("{}/{sub}", job.source_dir),
-    };
-    let dockerfile = format!("{context}/{}", job.dockerfile_path);
+    let context = context_dir(&job);
+    let dockerfile = dockerfile_path(&job);
     log(&format!(
         "building {} at {} with {} (network: {network})",
         job.repo_url,

@@ -1,0 +1,186 @@
+//! Trying a builder once, without a server (`helix-build plugin test`):
+//! the component is loaded as the server loads it, under the grants given,
+//! and runs one job in a temporary workspace (for a real builder, the
+//! host's checkout of the job's repository is in it, as on a server).
+//! Every program it asks for is recorded, allowed or refused; with canned
+//! answers (a dry run) the allowed ones are answered instead of run, so a
+//! builder's logic can be tried where its tools are not installed.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{
+    Builder, BuilderSource, Built, ComponentCache, Limits, Origin, PluginRuntime, PoolSizing,
+    RunContext,
+};
+use crate::audit::{AuditEntry, AuditTrail};
+use crate::cache::StorageDriver;
+use crate::cancel::CancelSignal;
+use crate::cgroup::{BuildLimits, Cgroups};
+use crate::exec::{CannedAnswers, Grants, JobValues};
+use crate::job::{Job, JobRequest, Outcome, SubmitPolicy};
+use crate::log::JobLog;
+use crate::network::BuildNetwork;
+use crate::registry::RegistrySettings;
+use crate::source::Checkout;
+use crate::workspace::{JobDirs, run_name};
+
+/// The name the tried builder has for its one job.
+const NAME: &str = "trial";
+
+/// One try of a builder.
+#[derive(Debug, Clone)]
+pub struct Trial {
+    /// The component file.
+    pub component: PathBuf,
+    /// The job, as `POST /v1/jobs` takes it (its `builder` is ignored).
+    pub job: JobRequest,
+    /// What the builder may run (the format of `[builders.X.grants]`).
+    pub grants: Grants,
+    /// Settings the builder reads, as `[builders.X.settings]`.
+    pub settings: BTreeMap<String, String>,
+    /// A dry run: allowed programs are answered from here, not run.
+    pub canned: Option<CannedAnswers>,
+}
+
+/// What a try did.
+#[derive(Debug)]
+pub struct TrialRun {
+    pub job: Job,
+    /// The commit the host checked out, for a real builder.
+    pub commit: Option<String>,
+    /// Every program the builder asked for, in order, allowed or not.
+    pub calls: Vec<AuditEntry>,
+    /// The job's log.
+    pub log: Vec<String>,
+    /// What the builder left for the host to publish, or why it failed.
+    pub result: Result<Built, Outcome>,
+}
+
+/// Loads `trial.component` and runs its job once. The error says why the
+/// try could not start (the component, the job or the workspace).
+pub async fn run(trial: Trial) -> Result<TrialRun, String> {
+    let bytes = std::fs::read(&trial.component)
+        .map_err(|e| format!("cannot read {}: {e}", trial.component.display()))?;
+    let limits = Limits {
+        memory_bytes: 512 << 20,
+        timeout: Duration::from_secs(3600),
+    };
+    let scratch = tempfile::tempdir().map_err(|e| format!("no temporary directory: {e}"))?;
+    let source = BuilderSource {
+        name: NAME.into(),
+        origin: Origin::File(trial.component.clone()),
+        bytes: bytes.into(),
+        limits,
+        settings: trial.settings,
+        grants: trial.grants.resolve(|name| std::env::var(name).ok()),
+        network: BuildNetwork::None,
+        registry_cache: None,
+        build_limits: BuildLimits::default(),
+    };
+    let sizing = PoolSizing {
+        instances: 1,
+        max_memory_bytes: limits.memory_bytes,
+    };
+    let cache = ComponentCache::new(scratch.path().join("compiled"));
+    let runtime = PluginRuntime::load(vec![source], &cache, sizing)
+        .await
+        .map_err(|e| e.to_string())?;
+    let builder = runtime
+        .builder(NAME)
+        .ok_or("the component did not load as a builder")?;
+    let policy = SubmitPolicy {
+        allow_file_repos: true,
+        ..SubmitPolicy::for_builders(NAME, [NAME])
+    };
+    let now = chrono::Utc::now();
+    let request = JobRequest {
+        builder: None,
+        ..trial.job
+    };
+    let mut job = Job::from_request(request, &policy, now).map_err(|e| format!("the job: {e}"))?;
+    job.start(now).map_err(|e| e.to_string())?;
+    let dirs = JobDirs::create(
+        scratch.path().join("run"),
+        &RegistrySettings::default(),
+        StorageDriver::for_dir(scratch.path()),
+        None,
+        None,
+    )
+    .map_err(|e| format!("cannot make a workspace: {e}"))?;
+    let log = Arc::new(JobLog::new(100_000));
+    // A control group as on a server, where this machine has them (as
+    // root): grants that pin the job's `{cgroup}` need one.
+    let cgroup = match Cgroups::detect(scratch.path()) {
+        Ok(cgroups) => cgroups
+            .create(&run_name(&job.id, 1), &BuildLimits::default())
+            .ok()
+            .map(Arc::new),
+        Err(e) => {
+            log.push(&format!(
+                "[helix] no control group for this try ({e}): grants that pin {{cgroup}} refuse"
+            ));
+            None
+        }
+    };
+    let audit = Arc::new(AuditTrail::new(1));
+    let values = JobValues {
+        canned: trial.canned.map(Arc::new),
+        cgroup,
+        ..JobValues::default()
+    };
+    let (commit, result) = build(&builder, &job, &dirs, &log, &audit, values).await;
+    dirs.remove();
+    Ok(TrialRun {
+        job,
+        commit,
+        calls: audit.entries().0,
+        log: log.snapshot(),
+        result,
+    })
+}
+
+/// The host's checkout (for a real builder), then the builder's run.
+async fn build(
+    builder: &Builder,
+    job: &Job,
+    dirs: &JobDirs,
+    log: &Arc<JobLog>,
+    audit: &Arc<AuditTrail>,
+    values: JobValues,
+) -> (Option<String>, Result<Built, Outcome>) {
+    let cancel = CancelSignal::new();
+    let workspace = dirs.workspace();
+    let commit = match builder.info().simulated {
+        true => None,
+        false => {
+            let checkout = Checkout {
+                allow_file_repos: true,
+            };
+            let cgroup = values.cgroup.as_deref();
+            match checkout.fetch(job, &workspace, log, &cancel, cgroup).await {
+                Ok(commit) => Some(commit),
+                Err(outcome) => return (None, Err(outcome)),
+            }
+        }
+    };
+    if commit.is_some()
+        && let Err(outcome) =
+            crate::source::check_context(&workspace, &job.context, &job.dockerfile_path)
+    {
+        return (commit, Err(outcome));
+    }
+    let ctx = RunContext {
+        log: log.clone(),
+        cancel,
+        workspace,
+        program_env: dirs.program_env(),
+        commit: commit.clone(),
+        values,
+        audit: audit.clone(),
+    };
+    let result = builder.run(job, ctx).await;
+    (commit, result)
+}

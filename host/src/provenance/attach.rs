@@ -37,16 +37,28 @@ fn fallback_tag(repository: &Reference, digest: &str) -> Reference {
     )
 }
 
+/// How an attestation is found in a registry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Index {
+    /// The registry's referrers API lists it.
+    Referrers,
+    /// The referrers tag fallback lists it.
+    FallbackTag,
+}
+
 /// Pushes `envelope` as an attestation of `subject` (a manifest of
-/// `repository`) and makes it findable; the attestation's digest.
+/// `repository`) and makes it findable; the attestation's digest, and
+/// where it is listed.
 pub async fn attach(
     registry: &RegistryClient,
     repository: &Reference,
     subject: &RawManifest,
     envelope: &[u8],
-) -> Result<String, String> {
-    let config = registry.push_blob(repository, EMPTY).await?;
-    let layer = registry.push_blob(repository, envelope).await?;
+) -> Result<(String, Index), String> {
+    let (config, layer) = tokio::try_join!(
+        registry.push_blob(repository, EMPTY),
+        registry.push_blob(repository, envelope)
+    )?;
     let manifest = json!({
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,
@@ -78,7 +90,7 @@ pub async fn attach(
         && listed.iter().any(|d| d["digest"] == digest.as_str())
     {
         // The registry indexed it from the manifest's subject.
-        return Ok(digest);
+        return Ok((digest, Index::Referrers));
     }
     let tag = fallback_tag(repository, &subject.digest);
     let mut index = match registry.manifest(&tag).await? {
@@ -98,17 +110,23 @@ pub async fn attach(
     }));
     let bytes = serde_json::to_vec(&index).map_err(|e| e.to_string())?;
     registry.push_manifest(&tag, bytes, OCI_INDEX).await?;
-    Ok(digest)
+    Ok((digest, Index::FallbackTag))
 }
 
 /// The digests of the attestations referring to `digest` in `repository`,
-/// oldest first: through the referrers API, else the fallback tag.
+/// oldest first: through the referrers API, else the fallback tag (only
+/// there when `index` says so).
 pub async fn attestations(
     registry: &RegistryClient,
     repository: &Reference,
     digest: &str,
+    index: Option<Index>,
 ) -> Result<Vec<String>, String> {
-    let listed = match registry.referrers(&by_digest(repository, digest)).await? {
+    let by_api = match index {
+        Some(Index::FallbackTag) => None,
+        _ => registry.referrers(&by_digest(repository, digest)).await?,
+    };
+    let listed = match by_api {
         Some(listed) if !listed.is_empty() => listed,
         _ => match registry.manifest(&fallback_tag(repository, digest)).await? {
             Some(index) => serde_json::from_slice::<Value>(&index.bytes)

@@ -199,9 +199,10 @@ impl Provenance {
             .manifest(&pinned)
             .await?
             .ok_or_else(|| format!("{pinned} is not in the registry"))?;
-        let attached =
+        let (attached, index) =
             attach::attach(&self.registry, &repository, &subject, &envelope_bytes).await?;
-        let listed = attach::attestations(&self.registry, &repository, &subject.digest).await?;
+        let listed =
+            attach::attestations(&self.registry, &repository, &subject.digest, Some(index)).await?;
         if !listed.contains(&attached) {
             return Err(format!(
                 "the registry does not list the attestation {attached} as referring to {pinned}"
@@ -308,7 +309,7 @@ pub async fn verify(
         }
     };
     let pinned = format!("{repository}@{digest}");
-    let found = attach::attestations(registry, &given, &digest).await?;
+    let found = attach::attestations(registry, &given, &digest, None).await?;
     if found.is_empty() {
         return Err(format!(
             "{pinned} has no provenance: no attestation refers to it (it was not built by \

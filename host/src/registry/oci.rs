@@ -58,6 +58,9 @@ impl RegistryClient {
     pub fn new(settings: Arc<RegistrySettings>) -> Self {
         let config = ClientConfig {
             protocol: ClientProtocol::HttpsExcept(settings.insecure_registries()),
+            // What this client pushes is small: one request per blob, not
+            // an upload session of several.
+            use_monolithic_push: true,
             read_timeout: Some(std::time::Duration::from_secs(60)),
             connect_timeout: Some(std::time::Duration::from_secs(10)),
             ..ClientConfig::default()

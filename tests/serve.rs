@@ -362,6 +362,69 @@ fn plugin_test_answers_each_program_from_canned_output() {
 }
 
 #[test]
+fn plugin_new_makes_rust_and_python_builders_that_build_and_run_a_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let helix = |args: &[&str]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_helix-build"))
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        (output.status.success(), text)
+    };
+    for (name, lang) in [("team-rust", "rust"), ("team-python", "python")] {
+        let (ok, out) = helix(&["plugin", "new", name, "--lang", lang]);
+        assert!(ok, "{out}");
+        let project = dir.path().join(name);
+        // Dependencies compiled once per test target dir, not per run.
+        let build = Command::new(project.join("build.sh"))
+            .env(
+                "CARGO_TARGET_DIR",
+                std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("scaffolded"),
+            )
+            .output()
+            .unwrap();
+        assert!(build.status.success(), "{name}: {build:?}");
+        let (ok, out) = helix(&["plugin", "check", &format!("{name}/{name}.wasm")]);
+        assert!(ok, "{out}");
+        assert!(out.contains(&format!("name:        {name} 0.1.0")), "{out}");
+    }
+    let (ok, out) = helix(&["plugin", "new", "team-rust", "--lang", "rust"]);
+    assert!(!ok && out.contains("already exists"), "{out}");
+    let (ok, out) = helix(&["plugin", "new", "Not_A_Name", "--lang", "rust"]);
+    assert!(!ok && out.contains("is not a builder name"), "{out}");
+
+    // The README's way: the generated server config, a real job.
+    let registry = fixtures::Registry::start(false);
+    let project = dir.path().join("team-rust");
+    let mut config = std::fs::read_to_string(project.join("helix.toml")).unwrap();
+    config.insert_str(0, "allow_file_repos = true\n");
+    config.push_str(&format!(
+        "\n[registries.\"{}\"]\ntls_verify = false\n",
+        registry.address
+    ));
+    std::fs::write(project.join("helix.toml"), config).unwrap();
+    let server = Server::start_in_dir(&project, &["--config", "helix.toml"]);
+    let repo = fixtures::Repo::new();
+    let job = json!({
+        "repo_url": repo.url(),
+        "ref": "v1",
+        "image": format!("{}/team/app:1", registry.address),
+    });
+    let (status, job) = server.json("POST", "/v1/jobs", Some(&job));
+    assert_eq!(status, 201, "{job}");
+    let id = job["id"].as_str().unwrap();
+    let (_, job) = server.json("GET", &format!("/v1/jobs/{id}/wait?timeout_secs=120"), None);
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["builder"], "team-rust");
+}
+
+#[test]
 fn plugin_check_refuses_what_is_not_a_builder() {
     let dir = tempfile::tempdir().unwrap();
     let junk = dir.path().join("junk.wasm");

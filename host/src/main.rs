@@ -170,6 +170,17 @@ enum PluginCommand {
         /// The component file.
         file: PathBuf,
     },
+    /// Make a builder project NAME (in the current directory): sources,
+    /// the WIT it targets, a build script, a README, grants, a job and a
+    /// server config to try it with.
+    New {
+        name: String,
+        #[arg(long, value_enum)]
+        lang: plugin::scaffold::Lang,
+        /// Where to make it (default: here).
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
     /// Run a builder once without a server: its job in a temporary
     /// workspace (with the host's checkout, for a real builder), printing
     /// every program it asks for, whether the grants allow it, and the
@@ -229,6 +240,18 @@ async fn main() -> ExitCode {
         Command::Plugin {
             command: PluginCommand::Check { file },
         } => check_plugin(&file).await.map(|()| true),
+        Command::Plugin {
+            command: PluginCommand::New { name, lang, dir },
+        } => plugin::scaffold::create(&dir, &name, lang).map(|files| {
+            for file in &files {
+                println!("{}", file.display());
+            }
+            println!(
+                "made builder {name}: `{}/build.sh` builds it; see its README.md",
+                dir.join(&name).display()
+            );
+            true
+        }),
         Command::Plugin {
             command:
                 PluginCommand::Test {

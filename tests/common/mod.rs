@@ -30,7 +30,23 @@ impl Server {
 
     /// A server keeping its data in `data`, which outlives it.
     pub fn start_in(data: &std::path::Path, extra_args: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_helix-build"))
+        Server::spawn(
+            Command::new(env!("CARGO_BIN_EXE_helix-build")),
+            data,
+            extra_args,
+        )
+    }
+
+    /// A server run from `dir` (where relative paths in its config
+    /// start), keeping its data in `dir/data`.
+    pub fn start_in_dir(dir: &std::path::Path, extra_args: &[&str]) -> Server {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_helix-build"));
+        command.current_dir(dir);
+        Server::spawn(command, &dir.join("data"), extra_args)
+    }
+
+    fn spawn(mut command: Command, data: &std::path::Path, extra_args: &[&str]) -> Server {
+        let mut child = command
             .args(["serve", "--listen", "127.0.0.1:0"])
             .args(extra_args)
             .env("HELIX_DATA_DIR", data)

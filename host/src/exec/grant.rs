@@ -33,7 +33,7 @@ use serde::Deserialize;
 use super::JobValues;
 
 /// A builder's grants, as written in the config file.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Grants {
     /// Programs the builder may run, with their argument patterns.
@@ -133,7 +133,7 @@ pub struct CallSite<'a> {
 
 /// A host directory visible to the builder's own code (not its programs,
 /// which run in the workspace).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DirGrant {
     pub host: PathBuf,

@@ -9,6 +9,7 @@ mod contract;
 mod engine;
 mod host;
 mod output;
+pub mod scaffold;
 pub mod trial;
 
 use std::collections::BTreeMap;

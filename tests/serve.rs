@@ -425,6 +425,105 @@ fn plugin_new_makes_rust_and_python_builders_that_build_and_run_a_job() {
 }
 
 #[test]
+fn builders_reload_without_a_restart_and_a_broken_component_keeps_the_old_one() {
+    let data = tempfile::tempdir().unwrap();
+    let plugins = std::path::Path::new(env!("HELIX_TESTING_PLUGIN_DIR"));
+    let component = data.path().join("swap.wasm");
+    let use_plugin = |stem: &str| {
+        std::fs::copy(plugins.join(format!("{stem}.wasm")), &component).unwrap();
+    };
+    use_plugin("helix_plugin_simulated");
+    let config = data.path().join("helix.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "workers = 2\ndefault_builder = \"swap\"\n[builders.swap]\ncomponent = \"{}\"\n",
+            component.display()
+        ),
+    )
+    .unwrap();
+    let server = Server::start_in(data.path(), &["--config", config.to_str().unwrap()]);
+    let digest_now = || {
+        let (_, builders) = server.json("GET", "/v1/builders", None);
+        let swap = builders
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["name"] == "swap");
+        swap.unwrap()["component_digest"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let old = digest_now();
+
+    // Two running, twenty waiting: a reload loses none of them.
+    let ids: Vec<String> = (0..22).map(|i| format!("swap-{i}")).collect();
+    for id in &ids {
+        submit(&server, id, json!({"HELIX_SIMULATE_DELAY_MS": "400"}));
+    }
+    let (running, _) = until_running(&server, "swap-1", 200);
+    assert!(running);
+    use_plugin("helix_plugin_exec");
+    let (status, reloaded) = server.json("POST", "/v1/builders/reload", None);
+    assert_eq!(status, 200, "{reloaded}");
+    let new = digest_now();
+    assert_ne!(old, new, "the new component is in use");
+    let mut ran_on = std::collections::BTreeMap::new();
+    for id in &ids {
+        let (_, job) = server.json("GET", &format!("/v1/jobs/{id}/wait?timeout_secs=60"), None);
+        assert_eq!(job["state"], "succeeded", "{job}");
+        let digest = job["component_digest"].as_str().unwrap().to_string();
+        *ran_on.entry(digest).or_insert(0) += 1;
+    }
+    assert_eq!(
+        ran_on.keys().cloned().collect::<Vec<_>>().len(),
+        2,
+        "{ran_on:?}"
+    );
+    assert!(
+        ran_on[&old] >= 2,
+        "the running ones finished on the old one: {ran_on:?}"
+    );
+    assert!(ran_on[&new] >= 1, "{ran_on:?}");
+    let (_, metrics) = server.request("GET", "/metrics", None);
+    assert!(
+        metrics.contains(&format!(
+            "helix_builder_info{{builder=\"swap\",digest=\"{new}\""
+        )),
+        "{metrics}"
+    );
+
+    // A component that does not load: refused, the one in use stays.
+    std::fs::write(&component, b"not a component").unwrap();
+    let (status, refused) = server.json("POST", "/v1/builders/reload", None);
+    assert_eq!(status, 422, "{refused}");
+    let message = refused["error"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("builders not reloaded, the ones loaded stay in use"),
+        "{message}"
+    );
+    assert!(message.contains("swap"), "{message}");
+    assert_eq!(digest_now(), new);
+    submit(&server, "after-refusal", json!({}));
+    let (_, job) = server.json("GET", "/v1/jobs/after-refusal/wait?timeout_secs=30", None);
+    assert_eq!(
+        (job["state"].as_str(), job["component_digest"].as_str()),
+        (Some("succeeded"), Some(new.as_str()))
+    );
+
+    // SIGHUP reloads too.
+    use_plugin("helix_plugin_simulated");
+    // SAFETY: signals the server this test started.
+    unsafe { libc::kill(server.child.id() as i32, libc::SIGHUP) };
+    let back = (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        digest_now() == old
+    });
+    assert!(back, "SIGHUP reloaded the builders");
+}
+
+#[test]
 fn plugin_check_refuses_what_is_not_a_builder() {
     let dir = tempfile::tempdir().unwrap();
     let junk = dir.path().join("junk.wasm");
@@ -1008,7 +1107,7 @@ fn every_documented_operation_exists_and_answers_a_documented_status() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 13, "every route of the router is documented");
+    assert_eq!(checked, 14, "every route of the router is documented");
 }
 
 #[test]

@@ -47,6 +47,7 @@ pub fn router(service: Service, token: Option<&str>) -> Router {
         .route("/v1/jobs/{id}/audit", get(audit))
         .route("/v1/jobs/{id}/provenance", get(provenance))
         .route("/v1/builders", get(builders))
+        .route("/v1/builders/reload", post(reload_builders))
         .route("/v1/openapi.json", get(openapi));
     if let Some(token) = token {
         let expected = Arc::new(Sha256::digest(token.as_bytes()));
@@ -155,6 +156,7 @@ impl From<ServiceError> for ApiError {
             ServiceError::Store => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
             ServiceError::UnknownCursor(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             ServiceError::NoProvenance { .. } => (StatusCode::NOT_FOUND, "no_provenance"),
+            ServiceError::Reload(_) => (StatusCode::UNPROCESSABLE_ENTITY, "reload_failed"),
         };
         let field = match &e {
             ServiceError::Invalid(invalid) => Some(invalid.field),
@@ -510,8 +512,20 @@ pub(crate) async fn openapi() -> Json<serde_json::Value> {
     responses((status = 200, description = "text exposition format", content_type = "text/plain", body = String),
         (status = 503, body = ErrorBody)))]
 pub(crate) async fn metrics(State(service): State<Service>) -> ApiResult<impl IntoResponse> {
-    let text = service.metrics().await?.render(service.runtime());
+    let text = service.metrics().await?.render(&service.runtime());
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text))
+}
+
+#[utoipa::path(post, path = "/v1/builders/reload",
+    summary = "load the builders again from the server's config file (as SIGHUP does)",
+    description = "Jobs already running finish on the component they started with; jobs that start from now on get the new ones. When a component fails to load or check, nothing changes and the 422 says why.",
+    responses((status = 200, description = "the builders now loaded", body = Vec<Object>),
+        (status = 401, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub(crate) async fn reload_builders(
+    State(service): State<Service>,
+) -> ApiResult<Json<Vec<BuilderInfo>>> {
+    let runtime = service.reload_builders().await?;
+    Ok(Json(runtime.builders().map(|b| b.info().clone()).collect()))
 }
 
 #[utoipa::path(get, path = "/v1/builders",

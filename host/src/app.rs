@@ -11,9 +11,11 @@ use crate::provenance::Provenance;
 use crate::queue::{JobQueue, LocalQueue};
 use crate::registry::Publisher;
 use crate::registry::oci::RegistryClient;
-use crate::service::{Service, ServiceConfig};
+use crate::service::{BuilderReload, Service, ServiceConfig};
 use crate::source::Checkout;
 use crate::store::{JobStore, PostgresStore, SqliteStore, StoreError};
+use futures_util::FutureExt as _;
+use futures_util::future::BoxFuture;
 
 /// Builder instances allowed beyond one per worker: load-time `info` calls
 /// and `plugin check` need their own.
@@ -67,20 +69,12 @@ pub async fn start_with(
             (store.clone(), store)
         }
     };
-    let sources = config.builder_sources()?;
-    let sizing = PoolSizing {
-        instances: u32::try_from(config.workers + SPARE_INSTANCES).unwrap_or(u32::MAX),
-        max_memory_bytes: sources
-            .iter()
-            .map(|s| s.limits.memory_bytes)
-            .max()
-            .unwrap_or(0),
-    };
-    let mut runtime =
-        PluginRuntime::load(sources, &ComponentCache::new(config.cache_dir()), sizing).await?;
+    let mut runtime = load_builders(config).await?;
     extend(&mut runtime);
     let cgroups = control_groups(config, &runtime)?;
+    let has_cgroups = cgroups.is_some();
     let secrets = config.build_secrets()?;
+    let secrets_names = secrets.names();
     let webhooks = Arc::new(config.webhooks()?);
     let notifications = Arc::new(config.notifications()?);
     let registries = Arc::new(config.registry_settings());
@@ -94,15 +88,7 @@ pub async fn start_with(
     let service_config = ServiceConfig {
         workers: config.workers,
         queue_capacity: config.queue_capacity,
-        submit_policy: SubmitPolicy {
-            allow_file_repos: config.allow_file_repos,
-            default_builder: config.default_builder.clone(),
-            builders: runtime
-                .builders()
-                .map(|b| (b.info().name.clone(), b.info().platforms.clone()))
-                .collect(),
-            secrets: secrets.names(),
-        },
+        submit_policy: submit_policy(config, &runtime, secrets_names.clone()),
         log_cap_lines: config.log_cap_lines,
         log_output_caps: config.output_caps(),
         workspace_dir: config.workspace_dir(),
@@ -124,8 +110,74 @@ pub async fn start_with(
             allow_file_repos: config.allow_file_repos,
         },
         default_registry: config.default_registry.clone(),
+        reload: Some(Arc::new(ConfigReload {
+            config: config.clone(),
+            secrets: secrets_names,
+            cgroups: has_cgroups,
+        })),
     };
     Ok(Service::start(service_config, Arc::new(runtime)).await?)
+}
+
+/// Every configured builder, compiled (or loaded from the compile cache).
+async fn load_builders(config: &Config) -> Result<PluginRuntime, StartError> {
+    let sources = config.builder_sources()?;
+    let sizing = PoolSizing {
+        instances: u32::try_from(config.workers + SPARE_INSTANCES).unwrap_or(u32::MAX),
+        max_memory_bytes: sources
+            .iter()
+            .map(|s| s.limits.memory_bytes)
+            .max()
+            .unwrap_or(0),
+    };
+    Ok(PluginRuntime::load(sources, &ComponentCache::new(config.cache_dir()), sizing).await?)
+}
+
+/// What a submission may contain with `runtime`'s builders.
+fn submit_policy(
+    config: &Config,
+    runtime: &PluginRuntime,
+    secrets: std::collections::BTreeSet<String>,
+) -> SubmitPolicy {
+    SubmitPolicy {
+        allow_file_repos: config.allow_file_repos,
+        default_builder: config.default_builder.clone(),
+        builders: runtime
+            .builders()
+            .map(|b| (b.info().name.clone(), b.info().platforms.clone()))
+            .collect(),
+        secrets,
+    }
+}
+
+/// Reloads the builders from the config file the server started with
+/// (the builder sections and `default_builder`; the rest takes a restart).
+struct ConfigReload {
+    config: Config,
+    secrets: std::collections::BTreeSet<String>,
+    /// Whether this server has control groups, which real builders need.
+    cgroups: bool,
+}
+
+impl BuilderReload for ConfigReload {
+    fn load(&self) -> BoxFuture<'_, Result<(PluginRuntime, SubmitPolicy), String>> {
+        async move {
+            let config = match &self.config.file {
+                Some(path) => Config::from_file(path).map_err(|e| e.to_string())?,
+                None => self.config.clone(),
+            };
+            let runtime = load_builders(&config).await.map_err(|e| e.to_string())?;
+            if !self.cgroups && runtime.builders().any(|b| !b.info().simulated) {
+                return Err(
+                    "a real builder needs the control groups this server started without; restart it"
+                        .into(),
+                );
+            }
+            let policy = submit_policy(&config, &runtime, self.secrets.clone());
+            Ok((runtime, policy))
+        }
+        .boxed()
+    }
 }
 
 /// This server's control groups, with what a run cut short by a crash

@@ -123,6 +123,10 @@ pub struct Config {
     /// Build secrets by the name jobs use (`RUN --mount=type=secret,id=NAME`),
     /// each read from the server's environment or a file when it starts.
     pub secrets: BTreeMap<String, SecretSource>,
+    /// The file this config was read from, read again when builders are
+    /// reloaded; `None` for a config made in memory.
+    #[serde(skip)]
+    pub file: Option<PathBuf>,
 }
 
 /// Where jobs are stored.
@@ -240,6 +244,7 @@ impl Default for Config {
             registries: BTreeMap::new(),
             registry_auth_file: None,
             secrets: BTreeMap::new(),
+            file: None,
             build_cache_mib: 20 * 1024,
             builders: BTreeMap::new(),
         }
@@ -296,7 +301,11 @@ impl Config {
             path: path.to_path_buf(),
             message: e.to_string(),
         })?;
-        config.validated()
+        Config {
+            file: Some(path.to_path_buf()),
+            ..config
+        }
+        .validated()
     }
 
     /// Checks values serde cannot: ranges, names, references between fields.

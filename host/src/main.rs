@@ -377,13 +377,18 @@ async fn serve(
     // Printed on stdout so scripts (and the tests) can find an ephemeral port.
     println!("listening on {scheme}://{address}");
     let router = api::router(service.clone(), config.token.as_deref());
-    match tls {
-        Some(tls) => {
-            tokio::spawn(reload_on_sighup(
-                tls.clone(),
+    tokio::spawn(reload_on_sighup(
+        service.clone(),
+        tls.clone().map(|tls| {
+            (
+                tls,
                 config.tls_cert.clone().unwrap_or_default(),
                 config.tls_key.clone().unwrap_or_default(),
-            ));
+            )
+        }),
+    ));
+    match tls {
+        Some(tls) => {
             let handle = axum_server::Handle::new();
             let stopping = handle.clone();
             let grace = app::stop_grace(&config);
@@ -478,21 +483,30 @@ async fn tls_config(cert: &std::path::Path, key: &std::path::Path) -> Result<Rus
     })
 }
 
-/// Reads the certificate and key again at every SIGHUP (a renewed
-/// certificate, say); new connections get it, a bad pair keeps the old.
-async fn reload_on_sighup(tls: RustlsConfig, cert: PathBuf, key: PathBuf) {
+/// At every SIGHUP, loads the builders again from the config file and,
+/// with HTTPS, the certificate and key (a renewed certificate, say); what
+/// fails to load keeps the old in use.
+async fn reload_on_sighup(
+    service: helix_build::service::Service,
+    tls: Option<(RustlsConfig, PathBuf, PathBuf)>,
+) {
     use tokio::signal::unix::{SignalKind, signal};
     let Ok(mut hangups) = signal(SignalKind::hangup()) else {
-        tracing::warn!("cannot handle SIGHUP: the certificate will not be reloaded");
+        tracing::warn!("cannot handle SIGHUP: nothing will be reloaded on it");
         return;
     };
     while hangups.recv().await.is_some() {
-        match tls.reload_from_pem_file(&cert, &key).await {
-            Ok(()) => tracing::info!(cert = %cert.display(), "reloaded the TLS certificate"),
-            Err(e) => tracing::error!(
-                cert = %cert.display(),
-                "cannot reload the TLS certificate, keeping the old one: {e}"
-            ),
+        if let Err(e) = service.reload_builders().await {
+            tracing::error!("{e}");
+        }
+        if let Some((tls, cert, key)) = &tls {
+            match tls.reload_from_pem_file(cert, key).await {
+                Ok(()) => tracing::info!(cert = %cert.display(), "reloaded the TLS certificate"),
+                Err(e) => tracing::error!(
+                    cert = %cert.display(),
+                    "cannot reload the TLS certificate, keeping the old one: {e}"
+                ),
+            }
         }
     }
 }

@@ -28,6 +28,7 @@ use crate::api;
         api::audit,
         api::provenance,
         api::builders,
+        api::reload_builders,
         api::hook
     ),
     modifiers(&BearerToken),

@@ -51,7 +51,7 @@ async fn a_corrupt_cache_entry_is_recompiled() {
         std::fs::write(entry.unwrap().path(), b"not a compiled component").unwrap();
     }
     let service = start(&config).await;
-    let reports = service.runtime().load_reports();
+    let reports = service.runtime().load_reports().to_vec();
     assert!(
         reports.iter().all(|r| r.cache == CacheUse::Compiled),
         "{reports:?}"

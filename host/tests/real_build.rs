@@ -655,7 +655,8 @@ async fn foreign_platforms_run_their_steps_under_emulation_from_a_multi_arch_bas
         }
         other => panic!("expected a refusal, got {other:?}"),
     }
-    let builders = service.runtime().builders().map(|b| b.info().clone());
+    let runtime = service.runtime();
+    let builders = runtime.builders().map(|b| b.info().clone());
     let podman = builders.into_iter().find(|b| b.name == "podman").unwrap();
     assert_eq!(podman.platforms, Some(here));
 }

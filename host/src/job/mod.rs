@@ -129,6 +129,10 @@ pub struct Job {
     pub started_at: Option<DateTime<Utc>>,
     pub completed_at: Option<DateTime<Utc>>,
     pub attempts: u32,
+    /// The sha256 digest of the builder component its last run ran on
+    /// (builders can be swapped while jobs wait).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub component_digest: Option<String>,
     /// Build steps of its last run, and how many came from the cache.
     #[serde(default)]
     pub steps: BuildSteps,

@@ -253,6 +253,7 @@ impl Job {
             started_at: None,
             completed_at: None,
             attempts: 0,
+            component_digest: None,
             steps: BuildSteps::default(),
         })
     }

@@ -23,15 +23,16 @@ pub(super) const IDLE_POLL: Duration = Duration::from_secs(1);
 /// otherwise waits for news of work (or polls). Exits when the service
 /// stops.
 pub(super) async fn worker(inner: Arc<Inner>) {
-    // Jobs for builders this host lacks are left to hosts that have them.
-    let builders: Vec<String> = inner
-        .runtime
-        .names()
-        .into_iter()
-        .map(String::from)
-        .collect();
     let start = |job: &mut Job| job.start(chrono::Utc::now());
     while !inner.stopping.load(Ordering::SeqCst) {
+        // Jobs for builders this host lacks are left to hosts that have
+        // them; asked each time, as a reload may change them.
+        let builders: Vec<String> = inner
+            .runtime()
+            .names()
+            .into_iter()
+            .map(String::from)
+            .collect();
         // Registered before looking, so news arriving meanwhile is kept.
         let news = inner.work.notified();
         match inner.config.queue.claim(&builders, &start).await {

@@ -113,6 +113,19 @@ impl Metrics {
         }
         writeln!(
             text,
+            "# HELP helix_builder_info The component each builder runs now (by its sha256 digest)."
+        )?;
+        writeln!(text, "# TYPE helix_builder_info gauge")?;
+        for builder in runtime.builders() {
+            let info = builder.info();
+            writeln!(
+                text,
+                "helix_builder_info{{builder=\"{}\",digest=\"{}\",version=\"{}\"}} 1",
+                info.name, info.component_digest, info.version
+            )?;
+        }
+        writeln!(
+            text,
             "# HELP helix_plugin_instantiation_seconds Making a fresh builder instance for a job."
         )?;
         writeln!(text, "# TYPE helix_plugin_instantiation_seconds summary")?;

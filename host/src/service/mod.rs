@@ -27,6 +27,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use chrono::Utc;
+use futures_util::future::BoxFuture;
 use tokio::sync::{Notify, broadcast, watch};
 use tokio::task::JoinSet;
 
@@ -95,6 +96,15 @@ pub struct ServiceConfig {
     /// Runs a job may start before an interruption (its host dying while
     /// it ran) fails it instead of queueing it again.
     pub max_attempts: u32,
+    /// Where builders are loaded from again on a reload; `None`: reloads
+    /// are refused.
+    pub reload: Option<Arc<dyn BuilderReload>>,
+}
+
+/// Loads the builders anew, for [`Service::reload_builders`]: the
+/// runtime, and what submissions may name with it.
+pub trait BuilderReload: Send + Sync {
+    fn load(&self) -> BoxFuture<'_, Result<(PluginRuntime, SubmitPolicy), String>>;
 }
 
 /// Why a request to the service was refused. Nothing is changed when one
@@ -120,6 +130,9 @@ pub enum ServiceError {
     UnknownCursor(String),
     #[error("job '{id}' has no provenance: {reason}")]
     NoProvenance { id: String, reason: String },
+    /// Nothing changed: the builders in use stay.
+    #[error("builders not reloaded, the ones loaded stay in use: {0}")]
+    Reload(String),
 }
 
 impl From<StoreError> for ServiceError {
@@ -159,7 +172,9 @@ pub struct Service {
 
 struct Inner {
     config: ServiceConfig,
-    runtime: Arc<PluginRuntime>,
+    /// The builders and what submissions may name; a reload swaps both at
+    /// once. A job runs on the builder it started with.
+    loaded: std::sync::RwLock<Loaded>,
     table: Mutex<Table>,
     stopping: AtomicBool,
     /// Wakes idle workers: new work, or stopping.
@@ -168,6 +183,12 @@ struct Inner {
     /// worker of this host claimed it (its id).
     adopted: broadcast::Sender<JobId>,
     workers: tokio::sync::Mutex<JoinSet<()>>,
+}
+
+#[derive(Clone)]
+struct Loaded {
+    runtime: Arc<PluginRuntime>,
+    policy: Arc<SubmitPolicy>,
 }
 
 /// How long, and how many, ended jobs are kept with their logs; the rest
@@ -193,8 +214,12 @@ impl Service {
         config: ServiceConfig,
         runtime: Arc<PluginRuntime>,
     ) -> Result<Self, StoreError> {
-        let inner = Arc::new(Inner {
+        let loaded = Loaded {
             runtime,
+            policy: Arc::new(config.submit_policy.clone()),
+        };
+        let inner = Arc::new(Inner {
+            loaded: std::sync::RwLock::new(loaded),
             table: Mutex::new(Table::new()),
             stopping: AtomicBool::new(false),
             work: Notify::new(),
@@ -238,8 +263,34 @@ impl Service {
         &self.inner.config.webhooks
     }
 
-    pub fn runtime(&self) -> &PluginRuntime {
-        &self.inner.runtime
+    /// The builders in use now.
+    pub fn runtime(&self) -> Arc<PluginRuntime> {
+        self.inner.runtime()
+    }
+
+    /// Loads the builders again (from the config file the server started
+    /// with) and uses them for jobs that start from now on; running jobs
+    /// finish on the builder they started with. When any component fails
+    /// to load or check, nothing changes and the error says why.
+    pub async fn reload_builders(&self) -> Result<Arc<PluginRuntime>, ServiceError> {
+        let reload =
+            self.inner.config.reload.as_ref().ok_or_else(|| {
+                ServiceError::Reload("this service has no config to reload".into())
+            })?;
+        let (runtime, policy) = reload.load().await.map_err(ServiceError::Reload)?;
+        let runtime = Arc::new(runtime);
+        *self.inner.loaded.write().unwrap_or_else(|e| e.into_inner()) = Loaded {
+            runtime: runtime.clone(),
+            policy: Arc::new(policy),
+        };
+        let digests: Vec<String> = runtime
+            .builders()
+            .map(|b| format!("{} {}", b.info().name, b.info().component_digest))
+            .collect();
+        tracing::info!(builders = %digests.join(", "), "builders reloaded");
+        // Workers claim for the builders they have: let them look again.
+        self.inner.work.notify_waiters();
+        Ok(runtime)
     }
 
     /// Validates `request`, stores it and queues it. On any error nothing
@@ -248,7 +299,7 @@ impl Service {
         if self.inner.stopping.load(Ordering::SeqCst) {
             return Err(ServiceError::ShuttingDown);
         }
-        let job = Job::from_request(request, &self.inner.config.submit_policy, Utc::now())?;
+        let job = Job::from_request(request, &self.inner.policy(), Utc::now())?;
         let capacity = self.inner.config.queue_capacity;
         let waiting = self.inner.config.queue.depth().await?;
         {
@@ -347,7 +398,7 @@ impl Service {
         let job = self.get(id).await?;
         let simulated = self
             .inner
-            .runtime
+            .runtime()
             .builder(&job.builder)
             .is_some_and(|b| b.info().simulated);
         let reason = if simulated {
@@ -582,6 +633,24 @@ impl Service {
 }
 
 impl Inner {
+    /// The builders in use now.
+    fn runtime(&self) -> Arc<PluginRuntime> {
+        self.loaded
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .runtime
+            .clone()
+    }
+
+    /// What submissions may contain now.
+    fn policy(&self) -> Arc<SubmitPolicy> {
+        self.loaded
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .policy
+            .clone()
+    }
+
     fn lock(&self) -> MutexGuard<'_, Table> {
         // A panic while holding the lock cannot leave a job half-changed
         // (each change is a single assignment), so a poisoned lock is safe

@@ -134,12 +134,21 @@ impl Inner {
     /// confirms the image. The workspace is removed afterwards unless the
     /// job failed and the operator keeps failed workspaces.
     async fn execute(&self, job: &Job, log: &Arc<JobLog>, cancel: &CancelSignal) -> Outcome {
-        let Some(builder) = self.runtime.builder(&job.builder) else {
+        let Some(builder) = self.runtime().builder(&job.builder) else {
             return Outcome::failed(
                 FailureKind::Host,
                 format!("builder '{}' is not loaded on this host", job.builder),
             );
         };
+        // This run keeps this component whatever a reload loads meanwhile.
+        let digest = builder.info().component_digest.clone();
+        log.push(&format!(
+            "[helix] builder '{}' is component {digest}",
+            job.builder
+        ));
+        if let Some(entry) = self.lock().jobs.get_mut(&job.id) {
+            entry.job.component_digest = Some(digest);
+        }
         let simulated = builder.info().simulated;
         let cache = self.config.cache.clone();
         // A slot of the builder's layer cache, unless the job wants none.

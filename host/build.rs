@@ -21,6 +21,7 @@ const BUILTIN: &[(&str, &str)] = &[
 const TESTING: &[&str] = &[
     "helix_example_user_policy",
     "helix_plugin_attack",
+    "helix_plugin_contract_0_2",
     "helix_plugin_empty_tag",
     "helix_plugin_escape",
     "helix_plugin_exec",

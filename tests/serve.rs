@@ -524,6 +524,19 @@ fn builders_reload_without_a_restart_and_a_broken_component_keeps_the_old_one() 
 }
 
 #[test]
+fn plugin_check_says_which_contract_a_builder_targets() {
+    let path = std::path::Path::new(env!("HELIX_TESTING_PLUGIN_DIR"))
+        .join("helix_plugin_contract_0_2.wasm");
+    let output = plugin_check(&path);
+    assert!(output.status.success());
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("a builder for helix:build@0.2.0 (an older contract this host"),
+        "{stdout}"
+    );
+}
+
+#[test]
 fn plugin_check_refuses_what_is_not_a_builder() {
     let dir = tempfile::tempdir().unwrap();
     let junk = dir.path().join("junk.wasm");

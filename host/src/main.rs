@@ -451,10 +451,18 @@ async fn client_command(
 async fn check_plugin(file: &std::path::Path) -> Result<(), String> {
     let inspection = plugin::inspect(file).await.map_err(|e| e.to_string())?;
     let info = &inspection.info;
+    let support = match info.contract == format!("helix:build@{}", plugin::WIT_VERSION) {
+        true => "this host's own contract".to_string(),
+        false => format!(
+            "an older contract this host (helix:build@{}) adapts: jobs with a context, target, \
+             labels, no_cache or build secrets are refused",
+            plugin::WIT_VERSION
+        ),
+    };
     println!(
-        "{}: a builder for helix:build@{}",
+        "{}: a builder for {} ({support})",
         file.display(),
-        plugin::WIT_VERSION
+        info.contract
     );
     println!("  name:        {} {}", info.plugin_name, info.version);
     println!("  description: {}", info.description);

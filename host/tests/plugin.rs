@@ -174,6 +174,62 @@ fn future_version_component(dir: &std::path::Path) -> std::path::PathBuf {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_component_of_the_previous_contract_still_builds_and_says_what_it_cannot_take() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(&dir, 2, 10);
+    config.builders.insert(
+        "old".into(),
+        BuilderConfig {
+            component: Some(common::testing_plugin("contract_0_2")),
+            grants: Some(helix_build::exec::Grants {
+                programs: vec![common::program("echo", &["from", "0.2.0"])],
+                pass_env: vec!["PATH".into()],
+                ..Default::default()
+            }),
+            timeout_secs: 10,
+            memory_mib: 64,
+            ..BuilderConfig::default()
+        },
+    );
+    let service = start(&config.validated().unwrap()).await;
+    let old = service.runtime().builder("old").unwrap();
+    assert_eq!(old.info().contract, "helix:build@0.2.0");
+    let current = service.runtime().builder("simulated").unwrap();
+    assert_eq!(
+        current.info().contract,
+        format!("helix:build@{}", helix_build::plugin::WIT_VERSION)
+    );
+
+    let request = |target: Option<&str>| helix_build::job::JobRequest {
+        builder: Some("old".into()),
+        target: target.map(String::from),
+        ..simulated(0)
+    };
+    let (job, logs) = common::run_logged(&service, request(None)).await;
+    assert_eq!(job.state, State::Succeeded, "{:?}", job.error);
+    assert!(
+        logs.iter().any(|l| l == "[v0.2] echo said: from 0.2.0"),
+        "its imports are this host's, adapted: {logs:?}"
+    );
+    assert!(
+        logs.iter()
+            .any(|l| l.starts_with(&format!("[v0.2] job {}", job.id)))
+    );
+
+    let job = finished(
+        &service,
+        &service.submit(request(Some("tested"))).await.unwrap().id,
+    )
+    .await;
+    assert_eq!(job.state, State::Failed);
+    let error = job.error.unwrap();
+    assert!(
+        error.contains("built against helix:build@0.2.0, which cannot pass a target"),
+        "{error}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_component_for_an_incompatible_contract_version_is_refused_naming_both() {
     let dir = tempfile::tempdir().unwrap();
     let path = future_version_component(dir.path());
@@ -194,7 +250,9 @@ async fn a_component_for_an_incompatible_contract_version_is_refused_naming_both
     let future = format!("helix:build@9{}", &host[1..]);
     assert!(err.contains(&format!("built against {future}")), "{err}");
     assert!(
-        err.contains(&format!("this host implements helix:build@{host}")),
+        err.contains(&format!(
+            "this host runs helix:build@{host} and @0.2.0 only"
+        )),
         "{err}"
     );
 

@@ -18,3 +18,14 @@ pub use helix::build::types::{BuildArg, Platform};
 pub const WIT_VERSION: &str = env!("HELIX_WIT_VERSION");
 /// The WIT package name, without version.
 pub const WIT_PACKAGE: &str = "helix:build";
+
+/// Bindings of the previous contract, `helix:build@0.2.0` (`wit/v0.2.0`),
+/// for components built against it; [`super::legacy`] adapts them.
+pub mod v0_2 {
+    wasmtime::component::bindgen!({
+        path: "../wit/v0.2.0",
+        world: "helix:build/builder",
+        imports: { "helix:build/command-runner.run": async },
+        exports: { default: async },
+    });
+}

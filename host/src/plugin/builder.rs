@@ -10,6 +10,7 @@ use wasmtime::{Engine, Store, Trap};
 
 use super::bindings::{self, BuildError, BuildOutput, BuilderPre};
 use super::host::{JobHost, JobHostParts};
+use super::legacy;
 use super::{BuilderInfo, BuilderSource, GrantSummary, Limits};
 use crate::audit::AuditTrail;
 use crate::cancel::CancelSignal;
@@ -72,11 +73,16 @@ pub struct Builder {
 
 /// What runs a job.
 enum Code {
-    Component {
-        engine: Engine,
-        pre: BuilderPre<JobHost>,
-    },
+    Component { engine: Engine, pre: Pre },
     Native(NativeBuild),
+}
+
+/// A linked component, by the contract version it was built against.
+pub(super) enum Pre {
+    Current(BuilderPre<JobHost>),
+    /// Built against `helix:build@0.2.0`, which the host adapts (see
+    /// `legacy`).
+    V0_2(bindings::v0_2::BuilderPre<JobHost>),
 }
 
 /// A builder written in Rust and run in-process, with no sandbox and no
@@ -109,6 +115,25 @@ impl Timings {
     }
 }
 
+impl Pre {
+    /// The contract version the component was built against.
+    fn version(&self) -> &'static str {
+        match self {
+            Pre::Current(_) => bindings::WIT_VERSION,
+            Pre::V0_2(_) => "0.2.0",
+        }
+    }
+}
+
+/// A component and the job in its contract version's types.
+enum Versioned<'a> {
+    Current(&'a BuilderPre<JobHost>, bindings::Job),
+    V0_2(
+        &'a bindings::v0_2::BuilderPre<JobHost>,
+        bindings::v0_2::helix::build::types::Job,
+    ),
+}
+
 /// Why a call into the guest did not return a value.
 enum CallError {
     Instantiate(wasmtime::Error),
@@ -119,7 +144,7 @@ impl Builder {
     /// Wraps a linked component, asking it for its `info`.
     pub(super) async fn new(
         engine: Engine,
-        pre: BuilderPre<JobHost>,
+        pre: Pre,
         source: BuilderSource,
     ) -> Result<Self, String> {
         use sha2::Digest as _;
@@ -135,6 +160,7 @@ impl Builder {
                 description: String::new(),
                 simulated: false,
                 component_digest,
+                contract: format!("{}@{}", bindings::WIT_PACKAGE, pre.version()),
                 origin: source.origin.to_string(),
                 limits: source.limits,
                 build_limits: source.build_limits,
@@ -183,6 +209,7 @@ impl Builder {
                 description: "native in-process builder (benchmark floor)".into(),
                 simulated: true,
                 component_digest: String::new(),
+                contract: String::new(),
                 origin: super::Origin::Native.to_string(),
                 limits,
                 build_limits: Default::default(),
@@ -251,11 +278,18 @@ impl Builder {
         .map_err(|e| e.to_string())?;
         let mut store = Self::new_store(engine, host);
         let call = async {
-            let instance = pre.instantiate_async(&mut store).await?;
-            instance
-                .helix_build_builder_info()
-                .call_info(&mut store)
-                .await
+            match pre {
+                Pre::Current(pre) => {
+                    let instance = pre.instantiate_async(&mut store).await?;
+                    let info = instance.helix_build_builder_info();
+                    info.call_info(&mut store).await
+                }
+                Pre::V0_2(pre) => {
+                    let instance = pre.instantiate_async(&mut store).await?;
+                    let info = instance.helix_build_builder_info();
+                    info.call_info(&mut store).await.map(legacy::metadata)
+                }
+            }
         };
         match tokio::time::timeout(INFO_TIMEOUT, call).await {
             Ok(Ok(metadata)) => Ok(metadata),
@@ -314,19 +348,46 @@ impl Builder {
         };
         let mut store = Self::new_store(engine, host);
         let wit_job = to_wit(job, ctx.commit.clone());
+        // The job as the component's contract version carries it.
+        let versioned = match pre {
+            Pre::Current(pre) => Versioned::Current(pre, wit_job),
+            Pre::V0_2(pre) => Versioned::V0_2(
+                pre,
+                legacy::job(wit_job).map_err(|m| Outcome::failed(FailureKind::InvalidJob, m))?,
+            ),
+        };
         let started = Instant::now();
-        let call = async {
-            let instance = pre
-                .instantiate_async(&mut store)
-                .await
-                .map_err(CallError::Instantiate)?;
+        let instantiated = || {
             let took = started.elapsed();
             self.instantiations.record(took);
             tracing::debug!(builder = %self.info.name, micros = took.as_micros() as u64, "instantiated builder");
-            instance
-                .call_build(&mut store, &wit_job)
-                .await
-                .map_err(CallError::Trap)
+        };
+        let call = async {
+            match versioned {
+                Versioned::Current(pre, job) => {
+                    let instance = pre
+                        .instantiate_async(&mut store)
+                        .await
+                        .map_err(CallError::Instantiate)?;
+                    instantiated();
+                    instance
+                        .call_build(&mut store, &job)
+                        .await
+                        .map_err(CallError::Trap)
+                }
+                Versioned::V0_2(pre, job) => {
+                    let instance = pre
+                        .instantiate_async(&mut store)
+                        .await
+                        .map_err(CallError::Instantiate)?;
+                    instantiated();
+                    instance
+                        .call_build(&mut store, &job)
+                        .await
+                        .map(legacy::result)
+                        .map_err(CallError::Trap)
+                }
+            }
         };
         // Dropping the call future abandons the instance; the store goes
         // with it, so a cancelled or timed-out instance is never reused.

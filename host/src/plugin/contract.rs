@@ -6,55 +6,65 @@ use wasmtime::Engine;
 use wasmtime::component::Component;
 
 use super::bindings::{WIT_PACKAGE, WIT_VERSION};
+use super::legacy::SUPPORTED;
 
 /// Checks that every `helix:build` interface `component` imports or
-/// exports is of a version compatible with [`WIT_VERSION`] (same major and no newer minor;
-/// same minor while the major is 0) and that it exports what a builder
-/// must. The error is a sentence for the operator.
-pub(crate) fn check(engine: &Engine, component: &Component) -> Result<(), String> {
+/// exports is of one contract version this host runs ([`SUPPORTED`]:
+/// its own, [`WIT_VERSION`], or one it adapts; versions compatible with
+/// one by semver count as it) and that it exports what a builder must.
+/// Returns that supported version; the error is a sentence for the
+/// operator.
+pub(crate) fn check(engine: &Engine, component: &Component) -> Result<String, String> {
     let ty = component.component_type();
-    for (name, _) in ty.imports(engine) {
-        check_name(name)?;
+    let mut versions = std::collections::BTreeSet::new();
+    for (name, _) in ty.imports(engine).chain(ty.exports(engine)) {
+        versions.extend(check_name(name)?);
     }
-    let mut has_info = false;
-    let mut has_build = false;
-    for (name, _) in ty.exports(engine) {
-        check_name(name)?;
-        has_info |= name.starts_with(&format!("{WIT_PACKAGE}/builder-info@"));
-        has_build |= name == "build";
-    }
+    let has_info = ty
+        .exports(engine)
+        .any(|(name, _)| name.starts_with(&format!("{WIT_PACKAGE}/builder-info@")));
+    let has_build = ty.exports(engine).any(|(name, _)| name == "build");
     if !has_info || !has_build {
         return Err(format!(
             "it is not a builder: it must export `{WIT_PACKAGE}/builder-info` and `build` \
              (target the `{WIT_PACKAGE}/builder@{WIT_VERSION}` world)"
         ));
     }
-    Ok(())
+    match versions.len() {
+        1 => Ok(versions.into_iter().next().unwrap_or_default()),
+        _ => Err(format!(
+            "it mixes versions of {WIT_PACKAGE} ({}); build it against one",
+            versions.into_iter().collect::<Vec<_>>().join(", ")
+        )),
+    }
 }
 
-fn check_name(name: &str) -> Result<(), String> {
+/// The supported version `name` (an import or export) is of; `None` for
+/// a name outside the package.
+fn check_name(name: &str) -> Result<Option<String>, String> {
     let Some(rest) = name
         .strip_prefix(WIT_PACKAGE)
         .and_then(|r| r.strip_prefix('/'))
     else {
-        return Ok(());
+        return Ok(None);
     };
     let Some((_, version)) = rest.split_once('@') else {
         return Err(format!(
             "it uses `{name}` without a version; this host implements {WIT_PACKAGE}@{WIT_VERSION}"
         ));
     };
-    if compatible(version, WIT_VERSION) {
-        return Ok(());
+    if let Some(supported) = SUPPORTED.iter().find(|s| compatible(version, s)) {
+        return Ok(Some(supported.to_string()));
     }
     let what_to_do = if newer(version, WIT_VERSION) {
         "upgrade helix-build to a version that implements it, or rebuild the plugin against"
     } else {
-        "this host no longer implements it; rebuild the plugin against"
+        "this host no longer runs it; rebuild the plugin against"
     };
     Err(format!(
-        "it was built against {WIT_PACKAGE}@{version}, but this host implements \
-         {WIT_PACKAGE}@{WIT_VERSION}: {what_to_do} wit/v{WIT_VERSION}"
+        "it was built against {WIT_PACKAGE}@{version}, but this host runs \
+         {WIT_PACKAGE}@{} only: {what_to_do} wit/v{WIT_VERSION}",
+        SUPPORTED.join(" and @")
     ))
 }
 
@@ -101,11 +111,16 @@ mod tests {
 
     #[test]
     fn names_outside_the_package_are_not_checked() {
-        assert_eq!(check_name("wasi:cli/environment@0.2.6"), Ok(()));
-        assert_eq!(check_name("build"), Ok(()));
+        assert_eq!(check_name("wasi:cli/environment@0.2.6"), Ok(None));
+        assert_eq!(check_name("build"), Ok(None));
         assert_eq!(
             check_name(&format!("{WIT_PACKAGE}/job-context@{WIT_VERSION}")),
-            Ok(())
+            Ok(Some(WIT_VERSION.to_string()))
+        );
+        assert_eq!(
+            check_name(&format!("{WIT_PACKAGE}/job-context@0.2.0")),
+            Ok(Some("0.2.0".to_string())),
+            "the previous contract, adapted"
         );
         let err = check_name(&format!("{WIT_PACKAGE}/job-context@0.9.0")).unwrap_err();
         assert!(
@@ -113,8 +128,8 @@ mod tests {
             "{err}"
         );
         assert!(err.contains("upgrade helix-build"), "{err}");
-        let err = check_name(&format!("{WIT_PACKAGE}/job-context@0.2.0")).unwrap_err();
-        assert!(err.contains("no longer implements"), "{err}");
+        let err = check_name(&format!("{WIT_PACKAGE}/job-context@0.1.0")).unwrap_err();
+        assert!(err.contains("no longer runs"), "{err}");
         assert!(err.ends_with(&format!("wit/v{WIT_VERSION}")), "{err}");
     }
 

@@ -8,6 +8,7 @@ mod cache;
 mod contract;
 mod engine;
 mod host;
+mod legacy;
 mod output;
 pub mod scaffold;
 pub mod trial;
@@ -27,6 +28,7 @@ use crate::cgroup::BuildLimits;
 use crate::network::BuildNetwork;
 use crate::platform::Platform;
 pub use bindings::WIT_VERSION;
+use builder::Pre;
 pub use builder::{Builder, Built, NativeBuild, RunContext, Timings};
 pub use cache::{CacheUse, ComponentCache};
 pub use engine::PoolSizing;
@@ -100,6 +102,9 @@ pub struct BuilderInfo {
     pub simulated: bool,
     /// SHA-256 of the component bytes.
     pub component_digest: String,
+    /// The contract version it was built against (`helix:build@X.Y.Z`);
+    /// an older one than the host's own is adapted.
+    pub contract: String,
     pub origin: String,
     pub limits: Limits,
     /// What each job's build (its tools and `RUN` steps) may use.
@@ -223,6 +228,7 @@ fn new_linker(engine: &Engine) -> wasmtime::Result<Linker<JobHost>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     bindings::Builder::add_to_linker::<JobHost, HasSelf<JobHost>>(&mut linker, |host| host)?;
+    bindings::v0_2::Builder::add_to_linker::<JobHost, HasSelf<JobHost>>(&mut linker, |host| host)?;
     Ok(linker)
 }
 
@@ -257,27 +263,29 @@ fn prepare(
     linker: &Linker<JobHost>,
     component: &Component,
     source: &BuilderSource,
-) -> Result<bindings::BuilderPre<JobHost>, PluginError> {
+) -> Result<Pre, PluginError> {
     let incompatible = |message: String| PluginError::Incompatible {
         name: source.name.clone(),
         origin: source.origin.clone(),
         message,
     };
-    contract::check(engine, component).map_err(incompatible)?;
-    linker
-        .instantiate_pre(component)
-        .and_then(bindings::BuilderPre::new)
-        .map_err(|e| {
-            incompatible(format!(
-                "it needs imports this host does not provide: {e:#}"
-            ))
-        })
+    let version = contract::check(engine, component).map_err(incompatible)?;
+    let pre = linker.instantiate_pre(component);
+    let pre = match version.as_str() {
+        "0.2.0" => pre.and_then(bindings::v0_2::BuilderPre::new).map(Pre::V0_2),
+        _ => pre.and_then(bindings::BuilderPre::new).map(Pre::Current),
+    };
+    pre.map_err(|e| {
+        incompatible(format!(
+            "it needs imports this host does not provide: {e:#}"
+        ))
+    })
 }
 
 /// Makes a [`Builder`], asking the component for its `info`.
 async fn describe(
     engine: &Engine,
-    pre: bindings::BuilderPre<JobHost>,
+    pre: Pre,
     source: BuilderSource,
 ) -> Result<Builder, PluginError> {
     let (name, origin) = (source.name.clone(), source.origin.clone());

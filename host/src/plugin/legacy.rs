@@ -1,0 +1,168 @@
+//! Components built against the previous contract, `helix:build@0.2.0`,
+//! still load and run: the host implements that version's imports by
+//! delegating to this one's, and converts the job and the result between
+//! them. A 0.2.0 job has no context, target, labels, no-cache or secrets,
+//! so a job that needs one is refused with the reason instead of being
+//! built without it.
+
+use super::bindings::v0_2::helix::build as old;
+use super::bindings::{self, BuildError, BuildOutput, command_runner, job_context};
+use super::host::JobHost;
+
+/// The contract versions this host runs: its own first, then the older
+/// one it adapts.
+pub const SUPPORTED: [&str; 2] = [super::WIT_VERSION, "0.2.0"];
+
+impl old::command_runner::Host for JobHost {
+    async fn run(
+        &mut self,
+        cmd: old::command_runner::Command,
+    ) -> Result<old::command_runner::Output, old::command_runner::RunError> {
+        use command_runner::RunError as New;
+        use old::command_runner::RunError as Old;
+        let cmd = command_runner::Command {
+            program: cmd.program,
+            args: cmd.args,
+            env: cmd.env,
+            working_dir: cmd.working_dir,
+            timeout_ms: cmd.timeout_ms,
+        };
+        match <JobHost as command_runner::Host>::run(self, cmd).await {
+            Ok(out) => Ok(old::command_runner::Output {
+                exit_code: out.exit_code,
+                stdout: out.stdout,
+                stderr: out.stderr,
+            }),
+            Err(New::Denied(m)) => Err(Old::Denied(m)),
+            Err(New::NotFound(m)) => Err(Old::NotFound(m)),
+            Err(New::Cancelled) => Err(Old::Cancelled),
+            Err(New::TimedOut) => Err(Old::TimedOut),
+            Err(New::FailedToStart(m)) => Err(Old::FailedToStart(m)),
+        }
+    }
+}
+
+impl old::job_context::Host for JobHost {
+    fn log(&mut self, line: String) {
+        job_context::Host::log(self, line)
+    }
+
+    fn cancelled(&mut self) -> bool {
+        job_context::Host::cancelled(self)
+    }
+
+    fn workspace(&mut self) -> String {
+        job_context::Host::workspace(self)
+    }
+
+    fn setting(&mut self, name: String) -> Option<String> {
+        job_context::Host::setting(self, name)
+    }
+}
+
+impl old::types::Host for JobHost {}
+
+/// `job` as a 0.2.0 builder takes it; the error names what it cannot
+/// carry.
+pub(super) fn job(job: bindings::Job) -> Result<old::types::Job, String> {
+    let mut missing = Vec::new();
+    if job.context != "." {
+        missing.push("a context");
+    }
+    if job.target.is_some() {
+        missing.push("a target");
+    }
+    if !job.labels.is_empty() {
+        missing.push("labels");
+    }
+    if job.no_cache {
+        missing.push("no_cache");
+    }
+    if !job.secrets.is_empty() {
+        missing.push("build secrets");
+    }
+    if !missing.is_empty() {
+        return Err(format!(
+            "the builder was built against helix:build@0.2.0, which cannot pass {} to it; \
+             rebuild it against helix:build@{} or drop them from the job",
+            missing.join(", "),
+            super::WIT_VERSION
+        ));
+    }
+    Ok(old::types::Job {
+        id: job.id,
+        repo_url: job.repo_url,
+        git_ref: job.git_ref,
+        commit: job.commit,
+        source_dir: job.source_dir,
+        dockerfile_path: job.dockerfile_path,
+        build_args: job
+            .build_args
+            .into_iter()
+            .map(|a| old::types::BuildArg {
+                name: a.name,
+                value: a.value,
+            })
+            .collect(),
+        platforms: job.platforms.into_iter().map(old_platform).collect(),
+    })
+}
+
+fn old_platform(p: bindings::Platform) -> old::types::Platform {
+    old::types::Platform {
+        os: p.os,
+        arch: p.arch,
+        variant: p.variant,
+    }
+}
+
+fn platform(p: old::types::Platform) -> bindings::Platform {
+    bindings::Platform {
+        os: p.os,
+        arch: p.arch,
+        variant: p.variant,
+    }
+}
+
+/// A 0.2.0 result as this version's.
+pub(super) fn result(
+    result: Result<old::types::BuildOutput, old::types::BuildError>,
+) -> Result<BuildOutput, BuildError> {
+    use old::types::{BuildError as E, BuildOutput as O};
+    match result {
+        Ok(O::OciLayout(path)) => Ok(BuildOutput::OciLayout(path)),
+        Ok(O::Simulated(image)) => Ok(BuildOutput::Simulated(
+            bindings::helix::build::types::SimulatedImage {
+                image_tag: image.image_tag,
+                digest: image.digest,
+                manifest: image
+                    .manifest
+                    .into_iter()
+                    .map(|m| bindings::helix::build::types::PlatformDigest {
+                        platform: platform(m.platform),
+                        digest: m.digest,
+                    })
+                    .collect(),
+            },
+        )),
+        Err(E::InvalidJob(m)) => Err(BuildError::InvalidJob(m)),
+        Err(E::Source(m)) => Err(BuildError::Source(m)),
+        Err(E::Build(m)) => Err(BuildError::Build(m)),
+        Err(E::Registry(m)) => Err(BuildError::Registry(m)),
+        Err(E::Denied(m)) => Err(BuildError::Denied(m)),
+        Err(E::Cancelled) => Err(BuildError::Cancelled),
+        Err(E::Internal(m)) => Err(BuildError::Internal(m)),
+    }
+}
+
+/// A 0.2.0 builder's info as this version's.
+pub(super) fn metadata(
+    m: super::bindings::v0_2::exports::helix::build::builder_info::Metadata,
+) -> bindings::Metadata {
+    bindings::Metadata {
+        name: m.name,
+        version: m.version,
+        description: m.description,
+        simulated: m.simulated,
+    }
+}

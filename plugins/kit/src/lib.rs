@@ -18,7 +18,7 @@
 /// `helix_builder_kit::export_builder!(T with_types_in helix_builder_kit::bindings)`.
 pub mod bindings {
     wit_bindgen::generate!({
-        path: "../../wit/current",
+        path: "wit",
         world: "helix:build/builder",
         pub_export_macro: true,
         export_macro_name: "export_builder",

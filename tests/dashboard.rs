@@ -34,6 +34,13 @@ const BADGE: &str = "const b = document.querySelector('h1 .state'); return b && 
 /// How many lines the job page's log shows.
 const LOG_LINES: &str = "return document.querySelectorAll('#log > div').length";
 
+/// Waits up to `secs` seconds for the job page's badge to show `state`.
+async fn until_state(browser: &Browser, secs: u64, state: &str) {
+    let condition =
+        format!("return document.querySelector('h1 .state').dataset.state === '{state}'");
+    browser.until(secs, &condition).await;
+}
+
 async fn shoot(browser: &Browser, name: &str) {
     let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard");
     std::fs::create_dir_all(&dir).unwrap();
@@ -144,12 +151,7 @@ async fn the_dashboard_signs_in_submits_follows_logs_and_cancels_in_a_real_brows
     browser.script("window.notReloaded = true", json!([])).await;
     let first = browser.script(BADGE, json!([])).await;
     assert!(first == "queued" || first == "running", "{first}");
-    browser
-        .until(
-            20,
-            "return document.querySelector('h1 .state').dataset.state === 'succeeded'",
-        )
-        .await;
+    until_state(&browser, 20, "succeeded").await;
     let kept = browser
         .script("return window.notReloaded === true", json!([]))
         .await;
@@ -223,19 +225,9 @@ async fn the_dashboard_signs_in_submits_follows_logs_and_cancels_in_a_real_brows
         json!({"HELIX_SIMULATE_DELAY_MS": "60000"}),
     );
     browser.goto(&format!("{url}/#/jobs/doomed")).await;
-    browser
-        .until(
-            10,
-            "return document.querySelector('h1 .state').dataset.state === 'running'",
-        )
-        .await;
+    until_state(&browser, 10, "running").await;
     browser.find("#cancel").await.click().await;
-    browser
-        .until(
-            10,
-            "return document.querySelector('h1 .state').dataset.state === 'cancelled'",
-        )
-        .await;
+    until_state(&browser, 10, "cancelled").await;
     assert_eq!(state_of(&server, "doomed"), "cancelled");
 
     // The job list: filters, and a phone width.

@@ -337,7 +337,7 @@ fn plugin_test_answers_each_program_from_canned_output() {
     .unwrap();
     let canned = dir.path().join("canned.toml");
     std::fs::write(&canned, "[programs.sh]\nstdout = \"canned hello\\n\"\n").unwrap();
-    let (ok, out) = plugin_test(&[
+    let args = [
         component.as_os_str(),
         "--job".as_ref(),
         job.as_os_str(),
@@ -345,18 +345,13 @@ fn plugin_test_answers_each_program_from_canned_output() {
         grants.as_os_str(),
         "--canned".as_ref(),
         canned.as_os_str(),
-    ]);
+    ];
+    let (ok, out) = plugin_test(&args);
     assert!(ok, "{out}");
     assert!(out.contains("last stdout line: canned hello"), "{out}");
     assert!(!out.contains("last stdout line: from the real sh"), "{out}");
     // Run for real, the same job prints what sh printed.
-    let (ok, out) = plugin_test(&[
-        component.as_os_str(),
-        "--job".as_ref(),
-        job.as_os_str(),
-        "--grants".as_ref(),
-        grants.as_os_str(),
-    ]);
+    let (ok, out) = plugin_test(&args[..5]);
     assert!(ok, "{out}");
     assert!(out.contains("last stdout line: from the real sh"), "{out}");
 }

@@ -62,6 +62,15 @@ async fn postgres(server: &Postgres, host: &str) -> Arc<PostgresStore> {
         .unwrap()
 }
 
+/// Ends queued `job` cancelled through `queue`; whether it was still
+/// queued.
+async fn cancel_queued(queue: &dyn JobQueue, job: &mut Job) -> bool {
+    let reason = "by request".to_string();
+    job.finish(Outcome::Cancelled { reason }, Utc::now())
+        .unwrap();
+    queue.withdraw(job, "[test] withdrawn").await.unwrap()
+}
+
 // The store's contract, one behaviour each.
 
 /// `job(id)` for builder `builder`, queued and claimed through `queue`:
@@ -180,20 +189,7 @@ async fn owes_one_notification_per_ended_job(store: &dyn JobStore, queue: &dyn J
     store.update(&ran).await.unwrap();
     // A second write of the same end owes nothing more.
     store.update(&ran).await.unwrap();
-    withdrawn
-        .finish(
-            Outcome::Cancelled {
-                reason: "by request".into(),
-            },
-            Utc::now(),
-        )
-        .unwrap();
-    assert!(
-        queue
-            .withdraw(&withdrawn, "[test] withdrawn")
-            .await
-            .unwrap()
-    );
+    assert!(cancel_queued(queue, &mut withdrawn).await);
 
     // A lease of nothing: handed out again at once, as after a crash.
     let owed = store.owed_notifications(Duration::ZERO, 10).await.unwrap();
@@ -492,20 +488,7 @@ async fn hands_out_the_oldest_and_withdraws_only_queued(
     assert!(claimed.log.is_empty());
 
     let mut cancelled = job("q1");
-    cancelled
-        .finish(
-            Outcome::Cancelled {
-                reason: "by request".into(),
-            },
-            Utc::now(),
-        )
-        .unwrap();
-    assert!(
-        queue
-            .withdraw(&cancelled, "[test] withdrawn")
-            .await
-            .unwrap()
-    );
+    assert!(cancel_queued(queue, &mut cancelled).await);
     assert_eq!(
         store.log("q1").await.unwrap().texts(),
         ["[test] withdrawn"],

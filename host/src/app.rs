@@ -74,7 +74,7 @@ pub async fn start_with(
     let cgroups = control_groups(config, &runtime)?;
     let has_cgroups = cgroups.is_some();
     let secrets = config.build_secrets()?;
-    let secrets_names = secrets.names();
+    let policy = submit_policy(config, &runtime, secrets.names());
     let webhooks = Arc::new(config.webhooks()?);
     let notifications = Arc::new(config.notifications()?);
     let registries = Arc::new(config.registry_settings());
@@ -88,7 +88,6 @@ pub async fn start_with(
     let service_config = ServiceConfig {
         workers: config.workers,
         queue_capacity: config.queue_capacity,
-        submit_policy: submit_policy(config, &runtime, secrets_names.clone()),
         log_cap_lines: config.log_cap_lines,
         log_output_caps: config.output_caps(),
         workspace_dir: config.workspace_dir(),
@@ -112,11 +111,11 @@ pub async fn start_with(
         default_registry: config.default_registry.clone(),
         reload: Some(Arc::new(ConfigReload {
             config: config.clone(),
-            secrets: secrets_names,
+            secrets: policy.secrets.clone(),
             cgroups: has_cgroups,
         })),
     };
-    Ok(Service::start(service_config, Arc::new(runtime)).await?)
+    Ok(Service::start(service_config, Arc::new(runtime), policy).await?)
 }
 
 /// Every configured builder, compiled (or loaded from the compile cache).

@@ -55,8 +55,6 @@ pub use metrics::{Histogram, Metrics};
 pub struct ServiceConfig {
     pub workers: usize,
     pub queue_capacity: usize,
-    /// What a submission may contain, the builders it may name included.
-    pub submit_policy: SubmitPolicy,
     pub log_cap_lines: usize,
     /// How much output a job may log, in bytes.
     pub log_output_caps: OutputCaps,
@@ -209,14 +207,16 @@ impl Retention {
 impl Service {
     /// Recovers the runs an earlier process of this host left behind, then
     /// starts `config.workers` workers and the queue's background tasks on
-    /// the current tokio runtime.
+    /// the current tokio runtime. `policy` says what a submission may
+    /// contain with `runtime`'s builders; a reload replaces both.
     pub async fn start(
         config: ServiceConfig,
         runtime: Arc<PluginRuntime>,
+        policy: SubmitPolicy,
     ) -> Result<Self, StoreError> {
         let loaded = Loaded {
             runtime,
-            policy: Arc::new(config.submit_policy.clone()),
+            policy: Arc::new(policy),
         };
         let inner = Arc::new(Inner {
             loaded: std::sync::RwLock::new(loaded),

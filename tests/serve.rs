@@ -247,11 +247,12 @@ fn plugin_check_describes_a_builder() {
     );
 }
 
-/// `helix-build plugin test ARGS…`: whether it exited 0, and its output.
-fn plugin_test(args: &[&std::ffi::OsStr]) -> (bool, String) {
+/// `helix-build ARGS…` run in `dir`: whether it exited 0, and what it
+/// printed (stdout, then stderr).
+fn helix_in<S: AsRef<std::ffi::OsStr>>(dir: &std::path::Path, args: &[S]) -> (bool, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_helix-build"))
-        .args(["plugin", "test"])
         .args(args)
+        .current_dir(dir)
         .output()
         .unwrap();
     let text = format!(
@@ -260,6 +261,15 @@ fn plugin_test(args: &[&std::ffi::OsStr]) -> (bool, String) {
         String::from_utf8_lossy(&output.stderr)
     );
     (output.status.success(), text)
+}
+
+/// `helix-build plugin test ARGS…`: whether it exited 0, and its output.
+fn plugin_test(args: &[&std::ffi::OsStr]) -> (bool, String) {
+    let all: Vec<&std::ffi::OsStr> = ["plugin".as_ref(), "test".as_ref()]
+        .into_iter()
+        .chain(args.iter().copied())
+        .collect();
+    helix_in(std::path::Path::new("."), &all)
 }
 
 #[test]
@@ -359,19 +369,7 @@ fn plugin_test_answers_each_program_from_canned_output() {
 #[test]
 fn plugin_new_makes_rust_and_python_builders_that_build_and_run_a_job() {
     let dir = tempfile::tempdir().unwrap();
-    let helix = |args: &[&str]| {
-        let output = Command::new(env!("CARGO_BIN_EXE_helix-build"))
-            .args(args)
-            .current_dir(dir.path())
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        (output.status.success(), text)
-    };
+    let helix = |args: &[&str]| helix_in(dir.path(), args);
     for (name, lang) in [("team-rust", "rust"), ("team-python", "python")] {
         let (ok, out) = helix(&["plugin", "new", name, "--lang", lang]);
         assert!(ok, "{out}");

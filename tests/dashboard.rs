@@ -32,7 +32,15 @@ fn state_of(server: &Server, id: &str) -> String {
 /// The badge's state on a job page.
 const BADGE: &str = "const b = document.querySelector('h1 .state'); return b && b.dataset.state";
 /// How many lines the job page's log shows.
-const LOG_LINES: &str = "return document.querySelectorAll('#log > div').length";
+/// Waits up to 10 s for the job page's log to show more than `than`
+/// lines; how many it shows then.
+async fn until_log_lines_over(browser: &Browser, than: u64) -> u64 {
+    let lines = "document.querySelectorAll('#log > div').length";
+    let count = browser
+        .until(10, &format!("return {lines} > {than} && {lines}"))
+        .await;
+    count.as_u64().unwrap()
+}
 
 /// Waits up to `secs` seconds for the job page's badge to show `state`.
 async fn until_state(browser: &Browser, secs: u64, state: &str) {
@@ -165,22 +173,8 @@ async fn the_dashboard_signs_in_submits_follows_logs_and_cancels_in_a_real_brows
         json!({"HELIX_SIMULATE_DELAY_MS": "10000", "HELIX_SIMULATE_LOG_LINES": "400"}),
     );
     browser.goto(&format!("{url}/#/jobs/live")).await;
-    browser
-        .until(
-            10,
-            &format!(
-                "return {LOG_LINES} > 5",
-                LOG_LINES = "document.querySelectorAll('#log > div').length"
-            ),
-        )
-        .await;
-    let seen = browser.script(LOG_LINES, json!([])).await.as_u64().unwrap();
-    browser
-        .until(
-            10,
-            &format!("return document.querySelectorAll('#log > div').length > {seen}"),
-        )
-        .await;
+    let seen = until_log_lines_over(&browser, 5).await;
+    until_log_lines_over(&browser, seen).await;
     let coloured = browser
         .script(
             "return document.querySelectorAll('#log span[class^=\"fg-3\"]').length",
@@ -201,13 +195,13 @@ async fn the_dashboard_signs_in_submits_follows_logs_and_cancels_in_a_real_brows
             "return document.getElementById('following').textContent.startsWith('Paused')",
         )
         .await;
-    let before = browser.script(LOG_LINES, json!([])).await.as_u64().unwrap();
-    browser
-        .until(
-            10,
-            &format!("return document.querySelectorAll('#log > div').length > {before}"),
+    let before = browser
+        .script(
+            "return document.querySelectorAll('#log > div').length",
+            json!([]),
         )
         .await;
+    until_log_lines_over(&browser, before.as_u64().unwrap()).await;
     let paused: Value = browser
         .script("return [document.getElementById('log').scrollTop, document.getElementById('following').textContent]", json!([]))
         .await;
@@ -251,12 +245,7 @@ async fn the_dashboard_signs_in_submits_follows_logs_and_cancels_in_a_real_brows
         .await;
     shoot(&browser, "jobs-phone").await;
     browser.goto(&format!("{url}/#/jobs/live")).await;
-    browser
-        .until(
-            10,
-            "return document.querySelectorAll('#log > div').length > 0",
-        )
-        .await;
+    until_log_lines_over(&browser, 0).await;
     shoot(&browser, "job-phone").await;
     browser.resize(1280, 900).await;
 

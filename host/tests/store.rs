@@ -739,3 +739,57 @@ async fn a_host_claims_only_jobs_for_builders_it_has() {
         .unwrap();
     assert_eq!(claimed.job.id.as_str(), "needs-podman");
 }
+
+/// Writes the store makes on its reader connection (handing out owed
+/// notifications, pruning) while the writer commits: no batch of the
+/// writer may fail for it, so no log line and no state is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_loses_no_write_to_its_own_other_writes() {
+    let (_dir, store, queue) = sqlite_with_queue().await;
+    let mut ended = Vec::new();
+    for n in 0..20 {
+        let mut j = running(&queue, &format!("busy-{n}"), "busy").await;
+        j.finish(Outcome::failed(FailureKind::Build, "RUN false"), Utc::now())
+            .unwrap();
+        store.update(&j).await.unwrap();
+        ended.push(j);
+    }
+    let other = {
+        let store = store.clone();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            for _ in 0..300 {
+                let owed = runtime
+                    .block_on(store.owed_notifications(Duration::ZERO, 20))
+                    .unwrap();
+                for o in &owed {
+                    runtime
+                        .block_on(store.settle_notification(
+                            o.job.id.as_str(),
+                            &[],
+                            Some(Duration::ZERO),
+                        ))
+                        .unwrap();
+                }
+            }
+        })
+    };
+    // Each job's first line makes the writer read before it writes.
+    let mut live = Vec::new();
+    for n in 0..200 {
+        let j = running(&queue, &format!("busy-live-{n}"), "busy").await;
+        store.append_log(&j.id, &LogLine::new("first"), 100);
+        store.append_log(&j.id, &LogLine::new("second"), 100);
+        live.push(j);
+    }
+    for j in &live {
+        store.update(j).await.unwrap();
+    }
+    other.join().unwrap();
+    for j in &live {
+        let lines = store.log(j.id.as_str()).await.unwrap().texts();
+        assert_eq!(lines, ["first", "second"], "{}", j.id);
+    }
+}

@@ -284,7 +284,14 @@ fn commit(
     batch: &[Write],
     next_line: &mut HashMap<JobId, i64>,
 ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
-    let tx = db.transaction().map_err(db_error)?;
+    // Immediate: the write lock is taken (waiting for it) before the
+    // batch reads anything. A deferred transaction that read a line count
+    // and then had to write would fail at once ("database is locked",
+    // with no wait) whenever the store wrote on its other connection
+    // meanwhile (pruning, handing out notifications), losing the batch.
+    let tx = db
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(db_error)?;
     let mut results = Vec::with_capacity(batch.len());
     for write in batch {
         results.push(match write {

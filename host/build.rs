@@ -13,6 +13,7 @@ const TARGET: &str = "wasm32-wasip2";
 /// (builder name, crate file stem) of builders compiled into the binary.
 const BUILTIN: &[(&str, &str)] = &[
     ("buildah", "helix_plugin_buildah"),
+    ("buildkit", "helix_plugin_buildkit"),
     ("podman", "helix_plugin_podman"),
     ("simulated", "helix_plugin_simulated"),
 ];

@@ -25,11 +25,53 @@ pub fn names() -> impl Iterator<Item = &'static str> {
 /// `plugins/kit` runs — every `RUN` step in an OCI container under runc on
 /// `network`, the image left in the job's container storage, which the
 /// host pushes from. No storage flags (the host names each job's container
-/// storage), no export, no git, no push, no credentials.
-pub fn default_grants(name: &str, network: BuildNetwork) -> Grants {
+/// storage), no export, no git, no push, no credentials. For `buildkit`,
+/// likewise `docker build` alone, run as `engine_client` (see
+/// [`engine_builder_grants`]).
+pub fn default_grants(name: &str, network: BuildNetwork, engine_client: &str) -> Grants {
     match name {
         "podman" | "buildah" => real_builder_grants(name, network),
+        "buildkit" => engine_builder_grants(engine_client),
         _ => Grants::default(),
+    }
+}
+
+/// `docker build` in the host's engine, as `plugins/kit` runs it: no
+/// network for the steps, the job's own image name, a context that is a
+/// directory of the workspace (any other is fetched by the engine), and
+/// the job's options. Never `--network` or `--add-host` (the host's
+/// network), `--output` or `--iidfile` (files the host did not choose),
+/// `--ssh`, `--cache-from`/`--cache-to`, `--cgroup-parent`, `--security-opt`,
+/// nor any `docker` command but `build` or global option (`-H`, `--config`):
+/// the engine is the one `DOCKER_HOST` names, which the host sets.
+fn engine_builder_grants(client: &str) -> Grants {
+    let options = [
+        ("-f", ValueType::Path),
+        ("--build-arg", ValueType::Text),
+        ("--platform", ValueType::Text),
+        ("--target", ValueType::Text),
+        ("--label", ValueType::Text),
+        ("--no-cache", ValueType::Flag),
+        ("--secret", ValueType::Secret),
+    ];
+    Grants {
+        programs: vec![ProgramGrant {
+            command: client.into(),
+            args: [
+                "build",
+                "--progress=plain",
+                "--network=none",
+                "--tag={engine-image}",
+                "{dir}",
+            ]
+            .map(String::from)
+            .to_vec(),
+            options: options
+                .iter()
+                .map(|(name, ty)| (name.to_string(), *ty))
+                .collect(),
+        }],
+        ..Grants::default()
     }
 }
 

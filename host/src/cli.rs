@@ -495,7 +495,11 @@ pub async fn plugin_test(files: TrialFiles) -> Result<bool, String> {
             toml::from_str(&read(path)?).map_err(|e| format!("{}: {e}", path.display()))?
         }
         (None, Some(name)) if name == "podman" || name == "buildah" => {
-            helix_build::builtin::default_grants(name, helix_build::network::BuildNetwork::None)
+            helix_build::builtin::default_grants(
+                name,
+                helix_build::network::BuildNetwork::None,
+                helix_build::engine::DEFAULT_ENGINE_CLIENT,
+            )
         }
         (None, Some(name)) => {
             return Err(format!(

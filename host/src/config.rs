@@ -12,6 +12,7 @@ use serde::Deserialize;
 use crate::builtin;
 use crate::cache::BuildCache;
 use crate::cgroup::BuildLimits;
+use crate::engine::DockerEngine;
 use crate::exec::{Grants, ValuePolicy};
 use crate::hooks::{HookRule, Webhooks};
 use crate::log::OutputCaps;
@@ -175,8 +176,18 @@ pub struct BuilderConfig {
     /// build steps).
     pub settings: BTreeMap<String, String>,
     /// What the builder's build steps may reach: `none`, `private` (the
-    /// world but no address of this host; the default) or `host`.
-    pub network: BuildNetwork,
+    /// world but no address of this host; the default) or `host`. A
+    /// builder with an `engine` takes only `none`, its default.
+    pub network: Option<BuildNetwork>,
+    /// The Docker Engine the builder builds in (`unix:///path/to/docker.sock`),
+    /// for the `buildkit` builder: the host points every `docker` of its
+    /// jobs at it.
+    pub engine: Option<String>,
+    /// The Docker client run against `engine`, by the builder and the host:
+    /// `docker` on PATH unless set. It must drive BuildKit itself
+    /// (Debian's docker.io, `/usr/bin/docker`); a newer client wants the
+    /// buildx plugin.
+    pub engine_client: Option<String>,
     /// What the builder may run and see. Absent: a built-in builder's own
     /// defaults, nothing for any other.
     pub grants: Option<Grants>,
@@ -207,6 +218,8 @@ const MAX_WORKERS: usize = 256;
 const MAX_RETENTION_DAYS: u64 = 36_500;
 /// The setting through which a builder learns its `--network` value.
 const NETWORK_SETTING: &str = "network";
+/// The setting through which an engine builder learns its Docker client.
+const ENGINE_CLIENT_SETTING: &str = "engine-client";
 const MAX_MEMORY_MIB: u64 = 16 * 1024;
 
 impl Default for Config {
@@ -258,7 +271,9 @@ impl Default for BuilderConfig {
             memory_mib: 512,
             timeout_secs: 3600,
             settings: BTreeMap::new(),
-            network: BuildNetwork::default(),
+            network: None,
+            engine: None,
+            engine_client: None,
             grants: None,
             cache: true,
             registry_cache: None,
@@ -379,10 +394,18 @@ impl Config {
             if builder.timeout_secs == 0 {
                 return invalid(format!("builders.{name}.timeout_secs must be at least 1"));
             }
-            if builder.settings.contains_key(NETWORK_SETTING) {
-                return invalid(format!(
-                    "builders.{name}.settings.{NETWORK_SETTING} is set by the host; use builders.{name}.network"
-                ));
+            for (setting, field) in [
+                (NETWORK_SETTING, "network"),
+                (ENGINE_CLIENT_SETTING, "engine_client"),
+                (crate::exec::ENGINE_IMAGE_SETTING, "engine"),
+                (crate::exec::CGROUP_SETTING, "build_memory_mib"),
+                (crate::exec::REGISTRY_CACHE_SETTING, "registry_cache"),
+            ] {
+                if builder.settings.contains_key(setting) {
+                    return invalid(format!(
+                        "builders.{name}.settings.{setting} is set by the host; use builders.{name}.{field}"
+                    ));
+                }
             }
             if let Some(grants) = &builder.grants {
                 grants
@@ -403,6 +426,22 @@ impl Config {
             }
             if let Some(prefix) = &builder.registry_cache {
                 self.validate_registry_cache(name, prefix)?;
+            }
+            if let Some(socket) = &builder.engine {
+                DockerEngine::check_socket(socket)
+                    .map_err(|e| ConfigError::Invalid(format!("builders.{name}.engine: {e}")))?;
+                if builder.network() != BuildNetwork::None {
+                    return invalid(format!(
+                        "builders.{name}.network: a builder in a Docker Engine takes only \"none\"; \
+                         the engine's networks would let build steps reach this host"
+                    ));
+                }
+                if builder.registry_cache.is_some() {
+                    return invalid(format!(
+                        "builders.{name}.registry_cache: a builder in a Docker Engine keeps its layers \
+                         in the engine's BuildKit cache; remove it"
+                    ));
+                }
             }
             if builder.component.is_none() && builtin::component(name).is_none() {
                 return invalid(format!(
@@ -503,20 +542,32 @@ impl Config {
                         (Origin::BuiltIn, bytes.into())
                     }
                 };
-                let grants = builder
-                    .grants
-                    .clone()
-                    .unwrap_or_else(|| builtin::default_grants(&name, builder.network));
+                let grants = builder.grants.clone().unwrap_or_else(|| {
+                    builtin::default_grants(&name, builder.network(), builder.engine_client())
+                });
                 let mut settings = builder.settings.clone();
-                settings.insert(NETWORK_SETTING.into(), builder.network.flag_value().into());
+                settings.insert(
+                    NETWORK_SETTING.into(),
+                    builder.network().flag_value().into(),
+                );
+                let engine = builder.engine.clone().map(|socket| {
+                    settings.insert(ENGINE_CLIENT_SETTING.into(), builder.engine_client().into());
+                    Arc::new(DockerEngine::new(
+                        socket,
+                        builder.engine_client().into(),
+                        self.data_dir.join("docker"),
+                        self.registry_auth_file.clone(),
+                    ))
+                });
                 Ok(BuilderSource {
                     limits: builder.limits(),
                     build_limits: builder.build_limits(),
                     grants: grants
                         .resolve(|name| std::env::var(name).ok())
                         .with_values(self.value_policy()),
-                    network: builder.network,
+                    network: builder.network(),
                     registry_cache: builder.registry_cache.clone(),
+                    engine,
                     name,
                     origin,
                     bytes,
@@ -674,6 +725,22 @@ impl Config {
 }
 
 impl BuilderConfig {
+    /// What its build steps may reach: as configured, else `private`, or
+    /// `none` in a Docker Engine.
+    pub fn network(&self) -> BuildNetwork {
+        self.network.unwrap_or(match self.engine {
+            Some(_) => BuildNetwork::None,
+            None => BuildNetwork::Private,
+        })
+    }
+
+    /// The Docker client for its engine.
+    pub fn engine_client(&self) -> &str {
+        self.engine_client
+            .as_deref()
+            .unwrap_or(crate::engine::DEFAULT_ENGINE_CLIENT)
+    }
+
     pub fn limits(&self) -> Limits {
         Limits {
             memory_bytes: usize::try_from(self.memory_mib << 20).unwrap_or(usize::MAX),

@@ -15,6 +15,7 @@ pub mod cgroup;
 pub mod client;
 pub mod config;
 pub mod dashboard;
+pub mod engine;
 pub mod exec;
 pub mod hooks;
 pub mod job;

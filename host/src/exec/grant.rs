@@ -7,22 +7,24 @@
 //! - In the pattern, a literal matches itself; `*` one argument that is not
 //!   an option (does not start with `-`); `**` (last only) the remaining
 //!   non-option arguments, including none; `{path}`, `{output}`, `{image}`,
-//!   `{url}` (after an optional literal prefix, as in `oci:{output}`) one
-//!   argument of that type. Without `**` the argument count must match.
+//!   `{url}`, `{dir}`, `{engine-image}` (after an optional literal prefix,
+//!   as in `oci:{output}`) one argument of that type. Without `**` the argument count must match.
 //! - `options` lists, by name, the options the builder may put anywhere
 //!   among the arguments, each with the type of its value (`flag` for
 //!   none), given as `--name=value` or `--name value`. Any other argument
 //!   starting with `-` is refused, and an option the pattern pins (a
 //!   literal starting with `-`) cannot be given again.
 //! - Typed values: a `path` must be relative and resolve inside the job
-//!   workspace, symbolic links followed; an `output` likewise, and must not
-//!   exist yet; an `image` must be in a registry the
+//!   workspace, symbolic links followed; a `dir` likewise, and must be an
+//!   existing directory; an `output` likewise, and must not exist yet; an `image` must be in a registry the
 //!   operator configured; a `url` must pass the policy a job's `repo_url`
 //!   does; a `secret` is `id=NAME` for one of the job's build secrets, and
 //!   the host appends `,src=FILE` (a file the builder cannot read); a
 //!   `cache` is exactly the job's repository in the registry cache (the
 //!   builder's `registry-cache` setting); a `cgroup` exactly the control
-//!   group of the job run's build steps (the `cgroup-parent` setting);
+//!   group of the job run's build steps (the `cgroup-parent` setting); an
+//!   `engine-image` exactly the name the host gave the job's images in its
+//!   Docker Engine (the `engine-image` setting), with or without a `:TAG`;
 //!   `text` is anything.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -76,6 +78,10 @@ pub enum ValueType {
     Text,
     /// A path that resolves inside the job workspace.
     Path,
+    /// An existing directory inside the job workspace: a build context
+    /// that can only be read from the checkout (a `docker build` context
+    /// that is no local directory is fetched by the engine, from anywhere).
+    Dir,
     /// A path inside the job workspace that does not exist yet: where a
     /// program writes something new. Nothing can already lie below it (a
     /// link planted in the checkout, say) for the program to follow.
@@ -93,12 +99,18 @@ pub enum ValueType {
     /// The control group the job run's `RUN` steps go in (podman's
     /// `--cgroup-parent`), nothing else: its limits are the job's.
     Cgroup,
+    /// The name the host gave the job's images in its Docker Engine, with
+    /// or without a tag: a build can neither overwrite another job's image
+    /// there nor leave one the host does not remove.
+    EngineImage,
 }
 
 impl ValueType {
     fn from_placeholder(name: &str) -> Option<Self> {
         match name {
             "path" => Some(ValueType::Path),
+            "dir" => Some(ValueType::Dir),
+            "engine-image" => Some(ValueType::EngineImage),
             "output" => Some(ValueType::Output),
             "image" => Some(ValueType::Image),
             "url" => Some(ValueType::Url),
@@ -194,7 +206,7 @@ impl Grants {
                     && ValueType::from_placeholder(name).is_none()
                 {
                     return Err(format!(
-                        "{here}.args: {arg:?} names no type; use {{path}}, {{output}}, {{image}}, {{url}}, {{secret}}, {{cache}} or {{cgroup}}"
+                        "{here}.args: {arg:?} names no type; use {{path}}, {{dir}}, {{output}}, {{image}}, {{url}}, {{secret}}, {{cache}}, {{cgroup}} or {{engine-image}}"
                     ));
                 }
             }
@@ -436,6 +448,22 @@ impl GrantPolicy {
         match ty {
             ValueType::Flag | ValueType::Text => Ok(None),
             ValueType::Path => inside_workspace(value, site).map(|()| None),
+            ValueType::Dir => {
+                inside_workspace(value, site)?;
+                match site.cwd.join(value).is_dir() {
+                    true => Ok(None),
+                    false => Err(format!("{value:?} is not a directory of the workspace")),
+                }
+            }
+            ValueType::EngineImage => match site.job.engine_image.as_deref() {
+                Some(name) if is_engine_image(value, name) => Ok(None),
+                Some(name) => Err(format!(
+                    "{value:?} is not the job's image in the engine; only {name} or {name}:TAG is"
+                )),
+                None => Err(format!(
+                    "{value:?}: the builder has no Docker Engine (builders.<name>.engine)"
+                )),
+            },
             ValueType::Output => {
                 inside_workspace(value, site)?;
                 match std::fs::symlink_metadata(site.cwd.join(value)) {
@@ -520,6 +548,24 @@ impl GrantPolicy {
 
     pub fn builder_env(&self) -> Vec<String> {
         self.builder_env.iter().cloned().collect()
+    }
+}
+
+/// Whether `value` is `name` or `name:TAG`, TAG as Docker allows one.
+fn is_engine_image(value: &str, name: &str) -> bool {
+    match value.strip_prefix(name) {
+        Some("") => true,
+        Some(rest) => rest.strip_prefix(':').is_some_and(|tag| {
+            tag.len() <= 128
+                && tag
+                    .bytes()
+                    .next()
+                    .is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_')
+                && tag
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-')
+        }),
+        None => false,
     }
 }
 

@@ -124,6 +124,9 @@ pub struct JobValues {
     /// The run's control group: every program starts in it, and its
     /// `steps` group is the only `cgroup` value.
     pub cgroup: Option<Arc<RunCgroup>>,
+    /// The name of the job's images in its builder's Docker Engine, for
+    /// `engine-image` values.
+    pub engine_image: Option<String>,
     /// A dry run (`helix-build plugin test --dry-run`): allowed programs
     /// are not run but answered from here.
     pub canned: Option<Arc<CannedAnswers>>,
@@ -162,6 +165,7 @@ impl CannedAnswers {
 /// The settings through which a builder learns its job's values.
 pub const REGISTRY_CACHE_SETTING: &str = "registry-cache";
 pub const CGROUP_SETTING: &str = "cgroup-parent";
+pub const ENGINE_IMAGE_SETTING: &str = "engine-image";
 
 impl JobValues {
     /// `settings` with the job's values a builder reads as settings.
@@ -175,6 +179,7 @@ impl JobValues {
                 CGROUP_SETTING,
                 self.cgroup.as_ref().map(|c| c.steps_path().to_string()),
             ),
+            (ENGINE_IMAGE_SETTING, self.engine_image.clone()),
         ];
         if own.iter().all(|(_, value)| value.is_none()) {
             return settings.clone();
@@ -375,7 +380,7 @@ impl CommandRunner {
 /// `env`, output into the job log, the group killed on cancel or
 /// `timeout`, and inside the job run's control group when it has one.
 pub struct HostCommand<'a> {
-    /// A bare name, looked up on the host's `PATH`.
+    /// A bare name, looked up on the host's `PATH`, or an absolute path.
     pub program: &'a str,
     pub args: &'a [String],
     pub env: &'a BTreeMap<String, String>,

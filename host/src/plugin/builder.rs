@@ -14,6 +14,7 @@ use super::legacy;
 use super::{BuilderInfo, BuilderSource, GrantSummary, Limits};
 use crate::audit::AuditTrail;
 use crate::cancel::CancelSignal;
+use crate::engine::DockerEngine;
 use crate::exec::GrantPolicy;
 use crate::exec::JobValues;
 use crate::job::{BuildResult, FailureKind, Job, Outcome};
@@ -68,6 +69,8 @@ pub struct Builder {
     code: Code,
     settings: Arc<BTreeMap<String, String>>,
     grants: Arc<GrantPolicy>,
+    /// The Docker Engine it builds in, if it builds in one.
+    engine: Option<Arc<DockerEngine>>,
     instantiations: Timings,
 }
 
@@ -177,8 +180,10 @@ impl Builder {
                 },
                 network: source.network,
                 registry_cache: source.registry_cache,
+                engine: source.engine.as_ref().map(|e| e.socket().to_string()),
                 platforms: None,
             },
+            engine: source.engine,
             code: Code::Component { engine, pre },
             settings: Arc::new(source.settings),
             grants: Arc::new(source.grants),
@@ -216,8 +221,10 @@ impl Builder {
                 grants: GrantSummary::default(),
                 network: crate::network::BuildNetwork::None,
                 registry_cache: None,
+                engine: None,
                 platforms: None,
             },
+            engine: None,
             code: Code::Native(build),
             settings: Arc::default(),
             grants: Arc::default(),
@@ -227,6 +234,11 @@ impl Builder {
 
     pub fn info(&self) -> &BuilderInfo {
         &self.info
+    }
+
+    /// The Docker Engine this builder builds in, if it builds in one.
+    pub fn engine(&self) -> Option<&Arc<DockerEngine>> {
+        self.engine.as_ref()
     }
 
     /// What this builder's build steps may reach.

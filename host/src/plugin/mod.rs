@@ -22,6 +22,7 @@ use serde::Serialize;
 use wasmtime::Engine;
 use wasmtime::component::{Component, HasSelf, Linker};
 
+use crate::engine::DockerEngine;
 use crate::exec::{GrantPolicy, ProgramGrant};
 
 use crate::cgroup::BuildLimits;
@@ -51,6 +52,8 @@ pub struct BuilderSource {
     pub network: BuildNetwork,
     /// Where its jobs' layers are kept in a registry, by repository prefix.
     pub registry_cache: Option<String>,
+    /// The Docker Engine it builds in, if it builds in one.
+    pub engine: Option<Arc<DockerEngine>>,
     /// What each job's build may use.
     pub build_limits: BuildLimits,
 }
@@ -115,6 +118,8 @@ pub struct BuilderInfo {
     /// The repository prefix under which its jobs' layers are kept in a
     /// registry, if they are.
     pub registry_cache: Option<String>,
+    /// The socket of the Docker Engine it builds in, if it builds in one.
+    pub engine: Option<String>,
     /// The platforms it can build on this host; `None` (`null`) for a
     /// simulated builder, which builds nothing and takes any.
     pub platforms: Option<Vec<Platform>>,
@@ -349,6 +354,7 @@ pub async fn inspect(path: &Path) -> Result<Inspection, PluginError> {
         grants: GrantPolicy::default(),
         network: BuildNetwork::None,
         registry_cache: None,
+        engine: None,
         build_limits: BuildLimits::default(),
     };
     let pre = prepare(&engine, &linker, &component, &source)?;

@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use super::WIT_VERSION;
+use crate::engine::DEFAULT_ENGINE_CLIENT;
 use crate::exec::Grants;
 use crate::network::BuildNetwork;
 
@@ -128,7 +129,7 @@ pub fn create(dir: &Path, name: &str, lang: Lang) -> Result<Vec<PathBuf>, String
 /// The built-in podman builder's grants, for builds on the host's private
 /// network, as a `[builders.X.grants]` table holds them.
 fn podman_grants() -> Grants {
-    crate::builtin::default_grants("podman", BuildNetwork::Private)
+    crate::builtin::default_grants("podman", BuildNetwork::Private, DEFAULT_ENGINE_CLIENT)
 }
 
 fn grants() -> Result<String, String> {

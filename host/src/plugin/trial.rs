@@ -78,6 +78,7 @@ pub async fn run(trial: Trial) -> Result<TrialRun, String> {
         grants: trial.grants.resolve(|name| std::env::var(name).ok()),
         network: BuildNetwork::None,
         registry_cache: None,
+        engine: None,
         build_limits: BuildLimits::default(),
     };
     let sizing = PoolSizing {

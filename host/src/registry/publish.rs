@@ -17,6 +17,7 @@ use sha2::{Digest as _, Sha256};
 use super::RegistrySettings;
 use crate::cancel::CancelSignal;
 use crate::cgroup::RunCgroup;
+use crate::engine::{DockerEngine, platform_tag};
 use crate::exec::{HostCommand, RunError};
 use crate::job::{BuildResult, FailureKind, Outcome};
 use crate::log::JobLog;
@@ -32,10 +33,111 @@ pub enum Pushed<'a> {
         workspace: &'a Path,
         several_platforms: bool,
     },
+    /// One image per platform in a Docker Engine, called `name` and
+    /// tagged by platform ([`crate::engine::platform_tag`]).
+    Engine {
+        engine: &'a DockerEngine,
+        name: &'a str,
+        workspace: &'a Path,
+    },
 }
 
 fn strings(args: &[&str]) -> Vec<String> {
     args.iter().map(|a| a.to_string()).collect()
+}
+
+/// Media types of what `docker push` sends, and of the index of them.
+const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+
+/// One push to `image`, run as the host.
+struct Push<'a> {
+    image: &'a str,
+    log: &'a JobLog,
+    cancel: &'a CancelSignal,
+    cgroup: Option<&'a RunCgroup>,
+}
+
+impl Push<'_> {
+    /// Runs `program` to push; its output, or the outcome saying why the
+    /// push failed (the registry's fault unless the host's tool is
+    /// missing).
+    async fn run(
+        &self,
+        program: &str,
+        args: &[String],
+        env: &BTreeMap<String, String>,
+        cwd: &Path,
+    ) -> Result<crate::exec::CommandOutput, Outcome> {
+        let image = self.image;
+        let output = HostCommand {
+            program,
+            args,
+            env,
+            cwd,
+            timeout: Some(PUSH_TIMEOUT),
+            log: self.log,
+            cancel: self.cancel,
+            cgroup: self.cgroup,
+        }
+        .run()
+        .await
+        .map_err(|e| match e {
+            RunError::Cancelled => Outcome::Cancelled {
+                reason: self.cancel.reason(),
+            },
+            RunError::TimedOut => Outcome::failed(
+                FailureKind::Registry,
+                format!(
+                    "pushing {image} took longer than {}s",
+                    PUSH_TIMEOUT.as_secs()
+                ),
+            ),
+            other => Outcome::failed(
+                FailureKind::Host,
+                format!(
+                    "cannot run {program} to push: {other}; install {program} on the build host"
+                ),
+            ),
+        })?;
+        if output.exit_code != 0 {
+            return Err(Outcome::failed(
+                FailureKind::Registry,
+                format!("pushing {image} failed: {}", output.error_line()),
+            ));
+        }
+        Ok(output)
+    }
+}
+
+/// Waits for the other pushes to `image` from an engine (the host names
+/// the image there by its destination to push it) and holds the turn.
+async fn push_turn(image: &str) -> tokio::sync::OwnedMutexGuard<()> {
+    type Turns = BTreeMap<String, std::sync::Weak<tokio::sync::Mutex<()>>>;
+    static TURNS: std::sync::Mutex<Turns> = std::sync::Mutex::new(BTreeMap::new());
+    let turn = {
+        let mut turns = TURNS.lock().unwrap_or_else(|e| e.into_inner());
+        turns.retain(|_, turn| turn.strong_count() > 0);
+        match turns.get(image).and_then(std::sync::Weak::upgrade) {
+            Some(turn) => turn,
+            None => {
+                let turn = Arc::new(tokio::sync::Mutex::new(()));
+                turns.insert(image.to_string(), Arc::downgrade(&turn));
+                turn
+            }
+        }
+    };
+    turn.lock_owned().await
+}
+
+/// `(digest, size)` of the manifest `docker push` reports:
+/// `TAG: digest: sha256:… size: N`.
+fn pushed_manifest(output: &str) -> Option<(String, u64)> {
+    output.lines().rev().find_map(|line| {
+        let rest = line.split_once("digest: ")?.1;
+        let (digest, size) = rest.split_once(" size: ")?;
+        Some((digest.trim().to_string(), size.trim().parse().ok()?))
+    })
 }
 
 /// How long one registry query may take.
@@ -68,10 +170,16 @@ impl Publisher {
         cgroup: Option<&RunCgroup>,
     ) -> Result<BuildResult, Outcome> {
         log.push(&format!("[helix] pushing the built image to {image}"));
+        let push = Push {
+            image,
+            log,
+            cancel,
+            cgroup,
+        };
         let insecure = self.registries.is_insecure(image);
         let auth = self.registries.auth_file();
         let destination = format!("docker://{image}");
-        let (program, args, env, cwd) = match built {
+        let digest = match built {
             Pushed::Layout(layout) => {
                 check_layout(layout).map_err(|e| Outcome::failed(FailureKind::Plugin, e))?;
                 let mut args =
@@ -84,7 +192,9 @@ impl Publisher {
                 }
                 args.push(format!("oci:{}", layout.display()));
                 args.push(destination);
-                ("skopeo", args, BTreeMap::new(), layout)
+                push.run("skopeo", &args, &BTreeMap::new(), layout)
+                    .await?
+                    .stdout
             }
             // podman, not skopeo: it pushes manifest lists from storage.
             // Layers the registry has (a base image's) are not sent again.
@@ -106,54 +216,123 @@ impl Publisher {
                 }
                 args.push(crate::cache::LOCAL_IMAGE.into());
                 args.push(destination);
-                ("podman", args, env.clone(), workspace)
+                push.run("podman", &args, env, workspace).await?.stdout
+            }
+            Pushed::Engine {
+                engine,
+                name,
+                workspace,
+            } => {
+                self.push_from_engine(&push, engine, name, workspace, requested)
+                    .await?
             }
         };
-        let pushed = HostCommand {
-            program,
-            args: &args,
-            env: &env,
-            cwd,
-            timeout: Some(PUSH_TIMEOUT),
-            log,
-            cancel,
-            cgroup,
-        }
-        .run()
-        .await
-        .map_err(|e| match e {
-            RunError::Cancelled => Outcome::Cancelled {
-                reason: cancel.reason(),
-            },
-            RunError::TimedOut => Outcome::failed(
-                FailureKind::Registry,
-                format!(
-                    "pushing {image} took longer than {}s",
-                    PUSH_TIMEOUT.as_secs()
-                ),
-            ),
-            other => Outcome::failed(
-                FailureKind::Host,
-                format!(
-                    "cannot run {program} to push: {other}; install {program} on the build host"
-                ),
-            ),
-        })?;
-        if pushed.exit_code != 0 {
-            return Err(Outcome::failed(
-                FailureKind::Registry,
-                format!("pushing {image} failed: {}", pushed.error_line()),
-            ));
-        }
-        let digest = pushed.stdout.trim().to_string();
+        let digest = digest.trim();
         let result = self
-            .verify(image, &digest, requested)
+            .verify(image, digest, requested)
             .await
             .map_err(|e| Outcome::failed(FailureKind::Registry, e))?;
         log.push(&format!(
             "[helix] verified: {image} is {digest} in the registry"
         ));
         Ok(result)
+    }
+
+    /// Pushes each platform's image from the engine with `docker push`
+    /// (layers the registry has are not sent again) and, for several,
+    /// the index of them; the digest of what `image` now names.
+    ///
+    /// `docker push` takes only a tag, so each platform's image is pushed
+    /// to `image` in turn before the index replaces it: the tag names one
+    /// platform's image for a moment. Pushes to the same tag wait for
+    /// each other, so none sends another job's image under its name.
+    async fn push_from_engine(
+        &self,
+        push: &Push<'_>,
+        engine: &DockerEngine,
+        name: &str,
+        cwd: &Path,
+        requested: &[Platform],
+    ) -> Result<String, Outcome> {
+        let _turn = push_turn(push.image).await;
+        let docker = |args: Vec<String>| async move {
+            push.run(engine.client(), &args, &engine.env(), cwd).await
+        };
+        let mut pushed = Vec::new();
+        for platform in requested {
+            let built = format!("{name}:{}", platform_tag(platform));
+            let inspect = docker(strings(&[
+                "image",
+                "inspect",
+                "--format",
+                "{{.Os}}/{{.Architecture}}/{{.Variant}}",
+                &built,
+            ]))
+            .await
+            .map_err(|outcome| match outcome {
+                Outcome::Cancelled { .. } => outcome,
+                _ => Outcome::failed(
+                    FailureKind::Plugin,
+                    format!("the builder left no image {built} for {platform} in the engine"),
+                ),
+            })?;
+            let found = inspect.stdout.trim().trim_end_matches('/');
+            if Platform::parse(found).ok().as_ref() != Some(platform) {
+                return Err(Outcome::failed(
+                    FailureKind::Plugin,
+                    format!("the builder's image {built} is for {found}, not {platform}"),
+                ));
+            }
+            docker(strings(&["tag", &built, push.image])).await?;
+            let output = docker(strings(&["push", push.image])).await;
+            // The destination's name goes whether the push worked or not.
+            docker(strings(&["image", "rm", push.image])).await?;
+            let output = output?;
+            let (digest, size) = pushed_manifest(&output.stdout).ok_or_else(|| {
+                Outcome::failed(
+                    FailureKind::Registry,
+                    format!(
+                        "docker push {} said no digest: {}",
+                        push.image,
+                        output.stdout.trim()
+                    ),
+                )
+            })?;
+            pushed.push((platform, digest, size));
+        }
+        if let [(_, digest, _)] = pushed.as_slice() {
+            return Ok(digest.clone());
+        }
+        let index = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": DOCKER_LIST,
+            "manifests": pushed.iter().map(|(platform, digest, size)| {
+                let mut entry = serde_json::json!({
+                    "mediaType": DOCKER_MANIFEST,
+                    "digest": digest,
+                    "size": size,
+                    "platform": { "os": platform.os(), "architecture": platform.arch() },
+                });
+                if let Some(variant) = platform.variant() {
+                    entry["platform"]["variant"] = variant.into();
+                }
+                entry
+            }).collect::<Vec<_>>(),
+        });
+        let bytes = serde_json::to_vec(&index).expect("JSON values serialize");
+        let digest = super::oci::digest_of(&bytes);
+        let reference = super::oci::reference(push.image)
+            .map_err(|e| Outcome::failed(FailureKind::InvalidJob, e))?;
+        super::oci::RegistryClient::new(self.registries.clone())
+            .push_manifest(&reference, bytes, DOCKER_LIST)
+            .await
+            .map_err(|e| {
+                Outcome::failed(
+                    FailureKind::Registry,
+                    format!("pushing the index of {} failed: {e}", push.image),
+                )
+            })?;
+        Ok(digest)
     }
 
     /// What `tag` holds now, if it is the `pushed` digest with every

@@ -15,6 +15,7 @@ use crate::backoff::Backoff;
 use crate::cache::CacheSlot;
 use crate::cancel::CancelSignal;
 use crate::cgroup::{LimitHit, RunCgroup};
+use crate::engine::DockerEngine;
 use crate::exec::JobValues;
 use crate::job::{FailureKind, Job, JobId, Outcome};
 use crate::log::JobLog;
@@ -152,7 +153,9 @@ impl Inner {
         let simulated = builder.info().simulated;
         let cache = self.config.cache.clone();
         // A slot of the builder's layer cache, unless the job wants none.
-        let slot = match simulated || job.no_cache {
+        let engine = builder.engine().cloned();
+        // A builder in a Docker Engine keeps its layers in BuildKit's cache.
+        let slot = match simulated || job.no_cache || engine.is_some() {
             true => None,
             false => match cache.acquire(&job.builder, &job.repo_url).await {
                 Ok(slot) => slot,
@@ -218,7 +221,14 @@ impl Inner {
             ),
             None => format!("[helix] running on builder '{}'", job.builder),
         });
-        if !simulated {
+        if let Some(engine) = &engine {
+            log.push(&format!(
+                "[helix] building in the Docker Engine at {} (BuildKit's layer cache is the engine's); \
+                 its RUN steps run in the engine's control groups, so the job's build limits \
+                 reach the docker client, not them",
+                engine.socket()
+            ));
+        } else if !simulated {
             log.push(&match &slot {
                 Some(slot) => format!(
                     "[helix] container storage: {} (the builder's layer cache, {})",
@@ -248,6 +258,11 @@ impl Inner {
             .build_and_publish(job, &builder, attempt)
             .await
             .unwrap_or_else(|ended| ended);
+        if let Some(engine) = &engine {
+            engine
+                .remove_images(&DockerEngine::image_name(&run), log, dirs.root())
+                .await;
+        }
         // Written before the run's end, so the end is never stored without it.
         let (name, body) = audit.stored();
         self.config.store.put_record(&job.id, &name, body);
@@ -324,6 +339,12 @@ impl Inner {
                     format!("{e}; or set builders.{}.network = \"none\"", job.builder),
                 )
             })?;
+            if let Some(engine) = builder.engine() {
+                engine
+                    .prepare()
+                    .await
+                    .map_err(|e| Outcome::failed(FailureKind::Host, e))?;
+            }
             let commit = self
                 .config
                 .checkout
@@ -344,16 +365,24 @@ impl Inner {
                 )
             })?;
         let workspace_dir = workspace.clone();
+        let engine_image = builder
+            .engine()
+            .map(|_| DockerEngine::image_name(&run_name(&job.id, job.attempts)));
+        let mut program_env = dirs.program_env();
+        if let Some(engine) = builder.engine() {
+            program_env.extend(engine.env());
+        }
         let ctx = RunContext {
             log: log.clone(),
             cancel: cancel.clone(),
             workspace,
-            program_env: dirs.program_env(),
+            program_env,
             commit: commit.clone(),
             values: JobValues {
                 secrets,
                 registry_cache: builder.registry_cache_for(job),
                 cgroup: cgroup.clone(),
+                engine_image: engine_image.clone(),
                 canned: None,
             },
             audit: audit.clone(),
@@ -368,8 +397,13 @@ impl Inner {
             }
             (built @ (Built::Layout(_) | Built::LocalImage), Some(image)) => {
                 let env = dirs.program_env();
-                let pushed = match &built {
-                    Built::Layout(layout) => Pushed::Layout(layout),
+                let pushed = match (&built, builder.engine(), &engine_image) {
+                    (Built::Layout(layout), _, _) => Pushed::Layout(layout),
+                    (_, Some(engine), Some(name)) => Pushed::Engine {
+                        engine,
+                        name,
+                        workspace: &workspace_dir,
+                    },
                     _ => Pushed::Storage {
                         env: &env,
                         workspace: &workspace_dir,

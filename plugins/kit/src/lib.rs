@@ -1,18 +1,19 @@
 //! Guest code shared by the real builders: build the source the host
-//! checked out with podman or buildah, and leave the image in the
-//! workspace as an OCI layout for the host to push. Everything runs through
-//! the host's `command-runner`, so what a builder can do is exactly what the
-//! operator granted.
+//! checked out with podman, buildah or BuildKit, and leave the image where
+//! the host pushes it from. Everything runs through the host's
+//! `command-runner`, so what a builder can do is exactly what the operator
+//! granted.
 //!
-//! Container storage is the host's business: every program of a job gets
-//! `CONTAINERS_STORAGE_CONF` naming that job's own storage, outside the
-//! workspace, removed with the job. Builds of different jobs never share
-//! state.
+//! Container storage is the host's business: every program of a podman or
+//! buildah job gets `CONTAINERS_STORAGE_CONF` naming that job's own
+//! storage, outside the workspace, removed with the job. A BuildKit job
+//! builds in the Docker Engine the host points `docker` at (`DOCKER_HOST`),
+//! and may name its images only as the host's `engine-image` setting says.
 //!
-//! Every `RUN` step runs in its own OCI container (`--isolation oci
-//! --runtime runc`: own PID, mount, IPC, UTS and network namespaces,
-//! default capabilities, seccomp) on the network the host's setting
-//! `network` names (`none`, `host`, or the host's private build network).
+//! Every `RUN` step runs in its own OCI container (own PID, mount, IPC,
+//! UTS and network namespaces, default capabilities, seccomp) on the
+//! network the host's setting `network` names (`none`, `host`, or the
+//! host's private build network; only `none` for BuildKit).
 
 /// The `helix:build` bindings; builders export through
 /// `helix_builder_kit::export_builder!(T with_types_in helix_builder_kit::bindings)`.
@@ -38,19 +39,33 @@ const GLOBAL: [&str; 2] = ["--cgroup-manager", "cgroupfs"];
 /// The image's name in the job's own container storage.
 const LOCAL_IMAGE: &str = "localhost/helix-image";
 
-/// The build tool a builder drives. Both accept the same flags for what
-/// this kit does.
+/// The build tool a builder drives. All three accept the same flags for
+/// what the job asks (see [`job_options`]).
 #[derive(Debug, Clone, Copy)]
 pub enum Tool {
     Podman,
     Buildah,
+    /// BuildKit inside the Docker Engine the host names, driven by the
+    /// classic `docker build` (`DOCKER_BUILDKIT=1`, set by the host).
+    BuildKit,
 }
 
 impl Tool {
+    /// The builder's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Tool::Podman => "podman",
+            Tool::Buildah => "buildah",
+            Tool::BuildKit => "buildkit",
+        }
+    }
+
+    /// The program it runs.
     pub fn program(self) -> &'static str {
         match self {
             Tool::Podman => "podman",
             Tool::Buildah => "buildah",
+            Tool::BuildKit => "docker",
         }
     }
 
@@ -61,8 +76,17 @@ impl Tool {
         args: Vec<String>,
         failure: impl Fn(String) -> BuildError,
     ) -> Result<(), BuildError> {
-        let all = GLOBAL.iter().map(|a| a.to_string()).chain(args).collect();
-        let output = run::run(self.program(), all)?;
+        let (program, global): (String, &[&str]) = match self {
+            // The client the operator pointed the builder at, if not the
+            // one on PATH (a newer one may want plugins to use BuildKit).
+            Tool::BuildKit => (
+                job_context::setting(ENGINE_CLIENT_SETTING).unwrap_or_else(|| "docker".into()),
+                &[],
+            ),
+            Tool::Podman | Tool::Buildah => (self.program().into(), &GLOBAL),
+        };
+        let all = global.iter().map(|a| a.to_string()).chain(args).collect();
+        let output = run::run(&program, all)?;
         if output.exit_code == 0 {
             Ok(())
         } else {
@@ -85,7 +109,7 @@ macro_rules! real_builder {
         impl $crate::InfoGuest for $ty {
             fn info() -> $crate::Metadata {
                 $crate::Metadata {
-                    name: $tool.program().into(),
+                    name: $tool.name().into(),
                     version: env!("CARGO_PKG_VERSION").into(),
                     description: $description.into(),
                     simulated: false,
@@ -128,42 +152,29 @@ pub fn read_dockerfile(job: &Job) -> Result<String, BuildError> {
 }
 
 /// Builds the checked-out source of `job` with `tool` and leaves the image
-/// (or, for several platforms, the index) in the job's container storage
-/// for the host to push.
+/// where the host pushes it from: for podman and buildah the job's
+/// container storage (one image, or a manifest list for several
+/// platforms); for BuildKit the engine, one image per platform (see
+/// [`ENGINE_IMAGE_SETTING`]).
 pub fn build(tool: Tool, job: Job) -> Result<BuildOutput, BuildError> {
     let network = job_context::setting("network").unwrap_or_else(|| "none".into());
-    // The host checked both: a directory and a file of the checkout.
-    let context = context_dir(&job);
-    let dockerfile = dockerfile_path(&job);
     log(&format!(
         "building {} at {} with {} (network: {network})",
         job.repo_url,
         job.commit.as_deref().unwrap_or(&job.git_ref),
-        tool.program()
+        tool.name()
     ));
+    match tool {
+        Tool::BuildKit => build_in_engine(&job, &network),
+        Tool::Podman | Tool::Buildah => build_in_storage(tool, &job, &network),
+    }
+}
 
-    let platforms: Vec<String> = job.platforms.iter().map(platform_string).collect();
-    let several = platforms.len() > 1;
-    let mut args = strings(&[
-        "build",
-        "--isolation",
-        "oci",
-        "--runtime",
-        "runc",
-        "--network",
-        &network,
-        // The host's control group for the job's steps: its limits apply.
-        &format!(
-            "--cgroup-parent={}",
-            job_context::setting("cgroup-parent").unwrap_or_default()
-        ),
-        "-f",
-        &dockerfile,
-        // Keep each step's layer (the host keeps the storage between jobs
-        // of this builder), and remove a failed step's container.
-        "--layers",
-        "--force-rm",
-    ]);
+/// The options every tool takes alike for what the job asks: the
+/// Dockerfile, build args, target, labels, no-cache and secrets.
+pub fn job_options(job: &Job) -> Vec<String> {
+    // The host checked it: a file of the checkout.
+    let mut args = vec!["-f".to_string(), dockerfile_path(job)];
     let mut build_args: Vec<_> = job.build_args.iter().collect();
     build_args.sort_by(|a, b| a.name.cmp(&b.name));
     // `--flag=value` keeps a value starting with '-' from reading as a flag.
@@ -183,6 +194,33 @@ pub fn build(tool: Tool, job: Job) -> Result<BuildOutput, BuildError> {
     if job.no_cache {
         args.push("--no-cache".into());
     }
+    // The host completes each with where the value is.
+    args.extend(job.secrets.iter().map(|name| format!("--secret=id={name}")));
+    args
+}
+
+fn build_in_storage(tool: Tool, job: &Job, network: &str) -> Result<BuildOutput, BuildError> {
+    let platforms: Vec<String> = job.platforms.iter().map(platform_string).collect();
+    let several = platforms.len() > 1;
+    let mut args = strings(&[
+        "build",
+        "--isolation",
+        "oci",
+        "--runtime",
+        "runc",
+        "--network",
+        network,
+        // The host's control group for the job's steps: its limits apply.
+        &format!(
+            "--cgroup-parent={}",
+            job_context::setting("cgroup-parent").unwrap_or_default()
+        ),
+        // Keep each step's layer (the host keeps the storage between jobs
+        // of this builder), and remove a failed step's container.
+        "--layers",
+        "--force-rm",
+    ]);
+    args.extend(job_options(job));
     // Layers shared through the registry, when the operator keeps them
     // there: a new host starts from them; `no_cache` only refreshes them.
     if let Some(cache) = job_context::setting("registry-cache") {
@@ -192,8 +230,6 @@ pub fn build(tool: Tool, job: Job) -> Result<BuildOutput, BuildError> {
         }
         args.push(format!("--cache-to={cache}"));
     }
-    // The host completes each with where the value is.
-    args.extend(job.secrets.iter().map(|name| format!("--secret=id={name}")));
     args.push(format!("--platform={}", platforms.join(",")));
     // Just before the context, as the grants pin it: the only name a
     // build may give its image.
@@ -201,7 +237,7 @@ pub fn build(tool: Tool, job: Job) -> Result<BuildOutput, BuildError> {
         "{}={LOCAL_IMAGE}",
         if several { "--manifest" } else { "--tag" }
     ));
-    args.push(context);
+    args.push(context_dir(job));
     tool.run(args, |why| {
         let what = format!("{} build failed: {why}", tool.program());
         if is_registry_failure(&why) {
@@ -215,6 +251,77 @@ pub fn build(tool: Tool, job: Job) -> Result<BuildOutput, BuildError> {
         "image left in the job's container storage as {LOCAL_IMAGE} for the host to push"
     ));
     Ok(BuildOutput::LocalImage)
+}
+
+/// The setting naming the job's images in a shared Docker Engine: a
+/// BuildKit builder tags each platform's image `<name>:<os>-<arch>[-<variant>]`
+/// and the host pushes those, then removes them.
+pub const ENGINE_IMAGE_SETTING: &str = "engine-image";
+/// The setting naming the Docker client to run (`docker` on PATH unless set).
+pub const ENGINE_CLIENT_SETTING: &str = "engine-client";
+
+/// One `docker build` per platform: the classic Docker client cannot put
+/// several platforms in one image store entry, so the host assembles the
+/// index from what each left.
+fn build_in_engine(job: &Job, network: &str) -> Result<BuildOutput, BuildError> {
+    let Some(name) = job_context::setting(ENGINE_IMAGE_SETTING) else {
+        return Err(BuildError::Denied(
+            "this builder builds in a Docker Engine and the host gave it none; the operator \
+             must set `engine` (the engine's unix socket) in the builder's [builders.NAME] section"
+                .into(),
+        ));
+    };
+    for platform in &job.platforms {
+        let image = format!("{name}:{}", platform_tag(platform));
+        let mut args = strings(&[
+            "build",
+            "--progress=plain",
+            &format!("--network={network}"),
+            &format!("--tag={image}"),
+        ]);
+        args.push(format!("--platform={}", platform_string(platform)));
+        args.extend(job_options(job));
+        args.push(context_dir(job));
+        Tool::BuildKit.run(args, |why| {
+            let what = format!("docker build (BuildKit) failed: {why}");
+            if why.contains("Cannot connect to the Docker daemon") {
+                BuildError::Internal(format!(
+                    "{what}; the host's Docker Engine is not answering, tell its operator"
+                ))
+            } else if is_engine_registry_failure(&why) {
+                BuildError::Registry(what)
+            } else {
+                BuildError::Build(what)
+            }
+        })?;
+        log(&format!("image left in the engine as {image} for the host to push"));
+    }
+    Ok(BuildOutput::LocalImage)
+}
+
+/// The tag of one platform's image in the engine: `linux-arm64`,
+/// `linux-arm-v7`.
+pub fn platform_tag(p: &Platform) -> String {
+    platform_string(p).replace('/', "-")
+}
+
+/// Whether BuildKit stopped at a registry (resolving or pulling a base
+/// image) rather than at the Dockerfile: the phrases dockerd 20.10 uses.
+fn is_engine_registry_failure(error: &str) -> bool {
+    const REGISTRY: [&str; 7] = [
+        "failed to do request",
+        "failed to authorize",
+        "unauthorized",
+        "pull access denied",
+        "no basic auth credentials",
+        "x509:",
+        "server gave HTTP response to HTTPS client",
+    ];
+    let resolving = error.contains("failed to create LLB definition")
+        && !error.contains("dockerfile parse error")
+        && error.ends_with("not found");
+    !error.contains("executor failed running")
+        && (resolving || REGISTRY.iter().any(|p| error.contains(p)))
 }
 
 /// Whether a failed build stopped at a registry (pulling a base image)

@@ -35,9 +35,9 @@ fn main() {
 async fn bench() {
     let registry = Registry::start(false);
     let base = format!("{}/bench/base:1", registry.address);
-    push_base(&base);
+    helix_fixtures::push_base_image(&base, 100);
     let repo = tempfile::tempdir().unwrap();
-    write_repo(repo.path(), &base);
+    helix_fixtures::realistic_repo(repo.path(), &base, 3);
     let url = format!("file://{}", repo.path().display());
 
     let data = tempfile::tempdir().unwrap();
@@ -154,71 +154,4 @@ fn by_hand(url: &str, image: &str, storage: &Path) -> Duration {
         &destination,
     ]);
     started.elapsed()
-}
-
-/// Pushes the base image: busybox and 100 MB of data that does not
-/// compress, as a distribution's root file system would weigh.
-fn push_base(reference: &str) {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::copy("/bin/busybox", dir.path().join("busybox")).unwrap();
-    sh(
-        dir.path(),
-        "sh",
-        &["-c", "head -c 104857600 /dev/urandom > payload"],
-    );
-    std::fs::write(
-        dir.path().join("Dockerfile"),
-        "FROM scratch\nCOPY busybox /bin/busybox\nCOPY payload /usr/lib/payload\n",
-    )
-    .unwrap();
-    let root = format!("--root={}", dir.path().join("graph").display());
-    let runroot = format!("--runroot={}", dir.path().join("run").display());
-    let podman = |args: &[&str]| {
-        let all: Vec<&str> = [root.as_str(), runroot.as_str(), "--storage-driver=overlay"]
-            .iter()
-            .chain(args)
-            .copied()
-            .collect();
-        sh(dir.path(), "podman", &all);
-    };
-    podman(&[
-        "build",
-        "-q",
-        "--isolation=chroot",
-        "-t",
-        "localhost/base",
-        ".",
-    ]);
-    let destination = format!("docker://{reference}");
-    podman(&[
-        "push",
-        "-q",
-        "--tls-verify=false",
-        "localhost/base",
-        &destination,
-    ]);
-}
-
-/// The application: dependencies installed in a slow step, then the
-/// source copied in and "compiled", the result copied onto the base.
-fn write_repo(dir: &Path, base: &str) {
-    std::fs::create_dir(dir.join("src")).unwrap();
-    std::fs::write(dir.join("src/main.txt"), "source, revision initial\n").unwrap();
-    std::fs::write(dir.join("src/lib.txt"), "library\n").unwrap();
-    std::fs::write(
-        dir.join("Dockerfile"),
-        format!(
-            "FROM {base} AS deps\n\
-             RUN [\"/bin/busybox\", \"sh\", \"-c\", \"/bin/busybox sleep 3; echo dependencies > /deps\"]\n\
-             FROM deps AS build\n\
-             COPY src/ /src/\n\
-             RUN [\"/bin/busybox\", \"sh\", \"-c\", \"/bin/busybox cat /deps /src/main.txt /src/lib.txt > /app\"]\n\
-             FROM {base}\n\
-             COPY --from=build /app /app\n"
-        ),
-    )
-    .unwrap();
-    git(dir, &["init", "-q", "-b", "main"]);
-    git(dir, &["add", "-A"]);
-    git(dir, &["commit", "-qm", "application"]);
 }

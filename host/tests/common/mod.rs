@@ -392,3 +392,16 @@ pub async fn a_group_never_runs_more_than_max_running(hosts: &[&Service]) {
     assert!(most <= 2, "{most} of the group ran at once");
     assert_eq!(most, 2, "the group used both places");
 }
+
+/// `config` with the `buildkit` builder building in `engine`.
+pub fn with_engine(mut config: Config, engine: &helix_fixtures::Dockerd) -> Config {
+    config.builders.insert(
+        "buildkit".into(),
+        helix_build::config::BuilderConfig {
+            engine: Some(engine.socket.clone()),
+            engine_client: Some(helix_fixtures::DOCKER_CLIENT.into()),
+            ..Default::default()
+        },
+    );
+    config
+}

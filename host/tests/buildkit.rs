@@ -1,0 +1,298 @@
+//! The `buildkit` builder end to end: a real Docker Engine (Debian's
+//! dockerd 20.10, started by each test with its own data root and unix
+//! socket), the built-in component driving `docker build` with BuildKit,
+//! a real registry on loopback, images read back from it by digest.
+//! Needs root, docker.io, podman, buildah, skopeo, git, docker-registry
+//! and busybox-static, as `.ci/run` installs them.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::process::{Command, Stdio};
+
+use common::{start, with_engine};
+use helix_build::job::{Job, JobRequest, State};
+use helix_fixtures::{Dockerd, Registry, Repo};
+
+/// What `path` holds in the image `reference` (by digest), over all its
+/// layers, and the image's config.
+fn pull(reference: &str, path: &str) -> (String, serde_json::Value) {
+    let out = tempfile::tempdir().unwrap();
+    let status = Command::new("skopeo")
+        .args(["copy", "--src-tls-verify=false"])
+        .arg(format!("docker://{reference}"))
+        .arg(format!("dir:{}", out.path().display()))
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "skopeo copy {reference}");
+    let read = |name: &str| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(out.path().join(name)).unwrap()).unwrap()
+    };
+    let manifest = read("manifest.json");
+    let blob = |digest: &serde_json::Value| {
+        digest
+            .as_str()
+            .unwrap()
+            .trim_start_matches("sha256:")
+            .to_string()
+    };
+    let config = read(&blob(&manifest["config"]["digest"]));
+    let mut content = String::new();
+    for layer in manifest["layers"].as_array().unwrap() {
+        let output = Command::new("tar")
+            .arg("-xzOf")
+            .arg(out.path().join(blob(&layer["digest"])))
+            .arg(path)
+            .stderr(Stdio::null())
+            .output()
+            .unwrap();
+        content.push_str(&String::from_utf8_lossy(&output.stdout));
+    }
+    (content, config)
+}
+
+/// The digests of the layers of image `reference`.
+fn layers(reference: &str) -> Vec<String> {
+    let raw = Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false"])
+        .arg(format!("docker://{reference}"))
+        .output()
+        .unwrap();
+    assert!(raw.status.success(), "skopeo inspect {reference}");
+    let manifest: serde_json::Value = serde_json::from_slice(&raw.stdout).unwrap();
+    manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|layer| layer["digest"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// The job's image by digest.
+fn by_digest(job: &Job) -> String {
+    let tag = job.image_tag.as_deref().unwrap();
+    let name = tag.rsplit_once(':').map_or(tag, |(name, _)| name);
+    format!("{name}@{}", job.digest.clone().unwrap())
+}
+
+/// Images the host left in the engine under a job's name.
+fn leftovers(engine: &Dockerd) -> Vec<String> {
+    engine
+        .images()
+        .into_iter()
+        .filter(|image| image.starts_with("helix.local/") || image.starts_with("127.0.0.1"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multi_stage_build_on_a_registry_base_pushes_pulls_back_and_rebuilds_from_the_cache() {
+    let registry = Registry::start(false);
+    let engine = Dockerd::start();
+    let base = format!("{}/base/debianish:1", registry.address);
+    helix_fixtures::push_base_image(&base, 4);
+    let repo = tempfile::tempdir().unwrap();
+    helix_fixtures::realistic_repo(repo.path(), &base, 1);
+    let dir = tempfile::tempdir().unwrap();
+    let config = with_engine(common::real_config(&dir, &registry.address), &engine);
+    let service = start(&config).await;
+    let request = JobRequest {
+        repo_url: format!("file://{}", repo.path().display()),
+        builder: Some("buildkit".into()),
+        labels: BTreeMap::from([("org.example.team".to_string(), "platform".to_string())]),
+        ..JobRequest::default()
+    };
+
+    let (job, logs) = common::run_logged(&service, request.clone()).await;
+    assert_eq!(job.state, State::Succeeded, "{:?}", job.error);
+    let (app, config) = pull(&by_digest(&job), "app");
+    assert_eq!(app, "dependencies\nsource, revision initial\nlibrary\n");
+    assert_eq!(config["config"]["Labels"]["org.example.team"], "platform");
+    assert_eq!(config["architecture"], "amd64");
+    // The base image's layers came from the registry and went back as
+    // they were: the same blobs, under the app's.
+    let base_layers = layers(&base);
+    let app_layers = layers(&by_digest(&job));
+    assert_eq!(app_layers.len(), base_layers.len() + 1, "{app_layers:?}");
+    assert_eq!(app_layers[..base_layers.len()], base_layers[..]);
+    let text = logs.join("\n");
+    assert!(
+        text.contains("[helix] building in the Docker Engine at unix://"),
+        "{text}"
+    );
+    assert!(text.contains("[helix] verified:"), "{text}");
+    assert_eq!(
+        leftovers(&engine),
+        Vec::<String>::new(),
+        "the run's images are removed"
+    );
+
+    std::fs::write(repo.path().join("src/main.txt"), "source, revision 2\n").unwrap();
+    helix_fixtures::git(repo.path(), &["commit", "-qam", "one-file change"]);
+    let (rebuilt, logs) = common::run_logged(&service, request).await;
+    assert_eq!(rebuilt.state, State::Succeeded, "{:?}", rebuilt.error);
+    assert_ne!(rebuilt.digest, job.digest);
+    assert_eq!(
+        pull(&by_digest(&rebuilt), "app").0,
+        "dependencies\nsource, revision 2\nlibrary\n"
+    );
+    // The dependency step came from BuildKit's cache, the source step not.
+    let text = logs.join("\n");
+    let step = |name: &str| {
+        let line = logs.iter().find(|l| l.contains(name)).expect(name);
+        let number = line
+            .split_whitespace()
+            .find(|w| w.starts_with('#'))
+            .unwrap();
+        logs.iter()
+            .any(|l| l.ends_with(&format!("{number} CACHED")))
+    };
+    assert!(step("[deps 2/2]"), "{text}");
+    assert!(!step("[build 2/2]"), "{text}");
+    assert_eq!(leftovers(&engine), Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_platforms_give_an_index_with_each_platforms_own_image() {
+    let registry = Registry::start(false);
+    let engine = Dockerd::start();
+    let repo = Repo::new();
+    let dir = tempfile::tempdir().unwrap();
+    let config = with_engine(common::real_config(&dir, &registry.address), &engine);
+    let service = start(&config).await;
+    let request = JobRequest {
+        repo_url: repo.url(),
+        builder: Some("buildkit".into()),
+        platforms: vec!["linux/amd64".into(), "linux/arm64".into()],
+        build_args: BTreeMap::from([("GREETING".to_string(), "hi".to_string())]),
+        ..JobRequest::default()
+    };
+    let (job, _) = common::run_logged(&service, request).await;
+    assert_eq!(job.state, State::Succeeded, "{:?}", job.error);
+    let platforms: Vec<String> = job.manifest.platforms().map(|p| p.to_string()).collect();
+    assert_eq!(platforms, ["linux/amd64", "linux/arm64"]);
+    let tag = job.image_tag.as_deref().unwrap();
+    let name = tag.rsplit_once(':').unwrap().0;
+    for (platform, digest) in job.manifest.iter() {
+        let (hello, config) = pull(&format!("{name}@{digest}"), "hello");
+        assert_eq!(hello, format!("hi-{}\n", platform.arch()));
+        assert_eq!(config["architecture"], platform.arch());
+    }
+    // The tag names the index, which names both.
+    let raw = Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false"])
+        .arg(format!("docker://{tag}"))
+        .output()
+        .unwrap();
+    let index: serde_json::Value = serde_json::from_slice(&raw.stdout).unwrap();
+    assert_eq!(index["manifests"].as_array().unwrap().len(), 2, "{index}");
+    assert_eq!(leftovers(&engine), Vec::<String>::new());
+}
+
+/// The job as stored, without what differs between any two runs (id,
+/// times, digests) and the builder that was asked for.
+fn comparable(job: &Job) -> serde_json::Value {
+    let mut value = serde_json::to_value(job).unwrap();
+    let fields = value.as_object_mut().unwrap();
+    for varying in [
+        "id",
+        "builder",
+        "component_digest",
+        "digest",
+        "manifest",
+        "image_tag",
+        "created_at",
+        "started_at",
+        "completed_at",
+        // How many steps each tool counts, and caches, is its own.
+        "steps",
+    ] {
+        fields.remove(varying);
+    }
+    value
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swapping_the_builder_between_podman_buildah_and_buildkit_changes_nothing_else() {
+    let registry = Registry::start(false);
+    let engine = Dockerd::start();
+    let repo = Repo::new();
+    let dir = tempfile::tempdir().unwrap();
+    let config = with_engine(common::real_config(&dir, &registry.address), &engine);
+    let service = start(&config).await;
+    let request = |builder: &str| JobRequest {
+        repo_url: repo.url(),
+        git_ref: Some("v1".into()),
+        builder: Some(builder.into()),
+        build_args: BTreeMap::from([("GREETING".to_string(), "swap".to_string())]),
+        labels: BTreeMap::from([("org.example.build".to_string(), "same".to_string())]),
+        platforms: vec!["linux/amd64".into(), "linux/arm64".into()],
+        ..JobRequest::default()
+    };
+    let mut seen: Option<(serde_json::Value, Vec<(String, serde_json::Value)>)> = None;
+    for builder in ["podman", "buildah", "buildkit"] {
+        let (job, _) = common::run_logged(&service, request(builder)).await;
+        assert_eq!(job.state, State::Succeeded, "{builder}: {:?}", job.error);
+        assert_eq!(job.builder, builder);
+        let tag = job.image_tag.clone().unwrap();
+        assert!(tag.ends_with(&format!(":{}", job.id)), "{builder}: {tag}");
+        let name = tag.rsplit_once(':').unwrap().0.to_string();
+        let images: Vec<(String, serde_json::Value)> = job
+            .manifest
+            .iter()
+            .map(|(platform, digest)| {
+                let (hello, mut config) = pull(&format!("{name}@{digest}"), "hello");
+                // podman and buildah stamp their version on every image.
+                let labels = config["config"]["Labels"].as_object_mut().unwrap();
+                labels.remove("io.buildah.version");
+                let summary = serde_json::json!({
+                    "platform": platform.to_string(),
+                    "architecture": config["architecture"],
+                    "os": config["os"],
+                    "labels": config["config"]["Labels"],
+                });
+                (hello, summary)
+            })
+            .collect();
+        assert_eq!(images.len(), 2, "{builder}");
+        let this = (comparable(&job), images);
+        match &seen {
+            None => seen = Some(this),
+            Some(first) => assert_eq!(&this, first, "{builder} differs from podman"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_that_does_not_answer_fails_the_job_as_the_hosts_fault_naming_the_socket() {
+    let registry = Registry::start(false);
+    let repo = Repo::new();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::real_config(&dir, &registry.address);
+    let socket = format!("unix://{}/nobody.sock", dir.path().display());
+    config.builders.insert(
+        "buildkit".into(),
+        helix_build::config::BuilderConfig {
+            engine: Some(socket.clone()),
+            engine_client: Some(helix_fixtures::DOCKER_CLIENT.into()),
+            ..Default::default()
+        },
+    );
+    let service = start(&config).await;
+    let (job, _) = common::run_logged(
+        &service,
+        JobRequest {
+            repo_url: repo.url(),
+            builder: Some("buildkit".into()),
+            ..JobRequest::default()
+        },
+    )
+    .await;
+    assert_eq!(job.state, State::Failed);
+    let error = job.error.unwrap();
+    assert!(error.starts_with("host error: "), "{error}");
+    assert!(
+        error.contains(&socket) && error.contains("does not answer"),
+        "{error}"
+    );
+}

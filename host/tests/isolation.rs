@@ -10,8 +10,12 @@
 //!   with a `denied` naming the rule, while a normal build beside them
 //!   succeeds.
 //!
+//! The same probes run under the `buildkit` builder, in a Docker Engine
+//! the test starts (its steps get no network at all).
+//!
 //! Needs root, podman, runc, iptables, skopeo, git, docker-registry,
-//! busybox-static and rustc (for the breakout helper), as `.ci/run` has.
+//! busybox-static, docker.io and rustc (for the breakout helper), as
+//! `.ci/run` has.
 
 mod common;
 use common::LogText as _;
@@ -133,14 +137,16 @@ async fn a_run_step_cannot_see_reach_or_escape_to_the_host() {
     let registry = Registry::start(false);
     let repo = probe_repo();
     let dir = tempfile::tempdir().unwrap();
-    let service = start(&common::real_config(&dir, &registry.address)).await;
+    let engine = helix_fixtures::Dockerd::start();
+    let config = common::with_engine(common::real_config(&dir, &registry.address), &engine);
+    let service = start(&config).await;
     let (port, accepted) = host_service();
     let canary_dir = tempfile::tempdir().unwrap();
     let canary = canary_dir.path().join("canary");
     let secret = format!("canary-{}", uuid_like());
     std::fs::write(&canary, &secret).unwrap();
 
-    for builder in ["podman", "buildah"] {
+    for builder in ["podman", "buildah", "buildkit"] {
         let request = JobRequest {
             repo_url: format!("file://{}", repo.path().display()),
             builder: Some(builder.into()),

@@ -359,7 +359,8 @@ async fn context_target_labels_and_a_build_secret_reach_the_build_and_the_secret
     let dir = tempfile::tempdir().unwrap();
     let secret_file = dir.path().join("token");
     std::fs::write(&secret_file, "s3cr3t-value").unwrap();
-    let mut config = common::real_config(&dir, &registry.address);
+    let engine = helix_fixtures::Dockerd::start();
+    let mut config = common::with_engine(common::real_config(&dir, &registry.address), &engine);
     config.secrets.insert(
         "token".into(),
         SecretSource {
@@ -379,10 +380,14 @@ async fn context_target_labels_and_a_build_secret_reach_the_build_and_the_secret
         ..JobRequest::default()
     };
 
-    for builder in ["podman", "buildah"] {
+    for builder in ["podman", "buildah", "buildkit"] {
         let (job, logs) = common::run_logged(&service, request(builder)).await;
         assert_eq!(job.state, State::Succeeded, "{builder}: {:?}", job.error);
         assert_eq!(job.secrets, ["token"]);
+        let program = match builder {
+            "buildkit" => helix_fixtures::DOCKER_CLIENT,
+            tool => tool,
+        };
         let reference = format!(
             "{}@{}",
             image_name(job.image_tag.as_deref().unwrap()),
@@ -411,12 +416,12 @@ async fn context_target_labels_and_a_build_secret_reach_the_build_and_the_secret
             .entries
             .iter()
             .find(|call| {
-                call.program == builder && call.args.iter().any(|a| a.starts_with("--secret"))
+                call.program == program && call.args.iter().any(|a| a.starts_with("--secret"))
             })
             .unwrap_or_else(|| panic!("{builder}: no build in the audit: {audit:?}"));
         assert!(build.allowed && build.exit_code == Some(0), "{build:?}");
         assert!(
-            build.grant.as_deref().unwrap().starts_with(builder),
+            build.grant.as_deref().unwrap().starts_with(program),
             "{build:?}"
         );
         let audit = serde_json::to_string(&audit).unwrap();

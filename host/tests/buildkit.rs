@@ -296,3 +296,24 @@ async fn an_engine_that_does_not_answer_fails_the_job_as_the_hosts_fault_naming_
         "{error}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_an_engine_the_builder_is_denied_and_says_which_setting_grants_one() {
+    let registry = Registry::start(false);
+    let repo = Repo::new();
+    let dir = tempfile::tempdir().unwrap();
+    let service = start(&common::real_config(&dir, &registry.address)).await;
+    let (job, _) = common::run_logged(
+        &service,
+        JobRequest {
+            repo_url: repo.url(),
+            builder: Some("buildkit".into()),
+            ..JobRequest::default()
+        },
+    )
+    .await;
+    assert_eq!(job.state, State::Failed);
+    let error = job.error.unwrap();
+    assert!(error.starts_with("denied: "), "{error}");
+    assert!(error.contains("`engine`"), "{error}");
+}

@@ -1,11 +1,13 @@
 //! A small real build (`FROM scratch`, COPY, RUN, a build arg; one
-//! platform) through the service with the podman builder, with no layer
-//! cache (`no_cache`: a fresh storage of the job's own), against the same
-//! work by hand — `git clone`, `podman build` in a fresh storage, `podman
-//! push` — alternating, side by side, medians over several rounds. The
-//! service's figure includes what the hand-run floor does not: a fresh
-//! wasm instance, grant checks, log streaming, the private build network,
-//! and the registry check (`skopeo inspect`) before the job may succeed.
+//! platform) through the service with each real builder (podman, buildah,
+//! buildkit) and no layer cache (`no_cache`: a fresh storage of the job's
+//! own, or BuildKit's `--no-cache`), against the same work by hand —
+//! `git clone`, `podman build` in a fresh storage and `podman push`; or
+//! `docker build --no-cache` with BuildKit and `docker push` — alternating,
+//! side by side, medians over several rounds. The service's figure
+//! includes what the hand-run floors do not: a fresh wasm instance, grant
+//! checks, log streaming, the private build network, the registry check
+//! (`skopeo inspect`) before the job may succeed, and the provenance.
 //!
 //! A second row prices the provenance: the same build through a second
 //! service with `provenance = false`, against the first, which signs a
@@ -15,7 +17,8 @@
 //! every `RUN` step in an OCI container under runc, against `--isolation
 //! chroot` (what the builders used before; not a sandbox).
 //!
-//! Needs git, podman, skopeo, docker-registry and busybox-static.
+//! Needs git, podman, buildah, docker.io, skopeo, docker-registry and
+//! busybox-static.
 //! Run with `cargo bench -p helix-build --bench real_build`.
 
 mod common;
@@ -23,10 +26,10 @@ mod common;
 use helix_fixtures as fixtures;
 use std::time::{Duration, Instant};
 
-use common::{median, ms, row};
+use common::{REAL_BUILDERS, buildkit_by_hand, median, ms, row, three_way_rows, through_service};
 
 use helix_build::app;
-use helix_build::job::{JobRequest, State};
+use helix_build::job::JobRequest;
 
 const ROUNDS: usize = 7;
 
@@ -37,41 +40,36 @@ fn main() {
 async fn run() {
     let registry = fixtures::Registry::start(false);
     let repo = fixtures::Repo::new();
+    let helix_engine = fixtures::Dockerd::start();
+    let hand_engine = fixtures::Dockerd::start();
     let data = tempfile::tempdir().unwrap();
-    let config = common::real_build_config(&data, &registry.address);
+    let config = common::real_build_config(&data, &registry.address, Some(&helix_engine));
     let service = app::start(&config).await.unwrap();
     let unattested_data = tempfile::tempdir().unwrap();
-    let mut unattested = common::real_build_config(&unattested_data, &registry.address);
+    let mut unattested = common::real_build_config(&unattested_data, &registry.address, None);
     unattested.provenance = false;
     let unattested = app::start(&unattested).await.unwrap();
 
-    let mut through_service = Vec::new();
+    let mut helix: Vec<(&str, Vec<Duration>)> = REAL_BUILDERS.map(|b| (b, Vec::new())).to_vec();
     let mut without_provenance = Vec::new();
     let mut by_hand = Vec::new();
     let mut by_hand_chroot = Vec::new();
+    let mut buildkit_hand = Vec::new();
     for round in 0..ROUNDS {
-        for (service, times, name) in [
-            (&service, &mut through_service, "service"),
-            (&unattested, &mut without_provenance, "unattested"),
-        ] {
-            let request = JobRequest {
-                repo_url: repo.url(),
-                git_ref: Some("v1".into()),
-                builder: Some("podman".into()),
-                image: Some(format!("{}/bench/{name}:{round}", registry.address)),
-                build_args: [("GREETING".to_string(), "hello".to_string())].into(),
-                no_cache: true,
-                ..JobRequest::default()
-            };
-            let started = Instant::now();
-            let job = service.submit(request).await.unwrap();
-            let job = service
-                .wait(job.id.as_str(), Duration::from_secs(300))
-                .await
-                .unwrap();
-            times.push(started.elapsed());
-            assert_eq!(job.state, State::Succeeded, "{:?}", job.error);
+        let request = |builder: &str, side: &str| JobRequest {
+            repo_url: repo.url(),
+            git_ref: Some("v1".into()),
+            builder: Some(builder.into()),
+            image: Some(format!("{}/bench/{side}:{round}", registry.address)),
+            build_args: [("GREETING".to_string(), "hello".to_string())].into(),
+            no_cache: true,
+            ..JobRequest::default()
+        };
+        for (builder, times) in helix.iter_mut() {
+            times.push(through_service(&service, request(builder, builder)).await);
         }
+        without_provenance
+            .push(through_service(&unattested, request("podman", "unattested")).await);
 
         for (isolation, times) in [
             (Isolation::Oci, &mut by_hand),
@@ -82,34 +80,31 @@ async fn run() {
             build_by_hand(&repo.url(), &image, isolation);
             times.push(started.elapsed());
         }
+        buildkit_hand.push(buildkit_by_hand(
+            &hand_engine,
+            &repo.url(),
+            &["GREETING=hello"],
+            &format!("{}/bench/buildkit-by-hand:{round}", registry.address),
+            true,
+        ));
     }
-    let (service_median, hand_median) = (median(&mut through_service), median(&mut by_hand));
-    let chroot_median = median(&mut by_hand_chroot);
     println!("cores: {}", common::cores());
-    println!(
-        "small real build through the service: {:>8.0} ms",
-        service_median.as_secs_f64() * 1e3
-    );
-    println!(
-        "same git + podman commands by hand:    {:>8.0} ms",
-        hand_median.as_secs_f64() * 1e3
-    );
-    let ratio = service_median.as_secs_f64() / hand_median.as_secs_f64();
-    println!("  service / by hand = {ratio:.2}x");
-    row(
+    let podman_median = median(&mut helix[0].1.clone());
+    let hand_median = median(&mut by_hand);
+    let chroot_median = median(&mut by_hand_chroot);
+    three_way_rows(
         "real build",
-        &format!("{:.0} ms via service", ms(service_median)),
-        &format!("{:.0} ms by hand", ms(hand_median)),
-        &format!("{ratio:.2}x"),
-        "<= 1.10x",
-        Some(ratio <= 1.10),
+        &mut helix,
+        &mut by_hand,
+        &mut buildkit_hand,
+        |builder, floor| (builder, floor).eq(&("podman", "podman")).then_some(1.10),
     );
     let unattested_median = median(&mut without_provenance);
-    let attesting = service_median.as_secs_f64() / unattested_median.as_secs_f64();
+    let attesting = podman_median.as_secs_f64() / unattested_median.as_secs_f64();
     println!("  with provenance / without = {attesting:.2}x");
     row(
         "provenance",
-        &format!("{:.0} ms signed + attached", ms(service_median)),
+        &format!("{:.0} ms signed + attached", ms(podman_median)),
         &format!("{:.0} ms without", ms(unattested_median)),
         &format!("{attesting:.2}x"),
         "<= 1.05x",

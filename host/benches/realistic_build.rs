@@ -1,30 +1,33 @@
-//! A realistic application build through the service with the podman
-//! builder, against what its team would otherwise run by hand: `git
-//! clone`, `podman build` with podman's default storage (overlay) and its
-//! layer cache, `podman push`, with the same step isolation (OCI, runc).
+//! A realistic application build through the service with each real
+//! builder (podman, buildah, buildkit), against what its team would
+//! otherwise run by hand: `git clone`, then `podman build` with podman's
+//! default storage (overlay) and its layer cache and `podman push`, with
+//! the same step isolation (OCI, runc); or `docker build` with BuildKit
+//! and `docker push`, in a Docker Engine of its own.
 //!
 //! The fixture: a base image of about 110 MB (busybox and 100 MB of data)
 //! in a loopback registry, and a multi-stage Dockerfile with a slow
-//! dependency step (3 s) and a source `COPY`. Two rows, alternating
-//! rounds, medians:
+//! dependency step (3 s) and a source `COPY`. Two scenarios, alternating
+//! rounds, medians, each Helix builder against both floors:
 //!
-//! - cold: nothing cached on either side (the base image is pulled);
+//! - cold: nothing cached on any side (the base image is pulled; the
+//!   engines are emptied first);
 //! - rebuild: after a one-file source change, with the previous build's
-//!   layers at hand on both sides.
+//!   layers at hand on every side.
 //!
-//! Needs git, podman, skopeo, docker-registry and busybox-static.
-//! Run with `cargo bench -p helix-build --bench realistic_build`.
+//! Needs git, podman, buildah, docker.io, skopeo, docker-registry and
+//! busybox-static. Run with `cargo bench -p helix-build --bench
+//! realistic_build`.
 
 mod common;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{median, ms, row};
+use common::{REAL_BUILDERS, buildkit_by_hand, empty_engine, three_way_rows, through_service};
 use helix_build::app;
-use helix_build::job::{JobRequest, State};
-use helix_build::service::Service;
-use helix_fixtures::{Registry, git, run as sh};
+use helix_build::job::JobRequest;
+use helix_fixtures::{Dockerd, Registry, git, run as sh};
 
 const ROUNDS: usize = 5;
 
@@ -40,77 +43,93 @@ async fn bench() {
     helix_fixtures::realistic_repo(repo.path(), &base, 3);
     let url = format!("file://{}", repo.path().display());
 
+    // Helix's engine and the hand-run one apart: neither finds the
+    // other's layers in its cache.
+    let helix_engine = Dockerd::start();
+    let hand_engine = Dockerd::start();
     let data = tempfile::tempdir().unwrap();
-    let config = common::real_build_config(&data, &registry.address);
+    let config = common::real_build_config(&data, &registry.address, Some(&helix_engine));
     let service = app::start(&config).await.unwrap();
 
-    let (mut cold_service, mut cold_hand) = (Vec::new(), Vec::new());
-    let (mut warm_service, mut warm_hand) = (Vec::new(), Vec::new());
+    let mut cold: Vec<(&str, Vec<Duration>)> = REAL_BUILDERS.map(|b| (b, Vec::new())).to_vec();
+    let mut warm = cold.clone();
+    let (mut cold_podman, mut cold_buildkit) = (Vec::new(), Vec::new());
+    let (mut warm_podman, mut warm_buildkit) = (Vec::new(), Vec::new());
     // One storage by hand for the whole run, as a developer's machine has.
     let hand = tempfile::tempdir().unwrap();
     for round in 0..ROUNDS {
         let image = |side: &str| format!("{}/bench/{side}:{round}", registry.address);
-        // Cold: the service in a storage of the job's own (no_cache), by
-        // hand in an empty one.
-        cold_service.push(through_service(&service, &url, &image("service"), true).await);
+        let job = |builder: &str, no_cache: bool| JobRequest {
+            repo_url: url.clone(),
+            builder: Some(builder.into()),
+            image: Some(image(builder)),
+            no_cache,
+            ..JobRequest::default()
+        };
+        // Cold: the service in a storage of the job's own (no_cache) or
+        // an emptied engine, by hand in an empty storage or engine.
+        empty_engine(&helix_engine);
+        empty_engine(&hand_engine);
+        for (builder, times) in cold.iter_mut() {
+            times.push(through_service(&service, job(builder, true)).await);
+        }
         let empty = tempfile::tempdir().unwrap();
-        cold_hand.push(by_hand(&url, &image("hand"), empty.path()));
+        cold_podman.push(by_hand(&url, &image("podman-hand"), empty.path()));
+        cold_buildkit.push(buildkit_by_hand(
+            &hand_engine,
+            &url,
+            &[],
+            &image("buildkit-hand"),
+            true,
+        ));
 
-        // Rebuild: both have built the current commit before this round.
-        through_service(&service, &url, &image("service"), false).await;
-        by_hand(&url, &image("hand"), hand.path());
+        // Rebuild: every side has built the current commit before this round.
+        for builder in REAL_BUILDERS {
+            through_service(&service, job(builder, false)).await;
+        }
+        by_hand(&url, &image("podman-hand"), hand.path());
+        buildkit_by_hand(&hand_engine, &url, &[], &image("buildkit-hand"), false);
         std::fs::write(
             repo.path().join("src/main.txt"),
             format!("source, revision {round}\n"),
         )
         .unwrap();
         git(repo.path(), &["commit", "-qam", "one-file change"]);
-        warm_service.push(through_service(&service, &url, &image("service"), false).await);
-        warm_hand.push(by_hand(&url, &image("hand"), hand.path()));
+        for (builder, times) in warm.iter_mut() {
+            times.push(through_service(&service, job(builder, false)).await);
+        }
+        warm_podman.push(by_hand(&url, &image("podman-hand"), hand.path()));
+        warm_buildkit.push(buildkit_by_hand(
+            &hand_engine,
+            &url,
+            &[],
+            &image("buildkit-hand"),
+            false,
+        ));
     }
     println!("cores: {}", common::cores());
-    for (name, service, hand, target) in [
-        ("realistic cold", &mut cold_service, &mut cold_hand, 1.15),
-        ("realistic rebuild", &mut warm_service, &mut warm_hand, 1.3),
-    ] {
-        let (service, hand) = (median(service), median(hand));
-        let ratio = service.as_secs_f64() / hand.as_secs_f64();
-        println!(
-            "{name}: {:.0} ms via service, {:.0} ms by hand, {ratio:.2}x",
-            ms(service),
-            ms(hand)
-        );
-        row(
-            name,
-            &format!("{:.0} ms via service", ms(service)),
-            &format!("{:.0} ms podman by hand", ms(hand)),
-            &format!("{ratio:.2}x"),
-            &format!("<= {target:.2}x"),
-            Some(ratio <= target),
-        );
-    }
+    three_way_rows(
+        "realistic cold",
+        &mut cold,
+        &mut cold_podman,
+        &mut cold_buildkit,
+        |builder, floor| match (builder, floor) {
+            ("podman", "podman") | ("buildkit", "BuildKit") => Some(1.15),
+            _ => None,
+        },
+    );
+    three_way_rows(
+        "realistic rebuild",
+        &mut warm,
+        &mut warm_podman,
+        &mut warm_buildkit,
+        |builder, floor| match (builder, floor) {
+            ("podman", "podman") => Some(1.3),
+            ("buildkit", "BuildKit") => Some(1.5),
+            _ => None,
+        },
+    );
     service.stop(Duration::from_secs(5)).await;
-}
-
-/// Runs one job of the repository at `url` to `image`; how long it took.
-async fn through_service(service: &Service, url: &str, image: &str, no_cache: bool) -> Duration {
-    let started = Instant::now();
-    let job = service
-        .submit(JobRequest {
-            repo_url: url.into(),
-            builder: Some("podman".into()),
-            image: Some(image.into()),
-            no_cache,
-            ..JobRequest::default()
-        })
-        .await
-        .unwrap();
-    let job = service
-        .wait(job.id.as_str(), Duration::from_secs(900))
-        .await
-        .unwrap();
-    assert_eq!(job.state, State::Succeeded, "{:?}", job.error);
-    started.elapsed()
 }
 
 /// `git clone`, `podman build` and `podman push`, as a developer runs

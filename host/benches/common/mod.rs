@@ -57,9 +57,14 @@ pub fn config(data: &tempfile::TempDir, queue_capacity: usize) -> Config {
     }
 }
 
-/// A config for real builds with the podman builder: one worker, file://
-/// repositories, and `registry` (loopback, plain HTTP).
-pub fn real_build_config(data: &tempfile::TempDir, registry: &str) -> Config {
+/// A config for real builds with the podman, buildah and (with `engine`)
+/// buildkit builders: one worker, file:// repositories, and `registry`
+/// (loopback, plain HTTP).
+pub fn real_build_config(
+    data: &tempfile::TempDir,
+    registry: &str,
+    engine: Option<&helix_fixtures::Dockerd>,
+) -> Config {
     let mut config = Config {
         data_dir: data.path().to_path_buf(),
         workers: 1,
@@ -76,7 +81,112 @@ pub fn real_build_config(data: &tempfile::TempDir, registry: &str) -> Config {
     config
         .builders
         .insert("podman".into(), BuilderConfig::default());
+    if let Some(engine) = engine {
+        config.builders.insert(
+            "buildkit".into(),
+            BuilderConfig {
+                engine: Some(engine.socket.clone()),
+                engine_client: Some(helix_fixtures::DOCKER_CLIENT.into()),
+                ..BuilderConfig::default()
+            },
+        );
+    }
     config.validated().expect("a valid config")
+}
+
+/// The real builders, each compared with both floors.
+pub const REAL_BUILDERS: [&str; 3] = ["podman", "buildah", "buildkit"];
+
+/// Runs `request` through `service` to success; how long it took.
+pub async fn through_service(service: &Service, request: JobRequest) -> Duration {
+    let started = Instant::now();
+    let job = service.submit(request).await.unwrap();
+    let job = service
+        .wait(job.id.as_str(), Duration::from_secs(900))
+        .await
+        .unwrap();
+    assert_eq!(job.state, State::Succeeded, "{:?}", job.error);
+    started.elapsed()
+}
+
+/// What a team on BuildKit runs by hand: `git clone`, `docker build` with
+/// BuildKit in `engine` (steps with no network, as Helix gives them;
+/// `no_cache` as asked) and `docker push`; how long it took.
+pub fn buildkit_by_hand(
+    engine: &helix_fixtures::Dockerd,
+    url: &str,
+    build_args: &[&str],
+    image: &str,
+    no_cache: bool,
+) -> Duration {
+    let started = Instant::now();
+    let work = tempfile::tempdir().unwrap();
+    helix_fixtures::run(
+        work.path(),
+        "git",
+        &["clone", "-q", "--depth", "1", "--", url, "src"],
+    );
+    let mut build = vec!["build", "-q", "--network=none", "-t", image];
+    for arg in build_args {
+        build.extend(["--build-arg", arg]);
+    }
+    if no_cache {
+        build.push("--no-cache");
+    }
+    let src = work.path().join("src").display().to_string();
+    build.push(&src);
+    for args in [build, vec!["push", "-q", image]] {
+        let out = engine.docker(&args);
+        assert!(
+            out.status.success(),
+            "docker {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    started.elapsed()
+}
+
+/// Empties `engine`: its images and BuildKit's cache, for a cold build.
+pub fn empty_engine(engine: &helix_fixtures::Dockerd) {
+    for args in [&["image", "prune", "-af"][..], &["builder", "prune", "-af"]] {
+        assert!(engine.docker(args).status.success(), "docker {args:?}");
+    }
+}
+
+/// The rows of one scenario: each real builder through Helix against
+/// podman and BuildKit by hand, all measured in the same rounds. `target`
+/// gives the ratio a (builder, floor) pair must meet, if it has one.
+pub fn three_way_rows(
+    scenario: &str,
+    helix: &mut [(&str, Vec<Duration>)],
+    podman_by_hand: &mut [Duration],
+    buildkit_by_hand: &mut [Duration],
+    target: impl Fn(&str, &str) -> Option<f64>,
+) {
+    let floors = [
+        ("podman", median(podman_by_hand)),
+        ("BuildKit", median(buildkit_by_hand)),
+    ];
+    for (builder, times) in helix.iter_mut() {
+        let measured = median(times);
+        for (floor, by_hand) in floors {
+            let ratio = measured.as_secs_f64() / by_hand.as_secs_f64();
+            let goal = target(builder, floor);
+            println!(
+                "{scenario}: {builder} via Helix {:.0} ms, {floor} by hand {:.0} ms, {ratio:.2}x",
+                ms(measured),
+                ms(by_hand)
+            );
+            row(
+                &format!("{scenario}, {builder} / {floor} by hand"),
+                &format!("{:.0} ms Helix {builder}", ms(measured)),
+                &format!("{:.0} ms {floor} by hand", ms(by_hand)),
+                &format!("{ratio:.2}x"),
+                &goal.map_or("reported (no target)".into(), |t| format!("<= {t:.2}x")),
+                goal.map(|t| ratio <= t),
+            );
+        }
+    }
 }
 
 /// The name the benches give the native no-op builder.

@@ -2,6 +2,9 @@
 //! the host points `docker`, what each job's images are called there, and
 //! removing them when the job ends.
 //!
+//! The host speaks the engine's API over its socket itself (tag, push,
+//! remove): a `docker` client costs a start of its own per call.
+//!
 //! The engine is the operator's, reached only through its unix socket,
 //! which the host sets (`DOCKER_HOST`) for every program of the builder's
 //! jobs: neither a builder nor its grants choose it. Its `RUN` steps run in
@@ -15,17 +18,20 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use http_body_util::{BodyExt as _, Empty};
+use hyper::body::Bytes;
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
 use tokio::sync::OnceCell;
 
-use crate::cancel::CancelSignal;
-use crate::exec::HostCommand;
-use crate::log::JobLog;
 use crate::platform::Platform;
 
 /// The Docker client run when the config names none.
 pub const DEFAULT_ENGINE_CLIENT: &str = "docker";
 
-/// How long the host's own `docker` calls (tag, inspect, remove) may take.
+/// How long the host's own requests to the engine (inspect, tag, remove)
+/// may take.
 const QUICK: Duration = Duration::from_secs(60);
 
 /// One Docker Engine and the client settings the host uses with it.
@@ -168,69 +174,219 @@ impl DockerEngine {
         format!("helix.local/job-{}", &hash[..16])
     }
 
-    /// Runs `docker args…` against the engine as the host.
-    pub async fn docker(
-        &self,
-        args: &[String],
-        timeout: Duration,
-        log: &JobLog,
-        cancel: &CancelSignal,
-        cwd: &Path,
-    ) -> Result<crate::exec::CommandOutput, crate::exec::RunError> {
-        HostCommand {
-            program: &self.client,
-            args,
-            env: &self.env(),
-            cwd,
-            timeout: Some(timeout),
-            log,
-            cancel,
-            cgroup: None,
+    /// The platform (`os/arch[/variant]`) of image `name` in the engine;
+    /// `None` when it has no such image.
+    pub async fn platform_of(&self, name: &str) -> Result<Option<String>, String> {
+        let (status, body) = self
+            .api(Method::GET, &format!("/images/{name}/json"), None, QUICK)
+            .await?;
+        if status == StatusCode::NOT_FOUND {
+            return Ok(None);
         }
-        .run()
-        .await
+        let image = json_ok(status, &body)?;
+        let part = |key: &str| image[key].as_str().unwrap_or_default().to_string();
+        let mut platform = format!("{}/{}", part("Os"), part("Architecture"));
+        if !part("Variant").is_empty() {
+            platform = format!("{platform}/{}", part("Variant"));
+        }
+        Ok(Some(platform))
+    }
+
+    /// Names image `source` also `repository:tag`.
+    pub async fn tag(&self, source: &str, repository: &str, tag: &str) -> Result<(), String> {
+        let path = format!(
+            "/images/{source}/tag?repo={}&tag={}",
+            query_value(repository),
+            query_value(tag)
+        );
+        let (status, body) = self.api(Method::POST, &path, None, QUICK).await?;
+        json_ok(status, &body).map(|_| ())
+    }
+
+    /// Pushes `repository:tag` with `credentials` (user, password) for its
+    /// registry: the digest and size of the manifest the registry now
+    /// holds, or what the engine said went wrong.
+    pub async fn push(
+        &self,
+        repository: &str,
+        tag: &str,
+        credentials: Option<(String, String)>,
+        timeout: Duration,
+    ) -> Result<(String, u64), String> {
+        use base64::Engine as _;
+        let registry = crate::reference::registry_of(repository);
+        let auth = match credentials {
+            Some((username, password)) => serde_json::json!({
+                "username": username,
+                "password": password,
+                "serveraddress": registry,
+            }),
+            None => serde_json::json!({}),
+        };
+        let auth = base64::engine::general_purpose::URL_SAFE.encode(auth.to_string());
+        let path = format!("/images/{repository}/push?tag={}", query_value(tag));
+        let (status, body) = self.api(Method::POST, &path, Some(auth), timeout).await?;
+        if status != StatusCode::OK {
+            return Err(engine_error(status, &body));
+        }
+        // A stream of JSON messages: progress, then the pushed manifest
+        // (`aux`), or an `error`.
+        let mut pushed = None;
+        for message in serde_json::Deserializer::from_slice(&body).into_iter::<Value>() {
+            let message = message.map_err(|e| format!("the engine's answer is not JSON: {e}"))?;
+            if let Some(error) = message["error"].as_str() {
+                return Err(error.to_string());
+            }
+            let aux = &message["aux"];
+            if let (Some(digest), Some(size)) = (aux["Digest"].as_str(), aux["Size"].as_u64()) {
+                pushed = Some((digest.to_string(), size));
+            }
+        }
+        pushed.ok_or_else(|| "the engine pushed no manifest".to_string())
+    }
+
+    /// Removes the name `image` (the image goes with its last name).
+    pub async fn remove(&self, image: &str) -> Result<(), String> {
+        let (status, body) = self
+            .api(Method::DELETE, &format!("/images/{image}"), None, QUICK)
+            .await?;
+        match status {
+            StatusCode::NOT_FOUND => Ok(()),
+            _ => json_ok(status, &body).map(|_| ()),
+        }
     }
 
     /// Removes every image called `name` from the engine (BuildKit keeps
     /// its layer cache apart, so later builds still reuse the layers).
     /// Failures are logged: a leftover image wastes space but harms no job.
-    pub async fn remove_images(&self, name: &str, log: &JobLog, cwd: &Path) {
-        // The job may have been cancelled: the cleanup runs regardless.
-        let cancel = CancelSignal::default();
-        let list = [
-            "image",
-            "ls",
-            "--filter",
-            &format!("reference={name}"),
-            "--format",
-            "{{.Repository}}:{{.Tag}}",
-        ]
-        .map(String::from);
-        let images = match self.docker(&list, QUICK, log, &cancel, cwd).await {
-            Ok(output) if output.exit_code == 0 => output.stdout,
-            Ok(output) => {
+    pub async fn remove_images(&self, name: &str) {
+        let filters = serde_json::json!({ "reference": [name] }).to_string();
+        let path = format!("/images/json?filters={}", query_value(&filters));
+        let images = match self.api(Method::GET, &path, None, QUICK).await {
+            Ok((status, body)) => json_ok(status, &body),
+            Err(e) => Err(e),
+        };
+        let images = match images {
+            Ok(images) => images,
+            Err(e) => {
                 tracing::warn!(
-                    "could not list {name} in the engine: {}",
-                    output.error_line()
+                    "could not list {name} in the engine at {}: {e}",
+                    self.socket
                 );
                 return;
             }
-            Err(e) => {
-                tracing::warn!("could not list {name} in the engine: {e}");
-                return;
-            }
         };
-        let mut remove = vec!["image".to_string(), "rm".to_string()];
-        remove.extend(images.lines().filter(|l| !l.is_empty()).map(String::from));
-        if remove.len() == 2 {
-            return;
-        }
-        match self.docker(&remove, QUICK, log, &cancel, cwd).await {
-            Ok(output) if output.exit_code == 0 => {}
-            Ok(output) => tracing::warn!("could not remove {name}: {}", output.error_line()),
-            Err(e) => tracing::warn!("could not remove {name}: {e}"),
+        let tags = images
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|image| image["RepoTags"].as_array().cloned().unwrap_or_default());
+        for tag in tags.filter_map(|t| t.as_str().map(String::from)) {
+            if let Err(e) = self.remove(&tag).await {
+                tracing::warn!(
+                    "could not remove {tag} from the engine at {}: {e}",
+                    self.socket
+                );
+            }
         }
     }
+
+    /// One request to the engine's API over its socket: the status and
+    /// the whole body. Dropping the future closes the connection, which
+    /// stops what the engine was doing for it (a push, say).
+    async fn api(
+        &self,
+        method: Method,
+        path: &str,
+        registry_auth: Option<String>,
+        timeout: Duration,
+    ) -> Result<(StatusCode, Bytes), String> {
+        let socket = self.socket.trim_start_matches("unix://");
+        let unreachable = |e: &dyn std::fmt::Display| {
+            format!("the Docker Engine at {} does not answer: {e}", self.socket)
+        };
+        let exchange = async {
+            let stream = tokio::net::UnixStream::connect(socket)
+                .await
+                .map_err(|e| unreachable(&e))?;
+            let (mut sender, connection) =
+                hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                    .await
+                    .map_err(|e| unreachable(&e))?;
+            let connection = AbortOnDrop(tokio::spawn(connection));
+            let mut request = Request::builder()
+                .method(method)
+                .uri(path)
+                .header(hyper::header::HOST, "docker");
+            if let Some(auth) = registry_auth {
+                request = request.header("X-Registry-Auth", auth);
+            }
+            let request = request
+                .body(Empty::<Bytes>::new())
+                .map_err(|e| format!("bad engine request {path}: {e}"))?;
+            let response = sender
+                .send_request(request)
+                .await
+                .map_err(|e| unreachable(&e))?;
+            let status = response.status();
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| unreachable(&e))?
+                .to_bytes();
+            drop(connection);
+            Ok((status, body))
+        };
+        tokio::time::timeout(timeout, exchange).await.map_err(|_| {
+            format!(
+                "the Docker Engine at {} took longer than {}s",
+                self.socket,
+                timeout.as_secs()
+            )
+        })?
+    }
+}
+
+/// Aborts a spawned task when dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The JSON body of a successful answer, or the engine's message.
+fn json_ok(status: StatusCode, body: &[u8]) -> Result<Value, String> {
+    if !status.is_success() {
+        return Err(engine_error(status, body));
+    }
+    if body.is_empty() {
+        return Ok(Value::Null);
+    }
+    serde_json::from_slice(body).map_err(|e| format!("the engine's answer is not JSON: {e}"))
+}
+
+/// What the engine said went wrong (`{"message": …}`), else its status.
+fn engine_error(status: StatusCode, body: &[u8]) -> String {
+    serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| v["message"].as_str().map(String::from))
+        .unwrap_or_else(|| format!("the engine answered {status}"))
+}
+
+/// `value` percent-encoded for a query string.
+fn query_value(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 /// The tag a BuildKit builder gives `platform`'s image (`linux-arm64`,

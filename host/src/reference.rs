@@ -139,6 +139,13 @@ pub fn job_image(job: &crate::job::Job, default_registry: Option<&str>) -> Optio
     Some(format!("{registry}/{name}:{}", job.id))
 }
 
+/// `(repository, tag)` of `host[:port]/path:tag`; `None` for a reference
+/// without a tag, or with a digest.
+pub fn split_tag(image: &str) -> Option<(&str, &str)> {
+    let (repository, tag) = image.rsplit_once(':')?;
+    (!tag.contains('/') && !image.contains('@')).then_some((repository, tag))
+}
+
 /// The registry part (`host[:port]`) of an image reference.
 pub fn registry_of(image: &str) -> &str {
     image.split('/').next().unwrap_or_default()

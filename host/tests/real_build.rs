@@ -1,8 +1,9 @@
-//! Real builds end to end: real git repositories, real podman and buildah
-//! run by the built-in builder components, a real registry on loopback
+//! Real builds end to end: real git repositories, real podman, buildah
+//! and BuildKit (in a dockerd each test starts) run by the built-in
+//! builder components, a real registry on loopback
 //! (Debian's docker-registry), and images read back from it by digest.
-//! Needs root, podman, buildah, skopeo, git, docker-registry and
-//! busybox-static, as `.ci/run` installs them.
+//! Needs root, podman, buildah, docker.io, skopeo, git, docker-registry
+//! and busybox-static, as `.ci/run` installs them.
 
 mod common;
 use common::LogText as _;
@@ -525,7 +526,8 @@ async fn a_private_base_image_is_pulled_and_the_result_pushed_with_the_operators
     helix_fixtures::git(repo.path(), &["commit", "-qm", "private base"]);
 
     let dir = tempfile::tempdir().unwrap();
-    let mut config = common::real_config(&dir, &registry.address);
+    let engine = helix_fixtures::Dockerd::start();
+    let mut config = common::with_engine(common::real_config(&dir, &registry.address), &engine);
     let request = |builder: &str| JobRequest {
         repo_url: format!("file://{}", repo.path().display()),
         builder: Some(builder.into()),
@@ -566,7 +568,7 @@ async fn a_private_base_image_is_pulled_and_the_result_pushed_with_the_operators
         .to_string();
     config.registry_auth_file = Some(auth);
     let service = start(&config.validated().unwrap()).await;
-    for builder in ["podman", "buildah"] {
+    for builder in ["podman", "buildah", "buildkit"] {
         let (job, logs) = common::run_logged(&service, request(builder)).await;
         assert_eq!(job.state, State::Succeeded, "{builder}: {:?}", job.error);
         let reference = format!(
@@ -603,8 +605,10 @@ async fn foreign_platforms_run_their_steps_under_emulation_from_a_multi_arch_bas
     helix_fixtures::git(repo.path(), &["commit", "-qm", "multi-arch"]);
 
     let dir = tempfile::tempdir().unwrap();
-    let service = start(&common::real_config(&dir, &registry.address)).await;
-    for builder in ["podman", "buildah"] {
+    let engine = helix_fixtures::Dockerd::start();
+    let config = common::with_engine(common::real_config(&dir, &registry.address), &engine);
+    let service = start(&config).await;
+    for builder in ["podman", "buildah", "buildkit"] {
         let request = JobRequest {
             repo_url: format!("file://{}", repo.path().display()),
             builder: Some(builder.into()),

@@ -53,6 +53,21 @@ impl RegistrySettings {
         self.auth_file.as_deref()
     }
 
+    /// The user and password for `registry` (`host[:port]`) in the auth
+    /// file, if it has them.
+    pub fn credentials(&self, registry: &str) -> Option<(String, String)> {
+        use base64::Engine as _;
+        let text = std::fs::read_to_string(self.auth_file.as_ref()?).ok()?;
+        let doc: serde_json::Value = serde_json::from_str(&text).ok()?;
+        let encoded = doc["auths"][registry]["auth"].as_str()?;
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .ok()?;
+        let decoded = String::from_utf8(decoded).ok()?;
+        let (user, password) = decoded.split_once(':')?;
+        Some((user.to_string(), password.to_string()))
+    }
+
     /// `registries.conf` (containers-registries.conf(5), version 2) for a
     /// job's build tools: each configured registry with its TLS setting and
     /// mirrors; short names resolve on Docker Hub, as `docker build` does.

@@ -8,7 +8,6 @@
 
 use std::sync::Arc;
 
-use base64::Engine as _;
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::errors::OciDistributionError;
 use oci_client::secrets::RegistryAuth;
@@ -73,26 +72,10 @@ impl RegistryClient {
 
     /// The credentials for `reference`'s registry in the auth file, if any.
     fn auth(&self, reference: &Reference) -> RegistryAuth {
-        let Some(file) = self.settings.auth_file() else {
-            return RegistryAuth::Anonymous;
-        };
-        let Ok(text) = std::fs::read_to_string(file) else {
-            return RegistryAuth::Anonymous;
-        };
-        let auth = serde_json::from_str::<Value>(&text).ok().and_then(|doc| {
-            let encoded = doc["auths"][reference.registry()]["auth"]
-                .as_str()?
-                .to_string();
-            let decoded = base64::engine::general_purpose::STANDARD
-                .decode(encoded)
-                .ok()?;
-            let (user, password) = String::from_utf8(decoded)
-                .ok()?
-                .split_once(':')
-                .map(|(u, p)| (u.to_string(), p.to_string()))?;
-            Some(RegistryAuth::Basic(user, password))
-        });
-        auth.unwrap_or(RegistryAuth::Anonymous)
+        match self.settings.credentials(reference.registry()) {
+            Some((user, password)) => RegistryAuth::Basic(user, password),
+            None => RegistryAuth::Anonymous,
+        }
     }
 
     async fn authenticate(

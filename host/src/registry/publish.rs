@@ -38,7 +38,6 @@ pub enum Pushed<'a> {
     Engine {
         engine: &'a DockerEngine,
         name: &'a str,
-        workspace: &'a Path,
     },
 }
 
@@ -130,16 +129,6 @@ async fn push_turn(image: &str) -> tokio::sync::OwnedMutexGuard<()> {
     turn.lock_owned().await
 }
 
-/// `(digest, size)` of the manifest `docker push` reports:
-/// `TAG: digest: sha256:… size: N`.
-fn pushed_manifest(output: &str) -> Option<(String, u64)> {
-    output.lines().rev().find_map(|line| {
-        let rest = line.split_once("digest: ")?.1;
-        let (digest, size) = rest.split_once(" size: ")?;
-        Some((digest.trim().to_string(), size.trim().parse().ok()?))
-    })
-}
-
 /// How long one registry query may take.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a push may take.
@@ -218,12 +207,8 @@ impl Publisher {
                 args.push(destination);
                 push.run("podman", &args, env, workspace).await?.stdout
             }
-            Pushed::Engine {
-                engine,
-                name,
-                workspace,
-            } => {
-                self.push_from_engine(&push, engine, name, workspace, requested)
+            Pushed::Engine { engine, name } => {
+                self.push_from_engine(&push, engine, name, requested)
                     .await?
             }
         };
@@ -238,12 +223,13 @@ impl Publisher {
         Ok(result)
     }
 
-    /// Pushes each platform's image from the engine with `docker push`
-    /// (layers the registry has are not sent again) and, for several,
-    /// the index of them; the digest of what `image` now names.
+    /// Pushes each platform's image from the engine through its API, as
+    /// `docker push` does (layers the registry has are not sent again)
+    /// and, for several, the index of them; the digest of what `image`
+    /// now names.
     ///
-    /// `docker push` takes only a tag, so each platform's image is pushed
-    /// to `image` in turn before the index replaces it: the tag names one
+    /// A push takes only a tag, so each platform's image is pushed to
+    /// `image` in turn before the index replaces it: the tag names one
     /// platform's image for a moment. Pushes to the same tag wait for
     /// each other, so none sends another job's image under its name.
     async fn push_from_engine(
@@ -251,53 +237,59 @@ impl Publisher {
         push: &Push<'_>,
         engine: &DockerEngine,
         name: &str,
-        cwd: &Path,
         requested: &[Platform],
     ) -> Result<String, Outcome> {
         let _turn = push_turn(push.image).await;
-        let docker = |args: Vec<String>| async move {
-            push.run(engine.client(), &args, &engine.env(), cwd).await
-        };
+        let (repository, tag) = crate::reference::split_tag(push.image).ok_or_else(|| {
+            Outcome::failed(
+                FailureKind::InvalidJob,
+                format!("{} names no tag to push to", push.image),
+            )
+        })?;
+        let engine_fault = |e: String| Outcome::failed(FailureKind::Host, e);
+        let credentials = self
+            .registries
+            .credentials(crate::reference::registry_of(push.image));
         let mut pushed = Vec::new();
         for platform in requested {
             let built = format!("{name}:{}", platform_tag(platform));
-            let inspect = docker(strings(&[
-                "image",
-                "inspect",
-                "--format",
-                "{{.Os}}/{{.Architecture}}/{{.Variant}}",
-                &built,
-            ]))
-            .await
-            .map_err(|outcome| match outcome {
-                Outcome::Cancelled { .. } => outcome,
-                _ => Outcome::failed(
-                    FailureKind::Plugin,
-                    format!("the builder left no image {built} for {platform} in the engine"),
-                ),
-            })?;
-            let found = inspect.stdout.trim().trim_end_matches('/');
-            if Platform::parse(found).ok().as_ref() != Some(platform) {
-                return Err(Outcome::failed(
-                    FailureKind::Plugin,
-                    format!("the builder's image {built} is for {found}, not {platform}"),
-                ));
+            match engine.platform_of(&built).await.map_err(engine_fault)? {
+                Some(found) if Platform::parse(&found).ok().as_ref() == Some(platform) => {}
+                Some(found) => {
+                    return Err(Outcome::failed(
+                        FailureKind::Plugin,
+                        format!("the builder's image {built} is for {found}, not {platform}"),
+                    ));
+                }
+                None => {
+                    return Err(Outcome::failed(
+                        FailureKind::Plugin,
+                        format!("the builder left no image {built} for {platform} in the engine"),
+                    ));
+                }
             }
-            docker(strings(&["tag", &built, push.image])).await?;
-            let output = docker(strings(&["push", push.image])).await;
+            engine
+                .tag(&built, repository, tag)
+                .await
+                .map_err(engine_fault)?;
+            let result = tokio::select! {
+                result = engine.push(repository, tag, credentials.clone(), PUSH_TIMEOUT) => result,
+                reason = push.cancel.cancelled() => {
+                    let _ = engine.remove(push.image).await;
+                    return Err(Outcome::Cancelled { reason });
+                }
+            };
             // The destination's name goes whether the push worked or not.
-            docker(strings(&["image", "rm", push.image])).await?;
-            let output = output?;
-            let (digest, size) = pushed_manifest(&output.stdout).ok_or_else(|| {
+            engine.remove(push.image).await.map_err(engine_fault)?;
+            let (digest, size) = result.map_err(|e| {
                 Outcome::failed(
                     FailureKind::Registry,
-                    format!(
-                        "docker push {} said no digest: {}",
-                        push.image,
-                        output.stdout.trim()
-                    ),
+                    format!("pushing {} failed: {e}", push.image),
                 )
             })?;
+            push.log.push(&format!(
+                "[helix] pushed {platform} from the engine: {digest}"
+            ));
             pushed.push((platform, digest, size));
         }
         if let [(_, digest, _)] = pushed.as_slice() {

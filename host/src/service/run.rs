@@ -259,9 +259,7 @@ impl Inner {
             .await
             .unwrap_or_else(|ended| ended);
         if let Some(engine) = &engine {
-            engine
-                .remove_images(&DockerEngine::image_name(&run), log, dirs.root())
-                .await;
+            engine.remove_images(&DockerEngine::image_name(&run)).await;
         }
         // Written before the run's end, so the end is never stored without it.
         let (name, body) = audit.stored();
@@ -399,11 +397,7 @@ impl Inner {
                 let env = dirs.program_env();
                 let pushed = match (&built, builder.engine(), &engine_image) {
                     (Built::Layout(layout), _, _) => Pushed::Layout(layout),
-                    (_, Some(engine), Some(name)) => Pushed::Engine {
-                        engine,
-                        name,
-                        workspace: &workspace_dir,
-                    },
+                    (_, Some(engine), Some(name)) => Pushed::Engine { engine, name },
                     _ => Pushed::Storage {
                         env: &env,
                         workspace: &workspace_dir,

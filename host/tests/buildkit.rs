@@ -317,3 +317,61 @@ async fn without_an_engine_the_builder_is_denied_and_says_which_setting_grants_o
     assert!(error.starts_with("denied: "), "{error}");
     assert!(error.contains("`engine`"), "{error}");
 }
+
+/// Host processes whose command line holds `marker`.
+fn processes_running(marker: &str) -> Vec<String> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains(marker))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_build_stops_its_step_in_the_engine_and_leaves_no_image() {
+    let registry = Registry::start(false);
+    let engine = Dockerd::start();
+    // A duration no other test sleeps, to find this step among processes.
+    let marker = "sleep 287";
+    let repo = helix_fixtures::repo_running(&format!("echo step started; /bin/busybox {marker}"));
+    let dir = tempfile::tempdir().unwrap();
+    let config = with_engine(common::real_config(&dir, &registry.address), &engine);
+    let service = start(&config).await;
+    let job = service
+        .submit(JobRequest {
+            repo_url: format!("file://{}", repo.path().display()),
+            builder: Some("buildkit".into()),
+            ..JobRequest::default()
+        })
+        .await
+        .unwrap();
+    common::until_logged(&service, &job.id, |l| l.ends_with("step started")).await;
+    let mut running = processes_running(marker);
+    for _ in 0..100 {
+        if !running.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        running = processes_running(marker);
+    }
+    assert!(!running.is_empty(), "the step is not running");
+
+    let cancelled = service.cancel(job.id.as_str()).await.unwrap();
+    assert_eq!(cancelled.state, State::Cancelled);
+    // BuildKit stops the solve once the client's session is gone.
+    for _ in 0..300 {
+        if processes_running(marker).is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        processes_running(marker),
+        Vec::<String>::new(),
+        "the step outlived the job"
+    );
+    assert_eq!(leftovers(&engine), Vec::<String>::new());
+}

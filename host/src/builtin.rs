@@ -45,15 +45,6 @@ pub fn default_grants(name: &str, network: BuildNetwork, engine_client: &str) ->
 /// nor any `docker` command but `build` or global option (`-H`, `--config`):
 /// the engine is the one `DOCKER_HOST` names, which the host sets.
 fn engine_builder_grants(client: &str) -> Grants {
-    let options = [
-        ("-f", ValueType::Path),
-        ("--build-arg", ValueType::Text),
-        ("--platform", ValueType::Text),
-        ("--target", ValueType::Text),
-        ("--label", ValueType::Text),
-        ("--no-cache", ValueType::Flag),
-        ("--secret", ValueType::Secret),
-    ];
     Grants {
         programs: vec![ProgramGrant {
             command: client.into(),
@@ -66,59 +57,67 @@ fn engine_builder_grants(client: &str) -> Grants {
             ]
             .map(String::from)
             .to_vec(),
-            options: options
-                .iter()
-                .map(|(name, ty)| (name.to_string(), *ty))
-                .collect(),
+            options: options(&JOB_OPTIONS),
         }],
         ..Grants::default()
     }
 }
 
+/// The options every build tool takes alike for what a job asks, as
+/// `plugins/kit`'s `job_options` passes them.
+const JOB_OPTIONS: [(&str, ValueType); 7] = [
+    ("-f", ValueType::Path),
+    ("--build-arg", ValueType::Text),
+    ("--platform", ValueType::Text),
+    ("--target", ValueType::Text),
+    ("--label", ValueType::Text),
+    ("--no-cache", ValueType::Flag),
+    ("--secret", ValueType::Secret),
+];
+
+fn options(list: &[(&str, ValueType)]) -> std::collections::BTreeMap<String, ValueType> {
+    list.iter()
+        .map(|(name, ty)| (name.to_string(), *ty))
+        .collect()
+}
+
 fn real_builder_grants(tool: &str, network: BuildNetwork) -> Grants {
     // Before the subcommand, as plugins/kit passes it; pinned.
     const GLOBAL: [&str; 2] = ["--cgroup-manager", "cgroupfs"];
-    let grant = |args: &[&str], options: &[(&str, ValueType)]| ProgramGrant {
-        command: tool.into(),
-        args: GLOBAL.iter().chain(args).map(|a| a.to_string()).collect(),
-        options: options
-            .iter()
-            .map(|(name, ty)| (name.to_string(), *ty))
-            .collect(),
-    };
+    // Beside the job's options: layers kept in the cache slot, and the
+    // registry cache.
+    let storage_options = [
+        ("--layers", ValueType::Flag),
+        ("--force-rm", ValueType::Flag),
+        ("--cache-from", ValueType::Cache),
+        ("--cache-to", ValueType::Cache),
+    ];
     let build = |name_option: &str| {
         let name = format!("{name_option}={LOCAL_IMAGE}");
-        grant(
-            &[
-                "build",
-                "--isolation",
-                "oci",
-                "--runtime",
-                "runc",
-                "--network",
-                network.flag_value(),
-                // Pinned: every `RUN` step in the job's control group,
-                // under the job's limits, found again after a crash.
-                "--cgroup-parent={cgroup}",
-                // Pinned: the build's image can have no other name, so no
-                // name it leaves in a shared cache slot outlives the job.
-                &name,
-                "{path}",
-            ],
-            &[
-                ("-f", ValueType::Path),
-                ("--build-arg", ValueType::Text),
-                ("--platform", ValueType::Text),
-                ("--target", ValueType::Text),
-                ("--label", ValueType::Text),
-                ("--no-cache", ValueType::Flag),
-                ("--layers", ValueType::Flag),
-                ("--force-rm", ValueType::Flag),
-                ("--secret", ValueType::Secret),
-                ("--cache-from", ValueType::Cache),
-                ("--cache-to", ValueType::Cache),
-            ],
-        )
+        ProgramGrant {
+            command: tool.into(),
+            args: GLOBAL
+                .iter()
+                .chain(&[
+                    "build",
+                    "--isolation",
+                    "oci",
+                    "--runtime",
+                    "runc",
+                    "--network",
+                    network.flag_value(),
+                    // Pinned: every `RUN` step in the job's control group,
+                    // under the job's limits, found again after a crash.
+                    "--cgroup-parent={cgroup}",
+                    // Pinned: the build's image can have no other name, so no
+                    // name it leaves in a shared cache slot outlives the job.
+                    &name,
+                    "{path}",
+                ])
+                .map(|a| a.to_string())
+                .collect(),
+            options: options(&[&JOB_OPTIONS[..], &storage_options].concat()),
+        }
     };
     Grants {
         // One image, or a manifest list for several platforms.

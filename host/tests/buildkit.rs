@@ -8,49 +8,11 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-use common::{start, with_engine};
+use common::{image_name, pull, start, with_engine};
 use helix_build::job::{Job, JobRequest, State};
 use helix_fixtures::{Dockerd, Registry, Repo};
-
-/// What `path` holds in the image `reference` (by digest), over all its
-/// layers, and the image's config.
-fn pull(reference: &str, path: &str) -> (String, serde_json::Value) {
-    let out = tempfile::tempdir().unwrap();
-    let status = Command::new("skopeo")
-        .args(["copy", "--src-tls-verify=false"])
-        .arg(format!("docker://{reference}"))
-        .arg(format!("dir:{}", out.path().display()))
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success(), "skopeo copy {reference}");
-    let read = |name: &str| -> serde_json::Value {
-        serde_json::from_slice(&std::fs::read(out.path().join(name)).unwrap()).unwrap()
-    };
-    let manifest = read("manifest.json");
-    let blob = |digest: &serde_json::Value| {
-        digest
-            .as_str()
-            .unwrap()
-            .trim_start_matches("sha256:")
-            .to_string()
-    };
-    let config = read(&blob(&manifest["config"]["digest"]));
-    let mut content = String::new();
-    for layer in manifest["layers"].as_array().unwrap() {
-        let output = Command::new("tar")
-            .arg("-xzOf")
-            .arg(out.path().join(blob(&layer["digest"])))
-            .arg(path)
-            .stderr(Stdio::null())
-            .output()
-            .unwrap();
-        content.push_str(&String::from_utf8_lossy(&output.stdout));
-    }
-    (content, config)
-}
 
 /// The digests of the layers of image `reference`.
 fn layers(reference: &str) -> Vec<String> {
@@ -71,8 +33,7 @@ fn layers(reference: &str) -> Vec<String> {
 
 /// The job's image by digest.
 fn by_digest(job: &Job) -> String {
-    let tag = job.image_tag.as_deref().unwrap();
-    let name = tag.rsplit_once(':').map_or(tag, |(name, _)| name);
+    let name = image_name(job.image_tag.as_deref().unwrap());
     format!("{name}@{}", job.digest.clone().unwrap())
 }
 
@@ -263,22 +224,9 @@ async fn swapping_the_builder_between_podman_buildah_and_buildkit_changes_nothin
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_engine_that_does_not_answer_fails_the_job_as_the_hosts_fault_naming_the_socket() {
-    let registry = Registry::start(false);
-    let repo = Repo::new();
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = common::real_config(&dir, &registry.address);
-    let socket = format!("unix://{}/nobody.sock", dir.path().display());
-    config.builders.insert(
-        "buildkit".into(),
-        helix_build::config::BuilderConfig {
-            engine: Some(socket.clone()),
-            engine_client: Some(helix_fixtures::DOCKER_CLIENT.into()),
-            ..Default::default()
-        },
-    );
-    let service = start(&config).await;
+/// The error of a `buildkit` job of `repo` through a service with `config`.
+async fn buildkit_job_error(config: &helix_build::config::Config, repo: &Repo) -> String {
+    let service = start(config).await;
     let (job, _) = common::run_logged(
         &service,
         JobRequest {
@@ -289,33 +237,27 @@ async fn an_engine_that_does_not_answer_fails_the_job_as_the_hosts_fault_naming_
     )
     .await;
     assert_eq!(job.state, State::Failed);
-    let error = job.error.unwrap();
+    job.error.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_an_engine_or_with_one_that_does_not_answer_the_job_says_which_and_what_to_set() {
+    let registry = Registry::start(false);
+    let repo = Repo::new();
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::real_config(&dir, &registry.address);
+
+    let error = buildkit_job_error(&config, &repo).await;
+    assert!(error.starts_with("denied: "), "{error}");
+    assert!(error.contains("`engine`"), "{error}");
+
+    let socket = format!("unix://{}/nobody.sock", dir.path().display());
+    let error = buildkit_job_error(&common::with_engine_at(config, &socket), &repo).await;
     assert!(error.starts_with("host error: "), "{error}");
     assert!(
         error.contains(&socket) && error.contains("does not answer"),
         "{error}"
     );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn without_an_engine_the_builder_is_denied_and_says_which_setting_grants_one() {
-    let registry = Registry::start(false);
-    let repo = Repo::new();
-    let dir = tempfile::tempdir().unwrap();
-    let service = start(&common::real_config(&dir, &registry.address)).await;
-    let (job, _) = common::run_logged(
-        &service,
-        JobRequest {
-            repo_url: repo.url(),
-            builder: Some("buildkit".into()),
-            ..JobRequest::default()
-        },
-    )
-    .await;
-    assert_eq!(job.state, State::Failed);
-    let error = job.error.unwrap();
-    assert!(error.starts_with("denied: "), "{error}");
-    assert!(error.contains("`engine`"), "{error}");
 }
 
 /// Host processes whose command line holds `marker`.

@@ -12,10 +12,9 @@ use helix_fixtures::{Registry, Repo};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{start, until_logged, until_running};
+use common::{image_name, pull, pull_as, start, until_logged, until_running};
 use helix_build::config::RegistryConfig;
 use helix_build::job::{Job, JobRequest, State};
 use helix_build::secrets::SecretSource;
@@ -34,52 +33,6 @@ fn job(repo: &Repo, builder: &str, git_ref: &str) -> JobRequest {
 
 async fn run(service: &Service, request: JobRequest) -> Job {
     common::run_logged(service, request).await.0
-}
-
-/// Copies `reference` (by digest) out of the registry into a directory and
-/// returns what its layers hold at `path`, and its config.
-fn pull(reference: &str, path: &str) -> (String, serde_json::Value) {
-    pull_as(None, reference, path)
-}
-
-/// [`pull`] with `user:password` credentials.
-fn pull_as(creds: Option<&str>, reference: &str, path: &str) -> (String, serde_json::Value) {
-    let out = tempfile::tempdir().unwrap();
-    let mut copy = Command::new("skopeo");
-    copy.args(["copy", "--src-tls-verify=false"]);
-    if let Some(creds) = creds {
-        copy.arg(format!("--src-creds={creds}"));
-    }
-    let status = copy
-        .arg(format!("docker://{reference}"))
-        .arg(format!("dir:{}", out.path().display()))
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success(), "skopeo copy {reference}");
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out.path().join("manifest.json")).unwrap()).unwrap();
-    let blob = |digest: &str| out.path().join(digest.trim_start_matches("sha256:"));
-    let config: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(blob(manifest["config"]["digest"].as_str().unwrap())).unwrap(),
-    )
-    .unwrap();
-    let mut content = String::new();
-    for layer in manifest["layers"].as_array().unwrap() {
-        let output = Command::new("tar")
-            .arg("-xzOf")
-            .arg(blob(layer["digest"].as_str().unwrap()))
-            .arg(path)
-            .stderr(Stdio::null())
-            .output()
-            .unwrap();
-        content.push_str(&String::from_utf8_lossy(&output.stdout));
-    }
-    (content, config)
-}
-
-fn image_name(tag: &str) -> &str {
-    tag.rsplit_once(':').map_or(tag, |(name, _)| name)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -394,14 +394,65 @@ pub async fn a_group_never_runs_more_than_max_running(hosts: &[&Service]) {
 }
 
 /// `config` with the `buildkit` builder building in `engine`.
-pub fn with_engine(mut config: Config, engine: &helix_fixtures::Dockerd) -> Config {
+pub fn with_engine(config: Config, engine: &helix_fixtures::Dockerd) -> Config {
+    with_engine_at(config, &engine.socket)
+}
+
+/// `config` with the `buildkit` builder pointed at the engine `socket`.
+pub fn with_engine_at(mut config: Config, socket: &str) -> Config {
     config.builders.insert(
         "buildkit".into(),
-        helix_build::config::BuilderConfig {
-            engine: Some(engine.socket.clone()),
+        BuilderConfig {
+            engine: Some(socket.into()),
             engine_client: Some(helix_fixtures::DOCKER_CLIENT.into()),
             ..Default::default()
         },
     );
     config
+}
+
+/// Copies `reference` (by digest) out of the registry into a directory and
+/// returns what its layers hold at `path`, and its config.
+pub fn pull(reference: &str, path: &str) -> (String, serde_json::Value) {
+    pull_as(None, reference, path)
+}
+
+/// [`pull`] with `user:password` credentials.
+pub fn pull_as(creds: Option<&str>, reference: &str, path: &str) -> (String, serde_json::Value) {
+    let out = tempfile::tempdir().unwrap();
+    let mut copy = std::process::Command::new("skopeo");
+    copy.args(["copy", "--src-tls-verify=false"]);
+    if let Some(creds) = creds {
+        copy.arg(format!("--src-creds={creds}"));
+    }
+    let status = copy
+        .arg(format!("docker://{reference}"))
+        .arg(format!("dir:{}", out.path().display()))
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "skopeo copy {reference}");
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("manifest.json")).unwrap()).unwrap();
+    let blob = |digest: &str| out.path().join(digest.trim_start_matches("sha256:"));
+    let config: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(blob(manifest["config"]["digest"].as_str().unwrap())).unwrap(),
+    )
+    .unwrap();
+    let mut content = String::new();
+    for layer in manifest["layers"].as_array().unwrap() {
+        let output = std::process::Command::new("tar")
+            .arg("-xzOf")
+            .arg(blob(layer["digest"].as_str().unwrap()))
+            .arg(path)
+            .stderr(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        content.push_str(&String::from_utf8_lossy(&output.stdout));
+    }
+    (content, config)
+}
+
+pub fn image_name(tag: &str) -> &str {
+    tag.rsplit_once(':').map_or(tag, |(name, _)| name)
 }

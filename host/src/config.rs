@@ -795,6 +795,7 @@ mod tests {
         assert_eq!(config.log_cap_lines, 10_000);
         assert!(config.provenance);
         assert!(!config.registries["127.0.0.1:5000"].tls_verify);
+        assert!(config.builders["buildkit"].engine.is_some());
     }
 
     #[test]

@@ -28,11 +28,13 @@ fn serves_with_no_config_and_runs_a_simulated_job() {
         .iter()
         .map(|b| b["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["buildah", "podman", "simulated"]);
-    assert_eq!(builders[2]["simulated"], true);
-    assert_eq!(builders[1]["simulated"], false);
-    assert_eq!(builders[1]["network"], "private");
-    let podman_grants = &builders[1]["grants"]["programs"];
+    assert_eq!(names, ["buildah", "buildkit", "podman", "simulated"]);
+    assert_eq!(builders[3]["simulated"], true);
+    assert_eq!(builders[2]["simulated"], false);
+    assert_eq!(builders[2]["network"], "private");
+    // No engine configured: the buildkit builder names none.
+    assert_eq!(builders[1]["engine"], Value::Null);
+    let podman_grants = &builders[2]["grants"]["programs"];
     assert_eq!(podman_grants[0]["command"], "podman");
     assert!(
         podman_grants[0]["args"]

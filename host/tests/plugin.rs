@@ -20,7 +20,7 @@ async fn second_start_loads_compiled_components_from_the_cache() {
     let first = start(&config).await;
     let cold = cold.elapsed();
     let reports = first.runtime().load_reports().to_vec();
-    assert_eq!(reports.len(), 11);
+    assert_eq!(reports.len(), 12);
     assert!(
         reports.iter().all(|r| r.cache == CacheUse::Compiled),
         "{reports:?}"
@@ -110,6 +110,7 @@ async fn builders_report_their_info_and_digest() {
         names,
         [
             "buildah",
+            "buildkit",
             "empty-tag",
             "escape",
             "exec",

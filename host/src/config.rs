@@ -551,7 +551,6 @@ impl Config {
                     builder.network().flag_value().into(),
                 );
                 let engine = builder.engine.clone().map(|socket| {
-                    settings.insert(ENGINE_CLIENT_SETTING.into(), builder.engine_client().into());
                     Arc::new(DockerEngine::new(
                         socket,
                         builder.engine_client().into(),
@@ -559,6 +558,9 @@ impl Config {
                         self.registry_auth_file.clone(),
                     ))
                 });
+                if engine.is_some() {
+                    settings.insert(ENGINE_CLIENT_SETTING.into(), builder.engine_client().into());
+                }
                 Ok(BuilderSource {
                     limits: builder.limits(),
                     build_limits: builder.build_limits(),

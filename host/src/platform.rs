@@ -87,6 +87,16 @@ impl Platform {
     }
 }
 
+/// This host's own platform (what `BUILDPLATFORM` names in a build).
+pub fn native() -> Platform {
+    let arch = normalise_arch(std::env::consts::ARCH);
+    Platform {
+        os: "linux".into(),
+        arch: arch.0,
+        variant: arch.1,
+    }
+}
+
 /// Where binfmt_misc lists the interpreters the kernel runs foreign
 /// executables with.
 const BINFMT_MISC: &str = "/proc/sys/fs/binfmt_misc";

@@ -11,7 +11,7 @@
 //! written, so a `.git` a guest wrote is never read.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::cancel::CancelSignal;
@@ -22,47 +22,60 @@ use crate::log::JobLog;
 
 /// Where the checkout goes, relative to the workspace.
 pub const SOURCE_DIR: &str = "src";
+/// The job's context and Dockerfile in its checkout, as the host checked
+/// them.
+#[derive(Debug, Clone)]
+pub struct CheckedSource {
+    /// The context directory, canonical.
+    pub context: PathBuf,
+    /// The Dockerfile, canonical: the only one a builder may build.
+    pub dockerfile: PathBuf,
+    /// The Dockerfile's text as checked out.
+    pub text: String,
+}
+
 /// Checks that the job's context is a directory and its Dockerfile a file
 /// of the checkout in `workspace`, symbolic links followed: a link in the
-/// repository must not lead the build to the host's files. Returns the
-/// Dockerfile's text as checked out.
-pub fn check_context(workspace: &Path, context: &str, dockerfile: &str) -> Result<String, Outcome> {
+/// repository must not lead the build to the host's files.
+pub fn check_context(
+    workspace: &Path,
+    context: &str,
+    dockerfile: &str,
+) -> Result<CheckedSource, Outcome> {
     let source = workspace
         .join(SOURCE_DIR)
         .canonicalize()
         .map_err(|e| Outcome::failed(FailureKind::Host, format!("the checkout is gone: {e}")))?;
-    let context_dir = source.join(context);
     let invalid = |what: String, problem: &str| {
-        Err(Outcome::failed(
-            FailureKind::InvalidJob,
-            format!("{what} {problem} of the repository at this commit"),
-        ))
-    };
-    for (what, path, want_dir) in [
-        (format!("context {context:?}"), context_dir.clone(), true),
-        (
-            format!("dockerfile_path {dockerfile:?} (in context {context:?})"),
-            context_dir.join(dockerfile),
-            false,
-        ),
-    ] {
-        match path.canonicalize() {
-            Err(_) => return invalid(what, "does not exist in the checkout"),
-            Ok(resolved) if !resolved.starts_with(&source) => {
-                return invalid(what, "is a symbolic link leading out");
-            }
-            Ok(resolved) if resolved.is_dir() != want_dir => {
-                let kind = if want_dir { "a directory" } else { "a file" };
-                return invalid(what, &format!("is not {kind}"));
-            }
-            Ok(_) => {}
-        }
-    }
-    std::fs::read_to_string(context_dir.join(dockerfile)).map_err(|e| {
         Outcome::failed(
             FailureKind::InvalidJob,
-            format!("dockerfile_path {dockerfile:?} (in context {context:?}) is unreadable: {e}"),
+            format!("{what} {problem} of the repository at this commit"),
         )
+    };
+    let resolve = |what: String, path: PathBuf, want_dir: bool| match path.canonicalize() {
+        Err(_) => Err(invalid(what, "does not exist in the checkout")),
+        Ok(resolved) if !resolved.starts_with(&source) => {
+            Err(invalid(what, "is a symbolic link leading out"))
+        }
+        Ok(resolved) if resolved.is_dir() != want_dir => {
+            let kind = if want_dir { "a directory" } else { "a file" };
+            Err(invalid(what, &format!("is not {kind}")))
+        }
+        Ok(resolved) => Ok(resolved),
+    };
+    let context_dir = resolve(format!("context {context:?}"), source.join(context), true)?;
+    let what = format!("dockerfile_path {dockerfile:?} (in context {context:?})");
+    let dockerfile = resolve(what.clone(), context_dir.join(dockerfile), false)?;
+    let text = std::fs::read_to_string(&dockerfile).map_err(|e| {
+        Outcome::failed(
+            FailureKind::InvalidJob,
+            format!("{what} is unreadable: {e}"),
+        )
+    })?;
+    Ok(CheckedSource {
+        context: context_dir,
+        dockerfile,
+        text,
     })
 }
 

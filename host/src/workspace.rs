@@ -24,6 +24,9 @@ use crate::job::JobId;
 use crate::quota::DiskQuota;
 use crate::registry::RegistrySettings;
 
+/// The run's copy of the registry credentials, in its state directory.
+pub const RUN_AUTH_FILE: &str = "auth.json";
+
 /// What one attempt of a job is called on this host: its directory under
 /// the workspaces and its control group. Attempts never share one.
 pub fn run_name(id: &JobId, attempt: u32) -> String {
@@ -76,9 +79,7 @@ impl JobDirs {
             dirs.storage_conf(),
             storage_conf(driver, shared.unwrap_or(&state)),
         )?;
-        let registries_conf = state.join("registries.conf");
-        std::fs::write(&registries_conf, registries.registries_conf())?;
-        dirs.program_env = registries.program_env(&registries_conf);
+        dirs.program_env = registries.write_for_run(&state)?;
         dirs.program_env.insert(
             "CONTAINERS_STORAGE_CONF".into(),
             dirs.storage_conf().display().to_string(),
@@ -118,6 +119,17 @@ impl JobDirs {
     /// The size limit of the job's directory, if it has one.
     pub fn quota(&self) -> Option<&DiskQuota> {
         self.quota.as_ref()
+    }
+
+    /// Removes the run's build secrets and its copy of the registry
+    /// credentials, which outlive no run.
+    pub fn remove_secrets(&self) -> std::io::Result<()> {
+        let gone = |result: std::io::Result<()>| match result {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        };
+        gone(std::fs::remove_dir_all(self.secrets()))?;
+        gone(std::fs::remove_file(self.state().join(RUN_AUTH_FILE)))
     }
 
     /// Leaves everything where it is, for a person to look at.

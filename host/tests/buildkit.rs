@@ -326,39 +326,61 @@ async fn a_job_that_chooses_buildkits_frontend_is_refused_before_the_engine_fetc
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let frontend = format!("{}/evil/frontend:1", listener.local_addr().unwrap());
-    let repo = helix_fixtures::repo_running("echo built");
-    let dockerfile = repo.path().join("Dockerfile");
-    let text = std::fs::read_to_string(&dockerfile).unwrap();
-    std::fs::write(&dockerfile, format!("# syntax={frontend}\n{text}")).unwrap();
-    helix_fixtures::git(repo.path(), &["commit", "-qam", "choose a frontend"]);
-    let plain = helix_fixtures::repo_running("echo built");
     let dir = tempfile::tempdir().unwrap();
     let config = with_engine(common::real_config(&dir, &registry.address), &engine);
     let service = start(&config).await;
-    for (request, why) in [
-        (
-            JobRequest {
-                repo_url: format!("file://{}", repo.path().display()),
-                builder: Some("buildkit".into()),
-                ..JobRequest::default()
-            },
-            "# syntax=",
-        ),
-        (
-            JobRequest {
+    // Every spelling of the directive some BuildKit reads, each on its line.
+    let mut repos = Vec::new();
+    for (header, line) in [
+        (format!("# syntax={frontend}\n"), 1),
+        (format!("#  SYNTAX = {frontend}\n"), 1),
+        (format!("// syntax={frontend}\n"), 1),
+        (format!("#!/usr/bin/env buildctl\n# syntax={frontend}\n"), 2),
+        (format!("# check=skip=all\n# syntax={frontend}\n"), 2),
+        (format!("# escape=`\n# syntax={frontend}\n"), 2),
+        (format!("\u{feff}# syntax={frontend}\n"), 1),
+    ] {
+        let repo = helix_fixtures::repo_running("echo built");
+        let dockerfile = repo.path().join("Dockerfile");
+        let text = std::fs::read_to_string(&dockerfile).unwrap();
+        std::fs::write(&dockerfile, format!("{header}{text}")).unwrap();
+        helix_fixtures::git(repo.path(), &["commit", "-qam", "choose a frontend"]);
+        let request = JobRequest {
+            repo_url: format!("file://{}", repo.path().display()),
+            builder: Some("buildkit".into()),
+            ..JobRequest::default()
+        };
+        let (job, _) = common::run_logged(&service, request).await;
+        assert_eq!(job.state, State::Failed, "{header:?}");
+        let error = job.error.unwrap();
+        assert!(error.starts_with("invalid job: "), "{header:?}: {error}");
+        assert!(
+            error.contains(&format!("line {line}:")) && error.contains("rule `frontend`"),
+            "{header:?}: {error}"
+        );
+        repos.push(repo);
+    }
+    // A frontend named in a build arg never reaches a queue.
+    let plain = helix_fixtures::repo_running("echo built");
+    for name in [
+        "BUILDKIT_SYNTAX",
+        "buildkit_syntax",
+        "BUILDKIT_FRONTEND_IMAGE",
+    ] {
+        let refused = service
+            .submit(JobRequest {
                 repo_url: format!("file://{}", plain.path().display()),
                 builder: Some("buildkit".into()),
-                build_args: BTreeMap::from([("BUILDKIT_SYNTAX".to_string(), frontend.clone())]),
+                build_args: BTreeMap::from([(name.to_string(), frontend.clone())]),
                 ..JobRequest::default()
-            },
-            "BUILDKIT_SYNTAX",
-        ),
-    ] {
-        let (job, _) = common::run_logged(&service, request).await;
-        assert_eq!(job.state, State::Failed);
-        let error = job.error.unwrap();
-        assert!(error.starts_with("invalid job: "), "{error}");
-        assert!(error.contains(why), "{error}");
+            })
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            refused.contains("build_args") && refused.contains("BUILDKIT_*"),
+            "{name}: {refused}"
+        );
     }
     assert!(
         listener.accept().is_err(),

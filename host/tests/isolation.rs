@@ -239,7 +239,7 @@ async fn a_builder_with_the_podman_grants_is_refused_every_way_out() {
     let pwned = dir.path().join("pwned-by-git-hooks");
 
     let cases: &[(&str, &str)] = &[
-        ("host-context", "path \"/etc\" is outside the job workspace"),
+        ("host-context", "\"/etc\" is not the job's build context"),
         ("volume", "option --volume is not granted"),
         ("build-context", "option --build-context is not granted"),
         (
@@ -268,7 +268,44 @@ async fn a_builder_with_the_podman_grants_is_refused_every_way_out() {
         ("write-push", "expected \"build\", got \"push\""),
         (
             "dockerfile-outside",
-            "path \"/etc/shadow\" is outside the job workspace",
+            "\"/etc/shadow\" is not the job's Dockerfile",
+        ),
+        (
+            "dockerfile-url",
+            "\"http://127.0.0.1:1/Dockerfile\" is not the job's Dockerfile",
+        ),
+        (
+            "dockerfile-other",
+            "\"src/failing/Dockerfile\" is not the job's Dockerfile",
+        ),
+        ("dockerfile-again", "option -f is pinned"),
+        (
+            "dockerfile-omitted",
+            "the grant requires \"-f\" before --tag",
+        ),
+        (
+            "context-url",
+            "\"http://127.0.0.1:1/context.tar\" is not the job's build context",
+        ),
+        (
+            "context-git",
+            "\"git://127.0.0.1:1/repo.git\" is not the job's build context",
+        ),
+        (
+            "build-arg-from-env",
+            "build arg \"REGISTRY_AUTH_FILE\" has no value",
+        ),
+        (
+            "build-arg-frontend",
+            "BUILDKIT_* names are BuildKit's own options",
+        ),
+        (
+            "build-arg-not-the-jobs",
+            "build arg http_proxy: proxy build args",
+        ),
+        (
+            "build-arg-changed",
+            "build arg \"ATTACK\" is not one of the job's build args",
         ),
         ("authfile", "option --authfile is not granted"),
         (
@@ -347,4 +384,142 @@ async fn a_builder_with_the_podman_grants_is_refused_every_way_out() {
         assert!(message.starts_with(error), "{case}: {message}");
     }
     assert!(!Path::new(&pwned).exists(), "a git hook ran");
+}
+
+/// A repository with busybox, a link `hostroot` to the host's `/` and
+/// `dockerfile`.
+fn rule_repo(dockerfile: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    git(dir.path(), &["init", "-q", "-b", "main"]);
+    std::fs::copy("/bin/busybox", dir.path().join("busybox")).unwrap();
+    std::os::unix::fs::symlink("/", dir.path().join("hostroot")).unwrap();
+    std::fs::write(dir.path().join("Dockerfile"), dockerfile).unwrap();
+    git(dir.path(), &["add", "-A"]);
+    git(dir.path(), &["commit", "-qm", "rules"]);
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dockerfiles_that_break_a_host_rule_are_refused_before_any_build() {
+    let registry = Registry::start(false);
+    let dir = tempfile::tempdir().unwrap();
+    let engine = helix_fixtures::Dockerd::start();
+    let config = common::with_engine(common::real_config(&dir, &registry.address), &engine);
+    let service = start(&config).await;
+    let (port, contacted) = host_service();
+    let url = format!("http://127.0.0.1:{port}/loot");
+    let base = "FROM scratch\nCOPY busybox /bin/busybox\n";
+    let cases: Vec<(String, &str, usize)> = vec![
+        // CVE-2024-1753: a link of the checkout, resolved on the host.
+        (
+            format!(
+                "{base}RUN --mount=type=bind,source=hostroot/etc,target=/h /bin/busybox ls /h\n"
+            ),
+            "bind-mount",
+            3,
+        ),
+        (
+            format!("{base}RUN --mount=type=bind,source=../../..,target=/h /bin/busybox true\n"),
+            "bind-mount",
+            3,
+        ),
+        // An image's files cannot be checked for such links.
+        (
+            format!(
+                "{base}RUN --mount=type=bind,from={}/any/image:1,source=/,target=/h true\n",
+                registry.address
+            ),
+            "bind-mount",
+            3,
+        ),
+        (
+            format!(
+                "FROM scratch AS stage\n{base}RUN --mount=from=stage,source=/../..,target=/h true\n"
+            ),
+            "bind-mount",
+            4,
+        ),
+        // CVE-2024-9675: a cache id climbing out of buildah's cache dir.
+        (
+            format!(
+                "{base}RUN \\\n  --mount=type=cache,id=../../../../tmp/x,target=/c \\\n  /bin/busybox true\n"
+            ),
+            "cache-mount",
+            3,
+        ),
+        (
+            format!("{base}ARG ID=../../x\nRUN --mount=type=cache,id=$ID,target=/c true\n"),
+            "mount-variable",
+            4,
+        ),
+        // Fetched by the tool on the host's network.
+        (format!("{base}ADD {url} /loot\n"), "remote-source", 3),
+        (
+            format!("{base}ADD --chmod=644 \\\n    {url} /loot\n"),
+            "remote-source",
+            3,
+        ),
+        (format!("{base}COPY {url} /loot\n"), "remote-source", 3),
+        // podman and buildah 1.28 read a heredoc's lines as instructions.
+        (
+            format!("{base}RUN <<EOF\nADD {url} /loot\nEOF\n"),
+            "remote-source",
+            4,
+        ),
+        ("FORM scratch\n".to_string(), "parse", 1),
+        (
+            format!("{base}RUN --mount=type=host,target=/h true\n"),
+            "parse",
+            3,
+        ),
+    ];
+    let repos: Vec<_> = cases.iter().map(|(text, _, _)| rule_repo(text)).collect();
+    for builder in ["podman", "buildah", "buildkit"] {
+        for ((text, rule, line), repo) in cases.iter().zip(&repos) {
+            let request = JobRequest {
+                repo_url: format!("file://{}", repo.path().display()),
+                builder: Some(builder.into()),
+                ..JobRequest::default()
+            };
+            let (job, logs) = common::run_logged(&service, request).await;
+            let error = job.error.clone().unwrap_or_default();
+            assert_eq!(job.state, State::Failed, "{builder} {text:?}");
+            assert!(
+                error.starts_with("invalid job: ")
+                    && error.contains(&format!("line {line}: "))
+                    && error.contains(&format!("(rule `{rule}`)")),
+                "{builder} {text:?}: expected rule {rule} at line {line}, got {error:?}"
+            );
+            assert!(
+                !logs
+                    .iter()
+                    .any(|l| l.contains("STEP ") || l.contains("#1 ")),
+                "{builder} {text:?}: a build started"
+            );
+        }
+    }
+    assert_eq!(
+        contacted.load(Ordering::SeqCst),
+        0,
+        "the host service was contacted"
+    );
+
+    // The same features, used within the rules, build.
+    let honest = rule_repo(
+        "FROM scratch AS tools\nCOPY busybox /bin/busybox\n\
+         FROM scratch\nCOPY busybox /bin/busybox\n\
+         RUN --mount=type=cache,id=pip-cache,target=/cache \\\n    \
+         --mount=type=bind,source=.,target=/ctx \\\n    \
+         --mount=type=bind,from=tools,source=/bin,target=/tools \\\n    \
+         [\"/bin/busybox\", \"test\", \"-f\", \"/ctx/Dockerfile\"]\n",
+    );
+    for builder in ["podman", "buildah"] {
+        let request = JobRequest {
+            repo_url: format!("file://{}", honest.path().display()),
+            builder: Some(builder.into()),
+            ..JobRequest::default()
+        };
+        let (job, _) = common::run_logged(&service, request).await;
+        assert_eq!(job.state, State::Succeeded, "{builder}: {:?}", job.error);
+    }
 }

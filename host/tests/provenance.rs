@@ -271,3 +271,111 @@ async fn a_two_platform_build_is_attested_verifies_and_forgeries_do_not() {
         other => panic!("{other:?}"),
     }
 }
+
+/// The digest the registry gives `image` now.
+async fn registry_digest(registry: &str, image: &str) -> String {
+    let manifest = client(registry).manifest(&reference(image).unwrap()).await;
+    manifest.unwrap().unwrap().digest
+}
+
+/// The `sha256` of the resolved dependency whose `uri` is `image`, and who
+/// resolved it.
+fn dependency<'a>(
+    statement: &'a helix_build::provenance::statement::Statement,
+    image: &str,
+) -> Option<(&'a str, &'a str)> {
+    let entry = statement
+        .predicate
+        .build_definition
+        .resolved_dependencies
+        .iter()
+        .find(|d| d.uri.as_deref() == Some(image))?;
+    Some((
+        entry.digest.get("sha256").map(String::as_str).unwrap_or(""),
+        entry
+            .annotations
+            .get("resolvedBy")
+            .map(String::as_str)
+            .unwrap_or(""),
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_statement_names_the_images_the_build_used_and_the_dockerfile_it_built() {
+    let registry = Registry::start(false);
+    let base = format!("{}/helix-test/base:1", registry.address);
+    let trusted = format!("{}/helix-test/trusted:1", registry.address);
+    helix_fixtures::push_base_image(&base, 0);
+    push_plain_image(&trusted, "never used");
+    // The base behind a continuation and a global ARG; a `FROM` inside a
+    // `RUN` continuation is part of that command, not a stage.
+    let dockerfile = format!(
+        "ARG BASE={base}\n\
+         FROM \\\n    ${{BASE}} AS build\n\
+         RUN [\"/bin/busybox\", \"ln\", \"-s\", \"busybox\", \"/bin/sh\"]\n\
+         RUN /bin/busybox true \\\n\
+         FROM {trusted}\n\
+         FROM build\n\
+         RUN /bin/busybox true\n"
+    );
+    let repo = tempfile::tempdir().unwrap();
+    helix_fixtures::git(repo.path(), &["init", "-q", "-b", "main"]);
+    std::fs::write(repo.path().join("Dockerfile"), &dockerfile).unwrap();
+    helix_fixtures::git(repo.path(), &["add", "-A"]);
+    helix_fixtures::git(repo.path(), &["commit", "-qm", "hidden base"]);
+    let dir = tempfile::tempdir().unwrap();
+    let (signing, _) = key_pair(dir.path(), "helix");
+    let mut config = common::real_config(&dir, &registry.address);
+    config.provenance_key = Some(signing);
+    let service = common::start(&config.validated().unwrap()).await;
+    let request = JobRequest {
+        repo_url: format!("file://{}", repo.path().display()),
+        builder: Some("podman".into()),
+        ..JobRequest::default()
+    };
+
+    let pulled = registry_digest(&registry.address, &base).await;
+    let (job, _) = common::run_logged(&service, request.clone()).await;
+    assert_eq!(job.state, State::Succeeded, "{:?}", job.error);
+    let statement = service.provenance(job.id.as_str()).await.unwrap().statement;
+    assert_eq!(
+        dependency(&statement, &base),
+        Some((pulled.trim_start_matches("sha256:"), "build-tool")),
+        "{statement:?}"
+    );
+    assert_eq!(dependency(&statement, &trusted), None, "{statement:?}");
+    let dependencies = &statement.predicate.build_definition.resolved_dependencies;
+    let built = dependencies
+        .iter()
+        .find(|d| d.name.as_deref() == Some(helix_build::provenance::DOCKERFILE))
+        .expect("the Dockerfile is a dependency");
+    use sha2::Digest as _;
+    assert_eq!(
+        built.digest["sha256"],
+        hex::encode(sha2::Sha256::digest(dockerfile.as_bytes()))
+    );
+    assert_eq!(
+        dependencies.len(),
+        3,
+        "source, Dockerfile, base: {dependencies:?}"
+    );
+
+    // The tag moves in the registry; the tools pull what is newer there
+    // (buildah's default), and the statement says what the job's storage
+    // built on: the new base.
+    helix_fixtures::push_base_image(&base, 1);
+    let moved = registry_digest(&registry.address, &base).await;
+    assert_ne!(moved, pulled);
+    let (again, _) = common::run_logged(&service, request).await;
+    assert_eq!(again.state, State::Succeeded, "{:?}", again.error);
+    let statement = service
+        .provenance(again.id.as_str())
+        .await
+        .unwrap()
+        .statement;
+    assert_eq!(
+        dependency(&statement, &base),
+        Some((moved.trim_start_matches("sha256:"), "build-tool")),
+        "{statement:?}"
+    );
+}

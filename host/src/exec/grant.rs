@@ -7,16 +7,29 @@
 //! - In the pattern, a literal matches itself; `*` one argument that is not
 //!   an option (does not start with `-`); `**` (last only) the remaining
 //!   non-option arguments, including none; `{path}`, `{output}`, `{image}`,
-//!   `{url}`, `{dir}`, `{engine-image}` (after an optional literal prefix,
-//!   as in `oci:{output}`) one argument of that type. Without `**` the argument count must match.
+//!   `{url}`, `{dir}`, `{dockerfile}`, `{build-arg}`, `{engine-image}`
+//!   `{context}` (after an optional literal prefix, as in `oci:{output}`) one argument
+//!   of that type. Without `**` the argument count must match.
 //! - `options` lists, by name, the options the builder may put anywhere
 //!   among the arguments, each with the type of its value (`flag` for
 //!   none), given as `--name=value` or `--name value`. Any other argument
 //!   starting with `-` is refused, and an option the pattern pins (a
 //!   literal starting with `-`) cannot be given again.
-//! - Typed values: a `path` must be relative and resolve inside the job
-//!   workspace, symbolic links followed; a `dir` likewise, and must be an
-//!   existing directory; an `output` likewise, and must not exist yet; an `image` must be in a registry the
+//! - Typed values: a `path` must be relative and name an existing file or
+//!   directory inside the job workspace, symbolic links followed; a `dir`
+//!   likewise, and must be a directory; an `output` must be a new path
+//!   inside the workspace. All three reach the program as the canonical
+//!   absolute path the host checked, never as the builder wrote them: a
+//!   build tool reads `http://…`, `//host/x` or `host:path` as a place to
+//!   fetch from, and none of those survives canonicalisation. A
+//!   `dockerfile` is exactly the job's Dockerfile (so what is built is
+//!   what the job names, and what the host checked and attests), a
+//!   `context` exactly its build context (what bind mounts were checked
+//!   against); a
+//!   `build-arg` is exactly `NAME=VALUE` for one of the job's build args
+//!   (a name alone makes the tool read its own environment, and
+//!   `BUILDKIT_*` names are the engine's options, never a build arg). An
+//!   `image` must be in a registry the
 //!   operator configured; a `url` must pass the policy a job's `repo_url`
 //!   does; a `secret` is `id=NAME` for one of the job's build secrets, and
 //!   the host appends `,src=FILE` (a file the builder cannot read); a
@@ -76,16 +89,28 @@ pub enum ValueType {
     Flag,
     /// Any value.
     Text,
-    /// A path that resolves inside the job workspace.
+    /// An existing path inside the job workspace, handed over canonical.
     Path,
-    /// An existing directory inside the job workspace: a build context
-    /// that can only be read from the checkout (a `docker build` context
-    /// that is no local directory is fetched by the engine, from anywhere).
+    /// An existing directory inside the job workspace, handed over
+    /// canonical: a build context that can only be read from the checkout
+    /// (a context that is no local directory is fetched by the tool or the
+    /// engine, from anywhere).
     Dir,
     /// A path inside the job workspace that does not exist yet: where a
     /// program writes something new. Nothing can already lie below it (a
     /// link planted in the checkout, say) for the program to follow.
+    /// Handed over as its canonical parent joined with the new name.
     Output,
+    /// The job's own Dockerfile, handed over canonical: a builder cannot
+    /// build a Dockerfile of its own choosing (one it wrote, or another
+    /// file of the checkout) under the job's name.
+    Dockerfile,
+    /// The job's own build context directory, handed over canonical: the
+    /// host checked the Dockerfile's bind mounts against it.
+    Context,
+    /// `NAME=VALUE`, exactly one of the job's build args.
+    #[serde(rename = "build-arg")]
+    BuildArg,
     /// An image reference in a registry the operator configured.
     Image,
     /// A repository URL the job policy accepts.
@@ -110,6 +135,9 @@ impl ValueType {
         match name {
             "path" => Some(ValueType::Path),
             "dir" => Some(ValueType::Dir),
+            "dockerfile" => Some(ValueType::Dockerfile),
+            "context" => Some(ValueType::Context),
+            "build-arg" => Some(ValueType::BuildArg),
             "engine-image" => Some(ValueType::EngineImage),
             "output" => Some(ValueType::Output),
             "image" => Some(ValueType::Image),
@@ -206,7 +234,7 @@ impl Grants {
                     && ValueType::from_placeholder(name).is_none()
                 {
                     return Err(format!(
-                        "{here}.args: {arg:?} names no type; use {{path}}, {{dir}}, {{output}}, {{image}}, {{url}}, {{secret}}, {{cache}}, {{cgroup}} or {{engine-image}}"
+                        "{here}.args: {arg:?} names no type; use {{path}}, {{dir}}, {{output}}, {{dockerfile}}, {{context}}, {{build-arg}}, {{image}}, {{url}}, {{secret}}, {{cache}}, {{cgroup}} or {{engine-image}}"
                     ));
                 }
             }
@@ -363,9 +391,19 @@ impl GrantPolicy {
                     _ => (arg.as_str(), None),
                 };
                 if pinned.contains(name) {
-                    return fail(format!(
-                        "option {name} is pinned by the grant and may not be given again"
-                    ));
+                    // Pinned further on: an option the grant requires first
+                    // is missing; else this one comes a second time.
+                    let later = patterns
+                        .clone()
+                        .any(|p| p.split_once('=').map_or(p.as_str(), |(n, _)| n) == name);
+                    return match (later, patterns.peek()) {
+                        (true, Some(next)) => {
+                            fail(format!("the grant requires {next:?} before {name}"))
+                        }
+                        _ => fail(format!(
+                            "option {name} is pinned by the grant and may not be given again"
+                        )),
+                    };
                 }
                 let Some(&ty) = grant.options.get(name) else {
                     return fail(format!("option {name} is not granted"));
@@ -447,12 +485,34 @@ impl GrantPolicy {
     ) -> Result<Option<String>, String> {
         match ty {
             ValueType::Flag | ValueType::Text => Ok(None),
-            ValueType::Path => inside_workspace(value, site).map(|()| None),
+            ValueType::Path => existing_in_workspace(value, site).map(canonical),
             ValueType::Dir => {
-                inside_workspace(value, site)?;
-                match site.cwd.join(value).is_dir() {
-                    true => Ok(None),
+                let resolved = existing_in_workspace(value, site)?;
+                match resolved.is_dir() {
+                    true => Ok(canonical(resolved)),
                     false => Err(format!("{value:?} is not a directory of the workspace")),
+                }
+            }
+            ValueType::Dockerfile => {
+                pinned_path(value, site, site.job.dockerfile.as_deref(), "Dockerfile")
+            }
+            ValueType::Context => {
+                pinned_path(value, site, site.job.context.as_deref(), "build context")
+            }
+            ValueType::BuildArg => {
+                let Some((name, given)) = value.split_once('=') else {
+                    return Err(format!(
+                        "build arg {value:?} has no value: the tool would take it from its own environment"
+                    ));
+                };
+                if let Some(why) = crate::job::reserved_build_arg(name) {
+                    return Err(format!("build arg {name}: {why}"));
+                }
+                match site.job.build_args.get(name) {
+                    Some(wanted) if wanted == given => Ok(None),
+                    _ => Err(format!(
+                        "build arg {name:?} is not one of the job's build args as the job gives it"
+                    )),
                 }
             }
             ValueType::EngineImage => match site.job.engine_image.as_deref() {
@@ -464,13 +524,7 @@ impl GrantPolicy {
                     "{value:?}: the builder has no Docker Engine (builders.<name>.engine)"
                 )),
             },
-            ValueType::Output => {
-                inside_workspace(value, site)?;
-                match std::fs::symlink_metadata(site.cwd.join(value)) {
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-                    _ => Err(format!("output path {value:?} exists already")),
-                }
-            }
+            ValueType::Output => new_in_workspace(value, site).map(canonical),
             ValueType::Secret => {
                 let name = value.strip_prefix("id=").unwrap_or_default();
                 match site.job.secrets.get(name) {
@@ -591,30 +645,79 @@ fn placeholder(pattern: &str) -> Option<(&str, &str)> {
     Some((&rest[..open], &rest[open + 1..]))
 }
 
-/// A path argument must name something inside the workspace: relative to
-/// the call's directory (the program gets it as is, and an absolute one —
-/// `/workspace/…` included — means that path on the host), and its longest
-/// existing prefix must resolve (symbolic links followed) inside the
-/// workspace; what does not exist yet may not contain `..`.
-fn inside_workspace(value: &str, site: &CallSite<'_>) -> Result<(), String> {
-    let outside = || Err(format!("path {value:?} is outside the job workspace"));
+/// A path argument names something inside the workspace relative to the
+/// call's directory (an absolute one — `/workspace/…` included — would
+/// mean that path on the host): the canonical path it resolves to, symbolic
+/// links followed, when that exists and lies inside the workspace.
+fn existing_in_workspace(value: &str, site: &CallSite<'_>) -> Result<PathBuf, String> {
     let path = Path::new(value);
-    if path.is_absolute() {
-        return outside();
+    if value.is_empty() || path.is_absolute() {
+        return Err(format!("path {value:?} is outside the job workspace"));
+    }
+    match site.cwd.join(path).canonicalize() {
+        Ok(resolved) if resolved.starts_with(site.workspace) => Ok(resolved),
+        Ok(_) => Err(format!("path {value:?} is outside the job workspace")),
+        Err(_) => Err(format!(
+            "path {value:?} does not exist in the job workspace"
+        )),
+    }
+}
+
+/// An `output` path: its longest existing prefix must resolve inside the
+/// workspace and be a directory, the rest must not exist and holds no
+/// `..`; the canonical prefix joined with the rest.
+fn new_in_workspace(value: &str, site: &CallSite<'_>) -> Result<PathBuf, String> {
+    let outside = || format!("path {value:?} is outside the job workspace");
+    let path = Path::new(value);
+    if value.is_empty() || path.is_absolute() {
+        return Err(outside());
     }
     let full = site.cwd.join(path);
+    if std::fs::symlink_metadata(&full).is_ok() {
+        return Err(format!("output path {value:?} exists already"));
+    }
     let mut existing = full.as_path();
+    let mut missing = Vec::new();
     // `file_name` is `None` for a `..`, so one in the missing part fails.
     while std::fs::symlink_metadata(existing).is_err() {
         match (existing.parent(), existing.file_name()) {
-            (Some(parent), Some(_)) => existing = parent,
-            _ => return outside(),
+            (Some(parent), Some(name)) => {
+                missing.push(name);
+                existing = parent;
+            }
+            _ => return Err(outside()),
         }
     }
     match existing.canonicalize() {
-        Ok(resolved) if resolved.starts_with(site.workspace) => Ok(()),
-        _ => outside(),
+        Ok(resolved) if resolved.starts_with(site.workspace) && resolved.is_dir() => {
+            Ok(missing.iter().rev().fold(resolved, |p, name| p.join(name)))
+        }
+        _ => Err(outside()),
     }
+}
+
+/// A path value that must be exactly `pinned`, the job's `what`.
+fn pinned_path(
+    value: &str,
+    site: &CallSite<'_>,
+    pinned: Option<&Path>,
+    what: &str,
+) -> Result<Option<String>, String> {
+    let Some(pinned) = pinned else {
+        return Err(format!("{value:?}: the job has no {what} to build"));
+    };
+    match existing_in_workspace(value, site) {
+        Ok(resolved) if resolved == pinned => Ok(canonical(resolved)),
+        _ => Err(format!(
+            "{value:?} is not the job's {what}; only {} is",
+            pinned.display()
+        )),
+    }
+}
+
+/// What a program gets for a path value: the one the host checked.
+fn canonical(path: PathBuf) -> Option<String> {
+    Some(path.display().to_string())
 }
 
 /// `program arg arg …`, long calls shortened, for messages.
@@ -670,10 +773,15 @@ mod tests {
             std::os::unix::fs::symlink("/etc", dir.path().join("out")).unwrap();
             std::os::unix::fs::symlink("src", dir.path().join("inside")).unwrap();
             let secrets = [("token".to_string(), PathBuf::from("/state/secrets/token"))].into();
+            let dockerfile = dir.path().join("src/Dockerfile").canonicalize().unwrap();
+            let context = dir.path().join("src").canonicalize().unwrap();
             Site {
                 dir,
                 values: JobValues {
                     secrets,
+                    dockerfile: Some(dockerfile),
+                    context: Some(context),
+                    build_args: [("A".to_string(), "1".to_string())].into(),
                     registry_cache: Some("127.0.0.1:5000/cache/0123456789abcdef".into()),
                     engine_image: Some("helix.local/job-0123456789abcdef".into()),
                     ..JobValues::default()
@@ -794,10 +902,10 @@ mod tests {
         )]);
         let site = Site::new();
         let ok: &[&[&str]] = &[
-            &["--root", "storage", "build", "--isolation", "oci", "src"],
+            &["--root", "inside", "build", "--isolation", "oci", "src"],
             &[
                 "--root",
-                "storage",
+                "inside",
                 "build",
                 "--isolation",
                 "oci",
@@ -807,7 +915,7 @@ mod tests {
             ],
             &[
                 "--root",
-                "storage",
+                "inside",
                 "build",
                 "--isolation",
                 "oci",
@@ -817,7 +925,7 @@ mod tests {
             ],
             &[
                 "--root",
-                "storage",
+                "inside",
                 "build",
                 "-f=src/Dockerfile",
                 "--isolation",
@@ -838,7 +946,7 @@ mod tests {
             (
                 &[
                     "--root",
-                    "storage",
+                    "inside",
                     "build",
                     "--isolation",
                     "oci",
@@ -851,7 +959,7 @@ mod tests {
             (
                 &[
                     "--root",
-                    "storage",
+                    "inside",
                     "build",
                     "--isolation",
                     "oci",
@@ -863,7 +971,7 @@ mod tests {
             (
                 &[
                     "--root",
-                    "storage",
+                    "inside",
                     "build",
                     "--isolation",
                     "oci",
@@ -874,13 +982,13 @@ mod tests {
                 "--runtime is not granted",
             ),
             (
-                &["--root", "storage", "build", "--isolation", "chroot", "src"],
+                &["--root", "inside", "build", "--isolation", "chroot", "src"],
                 "expected \"oci\", got \"chroot\"",
             ),
             (
                 &[
                     "--root",
-                    "storage",
+                    "inside",
                     "build",
                     "--isolation",
                     "oci",
@@ -892,7 +1000,7 @@ mod tests {
             (
                 &[
                     "--root",
-                    "storage",
+                    "inside",
                     "build",
                     "--isolation",
                     "oci",
@@ -907,13 +1015,13 @@ mod tests {
                 "outside the job workspace",
             ),
             (
-                &["--root", "storage", "build", "--isolation", "oci", "/etc"],
+                &["--root", "inside", "build", "--isolation", "oci", "/etc"],
                 "outside the job workspace",
             ),
             (
                 &[
                     "--root",
-                    "storage",
+                    "inside",
                     "build",
                     "--isolation",
                     "oci",
@@ -926,7 +1034,7 @@ mod tests {
             (
                 &[
                     "--root",
-                    "storage",
+                    "inside",
                     "build",
                     "--isolation",
                     "oci",
@@ -936,7 +1044,7 @@ mod tests {
                 "not granted",
             ),
             (
-                &["--root", "storage", "build", "--isolation", "oci"],
+                &["--root", "inside", "build", "--isolation", "oci"],
                 "requires",
             ),
         ];
@@ -954,9 +1062,12 @@ mod tests {
         let policy = policy(vec![grant("podman", &["push", "*", "oci:{path}"])]);
         let site = Site::new();
         for (dest, allowed) in [
-            ("oci:image", true),
-            ("oci:image/new/deeper", true),
-            ("oci:inside/layout", true),
+            ("oci:src", true),
+            ("oci:src/Dockerfile", true),
+            ("oci:inside/Dockerfile", true),
+            // Only what exists: a new path is an `output`.
+            ("oci:image", false),
+            ("oci:image/new/deeper", false),
             // Programs see host paths: /workspace is not the workspace.
             ("oci:/workspace/image", false),
             ("oci:out", false),
@@ -1103,7 +1214,7 @@ mod tests {
         let site = Site::new();
         let policy = policy(vec![with_options(
             "podman",
-            &["build", "{path}"],
+            &["build", "*"],
             &[("--secret", ValueType::Secret)],
         )]);
         assert_eq!(
@@ -1139,7 +1250,7 @@ mod tests {
         let mut site = Site::new();
         let policy = policy(vec![with_options(
             "podman",
-            &["build", "{path}"],
+            &["build", "*"],
             &[
                 ("--cache-from", ValueType::Cache),
                 ("--cache-to", ValueType::Cache),
@@ -1272,6 +1383,172 @@ mod tests {
     }
 
     #[test]
+    fn paths_reach_the_program_as_the_canonical_path_the_host_checked() {
+        let policy = policy(vec![with_options(
+            "podman",
+            &["build", "{dir}"],
+            &[("--file", ValueType::Path), ("--out", ValueType::Output)],
+        )]);
+        let site = Site::new();
+        let root = site.dir.path().canonicalize().unwrap();
+        let args = site
+            .resolve(
+                &policy,
+                "podman",
+                &[
+                    "build",
+                    "--file=inside/Dockerfile",
+                    "--out",
+                    "inside/new",
+                    "inside",
+                ],
+            )
+            .unwrap();
+        assert_eq!(
+            args,
+            [
+                "build".to_string(),
+                format!("--file={}", root.join("src/Dockerfile").display()),
+                "--out".to_string(),
+                root.join("src/new").display().to_string(),
+                root.join("src").display().to_string(),
+            ]
+        );
+        // What a tool would fetch: a URL, a `//host` path, `host:path`.
+        for value in [
+            "http://127.0.0.1:1/x",
+            "https://evil.example/Dockerfile",
+            "git://127.0.0.1/repo.git",
+            "github.com/x/y",
+            "//127.0.0.1/share",
+            "127.0.0.1:/srv",
+            "",
+        ] {
+            let denial = site
+                .check(&policy, "podman", &["build", value])
+                .unwrap_err()
+                .0;
+            assert!(
+                denial.contains("does not exist") || denial.contains("outside"),
+                "{value}: {denial}"
+            );
+        }
+        // A checkout can hold a directory named like a URL: it is handed
+        // over as the absolute path it is, which no tool reads as a URL.
+        std::fs::create_dir_all(site.dir.path().join("src/http:/127.0.0.1:1")).unwrap();
+        let args = site
+            .resolve(&policy, "podman", &["build", "src/http://127.0.0.1:1"])
+            .unwrap();
+        assert_eq!(
+            args[1],
+            root.join("src/http:/127.0.0.1:1").display().to_string()
+        );
+    }
+
+    #[test]
+    fn dockerfile_and_context_values_are_the_jobs_and_nothing_else() {
+        let policy = policy(vec![with_options(
+            "podman",
+            &["build", "-f", "{dockerfile}", "{context}"],
+            &[],
+        )]);
+        let mut site = Site::new();
+        std::fs::write(site.dir.path().join("src/Other"), "FROM scratch").unwrap();
+        let root = site.dir.path().canonicalize().unwrap();
+        let args = site
+            .resolve(
+                &policy,
+                "podman",
+                &["build", "-f", "inside/Dockerfile", "src"],
+            )
+            .unwrap();
+        assert_eq!(args[2], root.join("src/Dockerfile").display().to_string());
+        for other in [
+            "src/Other",
+            "src",
+            "out/passwd",
+            "http://127.0.0.1:1/Dockerfile",
+        ] {
+            let denial = site
+                .check(&policy, "podman", &["build", "-f", other, "src"])
+                .unwrap_err()
+                .0;
+            assert!(
+                denial.contains("is not the job's Dockerfile"),
+                "{other}: {denial}"
+            );
+        }
+        assert_eq!(args[3], root.join("src").display().to_string());
+        for other in [
+            ".",
+            "inside/..",
+            "out",
+            "/etc",
+            "src/Dockerfile",
+            "github.com/x/y",
+        ] {
+            let denial = site
+                .check(&policy, "podman", &["build", "-f", "src/Dockerfile", other])
+                .unwrap_err()
+                .0;
+            assert!(
+                denial.contains("is not the job's build context"),
+                "{other}: {denial}"
+            );
+        }
+        let denial = site
+            .check(&policy, "podman", &["build", "src"])
+            .unwrap_err()
+            .0;
+        assert!(denial.contains("expected \"-f\", got \"src\""), "{denial}");
+        site.values.dockerfile = None;
+        let denial = site
+            .check(&policy, "podman", &["build", "-f", "src/Dockerfile", "src"])
+            .unwrap_err()
+            .0;
+        assert!(denial.contains("the job has no Dockerfile"), "{denial}");
+    }
+
+    #[test]
+    fn a_build_arg_value_is_one_of_the_jobs_build_args_as_given() {
+        let policy = policy(vec![with_options(
+            "podman",
+            &["build", "**"],
+            &[("--build-arg", ValueType::BuildArg)],
+        )]);
+        let site = Site::new();
+        assert!(
+            site.check(&policy, "podman", &["build", "--build-arg=A=1"])
+                .is_ok()
+        );
+        assert!(
+            site.check(&policy, "podman", &["build", "--build-arg", "A=1"])
+                .is_ok()
+        );
+        for (value, why) in [
+            ("A", "has no value"),
+            ("REGISTRY_AUTH_FILE", "has no value"),
+            ("A=2", "not one of the job's build args"),
+            ("B=1", "not one of the job's build args"),
+            ("A=1=", "not one of the job's build args"),
+            ("BUILDKIT_SYNTAX=evil.example/fe", "BuildKit's own options"),
+            ("buildkit_syntax=evil.example/fe", "BuildKit's own options"),
+            ("HTTP_PROXY=http://10.0.0.1:3128", "proxy build args"),
+            ("no_proxy=*", "proxy build args"),
+        ] {
+            let denial = site
+                .check(
+                    &policy,
+                    "podman",
+                    &["build", &format!("--build-arg={value}")],
+                )
+                .unwrap_err()
+                .0;
+            assert!(denial.contains(why), "{value}: {denial}");
+        }
+    }
+
+    #[test]
     fn the_buildkit_grants_allow_the_kits_build_and_no_way_to_the_host() {
         let policy = crate::builtin::default_grants(
             "buildkit",
@@ -1300,6 +1577,11 @@ mod tests {
         assert!(
             allowed.contains(&"--secret=id=token,src=/state/secrets/token".to_string()),
             "{allowed:?}"
+        );
+        let root = site.dir.path().canonicalize().unwrap();
+        assert_eq!(
+            allowed[allowed.len() - 1],
+            root.join("src").display().to_string()
         );
         for (way_out, why) in [
             (&["--network=host"][..], "pinned"),

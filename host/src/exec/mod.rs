@@ -119,6 +119,14 @@ pub struct CommandRunner {
 pub struct JobValues {
     /// The job's build secrets, for `secret` values.
     pub secrets: SecretFiles,
+    /// The job's Dockerfile in its checkout, canonical, for `dockerfile`
+    /// values.
+    pub dockerfile: Option<PathBuf>,
+    /// The job's build context in its checkout, canonical, for `context`
+    /// values.
+    pub context: Option<PathBuf>,
+    /// The job's build args, for `build-arg` values.
+    pub build_args: BTreeMap<String, String>,
     /// The job's repository in the registry cache, for `cache` values.
     pub registry_cache: Option<String>,
     /// The run's control group: every program starts in it, and its

@@ -17,10 +17,10 @@ use crate::platform::Platform;
 
 pub use lifecycle::{State, TransitionError};
 pub use outcome::{BuildResult, FailureKind, Outcome};
-pub(crate) use request::validate_repo_url;
 pub use request::{
     InvalidJob, JobRequest, PRIORITIES, PRIORITY_AGING_SECS, SubmitPolicy, effective_priority,
 };
+pub(crate) use request::{reserved_build_arg, validate_repo_url};
 
 pub const MAX_ID_LEN: usize = 128;
 

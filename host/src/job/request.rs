@@ -515,6 +515,9 @@ fn validate_build_args(args: &BTreeMap<String, String>) -> Result<(), InvalidJob
                 format!("name {name:?} must match [A-Za-z_][A-Za-z0-9_]* (at most 128 characters)"),
             ));
         }
+        if let Some(why) = reserved_build_arg(name) {
+            return Err(InvalidJob::new("build_args", format!("{name}: {why}")));
+        }
         if value.len() > MAX_BUILD_ARG_VALUE || value.contains('\0') {
             return Err(InvalidJob::new(
                 "build_args",
@@ -523,6 +526,43 @@ fn validate_build_args(args: &BTreeMap<String, String>) -> Result<(), InvalidJob
         }
     }
     Ok(())
+}
+
+/// Why a build arg name is not the job's to set, if it is not.
+///
+/// - `BUILDKIT_*` are BuildKit's own options (`BUILDKIT_SYNTAX` chooses
+///   the frontend image, which the engine pulls and runs outside the
+///   `RUN` steps' sandbox).
+/// - The predefined proxy args (`HTTP_PROXY`, `HTTPS_PROXY`, `FTP_PROXY`,
+///   `NO_PROXY`, `ALL_PROXY`, in either case) reach every `RUN` step
+///   without an `ARG` and are left out of the layer cache key by design,
+///   so a step built through one job's proxy would be served from the
+///   cache to the next job of the repository that builds without it.
+///   They are refused rather than given a cache slot of their own: a
+///   build step's way out is the builder's network policy, which the
+///   operator sets; a per-job proxy would route around it. Matched in any
+///   case, as the tools differ in which spellings they honour.
+pub(crate) fn reserved_build_arg(name: &str) -> Option<&'static str> {
+    const PROXIES: [&str; 5] = [
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "FTP_PROXY",
+        "NO_PROXY",
+        "ALL_PROXY",
+    ];
+    if name.to_ascii_uppercase().starts_with("BUILDKIT_") {
+        Some(
+            "BUILDKIT_* names are BuildKit's own options (its frontend among them), not build args",
+        )
+    } else if PROXIES.iter().any(|p| p.eq_ignore_ascii_case(name)) {
+        Some(
+            "proxy build args reach every RUN step without an ARG and are not part of the \
+             layer cache key, so one job's proxy would feed the next job's cache; a build's \
+             network is the builder's policy (builders.NAME.network)",
+        )
+    } else {
+        None
+    }
 }
 
 /// Every requested platform must be one `builder` can build on this host.
@@ -595,6 +635,47 @@ mod tests {
 
     use super::super::fixtures::{job, request};
     use super::*;
+
+    #[test]
+    fn build_args_the_tools_read_as_their_own_are_refused_at_submit() {
+        let policy = SubmitPolicy::for_builders("podman", ["podman"]);
+        for name in [
+            "BUILDKIT_SYNTAX",
+            "buildkit_inline_cache",
+            "http_proxy",
+            "HTTP_PROXY",
+            "Https_Proxy",
+            "FTP_PROXY",
+            "no_proxy",
+            "ALL_PROXY",
+        ] {
+            let refused = Job::from_request(
+                JobRequest {
+                    build_args: [(name.into(), "http://10.0.0.1:3128".into())].into(),
+                    ..request()
+                },
+                &policy,
+                Utc::now(),
+            )
+            .unwrap_err();
+            assert_eq!(refused.field, "build_args", "{name}");
+            assert!(
+                refused.message.starts_with(&format!("{name}: ")),
+                "{refused:?}"
+            );
+        }
+        for name in ["PROXY", "HTTP_PROXY_HOST", "MY_BUILDKIT_X"] {
+            let accepted = Job::from_request(
+                JobRequest {
+                    build_args: [(name.into(), "x".into())].into(),
+                    ..request()
+                },
+                &policy,
+                Utc::now(),
+            );
+            assert!(accepted.is_ok(), "{name}: {accepted:?}");
+        }
+    }
 
     #[test]
     fn request_defaults() {

@@ -167,11 +167,16 @@ async fn build(
             }
         }
     };
-    if commit.is_some()
-        && let Err(outcome) =
-            crate::source::check_context(&workspace, &job.context, &job.dockerfile_path)
-    {
-        return (commit, Err(outcome));
+    let mut values = values;
+    if commit.is_some() {
+        match crate::rules::check_source(&workspace, job, builder) {
+            Ok(checked) => {
+                values.dockerfile = Some(checked.checkout.dockerfile);
+                values.context = Some(checked.checkout.context);
+                values.build_args = job.build_args.clone();
+            }
+            Err(outcome) => return (commit, Err(outcome)),
+        }
     }
     let ctx = RunContext {
         log: log.clone(),

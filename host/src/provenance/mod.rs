@@ -32,6 +32,9 @@ use statement::{
     sha256_hex,
 };
 
+/// The name of the resolved dependency that is the Dockerfile built.
+pub const DOCKERFILE: &str = "dockerfile";
+
 /// The name of the job record holding a job's provenance.
 pub const RECORD: &str = "provenance";
 
@@ -55,7 +58,11 @@ pub struct BuildFacts<'a> {
     /// What the host pushed and confirmed.
     pub result: &'a BuildResult,
     pub builder: &'a BuilderInfo,
-    /// The base images the Dockerfile names, as resolved in the registry.
+    /// The sha256 (hex) of the Dockerfile the host checked and pinned the
+    /// build tool to.
+    pub dockerfile_sha256: &'a str,
+    /// The external images the build used, with their digests
+    /// ([`Provenance::base_images`]).
     pub base_images: Vec<ResourceDescriptor>,
     /// The job's audit trail so far (every program the builder ran).
     pub audit: &'a [u8],
@@ -111,6 +118,15 @@ impl Provenance {
             annotations: BTreeMap::from([("ref".to_string(), job.git_ref.clone())]),
             ..Default::default()
         }];
+        dependencies.push(ResourceDescriptor {
+            name: Some(DOCKERFILE.into()),
+            uri: Some(match job.context.as_str() {
+                "." => format!("git+{}#{}", job.repo_url, job.dockerfile_path),
+                context => format!("git+{}#{context}/{}", job.repo_url, job.dockerfile_path),
+            }),
+            digest: BTreeMap::from([("sha256".into(), facts.dockerfile_sha256.to_string())]),
+            ..Default::default()
+        });
         dependencies.extend(facts.base_images.iter().cloned());
         let builder = facts.builder;
         let grants = serde_json::to_vec(&builder.grants).unwrap_or_default();
@@ -216,21 +232,36 @@ impl Provenance {
         })
     }
 
-    /// Each base image `dockerfile` names (not `scratch`, not an earlier
-    /// stage, not one built from build args) with its digest in the
-    /// registry where it can be resolved.
-    pub async fn base_images(&self, dockerfile: &str) -> Vec<ResourceDescriptor> {
+    /// Each of `images` (the external images the parsed Dockerfile uses)
+    /// with its digest: the one the build tool used where the host could
+    /// ask it (`used`: the job's container storage after the build),
+    /// else the one the registry gives now. The annotation `resolvedBy`
+    /// says which (`build-tool` or `registry`).
+    pub async fn base_images(
+        &self,
+        images: &[String],
+        used: &BTreeMap<String, String>,
+    ) -> Vec<ResourceDescriptor> {
         let mut resolved = Vec::new();
-        for image in base_images(dockerfile) {
+        for image in images {
             let mut descriptor = ResourceDescriptor {
                 uri: Some(image.clone()),
                 ..Default::default()
             };
-            if let Ok(reference) = reference(&image)
-                && let Ok(Some(manifest)) = self.registry.manifest(&reference).await
-            {
+            let digest = match used.get(image) {
+                Some(digest) => Some((digest.clone(), "build-tool")),
+                None => match reference(image) {
+                    Ok(reference) => match self.registry.manifest(&reference).await {
+                        Ok(Some(manifest)) => Some((manifest.digest, "registry")),
+                        _ => None,
+                    },
+                    Err(_) => None,
+                },
+            };
+            if let Some((digest, by)) = digest {
                 descriptor.digest =
-                    BTreeMap::from([("sha256".into(), sha256_hex(&manifest.digest).to_string())]);
+                    BTreeMap::from([("sha256".into(), sha256_hex(&digest).to_string())]);
+                descriptor.annotations = BTreeMap::from([("resolvedBy".into(), by.into())]);
             }
             resolved.push(descriptor);
         }
@@ -245,35 +276,6 @@ fn repository_of(image: &str) -> String {
         Some((repository, tag)) if !tag.contains('/') => repository.to_string(),
         _ => image.to_string(),
     }
-}
-
-/// The images `FROM` lines name, in order, without repeats: not
-/// `scratch`, not a stage named earlier, not one that needs a build arg.
-fn base_images(dockerfile: &str) -> Vec<String> {
-    let mut stages: Vec<String> = Vec::new();
-    let mut images: Vec<String> = Vec::new();
-    for line in dockerfile.lines().map(str::trim) {
-        let mut words = line.split_whitespace();
-        if !words.next().is_some_and(|w| w.eq_ignore_ascii_case("FROM")) {
-            continue;
-        }
-        let mut words = words.skip_while(|w| w.starts_with("--"));
-        let Some(image) = words.next() else { continue };
-        let lower = image.to_ascii_lowercase();
-        if lower != "scratch"
-            && !image.contains('$')
-            && !stages.contains(&lower)
-            && !images.iter().any(|i| i == image)
-        {
-            images.push(image.to_string());
-        }
-        if words.next().is_some_and(|w| w.eq_ignore_ascii_case("AS"))
-            && let Some(stage) = words.next()
-        {
-            stages.push(stage.to_ascii_lowercase());
-        }
-    }
-    images
 }
 
 /// What [`verify`] found: an image whose attestation holds.
@@ -367,23 +369,6 @@ pub async fn verify(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn base_images_skip_scratch_stages_and_build_args() {
-        let dockerfile = "\
-            ARG BASE=debian\n\
-            FROM --platform=$BUILDPLATFORM 127.0.0.1:5000/base:1 AS build\n\
-            RUN make\n\
-            from build AS tested\n\
-            FROM ${BASE}:12\n\
-            FROM scratch\n\
-            FROM 127.0.0.1:5000/base:1\n\
-            FROM 127.0.0.1:5000/runtime@sha256:abc\n";
-        assert_eq!(
-            base_images(dockerfile),
-            ["127.0.0.1:5000/base:1", "127.0.0.1:5000/runtime@sha256:abc"]
-        );
-    }
 
     #[test]
     fn a_repository_is_the_image_without_tag_or_digest() {

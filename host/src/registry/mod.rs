@@ -91,17 +91,31 @@ impl RegistrySettings {
         text
     }
 
-    /// Variables that point a build tool at these settings, given where
-    /// the job's `registries.conf` was written.
-    pub fn program_env(&self, registries_conf: &Path) -> BTreeMap<String, String> {
+    /// Writes a run's copy of these settings into `state` (outside the
+    /// job workspace): its `registries.conf` and, with credentials, a copy
+    /// of the auth file (mode 0600) removed with the run, so no program
+    /// of a job learns where the operator keeps the credentials. The
+    /// variables that point a build tool at them.
+    pub fn write_for_run(&self, state: &Path) -> std::io::Result<BTreeMap<String, String>> {
+        let registries_conf = state.join("registries.conf");
+        std::fs::write(&registries_conf, self.registries_conf())?;
         let mut env = BTreeMap::from([(
             "CONTAINERS_REGISTRIES_CONF".to_string(),
             registries_conf.display().to_string(),
         )]);
         if let Some(file) = &self.auth_file {
-            env.insert("REGISTRY_AUTH_FILE".into(), file.display().to_string());
+            use std::io::Write as _;
+            use std::os::unix::fs::OpenOptionsExt as _;
+            let copy = state.join(crate::workspace::RUN_AUTH_FILE);
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&copy)?
+                .write_all(&std::fs::read(file)?)?;
+            env.insert("REGISTRY_AUTH_FILE".into(), copy.display().to_string());
         }
-        env
+        Ok(env)
     }
 }
 
@@ -128,7 +142,10 @@ mod tests {
             ),
             ("registry.example".to_string(), RegistryConfig::default()),
         ]);
-        let settings = RegistrySettings::new(registries, Some("/etc/helix/auth.json".into()));
+        let dir = tempfile::tempdir().unwrap();
+        let auth = dir.path().join("operator-auth.json");
+        std::fs::write(&auth, r#"{"auths": {}}"#).unwrap();
+        let settings = RegistrySettings::new(registries, Some(auth.clone()));
         let conf = settings.registries_conf();
         let parsed: toml::Value = toml::from_str(&conf).unwrap();
         let entries = parsed["registry"].as_array().unwrap();
@@ -140,8 +157,26 @@ mod tests {
         assert_eq!(entries[2]["insecure"].as_bool(), Some(false));
         assert!(settings.is_insecure("127.0.0.1:5000/team/app:1"));
         assert!(!settings.is_insecure("registry.example/team/app:1"));
-        let env = settings.program_env(Path::new("/state/registries.conf"));
-        assert_eq!(env["REGISTRY_AUTH_FILE"], "/etc/helix/auth.json");
-        assert_eq!(env["CONTAINERS_REGISTRIES_CONF"], "/state/registries.conf");
+        let state = dir.path().join("state");
+        std::fs::create_dir(&state).unwrap();
+        let env = settings.write_for_run(&state).unwrap();
+        let copy = state.join("auth.json");
+        assert_eq!(env["REGISTRY_AUTH_FILE"], copy.display().to_string());
+        assert_eq!(std::fs::read(&copy).unwrap(), std::fs::read(&auth).unwrap());
+        use std::os::unix::fs::PermissionsExt as _;
+        assert_eq!(copy.metadata().unwrap().permissions().mode() & 0o777, 0o600);
+        assert!(
+            !env.values().any(|v| v.contains("operator-auth")),
+            "{env:?}"
+        );
+        let conf = state.join("registries.conf");
+        assert_eq!(
+            env["CONTAINERS_REGISTRIES_CONF"],
+            conf.display().to_string()
+        );
+        assert_eq!(
+            std::fs::read_to_string(conf).unwrap(),
+            settings.registries_conf()
+        );
     }
 }

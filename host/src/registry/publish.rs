@@ -223,6 +223,46 @@ impl Publisher {
         Ok(result)
     }
 
+    /// The digest of each of `images` in the job's container storage after
+    /// its build: what the build tool pulled (or found there, from an
+    /// earlier job of the same cache slot) and built on, which can differ
+    /// from what the tag names in the registry now. An image the storage
+    /// does not hold is left out.
+    pub async fn storage_digests(
+        &self,
+        images: &[String],
+        env: &BTreeMap<String, String>,
+        workspace: &Path,
+        log: &JobLog,
+        cancel: &CancelSignal,
+        cgroup: Option<&RunCgroup>,
+    ) -> BTreeMap<String, String> {
+        let mut digests = BTreeMap::new();
+        for image in images {
+            let args = strings(&["image", "inspect", "--format", "{{.Digest}}", image]);
+            let inspected = HostCommand {
+                program: "podman",
+                args: &args,
+                env,
+                cwd: workspace,
+                timeout: Some(QUERY_TIMEOUT),
+                log,
+                cancel,
+                cgroup,
+            }
+            .run()
+            .await;
+            if let Ok(output) = inspected
+                && output.exit_code == 0
+                && let Some(digest) = output.stdout.lines().next()
+                && digest.starts_with("sha256:")
+            {
+                digests.insert(image.clone(), digest.trim().to_string());
+            }
+        }
+        digests
+    }
+
     /// Pushes each platform's image from the engine through its API, as
     /// `docker push` does (layers the registry has are not sent again)
     /// and, for several, the index of them; the digest of what `image`

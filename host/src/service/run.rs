@@ -2,6 +2,7 @@
 //! fresh workspace, the host's checkout, the builder's run, the host's
 //! push and registry check, and the outcome recorded.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use chrono::Utc;
@@ -292,14 +293,12 @@ impl Inner {
         }
         let failed = !matches!(outcome, Outcome::Succeeded(_));
         if failed && self.config.keep_failed_workspaces {
-            // Never the secrets: they outlive no job.
-            if let Err(e) = std::fs::remove_dir_all(dirs.secrets())
-                && e.kind() != std::io::ErrorKind::NotFound
-            {
+            // Never the secrets or credentials: they outlive no job.
+            if let Err(e) = dirs.remove_secrets() {
                 tracing::error!(job = %job.id, "could not remove the job's build secrets: {e}");
             }
             log.push(&format!(
-                "[helix] workspace kept for debugging (without its build secrets): {}",
+                "[helix] workspace kept for debugging (without its build secrets and credentials): {}",
                 dirs.root().display()
             ));
             dirs.keep();
@@ -325,8 +324,8 @@ impl Inner {
         } = attempt;
         let workspace = dirs.workspace();
         let simulated = builder.info().simulated;
-        let (image, commit, dockerfile) = if simulated {
-            (None, None, String::new())
+        let (image, commit, source) = if simulated {
+            (None, None, None)
         } else {
             let Some(image) =
                 crate::reference::job_image(job, self.config.default_registry.as_deref())
@@ -353,14 +352,8 @@ impl Inner {
                 .checkout
                 .fetch(job, &workspace, log, cancel, cgroup.as_deref())
                 .await?;
-            let dockerfile =
-                crate::source::check_context(&workspace, &job.context, &job.dockerfile_path)?;
-            if builder.engine().is_some()
-                && let Some(why) = crate::engine::chosen_frontend(&dockerfile, &job.build_args)
-            {
-                return Err(Outcome::failed(FailureKind::InvalidJob, why));
-            }
-            (Some(image), Some(commit), dockerfile)
+            let source = crate::rules::check_source(&workspace, job, builder)?;
+            (Some(image), Some(commit), Some(source))
         };
         let secrets = self
             .config
@@ -385,6 +378,9 @@ impl Inner {
             commit: commit.clone(),
             values: JobValues {
                 secrets,
+                dockerfile: source.as_ref().map(|s| s.checkout.dockerfile.clone()),
+                context: source.as_ref().map(|s| s.checkout.context.clone()),
+                build_args: job.build_args.clone(),
                 registry_cache: builder.registry_cache_for(job),
                 cgroup: cgroup.clone(),
                 engine_image: engine_image.map(String::from),
@@ -424,14 +420,33 @@ impl Inner {
                     )
                     .await
                     .map_err(|outcome| outcome.redacted(|text| log.redact(text)))?;
-                if let Some(provenance) = &self.config.provenance {
+                if let Some(provenance) = &self.config.provenance
+                    && let Some(source) = &source
+                {
+                    let used = match (&built, builder.engine()) {
+                        (Built::LocalImage, None) => {
+                            self.config
+                                .publisher
+                                .storage_digests(
+                                    &source.external_images,
+                                    &env,
+                                    &workspace_dir,
+                                    log,
+                                    cancel,
+                                    cgroup.as_deref(),
+                                )
+                                .await
+                        }
+                        _ => BTreeMap::new(),
+                    };
                     let (_, trail) = audit.stored();
                     let facts = BuildFacts {
                         job,
                         commit: commit.as_deref().unwrap_or_default(),
                         result: &result,
                         builder: builder.info(),
-                        base_images: provenance.base_images(&dockerfile).await,
+                        dockerfile_sha256: &source.dockerfile_sha256,
+                        base_images: provenance.base_images(&source.external_images, &used).await,
                         audit: trail.as_bytes(),
                     };
                     self.attest(provenance, &facts, log).await?;

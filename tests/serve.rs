@@ -1,9 +1,7 @@
 //! End to end: the real `helix-build` binary, started with no config file,
 //! driven over HTTP on a loopback port.
 
-mod common;
-
-use common::Server;
+use crate::common::Server;
 use helix_fixtures as fixtures;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;

@@ -1,6 +1,5 @@
 //! What the end-to-end tests share: the real `helix-build serve`
 //! process, driven over plain HTTP/1.1.
-#![allow(dead_code)] // each test target uses its own part
 
 pub mod browser;
 

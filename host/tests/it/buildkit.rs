@@ -5,12 +5,12 @@
 //! Needs root, docker.io, podman, buildah, skopeo, git, docker-registry
 //! and busybox-static, as `.ci/run` installs them.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::process::Command;
 
-use common::{image_name, pull, start, with_engine};
+use crate::common::{image_name, pull, start, with_engine};
 use helix_build::job::{Job, JobRequest, State};
 use helix_fixtures::{Dockerd, Registry, Repo};
 

@@ -17,8 +17,8 @@
 //! busybox-static, docker.io and rustc (for the breakout helper), as
 //! `.ci/run` has.
 
-mod common;
-use common::LogText as _;
+use crate::common;
+use crate::common::LogText as _;
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -26,7 +26,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use common::{finished, start};
+use crate::common::{finished, start};
 use helix_build::config::BuilderConfig;
 use helix_build::job::{JobRequest, State};
 use helix_build::network::BuildNetwork;

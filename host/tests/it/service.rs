@@ -1,13 +1,13 @@
 //! The service end to end through the library: real components in wasmtime,
 //! real worker pool, no test doubles.
 
-mod common;
-use common::LogText as _;
+use crate::common;
+use crate::common::LogText as _;
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use common::{config, finished, on_builder, simulated, start, until_running};
+use crate::common::{config, finished, on_builder, simulated, start, until_running};
 use helix_build::job::{JobRequest, State};
 use helix_build::service::ServiceError;
 

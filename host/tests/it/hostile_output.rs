@@ -3,8 +3,8 @@
 //! binary, so the peak resident memory it measures is this scenario's
 //! alone. Needs what the real-build tests need (see real_build.rs).
 
-mod common;
-use common::LogText as _;
+use crate::common;
+use crate::common::LogText as _;
 
 use std::time::Duration;
 

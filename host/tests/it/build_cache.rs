@@ -3,7 +3,7 @@
 //! nothing behind in the shared storage (checked with the tools' own
 //! listings). Needs what the real-build tests need (see real_build.rs).
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

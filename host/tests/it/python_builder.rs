@@ -3,7 +3,7 @@
 //! it), loaded by the service like any component, and running real podman
 //! builds under the built-in podman builder's grants.
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 use std::process::Command;

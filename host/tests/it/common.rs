@@ -2,8 +2,6 @@
 //! components (the built-in ones and the misbehaving ones in
 //! plugins/testing/), each in its own temporary data directory.
 
-#![allow(dead_code)] // each test binary uses a different subset
-
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;

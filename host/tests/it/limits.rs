@@ -3,8 +3,8 @@
 //! limit, while a job beside them builds. Needs what the real-build tests
 //! need (see real_build.rs), as root: the limits are control groups.
 
-mod common;
-use common::LogText as _;
+use crate::common;
+use crate::common::LogText as _;
 
 use std::path::Path;
 

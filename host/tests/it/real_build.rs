@@ -5,8 +5,8 @@
 //! Needs root, podman, buildah, docker.io, skopeo, git, docker-registry
 //! and busybox-static, as `.ci/run` installs them.
 
-mod common;
-use common::LogText as _;
+use crate::common;
+use crate::common::LogText as _;
 
 use helix_fixtures::{Registry, Repo};
 
@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{image_name, pull, pull_as, start, until_logged, until_running};
+use crate::common::{image_name, pull, pull_as, start, until_logged, until_running};
 use helix_build::config::RegistryConfig;
 use helix_build::job::{Job, JobRequest, State};
 use helix_build::secrets::SecretSource;

@@ -2,8 +2,7 @@
 //! implementations — SQLite (with the local queue) and a real PostgreSQL
 //! server — and the shared queue's claims and leases with two hosts.
 
-mod common;
-use common::LogText as _;
+use crate::common::LogText as _;
 use helix_build::log::LogLine;
 
 use std::sync::Arc;

@@ -1,14 +1,13 @@
 //! The durable store under the service: history survives a restart, and
 //! jobs an earlier process left running are recovered. Real SQLite files.
 
-mod common;
-use common::LogText as _;
+use crate::common::LogText as _;
 use helix_build::log::LogLine;
 
 use std::time::Duration;
 
+use crate::common::{config, finished, simulated, start, until_running};
 use chrono::Utc;
-use common::{config, finished, simulated, start, until_running};
 use helix_build::config::StoreLocation;
 use helix_build::job::{Job, JobId, JobRequest, State, SubmitPolicy};
 use helix_build::service::ServiceError;

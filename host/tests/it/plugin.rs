@@ -1,11 +1,11 @@
 //! Loading components: the on-disk compile cache, refusing files that are
 //! not builders, and what a job instance is given.
 
-mod common;
+use crate::common;
 
 use std::time::Instant;
 
-use common::{config, finished, own_cache, simulated, start};
+use crate::common::{config, finished, own_cache, simulated, start};
 use helix_build::app;
 use helix_build::config::BuilderConfig;
 use helix_build::job::State;

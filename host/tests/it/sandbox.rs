@@ -2,14 +2,13 @@
 //! its own job with the right state and a cause, nothing escapes, and a
 //! normal job alongside still succeeds.
 
-mod common;
-use common::LogText as _;
+use crate::common::LogText as _;
 use helix_build::workspace::run_name;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::{
+use crate::common::{
     config, finished, on_builder, simulated, start, survivors, until_logged, until_running,
 };
 use helix_build::job::{JobRequest, State};

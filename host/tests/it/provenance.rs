@@ -4,7 +4,7 @@
 //! fallback tag is what is exercised), verified with the public key, and
 //! forgeries refused each for its own reason.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::process::Command;

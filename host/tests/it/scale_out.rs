@@ -3,13 +3,13 @@
 //! run exactly once, a job running on one host is cancelled through
 //! another, and a database restart loses no job.
 
-mod common;
-use common::LogText as _;
+use crate::common;
+use crate::common::LogText as _;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::{config, finished, simulated, start, until_running};
+use crate::common::{config, finished, simulated, start, until_running};
 use helix_build::job::{JobId, JobRequest, State};
 use helix_build::service::{Service, ServiceError};
 use helix_fixtures::Postgres;

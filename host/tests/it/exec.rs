@@ -1,13 +1,11 @@
 //! The command runner with real processes: grants, environment, working
 //! directories, live output, caps, redaction, and killing process groups.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{program, survivors};
+use crate::common::{program, survivors};
 use helix_build::audit::AuditTrail;
 use helix_build::cancel::CancelSignal;
 use helix_build::exec::{

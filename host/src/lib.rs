@@ -4,10 +4,12 @@
 //! fresh wasm instance of the job's builder) → an [`job::Outcome`] the
 //! service records.
 
+// The core types, at the paths the rest of the host names them by.
+pub use helix_core::{audit, backoff, job, log, manifest, platform, reference};
+pub use helix_store::{self as store, queue};
+
 pub mod api;
 pub mod app;
-pub mod audit;
-pub mod backoff;
 pub mod builtin;
 pub mod cache;
 pub mod cancel;
@@ -18,22 +20,15 @@ pub mod dashboard;
 pub mod engine;
 pub mod exec;
 pub mod hooks;
-pub mod job;
-pub mod log;
-pub mod manifest;
 pub mod network;
 pub mod notify;
 pub mod openapi;
-pub mod platform;
 pub mod plugin;
 pub mod provenance;
-pub mod queue;
 pub mod quota;
-pub mod reference;
 pub mod registry;
 pub mod rules;
 pub mod secrets;
 pub mod service;
 pub mod source;
-pub mod store;
 pub mod workspace;

@@ -327,8 +327,7 @@ impl Inner {
         let (image, commit, source) = if simulated {
             (None, None, None)
         } else {
-            let Some(image) =
-                crate::reference::job_image(job, self.config.default_registry.as_deref())
+            let Some(image) = crate::job::job_image(job, self.config.default_registry.as_deref())
             else {
                 return Err(Outcome::failed(
                     FailureKind::InvalidJob,

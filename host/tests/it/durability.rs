@@ -2,7 +2,7 @@
 //! jobs an earlier process left running are recovered. Real SQLite files.
 
 use crate::common::LogText as _;
-use helix_build::log::LogLine;
+use helix_build::log::{LogLine, LogSink as _};
 
 use std::time::Duration;
 

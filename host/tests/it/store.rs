@@ -3,7 +3,7 @@
 //! server — and the shared queue's claims and leases with two hosts.
 
 use crate::common::LogText as _;
-use helix_build::log::LogLine;
+use helix_build::log::{LogLine, LogSink as _};
 
 use std::sync::Arc;
 use std::time::Duration;

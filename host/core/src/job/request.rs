@@ -147,7 +147,7 @@ const MAX_PLATFORMS: usize = 16;
 const DEFAULT_REF: &str = "HEAD";
 const DEFAULT_DOCKERFILE: &str = "Dockerfile";
 /// The checkout's root, as a context.
-pub(crate) const ROOT_CONTEXT: &str = ".";
+pub const ROOT_CONTEXT: &str = ".";
 const MAX_LABELS: usize = 64;
 const MAX_LABEL_VALUE: usize = 4 * 1024;
 const MAX_SECRETS: usize = 32;
@@ -297,7 +297,7 @@ fn validate_group(
     Ok(Some(group))
 }
 
-pub(crate) fn validate_repo_url(url: &str, allow_file_repos: bool) -> Result<(), InvalidJob> {
+pub fn validate_repo_url(url: &str, allow_file_repos: bool) -> Result<(), InvalidJob> {
     let err = |message: String| Err(InvalidJob::new("repo_url", message));
     if url.is_empty() || url.len() > 2048 {
         return err("must be 1 to 2048 characters".into());
@@ -542,7 +542,7 @@ fn validate_build_args(args: &BTreeMap<String, String>) -> Result<(), InvalidJob
 ///   build step's way out is the builder's network policy, which the
 ///   operator sets; a per-job proxy would route around it. Matched in any
 ///   case, as the tools differ in which spellings they honour.
-pub(crate) fn reserved_build_arg(name: &str) -> Option<&'static str> {
+pub fn reserved_build_arg(name: &str) -> Option<&'static str> {
     const PROXIES: [&str; 5] = [
         "HTTP_PROXY",
         "HTTPS_PROXY",

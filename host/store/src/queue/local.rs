@@ -9,9 +9,9 @@ use futures_util::FutureExt as _;
 use tokio::sync::broadcast;
 
 use super::{Heartbeat, JobQueue, LostRun, Notice, Start};
-use crate::job::{Job, JobId, State, effective_priority};
-use crate::log::LogLine;
-use crate::store::{JobStore, Read, StoreError, StoredJob};
+use crate::{JobStore, Read, StoreError, StoredJob};
+use helix_core::job::{Job, JobId, State, effective_priority};
+use helix_core::log::LogLine;
 
 /// A queue only this host uses.
 pub struct LocalQueue {

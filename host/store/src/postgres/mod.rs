@@ -35,10 +35,10 @@ use super::{
     Commit, JobFilter, JobStore, OwedNotification, Read, StoreError, StoredJob, Writes, db_error,
     delivered_column, delivered_from_column, parse_job,
 };
-use crate::job::{Job, JobId, State};
-use crate::log::LogLine;
 use crate::queue::Notice;
 use conn::{Conn, migrate, open};
+use helix_core::job::{Job, JobId, State};
+use helix_core::log::{LogLine, LogSink};
 
 /// Channel told when jobs are queued (payload empty).
 const QUEUED_CHANNEL: &str = "helix_queued";
@@ -183,6 +183,12 @@ impl PostgresStore {
     }
 }
 
+impl LogSink for PostgresStore {
+    fn append_log(&self, id: &JobId, line: &LogLine, cap: usize) {
+        self.writes.log(id, line, cap);
+    }
+}
+
 impl JobStore for PostgresStore {
     fn insert(&self, job: &Job) -> Commit {
         self.writes.job(job, true)
@@ -190,10 +196,6 @@ impl JobStore for PostgresStore {
 
     fn update(&self, job: &Job) -> Commit {
         self.writes.job(job, false)
-    }
-
-    fn append_log(&self, id: &JobId, line: &LogLine, cap: usize) {
-        self.writes.log(id, line, cap);
     }
 
     fn put_record(&self, id: &JobId, name: &str, body: String) {

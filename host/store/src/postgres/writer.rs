@@ -10,8 +10,8 @@ use tokio_postgres::{Client, Statement};
 
 use super::conn::open;
 use super::{CHANGED_CHANNEL, QUEUED_CHANNEL, sql};
-use crate::job::JobId;
-use crate::store::{REMEMBERED_LOGS, StoreError, TRIM_EVERY, Write, acknowledge, db_error};
+use crate::{REMEMBERED_LOGS, StoreError, TRIM_EVERY, Write, acknowledge, db_error};
+use helix_core::job::JobId;
 
 /// Most writes committed in one transaction.
 const MAX_BATCH: usize = 1024;

@@ -110,35 +110,6 @@ fn is_path_component(component: &str) -> bool {
     true
 }
 
-/// Where a job's image goes: its `image` (tagged with the job id when it
-/// names no tag or digest), or `<default_registry>/<repository name>:<job
-/// id>`. `None` when the job names no image and there is no default.
-pub fn job_image(job: &crate::job::Job, default_registry: Option<&str>) -> Option<String> {
-    if let Some(image) = &job.image {
-        let last = image.rsplit('/').next().unwrap_or_default();
-        return Some(if last.contains(':') || last.contains('@') {
-            image.clone()
-        } else {
-            format!("{image}:{}", job.id)
-        });
-    }
-    let registry = default_registry?;
-    let name: String = job
-        .repo_url
-        .trim_end_matches('/')
-        .rsplit(['/', ':'])
-        .next()
-        .unwrap_or_default()
-        .trim_end_matches(".git")
-        .to_ascii_lowercase()
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-        .collect();
-    let name = name.trim_matches('-');
-    let name = if name.is_empty() { "image" } else { name };
-    Some(format!("{registry}/{name}:{}", job.id))
-}
-
 /// `(repository, tag)` of `host[:port]/path:tag`; `None` for a reference
 /// without a tag, or with a digest.
 pub fn split_tag(image: &str) -> Option<(&str, &str)> {

@@ -10,10 +10,10 @@ use tokio_postgres::Client;
 
 use super::conn::open;
 use super::{CANCEL_CHANNEL, CHANGED_CHANNEL, PostgresStore, QUEUED_CHANNEL};
-use crate::job::{Job, JobId, State};
-use crate::log::LogLine;
 use crate::queue::{Heartbeat, JobQueue, LostRun, Notice, Start};
-use crate::store::{JobStore, Read, StoreError, StoredJob, db_error, parse_job};
+use crate::{JobStore, Read, StoreError, StoredJob, db_error, parse_job};
+use helix_core::job::{Job, JobId, State};
+use helix_core::log::LogLine;
 
 impl PostgresStore {
     /// Appends a line the host wrote to a job's log at once, outside the

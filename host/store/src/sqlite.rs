@@ -25,8 +25,8 @@ use super::{
     StoredJob, TRIM_EVERY, Write, Writes, acknowledge, db_error, delivered_column,
     delivered_from_column, parse_job,
 };
-use crate::job::{Job, JobId, State};
-use crate::log::LogLine;
+use helix_core::job::{Job, JobId, State};
+use helix_core::log::{LogLine, LogSink};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how
 /// many have run.
@@ -486,6 +486,12 @@ fn ready<'a, T: Send + 'a>(result: Result<T, StoreError>) -> Read<'a, T> {
     std::future::ready(result).boxed()
 }
 
+impl LogSink for SqliteStore {
+    fn append_log(&self, id: &JobId, line: &LogLine, cap: usize) {
+        self.writes().log(id, line, cap);
+    }
+}
+
 impl JobStore for SqliteStore {
     fn insert(&self, job: &Job) -> Commit {
         self.writes().job(job, true)
@@ -493,10 +499,6 @@ impl JobStore for SqliteStore {
 
     fn update(&self, job: &Job) -> Commit {
         self.writes().job(job, false)
-    }
-
-    fn append_log(&self, id: &JobId, line: &LogLine, cap: usize) {
-        self.writes().log(id, line, cap);
     }
 
     fn put_record(&self, id: &JobId, name: &str, body: String) {

@@ -7,8 +7,12 @@
 //! history. Writes are ordered when they are *made* and made durable in
 //! batches (group commit): the returned [`Commit`] resolves once the write,
 //! and every write made before it, is durable.
+//!
+//! Where jobs wait to run lives beside it ([`queue`]): a queue claims
+//! jobs from the store it is built on.
 
 mod postgres;
+pub mod queue;
 mod sqlite;
 
 use std::time::Duration;
@@ -18,8 +22,8 @@ use futures_util::FutureExt as _;
 use futures_util::future::BoxFuture;
 use tokio::sync::oneshot;
 
-use crate::job::{Job, JobId, State};
-use crate::log::LogLine;
+use helix_core::job::{Job, JobId, State};
+use helix_core::log::{LogLine, LogSink};
 
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
@@ -100,16 +104,14 @@ pub type Commit = BoxFuture<'static, Result<(), StoreError>>;
 /// A read from the store.
 pub type Read<'a, T> = BoxFuture<'a, Result<T, StoreError>>;
 
-/// Where jobs live between restarts.
-pub trait JobStore: Send + Sync + 'static {
+/// Where jobs live between restarts; job logs are written through its
+/// [`LogSink`] side.
+pub trait JobStore: LogSink + Send + Sync + 'static {
     /// Records a newly accepted job; the commit fails with
     /// [`StoreError::Duplicate`] on an id that is already stored.
     fn insert(&self, job: &Job) -> Commit;
     /// Records a job's new state and result.
     fn update(&self, job: &Job) -> Commit;
-    /// Appends one log line to job `id`, keeping at most about `cap` lines.
-    /// Ordered with the other writes; nobody waits for it.
-    fn append_log(&self, id: &JobId, line: &LogLine, cap: usize);
 
     /// Stores document `name` of job `id` (a run's audit trail, the
     /// job's provenance), replacing one of that name; pruned with the

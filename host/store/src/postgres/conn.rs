@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio_postgres::{Client, NoTls, Statement};
 
-use crate::store::{StoreError, db_error};
+use crate::{StoreError, db_error};
 
 /// Schema migrations, applied in order; `helix_schema.version` records how
 /// many have run. The same tables as the SQLite store, plus the lease.

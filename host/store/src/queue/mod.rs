@@ -15,9 +15,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tokio::sync::broadcast;
 
-use crate::job::{Job, JobId, TransitionError};
-use crate::log::LogLine;
-use crate::store::{JobStore, Read, StoreError, StoredJob};
+use crate::{JobStore, Read, StoreError, StoredJob};
+use helix_core::job::{Job, JobId, TransitionError};
+use helix_core::log::LogLine;
 
 pub use local::LocalQueue;
 
@@ -34,7 +34,7 @@ pub trait JobQueue: Send + Sync + 'static {
     fn lease(&self) -> Option<Duration>;
 
     /// Stores a newly accepted, queued job and queues it; resolves once
-    /// that is durable. [`StoreError::Duplicate`](crate::store::StoreError)
+    /// that is durable. [`StoreError::Duplicate`](crate::StoreError)
     /// when the id is taken.
     fn enqueue<'a>(&'a self, job: &'a Job) -> Read<'a, ()>;
 

@@ -20,7 +20,7 @@ pub use outcome::{BuildResult, FailureKind, Outcome};
 pub use request::{
     InvalidJob, JobRequest, PRIORITIES, PRIORITY_AGING_SECS, SubmitPolicy, effective_priority,
 };
-pub(crate) use request::{reserved_build_arg, validate_repo_url};
+pub use request::{ROOT_CONTEXT, reserved_build_arg, validate_repo_url};
 
 pub const MAX_ID_LEN: usize = 128;
 
@@ -171,6 +171,35 @@ fn one() -> u32 {
 
 fn root_context() -> String {
     request::ROOT_CONTEXT.into()
+}
+
+/// Where a job's image goes: its `image` (tagged with the job id when it
+/// names no tag or digest), or `<default_registry>/<repository name>:<job
+/// id>`. `None` when the job names no image and there is no default.
+pub fn job_image(job: &Job, default_registry: Option<&str>) -> Option<String> {
+    if let Some(image) = &job.image {
+        let last = image.rsplit('/').next().unwrap_or_default();
+        return Some(if last.contains(':') || last.contains('@') {
+            image.clone()
+        } else {
+            format!("{image}:{}", job.id)
+        });
+    }
+    let registry = default_registry?;
+    let name: String = job
+        .repo_url
+        .trim_end_matches('/')
+        .rsplit(['/', ':'])
+        .next()
+        .unwrap_or_default()
+        .trim_end_matches(".git")
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    let name = name.trim_matches('-');
+    let name = if name.is_empty() { "image" } else { name };
+    Some(format!("{registry}/{name}:{}", job.id))
 }
 
 #[cfg(test)]

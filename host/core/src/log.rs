@@ -15,7 +15,14 @@ use chrono::{DateTime, SecondsFormat, SubsecRound as _, Utc};
 use tokio::sync::watch;
 
 use crate::job::{BuildSteps, JobId};
-use crate::store::JobStore;
+
+/// Where a job's log lines are also written, so they outlive this
+/// process: the job store.
+pub trait LogSink: Send + Sync {
+    /// Appends one log line to job `id`, keeping at most about `cap` lines.
+    /// Ordered with the sink's other writes; nobody waits for it.
+    fn append_log(&self, id: &JobId, line: &LogLine, cap: usize);
+}
 
 /// Longest line kept; longer ones are cut with a marker, so one runaway
 /// line cannot use the whole budget.
@@ -40,14 +47,14 @@ impl LogLine {
 
     /// A line read back from a store, which keeps its time in microseconds
     /// since the Unix epoch.
-    pub(crate) fn stored(text: String, at_micros: Option<i64>) -> Self {
+    pub fn stored(text: String, at_micros: Option<i64>) -> Self {
         LogLine {
             at: at_micros.and_then(DateTime::from_timestamp_micros),
             text,
         }
     }
 
-    pub(crate) fn at_micros(&self) -> Option<i64> {
+    pub fn at_micros(&self) -> Option<i64> {
         self.at.map(|at| at.timestamp_micros())
     }
 
@@ -82,7 +89,7 @@ pub struct JobLog {
     redactor: Redactor,
     inner: Mutex<Lines>,
     /// Where lines are also written, so they outlive this process.
-    persist: Option<(JobId, Arc<dyn JobStore>)>,
+    persist: Option<(JobId, Arc<dyn LogSink>)>,
     /// Publishes the number of lines ever pushed, for followers.
     pushed: watch::Sender<u64>,
 }
@@ -189,7 +196,7 @@ impl JobLog {
         cap: usize,
         redactor: Redactor,
         id: JobId,
-        store: Arc<dyn JobStore>,
+        store: Arc<dyn LogSink>,
         earlier: Vec<LogLine>,
     ) -> Self {
         let mut log = Self::restored(cap, redactor, earlier);

@@ -8,7 +8,7 @@ use tokio::sync::{broadcast, mpsc};
 use super::conn::connect;
 use super::{CANCEL_CHANNEL, CHANGED_CHANNEL, PostgresStore, QUEUED_CHANNEL};
 use crate::queue::Notice;
-use crate::store::{StoreError, db_error};
+use crate::{StoreError, db_error};
 
 /// How long to wait before reconnecting the listener after it lost the
 /// database.

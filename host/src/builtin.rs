@@ -133,3 +133,149 @@ fn real_builder_grants(tool: &str, network: BuildNetwork) -> Grants {
         ..Grants::default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+
+    use super::*;
+    use crate::exec::{CallSite, Denial, GrantPolicy, JobValues};
+
+    /// A real workspace with `src/Dockerfile` and a link `out` to the
+    /// host's `/etc`; the job builds `src` with build arg `A=1` and build
+    /// secret `token`, in the engine under its own name.
+    struct Site {
+        dir: tempfile::TempDir,
+        values: JobValues,
+    }
+
+    impl Site {
+        fn new() -> Site {
+            let dir = tempfile::tempdir().unwrap();
+            let src = dir.path().join("src");
+            std::fs::create_dir(&src).unwrap();
+            std::fs::write(src.join("Dockerfile"), "FROM scratch").unwrap();
+            std::os::unix::fs::symlink("/etc", dir.path().join("out")).unwrap();
+            let values = JobValues {
+                secrets: [("token".to_string(), PathBuf::from("/state/secrets/token"))].into(),
+                dockerfile: Some(src.join("Dockerfile").canonicalize().unwrap()),
+                context: Some(src.canonicalize().unwrap()),
+                build_args: [("A".to_string(), "1".to_string())].into(),
+                engine_image: Some("helix.local/job-0123456789abcdef".into()),
+                ..JobValues::default()
+            };
+            Site { dir, values }
+        }
+
+        fn root(&self) -> PathBuf {
+            self.dir.path().canonicalize().unwrap()
+        }
+
+        fn resolve(
+            &self,
+            policy: &GrantPolicy,
+            program: &str,
+            list: &[&str],
+        ) -> Result<Vec<String>, Denial> {
+            let root = self.root();
+            let args: Vec<String> = list.iter().map(|a| a.to_string()).collect();
+            let site = CallSite {
+                workspace: Path::new(&root),
+                cwd: Path::new(&root),
+                job: &self.values,
+            };
+            policy
+                .check(program, &args, &site)
+                .map(|granted| granted.args)
+        }
+
+        fn check(&self, policy: &GrantPolicy, program: &str, list: &[&str]) -> Result<(), Denial> {
+            self.resolve(policy, program, list).map(|_| ())
+        }
+    }
+
+    #[test]
+    fn the_buildkit_grants_allow_the_kits_build_and_no_way_to_the_host() {
+        let policy = default_grants("buildkit", BuildNetwork::None, "docker").resolve(|_| None);
+        let site = Site::new();
+        let build = |extra: &[&str]| {
+            let mut list = vec![
+                "build",
+                "--progress=plain",
+                "--network=none",
+                "--tag=helix.local/job-0123456789abcdef:linux-amd64",
+                "--platform=linux/amd64",
+                "-f",
+                "src/Dockerfile",
+                "--build-arg=A=1",
+                "--secret=id=token",
+            ];
+            list.extend(extra);
+            list.push("src");
+            site.resolve(&policy, "docker", &list)
+        };
+        let allowed = build(&[]).unwrap();
+        assert!(
+            allowed.contains(&"--secret=id=token,src=/state/secrets/token".to_string()),
+            "{allowed:?}"
+        );
+        let root = site.root();
+        assert_eq!(
+            allowed[allowed.len() - 1],
+            root.join("src").display().to_string()
+        );
+        for (way_out, why) in [
+            (&["--network=host"][..], "pinned"),
+            (&["--add-host=h:10.0.0.1"], "not granted"),
+            (&["--output=type=local,dest=out"], "not granted"),
+            (&["--iidfile=id"], "not granted"),
+            (&["--ssh=default"], "not granted"),
+            (&["--cgroup-parent=/"], "not granted"),
+            (&["--security-opt=seccomp=unconfined"], "not granted"),
+            (&["--cache-from=evil.example/x"], "not granted"),
+            (&["--tag=127.0.0.1:5000/team/app:1"], "pinned"),
+        ] {
+            let denial = build(way_out).unwrap_err().0;
+            assert!(denial.contains(why), "{way_out:?}: {denial}");
+        }
+        let refused = [
+            // Another job's name, or a name that is not the job's.
+            &[
+                "build",
+                "--progress=plain",
+                "--network=none",
+                "--tag=helix.local/job-ffff:x",
+                "src",
+            ][..],
+            // A context the engine would fetch, or one outside the workspace.
+            &[
+                "build",
+                "--progress=plain",
+                "--network=none",
+                "--tag=helix.local/job-0123456789abcdef",
+                "github.com/x/y",
+            ],
+            &[
+                "build",
+                "--progress=plain",
+                "--network=none",
+                "--tag=helix.local/job-0123456789abcdef",
+                "out",
+            ],
+            &[
+                "build",
+                "--progress=plain",
+                "--network=none",
+                "--tag=helix.local/job-0123456789abcdef",
+                "src/Dockerfile",
+            ],
+            // Another command, or a global option choosing the engine.
+            &["run", "--privileged", "-v", "/:/host", "busybox"],
+            &["-H", "tcp://10.0.0.1:2375", "build", "src"],
+            &["push", "helix.local/job-0123456789abcdef"],
+        ];
+        for call in refused {
+            assert!(site.check(&policy, "docker", call).is_err(), "{call:?}");
+        }
+    }
+}

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::log::Redactor;
+use helix_core::log::Redactor;
 
 /// Where one secret's value comes from, as written in the config file:
 /// exactly one of `env` and `file`.
@@ -30,7 +30,7 @@ pub struct SecretSource {
 impl SecretSource {
     /// The value, read now through `host_env` for a variable; errors name
     /// the config key `at`.
-    pub(crate) fn read(
+    pub fn read(
         &self,
         at: &str,
         host_env: impl Fn(&str) -> Option<String>,
@@ -59,7 +59,7 @@ pub struct BuildSecrets {
 /// Whether `given` is the secret whose SHA-256 is `expected`, compared
 /// digest to digest with a constant-time fold, so the time taken says
 /// nothing about how much of it matched (or how long the secret is).
-pub(crate) fn matches_digest(given: &[u8], expected: &sha2::digest::Output<sha2::Sha256>) -> bool {
+pub fn matches_digest(given: &[u8], expected: &sha2::digest::Output<sha2::Sha256>) -> bool {
     use sha2::Digest as _;
     let given = sha2::Sha256::digest(given);
     given
@@ -93,7 +93,7 @@ impl BuildSecrets {
     }
 
     /// The value of secret `name`.
-    pub(crate) fn value(&self, name: &str) -> Option<&str> {
+    pub fn value(&self, name: &str) -> Option<&str> {
         self.values.get(name).map(String::as_str)
     }
 

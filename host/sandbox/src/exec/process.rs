@@ -14,7 +14,7 @@ use tokio::process::{Child, Command};
 use super::{CommandOutput, OUTPUT_TAIL_BYTES, RunError};
 use crate::cancel::CancelSignal;
 use crate::cgroup::RunCgroup;
-use crate::log::{JobLog, human_bytes};
+use helix_core::log::{JobLog, human_bytes};
 
 /// Between SIGTERM and SIGKILL.
 pub const KILL_GRACE: Duration = Duration::from_secs(2);

@@ -21,11 +21,11 @@ pub use grant::{
 };
 pub use process::KILL_GRACE;
 
-use crate::audit::{AuditEntry, AuditTrail};
 use crate::cancel::CancelSignal;
 use crate::cgroup::RunCgroup;
-use crate::log::JobLog;
 use crate::secrets::SecretFiles;
+use helix_core::audit::{AuditEntry, AuditTrail};
+use helix_core::log::JobLog;
 
 /// Where the job workspace appears to a builder.
 pub const GUEST_WORKSPACE: &str = "/workspace";

@@ -1,0 +1,20 @@
+//! The sandbox: everything the host does on Linux to keep a builder, and
+//! the programs it is granted, inside what the operator allowed. Nothing
+//! is allowed by default.
+//!
+//! - [`exec`]: a builder's program calls checked against its grants, run
+//!   without a shell in a process group of their own, with an environment
+//!   made from the grants alone; the host's own helper commands alike.
+//! - [`cgroup`]: a control group per job run, its limits and the sweep
+//!   after a crash; [`quota`]: a file system of a fixed size per job
+//!   directory; [`network`]: the build steps' network.
+//! - [`secrets`]: build secrets, handed over as files the builder cannot
+//!   read and redacted from everything it sees.
+//! - [`cancel`]: stopping a run, and why.
+
+pub mod cancel;
+pub mod cgroup;
+pub mod exec;
+pub mod network;
+pub mod quota;
+pub mod secrets;

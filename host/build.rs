@@ -68,10 +68,6 @@ fn main() {
     }
 
     check_target_installed();
-    println!(
-        "cargo::rustc-env=HELIX_WIT_VERSION={}",
-        current_wit_version(&root.join("wit"))
-    );
 
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     // The outer build holds the lock on its own target dir.
@@ -133,59 +129,6 @@ fn main() {
         "cargo::rustc-env=HELIX_TESTING_PLUGIN_DIR={}",
         staged.display()
     );
-}
-
-/// The version in `package helix:build@X.Y.Z;`, so the host's idea of its
-/// contract version can never drift from the WIT it was built from.
-/// The version `wit/current` implements, checked against the layout:
-/// `wit/vX.Y.Z/` holds each published version, frozen, and `current`
-/// links to the newest, whose `world.wit` declares that version.
-fn current_wit_version(wit: &Path) -> String {
-    let current = std::fs::read_link(wit.join("current"))
-        .unwrap_or_else(|e| fail(&format!("wit/current must link to a version folder: {e}")));
-    let newest = std::fs::read_dir(wit)
-        .unwrap_or_else(|e| fail(&format!("reading {}: {e}", wit.display())))
-        .flatten()
-        .filter_map(|entry| {
-            let name = entry.file_name().into_string().ok()?;
-            let version = name.strip_prefix('v')?;
-            let parts: Vec<u64> = version
-                .split('.')
-                .map(|p| p.parse().ok())
-                .collect::<Option<_>>()?;
-            (parts.len() == 3).then_some((parts, name))
-        })
-        .max()
-        .map(|(_, name)| name)
-        .unwrap_or_else(|| fail("wit/ holds no version folder vX.Y.Z"));
-    if current != Path::new(&newest) {
-        fail(&format!(
-            "wit/current links to {}, but the newest version is {newest}",
-            current.display()
-        ));
-    }
-    let version = wit_version(&wit.join(&newest).join("world.wit"));
-    if newest != format!("v{version}") {
-        fail(&format!(
-            "wit/{newest}/world.wit declares helix:build@{version}; the folder must be v{version}"
-        ));
-    }
-    version
-}
-
-fn wit_version(world: &Path) -> String {
-    let text = std::fs::read_to_string(world)
-        .unwrap_or_else(|e| fail(&format!("reading {}: {e}", world.display())));
-    text.lines()
-        .find_map(|line| line.trim().strip_prefix("package helix:build@"))
-        .and_then(|rest| rest.strip_suffix(';'))
-        .map(str::to_string)
-        .unwrap_or_else(|| {
-            fail(&format!(
-                "{} declares no `package helix:build@X.Y.Z;`",
-                world.display()
-            ))
-        })
 }
 
 /// Stops with one line saying how to install the target when it is missing

@@ -492,7 +492,7 @@ pub struct TrialFiles {
 /// call it made and how the build ended; true if it succeeded.
 pub async fn plugin_test(files: TrialFiles) -> Result<bool, String> {
     use helix_build::plugin::Built;
-    use helix_build::plugin::trial::{Trial, run};
+    use helix_build::plugin_tools::trial::{Trial, run};
     let read = |path: &std::path::Path| {
         std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
     };
@@ -506,7 +506,7 @@ pub async fn plugin_test(files: TrialFiles) -> Result<bool, String> {
             helix_build::builtin::default_grants(
                 name,
                 helix_build::network::BuildNetwork::None,
-                helix_build::engine::DEFAULT_ENGINE_CLIENT,
+                helix_build::docker_engine::DEFAULT_ENGINE_CLIENT,
             )
         }
         (None, Some(name)) => {

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use crate::builtin;
 use crate::cache::BuildCache;
 use crate::cgroup::BuildLimits;
-use crate::engine::DockerEngine;
+use crate::docker_engine::DockerEngine;
 use crate::exec::{Grants, ValuePolicy};
 use crate::hooks::{HookRule, Webhooks};
 use crate::log::OutputCaps;
@@ -740,7 +740,7 @@ impl BuilderConfig {
     pub fn engine_client(&self) -> &str {
         self.engine_client
             .as_deref()
-            .unwrap_or(crate::engine::DEFAULT_ENGINE_CLIENT)
+            .unwrap_or(crate::docker_engine::DEFAULT_ENGINE_CLIENT)
     }
 
     pub fn limits(&self) -> Limits {

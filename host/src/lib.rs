@@ -6,7 +6,8 @@
 
 // The core types, at the paths the rest of the host names them by.
 pub use helix_core::{audit, backoff, job, log, manifest, platform, reference};
-pub use helix_sandbox::{cancel, cgroup, exec, network, quota, secrets};
+pub use helix_plugin as plugin;
+pub use helix_sandbox::{cancel, cgroup, docker_engine, exec, network, quota, secrets};
 pub use helix_store::{self as store, queue};
 
 pub mod api;
@@ -16,11 +17,10 @@ pub mod cache;
 pub mod client;
 pub mod config;
 pub mod dashboard;
-pub mod engine;
 pub mod hooks;
 pub mod notify;
 pub mod openapi;
-pub mod plugin;
+pub mod plugin_tools;
 pub mod provenance;
 pub mod registry;
 pub mod rules;

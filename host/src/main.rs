@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use helix_build::config::{Config, StoreLocation};
 use helix_build::provenance::dsse::SigningKey;
 use helix_build::store::SqliteStore;
-use helix_build::{api, app, plugin};
+use helix_build::{api, app, plugin, plugin_tools};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -176,7 +176,7 @@ enum PluginCommand {
     New {
         name: String,
         #[arg(long, value_enum)]
-        lang: plugin::scaffold::Lang,
+        lang: plugin_tools::scaffold::Lang,
         /// Where to make it (default: here).
         #[arg(long, default_value = ".")]
         dir: PathBuf,
@@ -242,7 +242,7 @@ async fn main() -> ExitCode {
         } => check_plugin(&file).await.map(|()| true),
         Command::Plugin {
             command: PluginCommand::New { name, lang, dir },
-        } => plugin::scaffold::create(&dir, &name, lang).map(|files| {
+        } => plugin_tools::scaffold::create(&dir, &name, lang).map(|files| {
             for file in &files {
                 println!("{}", file.display());
             }

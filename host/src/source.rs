@@ -16,12 +16,10 @@ use std::time::Duration;
 
 use crate::cancel::CancelSignal;
 use crate::cgroup::RunCgroup;
-use crate::exec::{CommandOutput, HostCommand, RunError};
+use crate::exec::{CommandOutput, HostCommand, RunError, SOURCE_DIR};
 use crate::job::{FailureKind, Job, Outcome};
 use crate::log::JobLog;
 
-/// Where the checkout goes, relative to the workspace.
-pub const SOURCE_DIR: &str = "src";
 /// The job's context and Dockerfile in its checkout, as the host checked
 /// them.
 #[derive(Debug, Clone)]

@@ -10,10 +10,13 @@
 //!   directory; [`network`]: the build steps' network.
 //! - [`secrets`]: build secrets, handed over as files the builder cannot
 //!   read and redacted from everything it sees.
+//! - [`docker_engine`]: a Docker Engine a BuildKit builder builds in,
+//!   spoken to over its unix socket.
 //! - [`cancel`]: stopping a run, and why.
 
 pub mod cancel;
 pub mod cgroup;
+pub mod docker_engine;
 pub mod exec;
 pub mod network;
 pub mod quota;

@@ -17,7 +17,7 @@ use sha2::{Digest as _, Sha256};
 use super::RegistrySettings;
 use crate::cancel::CancelSignal;
 use crate::cgroup::RunCgroup;
-use crate::engine::{DockerEngine, platform_tag};
+use crate::docker_engine::{DockerEngine, platform_tag};
 use crate::exec::{HostCommand, RunError};
 use crate::job::{BuildResult, FailureKind, Outcome};
 use crate::log::JobLog;
@@ -34,7 +34,7 @@ pub enum Pushed<'a> {
         several_platforms: bool,
     },
     /// One image per platform in a Docker Engine, called `name` and
-    /// tagged by platform ([`crate::engine::platform_tag`]).
+    /// tagged by platform ([`crate::docker_engine::platform_tag`]).
     Engine {
         engine: &'a DockerEngine,
         name: &'a str,

@@ -16,7 +16,7 @@ use crate::backoff::Backoff;
 use crate::cache::CacheSlot;
 use crate::cancel::CancelSignal;
 use crate::cgroup::{LimitHit, RunCgroup};
-use crate::engine::DockerEngine;
+use crate::docker_engine::DockerEngine;
 use crate::exec::JobValues;
 use crate::job::{FailureKind, Job, JobId, Outcome};
 use crate::log::JobLog;

@@ -218,7 +218,7 @@ async fn a_builder_with_the_podman_grants_is_refused_every_way_out() {
             grants: Some(helix_build::builtin::default_grants(
                 "podman",
                 BuildNetwork::Private,
-                helix_build::engine::DEFAULT_ENGINE_CLIENT,
+                helix_build::docker_engine::DEFAULT_ENGINE_CLIENT,
             )),
             registry_cache: Some(format!("{}/helix-cache/attack", registry.address)),
             ..BuilderConfig::default()

@@ -74,7 +74,7 @@ async fn the_python_builder_refuses_root_images_and_builds_the_others_with_podma
             grants: Some(helix_build::builtin::default_grants(
                 "podman",
                 BuildNetwork::Private,
-                helix_build::engine::DEFAULT_ENGINE_CLIENT,
+                helix_build::docker_engine::DEFAULT_ENGINE_CLIENT,
             )),
             memory_mib: 256,
             timeout_secs: 600,

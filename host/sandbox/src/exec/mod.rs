@@ -29,6 +29,9 @@ use helix_core::log::JobLog;
 
 /// Where the job workspace appears to a builder.
 pub const GUEST_WORKSPACE: &str = "/workspace";
+/// Where the host's checkout of the job's source goes, relative to the
+/// workspace.
+pub const SOURCE_DIR: &str = "src";
 
 /// One program invocation a builder asked for.
 #[derive(Debug, Clone, Default)]

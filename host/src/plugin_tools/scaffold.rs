@@ -4,10 +4,10 @@
 
 use std::path::{Path, PathBuf};
 
-use super::WIT_VERSION;
-use crate::engine::DEFAULT_ENGINE_CLIENT;
+use crate::docker_engine::DEFAULT_ENGINE_CLIENT;
 use crate::exec::Grants;
 use crate::network::BuildNetwork;
+use crate::plugin::WIT_VERSION;
 
 /// The language of a new builder.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -12,7 +12,7 @@ use tokio::io::AsyncWrite;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError};
 
-use crate::log::JobLog;
+use helix_core::log::JobLog;
 
 /// Lines of stderr kept for a crash report.
 const TAIL_LINES: usize = 20;

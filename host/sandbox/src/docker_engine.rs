@@ -25,7 +25,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use tokio::sync::OnceCell;
 
-use crate::platform::Platform;
+use helix_core::platform::Platform;
 
 /// The Docker client run when the config names none.
 pub const DEFAULT_ENGINE_CLIENT: &str = "docker";
@@ -214,7 +214,7 @@ impl DockerEngine {
         timeout: Duration,
     ) -> Result<(String, u64), String> {
         use base64::Engine as _;
-        let registry = crate::reference::registry_of(repository);
+        let registry = helix_core::reference::registry_of(repository);
         let auth = match credentials {
             Some((username, password)) => serde_json::json!({
                 "username": username,

@@ -150,7 +150,7 @@ mod tests {
     #[test]
     fn published_contracts_are_frozen() {
         use sha2::Digest as _;
-        let wit = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../wit");
+        let wit = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../wit");
         let mut folders: Vec<String> = std::fs::read_dir(&wit)
             .unwrap()
             .flatten()

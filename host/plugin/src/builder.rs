@@ -12,13 +12,13 @@ use super::bindings::{self, BuildError, BuildOutput, BuilderPre};
 use super::host::{JobHost, JobHostParts};
 use super::legacy;
 use super::{BuilderInfo, BuilderSource, GrantSummary, Limits};
-use crate::audit::AuditTrail;
-use crate::cancel::CancelSignal;
-use crate::engine::DockerEngine;
-use crate::exec::GrantPolicy;
-use crate::exec::JobValues;
-use crate::job::{BuildResult, FailureKind, Job, Outcome};
-use crate::log::JobLog;
+use helix_core::audit::AuditTrail;
+use helix_core::job::{BuildResult, FailureKind, Job, Outcome};
+use helix_core::log::JobLog;
+use helix_sandbox::cancel::CancelSignal;
+use helix_sandbox::docker_engine::DockerEngine;
+use helix_sandbox::exec::GrantPolicy;
+use helix_sandbox::exec::JobValues;
 
 /// How long a builder's `info` export may take at load time.
 const INFO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -55,7 +55,8 @@ pub enum Built {
     /// symbolic link on the way), for the host to push.
     Layout(PathBuf),
     /// The image in the job's container storage, under
-    /// [`crate::cache::LOCAL_IMAGE`], for the host to push from there.
+    /// the name its grants pin (the host's layer cache names it), for the
+    /// host to push from there.
     LocalImage,
     /// A simulated builder's pretend result, recorded as is.
     Simulated(BuildResult),
@@ -195,7 +196,7 @@ impl Builder {
         builder.info.description = metadata.description;
         builder.info.simulated = metadata.simulated;
         if !metadata.simulated {
-            builder.info.platforms = Some(crate::platform::buildable_here());
+            builder.info.platforms = Some(helix_core::platform::buildable_here());
         }
         Ok(builder)
     }
@@ -219,7 +220,7 @@ impl Builder {
                 limits,
                 build_limits: Default::default(),
                 grants: GrantSummary::default(),
-                network: crate::network::BuildNetwork::None,
+                network: helix_sandbox::network::BuildNetwork::None,
                 registry_cache: None,
                 engine: None,
                 platforms: None,
@@ -242,7 +243,7 @@ impl Builder {
     }
 
     /// What this builder's build steps may reach.
-    pub fn network(&self) -> crate::network::BuildNetwork {
+    pub fn network(&self) -> helix_sandbox::network::BuildNetwork {
         self.info.network
     }
 
@@ -579,7 +580,7 @@ fn to_wit(job: &Job, commit: Option<String>) -> bindings::Job {
         repo_url: job.repo_url.clone(),
         git_ref: job.git_ref.clone(),
         commit,
-        source_dir: crate::source::SOURCE_DIR.to_string(),
+        source_dir: helix_sandbox::exec::SOURCE_DIR.to_string(),
         context: job.context.clone(),
         dockerfile_path: job.dockerfile_path.clone(),
         build_args: job

@@ -17,10 +17,12 @@ use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::bindings::{command_runner, helix, job_context};
 use super::output::PluginOutput;
-use crate::audit::AuditTrail;
-use crate::cancel::CancelSignal;
-use crate::exec::{CommandRunner, CommandSpec, GUEST_WORKSPACE, GrantPolicy, JobValues, RunError};
-use crate::log::JobLog;
+use helix_core::audit::AuditTrail;
+use helix_core::log::JobLog;
+use helix_sandbox::cancel::CancelSignal;
+use helix_sandbox::exec::{
+    CommandRunner, CommandSpec, GUEST_WORKSPACE, GrantPolicy, JobValues, RunError,
+};
 
 /// Store data for one job's builder instance.
 pub(crate) struct JobHost {

@@ -2,7 +2,7 @@
 //! version of the plugin contract, its single source).
 
 wasmtime::component::bindgen!({
-    path: "../wit/current",
+    path: "../../wit/current",
     world: "helix:build/builder",
     imports: { "helix:build/command-runner.run": async },
     exports: { default: async },
@@ -23,7 +23,7 @@ pub const WIT_PACKAGE: &str = "helix:build";
 /// for components built against it; [`super::legacy`] adapts them.
 pub mod v0_2 {
     wasmtime::component::bindgen!({
-        path: "../wit/v0.2.0",
+        path: "../../wit/v0.2.0",
         world: "helix:build/builder",
         imports: { "helix:build/command-runner.run": async },
         exports: { default: async },

@@ -10,8 +10,6 @@ mod engine;
 mod host;
 mod legacy;
 mod output;
-pub mod scaffold;
-pub mod trial;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -22,17 +20,17 @@ use serde::Serialize;
 use wasmtime::Engine;
 use wasmtime::component::{Component, HasSelf, Linker};
 
-use crate::engine::DockerEngine;
-use crate::exec::{GrantPolicy, ProgramGrant};
+use helix_sandbox::docker_engine::DockerEngine;
+use helix_sandbox::exec::{GrantPolicy, ProgramGrant};
 
-use crate::cgroup::BuildLimits;
-use crate::network::BuildNetwork;
-use crate::platform::Platform;
 pub use bindings::WIT_VERSION;
 use builder::Pre;
 pub use builder::{Builder, Built, NativeBuild, RunContext, Timings};
 pub use cache::{CacheUse, ComponentCache};
 pub use engine::PoolSizing;
+use helix_core::platform::Platform;
+use helix_sandbox::cgroup::BuildLimits;
+use helix_sandbox::network::BuildNetwork;
 
 use host::JobHost;
 

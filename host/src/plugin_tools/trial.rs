@@ -11,10 +11,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{
-    Builder, BuilderSource, Built, ComponentCache, Limits, Origin, PluginRuntime, PoolSizing,
-    RunContext,
-};
 use crate::audit::{AuditEntry, AuditTrail};
 use crate::cache::StorageDriver;
 use crate::cancel::CancelSignal;
@@ -23,6 +19,10 @@ use crate::exec::{CannedAnswers, Grants, JobValues};
 use crate::job::{Job, JobRequest, Outcome, SubmitPolicy};
 use crate::log::JobLog;
 use crate::network::BuildNetwork;
+use crate::plugin::{
+    Builder, BuilderSource, Built, ComponentCache, Limits, Origin, PluginRuntime, PoolSizing,
+    RunContext,
+};
 use crate::registry::RegistrySettings;
 use crate::source::Checkout;
 use crate::workspace::{JobDirs, run_name};

@@ -23,6 +23,9 @@
 //! - `mount-variable`: a `$` in a mount's `source`, `from` or `id`: the
 //!   tools differ in whether they expand it, so the host could check a
 //!   value the tool does not use.
+//! - `run-options`: `RUN --network` other than `default`/`none`, or
+//!   `RUN --security` other than `sandbox`: podman and buildah would give
+//!   the step the host's network or a privileged container.
 //! - `remote-source`: `ADD`/`COPY` of a URL (or a git address) is fetched
 //!   by the build tool itself, on the host's network rather than in a
 //!   `RUN` step's: allowed only on a builder whose `network` is `host`,
@@ -131,6 +134,7 @@ pub fn check(source: &CheckedSource, job: &Job, shape: BuildShape) -> Result<Vec
             check_mounts(dockerfile, source, args)?;
             check_remote_sources(dockerfile, shape.network, args)?;
         }
+        check_run_options(dockerfile)?;
     }
     let read_by_tool = match (&legacy, shape.engine) {
         (Some(legacy), false) => legacy,
@@ -271,6 +275,40 @@ fn inside_context(path: &str, context: &Path) -> bool {
         .join(path.trim_start_matches('/'))
         .canonicalize()
         .is_ok_and(|resolved| resolved.starts_with(context))
+}
+
+/// `RUN --network` other than `default` or `none`, and `RUN --security`
+/// other than `sandbox`: a step of its own choosing on the host's network,
+/// or a privileged one (BuildKit wants an entitlement the host never
+/// grants; podman and buildah would just do it).
+fn check_run_options(dockerfile: &Dockerfile) -> Result<(), Refusal> {
+    let runs = dockerfile
+        .instructions
+        .iter()
+        .flat_map(|i| std::iter::once(i).chain(i.onbuild.as_deref()))
+        .filter(|i| i.keyword == "RUN");
+    for run in runs {
+        for (flag, allowed) in [
+            ("network", &["default", "none"][..]),
+            ("security", &["sandbox"]),
+        ] {
+            if let Some(f) = run.flags.iter().find(|f| f.name == flag)
+                && !f.value.as_deref().is_some_and(|v| allowed.contains(&v))
+            {
+                return Err(Refusal {
+                    rule: "run-options",
+                    line: run.start_line,
+                    message: format!(
+                        "RUN --{flag}={} would step outside the builder's sandbox; only {} is \
+                         allowed (the builder's network setting decides a step's network)",
+                        f.value.as_deref().unwrap_or_default(),
+                        allowed.join(" or ")
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 fn check_remote_sources(
@@ -465,6 +503,22 @@ mod tests {
                 Some(("remote-source", 3)),
             ),
             ("FROM scratch\nADD app /x\n", STORAGE, None),
+            (
+                "FROM scratch\nRUN --network=host true\n",
+                STORAGE,
+                Some(("run-options", 2)),
+            ),
+            ("FROM scratch\nRUN --network=none true\n", STORAGE, None),
+            (
+                "FROM scratch\nRUN --security=insecure true\n",
+                ENGINE,
+                Some(("run-options", 2)),
+            ),
+            (
+                "FROM scratch\nONBUILD RUN --network=host true\n",
+                STORAGE,
+                Some(("run-options", 2)),
+            ),
             // Read as instructions by podman and buildah 1.28 only.
             (
                 "FROM alpine\nRUN <<EOF\nADD http://127.0.0.1:1/x /x\nEOF\n",

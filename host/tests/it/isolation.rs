@@ -466,6 +466,17 @@ async fn dockerfiles_that_break_a_host_rule_are_refused_before_any_build() {
             "remote-source",
             4,
         ),
+        // A step choosing the host's network, or a privileged one.
+        (
+            format!("{base}RUN --network=host /bin/busybox wget -q {url}\n"),
+            "run-options",
+            3,
+        ),
+        (
+            format!("{base}RUN --security=insecure /bin/busybox true\n"),
+            "run-options",
+            3,
+        ),
         ("FORM scratch\n".to_string(), "parse", 1),
         (
             format!("{base}RUN --mount=type=host,target=/h true\n"),

@@ -9,6 +9,7 @@
 
 mod grant;
 mod process;
+mod value;
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -16,10 +17,9 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use grant::{
-    CallSite, Denial, DirGrant, GrantPolicy, Granted, Grants, ProgramGrant, ValuePolicy, ValueType,
-};
+pub use grant::{Denial, DirGrant, GrantPolicy, Granted, Grants, ProgramGrant};
 pub use process::KILL_GRACE;
+pub use value::{CallSite, ValuePolicy, ValueType};
 
 use crate::cancel::CancelSignal;
 use crate::cgroup::RunCgroup;

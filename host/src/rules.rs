@@ -40,6 +40,7 @@ use std::path::{Component, Path};
 use helix_dockerfile::{Dockerfile, MountKind, ParseError, ParseOptions, Stage};
 use sha2::Digest as _;
 
+use crate::exec::JobValues;
 use crate::job::{FailureKind, Job, Outcome};
 use crate::network::BuildNetwork;
 use crate::platform::Platform;
@@ -55,6 +56,16 @@ pub struct CheckedBuild {
     pub external_images: Vec<String>,
     /// The sha256 of the Dockerfile's text, hex.
     pub dockerfile_sha256: String,
+}
+
+impl CheckedBuild {
+    /// Pins the builder's `dockerfile`, `context` and `build-arg` values
+    /// to what the host checked.
+    pub fn pin(&self, job: &Job, values: &mut JobValues) {
+        values.dockerfile = Some(self.checkout.dockerfile.clone());
+        values.context = Some(self.checkout.context.clone());
+        values.build_args = job.build_args.clone();
+    }
 }
 
 /// What about a builder decides which rules apply.

@@ -150,7 +150,7 @@ async fn build(
     dirs: &JobDirs,
     log: &Arc<JobLog>,
     audit: &Arc<AuditTrail>,
-    values: JobValues,
+    mut values: JobValues,
 ) -> (Option<String>, Result<Built, Outcome>) {
     let cancel = CancelSignal::new();
     let workspace = dirs.workspace();
@@ -167,14 +167,9 @@ async fn build(
             }
         }
     };
-    let mut values = values;
     if commit.is_some() {
         match crate::rules::check_source(&workspace, job, builder) {
-            Ok(checked) => {
-                values.dockerfile = Some(checked.checkout.dockerfile);
-                values.context = Some(checked.checkout.context);
-                values.build_args = job.build_args.clone();
-            }
+            Ok(checked) => checked.pin(job, &mut values),
             Err(outcome) => return (commit, Err(outcome)),
         }
     }

@@ -369,22 +369,23 @@ impl Inner {
         if let Some(engine) = builder.engine() {
             program_env.extend(engine.env());
         }
+        let mut values = JobValues {
+            secrets,
+            registry_cache: builder.registry_cache_for(job),
+            cgroup: cgroup.clone(),
+            engine_image: engine_image.map(String::from),
+            ..JobValues::default()
+        };
+        if let Some(source) = &source {
+            source.pin(job, &mut values);
+        }
         let ctx = RunContext {
             log: log.clone(),
             cancel: cancel.clone(),
             workspace,
             program_env,
             commit: commit.clone(),
-            values: JobValues {
-                secrets,
-                dockerfile: source.as_ref().map(|s| s.checkout.dockerfile.clone()),
-                context: source.as_ref().map(|s| s.checkout.context.clone()),
-                build_args: job.build_args.clone(),
-                registry_cache: builder.registry_cache_for(job),
-                cgroup: cgroup.clone(),
-                engine_image: engine_image.map(String::from),
-                canned: None,
-            },
+            values,
             audit: audit.clone(),
         };
         match (builder.run(job, ctx).await?, image) {

@@ -195,6 +195,10 @@ fn control_groups(
                     "killed {killed} processes left by job runs this server was executing when it stopped"
                 );
             }
+            let released = crate::jail::sweep_uplinks();
+            if released > 0 {
+                tracing::warn!("released {released} jail uplinks of servers that stopped");
+            }
             Ok(Some(Arc::new(cgroups)))
         }
         Err(e) if real => Err(StartError::Cgroups(e)),

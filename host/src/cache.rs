@@ -18,6 +18,9 @@
 //!   do: a team that must not share cached layers with another gets a
 //!   builder of its own, or `no_cache`.
 //!
+//! A slot also keeps its jobs' `RUN --mount=type=cache` data (`mounts/`,
+//! shown to the jail where buildah keeps it), within its size.
+//!
 //! A slot over the size cap is emptied after its job. Jobs with `no_cache`,
 //! and builders with `cache = false`, get a fresh storage of their own,
 //! removed with the job. The storage driver is overlay where the kernel
@@ -32,6 +35,7 @@ use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use crate::cancel::CancelSignal;
 use crate::exec::HostCommand;
+use crate::jail::Jail;
 use crate::log::JobLog;
 use crate::quota::DiskQuota;
 
@@ -40,6 +44,8 @@ pub const LOCAL_IMAGE: &str = "localhost/helix-image";
 
 /// How long one cleanup command may take.
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(120);
+/// A slot's directory of cache mounts.
+const CACHE_MOUNTS: &str = "mounts";
 /// Smallest slot file system: a build's tools need some room.
 const MIN_SLOT_MIB: u64 = 64;
 
@@ -210,6 +216,14 @@ impl CacheSlot {
         &self.dir
     }
 
+    /// Where its jobs' `RUN --mount=type=cache` data is kept (made on
+    /// first use): in the slot, within its size, emptied with it.
+    pub fn cache_mounts(&self) -> std::io::Result<PathBuf> {
+        let dir = self.dir.join(CACHE_MOUNTS);
+        std::fs::create_dir_all(&dir)?;
+        Ok(dir)
+    }
+
     pub fn driver(&self) -> StorageDriver {
         self.driver
     }
@@ -224,7 +238,7 @@ impl CacheSlot {
     /// layers; empties the slot if it has grown past the cap. Run before a
     /// job (in case a crashed host left something) and after it, whatever
     /// its outcome.
-    pub async fn clean(&self, env: &BTreeMap<String, String>, log: &JobLog) {
+    pub async fn clean(&self, env: &BTreeMap<String, String>, log: &JobLog, jail: Option<&Jail>) {
         let cancel = CancelSignal::new();
         for (program, args) in [
             ("buildah", &["rm", "--all"][..]),
@@ -244,11 +258,12 @@ impl CacheSlot {
                 log: &quiet,
                 cancel: &cancel,
                 cgroup: None,
+                jail,
             }
             .run()
             .await;
         }
-        let size = dir_size(&self.dir.join("storage"));
+        let size = dir_size(&self.dir.join("storage")) + dir_size(&self.dir.join(CACHE_MOUNTS));
         if size > self.max_bytes / 4 * 3 {
             log.push(&format!(
                 "[helix] build cache slot {} holds {} MiB, most of its {} MiB: emptied",
@@ -256,8 +271,13 @@ impl CacheSlot {
                 size / (1024 * 1024),
                 self.max_bytes / (1024 * 1024)
             ));
-            if let Err(e) = std::fs::remove_dir_all(self.dir.join("storage")) {
-                tracing::warn!("could not empty build cache {}: {e}", self.dir.display());
+            for part in ["storage", CACHE_MOUNTS] {
+                match std::fs::remove_dir_all(self.dir.join(part)) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        tracing::warn!("could not empty build cache {}: {e}", self.dir.display());
+                    }
+                    _ => {}
+                }
             }
         }
     }

@@ -229,6 +229,9 @@ impl Git<'_> {
             log: self.log,
             cancel: self.cancel,
             cgroup: self.cgroup,
+            // The host's own checkout stays on the host: git runs with no
+            // config, hooks or helpers of the repository's.
+            jail: None,
         }
         .run()
         .await

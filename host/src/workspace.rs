@@ -8,7 +8,9 @@
 //! - `state/` — where the job's container storage is (`storage.conf`:
 //!   its own `storage/` and `run/`, or a slot of the builder's layer cache,
 //!   see [`crate::cache`]), the registry settings builds use
-//!   (`registries.conf`) and the job's build secrets (`secrets/`).
+//!   (`registries.conf`), the job's build secrets (`secrets/`), the
+//!   scratch space its programs see as `/tmp` and `/var/tmp` (`tmp/`) and
+//!   the files of its jail (`jail/`, see [`crate::jail`]).
 //!   Every program of the job gets `CONTAINERS_STORAGE_CONF` pointing at
 //!   it, so podman and buildah keep images and layers per job, and no
 //!   builder can plant links in, or point a tool at, storage it made up.
@@ -104,6 +106,16 @@ impl JobDirs {
 
     fn storage_conf(&self) -> PathBuf {
         self.state().join("storage.conf")
+    }
+
+    /// The scratch directory of the run's programs: their `/tmp`.
+    pub fn scratch(&self) -> PathBuf {
+        self.state().join("tmp")
+    }
+
+    /// Where the host writes the files of the run's jail.
+    pub fn jail_files(&self) -> PathBuf {
+        self.state().join("jail")
     }
 
     /// Variables every program of the job gets, over anything the grants

@@ -243,6 +243,12 @@ impl Builder {
     }
 
     /// What this builder's build steps may reach.
+    /// Whether its grants let it run any program (then its runs get a
+    /// jail).
+    pub fn runs_programs(&self) -> bool {
+        !self.grants.programs().is_empty()
+    }
+
     pub fn network(&self) -> helix_sandbox::network::BuildNetwork {
         self.info.network
     }

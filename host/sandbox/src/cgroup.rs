@@ -13,7 +13,9 @@
 //! buildah put the `RUN` containers when given `--cgroup-parent`, which
 //! the built-in grants pin); the limits are set on the run's group, so
 //! they bound both together. cgroup v1 (the `pids`, `memory` and `cpu`
-//! hierarchies) and a unified v2 hierarchy are supported.
+//! hierarchies carry the limits) and a unified v2 hierarchy are
+//! supported. In v1 the run's group is made in every hierarchy, because
+//! runc makes the steps' groups in each one; all of them go with the run.
 
 use std::fs::File;
 use std::io::Write as _;
@@ -63,11 +65,15 @@ pub struct Cgroups {
 
 #[derive(Debug, Clone)]
 enum Layout {
-    /// One mount per controller: `pids`, `memory`, `cpu`.
+    /// One mount per controller: `pids`, `memory`, `cpu` carry the limits;
+    /// `others` are the rest (`cpuset`, `devices`, `freezer`, a `name=`
+    /// or unified one, ...), where runc makes a group for each `RUN`
+    /// container too, so a run's group is made and removed there alike.
     V1 {
         pids: PathBuf,
         memory: PathBuf,
         cpu: PathBuf,
+        others: Vec<PathBuf>,
     },
     /// One hierarchy for all.
     V2 { root: PathBuf },
@@ -94,10 +100,27 @@ impl Cgroups {
                     )),
                 }
             };
+            let (pids, memory, cpu) = (
+                controller("pids")?,
+                controller("memory")?,
+                controller("cpu")?,
+            );
+            let limited = [&pids, &memory, &cpu].map(|d| d.canonicalize().ok());
+            let mut others: Vec<PathBuf> = std::fs::read_dir(root)
+                .map_err(|e| format!("cannot list {}: {e}", root.display()))?
+                .flatten()
+                .map(|e| e.path())
+                .filter(|d| d.join("cgroup.procs").is_file())
+                .filter(|d| !limited.contains(&d.canonicalize().ok()))
+                .collect();
+            // `cpu,cpuacct` and its links are one hierarchy.
+            others.sort();
+            others.dedup_by(|a, b| a.canonicalize().ok() == b.canonicalize().ok());
             Layout::V1 {
-                pids: controller("pids")?,
-                memory: controller("memory")?,
-                cpu: controller("cpu")?,
+                pids,
+                memory,
+                cpu,
+                others,
             }
         };
         let data_dir = data_dir
@@ -108,10 +131,9 @@ impl Cgroups {
             layout,
             base: format!("/helix/{}", &hex::encode(digest)[..16]),
         };
-        for dir in cgroups.dirs(&cgroups.base) {
-            create_dir(&dir)
-                .map_err(|e| format!("cannot create control group {}: {e}", dir.display()))?;
-        }
+        cgroups
+            .create_everywhere(&cgroups.base)
+            .map_err(|e| format!("cannot create control group {}: {e}", cgroups.base))?;
         if let Layout::V2 { root } = &cgroups.layout {
             enable_controllers(root, &cgroups.base).map_err(|e| {
                 format!(
@@ -123,22 +145,67 @@ impl Cgroups {
         Ok(cgroups)
     }
 
-    /// The directories of `path` (`/a/b`), one per hierarchy.
+    /// The directories of `path` (`/a/b`) in the hierarchies that carry
+    /// the limits: pids, memory, cpu in v1 (in that order), the one in v2.
     fn dirs(&self, path: &str) -> Vec<PathBuf> {
         let inside = path.trim_start_matches('/');
         match &self.layout {
-            Layout::V1 { pids, memory, cpu } => {
+            Layout::V1 {
+                pids, memory, cpu, ..
+            } => {
                 vec![pids.join(inside), memory.join(inside), cpu.join(inside)]
             }
             Layout::V2 { root } => vec![root.join(inside)],
         }
     }
 
+    /// Every hierarchy's mount point.
+    fn hierarchies(&self) -> Vec<PathBuf> {
+        match &self.layout {
+            Layout::V1 {
+                pids,
+                memory,
+                cpu,
+                others,
+            } => [pids, memory, cpu]
+                .into_iter()
+                .chain(others)
+                .cloned()
+                .collect(),
+            Layout::V2 { root } => vec![root.clone()],
+        }
+    }
+
+    /// Creates `path` in every hierarchy; in v1's `cpuset` each new level
+    /// gets its parent's CPUs and memory nodes, which a group needs before
+    /// a process may join it (runc would write them itself, which it
+    /// cannot from inside a jail, where only the run's groups are
+    /// writable).
+    fn create_everywhere(&self, path: &str) -> std::io::Result<()> {
+        for hierarchy in self.hierarchies() {
+            let mut dir = hierarchy.clone();
+            for part in path.trim_start_matches('/').split('/') {
+                let parent = dir.clone();
+                dir.push(part);
+                create_dir(&dir)?;
+                for file in ["cpuset.cpus", "cpuset.mems"] {
+                    let own = std::fs::read_to_string(dir.join(file));
+                    let inherited = std::fs::read_to_string(parent.join(file)).unwrap_or_default();
+                    if own.is_ok_and(|v| v.trim().is_empty()) && !inherited.trim().is_empty() {
+                        write(&dir, file, inherited.trim())?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Kills every process left in this server's run groups (a run cut
     /// short by a crash) and removes the groups; the number killed.
     pub fn reap(&self) -> usize {
         let mut killed = 0;
-        for dir in self.dirs(&self.base) {
+        let inside = self.base.trim_start_matches('/');
+        for dir in self.hierarchies().iter().map(|h| h.join(inside)) {
             let Ok(runs) = std::fs::read_dir(&dir) else {
                 continue;
             };
@@ -154,17 +221,26 @@ impl Cgroups {
     /// by `limits`.
     pub fn create(&self, name: &str, limits: &BuildLimits) -> std::io::Result<RunCgroup> {
         let path = format!("{}/{name}", self.base);
+        let inside = path.trim_start_matches('/');
         let run = RunCgroup {
             dirs: self.dirs(&path),
+            everywhere: self
+                .hierarchies()
+                .into_iter()
+                .map(|h| {
+                    let dir = h.join(inside);
+                    (h, dir)
+                })
+                .collect(),
             v2: matches!(self.layout, Layout::V2 { .. }),
             steps: format!("{path}/steps"),
             tools: Vec::new(),
         };
-        for dir in &run.dirs {
+        for (_, dir) in &run.everywhere {
             kill_tree(dir);
             remove_tree(dir);
-            create_dir(dir)?;
         }
+        self.create_everywhere(&path)?;
         if let Layout::V2 { root } = &self.layout {
             enable_controllers(root, &path)?;
         }
@@ -185,7 +261,8 @@ impl Cgroups {
 impl Drop for Cgroups {
     /// Removes this server's directory where no run is left in it.
     fn drop(&mut self) {
-        for dir in self.dirs(&self.base) {
+        let inside = self.base.trim_start_matches('/');
+        for dir in self.hierarchies().iter().map(|h| h.join(inside)) {
             let _ = std::fs::remove_dir(dir);
         }
     }
@@ -195,8 +272,10 @@ impl Drop for Cgroups {
 /// removes it.
 #[derive(Debug)]
 pub struct RunCgroup {
-    /// One per hierarchy; in v1: pids, memory, cpu.
+    /// One per hierarchy that carries limits; in v1: pids, memory, cpu.
     dirs: Vec<PathBuf>,
+    /// Each hierarchy's mount point and the run's group in it.
+    everywhere: Vec<(PathBuf, PathBuf)>,
     v2: bool,
     /// Where `RUN` containers go (`--cgroup-parent`), as a cgroup path.
     steps: String,
@@ -243,6 +322,13 @@ impl RunCgroup {
         &self.steps
     }
 
+    /// Each hierarchy's mount point and the run's group in it: what a jail
+    /// shows of the control groups (the hierarchies read-only, the run's
+    /// groups writable).
+    pub fn hierarchies(&self) -> &[(PathBuf, PathBuf)] {
+        &self.everywhere
+    }
+
     /// Descriptors that, written "0" to, move the writing process into the
     /// run's group: for a child between fork and exec, where nothing may
     /// allocate.
@@ -283,7 +369,7 @@ impl RunCgroup {
 
 impl Drop for RunCgroup {
     fn drop(&mut self) {
-        for dir in &self.dirs {
+        for (_, dir) in &self.everywhere {
             kill_tree(dir);
             remove_tree(dir);
         }

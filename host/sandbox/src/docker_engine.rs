@@ -89,6 +89,13 @@ impl DockerEngine {
         &self.socket
     }
 
+    /// What a run's jail must show for `docker` to reach the engine: its
+    /// socket and the client settings.
+    pub fn jail_paths(&self) -> Vec<PathBuf> {
+        let socket = self.socket.trim_start_matches("unix://");
+        vec![PathBuf::from(socket), self.config_dir.clone()]
+    }
+
     /// The variables every `docker` run against the engine gets: the
     /// engine, BuildKit, and the client settings.
     pub fn env(&self) -> BTreeMap<String, String> {

@@ -5,6 +5,8 @@
 //! - [`exec`]: a builder's program calls checked against its grants, run
 //!   without a shell in a process group of their own, with an environment
 //!   made from the grants alone; the host's own helper commands alike.
+//! - [`jail`]: the mount, PID and network namespaces every program of a
+//!   job's build runs in, never on the host.
 //! - [`cgroup`]: a control group per job run, its limits and the sweep
 //!   after a crash; [`quota`]: a file system of a fixed size per job
 //!   directory; [`network`]: the build steps' network.
@@ -18,6 +20,7 @@ pub mod cancel;
 pub mod cgroup;
 pub mod docker_engine;
 pub mod exec;
+pub mod jail;
 pub mod network;
 pub mod quota;
 pub mod secrets;

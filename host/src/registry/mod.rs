@@ -49,6 +49,20 @@ impl RegistrySettings {
             .collect()
     }
 
+    /// Where every configured registry and mirror is (`host[:port]`):
+    /// what a run's jail reaches through the host.
+    pub fn endpoints(&self) -> Vec<String> {
+        let mut all: Vec<String> = self
+            .registries
+            .iter()
+            .flat_map(|(location, registry)| std::iter::once(location).chain(&registry.mirrors))
+            .map(|location| registry_of(location).to_string())
+            .collect();
+        all.sort();
+        all.dedup();
+        all
+    }
+
     pub fn auth_file(&self) -> Option<&Path> {
         self.auth_file.as_deref()
     }

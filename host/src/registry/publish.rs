@@ -18,16 +18,22 @@ use super::RegistrySettings;
 use crate::cancel::CancelSignal;
 use crate::cgroup::RunCgroup;
 use crate::docker_engine::{DockerEngine, platform_tag};
-use crate::exec::{HostCommand, RunError};
+use crate::exec::{Confinement, HostCommand, RunError};
+use crate::jail::Jail;
 use crate::job::{BuildResult, FailureKind, Outcome};
 use crate::log::JobLog;
 use crate::platform::Platform;
 
 /// What a builder left for the host to push.
 pub enum Pushed<'a> {
-    /// An OCI layout directory inside the workspace.
-    Layout(&'a Path),
-    /// The image in the job's container storage, which `env` names.
+    /// An OCI layout directory inside the workspace; `env` names the
+    /// run's registry settings and its copy of the credentials.
+    Layout {
+        layout: &'a Path,
+        env: &'a BTreeMap<String, String>,
+    },
+    /// The image in the job's container storage, which `env` names with
+    /// the run's registry settings and its copy of the credentials.
     Storage {
         env: &'a BTreeMap<String, String>,
         workspace: &'a Path,
@@ -55,6 +61,7 @@ struct Push<'a> {
     log: &'a JobLog,
     cancel: &'a CancelSignal,
     cgroup: Option<&'a RunCgroup>,
+    jail: Option<&'a Jail>,
 }
 
 impl Push<'_> {
@@ -78,6 +85,7 @@ impl Push<'_> {
             log: self.log,
             cancel: self.cancel,
             cgroup: self.cgroup,
+            jail: self.jail,
         }
         .run()
         .await
@@ -156,34 +164,29 @@ impl Publisher {
         requested: &[Platform],
         log: &JobLog,
         cancel: &CancelSignal,
-        cgroup: Option<&RunCgroup>,
+        confined: Confinement<'_>,
     ) -> Result<BuildResult, Outcome> {
         log.push(&format!("[helix] pushing the built image to {image}"));
         let push = Push {
             image,
             log,
             cancel,
-            cgroup,
+            cgroup: confined.cgroup,
+            jail: confined.jail,
         };
         let insecure = self.registries.is_insecure(image);
-        let auth = self.registries.auth_file();
         let destination = format!("docker://{image}");
         let digest = match built {
-            Pushed::Layout(layout) => {
+            Pushed::Layout { layout, env } => {
                 check_layout(layout).map_err(|e| Outcome::failed(FailureKind::Plugin, e))?;
                 let mut args =
                     strings(&["copy", "--all", "--quiet", "--digestfile", "/dev/stdout"]);
                 if insecure {
                     args.push("--dest-tls-verify=false".into());
                 }
-                if let Some(file) = auth {
-                    args.push(format!("--dest-authfile={}", file.display()));
-                }
                 args.push(format!("oci:{}", layout.display()));
                 args.push(destination);
-                push.run("skopeo", &args, &BTreeMap::new(), layout)
-                    .await?
-                    .stdout
+                push.run("skopeo", &args, env, layout).await?.stdout
             }
             // podman, not skopeo: it pushes manifest lists from storage.
             // Layers the registry has (a base image's) are not sent again.
@@ -199,9 +202,6 @@ impl Publisher {
                 args.extend(strings(&["--quiet", "--digestfile", "/dev/stdout"]));
                 if insecure {
                     args.push("--tls-verify=false".into());
-                }
-                if let Some(file) = auth {
-                    args.push(format!("--authfile={}", file.display()));
                 }
                 args.push(crate::cache::LOCAL_IMAGE.into());
                 args.push(destination);
@@ -235,7 +235,7 @@ impl Publisher {
         workspace: &Path,
         log: &JobLog,
         cancel: &CancelSignal,
-        cgroup: Option<&RunCgroup>,
+        confined: Confinement<'_>,
     ) -> BTreeMap<String, String> {
         let mut digests = BTreeMap::new();
         for image in images {
@@ -248,7 +248,8 @@ impl Publisher {
                 timeout: Some(QUERY_TIMEOUT),
                 log,
                 cancel,
-                cgroup,
+                cgroup: confined.cgroup,
+                jail: confined.jail,
             }
             .run()
             .await;

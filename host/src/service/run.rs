@@ -17,7 +17,8 @@ use crate::cache::CacheSlot;
 use crate::cancel::CancelSignal;
 use crate::cgroup::{LimitHit, RunCgroup};
 use crate::docker_engine::DockerEngine;
-use crate::exec::JobValues;
+use crate::exec::{Confinement, JobValues};
+use crate::jail::{Jail, JailSpec};
 use crate::job::{FailureKind, Job, JobId, Outcome};
 use crate::log::JobLog;
 use crate::plugin::{Builder, Built, RunContext};
@@ -39,6 +40,7 @@ struct Attempt<'a> {
     log: &'a Arc<JobLog>,
     cancel: &'a CancelSignal,
     cgroup: Option<Arc<RunCgroup>>,
+    jail: Option<Arc<Jail>>,
     audit: &'a Arc<AuditTrail>,
     /// The run's image name in its builder's Docker Engine, if it has one.
     engine_image: Option<&'a str>,
@@ -245,9 +247,29 @@ impl Inner {
                 ),
             });
         }
+        // Every program of the run runs in its jail, made before the first.
+        let jail = match builder.runs_programs() {
+            false => None,
+            true => match self
+                .jail(builder.as_ref(), &dirs, slot.as_ref(), cgroup.as_deref())
+                .await
+            {
+                Ok(jail) => Some(Arc::new(jail)),
+                Err(e) => {
+                    dirs.remove();
+                    return Outcome::failed(
+                        FailureKind::Host,
+                        format!("could not make the run's jail: {e}"),
+                    );
+                }
+            },
+        };
+        if let Some(jail) = &jail {
+            log.push(&jail.describe());
+        }
         let cleanup_env = dirs.program_env();
         if let Some(slot) = &slot {
-            slot.clean(&cleanup_env, log).await;
+            slot.clean(&cleanup_env, log, jail.as_deref()).await;
         }
         let audit = Arc::new(AuditTrail::new(job.attempts));
         let engine_image = engine.as_ref().map(|_| DockerEngine::image_name(&run));
@@ -256,6 +278,7 @@ impl Inner {
             log,
             cancel,
             cgroup: cgroup.clone(),
+            jail: jail.clone(),
             audit: &audit,
             engine_image: engine_image.as_deref(),
         };
@@ -287,10 +310,11 @@ impl Inner {
             Some(limit) => blame_limit(outcome, &limit),
             None => outcome,
         };
-        drop(cgroup);
         if let Some(slot) = &slot {
-            slot.clean(&cleanup_env, log).await;
+            slot.clean(&cleanup_env, log, jail.as_deref()).await;
         }
+        drop(jail);
+        drop(cgroup);
         let failed = !matches!(outcome, Outcome::Succeeded(_));
         if failed && self.config.keep_failed_workspaces {
             // Never the secrets or credentials: they outlive no job.
@@ -308,6 +332,36 @@ impl Inner {
         outcome
     }
 
+    /// The jail of a run of `builder` in `dirs`: its directories and
+    /// cache slot, the engine's socket, the builder's network and the
+    /// configured registries.
+    async fn jail(
+        &self,
+        builder: &Builder,
+        dirs: &JobDirs,
+        slot: Option<&CacheSlot>,
+        cgroup: Option<&RunCgroup>,
+    ) -> Result<Jail, String> {
+        let cache_mounts = slot
+            .map(CacheSlot::cache_mounts)
+            .transpose()
+            .map_err(|e| format!("cannot make the cache slot's cache mounts: {e}"))?;
+        Jail::create(JailSpec {
+            writable: std::iter::once(dirs.root().to_path_buf())
+                .chain(slot.map(|s| s.dir().to_path_buf()))
+                .collect(),
+            readable: builder.engine().map(|e| e.jail_paths()).unwrap_or_default(),
+            scratch: dirs.scratch(),
+            cache_mounts,
+            files: dirs.jail_files(),
+            network: builder.network(),
+            registries: self.config.registries.endpoints(),
+            cgroup,
+        })
+        .await
+        .map_err(|e| e.to_string())
+    }
+
     async fn build_and_publish(
         &self,
         job: &Job,
@@ -319,9 +373,14 @@ impl Inner {
             log,
             cancel,
             cgroup,
+            jail,
             audit,
             engine_image,
         } = attempt;
+        let confined = Confinement {
+            cgroup: cgroup.as_deref(),
+            jail: jail.as_deref(),
+        };
         let workspace = dirs.workspace();
         let simulated = builder.info().simulated;
         let (image, commit, source) = if simulated {
@@ -334,12 +393,6 @@ impl Inner {
                     "the job names no image and the operator configured no default registry; set `image`",
                 ));
             };
-            builder.network().prepare().await.map_err(|e| {
-                Outcome::failed(
-                    FailureKind::Host,
-                    format!("{e}; or set builders.{}.network = \"none\"", job.builder),
-                )
-            })?;
             if let Some(engine) = builder.engine() {
                 engine
                     .prepare()
@@ -373,6 +426,7 @@ impl Inner {
             secrets,
             registry_cache: builder.registry_cache_for(job),
             cgroup: cgroup.clone(),
+            jail: jail.clone(),
             engine_image: engine_image.map(String::from),
             ..JobValues::default()
         };
@@ -399,7 +453,7 @@ impl Inner {
             (built @ (Built::Layout(_) | Built::LocalImage), Some(image)) => {
                 let env = dirs.program_env();
                 let pushed = match (&built, builder.engine(), engine_image) {
-                    (Built::Layout(layout), _, _) => Pushed::Layout(layout),
+                    (Built::Layout(layout), _, _) => Pushed::Layout { layout, env: &env },
                     (_, Some(engine), Some(name)) => Pushed::Engine { engine, name },
                     _ => Pushed::Storage {
                         env: &env,
@@ -410,14 +464,7 @@ impl Inner {
                 let result = self
                     .config
                     .publisher
-                    .publish(
-                        pushed,
-                        &image,
-                        &job.platforms,
-                        log,
-                        cancel,
-                        cgroup.as_deref(),
-                    )
+                    .publish(pushed, &image, &job.platforms, log, cancel, confined)
                     .await
                     .map_err(|outcome| outcome.redacted(|text| log.redact(text)))?;
                 if let Some(provenance) = &self.config.provenance
@@ -433,7 +480,7 @@ impl Inner {
                                     &workspace_dir,
                                     log,
                                     cancel,
-                                    cgroup.as_deref(),
+                                    confined,
                                 )
                                 .await
                         }

@@ -214,6 +214,29 @@ pub fn process_gone(pid: u32) -> bool {
     }
 }
 
+/// The host's pids of processes a job's programs know as `jailed` (pids
+/// in their jail's PID namespace): those working inside `run_dir` whose
+/// innermost pid is one of them.
+pub fn host_pids(jailed: &[u32], run_dir: &std::path::Path) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let inside =
+            std::fs::read_link(entry.path().join("cwd")).is_ok_and(|cwd| cwd.starts_with(run_dir));
+        let status = std::fs::read_to_string(entry.path().join("status")).unwrap_or_default();
+        let innermost = status
+            .lines()
+            .find_map(|l| l.strip_prefix("NSpid:"))
+            .and_then(|ids| ids.split_whitespace().last()?.parse::<u32>().ok());
+        if inside && innermost.is_some_and(|p| jailed.contains(&p)) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
 /// Waits up to `within` for every pid to be gone; returns those still alive.
 pub async fn survivors(pids: &[u32], within: Duration) -> Vec<u32> {
     let deadline = std::time::Instant::now() + within;

@@ -14,6 +14,7 @@ mod durability;
 mod exec;
 mod hostile_output;
 mod isolation;
+mod jail;
 mod limits;
 mod plugin;
 mod provenance;

@@ -8,9 +8,7 @@ use helix_build::workspace::run_name;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use crate::common::{
-    config, finished, on_builder, simulated, start, survivors, until_logged, until_running,
-};
+use crate::common::{config, finished, on_builder, simulated, start, survivors, until_running};
 use helix_build::job::{JobRequest, State};
 
 fn exec(script: &str) -> JobRequest {
@@ -26,6 +24,27 @@ fn pids(lines: &[String]) -> Vec<u32> {
         .filter(|l| l.starts_with("[sh stdout] pid "))
         .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
         .collect()
+}
+
+/// The host pids of the `count` processes job `id` logs as `pid N` (in
+/// its jail's PID namespace), once all are logged and running.
+async fn host_pids_of(
+    service: &helix_build::service::Service,
+    config: &helix_build::config::Config,
+    id: &helix_build::job::JobId,
+    count: usize,
+) -> Vec<u32> {
+    let run_dir = config.workspace_dir().join(run_name(id, 1));
+    let mut found = Vec::new();
+    for _ in 0..500 {
+        let jailed = pids(&service.logs(id.as_str()).await.unwrap().texts());
+        found = crate::common::host_pids(&jailed, &run_dir);
+        if jailed.len() == count && found.len() == count {
+            return found;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("job {id} never had {count} processes running: {found:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -234,16 +253,7 @@ async fn cancelling_a_job_kills_every_process_it_started() {
         .await
         .unwrap();
     until_running(&service, &job.id).await;
-    until_logged(&service, &job.id, |l| l.starts_with("[sh stdout] pid ")).await;
-    let mut pids = Vec::new();
-    for _ in 0..500 {
-        pids = self::pids(&service.logs(job.id.as_str()).await.unwrap().texts());
-        if pids.len() == 3 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(pids.len(), 3, "{:?}", service.logs(job.id.as_str()).await);
+    let pids = host_pids_of(&service, &config, &job.id, 3).await;
 
     let asked = Instant::now();
     let cancelled = service.cancel(job.id.as_str()).await.unwrap();
@@ -262,15 +272,15 @@ async fn cancelling_a_job_kills_every_process_it_started() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_timeout_kills_every_process_it_started() {
     let dir = tempfile::tempdir().unwrap();
-    let service = start(&config(&dir, 1, 10)).await;
+    let config = config(&dir, 1, 10);
+    let service = start(&config).await;
     let job = service
         .submit(exec("sleep 300 & echo pid $!; echo pid $$; wait"))
         .await
         .unwrap();
+    let pids = host_pids_of(&service, &config, &job.id, 2).await;
     let job = finished(&service, &job.id).await;
     assert_eq!(job.state, State::TimedOut, "{:?}", job.error);
-    let pids = pids(&service.logs(job.id.as_str()).await.unwrap().texts());
-    assert_eq!(pids.len(), 2);
     assert_eq!(
         survivors(&pids, Duration::from_secs(5)).await,
         Vec::<u32>::new()

@@ -23,6 +23,7 @@ pub use value::{CallSite, ValuePolicy, ValueType};
 
 use crate::cancel::CancelSignal;
 use crate::cgroup::RunCgroup;
+use crate::jail::Jail;
 use crate::secrets::SecretFiles;
 use helix_core::audit::{AuditEntry, AuditTrail};
 use helix_core::log::JobLog;
@@ -135,6 +136,8 @@ pub struct JobValues {
     /// The run's control group: every program starts in it, and its
     /// `steps` group is the only `cgroup` value.
     pub cgroup: Option<Arc<RunCgroup>>,
+    /// The run's jail: every program runs in it.
+    pub jail: Option<Arc<Jail>>,
     /// The name of the job's images in its builder's Docker Engine, for
     /// `engine-image` values.
     pub engine_image: Option<String>,
@@ -337,6 +340,7 @@ impl CommandRunner {
             log: &self.log,
             cancel: &self.cancel,
             cgroup: self.values.cgroup.as_deref(),
+            jail: self.values.jail.as_deref(),
         })
         .await
     }
@@ -384,12 +388,20 @@ impl CommandRunner {
     }
 }
 
+/// What confines a run's programs: its control group and its jail.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Confinement<'a> {
+    pub cgroup: Option<&'a RunCgroup>,
+    pub jail: Option<&'a Jail>,
+}
+
 /// One of the host's own commands: git for the checkout, skopeo or podman
 /// for the push, the build cache's cleanup. No grant is checked (the host
 /// chose every argument), but it runs like a builder's programs: no shell,
 /// its own process group, a cleared environment plus the host's `PATH` and
 /// `env`, output into the job log, the group killed on cancel or
-/// `timeout`, and inside the job run's control group when it has one.
+/// `timeout`, and inside the job run's control group and jail when it has
+/// them.
 pub struct HostCommand<'a> {
     /// A bare name, looked up on the host's `PATH`, or an absolute path.
     pub program: &'a str,
@@ -400,6 +412,7 @@ pub struct HostCommand<'a> {
     pub log: &'a JobLog,
     pub cancel: &'a CancelSignal,
     pub cgroup: Option<&'a RunCgroup>,
+    pub jail: Option<&'a Jail>,
 }
 
 impl HostCommand<'_> {
@@ -425,6 +438,7 @@ impl HostCommand<'_> {
             log: self.log,
             cancel: self.cancel,
             cgroup: self.cgroup,
+            jail: self.jail,
         })
         .await
     }

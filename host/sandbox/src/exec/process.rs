@@ -14,6 +14,7 @@ use tokio::process::{Child, Command};
 use super::{CommandOutput, OUTPUT_TAIL_BYTES, RunError};
 use crate::cancel::CancelSignal;
 use crate::cgroup::RunCgroup;
+use crate::jail::Jail;
 use helix_core::log::{JobLog, human_bytes};
 
 /// Between SIGTERM and SIGKILL.
@@ -34,12 +35,25 @@ pub(super) struct Invocation<'a> {
     /// Where the program starts, so it and all it starts stay accounted
     /// and limited with the job run, and are found after a crash.
     pub cgroup: Option<&'a RunCgroup>,
+    /// The run's jail, where the program runs instead of on the host.
+    pub jail: Option<&'a Jail>,
 }
 
 pub(super) async fn run(inv: Invocation<'_>) -> Result<CommandOutput, RunError> {
-    let mut command = Command::new(inv.program);
+    let mut command = match inv.jail {
+        Some(jail) => {
+            let (bwrap, args) = jail.wrap(inv.program, inv.args, inv.cwd);
+            let mut command = Command::new(bwrap);
+            command.args(args);
+            command
+        }
+        None => {
+            let mut command = Command::new(inv.program);
+            command.args(inv.args);
+            command
+        }
+    };
     command
-        .args(inv.args)
         .env_clear()
         .envs(inv.env)
         .current_dir(inv.cwd)
@@ -47,12 +61,22 @@ pub(super) async fn run(inv: Invocation<'_>) -> Result<CommandOutput, RunError> 
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
-    if let Some(cgroup) = inv.cgroup {
-        let fds = cgroup.enter_fds();
+    let fds = inv.cgroup.map(RunCgroup::enter_fds).unwrap_or_default();
+    let netns = inv.jail.and_then(Jail::netns);
+    if !fds.is_empty() || netns.is_some() {
         // SAFETY: the closure runs between fork and exec and only writes
-        // to descriptors opened before the fork (no allocation, no locks).
+        // to and joins descriptors opened before the fork (no allocation,
+        // no locks).
         unsafe {
-            command.pre_exec(move || crate::cgroup::enter(&fds));
+            command.pre_exec(move || {
+                crate::cgroup::enter(&fds)?;
+                if let Some(netns) = netns
+                    && libc::setns(netns, libc::CLONE_NEWNET) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
         }
     }
     let mut child = command.spawn().map_err(|e| match e.kind() {

@@ -1,0 +1,329 @@
+//! A jail per job run: every program the host starts for a job's build —
+//! the build tool and all it starts, the push, the registry and storage
+//! queries, the cache slot's clean-up — runs inside it, never on the host.
+//!
+//! The jail is made with bubblewrap (`bwrap`) around each program, all of
+//! a run's programs seeing the same:
+//! - **mounts**: a root of its own (tmpfs) holding `/usr` read-only, an
+//!   `/etc` of the few files the tools read ([`ETC_ENTRIES`], never
+//!   `shadow`, the operator's config or anything else of the host's), the
+//!   jail's own `/etc/hosts`, `/etc/resolv.conf` and CNI config, a fresh
+//!   `/proc`, a minimal `/dev`, `/sys` read-only with only the run's
+//!   control groups writable, tmpfs `/run` and `/var`, and the run's own
+//!   directories at their host paths: its job directory (workspace, its
+//!   container state, secrets and its copy of the credentials), its cache
+//!   slot, and its scratch directory as `/tmp` and `/var/tmp` (inside the
+//!   run's quota). `RUN --mount=type=cache` data lives in the cache slot,
+//!   else in the scratch directory. Nothing else of the host: not the data
+//!   directory, not other jobs, not the operator's auth file or signing
+//!   key, not the host's `/var/tmp`;
+//! - **processes**: a PID namespace (the jail sees only its own), its own
+//!   IPC and host name, and the capabilities no build tool needs dropped
+//!   ([`DROPPED_CAPABILITIES`]);
+//! - **network** ([`net`]): a network namespace of the run's own, unless
+//!   the builder's network is `host`. Its loopback is its own; the
+//!   configured registries are reached through the host's forwarders on
+//!   it, and with `private` an uplink reaches the world but no address of
+//!   the host. The build steps' CNI bridge, its leases and NAT rules are
+//!   inside it and go with it.
+//!
+//! Root in the jail is the host's root (no user namespace: podman 4.3 and
+//! buildah 1.28 as root inside one cannot use the run's storage and cgroup
+//! v1 limits as they do now); what the mounts do not show, a flaw in a
+//! build tool cannot reach by a path, and what the network namespace does
+//! not route to, it cannot contact.
+
+mod net;
+
+use std::ffi::OsString;
+use std::os::fd::RawFd;
+use std::path::{Path, PathBuf};
+
+use crate::cgroup::RunCgroup;
+use crate::network::BuildNetwork;
+
+pub use net::sweep_uplinks;
+
+/// What of the host's `/etc` a jail shows (each where it exists): what
+/// the tools, their resolver and TLS read.
+pub const ETC_ENTRIES: &[&str] = &[
+    "passwd",
+    "group",
+    "nsswitch.conf",
+    "host.conf",
+    "gai.conf",
+    "services",
+    "protocols",
+    "ethertypes",
+    "ld.so.cache",
+    "ld.so.conf",
+    "ld.so.conf.d",
+    "localtime",
+    "os-release",
+    "mime.types",
+    "alternatives",
+    "ssl",
+    "ca-certificates",
+    "ca-certificates.conf",
+    "containers",
+];
+
+/// Capabilities removed from everything in a jail: none of the build
+/// tools uses them, and each opens a way around the mounts (reading any
+/// file of a file system by handle, loading modules, raw devices) or
+/// reaches the whole machine (clock, reboot, kernel log, BPF).
+pub const DROPPED_CAPABILITIES: &[&str] = &[
+    "CAP_DAC_READ_SEARCH",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_BOOT",
+    "CAP_SYS_TIME",
+    "CAP_SYSLOG",
+    "CAP_MAC_ADMIN",
+    "CAP_MAC_OVERRIDE",
+    "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND",
+    "CAP_AUDIT_CONTROL",
+    "CAP_AUDIT_READ",
+    "CAP_SYS_PACCT",
+    "CAP_SYS_TTY_CONFIG",
+    "CAP_LINUX_IMMUTABLE",
+    "CAP_BPF",
+    "CAP_PERFMON",
+    "CAP_CHECKPOINT_RESTORE",
+];
+
+/// Where buildah 1.28 (and podman's builds) keep `RUN --mount=type=cache`
+/// data as root: under the temporary directory.
+const CACHE_MOUNTS: &str = "/var/tmp/buildah-cache";
+
+/// What a run's jail holds.
+pub struct JailSpec<'a> {
+    /// Directories the run's programs read and write, each shown at its
+    /// host path: the run's job directory, its cache slot.
+    pub writable: Vec<PathBuf>,
+    /// Files or directories they may read, at their host paths (a Docker
+    /// Engine's socket and client settings).
+    pub readable: Vec<PathBuf>,
+    /// The run's scratch directory, inside its quota: the jail's `/tmp`
+    /// and `/var/tmp`.
+    pub scratch: PathBuf,
+    /// Where `RUN --mount=type=cache` data is kept: the cache slot's
+    /// directory for it; `None` keeps it in `scratch`, gone with the run.
+    pub cache_mounts: Option<PathBuf>,
+    /// Where the host writes the jail's own `/etc` files; not shown to
+    /// the jail as a directory.
+    pub files: PathBuf,
+    pub network: BuildNetwork,
+    /// The registries (`host[:port]`, as configured) the jail's programs
+    /// reach through the host.
+    pub registries: Vec<String>,
+    /// The run's control groups, the only ones writable in the jail.
+    pub cgroup: Option<&'a RunCgroup>,
+}
+
+/// Why a run's jail could not be made: the host's fault.
+#[derive(Debug, thiserror::Error)]
+pub enum JailError {
+    #[error(
+        "bubblewrap is not installed on this host (no `bwrap` on PATH); install the `bubblewrap` package"
+    )]
+    NoBubblewrap,
+    #[error("cannot write the jail's {what}: {source}")]
+    Files {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot make the jail's network: {0}")]
+    Network(#[from] net::NetError),
+}
+
+/// A run's jail; dropping it removes its network namespace, uplink and
+/// forwarders (the control groups go with the run's [`RunCgroup`]).
+pub struct Jail {
+    bwrap: PathBuf,
+    /// bwrap's arguments before the program's.
+    args: Vec<OsString>,
+    net: Option<net::JailNet>,
+}
+
+impl std::fmt::Debug for Jail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Jail").field("args", &self.args).finish()
+    }
+}
+
+impl Jail {
+    /// Makes the jail `spec` describes.
+    pub async fn create(spec: JailSpec<'_>) -> Result<Jail, JailError> {
+        let bwrap = find_on_path("bwrap").ok_or(JailError::NoBubblewrap)?;
+        let files = |what, source| JailError::Files { what, source };
+        std::fs::create_dir_all(spec.files.join("cni")).map_err(|e| files("directory", e))?;
+        std::fs::create_dir_all(&spec.scratch).map_err(|e| files("scratch directory", e))?;
+        let net = match spec.network {
+            BuildNetwork::Host => None,
+            network => Some(net::JailNet::create(network, &spec.registries).await?),
+        };
+        let hosts = net.as_ref().map(net::JailNet::hosts).unwrap_or_default();
+        std::fs::write(spec.files.join("hosts"), hosts_file(&hosts))
+            .map_err(|e| files("/etc/hosts", e))?;
+        // The host's resolvers, for `private` steps' and tools' names
+        // (the configured registries' names are in the jail's hosts).
+        let resolv = match spec.network {
+            BuildNetwork::None => String::new(),
+            _ => std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+        };
+        std::fs::write(spec.files.join("resolv.conf"), resolv)
+            .map_err(|e| files("/etc/resolv.conf", e))?;
+        if spec.network == BuildNetwork::Private {
+            std::fs::write(
+                spec.files
+                    .join("cni")
+                    .join(format!("{}.conflist", crate::network::PRIVATE_NETWORK)),
+                crate::network::CNI_CONFIG,
+            )
+            .map_err(|e| files("CNI config", e))?;
+        }
+        Ok(Jail {
+            bwrap,
+            args: bwrap_args(&spec),
+            net,
+        })
+    }
+
+    /// The program and arguments that run `program args` in the jail,
+    /// in `cwd`.
+    pub(crate) fn wrap(
+        &self,
+        program: &Path,
+        args: &[String],
+        cwd: &Path,
+    ) -> (PathBuf, Vec<OsString>) {
+        let mut all = self.args.clone();
+        // A granted program outside /usr is shown alone, read-only.
+        if !program.starts_with("/usr") {
+            all.extend(bind("--ro-bind", program, program));
+        }
+        all.extend(["--chdir".into(), cwd.into(), "--".into(), program.into()]);
+        all.extend(args.iter().map(OsString::from));
+        (self.bwrap.clone(), all)
+    }
+
+    /// What the jail is, for the job's log.
+    pub fn describe(&self) -> String {
+        match &self.net {
+            None => {
+                "[helix] jail: the run's programs see only its directories, in a PID namespace of \
+                     their own, on the host's network (builder network `host`)"
+                    .into()
+            }
+            Some(net) => format!(
+                "[helix] jail: the run's programs see only its directories, in PID and network \
+                 namespaces of their own; {}",
+                net.describe()
+            ),
+        }
+    }
+
+    /// The jail's network namespace, for a program to join before it
+    /// executes; `None` on the host's network.
+    pub(crate) fn netns(&self) -> Option<RawFd> {
+        self.net.as_ref().map(net::JailNet::fd)
+    }
+}
+
+fn bind(how: &str, source: &Path, target: &Path) -> [OsString; 3] {
+    [how.into(), source.into(), target.into()]
+}
+
+fn bwrap_args(spec: &JailSpec<'_>) -> Vec<OsString> {
+    let mut args: Vec<OsString> = [
+        "--die-with-parent",
+        "--unshare-pid",
+        "--unshare-ipc",
+        "--unshare-uts",
+        "--hostname",
+        "helix-jail",
+    ]
+    .map(OsString::from)
+    .to_vec();
+    for cap in DROPPED_CAPABILITIES {
+        args.extend(["--cap-drop".into(), OsString::from(cap)]);
+    }
+    args.extend(bind("--ro-bind", Path::new("/usr"), Path::new("/usr")));
+    // Merged /usr: /bin and the rest are links into it; else shown as is.
+    for top in ["bin", "sbin", "lib", "lib32", "lib64", "libx32"] {
+        let host = Path::new("/").join(top);
+        match std::fs::read_link(&host) {
+            Ok(target) => args.extend(["--symlink".into(), target.into(), host.into()]),
+            Err(_) if host.is_dir() => args.extend(bind("--ro-bind", &host, &host)),
+            Err(_) => {}
+        }
+    }
+    args.extend(["--tmpfs".into(), "/etc".into()]);
+    for entry in ETC_ENTRIES {
+        let host = Path::new("/etc").join(entry);
+        if host.exists() {
+            args.extend(bind("--ro-bind", &host, &host));
+        }
+    }
+    for (file, target) in [
+        ("hosts", "/etc/hosts"),
+        ("resolv.conf", "/etc/resolv.conf"),
+        ("cni", "/etc/cni/net.d"),
+    ] {
+        args.extend(bind("--ro-bind", &spec.files.join(file), Path::new(target)));
+    }
+    args.extend(
+        [
+            "--proc",
+            "/proc",
+            "--dev",
+            "/dev",
+            "--tmpfs",
+            "/dev/shm",
+            "--ro-bind",
+            "/sys",
+            "/sys",
+        ]
+        .map(OsString::from),
+    );
+    if let Some(cgroup) = spec.cgroup {
+        args.extend(["--tmpfs".into(), "/sys/fs/cgroup".into()]);
+        for (hierarchy, run) in cgroup.hierarchies() {
+            args.extend(bind("--ro-bind", hierarchy, hierarchy));
+            args.extend(bind("--bind", run, run));
+        }
+    }
+    args.extend(["--tmpfs", "/run", "--tmpfs", "/var", "--tmpfs", "/root"].map(OsString::from));
+    for dir in ["/tmp", "/var/tmp"] {
+        args.extend(bind("--bind", &spec.scratch, Path::new(dir)));
+    }
+    if let Some(cache) = &spec.cache_mounts {
+        args.extend(bind("--bind", cache, Path::new(CACHE_MOUNTS)));
+    }
+    for dir in &spec.writable {
+        args.extend(bind("--bind", dir, dir));
+    }
+    for path in &spec.readable {
+        args.extend(bind("--ro-bind", path, path));
+    }
+    args.extend(["--setenv", "TMPDIR", "/var/tmp"].map(OsString::from));
+    args
+}
+
+fn hosts_file(registries: &[(String, std::net::IpAddr)]) -> String {
+    let mut text = String::from("127.0.0.1\tlocalhost\n::1\tlocalhost\n");
+    for (name, address) in registries {
+        text.push_str(&format!("{address}\t{name}\n"));
+    }
+    text
+}
+
+fn find_on_path(program: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .filter(|dir| dir.is_absolute())
+        .map(|dir| dir.join(program))
+        .find(|candidate| candidate.is_file())
+}

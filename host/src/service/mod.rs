@@ -2,7 +2,12 @@
 //! pool of workers through their builders, and lets callers get, list,
 //! cancel, follow and wait for them.
 //!
-//! - this module: the facade and its errors;
+//! - this module: the facade's construction, reload and shutdown, its
+//!   errors, and the state its parts share;
+//! - [`submit`]: accepting a job, and cancelling the ones it supersedes;
+//! - [`query`]: reading jobs, their logs, audit trail and provenance, and
+//!   waiting for them to end;
+//! - [`cancel`]: cancelling a queued or running job, here or elsewhere;
 //! - [`table`]: the jobs this host runs, live in memory;
 //! - [`run`]: the run of one job, from claim to stored end;
 //! - [`background`]: the workers, and the tasks that keep leases, relay
@@ -17,8 +22,11 @@
 //! [`Job::recover_lost_run`]), decided here once whichever queue is used.
 
 mod background;
+mod cancel;
 mod metrics;
+mod query;
 mod run;
+mod submit;
 mod table;
 
 use std::path::PathBuf;
@@ -28,27 +36,27 @@ use std::time::Duration;
 
 use chrono::Utc;
 use futures_util::future::BoxFuture;
-use tokio::sync::{Notify, broadcast, watch};
+use tokio::sync::{Notify, broadcast};
 use tokio::task::JoinSet;
 
-use crate::audit::JobAudit;
 use crate::cache::BuildCache;
 use crate::cgroup::Cgroups;
 use crate::hooks::Webhooks;
-use crate::job::{InvalidJob, Job, JobId, JobRequest, Outcome, State, SubmitPolicy};
-use crate::log::{JobLog, LogLine, OutputCaps, Redactor};
+use crate::job::{InvalidJob, Job, JobId, State, SubmitPolicy};
+use crate::log::{LogLine, OutputCaps};
 use crate::notify::Notifications;
 use crate::plugin::PluginRuntime;
-use crate::provenance::{Attestation, Provenance};
+use crate::provenance::Provenance;
 use crate::queue::{JobQueue, LostRun};
 use crate::registry::{Publisher, RegistrySettings};
 use crate::secrets::BuildSecrets;
 use crate::source::Checkout;
-use crate::store::{JobFilter, JobStore, StoreError};
+use crate::store::{JobStore, StoreError};
 use background::Changes;
 use table::{Entry, Table};
 
 pub use metrics::{Histogram, Metrics};
+pub use query::JobPage;
 
 /// How the service runs jobs.
 #[derive(Clone)]
@@ -144,23 +152,6 @@ impl From<StoreError> for ServiceError {
         }
     }
 }
-
-/// One page of [`Service::list_page`].
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
-pub struct JobPage {
-    /// Newest first.
-    pub jobs: Vec<Job>,
-    /// Pass as `cursor` for the next page; `None` on the last page.
-    pub next_cursor: Option<String>,
-}
-
-/// How long `cancel` waits for a running job's worker to record the
-/// cancellation before returning the job as it then is.
-const CANCEL_SETTLE: Duration = Duration::from_secs(5);
-
-/// How often `cancel` looks again at a job that changed under it (claimed
-/// or ended between two reads) before giving up.
-const CANCEL_RETRIES: usize = 100;
 
 /// A handle to the service; clones share it.
 #[derive(Clone)]
@@ -291,310 +282,6 @@ impl Service {
         // Workers claim for the builders they have: let them look again.
         self.inner.work.notify_waiters();
         Ok(runtime)
-    }
-
-    /// Validates `request`, stores it and queues it. On any error nothing
-    /// is stored; once it returns the job is durable.
-    pub async fn submit(&self, request: JobRequest) -> Result<Job, ServiceError> {
-        if self.inner.stopping.load(Ordering::SeqCst) {
-            return Err(ServiceError::ShuttingDown);
-        }
-        let job = Job::from_request(request, &self.inner.policy(), Utc::now())?;
-        let capacity = self.inner.config.queue_capacity;
-        let waiting = self.inner.config.queue.depth().await?;
-        {
-            let mut table = self.inner.lock();
-            if table.jobs.contains_key(&job.id) || table.pending.contains(&job.id) {
-                return Err(ServiceError::Duplicate(job.id));
-            }
-            if waiting + table.pending.len() >= capacity {
-                return Err(ServiceError::QueueFull { capacity });
-            }
-            table.pending.insert(job.id.clone());
-        }
-        // Finished in its own task: once the job is on its way into the
-        // queue, it must end up queued (or refused) even if this caller
-        // goes away.
-        let inner = self.inner.clone();
-        let job = tokio::spawn(async move {
-            let queued = inner.config.queue.enqueue(&job).await;
-            inner.lock().pending.remove(&job.id);
-            queued?;
-            tracing::debug!(job = %job.id, builder = %job.builder, "job queued");
-            Ok::<_, ServiceError>(job)
-        })
-        .await
-        .map_err(|e| {
-            tracing::error!("storing a job was interrupted: {e}");
-            ServiceError::Store
-        })??;
-        if job.cancel_in_progress {
-            self.supersede(&job).await;
-        }
-        Ok(job)
-    }
-
-    /// Cancels the queued and running jobs of `newer`'s group submitted
-    /// before it: a newer push supersedes their builds.
-    async fn supersede(&self, newer: &Job) {
-        let Some(group) = &newer.group else {
-            return;
-        };
-        let older = match self.inner.config.store.unfinished_in_group(group).await {
-            Ok(jobs) => jobs,
-            Err(e) => {
-                tracing::warn!(job = %newer.id, "cannot find the jobs it supersedes: {e}");
-                return;
-            }
-        };
-        let reason = format!("superseded by job {} in group '{group}'", newer.id);
-        for job in older
-            .iter()
-            .filter(|j| j.id != newer.id && j.created_at <= newer.created_at)
-        {
-            // One that ended meanwhile needs nothing.
-            let _ = self.cancel_because(job.id.as_str(), &reason).await;
-        }
-    }
-
-    /// A snapshot of job `id`.
-    pub async fn get(&self, id: &str) -> Result<Job, ServiceError> {
-        if let Some(job) = self.inner.live(id, |entry| entry.job.clone()) {
-            return Ok(job);
-        }
-        self.inner.stored(id).await
-    }
-
-    /// Job `id`'s audit trail: the calls of its ended runs.
-    pub async fn audit(&self, id: &str) -> Result<JobAudit, ServiceError> {
-        let runs = self
-            .inner
-            .config
-            .store
-            .records(id, crate::audit::RECORD_PREFIX)
-            .await?
-            .ok_or_else(|| ServiceError::NotFound(id.to_string()))?;
-        JobAudit::from_runs(&runs).map_err(|e| {
-            ServiceError::from(StoreError::Database(format!(
-                "the audit trail of job '{id}' is unreadable: {e}"
-            )))
-        })
-    }
-
-    /// Job `id`'s signed provenance, as attached to its image.
-    pub async fn provenance(&self, id: &str) -> Result<Attestation, ServiceError> {
-        let store = &self.inner.config.store;
-        let records = store
-            .records(id, crate::provenance::RECORD)
-            .await?
-            .ok_or_else(|| ServiceError::NotFound(id.to_string()))?;
-        if let Some(record) = records.first() {
-            return serde_json::from_str(record).map_err(|e| {
-                ServiceError::from(StoreError::Database(format!(
-                    "the provenance of job '{id}' is unreadable: {e}"
-                )))
-            });
-        }
-        let job = self.get(id).await?;
-        let simulated = self
-            .inner
-            .runtime()
-            .builder(&job.builder)
-            .is_some_and(|b| b.info().simulated);
-        let reason = if simulated {
-            format!(
-                "builder '{}' is simulated: it builds no image, so there is nothing to attest",
-                job.builder
-            )
-        } else if job.state != State::Succeeded {
-            format!("it {} (only a build that succeeds is attested)", job.state)
-        } else {
-            "provenance was off (`provenance = false`) when it was built".to_string()
-        };
-        Err(ServiceError::NoProvenance {
-            id: id.to_string(),
-            reason,
-        })
-    }
-
-    /// Up to `limit` jobs, newest first, only those `filter` lets
-    /// through, starting after job `cursor` (the previous page's
-    /// `next_cursor`).
-    pub async fn list_page(
-        &self,
-        filter: &JobFilter,
-        limit: usize,
-        cursor: Option<&str>,
-    ) -> Result<JobPage, ServiceError> {
-        let mut jobs = self
-            .inner
-            .config
-            .store
-            .page(filter, limit.saturating_add(1), cursor)
-            .await?
-            .ok_or_else(|| ServiceError::UnknownCursor(cursor.unwrap_or_default().into()))?;
-        let more = jobs.len() > limit;
-        jobs.truncate(limit);
-        // A live job's latest state may not be committed yet.
-        let table = self.inner.lock();
-        for job in &mut jobs {
-            if let Some(entry) = table.jobs.get(&job.id) {
-                job.clone_from(&entry.job);
-            }
-        }
-        drop(table);
-        let next_cursor = more
-            .then(|| jobs.last().map(|j| j.id.to_string()))
-            .flatten();
-        Ok(JobPage { jobs, next_cursor })
-    }
-
-    /// Every job, newest first.
-    pub async fn list(&self) -> Result<Vec<Job>, ServiceError> {
-        Ok(self
-            .list_page(&JobFilter::default(), usize::MAX, None)
-            .await?
-            .jobs)
-    }
-
-    /// The job's log and a receiver of its state changes, for following
-    /// it as it runs. A finished job's receiver already holds its end.
-    pub async fn follow(
-        &self,
-        id: &str,
-    ) -> Result<(Arc<JobLog>, watch::Receiver<State>), ServiceError> {
-        if let Some(live) = self
-            .inner
-            .live(id, |entry| (entry.log.clone(), entry.state.subscribe()))
-        {
-            return Ok(live);
-        }
-        let job = self.inner.stored(id).await?;
-        let lines = self.inner.stored_log(id).await?;
-        let seen = lines.len();
-        let log = Arc::new(JobLog::restored(
-            self.inner.config.log_cap_lines,
-            Redactor::default(),
-            lines,
-        ));
-        let (state, states) = watch::channel(job.state);
-        if !job.state.is_terminal() {
-            // Queued, or running elsewhere: relay what changes.
-            tokio::spawn(background::relay(
-                Arc::downgrade(&self.inner),
-                job.id,
-                log.clone(),
-                state,
-                seen,
-            ));
-        }
-        Ok((log, states))
-    }
-
-    /// Counts for `/metrics`, of every host sharing the store.
-    pub async fn metrics(&self) -> Result<Metrics, ServiceError> {
-        let jobs_by_state = self.inner.config.store.count_by_state().await?;
-        let queue_depth = self.inner.config.queue.depth().await?;
-        let table = self.inner.lock();
-        Ok(Metrics {
-            jobs_by_state,
-            queue_depth,
-            build_seconds: table.build_seconds.clone(),
-            build_steps: table.build_steps.clone(),
-        })
-    }
-
-    /// The job's log lines so far.
-    pub async fn logs(&self, id: &str) -> Result<Vec<LogLine>, ServiceError> {
-        if let Some(lines) = self.inner.live(id, |entry| entry.log.lines()) {
-            return Ok(lines);
-        }
-        self.inner.stored(id).await?;
-        self.inner.stored_log(id).await
-    }
-
-    /// Cancels job `id`. A queued job ends `cancelled` at once; a running
-    /// job's builder is stopped (its instance dropped, its programs killed)
-    /// and the job returned once its worker has recorded the cancellation.
-    /// A job that already ended is an error.
-    pub async fn cancel(&self, id: &str) -> Result<Job, ServiceError> {
-        self.cancel_because(id, "cancelled by request").await
-    }
-
-    /// [`Service::cancel`], saying `reason` in the job's error.
-    async fn cancel_because(&self, id: &str, reason: &str) -> Result<Job, ServiceError> {
-        for _ in 0..CANCEL_RETRIES {
-            let running_here = self.inner.live(id, |entry| {
-                if let Some(cancel) = &entry.cancel {
-                    cancel.cancel(reason);
-                }
-                entry.job.state
-            });
-            match running_here {
-                Some(state) if state.is_terminal() => break,
-                Some(_) => {
-                    tracing::info!(job = %id, "running job cancelled");
-                    return self.wait(id, CANCEL_SETTLE).await;
-                }
-                None => {}
-            }
-            let job = self.inner.stored(id).await?;
-            match job.state {
-                State::Queued => {
-                    let mut ended = job;
-                    let outcome = Outcome::Cancelled {
-                        reason: format!("{reason} before it started"),
-                    };
-                    ended
-                        .finish(outcome, Utc::now())
-                        .expect("queued → cancelled is allowed");
-                    let line = "[helix] cancelled before it started";
-                    if self.inner.config.queue.withdraw(&ended, line).await? {
-                        tracing::info!(job = %id, "queued job cancelled");
-                        return Ok(ended);
-                    }
-                }
-                State::Running => {
-                    if self.inner.config.queue.ask_cancel(id, reason).await? {
-                        return self.wait(id, CANCEL_SETTLE).await;
-                    }
-                }
-                _ => break,
-            }
-            // Claimed or ended meanwhile: look again.
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        let ended = self.get(id).await?;
-        Err(ServiceError::AlreadyEnded {
-            id: ended.id,
-            state: ended.state,
-        })
-    }
-
-    /// Waits until job `id` ends or `timeout` passes, then returns its
-    /// snapshot (terminal, or its current state at the timeout).
-    pub async fn wait(&self, id: &str, timeout: Duration) -> Result<Job, ServiceError> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        let mut changes = self.inner.changes();
-        loop {
-            if let Some(mut state) = self.inner.live(id, |entry| entry.state.subscribe()) {
-                let _ =
-                    tokio::time::timeout_at(deadline, state.wait_for(|s| s.is_terminal())).await;
-                return self.get(id).await;
-            }
-            // Queued, finished, or running elsewhere: read the store until
-            // it ends (or, claimed by this host meanwhile, becomes live).
-            let job = self.inner.stored(id).await?;
-            if job.state.is_terminal() || tokio::time::Instant::now() >= deadline {
-                return Ok(job);
-            }
-            let _ = tokio::time::timeout_at(deadline, changes.next(id)).await;
-        }
-    }
-
-    /// Number of jobs waiting for a worker, on every host.
-    pub async fn queue_depth(&self) -> Result<usize, ServiceError> {
-        Ok(self.inner.config.queue.depth().await?)
     }
 
     /// Stops gracefully: no new jobs are accepted or started, running jobs

@@ -8,8 +8,14 @@
 //!
 //! `synchronous = NORMAL` in WAL mode makes each commit durable against a
 //! process crash (`kill -9`); only a power loss can take the last few.
+//!
+//! [`schema`] creates and migrates the database; [`writer`] runs the
+//! writer and checkpoint threads; this module opens the store and answers
+//! its reads on the reader connection.
 
-use std::collections::HashMap;
+mod schema;
+mod writer;
+
 use std::path::Path;
 use std::sync::Mutex;
 use std::sync::mpsc;
@@ -21,62 +27,13 @@ use rusqlite::{Connection, OptionalExtension, params};
 use chrono::{DateTime, Utc};
 
 use super::{
-    Commit, JobFilter, JobStore, OwedNotification, PRUNED_JOBS, REMEMBERED_LOGS, Read, StoreError,
-    StoredJob, TRIM_EVERY, Write, Writes, acknowledge, db_error, delivered_column,
-    delivered_from_column, parse_job,
+    Commit, JobFilter, JobStore, OwedNotification, PRUNED_JOBS, Read, StoreError, StoredJob,
+    Writes, db_error, delivered_column, delivered_from_column, parse_job,
 };
 use helix_core::job::{Job, JobId, State};
 use helix_core::log::{LogLine, LogSink};
-
-/// Schema migrations, applied in order; `PRAGMA user_version` records how
-/// many have run.
-const MIGRATIONS: &[&str] = &[
-    "
-    CREATE TABLE jobs (
-        seq   INTEGER PRIMARY KEY AUTOINCREMENT,
-        id    TEXT NOT NULL UNIQUE,
-        state TEXT NOT NULL,
-        body  TEXT NOT NULL
-    );
-    CREATE TABLE job_logs (
-        job_id TEXT NOT NULL,
-        n      INTEGER NOT NULL,
-        line   TEXT NOT NULL,
-        PRIMARY KEY (job_id, n)
-    ) WITHOUT ROWID;
-    ",
-    // Listing by state and finding live jobs at start without a full scan.
-    "CREATE INDEX jobs_by_state ON jobs (state, seq);",
-    // When each line was taken, in microseconds since the Unix epoch.
-    "ALTER TABLE job_logs ADD COLUMN at INTEGER;",
-    // The notifications owed for ended jobs: owed by the same transaction
-    // that ends the job, whichever write does. `due_at` is in microseconds
-    // since the Unix epoch.
-    "
-    CREATE TABLE outbox (
-        job_id    TEXT PRIMARY KEY,
-        due_at    INTEGER NOT NULL,
-        attempts  INTEGER NOT NULL DEFAULT 0,
-        delivered TEXT NOT NULL DEFAULT ''
-    ) WITHOUT ROWID;
-    CREATE INDEX outbox_by_due ON outbox (due_at);
-    CREATE TRIGGER outbox_when_ended AFTER UPDATE OF state ON jobs
-    WHEN OLD.state IN ('queued', 'running') AND NEW.state NOT IN ('queued', 'running')
-    BEGIN
-        INSERT OR IGNORE INTO outbox (job_id, due_at) VALUES (NEW.id, 0);
-    END;
-    ",
-    // Documents of a job besides its log: each run's audit trail, its
-    // provenance.
-    "
-    CREATE TABLE job_records (
-        job_id TEXT NOT NULL,
-        name   TEXT NOT NULL,
-        body   TEXT NOT NULL,
-        PRIMARY KEY (job_id, name)
-    ) WITHOUT ROWID;
-    ",
-];
+use schema::{connect, migrate};
+use writer::{checkpoint_loop, write_loop};
 
 /// [`JobFilter`]'s group (`?4`), builder (`?5`) and text (`?6`), each
 /// when given.
@@ -85,13 +42,6 @@ const FILTERS: &str = "(?4 IS NULL OR json_extract(body, '$.group') = ?4) \
     AND (?6 IS NULL OR instr(id, ?6) > 0 \
          OR instr(json_extract(body, '$.repo_url'), ?6) > 0 \
          OR instr(coalesce(json_extract(body, '$.image_tag'), json_extract(body, '$.image'), ''), ?6) > 0)";
-
-/// How often the WAL is checkpointed into the database file.
-const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// Most writes committed in one transaction.
-const MAX_BATCH: usize = 4096;
-
 /// A job store in one SQLite database file.
 pub struct SqliteStore {
     /// `None` only while dropping, to let the writer finish.
@@ -100,43 +50,6 @@ pub struct SqliteStore {
     reader: Mutex<Connection>,
     /// Dropped to stop the checkpointer.
     checkpoints: Option<(mpsc::Sender<()>, JoinHandle<()>)>,
-}
-
-fn connect(path: &Path) -> Result<Connection, StoreError> {
-    let db = Connection::open(path)
-        .map_err(|e| StoreError::Database(format!("{}: {e}", path.display())))?;
-    db.pragma_update(None, "journal_mode", "WAL")
-        .map_err(db_error)?;
-    db.pragma_update(None, "synchronous", "NORMAL")
-        .map_err(db_error)?;
-    db.busy_timeout(std::time::Duration::from_secs(5))
-        .map_err(db_error)?;
-    // Whichever connection's checkpoint resets the WAL cuts it back to
-    // this, so a burst of writes does not leave a large file behind.
-    db.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)
-        .map_err(db_error)?;
-    Ok(db)
-}
-
-fn migrate(db: &Connection, path: &Path) -> Result<(), StoreError> {
-    let applied: i64 = db
-        .pragma_query_value(None, "user_version", |row| row.get(0))
-        .map_err(db_error)?;
-    let applied = usize::try_from(applied).unwrap_or(usize::MAX);
-    if applied > MIGRATIONS.len() {
-        return Err(StoreError::Database(format!(
-            "{} was written by a newer helix-build (schema version {applied}); upgrade this binary",
-            path.display()
-        )));
-    }
-    for (version, migration) in MIGRATIONS.iter().enumerate().skip(applied) {
-        db.execute_batch(&format!(
-            "BEGIN; {migration}; PRAGMA user_version = {}; COMMIT;",
-            version + 1
-        ))
-        .map_err(db_error)?;
-    }
-    Ok(())
 }
 
 impl SqliteStore {
@@ -240,137 +153,6 @@ impl Drop for SqliteStore {
             let _ = checkpoints.join();
         }
     }
-}
-
-/// Moves committed pages from the WAL into the database file every
-/// `CHECKPOINT_EVERY` until told to stop, without blocking the writer
-/// (a passive checkpoint copies what it can and never waits).
-fn checkpoint_loop(db: Connection, stop: mpsc::Receiver<()>) {
-    while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_EVERY) {
-        if let Err(e) = db.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-            tracing::warn!("job store: checkpoint failed: {e}");
-        }
-    }
-}
-
-/// Commits queued writes in batches until every sender is gone.
-fn write_loop(mut db: Connection, queued: mpsc::Receiver<Write>) {
-    let mut next_line = HashMap::new();
-    while let Ok(first) = queued.recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match queued.try_recv() {
-                Ok(write) => batch.push(write),
-                Err(_) => break,
-            }
-        }
-        let results = match commit(&mut db, &batch, &mut next_line) {
-            Ok(results) => results,
-            Err(e) => {
-                tracing::error!("job store: a batch of {} writes failed: {e}", batch.len());
-                // Rolled back: line numbers remembered from it are wrong.
-                next_line.clear();
-                vec![Err(e); batch.len()]
-            }
-        };
-        acknowledge(batch, results);
-    }
-}
-
-/// Applies `batch` in one transaction; one result per write (only an
-/// insert of a duplicate id fails alone).
-fn commit(
-    db: &mut Connection,
-    batch: &[Write],
-    next_line: &mut HashMap<JobId, i64>,
-) -> Result<Vec<Result<(), StoreError>>, StoreError> {
-    // Immediate: the write lock is taken (waiting for it) before the
-    // batch reads anything. A deferred transaction that read a line count
-    // and then had to write would fail at once ("database is locked",
-    // with no wait) whenever the store wrote on its other connection
-    // meanwhile (pruning, handing out notifications), losing the batch.
-    let tx = db
-        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-        .map_err(db_error)?;
-    let mut results = Vec::with_capacity(batch.len());
-    for write in batch {
-        results.push(match write {
-            Write::Job {
-                id,
-                state,
-                body,
-                insert: true,
-                ..
-            } => {
-                let inserted = tx
-                    .prepare_cached(
-                        "INSERT INTO jobs (id, state, body) VALUES (?1, ?2, ?3) \
-                         ON CONFLICT (id) DO NOTHING",
-                    )
-                    .and_then(|mut s| s.execute(params![id.as_str(), state.as_str(), body]))
-                    .map_err(db_error)?;
-                match inserted {
-                    0 => Err(StoreError::Duplicate(id.clone())),
-                    _ => Ok(()),
-                }
-            }
-            Write::Job {
-                id, state, body, ..
-            } => {
-                tx.prepare_cached("UPDATE jobs SET state = ?2, body = ?3 WHERE id = ?1")
-                    .and_then(|mut s| s.execute(params![id.as_str(), state.as_str(), body]))
-                    .map_err(db_error)?;
-                Ok(())
-            }
-            Write::Log { id, line, cap } => {
-                append_line(&tx, next_line, id, line, *cap)?;
-                Ok(())
-            }
-            Write::Record { id, name, body } => {
-                tx.prepare_cached(super::PUT_RECORD)
-                    .and_then(|mut s| s.execute(params![id.as_str(), name, body]))
-                    .map_err(db_error)?;
-                Ok(())
-            }
-        });
-    }
-    tx.commit().map_err(db_error)?;
-    Ok(results)
-}
-
-fn append_line(
-    tx: &rusqlite::Transaction<'_>,
-    next_line: &mut HashMap<JobId, i64>,
-    id: &JobId,
-    line: &LogLine,
-    cap: usize,
-) -> Result<(), StoreError> {
-    let n = match next_line.get(id) {
-        Some(n) => *n,
-        None => {
-            let last: Option<i64> = tx
-                .prepare_cached("SELECT MAX(n) FROM job_logs WHERE job_id = ?1")
-                .and_then(|mut s| s.query_row([id.as_str()], |row| row.get(0)))
-                .optional()
-                .map_err(db_error)?
-                .flatten();
-            if next_line.len() >= REMEMBERED_LOGS {
-                next_line.clear();
-            }
-            last.map_or(0, |n| n + 1)
-        }
-    };
-    next_line.insert(id.clone(), n + 1);
-    tx.prepare_cached("INSERT INTO job_logs (job_id, n, line, at) VALUES (?1, ?2, ?3, ?4)")
-        .and_then(|mut s| s.execute(params![id.as_str(), n, line.text, line.at_micros()]))
-        .map_err(db_error)?;
-    let cap = i64::try_from(cap).unwrap_or(i64::MAX);
-    if n.unsigned_abs().is_multiple_of(TRIM_EVERY) && n >= cap {
-        tx.prepare_cached("DELETE FROM job_logs WHERE job_id = ?1 AND n <= ?2")
-            .and_then(|mut s| s.execute(params![id.as_str(), n - cap]))
-            .map_err(db_error)?;
-    }
-    Ok(())
 }
 
 /// Deletes what [`JobStore::prune`] says in one transaction, taking the

@@ -1,0 +1,74 @@
+//! Accepting a job: validated, within capacity, durable once acknowledged; a job that cancels its group's older runs does so here.
+
+use std::sync::atomic::Ordering;
+
+use chrono::Utc;
+
+use super::{Service, ServiceError};
+use crate::job::{Job, JobRequest};
+
+impl Service {
+    /// Validates `request`, stores it and queues it. On any error nothing
+    /// is stored; once it returns the job is durable.
+    pub async fn submit(&self, request: JobRequest) -> Result<Job, ServiceError> {
+        if self.inner.stopping.load(Ordering::SeqCst) {
+            return Err(ServiceError::ShuttingDown);
+        }
+        let job = Job::from_request(request, &self.inner.policy(), Utc::now())?;
+        let capacity = self.inner.config.queue_capacity;
+        let waiting = self.inner.config.queue.depth().await?;
+        {
+            let mut table = self.inner.lock();
+            if table.jobs.contains_key(&job.id) || table.pending.contains(&job.id) {
+                return Err(ServiceError::Duplicate(job.id));
+            }
+            if waiting + table.pending.len() >= capacity {
+                return Err(ServiceError::QueueFull { capacity });
+            }
+            table.pending.insert(job.id.clone());
+        }
+        // Finished in its own task: once the job is on its way into the
+        // queue, it must end up queued (or refused) even if this caller
+        // goes away.
+        let inner = self.inner.clone();
+        let job = tokio::spawn(async move {
+            let queued = inner.config.queue.enqueue(&job).await;
+            inner.lock().pending.remove(&job.id);
+            queued?;
+            tracing::debug!(job = %job.id, builder = %job.builder, "job queued");
+            Ok::<_, ServiceError>(job)
+        })
+        .await
+        .map_err(|e| {
+            tracing::error!("storing a job was interrupted: {e}");
+            ServiceError::Store
+        })??;
+        if job.cancel_in_progress {
+            self.supersede(&job).await;
+        }
+        Ok(job)
+    }
+
+    /// Cancels the queued and running jobs of `newer`'s group submitted
+    /// before it: a newer push supersedes their builds.
+    async fn supersede(&self, newer: &Job) {
+        let Some(group) = &newer.group else {
+            return;
+        };
+        let older = match self.inner.config.store.unfinished_in_group(group).await {
+            Ok(jobs) => jobs,
+            Err(e) => {
+                tracing::warn!(job = %newer.id, "cannot find the jobs it supersedes: {e}");
+                return;
+            }
+        };
+        let reason = format!("superseded by job {} in group '{group}'", newer.id);
+        for job in older
+            .iter()
+            .filter(|j| j.id != newer.id && j.created_at <= newer.created_at)
+        {
+            // One that ended meanwhile needs nothing.
+            let _ = self.cancel_because(job.id.as_str(), &reason).await;
+        }
+    }
+}

@@ -1,0 +1,94 @@
+//! The database's schema, its migrations in order, and the settings every connection opens with.
+
+use std::path::Path;
+
+use rusqlite::Connection;
+
+use crate::{StoreError, db_error};
+
+/// Schema migrations, applied in order; `PRAGMA user_version` records how
+/// many have run.
+const MIGRATIONS: &[&str] = &[
+    "
+    CREATE TABLE jobs (
+        seq   INTEGER PRIMARY KEY AUTOINCREMENT,
+        id    TEXT NOT NULL UNIQUE,
+        state TEXT NOT NULL,
+        body  TEXT NOT NULL
+    );
+    CREATE TABLE job_logs (
+        job_id TEXT NOT NULL,
+        n      INTEGER NOT NULL,
+        line   TEXT NOT NULL,
+        PRIMARY KEY (job_id, n)
+    ) WITHOUT ROWID;
+    ",
+    // Listing by state and finding live jobs at start without a full scan.
+    "CREATE INDEX jobs_by_state ON jobs (state, seq);",
+    // When each line was taken, in microseconds since the Unix epoch.
+    "ALTER TABLE job_logs ADD COLUMN at INTEGER;",
+    // The notifications owed for ended jobs: owed by the same transaction
+    // that ends the job, whichever write does. `due_at` is in microseconds
+    // since the Unix epoch.
+    "
+    CREATE TABLE outbox (
+        job_id    TEXT PRIMARY KEY,
+        due_at    INTEGER NOT NULL,
+        attempts  INTEGER NOT NULL DEFAULT 0,
+        delivered TEXT NOT NULL DEFAULT ''
+    ) WITHOUT ROWID;
+    CREATE INDEX outbox_by_due ON outbox (due_at);
+    CREATE TRIGGER outbox_when_ended AFTER UPDATE OF state ON jobs
+    WHEN OLD.state IN ('queued', 'running') AND NEW.state NOT IN ('queued', 'running')
+    BEGIN
+        INSERT OR IGNORE INTO outbox (job_id, due_at) VALUES (NEW.id, 0);
+    END;
+    ",
+    // Documents of a job besides its log: each run's audit trail, its
+    // provenance.
+    "
+    CREATE TABLE job_records (
+        job_id TEXT NOT NULL,
+        name   TEXT NOT NULL,
+        body   TEXT NOT NULL,
+        PRIMARY KEY (job_id, name)
+    ) WITHOUT ROWID;
+    ",
+];
+
+pub(super) fn connect(path: &Path) -> Result<Connection, StoreError> {
+    let db = Connection::open(path)
+        .map_err(|e| StoreError::Database(format!("{}: {e}", path.display())))?;
+    db.pragma_update(None, "journal_mode", "WAL")
+        .map_err(db_error)?;
+    db.pragma_update(None, "synchronous", "NORMAL")
+        .map_err(db_error)?;
+    db.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(db_error)?;
+    // Whichever connection's checkpoint resets the WAL cuts it back to
+    // this, so a burst of writes does not leave a large file behind.
+    db.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)
+        .map_err(db_error)?;
+    Ok(db)
+}
+
+pub(super) fn migrate(db: &Connection, path: &Path) -> Result<(), StoreError> {
+    let applied: i64 = db
+        .pragma_query_value(None, "user_version", |row| row.get(0))
+        .map_err(db_error)?;
+    let applied = usize::try_from(applied).unwrap_or(usize::MAX);
+    if applied > MIGRATIONS.len() {
+        return Err(StoreError::Database(format!(
+            "{} was written by a newer helix-build (schema version {applied}); upgrade this binary",
+            path.display()
+        )));
+    }
+    for (version, migration) in MIGRATIONS.iter().enumerate().skip(applied) {
+        db.execute_batch(&format!(
+            "BEGIN; {migration}; PRAGMA user_version = {}; COMMIT;",
+            version + 1
+        ))
+        .map_err(db_error)?;
+    }
+    Ok(())
+}

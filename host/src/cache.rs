@@ -34,9 +34,12 @@ use std::time::Duration;
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use crate::cancel::CancelSignal;
+use crate::cgroup::LimitHit;
+use crate::docker_engine::DockerEngine;
 use crate::exec::HostCommand;
 use crate::jail::Jail;
 use crate::log::JobLog;
+use crate::managed_engine::ManagedEngine;
 use crate::quota::DiskQuota;
 
 /// What the build tools name the image they build (see `plugins/kit`).
@@ -115,6 +118,9 @@ pub struct BuildCache {
 
 #[derive(Debug, Default)]
 struct SlotState {
+    /// The Docker Engine the host runs for it, for a builder in managed
+    /// engines (before `disk`: it stops before its data is unmounted).
+    engine: Option<ManagedEngine>,
     /// The repository its last job built.
     repository: Option<String>,
     /// Its file system of `max_bytes`, once a job has used it.
@@ -214,6 +220,36 @@ impl CacheSlot {
     /// The slot's storage, created if new.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The slot's managed engine, started by `start` (given the slot's
+    /// directory) when it runs none.
+    pub async fn engine<F, Fut>(&mut self, start: F) -> Result<Arc<DockerEngine>, String>
+    where
+        F: FnOnce(PathBuf) -> Fut,
+        Fut: std::future::Future<Output = Result<ManagedEngine, String>>,
+    {
+        if self.held.engine.is_none() {
+            self.held.engine = Some(start(self.dir.clone()).await?);
+        }
+        Ok(self
+            .held
+            .engine
+            .as_ref()
+            .expect("just started")
+            .engine()
+            .clone())
+    }
+
+    /// A limit the slot's managed engine reached (during this job: a slot
+    /// holds one job at a time, and an engine that reached one is stopped,
+    /// so the next starts afresh).
+    pub fn engine_limit_hit(&mut self) -> Option<LimitHit> {
+        let hit = self.held.engine.as_ref()?.limit_hit();
+        if hit.is_some() {
+            self.held.engine = None;
+        }
+        hit
     }
 
     /// Where its jobs' `RUN --mount=type=cache` data is kept (made on

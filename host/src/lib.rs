@@ -7,7 +7,9 @@
 // The core types, at the paths the rest of the host names them by.
 pub use helix_core::{audit, backoff, job, log, manifest, platform, reference};
 pub use helix_plugin as plugin;
-pub use helix_sandbox::{cancel, cgroup, docker_engine, exec, jail, network, quota, secrets};
+pub use helix_sandbox::{
+    cancel, cgroup, docker_engine, exec, jail, managed_engine, network, quota, secrets,
+};
 pub use helix_store::{self as store, queue};
 
 pub mod api;

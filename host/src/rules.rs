@@ -80,7 +80,7 @@ pub struct BuildShape {
 impl BuildShape {
     pub fn of(builder: &Builder) -> Self {
         BuildShape {
-            engine: builder.engine().is_some(),
+            engine: builder.in_engine(),
             network: builder.network(),
         }
     }

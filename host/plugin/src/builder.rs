@@ -17,6 +17,9 @@ use helix_core::job::{BuildResult, FailureKind, Job, Outcome};
 use helix_core::log::JobLog;
 use helix_sandbox::cancel::CancelSignal;
 use helix_sandbox::docker_engine::DockerEngine;
+
+/// The `engine` value by which a builder builds in engines the host runs.
+pub const MANAGED_ENGINE: &str = "managed";
 use helix_sandbox::exec::GrantPolicy;
 use helix_sandbox::exec::JobValues;
 
@@ -72,6 +75,7 @@ pub struct Builder {
     grants: Arc<GrantPolicy>,
     /// The Docker Engine it builds in, if it builds in one.
     engine: Option<Arc<DockerEngine>>,
+    managed_engine: Option<Arc<helix_sandbox::managed_engine::EngineSettings>>,
     instantiations: Timings,
 }
 
@@ -181,10 +185,15 @@ impl Builder {
                 },
                 network: source.network,
                 registry_cache: source.registry_cache,
-                engine: source.engine.as_ref().map(|e| e.socket().to_string()),
+                engine: match (&source.engine, &source.managed_engine) {
+                    (Some(engine), _) => Some(engine.socket().to_string()),
+                    (None, Some(_)) => Some(MANAGED_ENGINE.to_string()),
+                    (None, None) => None,
+                },
                 platforms: None,
             },
             engine: source.engine,
+            managed_engine: source.managed_engine,
             code: Code::Component { engine, pre },
             settings: Arc::new(source.settings),
             grants: Arc::new(source.grants),
@@ -226,6 +235,7 @@ impl Builder {
                 platforms: None,
             },
             engine: None,
+            managed_engine: None,
             code: Code::Native(build),
             settings: Arc::default(),
             grants: Arc::default(),
@@ -238,8 +248,20 @@ impl Builder {
     }
 
     /// The Docker Engine this builder builds in, if it builds in one.
+    /// The operator's Docker Engine it builds in.
     pub fn engine(&self) -> Option<&Arc<DockerEngine>> {
         self.engine.as_ref()
+    }
+
+    /// The settings of the engines the host runs for it, if it builds in
+    /// managed ones.
+    pub fn managed_engine(&self) -> Option<&Arc<helix_sandbox::managed_engine::EngineSettings>> {
+        self.managed_engine.as_ref()
+    }
+
+    /// Whether it builds in a Docker Engine, the operator's or a managed one.
+    pub fn in_engine(&self) -> bool {
+        self.engine.is_some() || self.managed_engine.is_some()
     }
 
     /// What this builder's build steps may reach.

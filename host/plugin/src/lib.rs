@@ -22,10 +22,11 @@ use wasmtime::component::{Component, HasSelf, Linker};
 
 use helix_sandbox::docker_engine::DockerEngine;
 use helix_sandbox::exec::{GrantPolicy, ProgramGrant};
+use helix_sandbox::managed_engine::EngineSettings;
 
 pub use bindings::WIT_VERSION;
 use builder::Pre;
-pub use builder::{Builder, Built, NativeBuild, RunContext, Timings};
+pub use builder::{Builder, Built, MANAGED_ENGINE, NativeBuild, RunContext, Timings};
 pub use cache::{CacheUse, ComponentCache};
 pub use engine::PoolSizing;
 use helix_core::platform::Platform;
@@ -50,8 +51,11 @@ pub struct BuilderSource {
     pub network: BuildNetwork,
     /// Where its jobs' layers are kept in a registry, by repository prefix.
     pub registry_cache: Option<String>,
-    /// The Docker Engine it builds in, if it builds in one.
+    /// The operator's Docker Engine it builds in, if it builds in one.
     pub engine: Option<Arc<DockerEngine>>,
+    /// Or the settings of the engines the host runs for it, one per cache
+    /// slot (`engine = "managed"`).
+    pub managed_engine: Option<Arc<EngineSettings>>,
     /// What each job's build may use.
     pub build_limits: BuildLimits,
 }
@@ -116,7 +120,8 @@ pub struct BuilderInfo {
     /// The repository prefix under which its jobs' layers are kept in a
     /// registry, if they are.
     pub registry_cache: Option<String>,
-    /// The socket of the Docker Engine it builds in, if it builds in one.
+    /// The socket of the Docker Engine it builds in, if it builds in one;
+    /// `managed` for engines the host runs.
     pub engine: Option<String>,
     /// The platforms it can build on this host; `None` (`null`) for a
     /// simulated builder, which builds nothing and takes any.
@@ -353,6 +358,7 @@ pub async fn inspect(path: &Path) -> Result<Inspection, PluginError> {
         network: BuildNetwork::None,
         registry_cache: None,
         engine: None,
+        managed_engine: None,
         build_limits: BuildLimits::default(),
     };
     let pre = prepare(&engine, &linker, &component, &source)?;

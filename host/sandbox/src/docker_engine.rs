@@ -5,7 +5,8 @@
 //! The host speaks the engine's API over its socket itself (tag, push,
 //! remove): a `docker` client costs a start of its own per call.
 //!
-//! The engine is the operator's, reached only through its unix socket,
+//! The engine is the operator's (or one the host runs, see
+//! [`crate::managed_engine`]), reached only through its unix socket,
 //! which the host sets (`DOCKER_HOST`) for every program of the builder's
 //! jobs: neither a builder nor its grants choose it. Its `RUN` steps run in
 //! BuildKit's containers, with no network (the only `network` an engine
@@ -296,6 +297,14 @@ impl DockerEngine {
                 );
             }
         }
+    }
+
+    /// Whether the engine answers its API's ping.
+    pub async fn ping(&self) -> bool {
+        let answered = self
+            .api(Method::GET, "/_ping", None, Duration::from_secs(2))
+            .await;
+        answered.is_ok_and(|(status, _)| status.is_success())
     }
 
     /// One request to the engine's API over its socket: the status and

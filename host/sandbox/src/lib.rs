@@ -13,7 +13,8 @@
 //! - [`secrets`]: build secrets, handed over as files the builder cannot
 //!   read and redacted from everything it sees.
 //! - [`docker_engine`]: a Docker Engine a BuildKit builder builds in,
-//!   spoken to over its unix socket.
+//!   spoken to over its unix socket; [`managed_engine`]: one the host
+//!   runs itself, per cache slot, in a jail and a control group.
 //! - [`cancel`]: stopping a run, and why.
 
 pub mod cancel;
@@ -21,6 +22,7 @@ pub mod cgroup;
 pub mod docker_engine;
 pub mod exec;
 pub mod jail;
+pub mod managed_engine;
 pub mod network;
 pub mod quota;
 pub mod secrets;

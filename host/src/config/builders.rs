@@ -13,7 +13,9 @@ use crate::cache::BuildCache;
 use crate::cgroup::BuildLimits;
 use crate::docker_engine::DockerEngine;
 use crate::exec::Grants;
+use crate::managed_engine::EngineSettings;
 use crate::network::BuildNetwork;
+use crate::plugin::MANAGED_ENGINE;
 use crate::plugin::{BuilderSource, Limits, Origin};
 
 /// One builder's component, limits and settings.
@@ -35,9 +37,12 @@ pub struct BuilderConfig {
     /// world but no address of this host; the default) or `host`. A
     /// builder with an `engine` takes only `none`, its default.
     pub network: Option<BuildNetwork>,
-    /// The Docker Engine the builder builds in (`unix:///path/to/docker.sock`),
-    /// for the `buildkit` builder: the host points every `docker` of its
-    /// jobs at it.
+    /// The Docker Engine the builder builds in, for the `buildkit` builder:
+    /// `managed` (the host runs one per cache slot, in a jail, with the
+    /// builder's limits; see `helix_sandbox::managed_engine`), or an
+    /// operator's engine at `unix:///path/to/docker.sock`, which the host
+    /// points every `docker` of its jobs at (its steps then run outside
+    /// any jail and the job's limits).
     pub engine: Option<String>,
     /// The Docker client run against `engine`, by the builder and the host:
     /// `docker` on PATH unless set. It must drive BuildKit itself
@@ -164,8 +169,13 @@ impl Config {
                 self.validate_registry_cache(name, prefix)?;
             }
             if let Some(socket) = &builder.engine {
-                DockerEngine::check_socket(socket)
-                    .map_err(|e| ConfigError::Invalid(format!("builders.{name}.engine: {e}")))?;
+                if socket != MANAGED_ENGINE {
+                    DockerEngine::check_socket(socket).map_err(|e| {
+                        ConfigError::Invalid(format!(
+                            "builders.{name}.engine: {e}, or \"{MANAGED_ENGINE}\""
+                        ))
+                    })?;
+                }
                 if builder.network() != BuildNetwork::None {
                     return invalid(format!(
                         "builders.{name}.network: a builder in a Docker Engine takes only \"none\"; \
@@ -176,6 +186,12 @@ impl Config {
                     return invalid(format!(
                         "builders.{name}.registry_cache: a builder in a Docker Engine keeps its layers \
                          in the engine's BuildKit cache; remove it"
+                    ));
+                }
+                if socket == MANAGED_ENGINE && !builder.cache {
+                    return invalid(format!(
+                        "builders.{name}.cache: a builder in managed engines runs one per cache slot \
+                         (its data inside the slot); it cannot be false"
                     ));
                 }
             }
@@ -228,15 +244,25 @@ impl Config {
                     NETWORK_SETTING.into(),
                     builder.network().flag_value().into(),
                 );
-                let engine = builder.engine.clone().map(|socket| {
-                    Arc::new(DockerEngine::new(
-                        socket,
-                        builder.engine_client().into(),
-                        self.data_dir.join("docker"),
-                        self.registry_auth_file.clone(),
-                    ))
-                });
-                if engine.is_some() {
+                let client = EngineSettings {
+                    client: builder.engine_client().into(),
+                    config_dir: self.data_dir.join("docker"),
+                    auth_file: self.registry_auth_file.clone(),
+                };
+                let (engine, managed_engine) = match builder.engine.clone() {
+                    None => (None, None),
+                    Some(managed) if managed == MANAGED_ENGINE => (None, Some(Arc::new(client))),
+                    Some(socket) => (
+                        Some(Arc::new(DockerEngine::new(
+                            socket,
+                            client.client,
+                            client.config_dir,
+                            client.auth_file,
+                        ))),
+                        None,
+                    ),
+                };
+                if builder.engine.is_some() {
                     settings.insert(ENGINE_CLIENT_SETTING.into(), builder.engine_client().into());
                 }
                 Ok(BuilderSource {
@@ -248,6 +274,7 @@ impl Config {
                     network: builder.network(),
                     registry_cache: builder.registry_cache.clone(),
                     engine,
+                    managed_engine,
                     name,
                     origin,
                     bytes,

@@ -79,6 +79,7 @@ pub async fn run(trial: Trial) -> Result<TrialRun, String> {
         network: BuildNetwork::None,
         registry_cache: None,
         engine: None,
+        managed_engine: None,
         build_limits: BuildLimits::default(),
     };
     let sizing = PoolSizing {

@@ -21,6 +21,7 @@ use crate::exec::{Confinement, JobValues};
 use crate::jail::{Jail, JailSpec};
 use crate::job::{FailureKind, Job, JobId, Outcome};
 use crate::log::JobLog;
+use crate::managed_engine::{EngineSettings, ManagedEngine};
 use crate::plugin::{Builder, Built, RunContext};
 use crate::provenance::{BuildFacts, Provenance};
 use crate::registry::Pushed;
@@ -41,6 +42,8 @@ struct Attempt<'a> {
     cancel: &'a CancelSignal,
     cgroup: Option<Arc<RunCgroup>>,
     jail: Option<Arc<Jail>>,
+    /// The Docker Engine it builds in, if it builds in one.
+    engine: Option<&'a Arc<DockerEngine>>,
     audit: &'a Arc<AuditTrail>,
     /// The run's image name in its builder's Docker Engine, if it has one.
     engine_image: Option<&'a str>,
@@ -157,10 +160,18 @@ impl Inner {
         }
         let simulated = builder.info().simulated;
         let cache = self.config.cache.clone();
-        let engine = builder.engine().cloned();
+        let operator_engine = builder.engine().cloned();
+        let managed = builder.managed_engine().cloned();
         // A slot of the builder's layer cache, unless the job wants none; a
-        // builder in a Docker Engine keeps its layers in BuildKit's cache.
-        let slot = match simulated || job.no_cache || engine.is_some() {
+        // builder in the operator's Docker Engine keeps its layers in
+        // BuildKit's cache there; one in managed engines builds in its
+        // slot's engine (a no_cache job too: it builds with --no-cache).
+        let wants_slot = match (&operator_engine, &managed) {
+            (Some(_), _) => false,
+            (None, Some(_)) => true,
+            (None, None) => !job.no_cache,
+        };
+        let mut slot = match simulated || !wants_slot {
             true => None,
             false => match cache.acquire(&job.builder, &job.repo_url).await {
                 Ok(slot) => slot,
@@ -226,13 +237,46 @@ impl Inner {
             ),
             None => format!("[helix] running on builder '{}'", job.builder),
         });
-        if let Some(engine) = &engine {
-            log.push(&format!(
-                "[helix] building in the Docker Engine at {} (BuildKit's layer cache is the engine's); \
-                 its RUN steps run in the engine's control groups, so the job's build limits \
-                 reach the docker client, not them",
-                engine.socket()
-            ));
+        let engine = match (operator_engine, &managed, slot.as_mut()) {
+            (Some(engine), _, _) => {
+                log.push(&format!(
+                    "[helix] building in the Docker Engine at {} (BuildKit's layer cache is the engine's); \
+                     its RUN steps run in the engine's control groups, so the job's build limits \
+                     reach the docker client, not them",
+                    engine.socket()
+                ));
+                Some(engine)
+            }
+            (None, Some(settings), Some(slot)) => {
+                match self.managed_engine(builder.as_ref(), slot, settings).await {
+                    Ok(engine) => {
+                        log.push(&format!(
+                        "[helix] building in this slot's managed Docker Engine at {} (in a jail of its own; \
+                         its layer cache is in {}, its RUN steps within the builder's limits)",
+                        engine.socket(),
+                        slot.dir().display()
+                    ));
+                        Some(engine)
+                    }
+                    Err(e) => {
+                        dirs.remove();
+                        return Outcome::failed(FailureKind::Host, e);
+                    }
+                }
+            }
+            (None, Some(_), None) => {
+                dirs.remove();
+                return Outcome::failed(
+                    FailureKind::Host,
+                    format!(
+                        "builder '{}' builds in managed engines but has no cache slot",
+                        job.builder
+                    ),
+                );
+            }
+            (None, None, _) => None,
+        };
+        if engine.is_some() {
         } else if !simulated {
             log.push(&match &slot {
                 Some(slot) => format!(
@@ -251,7 +295,13 @@ impl Inner {
         let jail = match builder.runs_programs() {
             false => None,
             true => match self
-                .jail(builder.as_ref(), &dirs, slot.as_ref(), cgroup.as_deref())
+                .jail(
+                    builder.as_ref(),
+                    engine.as_deref(),
+                    &dirs,
+                    slot.as_ref(),
+                    cgroup.as_deref(),
+                )
                 .await
             {
                 Ok(jail) => Some(Arc::new(jail)),
@@ -268,7 +318,7 @@ impl Inner {
             log.push(&jail.describe());
         }
         let cleanup_env = dirs.program_env();
-        if let Some(slot) = &slot {
+        if let Some(slot) = slot.as_ref().filter(|_| engine.is_none()) {
             slot.clean(&cleanup_env, log, jail.as_deref()).await;
         }
         let audit = Arc::new(AuditTrail::new(job.attempts));
@@ -279,6 +329,7 @@ impl Inner {
             cancel,
             cgroup: cgroup.clone(),
             jail: jail.clone(),
+            engine: engine.as_ref(),
             audit: &audit,
             engine_image: engine_image.as_deref(),
         };
@@ -293,7 +344,8 @@ impl Inner {
         let (name, body) = audit.stored();
         self.config.store.put_record(&job.id, &name, body);
         let limits = &builder.info().build_limits;
-        let reached = match cgroup.as_ref().and_then(|c| c.limit_hit()) {
+        let engine_hit = slot.as_mut().and_then(CacheSlot::engine_limit_hit);
+        let reached = match cgroup.as_ref().and_then(|c| c.limit_hit()).or(engine_hit) {
             Some(LimitHit::Memory) => Some(format!(
                 "memory limit of {} MiB (builders.{}.build_memory_mib)",
                 limits.memory_mib.unwrap_or_default(),
@@ -310,7 +362,7 @@ impl Inner {
             Some(limit) => blame_limit(outcome, &limit),
             None => outcome,
         };
-        if let Some(slot) = &slot {
+        if let Some(slot) = slot.as_ref().filter(|_| engine.is_none()) {
             slot.clean(&cleanup_env, log, jail.as_deref()).await;
         }
         drop(jail);
@@ -332,12 +384,39 @@ impl Inner {
         outcome
     }
 
+    /// The managed Docker Engine of `slot`, started for `builder` if the
+    /// slot runs none: the builder's limits, the configured registries.
+    async fn managed_engine(
+        &self,
+        builder: &Builder,
+        slot: &mut CacheSlot,
+        settings: &EngineSettings,
+    ) -> Result<Arc<DockerEngine>, String> {
+        let Some(cgroups) = &self.config.cgroups else {
+            return Err(
+                "a managed Docker Engine needs control groups, which this host has none of".into(),
+            );
+        };
+        let name = format!(
+            "engine-{}-{}",
+            builder.info().name,
+            slot.dir().file_name().unwrap_or_default().to_string_lossy()
+        );
+        let limits = builder.info().build_limits;
+        let registries = self.config.registries.endpoints();
+        slot.engine(|dir| async move {
+            ManagedEngine::start(cgroups, &name, &dir, &limits, registries, settings).await
+        })
+        .await
+    }
+
     /// The jail of a run of `builder` in `dirs`: its directories and
     /// cache slot, the engine's socket, the builder's network and the
     /// configured registries.
     async fn jail(
         &self,
         builder: &Builder,
+        engine: Option<&DockerEngine>,
         dirs: &JobDirs,
         slot: Option<&CacheSlot>,
         cgroup: Option<&RunCgroup>,
@@ -350,13 +429,14 @@ impl Inner {
             writable: std::iter::once(dirs.root().to_path_buf())
                 .chain(slot.map(|s| s.dir().to_path_buf()))
                 .collect(),
-            readable: builder.engine().map(|e| e.jail_paths()).unwrap_or_default(),
+            readable: engine.map(DockerEngine::jail_paths).unwrap_or_default(),
             scratch: dirs.scratch(),
             cache_mounts,
             files: dirs.jail_files(),
             network: builder.network(),
             registries: self.config.registries.endpoints(),
             cgroup,
+            cgroup_namespace: false,
         })
         .await
         .map_err(|e| e.to_string())
@@ -374,6 +454,7 @@ impl Inner {
             cancel,
             cgroup,
             jail,
+            engine,
             audit,
             engine_image,
         } = attempt;
@@ -393,7 +474,7 @@ impl Inner {
                     "the job names no image and the operator configured no default registry; set `image`",
                 ));
             };
-            if let Some(engine) = builder.engine() {
+            if let Some(engine) = engine {
                 engine
                     .prepare()
                     .await
@@ -419,7 +500,7 @@ impl Inner {
             })?;
         let workspace_dir = workspace.clone();
         let mut program_env = dirs.program_env();
-        if let Some(engine) = builder.engine() {
+        if let Some(engine) = engine {
             program_env.extend(engine.env());
         }
         let mut values = JobValues {
@@ -452,7 +533,7 @@ impl Inner {
             }
             (built @ (Built::Layout(_) | Built::LocalImage), Some(image)) => {
                 let env = dirs.program_env();
-                let pushed = match (&built, builder.engine(), engine_image) {
+                let pushed = match (&built, engine, engine_image) {
                     (Built::Layout(layout), _, _) => Pushed::Layout { layout, env: &env },
                     (_, Some(engine), Some(name)) => Pushed::Engine { engine, name },
                     _ => Pushed::Storage {
@@ -470,7 +551,7 @@ impl Inner {
                 if let Some(provenance) = &self.config.provenance
                     && let Some(source) = &source
                 {
-                    let used = match (&built, builder.engine()) {
+                    let used = match (&built, engine) {
                         (Built::LocalImage, None) => {
                             self.config
                                 .publisher

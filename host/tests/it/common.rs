@@ -420,6 +420,11 @@ pub fn with_engine(config: Config, engine: &helix_fixtures::Dockerd) -> Config {
 }
 
 /// `config` with the `buildkit` builder pointed at the engine `socket`.
+/// `config` with the `buildkit` builder in engines the host runs itself.
+pub fn with_managed_engine(config: Config) -> Config {
+    with_engine_at(config, helix_build::plugin::MANAGED_ENGINE)
+}
+
 pub fn with_engine_at(mut config: Config, socket: &str) -> Config {
     config.builders.insert(
         "buildkit".into(),

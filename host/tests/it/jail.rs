@@ -114,6 +114,7 @@ async fn a_program_in_the_jail_sees_only_its_run_and_reaches_only_the_registries
             network,
             registries: vec![registry.address.clone()],
             cgroup: None,
+            cgroup_namespace: false,
         })
         .await
         .unwrap();

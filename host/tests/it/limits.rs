@@ -1,4 +1,5 @@
-//! What one job's build may use, with real podman and buildah: a memory
+//! What one job's build may use, with real podman, buildah and buildkit
+//! (in an engine the host runs, one per cache slot): a memory
 //! hog and a fork bomb in `RUN` steps end their jobs `failed` naming the
 //! limit, while a job beside them builds. Needs what the real-build tests
 //! need (see real_build.rs), as root: the limits are control groups.
@@ -15,11 +16,14 @@ use helix_fixtures::{Registry, repo_running};
 async fn a_memory_hog_and_a_fork_bomb_fail_naming_the_limit_while_a_job_beside_them_builds() {
     let registry = Registry::start(false);
     let dir = tempfile::tempdir().unwrap();
-    let mut config = common::real_config(&dir, &registry.address);
-    for builder in ["podman", "buildah"] {
+    // buildkit in engines the host runs (one per cache slot, with the
+    // builder's limits): its steps are bounded as podman's are. The engine
+    // itself (dockerd, containerd) needs some hundred threads.
+    let mut config = common::with_managed_engine(common::real_config(&dir, &registry.address));
+    for (builder, pids) in [("podman", 128), ("buildah", 128), ("buildkit", 512)] {
         let limits = config.builders.entry(builder.into()).or_default();
         limits.build_memory_mib = 256;
-        limits.build_pids = 128;
+        limits.build_pids = pids;
     }
     let service = common::start(&config.validated().unwrap()).await;
 
@@ -30,7 +34,7 @@ async fn a_memory_hog_and_a_fork_bomb_fail_naming_the_limit_while_a_job_beside_t
         "i=0; while [ $i -lt 1000 ]; do /bin/busybox sleep 60 & i=$((i+1)); done; wait",
     );
     let fine = repo_running("/bin/busybox echo built > /built");
-    for builder in ["podman", "buildah"] {
+    for (builder, pids) in [("podman", 128), ("buildah", 128), ("buildkit", 512)] {
         let hog_job = service
             .submit(common::on_repo(hog.path(), builder))
             .await
@@ -50,12 +54,14 @@ async fn a_memory_hog_and_a_fork_bomb_fail_naming_the_limit_while_a_job_beside_t
             ),
             (
                 &bomb_job.id,
-                "process limit of 128 (builders.{}.build_pids)",
+                "process limit of {pids} (builders.{}.build_pids)",
             ),
         ] {
             let job = common::finished(&service, id).await;
             let error = job.error.clone().unwrap_or_default();
-            let limit = limit.replace("{}", builder);
+            let limit = limit
+                .replace("{}", builder)
+                .replace("{pids}", &pids.to_string());
             let logs = service.logs(id.as_str()).await.unwrap().texts();
             eprintln!("--- {id}\n{}", logs.join("\n"));
             assert_eq!(job.state, State::Failed, "{builder}: {error}");

@@ -19,6 +19,7 @@ use std::time::Duration;
 
 pub use grant::{Denial, DirGrant, GrantPolicy, Granted, Grants, ProgramGrant};
 pub use process::KILL_GRACE;
+pub(crate) use process::confined;
 pub use value::{CallSite, ValuePolicy, ValueType};
 
 use crate::cancel::CancelSignal;

@@ -39,30 +39,35 @@ pub(super) struct Invocation<'a> {
     pub jail: Option<&'a Jail>,
 }
 
-pub(super) async fn run(inv: Invocation<'_>) -> Result<CommandOutput, RunError> {
-    let mut command = match inv.jail {
+/// `program args` in `cwd`, with nothing of the host's environment, in its
+/// own process group, started inside `cgroup` and `jail` when given.
+pub(crate) fn confined(
+    program: &Path,
+    args: &[String],
+    cwd: &Path,
+    cgroup: Option<&RunCgroup>,
+    jail: Option<&Jail>,
+) -> Command {
+    let mut command = match jail {
         Some(jail) => {
-            let (bwrap, args) = jail.wrap(inv.program, inv.args, inv.cwd);
+            let (bwrap, args) = jail.wrap(program, args, cwd);
             let mut command = Command::new(bwrap);
             command.args(args);
             command
         }
         None => {
-            let mut command = Command::new(inv.program);
-            command.args(inv.args);
+            let mut command = Command::new(program);
+            command.args(args);
             command
         }
     };
     command
         .env_clear()
-        .envs(inv.env)
-        .current_dir(inv.cwd)
+        .current_dir(cwd)
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
         .process_group(0);
-    let fds = inv.cgroup.map(RunCgroup::enter_fds).unwrap_or_default();
-    let netns = inv.jail.and_then(Jail::netns);
+    let fds = cgroup.map(RunCgroup::enter_fds).unwrap_or_default();
+    let netns = jail.and_then(Jail::netns);
     if !fds.is_empty() || netns.is_some() {
         // SAFETY: the closure runs between fork and exec and only writes
         // to and joins descriptors opened before the fork (no allocation,
@@ -79,6 +84,15 @@ pub(super) async fn run(inv: Invocation<'_>) -> Result<CommandOutput, RunError> 
             });
         }
     }
+    command
+}
+
+pub(super) async fn run(inv: Invocation<'_>) -> Result<CommandOutput, RunError> {
+    let mut command = confined(inv.program, inv.args, inv.cwd, inv.cgroup, inv.jail);
+    command
+        .envs(inv.env)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let mut child = command.spawn().map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => RunError::NotFound(format!("`{}`: {e}", inv.label)),
         _ => RunError::FailedToStart(format!("`{}`: {e}", inv.label)),

@@ -120,6 +120,13 @@ pub struct JailSpec<'a> {
     pub registries: Vec<String>,
     /// The run's control groups, the only ones writable in the jail.
     pub cgroup: Option<&'a RunCgroup>,
+    /// Whether the jail's programs get a cgroup namespace rooted at the
+    /// run's group, with the hierarchies mounted anew inside it: for a
+    /// program that makes groups at paths of its choosing (dockerd and
+    /// BuildKit make `/docker/buildkit/<step>`), which then land below the
+    /// run's group, within its limits. Otherwise the hierarchies are shown
+    /// read-only with the run's groups writable at their host paths.
+    pub cgroup_namespace: bool,
 }
 
 /// Why a run's jail could not be made: the host's fault.
@@ -145,6 +152,9 @@ pub struct Jail {
     bwrap: PathBuf,
     /// bwrap's arguments before the program's.
     args: Vec<OsString>,
+    /// Shell commands run in the jail before each program (mounting the
+    /// control group hierarchies in a cgroup namespace).
+    prelude: Option<String>,
     net: Option<net::JailNet>,
 }
 
@@ -185,9 +195,14 @@ impl Jail {
             )
             .map_err(|e| files("CNI config", e))?;
         }
+        let prelude = match (spec.cgroup_namespace, spec.cgroup) {
+            (true, Some(cgroup)) => Some(mount_hierarchies(cgroup)),
+            _ => None,
+        };
         Ok(Jail {
             bwrap,
             args: bwrap_args(&spec),
+            prelude,
             net,
         })
     }
@@ -205,7 +220,15 @@ impl Jail {
         if !program.starts_with("/usr") {
             all.extend(bind("--ro-bind", program, program));
         }
-        all.extend(["--chdir".into(), cwd.into(), "--".into(), program.into()]);
+        all.extend(["--chdir".into(), cwd.into(), "--".into()]);
+        if let Some(prelude) = &self.prelude {
+            all.extend([
+                "/bin/sh".into(),
+                "-c".into(),
+                format!("{prelude}exec \"$0\" \"$@\"").into(),
+            ]);
+        }
+        all.push(program.into());
         all.extend(args.iter().map(OsString::from));
         (self.bwrap.clone(), all)
     }
@@ -289,7 +312,9 @@ fn bwrap_args(spec: &JailSpec<'_>) -> Vec<OsString> {
         ]
         .map(OsString::from),
     );
-    if let Some(cgroup) = spec.cgroup {
+    if spec.cgroup_namespace {
+        args.extend(["--unshare-cgroup", "--tmpfs", "/sys/fs/cgroup"].map(OsString::from));
+    } else if let Some(cgroup) = spec.cgroup {
         args.extend(["--tmpfs".into(), "/sys/fs/cgroup".into()]);
         for (hierarchy, run) in cgroup.hierarchies() {
             args.extend(bind("--ro-bind", hierarchy, hierarchy));
@@ -311,6 +336,43 @@ fn bwrap_args(spec: &JailSpec<'_>) -> Vec<OsString> {
     }
     args.extend(["--setenv", "TMPDIR", "/var/tmp"].map(OsString::from));
     args
+}
+
+/// Shell commands that mount each of `cgroup`'s hierarchies at its host
+/// path, as the host mounts it (in a cgroup namespace the mount's root is
+/// the namespace's: the run's group).
+fn mount_hierarchies(cgroup: &RunCgroup) -> String {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut script = String::new();
+    for (hierarchy, _) in cgroup.hierarchies() {
+        let point = hierarchy.display().to_string();
+        let Some((fstype, options)) = mountinfo.lines().find_map(|line| {
+            let (before, after) = line.split_once(" - ")?;
+            (before.split(' ').nth(4)? == point).then_some(())?;
+            let mut after = after.split(' ');
+            Some((after.next()?.to_string(), after.nth(1)?.to_string()))
+        }) else {
+            continue;
+        };
+        let mount = match fstype.as_str() {
+            "cgroup2" => format!("mount -t cgroup2 cgroup2 {point}"),
+            _ => {
+                let mut kept: Vec<&str> = options
+                    .split(',')
+                    .filter(|o| {
+                        !matches!(*o, "rw" | "ro" | "xattr" | "clone_children" | "noprefix")
+                    })
+                    .filter(|o| !o.starts_with("release_agent="))
+                    .collect();
+                if kept.iter().all(|o| o.starts_with("name=")) {
+                    kept.insert(0, "none");
+                }
+                format!("mount -t cgroup -o {} cgroup {point}", kept.join(","))
+            }
+        };
+        script.push_str(&format!("mkdir -p {point} && {mount} && "));
+    }
+    script
 }
 
 fn hosts_file(registries: &[(String, std::net::IpAddr)]) -> String {

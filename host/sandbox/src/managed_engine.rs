@@ -1,0 +1,199 @@
+//! A Docker Engine the host runs itself for a BuildKit builder
+//! (`engine = "managed"`): one dockerd per cache slot, started when a job
+//! first needs it, inside a jail of its own, and stopped with the slot's
+//! server or after a job reached one of its limits.
+//!
+//! - **Jail**: its data root inside the slot (within the slot's share of
+//!   the cache size), its exec root and socket in a short directory under
+//!   `/run/hxe`, nothing else of the host's files; a network namespace
+//!   whose only way out is the configured registries' forwarders; no
+//!   bridge, no iptables rules of its own.
+//! - **Control group**: the engine, containerd and every BuildKit step are
+//!   in the engine's group, which carries the builder's `build_memory_mib`,
+//!   `build_pids` and `build_cpus`; in a cgroup namespace rooted there, so
+//!   the groups BuildKit makes for its steps (`/docker/buildkit/<step>`)
+//!   are below it. A slot runs one job at a time, so the limits are the
+//!   job's.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sha2::Digest as _;
+
+use crate::cgroup::{BuildLimits, Cgroups, LimitHit, RunCgroup};
+use crate::docker_engine::DockerEngine;
+use crate::jail::{Jail, JailSpec};
+use crate::network::BuildNetwork;
+
+/// How long a starting engine may take to answer.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// Where managed engines keep their exec roots and sockets: short, as unix
+/// socket paths are limited to 108 bytes and containerd's lie below.
+const EXEC_ROOTS: &str = "/run/hxe";
+
+/// What every managed engine of a builder shares: the client the builder
+/// and the host drive it with and its settings.
+#[derive(Debug, Clone)]
+pub struct EngineSettings {
+    pub client: String,
+    /// `DOCKER_CONFIG` for every client run against it.
+    pub config_dir: PathBuf,
+    /// The registry credentials copied into it.
+    pub auth_file: Option<PathBuf>,
+}
+
+/// One running engine.
+pub struct ManagedEngine {
+    engine: Arc<DockerEngine>,
+    child: tokio::process::Child,
+    exec_root: PathBuf,
+    // Dropped after the child: the group's leftovers are killed, then the
+    // jail's network goes.
+    cgroup: RunCgroup,
+    _jail: Jail,
+}
+
+impl std::fmt::Debug for ManagedEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ManagedEngine")
+            .field("socket", &self.engine.socket())
+            .finish()
+    }
+}
+
+impl ManagedEngine {
+    /// Starts an engine keeping its data in `dir` (a cache slot), limited
+    /// by `limits`, reaching `registries`; its control group is `name`.
+    pub async fn start(
+        cgroups: &Cgroups,
+        name: &str,
+        dir: &Path,
+        limits: &BuildLimits,
+        registries: Vec<String>,
+        settings: &EngineSettings,
+    ) -> Result<ManagedEngine, String> {
+        let failed = |what: &str, e: &dyn std::fmt::Display| {
+            format!("cannot start the managed engine: {what}: {e}")
+        };
+        let cgroup = cgroups
+            .create(name, limits)
+            .map_err(|e| failed("its control group", &e))?;
+        let digest = sha2::Sha256::digest(dir.as_os_str().as_encoded_bytes());
+        let exec_root = Path::new(EXEC_ROOTS).join(&hex::encode(digest)[..12]);
+        let _ = std::fs::remove_dir_all(&exec_root);
+        let data_root = dir.join("engine");
+        for made in [&exec_root, &data_root] {
+            std::fs::create_dir_all(made).map_err(|e| failed("its directories", &e))?;
+        }
+        let jail = Jail::create(JailSpec {
+            writable: vec![data_root.clone(), exec_root.clone()],
+            readable: Vec::new(),
+            scratch: data_root.join("tmp"),
+            cache_mounts: None,
+            files: data_root.join("jail"),
+            network: BuildNetwork::None,
+            registries,
+            cgroup: Some(&cgroup),
+            cgroup_namespace: true,
+        })
+        .await
+        .map_err(|e| failed("its jail", &e))?;
+        let socket = exec_root.join("docker.sock");
+        let args: Vec<String> = [
+            format!("--data-root={}", data_root.join("data").display()),
+            format!("--exec-root={}", exec_root.join("x").display()),
+            format!("--pidfile={}", exec_root.join("dockerd.pid").display()),
+            format!("--host=unix://{}", socket.display()),
+            "--iptables=false".into(),
+            "--ip6tables=false".into(),
+            "--bridge=none".into(),
+            "--exec-opt=native.cgroupdriver=cgroupfs".into(),
+        ]
+        .into();
+        let log = std::fs::File::create(exec_root.join("dockerd.log"))
+            .map_err(|e| failed("its log", &e))?;
+        let dockerd = find_dockerd().ok_or_else(|| {
+            "cannot start the managed engine: dockerd is not installed on this host (install docker.io)"
+                .to_string()
+        })?;
+        let child = crate::exec::confined(&dockerd, &args, &exec_root, Some(&cgroup), Some(&jail))
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| failed("dockerd", &e))?;
+        let engine = Arc::new(DockerEngine::new(
+            format!("unix://{}", socket.display()),
+            settings.client.clone(),
+            settings.config_dir.clone(),
+            settings.auth_file.clone(),
+        ));
+        let mut managed = ManagedEngine {
+            engine,
+            child,
+            exec_root,
+            cgroup,
+            _jail: jail,
+        };
+        managed.until_ready().await?;
+        Ok(managed)
+    }
+
+    async fn until_ready(&mut self) -> Result<(), String> {
+        let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+        loop {
+            if self.engine.ping().await {
+                return Ok(());
+            }
+            let log = || {
+                let text =
+                    std::fs::read_to_string(self.exec_root.join("dockerd.log")).unwrap_or_default();
+                text.lines().rev().take(3).collect::<Vec<_>>().join(" / ")
+            };
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(format!(
+                    "the managed engine exited at start ({status}): {}",
+                    log()
+                ));
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(format!(
+                    "the managed engine did not answer within {}s: {}",
+                    START_TIMEOUT.as_secs(),
+                    log()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub fn engine(&self) -> &Arc<DockerEngine> {
+        &self.engine
+    }
+
+    /// A limit the engine's processes reached since it started.
+    pub fn limit_hit(&self) -> Option<LimitHit> {
+        self.cgroup.limit_hit()
+    }
+}
+
+impl Drop for ManagedEngine {
+    fn drop(&mut self) {
+        if let Some(pid) = self.child.id() {
+            // SAFETY: kill has no memory-safety preconditions.
+            unsafe {
+                libc::kill(pid as libc::pid_t, libc::SIGKILL);
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.exec_root);
+    }
+}
+
+fn find_dockerd() -> Option<PathBuf> {
+    ["/usr/sbin/dockerd", "/usr/bin/dockerd"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+}

@@ -4,8 +4,10 @@
 //! digest the host pushed and, for several platforms, an index listing
 //! every requested one.
 //!
-//! Uses `skopeo copy` and `skopeo inspect --raw`, which speak the OCI
-//! distribution API with the configured TLS settings and auth file.
+//! Pushes run in the run's jail (`podman push`, `skopeo copy`, with the
+//! run's copy of the credentials); the host reads the registry back
+//! itself, over the OCI distribution API with the configured TLS settings
+//! and auth file.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -408,40 +410,23 @@ impl Publisher {
             .map_err(|e| format!("the registry {e}"))
     }
 
+    /// The manifest `tag` names in the registry, as stored, read by the
+    /// host itself (no program: nothing the registry answers reaches a
+    /// tool outside a jail).
     async fn raw_manifest(&self, tag: &str) -> Result<Vec<u8>, String> {
-        let mut command = tokio::process::Command::new("skopeo");
-        command.arg("inspect").arg("--raw");
-        if self.registries.is_insecure(tag) {
-            command.arg("--tls-verify=false");
+        let reference = super::oci::reference(tag)?;
+        let client = super::oci::RegistryClient::new(self.registries.clone());
+        match tokio::time::timeout(QUERY_TIMEOUT, client.manifest(&reference)).await {
+            Err(_) => Err(format!(
+                "the registry did not answer about {tag} within {}s",
+                QUERY_TIMEOUT.as_secs()
+            )),
+            Ok(Err(e)) => Err(format!("cannot read {tag} from the registry: {e}")),
+            Ok(Ok(None)) => Err(format!(
+                "cannot read {tag} from the registry: it has no such manifest"
+            )),
+            Ok(Ok(Some(manifest))) => Ok(manifest.bytes),
         }
-        if let Some(file) = self.registries.auth_file() {
-            command.arg("--authfile").arg(file);
-        }
-        command.arg(format!("docker://{tag}")).kill_on_drop(true);
-        let output = tokio::time::timeout(QUERY_TIMEOUT, command.output())
-            .await
-            .map_err(|_| {
-                format!(
-                    "the registry did not answer about {tag} within {}s",
-                    QUERY_TIMEOUT.as_secs()
-                )
-            })?
-            .map_err(|e| {
-                format!("cannot run skopeo to check the registry: {e}; install skopeo on the host")
-            })?;
-        if !output.status.success() {
-            let stderr = String::from_utf8_lossy(&output.stderr);
-            let reason = stderr
-                .lines()
-                .rev()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("no output");
-            return Err(format!(
-                "cannot read {tag} from the registry: {}",
-                reason.trim()
-            ));
-        }
-        Ok(output.stdout)
     }
 }
 

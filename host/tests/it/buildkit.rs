@@ -52,65 +52,78 @@ async fn a_multi_stage_build_on_a_registry_base_pushes_pulls_back_and_rebuilds_f
     let engine = Dockerd::start();
     let base = format!("{}/base/debianish:1", registry.address);
     helix_fixtures::push_base_image(&base, 4);
-    let repo = tempfile::tempdir().unwrap();
-    helix_fixtures::realistic_repo(repo.path(), &base, 1);
-    let dir = tempfile::tempdir().unwrap();
-    let config = with_engine(common::real_config(&dir, &registry.address), &engine);
-    let service = start(&config).await;
-    let request = JobRequest {
-        repo_url: format!("file://{}", repo.path().display()),
-        builder: Some("buildkit".into()),
-        labels: BTreeMap::from([("org.example.team".to_string(), "platform".to_string())]),
-        ..JobRequest::default()
-    };
+    // In the operator's engine, then in the engines the host runs (the
+    // rebuild lands in the slot, so the engine, of the first build).
+    for operators in [true, false] {
+        let repo = tempfile::tempdir().unwrap();
+        helix_fixtures::realistic_repo(repo.path(), &base, 1);
+        let dir = tempfile::tempdir().unwrap();
+        let config = common::real_config(&dir, &registry.address);
+        let config = match operators {
+            true => with_engine(config, &engine),
+            false => common::with_managed_engine(config),
+        };
+        let service = start(&config).await;
+        let leftovers = || match operators {
+            true => leftovers(&engine),
+            false => Vec::new(),
+        };
+        let request = JobRequest {
+            repo_url: format!("file://{}", repo.path().display()),
+            builder: Some("buildkit".into()),
+            labels: BTreeMap::from([("org.example.team".to_string(), "platform".to_string())]),
+            ..JobRequest::default()
+        };
 
-    let (job, logs) = common::run_logged(&service, request.clone()).await;
-    assert_eq!(job.state, State::Succeeded, "{:?}", job.error);
-    let (app, config) = pull(&by_digest(&job), "app");
-    assert_eq!(app, "dependencies\nsource, revision initial\nlibrary\n");
-    assert_eq!(config["config"]["Labels"]["org.example.team"], "platform");
-    assert_eq!(config["architecture"], "amd64");
-    // The base image's layers came from the registry and went back as
-    // they were: the same blobs, under the app's.
-    let base_layers = layers(&base);
-    let app_layers = layers(&by_digest(&job));
-    assert_eq!(app_layers.len(), base_layers.len() + 1, "{app_layers:?}");
-    assert_eq!(app_layers[..base_layers.len()], base_layers[..]);
-    let text = logs.join("\n");
-    assert!(
-        text.contains("[helix] building in the Docker Engine at unix://"),
-        "{text}"
-    );
-    assert!(text.contains("[helix] verified:"), "{text}");
-    assert_eq!(
-        leftovers(&engine),
-        Vec::<String>::new(),
-        "the run's images are removed"
-    );
+        let (job, logs) = common::run_logged(&service, request.clone()).await;
+        assert_eq!(job.state, State::Succeeded, "{:?}", job.error);
+        let (app, config) = pull(&by_digest(&job), "app");
+        assert_eq!(app, "dependencies\nsource, revision initial\nlibrary\n");
+        assert_eq!(config["config"]["Labels"]["org.example.team"], "platform");
+        assert_eq!(config["architecture"], "amd64");
+        // The base image's layers came from the registry and went back as
+        // they were: the same blobs, under the app's.
+        let base_layers = layers(&base);
+        let app_layers = layers(&by_digest(&job));
+        assert_eq!(app_layers.len(), base_layers.len() + 1, "{app_layers:?}");
+        assert_eq!(app_layers[..base_layers.len()], base_layers[..]);
+        let text = logs.join("\n");
+        let building_in = match operators {
+            true => "[helix] building in the Docker Engine at unix://",
+            false => "[helix] building in this slot's managed Docker Engine at unix:///run/hxe/",
+        };
+        assert!(text.contains(building_in), "{text}");
+        assert!(text.contains("[helix] verified:"), "{text}");
+        assert_eq!(
+            leftovers(),
+            Vec::<String>::new(),
+            "the run's images are removed"
+        );
 
-    std::fs::write(repo.path().join("src/main.txt"), "source, revision 2\n").unwrap();
-    helix_fixtures::git(repo.path(), &["commit", "-qam", "one-file change"]);
-    let (rebuilt, logs) = common::run_logged(&service, request).await;
-    assert_eq!(rebuilt.state, State::Succeeded, "{:?}", rebuilt.error);
-    assert_ne!(rebuilt.digest, job.digest);
-    assert_eq!(
-        pull(&by_digest(&rebuilt), "app").0,
-        "dependencies\nsource, revision 2\nlibrary\n"
-    );
-    // The dependency step came from BuildKit's cache, the source step not.
-    let text = logs.join("\n");
-    let step = |name: &str| {
-        let line = logs.iter().find(|l| l.contains(name)).expect(name);
-        let number = line
-            .split_whitespace()
-            .find(|w| w.starts_with('#'))
-            .unwrap();
-        logs.iter()
-            .any(|l| l.ends_with(&format!("{number} CACHED")))
-    };
-    assert!(step("[deps 2/2]"), "{text}");
-    assert!(!step("[build 2/2]"), "{text}");
-    assert_eq!(leftovers(&engine), Vec::<String>::new());
+        std::fs::write(repo.path().join("src/main.txt"), "source, revision 2\n").unwrap();
+        helix_fixtures::git(repo.path(), &["commit", "-qam", "one-file change"]);
+        let (rebuilt, logs) = common::run_logged(&service, request).await;
+        assert_eq!(rebuilt.state, State::Succeeded, "{:?}", rebuilt.error);
+        assert_ne!(rebuilt.digest, job.digest);
+        assert_eq!(
+            pull(&by_digest(&rebuilt), "app").0,
+            "dependencies\nsource, revision 2\nlibrary\n"
+        );
+        // The dependency step came from BuildKit's cache, the source step not.
+        let text = logs.join("\n");
+        let step = |name: &str| {
+            let line = logs.iter().find(|l| l.contains(name)).expect(name);
+            let number = line
+                .split_whitespace()
+                .find(|w| w.starts_with('#'))
+                .unwrap();
+            logs.iter()
+                .any(|l| l.ends_with(&format!("{number} CACHED")))
+        };
+        assert!(step("[deps 2/2]"), "{text}");
+        assert!(!step("[build 2/2]"), "{text}");
+        assert_eq!(leftovers(), Vec::<String>::new());
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

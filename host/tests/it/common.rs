@@ -170,15 +170,16 @@ pub fn on_builder(builder: &str) -> JobRequest {
     }
 }
 
-/// Waits (at most 30 s) for the job to end and returns it.
+/// Waits (at most 60 s: a test's jobs queue behind each other on a
+/// loaded 2-core machine) for the job to end and returns it.
 pub async fn finished(service: &Service, id: &helix_build::job::JobId) -> Job {
     let job = service
-        .wait(id.as_str(), Duration::from_secs(30))
+        .wait(id.as_str(), Duration::from_secs(60))
         .await
         .expect("job exists");
     assert!(
         job.state.is_terminal(),
-        "job {} still {} after 30s",
+        "job {} still {} after 60s",
         job.id,
         job.state
     );

@@ -23,9 +23,11 @@
 
 mod background;
 mod cancel;
+mod confine;
 mod metrics;
 mod query;
 mod run;
+mod settle;
 mod submit;
 mod table;
 

@@ -1,6 +1,7 @@
 //! The run of one job on this host, from its claim to its stored end: a
 //! fresh workspace, the host's checkout, the builder's run, the host's
-//! push and registry check, and the outcome recorded.
+//! push and registry check, and the outcome recorded (see `settle`);
+//! what confines it is in `confine`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -9,23 +10,22 @@ use chrono::Utc;
 use tokio::sync::watch;
 
 use super::Inner;
-use super::background::IDLE_POLL;
+use super::confine::{blame_limit, limit_reached};
 use super::table::Entry;
 use crate::audit::AuditTrail;
 use crate::backoff::Backoff;
 use crate::cache::CacheSlot;
 use crate::cancel::CancelSignal;
-use crate::cgroup::{LimitHit, RunCgroup};
+use crate::cgroup::RunCgroup;
 use crate::docker_engine::DockerEngine;
 use crate::exec::{Confinement, JobValues};
-use crate::jail::{Jail, JailSpec};
-use crate::job::{FailureKind, Job, JobId, Outcome};
+use crate::jail::Jail;
+use crate::job::{FailureKind, Job, Outcome};
 use crate::log::JobLog;
-use crate::managed_engine::{EngineSettings, ManagedEngine};
 use crate::plugin::{Builder, Built, RunContext};
 use crate::provenance::{BuildFacts, Provenance};
 use crate::registry::Pushed;
-use crate::store::{StoreError, StoredJob};
+use crate::store::StoredJob;
 use crate::workspace::{JobDirs, run_name};
 
 /// What a worker holds of the job it runs.
@@ -343,21 +343,9 @@ impl Inner {
         // Written before the run's end, so the end is never stored without it.
         let (name, body) = audit.stored();
         self.config.store.put_record(&job.id, &name, body);
-        let limits = &builder.info().build_limits;
         let engine_hit = slot.as_mut().and_then(CacheSlot::engine_limit_hit);
-        let reached = match cgroup.as_ref().and_then(|c| c.limit_hit()).or(engine_hit) {
-            Some(LimitHit::Memory) => Some(format!(
-                "memory limit of {} MiB (builders.{}.build_memory_mib)",
-                limits.memory_mib.unwrap_or_default(),
-                job.builder
-            )),
-            Some(LimitHit::Pids) => Some(format!(
-                "process limit of {} (builders.{}.build_pids)",
-                limits.pids.unwrap_or_default(),
-                job.builder
-            )),
-            None => disk_filled(job, &dirs, slot.as_ref(), log),
-        };
+        let reached = cgroup.as_ref().and_then(|c| c.limit_hit()).or(engine_hit);
+        let reached = limit_reached(job, builder.info(), reached, &dirs, slot.as_ref(), log);
         let outcome = match reached {
             Some(limit) => blame_limit(outcome, &limit),
             None => outcome,
@@ -382,64 +370,6 @@ impl Inner {
             dirs.remove();
         }
         outcome
-    }
-
-    /// The managed Docker Engine of `slot`, started for `builder` if the
-    /// slot runs none: the builder's limits, the configured registries.
-    async fn managed_engine(
-        &self,
-        builder: &Builder,
-        slot: &mut CacheSlot,
-        settings: &EngineSettings,
-    ) -> Result<Arc<DockerEngine>, String> {
-        let Some(cgroups) = &self.config.cgroups else {
-            return Err(
-                "a managed Docker Engine needs control groups, which this host has none of".into(),
-            );
-        };
-        let name = format!(
-            "engine-{}-{}",
-            builder.info().name,
-            slot.dir().file_name().unwrap_or_default().to_string_lossy()
-        );
-        let limits = builder.info().build_limits;
-        let registries = self.config.registries.endpoints();
-        slot.engine(|dir| async move {
-            ManagedEngine::start(cgroups, &name, &dir, &limits, registries, settings).await
-        })
-        .await
-    }
-
-    /// The jail of a run of `builder` in `dirs`: its directories and
-    /// cache slot, the engine's socket, the builder's network and the
-    /// configured registries.
-    async fn jail(
-        &self,
-        builder: &Builder,
-        engine: Option<&DockerEngine>,
-        dirs: &JobDirs,
-        slot: Option<&CacheSlot>,
-        cgroup: Option<&RunCgroup>,
-    ) -> Result<Jail, String> {
-        let cache_mounts = slot
-            .map(CacheSlot::cache_mounts)
-            .transpose()
-            .map_err(|e| format!("cannot make the cache slot's cache mounts: {e}"))?;
-        Jail::create(JailSpec {
-            writable: std::iter::once(dirs.root().to_path_buf())
-                .chain(slot.map(|s| s.dir().to_path_buf()))
-                .collect(),
-            readable: engine.map(DockerEngine::jail_paths).unwrap_or_default(),
-            scratch: dirs.scratch(),
-            cache_mounts,
-            files: dirs.jail_files(),
-            network: builder.network(),
-            registries: self.config.registries.endpoints(),
-            cgroup,
-            cgroup_namespace: false,
-        })
-        .await
-        .map_err(|e| e.to_string())
     }
 
     async fn build_and_publish(
@@ -623,59 +553,6 @@ impl Inner {
         ));
         Ok(())
     }
-
-    /// Ends live job `id` with `outcome` and stores it.
-    async fn record(self: &Arc<Self>, id: &JobId, outcome: Outcome) {
-        let ended = {
-            let mut table = self.lock();
-            let Some(entry) = table.jobs.get_mut(id) else {
-                return;
-            };
-            let state = outcome.state();
-            let error = outcome.error();
-            entry.job.steps = entry.log.steps();
-            if let Err(e) = entry.job.finish(outcome, Utc::now()) {
-                tracing::error!(job = %id, "dropping outcome: {e}");
-                return;
-            }
-            entry.cancel = None;
-            entry.log.push(&match &error {
-                Some(error) => format!("[helix] job {state}: {error}"),
-                None => format!("[helix] job {state}"),
-            });
-            tracing::info!(job = %id, %state, error = error.as_deref().unwrap_or(""), "job ended");
-            entry.job.clone()
-        };
-        // In its own task, so the end is stored even if this run is
-        // dropped meanwhile.
-        let inner = self.clone();
-        let _ = tokio::spawn(async move { inner.settle(ended).await }).await;
-    }
-
-    /// Stores a job that has just ended; once that is durable, drops it
-    /// from the table and tells its waiters (it is read from the store from
-    /// then on). When another host could take the job over, a failed write
-    /// is retried for as long as a lease lasts (the heartbeat keeps renewing
-    /// it meanwhile), so a short database outage does not cost the job a
-    /// second run. If the store still fails, the job stays stored as it last
-    /// was (running), so recovery runs it again: its end is lost, the job
-    /// is not.
-    async fn settle(&self, job: Job) {
-        let mut stored = self.config.store.update(&job).await;
-        if let Some(lease) = self.config.queue.lease() {
-            let give_up = tokio::time::Instant::now() + lease;
-            while matches!(stored, Err(StoreError::Database(_)))
-                && tokio::time::Instant::now() < give_up
-            {
-                tokio::time::sleep(IDLE_POLL).await;
-                stored = self.config.store.update(&job).await;
-            }
-        }
-        if let Err(e) = stored {
-            tracing::error!(job = %job.id, "job end not stored: {e}");
-        }
-        self.lock().remove_ended(&job.id);
-    }
 }
 
 /// The wait between attempts after an infrastructure fault.
@@ -683,57 +560,3 @@ pub(super) const RETRY: Backoff = Backoff {
     first: std::time::Duration::from_secs(2),
     max: std::time::Duration::from_secs(60),
 };
-
-/// The disk limit a build filled, if it filled one: its workspace's, or
-/// the layer cache slot it built in.
-/// A tool that ran out of space may have freed it again before it
-/// exited (podman removes a failed step's container), so what it printed
-/// counts too.
-fn disk_filled(
-    job: &Job,
-    dirs: &JobDirs,
-    slot: Option<&CacheSlot>,
-    log: &JobLog,
-) -> Option<String> {
-    let said_so = log.lines().iter().rev().take(200).any(|line| {
-        line.text
-            .to_ascii_lowercase()
-            .contains("no space left on device")
-    });
-    let own = dirs.quota();
-    let shared = slot.and_then(CacheSlot::disk);
-    // Where the build's layers were written is where it most likely ran
-    // out, when neither is full any more.
-    let disk = [own, shared]
-        .into_iter()
-        .flatten()
-        .find(|disk| disk.is_full())
-        .or_else(|| said_so.then(|| shared.or(own)).flatten())?;
-    Some(match shared.is_some_and(|s| std::ptr::eq(s, disk)) {
-        true => format!(
-            "disk limit of {} MiB (its layer cache slot: build_cache_mib shared by the workers)",
-            disk.mib()
-        ),
-        false => format!(
-            "disk limit of {} MiB (builders.{}.build_disk_mib)",
-            disk.mib(),
-            job.builder
-        ),
-    })
-}
-
-/// A failed build's outcome once it turns out to have reached a limit:
-/// the limit named first (with the setting that raises it), the tool's own
-/// error after it. A build that succeeded anyway stands.
-fn blame_limit(outcome: Outcome, limit: &str) -> Outcome {
-    let Outcome::Failed { kind, message } = outcome else {
-        return outcome;
-    };
-    if !matches!(kind, FailureKind::Build | FailureKind::Registry) {
-        return Outcome::Failed { kind, message };
-    }
-    Outcome::failed(
-        FailureKind::Limit,
-        format!("the build reached its {limit}; {message}"),
-    )
-}

@@ -1,0 +1,141 @@
+//! What a builder's run comes to: the output it returned checked against
+//! what it is (real or simulated), and its errors and crashes given their
+//! fault class.
+
+use std::path::{Path, PathBuf};
+
+use super::super::bindings::{BuildError, BuildOutput};
+use super::{Builder, Built, platform_string};
+use helix_core::job::{BuildResult, FailureKind, Job, Outcome};
+use helix_sandbox::cancel::CancelSignal;
+use wasmtime::Trap;
+
+impl Builder {
+    /// A real builder must leave its image in the job's container storage
+    /// or an OCI layout inside the workspace; a
+    /// simulated one reports a pretend image whose fields must be valid.
+    pub(super) fn validate(
+        &self,
+        job: &Job,
+        output: BuildOutput,
+        workspace: &Path,
+    ) -> Result<Built, Outcome> {
+        let fault = |message: String| {
+            Outcome::failed(
+                FailureKind::Plugin,
+                format!("builder '{}' {message}", self.info.name),
+            )
+        };
+        match (output, self.info.simulated) {
+            (BuildOutput::OciLayout(path), false) => layout_in(workspace, &path)
+                .map(Built::Layout)
+                .map_err(fault),
+            (BuildOutput::LocalImage, false) => Ok(Built::LocalImage),
+            (BuildOutput::Simulated(image), true) => {
+                let platform_digests = image
+                    .manifest
+                    .into_iter()
+                    .map(|entry| (platform_string(&entry.platform), entry.digest))
+                    .collect();
+                BuildResult::validate(
+                    image.image_tag,
+                    image.digest,
+                    platform_digests,
+                    &job.platforms,
+                )
+                .map(Built::Simulated)
+                .map_err(fault)
+            }
+            (BuildOutput::OciLayout(_) | BuildOutput::LocalImage, true) => {
+                Err(fault("is simulated but returned an image to push".into()))
+            }
+            (BuildOutput::Simulated(_), false) => Err(fault(
+                "returned a simulated image, but its info does not say it is simulated".into(),
+            )),
+        }
+    }
+
+    pub(super) fn build_error(&self, error: BuildError, cancel: &CancelSignal) -> Outcome {
+        let (kind, message) = match error {
+            BuildError::Cancelled if cancel.is_cancelled() => {
+                return Outcome::Cancelled {
+                    reason: cancel.reason(),
+                };
+            }
+            BuildError::Cancelled => (
+                FailureKind::Plugin,
+                format!(
+                    "builder '{}' reported the job cancelled, but nobody cancelled it",
+                    self.info.name
+                ),
+            ),
+            BuildError::InvalidJob(m) => (FailureKind::InvalidJob, m),
+            BuildError::Source(m) => (FailureKind::Source, m),
+            BuildError::Build(m) => (FailureKind::Build, m),
+            BuildError::Registry(m) => (FailureKind::Registry, m),
+            BuildError::Denied(m) => (FailureKind::Denied, m),
+            BuildError::Internal(m) => (
+                FailureKind::Plugin,
+                format!("builder '{}': {m}", self.info.name),
+            ),
+        };
+        Outcome::failed(kind, message)
+    }
+}
+
+/// The panic message a Rust guest printed, or the last lines of stderr,
+/// followed by the trap itself.
+pub(super) fn crash_message(error: &wasmtime::Error, stderr_tail: &[String]) -> String {
+    let panic_start = stderr_tail.iter().rposition(|l| l.contains("panicked at"));
+    let said: Vec<&str> = match panic_start {
+        Some(i) => stderr_tail[i..].iter().map(String::as_str).collect(),
+        None => stderr_tail
+            .iter()
+            .rev()
+            .take(3)
+            .rev()
+            .map(String::as_str)
+            .collect(),
+    };
+    let said: Vec<&str> = said
+        .into_iter()
+        .filter(|l| !l.starts_with("note: run with `RUST_BACKTRACE"))
+        .collect();
+    let cause = match error.downcast_ref::<Trap>() {
+        Some(trap) => format!("wasm trap: {trap}"),
+        None => format!("{error:#}"),
+    };
+    if said.is_empty() {
+        cause
+    } else {
+        format!("{} ({cause})", said.join(" "))
+    }
+}
+
+/// The host path of a layout a builder names: relative to the workspace,
+/// plain directory names only, no symbolic link on the way.
+fn layout_in(workspace: &Path, relative: &str) -> Result<PathBuf, String> {
+    let path = Path::new(relative);
+    let plain = !relative.is_empty()
+        && path
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)));
+    if !plain {
+        return Err(format!(
+            "named its image {relative:?}; it must be a path inside the workspace such as \"image\""
+        ));
+    }
+    let mut host = workspace.to_path_buf();
+    for part in path.components() {
+        host.push(part);
+        let meta = std::fs::symlink_metadata(&host)
+            .map_err(|e| format!("left no image at {relative:?}: {e}"))?;
+        if meta.file_type().is_symlink() {
+            return Err(format!(
+                "named its image {relative:?}, but {} is a symbolic link",
+                host.display()
+            ));
+        }
+    }
+    Ok(host)
+}

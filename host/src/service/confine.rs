@@ -1,0 +1,156 @@
+//! What confines a run and what it ran into: its jail, the managed
+//! Docker Engine of its cache slot, and the limit a failed build reached
+//! (named with the setting that raises it).
+
+use std::sync::Arc;
+
+use super::Inner;
+use crate::cache::CacheSlot;
+use crate::cgroup::{LimitHit, RunCgroup};
+use crate::docker_engine::DockerEngine;
+use crate::jail::{Jail, JailSpec};
+use crate::job::{FailureKind, Job, Outcome};
+use crate::log::JobLog;
+use crate::managed_engine::{EngineSettings, ManagedEngine};
+use crate::plugin::{Builder, BuilderInfo};
+use crate::workspace::JobDirs;
+
+impl Inner {
+    /// The managed Docker Engine of `slot`, started for `builder` if the
+    /// slot runs none: the builder's limits, the configured registries.
+    pub(super) async fn managed_engine(
+        &self,
+        builder: &Builder,
+        slot: &mut CacheSlot,
+        settings: &EngineSettings,
+    ) -> Result<Arc<DockerEngine>, String> {
+        let Some(cgroups) = &self.config.cgroups else {
+            return Err(
+                "a managed Docker Engine needs control groups, which this host has none of".into(),
+            );
+        };
+        let name = format!(
+            "engine-{}-{}",
+            builder.info().name,
+            slot.dir().file_name().unwrap_or_default().to_string_lossy()
+        );
+        let limits = builder.info().build_limits;
+        let registries = self.config.registries.endpoints();
+        slot.engine(|dir| async move {
+            ManagedEngine::start(cgroups, &name, &dir, &limits, registries, settings).await
+        })
+        .await
+    }
+
+    /// The jail of a run of `builder` in `dirs`: its directories and
+    /// cache slot, the engine's socket, the builder's network and the
+    /// configured registries.
+    pub(super) async fn jail(
+        &self,
+        builder: &Builder,
+        engine: Option<&DockerEngine>,
+        dirs: &JobDirs,
+        slot: Option<&CacheSlot>,
+        cgroup: Option<&RunCgroup>,
+    ) -> Result<Jail, String> {
+        let cache_mounts = slot
+            .map(CacheSlot::cache_mounts)
+            .transpose()
+            .map_err(|e| format!("cannot make the cache slot's cache mounts: {e}"))?;
+        Jail::create(JailSpec {
+            writable: std::iter::once(dirs.root().to_path_buf())
+                .chain(slot.map(|s| s.dir().to_path_buf()))
+                .collect(),
+            readable: engine.map(DockerEngine::jail_paths).unwrap_or_default(),
+            scratch: dirs.scratch(),
+            cache_mounts,
+            files: dirs.jail_files(),
+            network: builder.network(),
+            registries: self.config.registries.endpoints(),
+            cgroup,
+            cgroup_namespace: false,
+        })
+        .await
+        .map_err(|e| e.to_string())
+    }
+}
+
+/// The limit a run reached, if it reached one: `hit` in its control
+/// groups (or its engine's), else a disk it filled.
+pub(super) fn limit_reached(
+    job: &Job,
+    builder: &BuilderInfo,
+    hit: Option<LimitHit>,
+    dirs: &JobDirs,
+    slot: Option<&CacheSlot>,
+    log: &JobLog,
+) -> Option<String> {
+    let limits = &builder.build_limits;
+    match hit {
+        Some(LimitHit::Memory) => Some(format!(
+            "memory limit of {} MiB (builders.{}.build_memory_mib)",
+            limits.memory_mib.unwrap_or_default(),
+            job.builder
+        )),
+        Some(LimitHit::Pids) => Some(format!(
+            "process limit of {} (builders.{}.build_pids)",
+            limits.pids.unwrap_or_default(),
+            job.builder
+        )),
+        None => disk_filled(job, dirs, slot, log),
+    }
+}
+
+/// The disk limit a build filled, if it filled one: its workspace's, or
+/// the layer cache slot it built in.
+/// A tool that ran out of space may have freed it again before it
+/// exited (podman removes a failed step's container), so what it printed
+/// counts too.
+fn disk_filled(
+    job: &Job,
+    dirs: &JobDirs,
+    slot: Option<&CacheSlot>,
+    log: &JobLog,
+) -> Option<String> {
+    let said_so = log.lines().iter().rev().take(200).any(|line| {
+        line.text
+            .to_ascii_lowercase()
+            .contains("no space left on device")
+    });
+    let own = dirs.quota();
+    let shared = slot.and_then(CacheSlot::disk);
+    // Where the build's layers were written is where it most likely ran
+    // out, when neither is full any more.
+    let disk = [own, shared]
+        .into_iter()
+        .flatten()
+        .find(|disk| disk.is_full())
+        .or_else(|| said_so.then(|| shared.or(own)).flatten())?;
+    Some(match shared.is_some_and(|s| std::ptr::eq(s, disk)) {
+        true => format!(
+            "disk limit of {} MiB (its layer cache slot: build_cache_mib shared by the workers)",
+            disk.mib()
+        ),
+        false => format!(
+            "disk limit of {} MiB (builders.{}.build_disk_mib)",
+            disk.mib(),
+            job.builder
+        ),
+    })
+}
+
+/// A failed build's outcome once it turns out to have reached a limit:
+/// the limit named first (with the setting that raises it), the tool's own
+/// error after it. A build that succeeded anyway stands.
+pub(super) fn blame_limit(outcome: Outcome, limit: &str) -> Outcome {
+    let Outcome::Failed { kind, message } = outcome else {
+        return outcome;
+    };
+    if !matches!(kind, FailureKind::Build | FailureKind::Registry) {
+        return Outcome::Failed { kind, message };
+    }
+    Outcome::failed(
+        FailureKind::Limit,
+        format!("the build reached its {limit}; {message}"),
+    )
+}

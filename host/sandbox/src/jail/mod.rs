@@ -27,11 +27,10 @@
 //!   the host. The build steps' CNI bridge, its leases and NAT rules are
 //!   inside it and go with it.
 //!
-//! Root in the jail is the host's root (no user namespace: podman 4.3 and
-//! buildah 1.28 as root inside one cannot use the run's storage and cgroup
-//! v1 limits as they do now); what the mounts do not show, a flaw in a
-//! build tool cannot reach by a path, and what the network namespace does
-//! not route to, it cannot contact.
+//! Root in the jail is the host's root (no user namespace yet; README's
+//! "The sandbox" says what it takes); what the mounts do not show, a flaw
+//! in a build tool cannot reach by a path, and what the network namespace
+//! does not route to, it cannot contact.
 
 mod net;
 

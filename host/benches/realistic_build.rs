@@ -15,6 +15,9 @@
 //! - rebuild: after a one-file source change, with the previous build's
 //!   layers at hand on every side.
 //!
+//! Beside them, podman by hand a second time in a jail made as Helix makes
+//! one per run: what the jail costs (target on the rebuild: <= 1.05x).
+//!
 //! Needs git, podman, buildah, docker.io, skopeo, docker-registry and
 //! busybox-static. Run with `cargo bench -p helix-build --bench
 //! realistic_build`.
@@ -24,9 +27,16 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{REAL_BUILDERS, buildkit_by_hand, empty_engine, three_way_rows, through_service};
+use common::{
+    REAL_BUILDERS, buildkit_by_hand, empty_engine, median, ms, row, three_way_rows, through_service,
+};
 use helix_build::app;
+use helix_build::cancel::CancelSignal;
+use helix_build::exec::HostCommand;
+use helix_build::jail::{Jail, JailSpec};
 use helix_build::job::JobRequest;
+use helix_build::log::JobLog;
+use helix_build::network::BuildNetwork;
 use helix_fixtures::{Dockerd, Registry, git, run as sh};
 
 const ROUNDS: usize = 5;
@@ -55,8 +65,13 @@ async fn bench() {
     let mut warm = cold.clone();
     let (mut cold_podman, mut cold_buildkit) = (Vec::new(), Vec::new());
     let (mut warm_podman, mut warm_buildkit) = (Vec::new(), Vec::new());
+    // podman by hand again, in a jail as Helix makes one per run: what
+    // the jail costs, beside the same commands on the host.
+    let (mut cold_jailed, mut warm_jailed) = (Vec::new(), Vec::new());
     // One storage by hand for the whole run, as a developer's machine has.
     let hand = tempfile::tempdir().unwrap();
+    let hand_jailed = tempfile::tempdir().unwrap();
+    let jailed = Some(registry.address.as_str());
     for round in 0..ROUNDS {
         let image = |side: &str| format!("{}/bench/{side}:{round}", registry.address);
         let job = |builder: &str, no_cache: bool| JobRequest {
@@ -74,7 +89,9 @@ async fn bench() {
             times.push(through_service(&service, job(builder, true)).await);
         }
         let empty = tempfile::tempdir().unwrap();
-        cold_podman.push(by_hand(&url, &image("podman-hand"), empty.path()));
+        cold_podman.push(by_hand(&url, &image("podman-hand"), empty.path(), None).await);
+        let empty = tempfile::tempdir().unwrap();
+        cold_jailed.push(by_hand(&url, &image("podman-jailed"), empty.path(), jailed).await);
         cold_buildkit.push(buildkit_by_hand(
             &hand_engine,
             &url,
@@ -87,7 +104,8 @@ async fn bench() {
         for builder in REAL_BUILDERS {
             through_service(&service, job(builder, false)).await;
         }
-        by_hand(&url, &image("podman-hand"), hand.path());
+        by_hand(&url, &image("podman-hand"), hand.path(), None).await;
+        by_hand(&url, &image("podman-jailed"), hand_jailed.path(), jailed).await;
         buildkit_by_hand(&hand_engine, &url, &[], &image("buildkit-hand"), false);
         std::fs::write(
             repo.path().join("src/main.txt"),
@@ -98,7 +116,8 @@ async fn bench() {
         for (builder, times) in warm.iter_mut() {
             times.push(through_service(&service, job(builder, false)).await);
         }
-        warm_podman.push(by_hand(&url, &image("podman-hand"), hand.path()));
+        warm_podman.push(by_hand(&url, &image("podman-hand"), hand.path(), None).await);
+        warm_jailed.push(by_hand(&url, &image("podman-jailed"), hand_jailed.path(), jailed).await);
         warm_buildkit.push(buildkit_by_hand(
             &hand_engine,
             &url,
@@ -129,14 +148,62 @@ async fn bench() {
             _ => None,
         },
     );
+    for (scenario, jailed, on_host, target) in [
+        ("realistic cold", &mut cold_jailed, &mut cold_podman, None),
+        (
+            "realistic rebuild",
+            &mut warm_jailed,
+            &mut warm_podman,
+            Some(1.05),
+        ),
+    ] {
+        let (jailed, on_host) = (median(jailed), median(on_host));
+        let ratio = jailed.as_secs_f64() / on_host.as_secs_f64();
+        println!(
+            "{scenario}: podman by hand in a jail {:.0} ms, on the host {:.0} ms, {ratio:.2}x",
+            ms(jailed),
+            ms(on_host)
+        );
+        row(
+            &format!("{scenario}, podman by hand in Helix's jail / on the host"),
+            &format!("{:.0} ms in the jail", ms(jailed)),
+            &format!("{:.0} ms on the host", ms(on_host)),
+            &format!("{ratio:.2}x"),
+            &target.map_or("reported (no target)".into(), |t: f64| {
+                format!("<= {t:.2}x")
+            }),
+            target.map(|t| ratio <= t),
+        );
+    }
     service.stop(Duration::from_secs(5)).await;
 }
 
 /// `git clone`, `podman build` and `podman push`, as a developer runs
-/// them, with podman's default driver (overlay) rooted in `storage`.
-fn by_hand(url: &str, image: &str, storage: &Path) -> Duration {
+/// them, with podman's default driver (overlay) rooted in `storage`; with
+/// `jailed` (the registry it pushes to), podman runs in a jail made as
+/// Helix makes one for a run (its `private` network, that registry
+/// forwarded), made and removed within the time measured.
+async fn by_hand(url: &str, image: &str, storage: &Path, jailed: Option<&str>) -> Duration {
     let started = Instant::now();
     let work = tempfile::tempdir().unwrap();
+    let jail = match jailed {
+        Some(registry) => Some(
+            Jail::create(JailSpec {
+                writable: vec![work.path().to_path_buf(), storage.to_path_buf()],
+                readable: Vec::new(),
+                scratch: work.path().join("tmp"),
+                cache_mounts: None,
+                files: work.path().join("jail"),
+                network: BuildNetwork::Private,
+                registries: vec![registry.to_string()],
+                cgroup: None,
+                cgroup_namespace: false,
+            })
+            .await
+            .unwrap(),
+        ),
+        None => None,
+    };
     let root = format!("--root={}", storage.join("graph").display());
     let runroot = format!("--runroot={}", storage.join("run").display());
     let global = [
@@ -150,27 +217,58 @@ fn by_hand(url: &str, image: &str, storage: &Path) -> Duration {
         "git",
         &["clone", "-q", "--depth", "1", "--", url, "src"],
     );
-    let podman = |args: &[&str]| {
-        let all: Vec<&str> = global.iter().chain(args).copied().collect();
-        sh(work.path(), "podman", &all);
+    let env = std::collections::BTreeMap::from([(
+        "PATH".to_string(),
+        std::env::var("PATH").unwrap_or_default(),
+    )]);
+    let podman = |args: Vec<&str>| {
+        let all: Vec<String> = global.iter().chain(&args).map(|a| a.to_string()).collect();
+        let (env, jail, cwd) = (&env, jail.as_ref(), work.path());
+        async move {
+            let log = JobLog::new(10);
+            let output = HostCommand {
+                program: "podman",
+                args: &all,
+                env,
+                cwd,
+                timeout: None,
+                log: &log,
+                cancel: &CancelSignal::new(),
+                cgroup: None,
+                jail,
+            }
+            .run()
+            .await
+            .unwrap();
+            assert_eq!(output.exit_code, 0, "podman {all:?}: {}", output.stderr);
+        }
     };
-    podman(&[
+    // In the jail, the build's network is the one a jail holds.
+    let network = match jailed {
+        Some(_) => "--network=helix-private",
+        None => "--network=podman",
+    };
+    podman(vec![
         "build",
         "-q",
         "--isolation=oci",
         "--runtime=runc",
+        network,
         "--tls-verify=false",
         "-t",
         "localhost/app",
         "src",
-    ]);
+    ])
+    .await;
     let destination = format!("docker://{image}");
-    podman(&[
+    podman(vec![
         "push",
         "-q",
         "--tls-verify=false",
         "localhost/app",
         &destination,
-    ]);
+    ])
+    .await;
+    drop(jail);
     started.elapsed()
 }

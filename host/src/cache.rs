@@ -39,7 +39,7 @@ use crate::docker_engine::DockerEngine;
 use crate::exec::HostCommand;
 use crate::jail::Jail;
 use crate::log::JobLog;
-use crate::managed_engine::ManagedEngine;
+use crate::managed_engine::{EngineError, ManagedEngine};
 use crate::quota::DiskQuota;
 
 /// What the build tools name the image they build (see `plugins/kit`).
@@ -224,10 +224,10 @@ impl CacheSlot {
 
     /// The slot's managed engine, started by `start` (given the slot's
     /// directory) when it runs none.
-    pub async fn engine<F, Fut>(&mut self, start: F) -> Result<Arc<DockerEngine>, String>
+    pub async fn engine<F, Fut>(&mut self, start: F) -> Result<Arc<DockerEngine>, EngineError>
     where
         F: FnOnce(PathBuf) -> Fut,
-        Fut: std::future::Future<Output = Result<ManagedEngine, String>>,
+        Fut: std::future::Future<Output = Result<ManagedEngine, EngineError>>,
     {
         if self.held.engine.is_none() {
             self.held.engine = Some(start(self.dir.clone()).await?);

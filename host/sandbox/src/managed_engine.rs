@@ -43,6 +43,30 @@ pub struct EngineSettings {
     pub auth_file: Option<PathBuf>,
 }
 
+/// Why a managed engine did not start: the host's fault.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("cannot start the managed engine: {what}: {source}")]
+    Setup {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start the managed engine: its jail: {0}")]
+    Jail(#[from] crate::jail::JailError),
+    #[error(
+        "cannot start the managed engine: dockerd is not installed on this host (install docker.io)"
+    )]
+    NoDockerd,
+    #[error("the managed engine exited at start ({status}): {log}")]
+    Exited {
+        status: std::process::ExitStatus,
+        log: String,
+    },
+    #[error("the managed engine did not answer within {}s: {log}", START_TIMEOUT.as_secs())]
+    Unanswered { log: String },
+}
+
 /// One running engine.
 pub struct ManagedEngine {
     engine: Arc<DockerEngine>,
@@ -72,19 +96,17 @@ impl ManagedEngine {
         limits: &BuildLimits,
         registries: Vec<String>,
         settings: &EngineSettings,
-    ) -> Result<ManagedEngine, String> {
-        let failed = |what: &str, e: &dyn std::fmt::Display| {
-            format!("cannot start the managed engine: {what}: {e}")
-        };
+    ) -> Result<ManagedEngine, EngineError> {
+        let setup = |what| move |source| EngineError::Setup { what, source };
         let cgroup = cgroups
             .create(name, limits)
-            .map_err(|e| failed("its control group", &e))?;
+            .map_err(setup("its control group"))?;
         let digest = sha2::Sha256::digest(dir.as_os_str().as_encoded_bytes());
         let exec_root = Path::new(EXEC_ROOTS).join(&hex::encode(digest)[..12]);
         let _ = std::fs::remove_dir_all(&exec_root);
         let data_root = dir.join("engine");
         for made in [&exec_root, &data_root] {
-            std::fs::create_dir_all(made).map_err(|e| failed("its directories", &e))?;
+            std::fs::create_dir_all(made).map_err(setup("its directories"))?;
         }
         let jail = Jail::create(JailSpec {
             writable: vec![data_root.clone(), exec_root.clone()],
@@ -97,8 +119,7 @@ impl ManagedEngine {
             cgroup: Some(&cgroup),
             cgroup_namespace: true,
         })
-        .await
-        .map_err(|e| failed("its jail", &e))?;
+        .await?;
         let socket = exec_root.join("docker.sock");
         let args: Vec<String> = [
             format!("--data-root={}", data_root.join("data").display()),
@@ -111,19 +132,15 @@ impl ManagedEngine {
             "--exec-opt=native.cgroupdriver=cgroupfs".into(),
         ]
         .into();
-        let log = std::fs::File::create(exec_root.join("dockerd.log"))
-            .map_err(|e| failed("its log", &e))?;
-        let dockerd = find_dockerd().ok_or_else(|| {
-            "cannot start the managed engine: dockerd is not installed on this host (install docker.io)"
-                .to_string()
-        })?;
+        let log = std::fs::File::create(exec_root.join("dockerd.log")).map_err(setup("its log"))?;
+        let dockerd = find_dockerd().ok_or(EngineError::NoDockerd)?;
         let child = crate::exec::confined(&dockerd, &args, &exec_root, Some(&cgroup), Some(&jail))
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
             .stdout(std::process::Stdio::null())
             .stderr(log)
             .kill_on_drop(true)
             .spawn()
-            .map_err(|e| failed("dockerd", &e))?;
+            .map_err(setup("dockerd"))?;
         let engine = Arc::new(DockerEngine::new(
             format!("unix://{}", socket.display()),
             settings.client.clone(),
@@ -141,7 +158,7 @@ impl ManagedEngine {
         Ok(managed)
     }
 
-    async fn until_ready(&mut self) -> Result<(), String> {
+    async fn until_ready(&mut self) -> Result<(), EngineError> {
         let deadline = tokio::time::Instant::now() + START_TIMEOUT;
         loop {
             if self.engine.ping().await {
@@ -153,17 +170,10 @@ impl ManagedEngine {
                 text.lines().rev().take(3).collect::<Vec<_>>().join(" / ")
             };
             if let Ok(Some(status)) = self.child.try_wait() {
-                return Err(format!(
-                    "the managed engine exited at start ({status}): {}",
-                    log()
-                ));
+                return Err(EngineError::Exited { status, log: log() });
             }
             if tokio::time::Instant::now() > deadline {
-                return Err(format!(
-                    "the managed engine did not answer within {}s: {}",
-                    START_TIMEOUT.as_secs(),
-                    log()
-                ));
+                return Err(EngineError::Unanswered { log: log() });
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

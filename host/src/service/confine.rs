@@ -40,6 +40,7 @@ impl Inner {
             ManagedEngine::start(cgroups, &name, &dir, &limits, registries, settings).await
         })
         .await
+        .map_err(|e| e.to_string())
     }
 
     /// The jail of a run of `builder` in `dirs`: its directories and

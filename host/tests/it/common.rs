@@ -421,6 +421,11 @@ pub fn with_engine(config: Config, engine: &helix_fixtures::Dockerd) -> Config {
 }
 
 /// `config` with the `buildkit` builder pointed at the engine `socket`.
+/// Held by the tests that fill disks up to a quota or measure the host's
+/// free space: one fills while the other measures would fail the
+/// measurement (the tests of this binary run side by side).
+pub static DISK_FILLERS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// `config` with the `buildkit` builder in engines the host runs itself.
 pub fn with_managed_engine(config: Config) -> Config {
     with_engine_at(config, helix_build::plugin::MANAGED_ENGINE)

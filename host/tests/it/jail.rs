@@ -230,6 +230,7 @@ fn host_cache_mounts() -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cache_mounts_stay_in_the_run_or_its_slot_and_a_write_past_the_quota_names_it() {
+    let _alone = common::DISK_FILLERS.lock().await;
     let registry = Registry::start(false);
     let dir = tempfile::tempdir().unwrap();
     let mut config = common::real_config(&dir, &registry.address);

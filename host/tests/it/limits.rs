@@ -81,6 +81,7 @@ fn free_bytes(dir: &Path) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_step_filling_its_disk_fails_naming_the_limit_and_leaves_the_host_space_as_it_was() {
+    let _alone = common::DISK_FILLERS.lock().await;
     let registry = Registry::start(false);
     let dir = tempfile::tempdir().unwrap();
     let mut config = common::real_config(&dir, &registry.address);

@@ -1,14 +1,17 @@
 //! The HTTP API: thin handlers over [`Service`]. Errors are JSON
 //! `{"error": {"code", "message"}}` with a status that says whose fault
-//! it is. When a token is configured every `/v1` route needs
-//! `Authorization: Bearer <token>`; `/healthz` and `/metrics` stay open.
+//! it is. When a token or a project is configured every `/v1` route needs
+//! `Authorization: Bearer <token>`, resolved to a [`Caller`] whose scopes
+//! each route checks (403 naming the missing scope); another project's
+//! job answers exactly as a job that does not exist (404). `/healthz` and
+//! `/metrics` stay open.
 
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, Extension, Path, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -18,11 +21,11 @@ use axum::{Json, Router};
 use futures_util::stream::{self, Stream};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use sha2::{Digest as _, Sha256};
 
+use crate::access::{Access, Caller, Refused, Scope};
 use crate::audit::JobAudit;
 use crate::hooks::{Forge, HookError, Hooked};
-use crate::job::{Job, JobRequest, State as JobState};
+use crate::job::{InvalidJob, Job, JobRequest, State as JobState};
 use crate::plugin::BuilderInfo;
 use crate::provenance::Attestation;
 use crate::service::{JobPage, Service, ServiceError};
@@ -36,9 +39,11 @@ const MAX_BODY_BYTES: usize = 1024 * 1024;
 const DEFAULT_PAGE: usize = 100;
 const MAX_PAGE: usize = 1000;
 
-/// The API over `service`, guarded by `token` when one is given.
-pub fn router(service: Service, token: Option<&str>) -> Router {
-    let mut v1 = Router::new()
+/// The API over `service`, its `/v1` routes answering the callers
+/// `access` accepts (everyone, as the admin, when it has no tokens).
+pub fn router(service: Service, access: Access) -> Router {
+    let access = Arc::new(access);
+    let v1 = Router::new()
         .route("/v1/jobs", post(submit).get(list))
         .route("/v1/jobs/{id}", get(get_job))
         .route("/v1/jobs/{id}/cancel", post(cancel))
@@ -48,13 +53,10 @@ pub fn router(service: Service, token: Option<&str>) -> Router {
         .route("/v1/jobs/{id}/provenance", get(provenance))
         .route("/v1/builders", get(builders))
         .route("/v1/builders/reload", post(reload_builders))
-        .route("/v1/openapi.json", get(openapi));
-    if let Some(token) = token {
-        let expected = Arc::new(Sha256::digest(token.as_bytes()));
-        v1 = v1.route_layer(middleware::from_fn(move |request, next| {
-            require_token(expected.clone(), request, next)
+        .route("/v1/openapi.json", get(openapi))
+        .route_layer(middleware::from_fn(move |request, next| {
+            require_token(access.clone(), request, next)
         }));
-    }
     Router::new()
         .route("/healthz", get(healthz))
         // Outside the token: a forge signs its deliveries instead.
@@ -66,27 +68,78 @@ pub fn router(service: Service, token: Option<&str>) -> Router {
         .with_state(service)
 }
 
-/// Lets a request through only with the configured bearer token
-/// (compared in constant time).
+/// Lets a request through only with a bearer token `access` accepts,
+/// handing the handlers its [`Caller`] (and `access`, for an admin naming
+/// a project); 401 with `WWW-Authenticate: Bearer` otherwise.
 async fn require_token(
-    expected: Arc<sha2::digest::Output<Sha256>>,
-    request: Request,
+    access: Arc<Access>,
+    mut request: Request,
     next: Next,
-) -> Result<Response, ApiError> {
+) -> Result<Response, Response> {
     let given = request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or_default();
-    if !crate::secrets::matches_digest(given.as_bytes(), &expected) {
-        return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "missing or wrong bearer token; send Authorization: Bearer <token> (HELIX_TOKEN for the CLI)",
-        ));
-    }
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let caller = access
+        .resolve(given, chrono::Utc::now())
+        .map_err(|refused| {
+            let (message, challenge) = match refused {
+                Refused::Missing => (
+                    "missing or wrong bearer token; send Authorization: Bearer <token> (HELIX_TOKEN for the CLI)",
+                    "Bearer",
+                ),
+                Refused::Unknown => (
+                    "missing or wrong bearer token; send Authorization: Bearer <token> (HELIX_TOKEN for the CLI)",
+                    "Bearer error=\"invalid_token\"",
+                ),
+                Refused::Expired => (
+                    "the bearer token has expired; ask the server's operator for a new one",
+                    "Bearer error=\"invalid_token\", error_description=\"the token has expired\"",
+                ),
+            };
+            let mut response =
+                ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message).into_response();
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static(challenge),
+            );
+            response
+        })?;
+    request.extensions_mut().insert(caller);
+    request.extensions_mut().insert(access);
     Ok(next.run(request).await)
+}
+
+/// 403 unless `caller` holds `scope`; the answer names it.
+fn require(caller: &Caller, scope: Scope, to: &str) -> ApiResult<()> {
+    if caller.has(scope) {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        format!("this token lacks the scope {scope}, which is needed to {to}"),
+    ))
+}
+
+/// Checks that `caller` may see job `id` at all: another project's job
+/// gets exactly the answer of a job that does not exist.
+async fn visible(service: &Service, caller: &Caller, id: &str) -> ApiResult<()> {
+    if caller.is_admin() {
+        return Ok(());
+    }
+    let job = service.get(id).await?;
+    if !caller.sees(&job) {
+        return Err(ServiceError::NotFound(id.to_string()).into());
+    }
+    Ok(())
+}
+
+/// [`require`] `jobs:read`, then [`visible`].
+async fn readable(service: &Service, caller: &Caller, id: &str) -> ApiResult<()> {
+    require(caller, Scope::JobsRead, "read jobs")?;
+    visible(service, caller, id).await
 }
 
 /// An error as the client sees it.
@@ -210,10 +263,38 @@ pub(crate) async fn healthz() -> Json<serde_json::Value> {
         (status = 503, body = ErrorBody)))]
 pub(crate) async fn submit(
     State(service): State<Service>,
+    Extension(caller): Extension<Caller>,
+    Extension(access): Extension<Arc<Access>>,
     body: Result<Json<JobRequest>, JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<Job>)> {
+    require(&caller, Scope::JobsSubmit, "submit jobs")?;
     let Json(request) = body?;
-    Ok((StatusCode::CREATED, Json(service.submit(request).await?)))
+    let invalid = |message: String| {
+        ApiError::from(ServiceError::Invalid(InvalidJob::new("project", message)))
+    };
+    let project = match (&caller.project, &request.project) {
+        (Some(own), Some(named)) if *named != own.name => {
+            return Err(invalid(format!(
+                "a token of project {} submits jobs for {} only",
+                own.name, own.name
+            )));
+        }
+        (Some(own), _) => Some(own.clone()),
+        (None, Some(named)) => Some(access.project(named).cloned().ok_or_else(|| {
+            let known: Vec<&str> = access.project_names().collect();
+            invalid(format!(
+                "no project called '{named}'; configured: {}",
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
+            ))
+        })?),
+        (None, None) => None,
+    };
+    let job = service.submit_for(request, project.as_deref()).await?;
+    Ok((StatusCode::CREATED, Json(job)))
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -233,6 +314,9 @@ pub(crate) struct ListQuery {
     builder: Option<String>,
     /// Only jobs whose id, repository URL or image contains this text.
     q: Option<String>,
+    /// Only jobs of this project (an admin's filter; a project token
+    /// lists its own project's jobs only).
+    project: Option<String>,
 }
 
 #[utoipa::path(get, path = "/v1/jobs", summary = "list jobs, newest first", params(ListQuery),
@@ -241,10 +325,32 @@ pub(crate) struct ListQuery {
         (status = 503, body = ErrorBody)))]
 pub(crate) async fn list(
     State(service): State<Service>,
+    Extension(caller): Extension<Caller>,
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> ApiResult<Json<JobPage>> {
+    require(&caller, Scope::JobsRead, "read jobs")?;
     let Query(query) = query?;
     let limit = query.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
+    let project = match caller.project_name() {
+        None => query.project,
+        Some(own) => {
+            if query.project.as_deref().is_some_and(|named| named != own) {
+                // Another project's jobs: none the caller may see.
+                return Ok(Json(JobPage {
+                    jobs: Vec::new(),
+                    next_cursor: None,
+                }));
+            }
+            Some(own.to_string())
+        }
+    };
+    // A cursor naming a job the caller may not see is as unknown as one
+    // naming no job.
+    if let Some(cursor) = query.cursor.as_deref()
+        && visible(&service, &caller, cursor).await.is_err()
+    {
+        return Err(ServiceError::UnknownCursor(cursor.to_string()).into());
+    }
     Ok(Json(
         service
             .list_page(
@@ -253,6 +359,7 @@ pub(crate) async fn list(
                     group: query.group,
                     builder: query.builder,
                     text: query.q.filter(|q| !q.is_empty()),
+                    project,
                 },
                 limit,
                 query.cursor.as_deref(),
@@ -267,9 +374,15 @@ pub(crate) async fn list(
         (status = 503, body = ErrorBody)))]
 pub(crate) async fn get_job(
     State(service): State<Service>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Job>> {
-    Ok(Json(service.get(&id).await?))
+    require(&caller, Scope::JobsRead, "read jobs")?;
+    let job = service.get(&id).await?;
+    if !caller.sees(&job) {
+        return Err(ServiceError::NotFound(id).into());
+    }
+    Ok(Json(job))
 }
 
 #[utoipa::path(get, path = "/v1/jobs/{id}/audit",
@@ -281,8 +394,10 @@ pub(crate) async fn get_job(
         (status = 503, body = ErrorBody)))]
 pub(crate) async fn audit(
     State(service): State<Service>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<JobAudit>> {
+    readable(&service, &caller, &id).await?;
     Ok(Json(service.audit(&id).await?))
 }
 
@@ -295,8 +410,10 @@ pub(crate) async fn audit(
         (status = 503, body = ErrorBody)))]
 pub(crate) async fn provenance(
     State(service): State<Service>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Attestation>> {
+    readable(&service, &caller, &id).await?;
     Ok(Json(service.provenance(&id).await?))
 }
 
@@ -307,8 +424,11 @@ pub(crate) async fn provenance(
         (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub(crate) async fn cancel(
     State(service): State<Service>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Job>> {
+    require(&caller, Scope::JobsCancel, "cancel jobs")?;
+    visible(&service, &caller, &id).await?;
     Ok(Json(service.cancel(&id).await?))
 }
 
@@ -328,9 +448,11 @@ pub(crate) struct WaitQuery {
         (status = 503, body = ErrorBody)))]
 pub(crate) async fn wait(
     State(service): State<Service>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     query: Result<Query<WaitQuery>, QueryRejection>,
 ) -> ApiResult<Json<Job>> {
+    readable(&service, &caller, &id).await?;
     let Query(query) = query?;
     let secs = query
         .timeout_secs
@@ -362,9 +484,11 @@ pub(crate) struct LogsQuery {
         (status = 503, body = ErrorBody)))]
 pub(crate) async fn logs(
     State(service): State<Service>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     query: Result<Query<LogsQuery>, QueryRejection>,
 ) -> ApiResult<Response> {
+    readable(&service, &caller, &id).await?;
     let Query(query) = query?;
     if !query.follow {
         let mut text = String::new();
@@ -520,10 +644,13 @@ pub(crate) async fn metrics(State(service): State<Service>) -> ApiResult<impl In
     summary = "load the builders again from the server's config file (as SIGHUP does)",
     description = "Jobs already running finish on the component they started with; jobs that start from now on get the new ones. When a component fails to load or check, nothing changes and the 422 says why.",
     responses((status = 200, description = "the builders now loaded", body = Vec<Object>),
-        (status = 401, body = ErrorBody), (status = 422, body = ErrorBody)))]
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 422, body = ErrorBody)))]
 pub(crate) async fn reload_builders(
     State(service): State<Service>,
+    Extension(caller): Extension<Caller>,
 ) -> ApiResult<Json<Vec<BuilderInfo>>> {
+    require(&caller, Scope::Admin, "reload builders")?;
     let runtime = service.reload_builders().await?;
     Ok(Json(runtime.builders().map(|b| b.info().clone()).collect()))
 }

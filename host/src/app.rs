@@ -146,6 +146,7 @@ fn submit_policy(
             .map(|b| (b.info().name.clone(), b.info().platforms.clone()))
             .collect(),
         secrets,
+        project: None,
     }
 }
 

@@ -12,6 +12,7 @@ pub use helix_sandbox::{
 };
 pub use helix_store::{self as store, queue};
 
+pub mod access;
 pub mod api;
 pub mod app;
 pub mod builtin;

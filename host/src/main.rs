@@ -350,7 +350,11 @@ async fn serve(
     if let Some(listen) = listen {
         config.listen = listen;
     }
-    if !config.listen.ip().is_loopback() && config.token.is_none() && !insecure_no_auth {
+    if !config.listen.ip().is_loopback()
+        && config.token.is_none()
+        && config.projects.is_empty()
+        && !insecure_no_auth
+    {
         return Err(format!(
             "refusing to serve {} without a token: anyone who reaches it could submit builds \
              and read every job; set `token` in the config, or pass --insecure-no-auth",
@@ -362,6 +366,7 @@ async fn serve(
         (Some(cert), Some(key)) => Some(tls_config(cert, key).await?),
         _ => None,
     };
+    let access = config.access().map_err(|e| e.to_string())?;
     let service = app::start(&config).await.map_err(|e| e.to_string())?;
     let listener = std::net::TcpListener::bind(config.listen)
         .and_then(|l| l.set_nonblocking(true).map(|()| l))
@@ -376,7 +381,7 @@ async fn serve(
     tracing::info!(%address, scheme, data_dir = %config.data_dir.display(), "helix-build listening");
     // Printed on stdout so scripts (and the tests) can find an ephemeral port.
     println!("listening on {scheme}://{address}");
-    let router = api::router(service.clone(), config.token.as_deref());
+    let router = api::router(service.clone(), access);
     tokio::spawn(reload_on_sighup(
         service.clone(),
         tls.clone().map(|tls| {

@@ -98,6 +98,7 @@ impl Submission {
             group: self.group,
             max_running: self.max_running,
             cancel_in_progress: self.cancel_in_progress,
+            project: None,
         })
     }
 }

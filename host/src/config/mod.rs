@@ -1,8 +1,9 @@
 //! The configuration file: one TOML document, every field defaulted, unknown
 //! fields refused by name. The sections with rules of their own (builders,
-//! registries, the store) are checked in their modules.
+//! registries, the store, projects) are checked in their modules.
 
 mod builders;
+mod projects;
 mod registry;
 mod store;
 
@@ -20,6 +21,7 @@ use crate::secrets::{BuildSecrets, SecretSource};
 use crate::service::Retention;
 
 pub use builders::BuilderConfig;
+pub use projects::{ProjectConfig, TokenConfig};
 pub use registry::RegistryConfig;
 pub use store::StoreLocation;
 
@@ -31,8 +33,13 @@ pub struct Config {
     /// Address the HTTP API listens on; loopback unless the operator says
     /// otherwise.
     pub listen: SocketAddr,
-    /// When set, every `/v1` request needs `Authorization: Bearer <token>`.
+    /// The admin token (scope `admin`: every project, reloading
+    /// builders). When it or any project is set, every `/v1` request needs
+    /// `Authorization: Bearer <token>`.
     pub token: Option<String>,
+    /// Projects by name: their tokens and the secrets their jobs may use
+    /// (see [`ProjectConfig`]).
+    pub projects: BTreeMap<String, ProjectConfig>,
     /// Serve HTTPS with this certificate chain (PEM), with `tls_key`;
     /// both are read again on SIGHUP.
     pub tls_cert: Option<PathBuf>,
@@ -138,6 +145,7 @@ impl Default for Config {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             token: None,
+            projects: BTreeMap::new(),
             tls_cert: None,
             tls_key: None,
             data_dir: default_data_dir(),
@@ -249,6 +257,7 @@ impl Config {
         self.validate_builders()?;
         self.validate_registries()?;
         self.build_secrets()?;
+        self.validate_projects()?;
         if !self.builder_configs().contains_key(&self.default_builder) {
             return invalid(format!(
                 "default_builder '{}' is not a configured or built-in builder",
@@ -375,6 +384,8 @@ mod tests {
         assert!(config.provenance);
         assert!(!config.registries["127.0.0.1:5000"].tls_verify);
         assert!(config.builders["buildkit"].engine.is_some());
+        assert_eq!(config.projects["web"].tokens.len(), 2);
+        assert_eq!(config.projects["web"].secrets, ["npm_token"]);
     }
 
     #[test]

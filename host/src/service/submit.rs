@@ -5,16 +5,44 @@ use std::sync::atomic::Ordering;
 use chrono::Utc;
 
 use super::{Service, ServiceError};
-use crate::job::{Job, JobRequest};
+use crate::access::Project;
+use crate::job::{Job, JobRequest, SubmitPolicy};
 
 impl Service {
     /// Validates `request`, stores it and queues it. On any error nothing
     /// is stored; once it returns the job is durable.
     pub async fn submit(&self, request: JobRequest) -> Result<Job, ServiceError> {
+        self.submit_for(request, None).await
+    }
+
+    /// [`Service::submit`] for `project`: the job is that project's and
+    /// may name only the secrets it may use (unknown ones are refused
+    /// naming only those). `None`: a job of no project, which may name any
+    /// secret the server defines.
+    pub async fn submit_for(
+        &self,
+        request: JobRequest,
+        project: Option<&Project>,
+    ) -> Result<Job, ServiceError> {
         if self.inner.stopping.load(Ordering::SeqCst) {
             return Err(ServiceError::ShuttingDown);
         }
-        let job = Job::from_request(request, &self.inner.policy(), Utc::now())?;
+        let policy = self.inner.policy();
+        let job = match project {
+            None => Job::from_request(request, &policy, Utc::now())?,
+            Some(project) => {
+                let own = SubmitPolicy {
+                    secrets: project
+                        .secrets
+                        .intersection(&policy.secrets)
+                        .cloned()
+                        .collect(),
+                    project: Some(project.name.clone()),
+                    ..(*policy).clone()
+                };
+                Job::from_request(request, &own, Utc::now())?
+            }
+        };
         let capacity = self.inner.config.queue_capacity;
         let waiting = self.inner.config.queue.depth().await?;
         {
@@ -63,10 +91,11 @@ impl Service {
             }
         };
         let reason = format!("superseded by job {} in group '{group}'", newer.id);
-        for job in older
-            .iter()
-            .filter(|j| j.id != newer.id && j.created_at <= newer.created_at)
-        {
+        // Groups are per project: a push never supersedes another
+        // project's builds.
+        for job in older.iter().filter(|j| {
+            j.id != newer.id && j.created_at <= newer.created_at && j.project == newer.project
+        }) {
             // One that ended meanwhile needs nothing.
             let _ = self.cancel_because(job.id.as_str(), &reason).await;
         }

@@ -39,6 +39,8 @@ pub struct JobFilter {
     pub builder: Option<String>,
     /// Only jobs whose id, repository URL or image contains this text.
     pub text: Option<String>,
+    /// Only jobs of this project (never those of no project).
+    pub project: Option<String>,
 }
 
 /// A job as stored, with the log lines kept for it (oldest first).
@@ -247,6 +249,8 @@ pub(crate) enum Write {
         /// Its concurrency group and how many of it may run (columns too).
         group: Option<String>,
         max_running: u32,
+        /// Its project (a shared store's column).
+        project: Option<String>,
         /// The job as JSON.
         body: String,
         /// Attempts the job has started, which a shared store checks so a
@@ -281,6 +285,7 @@ impl Write {
                 priority: job.priority,
                 group: job.group.clone(),
                 max_running: job.max_running,
+                project: job.project.clone(),
                 body,
                 attempts: job.attempts,
                 insert,

@@ -17,6 +17,7 @@ mod isolation;
 mod jail;
 mod limits;
 mod plugin;
+mod projects;
 mod provenance;
 mod python_builder;
 mod real_build;

@@ -116,6 +116,11 @@ pub struct Job {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub not_before: Option<DateTime<Utc>>,
     pub builder: String,
+    /// The project it belongs to: the submitting token's, or the one an
+    /// admin named; `None` for an admin's job of no project (and every
+    /// job of a server without projects).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
     pub image: Option<String>,
     pub state: State,
     pub image_tag: Option<String>,

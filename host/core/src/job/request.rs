@@ -83,6 +83,11 @@ pub struct JobRequest {
     /// a newer push supersedes the builds of older ones.
     #[serde(default)]
     pub cancel_in_progress: bool,
+    /// The project the job is for. A project token's jobs are its
+    /// project's (naming another is refused); an admin may name any
+    /// configured project, or none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
 }
 
 /// Most jobs of one group that may be allowed to run at once.
@@ -133,8 +138,12 @@ pub struct SubmitPolicy {
     /// Builders a job may name (those loaded on this host), each with the
     /// platforms it can build here; `None`: any (a simulated builder).
     pub builders: BTreeMap<String, Option<Vec<Platform>>>,
-    /// Build secrets a job may name: those the operator defined.
+    /// Build secrets a job may name: those the operator defined, or
+    /// with `project` those that project may use.
     pub secrets: BTreeSet<String>,
+    /// The project the submission is for (its job's `project`); `secrets`
+    /// are then that project's.
+    pub project: Option<String>,
 }
 
 impl SubmitPolicy {
@@ -206,7 +215,8 @@ impl Job {
             validate_target(target)?;
         }
         validate_labels(&request.labels)?;
-        let secrets = validate_secrets(request.secrets, &policy.secrets)?;
+        let secrets =
+            validate_secrets(request.secrets, &policy.secrets, policy.project.as_deref())?;
         let priority = request.priority.unwrap_or(0);
         if !PRIORITIES.contains(&priority) {
             return Err(InvalidJob::new(
@@ -249,6 +259,7 @@ impl Job {
             not_before: None,
             group,
             builder,
+            project: policy.project.clone(),
             image: request.image,
             state: State::Queued,
             image_tag: None,

@@ -72,6 +72,9 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (job_id, name)
     );
     ",
+    // The project a job belongs to: a project's listing filters on it.
+    "ALTER TABLE jobs ADD COLUMN project TEXT; \
+     CREATE INDEX jobs_by_project ON jobs (project, seq);",
 ];
 
 /// A connection and the statements prepared on it, so each is parsed and

@@ -42,8 +42,8 @@ impl Writer {
         let prepare = |sql: &'static str| client.prepare(sql);
         let (insert, update, log, trim, notify, record) = tokio::try_join!(
             prepare(
-                "INSERT INTO jobs (id, state, builder, body, priority, grp, max_running) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING"
+                "INSERT INTO jobs (id, state, builder, body, priority, grp, max_running, project) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (id) DO NOTHING"
             ),
             // Only the run that holds the job may change it: a host whose
             // lease ran out must not overwrite the next run.
@@ -138,6 +138,7 @@ async fn commit(
                 priority,
                 group,
                 max_running,
+                project,
                 insert: true,
                 ..
             } => {
@@ -151,7 +152,8 @@ async fn commit(
                         body.clone(),
                         *priority,
                         group.clone(),
-                        i32::try_from(*max_running).unwrap_or(i32::MAX)
+                        i32::try_from(*max_running).unwrap_or(i32::MAX),
+                        project.clone()
                     ],
                 ));
             }

@@ -35,13 +35,14 @@ use helix_core::log::{LogLine, LogSink};
 use schema::{connect, migrate};
 use writer::{checkpoint_loop, write_loop};
 
-/// [`JobFilter`]'s group (`?4`), builder (`?5`) and text (`?6`), each
-/// when given.
+/// [`JobFilter`]'s group (`?4`), builder (`?5`), text (`?6`) and project
+/// (`?7`), each when given.
 const FILTERS: &str = "(?4 IS NULL OR json_extract(body, '$.group') = ?4) \
     AND (?5 IS NULL OR json_extract(body, '$.builder') = ?5) \
     AND (?6 IS NULL OR instr(id, ?6) > 0 \
          OR instr(json_extract(body, '$.repo_url'), ?6) > 0 \
-         OR instr(coalesce(json_extract(body, '$.image_tag'), json_extract(body, '$.image'), ''), ?6) > 0)";
+         OR instr(coalesce(json_extract(body, '$.image_tag'), json_extract(body, '$.image'), ''), ?6) > 0) \
+    AND (?7 IS NULL OR json_extract(body, '$.project') = ?7)";
 /// A job store in one SQLite database file.
 pub struct SqliteStore {
     /// `None` only while dropping, to let the writer finish.
@@ -334,10 +335,11 @@ impl JobStore for SqliteStore {
     ) -> Read<'a, Vec<Job>> {
         let db = self.reader();
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let (group, builder, text) = (
+        let (group, builder, text, project) = (
             filter.group.as_deref(),
             filter.builder.as_deref(),
             filter.text.as_deref(),
+            filter.project.as_deref(),
         );
         // Two statements, so a state's listing uses the state index.
         ready(match filter.state {
@@ -347,7 +349,7 @@ impl JobStore for SqliteStore {
                     "SELECT body FROM jobs WHERE state = ?1 AND seq < ?2 AND {FILTERS} \
                      ORDER BY seq DESC LIMIT ?3"
                 ),
-                params![state.as_str(), before, limit, group, builder, text],
+                params![state.as_str(), before, limit, group, builder, text, project],
             ),
             None => jobs(
                 &db,
@@ -355,7 +357,7 @@ impl JobStore for SqliteStore {
                     "SELECT body FROM jobs WHERE ?1 IS NULL AND seq < ?2 AND {FILTERS} \
                      ORDER BY seq DESC LIMIT ?3"
                 ),
-                params![None::<String>, before, limit, group, builder, text],
+                params![None::<String>, before, limit, group, builder, text, project],
             ),
         })
     }

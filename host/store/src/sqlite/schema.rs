@@ -54,6 +54,8 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (job_id, name)
     ) WITHOUT ROWID;
     ",
+    // A project's listing without a full scan (the project is in the body).
+    "CREATE INDEX jobs_by_project ON jobs (json_extract(body, '$.project'), seq);",
 ];
 
 pub(super) fn connect(path: &Path) -> Result<Connection, StoreError> {

@@ -222,6 +222,7 @@ pub(super) fn validate_labels(labels: &BTreeMap<String, String>) -> Result<(), I
 pub(super) fn validate_secrets(
     names: Vec<String>,
     defined: &BTreeSet<String>,
+    project: Option<&str>,
 ) -> Result<Vec<String>, InvalidJob> {
     if names.len() > MAX_SECRETS {
         return Err(InvalidJob::new(
@@ -235,16 +236,22 @@ pub(super) fn validate_secrets(
     let names: BTreeSet<String> = names.into_iter().collect();
     if let Some(unknown) = names.iter().find(|n| !defined.contains(*n)) {
         let defined: Vec<&str> = defined.iter().map(String::as_str).collect();
-        return Err(InvalidJob::new(
-            "secrets",
-            match defined.is_empty() {
-                true => format!("unknown secret '{unknown}': this server defines no secrets"),
-                false => format!(
-                    "unknown secret '{unknown}'; this server defines: {}",
-                    defined.join(", ")
-                ),
-            },
-        ));
+        // A project's submitter learns its own secrets' names only.
+        let message = match (project, defined.is_empty()) {
+            (None, true) => format!("unknown secret '{unknown}': this server defines no secrets"),
+            (None, false) => format!(
+                "unknown secret '{unknown}'; this server defines: {}",
+                defined.join(", ")
+            ),
+            (Some(project), true) => {
+                format!("unknown secret '{unknown}': project {project} may use no secrets")
+            }
+            (Some(project), false) => format!(
+                "unknown secret '{unknown}'; project {project} may use: {}",
+                defined.join(", ")
+            ),
+        };
+        return Err(InvalidJob::new("secrets", message));
     }
     Ok(names.into_iter().collect())
 }
@@ -585,5 +592,34 @@ mod tests {
         })
         .unwrap_err();
         assert!(err.message.contains("defines no secrets"), "{err}");
+        // A project's submission: its own secrets, named as its own.
+        let own = SubmitPolicy {
+            secrets: ["deploy".to_string()].into(),
+            project: Some("team-a".into()),
+            ..policy.clone()
+        };
+        let err = Job::from_request(
+            JobRequest {
+                secrets: vec!["npm_token".into()],
+                ..request()
+            },
+            &own,
+            Utc::now(),
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.message,
+            "unknown secret 'npm_token'; project team-a may use: deploy"
+        );
+        let accepted = Job::from_request(
+            JobRequest {
+                secrets: vec!["deploy".into()],
+                ..request()
+            },
+            &own,
+            Utc::now(),
+        )
+        .unwrap();
+        assert_eq!(accepted.project.as_deref(), Some("team-a"));
     }
 }

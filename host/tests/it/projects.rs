@@ -1,0 +1,393 @@
+//! Projects over HTTP: two projects' tokens and the admin's against the
+//! real API and service (simulated builder), on SQLite and PostgreSQL —
+//! every scope's 403, another project's job a 404 exactly like a missing
+//! one, list isolation, admin-only reload, per-project secrets, expiry.
+
+use std::collections::BTreeMap;
+
+use helix_build::config::{Config, ProjectConfig, TokenConfig};
+use helix_build::secrets::SecretSource;
+use helix_build::{api, app};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use sha2::{Digest as _, Sha256};
+
+use crate::common;
+
+const ADMIN: &str = "admin-token-0123456789";
+const A_ALL: &str = "team-a-all-scopes-token";
+const A_READ: &str = "team-a-read-only-token";
+const A_SUBMIT: &str = "team-a-submit-only-token";
+const A_EXPIRED: &str = "team-a-expired-token-xx";
+const B_ALL: &str = "team-b-all-scopes-token";
+
+fn token(secret: &str, scopes: &[&str], expires: Option<&str>) -> TokenConfig {
+    TokenConfig {
+        digest: Some(hex::encode(Sha256::digest(secret.as_bytes()))),
+        scopes: scopes.iter().map(|s| s.to_string()).collect(),
+        expires: expires.map(str::to_string),
+        ..TokenConfig::default()
+    }
+}
+
+/// The test config with an admin token, secrets `a_key` and `b_key`, and
+/// projects team-a (tokens of each scope, one expired; secret `a_key`)
+/// and team-b (every scope, from a file; secret `b_key`).
+fn two_projects(dir: &tempfile::TempDir, store_url: Option<String>) -> Config {
+    let mut config = common::config(dir, 2, 100);
+    config.token = Some(ADMIN.into());
+    config.store_url = store_url;
+    let mut secret = |name: &str, value: &str| {
+        let path = dir.path().join(format!("{name}.secret"));
+        std::fs::write(&path, value).unwrap();
+        config.secrets.insert(
+            name.to_string(),
+            SecretSource {
+                file: Some(path),
+                ..SecretSource::default()
+            },
+        );
+    };
+    secret("a_key", "value-of-a");
+    secret("b_key", "value-of-b");
+    let all = ["jobs:submit", "jobs:read", "jobs:cancel"];
+    let b_token = dir.path().join("b.token");
+    std::fs::write(&b_token, format!("{B_ALL}\n")).unwrap();
+    config.projects = BTreeMap::from([
+        (
+            "team-a".to_string(),
+            ProjectConfig {
+                tokens: vec![
+                    token(A_ALL, &all, Some("2999-01-01T00:00:00Z")),
+                    token(A_READ, &["jobs:read"], None),
+                    token(A_SUBMIT, &["jobs:submit"], None),
+                    token(A_EXPIRED, &all, Some("2001-01-01T00:00:00+01:00")),
+                ],
+                secrets: vec!["a_key".into()],
+            },
+        ),
+        (
+            "team-b".to_string(),
+            ProjectConfig {
+                tokens: vec![TokenConfig {
+                    file: Some(b_token),
+                    scopes: all.iter().map(|s| s.to_string()).collect(),
+                    ..TokenConfig::default()
+                }],
+                secrets: vec!["b_key".into()],
+            },
+        ),
+    ]);
+    config.validated().expect("the two-project config is valid")
+}
+
+/// The API of a service on `config`, served on a loopback port.
+struct Server {
+    base: String,
+    http: reqwest::Client,
+    _service: helix_build::service::Service,
+}
+
+impl Server {
+    async fn start(config: &Config) -> Server {
+        let service = app::start(config).await.expect("service starts");
+        let router = api::router(service.clone(), config.access().expect("tokens load"));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        Server {
+            base,
+            http: reqwest::Client::new(),
+            _service: service,
+        }
+    }
+
+    /// `method path` as `token` (none: no Authorization header), with a
+    /// JSON `body`: the status, the `WWW-Authenticate` header and the body.
+    async fn call(
+        &self,
+        token: Option<&str>,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Option<String>, String) {
+        let mut request = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        let challenge = response
+            .headers()
+            .get(reqwest::header::WWW_AUTHENTICATE)
+            .map(|v| v.to_str().unwrap().to_string());
+        (status, challenge, response.text().await.unwrap())
+    }
+
+    async fn get(&self, token: &str, path: &str) -> (StatusCode, String) {
+        let (status, _, body) = self
+            .call(Some(token), reqwest::Method::GET, path, None)
+            .await;
+        (status, body)
+    }
+
+    async fn post(&self, token: &str, path: &str, body: Value) -> (StatusCode, String) {
+        let (status, _, body) = self
+            .call(Some(token), reqwest::Method::POST, path, Some(body))
+            .await;
+        (status, body)
+    }
+
+    /// Submits a simulated job that runs for a minute as `token`: its id.
+    async fn submit(&self, token: &str, extra: Value) -> String {
+        let mut request = serde_json::to_value(common::simulated(60_000)).unwrap();
+        request
+            .as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        let (status, body) = self.post(token, "/v1/jobs", request).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        serde_json::from_str::<Value>(&body).unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    /// The ids `token` lists at `path`.
+    async fn listed(&self, token: &str, path: &str) -> Vec<String> {
+        let (status, body) = self.get(token, path).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        serde_json::from_str::<Value>(&body).unwrap()["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|j| j["id"].as_str().unwrap().to_string())
+            .collect()
+    }
+}
+
+fn message(body: &str) -> String {
+    serde_json::from_str::<Value>(body).unwrap()["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+async fn two_projects_are_isolated(server: &Server) {
+    use reqwest::Method;
+    let simulated = serde_json::to_value(common::simulated(0)).unwrap();
+
+    // 401: no token, an unknown one, an expired one; each with the challenge.
+    for token in [None, Some("not-a-token-at-all-xx"), Some(A_EXPIRED)] {
+        let (status, challenge, body) = server.call(token, Method::GET, "/v1/jobs", None).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{token:?}: {body}");
+        assert!(
+            challenge
+                .as_deref()
+                .unwrap_or_default()
+                .starts_with("Bearer"),
+            "{token:?}: {challenge:?}"
+        );
+    }
+    let (_, _, expired) = server
+        .call(Some(A_EXPIRED), Method::GET, "/v1/jobs", None)
+        .await;
+    assert!(message(&expired).contains("expired"), "{expired}");
+
+    // 403 naming each missing scope.
+    let (status, body) = server.post(A_READ, "/v1/jobs", simulated.clone()).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(message(&body).contains("jobs:submit"), "{body}");
+    let (status, body) = server.get(A_SUBMIT, "/v1/jobs").await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(message(&body).contains("jobs:read"), "{body}");
+    let a_job = server.submit(A_ALL, json!({})).await;
+    let (status, body) = server
+        .post(A_READ, &format!("/v1/jobs/{a_job}/cancel"), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(message(&body).contains("jobs:cancel"), "{body}");
+    for token in [A_ALL, B_ALL, A_READ] {
+        let (status, body) = server.post(token, "/v1/builders/reload", json!({})).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+        assert!(message(&body).contains("admin"), "{body}");
+    }
+    let (status, body) = server.post(ADMIN, "/v1/builders/reload", json!({})).await;
+    assert!(
+        status != StatusCode::FORBIDDEN && status != StatusCode::UNAUTHORIZED,
+        "{status}: {body}"
+    );
+
+    // The project is on the job; the other project's job is a 404 exactly
+    // as a job that does not exist.
+    let b_job = server.submit(B_ALL, json!({})).await;
+    let (_, body) = server.get(A_READ, &format!("/v1/jobs/{a_job}")).await;
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["project"],
+        "team-a"
+    );
+    for (token, other) in [(B_ALL, &a_job), (A_ALL, &b_job), (A_READ, &b_job)] {
+        for (method, path) in [
+            (Method::GET, ""),
+            (Method::GET, "/logs"),
+            (Method::GET, "/logs?follow=true"),
+            (Method::GET, "/audit"),
+            (Method::GET, "/provenance"),
+            (Method::GET, "/wait?timeout_secs=0"),
+            (Method::POST, "/cancel"),
+        ] {
+            if method == Method::POST && token == A_READ {
+                continue;
+            }
+            let (status, _, body) = server
+                .call(
+                    Some(token),
+                    method.clone(),
+                    &format!("/v1/jobs/{other}{path}"),
+                    None,
+                )
+                .await;
+            let (missing_status, _, missing) = server
+                .call(
+                    Some(token),
+                    method,
+                    &format!("/v1/jobs/no-such-job{path}"),
+                    None,
+                )
+                .await;
+            assert_eq!(status, StatusCode::NOT_FOUND, "{path}: {body}");
+            assert_eq!(status, missing_status, "{path}");
+            assert_eq!(body, missing.replace("no-such-job", other), "{path}");
+        }
+    }
+    // Still running: the other project's cancel did nothing.
+    let (_, body) = server.get(ADMIN, &format!("/v1/jobs/{a_job}")).await;
+    let state = serde_json::from_str::<Value>(&body).unwrap()["state"].clone();
+    assert!(state == "queued" || state == "running", "{body}");
+
+    // Lists: each project its own; the admin every job, or one project's.
+    let admin_job = server.submit(ADMIN, json!({})).await;
+    let admin_for_b = server.submit(ADMIN, json!({ "project": "team-b" })).await;
+    let a_list = server.listed(A_READ, "/v1/jobs").await;
+    assert_eq!(a_list, [a_job.as_str()]);
+    let b_list = server.listed(B_ALL, "/v1/jobs").await;
+    assert_eq!(b_list, [admin_for_b.clone(), b_job.clone()]);
+    assert!(
+        server
+            .listed(A_READ, "/v1/jobs?project=team-b")
+            .await
+            .is_empty()
+    );
+    let everything = server.listed(ADMIN, "/v1/jobs").await;
+    for id in [&a_job, &b_job, &admin_job, &admin_for_b] {
+        assert!(everything.contains(id), "{id} in {everything:?}");
+    }
+    assert_eq!(
+        server.listed(ADMIN, "/v1/jobs?project=team-b").await,
+        [admin_for_b.clone(), b_job.clone()]
+    );
+    // A cursor naming another project's job is as unknown as a missing one.
+    let (status, body) = server
+        .get(A_READ, &format!("/v1/jobs?cursor={b_job}"))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    // The admin's job of no project is no project's.
+    let (status, _) = server.get(A_READ, &format!("/v1/jobs/{admin_job}")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // A project token submits for its own project only; the admin names
+    // configured ones only.
+    let (status, body) = server
+        .post(
+            A_ALL,
+            "/v1/jobs",
+            json!({ "repo_url": "https://git.example/a.git", "project": "team-b" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let (status, body) = server
+        .post(
+            ADMIN,
+            "/v1/jobs",
+            json!({ "repo_url": "https://git.example/a.git", "project": "team-c" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(message(&body).contains("team-a, team-b"), "{body}");
+
+    // Secrets: only the project's own, and the error names only those.
+    let with_secret = |name: &str| {
+        json!({ "repo_url": "https://git.example/a.git", "secrets": [name],
+                "build_args": { "HELIX_SIMULATE_DELAY_MS": "0" } })
+    };
+    for name in ["b_key", "nope"] {
+        let (status, body) = server.post(A_ALL, "/v1/jobs", with_secret(name)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(
+            message(&body),
+            format!("invalid job: secrets: unknown secret '{name}'; project team-a may use: a_key")
+        );
+    }
+    let (status, body) = server.post(B_ALL, "/v1/jobs", with_secret("a_key")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(
+        message(&body),
+        "invalid job: secrets: unknown secret 'a_key'; project team-b may use: b_key"
+    );
+    let (status, body) = server.post(A_ALL, "/v1/jobs", with_secret("a_key")).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) = server.post(ADMIN, "/v1/jobs", with_secret("b_key")).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+
+    // A project cancels its own.
+    let (status, body) = server
+        .post(A_ALL, &format!("/v1/jobs/{a_job}/cancel"), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_projects_are_isolated_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&two_projects(&dir, None)).await;
+    two_projects_are_isolated(&server).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_projects_are_isolated_on_postgres() {
+    let postgres = helix_fixtures::Postgres::start();
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&two_projects(&dir, Some(postgres.url()))).await;
+    two_projects_are_isolated(&server).await;
+}
+
+/// Without projects, the single `token` guards everything as before, and
+/// with no token at all the API stays open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_projects_the_token_works_as_before() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::config(&dir, 1, 10);
+    config.token = Some(ADMIN.into());
+    let server = Server::start(&config).await;
+    let (status, challenge, _) = server
+        .call(None, reqwest::Method::GET, "/v1/jobs", None)
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(challenge.as_deref(), Some("Bearer"));
+    let id = server.submit(ADMIN, json!({})).await;
+    assert_eq!(server.listed(ADMIN, "/v1/jobs").await, [id.as_str()]);
+    let (status, body) = server
+        .post(ADMIN, &format!("/v1/jobs/{id}/cancel"), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    let open_dir = tempfile::tempdir().unwrap();
+    let open = Server::start(&common::config(&open_dir, 1, 10)).await;
+    let (status, _, body) = open
+        .call(None, reqwest::Method::GET, "/v1/jobs", None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}

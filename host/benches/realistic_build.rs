@@ -32,6 +32,7 @@ use common::{
 };
 use helix_build::app;
 use helix_build::cancel::CancelSignal;
+use helix_build::cgroup::{BuildLimits, Cgroups};
 use helix_build::exec::HostCommand;
 use helix_build::jail::{Jail, JailSpec};
 use helix_build::job::JobRequest;
@@ -71,7 +72,8 @@ async fn bench() {
     // One storage by hand for the whole run, as a developer's machine has.
     let hand = tempfile::tempdir().unwrap();
     let hand_jailed = tempfile::tempdir().unwrap();
-    let jailed = Some(registry.address.as_str());
+    let cgroups = Cgroups::detect(data.path()).expect("control groups");
+    let jailed = Some((registry.address.as_str(), &cgroups));
     for round in 0..ROUNDS {
         let image = |side: &str| format!("{}/bench/{side}:{round}", registry.address);
         let job = |builder: &str, no_cache: bool| JobRequest {
@@ -183,11 +185,22 @@ async fn bench() {
 /// `jailed` (the registry it pushes to), podman runs in a jail made as
 /// Helix makes one for a run (its `private` network, that registry
 /// forwarded), made and removed within the time measured.
-async fn by_hand(url: &str, image: &str, storage: &Path, jailed: Option<&str>) -> Duration {
+async fn by_hand(
+    url: &str,
+    image: &str,
+    storage: &Path,
+    jailed: Option<(&str, &Cgroups)>,
+) -> Duration {
     let started = Instant::now();
     let work = tempfile::tempdir().unwrap();
+    // As for a run: the jail shows only its own control groups writable.
+    let cgroup = jailed.map(|(_, cgroups)| {
+        cgroups
+            .create("bench-by-hand", &BuildLimits::default())
+            .unwrap()
+    });
     let jail = match jailed {
-        Some(registry) => Some(
+        Some((registry, _)) => Some(
             Jail::create(JailSpec {
                 writable: vec![work.path().to_path_buf(), storage.to_path_buf()],
                 readable: Vec::new(),
@@ -196,7 +209,7 @@ async fn by_hand(url: &str, image: &str, storage: &Path, jailed: Option<&str>) -
                 files: work.path().join("jail"),
                 network: BuildNetwork::Private,
                 registries: vec![registry.to_string()],
-                cgroup: None,
+                cgroup: cgroup.as_ref(),
                 cgroup_namespace: false,
             })
             .await
@@ -223,7 +236,7 @@ async fn by_hand(url: &str, image: &str, storage: &Path, jailed: Option<&str>) -
     )]);
     let podman = |args: Vec<&str>| {
         let all: Vec<String> = global.iter().chain(&args).map(|a| a.to_string()).collect();
-        let (env, jail, cwd) = (&env, jail.as_ref(), work.path());
+        let (env, jail, cgroup, cwd) = (&env, jail.as_ref(), cgroup.as_ref(), work.path());
         async move {
             let log = JobLog::new(10);
             let output = HostCommand {
@@ -234,7 +247,7 @@ async fn by_hand(url: &str, image: &str, storage: &Path, jailed: Option<&str>) -
                 timeout: None,
                 log: &log,
                 cancel: &CancelSignal::new(),
-                cgroup: None,
+                cgroup,
                 jail,
             }
             .run()
@@ -243,12 +256,16 @@ async fn by_hand(url: &str, image: &str, storage: &Path, jailed: Option<&str>) -
             assert_eq!(output.exit_code, 0, "podman {all:?}: {}", output.stderr);
         }
     };
-    // In the jail, the build's network is the one a jail holds.
-    let network = match jailed {
-        Some(_) => "--network=helix-private",
-        None => "--network=podman",
+    // In the jail, the build's network is the one a jail holds, and its
+    // steps go in the run's group, the only writable one.
+    let (network, parent) = match &cgroup {
+        Some(cgroup) => (
+            "--network=helix-private",
+            format!("--cgroup-parent={}", cgroup.steps_path()),
+        ),
+        None => ("--network=podman", "--cgroup-parent=".to_string()),
     };
-    podman(vec![
+    let mut build = vec![
         "build",
         "-q",
         "--isolation=oci",
@@ -258,8 +275,11 @@ async fn by_hand(url: &str, image: &str, storage: &Path, jailed: Option<&str>) -
         "-t",
         "localhost/app",
         "src",
-    ])
-    .await;
+    ];
+    if cgroup.is_some() {
+        build.insert(1, &parent);
+    }
+    podman(build).await;
     let destination = format!("docker://{image}");
     podman(vec![
         "push",
@@ -270,5 +290,6 @@ async fn by_hand(url: &str, image: &str, storage: &Path, jailed: Option<&str>) -
     ])
     .await;
     drop(jail);
+    drop(cgroup);
     started.elapsed()
 }

@@ -70,8 +70,16 @@ fn main() {
     check_target_installed();
 
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
-    // The outer build holds the lock on its own target dir.
-    let target_dir = out_dir.join("plugins-target");
+    // One plugin build per target dir (OUT_DIR is <target>/<profile>/build/
+    // <unit>/out), not one per build-script run: clippy's check, the build
+    // and the benches would each compile every plugin again. The nested
+    // cargo locks its own target dir, so outer builds of two profiles
+    // take turns there.
+    let target_dir = out_dir
+        .ancestors()
+        .nth(4)
+        .unwrap_or(&out_dir)
+        .join("helix-plugins");
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut build = Command::new(cargo);
     build

@@ -8,9 +8,8 @@ use std::time::{Duration, Instant};
 
 use wasmtime::{Engine, Store, Trap};
 
-use super::bindings::{self, BuilderPre};
 use super::host::{JobHost, JobHostParts};
-use super::legacy;
+use super::wit::{CallError, Pre, WIT_PACKAGE, latest};
 use super::{BuilderInfo, BuilderSource, GrantSummary, Limits};
 use helix_core::audit::AuditTrail;
 use helix_core::job::{BuildResult, FailureKind, Job, Outcome};
@@ -89,14 +88,6 @@ enum Code {
     Native(NativeBuild),
 }
 
-/// A linked component, by the contract version it was built against.
-pub(super) enum Pre {
-    Current(BuilderPre<JobHost>),
-    /// Built against `helix:build@0.2.0`, which the host adapts (see
-    /// `legacy`).
-    V0_2(bindings::v0_2::BuilderPre<JobHost>),
-}
-
 /// A builder written in Rust and run in-process, with no sandbox and no
 /// limits. Only benchmarks use one, as the floor the wasm boundary is
 /// measured against; operators cannot configure one.
@@ -127,31 +118,6 @@ impl Timings {
     }
 }
 
-impl Pre {
-    /// The contract version the component was built against.
-    fn version(&self) -> &'static str {
-        match self {
-            Pre::Current(_) => bindings::WIT_VERSION,
-            Pre::V0_2(_) => "0.2.0",
-        }
-    }
-}
-
-/// A component and the job in its contract version's types.
-enum Versioned<'a> {
-    Current(&'a BuilderPre<JobHost>, bindings::Job),
-    V0_2(
-        &'a bindings::v0_2::BuilderPre<JobHost>,
-        bindings::v0_2::helix::build::types::Job,
-    ),
-}
-
-/// Why a call into the guest did not return a value.
-enum CallError {
-    Instantiate(wasmtime::Error),
-    Trap(wasmtime::Error),
-}
-
 impl Builder {
     /// Wraps a linked component, asking it for its `info`.
     pub(super) async fn new(
@@ -172,7 +138,7 @@ impl Builder {
                 description: String::new(),
                 simulated: false,
                 component_digest,
-                contract: format!("{}@{}", bindings::WIT_PACKAGE, pre.version()),
+                contract: format!("{WIT_PACKAGE}@{}", pre.version()),
                 origin: source.origin.to_string(),
                 limits: source.limits,
                 build_limits: source.build_limits,
@@ -303,7 +269,7 @@ impl Builder {
         store
     }
 
-    async fn call_info(&self) -> Result<bindings::Metadata, String> {
+    async fn call_info(&self) -> Result<latest::Metadata, String> {
         let Code::Component { engine, pre } = &self.code else {
             return Err("a native builder has no `info` export".into());
         };
@@ -322,21 +288,7 @@ impl Builder {
         })
         .map_err(|e| e.to_string())?;
         let mut store = Self::new_store(engine, host);
-        let call = async {
-            match pre {
-                Pre::Current(pre) => {
-                    let instance = pre.instantiate_async(&mut store).await?;
-                    let info = instance.helix_build_builder_info();
-                    info.call_info(&mut store).await
-                }
-                Pre::V0_2(pre) => {
-                    let instance = pre.instantiate_async(&mut store).await?;
-                    let info = instance.helix_build_builder_info();
-                    info.call_info(&mut store).await.map(legacy::metadata)
-                }
-            }
-        };
-        match tokio::time::timeout(INFO_TIMEOUT, call).await {
+        match tokio::time::timeout(INFO_TIMEOUT, pre.info(&mut store)).await {
             Ok(Ok(metadata)) => Ok(metadata),
             Ok(Err(e)) => Err(format!("{}: {e:#}", log.snapshot().join(" / "))),
             Err(_) => Err(format!(
@@ -393,47 +345,13 @@ impl Builder {
         };
         let mut store = Self::new_store(engine, host);
         let wit_job = to_wit(job, ctx.commit.clone());
-        // The job as the component's contract version carries it.
-        let versioned = match pre {
-            Pre::Current(pre) => Versioned::Current(pre, wit_job),
-            Pre::V0_2(pre) => Versioned::V0_2(
-                pre,
-                legacy::job(wit_job).map_err(|m| Outcome::failed(FailureKind::InvalidJob, m))?,
-            ),
-        };
         let started = Instant::now();
         let instantiated = || {
             let took = started.elapsed();
             self.instantiations.record(took);
             tracing::debug!(builder = %self.info.name, micros = took.as_micros() as u64, "instantiated builder");
         };
-        let call = async {
-            match versioned {
-                Versioned::Current(pre, job) => {
-                    let instance = pre
-                        .instantiate_async(&mut store)
-                        .await
-                        .map_err(CallError::Instantiate)?;
-                    instantiated();
-                    instance
-                        .call_build(&mut store, &job)
-                        .await
-                        .map_err(CallError::Trap)
-                }
-                Versioned::V0_2(pre, job) => {
-                    let instance = pre
-                        .instantiate_async(&mut store)
-                        .await
-                        .map_err(CallError::Instantiate)?;
-                    instantiated();
-                    instance
-                        .call_build(&mut store, &job)
-                        .await
-                        .map(legacy::result)
-                        .map_err(CallError::Trap)
-                }
-            }
-        };
+        let call = pre.build(&mut store, wit_job, instantiated);
         // Dropping the call future abandons the instance; the store goes
         // with it, so a cancelled or timed-out instance is never reused.
         let returned = tokio::select! {
@@ -455,6 +373,8 @@ impl Builder {
             },
             Ok(Ok(Ok(output))) => return self.validate(job, output, &ctx.workspace),
             Ok(Ok(Err(error))) => self.build_error(error, &ctx.cancel),
+            // The job as the component's contract version carries it.
+            Ok(Err(CallError::Unfit(message))) => Outcome::failed(FailureKind::InvalidJob, message),
             Ok(Err(_)) if memory_limit_hit => Outcome::failed(
                 FailureKind::Limit,
                 format!(
@@ -483,8 +403,8 @@ impl Builder {
     }
 }
 
-fn to_wit(job: &Job, commit: Option<String>) -> bindings::Job {
-    bindings::Job {
+fn to_wit(job: &Job, commit: Option<String>) -> latest::Job {
+    latest::Job {
         id: job.id.to_string(),
         repo_url: job.repo_url.clone(),
         git_ref: job.git_ref.clone(),
@@ -495,7 +415,7 @@ fn to_wit(job: &Job, commit: Option<String>) -> bindings::Job {
         build_args: job
             .build_args
             .iter()
-            .map(|(name, value)| bindings::BuildArg {
+            .map(|(name, value)| latest::BuildArg {
                 name: name.clone(),
                 value: value.clone(),
             })
@@ -503,7 +423,7 @@ fn to_wit(job: &Job, commit: Option<String>) -> bindings::Job {
         platforms: job
             .platforms
             .iter()
-            .map(|p| bindings::Platform {
+            .map(|p| latest::Platform {
                 os: p.os().to_string(),
                 arch: p.arch().to_string(),
                 variant: p.variant().map(str::to_string),
@@ -520,7 +440,7 @@ fn to_wit(job: &Job, commit: Option<String>) -> bindings::Job {
     }
 }
 
-fn platform_string(p: &bindings::Platform) -> String {
+fn platform_string(p: &latest::Platform) -> String {
     match &p.variant {
         Some(variant) => format!("{}/{}/{variant}", p.os, p.arch),
         None => format!("{}/{}", p.os, p.arch),

@@ -5,8 +5,7 @@
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
-use super::bindings::{WIT_PACKAGE, WIT_VERSION};
-use super::legacy::SUPPORTED;
+use super::wit::{SUPPORTED, WIT_PACKAGE, WIT_VERSION};
 
 /// Checks that every `helix:build` interface `component` imports or
 /// exports is of one contract version this host runs ([`SUPPORTED`]:

@@ -15,8 +15,8 @@ use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use super::bindings::{command_runner, helix, job_context};
 use super::output::PluginOutput;
+use super::wit::latest::{command_runner, helix, job_context};
 use helix_core::audit::AuditTrail;
 use helix_core::log::JobLog;
 use helix_sandbox::cancel::CancelSignal;

@@ -2,14 +2,13 @@
 //! speak this host's `helix:build` version, and runs each job in a fresh
 //! instance under the builder's memory and time limits.
 
-mod bindings;
 mod builder;
 mod cache;
 mod contract;
 mod engine;
 mod host;
-mod legacy;
 mod output;
+mod wit;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -18,20 +17,20 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use wasmtime::Engine;
-use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::component::{Component, Linker};
 
 use helix_sandbox::docker_engine::DockerEngine;
 use helix_sandbox::exec::{GrantPolicy, ProgramGrant};
 use helix_sandbox::managed_engine::EngineSettings;
 
-pub use bindings::WIT_VERSION;
-use builder::Pre;
 pub use builder::{Builder, Built, MANAGED_ENGINE, NativeBuild, RunContext, Timings};
 pub use cache::{CacheUse, ComponentCache};
 pub use engine::PoolSizing;
 use helix_core::platform::Platform;
 use helix_sandbox::cgroup::BuildLimits;
 use helix_sandbox::network::BuildNetwork;
+use wit::Pre;
+pub use wit::WIT_VERSION;
 
 use host::JobHost;
 
@@ -235,8 +234,7 @@ impl PluginRuntime {
 fn new_linker(engine: &Engine) -> wasmtime::Result<Linker<JobHost>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-    bindings::Builder::add_to_linker::<JobHost, HasSelf<JobHost>>(&mut linker, |host| host)?;
-    bindings::v0_2::Builder::add_to_linker::<JobHost, HasSelf<JobHost>>(&mut linker, |host| host)?;
+    wit::add_to_linker(&mut linker)?;
     Ok(linker)
 }
 
@@ -278,12 +276,7 @@ fn prepare(
         message,
     };
     let version = contract::check(engine, component).map_err(incompatible)?;
-    let pre = linker.instantiate_pre(component);
-    let pre = match version.as_str() {
-        "0.2.0" => pre.and_then(bindings::v0_2::BuilderPre::new).map(Pre::V0_2),
-        _ => pre.and_then(bindings::BuilderPre::new).map(Pre::Current),
-    };
-    pre.map_err(|e| {
+    Pre::new(linker, component, &version).map_err(|e| {
         incompatible(format!(
             "it needs imports this host does not provide: {e:#}"
         ))

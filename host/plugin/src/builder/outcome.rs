@@ -4,8 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
-use super::super::bindings::{BuildError, BuildOutput};
 use super::{Builder, Built, platform_string};
+use crate::wit::latest::{BuildError, BuildOutput};
 use helix_core::job::{BuildResult, FailureKind, Job, Outcome};
 use helix_sandbox::cancel::CancelSignal;
 use wasmtime::Trap;

@@ -1,17 +1,25 @@
-//! Components built against the previous contract, `helix:build@0.2.0`,
-//! still load and run: the host implements that version's imports by
-//! delegating to this one's, and converts the job and the result between
-//! them. A 0.2.0 job has no context, target, labels, no-cache or secrets,
+//! `helix:build@0.2.0` (`wit/v0.2.0`): components built against it still
+//! load and run. The host implements this version's imports by delegating
+//! to the latest's, and converts the job and the result between them.
+//! (bindgen's `with:` cannot share the unchanged `command-runner` and
+//! `job-context` here: the package is versioned, so each version's
+//! interfaces are distinct imports the linker must define separately.) A 0.2.0 job has no context, target, labels, no-cache or secrets,
 //! so a job that needs one is refused with the reason instead of being
 //! built without it.
 
-use super::bindings::v0_2::helix::build as old;
-use super::bindings::{self, BuildError, BuildOutput, command_runner, job_context};
-use super::host::JobHost;
+wasmtime::component::bindgen!({
+    path: "../../wit/v0.2.0",
+    world: "helix:build/builder",
+    imports: { "helix:build/command-runner.run": async },
+    exports: { default: async },
+});
 
-/// The contract versions this host runs: its own first, then the older
-/// one it adapts.
-pub const SUPPORTED: [&str; 2] = [super::WIT_VERSION, "0.2.0"];
+/// The version these bindings are of, as `wit/v0.2.0/world.wit` declares it.
+pub const VERSION: &str = "0.2.0";
+
+use super::latest::{self as new, command_runner, job_context};
+use crate::host::JobHost;
+use helix::build as old;
 
 impl old::command_runner::Host for JobHost {
     async fn run(
@@ -64,7 +72,7 @@ impl old::types::Host for JobHost {}
 
 /// `job` as a 0.2.0 builder takes it; the error names what it cannot
 /// carry.
-pub(super) fn job(job: bindings::Job) -> Result<old::types::Job, String> {
+pub(super) fn job(job: new::Job) -> Result<old::types::Job, String> {
     let mut missing = Vec::new();
     if job.context != "." {
         missing.push("a context");
@@ -83,10 +91,10 @@ pub(super) fn job(job: bindings::Job) -> Result<old::types::Job, String> {
     }
     if !missing.is_empty() {
         return Err(format!(
-            "the builder was built against helix:build@0.2.0, which cannot pass {} to it; \
+            "the builder was built against helix:build@{VERSION}, which cannot pass {} to it; \
              rebuild it against helix:build@{} or drop them from the job",
             missing.join(", "),
-            super::WIT_VERSION
+            new::VERSION
         ));
     }
     Ok(old::types::Job {
@@ -108,7 +116,7 @@ pub(super) fn job(job: bindings::Job) -> Result<old::types::Job, String> {
     })
 }
 
-fn old_platform(p: bindings::Platform) -> old::types::Platform {
+fn old_platform(p: new::Platform) -> old::types::Platform {
     old::types::Platform {
         os: p.os,
         arch: p.arch,
@@ -116,8 +124,8 @@ fn old_platform(p: bindings::Platform) -> old::types::Platform {
     }
 }
 
-fn platform(p: old::types::Platform) -> bindings::Platform {
-    bindings::Platform {
+fn platform(p: old::types::Platform) -> new::Platform {
+    new::Platform {
         os: p.os,
         arch: p.arch,
         variant: p.variant,
@@ -127,39 +135,35 @@ fn platform(p: old::types::Platform) -> bindings::Platform {
 /// A 0.2.0 result as this version's.
 pub(super) fn result(
     result: Result<old::types::BuildOutput, old::types::BuildError>,
-) -> Result<BuildOutput, BuildError> {
+) -> Result<new::BuildOutput, new::BuildError> {
     use old::types::{BuildError as E, BuildOutput as O};
     match result {
-        Ok(O::OciLayout(path)) => Ok(BuildOutput::OciLayout(path)),
-        Ok(O::Simulated(image)) => Ok(BuildOutput::Simulated(
-            bindings::helix::build::types::SimulatedImage {
-                image_tag: image.image_tag,
-                digest: image.digest,
-                manifest: image
-                    .manifest
-                    .into_iter()
-                    .map(|m| bindings::helix::build::types::PlatformDigest {
-                        platform: platform(m.platform),
-                        digest: m.digest,
-                    })
-                    .collect(),
-            },
-        )),
-        Err(E::InvalidJob(m)) => Err(BuildError::InvalidJob(m)),
-        Err(E::Source(m)) => Err(BuildError::Source(m)),
-        Err(E::Build(m)) => Err(BuildError::Build(m)),
-        Err(E::Registry(m)) => Err(BuildError::Registry(m)),
-        Err(E::Denied(m)) => Err(BuildError::Denied(m)),
-        Err(E::Cancelled) => Err(BuildError::Cancelled),
-        Err(E::Internal(m)) => Err(BuildError::Internal(m)),
+        Ok(O::OciLayout(path)) => Ok(new::BuildOutput::OciLayout(path)),
+        Ok(O::Simulated(image)) => Ok(new::BuildOutput::Simulated(new::SimulatedImage {
+            image_tag: image.image_tag,
+            digest: image.digest,
+            manifest: image
+                .manifest
+                .into_iter()
+                .map(|m| new::PlatformDigest {
+                    platform: platform(m.platform),
+                    digest: m.digest,
+                })
+                .collect(),
+        })),
+        Err(E::InvalidJob(m)) => Err(new::BuildError::InvalidJob(m)),
+        Err(E::Source(m)) => Err(new::BuildError::Source(m)),
+        Err(E::Build(m)) => Err(new::BuildError::Build(m)),
+        Err(E::Registry(m)) => Err(new::BuildError::Registry(m)),
+        Err(E::Denied(m)) => Err(new::BuildError::Denied(m)),
+        Err(E::Cancelled) => Err(new::BuildError::Cancelled),
+        Err(E::Internal(m)) => Err(new::BuildError::Internal(m)),
     }
 }
 
 /// A 0.2.0 builder's info as this version's.
-pub(super) fn metadata(
-    m: super::bindings::v0_2::exports::helix::build::builder_info::Metadata,
-) -> bindings::Metadata {
-    bindings::Metadata {
+pub(super) fn metadata(m: exports::helix::build::builder_info::Metadata) -> new::Metadata {
+    new::Metadata {
         name: m.name,
         version: m.version,
         description: m.description,

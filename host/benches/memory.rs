@@ -5,9 +5,9 @@
 //! simulated jobs holding every worker. Memory is read after 50,000 and
 //! after 100,000 finished jobs too, to show it does not grow with history.
 //!
-//! Run with `cargo bench -p helix-build --bench memory`.
+//! Run with `bench/run memory`.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
@@ -21,7 +21,7 @@ const BUDGET_MB: f64 = 150.0;
 /// Growth allowed between half and all of the history.
 const FLAT_MB: f64 = 10.0;
 
-fn main() {
+pub fn main() {
     common::block_on(run());
 }
 

@@ -4,9 +4,9 @@
 //! Rust: the price of the plugin boundary on a job. Rounds alternate
 //! between the two; medians.
 //!
-//! Run with `cargo bench -p helix-build --bench plugin_call`.
+//! Run with `bench/run plugin_call`.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
@@ -16,7 +16,7 @@ use common::{NATIVE, median, row, submit_all};
 const JOBS: usize = 2_000;
 const ROUNDS: usize = 5;
 
-fn main() {
+pub fn main() {
     common::block_on(run());
 }
 

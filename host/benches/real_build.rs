@@ -19,9 +19,9 @@
 //!
 //! Needs git, podman, buildah, docker.io, skopeo, docker-registry and
 //! busybox-static.
-//! Run with `cargo bench -p helix-build --bench real_build`.
+//! Run with `bench/run real_build`.
 
-mod common;
+use crate::common;
 
 use helix_fixtures as fixtures;
 use std::time::{Duration, Instant};
@@ -33,7 +33,7 @@ use helix_build::job::JobRequest;
 
 const ROUNDS: usize = 7;
 
-fn main() {
+pub fn main() {
     common::block_on(run());
 }
 

@@ -19,10 +19,9 @@
 //! one per run: what the jail costs (target on the rebuild: <= 1.05x).
 //!
 //! Needs git, podman, buildah, docker.io, skopeo, docker-registry and
-//! busybox-static. Run with `cargo bench -p helix-build --bench
-//! realistic_build`.
+//! busybox-static. Run with `bench/run realistic_build`.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -42,7 +41,7 @@ use helix_fixtures::{Dockerd, Registry, git, run as sh};
 
 const ROUNDS: usize = 5;
 
-fn main() {
+pub fn main() {
     common::block_on(bench());
 }
 

@@ -8,9 +8,9 @@
 //! - running `true` through the command runner (grant check, process group,
 //!   log streaming) against spawning it directly.
 //!
-//! Run with `cargo bench -p helix-build --bench runtime`.
+//! Run with `bench/run runtime`.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,7 +30,7 @@ const LOAD_ROUNDS: usize = 5;
 const JOB_ROUNDS: usize = 2_000;
 const COMMAND_ROUNDS: usize = 500;
 
-fn main() {
+pub fn main() {
     common::block_on(run());
 }
 

@@ -6,9 +6,9 @@
 //! completely.
 //!
 //! Needs PostgreSQL (Debian's `postgresql`). Run with
-//! `cargo bench -p helix-build --bench scale_out`.
+//! `bench/run scale_out`.
 
-mod common;
+use crate::common;
 
 use helix_fixtures as fixtures;
 use std::time::Duration;
@@ -21,7 +21,7 @@ const JOBS: usize = 1_000;
 const ROUNDS: usize = 3;
 const WORKERS_PER_HOST: usize = 2;
 
-fn main() {
+pub fn main() {
     common::block_on(run());
 }
 

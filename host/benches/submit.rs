@@ -6,9 +6,9 @@
 //! would. The server's workers run the submitted jobs (simulated builder)
 //! meanwhile, as they would in production.
 //!
-//! Run with `cargo bench -p helix-build --bench submit`.
+//! Run with `bench/run submit`.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 
@@ -26,7 +26,7 @@ const TIME_LIMIT: Duration = Duration::from_secs(60);
 const TARGET_PER_SECOND: f64 = 5_000.0;
 const TARGET_P99: Duration = Duration::from_millis(20);
 
-fn main() {
+pub fn main() {
     common::block_on(run());
 }
 

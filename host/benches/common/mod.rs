@@ -1,7 +1,5 @@
 //! Helpers shared by the benches.
 
-#![allow(dead_code)] // each bench uses a different subset
-
 use std::ops::Range;
 use std::time::{Duration, Instant};
 

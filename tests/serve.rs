@@ -1056,6 +1056,105 @@ fn cli_lists_shows_cancels_and_reads_logs() {
 }
 
 #[test]
+fn cli_submit_takes_dockers_flags() {
+    let server = Server::start(&[]);
+    let output = Command::new(env!("CARGO_BIN_EXE_helix-build"))
+        .args([
+            "submit",
+            "https://git.example/app.git#v2:services/api",
+            "-t",
+            "registry.example/team/api:2",
+            "--build-arg",
+            "FROM_ENV",
+            "--build-arg",
+            "UNSET_HERE",
+            "--build-arg",
+            "PLAIN=1",
+            "--json",
+        ])
+        .env("HELIX_SERVER", format!("http://{}", server.address))
+        .env("FROM_ENV", "from the client")
+        .env_remove("UNSET_HERE")
+        .env_remove("HELIX_TOKEN")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{err}");
+    let job: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(job["repo_url"], "https://git.example/app.git");
+    assert_eq!(job["ref"], "v2");
+    assert_eq!(job["context"], "services/api");
+    assert_eq!(job["image"], "registry.example/team/api:2");
+    assert_eq!(
+        job["build_args"],
+        json!({"FROM_ENV": "from the client", "PLAIN": "1"}),
+        "a NAME alone takes the client's value, and is skipped when it has none"
+    );
+
+    // `--tag` is `-t`, not clap's guess `--target`; docker's secret form
+    // names the secret itself, so the server's error names `npm`.
+    let (ok, _, err) = cli(
+        &server,
+        None,
+        &[
+            "submit",
+            "--repo",
+            "https://git.example/app.git",
+            "--tag",
+            "r.example/a:1",
+            "--secret",
+            "id=npm",
+        ],
+    );
+    assert!(
+        !ok && err.contains("secret 'npm'") && !err.contains("id=npm"),
+        "{err}"
+    );
+    let (ok, _, err) = cli(
+        &server,
+        None,
+        &[
+            "submit",
+            "https://git.example/app.git",
+            "--secret",
+            "id=npm,src=./npmrc",
+        ],
+    );
+    assert!(!ok && err.contains("only id=NAME"), "{err}");
+    let (ok, _, err) = cli(&server, None, &["submit"]);
+    assert!(
+        !ok && err.contains("REPO"),
+        "a submit without a repository says so: {err}"
+    );
+}
+
+#[test]
+fn help_names_the_token_without_its_value_and_server_options_only_on_serve() {
+    let help = |args: &[&str]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_helix-build"))
+            .args(args)
+            .arg("--help")
+            .env("HELIX_TOKEN", "a-secret-token-value")
+            .output()
+            .unwrap();
+        assert!(output.status.success());
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let submit = help(&["submit"]);
+    assert!(
+        submit.contains("--token") && submit.contains("HELIX_TOKEN"),
+        "{submit}"
+    );
+    assert!(!submit.contains("a-secret-token-value"), "{submit}");
+    assert!(!submit.contains("--log-format"), "{submit}");
+    assert!(
+        submit.contains("-t, --image") && submit.contains("--tag"),
+        "{submit}"
+    );
+    assert!(help(&["serve"]).contains("--log-format"));
+}
+
+#[test]
 fn cli_sends_the_token_and_says_when_the_server_is_unreachable() {
     let data = tempfile::tempdir().unwrap();
     let config = data.path().join("helix.toml");

@@ -20,9 +20,6 @@ use tracing_subscriber::EnvFilter;
     about = "Build orchestration with sandboxed WebAssembly builders"
 )]
 struct Cli {
-    /// How the server writes its own log (to stderr).
-    #[arg(long, global = true, value_enum, default_value = "text")]
-    log_format: LogFormat,
     /// The server the client commands talk to.
     #[arg(
         long,
@@ -38,6 +35,10 @@ struct Cli {
     /// Print JSON instead of text (client commands).
     #[arg(long, global = true)]
     json: bool,
+    /// The API token the client commands send (a project token, or the
+    /// server's admin `token`).
+    #[arg(long, global = true, env = "HELIX_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -62,6 +63,9 @@ enum Command {
         /// reach it can submit builds and read every job.
         #[arg(long)]
         insecure_no_auth: bool,
+        /// How the server writes its own log (to stderr).
+        #[arg(long, value_enum, default_value = "text")]
+        log_format: LogFormat,
     },
     /// Copy the embedded (SQLite) store to FILE, consistently, while the
     /// server runs (run it on the server's host, with its config).
@@ -227,15 +231,19 @@ async fn main() -> ExitCode {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr);
-    match cli.log_format {
-        LogFormat::Text => logs.init(),
-        LogFormat::Json => logs.json().init(),
+    match cli.command {
+        Command::Serve {
+            log_format: LogFormat::Json,
+            ..
+        } => logs.json().init(),
+        _ => logs.init(),
     }
     let result = match cli.command {
         Command::Serve {
             config,
             listen,
             insecure_no_auth,
+            log_format: _,
         } => serve(config, listen, insecure_no_auth).await.map(|()| true),
         Command::Plugin {
             command: PluginCommand::Check { file },
@@ -287,7 +295,15 @@ async fn main() -> ExitCode {
             .await
             .map(|()| true),
         Command::Client(command) => {
-            client_command(command, &cli.server, cli.ca_file.as_deref(), cli.json).await
+            let token = cli.token.filter(|t| !t.is_empty());
+            client_command(
+                command,
+                &cli.server,
+                token,
+                cli.ca_file.as_deref(),
+                cli.json,
+            )
+            .await
         }
     };
     match result {
@@ -424,10 +440,10 @@ async fn serve(
 async fn client_command(
     command: ClientCommand,
     server: &str,
+    token: Option<String>,
     ca_file: Option<&std::path::Path>,
     json: bool,
 ) -> Result<bool, String> {
-    let token = std::env::var("HELIX_TOKEN").ok().filter(|t| !t.is_empty());
     let client =
         helix_build::client::Client::new(server, token, ca_file).map_err(|e| e.to_string())?;
     match command {

@@ -1056,7 +1056,7 @@ fn cli_lists_shows_cancels_and_reads_logs() {
 }
 
 #[test]
-fn cli_submit_takes_dockers_flags() {
+fn cli_submit_takes_dockers_flags_and_jobs_filters_by_builder_and_text() {
     let server = Server::start(&[]);
     let output = Command::new(env!("CARGO_BIN_EXE_helix-build"))
         .args([
@@ -1126,6 +1126,24 @@ fn cli_submit_takes_dockers_flags() {
         !ok && err.contains("REPO"),
         "a submit without a repository says so: {err}"
     );
+
+    let (ok, _, err) = cli(&server, None, &["submit", "https://git.example/other.git"]);
+    assert!(ok, "{err}");
+    let listed = |args: &[&str]| -> Vec<String> {
+        let args: Vec<&str> = ["jobs", "--json"].iter().chain(args).copied().collect();
+        let (ok, out, err) = cli(&server, None, &args);
+        assert!(ok, "{err}");
+        let jobs: Vec<Value> = serde_json::from_str(&out).unwrap();
+        jobs.iter()
+            .map(|j| j["repo_url"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(
+        listed(&["--search", "team/api"]),
+        ["https://git.example/app.git"]
+    );
+    assert_eq!(listed(&["--builder", "simulated"]).len(), 2);
+    assert!(listed(&["--builder", "podman"]).is_empty());
 }
 
 #[test]

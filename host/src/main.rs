@@ -127,14 +127,8 @@ enum ClientCommand {
     },
     /// List jobs, newest first.
     Jobs {
-        /// Only jobs in this state.
-        #[arg(long)]
-        state: Option<String>,
-        /// Only jobs of this concurrency group.
-        #[arg(long)]
-        group: Option<String>,
-        #[arg(long, default_value_t = 50)]
-        limit: usize,
+        #[command(flatten)]
+        filter: cli::JobsFilter,
     },
     /// Show one job as JSON.
     Get { id: String },
@@ -450,11 +444,7 @@ async fn client_command(
         ClientCommand::Submit { job, wait, follow } => {
             cli::submit(&client, *job, wait, follow, json).await
         }
-        ClientCommand::Jobs {
-            state,
-            group,
-            limit,
-        } => cli::jobs(&client, state, group, limit, json).await,
+        ClientCommand::Jobs { filter } => cli::jobs(&client, filter, json).await,
         ClientCommand::Get { id } => cli::get(&client, &id).await,
         ClientCommand::Cancel { id } => cli::cancel(&client, &id, json).await,
         ClientCommand::Logs {

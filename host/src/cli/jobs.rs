@@ -9,22 +9,45 @@ use serde_json::Value;
 
 use super::{message, print_json, print_table, report};
 
-pub async fn jobs(
-    client: &Client,
-    state: Option<String>,
-    group: Option<String>,
-    limit: usize,
-    as_json: bool,
-) -> Result<bool, String> {
+/// Which jobs `jobs` lists (the filters of `GET /v1/jobs`).
+#[derive(clap::Args)]
+pub struct JobsFilter {
+    /// Only jobs in this state.
+    #[arg(long)]
+    pub state: Option<String>,
+    /// Only jobs of this concurrency group.
+    #[arg(long)]
+    pub group: Option<String>,
+    /// Only jobs for this builder.
+    #[arg(long)]
+    pub builder: Option<String>,
+    /// Only jobs whose id, repository URL or image contains this text.
+    #[arg(long)]
+    pub search: Option<String>,
+    /// Only jobs of this project (admin tokens; a project's token lists
+    /// its own project's jobs only).
+    #[arg(long)]
+    pub project: Option<String>,
+    #[arg(long, default_value_t = 50)]
+    pub limit: usize,
+}
+
+pub async fn jobs(client: &Client, filter: JobsFilter, as_json: bool) -> Result<bool, String> {
     let mut path = reqwest::Url::parse("http://server/v1/jobs").expect("a fixed URL");
     {
         let mut query = path.query_pairs_mut();
-        query.append_pair("limit", &limit.to_string());
-        if let Some(state) = &state {
-            query.append_pair("state", state);
-        }
-        if let Some(group) = &group {
-            query.append_pair("group", group);
+        query.append_pair("limit", &filter.limit.to_string());
+        let optional = [
+            ("state", &filter.state),
+            ("group", &filter.group),
+            ("builder", &filter.builder),
+            ("q", &filter.search),
+            ("project", &filter.project),
+        ];
+        for (name, value) in optional {
+            if let Some(value) = value {
+                query.append_pair(name, value);
+            }
         }
     }
     let path = format!("{}?{}", path.path(), path.query().unwrap_or_default());

@@ -15,7 +15,7 @@ use helix_build::client::ClientError;
 use helix_build::job::{Job, State};
 
 pub use follow::{logs, wait};
-pub use jobs::{audit, builders, cancel, get, jobs, provenance};
+pub use jobs::{JobsFilter, audit, builders, cancel, get, jobs, provenance};
 pub use plugin::{TrialFiles, plugin_test};
 pub use submit::{Submission, submit};
 pub use verify::verify;

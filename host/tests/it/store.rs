@@ -345,6 +345,11 @@ async fn pages_newest_first_by_state_from_a_cursor(store: &dyn JobStore, queue: 
     other.builder = "podman".into();
     other.repo_url = "https://git.example/needle.git".into();
     store.insert(&other).await.unwrap();
+    // The image asked for and the one built can differ; either is found.
+    let mut pushed = job("p7");
+    pushed.image = Some("registry.example/team/asked:1".into());
+    pushed.image_tag = Some("registry.example/team/built:1".into());
+    store.insert(&pushed).await.unwrap();
     let by = |state, builder: Option<&str>, text: Option<&str>| JobFilter {
         state,
         builder: builder.map(String::from),
@@ -361,6 +366,8 @@ async fn pages_newest_first_by_state_from_a_cursor(store: &dyn JobStore, queue: 
         ),
         (by(Some(State::Running), Some("podman"), None), vec![]),
         (by(None, Some("simulated"), Some("needle")), vec![]),
+        (by(None, None, Some("team/asked")), vec!["p7"]),
+        (by(None, None, Some("team/built")), vec!["p7"]),
     ] {
         let page = store.page(&filter, 10, None).await.unwrap().unwrap();
         assert_eq!(ids(page), expected, "{filter:?}");

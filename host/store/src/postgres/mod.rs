@@ -274,10 +274,19 @@ impl JobStore for PostgresStore {
                  AND ($5::text IS NULL OR builder = $5) \
                  AND ($6::text IS NULL OR strpos(id, $6) > 0 \
                       OR strpos(body::jsonb ->> 'repo_url', $6) > 0 \
-                      OR strpos(coalesce(body::jsonb ->> 'image_tag', body::jsonb ->> 'image', ''), $6) > 0) \
+                      OR strpos(coalesce(body::jsonb ->> 'image', ''), $6) > 0 \
+                      OR strpos(coalesce(body::jsonb ->> 'image_tag', ''), $6) > 0) \
                  AND ($7::text IS NULL OR project = $7) \
                  ORDER BY seq DESC LIMIT $4",
-                &[&state, &filter.group, &before, &limit, &filter.builder, &filter.text, &filter.project],
+                &[
+                    &state,
+                    &filter.group,
+                    &before,
+                    &limit,
+                    &filter.builder,
+                    &filter.text,
+                    &filter.project,
+                ],
             )
             .await
         }

@@ -41,7 +41,8 @@ const FILTERS: &str = "(?4 IS NULL OR json_extract(body, '$.group') = ?4) \
     AND (?5 IS NULL OR json_extract(body, '$.builder') = ?5) \
     AND (?6 IS NULL OR instr(id, ?6) > 0 \
          OR instr(json_extract(body, '$.repo_url'), ?6) > 0 \
-         OR instr(coalesce(json_extract(body, '$.image_tag'), json_extract(body, '$.image'), ''), ?6) > 0) \
+         OR instr(coalesce(json_extract(body, '$.image'), ''), ?6) > 0 \
+         OR instr(coalesce(json_extract(body, '$.image_tag'), ''), ?6) > 0) \
     AND (?7 IS NULL OR json_extract(body, '$.project') = ?7)";
 /// A job store in one SQLite database file.
 pub struct SqliteStore {

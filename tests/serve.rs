@@ -386,6 +386,16 @@ fn plugin_new_makes_rust_and_python_builders_that_build_and_run_a_job() {
         let (ok, out) = helix(&["plugin", "check", &format!("{name}/{name}.wasm")]);
         assert!(ok, "{out}");
         assert!(out.contains(&format!("name:        {name} 0.1.0")), "{out}");
+        // The README's `plugin test` line, run as written in the project.
+        let readme = std::fs::read_to_string(project.join("README.md")).unwrap();
+        let documented = readme
+            .lines()
+            .find(|line| line.starts_with("helix-build plugin test"))
+            .expect("the README shows plugin test");
+        let words: Vec<&str> = documented.split_whitespace().skip(1).collect();
+        let (ok, out) = helix_in(&project, &words);
+        assert!(ok, "{name}: `{documented}` fails as generated:\n{out}");
+        assert!(out.contains("result: succeeded"), "{out}");
     }
     let (ok, out) = helix(&["plugin", "new", "team-rust", "--lang", "rust"]);
     assert!(!ok && out.contains("already exists"), "{out}");

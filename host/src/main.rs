@@ -208,6 +208,10 @@ enum PluginCommand {
         /// `exit_code`, `stdout`, `stderr`); implies --dry-run.
         #[arg(long)]
         canned: Option<PathBuf>,
+        /// Build this local directory instead of checking out the job's
+        /// repository (as the checkout would leave it; no commit).
+        #[arg(long)]
+        source: Option<PathBuf>,
     },
 }
 
@@ -264,6 +268,7 @@ async fn main() -> ExitCode {
                     settings,
                     dry_run,
                     canned,
+                    source,
                 },
         } => {
             cli::plugin_test(cli::TrialFiles {
@@ -274,6 +279,7 @@ async fn main() -> ExitCode {
                 settings: settings.into_iter().collect(),
                 dry_run,
                 canned,
+                source,
             })
             .await
         }

@@ -11,6 +11,7 @@ pub struct TrialFiles {
     pub settings: BTreeMap<String, String>,
     pub dry_run: bool,
     pub canned: Option<std::path::PathBuf>,
+    pub source: Option<std::path::PathBuf>,
 }
 
 /// `helix-build plugin test`: runs the builder once and reports each
@@ -48,13 +49,21 @@ pub async fn plugin_test(files: TrialFiles) -> Result<bool, String> {
         (None, true) => Some(Default::default()),
         (None, false) => None,
     };
+    // The network the grants were written for: the built-in grants asked
+    // for take none; any others, a server's default for a builder.
+    let network = match files.grants_of {
+        Some(_) => helix_build::network::BuildNetwork::None,
+        None => helix_build::config::BuilderConfig::default().network(),
+    };
     let dry = canned.is_some();
     let trial = run(Trial {
         component: files.component,
         job,
         grants,
         settings: files.settings,
+        network,
         canned,
+        source: files.source,
     })
     .await?;
     println!(

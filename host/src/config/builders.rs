@@ -80,6 +80,22 @@ const NETWORK_SETTING: &str = "network";
 const ENGINE_CLIENT_SETTING: &str = "engine-client";
 const MAX_MEMORY_MIB: u64 = 16 * 1024;
 
+/// A builder's settings as the host gives them: the operator's, plus the
+/// `network` value its build steps get and, for an engine builder, its
+/// `engine-client`. (`plugin test` gives the same.)
+pub fn host_settings(
+    own: &BTreeMap<String, String>,
+    network: BuildNetwork,
+    engine_client: Option<&str>,
+) -> BTreeMap<String, String> {
+    let mut settings = own.clone();
+    settings.insert(NETWORK_SETTING.into(), network.flag_value().into());
+    if let Some(client) = engine_client {
+        settings.insert(ENGINE_CLIENT_SETTING.into(), client.into());
+    }
+    settings
+}
+
 impl Default for BuilderConfig {
     fn default() -> Self {
         BuilderConfig {
@@ -239,10 +255,10 @@ impl Config {
                 let grants = builder.grants.clone().unwrap_or_else(|| {
                     builtin::default_grants(&name, builder.network(), builder.engine_client())
                 });
-                let mut settings = builder.settings.clone();
-                settings.insert(
-                    NETWORK_SETTING.into(),
-                    builder.network().flag_value().into(),
+                let settings = host_settings(
+                    &builder.settings,
+                    builder.network(),
+                    builder.engine.is_some().then(|| builder.engine_client()),
                 );
                 let client = EngineSettings {
                     client: builder.engine_client().into(),
@@ -262,9 +278,6 @@ impl Config {
                         None,
                     ),
                 };
-                if builder.engine.is_some() {
-                    settings.insert(ENGINE_CLIENT_SETTING.into(), builder.engine_client().into());
-                }
                 Ok(BuilderSource {
                     limits: builder.limits(),
                     build_limits: builder.build_limits(),

@@ -20,7 +20,7 @@ use crate::provenance::dsse::SigningKey;
 use crate::secrets::{BuildSecrets, SecretSource};
 use crate::service::Retention;
 
-pub use builders::BuilderConfig;
+pub use builders::{BuilderConfig, host_settings};
 pub use projects::{ProjectConfig, TokenConfig};
 pub use registry::RegistryConfig;
 pub use store::StoreLocation;

@@ -88,6 +88,13 @@ pub fn create(dir: &Path, name: &str, lang: Lang) -> Result<Vec<PathBuf>, String
         "job.json".into(),
         "{\n  \"repo_url\": \"https://git.example/team/app.git\",\n  \"ref\": \"main\"\n}\n".into(),
     ));
+    // What `plugin test --source example` builds in place of job.json's
+    // repository, so the README's first try needs no git server.
+    files.push((
+        "example/Dockerfile".into(),
+        "FROM scratch\nCOPY hello.txt /hello.txt\nUSER 1000\n".into(),
+    ));
+    files.push(("example/hello.txt".into(), "hello\n".into()));
     match lang {
         Lang::Rust => {
             files.push(("Cargo.toml".into(), fill(RUST_MANIFEST)));

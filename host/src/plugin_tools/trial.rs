@@ -7,7 +7,7 @@
 //! builder's logic can be tried where its tools are not installed.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,8 +15,10 @@ use crate::audit::{AuditEntry, AuditTrail};
 use crate::cache::StorageDriver;
 use crate::cancel::CancelSignal;
 use crate::cgroup::{BuildLimits, Cgroups};
+use crate::config::host_settings;
+use crate::exec::SOURCE_DIR;
 use crate::exec::{CannedAnswers, Grants, JobValues};
-use crate::job::{Job, JobRequest, Outcome, SubmitPolicy};
+use crate::job::{FailureKind, Job, JobRequest, Outcome, SubmitPolicy};
 use crate::log::JobLog;
 use crate::network::BuildNetwork;
 use crate::plugin::{
@@ -41,8 +43,15 @@ pub struct Trial {
     pub grants: Grants,
     /// Settings the builder reads, as `[builders.X.settings]`.
     pub settings: BTreeMap<String, String>,
+    /// The network its build steps get, as `[builders.X] network` says
+    /// (the builder reads it as the `network` setting, as on a server).
+    pub network: BuildNetwork,
     /// A dry run: allowed programs are answered from here, not run.
     pub canned: Option<CannedAnswers>,
+    /// A local directory to build instead of checking out the job's
+    /// repository (a real builder's source, as the checkout would leave
+    /// it; there is no commit then).
+    pub source: Option<PathBuf>,
 }
 
 /// What a try did.
@@ -74,9 +83,9 @@ pub async fn run(trial: Trial) -> Result<TrialRun, String> {
         origin: Origin::File(trial.component.clone()),
         bytes: bytes.into(),
         limits,
-        settings: trial.settings,
+        settings: host_settings(&trial.settings, trial.network, None),
         grants: trial.grants.resolve(|name| std::env::var(name).ok()),
-        network: BuildNetwork::None,
+        network: trial.network,
         registry_cache: None,
         engine: None,
         managed_engine: None,
@@ -133,7 +142,8 @@ pub async fn run(trial: Trial) -> Result<TrialRun, String> {
         cgroup,
         ..JobValues::default()
     };
-    let (commit, result) = build(&builder, &job, &dirs, &log, &audit, values).await;
+    let source = trial.source.as_deref();
+    let (commit, result) = build(&builder, &job, source, &dirs, &log, &audit, values).await;
     dirs.remove();
     Ok(TrialRun {
         job,
@@ -144,10 +154,12 @@ pub async fn run(trial: Trial) -> Result<TrialRun, String> {
     })
 }
 
-/// The host's checkout (for a real builder), then the builder's run.
+/// The host's checkout (for a real builder; or a copy of `source`), then
+/// the builder's run.
 async fn build(
     builder: &Builder,
     job: &Job,
+    source: Option<&Path>,
     dirs: &JobDirs,
     log: &Arc<JobLog>,
     audit: &Arc<AuditTrail>,
@@ -155,9 +167,22 @@ async fn build(
 ) -> (Option<String>, Result<Built, Outcome>) {
     let cancel = CancelSignal::new();
     let workspace = dirs.workspace();
-    let commit = match builder.info().simulated {
-        true => None,
-        false => {
+    let real = !builder.info().simulated;
+    let commit = match (real, source) {
+        (false, _) => None,
+        (true, Some(source)) => {
+            let checked_out = workspace.join(SOURCE_DIR);
+            if let Err(e) = copy_tree(source, &checked_out) {
+                let message = format!("cannot copy {}: {e}", source.display());
+                return (None, Err(Outcome::failed(FailureKind::Source, message)));
+            }
+            log.push(&format!(
+                "[helix] building {} (a local copy, no commit)",
+                source.display()
+            ));
+            None
+        }
+        (true, None) => {
             let checkout = Checkout {
                 allow_file_repos: true,
             };
@@ -168,7 +193,7 @@ async fn build(
             }
         }
     };
-    if commit.is_some() {
+    if real {
         match crate::rules::check_source(&workspace, job, builder) {
             Ok(checked) => checked.pin(job, &mut values),
             Err(outcome) => return (commit, Err(outcome)),
@@ -185,4 +210,26 @@ async fn build(
     };
     let result = builder.run(job, ctx).await;
     (commit, result)
+}
+
+/// Copies the directory `from` to `to` (made), files and directories
+/// only: a symbolic link is refused rather than followed out of the tree.
+fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let (path, target) = (entry.path(), to.join(entry.file_name()));
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            copy_tree(&path, &target)?;
+        } else if kind.is_file() {
+            std::fs::copy(&path, &target)?;
+        } else {
+            return Err(std::io::Error::other(format!(
+                "{} is neither a file nor a directory",
+                path.display()
+            )));
+        }
+    }
+    Ok(())
 }

@@ -44,7 +44,7 @@ use crate::docker_engine::DockerEngine;
 use crate::exec::HostCommand;
 use crate::jail::Jail;
 use crate::log::JobLog;
-use crate::job::Job;
+pub use crate::job::CacheScope;
 use crate::managed_engine::{EngineError, ManagedEngine};
 use crate::quota::{self, DiskQuota};
 
@@ -120,30 +120,6 @@ pub struct BuildCache {
     /// Slots by builder.
     slots: BTreeMap<String, Vec<Arc<Mutex<SlotState>>>>,
     root: PathBuf,
-}
-
-/// Whose layers a cache slot holds (see the module docs).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CacheScope(String);
-
-impl CacheScope {
-    /// The scope of `job`'s layers: its project's, its project's
-    /// protected refs', or that of the jobs of no project.
-    pub fn of(job: &Job) -> Self {
-        CacheScope(match (&job.project, job.protected) {
-            (None, _) => String::new(),
-            (Some(project), false) => format!("project {project}"),
-            (Some(project), true) => format!("project {project}, protected refs"),
-        })
-    }
-
-    /// For the log.
-    pub fn describe(&self) -> &str {
-        match self.0.as_str() {
-            "" => "jobs of no project",
-            scope => scope,
-        }
-    }
 }
 
 #[derive(Debug, Default)]
@@ -288,7 +264,7 @@ fn scope_file(dir: &Path) -> PathBuf {
 fn load_scope(held: &mut SlotState, dir: &Path) {
     if held.scope.is_none() {
         let text = std::fs::read_to_string(scope_file(dir)).unwrap_or_default();
-        held.scope = Some(CacheScope(text));
+        held.scope = Some(CacheScope::from_stored(text));
     }
 }
 
@@ -304,7 +280,7 @@ fn empty_for(held: &mut SlotState, dir: &Path, scope: &CacheScope) -> std::io::R
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
         _ => {}
     }
-    std::fs::write(scope_file(dir), &scope.0)?;
+    std::fs::write(scope_file(dir), scope.as_str())?;
     held.scope = Some(scope.clone());
     Ok(())
 }

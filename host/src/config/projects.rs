@@ -394,10 +394,83 @@ mod tests {
                 "[projects.team-a]\ntoken = 'x'".to_string(),
                 "unknown field `token`",
             ),
+            (
+                "[projects.team-a]\nprotected_secrets = ['nope']".to_string(),
+                "projects.team-a.protected_secrets: unknown secret \"nope\"",
+            ),
+            (
+                "[secrets.s]\nenv = 'PATH'\n[projects.team-a]\nsecrets = ['s']\nprotected_secrets = ['s']\nprotected_refs = ['refs/heads/main']".to_string(),
+                "projects.team-a.protected_secrets: \"s\" is in `secrets` too",
+            ),
+            (
+                "[secrets.s]\nenv = 'PATH'\n[projects.team-a]\nprotected_secrets = ['s']".to_string(),
+                "projects.team-a.protected_secrets: no job could use them: set protected_refs",
+            ),
+            (
+                "[projects.team-a]\nprotected_refs = ['main']".to_string(),
+                "projects.team-a.protected_refs[0]: \"main\" must be a full ref name pattern",
+            ),
+            (
+                "[projects.team-a]\nrepositories = []".to_string(),
+                "projects.team-a.repositories: an empty list allows nothing",
+            ),
+            (
+                "[projects.team-a]\nrepositories = ['https://u:p@git.example/*']".to_string(),
+                "projects.team-a.repositories[0]: must not hold credentials",
+            ),
+            (
+                "[projects.team-a]\nrepositories = ['ftp://git.example/*']".to_string(),
+                "projects.team-a.repositories[0]: transport \"ftp\" is not allowed",
+            ),
+            (
+                "[projects.team-a]\nimages = ['elsewhere.example/team-a/']".to_string(),
+                "projects.team-a.images[0]: registry elsewhere.example is not configured",
+            ),
+            (
+                "[registries.'r.example']\n[projects.team-a]\nimages = ['r.example/Team A']".to_string(),
+                "projects.team-a.images[0]: \"r.example/Team A\" must be a repository prefix",
+            ),
+            (
+                "[projects.team-a]\nbuilders = ['nope']".to_string(),
+                "projects.team-a.builders: unknown builder \"nope\"",
+            ),
+            (
+                "[projects.team-a]\nregistry_auth = '/nonexistent/auth.json'".to_string(),
+                "projects.team-a.registry_auth: /nonexistent/auth.json is not a readable file",
+            ),
         ] {
             let err = parse(&text).unwrap_err();
             assert!(err.contains(expected), "{text}:\n{err}");
         }
+    }
+
+    #[test]
+    fn project_rules_reach_the_callers_project() {
+        let config = parse(
+            "[registries.'r.example:5000']\n\
+             [secrets.npm]\nenv = 'PATH'\n[secrets.deploy]\nenv = 'PATH'\n\
+             [projects.team-a]\nsecrets = ['npm']\nprotected_secrets = ['deploy']\n\
+             protected_refs = ['refs/heads/main', 'refs/tags/v*']\n\
+             repositories = ['https://git.example/team-a/*']\n\
+             images = ['r.example:5000/team-a/']\nbuilders = ['podman', 'simulated']\n",
+        )
+        .unwrap();
+        let access = config.access_with(|_| None).unwrap();
+        let project = access.project("team-a").unwrap();
+        assert_eq!(project.protected_secrets, BTreeSet::from(["deploy".to_string()]));
+        assert!(project.is_protected("refs/tags/v2"));
+        assert_eq!(
+            project.images.as_deref(),
+            Some(&["r.example:5000/team-a/".to_string()][..])
+        );
+        assert_eq!(
+            project.builders,
+            Some(BTreeSet::from(["podman".to_string(), "simulated".to_string()]))
+        );
+        assert_eq!(
+            project.repositories.as_deref(),
+            Some(&["https://git.example/team-a/*".to_string()][..])
+        );
     }
 
     #[test]

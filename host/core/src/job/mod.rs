@@ -18,7 +18,7 @@ use crate::platform::Platform;
 
 pub use lifecycle::{State, TransitionError};
 pub use outcome::{BuildResult, FailureKind, Outcome};
-pub use project::Project;
+pub use project::{CacheScope, Project};
 pub use request::{
     InvalidJob, JobRequest, PRIORITIES, PRIORITY_AGING_SECS, SubmitPolicy, effective_priority,
 };

@@ -163,6 +163,42 @@ impl Project {
     }
 }
 
+/// Whose cached layers a job may use and add to: those of the jobs of no
+/// project (shared, as before projects), its project's, or its project's
+/// protected refs' — never another's, so a poisoned step of one scope
+/// never serves another, and a build of an unprotected ref never writes
+/// what a release build reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheScope(String);
+
+impl CacheScope {
+    pub fn of(job: &super::Job) -> Self {
+        CacheScope(match (&job.project, job.protected) {
+            (None, _) => String::new(),
+            (Some(project), false) => format!("project {project}"),
+            (Some(project), true) => format!("project {project}, protected refs"),
+        })
+    }
+
+    /// A scope as [`CacheScope::as_str`] wrote it.
+    pub fn from_stored(text: String) -> Self {
+        CacheScope(text)
+    }
+
+    /// Its stored form: empty for the jobs of no project.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// For people.
+    pub fn describe(&self) -> &str {
+        match self.0.as_str() {
+            "" => "jobs of no project",
+            scope => scope,
+        }
+    }
+}
+
 fn join(names: &BTreeSet<String>) -> String {
     names.iter().map(String::as_str).collect::<Vec<_>>().join(", ")
 }

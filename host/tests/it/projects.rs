@@ -64,6 +64,7 @@ fn two_projects(dir: &tempfile::TempDir, store_url: Option<String>) -> Config {
                     token(A_EXPIRED, &all, Some("2001-01-01T00:00:00+01:00")),
                 ],
                 secrets: vec!["a_key".into()],
+                ..ProjectConfig::default()
             },
         ),
         (
@@ -75,6 +76,7 @@ fn two_projects(dir: &tempfile::TempDir, store_url: Option<String>) -> Config {
                     ..TokenConfig::default()
                 }],
                 secrets: vec!["b_key".into()],
+                ..ProjectConfig::default()
             },
         ),
     ]);
@@ -390,4 +392,211 @@ async fn without_projects_the_token_works_as_before() {
         .call(None, reqwest::Method::GET, "/v1/jobs", None)
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+/// A config whose team-a has every rule a project can have: repositories,
+/// images, builders, protected refs with a protected-only secret; team-b
+/// has none but a secret of its own.
+fn ruled_projects(dir: &tempfile::TempDir, store_url: Option<String>) -> Config {
+    let mut config = common::config(dir, 2, 100);
+    config.token = Some(ADMIN.into());
+    config.store_url = store_url;
+    config.registries.insert(
+        "registry.example:5000".into(),
+        helix_build::config::RegistryConfig::default(),
+    );
+    for name in ["a_npm", "a_deploy", "b_key"] {
+        let path = dir.path().join(name);
+        std::fs::write(&path, format!("value-of-{name}")).unwrap();
+        config.secrets.insert(
+            name.to_string(),
+            SecretSource {
+                file: Some(path),
+                ..SecretSource::default()
+            },
+        );
+    }
+    let all = ["jobs:submit", "jobs:read", "jobs:cancel"];
+    let list = |items: &[&str]| items.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    config.projects = BTreeMap::from([
+        (
+            "team-a".to_string(),
+            ProjectConfig {
+                tokens: vec![token(A_ALL, &all, None)],
+                secrets: list(&["a_npm"]),
+                protected_secrets: list(&["a_deploy"]),
+                protected_refs: list(&["refs/heads/main", "refs/tags/v*"]),
+                repositories: Some(list(&["https://git.example/team-a/*"])),
+                images: Some(list(&["registry.example:5000/team-a/"])),
+                builders: Some(list(&["simulated", "podman"])),
+                ..ProjectConfig::default()
+            },
+        ),
+        (
+            "team-b".to_string(),
+            ProjectConfig {
+                tokens: vec![token(B_ALL, &all, None)],
+                secrets: list(&["b_key"]),
+                ..ProjectConfig::default()
+            },
+        ),
+    ]);
+    config.validated().expect("the ruled config is valid")
+}
+
+async fn a_projects_rules_hold_at_submit(server: &Server) {
+    let submission = |extra: Value| {
+        let mut body = json!({
+            "repo_url": "https://git.example/team-a/app.git",
+            "build_args": { "HELIX_SIMULATE_DELAY_MS": "0" },
+        });
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        body
+    };
+    let refused = async |token: &str, extra: Value| {
+        let (status, body) = server.post(token, "/v1/jobs", submission(extra)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        message(&body)
+    };
+    let accepted = async |token: &str, extra: Value| {
+        let (status, body) = server.post(token, "/v1/jobs", submission(extra)).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        serde_json::from_str::<Value>(&body).unwrap()
+    };
+
+    // Repositories: only the project's, and no `..` around the pattern.
+    for url in [
+        "https://git.example/team-b/app.git",
+        "https://git.example/team-a/../team-b/app.git",
+    ] {
+        let error = refused(A_ALL, json!({ "repo_url": url })).await;
+        assert!(error.starts_with("invalid job: repo_url: "), "{error}");
+        assert!(
+            error.ends_with("project team-a may build: https://git.example/team-a/*"),
+            "{error}"
+        );
+    }
+    // Builders.
+    assert_eq!(
+        refused(A_ALL, json!({ "builder": "buildah" })).await,
+        "invalid job: builder: project team-a may not use builder 'buildah'; it may use: podman, simulated"
+    );
+    // Images: under the project's prefixes, whole components only.
+    for image in [
+        "registry.example:5000/team-b/app:latest",
+        "registry.example:5000/team-ab/app",
+    ] {
+        let error = refused(A_ALL, json!({ "image": image })).await;
+        assert!(error.starts_with("invalid job: image: "), "{error}");
+        assert!(
+            error.ends_with("project team-a may push to: registry.example:5000/team-a/"),
+            "{error}"
+        );
+    }
+    let job = accepted(A_ALL, json!({ "image": "registry.example:5000/team-a/app:1" })).await;
+    assert_eq!(job["project"], "team-a");
+    // A real builder pushes to configured registries only, whoever asks.
+    for token in [A_ALL, ADMIN] {
+        let error = refused(
+            token,
+            json!({ "builder": "podman", "image": "elsewhere.example/team-a/app:1" }),
+        )
+        .await;
+        assert_eq!(
+            error,
+            "invalid job: image: \"elsewhere.example/team-a/app:1\" is in registry elsewhere.example, \
+             which this server does not push to; configured: registry.example:5000"
+        );
+    }
+
+    // Protected secrets: only for a protected ref, named in full; the
+    // refusal names only the caller's own secrets.
+    for git_ref in ["feature", "main", "refs/heads/feature"] {
+        let error = refused(A_ALL, json!({ "secrets": ["a_deploy"], "ref": git_ref })).await;
+        assert_eq!(
+            error,
+            format!(
+                "invalid job: secrets: secret 'a_deploy' is for protected refs only \
+                 (refs/heads/main, refs/tags/v*), and '{git_ref}' is not one (name the full ref, \
+                 e.g. refs/heads/main); project team-a may use here: a_npm"
+            )
+        );
+    }
+    assert_eq!(
+        refused(A_ALL, json!({ "secrets": ["b_key"], "ref": "refs/tags/v1" })).await,
+        "invalid job: secrets: unknown secret 'b_key'; project team-a may use: a_deploy, a_npm"
+    );
+    let release = accepted(
+        A_ALL,
+        json!({ "secrets": ["a_deploy", "a_npm"], "ref": "refs/tags/v1.2" }),
+    )
+    .await;
+    assert_eq!(release["protected"], true);
+    let feature = accepted(A_ALL, json!({ "secrets": ["a_npm"], "ref": "feature" })).await;
+    assert_eq!(feature["protected"], false);
+    // The project and the protection are stored with the job and in its
+    // audit trail.
+    for (job, protected) in [(&release, true), (&feature, false)] {
+        let id = job["id"].as_str().unwrap();
+        let (status, body) = server
+            .get(A_ALL, &format!("/v1/jobs/{id}/wait?timeout_secs=30"))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let ended: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(ended["state"], "succeeded", "{body}");
+        assert_eq!(ended["protected"], protected, "{body}");
+        let (status, body) = server.get(A_ALL, &format!("/v1/jobs/{id}/audit")).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(
+            serde_json::from_str::<Value>(&body).unwrap()["project"],
+            "team-a",
+            "{body}"
+        );
+    }
+
+    // Credentials in a repository URL: refused for everyone, never echoed,
+    // never stored.
+    for (token, url) in [
+        (A_ALL, "https://ci:hunter2-pass@git.example/team-a/app.git"),
+        (ADMIN, "https://hunter2-pass@git.example/team-a/app.git"),
+        (B_ALL, "ssh://git:hunter2-pass@git.example/team-b/app.git"),
+    ] {
+        let (status, body) = server
+            .post(token, "/v1/jobs", submission(json!({ "repo_url": url })))
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert!(
+            message(&body).starts_with("invalid job: repo_url: must not hold credentials"),
+            "{body}"
+        );
+        assert!(message(&body).contains("project's secrets"), "{body}");
+        assert!(!body.contains("hunter2"), "{body}");
+    }
+    let (_, everything) = server.get(ADMIN, "/v1/jobs?limit=1000").await;
+    assert!(!everything.contains("hunter2"), "{everything}");
+
+    // team-b has no rules of its own: any repository, any image.
+    let job = accepted(
+        B_ALL,
+        json!({ "repo_url": "https://elsewhere.example/x.git", "image": "registry.example:5000/team-a/app:1" }),
+    )
+    .await;
+    assert_eq!(job["project"], "team-b");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_projects_rules_hold_at_submit_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&ruled_projects(&dir, None)).await;
+    a_projects_rules_hold_at_submit(&server).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_projects_rules_hold_at_submit_on_postgres() {
+    let postgres = helix_fixtures::Postgres::start();
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&ruled_projects(&dir, Some(postgres.url()))).await;
+    a_projects_rules_hold_at_submit(&server).await;
 }

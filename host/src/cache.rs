@@ -280,6 +280,9 @@ fn empty_for(held: &mut SlotState, dir: &Path, scope: &CacheScope) -> std::io::R
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
         _ => {}
     }
+    if let Some(parent) = dir.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
     std::fs::write(scope_file(dir), scope.as_str())?;
     held.scope = Some(scope.clone());
     Ok(())

@@ -761,6 +761,8 @@ async fn a_project_pulls_and_pushes_with_its_own_credentials_only() {
 /// build of its own project and ref kind only: team-b's identical build
 /// from the same repository, and team-a's own build of a protected ref,
 /// run the step afresh. One worker: one slot, handed from scope to scope.
+/// Refs named in full, as protected ones are: a branch other than the
+/// default one is checked out exactly too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poisoned_cache_step_of_one_project_never_serves_another() {
     let registry = helix_fixtures::Registry::start(false);
@@ -800,12 +802,12 @@ async fn a_poisoned_cache_step_of_one_project_never_serves_another() {
         let cached = logs.iter().filter(|l| l.contains("Using cache")).count();
         (marker, cached, logs)
     };
-    let (poisoned, cached, _) = build("team-a", "feature").await;
+    let (poisoned, cached, _) = build("team-a", "refs/heads/feature").await;
     assert_eq!(cached, 0, "cold");
-    let (again, cached, _) = build("team-a", "feature").await;
+    let (again, cached, _) = build("team-a", "refs/heads/feature").await;
     assert_eq!((again.as_str(), cached), (poisoned.as_str(), 2), "team-a's own cache serves it");
 
-    let (b_marker, cached, logs) = build("team-b", "feature").await;
+    let (b_marker, cached, logs) = build("team-b", "refs/heads/feature").await;
     assert_eq!(cached, 0, "team-b reuses no step of team-a's");
     assert_ne!(b_marker, poisoned);
     assert!(

@@ -43,8 +43,8 @@ use crate::cgroup::LimitHit;
 use crate::docker_engine::DockerEngine;
 use crate::exec::HostCommand;
 use crate::jail::Jail;
-use crate::log::JobLog;
 pub use crate::job::CacheScope;
+use crate::log::JobLog;
 use crate::managed_engine::{EngineError, ManagedEngine};
 use crate::quota::{self, DiskQuota};
 

@@ -132,7 +132,8 @@ impl Checkout {
                     let branch = git_ref
                         .strip_prefix("refs/heads/")
                         .map(|b| format!("refs/remotes/origin/{b}"));
-                    git.detach(url, branch.as_deref().unwrap_or(git_ref)).await?;
+                    git.detach(url, branch.as_deref().unwrap_or(git_ref))
+                        .await?;
                 }
             }
         }

@@ -144,7 +144,9 @@ impl JobDirs {
             _ => Ok(()),
         };
         gone(std::fs::remove_dir_all(self.secrets()))?;
-        gone(std::fs::remove_dir_all(self.state().join(RUN_DOCKER_CONFIG)))?;
+        gone(std::fs::remove_dir_all(
+            self.state().join(RUN_DOCKER_CONFIG),
+        ))?;
         gone(std::fs::remove_file(self.state().join(RUN_AUTH_FILE)))
     }
 

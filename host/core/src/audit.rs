@@ -134,7 +134,7 @@ impl AuditTrail {
             entries,
             dropped,
         })
-            .expect("an audit trail is plain data");
+        .expect("an audit trail is plain data");
         (format!("{RECORD_PREFIX}{:06}", self.attempt), body)
     }
 }

@@ -97,7 +97,11 @@ impl Config {
     }
 
     /// Checks what a project's jobs may build, push, pull and name.
-    fn validate_project_rules(&self, name: &str, project: &ProjectConfig) -> Result<(), ConfigError> {
+    fn validate_project_rules(
+        &self,
+        name: &str,
+        project: &ProjectConfig,
+    ) -> Result<(), ConfigError> {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
         for (field, names) in [
             ("secrets", &project.secrets),
@@ -131,7 +135,10 @@ impl Config {
         }
         for (i, pattern) in project.protected_refs.iter().enumerate() {
             let probe = pattern.replace('*', "x");
-            if !pattern.starts_with("refs/") || pattern.chars().any(|c| c.is_whitespace() || c.is_control()) || probe.contains("..") {
+            if !pattern.starts_with("refs/")
+                || pattern.chars().any(|c| c.is_whitespace() || c.is_control())
+                || probe.contains("..")
+            {
                 return invalid(format!(
                     "projects.{name}.protected_refs[{i}]: {pattern:?} must be a full ref name pattern, e.g. refs/heads/main or refs/tags/v*"
                 ));
@@ -149,10 +156,7 @@ impl Config {
         for (i, pattern) in project.repositories.iter().flatten().enumerate() {
             let probe = pattern.replace('*', "x");
             if let Err(e) = crate::job::validate_repo_url(&probe, self.allow_file_repos) {
-                return invalid(format!(
-                    "projects.{name}.repositories[{i}]: {}",
-                    e.message
-                ));
+                return invalid(format!("projects.{name}.repositories[{i}]: {}", e.message));
             }
         }
         let registries = self.push_registries();
@@ -219,7 +223,10 @@ impl Config {
                 protected_secrets: project.protected_secrets.iter().cloned().collect(),
                 repositories: project.repositories.clone(),
                 images: project.images.clone(),
-                builders: project.builders.as_ref().map(|b| b.iter().cloned().collect()),
+                builders: project
+                    .builders
+                    .as_ref()
+                    .map(|b| b.iter().cloned().collect()),
                 protected_refs: project.protected_refs.clone(),
             });
             for (i, token) in project.tokens.iter().enumerate() {
@@ -457,7 +464,10 @@ mod tests {
         .unwrap();
         let access = config.access_with(|_| None).unwrap();
         let project = access.project("team-a").unwrap();
-        assert_eq!(project.protected_secrets, BTreeSet::from(["deploy".to_string()]));
+        assert_eq!(
+            project.protected_secrets,
+            BTreeSet::from(["deploy".to_string()])
+        );
         assert!(project.is_protected("refs/tags/v2"));
         assert_eq!(
             project.images.as_deref(),
@@ -465,12 +475,38 @@ mod tests {
         );
         assert_eq!(
             project.builders,
-            Some(BTreeSet::from(["podman".to_string(), "simulated".to_string()]))
+            Some(BTreeSet::from([
+                "podman".to_string(),
+                "simulated".to_string()
+            ]))
         );
         assert_eq!(
             project.repositories.as_deref(),
             Some(&["https://git.example/team-a/*".to_string()][..])
         );
+    }
+
+    /// The two-team example of "Projects and tokens" is a config, with
+    /// each rule where it belongs.
+    #[test]
+    fn the_readme_two_team_example_is_a_config() {
+        let readme = include_str!("../../../README.md");
+        let section = &readme[readme.find("### Projects and tokens").unwrap()..];
+        let start = section.find("```toml\n").unwrap() + "```toml\n".len();
+        let example = &section[start..start + section[start..].find("```").unwrap()];
+        let config = toml::from_str::<Config>(example).unwrap_or_else(|e| panic!("{e}"));
+        let web = &config.projects["web"];
+        assert_eq!(web.protected_secrets, ["web_deploy"]);
+        assert_eq!(web.protected_refs, ["refs/heads/main", "refs/tags/v*"]);
+        assert_eq!(
+            web.images.as_deref(),
+            Some(&["registry.internal:5000/web/".to_string()][..])
+        );
+        assert_eq!(
+            web.builders.as_deref(),
+            Some(&["podman".to_string(), "buildkit".to_string()][..])
+        );
+        assert!(web.registry_auth.is_some() && config.projects["data"].repositories.is_some());
     }
 
     #[test]

@@ -22,8 +22,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::job::{BuildResult, Job};
-use crate::reference::repository_of;
 use crate::plugin::{BuilderInfo, WIT_VERSION};
+use crate::reference::repository_of;
 use crate::registry::oci::{RegistryClient, digest_of, reference};
 use dsse::{Envelope, IN_TOTO_PAYLOAD, PublicKey, SigningKey};
 use statement::{

@@ -297,7 +297,8 @@ impl Inner {
         if let Some(emptied) = slot.as_ref().and_then(CacheSlot::emptied) {
             log.push(&format!(
                 "[helix] build cache slot {} held the layers of {}: emptied for {}",
-                slot.as_ref().map_or_else(String::new, |s| s.dir().display().to_string()),
+                slot.as_ref()
+                    .map_or_else(String::new, |s| s.dir().display().to_string()),
                 emptied.describe(),
                 CacheScope::of(job).describe()
             ));

@@ -502,7 +502,11 @@ async fn a_projects_rules_hold_at_submit(server: &Server) {
             "{error}"
         );
     }
-    let job = accepted(A_ALL, json!({ "image": "registry.example:5000/team-a/app:1" })).await;
+    let job = accepted(
+        A_ALL,
+        json!({ "image": "registry.example:5000/team-a/app:1" }),
+    )
+    .await;
     assert_eq!(job["project"], "team-a");
     // A real builder pushes to configured registries only, whoever asks.
     for token in [A_ALL, ADMIN] {
@@ -532,7 +536,11 @@ async fn a_projects_rules_hold_at_submit(server: &Server) {
         );
     }
     assert_eq!(
-        refused(A_ALL, json!({ "secrets": ["b_key"], "ref": "refs/tags/v1" })).await,
+        refused(
+            A_ALL,
+            json!({ "secrets": ["b_key"], "ref": "refs/tags/v1" })
+        )
+        .await,
         "invalid job: secrets: unknown secret 'b_key'; project team-a may use: a_deploy, a_npm"
     );
     let release = accepted(
@@ -684,7 +692,14 @@ async fn a_project_pulls_and_pushes_with_its_own_credentials_only() {
 
     let dir = tempfile::tempdir().unwrap();
     let mut config = common::with_managed_engine(common::real_config(&dir, &registry.address));
-    let auth = |name: &str| login(&dir.path().join(name), &registry.address, "team-b", PASSWORD);
+    let auth = |name: &str| {
+        login(
+            &dir.path().join(name),
+            &registry.address,
+            "team-b",
+            PASSWORD,
+        )
+    };
     // The operator's credentials open team-b's repositories too; no
     // project's job may use them.
     config.registry_auth_file = Some(auth("operator-auth.json"));
@@ -736,8 +751,9 @@ async fn a_project_pulls_and_pushes_with_its_own_credentials_only() {
         let (job, logs) = run_for(&service, &access, "team-b", request("team-b")).await;
         assert_eq!(job.state, State::Succeeded, "{builder}: {:?}", job.error);
         assert!(
-            logs.iter().any(|l| l
-                == "[helix] registry credentials: project team-b's own (its registry_auth)"),
+            logs.iter()
+                .any(|l| l
+                    == "[helix] registry credentials: project team-b's own (its registry_auth)"),
             "{builder}"
         );
         let reference = format!(
@@ -748,10 +764,18 @@ async fn a_project_pulls_and_pushes_with_its_own_credentials_only() {
         let (proof, _) = common::pull_as(Some(&creds), &reference, "proof");
         assert_eq!(proof, "on-team-b-base\n", "{builder}");
         let provenance = service.provenance(job.id.as_str()).await.unwrap();
-        let internal = &provenance.statement.predicate.build_definition.internal_parameters;
+        let internal = &provenance
+            .statement
+            .predicate
+            .build_definition
+            .internal_parameters;
         assert_eq!(internal.project.as_deref(), Some("team-b"), "{builder}");
         assert!(!internal.protected, "{builder}");
-        let everything = format!("{}\n{}", logs.join("\n"), serde_json::to_string(&job).unwrap());
+        let everything = format!(
+            "{}\n{}",
+            logs.join("\n"),
+            serde_json::to_string(&job).unwrap()
+        );
         assert!(!everything.contains(PASSWORD), "{builder}");
     }
 }
@@ -792,7 +816,12 @@ async fn a_poisoned_cache_step_of_one_project_never_serves_another() {
             ..common::on_repo(repo.path(), "podman")
         };
         let (job, logs) = run_for(&service, &access, project, request).await;
-        assert_eq!(job.state, State::Succeeded, "{project} {git_ref}: {:?}", job.error);
+        assert_eq!(
+            job.state,
+            State::Succeeded,
+            "{project} {git_ref}: {:?}",
+            job.error
+        );
         let reference = format!(
             "{}@{}",
             common::image_name(job.image_tag.as_deref().unwrap()),
@@ -805,20 +834,26 @@ async fn a_poisoned_cache_step_of_one_project_never_serves_another() {
     let (poisoned, cached, _) = build("team-a", "refs/heads/feature").await;
     assert_eq!(cached, 0, "cold");
     let (again, cached, _) = build("team-a", "refs/heads/feature").await;
-    assert_eq!((again.as_str(), cached), (poisoned.as_str(), 2), "team-a's own cache serves it");
+    assert_eq!(
+        (again.as_str(), cached),
+        (poisoned.as_str(), 2),
+        "team-a's own cache serves it"
+    );
 
     let (b_marker, cached, logs) = build("team-b", "refs/heads/feature").await;
     assert_eq!(cached, 0, "team-b reuses no step of team-a's");
     assert_ne!(b_marker, poisoned);
     assert!(
-        logs.iter().any(|l| l.contains("held the layers of project team-a: emptied for project team-b")),
+        logs.iter()
+            .any(|l| l.contains("held the layers of project team-a: emptied for project team-b")),
         "{logs:?}"
     );
     let (release, cached, logs) = build("team-a", "refs/heads/main").await;
     assert_eq!(cached, 0, "a protected ref reuses no unprotected step");
     assert!(release != poisoned && release != b_marker);
     assert!(
-        logs.iter().any(|l| l.contains("emptied for project team-a, protected refs")),
+        logs.iter()
+            .any(|l| l.contains("emptied for project team-a, protected refs")),
         "{logs:?}"
     );
 }

@@ -200,7 +200,11 @@ impl CacheScope {
 }
 
 fn join(names: &BTreeSet<String>) -> String {
-    names.iter().map(String::as_str).collect::<Vec<_>>().join(", ")
+    names
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[cfg(test)]
@@ -277,7 +281,13 @@ mod tests {
         let project = team_a();
         assert!(project.is_protected("refs/heads/main"));
         assert!(project.is_protected("refs/tags/v1.2"));
-        for not in ["main", "refs/heads/main2", "refs/heads/feature", "v1.2", "HEAD"] {
+        for not in [
+            "main",
+            "refs/heads/main2",
+            "refs/heads/feature",
+            "v1.2",
+            "HEAD",
+        ] {
             assert!(!project.is_protected(not), "{not}");
         }
         assert!(project.check_builder("podman").is_ok());

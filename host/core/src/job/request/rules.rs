@@ -666,7 +666,12 @@ mod tests {
     #[test]
     fn protected_secrets_need_a_protected_ref() {
         let policy = SubmitPolicy {
-            secrets: ["npm".to_string(), "deploy_key".to_string(), "other".to_string()].into(),
+            secrets: [
+                "npm".to_string(),
+                "deploy_key".to_string(),
+                "other".to_string(),
+            ]
+            .into(),
             project: Some(std::sync::Arc::new(Project {
                 secrets: ["npm".to_string()].into(),
                 protected_secrets: ["deploy_key".to_string()].into(),

@@ -140,6 +140,11 @@ fn submit_policy(
         secrets,
         registries: config.push_registries(),
         default_registry: config.default_registry.clone(),
+        shared_cache_builders: runtime
+            .builders()
+            .filter(|b| b.engine().is_some())
+            .map(|b| b.info().name.clone())
+            .collect(),
         project: None,
     }
 }

@@ -218,7 +218,6 @@ impl BuildCache {
         let (n, mut held) = match chosen {
             Some(at) => free.swap_remove(at),
             None => {
-                drop(free);
                 let waits = slots
                     .iter()
                     .enumerate()

@@ -294,11 +294,12 @@ impl Inner {
             }
             (None, None, _) => None,
         };
-        if let Some(emptied) = slot.as_ref().and_then(CacheSlot::emptied) {
+        if let Some(slot) = &slot
+            && let Some(emptied) = slot.emptied()
+        {
             log.push(&format!(
                 "[helix] build cache slot {} held the layers of {}: emptied for {}",
-                slot.as_ref()
-                    .map_or_else(String::new, |s| s.dir().display().to_string()),
+                slot.dir().display(),
                 emptied.describe(),
                 CacheScope::of(job).describe()
             ));

@@ -403,9 +403,13 @@ async fn without_projects_the_token_works_as_before() {
 
 /// A config whose team-a has every rule a project can have: repositories,
 /// images, builders, protected refs with a protected-only secret; team-b
-/// has none but a secret of its own.
+/// has none but a secret of its own. `buildkit` builds in an operator's
+/// engine (one that never answers: nothing here runs on it).
 fn ruled_projects(dir: &tempfile::TempDir, store_url: Option<String>) -> Config {
-    let mut config = common::config(dir, 2, 100);
+    let mut config = common::with_engine_at(
+        common::config(dir, 2, 100),
+        "unix:///run/helix-test-no-engine.sock",
+    );
     config.token = Some(ADMIN.into());
     config.store_url = store_url;
     config.registries.insert(
@@ -591,6 +595,17 @@ async fn a_projects_rules_hold_at_submit(server: &Server) {
     }
     let (_, everything) = server.get(ADMIN, "/v1/jobs?limit=1000").await;
     assert!(!everything.contains("hunter2"), "{everything}");
+
+    // An operator's engine shares its cache between every job: no
+    // project's job builds in it.
+    let error = refused(B_ALL, json!({ "builder": "buildkit" })).await;
+    assert!(
+        error.starts_with(
+            "invalid job: builder: builder 'buildkit' builds in the operator's Docker Engine, \
+             whose cache every job shares, so no project's job may use it"
+        ),
+        "{error}"
+    );
 
     // team-b has no rules of its own: any repository, any image.
     let job = accepted(

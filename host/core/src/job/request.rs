@@ -147,6 +147,10 @@ pub struct SubmitPolicy {
     pub registries: BTreeSet<String>,
     /// Where images of jobs that name none go (`host[:port][/namespace]`).
     pub default_registry: Option<String>,
+    /// Builders whose layer cache every job shares whatever its project
+    /// (those building in an operator's Docker Engine): no project's job
+    /// may use them.
+    pub shared_cache_builders: BTreeSet<String>,
     /// The project the submission is for (its job's `project`), whose
     /// rules it must then meet.
     pub project: Option<Arc<Project>>,
@@ -201,6 +205,17 @@ impl Job {
         };
         if let Some(project) = project {
             project.check_builder(&builder)?;
+            if policy.shared_cache_builders.contains(&builder) {
+                return Err(InvalidJob::new(
+                    "builder",
+                    format!(
+                        "builder '{builder}' builds in the operator's Docker Engine, whose cache every job \
+                         shares, so no project's job may use it; project {} may use a builder with \
+                         engine = \"managed\" (an engine per cache slot) instead",
+                        project.name
+                    ),
+                ));
+            }
         }
         validate_repo_url(&request.repo_url, policy.allow_file_repos)?;
         if let Some(project) = project {

@@ -57,13 +57,8 @@ impl fmt::Display for Scope {
     }
 }
 
-/// A project as requests see it: its name and the operator secrets its
-/// jobs may name.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Project {
-    pub name: String,
-    pub secrets: BTreeSet<String>,
-}
+/// A project as requests see it: its name and what its jobs may do.
+pub use crate::job::Project;
 
 /// One accepted token.
 #[derive(Debug, Clone)]
@@ -232,10 +227,7 @@ mod tests {
     fn access() -> Access {
         Access::open()
             .with_admin(digest("admin-token-0123456789"))
-            .with_project(Project {
-                name: "team-a".into(),
-                secrets: BTreeSet::new(),
-            })
+            .with_project(Project::named("team-a"))
             .with_project_token(
                 "team-a",
                 digest("a-read"),

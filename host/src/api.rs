@@ -293,7 +293,7 @@ pub(crate) async fn submit(
         })?),
         (None, None) => None,
     };
-    let job = service.submit_for(request, project.as_deref()).await?;
+    let job = service.submit_for(request, project.as_ref()).await?;
     Ok((StatusCode::CREATED, Json(job)))
 }
 

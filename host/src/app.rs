@@ -9,8 +9,6 @@ use crate::job::SubmitPolicy;
 use crate::plugin::{ComponentCache, PluginError, PluginRuntime, PoolSizing};
 use crate::provenance::Provenance;
 use crate::queue::{JobQueue, LocalQueue};
-use crate::registry::Publisher;
-use crate::registry::oci::RegistryClient;
 use crate::service::{BuilderReload, Service, ServiceConfig};
 use crate::source::Checkout;
 use crate::store::{JobStore, PostgresStore, SqliteStore, StoreError};
@@ -77,14 +75,9 @@ pub async fn start_with(
     let policy = submit_policy(config, &runtime, secrets.names());
     let webhooks = Arc::new(config.webhooks()?);
     let notifications = Arc::new(config.notifications()?);
-    let registries = Arc::new(config.registry_settings());
-    let provenance = config.provenance_key()?.map(|key| {
-        Arc::new(Provenance::new(
-            key,
-            Arc::new(RegistryClient::new(registries.clone())),
-            config.host_id(),
-        ))
-    });
+    let provenance = config
+        .provenance_key()?
+        .map(|key| Arc::new(Provenance::new(key, config.host_id())));
     let service_config = ServiceConfig {
         workers: config.workers,
         queue_capacity: config.queue_capacity,
@@ -103,8 +96,7 @@ pub async fn start_with(
         secrets,
         cache: Arc::new(config.build_cache()),
         max_attempts: config.max_attempts,
-        publisher: Publisher::new(registries.clone()),
-        registries,
+        registries: config.registry_access(),
         checkout: Checkout {
             allow_file_repos: config.allow_file_repos,
         },
@@ -146,6 +138,13 @@ fn submit_policy(
             .map(|b| (b.info().name.clone(), b.info().platforms.clone()))
             .collect(),
         secrets,
+        registries: config.push_registries(),
+        default_registry: config.default_registry.clone(),
+        shared_cache_builders: runtime
+            .builders()
+            .filter(|b| b.engine().is_some())
+            .map(|b| b.info().name.clone())
+            .collect(),
         project: None,
     }
 }

@@ -14,9 +14,14 @@
 //! - a Dockerfile cannot start `FROM` another job's image by name: the
 //!   image name is removed before and after every job; cached layers are
 //!   reachable only by content (their digests);
-//! - jobs on one builder share its cache, as jobs on one BuildKit daemon
-//!   do: a team that must not share cached layers with another gets a
-//!   builder of its own, or `no_cache`.
+//! - a slot serves one [`CacheScope`] at a time: the jobs of no project
+//!   (which share it, as jobs on one BuildKit daemon do), one project's
+//!   jobs, or one project's jobs of its protected refs. Handed to another
+//!   scope it is emptied first — its layers, its cache mounts and its
+//!   managed engine — so no project's cached step ever serves another,
+//!   and a build of an unprotected ref never writes what a release build
+//!   reads. The scope is kept beside the slot (`<n>.scope`), so a restart
+//!   does not forget whose layers a slot holds.
 //!
 //! A slot also keeps its jobs' `RUN --mount=type=cache` data (`mounts/`,
 //! shown to the jail where buildah keeps it), within its size.
@@ -38,9 +43,10 @@ use crate::cgroup::LimitHit;
 use crate::docker_engine::DockerEngine;
 use crate::exec::HostCommand;
 use crate::jail::Jail;
+pub use crate::job::CacheScope;
 use crate::log::JobLog;
 use crate::managed_engine::{EngineError, ManagedEngine};
-use crate::quota::DiskQuota;
+use crate::quota::{self, DiskQuota};
 
 /// What the build tools name the image they build (see `plugins/kit`).
 pub const LOCAL_IMAGE: &str = "localhost/helix-image";
@@ -123,6 +129,8 @@ struct SlotState {
     engine: Option<ManagedEngine>,
     /// The repository its last job built.
     repository: Option<String>,
+    /// Whose layers it holds, once read from beside it.
+    scope: Option<CacheScope>,
     /// Its file system of `max_bytes`, once a job has used it.
     disk: Option<DiskQuota>,
 }
@@ -133,6 +141,8 @@ pub struct CacheSlot {
     driver: StorageDriver,
     max_bytes: u64,
     held: OwnedMutexGuard<SlotState>,
+    /// The scope whose layers were emptied out of it for this job.
+    emptied: Option<CacheScope>,
 }
 
 impl BuildCache {
@@ -167,45 +177,71 @@ impl BuildCache {
         self.slots.contains_key(builder)
     }
 
-    /// A slot of `builder`'s cache for a job of `repository`: a free one
-    /// that last built it, else any free one, else the first to come free.
-    /// `None` when the builder has no cache.
+    /// A slot of `builder`'s cache for a job of `repository` in `scope`:
+    /// a free one of the scope that last built the repository, else a
+    /// free one of the scope, else a free one never used, else any free
+    /// one, else the first to come free — emptied first when it held
+    /// another scope's layers. `None` when the builder has no cache.
     pub async fn acquire(
         &self,
         builder: &str,
+        scope: &CacheScope,
         repository: &str,
     ) -> std::io::Result<Option<CacheSlot>> {
         let Some(slots) = self.slots.get(builder) else {
             return Ok(None);
         };
-        let free: Vec<(usize, OwnedMutexGuard<SlotState>)> = slots
+        let dir = |n: usize| self.root.join(builder).join(n.to_string());
+        let mut free: Vec<(usize, OwnedMutexGuard<SlotState>)> = slots
             .iter()
             .enumerate()
             .filter_map(|(n, slot)| slot.clone().try_lock_owned().ok().map(|g| (n, g)))
             .collect();
-        let chosen = match free
-            .iter()
-            .position(|(_, held)| held.repository.as_deref() == Some(repository))
-        {
-            Some(at) => free.into_iter().nth(at),
-            None => free.into_iter().next(),
+        for (n, held) in &mut free {
+            load_scope(held, &dir(*n));
+        }
+        // Lower is better.
+        let rank = |(n, held): &(usize, OwnedMutexGuard<SlotState>)| {
+            let same_scope = held.scope.as_ref() == Some(scope);
+            match (same_scope, held.repository.as_deref() == Some(repository)) {
+                (true, true) => 0,
+                (true, false) => 1,
+                _ if !quota::image_of(&dir(*n)).exists() => 2,
+                _ => 3,
+            }
         };
-        let (n, held) = match chosen {
-            Some(chosen) => chosen,
+        let chosen = free
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, slot)| rank(slot))
+            .map(|(at, _)| at);
+        let (n, mut held) = match chosen {
+            Some(at) => free.swap_remove(at),
             None => {
                 let waits = slots
                     .iter()
                     .enumerate()
                     .map(|(n, slot)| Box::pin(async move { (n, slot.clone().lock_owned().await) }));
-                futures_util::future::select_all(waits).await.0
+                let (n, mut held) = futures_util::future::select_all(waits).await.0;
+                load_scope(&mut held, &dir(n));
+                (n, held)
             }
         };
-        let dir = self.root.join(builder).join(n.to_string());
+        let dir = dir(n);
+        let emptied = match held.scope.as_ref() {
+            Some(held_scope) if held_scope != scope => {
+                let previous = held_scope.clone();
+                empty_for(&mut held, &dir, scope)?;
+                Some(previous)
+            }
+            _ => None,
+        };
         let mut slot = CacheSlot {
             dir,
             driver: self.driver,
             max_bytes: self.max_bytes,
             held,
+            emptied,
         };
         if slot.held.disk.is_none() {
             let mib = (self.max_bytes / (1024 * 1024)).max(MIN_SLOT_MIB);
@@ -216,7 +252,48 @@ impl BuildCache {
     }
 }
 
+/// Where the scope of the slot at `dir` is kept: beside it, outside the
+/// file system its builds write.
+fn scope_file(dir: &Path) -> PathBuf {
+    dir.with_extension("scope")
+}
+
+/// Reads the slot's scope, once: a slot without the file holds no
+/// project's layers (it is new, or from before projects).
+fn load_scope(held: &mut SlotState, dir: &Path) {
+    if held.scope.is_none() {
+        let text = std::fs::read_to_string(scope_file(dir)).unwrap_or_default();
+        held.scope = Some(CacheScope::from_stored(text));
+    }
+}
+
+/// Empties the slot at `dir` for `scope`: its managed engine stopped, its
+/// file system (layers and cache mounts) removed, the new scope recorded
+/// before anything of it is written.
+fn empty_for(held: &mut SlotState, dir: &Path, scope: &CacheScope) -> std::io::Result<()> {
+    held.engine = None;
+    held.disk = None;
+    held.repository = None;
+    quota::release(dir, &quota::image_of(dir));
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    if let Some(parent) = dir.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(scope_file(dir), scope.as_str())?;
+    held.scope = Some(scope.clone());
+    Ok(())
+}
+
 impl CacheSlot {
+    /// The scope whose layers were emptied out of the slot for this job,
+    /// if it held another's.
+    pub fn emptied(&self) -> Option<&CacheScope> {
+        self.emptied.as_ref()
+    }
+
     /// The slot's storage, created if new.
     pub fn dir(&self) -> &Path {
         &self.dir

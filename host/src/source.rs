@@ -127,7 +127,13 @@ impl Checkout {
                 remove_partial(workspace);
                 git.clone(url, &[]).await?;
                 if git_ref != "HEAD" {
-                    git.detach(url, git_ref).await?;
+                    // A branch named in full (what a protected ref is) is
+                    // the clone's remote-tracking ref, never a tag.
+                    let branch = git_ref
+                        .strip_prefix("refs/heads/")
+                        .map(|b| format!("refs/remotes/origin/{b}"));
+                    git.detach(url, branch.as_deref().unwrap_or(git_ref))
+                        .await?;
                 }
             }
         }

@@ -28,6 +28,9 @@ use crate::registry::RegistrySettings;
 
 /// The run's copy of the registry credentials, in its state directory.
 pub const RUN_AUTH_FILE: &str = "auth.json";
+/// The run's Docker client directory (`DOCKER_CONFIG`: the same
+/// credentials as its `config.json`), in its state directory.
+pub const RUN_DOCKER_CONFIG: &str = "docker";
 
 /// What one attempt of a job is called on this host: its directory under
 /// the workspaces and its control group. Attempts never share one.
@@ -133,7 +136,7 @@ impl JobDirs {
         self.quota.as_ref()
     }
 
-    /// Removes the run's build secrets and its copy of the registry
+    /// Removes the run's build secrets and its copies of the registry
     /// credentials, which outlive no run.
     pub fn remove_secrets(&self) -> std::io::Result<()> {
         let gone = |result: std::io::Result<()>| match result {
@@ -141,6 +144,9 @@ impl JobDirs {
             _ => Ok(()),
         };
         gone(std::fs::remove_dir_all(self.secrets()))?;
+        gone(std::fs::remove_dir_all(
+            self.state().join(RUN_DOCKER_CONFIG),
+        ))?;
         gone(std::fs::remove_file(self.state().join(RUN_AUTH_FILE)))
     }
 

@@ -53,6 +53,10 @@ pub const RECORD_PREFIX: &str = "audit.";
 /// A job's audit trail as stored: every run's calls, in order.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JobAudit {
+    /// The project whose job made the calls; absent for a job of no
+    /// project.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
     pub entries: Vec<AuditEntry>,
     /// Calls not kept, past [`MAX_ENTRIES`] in a run.
     pub dropped: u64,
@@ -64,6 +68,7 @@ impl JobAudit {
         let mut audit = JobAudit::default();
         for record in records {
             let run: JobAudit = serde_json::from_str(record)?;
+            audit.project = run.project.or(audit.project);
             audit.entries.extend(run.entries);
             audit.dropped += run.dropped;
         }
@@ -75,6 +80,7 @@ impl JobAudit {
 #[derive(Debug)]
 pub struct AuditTrail {
     attempt: u32,
+    project: Option<String>,
     kept: Mutex<Kept>,
 }
 
@@ -89,8 +95,14 @@ impl AuditTrail {
     pub fn new(attempt: u32) -> Self {
         AuditTrail {
             attempt,
+            project: None,
             kept: Mutex::default(),
         }
+    }
+
+    /// The trail of a run of a job of `project`, which it records too.
+    pub fn of_project(self, project: Option<String>) -> Self {
+        AuditTrail { project, ..self }
     }
 
     pub fn attempt(&self) -> u32 {
@@ -117,8 +129,12 @@ impl AuditTrail {
     /// The name and body of the job record that stores this run's trail.
     pub fn stored(&self) -> (String, String) {
         let (entries, dropped) = self.entries();
-        let body = serde_json::to_string(&JobAudit { entries, dropped })
-            .expect("an audit trail is plain data");
+        let body = serde_json::to_string(&JobAudit {
+            project: self.project.clone(),
+            entries,
+            dropped,
+        })
+        .expect("an audit trail is plain data");
         (format!("{RECORD_PREFIX}{:06}", self.attempt), body)
     }
 }
@@ -150,5 +166,16 @@ mod tests {
         }
         let (entries, dropped) = trail.entries();
         assert_eq!((entries.len(), dropped), (MAX_ENTRIES, 3));
+    }
+
+    #[test]
+    fn a_trail_names_its_jobs_project() {
+        let trail = AuditTrail::new(1).of_project(Some("team-a".into()));
+        trail.record(entry("podman"));
+        let (name, body) = trail.stored();
+        assert_eq!(name, "audit.000001");
+        let audit = JobAudit::from_runs(&[body]).unwrap();
+        assert_eq!(audit.project.as_deref(), Some("team-a"));
+        assert_eq!(audit.entries.len(), 1);
     }
 }

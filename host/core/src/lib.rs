@@ -2,7 +2,8 @@
 //! lifecycle ([`job`]), how a run ended and whose fault a failure was, the
 //! platforms, manifests and image references a build names, a job's log
 //! ([`log`]) and the audit trail of the programs its builder ran
-//! ([`audit`]), and retry waits ([`backoff`]). No I/O: every layer above
+//! ([`audit`]), retry waits ([`backoff`]) and the config's patterns
+//! ([`pattern`]). No I/O: every layer above
 //! builds on these types.
 
 pub mod audit;
@@ -10,5 +11,6 @@ pub mod backoff;
 pub mod job;
 pub mod log;
 pub mod manifest;
+pub mod pattern;
 pub mod platform;
 pub mod reference;

@@ -117,6 +117,15 @@ pub fn split_tag(image: &str) -> Option<(&str, &str)> {
     (!tag.contains('/') && !image.contains('@')).then_some((repository, tag))
 }
 
+/// The repository of an image reference: without its tag and digest.
+pub fn repository_of(image: &str) -> &str {
+    let image = image.split('@').next().unwrap_or(image);
+    match image.rsplit_once(':') {
+        Some((repository, tag)) if !tag.contains('/') => repository,
+        _ => image,
+    }
+}
+
 /// The registry part (`host[:port]`) of an image reference.
 pub fn registry_of(image: &str) -> &str {
     image.split('/').next().unwrap_or_default()
@@ -125,6 +134,18 @@ pub fn registry_of(image: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_repository_is_the_image_without_tag_or_digest() {
+        for image in [
+            "127.0.0.1:5000/team/app:v1",
+            "127.0.0.1:5000/team/app",
+            "127.0.0.1:5000/team/app@sha256:abc",
+            "127.0.0.1:5000/team/app:v1@sha256:abc",
+        ] {
+            assert_eq!(repository_of(image), "127.0.0.1:5000/team/app", "{image}");
+        }
+    }
 
     #[test]
     fn accepts_common_references() {

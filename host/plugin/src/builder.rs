@@ -12,7 +12,7 @@ use super::host::{JobHost, JobHostParts};
 use super::wit::{CallError, Pre, WIT_PACKAGE, latest};
 use super::{BuilderInfo, BuilderSource, GrantSummary, Limits};
 use helix_core::audit::AuditTrail;
-use helix_core::job::{BuildResult, FailureKind, Job, Outcome};
+use helix_core::job::{BuildResult, CacheScope, FailureKind, Job, Outcome};
 use helix_core::log::JobLog;
 use helix_sandbox::cancel::CancelSignal;
 use helix_sandbox::docker_engine::DockerEngine;
@@ -246,13 +246,21 @@ impl Builder {
     }
 
     /// Where `job`'s layers are kept in the registry cache: a repository
-    /// per source repository, so a job can only seed the cache of jobs
-    /// building the same repository.
+    /// per cache scope (its project, and whether its ref is protected)
+    /// and source repository, so a job can only seed the cache of jobs of
+    /// its own scope building the same repository.
     pub fn registry_cache_for(&self, job: &Job) -> Option<String> {
         use sha2::Digest as _;
         let prefix = self.info.registry_cache.as_deref()?;
-        let scope = hex::encode(sha2::Sha256::digest(job.repo_url.as_bytes()));
-        Some(format!("{prefix}/{}", &scope[..16]))
+        let scope = CacheScope::of(job);
+        let mut key = sha2::Sha256::new();
+        // Jobs of no project keep the repositories they had before projects.
+        if !scope.as_str().is_empty() {
+            key.update(scope.as_str().as_bytes());
+            key.update([0]);
+        }
+        key.update(job.repo_url.as_bytes());
+        Some(format!("{prefix}/{}", &hex::encode(key.finalize())[..16]))
     }
 
     /// How long making a fresh instance for a job has taken so far.

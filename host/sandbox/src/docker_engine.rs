@@ -42,29 +42,23 @@ pub struct DockerEngine {
     socket: String,
     /// The `docker` program: a name on PATH or an absolute path.
     client: String,
-    /// `DOCKER_CONFIG` for every `docker` run against it: `config.json`
-    /// holds the registry credentials, so builds pull private base images
-    /// and the host pushes, with no file a builder can read.
+    /// `DOCKER_CONFIG` for every `docker` the host runs against it, so
+    /// none reads the credentials of the host's user. It holds none: a
+    /// run's `docker` gets a directory with its job's own credentials
+    /// (they differ from project to project), and the host's pushes name
+    /// theirs in each request.
     config_dir: PathBuf,
-    /// The credentials to copy into it.
-    auth_file: Option<PathBuf>,
     ready: OnceCell<()>,
 }
 
 impl DockerEngine {
     /// The engine at `socket` (`unix:///absolute/path`, checked by the
     /// config), with the client's settings kept in `config_dir`.
-    pub fn new(
-        socket: String,
-        client: String,
-        config_dir: PathBuf,
-        auth_file: Option<PathBuf>,
-    ) -> Self {
+    pub fn new(socket: String, client: String, config_dir: PathBuf) -> Self {
         DockerEngine {
             socket,
             client,
             config_dir,
-            auth_file,
             ready: OnceCell::new(),
         }
     }
@@ -141,8 +135,7 @@ impl DockerEngine {
             .map(|_| ())
     }
 
-    /// `config.json` with the host's registry credentials (a containers
-    /// auth file has the same `auths`), written whole under a temporary
+    /// `config.json` without credentials, written whole under a temporary
     /// name and readable by root alone.
     fn write_config(&self) -> Result<(), String> {
         use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
@@ -151,10 +144,6 @@ impl DockerEngine {
                 "cannot write the Docker client settings in {}: {e}",
                 self.config_dir.display()
             )
-        };
-        let auths = match &self.auth_file {
-            Some(file) => std::fs::read(file).map_err(failed)?,
-            None => b"{}".to_vec(),
         };
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -168,7 +157,7 @@ impl DockerEngine {
             .create_new(true)
             .mode(0o600)
             .open(&partial)
-            .and_then(|mut f| std::io::Write::write_all(&mut f, &auths))
+            .and_then(|mut f| std::io::Write::write_all(&mut f, b"{}"))
             .and_then(|()| std::fs::rename(&partial, self.config_dir.join("config.json")))
             .map_err(failed)
     }

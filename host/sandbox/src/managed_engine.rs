@@ -37,10 +37,8 @@ const EXEC_ROOTS: &str = "/run/hxe";
 #[derive(Debug, Clone)]
 pub struct EngineSettings {
     pub client: String,
-    /// `DOCKER_CONFIG` for every client run against it.
+    /// `DOCKER_CONFIG` for every client the host runs against it.
     pub config_dir: PathBuf,
-    /// The registry credentials copied into it.
-    pub auth_file: Option<PathBuf>,
 }
 
 /// Why a managed engine did not start: the host's fault.
@@ -145,7 +143,6 @@ impl ManagedEngine {
             format!("unix://{}", socket.display()),
             settings.client.clone(),
             settings.config_dir.clone(),
-            settings.auth_file.clone(),
         ));
         let mut managed = ManagedEngine {
             engine,

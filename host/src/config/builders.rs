@@ -263,7 +263,6 @@ impl Config {
                 let client = EngineSettings {
                     client: builder.engine_client().into(),
                     config_dir: self.data_dir.join("docker"),
-                    auth_file: self.registry_auth_file.clone(),
                 };
                 let (engine, managed_engine) = match builder.engine.clone() {
                     None => (None, None),
@@ -273,7 +272,6 @@ impl Config {
                             socket,
                             client.client,
                             client.config_dir,
-                            client.auth_file,
                         ))),
                         None,
                     ),

@@ -13,15 +13,34 @@ use super::{Config, ConfigError};
 use crate::access::{Access, Project, Scope};
 use crate::secrets::SecretSource;
 
-/// One project: the tokens that act for it and the operator secrets its
-/// jobs may name. A project with no tokens exists (admins may submit for
-/// it) but nobody else acts for it.
+/// One project: the tokens that act for it and what its jobs may build,
+/// push, pull and name. A project with no tokens exists (admins may
+/// submit for it) but nobody else acts for it. Each list left out allows
+/// anything; an empty one would allow nothing and is refused.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProjectConfig {
     pub tokens: Vec<TokenConfig>,
     /// Names from `[secrets]` this project's jobs may use; no others.
     pub secrets: Vec<String>,
+    /// Names from `[secrets]` only its jobs of a protected ref may use.
+    pub protected_secrets: Vec<String>,
+    /// Full ref name patterns of its protected refs (`refs/heads/main`,
+    /// `refs/tags/v*`): their jobs get `protected_secrets` and a layer
+    /// cache of their own.
+    pub protected_refs: Vec<String>,
+    /// Repository URL patterns its jobs may build (`*`: any run of
+    /// characters); any when absent.
+    pub repositories: Option<Vec<String>>,
+    /// Image repository prefixes (`host[:port]/path`, in configured
+    /// registries) its jobs may push to; any when absent.
+    pub images: Option<Vec<String>>,
+    /// Builders its jobs may use; every one when absent.
+    pub builders: Option<Vec<String>>,
+    /// Its own registry credentials (a containers auth file), for its
+    /// jobs' pulls and pushes only. Without one its jobs reach registries
+    /// anonymously: never with the operator's `registry_auth_file`.
+    pub registry_auth: Option<PathBuf>,
 }
 
 /// A project token: exactly one of `digest` (the SHA-256 of the token,
@@ -72,19 +91,112 @@ impl Config {
                     parse_digest(&format!("{at}.digest"), digest)?;
                 }
             }
-            for secret in &project.secrets {
-                if !self.secrets.contains_key(secret) {
-                    let defined: Vec<&str> = self.secrets.keys().map(String::as_str).collect();
-                    return invalid(format!(
-                        "projects.{name}.secrets: unknown secret \"{secret}\"; [secrets] defines: {}",
-                        if defined.is_empty() {
-                            "none".to_string()
-                        } else {
-                            defined.join(", ")
-                        }
-                    ));
-                }
+            self.validate_project_rules(name, project)?;
+        }
+        Ok(())
+    }
+
+    /// Checks what a project's jobs may build, push, pull and name.
+    fn validate_project_rules(
+        &self,
+        name: &str,
+        project: &ProjectConfig,
+    ) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        for (field, names) in [
+            ("secrets", &project.secrets),
+            ("protected_secrets", &project.protected_secrets),
+        ] {
+            if let Some(secret) = names.iter().find(|s| !self.secrets.contains_key(*s)) {
+                let defined: Vec<&str> = self.secrets.keys().map(String::as_str).collect();
+                return invalid(format!(
+                    "projects.{name}.{field}: unknown secret \"{secret}\"; [secrets] defines: {}",
+                    if defined.is_empty() {
+                        "none".to_string()
+                    } else {
+                        defined.join(", ")
+                    }
+                ));
             }
+        }
+        if let Some(both) = project
+            .protected_secrets
+            .iter()
+            .find(|s| project.secrets.contains(s))
+        {
+            return invalid(format!(
+                "projects.{name}.protected_secrets: \"{both}\" is in `secrets` too; a secret is for every ref or for protected refs only"
+            ));
+        }
+        if !project.protected_secrets.is_empty() && project.protected_refs.is_empty() {
+            return invalid(format!(
+                "projects.{name}.protected_secrets: no job could use them: set protected_refs, e.g. [\"refs/heads/main\"]"
+            ));
+        }
+        for (i, pattern) in project.protected_refs.iter().enumerate() {
+            let probe = pattern.replace('*', "x");
+            if !pattern.starts_with("refs/")
+                || pattern.chars().any(|c| c.is_whitespace() || c.is_control())
+                || probe.contains("..")
+            {
+                return invalid(format!(
+                    "projects.{name}.protected_refs[{i}]: {pattern:?} must be a full ref name pattern, e.g. refs/heads/main or refs/tags/v*"
+                ));
+            }
+        }
+        let nonempty = |field: &str, list: &Option<Vec<String>>| match list {
+            Some(list) if list.is_empty() => invalid(format!(
+                "projects.{name}.{field}: an empty list allows nothing; leave it out to allow any"
+            )),
+            _ => Ok(()),
+        };
+        nonempty("repositories", &project.repositories)?;
+        nonempty("images", &project.images)?;
+        nonempty("builders", &project.builders)?;
+        for (i, pattern) in project.repositories.iter().flatten().enumerate() {
+            let probe = pattern.replace('*', "x");
+            if let Err(e) = crate::job::validate_repo_url(&probe, self.allow_file_repos) {
+                return invalid(format!("projects.{name}.repositories[{i}]: {}", e.message));
+            }
+        }
+        let registries = self.push_registries();
+        for (i, prefix) in project.images.iter().flatten().enumerate() {
+            let at = format!("projects.{name}.images[{i}]");
+            let trimmed = prefix.trim_end_matches('/');
+            if crate::reference::validate_image_ref(&format!("{trimmed}/probe")).is_err()
+                || !trimmed.contains('/') && !prefix.ends_with('/')
+            {
+                return invalid(format!(
+                    "{at}: {prefix:?} must be a repository prefix, host[:port]/path (e.g. registry.example/team-a/)"
+                ));
+            }
+            let registry = crate::reference::registry_of(trimmed);
+            if !registries.contains(registry) {
+                return invalid(format!(
+                    "{at}: registry {registry} is not configured; add [registries.\"{registry}\"] or make it the default_registry"
+                ));
+            }
+        }
+        let builders = self.builder_configs();
+        if let Some(unknown) = project
+            .builders
+            .iter()
+            .flatten()
+            .find(|b| !builders.contains_key(*b))
+        {
+            let known: Vec<&str> = builders.keys().map(String::as_str).collect();
+            return invalid(format!(
+                "projects.{name}.builders: unknown builder \"{unknown}\"; configured and built-in: {}",
+                known.join(", ")
+            ));
+        }
+        if let Some(file) = &project.registry_auth
+            && !file.is_file()
+        {
+            return invalid(format!(
+                "projects.{name}.registry_auth: {} is not a readable file",
+                file.display()
+            ));
         }
         Ok(())
     }
@@ -108,6 +220,14 @@ impl Config {
             access = access.with_project(Project {
                 name: name.clone(),
                 secrets: project.secrets.iter().cloned().collect(),
+                protected_secrets: project.protected_secrets.iter().cloned().collect(),
+                repositories: project.repositories.clone(),
+                images: project.images.clone(),
+                builders: project
+                    .builders
+                    .as_ref()
+                    .map(|b| b.iter().cloned().collect()),
+                protected_refs: project.protected_refs.clone(),
             });
             for (i, token) in project.tokens.iter().enumerate() {
                 let at = format!("projects.{name}.tokens[{i}]");
@@ -281,10 +401,112 @@ mod tests {
                 "[projects.team-a]\ntoken = 'x'".to_string(),
                 "unknown field `token`",
             ),
+            (
+                "[projects.team-a]\nprotected_secrets = ['nope']".to_string(),
+                "projects.team-a.protected_secrets: unknown secret \"nope\"",
+            ),
+            (
+                "[secrets.s]\nenv = 'PATH'\n[projects.team-a]\nsecrets = ['s']\nprotected_secrets = ['s']\nprotected_refs = ['refs/heads/main']".to_string(),
+                "projects.team-a.protected_secrets: \"s\" is in `secrets` too",
+            ),
+            (
+                "[secrets.s]\nenv = 'PATH'\n[projects.team-a]\nprotected_secrets = ['s']".to_string(),
+                "projects.team-a.protected_secrets: no job could use them: set protected_refs",
+            ),
+            (
+                "[projects.team-a]\nprotected_refs = ['main']".to_string(),
+                "projects.team-a.protected_refs[0]: \"main\" must be a full ref name pattern",
+            ),
+            (
+                "[projects.team-a]\nrepositories = []".to_string(),
+                "projects.team-a.repositories: an empty list allows nothing",
+            ),
+            (
+                "[projects.team-a]\nrepositories = ['https://u:p@git.example/*']".to_string(),
+                "projects.team-a.repositories[0]: must not hold credentials",
+            ),
+            (
+                "[projects.team-a]\nrepositories = ['ftp://git.example/*']".to_string(),
+                "projects.team-a.repositories[0]: transport \"ftp\" is not allowed",
+            ),
+            (
+                "[projects.team-a]\nimages = ['elsewhere.example/team-a/']".to_string(),
+                "projects.team-a.images[0]: registry elsewhere.example is not configured",
+            ),
+            (
+                "[registries.'r.example']\n[projects.team-a]\nimages = ['r.example/Team A']".to_string(),
+                "projects.team-a.images[0]: \"r.example/Team A\" must be a repository prefix",
+            ),
+            (
+                "[projects.team-a]\nbuilders = ['nope']".to_string(),
+                "projects.team-a.builders: unknown builder \"nope\"",
+            ),
+            (
+                "[projects.team-a]\nregistry_auth = '/nonexistent/auth.json'".to_string(),
+                "projects.team-a.registry_auth: /nonexistent/auth.json is not a readable file",
+            ),
         ] {
             let err = parse(&text).unwrap_err();
             assert!(err.contains(expected), "{text}:\n{err}");
         }
+    }
+
+    #[test]
+    fn project_rules_reach_the_callers_project() {
+        let config = parse(
+            "[registries.'r.example:5000']\n\
+             [secrets.npm]\nenv = 'PATH'\n[secrets.deploy]\nenv = 'PATH'\n\
+             [projects.team-a]\nsecrets = ['npm']\nprotected_secrets = ['deploy']\n\
+             protected_refs = ['refs/heads/main', 'refs/tags/v*']\n\
+             repositories = ['https://git.example/team-a/*']\n\
+             images = ['r.example:5000/team-a/']\nbuilders = ['podman', 'simulated']\n",
+        )
+        .unwrap();
+        let access = config.access_with(|_| None).unwrap();
+        let project = access.project("team-a").unwrap();
+        assert_eq!(
+            project.protected_secrets,
+            BTreeSet::from(["deploy".to_string()])
+        );
+        assert!(project.is_protected("refs/tags/v2"));
+        assert_eq!(
+            project.images.as_deref(),
+            Some(&["r.example:5000/team-a/".to_string()][..])
+        );
+        assert_eq!(
+            project.builders,
+            Some(BTreeSet::from([
+                "podman".to_string(),
+                "simulated".to_string()
+            ]))
+        );
+        assert_eq!(
+            project.repositories.as_deref(),
+            Some(&["https://git.example/team-a/*".to_string()][..])
+        );
+    }
+
+    /// The two-team example of "Projects and tokens" is a config, with
+    /// each rule where it belongs.
+    #[test]
+    fn the_readme_two_team_example_is_a_config() {
+        let readme = include_str!("../../../README.md");
+        let section = &readme[readme.find("### Projects and tokens").unwrap()..];
+        let start = section.find("```toml\n").unwrap() + "```toml\n".len();
+        let example = &section[start..start + section[start..].find("```").unwrap()];
+        let config = toml::from_str::<Config>(example).unwrap_or_else(|e| panic!("{e}"));
+        let web = &config.projects["web"];
+        assert_eq!(web.protected_secrets, ["web_deploy"]);
+        assert_eq!(web.protected_refs, ["refs/heads/main", "refs/tags/v*"]);
+        assert_eq!(
+            web.images.as_deref(),
+            Some(&["registry.internal:5000/web/".to_string()][..])
+        );
+        assert_eq!(
+            web.builders.as_deref(),
+            Some(&["podman".to_string(), "buildkit".to_string()][..])
+        );
+        assert!(web.registry_auth.is_some() && config.projects["data"].repositories.is_some());
     }
 
     #[test]

@@ -1,10 +1,13 @@
-//! The registry settings (`[registries.*]`, `default_registry`, `registry_auth_file`): where images go, and which registries grant values and registry caches may name.
+//! The registry settings (`[registries.*]`, `default_registry`, `registry_auth_file`, each project's `registry_auth`): where images go, with whose credentials, and which registries grant values and registry caches may name.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
 
 use serde::Deserialize;
 
 use super::{Config, ConfigError};
 use crate::exec::ValuePolicy;
-use crate::registry::RegistrySettings;
+use crate::registry::{RegistryAccess, RegistrySettings};
 
 /// How to talk to one registry.
 #[derive(Debug, Clone, Deserialize)]
@@ -90,23 +93,37 @@ impl Config {
         Ok(())
     }
 
-    /// What typed grant values are checked against: the configured
-    /// registries (and the default one's) and the repository policy.
-    pub(super) fn value_policy(&self) -> ValuePolicy {
-        let mut registries: std::collections::BTreeSet<String> =
-            self.registries.keys().cloned().collect();
+    /// The registries (`host[:port]`) the operator configured, the
+    /// default one's included: the only ones real builds push to.
+    pub fn push_registries(&self) -> BTreeSet<String> {
+        let mut registries: BTreeSet<String> = self.registries.keys().cloned().collect();
         if let Some(default) = &self.default_registry {
             registries.insert(crate::reference::registry_of(default).to_string());
         }
+        registries
+    }
+
+    /// What typed grant values are checked against: the configured
+    /// registries (and the default one's) and the repository policy.
+    pub(super) fn value_policy(&self) -> ValuePolicy {
         ValuePolicy {
-            registries,
+            registries: self.push_registries(),
             allow_file_repos: self.allow_file_repos,
         }
     }
 
-    /// How the host and its builds reach registries.
-    pub fn registry_settings(&self) -> RegistrySettings {
-        RegistrySettings::new(self.registries.clone(), self.registry_auth_file.clone())
+    /// How the host and its builds reach registries: with the operator's
+    /// credentials for jobs of no project, each project's own (or none)
+    /// for its jobs.
+    pub fn registry_access(&self) -> RegistryAccess {
+        let settings = |auth: Option<PathBuf>| RegistrySettings::new(self.registries.clone(), auth);
+        RegistryAccess::new(
+            settings(self.registry_auth_file.clone()),
+            self.projects
+                .iter()
+                .map(|(name, project)| (name.clone(), settings(project.registry_auth.clone())))
+                .collect(),
+        )
     }
 }
 

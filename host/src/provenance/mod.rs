@@ -18,12 +18,12 @@ pub mod dsse;
 pub mod statement;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use crate::job::{BuildResult, Job};
 use crate::plugin::{BuilderInfo, WIT_VERSION};
+use crate::reference::repository_of;
 use crate::registry::oci::{RegistryClient, digest_of, reference};
 use dsse::{Envelope, IN_TOTO_PAYLOAD, PublicKey, SigningKey};
 use statement::{
@@ -68,20 +68,16 @@ pub struct BuildFacts<'a> {
     pub audit: &'a [u8],
 }
 
-/// Signs and attaches the provenance of this host's builds.
+/// Signs and attaches the provenance of this host's builds, through the
+/// registry client each call is given (with the job's credentials).
 pub struct Provenance {
     key: SigningKey,
-    registry: Arc<RegistryClient>,
     host: String,
 }
 
 impl Provenance {
-    pub fn new(key: SigningKey, registry: Arc<RegistryClient>, host: String) -> Self {
-        Provenance {
-            key,
-            registry,
-            host,
-        }
+    pub fn new(key: SigningKey, host: String) -> Self {
+        Provenance { key, host }
     }
 
     pub fn key_id(&self) -> String {
@@ -94,7 +90,7 @@ impl Provenance {
         let result = facts.result;
         let repository = repository_of(&result.image_tag);
         let descriptor = |digest: &str, platform: Option<String>| ResourceDescriptor {
-            name: Some(repository.clone()),
+            name: Some(repository.to_string()),
             digest: BTreeMap::from([("sha256".into(), sha256_hex(digest).to_string())]),
             annotations: platform
                 .map(|p| BTreeMap::from([("platform".to_string(), p)]))
@@ -152,6 +148,8 @@ impl Provenance {
                     internal_parameters: InternalParameters {
                         builder: builder.name.clone(),
                         grants_digest: digest_of(&grants),
+                        project: job.project.clone(),
+                        protected: job.protected,
                     },
                     resolved_dependencies: dependencies,
                 },
@@ -195,9 +193,14 @@ impl Provenance {
         }
     }
 
-    /// Writes, signs and attaches the statement about `facts`' build, and
-    /// checks the registry lists it as referring to the image.
-    pub async fn attest(&self, facts: &BuildFacts<'_>) -> Result<Attestation, String> {
+    /// Writes, signs and attaches the statement about `facts`' build
+    /// through `registry`, and checks the registry lists it as referring
+    /// to the image.
+    pub async fn attest(
+        &self,
+        registry: &RegistryClient,
+        facts: &BuildFacts<'_>,
+    ) -> Result<Attestation, String> {
         let statement = self.statement(facts);
         let payload = serde_json::to_vec(&statement).map_err(|e| e.to_string())?;
         let envelope = self.key.sign(IN_TOTO_PAYLOAD, &payload);
@@ -210,15 +213,14 @@ impl Provenance {
             .ok_or_else(|| format!("{image} was pushed without a digest"))?;
         let repository = reference(image)?;
         let pinned = reference(&format!("{}@{}", repository_of(image), digest.as_str()))?;
-        let subject = self
-            .registry
+        let subject = registry
             .manifest(&pinned)
             .await?
             .ok_or_else(|| format!("{pinned} is not in the registry"))?;
         let (attached, index) =
-            attach::attach(&self.registry, &repository, &subject, &envelope_bytes).await?;
+            attach::attach(registry, &repository, &subject, &envelope_bytes).await?;
         let listed =
-            attach::attestations(&self.registry, &repository, &subject.digest, Some(index)).await?;
+            attach::attestations(registry, &repository, &subject.digest, Some(index)).await?;
         if !listed.contains(&attached) {
             return Err(format!(
                 "the registry does not list the attestation {attached} as referring to {pinned}"
@@ -235,10 +237,11 @@ impl Provenance {
     /// Each of `images` (the external images the parsed Dockerfile uses)
     /// with its digest: the one the build tool used where the host could
     /// ask it (`used`: the job's container storage after the build),
-    /// else the one the registry gives now. The annotation `resolvedBy`
+    /// else the one `registry` gives now. The annotation `resolvedBy`
     /// says which (`build-tool` or `registry`).
     pub async fn base_images(
         &self,
+        registry: &RegistryClient,
         images: &[String],
         used: &BTreeMap<String, String>,
     ) -> Vec<ResourceDescriptor> {
@@ -251,7 +254,7 @@ impl Provenance {
             let digest = match used.get(image) {
                 Some(digest) => Some((digest.clone(), "build-tool")),
                 None => match reference(image) {
-                    Ok(reference) => match self.registry.manifest(&reference).await {
+                    Ok(reference) => match registry.manifest(&reference).await {
                         Ok(Some(manifest)) => Some((manifest.digest, "registry")),
                         _ => None,
                     },
@@ -266,15 +269,6 @@ impl Provenance {
             resolved.push(descriptor);
         }
         resolved
-    }
-}
-
-/// `image` without its tag or digest.
-fn repository_of(image: &str) -> String {
-    let image = image.split('@').next().unwrap_or(image);
-    match image.rsplit_once(':') {
-        Some((repository, tag)) if !tag.contains('/') => repository.to_string(),
-        _ => image.to_string(),
     }
 }
 
@@ -364,25 +358,4 @@ pub async fn verify(
         }
     }
     Err(format!("{pinned} does not verify: {}", failures.join("; ")))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_repository_is_the_image_without_tag_or_digest() {
-        assert_eq!(
-            repository_of("127.0.0.1:5000/team/app:v1"),
-            "127.0.0.1:5000/team/app"
-        );
-        assert_eq!(
-            repository_of("127.0.0.1:5000/team/app"),
-            "127.0.0.1:5000/team/app"
-        );
-        assert_eq!(
-            repository_of("127.0.0.1:5000/team/app@sha256:abc"),
-            "127.0.0.1:5000/team/app"
-        );
-    }
 }

@@ -81,6 +81,13 @@ pub struct InternalParameters {
     /// `sha256:` digest of the grants the builder ran under (as `GET
     /// /v1/builders` shows them).
     pub grants_digest: String,
+    /// The project whose job it was; absent for a job of no project.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
+    /// Whether the ref built is one of the project's protected refs (the
+    /// job named it in full and the project protects it).
+    #[serde(default)]
+    pub protected: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]

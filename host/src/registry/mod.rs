@@ -6,11 +6,59 @@ mod publish;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 pub use publish::{Publisher, Pushed};
 
 use crate::config::RegistryConfig;
+use crate::job::Job;
 use crate::reference::registry_of;
+
+/// Whose credentials a job's registry traffic carries — its base images'
+/// pulls, its push, the host's check of the push and its provenance's
+/// attachment: the operator's for a job of no project, its project's own
+/// auth file for a project's, and none at all for a project without one
+/// (or one this host does not know). Made here alone; every part of a
+/// run takes its [`RegistrySettings`] from [`RegistryAccess::for_job`].
+#[derive(Debug, Clone, Default)]
+pub struct RegistryAccess {
+    operator: Arc<RegistrySettings>,
+    projects: BTreeMap<String, Arc<RegistrySettings>>,
+    anonymous: Arc<RegistrySettings>,
+}
+
+impl RegistryAccess {
+    /// The operator's settings, and each project's (the same registries,
+    /// its own credentials).
+    pub fn new(operator: RegistrySettings, projects: BTreeMap<String, RegistrySettings>) -> Self {
+        RegistryAccess {
+            anonymous: Arc::new(RegistrySettings::new(operator.registries.clone(), None)),
+            operator: Arc::new(operator),
+            projects: projects
+                .into_iter()
+                .map(|(name, settings)| (name, Arc::new(settings)))
+                .collect(),
+        }
+    }
+
+    /// The operator's settings: registries, TLS, the operator's
+    /// credentials.
+    pub fn operator(&self) -> &Arc<RegistrySettings> {
+        &self.operator
+    }
+
+    /// What `job`'s registry traffic goes with.
+    pub fn for_job(&self, job: &Job) -> Arc<RegistrySettings> {
+        match &job.project {
+            None => self.operator.clone(),
+            Some(project) => self
+                .projects
+                .get(project)
+                .unwrap_or(&self.anonymous)
+                .clone(),
+        }
+    }
+}
 
 /// How to reach registries: TLS, mirrors and credentials, alike for the
 /// base-image pulls of builds, the host's pushes and its registry checks.
@@ -106,27 +154,42 @@ impl RegistrySettings {
     }
 
     /// Writes a run's copy of these settings into `state` (outside the
-    /// job workspace): its `registries.conf` and, with credentials, a copy
-    /// of the auth file (mode 0600) removed with the run, so no program
-    /// of a job learns where the operator keeps the credentials. The
-    /// variables that point a build tool at them.
+    /// job workspace): its `registries.conf`, with credentials a copy of
+    /// the auth file (mode 0600), and a Docker client directory holding
+    /// the same credentials (or none) as its `config.json` — all removed
+    /// with the run, so no program of a job learns where the credentials
+    /// are kept, and a `docker` of the run gets the job's credentials,
+    /// not the engine's. The variables that point the build tools at them.
     pub fn write_for_run(&self, state: &Path) -> std::io::Result<BTreeMap<String, String>> {
-        let registries_conf = state.join("registries.conf");
-        std::fs::write(&registries_conf, self.registries_conf())?;
-        let mut env = BTreeMap::from([(
-            "CONTAINERS_REGISTRIES_CONF".to_string(),
-            registries_conf.display().to_string(),
-        )]);
-        if let Some(file) = &self.auth_file {
-            use std::io::Write as _;
-            use std::os::unix::fs::OpenOptionsExt as _;
-            let copy = state.join(crate::workspace::RUN_AUTH_FILE);
+        use std::io::Write as _;
+        use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+        let private = |path: &Path, bytes: &[u8]| {
             std::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
                 .mode(0o600)
-                .open(&copy)?
-                .write_all(&std::fs::read(file)?)?;
+                .open(path)?
+                .write_all(bytes)
+        };
+        let registries_conf = state.join("registries.conf");
+        std::fs::write(&registries_conf, self.registries_conf())?;
+        let credentials = self.auth_file.as_ref().map(std::fs::read).transpose()?;
+        let docker = state.join(crate::workspace::RUN_DOCKER_CONFIG);
+        std::fs::DirBuilder::new().mode(0o700).create(&docker)?;
+        private(
+            &docker.join("config.json"),
+            credentials.as_deref().unwrap_or(b"{}"),
+        )?;
+        let mut env = BTreeMap::from([
+            (
+                "CONTAINERS_REGISTRIES_CONF".to_string(),
+                registries_conf.display().to_string(),
+            ),
+            ("DOCKER_CONFIG".to_string(), docker.display().to_string()),
+        ]);
+        if let Some(credentials) = &credentials {
+            let copy = state.join(crate::workspace::RUN_AUTH_FILE);
+            private(&copy, credentials)?;
             env.insert("REGISTRY_AUTH_FILE".into(), copy.display().to_string());
         }
         Ok(env)
@@ -136,6 +199,57 @@ impl RegistrySettings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_projects_job_never_gets_the_operators_credentials() {
+        let dir = tempfile::tempdir().unwrap();
+        let auth = |name: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, r#"{"auths": {}}"#).unwrap();
+            Some(path)
+        };
+        let registries = BTreeMap::from([("r.example".to_string(), RegistryConfig::default())]);
+        let access = RegistryAccess::new(
+            RegistrySettings::new(registries.clone(), auth("operator.json")),
+            BTreeMap::from([
+                (
+                    "team-a".to_string(),
+                    RegistrySettings::new(registries.clone(), None),
+                ),
+                (
+                    "team-b".to_string(),
+                    RegistrySettings::new(registries, auth("team-b.json")),
+                ),
+            ]),
+        );
+        let job = |project: Option<&str>| Job {
+            project: project.map(String::from),
+            ..crate::job::Job::from_request(
+                crate::job::JobRequest {
+                    repo_url: "https://git.example/app.git".into(),
+                    ..Default::default()
+                },
+                &crate::job::SubmitPolicy::for_builders("simulated", ["simulated"]),
+                chrono::Utc::now(),
+            )
+            .unwrap()
+        };
+        let auth_of = |project: Option<&str>| {
+            access
+                .for_job(&job(project))
+                .auth_file()
+                .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        };
+        assert_eq!(auth_of(None).as_deref(), Some("operator.json"));
+        assert_eq!(auth_of(Some("team-a")), None);
+        assert_eq!(auth_of(Some("team-b")).as_deref(), Some("team-b.json"));
+        assert_eq!(auth_of(Some("unknown-here")), None);
+        // Without credentials, the same registries all the same.
+        assert_eq!(
+            access.for_job(&job(Some("unknown-here"))).endpoints(),
+            ["r.example"]
+        );
+    }
 
     #[test]
     fn registries_conf_carries_tls_and_mirrors() {
@@ -182,6 +296,12 @@ mod tests {
         assert!(
             !env.values().any(|v| v.contains("operator-auth")),
             "{env:?}"
+        );
+        let docker = std::fs::read(state.join("docker/config.json")).unwrap();
+        assert_eq!(docker, std::fs::read(&auth).unwrap());
+        assert_eq!(
+            env["DOCKER_CONFIG"],
+            state.join("docker").display().to_string()
         );
         let conf = state.join("registries.conf");
         assert_eq!(

@@ -35,7 +35,7 @@ impl Inner {
             slot.dir().file_name().unwrap_or_default().to_string_lossy()
         );
         let limits = builder.info().build_limits;
-        let registries = self.config.registries.endpoints();
+        let registries = self.config.registries.operator().endpoints();
         slot.engine(|dir| async move {
             ManagedEngine::start(cgroups, &name, &dir, &limits, registries, settings).await
         })
@@ -67,7 +67,7 @@ impl Inner {
             cache_mounts,
             files: dirs.jail_files(),
             network: builder.network(),
-            registries: self.config.registries.endpoints(),
+            registries: self.config.registries.operator().endpoints(),
             cgroup,
             cgroup_namespace: false,
         })

@@ -50,7 +50,7 @@ use crate::notify::Notifications;
 use crate::plugin::PluginRuntime;
 use crate::provenance::Provenance;
 use crate::queue::{JobQueue, LostRun};
-use crate::registry::{Publisher, RegistrySettings};
+use crate::registry::RegistryAccess;
 use crate::secrets::BuildSecrets;
 use crate::source::Checkout;
 use crate::store::{JobStore, StoreError};
@@ -85,10 +85,9 @@ pub struct ServiceConfig {
     pub notifications: Arc<Notifications>,
     /// Signs and attaches the provenance of real builds; `None`: off.
     pub provenance: Option<Arc<Provenance>>,
-    /// Pushes what real builders built and confirms it in the registry.
-    pub publisher: Publisher,
-    /// How builds reach registries (for their base images).
-    pub registries: Arc<RegistrySettings>,
+    /// How each job's builds, pushes and registry checks reach
+    /// registries, with whose credentials.
+    pub registries: RegistryAccess,
     /// Checks out real builders' sources.
     pub checkout: Checkout,
     /// Where images of jobs that name none go (`host[:port][/namespace]`).

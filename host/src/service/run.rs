@@ -14,7 +14,7 @@ use super::confine::{blame_limit, limit_reached};
 use super::table::Entry;
 use crate::audit::AuditTrail;
 use crate::backoff::Backoff;
-use crate::cache::CacheSlot;
+use crate::cache::{CacheScope, CacheSlot};
 use crate::cancel::CancelSignal;
 use crate::cgroup::RunCgroup;
 use crate::docker_engine::DockerEngine;
@@ -24,7 +24,8 @@ use crate::job::{FailureKind, Job, Outcome};
 use crate::log::JobLog;
 use crate::plugin::{Builder, Built, RunContext};
 use crate::provenance::{BuildFacts, Provenance};
-use crate::registry::Pushed;
+use crate::registry::oci::RegistryClient;
+use crate::registry::{Publisher, Pushed, RegistrySettings};
 use crate::store::StoredJob;
 use crate::workspace::{JobDirs, run_name};
 
@@ -47,6 +48,8 @@ struct Attempt<'a> {
     audit: &'a Arc<AuditTrail>,
     /// The run's image name in its builder's Docker Engine, if it has one.
     engine_image: Option<&'a str>,
+    /// How the run reaches registries, with the job's credentials.
+    registries: &'a Arc<RegistrySettings>,
 }
 
 impl Inner {
@@ -173,7 +176,10 @@ impl Inner {
         };
         let mut slot = match simulated || !wants_slot {
             true => None,
-            false => match cache.acquire(&job.builder, &job.repo_url).await {
+            false => match cache
+                .acquire(&job.builder, &CacheScope::of(job), &job.repo_url)
+                .await
+            {
                 Ok(slot) => slot,
                 Err(e) => {
                     return Outcome::failed(
@@ -212,9 +218,10 @@ impl Inner {
             _ => None,
         };
         let root = self.config.workspace_dir.join(&run);
+        let registries = self.config.registries.for_job(job);
         let dirs = match JobDirs::create(
             root.clone(),
-            &self.config.registries,
+            &registries,
             cache.driver(),
             slot.as_ref().map(|s| s.dir()),
             match simulated {
@@ -237,6 +244,17 @@ impl Inner {
             ),
             None => format!("[helix] running on builder '{}'", job.builder),
         });
+        if let (Some(project), false) = (&job.project, simulated) {
+            log.push(&match registries.auth_file() {
+                Some(_) => format!(
+                    "[helix] registry credentials: project {project}'s own (its registry_auth)"
+                ),
+                None => format!(
+                    "[helix] registry credentials: none; project {project} has no registry_auth, \
+                     so its pulls and pushes are anonymous"
+                ),
+            });
+        }
         let engine = match (operator_engine, &managed, slot.as_mut()) {
             (Some(engine), _, _) => {
                 log.push(&format!(
@@ -276,6 +294,16 @@ impl Inner {
             }
             (None, None, _) => None,
         };
+        if let Some(slot) = &slot
+            && let Some(emptied) = slot.emptied()
+        {
+            log.push(&format!(
+                "[helix] build cache slot {} held the layers of {}: emptied for {}",
+                slot.dir().display(),
+                emptied.describe(),
+                CacheScope::of(job).describe()
+            ));
+        }
         if engine.is_some() {
         } else if !simulated {
             log.push(&match &slot {
@@ -321,7 +349,7 @@ impl Inner {
         if let Some(slot) = slot.as_ref().filter(|_| engine.is_none()) {
             slot.clean(&cleanup_env, log, jail.as_deref()).await;
         }
-        let audit = Arc::new(AuditTrail::new(job.attempts));
+        let audit = Arc::new(AuditTrail::new(job.attempts).of_project(job.project.clone()));
         let engine_image = engine.as_ref().map(|_| DockerEngine::image_name(&run));
         let attempt = Attempt {
             dirs: &dirs,
@@ -332,6 +360,7 @@ impl Inner {
             engine: engine.as_ref(),
             audit: &audit,
             engine_image: engine_image.as_deref(),
+            registries: &registries,
         };
         let outcome = self
             .build_and_publish(job, &builder, attempt)
@@ -387,6 +416,7 @@ impl Inner {
             engine,
             audit,
             engine_image,
+            registries,
         } = attempt;
         let confined = Confinement {
             cgroup: cgroup.as_deref(),
@@ -429,10 +459,10 @@ impl Inner {
                 )
             })?;
         let workspace_dir = workspace.clone();
-        let mut program_env = dirs.program_env();
-        if let Some(engine) = engine {
-            program_env.extend(engine.env());
-        }
+        let mut program_env = engine.map(|e| e.env()).unwrap_or_default();
+        // The run's own registry settings over the engine's client
+        // settings: its `docker` gets the job's credentials.
+        program_env.extend(dirs.program_env());
         let mut values = JobValues {
             secrets,
             registry_cache: builder.registry_cache_for(job),
@@ -472,9 +502,8 @@ impl Inner {
                         several_platforms: job.platforms.len() > 1,
                     },
                 };
-                let result = self
-                    .config
-                    .publisher
+                let publisher = Publisher::new(registries.clone());
+                let result = publisher
                     .publish(pushed, &image, &job.platforms, log, cancel, confined)
                     .await
                     .map_err(|outcome| outcome.redacted(|text| log.redact(text)))?;
@@ -483,8 +512,7 @@ impl Inner {
                 {
                     let used = match (&built, engine) {
                         (Built::LocalImage, None) => {
-                            self.config
-                                .publisher
+                            publisher
                                 .storage_digests(
                                     &source.external_images,
                                     &env,
@@ -498,16 +526,19 @@ impl Inner {
                         _ => BTreeMap::new(),
                     };
                     let (_, trail) = audit.stored();
+                    let registry = RegistryClient::new(registries.clone());
                     let facts = BuildFacts {
                         job,
                         commit: commit.as_deref().unwrap_or_default(),
                         result: &result,
                         builder: builder.info(),
                         dockerfile_sha256: &source.dockerfile_sha256,
-                        base_images: provenance.base_images(&source.external_images, &used).await,
+                        base_images: provenance
+                            .base_images(&registry, &source.external_images, &used)
+                            .await,
                         audit: trail.as_bytes(),
                     };
-                    self.attest(provenance, &facts, log).await?;
+                    self.attest(provenance, &registry, &facts, log).await?;
                 }
                 Ok(Outcome::Succeeded(result))
             }
@@ -528,10 +559,11 @@ impl Inner {
     async fn attest(
         &self,
         provenance: &Provenance,
+        registry: &RegistryClient,
         facts: &BuildFacts<'_>,
         log: &JobLog,
     ) -> Result<(), Outcome> {
-        let attestation = provenance.attest(facts).await.map_err(|e| {
+        let attestation = provenance.attest(registry, facts).await.map_err(|e| {
             Outcome::failed(
                 FailureKind::Registry,
                 format!("could not attach the build's provenance to the image: {e}"),

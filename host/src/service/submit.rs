@@ -1,5 +1,6 @@
 //! Accepting a job: validated, within capacity, durable once acknowledged; a job that cancels its group's older runs does so here.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use chrono::Utc;
@@ -16,13 +17,14 @@ impl Service {
     }
 
     /// [`Service::submit`] for `project`: the job is that project's and
-    /// may name only the secrets it may use (unknown ones are refused
-    /// naming only those). `None`: a job of no project, which may name any
-    /// secret the server defines.
+    /// must meet its rules — its repositories, images, builders, and the
+    /// secrets it may use (refusals name only what the project may use).
+    /// `None`: a job of no project, which may name any secret the server
+    /// defines.
     pub async fn submit_for(
         &self,
         request: JobRequest,
-        project: Option<&Project>,
+        project: Option<&Arc<Project>>,
     ) -> Result<Job, ServiceError> {
         if self.inner.stopping.load(Ordering::SeqCst) {
             return Err(ServiceError::ShuttingDown);
@@ -32,12 +34,7 @@ impl Service {
             None => Job::from_request(request, &policy, Utc::now())?,
             Some(project) => {
                 let own = SubmitPolicy {
-                    secrets: project
-                        .secrets
-                        .intersection(&policy.secrets)
-                        .cloned()
-                        .collect(),
-                    project: Some(project.name.clone()),
+                    project: Some(project.clone()),
                     ..(*policy).clone()
                 };
                 Job::from_request(request, &own, Utc::now())?

@@ -1,18 +1,25 @@
 //! Projects over HTTP: two projects' tokens and the admin's against the
 //! real API and service (simulated builder), on SQLite and PostgreSQL —
 //! every scope's 403, another project's job a 404 exactly like a missing
-//! one, list isolation, admin-only reload, per-project secrets, expiry.
+//! one, list isolation, admin-only reload, per-project secrets, expiry,
+//! and each rule a project's submissions must meet. With real builds
+//! (podman, BuildKit, a registry with a password): per-project registry
+//! credentials and layer caches.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 use helix_build::config::{Config, ProjectConfig, TokenConfig};
+use helix_build::job::{Job, JobRequest, State};
 use helix_build::secrets::SecretSource;
+use helix_build::service::Service;
 use helix_build::{api, app};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
 
 use crate::common;
+use crate::common::LogText as _;
 
 const ADMIN: &str = "admin-token-0123456789";
 const A_ALL: &str = "team-a-all-scopes-token";
@@ -64,6 +71,7 @@ fn two_projects(dir: &tempfile::TempDir, store_url: Option<String>) -> Config {
                     token(A_EXPIRED, &all, Some("2001-01-01T00:00:00+01:00")),
                 ],
                 secrets: vec!["a_key".into()],
+                ..ProjectConfig::default()
             },
         ),
         (
@@ -75,6 +83,7 @@ fn two_projects(dir: &tempfile::TempDir, store_url: Option<String>) -> Config {
                     ..TokenConfig::default()
                 }],
                 secrets: vec!["b_key".into()],
+                ..ProjectConfig::default()
             },
         ),
     ]);
@@ -390,4 +399,476 @@ async fn without_projects_the_token_works_as_before() {
         .call(None, reqwest::Method::GET, "/v1/jobs", None)
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+/// A config whose team-a has every rule a project can have: repositories,
+/// images, builders, protected refs with a protected-only secret; team-b
+/// has none but a secret of its own. `buildkit` builds in an operator's
+/// engine (one that never answers: nothing here runs on it).
+fn ruled_projects(dir: &tempfile::TempDir, store_url: Option<String>) -> Config {
+    let mut config = common::with_engine_at(
+        common::config(dir, 2, 100),
+        "unix:///run/helix-test-no-engine.sock",
+    );
+    config.token = Some(ADMIN.into());
+    config.store_url = store_url;
+    config.registries.insert(
+        "registry.example:5000".into(),
+        helix_build::config::RegistryConfig::default(),
+    );
+    for name in ["a_npm", "a_deploy", "b_key"] {
+        let path = dir.path().join(name);
+        std::fs::write(&path, format!("value-of-{name}")).unwrap();
+        config.secrets.insert(
+            name.to_string(),
+            SecretSource {
+                file: Some(path),
+                ..SecretSource::default()
+            },
+        );
+    }
+    let all = ["jobs:submit", "jobs:read", "jobs:cancel"];
+    let list = |items: &[&str]| items.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    config.projects = BTreeMap::from([
+        (
+            "team-a".to_string(),
+            ProjectConfig {
+                tokens: vec![token(A_ALL, &all, None)],
+                secrets: list(&["a_npm"]),
+                protected_secrets: list(&["a_deploy"]),
+                protected_refs: list(&["refs/heads/main", "refs/tags/v*"]),
+                repositories: Some(list(&["https://git.example/team-a/*"])),
+                images: Some(list(&["registry.example:5000/team-a/"])),
+                builders: Some(list(&["simulated", "podman"])),
+                ..ProjectConfig::default()
+            },
+        ),
+        (
+            "team-b".to_string(),
+            ProjectConfig {
+                tokens: vec![token(B_ALL, &all, None)],
+                secrets: list(&["b_key"]),
+                ..ProjectConfig::default()
+            },
+        ),
+    ]);
+    config.validated().expect("the ruled config is valid")
+}
+
+async fn a_projects_rules_hold_at_submit(server: &Server) {
+    let submission = |extra: Value| {
+        let mut body = json!({
+            "repo_url": "https://git.example/team-a/app.git",
+            "build_args": { "HELIX_SIMULATE_DELAY_MS": "0" },
+        });
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        body
+    };
+    let refused = async |token: &str, extra: Value| {
+        let (status, body) = server.post(token, "/v1/jobs", submission(extra)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        message(&body)
+    };
+    let accepted = async |token: &str, extra: Value| {
+        let (status, body) = server.post(token, "/v1/jobs", submission(extra)).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        serde_json::from_str::<Value>(&body).unwrap()
+    };
+
+    // Repositories: only the project's, and no `..` around the pattern.
+    for url in [
+        "https://git.example/team-b/app.git",
+        "https://git.example/team-a/../team-b/app.git",
+    ] {
+        let error = refused(A_ALL, json!({ "repo_url": url })).await;
+        assert!(error.starts_with("invalid job: repo_url: "), "{error}");
+        assert!(
+            error.ends_with("project team-a may build: https://git.example/team-a/*"),
+            "{error}"
+        );
+    }
+    // Builders.
+    assert_eq!(
+        refused(A_ALL, json!({ "builder": "buildah" })).await,
+        "invalid job: builder: project team-a may not use builder 'buildah'; it may use: podman, simulated"
+    );
+    // Images: under the project's prefixes, whole components only.
+    for image in [
+        "registry.example:5000/team-b/app:latest",
+        "registry.example:5000/team-ab/app",
+    ] {
+        let error = refused(A_ALL, json!({ "image": image })).await;
+        assert!(error.starts_with("invalid job: image: "), "{error}");
+        assert!(
+            error.ends_with("project team-a may push to: registry.example:5000/team-a/"),
+            "{error}"
+        );
+    }
+    let job = accepted(
+        A_ALL,
+        json!({ "image": "registry.example:5000/team-a/app:1" }),
+    )
+    .await;
+    assert_eq!(job["project"], "team-a");
+    // A real builder pushes to configured registries only, whoever asks.
+    for token in [A_ALL, ADMIN] {
+        let error = refused(
+            token,
+            json!({ "builder": "podman", "image": "elsewhere.example/team-a/app:1" }),
+        )
+        .await;
+        assert_eq!(
+            error,
+            "invalid job: image: \"elsewhere.example/team-a/app:1\" is in registry elsewhere.example, \
+             which this server does not push to; configured: registry.example:5000"
+        );
+    }
+
+    // Protected secrets: only for a protected ref, named in full; the
+    // refusal names only the caller's own secrets.
+    for git_ref in ["feature", "main", "refs/heads/feature"] {
+        let error = refused(A_ALL, json!({ "secrets": ["a_deploy"], "ref": git_ref })).await;
+        assert_eq!(
+            error,
+            format!(
+                "invalid job: secrets: secret 'a_deploy' is for protected refs only \
+                 (refs/heads/main, refs/tags/v*), and '{git_ref}' is not one (name the full ref, \
+                 e.g. refs/heads/main); project team-a may use here: a_npm"
+            )
+        );
+    }
+    assert_eq!(
+        refused(
+            A_ALL,
+            json!({ "secrets": ["b_key"], "ref": "refs/tags/v1" })
+        )
+        .await,
+        "invalid job: secrets: unknown secret 'b_key'; project team-a may use: a_deploy, a_npm"
+    );
+    let release = accepted(
+        A_ALL,
+        json!({ "secrets": ["a_deploy", "a_npm"], "ref": "refs/tags/v1.2" }),
+    )
+    .await;
+    assert_eq!(release["protected"], true);
+    let feature = accepted(A_ALL, json!({ "secrets": ["a_npm"], "ref": "feature" })).await;
+    assert_eq!(feature["protected"], false);
+    // The project and the protection are stored with the job and in its
+    // audit trail.
+    for (job, protected) in [(&release, true), (&feature, false)] {
+        let id = job["id"].as_str().unwrap();
+        let (status, body) = server
+            .get(A_ALL, &format!("/v1/jobs/{id}/wait?timeout_secs=30"))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let ended: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(ended["state"], "succeeded", "{body}");
+        assert_eq!(ended["protected"], protected, "{body}");
+        let (status, body) = server.get(A_ALL, &format!("/v1/jobs/{id}/audit")).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(
+            serde_json::from_str::<Value>(&body).unwrap()["project"],
+            "team-a",
+            "{body}"
+        );
+    }
+
+    // Credentials in a repository URL: refused for everyone, never echoed,
+    // never stored.
+    for (token, url) in [
+        (A_ALL, "https://ci:hunter2-pass@git.example/team-a/app.git"),
+        (ADMIN, "https://hunter2-pass@git.example/team-a/app.git"),
+        (B_ALL, "ssh://git:hunter2-pass@git.example/team-b/app.git"),
+    ] {
+        let (status, body) = server
+            .post(token, "/v1/jobs", submission(json!({ "repo_url": url })))
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert!(
+            message(&body).starts_with("invalid job: repo_url: must not hold credentials"),
+            "{body}"
+        );
+        assert!(message(&body).contains("project's secrets"), "{body}");
+        assert!(!body.contains("hunter2"), "{body}");
+    }
+    let (_, everything) = server.get(ADMIN, "/v1/jobs?limit=1000").await;
+    assert!(!everything.contains("hunter2"), "{everything}");
+
+    // An operator's engine shares its cache between every job: no
+    // project's job builds in it.
+    let error = refused(B_ALL, json!({ "builder": "buildkit" })).await;
+    assert!(
+        error.starts_with(
+            "invalid job: builder: builder 'buildkit' builds in the operator's Docker Engine, \
+             whose cache every job shares, so no project's job may use it"
+        ),
+        "{error}"
+    );
+
+    // team-b has no rules of its own: any repository, any image.
+    let job = accepted(
+        B_ALL,
+        json!({ "repo_url": "https://elsewhere.example/x.git", "image": "registry.example:5000/team-a/app:1" }),
+    )
+    .await;
+    assert_eq!(job["project"], "team-b");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_projects_rules_hold_at_submit_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&ruled_projects(&dir, None)).await;
+    a_projects_rules_hold_at_submit(&server).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_projects_rules_hold_at_submit_on_postgres() {
+    let postgres = helix_fixtures::Postgres::start();
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&ruled_projects(&dir, Some(postgres.url()))).await;
+    a_projects_rules_hold_at_submit(&server).await;
+}
+
+/// `skopeo login` into `registry` as `user`, writing the auth file `path`
+/// as an operator (or a team) would.
+fn login(path: &std::path::Path, registry: &str, user: &str, password: &str) -> PathBuf {
+    helix_fixtures::run(
+        path.parent().unwrap(),
+        "skopeo",
+        &[
+            "login",
+            "--tls-verify=false",
+            "--authfile",
+            &path.display().to_string(),
+            "--username",
+            user,
+            "--password",
+            password,
+            registry,
+        ],
+    );
+    path.to_path_buf()
+}
+
+/// A repository whose Dockerfile builds on `base` and writes `/proof`.
+fn repo_on(base: &str) -> tempfile::TempDir {
+    let repo = tempfile::tempdir().unwrap();
+    std::fs::write(
+        repo.path().join("Dockerfile"),
+        format!("FROM {base}\nRUN [\"/bin/busybox\", \"sh\", \"-c\", \"echo on-team-b-base > /proof\"]\n"),
+    )
+    .unwrap();
+    helix_fixtures::git(repo.path(), &["init", "-q", "-b", "main"]);
+    helix_fixtures::git(repo.path(), &["add", "-A"]);
+    helix_fixtures::git(repo.path(), &["commit", "-qm", "on a private base"]);
+    repo
+}
+
+/// Submits `request` for `project` (as its token would) and waits for
+/// its end: the job and its log.
+async fn run_for(
+    service: &Service,
+    access: &helix_build::access::Access,
+    project: &str,
+    request: JobRequest,
+) -> (Job, Vec<String>) {
+    let job = service
+        .submit_for(request, access.project(project))
+        .await
+        .unwrap();
+    let job = common::finished(service, &job.id).await;
+    let logs = service.logs(job.id.as_str()).await.unwrap().texts();
+    eprintln!(
+        "--- {project} {} ({}): {:?}\n{}",
+        job.id,
+        job.state,
+        job.error,
+        logs.join("\n")
+    );
+    (job, logs)
+}
+
+/// team-b's private base image, in a registry only team-b's password
+/// opens: a team-a job (no credentials of its own) fails to pull it as it
+/// would on a team-a laptop, though the operator's auth file could; a
+/// team-b job pulls it, pushes and attaches its provenance with team-b's
+/// own auth file. With podman (its storage, the host's push) and BuildKit
+/// in a managed engine (its `docker` client, the engine's push).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_project_pulls_and_pushes_with_its_own_credentials_only() {
+    const PASSWORD: &str = "team-b-Passw0rd";
+    let registry = helix_fixtures::Registry::with_password("team-b", PASSWORD);
+    let creds = format!("team-b:{PASSWORD}");
+    let base = format!("{}/team-b/private-base:1", registry.address);
+    common::push_base_image(&base, Some(&creds), &["linux/amd64"]);
+    let repo = repo_on(&base);
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::with_managed_engine(common::real_config(&dir, &registry.address));
+    let auth = |name: &str| {
+        login(
+            &dir.path().join(name),
+            &registry.address,
+            "team-b",
+            PASSWORD,
+        )
+    };
+    // The operator's credentials open team-b's repositories too; no
+    // project's job may use them.
+    config.registry_auth_file = Some(auth("operator-auth.json"));
+    let images = |team: &str| Some(vec![format!("{}/{team}/", registry.address)]);
+    config.projects = BTreeMap::from([
+        (
+            "team-a".to_string(),
+            ProjectConfig {
+                images: images("team-a"),
+                ..ProjectConfig::default()
+            },
+        ),
+        (
+            "team-b".to_string(),
+            ProjectConfig {
+                images: images("team-b"),
+                registry_auth: Some(auth("team-b-auth.json")),
+                ..ProjectConfig::default()
+            },
+        ),
+    ]);
+    let config = config.validated().unwrap();
+    let access = config.access().unwrap();
+    let service = common::start(&config).await;
+    for builder in ["podman", "buildkit"] {
+        let request = |team: &str| JobRequest {
+            image: Some(format!("{}/{team}/app", registry.address)),
+            ..common::on_repo(repo.path(), builder)
+        };
+        let (job, logs) = run_for(&service, &access, "team-a", request("team-a")).await;
+        assert_eq!(job.state, State::Failed, "{builder}");
+        let error = job.error.clone().unwrap_or_default();
+        // BuildKit's refusal is not yet told from a build's own failure.
+        if builder == "podman" {
+            assert!(error.starts_with("registry error: "), "{builder}: {error}");
+            assert!(error.contains("team-b/private-base"), "{builder}: {error}");
+        }
+        assert!(
+            error.to_ascii_lowercase().contains("unauthorized"),
+            "{builder}: {error}"
+        );
+        assert!(
+            logs.iter().any(|l| l
+                == "[helix] registry credentials: none; project team-a has no registry_auth, \
+                    so its pulls and pushes are anonymous"),
+            "{builder}: {logs:?}"
+        );
+
+        let (job, logs) = run_for(&service, &access, "team-b", request("team-b")).await;
+        assert_eq!(job.state, State::Succeeded, "{builder}: {:?}", job.error);
+        assert!(
+            logs.iter()
+                .any(|l| l
+                    == "[helix] registry credentials: project team-b's own (its registry_auth)"),
+            "{builder}"
+        );
+        let reference = format!(
+            "{}@{}",
+            common::image_name(job.image_tag.as_deref().unwrap()),
+            job.digest.clone().unwrap()
+        );
+        let (proof, _) = common::pull_as(Some(&creds), &reference, "proof");
+        assert_eq!(proof, "on-team-b-base\n", "{builder}");
+        let provenance = service.provenance(job.id.as_str()).await.unwrap();
+        let internal = &provenance
+            .statement
+            .predicate
+            .build_definition
+            .internal_parameters;
+        assert_eq!(internal.project.as_deref(), Some("team-b"), "{builder}");
+        assert!(!internal.protected, "{builder}");
+        let everything = format!(
+            "{}\n{}",
+            logs.join("\n"),
+            serde_json::to_string(&job).unwrap()
+        );
+        assert!(!everything.contains(PASSWORD), "{builder}");
+    }
+}
+
+/// A cached step that writes a marker no other build could reproduce (a
+/// poisoned layer, as far as anyone else is concerned) serves the next
+/// build of its own project and ref kind only: team-b's identical build
+/// from the same repository, and team-a's own build of a protected ref,
+/// run the step afresh. One worker: one slot, handed from scope to scope.
+/// Refs named in full, as protected ones are: a branch other than the
+/// default one is checked out exactly too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poisoned_cache_step_of_one_project_never_serves_another() {
+    let registry = helix_fixtures::Registry::start(false);
+    let repo = helix_fixtures::busybox_repo(
+        "RUN [\"/bin/busybox\", \"sh\", \"-c\", \"/bin/busybox cat /proc/sys/kernel/random/uuid > /marker\"]\n",
+    );
+    helix_fixtures::git(repo.path(), &["branch", "feature"]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::real_config(&dir, &registry.address);
+    config.workers = 1;
+    config.projects = BTreeMap::from([
+        (
+            "team-a".to_string(),
+            ProjectConfig {
+                protected_refs: vec!["refs/heads/main".into()],
+                ..ProjectConfig::default()
+            },
+        ),
+        ("team-b".to_string(), ProjectConfig::default()),
+    ]);
+    let config = config.validated().unwrap();
+    let access = config.access().unwrap();
+    let service = common::start(&config).await;
+    let build = async |project: &str, git_ref: &str| {
+        let request = JobRequest {
+            git_ref: Some(git_ref.into()),
+            ..common::on_repo(repo.path(), "podman")
+        };
+        let (job, logs) = run_for(&service, &access, project, request).await;
+        assert_eq!(
+            job.state,
+            State::Succeeded,
+            "{project} {git_ref}: {:?}",
+            job.error
+        );
+        let reference = format!(
+            "{}@{}",
+            common::image_name(job.image_tag.as_deref().unwrap()),
+            job.digest.clone().unwrap()
+        );
+        let (marker, _) = common::pull(&reference, "marker");
+        let cached = logs.iter().filter(|l| l.contains("Using cache")).count();
+        (marker, cached, logs)
+    };
+    let (poisoned, cached, _) = build("team-a", "refs/heads/feature").await;
+    assert_eq!(cached, 0, "cold");
+    let (again, cached, _) = build("team-a", "refs/heads/feature").await;
+    assert_eq!(
+        (again.as_str(), cached),
+        (poisoned.as_str(), 2),
+        "team-a's own cache serves it"
+    );
+
+    let (b_marker, cached, logs) = build("team-b", "refs/heads/feature").await;
+    assert_eq!(cached, 0, "team-b reuses no step of team-a's");
+    assert_ne!(b_marker, poisoned);
+    assert!(
+        logs.iter()
+            .any(|l| l.contains("held the layers of project team-a: emptied for project team-b")),
+        "{logs:?}"
+    );
+    let (release, cached, logs) = build("team-a", "refs/heads/main").await;
+    assert_eq!(cached, 0, "a protected ref reuses no unprotected step");
+    assert!(release != poisoned && release != b_marker);
+    assert!(
+        logs.iter()
+            .any(|l| l.contains("emptied for project team-a, protected refs")),
+        "{logs:?}"
+    );
 }

@@ -4,6 +4,7 @@
 
 mod lifecycle;
 mod outcome;
+mod project;
 mod request;
 
 use std::collections::BTreeMap;
@@ -17,6 +18,7 @@ use crate::platform::Platform;
 
 pub use lifecycle::{State, TransitionError};
 pub use outcome::{BuildResult, FailureKind, Outcome};
+pub use project::{CacheScope, Project};
 pub use request::{
     InvalidJob, JobRequest, PRIORITIES, PRIORITY_AGING_SECS, SubmitPolicy, effective_priority,
 };
@@ -121,6 +123,11 @@ pub struct Job {
     /// job of a server without projects).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub project: Option<String>,
+    /// Whether it builds one of its project's protected refs (named in
+    /// full, as `refs/heads/main`): only then may it name the project's
+    /// protected secrets and use the project's protected cache.
+    #[serde(default)]
+    pub protected: bool,
     pub image: Option<String>,
     pub state: State,
     pub image_tag: Option<String>,

@@ -6,14 +6,15 @@
 mod rules;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::{BuildSteps, Job, JobId, State};
+use super::{BuildSteps, Job, JobId, Project, State, job_image};
 use crate::manifest::Manifest;
 use crate::platform::Platform;
-use crate::reference::validate_image_ref;
+use crate::reference::{registry_of, validate_image_ref};
 use rules::{
     check_buildable, normalise_context, parse_platforms, validate_build_args, validate_group,
     validate_labels, validate_ref, validate_relative_path, validate_secrets, validate_target,
@@ -138,12 +139,21 @@ pub struct SubmitPolicy {
     /// Builders a job may name (those loaded on this host), each with the
     /// platforms it can build here; `None`: any (a simulated builder).
     pub builders: BTreeMap<String, Option<Vec<Platform>>>,
-    /// Build secrets a job may name: those the operator defined, or
-    /// with `project` those that project may use.
+    /// Build secrets the operator defined: what a job of no project may
+    /// name, and what a project's secrets are taken from.
     pub secrets: BTreeSet<String>,
-    /// The project the submission is for (its job's `project`); `secrets`
-    /// are then that project's.
-    pub project: Option<String>,
+    /// The registries (`host[:port]`) the operator configured: a real
+    /// builder's job may push to these only.
+    pub registries: BTreeSet<String>,
+    /// Where images of jobs that name none go (`host[:port][/namespace]`).
+    pub default_registry: Option<String>,
+    /// Builders whose layer cache every job shares whatever its project
+    /// (those building in an operator's Docker Engine): no project's job
+    /// may use them.
+    pub shared_cache_builders: BTreeSet<String>,
+    /// The project the submission is for (its job's `project`), whose
+    /// rules it must then meet.
+    pub project: Option<Arc<Project>>,
 }
 
 impl SubmitPolicy {
@@ -182,6 +192,7 @@ impl Job {
         let builder = request
             .builder
             .unwrap_or_else(|| policy.default_builder.clone());
+        let project = policy.project.as_deref();
         let Some(buildable) = policy.builders.get(&builder) else {
             let available: Vec<&str> = policy.builders.keys().map(String::as_str).collect();
             return Err(InvalidJob::new(
@@ -192,9 +203,27 @@ impl Job {
                 ),
             ));
         };
+        if let Some(project) = project {
+            project.check_builder(&builder)?;
+            if policy.shared_cache_builders.contains(&builder) {
+                return Err(InvalidJob::new(
+                    "builder",
+                    format!(
+                        "builder '{builder}' builds in the operator's Docker Engine, whose cache every job \
+                         shares, so no project's job may use it; project {} may use a builder with \
+                         engine = \"managed\" (an engine per cache slot) instead",
+                        project.name
+                    ),
+                ));
+            }
+        }
         validate_repo_url(&request.repo_url, policy.allow_file_repos)?;
+        if let Some(project) = project {
+            project.check_repository(&request.repo_url)?;
+        }
         let git_ref = request.git_ref.unwrap_or_else(|| DEFAULT_REF.into());
         validate_ref(&git_ref)?;
+        let protected = project.is_some_and(|p| p.is_protected(&git_ref));
         let context = match request.context {
             Some(context) => normalise_context(&context)?,
             None => ROOT_CONTEXT.into(),
@@ -215,8 +244,14 @@ impl Job {
             validate_target(target)?;
         }
         validate_labels(&request.labels)?;
-        let secrets =
-            validate_secrets(request.secrets, &policy.secrets, policy.project.as_deref())?;
+        let secrets = match project {
+            None => validate_secrets(request.secrets, &policy.secrets, None)?,
+            Some(project) => validate_secrets(
+                request.secrets,
+                &project.usable_secrets(protected, &policy.secrets),
+                Some((project, &git_ref)),
+            )?,
+        };
         let priority = request.priority.unwrap_or(0);
         if !PRIORITIES.contains(&priority) {
             return Err(InvalidJob::new(
@@ -237,7 +272,7 @@ impl Job {
                 format!("must be 1 to {MAX_QUEUE_TTL_SECS} seconds (30 days), got {ttl}"),
             ));
         }
-        Ok(Job {
+        let job = Job {
             id,
             repo_url: request.repo_url,
             git_ref,
@@ -259,7 +294,8 @@ impl Job {
             not_before: None,
             group,
             builder,
-            project: policy.project.clone(),
+            project: project.map(|p| p.name.clone()),
+            protected,
             image: request.image,
             state: State::Queued,
             image_tag: None,
@@ -272,7 +308,30 @@ impl Job {
             attempts: 0,
             component_digest: None,
             steps: BuildSteps::default(),
-        })
+        };
+        // Where it will push, named or the default: a real builder's push
+        // goes to a registry the operator configured, a project's under
+        // its prefixes.
+        if let Some(image) = job_image(&job, policy.default_registry.as_deref()) {
+            let registry = registry_of(&image);
+            if buildable.is_some() && !policy.registries.contains(registry) {
+                let configured: Vec<&str> = policy.registries.iter().map(String::as_str).collect();
+                return Err(InvalidJob::new(
+                    "image",
+                    format!(
+                        "{image:?} is in registry {registry}, which this server does not push to; configured: {}",
+                        match configured.is_empty() {
+                            true => "none".to_string(),
+                            false => configured.join(", "),
+                        }
+                    ),
+                ));
+            }
+            if let Some(project) = project {
+                project.check_image(&image)?;
+            }
+        }
+        Ok(job)
     }
 }
 

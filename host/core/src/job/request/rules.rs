@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::{InvalidJob, MAX_RUNNING_LIMIT, ROOT_CONTEXT};
+use crate::job::Project;
 use crate::platform::Platform;
 
 const MAX_BUILD_ARGS: usize = 256;
@@ -50,8 +51,19 @@ pub(super) fn validate_group(
     Ok(Some(group))
 }
 
+/// A repository URL git may fetch with the transports the server allows.
+/// One holding credentials is refused first, and its text never echoed:
+/// a job's URL is stored, listed and shown in its log.
 pub fn validate_repo_url(url: &str, allow_file_repos: bool) -> Result<(), InvalidJob> {
     let err = |message: String| Err(InvalidJob::new("repo_url", message));
+    if has_credentials(url) {
+        return err(
+            "must not hold credentials (a password, or a user or token before '@' in an http(s) URL): \
+             the URL is stored and shown with the job. Give the build what it needs as the \
+             project's secrets instead (see \"Projects and tokens\")"
+                .into(),
+        );
+    }
     if url.is_empty() || url.len() > 2048 {
         return err("must be 1 to 2048 characters".into());
     }
@@ -94,6 +106,25 @@ pub fn validate_repo_url(url: &str, allow_file_repos: bool) -> Result<(), Invali
     err(format!(
         "{url:?} is not a repository URL; use https://, http://, ssh://, git:// or user@host:path"
     ))
+}
+
+/// Whether a repository URL carries credentials: a password in any form,
+/// or for anything but ssh any user at all (a token alone is one, as in
+/// `https://TOKEN@host/…`; ssh's `git@host` is a login name).
+fn has_credentials(url: &str) -> bool {
+    let (scheme, rest) = match url.split_once("://") {
+        Some((scheme, rest)) => (Some(scheme.to_ascii_lowercase()), rest),
+        None => (None, url),
+    };
+    let authority = rest.split('/').next().unwrap_or_default();
+    let Some((userinfo, _)) = authority.rsplit_once('@') else {
+        return false;
+    };
+    match scheme.as_deref() {
+        // scp-like `user@host:path` too.
+        Some("ssh") | None => userinfo.contains(':'),
+        Some(_) => true,
+    }
 }
 
 pub(super) fn validate_ref(git_ref: &str) -> Result<(), InvalidJob> {
@@ -217,12 +248,13 @@ pub(super) fn validate_labels(labels: &BTreeMap<String, String>) -> Result<(), I
     Ok(())
 }
 
-/// The job's secrets, sorted and unique; each must be one the operator
-/// defined.
+/// The job's secrets, sorted and unique; each must be one it may use:
+/// one the operator defined, or for `project` (with the job's ref) one of
+/// the project's. A refusal names only what the caller may use.
 pub(super) fn validate_secrets(
     names: Vec<String>,
-    defined: &BTreeSet<String>,
-    project: Option<&str>,
+    usable: &BTreeSet<String>,
+    project: Option<(&Project, &str)>,
 ) -> Result<Vec<String>, InvalidJob> {
     if names.len() > MAX_SECRETS {
         return Err(InvalidJob::new(
@@ -234,21 +266,27 @@ pub(super) fn validate_secrets(
         ));
     }
     let names: BTreeSet<String> = names.into_iter().collect();
-    if let Some(unknown) = names.iter().find(|n| !defined.contains(*n)) {
-        let defined: Vec<&str> = defined.iter().map(String::as_str).collect();
-        // A project's submitter learns its own secrets' names only.
-        let message = match (project, defined.is_empty()) {
+    if let Some(unknown) = names.iter().find(|n| !usable.contains(*n)) {
+        if let Some(refused) =
+            project.and_then(|(p, git_ref)| p.protected_only(unknown, git_ref, usable))
+        {
+            return Err(refused);
+        }
+        let usable: Vec<&str> = usable.iter().map(String::as_str).collect();
+        let message = match (project, usable.is_empty()) {
             (None, true) => format!("unknown secret '{unknown}': this server defines no secrets"),
             (None, false) => format!(
                 "unknown secret '{unknown}'; this server defines: {}",
-                defined.join(", ")
+                usable.join(", ")
             ),
-            (Some(project), true) => {
-                format!("unknown secret '{unknown}': project {project} may use no secrets")
-            }
-            (Some(project), false) => format!(
-                "unknown secret '{unknown}'; project {project} may use: {}",
-                defined.join(", ")
+            (Some((project, _)), true) => format!(
+                "unknown secret '{unknown}': project {} may use no secrets",
+                project.name
+            ),
+            (Some((project, _)), false) => format!(
+                "unknown secret '{unknown}'; project {} may use: {}",
+                project.name,
+                usable.join(", ")
             ),
         };
         return Err(InvalidJob::new("secrets", message));
@@ -384,7 +422,7 @@ mod tests {
     use chrono::Utc;
 
     use crate::job::fixtures::{job, request};
-    use crate::job::{Job, JobRequest, SubmitPolicy};
+    use crate::job::{Job, JobRequest, Project, SubmitPolicy};
     use crate::platform::Platform;
 
     #[test]
@@ -594,8 +632,10 @@ mod tests {
         assert!(err.message.contains("defines no secrets"), "{err}");
         // A project's submission: its own secrets, named as its own.
         let own = SubmitPolicy {
-            secrets: ["deploy".to_string()].into(),
-            project: Some("team-a".into()),
+            project: Some(std::sync::Arc::new(Project {
+                secrets: ["deploy".to_string(), "undefined".to_string()].into(),
+                ..Project::named("team-a")
+            })),
             ..policy.clone()
         };
         let err = Job::from_request(
@@ -621,5 +661,138 @@ mod tests {
         )
         .unwrap();
         assert_eq!(accepted.project.as_deref(), Some("team-a"));
+    }
+
+    #[test]
+    fn protected_secrets_need_a_protected_ref() {
+        let policy = SubmitPolicy {
+            secrets: [
+                "npm".to_string(),
+                "deploy_key".to_string(),
+                "other".to_string(),
+            ]
+            .into(),
+            project: Some(std::sync::Arc::new(Project {
+                secrets: ["npm".to_string()].into(),
+                protected_secrets: ["deploy_key".to_string()].into(),
+                protected_refs: vec!["refs/heads/main".into()],
+                ..Project::named("team-a")
+            })),
+            ..SubmitPolicy::for_builders("simulated", ["simulated"])
+        };
+        let submit = |git_ref: &str, secret: &str| {
+            Job::from_request(
+                JobRequest {
+                    git_ref: Some(git_ref.into()),
+                    secrets: vec![secret.into()],
+                    ..request()
+                },
+                &policy,
+                Utc::now(),
+            )
+        };
+        let release = submit("refs/heads/main", "deploy_key").unwrap();
+        assert!(release.protected);
+        assert_eq!(release.secrets, ["deploy_key"]);
+        for git_ref in ["main", "refs/heads/feature", "0123456789abcdef"] {
+            let err = submit(git_ref, "deploy_key").unwrap_err();
+            assert_eq!(err.field, "secrets");
+            assert_eq!(
+                err.message,
+                format!(
+                    "secret 'deploy_key' is for protected refs only (refs/heads/main), and '{git_ref}' \
+                     is not one (name the full ref, e.g. refs/heads/main); project team-a may use here: npm"
+                )
+            );
+        }
+        let feature = submit("refs/heads/feature", "npm").unwrap();
+        assert!(!feature.protected);
+        let err = submit("refs/heads/feature", "other").unwrap_err();
+        assert_eq!(
+            err.message,
+            "unknown secret 'other'; project team-a may use: npm"
+        );
+    }
+
+    #[test]
+    fn credentials_in_repository_urls_are_refused_and_never_echoed() {
+        for url in [
+            "https://user:hunter2@git.example/team/app.git",
+            "https://ghp_hunter2@git.example/team/app.git",
+            "http://u:hunter2@git.example/app",
+            "ssh://git:hunter2@git.example/app",
+            "git://hunter2@git.example/app",
+            "git:hunter2@git.example:team/app.git",
+        ] {
+            let err = job(JobRequest {
+                repo_url: url.into(),
+                ..request()
+            })
+            .unwrap_err();
+            assert_eq!(err.field, "repo_url", "{url}");
+            assert!(err.message.contains("project's secrets"), "{err}");
+            assert!(!err.to_string().contains("hunter2"), "{err}");
+        }
+        for url in [
+            "ssh://git@git.example/app",
+            "git@git.example:team/app.git",
+            "https://git.example/team/app@v2.git",
+        ] {
+            let accepted = job(JobRequest {
+                repo_url: url.into(),
+                ..request()
+            });
+            assert!(accepted.is_ok(), "{url}: {accepted:?}");
+        }
+    }
+
+    #[test]
+    fn a_real_builders_image_goes_to_a_configured_registry() {
+        let policy = SubmitPolicy {
+            builders: BTreeMap::from([
+                ("podman".to_string(), Some(vec![Platform::default_target()])),
+                ("simulated".to_string(), None),
+            ]),
+            registries: ["registry.example:5000".to_string()].into(),
+            default_registry: Some("registry.example:5000/team".into()),
+            ..SubmitPolicy::for_builders("podman", [])
+        };
+        let submit = |builder: &str, image: Option<&str>| {
+            Job::from_request(
+                JobRequest {
+                    builder: Some(builder.into()),
+                    image: image.map(String::from),
+                    ..request()
+                },
+                &policy,
+                Utc::now(),
+            )
+        };
+        assert!(submit("podman", None).is_ok());
+        assert!(submit("podman", Some("registry.example:5000/x/app:1")).is_ok());
+        let err = submit("podman", Some("elsewhere.example/x/app:1")).unwrap_err();
+        assert_eq!(err.field, "image");
+        assert_eq!(
+            err.message,
+            "\"elsewhere.example/x/app:1\" is in registry elsewhere.example, which this server \
+             does not push to; configured: registry.example:5000"
+        );
+        // A simulated builder pushes nothing.
+        assert!(submit("simulated", Some("elsewhere.example/x/app:1")).is_ok());
+        // A project's default image must be under its prefixes too.
+        let project = SubmitPolicy {
+            project: Some(std::sync::Arc::new(Project {
+                images: Some(vec!["registry.example:5000/team-a".into()]),
+                ..Project::named("team-a")
+            })),
+            ..policy.clone()
+        };
+        let err = Job::from_request(request(), &project, Utc::now()).unwrap_err();
+        assert_eq!(err.field, "image");
+        assert!(
+            err.message
+                .ends_with("project team-a may push to: registry.example:5000/team-a"),
+            "{err}"
+        );
     }
 }

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::hooks::{HookRule, Webhooks};
+use crate::hooks::{HookConfig, HookRule, Webhooks};
 use crate::log::OutputCaps;
 use crate::notify::{Notifications, NotifyTarget};
 use crate::provenance::dsse::SigningKey;
@@ -269,7 +269,11 @@ impl Config {
 
     /// The webhook secrets, read now, and the rules.
     pub fn webhooks(&self) -> Result<Webhooks, ConfigError> {
-        Webhooks::load(&self.webhooks, self.webhook_rules.clone(), |name| {
+        let server = HookConfig {
+            secrets: &self.webhooks,
+            rules: self.webhook_rules.clone(),
+        };
+        Webhooks::load(server, self.project_hooks(), |name| {
             std::env::var(name).ok()
         })
         .map_err(ConfigError::Invalid)

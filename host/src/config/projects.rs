@@ -2,7 +2,7 @@
 //! admin `token`): parsed and checked here, turned into the
 //! [`Access`] the API resolves bearer tokens with.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use chrono::{DateTime, Utc};
@@ -11,17 +11,29 @@ use sha2::{Digest as _, Sha256};
 
 use super::{Config, ConfigError};
 use crate::access::{Access, Project, Scope};
+use crate::hooks::{Forge, HookConfig, HookRule};
 use crate::secrets::SecretSource;
+use crate::service::Quotas;
 
-/// One project: the tokens that act for it and the operator secrets its
-/// jobs may name. A project with no tokens exists (admins may submit for
-/// it) but nobody else acts for it.
+/// One project: the tokens that act for it, the operator secrets its
+/// jobs may name, its quotas and its webhooks. A project with no tokens
+/// exists (admins may submit for it) but nobody else acts for it.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProjectConfig {
     pub tokens: Vec<TokenConfig>,
     /// Names from `[secrets]` this project's jobs may use; no others.
     pub secrets: Vec<String>,
+    /// Most of its jobs running at once, on every host; none: no limit.
+    pub max_running: Option<u32>,
+    /// Most of its jobs waiting for a worker; a submission past it is
+    /// refused (429). None: no limit but `queue_capacity`.
+    pub max_queued: Option<u32>,
+    /// Its webhooks (`/v1/hooks/<forge>/<project>`): each forge's secret,
+    /// as in `[webhooks]`.
+    pub webhooks: BTreeMap<String, SecretSource>,
+    /// What its webhooks' pushes build, as `[[webhook_rules]]`.
+    pub webhook_rules: Vec<HookRule>,
 }
 
 /// A project token: exactly one of `digest` (the SHA-256 of the token,
@@ -72,6 +84,25 @@ impl Config {
                     parse_digest(&format!("{at}.digest"), digest)?;
                 }
             }
+            for (field, limit) in [
+                ("max_running", project.max_running),
+                ("max_queued", project.max_queued),
+            ] {
+                if limit == Some(0) {
+                    return invalid(format!(
+                        "projects.{name}.{field}: must be at least 1 (leave it out for no limit)"
+                    ));
+                }
+            }
+            if let Some(forge) = project
+                .webhooks
+                .keys()
+                .find(|f| Forge::from_route(f).is_none())
+            {
+                return invalid(format!(
+                    "projects.{name}.webhooks.{forge}: no such forge; use github, gitea, forgejo or gitlab"
+                ));
+            }
             for secret in &project.secrets {
                 if !self.secrets.contains_key(secret) {
                     let defined: Vec<&str> = self.secrets.keys().map(String::as_str).collect();
@@ -87,6 +118,35 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// Each project's `max_running` and `max_queued`.
+    pub fn quotas(&self) -> Quotas {
+        let mut quotas = Quotas::default();
+        for (name, project) in &self.projects {
+            if let Some(most) = project.max_running {
+                quotas.max_running.insert(name.clone(), most);
+            }
+            if let Some(most) = project.max_queued {
+                let most = usize::try_from(most).unwrap_or(usize::MAX);
+                quotas.max_queued.insert(name.clone(), most);
+            }
+        }
+        quotas
+    }
+
+    /// Each project's webhooks, by project.
+    pub(super) fn project_hooks(&self) -> BTreeMap<String, HookConfig<'_>> {
+        self.projects
+            .iter()
+            .map(|(name, project)| {
+                let hooks = HookConfig {
+                    secrets: &project.webhooks,
+                    rules: project.webhook_rules.clone(),
+                };
+                (name.clone(), hooks)
+            })
+            .collect()
     }
 
     /// The tokens the API accepts: `token` as the admin's, each project's

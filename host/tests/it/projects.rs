@@ -64,6 +64,7 @@ fn two_projects(dir: &tempfile::TempDir, store_url: Option<String>) -> Config {
                     token(A_EXPIRED, &all, Some("2001-01-01T00:00:00+01:00")),
                 ],
                 secrets: vec!["a_key".into()],
+                ..ProjectConfig::default()
             },
         ),
         (
@@ -75,6 +76,7 @@ fn two_projects(dir: &tempfile::TempDir, store_url: Option<String>) -> Config {
                     ..TokenConfig::default()
                 }],
                 secrets: vec!["b_key".into()],
+                ..ProjectConfig::default()
             },
         ),
     ]);

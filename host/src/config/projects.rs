@@ -341,10 +341,56 @@ mod tests {
                 "[projects.team-a]\ntoken = 'x'".to_string(),
                 "unknown field `token`",
             ),
+            (
+                "[projects.team-a]\nmax_running = 0".to_string(),
+                "projects.team-a.max_running: must be at least 1 (leave it out for no limit)",
+            ),
+            (
+                "[projects.team-a]\nmax_queued = 0".to_string(),
+                "projects.team-a.max_queued: must be at least 1",
+            ),
+            (
+                "[projects.team-a]\nmax_queued = -1".to_string(),
+                "max_queued",
+            ),
+            (
+                "[projects.team-a.webhooks]\nbitbucket = { env = 'X' }".to_string(),
+                "projects.team-a.webhooks.bitbucket: no such forge; use github, gitea, forgejo or gitlab",
+            ),
+            (
+                "[[projects.team-a.webhook_rules]]\nrefs = ['refs/heads/main']".to_string(),
+                "missing field `repository`",
+            ),
         ] {
             let err = parse(&text).unwrap_err();
             assert!(err.contains(expected), "{text}:\n{err}");
         }
+    }
+
+    #[test]
+    fn quotas_and_webhooks_parse() {
+        let config = parse(
+            "[projects.web]\nmax_running = 4\nmax_queued = 50\n\
+             [projects.web.webhooks]\ngithub = { env = 'WEB_HOOK_SECRET' }\n\
+             [[projects.web.webhook_rules]]\nrepository = 'https://github.com/web/*'\n\
+             [projects.data]\n",
+        )
+        .unwrap();
+        let quotas = config.quotas();
+        assert_eq!(quotas.max_running, BTreeMap::from([("web".to_string(), 4)]));
+        assert_eq!(quotas.max_queued, BTreeMap::from([("web".to_string(), 50)]));
+        let hooks = config.project_hooks();
+        assert_eq!(hooks["web"].rules.len(), 1);
+        assert!(hooks["data"].secrets.is_empty());
+    }
+
+    #[test]
+    fn a_project_webhook_secret_that_cannot_be_read_names_its_field() {
+        let config =
+            parse("[projects.web.webhooks]\ngithub = { env = 'HELIX_TEST_UNSET_HOOK_SECRET' }")
+                .unwrap();
+        let err = config.webhooks().unwrap_err().to_string();
+        assert!(err.contains("projects.web.webhooks.github"), "{err}");
     }
 
     #[test]

@@ -1569,7 +1569,10 @@ fn webhooks_build_signed_pushes_once_and_refuse_bad_signatures_and_other_branche
             &forge_headers(forge, &secret, &body, &delivery),
         );
         assert_eq!(status, 200, "{forge}: a redelivery: {answer}");
-        assert!(answer.contains(&format!("made job {id} before")), "{answer}");
+        assert!(
+            answer.contains(&format!("made job {id} before")),
+            "{answer}"
+        );
         let replayed = forge_headers(forge, &secret, &body, "a-new-delivery-id");
         let (status, answer) = server.raw("POST", &path, &body, &replayed);
         assert_eq!(status, 200, "{forge}: a replay: {answer}");

@@ -157,7 +157,11 @@ impl Hooks {
         config: HookConfig<'_>,
         host_env: &impl Fn(&str) -> Option<String>,
     ) -> Result<Self, String> {
-        if let Some(name) = config.secrets.keys().find(|n| Forge::from_route(n).is_none()) {
+        if let Some(name) = config
+            .secrets
+            .keys()
+            .find(|n| Forge::from_route(n).is_none())
+        {
             return Err(format!(
                 "{at}.{name}: no such forge; use github, gitea, forgejo or gitlab"
             ));

@@ -390,6 +390,7 @@ mod tests {
         assert!(config.builders["buildkit"].engine.is_some());
         assert_eq!(config.projects["web"].tokens.len(), 2);
         assert_eq!(config.projects["web"].secrets, ["npm_token"]);
+        assert_eq!(config.projects["web"].max_running, Some(4));
     }
 
     #[test]

@@ -385,6 +385,19 @@ mod tests {
     }
 
     #[test]
+    fn the_readme_projects_example_is_a_config() {
+        let readme = include_str!("../../../README.md");
+        let section = &readme[readme.find("### Projects and tokens").unwrap()..];
+        let start = section.find("```toml\n").unwrap() + "```toml\n".len();
+        let example = &section[start..start + section[start..].find("```").unwrap()];
+        // Checked as the section is at load; its secrets' files are not here.
+        let config: Config = toml::from_str(example).unwrap_or_else(|e| panic!("{e}"));
+        config.validate_projects().unwrap();
+        assert_eq!(config.quotas().max_queued["data"], 50);
+        assert_eq!(config.project_hooks()["data"].rules.len(), 1);
+    }
+
+    #[test]
     fn a_project_webhook_secret_that_cannot_be_read_names_its_field() {
         let config =
             parse("[projects.web.webhooks]\ngithub = { env = 'HELIX_TEST_UNSET_HOOK_SECRET' }")

@@ -431,7 +431,11 @@ async fn a_project_past_its_max_queued_is_refused(server: &Server) {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
-    assert!(response.headers().contains_key(reqwest::header::RETRY_AFTER));
+    assert!(
+        response
+            .headers()
+            .contains_key(reqwest::header::RETRY_AFTER)
+    );
     let body = response.text().await.unwrap();
     assert!(
         message(&body).contains("project team-a has 2 jobs waiting")
@@ -447,7 +451,10 @@ async fn a_project_past_its_max_queued_is_refused(server: &Server) {
     assert_eq!(listed, expected);
     for id in &waiting {
         let (_, body) = server.get(A_ALL, &format!("/v1/jobs/{id}")).await;
-        assert!(body.contains("\"state\":\"queued\""), "max_running 1: {body}");
+        assert!(
+            body.contains("\"state\":\"queued\""),
+            "max_running 1: {body}"
+        );
     }
     server.submit(B_ALL, json!({})).await;
 }
@@ -572,10 +579,20 @@ async fn project_webhooks_build_each_push_once(server: &Server) {
 
     let (status, answer) = deliver(server, hook, B_HOOK_SECRET, "forged-3", "1234").await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "{answer}");
-    let (status, answer) =
-        deliver(server, "/v1/hooks/github/team-b", B_HOOK_SECRET, "b-4", commit).await;
+    let (status, answer) = deliver(
+        server,
+        "/v1/hooks/github/team-b",
+        B_HOOK_SECRET,
+        "b-4",
+        commit,
+    )
+    .await;
     assert_eq!(status, StatusCode::NO_CONTENT, "team-b's rules: {answer}");
-    for path in ["/v1/hooks/github/nope", "/v1/hooks/gitlab/team-a", "/v1/hooks/github"] {
+    for path in [
+        "/v1/hooks/github/nope",
+        "/v1/hooks/gitlab/team-a",
+        "/v1/hooks/github",
+    ] {
         let (status, answer) = deliver(server, path, A_HOOK_SECRET, "d-5", commit).await;
         assert_eq!(status, StatusCode::NOT_FOUND, "{path}: {answer}");
     }

@@ -68,8 +68,7 @@ async fn a_flood_does_not_hold_back_another_projects_jobs(hosts: &[&Service]) {
                 .id
         }
     };
-    let a_jobs =
-        futures_util::future::join_all((0..200).map(|_| submit(hosts[0], &a))).await;
+    let a_jobs = futures_util::future::join_all((0..200).map(|_| submit(hosts[0], &a))).await;
     let last = hosts[hosts.len() - 1];
     let b_jobs = futures_util::future::join_all((0..5).map(|_| submit(last, &b))).await;
 
@@ -114,22 +113,17 @@ async fn a_flood_does_not_hold_back_another_projects_jobs_on_two_hosts() {
 /// the next waits, `b`'s runs beside it.
 async fn a_project_at_its_max_running_waits(service: &Service) {
     let (a, b) = (project("a"), project("b"));
-    let first = service
-        .submit_for(simulated(3000), Some(&a))
-        .await
-        .unwrap();
+    let first = service.submit_for(simulated(3000), Some(&a)).await.unwrap();
     until_running(service, &first.id).await;
-    let second = service
-        .submit_for(simulated(0), Some(&a))
-        .await
-        .unwrap();
-    let other = service
-        .submit_for(simulated(0), Some(&b))
-        .await
-        .unwrap();
+    let second = service.submit_for(simulated(0), Some(&a)).await.unwrap();
+    let other = service.submit_for(simulated(0), Some(&b)).await.unwrap();
     assert_eq!(finished(service, &other.id).await.state, State::Succeeded);
     let waiting = service.get(second.id.as_str()).await.unwrap();
-    assert_eq!(waiting.state, State::Queued, "a's second waits for its first");
+    assert_eq!(
+        waiting.state,
+        State::Queued,
+        "a's second waits for its first"
+    );
     let (first, second) = (
         finished(service, &first.id).await,
         finished(service, &second.id).await,
@@ -195,7 +189,8 @@ async fn a_job_past_its_ttl_is_never_claimed(config: Config) {
         "{logs:?}"
     );
     assert!(
-        logs.iter().any(|l| l.starts_with("[helix] expired: waited")),
+        logs.iter()
+            .any(|l| l.starts_with("[helix] expired: waited")),
         "{logs:?}"
     );
 }

@@ -585,7 +585,10 @@ async fn shares_workers_between_projects(queue: &dyn JobQueue) {
         ("n1", None, 0),
         ("b2", Some("b"), 0),
     ] {
-        queue.enqueue(&of_project(id, project, priority)).await.unwrap();
+        queue
+            .enqueue(&of_project(id, project, priority))
+            .await
+            .unwrap();
     }
     assert_eq!(queue.depth_of("a").await.unwrap(), 3);
     assert_eq!(queue.depth_of("b").await.unwrap(), 2);
@@ -612,7 +615,10 @@ async fn the_shared_queue_shares_workers_between_projects() {
 /// ends; other projects' jobs start meanwhile.
 async fn holds_a_projects_max_running(queue: &dyn JobQueue, store: &dyn JobStore) {
     for (id, project) in [("a1", "a"), ("a2", "a"), ("a3", "a"), ("b1", "b")] {
-        queue.enqueue(&of_project(id, Some(project), 0)).await.unwrap();
+        queue
+            .enqueue(&of_project(id, Some(project), 0))
+            .await
+            .unwrap();
     }
     let limits = BTreeMap::from([("a".to_string(), 2)]);
     let builders = simulated();
@@ -881,7 +887,11 @@ async fn a_running_job_is_asked_to_cancel_through_its_host() {
     let a = postgres(&server, "host-a").await;
     let b = postgres(&server, "host-b").await;
     a.enqueue(&job("long")).await.unwrap();
-    let claimed = b.claim(&rules(&simulated()), &start_now).await.unwrap().unwrap();
+    let claimed = b
+        .claim(&rules(&simulated()), &start_now)
+        .await
+        .unwrap()
+        .unwrap();
     let mut notices = b.notices();
     assert!(a.ask_cancel("long", "superseded by job x").await.unwrap());
     let notice = tokio::time::timeout(Duration::from_secs(5), async {

@@ -59,14 +59,17 @@ impl PostgresStore {
         let mut full_projects: Vec<String> = Vec::new();
         let row = loop {
             let row = tx
-                .query_opt(CLAIM, &[
-                    &rules.builders,
-                    &full_groups,
-                    &full_projects,
-                    &limited,
-                    &limits,
-                    &default_ttl,
-                ])
+                .query_opt(
+                    CLAIM,
+                    &[
+                        &rules.builders,
+                        &full_groups,
+                        &full_projects,
+                        &limited,
+                        &limits,
+                        &default_ttl,
+                    ],
+                )
                 .await
                 .map_err(db_error)?;
             let Some(row) = row else {
@@ -166,7 +169,9 @@ impl Limited {
     fn count_running(self) -> &'static str {
         match self {
             Limited::Group => "SELECT COUNT(*) FROM jobs WHERE state = 'running' AND grp = $1",
-            Limited::Project => "SELECT COUNT(*) FROM jobs WHERE state = 'running' AND project = $1",
+            Limited::Project => {
+                "SELECT COUNT(*) FROM jobs WHERE state = 'running' AND project = $1"
+            }
         }
     }
 

@@ -88,9 +88,10 @@ impl LocalQueue {
                 .unwrap_or(0)
         };
         let may_start = |job: &Job| {
-            let group_has_room = job.group.as_deref().is_none_or(|g| {
-                in_group.get(g).copied().unwrap_or(0) < job.max_running as usize
-            });
+            let group_has_room = job
+                .group
+                .as_deref()
+                .is_none_or(|g| in_group.get(g).copied().unwrap_or(0) < job.max_running as usize);
             let project_has_room = job
                 .project
                 .as_ref()

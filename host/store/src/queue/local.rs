@@ -74,20 +74,20 @@ impl LocalQueue {
         let now = chrono::Utc::now();
         let mut running = self.running();
         let mut in_group: HashMap<&str, usize> = HashMap::new();
-        let mut in_project: HashMap<Option<&str>, usize> = HashMap::new();
+        // A few entries at most (one per project running here): a scan
+        // is cheaper than hashing once per waiting job.
+        let mut in_project: Vec<(Option<&str>, usize)> = Vec::new();
         for place in running.values() {
             if let Some(group) = &place.group {
                 *in_group.entry(group).or_default() += 1;
             }
-            *in_project.entry(place.project.as_deref()).or_default() += 1;
+            let project = place.project.as_deref();
+            match in_project.iter_mut().find(|(p, _)| *p == project) {
+                Some((_, count)) => *count += 1,
+                None => in_project.push((project, 1)),
+            }
         }
-        let project_running = |job: &Job| {
-            in_project
-                .get(&job.project.as_deref())
-                .copied()
-                .unwrap_or(0)
-        };
-        let may_start = |job: &Job| {
+        let may_start = |job: &Job, project_running: usize| {
             let group_has_room = job
                 .group
                 .as_deref()
@@ -96,26 +96,30 @@ impl LocalQueue {
                 .project
                 .as_ref()
                 .and_then(|p| rules.max_running.get(p))
-                .is_none_or(|most| project_running(job) < *most as usize);
+                .is_none_or(|most| project_running < *most as usize);
             group_has_room
                 && project_has_room
                 && job.not_before.is_none_or(|at| at <= now)
                 && !job.is_overdue(rules.default_ttl, now)
         };
         let mut waiting = self.waiting();
-        let at = waiting
+        let (at, _) = waiting
             .iter()
             .enumerate()
-            .filter(|(_, job)| may_start(job))
-            .max_by_key(|(at, job)| {
+            .filter_map(|(at, job)| {
+                let project_running = in_project
+                    .iter()
+                    .find(|(p, _)| *p == job.project.as_deref())
+                    .map_or(0, |(_, count)| *count);
                 let waited = (now - job.created_at).num_seconds();
-                (
-                    std::cmp::Reverse(project_running(job)),
+                let order = (
+                    std::cmp::Reverse(project_running),
                     effective_priority(job.priority, waited),
-                    std::cmp::Reverse(*at),
-                )
+                    std::cmp::Reverse(at),
+                );
+                may_start(job, project_running).then_some((at, order))
             })
-            .map(|(at, _)| at)?;
+            .max_by_key(|(_, order)| *order)?;
         let job = waiting.remove(at)?;
         running.insert(
             job.id.clone(),
@@ -161,10 +165,7 @@ impl JobQueue for LocalQueue {
             let Some(mut job) = self.take_first(rules) else {
                 return Ok(None);
             };
-            if let Err(e) = start(&mut job) {
-                self.ended(&job.id);
-                return Err(StoreError::Database(e.to_string()));
-            }
+            start(&mut job).map_err(|e| StoreError::Database(e.to_string()))?;
             // Not waited for: writes are applied in order, and a host that
             // dies before this one lands finds the job queued, as it was.
             let commit = self.store.update(&job);

@@ -149,6 +149,16 @@ struct Repository {
     git_http_url: Option<String>,
 }
 
+/// Checks that every name of `secrets` (the table at `at`) is a forge's.
+pub fn check_forges(at: &str, secrets: &BTreeMap<String, SecretSource>) -> Result<(), String> {
+    match secrets.keys().find(|n| Forge::from_route(n).is_none()) {
+        Some(name) => Err(format!(
+            "{at}.{name}: no such forge; use github, gitea, forgejo or gitlab"
+        )),
+        None => Ok(()),
+    }
+}
+
 impl Hooks {
     /// Reads each forge's secret of `config`; errors name fields under
     /// `at` (`webhooks`, `projects.NAME.webhooks`).
@@ -157,15 +167,7 @@ impl Hooks {
         config: HookConfig<'_>,
         host_env: &impl Fn(&str) -> Option<String>,
     ) -> Result<Self, String> {
-        if let Some(name) = config
-            .secrets
-            .keys()
-            .find(|n| Forge::from_route(n).is_none())
-        {
-            return Err(format!(
-                "{at}.{name}: no such forge; use github, gitea, forgejo or gitlab"
-            ));
-        }
+        check_forges(at, config.secrets)?;
         let secrets = BuildSecrets::load(config.secrets, host_env)
             .map_err(|e| e.replacen("secrets", at, 1))?;
         Ok(Hooks {

@@ -257,6 +257,7 @@ impl Config {
         self.validate_builders()?;
         self.validate_registries()?;
         self.build_secrets()?;
+        crate::hooks::check_forges("webhooks", &self.webhooks).map_err(ConfigError::Invalid)?;
         self.validate_projects()?;
         if !self.builder_configs().contains_key(&self.default_builder) {
             return invalid(format!(

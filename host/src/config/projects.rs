@@ -11,7 +11,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::{Config, ConfigError};
 use crate::access::{Access, Project, Scope};
-use crate::hooks::{Forge, HookConfig, HookRule};
+use crate::hooks::{HookConfig, HookRule, check_forges};
 use crate::secrets::SecretSource;
 use crate::service::Quotas;
 
@@ -94,15 +94,8 @@ impl Config {
                     ));
                 }
             }
-            if let Some(forge) = project
-                .webhooks
-                .keys()
-                .find(|f| Forge::from_route(f).is_none())
-            {
-                return invalid(format!(
-                    "projects.{name}.webhooks.{forge}: no such forge; use github, gitea, forgejo or gitlab"
-                ));
-            }
+            check_forges(&format!("projects.{name}.webhooks"), &project.webhooks)
+                .map_err(ConfigError::Invalid)?;
             for secret in &project.secrets {
                 if !self.secrets.contains_key(secret) {
                     let defined: Vec<&str> = self.secrets.keys().map(String::as_str).collect();

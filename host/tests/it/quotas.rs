@@ -109,24 +109,29 @@ async fn a_flood_does_not_hold_back_another_projects_jobs_on_two_hosts() {
     a_flood_does_not_hold_back_another_projects_jobs(&[&first, &second]).await;
 }
 
-/// `max_running` holds with workers to spare: one of `a`'s jobs runs,
-/// the next waits, `b`'s runs beside it.
-async fn a_project_at_its_max_running_waits(service: &Service) {
+/// `max_running` holds with workers to spare, counted across hosts: one
+/// of `a`'s jobs runs on the first host, the next waits although the last
+/// host has free workers, and `b`'s runs there meanwhile.
+async fn a_project_at_its_max_running_waits(hosts: &[&Service]) {
     let (a, b) = (project("a"), project("b"));
-    let first = service.submit_for(simulated(3000), Some(&a)).await.unwrap();
-    until_running(service, &first.id).await;
-    let second = service.submit_for(simulated(0), Some(&a)).await.unwrap();
-    let other = service.submit_for(simulated(0), Some(&b)).await.unwrap();
-    assert_eq!(finished(service, &other.id).await.state, State::Succeeded);
-    let waiting = service.get(second.id.as_str()).await.unwrap();
+    let (first_host, last_host) = (hosts[0], hosts[hosts.len() - 1]);
+    let first = first_host
+        .submit_for(simulated(3000), Some(&a))
+        .await
+        .unwrap();
+    until_running(first_host, &first.id).await;
+    let second = last_host.submit_for(simulated(0), Some(&a)).await.unwrap();
+    let other = last_host.submit_for(simulated(0), Some(&b)).await.unwrap();
+    assert_eq!(finished(last_host, &other.id).await.state, State::Succeeded);
+    let waiting = last_host.get(second.id.as_str()).await.unwrap();
     assert_eq!(
         waiting.state,
         State::Queued,
         "a's second waits for its first"
     );
     let (first, second) = (
-        finished(service, &first.id).await,
-        finished(service, &second.id).await,
+        finished(first_host, &first.id).await,
+        finished(last_host, &second.id).await,
     );
     assert_eq!(second.state, State::Succeeded);
     assert!(second.started_at.unwrap() >= first.completed_at.unwrap());
@@ -141,16 +146,17 @@ fn at_most_one_of_a(mut config: Config) -> Config {
 async fn a_project_at_its_max_running_waits_on_sqlite() {
     let dir = tempfile::tempdir().unwrap();
     let service = common::start(&at_most_one_of_a(with_projects(&dir, 3, None))).await;
-    a_project_at_its_max_running_waits(&service).await;
+    a_project_at_its_max_running_waits(&[&service]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_project_at_its_max_running_waits_on_postgres() {
+async fn a_project_at_its_max_running_waits_on_two_hosts() {
     let postgres = Postgres::start();
-    let dir = tempfile::tempdir().unwrap();
-    let config = at_most_one_of_a(with_projects(&dir, 3, Some(postgres.url())));
-    let service = common::start(&config).await;
-    a_project_at_its_max_running_waits(&service).await;
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let config = |dir| at_most_one_of_a(with_projects(dir, 3, Some(postgres.url())));
+    let first = common::start(&config(&dirs[0])).await;
+    let second = common::start(&config(&dirs[1])).await;
+    a_project_at_its_max_running_waits(&[&first, &second]).await;
 }
 
 /// A job left queued past its one-second TTL by a host that stopped is

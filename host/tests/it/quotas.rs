@@ -54,23 +54,38 @@ async fn when_started(service: &Service, id: &JobId) -> DateTime<Utc> {
 }
 
 /// Project a submits 200 jobs through `hosts[0]`, then project b 5
-/// through the last host: every one of b's starts before a's tenth does.
-/// Each job runs a second, so a's submissions are all in before its
-/// third job could start.
+/// through the last host, with two workers in all: every one of b's
+/// starts before a's tenth does. a's first two jobs hold both workers
+/// until b has submitted (then they are cancelled), so however long 200
+/// submissions take on a loaded machine, no more of a's start meanwhile.
+/// Fair sharing gives each project one worker then; b's are quick checks
+/// (a tenth of a's time), so how the two workers' runs interleave on a
+/// loaded machine does not decide the count.
 async fn a_flood_does_not_hold_back_another_projects_jobs(hosts: &[&Service]) {
     let (a, b) = (project("a"), project("b"));
-    let submit = |host: &Service, project: &Project| {
+    let submit = |host: &Service, project: &Project, delay_ms: u64| {
         let (host, project) = (host.clone(), project.clone());
         async move {
-            host.submit_for(simulated(1000), Some(&project))
+            host.submit_for(simulated(delay_ms), Some(&project))
                 .await
                 .unwrap()
                 .id
         }
     };
-    let a_jobs = futures_util::future::join_all((0..200).map(|_| submit(hosts[0], &a))).await;
+    let mut a_jobs = Vec::new();
+    for _ in 0..2 {
+        let holding = submit(hosts[0], &a, 60_000).await;
+        when_started(hosts[0], &holding).await;
+        a_jobs.push(holding);
+    }
+    let holding = a_jobs.clone();
+    a_jobs
+        .extend(futures_util::future::join_all((2..200).map(|_| submit(hosts[0], &a, 500))).await);
     let last = hosts[hosts.len() - 1];
-    let b_jobs = futures_util::future::join_all((0..5).map(|_| submit(last, &b))).await;
+    let b_jobs = futures_util::future::join_all((0..5).map(|_| submit(last, &b, 100))).await;
+    for id in &holding {
+        hosts[0].cancel(id.as_str()).await.unwrap();
+    }
 
     let mut b_started = Vec::new();
     for id in &b_jobs {

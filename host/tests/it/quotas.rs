@@ -80,7 +80,7 @@ async fn a_flood_does_not_hold_back_another_projects_jobs(hosts: &[&Service]) {
     }
     let holding = a_jobs.clone();
     a_jobs
-        .extend(futures_util::future::join_all((2..200).map(|_| submit(hosts[0], &a, 500))).await);
+        .extend(futures_util::future::join_all((2..200).map(|_| submit(hosts[0], &a, 1000))).await);
     let last = hosts[hosts.len() - 1];
     let b_jobs = futures_util::future::join_all((0..5).map(|_| submit(last, &b, 100))).await;
     for id in &holding {

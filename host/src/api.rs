@@ -43,6 +43,11 @@ const MAX_PAGE: usize = 1000;
 /// `access` accepts (everyone, as the admin, when it has no tokens).
 pub fn router(service: Service, access: Access) -> Router {
     let access = Arc::new(access);
+    // Outside the token: a forge signs its deliveries instead.
+    let hooks = Router::new()
+        .route("/v1/hooks/{forge}", post(hook))
+        .route("/v1/hooks/{forge}/{project}", post(project_hook))
+        .layer(Extension(access.clone()));
     let v1 = Router::new()
         .route("/v1/jobs", post(submit).get(list))
         .route("/v1/jobs/{id}", get(get_job))
@@ -59,8 +64,7 @@ pub fn router(service: Service, access: Access) -> Router {
         }));
     Router::new()
         .route("/healthz", get(healthz))
-        // Outside the token: a forge signs its deliveries instead.
-        .route("/v1/hooks/{forge}", post(hook))
+        .merge(hooks)
         .route("/metrics", get(metrics))
         .merge(crate::dashboard::router())
         .merge(v1)
@@ -188,7 +192,10 @@ impl IntoResponse for ApiError {
             },
         });
         let mut response = (self.status, body).into_response();
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+        if matches!(
+            self.status,
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS
+        ) {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
@@ -203,6 +210,9 @@ impl From<ServiceError> for ApiError {
             ServiceError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_job"),
             ServiceError::Duplicate(_) => (StatusCode::CONFLICT, "duplicate_id"),
             ServiceError::QueueFull { .. } => (StatusCode::SERVICE_UNAVAILABLE, "queue_full"),
+            ServiceError::ProjectQueueFull { .. } => {
+                (StatusCode::TOO_MANY_REQUESTS, "project_queue_full")
+            }
             ServiceError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ServiceError::AlreadyEnded { .. } => (StatusCode::CONFLICT, "already_ended"),
             ServiceError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
@@ -260,6 +270,7 @@ pub(crate) async fn healthz() -> Json<serde_json::Value> {
     responses((status = 201, description = "the job", body = Job),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 409, body = ErrorBody), (status = 413, body = ErrorBody),
+        (status = 429, description = "the project's max_queued jobs wait already", body = ErrorBody),
         (status = 503, body = ErrorBody)))]
 pub(crate) async fn submit(
     State(service): State<Service>,
@@ -575,32 +586,70 @@ async fn follow_events(
     }))
 }
 
-/// A forge's delivery: 202 with the job it made, 204 when it builds
-/// nothing, 401 for a bad or missing signature, 409 for a replay.
+/// A forge's delivery to the server's hook: 202 with the job it made,
+/// 200 when that push made its job before (a redelivery, a replay), 204
+/// when it builds nothing, 401 for a bad or missing signature.
 #[utoipa::path(post, path = "/v1/hooks/{forge}",
-    summary = "a git push from GitHub, Gitea/Forgejo or GitLab, signed as the forge signs",
+    summary = "a git push from GitHub, Gitea/Forgejo or GitLab, signed as the forge signs; jobs of no project",
     security(()),
     params(("forge" = String, Path, description = "github, gitea, forgejo or gitlab")),
     responses((status = 202, description = "the job the push made", body = Job),
+        (status = 200, description = "the push made its job before (a redelivery or a replay): nothing new is built", body = Object),
         (status = 204, description = "a delivery that builds nothing (no rule, a deleted branch, another event)"),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
-        (status = 503, body = ErrorBody)))]
+        (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub(crate) async fn hook(
     State(service): State<Service>,
+    Extension(access): Extension<Arc<Access>>,
     Path(forge): Path<String>,
     headers: header::HeaderMap,
     body: axum::body::Bytes,
 ) -> ApiResult<Response> {
+    delivered(&service, &access, &forge, None, &headers, &body).await
+}
+
+/// A forge's delivery to project `project`'s hook: as the server's, the
+/// job that project's.
+#[utoipa::path(post, path = "/v1/hooks/{forge}/{project}",
+    summary = "a git push to a project's webhook (its secret and rules); the job is the project's",
+    security(()),
+    params(("forge" = String, Path, description = "github, gitea, forgejo or gitlab"),
+        ("project" = String, Path, description = "the project whose hook it is")),
+    responses((status = 202, description = "the job the push made", body = Job),
+        (status = 200, description = "the push made its job before (a redelivery or a replay): nothing new is built", body = Object),
+        (status = 204, description = "a delivery that builds nothing (no rule, a deleted branch, another event)"),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 429, body = ErrorBody),
+        (status = 503, body = ErrorBody)))]
+pub(crate) async fn project_hook(
+    State(service): State<Service>,
+    Extension(access): Extension<Arc<Access>>,
+    Path((forge, project)): Path<(String, String)>,
+    headers: header::HeaderMap,
+    body: axum::body::Bytes,
+) -> ApiResult<Response> {
+    delivered(&service, &access, &forge, Some(&project), &headers, &body).await
+}
+
+/// What a delivery from `forge` to `project`'s hook (`None`: the
+/// server's) answers.
+async fn delivered(
+    service: &Service,
+    access: &Access,
+    forge: &str,
+    project: Option<&str>,
+    headers: &header::HeaderMap,
+    body: &[u8],
+) -> ApiResult<Response> {
     let error = ApiError::new;
-    let forge = Forge::from_route(&forge).ok_or_else(|| {
+    let forge = Forge::from_route(forge).ok_or_else(|| {
         error(
             StatusCode::NOT_FOUND,
             "not_found",
             format!("no forge {forge:?}: use github, gitea, forgejo or gitlab"),
         )
     })?;
-    let request = match service.webhooks().receive(forge, &headers, &body) {
+    let request = match service.webhooks().receive(forge, project, headers, body) {
         Ok(Hooked::Job(request)) => *request,
         Ok(Hooked::Ignored(why)) => {
             tracing::info!(forge = forge.name(), "webhook delivery ignored: {why}");
@@ -615,13 +664,28 @@ pub(crate) async fn hook(
             return Err(error(status, code, e.to_string()));
         }
     };
-    match service.submit(request).await {
+    let owner = match project {
+        None => None,
+        Some(name) => Some(access.project(name).ok_or_else(|| {
+            error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no project {name:?} here"),
+            )
+        })?),
+    };
+    match service.submit_for(request, owner).await {
         Ok(job) => Ok((StatusCode::ACCEPTED, Json(job)).into_response()),
-        Err(ServiceError::Duplicate(id)) => Err(error(
-            StatusCode::CONFLICT,
-            "duplicate_delivery",
-            format!("this delivery was received before (job {id}); a replay builds nothing"),
-        )),
+        // A forge retries a delivery it saw fail: this one was taken, so
+        // it is answered as the success it was.
+        Err(ServiceError::Duplicate(id)) => Ok((
+            StatusCode::OK,
+            Json(json!({
+                "id": id,
+                "message": format!("this push made job {id} before; a redelivery or replay builds nothing new"),
+            })),
+        )
+            .into_response()),
         Err(e) => Err(e.into()),
     }
 }

@@ -101,6 +101,7 @@ pub async fn start_with(
             allow_file_repos: config.allow_file_repos,
         },
         default_registry: config.default_registry.clone(),
+        quotas: config.quotas(),
         reload: Some(Arc::new(ConfigReload {
             config: config.clone(),
             secrets: policy.secrets.clone(),

@@ -7,9 +7,16 @@
 //!   bare hex HMAC-SHA256 of the body;
 //! - GitLab: `X-Gitlab-Token`, the secret itself.
 //!
-//! A delivery's id (`X-GitHub-Delivery`, `X-Gitea-Delivery`,
-//! `X-Forgejo-Delivery`, `X-Gitlab-Event-UUID`) becomes the job's id, so
-//! a replayed delivery is a duplicate the store refuses, on every host.
+//! Hooks are the server's (`[webhooks]`, jobs of no project, at
+//! `/v1/hooks/<forge>`) or a project's (`[projects.NAME.webhooks]`, its
+//! jobs, at `/v1/hooks/<forge>/<project>`), each with its own secrets and
+//! rules.
+//!
+//! A push's job id is made from what it builds — the forge, the project,
+//! the repository, the ref and the commit — so any delivery of one push
+//! (a forge's redelivery under the same delivery id, or a captured body
+//! replayed under a new one) is a duplicate the store refuses, on every
+//! host, and never supersedes the job the first delivery made.
 
 use std::collections::BTreeMap;
 
@@ -84,11 +91,26 @@ fn yes() -> bool {
     true
 }
 
-/// The webhook settings: a secret per forge, and the rules.
+/// One owner's hooks as configured: a secret per forge (not read yet),
+/// and the rules.
+#[derive(Debug, Clone)]
+pub struct HookConfig<'a> {
+    pub secrets: &'a BTreeMap<String, SecretSource>,
+    pub rules: Vec<HookRule>,
+}
+
+/// One owner's hooks: a secret per forge, and the rules.
 #[derive(Debug, Default)]
-pub struct Webhooks {
+struct Hooks {
     secrets: BuildSecrets,
     rules: Vec<HookRule>,
+}
+
+/// The webhook settings: the server's hooks and each project's.
+#[derive(Debug, Default)]
+pub struct Webhooks {
+    server: Hooks,
+    projects: BTreeMap<String, Hooks>,
 }
 
 /// Why a delivery was refused.
@@ -127,45 +149,90 @@ struct Repository {
     git_http_url: Option<String>,
 }
 
-impl Webhooks {
-    /// Reads each forge's secret (`[webhooks] github = { env = … }`).
-    pub fn load(
-        secrets: &BTreeMap<String, SecretSource>,
-        rules: Vec<HookRule>,
-        host_env: impl Fn(&str) -> Option<String>,
+/// Checks that every name of `secrets` (the table at `at`) is a forge's.
+pub fn check_forges(at: &str, secrets: &BTreeMap<String, SecretSource>) -> Result<(), String> {
+    match secrets.keys().find(|n| Forge::from_route(n).is_none()) {
+        Some(name) => Err(format!(
+            "{at}.{name}: no such forge; use github, gitea, forgejo or gitlab"
+        )),
+        None => Ok(()),
+    }
+}
+
+impl Hooks {
+    /// Reads each forge's secret of `config`; errors name fields under
+    /// `at` (`webhooks`, `projects.NAME.webhooks`).
+    fn load(
+        at: &str,
+        config: HookConfig<'_>,
+        host_env: &impl Fn(&str) -> Option<String>,
     ) -> Result<Self, String> {
-        if let Some(name) = secrets.keys().find(|n| Forge::from_route(n).is_none()) {
-            return Err(format!(
-                "webhooks.{name}: no such forge; use github, gitea, forgejo or gitlab"
-            ));
-        }
-        let secrets = BuildSecrets::load(secrets, host_env)
-            .map_err(|e| e.replacen("secrets.", "webhooks.", 1))?;
-        Ok(Webhooks { secrets, rules })
+        check_forges(at, config.secrets)?;
+        let secrets = BuildSecrets::load(config.secrets, host_env)
+            .map_err(|e| e.replacen("secrets", at, 1))?;
+        Ok(Hooks {
+            secrets,
+            rules: config.rules,
+        })
     }
 
-    /// Checks a delivery from `forge` and says what it asks for.
+    /// The secret for `forge`, if these hooks have one.
+    fn secret(&self, forge: Forge) -> Option<&str> {
+        self.secrets.value(forge.name()).or_else(|| {
+            (forge == Forge::Gitea)
+                .then(|| self.secrets.value("forgejo"))
+                .flatten()
+        })
+    }
+}
+
+impl Webhooks {
+    /// Reads each forge's secret of the server's hooks and of each
+    /// project's.
+    pub fn load(
+        server: HookConfig<'_>,
+        projects: BTreeMap<String, HookConfig<'_>>,
+        host_env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, String> {
+        let server = Hooks::load("webhooks", server, &host_env)?;
+        let projects = projects
+            .into_iter()
+            .map(|(name, config)| {
+                let hooks = Hooks::load(&format!("projects.{name}.webhooks"), config, &host_env)?;
+                Ok((name, hooks))
+            })
+            .collect::<Result<_, String>>()?;
+        Ok(Webhooks { server, projects })
+    }
+
+    /// Checks a delivery from `forge` to the hook of `project` (`None`:
+    /// the server's) and says what it asks for.
     pub fn receive(
         &self,
         forge: Forge,
+        project: Option<&str>,
         headers: &HeaderMap,
         body: &[u8],
     ) -> Result<Hooked, HookError> {
-        let secret = self
-            .secrets
-            .value(forge.name())
-            .or_else(|| {
-                (forge == Forge::Gitea)
-                    .then(|| self.secrets.value("forgejo"))
-                    .flatten()
-            })
-            .ok_or_else(|| {
-                HookError::NotConfigured(format!(
+        let hooks = match project {
+            None => Some(&self.server),
+            Some(name) => self.projects.get(name),
+        };
+        let secret = hooks.and_then(|h| h.secret(forge)).ok_or_else(|| {
+            HookError::NotConfigured(match project {
+                None => format!(
                     "no {} webhook here: the server configures no secret for it ([webhooks] {})",
                     forge.name(),
                     forge.name()
-                ))
-            })?;
+                ),
+                Some(name) => format!(
+                    "no {} webhook for project {name:?} here ([projects.{name}.webhooks] {})",
+                    forge.name(),
+                    forge.name()
+                ),
+            })
+        })?;
+        let rules = hooks.map(|h| h.rules.as_slice()).unwrap_or_default();
         let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
         verify(forge, secret.as_bytes(), &header, body)?;
         let delivery = match forge {
@@ -193,7 +260,7 @@ impl Webhooks {
         if push.after.bytes().all(|b| b == b'0') {
             return Ok(Hooked::Ignored(format!("{} was deleted", push.git_ref)));
         }
-        let Some(rule) = self.rules.iter().find(|rule| {
+        let Some(rule) = rules.iter().find(|rule| {
             glob(&rule.repository, &url) && rule.refs.iter().any(|r| glob(r, &push.git_ref))
         }) else {
             return Ok(Hooked::Ignored(format!(
@@ -206,8 +273,10 @@ impl Webhooks {
             .strip_prefix("refs/heads/")
             .or(push.git_ref.strip_prefix("refs/tags/"))
             .unwrap_or(&push.git_ref);
+        let id = job_id(forge, project, &url, &push.git_ref, &push.after);
+        tracing::info!(forge = forge.name(), delivery, job = %id, "webhook push");
         Ok(Hooked::Job(Box::new(JobRequest {
-            id: Some(job_id(forge, delivery)),
+            id: Some(id),
             repo_url: url.clone(),
             git_ref: Some(push.after),
             dockerfile_path: rule.dockerfile_path.clone(),
@@ -266,22 +335,18 @@ fn verify<'a>(
     }
 }
 
-/// The job id of a delivery: `hook-<forge>-<delivery id>`, with anything
-/// a job id cannot hold replaced, so the same delivery always gives the
-/// same id.
-fn job_id(forge: Forge, delivery: &str) -> String {
-    let clean: String = delivery
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .take(100)
-        .collect();
-    format!("hook-{}-{clean}", forge.name())
+/// The job id of a push: `hook-<forge>-` and 32 hex digits of the
+/// SHA-256 of the project, repository, ref and commit, so every delivery
+/// of the same push gives the same id.
+fn job_id(forge: Forge, project: Option<&str>, url: &str, git_ref: &str, commit: &str) -> String {
+    let mut digest = Sha256::new();
+    for part in [project.unwrap_or_default(), url, git_ref, commit] {
+        // Length-prefixed, so no two pushes' parts run together alike.
+        digest.update((part.len() as u64).to_be_bytes());
+        digest.update(part);
+    }
+    let digest = hex::encode(digest.finalize());
+    format!("hook-{}-{}", forge.name(), &digest[..32])
 }
 
 /// Whether `text` matches `pattern`, where `*` matches any run of
@@ -319,9 +384,24 @@ mod tests {
     }
 
     #[test]
-    fn a_delivery_id_always_gives_the_same_valid_job_id() {
-        let id = job_id(Forge::GitHub, "72d3162e-cc78-11e3-81ab-4c9367dc0958");
-        assert_eq!(id, "hook-github-72d3162e-cc78-11e3-81ab-4c9367dc0958");
-        assert!(crate::job::JobId::parse(&job_id(Forge::GitLab, "a b/../c")).is_ok());
+    fn a_push_always_gives_the_same_valid_job_id_and_another_push_another() {
+        let url = "https://git.example/team/app.git";
+        let commit = "4f5c8d0e3a2b1c9d8e7f6a5b4c3d2e1f0a9b8c7d";
+        let id = job_id(Forge::GitHub, Some("web"), url, "refs/heads/main", commit);
+        assert!(id.starts_with("hook-github-") && id.len() == "hook-github-".len() + 32);
+        assert!(crate::job::JobId::parse(&id).is_ok());
+        assert_eq!(
+            id,
+            job_id(Forge::GitHub, Some("web"), url, "refs/heads/main", commit)
+        );
+        for other in [
+            job_id(Forge::Gitea, Some("web"), url, "refs/heads/main", commit),
+            job_id(Forge::GitHub, Some("data"), url, "refs/heads/main", commit),
+            job_id(Forge::GitHub, None, url, "refs/heads/main", commit),
+            job_id(Forge::GitHub, Some("web"), url, "refs/heads/dev", commit),
+            job_id(Forge::GitHub, Some("web"), url, "refs/heads/main", "0123"),
+        ] {
+            assert_ne!(id, other);
+        }
     }
 }

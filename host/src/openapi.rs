@@ -29,7 +29,8 @@ use crate::api;
         api::provenance,
         api::builders,
         api::reload_builders,
-        api::hook
+        api::hook,
+        api::project_hook,
     ),
     modifiers(&BearerToken),
     security(("bearer" = []))

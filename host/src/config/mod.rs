@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::hooks::{HookRule, Webhooks};
+use crate::hooks::{HookConfig, HookRule, Webhooks};
 use crate::log::OutputCaps;
 use crate::notify::{Notifications, NotifyTarget};
 use crate::provenance::dsse::SigningKey;
@@ -257,6 +257,7 @@ impl Config {
         self.validate_builders()?;
         self.validate_registries()?;
         self.build_secrets()?;
+        crate::hooks::check_forges("webhooks", &self.webhooks).map_err(ConfigError::Invalid)?;
         self.validate_projects()?;
         if !self.builder_configs().contains_key(&self.default_builder) {
             return invalid(format!(
@@ -269,7 +270,11 @@ impl Config {
 
     /// The webhook secrets, read now, and the rules.
     pub fn webhooks(&self) -> Result<Webhooks, ConfigError> {
-        Webhooks::load(&self.webhooks, self.webhook_rules.clone(), |name| {
+        let server = HookConfig {
+            secrets: &self.webhooks,
+            rules: self.webhook_rules.clone(),
+        };
+        Webhooks::load(server, self.project_hooks(), |name| {
             std::env::var(name).ok()
         })
         .map_err(ConfigError::Invalid)
@@ -386,6 +391,7 @@ mod tests {
         assert!(config.builders["buildkit"].engine.is_some());
         assert_eq!(config.projects["web"].tokens.len(), 2);
         assert_eq!(config.projects["web"].secrets, ["npm_token"]);
+        assert_eq!(config.projects["web"].max_running, Some(4));
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! admin `token`): parsed and checked here, turned into the
 //! [`Access`] the API resolves bearer tokens with.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use chrono::{DateTime, Utc};
@@ -11,12 +11,15 @@ use sha2::{Digest as _, Sha256};
 
 use super::{Config, ConfigError};
 use crate::access::{Access, Project, Scope};
+use crate::hooks::{HookConfig, HookRule, check_forges};
 use crate::secrets::SecretSource;
+use crate::service::Quotas;
 
-/// One project: the tokens that act for it and what its jobs may build,
-/// push, pull and name. A project with no tokens exists (admins may
-/// submit for it) but nobody else acts for it. Each list left out allows
-/// anything; an empty one would allow nothing and is refused.
+/// One project: the tokens that act for it, what its jobs may build,
+/// push, pull and name, its quotas and its webhooks. A project with no
+/// tokens exists (admins may submit for it) but nobody else acts for it.
+/// Each list left out allows anything; an empty one would allow nothing
+/// and is refused.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProjectConfig {
@@ -41,6 +44,16 @@ pub struct ProjectConfig {
     /// jobs' pulls and pushes only. Without one its jobs reach registries
     /// anonymously: never with the operator's `registry_auth_file`.
     pub registry_auth: Option<PathBuf>,
+    /// Most of its jobs running at once, on every host; none: no limit.
+    pub max_running: Option<u32>,
+    /// Most of its jobs waiting for a worker; a submission past it is
+    /// refused (429). None: no limit but `queue_capacity`.
+    pub max_queued: Option<u32>,
+    /// Its webhooks (`/v1/hooks/<forge>/<project>`): each forge's secret,
+    /// as in `[webhooks]`.
+    pub webhooks: BTreeMap<String, SecretSource>,
+    /// What its webhooks' pushes build, as `[[webhook_rules]]`.
+    pub webhook_rules: Vec<HookRule>,
 }
 
 /// A project token: exactly one of `digest` (the SHA-256 of the token,
@@ -91,6 +104,18 @@ impl Config {
                     parse_digest(&format!("{at}.digest"), digest)?;
                 }
             }
+            for (field, limit) in [
+                ("max_running", project.max_running),
+                ("max_queued", project.max_queued),
+            ] {
+                if limit == Some(0) {
+                    return invalid(format!(
+                        "projects.{name}.{field}: must be at least 1 (leave it out for no limit)"
+                    ));
+                }
+            }
+            check_forges(&format!("projects.{name}.webhooks"), &project.webhooks)
+                .map_err(ConfigError::Invalid)?;
             self.validate_project_rules(name, project)?;
         }
         Ok(())
@@ -199,6 +224,35 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// Each project's `max_running` and `max_queued`.
+    pub fn quotas(&self) -> Quotas {
+        let mut quotas = Quotas::default();
+        for (name, project) in &self.projects {
+            if let Some(most) = project.max_running {
+                quotas.max_running.insert(name.clone(), most);
+            }
+            if let Some(most) = project.max_queued {
+                let most = usize::try_from(most).unwrap_or(usize::MAX);
+                quotas.max_queued.insert(name.clone(), most);
+            }
+        }
+        quotas
+    }
+
+    /// Each project's webhooks, by project.
+    pub(super) fn project_hooks(&self) -> BTreeMap<String, HookConfig<'_>> {
+        self.projects
+            .iter()
+            .map(|(name, project)| {
+                let hooks = HookConfig {
+                    secrets: &project.webhooks,
+                    rules: project.webhook_rules.clone(),
+                };
+                (name.clone(), hooks)
+            })
+            .collect()
     }
 
     /// The tokens the API accepts: `token` as the admin's, each project's
@@ -445,6 +499,26 @@ mod tests {
                 "[projects.team-a]\nregistry_auth = '/nonexistent/auth.json'".to_string(),
                 "projects.team-a.registry_auth: /nonexistent/auth.json is not a readable file",
             ),
+            (
+                "[projects.team-a]\nmax_running = 0".to_string(),
+                "projects.team-a.max_running: must be at least 1 (leave it out for no limit)",
+            ),
+            (
+                "[projects.team-a]\nmax_queued = 0".to_string(),
+                "projects.team-a.max_queued: must be at least 1",
+            ),
+            (
+                "[projects.team-a]\nmax_queued = -1".to_string(),
+                "max_queued",
+            ),
+            (
+                "[projects.team-a.webhooks]\nbitbucket = { env = 'X' }".to_string(),
+                "projects.team-a.webhooks.bitbucket: no such forge; use github, gitea, forgejo or gitlab",
+            ),
+            (
+                "[[projects.team-a.webhook_rules]]\nrefs = ['refs/heads/main']".to_string(),
+                "missing field `repository`",
+            ),
         ] {
             let err = parse(&text).unwrap_err();
             assert!(err.contains(expected), "{text}:\n{err}");
@@ -486,6 +560,32 @@ mod tests {
         );
     }
 
+    #[test]
+    fn quotas_and_webhooks_parse() {
+        let config = parse(
+            "[projects.web]\nmax_running = 4\nmax_queued = 50\n\
+             [projects.web.webhooks]\ngithub = { env = 'WEB_HOOK_SECRET' }\n\
+             [[projects.web.webhook_rules]]\nrepository = 'https://github.com/web/*'\n\
+             [projects.data]\n",
+        )
+        .unwrap();
+        let quotas = config.quotas();
+        assert_eq!(quotas.max_running, BTreeMap::from([("web".to_string(), 4)]));
+        assert_eq!(quotas.max_queued, BTreeMap::from([("web".to_string(), 50)]));
+        let hooks = config.project_hooks();
+        assert_eq!(hooks["web"].rules.len(), 1);
+        assert!(hooks["data"].secrets.is_empty());
+    }
+
+    #[test]
+    fn a_project_webhook_secret_that_cannot_be_read_names_its_field() {
+        let config =
+            parse("[projects.web.webhooks]\ngithub = { env = 'HELIX_TEST_UNSET_HOOK_SECRET' }")
+                .unwrap();
+        let err = config.webhooks().unwrap_err().to_string();
+        assert!(err.contains("projects.web.webhooks.github"), "{err}");
+    }
+
     /// The two-team example of "Projects and tokens" is a config, with
     /// each rule where it belongs.
     #[test]
@@ -507,6 +607,8 @@ mod tests {
             Some(&["podman".to_string(), "buildkit".to_string()][..])
         );
         assert!(web.registry_auth.is_some() && config.projects["data"].repositories.is_some());
+        assert_eq!(config.quotas().max_queued["data"], 50);
+        assert_eq!(config.project_hooks()["data"].rules.len(), 1);
     }
 
     #[test]

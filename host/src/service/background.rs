@@ -12,7 +12,7 @@ use tracing::Instrument;
 use super::Inner;
 use crate::job::{Job, JobId, Outcome, State};
 use crate::log::JobLog;
-use crate::queue::Notice;
+use crate::queue::{ClaimRules, Notice};
 
 /// How long an idle worker, or a task waiting for a job that is not
 /// running here, waits for news before looking anyway (news can be lost,
@@ -33,9 +33,14 @@ pub(super) async fn worker(inner: Arc<Inner>) {
             .into_iter()
             .map(String::from)
             .collect();
+        let rules = ClaimRules {
+            builders: &builders,
+            max_running: &inner.config.quotas.max_running,
+            default_ttl: inner.config.queue_ttl,
+        };
         // Registered before looking, so news arriving meanwhile is kept.
         let news = inner.work.notified();
-        match inner.config.queue.claim(&builders, &start).await {
+        match inner.config.queue.claim(&rules, &start).await {
             Ok(Some(stored)) => {
                 let claimed = inner.adopt(stored);
                 let span = tracing::info_span!("job", id = %claimed.job.id, builder = %claimed.job.builder);

@@ -31,6 +31,7 @@ mod settle;
 mod submit;
 mod table;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -106,6 +107,18 @@ pub struct ServiceConfig {
     /// Where builders are loaded from again on a reload; `None`: reloads
     /// are refused.
     pub reload: Option<Arc<dyn BuilderReload>>,
+    /// Each project's limits on its running and waiting jobs.
+    pub quotas: Quotas,
+}
+
+/// Projects' limits (`[projects.NAME]` `max_running`, `max_queued`); a
+/// project not named in one has no such limit.
+#[derive(Debug, Clone, Default)]
+pub struct Quotas {
+    /// Most jobs of the project running at once, on every host.
+    pub max_running: BTreeMap<String, u32>,
+    /// Most jobs of the project waiting; past it submissions are refused.
+    pub max_queued: BTreeMap<String, usize>,
 }
 
 /// Loads the builders anew, for [`Service::reload_builders`]: the
@@ -124,6 +137,10 @@ pub enum ServiceError {
     Duplicate(JobId),
     #[error("build queue is full ({capacity} jobs waiting); retry later")]
     QueueFull { capacity: usize },
+    #[error(
+        "project {project} has {max_queued} jobs waiting, its limit (projects.{project}.max_queued); retry once some have started"
+    )]
+    ProjectQueueFull { project: String, max_queued: usize },
     #[error("no job with id '{0}'")]
     NotFound(String),
     #[error("job '{id}' already ended ({state}); only queued or running jobs can be cancelled")]

@@ -61,5 +61,6 @@ impl Inner {
             tracing::error!(job = %job.id, "job end not stored: {e}");
         }
         self.lock().remove_ended(&job.id);
+        self.config.queue.ended(&job.id);
     }
 }

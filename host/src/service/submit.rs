@@ -41,16 +41,37 @@ impl Service {
             }
         };
         let capacity = self.inner.config.queue_capacity;
-        let waiting = self.inner.config.queue.depth().await?;
+        let queue = &self.inner.config.queue;
+        let waiting = queue.depth().await?;
+        let project_quota = match job.project.as_deref() {
+            Some(name) => match self.inner.config.quotas.max_queued.get(name) {
+                Some(most) => Some((name, *most, queue.depth_of(name).await?)),
+                None => None,
+            },
+            None => None,
+        };
         {
             let mut table = self.inner.lock();
-            if table.jobs.contains_key(&job.id) || table.pending.contains(&job.id) {
+            if table.jobs.contains_key(&job.id) || table.pending.contains_key(&job.id) {
                 return Err(ServiceError::Duplicate(job.id));
             }
             if waiting + table.pending.len() >= capacity {
                 return Err(ServiceError::QueueFull { capacity });
             }
-            table.pending.insert(job.id.clone());
+            if let Some((name, most, waiting)) = project_quota {
+                let pending = table
+                    .pending
+                    .values()
+                    .filter(|p| p.as_deref() == Some(name))
+                    .count();
+                if waiting + pending >= most {
+                    return Err(ServiceError::ProjectQueueFull {
+                        project: name.to_string(),
+                        max_queued: most,
+                    });
+                }
+            }
+            table.pending.insert(job.id.clone(), job.project.clone());
         }
         // Finished in its own task: once the job is on its way into the
         // queue, it must end up queued (or refused) even if this caller

@@ -3,7 +3,7 @@
 //! a worker claims it and leaves once its end is stored; before and after,
 //! it is read from the store, so memory does not grow with history.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use tokio::sync::watch;
@@ -15,9 +15,10 @@ use crate::log::JobLog;
 
 pub(super) struct Table {
     pub jobs: HashMap<JobId, Entry>,
-    /// Ids of accepted jobs whose enqueue is not yet durable: taken for
-    /// duplicates and capacity, invisible to readers.
-    pub pending: HashSet<JobId>,
+    /// Ids of accepted jobs whose enqueue is not yet durable, with their
+    /// projects: taken for duplicates, capacity and quotas, invisible to
+    /// readers.
+    pub pending: HashMap<JobId, Option<String>>,
     /// Run times of the jobs this process ran to their end.
     pub build_seconds: Histogram,
     /// Their build steps, and cache hits, by builder.
@@ -38,7 +39,7 @@ impl Table {
     pub fn new() -> Self {
         Table {
             jobs: HashMap::new(),
-            pending: HashSet::new(),
+            pending: HashMap::new(),
             build_seconds: Histogram::build_seconds(),
             build_steps: BTreeMap::new(),
         }

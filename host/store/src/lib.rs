@@ -251,6 +251,10 @@ pub(crate) enum Write {
         max_running: u32,
         /// Its project (a shared store's column).
         project: Option<String>,
+        /// When it was submitted, and its own queue TTL: a shared queue's
+        /// claims skip a job past its TTL.
+        created_at: DateTime<Utc>,
+        queue_ttl_secs: Option<u64>,
         /// The job as JSON.
         body: String,
         /// Attempts the job has started, which a shared store checks so a
@@ -286,6 +290,8 @@ impl Write {
                 group: job.group.clone(),
                 max_running: job.max_running,
                 project: job.project.clone(),
+                created_at: job.created_at,
+                queue_ttl_secs: job.queue_ttl_secs,
                 body,
                 attempts: job.attempts,
                 insert,

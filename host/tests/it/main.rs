@@ -20,6 +20,7 @@ mod plugin;
 mod projects;
 mod provenance;
 mod python_builder;
+mod quotas;
 mod real_build;
 mod sandbox;
 mod scale_out;

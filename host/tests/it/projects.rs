@@ -872,3 +872,234 @@ async fn a_poisoned_cache_step_of_one_project_never_serves_another() {
         "{logs:?}"
     );
 }
+
+/// [`two_projects`] with team-a limited to one running and two waiting
+/// jobs.
+fn team_a_limited(dir: &tempfile::TempDir, store_url: Option<String>) -> Config {
+    let mut config = two_projects(dir, store_url);
+    let team_a = config.projects.get_mut("team-a").unwrap();
+    team_a.max_running = Some(1);
+    team_a.max_queued = Some(2);
+    config.validated().unwrap()
+}
+
+/// Past team-a's `max_queued` a submission gets 429 with `Retry-After`,
+/// naming the project and the limit, and nothing is stored; team-b is
+/// not held to team-a's limit.
+async fn a_project_past_its_max_queued_is_refused(server: &Server) {
+    let running = server.submit(A_ALL, json!({})).await;
+    for _ in 0..500 {
+        let (_, body) = server.get(A_ALL, &format!("/v1/jobs/{running}")).await;
+        if body.contains("\"state\":\"running\"") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let waiting = [
+        server.submit(A_ALL, json!({})).await,
+        server.submit(A_ALL, json!({})).await,
+    ];
+    let mut request = serde_json::to_value(common::simulated(0)).unwrap();
+    request["id"] = json!("one-too-many");
+    let response = server
+        .http
+        .post(format!("{}/v1/jobs", server.base))
+        .bearer_auth(A_ALL)
+        .json(&request)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(
+        response
+            .headers()
+            .contains_key(reqwest::header::RETRY_AFTER)
+    );
+    let body = response.text().await.unwrap();
+    assert!(
+        message(&body).contains("project team-a has 2 jobs waiting")
+            && message(&body).contains("projects.team-a.max_queued"),
+        "{body}"
+    );
+    let (status, _) = server.get(ADMIN, "/v1/jobs/one-too-many").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "nothing was stored");
+    let mut listed = server.listed(A_ALL, "/v1/jobs").await;
+    listed.sort();
+    let mut expected = vec![running.clone(), waiting[0].clone(), waiting[1].clone()];
+    expected.sort();
+    assert_eq!(listed, expected);
+    for id in &waiting {
+        let (_, body) = server.get(A_ALL, &format!("/v1/jobs/{id}")).await;
+        assert!(
+            body.contains("\"state\":\"queued\""),
+            "max_running 1: {body}"
+        );
+    }
+    server.submit(B_ALL, json!({})).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_project_past_its_max_queued_is_refused_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&team_a_limited(&dir, None)).await;
+    a_project_past_its_max_queued_is_refused(&server).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_project_past_its_max_queued_is_refused_on_postgres() {
+    let postgres = helix_fixtures::Postgres::start();
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&team_a_limited(&dir, Some(postgres.url()))).await;
+    a_project_past_its_max_queued_is_refused(&server).await;
+}
+
+const A_HOOK_SECRET: &str = "team-a-github-hook-secret";
+const B_HOOK_SECRET: &str = "team-b-github-hook-secret";
+const HOOKED_REPO: &str = "https://git.example/team-a/app.git";
+
+/// [`two_projects`] where each project has a GitHub webhook of its own,
+/// team-a's building pushes to `main` of its repositories, team-b's those
+/// of its own; the simulated builder's jobs run for a minute.
+fn with_project_hooks(dir: &tempfile::TempDir, store_url: Option<String>) -> Config {
+    let mut config = two_projects(dir, store_url);
+    config.builders.insert(
+        "simulated".to_string(),
+        helix_build::config::BuilderConfig {
+            settings: BTreeMap::from([("delay_ms".to_string(), "60000".to_string())]),
+            ..Default::default()
+        },
+    );
+    for (name, secret) in [("team-a", A_HOOK_SECRET), ("team-b", B_HOOK_SECRET)] {
+        let path = dir.path().join(format!("{name}.hook"));
+        std::fs::write(&path, secret).unwrap();
+        let project = config.projects.get_mut(name).unwrap();
+        project.webhooks = BTreeMap::from([(
+            "github".to_string(),
+            SecretSource {
+                file: Some(path),
+                ..SecretSource::default()
+            },
+        )]);
+        project.webhook_rules = vec![
+            serde_json::from_value(json!({
+                "repository": format!("https://git.example/{name}/*"),
+                "refs": ["refs/heads/main"],
+                "builder": "simulated",
+            }))
+            .unwrap(),
+        ];
+    }
+    config.validated().unwrap()
+}
+
+/// A push of `commit` to `main` of the hooked repository, as GitHub's
+/// delivery `delivery` signed with `secret` to `path`: the status and
+/// the body.
+async fn deliver(
+    server: &Server,
+    path: &str,
+    secret: &str,
+    delivery: &str,
+    commit: &str,
+) -> (StatusCode, Value) {
+    use hmac::Mac as _;
+    let body = json!({
+        "ref": "refs/heads/main",
+        "before": "0000000000000000000000000000000000000000",
+        "after": commit,
+        "repository": { "clone_url": HOOKED_REPO },
+    })
+    .to_string();
+    let mut mac = hmac::Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(body.as_bytes());
+    let signature = hex::encode(mac.finalize().into_bytes());
+    let response = server
+        .http
+        .post(format!("{}{path}", server.base))
+        .header("X-GitHub-Event", "push")
+        .header("X-GitHub-Delivery", delivery)
+        .header("X-Hub-Signature-256", format!("sha256={signature}"))
+        .header("Content-Type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let text = response.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+/// A project's webhook makes jobs of that project; a redelivery of a
+/// delivery taken answers 200 and builds nothing, a replay under a new
+/// delivery id builds nothing and supersedes nothing, while a new push
+/// supersedes the genuine job as before. Another project's secret does
+/// not sign for it.
+async fn project_webhooks_build_each_push_once(server: &Server) {
+    let hook = "/v1/hooks/github/team-a";
+    let commit = "4f5c8d0e3a2b1c9d8e7f6a5b4c3d2e1f0a9b8c7d";
+    let (status, job) = deliver(server, hook, A_HOOK_SECRET, "delivery-1", commit).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{job}");
+    assert_eq!(job["project"], "team-a");
+    assert_eq!(job["ref"], commit);
+    let genuine = job["id"].as_str().unwrap().to_string();
+    assert!(genuine.starts_with("hook-github-"), "{genuine}");
+
+    let (status, answer) = deliver(server, hook, A_HOOK_SECRET, "delivery-1", commit).await;
+    assert_eq!(status, StatusCode::OK, "a redelivery: {answer}");
+    assert_eq!(answer["id"], genuine.as_str());
+    let (status, answer) = deliver(server, hook, A_HOOK_SECRET, "replayed-2", commit).await;
+    assert_eq!(status, StatusCode::OK, "a replay: {answer}");
+    assert_eq!(server.listed(A_ALL, "/v1/jobs").await, [genuine.as_str()]);
+    let (_, body) = server.get(A_ALL, &format!("/v1/jobs/{genuine}")).await;
+    assert!(
+        body.contains("\"state\":\"running\"") || body.contains("\"state\":\"queued\""),
+        "the replay superseded nothing: {body}"
+    );
+
+    let (status, answer) = deliver(server, hook, B_HOOK_SECRET, "forged-3", "1234").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{answer}");
+    let (status, answer) = deliver(
+        server,
+        "/v1/hooks/github/team-b",
+        B_HOOK_SECRET,
+        "b-4",
+        commit,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "team-b's rules: {answer}");
+    for path in [
+        "/v1/hooks/github/nope",
+        "/v1/hooks/gitlab/team-a",
+        "/v1/hooks/github",
+    ] {
+        let (status, answer) = deliver(server, path, A_HOOK_SECRET, "d-5", commit).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}: {answer}");
+    }
+
+    let newer = "9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d3e2f1a0b";
+    let (status, job) = deliver(server, hook, A_HOOK_SECRET, "delivery-6", newer).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{job}");
+    let (_, body) = server
+        .get(A_ALL, &format!("/v1/jobs/{genuine}/wait?timeout_secs=30"))
+        .await;
+    assert!(
+        body.contains("\"state\":\"cancelled\"") && body.contains("superseded by job"),
+        "a new push supersedes: {body}"
+    );
+    assert!(server.listed(B_ALL, "/v1/jobs").await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn project_webhooks_build_each_push_once_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&with_project_hooks(&dir, None)).await;
+    project_webhooks_build_each_push_once(&server).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn project_webhooks_build_each_push_once_on_postgres() {
+    let postgres = helix_fixtures::Postgres::start();
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&with_project_hooks(&dir, Some(postgres.url()))).await;
+    project_webhooks_build_each_push_once(&server).await;
+}

@@ -5,12 +5,13 @@
 use crate::common::LogText as _;
 use helix_build::log::{LogLine, LogSink as _};
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
 use helix_build::job::{FailureKind, Job, JobId, JobRequest, Outcome, State, SubmitPolicy};
-use helix_build::queue::{JobQueue, LocalQueue, Notice};
+use helix_build::queue::{ClaimRules, JobQueue, LocalQueue, Notice};
 use helix_build::store::{
     JobFilter, JobStore, OwedNotification, PostgresStore, SqliteStore, StoreError,
 };
@@ -32,6 +33,16 @@ fn job(id: &str) -> Job {
 /// The builders a claiming host has in these tests.
 fn simulated() -> Vec<String> {
     vec!["simulated".to_string()]
+}
+
+/// Claims for `builders`, no project limited, no default queue TTL.
+fn rules(builders: &[String]) -> ClaimRules<'_> {
+    static UNLIMITED: BTreeMap<String, u32> = BTreeMap::new();
+    ClaimRules {
+        builders,
+        max_running: &UNLIMITED,
+        default_ttl: None,
+    }
 }
 
 fn start_now(job: &mut Job) -> Result<(), helix_build::job::TransitionError> {
@@ -79,7 +90,7 @@ async fn running(queue: &dyn JobQueue, id: &str, builder: &str) -> Job {
     queued.builder = builder.into();
     queue.enqueue(&queued).await.unwrap();
     let claimed = queue
-        .claim(&[builder.to_string()], &start_now)
+        .claim(&rules(&[builder.to_string()]), &start_now)
         .await
         .unwrap();
     claimed.unwrap().job
@@ -482,7 +493,7 @@ async fn hands_out_the_oldest_and_withdraws_only_queued(
     }
     assert_eq!(queue.depth().await.unwrap(), 3);
     let claimed = queue
-        .claim(&simulated(), &start_now)
+        .claim(&rules(&simulated()), &start_now)
         .await
         .unwrap()
         .unwrap();
@@ -514,14 +525,14 @@ async fn hands_out_the_oldest_and_withdraws_only_queued(
     );
     assert_eq!(queue.depth().await.unwrap(), 1);
     let next = queue
-        .claim(&simulated(), &start_now)
+        .claim(&rules(&simulated()), &start_now)
         .await
         .unwrap()
         .unwrap();
     assert_eq!(next.job.id.as_str(), "q2", "q1 was withdrawn");
     assert!(
         queue
-            .claim(&simulated(), &start_now)
+            .claim(&rules(&simulated()), &start_now)
             .await
             .unwrap()
             .is_none()
@@ -537,6 +548,211 @@ async fn hands_out_the_oldest_and_withdraws_only_queued(
         store.get("q2").await.unwrap().unwrap().state,
         State::Running
     );
+}
+
+/// `job(id)` of project `project` (none: no project), with `priority`.
+fn of_project(id: &str, project: Option<&str>, priority: i32) -> Job {
+    Job {
+        project: project.map(str::to_string),
+        priority,
+        ..job(id)
+    }
+}
+
+/// Ids of what `queue` hands out under `rules`, claim after claim, until
+/// it hands out nothing.
+async fn claim_all(queue: &dyn JobQueue, rules: &ClaimRules<'_>) -> Vec<Job> {
+    let mut claimed = Vec::new();
+    while let Some(stored) = queue.claim(rules, &start_now).await.unwrap() {
+        claimed.push(stored.job);
+    }
+    claimed
+}
+
+/// Stores the end of `running`, which `queue` handed out, and tells the
+/// queue, as a run's end does.
+async fn end_run(queue: &dyn JobQueue, store: &dyn JobStore, running: &Job) {
+    let mut ended = running.clone();
+    ended
+        .finish(Outcome::failed(FailureKind::Build, "ended"), Utc::now())
+        .unwrap();
+    store.update(&ended).await.unwrap();
+    queue.ended(&ended.id);
+}
+
+/// A free worker takes from the project with the fewest running jobs
+/// (no project counting as one), by priority and then age among equals
+/// and within a project.
+async fn shares_workers_between_projects(queue: &dyn JobQueue) {
+    for (id, project, priority) in [
+        ("a1", Some("a"), 0),
+        ("a2", Some("a"), 0),
+        ("a3", Some("a"), 50),
+        ("b1", Some("b"), 0),
+        ("n1", None, 0),
+        ("b2", Some("b"), 0),
+    ] {
+        queue
+            .enqueue(&of_project(id, project, priority))
+            .await
+            .unwrap();
+    }
+    assert_eq!(queue.depth_of("a").await.unwrap(), 3);
+    assert_eq!(queue.depth_of("b").await.unwrap(), 2);
+    assert_eq!(
+        ids(claim_all(queue, &rules(&simulated())).await),
+        ["a3", "b1", "n1", "a1", "b2", "a2"]
+    );
+}
+
+#[tokio::test]
+async fn the_local_queue_shares_workers_between_projects() {
+    let (_dir, _store, queue) = sqlite_with_queue().await;
+    shares_workers_between_projects(&queue).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shared_queue_shares_workers_between_projects() {
+    let server = Postgres::start();
+    let store = postgres(&server, "host-a").await;
+    shares_workers_between_projects(store.as_ref()).await;
+}
+
+/// A project at its `max_running` gets no more until one of its runs
+/// ends; other projects' jobs start meanwhile.
+async fn holds_a_projects_max_running(queue: &dyn JobQueue, store: &dyn JobStore) {
+    for (id, project) in [("a1", "a"), ("a2", "a"), ("a3", "a"), ("b1", "b")] {
+        queue
+            .enqueue(&of_project(id, Some(project), 0))
+            .await
+            .unwrap();
+    }
+    let limits = BTreeMap::from([("a".to_string(), 2)]);
+    let builders = simulated();
+    let limited = ClaimRules {
+        max_running: &limits,
+        ..rules(&builders)
+    };
+    let claimed = claim_all(queue, &limited).await;
+    assert_eq!(ids(claimed.clone()), ["a1", "b1", "a2"]);
+    end_run(queue, store, &claimed[0]).await;
+    assert_eq!(ids(claim_all(queue, &limited).await), ["a3"]);
+}
+
+#[tokio::test]
+async fn the_local_queue_holds_a_projects_max_running() {
+    let (_dir, store, queue) = sqlite_with_queue().await;
+    holds_a_projects_max_running(&queue, store.as_ref()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shared_queue_holds_a_projects_max_running() {
+    let server = Postgres::start();
+    let store = postgres(&server, "host-a").await;
+    holds_a_projects_max_running(store.as_ref(), store.as_ref()).await;
+}
+
+/// A job past its queue TTL (its own, or the default) is never claimed;
+/// it stays for the sweep, which finds it overdue.
+async fn never_claims_a_job_past_its_queue_ttl(queue: &dyn JobQueue) {
+    let two_seconds_ago = Utc::now() - chrono::Duration::seconds(2);
+    let own_ttl = Job {
+        queue_ttl_secs: Some(1),
+        created_at: two_seconds_ago,
+        ..job("own-ttl")
+    };
+    let default_ttl = Job {
+        created_at: two_seconds_ago,
+        ..job("default-ttl")
+    };
+    let patient = Job {
+        queue_ttl_secs: Some(3600),
+        created_at: two_seconds_ago,
+        ..job("patient")
+    };
+    for waiting in [&own_ttl, &default_ttl, &patient, &job("fresh")] {
+        queue.enqueue(waiting).await.unwrap();
+    }
+    let builders = simulated();
+    let one_second = ClaimRules {
+        default_ttl: Some(Duration::from_secs(1)),
+        ..rules(&builders)
+    };
+    assert_eq!(
+        ids(claim_all(queue, &one_second).await),
+        ["patient", "fresh"]
+    );
+    let overdue = queue
+        .overdue(Some(Duration::from_secs(1)), Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(ids(overdue), ["own-ttl", "default-ttl"]);
+}
+
+#[tokio::test]
+async fn the_local_queue_never_claims_a_job_past_its_queue_ttl() {
+    let (_dir, _store, queue) = sqlite_with_queue().await;
+    never_claims_a_job_past_its_queue_ttl(&queue).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shared_queue_never_claims_a_job_past_its_queue_ttl() {
+    let server = Postgres::start();
+    let store = postgres(&server, "host-a").await;
+    never_claims_a_job_past_its_queue_ttl(store.as_ref()).await;
+}
+
+/// Two hosts claiming at once never run more of a project than its
+/// `max_running` between them: the count and the claim are one step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_claiming_at_once_hold_a_projects_max_running() {
+    let server = Postgres::start();
+    let a = postgres(&server, "host-a").await;
+    let b = postgres(&server, "host-b").await;
+    for i in 0..30 {
+        a.enqueue(&of_project(&format!("p{i}"), Some("p"), 0))
+            .await
+            .unwrap();
+    }
+    let limits = BTreeMap::from([("p".to_string(), 3)]);
+    let builders = simulated();
+    let limited = ClaimRules {
+        max_running: &limits,
+        ..rules(&builders)
+    };
+    let mut ran = 0;
+    while ran < 30 {
+        let claims = (0..8).map(|i| {
+            let host = if i % 2 == 0 { a.clone() } else { b.clone() };
+            async move {
+                let claimed = host.claim(&limited, &start_now).await.unwrap();
+                claimed.map(|stored| (host, stored.job))
+            }
+        });
+        let claimed: Vec<_> = futures_util::future::join_all(claims)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+        let running = a
+            .count_by_state()
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|(state, _)| *state == State::Running)
+            .map_or(0, |(_, n)| n);
+        assert!(
+            running <= 3 && claimed.len() as u64 == running,
+            "{running} running, {} claimed",
+            claimed.len()
+        );
+        assert!(running > 0, "one of the claims holds the project's lock");
+        ran += claimed.len();
+        for (host, job) in claimed {
+            end_run(host.as_ref(), host.as_ref(), &job).await;
+        }
+    }
+    assert_eq!(ran, 30);
 }
 
 #[tokio::test]
@@ -561,7 +777,7 @@ async fn the_local_queue_reopens_with_its_queue_and_its_lost_runs() {
             queue.enqueue(&job(id)).await.unwrap();
         }
         queue
-            .claim(&simulated(), &start_now)
+            .claim(&rules(&simulated()), &start_now)
             .await
             .unwrap()
             .unwrap();
@@ -585,7 +801,7 @@ async fn the_local_queue_reopens_with_its_queue_and_its_lost_runs() {
             .unwrap()
     );
     let next = queue
-        .claim(&simulated(), &start_now)
+        .claim(&rules(&simulated()), &start_now)
         .await
         .unwrap()
         .unwrap();
@@ -608,7 +824,7 @@ async fn hosts_claim_each_job_once() {
     }
     let claim_all = |queue: Arc<PostgresStore>| async move {
         let mut ids = Vec::new();
-        while let Some(stored) = queue.claim(&simulated(), &start_now).await.unwrap() {
+        while let Some(stored) = queue.claim(&rules(&simulated()), &start_now).await.unwrap() {
             ids.push(stored.job.id.to_string());
         }
         ids
@@ -630,7 +846,7 @@ async fn a_lease_that_ran_out_is_taken_over_and_the_old_host_cannot_write() {
     let b = postgres(&server, "host-b").await;
     short.enqueue(&job("taken")).await.unwrap();
     let claimed = short
-        .claim(&simulated(), &start_now)
+        .claim(&rules(&simulated()), &start_now)
         .await
         .unwrap()
         .unwrap();
@@ -678,7 +894,11 @@ async fn a_running_job_is_asked_to_cancel_through_its_host() {
     let a = postgres(&server, "host-a").await;
     let b = postgres(&server, "host-b").await;
     a.enqueue(&job("long")).await.unwrap();
-    let claimed = b.claim(&simulated(), &start_now).await.unwrap().unwrap();
+    let claimed = b
+        .claim(&rules(&simulated()), &start_now)
+        .await
+        .unwrap()
+        .unwrap();
     let mut notices = b.notices();
     assert!(a.ask_cancel("long", "superseded by job x").await.unwrap());
     let notice = tokio::time::timeout(Duration::from_secs(5), async {
@@ -721,7 +941,7 @@ async fn a_host_claims_only_jobs_for_builders_it_has() {
     store.enqueue(&podman).await.unwrap();
     store.enqueue(&job("simulated-one")).await.unwrap();
     let claimed = store
-        .claim(&simulated(), &start_now)
+        .claim(&rules(&simulated()), &start_now)
         .await
         .unwrap()
         .unwrap();
@@ -732,14 +952,14 @@ async fn a_host_claims_only_jobs_for_builders_it_has() {
     );
     assert!(
         store
-            .claim(&simulated(), &start_now)
+            .claim(&rules(&simulated()), &start_now)
             .await
             .unwrap()
             .is_none()
     );
     let podman_host = vec!["podman".to_string(), "buildah".to_string()];
     let claimed = store
-        .claim(&podman_host, &start_now)
+        .claim(&rules(&podman_host), &start_now)
         .await
         .unwrap()
         .unwrap();

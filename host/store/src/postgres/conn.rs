@@ -75,6 +75,17 @@ const MIGRATIONS: &[&str] = &[
     // The project a job belongs to: a project's listing filters on it.
     "ALTER TABLE jobs ADD COLUMN project TEXT; \
      CREATE INDEX jobs_by_project ON jobs (project, seq);",
+    // Claims share workers between projects by their running jobs and
+    // skip jobs past their queue TTL; submissions count a project's
+    // waiting jobs.
+    "
+    ALTER TABLE jobs ADD COLUMN created_at TIMESTAMPTZ, ADD COLUMN queue_ttl_secs INTEGER;
+    UPDATE jobs SET created_at = (body::jsonb ->> 'created_at')::timestamptz,
+        queue_ttl_secs = (body::jsonb ->> 'queue_ttl_secs')::integer
+        WHERE state IN ('queued', 'running');
+    CREATE INDEX running_by_project ON jobs (project) WHERE state = 'running';
+    CREATE INDEX queued_by_project ON jobs (project) WHERE state = 'queued';
+    ",
 ];
 
 /// A connection and the statements prepared on it, so each is parsed and

@@ -10,7 +10,7 @@ use tokio_postgres::Client;
 
 use super::conn::open;
 use super::{CANCEL_CHANNEL, CHANGED_CHANNEL, PostgresStore, QUEUED_CHANNEL};
-use crate::queue::{Heartbeat, JobQueue, LostRun, Notice, Start};
+use crate::queue::{ClaimRules, Heartbeat, JobQueue, LostRun, Notice, Start};
 use crate::{JobStore, Read, StoreError, StoredJob, db_error, parse_job};
 use helix_core::job::{Job, JobId, State};
 use helix_core::log::LogLine;
@@ -37,65 +37,65 @@ impl PostgresStore {
         Ok(slot)
     }
 
-    /// Claims one job in one transaction: the oldest queued one for
-    /// `builders`, locked so no other host's claim takes it, made running
-    /// by `start` and stored with this host's lease, body and columns
-    /// together.
+    /// Claims one job in one transaction: the one `rules` put first,
+    /// locked so no other host's claim takes it, made running by `start`
+    /// and stored with this host's lease, body and columns together.
     async fn claim_one(
         &self,
-        builders: &[String],
+        rules: &ClaimRules<'_>,
         start: &Start,
     ) -> Result<Option<Job>, StoreError> {
         let mut slot = self.claims().await?;
         let client = slot.as_mut().expect("claims() connected it");
         let tx = client.transaction().await.map_err(db_error)?;
-        // Groups found full during this claim; a job of one waits.
-        let mut full: Vec<String> = Vec::new();
+        let (limited, limits): (Vec<&str>, Vec<i32>) = rules
+            .max_running
+            .iter()
+            .map(|(project, most)| (project.as_str(), i32::try_from(*most).unwrap_or(i32::MAX)))
+            .unzip();
+        let default_ttl = rules.default_ttl.map(|ttl| ttl.as_secs_f64());
+        // Groups and projects found full during this claim; their jobs wait.
+        let mut full_groups: Vec<String> = Vec::new();
+        let mut full_projects: Vec<String> = Vec::new();
         let row = loop {
             let row = tx
                 .query_opt(
-                    // As job::effective_priority: one level per 60 s waited.
-                    "SELECT body, grp, max_running FROM jobs q \
-                     WHERE state = 'queued' AND builder = ANY($1) \
-                     AND (grp IS NULL OR NOT (grp = ANY($2))) \
-                     AND (not_before IS NULL OR not_before <= now()) \
-                     ORDER BY priority + floor(extract(epoch FROM now() - queued_at) / 60) DESC, seq \
-                     LIMIT 1 FOR UPDATE SKIP LOCKED",
-                    &[&builders, &full],
+                    CLAIM,
+                    &[
+                        &rules.builders,
+                        &full_groups,
+                        &full_projects,
+                        &limited,
+                        &limits,
+                        &default_ttl,
+                    ],
                 )
                 .await
                 .map_err(db_error)?;
             let Some(row) = row else {
                 return Ok(None);
             };
-            let Some(group) = row.get::<_, Option<String>>(1) else {
-                break row;
-            };
-            // One claim at a time per group, on every host: counted after
-            // the lock, the count includes every claim committed before.
-            // A group another claim holds is skipped, never waited for (two
-            // claims waiting on each other's groups would deadlock).
-            let locked: bool = tx
-                .query_one("SELECT pg_try_advisory_xact_lock(hashtext($1))", &[&group])
-                .await
-                .map_err(db_error)?
-                .get(0);
-            if !locked {
-                full.push(group);
+            // One claim at a time per group and per limited project, on
+            // every host: counted after the lock, the count includes every
+            // claim committed before. One another claim holds is skipped,
+            // never waited for (two claims waiting on each other's locks
+            // would deadlock).
+            if let Some(group) = row.get::<_, Option<String>>(1)
+                && !Limited::Group.has_room(&tx, &group, row.get(2)).await?
+            {
+                full_groups.push(group);
                 continue;
             }
-            let running: i64 = tx
-                .query_one(
-                    "SELECT COUNT(*) FROM jobs WHERE state = 'running' AND grp = $1",
-                    &[&group],
-                )
-                .await
-                .map_err(db_error)?
-                .get(0);
-            if running < i64::from(row.get::<_, i32>(2)) {
-                break row;
+            if let Some(project) = row.get::<_, Option<String>>(3)
+                && let Some(most) = rules.max_running.get(&project)
+                && !Limited::Project
+                    .has_room(&tx, &project, i32::try_from(*most).unwrap_or(i32::MAX))
+                    .await?
+            {
+                full_projects.push(project);
+                continue;
             }
-            full.push(group);
+            break row;
         };
         let mut job = parse_job(row.get(0))?;
         start(&mut job).map_err(|e| db_error(format!("a queued job cannot start: {e}")))?;
@@ -121,6 +121,91 @@ impl PostgresStore {
     }
 }
 
+/// The claim's query: the first queued job for builders `$1`, of no
+/// group in `$2` nor project in `$3` (found full meanwhile), whose project
+/// is below its limit (`$4` the limited projects, `$5` their limits), not
+/// in its backoff and within its queue TTL (`$6` the default, seconds),
+/// in the order of [`ClaimRules`]: the project with the fewest running
+/// jobs first (no project counting as one, ''), then the highest priority
+/// aged as `job::effective_priority` (one level per 60 s waited), then the
+/// oldest. Locking a row needs every candidate sorted (no top-N sort under
+/// `FOR UPDATE`), so the sort carries the row's number only and the body
+/// is read after it: with the bodies the sort of 20,000 waiting jobs
+/// spills to disk.
+const CLAIM: &str = "
+    WITH running AS (
+        SELECT COALESCE(project, '') AS project, COUNT(*) AS n
+        FROM jobs WHERE state = 'running' GROUP BY 1
+    ), limits AS (
+        SELECT * FROM unnest($4::text[], $5::int[]) AS l(project, most)
+    ), pick AS (
+        SELECT q.seq FROM jobs q
+        LEFT JOIN running r ON r.project = COALESCE(q.project, '')
+        LEFT JOIN limits l ON l.project = q.project
+        WHERE q.state = 'queued' AND q.builder = ANY($1)
+        AND (q.grp IS NULL OR NOT (q.grp = ANY($2)))
+        AND (q.project IS NULL OR NOT (q.project = ANY($3)))
+        AND (l.most IS NULL OR COALESCE(r.n, 0) < l.most)
+        AND (q.not_before IS NULL OR q.not_before <= now())
+        AND COALESCE(q.created_at + make_interval(secs => COALESCE(q.queue_ttl_secs::float8, $6)) > now(), true)
+        ORDER BY COALESCE(r.n, 0), q.priority + floor(extract(epoch FROM now() - q.queued_at) / 60) DESC, q.seq
+        LIMIT 1 FOR UPDATE OF q SKIP LOCKED
+    )
+    SELECT j.body, j.grp, j.max_running, j.project FROM pick JOIN jobs j ON j.seq = pick.seq";
+
+/// What a claim counts running jobs of, one claim at a time.
+#[derive(Clone, Copy)]
+enum Limited {
+    Group,
+    Project,
+}
+
+impl Limited {
+    /// Takes the transaction's advisory lock on group or project `$1`,
+    /// unless another holds it. A project's is in a space of its own (the
+    /// two-key form), so no group's name takes a project's lock.
+    fn try_lock(self) -> &'static str {
+        match self {
+            Limited::Group => "SELECT pg_try_advisory_xact_lock(hashtext($1))",
+            Limited::Project => "SELECT pg_try_advisory_xact_lock(7243112, hashtext($1))",
+        }
+    }
+
+    fn count_running(self) -> &'static str {
+        match self {
+            Limited::Group => "SELECT COUNT(*) FROM jobs WHERE state = 'running' AND grp = $1",
+            Limited::Project => {
+                "SELECT COUNT(*) FROM jobs WHERE state = 'running' AND project = $1"
+            }
+        }
+    }
+
+    /// Whether fewer than `most` jobs of group or project `name` run, on
+    /// every host, holding `name`'s lock until `tx` ends; `false` too when
+    /// another claim holds that lock.
+    async fn has_room(
+        self,
+        tx: &tokio_postgres::Transaction<'_>,
+        name: &str,
+        most: i32,
+    ) -> Result<bool, StoreError> {
+        let locked: bool = tx
+            .query_one(self.try_lock(), &[&name])
+            .await
+            .map_err(db_error)?
+            .get(0);
+        if !locked {
+            return Ok(false);
+        }
+        let running: i64 = tx
+            .query_one(self.count_running(), &[&name])
+            .await
+            .map_err(db_error)?
+            .get(0);
+        Ok(running < i64::from(most))
+    }
+}
+
 impl JobQueue for PostgresStore {
     fn host(&self) -> Option<&str> {
         Some(&self.host)
@@ -137,17 +222,21 @@ impl JobQueue for PostgresStore {
 
     fn claim<'a>(
         &'a self,
-        builders: &'a [String],
+        rules: &'a ClaimRules<'a>,
         start: &'a Start,
     ) -> Read<'a, Option<StoredJob>> {
         async move {
-            let Some(job) = self.claim_one(builders, start).await? else {
+            let Some(job) = self.claim_one(rules, start).await? else {
                 return Ok(None);
             };
             let log = crate::queue::earlier_log(self, &job).await?;
             Ok(Some(StoredJob { job, log }))
         }
         .boxed()
+    }
+
+    fn ended(&self, _id: &JobId) {
+        // The database counts what runs.
     }
 
     fn withdraw<'a>(&'a self, ended: &'a Job, line: &'a str) -> Read<'a, bool> {
@@ -285,6 +374,20 @@ impl JobQueue for PostgresStore {
         .boxed()
     }
 
+    fn depth_of<'a>(&'a self, project: &'a str) -> Read<'a, usize> {
+        async move {
+            let count: i64 = self
+                .query_one(
+                    "SELECT COUNT(*) FROM jobs WHERE state = 'queued' AND project = $1",
+                    &[&project],
+                )
+                .await?
+                .get(0);
+            Ok(usize::try_from(count).unwrap_or(0))
+        }
+        .boxed()
+    }
+
     fn next_attempt<'a>(&'a self, job: &'a Job, next: &'a Job) -> Read<'a, bool> {
         async move {
             let body = serde_json::to_string(next).map_err(db_error)?;
@@ -318,8 +421,8 @@ impl JobQueue for PostgresStore {
             let jobs = self
                 .jobs(
                     "SELECT body FROM jobs WHERE state = 'queued' \
-                     AND queued_at + make_interval(secs => \
-                         COALESCE((body::jsonb ->> 'queue_ttl_secs')::float8, $1)) <= now() \
+                     AND created_at + make_interval(secs => \
+                         COALESCE(queue_ttl_secs::float8, $1)) <= now() \
                      ORDER BY seq",
                     &[&default_secs],
                 )

@@ -42,8 +42,10 @@ impl Writer {
         let prepare = |sql: &'static str| client.prepare(sql);
         let (insert, update, log, trim, notify, record) = tokio::try_join!(
             prepare(
-                "INSERT INTO jobs (id, state, builder, body, priority, grp, max_running, project) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (id) DO NOTHING"
+                "INSERT INTO jobs (id, state, builder, body, priority, grp, max_running, project, \
+                 created_at, queue_ttl_secs) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::text::timestamptz, $10) \
+                 ON CONFLICT (id) DO NOTHING"
             ),
             // Only the run that holds the job may change it: a host whose
             // lease ran out must not overwrite the next run.
@@ -139,6 +141,8 @@ async fn commit(
                 group,
                 max_running,
                 project,
+                created_at,
+                queue_ttl_secs,
                 insert: true,
                 ..
             } => {
@@ -153,7 +157,9 @@ async fn commit(
                         *priority,
                         group.clone(),
                         i32::try_from(*max_running).unwrap_or(i32::MAX),
-                        project.clone()
+                        project.clone(),
+                        created_at.to_rfc3339(),
+                        queue_ttl_secs.map(|secs| i32::try_from(secs).unwrap_or(i32::MAX))
                     ],
                 ));
             }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use futures_util::FutureExt as _;
 use tokio::sync::broadcast;
 
-use super::{Heartbeat, JobQueue, LostRun, Notice, Start};
+use super::{ClaimRules, Heartbeat, JobQueue, LostRun, Notice, Start};
 use crate::{JobStore, Read, StoreError, StoredJob};
 use helix_core::job::{Job, JobId, State, effective_priority};
 use helix_core::log::LogLine;
@@ -18,13 +18,19 @@ pub struct LocalQueue {
     store: Arc<dyn JobStore>,
     /// Queued jobs, oldest first.
     waiting: Mutex<VecDeque<Job>>,
-    /// Runs of concurrency groups this queue started (job and attempt),
-    /// by group, until the store shows them over.
-    running_in_group: Mutex<HashMap<String, Vec<(JobId, u32)>>>,
+    /// The jobs this queue handed out that still run: what counts against
+    /// their groups' and projects' places.
+    running: Mutex<HashMap<JobId, Place>>,
     /// Runs the store showed running when the queue opened: an earlier
     /// process died running them.
     leftovers: Mutex<Vec<Job>>,
     notices: broadcast::Sender<Notice>,
+}
+
+/// Where a running job counts: its group and its project.
+struct Place {
+    group: Option<String>,
+    project: Option<String>,
 }
 
 impl LocalQueue {
@@ -45,7 +51,7 @@ impl LocalQueue {
         Ok(LocalQueue {
             store,
             waiting: Mutex::new(waiting),
-            running_in_group: Mutex::default(),
+            running: Mutex::default(),
             leftovers: Mutex::new(leftovers),
             notices: broadcast::channel(1024).0,
         })
@@ -57,75 +63,71 @@ impl LocalQueue {
         self.waiting.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Forgets the grouped runs the store shows over: the job ended, or
-    /// is queued again after that attempt (a claim's own write may not
-    /// have landed yet, so a job queued at an earlier attempt still runs).
-    async fn forget_ended_runs(&self) -> Result<(), StoreError> {
-        let tracked: Vec<(JobId, u32)> = self
-            .running_in_group
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .flatten()
-            .cloned()
-            .collect();
-        let mut over = Vec::new();
-        for (id, attempt) in tracked {
-            let job = self.store.get(id.as_str()).await?;
-            let done = job.is_none_or(|job| {
-                job.state.is_terminal() || (job.state == State::Queued && job.attempts >= attempt)
-            });
-            if done {
-                over.push(id);
-            }
-        }
-        let mut running = self
-            .running_in_group
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        for runs in running.values_mut() {
-            runs.retain(|(id, _)| !over.contains(id));
-        }
-        running.retain(|_, runs| !runs.is_empty());
-        Ok(())
+    fn running(&self) -> MutexGuard<'_, HashMap<JobId, Place>> {
+        self.running.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Removes the waiting job to run next — the highest effective
-    /// priority, the oldest among equals, among those whose group has
-    /// room — and counts it running in its group, all under one lock so
-    /// two claims cannot both take a group's last place.
-    fn take_first(&self) -> Option<Job> {
+    /// Removes the waiting job `rules` say runs next and counts it
+    /// running, all under one lock so two claims cannot both take a
+    /// group's or a project's last place.
+    fn take_first(&self, rules: &ClaimRules<'_>) -> Option<Job> {
         let now = chrono::Utc::now();
-        let mut running = self
-            .running_in_group
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        let has_room = |job: &Job| {
-            job.group
+        let mut running = self.running();
+        let mut in_group: HashMap<&str, usize> = HashMap::new();
+        // A few entries at most (one per project running here): a scan
+        // is cheaper than hashing once per waiting job.
+        let mut in_project: Vec<(Option<&str>, usize)> = Vec::new();
+        for place in running.values() {
+            if let Some(group) = &place.group {
+                *in_group.entry(group).or_default() += 1;
+            }
+            let project = place.project.as_deref();
+            match in_project.iter_mut().find(|(p, _)| *p == project) {
+                Some((_, count)) => *count += 1,
+                None => in_project.push((project, 1)),
+            }
+        }
+        let may_start = |job: &Job, project_running: usize| {
+            let group_has_room = job
+                .group
+                .as_deref()
+                .is_none_or(|g| in_group.get(g).copied().unwrap_or(0) < job.max_running as usize);
+            let project_has_room = job
+                .project
                 .as_ref()
-                .is_none_or(|g| running.get(g).map_or(0, Vec::len) < job.max_running as usize)
+                .and_then(|p| rules.max_running.get(p))
+                .is_none_or(|most| project_running < *most as usize);
+            group_has_room
+                && project_has_room
+                && job.not_before.is_none_or(|at| at <= now)
+                && !job.is_overdue(rules.default_ttl, now)
         };
         let mut waiting = self.waiting();
-        let at = waiting
+        let (at, _) = waiting
             .iter()
             .enumerate()
-            .filter(|(_, job)| has_room(job) && job.not_before.is_none_or(|at| at <= now))
-            .max_by_key(|(at, job)| {
+            .filter_map(|(at, job)| {
+                let project_running = in_project
+                    .iter()
+                    .find(|(p, _)| *p == job.project.as_deref())
+                    .map_or(0, |(_, count)| *count);
                 let waited = (now - job.created_at).num_seconds();
-                (
+                let order = (
+                    std::cmp::Reverse(project_running),
                     effective_priority(job.priority, waited),
-                    std::cmp::Reverse(*at),
-                )
+                    std::cmp::Reverse(at),
+                );
+                may_start(job, project_running).then_some((at, order))
             })
-            .map(|(at, _)| at)?;
+            .max_by_key(|(_, order)| *order)?;
         let job = waiting.remove(at)?;
-        if let Some(group) = &job.group {
-            // Counted as the attempt the claim is about to start.
-            running
-                .entry(group.clone())
-                .or_default()
-                .push((job.id.clone(), job.attempts + 1));
-        }
+        running.insert(
+            job.id.clone(),
+            Place {
+                group: job.group.clone(),
+                project: job.project.clone(),
+            },
+        );
         Some(job)
     }
 
@@ -156,12 +158,11 @@ impl JobQueue for LocalQueue {
 
     fn claim<'a>(
         &'a self,
-        _builders: &'a [String],
+        rules: &'a ClaimRules<'a>,
         start: &'a Start,
     ) -> Read<'a, Option<StoredJob>> {
         async move {
-            self.forget_ended_runs().await?;
-            let Some(mut job) = self.take_first() else {
+            let Some(mut job) = self.take_first(rules) else {
                 return Ok(None);
             };
             start(&mut job).map_err(|e| StoreError::Database(e.to_string()))?;
@@ -178,6 +179,10 @@ impl JobQueue for LocalQueue {
             Ok(Some(StoredJob { job, log }))
         }
         .boxed()
+    }
+
+    fn ended(&self, id: &JobId) {
+        self.running().remove(id);
     }
 
     fn withdraw<'a>(&'a self, ended: &'a Job, line: &'a str) -> Read<'a, bool> {
@@ -254,6 +259,15 @@ impl JobQueue for LocalQueue {
 
     fn depth(&self) -> Read<'_, usize> {
         std::future::ready(Ok(self.waiting().len())).boxed()
+    }
+
+    fn depth_of<'a>(&'a self, project: &'a str) -> Read<'a, usize> {
+        let waiting = self.waiting();
+        let count = waiting
+            .iter()
+            .filter(|job| job.project.as_deref() == Some(project))
+            .count();
+        std::future::ready(Ok(count)).boxed()
     }
 
     fn next_attempt<'a>(&'a self, _job: &'a Job, next: &'a Job) -> Read<'a, bool> {

@@ -10,6 +10,7 @@
 
 mod local;
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -38,13 +39,19 @@ pub trait JobQueue: Send + Sync + 'static {
     /// when the id is taken.
     fn enqueue<'a>(&'a self, job: &'a Job) -> Read<'a, ()>;
 
-    /// Claims the oldest queued job for one of `builders` (a queue no other
-    /// host shares hands out every job: no one else could run it). `start`
-    /// makes it running, and the job is stored as `start` left it in the
-    /// same write as the claim. Returns it with its log so far; `None` when
-    /// no job waits.
-    fn claim<'a>(&'a self, builders: &'a [String], start: &'a Start)
-    -> Read<'a, Option<StoredJob>>;
+    /// Claims the next queued job `rules` allow (see [`ClaimRules`] for
+    /// the order). `start` makes it running, and the job is stored as
+    /// `start` left it in the same write as the claim. Returns it with its
+    /// log so far; `None` when no job may start.
+    fn claim<'a>(
+        &'a self,
+        rules: &'a ClaimRules<'a>,
+        start: &'a Start,
+    ) -> Read<'a, Option<StoredJob>>;
+
+    /// Tells the queue that job `id`, which this host claimed, no longer
+    /// runs here: its end is stored (or it went back to the queue).
+    fn ended(&self, id: &JobId);
 
     /// Stores `ended` in place of queued job `ended.id` if that job is
     /// still queued (it ended before it started), and `line` in its log,
@@ -78,6 +85,9 @@ pub trait JobQueue: Send + Sync + 'static {
     /// How many jobs wait, on every host.
     fn depth(&self) -> Read<'_, usize>;
 
+    /// How many jobs of project `project` wait, on every host.
+    fn depth_of<'a>(&'a self, project: &'a str) -> Read<'a, usize>;
+
     /// The waiting jobs, on every host, that have waited past their
     /// queue TTL (their own, else `default_ttl`) at `now`, oldest first.
     fn overdue(&self, default_ttl: Option<Duration>, now: DateTime<Utc>) -> Read<'_, Vec<Job>>;
@@ -89,6 +99,29 @@ pub trait JobQueue: Send + Sync + 'static {
 
     /// News: jobs queued, cancellations asked for, jobs changed.
     fn notices(&self) -> broadcast::Receiver<Notice>;
+}
+
+/// Which queued job a free worker claims, the same on both queues.
+///
+/// Fair sharing between projects: the worker takes from the project with
+/// the fewest jobs running (on every host of a shared queue; the jobs of
+/// no project count as one more project); among projects equally busy,
+/// and within a project, the highest effective priority
+/// ([`helix_core::job::effective_priority`]) first, the oldest among
+/// equals. Never a job whose group or project is at its `max_running`,
+/// one still in its retry backoff, or one past its queue TTL (the TTL
+/// sweep ends those).
+#[derive(Debug, Clone, Copy)]
+pub struct ClaimRules<'a> {
+    /// The builders this host has; a shared queue hands out only their
+    /// jobs (a queue no other host shares hands out every job: no one
+    /// else could run it).
+    pub builders: &'a [String],
+    /// Most jobs of each project that may run at once, on every host; a
+    /// project not named has no such limit.
+    pub max_running: &'a BTreeMap<String, u32>,
+    /// The queue TTL of jobs that set none; `None`: no limit.
+    pub default_ttl: Option<Duration>,
 }
 
 /// What a claimed job's log continues: the lines of its earlier runs

@@ -124,7 +124,8 @@ impl PostgresStore {
 /// The claim's query: the first queued job for builders `$1`, of no
 /// group in `$2` nor project in `$3` (found full meanwhile), whose project
 /// is below its limit (`$4` the limited projects, `$5` their limits), not
-/// in its backoff and within its queue TTL (`$6` the default, seconds),
+/// in its backoff and within its queue TTL (`$6` the default, seconds;
+/// a row from a host that wrote no `created_at` counts from `queued_at`),
 /// in the order of [`ClaimRules`]: the project with the fewest running
 /// jobs first (no project counting as one, ''), then the highest priority
 /// aged as `job::effective_priority` (one level per 60 s waited), then the
@@ -147,7 +148,8 @@ const CLAIM: &str = "
         AND (q.project IS NULL OR NOT (q.project = ANY($3)))
         AND (l.most IS NULL OR COALESCE(r.n, 0) < l.most)
         AND (q.not_before IS NULL OR q.not_before <= now())
-        AND COALESCE(q.created_at + make_interval(secs => COALESCE(q.queue_ttl_secs::float8, $6)) > now(), true)
+        AND COALESCE(COALESCE(q.created_at, q.queued_at)
+            + make_interval(secs => COALESCE(q.queue_ttl_secs::float8, $6)) > now(), true)
         ORDER BY COALESCE(r.n, 0), q.priority + floor(extract(epoch FROM now() - q.queued_at) / 60) DESC, q.seq
         LIMIT 1 FOR UPDATE OF q SKIP LOCKED
     )
@@ -420,9 +422,13 @@ impl JobQueue for PostgresStore {
             let default_secs = default_ttl.map(|ttl| ttl.as_secs_f64());
             let jobs = self
                 .jobs(
-                    "SELECT body FROM jobs WHERE state = 'queued' \
-                     AND created_at + make_interval(secs => \
-                         COALESCE(queue_ttl_secs::float8, $1)) <= now() \
+                    // A row without `created_at` was written by a host
+                    // from before that column (a rolling upgrade).
+                    "SELECT body FROM jobs WHERE state = 'queued' AND CASE \
+                     WHEN created_at IS NULL THEN queued_at + make_interval(secs => \
+                         COALESCE((body::jsonb ->> 'queue_ttl_secs')::float8, $1)) \
+                     ELSE created_at + make_interval(secs => \
+                         COALESCE(queue_ttl_secs::float8, $1)) END <= now() \
                      ORDER BY seq",
                     &[&default_secs],
                 )

@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use super::{Config, ConfigError};
 use crate::builtin;
-use crate::cache::BuildCache;
+use crate::layer_cache::BuildCache;
 use crate::cgroup::BuildLimits;
 use crate::docker_engine::DockerEngine;
 use crate::exec::Grants;

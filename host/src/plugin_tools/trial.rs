@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::audit::{AuditEntry, AuditTrail};
-use crate::cache::StorageDriver;
+use crate::layer_cache::StorageDriver;
 use crate::cancel::CancelSignal;
 use crate::cgroup::{BuildLimits, Cgroups};
 use crate::config::host_settings;

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use super::Inner;
-use crate::cache::CacheSlot;
+use crate::layer_cache::CacheSlot;
 use crate::cgroup::{LimitHit, RunCgroup};
 use crate::docker_engine::DockerEngine;
 use crate::jail::{Jail, JailSpec};

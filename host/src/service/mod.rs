@@ -42,7 +42,7 @@ use futures_util::future::BoxFuture;
 use tokio::sync::{Notify, broadcast};
 use tokio::task::JoinSet;
 
-use crate::cache::BuildCache;
+use crate::layer_cache::BuildCache;
 use crate::cgroup::Cgroups;
 use crate::hooks::Webhooks;
 use crate::job::{InvalidJob, Job, JobId, State, SubmitPolicy};

@@ -14,7 +14,7 @@ use super::confine::{blame_limit, limit_reached};
 use super::table::Entry;
 use crate::audit::AuditTrail;
 use crate::backoff::Backoff;
-use crate::cache::{CacheScope, CacheSlot};
+use crate::layer_cache::{CacheScope, CacheSlot};
 use crate::cancel::CancelSignal;
 use crate::cgroup::RunCgroup;
 use crate::docker_engine::DockerEngine;

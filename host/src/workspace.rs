@@ -21,8 +21,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::layer_cache::{StorageDriver, storage_conf};
 use crate::job::JobId;
+use crate::layer_cache::{StorageDriver, storage_conf};
 use crate::quota::DiskQuota;
 use crate::registry::RegistrySettings;
 

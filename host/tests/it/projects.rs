@@ -11,6 +11,8 @@ use std::path::PathBuf;
 
 use helix_build::config::{Config, ProjectConfig, TokenConfig};
 use helix_build::job::{Job, JobRequest, State};
+use helix_build::provenance::dsse::PublicKey;
+use helix_build::provenance::{Policy, verify};
 use helix_build::secrets::SecretSource;
 use helix_build::service::Service;
 use helix_build::{api, app};
@@ -786,6 +788,47 @@ async fn a_project_pulls_and_pushes_with_its_own_credentials_only() {
             .internal_parameters;
         assert_eq!(internal.project.as_deref(), Some("team-b"), "{builder}");
         assert!(!internal.protected, "{builder}");
+        // What a consumer requires of it, as `helix-build verify` checks.
+        let key = PublicKey::load(&dir.path().join("provenance.pub")).unwrap();
+        let client = common::registry_client(&registry.address, Some(auth("team-b-verify.json")));
+        let require = |policy: Policy| {
+            let (client, reference, key) = (&client, &reference, &key);
+            async move { verify(client, reference, key, &policy).await.map(|_| ()) }
+        };
+        let repository = provenance
+            .statement
+            .predicate
+            .build_definition
+            .external_parameters
+            .repository
+            .clone();
+        require(Policy {
+            project: Some("team-b".into()),
+            source_repo: Some(repository),
+            ..Policy::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{builder}: {e}"));
+        let other = require(Policy {
+            project: Some("team-a".into()),
+            ..Policy::default()
+        })
+        .await
+        .unwrap_err();
+        assert!(
+            other.contains("built by project team-b, not by --project team-a"),
+            "{other}"
+        );
+        let unprotected = require(Policy {
+            protected: true,
+            ..Policy::default()
+        })
+        .await
+        .unwrap_err();
+        assert!(
+            unprotected.contains("is not a protected ref"),
+            "{unprotected}"
+        );
         let everything = format!(
             "{}\n{}",
             logs.join("\n"),

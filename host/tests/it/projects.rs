@@ -360,6 +360,46 @@ async fn two_projects_are_isolated(server: &Server) {
     assert_eq!(status, StatusCode::OK, "{body}");
 }
 
+/// `/metrics` tells the projects' build times apart (a bounded label:
+/// only configured projects have jobs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_tell_the_projects_build_times_apart() {
+    use reqwest::Method;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&two_projects(&dir, None)).await;
+    let quick = json!({ "repo_url": "https://git.example/a.git",
+                        "build_args": { "HELIX_SIMULATE_DELAY_MS": "0" } });
+    let (status, body) = server.post(A_ALL, "/v1/jobs", quick).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let id = serde_json::from_str::<Value>(&body).unwrap()["id"].clone();
+    let (_, body) = server
+        .get(
+            A_ALL,
+            &format!("/v1/jobs/{}/wait?timeout_secs=30", id.as_str().unwrap()),
+        )
+        .await;
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["state"],
+        "succeeded",
+        "{body}"
+    );
+    let (status, _, metrics) = server.call(None, Method::GET, "/metrics", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let count = |labels: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("helix_build_seconds_count{labels} ")))
+            .map(|n| n.parse::<u64>().unwrap())
+    };
+    assert_eq!(count("{project=\"team-a\"}"), Some(1), "{metrics}");
+    assert_eq!(count(""), Some(0), "jobs of no project: {metrics}");
+    assert_eq!(count("{project=\"team-b\"}"), None, "{metrics}");
+    assert!(
+        metrics.contains("helix_build_seconds_bucket{project=\"team-a\",le=\"+Inf\"} 1"),
+        "{metrics}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_projects_are_isolated_on_sqlite() {
     let dir = tempfile::tempdir().unwrap();

@@ -26,12 +26,15 @@ use helix_sandbox::managed_engine::EngineSettings;
 
 pub use bindings::WIT_VERSION;
 use builder::Pre;
-pub use builder::{Builder, Built, MANAGED_ENGINE, NativeBuild, RunContext, Timings};
+pub use builder::{
+    Builder, BuilderError, Built, MANAGED_ENGINE, NativeBuild, Reported, RunContext, Timings,
+};
 pub use cache::{CacheUse, ComponentCache};
 pub use engine::PoolSizing;
 use helix_core::platform::Platform;
 use helix_sandbox::cgroup::BuildLimits;
 use helix_sandbox::network::BuildNetwork;
+pub use legacy::UnsupportedByContract;
 
 use host::JobHost;
 

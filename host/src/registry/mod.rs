@@ -1,13 +1,15 @@
 //! Registries: one configuration for every way the host and its builds
 //! reach them ([`RegistrySettings`]), and publishing a build ([`publish`]).
 
+mod base;
 pub mod oci;
 mod publish;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-pub use publish::{Publisher, Pushed};
+pub use base::BaseImageError;
+pub use publish::{PublishError, Publisher, Pushed};
 
 use crate::config::RegistryConfig;
 use crate::reference::registry_of;

@@ -10,6 +10,7 @@
 //! - [`cancel`]: cancelling a queued or running job, here or elsewhere;
 //! - [`table`]: the jobs this host runs, live in memory;
 //! - [`run`]: the run of one job, from claim to stored end;
+//! - [`fault`]: whose fault a failed run is, decided in one place;
 //! - [`background`]: the workers, and the tasks that keep leases, relay
 //!   the queue's news and follow jobs running elsewhere;
 //! - [`metrics`]: what `/metrics` reports.
@@ -24,6 +25,7 @@
 mod background;
 mod cancel;
 mod confine;
+pub(crate) mod fault;
 mod metrics;
 mod query;
 mod run;

@@ -133,9 +133,9 @@ pub enum ServiceError {
     AlreadyEnded { id: JobId, state: State },
     #[error("the service is shutting down and accepts no new jobs")]
     ShuttingDown,
-    /// The detail goes to the server's log, not to clients.
+    /// The detail (the source) goes to the server's log, not to clients.
     #[error("the job store is unavailable, so nothing was read or changed; retry later")]
-    Store,
+    Store(#[source] StoreError),
     #[error("cursor '{0}' names no job; start again without a cursor")]
     UnknownCursor(String),
     #[error("job '{id}' has no provenance: {reason}")]
@@ -149,10 +149,7 @@ impl From<StoreError> for ServiceError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Duplicate(id) => ServiceError::Duplicate(id),
-            other => {
-                tracing::error!("job store: {other}");
-                ServiceError::Store
-            }
+            other => ServiceError::Store(other),
         }
     }
 }

@@ -316,7 +316,11 @@ impl Inner {
         self.config.store.put_record(&job.id, &name, body);
         let engine_hit = slot.as_mut().and_then(CacheSlot::engine_limit_hit);
         let reached = cgroup.as_ref().and_then(|c| c.limit_hit()).or(engine_hit);
-        let reached = limit_reached(job, builder.info(), reached, &dirs, slot.as_ref(), log);
+        // A checkout writes only into the job's own disk, never the slot.
+        let written = slot
+            .as_ref()
+            .filter(|_| !matches!(built, Err(Failure::Checkout(_))));
+        let reached = limit_reached(job, builder.info(), reached, &dirs, written, log);
         let outcome = match built {
             Ok(result) => Outcome::Succeeded(result),
             Err(failure) => fault::outcome(failure, reached.as_deref(), log),

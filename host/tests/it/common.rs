@@ -488,3 +488,54 @@ pub fn pull_as(creds: Option<&str>, reference: &str, path: &str) -> (String, ser
 pub fn image_name(tag: &str) -> &str {
     tag.rsplit_once(':').map_or(tag, |(name, _)| name)
 }
+
+/// Builds `FROM scratch` + busybox for each of `platforms` (one image
+/// index) and pushes it to `reference`, with `creds` when given, from a
+/// container storage of its own: the test makes the base image a team
+/// would keep in its registry.
+pub fn push_busybox_base(reference: &str, creds: Option<&str>, platforms: &[&str]) {
+    let dir = tempfile::tempdir().unwrap();
+    for platform in platforms {
+        let arch = platform.rsplit('/').next().unwrap();
+        std::fs::copy(
+            helix_fixtures::busybox(arch),
+            dir.path().join(format!("busybox-{arch}")),
+        )
+        .unwrap();
+    }
+    std::fs::write(
+        dir.path().join("Dockerfile"),
+        "FROM scratch\nARG TARGETARCH\nCOPY busybox-${TARGETARCH} /bin/busybox\n",
+    )
+    .unwrap();
+    let root = dir.path().join("storage");
+    let storage = [
+        format!("--root={}", root.join("graph").display()),
+        format!("--runroot={}", root.join("run").display()),
+        "--storage-driver=vfs".to_string(),
+    ];
+    let podman = |args: &[&str]| {
+        let all: Vec<&str> = storage
+            .iter()
+            .map(String::as_str)
+            .chain(args.iter().copied())
+            .collect();
+        helix_fixtures::run(dir.path(), "podman", &all);
+    };
+    let platforms = platforms.join(",");
+    podman(&[
+        "build",
+        "-q",
+        "--platform",
+        &platforms,
+        "--manifest",
+        "localhost/base",
+        ".",
+    ]);
+    let creds = creds.map(|c| format!("--creds={c}"));
+    let mut push = vec!["manifest", "push", "--all", "--tls-verify=false"];
+    push.extend(creds.as_deref());
+    let destination = format!("docker://{reference}");
+    push.extend(["localhost/base", destination.as_str()]);
+    podman(&push);
+}

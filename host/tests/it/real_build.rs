@@ -407,64 +407,13 @@ async fn context_target_labels_and_a_build_secret_reach_the_build_and_the_secret
     }
 }
 
-/// Builds `FROM scratch` + busybox for each of `platforms` (one image
-/// index) and pushes it to `reference`, with `creds` when given, from a
-/// container storage of its own: the test makes the base image a team
-/// would keep in its registry.
-fn push_base_image(reference: &str, creds: Option<&str>, platforms: &[&str]) {
-    let dir = tempfile::tempdir().unwrap();
-    for platform in platforms {
-        let arch = platform.rsplit('/').next().unwrap();
-        std::fs::copy(
-            helix_fixtures::busybox(arch),
-            dir.path().join(format!("busybox-{arch}")),
-        )
-        .unwrap();
-    }
-    std::fs::write(
-        dir.path().join("Dockerfile"),
-        "FROM scratch\nARG TARGETARCH\nCOPY busybox-${TARGETARCH} /bin/busybox\n",
-    )
-    .unwrap();
-    let root = dir.path().join("storage");
-    let storage = [
-        format!("--root={}", root.join("graph").display()),
-        format!("--runroot={}", root.join("run").display()),
-        "--storage-driver=vfs".to_string(),
-    ];
-    let podman = |args: &[&str]| {
-        let all: Vec<&str> = storage
-            .iter()
-            .map(String::as_str)
-            .chain(args.iter().copied())
-            .collect();
-        helix_fixtures::run(dir.path(), "podman", &all);
-    };
-    let platforms = platforms.join(",");
-    podman(&[
-        "build",
-        "-q",
-        "--platform",
-        &platforms,
-        "--manifest",
-        "localhost/base",
-        ".",
-    ]);
-    let creds = creds.map(|c| format!("--creds={c}"));
-    let mut push = vec!["manifest", "push", "--all", "--tls-verify=false"];
-    push.extend(creds.as_deref());
-    let destination = format!("docker://{reference}");
-    push.extend(["localhost/base", destination.as_str()]);
-    podman(&push);
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_private_base_image_is_pulled_and_the_result_pushed_with_the_operators_credentials() {
     const PASSWORD: &str = "pr1vate-Passw0rd";
     let registry = helix_fixtures::Registry::with_password("helix", PASSWORD);
     let creds = format!("helix:{PASSWORD}");
     let base = format!("{}/platform/busybox:1", registry.address);
-    push_base_image(&base, Some(&creds), &["linux/amd64"]);
+    common::push_busybox_base(&base, Some(&creds), &["linux/amd64"]);
 
     let repo = tempfile::tempdir().unwrap();
     std::fs::write(
@@ -546,7 +495,7 @@ async fn a_private_base_image_is_pulled_and_the_result_pushed_with_the_operators
 async fn foreign_platforms_run_their_steps_under_emulation_from_a_multi_arch_base() {
     let registry = Registry::start(false);
     let base = format!("{}/platform/busybox:multi", registry.address);
-    push_base_image(&base, None, &["linux/amd64", "linux/arm64"]);
+    common::push_busybox_base(&base, None, &["linux/amd64", "linux/arm64"]);
     let repo = tempfile::tempdir().unwrap();
     std::fs::write(
         repo.path().join("Dockerfile"),

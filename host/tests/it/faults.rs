@@ -1,0 +1,167 @@
+//! Faults in the right class (issue 30): a branch checked out from a git
+//! server that refuses shallow fetches, base images the registry shows
+//! missing or lacking a platform (the job's own fault, not retried), and
+//! a checkout that fills the job's disk (named with its setting). Real
+//! git servers, registry, podman and loop-mounted quotas.
+
+use crate::common;
+
+use helix_fixtures::{DumbHttpGit, Registry, Repo};
+
+use helix_build::job::{JobRequest, State};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_branch_tag_and_commit_check_out_from_a_dumb_http_server_and_a_missing_ref_is_not_found()
+{
+    let registry = Registry::start(false);
+    let repo = Repo::new();
+    // A branch other than the default, at the first commit.
+    helix_fixtures::git(repo.dir.path(), &["branch", "feature", &repo.first_commit]);
+    let server = DumbHttpGit::serve(repo.dir.path());
+    let dir = tempfile::tempdir().unwrap();
+    let service = common::start(&common::real_config(&dir, &registry.address)).await;
+
+    for git_ref in ["feature", "v1", repo.first_commit.as_str()] {
+        let request = JobRequest {
+            repo_url: server.url.clone(),
+            git_ref: Some(git_ref.into()),
+            builder: Some("podman".into()),
+            ..JobRequest::default()
+        };
+        let (job, logs) = common::run_logged(&service, request).await;
+        assert_eq!(job.state, State::Succeeded, "{git_ref}: {:?}", job.error);
+        assert!(
+            logs.iter()
+                .any(|l| l.starts_with("[helix] shallow clone failed")),
+            "{git_ref}: the server refuses shallow fetches: {logs:?}"
+        );
+        let checked_out = format!("[helix] checked out commit {}", repo.first_commit);
+        assert!(logs.contains(&checked_out), "{git_ref}: {logs:?}");
+    }
+
+    let request = JobRequest {
+        repo_url: server.url.clone(),
+        git_ref: Some("no-such-branch".into()),
+        builder: Some("podman".into()),
+        ..JobRequest::default()
+    };
+    let (job, _) = common::run_logged(&service, request).await;
+    assert_eq!(job.state, State::Failed);
+    assert_eq!(
+        job.error.as_deref(),
+        Some(
+            format!(
+                "source error: ref \"no-such-branch\" was not found in {}: it names no branch, tag or commit there",
+                server.url
+            )
+            .as_str()
+        )
+    );
+}
+
+/// A repository whose Dockerfile builds `FROM base`.
+fn repo_from(base: &str) -> tempfile::TempDir {
+    let repo = tempfile::tempdir().unwrap();
+    std::fs::write(
+        repo.path().join("Dockerfile"),
+        format!("FROM {base}\nRUN [\"/bin/busybox\", \"true\"]\n"),
+    )
+    .unwrap();
+    helix_fixtures::git(repo.path(), &["init", "-q", "-b", "main"]);
+    helix_fixtures::git(repo.path(), &["add", "-A"]);
+    helix_fixtures::git(repo.path(), &["commit", "-qm", "from a base image"]);
+    repo
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_base_image_missing_or_lacking_a_platform_is_the_jobs_own_fault_and_not_retried() {
+    let registry = Registry::start(false);
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::real_config(&dir, &registry.address);
+    assert!(config.max_attempts > 1, "a retry would be possible");
+    let service = common::start(&config).await;
+    let base = format!("{}/platform/busybox:amd64-only", registry.address);
+    common::push_busybox_base(&base, None, &["linux/amd64"]);
+    let missing = format!("{}/platform/no-such-image:1", registry.address);
+
+    for builder in ["podman", "buildah"] {
+        let one_arch = repo_from(&base);
+        let request = JobRequest {
+            platforms: vec!["linux/amd64".into(), "linux/arm64".into()],
+            ..common::on_repo(one_arch.path(), builder)
+        };
+        let (job, _) = common::run_logged(&service, request).await;
+        assert_eq!(job.state, State::Failed, "{builder}");
+        assert_eq!(
+            job.error.as_deref(),
+            Some(
+                format!(
+                    "invalid job: base image {base} has no image for linux/arm64; it has only linux/amd64"
+                )
+                .as_str()
+            ),
+            "{builder}"
+        );
+        assert_eq!(
+            job.attempts, 1,
+            "{builder}: the job's own fault is not retried"
+        );
+
+        let nowhere = repo_from(&missing);
+        let (job, _) = common::run_logged(&service, common::on_repo(nowhere.path(), builder)).await;
+        assert_eq!(job.state, State::Failed, "{builder}");
+        assert_eq!(
+            job.error.as_deref(),
+            Some(
+                format!(
+                    "invalid job: base image {missing} does not exist in its registry (manifest unknown); check its name and tag"
+                )
+                .as_str()
+            ),
+            "{builder}"
+        );
+        assert_eq!(
+            job.attempts, 1,
+            "{builder}: the job's own fault is not retried"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkout_that_fills_the_jobs_disk_names_build_disk_mib() {
+    let _alone = common::DISK_FILLERS.lock().await;
+    let registry = Registry::start(false);
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::real_config(&dir, &registry.address);
+    config.build_cache_mib = 512;
+    config
+        .builders
+        .entry("podman".into())
+        .or_default()
+        .build_disk_mib = 64;
+    let service = common::start(&config.validated().unwrap()).await;
+    // 96 MiB that git cannot compress: the clone cannot fit in 64 MiB.
+    let repo = helix_fixtures::busybox_repo("");
+    let mut noise = vec![0u8; 96 << 20];
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    for chunk in noise.chunks_mut(8) {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        chunk.copy_from_slice(&state.to_le_bytes()[..chunk.len()]);
+    }
+    std::fs::write(repo.path().join("noise"), noise).unwrap();
+    helix_fixtures::git(repo.path(), &["add", "-A"]);
+    helix_fixtures::git(repo.path(), &["commit", "-qm", "noise"]);
+
+    let (job, _) = common::run_logged(&service, common::on_repo(repo.path(), "podman")).await;
+    assert_eq!(job.state, State::Failed);
+    let error = job.error.unwrap_or_default();
+    assert!(
+        error.starts_with(
+            "limit exceeded: the build reached its disk limit of 64 MiB (builders.podman.build_disk_mib); cannot clone "
+        ),
+        "{error}"
+    );
+    assert_eq!(job.attempts, 1, "a limit is not retried");
+}

@@ -140,7 +140,7 @@ impl Webhooks {
             ));
         }
         let secrets = BuildSecrets::load(secrets, host_env)
-            .map_err(|e| e.replacen("secrets.", "webhooks.", 1))?;
+            .map_err(|e| e.to_string().replacen("secrets.", "webhooks.", 1))?;
         Ok(Webhooks { secrets, rules })
     }
 

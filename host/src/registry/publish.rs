@@ -19,7 +19,7 @@ use sha2::{Digest as _, Sha256};
 use super::RegistrySettings;
 use crate::cancel::CancelSignal;
 use crate::cgroup::RunCgroup;
-use crate::docker_engine::{DockerEngine, platform_tag};
+use crate::docker_engine::{DockerEngine, DockerEngineError, platform_tag};
 use crate::exec::{Confinement, HostCommand, RunError};
 use crate::jail::Jail;
 use crate::job::BuildResult;
@@ -55,8 +55,15 @@ pub enum PublishError {
     #[error("{0}")]
     Builder(String),
     /// The Docker Engine holding the images failed the host.
-    #[error("{0}")]
-    Engine(String),
+    #[error(transparent)]
+    Engine(DockerEngineError),
+    /// The engine could not push to the registry.
+    #[error("pushing {image} failed: {source}")]
+    EnginePush {
+        image: String,
+        #[source]
+        source: DockerEngineError,
+    },
 }
 
 /// What a builder left for the host to push.
@@ -352,9 +359,9 @@ impl Publisher {
             };
             // The destination's name goes whether the push worked or not.
             engine.remove(push.image).await.map_err(engine_fault)?;
-            let (digest, size) = result.map_err(|said| PublishError::Refused {
+            let (digest, size) = result.map_err(|source| PublishError::EnginePush {
                 image: push.image.to_string(),
-                said,
+                source,
             })?;
             push.log.push(&format!(
                 "[helix] pushed {platform} from the engine: {digest}"

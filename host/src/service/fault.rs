@@ -45,8 +45,8 @@ pub(crate) enum Failure {
     #[error("could not make the run's jail: {0}")]
     Jail(String),
     /// The builder's Docker Engine does not answer.
-    #[error("{0}")]
-    Engine(String),
+    #[error(transparent)]
+    Engine(crate::docker_engine::DockerEngineError),
     #[error("the job names no image and the operator configured no default registry; set `image`")]
     NoImage,
     #[error(transparent)]
@@ -104,7 +104,9 @@ impl Failure {
                 BuilderError::TimedOut { .. } => TimedOut,
                 BuilderError::OutOfMemory { .. } => Failed(Limit),
                 BuilderError::Workspace { .. } | BuilderError::Start { .. } => Failed(Host),
-                BuilderError::Crashed { .. } | BuilderError::Invalid { .. } => Failed(Plugin),
+                BuilderError::Crashed { .. }
+                | BuilderError::Invalid { .. }
+                | BuilderError::Result { .. } => Failed(Plugin),
                 BuilderError::UnsupportedByContract(_) => Failed(InvalidJob),
                 BuilderError::Reported(reported) => Failed(match reported {
                     Reported::InvalidJob(_) => InvalidJob,
@@ -119,6 +121,7 @@ impl Failure {
                 PublishError::Cancelled { reason } => Cancelled(reason.clone()),
                 PublishError::PushTimedOut { .. }
                 | PublishError::Refused { .. }
+                | PublishError::EnginePush { .. }
                 | PublishError::Index { .. }
                 | PublishError::Unverified(_) => Failed(Registry),
                 PublishError::Tool { .. } | PublishError::Engine(_) => Failed(Host),

@@ -40,6 +40,13 @@ pub enum BuilderError {
     /// The guest returned something its contract does not allow.
     #[error("builder '{builder}' {problem}")]
     Invalid { builder: String, problem: String },
+    /// A simulated builder's result is not a valid one.
+    #[error("builder '{builder}' {source}")]
+    Result {
+        builder: String,
+        #[source]
+        source: helix_core::job::InvalidResult,
+    },
     /// The job needs what the component's older contract cannot carry.
     #[error(transparent)]
     UnsupportedByContract(#[from] super::super::legacy::UnsupportedByContract),

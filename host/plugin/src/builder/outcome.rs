@@ -42,7 +42,10 @@ impl Builder {
                     &job.platforms,
                 )
                 .map(Built::Simulated)
-                .map_err(fault)
+                .map_err(|source| BuilderError::Result {
+                    builder: self.info.name.clone(),
+                    source,
+                })
             }
             (BuildOutput::OciLayout(_) | BuildOutput::LocalImage, true) => {
                 Err(fault("is simulated but returned an image to push".into()))

@@ -237,7 +237,9 @@ mod tests {
 
     #[test]
     fn a_missing_or_ambiguous_source_is_named() {
-        let err = BuildSecrets::load(&sources(&[("token", env("UNSET"))]), |_| None).unwrap_err();
+        let err = BuildSecrets::load(&sources(&[("token", env("UNSET"))]), |_| None)
+            .unwrap_err()
+            .to_string();
         assert_eq!(
             err,
             "secrets.token: environment variable UNSET is not set on this server"
@@ -246,10 +248,13 @@ mod tests {
             env: Some("A".into()),
             file: Some("/etc/hostname".into()),
         };
-        let err = BuildSecrets::load(&sources(&[("x", both)]), |_| None).unwrap_err();
+        let err = BuildSecrets::load(&sources(&[("x", both)]), |_| None)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("exactly one"), "{err}");
         let err = BuildSecrets::load(&sources(&[("bad,name", env("A"))]), |_| Some("v".into()))
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("secrets.bad,name:"), "{err}");
     }
 }

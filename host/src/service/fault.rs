@@ -7,7 +7,9 @@
 //!   registry shows it, whatever the build tool said), a failing step;
 //! - the source's: a repository or ref git cannot fetch;
 //! - the registry's: unreachable, refusing, or not holding what was pushed;
-//! - the host's: its disk, control groups, jail, engine or tools;
+//! - the host's: its disk (a tool's error saying it is full, read-only or
+//!   failing, where no limit of the run's was reached), control groups,
+//!   jail, engine or tools;
 //! - a limit the build reached (named with the setting that raises it),
 //!   a grant it lacks, or the plugin's own fault.
 //!
@@ -154,9 +156,31 @@ pub(crate) fn outcome(failure: Failure, limit: Option<&str>, log: &JobLog) -> Ou
                     format!("the build reached its {limit}; {message}"),
                 )
             }
+            // Where the run wrote to no disk of its own, the host's failed it.
+            _ if matches!(kind, FailureKind::Build | FailureKind::Source)
+                && host_disk_failed(&message) =>
+            {
+                Outcome::failed(
+                    FailureKind::Host,
+                    format!("the host's disk failed the run; tell its operator: {message}"),
+                )
+            }
             _ => Outcome::failed(kind, message),
         },
     }
+}
+
+/// Whether a tool's error (not a build step's output) says the disk it
+/// wrote to is full, read-only or failing.
+fn host_disk_failed(message: &str) -> bool {
+    let message = message.to_ascii_lowercase();
+    [
+        "no space left on device",
+        "read-only file system",
+        "input/output error",
+    ]
+    .iter()
+    .any(|said| message.contains(said))
 }
 
 /// Whether `outcome` is an infrastructure fault, which another attempt

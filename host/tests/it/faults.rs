@@ -169,3 +169,51 @@ async fn a_checkout_that_fills_the_jobs_disk_names_build_disk_mib() {
     );
     assert_eq!(job.attempts, 1, "a limit is not retried");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cache_slot_turned_read_only_is_a_host_fault_and_retried_not_the_users_build_error() {
+    let _alone = common::DISK_FILLERS.lock().await;
+    let registry = Registry::start(false);
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::real_config(&dir, &registry.address);
+    config.build_cache_mib = 512;
+    let max_attempts = config.max_attempts;
+    let service = common::start(&config.validated().unwrap()).await;
+    let repo = helix_fixtures::repo_running("/bin/busybox echo built > /built");
+    let (job, _) = common::run_logged(&service, common::on_repo(repo.path(), "podman")).await;
+    assert_eq!(job.state, State::Succeeded, "the slots exist");
+
+    // Every slot's file system turns read-only, as ext4 does on an I/O error.
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    let slots: Vec<std::path::PathBuf> = std::fs::read_dir(dir.path().join("build-cache/podman"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| mounts.contains(&format!(" {} ", p.display())))
+        .collect();
+    assert!(!slots.is_empty());
+    let remount = |mode: &str| {
+        for slot in &slots {
+            let slot = slot.display().to_string();
+            helix_fixtures::run(
+                dir.path(),
+                "mount",
+                &["-o", &format!("remount,{mode}"), &slot],
+            );
+        }
+    };
+    remount("ro");
+    let (job, _) = common::run_logged(&service, common::on_repo(repo.path(), "podman")).await;
+    remount("rw");
+    assert_eq!(job.state, State::Failed);
+    let error = job.error.unwrap_or_default();
+    assert!(
+        error.starts_with("host error: ")
+            && error.to_ascii_lowercase().contains("read-only file system"),
+        "{error}"
+    );
+    assert_eq!(
+        job.attempts, max_attempts,
+        "an infrastructure fault is retried"
+    );
+}

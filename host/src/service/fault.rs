@@ -156,7 +156,7 @@ pub(crate) fn outcome(failure: Failure, limit: Option<&str>, log: &JobLog) -> Ou
                     format!("the build reached its {limit}; {message}"),
                 )
             }
-            // Where the run wrote to no disk of its own, the host's failed it.
+            // No limit of the run's was reached: the disk that failed is the host's.
             _ if matches!(kind, FailureKind::Build | FailureKind::Source)
                 && host_disk_failed(&message) =>
             {

@@ -216,3 +216,71 @@ pub(super) async fn examine(
     }
     Failure::Builder(error)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error_of(failure: Failure, limit: Option<&str>) -> (Option<String>, bool) {
+        let outcome = outcome(failure, limit, &JobLog::new(10));
+        (outcome.error(), is_infrastructure(&outcome))
+    }
+
+    fn reported(reported: Reported) -> Failure {
+        Failure::Builder(BuilderError::Reported(reported))
+    }
+
+    #[test]
+    fn each_failure_gets_its_class_and_only_infrastructure_is_retried() {
+        let build = || reported(Reported::Build("podman build failed: exit status 1".into()));
+        assert_eq!(
+            error_of(build(), None),
+            (
+                Some("build error: podman build failed: exit status 1".into()),
+                false
+            )
+        );
+        assert_eq!(
+            error_of(
+                build(),
+                Some("disk limit of 64 MiB (builders.b.build_disk_mib)")
+            ),
+            (
+                Some(
+                    "limit exceeded: the build reached its disk limit of 64 MiB \
+                     (builders.b.build_disk_mib); podman build failed: exit status 1"
+                        .into()
+                ),
+                false
+            )
+        );
+        let read_only = reported(Reported::Build(
+            "podman build failed: mkdir /slot/storage: read-only file system".into(),
+        ));
+        let (error, retried) = error_of(read_only, None);
+        assert!(
+            error
+                .unwrap()
+                .starts_with("host error: the host's disk failed the run")
+        );
+        assert!(retried);
+        let (error, retried) = error_of(reported(Reported::Registry("pull: 503".into())), None);
+        assert_eq!(error.as_deref(), Some("registry error: pull: 503"));
+        assert!(retried);
+        let missing = Failure::BaseImage(BaseImageError::Missing {
+            image: "r.test/base:1".into(),
+        });
+        let (error, retried) = error_of(missing, None);
+        assert!(
+            error
+                .unwrap()
+                .starts_with("invalid job: base image r.test/base:1 does not exist")
+        );
+        assert!(!retried);
+        let gone = Failure::Checkout(CheckoutError::RefNotFound {
+            url: "http://git.test/r.git".into(),
+            git_ref: "x".into(),
+        });
+        assert_eq!(error_of(gone, None).1, false);
+    }
+}

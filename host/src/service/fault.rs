@@ -281,6 +281,6 @@ mod tests {
             url: "http://git.test/r.git".into(),
             git_ref: "x".into(),
         });
-        assert_eq!(error_of(gone, None).1, false);
+        assert!(!error_of(gone, None).1, "a source error is not retried");
     }
 }

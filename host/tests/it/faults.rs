@@ -145,16 +145,24 @@ async fn a_checkout_that_fills_the_jobs_disk_names_build_disk_mib() {
         .build_disk_mib = 64;
     let service = common::start(&config.validated().unwrap()).await;
     // 96 MiB that git cannot compress: the clone cannot fit in 64 MiB.
+    // Written a MiB at a time: tests beside this one measure the process's
+    // peak memory.
     let repo = helix_fixtures::busybox_repo("");
-    let mut noise = vec![0u8; 96 << 20];
+    let mut noise =
+        std::io::BufWriter::new(std::fs::File::create(repo.path().join("noise")).unwrap());
     let mut state = 0x9e37_79b9_7f4a_7c15_u64;
-    for chunk in noise.chunks_mut(8) {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        chunk.copy_from_slice(&state.to_le_bytes()[..chunk.len()]);
+    let mut chunk = vec![0u8; 1 << 20];
+    for _ in 0..96 {
+        for word in chunk.chunks_mut(8) {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            word.copy_from_slice(&state.to_le_bytes());
+        }
+        std::io::Write::write_all(&mut noise, &chunk).unwrap();
     }
-    std::fs::write(repo.path().join("noise"), noise).unwrap();
+    std::io::Write::flush(&mut noise).unwrap();
+    drop(noise);
     helix_fixtures::git(repo.path(), &["add", "-A"]);
     helix_fixtures::git(repo.path(), &["commit", "-qm", "noise"]);
 

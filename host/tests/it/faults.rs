@@ -216,8 +216,8 @@ async fn a_cache_slot_turned_read_only_is_a_host_fault_and_retried_not_the_users
     assert_eq!(job.state, State::Failed);
     let error = job.error.unwrap_or_default();
     assert!(
-        error.starts_with("host error: ")
-            && error.to_ascii_lowercase().contains("read-only file system"),
+        error.starts_with("host error: the host's disk failed the run; tell its operator: ")
+            && error.contains("read-only file system"),
         "{error}"
     );
     assert_eq!(

@@ -216,7 +216,11 @@ impl From<ServiceError> for ApiError {
             ServiceError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ServiceError::AlreadyEnded { .. } => (StatusCode::CONFLICT, "already_ended"),
             ServiceError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
-            ServiceError::Store => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
+            ServiceError::Store(cause) => {
+                // The edge: the detail is the operator's, not the client's.
+                tracing::error!("{cause}");
+                (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable")
+            }
             ServiceError::UnknownCursor(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             ServiceError::NoProvenance { .. } => (StatusCode::NOT_FOUND, "no_provenance"),
             ServiceError::Reload(_) => (StatusCode::UNPROCESSABLE_ENTITY, "reload_failed"),

@@ -30,7 +30,7 @@ pub enum StartError {
     #[error(
         "{0}; real builders need control groups for their limits and for cleaning up after a crash (run the server as root on a host with cgroups mounted)"
     )]
-    Cgroups(String),
+    Cgroups(#[source] crate::cgroup::CgroupError),
     #[error("cannot create data directory {path}: {source}")]
     DataDir {
         path: String,

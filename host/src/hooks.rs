@@ -170,7 +170,7 @@ impl Hooks {
     ) -> Result<Self, String> {
         check_forges(at, config.secrets)?;
         let secrets = BuildSecrets::load(config.secrets, host_env)
-            .map_err(|e| e.replacen("secrets", at, 1))?;
+            .map_err(|e| e.to_string().replacen("secrets", at, 1))?;
         Ok(Hooks {
             secrets,
             rules: config.rules,

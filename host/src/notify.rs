@@ -112,7 +112,10 @@ impl Notifications {
                 }
                 Ok(Target {
                     url,
-                    secret: target.secret.read(&format!("{at}.secret"), &host_env)?,
+                    secret: target
+                        .secret
+                        .read(&format!("{at}.secret"), &host_env)
+                        .map_err(|e| e.to_string())?,
                     states: target.states.clone(),
                 })
             })

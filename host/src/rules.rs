@@ -41,11 +41,11 @@ use helix_dockerfile::{Dockerfile, MountKind, ParseError, ParseOptions, Stage};
 use sha2::Digest as _;
 
 use crate::exec::JobValues;
-use crate::job::{FailureKind, Job, Outcome};
+use crate::job::Job;
 use crate::network::BuildNetwork;
 use crate::platform::Platform;
 use crate::plugin::Builder;
-use crate::source::{CheckedSource, check_context};
+use crate::source::{CheckedSource, ContextError, check_context};
 
 /// A job's checked-out source whose Dockerfile passed every rule.
 #[derive(Debug, Clone)]
@@ -95,20 +95,32 @@ pub struct Refusal {
     pub message: String,
 }
 
+/// Why a job's checked-out source may not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error(transparent)]
+    Context(#[from] ContextError),
+    #[error("dockerfile_path {dockerfile_path:?}: {refusal}")]
+    Refused {
+        dockerfile_path: String,
+        #[source]
+        refusal: Refusal,
+    },
+}
+
 /// Checks the job's context and Dockerfile in the checkout in
 /// `workspace`, then the Dockerfile against the rules for `builder`.
 pub fn check_source(
     workspace: &Path,
     job: &Job,
     builder: &Builder,
-) -> Result<CheckedBuild, Outcome> {
+) -> Result<CheckedBuild, SourceError> {
     let checkout = check_context(workspace, &job.context, &job.dockerfile_path)?;
-    let external_images = check(&checkout, job, BuildShape::of(builder)).map_err(|refusal| {
-        Outcome::failed(
-            FailureKind::InvalidJob,
-            format!("dockerfile_path {:?}: {refusal}", job.dockerfile_path),
-        )
-    })?;
+    let external_images =
+        check(&checkout, job, BuildShape::of(builder)).map_err(|refusal| SourceError::Refused {
+            dockerfile_path: job.dockerfile_path.clone(),
+            refusal,
+        })?;
     let dockerfile_sha256 = hex::encode(sha2::Sha256::digest(checkout.text.as_bytes()));
     Ok(CheckedBuild {
         checkout,

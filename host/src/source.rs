@@ -17,8 +17,59 @@ use std::time::Duration;
 use crate::cancel::CancelSignal;
 use crate::cgroup::RunCgroup;
 use crate::exec::{CommandOutput, HostCommand, RunError, SOURCE_DIR};
-use crate::job::{FailureKind, Job, Outcome};
+use crate::job::Job;
 use crate::log::JobLog;
+
+/// Why a job's context or Dockerfile is not usable in its checkout.
+#[derive(Debug, thiserror::Error)]
+pub enum ContextError {
+    /// The host's own checkout disappeared under it.
+    #[error("the checkout is gone: {0}")]
+    Gone(#[source] std::io::Error),
+    /// The job names a path the repository does not have as asked.
+    #[error("{what} {problem} of the repository at this commit")]
+    Invalid { what: String, problem: String },
+    #[error("{what} is unreadable: {source}")]
+    Unreadable {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Why the host could not check a job's ref out.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckoutError {
+    #[error("cancelled: {reason}")]
+    Cancelled { reason: String },
+    /// git could not fetch the repository; `said` is git's own error.
+    #[error("cannot clone {url}: {said}")]
+    Clone { url: String, said: String },
+    /// Neither the clone nor the server (`git ls-remote`) knows the ref.
+    #[error("ref {git_ref:?} was not found in {url}: it names no branch, tag or commit there")]
+    RefNotFound { url: String, git_ref: String },
+    /// The server lists the ref, but git could not resolve it in the clone.
+    #[error("ref {git_ref:?} of {url} is listed by the server but git cannot check it out: {said}")]
+    Unresolved {
+        url: String,
+        git_ref: String,
+        said: String,
+    },
+    /// The ref resolved but its files could not be written.
+    #[error("cannot check out {git_ref:?} ({commit}) of {url}: {said}")]
+    Checkout {
+        url: String,
+        git_ref: String,
+        commit: String,
+        said: String,
+    },
+    #[error("{url} at {git_ref:?} has no commit to build")]
+    NoCommit { url: String, git_ref: String },
+    #[error("git did not finish within {}s; is the repository reachable?", GIT_TIMEOUT.as_secs())]
+    TimedOut,
+    #[error("cannot run git for the checkout: {0}; install git on the build host")]
+    Git(#[source] RunError),
+}
 
 /// The job's context and Dockerfile in its checkout, as the host checked
 /// them.
@@ -39,16 +90,14 @@ pub fn check_context(
     workspace: &Path,
     context: &str,
     dockerfile: &str,
-) -> Result<CheckedSource, Outcome> {
+) -> Result<CheckedSource, ContextError> {
     let source = workspace
         .join(SOURCE_DIR)
         .canonicalize()
-        .map_err(|e| Outcome::failed(FailureKind::Host, format!("the checkout is gone: {e}")))?;
-    let invalid = |what: String, problem: &str| {
-        Outcome::failed(
-            FailureKind::InvalidJob,
-            format!("{what} {problem} of the repository at this commit"),
-        )
+        .map_err(ContextError::Gone)?;
+    let invalid = |what: String, problem: &str| ContextError::Invalid {
+        what,
+        problem: problem.to_string(),
     };
     let resolve = |what: String, path: PathBuf, want_dir: bool| match path.canonicalize() {
         Err(_) => Err(invalid(what, "does not exist in the checkout")),
@@ -64,12 +113,8 @@ pub fn check_context(
     let context_dir = resolve(format!("context {context:?}"), source.join(context), true)?;
     let what = format!("dockerfile_path {dockerfile:?} (in context {context:?})");
     let dockerfile = resolve(what.clone(), context_dir.join(dockerfile), false)?;
-    let text = std::fs::read_to_string(&dockerfile).map_err(|e| {
-        Outcome::failed(
-            FailureKind::InvalidJob,
-            format!("{what} is unreadable: {e}"),
-        )
-    })?;
+    let text = std::fs::read_to_string(&dockerfile)
+        .map_err(|source| ContextError::Unreadable { what, source })?;
     Ok(CheckedSource {
         context: context_dir,
         dockerfile,
@@ -90,9 +135,8 @@ pub struct Checkout {
 impl Checkout {
     /// Checks `job`'s ref out into `<workspace>/src` and returns the commit:
     /// a shallow clone where the server allows it, else a full clone and a
-    /// checkout (commit shas, and servers that refuse `--depth`). Failures
-    /// are the job's outcome: an unknown repository or ref is a source
-    /// error, a cancel is a cancel.
+    /// checkout of what the ref names there (commit shas, and servers that
+    /// refuse `--depth`, such as dumb HTTP ones).
     pub async fn fetch(
         &self,
         job: &Job,
@@ -100,7 +144,7 @@ impl Checkout {
         log: &JobLog,
         cancel: &CancelSignal,
         cgroup: Option<&RunCgroup>,
-    ) -> Result<String, Outcome> {
+    ) -> Result<String, CheckoutError> {
         let git = Git {
             workspace,
             log,
@@ -120,7 +164,7 @@ impl Checkout {
                 shallow.extend(["--branch", git_ref]);
             }
             if let Err(refused) = git.clone(url, &shallow).await {
-                if matches!(refused, Outcome::Cancelled { .. }) {
+                if matches!(refused, CheckoutError::Cancelled { .. }) {
                     return Err(refused);
                 }
                 log.push("[helix] shallow clone failed; trying a full clone");
@@ -142,10 +186,10 @@ impl Checkout {
             .await?;
         let commit = head.stdout.trim().to_string();
         if head.exit_code != 0 || !is_commit(&commit) {
-            return Err(Outcome::failed(
-                FailureKind::Source,
-                format!("{url} at {git_ref:?} has no commit to build"),
-            ));
+            return Err(CheckoutError::NoCommit {
+                url: url.to_string(),
+                git_ref: git_ref.to_string(),
+            });
         }
         log.push(&format!("[helix] checked out commit {commit}"));
         Ok(commit)
@@ -162,7 +206,7 @@ struct Git<'a> {
 }
 
 impl Git<'_> {
-    async fn clone(&self, url: &str, options: &[&str]) -> Result<(), Outcome> {
+    async fn clone(&self, url: &str, options: &[&str]) -> Result<(), CheckoutError> {
         let mut args = vec!["clone"];
         args.extend(options);
         args.extend(["--", url, SOURCE_DIR]);
@@ -170,30 +214,86 @@ impl Git<'_> {
         if output.exit_code == 0 {
             return Ok(());
         }
-        Err(Outcome::failed(
-            FailureKind::Source,
-            format!("cannot clone {url}: {}", output.error_line()),
-        ))
+        Err(CheckoutError::Clone {
+            url: url.to_string(),
+            said: output.error_line(),
+        })
     }
 
-    async fn detach(&self, url: &str, git_ref: &str) -> Result<(), Outcome> {
+    /// Detaches the clone's HEAD at what `git_ref` names on the server: a
+    /// branch (a remote-tracking one after a full clone), a tag or a
+    /// commit. Resolved first, so git never turns a branch name into a
+    /// new local branch of its own.
+    async fn detach(&self, url: &str, git_ref: &str) -> Result<(), CheckoutError> {
+        let commit = self.resolve(url, git_ref).await?;
         let output = self
             .run(&[
-                "-C", SOURCE_DIR, "checkout", "--quiet", "--detach", git_ref, "--",
+                "-C", SOURCE_DIR, "checkout", "--quiet", "--detach", &commit, "--",
             ])
             .await?;
         if output.exit_code == 0 {
             return Ok(());
         }
-        Err(Outcome::failed(
-            FailureKind::Source,
-            format!(
-                "ref {git_ref:?} was not found in {url}: it names no branch, tag or commit there"
-            ),
-        ))
+        Err(CheckoutError::Checkout {
+            url: url.to_string(),
+            git_ref: git_ref.to_string(),
+            commit,
+            said: output.error_line(),
+        })
     }
 
-    async fn run(&self, args: &[&str]) -> Result<CommandOutput, Outcome> {
+    /// The commit `git_ref` names in the clone; "not found" only when the
+    /// server does not list it either.
+    async fn resolve(&self, url: &str, git_ref: &str) -> Result<String, CheckoutError> {
+        let candidates = match is_commit(git_ref) {
+            true => vec![git_ref.to_string()],
+            false => {
+                let branch = git_ref.strip_prefix("refs/heads/").unwrap_or(git_ref);
+                let tag = git_ref.strip_prefix("refs/tags/").unwrap_or(git_ref);
+                vec![
+                    format!("refs/remotes/origin/{branch}"),
+                    format!("refs/tags/{tag}"),
+                ]
+            }
+        };
+        for candidate in candidates {
+            let spec = format!("{candidate}^{{commit}}");
+            let output = self
+                .run(&[
+                    "-C",
+                    SOURCE_DIR,
+                    "rev-parse",
+                    "--verify",
+                    "--quiet",
+                    "--end-of-options",
+                    &spec,
+                ])
+                .await?;
+            let commit = output.stdout.trim();
+            if output.exit_code == 0 && is_commit(commit) {
+                return Ok(commit.to_string());
+            }
+        }
+        let listed = self
+            .run(&["-C", SOURCE_DIR, "ls-remote", "origin", git_ref])
+            .await?;
+        if listed.exit_code == 0 && listed.stdout.trim().is_empty() {
+            return Err(CheckoutError::RefNotFound {
+                url: url.to_string(),
+                git_ref: git_ref.to_string(),
+            });
+        }
+        Err(CheckoutError::Unresolved {
+            url: url.to_string(),
+            git_ref: git_ref.to_string(),
+            said: match listed.exit_code {
+                0 => format!("the server lists {}", listed.stdout.trim()),
+                _ => listed.error_line(),
+            },
+        })
+    }
+
+    async fn run(&self, args: &[&str]) -> Result<CommandOutput, CheckoutError> {
         let mut all: Vec<String> = [
             "-c",
             "core.hooksPath=/dev/null",
@@ -242,20 +342,11 @@ impl Git<'_> {
         .run()
         .await
         .map_err(|e| match e {
-            RunError::Cancelled => Outcome::Cancelled {
+            RunError::Cancelled => CheckoutError::Cancelled {
                 reason: self.cancel.reason(),
             },
-            RunError::TimedOut => Outcome::failed(
-                FailureKind::Source,
-                format!(
-                    "git did not finish within {}s; is the repository reachable?",
-                    GIT_TIMEOUT.as_secs()
-                ),
-            ),
-            other => Outcome::failed(
-                FailureKind::Host,
-                format!("cannot run git for the checkout: {other}; install git on the build host"),
-            ),
+            RunError::TimedOut => CheckoutError::TimedOut,
+            other => CheckoutError::Git(other),
         })
     }
 }

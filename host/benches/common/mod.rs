@@ -4,7 +4,7 @@ use std::ops::Range;
 use std::time::{Duration, Instant};
 
 use helix_build::config::{BuilderConfig, Config, RegistryConfig};
-use helix_build::job::{BuildResult, Job, JobRequest, Outcome, State};
+use helix_build::job::{BuildResult, Job, JobRequest, State};
 use helix_build::log::JobLog;
 use helix_build::service::Service;
 
@@ -193,7 +193,7 @@ pub const NATIVE: &str = "native-no-op";
 /// What the simulated builder does at zero delay — two log lines, a tag
 /// and a digest derived from the job id — as native Rust in the host
 /// process: the floor of the plugin boundary.
-pub fn native_no_op(job: &Job, log: &JobLog) -> Outcome {
+pub fn native_no_op(job: &Job, log: &JobLog) -> BuildResult {
     use sha2::Digest as _;
     log.push(&format!(
         "[native] building {} at {} ({}); no image will be produced",
@@ -206,7 +206,7 @@ pub fn native_no_op(job: &Job, log: &JobLog) -> Outcome {
     );
     log.push(&format!("[native] done: {tag} (not a real image)"));
     match BuildResult::validate(tag, Some(digest), Vec::new(), &job.platforms) {
-        Ok(result) => Outcome::Succeeded(result),
+        Ok(result) => result,
         Err(message) => panic!("the native no-op builder's result is invalid: {message}"),
     }
 }

@@ -1,22 +1,41 @@
 //! Image references: `[registry[:port]/]path[:tag][@digest]`.
 
-use crate::manifest::Digest;
+use crate::manifest::{Digest, DigestError};
+
+/// What is wrong with an image reference.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ImageRefError {
+    #[error("must be 1 to 512 characters")]
+    Length,
+    #[error(transparent)]
+    Digest(#[from] DigestError),
+    #[error(
+        "tag {0:?} must be 1 to 128 letters, digits, '_', '.' or '-', not starting with '.' or '-'"
+    )]
+    Tag(String),
+    #[error("registry {0:?} must be a host name with an optional port")]
+    Registry(String),
+    #[error(
+        "name component {0:?} must be lower-case letters and digits, separated by single '.', '_', '__' or '-'"
+    )]
+    Component(String),
+}
 
 /// Checks that `input` is an image reference a registry client accepts:
 /// an optional registry host (with a `.` or `:`, or `localhost`), a path of
 /// lower-case components (`[a-z0-9]+([._-][a-z0-9]+)*`, `/`-separated), an
 /// optional tag (`[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`) and an optional
-/// `@sha256:` digest. Returns a message saying what is wrong otherwise.
-pub fn validate_image_ref(input: &str) -> Result<(), String> {
+/// `@sha256:` digest. The error says what is wrong otherwise.
+pub fn validate_image_ref(input: &str) -> Result<(), ImageRefError> {
     if input.is_empty() || input.len() > 512 {
-        return Err("must be 1 to 512 characters".into());
+        return Err(ImageRefError::Length);
     }
     let (rest, digest) = match input.split_once('@') {
         Some((rest, digest)) => (rest, Some(digest)),
         None => (input, None),
     };
     if let Some(digest) = digest {
-        Digest::parse(digest).map_err(|e| e.to_string())?;
+        Digest::parse(digest)?;
     }
     // A ':' after the last '/' starts the tag; one before it is a port.
     let last_slash = rest.rfind('/').map_or(0, |i| i + 1);
@@ -32,9 +51,7 @@ pub fn validate_image_ref(input: &str) -> Result<(), String> {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
         if !ok {
-            return Err(format!(
-                "tag {tag:?} must be 1 to 128 letters, digits, '_', '.' or '-', not starting with '.' or '-'"
-            ));
+            return Err(ImageRefError::Tag(tag.to_string()));
         }
     }
     let mut components: Vec<&str> = name.split('/').collect();
@@ -46,16 +63,13 @@ pub fn validate_image_ref(input: &str) -> Result<(), String> {
     }
     for component in components {
         if !is_path_component(component) {
-            return Err(format!(
-                "name component {component:?} must be lower-case letters and digits, \
-                 separated by single '.', '_', '__' or '-'"
-            ));
+            return Err(ImageRefError::Component(component.to_string()));
         }
     }
     Ok(())
 }
 
-fn validate_registry(host: &str) -> Result<(), String> {
+fn validate_registry(host: &str) -> Result<(), ImageRefError> {
     let (name, port) = match host.rsplit_once(':') {
         Some((name, port)) => (name, Some(port)),
         None => (host, None),
@@ -71,9 +85,7 @@ fn validate_registry(host: &str) -> Result<(), String> {
     if name_ok && port_ok {
         Ok(())
     } else {
-        Err(format!(
-            "registry {host:?} must be a host name with an optional port"
-        ))
+        Err(ImageRefError::Registry(host.to_string()))
     }
 }
 

@@ -12,15 +12,17 @@ use super::host::{JobHost, JobHostParts};
 use super::wit::{CallError, Pre, WIT_PACKAGE, latest};
 use super::{BuilderInfo, BuilderSource, GrantSummary, Limits};
 use helix_core::audit::AuditTrail;
-use helix_core::job::{BuildResult, CacheScope, FailureKind, Job, Outcome};
+use helix_core::job::{BuildResult, CacheScope, Job};
 use helix_core::log::JobLog;
 use helix_sandbox::cancel::CancelSignal;
 use helix_sandbox::docker_engine::DockerEngine;
 use helix_sandbox::exec::GrantPolicy;
 use helix_sandbox::exec::JobValues;
 
+mod error;
 mod outcome;
 
+pub use error::{BuilderError, Reported};
 use outcome::crash_message;
 
 /// The `engine` value by which a builder builds in engines the host runs.
@@ -91,7 +93,7 @@ enum Code {
 /// A builder written in Rust and run in-process, with no sandbox and no
 /// limits. Only benchmarks use one, as the floor the wasm boundary is
 /// measured against; operators cannot configure one.
-pub type NativeBuild = fn(&Job, &JobLog) -> Outcome;
+pub type NativeBuild = fn(&Job, &JobLog) -> BuildResult;
 
 /// A running count and total of durations, readable while jobs run.
 #[derive(Debug, Default)]
@@ -306,27 +308,14 @@ impl Builder {
         }
     }
 
-    /// Runs `job` to what it built, or to the outcome that ends it. Never
+    /// Runs `job` to what it built, or to the error that ends it. Never
     /// panics and never leaves the job undecided: a trap, a limit,
-    /// cancellation or an invalid result each become an outcome whose error
-    /// says what happened. Secrets are removed from the error as from the
-    /// log.
-    pub async fn run(&self, job: &Job, ctx: RunContext) -> Result<Built, Outcome> {
-        let log = ctx.log.clone();
-        self.run_unredacted(job, ctx)
-            .await
-            .map_err(|outcome| outcome.redacted(|text| log.redact(text)))
-    }
-
-    async fn run_unredacted(&self, job: &Job, ctx: RunContext) -> Result<Built, Outcome> {
+    /// cancellation or an invalid result each become an error that says
+    /// what happened.
+    pub async fn run(&self, job: &Job, ctx: RunContext) -> Result<Built, BuilderError> {
         let (engine, pre) = match &self.code {
             Code::Component { engine, pre } => (engine, pre),
-            Code::Native(build) => {
-                return match build(job, &ctx.log) {
-                    Outcome::Succeeded(result) => Ok(Built::Simulated(result)),
-                    other => Err(other),
-                };
-            }
+            Code::Native(build) => return Ok(Built::Simulated(build(job, &ctx.log))),
         };
         let host = match JobHost::new(JobHostParts {
             builder: self.info.name.as_str().into(),
@@ -341,14 +330,11 @@ impl Builder {
             memory_limit: self.info.limits.memory_bytes,
         }) {
             Ok(host) => host,
-            Err(e) => {
-                return Err(Outcome::failed(
-                    FailureKind::Host,
-                    format!(
-                        "could not open the job workspace {}: {e}",
-                        ctx.workspace.display()
-                    ),
-                ));
+            Err(source) => {
+                return Err(BuilderError::Workspace {
+                    workspace: ctx.workspace.clone(),
+                    source,
+                });
             }
         };
         let mut store = Self::new_store(engine, host);
@@ -364,48 +350,33 @@ impl Builder {
         // with it, so a cancelled or timed-out instance is never reused.
         let returned = tokio::select! {
             biased;
-            reason = ctx.cancel.cancelled() => return Err(Outcome::Cancelled { reason }),
+            reason = ctx.cancel.cancelled() => return Err(BuilderError::Cancelled { reason }),
             returned = tokio::time::timeout(self.info.limits.timeout, call) => returned,
         };
         let stderr_tail = store.data().stderr.finish();
         store.data().stdout.finish();
         let memory_limit_hit = store.data().memory.was_hit();
+        let builder = self.info.name.clone();
         let failed = match returned {
-            Err(_elapsed) => Outcome::TimedOut {
-                message: format!(
-                    "builder '{}' ran longer than its limit of {}s (builders.{}.timeout_secs)",
-                    self.info.name,
-                    self.info.limits.timeout.as_secs(),
-                    self.info.name
-                ),
+            Err(_elapsed) => BuilderError::TimedOut {
+                builder,
+                limit_secs: self.info.limits.timeout.as_secs(),
             },
             Ok(Ok(Ok(output))) => return self.validate(job, output, &ctx.workspace),
             Ok(Ok(Err(error))) => self.build_error(error, &ctx.cancel),
             // The job as the component's contract version carries it.
-            Ok(Err(CallError::Unfit(message))) => Outcome::failed(FailureKind::InvalidJob, message),
-            Ok(Err(_)) if memory_limit_hit => Outcome::failed(
-                FailureKind::Limit,
-                format!(
-                    "builder '{}' needed more memory than its limit of {} MiB (builders.{}.memory_mib)",
-                    self.info.name,
-                    self.info.limits.memory_bytes >> 20,
-                    self.info.name
-                ),
-            ),
-            Ok(Err(CallError::Instantiate(e))) if e.downcast_ref::<Trap>().is_none() => {
-                Outcome::failed(
-                    FailureKind::Host,
-                    format!("could not start builder '{}': {e:#}", self.info.name),
-                )
+            Ok(Err(CallError::Unfit(unsupported))) => unsupported.into(),
+            Ok(Err(_)) if memory_limit_hit => BuilderError::OutOfMemory {
+                builder,
+                limit_mib: self.info.limits.memory_bytes >> 20,
+            },
+            Ok(Err(CallError::Instantiate(source))) if source.downcast_ref::<Trap>().is_none() => {
+                BuilderError::Start { builder, source }
             }
-            Ok(Err(CallError::Instantiate(e) | CallError::Trap(e))) => Outcome::failed(
-                FailureKind::Plugin,
-                format!(
-                    "builder '{}' crashed: {}",
-                    self.info.name,
-                    crash_message(&e, &stderr_tail)
-                ),
-            ),
+            Ok(Err(CallError::Instantiate(e) | CallError::Trap(e))) => BuilderError::Crashed {
+                builder,
+                message: crash_message(&e, &stderr_tail),
+            },
         };
         Err(failed)
     }
@@ -462,9 +433,7 @@ mod tests {
     #[test]
     fn the_registry_cache_has_a_repository_per_scope_and_source_repository() {
         use sha2::Digest as _;
-        let mut builder = Builder::native("podman", |_, _| Outcome::Cancelled {
-            reason: "not run".into(),
-        });
+        let mut builder = Builder::native("podman", |_, _| unreachable!("never run"));
         builder.info.registry_cache = Some("r.example/cache".into());
         let job = |project: Option<&str>, protected: bool, repo: &str| Job {
             project: project.map(String::from),

@@ -23,14 +23,16 @@ use helix_sandbox::docker_engine::DockerEngine;
 use helix_sandbox::exec::{GrantPolicy, ProgramGrant};
 use helix_sandbox::managed_engine::EngineSettings;
 
-pub use builder::{Builder, Built, MANAGED_ENGINE, NativeBuild, RunContext, Timings};
+pub use builder::{
+    Builder, BuilderError, Built, MANAGED_ENGINE, NativeBuild, Reported, RunContext, Timings,
+};
 pub use component_cache::{CacheUse, ComponentCache};
 pub use engine::PoolSizing;
 use helix_core::platform::Platform;
 use helix_sandbox::cgroup::BuildLimits;
 use helix_sandbox::network::BuildNetwork;
 use wit::Pre;
-pub use wit::WIT_VERSION;
+pub use wit::{UnsupportedByContract, WIT_VERSION};
 
 use host::JobHost;
 

@@ -79,10 +79,35 @@ enum Layout {
     V2 { root: PathBuf },
 }
 
+/// Why this host's control groups cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error("no cgroup v1 `{name}` hierarchy at {}", dir.display())]
+    NoHierarchy { name: String, dir: PathBuf },
+    #[error("cannot list {}: {source}", dir.display())]
+    List {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot create control group {group}: {source}")]
+    Create {
+        group: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot enable the pids, memory and cpu controllers for {group}: {source}")]
+    Controllers {
+        group: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 impl Cgroups {
     /// This host's control groups, for the server whose data directory is
     /// `data_dir`; an error says why they cannot be used.
-    pub fn detect(data_dir: &Path) -> Result<Self, String> {
+    pub fn detect(data_dir: &Path) -> Result<Self, CgroupError> {
         use sha2::Digest as _;
         let root = Path::new("/sys/fs/cgroup");
         let layout = if root.join("cgroup.controllers").is_file() {
@@ -94,10 +119,10 @@ impl Cgroups {
                 let dir = root.join(name);
                 match dir.join("cgroup.procs").is_file() {
                     true => Ok(dir),
-                    false => Err(format!(
-                        "no cgroup v1 `{name}` hierarchy at {}",
-                        dir.display()
-                    )),
+                    false => Err(CgroupError::NoHierarchy {
+                        name: name.to_string(),
+                        dir,
+                    }),
                 }
             };
             let (pids, memory, cpu) = (
@@ -107,7 +132,10 @@ impl Cgroups {
             );
             let limited = [&pids, &memory, &cpu].map(|d| d.canonicalize().ok());
             let mut others: Vec<PathBuf> = std::fs::read_dir(root)
-                .map_err(|e| format!("cannot list {}: {e}", root.display()))?
+                .map_err(|source| CgroupError::List {
+                    dir: root.to_path_buf(),
+                    source,
+                })?
                 .flatten()
                 .map(|e| e.path())
                 .filter(|d| d.join("cgroup.procs").is_file())
@@ -133,13 +161,14 @@ impl Cgroups {
         };
         cgroups
             .create_everywhere(&cgroups.base)
-            .map_err(|e| format!("cannot create control group {}: {e}", cgroups.base))?;
+            .map_err(|source| CgroupError::Create {
+                group: cgroups.base.clone(),
+                source,
+            })?;
         if let Layout::V2 { root } = &cgroups.layout {
-            enable_controllers(root, &cgroups.base).map_err(|e| {
-                format!(
-                    "cannot enable the pids, memory and cpu controllers for {}: {e}",
-                    cgroups.base
-                )
+            enable_controllers(root, &cgroups.base).map_err(|source| CgroupError::Controllers {
+                group: cgroups.base.clone(),
+                source,
             })?;
         }
         Ok(cgroups)

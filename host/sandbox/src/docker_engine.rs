@@ -35,6 +35,54 @@ pub const DEFAULT_ENGINE_CLIENT: &str = "docker";
 /// may take.
 const QUICK: Duration = Duration::from_secs(60);
 
+/// Why the host could not use a Docker Engine, or what the engine refused.
+#[derive(Debug, thiserror::Error)]
+pub enum DockerEngineError {
+    #[error(
+        "{0:?} must be the engine's unix socket, unix:///absolute/path \
+         (an engine reached over TCP is not supported)"
+    )]
+    NotAUnixSocket(String),
+    #[error("cannot run docker: {0}; install the Docker client (docker.io)")]
+    NoClient(#[source] std::io::Error),
+    /// `docker version` got no answer from the engine in time.
+    #[error("the Docker Engine at {socket} does not answer")]
+    Silent { socket: String },
+    /// `docker version` failed; `said` is the client's error.
+    #[error(
+        "the Docker Engine at {socket} does not answer: {said}; start it, or fix the builder's `engine`"
+    )]
+    Down { socket: String, said: String },
+    #[error("cannot write the Docker client settings in {}: {source}", dir.display())]
+    Settings {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The engine's API socket could not be spoken to.
+    #[error("the Docker Engine at {socket} does not answer: {source}")]
+    Unreachable {
+        socket: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("bad engine request {path}: {source}")]
+    Request {
+        path: String,
+        #[source]
+        source: hyper::http::Error,
+    },
+    #[error("the Docker Engine at {socket} took longer than {secs}s")]
+    TookTooLong { socket: String, secs: u64 },
+    /// What the engine answered instead of doing it.
+    #[error("{0}")]
+    Refused(String),
+    #[error("the engine's answer is not JSON: {0}")]
+    NotJson(#[source] serde_json::Error),
+    #[error("the engine pushed no manifest")]
+    NoManifest,
+}
+
 /// One Docker Engine and the client settings the host uses with it.
 #[derive(Debug)]
 pub struct DockerEngine {
@@ -66,13 +114,10 @@ impl DockerEngine {
     /// Whether `socket` names an engine the host can use: a unix socket at
     /// an absolute path. TCP is refused: anyone who reaches an engine's
     /// TCP port is root on its host.
-    pub fn check_socket(socket: &str) -> Result<(), String> {
+    pub fn check_socket(socket: &str) -> Result<(), DockerEngineError> {
         match socket.strip_prefix("unix://") {
             Some(path) if Path::new(path).is_absolute() && !path.contains("..") => Ok(()),
-            _ => Err(format!(
-                "{socket:?} must be the engine's unix socket, unix:///absolute/path \
-                 (an engine reached over TCP is not supported)"
-            )),
+            _ => Err(DockerEngineError::NotAUnixSocket(socket.to_string())),
         }
     }
 
@@ -106,7 +151,7 @@ impl DockerEngine {
 
     /// Writes the client settings and makes sure the engine answers, once;
     /// the error says what to fix.
-    pub async fn prepare(&self) -> Result<(), String> {
+    pub async fn prepare(&self) -> Result<(), DockerEngineError> {
         self.ready
             .get_or_try_init(|| async {
                 self.write_config()?;
@@ -118,16 +163,15 @@ impl DockerEngine {
                     .output();
                 let output = tokio::time::timeout(QUICK, output)
                     .await
-                    .map_err(|_| format!("the Docker Engine at {} does not answer", self.socket))?
-                    .map_err(|e| {
-                        format!("cannot run docker: {e}; install the Docker client (docker.io)")
-                    })?;
+                    .map_err(|_| DockerEngineError::Silent {
+                        socket: self.socket.clone(),
+                    })?
+                    .map_err(DockerEngineError::NoClient)?;
                 if !output.status.success() {
-                    return Err(format!(
-                        "the Docker Engine at {} does not answer: {}; start it, or fix the builder's `engine`",
-                        self.socket,
-                        String::from_utf8_lossy(&output.stderr).trim()
-                    ));
+                    return Err(DockerEngineError::Down {
+                        socket: self.socket.clone(),
+                        said: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+                    });
                 }
                 Ok(())
             })
@@ -137,13 +181,11 @@ impl DockerEngine {
 
     /// `config.json` without credentials, written whole under a temporary
     /// name and readable by root alone.
-    fn write_config(&self) -> Result<(), String> {
+    fn write_config(&self) -> Result<(), DockerEngineError> {
         use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
-        let failed = |e: std::io::Error| {
-            format!(
-                "cannot write the Docker client settings in {}: {e}",
-                self.config_dir.display()
-            )
+        let failed = |source| DockerEngineError::Settings {
+            dir: self.config_dir.clone(),
+            source,
         };
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -173,7 +215,7 @@ impl DockerEngine {
 
     /// The platform (`os/arch[/variant]`) of image `name` in the engine;
     /// `None` when it has no such image.
-    pub async fn platform_of(&self, name: &str) -> Result<Option<String>, String> {
+    pub async fn platform_of(&self, name: &str) -> Result<Option<String>, DockerEngineError> {
         let (status, body) = self
             .api(Method::GET, &format!("/images/{name}/json"), None, QUICK)
             .await?;
@@ -190,7 +232,12 @@ impl DockerEngine {
     }
 
     /// Names image `source` also `repository:tag`.
-    pub async fn tag(&self, source: &str, repository: &str, tag: &str) -> Result<(), String> {
+    pub async fn tag(
+        &self,
+        source: &str,
+        repository: &str,
+        tag: &str,
+    ) -> Result<(), DockerEngineError> {
         let path = format!(
             "/images/{source}/tag?repo={}&tag={}",
             query_value(repository),
@@ -209,7 +256,7 @@ impl DockerEngine {
         tag: &str,
         credentials: Option<(String, String)>,
         timeout: Duration,
-    ) -> Result<(String, u64), String> {
+    ) -> Result<(String, u64), DockerEngineError> {
         use base64::Engine as _;
         let registry = helix_core::reference::registry_of(repository);
         let auth = match credentials {
@@ -230,20 +277,20 @@ impl DockerEngine {
         // (`aux`), or an `error`.
         let mut pushed = None;
         for message in serde_json::Deserializer::from_slice(&body).into_iter::<Value>() {
-            let message = message.map_err(|e| format!("the engine's answer is not JSON: {e}"))?;
+            let message = message.map_err(DockerEngineError::NotJson)?;
             if let Some(error) = message["error"].as_str() {
-                return Err(error.to_string());
+                return Err(DockerEngineError::Refused(error.to_string()));
             }
             let aux = &message["aux"];
             if let (Some(digest), Some(size)) = (aux["Digest"].as_str(), aux["Size"].as_u64()) {
                 pushed = Some((digest.to_string(), size));
             }
         }
-        pushed.ok_or_else(|| "the engine pushed no manifest".to_string())
+        pushed.ok_or(DockerEngineError::NoManifest)
     }
 
     /// Removes the name `image` (the image goes with its last name).
-    pub async fn remove(&self, image: &str) -> Result<(), String> {
+    pub async fn remove(&self, image: &str) -> Result<(), DockerEngineError> {
         let (status, body) = self
             .api(Method::DELETE, &format!("/images/{image}"), None, QUICK)
             .await?;
@@ -305,19 +352,21 @@ impl DockerEngine {
         path: &str,
         registry_auth: Option<String>,
         timeout: Duration,
-    ) -> Result<(StatusCode, Bytes), String> {
+    ) -> Result<(StatusCode, Bytes), DockerEngineError> {
         let socket = self.socket.trim_start_matches("unix://");
-        let unreachable = |e: &dyn std::fmt::Display| {
-            format!("the Docker Engine at {} does not answer: {e}", self.socket)
-        };
+        let unreachable =
+            |source: Box<dyn std::error::Error + Send + Sync>| DockerEngineError::Unreachable {
+                socket: self.socket.clone(),
+                source,
+            };
         let exchange = async {
             let stream = tokio::net::UnixStream::connect(socket)
                 .await
-                .map_err(|e| unreachable(&e))?;
+                .map_err(|e| unreachable(e.into()))?;
             let (mut sender, connection) =
                 hyper::client::conn::http1::handshake(TokioIo::new(stream))
                     .await
-                    .map_err(|e| unreachable(&e))?;
+                    .map_err(|e| unreachable(e.into()))?;
             let connection = AbortOnDrop(tokio::spawn(connection));
             let mut request = Request::builder()
                 .method(method)
@@ -326,29 +375,31 @@ impl DockerEngine {
             if let Some(auth) = registry_auth {
                 request = request.header("X-Registry-Auth", auth);
             }
-            let request = request
-                .body(Empty::<Bytes>::new())
-                .map_err(|e| format!("bad engine request {path}: {e}"))?;
+            let request = request.body(Empty::<Bytes>::new()).map_err(|source| {
+                DockerEngineError::Request {
+                    path: path.to_string(),
+                    source,
+                }
+            })?;
             let response = sender
                 .send_request(request)
                 .await
-                .map_err(|e| unreachable(&e))?;
+                .map_err(|e| unreachable(e.into()))?;
             let status = response.status();
             let body = response
                 .into_body()
                 .collect()
                 .await
-                .map_err(|e| unreachable(&e))?
+                .map_err(|e| unreachable(e.into()))?
                 .to_bytes();
             drop(connection);
             Ok((status, body))
         };
         tokio::time::timeout(timeout, exchange).await.map_err(|_| {
-            format!(
-                "the Docker Engine at {} took longer than {}s",
-                self.socket,
-                timeout.as_secs()
-            )
+            DockerEngineError::TookTooLong {
+                socket: self.socket.clone(),
+                secs: timeout.as_secs(),
+            }
         })?
     }
 }
@@ -363,22 +414,24 @@ impl<T> Drop for AbortOnDrop<T> {
 }
 
 /// The JSON body of a successful answer, or the engine's message.
-fn json_ok(status: StatusCode, body: &[u8]) -> Result<Value, String> {
+fn json_ok(status: StatusCode, body: &[u8]) -> Result<Value, DockerEngineError> {
     if !status.is_success() {
         return Err(engine_error(status, body));
     }
     if body.is_empty() {
         return Ok(Value::Null);
     }
-    serde_json::from_slice(body).map_err(|e| format!("the engine's answer is not JSON: {e}"))
+    serde_json::from_slice(body).map_err(DockerEngineError::NotJson)
 }
 
 /// What the engine said went wrong (`{"message": …}`), else its status.
-fn engine_error(status: StatusCode, body: &[u8]) -> String {
-    serde_json::from_slice::<Value>(body)
-        .ok()
-        .and_then(|v| v["message"].as_str().map(String::from))
-        .unwrap_or_else(|| format!("the engine answered {status}"))
+fn engine_error(status: StatusCode, body: &[u8]) -> DockerEngineError {
+    DockerEngineError::Refused(
+        serde_json::from_slice::<Value>(body)
+            .ok()
+            .and_then(|v| v["message"].as_str().map(String::from))
+            .unwrap_or_else(|| format!("the engine answered {status}")),
+    )
 }
 
 /// `value` percent-encoded for a query string.

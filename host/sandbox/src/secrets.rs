@@ -27,6 +27,28 @@ pub struct SecretSource {
     pub file: Option<PathBuf>,
 }
 
+/// Why a secret could not be read; each names its config key `at`.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error("{at}: environment variable {var} is not set on this server")]
+    Unset { at: String, var: String },
+    #[error("{at}: cannot read {}: {source}", file.display())]
+    Unreadable {
+        at: String,
+        file: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{at}: set exactly one of `env` and `file`")]
+    Source { at: String },
+    #[error("{at}: the value is empty")]
+    Empty { at: String },
+    #[error(
+        "{at}: a secret name is 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+    )]
+    Name { at: String },
+}
+
 impl SecretSource {
     /// The value, read now through `host_env` for a variable; errors name
     /// the config key `at`.
@@ -34,17 +56,24 @@ impl SecretSource {
         &self,
         at: &str,
         host_env: impl Fn(&str) -> Option<String>,
-    ) -> Result<String, String> {
+    ) -> Result<String, SecretError> {
+        let at = at.to_string();
         let value = match (&self.env, &self.file) {
-            (Some(var), None) => host_env(var).ok_or_else(|| {
-                format!("{at}: environment variable {var} is not set on this server")
+            (Some(var), None) => host_env(var).ok_or_else(|| SecretError::Unset {
+                at: at.clone(),
+                var: var.clone(),
             })?,
-            (None, Some(file)) => std::fs::read_to_string(file)
-                .map_err(|e| format!("{at}: cannot read {}: {e}", file.display()))?,
-            _ => return Err(format!("{at}: set exactly one of `env` and `file`")),
+            (None, Some(file)) => {
+                std::fs::read_to_string(file).map_err(|source| SecretError::Unreadable {
+                    at: at.clone(),
+                    file: file.clone(),
+                    source,
+                })?
+            }
+            _ => return Err(SecretError::Source { at }),
         };
         if value.is_empty() {
-            return Err(format!("{at}: the value is empty"));
+            return Err(SecretError::Empty { at });
         }
         Ok(value)
     }
@@ -78,14 +107,12 @@ impl BuildSecrets {
     pub fn load(
         sources: &BTreeMap<String, SecretSource>,
         host_env: impl Fn(&str) -> Option<String>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, SecretError> {
         let mut values = BTreeMap::new();
         for (name, source) in sources {
             let at = format!("secrets.{name}");
             if !is_secret_name(name) {
-                return Err(format!(
-                    "{at}: a secret name is 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit"
-                ));
+                return Err(SecretError::Name { at });
             }
             values.insert(name.clone(), source.read(&at, &host_env)?);
         }
@@ -210,7 +237,9 @@ mod tests {
 
     #[test]
     fn a_missing_or_ambiguous_source_is_named() {
-        let err = BuildSecrets::load(&sources(&[("token", env("UNSET"))]), |_| None).unwrap_err();
+        let err = BuildSecrets::load(&sources(&[("token", env("UNSET"))]), |_| None)
+            .unwrap_err()
+            .to_string();
         assert_eq!(
             err,
             "secrets.token: environment variable UNSET is not set on this server"
@@ -219,10 +248,13 @@ mod tests {
             env: Some("A".into()),
             file: Some("/etc/hostname".into()),
         };
-        let err = BuildSecrets::load(&sources(&[("x", both)]), |_| None).unwrap_err();
+        let err = BuildSecrets::load(&sources(&[("x", both)]), |_| None)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("exactly one"), "{err}");
         let err = BuildSecrets::load(&sources(&[("bad,name", env("A"))]), |_| Some("v".into()))
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("secrets.bad,name:"), "{err}");
     }
 }

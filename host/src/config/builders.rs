@@ -167,7 +167,7 @@ impl Config {
             if let Some(grants) = &builder.grants {
                 grants
                     .validate(&format!("builders.{name}.grants"))
-                    .map_err(ConfigError::Invalid)?;
+                    .map_err(|e| ConfigError::Invalid(e.to_string()))?;
             }
             if !(0.0..=1024.0).contains(&builder.build_cpus) {
                 return invalid(format!(

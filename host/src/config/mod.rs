@@ -289,7 +289,7 @@ impl Config {
     /// The build secrets, read from the server's environment and files.
     pub fn build_secrets(&self) -> Result<BuildSecrets, ConfigError> {
         BuildSecrets::load(&self.secrets, |name| std::env::var(name).ok())
-            .map_err(ConfigError::Invalid)
+            .map_err(|e| ConfigError::Invalid(e.to_string()))
     }
 
     /// How long, and how many, ended jobs are kept.

@@ -292,7 +292,9 @@ impl Config {
                             env: token.env.clone(),
                             file: token.file.clone(),
                         };
-                        let value = source.read(&at, &host_env).map_err(ConfigError::Invalid)?;
+                        let value = source
+                            .read(&at, &host_env)
+                            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
                         // A file's trailing newline is not part of the token.
                         let value = value.trim_end_matches(['\n', '\r']);
                         if value.len() < MIN_TOKEN_LEN {

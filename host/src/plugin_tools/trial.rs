@@ -26,6 +26,7 @@ use crate::plugin::{
     RunContext,
 };
 use crate::registry::RegistrySettings;
+use crate::service::fault;
 use crate::source::Checkout;
 use crate::workspace::{JobDirs, run_name};
 
@@ -189,14 +190,14 @@ async fn build(
             let cgroup = values.cgroup.as_deref();
             match checkout.fetch(job, &workspace, log, &cancel, cgroup).await {
                 Ok(commit) => Some(commit),
-                Err(outcome) => return (None, Err(outcome)),
+                Err(e) => return (None, Err(fault::outcome(e.into(), None, log))),
             }
         }
     };
     if real {
         match crate::rules::check_source(&workspace, job, builder) {
             Ok(checked) => checked.pin(job, &mut values),
-            Err(outcome) => return (commit, Err(outcome)),
+            Err(e) => return (commit, Err(fault::outcome(e.into(), None, log))),
         }
     }
     let ctx = RunContext {
@@ -209,6 +210,7 @@ async fn build(
         audit: audit.clone(),
     };
     let result = builder.run(job, ctx).await;
+    let result = result.map_err(|e| fault::outcome(e.into(), None, log));
     (commit, result)
 }
 

@@ -1,6 +1,7 @@
 //! Registries: one configuration for every way the host and its builds
 //! reach them ([`RegistrySettings`]), and publishing a build ([`publish`]).
 
+mod base;
 pub mod oci;
 mod publish;
 
@@ -8,7 +9,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-pub use publish::{Publisher, Pushed};
+pub use base::BaseImageError;
+pub use publish::{PublishError, Publisher, Pushed};
 
 use crate::config::RegistryConfig;
 use crate::job::Job;

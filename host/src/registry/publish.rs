@@ -19,12 +19,52 @@ use sha2::{Digest as _, Sha256};
 use super::RegistrySettings;
 use crate::cancel::CancelSignal;
 use crate::cgroup::RunCgroup;
-use crate::docker_engine::{DockerEngine, platform_tag};
+use crate::docker_engine::{DockerEngine, DockerEngineError, platform_tag};
 use crate::exec::{Confinement, HostCommand, RunError};
 use crate::jail::Jail;
-use crate::job::{BuildResult, FailureKind, Outcome};
+use crate::job::BuildResult;
 use crate::log::JobLog;
 use crate::platform::Platform;
+
+/// Why the host could not publish what a builder built.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("cancelled: {reason}")]
+    Cancelled { reason: String },
+    #[error("pushing {image} took longer than {}s", PUSH_TIMEOUT.as_secs())]
+    PushTimedOut { image: String },
+    /// The host's push tool could not run.
+    #[error("cannot run {program} to push: {source}; install {program} on the build host")]
+    Tool {
+        program: String,
+        #[source]
+        source: RunError,
+    },
+    /// The registry refused the push or could not be reached.
+    #[error("pushing {image} failed: {said}")]
+    Refused { image: String, said: String },
+    #[error("pushing the index of {image} failed: {said}")]
+    Index { image: String, said: String },
+    /// The registry, read back, does not hold what the host pushed.
+    #[error("{0}")]
+    Unverified(String),
+    /// The job's image name cannot be pushed to.
+    #[error("{0}")]
+    Destination(String),
+    /// What the builder left is not a pushable image.
+    #[error("{0}")]
+    Builder(String),
+    /// The Docker Engine holding the images failed the host.
+    #[error(transparent)]
+    Engine(DockerEngineError),
+    /// The engine could not push to the registry.
+    #[error("pushing {image} failed: {source}")]
+    EnginePush {
+        image: String,
+        #[source]
+        source: DockerEngineError,
+    },
+}
 
 /// What a builder left for the host to push.
 pub enum Pushed<'a> {
@@ -67,17 +107,15 @@ struct Push<'a> {
 }
 
 impl Push<'_> {
-    /// Runs `program` to push; its output, or the outcome saying why the
-    /// push failed (the registry's fault unless the host's tool is
-    /// missing).
+    /// Runs `program` to push; its output, or why the push failed.
     async fn run(
         &self,
         program: &str,
         args: &[String],
         env: &BTreeMap<String, String>,
         cwd: &Path,
-    ) -> Result<crate::exec::CommandOutput, Outcome> {
-        let image = self.image;
+    ) -> Result<crate::exec::CommandOutput, PublishError> {
+        let image = self.image.to_string();
         let output = HostCommand {
             program,
             args,
@@ -92,28 +130,22 @@ impl Push<'_> {
         .run()
         .await
         .map_err(|e| match e {
-            RunError::Cancelled => Outcome::Cancelled {
+            RunError::Cancelled => PublishError::Cancelled {
                 reason: self.cancel.reason(),
             },
-            RunError::TimedOut => Outcome::failed(
-                FailureKind::Registry,
-                format!(
-                    "pushing {image} took longer than {}s",
-                    PUSH_TIMEOUT.as_secs()
-                ),
-            ),
-            other => Outcome::failed(
-                FailureKind::Host,
-                format!(
-                    "cannot run {program} to push: {other}; install {program} on the build host"
-                ),
-            ),
+            RunError::TimedOut => PublishError::PushTimedOut {
+                image: image.clone(),
+            },
+            source => PublishError::Tool {
+                program: program.to_string(),
+                source,
+            },
         })?;
         if output.exit_code != 0 {
-            return Err(Outcome::failed(
-                FailureKind::Registry,
-                format!("pushing {image} failed: {}", output.error_line()),
-            ));
+            return Err(PublishError::Refused {
+                image,
+                said: output.error_line(),
+            });
         }
         Ok(output)
     }
@@ -156,9 +188,7 @@ impl Publisher {
     }
 
     /// Pushes the image a builder left to `image`, then reads the registry
-    /// back: the job's result, or the outcome saying why it failed (a
-    /// layout the builder got wrong is the plugin's fault, a refused push
-    /// the registry's).
+    /// back: the job's result, or why it failed.
     pub async fn publish(
         &self,
         built: Pushed<'_>,
@@ -167,7 +197,7 @@ impl Publisher {
         log: &JobLog,
         cancel: &CancelSignal,
         confined: Confinement<'_>,
-    ) -> Result<BuildResult, Outcome> {
+    ) -> Result<BuildResult, PublishError> {
         log.push(&format!("[helix] pushing the built image to {image}"));
         let push = Push {
             image,
@@ -180,7 +210,7 @@ impl Publisher {
         let destination = format!("docker://{image}");
         let digest = match built {
             Pushed::Layout { layout, env } => {
-                check_layout(layout).map_err(|e| Outcome::failed(FailureKind::Plugin, e))?;
+                check_layout(layout).map_err(PublishError::Builder)?;
                 let mut args =
                     strings(&["copy", "--all", "--quiet", "--digestfile", "/dev/stdout"]);
                 if insecure {
@@ -218,11 +248,21 @@ impl Publisher {
         let result = self
             .verify(image, digest, requested)
             .await
-            .map_err(|e| Outcome::failed(FailureKind::Registry, e))?;
+            .map_err(PublishError::Unverified)?;
         log.push(&format!(
             "[helix] verified: {image} is {digest} in the registry"
         ));
         Ok(result)
+    }
+
+    /// The first of a failed build's base `images` whose registry shows it
+    /// cannot serve `requested` (see [`super::base`]).
+    pub async fn check_base_images(
+        &self,
+        images: &[String],
+        requested: &[Platform],
+    ) -> Option<super::BaseImageError> {
+        super::base::check(self.registries.clone(), images, requested).await
     }
 
     /// The digest of each of `images` in the job's container storage after
@@ -281,15 +321,12 @@ impl Publisher {
         engine: &DockerEngine,
         name: &str,
         requested: &[Platform],
-    ) -> Result<String, Outcome> {
+    ) -> Result<String, PublishError> {
         let _turn = push_turn(push.image).await;
         let (repository, tag) = crate::reference::split_tag(push.image).ok_or_else(|| {
-            Outcome::failed(
-                FailureKind::InvalidJob,
-                format!("{} names no tag to push to", push.image),
-            )
+            PublishError::Destination(format!("{} names no tag to push to", push.image))
         })?;
-        let engine_fault = |e: String| Outcome::failed(FailureKind::Host, e);
+        let engine_fault = PublishError::Engine;
         let credentials = self
             .registries
             .credentials(crate::reference::registry_of(push.image));
@@ -299,16 +336,14 @@ impl Publisher {
             match engine.platform_of(&built).await.map_err(engine_fault)? {
                 Some(found) if Platform::parse(&found).ok().as_ref() == Some(platform) => {}
                 Some(found) => {
-                    return Err(Outcome::failed(
-                        FailureKind::Plugin,
-                        format!("the builder's image {built} is for {found}, not {platform}"),
-                    ));
+                    return Err(PublishError::Builder(format!(
+                        "the builder's image {built} is for {found}, not {platform}"
+                    )));
                 }
                 None => {
-                    return Err(Outcome::failed(
-                        FailureKind::Plugin,
-                        format!("the builder left no image {built} for {platform} in the engine"),
-                    ));
+                    return Err(PublishError::Builder(format!(
+                        "the builder left no image {built} for {platform} in the engine"
+                    )));
                 }
             }
             engine
@@ -319,16 +354,14 @@ impl Publisher {
                 result = engine.push(repository, tag, credentials.clone(), PUSH_TIMEOUT) => result,
                 reason = push.cancel.cancelled() => {
                     let _ = engine.remove(push.image).await;
-                    return Err(Outcome::Cancelled { reason });
+                    return Err(PublishError::Cancelled { reason });
                 }
             };
             // The destination's name goes whether the push worked or not.
             engine.remove(push.image).await.map_err(engine_fault)?;
-            let (digest, size) = result.map_err(|e| {
-                Outcome::failed(
-                    FailureKind::Registry,
-                    format!("pushing {} failed: {e}", push.image),
-                )
+            let (digest, size) = result.map_err(|source| PublishError::EnginePush {
+                image: push.image.to_string(),
+                source,
             })?;
             push.log.push(&format!(
                 "[helix] pushed {platform} from the engine: {digest}"
@@ -356,16 +389,13 @@ impl Publisher {
         });
         let bytes = serde_json::to_vec(&index).expect("JSON values serialize");
         let digest = super::oci::digest_of(&bytes);
-        let reference = super::oci::reference(push.image)
-            .map_err(|e| Outcome::failed(FailureKind::InvalidJob, e))?;
+        let reference = super::oci::reference(push.image).map_err(PublishError::Destination)?;
         super::oci::RegistryClient::new(self.registries.clone())
             .push_manifest(&reference, bytes, DOCKER_LIST)
             .await
-            .map_err(|e| {
-                Outcome::failed(
-                    FailureKind::Registry,
-                    format!("pushing the index of {} failed: {e}", push.image),
-                )
+            .map_err(|said| PublishError::Index {
+                image: push.image.to_string(),
+                said,
             })?;
         Ok(digest)
     }
@@ -481,7 +511,7 @@ fn kind(meta: &std::fs::Metadata) -> &'static str {
 }
 
 /// (platform, digest) of every entry of an image index.
-fn index_platforms(raw: &[u8]) -> Result<Vec<(Platform, String)>, String> {
+pub(super) fn index_platforms(raw: &[u8]) -> Result<Vec<(Platform, String)>, String> {
     let value: serde_json::Value = serde_json::from_slice(raw)
         .map_err(|e| format!("the registry's manifest is not JSON: {e}"))?;
     let Some(entries) = value["manifests"].as_array() else {

@@ -8,7 +8,7 @@ use super::Inner;
 use crate::cgroup::{LimitHit, RunCgroup};
 use crate::docker_engine::DockerEngine;
 use crate::jail::{Jail, JailSpec};
-use crate::job::{FailureKind, Job, Outcome};
+use crate::job::Job;
 use crate::layer_cache::CacheSlot;
 use crate::log::JobLog;
 use crate::managed_engine::{EngineSettings, ManagedEngine};
@@ -138,20 +138,4 @@ fn disk_filled(
             job.builder
         ),
     })
-}
-
-/// A failed build's outcome once it turns out to have reached a limit:
-/// the limit named first (with the setting that raises it), the tool's own
-/// error after it. A build that succeeded anyway stands.
-pub(super) fn blame_limit(outcome: Outcome, limit: &str) -> Outcome {
-    let Outcome::Failed { kind, message } = outcome else {
-        return outcome;
-    };
-    if !matches!(kind, FailureKind::Build | FailureKind::Registry) {
-        return Outcome::Failed { kind, message };
-    }
-    Outcome::failed(
-        FailureKind::Limit,
-        format!("the build reached its {limit}; {message}"),
-    )
 }

@@ -10,6 +10,7 @@
 //! - [`cancel`]: cancelling a queued or running job, here or elsewhere;
 //! - [`table`]: the jobs this host runs, live in memory;
 //! - [`run`]: the run of one job, from claim to stored end;
+//! - [`fault`]: whose fault a failed run is, decided in one place;
 //! - [`background`]: the workers, and the tasks that keep leases, relay
 //!   the queue's news and follow jobs running elsewhere;
 //! - [`metrics`]: what `/metrics` reports.
@@ -24,6 +25,7 @@
 mod background;
 mod cancel;
 mod confine;
+pub(crate) mod fault;
 mod metrics;
 mod query;
 mod run;
@@ -147,9 +149,9 @@ pub enum ServiceError {
     AlreadyEnded { id: JobId, state: State },
     #[error("the service is shutting down and accepts no new jobs")]
     ShuttingDown,
-    /// The detail goes to the server's log, not to clients.
+    /// The detail (the source) goes to the server's log, not to clients.
     #[error("the job store is unavailable, so nothing was read or changed; retry later")]
-    Store,
+    Store(#[source] StoreError),
     #[error("cursor '{0}' names no job; start again without a cursor")]
     UnknownCursor(String),
     #[error("job '{id}' has no provenance: {reason}")]
@@ -163,10 +165,7 @@ impl From<StoreError> for ServiceError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Duplicate(id) => ServiceError::Duplicate(id),
-            other => {
-                tracing::error!("job store: {other}");
-                ServiceError::Store
-            }
+            other => ServiceError::Store(other),
         }
     }
 }

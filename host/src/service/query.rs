@@ -10,7 +10,7 @@ use crate::audit::JobAudit;
 use crate::job::{Job, State};
 use crate::log::{JobLog, LogLine, Redactor};
 use crate::provenance::Attestation;
-use crate::store::{JobFilter, StoreError};
+use crate::store::{DatabaseError, JobFilter, StoreError};
 
 /// One page of [`Service::list_page`].
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
@@ -40,8 +40,9 @@ impl Service {
             .await?
             .ok_or_else(|| ServiceError::NotFound(id.to_string()))?;
         JobAudit::from_runs(&runs).map_err(|e| {
-            ServiceError::from(StoreError::Database(format!(
-                "the audit trail of job '{id}' is unreadable: {e}"
+            ServiceError::from(StoreError::Database(DatabaseError::with_context(
+                format!("the audit trail of job '{id}' is unreadable"),
+                e,
             )))
         })
     }
@@ -55,8 +56,9 @@ impl Service {
             .ok_or_else(|| ServiceError::NotFound(id.to_string()))?;
         if let Some(record) = records.first() {
             return serde_json::from_str(record).map_err(|e| {
-                ServiceError::from(StoreError::Database(format!(
-                    "the provenance of job '{id}' is unreadable: {e}"
+                ServiceError::from(StoreError::Database(DatabaseError::with_context(
+                    format!("the provenance of job '{id}' is unreadable"),
+                    e,
                 )))
             });
         }

@@ -10,7 +10,8 @@ use chrono::Utc;
 use tokio::sync::watch;
 
 use super::Inner;
-use super::confine::{blame_limit, limit_reached};
+use super::confine::limit_reached;
+use super::fault::{self, Failure};
 use super::table::Entry;
 use crate::audit::AuditTrail;
 use crate::backoff::Backoff;
@@ -19,7 +20,7 @@ use crate::cgroup::RunCgroup;
 use crate::docker_engine::DockerEngine;
 use crate::exec::{Confinement, JobValues};
 use crate::jail::Jail;
-use crate::job::{FailureKind, Job, Outcome};
+use crate::job::{BuildResult, Job, Outcome};
 use crate::layer_cache::{CacheScope, CacheSlot};
 use crate::log::JobLog;
 use crate::plugin::{Builder, Built, RunContext};
@@ -89,20 +90,19 @@ impl Inner {
         claimed
     }
 
-    /// Runs a claimed job to its end and records it. A run that ends at
-    /// the registry (a push or pull refused or unreachable) is an
-    /// infrastructure fault, not the user's: it is tried again, after a
-    /// backoff, while attempts are left. Nothing else is retried.
+    /// Runs a claimed job to its end and records it. A run that ends in an
+    /// infrastructure fault (the registry's or the host's, see `fault`) is
+    /// tried again, after a backoff, while attempts are left. Nothing else
+    /// is retried.
     pub(super) async fn run(self: &Arc<Self>, claimed: Claimed) {
         let mut job = claimed.job.clone();
         loop {
             let outcome = self.execute(&job, &claimed.log, &claimed.cancel).await;
             let max = self.config.max_attempts;
             let fault = match &outcome {
-                Outcome::Failed {
-                    kind: FailureKind::Registry,
-                    ..
-                } if job.attempts < max => outcome.error().unwrap_or_default(),
+                outcome if fault::is_infrastructure(outcome) && job.attempts < max => {
+                    outcome.error().unwrap_or_default()
+                }
                 _ => return self.record(&job.id, outcome).await,
             };
             let delay = RETRY.delay(job.attempts);
@@ -146,11 +146,9 @@ impl Inner {
     /// confirms the image. The workspace is removed afterwards unless the
     /// job failed and the operator keeps failed workspaces.
     async fn execute(&self, job: &Job, log: &Arc<JobLog>, cancel: &CancelSignal) -> Outcome {
+        let failed = |failure| fault::outcome(failure, None, log);
         let Some(builder) = self.runtime().builder(&job.builder) else {
-            return Outcome::failed(
-                FailureKind::Host,
-                format!("builder '{}' is not loaded on this host", job.builder),
-            );
+            return failed(Failure::NotLoaded(job.builder.clone()));
         };
         // This run keeps this component whatever a reload loads meanwhile.
         let digest = builder.info().component_digest.clone();
@@ -181,12 +179,7 @@ impl Inner {
                 .await
             {
                 Ok(slot) => slot,
-                Err(e) => {
-                    return Outcome::failed(
-                        FailureKind::Host,
-                        format!("could not mount the builder's layer cache: {e}"),
-                    );
-                }
+                Err(e) => return failed(Failure::Cache(e)),
             },
         };
         // Each attempt in a directory and a control group of its own: an
@@ -207,12 +200,7 @@ impl Inner {
             Some(cgroups) if !simulated => {
                 match cgroups.create(&run, &builder.info().build_limits) {
                     Ok(cgroup) => Some(Arc::new(cgroup)),
-                    Err(e) => {
-                        return Outcome::failed(
-                            FailureKind::Host,
-                            format!("could not create the job's control group: {e}"),
-                        );
-                    }
+                    Err(e) => return failed(Failure::Cgroup(e)),
                 }
             }
             _ => None,
@@ -230,12 +218,7 @@ impl Inner {
             },
         ) {
             Ok(dirs) => dirs,
-            Err(e) => {
-                return Outcome::failed(
-                    FailureKind::Host,
-                    format!("could not create the job workspace {}: {e}", root.display()),
-                );
-            }
+            Err(source) => return failed(Failure::Workspace { root, source }),
         };
         log.push(&match self.config.queue.host() {
             Some(host) => format!(
@@ -278,19 +261,13 @@ impl Inner {
                     }
                     Err(e) => {
                         dirs.remove();
-                        return Outcome::failed(FailureKind::Host, e);
+                        return failed(Failure::ManagedEngine(e));
                     }
                 }
             }
             (None, Some(_), None) => {
                 dirs.remove();
-                return Outcome::failed(
-                    FailureKind::Host,
-                    format!(
-                        "builder '{}' builds in managed engines but has no cache slot",
-                        job.builder
-                    ),
-                );
+                return failed(Failure::NoSlot(job.builder.clone()));
             }
             (None, None, _) => None,
         };
@@ -335,10 +312,7 @@ impl Inner {
                 Ok(jail) => Some(Arc::new(jail)),
                 Err(e) => {
                     dirs.remove();
-                    return Outcome::failed(
-                        FailureKind::Host,
-                        format!("could not make the run's jail: {e}"),
-                    );
+                    return failed(Failure::Jail(e));
                 }
             },
         };
@@ -362,10 +336,7 @@ impl Inner {
             engine_image: engine_image.as_deref(),
             registries: &registries,
         };
-        let outcome = self
-            .build_and_publish(job, &builder, attempt)
-            .await
-            .unwrap_or_else(|ended| ended);
+        let built = self.build_and_publish(job, &builder, attempt).await;
         if let (Some(engine), Some(name)) = (&engine, &engine_image) {
             engine.remove_images(name).await;
         }
@@ -374,10 +345,14 @@ impl Inner {
         self.config.store.put_record(&job.id, &name, body);
         let engine_hit = slot.as_mut().and_then(CacheSlot::engine_limit_hit);
         let reached = cgroup.as_ref().and_then(|c| c.limit_hit()).or(engine_hit);
-        let reached = limit_reached(job, builder.info(), reached, &dirs, slot.as_ref(), log);
-        let outcome = match reached {
-            Some(limit) => blame_limit(outcome, &limit),
-            None => outcome,
+        // A checkout writes only into the job's own disk, never the slot.
+        let written = slot
+            .as_ref()
+            .filter(|_| !matches!(built, Err(Failure::Checkout(_))));
+        let reached = limit_reached(job, builder.info(), reached, &dirs, written, log);
+        let outcome = match built {
+            Ok(result) => Outcome::Succeeded(result),
+            Err(failure) => fault::outcome(failure, reached.as_deref(), log),
         };
         if let Some(slot) = slot.as_ref().filter(|_| engine.is_none()) {
             slot.clean(&cleanup_env, log, jail.as_deref()).await;
@@ -406,7 +381,7 @@ impl Inner {
         job: &Job,
         builder: &Builder,
         attempt: Attempt<'_>,
-    ) -> Result<Outcome, Outcome> {
+    ) -> Result<BuildResult, Failure> {
         let Attempt {
             dirs,
             log,
@@ -429,16 +404,10 @@ impl Inner {
         } else {
             let Some(image) = crate::job::job_image(job, self.config.default_registry.as_deref())
             else {
-                return Err(Outcome::failed(
-                    FailureKind::InvalidJob,
-                    "the job names no image and the operator configured no default registry; set `image`",
-                ));
+                return Err(Failure::NoImage);
             };
             if let Some(engine) = engine {
-                engine
-                    .prepare()
-                    .await
-                    .map_err(|e| Outcome::failed(FailureKind::Host, e))?;
+                engine.prepare().await.map_err(Failure::Engine)?;
             }
             let commit = self
                 .config
@@ -452,12 +421,7 @@ impl Inner {
             .config
             .secrets
             .write(&job.secrets, &dirs.secrets())
-            .map_err(|e| {
-                Outcome::failed(
-                    FailureKind::Host,
-                    format!("could not hand the job its build secrets: {e}"),
-                )
-            })?;
+            .map_err(Failure::Secrets)?;
         let workspace_dir = workspace.clone();
         let mut program_env = engine.map(|e| e.env()).unwrap_or_default();
         // The run's own registry settings over the engine's client
@@ -483,13 +447,28 @@ impl Inner {
             values,
             audit: audit.clone(),
         };
-        match (builder.run(job, ctx).await?, image) {
+        let built = match builder.run(job, ctx).await {
+            Ok(built) => built,
+            Err(error) => {
+                let base_images = source.as_ref().map(|s| s.external_images.as_slice());
+                // The base images are looked up with the job's own credentials.
+                let publisher = Publisher::new(registries.clone());
+                return Err(fault::examine(
+                    error,
+                    &publisher,
+                    base_images.unwrap_or_default(),
+                    &job.platforms,
+                )
+                .await);
+            }
+        };
+        match (built, image) {
             (Built::Simulated(result), _) => {
                 log.push(
                     "[helix] simulated builder: no image, so nothing pushed, checked or attested \
                      (no provenance)",
                 );
-                Ok(Outcome::Succeeded(result))
+                Ok(result)
             }
             (built @ (Built::Layout(_) | Built::LocalImage), Some(image)) => {
                 let env = dirs.program_env();
@@ -505,8 +484,7 @@ impl Inner {
                 let publisher = Publisher::new(registries.clone());
                 let result = publisher
                     .publish(pushed, &image, &job.platforms, log, cancel, confined)
-                    .await
-                    .map_err(|outcome| outcome.redacted(|text| log.redact(text)))?;
+                    .await?;
                 if let Some(provenance) = &self.config.provenance
                     && let Some(source) = &source
                 {
@@ -540,16 +518,15 @@ impl Inner {
                     };
                     self.attest(provenance, &registry, &facts, log).await?;
                 }
-                Ok(Outcome::Succeeded(result))
+                Ok(result)
             }
             // Builder::run refuses an image from a simulated builder.
-            (Built::Layout(_) | Built::LocalImage, None) => Err(Outcome::failed(
-                FailureKind::Plugin,
-                format!(
-                    "simulated builder '{}' returned an image to push",
-                    job.builder
-                ),
-            )),
+            (Built::Layout(_) | Built::LocalImage, None) => {
+                Err(Failure::Builder(crate::plugin::BuilderError::Invalid {
+                    builder: job.builder.clone(),
+                    problem: "is simulated but returned an image to push".into(),
+                }))
+            }
         }
     }
 
@@ -562,13 +539,11 @@ impl Inner {
         registry: &RegistryClient,
         facts: &BuildFacts<'_>,
         log: &JobLog,
-    ) -> Result<(), Outcome> {
-        let attestation = provenance.attest(registry, facts).await.map_err(|e| {
-            Outcome::failed(
-                FailureKind::Registry,
-                format!("could not attach the build's provenance to the image: {e}"),
-            )
-        })?;
+    ) -> Result<(), Failure> {
+        let attestation = provenance
+            .attest(registry, facts)
+            .await
+            .map_err(Failure::Attest)?;
         let size = attestation.envelope.payload.len() * 3 / 4;
         match serde_json::to_string(&attestation) {
             Ok(body) => {

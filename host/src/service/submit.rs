@@ -8,6 +8,7 @@ use chrono::Utc;
 use super::{Service, ServiceError};
 use crate::access::Project;
 use crate::job::{Job, JobRequest, SubmitPolicy};
+use crate::store::{DatabaseError, StoreError};
 
 impl Service {
     /// Validates `request`, stores it and queues it. On any error nothing
@@ -86,8 +87,10 @@ impl Service {
         })
         .await
         .map_err(|e| {
-            tracing::error!("storing a job was interrupted: {e}");
-            ServiceError::Store
+            ServiceError::Store(StoreError::Database(DatabaseError::with_context(
+                "storing a job was interrupted",
+                e,
+            )))
         })??;
         if job.cancel_in_progress {
             self.supersede(&job).await;

@@ -15,6 +15,7 @@ mod postgres;
 pub mod queue;
 mod sqlite;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -74,8 +75,68 @@ pub enum StoreError {
     )]
     Lost(JobId),
     #[error("job store: {0}")]
-    Database(String),
+    Database(#[source] DatabaseError),
 }
+
+/// What the database (or the store's use of it) failed with: the driver's
+/// error as the source where there is one.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct DatabaseError {
+    message: String,
+    #[source]
+    source: Option<Arc<dyn std::error::Error + Send + Sync>>,
+}
+
+impl DatabaseError {
+    /// `source` with `context` (what the store was doing) before its text.
+    pub fn with_context(
+        context: impl std::fmt::Display,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        DatabaseError {
+            message: format!("{context}: {source}"),
+            source: Some(Arc::new(source)),
+        }
+    }
+}
+
+impl From<String> for DatabaseError {
+    fn from(message: String) -> Self {
+        DatabaseError {
+            message,
+            source: None,
+        }
+    }
+}
+
+impl From<&str> for DatabaseError {
+    fn from(message: &str) -> Self {
+        message.to_string().into()
+    }
+}
+
+/// A driver's error as the source of its own message.
+macro_rules! database_error_from {
+    ($($error:ty),*) => {$(
+        impl From<$error> for DatabaseError {
+            fn from(source: $error) -> Self {
+                DatabaseError {
+                    message: source.to_string(),
+                    source: Some(Arc::new(source)),
+                }
+            }
+        }
+    )*};
+}
+database_error_from!(
+    rusqlite::Error,
+    tokio_postgres::Error,
+    serde_json::Error,
+    std::io::Error,
+    helix_core::job::InvalidJob,
+    helix_core::job::TransitionError
+);
 
 /// Selects the finished jobs [`JobStore::prune`] deletes, in both stores'
 /// SQL: `$1` the cutoff as RFC 3339 text (NULL: none), `$2` how many of the
@@ -330,6 +391,6 @@ pub(crate) fn acknowledge(batch: Vec<Write>, results: Vec<Result<(), StoreError>
     }
 }
 
-pub(crate) fn db_error(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Database(e.to_string())
+pub(crate) fn db_error(e: impl Into<DatabaseError>) -> StoreError {
+    StoreError::Database(e.into())
 }

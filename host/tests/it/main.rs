@@ -12,6 +12,7 @@ mod build_cache;
 mod buildkit;
 mod durability;
 mod exec;
+mod faults;
 mod hostile_output;
 mod isolation;
 mod jail;

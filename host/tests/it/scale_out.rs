@@ -146,7 +146,10 @@ async fn a_database_restart_while_jobs_run_loses_no_job_and_runs_none_twice() {
     postgres.pause();
     // Meanwhile new work is refused with a store error (503 over HTTP).
     let refused = hosts[0].submit(simulated(0)).await;
-    assert!(matches!(refused, Err(ServiceError::Store)), "{refused:?}");
+    assert!(
+        matches!(refused, Err(ServiceError::Store(_))),
+        "{refused:?}"
+    );
     tokio::time::sleep(Duration::from_secs(2)).await;
     postgres.resume();
 

@@ -17,7 +17,7 @@ use crate::manifest::{Digest, Manifest};
 use crate::platform::Platform;
 
 pub use lifecycle::{State, TransitionError};
-pub use outcome::{BuildResult, FailureKind, Outcome};
+pub use outcome::{BuildResult, FailureKind, InvalidResult, Outcome};
 pub use project::{CacheScope, Project};
 pub use request::{
     InvalidJob, JobRequest, PRIORITIES, PRIORITY_AGING_SECS, SubmitPolicy, effective_priority,

@@ -1,11 +1,40 @@
 //! How a run ended: the validated result of a build, or whose fault its
 //! failure was.
 
-use crate::manifest::{Digest, Manifest};
-use crate::platform::Platform;
-use crate::reference::validate_image_ref;
+use crate::manifest::{Digest, DigestError, Manifest};
+use crate::platform::{Platform, PlatformError};
+use crate::reference::{ImageRefError, validate_image_ref};
 
 use super::State;
+
+/// What a builder got wrong in the result it reported.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidResult {
+    #[error("reported success without an image tag")]
+    NoTag,
+    #[error("reported an invalid image tag {tag:?}: {source}")]
+    Tag {
+        tag: String,
+        #[source]
+        source: ImageRefError,
+    },
+    #[error("reported {0}")]
+    Digest(#[source] DigestError),
+    #[error("reported {0}")]
+    Platform(#[source] PlatformError),
+    #[error("reported {source} for {platform}")]
+    PlatformDigest {
+        platform: Platform,
+        #[source]
+        source: DigestError,
+    },
+    #[error("reported platform {0} twice")]
+    Twice(Platform),
+    #[error("reported no image for platform(s) {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "))]
+    Missing(Vec<Platform>),
+    #[error("reported platform {0}, which the job did not request")]
+    Unrequested(Platform),
+}
 
 /// What a successful build produced, validated by the host.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,42 +54,41 @@ impl BuildResult {
         digest: Option<String>,
         platform_digests: Vec<(String, String)>,
         requested: &[Platform],
-    ) -> Result<Self, String> {
+    ) -> Result<Self, InvalidResult> {
         if image_tag.trim().is_empty() {
-            return Err("reported success without an image tag".into());
+            return Err(InvalidResult::NoTag);
         }
-        validate_image_ref(&image_tag)
-            .map_err(|e| format!("reported an invalid image tag {image_tag:?}: {e}"))?;
+        validate_image_ref(&image_tag).map_err(|source| InvalidResult::Tag {
+            tag: image_tag.clone(),
+            source,
+        })?;
         let digest = digest
             .map(|d| Digest::parse(&d))
             .transpose()
-            .map_err(|e| format!("reported {e}"))?;
+            .map_err(InvalidResult::Digest)?;
         let mut manifest = Manifest::new();
         for (platform, digest) in platform_digests {
-            let platform = Platform::parse(&platform).map_err(|e| format!("reported {e}"))?;
-            let digest =
-                Digest::parse(&digest).map_err(|e| format!("reported {e} for {platform}"))?;
+            let platform = Platform::parse(&platform).map_err(InvalidResult::Platform)?;
+            let digest = match Digest::parse(&digest) {
+                Ok(digest) => digest,
+                Err(source) => return Err(InvalidResult::PlatformDigest { platform, source }),
+            };
             if manifest.insert(platform.clone(), digest).is_some() {
-                return Err(format!("reported platform {platform} twice"));
+                return Err(InvalidResult::Twice(platform));
             }
         }
         if requested.len() > 1 {
-            let missing: Vec<String> = requested
+            let missing: Vec<Platform> = requested
                 .iter()
                 .filter(|p| manifest.get(p).is_none())
-                .map(ToString::to_string)
+                .cloned()
                 .collect();
             if !missing.is_empty() {
-                return Err(format!(
-                    "reported no image for platform(s) {}",
-                    missing.join(", ")
-                ));
+                return Err(InvalidResult::Missing(missing));
             }
         }
         if let Some(extra) = manifest.platforms().find(|p| !requested.contains(p)) {
-            return Err(format!(
-                "reported platform {extra}, which the job did not request"
-            ));
+            return Err(InvalidResult::Unrequested(extra.clone()));
         }
         Ok(BuildResult {
             image_tag,
@@ -194,7 +222,9 @@ mod tests {
                     .into_iter()
                     .map(|(p, d)| (p.to_string(), d))
                     .collect();
-                BuildResult::validate(tag.into(), digest, entries, req).unwrap_err()
+                BuildResult::validate(tag.into(), digest, entries, req)
+                    .unwrap_err()
+                    .to_string()
             };
         assert!(err("", None, vec![], &both[..1]).contains("without an image tag"));
         assert!(err("  ", None, vec![], &both[..1]).contains("without an image tag"));

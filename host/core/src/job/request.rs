@@ -238,7 +238,7 @@ impl Job {
             check_buildable(&builder, &platforms, buildable)?;
         }
         if let Some(image) = &request.image {
-            validate_image_ref(image).map_err(|e| InvalidJob::new("image", e))?;
+            validate_image_ref(image).map_err(|e| InvalidJob::new("image", e.to_string()))?;
         }
         if let Some(target) = &request.target {
             validate_target(target)?;

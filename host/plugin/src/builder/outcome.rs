@@ -1,12 +1,12 @@
 //! What a builder's run comes to: the output it returned checked against
-//! what it is (real or simulated), and its errors and crashes given their
-//! fault class.
+//! what it is (real or simulated), and its errors and crashes as typed
+//! errors.
 
 use std::path::{Path, PathBuf};
 
-use super::{Builder, Built, platform_string};
+use super::{Builder, BuilderError, Built, Reported, platform_string};
 use crate::wit::latest::{BuildError, BuildOutput};
-use helix_core::job::{BuildResult, FailureKind, Job, Outcome};
+use helix_core::job::{BuildResult, Job};
 use helix_sandbox::cancel::CancelSignal;
 use wasmtime::Trap;
 
@@ -19,12 +19,10 @@ impl Builder {
         job: &Job,
         output: BuildOutput,
         workspace: &Path,
-    ) -> Result<Built, Outcome> {
-        let fault = |message: String| {
-            Outcome::failed(
-                FailureKind::Plugin,
-                format!("builder '{}' {message}", self.info.name),
-            )
+    ) -> Result<Built, BuilderError> {
+        let fault = |problem: String| BuilderError::Invalid {
+            builder: self.info.name.clone(),
+            problem,
         };
         match (output, self.info.simulated) {
             (BuildOutput::OciLayout(path), false) => layout_in(workspace, &path)
@@ -44,7 +42,10 @@ impl Builder {
                     &job.platforms,
                 )
                 .map(Built::Simulated)
-                .map_err(fault)
+                .map_err(|source| BuilderError::Result {
+                    builder: self.info.name.clone(),
+                    source,
+                })
             }
             (BuildOutput::OciLayout(_) | BuildOutput::LocalImage, true) => {
                 Err(fault("is simulated but returned an image to push".into()))
@@ -55,31 +56,28 @@ impl Builder {
         }
     }
 
-    pub(super) fn build_error(&self, error: BuildError, cancel: &CancelSignal) -> Outcome {
-        let (kind, message) = match error {
+    pub(super) fn build_error(&self, error: BuildError, cancel: &CancelSignal) -> BuilderError {
+        let builder = self.info.name.clone();
+        let reported = match error {
             BuildError::Cancelled if cancel.is_cancelled() => {
-                return Outcome::Cancelled {
+                return BuilderError::Cancelled {
                     reason: cancel.reason(),
                 };
             }
-            BuildError::Cancelled => (
-                FailureKind::Plugin,
-                format!(
-                    "builder '{}' reported the job cancelled, but nobody cancelled it",
-                    self.info.name
-                ),
-            ),
-            BuildError::InvalidJob(m) => (FailureKind::InvalidJob, m),
-            BuildError::Source(m) => (FailureKind::Source, m),
-            BuildError::Build(m) => (FailureKind::Build, m),
-            BuildError::Registry(m) => (FailureKind::Registry, m),
-            BuildError::Denied(m) => (FailureKind::Denied, m),
-            BuildError::Internal(m) => (
-                FailureKind::Plugin,
-                format!("builder '{}': {m}", self.info.name),
-            ),
+            BuildError::Cancelled => {
+                return BuilderError::Invalid {
+                    builder,
+                    problem: "reported the job cancelled, but nobody cancelled it".into(),
+                };
+            }
+            BuildError::InvalidJob(m) => Reported::InvalidJob(m),
+            BuildError::Source(m) => Reported::Source(m),
+            BuildError::Build(m) => Reported::Build(m),
+            BuildError::Registry(m) => Reported::Registry(m),
+            BuildError::Denied(m) => Reported::Denied(m),
+            BuildError::Internal(message) => Reported::Internal { builder, message },
         };
-        Outcome::failed(kind, message)
+        BuilderError::Reported(reported)
     }
 }
 

@@ -15,6 +15,7 @@ use wasmtime::AsContextMut;
 use wasmtime::component::{Component, HasSelf, Linker};
 
 use crate::host::JobHost;
+pub use since_v0_2_0::UnsupportedByContract;
 pub(crate) use since_v0_3_0 as latest;
 
 /// The WIT package name, without version.
@@ -61,7 +62,7 @@ pub(crate) enum Pre {
 /// Why a call into the guest did not return a value.
 pub(crate) enum CallError {
     /// The job needs what the component's version cannot carry.
-    Unfit(String),
+    Unfit(UnsupportedByContract),
     Instantiate(wasmtime::Error),
     Trap(wasmtime::Error),
 }

@@ -70,9 +70,22 @@ impl old::job_context::Host for JobHost {
 
 impl old::types::Host for JobHost {}
 
+/// A job a 0.2.0 builder cannot be given: what it cannot carry.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the builder was built against helix:build@{}, which cannot pass {} to it; \
+     rebuild it against helix:build@{} or drop them from the job",
+    VERSION,
+    .missing.join(", "),
+    new::VERSION
+)]
+pub struct UnsupportedByContract {
+    pub missing: Vec<&'static str>,
+}
+
 /// `job` as a 0.2.0 builder takes it; the error names what it cannot
 /// carry.
-pub(super) fn job(job: new::Job) -> Result<old::types::Job, String> {
+pub(super) fn job(job: new::Job) -> Result<old::types::Job, UnsupportedByContract> {
     let mut missing = Vec::new();
     if job.context != "." {
         missing.push("a context");
@@ -90,12 +103,7 @@ pub(super) fn job(job: new::Job) -> Result<old::types::Job, String> {
         missing.push("build secrets");
     }
     if !missing.is_empty() {
-        return Err(format!(
-            "the builder was built against helix:build@{VERSION}, which cannot pass {} to it; \
-             rebuild it against helix:build@{} or drop them from the job",
-            missing.join(", "),
-            new::VERSION
-        ));
+        return Err(UnsupportedByContract { missing });
     }
     Ok(old::types::Job {
         id: job.id,

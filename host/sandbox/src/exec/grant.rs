@@ -119,45 +119,52 @@ pub struct Granted {
 #[error("{0}")]
 pub struct Denial(pub String);
 
+/// Grants of a shape the host refuses; the message names the key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidGrants(pub String);
+
 impl Grants {
     /// Checks the grants' shape; `at` names them in errors
     /// (`builders.podman.grants`).
-    pub fn validate(&self, at: &str) -> Result<(), String> {
+    pub fn validate(&self, at: &str) -> Result<(), InvalidGrants> {
         for (i, grant) in self.programs.iter().enumerate() {
             let here = format!("{at}.programs[{i}]");
             let command = &grant.command;
             if command.is_empty() || command.contains('\0') {
-                return Err(format!("{here}.command must not be empty"));
+                return Err(InvalidGrants(format!("{here}.command must not be empty")));
             }
             if command.contains('/') && !Path::new(command).is_absolute() {
-                return Err(format!(
+                return Err(InvalidGrants(format!(
                     "{here}.command {command:?} must be a bare name (looked up on PATH) or an absolute path"
-                ));
+                )));
             }
             if let Some(pos) = grant.args.iter().position(|a| a == "**")
                 && pos + 1 != grant.args.len()
             {
-                return Err(format!("{here}.args: \"**\" may only be the last pattern"));
+                return Err(InvalidGrants(format!(
+                    "{here}.args: \"**\" may only be the last pattern"
+                )));
             }
             for arg in &grant.args {
                 if let Some((_, name)) = placeholder(arg)
                     && ValueType::from_placeholder(name).is_none()
                 {
-                    return Err(format!(
+                    return Err(InvalidGrants(format!(
                         "{here}.args: {arg:?} names no type; use {{path}}, {{dir}}, {{output}}, {{dockerfile}}, {{context}}, {{build-arg}}, {{image}}, {{url}}, {{secret}}, {{cache}}, {{cgroup}} or {{engine-image}}"
-                    ));
+                    )));
                 }
             }
             for name in grant.options.keys() {
                 if !name.starts_with('-') || name == "-" || name == "--" || name.contains('=') {
-                    return Err(format!(
+                    return Err(InvalidGrants(format!(
                         "{here}.options: {name:?} is not an option name such as \"-f\" or \"--build-arg\""
-                    ));
+                    )));
                 }
                 if pinned(&grant.args).contains(name.as_str()) {
-                    return Err(format!(
+                    return Err(InvalidGrants(format!(
                         "{here}.options: {name} is pinned in args and cannot also be an option"
-                    ));
+                    )));
                 }
             }
         }
@@ -169,29 +176,29 @@ impl Grants {
             .chain(self.builder_env.iter().map(|n| ("builder_env", n)));
         for (field, name) in names {
             if !is_env_name(name) {
-                return Err(format!(
+                return Err(InvalidGrants(format!(
                     "{at}.{field}: {name:?} is not a valid environment variable name"
-                ));
+                )));
             }
         }
         for (i, dir) in self.dirs.iter().enumerate() {
             let here = format!("{at}.dirs[{i}]");
             if !dir.host.is_absolute() || !dir.host.is_dir() {
-                return Err(format!(
+                return Err(InvalidGrants(format!(
                     "{here}.host {} must be an existing absolute directory",
                     dir.host.display()
-                ));
+                )));
             }
             let guest = Path::new(&dir.guest);
             if !guest.is_absolute()
                 || guest.starts_with(crate::exec::GUEST_WORKSPACE)
                 || dir.guest.contains("..")
             {
-                return Err(format!(
+                return Err(InvalidGrants(format!(
                     "{here}.guest {:?} must be an absolute path outside {}",
                     dir.guest,
                     crate::exec::GUEST_WORKSPACE
-                ));
+                )));
             }
         }
         Ok(())
@@ -1093,7 +1100,7 @@ mod tests {
             ),
         ];
         for (grants, field) in cases {
-            let err = grants.validate("builders.b.grants").unwrap_err();
+            let err = grants.validate("builders.b.grants").unwrap_err().0;
             assert!(
                 err.starts_with(&format!("builders.b.grants.{field}")),
                 "{err}"

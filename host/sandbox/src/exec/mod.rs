@@ -17,7 +17,7 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use grant::{Denial, DirGrant, GrantPolicy, Granted, Grants, ProgramGrant};
+pub use grant::{Denial, DirGrant, GrantPolicy, Granted, Grants, InvalidGrants, ProgramGrant};
 pub use process::KILL_GRACE;
 pub(crate) use process::confined;
 pub use value::{CallSite, ValuePolicy, ValueType};

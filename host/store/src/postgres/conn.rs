@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio_postgres::{Client, NoTls, Statement};
 
-use crate::{StoreError, db_error};
+use crate::{DatabaseError, StoreError, db_error};
 
 /// Schema migrations, applied in order; `helix_schema.version` records how
 /// many have run. The same tables as the SQLite store, plus the lease.
@@ -136,16 +136,21 @@ pub(super) async fn connect(
     ),
     StoreError,
 > {
-    let mut config: tokio_postgres::Config = url
-        .parse()
-        .map_err(|e| StoreError::Database(format!("store_url {}: {e}", redact_url(url))))?;
+    let mut config: tokio_postgres::Config = url.parse().map_err(|e| {
+        StoreError::Database(DatabaseError::with_context(
+            format!("store_url {}", redact_url(url)),
+            e,
+        ))
+    })?;
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(CONNECT_TIMEOUT);
     }
-    config
-        .connect(NoTls)
-        .await
-        .map_err(|e| StoreError::Database(format!("cannot connect to {}: {e}", redact_url(url))))
+    config.connect(NoTls).await.map_err(|e| {
+        StoreError::Database(DatabaseError::with_context(
+            format!("cannot connect to {}", redact_url(url)),
+            e,
+        ))
+    })
 }
 
 pub(super) async fn open(url: &str) -> Result<Client, StoreError> {
@@ -189,7 +194,7 @@ pub(super) async fn migrate(client: &mut Client) -> Result<(), StoreError> {
         .get(0);
     let applied = usize::try_from(applied).unwrap_or(usize::MAX);
     if applied > MIGRATIONS.len() {
-        return Err(StoreError::Database(format!(
+        return Err(db_error(format!(
             "the database was written by a newer helix-build (schema version {applied}); upgrade this binary"
         )));
     }

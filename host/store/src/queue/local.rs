@@ -165,7 +165,7 @@ impl JobQueue for LocalQueue {
             let Some(mut job) = self.take_first(rules) else {
                 return Ok(None);
             };
-            start(&mut job).map_err(|e| StoreError::Database(e.to_string()))?;
+            start(&mut job).map_err(crate::db_error)?;
             // Not waited for: writes are applied in order, and a host that
             // dies before this one lands finds the job queued, as it was.
             let commit = self.store.update(&job);

@@ -27,8 +27,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 use chrono::{DateTime, Utc};
 
 use super::{
-    Commit, JobFilter, JobStore, OwedNotification, PRUNED_JOBS, StoreCall, StoreError, StoredJob,
-    Writes, db_error, delivered_column, delivered_from_column, parse_job,
+    Commit, DatabaseError, JobFilter, JobStore, OwedNotification, PRUNED_JOBS, StoreCall,
+    StoreError, StoredJob, Writes, db_error, delivered_column, delivered_from_column, parse_job,
 };
 use helix_core::job::{Job, JobId, State};
 use helix_core::log::{LogLine, LogSink};
@@ -97,25 +97,26 @@ impl SqliteStore {
     pub fn backup(db: &Path, to: &Path) -> Result<u64, StoreError> {
         use rusqlite::OpenFlags;
         if !db.is_file() {
-            return Err(StoreError::Database(format!(
+            return Err(db_error(format!(
                 "{}: no store here (is this the server's config?)",
                 db.display()
             )));
         }
         let source = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .map_err(|e| StoreError::Database(format!("{}: {e}", db.display())))?;
+            .map_err(|e| StoreError::Database(DatabaseError::with_context(db.display(), e)))?;
         source
             .busy_timeout(std::time::Duration::from_secs(5))
             .map_err(db_error)?;
         let partial = to.with_extension("partial");
-        let written = |e: rusqlite::Error| StoreError::Database(format!("{}: {e}", to.display()));
+        let written =
+            |e: rusqlite::Error| StoreError::Database(DatabaseError::with_context(to.display(), e));
         let mut copy = Connection::open(&partial).map_err(written)?;
         {
             let backup = rusqlite::backup::Backup::new(&source, &mut copy).map_err(written)?;
             match backup.step(-1).map_err(written)? {
                 rusqlite::backup::StepResult::Done => {}
                 _ => {
-                    return Err(StoreError::Database(format!(
+                    return Err(db_error(format!(
                         "{}: the store stayed locked; try again",
                         db.display()
                     )));
@@ -127,7 +128,7 @@ impl SqliteStore {
             .map_err(written)?;
         drop(copy);
         std::fs::rename(&partial, to)
-            .map_err(|e| StoreError::Database(format!("{}: {e}", to.display())))?;
+            .map_err(|e| StoreError::Database(DatabaseError::with_context(to.display(), e)))?;
         Ok(u64::try_from(jobs).unwrap_or(0))
     }
 

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use rusqlite::Connection;
 
-use crate::{StoreError, db_error};
+use crate::{DatabaseError, StoreError, db_error};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how
 /// many have run.
@@ -60,7 +60,7 @@ const MIGRATIONS: &[&str] = &[
 
 pub(super) fn connect(path: &Path) -> Result<Connection, StoreError> {
     let db = Connection::open(path)
-        .map_err(|e| StoreError::Database(format!("{}: {e}", path.display())))?;
+        .map_err(|e| StoreError::Database(DatabaseError::with_context(path.display(), e)))?;
     db.pragma_update(None, "journal_mode", "WAL")
         .map_err(db_error)?;
     db.pragma_update(None, "synchronous", "NORMAL")
@@ -80,7 +80,7 @@ pub(super) fn migrate(db: &Connection, path: &Path) -> Result<(), StoreError> {
         .map_err(db_error)?;
     let applied = usize::try_from(applied).unwrap_or(usize::MAX);
     if applied > MIGRATIONS.len() {
-        return Err(StoreError::Database(format!(
+        return Err(db_error(format!(
             "{} was written by a newer helix-build (schema version {applied}); upgrade this binary",
             path.display()
         )));

@@ -1,0 +1,286 @@
+//! Whose fault a failed run is, decided here and nowhere else: every step
+//! of a run returns a typed error, and [`outcome`] turns it into the job's
+//! fault class and the message the user reads.
+//!
+//! - the job's own: an invalid job, its Dockerfile or context, a base
+//!   image that does not exist or lacks a requested platform (as the
+//!   registry shows it, whatever the build tool said), a failing step;
+//! - the source's: a repository or ref git cannot fetch;
+//! - the registry's: unreachable, refusing, or not holding what was pushed;
+//! - the host's: its disk (a tool's error saying it is full, read-only or
+//!   failing, where no limit of the run's was reached), control groups,
+//!   jail, engine or tools;
+//! - a limit the build reached (named with the setting that raises it),
+//!   a grant it lacks, or the plugin's own fault.
+//!
+//! Only infrastructure faults, the registry's and the host's, are retried
+//! ([`is_infrastructure`]).
+
+use crate::job::{FailureKind, Outcome};
+use crate::log::JobLog;
+use crate::platform::Platform;
+use crate::plugin::{BuilderError, Reported};
+use crate::registry::{BaseImageError, PublishError, Publisher};
+use crate::rules::SourceError;
+use crate::source::{CheckoutError, ContextError};
+
+/// Why a run did not succeed, as the step that failed says it.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Failure {
+    #[error("builder '{0}' is not loaded on this host")]
+    NotLoaded(String),
+    #[error("could not mount the builder's layer cache: {0}")]
+    Cache(#[source] std::io::Error),
+    #[error("could not create the job's control group: {0}")]
+    Cgroup(#[source] std::io::Error),
+    #[error("could not create the job workspace {}: {source}", root.display())]
+    Workspace {
+        root: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The managed Docker Engine of the run's slot did not start.
+    #[error("{0}")]
+    ManagedEngine(String),
+    #[error("builder '{0}' builds in managed engines but has no cache slot")]
+    NoSlot(String),
+    #[error("could not make the run's jail: {0}")]
+    Jail(String),
+    /// The builder's Docker Engine does not answer.
+    #[error(transparent)]
+    Engine(crate::docker_engine::DockerEngineError),
+    #[error("the job names no image and the operator configured no default registry; set `image`")]
+    NoImage,
+    #[error(transparent)]
+    Checkout(#[from] CheckoutError),
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error("could not hand the job its build secrets: {0}")]
+    Secrets(#[source] std::io::Error),
+    #[error(transparent)]
+    Builder(#[from] BuilderError),
+    #[error(transparent)]
+    BaseImage(#[from] BaseImageError),
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+    #[error("could not attach the build's provenance to the image: {0}")]
+    Attest(String),
+}
+
+/// How a failure ends the job.
+enum Ending {
+    Failed(FailureKind),
+    Cancelled(String),
+    TimedOut,
+}
+
+impl Failure {
+    fn ending(&self) -> Ending {
+        use Ending::{Cancelled, Failed, TimedOut};
+        use FailureKind::*;
+        match self {
+            Failure::NotLoaded(_)
+            | Failure::Cache(_)
+            | Failure::Cgroup(_)
+            | Failure::Workspace { .. }
+            | Failure::ManagedEngine(_)
+            | Failure::NoSlot(_)
+            | Failure::Jail(_)
+            | Failure::Engine(_)
+            | Failure::Secrets(_) => Failed(Host),
+            Failure::NoImage | Failure::BaseImage(_) => Failed(InvalidJob),
+            Failure::Checkout(e) => match e {
+                CheckoutError::Cancelled { reason } => Cancelled(reason.clone()),
+                CheckoutError::Git(_) => Failed(Host),
+                CheckoutError::Clone { .. }
+                | CheckoutError::RefNotFound { .. }
+                | CheckoutError::Unresolved { .. }
+                | CheckoutError::Checkout { .. }
+                | CheckoutError::NoCommit { .. }
+                | CheckoutError::TimedOut => Failed(Source),
+            },
+            Failure::Source(SourceError::Context(ContextError::Gone(_))) => Failed(Host),
+            Failure::Source(_) => Failed(InvalidJob),
+            Failure::Builder(e) => match e {
+                BuilderError::Cancelled { reason } => Cancelled(reason.clone()),
+                BuilderError::TimedOut { .. } => TimedOut,
+                BuilderError::OutOfMemory { .. } => Failed(Limit),
+                BuilderError::Workspace { .. } | BuilderError::Start { .. } => Failed(Host),
+                BuilderError::Crashed { .. }
+                | BuilderError::Invalid { .. }
+                | BuilderError::Result { .. } => Failed(Plugin),
+                BuilderError::UnsupportedByContract(_) => Failed(InvalidJob),
+                BuilderError::Reported(reported) => Failed(match reported {
+                    Reported::InvalidJob(_) => InvalidJob,
+                    Reported::Source(_) => Source,
+                    Reported::Build(_) => Build,
+                    Reported::Registry(_) => Registry,
+                    Reported::Denied(_) => Denied,
+                    Reported::Internal { .. } => Plugin,
+                }),
+            },
+            Failure::Publish(e) => match e {
+                PublishError::Cancelled { reason } => Cancelled(reason.clone()),
+                PublishError::PushTimedOut { .. }
+                | PublishError::Refused { .. }
+                | PublishError::EnginePush { .. }
+                | PublishError::Index { .. }
+                | PublishError::Unverified(_) => Failed(Registry),
+                PublishError::Tool { .. } | PublishError::Engine(_) => Failed(Host),
+                PublishError::Destination(_) => Failed(InvalidJob),
+                PublishError::Builder(_) => Failed(Plugin),
+            },
+            Failure::Attest(_) => Failed(Registry),
+        }
+    }
+}
+
+/// The job's outcome for `failure`, its message redacted as the log is.
+/// A failure of the build, the checkout or a push is blamed on `limit`
+/// when the run reached one: the limit is named first (with the setting
+/// that raises it), the tool's own error after it.
+pub(crate) fn outcome(failure: Failure, limit: Option<&str>, log: &JobLog) -> Outcome {
+    let message = log.redact(&failure.to_string());
+    match failure.ending() {
+        Ending::Cancelled(reason) => Outcome::Cancelled { reason },
+        Ending::TimedOut => Outcome::TimedOut { message },
+        Ending::Failed(kind) => match limit {
+            Some(limit)
+                if matches!(
+                    kind,
+                    FailureKind::Build | FailureKind::Registry | FailureKind::Source
+                ) =>
+            {
+                Outcome::failed(
+                    FailureKind::Limit,
+                    format!("the build reached its {limit}; {message}"),
+                )
+            }
+            // No limit of the run's was reached: the disk that failed is the host's.
+            _ if matches!(kind, FailureKind::Build | FailureKind::Source)
+                && host_disk_failed(&message) =>
+            {
+                Outcome::failed(
+                    FailureKind::Host,
+                    format!("the host's disk failed the run; tell its operator: {message}"),
+                )
+            }
+            _ => Outcome::failed(kind, message),
+        },
+    }
+}
+
+/// Whether a tool's error (not a build step's output) says the disk it
+/// wrote to is full, read-only or failing.
+fn host_disk_failed(message: &str) -> bool {
+    let message = message.to_ascii_lowercase();
+    [
+        "no space left on device",
+        "read-only file system",
+        "input/output error",
+    ]
+    .iter()
+    .any(|said| message.contains(said))
+}
+
+/// Whether `outcome` is an infrastructure fault, which another attempt
+/// may not meet: the registry's or the host's.
+pub(super) fn is_infrastructure(outcome: &Outcome) -> bool {
+    matches!(
+        outcome,
+        Outcome::Failed {
+            kind: FailureKind::Registry | FailureKind::Host,
+            ..
+        }
+    )
+}
+
+/// A builder's failure, looked at further where the build tool's words
+/// can mislead: a base image the registry shows missing, or lacking one of
+/// `platforms`, is the job's own fault, not the registry's.
+pub(super) async fn examine(
+    error: BuilderError,
+    publisher: &Publisher,
+    base_images: &[String],
+    platforms: &[Platform],
+) -> Failure {
+    let pulling = matches!(
+        error,
+        BuilderError::Reported(Reported::Registry(_) | Reported::Build(_))
+    );
+    if pulling
+        && !base_images.is_empty()
+        && let Some(base) = publisher.check_base_images(base_images, platforms).await
+    {
+        return Failure::BaseImage(base);
+    }
+    Failure::Builder(error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error_of(failure: Failure, limit: Option<&str>) -> (Option<String>, bool) {
+        let outcome = outcome(failure, limit, &JobLog::new(10));
+        (outcome.error(), is_infrastructure(&outcome))
+    }
+
+    fn reported(reported: Reported) -> Failure {
+        Failure::Builder(BuilderError::Reported(reported))
+    }
+
+    #[test]
+    fn each_failure_gets_its_class_and_only_infrastructure_is_retried() {
+        let build = || reported(Reported::Build("podman build failed: exit status 1".into()));
+        assert_eq!(
+            error_of(build(), None),
+            (
+                Some("build error: podman build failed: exit status 1".into()),
+                false
+            )
+        );
+        assert_eq!(
+            error_of(
+                build(),
+                Some("disk limit of 64 MiB (builders.b.build_disk_mib)")
+            ),
+            (
+                Some(
+                    "limit exceeded: the build reached its disk limit of 64 MiB \
+                     (builders.b.build_disk_mib); podman build failed: exit status 1"
+                        .into()
+                ),
+                false
+            )
+        );
+        let read_only = reported(Reported::Build(
+            "podman build failed: mkdir /slot/storage: read-only file system".into(),
+        ));
+        let (error, retried) = error_of(read_only, None);
+        assert!(
+            error
+                .unwrap()
+                .starts_with("host error: the host's disk failed the run")
+        );
+        assert!(retried);
+        let (error, retried) = error_of(reported(Reported::Registry("pull: 503".into())), None);
+        assert_eq!(error.as_deref(), Some("registry error: pull: 503"));
+        assert!(retried);
+        let missing = Failure::BaseImage(BaseImageError::Missing {
+            image: "r.test/base:1".into(),
+        });
+        let (error, retried) = error_of(missing, None);
+        assert!(
+            error
+                .unwrap()
+                .starts_with("invalid job: base image r.test/base:1 does not exist")
+        );
+        assert!(!retried);
+        let gone = Failure::Checkout(CheckoutError::RefNotFound {
+            url: "http://git.test/r.git".into(),
+            git_ref: "x".into(),
+        });
+        assert!(!error_of(gone, None).1, "a source error is not retried");
+    }
+}

@@ -171,13 +171,7 @@ impl Checkout {
                 remove_partial(workspace);
                 git.clone(url, &[]).await?;
                 if git_ref != "HEAD" {
-                    // A branch named in full (what a protected ref is) is
-                    // the clone's remote-tracking ref, never a tag.
-                    let branch = git_ref
-                        .strip_prefix("refs/heads/")
-                        .map(|b| format!("refs/remotes/origin/{b}"));
-                    git.detach(url, branch.as_deref().unwrap_or(git_ref))
-                        .await?;
+                    git.detach(url, git_ref).await?;
                 }
             }
         }
@@ -245,16 +239,20 @@ impl Git<'_> {
     /// The commit `git_ref` names in the clone; "not found" only when the
     /// server does not list it either.
     async fn resolve(&self, url: &str, git_ref: &str) -> Result<String, CheckoutError> {
-        let candidates = match is_commit(git_ref) {
-            true => vec![git_ref.to_string()],
-            false => {
-                let branch = git_ref.strip_prefix("refs/heads/").unwrap_or(git_ref);
-                let tag = git_ref.strip_prefix("refs/tags/").unwrap_or(git_ref);
-                vec![
-                    format!("refs/remotes/origin/{branch}"),
-                    format!("refs/tags/{tag}"),
-                ]
-            }
+        // A ref named in full is only what it says: a branch named so
+        // (what a protected ref is) is the clone's remote-tracking ref,
+        // never a tag, and a tag never a branch.
+        let candidates = if is_commit(git_ref) {
+            vec![git_ref.to_string()]
+        } else if let Some(branch) = git_ref.strip_prefix("refs/heads/") {
+            vec![format!("refs/remotes/origin/{branch}")]
+        } else if git_ref.starts_with("refs/tags/") {
+            vec![git_ref.to_string()]
+        } else {
+            vec![
+                format!("refs/remotes/origin/{git_ref}"),
+                format!("refs/tags/{git_ref}"),
+            ]
         };
         for candidate in candidates {
             let spec = format!("{candidate}^{{commit}}");

@@ -161,6 +161,67 @@ fn sigterm_stops_the_server_cleanly() {
 }
 
 #[test]
+fn during_the_stop_grace_reads_waits_and_follows_answer_and_submissions_get_503() {
+    let mut server = Server::start(&[]);
+    submit(
+        &server,
+        "finishing",
+        json!({"HELIX_SIMULATE_DELAY_MS": "3000"}),
+    );
+    assert!(until_running(&server, "finishing", 500).0);
+    assert_eq!(server.raw("GET", "/readyz", "", "").0, 200);
+    let pid = server.child.id() as i32;
+    // SAFETY: signalling the child this test started.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let stopping = (0..250).any(|_| {
+        std::thread::sleep(Duration::from_millis(20));
+        server.raw("GET", "/readyz", "", "").0 == 503
+    });
+    assert!(stopping, "/readyz never said the server is stopping");
+
+    let body = json!({"id": "late", "repo_url": "https://git.example/app.git"}).to_string();
+    let (status, head, answer) = server.exchange("POST", "/v1/jobs", &body, "");
+    assert_eq!(status, 503, "{answer}");
+    assert!(
+        head.to_ascii_lowercase().contains("retry-after: "),
+        "{head}"
+    );
+    let error: Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(error["error"]["code"], "shutting_down");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("the server is stopping"),
+        "{answer}"
+    );
+    assert_eq!(server.raw("GET", "/healthz", "", "").0, 200);
+    let (status, job) = server.json("GET", "/v1/jobs/finishing", None);
+    assert_eq!((status, job["state"].as_str()), (200, Some("running")));
+    assert_eq!(server.json("GET", "/v1/jobs/late", None).0, 404);
+
+    // A wait and a follow started during the grace answer at the job's end.
+    let (waited, (status, followed)) = std::thread::scope(|scope| {
+        let waiter =
+            scope.spawn(|| server.json("GET", "/v1/jobs/finishing/wait?timeout_secs=30", None));
+        let followed = server.request("GET", "/v1/jobs/finishing/logs?follow=true", None);
+        (waiter.join().unwrap(), followed)
+    });
+    assert_eq!(
+        (waited.0, waited.1["state"].as_str()),
+        (200, Some("succeeded"))
+    );
+    assert_eq!(status, 200);
+    assert!(
+        followed.contains("data: [helix] job succeeded"),
+        "{followed}"
+    );
+    assert!(followed.contains("event: end"), "{followed}");
+    let exit = server.child.wait().unwrap();
+    assert!(exit.success(), "exit status {exit}");
+}
+
+#[test]
 fn a_config_with_an_unknown_field_is_refused_by_name() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("helix.toml");
@@ -1240,7 +1301,7 @@ fn every_documented_operation_exists_and_answers_a_documented_status() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 14, "every route of the router is documented");
+    assert_eq!(checked, 16, "every route of the router is documented");
 }
 
 #[test]

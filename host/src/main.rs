@@ -384,14 +384,12 @@ async fn serve(
     };
     let access = config.access().map_err(|e| e.to_string())?;
     let service = app::start(&config).await.map_err(|e| e.to_string())?;
-    let listener = std::net::TcpListener::bind(config.listen)
-        .and_then(|l| l.set_nonblocking(true).map(|()| l))
-        .map_err(|e| {
-            format!(
-                "cannot listen on {}: {e} (choose another with --listen)",
-                config.listen
-            )
-        })?;
+    let listener = std::net::TcpListener::bind(config.listen).map_err(|e| {
+        format!(
+            "cannot listen on {}: {e} (choose another with --listen)",
+            config.listen
+        )
+    })?;
     let address = listener.local_addr().map_err(|e| e.to_string())?;
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!(%address, scheme, data_dir = %config.data_dir.display(), "helix-build listening");
@@ -408,33 +406,44 @@ async fn serve(
             )
         }),
     ));
-    match tls {
-        Some(tls) => {
-            let handle = axum_server::Handle::new();
-            let stopping = handle.clone();
-            let grace = app::stop_grace(&config);
-            tokio::spawn(async move {
-                shutdown.await;
-                stopping.graceful_shutdown(Some(grace));
-            });
-            axum_server::from_tcp_rustls(listener, tls)
-                .map_err(|e| format!("cannot serve HTTPS on {address}: {e}"))?
-                .handle(handle)
-                .serve(router.into_make_service())
-                .await
-        }
-        None => {
-            let listener =
-                tokio::net::TcpListener::from_std(listener).map_err(|e| e.to_string())?;
-            axum::serve(listener, router)
-                .with_graceful_shutdown(shutdown)
-                .await
-        }
+    let handle = axum_server::Handle::new();
+    let server = axum_server::from_tcp(listener)
+        .map_err(|e| format!("cannot serve on {address}: {e}"))?
+        .handle(handle.clone());
+    let app = router.into_make_service();
+    let mut serving = match tls {
+        Some(tls) => tokio::spawn(
+            server
+                .acceptor(axum_server::tls_rustls::RustlsAcceptor::new(tls))
+                .serve(app),
+        ),
+        None => tokio::spawn(server.serve(app)),
+    };
+    tokio::select! {
+        () = shutdown => {}
+        ended = &mut serving => return Err(http_failed(ended)),
     }
-    .map_err(|e| format!("HTTP server failed: {e}"))?;
-    tracing::info!("shutting down: waiting for running jobs");
+    // The listener stays open while running jobs finish: reads, waits and
+    // follows go on, submissions get 503 (the service is stopping).
+    tracing::info!("shutting down: waiting for running jobs; submissions are refused");
     service.stop(app::stop_grace(&config)).await;
-    Ok(())
+    handle.graceful_shutdown(Some(CLOSE_LINGER));
+    match serving.await {
+        Ok(Ok(())) => Ok(()),
+        ended => Err(http_failed(ended)),
+    }
+}
+
+/// Once the jobs have stopped, how long answers in flight (a follow's
+/// `end` event, a wait's job) get before the listener's connections close.
+const CLOSE_LINGER: std::time::Duration = std::time::Duration::from_secs(5);
+
+fn http_failed(ended: Result<std::io::Result<()>, tokio::task::JoinError>) -> String {
+    match ended {
+        Ok(Ok(())) => "HTTP server stopped unexpectedly".into(),
+        Ok(Err(e)) => format!("HTTP server failed: {e}"),
+        Err(e) => format!("HTTP server failed: {e}"),
+    }
 }
 
 async fn client_command(
@@ -495,9 +504,6 @@ async fn check_plugin(file: &std::path::Path) -> Result<(), String> {
     Ok(())
 }
 
-/// Resolves on SIGTERM or SIGINT. The handlers are installed when this is
-/// called, not when the future is first polled, so a signal arriving right
-/// after start-up still shuts down gracefully.
 async fn tls_config(cert: &std::path::Path, key: &std::path::Path) -> Result<RustlsConfig, String> {
     RustlsConfig::from_pem_file(cert, key).await.map_err(|e| {
         format!(
@@ -536,6 +542,9 @@ async fn reload_on_sighup(
     }
 }
 
+/// Resolves on SIGTERM or SIGINT. The handlers are installed when this is
+/// called, not when the future is first polled, so a signal arriving right
+/// after start-up still shuts down gracefully.
 fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, String> {
     use tokio::signal::unix::{SignalKind, signal};
     let install = |kind| signal(kind).map_err(|e| format!("cannot handle signals: {e}"));

@@ -1959,3 +1959,120 @@ fn a_notification_owed_when_the_server_is_killed_is_sent_after_the_restart() {
     assert_eq!(received.len(), 1, "{received:?}");
     assert_notified(&received[0], "notify-secret", "owed", "succeeded");
 }
+
+/// Writes `head` to `to` one byte a second (from another thread) until
+/// the server closes the connection, which `closed` waits for; returns
+/// how long that took and what `closed` read.
+fn trickle(
+    mut to: impl Write + Send + 'static,
+    head: &'static [u8],
+    closed: impl FnOnce() -> String,
+) -> (Duration, String) {
+    let started = std::time::Instant::now();
+    std::thread::spawn(move || {
+        for byte in head {
+            if to.write_all(&[*byte]).and_then(|()| to.flush()).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    });
+    let read = closed();
+    (started.elapsed(), read)
+}
+
+#[test]
+fn a_client_trickling_its_headers_or_idling_is_cut_off_after_the_header_timeout() {
+    const HEAD: &[u8] =
+        b"GET /healthz HTTP/1.1\r\nHost: helix\r\nX-Slow: aaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+    let cut_off = |elapsed: Duration, read: &str| {
+        assert!(
+            (Duration::from_millis(1500)..Duration::from_secs(8)).contains(&elapsed),
+            "closed after {elapsed:?}"
+        );
+        assert!(!read.contains("200 OK"), "{read}");
+    };
+    let data = tempfile::tempdir().unwrap();
+    let file = |name: &str| data.path().join(name);
+    let (ca, cert, key) = test_ca("helix timeout CA");
+    for (name, pem) in [("ca.pem", &ca), ("cert.pem", &cert), ("key.pem", &key)] {
+        std::fs::write(file(name), pem).unwrap();
+    }
+    std::fs::write(file("plain.toml"), "request_header_timeout_secs = 2\n").unwrap();
+    let plain = Server::start_in(
+        &file("plain"),
+        &["--config", file("plain.toml").to_str().unwrap()],
+    );
+
+    let stream = std::net::TcpStream::connect(plain.address).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut reader = stream.try_clone().unwrap();
+    let (elapsed, read) = trickle(stream, HEAD, move || {
+        let mut read = String::new();
+        let _ = reader.read_to_string(&mut read);
+        read
+    });
+    cut_off(elapsed, &read);
+
+    // A normal client, kept alive: two requests answered, then closed
+    // once it idled past the timeout.
+    let mut stream = std::net::TcpStream::connect(plain.address).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    for _ in 0..2 {
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: helix\r\n\r\n")
+            .unwrap();
+        let mut answer = [0u8; 512];
+        let n = stream.read(&mut answer).unwrap();
+        let answer = String::from_utf8_lossy(&answer[..n]);
+        assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+        assert!(answer.ends_with(r#"{"status":"ok"}"#), "{answer}");
+    }
+    let idle = std::time::Instant::now();
+    assert_eq!(stream.read(&mut [0u8; 16]).unwrap_or(0), 0);
+    cut_off(idle.elapsed(), "");
+
+    // HTTPS: the same, after the TLS handshake.
+    std::fs::write(
+        file("tls.toml"),
+        format!(
+            "request_header_timeout_secs = 2\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+            file("cert.pem").display(),
+            file("key.pem").display()
+        ),
+    )
+    .unwrap();
+    let tls = Server::start_in(
+        &file("tls"),
+        &["--config", file("tls.toml").to_str().unwrap()],
+    );
+    let mut client = Command::new("openssl")
+        .args(["s_client", "-quiet", "-verify_return_error", "-CAfile"])
+        .arg(file("ca.pem"))
+        .args(["-connect", &tls.address.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdin = client.stdin.take().unwrap();
+    let mut stdout = client.stdout.take().unwrap();
+    let (elapsed, read) = trickle(stdin, HEAD, move || {
+        let mut read = String::new();
+        let _ = stdout.read_to_string(&mut read);
+        read
+    });
+    let _ = client.kill();
+    let _ = client.wait();
+    cut_off(elapsed, &read);
+    let (ok, out, err) = cli(
+        &tls,
+        None,
+        &["jobs", &format!("--ca-file={}", file("ca.pem").display())],
+    );
+    assert!(ok, "{out}{err}");
+}

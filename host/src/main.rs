@@ -407,9 +407,18 @@ async fn serve(
         }),
     ));
     let handle = axum_server::Handle::new();
-    let server = axum_server::from_tcp(listener)
+    let header_timeout = std::time::Duration::from_secs(config.request_header_timeout_secs);
+    let mut server = axum_server::from_tcp(listener)
         .map_err(|e| format!("cannot serve on {address}: {e}"))?
-        .handle(handle.clone());
+        .handle(handle.clone())
+        // hyper times the headers of HTTP/1 requests only, from the moment
+        // it waits for one (so idle keep-alive time counts); this bounds
+        // the protocol detection before the first request too.
+        .first_request_timeout(header_timeout);
+    server
+        .http_builder()
+        .http1()
+        .header_read_timeout(header_timeout);
     let app = router.into_make_service();
     let mut serving = match tls {
         Some(tls) => tokio::spawn(

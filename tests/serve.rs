@@ -2076,3 +2076,97 @@ fn a_client_trickling_its_headers_or_idling_is_cut_off_after_the_header_timeout(
     );
     assert!(ok, "{out}{err}");
 }
+
+/// `helix-build serve` on `data` when it is expected not to start: its
+/// exit status and stderr.
+fn refused_start(data: &std::path::Path) -> (std::process::ExitStatus, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_helix-build"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("HELIX_DATA_DIR", data)
+        .env_remove("HELIX_CONFIG")
+        .output()
+        .unwrap();
+    (
+        output.status,
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// A data dir a server used: `jobs` simulated jobs with long logs, ended,
+/// the server stopped and the database checkpointed into its main file.
+fn used_data_dir(jobs: usize) -> (tempfile::TempDir, std::path::PathBuf) {
+    let data = tempfile::tempdir().unwrap();
+    let mut server = Server::start_in(data.path(), &[]);
+    for i in 0..jobs {
+        submit(
+            &server,
+            &format!("used-{i}"),
+            json!({"HELIX_SIMULATE_LOG_LINES": "400"}),
+        );
+    }
+    let (_, job) = server.json(
+        "GET",
+        &format!("/v1/jobs/used-{}/wait?timeout_secs=60", jobs - 1),
+        None,
+    );
+    assert_eq!(job["state"], "succeeded", "{job}");
+    // SAFETY: signalling the child this test started.
+    unsafe { libc::kill(server.child.id() as i32, libc::SIGTERM) };
+    assert!(server.child.wait().unwrap().success());
+    let db = data.path().join("helix.db");
+    let connection = rusqlite::Connection::open(&db).unwrap();
+    connection
+        .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        .unwrap();
+    drop(connection);
+    (data, db)
+}
+
+#[test]
+fn an_emptied_or_damaged_store_in_a_used_data_dir_is_refused_by_name() {
+    // A fresh data dir starts.
+    let fresh = tempfile::tempdir().unwrap();
+    let server = Server::start_in(fresh.path(), &[]);
+    assert_eq!(server.raw("GET", "/readyz", "", "").0, 200);
+    drop(server);
+
+    // Emptied: the file truncated (its WAL gone with it).
+    let (data, db) = used_data_dir(2);
+    std::fs::write(&db, b"").unwrap();
+    let _ = std::fs::remove_file(data.path().join("helix.db-wal"));
+    let (status, stderr) = refused_start(data.path());
+    assert!(!status.success());
+    assert!(
+        stderr.contains(&format!("job store {} is empty", db.display())),
+        "{stderr}"
+    );
+    assert!(stderr.contains("helix-build backup"), "{stderr}");
+    assert_eq!(
+        std::fs::metadata(&db).unwrap().len(),
+        0,
+        "nothing written to it"
+    );
+
+    // Damaged: blocks of noise written over the middle of the file.
+    let (data, db) = used_data_dir(20);
+    let mut bytes = std::fs::read(&db).unwrap();
+    let pages = bytes.len() / 4096;
+    assert!(pages > 20, "a store of {pages} pages");
+    let mut noise = 0x9e37_79b9_7f4a_7c15_u64;
+    for page in [pages / 3, pages / 2, 2 * pages / 3] {
+        for byte in &mut bytes[page * 4096..(page + 1) * 4096] {
+            noise ^= noise << 13;
+            noise ^= noise >> 7;
+            noise ^= noise << 17;
+            *byte = noise as u8;
+        }
+    }
+    std::fs::write(&db, &bytes).unwrap();
+    let (status, stderr) = refused_start(data.path());
+    assert!(!status.success());
+    assert!(
+        stderr.contains(&format!("job store {} is damaged", db.display())),
+        "{stderr}"
+    );
+    assert!(stderr.contains("helix-build backup"), "{stderr}");
+}

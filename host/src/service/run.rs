@@ -563,7 +563,7 @@ impl Inner {
         facts: &BuildFacts<'_>,
         log: &JobLog,
     ) -> Result<(), Outcome> {
-        let attestation = provenance.attest(registry, facts).await.map_err(|e| {
+        let attestation = provenance.attest(registry, facts, log).await.map_err(|e| {
             Outcome::failed(
                 FailureKind::Registry,
                 format!("could not attach the build's provenance to the image: {e}"),

@@ -37,7 +37,7 @@ use statement::{
 };
 
 /// Tries of an attach before the job fails, and the waits between them
-/// (about 0.5, 1 and 2 s).
+/// (up to 0.5, 1 and 2 s, jittered).
 pub const ATTACH_TRIES: u32 = 4;
 const ATTACH_RETRY: Backoff = Backoff {
     first: Duration::from_millis(500),

@@ -142,7 +142,9 @@ fn cancelling_a_running_job_over_http() {
     let (status, job) = server.json("POST", "/v1/jobs/long/cancel", None);
     assert_eq!(status, 200);
     assert_eq!(job["state"], "cancelled");
-    assert_eq!(job["error"], "cancelled: cancelled by request");
+    assert_eq!(job["error"], "cancelled by request");
+    let (_, log) = server.request("GET", "/v1/jobs/long/logs", None);
+    assert!(log.ends_with("[helix] job cancelled by request\n"), "{log}");
 }
 
 #[test]
@@ -917,6 +919,12 @@ fn metrics_count_jobs_by_state_and_build_time() {
 
 /// Runs a client command against `server` (HELIX_TOKEN as given).
 fn cli(server: &Server, token: Option<&str>, args: &[&str]) -> (bool, String, String) {
+    let (code, out, err) = cli_exit(server, token, args);
+    (code == Some(0), out, err)
+}
+
+/// [`cli`] with the exit code.
+fn cli_exit(server: &Server, token: Option<&str>, args: &[&str]) -> (Option<i32>, String, String) {
     let mut command = Command::new(env!("CARGO_BIN_EXE_helix-build"));
     command
         .args(args)
@@ -931,7 +939,7 @@ fn cli(server: &Server, token: Option<&str>, args: &[&str]) -> (bool, String, St
     }
     let output = command.output().unwrap();
     (
-        output.status.success(),
+        output.status.code(),
         String::from_utf8_lossy(&output.stdout).into_owned(),
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
@@ -1109,15 +1117,18 @@ fn cli_lists_shows_cancels_and_reads_logs() {
         assert!(ok, "{flags:?}: {timed}");
         assert_timestamped(&timed, &out);
     }
-    let (ok, out, _) = cli(&server, None, &["wait", "long", "--timeout", "1"]);
-    assert!(!ok, "a job still running is not a success");
+    let (code, out, _) = cli_exit(&server, None, &["wait", "long", "--timeout", "1"]);
+    assert_eq!(
+        code,
+        Some(124),
+        "the timeout passed, the job still running: {out}"
+    );
     assert!(out.contains("long running"), "{out}");
     let (ok, out, _) = cli(&server, None, &["cancel", "long"]);
     assert!(ok, "{out}");
-    assert!(
-        out.contains("long cancelled: cancelled: cancelled by request"),
-        "{out}"
-    );
+    assert_eq!(out.trim(), "long cancelled by request");
+    let (code, out, _) = cli_exit(&server, None, &["wait", "long", "--timeout", "1"]);
+    assert_eq!(code, Some(1), "ended, not succeeded: {out}");
     let (ok, _, err) = cli(&server, None, &["cancel", "long"]);
     assert!(!ok && err.contains("already ended"), "{err}");
     let (ok, out, _) = cli(&server, None, &["builders"]);
@@ -1241,6 +1252,8 @@ fn help_names_the_token_without_its_value_and_server_options_only_on_serve() {
         "{submit}"
     );
     assert!(help(&["serve"]).contains("--log-format"));
+    let wait = help(&["wait"]);
+    assert!(wait.contains("exit 124"), "{wait}");
 }
 
 #[test]

@@ -149,10 +149,12 @@ enum ClientCommand {
     Audit { id: String },
     /// Show the signed SLSA provenance attached to a job's image (JSON).
     Provenance { id: String },
-    /// Wait for a job to end; exit 0 only if it succeeded.
+    /// Wait for a job to end; exit 0 if it succeeded, 1 if it ended
+    /// otherwise, 124 if --timeout passed first.
     Wait {
         id: String,
-        /// Give up after this many seconds (then print the job as it is).
+        /// Give up after this many seconds: print the job as it is and exit
+        /// 124 (as timeout(1) does).
         #[arg(long)]
         timeout: Option<u64>,
     },
@@ -242,10 +244,12 @@ async fn main() -> ExitCode {
             listen,
             insecure_no_auth,
             log_format: _,
-        } => serve(config, listen, insecure_no_auth).await.map(|()| true),
+        } => serve(config, listen, insecure_no_auth)
+            .await
+            .map(|()| ExitCode::SUCCESS),
         Command::Plugin {
             command: PluginCommand::Check { file },
-        } => check_plugin(&file).await.map(|()| true),
+        } => check_plugin(&file).await.map(|()| ExitCode::SUCCESS),
         Command::Plugin {
             command: PluginCommand::New { name, lang, dir },
         } => plugin_tools::scaffold::create(&dir, &name, lang).map(|files| {
@@ -256,7 +260,7 @@ async fn main() -> ExitCode {
                 "made builder {name}: `{}/build.sh` builds it; see its README.md",
                 dir.join(&name).display()
             );
-            true
+            ExitCode::SUCCESS
         }),
         Command::Plugin {
             command:
@@ -270,21 +274,20 @@ async fn main() -> ExitCode {
                     canned,
                     source,
                 },
-        } => {
-            cli::plugin_test(cli::TrialFiles {
-                component: file,
-                job,
-                grants,
-                grants_of,
-                settings: settings.into_iter().collect(),
-                dry_run,
-                canned,
-                source,
-            })
-            .await
-        }
-        Command::Backup { file, config } => backup(config, &file).map(|()| true),
-        Command::Keygen { prefix } => keygen(&prefix).map(|()| true),
+        } => cli::plugin_test(cli::TrialFiles {
+            component: file,
+            job,
+            grants,
+            grants_of,
+            settings: settings.into_iter().collect(),
+            dry_run,
+            canned,
+            source,
+        })
+        .await
+        .map(succeeded),
+        Command::Backup { file, config } => backup(config, &file).map(|()| ExitCode::SUCCESS),
+        Command::Keygen { prefix } => keygen(&prefix).map(|()| ExitCode::SUCCESS),
         Command::Verify {
             image,
             key,
@@ -293,7 +296,7 @@ async fn main() -> ExitCode {
             authfile,
         } => cli::verify(&image, &key, &builder_digests, insecure, authfile)
             .await
-            .map(|()| true),
+            .map(|()| ExitCode::SUCCESS),
         Command::Client(command) => {
             let token = cli.token.filter(|t| !t.is_empty());
             client_command(
@@ -306,13 +309,18 @@ async fn main() -> ExitCode {
             .await
         }
     };
-    match result {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::FAILURE,
-        Err(message) => {
-            eprintln!("helix-build: {message}");
-            ExitCode::FAILURE
-        }
+    result.unwrap_or_else(|message| {
+        eprintln!("helix-build: {message}");
+        ExitCode::FAILURE
+    })
+}
+
+/// 0 when the command did what was asked, 1 when not.
+fn succeeded(done: bool) -> ExitCode {
+    if done {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 
@@ -461,10 +469,10 @@ async fn client_command(
     token: Option<String>,
     ca_file: Option<&std::path::Path>,
     json: bool,
-) -> Result<bool, String> {
+) -> Result<ExitCode, String> {
     let client =
         helix_build::client::Client::new(server, token, ca_file).map_err(|e| e.to_string())?;
-    match command {
+    let done = match command {
         ClientCommand::Submit { job, wait, follow } => {
             cli::submit(&client, *job, wait, follow, json).await
         }
@@ -478,9 +486,17 @@ async fn client_command(
         } => cli::logs(&client, &id, follow, timestamps).await,
         ClientCommand::Audit { id } => cli::audit(&client, &id, json).await,
         ClientCommand::Provenance { id } => cli::provenance(&client, &id).await,
-        ClientCommand::Wait { id, timeout } => cli::wait(&client, &id, timeout, json).await,
+        ClientCommand::Wait { id, timeout } => {
+            return cli::wait(&client, &id, timeout, json)
+                .await
+                .map(|waited| match waited {
+                    Some(job) => succeeded(job.state == helix_build::job::State::Succeeded),
+                    None => ExitCode::from(cli::WAIT_TIMED_OUT),
+                });
+        }
         ClientCommand::Builders => cli::builders(&client, json).await,
-    }
+    };
+    done.map(succeeded)
 }
 
 async fn check_plugin(file: &std::path::Path) -> Result<(), String> {

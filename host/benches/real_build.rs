@@ -133,7 +133,7 @@ fn build_by_hand(url: &str, image: &str, isolation: Isolation) {
     let dir = tempfile::tempdir().unwrap();
     let driver = format!(
         "--storage-driver={}",
-        helix_build::cache::StorageDriver::for_dir(dir.path()).as_str()
+        helix_build::layer_cache::StorageDriver::for_dir(dir.path()).as_str()
     );
     let global = [
         "--root",

@@ -1,8 +1,8 @@
 //! Builder components compiled into this binary by `build.rs`, so the host
 //! runs with no files beside it, and the grants each needs by default.
 
-use crate::cache::LOCAL_IMAGE;
 use crate::exec::{Grants, ProgramGrant, ValueType};
+use crate::layer_cache::LOCAL_IMAGE;
 use crate::network::BuildNetwork;
 
 include!(concat!(env!("OUT_DIR"), "/builtin_components.rs"));

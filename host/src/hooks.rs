@@ -27,6 +27,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::job::JobRequest;
 use crate::secrets::{BuildSecrets, SecretSource};
+use helix_core::pattern::glob;
 
 /// The forges a hook can come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -349,39 +350,9 @@ fn job_id(forge: Forge, project: Option<&str>, url: &str, git_ref: &str, commit:
     format!("hook-{}-{}", forge.name(), &digest[..32])
 }
 
-/// Whether `text` matches `pattern`, where `*` matches any run of
-/// characters (none included) and everything else itself.
-fn glob(pattern: &str, text: &str) -> bool {
-    match pattern.split_once('*') {
-        None => pattern == text,
-        Some((head, rest)) => {
-            let Some(tail) = text.strip_prefix(head) else {
-                return false;
-            };
-            (0..=tail.len())
-                .filter(|at| tail.is_char_boundary(*at))
-                .any(|at| glob(rest, &tail[at..]))
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn globs_match_runs_of_characters() {
-        assert!(glob("refs/heads/*", "refs/heads/main"));
-        assert!(glob("refs/heads/*", "refs/heads/"));
-        assert!(glob(
-            "https://git.example/team/*",
-            "https://git.example/team/app.git"
-        ));
-        assert!(glob("refs/tags/v*.*", "refs/tags/v1.2"));
-        assert!(!glob("refs/tags/v*.*", "refs/tags/v12"));
-        assert!(!glob("refs/heads/main", "refs/heads/main2"));
-        assert!(glob("*", ""));
-    }
 
     #[test]
     fn a_push_always_gives_the_same_valid_job_id_and_another_push_another() {

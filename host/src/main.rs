@@ -83,8 +83,9 @@ enum Command {
         prefix: PathBuf,
     },
     /// Check an image's provenance in its registry: signed by KEY, about
-    /// this image's digest, and (with --builder-digest) made by an allowed
-    /// builder component. Exits non-zero with the reason otherwise.
+    /// this image's digest, and meeting the policy the other flags give
+    /// (builder component, repository, ref, protected, project). Exits
+    /// non-zero with the reason otherwise.
     Verify {
         /// `registry/repository:tag` or `registry/repository@sha256:…`.
         image: String,
@@ -95,6 +96,19 @@ enum Command {
         /// (`sha256:…`); repeat for several.
         #[arg(long = "builder-digest")]
         builder_digests: Vec<String>,
+        /// Accept only builds from this repository URL.
+        #[arg(long)]
+        source_repo: Option<String>,
+        /// Accept only builds of this ref (as the job named it, e.g.
+        /// `refs/heads/main`).
+        #[arg(long = "ref")]
+        git_ref: Option<String>,
+        /// Accept only builds of one of the project's protected refs.
+        #[arg(long)]
+        protected: bool,
+        /// Accept only builds by this project's jobs.
+        #[arg(long)]
+        project: Option<String>,
         /// Speak plain HTTP to the image's registry.
         #[arg(long)]
         insecure: bool,
@@ -292,11 +306,24 @@ async fn main() -> ExitCode {
             image,
             key,
             builder_digests,
+            source_repo,
+            git_ref,
+            protected,
+            project,
             insecure,
             authfile,
-        } => cli::verify(&image, &key, &builder_digests, insecure, authfile)
-            .await
-            .map(|()| ExitCode::SUCCESS),
+        } => {
+            let policy = helix_build::provenance::Policy {
+                builder_digests,
+                source_repo,
+                git_ref,
+                protected,
+                project,
+            };
+            cli::verify(&image, &key, &policy, insecure, authfile)
+                .await
+                .map(|()| ExitCode::SUCCESS)
+        }
         Command::Client(command) => {
             let token = cli.token.filter(|t| !t.is_empty());
             client_command(

@@ -7,7 +7,7 @@
 //!   run in it and every path argument must resolve inside it.
 //! - `state/` — where the job's container storage is (`storage.conf`:
 //!   its own `storage/` and `run/`, or a slot of the builder's layer cache,
-//!   see [`crate::cache`]), the registry settings builds use
+//!   see [`crate::layer_cache`]), the registry settings builds use
 //!   (`registries.conf`), the job's build secrets (`secrets/`), the
 //!   scratch space its programs see as `/tmp` and `/var/tmp` (`tmp/`) and
 //!   the files of its jail (`jail/`, see [`crate::jail`]).
@@ -21,8 +21,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::cache::{StorageDriver, storage_conf};
 use crate::job::JobId;
+use crate::layer_cache::{StorageDriver, storage_conf};
 use crate::quota::DiskQuota;
 use crate::registry::RegistrySettings;
 

@@ -454,3 +454,52 @@ fn platform_string(p: &latest::Platform) -> String {
         None => format!("{}/{}", p.os, p.arch),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_registry_cache_has_a_repository_per_scope_and_source_repository() {
+        use sha2::Digest as _;
+        let mut builder = Builder::native("podman", |_, _| Outcome::Cancelled {
+            reason: "not run".into(),
+        });
+        builder.info.registry_cache = Some("r.example/cache".into());
+        let job = |project: Option<&str>, protected: bool, repo: &str| Job {
+            project: project.map(String::from),
+            protected,
+            ..Job::from_request(
+                helix_core::job::JobRequest {
+                    repo_url: repo.into(),
+                    ..Default::default()
+                },
+                &helix_core::job::SubmitPolicy::for_builders("podman", ["podman"]),
+                chrono::Utc::now(),
+            )
+            .unwrap()
+        };
+        let app = "https://git.example/app.git";
+        let cache = |project, protected, repo| {
+            builder
+                .registry_cache_for(&job(project, protected, repo))
+                .unwrap()
+        };
+        // Jobs of no project keep the repository they had.
+        let unchanged = hex::encode(sha2::Sha256::digest(app.as_bytes()));
+        assert_eq!(
+            cache(None, false, app),
+            format!("r.example/cache/{}", &unchanged[..16])
+        );
+        let all = [
+            cache(None, false, app),
+            cache(Some("team-a"), false, app),
+            cache(Some("team-a"), true, app),
+            cache(Some("team-b"), false, app),
+            cache(Some("team-a"), false, "https://git.example/other.git"),
+        ];
+        let distinct: std::collections::BTreeSet<&String> = all.iter().collect();
+        assert_eq!(distinct.len(), all.len(), "{all:?}");
+        assert_eq!(cache(Some("team-a"), true, app), all[2], "stable");
+    }
+}

@@ -3,7 +3,7 @@
 //! instance under the builder's memory and time limits.
 
 mod builder;
-mod cache;
+mod component_cache;
 mod contract;
 mod engine;
 mod host;
@@ -24,7 +24,7 @@ use helix_sandbox::exec::{GrantPolicy, ProgramGrant};
 use helix_sandbox::managed_engine::EngineSettings;
 
 pub use builder::{Builder, Built, MANAGED_ENGINE, NativeBuild, RunContext, Timings};
-pub use cache::{CacheUse, ComponentCache};
+pub use component_cache::{CacheUse, ComponentCache};
 pub use engine::PoolSizing;
 use helix_core::platform::Platform;
 use helix_sandbox::cgroup::BuildLimits;

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 pub async fn verify(
     image: &str,
     key: &std::path::Path,
-    builders: &[String],
+    policy: &helix_build::provenance::Policy,
     insecure: bool,
     authfile: Option<std::path::PathBuf>,
 ) -> Result<(), String> {
@@ -29,7 +29,7 @@ pub async fn verify(
     let client = RegistryClient::new(std::sync::Arc::new(RegistrySettings::new(
         registries, authfile,
     )));
-    let verified = helix_build::provenance::verify(&client, image, &key, builders).await?;
+    let verified = helix_build::provenance::verify(&client, image, &key, policy).await?;
     let statement = &verified.statement;
     let build = &statement.predicate.build_definition;
     let parameters = &build.external_parameters;
@@ -63,6 +63,13 @@ pub async fn verify(
         "  grants digest  {}",
         build.internal_parameters.grants_digest
     );
+    if let Some(project) = &build.internal_parameters.project {
+        let protected = match build.internal_parameters.protected {
+            true => "a protected ref",
+            false => "not a protected ref",
+        };
+        println!("  project        {project} ({protected})");
+    }
     println!(
         "  job            {} on {}, finished {}",
         run.metadata.invocation_id,

@@ -9,10 +9,10 @@ use serde::Deserialize;
 
 use super::{Config, ConfigError};
 use crate::builtin;
-use crate::cache::BuildCache;
 use crate::cgroup::BuildLimits;
 use crate::docker_engine::DockerEngine;
 use crate::exec::Grants;
+use crate::layer_cache::BuildCache;
 use crate::managed_engine::EngineSettings;
 use crate::network::BuildNetwork;
 use crate::plugin::MANAGED_ENGINE;

@@ -12,13 +12,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::audit::{AuditEntry, AuditTrail};
-use crate::cache::StorageDriver;
 use crate::cancel::CancelSignal;
 use crate::cgroup::{BuildLimits, Cgroups};
 use crate::config::host_settings;
 use crate::exec::SOURCE_DIR;
 use crate::exec::{CannedAnswers, Grants, JobValues};
 use crate::job::{FailureKind, Job, JobRequest, Outcome, SubmitPolicy};
+use crate::layer_cache::StorageDriver;
 use crate::log::JobLog;
 use crate::network::BuildNetwork;
 use crate::plugin::{

@@ -323,15 +323,83 @@ pub struct Verified {
     pub statement: Statement,
 }
 
+/// What a consumer requires of an image's provenance besides a valid
+/// signature about the image (`helix-build verify`'s policy flags): "built
+/// by project X from repository Y at a protected ref by component Z".
+/// Each part left empty requires nothing.
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    /// Builder component digests (`sha256:…`), any of which will do.
+    pub builder_digests: Vec<String>,
+    /// The repository URL it must be built from, exactly.
+    pub source_repo: Option<String>,
+    /// The ref it must be built from, exactly as the job named it.
+    pub git_ref: Option<String>,
+    /// Built from one of its project's protected refs.
+    pub protected: bool,
+    /// The project whose job built it.
+    pub project: Option<String>,
+}
+
+impl Policy {
+    /// The first requirement `statement` does not meet, naming the flag.
+    fn check(&self, statement: &Statement) -> Result<(), String> {
+        let build = &statement.predicate.build_definition;
+        let builder = statement.builder_digest().unwrap_or_default();
+        if !self.builder_digests.is_empty() && !self.builder_digests.contains(&builder) {
+            return Err(format!(
+                "its builder component {builder} is not one --builder-digest allows"
+            ));
+        }
+        let parameters = &build.external_parameters;
+        if let Some(want) = self
+            .source_repo
+            .as_ref()
+            .filter(|w| **w != parameters.repository)
+        {
+            return Err(format!(
+                "it was built from {}, not --source-repo {want}",
+                parameters.repository
+            ));
+        }
+        if let Some(want) = self.git_ref.as_ref().filter(|w| **w != parameters.git_ref) {
+            return Err(format!(
+                "it was built from ref {}, not --ref {want}",
+                parameters.git_ref
+            ));
+        }
+        let internal = &build.internal_parameters;
+        if self.protected && !internal.protected {
+            return Err(format!(
+                "ref {} is not a protected ref of its project (--protected)",
+                parameters.git_ref
+            ));
+        }
+        if let Some(want) = self
+            .project
+            .as_ref()
+            .filter(|w| internal.project.as_ref() != Some(*w))
+        {
+            return Err(format!(
+                "it was built {}, not by --project {want}",
+                match &internal.project {
+                    Some(project) => format!("by project {project}"),
+                    None => "by no project".to_string(),
+                }
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Checks `image` (a tag or `@digest`) against its attestations: one must
-/// be signed by `key`, unaltered, about this image's digest, and (when
-/// `builders` is not empty) made by a builder component whose digest is
-/// listed. The error says which check failed.
+/// be signed by `key`, unaltered, about this image's digest, and meet
+/// `policy`. The error says which check failed.
 pub async fn verify(
     registry: &RegistryClient,
     image: &str,
     key: &PublicKey,
-    builders: &[String],
+    policy: &Policy,
 ) -> Result<Verified, String> {
     let given = reference(image)?;
     let repository = repository_of(image);
@@ -379,12 +447,7 @@ pub async fn verify(
                     named.join(", ")
                 ));
             }
-            let builder = statement.builder_digest().unwrap_or_default();
-            if !builders.is_empty() && !builders.contains(&builder) {
-                return Err(format!(
-                    "its builder component {builder} is not one --builder-digest allows"
-                ));
-            }
+            policy.check(&statement)?;
             Ok(statement)
         };
         match check.await {

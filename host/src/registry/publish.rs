@@ -205,7 +205,7 @@ impl Publisher {
                 if insecure {
                     args.push("--tls-verify=false".into());
                 }
-                args.push(crate::cache::LOCAL_IMAGE.into());
+                args.push(crate::layer_cache::LOCAL_IMAGE.into());
                 args.push(destination);
                 push.run("podman", &args, env, workspace).await?.stdout
             }

@@ -5,11 +5,11 @@
 use std::sync::Arc;
 
 use super::Inner;
-use crate::cache::CacheSlot;
 use crate::cgroup::{LimitHit, RunCgroup};
 use crate::docker_engine::DockerEngine;
 use crate::jail::{Jail, JailSpec};
 use crate::job::{FailureKind, Job, Outcome};
+use crate::layer_cache::CacheSlot;
 use crate::log::JobLog;
 use crate::managed_engine::{EngineSettings, ManagedEngine};
 use crate::plugin::{Builder, BuilderInfo};

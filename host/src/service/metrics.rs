@@ -14,8 +14,9 @@ pub struct Metrics {
     /// Jobs waiting for a worker, on every host sharing the queue.
     pub queue_depth: usize,
     /// Run time (`started_at` to `completed_at`) of the jobs this process
-    /// ran to their end, in seconds.
-    pub build_seconds: Histogram,
+    /// ran to their end, in seconds, by project (`None`: jobs of none).
+    /// The label is bounded: only configured projects have jobs.
+    pub build_seconds: BTreeMap<Option<String>, Histogram>,
     /// Their build steps by builder, and how many came from the cache.
     pub build_steps: BTreeMap<String, BuildSteps>,
 }
@@ -83,17 +84,33 @@ impl Metrics {
             "# HELP helix_build_seconds Run time of jobs that ran."
         )?;
         writeln!(text, "# TYPE helix_build_seconds histogram")?;
-        let histogram = &self.build_seconds;
-        for (bound, count) in &histogram.buckets {
-            writeln!(text, "helix_build_seconds_bucket{{le=\"{bound}\"}} {count}")?;
+        for (project, histogram) in &self.build_seconds {
+            // Jobs of no project carry no `project` label.
+            let (label, labels) = match project {
+                Some(project) => (
+                    format!("project=\"{project}\","),
+                    format!("{{project=\"{project}\"}}"),
+                ),
+                None => (String::new(), String::new()),
+            };
+            for (bound, count) in &histogram.buckets {
+                writeln!(
+                    text,
+                    "helix_build_seconds_bucket{{{label}le=\"{bound}\"}} {count}"
+                )?;
+            }
+            writeln!(
+                text,
+                "helix_build_seconds_bucket{{{label}le=\"+Inf\"}} {}",
+                histogram.count
+            )?;
+            writeln!(text, "helix_build_seconds_sum{labels} {}", histogram.sum)?;
+            writeln!(
+                text,
+                "helix_build_seconds_count{labels} {}",
+                histogram.count
+            )?;
         }
-        writeln!(
-            text,
-            "helix_build_seconds_bucket{{le=\"+Inf\"}} {}",
-            histogram.count
-        )?;
-        writeln!(text, "helix_build_seconds_sum {}", histogram.sum)?;
-        writeln!(text, "helix_build_seconds_count {}", histogram.count)?;
         writeln!(
             text,
             "# HELP helix_build_steps_total Build steps of the jobs this process ran, by builder and whether the layer cache had them."

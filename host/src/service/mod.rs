@@ -42,10 +42,10 @@ use futures_util::future::BoxFuture;
 use tokio::sync::{Notify, broadcast};
 use tokio::task::JoinSet;
 
-use crate::cache::BuildCache;
 use crate::cgroup::Cgroups;
 use crate::hooks::Webhooks;
 use crate::job::{InvalidJob, Job, JobId, State, SubmitPolicy};
+use crate::layer_cache::BuildCache;
 use crate::log::{LogLine, OutputCaps};
 use crate::notify::Notifications;
 use crate::plugin::PluginRuntime;

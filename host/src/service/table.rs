@@ -19,8 +19,8 @@ pub(super) struct Table {
     /// projects: taken for duplicates, capacity and quotas, invisible to
     /// readers.
     pub pending: HashMap<JobId, Option<String>>,
-    /// Run times of the jobs this process ran to their end.
-    pub build_seconds: Histogram,
+    /// Run times of the jobs this process ran to their end, by project.
+    pub build_seconds: BTreeMap<Option<String>, Histogram>,
     /// Their build steps, and cache hits, by builder.
     pub build_steps: BTreeMap<String, BuildSteps>,
 }
@@ -40,7 +40,8 @@ impl Table {
         Table {
             jobs: HashMap::new(),
             pending: HashMap::new(),
-            build_seconds: Histogram::build_seconds(),
+            // Jobs of no project are always counted, none ended or not.
+            build_seconds: BTreeMap::from([(None, Histogram::build_seconds())]),
             build_steps: BTreeMap::new(),
         }
     }
@@ -62,7 +63,10 @@ impl Table {
     /// Drops job `id`, whose end is stored, telling its waiters.
     pub fn remove_ended(&mut self, id: &JobId) {
         if let Some(entry) = self.jobs.remove(id) {
-            self.build_seconds.observe(&entry.job);
+            self.build_seconds
+                .entry(entry.job.project.clone())
+                .or_insert_with(Histogram::build_seconds)
+                .observe(&entry.job);
             let steps = self
                 .build_steps
                 .entry(entry.job.builder.clone())

@@ -117,8 +117,8 @@ pub(crate) const REMEMBERED_LOGS: usize = 16 * 1024;
 /// Resolves once a write is durable.
 pub type Commit = BoxFuture<'static, Result<(), StoreError>>;
 
-/// A read from the store.
-pub type Read<'a, T> = BoxFuture<'a, Result<T, StoreError>>;
+/// A call into the store (a read, or a write whose answer is wanted).
+pub type StoreCall<'a, T> = BoxFuture<'a, Result<T, StoreError>>;
 
 /// Where jobs live between restarts; job logs are written through its
 /// [`LogSink`] side.
@@ -136,35 +136,44 @@ pub trait JobStore: LogSink + Send + Sync + 'static {
     fn put_record(&self, id: &JobId, name: &str, body: String);
     /// The bodies of job `id`'s documents whose names start with
     /// `prefix`, in name order; `None` when no job has that id.
-    fn records<'a>(&'a self, id: &'a str, prefix: &'a str) -> Read<'a, Option<Vec<String>>>;
+    fn records<'a>(&'a self, id: &'a str, prefix: &'a str) -> StoreCall<'a, Option<Vec<String>>>;
 
     /// Job `id` as last committed.
-    fn get<'a>(&'a self, id: &'a str) -> Read<'a, Option<Job>>;
+    fn get<'a>(&'a self, id: &'a str) -> StoreCall<'a, Option<Job>>;
     /// Job `id`'s stored log lines, oldest first.
-    fn log<'a>(&'a self, id: &'a str) -> Read<'a, Vec<LogLine>>;
+    fn log<'a>(&'a self, id: &'a str) -> StoreCall<'a, Vec<LogLine>>;
     /// Where job `id` is in submission order; `None` when no job has it.
-    fn position<'a>(&'a self, id: &'a str) -> Read<'a, Option<i64>>;
+    fn position<'a>(&'a self, id: &'a str) -> StoreCall<'a, Option<i64>>;
     /// Up to `limit` jobs submitted before position `before`, newest
     /// first, only those `filter` lets through.
-    fn before<'a>(&'a self, filter: &'a JobFilter, before: i64, limit: usize)
-    -> Read<'a, Vec<Job>>;
+    fn before<'a>(
+        &'a self,
+        filter: &'a JobFilter,
+        before: i64,
+        limit: usize,
+    ) -> StoreCall<'a, Vec<Job>>;
     /// How many jobs are stored in each state.
-    fn count_by_state(&self) -> Read<'_, Vec<(State, u64)>>;
+    fn count_by_state(&self) -> StoreCall<'_, Vec<(State, u64)>>;
     /// Every queued or running job in submission order, with its log.
-    fn load_unfinished(&self) -> Read<'_, Vec<StoredJob>>;
+    fn load_unfinished(&self) -> StoreCall<'_, Vec<StoredJob>>;
     /// The queued and running jobs of concurrency group `group`, in
     /// submission order.
-    fn unfinished_in_group<'a>(&'a self, group: &'a str) -> Read<'a, Vec<Job>>;
+    fn unfinished_in_group<'a>(&'a self, group: &'a str) -> StoreCall<'a, Vec<Job>>;
     /// Deletes the finished jobs, with their logs, that ended before
     /// `ended_before` or are older than the newest `keep` finished ones;
     /// how many it deleted. Queued and running jobs are never touched.
-    fn prune(&self, ended_before: Option<DateTime<Utc>>, keep: Option<usize>) -> Read<'_, u64>;
+    fn prune(&self, ended_before: Option<DateTime<Utc>>, keep: Option<usize>)
+    -> StoreCall<'_, u64>;
 
     /// Takes up to `limit` of the owed notifications that are due, oldest
     /// first, for `lease`: until then no one else (no other host, no later
     /// process) is handed them, and after it they are handed out again, so
     /// one whose sender died is still sent.
-    fn owed_notifications(&self, lease: Duration, limit: usize) -> Read<'_, Vec<OwedNotification>>;
+    fn owed_notifications(
+        &self,
+        lease: Duration,
+        limit: usize,
+    ) -> StoreCall<'_, Vec<OwedNotification>>;
     /// Records how delivering job `id`'s notification went: `retry_in`
     /// `None` when it is settled (every target told, or given up), else
     /// the targets told so far and how long until the rest are tried again.
@@ -173,7 +182,7 @@ pub trait JobStore: LogSink + Send + Sync + 'static {
         id: &'a str,
         delivered: &'a [String],
         retry_in: Option<Duration>,
-    ) -> Read<'a, ()>;
+    ) -> StoreCall<'a, ()>;
 
     /// Up to `limit` jobs, newest first, only those `filter` lets through,
     /// submitted before job `cursor`. `None` when `cursor` names no job.
@@ -182,7 +191,7 @@ pub trait JobStore: LogSink + Send + Sync + 'static {
         filter: &'a JobFilter,
         limit: usize,
         cursor: Option<&'a str>,
-    ) -> Read<'a, Option<Vec<Job>>> {
+    ) -> StoreCall<'a, Option<Vec<Job>>> {
         async move {
             let before = match cursor {
                 None => i64::MAX,

@@ -8,8 +8,8 @@ use crate::common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use helix_build::cache::{StorageDriver, storage_conf};
 use helix_build::job::{Job, JobRequest, State};
+use helix_build::layer_cache::{StorageDriver, storage_conf};
 use helix_build::service::Service;
 use helix_fixtures::{Registry, git};
 

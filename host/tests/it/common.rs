@@ -539,3 +539,20 @@ pub fn push_base_image(reference: &str, creds: Option<&str>, platforms: &[&str])
     push.extend(["localhost/base", destination.as_str()]);
     podman(&push);
 }
+
+/// A client of the host's for the test registry `registry` (plain HTTP),
+/// with the credentials in `auth_file` if given.
+pub fn registry_client(
+    registry: &str,
+    auth_file: Option<PathBuf>,
+) -> helix_build::registry::oci::RegistryClient {
+    let registries = BTreeMap::from([(
+        registry.to_string(),
+        helix_build::config::RegistryConfig {
+            tls_verify: false,
+            ..Default::default()
+        },
+    )]);
+    let settings = helix_build::registry::RegistrySettings::new(registries, auth_file);
+    helix_build::registry::oci::RegistryClient::new(std::sync::Arc::new(settings))
+}

@@ -11,6 +11,8 @@ use std::path::PathBuf;
 
 use helix_build::config::{Config, ProjectConfig, TokenConfig};
 use helix_build::job::{Job, JobRequest, State};
+use helix_build::provenance::dsse::PublicKey;
+use helix_build::provenance::{Policy, verify};
 use helix_build::secrets::SecretSource;
 use helix_build::service::Service;
 use helix_build::{api, app};
@@ -356,6 +358,46 @@ async fn two_projects_are_isolated(server: &Server) {
         .post(A_ALL, &format!("/v1/jobs/{a_job}/cancel"), json!({}))
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+/// `/metrics` tells the projects' build times apart (a bounded label:
+/// only configured projects have jobs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_tell_the_projects_build_times_apart() {
+    use reqwest::Method;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&two_projects(&dir, None)).await;
+    let quick = json!({ "repo_url": "https://git.example/a.git",
+                        "build_args": { "HELIX_SIMULATE_DELAY_MS": "0" } });
+    let (status, body) = server.post(A_ALL, "/v1/jobs", quick).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let id = serde_json::from_str::<Value>(&body).unwrap()["id"].clone();
+    let (_, body) = server
+        .get(
+            A_ALL,
+            &format!("/v1/jobs/{}/wait?timeout_secs=30", id.as_str().unwrap()),
+        )
+        .await;
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["state"],
+        "succeeded",
+        "{body}"
+    );
+    let (status, _, metrics) = server.call(None, Method::GET, "/metrics", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let count = |labels: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("helix_build_seconds_count{labels} ")))
+            .map(|n| n.parse::<u64>().unwrap())
+    };
+    assert_eq!(count("{project=\"team-a\"}"), Some(1), "{metrics}");
+    assert_eq!(count(""), Some(0), "jobs of no project: {metrics}");
+    assert_eq!(count("{project=\"team-b\"}"), None, "{metrics}");
+    assert!(
+        metrics.contains("helix_build_seconds_bucket{project=\"team-a\",le=\"+Inf\"} 1"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -786,6 +828,47 @@ async fn a_project_pulls_and_pushes_with_its_own_credentials_only() {
             .internal_parameters;
         assert_eq!(internal.project.as_deref(), Some("team-b"), "{builder}");
         assert!(!internal.protected, "{builder}");
+        // What a consumer requires of it, as `helix-build verify` checks.
+        let key = PublicKey::load(&dir.path().join("provenance.pub")).unwrap();
+        let client = common::registry_client(&registry.address, Some(auth("team-b-verify.json")));
+        let require = |policy: Policy| {
+            let (client, reference, key) = (&client, &reference, &key);
+            async move { verify(client, reference, key, &policy).await.map(|_| ()) }
+        };
+        let repository = provenance
+            .statement
+            .predicate
+            .build_definition
+            .external_parameters
+            .repository
+            .clone();
+        require(Policy {
+            project: Some("team-b".into()),
+            source_repo: Some(repository),
+            ..Policy::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{builder}: {e}"));
+        let other = require(Policy {
+            project: Some("team-a".into()),
+            ..Policy::default()
+        })
+        .await
+        .unwrap_err();
+        assert!(
+            other.contains("built by project team-b, not by --project team-a"),
+            "{other}"
+        );
+        let unprotected = require(Policy {
+            protected: true,
+            ..Policy::default()
+        })
+        .await
+        .unwrap_err();
+        assert!(
+            unprotected.contains("is not a protected ref"),
+            "{unprotected}"
+        );
         let everything = format!(
             "{}\n{}",
             logs.join("\n"),

@@ -8,14 +8,11 @@ use crate::common;
 
 use std::collections::BTreeMap;
 use std::process::Command;
-use std::sync::Arc;
 
-use helix_build::config::RegistryConfig;
 use helix_build::job::{JobRequest, State};
 use helix_build::provenance::dsse::{PublicKey, SigningKey};
-use helix_build::provenance::{attach, verify};
-use helix_build::registry::RegistrySettings;
-use helix_build::registry::oci::{RegistryClient, reference};
+use helix_build::provenance::{Policy, attach, verify};
+use helix_build::registry::oci::reference;
 use helix_build::secrets::SecretSource;
 use helix_build::service::ServiceError;
 use helix_fixtures::{Registry, Repo};
@@ -31,18 +28,6 @@ fn key_pair(dir: &std::path::Path, name: &str) -> (std::path::PathBuf, PublicKey
         .write(&private, &public)
         .unwrap();
     (private, PublicKey::load(&public).unwrap())
-}
-
-/// A client for the test registry, over plain HTTP.
-fn client(registry: &str) -> RegistryClient {
-    let registries = BTreeMap::from([(
-        registry.to_string(),
-        RegistryConfig {
-            tls_verify: false,
-            ..RegistryConfig::default()
-        },
-    )]);
-    RegistryClient::new(Arc::new(RegistrySettings::new(registries, None)))
 }
 
 /// Pushes an empty image labelled `label` to `reference` with buildah, in
@@ -160,32 +145,79 @@ async fn a_two_platform_build_is_attested_verifies_and_forgeries_do_not() {
     assert_eq!(listed["manifests"][0]["digest"], attached, "{listed}");
 
     // Verified by tag and by digest, with the public key.
-    let registry_client = client(&registry.address);
+    let registry_client = common::registry_client(&registry.address, None);
     for image in [tag.clone(), format!("{repository}@{index}")] {
-        let verified = verify(&registry_client, &image, &public, &[])
+        let verified = verify(&registry_client, &image, &public, &Policy::default())
             .await
             .unwrap();
         assert_eq!(verified.image, format!("{repository}@{index}"));
         assert_eq!(verified.statement, *statement);
     }
-    let allowed = [statement.builder_digest().unwrap()];
-    verify(&registry_client, &tag, &public, &allowed)
+    let parameters = &statement.predicate.build_definition.external_parameters;
+    let policy = Policy {
+        builder_digests: vec![statement.builder_digest().unwrap()],
+        source_repo: Some(parameters.repository.clone()),
+        git_ref: Some(parameters.git_ref.clone()),
+        ..Policy::default()
+    };
+    verify(&registry_client, &tag, &public, &policy)
         .await
         .unwrap();
 
     // Each way of failing says its own reason.
     let failure = |result: Result<_, String>| result.map(|_| ()).unwrap_err();
-    let other_builder = ["sha256:0000".to_string()];
-    let err = failure(verify(&registry_client, &tag, &public, &other_builder).await);
+    let require = |policy: Policy| {
+        let (registry_client, tag, public) = (&registry_client, &tag, &public);
+        async move { failure(verify(registry_client, tag, public, &policy).await) }
+    };
+    let err = require(Policy {
+        builder_digests: vec!["sha256:0000".into()],
+        ..Policy::default()
+    })
+    .await;
     assert!(err.contains("is not one --builder-digest allows"), "{err}");
+    let err = require(Policy {
+        source_repo: Some("https://git.example/elsewhere.git".into()),
+        ..Policy::default()
+    })
+    .await;
+    assert!(
+        err.contains("not --source-repo https://git.example/elsewhere.git"),
+        "{err}"
+    );
+    let err = require(Policy {
+        git_ref: Some("refs/heads/release".into()),
+        ..policy.clone()
+    })
+    .await;
+    assert!(err.contains("not --ref refs/heads/release"), "{err}");
+    // A job of no project: neither protected nor any project's.
+    let err = require(Policy {
+        protected: true,
+        ..Policy::default()
+    })
+    .await;
+    assert!(
+        err.contains("is not a protected ref of its project (--protected)"),
+        "{err}"
+    );
+    let err = require(Policy {
+        project: Some("web".into()),
+        ..Policy::default()
+    })
+    .await;
+    assert!(
+        err.contains("built by no project, not by --project web"),
+        "{err}"
+    );
     let (_, stranger) = key_pair(dir.path(), "stranger");
-    let err = failure(verify(&registry_client, &tag, &stranger, &[]).await);
+    let err = failure(verify(&registry_client, &tag, &stranger, &Policy::default()).await);
     assert!(err.contains("signed by another key"), "{err}");
 
     // An image pushed without Helix has none.
     let plain = format!("{}/plain/app:1", registry.address);
     push_plain_image(&plain, "one");
-    let err = failure(verify(&registry_client, &plain, &public, &[]).await);
+    let err = failure(verify(&registry_client, &plain, &public, &Policy::default()).await);
     assert!(err.contains("has no provenance"), "{err}");
 
     // The real envelope attached to it: about another image.
@@ -195,7 +227,7 @@ async fn a_two_platform_build_is_attested_verifies_and_forgeries_do_not() {
     attach::attach(&registry_client, &plain_ref, &plain_manifest, &envelope)
         .await
         .unwrap();
-    let err = failure(verify(&registry_client, &plain, &public, &[]).await);
+    let err = failure(verify(&registry_client, &plain, &public, &Policy::default()).await);
     assert!(err.contains("it was made for another image"), "{err}");
 
     // A statement rewritten to name another image and commit, under the
@@ -222,7 +254,7 @@ async fn a_two_platform_build_is_attested_verifies_and_forgeries_do_not() {
     )
     .await
     .unwrap();
-    let err = failure(verify(&registry_client, &other, &public, &[]).await);
+    let err = failure(verify(&registry_client, &other, &public, &Policy::default()).await);
     assert!(err.contains("altered after it was signed"), "{err}");
 
     // The command consumers run: exit 0 and a summary, or non-zero and
@@ -274,7 +306,9 @@ async fn a_two_platform_build_is_attested_verifies_and_forgeries_do_not() {
 
 /// The digest the registry gives `image` now.
 async fn registry_digest(registry: &str, image: &str) -> String {
-    let manifest = client(registry).manifest(&reference(image).unwrap()).await;
+    let manifest = common::registry_client(registry, None)
+        .manifest(&reference(image).unwrap())
+        .await;
     manifest.unwrap().unwrap().digest
 }
 

@@ -32,8 +32,8 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Row};
 
 use super::{
-    Commit, JobFilter, JobStore, OwedNotification, Read, StoreError, StoredJob, Writes, db_error,
-    delivered_column, delivered_from_column, parse_job,
+    Commit, JobFilter, JobStore, OwedNotification, StoreCall, StoreError, StoredJob, Writes,
+    db_error, delivered_column, delivered_from_column, parse_job,
 };
 use crate::queue::Notice;
 use conn::{Conn, migrate, open};
@@ -202,7 +202,7 @@ impl JobStore for PostgresStore {
         self.writes.record(id, name, body);
     }
 
-    fn records<'a>(&'a self, id: &'a str, prefix: &'a str) -> Read<'a, Option<Vec<String>>> {
+    fn records<'a>(&'a self, id: &'a str, prefix: &'a str) -> StoreCall<'a, Option<Vec<String>>> {
         async move {
             if self
                 .query_opt("SELECT 1 FROM jobs WHERE id = $1", &[&id])
@@ -223,7 +223,7 @@ impl JobStore for PostgresStore {
         .boxed()
     }
 
-    fn get<'a>(&'a self, id: &'a str) -> Read<'a, Option<Job>> {
+    fn get<'a>(&'a self, id: &'a str) -> StoreCall<'a, Option<Job>> {
         async move {
             let jobs = self
                 .jobs("SELECT body FROM jobs WHERE id = $1", &[&id])
@@ -233,7 +233,7 @@ impl JobStore for PostgresStore {
         .boxed()
     }
 
-    fn log<'a>(&'a self, id: &'a str) -> Read<'a, Vec<LogLine>> {
+    fn log<'a>(&'a self, id: &'a str) -> StoreCall<'a, Vec<LogLine>> {
         async move {
             let rows = self
                 .query(
@@ -249,7 +249,7 @@ impl JobStore for PostgresStore {
         .boxed()
     }
 
-    fn position<'a>(&'a self, id: &'a str) -> Read<'a, Option<i64>> {
+    fn position<'a>(&'a self, id: &'a str) -> StoreCall<'a, Option<i64>> {
         async move {
             let row = self
                 .query_opt("SELECT seq FROM jobs WHERE id = $1", &[&id])
@@ -264,7 +264,7 @@ impl JobStore for PostgresStore {
         filter: &'a JobFilter,
         before: i64,
         limit: usize,
-    ) -> Read<'a, Vec<Job>> {
+    ) -> StoreCall<'a, Vec<Job>> {
         async move {
             let limit = i64::try_from(limit).unwrap_or(i64::MAX);
             let state = filter.state.map(State::as_str);
@@ -293,7 +293,7 @@ impl JobStore for PostgresStore {
         .boxed()
     }
 
-    fn count_by_state(&self) -> Read<'_, Vec<(State, u64)>> {
+    fn count_by_state(&self) -> StoreCall<'_, Vec<(State, u64)>> {
         async move {
             let rows = self
                 .query("SELECT state, COUNT(*) FROM jobs GROUP BY state", &[])
@@ -311,7 +311,7 @@ impl JobStore for PostgresStore {
         .boxed()
     }
 
-    fn unfinished_in_group<'a>(&'a self, group: &'a str) -> Read<'a, Vec<Job>> {
+    fn unfinished_in_group<'a>(&'a self, group: &'a str) -> StoreCall<'a, Vec<Job>> {
         async move {
             self.jobs(
                 "SELECT body FROM jobs WHERE state IN ('queued', 'running') AND grp = $1 \
@@ -323,7 +323,11 @@ impl JobStore for PostgresStore {
         .boxed()
     }
 
-    fn prune(&self, ended_before: Option<DateTime<Utc>>, keep: Option<usize>) -> Read<'_, u64> {
+    fn prune(
+        &self,
+        ended_before: Option<DateTime<Utc>>,
+        keep: Option<usize>,
+    ) -> StoreCall<'_, u64> {
         async move {
             let select = super::PRUNED_JOBS
                 .replace(
@@ -349,7 +353,11 @@ impl JobStore for PostgresStore {
         .boxed()
     }
 
-    fn owed_notifications(&self, lease: Duration, limit: usize) -> Read<'_, Vec<OwedNotification>> {
+    fn owed_notifications(
+        &self,
+        lease: Duration,
+        limit: usize,
+    ) -> StoreCall<'_, Vec<OwedNotification>> {
         async move {
             let limit = i64::try_from(limit).unwrap_or(i64::MAX);
             // SKIP LOCKED: hosts taking at once take different ones.
@@ -381,7 +389,7 @@ impl JobStore for PostgresStore {
         id: &'a str,
         delivered: &'a [String],
         retry_in: Option<Duration>,
-    ) -> Read<'a, ()> {
+    ) -> StoreCall<'a, ()> {
         async move {
             match retry_in {
                 None => {
@@ -402,7 +410,7 @@ impl JobStore for PostgresStore {
         .boxed()
     }
 
-    fn load_unfinished(&self) -> Read<'_, Vec<StoredJob>> {
+    fn load_unfinished(&self) -> StoreCall<'_, Vec<StoredJob>> {
         async move {
             let jobs = self
                 .jobs(

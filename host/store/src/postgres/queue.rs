@@ -11,7 +11,7 @@ use tokio_postgres::Client;
 use super::conn::open;
 use super::{CANCEL_CHANNEL, CHANGED_CHANNEL, PostgresStore, QUEUED_CHANNEL};
 use crate::queue::{ClaimRules, Heartbeat, JobQueue, LostRun, Notice, Start};
-use crate::{JobStore, Read, StoreError, StoredJob, db_error, parse_job};
+use crate::{JobStore, StoreCall, StoreError, StoredJob, db_error, parse_job};
 use helix_core::job::{Job, JobId, State};
 use helix_core::log::LogLine;
 
@@ -217,7 +217,7 @@ impl JobQueue for PostgresStore {
         Some(self.lease)
     }
 
-    fn enqueue<'a>(&'a self, job: &'a Job) -> Read<'a, ()> {
+    fn enqueue<'a>(&'a self, job: &'a Job) -> StoreCall<'a, ()> {
         // The writer tells other hosts when the insert commits.
         self.insert(job)
     }
@@ -226,7 +226,7 @@ impl JobQueue for PostgresStore {
         &'a self,
         rules: &'a ClaimRules<'a>,
         start: &'a Start,
-    ) -> Read<'a, Option<StoredJob>> {
+    ) -> StoreCall<'a, Option<StoredJob>> {
         async move {
             let Some(job) = self.claim_one(rules, start).await? else {
                 return Ok(None);
@@ -241,7 +241,7 @@ impl JobQueue for PostgresStore {
         // The database counts what runs.
     }
 
-    fn withdraw<'a>(&'a self, ended: &'a Job, line: &'a str) -> Read<'a, bool> {
+    fn withdraw<'a>(&'a self, ended: &'a Job, line: &'a str) -> StoreCall<'a, bool> {
         async move {
             let body = serde_json::to_string(ended).map_err(db_error)?;
             let changed = self
@@ -259,7 +259,7 @@ impl JobQueue for PostgresStore {
         .boxed()
     }
 
-    fn ask_cancel<'a>(&'a self, id: &'a str, reason: &'a str) -> Read<'a, bool> {
+    fn ask_cancel<'a>(&'a self, id: &'a str, reason: &'a str) -> StoreCall<'a, bool> {
         async move {
             let asked = self
                 .execute(
@@ -276,7 +276,7 @@ impl JobQueue for PostgresStore {
         .boxed()
     }
 
-    fn lost_runs(&self, own_too: bool) -> Read<'_, Vec<LostRun>> {
+    fn lost_runs(&self, own_too: bool) -> StoreCall<'_, Vec<LostRun>> {
         async move {
             let rows = self
                 .query(
@@ -306,7 +306,7 @@ impl JobQueue for PostgresStore {
         lost: &'a LostRun,
         recovered: &'a Job,
         line: &'a str,
-    ) -> Read<'a, bool> {
+    ) -> StoreCall<'a, bool> {
         async move {
             let body = serde_json::to_string(recovered).map_err(db_error)?;
             let attempts = i32::try_from(lost.job.attempts).unwrap_or(i32::MAX);
@@ -341,7 +341,7 @@ impl JobQueue for PostgresStore {
         .boxed()
     }
 
-    fn heartbeat<'a>(&'a self, running: &'a [JobId]) -> Read<'a, Heartbeat> {
+    fn heartbeat<'a>(&'a self, running: &'a [JobId]) -> StoreCall<'a, Heartbeat> {
         async move {
             let running: Vec<&str> = running.iter().map(JobId::as_str).collect();
             let rows = self
@@ -365,7 +365,7 @@ impl JobQueue for PostgresStore {
         .boxed()
     }
 
-    fn depth(&self) -> Read<'_, usize> {
+    fn depth(&self) -> StoreCall<'_, usize> {
         async move {
             let count: i64 = self
                 .query_one("SELECT COUNT(*) FROM jobs WHERE state = 'queued'", &[])
@@ -376,7 +376,7 @@ impl JobQueue for PostgresStore {
         .boxed()
     }
 
-    fn depth_of<'a>(&'a self, project: &'a str) -> Read<'a, usize> {
+    fn depth_of<'a>(&'a self, project: &'a str) -> StoreCall<'a, usize> {
         async move {
             let count: i64 = self
                 .query_one(
@@ -390,7 +390,7 @@ impl JobQueue for PostgresStore {
         .boxed()
     }
 
-    fn next_attempt<'a>(&'a self, job: &'a Job, next: &'a Job) -> Read<'a, bool> {
+    fn next_attempt<'a>(&'a self, job: &'a Job, next: &'a Job) -> StoreCall<'a, bool> {
         async move {
             let body = serde_json::to_string(next).map_err(db_error)?;
             let (was, now) = (
@@ -415,7 +415,7 @@ impl JobQueue for PostgresStore {
         &self,
         default_ttl: Option<Duration>,
         now: chrono::DateTime<chrono::Utc>,
-    ) -> Read<'_, Vec<Job>> {
+    ) -> StoreCall<'_, Vec<Job>> {
         async move {
             // Only candidates leave the database; Job::is_overdue decides,
             // as the local queue does.

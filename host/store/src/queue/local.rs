@@ -9,7 +9,7 @@ use futures_util::FutureExt as _;
 use tokio::sync::broadcast;
 
 use super::{ClaimRules, Heartbeat, JobQueue, LostRun, Notice, Start};
-use crate::{JobStore, Read, StoreError, StoredJob};
+use crate::{JobStore, StoreCall, StoreError, StoredJob};
 use helix_core::job::{Job, JobId, State, effective_priority};
 use helix_core::log::LogLine;
 
@@ -146,7 +146,7 @@ impl JobQueue for LocalQueue {
         None
     }
 
-    fn enqueue<'a>(&'a self, job: &'a Job) -> Read<'a, ()> {
+    fn enqueue<'a>(&'a self, job: &'a Job) -> StoreCall<'a, ()> {
         async move {
             self.store.insert(job).await?;
             self.waiting().push_back(job.clone());
@@ -160,7 +160,7 @@ impl JobQueue for LocalQueue {
         &'a self,
         rules: &'a ClaimRules<'a>,
         start: &'a Start,
-    ) -> Read<'a, Option<StoredJob>> {
+    ) -> StoreCall<'a, Option<StoredJob>> {
         async move {
             let Some(mut job) = self.take_first(rules) else {
                 return Ok(None);
@@ -185,7 +185,7 @@ impl JobQueue for LocalQueue {
         self.running().remove(id);
     }
 
-    fn withdraw<'a>(&'a self, ended: &'a Job, line: &'a str) -> Read<'a, bool> {
+    fn withdraw<'a>(&'a self, ended: &'a Job, line: &'a str) -> StoreCall<'a, bool> {
         async move {
             let taken = {
                 let mut waiting = self.waiting();
@@ -205,12 +205,12 @@ impl JobQueue for LocalQueue {
         .boxed()
     }
 
-    fn ask_cancel<'a>(&'a self, _id: &'a str, _reason: &'a str) -> Read<'a, bool> {
+    fn ask_cancel<'a>(&'a self, _id: &'a str, _reason: &'a str) -> StoreCall<'a, bool> {
         // Every run of this queue's jobs is this host's own.
         std::future::ready(Ok(false)).boxed()
     }
 
-    fn lost_runs(&self, own_too: bool) -> Read<'_, Vec<LostRun>> {
+    fn lost_runs(&self, own_too: bool) -> StoreCall<'_, Vec<LostRun>> {
         let lost = match own_too {
             true => std::mem::take(&mut *self.leftovers.lock().unwrap_or_else(|e| e.into_inner())),
             false => Vec::new(),
@@ -227,7 +227,7 @@ impl JobQueue for LocalQueue {
         _lost: &'a LostRun,
         recovered: &'a Job,
         line: &'a str,
-    ) -> Read<'a, bool> {
+    ) -> StoreCall<'a, bool> {
         async move {
             self.store
                 .append_log(&recovered.id, &LogLine::new(line), usize::MAX);
@@ -248,7 +248,7 @@ impl JobQueue for LocalQueue {
         .boxed()
     }
 
-    fn heartbeat<'a>(&'a self, running: &'a [JobId]) -> Read<'a, Heartbeat> {
+    fn heartbeat<'a>(&'a self, running: &'a [JobId]) -> StoreCall<'a, Heartbeat> {
         // No lease to lose: everything this host runs stays its own.
         let beat = Heartbeat {
             held: running.to_vec(),
@@ -257,11 +257,11 @@ impl JobQueue for LocalQueue {
         std::future::ready(Ok(beat)).boxed()
     }
 
-    fn depth(&self) -> Read<'_, usize> {
+    fn depth(&self) -> StoreCall<'_, usize> {
         std::future::ready(Ok(self.waiting().len())).boxed()
     }
 
-    fn depth_of<'a>(&'a self, project: &'a str) -> Read<'a, usize> {
+    fn depth_of<'a>(&'a self, project: &'a str) -> StoreCall<'a, usize> {
         let waiting = self.waiting();
         let count = waiting
             .iter()
@@ -270,7 +270,7 @@ impl JobQueue for LocalQueue {
         std::future::ready(Ok(count)).boxed()
     }
 
-    fn next_attempt<'a>(&'a self, _job: &'a Job, next: &'a Job) -> Read<'a, bool> {
+    fn next_attempt<'a>(&'a self, _job: &'a Job, next: &'a Job) -> StoreCall<'a, bool> {
         async move {
             self.store.update(next).await?;
             Ok(true)
@@ -282,7 +282,7 @@ impl JobQueue for LocalQueue {
         &self,
         default_ttl: Option<Duration>,
         now: chrono::DateTime<chrono::Utc>,
-    ) -> Read<'_, Vec<Job>> {
+    ) -> StoreCall<'_, Vec<Job>> {
         let overdue = self
             .waiting()
             .iter()

@@ -16,7 +16,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tokio::sync::broadcast;
 
-use crate::{JobStore, Read, StoreError, StoredJob};
+use crate::{JobStore, StoreCall, StoreError, StoredJob};
 use helix_core::job::{Job, JobId, TransitionError};
 use helix_core::log::LogLine;
 
@@ -37,7 +37,7 @@ pub trait JobQueue: Send + Sync + 'static {
     /// Stores a newly accepted, queued job and queues it; resolves once
     /// that is durable. [`StoreError::Duplicate`](crate::StoreError)
     /// when the id is taken.
-    fn enqueue<'a>(&'a self, job: &'a Job) -> Read<'a, ()>;
+    fn enqueue<'a>(&'a self, job: &'a Job) -> StoreCall<'a, ()>;
 
     /// Claims the next queued job `rules` allow (see [`ClaimRules`] for
     /// the order). `start` makes it running, and the job is stored as
@@ -47,7 +47,7 @@ pub trait JobQueue: Send + Sync + 'static {
         &'a self,
         rules: &'a ClaimRules<'a>,
         start: &'a Start,
-    ) -> Read<'a, Option<StoredJob>>;
+    ) -> StoreCall<'a, Option<StoredJob>>;
 
     /// Tells the queue that job `id`, which this host claimed, no longer
     /// runs here: its end is stored (or it went back to the queue).
@@ -57,16 +57,16 @@ pub trait JobQueue: Send + Sync + 'static {
     /// still queued (it ended before it started), and `line` in its log,
     /// both durable when it returns; `false` when a worker claimed it, or
     /// it ended, meanwhile.
-    fn withdraw<'a>(&'a self, ended: &'a Job, line: &'a str) -> Read<'a, bool>;
+    fn withdraw<'a>(&'a self, ended: &'a Job, line: &'a str) -> StoreCall<'a, bool>;
 
     /// Asks the host running job `id` to cancel it for `reason`; `false`
     /// when no other host runs it.
-    fn ask_cancel<'a>(&'a self, id: &'a str, reason: &'a str) -> Read<'a, bool>;
+    fn ask_cancel<'a>(&'a self, id: &'a str, reason: &'a str) -> StoreCall<'a, bool>;
 
     /// Running jobs whose host is gone: every other host's whose lease ran
     /// out, and with `own_too` this host's own (when it starts or stops,
     /// and any run of its own is a leftover).
-    fn lost_runs(&self, own_too: bool) -> Read<'_, Vec<LostRun>>;
+    fn lost_runs(&self, own_too: bool) -> StoreCall<'_, Vec<LostRun>>;
 
     /// Stores `recovered` (queued again, or ended) in place of `lost`,
     /// and `line` in its log, both durable before a worker can claim it,
@@ -77,25 +77,26 @@ pub trait JobQueue: Send + Sync + 'static {
         lost: &'a LostRun,
         recovered: &'a Job,
         line: &'a str,
-    ) -> Read<'a, bool>;
+    ) -> StoreCall<'a, bool>;
 
     /// Renews this host's leases on `running`, the jobs it still runs.
-    fn heartbeat<'a>(&'a self, running: &'a [JobId]) -> Read<'a, Heartbeat>;
+    fn heartbeat<'a>(&'a self, running: &'a [JobId]) -> StoreCall<'a, Heartbeat>;
 
     /// How many jobs wait, on every host.
-    fn depth(&self) -> Read<'_, usize>;
+    fn depth(&self) -> StoreCall<'_, usize>;
 
     /// How many jobs of project `project` wait, on every host.
-    fn depth_of<'a>(&'a self, project: &'a str) -> Read<'a, usize>;
+    fn depth_of<'a>(&'a self, project: &'a str) -> StoreCall<'a, usize>;
 
     /// The waiting jobs, on every host, that have waited past their
     /// queue TTL (their own, else `default_ttl`) at `now`, oldest first.
-    fn overdue(&self, default_ttl: Option<Duration>, now: DateTime<Utc>) -> Read<'_, Vec<Job>>;
+    fn overdue(&self, default_ttl: Option<Duration>, now: DateTime<Utc>)
+    -> StoreCall<'_, Vec<Job>>;
 
     /// Records that this host starts another attempt of `job`, which it
     /// runs (`next` is the job with the attempt counted); false when the
     /// host no longer holds the job.
-    fn next_attempt<'a>(&'a self, job: &'a Job, next: &'a Job) -> Read<'a, bool>;
+    fn next_attempt<'a>(&'a self, job: &'a Job, next: &'a Job) -> StoreCall<'a, bool>;
 
     /// News: jobs queued, cancellations asked for, jobs changed.
     fn notices(&self) -> broadcast::Receiver<Notice>;

@@ -27,7 +27,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use chrono::{DateTime, Utc};
 
 use super::{
-    Commit, JobFilter, JobStore, OwedNotification, PRUNED_JOBS, Read, StoreError, StoredJob,
+    Commit, JobFilter, JobStore, OwedNotification, PRUNED_JOBS, StoreCall, StoreError, StoredJob,
     Writes, db_error, delivered_column, delivered_from_column, parse_job,
 };
 use helix_core::job::{Job, JobId, State};
@@ -278,7 +278,7 @@ fn log_lines(db: &Connection, id: &str) -> Result<Vec<LogLine>, StoreError> {
 }
 
 /// Reads are quick local queries, answered before the future is returned.
-fn ready<'a, T: Send + 'a>(result: Result<T, StoreError>) -> Read<'a, T> {
+fn ready<'a, T: Send + 'a>(result: Result<T, StoreError>) -> StoreCall<'a, T> {
     std::future::ready(result).boxed()
 }
 
@@ -301,7 +301,7 @@ impl JobStore for SqliteStore {
         self.writes().record(id, name, body);
     }
 
-    fn records<'a>(&'a self, id: &'a str, prefix: &'a str) -> Read<'a, Option<Vec<String>>> {
+    fn records<'a>(&'a self, id: &'a str, prefix: &'a str) -> StoreCall<'a, Option<Vec<String>>> {
         let db = self.reader();
         let read = || {
             let exists = db
@@ -322,16 +322,16 @@ impl JobStore for SqliteStore {
         ready(read())
     }
 
-    fn get<'a>(&'a self, id: &'a str) -> Read<'a, Option<Job>> {
+    fn get<'a>(&'a self, id: &'a str) -> StoreCall<'a, Option<Job>> {
         let found = jobs(&self.reader(), "SELECT body FROM jobs WHERE id = ?1", [id]);
         ready(found.map(|jobs| jobs.into_iter().next()))
     }
 
-    fn log<'a>(&'a self, id: &'a str) -> Read<'a, Vec<LogLine>> {
+    fn log<'a>(&'a self, id: &'a str) -> StoreCall<'a, Vec<LogLine>> {
         ready(log_lines(&self.reader(), id))
     }
 
-    fn position<'a>(&'a self, id: &'a str) -> Read<'a, Option<i64>> {
+    fn position<'a>(&'a self, id: &'a str) -> StoreCall<'a, Option<i64>> {
         let position = self
             .reader()
             .prepare_cached("SELECT seq FROM jobs WHERE id = ?1")
@@ -345,7 +345,7 @@ impl JobStore for SqliteStore {
         filter: &'a JobFilter,
         before: i64,
         limit: usize,
-    ) -> Read<'a, Vec<Job>> {
+    ) -> StoreCall<'a, Vec<Job>> {
         let db = self.reader();
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let (group, builder, text, project) = (
@@ -375,7 +375,7 @@ impl JobStore for SqliteStore {
         })
     }
 
-    fn count_by_state(&self) -> Read<'_, Vec<(State, u64)>> {
+    fn count_by_state(&self) -> StoreCall<'_, Vec<(State, u64)>> {
         let db = self.reader();
         let counts = State::ALL
             .iter()
@@ -389,7 +389,7 @@ impl JobStore for SqliteStore {
         ready(counts)
     }
 
-    fn unfinished_in_group<'a>(&'a self, group: &'a str) -> Read<'a, Vec<Job>> {
+    fn unfinished_in_group<'a>(&'a self, group: &'a str) -> StoreCall<'a, Vec<Job>> {
         ready(jobs(
             &self.reader(),
             "SELECT body FROM jobs WHERE state IN ('queued', 'running') \
@@ -398,7 +398,11 @@ impl JobStore for SqliteStore {
         ))
     }
 
-    fn prune(&self, ended_before: Option<DateTime<Utc>>, keep: Option<usize>) -> Read<'_, u64> {
+    fn prune(
+        &self,
+        ended_before: Option<DateTime<Utc>>,
+        keep: Option<usize>,
+    ) -> StoreCall<'_, u64> {
         ready(prune(&self.reader(), ended_before, keep))
     }
 
@@ -406,7 +410,7 @@ impl JobStore for SqliteStore {
         &self,
         lease: std::time::Duration,
         limit: usize,
-    ) -> Read<'_, Vec<OwedNotification>> {
+    ) -> StoreCall<'_, Vec<OwedNotification>> {
         ready(take_owed(&self.reader(), lease, limit))
     }
 
@@ -415,7 +419,7 @@ impl JobStore for SqliteStore {
         id: &'a str,
         delivered: &'a [String],
         retry_in: Option<std::time::Duration>,
-    ) -> Read<'a, ()> {
+    ) -> StoreCall<'a, ()> {
         let db = self.reader();
         let settled = match retry_in {
             None => db.execute("DELETE FROM outbox WHERE job_id = ?1", [id]),
@@ -427,7 +431,7 @@ impl JobStore for SqliteStore {
         ready(settled.map(drop).map_err(db_error))
     }
 
-    fn load_unfinished(&self) -> Read<'_, Vec<StoredJob>> {
+    fn load_unfinished(&self) -> StoreCall<'_, Vec<StoredJob>> {
         let db = self.reader();
         let unfinished = jobs(
             &db,

@@ -452,7 +452,7 @@ async fn attaching_provenance_rides_out_a_registry_restart_and_concurrent_upload
     };
     let (key, public) = key_pair(dir.path(), "retry");
     let provenance = Provenance::new(SigningKey::load(&key).unwrap(), "test-host".into());
-    let registry_client = client(&registry.address);
+    let registry_client = common::registry_client(&registry.address, None);
 
     registry.stop();
     let log = JobLog::new(100);
@@ -469,7 +469,7 @@ async fn attaching_provenance_rides_out_a_registry_restart_and_concurrent_upload
                 && l.contains("trying again in")),
         "{retries:?}"
     );
-    let verified = verify(&registry_client, &image, &public, &[])
+    let verified = verify(&registry_client, &image, &public, &Policy::default())
         .await
         .unwrap();
     assert_eq!(
@@ -508,9 +508,14 @@ async fn attaching_provenance_rides_out_a_registry_restart_and_concurrent_upload
     let failed: Vec<&String> = all.iter().filter_map(|a| a.as_ref().err()).collect();
     assert!(failed.is_empty(), "{failed:?}");
     for result in &results {
-        verify(&registry_client, &result.image_tag, &public, &[])
-            .await
-            .unwrap_or_else(|e| panic!("{}: {e}", result.image_tag));
+        verify(
+            &registry_client,
+            &result.image_tag,
+            &public,
+            &Policy::default(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{}: {e}", result.image_tag));
     }
     assert!(
         attested

@@ -142,7 +142,9 @@ fn cancelling_a_running_job_over_http() {
     let (status, job) = server.json("POST", "/v1/jobs/long/cancel", None);
     assert_eq!(status, 200);
     assert_eq!(job["state"], "cancelled");
-    assert_eq!(job["error"], "cancelled: cancelled by request");
+    assert_eq!(job["error"], "cancelled by request");
+    let (_, log) = server.request("GET", "/v1/jobs/long/logs", None);
+    assert!(log.ends_with("[helix] job cancelled by request\n"), "{log}");
 }
 
 #[test]
@@ -158,6 +160,67 @@ fn sigterm_stops_the_server_cleanly() {
     );
     let status = server.child.wait().unwrap();
     assert!(status.success(), "exit status {status}");
+}
+
+#[test]
+fn during_the_stop_grace_reads_waits_and_follows_answer_and_submissions_get_503() {
+    let mut server = Server::start(&[]);
+    submit(
+        &server,
+        "finishing",
+        json!({"HELIX_SIMULATE_DELAY_MS": "3000"}),
+    );
+    assert!(until_running(&server, "finishing", 500).0);
+    assert_eq!(server.raw("GET", "/readyz", "", "").0, 200);
+    let pid = server.child.id() as i32;
+    // SAFETY: signalling the child this test started.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let stopping = (0..250).any(|_| {
+        std::thread::sleep(Duration::from_millis(20));
+        server.raw("GET", "/readyz", "", "").0 == 503
+    });
+    assert!(stopping, "/readyz never said the server is stopping");
+
+    let body = json!({"id": "late", "repo_url": "https://git.example/app.git"}).to_string();
+    let (status, head, answer) = server.exchange("POST", "/v1/jobs", &body, "");
+    assert_eq!(status, 503, "{answer}");
+    assert!(
+        head.to_ascii_lowercase().contains("retry-after: "),
+        "{head}"
+    );
+    let error: Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(error["error"]["code"], "shutting_down");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("the server is stopping"),
+        "{answer}"
+    );
+    assert_eq!(server.raw("GET", "/healthz", "", "").0, 200);
+    let (status, job) = server.json("GET", "/v1/jobs/finishing", None);
+    assert_eq!((status, job["state"].as_str()), (200, Some("running")));
+    assert_eq!(server.json("GET", "/v1/jobs/late", None).0, 404);
+
+    // A wait and a follow started during the grace answer at the job's end.
+    let (waited, (status, followed)) = std::thread::scope(|scope| {
+        let waiter =
+            scope.spawn(|| server.json("GET", "/v1/jobs/finishing/wait?timeout_secs=30", None));
+        let followed = server.request("GET", "/v1/jobs/finishing/logs?follow=true", None);
+        (waiter.join().unwrap(), followed)
+    });
+    assert_eq!(
+        (waited.0, waited.1["state"].as_str()),
+        (200, Some("succeeded"))
+    );
+    assert_eq!(status, 200);
+    assert!(
+        followed.contains("data: [helix] job succeeded"),
+        "{followed}"
+    );
+    assert!(followed.contains("event: end"), "{followed}");
+    let exit = server.child.wait().unwrap();
+    assert!(exit.success(), "exit status {exit}");
 }
 
 #[test]
@@ -856,6 +919,12 @@ fn metrics_count_jobs_by_state_and_build_time() {
 
 /// Runs a client command against `server` (HELIX_TOKEN as given).
 fn cli(server: &Server, token: Option<&str>, args: &[&str]) -> (bool, String, String) {
+    let (code, out, err) = cli_exit(server, token, args);
+    (code == Some(0), out, err)
+}
+
+/// [`cli`] with the exit code.
+fn cli_exit(server: &Server, token: Option<&str>, args: &[&str]) -> (Option<i32>, String, String) {
     let mut command = Command::new(env!("CARGO_BIN_EXE_helix-build"));
     command
         .args(args)
@@ -870,7 +939,7 @@ fn cli(server: &Server, token: Option<&str>, args: &[&str]) -> (bool, String, St
     }
     let output = command.output().unwrap();
     (
-        output.status.success(),
+        output.status.code(),
         String::from_utf8_lossy(&output.stdout).into_owned(),
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
@@ -1048,15 +1117,18 @@ fn cli_lists_shows_cancels_and_reads_logs() {
         assert!(ok, "{flags:?}: {timed}");
         assert_timestamped(&timed, &out);
     }
-    let (ok, out, _) = cli(&server, None, &["wait", "long", "--timeout", "1"]);
-    assert!(!ok, "a job still running is not a success");
+    let (code, out, _) = cli_exit(&server, None, &["wait", "long", "--timeout", "1"]);
+    assert_eq!(
+        code,
+        Some(124),
+        "the timeout passed, the job still running: {out}"
+    );
     assert!(out.contains("long running"), "{out}");
     let (ok, out, _) = cli(&server, None, &["cancel", "long"]);
     assert!(ok, "{out}");
-    assert!(
-        out.contains("long cancelled: cancelled: cancelled by request"),
-        "{out}"
-    );
+    assert_eq!(out.trim(), "long cancelled by request");
+    let (code, out, _) = cli_exit(&server, None, &["wait", "long", "--timeout", "1"]);
+    assert_eq!(code, Some(1), "ended, not succeeded: {out}");
     let (ok, _, err) = cli(&server, None, &["cancel", "long"]);
     assert!(!ok && err.contains("already ended"), "{err}");
     let (ok, out, _) = cli(&server, None, &["builders"]);
@@ -1180,6 +1252,8 @@ fn help_names_the_token_without_its_value_and_server_options_only_on_serve() {
         "{submit}"
     );
     assert!(help(&["serve"]).contains("--log-format"));
+    let wait = help(&["wait"]);
+    assert!(wait.contains("exit 124"), "{wait}");
 }
 
 #[test]
@@ -1240,7 +1314,7 @@ fn every_documented_operation_exists_and_answers_a_documented_status() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 15, "every route of the router is documented");
+    assert_eq!(checked, 16, "every route of the router is documented");
 }
 
 #[test]
@@ -1897,4 +1971,215 @@ fn a_notification_owed_when_the_server_is_killed_is_sent_after_the_restart() {
     let received = receiver.wait_for(1, 150);
     assert_eq!(received.len(), 1, "{received:?}");
     assert_notified(&received[0], "notify-secret", "owed", "succeeded");
+}
+
+/// Writes `head` to `to` one byte a second (from another thread) until
+/// the server closes the connection, which `closed` waits for; returns
+/// how long that took and what `closed` read.
+fn trickle(
+    mut to: impl Write + Send + 'static,
+    head: &'static [u8],
+    closed: impl FnOnce() -> String,
+) -> (Duration, String) {
+    let started = std::time::Instant::now();
+    std::thread::spawn(move || {
+        for byte in head {
+            if to.write_all(&[*byte]).and_then(|()| to.flush()).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    });
+    let read = closed();
+    (started.elapsed(), read)
+}
+
+#[test]
+fn a_client_trickling_its_headers_or_idling_is_cut_off_after_the_header_timeout() {
+    const HEAD: &[u8] =
+        b"GET /healthz HTTP/1.1\r\nHost: helix\r\nX-Slow: aaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+    let cut_off = |elapsed: Duration, read: &str| {
+        assert!(
+            (Duration::from_millis(1500)..Duration::from_secs(8)).contains(&elapsed),
+            "closed after {elapsed:?}"
+        );
+        assert!(!read.contains("200 OK"), "{read}");
+    };
+    let data = tempfile::tempdir().unwrap();
+    let file = |name: &str| data.path().join(name);
+    let (ca, cert, key) = test_ca("helix timeout CA");
+    for (name, pem) in [("ca.pem", &ca), ("cert.pem", &cert), ("key.pem", &key)] {
+        std::fs::write(file(name), pem).unwrap();
+    }
+    std::fs::write(file("plain.toml"), "request_header_timeout_secs = 2\n").unwrap();
+    let plain = Server::start_in(
+        &file("plain"),
+        &["--config", file("plain.toml").to_str().unwrap()],
+    );
+
+    let stream = std::net::TcpStream::connect(plain.address).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut reader = stream.try_clone().unwrap();
+    let (elapsed, read) = trickle(stream, HEAD, move || {
+        let mut read = String::new();
+        let _ = reader.read_to_string(&mut read);
+        read
+    });
+    cut_off(elapsed, &read);
+
+    // A normal client, kept alive: two requests answered, then closed
+    // once it idled past the timeout.
+    let mut stream = std::net::TcpStream::connect(plain.address).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    for _ in 0..2 {
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: helix\r\n\r\n")
+            .unwrap();
+        let mut answer = [0u8; 512];
+        let n = stream.read(&mut answer).unwrap();
+        let answer = String::from_utf8_lossy(&answer[..n]);
+        assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+        assert!(answer.ends_with(r#"{"status":"ok"}"#), "{answer}");
+    }
+    let idle = std::time::Instant::now();
+    assert_eq!(stream.read(&mut [0u8; 16]).unwrap_or(0), 0);
+    cut_off(idle.elapsed(), "");
+
+    // HTTPS: the same, after the TLS handshake.
+    std::fs::write(
+        file("tls.toml"),
+        format!(
+            "request_header_timeout_secs = 2\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+            file("cert.pem").display(),
+            file("key.pem").display()
+        ),
+    )
+    .unwrap();
+    let tls = Server::start_in(
+        &file("tls"),
+        &["--config", file("tls.toml").to_str().unwrap()],
+    );
+    let mut client = Command::new("openssl")
+        .args(["s_client", "-quiet", "-verify_return_error", "-CAfile"])
+        .arg(file("ca.pem"))
+        .args(["-connect", &tls.address.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdin = client.stdin.take().unwrap();
+    let mut stdout = client.stdout.take().unwrap();
+    let (elapsed, read) = trickle(stdin, HEAD, move || {
+        let mut read = String::new();
+        let _ = stdout.read_to_string(&mut read);
+        read
+    });
+    let _ = client.kill();
+    let _ = client.wait();
+    cut_off(elapsed, &read);
+    let (ok, out, err) = cli(
+        &tls,
+        None,
+        &["jobs", &format!("--ca-file={}", file("ca.pem").display())],
+    );
+    assert!(ok, "{out}{err}");
+}
+
+/// `helix-build serve` on `data` when it is expected not to start: its
+/// exit status and stderr.
+fn refused_start(data: &std::path::Path) -> (std::process::ExitStatus, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_helix-build"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("HELIX_DATA_DIR", data)
+        .env_remove("HELIX_CONFIG")
+        .output()
+        .unwrap();
+    (
+        output.status,
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// A data dir a server used: `jobs` simulated jobs with long logs, ended,
+/// the server stopped and the database checkpointed into its main file.
+fn used_data_dir(jobs: usize) -> (tempfile::TempDir, std::path::PathBuf) {
+    let data = tempfile::tempdir().unwrap();
+    let mut server = Server::start_in(data.path(), &[]);
+    for i in 0..jobs {
+        submit(
+            &server,
+            &format!("used-{i}"),
+            json!({"HELIX_SIMULATE_LOG_LINES": "400"}),
+        );
+    }
+    let (_, job) = server.json(
+        "GET",
+        &format!("/v1/jobs/used-{}/wait?timeout_secs=60", jobs - 1),
+        None,
+    );
+    assert_eq!(job["state"], "succeeded", "{job}");
+    // SAFETY: signalling the child this test started.
+    unsafe { libc::kill(server.child.id() as i32, libc::SIGTERM) };
+    assert!(server.child.wait().unwrap().success());
+    let db = data.path().join("helix.db");
+    let connection = rusqlite::Connection::open(&db).unwrap();
+    connection
+        .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        .unwrap();
+    drop(connection);
+    (data, db)
+}
+
+#[test]
+fn an_emptied_or_damaged_store_in_a_used_data_dir_is_refused_by_name() {
+    // A fresh data dir starts.
+    let fresh = tempfile::tempdir().unwrap();
+    let server = Server::start_in(fresh.path(), &[]);
+    assert_eq!(server.raw("GET", "/readyz", "", "").0, 200);
+    drop(server);
+
+    // Emptied: the file truncated (its WAL gone with it).
+    let (data, db) = used_data_dir(2);
+    std::fs::write(&db, b"").unwrap();
+    let _ = std::fs::remove_file(data.path().join("helix.db-wal"));
+    let (status, stderr) = refused_start(data.path());
+    assert!(!status.success());
+    assert!(
+        stderr.contains(&format!("job store {} is empty", db.display())),
+        "{stderr}"
+    );
+    assert!(stderr.contains("helix-build backup"), "{stderr}");
+    assert_eq!(
+        std::fs::metadata(&db).unwrap().len(),
+        0,
+        "nothing written to it"
+    );
+
+    // Damaged: blocks of noise written over the middle of the file.
+    let (data, db) = used_data_dir(20);
+    let mut bytes = std::fs::read(&db).unwrap();
+    let pages = bytes.len() / 4096;
+    assert!(pages > 20, "a store of {pages} pages");
+    let mut noise = 0x9e37_79b9_7f4a_7c15_u64;
+    for page in [pages / 3, pages / 2, 2 * pages / 3] {
+        for byte in &mut bytes[page * 4096..(page + 1) * 4096] {
+            noise ^= noise << 13;
+            noise ^= noise >> 7;
+            noise ^= noise << 17;
+            *byte = noise as u8;
+        }
+    }
+    std::fs::write(&db, &bytes).unwrap();
+    let (status, stderr) = refused_start(data.path());
+    assert!(!status.success());
+    assert!(
+        stderr.contains(&format!("job store {} is damaged", db.display())),
+        "{stderr}"
+    );
+    assert!(stderr.contains("helix-build backup"), "{stderr}");
 }

@@ -3,8 +3,8 @@
 //! it is. When a token or a project is configured every `/v1` route needs
 //! `Authorization: Bearer <token>`, resolved to a [`Caller`] whose scopes
 //! each route checks (403 naming the missing scope); another project's
-//! job answers exactly as a job that does not exist (404). `/healthz` and
-//! `/metrics` stay open.
+//! job answers exactly as a job that does not exist (404). `/healthz`,
+//! `/readyz` and `/metrics` stay open.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -64,6 +64,7 @@ pub fn router(service: Service, access: Access) -> Router {
         }));
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .merge(hooks)
         .route("/metrics", get(metrics))
         .merge(crate::dashboard::router())
@@ -268,6 +269,17 @@ type ApiResult<T> = Result<T, ApiError>;
     responses((status = 200, description = "ok")))]
 pub(crate) async fn healthz() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))
+}
+
+/// Unlike `/healthz` (the process answers), whether it should be sent
+/// work: a load balancer drains a host that answers 503 here.
+#[utoipa::path(get, path = "/readyz", summary = "readiness: takes submissions and its store answers",
+    security(()),
+    responses((status = 200, description = "ready"),
+        (status = 503, description = "stopping, or the job store cannot serve", body = ErrorBody)))]
+pub(crate) async fn readyz(State(service): State<Service>) -> ApiResult<Json<serde_json::Value>> {
+    service.ready().await?;
+    Ok(Json(json!({ "status": "ready" })))
 }
 
 #[utoipa::path(post, path = "/v1/jobs", summary = "submit a job", request_body = JobRequest,

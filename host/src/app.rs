@@ -49,6 +49,7 @@ pub async fn start_with(
     config: &Config,
     extend: impl FnOnce(&mut PluginRuntime),
 ) -> Result<Service, StartError> {
+    let used = data_dir_used(config);
     for dir in [config.data_dir.clone(), config.workspace_dir()] {
         std::fs::create_dir_all(&dir).map_err(|source| StartError::DataDir {
             path: dir.display().to_string(),
@@ -57,7 +58,18 @@ pub async fn start_with(
     }
     let (store, queue): (Arc<dyn JobStore>, Arc<dyn JobQueue>) = match config.store()? {
         StoreLocation::Sqlite(path) => {
-            let store: Arc<dyn JobStore> = Arc::new(SqliteStore::open(&path)?);
+            if used && !path.exists() {
+                tracing::warn!(
+                    store = %path.display(),
+                    "this data dir was in use but holds no store: starting an empty one"
+                );
+            }
+            let open = if used {
+                SqliteStore::open_used
+            } else {
+                SqliteStore::open
+            };
+            let store: Arc<dyn JobStore> = Arc::new(open(&path)?);
             let queue = Arc::new(LocalQueue::open(store.clone()).await?);
             (store, queue)
         }
@@ -109,6 +121,12 @@ pub async fn start_with(
         })),
     };
     Ok(Service::start(service_config, Arc::new(runtime), policy).await?)
+}
+
+/// Whether a server ran on `config`'s data dir before: every start makes
+/// its workspace directory.
+fn data_dir_used(config: &Config) -> bool {
+    config.workspace_dir().is_dir()
 }
 
 /// Every configured builder, compiled (or loaded from the compile cache).

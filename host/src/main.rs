@@ -163,10 +163,12 @@ enum ClientCommand {
     Audit { id: String },
     /// Show the signed SLSA provenance attached to a job's image (JSON).
     Provenance { id: String },
-    /// Wait for a job to end; exit 0 only if it succeeded.
+    /// Wait for a job to end; exit 0 if it succeeded, 1 if it ended
+    /// otherwise, 124 if --timeout passed first.
     Wait {
         id: String,
-        /// Give up after this many seconds (then print the job as it is).
+        /// Give up after this many seconds: print the job as it is and exit
+        /// 124 (as timeout(1) does).
         #[arg(long)]
         timeout: Option<u64>,
     },
@@ -256,10 +258,12 @@ async fn main() -> ExitCode {
             listen,
             insecure_no_auth,
             log_format: _,
-        } => serve(config, listen, insecure_no_auth).await.map(|()| true),
+        } => serve(config, listen, insecure_no_auth)
+            .await
+            .map(|()| ExitCode::SUCCESS),
         Command::Plugin {
             command: PluginCommand::Check { file },
-        } => check_plugin(&file).await.map(|()| true),
+        } => check_plugin(&file).await.map(|()| ExitCode::SUCCESS),
         Command::Plugin {
             command: PluginCommand::New { name, lang, dir },
         } => plugin_tools::scaffold::create(&dir, &name, lang).map(|files| {
@@ -270,7 +274,7 @@ async fn main() -> ExitCode {
                 "made builder {name}: `{}/build.sh` builds it; see its README.md",
                 dir.join(&name).display()
             );
-            true
+            ExitCode::SUCCESS
         }),
         Command::Plugin {
             command:
@@ -284,21 +288,20 @@ async fn main() -> ExitCode {
                     canned,
                     source,
                 },
-        } => {
-            cli::plugin_test(cli::TrialFiles {
-                component: file,
-                job,
-                grants,
-                grants_of,
-                settings: settings.into_iter().collect(),
-                dry_run,
-                canned,
-                source,
-            })
-            .await
-        }
-        Command::Backup { file, config } => backup(config, &file).map(|()| true),
-        Command::Keygen { prefix } => keygen(&prefix).map(|()| true),
+        } => cli::plugin_test(cli::TrialFiles {
+            component: file,
+            job,
+            grants,
+            grants_of,
+            settings: settings.into_iter().collect(),
+            dry_run,
+            canned,
+            source,
+        })
+        .await
+        .map(succeeded),
+        Command::Backup { file, config } => backup(config, &file).map(|()| ExitCode::SUCCESS),
+        Command::Keygen { prefix } => keygen(&prefix).map(|()| ExitCode::SUCCESS),
         Command::Verify {
             image,
             key,
@@ -319,7 +322,7 @@ async fn main() -> ExitCode {
             };
             cli::verify(&image, &key, &policy, insecure, authfile)
                 .await
-                .map(|()| true)
+                .map(|()| ExitCode::SUCCESS)
         }
         Command::Client(command) => {
             let token = cli.token.filter(|t| !t.is_empty());
@@ -333,13 +336,18 @@ async fn main() -> ExitCode {
             .await
         }
     };
-    match result {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::FAILURE,
-        Err(message) => {
-            eprintln!("helix-build: {message}");
-            ExitCode::FAILURE
-        }
+    result.unwrap_or_else(|message| {
+        eprintln!("helix-build: {message}");
+        ExitCode::FAILURE
+    })
+}
+
+/// 0 when the command did what was asked, 1 when not.
+fn succeeded(done: bool) -> ExitCode {
+    if done {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 
@@ -411,14 +419,12 @@ async fn serve(
     };
     let access = config.access().map_err(|e| e.to_string())?;
     let service = app::start(&config).await.map_err(|e| e.to_string())?;
-    let listener = std::net::TcpListener::bind(config.listen)
-        .and_then(|l| l.set_nonblocking(true).map(|()| l))
-        .map_err(|e| {
-            format!(
-                "cannot listen on {}: {e} (choose another with --listen)",
-                config.listen
-            )
-        })?;
+    let listener = std::net::TcpListener::bind(config.listen).map_err(|e| {
+        format!(
+            "cannot listen on {}: {e} (choose another with --listen)",
+            config.listen
+        )
+    })?;
     let address = listener.local_addr().map_err(|e| e.to_string())?;
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!(%address, scheme, data_dir = %config.data_dir.display(), "helix-build listening");
@@ -435,33 +441,53 @@ async fn serve(
             )
         }),
     ));
-    match tls {
-        Some(tls) => {
-            let handle = axum_server::Handle::new();
-            let stopping = handle.clone();
-            let grace = app::stop_grace(&config);
-            tokio::spawn(async move {
-                shutdown.await;
-                stopping.graceful_shutdown(Some(grace));
-            });
-            axum_server::from_tcp_rustls(listener, tls)
-                .map_err(|e| format!("cannot serve HTTPS on {address}: {e}"))?
-                .handle(handle)
-                .serve(router.into_make_service())
-                .await
-        }
-        None => {
-            let listener =
-                tokio::net::TcpListener::from_std(listener).map_err(|e| e.to_string())?;
-            axum::serve(listener, router)
-                .with_graceful_shutdown(shutdown)
-                .await
-        }
+    let handle = axum_server::Handle::new();
+    let header_timeout = std::time::Duration::from_secs(config.request_header_timeout_secs);
+    let mut server = axum_server::from_tcp(listener)
+        .map_err(|e| format!("cannot serve on {address}: {e}"))?
+        .handle(handle.clone())
+        // hyper times the headers of HTTP/1 requests only, from the moment
+        // it waits for one (so idle keep-alive time counts); this bounds
+        // the protocol detection before the first request too.
+        .first_request_timeout(header_timeout);
+    server
+        .http_builder()
+        .http1()
+        .header_read_timeout(header_timeout);
+    let app = router.into_make_service();
+    let mut serving = match tls {
+        Some(tls) => tokio::spawn(
+            server
+                .acceptor(axum_server::tls_rustls::RustlsAcceptor::new(tls))
+                .serve(app),
+        ),
+        None => tokio::spawn(server.serve(app)),
+    };
+    tokio::select! {
+        () = shutdown => {}
+        ended = &mut serving => return Err(http_failed(ended)),
     }
-    .map_err(|e| format!("HTTP server failed: {e}"))?;
-    tracing::info!("shutting down: waiting for running jobs");
+    // The listener stays open while running jobs finish: reads, waits and
+    // follows go on, submissions get 503 (the service is stopping).
+    tracing::info!("shutting down: waiting for running jobs; submissions are refused");
     service.stop(app::stop_grace(&config)).await;
-    Ok(())
+    handle.graceful_shutdown(Some(CLOSE_LINGER));
+    match serving.await {
+        Ok(Ok(())) => Ok(()),
+        ended => Err(http_failed(ended)),
+    }
+}
+
+/// Once the jobs have stopped, how long answers in flight (a follow's
+/// `end` event, a wait's job) get before the listener's connections close.
+const CLOSE_LINGER: std::time::Duration = std::time::Duration::from_secs(5);
+
+fn http_failed(ended: Result<std::io::Result<()>, tokio::task::JoinError>) -> String {
+    match ended {
+        Ok(Ok(())) => "HTTP server stopped unexpectedly".into(),
+        Ok(Err(e)) => format!("HTTP server failed: {e}"),
+        Err(e) => format!("HTTP server failed: {e}"),
+    }
 }
 
 async fn client_command(
@@ -470,10 +496,10 @@ async fn client_command(
     token: Option<String>,
     ca_file: Option<&std::path::Path>,
     json: bool,
-) -> Result<bool, String> {
+) -> Result<ExitCode, String> {
     let client =
         helix_build::client::Client::new(server, token, ca_file).map_err(|e| e.to_string())?;
-    match command {
+    let done = match command {
         ClientCommand::Submit { job, wait, follow } => {
             cli::submit(&client, *job, wait, follow, json).await
         }
@@ -487,9 +513,17 @@ async fn client_command(
         } => cli::logs(&client, &id, follow, timestamps).await,
         ClientCommand::Audit { id } => cli::audit(&client, &id, json).await,
         ClientCommand::Provenance { id } => cli::provenance(&client, &id).await,
-        ClientCommand::Wait { id, timeout } => cli::wait(&client, &id, timeout, json).await,
+        ClientCommand::Wait { id, timeout } => {
+            return cli::wait(&client, &id, timeout, json)
+                .await
+                .map(|waited| match waited {
+                    Some(job) => succeeded(job.state == helix_build::job::State::Succeeded),
+                    None => ExitCode::from(cli::WAIT_TIMED_OUT),
+                });
+        }
         ClientCommand::Builders => cli::builders(&client, json).await,
-    }
+    };
+    done.map(succeeded)
 }
 
 async fn check_plugin(file: &std::path::Path) -> Result<(), String> {
@@ -522,9 +556,6 @@ async fn check_plugin(file: &std::path::Path) -> Result<(), String> {
     Ok(())
 }
 
-/// Resolves on SIGTERM or SIGINT. The handlers are installed when this is
-/// called, not when the future is first polled, so a signal arriving right
-/// after start-up still shuts down gracefully.
 async fn tls_config(cert: &std::path::Path, key: &std::path::Path) -> Result<RustlsConfig, String> {
     RustlsConfig::from_pem_file(cert, key).await.map_err(|e| {
         format!(
@@ -563,6 +594,9 @@ async fn reload_on_sighup(
     }
 }
 
+/// Resolves on SIGTERM or SIGINT. The handlers are installed when this is
+/// called, not when the future is first polled, so a signal arriving right
+/// after start-up still shuts down gracefully.
 fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, String> {
     use tokio::signal::unix::{SignalKind, signal};
     let install = |kind| signal(kind).map_err(|e| format!("cannot handle signals: {e}"));

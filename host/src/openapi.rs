@@ -17,6 +17,7 @@ use crate::api;
     ),
     paths(
         api::healthz,
+        api::readyz,
         api::metrics,
         api::openapi,
         api::submit,

@@ -105,13 +105,15 @@ pub async fn logs(
     Ok(true)
 }
 
+/// Waits for job `id` to end and prints it: the job once it ended, `None`
+/// when `timeout` passed first (the job is printed as it then is).
 pub async fn wait(
     client: &Client,
     id: &str,
     timeout: Option<u64>,
     as_json: bool,
-) -> Result<bool, String> {
+) -> Result<Option<Job>, String> {
     let job = wait_for(client, id, timeout.map(Duration::from_secs)).await?;
     report(&job, as_json);
-    Ok(job.state == State::Succeeded)
+    Ok(job.state.is_terminal().then_some(job))
 }

@@ -1,7 +1,8 @@
 //! The client commands: submit, jobs, get, cancel, logs, wait, builders.
 //! Each talks to a server over HTTP and prints for a person (or `--json`
 //! for a program). Exit codes: 0 when the command did what was asked (for
-//! `submit --wait/--follow` and `wait`: the job succeeded), 1 otherwise.
+//! `submit --wait/--follow` and `wait`: the job succeeded), 1 otherwise,
+//! and [`WAIT_TIMED_OUT`] when `wait --timeout` passed before the job ended.
 //! A module per command family; this one holds what they share: how a job,
 //! a table and a value are printed.
 
@@ -20,13 +21,16 @@ pub use plugin::{TrialFiles, plugin_test};
 pub use submit::{Submission, submit};
 pub use verify::verify;
 
+/// `wait`'s exit code when its `--timeout` passed first: timeout(1)'s.
+pub const WAIT_TIMED_OUT: u8 = 124;
+
 fn report(job: &Job, as_json: bool) {
     if as_json {
         print_json(job);
         return;
     }
-    match (&job.state, &job.image_tag, &job.error) {
-        (State::Succeeded, Some(tag), _) => {
+    match (&job.state, &job.image_tag) {
+        (State::Succeeded, Some(tag)) => {
             println!("{} succeeded: {tag}", job.id);
             if let Some(digest) = &job.digest {
                 println!("  digest {digest}");
@@ -35,8 +39,7 @@ fn report(job: &Job, as_json: bool) {
                 println!("  {platform} {digest}");
             }
         }
-        (state, _, Some(error)) => println!("{} {state}: {error}", job.id),
-        (state, _, None) => println!("{} {state}", job.id),
+        _ => println!("{} {}", job.id, job.summary()),
     }
 }
 

@@ -45,6 +45,12 @@ pub struct Config {
     pub tls_cert: Option<PathBuf>,
     /// The private key (PEM) of `tls_cert`.
     pub tls_key: Option<PathBuf>,
+    /// Seconds a connection gets to deliver a request's headers, counted
+    /// from when the server starts waiting for them: on a new connection,
+    /// or after the previous answer on a kept-alive one, so it is the idle
+    /// keep-alive timeout too. Past it the connection is closed (a client
+    /// trickling its headers holds no connection for longer).
+    pub request_header_timeout_secs: u64,
     /// Where compiled components, job workspaces and the store live.
     pub data_dir: PathBuf,
     /// Compiled-component cache; `<data_dir>/compiled` when absent. Safe to
@@ -148,6 +154,8 @@ impl Default for Config {
             projects: BTreeMap::new(),
             tls_cert: None,
             tls_key: None,
+            // hyper's own default, and under nginx's 60 s.
+            request_header_timeout_secs: 30,
             data_dir: default_data_dir(),
             cache_dir: None,
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
@@ -233,6 +241,9 @@ impl Config {
         self.validate_queue()?;
         if self.log_cap_lines == 0 {
             return invalid("log_cap_lines must be at least 1".into());
+        }
+        if self.request_header_timeout_secs == 0 {
+            return invalid("request_header_timeout_secs must be at least 1".into());
         }
         match (&self.tls_cert, &self.tls_key) {
             (None, None) => {}
@@ -416,6 +427,10 @@ mod tests {
         for (text, field) in [
             ("workers = 0", "workers"),
             ("queue_capacity = 0", "queue_capacity"),
+            (
+                "request_header_timeout_secs = 0",
+                "request_header_timeout_secs",
+            ),
             (
                 "[builders.simulated]\nmemory_mib = 0",
                 "builders.simulated.memory_mib",

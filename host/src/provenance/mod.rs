@@ -18,10 +18,14 @@ pub mod dsse;
 pub mod statement;
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
+use oci_client::Reference;
 use serde::{Deserialize, Serialize};
 
+use crate::backoff::Backoff;
 use crate::job::{BuildResult, Job};
+use crate::log::JobLog;
 use crate::plugin::{BuilderInfo, WIT_VERSION};
 use crate::reference::repository_of;
 use crate::registry::oci::{RegistryClient, digest_of, reference};
@@ -31,6 +35,36 @@ use statement::{
     ResourceDescriptor, RunDetails, SLSA_PROVENANCE, STATEMENT_TYPE, SlsaBuilder, Statement,
     sha256_hex,
 };
+
+/// Tries of an attach before the job fails, and the waits between them
+/// (up to 0.5, 1 and 2 s, jittered).
+pub const ATTACH_TRIES: u32 = 4;
+const ATTACH_RETRY: Backoff = Backoff {
+    first: Duration::from_millis(500),
+    max: Duration::from_secs(4),
+};
+
+/// Attaches `envelope` to the image `pinned` (in `repository`) and checks
+/// the registry lists it: the attestation's digest.
+async fn attach_listed(
+    registry: &RegistryClient,
+    repository: &Reference,
+    pinned: &Reference,
+    envelope: &[u8],
+) -> Result<String, String> {
+    let subject = registry
+        .manifest(pinned)
+        .await?
+        .ok_or_else(|| format!("{pinned} is not in the registry"))?;
+    let (attached, index) = attach::attach(registry, repository, &subject, envelope).await?;
+    let listed = attach::attestations(registry, repository, &subject.digest, Some(index)).await?;
+    if !listed.contains(&attached) {
+        return Err(format!(
+            "the registry does not list the attestation {attached} as referring to {pinned}"
+        ));
+    }
+    Ok(attached)
+}
 
 /// The name of the resolved dependency that is the Dockerfile built.
 pub const DOCKERFILE: &str = "dockerfile";
@@ -195,11 +229,15 @@ impl Provenance {
 
     /// Writes, signs and attaches the statement about `facts`' build
     /// through `registry`, and checks the registry lists it as referring
-    /// to the image.
+    /// to the image. A registry that fails meanwhile (unreachable, a 5xx,
+    /// a 400 while other jobs upload the same small blob) is tried again,
+    /// [`ATTACH_TRIES`] times in all with backoff, each retry said in `log`,
+    /// before the error is returned.
     pub async fn attest(
         &self,
         registry: &RegistryClient,
         facts: &BuildFacts<'_>,
+        log: &JobLog,
     ) -> Result<Attestation, String> {
         let statement = self.statement(facts);
         let payload = serde_json::to_vec(&statement).map_err(|e| e.to_string())?;
@@ -213,19 +251,22 @@ impl Provenance {
             .ok_or_else(|| format!("{image} was pushed without a digest"))?;
         let repository = reference(image)?;
         let pinned = reference(&format!("{}@{}", repository_of(image), digest.as_str()))?;
-        let subject = registry
-            .manifest(&pinned)
-            .await?
-            .ok_or_else(|| format!("{pinned} is not in the registry"))?;
-        let (attached, index) =
-            attach::attach(registry, &repository, &subject, &envelope_bytes).await?;
-        let listed =
-            attach::attestations(registry, &repository, &subject.digest, Some(index)).await?;
-        if !listed.contains(&attached) {
-            return Err(format!(
-                "the registry does not list the attestation {attached} as referring to {pinned}"
-            ));
-        }
+        let mut tries = 1;
+        let attached = loop {
+            match attach_listed(registry, &repository, &pinned, &envelope_bytes).await {
+                Ok(attached) => break attached,
+                Err(e) if tries < ATTACH_TRIES => {
+                    let wait = ATTACH_RETRY.delay(tries);
+                    log.push(&format!(
+                        "[helix] provenance: attaching failed ({e}); trying again in {:.1}s",
+                        wait.as_secs_f64()
+                    ));
+                    tokio::time::sleep(wait).await;
+                    tries += 1;
+                }
+                Err(e) => return Err(format!("{e} (tried {ATTACH_TRIES} times)")),
+            }
+        };
         Ok(Attestation {
             reference: format!("{}@{attached}", repository_of(image)),
             key_id: self.key.id(),

@@ -147,7 +147,9 @@ pub enum ServiceError {
     NotFound(String),
     #[error("job '{id}' already ended ({state}); only queued or running jobs can be cancelled")]
     AlreadyEnded { id: JobId, state: State },
-    #[error("the service is shutting down and accepts no new jobs")]
+    #[error(
+        "the server is stopping and accepts no new jobs; retry shortly (on another host, or here once it is back)"
+    )]
     ShuttingDown,
     /// The detail (the source) goes to the server's log, not to clients.
     #[error("the job store is unavailable, so nothing was read or changed; retry later")]
@@ -299,6 +301,11 @@ impl Service {
         // Workers claim for the builders they have: let them look again.
         self.inner.work.notify_waiters();
         Ok(runtime)
+    }
+
+    /// Whether [`Service::stop`] was called: submissions are refused.
+    pub fn is_stopping(&self) -> bool {
+        self.inner.stopping.load(Ordering::SeqCst)
     }
 
     /// Stops gracefully: no new jobs are accepted or started, running jobs

@@ -171,6 +171,17 @@ impl Service {
         })
     }
 
+    /// Whether this host takes submissions now: not stopping, and its store
+    /// answers a read (counting jobs by state reads the whole jobs table,
+    /// so a damaged one is found).
+    pub async fn ready(&self) -> Result<(), ServiceError> {
+        if self.is_stopping() {
+            return Err(ServiceError::ShuttingDown);
+        }
+        self.inner.config.store.count_by_state().await?;
+        Ok(())
+    }
+
     /// The job's log lines so far.
     pub async fn logs(&self, id: &str) -> Result<Vec<LogLine>, ServiceError> {
         if let Some(lines) = self.inner.live(id, |entry| entry.log.lines()) {

@@ -541,7 +541,7 @@ impl Inner {
         log: &JobLog,
     ) -> Result<(), Failure> {
         let attestation = provenance
-            .attest(registry, facts)
+            .attest(registry, facts, log)
             .await
             .map_err(Failure::Attest)?;
         let size = attestation.envelope.payload.len() * 3 / 4;

@@ -25,10 +25,9 @@ impl Inner {
                 return;
             }
             entry.cancel = None;
-            entry.log.push(&match &error {
-                Some(error) => format!("[helix] job {state}: {error}"),
-                None => format!("[helix] job {state}"),
-            });
+            entry
+                .log
+                .push(&format!("[helix] job {}", entry.job.summary()));
             tracing::info!(job = %id, %state, error = error.as_deref().unwrap_or(""), "job ended");
             entry.job.clone()
         };

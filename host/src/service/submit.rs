@@ -1,7 +1,6 @@
 //! Accepting a job: validated, within capacity, durable once acknowledged; a job that cancels its group's older runs does so here.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use chrono::Utc;
 
@@ -27,7 +26,7 @@ impl Service {
         request: JobRequest,
         project: Option<&Arc<Project>>,
     ) -> Result<Job, ServiceError> {
-        if self.inner.stopping.load(Ordering::SeqCst) {
+        if self.is_stopping() {
             return Err(ServiceError::ShuttingDown);
         }
         let policy = self.inner.policy();

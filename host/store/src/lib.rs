@@ -76,6 +76,20 @@ pub enum StoreError {
     Lost(JobId),
     #[error("job store: {0}")]
     Database(#[source] DatabaseError),
+    /// The database file fails SQLite's integrity check, or is no database.
+    #[error(
+        "job store {path} is damaged ({detail}); the server does not start on it. Stop it, copy \
+         the last `helix-build backup FILE` over {path} (deleting {path}-wal and {path}-shm), and \
+         start again; or move {path} aside to start with an empty store"
+    )]
+    Damaged { path: String, detail: String },
+    /// An empty database where one was in use: its jobs are gone.
+    #[error(
+        "job store {path} is empty, but this data dir was in use (a truncated or replaced file?); \
+         the server does not start on it. Copy the last `helix-build backup FILE` over {path}, or \
+         delete {path} to start with an empty store on purpose"
+    )]
+    Emptied { path: String },
 }
 
 /// What the database (or the store's use of it) failed with: the driver's

@@ -413,3 +413,113 @@ async fn the_statement_names_the_images_the_build_used_and_the_dockerfile_it_bui
         "{statement:?}"
     );
 }
+
+/// A registry away for a moment (stopped, then started again) while a
+/// build's provenance is attached, and many builds attaching to one
+/// repository at once (each uploading the same empty config blob): each
+/// attach is tried again on its own and succeeds, so no build is redone
+/// or failed for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attaching_provenance_rides_out_a_registry_restart_and_concurrent_uploads() {
+    use helix_build::job::BuildResult;
+    use helix_build::log::JobLog;
+    use helix_build::manifest::{Digest, Manifest};
+    use helix_build::provenance::{BuildFacts, Provenance};
+
+    let mut registry = Registry::start(false);
+    let image = format!("{}/retry/app:1", registry.address);
+    push_plain_image(&image, "retry");
+    let digest = registry_digest(&registry.address, &image).await;
+    let dir = tempfile::tempdir().unwrap();
+    let service = common::start(&common::config(&dir, 1, 100)).await;
+    let job = service.submit(common::simulated(0)).await.unwrap();
+    let runtime = service.runtime();
+    let builder = runtime.builders().next().unwrap().info().clone();
+    let result = BuildResult {
+        image_tag: image.clone(),
+        digest: Some(Digest::parse(&digest).unwrap()),
+        manifest: Manifest::new(),
+    };
+    let (commit, dockerfile) = ("c".repeat(40), "d".repeat(64));
+    let facts = BuildFacts {
+        job: &job,
+        commit: &commit,
+        result: &result,
+        builder: &builder,
+        dockerfile_sha256: &dockerfile,
+        base_images: Vec::new(),
+        audit: b"[]",
+    };
+    let (key, public) = key_pair(dir.path(), "retry");
+    let provenance = Provenance::new(SigningKey::load(&key).unwrap(), "test-host".into());
+    let registry_client = common::registry_client(&registry.address, None);
+
+    registry.stop();
+    let log = JobLog::new(100);
+    let (attested, ()) = tokio::join!(provenance.attest(&registry_client, &facts, &log), async {
+        tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+        tokio::task::block_in_place(|| registry.resume());
+    });
+    let attested = attested.expect("attached once the registry is back");
+    let retries = log.snapshot();
+    assert!(
+        retries
+            .iter()
+            .any(|l| l.starts_with("[helix] provenance: attaching failed (")
+                && l.contains("trying again in")),
+        "{retries:?}"
+    );
+    let verified = verify(&registry_client, &image, &public, &Policy::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        verified.image,
+        format!("{}/retry/app@{digest}", registry.address)
+    );
+
+    // Six images of one repository attached at once (distinct images: the
+    // fallback tag of one image is read, changed and written back whole).
+    let mut results = Vec::new();
+    for i in 0..6 {
+        let image = format!("{}/retry/app:c{i}", registry.address);
+        push_plain_image(&image, &format!("c{i}"));
+        let digest = registry_digest(&registry.address, &image).await;
+        results.push(BuildResult {
+            image_tag: image,
+            digest: Some(Digest::parse(&digest).unwrap()),
+            manifest: Manifest::new(),
+        });
+    }
+    let each: Vec<BuildFacts> = results
+        .iter()
+        .map(|result| BuildFacts {
+            result,
+            base_images: Vec::new(),
+            ..facts
+        })
+        .collect();
+    let logs: Vec<JobLog> = (0..each.len()).map(|_| JobLog::new(100)).collect();
+    let all = futures_util::future::join_all(
+        each.iter()
+            .zip(&logs)
+            .map(|(facts, log)| provenance.attest(&registry_client, facts, log)),
+    )
+    .await;
+    let failed: Vec<&String> = all.iter().filter_map(|a| a.as_ref().err()).collect();
+    assert!(failed.is_empty(), "{failed:?}");
+    for result in &results {
+        verify(
+            &registry_client,
+            &result.image_tag,
+            &public,
+            &Policy::default(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{}: {e}", result.image_tag));
+    }
+    assert!(
+        attested
+            .reference
+            .starts_with(&format!("{}/retry/app@", registry.address))
+    );
+}

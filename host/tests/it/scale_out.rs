@@ -169,6 +169,45 @@ async fn a_database_restart_while_jobs_run_loses_no_job_and_runs_none_twice() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_lines_written_while_the_database_is_down_are_stored_once_it_is_back() {
+    let postgres = Postgres::start();
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let a = host_with_lease(&postgres, "a", 1, &dirs[0], 30).await;
+    let mut request = simulated(3_000);
+    request
+        .build_args
+        .insert("HELIX_SIMULATE_LOG_LINES".into(), "30".into());
+    let job = a.submit(request).await.unwrap();
+    until_running(&a, &job.id).await;
+    let (log, _) = a.follow(job.id.as_str()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = log.snapshot().len();
+    postgres.pause();
+    let down = a.ready().await;
+    assert!(matches!(down, Err(ServiceError::Store(_))), "{down:?}");
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let during = log.snapshot().len();
+    postgres.resume();
+    let ended = finished(&a, &job.id).await;
+    assert_eq!(ended.state, State::Succeeded, "{:?}", ended.error);
+    a.ready().await.expect("ready once the database answers");
+
+    // Another host reads the log from the database alone.
+    let b = host(&postgres, "b", 1, &dirs[1]).await;
+    let stored = b.logs(job.id.as_str()).await.unwrap().texts();
+    let written = log.snapshot();
+    assert!(
+        during > before + 5,
+        "lines were written during the outage: {before} before, {during} by its end"
+    );
+    assert_eq!(stored, written, "every line stored, in order");
+    assert!(
+        stored.iter().any(|l| l.contains("[helix] job succeeded")),
+        "{stored:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn any_host_answers_reads_and_follows_jobs_of_another() {
     let postgres = Postgres::start();
     let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];

@@ -160,6 +160,17 @@ pub struct BuildSteps {
 
 /// What jobs stored before `context` existed were built from.
 impl Job {
+    /// How it stands, for a person: its state and its error, each said
+    /// once (`failed: build error: …`, `cancelled by request`, `timed out:
+    /// …`: those ends' errors start by naming them).
+    pub fn summary(&self) -> String {
+        match (self.state, &self.error) {
+            (State::Cancelled | State::TimedOut | State::Expired, Some(error)) => error.clone(),
+            (state, Some(error)) => format!("{state}: {error}"),
+            (state, None) => state.to_string(),
+        }
+    }
+
     /// How long it may wait in the queue: its own TTL, else `default`.
     pub fn queue_ttl(&self, default: Option<std::time::Duration>) -> Option<std::time::Duration> {
         self.queue_ttl_secs

@@ -199,6 +199,11 @@ impl Outcome {
         match self {
             Outcome::Succeeded(_) => None,
             Outcome::Failed { kind, message } => Some(format!("{}: {message}", kind.label())),
+            // "cancelled by request" says it once (as hosts of any version
+            // ask it over a shared queue).
+            Outcome::Cancelled { reason } if reason.starts_with("cancelled") => {
+                Some(reason.clone())
+            }
             Outcome::Cancelled { reason } => Some(format!("cancelled: {reason}")),
             Outcome::TimedOut { message } => Some(format!("timed out: {message}")),
             Outcome::Expired { message } => Some(format!("expired: {message}")),

@@ -2,7 +2,7 @@
 //! up in one transaction (group commit), its statements pipelined, and
 //! tells other hosts what changed when the transaction commits.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use tokio::sync::mpsc;
 use tokio_postgres::types::ToSql;
@@ -12,6 +12,7 @@ use super::conn::open;
 use super::{CHANGED_CHANNEL, QUEUED_CHANNEL, sql};
 use crate::{REMEMBERED_LOGS, StoreError, TRIM_EVERY, Write, acknowledge, db_error};
 use helix_core::job::JobId;
+use helix_core::log::{LogLine, human_bytes};
 
 /// Most writes committed in one transaction.
 const MAX_BATCH: usize = 1024;
@@ -74,7 +75,9 @@ impl Writer {
 }
 
 /// Commits queued writes in batches until the store is dropped,
-/// reconnecting when the database comes back.
+/// reconnecting when the database comes back. While it cannot be reached,
+/// job writes fail (their callers retry them) and log lines and records
+/// are [`Held`] for the first batch that commits.
 pub(super) async fn write_loop(
     url: String,
     host: String,
@@ -82,26 +85,152 @@ pub(super) async fn write_loop(
 ) {
     let mut writer: Option<Writer> = None;
     let mut lines: HashMap<JobId, u64> = HashMap::new();
+    let mut held = Held::new(MAX_HELD_BYTES);
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    while queued.recv_many(&mut batch, MAX_BATCH).await > 0 {
+    loop {
+        let received = queued.recv_many(&mut batch, MAX_BATCH);
+        let received = match held.is_empty() {
+            true => received.await,
+            // Held writes go in once the database answers, new writes or not.
+            false => tokio::time::timeout(RETRY_HELD, received)
+                .await
+                .unwrap_or(usize::MAX),
+        };
+        if received == 0 {
+            break;
+        }
         if writer.as_ref().is_some_and(|w| w.client.is_closed()) {
             writer = None;
         }
+        let mut writes = held.take();
+        writes.append(&mut batch);
         let result = match writer.as_mut() {
-            Some(w) => commit(w, &host, &batch, &mut lines).await,
+            Some(w) => commit(w, &host, &writes, &mut lines).await,
             None => match Writer::connect(&url).await {
-                Ok(w) => commit(writer.insert(w), &host, &batch, &mut lines).await,
+                Ok(w) => commit(writer.insert(w), &host, &writes, &mut lines).await,
                 Err(e) => Err(e),
             },
         };
-        let results = result.unwrap_or_else(|e| {
-            tracing::error!("job store: a batch of {} writes failed: {e}", batch.len());
-            vec![Err(e); batch.len()]
-        });
-        acknowledge(std::mem::take(&mut batch), results);
+        match result {
+            Ok(results) => acknowledge(writes, results),
+            Err(e) if !answers(writer.as_ref()).await => {
+                tracing::error!(
+                    "job store unreachable: a batch of {} writes failed, its log lines and \
+                     records are kept for when it answers: {e}",
+                    writes.len()
+                );
+                held.keep(writes, &e);
+            }
+            Err(e) => {
+                tracing::error!("job store: a batch of {} writes failed: {e}", writes.len());
+                let failed = vec![Err(e); writes.len()];
+                acknowledge(writes, failed);
+            }
+        }
         if lines.len() > REMEMBERED_LOGS {
             lines.clear();
         }
+    }
+}
+
+/// Whether the database answers on `writer`'s connection: after a batch
+/// failed, whether the statements were at fault or the database is gone.
+async fn answers(writer: Option<&Writer>) -> bool {
+    match writer {
+        Some(w) => {
+            let ping = w.client.simple_query("SELECT 1");
+            !w.client.is_closed()
+                && matches!(tokio::time::timeout(PING_LIMIT, ping).await, Ok(Ok(_)))
+        }
+        None => false,
+    }
+}
+
+/// Most log line and record text [`Held`] while the database is
+/// unreachable; past it lines are dropped, and a marker says how many.
+const MAX_HELD_BYTES: usize = 64 * 1024 * 1024;
+/// Longest [`answers`] waits: a connection cut by the network (no reset)
+/// would never answer.
+const PING_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
+/// How often held writes are tried again when no new write comes.
+const RETRY_HELD: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Log lines and records of batches that failed because the database was
+/// unreachable, oldest first, up to `limit` bytes of text; the lines past
+/// it are counted per job, for a marker line in their place.
+struct Held {
+    writes: Vec<Write>,
+    bytes: usize,
+    limit: usize,
+    /// Per job: lines dropped, and the log cap their writes carried.
+    dropped: BTreeMap<JobId, (u64, usize)>,
+}
+
+impl Held {
+    fn new(limit: usize) -> Self {
+        Held {
+            writes: Vec::new(),
+            bytes: 0,
+            limit,
+            dropped: BTreeMap::new(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.writes.is_empty() && self.dropped.is_empty()
+    }
+
+    /// Keeps `batch`'s log lines and records, and fails its job writes
+    /// with `error` (their callers retry them).
+    fn keep(&mut self, batch: Vec<Write>, error: &StoreError) {
+        for write in batch {
+            let size = match &write {
+                Write::Job { .. } => None,
+                Write::Log { line, .. } => Some(line.text.len()),
+                Write::Record { body, .. } => Some(body.len()),
+            };
+            match (write, size) {
+                (Write::Job { done, .. }, _) => {
+                    let _ = done.send(Err(error.clone()));
+                }
+                // Once one is dropped, so are the later ones: what is kept
+                // has no gaps before its marker.
+                (write, Some(size))
+                    if self.dropped.is_empty() && self.bytes + size <= self.limit =>
+                {
+                    self.bytes += size;
+                    self.writes.push(write);
+                }
+                (Write::Log { id, cap, .. }, _) => {
+                    let (count, kept_cap) = self.dropped.entry(id).or_default();
+                    *count += 1;
+                    *kept_cap = cap;
+                }
+                (Write::Record { id, name, .. }, _) => {
+                    tracing::error!(job = %id, "job store unreachable: its {name} record is lost");
+                }
+            }
+        }
+    }
+
+    /// The writes held, then a marker line for each job that lost lines:
+    /// to go before the next batch's.
+    fn take(&mut self) -> Vec<Write> {
+        let mut writes = std::mem::take(&mut self.writes);
+        self.bytes = 0;
+        for (id, (count, cap)) in std::mem::take(&mut self.dropped) {
+            let text = format!(
+                "[helix] {count} log lines dropped: written while the job store was unreachable, \
+                 past the {} this host holds for it",
+                human_bytes(self.limit)
+            );
+            writes.push(Write::Log {
+                id,
+                line: LogLine::new(text),
+                cap,
+            });
+        }
+        writes
     }
 }
 
@@ -249,7 +378,40 @@ fn changed_payloads<'a>(ids: impl IntoIterator<Item = &'a str>) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::changed_payloads;
+    use super::{Held, Write, changed_payloads};
+    use crate::StoreError;
+    use helix_core::job::JobId;
+    use helix_core::log::LogLine;
+
+    #[test]
+    fn held_lines_keep_their_order_and_those_past_the_bound_become_one_marker() {
+        let job = JobId::parse("held").unwrap();
+        let line = |text: &str| Write::Log {
+            id: job.clone(),
+            line: LogLine::new(text),
+            cap: 100,
+        };
+        let mut held = Held::new(11);
+        let outage = StoreError::Database("connection refused".into());
+        held.keep(vec![line("one"), line("two")], &outage);
+        held.keep(vec![line("three"), line("four"), line("five")], &outage);
+        assert!(!held.is_empty());
+        let texts: Vec<String> = held
+            .take()
+            .into_iter()
+            .map(|write| match write {
+                Write::Log { line, .. } => line.text,
+                _ => unreachable!("only log lines were held"),
+            })
+            .collect();
+        assert_eq!(texts[..3], ["one", "two", "three"]);
+        assert!(
+            texts[3].starts_with("[helix] 2 log lines dropped"),
+            "{texts:?}"
+        );
+        assert_eq!(texts.len(), 4);
+        assert!(held.is_empty());
+    }
 
     #[test]
     fn changed_jobs_share_notifications_within_the_size_limit() {

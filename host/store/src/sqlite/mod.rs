@@ -32,7 +32,7 @@ use super::{
 };
 use helix_core::job::{Job, JobId, State};
 use helix_core::log::{LogLine, LogSink};
-use schema::{connect, migrate};
+use schema::{check, configure, connect, migrate, open_file};
 use writer::{checkpoint_loop, write_loop};
 
 /// [`JobFilter`]'s group (`?4`), builder (`?5`), text (`?6`) and project
@@ -55,10 +55,22 @@ pub struct SqliteStore {
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) the database at `path` and brings its
-    /// schema up to date.
+    /// Opens (creating if needed) the database at `path`, checks it is
+    /// not damaged, and brings its schema up to date.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = connect(path)?;
+        Self::open_checked(path, false)
+    }
+
+    /// [`SqliteStore::open`] for a data dir that was in use: a database
+    /// file there that is empty (truncated, replaced) is refused as well.
+    pub fn open_used(path: &Path) -> Result<Self, StoreError> {
+        Self::open_checked(path, path.exists())
+    }
+
+    fn open_checked(path: &Path, used: bool) -> Result<Self, StoreError> {
+        let db = open_file(path)?;
+        check(&db, path, used)?;
+        configure(&db, path)?;
         migrate(&db, path)?;
         // Checkpoints (which fsync) run on their own thread instead of
         // inside whichever commit crosses the threshold.

@@ -1,8 +1,10 @@
 //! The database's schema, its migrations in order, and the settings every connection opens with.
 
 use std::path::Path;
+use std::sync::mpsc;
+use std::time::Duration;
 
-use rusqlite::Connection;
+use rusqlite::{Connection, ErrorCode};
 
 use crate::{DatabaseError, StoreError, db_error};
 
@@ -58,11 +60,28 @@ const MIGRATIONS: &[&str] = &[
     "CREATE INDEX jobs_by_project ON jobs (json_extract(body, '$.project'), seq);",
 ];
 
+/// Longest the integrity check at start may take; on a store too large
+/// to check in it, the server starts unchecked, with a warning.
+const QUICK_CHECK_LIMIT: Duration = Duration::from_secs(10);
+
+/// A connection to the database at `path`, with every setting.
 pub(super) fn connect(path: &Path) -> Result<Connection, StoreError> {
-    let db = Connection::open(path)
-        .map_err(|e| StoreError::Database(DatabaseError::with_context(path.display(), e)))?;
+    let db = open_file(path)?;
+    configure(&db, path)?;
+    Ok(db)
+}
+
+/// A connection to the database at `path`, creating it, without settings:
+/// nothing is written to the file yet.
+pub(super) fn open_file(path: &Path) -> Result<Connection, StoreError> {
+    Connection::open(path)
+        .map_err(|e| StoreError::Database(DatabaseError::with_context(path.display(), e)))
+}
+
+/// Sets `db` up: WAL (which writes the file's header), durability, waits.
+pub(super) fn configure(db: &Connection, path: &Path) -> Result<(), StoreError> {
     db.pragma_update(None, "journal_mode", "WAL")
-        .map_err(db_error)?;
+        .map_err(|e| damage(path, e))?;
     db.pragma_update(None, "synchronous", "NORMAL")
         .map_err(db_error)?;
     db.busy_timeout(std::time::Duration::from_secs(5))
@@ -71,7 +90,7 @@ pub(super) fn connect(path: &Path) -> Result<Connection, StoreError> {
     // this, so a burst of writes does not leave a large file behind.
     db.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)
         .map_err(db_error)?;
-    Ok(db)
+    Ok(())
 }
 
 pub(super) fn migrate(db: &Connection, path: &Path) -> Result<(), StoreError> {
@@ -93,4 +112,61 @@ pub(super) fn migrate(db: &Connection, path: &Path) -> Result<(), StoreError> {
         .map_err(db_error)?;
     }
     Ok(())
+}
+
+/// Refuses a database that fails SQLite's `quick_check` (bounded by
+/// [`QUICK_CHECK_LIMIT`]), or, when `used` (the data dir was in use), one
+/// that holds no schema: an emptied file would otherwise start a server
+/// that silently has no jobs.
+pub(super) fn check(db: &Connection, path: &Path, used: bool) -> Result<(), StoreError> {
+    let interrupt = db.get_interrupt_handle();
+    let (done, finished) = mpsc::channel::<()>();
+    let timer = std::thread::spawn(move || {
+        if finished.recv_timeout(QUICK_CHECK_LIMIT) == Err(mpsc::RecvTimeoutError::Timeout) {
+            interrupt.interrupt();
+        }
+    });
+    let problems: Result<Vec<String>, rusqlite::Error> = db
+        .prepare("PRAGMA quick_check(5)")
+        .and_then(|mut check| check.query_map([], |row| row.get(0))?.collect());
+    drop(done);
+    let _ = timer.join();
+    match problems {
+        Ok(problems) if problems != ["ok"] => {
+            return Err(StoreError::Damaged {
+                path: path.display().to_string(),
+                detail: problems.join("; "),
+            });
+        }
+        Ok(_) => {}
+        Err(e) if e.sqlite_error_code() == Some(ErrorCode::OperationInterrupted) => {
+            tracing::warn!(
+                store = %path.display(),
+                "the integrity check did not finish within {}s; starting without it",
+                QUICK_CHECK_LIMIT.as_secs()
+            );
+        }
+        Err(e) => return Err(damage(path, e)),
+    }
+    let version: i64 = db
+        .pragma_query_value(None, "user_version", |row| row.get(0))
+        .map_err(|e| damage(path, e))?;
+    if used && version == 0 {
+        return Err(StoreError::Emptied {
+            path: path.display().to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// `e` from reading the database at `path`: damage when SQLite says the
+/// file is corrupt or no database.
+fn damage(path: &Path, e: rusqlite::Error) -> StoreError {
+    match e.sqlite_error_code() {
+        Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase) => StoreError::Damaged {
+            path: path.display().to_string(),
+            detail: e.to_string(),
+        },
+        _ => StoreError::Database(DatabaseError::with_context(path.display(), e)),
+    }
 }

@@ -159,11 +159,21 @@ impl Checkout {
             git.clone(url, &[]).await?;
             git.detach(url, git_ref).await?;
         } else {
+            // `clone --branch` takes a short name only: a branch named in
+            // full (what a protected ref is) is cloned by its short name
+            // and then resolved as the branch it must be, never a tag of
+            // that name.
+            let full_branch = git_ref.strip_prefix("refs/heads/");
             let mut shallow = vec!["--depth", "1"];
             if git_ref != "HEAD" {
-                shallow.extend(["--branch", git_ref]);
+                shallow.extend(["--branch", full_branch.unwrap_or(git_ref)]);
             }
-            if let Err(refused) = git.clone(url, &shallow).await {
+            let cloned = git.clone(url, &shallow).await;
+            let cloned = match (cloned, full_branch) {
+                (Ok(()), Some(_)) => git.detach(url, git_ref).await,
+                (cloned, _) => cloned,
+            };
+            if let Err(refused) = cloned {
                 if matches!(refused, CheckoutError::Cancelled { .. }) {
                     return Err(refused);
                 }

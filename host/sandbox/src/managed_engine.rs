@@ -113,6 +113,7 @@ impl ManagedEngine {
             readable: Vec::new(),
             scratch: data_root.join("tmp"),
             cache_mounts: None,
+            blob_info_cache: None,
             files: data_root.join("jail"),
             network: BuildNetwork::None,
             registries,

@@ -65,6 +65,7 @@ impl Inner {
             readable: engine.map(DockerEngine::jail_paths).unwrap_or_default(),
             scratch: dirs.scratch(),
             cache_mounts,
+            blob_info_cache: slot.map(CacheSlot::blob_info_cache),
             files: dirs.jail_files(),
             network: builder.network(),
             registries: self.config.registries.endpoints(),

@@ -110,6 +110,7 @@ async fn a_program_in_the_jail_sees_only_its_run_and_reaches_only_the_registries
             readable: Vec::new(),
             scratch: run.path().join("tmp"),
             cache_mounts: None,
+            blob_info_cache: None,
             files: run.path().join("jail"),
             network,
             registries: vec![registry.address.clone()],

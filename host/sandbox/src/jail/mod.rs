@@ -13,8 +13,8 @@
 //!   directories at their host paths: its job directory (workspace, its
 //!   container state, secrets and its copy of the credentials), its cache
 //!   slot, and its scratch directory as `/tmp` and `/var/tmp` (inside the
-//!   run's quota). `RUN --mount=type=cache` data lives in the cache slot,
-//!   else in the scratch directory. Nothing else of the host: not the data
+//!   run's quota). `RUN --mount=type=cache` data and the tools' blob info
+//!   cache live in the cache slot, else in the run. Nothing else of the host: not the data
 //!   directory, not other jobs, not the operator's auth file or signing
 //!   key, not the host's `/var/tmp`;
 //! - **processes**: a PID namespace (the jail sees only its own), its own
@@ -95,6 +95,8 @@ pub const DROPPED_CAPABILITIES: &[&str] = &[
 /// Where buildah 1.28 (and podman's builds) keep `RUN --mount=type=cache`
 /// data as root: under the temporary directory.
 const CACHE_MOUNTS: &str = "/var/tmp/buildah-cache";
+/// Where containers/image keeps its blob info cache as root.
+const BLOB_INFO_CACHE: &str = "/var/lib/containers/cache";
 
 /// What a run's jail holds.
 pub struct JailSpec<'a> {
@@ -110,6 +112,12 @@ pub struct JailSpec<'a> {
     /// Where `RUN --mount=type=cache` data is kept: the cache slot's
     /// directory for it; `None` keeps it in `scratch`, gone with the run.
     pub cache_mounts: Option<PathBuf>,
+    /// Where the tools keep what they learned of registries' blobs
+    /// (containers/image's blob info cache: which compressed blob a
+    /// registry holds for a layer): kept with the storage it is about, so
+    /// a push sends only the layers the registry lacks, as on the host;
+    /// `None` keeps it in the jail's `/var`, gone with the run.
+    pub blob_info_cache: Option<PathBuf>,
     /// Where the host writes the jail's own `/etc` files; not shown to
     /// the jail as a directory.
     pub files: PathBuf,
@@ -170,6 +178,9 @@ impl Jail {
         let files = |what, source| JailError::Files { what, source };
         std::fs::create_dir_all(spec.files.join("cni")).map_err(|e| files("directory", e))?;
         std::fs::create_dir_all(&spec.scratch).map_err(|e| files("scratch directory", e))?;
+        if let Some(cache) = &spec.blob_info_cache {
+            std::fs::create_dir_all(cache).map_err(|e| files("blob info cache", e))?;
+        }
         let net = match spec.network {
             BuildNetwork::Host => None,
             network => Some(net::JailNet::create(network, &spec.registries).await?),
@@ -326,6 +337,9 @@ fn bwrap_args(spec: &JailSpec<'_>) -> Vec<OsString> {
     }
     if let Some(cache) = &spec.cache_mounts {
         args.extend(bind("--bind", cache, Path::new(CACHE_MOUNTS)));
+    }
+    if let Some(cache) = &spec.blob_info_cache {
+        args.extend(bind("--bind", cache, Path::new(BLOB_INFO_CACHE)));
     }
     for dir in &spec.writable {
         args.extend(bind("--bind", dir, dir));

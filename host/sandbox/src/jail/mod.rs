@@ -32,15 +32,17 @@
 //! in a build tool cannot reach by a path, and what the network namespace
 //! does not route to, it cannot contact.
 
+mod keeper;
 mod net;
+mod netlink;
 
 use std::ffi::OsString;
-use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 
 use crate::cgroup::RunCgroup;
 use crate::network::BuildNetwork;
 
+pub(crate) use keeper::Entry;
 pub use net::sweep_uplinks;
 
 /// What of the host's `/etc` a jail shows (each where it exists): what
@@ -67,29 +69,30 @@ pub const ETC_ENTRIES: &[&str] = &[
     "containers",
 ];
 
-/// Capabilities removed from everything in a jail: none of the build
+/// Capabilities removed from everything in a jail (by name and number):
+/// none of the build
 /// tools uses them, and each opens a way around the mounts (reading any
 /// file of a file system by handle, loading modules, raw devices) or
 /// reaches the whole machine (clock, reboot, kernel log, BPF).
-pub const DROPPED_CAPABILITIES: &[&str] = &[
-    "CAP_DAC_READ_SEARCH",
-    "CAP_SYS_MODULE",
-    "CAP_SYS_RAWIO",
-    "CAP_SYS_BOOT",
-    "CAP_SYS_TIME",
-    "CAP_SYSLOG",
-    "CAP_MAC_ADMIN",
-    "CAP_MAC_OVERRIDE",
-    "CAP_WAKE_ALARM",
-    "CAP_BLOCK_SUSPEND",
-    "CAP_AUDIT_CONTROL",
-    "CAP_AUDIT_READ",
-    "CAP_SYS_PACCT",
-    "CAP_SYS_TTY_CONFIG",
-    "CAP_LINUX_IMMUTABLE",
-    "CAP_BPF",
-    "CAP_PERFMON",
-    "CAP_CHECKPOINT_RESTORE",
+pub const DROPPED_CAPABILITIES: &[(&str, u32)] = &[
+    ("CAP_DAC_READ_SEARCH", 2),
+    ("CAP_SYS_MODULE", 16),
+    ("CAP_SYS_RAWIO", 17),
+    ("CAP_SYS_BOOT", 22),
+    ("CAP_SYS_TIME", 25),
+    ("CAP_SYSLOG", 34),
+    ("CAP_MAC_ADMIN", 33),
+    ("CAP_MAC_OVERRIDE", 32),
+    ("CAP_WAKE_ALARM", 35),
+    ("CAP_BLOCK_SUSPEND", 36),
+    ("CAP_AUDIT_CONTROL", 30),
+    ("CAP_AUDIT_READ", 37),
+    ("CAP_SYS_PACCT", 20),
+    ("CAP_SYS_TTY_CONFIG", 26),
+    ("CAP_LINUX_IMMUTABLE", 9),
+    ("CAP_BPF", 39),
+    ("CAP_PERFMON", 38),
+    ("CAP_CHECKPOINT_RESTORE", 40),
 ];
 
 /// Where buildah 1.28 (and podman's builds) keep `RUN --mount=type=cache`
@@ -151,23 +154,24 @@ pub enum JailError {
     },
     #[error("cannot make the jail's network: {0}")]
     Network(#[from] net::NetError),
+    #[error("cannot start the jail: {0}")]
+    Start(String),
 }
 
-/// A run's jail; dropping it removes its network namespace, uplink and
-/// forwarders (the control groups go with the run's [`RunCgroup`]).
+/// A run's jail; dropping it ends every process in it and removes its
+/// network namespace, uplink and forwarders (the control groups go with
+/// the run's [`RunCgroup`]).
 pub struct Jail {
-    bwrap: PathBuf,
-    /// bwrap's arguments before the program's.
-    args: Vec<OsString>,
-    /// Shell commands run in the jail before each program (mounting the
-    /// control group hierarchies in a cgroup namespace).
-    prelude: Option<String>,
+    /// Dropped first: the jail's processes end before its network goes.
+    keeper: keeper::Keeper,
     net: Option<net::JailNet>,
 }
 
 impl std::fmt::Debug for Jail {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Jail").field("args", &self.args).finish()
+        f.debug_struct("Jail")
+            .field("description", &self.describe())
+            .finish()
     }
 }
 
@@ -206,41 +210,25 @@ impl Jail {
             .map_err(|e| files("CNI config", e))?;
         }
         let prelude = match (spec.cgroup_namespace, spec.cgroup) {
-            (true, Some(cgroup)) => Some(mount_hierarchies(cgroup)),
-            _ => None,
+            (true, Some(cgroup)) => mount_hierarchies(cgroup),
+            _ => String::new(),
         };
-        Ok(Jail {
-            bwrap,
-            args: bwrap_args(&spec),
-            prelude,
-            net,
-        })
+        let keeper = keeper::Keeper::start(
+            &bwrap,
+            bwrap_args(&spec),
+            &prelude,
+            spec.cgroup.map(RunCgroup::enter_fds).unwrap_or_default(),
+            net.as_ref().map(net::JailNet::fd),
+            spec.cgroup_namespace,
+        )
+        .await?;
+        Ok(Jail { keeper, net })
     }
 
-    /// The program and arguments that run `program args` in the jail,
-    /// in `cwd`.
-    pub(crate) fn wrap(
-        &self,
-        program: &Path,
-        args: &[String],
-        cwd: &Path,
-    ) -> (PathBuf, Vec<OsString>) {
-        let mut all = self.args.clone();
-        // A granted program outside /usr is shown alone, read-only.
-        if !program.starts_with("/usr") {
-            all.extend(bind("--ro-bind", program, program));
-        }
-        all.extend(["--chdir".into(), cwd.into(), "--".into()]);
-        if let Some(prelude) = &self.prelude {
-            all.extend([
-                "/bin/sh".into(),
-                "-c".into(),
-                format!("{prelude}exec \"$0\" \"$@\"").into(),
-            ]);
-        }
-        all.push(program.into());
-        all.extend(args.iter().map(OsString::from));
-        (self.bwrap.clone(), all)
+    /// How a program joins the jail, to run in `cwd` (see [`Entry`]).
+    pub(crate) fn entry(&self, cwd: &Path) -> Entry {
+        self.keeper
+            .entry(self.net.as_ref().map(net::JailNet::fd), cwd)
     }
 
     /// What the jail is, for the job's log.
@@ -257,12 +245,6 @@ impl Jail {
                 net.describe()
             ),
         }
-    }
-
-    /// The jail's network namespace, for a program to join before it
-    /// executes; `None` on the host's network.
-    pub(crate) fn netns(&self) -> Option<RawFd> {
-        self.net.as_ref().map(net::JailNet::fd)
     }
 }
 
@@ -281,7 +263,7 @@ fn bwrap_args(spec: &JailSpec<'_>) -> Vec<OsString> {
     ]
     .map(OsString::from)
     .to_vec();
-    for cap in DROPPED_CAPABILITIES {
+    for (cap, _) in DROPPED_CAPABILITIES {
         args.extend(["--cap-drop".into(), OsString::from(cap)]);
     }
     args.extend(bind("--ro-bind", Path::new("/usr"), Path::new("/usr")));
@@ -347,9 +329,12 @@ fn bwrap_args(spec: &JailSpec<'_>) -> Vec<OsString> {
     for path in &spec.readable {
         args.extend(bind("--ro-bind", path, path));
     }
-    args.extend(["--setenv", "TMPDIR", "/var/tmp"].map(OsString::from));
     args
 }
+
+/// The temporary directory the jail's programs are told of: the run's
+/// scratch directory.
+pub(crate) const TMPDIR: &str = "/var/tmp";
 
 /// Shell commands that mount each of `cgroup`'s hierarchies at its host
 /// path, as the host mounts it (in a cgroup namespace the mount's root is

@@ -2,8 +2,10 @@
 //! the build tool and all it starts, the push, the registry and storage
 //! queries, the cache slot's clean-up — runs inside it, never on the host.
 //!
-//! The jail is made with bubblewrap (`bwrap`) around each program, all of
-//! a run's programs seeing the same:
+//! The jail is made with bubblewrap (`bwrap`) once per run, around a
+//! keeper that holds it until it is dropped; each of the run's programs
+//! joins the keeper's namespaces ([`Entry`]), so all of them see the same
+//! (and a program costs what it costs on the host):
 //! - **mounts**: a root of its own (tmpfs) holding `/usr` read-only, an
 //!   `/etc` of the few files the tools read ([`ETC_ENTRIES`], never
 //!   `shadow`, the operator's config or anything else of the host's), the
@@ -17,9 +19,10 @@
 //!   cache live in the cache slot, else in the run. Nothing else of the host: not the data
 //!   directory, not other jobs, not the operator's auth file or signing
 //!   key, not the host's `/var/tmp`;
-//! - **processes**: a PID namespace (the jail sees only its own), its own
-//!   IPC and host name, and the capabilities no build tool needs dropped
-//!   ([`DROPPED_CAPABILITIES`]);
+//! - **processes**: a PID namespace (the jail sees only its own; when the
+//!   jail is dropped, every process in it ends), its own IPC and host
+//!   name, no new privileges, and the capabilities no build tool needs
+//!   dropped ([`DROPPED_CAPABILITIES`], from the bounding set too);
 //! - **network** ([`net`]): a network namespace of the run's own, unless
 //!   the builder's network is `host`. Its loopback is its own; the
 //!   configured registries are reached through the host's forwarders on
@@ -180,7 +183,9 @@ impl Jail {
     pub async fn create(spec: JailSpec<'_>) -> Result<Jail, JailError> {
         let bwrap = find_on_path("bwrap").ok_or(JailError::NoBubblewrap)?;
         let files = |what, source| JailError::Files { what, source };
-        std::fs::create_dir_all(spec.files.join("cni")).map_err(|e| files("directory", e))?;
+        let etc = spec.files.join("etc");
+        std::fs::create_dir_all(etc.join("cni/net.d")).map_err(|e| files("directory", e))?;
+        let etc_dirs = copy_etc(&etc).map_err(|e| files("/etc", e))?;
         std::fs::create_dir_all(&spec.scratch).map_err(|e| files("scratch directory", e))?;
         if let Some(cache) = &spec.blob_info_cache {
             std::fs::create_dir_all(cache).map_err(|e| files("blob info cache", e))?;
@@ -190,7 +195,7 @@ impl Jail {
             network => Some(net::JailNet::create(network, &spec.registries).await?),
         };
         let hosts = net.as_ref().map(net::JailNet::hosts).unwrap_or_default();
-        std::fs::write(spec.files.join("hosts"), hosts_file(&hosts))
+        std::fs::write(etc.join("hosts"), hosts_file(&hosts))
             .map_err(|e| files("/etc/hosts", e))?;
         // The host's resolvers, for `private` steps' and tools' names
         // (the configured registries' names are in the jail's hosts).
@@ -198,12 +203,11 @@ impl Jail {
             BuildNetwork::None => String::new(),
             _ => std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
         };
-        std::fs::write(spec.files.join("resolv.conf"), resolv)
+        std::fs::write(etc.join("resolv.conf"), resolv)
             .map_err(|e| files("/etc/resolv.conf", e))?;
         if spec.network == BuildNetwork::Private {
             std::fs::write(
-                spec.files
-                    .join("cni")
+                etc.join("cni/net.d")
                     .join(format!("{}.conflist", crate::network::PRIVATE_NETWORK)),
                 crate::network::CNI_CONFIG,
             )
@@ -215,7 +219,7 @@ impl Jail {
         };
         let keeper = keeper::Keeper::start(
             &bwrap,
-            bwrap_args(&spec),
+            bwrap_args(&spec, &etc, &etc_dirs),
             &prelude,
             spec.cgroup.map(RunCgroup::enter_fds).unwrap_or_default(),
             net.as_ref().map(net::JailNet::fd),
@@ -252,7 +256,9 @@ fn bind(how: &str, source: &Path, target: &Path) -> [OsString; 3] {
     [how.into(), source.into(), target.into()]
 }
 
-fn bwrap_args(spec: &JailSpec<'_>) -> Vec<OsString> {
+/// bubblewrap's arguments for the jail `spec` describes, its `/etc` in
+/// `etc` with the host's `etc_dirs` shown in it.
+fn bwrap_args(spec: &JailSpec<'_>, etc: &Path, etc_dirs: &[PathBuf]) -> Vec<OsString> {
     let mut args: Vec<OsString> = [
         "--die-with-parent",
         "--unshare-pid",
@@ -276,19 +282,9 @@ fn bwrap_args(spec: &JailSpec<'_>) -> Vec<OsString> {
             Err(_) => {}
         }
     }
-    args.extend(["--tmpfs".into(), "/etc".into()]);
-    for entry in ETC_ENTRIES {
-        let host = Path::new("/etc").join(entry);
-        if host.exists() {
-            args.extend(bind("--ro-bind", &host, &host));
-        }
-    }
-    for (file, target) in [
-        ("hosts", "/etc/hosts"),
-        ("resolv.conf", "/etc/resolv.conf"),
-        ("cni", "/etc/cni/net.d"),
-    ] {
-        args.extend(bind("--ro-bind", &spec.files.join(file), Path::new(target)));
+    args.extend(bind("--ro-bind", etc, Path::new("/etc")));
+    for dir in etc_dirs {
+        args.extend(bind("--ro-bind", dir, dir));
     }
     args.extend(
         [
@@ -371,6 +367,32 @@ fn mount_hierarchies(cgroup: &RunCgroup) -> String {
         script.push_str(&format!("mkdir -p {point} && {mount} && "));
     }
     script
+}
+
+/// Copies into `etc` each of [`ETC_ENTRIES`] the host has that is a file
+/// (a link as a link) and makes a mount point for each that is a
+/// directory: one mount for the jail's `/etc` instead of one per entry.
+/// The directories to show at those points.
+fn copy_etc(etc: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut dirs = Vec::new();
+    for entry in ETC_ENTRIES {
+        let (host, copy) = (Path::new("/etc").join(entry), etc.join(entry));
+        let Ok(meta) = host.symlink_metadata() else {
+            continue;
+        };
+        if meta.is_dir() {
+            std::fs::create_dir_all(&copy)?;
+            dirs.push(host);
+        } else if meta.is_symlink() {
+            match std::fs::remove_file(&copy) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => std::os::unix::fs::symlink(std::fs::read_link(&host)?, &copy)?,
+            }
+        } else {
+            std::fs::copy(&host, &copy)?;
+        }
+    }
+    Ok(dirs)
 }
 
 fn hosts_file(registries: &[(String, std::net::IpAddr)]) -> String {

@@ -8,8 +8,8 @@
 //! (and a program costs what it costs on the host):
 //! - **mounts**: a root of its own (tmpfs) holding `/usr` read-only, an
 //!   `/etc` of the few files the tools read ([`ETC_ENTRIES`], never
-//!   `shadow`, the operator's config or anything else of the host's), the
-//!   jail's own `/etc/hosts`, `/etc/resolv.conf` and CNI config, a fresh
+//!   `shadow`, the operator's config or anything else of the host's; the
+//!   run's copy, its directories shown read-only), the jail's own `/etc/hosts`, `/etc/resolv.conf` and CNI config, a fresh
 //!   `/proc`, a minimal `/dev`, `/sys` read-only with only the run's
 //!   control groups writable, tmpfs `/run` and `/var`, and the run's own
 //!   directories at their host paths: its job directory (workspace, its
@@ -110,7 +110,8 @@ pub struct JailSpec<'a> {
     /// host path: the run's job directory, its cache slot.
     pub writable: Vec<PathBuf>,
     /// Files or directories they may read, at their host paths (a Docker
-    /// Engine's socket and client settings).
+    /// Engine's socket and client settings), as they are when the jail is
+    /// made; one missing is not shown.
     pub readable: Vec<PathBuf>,
     /// The run's scratch directory, inside its quota: the jail's `/tmp`
     /// and `/var/tmp`.
@@ -282,7 +283,9 @@ fn bwrap_args(spec: &JailSpec<'_>, etc: &Path, etc_dirs: &[PathBuf]) -> Vec<OsSt
             Err(_) => {}
         }
     }
-    args.extend(bind("--ro-bind", etc, Path::new("/etc")));
+    // Writable, as a tmpfs would be (dockerd makes /etc/docker): the
+    // run's own copy.
+    args.extend(bind("--bind", etc, Path::new("/etc")));
     for dir in etc_dirs {
         args.extend(bind("--ro-bind", dir, dir));
     }
@@ -322,8 +325,9 @@ fn bwrap_args(spec: &JailSpec<'_>, etc: &Path, etc_dirs: &[PathBuf]) -> Vec<OsSt
     for dir in &spec.writable {
         args.extend(bind("--bind", dir, dir));
     }
+    // An engine's socket may not be there (yet): the client then says so.
     for path in &spec.readable {
-        args.extend(bind("--ro-bind", path, path));
+        args.extend(bind("--ro-bind-try", path, path));
     }
     args
 }

@@ -205,6 +205,8 @@ async fn by_hand(
                 readable: Vec::new(),
                 scratch: work.path().join("tmp"),
                 cache_mounts: None,
+                // As a host's podman keeps it, with the storage.
+                blob_info_cache: Some(storage.join("blob-info-cache")),
                 files: work.path().join("jail"),
                 network: BuildNetwork::Private,
                 registries: vec![registry.to_string()],

@@ -24,7 +24,10 @@
 //!   does not forget whose layers a slot holds.
 //!
 //! A slot also keeps its jobs' `RUN --mount=type=cache` data (`mounts/`,
-//! shown to the jail where buildah keeps it), within its size.
+//! shown to the jail where buildah keeps it) and the tools' blob info
+//! cache (`blob-info-cache/`: which compressed blob a registry holds for
+//! a layer, so a push sends only the layers the registry lacks), within
+//! its size.
 //!
 //! A slot over the size cap is emptied after its job. Jobs with `no_cache`,
 //! and builders with `cache = false`, get a fresh storage of their own,
@@ -55,6 +58,8 @@ pub const LOCAL_IMAGE: &str = "localhost/helix-image";
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(120);
 /// A slot's directory of cache mounts.
 const CACHE_MOUNTS: &str = "mounts";
+/// A slot's blob info cache: which blob each registry holds for a layer.
+const BLOB_INFO_CACHE: &str = "blob-info-cache";
 /// Smallest slot file system: a build's tools need some room.
 const MIN_SLOT_MIB: u64 = 64;
 
@@ -337,6 +342,11 @@ impl CacheSlot {
         Ok(dir)
     }
 
+    /// Where its jobs' tools keep their blob info cache (made by the jail).
+    pub fn blob_info_cache(&self) -> PathBuf {
+        self.dir.join(BLOB_INFO_CACHE)
+    }
+
     pub fn driver(&self) -> StorageDriver {
         self.driver
     }
@@ -384,7 +394,7 @@ impl CacheSlot {
                 size / (1024 * 1024),
                 self.max_bytes / (1024 * 1024)
             ));
-            for part in ["storage", CACHE_MOUNTS] {
+            for part in ["storage", CACHE_MOUNTS, BLOB_INFO_CACHE] {
                 match std::fs::remove_dir_all(self.dir.join(part)) {
                     Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                         tracing::warn!("could not empty build cache {}: {e}", self.dir.display());

@@ -130,10 +130,12 @@ impl DockerEngine {
     }
 
     /// What a run's jail must show for `docker` to reach the engine: its
-    /// socket and the client settings.
-    pub fn jail_paths(&self) -> Vec<PathBuf> {
+    /// socket and the client settings' directory, made now (the jail shows
+    /// what is there when it is made; the settings are written later).
+    pub fn jail_paths(&self) -> std::io::Result<Vec<PathBuf>> {
+        std::fs::create_dir_all(&self.config_dir)?;
         let socket = self.socket.trim_start_matches("unix://");
-        vec![PathBuf::from(socket), self.config_dir.clone()]
+        Ok(vec![PathBuf::from(socket), self.config_dir.clone()])
     }
 
     /// The variables every `docker` run against the engine gets: the

@@ -15,6 +15,7 @@
 //!   are below it. A slot runs one job at a time, so the limits are the
 //!   job's.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -111,6 +112,7 @@ impl ManagedEngine {
             readable: Vec::new(),
             scratch: data_root.join("tmp"),
             cache_mounts: None,
+            blob_info_cache: None,
             files: data_root.join("jail"),
             network: BuildNetwork::None,
             registries,
@@ -132,13 +134,20 @@ impl ManagedEngine {
         .into();
         let log = std::fs::File::create(exec_root.join("dockerd.log")).map_err(setup("its log"))?;
         let dockerd = find_dockerd().ok_or(EngineError::NoDockerd)?;
-        let child = crate::exec::confined(&dockerd, &args, &exec_root, Some(&cgroup), Some(&jail))
-            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-            .stdout(std::process::Stdio::null())
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(setup("dockerd"))?;
+        let path = BTreeMap::from([("PATH".into(), "/usr/sbin:/usr/bin:/sbin:/bin".into())]);
+        let child = crate::exec::confined(
+            &dockerd,
+            &args,
+            &path,
+            &exec_root,
+            Some(&cgroup),
+            Some(&jail),
+        )
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(setup("dockerd"))?;
         let engine = Arc::new(DockerEngine::new(
             format!("unix://{}", socket.display()),
             settings.client.clone(),

@@ -58,13 +58,18 @@ impl Inner {
             .map(CacheSlot::cache_mounts)
             .transpose()
             .map_err(|e| format!("cannot make the cache slot's cache mounts: {e}"))?;
+        let readable = engine
+            .map(DockerEngine::jail_paths)
+            .transpose()
+            .map_err(|e| format!("cannot make the Docker client's settings directory: {e}"))?;
         Jail::create(JailSpec {
             writable: std::iter::once(dirs.root().to_path_buf())
                 .chain(slot.map(|s| s.dir().to_path_buf()))
                 .collect(),
-            readable: engine.map(DockerEngine::jail_paths).unwrap_or_default(),
+            readable: readable.unwrap_or_default(),
             scratch: dirs.scratch(),
             cache_mounts,
+            blob_info_cache: slot.map(CacheSlot::blob_info_cache),
             files: dirs.jail_files(),
             network: builder.network(),
             registries: self.config.registries.operator().endpoints(),

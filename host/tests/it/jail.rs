@@ -23,8 +23,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use crate::common;
 use crate::common::LogText as _;
 use helix_build::cancel::CancelSignal;
-use helix_build::exec::HostCommand;
-use helix_build::jail::{Jail, JailSpec};
+use helix_build::exec::{CommandOutput, HostCommand};
+use helix_build::jail::{DROPPED_CAPABILITIES, Jail, JailSpec};
 use helix_build::job::{JobRequest, State};
 use helix_build::log::JobLog;
 use helix_build::network::BuildNetwork;
@@ -72,6 +72,7 @@ for a in 127.0.0.1 "$HOST_ADDRESS" 169.254.169.254; do
 done
 echo scratch > /tmp/written && echo "tmp: writable"
 if $B awk '$5 == "/usr" { print $6 }' /proc/self/mountinfo | $B grep -q '^ro'; then echo "usr: read-only"; else echo "usr: writable"; fi
+$B grep -E '^(CapBnd|CapEff|NoNewPrivs):' /proc/self/status
 "#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -110,6 +111,7 @@ async fn a_program_in_the_jail_sees_only_its_run_and_reaches_only_the_registries
             readable: Vec::new(),
             scratch: run.path().join("tmp"),
             cache_mounts: None,
+            blob_info_cache: None,
             files: run.path().join("jail"),
             network,
             registries: vec![registry.address.clone()],
@@ -164,6 +166,13 @@ async fn a_program_in_the_jail_sees_only_its_run_and_reaches_only_the_registries
             "{network:?}: /tmp is the run's scratch"
         );
         assert!(said.contains("usr: read-only"), "{network:?}: {said}");
+        for set in ["CapBnd", "CapEff"] {
+            let caps = capabilities(&said, set);
+            for (name, number) in DROPPED_CAPABILITIES {
+                assert_eq!(caps & (1 << number), 0, "{network:?}: {name} in {set}");
+            }
+        }
+        assert!(said.contains("NoNewPrivs:\t1"), "{network:?}: {said}");
         drop(jail);
         if let Some(uplink) = uplink {
             assert!(
@@ -179,16 +188,46 @@ async fn a_program_in_the_jail_sees_only_its_run_and_reaches_only_the_registries
     );
 }
 
+/// The capability set `set` (`CapBnd`, ...) a `/proc/<pid>/status` in
+/// `text` shows.
+fn capabilities(text: &str, set: &str) -> u64 {
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{set}:")))
+        .unwrap_or_else(|| panic!("no {set} in {text}"));
+    u64::from_str_radix(line.trim(), 16).unwrap()
+}
+
 /// What [`PROBE`] says, run in `jail` (or on the host) in `cwd`.
 async fn probe(jail: Option<&Jail>, cwd: &Path, env: &BTreeMap<String, String>) -> String {
+    sh(jail, cwd, env, PROBE).await.stdout
+}
+
+/// `script` run by busybox's shell in `jail` (or on the host), in `cwd`.
+async fn sh(
+    jail: Option<&Jail>,
+    cwd: &Path,
+    env: &BTreeMap<String, String>,
+    script: &str,
+) -> CommandOutput {
+    run_in(jail, cwd, env, "/bin/busybox", &["sh", "-c", script]).await
+}
+
+async fn run_in(
+    jail: Option<&Jail>,
+    cwd: &Path,
+    env: &BTreeMap<String, String>,
+    program: &str,
+    args: &[&str],
+) -> CommandOutput {
     let log = JobLog::new(100);
-    let args = ["sh".to_string(), "-c".to_string(), PROBE.to_string()];
-    let output = HostCommand {
-        program: "/bin/busybox",
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    HostCommand {
+        program,
         args: &args,
         env,
         cwd,
-        timeout: Some(std::time::Duration::from_secs(60)),
+        timeout: Some(std::time::Duration::from_secs(120)),
         log: &log,
         cancel: &CancelSignal::new(),
         cgroup: None,
@@ -196,8 +235,144 @@ async fn probe(jail: Option<&Jail>, cwd: &Path, env: &BTreeMap<String, String>) 
     }
     .run()
     .await
+    .unwrap()
+}
+
+/// A jail as a run's, in `run` (with the registry at `registry`), on
+/// network `none`; its blob info cache in `blob_info_cache`.
+async fn jail_in(run: &Path, registry: &str, blob_info_cache: Option<&Path>) -> Jail {
+    Jail::create(JailSpec {
+        writable: vec![run.to_path_buf()],
+        readable: Vec::new(),
+        scratch: run.join("tmp"),
+        cache_mounts: None,
+        blob_info_cache: blob_info_cache.map(Path::to_path_buf),
+        files: run.join("jail"),
+        network: BuildNetwork::None,
+        registries: vec![registry.to_string()],
+        cgroup: None,
+        cgroup_namespace: false,
+    })
+    .await
+    .unwrap()
+}
+
+/// Host processes whose command line holds `marker`.
+fn processes_with(marker: &str) -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|entry| {
+            std::fs::read(entry.path().join("cmdline"))
+                .is_ok_and(|line| String::from_utf8_lossy(&line).contains(marker))
+        })
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_programs_of_a_run_share_its_jail_and_nothing_in_it_outlives_it() {
+    let registry = Registry::start(false);
+    let (one, other) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let jail = jail_in(one.path(), &registry.address, None).await;
+    let env = BTreeMap::new();
+    // A process that left its program's group (which is killed when the
+    // program exits) lives on in the jail, until the jail ends.
+    let marker = "6123457";
+    let first = sh(
+        Some(&jail),
+        one.path(),
+        &env,
+        &format!(
+            "echo kept > /run/mark; /bin/busybox setsid /bin/busybox sleep {marker} </dev/null >/dev/null 2>&1 &"
+        ),
+    )
+    .await;
+    assert_eq!(first.exit_code, 0, "{}", first.stderr);
+    let look =
+        "/bin/busybox cat /run/mark; /bin/busybox ps -o args | /bin/busybox grep -c '[6]123457'";
+    let second = sh(Some(&jail), one.path(), &env, look).await;
+    assert_eq!(second.stdout.trim(), "kept\n1", "{}", second.stderr);
+    assert_eq!(processes_with(marker), 1);
+    let elsewhere = jail_in(other.path(), &registry.address, None).await;
+    let third = sh(Some(&elsewhere), other.path(), &env, look).await;
+    assert_eq!(third.stdout.trim(), "0", "another jail: {}", third.stderr);
+    // A failing program fails as it would on the host.
+    let failed = sh(Some(&jail), one.path(), &env, "exit 3").await;
+    assert_eq!(failed.exit_code, 3);
+    drop(jail);
+    drop(elsewhere);
+    assert_eq!(
+        processes_with(marker),
+        0,
+        "a process of the jail outlived it"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_from_a_later_jail_sends_only_the_layers_the_registry_lacks() {
+    let registry = Registry::start(false);
+    let run = tempfile::tempdir().unwrap();
+    let context = run.path().join("context");
+    std::fs::create_dir(&context).unwrap();
+    std::fs::copy("/bin/busybox", context.join("busybox")).unwrap();
+    std::fs::write(
+        context.join("Dockerfile"),
+        "FROM scratch\nCOPY busybox /bin/busybox\n",
+    )
     .unwrap();
-    output.stdout
+    let storage = run.path().join("storage");
+    let blob_info_cache = storage.join("blob-info-cache");
+    let (root, runroot) = (
+        format!("--root={}", storage.join("graph").display()),
+        format!("--runroot={}", storage.join("run").display()),
+    );
+    let env = BTreeMap::new();
+    let podman = async |jail: &Jail, args: &[&str]| {
+        let all: Vec<&str> = [root.as_str(), runroot.as_str(), "--storage-driver=vfs"]
+            .into_iter()
+            .chain(args.iter().copied())
+            .collect();
+        let output = run_in(Some(jail), run.path(), &env, "podman", &all).await;
+        assert_eq!(output.exit_code, 0, "podman {args:?}: {}", output.stderr);
+        output.stderr
+    };
+    // Its debug log says which layers it did not send.
+    let push = |tag: &str| {
+        [
+            "--log-level=debug".to_string(),
+            "push".into(),
+            "--tls-verify=false".into(),
+            "localhost/layered".into(),
+            format!("docker://{}/jail/layered:{tag}", registry.address),
+        ]
+    };
+    let first = jail_in(run.path(), &registry.address, Some(&blob_info_cache)).await;
+    let context_arg = context.display().to_string();
+    podman(
+        &first,
+        &[
+            "build",
+            "-q",
+            "--isolation=chroot",
+            "-t",
+            "localhost/layered",
+            &context_arg,
+        ],
+    )
+    .await;
+    let sent_again = |said: &str| !said.contains("(already present)");
+    let said = podman(&first, &push("1").each_ref().map(String::as_str)).await;
+    assert!(sent_again(&said), "{said}");
+    drop(first);
+    // The next run's jail knows what the registry holds for the layer.
+    let later = jail_in(run.path(), &registry.address, Some(&blob_info_cache)).await;
+    let said = podman(&later, &push("2").each_ref().map(String::as_str)).await;
+    assert!(!sent_again(&said), "{said}");
+    drop(later);
+    // Without the cache the layer would be compressed and sent again.
+    let forgetful = jail_in(run.path(), &registry.address, None).await;
+    let said = podman(&forgetful, &push("3").each_ref().map(String::as_str)).await;
+    assert!(sent_again(&said), "{said}");
 }
 
 /// The host's network interfaces now.

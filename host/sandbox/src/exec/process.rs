@@ -39,48 +39,40 @@ pub(super) struct Invocation<'a> {
     pub jail: Option<&'a Jail>,
 }
 
-/// `program args` in `cwd`, with nothing of the host's environment, in its
-/// own process group, started inside `cgroup` and `jail` when given.
+/// `program args` in `cwd`, with `env` and nothing else of an
+/// environment, in its own process group, started inside `cgroup` and
+/// `jail` when given.
 pub(crate) fn confined(
     program: &Path,
     args: &[String],
+    env: &BTreeMap<String, String>,
     cwd: &Path,
     cgroup: Option<&RunCgroup>,
     jail: Option<&Jail>,
 ) -> Command {
-    let mut command = match jail {
-        Some(jail) => {
-            let (bwrap, args) = jail.wrap(program, args, cwd);
-            let mut command = Command::new(bwrap);
-            command.args(args);
-            command
-        }
-        None => {
-            let mut command = Command::new(program);
-            command.args(args);
-            command
-        }
-    };
+    let mut command = Command::new(program);
     command
+        .args(args)
         .env_clear()
+        .envs(env)
         .current_dir(cwd)
         .stdin(Stdio::null())
         .process_group(0);
     let fds = cgroup.map(RunCgroup::enter_fds).unwrap_or_default();
-    let netns = jail.and_then(Jail::netns);
-    if !fds.is_empty() || netns.is_some() {
-        // SAFETY: the closure runs between fork and exec and only writes
-        // to and joins descriptors opened before the fork (no allocation,
-        // no locks).
+    let entry = jail.map(|jail| {
+        command.env("TMPDIR", crate::jail::TMPDIR);
+        jail.entry(cwd)
+    });
+    if !fds.is_empty() || entry.is_some() {
+        // SAFETY: the closure runs between fork and exec and makes only
+        // async-signal-safe calls on what was made before the fork.
         unsafe {
             command.pre_exec(move || {
                 crate::cgroup::enter(&fds)?;
-                if let Some(netns) = netns
-                    && libc::setns(netns, libc::CLONE_NEWNET) != 0
-                {
-                    return Err(std::io::Error::last_os_error());
+                match &entry {
+                    Some(entry) => entry.enter(),
+                    None => Ok(()),
                 }
-                Ok(())
             });
         }
     }
@@ -88,12 +80,21 @@ pub(crate) fn confined(
 }
 
 pub(super) async fn run(inv: Invocation<'_>) -> Result<CommandOutput, RunError> {
-    let mut command = confined(inv.program, inv.args, inv.cwd, inv.cgroup, inv.jail);
-    command
-        .envs(inv.env)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    let mut command = confined(
+        inv.program,
+        inv.args,
+        inv.env,
+        inv.cwd,
+        inv.cgroup,
+        inv.jail,
+    );
+    command.stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = command.spawn().map_err(|e| match e.kind() {
+        // A jail shows the host's /usr, not the rest of its programs.
+        std::io::ErrorKind::NotFound if inv.jail.is_some() => RunError::NotFound(format!(
+            "`{}`: {e} in the jail, which shows the host's programs in /usr only",
+            inv.label
+        )),
         std::io::ErrorKind::NotFound => RunError::NotFound(format!("`{}`: {e}", inv.label)),
         _ => RunError::FailedToStart(format!("`{}`: {e}", inv.label)),
     })?;

@@ -2,24 +2,27 @@
 //! the build tool and all it starts, the push, the registry and storage
 //! queries, the cache slot's clean-up — runs inside it, never on the host.
 //!
-//! The jail is made with bubblewrap (`bwrap`) around each program, all of
-//! a run's programs seeing the same:
+//! The jail is made with bubblewrap (`bwrap`) once per run, around a
+//! keeper that holds it until it is dropped; each of the run's programs
+//! joins the keeper's namespaces ([`Entry`]), so all of them see the same
+//! (and a program costs what it costs on the host):
 //! - **mounts**: a root of its own (tmpfs) holding `/usr` read-only, an
 //!   `/etc` of the few files the tools read ([`ETC_ENTRIES`], never
-//!   `shadow`, the operator's config or anything else of the host's), the
-//!   jail's own `/etc/hosts`, `/etc/resolv.conf` and CNI config, a fresh
+//!   `shadow`, the operator's config or anything else of the host's; the
+//!   run's copy, its directories shown read-only), the jail's own `/etc/hosts`, `/etc/resolv.conf` and CNI config, a fresh
 //!   `/proc`, a minimal `/dev`, `/sys` read-only with only the run's
 //!   control groups writable, tmpfs `/run` and `/var`, and the run's own
 //!   directories at their host paths: its job directory (workspace, its
 //!   container state, secrets and its copy of the credentials), its cache
 //!   slot, and its scratch directory as `/tmp` and `/var/tmp` (inside the
-//!   run's quota). `RUN --mount=type=cache` data lives in the cache slot,
-//!   else in the scratch directory. Nothing else of the host: not the data
+//!   run's quota). `RUN --mount=type=cache` data and the tools' blob info
+//!   cache live in the cache slot, else in the run. Nothing else of the host: not the data
 //!   directory, not other jobs, not the operator's auth file or signing
 //!   key, not the host's `/var/tmp`;
-//! - **processes**: a PID namespace (the jail sees only its own), its own
-//!   IPC and host name, and the capabilities no build tool needs dropped
-//!   ([`DROPPED_CAPABILITIES`]);
+//! - **processes**: a PID namespace (the jail sees only its own; when the
+//!   jail is dropped, every process in it ends), its own IPC and host
+//!   name, no new privileges, and the capabilities no build tool needs
+//!   dropped ([`DROPPED_CAPABILITIES`], from the bounding set too);
 //! - **network** ([`net`]): a network namespace of the run's own, unless
 //!   the builder's network is `host`. Its loopback is its own; the
 //!   configured registries are reached through the host's forwarders on
@@ -32,15 +35,17 @@
 //! in a build tool cannot reach by a path, and what the network namespace
 //! does not route to, it cannot contact.
 
+mod keeper;
 mod net;
+mod netlink;
 
 use std::ffi::OsString;
-use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 
 use crate::cgroup::RunCgroup;
 use crate::network::BuildNetwork;
 
+pub(crate) use keeper::Entry;
 pub use net::sweep_uplinks;
 
 /// What of the host's `/etc` a jail shows (each where it exists): what
@@ -67,34 +72,37 @@ pub const ETC_ENTRIES: &[&str] = &[
     "containers",
 ];
 
-/// Capabilities removed from everything in a jail: none of the build
+/// Capabilities removed from everything in a jail (by name and number):
+/// none of the build
 /// tools uses them, and each opens a way around the mounts (reading any
 /// file of a file system by handle, loading modules, raw devices) or
 /// reaches the whole machine (clock, reboot, kernel log, BPF).
-pub const DROPPED_CAPABILITIES: &[&str] = &[
-    "CAP_DAC_READ_SEARCH",
-    "CAP_SYS_MODULE",
-    "CAP_SYS_RAWIO",
-    "CAP_SYS_BOOT",
-    "CAP_SYS_TIME",
-    "CAP_SYSLOG",
-    "CAP_MAC_ADMIN",
-    "CAP_MAC_OVERRIDE",
-    "CAP_WAKE_ALARM",
-    "CAP_BLOCK_SUSPEND",
-    "CAP_AUDIT_CONTROL",
-    "CAP_AUDIT_READ",
-    "CAP_SYS_PACCT",
-    "CAP_SYS_TTY_CONFIG",
-    "CAP_LINUX_IMMUTABLE",
-    "CAP_BPF",
-    "CAP_PERFMON",
-    "CAP_CHECKPOINT_RESTORE",
+pub const DROPPED_CAPABILITIES: &[(&str, u32)] = &[
+    ("CAP_DAC_READ_SEARCH", 2),
+    ("CAP_SYS_MODULE", 16),
+    ("CAP_SYS_RAWIO", 17),
+    ("CAP_SYS_BOOT", 22),
+    ("CAP_SYS_TIME", 25),
+    ("CAP_SYSLOG", 34),
+    ("CAP_MAC_ADMIN", 33),
+    ("CAP_MAC_OVERRIDE", 32),
+    ("CAP_WAKE_ALARM", 35),
+    ("CAP_BLOCK_SUSPEND", 36),
+    ("CAP_AUDIT_CONTROL", 30),
+    ("CAP_AUDIT_READ", 37),
+    ("CAP_SYS_PACCT", 20),
+    ("CAP_SYS_TTY_CONFIG", 26),
+    ("CAP_LINUX_IMMUTABLE", 9),
+    ("CAP_BPF", 39),
+    ("CAP_PERFMON", 38),
+    ("CAP_CHECKPOINT_RESTORE", 40),
 ];
 
 /// Where buildah 1.28 (and podman's builds) keep `RUN --mount=type=cache`
 /// data as root: under the temporary directory.
 const CACHE_MOUNTS: &str = "/var/tmp/buildah-cache";
+/// Where containers/image keeps its blob info cache as root.
+const BLOB_INFO_CACHE: &str = "/var/lib/containers/cache";
 
 /// What a run's jail holds.
 pub struct JailSpec<'a> {
@@ -102,7 +110,8 @@ pub struct JailSpec<'a> {
     /// host path: the run's job directory, its cache slot.
     pub writable: Vec<PathBuf>,
     /// Files or directories they may read, at their host paths (a Docker
-    /// Engine's socket and client settings).
+    /// Engine's socket and client settings), as they are when the jail is
+    /// made; one missing is not shown.
     pub readable: Vec<PathBuf>,
     /// The run's scratch directory, inside its quota: the jail's `/tmp`
     /// and `/var/tmp`.
@@ -110,6 +119,12 @@ pub struct JailSpec<'a> {
     /// Where `RUN --mount=type=cache` data is kept: the cache slot's
     /// directory for it; `None` keeps it in `scratch`, gone with the run.
     pub cache_mounts: Option<PathBuf>,
+    /// Where the tools keep what they learned of registries' blobs
+    /// (containers/image's blob info cache: which compressed blob a
+    /// registry holds for a layer): kept with the storage it is about, so
+    /// a push sends only the layers the registry lacks, as on the host;
+    /// `None` keeps it in the jail's `/var`, gone with the run.
+    pub blob_info_cache: Option<PathBuf>,
     /// Where the host writes the jail's own `/etc` files; not shown to
     /// the jail as a directory.
     pub files: PathBuf,
@@ -143,23 +158,24 @@ pub enum JailError {
     },
     #[error("cannot make the jail's network: {0}")]
     Network(#[from] net::NetError),
+    #[error("cannot start the jail: {0}")]
+    Start(String),
 }
 
-/// A run's jail; dropping it removes its network namespace, uplink and
-/// forwarders (the control groups go with the run's [`RunCgroup`]).
+/// A run's jail; dropping it ends every process in it and removes its
+/// network namespace, uplink and forwarders (the control groups go with
+/// the run's [`RunCgroup`]).
 pub struct Jail {
-    bwrap: PathBuf,
-    /// bwrap's arguments before the program's.
-    args: Vec<OsString>,
-    /// Shell commands run in the jail before each program (mounting the
-    /// control group hierarchies in a cgroup namespace).
-    prelude: Option<String>,
+    /// Dropped first: the jail's processes end before its network goes.
+    keeper: keeper::Keeper,
     net: Option<net::JailNet>,
 }
 
 impl std::fmt::Debug for Jail {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Jail").field("args", &self.args).finish()
+        f.debug_struct("Jail")
+            .field("description", &self.describe())
+            .finish()
     }
 }
 
@@ -168,14 +184,19 @@ impl Jail {
     pub async fn create(spec: JailSpec<'_>) -> Result<Jail, JailError> {
         let bwrap = find_on_path("bwrap").ok_or(JailError::NoBubblewrap)?;
         let files = |what, source| JailError::Files { what, source };
-        std::fs::create_dir_all(spec.files.join("cni")).map_err(|e| files("directory", e))?;
+        let etc = spec.files.join("etc");
+        std::fs::create_dir_all(etc.join("cni/net.d")).map_err(|e| files("directory", e))?;
+        let etc_dirs = copy_etc(&etc).map_err(|e| files("/etc", e))?;
         std::fs::create_dir_all(&spec.scratch).map_err(|e| files("scratch directory", e))?;
+        if let Some(cache) = &spec.blob_info_cache {
+            std::fs::create_dir_all(cache).map_err(|e| files("blob info cache", e))?;
+        }
         let net = match spec.network {
             BuildNetwork::Host => None,
             network => Some(net::JailNet::create(network, &spec.registries).await?),
         };
         let hosts = net.as_ref().map(net::JailNet::hosts).unwrap_or_default();
-        std::fs::write(spec.files.join("hosts"), hosts_file(&hosts))
+        std::fs::write(etc.join("hosts"), hosts_file(&hosts))
             .map_err(|e| files("/etc/hosts", e))?;
         // The host's resolvers, for `private` steps' and tools' names
         // (the configured registries' names are in the jail's hosts).
@@ -183,53 +204,36 @@ impl Jail {
             BuildNetwork::None => String::new(),
             _ => std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
         };
-        std::fs::write(spec.files.join("resolv.conf"), resolv)
+        std::fs::write(etc.join("resolv.conf"), resolv)
             .map_err(|e| files("/etc/resolv.conf", e))?;
         if spec.network == BuildNetwork::Private {
             std::fs::write(
-                spec.files
-                    .join("cni")
+                etc.join("cni/net.d")
                     .join(format!("{}.conflist", crate::network::PRIVATE_NETWORK)),
                 crate::network::CNI_CONFIG,
             )
             .map_err(|e| files("CNI config", e))?;
         }
         let prelude = match (spec.cgroup_namespace, spec.cgroup) {
-            (true, Some(cgroup)) => Some(mount_hierarchies(cgroup)),
-            _ => None,
+            (true, Some(cgroup)) => mount_hierarchies(cgroup),
+            _ => String::new(),
         };
-        Ok(Jail {
-            bwrap,
-            args: bwrap_args(&spec),
-            prelude,
-            net,
-        })
+        let keeper = keeper::Keeper::start(
+            &bwrap,
+            bwrap_args(&spec, &etc, &etc_dirs),
+            &prelude,
+            spec.cgroup.map(RunCgroup::enter_fds).unwrap_or_default(),
+            net.as_ref().map(net::JailNet::fd),
+            spec.cgroup_namespace,
+        )
+        .await?;
+        Ok(Jail { keeper, net })
     }
 
-    /// The program and arguments that run `program args` in the jail,
-    /// in `cwd`.
-    pub(crate) fn wrap(
-        &self,
-        program: &Path,
-        args: &[String],
-        cwd: &Path,
-    ) -> (PathBuf, Vec<OsString>) {
-        let mut all = self.args.clone();
-        // A granted program outside /usr is shown alone, read-only.
-        if !program.starts_with("/usr") {
-            all.extend(bind("--ro-bind", program, program));
-        }
-        all.extend(["--chdir".into(), cwd.into(), "--".into()]);
-        if let Some(prelude) = &self.prelude {
-            all.extend([
-                "/bin/sh".into(),
-                "-c".into(),
-                format!("{prelude}exec \"$0\" \"$@\"").into(),
-            ]);
-        }
-        all.push(program.into());
-        all.extend(args.iter().map(OsString::from));
-        (self.bwrap.clone(), all)
+    /// How a program joins the jail, to run in `cwd` (see [`Entry`]).
+    pub(crate) fn entry(&self, cwd: &Path) -> Entry {
+        self.keeper
+            .entry(self.net.as_ref().map(net::JailNet::fd), cwd)
     }
 
     /// What the jail is, for the job's log.
@@ -247,19 +251,15 @@ impl Jail {
             ),
         }
     }
-
-    /// The jail's network namespace, for a program to join before it
-    /// executes; `None` on the host's network.
-    pub(crate) fn netns(&self) -> Option<RawFd> {
-        self.net.as_ref().map(net::JailNet::fd)
-    }
 }
 
 fn bind(how: &str, source: &Path, target: &Path) -> [OsString; 3] {
     [how.into(), source.into(), target.into()]
 }
 
-fn bwrap_args(spec: &JailSpec<'_>) -> Vec<OsString> {
+/// bubblewrap's arguments for the jail `spec` describes, its `/etc` in
+/// `etc` with the host's `etc_dirs` shown in it.
+fn bwrap_args(spec: &JailSpec<'_>, etc: &Path, etc_dirs: &[PathBuf]) -> Vec<OsString> {
     let mut args: Vec<OsString> = [
         "--die-with-parent",
         "--unshare-pid",
@@ -270,7 +270,7 @@ fn bwrap_args(spec: &JailSpec<'_>) -> Vec<OsString> {
     ]
     .map(OsString::from)
     .to_vec();
-    for cap in DROPPED_CAPABILITIES {
+    for (cap, _) in DROPPED_CAPABILITIES {
         args.extend(["--cap-drop".into(), OsString::from(cap)]);
     }
     args.extend(bind("--ro-bind", Path::new("/usr"), Path::new("/usr")));
@@ -283,19 +283,11 @@ fn bwrap_args(spec: &JailSpec<'_>) -> Vec<OsString> {
             Err(_) => {}
         }
     }
-    args.extend(["--tmpfs".into(), "/etc".into()]);
-    for entry in ETC_ENTRIES {
-        let host = Path::new("/etc").join(entry);
-        if host.exists() {
-            args.extend(bind("--ro-bind", &host, &host));
-        }
-    }
-    for (file, target) in [
-        ("hosts", "/etc/hosts"),
-        ("resolv.conf", "/etc/resolv.conf"),
-        ("cni", "/etc/cni/net.d"),
-    ] {
-        args.extend(bind("--ro-bind", &spec.files.join(file), Path::new(target)));
+    // Writable, as a tmpfs would be (dockerd makes /etc/docker): the
+    // run's own copy.
+    args.extend(bind("--bind", etc, Path::new("/etc")));
+    for dir in etc_dirs {
+        args.extend(bind("--ro-bind", dir, dir));
     }
     args.extend(
         [
@@ -327,15 +319,22 @@ fn bwrap_args(spec: &JailSpec<'_>) -> Vec<OsString> {
     if let Some(cache) = &spec.cache_mounts {
         args.extend(bind("--bind", cache, Path::new(CACHE_MOUNTS)));
     }
+    if let Some(cache) = &spec.blob_info_cache {
+        args.extend(bind("--bind", cache, Path::new(BLOB_INFO_CACHE)));
+    }
     for dir in &spec.writable {
         args.extend(bind("--bind", dir, dir));
     }
+    // An engine's socket may not be there (yet): the client then says so.
     for path in &spec.readable {
-        args.extend(bind("--ro-bind", path, path));
+        args.extend(bind("--ro-bind-try", path, path));
     }
-    args.extend(["--setenv", "TMPDIR", "/var/tmp"].map(OsString::from));
     args
 }
+
+/// The temporary directory the jail's programs are told of: the run's
+/// scratch directory.
+pub(crate) const TMPDIR: &str = "/var/tmp";
 
 /// Shell commands that mount each of `cgroup`'s hierarchies at its host
 /// path, as the host mounts it (in a cgroup namespace the mount's root is
@@ -372,6 +371,32 @@ fn mount_hierarchies(cgroup: &RunCgroup) -> String {
         script.push_str(&format!("mkdir -p {point} && {mount} && "));
     }
     script
+}
+
+/// Copies into `etc` each of [`ETC_ENTRIES`] the host has that is a file
+/// (a link as a link) and makes a mount point for each that is a
+/// directory: one mount for the jail's `/etc` instead of one per entry.
+/// The directories to show at those points.
+fn copy_etc(etc: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut dirs = Vec::new();
+    for entry in ETC_ENTRIES {
+        let (host, copy) = (Path::new("/etc").join(entry), etc.join(entry));
+        let Ok(meta) = host.symlink_metadata() else {
+            continue;
+        };
+        if meta.is_dir() {
+            std::fs::create_dir_all(&copy)?;
+            dirs.push(host);
+        } else if meta.is_symlink() {
+            match std::fs::remove_file(&copy) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => std::os::unix::fs::symlink(std::fs::read_link(&host)?, &copy)?,
+            }
+        } else {
+            std::fs::copy(&host, &copy)?;
+        }
+    }
+    Ok(dirs)
 }
 
 fn hosts_file(registries: &[(String, std::net::IpAddr)]) -> String {

@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 
 use tokio::sync::OnceCell;
 
+use super::netlink::{self, Netlink};
 use crate::network::BuildNetwork;
 
 /// The addresses uplinks take: a /30 each, the host's end first.
@@ -72,6 +73,17 @@ impl JailNet {
         registries: &[String],
     ) -> Result<JailNet, NetError> {
         let netns = new_netns()?;
+        // The rule for the steps' bridge is one process; the rest is made
+        // while it runs.
+        let bridge_rule = (network == BuildNetwork::Private).then(|| {
+            // The steps' bridge may reach out, never the jail itself.
+            in_netns_command(
+                netns.as_raw_fd(),
+                &[
+                    "iptables", "-w", "-A", "INPUT", "-i", "helix0", "-j", "REJECT",
+                ],
+            )
+        });
         let mut net = JailNet {
             netns,
             hosts: Vec::new(),
@@ -79,20 +91,21 @@ impl JailNet {
             forwarders: Vec::new(),
             uplink: None,
         };
-        net.run(&["ip", "link", "set", "lo", "up"]).await?;
-        // Nothing reaches the host over IPv6 link-local addresses either.
-        net.run(&["sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=1"])
-            .await?;
+        netlink::in_netns(net.fd(), |netlink| {
+            netlink.set_up(netlink::LOOPBACK)?;
+            // Nothing reaches the host over IPv6 link-local addresses
+            // either (this thread's namespace is the jail's).
+            std::fs::write("/proc/sys/net/ipv6/conf/all/disable_ipv6", "1")
+        })
+        .map_err(io("cannot set up the jail's loopback"))?;
         if network == BuildNetwork::Private {
             net.uplink = Some(Uplink::create(&net).await?);
-            // The steps' bridge may reach out, never the jail itself.
-            net.run(&[
-                "iptables", "-w", "-A", "INPUT", "-i", "helix0", "-j", "REJECT",
-            ])
-            .await?;
+        }
+        if let Some(rule) = bridge_rule {
+            rule.await?;
         }
         for (index, registry) in registries.iter().enumerate() {
-            net.forward(index, registry).await?;
+            net.forward(index, registry)?;
         }
         Ok(net)
     }
@@ -119,20 +132,8 @@ impl JailNet {
         self.hosts.clone()
     }
 
-    /// Runs `command` inside the namespace.
-    async fn run(&self, command: &[&str]) -> Result<(), NetError> {
-        let fd = self.fd();
-        let mut process = tokio::process::Command::new(command[0]);
-        process.args(&command[1..]);
-        // SAFETY: setns is async-signal-safe; the descriptor is open.
-        unsafe {
-            process.pre_exec(move || join(fd));
-        }
-        run_checked(process, command).await
-    }
-
     /// Forwards `registry` (`host[:port][/path]`) into the jail.
-    async fn forward(&mut self, index: usize, registry: &str) -> Result<(), NetError> {
+    fn forward(&mut self, index: usize, registry: &str) -> Result<(), NetError> {
         let authority = registry.split('/').next().unwrap_or(registry);
         let (host, port) = split_port(authority);
         let ports: Vec<u16> = match port {
@@ -144,15 +145,10 @@ impl JailNet {
             Ok(address) => {
                 if !address.is_loopback() {
                     let prefix = if address.is_ipv4() { 32 } else { 128 };
-                    self.run(&[
-                        "ip",
-                        "addr",
-                        "add",
-                        &format!("{address}/{prefix}"),
-                        "dev",
-                        "lo",
-                    ])
-                    .await?;
+                    netlink::in_netns(self.fd(), move |netlink| {
+                        netlink.add_address(netlink::LOOPBACK, address, prefix)
+                    })
+                    .map_err(io(format!("cannot add {address} to the jail's loopback")))?;
                 }
                 address
             }
@@ -198,7 +194,7 @@ fn split_port(authority: &str) -> (&str, Option<u16>) {
 
 /// Joins the network namespace behind `fd`; for a forked child or a
 /// thread of its own.
-fn join(fd: RawFd) -> std::io::Result<()> {
+pub(super) fn join(fd: RawFd) -> std::io::Result<()> {
     // SAFETY: setns has no memory-safety preconditions.
     if unsafe { libc::setns(fd, libc::CLONE_NEWNET) } != 0 {
         return Err(std::io::Error::last_os_error());
@@ -278,6 +274,34 @@ async fn run_on_host(command: &[&str]) -> Result<(), NetError> {
     run_checked(process, command).await
 }
 
+/// `command`, started now inside the namespace behind `netns`; the
+/// returned future waits for it.
+fn in_netns_command(
+    netns: RawFd,
+    command: &[&str],
+) -> impl Future<Output = Result<(), NetError>> + use<> {
+    let mut process = tokio::process::Command::new(command[0]);
+    process.args(&command[1..]);
+    // SAFETY: setns is async-signal-safe; the descriptor is open.
+    unsafe {
+        process.pre_exec(move || join(netns));
+    }
+    let command: Vec<String> = command.iter().map(|c| c.to_string()).collect();
+    let output = process.output();
+    async move {
+        let output = output
+            .await
+            .map_err(io(format!("cannot run {}", command[0])))?;
+        match output.status.success() {
+            true => Ok(()),
+            false => Err(NetError::Command {
+                command: command.join(" "),
+                stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+            }),
+        }
+    }
+}
+
 /// A jail's way to the world: one end of a veth pair in the jail, the
 /// other on the host.
 struct Uplink {
@@ -297,35 +321,35 @@ impl Uplink {
             claim,
         };
         let (host_end, jail_end) = addresses(index);
-        let netns = format!("/proc/{}/fd/{}", std::process::id(), net.fd());
-        run_on_host(&[
-            "ip", "link", "add", &name, "type", "veth", "peer", "name", "eth0", "netns", &netns,
-        ])
-        .await?;
+        let mut host = Netlink::open().map_err(io("cannot open a netlink socket"))?;
+        host.add_veth(&name, "eth0", net.fd())
+            .map_err(io(format!("cannot make the veth pair {name}")))?;
         std::fs::write(format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6"), "1")
             .map_err(io(format!("cannot turn IPv6 off on {name}")))?;
-        run_on_host(&["ip", "addr", "add", &format!("{host_end}/30"), "dev", &name]).await?;
-        run_on_host(&["ip", "link", "set", &name, "up"]).await?;
-        net.run(&[
-            "ip",
-            "addr",
-            "add",
-            &format!("{jail_end}/30"),
-            "dev",
-            "eth0",
-        ])
-        .await?;
-        net.run(&["ip", "link", "set", "eth0", "up"]).await?;
-        net.run(&[
-            "ip",
-            "route",
-            "add",
-            "default",
-            "via",
-            &host_end.to_string(),
-        ])
-        .await?;
+        let host_index = index_of(&name)?;
+        host.add_address(host_index, host_end.into(), 30)
+            .and_then(|()| host.set_up(host_index))
+            .map_err(io(format!("cannot set up {name}")))?;
+        netlink::in_netns(net.fd(), move |jail| {
+            let eth0 = index_of("eth0").map_err(std::io::Error::other)?;
+            jail.add_address(eth0, jail_end.into(), 30)?;
+            jail.set_up(eth0)?;
+            jail.add_default_route(host_end.into())
+        })
+        .map_err(io(format!("cannot set up the jail's end of {name}")))?;
         Ok(uplink)
+    }
+}
+
+/// The index of the link `name` in the calling thread's namespace.
+fn index_of(name: &str) -> Result<u32, NetError> {
+    let c_name = std::ffi::CString::new(name).map_err(|e| io(name)(std::io::Error::other(e)))?;
+    // SAFETY: `c_name` is a valid C string.
+    match unsafe { libc::if_nametoindex(c_name.as_ptr()) } {
+        0 => Err(io(format!("no link {name}"))(
+            std::io::Error::last_os_error(),
+        )),
+        index => Ok(index),
     }
 }
 
@@ -334,9 +358,7 @@ impl Drop for Uplink {
     /// namespace, but only once the last socket in it is gone), then the
     /// claim.
     fn drop(&mut self) {
-        let _ = std::process::Command::new("ip")
-            .args(["link", "del", &self.interface])
-            .output();
+        let _ = Netlink::open().and_then(|mut host| host.delete_link(&self.interface));
         let _ = std::fs::remove_file(&self.claim);
     }
 }
@@ -394,9 +416,7 @@ pub fn sweep_uplinks() -> usize {
             continue;
         }
         if let Some(index) = claim.file_name().to_str().and_then(|n| n.parse().ok()) {
-            let _ = std::process::Command::new("ip")
-                .args(["link", "del", &interface(index)])
-                .output();
+            let _ = Netlink::open().and_then(|mut host| host.delete_link(&interface(index)));
         }
         if std::fs::remove_file(claim.path()).is_ok() {
             released += 1;

@@ -309,6 +309,7 @@ impl Job {
             completed_at: None,
             attempts: 0,
             component_digest: None,
+            commit: None,
             steps: BuildSteps::default(),
         };
         // Where it will push, named or the default: a real builder's push

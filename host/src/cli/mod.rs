@@ -38,6 +38,9 @@ fn report(job: &Job, as_json: bool) {
         (state, _, Some(error)) => println!("{} {state}: {error}", job.id),
         (state, _, None) => println!("{} {state}", job.id),
     }
+    if let Some(commit) = &job.commit {
+        println!("  commit {commit}");
+    }
 }
 
 /// Prints `rows` under `header`, each column as wide as its widest cell

@@ -1012,6 +1012,15 @@ fn cli_lists_shows_cancels_and_reads_logs() {
             "columns line up: {out}"
         );
     }
+    // The simulated builder checks nothing out: no commit.
+    let commit_column = out.find("COMMIT").unwrap();
+    for line in out.lines().skip(1) {
+        assert!(
+            line.get(commit_column..)
+                .is_some_and(|c| c.starts_with("- ")),
+            "no commit: {out}"
+        );
+    }
     assert!(
         out.lines()
             .any(|l| l.starts_with("short") && l.contains("succeeded")),

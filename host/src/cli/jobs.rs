@@ -68,7 +68,7 @@ pub async fn jobs(client: &Client, filter: JobsFilter, as_json: bool) -> Result<
             // Abbreviated as git does; `get` shows it in full.
             job.commit
                 .as_deref()
-                .map_or("-", |c| &c[..c.len().min(12)])
+                .map_or("-", |c| c.get(..12).unwrap_or(c))
                 .to_string(),
             job.image_tag
                 .clone()
@@ -77,7 +77,14 @@ pub async fn jobs(client: &Client, filter: JobsFilter, as_json: bool) -> Result<
         ]
     });
     print_table(
-        &["ID", "STATE", "BUILDER", "CREATED", "COMMIT", "IMAGE / ERROR"],
+        &[
+            "ID",
+            "STATE",
+            "BUILDER",
+            "CREATED",
+            "COMMIT",
+            "IMAGE / ERROR",
+        ],
         rows,
     );
     Ok(true)

@@ -910,8 +910,14 @@ mod tests {
             ("https://[::1/x", "invalid IPv6 address"),
             ("javascript:alert(1)", "is not a repository URL"),
             ("mailto:someone", "is not a repository URL"),
-            ("HTTP://git.example/app.git", "must be written in lowercase (http://)"),
-            ("Https://git.example/app.git", "must be written in lowercase (https://)"),
+            (
+                "HTTP://git.example/app.git",
+                "must be written in lowercase (http://)",
+            ),
+            (
+                "Https://git.example/app.git",
+                "must be written in lowercase (https://)",
+            ),
             (
                 "https://git.example/app.git#main:docker",
                 "name the branch, tag or commit in `ref` and the directory in `context`",
@@ -1012,7 +1018,10 @@ mod tests {
             for (field, submitted) in cases {
                 let err = job(submitted).unwrap_err();
                 assert_eq!(err.field, field, "{kind}");
-                assert!(err.message.starts_with(&format!("contains {kind}")), "{field}: {err}");
+                assert!(
+                    err.message.starts_with(&format!("contains {kind}")),
+                    "{field}: {err}"
+                );
             }
         }
     }
@@ -1024,7 +1033,11 @@ mod tests {
                 ("podman".to_string(), Some(vec![Platform::default_target()])),
                 ("simulated".to_string(), None),
             ]),
-            registries: ["simulated.invalid".to_string(), "registry.example".to_string()].into(),
+            registries: [
+                "simulated.invalid".to_string(),
+                "registry.example".to_string(),
+            ]
+            .into(),
             ..SubmitPolicy::for_builders("podman", [])
         };
         let submit = |builder: &str, image: &str| {
@@ -1041,7 +1054,10 @@ mod tests {
         // Refused even where an operator configured the name.
         let err = submit("podman", "simulated.invalid/x:1").unwrap_err();
         assert_eq!(err.field, "image");
-        assert!(err.message.contains("the .invalid domain is reserved"), "{err}");
+        assert!(
+            err.message.contains("the .invalid domain is reserved"),
+            "{err}"
+        );
         assert!(submit("simulated", "simulated.invalid/x:1").is_ok());
         assert!(submit("podman", "registry.example/x:1").is_ok());
     }

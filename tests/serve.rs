@@ -113,6 +113,26 @@ fn bad_submissions_get_a_400_naming_the_problem_and_store_nothing() {
             "colour",
         ),
         (json!({"ref": "main"}), "repo_url"),
+        (
+            json!({"repo_url": "http://127.0.0.1:99999/x"}),
+            "repo_url: \"http://127.0.0.1:99999/x\" is not a valid URL: invalid port number",
+        ),
+        (
+            json!({"repo_url": "HTTP://h/r"}),
+            "repo_url: transport \"HTTP\" must be written in lowercase",
+        ),
+        (
+            json!({"repo_url": "https://h/r.git#main:app"}),
+            "name the branch, tag or commit in `ref` and the directory in `context`",
+        ),
+        (
+            json!({"repo_url": "https://h/r", "ref": "main\u{202e}x"}),
+            "ref: contains U+202E (a bidirectional control)",
+        ),
+        (
+            json!({"repo_url": "https://h/r", "context": "\u{feff}app"}),
+            "context: contains U+FEFF (a zero-width character)",
+        ),
     ];
     for (body, named) in cases {
         let (status, error) = server.json("POST", "/v1/jobs", Some(&body));
@@ -1059,6 +1079,15 @@ fn cli_lists_shows_cancels_and_reads_logs() {
                 .iter()
                 .any(|s| state.starts_with(s)),
             "columns line up: {out}"
+        );
+    }
+    // The simulated builder checks nothing out: no commit.
+    let commit_column = out.find("COMMIT").unwrap();
+    for line in out.lines().skip(1) {
+        assert!(
+            line.get(commit_column..)
+                .is_some_and(|c| c.starts_with("- ")),
+            "no commit: {out}"
         );
     }
     assert!(

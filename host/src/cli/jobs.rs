@@ -65,6 +65,11 @@ pub async fn jobs(client: &Client, filter: JobsFilter, as_json: bool) -> Result<
             job.state.to_string(),
             job.builder.clone(),
             job.created_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+            // Abbreviated as git does; `get` shows it in full.
+            job.commit
+                .as_deref()
+                .map_or("-", |c| c.get(..12).unwrap_or(c))
+                .to_string(),
             job.image_tag
                 .clone()
                 .or_else(|| job.error.clone())
@@ -72,7 +77,14 @@ pub async fn jobs(client: &Client, filter: JobsFilter, as_json: bool) -> Result<
         ]
     });
     print_table(
-        &["ID", "STATE", "BUILDER", "CREATED", "IMAGE / ERROR"],
+        &[
+            "ID",
+            "STATE",
+            "BUILDER",
+            "CREATED",
+            "COMMIT",
+            "IMAGE / ERROR",
+        ],
         rows,
     );
     Ok(true)

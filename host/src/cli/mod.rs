@@ -41,6 +41,9 @@ fn report(job: &Job, as_json: bool) {
         }
         _ => println!("{} {}", job.id, job.summary()),
     }
+    if let Some(commit) = &job.commit {
+        println!("  commit {commit}");
+    }
 }
 
 /// Prints `rows` under `header`, each column as wide as its widest cell

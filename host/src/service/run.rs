@@ -414,6 +414,9 @@ impl Inner {
                 .checkout
                 .fetch(job, &workspace, log, cancel, cgroup.as_deref())
                 .await?;
+            if let Some(entry) = self.lock().jobs.get_mut(&job.id) {
+                entry.job.commit = Some(commit.clone());
+            }
             let source = crate::rules::check_source(&workspace, job, builder)?;
             (Some(image), Some(commit), Some(source))
         };

@@ -88,6 +88,7 @@ async fn a_commit_sha_and_an_explicit_image_are_honoured() {
     };
     let job = run(&service, request).await;
     assert_eq!(job.state, State::Succeeded, "{:?}", job.error);
+    assert_eq!(job.commit.as_deref(), Some(repo.first_commit.as_str()));
     assert_eq!(
         job.image_tag.unwrap(),
         format!("{}/other/app:pinned", registry.address)

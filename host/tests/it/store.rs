@@ -96,13 +96,15 @@ async fn running(queue: &dyn JobQueue, id: &str, builder: &str) -> Job {
     claimed.unwrap().job
 }
 
-async fn keeps_state_result_and_log_in_order(store: &dyn JobStore, queue: &dyn JobQueue) {
+async fn keeps_state_result_commit_and_log_in_order(store: &dyn JobStore, queue: &dyn JobQueue) {
     let mut j = running(queue, "kept", "kept").await;
     let first = LogLine::new("first");
     std::thread::sleep(Duration::from_millis(2));
     let second = LogLine::new("second");
     store.append_log(&j.id, &first, 100);
     store.append_log(&j.id, &second, 100);
+    let commit = "0123456789abcdef0123456789abcdef01234567";
+    j.commit = Some(commit.into());
     j.finish(Outcome::failed(FailureKind::Build, "RUN false"), Utc::now())
         .unwrap();
     store.update(&j).await.unwrap();
@@ -110,6 +112,7 @@ async fn keeps_state_result_and_log_in_order(store: &dyn JobStore, queue: &dyn J
     assert_eq!(stored.state, State::Failed);
     assert_eq!(stored.error.as_deref(), Some("build error: RUN false"));
     assert_eq!(stored.platforms, j.platforms);
+    assert_eq!(stored.commit.as_deref(), Some(commit));
     assert_eq!(
         store.log("kept").await.unwrap(),
         [first, second],
@@ -399,9 +402,9 @@ async fn keeps_about_the_last_cap_log_lines(store: &dyn JobStore) {
 }
 
 #[tokio::test]
-async fn sqlite_keeps_state_result_and_log_in_order() {
+async fn sqlite_keeps_state_result_commit_and_log_in_order() {
     let (_dir, store, queue) = sqlite_with_queue().await;
-    keeps_state_result_and_log_in_order(store.as_ref(), &queue).await;
+    keeps_state_result_commit_and_log_in_order(store.as_ref(), &queue).await;
 }
 
 #[tokio::test]
@@ -446,7 +449,7 @@ async fn postgres_keeps_the_store_contract() {
     // First: it takes every notification owed.
     owes_one_notification_per_ended_job(store.as_ref(), store.as_ref()).await;
     keeps_a_jobs_records_by_name(store.as_ref(), store.as_ref()).await;
-    keeps_state_result_and_log_in_order(store.as_ref(), store.as_ref()).await;
+    keeps_state_result_commit_and_log_in_order(store.as_ref(), store.as_ref()).await;
     refuses_a_duplicate_id(store.as_ref()).await;
     pages_newest_first_by_state_from_a_cursor(store.as_ref(), store.as_ref()).await;
     keeps_about_the_last_cap_log_lines(store.as_ref()).await;

@@ -99,6 +99,8 @@ impl Job {
         self.attempts += 1;
         self.started_at = Some(now);
         self.not_before = None;
+        // Each run checks out afresh (a branch may have moved since).
+        self.commit = None;
         Ok(())
     }
 
@@ -157,6 +159,7 @@ impl Job {
         }
         self.attempts += 1;
         self.started_at = Some(now);
+        self.commit = None;
         Ok(())
     }
 
@@ -300,5 +303,18 @@ mod tests {
             Some(digest.as_str())
         );
         assert_eq!(job.error, None);
+    }
+
+    #[test]
+    fn each_run_forgets_the_commit_an_earlier_one_checked_out() {
+        let mut job = job(request()).unwrap();
+        job.start(Utc::now()).unwrap();
+        job.commit = Some("a".repeat(40));
+        job.next_attempt(Utc::now()).unwrap();
+        assert_eq!(job.commit, None);
+        job.commit = Some("b".repeat(40));
+        job.requeue_after_interruption().unwrap();
+        job.start(Utc::now()).unwrap();
+        assert_eq!(job.commit, None);
     }
 }

@@ -145,6 +145,10 @@ pub struct Job {
     /// (builders can be swapped while jobs wait).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub component_digest: Option<String>,
+    /// The commit its last run checked out (`null` until a checkout
+    /// succeeds, and for a simulated builder, which checks nothing out).
+    #[serde(default)]
+    pub commit: Option<String>,
     /// Build steps of its last run, and how many came from the cache.
     #[serde(default)]
     pub steps: BuildSteps,
@@ -291,6 +295,7 @@ mod tests {
             "completed_at",
             "attempts",
             "steps",
+            "commit",
         ] {
             assert!(value.get(field).is_some(), "missing {field}");
         }

@@ -16,8 +16,9 @@ use crate::manifest::Manifest;
 use crate::platform::Platform;
 use crate::reference::{registry_of, validate_image_ref};
 use rules::{
-    check_buildable, normalise_context, parse_platforms, validate_build_args, validate_group,
-    validate_labels, validate_ref, validate_relative_path, validate_secrets, validate_target,
+    check_buildable, normalise_context, parse_platforms, refuse_hidden, refuse_reserved_image,
+    validate_build_args, validate_group, validate_labels, validate_ref, validate_relative_path,
+    validate_secrets, validate_target,
 };
 
 pub use rules::{reserved_build_arg, validate_repo_url};
@@ -238,6 +239,7 @@ impl Job {
             check_buildable(&builder, &platforms, buildable)?;
         }
         if let Some(image) = &request.image {
+            refuse_hidden("image", image)?;
             validate_image_ref(image).map_err(|e| InvalidJob::new("image", e.to_string()))?;
         }
         if let Some(target) = &request.target {
@@ -307,6 +309,7 @@ impl Job {
             completed_at: None,
             attempts: 0,
             component_digest: None,
+            commit: None,
             steps: BuildSteps::default(),
         };
         // Where it will push, named or the default: a real builder's push
@@ -314,6 +317,9 @@ impl Job {
         // its prefixes.
         if let Some(image) = job_image(&job, policy.default_registry.as_deref()) {
             let registry = registry_of(&image);
+            if buildable.is_some() {
+                refuse_reserved_image(&image, registry)?;
+            }
             if buildable.is_some() && !policy.registries.contains(registry) {
                 let configured: Vec<&str> = policy.registries.iter().map(String::as_str).collect();
                 return Err(InvalidJob::new(

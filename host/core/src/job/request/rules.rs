@@ -13,6 +13,32 @@ const MAX_LABELS: usize = 64;
 const MAX_LABEL_VALUE: usize = 4 * 1024;
 const MAX_SECRETS: usize = 32;
 
+/// Refuses characters that make a name read as something other than what
+/// it is: control characters, bidirectional overrides and isolates
+/// (U+202A–U+202E, U+2066–U+2069) and zero-width ones (U+200B–U+200D,
+/// U+FEFF). Named by code point, as printing them would hide them again.
+pub(super) fn refuse_hidden(field: &'static str, text: &str) -> Result<(), InvalidJob> {
+    let Some(c) = text.chars().find(|c| {
+        c.is_control()
+            || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+            || matches!(c, '\u{200B}'..='\u{200D}' | '\u{FEFF}')
+    }) else {
+        return Ok(());
+    };
+    let kind = match c {
+        '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' => "a bidirectional control",
+        '\u{200B}'..='\u{200D}' | '\u{FEFF}' => "a zero-width character",
+        _ => "a control character",
+    };
+    Err(InvalidJob::new(
+        field,
+        format!(
+            "contains U+{:04X} ({kind}), which hides or reorders what the text shows",
+            u32::from(c)
+        ),
+    ))
+}
+
 /// A group name is free text for people (`team/app:main`), bounded;
 /// `max_running` and `cancel_in_progress` mean nothing without one.
 pub(super) fn validate_group(
@@ -34,12 +60,10 @@ pub(super) fn validate_group(
         }
         return Ok(None);
     };
-    if group.is_empty() || group.len() > 200 || group.chars().any(char::is_control) {
-        return Err(InvalidJob::new(
-            "group",
-            "must be 1 to 200 characters without control characters",
-        ));
+    if group.is_empty() || group.len() > 200 {
+        return Err(InvalidJob::new("group", "must be 1 to 200 characters"));
     }
+    refuse_hidden("group", &group)?;
     if let Some(max) = max_running
         && !(1..=MAX_RUNNING_LIMIT).contains(&max)
     {
@@ -51,9 +75,12 @@ pub(super) fn validate_group(
     Ok(Some(group))
 }
 
-/// A repository URL git may fetch with the transports the server allows.
-/// One holding credentials is refused first, and its text never echoed:
-/// a job's URL is stored, listed and shown in its log.
+/// A repository URL git may fetch with the transports the server allows,
+/// read as git reads it: `scheme://authority/path` (parsed by a URL
+/// parser, so a bad port or address is refused here, not by git at run
+/// time) or scp-like `[user@]host:path`. One holding credentials is
+/// refused first, and its text never echoed: a job's URL is stored,
+/// listed and shown in its log.
 pub fn validate_repo_url(url: &str, allow_file_repos: bool) -> Result<(), InvalidJob> {
     let err = |message: String| Err(InvalidJob::new("repo_url", message));
     if has_credentials(url) {
@@ -67,45 +94,95 @@ pub fn validate_repo_url(url: &str, allow_file_repos: bool) -> Result<(), Invali
     if url.is_empty() || url.len() > 2048 {
         return err("must be 1 to 2048 characters".into());
     }
+    refuse_hidden("repo_url", url)?;
     if url.starts_with('-') {
         return err(format!(
             "{url:?} starts with '-' and could be read as an option"
         ));
     }
-    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return err("must not contain white space or control characters".into());
+    if url.chars().any(char::is_whitespace) {
+        return err("must not contain white space".into());
+    }
+    // Docker's `repo.git#ref:dir`: git has no such syntax and would ask
+    // the server for a repository whose name holds the '#'.
+    if url.contains('#') {
+        return err(format!(
+            "{url:?} holds '#', docker's repo.git#ref:dir syntax, which git does not read; \
+             name the branch, tag or commit in `ref` and the directory in `context`"
+        ));
     }
     if let Some((scheme, rest)) = url.split_once("://") {
-        let scheme = scheme.to_ascii_lowercase();
-        if rest.is_empty() {
-            return err(format!("{url:?} has no host or path after {scheme}://"));
-        }
-        return match scheme.as_str() {
-            "https" | "http" | "ssh" | "git" => Ok(()),
-            "file" if allow_file_repos => Ok(()),
-            "file" => err(
-                "file:// repositories are disabled on this server (the operator can allow them)"
-                    .into(),
-            ),
-            _ => err(format!(
-                "transport {scheme:?} is not allowed; use https, http, ssh or git"
-            )),
-        };
+        return validate_transport_url(url, scheme, rest, allow_file_repos);
     }
     // scp-like ssh syntax: [user@]host:path, with no '/' before the ':'.
-    if let Some((host, path)) = url.split_once(':') {
-        let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
+    if let Some((login, path)) = url.split_once(':')
+        && !login.contains('/')
+    {
+        let (user, host) = match login.rsplit_once('@') {
+            Some((user, host)) => (Some(user), host),
+            None => (None, login),
+        };
         let host_ok = !host.is_empty()
             && host
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'));
-        if host_ok && !path.is_empty() && !path.starts_with(':') {
+        // A bare word before the ':' reads as a URL scheme (`javascript:`,
+        // `mailto:`), not a host: scp-like syntax needs a user or a dotted
+        // host name.
+        let host_like = user.is_some_and(|u| !u.is_empty()) || host.contains('.');
+        if host_ok && host_like && !path.is_empty() && !path.starts_with(':') {
             return Ok(());
         }
     }
     err(format!(
         "{url:?} is not a repository URL; use https://, http://, ssh://, git:// or user@host:path"
     ))
+}
+
+/// `scheme://…`: a transport git has (lowercase, as git's are: it finds
+/// no helper for `HTTP`), and a URL the parser takes with a host for all
+/// but `file://`.
+fn validate_transport_url(
+    url: &str,
+    scheme: &str,
+    rest: &str,
+    allow_file_repos: bool,
+) -> Result<(), InvalidJob> {
+    let err = |message: String| Err(InvalidJob::new("repo_url", message));
+    let lower = scheme.to_ascii_lowercase();
+    match lower.as_str() {
+        "https" | "http" | "ssh" | "git" | "file" if scheme != lower => {
+            return err(format!(
+                "transport {scheme:?} must be written in lowercase ({lower}://): git does not know {scheme:?}"
+            ));
+        }
+        "https" | "http" | "ssh" | "git" => {}
+        "file" if allow_file_repos => {}
+        "file" => {
+            return err(
+                "file:// repositories are disabled on this server (the operator can allow them)"
+                    .into(),
+            );
+        }
+        _ => {
+            return err(format!(
+                "transport {scheme:?} is not allowed; use https, http, ssh or git"
+            ));
+        }
+    }
+    if rest.is_empty() {
+        return err(format!("{url:?} has no host or path after {scheme}://"));
+    }
+    let parsed = match url::Url::parse(url) {
+        Ok(parsed) => parsed,
+        Err(e) => return err(format!("{url:?} is not a valid URL: {e}")),
+    };
+    // The parser reads `http:///x` as host `x`; git reads no host.
+    let authority = rest.split(['/', '?']).next().unwrap_or_default();
+    if lower != "file" && (authority.is_empty() || parsed.host().is_none()) {
+        return err(format!("{url:?} names no host after {scheme}://"));
+    }
+    Ok(())
 }
 
 /// Whether a repository URL carries credentials: a password in any form,
@@ -132,6 +209,7 @@ pub(super) fn validate_ref(git_ref: &str) -> Result<(), InvalidJob> {
     if git_ref.is_empty() || git_ref.len() > 255 {
         return err("must be 1 to 255 characters".into());
     }
+    refuse_hidden("ref", git_ref)?;
     if git_ref.starts_with('-') {
         return err(format!(
             "{git_ref:?} starts with '-' and could be read as an option"
@@ -173,9 +251,7 @@ pub(super) fn validate_relative_path(
     if path.is_empty() || path.len() > 1024 {
         return err("must be 1 to 1024 characters".into());
     }
-    if path.chars().any(char::is_control) {
-        return err("must not contain control characters".into());
-    }
+    refuse_hidden(field, path)?;
     if path.starts_with('/') || path.starts_with('-') {
         return err(format!("{path:?} must be a path relative to {base}"));
     }
@@ -203,6 +279,7 @@ pub(super) fn normalise_context(context: &str) -> Result<String, InvalidJob> {
 
 /// A stage name as a Dockerfile's `FROM … AS name` allows it.
 pub(super) fn validate_target(target: &str) -> Result<(), InvalidJob> {
+    refuse_hidden("target", target)?;
     let mut bytes = target.bytes();
     let ok = target.len() <= 128
         && bytes.next().is_some_and(|b| b.is_ascii_alphabetic())
@@ -230,6 +307,7 @@ pub(super) fn validate_labels(labels: &BTreeMap<String, String>) -> Result<(), I
         ));
     }
     for (key, value) in labels {
+        refuse_hidden("labels", key)?;
         let mut bytes = key.bytes();
         let key_ok = key.len() <= 256
             && bytes.next().is_some_and(|b| b.is_ascii_alphanumeric())
@@ -305,6 +383,7 @@ pub(super) fn validate_build_args(args: &BTreeMap<String, String>) -> Result<(),
         ));
     }
     for (name, value) in args {
+        refuse_hidden("build_args", name)?;
         let mut bytes = name.bytes();
         let name_ok = name.len() <= 128
             && bytes
@@ -365,6 +444,27 @@ pub fn reserved_build_arg(name: &str) -> Option<&'static str> {
     } else {
         None
     }
+}
+
+/// A real build's image must not be in a `.invalid` registry: that name
+/// is reserved never to resolve (RFC 6761), which is why the simulated
+/// builder tags its images `simulated.invalid/…`; a push there would
+/// fail only after the whole build.
+pub(super) fn refuse_reserved_image(image: &str, registry: &str) -> Result<(), InvalidJob> {
+    let host = registry
+        .rsplit_once(':')
+        .map_or(registry, |(host, _)| host)
+        .to_ascii_lowercase();
+    if host == "invalid" || host.ends_with(".invalid") {
+        return Err(InvalidJob::new(
+            "image",
+            format!(
+                "{image:?} is in registry {registry}: the .invalid domain is reserved (the simulated \
+                 builder's images are named there) and resolves nowhere, so a real build cannot push to it"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Every requested platform must be one `builder` can build on this host.
@@ -794,5 +894,171 @@ mod tests {
                 .ends_with("project team-a may push to: registry.example:5000/team-a"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn repository_urls_are_parsed_as_git_reads_them() {
+        let submit = |url: &str| {
+            job(JobRequest {
+                repo_url: url.into(),
+                ..request()
+            })
+        };
+        for (url, says) in [
+            ("http:///x", "names no host"),
+            ("http://127.0.0.1:99999/x", "invalid port number"),
+            ("https://[::1/x", "invalid IPv6 address"),
+            ("javascript:alert(1)", "is not a repository URL"),
+            ("mailto:someone", "is not a repository URL"),
+            (
+                "HTTP://git.example/app.git",
+                "must be written in lowercase (http://)",
+            ),
+            (
+                "Https://git.example/app.git",
+                "must be written in lowercase (https://)",
+            ),
+            (
+                "https://git.example/app.git#main:docker",
+                "name the branch, tag or commit in `ref` and the directory in `context`",
+            ),
+            ("git@git.example:app.git#v1", "docker's repo.git#ref:dir"),
+        ] {
+            let err = submit(url).unwrap_err();
+            assert_eq!(err.field, "repo_url", "{url}");
+            assert!(err.message.contains(says), "{url}: {err}");
+        }
+        for url in [
+            "http://127.0.0.1:3000/x.git",
+            "https://[::1]:8443/team/app.git",
+            "ssh://git@git.example:2222/app.git",
+            "git://git.example/app",
+            "deploy@host:app.git",
+            "git.example:team/app.git",
+        ] {
+            assert!(submit(url).is_ok(), "{url}: {:?}", submit(url));
+        }
+    }
+
+    #[test]
+    fn hidden_characters_are_refused_in_every_name_like_field() {
+        for (c, kind) in [
+            ('\u{202E}', "U+202E (a bidirectional control)"),
+            ('\u{2066}', "U+2066 (a bidirectional control)"),
+            ('\u{200B}', "U+200B (a zero-width character)"),
+            ('\u{FEFF}', "U+FEFF (a zero-width character)"),
+            ('\u{7}', "U+0007 (a control character)"),
+        ] {
+            let name = format!("main{c}x");
+            let cases: Vec<(&str, JobRequest)> = vec![
+                (
+                    "repo_url",
+                    JobRequest {
+                        repo_url: format!("https://git.example/{name}.git"),
+                        ..request()
+                    },
+                ),
+                (
+                    "ref",
+                    JobRequest {
+                        git_ref: Some(name.clone()),
+                        ..request()
+                    },
+                ),
+                (
+                    "context",
+                    JobRequest {
+                        context: Some(name.clone()),
+                        ..request()
+                    },
+                ),
+                (
+                    "dockerfile_path",
+                    JobRequest {
+                        dockerfile_path: Some(name.clone()),
+                        ..request()
+                    },
+                ),
+                (
+                    "target",
+                    JobRequest {
+                        target: Some(name.clone()),
+                        ..request()
+                    },
+                ),
+                (
+                    "image",
+                    JobRequest {
+                        image: Some(format!("registry.example/{name}")),
+                        ..request()
+                    },
+                ),
+                (
+                    "group",
+                    JobRequest {
+                        group: Some(name.clone()),
+                        ..request()
+                    },
+                ),
+                (
+                    "labels",
+                    JobRequest {
+                        labels: [(name.clone(), "v".into())].into(),
+                        ..request()
+                    },
+                ),
+                (
+                    "build_args",
+                    JobRequest {
+                        build_args: [(name.clone(), "v".into())].into(),
+                        ..request()
+                    },
+                ),
+            ];
+            for (field, submitted) in cases {
+                let err = job(submitted).unwrap_err();
+                assert_eq!(err.field, field, "{kind}");
+                assert!(
+                    err.message.starts_with(&format!("contains {kind}")),
+                    "{field}: {err}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn reserved_image_names_are_refused_for_real_builders() {
+        let policy = SubmitPolicy {
+            builders: BTreeMap::from([
+                ("podman".to_string(), Some(vec![Platform::default_target()])),
+                ("simulated".to_string(), None),
+            ]),
+            registries: [
+                "simulated.invalid".to_string(),
+                "registry.example".to_string(),
+            ]
+            .into(),
+            ..SubmitPolicy::for_builders("podman", [])
+        };
+        let submit = |builder: &str, image: &str| {
+            Job::from_request(
+                JobRequest {
+                    builder: Some(builder.into()),
+                    image: Some(image.into()),
+                    ..request()
+                },
+                &policy,
+                Utc::now(),
+            )
+        };
+        // Refused even where an operator configured the name.
+        let err = submit("podman", "simulated.invalid/x:1").unwrap_err();
+        assert_eq!(err.field, "image");
+        assert!(
+            err.message.contains("the .invalid domain is reserved"),
+            "{err}"
+        );
+        assert!(submit("simulated", "simulated.invalid/x:1").is_ok());
+        assert!(submit("podman", "registry.example/x:1").is_ok());
     }
 }

@@ -201,22 +201,7 @@ fn during_the_stop_grace_reads_waits_and_follows_answer_and_submissions_get_503(
     });
     assert!(stopping, "/readyz never said the server is stopping");
 
-    let body = json!({"id": "late", "repo_url": "https://git.example/app.git"}).to_string();
-    let (status, head, answer) = server.exchange("POST", "/v1/jobs", &body, "");
-    assert_eq!(status, 503, "{answer}");
-    assert!(
-        head.to_ascii_lowercase().contains("retry-after: "),
-        "{head}"
-    );
-    let error: Value = serde_json::from_str(&answer).unwrap();
-    assert_eq!(error["error"]["code"], "shutting_down");
-    assert!(
-        error["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("the server is stopping"),
-        "{answer}"
-    );
+    refused_for_now(&server, "late", "shutting_down", "the server is stopping");
     assert_eq!(server.raw("GET", "/healthz", "", "").0, 200);
     let (status, job) = server.json("GET", "/v1/jobs/finishing", None);
     assert_eq!((status, job["state"].as_str()), (200, Some("running")));
@@ -1359,7 +1344,14 @@ fn a_full_queue_answers_503_with_retry_after_and_stores_nothing() {
     );
     server.json("GET", "/v1/jobs/running/wait?timeout_secs=1", None);
     submit(&server, "waiting", json!({}));
-    let body = json!({"id": "refused", "repo_url": "https://git.example/app.git"}).to_string();
+    refused_for_now(&server, "refused", "queue_full", "build queue is full");
+    assert_eq!(server.json("GET", "/v1/jobs/refused", None).0, 404);
+}
+
+/// Submits job `id` and checks it is refused for now: 503 with
+/// `Retry-After`, the error `code` and a message containing `message`.
+fn refused_for_now(server: &Server, id: &str, code: &str, message: &str) {
+    let body = json!({"id": id, "repo_url": "https://git.example/app.git"}).to_string();
     let (status, head, answer) = server.exchange("POST", "/v1/jobs", &body, "");
     assert_eq!(status, 503, "{answer}");
     assert!(
@@ -1367,14 +1359,14 @@ fn a_full_queue_answers_503_with_retry_after_and_stores_nothing() {
         "{head}"
     );
     let error: Value = serde_json::from_str(&answer).unwrap();
-    assert_eq!(error["error"]["code"], "queue_full");
+    assert_eq!(error["error"]["code"], code, "{answer}");
     assert!(
         error["error"]["message"]
             .as_str()
             .unwrap()
-            .contains("build queue is full")
+            .contains(message),
+        "{answer}"
     );
-    assert_eq!(server.json("GET", "/v1/jobs/refused", None).0, 404);
 }
 
 /// `timed` is `plain` with each line preceded by its time (RFC 3339, UTC)

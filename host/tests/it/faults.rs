@@ -65,16 +65,7 @@ async fn a_branch_tag_and_commit_check_out_from_a_dumb_http_server_and_a_missing
 
 /// A repository whose Dockerfile builds `FROM base`.
 fn repo_from(base: &str) -> tempfile::TempDir {
-    let repo = tempfile::tempdir().unwrap();
-    std::fs::write(
-        repo.path().join("Dockerfile"),
-        format!("FROM {base}\nRUN [\"/bin/busybox\", \"true\"]\n"),
-    )
-    .unwrap();
-    helix_fixtures::git(repo.path(), &["init", "-q", "-b", "main"]);
-    helix_fixtures::git(repo.path(), &["add", "-A"]);
-    helix_fixtures::git(repo.path(), &["commit", "-qm", "from a base image"]);
-    repo
+    helix_fixtures::dockerfile_repo(&format!("FROM {base}\nRUN [\"/bin/busybox\", \"true\"]\n"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -696,16 +696,9 @@ fn login(path: &std::path::Path, registry: &str, user: &str, password: &str) -> 
 
 /// A repository whose Dockerfile builds on `base` and writes `/proof`.
 fn repo_on(base: &str) -> tempfile::TempDir {
-    let repo = tempfile::tempdir().unwrap();
-    std::fs::write(
-        repo.path().join("Dockerfile"),
-        format!("FROM {base}\nRUN [\"/bin/busybox\", \"sh\", \"-c\", \"echo on-team-b-base > /proof\"]\n"),
-    )
-    .unwrap();
-    helix_fixtures::git(repo.path(), &["init", "-q", "-b", "main"]);
-    helix_fixtures::git(repo.path(), &["add", "-A"]);
-    helix_fixtures::git(repo.path(), &["commit", "-qm", "on a private base"]);
-    repo
+    helix_fixtures::dockerfile_repo(&format!(
+        "FROM {base}\nRUN [\"/bin/busybox\", \"sh\", \"-c\", \"echo on-team-b-base > /proof\"]\n"
+    ))
 }
 
 /// Submits `request` for `project` (as its token would) and waits for

@@ -352,11 +352,7 @@ async fn the_statement_names_the_images_the_build_used_and_the_dockerfile_it_bui
          FROM build\n\
          RUN /bin/busybox true\n"
     );
-    let repo = tempfile::tempdir().unwrap();
-    helix_fixtures::git(repo.path(), &["init", "-q", "-b", "main"]);
-    std::fs::write(repo.path().join("Dockerfile"), &dockerfile).unwrap();
-    helix_fixtures::git(repo.path(), &["add", "-A"]);
-    helix_fixtures::git(repo.path(), &["commit", "-qm", "hidden base"]);
+    let repo = helix_fixtures::dockerfile_repo(&dockerfile);
     let dir = tempfile::tempdir().unwrap();
     let (signing, _) = key_pair(dir.path(), "helix");
     let mut config = common::real_config(&dir, &registry.address);

@@ -418,17 +418,9 @@ async fn a_private_base_image_is_pulled_and_the_result_pushed_with_the_operators
     let base = format!("{}/platform/busybox:1", registry.address);
     push_base_image(&base, Some(&creds), &["linux/amd64"]);
 
-    let repo = tempfile::tempdir().unwrap();
-    std::fs::write(
-        repo.path().join("Dockerfile"),
-        format!(
-            "FROM {base}\nRUN [\"/bin/busybox\", \"sh\", \"-c\", \"echo on-the-private-base > /proof\"]\n"
-        ),
-    )
-    .unwrap();
-    helix_fixtures::git(repo.path(), &["init", "-q", "-b", "main"]);
-    helix_fixtures::git(repo.path(), &["add", "-A"]);
-    helix_fixtures::git(repo.path(), &["commit", "-qm", "private base"]);
+    let repo = helix_fixtures::dockerfile_repo(&format!(
+        "FROM {base}\nRUN [\"/bin/busybox\", \"sh\", \"-c\", \"echo on-the-private-base > /proof\"]\n"
+    ));
 
     let dir = tempfile::tempdir().unwrap();
     let engine = helix_fixtures::Dockerd::start();
@@ -499,15 +491,9 @@ async fn foreign_platforms_run_their_steps_under_emulation_from_a_multi_arch_bas
     let registry = Registry::start(false);
     let base = format!("{}/platform/busybox:multi", registry.address);
     push_base_image(&base, None, &["linux/amd64", "linux/arm64"]);
-    let repo = tempfile::tempdir().unwrap();
-    std::fs::write(
-        repo.path().join("Dockerfile"),
-        format!("FROM {base}\nRUN [\"/bin/busybox\", \"sh\", \"-c\", \"/bin/busybox uname -m > /arch\"]\n"),
-    )
-    .unwrap();
-    helix_fixtures::git(repo.path(), &["init", "-q", "-b", "main"]);
-    helix_fixtures::git(repo.path(), &["add", "-A"]);
-    helix_fixtures::git(repo.path(), &["commit", "-qm", "multi-arch"]);
+    let repo = helix_fixtures::dockerfile_repo(&format!(
+        "FROM {base}\nRUN [\"/bin/busybox\", \"sh\", \"-c\", \"/bin/busybox uname -m > /arch\"]\n"
+    ));
 
     let dir = tempfile::tempdir().unwrap();
     let engine = helix_fixtures::Dockerd::start();

@@ -18,6 +18,7 @@ use helix_sandbox::cancel::CancelSignal;
 use helix_sandbox::docker_engine::DockerEngine;
 use helix_sandbox::exec::GrantPolicy;
 use helix_sandbox::exec::JobValues;
+use helix_sandbox::managed_engine::EngineSettings;
 
 mod error;
 mod outcome;
@@ -70,6 +71,28 @@ pub enum Built {
     Simulated(BuildResult),
 }
 
+/// Where a builder makes its images: decided once, when it is loaded, and
+/// asked of it by every step of a run.
+#[derive(Clone)]
+pub enum Backend {
+    /// It only pretends (its `info` says so): nothing is checked out,
+    /// pushed, checked or attested, and it gets no layer cache.
+    Simulated,
+    /// In container storage: its cache slot's, or the job's own.
+    Storage,
+    /// In a Docker Engine.
+    Engine(EngineKind),
+}
+
+/// Whose Docker Engine a builder builds in.
+#[derive(Clone)]
+pub enum EngineKind {
+    /// The operator's: its layers are in BuildKit's cache there.
+    Operator(Arc<DockerEngine>),
+    /// One the host runs in each cache slot, with these settings.
+    Managed(Arc<EngineSettings>),
+}
+
 /// A builder ready to run jobs. Each run gets a fresh instance from the
 /// pre-instantiated component, in its own store, so nothing one job does can
 /// leak into the next.
@@ -78,9 +101,7 @@ pub struct Builder {
     code: Code,
     settings: Arc<BTreeMap<String, String>>,
     grants: Arc<GrantPolicy>,
-    /// The Docker Engine it builds in, if it builds in one.
-    engine: Option<Arc<DockerEngine>>,
-    managed_engine: Option<Arc<helix_sandbox::managed_engine::EngineSettings>>,
+    backend: Backend,
     instantiations: Timings,
 }
 
@@ -164,8 +185,11 @@ impl Builder {
                 },
                 platforms: None,
             },
-            engine: source.engine,
-            managed_engine: source.managed_engine,
+            backend: match (source.engine, source.managed_engine) {
+                (Some(engine), _) => Backend::Engine(EngineKind::Operator(engine)),
+                (None, Some(settings)) => Backend::Engine(EngineKind::Managed(settings)),
+                (None, None) => Backend::Storage,
+            },
             code: Code::Component { engine, pre },
             settings: Arc::new(source.settings),
             grants: Arc::new(source.grants),
@@ -176,8 +200,9 @@ impl Builder {
         builder.info.version = metadata.version;
         builder.info.description = metadata.description;
         builder.info.simulated = metadata.simulated;
-        if !metadata.simulated {
-            builder.info.platforms = Some(helix_core::platform::buildable_here());
+        match metadata.simulated {
+            true => builder.backend = Backend::Simulated,
+            false => builder.info.platforms = Some(helix_core::platform::buildable_here()),
         }
         Ok(builder)
     }
@@ -206,8 +231,7 @@ impl Builder {
                 engine: None,
                 platforms: None,
             },
-            engine: None,
-            managed_engine: None,
+            backend: Backend::Simulated,
             code: Code::Native(build),
             settings: Arc::default(),
             grants: Arc::default(),
@@ -219,21 +243,22 @@ impl Builder {
         &self.info
     }
 
-    /// The Docker Engine this builder builds in, if it builds in one.
-    /// The operator's Docker Engine it builds in.
-    pub fn engine(&self) -> Option<&Arc<DockerEngine>> {
-        self.engine.as_ref()
+    /// Where it makes its images.
+    pub fn backend(&self) -> &Backend {
+        &self.backend
     }
 
-    /// The settings of the engines the host runs for it, if it builds in
-    /// managed ones.
-    pub fn managed_engine(&self) -> Option<&Arc<helix_sandbox::managed_engine::EngineSettings>> {
-        self.managed_engine.as_ref()
+    /// The operator's Docker Engine it builds in, if it builds in one.
+    pub fn engine(&self) -> Option<&Arc<DockerEngine>> {
+        match &self.backend {
+            Backend::Engine(EngineKind::Operator(engine)) => Some(engine),
+            _ => None,
+        }
     }
 
     /// Whether it builds in a Docker Engine, the operator's or a managed one.
     pub fn in_engine(&self) -> bool {
-        self.engine.is_some() || self.managed_engine.is_some()
+        matches!(self.backend, Backend::Engine(_))
     }
 
     /// What this builder's build steps may reach.

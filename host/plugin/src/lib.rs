@@ -24,7 +24,8 @@ use helix_sandbox::exec::{GrantPolicy, ProgramGrant};
 use helix_sandbox::managed_engine::EngineSettings;
 
 pub use builder::{
-    Builder, BuilderError, Built, MANAGED_ENGINE, NativeBuild, Reported, RunContext, Timings,
+    Backend, Builder, BuilderError, Built, EngineKind, MANAGED_ENGINE, NativeBuild, Reported,
+    RunContext, Timings,
 };
 pub use component_cache::{CacheUse, ComponentCache};
 pub use engine::PoolSizing;

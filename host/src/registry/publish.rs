@@ -187,9 +187,9 @@ impl Publisher {
         Publisher { registries }
     }
 
-    /// Pushes the image a builder left to `image`, then reads the registry
-    /// back: the job's result, or why it failed.
-    pub async fn publish(
+    /// Pushes the image a builder left to `image`: the digest pushed,
+    /// which [`Publisher::check_pushed`] then reads back.
+    pub async fn push(
         &self,
         built: Pushed<'_>,
         image: &str,
@@ -197,7 +197,7 @@ impl Publisher {
         log: &JobLog,
         cancel: &CancelSignal,
         confined: Confinement<'_>,
-    ) -> Result<BuildResult, PublishError> {
+    ) -> Result<String, PublishError> {
         log.push(&format!("[helix] pushing the built image to {image}"));
         let push = Push {
             image,
@@ -244,7 +244,18 @@ impl Publisher {
                     .await?
             }
         };
-        let digest = digest.trim();
+        Ok(digest.trim().to_string())
+    }
+
+    /// Reads the registry back after a push of `digest` to `image`: the
+    /// job's result, or why it failed.
+    pub async fn check_pushed(
+        &self,
+        image: &str,
+        digest: &str,
+        requested: &[Platform],
+        log: &JobLog,
+    ) -> Result<BuildResult, PublishError> {
         let result = self
             .verify(image, digest, requested)
             .await

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{Builder, BuilderError, Built, Reported, platform_string};
+use super::{Backend, Builder, BuilderError, Built, Reported, platform_string};
 use crate::wit::latest::{BuildError, BuildOutput};
 use helix_core::job::{BuildResult, Job};
 use helix_sandbox::cancel::CancelSignal;
@@ -24,7 +24,7 @@ impl Builder {
             builder: self.info.name.clone(),
             problem,
         };
-        match (output, self.info.simulated) {
+        match (output, matches!(self.backend, Backend::Simulated)) {
             (BuildOutput::OciLayout(path), false) => layout_in(workspace, &path)
                 .map(Built::Layout)
                 .map_err(fault),

@@ -1,0 +1,240 @@
+//! A run's first step: what it builds with, made before its first
+//! program — the builder it keeps, a slot of its layer cache, a control
+//! group, the workspace, the Docker Engine and the jail.
+
+use std::sync::Arc;
+
+use super::Run;
+use crate::cancel::CancelSignal;
+use crate::docker_engine::DockerEngine;
+use crate::job::Job;
+use crate::layer_cache::{CacheScope, CacheSlot};
+use crate::log::JobLog;
+use crate::plugin::{Backend, EngineKind};
+use crate::service::Inner;
+use crate::service::fault::Failure;
+use crate::workspace::{JobDirs, run_name};
+
+impl<'a> Run<'a> {
+    /// Makes everything the run of `job` builds with, each said in its
+    /// log; on a failure nothing made is left behind.
+    pub(super) async fn prepare(
+        inner: &'a Inner,
+        job: &'a Job,
+        log: &'a Arc<JobLog>,
+        cancel: &'a CancelSignal,
+    ) -> Result<Run<'a>, Failure> {
+        let Some(builder) = inner.runtime().builder(&job.builder) else {
+            return Err(Failure::NotLoaded(job.builder.clone()));
+        };
+        let digest = builder.info().component_digest.clone();
+        log.push(&format!(
+            "[helix] builder '{}' is component {digest}",
+            job.builder
+        ));
+        if let Some(entry) = inner.lock().jobs.get_mut(&job.id) {
+            entry.job.component_digest = Some(digest);
+        }
+        let backend = builder.backend().clone();
+        let simulated = matches!(backend, Backend::Simulated);
+        let cache = inner.config.cache.clone();
+        // A slot of the builder's layer cache, unless the job wants none; a
+        // builder in the operator's Docker Engine keeps its layers in
+        // BuildKit's cache there; one in managed engines builds in its
+        // slot's engine (a no_cache job too: it builds with --no-cache).
+        let wants_slot = match &backend {
+            Backend::Simulated | Backend::Engine(EngineKind::Operator(_)) => false,
+            Backend::Engine(EngineKind::Managed(_)) => true,
+            Backend::Storage => !job.no_cache,
+        };
+        let mut slot = match wants_slot {
+            false => None,
+            true => cache
+                .acquire(&job.builder, &CacheScope::of(job), &job.repo_url)
+                .await
+                .map_err(Failure::Cache)?,
+        };
+        // Each attempt in a directory and a control group of its own: an
+        // earlier attempt's (its processes reaped when this host started)
+        // is removed first, never reused.
+        let run = run_name(&job.id, job.attempts);
+        // Attempts count from 1: the first run has no earlier one.
+        for earlier in 1..job.attempts {
+            let old = inner.config.workspace_dir.join(run_name(&job.id, earlier));
+            crate::quota::release(&old, &crate::quota::image_of(&old));
+            if old.exists()
+                && let Err(e) = std::fs::remove_dir_all(&old)
+            {
+                tracing::warn!("could not remove {}: {e}", old.display());
+            }
+        }
+        let cgroup = match &inner.config.cgroups {
+            Some(cgroups) if !simulated => Some(Arc::new(
+                cgroups
+                    .create(&run, &builder.info().build_limits)
+                    .map_err(Failure::Cgroup)?,
+            )),
+            _ => None,
+        };
+        let root = inner.config.workspace_dir.join(&run);
+        let registries = inner.config.registries.for_job(job);
+        let dirs = JobDirs::create(
+            root.clone(),
+            &registries,
+            cache.driver(),
+            slot.as_ref().map(|s| s.dir()),
+            match simulated {
+                true => None,
+                false => builder.info().build_limits.disk_mib,
+            },
+        )
+        .map_err(|source| Failure::Workspace { root, source })?;
+        log.push(&match inner.config.queue.host() {
+            Some(host) => format!(
+                "[helix] running on builder '{}' on host '{host}'",
+                job.builder
+            ),
+            None => format!("[helix] running on builder '{}'", job.builder),
+        });
+        if let (Some(project), false) = (&job.project, simulated) {
+            log.push(&match registries.auth_file() {
+                Some(_) => format!(
+                    "[helix] registry credentials: project {project}'s own (its registry_auth)"
+                ),
+                None => format!(
+                    "[helix] registry credentials: none; project {project} has no registry_auth, \
+                     so its pulls and pushes are anonymous"
+                ),
+            });
+        }
+        let engine = match inner
+            .engine(job, &builder, &backend, slot.as_mut(), log)
+            .await
+        {
+            Ok(engine) => engine,
+            Err(failure) => {
+                dirs.remove();
+                return Err(failure);
+            }
+        };
+        if let Some(slot) = &slot
+            && let Some(emptied) = slot.emptied()
+        {
+            log.push(&format!(
+                "[helix] build cache slot {} held the layers of {}: emptied for {}",
+                slot.dir().display(),
+                emptied.describe(),
+                CacheScope::of(job).describe()
+            ));
+        }
+        if let Backend::Storage = backend {
+            log.push(&match &slot {
+                Some(slot) => format!(
+                    "[helix] container storage: {} (the builder's layer cache, {})",
+                    slot.dir().display(),
+                    slot.driver().as_str()
+                ),
+                None => format!(
+                    "[helix] container storage: the job's own ({}), removed with it{}",
+                    cache.driver().as_str(),
+                    if job.no_cache { " (no_cache)" } else { "" }
+                ),
+            });
+        }
+        // Every program of the run runs in its jail, made before the first.
+        let jail = match builder.runs_programs() {
+            false => None,
+            true => match inner
+                .jail(
+                    builder.as_ref(),
+                    engine.as_deref(),
+                    &dirs,
+                    slot.as_ref(),
+                    cgroup.as_deref(),
+                )
+                .await
+            {
+                Ok(jail) => Some(Arc::new(jail)),
+                Err(e) => {
+                    dirs.remove();
+                    return Err(Failure::Jail(e));
+                }
+            },
+        };
+        if let Some(jail) = &jail {
+            log.push(&jail.describe());
+        }
+        let engine_image = engine.as_ref().map(|_| DockerEngine::image_name(&run));
+        let audit =
+            Arc::new(crate::audit::AuditTrail::new(job.attempts).of_project(job.project.clone()));
+        let run = Run {
+            inner,
+            job,
+            log,
+            cancel,
+            builder,
+            slot,
+            cgroup,
+            dirs,
+            registries,
+            engine,
+            engine_image,
+            jail,
+            audit,
+        };
+        run.clean_slot().await;
+        Ok(run)
+    }
+
+    /// Empties the run's slot of containers and images an earlier run
+    /// left (before the build) or this one made (after it); an engine's
+    /// slot is the engine's to keep.
+    pub(super) async fn clean_slot(&self) {
+        if let Some(slot) = self.slot.as_ref().filter(|_| self.engine.is_none()) {
+            let env = self.dirs.program_env();
+            slot.clean(&env, self.log, self.jail.as_deref()).await;
+        }
+    }
+}
+
+impl Inner {
+    /// The Docker Engine a run of `backend` builds in, said in its log:
+    /// the operator's, or the managed one of its `slot`.
+    async fn engine(
+        &self,
+        job: &Job,
+        builder: &crate::plugin::Builder,
+        backend: &Backend,
+        slot: Option<&mut CacheSlot>,
+        log: &JobLog,
+    ) -> Result<Option<Arc<DockerEngine>>, Failure> {
+        match (backend, slot) {
+            (Backend::Engine(EngineKind::Operator(engine)), _) => {
+                log.push(&format!(
+                    "[helix] building in the Docker Engine at {} (BuildKit's layer cache is the engine's); \
+                     its RUN steps run in the engine's control groups, so the job's build limits \
+                     reach the docker client, not them",
+                    engine.socket()
+                ));
+                Ok(Some(engine.clone()))
+            }
+            (Backend::Engine(EngineKind::Managed(settings)), Some(slot)) => {
+                let engine = self
+                    .managed_engine(builder, slot, settings)
+                    .await
+                    .map_err(Failure::ManagedEngine)?;
+                log.push(&format!(
+                    "[helix] building in this slot's managed Docker Engine at {} (in a jail of its own; \
+                     its layer cache is in {}, its RUN steps within the builder's limits)",
+                    engine.socket(),
+                    slot.dir().display()
+                ));
+                Ok(Some(engine))
+            }
+            (Backend::Engine(EngineKind::Managed(_)), None) => {
+                Err(Failure::NoSlot(job.builder.clone()))
+            }
+            (Backend::Simulated | Backend::Storage, _) => Ok(None),
+        }
+    }
+}

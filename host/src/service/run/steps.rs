@@ -1,0 +1,250 @@
+//! A run's work, step by step: the host checks the source out, the
+//! builder builds it, the host pushes the image, reads the registry back
+//! and attaches the build's provenance.
+
+use std::collections::BTreeMap;
+
+use super::Run;
+use crate::exec::{Confinement, JobValues};
+use crate::job::BuildResult;
+use crate::plugin::{Backend, BuilderError, Built, RunContext};
+use crate::provenance::{BuildFacts, Provenance};
+use crate::registry::oci::RegistryClient;
+use crate::registry::{Publisher, Pushed};
+use crate::rules::CheckedBuild;
+use crate::service::fault::{self, Failure};
+
+/// What the host's checkout gives a real build's later steps.
+pub(super) struct Checked {
+    /// Where the image goes.
+    image: String,
+    commit: String,
+    source: CheckedBuild,
+}
+
+impl Run<'_> {
+    /// Checks out, builds, pushes, checks and attests.
+    pub(super) async fn work(&self) -> Result<BuildResult, Failure> {
+        let checked = match self.builder.backend() {
+            Backend::Simulated => None,
+            Backend::Storage | Backend::Engine(_) => Some(self.checkout().await?),
+        };
+        let (built, checked) = match (self.build(checked.as_ref()).await?, checked) {
+            (Built::Simulated(result), _) => {
+                self.log.push(
+                    "[helix] simulated builder: no image, so nothing pushed, checked or attested \
+                     (no provenance)",
+                );
+                return Ok(result);
+            }
+            (built, Some(checked)) => (built, checked),
+            // Builder::run refuses an image from a simulated builder.
+            (Built::Layout(_) | Built::LocalImage, None) => {
+                return Err(Failure::Builder(BuilderError::Invalid {
+                    builder: self.job.builder.clone(),
+                    problem: "is simulated but returned an image to push".into(),
+                }));
+            }
+        };
+        let digest = self.push(&built, &checked).await?;
+        let result = self.check_pushed(&checked, &digest).await?;
+        if let Some(provenance) = &self.inner.config.provenance {
+            self.attest(provenance, &built, &checked, &result).await?;
+        }
+        Ok(result)
+    }
+
+    /// The host's checkout of a real build's source at the resolved
+    /// commit, kept with the live job, and its checks of the Dockerfile.
+    async fn checkout(&self) -> Result<Checked, Failure> {
+        let job = self.job;
+        let image = crate::job::job_image(job, self.inner.config.default_registry.as_deref())
+            .ok_or(Failure::NoImage)?;
+        if let Some(engine) = &self.engine {
+            engine.prepare().await.map_err(Failure::Engine)?;
+        }
+        let workspace = self.dirs.workspace();
+        let commit = self
+            .inner
+            .config
+            .checkout
+            .fetch(
+                job,
+                &workspace,
+                self.log,
+                self.cancel,
+                self.cgroup.as_deref(),
+            )
+            .await?;
+        if let Some(entry) = self.inner.lock().jobs.get_mut(&job.id) {
+            entry.job.commit = Some(commit.clone());
+        }
+        let source = crate::rules::check_source(&workspace, job, &self.builder)?;
+        Ok(Checked {
+            image,
+            commit,
+            source,
+        })
+    }
+
+    /// The builder's run in a fresh instance, with the job's secrets,
+    /// registry settings and confinement.
+    async fn build(&self, checked: Option<&Checked>) -> Result<Built, Failure> {
+        let job = self.job;
+        let secrets = self
+            .inner
+            .config
+            .secrets
+            .write(&job.secrets, &self.dirs.secrets())
+            .map_err(Failure::Secrets)?;
+        let mut program_env = self.engine.as_ref().map(|e| e.env()).unwrap_or_default();
+        // The run's own registry settings over the engine's client
+        // settings: its `docker` gets the job's credentials.
+        program_env.extend(self.dirs.program_env());
+        let mut values = JobValues {
+            secrets,
+            registry_cache: self.builder.registry_cache_for(job),
+            cgroup: self.cgroup.clone(),
+            jail: self.jail.clone(),
+            engine_image: self.engine_image.clone(),
+            ..JobValues::default()
+        };
+        if let Some(checked) = checked {
+            checked.source.pin(job, &mut values);
+        }
+        let ctx = RunContext {
+            log: self.log.clone(),
+            cancel: self.cancel.clone(),
+            workspace: self.dirs.workspace(),
+            program_env,
+            commit: checked.map(|c| c.commit.clone()),
+            values,
+            audit: self.audit.clone(),
+        };
+        match self.builder.run(job, ctx).await {
+            Ok(built) => Ok(built),
+            Err(error) => {
+                let base_images = checked.map(|c| c.source.external_images.as_slice());
+                // The base images are looked up with the job's own credentials.
+                Err(fault::examine(
+                    error,
+                    &self.publisher(),
+                    base_images.unwrap_or_default(),
+                    &job.platforms,
+                )
+                .await)
+            }
+        }
+    }
+
+    /// The host's push of what the builder `built`: the digest pushed.
+    async fn push(&self, built: &Built, checked: &Checked) -> Result<String, Failure> {
+        let env = self.dirs.program_env();
+        let workspace = self.dirs.workspace();
+        let pushed = match (built, &self.engine, &self.engine_image) {
+            (Built::Layout(layout), _, _) => Pushed::Layout { layout, env: &env },
+            (_, Some(engine), Some(name)) => Pushed::Engine { engine, name },
+            _ => Pushed::Storage {
+                env: &env,
+                workspace: &workspace,
+                several_platforms: self.job.platforms.len() > 1,
+            },
+        };
+        let digest = self
+            .publisher()
+            .push(
+                pushed,
+                &checked.image,
+                &self.job.platforms,
+                self.log,
+                self.cancel,
+                self.confinement(),
+            )
+            .await?;
+        Ok(digest)
+    }
+
+    /// The registry read back: the tag holds the pushed `digest`, with
+    /// every requested platform.
+    async fn check_pushed(&self, checked: &Checked, digest: &str) -> Result<BuildResult, Failure> {
+        let result = self
+            .publisher()
+            .check_pushed(&checked.image, digest, &self.job.platforms, self.log)
+            .await?;
+        Ok(result)
+    }
+
+    /// Signs and attaches the provenance of the build, and keeps it with
+    /// the job; a registry that refuses it fails the job as it would a
+    /// refused push.
+    async fn attest(
+        &self,
+        provenance: &Provenance,
+        built: &Built,
+        checked: &Checked,
+        result: &BuildResult,
+    ) -> Result<(), Failure> {
+        let (job, log) = (self.job, self.log);
+        let external = &checked.source.external_images;
+        // What the storage's base images resolved to, as the build used them.
+        let used = match (built, &self.engine) {
+            (Built::LocalImage, None) => {
+                self.publisher()
+                    .storage_digests(
+                        external,
+                        &self.dirs.program_env(),
+                        &self.dirs.workspace(),
+                        log,
+                        self.cancel,
+                        self.confinement(),
+                    )
+                    .await
+            }
+            _ => BTreeMap::new(),
+        };
+        let (_, trail) = self.audit.stored();
+        let registry = RegistryClient::new(self.registries.clone());
+        let facts = BuildFacts {
+            job,
+            commit: &checked.commit,
+            result,
+            builder: self.builder.info(),
+            dockerfile_sha256: &checked.source.dockerfile_sha256,
+            base_images: provenance.base_images(&registry, external, &used).await,
+            audit: trail.as_bytes(),
+        };
+        let attestation = provenance
+            .attest(&registry, &facts, log)
+            .await
+            .map_err(Failure::Attest)?;
+        let size = attestation.envelope.payload.len() * 3 / 4;
+        match serde_json::to_string(&attestation) {
+            Ok(body) => {
+                self.inner
+                    .config
+                    .store
+                    .put_record(&job.id, crate::provenance::RECORD, body)
+            }
+            Err(e) => tracing::error!(job = %job.id, "provenance not kept: {e}"),
+        }
+        log.push(&format!(
+            "[helix] provenance: a signed SLSA v1 statement (about {size} bytes, key {}) is \
+             attached to the image as {}",
+            attestation.key_id, attestation.reference
+        ));
+        Ok(())
+    }
+
+    /// Pushes and registry checks with the job's own credentials.
+    fn publisher(&self) -> Publisher {
+        Publisher::new(self.registries.clone())
+    }
+
+    /// The run's control group and jail, for the host's own programs.
+    fn confinement(&self) -> Confinement<'_> {
+        Confinement {
+            cgroup: self.cgroup.as_deref(),
+            jail: self.jail.as_deref(),
+        }
+    }
+}

@@ -80,13 +80,16 @@ async fn run() {
             build_by_hand(&repo.url(), &image, isolation);
             times.push(started.elapsed());
         }
-        buildkit_hand.push(buildkit_by_hand(
-            &hand_engine,
-            &repo.url(),
-            &["GREETING=hello"],
-            &format!("{}/bench/buildkit-by-hand:{round}", registry.address),
-            true,
-        ));
+        buildkit_hand.push(
+            buildkit_by_hand(
+                &hand_engine,
+                &repo.url(),
+                &["GREETING=hello"],
+                &format!("{}/bench/buildkit-by-hand:{round}", registry.address),
+                true,
+            )
+            .total,
+        );
     }
     println!("cores: {}", common::cores());
     let podman_median = median(&mut helix[0].1.clone());

@@ -16,7 +16,9 @@
 //!   layers at hand on every side.
 //!
 //! Beside them, podman by hand a second time in a jail made as Helix makes
-//! one per run: what the jail costs (target on the rebuild: <= 1.05x).
+//! one per run: what the jail costs (target on the rebuild: <= 1.05x);
+//! and, for each builder's rebuild, its job's phases beside the same steps
+//! by hand (podman's for podman and buildah, BuildKit's for buildkit).
 //!
 //! Needs git, podman, buildah, docker.io, skopeo, docker-registry and
 //! busybox-static. Run with `bench/run realistic_build`.
@@ -27,14 +29,15 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{
-    REAL_BUILDERS, buildkit_by_hand, empty_engine, median, ms, row, three_way_rows, through_service,
+    ByHand, REAL_BUILDERS, buildkit_by_hand, empty_engine, job_through_service, median, ms,
+    print_phase_table, row, three_way_rows, through_service,
 };
 use helix_build::app;
 use helix_build::cancel::CancelSignal;
 use helix_build::cgroup::{BuildLimits, Cgroups};
 use helix_build::exec::HostCommand;
 use helix_build::jail::{Jail, JailSpec};
-use helix_build::job::JobRequest;
+use helix_build::job::{JobRequest, Phase, PhaseName};
 use helix_build::log::JobLog;
 use helix_build::network::BuildNetwork;
 use helix_fixtures::{Dockerd, Registry, git, run as sh};
@@ -63,6 +66,10 @@ async fn bench() {
 
     let mut cold: Vec<(&str, Vec<Duration>)> = REAL_BUILDERS.map(|b| (b, Vec::new())).to_vec();
     let mut warm = cold.clone();
+    // The rebuilds' phases, by builder, and the same steps by hand.
+    let mut warm_phases: Vec<(&str, Vec<Vec<Phase>>)> =
+        REAL_BUILDERS.map(|b| (b, Vec::new())).to_vec();
+    let (mut podman_steps, mut buildkit_steps) = (Vec::new(), Vec::new());
     let (mut cold_podman, mut cold_buildkit) = (Vec::new(), Vec::new());
     let (mut warm_podman, mut warm_buildkit) = (Vec::new(), Vec::new());
     // podman by hand again, in a jail as Helix makes one per run: what
@@ -90,16 +97,19 @@ async fn bench() {
             times.push(through_service(&service, job(builder, true)).await);
         }
         let empty = tempfile::tempdir().unwrap();
-        cold_podman.push(by_hand(&url, &image("podman-hand"), empty.path(), None).await);
+        cold_podman.push(
+            by_hand(&url, &image("podman-hand"), empty.path(), None)
+                .await
+                .total,
+        );
         let empty = tempfile::tempdir().unwrap();
-        cold_jailed.push(by_hand(&url, &image("podman-jailed"), empty.path(), jailed).await);
-        cold_buildkit.push(buildkit_by_hand(
-            &hand_engine,
-            &url,
-            &[],
-            &image("buildkit-hand"),
-            true,
-        ));
+        cold_jailed.push(
+            by_hand(&url, &image("podman-jailed"), empty.path(), jailed)
+                .await
+                .total,
+        );
+        cold_buildkit
+            .push(buildkit_by_hand(&hand_engine, &url, &[], &image("buildkit-hand"), true).total);
 
         // Rebuild: every side has built the current commit before this round.
         for builder in REAL_BUILDERS {
@@ -114,20 +124,31 @@ async fn bench() {
         )
         .unwrap();
         git(repo.path(), &["commit", "-qam", "one-file change"]);
-        for (builder, times) in warm.iter_mut() {
-            times.push(through_service(&service, job(builder, false)).await);
+        for ((builder, times), (_, phases)) in warm.iter_mut().zip(warm_phases.iter_mut()) {
+            let (took, ended) = job_through_service(&service, job(builder, false)).await;
+            times.push(took);
+            phases.push(ended.phases);
         }
-        warm_podman.push(by_hand(&url, &image("podman-hand"), hand.path(), None).await);
-        warm_jailed.push(by_hand(&url, &image("podman-jailed"), hand_jailed.path(), jailed).await);
-        warm_buildkit.push(buildkit_by_hand(
-            &hand_engine,
-            &url,
-            &[],
-            &image("buildkit-hand"),
-            false,
-        ));
+        let podman = by_hand(&url, &image("podman-hand"), hand.path(), None).await;
+        warm_podman.push(podman.total);
+        podman_steps.push(podman);
+        warm_jailed.push(
+            by_hand(&url, &image("podman-jailed"), hand_jailed.path(), jailed)
+                .await
+                .total,
+        );
+        let buildkit = buildkit_by_hand(&hand_engine, &url, &[], &image("buildkit-hand"), false);
+        warm_buildkit.push(buildkit.total);
+        buildkit_steps.push(buildkit);
     }
     println!("cores: {}", common::cores());
+    for (builder, phases) in &warm_phases {
+        let (hand_name, hand) = match *builder {
+            "buildkit" => ("BuildKit", &buildkit_steps),
+            _ => ("podman", &podman_steps),
+        };
+        print_phase_table("realistic rebuild", builder, phases, hand_name, hand);
+    }
     three_way_rows(
         "realistic cold",
         &mut cold,
@@ -183,14 +204,16 @@ async fn bench() {
 /// them, with podman's default driver (overlay) rooted in `storage`; with
 /// `jailed` (the registry it pushes to), podman runs in a jail made as
 /// Helix makes one for a run (its `private` network, that registry
-/// forwarded), made and removed within the time measured.
+/// forwarded), made (as its `prepare`) and removed within the time
+/// measured.
 async fn by_hand(
     url: &str,
     image: &str,
     storage: &Path,
     jailed: Option<(&str, &Cgroups)>,
-) -> Duration {
-    let started = Instant::now();
+) -> ByHand {
+    let mut hand = ByHand::start();
+    let prepared = Instant::now();
     let work = tempfile::tempdir().unwrap();
     // As for a run: the jail shows only its own control groups writable.
     let cgroup = jailed.map(|(_, cgroups)| {
@@ -226,11 +249,16 @@ async fn by_hand(
         "--storage-driver=overlay",
         "--cgroup-manager=cgroupfs",
     ];
-    sh(
-        work.path(),
-        "git",
-        &["clone", "-q", "--depth", "1", "--", url, "src"],
-    );
+    if jailed.is_some() {
+        hand.steps.push((PhaseName::Prepare, prepared.elapsed()));
+    }
+    hand.step(PhaseName::Checkout, || {
+        sh(
+            work.path(),
+            "git",
+            &["clone", "-q", "--depth", "1", "--", url, "src"],
+        )
+    });
     let env = std::collections::BTreeMap::from([(
         "PATH".to_string(),
         std::env::var("PATH").unwrap_or_default(),
@@ -280,17 +308,17 @@ async fn by_hand(
     if cgroup.is_some() {
         build.insert(1, &parent);
     }
-    podman(build).await;
+    hand.step_async(PhaseName::Build, podman(build)).await;
     let destination = format!("docker://{image}");
-    podman(vec![
+    let push = podman(vec![
         "push",
         "-q",
         "--tls-verify=false",
         "localhost/app",
         &destination,
-    ])
-    .await;
+    ]);
+    hand.step_async(PhaseName::Push, push).await;
     drop(jail);
     drop(cgroup);
-    started.elapsed()
+    hand.finish()
 }

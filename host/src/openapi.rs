@@ -100,6 +100,15 @@ mod tests {
         let request_schema = &doc["components"]["schemas"]["JobRequest"];
         assert_eq!(request_schema["required"], serde_json::json!(["repo_url"]));
         assert_eq!(request_schema["properties"]["ref"]["type"][0], "string");
+        let phase = &doc["components"]["schemas"]["PhaseName"]["enum"];
+        assert!(
+            phase
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p == "registry_check"),
+            "{phase}"
+        );
         let state = &doc["components"]["schemas"]["State"]["enum"];
         assert!(
             state.as_array().unwrap().iter().any(|s| s == "timed_out"),

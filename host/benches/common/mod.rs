@@ -1,12 +1,16 @@
 //! Helpers shared by the benches.
 
+mod phases;
+
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
 use helix_build::config::{BuilderConfig, Config, RegistryConfig};
-use helix_build::job::{BuildResult, Job, JobRequest, State};
+use helix_build::job::{BuildResult, Job, JobRequest, PhaseName, State};
 use helix_build::log::JobLog;
 use helix_build::service::Service;
+
+pub use phases::{ByHand, print_phase_table};
 
 /// The median of `samples` (sorts them).
 pub fn median(samples: &mut [Duration]) -> Duration {
@@ -97,6 +101,11 @@ pub const REAL_BUILDERS: [&str; 3] = ["podman", "buildah", "buildkit"];
 
 /// Runs `request` through `service` to success; how long it took.
 pub async fn through_service(service: &Service, request: JobRequest) -> Duration {
+    job_through_service(service, request).await.0
+}
+
+/// [`through_service`], with the job as it ended.
+pub async fn job_through_service(service: &Service, request: JobRequest) -> (Duration, Job) {
     let started = Instant::now();
     let job = service.submit(request).await.unwrap();
     let job = service
@@ -104,26 +113,28 @@ pub async fn through_service(service: &Service, request: JobRequest) -> Duration
         .await
         .unwrap();
     assert_eq!(job.state, State::Succeeded, "{:?}", job.error);
-    started.elapsed()
+    (started.elapsed(), job)
 }
 
 /// What a team on BuildKit runs by hand: `git clone`, `docker build` with
 /// BuildKit in `engine` (steps with no network, as Helix gives them;
-/// `no_cache` as asked) and `docker push`; how long it took.
+/// `no_cache` as asked) and `docker push`; how long each took.
 pub fn buildkit_by_hand(
     engine: &helix_fixtures::Dockerd,
     url: &str,
     build_args: &[&str],
     image: &str,
     no_cache: bool,
-) -> Duration {
-    let started = Instant::now();
+) -> ByHand {
+    let mut hand = ByHand::start();
     let work = tempfile::tempdir().unwrap();
-    helix_fixtures::run(
-        work.path(),
-        "git",
-        &["clone", "-q", "--depth", "1", "--", url, "src"],
-    );
+    hand.step(PhaseName::Checkout, || {
+        helix_fixtures::run(
+            work.path(),
+            "git",
+            &["clone", "-q", "--depth", "1", "--", url, "src"],
+        )
+    });
     let mut build = vec!["build", "-q", "--network=none", "-t", image];
     for arg in build_args {
         build.extend(["--build-arg", arg]);
@@ -133,15 +144,18 @@ pub fn buildkit_by_hand(
     }
     let src = work.path().join("src").display().to_string();
     build.push(&src);
-    for args in [build, vec!["push", "-q", image]] {
-        let out = engine.docker(&args);
+    for (phase, args) in [
+        (PhaseName::Build, build),
+        (PhaseName::Push, vec!["push", "-q", image]),
+    ] {
+        let out = hand.step(phase, || engine.docker(&args));
         assert!(
             out.status.success(),
             "docker {args:?}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    started.elapsed()
+    hand.finish()
 }
 
 /// Empties `engine`: its images and BuildKit's cache, for a cold build.

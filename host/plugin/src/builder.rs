@@ -2,8 +2,8 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use wasmtime::{Engine, Store, Trap};
@@ -338,6 +338,17 @@ impl Builder {
     /// cancellation or an invalid result each become an error that says
     /// what happened.
     pub async fn run(&self, job: &Job, ctx: RunContext) -> Result<Built, BuilderError> {
+        self.run_measured(job, ctx, &OnceLock::new()).await
+    }
+
+    /// [`Builder::run`], setting `instantiation` to how long making the
+    /// job's fresh instance took (left unset when none was made).
+    pub async fn run_measured(
+        &self,
+        job: &Job,
+        ctx: RunContext,
+        instantiation: &OnceLock<Duration>,
+    ) -> Result<Built, BuilderError> {
         let (engine, pre) = match &self.code {
             Code::Component { engine, pre } => (engine, pre),
             Code::Native(build) => return Ok(Built::Simulated(build(job, &ctx.log))),
@@ -368,6 +379,8 @@ impl Builder {
         let instantiated = || {
             let took = started.elapsed();
             self.instantiations.record(took);
+            // Set once: this is the run's only instance.
+            let _ = instantiation.set(took);
             tracing::debug!(builder = %self.info.name, micros = took.as_micros() as u64, "instantiated builder");
         };
         let call = pre.build(&mut store, wit_job, instantiated);

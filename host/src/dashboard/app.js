@@ -246,6 +246,17 @@ function fault(error) {
   return found ? found[1] : "The job did not succeed.";
 }
 
+// Where the job's time went, as the host measured its last run: each
+// phase with its share of the run (queue wait apart, it precedes the run).
+function phaseRows(phases) {
+  if (!phases.length) return [];
+  const run = phases.filter((p) => p.name !== "queue_wait").reduce((sum, p) => sum + p.ms, 0);
+  const share = (p) => (p.name === "queue_wait" || !run ? "" : ` (${Math.round((100 * p.ms) / run)}%)`);
+  return [el("dt", { text: "Phases" }),
+    el("dd", {}, el("ul", { id: "phases" }, phases.map((p) =>
+      el("li", {}, el("code", { text: p.name }), ` ${p.ms} ms${share(p)}`))))];
+}
+
 async function jobPage(id) {
   document.title = `${id} · Helix Build`;
   let job = await api(`/v1/jobs/${encodeURIComponent(id)}`);
@@ -276,7 +287,8 @@ async function jobPage(id) {
       el("dt", { text: "Platforms" }),
       el("dd", {}, platforms.length
         ? el("ul", {}, platforms.map(([p, d]) => el("li", {}, `${p} `, el("code", { text: d }))))
-        : (job.platforms || []).join(", ")));
+        : (job.platforms || []).join(", ")),
+      ...phaseRows(job.phases || []));
     faultBox.replaceChildren();
     if (job.error) {
       faultBox.append(el("div", { class: "fault", role: "note" },

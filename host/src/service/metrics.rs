@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use crate::job::{BuildSteps, Job, State};
+use crate::job::{BuildSteps, Job, PhaseName, State};
 use crate::plugin::PluginRuntime;
 
 /// Counts for `/metrics`.
@@ -19,6 +19,9 @@ pub struct Metrics {
     pub build_seconds: BTreeMap<Option<String>, Histogram>,
     /// Their build steps by builder, and how many came from the cache.
     pub build_steps: BTreeMap<String, BuildSteps>,
+    /// How long each phase of those jobs took, in seconds, by builder
+    /// and phase (both bounded: configured builders, [`PhaseName`]).
+    pub phase_seconds: BTreeMap<(String, PhaseName), Histogram>,
 }
 
 /// A Prometheus-style histogram: cumulative bucket counts, sum and count.
@@ -33,11 +36,25 @@ pub struct Histogram {
 const BUILD_SECONDS_BUCKETS: [f64; 10] =
     [0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 1800.0, 3600.0];
 
+/// Upper bounds of the phase-duration buckets, in seconds.
+const PHASE_SECONDS_BUCKETS: [f64; 12] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0, 600.0,
+];
+
 impl Histogram {
     /// An empty histogram of build durations.
     pub fn build_seconds() -> Self {
+        Self::of(&BUILD_SECONDS_BUCKETS)
+    }
+
+    /// An empty histogram of phase durations.
+    pub fn phase_seconds() -> Self {
+        Self::of(&PHASE_SECONDS_BUCKETS)
+    }
+
+    fn of(bounds: &[f64]) -> Self {
         Histogram {
-            buckets: BUILD_SECONDS_BUCKETS.iter().map(|b| (*b, 0)).collect(),
+            buckets: bounds.iter().map(|b| (*b, 0)).collect(),
             sum: 0.0,
             count: 0,
         }
@@ -49,7 +66,11 @@ impl Histogram {
         let (Some(started), Some(completed)) = (job.started_at, job.completed_at) else {
             return;
         };
-        let seconds = (completed - started).num_milliseconds().max(0) as f64 / 1000.0;
+        self.observe_seconds((completed - started).num_milliseconds().max(0) as f64 / 1000.0);
+    }
+
+    /// Counts one duration of `seconds`.
+    pub fn observe_seconds(&mut self, seconds: f64) {
         self.sum += seconds;
         self.count += 1;
         for (bound, count) in &mut self.buckets {
@@ -141,6 +162,7 @@ impl Metrics {
                 info.name, info.component_digest, info.version
             )?;
         }
+        self.write_phase_seconds(text)?;
         writeln!(
             text,
             "# HELP helix_plugin_instantiation_seconds Making a fresh builder instance for a job."
@@ -157,6 +179,35 @@ impl Metrics {
                 text,
                 "helix_plugin_instantiation_seconds_count{{builder=\"{name}\"}} {count}"
             )?;
+        }
+        Ok(())
+    }
+
+    fn write_phase_seconds(&self, text: &mut String) -> std::fmt::Result {
+        writeln!(
+            text,
+            "# HELP helix_job_phase_seconds How long each phase of the jobs this process ran took, by builder and phase."
+        )?;
+        writeln!(text, "# TYPE helix_job_phase_seconds histogram")?;
+        for ((builder, phase), histogram) in &self.phase_seconds {
+            let labels = format!("builder=\"{builder}\",phase=\"{}\"", phase.as_str());
+            for (bound, count) in &histogram.buckets {
+                writeln!(
+                    text,
+                    "helix_job_phase_seconds_bucket{{{labels},le=\"{bound}\"}} {count}"
+                )?;
+            }
+            let count = histogram.count;
+            writeln!(
+                text,
+                "helix_job_phase_seconds_bucket{{{labels},le=\"+Inf\"}} {count}"
+            )?;
+            writeln!(
+                text,
+                "helix_job_phase_seconds_sum{{{labels}}} {}",
+                histogram.sum
+            )?;
+            writeln!(text, "helix_job_phase_seconds_count{{{labels}}} {count}")?;
         }
         Ok(())
     }

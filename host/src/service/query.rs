@@ -168,6 +168,7 @@ impl Service {
             queue_depth,
             build_seconds: table.build_seconds.clone(),
             build_steps: table.build_steps.clone(),
+            phase_seconds: table.phase_seconds.clone(),
         })
     }
 

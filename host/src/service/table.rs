@@ -10,7 +10,7 @@ use tokio::sync::watch;
 
 use super::metrics::Histogram;
 use crate::cancel::CancelSignal;
-use crate::job::{BuildSteps, Job, JobId, State};
+use crate::job::{BuildSteps, Job, JobId, PhaseName, State};
 use crate::log::JobLog;
 
 pub(super) struct Table {
@@ -23,6 +23,8 @@ pub(super) struct Table {
     pub build_seconds: BTreeMap<Option<String>, Histogram>,
     /// Their build steps, and cache hits, by builder.
     pub build_steps: BTreeMap<String, BuildSteps>,
+    /// Their phases' durations, by builder and phase.
+    pub phase_seconds: BTreeMap<(String, PhaseName), Histogram>,
 }
 
 /// One job this host runs.
@@ -43,6 +45,7 @@ impl Table {
             // Jobs of no project are always counted, none ended or not.
             build_seconds: BTreeMap::from([(None, Histogram::build_seconds())]),
             build_steps: BTreeMap::new(),
+            phase_seconds: BTreeMap::new(),
         }
     }
 
@@ -73,6 +76,12 @@ impl Table {
                 .or_default();
             steps.total += entry.job.steps.total;
             steps.cached += entry.job.steps.cached;
+            for phase in &entry.job.phases {
+                self.phase_seconds
+                    .entry((entry.job.builder.clone(), phase.name))
+                    .or_insert_with(Histogram::phase_seconds)
+                    .observe_seconds(phase.ms as f64 / 1000.0);
+            }
             entry.state.send_replace(entry.job.state);
         }
     }

@@ -170,6 +170,39 @@ pub fn on_builder(builder: &str) -> JobRequest {
     }
 }
 
+/// The names of `job`'s phases, after checking that they come in the
+/// documented order, that its queue wait is `created_at` to `started_at`,
+/// and that the others add up to its run (`started_at` to
+/// `completed_at`) within 5% (and the timestamps' own millisecond).
+pub fn phase_names(job: &Job) -> Vec<&'static str> {
+    use helix_build::job::PhaseName;
+    let names: Vec<PhaseName> = job.phases.iter().map(|p| p.name).collect();
+    let mut documented = PhaseName::ALL.iter();
+    assert!(
+        names.iter().all(|name| documented.any(|d| d == name)),
+        "out of order or repeated: {names:?}"
+    );
+    let (started, completed) = (job.started_at.unwrap(), job.completed_at.unwrap());
+    let ms = |d: chrono::Duration| d.num_milliseconds();
+    let waited = job
+        .phases
+        .first()
+        .filter(|p| p.name == PhaseName::QueueWait);
+    let waited = waited.expect("a queue wait first").ms as i64;
+    assert!(
+        (waited - ms(started - job.created_at)).abs() <= 1,
+        "{job:?}"
+    );
+    let run = ms(completed - started);
+    let phases: i64 = job.phases[1..].iter().map(|p| p.ms as i64).sum();
+    assert!(
+        ((run - phases).abs() as f64) <= run as f64 * 0.05 + 1.0,
+        "phases add up to {phases} ms, the run took {run} ms: {:?}",
+        job.phases
+    );
+    names.into_iter().map(PhaseName::as_str).collect()
+}
+
 /// Waits (at most 60 s: a test's jobs queue behind each other on a
 /// loaded 2-core machine) for the job to end and returns it.
 pub async fn finished(service: &Service, id: &helix_build::job::JobId) -> Job {

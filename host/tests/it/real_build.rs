@@ -60,6 +60,20 @@ async fn podman_builds_copy_run_and_build_args_and_the_image_pulls_back_by_diges
         logs.iter().any(|l| l.starts_with("[helix] verified:")),
         "{logs:?}"
     );
+    // No provenance is configured: nothing is attested.
+    assert_eq!(
+        common::phase_names(&job),
+        [
+            "queue_wait",
+            "prepare",
+            "checkout",
+            "instantiate",
+            "build",
+            "push",
+            "registry_check",
+            "clean_up"
+        ]
+    );
 }
 
 fn repo_name(repo: &Repo) -> String {

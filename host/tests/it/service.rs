@@ -339,6 +339,31 @@ async fn simulated_output_is_marked_and_validated() {
     assert!(info.simulated && info.description.contains("SIMULATION"));
 }
 
+/// The host times a job's phases, keeps them with the job (read back from
+/// the store) and counts them in `/metrics` by builder and phase.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_simulated_jobs_phases_add_up_to_its_run_and_are_counted() {
+    let (_dir, service) = common::service(1, 10).await;
+    let job = service.submit(simulated(100)).await.unwrap();
+    let job = finished(&service, &job.id).await;
+    assert_eq!(job.state, State::Succeeded);
+    assert_eq!(
+        common::phase_names(&job),
+        ["queue_wait", "prepare", "instantiate", "build", "clean_up"]
+    );
+    let build = job.phases.iter().find(|p| p.name.as_str() == "build");
+    assert!(
+        build.unwrap().ms >= 100,
+        "the delay is the build's: {job:?}"
+    );
+    let text = service.metrics().await.unwrap().render(&service.runtime());
+    for phase in ["prepare", "build", "clean_up"] {
+        let count =
+            format!("helix_job_phase_seconds_count{{builder=\"simulated\",phase=\"{phase}\"}} 1");
+        assert!(text.contains(&count), "{count} in {text}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_delay_setting_is_honoured_and_invalid_values_fail_the_job() {
     let dir = tempfile::tempdir().unwrap();

@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use helix_build::job::{FailureKind, Job, JobId, JobRequest, Outcome, State, SubmitPolicy};
+use helix_build::job::{
+    FailureKind, Job, JobId, JobRequest, Outcome, Phase, PhaseName, State, SubmitPolicy,
+};
 use helix_build::queue::{ClaimRules, JobQueue, LocalQueue, Notice};
 use helix_build::store::{
     JobFilter, JobStore, OwedNotification, PostgresStore, SqliteStore, StoreError,
@@ -105,6 +107,16 @@ async fn keeps_state_result_commit_and_log_in_order(store: &dyn JobStore, queue:
     store.append_log(&j.id, &second, 100);
     let commit = "0123456789abcdef0123456789abcdef01234567";
     j.commit = Some(commit.into());
+    j.phases = vec![
+        Phase {
+            name: PhaseName::Checkout,
+            ms: 12,
+        },
+        Phase {
+            name: PhaseName::Build,
+            ms: 3_456,
+        },
+    ];
     j.finish(Outcome::failed(FailureKind::Build, "RUN false"), Utc::now())
         .unwrap();
     store.update(&j).await.unwrap();
@@ -113,6 +125,7 @@ async fn keeps_state_result_commit_and_log_in_order(store: &dyn JobStore, queue:
     assert_eq!(stored.error.as_deref(), Some("build error: RUN false"));
     assert_eq!(stored.platforms, j.platforms);
     assert_eq!(stored.commit.as_deref(), Some(commit));
+    assert_eq!(stored.phases, j.phases);
     assert_eq!(
         store.log("kept").await.unwrap(),
         [first, second],

@@ -4,6 +4,7 @@
 
 mod lifecycle;
 mod outcome;
+mod phases;
 mod project;
 mod request;
 
@@ -18,6 +19,7 @@ use crate::platform::Platform;
 
 pub use lifecycle::{State, TransitionError};
 pub use outcome::{BuildResult, FailureKind, InvalidResult, Outcome};
+pub use phases::{Phase, PhaseClock, PhaseName};
 pub use project::{CacheScope, Project};
 pub use request::{
     InvalidJob, JobRequest, PRIORITIES, PRIORITY_AGING_SECS, SubmitPolicy, effective_priority,
@@ -152,6 +154,10 @@ pub struct Job {
     /// Build steps of its last run, and how many came from the cache.
     #[serde(default)]
     pub steps: BuildSteps,
+    /// Where the time of its last run went, phase by phase (see
+    /// [`PhaseName`]); empty until a run of it ends.
+    #[serde(default)]
+    pub phases: Vec<Phase>,
 }
 
 /// Build steps a job's build tools reported, and how many of them came
@@ -296,6 +302,7 @@ mod tests {
             "attempts",
             "steps",
             "commit",
+            "phases",
         ] {
             assert!(value.get(field).is_some(), "missing {field}");
         }

@@ -311,6 +311,7 @@ impl Job {
             component_digest: None,
             commit: None,
             steps: BuildSteps::default(),
+            phases: Vec::new(),
         };
         // Where it will push, named or the default: a real builder's push
         // goes to a registry the operator configured, a project's under

@@ -9,7 +9,8 @@
 //!   blamed on) and cleaned up.
 //!
 //! Each step says in the job's log what it did and returns a typed
-//! [`fault::Failure`], which `fault` alone classifies. The outcome is recorded by `settle`; what confines
+//! [`fault::Failure`], which `fault` alone classifies; the host times each
+//! ([`PhaseClock`]). The outcome is recorded by `settle`; what confines
 //! a run is in `confine`.
 
 mod end;
@@ -30,7 +31,7 @@ use crate::cancel::CancelSignal;
 use crate::cgroup::RunCgroup;
 use crate::docker_engine::DockerEngine;
 use crate::jail::Jail;
-use crate::job::{Job, Outcome};
+use crate::job::{Job, Outcome, PhaseClock, PhaseName};
 use crate::layer_cache::CacheSlot;
 use crate::log::JobLog;
 use crate::plugin::Builder;
@@ -159,19 +160,27 @@ impl Inner {
         }
     }
 
-    /// Runs `job` through the steps of a [`Run`]. The workspace is
-    /// removed afterwards unless the job failed and the operator keeps
-    /// failed workspaces.
+    /// Runs `job` through the steps of a [`Run`], timing each, and keeps
+    /// their phases with the live job. The workspace is removed afterwards
+    /// unless the job failed and the operator keeps failed workspaces.
     async fn execute(&self, job: &Job, log: &Arc<JobLog>, cancel: &CancelSignal) -> Outcome {
-        match Run::prepare(self, job, log, cancel).await {
+        let mut clock = PhaseClock::start(job, Utc::now());
+        let prepared = Run::prepare(self, job, log, cancel).await;
+        clock.lap(PhaseName::Prepare, Utc::now());
+        let outcome = match prepared {
             Ok(mut run) => {
-                let built = run.work().await;
+                let built = run.work(&mut clock).await;
                 let outcome = run.account(built);
                 run.clean_up(&outcome).await;
+                clock.lap(PhaseName::CleanUp, Utc::now());
                 outcome
             }
             Err(failure) => fault::outcome(failure, None, log),
+        };
+        if let Some(entry) = self.lock().jobs.get_mut(&job.id) {
+            entry.job.phases = clock.phases().to_vec();
         }
+        outcome
     }
 }
 

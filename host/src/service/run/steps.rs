@@ -3,10 +3,14 @@
 //! and attaches the build's provenance.
 
 use std::collections::BTreeMap;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use chrono::Utc;
 
 use super::Run;
 use crate::exec::{Confinement, JobValues};
-use crate::job::BuildResult;
+use crate::job::{BuildResult, PhaseClock, PhaseName};
 use crate::plugin::{Backend, BuilderError, Built, RunContext};
 use crate::provenance::{BuildFacts, Provenance};
 use crate::registry::oci::RegistryClient;
@@ -23,13 +27,27 @@ pub(super) struct Checked {
 }
 
 impl Run<'_> {
-    /// Checks out, builds, pushes, checks and attests.
-    pub(super) async fn work(&self) -> Result<BuildResult, Failure> {
+    /// Checks out, builds, pushes, checks and attests, timing each step
+    /// on `clock`, also when it fails.
+    pub(super) async fn work(&self, clock: &mut PhaseClock) -> Result<BuildResult, Failure> {
         let checked = match self.builder.backend() {
             Backend::Simulated => None,
-            Backend::Storage | Backend::Engine(_) => Some(self.checkout().await?),
+            Backend::Storage | Backend::Engine(_) => {
+                let checked = self.checkout().await;
+                clock.lap(PhaseName::Checkout, Utc::now());
+                Some(checked?)
+            }
         };
-        let (built, checked) = match (self.build(checked.as_ref()).await?, checked) {
+        let instantiation = OnceLock::new();
+        let built = self.build(checked.as_ref(), &instantiation).await;
+        let instantiated = instantiation.get().copied();
+        clock.lap_split(
+            PhaseName::Instantiate,
+            instantiated,
+            PhaseName::Build,
+            Utc::now(),
+        );
+        let (built, checked) = match (built?, checked) {
             (Built::Simulated(result), _) => {
                 self.log.push(
                     "[helix] simulated builder: no image, so nothing pushed, checked or attested \
@@ -46,10 +64,15 @@ impl Run<'_> {
                 }));
             }
         };
-        let digest = self.push(&built, &checked).await?;
-        let result = self.check_pushed(&checked, &digest).await?;
+        let digest = self.push(&built, &checked).await;
+        clock.lap(PhaseName::Push, Utc::now());
+        let result = self.check_pushed(&checked, &digest?).await;
+        clock.lap(PhaseName::RegistryCheck, Utc::now());
+        let result = result?;
         if let Some(provenance) = &self.inner.config.provenance {
-            self.attest(provenance, &built, &checked, &result).await?;
+            let attested = self.attest(provenance, &built, &checked, &result).await;
+            clock.lap(PhaseName::Attest, Utc::now());
+            attested?;
         }
         Ok(result)
     }
@@ -88,8 +111,13 @@ impl Run<'_> {
     }
 
     /// The builder's run in a fresh instance, with the job's secrets,
-    /// registry settings and confinement.
-    async fn build(&self, checked: Option<&Checked>) -> Result<Built, Failure> {
+    /// registry settings and confinement; `instantiation` is set to how
+    /// long making the instance took.
+    async fn build(
+        &self,
+        checked: Option<&Checked>,
+        instantiation: &OnceLock<Duration>,
+    ) -> Result<Built, Failure> {
         let job = self.job;
         let secrets = self
             .inner
@@ -121,7 +149,7 @@ impl Run<'_> {
             values,
             audit: self.audit.clone(),
         };
-        match self.builder.run(job, ctx).await {
+        match self.builder.run_measured(job, ctx, instantiation).await {
             Ok(built) => Ok(built),
             Err(error) => {
                 let base_images = checked.map(|c| c.source.external_images.as_slice());

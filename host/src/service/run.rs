@@ -4,6 +4,7 @@
 //! what confines it is in `confine`.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::Arc;
 
 use chrono::Utc;
@@ -51,6 +52,8 @@ struct Attempt<'a> {
     engine_image: Option<&'a str>,
     /// How the run reaches registries, with the job's credentials.
     registries: &'a Arc<RegistrySettings>,
+    /// Where its cache slot keeps repository mirrors, if it has a slot.
+    mirrors: Option<&'a Path>,
 }
 
 impl Inner {
@@ -335,6 +338,7 @@ impl Inner {
             audit: &audit,
             engine_image: engine_image.as_deref(),
             registries: &registries,
+            mirrors: slot.as_ref().map(CacheSlot::mirrors),
         };
         let built = self.build_and_publish(job, &builder, attempt).await;
         if let (Some(engine), Some(name)) = (&engine, &engine_image) {
@@ -392,6 +396,7 @@ impl Inner {
             audit,
             engine_image,
             registries,
+            mirrors,
         } = attempt;
         let confined = Confinement {
             cgroup: cgroup.as_deref(),
@@ -412,7 +417,7 @@ impl Inner {
             let commit = self
                 .config
                 .checkout
-                .fetch(job, &workspace, log, cancel, cgroup.as_deref())
+                .fetch(job, &workspace, log, cancel, cgroup.as_deref(), mirrors)
                 .await?;
             if let Some(entry) = self.lock().jobs.get_mut(&job.id) {
                 entry.job.commit = Some(commit.clone());

@@ -17,6 +17,7 @@ mod hostile_output;
 mod isolation;
 mod jail;
 mod limits;
+mod mirror;
 mod plugin;
 mod projects;
 mod provenance;

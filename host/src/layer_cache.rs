@@ -157,6 +157,8 @@ pub struct CacheSlot {
     held: OwnedMutexGuard<SlotState>,
     /// The scope whose layers were emptied out of it for this job.
     emptied: Option<CacheScope>,
+    /// Why its file systems were made anew for this job, if they were.
+    remade: Vec<String>,
 }
 
 impl BuildCache {
@@ -184,6 +186,19 @@ impl BuildCache {
 
     pub fn driver(&self) -> StorageDriver {
         self.driver
+    }
+
+    /// Stops every slot's managed engine and unmounts its file systems
+    /// (their files kept, mounted again by the next [`BuildCache::acquire`]),
+    /// waiting for slots in use: what stopping the service does, so no
+    /// mount or loop device outlives it.
+    pub async fn release(&self) {
+        for slot in self.slots.values().flatten() {
+            let mut held = slot.lock().await;
+            held.engine = None;
+            held.disk = None;
+            held.mirrors = None;
+        }
     }
 
     /// Whether `builder`'s jobs use the cache.
@@ -252,19 +267,22 @@ impl BuildCache {
         };
         let mut slot = CacheSlot {
             mirrors: mirrors_of(&dir),
+            remade: Vec::new(),
             dir,
             driver: self.driver,
             max_bytes: self.max_bytes,
             held,
             emptied,
         };
-        if slot.held.disk.is_none() {
-            let mib = (self.max_bytes / (1024 * 1024)).max(MIN_SLOT_MIB);
-            slot.held.disk = Some(DiskQuota::persistent(&slot.dir, mib)?);
+        let mib = (self.max_bytes / (1024 * 1024)).max(MIN_SLOT_MIB);
+        if let Some(why) = sound(&mut slot.held.disk, &slot.dir, mib)? {
+            // Its engine's data was on the file system made anew.
+            slot.held.engine = None;
+            slot.remade.push(why);
         }
-        if slot.held.mirrors.is_none() {
-            let mib = (self.max_bytes / 4 / (1024 * 1024)).max(MIN_SLOT_MIB);
-            slot.held.mirrors = Some(DiskQuota::persistent(&slot.mirrors, mib)?);
+        let mib = (self.max_bytes / 4 / (1024 * 1024)).max(MIN_SLOT_MIB);
+        if let Some(why) = sound(&mut slot.held.mirrors, &slot.mirrors, mib)? {
+            slot.remade.push(why);
         }
         slot.held.repository = Some(repository.to_string());
         Ok(Some(slot))
@@ -275,6 +293,33 @@ impl BuildCache {
 /// file system its builds write.
 fn scope_file(dir: &Path) -> PathBuf {
     dir.with_extension("scope")
+}
+
+/// Mounts `quota` (of `mib` MiB at `dir`) if it is not, and checks it
+/// takes writes: one that turned read-only or failed (a full data disk
+/// under its file does that) is made anew, empty, and the answer says
+/// why. An error when even the new one fails.
+fn sound(quota: &mut Option<DiskQuota>, dir: &Path, mib: u64) -> std::io::Result<Option<String>> {
+    if quota.is_none() {
+        *quota = Some(DiskQuota::persistent(dir, mib)?);
+    }
+    let Some(Err(e)) = quota.as_ref().map(DiskQuota::check) else {
+        return Ok(None);
+    };
+    tracing::warn!(dir = %dir.display(), "cache file system failed, made anew: {e}");
+    *quota = None;
+    quota::release(dir, &quota::image_of(dir));
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let fresh = DiskQuota::persistent(dir, mib)?;
+    fresh.check()?;
+    *quota = Some(fresh);
+    Ok(Some(format!(
+        "the build cache file system {} failed ({e}): made anew, empty",
+        dir.display()
+    )))
 }
 
 /// Where the slot at `dir` keeps its repositories' mirrors: beside it, out
@@ -320,6 +365,12 @@ impl CacheSlot {
     /// if it held another's.
     pub fn emptied(&self) -> Option<&CacheScope> {
         self.emptied.as_ref()
+    }
+
+    /// Why the slot's file systems were made anew before this job (they
+    /// had turned read-only or failed), if they were.
+    pub fn remade(&self) -> &[String] {
+        &self.remade
     }
 
     /// The slot's storage, created if new.

@@ -274,6 +274,9 @@ impl Inner {
             }
             (None, None, _) => None,
         };
+        for why in slot.iter().flat_map(|s| s.remade()) {
+            log.push(&format!("[helix] warning: {why}"));
+        }
         if let Some(slot) = &slot
             && let Some(emptied) = slot.emptied()
         {

@@ -27,4 +27,5 @@ mod real_build;
 mod sandbox;
 mod scale_out;
 mod service;
+mod slots;
 mod store;

@@ -2204,3 +2204,25 @@ fn an_emptied_or_damaged_store_in_a_used_data_dir_is_refused_by_name() {
     );
     assert!(stderr.contains("helix-build backup"), "{stderr}");
 }
+
+#[test]
+fn while_the_data_disk_is_full_submissions_get_503_and_the_server_takes_jobs_again_after() {
+    // The data dir on a file system of its own of 32 MiB (a loop mount),
+    // unmounted after the server (declared first, dropped last).
+    let scratch = tempfile::tempdir().unwrap();
+    let data = scratch.path().join("data");
+    let _disk = helix_build::quota::DiskQuota::fresh(&data, 32).unwrap();
+    let server = Server::start_in(&data, &[]);
+    let filler = data.join("filler");
+    let mut file = std::fs::File::create(&filler).unwrap();
+    let chunk = vec![7u8; 1024 * 1024];
+    while std::io::Write::write_all(&mut file, &chunk).is_ok() {}
+    drop(file);
+    refused_for_now(&server, "while-full", "data_disk_full", "data disk is full");
+    assert_eq!(server.json("GET", "/v1/jobs/while-full", None).0, 404);
+
+    std::fs::remove_file(&filler).unwrap();
+    submit(&server, "after", json!({}));
+    let (_, job) = server.json("GET", "/v1/jobs/after/wait?timeout_secs=30", None);
+    assert_eq!(job["state"], "succeeded", "{job}");
+}

@@ -3,6 +3,7 @@
 //! runs the named ones in this process, in order; `bench/run` runs each in
 //! a process of its own and prints one table of their rows.
 
+mod checkout;
 mod common;
 mod memory;
 mod plugin_call;
@@ -21,6 +22,7 @@ const BENCHES: &[(&str, fn())] = &[
     ("real_build", real_build::main),
     ("realistic_build", realistic_build::main),
     ("scale_out", scale_out::main),
+    ("checkout", checkout::main),
 ];
 
 fn main() {

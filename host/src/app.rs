@@ -49,6 +49,12 @@ pub async fn start_with(
     config: &Config,
     extend: impl FnOnce(&mut PluginRuntime),
 ) -> Result<Service, StartError> {
+    // Quota mounts of servers that never stopped, their files removed
+    // since: nothing else would ever unmount them or free their loop
+    // devices.
+    for dir in crate::quota::sweep_orphans() {
+        tracing::warn!(dir = %dir.display(), "unmounted a quota file system whose file was deleted");
+    }
     let used = data_dir_used(config);
     for dir in [config.data_dir.clone(), config.workspace_dir()] {
         std::fs::create_dir_all(&dir).map_err(|source| StartError::DataDir {

@@ -29,6 +29,12 @@
 //! a layer, so a push sends only the layers the registry lacks), within
 //! its size.
 //!
+//! A slot also keeps a bare git mirror of each repository its jobs built
+//! (`<n>.git/`, see `source::mirror`), in a file system of its own of a
+//! quarter of the slot's size: only the host writes it (the jail is shown
+//! the slot, never its mirrors), it is emptied with the slot, and emptied
+//! after a job once mostly full.
+//!
 //! A slot over the size cap is emptied after its job. Jobs with `no_cache`,
 //! and builders with `cache = false`, get a fresh storage of their own,
 //! removed with the job. The storage driver is overlay where the kernel
@@ -138,16 +144,21 @@ struct SlotState {
     scope: Option<CacheScope>,
     /// Its file system of `max_bytes`, once a job has used it.
     disk: Option<DiskQuota>,
+    /// Its repositories' mirrors' file system, once a job has used it.
+    mirrors: Option<DiskQuota>,
 }
 
 /// One slot, held by one job until dropped.
 pub struct CacheSlot {
     dir: PathBuf,
+    mirrors: PathBuf,
     driver: StorageDriver,
     max_bytes: u64,
     held: OwnedMutexGuard<SlotState>,
     /// The scope whose layers were emptied out of it for this job.
     emptied: Option<CacheScope>,
+    /// Why its file systems were made anew for this job, if they were.
+    remade: Vec<String>,
 }
 
 impl BuildCache {
@@ -175,6 +186,19 @@ impl BuildCache {
 
     pub fn driver(&self) -> StorageDriver {
         self.driver
+    }
+
+    /// Stops every slot's managed engine and unmounts its file systems
+    /// (their files kept, mounted again by the next [`BuildCache::acquire`]),
+    /// waiting for slots in use: what stopping the service does, so no
+    /// mount or loop device outlives it.
+    pub async fn release(&self) {
+        for slot in self.slots.values().flatten() {
+            let mut held = slot.lock().await;
+            held.engine = None;
+            held.disk = None;
+            held.mirrors = None;
+        }
     }
 
     /// Whether `builder`'s jobs use the cache.
@@ -242,15 +266,23 @@ impl BuildCache {
             _ => None,
         };
         let mut slot = CacheSlot {
+            mirrors: mirrors_of(&dir),
+            remade: Vec::new(),
             dir,
             driver: self.driver,
             max_bytes: self.max_bytes,
             held,
             emptied,
         };
-        if slot.held.disk.is_none() {
-            let mib = (self.max_bytes / (1024 * 1024)).max(MIN_SLOT_MIB);
-            slot.held.disk = Some(DiskQuota::persistent(&slot.dir, mib)?);
+        let mib = (self.max_bytes / (1024 * 1024)).max(MIN_SLOT_MIB);
+        if let Some(why) = sound(&mut slot.held.disk, &slot.dir, mib)? {
+            // Its engine's data was on the file system made anew.
+            slot.held.engine = None;
+            slot.remade.push(why);
+        }
+        let mib = (self.max_bytes / 4 / (1024 * 1024)).max(MIN_SLOT_MIB);
+        if let Some(why) = sound(&mut slot.held.mirrors, &slot.mirrors, mib)? {
+            slot.remade.push(why);
         }
         slot.held.repository = Some(repository.to_string());
         Ok(Some(slot))
@@ -261,6 +293,39 @@ impl BuildCache {
 /// file system its builds write.
 fn scope_file(dir: &Path) -> PathBuf {
     dir.with_extension("scope")
+}
+
+/// Mounts `quota` (of `mib` MiB at `dir`) if it is not, and checks it
+/// takes writes: one that turned read-only or failed (a full data disk
+/// under its file does that) is made anew, empty, and the answer says
+/// why. An error when even the new one fails.
+fn sound(quota: &mut Option<DiskQuota>, dir: &Path, mib: u64) -> std::io::Result<Option<String>> {
+    if quota.is_none() {
+        *quota = Some(DiskQuota::persistent(dir, mib)?);
+    }
+    let Some(Err(e)) = quota.as_ref().map(DiskQuota::check) else {
+        return Ok(None);
+    };
+    tracing::warn!(dir = %dir.display(), "cache file system failed, made anew: {e}");
+    *quota = None;
+    quota::release(dir, &quota::image_of(dir));
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let fresh = DiskQuota::persistent(dir, mib)?;
+    fresh.check()?;
+    *quota = Some(fresh);
+    Ok(Some(format!(
+        "the build cache file system {} failed ({e}): made anew, empty",
+        dir.display()
+    )))
+}
+
+/// Where the slot at `dir` keeps its repositories' mirrors: beside it, out
+/// of the jail's sight.
+fn mirrors_of(dir: &Path) -> PathBuf {
+    dir.with_extension("git")
 }
 
 /// Reads the slot's scope, once: a slot without the file holds no
@@ -278,11 +343,14 @@ fn load_scope(held: &mut SlotState, dir: &Path) {
 fn empty_for(held: &mut SlotState, dir: &Path, scope: &CacheScope) -> std::io::Result<()> {
     held.engine = None;
     held.disk = None;
+    held.mirrors = None;
     held.repository = None;
-    quota::release(dir, &quota::image_of(dir));
-    match std::fs::remove_dir_all(dir) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-        _ => {}
+    for dir in [dir.to_path_buf(), mirrors_of(dir)] {
+        quota::release(&dir, &quota::image_of(&dir));
+        match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
     }
     if let Some(parent) = dir.parent() {
         std::fs::create_dir_all(parent)?;
@@ -299,9 +367,21 @@ impl CacheSlot {
         self.emptied.as_ref()
     }
 
+    /// Why the slot's file systems were made anew before this job (they
+    /// had turned read-only or failed), if they were.
+    pub fn remade(&self) -> &[String] {
+        &self.remade
+    }
+
     /// The slot's storage, created if new.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Where the slot keeps its repositories' mirrors (mounted by
+    /// [`BuildCache::acquire`]).
+    pub fn mirrors(&self) -> &Path {
+        &self.mirrors
     }
 
     /// The slot's managed engine, started by `start` (given the slot's
@@ -400,6 +480,28 @@ impl CacheSlot {
                         tracing::warn!("could not empty build cache {}: {e}", self.dir.display());
                     }
                     _ => {}
+                }
+            }
+        }
+        let (mirrors, mib) = (
+            self.mirrors(),
+            self.held.mirrors.as_ref().map_or(0, DiskQuota::mib),
+        );
+        if dir_size(mirrors) > mib * 1024 * 1024 / 4 * 3 {
+            log.push(&format!(
+                "[helix] the repository mirrors of build cache slot {} hold most of their {mib} MiB: emptied",
+                self.dir.display(),
+            ));
+            // Only this job holds the slot: no checkout reads them now.
+            let entries = std::fs::read_dir(mirrors).into_iter().flatten().flatten();
+            for entry in entries.filter(|e| e.file_name() != "lost+found") {
+                let path = entry.path();
+                let removed = match path.is_dir() {
+                    true => std::fs::remove_dir_all(&path),
+                    false => std::fs::remove_file(&path),
+                };
+                if let Err(e) = removed {
+                    tracing::warn!("could not empty git mirror {}: {e}", path.display());
                 }
             }
         }

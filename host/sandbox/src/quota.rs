@@ -90,23 +90,23 @@ impl DiskQuota {
         self.mib
     }
 
+    /// Whether the file system is still mounted at its directory and takes
+    /// writes: one that turned read-only (ext4 does on an I/O error, such
+    /// as its file's disk filling up) or failed answers why not.
+    pub fn check(&self) -> std::io::Result<()> {
+        if !is_mountpoint(&self.dir) {
+            return Err(std::io::Error::other("it is no longer mounted"));
+        }
+        let probe = self.dir.join(".helix-probe");
+        std::fs::write(&probe, b"")?;
+        std::fs::remove_file(&probe)
+    }
+
     /// Whether (nearly) nothing is left: what a build that failed for want
     /// of space leaves.
     pub fn is_full(&self) -> bool {
-        let Ok(path) = std::ffi::CString::new(self.dir.as_os_str().as_encoded_bytes()) else {
-            return false;
-        };
-        let mut stat = std::mem::MaybeUninit::<libc::statvfs>::uninit();
-        // SAFETY: statvfs writes the struct it is given; read only on success.
-        if unsafe { libc::statvfs(path.as_ptr(), stat.as_mut_ptr()) } != 0 {
-            return false;
-        }
-        // SAFETY: initialised by the successful call above.
-        let stat = unsafe { stat.assume_init() };
-        // The fields' widths differ between architectures.
-        #[allow(clippy::unnecessary_cast)]
-        let free = stat.f_bavail as u64 * stat.f_frsize as u64;
-        free < (self.mib * 1024 * 1024 / 50).max(4 * 1024 * 1024)
+        space(&self.dir)
+            .is_some_and(|(free, _)| free < (self.mib * 1024 * 1024 / 50).max(4 * 1024 * 1024))
     }
 
     /// Leaves the file system mounted at its directory for good (a failed
@@ -134,6 +134,63 @@ pub fn release(dir: &Path, image: &Path) {
         unmount(dir);
     }
     let _ = std::fs::remove_file(image);
+}
+
+/// Unmounts every quota file system whose file is gone — left mounted by
+/// a server that never stopped (killed, or a test's) after its data dir
+/// was removed: its loop device is attached to `<dir>.img (deleted)` —
+/// and returns their directories. Unmounting detaches the loop device
+/// (mount set it to clear itself).
+pub fn sweep_orphans() -> Vec<PathBuf> {
+    let Ok(mounts) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    let mut swept = Vec::new();
+    for line in mounts.lines() {
+        // `id parent dev root point options [tags] - type source super`
+        let fields: Vec<&str> = line.split(' ').collect();
+        let Some(dash) = fields.iter().position(|f| *f == "-") else {
+            continue;
+        };
+        let (Some(point), Some(source)) = (fields.get(4), fields.get(dash + 2)) else {
+            continue;
+        };
+        let Some(device) = source
+            .strip_prefix("/dev/")
+            .filter(|d| d.starts_with("loop"))
+        else {
+            continue;
+        };
+        let backing = std::fs::read_to_string(format!("/sys/block/{device}/loop/backing_file"))
+            .unwrap_or_default();
+        let point = PathBuf::from(point.replace("\\040", " "));
+        let orphan = format!("{} (deleted)", image_of(&point).display());
+        if backing.trim_end_matches('\n') == orphan {
+            unmount(&point);
+            swept.push(point);
+        }
+    }
+    swept
+}
+
+/// Bytes free (to an unprivileged writer) and in all on the file system
+/// holding `path`; `None` when it cannot be asked.
+pub fn space(path: &Path) -> Option<(u64, u64)> {
+    let path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
+    let mut stat = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: statvfs writes the struct it is given; read only on success.
+    if unsafe { libc::statvfs(path.as_ptr(), stat.as_mut_ptr()) } != 0 {
+        return None;
+    }
+    // SAFETY: initialised by the successful call above.
+    let stat = unsafe { stat.assume_init() };
+    // The fields' widths differ between architectures.
+    #[allow(clippy::unnecessary_cast)]
+    let (free, total) = (
+        stat.f_bavail as u64 * stat.f_frsize as u64,
+        stat.f_blocks as u64 * stat.f_frsize as u64,
+    );
+    Some((free, total))
 }
 
 /// The file holding `dir`'s file system: beside it, so the directory's

@@ -73,6 +73,7 @@ impl From<ServiceError> for ApiError {
             ServiceError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ServiceError::AlreadyEnded { .. } => (StatusCode::CONFLICT, "already_ended"),
             ServiceError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+            ServiceError::DataDiskFull => (StatusCode::SERVICE_UNAVAILABLE, "data_disk_full"),
             ServiceError::Store(cause) => {
                 // The edge: the detail is the operator's, not the client's.
                 tracing::error!("{cause}");

@@ -188,7 +188,10 @@ async fn build(
                 allow_file_repos: true,
             };
             let cgroup = values.cgroup.as_deref();
-            match checkout.fetch(job, &workspace, log, &cancel, cgroup).await {
+            match checkout
+                .fetch(job, &workspace, log, &cancel, cgroup, None)
+                .await
+            {
                 Ok(commit) => Some(commit),
                 Err(e) => return (None, Err(fault::outcome(e.into(), None, log))),
             }

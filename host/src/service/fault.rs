@@ -91,7 +91,9 @@ impl Failure {
             Failure::NoImage | Failure::BaseImage(_) => Failed(InvalidJob),
             Failure::Checkout(e) => match e {
                 CheckoutError::Cancelled { reason } => Cancelled(reason.clone()),
-                CheckoutError::Git(_) => Failed(Host),
+                CheckoutError::Git(_)
+                | CheckoutError::Mirror(_)
+                | CheckoutError::MirrorDamaged { .. } => Failed(Host),
                 CheckoutError::Clone { .. }
                 | CheckoutError::RefNotFound { .. }
                 | CheckoutError::Unresolved { .. }

@@ -154,6 +154,11 @@ pub enum ServiceError {
     /// The detail (the source) goes to the server's log, not to clients.
     #[error("the job store is unavailable, so nothing was read or changed; retry later")]
     Store(#[source] StoreError),
+    /// Refused before anything is stored; details in the server's log.
+    #[error(
+        "the server's data disk is full, so the job was not accepted; retry once space is freed"
+    )]
+    DataDiskFull,
     #[error("cursor '{0}' names no job; start again without a cursor")]
     UnknownCursor(String),
     #[error("job '{id}' has no provenance: {reason}")]
@@ -339,6 +344,9 @@ impl Service {
                 while workers.join_next().await.is_some() {}
             }
         }
+        // No worker runs: the cache slots' mounts go with the service
+        // (a later start mounts them again).
+        self.inner.config.cache.release().await;
         tracing::info!("service stopped");
     }
 }

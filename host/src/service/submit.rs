@@ -29,6 +29,7 @@ impl Service {
         if self.is_stopping() {
             return Err(ServiceError::ShuttingDown);
         }
+        self.data_disk_has_room()?;
         let policy = self.inner.policy();
         let job = match project {
             None => Job::from_request(request, &policy, Utc::now())?,
@@ -118,6 +119,25 @@ impl Service {
         }) {
             // One that ended meanwhile needs nothing.
             let _ = self.cancel_because(job.id.as_str(), &reason).await;
+        }
+    }
+
+    /// Refuses a submission while the data disk (where jobs' workspaces,
+    /// logs and the SQLite store live) has less than 16 MiB or 1% free: a
+    /// job accepted then would fail writing its first files. Asked anew
+    /// each time, so the server takes jobs again once space returns.
+    fn data_disk_has_room(&self) -> Result<(), ServiceError> {
+        let dir = &self.inner.config.workspace_dir;
+        match crate::quota::space(dir) {
+            Some((free, total)) if free < (total / 100).max(16 * 1024 * 1024) => {
+                tracing::warn!(
+                    dir = %dir.display(),
+                    free_mib = free / (1024 * 1024),
+                    "data disk full: submissions refused until space is freed"
+                );
+                Err(ServiceError::DataDiskFull)
+            }
+            _ => Ok(()),
         }
     }
 }

@@ -21,11 +21,14 @@ async fn a_branch_tag_and_commit_check_out_from_a_dumb_http_server_and_a_missing
     let dir = tempfile::tempdir().unwrap();
     let service = common::start(&common::real_config(&dir, &registry.address)).await;
 
+    // no_cache: the direct clone (a job with a cache slot checks out from
+    // its mirror, see mirror.rs); the missing ref below goes through one.
     for git_ref in ["feature", "v1", repo.first_commit.as_str()] {
         let request = JobRequest {
             repo_url: server.url.clone(),
             git_ref: Some(git_ref.into()),
             builder: Some("podman".into()),
+            no_cache: true,
             ..JobRequest::default()
         };
         let (job, logs) = common::run_logged(&service, request).await;

@@ -117,6 +117,9 @@ impl<'a> Run<'a> {
                 return Err(failure);
             }
         };
+        for why in slot.iter().flat_map(|s| s.remade()) {
+            log.push(&format!("[helix] warning: {why}"));
+        }
         if let Some(slot) = &slot
             && let Some(emptied) = slot.emptied()
         {

@@ -11,6 +11,7 @@ use chrono::Utc;
 use super::Run;
 use crate::exec::{Confinement, JobValues};
 use crate::job::{BuildResult, PhaseClock, PhaseName};
+use crate::layer_cache::CacheSlot;
 use crate::plugin::{Backend, BuilderError, Built, RunContext};
 use crate::provenance::{BuildFacts, Provenance};
 use crate::registry::oci::RegistryClient;
@@ -97,6 +98,7 @@ impl Run<'_> {
                 self.log,
                 self.cancel,
                 self.cgroup.as_deref(),
+                self.slot.as_ref().map(CacheSlot::mirrors),
             )
             .await?;
         if let Some(entry) = self.inner.lock().jobs.get_mut(&job.id) {

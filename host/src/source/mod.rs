@@ -9,6 +9,11 @@
 //! environment of `PATH` and an empty `HOME` alone. Every git command runs
 //! before the builder is instantiated, on a directory only the host has
 //! written, so a `.git` a guest wrote is never read.
+//!
+//! A job with a cache slot checks out from its repository's mirror there
+//! ([`mirror`]); one without (`no_cache`) clones directly.
+
+mod mirror;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -69,6 +74,14 @@ pub enum CheckoutError {
     TimedOut,
     #[error("cannot run git for the checkout: {0}; install git on the build host")]
     Git(#[source] RunError),
+    /// The host could not keep the repository's mirror in its cache slot.
+    #[error("cannot use the repository's mirror in the build cache: {0}")]
+    Mirror(#[source] std::io::Error),
+    /// The mirror was damaged again after it was fetched anew.
+    #[error(
+        "the repository's mirror in the build cache is damaged even after a fresh fetch: {said}"
+    )]
+    MirrorDamaged { said: String },
 }
 
 /// The job's context and Dockerfile in its checkout, as the host checked
@@ -133,10 +146,12 @@ pub struct Checkout {
 }
 
 impl Checkout {
-    /// Checks `job`'s ref out into `<workspace>/src` and returns the commit:
-    /// a shallow clone where the server allows it, else a full clone and a
-    /// checkout of what the ref names there (commit shas, and servers that
-    /// refuse `--depth`, such as dumb HTTP ones).
+    /// Checks `job`'s ref out into `<workspace>/src` and returns the commit.
+    /// With `mirrors` (the job's cache slot's), from the repository's
+    /// mirror there, fetching into it what it lacks; else by a shallow
+    /// clone where the server allows it, else a full clone and a checkout
+    /// of what the ref names there (commit shas, and servers that refuse
+    /// `--depth`, such as dumb HTTP ones).
     pub async fn fetch(
         &self,
         job: &Job,
@@ -144,6 +159,7 @@ impl Checkout {
         log: &JobLog,
         cancel: &CancelSignal,
         cgroup: Option<&RunCgroup>,
+        mirrors: Option<&Path>,
     ) -> Result<String, CheckoutError> {
         let git = Git {
             workspace,
@@ -155,7 +171,9 @@ impl Checkout {
         let url = job.repo_url.as_str();
         let git_ref = job.git_ref.as_str();
         log.push(&format!("[helix] checking out {url} at {git_ref}"));
-        if is_commit(git_ref) {
+        if let Some(root) = mirrors {
+            from_mirror(&git, root, url, git_ref).await?;
+        } else if is_commit(git_ref) {
             git.clone(url, &[]).await?;
             git.detach(url, git_ref).await?;
         } else {
@@ -197,6 +215,38 @@ impl Checkout {
         }
         log.push(&format!("[helix] checked out commit {commit}"));
         Ok(commit)
+    }
+}
+
+/// Checks `git_ref` out from the mirror of `url` under `root`; a mirror
+/// found damaged is removed and fetched anew, once.
+async fn from_mirror(
+    git: &Git<'_>,
+    root: &Path,
+    url: &str,
+    git_ref: &str,
+) -> Result<(), CheckoutError> {
+    let mirror = mirror::Mirror::of(root, url);
+    let _held = mirror.lock().await?;
+    let mut rebuilt = false;
+    loop {
+        match mirror.check_out(git, url, git_ref).await {
+            Ok(()) => return Ok(()),
+            Err(mirror::MirrorFault::Checkout(e)) => return Err(e),
+            Err(mirror::MirrorFault::Damaged(said)) if rebuilt => {
+                return Err(CheckoutError::MirrorDamaged { said });
+            }
+            Err(mirror::MirrorFault::Damaged(said)) => {
+                tracing::warn!(mirror = %mirror.dir().display(), "damaged git mirror rebuilt: {said}");
+                git.log.push(&format!(
+                    "[helix] warning: the repository's mirror {} is damaged ({said}): removed, fetching it anew",
+                    mirror.dir().display()
+                ));
+                mirror.remove()?;
+                remove_partial(git.workspace);
+                rebuilt = true;
+            }
+        }
     }
 }
 

@@ -1,0 +1,319 @@
+//! A bare git mirror per repository in a cache slot, so a job fetches only
+//! what earlier jobs of its slot have not, and checks out locally.
+//!
+//! Mirrors live in the slot's own file system beside it (see
+//! `layer_cache`): scoped like the slot (never shared across projects,
+//! nor between protected and unprotected refs), within its size, emptied
+//! with it, and never shown to a jail, so only the host ever writes a
+//! mirror and git never reads a config, hook or attribute a build tool
+//! wrote. Each mirror is `<hash of the URL>.git` with a lock file beside
+//! it: a job holds the lock (an `flock`) from its fetch to the end of its
+//! checkout, so a second process on the same data directory waits rather
+//! than reading a mirror being fetched into or rebuilt.
+//!
+//! What is fetched: a commit id already in the mirror needs no network at
+//! all; a branch, tag or `HEAD` is asked of the server (`git ls-remote`:
+//! a ref can move), and fetched only when its commit is not in the
+//! mirror. A fetch takes every branch and tag with `+` refspecs and
+//! `--prune`, so force-pushed and deleted branches follow the server.
+//!
+//! A mirror is not trusted when it fails: a fetch or checkout that fails
+//! is followed by `git fsck`, and a mirror it finds damaged is removed
+//! and fetched again once, with a warning in the job's log.
+
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use sha2::Digest as _;
+
+use super::{CheckoutError, Git, is_commit};
+use crate::exec::{CommandOutput, SOURCE_DIR};
+
+/// Every branch and tag, replacing what a force push replaced.
+const REFSPECS: [&str; 2] = ["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"];
+
+/// The mirror of one repository.
+pub(super) struct Mirror {
+    dir: PathBuf,
+    lock: PathBuf,
+}
+
+/// Why a checkout from the mirror did not happen: the mirror's fault (so
+/// it is rebuilt) or the job's.
+pub(super) enum MirrorFault {
+    Damaged(String),
+    Checkout(CheckoutError),
+}
+
+impl From<CheckoutError> for MirrorFault {
+    fn from(e: CheckoutError) -> Self {
+        MirrorFault::Checkout(e)
+    }
+}
+
+/// The mirror's lock, held until dropped (closing the file releases it).
+pub(super) struct Held {
+    _file: std::fs::File,
+}
+
+impl Mirror {
+    /// The mirror of `url` under `root`.
+    pub(super) fn of(root: &Path, url: &str) -> Mirror {
+        let name = hex::encode(&sha2::Sha256::digest(url.as_bytes())[..16]);
+        Mirror {
+            dir: root.join(format!("{name}.git")),
+            lock: root.join(format!("{name}.lock")),
+        }
+    }
+
+    pub(super) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Waits for the mirror's lock (in a blocking thread: `flock` blocks).
+    pub(super) async fn lock(&self) -> Result<Held, CheckoutError> {
+        let path = self.lock.clone();
+        let locked = tokio::task::spawn_blocking(move || {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)?;
+            // SAFETY: flock on a descriptor this function owns.
+            match unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } {
+                0 => Ok(Held { _file: file }),
+                _ => Err(std::io::Error::last_os_error()),
+            }
+        })
+        .await
+        .map_err(|e| CheckoutError::Mirror(std::io::Error::other(e)))?;
+        locked.map_err(CheckoutError::Mirror)
+    }
+
+    /// Removes the mirror (held under its lock).
+    pub(super) fn remove(&self) -> Result<(), CheckoutError> {
+        match std::fs::remove_dir_all(&self.dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(CheckoutError::Mirror(e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Checks `git_ref` of `url` out into the workspace from the mirror,
+    /// fetching into it first what it lacks.
+    pub(super) async fn check_out(
+        &self,
+        git: &Git<'_>,
+        url: &str,
+        git_ref: &str,
+    ) -> Result<(), MirrorFault> {
+        if !self.dir.join("objects").is_dir() || !self.dir.join("HEAD").is_file() {
+            if self.dir.exists() {
+                return Err(MirrorFault::Damaged("it is not a git repository".into()));
+            }
+            self.git(git, &["init", "--quiet", "--bare"]).await?;
+        }
+        let commit = self.commit(git, url, git_ref).await?;
+        // The checkout borrows the mirror's objects (an alternate), so
+        // nothing is copied; it gets a `.git` of its own, written here.
+        let objects = self.dir.join("objects");
+        git.run(&["init", "--quiet", "--", SOURCE_DIR]).await?;
+        let alternates = git.workspace.join(SOURCE_DIR).join(".git/objects/info");
+        std::fs::create_dir_all(&alternates)
+            .and_then(|()| {
+                let line = format!("{}\n", objects.display());
+                std::fs::write(alternates.join("alternates"), line)
+            })
+            .map_err(CheckoutError::Mirror)?;
+        let output = git
+            .run(&[
+                "-C", SOURCE_DIR, "checkout", "--quiet", "--detach", &commit, "--",
+            ])
+            .await?;
+        if output.exit_code == 0 {
+            return Ok(());
+        }
+        self.verify(git, &[]).await?;
+        Err(MirrorFault::Checkout(CheckoutError::Checkout {
+            url: url.to_string(),
+            git_ref: git_ref.to_string(),
+            commit,
+            said: output.error_line(),
+        }))
+    }
+
+    /// The commit `git_ref` names, in the mirror once this returns.
+    async fn commit(&self, git: &Git<'_>, url: &str, git_ref: &str) -> Result<String, MirrorFault> {
+        let not_found = || CheckoutError::RefNotFound {
+            url: url.to_string(),
+            git_ref: git_ref.to_string(),
+        };
+        if is_commit(git_ref) {
+            if let Some(commit) = self.local(git, git_ref).await? {
+                git.log.push(&format!(
+                    "[helix] commit {commit} is in the repository's mirror: nothing fetched"
+                ));
+                return Ok(commit);
+            }
+            return Ok(self
+                .fetched(git, url, git_ref)
+                .await?
+                .ok_or_else(not_found)?);
+        }
+        let tip = remote_tip(git, url, git_ref).await?.ok_or_else(not_found)?;
+        if self.local(git, &tip).await?.is_some() {
+            git.log.push(&format!(
+                "[helix] {git_ref} is at {tip}, already in the repository's mirror: nothing fetched"
+            ));
+            return Ok(tip);
+        }
+        self.fetched(git, url, &tip).await?.ok_or_else(|| {
+            MirrorFault::Checkout(CheckoutError::Unresolved {
+                url: url.to_string(),
+                git_ref: git_ref.to_string(),
+                said: format!(
+                    "the server lists {tip} but fetching its branches and tags did not bring it"
+                ),
+            })
+        })
+    }
+
+    /// The commit `name` names in the mirror after a fetch; `None` when
+    /// the mirror is sound and still lacks it.
+    async fn fetched(
+        &self,
+        git: &Git<'_>,
+        url: &str,
+        name: &str,
+    ) -> Result<Option<String>, MirrorFault> {
+        self.fetch(git, url).await?;
+        let commit = self.local(git, name).await?;
+        if commit.is_none() {
+            // Missing from a damaged mirror is not missing.
+            self.verify(git, &["--connectivity-only"]).await?;
+        }
+        Ok(commit)
+    }
+
+    /// The commit `name` (an id, maybe abbreviated) names in the mirror.
+    async fn local(&self, git: &Git<'_>, name: &str) -> Result<Option<String>, CheckoutError> {
+        let spec = format!("{name}^{{commit}}");
+        let output = self
+            .git(
+                git,
+                &[
+                    "rev-parse",
+                    "--verify",
+                    "--quiet",
+                    "--end-of-options",
+                    &spec,
+                ],
+            )
+            .await?;
+        let commit = output.stdout.trim();
+        Ok((output.exit_code == 0 && is_commit(commit)).then(|| commit.to_string()))
+    }
+
+    /// Fetches every branch and tag of `url` the mirror lacks; a failure
+    /// the mirror's damage explains is that damage.
+    async fn fetch(&self, git: &Git<'_>, url: &str) -> Result<(), MirrorFault> {
+        git.log
+            .push("[helix] fetching what the repository's mirror lacks");
+        let mut args = vec!["fetch", "--quiet", "--prune", "--no-tags", "--", url];
+        args.extend(REFSPECS);
+        let output = self.git(git, &args).await?;
+        if output.exit_code == 0 {
+            return Ok(());
+        }
+        self.verify(git, &["--connectivity-only"]).await?;
+        Err(MirrorFault::Checkout(CheckoutError::Clone {
+            url: url.to_string(),
+            said: output.error_line(),
+        }))
+    }
+
+    /// `git fsck` of the mirror: `Damaged` with what it said when it fails.
+    async fn verify(&self, git: &Git<'_>, options: &[&str]) -> Result<(), MirrorFault> {
+        let mut args = vec!["fsck", "--no-progress", "--no-dangling"];
+        args.extend(options);
+        let output = self.git(git, &args).await?;
+        match output.exit_code {
+            0 => Ok(()),
+            _ => Err(MirrorFault::Damaged(output.error_line())),
+        }
+    }
+
+    /// git, hardened, on the mirror (no work tree).
+    async fn git(&self, git: &Git<'_>, args: &[&str]) -> Result<CommandOutput, CheckoutError> {
+        let git_dir = format!("--git-dir={}", self.dir.display());
+        // Only the host maintains a mirror: no automatic gc, which could
+        // detach into the background and outlive the job.
+        let mut all = vec!["-c", "gc.auto=0", "-c", "maintenance.auto=false", &git_dir];
+        all.extend(args);
+        git.run(&all).await
+    }
+}
+
+/// The commit `git_ref` names on the server at `url`, the way a clone
+/// resolves it: `refs/heads/X` only as a branch and `refs/tags/X` only as
+/// a tag, a short name as a branch before a tag, a tag peeled to its
+/// commit. `None` when the server lists no such ref.
+async fn remote_tip(
+    git: &Git<'_>,
+    url: &str,
+    git_ref: &str,
+) -> Result<Option<String>, CheckoutError> {
+    let wanted: Vec<String> = if git_ref == "HEAD" || git_ref.starts_with("refs/") {
+        vec![git_ref.to_string()]
+    } else {
+        vec![
+            format!("refs/heads/{git_ref}"),
+            format!("refs/tags/{git_ref}"),
+        ]
+    };
+    let mut args = vec!["ls-remote", "--", url];
+    args.extend(wanted.iter().map(String::as_str));
+    let output = git.run(&args).await?;
+    if output.exit_code != 0 {
+        return Err(CheckoutError::Clone {
+            url: url.to_string(),
+            said: output.error_line(),
+        });
+    }
+    // ls-remote matches patterns by their tail: keep exact names only.
+    let listed = |name: &str| {
+        output.stdout.lines().find_map(|line| {
+            let (commit, listed) = line.split_once('\t')?;
+            (listed == name && is_commit(commit)).then(|| commit.to_string())
+        })
+    };
+    Ok(wanted
+        .iter()
+        .find_map(|name| listed(&format!("{name}^{{}}")).or_else(|| listed(name))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_second_holder_waits_for_the_first_to_let_go() {
+        let root = tempfile::tempdir().unwrap();
+        let mirror = Mirror::of(root.path(), "https://example.invalid/r.git");
+        let first = mirror.lock().await.unwrap();
+        let again = Mirror::of(root.path(), "https://example.invalid/r.git");
+        let second = tokio::spawn(async move { again.lock().await.map(|_| ()) });
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        assert!(!second.is_finished(), "the lock is held by the first");
+        drop(first);
+        second.await.unwrap().unwrap();
+    }
+
+    #[test]
+    fn each_repository_has_its_own_mirror() {
+        let root = Path::new("/m");
+        let a = Mirror::of(root, "https://example.invalid/a.git");
+        let b = Mirror::of(root, "https://example.invalid/b.git");
+        assert_ne!(a.dir(), b.dir());
+        assert!(a.dir().starts_with(root));
+    }
+}

@@ -1,0 +1,158 @@
+//! The git mirror per repository in a cache slot: a later job fetches
+//! only what the mirror lacks (nothing for a commit it has, not even with
+//! the server gone), force-pushed branches follow the server, a damaged
+//! mirror is rebuilt, no hook in it ever runs, and concurrent jobs of one
+//! repository both build.
+
+use std::path::{Path, PathBuf};
+
+use super::common;
+use helix_fixtures::{DumbHttpGit, Registry, Repo};
+
+use helix_build::job::{JobRequest, State};
+
+fn on(url: &str, git_ref: &str) -> JobRequest {
+    JobRequest {
+        repo_url: url.to_string(),
+        git_ref: Some(git_ref.into()),
+        builder: Some("podman".into()),
+        ..JobRequest::default()
+    }
+}
+
+/// The one mirror the podman builder's slots hold under data dir `data`.
+fn the_mirror(data: &Path) -> PathBuf {
+    let slots = data.join("build-cache/podman");
+    let mirrors: Vec<PathBuf> = std::fs::read_dir(&slots)
+        .unwrap()
+        .flatten()
+        .filter(|slot| slot.path().extension().is_some_and(|e| e == "git"))
+        .flat_map(|slot| std::fs::read_dir(slot.path()).unwrap().flatten())
+        .map(|entry| entry.path())
+        .filter(|path| path.extension().is_some_and(|e| e == "git"))
+        .collect();
+    assert_eq!(mirrors.len(), 1, "one repository, one mirror: {mirrors:?}");
+    mirrors[0].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_later_job_fetches_no_object_the_mirror_has_and_a_commit_it_has_needs_no_server() {
+    let registry = Registry::start(false);
+    let repo = Repo::new();
+    let head = helix_fixtures::git(repo.dir.path(), &["rev-parse", "HEAD"]);
+    let server = DumbHttpGit::serve(repo.dir.path());
+    let dir = tempfile::tempdir().unwrap();
+    let service = common::start(&common::real_config(&dir, &registry.address)).await;
+
+    let (job, logs) = common::run_logged(&service, on(&server.url, "main")).await;
+    assert_eq!(job.state, State::Succeeded, "{:?}", job.error);
+    assert!(
+        logs.iter()
+            .any(|l| l.contains("fetching what the repository's mirror lacks"))
+    );
+    let first = server.requested().len();
+    assert!(server.requested().iter().any(|p| p.contains("/objects/")));
+
+    let (job, logs) = common::run_logged(&service, on(&server.url, "main")).await;
+    assert_eq!(job.state, State::Succeeded, "{:?}", job.error);
+    let again = server.requested()[first..].to_vec();
+    assert!(
+        !again.iter().any(|p| p.contains("/objects/")),
+        "the second job asks only where the branch is: {again:?}"
+    );
+    assert!(
+        logs.iter()
+            .any(|l| l.contains("already in the repository's mirror"))
+    );
+    assert_eq!(job.commit.as_deref(), Some(head.as_str()));
+
+    drop(server);
+    let (job, logs) = common::run_logged(&service, on(&job.repo_url, &head)).await;
+    assert_eq!(
+        job.state,
+        State::Succeeded,
+        "no server needed: {:?}",
+        job.error
+    );
+    assert!(logs.contains(&format!(
+        "[helix] commit {head} is in the repository's mirror: nothing fetched"
+    )));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_force_pushed_branch_builds_its_new_commit_a_damaged_mirror_is_rebuilt_and_no_hook_runs()
+{
+    let registry = Registry::start(false);
+    let repo = Repo::new();
+    let url = repo.url();
+    let dir = tempfile::tempdir().unwrap();
+    let service = common::start(&common::real_config(&dir, &registry.address)).await;
+    let (job, _) = common::run_logged(&service, on(&url, "main")).await;
+    assert_eq!(job.state, State::Succeeded, "{:?}", job.error);
+    let old = job.commit.clone().unwrap();
+
+    // Hooks planted in the mirror (and every hook git would run in a
+    // fetch, a ref update or a checkout) never run.
+    let mirror = the_mirror(dir.path());
+    let marker = dir.path().join("a-hook-ran");
+    for hook in [
+        "reference-transaction",
+        "post-checkout",
+        "pre-auto-gc",
+        "post-index-change",
+    ] {
+        let path = mirror.join("hooks").join(hook);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, format!("#!/bin/sh\ntouch {}\n", marker.display())).unwrap();
+        helix_fixtures::run(dir.path(), "chmod", &["755", &path.display().to_string()]);
+    }
+
+    // The branch rewritten: its old commit is no ancestor of the new.
+    helix_fixtures::git(repo.dir.path(), &["commit", "--amend", "-qm", "rewritten"]);
+    let new = helix_fixtures::git(repo.dir.path(), &["rev-parse", "HEAD"]);
+    let (job, _) = common::run_logged(&service, on(&url, "main")).await;
+    assert_eq!(job.state, State::Succeeded, "{:?}", job.error);
+    assert_eq!(job.commit.as_deref(), Some(new.as_str()), "not {old}");
+    assert!(!marker.exists(), "a hook in the mirror ran");
+
+    // The Dockerfile's blob in the mirror overwritten.
+    let blob = helix_fixtures::run(
+        dir.path(),
+        "git",
+        &[
+            &format!("--git-dir={}", mirror.display()),
+            "rev-parse",
+            &format!("{new}:Dockerfile"),
+        ],
+    );
+    let object = mirror.join("objects").join(&blob[..2]).join(&blob[2..]);
+    assert!(object.is_file(), "a small fetch leaves loose objects");
+    std::fs::remove_file(&object).unwrap();
+    std::fs::write(&object, b"not a git object").unwrap();
+    let (job, logs) = common::run_logged(&service, on(&url, "main")).await;
+    assert_eq!(job.state, State::Succeeded, "{:?}", job.error);
+    assert_eq!(job.commit.as_deref(), Some(new.as_str()));
+    assert!(
+        logs.iter().any(
+            |l| l.starts_with("[helix] warning: the repository's mirror")
+                && l.contains("is damaged")
+        ),
+        "{logs:?}"
+    );
+    assert!(!marker.exists(), "a hook in the mirror ran");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_jobs_of_one_repository_both_build() {
+    let registry = Registry::start(false);
+    let repo = Repo::new();
+    let dir = tempfile::tempdir().unwrap();
+    let service = common::start(&common::real_config(&dir, &registry.address)).await;
+    let (a, b) = tokio::join!(
+        common::run_logged(&service, on(&repo.url(), "main")),
+        common::run_logged(&service, on(&repo.url(), "v1")),
+    );
+    assert_eq!(a.0.state, State::Succeeded, "{:?}", a.0.error);
+    assert_eq!(b.0.state, State::Succeeded, "{:?}", b.0.error);
+    assert_eq!(b.0.commit.as_deref(), Some(repo.first_commit.as_str()));
+}

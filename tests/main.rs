@@ -1,9 +1,10 @@
 //! End-to-end tests of the real `helix-build` binary, one test binary:
 //! the server over HTTP and HTTPS, the CLI, `kill -9`, backups, the
-//! systemd unit (`serve`), and the dashboard in headless Chromium
-//! (`dashboard`).
+//! systemd unit (`serve`), the dashboard in headless Chromium
+//! (`dashboard`), and `/metrics` (`metrics`).
 
 mod common;
 
 mod dashboard;
+mod metrics;
 mod serve;

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, Extension, Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, Extension, MatchedPath, Path, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -79,7 +79,30 @@ pub fn router(service: Service, access: Access) -> Router {
         .merge(crate::dashboard::router())
         .merge(v1)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn_with_state(
+            service.clone(),
+            count_request,
+        ))
         .with_state(service)
+}
+
+/// Counts every request for `/metrics` by method, matched route template
+/// and status, and times it to its response's head.
+async fn count_request(State(service): State<Service>, request: Request, next: Next) -> Response {
+    let started = std::time::Instant::now();
+    let method = request.method().clone();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|path| path.as_str().to_string());
+    let response = next.run(request).await;
+    service.http_counts().observe(
+        method.as_str(),
+        route.as_deref().unwrap_or(crate::service::UNMATCHED),
+        response.status().as_u16(),
+        started.elapsed(),
+    );
+    response
 }
 
 /// Lets a request through only with a bearer token `access` accepts,

@@ -26,7 +26,7 @@ use crate::log::JobLog;
 use crate::plugin::{Builder, Built, RunContext};
 use crate::provenance::{BuildFacts, Provenance};
 use crate::registry::oci::RegistryClient;
-use crate::registry::{Publisher, Pushed, RegistrySettings};
+use crate::registry::{Published, Publisher, Pushed, RegistrySettings};
 use crate::store::StoredJob;
 use crate::workspace::{JobDirs, run_name};
 
@@ -124,7 +124,9 @@ impl Inner {
                 return self.record(&job.id, outcome).await;
             }
             match self.config.queue.next_attempt(&job, &next).await {
-                Ok(true) => {}
+                Ok(true) => self
+                    .counts()
+                    .retried(&job.builder, super::metrics::RetryCause::Infrastructure),
                 Ok(false) => {
                     // Another host has it now; this run is over.
                     return self.record(&job.id, outcome).await;
@@ -158,6 +160,7 @@ impl Inner {
         ));
         if let Some(entry) = self.lock().jobs.get_mut(&job.id) {
             entry.job.component_digest = Some(digest);
+            entry.job.resources = None;
         }
         let simulated = builder.info().simulated;
         let cache = self.config.cache.clone();
@@ -337,6 +340,12 @@ impl Inner {
             registries: &registries,
         };
         let built = self.build_and_publish(job, &builder, attempt).await;
+        if let Some(usage) = cgroup.as_ref().map(|c| c.usage()) {
+            self.measured(job.id.as_str(), |r| {
+                r.cpu_seconds = usage.cpu_seconds;
+                r.peak_memory_bytes = usage.peak_memory_bytes;
+            });
+        }
         if let (Some(engine), Some(name)) = (&engine, &engine_image) {
             engine.remove_images(name).await;
         }
@@ -485,9 +494,14 @@ impl Inner {
                     },
                 };
                 let publisher = Publisher::new(registries.clone());
-                let result = publisher
+                let pushing = std::time::Instant::now();
+                let published = publisher
                     .publish(pushed, &image, &job.platforms, log, cancel, confined)
-                    .await?;
+                    .await;
+                let took = pushing.elapsed();
+                self.counts().pushed(&job.builder, published.is_ok(), took);
+                let Published { result, bytes } = published?;
+                self.measured(job.id.as_str(), |r| r.pushed_bytes = bytes);
                 if let Some(provenance) = &self.config.provenance
                     && let Some(source) = &source
                 {

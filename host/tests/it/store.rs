@@ -105,6 +105,12 @@ async fn keeps_state_result_commit_and_log_in_order(store: &dyn JobStore, queue:
     store.append_log(&j.id, &second, 100);
     let commit = "0123456789abcdef0123456789abcdef01234567";
     j.commit = Some(commit.into());
+    let used = helix_build::job::Resources {
+        cpu_seconds: 1.25,
+        peak_memory_bytes: 64 << 20,
+        pushed_bytes: 12_345,
+    };
+    j.resources = Some(used);
     j.finish(Outcome::failed(FailureKind::Build, "RUN false"), Utc::now())
         .unwrap();
     store.update(&j).await.unwrap();
@@ -113,6 +119,7 @@ async fn keeps_state_result_commit_and_log_in_order(store: &dyn JobStore, queue:
     assert_eq!(stored.error.as_deref(), Some("build error: RUN false"));
     assert_eq!(stored.platforms, j.platforms);
     assert_eq!(stored.commit.as_deref(), Some(commit));
+    assert_eq!(stored.resources, Some(used), "what the run used");
     assert_eq!(
         store.log("kept").await.unwrap(),
         [first, second],

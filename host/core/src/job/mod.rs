@@ -6,6 +6,7 @@ mod lifecycle;
 mod outcome;
 mod project;
 mod request;
+mod usage;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -23,6 +24,7 @@ pub use request::{
     InvalidJob, JobRequest, PRIORITIES, PRIORITY_AGING_SECS, SubmitPolicy, effective_priority,
 };
 pub use request::{ROOT_CONTEXT, reserved_build_arg, validate_repo_url};
+pub use usage::{Resources, WaitReason, Waits, waiting_for};
 
 pub const MAX_ID_LEN: usize = 128;
 
@@ -152,6 +154,14 @@ pub struct Job {
     /// Build steps of its last run, and how many came from the cache.
     #[serde(default)]
     pub steps: BuildSteps,
+    /// What its last run used; `null` before a run is measured (and for
+    /// a simulated builder, which runs nothing).
+    #[serde(default)]
+    pub resources: Option<Resources>,
+    /// Why a queued job has not started, worked out when it is read (never
+    /// stored); absent when nothing holds it back and for other states.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub waiting_for: Vec<WaitReason>,
 }
 
 /// Build steps a job's build tools reported, and how many of them came
@@ -296,6 +306,7 @@ mod tests {
             "attempts",
             "steps",
             "commit",
+            "resources",
         ] {
             assert!(value.get(field).is_some(), "missing {field}");
         }

@@ -311,6 +311,8 @@ impl Job {
             component_digest: None,
             commit: None,
             steps: BuildSteps::default(),
+            resources: None,
+            waiting_for: Vec::new(),
         };
         // Where it will push, named or the default: a real builder's push
         // goes to a registry the operator configured, a project's under

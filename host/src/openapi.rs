@@ -1,7 +1,12 @@
 //! The OpenAPI description of the HTTP API, served at `/v1/openapi.json`,
 //! generated from the handlers' annotations and the Rust types they take
 //! and return: a field added to a type appears here without a second
-//! edit. A test walks every operation against a live server.
+//! edit. [`request`] adds the submission rules' bounds, [`responses`]
+//! what the router's layers answer. A test walks every operation against
+//! a live server, and a bounded schemathesis run fuzzes it.
+
+mod request;
+mod responses;
 
 use serde_json::Value;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -55,7 +60,21 @@ impl Modify for BearerToken {
 pub fn document() -> Value {
     let mut doc = ApiDoc::openapi();
     doc.info.version = env!("CARGO_PKG_VERSION").to_string();
-    serde_json::to_value(doc).unwrap_or_default()
+    let mut doc = serde_json::to_value(doc).unwrap_or_default();
+    request::constrain(&mut doc["components"]["schemas"]["JobRequest"]);
+    responses::add_common(&mut doc);
+    responses::link_jobs(&mut doc);
+    responses::document_hook_headers(&mut doc);
+    responses::describe_log_events(&mut doc);
+    doc
+}
+
+/// The document as a server with the builders `names` serves it: a
+/// submission may name only those.
+pub fn document_for<'a>(names: impl Iterator<Item = &'a str>) -> Value {
+    let mut doc = document();
+    request::offer_builders(&mut doc["components"]["schemas"]["JobRequest"], names);
+    doc
 }
 
 #[cfg(test)]
@@ -100,10 +119,69 @@ mod tests {
         let request_schema = &doc["components"]["schemas"]["JobRequest"];
         assert_eq!(request_schema["required"], serde_json::json!(["repo_url"]));
         assert_eq!(request_schema["properties"]["ref"]["type"][0], "string");
+        // The rules' bounds, from the constants the rules check.
+        let properties = &request_schema["properties"];
+        use crate::job::limits;
+        assert_eq!(properties["repo_url"]["maxLength"], limits::MAX_REPO_URL);
+        assert_eq!(properties["id"]["pattern"], limits::ID_PATTERN);
+        assert_eq!(
+            properties["build_args"]["maxProperties"],
+            limits::MAX_BUILD_ARGS
+        );
+        assert_eq!(properties["priority"]["minimum"], -100);
+        let served = document_for(["podman", "simulated"].into_iter());
+        assert_eq!(
+            served["components"]["schemas"]["JobRequest"]["properties"]["builder"]["enum"],
+            serde_json::json!(["podman", "simulated", null])
+        );
         let state = &doc["components"]["schemas"]["State"]["enum"];
         assert!(
             state.as_array().unwrap().iter().any(|s| s == "timed_out"),
             "{state}"
+        );
+    }
+
+    #[test]
+    fn every_route_documents_what_the_layers_answer_and_builders_are_typed() {
+        let doc = document();
+        for (path, operations) in doc["paths"].as_object().unwrap() {
+            for (method, operation) in operations.as_object().unwrap() {
+                let responses = operation["responses"].as_object().unwrap();
+                if operation.get("security").is_none() {
+                    for status in ["401", "403"] {
+                        assert!(responses.contains_key(status), "{method} {path}: {status}");
+                    }
+                }
+            }
+        }
+        let submit = &doc["paths"]["/v1/jobs"]["post"]["responses"];
+        for status in ["400", "413", "415", "429", "503"] {
+            assert!(submit.get(status).is_some(), "POST /v1/jobs: {status}");
+        }
+        let builders = &doc["paths"]["/v1/builders"]["get"]["responses"]["200"]["content"]["application/json"]
+            ["schema"];
+        assert_eq!(
+            builders["items"]["$ref"],
+            "#/components/schemas/BuilderInfo"
+        );
+        let info = &doc["components"]["schemas"]["BuilderInfo"]["properties"];
+        for field in [
+            "name",
+            "limits",
+            "build_limits",
+            "grants",
+            "network",
+            "platforms",
+        ] {
+            assert!(info.get(field).is_some(), "BuilderInfo.{field}");
+        }
+        let hook = &doc["paths"]["/v1/hooks/{forge}"]["post"]["parameters"];
+        assert!(
+            hook.as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p["name"] == "X-Hub-Signature-256"),
+            "{hook}"
         );
     }
 }

@@ -27,7 +27,7 @@ use serde::Serialize;
 
 /// What one job run's build may use, all its processes together. `None`
 /// leaves that resource unbounded.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct BuildLimits {
     /// Memory (without swap), in MiB.
     pub memory_mib: Option<u64>,

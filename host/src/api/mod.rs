@@ -197,9 +197,12 @@ pub(crate) async fn readyz(State(service): State<Service>) -> ApiResult<Json<ser
 }
 
 #[utoipa::path(get, path = "/v1/openapi.json", summary = "this document",
-    responses((status = 200, description = "OpenAPI 3.1")))]
-pub(crate) async fn openapi() -> Json<serde_json::Value> {
-    Json(crate::openapi::document())
+    responses((status = 200, description = "OpenAPI 3.1", body = Object)))]
+pub(crate) async fn openapi(State(service): State<Service>) -> Json<serde_json::Value> {
+    let runtime = service.runtime();
+    Json(crate::openapi::document_for(
+        runtime.builders().map(|b| b.info().name.as_str()),
+    ))
 }
 
 #[utoipa::path(get, path = "/metrics", summary = "Prometheus metrics", security(()),
@@ -213,7 +216,7 @@ pub(crate) async fn metrics(State(service): State<Service>) -> ApiResult<impl In
 #[utoipa::path(post, path = "/v1/builders/reload",
     summary = "load the builders again from the server's config file (as SIGHUP does)",
     description = "Jobs already running finish on the component they started with; jobs that start from now on get the new ones. When a component fails to load or check, nothing changes and the 422 says why.",
-    responses((status = 200, description = "the builders now loaded", body = Vec<Object>),
+    responses((status = 200, description = "the builders now loaded", body = Vec<BuilderInfo>),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 422, body = ErrorBody)))]
 pub(crate) async fn reload_builders(
@@ -227,7 +230,7 @@ pub(crate) async fn reload_builders(
 
 #[utoipa::path(get, path = "/v1/builders",
     summary = "loaded builders: info, grants, limits, component digest, platforms they can build here",
-    responses((status = 200, description = "builders", body = Vec<Object>),
+    responses((status = 200, description = "builders", body = Vec<BuilderInfo>),
         (status = 401, body = ErrorBody)))]
 pub(crate) async fn builders(State(service): State<Service>) -> Json<Vec<BuilderInfo>> {
     Json(

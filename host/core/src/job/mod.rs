@@ -21,9 +21,10 @@ pub use lifecycle::{State, TransitionError};
 pub use outcome::{BuildResult, FailureKind, InvalidResult, Outcome};
 pub use project::{CacheScope, Project};
 pub use request::{
-    InvalidJob, JobRequest, PRIORITIES, PRIORITY_AGING_SECS, SubmitPolicy, effective_priority,
+    InvalidJob, JobRequest, MAX_QUEUE_TTL_SECS, MAX_RUNNING_LIMIT, PRIORITIES, PRIORITY_AGING_SECS,
+    SubmitPolicy, effective_priority,
 };
-pub use request::{ROOT_CONTEXT, reserved_build_arg, validate_repo_url};
+pub use request::{ROOT_CONTEXT, limits, reserved_build_arg, validate_repo_url};
 pub use usage::{Resources, WaitReason, Waits, waiting_for};
 
 pub const MAX_ID_LEN: usize = 128;

@@ -29,6 +29,8 @@ fn schemathesis_finds_the_server_as_its_document_says_and_makes_valid_jobs() {
                   response_headers_conformance,response_schema_conformance";
     let started = Instant::now();
     let mut run = Command::new("st")
+        // Its cache goes where it runs: the test's own directory.
+        .current_dir(dir.path())
         .args(["run", &document, "--header"])
         .arg(format!("Authorization: Bearer {TOKEN}"))
         .args(["--checks", checks, "--max-examples", "25", "--seed", "1"])

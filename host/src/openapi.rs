@@ -13,6 +13,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::api;
+use crate::job::SubmitPolicy;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -69,11 +70,11 @@ pub fn document() -> Value {
     doc
 }
 
-/// The document as a server with the builders `names` serves it: a
-/// submission may name only those.
-pub fn document_for<'a>(names: impl Iterator<Item = &'a str>) -> Value {
+/// The document as a server whose submissions `policy` checks serves
+/// it: a submission may name only its builders and secrets.
+pub fn document_for(policy: &SubmitPolicy) -> Value {
     let mut doc = document();
-    request::offer_builders(&mut doc["components"]["schemas"]["JobRequest"], names);
+    request::offer(&mut doc["components"]["schemas"]["JobRequest"], policy);
     doc
 }
 
@@ -129,11 +130,18 @@ mod tests {
             limits::MAX_BUILD_ARGS
         );
         assert_eq!(properties["priority"]["minimum"], -100);
-        let served = document_for(["podman", "simulated"].into_iter());
+        let mut policy = SubmitPolicy::for_builders("simulated", ["podman", "simulated"]);
+        let served = document_for(&policy);
+        let offered = &served["components"]["schemas"]["JobRequest"]["properties"];
         assert_eq!(
-            served["components"]["schemas"]["JobRequest"]["properties"]["builder"]["enum"],
+            offered["builder"]["enum"],
             serde_json::json!(["podman", "simulated", null])
         );
+        assert_eq!(offered["secrets"]["maxItems"], 0, "no secrets defined");
+        policy.secrets.insert("npm_token".into());
+        let served = document_for(&policy);
+        let offered = &served["components"]["schemas"]["JobRequest"]["properties"]["secrets"];
+        assert_eq!(offered["items"]["enum"], serde_json::json!(["npm_token"]));
         let state = &doc["components"]["schemas"]["State"]["enum"];
         assert!(
             state.as_array().unwrap().iter().any(|s| s == "timed_out"),

@@ -199,7 +199,8 @@ pub(crate) async fn cancel(
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub(crate) struct WaitQuery {
-    /// Longest wait in seconds (default 30; longer than 3600 waits 3600).
+    /// Longest wait in seconds (default 30, at most 3600).
+    #[param(minimum = 0, maximum = 3600)]
     timeout_secs: Option<u64>,
 }
 
@@ -217,10 +218,14 @@ pub(crate) async fn wait(
 ) -> ApiResult<Json<Job>> {
     readable(&service, &caller, &id).await?;
     let Query(query) = query?;
-    let secs = query
-        .timeout_secs
-        .unwrap_or(DEFAULT_WAIT_SECS)
-        .min(MAX_WAIT_SECS);
+    let secs = query.timeout_secs.unwrap_or(DEFAULT_WAIT_SECS);
+    if secs > MAX_WAIT_SECS {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("timeout_secs must be at most {MAX_WAIT_SECS}, got {secs}"),
+        ));
+    }
     Ok(Json(service.wait(&id, Duration::from_secs(secs)).await?))
 }
 

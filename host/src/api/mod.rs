@@ -199,10 +199,7 @@ pub(crate) async fn readyz(State(service): State<Service>) -> ApiResult<Json<ser
 #[utoipa::path(get, path = "/v1/openapi.json", summary = "this document",
     responses((status = 200, description = "OpenAPI 3.1", body = Object)))]
 pub(crate) async fn openapi(State(service): State<Service>) -> Json<serde_json::Value> {
-    let runtime = service.runtime();
-    Json(crate::openapi::document_for(
-        runtime.builders().map(|b| b.info().name.as_str()),
-    ))
+    Json(crate::openapi::document_for(&service.submit_policy()))
 }
 
 #[utoipa::path(get, path = "/metrics", summary = "Prometheus metrics", security(()),

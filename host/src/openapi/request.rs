@@ -1,12 +1,12 @@
 //! What the submission schema (`JobRequest`) says beyond its types: the
 //! bounds and shapes the rules check, read from the same constants
 //! ([`crate::job::limits`]), and, in the document a server serves, the
-//! builders it has.
+//! builders and secrets it has.
 
 use serde_json::{Value, json};
 
 use crate::job::limits::*;
-use crate::job::{MAX_ID_LEN, MAX_QUEUE_TTL_SECS, PRIORITIES};
+use crate::job::{MAX_ID_LEN, MAX_QUEUE_TTL_SECS, PRIORITIES, SubmitPolicy};
 
 /// An example of a job any server takes with its simulated builder.
 fn example() -> Value {
@@ -103,11 +103,21 @@ pub(super) fn constrain(schema: &mut Value) {
     schema["examples"] = json!([example()]);
 }
 
-/// Names the builders `names` as the only ones a submission may ask for.
-pub(super) fn offer_builders<'a>(schema: &mut Value, names: impl Iterator<Item = &'a str>) {
-    let mut names: Vec<Value> = names.map(Value::from).collect();
-    names.push(Value::Null);
-    schema["properties"]["builder"]["enum"] = Value::Array(names);
+/// Names `policy`'s builders and secrets as the only ones a submission
+/// may ask for (a project's own secrets are its token's to know).
+pub(super) fn offer(schema: &mut Value, policy: &SubmitPolicy) {
+    let mut builders: Vec<Value> = policy
+        .builders
+        .keys()
+        .map(|b| Value::from(b.as_str()))
+        .collect();
+    builders.push(Value::Null);
+    schema["properties"]["builder"]["enum"] = Value::Array(builders);
+    let secrets = &mut schema["properties"]["secrets"];
+    match policy.secrets.is_empty() {
+        true => secrets["maxItems"] = json!(0),
+        false => secrets["items"] = json!({"type": "string", "enum": policy.secrets}),
+    }
 }
 
 /// Sets each key of `extra` on `into`.

@@ -275,6 +275,12 @@ impl Service {
         Ok(Service { inner })
     }
 
+    /// What a submission may contain now (the builders it may name, the
+    /// secrets the operator defined…).
+    pub fn submit_policy(&self) -> Arc<SubmitPolicy> {
+        self.inner.policy()
+    }
+
     /// Where the API counts the requests it answers.
     pub fn http_counts(&self) -> &HttpCounts {
         &self.inner.http

@@ -70,11 +70,16 @@ pub fn document() -> Value {
     doc
 }
 
-/// The document as a server whose submissions `policy` checks serves
-/// it: a submission may name only its builders and secrets.
-pub fn document_for(policy: &SubmitPolicy) -> Value {
+/// The document as a server whose submissions `policy` checks, with the
+/// projects `projects`, serves it: a submission may name only those
+/// builders, secrets and projects.
+pub fn document_for<'a>(policy: &SubmitPolicy, projects: impl Iterator<Item = &'a str>) -> Value {
     let mut doc = document();
-    request::offer(&mut doc["components"]["schemas"]["JobRequest"], policy);
+    request::offer(
+        &mut doc["components"]["schemas"]["JobRequest"],
+        policy,
+        projects,
+    );
     doc
 }
 
@@ -131,15 +136,19 @@ mod tests {
         );
         assert_eq!(properties["priority"]["minimum"], -100);
         let mut policy = SubmitPolicy::for_builders("simulated", ["podman", "simulated"]);
-        let served = document_for(&policy);
+        let served = document_for(&policy, ["team"].into_iter());
         let offered = &served["components"]["schemas"]["JobRequest"]["properties"];
         assert_eq!(
             offered["builder"]["enum"],
             serde_json::json!(["podman", "simulated", null])
         );
+        assert_eq!(
+            offered["project"]["enum"],
+            serde_json::json!(["team", null])
+        );
         assert_eq!(offered["secrets"]["maxItems"], 0, "no secrets defined");
         policy.secrets.insert("npm_token".into());
-        let served = document_for(&policy);
+        let served = document_for(&policy, std::iter::empty());
         let offered = &served["components"]["schemas"]["JobRequest"]["properties"]["secrets"];
         assert_eq!(offered["items"]["enum"], serde_json::json!(["npm_token"]));
         let state = &doc["components"]["schemas"]["State"]["enum"];

@@ -198,8 +198,14 @@ pub(crate) async fn readyz(State(service): State<Service>) -> ApiResult<Json<ser
 
 #[utoipa::path(get, path = "/v1/openapi.json", summary = "this document",
     responses((status = 200, description = "OpenAPI 3.1", body = Object)))]
-pub(crate) async fn openapi(State(service): State<Service>) -> Json<serde_json::Value> {
-    Json(crate::openapi::document_for(&service.submit_policy()))
+pub(crate) async fn openapi(
+    State(service): State<Service>,
+    Extension(access): Extension<Arc<Access>>,
+) -> Json<serde_json::Value> {
+    Json(crate::openapi::document_for(
+        &service.submit_policy(),
+        access.project_names(),
+    ))
 }
 
 #[utoipa::path(get, path = "/metrics", summary = "Prometheus metrics", security(()),

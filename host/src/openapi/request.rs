@@ -1,7 +1,7 @@
 //! What the submission schema (`JobRequest`) says beyond its types: the
 //! bounds and shapes the rules check, read from the same constants
 //! ([`crate::job::limits`]), and, in the document a server serves, the
-//! builders and secrets it has.
+//! builders, secrets and projects it has.
 
 use serde_json::{Value, json};
 
@@ -103,16 +103,22 @@ pub(super) fn constrain(schema: &mut Value) {
     schema["examples"] = json!([example()]);
 }
 
-/// Names `policy`'s builders and secrets as the only ones a submission
-/// may ask for (a project's own secrets are its token's to know).
-pub(super) fn offer(schema: &mut Value, policy: &SubmitPolicy) {
-    let mut builders: Vec<Value> = policy
-        .builders
-        .keys()
-        .map(|b| Value::from(b.as_str()))
-        .collect();
-    builders.push(Value::Null);
-    schema["properties"]["builder"]["enum"] = Value::Array(builders);
+/// Names `policy`'s builders and secrets, and `projects`, as the only
+/// ones a submission may ask for (a project's own secrets are its
+/// token's to know).
+pub(super) fn offer<'a>(
+    schema: &mut Value,
+    policy: &SubmitPolicy,
+    projects: impl Iterator<Item = &'a str>,
+) {
+    let or_none = |names: Vec<&str>| {
+        let mut names: Vec<Value> = names.into_iter().map(Value::from).collect();
+        names.push(Value::Null);
+        Value::Array(names)
+    };
+    schema["properties"]["builder"]["enum"] =
+        or_none(policy.builders.keys().map(String::as_str).collect());
+    schema["properties"]["project"]["enum"] = or_none(projects.collect());
     let secrets = &mut schema["properties"]["secrets"];
     match policy.secrets.is_empty() {
         true => secrets["maxItems"] = json!(0),

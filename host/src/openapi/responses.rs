@@ -67,9 +67,10 @@ pub(super) fn add_common(doc: &mut Value) {
 }
 
 /// Links from `POST /v1/jobs`'s answer to the routes about the job, so a
-/// client (or a fuzzer) finds them from the job it made.
+/// client (or a fuzzer) finds them from the job it made (not provenance:
+/// only some builds have one).
 pub(super) fn link_jobs(doc: &mut Value) {
-    let links: Map<String, Value> = ["get_job", "cancel", "wait", "logs", "audit", "provenance"]
+    let links: Map<String, Value> = ["get_job", "cancel", "wait", "logs", "audit"]
         .into_iter()
         .map(|operation| {
             (

@@ -1,13 +1,19 @@
 //! The OpenAPI description of the HTTP API, served at `/v1/openapi.json`,
 //! generated from the handlers' annotations and the Rust types they take
 //! and return: a field added to a type appears here without a second
-//! edit. A test walks every operation against a live server.
+//! edit. [`request`] adds the submission rules' bounds, [`responses`]
+//! what the router's layers answer. A test walks every operation against
+//! a live server, and a bounded schemathesis run fuzzes it.
+
+mod request;
+mod responses;
 
 use serde_json::Value;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::api;
+use crate::job::SubmitPolicy;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -55,7 +61,26 @@ impl Modify for BearerToken {
 pub fn document() -> Value {
     let mut doc = ApiDoc::openapi();
     doc.info.version = env!("CARGO_PKG_VERSION").to_string();
-    serde_json::to_value(doc).unwrap_or_default()
+    let mut doc = serde_json::to_value(doc).unwrap_or_default();
+    request::constrain(&mut doc["components"]["schemas"]["JobRequest"]);
+    responses::add_common(&mut doc);
+    responses::link_jobs(&mut doc);
+    responses::document_hook_headers(&mut doc);
+    responses::describe_log_events(&mut doc);
+    doc
+}
+
+/// The document as a server whose submissions `policy` checks, with the
+/// projects `projects`, serves it: a submission may name only those
+/// builders, secrets and projects.
+pub fn document_for<'a>(policy: &SubmitPolicy, projects: impl Iterator<Item = &'a str>) -> Value {
+    let mut doc = document();
+    request::offer(
+        &mut doc["components"]["schemas"]["JobRequest"],
+        policy,
+        projects,
+    );
+    doc
 }
 
 #[cfg(test)]
@@ -109,10 +134,80 @@ mod tests {
                 .any(|p| p == "registry_check"),
             "{phase}"
         );
+        // The rules' bounds, from the constants the rules check.
+        let properties = &request_schema["properties"];
+        use crate::job::limits;
+        assert_eq!(properties["repo_url"]["maxLength"], limits::MAX_REPO_URL);
+        assert_eq!(properties["id"]["pattern"], limits::ID_PATTERN);
+        assert_eq!(
+            properties["build_args"]["maxProperties"],
+            limits::MAX_BUILD_ARGS
+        );
+        assert_eq!(properties["priority"]["minimum"], -100);
+        let mut policy = SubmitPolicy::for_builders("simulated", ["podman", "simulated"]);
+        let served = document_for(&policy, ["team"].into_iter());
+        let offered = &served["components"]["schemas"]["JobRequest"]["properties"];
+        assert_eq!(
+            offered["builder"]["enum"],
+            serde_json::json!(["podman", "simulated", null])
+        );
+        assert_eq!(
+            offered["project"]["enum"],
+            serde_json::json!(["team", null])
+        );
+        assert_eq!(offered["secrets"]["maxItems"], 0, "no secrets defined");
+        policy.secrets.insert("npm_token".into());
+        let served = document_for(&policy, std::iter::empty());
+        let offered = &served["components"]["schemas"]["JobRequest"]["properties"]["secrets"];
+        assert_eq!(offered["items"]["enum"], serde_json::json!(["npm_token"]));
         let state = &doc["components"]["schemas"]["State"]["enum"];
         assert!(
             state.as_array().unwrap().iter().any(|s| s == "timed_out"),
             "{state}"
+        );
+    }
+
+    #[test]
+    fn every_route_documents_what_the_layers_answer_and_builders_are_typed() {
+        let doc = document();
+        for (path, operations) in doc["paths"].as_object().unwrap() {
+            for (method, operation) in operations.as_object().unwrap() {
+                let responses = operation["responses"].as_object().unwrap();
+                if operation.get("security").is_none() {
+                    for status in ["401", "403"] {
+                        assert!(responses.contains_key(status), "{method} {path}: {status}");
+                    }
+                }
+            }
+        }
+        let submit = &doc["paths"]["/v1/jobs"]["post"]["responses"];
+        for status in ["400", "413", "415", "429", "503"] {
+            assert!(submit.get(status).is_some(), "POST /v1/jobs: {status}");
+        }
+        let builders = &doc["paths"]["/v1/builders"]["get"]["responses"]["200"]["content"]["application/json"]
+            ["schema"];
+        assert_eq!(
+            builders["items"]["$ref"],
+            "#/components/schemas/BuilderInfo"
+        );
+        let info = &doc["components"]["schemas"]["BuilderInfo"]["properties"];
+        for field in [
+            "name",
+            "limits",
+            "build_limits",
+            "grants",
+            "network",
+            "platforms",
+        ] {
+            assert!(info.get(field).is_some(), "BuilderInfo.{field}");
+        }
+        let hook = &doc["paths"]["/v1/hooks/{forge}"]["post"]["parameters"];
+        assert!(
+            hook.as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p["name"] == "X-Hub-Signature-256"),
+            "{hook}"
         );
     }
 }

@@ -84,12 +84,13 @@ impl std::fmt::Display for Origin {
 }
 
 /// Per-builder resource limits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Limits {
     /// Largest linear memory the builder may grow to.
     pub memory_bytes: usize,
     /// Wall-clock limit on one job, instantiation included.
     #[serde(rename = "timeout_secs", serialize_with = "as_secs")]
+    #[schema(value_type = u64)]
     pub timeout: Duration,
 }
 
@@ -98,7 +99,7 @@ fn as_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> 
 }
 
 /// What the host knows about a loaded builder.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct BuilderInfo {
     /// The name jobs use.
     pub name: String,
@@ -127,12 +128,13 @@ pub struct BuilderInfo {
     pub engine: Option<String>,
     /// The platforms it can build on this host; `None` (`null`) for a
     /// simulated builder, which builds nothing and takes any.
+    #[schema(value_type = Option<Vec<String>>)]
     pub platforms: Option<Vec<Platform>>,
 }
 
 /// The grants of a builder as operators may see them: programs and the
 /// names (never the values) of variables.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
 pub struct GrantSummary {
     pub programs: Vec<ProgramGrant>,
     pub env: Vec<String>,

@@ -27,7 +27,7 @@ use serde::Serialize;
 
 /// What one job run's build may use, all its processes together. `None`
 /// leaves that resource unbounded.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct BuildLimits {
     /// Memory (without swap), in MiB.
     pub memory_mib: Option<u64>,
@@ -39,6 +39,18 @@ pub struct BuildLimits {
     /// own container storage, in MiB (a cache slot has its share of the
     /// builder's cache instead).
     pub disk_mib: Option<u64>,
+}
+
+/// What a run's processes used together, as its group counted them
+/// (processes that left it, and `RUN` steps' groups since removed,
+/// included).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Usage {
+    /// CPU time, user and system, in seconds.
+    pub cpu_seconds: f64,
+    /// The highest memory use at any moment, in bytes (v2 without
+    /// `memory.peak`, before Linux 5.19: 0).
+    pub peak_memory_bytes: u64,
 }
 
 /// A limit a run reached, for the job's error.
@@ -363,6 +375,29 @@ impl RunCgroup {
     /// allocate.
     pub fn enter_fds(&self) -> Vec<RawFd> {
         self.tools.iter().map(AsRawFd::as_raw_fd).collect()
+    }
+
+    /// What the run has used so far; read it before the group is dropped.
+    /// In v1 the CPU time is `cpuacct.usage`, in whichever hierarchy
+    /// carries `cpuacct` (with `cpu` or on its own).
+    pub fn usage(&self) -> Usage {
+        if self.v2 {
+            let dir = &self.dirs[0];
+            return Usage {
+                cpu_seconds: counter(&dir.join("cpu.stat"), "usage_usec") as f64 / 1e6,
+                peak_memory_bytes: read_number(&dir.join("memory.peak")),
+            };
+        }
+        let nanoseconds = self
+            .everywhere
+            .iter()
+            .map(|(_, dir)| dir.join("cpuacct.usage"))
+            .find(|file| file.is_file())
+            .map_or(0, |file| read_number(&file));
+        Usage {
+            cpu_seconds: nanoseconds as f64 / 1e9,
+            peak_memory_bytes: read_number(&self.dirs[1].join("memory.max_usage_in_bytes")),
+        }
     }
 
     /// A limit the run reached, if it reached one.

@@ -32,7 +32,7 @@ pub(crate) const CNI_CONFIG: &str = r#"{
 "#;
 
 /// What a builder's build steps may reach over the network.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum BuildNetwork {
     /// No network at all: only the step's own loopback.

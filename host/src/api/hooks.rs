@@ -13,7 +13,8 @@ use super::*;
         (status = 200, description = "the push made its job before (a redelivery or a replay): nothing new is built", body = Object),
         (status = 204, description = "a delivery that builds nothing (no rule, a deleted branch, another event)"),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
+        (status = 404, body = ErrorBody), (status = 413, body = ErrorBody),
+        (status = 503, body = ErrorBody)))]
 pub(crate) async fn hook(
     State(service): State<Service>,
     Extension(access): Extension<Arc<Access>>,
@@ -35,8 +36,8 @@ pub(crate) async fn hook(
         (status = 200, description = "the push made its job before (a redelivery or a replay): nothing new is built", body = Object),
         (status = 204, description = "a delivery that builds nothing (no rule, a deleted branch, another event)"),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 429, body = ErrorBody),
-        (status = 503, body = ErrorBody)))]
+        (status = 404, body = ErrorBody), (status = 413, body = ErrorBody),
+        (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub(crate) async fn project_hook(
     State(service): State<Service>,
     Extension(access): Extension<Arc<Access>>,

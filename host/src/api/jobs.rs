@@ -60,7 +60,7 @@ pub(crate) struct ListQuery {
     /// Jobs per page (1 to 1000, default 100).
     #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
-    /// The previous page's `next_cursor`.
+    /// The previous page's `next_cursor`; empty or absent: the first page.
     cursor: Option<String>,
     /// Only jobs of this concurrency group.
     group: Option<String>,
@@ -83,8 +83,17 @@ pub(crate) async fn list(
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> ApiResult<Json<JobPage>> {
     require(&caller, Scope::JobsRead, "read jobs")?;
-    let Query(query) = query?;
-    let limit = query.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
+    let Query(mut query) = query?;
+    let limit = query.limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("limit must be 1 to {MAX_PAGE}, got {limit}"),
+        ));
+    }
+    // An empty cursor is none: the first page.
+    query.cursor = query.cursor.filter(|c| !c.is_empty());
     let project = match caller.project_name() {
         None => query.project,
         Some(own) => {
@@ -191,6 +200,7 @@ pub(crate) async fn cancel(
 #[into_params(parameter_in = Query)]
 pub(crate) struct WaitQuery {
     /// Longest wait in seconds (default 30, at most 3600).
+    #[param(minimum = 0, maximum = 3600)]
     timeout_secs: Option<u64>,
 }
 
@@ -208,10 +218,14 @@ pub(crate) async fn wait(
 ) -> ApiResult<Json<Job>> {
     readable(&service, &caller, &id).await?;
     let Query(query) = query?;
-    let secs = query
-        .timeout_secs
-        .unwrap_or(DEFAULT_WAIT_SECS)
-        .min(MAX_WAIT_SECS);
+    let secs = query.timeout_secs.unwrap_or(DEFAULT_WAIT_SECS);
+    if secs > MAX_WAIT_SECS {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("timeout_secs must be at most {MAX_WAIT_SECS}, got {secs}"),
+        ));
+    }
     Ok(Json(service.wait(&id, Duration::from_secs(secs)).await?))
 }
 
@@ -233,7 +247,8 @@ pub(crate) struct LogsQuery {
 #[utoipa::path(get, path = "/v1/jobs/{id}/logs",
     summary = "the job's log; with follow=true, server-sent `state` and `log` events, then one `end` event with the job; with timestamps=true, each line starts with its time (RFC 3339, UTC) and a space",
     params(("id" = String, Path), LogsQuery),
-    responses((status = 200, description = "text/plain, or text/event-stream when following", content_type = "text/plain", body = String),
+    responses((status = 200, description = "text/plain, or text/event-stream when following",
+            content((String = "text/plain"), (String = "text/event-stream"))),
         (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 503, body = ErrorBody)))]
 pub(crate) async fn logs(

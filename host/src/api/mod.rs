@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, Extension, Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, Extension, MatchedPath, Path, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -79,7 +79,30 @@ pub fn router(service: Service, access: Access) -> Router {
         .merge(crate::dashboard::router())
         .merge(v1)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn_with_state(
+            service.clone(),
+            count_request,
+        ))
         .with_state(service)
+}
+
+/// Counts every request for `/metrics` by method, matched route template
+/// and status, and times it to its response's head.
+async fn count_request(State(service): State<Service>, request: Request, next: Next) -> Response {
+    let started = std::time::Instant::now();
+    let method = request.method().clone();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|path| path.as_str().to_string());
+    let response = next.run(request).await;
+    service.http_counts().observe(
+        method.as_str(),
+        route.as_deref().unwrap_or(crate::service::UNMATCHED),
+        response.status().as_u16(),
+        started.elapsed(),
+    );
+    response
 }
 
 /// Lets a request through only with a bearer token `access` accepts,
@@ -174,9 +197,15 @@ pub(crate) async fn readyz(State(service): State<Service>) -> ApiResult<Json<ser
 }
 
 #[utoipa::path(get, path = "/v1/openapi.json", summary = "this document",
-    responses((status = 200, description = "OpenAPI 3.1")))]
-pub(crate) async fn openapi() -> Json<serde_json::Value> {
-    Json(crate::openapi::document())
+    responses((status = 200, description = "OpenAPI 3.1", body = Object)))]
+pub(crate) async fn openapi(
+    State(service): State<Service>,
+    Extension(access): Extension<Arc<Access>>,
+) -> Json<serde_json::Value> {
+    Json(crate::openapi::document_for(
+        &service.submit_policy(),
+        access.project_names(),
+    ))
 }
 
 #[utoipa::path(get, path = "/metrics", summary = "Prometheus metrics", security(()),
@@ -190,7 +219,7 @@ pub(crate) async fn metrics(State(service): State<Service>) -> ApiResult<impl In
 #[utoipa::path(post, path = "/v1/builders/reload",
     summary = "load the builders again from the server's config file (as SIGHUP does)",
     description = "Jobs already running finish on the component they started with; jobs that start from now on get the new ones. When a component fails to load or check, nothing changes and the 422 says why.",
-    responses((status = 200, description = "the builders now loaded", body = Vec<Object>),
+    responses((status = 200, description = "the builders now loaded", body = Vec<BuilderInfo>),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 422, body = ErrorBody)))]
 pub(crate) async fn reload_builders(
@@ -204,7 +233,7 @@ pub(crate) async fn reload_builders(
 
 #[utoipa::path(get, path = "/v1/builders",
     summary = "loaded builders: info, grants, limits, component digest, platforms they can build here",
-    responses((status = 200, description = "builders", body = Vec<Object>),
+    responses((status = 200, description = "builders", body = Vec<BuilderInfo>),
         (status = 401, body = ErrorBody)))]
 pub(crate) async fn builders(State(service): State<Service>) -> Json<Vec<BuilderInfo>> {
     Json(

@@ -4,13 +4,14 @@
 mod base;
 pub mod oci;
 mod publish;
+mod size;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use base::BaseImageError;
-pub use publish::{PublishError, Publisher, Pushed};
+pub use publish::{PublishError, Published, Publisher, Pushed};
 
 use crate::config::RegistryConfig;
 use crate::job::Job;

@@ -176,6 +176,14 @@ const QUERY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a push may take.
 const PUSH_TIMEOUT: Duration = Duration::from_secs(1800);
 
+/// What a push left in the registry, checked there.
+#[derive(Debug, Clone)]
+pub struct Published {
+    pub result: BuildResult,
+    /// What the image at the tag holds, in bytes (see `size`).
+    pub bytes: u64,
+}
+
 /// Pushes images and asks registries what a tag really points to.
 #[derive(Debug, Clone, Default)]
 pub struct Publisher {
@@ -248,22 +256,25 @@ impl Publisher {
     }
 
     /// Reads the registry back after a push of `digest` to `image`: the
-    /// job's result, or why it failed.
+    /// job's result and what the image holds, or why it failed.
     pub async fn check_pushed(
         &self,
         image: &str,
         digest: &str,
         requested: &[Platform],
         log: &JobLog,
-    ) -> Result<BuildResult, PublishError> {
-        let result = self
+    ) -> Result<Published, PublishError> {
+        let (result, raw) = self
             .verify(image, digest, requested)
             .await
             .map_err(PublishError::Unverified)?;
+        let client = super::oci::RegistryClient::new(self.registries.clone());
+        let reference = super::oci::reference(image).map_err(PublishError::Unverified)?;
+        let bytes = super::size::image_bytes(&client, &reference, &raw).await;
         log.push(&format!(
-            "[helix] verified: {image} is {digest} in the registry"
+            "[helix] verified: {image} is {digest} in the registry ({bytes} bytes)"
         ));
-        Ok(result)
+        Ok(Published { result, bytes })
     }
 
     /// The first of a failed build's base `images` whose registry shows it
@@ -418,7 +429,7 @@ impl Publisher {
         tag: &str,
         pushed: &str,
         requested: &[Platform],
-    ) -> Result<BuildResult, String> {
+    ) -> Result<(BuildResult, Vec<u8>), String> {
         let raw = self.raw_manifest(tag).await?;
         let actual = format!("sha256:{}", hex::encode(Sha256::digest(&raw)));
         if pushed != actual {
@@ -447,8 +458,10 @@ impl Publisher {
                 .map(|(p, d)| (p.to_string(), d))
                 .collect();
         }
-        BuildResult::validate(tag.to_string(), Some(actual), platform_digests, requested)
-            .map_err(|e| format!("the registry {e}"))
+        let result =
+            BuildResult::validate(tag.to_string(), Some(actual), platform_digests, requested)
+                .map_err(|e| format!("the registry {e}"))?;
+        Ok((result, raw))
     }
 
     /// The manifest `tag` names in the registry, as stored, read by the

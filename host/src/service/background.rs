@@ -113,7 +113,10 @@ pub(super) async fn expire_waiting(inner: &Inner) -> Next {
         }
         let line = format!("[helix] {}", ended.error.as_deref().unwrap_or("expired"));
         match inner.config.queue.withdraw(&ended, &line).await {
-            Ok(true) => tracing::info!(job = %ended.id, "queued job expired"),
+            Ok(true) => {
+                tracing::info!(job = %ended.id, "queued job expired");
+                inner.counts().ended(&ended);
+            }
             Ok(false) => {}
             Err(e) => tracing::warn!(job = %ended.id, "cannot expire a queued job: {e}"),
         }

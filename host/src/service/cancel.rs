@@ -54,6 +54,7 @@ impl Service {
                     let line = "[helix] cancelled before it started";
                     if self.inner.config.queue.withdraw(&ended, line).await? {
                         tracing::info!(job = %id, "queued job cancelled");
+                        self.inner.counts().ended(&ended);
                         return Ok(ended);
                     }
                 }

@@ -1,10 +1,21 @@
-//! What `/metrics` reports, and its Prometheus text rendering.
+//! What `/metrics` reports, and its Prometheus text rendering. The
+//! families are listed in the README ("Metrics"); [`http`] counts
+//! requests, [`jobs`] what this host saw of jobs' lives, [`process`]
+//! reads the process's own numbers.
+
+mod http;
+mod jobs;
+mod process;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use crate::job::{BuildSteps, Job, PhaseName, State};
 use crate::plugin::PluginRuntime;
+
+pub use http::{HttpCounts, Requests, UNMATCHED};
+pub use jobs::{JobCounts, RetryCause};
+pub use process::ProcessStats;
 
 /// Counts for `/metrics`.
 #[derive(Debug, Clone)]
@@ -22,6 +33,12 @@ pub struct Metrics {
     /// How long each phase of those jobs took, in seconds, by builder
     /// and phase (both bounded: configured builders, [`PhaseName`]).
     pub phase_seconds: BTreeMap<(String, PhaseName), Histogram>,
+    /// What this host saw of jobs' lives.
+    pub jobs: JobCounts,
+    /// The HTTP requests it answered.
+    pub http: Requests,
+    /// The process's own numbers.
+    pub process: ProcessStats,
 }
 
 /// A Prometheus-style histogram: cumulative bucket counts, sum and count.
@@ -42,22 +59,23 @@ const PHASE_SECONDS_BUCKETS: [f64; 12] = [
 ];
 
 impl Histogram {
-    /// An empty histogram of build durations.
-    pub fn build_seconds() -> Self {
-        Self::of(&BUILD_SECONDS_BUCKETS)
-    }
-
-    /// An empty histogram of phase durations.
-    pub fn phase_seconds() -> Self {
-        Self::of(&PHASE_SECONDS_BUCKETS)
-    }
-
-    fn of(bounds: &[f64]) -> Self {
+    /// An empty histogram with buckets up to each of `bounds`.
+    pub fn new(bounds: &[f64]) -> Self {
         Histogram {
             buckets: bounds.iter().map(|b| (*b, 0)).collect(),
             sum: 0.0,
             count: 0,
         }
+    }
+
+    /// An empty histogram of build durations.
+    pub fn build_seconds() -> Self {
+        Histogram::new(&BUILD_SECONDS_BUCKETS)
+    }
+
+    /// An empty histogram of phase durations.
+    pub fn phase_seconds() -> Self {
+        Histogram::new(&PHASE_SECONDS_BUCKETS)
     }
 
     /// Counts the run time of `job`, which ended; a job that never ran
@@ -66,19 +84,59 @@ impl Histogram {
         let (Some(started), Some(completed)) = (job.started_at, job.completed_at) else {
             return;
         };
-        self.observe_seconds((completed - started).num_milliseconds().max(0) as f64 / 1000.0);
+        self.record((completed - started).num_milliseconds().max(0) as f64 / 1000.0);
     }
 
-    /// Counts one duration of `seconds`.
-    pub fn observe_seconds(&mut self, seconds: f64) {
-        self.sum += seconds;
+    /// Counts one observation of `value`.
+    pub fn record(&mut self, value: f64) {
+        self.sum += value;
         self.count += 1;
         for (bound, count) in &mut self.buckets {
-            if seconds <= *bound {
+            if value <= *bound {
                 *count += 1;
             }
         }
     }
+}
+
+/// `name="value",…` with each value escaped as the text format wants.
+fn label_set(labels: &[(&str, &str)]) -> String {
+    let escaped = |value: &str| {
+        value
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n")
+    };
+    labels
+        .iter()
+        .map(|(name, value)| format!("{name}=\"{}\"", escaped(value)))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The `_bucket`, `_sum` and `_count` lines of one histogram of family
+/// `name` with `labels`.
+fn write_histogram(
+    text: &mut String,
+    name: &str,
+    labels: &[(&str, &str)],
+    histogram: &Histogram,
+) -> std::fmt::Result {
+    let labels = label_set(labels);
+    let (prefix, braces) = match labels.is_empty() {
+        true => (String::new(), String::new()),
+        false => (format!("{labels},"), format!("{{{labels}}}")),
+    };
+    for (bound, count) in &histogram.buckets {
+        writeln!(text, "{name}_bucket{{{prefix}le=\"{bound}\"}} {count}")?;
+    }
+    writeln!(
+        text,
+        "{name}_bucket{{{prefix}le=\"+Inf\"}} {}",
+        histogram.count
+    )?;
+    writeln!(text, "{name}_sum{braces} {}", histogram.sum)?;
+    writeln!(text, "{name}_count{braces} {}", histogram.count)
 }
 
 impl Metrics {
@@ -92,6 +150,19 @@ impl Metrics {
     }
 
     fn write(&self, text: &mut String, runtime: &PluginRuntime) -> std::fmt::Result {
+        writeln!(
+            text,
+            "# HELP helix_build_info This server's version and the WIT contract its builders implement."
+        )?;
+        writeln!(text, "# TYPE helix_build_info gauge")?;
+        let version = label_set(&[
+            ("version", env!("CARGO_PKG_VERSION")),
+            ("wit", crate::plugin::WIT_VERSION),
+        ]);
+        writeln!(text, "helix_build_info{{{version}}} 1")?;
+        self.process.write(text)?;
+        self.http.write(text)?;
+        self.jobs.write(text)?;
         writeln!(text, "# HELP helix_jobs Jobs known to this host, by state.")?;
         writeln!(text, "# TYPE helix_jobs gauge")?;
         for (state, count) in &self.jobs_by_state {
@@ -107,30 +178,9 @@ impl Metrics {
         writeln!(text, "# TYPE helix_build_seconds histogram")?;
         for (project, histogram) in &self.build_seconds {
             // Jobs of no project carry no `project` label.
-            let (label, labels) = match project {
-                Some(project) => (
-                    format!("project=\"{project}\","),
-                    format!("{{project=\"{project}\"}}"),
-                ),
-                None => (String::new(), String::new()),
-            };
-            for (bound, count) in &histogram.buckets {
-                writeln!(
-                    text,
-                    "helix_build_seconds_bucket{{{label}le=\"{bound}\"}} {count}"
-                )?;
-            }
-            writeln!(
-                text,
-                "helix_build_seconds_bucket{{{label}le=\"+Inf\"}} {}",
-                histogram.count
-            )?;
-            writeln!(text, "helix_build_seconds_sum{labels} {}", histogram.sum)?;
-            writeln!(
-                text,
-                "helix_build_seconds_count{labels} {}",
-                histogram.count
-            )?;
+            let labels: Vec<(&str, &str)> =
+                project.iter().map(|p| ("project", p.as_str())).collect();
+            write_histogram(text, "helix_build_seconds", &labels, histogram)?;
         }
         writeln!(
             text,
@@ -190,24 +240,8 @@ impl Metrics {
         )?;
         writeln!(text, "# TYPE helix_job_phase_seconds histogram")?;
         for ((builder, phase), histogram) in &self.phase_seconds {
-            let labels = format!("builder=\"{builder}\",phase=\"{}\"", phase.as_str());
-            for (bound, count) in &histogram.buckets {
-                writeln!(
-                    text,
-                    "helix_job_phase_seconds_bucket{{{labels},le=\"{bound}\"}} {count}"
-                )?;
-            }
-            let count = histogram.count;
-            writeln!(
-                text,
-                "helix_job_phase_seconds_bucket{{{labels},le=\"+Inf\"}} {count}"
-            )?;
-            writeln!(
-                text,
-                "helix_job_phase_seconds_sum{{{labels}}} {}",
-                histogram.sum
-            )?;
-            writeln!(text, "helix_job_phase_seconds_count{{{labels}}} {count}")?;
+            let labels = [("builder", builder.as_str()), ("phase", phase.as_str())];
+            write_histogram(text, "helix_job_phase_seconds", &labels, histogram)?;
         }
         Ok(())
     }

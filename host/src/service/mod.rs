@@ -32,6 +32,7 @@ mod run;
 mod settle;
 mod submit;
 mod table;
+mod waiting;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -60,7 +61,7 @@ use crate::store::{JobStore, StoreError};
 use background::Changes;
 use table::{Entry, Table};
 
-pub use metrics::{Histogram, Metrics};
+pub use metrics::{Histogram, HttpCounts, Metrics, UNMATCHED};
 pub use query::JobPage;
 
 /// How the service runs jobs.
@@ -196,6 +197,10 @@ struct Inner {
     /// worker of this host claimed it (its id).
     adopted: broadcast::Sender<JobId>,
     workers: tokio::sync::Mutex<JoinSet<()>>,
+    /// What `/metrics` says of jobs' lives here.
+    counts: Mutex<metrics::JobCounts>,
+    /// The HTTP requests answered, counted by the API's layer.
+    http: HttpCounts,
 }
 
 #[derive(Clone)]
@@ -240,6 +245,8 @@ impl Service {
             work: Notify::new(),
             adopted: broadcast::channel(1024).0,
             workers: tokio::sync::Mutex::new(JoinSet::new()),
+            counts: Mutex::default(),
+            http: HttpCounts::default(),
             config,
         });
         inner.recover_lost(true).await?;
@@ -271,6 +278,17 @@ impl Service {
             .try_lock()
             .expect("nobody else holds the new service") = workers;
         Ok(Service { inner })
+    }
+
+    /// What a submission may contain now (the builders it may name, the
+    /// secrets the operator defined…).
+    pub fn submit_policy(&self) -> Arc<SubmitPolicy> {
+        self.inner.policy()
+    }
+
+    /// Where the API counts the requests it answers.
+    pub fn http_counts(&self) -> &HttpCounts {
+        &self.inner.http
     }
 
     /// The webhook settings.
@@ -377,6 +395,19 @@ impl Inner {
         self.table.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The counts of jobs' lives, to add to.
+    fn counts(&self) -> MutexGuard<'_, metrics::JobCounts> {
+        // Each count is one addition: a poisoned lock is safe to keep using.
+        self.counts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records what live job `id`'s run used (its `resources`), with `f`.
+    fn measured(&self, id: &str, f: impl FnOnce(&mut crate::job::Resources)) {
+        if let Some(entry) = self.lock().jobs.get_mut(id) {
+            f(entry.job.resources.get_or_insert_default());
+        }
+    }
+
     /// `f` of live job `id`, if it runs here.
     fn live<T>(&self, id: &str, f: impl FnOnce(&Entry) -> T) -> Option<T> {
         self.lock().jobs.get(id).map(f)
@@ -422,6 +453,12 @@ impl Inner {
                 };
             if queue.replace_lost(&lost, &job, &line).await? {
                 tracing::warn!(job = %job.id, state = %job.state, "{what}");
+                match job.state {
+                    State::Queued => self
+                        .counts()
+                        .retried(&job.builder, metrics::RetryCause::Lost),
+                    _ => self.counts().ended(&job),
+                }
                 recovered += 1;
             }
         }

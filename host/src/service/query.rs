@@ -22,12 +22,14 @@ pub struct JobPage {
 }
 
 impl Service {
-    /// A snapshot of job `id`.
+    /// A snapshot of job `id`; a queued one says what it waits for.
     pub async fn get(&self, id: &str) -> Result<Job, ServiceError> {
         if let Some(job) = self.inner.live(id, |entry| entry.job.clone()) {
             return Ok(job);
         }
-        self.inner.stored(id).await
+        let mut job = self.inner.stored(id).await?;
+        self.explain_waits(std::slice::from_mut(&mut job)).await?;
+        Ok(job)
     }
 
     /// Job `id`'s audit trail: the calls of its ended runs.
@@ -102,14 +104,16 @@ impl Service {
             .ok_or_else(|| ServiceError::UnknownCursor(cursor.unwrap_or_default().into()))?;
         let more = jobs.len() > limit;
         jobs.truncate(limit);
-        // A live job's latest state may not be committed yet.
-        let table = self.inner.lock();
-        for job in &mut jobs {
-            if let Some(entry) = table.jobs.get(&job.id) {
-                job.clone_from(&entry.job);
+        {
+            // A live job's latest state may not be committed yet.
+            let table = self.inner.lock();
+            for job in &mut jobs {
+                if let Some(entry) = table.jobs.get(&job.id) {
+                    job.clone_from(&entry.job);
+                }
             }
         }
-        drop(table);
+        self.explain_waits(&mut jobs).await?;
         let next_cursor = more
             .then(|| jobs.last().map(|j| j.id.to_string()))
             .flatten();
@@ -169,6 +173,9 @@ impl Service {
             build_seconds: table.build_seconds.clone(),
             build_steps: table.build_steps.clone(),
             phase_seconds: table.phase_seconds.clone(),
+            jobs: self.inner.counts().clone(),
+            http: self.inner.http.snapshot(),
+            process: super::metrics::ProcessStats::read(),
         })
     }
 

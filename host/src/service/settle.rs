@@ -59,6 +59,7 @@ impl Inner {
         if let Err(e) = stored {
             tracing::error!(job = %job.id, "job end not stored: {e}");
         }
+        self.counts().ended(&job);
         self.lock().remove_ended(&job.id);
         self.config.queue.ended(&job.id);
     }

@@ -80,7 +80,7 @@ impl Table {
                 self.phase_seconds
                     .entry((entry.job.builder.clone(), phase.name))
                     .or_insert_with(Histogram::phase_seconds)
-                    .observe_seconds(phase.ms as f64 / 1000.0);
+                    .record(phase.ms as f64 / 1000.0);
             }
             entry.state.send_replace(entry.job.state);
         }

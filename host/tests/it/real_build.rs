@@ -74,6 +74,19 @@ async fn podman_builds_copy_run_and_build_args_and_the_image_pulls_back_by_diges
             "clean_up"
         ]
     );
+    // What the run cost, from its control group and its push.
+    let used = job.resources.expect("a real run is measured");
+    assert!(used.cpu_seconds > 0.0, "{used:?}");
+    assert!(used.peak_memory_bytes > 1024 * 1024, "{used:?}");
+    assert!(used.pushed_bytes > 1024, "{used:?}");
+    let metrics = service.metrics().await.unwrap().render(&service.runtime());
+    for line in [
+        "helix_push_duration_seconds_count{builder=\"podman\",outcome=\"succeeded\"} 1",
+        "helix_jobs_finished_total{builder=\"podman\",state=\"succeeded\"} 1",
+        "helix_job_duration_seconds_count{builder=\"podman\",outcome=\"succeeded\"} 1",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+    }
 }
 
 fn repo_name(repo: &Repo) -> String {
@@ -597,6 +610,9 @@ async fn a_registry_outage_is_retried_and_a_failing_step_is_not() {
     let retried = common::finished(&service, &pushed.id).await;
     assert_eq!(retried.state, State::Succeeded, "{:?}", retried.error);
     assert_eq!(retried.attempts, 2, "each attempt is counted on the job");
+    let metrics = service.metrics().await.unwrap().render(&service.runtime());
+    let line = "helix_job_retries_total{builder=\"podman\",cause=\"infrastructure\"} 1";
+    assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
     let logs = service.logs(pushed.id.as_str()).await.unwrap().texts();
     assert_eq!(
         logs.iter()

@@ -117,6 +117,12 @@ async fn keeps_state_result_commit_and_log_in_order(store: &dyn JobStore, queue:
             ms: 3_456,
         },
     ];
+    let used = helix_build::job::Resources {
+        cpu_seconds: 1.25,
+        peak_memory_bytes: 64 << 20,
+        pushed_bytes: 12_345,
+    };
+    j.resources = Some(used);
     j.finish(Outcome::failed(FailureKind::Build, "RUN false"), Utc::now())
         .unwrap();
     store.update(&j).await.unwrap();
@@ -126,6 +132,7 @@ async fn keeps_state_result_commit_and_log_in_order(store: &dyn JobStore, queue:
     assert_eq!(stored.platforms, j.platforms);
     assert_eq!(stored.commit.as_deref(), Some(commit));
     assert_eq!(stored.phases, j.phases);
+    assert_eq!(stored.resources, Some(used), "what the run used");
     assert_eq!(
         store.log("kept").await.unwrap(),
         [first, second],

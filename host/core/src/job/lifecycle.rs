@@ -13,7 +13,19 @@ use super::{FailureKind, Job, Outcome};
 /// Allowed transitions: `queued → running | cancelled | expired`, and
 /// `running → succeeded | failed | cancelled | timed_out`. Terminal states
 /// never change.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum State {
     Queued,

@@ -7,6 +7,7 @@ mod outcome;
 mod phases;
 mod project;
 mod request;
+mod usage;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -22,9 +23,11 @@ pub use outcome::{BuildResult, FailureKind, InvalidResult, Outcome};
 pub use phases::{Phase, PhaseClock, PhaseName};
 pub use project::{CacheScope, Project};
 pub use request::{
-    InvalidJob, JobRequest, PRIORITIES, PRIORITY_AGING_SECS, SubmitPolicy, effective_priority,
+    InvalidJob, JobRequest, MAX_QUEUE_TTL_SECS, MAX_RUNNING_LIMIT, PRIORITIES, PRIORITY_AGING_SECS,
+    SubmitPolicy, effective_priority,
 };
-pub use request::{ROOT_CONTEXT, reserved_build_arg, validate_repo_url};
+pub use request::{ROOT_CONTEXT, limits, reserved_build_arg, validate_repo_url};
+pub use usage::{Resources, WaitReason, Waits, waiting_for};
 
 pub const MAX_ID_LEN: usize = 128;
 
@@ -158,6 +161,14 @@ pub struct Job {
     /// [`PhaseName`]); empty until a run of it ends.
     #[serde(default)]
     pub phases: Vec<Phase>,
+    /// What its last run used; `null` before a run is measured (and for
+    /// a simulated builder, which runs nothing).
+    #[serde(default)]
+    pub resources: Option<Resources>,
+    /// Why a queued job has not started, worked out when it is read (never
+    /// stored); absent when nothing holds it back and for other states.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub waiting_for: Vec<WaitReason>,
 }
 
 /// Build steps a job's build tools reported, and how many of them came
@@ -303,6 +314,7 @@ mod tests {
             "steps",
             "commit",
             "phases",
+            "resources",
         ] {
             assert!(value.get(field).is_some(), "missing {field}");
         }

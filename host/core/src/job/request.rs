@@ -3,6 +3,7 @@
 //! The checks of single fields are in [`rules`]; this module holds the
 //! request, the policy it is checked against, and the order of the checks.
 
+pub mod limits;
 mod rules;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -66,11 +67,9 @@ pub struct JobRequest {
     /// Seconds the job may wait in the queue before it ends `expired`;
     /// the server's `queue_ttl_secs` when absent.
     #[serde(default)]
-    #[schema(minimum = 1, maximum = 2592000)]
     pub queue_ttl_secs: Option<u64>,
     /// Higher runs first (-100 to 100, default 0); see [`effective_priority`].
     #[serde(default)]
-    #[schema(minimum = -100, maximum = 100)]
     pub priority: Option<i32>,
     /// A concurrency group (a repository and branch, say): at most
     /// `max_running` of its jobs run at once.
@@ -79,7 +78,6 @@ pub struct JobRequest {
     /// How many of the group's jobs may run at once when this one starts
     /// (1 to 100, default 1).
     #[serde(default)]
-    #[schema(minimum = 1, maximum = 100)]
     pub max_running: Option<u32>,
     /// Submitting this job cancels the group's queued and running jobs:
     /// a newer push supersedes the builds of older ones.
@@ -312,6 +310,8 @@ impl Job {
             commit: None,
             steps: BuildSteps::default(),
             phases: Vec::new(),
+            resources: None,
+            waiting_for: Vec::new(),
         };
         // Where it will push, named or the default: a real builder's push
         // goes to a registry the operator configured, a project's under

@@ -67,7 +67,7 @@ pub struct Grants {
 }
 
 /// One program and the arguments it may be given.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProgramGrant {
     /// A name looked up on the host's `PATH`, or an absolute path.

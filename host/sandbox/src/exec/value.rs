@@ -12,7 +12,7 @@ use serde::Deserialize;
 use super::JobValues;
 
 /// What an option's value, or a typed pattern, accepts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ValueType {
     /// An option without a value.

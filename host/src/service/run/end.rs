@@ -13,6 +13,12 @@ impl Run<'_> {
     /// audit trail; a failure is blamed on a limit the run reached.
     pub(super) fn account(&mut self, built: Result<BuildResult, Failure>) -> Outcome {
         let (job, log) = (self.job, self.log);
+        if let Some(usage) = self.cgroup.as_ref().map(|c| c.usage()) {
+            self.inner.measured(job.id.as_str(), |r| {
+                r.cpu_seconds = usage.cpu_seconds;
+                r.peak_memory_bytes = usage.peak_memory_bytes;
+            });
+        }
         // Written before the run's end, so the end is never stored without it.
         let (name, body) = self.audit.stored();
         self.inner.config.store.put_record(&job.id, &name, body);

@@ -143,7 +143,9 @@ impl Inner {
                 return self.record(&job.id, outcome).await;
             }
             match self.config.queue.next_attempt(&job, &next).await {
-                Ok(true) => {}
+                Ok(true) => self
+                    .counts()
+                    .retried(&job.builder, super::metrics::RetryCause::Infrastructure),
                 Ok(false) => {
                     // Another host has it now; this run is over.
                     return self.record(&job.id, outcome).await;

@@ -34,6 +34,7 @@ impl<'a> Run<'a> {
         ));
         if let Some(entry) = inner.lock().jobs.get_mut(&job.id) {
             entry.job.component_digest = Some(digest);
+            entry.job.resources = None;
         }
         let backend = builder.backend().clone();
         let simulated = matches!(backend, Backend::Simulated);

@@ -15,7 +15,7 @@ use crate::layer_cache::CacheSlot;
 use crate::plugin::{Backend, BuilderError, Built, RunContext};
 use crate::provenance::{BuildFacts, Provenance};
 use crate::registry::oci::RegistryClient;
-use crate::registry::{Publisher, Pushed};
+use crate::registry::{Published, Publisher, Pushed};
 use crate::rules::CheckedBuild;
 use crate::service::fault::{self, Failure};
 
@@ -180,6 +180,7 @@ impl Run<'_> {
                 several_platforms: self.job.platforms.len() > 1,
             },
         };
+        let pushing = std::time::Instant::now();
         let digest = self
             .publisher()
             .push(
@@ -190,17 +191,22 @@ impl Run<'_> {
                 self.cancel,
                 self.confinement(),
             )
-            .await?;
-        Ok(digest)
+            .await;
+        self.inner
+            .counts()
+            .pushed(&self.job.builder, digest.is_ok(), pushing.elapsed());
+        Ok(digest?)
     }
 
     /// The registry read back: the tag holds the pushed `digest`, with
     /// every requested platform.
     async fn check_pushed(&self, checked: &Checked, digest: &str) -> Result<BuildResult, Failure> {
-        let result = self
+        let Published { result, bytes } = self
             .publisher()
             .check_pushed(&checked.image, digest, &self.job.platforms, self.log)
             .await?;
+        self.inner
+            .measured(self.job.id.as_str(), |r| r.pushed_bytes = bytes);
         Ok(result)
     }
 

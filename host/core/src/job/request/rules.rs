@@ -2,16 +2,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use super::limits::*;
 use super::{InvalidJob, MAX_RUNNING_LIMIT, ROOT_CONTEXT};
 use crate::job::Project;
 use crate::platform::Platform;
-
-const MAX_BUILD_ARGS: usize = 256;
-const MAX_BUILD_ARG_VALUE: usize = 64 * 1024;
-const MAX_PLATFORMS: usize = 16;
-const MAX_LABELS: usize = 64;
-const MAX_LABEL_VALUE: usize = 4 * 1024;
-const MAX_SECRETS: usize = 32;
 
 /// Refuses characters that make a name read as something other than what
 /// it is: control characters, bidirectional overrides and isolates
@@ -60,8 +54,11 @@ pub(super) fn validate_group(
         }
         return Ok(None);
     };
-    if group.is_empty() || group.len() > 200 {
-        return Err(InvalidJob::new("group", "must be 1 to 200 characters"));
+    if group.is_empty() || group.len() > MAX_GROUP {
+        return Err(InvalidJob::new(
+            "group",
+            format!("must be 1 to {MAX_GROUP} characters"),
+        ));
     }
     refuse_hidden("group", &group)?;
     if let Some(max) = max_running
@@ -91,8 +88,8 @@ pub fn validate_repo_url(url: &str, allow_file_repos: bool) -> Result<(), Invali
                 .into(),
         );
     }
-    if url.is_empty() || url.len() > 2048 {
-        return err("must be 1 to 2048 characters".into());
+    if url.is_empty() || url.len() > MAX_REPO_URL {
+        return err(format!("must be 1 to {MAX_REPO_URL} characters"));
     }
     refuse_hidden("repo_url", url)?;
     if url.starts_with('-') {
@@ -206,8 +203,8 @@ fn has_credentials(url: &str) -> bool {
 
 pub(super) fn validate_ref(git_ref: &str) -> Result<(), InvalidJob> {
     let err = |message: String| Err(InvalidJob::new("ref", message));
-    if git_ref.is_empty() || git_ref.len() > 255 {
-        return err("must be 1 to 255 characters".into());
+    if git_ref.is_empty() || git_ref.len() > MAX_REF {
+        return err(format!("must be 1 to {MAX_REF} characters"));
     }
     refuse_hidden("ref", git_ref)?;
     if git_ref.starts_with('-') {
@@ -248,8 +245,8 @@ pub(super) fn validate_relative_path(
     base: &str,
 ) -> Result<(), InvalidJob> {
     let err = |message: String| Err(InvalidJob::new(field, message));
-    if path.is_empty() || path.len() > 1024 {
-        return err("must be 1 to 1024 characters".into());
+    if path.is_empty() || path.len() > MAX_PATH {
+        return err(format!("must be 1 to {MAX_PATH} characters"));
     }
     refuse_hidden(field, path)?;
     if path.starts_with('/') || path.starts_with('-') {
@@ -281,7 +278,7 @@ pub(super) fn normalise_context(context: &str) -> Result<String, InvalidJob> {
 pub(super) fn validate_target(target: &str) -> Result<(), InvalidJob> {
     refuse_hidden("target", target)?;
     let mut bytes = target.bytes();
-    let ok = target.len() <= 128
+    let ok = target.len() <= MAX_TARGET
         && bytes.next().is_some_and(|b| b.is_ascii_alphabetic())
         && bytes.all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
     if ok {
@@ -290,7 +287,7 @@ pub(super) fn validate_target(target: &str) -> Result<(), InvalidJob> {
         Err(InvalidJob::new(
             "target",
             format!(
-                "{target:?} is not a build stage name: a letter, then letters, digits, '.', '_' or '-' (at most 128)"
+                "{target:?} is not a build stage name: a letter, then letters, digits, '.', '_' or '-' (at most {MAX_TARGET})"
             ),
         ))
     }
@@ -309,12 +306,12 @@ pub(super) fn validate_labels(labels: &BTreeMap<String, String>) -> Result<(), I
     for (key, value) in labels {
         refuse_hidden("labels", key)?;
         let mut bytes = key.bytes();
-        let key_ok = key.len() <= 256
+        let key_ok = key.len() <= MAX_LABEL_KEY
             && bytes.next().is_some_and(|b| b.is_ascii_alphanumeric())
             && bytes.all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'/'));
         if !key_ok {
             return err(format!(
-                "key {key:?} must start with a letter or digit and hold only letters, digits, '.', '_', '-' or '/' (at most 256)"
+                "key {key:?} must start with a letter or digit and hold only letters, digits, '.', '_', '-' or '/' (at most {MAX_LABEL_KEY})"
             ));
         }
         if value.len() > MAX_LABEL_VALUE || value.chars().any(char::is_control) {
@@ -385,7 +382,7 @@ pub(super) fn validate_build_args(args: &BTreeMap<String, String>) -> Result<(),
     for (name, value) in args {
         refuse_hidden("build_args", name)?;
         let mut bytes = name.bytes();
-        let name_ok = name.len() <= 128
+        let name_ok = name.len() <= MAX_BUILD_ARG_NAME
             && bytes
                 .next()
                 .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
@@ -393,7 +390,9 @@ pub(super) fn validate_build_args(args: &BTreeMap<String, String>) -> Result<(),
         if !name_ok {
             return Err(InvalidJob::new(
                 "build_args",
-                format!("name {name:?} must match [A-Za-z_][A-Za-z0-9_]* (at most 128 characters)"),
+                format!(
+                    "name {name:?} must match [A-Za-z_][A-Za-z0-9_]* (at most {MAX_BUILD_ARG_NAME} characters)"
+                ),
             ));
         }
         if let Some(why) = reserved_build_arg(name) {

@@ -230,8 +230,8 @@ function jobRow(job) {
 /** Whose fault a failed job's error says it is. */
 function fault(error) {
   const causes = [
-    ["build error:", "Your build failed: a step of the Dockerfile exited non-zero. Read the log."],
-    ["invalid job:", "The job cannot be built as given: fix the field the error names."],
+    ["build error:", "Your build failed: a step of the Dockerfile or the build tool failed. Read the log."],
+    ["invalid job:", "The job cannot be built as given: fix the field or the Dockerfile line the error names."],
     ["source error:", "The repository or ref could not be fetched."],
     ["registry error:", "The registry refused or could not be reached (retried while attempts were left)."],
     ["denied:", "The builder asked for something its grants do not allow."],

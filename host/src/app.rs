@@ -84,7 +84,7 @@ pub async fn start_with(
     let cgroups = control_groups(config, &runtime)?;
     let has_cgroups = cgroups.is_some();
     let secrets = config.build_secrets()?;
-    let policy = submit_policy(config, &runtime, secrets.names());
+    let policy = submit_policy(config, &runtime, secrets.names(), has_cgroups);
     let webhooks = Arc::new(config.webhooks()?);
     let notifications = Arc::new(config.notifications()?);
     let provenance = config
@@ -143,19 +143,43 @@ async fn load_builders(config: &Config) -> Result<PluginRuntime, StartError> {
     Ok(PluginRuntime::load(sources, &ComponentCache::new(config.cache_dir()), sizing).await?)
 }
 
+/// The builders a config's absent `default_builder` stands for, first
+/// that can run here first.
+const REAL_DEFAULTS: [&str; 2] = ["podman", "buildah"];
+
+/// The builder of jobs that name none when the config says nothing: the
+/// first of [`REAL_DEFAULTS`] loaded, real, with its program installed
+/// and control groups here (`cgroups`); `simulated` when none can run.
+fn default_builder(runtime: &PluginRuntime, cgroups: bool) -> String {
+    REAL_DEFAULTS
+        .into_iter()
+        .find(|name| {
+            cgroups
+                && runtime.builder(name).is_some_and(|b| !b.info().simulated)
+                && crate::exec::is_installed(name)
+        })
+        .unwrap_or("simulated")
+        .to_string()
+}
+
 /// What a submission may contain with `runtime`'s builders.
 fn submit_policy(
     config: &Config,
     runtime: &PluginRuntime,
     secrets: std::collections::BTreeSet<String>,
+    cgroups: bool,
 ) -> SubmitPolicy {
     SubmitPolicy {
         allow_file_repos: config.allow_file_repos,
-        default_builder: config.default_builder.clone(),
+        default_builder: config
+            .default_builder
+            .clone()
+            .unwrap_or_else(|| default_builder(runtime, cgroups)),
         builders: runtime
             .builders()
             .map(|b| (b.info().name.clone(), b.info().platforms.clone()))
             .collect(),
+        unavailable: config.unavailable_builders(),
         secrets,
         registries: config.push_registries(),
         default_registry: config.default_registry.clone(),
@@ -191,7 +215,7 @@ impl BuilderReload for ConfigReload {
                         .into(),
                 );
             }
-            let policy = submit_policy(&config, &runtime, self.secrets.clone());
+            let policy = submit_policy(&config, &runtime, self.secrets.clone(), self.cgroups);
             Ok((runtime, policy))
         }
         .boxed()

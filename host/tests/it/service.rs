@@ -350,6 +350,7 @@ async fn operator_delay_setting_is_honoured_and_invalid_values_fail_the_job() {
     let service = start(&config).await;
     let plain = JobRequest {
         repo_url: "https://git.example/a.git".into(),
+        builder: Some("simulated".into()),
         ..JobRequest::default()
     };
     let job = service.submit(plain).await.unwrap();

@@ -140,6 +140,9 @@ pub struct SubmitPolicy {
     /// Builders a job may name (those loaded on this host), each with the
     /// platforms it can build here; `None`: any (a simulated builder).
     pub builders: BTreeMap<String, Option<Vec<Platform>>>,
+    /// Builders this host knows but cannot run, each with why and the
+    /// setting to change: a job naming one is refused with it.
+    pub unavailable: BTreeMap<String, String>,
     /// Build secrets the operator defined: what a job of no project may
     /// name, and what a project's secrets are taken from.
     pub secrets: BTreeSet<String>,
@@ -194,6 +197,9 @@ impl Job {
             .builder
             .unwrap_or_else(|| policy.default_builder.clone());
         let project = policy.project.as_deref();
+        if let Some(reason) = policy.unavailable.get(&builder) {
+            return Err(InvalidJob::new("builder", reason.clone()));
+        }
         let Some(buildable) = policy.builders.get(&builder) else {
             let available: Vec<&str> = policy.builders.keys().map(String::as_str).collect();
             return Err(InvalidJob::new(

@@ -6,4 +6,5 @@
 mod common;
 
 mod dashboard;
+mod reload;
 mod serve;

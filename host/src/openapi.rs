@@ -30,6 +30,7 @@ use crate::api;
         api::provenance,
         api::builders,
         api::reload_builders,
+        api::token,
         api::hook,
         api::project_hook,
     ),

@@ -109,7 +109,7 @@ async fn load(address: std::net::SocketAddr, method: Method, path: &'static str)
                 }
                 let body = match method {
                     Method::POST => {
-                        format!(r#"{{"id":"bench-{i}","repo_url":"https://git.example/app.git"}}"#)
+                        format!(r#"{{"id":"bench-{i}","builder":"simulated","repo_url":"https://git.example/app.git"}}"#)
                     }
                     _ => String::new(),
                 };

@@ -6,5 +6,6 @@
 mod common;
 
 mod dashboard;
+mod quickstart;
 mod reload;
 mod serve;

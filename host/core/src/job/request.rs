@@ -541,6 +541,26 @@ mod tests {
     }
 
     #[test]
+    fn a_builder_that_cannot_run_here_is_refused_with_its_reason() {
+        let policy = SubmitPolicy {
+            unavailable: BTreeMap::from([(
+                "buildkit".to_string(),
+                "set builders.buildkit.engine".to_string(),
+            )]),
+            ..SubmitPolicy::for_builders("simulated", ["simulated"])
+        };
+        let request = JobRequest {
+            builder: Some("buildkit".into()),
+            ..request()
+        };
+        let err = Job::from_request(request, &policy, Utc::now()).unwrap_err();
+        assert_eq!(
+            (err.field, err.message.as_str()),
+            ("builder", "set builders.buildkit.engine")
+        );
+    }
+
+    #[test]
     fn request_rejects_unknown_fields() {
         let err = serde_json::from_str::<JobRequest>(r#"{"repo_url":"https://h/r","colour":1}"#)
             .unwrap_err();

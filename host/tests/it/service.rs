@@ -437,7 +437,7 @@ async fn invalid_submissions_store_nothing() {
         .to_string();
     assert!(
         err.contains(
-            "available: buildah, buildkit, empty-tag, escape, exec, hog, panic, podman, shell, simulated, spin, ungranted"
+            "available: buildah, empty-tag, escape, exec, hog, panic, podman, shell, simulated, spin, ungranted"
         ),
         "{err}"
     );

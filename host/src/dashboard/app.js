@@ -312,23 +312,25 @@ function fault(error) {
 }
 
 /**
- * A job's phases and resource use, as the job JSON carries them (fields
- * of other features: each is shown only when present).
+ * A job's phases, resource use and why it waits, as the job JSON carries
+ * them (fields other features add: each is shown only when present, and
+ * read generically, name by value, so a new entry shows as it is named).
  */
 function costs(job) {
+  const named = (value) => {
+    if (value === null || value === undefined) return [];
+    if (Array.isArray(value)) return value.map((v) => typeof v === "object" && v
+      ? [v.name || v.phase || "", typeof v.duration_ms === "number" ? `${(v.duration_ms / 1000).toFixed(1)} s` : v.value ?? ""]
+      : [String(v), ""]);
+    if (typeof value === "object") return Object.entries(value);
+    return [[String(value), ""]];
+  };
+  const text = ([k, v]) => `${String(k).replace(/_/g, " ")}${v === "" ? "" : ` ${typeof v === "object" ? JSON.stringify(v) : v}`}`;
   const out = [];
-  if (Array.isArray(job.phases) && job.phases.length) {
-    out.push(el("dt", { text: "Phases" }), el("dd", {}, el("ul", { id: "phases" }, job.phases.map((p) =>
-      el("li", { text: `${p.name}: ${p.duration_ms !== undefined && p.duration_ms !== null ? `${(p.duration_ms / 1000).toFixed(1)} s` : "…"}` })))));
-  }
-  const r = job.resources;
-  if (r && typeof r === "object") {
-    const parts = [
-      r.cpu_seconds !== undefined ? `CPU ${Number(r.cpu_seconds).toFixed(1)} s` : null,
-      r.peak_memory_bytes !== undefined ? `peak memory ${Math.round(r.peak_memory_bytes / 1048576)} MiB` : null,
-      r.bytes_pushed !== undefined ? `pushed ${Math.round(r.bytes_pushed / 1048576)} MiB` : null,
-    ].filter(Boolean);
-    if (parts.length) out.push(el("dt", { text: "Resources" }), el("dd", { id: "resources", text: parts.join(", ") }));
+  for (const [field, label] of [["phases", "Phases"], ["resources", "Resources"], ["waiting_for", "Waiting for"]]) {
+    if (field === "waiting_for" && job.state !== "queued") continue;
+    const entries = named(job[field]);
+    if (entries.length) out.push(el("dt", { text: label }), el("dd", { id: field }, el("ul", {}, entries.map((e) => el("li", { text: text(e) })))));
   }
   return out;
 }
@@ -360,7 +362,6 @@ async function jobPage(id) {
     if (job.group) rows.push(["Group", job.group]);
     if (job.project) rows.push(["Project", job.project]);
     if (trigger(job)) rows.push(["Trigger", trigger(job)]);
-    if (job.state === "queued" && job.waiting_for) rows.push(["Waiting for", String(job.waiting_for.reason || job.waiting_for.message || job.waiting_for)]);
     const platforms = Object.entries(job.manifest || {});
     fields.replaceChildren(
       ...rows.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: v })]),

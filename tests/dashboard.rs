@@ -16,7 +16,7 @@ fn auth() -> String {
 
 /// Submits a simulated job `id` with `args` over the API.
 fn submit(server: &Server, id: &str, args: Value) {
-    let body = json!({"id": id, "repo_url": "https://git.example/app.git", "build_args": args});
+    let body = json!({"builder": "simulated", "id": id, "repo_url": "https://git.example/app.git", "build_args": args});
     let (status, answer) = server.raw("POST", "/v1/jobs", &body.to_string(), &auth());
     assert_eq!(status, 201, "{answer}");
 }
@@ -71,7 +71,14 @@ async fn the_dashboard_signs_in_submits_follows_logs_and_cancels_in_a_real_brows
 
     // Page weight: what a browser downloads for any page.
     let mut weight = 0;
-    for asset in ["/", "/ui/app.js", "/ui/app.css"] {
+    for asset in [
+        "/",
+        "/ui/app.js",
+        "/ui/log.js",
+        "/ui/submit.js",
+        "/ui/app.css",
+        "/ui/favicon.svg",
+    ] {
         let (status, body) = server.raw("GET", asset, "", "");
         assert_eq!(status, 200, "{asset} is served without the token");
         weight += body.len();
@@ -98,6 +105,10 @@ async fn the_dashboard_signs_in_submits_follows_logs_and_cancels_in_a_real_brows
         "never in a URL"
     );
     assert_eq!(stored[1], TOKEN, "kept for the browser session");
+    let who = browser
+        .until(10, "return document.getElementById('who').textContent")
+        .await;
+    assert_eq!(who, "admin: every project", "what the token allows");
 
     // An invalid submission: the server's message beside the field.
     browser.goto(&format!("{url}/#/submit")).await;
@@ -144,6 +155,17 @@ async fn the_dashboard_signs_in_submits_follows_logs_and_cancels_in_a_real_brows
         .type_text("HELIX_SIMULATE_DELAY_MS=1500")
         .await;
     browser
+        .script(
+            "document.getElementById('f-builder').value = 'simulated'",
+            json!([]),
+        )
+        .await;
+    browser.find("#f-labels").await.type_text("team=web").await;
+    browser.find("#f-priority").await.type_text("7").await;
+    browser.find("#f-group").await.type_text("web:main").await;
+    browser.find("#f-target").await.type_text("release").await;
+    browser.find("#f-no_cache").await.click().await;
+    browser
         .find("form.form button[type=submit]")
         .await
         .click()
@@ -162,6 +184,89 @@ async fn the_dashboard_signs_in_submits_follows_logs_and_cancels_in_a_real_brows
         .script("return window.notReloaded === true", json!([]))
         .await;
     assert_eq!(kept, true, "the page was not reloaded");
+    // The form's every field reached the job.
+    let id = browser
+        .script(
+            "return decodeURIComponent(location.hash.slice(7))",
+            json!([]),
+        )
+        .await;
+    let id = id.as_str().unwrap().to_string();
+    let (_, body) = server.raw("GET", &format!("/v1/jobs/{id}"), "", &auth());
+    let job: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(job["labels"], json!({"team": "web"}), "{job}");
+    assert_eq!(
+        (
+            &job["priority"],
+            &job["group"],
+            &job["target"],
+            &job["no_cache"]
+        ),
+        (
+            &json!(7),
+            &json!("web:main"),
+            &json!("release"),
+            &json!(true)
+        ),
+        "{job}"
+    );
+    // Ended, the page says so for good: the log's last scroll does not
+    // bring "Following the log" back.
+    let ended = "return document.getElementById('following').textContent";
+    assert_eq!(
+        browser
+            .until(10, &format!("{ended} === 'The job ended' && 1"))
+            .await,
+        1
+    );
+    browser
+        .script(
+            "document.getElementById('log').dispatchEvent(new Event('scroll'))",
+            json!([]),
+        )
+        .await;
+    browser.goto(&format!("{url}/#/jobs")).await;
+    browser.goto(&format!("{url}/#/jobs/{id}")).await;
+    browser
+        .until(
+            10,
+            "const l = document.getElementById('log'); return l && l.dataset.ended === 'true'",
+        )
+        .await;
+    browser
+        .script(
+            "document.getElementById('log').dispatchEvent(new Event('scroll'))",
+            json!([]),
+        )
+        .await;
+    assert_eq!(browser.script(ended, json!([])).await, "The job ended");
+
+    // The list: a short id (the full one on hover), the branch, and when.
+    browser.goto(&format!("{url}/#/jobs")).await;
+    let row = browser
+        .until(
+            10,
+            &format!(
+                "const r = document.querySelector('tr[data-job=\"{id}\"]'); \
+                 return r && [r.querySelector('td[data-label=Job] a').textContent, \
+                 r.querySelector('td[data-label=Job] a').title, \
+                 r.querySelector('td[data-label=Branch]').textContent, \
+                 r.querySelector('td[data-label=Created] time').textContent, \
+                 r.querySelector('td[data-label=Created] time').title]"
+            ),
+        )
+        .await;
+    assert_eq!(row[0], id[..8], "{row}");
+    assert_eq!(row[1], id, "{row}");
+    assert_eq!(row[2], "HEAD", "{row}");
+    assert!(
+        row[3].as_str().unwrap().ends_with("ago") || row[3] == "just now",
+        "{row}"
+    );
+    assert!(
+        !row[4].as_str().unwrap().is_empty(),
+        "absolute time on hover: {row}"
+    );
 
     // A running job's live log: new lines arrive, in colour; scrolled up,
     // the view stops following.

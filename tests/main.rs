@@ -9,4 +9,6 @@ mod common;
 mod dashboard;
 mod metrics;
 mod openapi;
+mod quickstart;
+mod reload;
 mod serve;

@@ -26,13 +26,28 @@ fn serves_with_no_config_and_runs_a_simulated_job() {
         .iter()
         .map(|b| b["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["buildah", "buildkit", "podman", "simulated"]);
-    assert_eq!(builders[3]["simulated"], true);
-    assert_eq!(builders[2]["simulated"], false);
-    assert_eq!(builders[2]["network"], "private");
-    // No engine configured: the buildkit builder names none.
-    assert_eq!(builders[1]["engine"], Value::Null);
-    let podman_grants = &builders[2]["grants"]["programs"];
+    // No engine configured: the buildkit builder is not offered, and its
+    // jobs are refused naming the setting.
+    assert_eq!(names, ["buildah", "podman", "simulated"]);
+    assert_eq!(builders[2]["simulated"], true);
+    assert_eq!(builders[1]["simulated"], false);
+    assert_eq!(builders[1]["network"], "private");
+    let buildkit = json!({"repo_url": "https://git.example/app.git", "builder": "buildkit"});
+    let (status, body) = server.json("POST", "/v1/jobs", Some(&buildkit));
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["field"], "builder");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("builders.buildkit.engine"), "{message}");
+    // A job naming no builder gets a real one where one can run (this
+    // server has control groups: it runs as root).
+    let podman_here = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .any(|dir| dir.join("podman").is_file());
+    let plain = json!({"repo_url": "https://git.example/app.git"});
+    let (status, body) = server.json("POST", "/v1/jobs", Some(&plain));
+    assert_eq!(status, 201, "{body}");
+    let default = if podman_here { "podman" } else { "simulated" };
+    assert_eq!(body["builder"], default, "{body}");
+    let podman_grants = &builders[1]["grants"]["programs"];
     assert_eq!(podman_grants[0]["command"], "podman");
     assert!(
         podman_grants[0]["args"]
@@ -43,6 +58,7 @@ fn serves_with_no_config_and_runs_a_simulated_job() {
     );
 
     let request = json!({
+        "builder": "simulated",
         "id": "e2e-1",
         "repo_url": "https://git.example/team/app.git",
         "ref": "main",
@@ -152,6 +168,7 @@ fn bad_submissions_get_a_400_naming_the_problem_and_store_nothing() {
 fn cancelling_a_running_job_over_http() {
     let server = Server::start(&[]);
     let request = json!({
+        "builder": "simulated",
         "id": "long",
         "repo_url": "https://git.example/app.git",
         "build_args": {"HELIX_SIMULATE_DELAY_MS": "60000"},
@@ -531,7 +548,12 @@ fn builders_reload_without_a_restart_and_a_broken_component_keeps_the_old_one() 
     // Two running, twenty waiting: a reload loses none of them.
     let ids: Vec<String> = (0..22).map(|i| format!("swap-{i}")).collect();
     for id in &ids {
-        submit(&server, id, json!({"HELIX_SIMULATE_DELAY_MS": "400"}));
+        submit_to(
+            &server,
+            "swap",
+            id,
+            json!({"HELIX_SIMULATE_DELAY_MS": "400"}),
+        );
     }
     let (running, _) = until_running(&server, "swap-1", 200);
     assert!(running);
@@ -576,7 +598,7 @@ fn builders_reload_without_a_restart_and_a_broken_component_keeps_the_old_one() 
     );
     assert!(message.contains("swap"), "{message}");
     assert_eq!(digest_now(), new);
-    submit(&server, "after-refusal", json!({}));
+    submit_to(&server, "swap", "after-refusal", json!({}));
     let (_, job) = server.json("GET", "/v1/jobs/after-refusal/wait?timeout_secs=30", None);
     assert_eq!(
         (job["state"].as_str(), job["component_digest"].as_str()),
@@ -636,6 +658,7 @@ fn kill_9_during_builds_loses_no_accepted_job_and_runs_none_twice_at_once() {
     let ids: Vec<String> = (0..5).map(|i| format!("crash-{i}")).collect();
     for id in &ids {
         let request = json!({
+            "builder": "simulated",
             "id": id,
             "repo_url": "https://git.example/app.git",
             "build_args": {"HELIX_SIMULATE_DELAY_MS": "1500"},
@@ -767,8 +790,13 @@ fn a_host_restarting_under_its_name_takes_its_runs_back_without_waiting_for_the_
     );
 }
 
+/// Submits job `id` for the simulated builder.
 fn submit(server: &Server, id: &str, args: Value) -> Value {
-    let request = json!({"id": id, "repo_url": "https://git.example/app.git", "build_args": args});
+    submit_to(server, "simulated", id, args)
+}
+
+fn submit_to(server: &Server, builder: &str, id: &str, args: Value) -> Value {
+    let request = json!({"builder": builder, "id": id, "repo_url": "https://git.example/app.git", "build_args": args});
     let (status, job) = server.json("POST", "/v1/jobs", Some(&request));
     assert_eq!(status, 201, "{job}");
     job
@@ -953,7 +981,13 @@ fn cli_exit(server: &Server, token: Option<&str>, args: &[&str]) -> (Option<i32>
 #[test]
 fn cli_submit_wait_and_follow_exit_zero_only_when_the_job_succeeds() {
     let server = Server::start(&[]);
-    let repo = ["submit", "--repo", "https://git.example/app.git"];
+    let repo = [
+        "submit",
+        "--repo",
+        "https://git.example/app.git",
+        "--builder",
+        "simulated",
+    ];
     let with = |extra: &[&str]| -> Vec<String> {
         repo.iter().chain(extra).map(|s| s.to_string()).collect()
     };
@@ -1031,6 +1065,7 @@ fn cli_lists_shows_cancels_and_reads_logs() {
     server.json("GET", "/v1/jobs/short/wait?timeout_secs=20", None);
     // A generated id: 36 characters.
     let generated = json!({
+        "builder": "simulated",
         "repo_url": "https://h/r",
         "build_args": {"HELIX_SIMULATE_DELAY_MS": "60000"}
     });
@@ -1088,6 +1123,8 @@ fn cli_lists_shows_cancels_and_reads_logs() {
             "submit",
             "--repo",
             "https://h/grouped",
+            "--builder",
+            "simulated",
             "--group",
             "team app:main",
             "--priority",
@@ -1158,6 +1195,8 @@ fn cli_submit_takes_dockers_flags_and_jobs_filters_by_builder_and_text() {
         .args([
             "submit",
             "https://git.example/app.git#v2:services/api",
+            "--builder",
+            "simulated",
             "-t",
             "registry.example/team/api:2",
             "--build-arg",
@@ -1196,6 +1235,8 @@ fn cli_submit_takes_dockers_flags_and_jobs_filters_by_builder_and_text() {
             "submit",
             "--repo",
             "https://git.example/app.git",
+            "--builder",
+            "simulated",
             "--tag",
             "r.example/a:1",
             "--secret",
@@ -1223,7 +1264,16 @@ fn cli_submit_takes_dockers_flags_and_jobs_filters_by_builder_and_text() {
         "a submit without a repository says so: {err}"
     );
 
-    let (ok, _, err) = cli(&server, None, &["submit", "https://git.example/other.git"]);
+    let (ok, _, err) = cli(
+        &server,
+        None,
+        &[
+            "submit",
+            "https://git.example/other.git",
+            "--builder",
+            "simulated",
+        ],
+    );
     assert!(ok, "{err}");
     let listed = |args: &[&str]| -> Vec<String> {
         let args: Vec<&str> = ["jobs", "--json"].iter().chain(args).copied().collect();
@@ -1312,7 +1362,8 @@ fn every_documented_operation_exists_and_answers_a_documented_status() {
             let method = method.to_ascii_uppercase();
             let concrete = path.replace("{id}", "doc");
             let body = if method == "POST" && path == "/v1/jobs" {
-                json!({"repo_url": "https://git.example/app.git"}).to_string()
+                json!({"builder": "simulated", "repo_url": "https://git.example/app.git"})
+                    .to_string()
             } else {
                 String::new()
             };
@@ -1328,7 +1379,7 @@ fn every_documented_operation_exists_and_answers_a_documented_status() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 16, "every route of the router is documented");
+    assert_eq!(checked, 17, "every route of the router is documented");
 }
 
 #[test]
@@ -1351,7 +1402,8 @@ fn a_full_queue_answers_503_with_retry_after_and_stores_nothing() {
 /// Submits job `id` and checks it is refused for now: 503 with
 /// `Retry-After`, the error `code` and a message containing `message`.
 fn refused_for_now(server: &Server, id: &str, code: &str, message: &str) {
-    let body = json!({"id": id, "repo_url": "https://git.example/app.git"}).to_string();
+    let body = json!({"builder": "simulated", "id": id, "repo_url": "https://git.example/app.git"})
+        .to_string();
     let (status, head, answer) = server.exchange("POST", "/v1/jobs", &body, "");
     assert_eq!(status, 503, "{answer}");
     assert!(
@@ -1525,7 +1577,7 @@ fn backup_under_load_holds_every_job_committed_before_it_and_opens() {
                     break;
                 }
                 let id = format!("load-{i}");
-                let request = json!({"id": id, "repo_url": "https://git.example/app.git"});
+                let request = json!({"builder": "simulated", "id": id, "repo_url": "https://git.example/app.git"});
                 if server.json("POST", "/v1/jobs", Some(&request)).0 == 201 {
                     accepted.push((id, std::time::Instant::now()));
                 }
@@ -1753,7 +1805,8 @@ fn webhooks_build_signed_pushes_once_and_refuse_bad_signatures_and_other_branche
              gitlab = {{ file = \"{}\" }}\n\
              [[webhook_rules]]\n\
              repository = \"https://git.example/team/*\"\n\
-             refs = [\"refs/heads/main\"]\n",
+             refs = [\"refs/heads/main\"]\n\
+             builder = \"simulated\"\n",
             secret_file("github").display(),
             secret_file("gitea").display(),
             secret_file("gitlab").display()

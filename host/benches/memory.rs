@@ -44,6 +44,7 @@ async fn run() {
         let request = JobRequest {
             repo_url: "https://git.example/app.git".into(),
             build_args: [("HELIX_SIMULATE_DELAY_MS".into(), "600000".into())].into(),
+            builder: Some("simulated".into()),
             ..JobRequest::default()
         };
         holders.push(service.submit(request).await.unwrap().id);

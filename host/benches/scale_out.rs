@@ -76,7 +76,7 @@ async fn drain(
         services.push(app::start(&config.validated().unwrap()).await.unwrap());
     }
     let prefix = format!("hosts-{hosts}-round-{round}");
-    let elapsed = submit_all(&services, &prefix, 0..JOBS, None, true).await;
+    let elapsed = submit_all(&services, &prefix, 0..JOBS, Some("simulated"), true).await;
     for service in &services {
         service.stop(Duration::from_secs(5)).await;
     }

@@ -36,13 +36,7 @@ async fn run() {
     let service = app::start(&config.validated().unwrap()).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            api::router(service, helix_build::access::Access::open()),
-        )
-        .await
-    });
+    tokio::spawn(async move { axum::serve(listener, api::router(service)).await });
 
     println!("cores: {}", common::cores());
     let mut health = load(address, Method::GET, "/healthz").await;
@@ -115,7 +109,7 @@ async fn load(address: std::net::SocketAddr, method: Method, path: &'static str)
                 }
                 let body = match method {
                     Method::POST => {
-                        format!(r#"{{"id":"bench-{i}","repo_url":"https://git.example/app.git"}}"#)
+                        format!(r#"{{"id":"bench-{i}","builder":"simulated","repo_url":"https://git.example/app.git"}}"#)
                     }
                     _ => String::new(),
                 };

@@ -204,6 +204,11 @@ impl Caller {
         self.is_admin() || self.scopes.contains(&scope)
     }
 
+    /// The scopes its token carries.
+    pub fn scopes(&self) -> impl Iterator<Item = Scope> + '_ {
+        self.scopes.iter().copied()
+    }
+
     /// The caller's project's name; `None` for the admin.
     pub fn project_name(&self) -> Option<&str> {
         self.project.as_deref().map(|p| p.name.as_str())

@@ -9,7 +9,7 @@ use crate::job::SubmitPolicy;
 use crate::plugin::{ComponentCache, PluginError, PluginRuntime, PoolSizing};
 use crate::provenance::Provenance;
 use crate::queue::{JobQueue, LocalQueue};
-use crate::service::{BuilderReload, Service, ServiceConfig};
+use crate::service::{BuilderReload, Projects, Reloaded, Service, ServiceConfig};
 use crate::source::Checkout;
 use crate::store::{JobStore, PostgresStore, SqliteStore, StoreError};
 use futures_util::FutureExt as _;
@@ -90,8 +90,8 @@ pub async fn start_with(
     let cgroups = control_groups(config, &runtime)?;
     let has_cgroups = cgroups.is_some();
     let secrets = config.build_secrets()?;
-    let policy = submit_policy(config, &runtime, secrets.names());
-    let webhooks = Arc::new(config.webhooks()?);
+    let policy = submit_policy(config, &runtime, secrets.names(), has_cgroups);
+    let projects = projects(config)?;
     let notifications = Arc::new(config.notifications()?);
     let provenance = config
         .provenance_key()?
@@ -105,7 +105,6 @@ pub async fn start_with(
         cgroups,
         keep_failed_workspaces: config.keep_failed_workspaces,
         retention: config.retention(),
-        webhooks,
         notifications,
         provenance,
         queue_ttl: (config.queue_ttl_secs > 0).then(|| Duration::from_secs(config.queue_ttl_secs)),
@@ -119,14 +118,23 @@ pub async fn start_with(
             allow_file_repos: config.allow_file_repos,
         },
         default_registry: config.default_registry.clone(),
-        quotas: config.quotas(),
         reload: Some(Arc::new(ConfigReload {
             config: config.clone(),
             secrets: policy.secrets.clone(),
             cgroups: has_cgroups,
         })),
     };
-    Ok(Service::start(service_config, Arc::new(runtime), policy).await?)
+    Ok(Service::start(service_config, Arc::new(runtime), policy, projects).await?)
+}
+
+/// The projects `config` defines: its tokens (read now from their
+/// sources), webhooks and quotas.
+fn projects(config: &Config) -> Result<Projects, ConfigError> {
+    Ok(Projects {
+        access: Arc::new(config.access()?),
+        webhooks: Arc::new(config.webhooks()?),
+        quotas: Arc::new(config.quotas()),
+    })
 }
 
 /// Whether a server ran on `config`'s data dir before: every start makes
@@ -149,19 +157,43 @@ async fn load_builders(config: &Config) -> Result<PluginRuntime, StartError> {
     Ok(PluginRuntime::load(sources, &ComponentCache::new(config.cache_dir()), sizing).await?)
 }
 
+/// The builders a config's absent `default_builder` stands for, first
+/// that can run here first.
+const REAL_DEFAULTS: [&str; 2] = ["podman", "buildah"];
+
+/// The builder of jobs that name none when the config says nothing: the
+/// first of [`REAL_DEFAULTS`] loaded, real, with its program installed
+/// and control groups here (`cgroups`); `simulated` when none can run.
+fn default_builder(runtime: &PluginRuntime, cgroups: bool) -> String {
+    REAL_DEFAULTS
+        .into_iter()
+        .find(|name| {
+            cgroups
+                && runtime.builder(name).is_some_and(|b| !b.info().simulated)
+                && crate::exec::is_installed(name)
+        })
+        .unwrap_or("simulated")
+        .to_string()
+}
+
 /// What a submission may contain with `runtime`'s builders.
 fn submit_policy(
     config: &Config,
     runtime: &PluginRuntime,
     secrets: std::collections::BTreeSet<String>,
+    cgroups: bool,
 ) -> SubmitPolicy {
     SubmitPolicy {
         allow_file_repos: config.allow_file_repos,
-        default_builder: config.default_builder.clone(),
+        default_builder: config
+            .default_builder
+            .clone()
+            .unwrap_or_else(|| default_builder(runtime, cgroups)),
         builders: runtime
             .builders()
             .map(|b| (b.info().name.clone(), b.info().platforms.clone()))
             .collect(),
+        unavailable: config.unavailable_builders(),
         secrets,
         registries: config.push_registries(),
         default_registry: config.default_registry.clone(),
@@ -174,8 +206,10 @@ fn submit_policy(
     }
 }
 
-/// Reloads the builders from the config file the server started with
-/// (the builder sections and `default_builder`; the rest takes a restart).
+/// Reloads the builders and the projects from the config file the server
+/// started with (the builder sections, `default_builder`, `token` and
+/// `[projects.*]` with their webhooks and quotas; the rest, the server's
+/// own secrets among it, takes a restart).
 struct ConfigReload {
     config: Config,
     secrets: std::collections::BTreeSet<String>,
@@ -184,12 +218,13 @@ struct ConfigReload {
 }
 
 impl BuilderReload for ConfigReload {
-    fn load(&self) -> BoxFuture<'_, Result<(PluginRuntime, SubmitPolicy), String>> {
+    fn load(&self) -> BoxFuture<'_, Result<Reloaded, String>> {
         async move {
             let config = match &self.config.file {
                 Some(path) => Config::from_file(path).map_err(|e| e.to_string())?,
                 None => self.config.clone(),
             };
+            let projects = projects(&config).map_err(|e| e.to_string())?;
             let runtime = load_builders(&config).await.map_err(|e| e.to_string())?;
             if !self.cgroups && runtime.builders().any(|b| !b.info().simulated) {
                 return Err(
@@ -197,8 +232,12 @@ impl BuilderReload for ConfigReload {
                         .into(),
                 );
             }
-            let policy = submit_policy(&config, &runtime, self.secrets.clone());
-            Ok((runtime, policy))
+            let policy = submit_policy(&config, &runtime, self.secrets.clone(), self.cgroups);
+            Ok(Reloaded {
+                runtime,
+                policy,
+                projects,
+            })
         }
         .boxed()
     }

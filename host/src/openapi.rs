@@ -36,6 +36,7 @@ use crate::job::SubmitPolicy;
         api::provenance,
         api::builders,
         api::reload_builders,
+        api::token,
         api::hook,
         api::project_hook,
     ),

@@ -4,8 +4,10 @@
 //! Each refusal names its rule and the line, and fails the job as
 //! `invalid job` before a builder runs:
 //!
-//! - `parse`: a Dockerfile the parser cannot read. The build tools would
-//!   read it some way of their own, which the host cannot check.
+//! - `parse`: a Dockerfile the parser cannot read (an unknown instruction,
+//!   a malformed one), named as the parser says it: `Dockerfile line 3:
+//!   unknown instruction "RUNN"`. The build tools would read it some way
+//!   of their own, which the host cannot check.
 //! - `frontend`: a `syntax` directive (`# syntax=`, `// syntax=`, after a
 //!   shebang, or a JSON file's `"syntax"`) on a builder that builds in a
 //!   BuildKit engine: BuildKit would pull that image from any address
@@ -88,11 +90,25 @@ impl BuildShape {
 
 /// A rule a Dockerfile broke.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("line {line}: {message} (rule `{rule}`)")]
 pub struct Refusal {
     pub rule: &'static str,
     pub line: usize,
     pub message: String,
+}
+
+/// The rule of a Dockerfile the parser cannot read.
+pub const PARSE: &str = "parse";
+
+/// `line 3: … (rule `bind-mount`)`; a parse error is the parser's words
+/// alone (`line 3: unknown instruction "RUNN"`).
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "line {}: {}", self.line, self.message)?;
+        if self.rule != PARSE {
+            write!(f, " (rule `{}`)", self.rule)?;
+        }
+        Ok(())
+    }
 }
 
 /// Why a job's checked-out source may not be built.
@@ -100,7 +116,8 @@ pub struct Refusal {
 pub enum SourceError {
     #[error(transparent)]
     Context(#[from] ContextError),
-    #[error("dockerfile_path {dockerfile_path:?}: {refusal}")]
+    /// `Dockerfile line 3: unknown instruction "RUNN"`.
+    #[error("{dockerfile_path} {refusal}")]
     Refused {
         dockerfile_path: String,
         #[source]
@@ -176,9 +193,9 @@ pub fn check(source: &CheckedSource, job: &Job, shape: BuildShape) -> Result<Vec
 
 fn unreadable(e: ParseError) -> Refusal {
     Refusal {
-        rule: "parse",
+        rule: PARSE,
         line: e.line,
-        message: format!("the Dockerfile does not parse: {}", e.message),
+        message: e.message,
     }
 }
 
@@ -420,6 +437,20 @@ mod tests {
         check(&checkout.source, &job(&[], &[]), shape)
             .err()
             .map(|r| (r.rule, r.line))
+    }
+
+    #[test]
+    fn a_dockerfile_that_does_not_parse_is_named_by_its_line() {
+        let checkout = checkout("FROM scratch\n\nRUNN true\n");
+        let refusal = check(&checkout.source, &job(&[], &[]), STORAGE).unwrap_err();
+        let error = SourceError::Refused {
+            dockerfile_path: "Dockerfile".into(),
+            refusal,
+        };
+        assert_eq!(
+            error.to_string(),
+            "Dockerfile line 3: unknown instruction \"RUNN\""
+        );
     }
 
     #[test]

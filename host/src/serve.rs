@@ -33,7 +33,6 @@ pub async fn serve(
         (Some(cert), Some(key)) => Some(tls_config(cert, key).await?),
         _ => None,
     };
-    let access = config.access().map_err(|e| e.to_string())?;
     let service = app::start(&config).await.map_err(|e| e.to_string())?;
     let listener = std::net::TcpListener::bind(config.listen).map_err(|e| {
         format!(
@@ -46,7 +45,7 @@ pub async fn serve(
     tracing::info!(%address, scheme, data_dir = %config.data_dir.display(), "helix-build listening");
     // Printed on stdout so scripts (and the tests) can find an ephemeral port.
     println!("listening on {scheme}://{address}");
-    let router = api::router(service.clone(), access);
+    let router = api::router(service.clone());
     tokio::spawn(reload_on_sighup(
         service.clone(),
         tls.clone().map(|tls| {

@@ -17,12 +17,11 @@ use super::*;
         (status = 503, body = ErrorBody)))]
 pub(crate) async fn hook(
     State(service): State<Service>,
-    Extension(access): Extension<Arc<Access>>,
     Path(forge): Path<String>,
     headers: header::HeaderMap,
     body: axum::body::Bytes,
 ) -> ApiResult<Response> {
-    delivered(&service, &access, &forge, None, &headers, &body).await
+    delivered(&service, &forge, None, &headers, &body).await
 }
 
 /// A forge's delivery to project `project`'s hook: as the server's, the
@@ -40,19 +39,17 @@ pub(crate) async fn hook(
         (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub(crate) async fn project_hook(
     State(service): State<Service>,
-    Extension(access): Extension<Arc<Access>>,
     Path((forge, project)): Path<(String, String)>,
     headers: header::HeaderMap,
     body: axum::body::Bytes,
 ) -> ApiResult<Response> {
-    delivered(&service, &access, &forge, Some(&project), &headers, &body).await
+    delivered(&service, &forge, Some(&project), &headers, &body).await
 }
 
 /// What a delivery from `forge` to `project`'s hook (`None`: the
-/// server's) answers.
+/// server's) answers, by the webhooks and projects in force now.
 async fn delivered(
     service: &Service,
-    access: &Access,
     forge: &str,
     project: Option<&str>,
     headers: &header::HeaderMap,
@@ -66,7 +63,10 @@ async fn delivered(
             format!("no forge {forge:?}: use github, gitea, forgejo or gitlab"),
         )
     })?;
-    let request = match service.webhooks().receive(forge, project, headers, body) {
+    let Projects {
+        access, webhooks, ..
+    } = service.projects();
+    let request = match webhooks.receive(forge, project, headers, body) {
         Ok(Hooked::Job(request)) => *request,
         Ok(Hooked::Ignored(why)) => {
             tracing::info!(forge = forge.name(), "webhook delivery ignored: {why}");

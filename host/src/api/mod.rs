@@ -42,21 +42,20 @@ use crate::hooks::{Forge, HookError, Hooked};
 use crate::job::{InvalidJob, Job, JobRequest, State as JobState};
 use crate::plugin::BuilderInfo;
 use crate::provenance::Attestation;
-use crate::service::{JobPage, Service, ServiceError};
+use crate::service::{JobPage, Projects, Service, ServiceError};
 use crate::store::JobFilter;
 
 /// Largest request body; a job submission is far smaller.
 const MAX_BODY_BYTES: usize = 1024 * 1024;
 
-/// The API over `service`, its `/v1` routes answering the callers
-/// `access` accepts (everyone, as the admin, when it has no tokens).
-pub fn router(service: Service, access: Access) -> Router {
-    let access = Arc::new(access);
+/// The API over `service`, its `/v1` routes answering the callers its
+/// projects' tokens accept now (everyone, as the admin, when there are
+/// none): a reload changes them for the next request.
+pub fn router(service: Service) -> Router {
     // Outside the token: a forge signs its deliveries instead.
     let hooks = Router::new()
         .route("/v1/hooks/{forge}", post(hook))
-        .route("/v1/hooks/{forge}/{project}", post(project_hook))
-        .layer(Extension(access.clone()));
+        .route("/v1/hooks/{forge}/{project}", post(project_hook));
     let v1 = Router::new()
         .route("/v1/jobs", post(submit).get(list))
         .route("/v1/jobs/{id}", get(get_job))
@@ -67,10 +66,12 @@ pub fn router(service: Service, access: Access) -> Router {
         .route("/v1/jobs/{id}/provenance", get(provenance))
         .route("/v1/builders", get(builders))
         .route("/v1/builders/reload", post(reload_builders))
+        .route("/v1/token", get(token))
         .route("/v1/openapi.json", get(openapi))
-        .route_layer(middleware::from_fn(move |request, next| {
-            require_token(access.clone(), request, next)
-        }));
+        .route_layer(middleware::from_fn_with_state(
+            service.clone(),
+            require_token,
+        ));
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -105,14 +106,16 @@ async fn count_request(State(service): State<Service>, request: Request, next: N
     response
 }
 
-/// Lets a request through only with a bearer token `access` accepts,
-/// handing the handlers its [`Caller`] (and `access`, for an admin naming
-/// a project); 401 with `WWW-Authenticate: Bearer` otherwise.
+/// Lets a request through only with a bearer token the service's
+/// projects accept now, handing the handlers its [`Caller`] (and the
+/// [`Access`] it was resolved with, for an admin naming a project); 401
+/// with `WWW-Authenticate: Bearer` otherwise.
 async fn require_token(
-    access: Arc<Access>,
+    State(service): State<Service>,
     mut request: Request,
     next: Next,
 ) -> Result<Response, Response> {
+    let access = service.projects().access;
     let given = request
         .headers()
         .get(header::AUTHORIZATION)
@@ -229,6 +232,36 @@ pub(crate) async fn reload_builders(
     require(&caller, Scope::Admin, "reload builders")?;
     let runtime = service.reload_builders().await?;
     Ok(Json(runtime.builders().map(|b| b.info().clone()).collect()))
+}
+
+/// What the caller's token allows, for a client to show (the dashboard).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct TokenInfo {
+    /// The token's project; `null` for the admin.
+    project: Option<String>,
+    /// Its scopes (`admin`, or some of `jobs:submit`, `jobs:read`,
+    /// `jobs:cancel`).
+    scopes: Vec<String>,
+    /// Every configured project, for the admin only (empty otherwise).
+    projects: Vec<String>,
+}
+
+#[utoipa::path(get, path = "/v1/token", summary = "what the caller's token allows",
+    responses((status = 200, description = "its project and scopes", body = TokenInfo),
+        (status = 401, body = ErrorBody)))]
+pub(crate) async fn token(
+    Extension(caller): Extension<Caller>,
+    Extension(access): Extension<Arc<Access>>,
+) -> Json<TokenInfo> {
+    let projects = match caller.is_admin() {
+        true => access.project_names().map(String::from).collect(),
+        false => Vec::new(),
+    };
+    Json(TokenInfo {
+        project: caller.project_name().map(String::from),
+        scopes: caller.scopes().map(|s| s.as_str().to_string()).collect(),
+        projects,
+    })
 }
 
 #[utoipa::path(get, path = "/v1/builders",

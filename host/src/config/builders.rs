@@ -223,13 +223,35 @@ impl Config {
     }
 
     /// Every builder to load: the configured ones plus each built-in that no
-    /// entry replaces.
+    /// entry replaces, less those that cannot run here
+    /// ([`Config::unavailable_builders`]).
     pub fn builder_configs(&self) -> BTreeMap<String, BuilderConfig> {
         let mut all = self.builders.clone();
         for name in builtin::names() {
             all.entry(name.to_string()).or_default();
         }
+        let unavailable = self.unavailable_builders();
+        all.retain(|name, _| !unavailable.contains_key(name));
         all
+    }
+
+    /// Builders this server does not offer, each with why and the setting
+    /// that would make it run: the built-in `buildkit` builds in a Docker
+    /// Engine, so it is offered only with `builders.buildkit.engine` set.
+    /// A job naming one is refused at submit with the reason.
+    pub fn unavailable_builders(&self) -> BTreeMap<String, String> {
+        let name = "buildkit";
+        let engine = self.builders.get(name).and_then(|b| b.engine.as_ref());
+        match engine {
+            Some(_) => BTreeMap::new(),
+            None => BTreeMap::from([(
+                name.to_string(),
+                format!(
+                    "builder '{name}' builds in a Docker Engine and this server has none configured; \
+                     set builders.{name}.engine (\"{MANAGED_ENGINE}\", or an engine's unix:// socket)"
+                ),
+            )]),
+        }
     }
 
     /// Reads each builder's component (embedded or from its file).

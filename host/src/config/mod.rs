@@ -61,8 +61,10 @@ pub struct Config {
     pub workers: usize,
     /// Queued jobs accepted before submissions are refused.
     pub queue_capacity: usize,
-    /// Builder used when a job names none.
-    pub default_builder: String,
+    /// Builder used when a job names none. When absent: `podman`, else
+    /// `buildah`, whichever can run here (its program installed, and the
+    /// server has control groups); `simulated` only when none can.
+    pub default_builder: Option<String>,
     /// Whether jobs may use `file://` repository URLs.
     pub allow_file_repos: bool,
     /// Log lines kept per job; older lines are dropped with a marker.
@@ -160,7 +162,7 @@ impl Default for Config {
             cache_dir: None,
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
             queue_capacity: 1000,
-            default_builder: "simulated".into(),
+            default_builder: None,
             allow_file_repos: false,
             log_cap_lines: 10_000,
             log_cap_bytes: OutputCaps::default().job_bytes,
@@ -270,11 +272,15 @@ impl Config {
         self.build_secrets()?;
         crate::hooks::check_forges("webhooks", &self.webhooks).map_err(ConfigError::Invalid)?;
         self.validate_projects()?;
-        if !self.builder_configs().contains_key(&self.default_builder) {
-            return invalid(format!(
-                "default_builder '{}' is not a configured or built-in builder",
-                self.default_builder
-            ));
+        if let Some(default) = &self.default_builder
+            && !self.builder_configs().contains_key(default)
+        {
+            return match self.unavailable_builders().remove(default) {
+                Some(reason) => invalid(format!("default_builder: {reason}")),
+                None => invalid(format!(
+                    "default_builder '{default}' is not a configured or built-in builder"
+                )),
+            };
         }
         Ok(self)
     }
@@ -409,8 +415,9 @@ mod tests {
     fn empty_file_is_the_default() {
         let config = parse("").unwrap();
         assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
-        assert_eq!(config.default_builder, "simulated");
+        assert_eq!(config.default_builder, None);
         assert!(config.builder_configs().contains_key("simulated"));
+        assert!(!config.builder_configs().contains_key("buildkit"));
         assert!(!config.allow_file_repos);
     }
 
@@ -445,6 +452,7 @@ mod tests {
             ),
             ("[builders.Bad]\ncomponent = 'x.wasm'", "builders.Bad"),
             ("default_builder = 'nope'", "default_builder"),
+            ("default_builder = 'buildkit'", "builders.buildkit.engine"),
             (
                 "[builders.podman]\nregistry_cache = 'elsewhere.example/cache'",
                 "registry elsewhere.example is not configured",

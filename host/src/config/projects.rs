@@ -203,11 +203,13 @@ impl Config {
             }
         }
         let builders = self.builder_configs();
+        // One that cannot run here is refused at submit, naming the setting.
+        let unavailable = self.unavailable_builders();
         if let Some(unknown) = project
             .builders
             .iter()
             .flatten()
-            .find(|b| !builders.contains_key(*b))
+            .find(|b| !builders.contains_key(*b) && !unavailable.contains_key(*b))
         {
             let known: Vec<&str> = builders.keys().map(String::as_str).collect();
             return invalid(format!(

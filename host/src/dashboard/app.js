@@ -40,6 +40,39 @@ function when(ts) {
   return d.toLocaleString(undefined, { dateStyle: "short", timeStyle: "medium" });
 }
 
+/** "3 min ago" for `ts`, as a <time> with the absolute time on hover. */
+function ago(ts) {
+  if (!ts) return "";
+  const s = Math.max(0, Math.round((Date.now() - new Date(ts)) / 1000));
+  const text = s < 45 ? "just now"
+    : s < 3600 ? `${Math.max(1, Math.round(s / 60))} min ago`
+    : s < 86400 ? `${Math.round(s / 3600)} h ago`
+    : `${Math.round(s / 86400)} d ago`;
+  return el("time", { datetime: ts, title: when(ts), text });
+}
+
+/** A job id as its first 8 characters, the full id on hover, with a copy button. */
+function shortId(id, href) {
+  const label = id.length > 8 ? id.slice(0, 8) : id;
+  const copy = el("button", { type: "button", class: "copy", title: "Copy the full id", "aria-label": `Copy job id ${id}`, text: "copy" });
+  copy.addEventListener("click", async () => {
+    try { await navigator.clipboard.writeText(id); copy.textContent = "copied"; } catch (_) { copy.textContent = "select the id"; }
+    setTimeout(() => { copy.textContent = "copy"; }, 1500);
+  });
+  return el("span", { class: "id" }, el("a", { href, title: id, "data-id": id, text: label }), copy);
+}
+
+/** The branch or tag a ref names (`refs/heads/main` is `main`). */
+function branch(ref) {
+  return (ref || "").replace(/^refs\/(heads|tags)\//, "");
+}
+
+/** How a job came: only when the job says it (webhooks make `hook-…` ids). */
+function trigger(job) {
+  if (job.trigger) return job.trigger;
+  return /^hook-(github|gitea|forgejo|gitlab)-/.test(job.id) ? "webhook" : "";
+}
+
 function duration(job) {
   const start = job.started_at ? new Date(job.started_at) : null;
   if (!start) return "";
@@ -97,7 +130,8 @@ function signIn(retry) {
     event.preventDefault();
     sessionStorage.setItem(TOKEN_KEY, input.value);
     try {
-      await api("/v1/builders");
+      me = null;
+      await whoAmI();
       document.getElementById("sign-out").hidden = false;
       retry();
     } catch (e) {
@@ -108,6 +142,25 @@ function signIn(retry) {
   });
   show(form);
   input.focus();
+}
+
+/** What the token allows (GET /v1/token), shown in the bar. */
+let me = null;
+
+async function whoAmI() {
+  if (!me) {
+    me = await api("/v1/token");
+    const who = document.getElementById("who");
+    const scopes = me.scopes.includes("admin") ? "admin: every project" : me.scopes.join(", ");
+    who.textContent = me.project ? `Project ${me.project} (${scopes})` : scopes;
+    who.hidden = false;
+  }
+  return me;
+}
+
+/** Whether the signed-in token holds `scope` (admin holds all). */
+function may(scope) {
+  return !me || me.scopes.includes("admin") || me.scopes.includes(scope);
 }
 
 // --- Router ---------------------------------------------------------------
@@ -129,7 +182,7 @@ function route() {
     : parts[0] === "builders" ? buildersPage
     : parts[0] === "submit" ? submitPage
     : () => jobsPage(params);
-  Promise.resolve(page()).catch(failed);
+  whoAmI().then(page).catch(failed);
 }
 
 function failed(e) {
@@ -152,12 +205,16 @@ async function jobsPage(params) {
     state: params.get("state") || "",
     builder: params.get("builder") || "",
     q: params.get("q") || "",
+    project: params.get("project") || "",
   };
   const cursors = [params.get("cursor") || ""];
   const stateSelect = el("select", { id: "filter-state", name: "state" },
     el("option", { value: "", text: "any" }),
     ["queued", "running", ...ENDED].map((s) => el("option", { value: s, selected: s === filters.state, text: s.replace("_", " ") })));
   const builderSelect = el("select", { id: "filter-builder", name: "builder" }, el("option", { value: "", text: "any" }));
+  const projectSelect = el("select", { id: "filter-project", name: "project" },
+    el("option", { value: "", text: "every project" }),
+    me.projects.map((p) => el("option", { value: p, selected: p === filters.project, text: p })));
   const text = el("input", { id: "filter-text", name: "q", type: "search", value: filters.q, placeholder: "id, repository or image" });
   const body = el("tbody");
   const status = el("p", { class: "muted", role: "status", "aria-live": "polite" });
@@ -166,11 +223,12 @@ async function jobsPage(params) {
   const form = el("form", { class: "filters", role: "search" },
     el("label", { for: "filter-state" }, "State", stateSelect),
     el("label", { for: "filter-builder" }, "Builder", builderSelect),
+    me.projects.length ? el("label", { for: "filter-project" }, "Project", projectSelect) : null,
     el("label", { for: "filter-text" }, "Search", text),
     el("button", { type: "submit", text: "Filter" }));
   show(el("h1", { text: "Jobs" }), form,
     el("table", { class: "jobs" },
-      el("thead", {}, el("tr", {}, ["State", "Job", "Builder", "Source", "Image or error", "Created", "Duration"].map((h) => el("th", { scope: "col", text: h })))),
+      el("thead", {}, el("tr", {}, COLUMNS.map((h) => el("th", { scope: "col", text: h })))),
       body),
     el("div", { class: "pager" }, newer, older, status));
 
@@ -183,12 +241,14 @@ async function jobsPage(params) {
     const q = new URLSearchParams();
     if (stateSelect.value) q.set("state", stateSelect.value);
     if (builderSelect.value) q.set("builder", builderSelect.value);
+    if (projectSelect.value) q.set("project", projectSelect.value);
     if (text.value) q.set("q", text.value);
     location.hash = `#/jobs?${q}`;
   };
   form.addEventListener("submit", apply);
   stateSelect.addEventListener("change", apply);
   builderSelect.addEventListener("change", apply);
+  projectSelect.addEventListener("change", apply);
 
   let next = null;
   const load = async () => {
@@ -199,7 +259,7 @@ async function jobsPage(params) {
     const page = await api(`/v1/jobs?${q}`);
     next = page.next_cursor;
     body.replaceChildren(...page.jobs.map(jobRow));
-    if (!page.jobs.length) body.append(el("tr", {}, el("td", { colspan: 7, class: "muted", text: "No jobs." })));
+    if (!page.jobs.length) body.append(el("tr", {}, el("td", { colspan: COLUMNS.length, class: "muted", text: "No jobs." })));
     older.disabled = !next;
     newer.disabled = cursors.length === 1;
     status.textContent = `Updated ${new Date().toLocaleTimeString()}`;
@@ -212,26 +272,31 @@ async function jobsPage(params) {
   leave = () => clearInterval(timer);
 }
 
+const COLUMNS = ["State", "Job", "Commit", "Branch", "Trigger", "Builder", "Repository", "Image or error", "Created", "Duration"];
+
 function jobRow(job) {
-  const source = `${job.repo_url}@${job.ref}`;
   const result = job.error
     ? el("span", { class: "error", text: job.error })
     : el("code", { text: job.image_tag || "" });
+  const cell = (label, attrs, ...children) => el("td", Object.assign({ "data-label": label }, attrs), ...children);
   return el("tr", { "data-job": job.id },
-    el("td", { "data-label": "State" }, stateBadge(job.state)),
-    el("td", { "data-label": "Job", class: "wrap" }, el("a", { href: `#/jobs/${encodeURIComponent(job.id)}`, text: job.id })),
-    el("td", { "data-label": "Builder", text: job.builder }),
-    el("td", { "data-label": "Source", class: "wrap", text: source }),
-    el("td", { "data-label": "Image or error", class: "wrap" }, result),
-    el("td", { "data-label": "Created", text: when(job.created_at) }),
-    el("td", { "data-label": "Duration", text: duration(job) }));
+    cell("State", {}, stateBadge(job.state)),
+    cell("Job", {}, shortId(job.id, `#/jobs/${encodeURIComponent(job.id)}`)),
+    cell("Commit", {}, job.commit ? el("code", { title: job.commit, text: job.commit.slice(0, 8) }) : ""),
+    cell("Branch", { class: "wrap", text: branch(job.ref) }),
+    cell("Trigger", { text: trigger(job) }),
+    cell("Builder", { text: job.builder }),
+    cell("Repository", { class: "wrap", text: job.repo_url }),
+    cell("Image or error", { class: "wrap" }, result),
+    cell("Created", {}, ago(job.created_at)),
+    cell("Duration", { text: duration(job) }));
 }
 
 /** Whose fault a failed job's error says it is. */
 function fault(error) {
   const causes = [
-    ["build error:", "Your build failed: a step of the Dockerfile exited non-zero. Read the log."],
-    ["invalid job:", "The job cannot be built as given: fix the field the error names."],
+    ["build error:", "Your build failed: a step of the Dockerfile or the build tool failed. Read the log."],
+    ["invalid job:", "The job cannot be built as given: fix the field or the Dockerfile line the error names."],
     ["source error:", "The repository or ref could not be fetched."],
     ["registry error:", "The registry refused or could not be reached (retried while attempts were left)."],
     ["denied:", "The builder asked for something its grants do not allow."],
@@ -257,6 +322,29 @@ function phaseRows(phases) {
       el("li", {}, el("code", { text: p.name }), ` ${p.ms} ms${share(p)}`))))];
 }
 
+/**
+ * A job's resource use and why it waits, as the job JSON carries them:
+ * each shown only when present, entry by entry under its own name.
+ */
+function costs(job) {
+  const named = (value) => {
+    if (value === null || value === undefined) return [];
+    if (Array.isArray(value)) return value.map((v) => typeof v === "object" && v
+      ? [v.name || "", v.value ?? ""]
+      : [String(v), ""]);
+    if (typeof value === "object") return Object.entries(value);
+    return [[String(value), ""]];
+  };
+  const text = ([k, v]) => `${String(k).replace(/_/g, " ")}${v === "" ? "" : ` ${typeof v === "object" ? JSON.stringify(v) : v}`}`;
+  const out = [];
+  for (const [field, label] of [["resources", "Resources"], ["waiting_for", "Waiting for"]]) {
+    if (field === "waiting_for" && job.state !== "queued") continue;
+    const entries = named(job[field]);
+    if (entries.length) out.push(el("dt", { text: label }), el("dd", { id: field }, el("ul", {}, entries.map((e) => el("li", { text: text(e) })))));
+  }
+  return out;
+}
+
 async function jobPage(id) {
   document.title = `${id} · Helix Build`;
   let job = await api(`/v1/jobs/${encodeURIComponent(id)}`);
@@ -271,6 +359,7 @@ async function jobPage(id) {
       ["Builder", job.builder],
       ["Repository", job.repo_url],
       ["Ref", job.ref],
+      ["Commit", job.commit || "—"],
       ["Dockerfile", `${job.context || "."}/${job.dockerfile_path}${job.target ? ` (target ${job.target})` : ""}`],
       ["Image", job.image_tag || job.image || "—"],
       ["Digest", job.digest || "—"],
@@ -281,6 +370,8 @@ async function jobPage(id) {
       ["Duration", duration(job) || "—"],
     ];
     if (job.group) rows.push(["Group", job.group]);
+    if (job.project) rows.push(["Project", job.project]);
+    if (trigger(job)) rows.push(["Trigger", trigger(job)]);
     const platforms = Object.entries(job.manifest || {});
     fields.replaceChildren(
       ...rows.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: v })]),
@@ -288,13 +379,15 @@ async function jobPage(id) {
       el("dd", {}, platforms.length
         ? el("ul", {}, platforms.map(([p, d]) => el("li", {}, `${p} `, el("code", { text: d }))))
         : (job.platforms || []).join(", ")),
-      ...phaseRows(job.phases || []));
+      ...phaseRows(job.phases || []),
+      ...costs(job));
     faultBox.replaceChildren();
     if (job.error) {
       faultBox.append(el("div", { class: "fault", role: "note" },
         el("strong", { text: fault(job.error) }), el("span", { id: "job-error", text: job.error })));
     }
   };
+  cancel.hidden = cancel.hidden || !may("jobs:cancel");
   cancel.addEventListener("click", async () => {
     cancel.disabled = true;
     try { job = await api(`/v1/jobs/${encodeURIComponent(id)}/cancel`, { method: "POST" }); render(); }
@@ -333,105 +426,6 @@ async function jobPage(id) {
   follow();
   const timer = setInterval(() => { if (!ENDED.includes(job.state)) render(); }, 1000);
   leave = () => { clearInterval(timer); if (stream) stream.abort(); };
-}
-
-/**
- * Follows the job's log over server-sent events (read with fetch, so the
- * token goes in a header, never in the URL): lines are appended in batches
- * per frame; the view follows while scrolled to the bottom and stops
- * following when scrolled up.
- */
-async function logStream(id, timestamps, log, following, signal, onState, onEnd) {
-  const response = await fetch(`/v1/jobs/${encodeURIComponent(id)}/logs?follow=true&timestamps=${timestamps}`,
-    { headers: headers({ Accept: "text/event-stream" }), signal });
-  if (response.status === 401) throw new Unauthorized();
-  if (!response.ok) throw new Error(`HTTP ${response.status}`);
-  const atBottom = () => log.scrollTop + log.clientHeight >= log.scrollHeight - 8;
-  let stick = true;
-  const status = () => { following.textContent = stick ? "Following the log" : "Paused: scroll to the bottom to follow"; };
-  log.addEventListener("scroll", () => { stick = atBottom(); status(); });
-  status();
-  let pending = [];
-  let scheduled = false;
-  const flush = () => {
-    scheduled = false;
-    const fragment = document.createDocumentFragment();
-    for (const line of pending) appendAnsi(fragment, line);
-    pending = [];
-    log.append(fragment);
-    log.dataset.lines = String(Number(log.dataset.lines || 0) + fragment.childElementCount);
-    if (stick) log.scrollTop = log.scrollHeight;
-  };
-  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
-  let buffer = "";
-  for (;;) {
-    const { value, done } = await reader.read();
-    if (done) break;
-    buffer += value;
-    let cut;
-    while ((cut = buffer.indexOf("\n\n")) >= 0) {
-      const block = buffer.slice(0, cut);
-      buffer = buffer.slice(cut + 2);
-      let event = "message";
-      const data = [];
-      for (const line of block.split("\n")) {
-        if (line.startsWith("event:")) event = line.slice(6).trim();
-        else if (line.startsWith("data:")) data.push(line.slice(line.startsWith("data: ") ? 6 : 5));
-      }
-      const text = data.join("\n");
-      if (event === "log") {
-        pending.push(text);
-        if (!scheduled) { scheduled = true; requestAnimationFrame(flush); }
-      } else if (event === "state") onState(text);
-      else if (event === "end") {
-        if (pending.length) flush();
-        let ended = null;
-        try { ended = JSON.parse(text); } catch (_) { ended = null; }
-        onEnd(ended);
-        log.dataset.ended = "true";
-        following.textContent = "The job ended";
-      }
-    }
-  }
-}
-
-const SGR = /\x1b\[([0-9;]*)m/g;
-
-/** Appends `line` to `parent` as one line element, with its ANSI colours. */
-function appendAnsi(parent, line) {
-  const row = document.createElement("div");
-  // Other escape sequences (cursor moves, titles) are dropped.
-  const clean = line.replace(/\x1b\[[0-9;?]*[A-Za-ln-z]/g, "").replace(/\x1b\][^\x07]*\x07/g, "");
-  if (!clean.includes("\x1b[")) {
-    row.textContent = clean;
-    parent.append(row);
-    return;
-  }
-  let classes = [];
-  let last = 0;
-  const push = (text) => {
-    if (!text) return;
-    if (!classes.length) { row.append(text); return; }
-    const span = document.createElement("span");
-    span.className = classes.join(" ");
-    span.textContent = text;
-    row.append(span);
-  };
-  for (const match of clean.matchAll(SGR)) {
-    push(clean.slice(last, match.index));
-    last = match.index + match[0].length;
-    for (const code of (match[1] || "0").split(";").map(Number)) {
-      if (code === 0) classes = [];
-      else if (code === 1) classes.push("ansi-bold");
-      else if (code >= 30 && code <= 37) classes = classes.filter((c) => !c.startsWith("fg-")).concat(`fg-${code}`);
-      else if (code >= 90 && code <= 97) classes = classes.filter((c) => !c.startsWith("fg-")).concat(`fg-${code - 60}`, "ansi-bold");
-      else if (code >= 40 && code <= 47) classes = classes.filter((c) => !c.startsWith("bg-")).concat(`bg-${code}`);
-      else if (code === 39) classes = classes.filter((c) => !c.startsWith("fg-"));
-      else if (code === 49) classes = classes.filter((c) => !c.startsWith("bg-"));
-    }
-  }
-  push(clean.slice(last));
-  parent.append(row);
 }
 
 async function showAudit(id, into) {
@@ -493,78 +487,13 @@ async function buildersPage() {
   })));
 }
 
-// --- Submit -------------------------------------------------------------------
-
-async function submitPage() {
-  document.title = "Submit · Helix Build";
-  const names = await builders();
-  const field = (name, label, input, hint) => {
-    input.id = `f-${name}`;
-    input.name = name;
-    const error = el("span", { class: "field-error", id: `f-${name}-error`, role: "alert" });
-    input.setAttribute("aria-describedby", `f-${name}-error`);
-    return el("label", { for: input.id }, label, input, hint ? el("span", { class: "muted", text: hint }) : null, error);
-  };
-  const inputs = {
-    repo_url: el("input", { type: "text", required: true, placeholder: "https://git.example/team/app.git" }),
-    ref: el("input", { type: "text", placeholder: "main" }),
-    dockerfile_path: el("input", { type: "text", placeholder: "Dockerfile" }),
-    context: el("input", { type: "text", placeholder: "." }),
-    build_args: el("textarea", { rows: 3, placeholder: "KEY=value, one per line" }),
-    platforms: el("input", { type: "text", placeholder: "linux/amd64, linux/arm64" }),
-    builder: el("select", {}, el("option", { value: "", text: "(the server's default)" }), names.map((n) => el("option", { value: n, text: n }))),
-    image: el("input", { type: "text", placeholder: "registry.example/team/app:tag" }),
-  };
-  const problem = el("p", { class: "error", role: "alert", id: "submit-error" });
-  const form = el("form", { class: "form", novalidate: true, "aria-labelledby": "submit-title" },
-    field("repo_url", "Repository URL", inputs.repo_url),
-    field("ref", "Ref", inputs.ref, "branch, tag or commit"),
-    field("dockerfile_path", "Dockerfile", inputs.dockerfile_path),
-    field("context", "Context", inputs.context),
-    field("build_args", "Build args", inputs.build_args),
-    field("platforms", "Platforms", inputs.platforms, "comma-separated"),
-    field("builder", "Builder", inputs.builder),
-    field("image", "Image", inputs.image),
-    problem,
-    el("button", { type: "submit", class: "primary", text: "Submit build" }));
-  show(el("h1", { id: "submit-title", text: "Submit a build" }), form);
-  inputs.repo_url.focus();
-  form.addEventListener("submit", async (event) => {
-    event.preventDefault();
-    for (const [name, input] of Object.entries(inputs)) {
-      input.removeAttribute("aria-invalid");
-      document.getElementById(`f-${name}-error`).textContent = "";
-    }
-    problem.textContent = "";
-    const request = { repo_url: inputs.repo_url.value.trim() };
-    const optional = { ref: inputs.ref, dockerfile_path: inputs.dockerfile_path, context: inputs.context, builder: inputs.builder, image: inputs.image };
-    for (const [name, input] of Object.entries(optional)) if (input.value.trim()) request[name] = input.value.trim();
-    const args = inputs.build_args.value.split("\n").map((l) => l.trim()).filter(Boolean);
-    if (args.length) request.build_args = Object.fromEntries(args.map((l) => { const i = l.indexOf("="); return i < 0 ? [l, ""] : [l.slice(0, i), l.slice(i + 1)]; }));
-    const platforms = inputs.platforms.value.split(",").map((p) => p.trim()).filter(Boolean);
-    if (platforms.length) request.platforms = platforms;
-    try {
-      const job = await api("/v1/jobs", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(request) });
-      location.hash = `#/jobs/${encodeURIComponent(job.id)}`;
-    } catch (e) {
-      if (e instanceof Unauthorized) return signIn(submitPage);
-      const at = e.field && inputs[e.field.split(/[.[]/)[0]];
-      if (at) {
-        at.setAttribute("aria-invalid", "true");
-        document.getElementById(`${at.id}-error`).textContent = e.message;
-        at.focus();
-      } else {
-        problem.textContent = e.message;
-      }
-    }
-  });
-}
-
 // --- Start ----------------------------------------------------------------------
 
 document.getElementById("sign-out").addEventListener("click", () => {
   sessionStorage.removeItem(TOKEN_KEY);
   builderNames = null;
+  me = null;
+  document.getElementById("who").hidden = true;
   route();
 });
 window.addEventListener("hashchange", route);

@@ -15,6 +15,9 @@ use axum::routing::get;
 
 const INDEX: &str = include_str!("index.html");
 const SCRIPT: &str = include_str!("app.js");
+const LOG_SCRIPT: &str = include_str!("log.js");
+const SUBMIT_SCRIPT: &str = include_str!("submit.js");
+const ICON: &str = include_str!("favicon.svg");
 const STYLE: &str = include_str!("app.css");
 
 const POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
@@ -30,9 +33,18 @@ pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
             get(|| asset("text/javascript; charset=utf-8", SCRIPT)),
         )
         .route(
+            "/ui/log.js",
+            get(|| asset("text/javascript; charset=utf-8", LOG_SCRIPT)),
+        )
+        .route(
+            "/ui/submit.js",
+            get(|| asset("text/javascript; charset=utf-8", SUBMIT_SCRIPT)),
+        )
+        .route(
             "/ui/app.css",
             get(|| asset("text/css; charset=utf-8", STYLE)),
         )
+        .route("/ui/favicon.svg", get(|| asset("image/svg+xml", ICON)))
 }
 
 async fn asset(content_type: &'static str, body: &'static str) -> impl IntoResponse {

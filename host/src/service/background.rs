@@ -33,9 +33,10 @@ pub(super) async fn worker(inner: Arc<Inner>) {
             .into_iter()
             .map(String::from)
             .collect();
+        let quotas = inner.projects().quotas;
         let rules = ClaimRules {
             builders: &builders,
-            max_running: &inner.config.quotas.max_running,
+            max_running: &quotas.max_running,
             default_ttl: inner.config.queue_ttl,
         };
         // Registered before looking, so news arriving meanwhile is kept.

@@ -142,7 +142,7 @@ impl Failure {
 /// when the run reached one: the limit is named first (with the setting
 /// that raises it), the tool's own error after it.
 pub(crate) fn outcome(failure: Failure, limit: Option<&str>, log: &JobLog) -> Outcome {
-    let message = log.redact(&failure.to_string());
+    let message = without_dumps(&log.redact(&failure.to_string()));
     match failure.ending() {
         Ending::Cancelled(reason) => Outcome::Cancelled { reason },
         Ending::TimedOut => Outcome::TimedOut { message },
@@ -170,6 +170,67 @@ pub(crate) fn outcome(failure: Failure, limit: Option<&str>, log: &JobLog) -> Ou
             _ => Outcome::failed(kind, message),
         },
     }
+}
+
+/// `message` without the Go values a build tool printed with `%#v`
+/// (`Unknown instruction: "RUNN" &imagebuilder.Step{Env:[]string{…}, …}`
+/// reads `Unknown instruction: "RUNN"`): a `package.Type{…}`, `&` before
+/// it or not, to its matching brace (braces in quoted strings skipped).
+fn without_dumps(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some((before, after)) = next_dump(rest) {
+        out.push_str(before.trim_end());
+        rest = after;
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The text before the first dump in `text` and the text after it.
+fn next_dump(text: &str) -> Option<(&str, &str)> {
+    let is_name = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '.';
+    let mut search = 0;
+    while let Some(found) = text[search..].find('{') {
+        let brace = search + found;
+        let start = text[..brace]
+            .char_indices()
+            .rev()
+            .take_while(|&(_, c)| is_name(c))
+            .last()
+            .map_or(brace, |(i, _)| i);
+        let name = &text[start..brace];
+        let typed = name.contains('.')
+            && name.starts_with(|c: char| c.is_ascii_alphabetic())
+            && !name.ends_with('.');
+        if typed && let Some(end) = matching_brace(&text[brace..]) {
+            let start = text[..start].strip_suffix('&').map_or(start, str::len);
+            return Some((&text[..start], &text[brace + end + 1..]));
+        }
+        search = brace + 1;
+    }
+    None
+}
+
+/// The index of the brace closing the one `text` starts with.
+fn matching_brace(text: &str) -> Option<usize> {
+    let (mut depth, mut quoted, mut escaped) = (0usize, false, false);
+    for (i, c) in text.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            '{' if !quoted => depth += 1,
+            '}' if !quoted => {
+                depth -= 1;
+                if depth == 0 {
+                    return Some(i);
+                }
+            }
+            _ => {}
+        }
+    }
+    None
 }
 
 /// Whether a tool's error (not a build step's output) says the disk it
@@ -279,6 +340,17 @@ mod tests {
                 .starts_with("invalid job: base image r.test/base:1 does not exist")
         );
         assert!(!retried);
+        let dumped = reported(Reported::Build(
+            "buildah build failed: Unknown instruction: \"RUNN\" &imagebuilder.Step{Env:[]string{\"PATH=/x\"}, \
+             Command:\"runn\", Args:[]string{\"echo }\"}, Flags:map[string]string{}}: exit status 125"
+                .into(),
+        ));
+        assert_eq!(
+            error_of(dumped, None).0.as_deref(),
+            Some(
+                "build error: buildah build failed: Unknown instruction: \"RUNN\": exit status 125"
+            )
+        );
         let gone = Failure::Checkout(CheckoutError::RefNotFound {
             url: "http://git.test/r.git".into(),
             git_ref: "x".into(),

@@ -45,6 +45,7 @@ use futures_util::future::BoxFuture;
 use tokio::sync::{Notify, broadcast};
 use tokio::task::JoinSet;
 
+use crate::access::Access;
 use crate::cgroup::Cgroups;
 use crate::hooks::Webhooks;
 use crate::job::{InvalidJob, Job, JobId, State, SubmitPolicy};
@@ -83,8 +84,6 @@ pub struct ServiceConfig {
     pub retention: Retention,
     /// How long a job waits in the queue before it expires, unless it says.
     pub queue_ttl: Option<Duration>,
-    /// Incoming git webhooks and what they build.
-    pub webhooks: Arc<Webhooks>,
     /// Where each job's end is told.
     pub notifications: Arc<Notifications>,
     /// Signs and attaches the provenance of real builds; `None`: off.
@@ -110,8 +109,20 @@ pub struct ServiceConfig {
     /// Where builders are loaded from again on a reload; `None`: reloads
     /// are refused.
     pub reload: Option<Arc<dyn BuilderReload>>,
+}
+
+/// What the config says of projects, read with the builders and swapped
+/// with them whole on a reload: who may call (tokens with their scopes
+/// and expiry, each project's repositories, images, secrets and
+/// builders), the webhooks and the quotas. Jobs already accepted keep
+/// what they were accepted with.
+#[derive(Debug, Clone, Default)]
+pub struct Projects {
+    pub access: Arc<Access>,
+    /// Incoming git webhooks and what they build.
+    pub webhooks: Arc<Webhooks>,
     /// Each project's limits on its running and waiting jobs.
-    pub quotas: Quotas,
+    pub quotas: Arc<Quotas>,
 }
 
 /// Projects' limits (`[projects.NAME]` `max_running`, `max_queued`); a
@@ -124,10 +135,17 @@ pub struct Quotas {
     pub max_queued: BTreeMap<String, usize>,
 }
 
-/// Loads the builders anew, for [`Service::reload_builders`]: the
-/// runtime, and what submissions may name with it.
+/// What a reload loads: the builders, what submissions may name with
+/// them, and the projects.
+pub struct Reloaded {
+    pub runtime: PluginRuntime,
+    pub policy: SubmitPolicy,
+    pub projects: Projects,
+}
+
+/// Loads the builders and projects anew, for [`Service::reload_builders`].
 pub trait BuilderReload: Send + Sync {
-    fn load(&self) -> BoxFuture<'_, Result<(PluginRuntime, SubmitPolicy), String>>;
+    fn load(&self) -> BoxFuture<'_, Result<Reloaded, String>>;
 }
 
 /// Why a request to the service was refused. Nothing is changed when one
@@ -207,6 +225,7 @@ struct Inner {
 struct Loaded {
     runtime: Arc<PluginRuntime>,
     policy: Arc<SubmitPolicy>,
+    projects: Projects,
 }
 
 /// How long, and how many, ended jobs are kept with their logs; the rest
@@ -228,15 +247,18 @@ impl Service {
     /// Recovers the runs an earlier process of this host left behind, then
     /// starts `config.workers` workers and the queue's background tasks on
     /// the current tokio runtime. `policy` says what a submission may
-    /// contain with `runtime`'s builders; a reload replaces both.
+    /// contain with `runtime`'s builders; a reload replaces them and
+    /// `projects`.
     pub async fn start(
         config: ServiceConfig,
         runtime: Arc<PluginRuntime>,
         policy: SubmitPolicy,
+        projects: Projects,
     ) -> Result<Self, StoreError> {
         let loaded = Loaded {
             runtime,
             policy: Arc::new(policy),
+            projects,
         };
         let inner = Arc::new(Inner {
             loaded: std::sync::RwLock::new(loaded),
@@ -291,9 +313,9 @@ impl Service {
         &self.inner.http
     }
 
-    /// The webhook settings.
-    pub fn webhooks(&self) -> &Webhooks {
-        &self.inner.config.webhooks
+    /// The projects in force now: tokens, webhooks, quotas.
+    pub fn projects(&self) -> Projects {
+        self.inner.projects()
     }
 
     /// The builders in use now.
@@ -301,20 +323,26 @@ impl Service {
         self.inner.runtime()
     }
 
-    /// Loads the builders again (from the config file the server started
-    /// with) and uses them for jobs that start from now on; running jobs
-    /// finish on the builder they started with. When any component fails
-    /// to load or check, nothing changes and the error says why.
+    /// Loads the builders and the projects again (from the config file
+    /// the server started with) and uses them for requests and jobs that
+    /// start from now on; running jobs finish on the builder they started
+    /// with. When the file or any component fails to load or check,
+    /// nothing changes and the error says why.
     pub async fn reload_builders(&self) -> Result<Arc<PluginRuntime>, ServiceError> {
         let reload =
             self.inner.config.reload.as_ref().ok_or_else(|| {
                 ServiceError::Reload("this service has no config to reload".into())
             })?;
-        let (runtime, policy) = reload.load().await.map_err(ServiceError::Reload)?;
+        let Reloaded {
+            runtime,
+            policy,
+            projects,
+        } = reload.load().await.map_err(ServiceError::Reload)?;
         let runtime = Arc::new(runtime);
         *self.inner.loaded.write().unwrap_or_else(|e| e.into_inner()) = Loaded {
             runtime: runtime.clone(),
             policy: Arc::new(policy),
+            projects,
         };
         let digests: Vec<String> = runtime
             .builders()
@@ -385,6 +413,15 @@ impl Inner {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .policy
+            .clone()
+    }
+
+    /// The projects in force now.
+    fn projects(&self) -> Projects {
+        self.loaded
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .projects
             .clone()
     }
 

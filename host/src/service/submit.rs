@@ -44,8 +44,9 @@ impl Service {
         let capacity = self.inner.config.queue_capacity;
         let queue = &self.inner.config.queue;
         let waiting = queue.depth().await?;
+        let quotas = self.inner.projects().quotas;
         let project_quota = match job.project.as_deref() {
-            Some(name) => match self.inner.config.quotas.max_queued.get(name) {
+            Some(name) => match quotas.max_queued.get(name) {
                 Some(most) => Some((name, *most, queue.depth_of(name).await?)),
                 None => None,
             },

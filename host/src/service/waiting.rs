@@ -32,10 +32,11 @@ impl Service {
             .values()
             .filter(|e| !e.job.state.is_terminal())
             .count();
+        let quotas = inner.projects().quotas;
         let waits = Waits {
             running: &running,
             workers_busy: busy_here >= inner.config.workers,
-            project_max_running: &inner.config.quotas.max_running,
+            project_max_running: &quotas.max_running,
             now: Utc::now(),
         };
         let runtime = inner.runtime();

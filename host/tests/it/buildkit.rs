@@ -260,9 +260,22 @@ async fn without_an_engine_or_with_one_that_does_not_answer_the_job_says_which_a
     let dir = tempfile::tempdir().unwrap();
     let config = common::real_config(&dir, &registry.address);
 
-    let error = buildkit_job_error(&config, &repo).await;
-    assert!(error.starts_with("denied: "), "{error}");
-    assert!(error.contains("`engine`"), "{error}");
+    // Without one, buildkit is not offered: its job is refused at submit.
+    let refused = start(&config)
+        .await
+        .submit(JobRequest {
+            repo_url: repo.url(),
+            builder: Some("buildkit".into()),
+            ..JobRequest::default()
+        })
+        .await;
+    match refused {
+        Err(helix_build::service::ServiceError::Invalid(e)) => {
+            assert_eq!(e.field, "builder", "{e}");
+            assert!(e.message.contains("builders.buildkit.engine"), "{e}");
+        }
+        other => panic!("expected a refusal naming the setting, got {other:?}"),
+    }
 
     let socket = format!("unix://{}/nobody.sock", dir.path().display());
     let error = buildkit_job_error(&common::with_engine_at(config, &socket), &repo).await;

@@ -38,8 +38,8 @@ pub fn program(command: &str, args: &[&str]) -> ProgramGrant {
     }
 }
 
-/// A config for tests: data in `dir`, and every testing plugin loaded
-/// beside the built-in builders, with a 2 s time limit and 64 MiB of
+/// A config for tests: data in `dir`, `simulated` the default builder,
+/// and every testing plugin loaded beside the built-in builders, with a 2 s time limit and 64 MiB of
 /// memory. `exec` may run `sh -c <one script>`; `shell` only
 /// `sh -c "echo hello"`. Compiled components
 /// are cached in one directory shared by all tests, so each is compiled once
@@ -72,6 +72,9 @@ pub fn config(dir: &tempfile::TempDir, workers: usize, queue_capacity: usize) ->
         workers,
         queue_capacity,
         builders,
+        // Jobs that name no builder are simulated here, whatever this
+        // host could run (the default when unset is a real builder).
+        default_builder: Some("simulated".into()),
         ..Config::default()
     }
     .validated()
@@ -148,6 +151,7 @@ pub fn simulated(delay_ms: u64) -> JobRequest {
     JobRequest {
         repo_url: "https://git.example/team/app.git".into(),
         build_args,
+        builder: Some("simulated".into()),
         ..JobRequest::default()
     }
 }

@@ -496,9 +496,8 @@ async fn dockerfiles_that_break_a_host_rule_are_refused_before_any_build() {
             let error = job.error.clone().unwrap_or_default();
             assert_eq!(job.state, State::Failed, "{builder} {text:?}");
             assert!(
-                error.starts_with("invalid job: ")
-                    && error.contains(&format!("line {line}: "))
-                    && error.contains(&format!("(rule `{rule}`)")),
+                error.starts_with(&format!("invalid job: Dockerfile line {line}: "))
+                    && (*rule == "parse") != error.contains(&format!("(rule `{rule}`)")),
                 "{builder} {text:?}: expected rule {rule} at line {line}, got {error:?}"
             );
             assert!(

@@ -110,7 +110,6 @@ async fn builders_report_their_info_and_digest() {
         names,
         [
             "buildah",
-            "buildkit",
             "empty-tag",
             "escape",
             "exec",

@@ -102,7 +102,7 @@ struct Server {
 impl Server {
     async fn start(config: &Config) -> Server {
         let service = app::start(config).await.expect("service starts");
-        let router = api::router(service.clone(), config.access().expect("tokens load"));
+        let router = api::router(service.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, router).await });

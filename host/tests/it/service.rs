@@ -375,6 +375,7 @@ async fn operator_delay_setting_is_honoured_and_invalid_values_fail_the_job() {
     let service = start(&config).await;
     let plain = JobRequest {
         repo_url: "https://git.example/a.git".into(),
+        builder: Some("simulated".into()),
         ..JobRequest::default()
     };
     let job = service.submit(plain).await.unwrap();
@@ -461,7 +462,7 @@ async fn invalid_submissions_store_nothing() {
         .to_string();
     assert!(
         err.contains(
-            "available: buildah, buildkit, empty-tag, escape, exec, hog, panic, podman, shell, simulated, spin, ungranted"
+            "available: buildah, empty-tag, escape, exec, hog, panic, podman, shell, simulated, spin, ungranted"
         ),
         "{err}"
     );

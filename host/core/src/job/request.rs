@@ -138,6 +138,9 @@ pub struct SubmitPolicy {
     /// Builders a job may name (those loaded on this host), each with the
     /// platforms it can build here; `None`: any (a simulated builder).
     pub builders: BTreeMap<String, Option<Vec<Platform>>>,
+    /// Builders this host knows but cannot run, each with why and the
+    /// setting to change: a job naming one is refused with it.
+    pub unavailable: BTreeMap<String, String>,
     /// Build secrets the operator defined: what a job of no project may
     /// name, and what a project's secrets are taken from.
     pub secrets: BTreeSet<String>,
@@ -192,6 +195,9 @@ impl Job {
             .builder
             .unwrap_or_else(|| policy.default_builder.clone());
         let project = policy.project.as_deref();
+        if let Some(reason) = policy.unavailable.get(&builder) {
+            return Err(InvalidJob::new("builder", reason.clone()));
+        }
         let Some(buildable) = policy.builders.get(&builder) else {
             let available: Vec<&str> = policy.builders.keys().map(String::as_str).collect();
             return Err(InvalidJob::new(
@@ -533,6 +539,26 @@ mod tests {
         .unwrap_err();
         assert_eq!(err.field, "builder");
         assert!(err.message.contains("available: simulated"), "{err}");
+    }
+
+    #[test]
+    fn a_builder_that_cannot_run_here_is_refused_with_its_reason() {
+        let policy = SubmitPolicy {
+            unavailable: BTreeMap::from([(
+                "buildkit".to_string(),
+                "set builders.buildkit.engine".to_string(),
+            )]),
+            ..SubmitPolicy::for_builders("simulated", ["simulated"])
+        };
+        let request = JobRequest {
+            builder: Some("buildkit".into()),
+            ..request()
+        };
+        let err = Job::from_request(request, &policy, Utc::now()).unwrap_err();
+        assert_eq!(
+            (err.field, err.message.as_str()),
+            ("builder", "set builders.buildkit.engine")
+        );
     }
 
     #[test]

@@ -445,6 +445,12 @@ impl HostCommand<'_> {
     }
 }
 
+/// Whether `program` (a bare name, looked up in this process's `PATH`,
+/// or an absolute path) is an executable on this host.
+pub fn is_installed(program: &str) -> bool {
+    resolve_program(program, std::env::var_os("PATH").as_deref()).is_ok()
+}
+
 /// The executable for a granted program name: an absolute path as is, a
 /// bare name from the absolute entries of `search_path`.
 fn resolve_program(

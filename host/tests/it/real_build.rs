@@ -60,7 +60,7 @@ async fn podman_builds_copy_run_and_build_args_and_the_image_pulls_back_by_diges
         logs.iter().any(|l| l.starts_with("[helix] verified:")),
         "{logs:?}"
     );
-    // No provenance is configured: nothing is attested.
+    // Provenance is on by default: the build is attested.
     assert_eq!(
         common::phase_names(&job),
         [
@@ -71,6 +71,7 @@ async fn podman_builds_copy_run_and_build_args_and_the_image_pulls_back_by_diges
             "build",
             "push",
             "registry_check",
+            "attest",
             "clean_up"
         ]
     );

@@ -212,6 +212,7 @@ async fn by_hand(
                 registries: vec![registry.to_string()],
                 cgroup: cgroup.as_ref(),
                 cgroup_namespace: false,
+                users: Some(helix_build::jail::IdRange::DEFAULT),
             })
             .await
             .unwrap(),

@@ -425,6 +425,14 @@ impl Inner {
             .secrets
             .write(&job.secrets, &dirs.secrets())
             .map_err(Failure::Secrets)?;
+        // The checkout and the secrets, written since the jail was made.
+        if let Some(jail) = &jail {
+            let secrets_dir = dirs.secrets();
+            std::iter::once(&workspace)
+                .chain(Some(&secrets_dir).filter(|dir| dir.exists()))
+                .try_for_each(|path| jail.hand_over(path))
+                .map_err(|e| Failure::Jail(e.to_string()))?;
+        }
         let workspace_dir = workspace.clone();
         let mut program_env = engine.map(|e| e.env()).unwrap_or_default();
         // The run's own registry settings over the engine's client

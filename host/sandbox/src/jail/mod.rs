@@ -171,6 +171,8 @@ pub enum JailError {
     Network(#[from] net::NetError),
     #[error("cannot make the jail's user namespace: {0}")]
     Users(#[source] std::io::Error),
+    #[error("cannot let the jail's root make groups in the run's control groups: {0}")]
+    Delegate(#[source] std::io::Error),
     #[error("cannot hand {} over to the jail's root: {source}", path.display())]
     HandOver {
         path: PathBuf,
@@ -250,7 +252,7 @@ impl Jail {
                 .chain(&spec.blob_info_cache);
             for path in handed {
                 users
-                    .hand_over(path, false)
+                    .hand_over(path)
                     .map_err(|source| JailError::HandOver {
                         path: path.clone(),
                         source,
@@ -259,10 +261,7 @@ impl Jail {
             if let Some(cgroup) = spec.cgroup {
                 cgroup
                     .delegate(users.range().first)
-                    .map_err(|source| JailError::HandOver {
-                        path: "the run's control groups".into(),
-                        source,
-                    })?;
+                    .map_err(JailError::Delegate)?;
             }
         }
         let prelude = match (spec.cgroup_namespace, spec.cgroup) {
@@ -287,12 +286,10 @@ impl Jail {
     /// the secrets); nothing without a user namespace.
     pub fn hand_over(&self, path: &Path) -> Result<(), JailError> {
         match &self.users {
-            Some(users) => users
-                .hand_over(path, true)
-                .map_err(|source| JailError::HandOver {
-                    path: path.to_path_buf(),
-                    source,
-                }),
+            Some(users) => users.hand_over(path).map_err(|source| JailError::HandOver {
+                path: path.to_path_buf(),
+                source,
+            }),
             None => Ok(()),
         }
     }

@@ -146,21 +146,22 @@ impl UserNs {
         self.range
     }
 
-    /// Makes the jail's root own `path` and, when `whole` or when `path`
-    /// was not the jail's yet, everything below it: what the host wrote
-    /// for the run (its directories, checkout, secrets, copy of the
-    /// credentials) the jail then reads and writes as its own. Links are
-    /// changed themselves, never followed.
-    pub(super) fn hand_over(&self, path: &Path, whole: bool) -> io::Result<()> {
+    /// Makes the jail's root own `path` and everything below it that is
+    /// the host's: what the host wrote for the run (its directories,
+    /// checkout, secrets, copy of the credentials) and what the host's
+    /// root left in a cache slot, the jail then reads and writes as its
+    /// own. What a jail's user owns stays as it is; links are changed
+    /// themselves, never followed.
+    pub(super) fn hand_over(&self, path: &Path) -> io::Result<()> {
         let root = self.range.first;
         let meta = path.symlink_metadata()?;
-        if !whole && meta.uid() == root && meta.gid() == root {
-            return Ok(());
+        let (end, owner) = (self.range.first + (self.range.count - 1), meta.uid());
+        if !(root..=end).contains(&owner) {
+            std::os::unix::fs::lchown(path, Some(root), Some(root))?;
         }
-        std::os::unix::fs::lchown(path, Some(root), Some(root))?;
         if meta.is_dir() {
             for entry in std::fs::read_dir(path)? {
-                self.hand_over(&entry?.path(), true)?;
+                self.hand_over(&entry?.path())?;
             }
         }
         Ok(())

@@ -36,7 +36,7 @@ use helix_build::app;
 use helix_build::cancel::CancelSignal;
 use helix_build::cgroup::{BuildLimits, Cgroups};
 use helix_build::exec::HostCommand;
-use helix_build::jail::{Jail, JailSpec};
+use helix_build::jail::{IdRange, Jail, JailSpec};
 use helix_build::job::{JobRequest, Phase, PhaseName};
 use helix_build::log::JobLog;
 use helix_build::network::BuildNetwork;
@@ -235,6 +235,7 @@ async fn by_hand(
                 registries: vec![registry.to_string()],
                 cgroup: cgroup.as_ref(),
                 cgroup_namespace: false,
+                users: Some(IdRange::DEFAULT),
             })
             .await
             .unwrap(),
@@ -259,6 +260,10 @@ async fn by_hand(
             &["clone", "-q", "--depth", "1", "--", url, "src"],
         )
     });
+    // As a run's checkout, the clone is the jail's root's.
+    if let Some(jail) = &jail {
+        jail.hand_over(&work.path().join("src")).unwrap();
+    }
     let env = std::collections::BTreeMap::from([(
         "PATH".to_string(),
         std::env::var("PATH").unwrap_or_default(),

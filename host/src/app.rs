@@ -113,6 +113,7 @@ pub async fn start_with(
         secrets,
         cache: Arc::new(config.build_cache()),
         max_attempts: config.max_attempts,
+        jail_users: config.jail_uid_range,
         registries: config.registry_access(),
         checkout: Checkout {
             allow_file_repos: config.allow_file_repos,

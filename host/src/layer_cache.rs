@@ -115,10 +115,13 @@ impl StorageDriver {
 pub fn storage_conf(driver: StorageDriver, dir: &Path) -> String {
     // containers/storage reads this file as TOML; Debug quoting is TOML's
     // basic-string escaping for the paths a data dir can have.
+    // The same storage for root of a user namespace (a jail's), which
+    // containers/storage takes for rootless and which reads only
+    // `rootless_storage_path`.
+    let storage = dir.join("storage").display().to_string();
     format!(
-        "[storage]\ndriver = \"{}\"\ngraphroot = {:?}\nrunroot = {:?}\n",
+        "[storage]\ndriver = \"{}\"\ngraphroot = {storage:?}\nrunroot = {:?}\nrootless_storage_path = {storage:?}\n",
         driver.as_str(),
-        dir.join("storage").display().to_string(),
         dir.join("run").display().to_string(),
     )
 }

@@ -370,6 +370,17 @@ impl RunCgroup {
         &self.everywhere
     }
 
+    /// Lets the host user `id` make groups in the run's group in every
+    /// hierarchy (a jail's root, for runc's groups of the build steps):
+    /// its directories become `id`'s, their files — the limits — stay
+    /// the host's.
+    pub fn delegate(&self, id: u32) -> std::io::Result<()> {
+        for (_, dir) in &self.everywhere {
+            std::os::unix::fs::chown(dir, Some(id), Some(id))?;
+        }
+        Ok(())
+    }
+
     /// Descriptors that, written "0" to, move the writing process into the
     /// run's group: for a child between fork and exec, where nothing may
     /// allocate.

@@ -118,6 +118,9 @@ impl ManagedEngine {
             registries,
             cgroup: Some(&cgroup),
             cgroup_namespace: true,
+            // dockerd needs the host's root (see README's "The BuildKit
+            // builder").
+            users: None,
         })
         .await?;
         let socket = exec_root.join("docker.sock");

@@ -41,6 +41,10 @@ impl DiskQuota {
     pub fn persistent(dir: &Path, mib: u64) -> std::io::Result<Self> {
         let image = image_of(dir);
         if is_mountpoint(dir) {
+            // As mounted by a server before jails had users.
+            run(Command::new("mount")
+                .args(["-o", "remount,suid,dev"])
+                .arg(dir))?;
             return Ok(DiskQuota {
                 dir: dir.to_path_buf(),
                 image,
@@ -70,9 +74,14 @@ impl DiskQuota {
                 .arg("lazy_itable_init=1,lazy_journal_init=1,nodiscard")
                 .arg(&image))?;
         }
+        // Not `nosuid` or `nodev`: a jail's user namespace cannot remount
+        // what it binds from here without them, and runc 1.1 (a build
+        // step's read-only bind mounts, secrets) does. The jail's root
+        // can make no device (no CAP_MKNOD on the host) and no program
+        // that runs as a host user outside its range.
         let options = match persistent {
-            true => "loop,discard,nosuid,nodev",
-            false => "loop,discard,nosuid,nodev,noatime",
+            true => "loop,discard",
+            false => "loop,discard,noatime",
         };
         run(Command::new("mount")
             .args(["-o", options])

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::hooks::{HookConfig, HookRule, Webhooks};
+use crate::jail::IdRange;
 use crate::log::OutputCaps;
 use crate::notify::{Notifications, NotifyTarget};
 use crate::provenance::dsse::SigningKey;
@@ -135,6 +136,10 @@ pub struct Config {
     /// slots (one per worker); a slot past its share is emptied after its
     /// job.
     pub build_cache_mib: u64,
+    /// The host ids (`"FIRST:COUNT"`) a run's jail maps its users to:
+    /// root in the jail, and in the build steps, is host user FIRST.
+    /// Shared by every run (the cache slots' layers stay owned by it).
+    pub jail_uid_range: IdRange,
     /// Build secrets by the name jobs use (`RUN --mount=type=secret,id=NAME`),
     /// each read from the server's environment or a file when it starts.
     pub secrets: BTreeMap<String, SecretSource>,
@@ -188,6 +193,7 @@ impl Default for Config {
             secrets: BTreeMap::new(),
             file: None,
             build_cache_mib: 20 * 1024,
+            jail_uid_range: IdRange::DEFAULT,
             builders: BTreeMap::new(),
         }
     }
@@ -409,6 +415,27 @@ mod tests {
         assert_eq!(config.projects["web"].tokens.len(), 2);
         assert_eq!(config.projects["web"].secrets, ["npm_token"]);
         assert_eq!(config.projects["web"].max_running, Some(4));
+        assert_eq!(config.jail_uid_range, IdRange::DEFAULT);
+    }
+
+    /// A jail's range is unprivileged: above the host's own users, not
+    /// reaching the kernel's "no id".
+    #[test]
+    fn a_jail_uid_range_is_above_the_host_users() {
+        let range = parse("jail_uid_range = '200000:65536'")
+            .unwrap()
+            .jail_uid_range;
+        assert_eq!((range.first, range.count), (200_000, 65536));
+        for bad in [
+            "0:65536",
+            "1000:65536",
+            "200000",
+            "200000:0",
+            "4294967000:65536",
+        ] {
+            let err = parse(&format!("jail_uid_range = '{bad}'")).unwrap_err();
+            assert!(err.contains("is not an id range"), "{bad}: {err}");
+        }
     }
 
     #[test]

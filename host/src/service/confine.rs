@@ -75,6 +75,9 @@ impl Inner {
             registries: self.config.registries.operator().endpoints(),
             cgroup,
             cgroup_namespace: false,
+            // A Docker client speaks to the engine's socket, the host
+            // root's: it runs as that root.
+            users: engine.is_none().then_some(self.config.jail_users),
         })
         .await
         .map_err(|e| e.to_string())

@@ -48,6 +48,7 @@ use tokio::task::JoinSet;
 use crate::access::Access;
 use crate::cgroup::Cgroups;
 use crate::hooks::Webhooks;
+use crate::jail::IdRange;
 use crate::job::{InvalidJob, Job, JobId, State, SubmitPolicy};
 use crate::layer_cache::BuildCache;
 use crate::log::{LogLine, OutputCaps};
@@ -106,6 +107,8 @@ pub struct ServiceConfig {
     /// Runs a job may start before an interruption (its host dying while
     /// it ran) fails it instead of queueing it again.
     pub max_attempts: u32,
+    /// The host ids a run's jail maps its users to (`jail_uid_range`).
+    pub jail_users: IdRange,
     /// Where builders are loaded from again on a reload; `None`: reloads
     /// are refused.
     pub reload: Option<Arc<dyn BuilderReload>>,

@@ -8,6 +8,8 @@
 //!   slot), never in the host's `/var/tmp`: a write past the quota fails
 //!   naming the limit, and a `no_cache` job does not read what a cached
 //!   job left;
+//! - root in the jail, and in a `RUN` step, is a host user of the
+//!   jail's range, which owns what the jail writes;
 //! - twenty cancels during `RUN` steps leave no uplink, CNI lease, NAT
 //!   chain or control group of those runs.
 //!
@@ -24,11 +26,14 @@ use crate::common;
 use crate::common::LogText as _;
 use helix_build::cancel::CancelSignal;
 use helix_build::exec::{CommandOutput, HostCommand};
-use helix_build::jail::{DROPPED_CAPABILITIES, Jail, JailSpec};
+use helix_build::jail::{DROPPED_CAPABILITIES, IdRange, Jail, JailSpec};
+
 use helix_build::job::{JobRequest, State};
 use helix_build::log::JobLog;
 use helix_build::network::BuildNetwork;
 use helix_fixtures::{Registry, busybox_repo};
+
+mod users;
 
 /// A TCP service on every host address, counting the connections it
 /// accepts, answering each with `HTTP/1.0 200` and a body.
@@ -117,6 +122,7 @@ async fn a_program_in_the_jail_sees_only_its_run_and_reaches_only_the_registries
             registries: vec![registry.address.clone()],
             cgroup: None,
             cgroup_namespace: false,
+            users: Some(IdRange::DEFAULT),
         })
         .await
         .unwrap();
@@ -204,7 +210,7 @@ async fn probe(jail: Option<&Jail>, cwd: &Path, env: &BTreeMap<String, String>) 
 }
 
 /// `script` run by busybox's shell in `jail` (or on the host), in `cwd`.
-async fn sh(
+pub(crate) async fn sh(
     jail: Option<&Jail>,
     cwd: &Path,
     env: &BTreeMap<String, String>,
@@ -240,7 +246,7 @@ async fn run_in(
 
 /// A jail as a run's, in `run` (with the registry at `registry`), on
 /// network `none`; its blob info cache in `blob_info_cache`.
-async fn jail_in(run: &Path, registry: &str, blob_info_cache: Option<&Path>) -> Jail {
+pub(crate) async fn jail_in(run: &Path, registry: &str, blob_info_cache: Option<&Path>) -> Jail {
     Jail::create(JailSpec {
         writable: vec![run.to_path_buf()],
         readable: Vec::new(),
@@ -252,6 +258,7 @@ async fn jail_in(run: &Path, registry: &str, blob_info_cache: Option<&Path>) -> 
         registries: vec![registry.to_string()],
         cgroup: None,
         cgroup_namespace: false,
+        users: Some(IdRange::DEFAULT),
     })
     .await
     .unwrap()
@@ -283,7 +290,8 @@ async fn the_programs_of_a_run_share_its_jail_and_nothing_in_it_outlives_it() {
         one.path(),
         &env,
         &format!(
-            "echo kept > /run/mark; /bin/busybox setsid /bin/busybox sleep {marker} </dev/null >/dev/null 2>&1 &"
+            "echo kept > /run/mark; /bin/busybox setsid /bin/busybox sleep {marker} </dev/null >/dev/null 2>&1 &
+             until /bin/busybox ps -o args | /bin/busybox grep -q '^/bin/busybox sleep {marker}'; do :; done"
         ),
     )
     .await;
@@ -495,7 +503,7 @@ fn host_leases() -> Vec<String> {
 
 /// The control group directories of runs of `jobs`, in every hierarchy
 /// (`/sys/fs/cgroup/<hierarchy>/helix/<server>/<job id>.<attempt>`).
-fn run_cgroups(jobs: &[helix_build::job::JobId]) -> Vec<String> {
+pub(crate) fn run_cgroups(jobs: &[helix_build::job::JobId]) -> Vec<String> {
     let dirs = |dir: std::path::PathBuf| {
         std::fs::read_dir(dir)
             .into_iter()

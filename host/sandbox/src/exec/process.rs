@@ -61,6 +61,7 @@ pub(crate) fn confined(
     let fds = cgroup.map(RunCgroup::enter_fds).unwrap_or_default();
     let entry = jail.map(|jail| {
         command.env("TMPDIR", crate::jail::TMPDIR);
+        command.envs(jail.env().iter().copied());
         jail.entry(cwd)
     });
     if !fds.is_empty() || entry.is_some() {

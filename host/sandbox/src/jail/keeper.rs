@@ -35,14 +35,16 @@ pub(super) struct Keeper {
 
 impl Keeper {
     /// Starts bubblewrap with `args` around the keeper, which first runs
-    /// `prelude` (shell commands), in `cgroup` (descriptors that enter it)
-    /// and the network namespace behind `netns` (or the host's).
+    /// `prelude` (shell commands), in `cgroup` (descriptors that enter it),
+    /// the network namespace behind `netns` (or the host's) and as root of
+    /// the user namespace behind `userns` (or the host's root).
     pub(super) async fn start(
         bwrap: &Path,
         args: Vec<OsString>,
         prelude: &str,
         cgroup: Vec<RawFd>,
         netns: Option<RawFd>,
+        userns: Option<RawFd>,
         cgroup_namespace: bool,
     ) -> Result<Keeper, JailError> {
         let failed = |what: &str, e: io::Error| JailError::Start(format!("{what}: {e}"));
@@ -62,8 +64,11 @@ impl Keeper {
         unsafe {
             command.pre_exec(move || {
                 crate::cgroup::enter(&cgroup)?;
-                match netns {
-                    Some(netns) => join(netns, libc::CLONE_NEWNET),
+                if let Some(netns) = netns {
+                    join(netns, libc::CLONE_NEWNET)?;
+                }
+                match userns {
+                    Some(userns) => join(userns, libc::CLONE_NEWUSER),
                     None => Ok(()),
                 }
             });
@@ -91,11 +96,13 @@ impl Keeper {
             .ok_or_else(|| JailError::Start("bwrap exited".into()))?;
         let init = first_child(outer).map_err(|e| failed("cannot find the jail's init", e))?;
         let keeper = first_child(init).map_err(|e| failed("cannot find the jail's keeper", e))?;
-        let mut kinds = vec![
+        // The user namespace first: the others are its.
+        let mut kinds = Vec::from_iter(userns.map(|_| ("user", libc::CLONE_NEWUSER)));
+        kinds.extend([
             ("ipc", libc::CLONE_NEWIPC),
             ("uts", libc::CLONE_NEWUTS),
             ("pid", libc::CLONE_NEWPID),
-        ];
+        ]);
         if cgroup_namespace {
             kinds.push(("cgroup", libc::CLONE_NEWCGROUP));
         }
@@ -117,8 +124,9 @@ impl Keeper {
     }
 
     /// What a program needs to join the jail, in `cwd`, after it joined
-    /// the jail's network namespace `netns`.
-    pub(super) fn entry(&self, netns: Option<RawFd>, cwd: &Path) -> Entry {
+    /// the jail's network namespace `netns`; `root`: the host user the
+    /// jail's root is, in a user namespace.
+    pub(super) fn entry(&self, netns: Option<RawFd>, root: Option<u32>, cwd: &Path) -> Entry {
         let net = netns.map(|fd| (fd, libc::CLONE_NEWNET));
         Entry {
             namespaces: net
@@ -132,6 +140,7 @@ impl Keeper {
             // A path with a NUL byte cannot exist; "/" never fails.
             cwd: CString::new(cwd.as_os_str().as_encoded_bytes())
                 .unwrap_or_else(|_| c"/".to_owned()),
+            root,
         }
     }
 }
@@ -165,6 +174,8 @@ impl Drop for Keeper {
 pub(crate) struct Entry {
     namespaces: Vec<(RawFd, libc::c_int)>,
     cwd: CString,
+    /// The host user the jail's root is, if it has a user namespace.
+    root: Option<u32>,
 }
 
 impl Entry {
@@ -177,6 +188,9 @@ impl Entry {
     /// outside, waits, and ends as the program ended. Only
     /// async-signal-safe calls.
     pub(crate) fn enter(&self) -> io::Result<()> {
+        if let Some(root) = self.root {
+            hand_over_pipes(root);
+        }
         for &(fd, kind) in &self.namespaces {
             join(fd, kind)?;
         }
@@ -233,6 +247,23 @@ unsafe fn wait_for(program: libc::pid_t) -> ! {
     }
 }
 
+/// Makes the jail's root (host user `root`) own the pipes the program's
+/// standard streams are, so it can open them again as `/dev/stdout`
+/// (`podman push --digestfile /dev/stdout`), as root on the host can;
+/// nothing else (`/dev/null` is the host's).
+fn hand_over_pipes(root: u32) {
+    for fd in 0..=2 {
+        // SAFETY: fstat writes into the zeroed struct; fchown has no
+        // memory-safety preconditions.
+        unsafe {
+            let mut stat: libc::stat = std::mem::zeroed();
+            if libc::fstat(fd, &mut stat) == 0 && stat.st_mode & libc::S_IFMT == libc::S_IFIFO {
+                libc::fchown(fd, root, root);
+            }
+        }
+    }
+}
+
 /// Removes the dropped capabilities from the inheritable set too (the
 /// bounding set bounds what an executed program gets, the inheritable
 /// set adds to it).
@@ -283,9 +314,14 @@ fn prctl(option: libc::c_int, value: libc::c_ulong) -> io::Result<()> {
     })
 }
 
+/// Joins the namespace behind `fd`; a user namespace's as its root.
 fn join(fd: RawFd, kind: libc::c_int) -> io::Result<()> {
     // SAFETY: setns has no memory-safety preconditions.
-    check(unsafe { libc::setns(fd, kind) })
+    check(unsafe { libc::setns(fd, kind) })?;
+    match kind {
+        libc::CLONE_NEWUSER => super::userns::become_root(),
+        _ => Ok(()),
+    }
 }
 
 fn check(result: libc::c_int) -> io::Result<()> {

@@ -30,14 +30,20 @@
 //!   the host. The build steps' CNI bridge, its leases and NAT rules are
 //!   inside it and go with it.
 //!
-//! Root in the jail is the host's root (no user namespace yet; README's
-//! "The sandbox" says what it takes); what the mounts do not show, a flaw
-//! in a build tool cannot reach by a path, and what the network namespace
-//! does not route to, it cannot contact.
+//! - **users** ([`userns`]): with [`JailSpec::users`], a user namespace
+//!   whose root is the first id of an unprivileged host range; the run's
+//!   directories are handed over to it ([`Jail::hand_over`]) and its
+//!   control groups delegated. Without (a Docker client speaking to an
+//!   engine's root-owned socket), root in the jail is the host's root.
+//!
+//! What the mounts do not show, a flaw in a build tool cannot reach by a
+//! path, and what the network namespace does not route to, it cannot
+//! contact.
 
 mod keeper;
 mod net;
 mod netlink;
+mod userns;
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -47,6 +53,7 @@ use crate::network::BuildNetwork;
 
 pub(crate) use keeper::Entry;
 pub use net::sweep_uplinks;
+pub use userns::{BadIdRange, IdRange};
 
 /// What of the host's `/etc` a jail shows (each where it exists): what
 /// the tools, their resolver and TLS read.
@@ -141,6 +148,10 @@ pub struct JailSpec<'a> {
     /// run's group, within its limits. Otherwise the hierarchies are shown
     /// read-only with the run's groups writable at their host paths.
     pub cgroup_namespace: bool,
+    /// The host ids the jail's users are, its root the first: a user
+    /// namespace of the run's own. `None`: the host's users, root the
+    /// host's root.
+    pub users: Option<IdRange>,
 }
 
 /// Why a run's jail could not be made: the host's fault.
@@ -158,6 +169,16 @@ pub enum JailError {
     },
     #[error("cannot make the jail's network: {0}")]
     Network(#[from] net::NetError),
+    #[error("cannot make the jail's user namespace: {0}")]
+    Users(#[source] std::io::Error),
+    #[error("cannot let the jail's root make groups in the run's control groups: {0}")]
+    Delegate(#[source] std::io::Error),
+    #[error("cannot hand {} over to the jail's root: {source}", path.display())]
+    HandOver {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot start the jail: {0}")]
     Start(String),
 }
@@ -169,6 +190,7 @@ pub struct Jail {
     /// Dropped first: the jail's processes end before its network goes.
     keeper: keeper::Keeper,
     net: Option<net::JailNet>,
+    users: Option<userns::UserNs>,
 }
 
 impl std::fmt::Debug for Jail {
@@ -191,9 +213,17 @@ impl Jail {
         if let Some(cache) = &spec.blob_info_cache {
             std::fs::create_dir_all(cache).map_err(|e| files("blob info cache", e))?;
         }
+        let mut users = spec
+            .users
+            .map(userns::UserNs::create)
+            .transpose()
+            .map_err(JailError::Users)?;
         let net = match spec.network {
             BuildNetwork::Host => None,
-            network => Some(net::JailNet::create(network, &spec.registries).await?),
+            network => {
+                let netns = users.as_mut().and_then(userns::UserNs::take_net);
+                Some(net::JailNet::create(network, &spec.registries, netns).await?)
+            }
         };
         let hosts = net.as_ref().map(net::JailNet::hosts).unwrap_or_default();
         std::fs::write(etc.join("hosts"), hosts_file(&hosts))
@@ -214,6 +244,26 @@ impl Jail {
             )
             .map_err(|e| files("CNI config", e))?;
         }
+        if let Some(users) = &users {
+            let handed = [&spec.files, &spec.scratch]
+                .into_iter()
+                .chain(&spec.writable)
+                .chain(&spec.cache_mounts)
+                .chain(&spec.blob_info_cache);
+            for path in handed {
+                users
+                    .hand_over(path)
+                    .map_err(|source| JailError::HandOver {
+                        path: path.clone(),
+                        source,
+                    })?;
+            }
+            if let Some(cgroup) = spec.cgroup {
+                cgroup
+                    .delegate(users.range().first)
+                    .map_err(JailError::Delegate)?;
+            }
+        }
         let prelude = match (spec.cgroup_namespace, spec.cgroup) {
             (true, Some(cgroup)) => mount_hierarchies(cgroup),
             _ => String::new(),
@@ -224,21 +274,63 @@ impl Jail {
             &prelude,
             spec.cgroup.map(RunCgroup::enter_fds).unwrap_or_default(),
             net.as_ref().map(net::JailNet::fd),
+            users.as_ref().map(userns::UserNs::fd),
             spec.cgroup_namespace,
         )
         .await?;
-        Ok(Jail { keeper, net })
+        Ok(Jail { keeper, net, users })
+    }
+
+    /// Makes the jail's root own `path` and everything below it, which
+    /// the host wrote for the run after the jail was made (the checkout,
+    /// the secrets); nothing without a user namespace.
+    pub fn hand_over(&self, path: &Path) -> Result<(), JailError> {
+        match &self.users {
+            Some(users) => users.hand_over(path).map_err(|source| JailError::HandOver {
+                path: path.to_path_buf(),
+                source,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// The host ids the jail's users are, if it has a user namespace.
+    pub fn users(&self) -> Option<IdRange> {
+        self.users.as_ref().map(userns::UserNs::range)
+    }
+
+    /// Variables every program of the jail gets: in a user namespace,
+    /// podman and buildah take themselves for rootless (root of a user
+    /// namespace without the host's capabilities) and must not try to
+    /// make one of their own.
+    pub(crate) fn env(&self) -> &'static [(&'static str, &'static str)] {
+        match self.users {
+            Some(_) => &[("_CONTAINERS_USERNS_CONFIGURED", "1")],
+            None => &[],
+        }
     }
 
     /// How a program joins the jail, to run in `cwd` (see [`Entry`]).
     pub(crate) fn entry(&self, cwd: &Path) -> Entry {
-        self.keeper
-            .entry(self.net.as_ref().map(net::JailNet::fd), cwd)
+        self.keeper.entry(
+            self.net.as_ref().map(net::JailNet::fd),
+            self.users().map(|range| range.first),
+            cwd,
+        )
     }
 
     /// What the jail is, for the job's log.
     pub fn describe(&self) -> String {
-        match &self.net {
+        let users = match self.users() {
+            Some(range) => format!(
+                "; its root is host user {} (ids {}–{})",
+                range.first,
+                range.first,
+                range.first + (range.count - 1)
+            ),
+            None => "; its root is the host's root".into(),
+        };
+        let what = match &self.net {
             None => {
                 "[helix] jail: the run's programs see only its directories, in a PID namespace of \
                      their own, on the host's network (builder network `host`)"
@@ -249,7 +341,8 @@ impl Jail {
                  namespaces of their own; {}",
                 net.describe()
             ),
-        }
+        };
+        what + &users
     }
 }
 
@@ -313,6 +406,14 @@ fn bwrap_args(spec: &JailSpec<'_>, etc: &Path, etc_dirs: &[PathBuf]) -> Vec<OsSt
         }
     }
     args.extend(["--tmpfs", "/run", "--tmpfs", "/var", "--tmpfs", "/root"].map(OsString::from));
+    if spec.users.is_some() {
+        // Rootless podman and buildah read networks from root's home.
+        args.extend(bind(
+            "--bind",
+            &etc.join("cni"),
+            Path::new("/root/.config/cni"),
+        ));
+    }
     for dir in ["/tmp", "/var/tmp"] {
         args.extend(bind("--bind", &spec.scratch, Path::new(dir)));
     }

@@ -68,11 +68,16 @@ pub(super) struct JailNet {
 }
 
 impl JailNet {
+    /// The network of a jail in `netns` (a new one when `None`).
     pub(super) async fn create(
         network: BuildNetwork,
         registries: &[String],
+        netns: Option<OwnedFd>,
     ) -> Result<JailNet, NetError> {
-        let netns = new_netns()?;
+        let netns = match netns {
+            Some(netns) => netns,
+            None => new_netns()?,
+        };
         // The rule for the steps' bridge is one process; the rest is made
         // while it runs.
         let bridge_rule = (network == BuildNetwork::Private).then(|| {

@@ -102,6 +102,7 @@ pub async fn start_with(
         webhooks,
         notifications,
         provenance,
+        reuse: config.reuse_key()?.map(Arc::new),
         queue_ttl: (config.queue_ttl_secs > 0).then(|| Duration::from_secs(config.queue_ttl_secs)),
         store,
         queue,

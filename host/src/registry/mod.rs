@@ -2,6 +2,7 @@
 //! reach them ([`RegistrySettings`]), and publishing a build ([`publish`]).
 
 mod base;
+mod copy;
 pub mod oci;
 mod publish;
 
@@ -10,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use base::BaseImageError;
+pub use copy::CopyError;
 pub use publish::{PublishError, Publisher, Pushed};
 
 use crate::config::RegistryConfig;

@@ -91,7 +91,7 @@ impl Failure {
             Failure::NoImage | Failure::BaseImage(_) => Failed(InvalidJob),
             Failure::Checkout(e) => match e {
                 CheckoutError::Cancelled { reason } => Cancelled(reason.clone()),
-                CheckoutError::Git(_) => Failed(Host),
+                CheckoutError::Git(_) | CheckoutError::Tree { .. } => Failed(Host),
                 CheckoutError::Clone { .. }
                 | CheckoutError::RefNotFound { .. }
                 | CheckoutError::Unresolved { .. }
@@ -125,7 +125,8 @@ impl Failure {
                 | PublishError::Refused { .. }
                 | PublishError::EnginePush { .. }
                 | PublishError::Index { .. }
-                | PublishError::Unverified(_) => Failed(Registry),
+                | PublishError::Unverified(_)
+                | PublishError::Copy(_) => Failed(Registry),
                 PublishError::Tool { .. } | PublishError::Engine(_) => Failed(Host),
                 PublishError::Destination(_) => Failed(InvalidJob),
                 PublishError::Builder(_) => Failed(Plugin),

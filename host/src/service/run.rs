@@ -12,6 +12,7 @@ use tokio::sync::watch;
 use super::Inner;
 use super::confine::limit_reached;
 use super::fault::{self, Failure};
+use super::reuse::{Reuse, ReuseStep};
 use super::table::Entry;
 use crate::audit::AuditTrail;
 use crate::backoff::Backoff;
@@ -420,6 +421,25 @@ impl Inner {
             let source = crate::rules::check_source(&workspace, job, builder)?;
             (Some(image), Some(commit), Some(source))
         };
+        let mut inputs = None;
+        if let (Some(image), Some(commit), Some(source)) = (&image, &commit, &source) {
+            let step = ReuseStep {
+                job,
+                builder,
+                workspace: &workspace,
+                source,
+                commit,
+                image,
+                registries,
+                log,
+                cancel,
+                audit,
+            };
+            match self.reuse(step).await? {
+                Reuse::Reused(result) => return Ok(result),
+                Reuse::Build(to_record) => inputs = to_record,
+            }
+        }
         let secrets = self
             .config
             .secrets
@@ -518,8 +538,13 @@ impl Inner {
                             .base_images(&registry, &source.external_images, &used)
                             .await,
                         audit: trail.as_bytes(),
+                        reused_from: None,
                     };
                     self.attest(provenance, &registry, &facts, log).await?;
+                }
+                if let Some(inputs) = &inputs {
+                    let (name, body) = inputs.record(job);
+                    self.config.store.put_record(&job.id, &name, body);
                 }
                 Ok(result)
             }
@@ -536,7 +561,7 @@ impl Inner {
     /// Signs and attaches the provenance of the build `facts` describe,
     /// and keeps it with the job; a registry that refuses it fails the job
     /// as it would a refused push.
-    async fn attest(
+    pub(super) async fn attest(
         &self,
         provenance: &Provenance,
         registry: &RegistryClient,

@@ -11,6 +11,7 @@ mod realistic_build;
 mod runtime;
 mod scale_out;
 mod submit;
+mod unchanged;
 
 /// Every bench by the name `bench/run` and the arguments use.
 const BENCHES: &[(&str, fn())] = &[
@@ -21,6 +22,7 @@ const BENCHES: &[(&str, fn())] = &[
     ("real_build", real_build::main),
     ("realistic_build", realistic_build::main),
     ("scale_out", scale_out::main),
+    ("unchanged", unchanged::main),
 ];
 
 fn main() {

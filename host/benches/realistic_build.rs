@@ -184,7 +184,7 @@ async fn bench() {
 /// `jailed` (the registry it pushes to), podman runs in a jail made as
 /// Helix makes one for a run (its `private` network, that registry
 /// forwarded), made and removed within the time measured.
-async fn by_hand(
+pub(crate) async fn by_hand(
     url: &str,
     image: &str,
     storage: &Path,

@@ -256,3 +256,88 @@ impl EarlierBuild {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inputs() -> BuildInputs {
+        BuildInputs {
+            context_tree: "a".repeat(40),
+            dockerfile_sha256: "b".repeat(64),
+            build_args: BTreeMap::from([("A".into(), "1".into())]),
+            target: None,
+            labels: BTreeMap::new(),
+            platforms: vec!["linux/amd64".into()],
+            builder: "podman".into(),
+            component_digest: "sha256:c".into(),
+            grants_digest: "sha256:d".into(),
+            network: "none".into(),
+            base_images: BTreeMap::from([("r/base:1".into(), "sha256:e".into())]),
+            secrets: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn every_input_changes_the_digest() {
+        let same = inputs().digest();
+        assert_eq!(same, inputs().digest(), "the digest is deterministic");
+        let changes: Vec<fn(&mut BuildInputs)> = vec![
+            |i| i.context_tree = "f".repeat(40),
+            |i| i.dockerfile_sha256 = "f".repeat(64),
+            |i| {
+                i.build_args.insert("A".into(), "2".into());
+            },
+            |i| i.target = Some("test".into()),
+            |i| {
+                i.labels.insert("team".into(), "a".into());
+            },
+            |i| i.platforms.push("linux/arm64".into()),
+            |i| i.builder = "buildah".into(),
+            |i| i.component_digest = "sha256:f".into(),
+            |i| i.grants_digest = "sha256:f".into(),
+            |i| i.network = "private".into(),
+            |i| {
+                i.base_images.insert("r/base:1".into(), "sha256:f".into());
+            },
+            |i| {
+                i.secrets.insert("token".into(), "0".repeat(64));
+            },
+        ];
+        for (n, change) in changes.iter().enumerate() {
+            let mut changed = inputs();
+            change(&mut changed);
+            assert_ne!(
+                changed.digest(),
+                same,
+                "change {n} left the digest as it was"
+            );
+        }
+    }
+
+    #[test]
+    fn a_secret_is_digested_by_the_key_never_as_its_plain_hash() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("reuse.key");
+        let key = ReuseKey::load_or_create(&path).unwrap();
+        let again = ReuseKey::load_or_create(&path).unwrap();
+        assert_eq!(
+            key.digest("token", "hunter2"),
+            again.digest("token", "hunter2")
+        );
+        let other = ReuseKey::load_or_create(&dir.path().join("other.key")).unwrap();
+        assert_ne!(
+            key.digest("token", "hunter2"),
+            other.digest("token", "hunter2")
+        );
+        assert_ne!(
+            key.digest("token", "hunter2"),
+            hex::encode(Sha256::digest(b"hunter2"))
+        );
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        std::fs::write(&path, b"short").unwrap();
+        assert!(ReuseKey::load_or_create(&path).is_err());
+    }
+}

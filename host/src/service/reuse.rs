@@ -39,7 +39,7 @@ pub(super) enum Reuse {
     /// The job has its image: no build.
     Reused(BuildResult),
     /// Build; on success, record these inputs as built by the job.
-    Build(Option<BuildInputs>),
+    Build(Option<Box<BuildInputs>>),
 }
 
 impl Inner {
@@ -92,7 +92,7 @@ impl Inner {
         };
         let store = self.config.store.as_ref();
         let Some(earlier) = inputs.earlier_build(job, store, &registry).await else {
-            return Ok(Reuse::Build(Some(inputs)));
+            return Ok(Reuse::Build(Some(Box::new(inputs))));
         };
         log.push(&format!(
             "[helix] reuse: job {} built these inputs (its image {} is still in the registry); \
@@ -107,7 +107,7 @@ impl Inner {
             Ok(result) => result,
             Err(e) => {
                 log.push(&format!("[helix] reuse: {e}; building instead"));
-                return Ok(Reuse::Build(Some(inputs)));
+                return Ok(Reuse::Build(Some(Box::new(inputs))));
             }
         };
         if let Some(provenance) = &self.config.provenance {

@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 
+use helix_build::config::ProjectConfig;
 use helix_build::job::{Job, JobRequest, State};
 use helix_build::service::Service;
 use helix_fixtures::{Registry, Repo};
@@ -106,5 +107,65 @@ async fn a_job_of_the_same_inputs_gets_the_earlier_image_and_any_change_builds()
     assert_eq!(
         image_name(gone.image_tag.as_deref().unwrap()),
         at("team/app")
+    );
+}
+
+/// Reuse keeps the layer cache's scopes: another project's build of the
+/// same inputs is never given, nor is an unprotected ref's build to a
+/// protected ref's job; an unprotected job may take a protected build.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reuse_stays_in_its_project_and_never_hands_an_unprotected_build_to_a_protected_ref() {
+    let registry = Registry::start(false);
+    let repo = Repo::new();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::real_config(&dir, &registry.address);
+    config.projects = BTreeMap::from([
+        (
+            "team-a".to_string(),
+            ProjectConfig {
+                protected_refs: vec!["refs/heads/main".into()],
+                ..ProjectConfig::default()
+            },
+        ),
+        ("team-b".to_string(), ProjectConfig::default()),
+    ]);
+    let config = config.validated().unwrap();
+    let access = config.access().unwrap();
+    let service = start(&config).await;
+    let run_as = async |project: &str, git_ref: &str, tag: &str| {
+        let request = request(
+            &repo,
+            git_ref,
+            format!("{}/{project}/app:{tag}", registry.address),
+        );
+        let job = service
+            .submit_for(request, access.project(project))
+            .await
+            .unwrap();
+        let job = common::finished(&service, &job.id).await;
+        assert_eq!(job.state, State::Succeeded, "{:?}", job.error);
+        let logs = common::LogText::texts(service.logs(job.id.as_str()).await.unwrap());
+        eprintln!("--- {project} {git_ref}: {}\n{}", job.id, logs.join("\n"));
+        let reused_from = logs
+            .iter()
+            .find_map(|l| l.strip_prefix(REUSED))
+            .and_then(|rest| rest.split(' ').next())
+            .map(String::from);
+        (job, reused_from)
+    };
+    let (a_unprotected, from) = run_as("team-a", "main", "1").await;
+    assert_eq!(from, None, "nothing was built before");
+    assert!(!a_unprotected.protected);
+    let (_, from) = run_as("team-b", "main", "1").await;
+    assert_eq!(from, None, "team-b is given nothing team-a built");
+    let (a_protected, from) = run_as("team-a", "refs/heads/main", "2").await;
+    assert!(a_protected.protected);
+    assert_eq!(from, None, "a protected ref is given no unprotected build");
+    let (_, from) = run_as("team-a", "refs/heads/main", "3").await;
+    assert_eq!(from.as_deref(), Some(a_protected.id.as_str()));
+    let (_, from) = run_as("team-a", "main", "4").await;
+    assert!(
+        from.is_some(),
+        "an unprotected ref takes its project's builds"
     );
 }

@@ -12,6 +12,7 @@ mod realistic_build;
 mod runtime;
 mod scale_out;
 mod submit;
+mod unchanged;
 
 /// Every bench by the name `bench/run` and the arguments use.
 const BENCHES: &[(&str, fn())] = &[
@@ -23,6 +24,7 @@ const BENCHES: &[(&str, fn())] = &[
     ("realistic_build", realistic_build::main),
     ("scale_out", scale_out::main),
     ("checkout", checkout::main),
+    ("unchanged", unchanged::main),
 ];
 
 fn main() {

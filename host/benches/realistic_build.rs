@@ -206,7 +206,7 @@ async fn bench() {
 /// Helix makes one for a run (its `private` network, that registry
 /// forwarded), made (as its `prepare`) and removed within the time
 /// measured.
-async fn by_hand(
+pub(crate) async fn by_hand(
     url: &str,
     image: &str,
     storage: &Path,

@@ -107,6 +107,7 @@ pub async fn start_with(
         retention: config.retention(),
         notifications,
         provenance,
+        reuse: config.reuse_key()?.map(Arc::new),
         queue_ttl: (config.queue_ttl_secs > 0).then(|| Duration::from_secs(config.queue_ttl_secs)),
         store,
         queue,

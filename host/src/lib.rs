@@ -26,6 +26,7 @@ pub mod openapi;
 pub mod plugin_tools;
 pub mod provenance;
 pub mod registry;
+pub mod reuse;
 pub mod rules;
 pub mod service;
 pub mod source;

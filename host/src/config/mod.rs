@@ -18,6 +18,7 @@ use crate::jail::IdRange;
 use crate::log::OutputCaps;
 use crate::notify::{Notifications, NotifyTarget};
 use crate::provenance::dsse::SigningKey;
+use crate::reuse::ReuseKey;
 use crate::secrets::{BuildSecrets, SecretSource};
 use crate::service::Retention;
 
@@ -104,6 +105,11 @@ pub struct Config {
     /// `<data_dir>/provenance.key` when absent, made on first start with
     /// its public key beside it (`.pub`).
     pub provenance_key: Option<PathBuf>,
+    /// Give a job the image of an earlier successful job of its project
+    /// whose build inputs were the same, instead of building (see
+    /// [`crate::reuse`]); a job's `no_cache` opts out. The secrets'
+    /// digests are keyed by `<data_dir>/reuse.key`, made on first start.
+    pub reuse_builds: bool,
     /// Where jobs are stored: `sqlite://PATH` (`<data_dir>/helix.db` when
     /// absent), or `postgres://user:password@host:port/db` for a database
     /// and queue several hosts share.
@@ -183,6 +189,7 @@ impl Default for Config {
             retention_jobs: 0,
             provenance: true,
             provenance_key: None,
+            reuse_builds: true,
             store_url: None,
             host_id: None,
             lease_secs: 30,
@@ -342,6 +349,18 @@ impl Config {
 
     pub fn workspace_dir(&self) -> PathBuf {
         self.data_dir.join("workspaces")
+    }
+
+    /// The key of the secrets' digests in build inputs, when builds are
+    /// reused: the data dir's, made now if it is missing.
+    pub fn reuse_key(&self) -> Result<Option<ReuseKey>, ConfigError> {
+        if !self.reuse_builds {
+            return Ok(None);
+        }
+        let path = self.data_dir.join("reuse.key");
+        ReuseKey::load_or_create(&path)
+            .map(Some)
+            .map_err(|e| ConfigError::Invalid(format!("{}: {e}", path.display())))
     }
 
     /// The key that signs provenance, when provenance is on: the

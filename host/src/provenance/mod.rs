@@ -100,6 +100,8 @@ pub struct BuildFacts<'a> {
     pub base_images: Vec<ResourceDescriptor>,
     /// The job's audit trail so far (every program the builder ran).
     pub audit: &'a [u8],
+    /// The earlier job whose image this one was given instead of a build.
+    pub reused_from: Option<&'a str>,
 }
 
 /// Signs and attaches the provenance of this host's builds, through the
@@ -184,6 +186,7 @@ impl Provenance {
                         grants_digest: digest_of(&grants),
                         project: job.project.clone(),
                         protected: job.protected,
+                        reused_from: facts.reused_from.map(String::from),
                     },
                     resolved_dependencies: dependencies,
                 },

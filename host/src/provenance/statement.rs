@@ -88,6 +88,10 @@ pub struct InternalParameters {
     /// job named it in full and the project protects it).
     #[serde(default)]
     pub protected: bool,
+    /// The job whose image this one was given instead of a build, its
+    /// inputs being the same (see `crate::reuse`); absent for a build.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reused_from: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]

@@ -2,6 +2,7 @@
 //! reach them ([`RegistrySettings`]), and publishing a build ([`publish`]).
 
 mod base;
+mod copy;
 pub mod oci;
 mod publish;
 mod size;
@@ -11,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use base::BaseImageError;
+pub use copy::CopyError;
 pub use publish::{PublishError, Published, Publisher, Pushed};
 
 use crate::config::RegistryConfig;

@@ -153,6 +153,22 @@ impl RegistryClient {
         Ok(())
     }
 
+    /// Makes blob `digest` of `source`'s repository one of `destination`'s
+    /// too, without sending it (a cross-repository mount).
+    pub async fn mount_blob(
+        &self,
+        destination: &Reference,
+        source: &Reference,
+        digest: &str,
+    ) -> Result<(), String> {
+        self.authenticate(destination, RegistryOperation::Push)
+            .await?;
+        self.client
+            .mount_blob(destination, source, digest)
+            .await
+            .map_err(|e| describe(destination, e))
+    }
+
     /// The manifests that refer to `subject` (a reference by digest)
     /// through the OCI 1.1 referrers API, as index entries; `None` when the
     /// registry has no such API.

@@ -57,6 +57,9 @@ pub enum PublishError {
     /// The Docker Engine holding the images failed the host.
     #[error(transparent)]
     Engine(DockerEngineError),
+    /// An earlier build's image could not be given the job's name.
+    #[error("giving the earlier build's image the job's name failed: {0}")]
+    Copy(#[source] super::CopyError),
     /// The engine could not push to the registry.
     #[error("pushing {image} failed: {source}")]
     EnginePush {
@@ -275,6 +278,31 @@ impl Publisher {
             "[helix] verified: {image} is {digest} in the registry ({bytes} bytes)"
         ));
         Ok(Published { result, bytes })
+    }
+
+    /// Gives the image `from` (`repository@sha256:…`, an earlier job's)
+    /// the name `image` within its registry and reads the registry back
+    /// as after a push: the job's result, or why it could not be reused.
+    pub async fn publish_copy(
+        &self,
+        from: &str,
+        image: &str,
+        requested: &[Platform],
+        log: &JobLog,
+    ) -> Result<BuildResult, PublishError> {
+        let client = super::oci::RegistryClient::new(self.registries.clone());
+        super::copy::copy(&client, from, image)
+            .await
+            .map_err(PublishError::Copy)?;
+        let digest = from.rsplit_once('@').map(|(_, d)| d).unwrap_or_default();
+        let (result, _) = self
+            .verify(image, digest, requested)
+            .await
+            .map_err(PublishError::Unverified)?;
+        log.push(&format!(
+            "[helix] verified: {image} is {digest} in the registry"
+        ));
+        Ok(result)
     }
 
     /// The first of a failed build's base `images` whose registry shows it

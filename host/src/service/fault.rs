@@ -93,7 +93,8 @@ impl Failure {
                 CheckoutError::Cancelled { reason } => Cancelled(reason.clone()),
                 CheckoutError::Git(_)
                 | CheckoutError::Mirror(_)
-                | CheckoutError::MirrorDamaged { .. } => Failed(Host),
+                | CheckoutError::MirrorDamaged { .. }
+                | CheckoutError::Tree { .. } => Failed(Host),
                 CheckoutError::Clone { .. }
                 | CheckoutError::RefNotFound { .. }
                 | CheckoutError::Unresolved { .. }
@@ -127,7 +128,8 @@ impl Failure {
                 | PublishError::Refused { .. }
                 | PublishError::EnginePush { .. }
                 | PublishError::Index { .. }
-                | PublishError::Unverified(_) => Failed(Registry),
+                | PublishError::Unverified(_)
+                | PublishError::Copy(_) => Failed(Registry),
                 PublishError::Tool { .. } | PublishError::Engine(_) => Failed(Host),
                 PublishError::Destination(_) => Failed(InvalidJob),
                 PublishError::Builder(_) => Failed(Plugin),

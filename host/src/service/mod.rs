@@ -57,6 +57,7 @@ use crate::plugin::PluginRuntime;
 use crate::provenance::Provenance;
 use crate::queue::{JobQueue, LostRun};
 use crate::registry::RegistryAccess;
+use crate::reuse::ReuseKey;
 use crate::secrets::BuildSecrets;
 use crate::source::Checkout;
 use crate::store::{JobStore, StoreError};
@@ -89,6 +90,9 @@ pub struct ServiceConfig {
     pub notifications: Arc<Notifications>,
     /// Signs and attaches the provenance of real builds; `None`: off.
     pub provenance: Option<Arc<Provenance>>,
+    /// Gives jobs the images of earlier builds of the same inputs; `None`:
+    /// off (see [`crate::reuse`]).
+    pub reuse: Option<Arc<ReuseKey>>,
     /// How each job's builds, pushes and registry checks reach
     /// registries, with whose credentials.
     pub registries: RegistryAccess,

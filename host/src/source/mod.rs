@@ -68,6 +68,8 @@ pub enum CheckoutError {
         commit: String,
         said: String,
     },
+    #[error("git cannot name the tree {spec}: {said}")]
+    Tree { spec: String, said: String },
     #[error("{url} at {git_ref:?} has no commit to build")]
     NoCommit { url: String, git_ref: String },
     #[error("git did not finish within {}s; is the repository reachable?", GIT_TIMEOUT.as_secs())]
@@ -246,6 +248,49 @@ async fn from_mirror(
                 remove_partial(git.workspace);
                 rebuilt = true;
             }
+        }
+    }
+}
+
+impl Checkout {
+    /// The git id of the tree `dir` (a directory of the checkout in
+    /// `workspace`, canonical) has at the checked-out commit: what the
+    /// build reads of the source, by content.
+    pub async fn tree_of(
+        &self,
+        workspace: &Path,
+        dir: &Path,
+        log: &JobLog,
+        cancel: &CancelSignal,
+    ) -> Result<String, CheckoutError> {
+        let git = Git {
+            workspace,
+            log,
+            cancel,
+            cgroup: None,
+            allow_file: self.allow_file_repos,
+        };
+        let source = workspace.join(SOURCE_DIR);
+        let root = source.canonicalize().unwrap_or(source);
+        let relative = dir.strip_prefix(&root).unwrap_or(dir).to_string_lossy();
+        let spec = format!("HEAD:{relative}");
+        let output = git
+            .run(&[
+                "-C",
+                SOURCE_DIR,
+                "rev-parse",
+                "--verify",
+                "--end-of-options",
+                &spec,
+            ])
+            .await?;
+        let tree = output.stdout.trim();
+        match output.exit_code == 0 && is_commit(tree) {
+            true => Ok(tree.to_string()),
+            false => Err(CheckoutError::Tree {
+                spec,
+                said: output.error_line(),
+            }),
         }
     }
 }

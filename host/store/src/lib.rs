@@ -198,6 +198,9 @@ pub trait JobStore: LogSink + Send + Sync + 'static {
     /// The bodies of job `id`'s documents whose names start with
     /// `prefix`, in name order; `None` when no job has that id.
     fn records<'a>(&'a self, id: &'a str, prefix: &'a str) -> StoreCall<'a, Option<Vec<String>>>;
+    /// The ids of up to `limit` jobs holding a document named exactly
+    /// `name`, the newest job first.
+    fn jobs_with_record<'a>(&'a self, name: &'a str, limit: usize) -> StoreCall<'a, Vec<String>>;
 
     /// Job `id` as last committed.
     fn get<'a>(&'a self, id: &'a str) -> StoreCall<'a, Option<Job>>;

@@ -24,6 +24,7 @@ mod provenance;
 mod python_builder;
 mod quotas;
 mod real_build;
+mod reuse;
 mod sandbox;
 mod scale_out;
 mod service;

@@ -445,6 +445,7 @@ async fn attaching_provenance_rides_out_a_registry_restart_and_concurrent_upload
         dockerfile_sha256: &dockerfile,
         base_images: Vec::new(),
         audit: b"[]",
+        reused_from: None,
     };
     let (key, public) = key_pair(dir.path(), "retry");
     let provenance = Provenance::new(SigningKey::load(&key).unwrap(), "test-host".into());

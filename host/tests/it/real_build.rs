@@ -67,6 +67,7 @@ async fn podman_builds_copy_run_and_build_args_and_the_image_pulls_back_by_diges
             "queue_wait",
             "prepare",
             "checkout",
+            "reuse",
             "instantiate",
             "build",
             "push",

@@ -33,6 +33,10 @@ pub enum PhaseName {
     /// The host's checkout of the source at the resolved commit, and its
     /// checks of the Dockerfile.
     Checkout,
+    /// Naming the build's inputs and looking for an earlier build of them
+    /// (`reuse_builds`); for a job given that build's image, storing it
+    /// under the job's name and reading it back.
+    Reuse,
     /// Making the builder's fresh instance.
     Instantiate,
     /// The builder's run, less its instantiation.
@@ -49,10 +53,11 @@ pub enum PhaseName {
 
 impl PhaseName {
     /// Every phase, in the order a run goes through them.
-    pub const ALL: [PhaseName; 9] = [
+    pub const ALL: [PhaseName; 10] = [
         PhaseName::QueueWait,
         PhaseName::Prepare,
         PhaseName::Checkout,
+        PhaseName::Reuse,
         PhaseName::Instantiate,
         PhaseName::Build,
         PhaseName::Push,
@@ -67,6 +72,7 @@ impl PhaseName {
             PhaseName::QueueWait => "queue_wait",
             PhaseName::Prepare => "prepare",
             PhaseName::Checkout => "checkout",
+            PhaseName::Reuse => "reuse",
             PhaseName::Instantiate => "instantiate",
             PhaseName::Build => "build",
             PhaseName::Push => "push",

@@ -15,6 +15,7 @@
 
 mod end;
 mod prepare;
+mod reuse;
 mod steps;
 
 use std::sync::Arc;

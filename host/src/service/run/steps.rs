@@ -9,6 +9,7 @@ use std::time::Duration;
 use chrono::Utc;
 
 use super::Run;
+use super::reuse::Reuse;
 use crate::exec::{Confinement, JobValues};
 use crate::job::{BuildResult, PhaseClock, PhaseName};
 use crate::layer_cache::CacheSlot;
@@ -22,9 +23,9 @@ use crate::service::fault::{self, Failure};
 /// What the host's checkout gives a real build's later steps.
 pub(super) struct Checked {
     /// Where the image goes.
-    image: String,
-    commit: String,
-    source: CheckedBuild,
+    pub image: String,
+    pub commit: String,
+    pub source: CheckedBuild,
 }
 
 impl Run<'_> {
@@ -39,6 +40,24 @@ impl Run<'_> {
                 Some(checked?)
             }
         };
+        let mut inputs = None;
+        if let Some(checked) = &checked {
+            let reuse = self.reuse(checked).await;
+            clock.lap(PhaseName::Reuse, Utc::now());
+            match reuse {
+                Reuse::Reused(result, earlier) => {
+                    if let Some(provenance) = &self.inner.config.provenance {
+                        let attested = self
+                            .attest(provenance, None, checked, &result, Some(&earlier.job))
+                            .await;
+                        clock.lap(PhaseName::Attest, Utc::now());
+                        attested?;
+                    }
+                    return Ok(result);
+                }
+                Reuse::Build(to_record) => inputs = to_record,
+            }
+        }
         let instantiation = OnceLock::new();
         let built = self.build(checked.as_ref(), &instantiation).await;
         let instantiated = instantiation.get().copied();
@@ -71,9 +90,14 @@ impl Run<'_> {
         clock.lap(PhaseName::RegistryCheck, Utc::now());
         let result = result?;
         if let Some(provenance) = &self.inner.config.provenance {
-            let attested = self.attest(provenance, &built, &checked, &result).await;
+            let attested = self
+                .attest(provenance, Some(&built), &checked, &result, None)
+                .await;
             clock.lap(PhaseName::Attest, Utc::now());
             attested?;
+        }
+        if let Some(inputs) = &inputs {
+            self.record_inputs(inputs);
         }
         Ok(result)
     }
@@ -218,21 +242,23 @@ impl Run<'_> {
         Ok(result)
     }
 
-    /// Signs and attaches the provenance of the build, and keeps it with
-    /// the job; a registry that refuses it fails the job as it would a
-    /// refused push.
+    /// Signs and attaches the provenance of what the builder `built` (or,
+    /// for a job given its image, of the build `reused_from`), and keeps
+    /// it with the job; a registry that refuses it fails the job as it
+    /// would a refused push.
     async fn attest(
         &self,
         provenance: &Provenance,
-        built: &Built,
+        built: Option<&Built>,
         checked: &Checked,
         result: &BuildResult,
+        reused_from: Option<&str>,
     ) -> Result<(), Failure> {
         let (job, log) = (self.job, self.log);
         let external = &checked.source.external_images;
         // What the storage's base images resolved to, as the build used them.
         let used = match (built, &self.engine) {
-            (Built::LocalImage, None) => {
+            (Some(Built::LocalImage), None) => {
                 self.publisher()
                     .storage_digests(
                         external,
@@ -256,6 +282,7 @@ impl Run<'_> {
             dockerfile_sha256: &checked.source.dockerfile_sha256,
             base_images: provenance.base_images(&registry, external, &used).await,
             audit: trail.as_bytes(),
+            reused_from,
         };
         let attestation = provenance
             .attest(&registry, &facts, log)
@@ -280,7 +307,7 @@ impl Run<'_> {
     }
 
     /// Pushes and registry checks with the job's own credentials.
-    fn publisher(&self) -> Publisher {
+    pub(super) fn publisher(&self) -> Publisher {
         Publisher::new(self.registries.clone())
     }
 

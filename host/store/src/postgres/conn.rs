@@ -86,6 +86,8 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX running_by_project ON jobs (project) WHERE state = 'running';
     CREATE INDEX queued_by_project ON jobs (project) WHERE state = 'queued';
     ",
+    // Finding the jobs that hold a document of a name (a build's inputs).
+    "CREATE INDEX job_records_by_name ON job_records (name);",
 ];
 
 /// A connection and the statements prepared on it, so each is parsed and

@@ -223,6 +223,21 @@ impl JobStore for PostgresStore {
         .boxed()
     }
 
+    fn jobs_with_record<'a>(&'a self, name: &'a str, limit: usize) -> StoreCall<'a, Vec<String>> {
+        async move {
+            let limit = limit as i64;
+            let rows = self
+                .query(
+                    "SELECT r.job_id FROM job_records r JOIN jobs j ON j.id = r.job_id \
+                     WHERE r.name = $1 ORDER BY j.seq DESC LIMIT $2",
+                    &[&name, &limit],
+                )
+                .await?;
+            Ok(rows.iter().map(|row| row.get(0)).collect())
+        }
+        .boxed()
+    }
+
     fn get<'a>(&'a self, id: &'a str) -> StoreCall<'a, Option<Job>> {
         async move {
             let jobs = self

@@ -323,6 +323,21 @@ impl JobStore for SqliteStore {
         ready(read())
     }
 
+    fn jobs_with_record<'a>(&'a self, name: &'a str, limit: usize) -> StoreCall<'a, Vec<String>> {
+        let found = self
+            .reader()
+            .prepare_cached(
+                "SELECT r.job_id FROM job_records r JOIN jobs j ON j.id = r.job_id \
+                 WHERE r.name = ?1 ORDER BY j.seq DESC LIMIT ?2",
+            )
+            .and_then(|mut s| {
+                s.query_map(rusqlite::params![name, limit as i64], |row| row.get(0))?
+                    .collect()
+            })
+            .map_err(db_error);
+        ready(found)
+    }
+
     fn get<'a>(&'a self, id: &'a str) -> StoreCall<'a, Option<Job>> {
         let found = jobs(&self.reader(), "SELECT body FROM jobs WHERE id = ?1", [id]);
         ready(found.map(|jobs| jobs.into_iter().next()))

@@ -58,6 +58,8 @@ const MIGRATIONS: &[&str] = &[
     ",
     // A project's listing without a full scan (the project is in the body).
     "CREATE INDEX jobs_by_project ON jobs (json_extract(body, '$.project'), seq);",
+    // Finding the jobs that hold a document of a name (a build's inputs).
+    "CREATE INDEX job_records_by_name ON job_records (name);",
 ];
 
 /// Longest the integrity check at start may take; on a store too large

@@ -28,6 +28,7 @@ use crate::api;
         api::logs,
         api::audit,
         api::provenance,
+        api::sbom,
         api::builders,
         api::reload_builders,
         api::hook,

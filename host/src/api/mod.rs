@@ -42,6 +42,7 @@ use crate::hooks::{Forge, HookError, Hooked};
 use crate::job::{InvalidJob, Job, JobRequest, State as JobState};
 use crate::plugin::BuilderInfo;
 use crate::provenance::Attestation;
+use crate::provenance::sbom::JobSbom;
 use crate::service::{JobPage, Service, ServiceError};
 use crate::store::JobFilter;
 
@@ -65,6 +66,7 @@ pub fn router(service: Service, access: Access) -> Router {
         .route("/v1/jobs/{id}/logs", get(logs))
         .route("/v1/jobs/{id}/audit", get(audit))
         .route("/v1/jobs/{id}/provenance", get(provenance))
+        .route("/v1/jobs/{id}/sbom", get(sbom))
         .route("/v1/builders", get(builders))
         .route("/v1/builders/reload", post(reload_builders))
         .route("/v1/openapi.json", get(openapi))

@@ -533,8 +533,8 @@ impl Inner {
         }
     }
 
-    /// Signs and attaches the provenance of the build `facts` describe,
-    /// and keeps it with the job; a registry that refuses it fails the job
+    /// Signs and attaches the provenance and SBOMs of the build `facts`
+    /// describe, and keeps them with the job; a registry that refuses it fails the job
     /// as it would a refused push.
     async fn attest(
         &self,
@@ -543,10 +543,21 @@ impl Inner {
         facts: &BuildFacts<'_>,
         log: &JobLog,
     ) -> Result<(), Failure> {
-        let attestation = provenance
+        let crate::provenance::Attested {
+            provenance: attestation,
+            sboms,
+        } = provenance
             .attest(registry, facts, log)
             .await
             .map_err(Failure::Attest)?;
+        match serde_json::to_string(&crate::provenance::sbom::JobSbom { sboms }) {
+            Ok(body) => {
+                self.config
+                    .store
+                    .put_record(&facts.job.id, crate::provenance::sbom::RECORD, body)
+            }
+            Err(e) => tracing::error!(job = %facts.job.id, "SBOM not kept: {e}"),
+        }
         let size = attestation.envelope.payload.len() * 3 / 4;
         match serde_json::to_string(&attestation) {
             Ok(body) => {

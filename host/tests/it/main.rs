@@ -24,6 +24,7 @@ mod python_builder;
 mod quotas;
 mod real_build;
 mod sandbox;
+mod sbom;
 mod scale_out;
 mod service;
 mod store;

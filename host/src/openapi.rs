@@ -34,6 +34,7 @@ use crate::job::SubmitPolicy;
         api::logs,
         api::audit,
         api::provenance,
+        api::sbom,
         api::builders,
         api::reload_builders,
         api::token,

@@ -180,6 +180,22 @@ pub(crate) async fn provenance(
     Ok(Json(service.provenance(&id).await?))
 }
 
+#[utoipa::path(get, path = "/v1/jobs/{id}/sbom",
+    summary = "the signed SPDX SBOMs attached to the job's image, one per platform",
+    description = "Per platform of the image: the packages its dpkg and apk databases list, as an SPDX 2.3 document in a signed in-toto statement (predicate type https://spdx.dev/Document), where it is in the registry (as a DSSE envelope and as a Sigstore bundle) and the key that signed it. 404 with the reason for a job without one, as for provenance.",
+    params(("id" = String, Path)),
+    responses((status = 200, description = "the SBOMs", body = JobSbom),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 503, body = ErrorBody)))]
+pub(crate) async fn sbom(
+    State(service): State<Service>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<JobSbom>> {
+    readable(&service, &caller, &id).await?;
+    Ok(Json(service.sbom(&id).await?))
+}
+
 #[utoipa::path(post, path = "/v1/jobs/{id}/cancel", summary = "cancel a queued or running job",
     params(("id" = String, Path)),
     responses((status = 200, description = "the job", body = Job),

@@ -42,6 +42,7 @@ use crate::hooks::{Forge, HookError, Hooked};
 use crate::job::{InvalidJob, Job, JobRequest, State as JobState};
 use crate::plugin::BuilderInfo;
 use crate::provenance::Attestation;
+use crate::provenance::sbom::JobSbom;
 use crate::service::{JobPage, Projects, Service, ServiceError};
 use crate::store::JobFilter;
 
@@ -64,6 +65,7 @@ pub fn router(service: Service) -> Router {
         .route("/v1/jobs/{id}/logs", get(logs))
         .route("/v1/jobs/{id}/audit", get(audit))
         .route("/v1/jobs/{id}/provenance", get(provenance))
+        .route("/v1/jobs/{id}/sbom", get(sbom))
         .route("/v1/builders", get(builders))
         .route("/v1/builders/reload", post(reload_builders))
         .route("/v1/token", get(token))

@@ -1,6 +1,6 @@
 //! Attestations in the registry: an OCI artifact (an image manifest whose
-//! one layer is the DSSE envelope) whose `subject` is the image it is
-//! about. Found through the OCI 1.1 referrers API where the registry has
+//! one layer is the DSSE envelope, or a Sigstore bundle holding it) whose
+//! `subject` is the image it is about. Found through the OCI 1.1 referrers API where the registry has
 //! it, else through the referrers tag fallback the distribution spec
 //! describes: an image index tagged `sha256-<hex of the subject digest>`
 //! that lists the artifacts referring to it (what registries without the
@@ -11,10 +11,37 @@ use serde_json::{Value, json};
 use crate::registry::oci::{OCI_INDEX, OCI_MANIFEST, RawManifest, RegistryClient, digest_of};
 use oci_client::Reference;
 
-use super::statement::{SLSA_PROVENANCE, sha256_hex};
+use super::bundle::BUNDLE_TYPE;
+use super::statement::sha256_hex;
 
 /// The media type of a DSSE envelope, the attestation's layer and type.
 pub const ENVELOPE_TYPE: &str = "application/vnd.dsse.envelope.v1+json";
+/// What is attached: a DSSE envelope or a Sigstore bundle, about a
+/// statement of `predicate_type`.
+#[derive(Debug, Clone, Copy)]
+pub struct Artifact<'a> {
+    /// [`ENVELOPE_TYPE`] or [`BUNDLE_TYPE`]: the artifact's type and its
+    /// one layer's.
+    pub media_type: &'static str,
+    pub bytes: &'a [u8],
+    pub predicate_type: &'a str,
+}
+
+impl Artifact<'_> {
+    /// The annotations of its manifest and of its entry in a referrers
+    /// index: the predicate type as in-toto and as the cosign bundle
+    /// specification name it.
+    fn annotations(&self) -> Value {
+        match self.media_type {
+            BUNDLE_TYPE => json!({
+                "dev.sigstore.bundle.content": "dsse-envelope",
+                "dev.sigstore.bundle.predicateType": self.predicate_type,
+            }),
+            _ => json!({ "in-toto.io/predicate-type": self.predicate_type }),
+        }
+    }
+}
+
 /// The OCI empty config blob.
 const EMPTY_TYPE: &str = "application/vnd.oci.empty.v1+json";
 const EMPTY: &[u8] = b"{}";
@@ -46,38 +73,38 @@ pub enum Index {
     FallbackTag,
 }
 
-/// Pushes `envelope` as an attestation of `subject` (a manifest of
+/// Pushes `artifact` as an attestation of `subject` (a manifest of
 /// `repository`) and makes it findable; the attestation's digest, and
 /// where it is listed.
 pub async fn attach(
     registry: &RegistryClient,
     repository: &Reference,
     subject: &RawManifest,
-    envelope: &[u8],
+    artifact: &Artifact<'_>,
 ) -> Result<(String, Index), String> {
     let (config, layer) = tokio::try_join!(
         registry.push_blob(repository, EMPTY),
-        registry.push_blob(repository, envelope)
+        registry.push_blob(repository, artifact.bytes)
     )?;
+    let mut annotations = artifact.annotations();
+    annotations["org.opencontainers.image.created"] = chrono::Utc::now().to_rfc3339().into();
     let manifest = json!({
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,
-        "artifactType": ENVELOPE_TYPE,
+        "artifactType": artifact.media_type,
         "config": { "mediaType": EMPTY_TYPE, "digest": config, "size": EMPTY.len() },
         "layers": [{
-            "mediaType": ENVELOPE_TYPE,
+            "mediaType": artifact.media_type,
             "digest": layer,
-            "size": envelope.len(),
-            "annotations": { "in-toto.io/predicate-type": SLSA_PROVENANCE },
+            "size": artifact.bytes.len(),
+            "annotations": artifact.annotations(),
         }],
         "subject": {
             "mediaType": subject.media_type,
             "digest": subject.digest,
             "size": subject.bytes.len(),
         },
-        "annotations": {
-            "org.opencontainers.image.created": chrono::Utc::now().to_rfc3339(),
-        },
+        "annotations": annotations.clone(),
     });
     let bytes = serde_json::to_vec(&manifest).map_err(|e| e.to_string())?;
     let digest = digest_of(&bytes);
@@ -105,22 +132,24 @@ pub async fn attach(
         "mediaType": OCI_MANIFEST,
         "digest": digest,
         "size": size,
-        "artifactType": ENVELOPE_TYPE,
-        "annotations": { "in-toto.io/predicate-type": SLSA_PROVENANCE },
+        "artifactType": artifact.media_type,
+        "annotations": annotations,
     }));
     let bytes = serde_json::to_vec(&index).map_err(|e| e.to_string())?;
     registry.push_manifest(&tag, bytes, OCI_INDEX).await?;
     Ok((digest, Index::FallbackTag))
 }
 
-/// The digests of the attestations referring to `digest` in `repository`,
-/// oldest first: through the referrers API, else the fallback tag (only
-/// there when `index` says so).
+/// The digests of the attestations of `artifact_type` ([`ENVELOPE_TYPE`]
+/// or [`BUNDLE_TYPE`]) referring to `digest` in `repository`, oldest
+/// first: through the referrers API, else the fallback tag (only there
+/// when `index` says so).
 pub async fn attestations(
     registry: &RegistryClient,
     repository: &Reference,
     digest: &str,
     index: Option<Index>,
+    artifact_type: &str,
 ) -> Result<Vec<String>, String> {
     let by_api = match index {
         Some(Index::FallbackTag) => None,
@@ -138,7 +167,7 @@ pub async fn attestations(
     };
     Ok(listed
         .iter()
-        .filter(|d| d["artifactType"] == ENVELOPE_TYPE)
+        .filter(|d| d["artifactType"] == artifact_type)
         .filter_map(|d| d["digest"].as_str().map(String::from))
         .collect())
 }

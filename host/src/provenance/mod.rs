@@ -4,7 +4,10 @@
 //! provenance statement ([`statement`]) about the digests it pushed,
 //! signs it with the operator's Ed25519 key in a DSSE envelope ([`dsse`])
 //! and pushes it next to the image as an OCI artifact referring to it
-//! ([`attach`]); the job succeeds only once the registry lists it.
+//! ([`attach`]), and again as a Sigstore bundle ([`bundle`]) for cosign;
+//! then, per platform of the image, an SPDX SBOM of the packages in it
+//! ([`sbom`]), signed and attached the same two ways. The job succeeds
+//! only once the registry lists them all.
 //! [`verify`] is the consumer's side: find the attestation of an image,
 //! check the signature and that it is about that image.
 //!
@@ -14,7 +17,11 @@
 //! builder asked for (the audit trail's digest).
 
 pub mod attach;
+pub mod bundle;
 pub mod dsse;
+pub mod layers;
+pub mod packages;
+pub mod sbom;
 pub mod statement;
 
 use std::collections::BTreeMap;
@@ -29,7 +36,10 @@ use crate::log::JobLog;
 use crate::plugin::{BuilderInfo, WIT_VERSION};
 use crate::reference::repository_of;
 use crate::registry::oci::{RegistryClient, digest_of, reference};
+use attach::{Artifact, ENVELOPE_TYPE};
+use bundle::BUNDLE_TYPE;
 use dsse::{Envelope, IN_TOTO_PAYLOAD, PublicKey, SigningKey};
+use sbom::{About, SPDX_DOCUMENT, Sbom};
 use statement::{
     BUILD_TYPE, BuildDefinition, BuildMetadata, COMPONENT, ExternalParameters, InternalParameters,
     ResourceDescriptor, RunDetails, SLSA_PROVENANCE, STATEMENT_TYPE, SlsaBuilder, Statement,
@@ -44,26 +54,87 @@ const ATTACH_RETRY: Backoff = Backoff {
     max: Duration::from_secs(4),
 };
 
-/// Attaches `envelope` to the image `pinned` (in `repository`) and checks
+/// Attaches `artifact` to the image `pinned` (in `repository`) and checks
 /// the registry lists it: the attestation's digest.
 async fn attach_listed(
     registry: &RegistryClient,
     repository: &Reference,
     pinned: &Reference,
-    envelope: &[u8],
+    artifact: &Artifact<'_>,
 ) -> Result<String, String> {
     let subject = registry
         .manifest(pinned)
         .await?
         .ok_or_else(|| format!("{pinned} is not in the registry"))?;
-    let (attached, index) = attach::attach(registry, repository, &subject, envelope).await?;
-    let listed = attach::attestations(registry, repository, &subject.digest, Some(index)).await?;
+    let (attached, index) = attach::attach(registry, repository, &subject, artifact).await?;
+    let listed = attach::attestations(
+        registry,
+        repository,
+        &subject.digest,
+        Some(index),
+        artifact.media_type,
+    )
+    .await?;
     if !listed.contains(&attached) {
         return Err(format!(
             "the registry does not list the attestation {attached} as referring to {pinned}"
         ));
     }
     Ok(attached)
+}
+
+/// `attempt`'s result once it succeeds, tried [`ATTACH_TRIES`] times in
+/// all with backoff while it fails, each retry said in `log` as `what`
+/// failing.
+async fn retried<T, E: std::fmt::Display, F: Future<Output = Result<T, E>>>(
+    what: &str,
+    log: &JobLog,
+    mut attempt: impl FnMut() -> F,
+) -> Result<T, String> {
+    let mut tries = 1;
+    loop {
+        match attempt().await {
+            Ok(done) => return Ok(done),
+            Err(e) if tries < ATTACH_TRIES => {
+                let wait = ATTACH_RETRY.delay(tries);
+                log.push(&format!(
+                    "[helix] provenance: {what} failed ({e}); trying again in {:.1}s",
+                    wait.as_secs_f64()
+                ));
+                tokio::time::sleep(wait).await;
+                tries += 1;
+            }
+            Err(e) => return Err(format!("{e} (tried {ATTACH_TRIES} times)")),
+        }
+    }
+}
+
+/// The image attestations are attached to: the digest pushed.
+struct Target {
+    /// `registry/path`.
+    name: String,
+    /// The pushed digest.
+    digest: String,
+    repository: Reference,
+    pinned: Reference,
+}
+
+impl Target {
+    fn of(result: &BuildResult) -> Result<Self, String> {
+        let image = &result.image_tag;
+        let digest = result
+            .digest
+            .as_ref()
+            .ok_or_else(|| format!("{image} was pushed without a digest"))?
+            .to_string();
+        let name = repository_of(image).to_string();
+        Ok(Target {
+            repository: reference(image)?,
+            pinned: reference(&format!("{name}@{digest}"))?,
+            name,
+            digest,
+        })
+    }
 }
 
 /// The name of the resolved dependency that is the Dockerfile built.
@@ -78,10 +149,22 @@ pub struct Attestation {
     /// Where it is in the registry: `repository@sha256:…`.
     pub reference: String,
     /// The id of the key that signed it.
+    /// Where the same envelope is as a Sigstore bundle:
+    /// `repository@sha256:…` (none for one attested before bundles).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bundle: Option<String>,
     pub key_id: String,
     pub envelope: Envelope,
     /// The envelope's payload, decoded.
     pub statement: Statement,
+}
+
+/// What [`Provenance::attest`] attached: the provenance, and the SBOM of
+/// each platform.
+#[derive(Debug, Clone)]
+pub struct Attested {
+    pub provenance: Attestation,
+    pub sboms: Vec<Sbom>,
 }
 
 /// What a build's statement is made from.
@@ -231,51 +314,124 @@ impl Provenance {
     }
 
     /// Writes, signs and attaches the statement about `facts`' build
-    /// through `registry`, and checks the registry lists it as referring
-    /// to the image. A registry that fails meanwhile (unreachable, a 5xx,
-    /// a 400 while other jobs upload the same small blob) is tried again,
-    /// [`ATTACH_TRIES`] times in all with backoff, each retry said in `log`,
-    /// before the error is returned.
+    /// through `registry`, then each platform's SBOM, and checks the
+    /// registry lists each as referring to the image. A registry that
+    /// fails meanwhile (unreachable, a 5xx, a 400 while other jobs upload
+    /// the same small blob) is tried again, [`ATTACH_TRIES`] times in all
+    /// with backoff, each retry said in `log`, before the error is
+    /// returned.
     pub async fn attest(
         &self,
         registry: &RegistryClient,
         facts: &BuildFacts<'_>,
         log: &JobLog,
-    ) -> Result<Attestation, String> {
+    ) -> Result<Attested, String> {
+        let target = Target::of(facts.result)?;
         let statement = self.statement(facts);
-        let payload = serde_json::to_vec(&statement).map_err(|e| e.to_string())?;
-        let envelope = self.key.sign(IN_TOTO_PAYLOAD, &payload);
-        let envelope_bytes = serde_json::to_vec(&envelope).map_err(|e| e.to_string())?;
-        let image = &facts.result.image_tag;
-        let digest = facts
-            .result
-            .digest
-            .as_ref()
-            .ok_or_else(|| format!("{image} was pushed without a digest"))?;
-        let repository = reference(image)?;
-        let pinned = reference(&format!("{}@{}", repository_of(image), digest.as_str()))?;
-        let mut tries = 1;
-        let attached = loop {
-            match attach_listed(registry, &repository, &pinned, &envelope_bytes).await {
-                Ok(attached) => break attached,
-                Err(e) if tries < ATTACH_TRIES => {
-                    let wait = ATTACH_RETRY.delay(tries);
-                    log.push(&format!(
-                        "[helix] provenance: attaching failed ({e}); trying again in {:.1}s",
-                        wait.as_secs_f64()
-                    ));
-                    tokio::time::sleep(wait).await;
-                    tries += 1;
-                }
-                Err(e) => return Err(format!("{e} (tried {ATTACH_TRIES} times)")),
-            }
-        };
-        Ok(Attestation {
-            reference: format!("{}@{attached}", repository_of(image)),
+        let (envelope, reference, bundle) = self
+            .publish(registry, &target, &statement, SLSA_PROVENANCE, log)
+            .await?;
+        let provenance = Attestation {
+            reference,
+            bundle: Some(bundle),
             key_id: self.key.id(),
             envelope,
             statement,
+        };
+        let sboms = self.sboms(registry, &target, facts.job, log).await?;
+        Ok(Attested { provenance, sboms })
+    }
+
+    /// Signs `statement` (about `predicate_type`) and attaches it to
+    /// `target` as a DSSE envelope and as a Sigstore bundle: the
+    /// envelope, and where each is.
+    async fn publish(
+        &self,
+        registry: &RegistryClient,
+        target: &Target,
+        statement: &impl Serialize,
+        predicate_type: &str,
+        log: &JobLog,
+    ) -> Result<(Envelope, String, String), String> {
+        let payload = serde_json::to_vec(statement).map_err(|e| e.to_string())?;
+        let envelope = self.key.sign(IN_TOTO_PAYLOAD, &payload);
+        let dsse = serde_json::to_vec(&envelope).map_err(|e| e.to_string())?;
+        let bundle = serde_json::to_vec(&bundle::bundle(&envelope, &self.key.id()))
+            .map_err(|e| e.to_string())?;
+        let mut attached = Vec::new();
+        for (media_type, bytes) in [(ENVELOPE_TYPE, &dsse), (BUNDLE_TYPE, &bundle)] {
+            let artifact = Artifact {
+                media_type,
+                bytes,
+                predicate_type,
+            };
+            let digest = retried("attaching", log, || {
+                attach_listed(registry, &target.repository, &target.pinned, &artifact)
+            })
+            .await?;
+            attached.push(format!("{}@{digest}", target.name));
+        }
+        let bundled = attached.pop().unwrap_or_default();
+        let enveloped = attached.pop().unwrap_or_default();
+        Ok((envelope, enveloped, bundled))
+    }
+
+    /// The SBOM of each platform of `target` (built by `job`), read from
+    /// its layers, signed and attached.
+    async fn sboms(
+        &self,
+        registry: &RegistryClient,
+        target: &Target,
+        job: &Job,
+        log: &JobLog,
+    ) -> Result<Vec<Sbom>, String> {
+        const READING: &str = "reading the image for its SBOM";
+        let images = retried(READING, log, || async move {
+            let pushed = registry
+                .manifest(&target.pinned)
+                .await?
+                .ok_or_else(|| format!("{} is not in the registry", target.pinned))?;
+            sbom::platform_images(registry, &target.repository, &pushed)
+                .await
+                .map_err(|e| e.to_string())
         })
+        .await?;
+        let mut sboms = Vec::new();
+        for image in &images {
+            let (packages, notes) = retried(READING, log, || {
+                sbom::packages(registry, &target.repository, image)
+            })
+            .await?;
+            let about = About {
+                repository: &target.name,
+                pushed: &target.digest,
+                image,
+                job: job.id.as_str(),
+                host: &self.host,
+            };
+            let statement = sbom::statement(&about, sbom::document(&about, &packages, &notes));
+            let (envelope, reference, bundle) = self
+                .publish(registry, target, &statement, SPDX_DOCUMENT, log)
+                .await?;
+            log.push(&format!(
+                "[helix] sbom: {}: {} packages in a signed SPDX 2.3 document, attached as {reference}",
+                image.platform,
+                packages.len()
+            ));
+            for note in &notes {
+                log.push(&format!("[helix] sbom: {}: {note}", image.platform));
+            }
+            sboms.push(Sbom {
+                platform: image.platform.clone(),
+                image: format!("{}@{}", target.name, image.digest),
+                reference,
+                bundle,
+                key_id: self.key.id(),
+                envelope,
+                statement,
+            });
+        }
+        Ok(sboms)
     }
 
     /// Each of `images` (the external images the parsed Dockerfile uses)
@@ -417,7 +573,7 @@ pub async fn verify(
         }
     };
     let pinned = format!("{repository}@{digest}");
-    let found = attach::attestations(registry, &given, &digest, None).await?;
+    let found = attach::attestations(registry, &given, &digest, None, ENVELOPE_TYPE).await?;
     if found.is_empty() {
         return Err(format!(
             "{pinned} has no provenance: no attestation refers to it (it was not built by \

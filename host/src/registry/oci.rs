@@ -197,6 +197,24 @@ impl RegistryClient {
             .map_err(|e| describe(reference, e))?;
         Ok(out)
     }
+
+    /// Blob `digest` of `reference`'s repository as it arrives, checked
+    /// against its digest once read to the end (an error then if it does
+    /// not match): for blobs too large to hold in memory.
+    pub async fn blob_reader(
+        &self,
+        reference: &Reference,
+        digest: &str,
+    ) -> Result<impl tokio::io::AsyncRead + Send + Unpin + 'static, String> {
+        self.authenticate(reference, RegistryOperation::Pull)
+            .await?;
+        let stream = self
+            .client
+            .pull_blob_stream(reference, digest)
+            .await
+            .map_err(|e| describe(reference, e))?;
+        Ok(tokio_util::io::StreamReader::new(stream))
+    }
 }
 
 fn is_not_found(e: &OciDistributionError) -> bool {

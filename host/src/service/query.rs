@@ -10,6 +10,7 @@ use crate::audit::JobAudit;
 use crate::job::{Job, State};
 use crate::log::{JobLog, LogLine, Redactor};
 use crate::provenance::Attestation;
+use crate::provenance::sbom::JobSbom;
 use crate::store::{DatabaseError, JobFilter, StoreError};
 
 /// One page of [`Service::list_page`].
@@ -51,15 +52,33 @@ impl Service {
 
     /// Job `id`'s signed provenance, as attached to its image.
     pub async fn provenance(&self, id: &str) -> Result<Attestation, ServiceError> {
+        self.attested(id, crate::provenance::RECORD, "provenance")
+            .await
+    }
+
+    /// Job `id`'s signed SBOMs (one per platform), as attached to its
+    /// image.
+    pub async fn sbom(&self, id: &str) -> Result<JobSbom, ServiceError> {
+        self.attested(id, crate::provenance::sbom::RECORD, "SBOM")
+            .await
+    }
+
+    /// Job `id`'s record `name` (its `what`), or why it has none.
+    async fn attested<T: serde::de::DeserializeOwned>(
+        &self,
+        id: &str,
+        name: &str,
+        what: &str,
+    ) -> Result<T, ServiceError> {
         let store = &self.inner.config.store;
         let records = store
-            .records(id, crate::provenance::RECORD)
+            .records(id, name)
             .await?
             .ok_or_else(|| ServiceError::NotFound(id.to_string()))?;
         if let Some(record) = records.first() {
             return serde_json::from_str(record).map_err(|e| {
                 ServiceError::from(StoreError::Database(DatabaseError::with_context(
-                    format!("the provenance of job '{id}' is unreadable"),
+                    format!("the {what} of job '{id}' is unreadable"),
                     e,
                 )))
             });
@@ -77,6 +96,13 @@ impl Service {
             )
         } else if job.state != State::Succeeded {
             format!("it {} (only a build that succeeds is attested)", job.state)
+        } else if name != crate::provenance::RECORD
+            && store
+                .records(id, crate::provenance::RECORD)
+                .await?
+                .is_some_and(|r| !r.is_empty())
+        {
+            format!("it was attested by a version of Helix that wrote no {what}")
         } else {
             "provenance was off (`provenance = false`) when it was built".to_string()
         };

@@ -26,6 +26,7 @@ mod quotas;
 mod real_build;
 mod reuse;
 mod sandbox;
+mod sbom;
 mod scale_out;
 mod service;
 mod slots;

@@ -247,6 +247,7 @@ async fn two_projects_are_isolated(server: &Server) {
             (Method::GET, "/logs?follow=true"),
             (Method::GET, "/audit"),
             (Method::GET, "/provenance"),
+            (Method::GET, "/sbom"),
             (Method::GET, "/wait?timeout_secs=0"),
             (Method::POST, "/cancel"),
         ] {

@@ -11,6 +11,7 @@ use std::process::Command;
 
 use helix_build::job::{JobRequest, State};
 use helix_build::provenance::dsse::{PublicKey, SigningKey};
+use helix_build::provenance::statement::SLSA_PROVENANCE;
 use helix_build::provenance::{Policy, attach, verify};
 use helix_build::registry::oci::reference;
 use helix_build::secrets::SecretSource;
@@ -58,6 +59,15 @@ fn push_plain_image(reference: &str, label: &str) {
         "plain",
         &format!("docker://{reference}"),
     ]);
+}
+
+/// `envelope` (JSON) as an attestation of SLSA provenance.
+fn dsse_artifact(envelope: &[u8]) -> attach::Artifact<'_> {
+    attach::Artifact {
+        media_type: attach::ENVELOPE_TYPE,
+        bytes: envelope,
+        predicate_type: SLSA_PROVENANCE,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -224,9 +234,14 @@ async fn a_two_platform_build_is_attested_verifies_and_forgeries_do_not() {
     let plain_ref = reference(&plain).unwrap();
     let plain_manifest = registry_client.manifest(&plain_ref).await.unwrap().unwrap();
     let envelope = serde_json::to_vec(&attestation.envelope).unwrap();
-    attach::attach(&registry_client, &plain_ref, &plain_manifest, &envelope)
-        .await
-        .unwrap();
+    attach::attach(
+        &registry_client,
+        &plain_ref,
+        &plain_manifest,
+        &dsse_artifact(&envelope),
+    )
+    .await
+    .unwrap();
     let err = failure(verify(&registry_client, &plain, &public, &Policy::default()).await);
     assert!(err.contains("it was made for another image"), "{err}");
 
@@ -250,7 +265,7 @@ async fn a_two_platform_build_is_attested_verifies_and_forgeries_do_not() {
         &registry_client,
         &other_ref,
         &other_manifest,
-        &serde_json::to_vec(&tampered).unwrap(),
+        &dsse_artifact(&serde_json::to_vec(&tampered).unwrap()),
     )
     .await
     .unwrap();
@@ -457,7 +472,9 @@ async fn attaching_provenance_rides_out_a_registry_restart_and_concurrent_upload
         tokio::time::sleep(std::time::Duration::from_millis(700)).await;
         tokio::task::block_in_place(|| registry.resume());
     });
-    let attested = attested.expect("attached once the registry is back");
+    let attested = attested
+        .expect("attached once the registry is back")
+        .provenance;
     let retries = log.snapshot();
     assert!(
         retries

@@ -242,9 +242,9 @@ impl Run<'_> {
         Ok(result)
     }
 
-    /// Signs and attaches the provenance of what the builder `built` (or,
-    /// for a job given its image, of the build `reused_from`), and keeps
-    /// it with the job; a registry that refuses it fails the job as it
+    /// Signs and attaches the provenance and SBOMs of what the builder
+    /// `built` (or, for a job given its image, of the build
+    /// `reused_from`), and keeps them with the job; a registry that refuses it fails the job as it
     /// would a refused push.
     async fn attest(
         &self,
@@ -284,10 +284,22 @@ impl Run<'_> {
             audit: trail.as_bytes(),
             reused_from,
         };
-        let attestation = provenance
+        let crate::provenance::Attested {
+            provenance: attestation,
+            sboms,
+        } = provenance
             .attest(&registry, &facts, log)
             .await
             .map_err(Failure::Attest)?;
+        match serde_json::to_string(&crate::provenance::sbom::JobSbom { sboms }) {
+            Ok(body) => {
+                self.inner
+                    .config
+                    .store
+                    .put_record(&job.id, crate::provenance::sbom::RECORD, body)
+            }
+            Err(e) => tracing::error!(job = %job.id, "SBOM not kept: {e}"),
+        }
         let size = attestation.envelope.payload.len() * 3 / 4;
         match serde_json::to_string(&attestation) {
             Ok(body) => {

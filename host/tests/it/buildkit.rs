@@ -180,6 +180,9 @@ fn comparable(job: &Job) -> serde_json::Value {
         "completed_at",
         // How many steps each tool counts, and caches, is its own.
         "steps",
+        // As are how long each phase took and what each run used.
+        "phases",
+        "resources",
     ] {
         fields.remove(varying);
     }

@@ -5,6 +5,7 @@
 //! git servers, registry, podman and loop-mounted quotas.
 
 use crate::common;
+use crate::common::LogText as _;
 
 use helix_fixtures::{DumbHttpGit, Registry, Repo};
 
@@ -185,18 +186,22 @@ async fn a_cache_slot_turned_read_only_is_a_host_fault_and_retried_not_the_users
     let (job, _) = common::run_logged(&service, common::on_repo(repo.path(), "podman")).await;
     assert_eq!(job.state, State::Succeeded, "the slots exist");
 
-    // Every slot's file system turns read-only, as ext4 does on an I/O error.
-    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
-    let slots: Vec<std::path::PathBuf> = std::fs::read_dir(dir.path().join("build-cache/podman"))
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| mounts.contains(&format!(" {} ", p.display())))
-        .collect();
-    assert!(!slots.is_empty());
+    // Every slot's file system turns read-only while a step runs, as ext4
+    // does on an I/O error, in each attempt (a slot found read-only
+    // before a run is made anew, see `slots::`).
+    let slot_mounts = || {
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+        let slots: Vec<String> = std::fs::read_dir(dir.path().join("build-cache/podman"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path().display().to_string())
+            .filter(|p| mounts.contains(&format!(" {p} ")))
+            .collect();
+        assert!(!slots.is_empty());
+        slots
+    };
     let remount = |mode: &str| {
-        for slot in &slots {
-            let slot = slot.display().to_string();
+        for slot in slot_mounts() {
             helix_fixtures::run(
                 dir.path(),
                 "mount",
@@ -204,8 +209,40 @@ async fn a_cache_slot_turned_read_only_is_a_host_fault_and_retried_not_the_users
             );
         }
     };
-    remount("ro");
-    let (job, _) = common::run_logged(&service, common::on_repo(repo.path(), "podman")).await;
+    // The marker is the step's output, never its command line.
+    let slow = helix_fixtures::repo_running(
+        "/bin/busybox echo step-$((1+1)); /bin/busybox sleep 3; /bin/busybox echo built > /built",
+    );
+    let submitted = service
+        .submit(common::on_repo(slow.path(), "podman"))
+        .await
+        .unwrap();
+    // Each time a step has started that the slots have not yet failed, they
+    // turn read-only; an attempt that fails before its step (say, on a
+    // slot it found read-only) counts the same.
+    let mut failed_steps = 0;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    while !service
+        .get(submitted.id.as_str())
+        .await
+        .unwrap()
+        .state
+        .is_terminal()
+    {
+        let logs = service.logs(submitted.id.as_str()).await.unwrap();
+        let steps = logs.iter().filter(|l| l.text.ends_with("step-2")).count();
+        if steps > failed_steps {
+            remount("ro");
+            failed_steps = steps;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the job did not end: {:?}",
+            logs.texts()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let job = common::finished(&service, &submitted.id).await;
     remount("rw");
     assert_eq!(job.state, State::Failed);
     let error = job.error.unwrap_or_default();

@@ -25,18 +25,30 @@ pub(crate) fn run(program: &str, args: Vec<String>) -> Result<Output, BuildError
     })
 }
 
-/// The line of a tool's stderr that says what went wrong: its last
-/// `Error:`/`fatal:` line, else its last non-empty line.
+/// The line of a tool's stderr that says what went wrong: where a Go
+/// tool crashed, its `panic:` line (the stack trace after it says
+/// nothing a user can act on); else its last `Error:`/`fatal:` line, else
+/// its last non-empty line.
 pub(crate) fn error_line(stderr: &str) -> String {
     let lines: Vec<&str> = stderr
         .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty())
         .collect();
-    lines
+    let trace = lines
+        .iter()
+        .position(|l| l.starts_with("goroutine ") && l.ends_with(':'))
+        .unwrap_or(lines.len());
+    let crash = lines[..trace]
         .iter()
         .rev()
-        .find(|l| l.starts_with("Error:") || l.starts_with("error:") || l.starts_with("fatal:"))
+        .find(|l| l.starts_with("panic: ") || l.starts_with("fatal error: "));
+    crash
+        .or_else(|| {
+            lines.iter().rev().find(|l| {
+                l.starts_with("Error:") || l.starts_with("error:") || l.starts_with("fatal:")
+            })
+        })
         .or(lines.last())
         .map(|l| {
             l.trim_start_matches("Error: ")

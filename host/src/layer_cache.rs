@@ -439,12 +439,11 @@ impl CacheSlot {
         self.held.disk.as_ref()
     }
 
-    /// Takes away what one job may leave in the slot — build containers
-    /// (with their mounts) and the names of its image — keeping the
-    /// layers; empties the slot if it has grown past the cap. Run before a
-    /// job (in case a crashed host left something) and after it, whatever
-    /// its outcome.
-    pub async fn clean(&self, env: &BTreeMap<String, String>, log: &JobLog, jail: Option<&Jail>) {
+    /// Takes away what one build may leave in the slot — build
+    /// containers (with their mounts) and the names of its image — keeping
+    /// the layers. Run before a build (in case a crashed host left
+    /// something) and after it, whatever its outcome.
+    pub async fn remove_leftovers(&self, env: &BTreeMap<String, String>, jail: Option<&Jail>) {
         let cancel = CancelSignal::new();
         for (program, args) in [
             ("buildah", &["rm", "--all"][..]),
@@ -469,6 +468,12 @@ impl CacheSlot {
             .run()
             .await;
         }
+    }
+
+    /// Empties the slot's layers, or its repository mirrors, where they
+    /// have grown past three quarters of their file system. Run after
+    /// every job.
+    pub fn keep_within_bounds(&self, log: &JobLog) {
         let size = dir_size(&self.dir.join("storage")) + dir_size(&self.dir.join(CACHE_MOUNTS));
         if size > self.max_bytes / 4 * 3 {
             log.push(&format!(

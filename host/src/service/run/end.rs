@@ -49,7 +49,10 @@ impl Run<'_> {
         if let (Some(engine), Some(name)) = (&self.engine, &self.engine_image) {
             engine.remove_images(name).await;
         }
-        self.clean_slot().await;
+        if self.built {
+            self.remove_slot_leftovers().await;
+        }
+        self.keep_slot_within_bounds();
         let Run {
             inner,
             job,

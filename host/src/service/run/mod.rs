@@ -71,6 +71,8 @@ struct Run<'a> {
     /// Where every program of the run runs, if it runs any.
     jail: Option<Arc<Jail>>,
     audit: Arc<AuditTrail>,
+    /// Whether the build step ran (and so may have left things in the slot).
+    built: bool,
 }
 
 impl Inner {

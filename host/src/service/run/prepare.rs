@@ -171,7 +171,7 @@ impl<'a> Run<'a> {
         let engine_image = engine.as_ref().map(|_| DockerEngine::image_name(&run));
         let audit =
             Arc::new(crate::audit::AuditTrail::new(job.attempts).of_project(job.project.clone()));
-        let run = Run {
+        Ok(Run {
             inner,
             job,
             log,
@@ -185,18 +185,27 @@ impl<'a> Run<'a> {
             engine_image,
             jail,
             audit,
-        };
-        run.clean_slot().await;
-        Ok(run)
+            built: false,
+        })
     }
 
     /// Empties the run's slot of containers and images an earlier run
-    /// left (before the build) or this one made (after it); an engine's
-    /// slot is the engine's to keep.
-    pub(super) async fn clean_slot(&self) {
+    /// left (before the build) or this one's build made (after it); an
+    /// engine's slot is the engine's to keep. A run that builds nothing
+    /// (its image reused, its checkout failed) runs no tool in the slot.
+    pub(super) async fn remove_slot_leftovers(&self) {
         if let Some(slot) = self.slot.as_ref().filter(|_| self.engine.is_none()) {
             let env = self.dirs.program_env();
-            slot.clean(&env, self.log, self.jail.as_deref()).await;
+            slot.remove_leftovers(&env, self.jail.as_deref()).await;
+        }
+    }
+
+    /// Empties the run's slot where it has grown past its cap (see
+    /// [`CacheSlot::keep_within_bounds`]); an engine's slot is the
+    /// engine's to keep.
+    pub(super) fn keep_slot_within_bounds(&self) {
+        if let Some(slot) = self.slot.as_ref().filter(|_| self.engine.is_none()) {
+            slot.keep_within_bounds(self.log);
         }
     }
 }

@@ -31,7 +31,7 @@ pub(super) struct Checked {
 impl Run<'_> {
     /// Checks out, builds, pushes, checks and attests, timing each step
     /// on `clock`, also when it fails.
-    pub(super) async fn work(&self, clock: &mut PhaseClock) -> Result<BuildResult, Failure> {
+    pub(super) async fn work(&mut self, clock: &mut PhaseClock) -> Result<BuildResult, Failure> {
         let checked = match self.builder.backend() {
             Backend::Simulated => None,
             Backend::Storage | Backend::Engine(_) => {
@@ -58,6 +58,9 @@ impl Run<'_> {
                 Reuse::Build(to_record) => inputs = to_record,
             }
         }
+        self.built = true;
+        self.remove_slot_leftovers().await;
+        self.keep_slot_within_bounds();
         let instantiation = OnceLock::new();
         let built = self.build(checked.as_ref(), &instantiation).await;
         let instantiated = instantiation.get().copied();

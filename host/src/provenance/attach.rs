@@ -120,25 +120,68 @@ pub async fn attach(
         return Ok((digest, Index::Referrers));
     }
     let tag = fallback_tag(repository, &subject.digest);
-    let mut index = match registry.manifest(&tag).await? {
-        Some(existing) => serde_json::from_slice::<Value>(&existing.bytes)
-            .map_err(|e| format!("the referrers index {tag} is not JSON: {e}"))?,
-        None => json!({ "schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [] }),
-    };
-    let Some(entries) = index["manifests"].as_array_mut() else {
-        return Err(format!("the referrers index {tag} lists no manifests"));
-    };
-    entries.push(json!({
+    let entry = json!({
         "mediaType": OCI_MANIFEST,
         "digest": digest,
         "size": size,
         "artifactType": artifact.media_type,
         "annotations": annotations,
-    }));
-    let bytes = serde_json::to_vec(&index).map_err(|e| e.to_string())?;
-    registry.push_manifest(&tag, bytes, OCI_INDEX).await?;
+    });
+    list_in_fallback_tag(registry, &tag, entry).await?;
     Ok((digest, Index::FallbackTag))
 }
+
+/// How many times an entry is added again to a fallback index that lost
+/// it to another host's update.
+const FALLBACK_WRITES: usize = 4;
+
+/// Adds `entry` to the referrers index tagged `tag`. The registry offers
+/// no conditional write, so the index is read, extended and written
+/// back: updates of one tag on this host take turns (the attestations of
+/// one image, of several platforms, or of images reused from one build,
+/// are attached at once), and an entry that another host's update
+/// overwrote is added again, up to [`FALLBACK_WRITES`] times.
+async fn list_in_fallback_tag(
+    registry: &RegistryClient,
+    tag: &Reference,
+    entry: Value,
+) -> Result<(), String> {
+    let name = tag.to_string();
+    let turn = {
+        let mut locks = FALLBACK_LOCKS.lock().unwrap_or_else(|e| e.into_inner());
+        locks.retain(|_, lock| std::sync::Arc::strong_count(lock) > 1);
+        locks.entry(name).or_default().clone()
+    };
+    let _turn = turn.lock().await;
+    for writes in 0..=FALLBACK_WRITES {
+        let mut index = match registry.manifest(tag).await? {
+            Some(existing) => serde_json::from_slice::<Value>(&existing.bytes)
+                .map_err(|e| format!("the referrers index {tag} is not JSON: {e}"))?,
+            None => json!({ "schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [] }),
+        };
+        let Some(entries) = index["manifests"].as_array_mut() else {
+            return Err(format!("the referrers index {tag} lists no manifests"));
+        };
+        if entries.iter().any(|e| e["digest"] == entry["digest"]) {
+            return Ok(());
+        }
+        if writes == FALLBACK_WRITES {
+            break;
+        }
+        entries.push(entry.clone());
+        let bytes = serde_json::to_vec(&index).map_err(|e| e.to_string())?;
+        registry.push_manifest(tag, bytes, OCI_INDEX).await?;
+    }
+    Err(format!(
+        "the referrers index {tag} lost the attestation {} to other updates {FALLBACK_WRITES} times",
+        entry["digest"].as_str().unwrap_or_default()
+    ))
+}
+
+/// The fallback tags being updated on this host, each with its turn.
+static FALLBACK_LOCKS: std::sync::LazyLock<
+    std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>>,
+> = std::sync::LazyLock::new(Default::default);
 
 /// The digests of the attestations of `artifact_type` ([`ENVELOPE_TYPE`]
 /// or [`BUNDLE_TYPE`]) referring to `digest` in `repository`, oldest

@@ -531,6 +531,35 @@ async fn attaching_provenance_rides_out_a_registry_restart_and_concurrent_upload
         .await
         .unwrap_or_else(|e| panic!("{}: {e}", result.image_tag));
     }
+
+    // Six attestations of one image attached at once (one build's
+    // platforms, or jobs reused from one build): the fallback tag lists
+    // every one.
+    let subject = reference(&image).unwrap();
+    let manifest = registry_client.manifest(&subject).await.unwrap().unwrap();
+    let envelopes: Vec<Vec<u8>> = (0..6)
+        .map(|i| format!(r#"{{"payload":"{i}"}}"#).into_bytes())
+        .collect();
+    let artifacts: Vec<attach::Artifact> = envelopes.iter().map(|e| dsse_artifact(e)).collect();
+    let attached = futures_util::future::join_all(
+        artifacts
+            .iter()
+            .map(|artifact| attach::attach(&registry_client, &subject, &manifest, artifact)),
+    )
+    .await;
+    let attached: Vec<String> = attached.into_iter().map(|a| a.unwrap().0).collect();
+    let listed = attach::attestations(
+        &registry_client,
+        &subject,
+        &manifest.digest,
+        None,
+        attach::ENVELOPE_TYPE,
+    )
+    .await
+    .unwrap();
+    for digest in &attached {
+        assert!(listed.contains(digest), "{digest} not in {listed:?}");
+    }
     assert!(
         attested
             .reference

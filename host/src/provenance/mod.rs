@@ -195,11 +195,16 @@ pub struct BuildFacts<'a> {
 pub struct Provenance {
     key: SigningKey,
     host: String,
+    packages: sbom::PackagesRead,
 }
 
 impl Provenance {
     pub fn new(key: SigningKey, host: String) -> Self {
-        Provenance { key, host }
+        Provenance {
+            key,
+            host,
+            packages: sbom::PackagesRead::default(),
+        }
     }
 
     pub fn key_id(&self) -> String {
@@ -402,7 +407,7 @@ impl Provenance {
         let mut sboms = Vec::new();
         for image in &images {
             let (packages, notes) = retried(READING, log, || {
-                sbom::packages(registry, &target.repository, image)
+                self.packages.of(registry, &target.repository, image)
             })
             .await?;
             let about = About {

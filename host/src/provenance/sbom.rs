@@ -225,11 +225,11 @@ pub async fn platform_images(
 }
 
 /// The packages of `image` (of `repository`), and what could not be read.
-pub async fn packages(
+async fn packages(
     registry: &RegistryClient,
     repository: &Reference,
     image: &PlatformImage,
-) -> Result<(Vec<Package>, Vec<String>), LayerError> {
+) -> Result<ImagePackages, LayerError> {
     let ecosystems = [Ecosystem::Deb, Ecosystem::Apk];
     let wanted: Vec<&'static str> = ecosystems.iter().map(|e| e.database()).collect();
     let found = layers::read(
@@ -249,6 +249,56 @@ pub async fn packages(
     listed.sort();
     listed.dedup();
     Ok((listed, found.notes))
+}
+
+/// The packages of platform images read lately, by manifest digest: an
+/// image reused from an earlier build, or pushed again unchanged, is not
+/// downloaded again for its SBOM. A digest names its layers, so what was
+/// read for it holds for every repository and project that has it (each
+/// reads the digest from its own repository first, with its own
+/// credentials).
+#[derive(Default)]
+pub struct PackagesRead(std::sync::Mutex<std::collections::VecDeque<(String, ImagePackages)>>);
+
+/// An image's packages, and what could not be read.
+type ImagePackages = (Vec<Package>, Vec<String>);
+
+/// How many images' packages [`PackagesRead`] keeps.
+const PACKAGES_KEPT: usize = 64;
+
+impl PackagesRead {
+    /// The packages of `image` (of `repository`), read from its layers
+    /// unless they were read lately.
+    pub async fn of(
+        &self,
+        registry: &RegistryClient,
+        repository: &Reference,
+        image: &PlatformImage,
+    ) -> Result<ImagePackages, LayerError> {
+        let kept = |read: &std::collections::VecDeque<(String, ImagePackages)>| {
+            read.iter()
+                .find(|(digest, _)| *digest == image.digest)
+                .map(|(_, packages)| packages.clone())
+        };
+        if let Some(packages) = kept(&self.lock()) {
+            return Ok(packages);
+        }
+        let packages = packages(registry, repository, image).await?;
+        let mut read = self.lock();
+        if kept(&read).is_none() {
+            if read.len() == PACKAGES_KEPT {
+                read.pop_front();
+            }
+            read.push_back((image.digest.clone(), packages.clone()));
+        }
+        Ok(packages)
+    }
+
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::VecDeque<(String, ImagePackages)>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// What a document is about and by whom.

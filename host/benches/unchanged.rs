@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use common::{median, ms, row, through_service};
+use common::{job_through_service, median, ms, row, through_service};
 use helix_build::app;
 use helix_build::job::JobRequest;
 use helix_fixtures::Registry;
@@ -55,18 +55,30 @@ async fn bench() {
     crate::realistic_build::by_hand(&url, &hand_image(0), hand.path(), None).await;
 
     let (mut helix, mut by_hand) = (Vec::new(), Vec::new());
+    let (mut helix_phases, mut hand_steps) = (Vec::new(), Vec::new());
     let (mut helix_requests, mut hand_requests) = (Vec::new(), Vec::new());
     for round in 1..=ROUNDS {
         let before = proxy.requests();
-        helix.push(through_service(&service, job(round)).await);
+        let (took, ended) = job_through_service(&service, job(round)).await;
+        helix.push(took);
+        helix_phases.push(ended.phases);
         helix_requests.push(proxy.requests() - before);
         let before = proxy.requests();
         let image = hand_image(round);
         let hand_run = crate::realistic_build::by_hand(&url, &image, hand.path(), None);
-        by_hand.push(hand_run.await.total);
+        let hand_run = hand_run.await;
+        by_hand.push(hand_run.total);
+        hand_steps.push(hand_run);
         hand_requests.push(proxy.requests() - before);
     }
     println!("cores: {}", common::cores());
+    common::print_phase_table(
+        "unchanged rebuild",
+        "podman",
+        &helix_phases,
+        "podman",
+        &hand_steps,
+    );
     let (helix, by_hand) = (median(&mut helix), median(&mut by_hand));
     helix_requests.sort();
     hand_requests.sort();
@@ -109,6 +121,10 @@ impl CountingProxy {
                 let (counted, upstream) = (counted.clone(), upstream.clone());
                 tokio::spawn(async move {
                     if let Ok(server) = TcpStream::connect(&upstream).await {
+                        // As the clients and the registry do: a relay that
+                        // waited on Nagle's algorithm would add a delayed
+                        // ACK to every request sent in two writes.
+                        let _ = (client.set_nodelay(true), server.set_nodelay(true));
                         relay(client, server, counted).await;
                     }
                 });

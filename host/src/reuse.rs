@@ -186,6 +186,7 @@ impl BuildInputs {
     pub async fn earlier_build(
         &self,
         job: &Job,
+        image: &str,
         store: &dyn JobStore,
         registry: &RegistryClient,
     ) -> Option<EarlierBuild> {
@@ -204,8 +205,19 @@ impl BuildInputs {
                     return None;
                 }
             };
+            let mut earlier = Vec::new();
             for id in ids.into_iter().filter(|id| id != job.id.as_str()) {
-                if let Some(earlier) = EarlierBuild::still_there(store, registry, &id).await {
+                if let Ok(Some(stored)) = store.get(&id).await {
+                    earlier.push(stored);
+                }
+            }
+            // One in the job's own repository first: its blobs and its
+            // SBOMs are there already.
+            earlier.sort_by_key(|e| {
+                e.image_tag.as_deref().map(repository_of) != Some(repository_of(image))
+            });
+            for stored in earlier {
+                if let Some(earlier) = EarlierBuild::still_there(registry, stored).await {
                     return Some(earlier);
                 }
             }
@@ -235,14 +247,9 @@ pub struct EarlierBuild {
 }
 
 impl EarlierBuild {
-    /// Job `id`, if it succeeded and its image is still in the registry at
+    /// Job `job`, if it succeeded and its image is still in the registry at
     /// the digest it pushed.
-    async fn still_there(
-        store: &dyn JobStore,
-        registry: &RegistryClient,
-        id: &str,
-    ) -> Option<Self> {
-        let job = store.get(id).await.ok()??;
+    async fn still_there(registry: &RegistryClient, job: Job) -> Option<Self> {
         if job.state != State::Succeeded {
             return None;
         }
@@ -251,7 +258,7 @@ impl EarlierBuild {
         let pinned = format!("{}@{}", repository_of(&image_tag), digest.as_str());
         registry.manifest(&reference(&pinned).ok()?).await.ok()??;
         Some(EarlierBuild {
-            job: id.to_string(),
+            job: job.id.to_string(),
             pinned,
         })
     }

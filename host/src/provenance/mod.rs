@@ -335,19 +335,45 @@ impl Provenance {
         log: &JobLog,
     ) -> Result<Attested, String> {
         let target = Target::of(facts.result)?;
+        let provenance = self.provenance(registry, &target, facts, log).await?;
+        let sboms = self.sboms(registry, &target, facts.job, log).await?;
+        Ok(Attested { provenance, sboms })
+    }
+
+    /// As [`Provenance::attest`], for an image whose SBOMs are already
+    /// attached to it (`sboms`, by the build it was reused from, in its
+    /// repository at its digest): only the provenance is new.
+    pub async fn attest_with_sboms(
+        &self,
+        registry: &RegistryClient,
+        facts: &BuildFacts<'_>,
+        sboms: Vec<Sbom>,
+        log: &JobLog,
+    ) -> Result<Attested, String> {
+        let target = Target::of(facts.result)?;
+        let provenance = self.provenance(registry, &target, facts, log).await?;
+        Ok(Attested { provenance, sboms })
+    }
+
+    /// Signs and attaches the provenance statement about `facts`' build.
+    async fn provenance(
+        &self,
+        registry: &RegistryClient,
+        target: &Target,
+        facts: &BuildFacts<'_>,
+        log: &JobLog,
+    ) -> Result<Attestation, String> {
         let statement = self.statement(facts);
         let (envelope, reference, bundle) = self
-            .publish(registry, &target, &statement, SLSA_PROVENANCE, log)
+            .publish(registry, target, &statement, SLSA_PROVENANCE, log)
             .await?;
-        let provenance = Attestation {
+        Ok(Attestation {
             reference,
             bundle: Some(bundle),
             key_id: self.key.id(),
             envelope,
             statement,
-        };
-        let sboms = self.sboms(registry, &target, facts.job, log).await?;
-        Ok(Attested { provenance, sboms })
+        })
     }
 
     /// Signs `statement` (about `predicate_type`) and attaches it to

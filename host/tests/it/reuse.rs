@@ -75,6 +75,35 @@ async fn a_job_of_the_same_inputs_gets_the_earlier_image_and_any_change_builds()
         .internal_parameters;
     assert_eq!(internal.reused_from.as_deref(), Some(first.id.as_str()));
     assert!(provenance.reference.starts_with(&at("other/app@")));
+    // Another repository holds no SBOM of the image: attached anew there.
+    let first_sboms = service.sbom(first.id.as_str()).await.unwrap().sboms;
+    let second_sboms = service.sbom(second.id.as_str()).await.unwrap().sboms;
+    assert_eq!(second_sboms.len(), first_sboms.len());
+    assert!(
+        second_sboms
+            .iter()
+            .all(|s| s.reference.starts_with(&at("other/app@"))),
+        "{second_sboms:?}"
+    );
+    // The same repository already has them, attached by the first job.
+    let (third, reused) = run(&service, request(&repo, "v1", at("team/app:three"))).await;
+    assert!(reused);
+    assert_eq!(
+        service.sbom(third.id.as_str()).await.unwrap().sboms,
+        first_sboms
+    );
+    let third_provenance = service.provenance(third.id.as_str()).await.unwrap();
+    assert_ne!(third_provenance.reference, provenance.reference);
+    assert_eq!(
+        third_provenance
+            .statement
+            .predicate
+            .build_definition
+            .internal_parameters
+            .reused_from
+            .as_deref(),
+        Some(first.id.as_str())
+    );
     assert_eq!(
         common::phase_names(&second),
         [

@@ -54,7 +54,10 @@ impl Run<'_> {
             }
         };
         let store = self.inner.config.store.as_ref();
-        let Some(earlier) = inputs.earlier_build(job, store, &registry).await else {
+        let Some(earlier) = inputs
+            .earlier_build(job, &checked.image, store, &registry)
+            .await
+        else {
             return Reuse::Build(Some(Box::new(inputs)));
         };
         log.push(&format!(

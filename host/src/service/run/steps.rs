@@ -287,13 +287,22 @@ impl Run<'_> {
             audit: trail.as_bytes(),
             reused_from,
         };
+        let attested = match self.sboms_of(reused_from, result).await {
+            Some(sboms) => {
+                log.push(&format!(
+                    "[helix] sbom: job {} attached this image's SBOMs (same repository, same digest):                      they are this job's too",
+                    reused_from.unwrap_or_default()
+                ));
+                provenance
+                    .attest_with_sboms(&registry, &facts, sboms, log)
+                    .await
+            }
+            None => provenance.attest(&registry, &facts, log).await,
+        };
         let crate::provenance::Attested {
             provenance: attestation,
             sboms,
-        } = provenance
-            .attest(&registry, &facts, log)
-            .await
-            .map_err(Failure::Attest)?;
+        } = attested.map_err(Failure::Attest)?;
         match serde_json::to_string(&crate::provenance::sbom::JobSbom { sboms }) {
             Ok(body) => {
                 self.inner
@@ -319,6 +328,38 @@ impl Run<'_> {
             attestation.key_id, attestation.reference
         ));
         Ok(())
+    }
+
+    /// The SBOMs job `reused_from` attached, where they are attached to
+    /// `result`'s very image: in its repository, at its digest.
+    async fn sboms_of(
+        &self,
+        reused_from: Option<&str>,
+        result: &BuildResult,
+    ) -> Option<Vec<crate::provenance::sbom::Sbom>> {
+        use crate::provenance::sbom::{JobSbom, RECORD};
+        let records = self
+            .inner
+            .config
+            .store
+            .records(reused_from?, RECORD)
+            .await
+            .ok()??;
+        let earlier: JobSbom = records.iter().find_map(|r| serde_json::from_str(r).ok())?;
+        let repository = crate::reference::repository_of(&result.image_tag);
+        let digest = result.digest.as_ref()?.to_string();
+        let hex = digest.strip_prefix("sha256:")?;
+        // Each attached in this repository and about this digest.
+        let same_image = !earlier.sboms.is_empty()
+            && earlier.sboms.iter().all(|sbom| {
+                sbom.reference.starts_with(&format!("{repository}@"))
+                    && sbom
+                        .statement
+                        .subject
+                        .iter()
+                        .any(|s| s.digest.get("sha256").map(String::as_str) == Some(hex))
+            });
+        same_image.then_some(earlier.sboms)
     }
 
     /// Pushes and registry checks with the job's own credentials.

@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::Digest as _;
 
-use super::{CheckoutError, Git, is_commit};
+use super::{CheckoutError, Git, VERIFY_COMMIT, commit_spec, is_commit, verified_commit};
 use crate::exec::{CommandOutput, SOURCE_DIR};
 
 /// Every branch and tag, replacing what a force push replaced.
@@ -196,21 +196,9 @@ impl Mirror {
 
     /// The commit `name` (an id, maybe abbreviated) names in the mirror.
     async fn local(&self, git: &Git<'_>, name: &str) -> Result<Option<String>, CheckoutError> {
-        let spec = format!("{name}^{{commit}}");
-        let output = self
-            .git(
-                git,
-                &[
-                    "rev-parse",
-                    "--verify",
-                    "--quiet",
-                    "--end-of-options",
-                    &spec,
-                ],
-            )
-            .await?;
-        let commit = output.stdout.trim();
-        Ok((output.exit_code == 0 && is_commit(commit)).then(|| commit.to_string()))
+        let spec = commit_spec(name);
+        let args: Vec<&str> = VERIFY_COMMIT.into_iter().chain([spec.as_str()]).collect();
+        Ok(verified_commit(&self.git(git, &args).await?))
     }
 
     /// Fetches every branch and tag of `url` the mirror lacks; a failure

@@ -360,21 +360,14 @@ impl Git<'_> {
             ]
         };
         for candidate in candidates {
-            let spec = format!("{candidate}^{{commit}}");
-            let output = self
-                .run(&[
-                    "-C",
-                    SOURCE_DIR,
-                    "rev-parse",
-                    "--verify",
-                    "--quiet",
-                    "--end-of-options",
-                    &spec,
-                ])
-                .await?;
-            let commit = output.stdout.trim();
-            if output.exit_code == 0 && is_commit(commit) {
-                return Ok(commit.to_string());
+            let spec = commit_spec(&candidate);
+            let args: Vec<&str> = ["-C", SOURCE_DIR]
+                .into_iter()
+                .chain(VERIFY_COMMIT)
+                .chain([spec.as_str()])
+                .collect();
+            if let Some(commit) = verified_commit(&self.run(&args).await?) {
+                return Ok(commit);
             }
         }
         let listed = self
@@ -457,6 +450,21 @@ impl Git<'_> {
 /// A full clone goes where a failed shallow one may have left files.
 fn remove_partial(workspace: &Path) {
     let _ = std::fs::remove_dir_all(workspace.join(SOURCE_DIR));
+}
+
+/// `git rev-parse` resolving one name to a commit, or to nothing (never
+/// an option, never another object).
+const VERIFY_COMMIT: [&str; 4] = ["rev-parse", "--verify", "--quiet", "--end-of-options"];
+
+/// The name `VERIFY_COMMIT` resolves: `name`'s commit.
+fn commit_spec(name: &str) -> String {
+    format!("{name}^{{commit}}")
+}
+
+/// The commit a `VERIFY_COMMIT` run printed, if it found one.
+fn verified_commit(output: &CommandOutput) -> Option<String> {
+    let commit = output.stdout.trim();
+    (output.exit_code == 0 && is_commit(commit)).then(|| commit.to_string())
 }
 
 fn is_commit(git_ref: &str) -> bool {

@@ -125,9 +125,42 @@ impl Server {
 }
 
 impl Drop for Server {
+    /// Stops the server as its operator would (SIGTERM), so it unmounts
+    /// its slots and mirrors and removes its control groups; killed only
+    /// if it has not stopped within 30 s. A killed server leaves them to
+    /// the next start on its data dir, which a test never makes.
     fn drop(&mut self) {
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            // SAFETY: signals the child this server started.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            while std::time::Instant::now() < deadline {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    self.assert_nothing_mounted();
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    /// A stopped server leaves no file system mounted in its data dir, in
+    /// the host's mount namespace (PID 1's: the test's may be another).
+    fn assert_nothing_mounted(&self) {
+        let (Some(data), false) = (&self._data, std::thread::panicking()) else {
+            return;
+        };
+        let mounts = std::fs::read_to_string("/proc/1/mountinfo").unwrap_or_default();
+        let data = format!(" {}/", data.path().display());
+        let left: Vec<&str> = mounts.lines().filter(|l| l.contains(&data)).collect();
+        assert!(
+            left.is_empty(),
+            "the stopped server left mounted: {left:#?}"
+        );
     }
 }
 

@@ -148,13 +148,12 @@ impl Drop for Server {
 }
 
 impl Server {
-    /// A stopped server leaves no file system mounted in its data dir, in
-    /// the host's mount namespace (PID 1's: the test's may be another).
+    /// A stopped server leaves no file system mounted in its data dir.
     fn assert_nothing_mounted(&self) {
         let (Some(data), false) = (&self._data, std::thread::panicking()) else {
             return;
         };
-        let mounts = std::fs::read_to_string("/proc/1/mountinfo").unwrap_or_default();
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         let data = format!(" {}/", data.path().display());
         let left: Vec<&str> = mounts.lines().filter(|l| l.contains(&data)).collect();
         assert!(

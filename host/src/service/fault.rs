@@ -236,9 +236,11 @@ fn matching_brace(text: &str) -> Option<usize> {
 }
 
 /// Whether a tool's error (not a build step's output) says the disk it
-/// wrote to is full, read-only or failing.
+/// wrote to is full, read-only or failing. The step a tool names
+/// (`building at STEP "RUN …"`) is the Dockerfile's text, the user's, so
+/// it is never read for it.
 fn host_disk_failed(message: &str) -> bool {
-    let message = message.to_ascii_lowercase();
+    let message = without_step_text(message).to_ascii_lowercase();
     [
         "no space left on device",
         "read-only file system",
@@ -246,6 +248,38 @@ fn host_disk_failed(message: &str) -> bool {
     ]
     .iter()
     .any(|said| message.contains(said))
+}
+
+/// `message` without the Dockerfile text of each `STEP "…"` it quotes (Go's
+/// `%q`: to the first quote not escaped).
+fn without_step_text(message: &str) -> String {
+    const STEP: &str = "STEP \"";
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(at) = rest.find(STEP) {
+        out.push_str(&rest[..at + STEP.len()]);
+        let quoted = &rest[at + STEP.len()..];
+        let mut escaped = false;
+        let end = quoted.char_indices().find_map(|(i, c)| match c {
+            _ if escaped => {
+                escaped = false;
+                None
+            }
+            '\\' => {
+                escaped = true;
+                None
+            }
+            '"' => Some(i),
+            _ => None,
+        });
+        match end {
+            Some(end) => rest = &quoted[end..],
+            // Unterminated: all of it is the step's.
+            None => return out,
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Whether `outcome` is an infrastructure fault, which another attempt
@@ -329,6 +363,15 @@ mod tests {
                 .starts_with("host error: the host's disk failed the run")
         );
         assert!(retried);
+        // The step's own text names a disk fault; the tool's error does not.
+        let step = reported(Reported::Build(
+            "podman build failed: building at STEP \"RUN echo \\\"read-only file system\\\"\": \
+             while running runtime: exit status 1"
+                .into(),
+        ));
+        let (error, retried) = error_of(step, None);
+        assert!(error.unwrap().starts_with("build error: "));
+        assert!(!retried);
         let (error, retried) = error_of(reported(Reported::Registry("pull: 503".into())), None);
         assert_eq!(error.as_deref(), Some("registry error: pull: 503"));
         assert!(retried);

@@ -174,6 +174,33 @@ async fn a_checkout_that_fills_the_jobs_disk_names_build_disk_mib() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_that_prints_a_made_up_tool_crash_is_still_the_users_build_error() {
+    let registry = Registry::start(false);
+    let dir = tempfile::tempdir().unwrap();
+    let service = common::start(
+        &common::real_config(&dir, &registry.address)
+            .validated()
+            .unwrap(),
+    )
+    .await;
+    // What podman prints when its disk fails under it, from a RUN step.
+    let repo = helix_fixtures::repo_running(
+        "/bin/busybox echo 'panic: open /var/lib/containers/storage/x.lock: read-only file system' >&2; \
+         /bin/busybox echo 'goroutine 1 [running]:' >&2; exit 1",
+    );
+    for builder in ["podman", "buildah"] {
+        let (job, _) = common::run_logged(&service, common::on_repo(repo.path(), builder)).await;
+        assert_eq!(job.state, State::Failed);
+        let error = job.error.unwrap_or_default();
+        assert!(error.starts_with("build error: "), "{builder}: {error}");
+        assert_eq!(
+            job.attempts, 1,
+            "{builder}: the user's fault is not retried"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cache_slot_turned_read_only_is_a_host_fault_and_retried_not_the_users_build_error() {
     let _alone = common::DISK_FILLERS.lock().await;
     let registry = Registry::start(false);

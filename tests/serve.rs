@@ -1528,6 +1528,21 @@ fn after_kill_9_mid_build_the_jail_dies_with_the_server_and_the_retry_succeeds()
         "the RUN step is in the run's control group: {pids:?}"
     );
 
+    let group = crate::common::server_cgroup(data.path());
+    let first_run: Vec<std::path::PathBuf> = std::fs::read_dir("/sys/fs/cgroup")
+        .unwrap()
+        .flatten()
+        .map(|hierarchy| hierarchy.path().join(&group).join("slow-build.1"))
+        .filter(|dir| dir.exists())
+        .collect();
+    assert!(first_run.len() >= 3, "the run's groups: {first_run:?}");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let data_dir = format!(" {}/", data.path().canonicalize().unwrap().display());
+    assert!(
+        mounts.contains(&data_dir),
+        "the run's file systems are mounted"
+    );
+
     server.child.kill().unwrap();
     server.child.wait().unwrap();
     // The jail's processes die with the server that started them (and
@@ -1560,6 +1575,12 @@ fn after_kill_9_mid_build_the_jail_dies_with_the_server_and_the_retry_succeeds()
     let (_, job) = server.json("GET", "/v1/jobs/slow-build/wait?timeout_secs=120", None);
     assert_eq!(job["state"], "succeeded", "{job}");
     assert_eq!(job["attempts"], 2, "{job}");
+    let left: Vec<_> = first_run.iter().filter(|dir| dir.exists()).collect();
+    assert!(left.is_empty(), "the killed run's groups: {left:?}");
+    // What the killed run mounted and grouped, the restarted server
+    // released: nothing is left once it stops.
+    drop(server);
+    crate::common::assert_nothing_left(data.path());
 }
 
 #[test]

@@ -141,6 +141,8 @@ struct SlotState {
     /// The Docker Engine the host runs for it, for a builder in managed
     /// engines (before `disk`: it stops before its data is unmounted).
     engine: Option<ManagedEngine>,
+    /// Since when no job has held it (none while one does).
+    idle_since: Option<std::time::Instant>,
     /// The repository its last job built.
     repository: Option<String>,
     /// Whose layers it holds, once read from beside it.
@@ -198,10 +200,42 @@ impl BuildCache {
     pub async fn release(&self) {
         for slot in self.slots.values().flatten() {
             let mut held = slot.lock().await;
-            held.engine = None;
+            if let Some(engine) = held.engine.take() {
+                engine.stop().await;
+            }
             held.disk = None;
             held.mirrors = None;
         }
+    }
+
+    /// Stops the managed engines that have sat without a job for longer
+    /// than their builder's `engine_idle_secs` (slots in use are skipped:
+    /// their engines are not idle); how many were stopped.
+    pub async fn stop_idle_engines(&self) -> usize {
+        let mut stopped = 0;
+        for (builder, slots) in &self.slots {
+            for (n, slot) in slots.iter().enumerate() {
+                let Ok(mut held) = slot.try_lock() else {
+                    continue;
+                };
+                let idle = held.idle_since.map(|since| since.elapsed());
+                let Some((engine, idle)) = held.engine.as_ref().zip(idle) else {
+                    continue;
+                };
+                if idle < engine.idle_stop() {
+                    continue;
+                }
+                tracing::info!(
+                    "stopping the managed engine of {builder}'s cache slot {n}: no job for {}s",
+                    idle.as_secs()
+                );
+                if let Some(engine) = held.engine.take() {
+                    engine.stop().await;
+                    stopped += 1;
+                }
+            }
+        }
+        stopped
     }
 
     /// Whether `builder`'s jobs use the cache.
@@ -288,6 +322,7 @@ impl BuildCache {
             slot.remade.push(why);
         }
         slot.held.repository = Some(repository.to_string());
+        slot.held.idle_since = None;
         Ok(Some(slot))
     }
 }
@@ -513,6 +548,12 @@ impl CacheSlot {
                 }
             }
         }
+    }
+}
+
+impl Drop for CacheSlot {
+    fn drop(&mut self) {
+        self.held.idle_since = Some(std::time::Instant::now());
     }
 }
 

@@ -16,6 +16,8 @@ pub struct Server {
     pub address: SocketAddr,
     /// `http` or `https`.
     pub scheme: String,
+    /// Its data dir, where the server keeps what a stop must release.
+    data: std::path::PathBuf,
     pub _data: Option<tempfile::TempDir>,
 }
 
@@ -67,6 +69,7 @@ impl Server {
             scheme: scheme.to_string(),
             address: address.parse().unwrap(),
             child,
+            data: data.to_path_buf(),
             _data: None,
         }
     }
@@ -125,18 +128,23 @@ impl Server {
 }
 
 impl Drop for Server {
-    /// Stops the server as its operator would (SIGTERM), so it unmounts
-    /// its slots and mirrors and removes its control groups; killed only
-    /// if it has not stopped within 30 s. A killed server leaves them to
-    /// the next start on its data dir, which a test never makes.
+    /// Stops the server as its operator would (SIGTERM), which must leave
+    /// nothing of its runs behind; killed only if it has not stopped
+    /// within 30 s. One the test killed leaves that to the next start on
+    /// its data dir.
     fn drop(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
         if let Ok(pid) = i32::try_from(self.child.id()) {
             // SAFETY: signals the child this server started.
             unsafe { libc::kill(pid, libc::SIGTERM) };
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
             while std::time::Instant::now() < deadline {
                 if let Ok(Some(_)) = self.child.try_wait() {
-                    self.assert_nothing_mounted();
+                    if !std::thread::panicking() {
+                        assert_nothing_left(&self.data);
+                    }
                     return;
                 }
                 std::thread::sleep(std::time::Duration::from_millis(50));
@@ -147,20 +155,43 @@ impl Drop for Server {
     }
 }
 
-impl Server {
-    /// A stopped server leaves no file system mounted in its data dir.
-    fn assert_nothing_mounted(&self) {
-        let (Some(data), false) = (&self._data, std::thread::panicking()) else {
-            return;
-        };
-        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let data = format!(" {}/", data.path().display());
-        let left: Vec<&str> = mounts.lines().filter(|l| l.contains(&data)).collect();
-        assert!(
-            left.is_empty(),
-            "the stopped server left mounted: {left:#?}"
-        );
-    }
+/// What a server stopped on `data` (or started on it again after a crash
+/// and then stopped) must have released: no file system mounted in its
+/// data dir, no loop device over a file in it, no control group of its
+/// own in any hierarchy.
+pub fn assert_nothing_left(data: &std::path::Path) {
+    let data = data.canonicalize().unwrap_or_else(|_| data.to_path_buf());
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let inside = format!(" {}/", data.display());
+    let mounted: Vec<&str> = mounts.lines().filter(|l| l.contains(&inside)).collect();
+    assert!(mounted.is_empty(), "left mounted: {mounted:#?}");
+
+    let loops: Vec<String> = std::fs::read_dir("/sys/block")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|dev| std::fs::read_to_string(dev.path().join("loop/backing_file")).ok())
+        .filter(|file| file.starts_with(&format!("{}/", data.display())))
+        .collect();
+    assert!(loops.is_empty(), "loop devices left over: {loops:#?}");
+
+    let groups: Vec<std::path::PathBuf> = std::fs::read_dir("/sys/fs/cgroup")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|hierarchy| hierarchy.path().join(server_cgroup(&data)))
+        .filter(|dir| dir.exists())
+        .collect();
+    assert!(groups.is_empty(), "control groups left over: {groups:#?}");
+}
+
+/// The control group directory of the server on `data`, in any
+/// hierarchy (as `helix_sandbox::cgroup` names it).
+pub fn server_cgroup(data: &std::path::Path) -> String {
+    use sha2::Digest as _;
+    let data = data.canonicalize().unwrap_or_else(|_| data.to_path_buf());
+    let digest = sha2::Sha256::digest(data.as_os_str().as_encoded_bytes());
+    format!("helix/{}", &hex::encode(digest)[..16])
 }
 
 fn dechunk(mut body: &str) -> String {

@@ -29,6 +29,9 @@ use crate::network::BuildNetwork;
 
 /// How long a starting engine may take to answer.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a stopping engine may take to stop its containers and exit
+/// before it is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 /// Where managed engines keep their exec roots and sockets: short, as unix
 /// socket paths are limited to 108 bytes and containerd's lie below.
 const EXEC_ROOTS: &str = "/run/hxe";
@@ -40,6 +43,9 @@ pub struct EngineSettings {
     pub client: String,
     /// `DOCKER_CONFIG` for every client the host runs against it.
     pub config_dir: PathBuf,
+    /// How long an engine may sit without a job before it is stopped
+    /// ([`ManagedEngine::idle_stop`]).
+    pub idle_stop: Duration,
 }
 
 /// Why a managed engine did not start: the host's fault.
@@ -71,6 +77,7 @@ pub struct ManagedEngine {
     engine: Arc<DockerEngine>,
     child: tokio::process::Child,
     exec_root: PathBuf,
+    idle_stop: Duration,
     // Dropped after the child: the group's leftovers are killed, then the
     // jail's network goes.
     cgroup: RunCgroup,
@@ -160,6 +167,7 @@ impl ManagedEngine {
             engine,
             child,
             exec_root,
+            idle_stop: settings.idle_stop,
             cgroup,
             _jail: jail,
         };
@@ -190,6 +198,34 @@ impl ManagedEngine {
 
     pub fn engine(&self) -> &Arc<DockerEngine> {
         &self.engine
+    }
+
+    /// How long it may sit without a job before it is stopped.
+    pub fn idle_stop(&self) -> Duration {
+        self.idle_stop
+    }
+
+    /// Stops the engine as its operator would (SIGTERM: dockerd stops its
+    /// containers and leaves its data consistent), killing it and what is
+    /// left in its control group after [`STOP_TIMEOUT`].
+    pub async fn stop(mut self) {
+        if let Some(pid) = self.child.id() {
+            // To its process group: the child is the jail entry's waiter,
+            // which leaves signals to dockerd, in the same group.
+            // SAFETY: kill has no memory-safety preconditions.
+            unsafe { libc::kill(-(pid as libc::pid_t), libc::SIGTERM) };
+            if tokio::time::timeout(STOP_TIMEOUT, self.child.wait())
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    "the managed engine at {} did not stop within {}s: killed",
+                    self.engine.socket(),
+                    STOP_TIMEOUT.as_secs()
+                );
+            }
+        }
+        // The drop kills what is left and removes its directories.
     }
 
     /// A limit the engine's processes reached since it started.

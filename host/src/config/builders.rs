@@ -49,6 +49,11 @@ pub struct BuilderConfig {
     /// (Debian's docker.io, `/usr/bin/docker`); a newer client wants the
     /// buildx plugin.
     pub engine_client: Option<String>,
+    /// For `engine = "managed"`: how long, in seconds, a slot's engine may
+    /// sit without a job before the host stops it (the next job starts it
+    /// again; its layers stay in the slot). Default 300; 0 stops it after
+    /// every job.
+    pub engine_idle_secs: Option<u64>,
     /// What the builder may run and see. Absent: a built-in builder's own
     /// defaults, nothing for any other.
     pub grants: Option<Grants>,
@@ -73,6 +78,11 @@ pub struct BuilderConfig {
     /// its container storage) may use, in MiB; 0: unbounded.
     pub build_disk_mib: u64,
 }
+
+/// How long a managed engine sits idle before it is stopped, unless
+/// `engine_idle_secs` says: long enough to keep one warm between the jobs
+/// of a busy hour, short enough that a quiet slot holds no daemon.
+const DEFAULT_ENGINE_IDLE_SECS: u64 = 300;
 
 /// The setting through which a builder learns its `--network` value.
 const NETWORK_SETTING: &str = "network";
@@ -106,6 +116,7 @@ impl Default for BuilderConfig {
             network: None,
             engine: None,
             engine_client: None,
+            engine_idle_secs: None,
             grants: None,
             cache: true,
             registry_cache: None,
@@ -183,6 +194,14 @@ impl Config {
             }
             if let Some(prefix) = &builder.registry_cache {
                 self.validate_registry_cache(name, prefix)?;
+            }
+            if builder.engine_idle_secs.is_some()
+                && builder.engine.as_deref() != Some(MANAGED_ENGINE)
+            {
+                return invalid(format!(
+                    "builders.{name}.engine_idle_secs: only a managed engine (engine = \"{MANAGED_ENGINE}\") \
+                     is stopped when idle; remove it"
+                ));
             }
             if let Some(socket) = &builder.engine {
                 if socket != MANAGED_ENGINE {
@@ -285,6 +304,9 @@ impl Config {
                 let client = EngineSettings {
                     client: builder.engine_client().into(),
                     config_dir: self.data_dir.join("docker"),
+                    idle_stop: Duration::from_secs(
+                        builder.engine_idle_secs.unwrap_or(DEFAULT_ENGINE_IDLE_SECS),
+                    ),
                 };
                 let (engine, managed_engine) = match builder.engine.clone() {
                     None => (None, None),
@@ -411,6 +433,30 @@ settings = { network = 'host' }",
         )
         .unwrap_err();
         assert!(err.contains("builders.podman.network"), "{err}");
+    }
+
+    #[test]
+    fn only_a_managed_engine_takes_an_idle_stop() {
+        let idle = |config: &Config| {
+            let sources = config.builder_sources().unwrap();
+            let buildkit = sources.iter().find(|s| s.name == "buildkit").unwrap();
+            buildkit.managed_engine.as_ref().unwrap().idle_stop
+        };
+        let config = parse("[builders.buildkit]\nengine = 'managed'").unwrap();
+        assert_eq!(idle(&config), Duration::from_secs(DEFAULT_ENGINE_IDLE_SECS));
+        let config =
+            parse("[builders.buildkit]\nengine = 'managed'\nengine_idle_secs = 0").unwrap();
+        assert_eq!(idle(&config), Duration::ZERO);
+        for builder in [
+            "[builders.podman]",
+            "[builders.buildkit]\nengine = 'unix:///run/docker.sock'",
+        ] {
+            let err = parse(&format!("{builder}\nengine_idle_secs = 60")).unwrap_err();
+            assert!(
+                err.contains(".engine_idle_secs: only a managed engine"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

@@ -83,6 +83,15 @@ pub(super) async fn every(
     }
 }
 
+/// How often slots' managed engines are checked for idleness.
+pub(super) const ENGINE_IDLE_CHECK_EVERY: Duration = Duration::from_secs(2);
+
+/// Stops the managed engines idle past their builder's `engine_idle_secs`.
+pub(super) async fn stop_idle_engines(inner: &Inner) -> Next {
+    inner.config.cache.stop_idle_engines().await;
+    Next::Wait
+}
+
 /// How often waiting jobs are checked against their queue TTL.
 pub(super) const EXPIRE_EVERY: Duration = Duration::from_secs(1);
 

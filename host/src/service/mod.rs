@@ -284,8 +284,8 @@ impl Service {
             workers.spawn(background::worker(inner.clone()));
         }
         use background::{
-            EXPIRE_EVERY, NOTIFY_EVERY, PRUNE_EVERY, every, expire_waiting, keep_leases,
-            prune_ended, send_notifications,
+            ENGINE_IDLE_CHECK_EVERY, EXPIRE_EVERY, NOTIFY_EVERY, PRUNE_EVERY, every,
+            expire_waiting, keep_leases, prune_ended, send_notifications, stop_idle_engines,
         };
         let weak = || Arc::downgrade(&inner);
         if let Some(lease) = inner.config.queue.lease() {
@@ -295,6 +295,7 @@ impl Service {
         if inner.config.retention.prunes() {
             tokio::spawn(every(PRUNE_EVERY, weak(), prune_ended));
         }
+        tokio::spawn(every(ENGINE_IDLE_CHECK_EVERY, weak(), stop_idle_engines));
         if !inner.config.notifications.is_empty() {
             tokio::spawn(every(NOTIFY_EVERY, weak(), send_notifications));
         }

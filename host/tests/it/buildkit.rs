@@ -10,7 +10,7 @@ use crate::common;
 use std::collections::BTreeMap;
 use std::process::Command;
 
-use crate::common::{image_name, pull, start, with_engine};
+use crate::common::{LogText as _, image_name, pull, start, with_engine};
 use helix_build::job::{Job, JobRequest, State};
 use helix_fixtures::{Dockerd, Registry, Repo};
 
@@ -289,15 +289,15 @@ async fn without_an_engine_or_with_one_that_does_not_answer_the_job_says_which_a
     );
 }
 
-/// Host processes whose command line holds `marker`.
-fn processes_running(marker: &str) -> Vec<String> {
+/// Host processes whose command line holds `marker`: pid and command.
+fn processes_running(marker: &str) -> Vec<(u32, String)> {
     std::fs::read_dir("/proc")
         .unwrap()
         .flatten()
-        .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
-        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
-        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
-        .filter(|c| c.contains(marker))
+        .filter_map(|e| Some((e.file_name().to_string_lossy().parse::<u32>().ok()?, e)))
+        .filter_map(|(pid, e)| Some((pid, std::fs::read(e.path().join("cmdline")).ok()?)))
+        .map(|(pid, c)| (pid, String::from_utf8_lossy(&c).replace('\0', " ")))
+        .filter(|(_, c)| c.contains(marker))
         .collect()
 }
 
@@ -339,11 +339,8 @@ async fn cancelling_a_build_stops_its_step_in_the_engine_and_leaves_no_image() {
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    assert_eq!(
-        processes_running(marker),
-        Vec::<String>::new(),
-        "the step outlived the job"
-    );
+    let left = processes_running(marker);
+    assert!(left.is_empty(), "the step outlived the job: {left:?}");
     assert_eq!(leftovers(&engine), Vec::<String>::new());
 }
 
@@ -415,4 +412,69 @@ async fn a_job_that_chooses_buildkits_frontend_is_refused_before_the_engine_fetc
         listener.accept().is_err(),
         "the engine asked for the frontend"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_managed_engine_is_stopped_with_its_processes_and_the_next_job_starts_one() {
+    let registry = Registry::start(false);
+    let repo = helix_fixtures::repo_running("echo step started; /bin/busybox sleep 1");
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::with_managed_engine(common::real_config(&dir, &registry.address));
+    let buildkit = config.builders.get_mut("buildkit").unwrap();
+    buildkit.engine_idle_secs = Some(1);
+    // The second job is the first again: built, not reused.
+    config.reuse_builds = false;
+    let service = start(&config).await;
+    let request = JobRequest {
+        repo_url: format!("file://{}", repo.path().display()),
+        builder: Some("buildkit".into()),
+        ..JobRequest::default()
+    };
+    // This service's engines: their data roots are in its data dir.
+    let marker = format!("--data-root={}/", dir.path().display());
+    // The engine building a job, and the job's log.
+    let engine_while_building = async |request: JobRequest| {
+        let job = service.submit(request).await.unwrap();
+        let building = "[helix] run: /usr/bin/docker build";
+        common::until_logged(&service, &job.id, |l| l.starts_with(building)).await;
+        let engines = processes_running(&marker);
+        let job = common::finished(&service, &job.id).await;
+        assert_eq!(job.state, State::Succeeded, "{:?}", job.error);
+        assert_eq!(engines.len(), 1, "one engine built it: {engines:?}");
+        let logs = service.logs(job.id.as_str()).await.unwrap().texts();
+        (engines[0].0, logs.join("\n"))
+    };
+    // The step's output, not the log of its command.
+    let ran_the_step = |logs: &str| logs.lines().any(|l| l.ends_with(" step started"));
+    let (first, logs) = engine_while_building(request.clone()).await;
+    assert!(ran_the_step(&logs), "{logs}");
+    let group = std::fs::read_to_string(format!("/proc/{first}/cgroup")).unwrap();
+    let memory = group
+        .lines()
+        .find_map(|l| l.split_once(":memory:"))
+        .map(|(_, path)| std::path::Path::new("/sys/fs/cgroup/memory").join(&path[1..]))
+        .unwrap();
+    assert!(memory.is_dir(), "{}", memory.display());
+
+    // Idle for a second, it is stopped (checked every two), with every
+    // process of its group and the group itself.
+    let mut stopped = false;
+    for _ in 0..300 {
+        stopped = processes_running(&marker).is_empty() && !memory.exists();
+        if stopped {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(
+        stopped,
+        "the idle engine still runs: {:?}",
+        processes_running(&marker)
+    );
+
+    let (second, logs) = engine_while_building(request).await;
+    assert_ne!(second, first, "a new engine for the next job");
+    // Stopped cleanly, its layer cache is the new engine's.
+    assert!(!ran_the_step(&logs), "{logs}");
+    assert!(logs.contains("CACHED"), "{logs}");
 }

@@ -286,9 +286,13 @@ impl Cgroups {
             enable_controllers(root, &path)?;
         }
         run.limit(limits)?;
+        // In every hierarchy, not only those with limits: a cgroup
+        // namespace is rooted where its maker is in each one, and a
+        // program making groups of its own there (dockerd) must make
+        // them within the run's.
+        self.create_everywhere(&format!("{path}/tools"))?;
         let mut run = run;
-        for dir in run.dirs.clone() {
-            create_dir(&dir.join("tools"))?;
+        for (_, dir) in run.everywhere.clone() {
             run.tools.push(
                 std::fs::OpenOptions::new()
                     .write(true)
@@ -320,7 +324,7 @@ pub struct RunCgroup {
     v2: bool,
     /// Where `RUN` containers go (`--cgroup-parent`), as a cgroup path.
     steps: String,
-    /// `tools/cgroup.procs` in each hierarchy, open for [`RunCgroup::enter`].
+    /// `tools/cgroup.procs` in every hierarchy, open for [`RunCgroup::enter`].
     tools: Vec<File>,
 }
 
@@ -370,13 +374,16 @@ impl RunCgroup {
         &self.everywhere
     }
 
-    /// Lets the host user `id` make groups in the run's group in every
-    /// hierarchy (a jail's root, for runc's groups of the build steps):
-    /// its directories become `id`'s, their files — the limits — stay
-    /// the host's.
+    /// Lets the host user `id` make groups in the run's group and its
+    /// `tools/` in every hierarchy (a jail's root: runc makes the build
+    /// steps' groups there, dockerd in a cgroup namespace rooted at
+    /// `tools/`): those directories become `id`'s, their files — the
+    /// limits — stay the host's.
     pub fn delegate(&self, id: u32) -> std::io::Result<()> {
         for (_, dir) in &self.everywhere {
-            std::os::unix::fs::chown(dir, Some(id), Some(id))?;
+            for delegated in [dir.clone(), dir.join("tools")] {
+                std::os::unix::fs::chown(delegated, Some(id), Some(id))?;
+            }
         }
         Ok(())
     }

@@ -1,13 +1,14 @@
 //! A Docker Engine the host runs itself for a BuildKit builder
 //! (`engine = "managed"`): one dockerd per cache slot, started when a job
 //! first needs it, inside a jail of its own, and stopped with the slot's
-//! server or after a job reached one of its limits.
+//! server, after a job reached one of its limits, or once idle.
 //!
 //! - **Jail**: its data root inside the slot (within the slot's share of
 //!   the cache size), its exec root and socket in a short directory under
 //!   `/run/hxe`, nothing else of the host's files; a network namespace
 //!   whose only way out is the configured registries' forwarders; no
-//!   bridge, no iptables rules of its own.
+//!   bridge, no iptables rules of its own; a user namespace, so the
+//!   engine and its steps are host users of the jail's range.
 //! - **Control group**: the engine, containerd and every BuildKit step are
 //!   in the engine's group, which carries the builder's `build_memory_mib`,
 //!   `build_pids` and `build_cpus`; in a cgroup namespace rooted there, so
@@ -24,7 +25,7 @@ use sha2::Digest as _;
 
 use crate::cgroup::{BuildLimits, Cgroups, LimitHit, RunCgroup};
 use crate::docker_engine::DockerEngine;
-use crate::jail::{Jail, JailSpec};
+use crate::jail::{IdRange, Jail, JailSpec};
 use crate::network::BuildNetwork;
 
 /// How long a starting engine may take to answer.
@@ -94,13 +95,15 @@ impl std::fmt::Debug for ManagedEngine {
 
 impl ManagedEngine {
     /// Starts an engine keeping its data in `dir` (a cache slot), limited
-    /// by `limits`, reaching `registries`; its control group is `name`.
+    /// by `limits`, reaching `registries`, its root the host's `users`;
+    /// its control group is `name`.
     pub async fn start(
         cgroups: &Cgroups,
         name: &str,
         dir: &Path,
         limits: &BuildLimits,
         registries: Vec<String>,
+        users: IdRange,
         settings: &EngineSettings,
     ) -> Result<ManagedEngine, EngineError> {
         let setup = |what| move |source| EngineError::Setup { what, source };
@@ -125,9 +128,7 @@ impl ManagedEngine {
             registries,
             cgroup: Some(&cgroup),
             cgroup_namespace: true,
-            // dockerd needs the host's root (see README's "The BuildKit
-            // builder").
-            users: None,
+            users: Some(users),
         })
         .await?;
         let socket = exec_root.join("docker.sock");

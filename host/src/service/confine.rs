@@ -12,7 +12,7 @@ use crate::job::Job;
 use crate::layer_cache::CacheSlot;
 use crate::log::JobLog;
 use crate::managed_engine::{EngineSettings, ManagedEngine};
-use crate::plugin::{Builder, BuilderInfo};
+use crate::plugin::{Backend, Builder, BuilderInfo, EngineKind};
 use crate::workspace::JobDirs;
 
 impl Inner {
@@ -36,8 +36,9 @@ impl Inner {
         );
         let limits = builder.info().build_limits;
         let registries = self.config.registries.operator().endpoints();
+        let users = self.config.jail_users;
         slot.engine(|dir| async move {
-            ManagedEngine::start(cgroups, &name, &dir, &limits, registries, settings).await
+            ManagedEngine::start(cgroups, &name, &dir, &limits, registries, users, settings).await
         })
         .await
         .map_err(|e| e.to_string())
@@ -75,9 +76,13 @@ impl Inner {
             registries: self.config.registries.operator().endpoints(),
             cgroup,
             cgroup_namespace: false,
-            // A Docker client speaks to the engine's socket, the host
-            // root's: it runs as that root.
-            users: engine.is_none().then_some(self.config.jail_users),
+            // A Docker client of the operator's engine speaks to its
+            // socket, the host root's: it runs as that root. A managed
+            // engine's socket is its jail's root's, the same host user.
+            users: match builder.backend() {
+                Backend::Engine(EngineKind::Operator(_)) => None,
+                _ => Some(self.config.jail_users),
+            },
         })
         .await
         .map_err(|e| e.to_string())

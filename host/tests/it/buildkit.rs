@@ -439,10 +439,11 @@ async fn an_idle_managed_engine_is_stopped_with_its_processes_and_the_next_job_s
         common::until_logged(&service, &job.id, |l| l.starts_with(building)).await;
         let engines = processes_running(&marker);
         let job = common::finished(&service, &job.id).await;
-        assert_eq!(job.state, State::Succeeded, "{:?}", job.error);
-        assert_eq!(engines.len(), 1, "one engine built it: {engines:?}");
         let logs = service.logs(job.id.as_str()).await.unwrap().texts();
-        (engines[0].0, logs.join("\n"))
+        let logs = logs.join("\n");
+        assert_eq!(job.state, State::Succeeded, "{:?}: {logs}", job.error);
+        assert_eq!(engines.len(), 1, "one engine built it: {engines:?}");
+        (engines[0].0, logs)
     };
     // The step's output, not the log of its command.
     let ran_the_step = |logs: &str| logs.lines().any(|l| l.ends_with(" step started"));

@@ -11,7 +11,8 @@
 //!   succeeds.
 //!
 //! The same probes run under the `buildkit` builder, in a Docker Engine
-//! the test starts (its steps get no network at all).
+//! the test starts and in one the host manages (their steps get no
+//! network at all).
 //!
 //! Needs root, podman, runc, iptables, skopeo, git, docker-registry,
 //! busybox-static, docker.io and rustc (for the breakout helper), as
@@ -140,13 +141,22 @@ async fn a_run_step_cannot_see_reach_or_escape_to_the_host() {
     let engine = helix_fixtures::Dockerd::start();
     let config = common::with_engine(common::real_config(&dir, &registry.address), &engine);
     let service = start(&config).await;
+    let managed_dir = tempfile::tempdir().unwrap();
+    let managed = common::with_managed_engine(common::real_config(&managed_dir, &registry.address));
+    let managed = start(&managed).await;
     let (port, accepted) = host_service();
     let canary_dir = tempfile::tempdir().unwrap();
     let canary = canary_dir.path().join("canary");
     let secret = format!("canary-{}", uuid_like());
     std::fs::write(&canary, &secret).unwrap();
 
-    for builder in ["podman", "buildah", "buildkit"] {
+    // buildkit in the test's engine and in one the host manages.
+    for (service, builder) in [
+        (&service, "podman"),
+        (&service, "buildah"),
+        (&service, "buildkit"),
+        (&managed, "buildkit"),
+    ] {
         let request = JobRequest {
             repo_url: format!("file://{}", repo.path().display()),
             builder: Some(builder.into()),
@@ -157,7 +167,7 @@ async fn a_run_step_cannot_see_reach_or_escape_to_the_host() {
             ]),
             ..JobRequest::default()
         };
-        let (job, logs) = common::run_logged(&service, request).await;
+        let (job, logs) = common::run_logged(service, request).await;
         assert_eq!(job.state, State::Succeeded, "{builder}: {:?}", job.error);
         let said = |text: &str| logs.iter().any(|l| l.contains(text));
 

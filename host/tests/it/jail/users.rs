@@ -1,6 +1,7 @@
-//! Root in a jail, and in a `RUN` step, is a host user of the jail's
-//! range (`jail_uid_range`), which owns what the jail writes: seen from
-//! the host, with real bubblewrap, podman and buildah.
+//! Root in a jail, in a `RUN` step and in a managed Docker Engine is a
+//! host user of the jail's range (`jail_uid_range`), which owns what the
+//! jail writes: seen from the host, with real bubblewrap, podman, buildah
+//! and dockerd.
 
 use std::collections::BTreeMap;
 
@@ -66,12 +67,13 @@ async fn root_in_the_jail_is_the_first_host_user_of_its_range_and_owns_what_it_w
 async fn a_run_step_is_root_in_its_build_and_an_unprivileged_host_user_on_the_host() {
     let registry = Registry::start(false);
     let dir = tempfile::tempdir().unwrap();
-    let service = common::start(&common::real_config(&dir, &registry.address)).await;
+    let config = common::with_managed_engine(common::real_config(&dir, &registry.address));
+    let service = common::start(&config).await;
     let marker = "7123459";
     let repo = busybox_repo(&format!(
         "RUN [\"/bin/busybox\", \"sh\", \"-c\", \"echo step-uid-$(/bin/busybox id -u); /bin/busybox sleep 2; : {marker}\"]\n"
     ));
-    for (builder, no_cache) in [("podman", false), ("buildah", true)] {
+    for (builder, no_cache) in [("podman", false), ("buildah", true), ("buildkit", false)] {
         let request = JobRequest {
             no_cache,
             ..common::on_repo(repo.path(), builder)
@@ -85,6 +87,15 @@ async fn a_run_step_is_root_in_its_build_and_an_unprivileged_host_user_on_the_ho
             assert!(
                 (range.first..range.first + range.count).contains(&uid),
                 "{builder}: the step runs as host user {uid}"
+            );
+        }
+        if builder == "buildkit" {
+            // The slot's engine too, and its containerd.
+            let engine = users_of(&format!("--data-root={}/", dir.path().display()));
+            assert!(!engine.is_empty(), "the engine runs");
+            assert!(
+                engine.iter().all(|u| *u == IdRange::DEFAULT.first),
+                "the engine runs as {engine:?}"
             );
         }
         let job = common::finished(&service, &job.id).await;

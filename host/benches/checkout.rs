@@ -3,9 +3,10 @@
 //! slot's empty git mirror from the server (here `file://`, through git's
 //! upload-pack as over a network, without the network's latency), against
 //! a later job's from the warm mirror — the same commit, asked by branch
-//! (one `ls-remote`, no objects fetched). Both write the 50,000 files
-//! into a fresh workspace; the second is bounded below by that, which on
-//! this machine is most of the first (see bench/README.md).
+//! (one `ls-remote`, no objects fetched). The first writes the 50,000
+//! files into the slot's working tree; the second moves that tree to its
+//! commit (nothing to write) and, like the first, mounts a layer of its
+//! own over it and hands the tree over to the jail's root.
 //! Run with `bench/run checkout`.
 
 use std::time::{Duration, Instant};
@@ -13,9 +14,10 @@ use std::time::{Duration, Instant};
 use crate::common::{self, median, ms, row};
 
 use helix_build::cancel::CancelSignal;
+use helix_build::jail::IdRange;
 use helix_build::job::{Job, JobRequest, SubmitPolicy};
 use helix_build::log::JobLog;
-use helix_build::source::Checkout;
+use helix_build::source::{Checkout, FromSlot};
 
 const ROUNDS: usize = 3;
 const DIRS: usize = 250;
@@ -75,24 +77,34 @@ async fn run() {
     );
 }
 
-/// One job's checkout into a fresh workspace, from the mirrors in `mirrors`.
+/// One job's checkout into a fresh workspace, from the mirrors in
+/// `mirrors`, as a service makes it: a layer over the slot's working
+/// tree, handed over to the jail's root.
 async fn timed(checkout: &Checkout, job: &Job, mirrors: &std::path::Path) -> Duration {
-    let workspace = tempfile::tempdir().unwrap();
+    let run = tempfile::tempdir().unwrap();
+    let (workspace, layer) = (run.path().join("workspace"), run.path().join("layer"));
+    std::fs::create_dir(&workspace).unwrap();
     let log = JobLog::new(1000);
-    // The last workspace's 50,000 files were just removed: their
-    // writeback would land in this one's time.
-    helix_fixtures::run(workspace.path(), "sync", &[]);
+    // The last workspace's files were just removed: their writeback
+    // would land in this one's time.
+    helix_fixtures::run(run.path(), "sync", &[]);
     let started = Instant::now();
     checkout
         .fetch(
             job,
-            workspace.path(),
+            &workspace,
             &log,
             &CancelSignal::new(),
             None,
-            Some(mirrors),
+            Some(FromSlot {
+                mirrors,
+                layer: Some(&layer),
+                owner: Some(IdRange::DEFAULT),
+            }),
         )
         .await
         .unwrap_or_else(|e| panic!("{e}: {:?}", log.snapshot()));
-    started.elapsed()
+    let took = started.elapsed();
+    helix_build::layer::unmount_below(run.path());
+    took
 }

@@ -55,6 +55,10 @@ pub async fn start_with(
     for dir in crate::quota::sweep_orphans() {
         tracing::warn!(dir = %dir.display(), "unmounted a quota file system whose file was deleted");
     }
+    // Runs' layers over slots' working trees that a crash left mounted:
+    // no run of this data dir is live yet, and a slot's next job changes
+    // the tree.
+    crate::layer::unmount_below(&config.workspace_dir());
     let used = data_dir_used(config);
     for dir in [config.data_dir.clone(), config.workspace_dir()] {
         std::fs::create_dir_all(&dir).map_err(|source| StartError::DataDir {

@@ -505,10 +505,10 @@ impl CacheSlot {
         }
     }
 
-    /// Empties the slot's layers, or its repository mirrors, where they
-    /// have grown past three quarters of their file system. Run after
-    /// every job.
-    pub fn keep_within_bounds(&self, log: &JobLog) {
+    /// Empties the slot's layers where they have grown past three
+    /// quarters of its file system. Run before a build and after every
+    /// job.
+    pub fn keep_layers_within_bounds(&self, log: &JobLog) {
         let size = dir_size(&self.dir.join("storage")) + dir_size(&self.dir.join(CACHE_MOUNTS));
         if size > self.max_bytes / 4 * 3 {
             log.push(&format!(
@@ -526,6 +526,13 @@ impl CacheSlot {
                 }
             }
         }
+    }
+
+    /// Empties the slot's repository mirrors (and their working trees)
+    /// where they have grown past three quarters of their file system.
+    /// Run after every job, once no layer of the job's is mounted over a
+    /// working tree.
+    pub fn keep_mirrors_within_bounds(&self, log: &JobLog) {
         let (mirrors, mib) = (
             self.mirrors(),
             self.held.mirrors.as_ref().map_or(0, DiskQuota::mib),

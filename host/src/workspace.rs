@@ -9,8 +9,10 @@
 //!   its own `storage/` and `run/`, or a slot of the builder's layer cache,
 //!   see [`crate::layer_cache`]), the registry settings builds use
 //!   (`registries.conf`), the job's build secrets (`secrets/`), the
-//!   scratch space its programs see as `/tmp` and `/var/tmp` (`tmp/`) and
-//!   the files of its jail (`jail/`, see [`crate::jail`]).
+//!   scratch space its programs see as `/tmp` and `/var/tmp` (`tmp/`),
+//!   the files of its jail (`jail/`, see [`crate::jail`]) and, when its
+//!   checkout is a layer over its cache slot's working tree of the
+//!   repository, what the build writes there (`source-layer/`).
 //!   Every program of the job gets `CONTAINERS_STORAGE_CONF` pointing at
 //!   it, so podman and buildah keep images and layers per job, and no
 //!   builder can plant links in, or point a tool at, storage it made up.
@@ -116,6 +118,20 @@ impl JobDirs {
         self.state().join("tmp")
     }
 
+    /// Where the run's own layer over its cache slot's working tree of
+    /// the repository is kept, when its checkout is one (see
+    /// `source::mirror`): beside the workspace, within its quota.
+    pub fn source_layer(&self) -> PathBuf {
+        self.state().join("source-layer")
+    }
+
+    /// Unmounts the run's layer over the slot's working tree, if its
+    /// checkout has one: before the slot's next job changes the tree, and
+    /// before the directory goes.
+    pub fn release_source_layer(&self) {
+        crate::layer::unmount_below(&self.root);
+    }
+
     /// Where the host writes the files of the run's jail.
     pub fn jail_files(&self) -> PathBuf {
         self.state().join("jail")
@@ -161,6 +177,7 @@ impl JobDirs {
     /// exiting (they get SIGKILL after a grace period) and writing, so a
     /// failed removal is retried once they are surely gone.
     pub fn remove(self) {
+        self.release_source_layer();
         if self.quota.is_some() {
             // Unmounting takes it all at once, lazily while in use.
             return;

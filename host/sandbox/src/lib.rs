@@ -9,7 +9,8 @@
 //!   job's build runs in, never on the host.
 //! - [`cgroup`]: a control group per job run, its limits and the sweep
 //!   after a crash; [`quota`]: a file system of a fixed size per job
-//!   directory; [`network`]: the build steps' network.
+//!   directory; [`layer`]: a run's writable layer over a tree the host
+//!   keeps; [`network`]: the build steps' network.
 //! - [`secrets`]: build secrets, handed over as files the builder cannot
 //!   read and redacted from everything it sees.
 //! - [`docker_engine`]: a Docker Engine a BuildKit builder builds in,
@@ -22,6 +23,7 @@ pub mod cgroup;
 pub mod docker_engine;
 pub mod exec;
 pub mod jail;
+pub mod layer;
 pub mod managed_engine;
 pub mod network;
 pub mod quota;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use super::Inner;
 use crate::cgroup::{LimitHit, RunCgroup};
 use crate::docker_engine::DockerEngine;
-use crate::jail::{Jail, JailSpec};
+use crate::jail::{IdRange, Jail, JailSpec};
 use crate::job::Job;
 use crate::layer_cache::CacheSlot;
 use crate::log::JobLog;
@@ -44,6 +44,17 @@ impl Inner {
         .map_err(|e| e.to_string())
     }
 
+    /// Who root in the jail of a run of `builder` is: a user namespace's
+    /// range. A Docker client of the operator's engine speaks to its
+    /// socket, the host root's, so it runs as that root (`None`); a
+    /// managed engine's socket is its jail's root's, the same host user.
+    pub(super) fn jail_users(&self, builder: &Builder) -> Option<IdRange> {
+        match builder.backend() {
+            Backend::Engine(EngineKind::Operator(_)) => None,
+            _ => Some(self.config.jail_users),
+        }
+    }
+
     /// The jail of a run of `builder` in `dirs`: its directories and
     /// cache slot, the engine's socket, the builder's network and the
     /// configured registries.
@@ -76,13 +87,7 @@ impl Inner {
             registries: self.config.registries.operator().endpoints(),
             cgroup,
             cgroup_namespace: false,
-            // A Docker client of the operator's engine speaks to its
-            // socket, the host root's: it runs as that root. A managed
-            // engine's socket is its jail's root's, the same host user.
-            users: match builder.backend() {
-                Backend::Engine(EngineKind::Operator(_)) => None,
-                _ => Some(self.config.jail_users),
-            },
+            users: self.jail_users(builder),
         })
         .await
         .map_err(|e| e.to_string())

@@ -17,6 +17,18 @@
 //! mirror. A fetch takes every branch and tag with `+` refspecs and
 //! `--prune`, so force-pushed and deleted branches follow the server.
 //!
+//! Beside each mirror the slot keeps a working tree of the repository
+//! (`<hash>.tree`), at the commit its last job built: a job's checkout
+//! moves it to the job's commit, which writes only the files that
+//! changed, and is then a layer of the job's own over it
+//! (`helix_sandbox::layer`), so a large repository is not written out
+//! anew for every job. Only the host writes the tree, and never while a
+//! layer is mounted over it (a slot holds one job at a time); what a
+//! build writes in its checkout lands in its own layer. Jobs whose
+//! workspace may be kept after a failure (`keep_failed_workspaces`) get
+//! their files written into the workspace instead, as do jobs without a
+//! slot.
+//!
 //! A mirror is not trusted when it fails: a fetch or checkout that fails
 //! is followed by `git fsck`, and a mirror it finds damaged is removed
 //! and fetched again once, with a warning in the job's log.
@@ -28,6 +40,7 @@ use sha2::Digest as _;
 
 use super::{CheckoutError, Git, VERIFY_COMMIT, commit_spec, is_commit, verified_commit};
 use crate::exec::{CommandOutput, SOURCE_DIR};
+use crate::jail::IdRange;
 
 /// Every branch and tag, replacing what a force push replaced.
 const REFSPECS: [&str; 2] = ["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"];
@@ -49,6 +62,15 @@ impl From<CheckoutError> for MirrorFault {
     fn from(e: CheckoutError) -> Self {
         MirrorFault::Checkout(e)
     }
+}
+
+/// Where a job's checkout from the slot's working tree goes.
+pub(super) struct Layer<'a> {
+    /// Where the job's own layer over the tree is kept.
+    pub dir: &'a Path,
+    /// Whose the tree's files are made: the jail's root, if the run's
+    /// jail has a user namespace.
+    pub owner: Option<IdRange>,
 }
 
 /// The mirror's lock, held until dropped (closing the file releases it).
@@ -90,21 +112,29 @@ impl Mirror {
         locked.map_err(CheckoutError::Mirror)
     }
 
-    /// Removes the mirror (held under its lock).
+    /// Removes the mirror and its working tree (held under its lock).
     pub(super) fn remove(&self) -> Result<(), CheckoutError> {
-        match std::fs::remove_dir_all(&self.dir) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(CheckoutError::Mirror(e)),
-            _ => Ok(()),
+        for dir in [self.dir.clone(), self.tree()] {
+            match std::fs::remove_dir_all(dir) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(CheckoutError::Mirror(e));
+                }
+                _ => {}
+            }
         }
+        Ok(())
     }
 
     /// Checks `git_ref` of `url` out into the workspace from the mirror,
-    /// fetching into it first what it lacks.
+    /// fetching into it first what it lacks; with `layer`, as a layer
+    /// over the slot's working tree of the repository, moved to the
+    /// commit.
     pub(super) async fn check_out(
         &self,
         git: &Git<'_>,
         url: &str,
         git_ref: &str,
+        layer: Option<Layer<'_>>,
     ) -> Result<(), MirrorFault> {
         if !self.dir.join("objects").is_dir() || !self.dir.join("HEAD").is_file() {
             if self.dir.exists() {
@@ -113,22 +143,20 @@ impl Mirror {
             self.git(git, &["init", "--quiet", "--bare"]).await?;
         }
         let commit = self.commit(git, url, git_ref).await?;
-        // The checkout borrows the mirror's objects (an alternate), so
-        // nothing is copied; it gets a `.git` of its own, written here.
-        let objects = self.dir.join("objects");
-        git.run(&["init", "--quiet", "--", SOURCE_DIR]).await?;
-        let alternates = git.workspace.join(SOURCE_DIR).join(".git/objects/info");
-        std::fs::create_dir_all(&alternates)
-            .and_then(|()| {
-                let line = format!("{}\n", objects.display());
-                std::fs::write(alternates.join("alternates"), line)
-            })
-            .map_err(CheckoutError::Mirror)?;
-        let output = git
-            .run(&[
-                "-C", SOURCE_DIR, "checkout", "--quiet", "--detach", &commit, "--",
-            ])
-            .await?;
+        if let Some(layer) = layer {
+            match self.layered(git, &commit, &layer).await {
+                Ok(()) => return Ok(()),
+                Err(why) => {
+                    git.log.push(&format!(
+                        "[helix] warning: the slot's working tree of the repository could not \
+                         be used ({why}): removed, checking out into the workspace"
+                    ));
+                    let _ = std::fs::remove_dir_all(self.tree());
+                }
+            }
+        }
+        let source = git.workspace.join(SOURCE_DIR);
+        let output = self.check_out_into(git, &source, &commit).await?;
         if output.exit_code == 0 {
             return Ok(());
         }
@@ -139,6 +167,80 @@ impl Mirror {
             commit,
             said: output.error_line(),
         }))
+    }
+
+    /// The slot's working tree of the repository: a checkout beside the
+    /// mirror, kept at the commit its last job built.
+    fn tree(&self) -> PathBuf {
+        self.dir.with_extension("tree")
+    }
+
+    /// Checks `commit` out at `dir` (new, or a checkout of the mirror),
+    /// borrowing the mirror's objects (an alternate), so nothing is
+    /// copied; it gets a `.git` of its own. Only files that differ are
+    /// written: git's index compares size and time alone
+    /// (`core.checkStat=minimal`), as a hand-over changes owners.
+    async fn check_out_into(
+        &self,
+        git: &Git<'_>,
+        dir: &Path,
+        commit: &str,
+    ) -> Result<CommandOutput, CheckoutError> {
+        let dir = dir.display().to_string();
+        if !Path::new(&dir).join(".git").is_dir() {
+            git.run(&["init", "--quiet", "--", &dir]).await?;
+            let alternates = Path::new(&dir).join(".git/objects/info");
+            std::fs::create_dir_all(&alternates)
+                .and_then(|()| {
+                    let line = format!("{}\n", self.dir.join("objects").display());
+                    std::fs::write(alternates.join("alternates"), line)
+                })
+                .map_err(CheckoutError::Mirror)?;
+        }
+        // A slot's working tree is the jail's root's once handed over;
+        // only the host ever writes it.
+        let safe = format!("safe.directory={dir}");
+        git.run(&[
+            "-C",
+            &dir,
+            "-c",
+            &safe,
+            "-c",
+            "core.checkStat=minimal",
+            "checkout",
+            "--quiet",
+            "--force",
+            "--detach",
+            commit,
+            "--",
+        ])
+        .await
+    }
+
+    /// The job's checkout as its own layer over the slot's working tree,
+    /// moved to `commit` first (writing only what changed since its last
+    /// job) and handed over to the jail's root; why not, if it cannot be.
+    async fn layered(&self, git: &Git<'_>, commit: &str, layer: &Layer<'_>) -> Result<(), String> {
+        let tree = self.tree();
+        let output = self
+            .check_out_into(git, &tree, commit)
+            .await
+            .map_err(|e| e.to_string())?;
+        if output.exit_code != 0 {
+            return Err(output.error_line());
+        }
+        if let Some(owner) = layer.owner {
+            owner.hand_over(&tree).map_err(|e| e.to_string())?;
+        }
+        let target = git.workspace.join(SOURCE_DIR);
+        std::fs::create_dir_all(&target).map_err(|e| e.to_string())?;
+        crate::layer::mount(&tree, layer.dir, &target).map_err(|e| e.to_string())?;
+        git.log.push(&format!(
+            "[helix] the checkout is a layer of the job's own over the slot's working tree \
+             of the repository ({}), which only the files that changed were written to",
+            tree.display()
+        ));
+        Ok(())
     }
 
     /// The commit `git_ref` names, in the mirror once this returns.

@@ -22,6 +22,7 @@ use std::time::Duration;
 use crate::cancel::CancelSignal;
 use crate::cgroup::RunCgroup;
 use crate::exec::{CommandOutput, HostCommand, RunError, SOURCE_DIR};
+use crate::jail::IdRange;
 use crate::job::Job;
 use crate::log::JobLog;
 
@@ -149,8 +150,8 @@ pub struct Checkout {
 
 impl Checkout {
     /// Checks `job`'s ref out into `<workspace>/src` and returns the commit.
-    /// With `mirrors` (the job's cache slot's), from the repository's
-    /// mirror there, fetching into it what it lacks; else by a shallow
+    /// With `slot` (the job's cache slot), from the repository's mirror
+    /// there, fetching into it what it lacks; else by a shallow
     /// clone where the server allows it, else a full clone and a checkout
     /// of what the ref names there (commit shas, and servers that refuse
     /// `--depth`, such as dumb HTTP ones).
@@ -161,7 +162,7 @@ impl Checkout {
         log: &JobLog,
         cancel: &CancelSignal,
         cgroup: Option<&RunCgroup>,
-        mirrors: Option<&Path>,
+        slot: Option<FromSlot<'_>>,
     ) -> Result<String, CheckoutError> {
         let git = Git {
             workspace,
@@ -173,8 +174,8 @@ impl Checkout {
         let url = job.repo_url.as_str();
         let git_ref = job.git_ref.as_str();
         log.push(&format!("[helix] checking out {url} at {git_ref}"));
-        if let Some(root) = mirrors {
-            from_mirror(&git, root, url, git_ref).await?;
+        if let Some(slot) = slot {
+            from_mirror(&git, &slot, url, git_ref).await?;
         } else if is_commit(git_ref) {
             git.clone(url, &[]).await?;
             git.detach(url, git_ref).await?;
@@ -220,19 +221,36 @@ impl Checkout {
     }
 }
 
-/// Checks `git_ref` out from the mirror of `url` under `root`; a mirror
+/// A checkout from the job's cache slot.
+pub struct FromSlot<'a> {
+    /// The slot's repository mirrors.
+    pub mirrors: &'a Path,
+    /// Where the job's own layer over the slot's working tree of the
+    /// repository is kept (see [`mirror`]); `None`: the files are written
+    /// into the workspace.
+    pub layer: Option<&'a Path>,
+    /// Whose the working tree's files are made: the jail's root, if the
+    /// run's jail has a user namespace.
+    pub owner: Option<IdRange>,
+}
+
+/// Checks `git_ref` out from the mirror of `url` in `slot`; a mirror
 /// found damaged is removed and fetched anew, once.
 async fn from_mirror(
     git: &Git<'_>,
-    root: &Path,
+    slot: &FromSlot<'_>,
     url: &str,
     git_ref: &str,
 ) -> Result<(), CheckoutError> {
-    let mirror = mirror::Mirror::of(root, url);
+    let mirror = mirror::Mirror::of(slot.mirrors, url);
     let _held = mirror.lock().await?;
     let mut rebuilt = false;
     loop {
-        match mirror.check_out(git, url, git_ref).await {
+        let layer = slot.layer.map(|dir| mirror::Layer {
+            dir,
+            owner: slot.owner,
+        });
+        match mirror.check_out(git, url, git_ref, layer).await {
             Ok(()) => return Ok(()),
             Err(mirror::MirrorFault::Checkout(e)) => return Err(e),
             Err(mirror::MirrorFault::Damaged(said)) if rebuilt => {
@@ -413,6 +431,14 @@ impl Git<'_> {
         all.push(format!(
             "protocol.file.allow={}",
             if self.allow_file { "always" } else { "never" }
+        ));
+        // The checkout may be the jail's root's already (a layer over a
+        // slot's working tree, which the host wrote and handed over):
+        // git runs there only before the jail does.
+        all.push("-c".into());
+        all.push(format!(
+            "safe.directory={}",
+            self.workspace.join(SOURCE_DIR).display()
         ));
         all.extend(args.iter().map(|a| a.to_string()));
         let env = BTreeMap::from([

@@ -1,8 +1,10 @@
 //! The git mirror per repository in a cache slot: a later job fetches
 //! only what the mirror lacks (nothing for a commit it has, not even with
 //! the server gone), force-pushed branches follow the server, a damaged
-//! mirror is rebuilt, no hook in it ever runs, and concurrent jobs of one
-//! repository both build.
+//! mirror is rebuilt, no hook in it ever runs, concurrent jobs of one
+//! repository both build, and a job's checkout is its own layer over the
+//! slot's working tree, which a later commit's job writes only where it
+//! changed.
 
 use std::path::{Path, PathBuf};
 
@@ -115,15 +117,35 @@ async fn a_force_pushed_branch_builds_its_new_commit_a_damaged_mirror_is_rebuilt
     assert_eq!(job.commit.as_deref(), Some(new.as_str()), "not {old}");
     assert!(!marker.exists(), "a hook in the mirror ran");
 
-    // The Dockerfile's blob in the mirror overwritten.
+    // A next commit in the mirror (fetched as a job would), the blob of
+    // its changed Dockerfile overwritten there: the checkout that moves
+    // the slot's working tree to it needs that blob.
+    let dockerfile = repo.dir.path().join("Dockerfile");
+    let changed = std::fs::read_to_string(&dockerfile).unwrap() + "# changed\n";
+    std::fs::write(&dockerfile, changed).unwrap();
+    helix_fixtures::git(
+        repo.dir.path(),
+        &["commit", "-qam", "the Dockerfile changed"],
+    );
+    let new = helix_fixtures::git(repo.dir.path(), &["rev-parse", "HEAD"]);
+    let git_dir = format!("--git-dir={}", mirror.display());
+    let refspec = "+refs/heads/*:refs/heads/*";
+    let fetch = [
+        "-c",
+        "protocol.file.allow=always",
+        "-c",
+        "core.hooksPath=/dev/null",
+        &git_dir,
+        "fetch",
+        "-q",
+        &url,
+        refspec,
+    ];
+    helix_fixtures::run(dir.path(), "git", &fetch);
     let blob = helix_fixtures::run(
         dir.path(),
         "git",
-        &[
-            &format!("--git-dir={}", mirror.display()),
-            "rev-parse",
-            &format!("{new}:Dockerfile"),
-        ],
+        &[&git_dir, "rev-parse", &format!("{new}:Dockerfile")],
     );
     let object = mirror.join("objects").join(&blob[..2]).join(&blob[2..]);
     assert!(object.is_file(), "a small fetch leaves loose objects");
@@ -155,4 +177,73 @@ async fn concurrent_jobs_of_one_repository_both_build() {
     assert_eq!(a.0.state, State::Succeeded, "{:?}", a.0.error);
     assert_eq!(b.0.state, State::Succeeded, "{:?}", b.0.error);
     assert_eq!(b.0.commit.as_deref(), Some(repo.first_commit.as_str()));
+}
+
+/// Layers (overlay mounts) mounted under `dir`.
+fn layers_under(dir: &Path) -> Vec<String> {
+    let dir = format!(" {}/", dir.canonicalize().unwrap().display());
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(" - overlay ") && l.contains(&dir))
+        .map(String::from)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkout_is_a_layer_over_the_slots_tree_which_a_later_commit_writes_only_where_it_changed()
+ {
+    let registry = Registry::start(false);
+    let repo = helix_fixtures::busybox_repo(
+        "COPY src/ /ctx/\n\
+         RUN [\"/bin/busybox\", \"sh\", \"-c\", \"echo files: $(/bin/busybox ls /ctx); echo changed: $(/bin/busybox cat /ctx/changed)\"]\n",
+    );
+    let path = repo.path();
+    std::fs::create_dir(path.join("src")).unwrap();
+    for (file, text) in [
+        ("unchanged", "same"),
+        ("changed", "first"),
+        ("gone", "first"),
+    ] {
+        std::fs::write(path.join("src").join(file), text).unwrap();
+    }
+    helix_fixtures::git(path, &["add", "-A"]);
+    helix_fixtures::git(path, &["commit", "-qm", "first"]);
+    let dir = tempfile::tempdir().unwrap();
+    let service = common::start(&common::real_config(&dir, &registry.address)).await;
+    let request = common::on_repo(path, "podman");
+    let layered = "[helix] the checkout is a layer of the job's own over the slot's working tree";
+
+    let (job, logs) = common::run_logged(&service, request.clone()).await;
+    assert_eq!(job.state, State::Succeeded, "{:?}", job.error);
+    let said = |logs: &[String], text: &str| logs.iter().any(|l| l.contains(text));
+    assert!(said(&logs, layered), "{logs:?}");
+    assert!(said(&logs, "files: changed gone unchanged"), "{logs:?}");
+    assert!(said(&logs, "changed: first"), "{logs:?}");
+    assert_eq!(layers_under(dir.path()), Vec::<String>::new());
+    let tree = the_mirror(dir.path()).with_extension("tree");
+    use std::os::unix::fs::MetadataExt as _;
+    let written = |file: &str| {
+        let meta = std::fs::metadata(tree.join("src").join(file)).unwrap();
+        (meta.ino(), meta.mtime_nsec(), meta.mtime())
+    };
+    let unchanged = written("unchanged");
+
+    std::fs::write(path.join("src/changed"), "second").unwrap();
+    std::fs::remove_file(path.join("src/gone")).unwrap();
+    std::fs::write(path.join("src/added"), "new").unwrap();
+    helix_fixtures::git(path, &["add", "-A"]);
+    helix_fixtures::git(path, &["commit", "-qm", "second"]);
+    let (job, logs) = common::run_logged(&service, request).await;
+    assert_eq!(job.state, State::Succeeded, "{:?}", job.error);
+    assert!(said(&logs, layered), "{logs:?}");
+    assert!(said(&logs, "files: added changed unchanged"), "{logs:?}");
+    assert!(said(&logs, "changed: second"), "{logs:?}");
+    assert_eq!(
+        written("unchanged"),
+        unchanged,
+        "an unchanged file is not written again"
+    );
+    assert!(!tree.join("src/gone").exists());
+    assert_eq!(layers_under(dir.path()), Vec::<String>::new());
 }

@@ -37,6 +37,30 @@ impl IdRange {
     const LOWEST: u32 = 65536;
 }
 
+impl IdRange {
+    /// Makes the range's root (a jail's) own `path` and everything below
+    /// it that is the host's: what the host wrote for a run (its
+    /// directories, checkout, secrets, copy of the credentials) and what
+    /// the host's root left in a cache slot, the jail then reads and
+    /// writes as its own. What a user of the range owns stays as it is
+    /// (so handing over again costs a look at each entry, no change);
+    /// links are changed themselves, never followed.
+    pub fn hand_over(&self, path: &Path) -> io::Result<()> {
+        let root = self.first;
+        let meta = path.symlink_metadata()?;
+        let (end, owner) = (self.first + (self.count - 1), meta.uid());
+        if !(root..=end).contains(&owner) {
+            std::os::unix::fs::lchown(path, Some(root), Some(root))?;
+        }
+        if meta.is_dir() {
+            for entry in std::fs::read_dir(path)? {
+                self.hand_over(&entry?.path())?;
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Default for IdRange {
     fn default() -> Self {
         IdRange::DEFAULT
@@ -146,25 +170,9 @@ impl UserNs {
         self.range
     }
 
-    /// Makes the jail's root own `path` and everything below it that is
-    /// the host's: what the host wrote for the run (its directories,
-    /// checkout, secrets, copy of the credentials) and what the host's
-    /// root left in a cache slot, the jail then reads and writes as its
-    /// own. What a jail's user owns stays as it is; links are changed
-    /// themselves, never followed.
+    /// See [`IdRange::hand_over`].
     pub(super) fn hand_over(&self, path: &Path) -> io::Result<()> {
-        let root = self.range.first;
-        let meta = path.symlink_metadata()?;
-        let (end, owner) = (self.range.first + (self.range.count - 1), meta.uid());
-        if !(root..=end).contains(&owner) {
-            std::os::unix::fs::lchown(path, Some(root), Some(root))?;
-        }
-        if meta.is_dir() {
-            for entry in std::fs::read_dir(path)? {
-                self.hand_over(&entry?.path())?;
-            }
-        }
-        Ok(())
+        self.range.hand_over(path)
     }
 }
 

@@ -52,7 +52,13 @@ impl Run<'_> {
         if self.built {
             self.remove_slot_leftovers().await;
         }
-        self.keep_slot_within_bounds();
+        // The slot's working tree is free for its next job once the
+        // run's layer over it is gone.
+        self.dirs.release_source_layer();
+        self.keep_slot_layers_within_bounds();
+        if let Some(slot) = &self.slot {
+            slot.keep_mirrors_within_bounds(self.log);
+        }
         let Run {
             inner,
             job,

@@ -1,6 +1,7 @@
 //! A run's first step: what it builds with, made before its first
 //! program — the builder it keeps, a slot of its layer cache, a control
-//! group, the workspace, the Docker Engine and the jail.
+//! group, the workspace and the Docker Engine — and, once the checkout
+//! is there and the run is to build, its jail.
 
 use std::sync::Arc;
 
@@ -62,6 +63,7 @@ impl<'a> Run<'a> {
         // Attempts count from 1: the first run has no earlier one.
         for earlier in 1..job.attempts {
             let old = inner.config.workspace_dir.join(run_name(&job.id, earlier));
+            crate::layer::unmount_below(&old);
             crate::quota::release(&old, &crate::quota::image_of(&old));
             if old.exists()
                 && let Err(e) = std::fs::remove_dir_all(&old)
@@ -145,29 +147,6 @@ impl<'a> Run<'a> {
                 ),
             });
         }
-        // Every program of the run runs in its jail, made before the first.
-        let jail = match builder.runs_programs() {
-            false => None,
-            true => match inner
-                .jail(
-                    builder.as_ref(),
-                    engine.as_deref(),
-                    &dirs,
-                    slot.as_ref(),
-                    cgroup.as_deref(),
-                )
-                .await
-            {
-                Ok(jail) => Some(Arc::new(jail)),
-                Err(e) => {
-                    dirs.remove();
-                    return Err(Failure::Jail(e));
-                }
-            },
-        };
-        if let Some(jail) = &jail {
-            log.push(&jail.describe());
-        }
         let engine_image = engine.as_ref().map(|_| DockerEngine::image_name(&run));
         let audit =
             Arc::new(crate::audit::AuditTrail::new(job.attempts).of_project(job.project.clone()));
@@ -183,10 +162,34 @@ impl<'a> Run<'a> {
             registries,
             engine,
             engine_image,
-            jail,
+            jail: None,
             audit,
             built: false,
         })
+    }
+
+    /// Makes the run's jail, where every program of its build runs:
+    /// after the checkout (a layer over the slot's working tree, mounted
+    /// on the host, must be there for the jail to show it) and only for
+    /// a run that builds.
+    pub(super) async fn confine(&mut self) -> Result<(), Failure> {
+        if !self.builder.runs_programs() {
+            return Ok(());
+        }
+        let jail = self
+            .inner
+            .jail(
+                self.builder.as_ref(),
+                self.engine.as_deref(),
+                &self.dirs,
+                self.slot.as_ref(),
+                self.cgroup.as_deref(),
+            )
+            .await
+            .map_err(Failure::Jail)?;
+        self.log.push(&jail.describe());
+        self.jail = Some(Arc::new(jail));
+        Ok(())
     }
 
     /// Empties the run's slot of containers and images an earlier run
@@ -200,12 +203,12 @@ impl<'a> Run<'a> {
         }
     }
 
-    /// Empties the run's slot where it has grown past its cap (see
-    /// [`CacheSlot::keep_within_bounds`]); an engine's slot is the
-    /// engine's to keep.
-    pub(super) fn keep_slot_within_bounds(&self) {
+    /// Empties the run's slot of layers where they have grown past its
+    /// cap (see [`CacheSlot::keep_layers_within_bounds`]); an engine's
+    /// slot is the engine's to keep.
+    pub(super) fn keep_slot_layers_within_bounds(&self) {
         if let Some(slot) = self.slot.as_ref().filter(|_| self.engine.is_none()) {
-            slot.keep_within_bounds(self.log);
+            slot.keep_layers_within_bounds(self.log);
         }
     }
 }

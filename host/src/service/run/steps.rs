@@ -12,13 +12,13 @@ use super::Run;
 use super::reuse::Reuse;
 use crate::exec::{Confinement, JobValues};
 use crate::job::{BuildResult, PhaseClock, PhaseName};
-use crate::layer_cache::CacheSlot;
 use crate::plugin::{Backend, BuilderError, Built, RunContext};
 use crate::provenance::{BuildFacts, Provenance};
 use crate::registry::oci::RegistryClient;
 use crate::registry::{Published, Publisher, Pushed};
 use crate::rules::CheckedBuild;
 use crate::service::fault::{self, Failure};
+use crate::source::FromSlot;
 
 /// What the host's checkout gives a real build's later steps.
 pub(super) struct Checked {
@@ -58,9 +58,10 @@ impl Run<'_> {
                 Reuse::Build(to_record) => inputs = to_record,
             }
         }
+        self.confine().await?;
         self.built = true;
         self.remove_slot_leftovers().await;
-        self.keep_slot_within_bounds();
+        self.keep_slot_layers_within_bounds();
         let instantiation = OnceLock::new();
         let built = self.build(checked.as_ref(), &instantiation).await;
         let instantiated = instantiation.get().copied();
@@ -115,6 +116,7 @@ impl Run<'_> {
             engine.prepare().await.map_err(Failure::Engine)?;
         }
         let workspace = self.dirs.workspace();
+        let layer = self.dirs.source_layer();
         let commit = self
             .inner
             .config
@@ -125,7 +127,12 @@ impl Run<'_> {
                 self.log,
                 self.cancel,
                 self.cgroup.as_deref(),
-                self.slot.as_ref().map(CacheSlot::mirrors),
+                self.slot.as_ref().map(|slot| FromSlot {
+                    mirrors: slot.mirrors(),
+                    // A workspace that may be kept must hold its files.
+                    layer: (!self.inner.config.keep_failed_workspaces).then_some(&layer),
+                    owner: self.inner.jail_users(&self.builder),
+                }),
             )
             .await?;
         if let Some(entry) = self.inner.lock().jobs.get_mut(&job.id) {

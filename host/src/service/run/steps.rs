@@ -161,13 +161,14 @@ impl Run<'_> {
             .secrets
             .write(&job.secrets, &self.dirs.secrets())
             .map_err(Failure::Secrets)?;
-        // The checkout and the secrets, written since the jail was made.
+        // The secrets, written since the jail (which took the checkout
+        // over with the run's directory) was made.
         if let Some(jail) = &self.jail {
-            let (workspace, secrets_dir) = (self.dirs.workspace(), self.dirs.secrets());
-            std::iter::once(&workspace)
-                .chain(Some(&secrets_dir).filter(|dir| dir.exists()))
-                .try_for_each(|path| jail.hand_over(path))
-                .map_err(|e| Failure::Jail(e.to_string()))?;
+            let secrets_dir = self.dirs.secrets();
+            if secrets_dir.exists() {
+                jail.hand_over(&secrets_dir)
+                    .map_err(|e| Failure::Jail(e.to_string()))?;
+            }
         }
         let mut program_env = self.engine.as_ref().map(|e| e.env()).unwrap_or_default();
         // The run's own registry settings over the engine's client

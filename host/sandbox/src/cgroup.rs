@@ -21,6 +21,7 @@ use std::fs::File;
 use std::io::Write as _;
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -73,6 +74,25 @@ pub struct Cgroups {
     layout: Layout,
     /// `/helix/<instance>`, the same in every hierarchy.
     base: String,
+    /// This server's directories, removed once neither this nor any run
+    /// group made from it is left.
+    instance: Arc<Instance>,
+}
+
+/// A server's directory in every hierarchy, removed when the last holder
+/// goes (where no run is left in it): a run's group may outlive the
+/// [`Cgroups`] it was made from (a `plugin test` trial's does).
+#[derive(Debug)]
+struct Instance {
+    dirs: Vec<PathBuf>,
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        for dir in &self.dirs {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -114,6 +134,25 @@ pub enum CgroupError {
         #[source]
         source: std::io::Error,
     },
+}
+
+impl Layout {
+    /// Every hierarchy's mount point.
+    fn hierarchies(&self) -> Vec<PathBuf> {
+        match self {
+            Layout::V1 {
+                pids,
+                memory,
+                cpu,
+                others,
+            } => [pids, memory, cpu]
+                .into_iter()
+                .chain(others)
+                .cloned()
+                .collect(),
+            Layout::V2 { root } => vec![root.clone()],
+        }
+    }
 }
 
 impl Cgroups {
@@ -167,9 +206,16 @@ impl Cgroups {
             .canonicalize()
             .unwrap_or_else(|_| data_dir.to_path_buf());
         let digest = sha2::Sha256::digest(data_dir.as_os_str().as_encoded_bytes());
+        let instance = format!("helix/{}", &hex::encode(digest)[..16]);
+        let dirs = layout
+            .hierarchies()
+            .iter()
+            .map(|h| h.join(&instance))
+            .collect();
         let cgroups = Cgroups {
             layout,
-            base: format!("/helix/{}", &hex::encode(digest)[..16]),
+            base: format!("/{instance}"),
+            instance: Arc::new(Instance { dirs }),
         };
         cgroups
             .create_everywhere(&cgroups.base)
@@ -202,19 +248,7 @@ impl Cgroups {
 
     /// Every hierarchy's mount point.
     fn hierarchies(&self) -> Vec<PathBuf> {
-        match &self.layout {
-            Layout::V1 {
-                pids,
-                memory,
-                cpu,
-                others,
-            } => [pids, memory, cpu]
-                .into_iter()
-                .chain(others)
-                .cloned()
-                .collect(),
-            Layout::V2 { root } => vec![root.clone()],
-        }
+        self.layout.hierarchies()
     }
 
     /// Creates `path` in every hierarchy; in v1's `cpuset` each new level
@@ -276,6 +310,7 @@ impl Cgroups {
             v2: matches!(self.layout, Layout::V2 { .. }),
             steps: format!("{path}/steps"),
             tools: Vec::new(),
+            _instance: self.instance.clone(),
         };
         for (_, dir) in &run.everywhere {
             kill_tree(dir);
@@ -303,16 +338,6 @@ impl Cgroups {
     }
 }
 
-impl Drop for Cgroups {
-    /// Removes this server's directory where no run is left in it.
-    fn drop(&mut self) {
-        let inside = self.base.trim_start_matches('/');
-        for dir in self.hierarchies().iter().map(|h| h.join(inside)) {
-            let _ = std::fs::remove_dir(dir);
-        }
-    }
-}
-
 /// One run's control group; dropping it kills whatever is left in it and
 /// removes it.
 #[derive(Debug)]
@@ -326,6 +351,9 @@ pub struct RunCgroup {
     steps: String,
     /// `tools/cgroup.procs` in every hierarchy, open for [`RunCgroup::enter`].
     tools: Vec<File>,
+    /// Its server's directories, kept until it is gone (dropped after
+    /// [`RunCgroup`]'s own drop removed its groups).
+    _instance: Arc<Instance>,
 }
 
 impl RunCgroup {

@@ -330,3 +330,26 @@ async fn failed_workspaces_are_kept_only_when_configured() {
             .any(|l| l.starts_with("[helix] workspace kept for debugging"))
     );
 }
+
+#[test]
+fn a_servers_control_group_goes_with_the_last_run_group_made_from_it() {
+    use helix_build::cgroup::{BuildLimits, Cgroups};
+    let data = tempfile::tempdir().unwrap();
+    let cgroups = Cgroups::detect(data.path()).unwrap();
+    let run = cgroups.create("trial.1", &BuildLimits::default()).unwrap();
+    let servers: Vec<std::path::PathBuf> = run
+        .hierarchies()
+        .iter()
+        .map(|(_, group)| group.parent().unwrap().to_path_buf())
+        .collect();
+    assert!(servers.len() >= 3, "{servers:?}");
+    // As a `plugin test` trial drops them: the server's handle first.
+    drop(cgroups);
+    assert!(
+        servers.iter().all(|dir| dir.is_dir()),
+        "the run still holds it"
+    );
+    drop(run);
+    let left: Vec<_> = servers.iter().filter(|dir| dir.exists()).collect();
+    assert!(left.is_empty(), "left: {left:?}");
+}

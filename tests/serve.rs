@@ -1528,7 +1528,7 @@ fn after_kill_9_mid_build_the_jail_dies_with_the_server_and_the_retry_succeeds()
         "the RUN step is in the run's control group: {pids:?}"
     );
 
-    let group = crate::common::server_cgroup(data.path());
+    let group = helix_build::cgroup::server_group(data.path());
     let first_run: Vec<std::path::PathBuf> = std::fs::read_dir("/sys/fs/cgroup")
         .unwrap()
         .flatten()

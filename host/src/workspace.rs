@@ -125,13 +125,6 @@ impl JobDirs {
         self.state().join("source-layer")
     }
 
-    /// Unmounts the run's layer over the slot's working tree, if its
-    /// checkout has one: before the slot's next job changes the tree, and
-    /// before the directory goes.
-    pub fn release_source_layer(&self) {
-        crate::layer::unmount_below(&self.root);
-    }
-
     /// Where the host writes the files of the run's jail.
     pub fn jail_files(&self) -> PathBuf {
         self.state().join("jail")
@@ -177,7 +170,10 @@ impl JobDirs {
     /// exiting (they get SIGKILL after a grace period) and writing, so a
     /// failed removal is retried once they are surely gone.
     pub fn remove(self) {
-        self.release_source_layer();
+        // The run's layer over its slot's working tree, if its checkout
+        // is one: before the directory goes and the slot's next job
+        // changes the tree.
+        crate::layer::unmount_below(&self.root);
         if self.quota.is_some() {
             // Unmounting takes it all at once, lazily while in use.
             return;

@@ -179,19 +179,14 @@ pub fn assert_nothing_left(data: &std::path::Path) {
         .into_iter()
         .flatten()
         .flatten()
-        .map(|hierarchy| hierarchy.path().join(server_cgroup(&data)))
+        .map(|hierarchy| {
+            hierarchy
+                .path()
+                .join(helix_build::cgroup::server_group(&data))
+        })
         .filter(|dir| dir.exists())
         .collect();
     assert!(groups.is_empty(), "control groups left over: {groups:#?}");
-}
-
-/// The control group directory of the server on `data`, in any
-/// hierarchy (as `helix_sandbox::cgroup` names it).
-pub fn server_cgroup(data: &std::path::Path) -> String {
-    use sha2::Digest as _;
-    let data = data.canonicalize().unwrap_or_else(|_| data.to_path_buf());
-    let digest = sha2::Sha256::digest(data.as_os_str().as_encoded_bytes());
-    format!("helix/{}", &hex::encode(digest)[..16])
 }
 
 fn dechunk(mut body: &str) -> String {

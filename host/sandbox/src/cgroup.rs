@@ -136,6 +136,17 @@ pub enum CgroupError {
     },
 }
 
+/// The directory, in every hierarchy, of the server whose data directory
+/// is `data_dir`: `helix/<instance>`, named after the directory.
+pub fn server_group(data_dir: &Path) -> String {
+    use sha2::Digest as _;
+    let data_dir = data_dir
+        .canonicalize()
+        .unwrap_or_else(|_| data_dir.to_path_buf());
+    let digest = sha2::Sha256::digest(data_dir.as_os_str().as_encoded_bytes());
+    format!("helix/{}", &hex::encode(digest)[..16])
+}
+
 impl Layout {
     /// Every hierarchy's mount point.
     fn hierarchies(&self) -> Vec<PathBuf> {
@@ -159,7 +170,6 @@ impl Cgroups {
     /// This host's control groups, for the server whose data directory is
     /// `data_dir`; an error says why they cannot be used.
     pub fn detect(data_dir: &Path) -> Result<Self, CgroupError> {
-        use sha2::Digest as _;
         let root = Path::new("/sys/fs/cgroup");
         let layout = if root.join("cgroup.controllers").is_file() {
             Layout::V2 {
@@ -202,11 +212,7 @@ impl Cgroups {
                 others,
             }
         };
-        let data_dir = data_dir
-            .canonicalize()
-            .unwrap_or_else(|_| data_dir.to_path_buf());
-        let digest = sha2::Sha256::digest(data_dir.as_os_str().as_encoded_bytes());
-        let instance = format!("helix/{}", &hex::encode(digest)[..16]);
+        let instance = server_group(data_dir);
         let dirs = layout
             .hierarchies()
             .iter()

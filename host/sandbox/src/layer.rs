@@ -64,10 +64,7 @@ pub fn unmount_below(dir: &Path) {
     // Deepest first.
     points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
     for point in points {
-        let done = Command::new("umount").arg(&point).output();
-        if !done.is_ok_and(|o| o.status.success()) {
-            let _ = Command::new("umount").arg("-l").arg(&point).output();
-        }
+        crate::quota::unmount(&point);
     }
 }
 

@@ -210,8 +210,9 @@ pub fn image_of(dir: &Path) -> PathBuf {
     dir.with_file_name(name)
 }
 
-fn unmount(dir: &Path) {
-    // Lazily when busy: mounts a killed build left inside go with it.
+/// Unmounts `dir`, lazily when busy: mounts a killed build left inside
+/// go with it.
+pub(crate) fn unmount(dir: &Path) {
     let done = Command::new("umount").arg(dir).output();
     if !done.is_ok_and(|o| o.status.success()) {
         let _ = Command::new("umount").arg("-l").arg(dir).output();

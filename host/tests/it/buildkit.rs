@@ -312,11 +312,7 @@ async fn cancelling_a_build_stops_its_step_in_the_engine_and_leaves_no_image() {
     let config = with_engine(common::real_config(&dir, &registry.address), &engine);
     let service = start(&config).await;
     let job = service
-        .submit(JobRequest {
-            repo_url: format!("file://{}", repo.path().display()),
-            builder: Some("buildkit".into()),
-            ..JobRequest::default()
-        })
+        .submit(common::on_repo(repo.path(), "buildkit"))
         .await
         .unwrap();
     common::until_logged(&service, &job.id, |l| l.ends_with("step started")).await;
@@ -425,11 +421,7 @@ async fn an_idle_managed_engine_is_stopped_with_its_processes_and_the_next_job_s
     // The second job is the first again: built, not reused.
     config.reuse_builds = false;
     let service = start(&config).await;
-    let request = JobRequest {
-        repo_url: format!("file://{}", repo.path().display()),
-        builder: Some("buildkit".into()),
-        ..JobRequest::default()
-    };
+    let request = common::on_repo(repo.path(), "buildkit");
     // This service's engines: their data roots are in its data dir.
     let marker = format!("--data-root={}/", dir.path().display());
     // The engine building a job, and the job's log.

@@ -8,7 +8,7 @@ use crate::common::LogText as _;
 
 use std::time::Duration;
 
-use helix_build::job::{JobRequest, State};
+use helix_build::job::State;
 use helix_fixtures::{Registry, repo_running};
 
 /// Peak resident memory of this process so far, in MiB (`VmHWM`).
@@ -37,38 +37,26 @@ async fn endless_output_is_clipped_where_it_is_read_and_memory_stays_bounded() {
         // A million short lines, about 6.9 MB.
         ("a million lines", "/bin/busybox seq 1000000"),
     ];
+    // A podman build of a repository running `script`, to its end.
+    let build = async |script: &str| {
+        let repo = repo_running(script);
+        let job = service
+            .submit(common::on_repo(repo.path(), "podman"))
+            .await
+            .unwrap();
+        service
+            .wait(job.id.as_str(), Duration::from_secs(600))
+            .await
+            .unwrap()
+    };
     // A job of quiet output first: what the first real build costs the
     // host once (its compiled builder, jail, SBOM and provenance work)
     // is not what the endless output may grow it by.
-    let quiet = repo_running("echo quiet");
-    let warm_up = service
-        .submit(JobRequest {
-            repo_url: format!("file://{}", quiet.path().display()),
-            builder: Some("podman".into()),
-            ..JobRequest::default()
-        })
-        .await
-        .unwrap();
-    let warm_up = service
-        .wait(warm_up.id.as_str(), Duration::from_secs(600))
-        .await
-        .unwrap();
+    let warm_up = build("echo quiet").await;
     assert_eq!(warm_up.state, State::Succeeded, "{:?}", warm_up.error);
     let before = peak_rss_mib();
     for (case, script) in cases {
-        let repo = repo_running(script);
-        let job = service
-            .submit(JobRequest {
-                repo_url: format!("file://{}", repo.path().display()),
-                builder: Some("podman".into()),
-                ..JobRequest::default()
-            })
-            .await
-            .unwrap();
-        let job = service
-            .wait(job.id.as_str(), Duration::from_secs(600))
-            .await
-            .unwrap();
+        let job = build(script).await;
         assert_eq!(job.state, State::Succeeded, "{case}: {:?}", job.error);
         // The end of the job is still there, after the clip.
         let logs = service.logs(job.id.as_str()).await.unwrap().texts();

@@ -52,13 +52,7 @@ impl Run<'_> {
         if self.built {
             self.remove_slot_leftovers().await;
         }
-        // The slot's working tree is free for its next job once the
-        // run's layer over it is gone.
-        self.dirs.release_source_layer();
         self.keep_slot_layers_within_bounds();
-        if let Some(slot) = &self.slot {
-            slot.keep_mirrors_within_bounds(self.log);
-        }
         let Run {
             inner,
             job,
@@ -85,7 +79,12 @@ impl Run<'_> {
         } else {
             dirs.remove();
         }
-        // The slot goes back to the cache last, its workspace gone.
+        // Its mirrors bounded once the run's layer over its working tree
+        // is gone (with the jail and the workspace), then the slot goes
+        // back to the cache last.
+        if let Some(slot) = &slot {
+            slot.keep_mirrors_within_bounds(log);
+        }
         drop(slot);
     }
 }

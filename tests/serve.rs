@@ -1853,7 +1853,11 @@ fn webhooks_build_signed_pushes_once_and_refuse_bad_signatures_and_other_branche
         let job: Value = serde_json::from_str(&answer).unwrap();
         let id = job["id"].as_str().unwrap().to_string();
         assert!(id.starts_with(&format!("hook-{forge}-")), "{forge}: {id}");
-        assert_eq!(job["ref"], commit, "{forge}: the pushed commit is built");
+        assert_eq!(job["ref"], "refs/heads/main");
+        assert_eq!(
+            job["pinned_commit"], commit,
+            "{forge}: the pushed commit is built"
+        );
         assert_eq!(job["repo_url"], url);
         assert_eq!(job["group"], format!("{url}:main"));
         assert_eq!(job["cancel_in_progress"], true);

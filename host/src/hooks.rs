@@ -141,6 +141,8 @@ struct Push {
     #[serde(rename = "ref")]
     git_ref: String,
     after: String,
+    /// GitLab's commit of a tag push, whose `after` is the tag object.
+    checkout_sha: Option<String>,
     repository: Repository,
 }
 
@@ -274,21 +276,25 @@ impl Webhooks {
             .strip_prefix("refs/heads/")
             .or(push.git_ref.strip_prefix("refs/tags/"))
             .unwrap_or(&push.git_ref);
+        let group = rule
+            .group
+            .clone()
+            .unwrap_or_else(|| format!("{url}:{short}"));
         let id = job_id(forge, project, &url, &push.git_ref, &push.after);
         tracing::info!(forge = forge.name(), delivery, job = %id, "webhook push");
+        // The commit pushed, named with its ref: checked to be on the ref
+        // when it is checked out, so a push to a protected ref is a job
+        // of that protected ref.
         Ok(Hooked::Job(Box::new(JobRequest {
             id: Some(id),
             repo_url: url.clone(),
-            git_ref: Some(push.after),
+            commit: Some(push.checkout_sha.unwrap_or(push.after)),
+            git_ref: Some(push.git_ref),
             dockerfile_path: rule.dockerfile_path.clone(),
             platforms: rule.platforms.clone(),
             builder: rule.builder.clone(),
             image: rule.image.clone(),
-            group: Some(
-                rule.group
-                    .clone()
-                    .unwrap_or_else(|| format!("{url}:{short}")),
-            ),
+            group: Some(group),
             cancel_in_progress: rule.cancel_in_progress,
             priority: rule.priority,
             ..JobRequest::default()

@@ -27,6 +27,11 @@ pub struct Submission {
     /// Branch, tag or commit (default: the repository's default branch).
     #[arg(long = "ref")]
     pub git_ref: Option<String>,
+    /// The full commit id to build, which must be on --ref (as
+    /// Buildkite's --commit beside --branch): a CI build of the exact
+    /// commit pushed, a protected job when the ref is protected.
+    #[arg(long)]
+    pub commit: Option<String>,
     /// Dockerfile path inside the repository.
     #[arg(short = 'f', long = "file")]
     pub dockerfile: Option<String>,
@@ -91,6 +96,7 @@ impl Submission {
             id: self.id,
             repo_url,
             git_ref,
+            commit: self.commit,
             dockerfile_path: self.dockerfile,
             build_args: build_args(&self.build_args, |name| std::env::var(name).ok())?,
             platforms: self

@@ -44,6 +44,11 @@ pub(super) fn constrain(schema: &mut Value) {
             ),
         ),
         (
+            "commit",
+            nullable_string(json!({"pattern": COMMIT_PATTERN,
+                "description": "The full commit id to build; it must be on `ref` (reachable from the ref's tip when the job checks out), so a protected ref's job builds only that ref's history. The ref's tip when absent."})),
+        ),
+        (
             "context",
             nullable_string(
                 json!({"minLength": 1, "maxLength": MAX_PATH, "pattern": RELATIVE_PATH_PATTERN}),

@@ -97,6 +97,7 @@ impl Failure {
                 | CheckoutError::Tree { .. } => Failed(Host),
                 CheckoutError::Clone { .. }
                 | CheckoutError::RefNotFound { .. }
+                | CheckoutError::NotOnRef { .. }
                 | CheckoutError::Unresolved { .. }
                 | CheckoutError::Checkout { .. }
                 | CheckoutError::NoCommit { .. }

@@ -38,7 +38,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::Digest as _;
 
-use super::{CheckoutError, Git, VERIFY_COMMIT, commit_spec, is_commit, verified_commit};
+use super::{CheckoutError, Git, VERIFY_COMMIT, Wanted, commit_spec, is_commit, verified_commit};
 use crate::exec::{CommandOutput, SOURCE_DIR};
 use crate::jail::IdRange;
 
@@ -125,7 +125,7 @@ impl Mirror {
         Ok(())
     }
 
-    /// Checks `git_ref` of `url` out into the workspace from the mirror,
+    /// Checks `wanted` of `url` out into the workspace from the mirror,
     /// fetching into it first what it lacks; with `layer`, as a layer
     /// over the slot's working tree of the repository, moved to the
     /// commit.
@@ -133,16 +133,31 @@ impl Mirror {
         &self,
         git: &Git<'_>,
         url: &str,
-        git_ref: &str,
+        wanted: &Wanted<'_>,
         layer: Option<Layer<'_>>,
     ) -> Result<(), MirrorFault> {
+        let git_ref = wanted.git_ref;
         if !self.dir.join("objects").is_dir() || !self.dir.join("HEAD").is_file() {
             if self.dir.exists() {
                 return Err(MirrorFault::Damaged("it is not a git repository".into()));
             }
             self.git(git, &["init", "--quiet", "--bare"]).await?;
         }
-        let commit = self.commit(git, url, git_ref).await?;
+        let tip = self.commit(git, url, git_ref).await?;
+        let ancestry = match wanted.pinned {
+            Some(pinned) => {
+                let said = self
+                    .git(git, &["merge-base", "--is-ancestor", pinned, &tip])
+                    .await?;
+                if said.exit_code != 0 {
+                    // Not on the ref, unless the mirror is damaged.
+                    self.verify(git, &["--connectivity-only"]).await?;
+                }
+                Some(said)
+            }
+            None => None,
+        };
+        let commit = wanted.commit(url, tip, ancestry.as_ref())?;
         if let Some(layer) = layer {
             match self.layered(git, &commit, &layer).await {
                 Ok(()) => return Ok(()),

@@ -69,6 +69,16 @@ pub enum CheckoutError {
         commit: String,
         said: String,
     },
+    /// The job pins a commit its ref does not reach.
+    #[error(
+        "commit {commit} is not on ref {git_ref:?} of {url} (which is at {tip}): a job's `commit` must be reachable from its ref"
+    )]
+    NotOnRef {
+        url: String,
+        git_ref: String,
+        commit: String,
+        tip: String,
+    },
     #[error("git cannot name the tree {spec}: {said}")]
     Tree { spec: String, said: String },
     #[error("{url} at {git_ref:?} has no commit to build")]
@@ -149,8 +159,8 @@ pub struct Checkout {
 }
 
 impl Checkout {
-    /// Checks `job`'s ref out into `<workspace>/src` and returns the commit.
-    /// With `slot` (the job's cache slot), from the repository's mirror
+    /// Checks `job`'s ref out into `<workspace>/src` (its pinned commit,
+    /// once found on the ref) and returns the commit. With `slot` (the job's cache slot), from the repository's mirror
     /// there, fetching into it what it lacks; else by a shallow
     /// clone where the server allows it, else a full clone and a checkout
     /// of what the ref names there (commit shas, and servers that refuse
@@ -173,12 +183,21 @@ impl Checkout {
         };
         let url = job.repo_url.as_str();
         let git_ref = job.git_ref.as_str();
-        log.push(&format!("[helix] checking out {url} at {git_ref}"));
+        let pinned = job.pinned_commit.as_deref();
+        match pinned {
+            Some(commit) => log.push(&format!(
+                "[helix] checking out {url} at commit {commit} of {git_ref}"
+            )),
+            None => log.push(&format!("[helix] checking out {url} at {git_ref}")),
+        }
+        let wanted = Wanted { git_ref, pinned };
         if let Some(slot) = slot {
-            from_mirror(&git, &slot, url, git_ref).await?;
-        } else if is_commit(git_ref) {
+            from_mirror(&git, &slot, url, &wanted).await?;
+        } else if is_commit(git_ref) || pinned.is_some() {
+            // A commit's branch is not known, and a pinned one must be
+            // found in the ref's history: both need the whole history.
             git.clone(url, &[]).await?;
-            git.detach(url, git_ref).await?;
+            git.detach(url, &wanted).await?;
         } else {
             // `clone --branch` takes a short name only: a branch named in
             // full (what a protected ref is) is cloned by its short name
@@ -191,7 +210,7 @@ impl Checkout {
             }
             let cloned = git.clone(url, &shallow).await;
             let cloned = match (cloned, full_branch) {
-                (Ok(()), Some(_)) => git.detach(url, git_ref).await,
+                (Ok(()), Some(_)) => git.detach(url, &wanted).await,
                 (cloned, _) => cloned,
             };
             if let Err(refused) = cloned {
@@ -202,7 +221,7 @@ impl Checkout {
                 remove_partial(workspace);
                 git.clone(url, &[]).await?;
                 if git_ref != "HEAD" {
-                    git.detach(url, git_ref).await?;
+                    git.detach(url, &wanted).await?;
                 }
             }
         }
@@ -234,13 +253,44 @@ pub struct FromSlot<'a> {
     pub owner: Option<IdRange>,
 }
 
-/// Checks `git_ref` out from the mirror of `url` in `slot`; a mirror
+/// What a job checks out: its ref, or a commit pinned on it.
+struct Wanted<'a> {
+    git_ref: &'a str,
+    pinned: Option<&'a str>,
+}
+
+impl Wanted<'_> {
+    /// The commit to check out, given where the ref is (`tip`) and
+    /// `ancestry`, what `git merge-base --is-ancestor <pinned> <tip>` said
+    /// (asked only for a pinned commit): the pinned commit when the ref
+    /// reaches it. A commit missing from a history holding every branch
+    /// and tag is on none of them, so any failure is "not on the ref".
+    fn commit(
+        &self,
+        url: &str,
+        tip: String,
+        ancestry: Option<&CommandOutput>,
+    ) -> Result<String, CheckoutError> {
+        match (self.pinned, ancestry) {
+            (Some(pinned), Some(ancestry)) if ancestry.exit_code == 0 => Ok(pinned.to_string()),
+            (Some(pinned), _) => Err(CheckoutError::NotOnRef {
+                url: url.to_string(),
+                git_ref: self.git_ref.to_string(),
+                commit: pinned.to_string(),
+                tip,
+            }),
+            (None, _) => Ok(tip),
+        }
+    }
+}
+
+/// Checks `wanted` out from the mirror of `url` in `slot`; a mirror
 /// found damaged is removed and fetched anew, once.
 async fn from_mirror(
     git: &Git<'_>,
     slot: &FromSlot<'_>,
     url: &str,
-    git_ref: &str,
+    wanted: &Wanted<'_>,
 ) -> Result<(), CheckoutError> {
     let mirror = mirror::Mirror::of(slot.mirrors, url);
     let _held = mirror.lock().await?;
@@ -250,7 +300,7 @@ async fn from_mirror(
             dir,
             owner: slot.owner,
         });
-        match mirror.check_out(git, url, git_ref, layer).await {
+        match mirror.check_out(git, url, wanted, layer).await {
             Ok(()) => return Ok(()),
             Err(mirror::MirrorFault::Checkout(e)) => return Err(e),
             Err(mirror::MirrorFault::Damaged(said)) if rebuilt => {
@@ -337,12 +387,29 @@ impl Git<'_> {
         })
     }
 
-    /// Detaches the clone's HEAD at what `git_ref` names on the server: a
-    /// branch (a remote-tracking one after a full clone), a tag or a
-    /// commit. Resolved first, so git never turns a branch name into a
-    /// new local branch of its own.
-    async fn detach(&self, url: &str, git_ref: &str) -> Result<(), CheckoutError> {
-        let commit = self.resolve(url, git_ref).await?;
+    /// Detaches the clone's HEAD at what the ref names on the server (a
+    /// branch, a remote-tracking one after a full clone, a tag or a
+    /// commit), or at the pinned commit once the ref is found to reach
+    /// it. Resolved first, so git never turns a branch name into a new
+    /// local branch of its own.
+    async fn detach(&self, url: &str, wanted: &Wanted<'_>) -> Result<(), CheckoutError> {
+        let git_ref = wanted.git_ref;
+        let tip = self.resolve(url, git_ref).await?;
+        let ancestry = match wanted.pinned {
+            Some(pinned) => Some(
+                self.run(&[
+                    "-C",
+                    SOURCE_DIR,
+                    "merge-base",
+                    "--is-ancestor",
+                    pinned,
+                    &tip,
+                ])
+                .await?,
+            ),
+            None => None,
+        };
+        let commit = wanted.commit(url, tip, ancestry.as_ref())?;
         let output = self
             .run(&[
                 "-C", SOURCE_DIR, "checkout", "--quiet", "--detach", &commit, "--",

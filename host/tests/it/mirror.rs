@@ -164,6 +164,55 @@ async fn a_force_pushed_branch_builds_its_new_commit_a_damaged_mirror_is_rebuilt
     assert!(!marker.exists(), "a hook in the mirror ran");
 }
 
+/// A job's `commit` (a webhook's pushed commit) is built when its ref
+/// reaches it, though the ref has moved on, and refused as the source's
+/// fault when it does not (a commit of another branch named with a
+/// protected one): from the slot's mirror and by a plain clone alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pinned_commit_is_built_only_where_its_ref_reaches_it() {
+    let registry = Registry::start(false);
+    let repo = Repo::new();
+    let path = repo.dir.path();
+    helix_fixtures::git(path, &["checkout", "-qb", "feature"]);
+    helix_fixtures::git(path, &["commit", "--allow-empty", "-qm", "elsewhere"]);
+    let elsewhere = helix_fixtures::git(path, &["rev-parse", "HEAD"]);
+    helix_fixtures::git(path, &["checkout", "-q", "main"]);
+    let server = DumbHttpGit::serve(path);
+    let dir = tempfile::tempdir().unwrap();
+    let service = common::start(&common::real_config(&dir, &registry.address)).await;
+    for no_cache in [false, true] {
+        let pinned = |commit: &str| JobRequest {
+            commit: Some(commit.to_string()),
+            no_cache,
+            ..on(&server.url, "refs/heads/main")
+        };
+        let (job, logs) = common::run_logged(&service, pinned(&repo.first_commit)).await;
+        assert_eq!(
+            job.state,
+            State::Succeeded,
+            "no_cache {no_cache}: {:?}",
+            job.error
+        );
+        assert_eq!(job.commit.as_deref(), Some(repo.first_commit.as_str()));
+        assert!(logs.contains(&format!(
+            "[helix] checking out {} at commit {} of refs/heads/main",
+            server.url, repo.first_commit
+        )));
+
+        let (job, _) = common::run_logged(&service, pinned(&elsewhere)).await;
+        assert_eq!(job.state, State::Failed, "no_cache {no_cache}");
+        let error = job.error.unwrap();
+        assert!(
+            error.starts_with("source error: ")
+                && error.contains(&format!(
+                    "commit {elsewhere} is not on ref \"refs/heads/main\""
+                )),
+            "no_cache {no_cache}: {error}"
+        );
+        assert_eq!(job.attempts, 1, "the source's fault is not retried");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_jobs_of_one_repository_both_build() {
     let registry = Registry::start(false);

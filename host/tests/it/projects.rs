@@ -1039,7 +1039,7 @@ const HOOKED_REPO: &str = "https://git.example/team-a/app.git";
 
 /// [`two_projects`] where each project has a GitHub webhook of its own,
 /// team-a's building pushes to `main` of its repositories, team-b's those
-/// of its own; the simulated builder's jobs run for a minute.
+/// of its own, `main` protected in both; the simulated builder's jobs run for a minute.
 fn with_project_hooks(dir: &tempfile::TempDir, store_url: Option<String>) -> Config {
     let mut config = two_projects(dir, store_url);
     config.builders.insert(
@@ -1053,6 +1053,7 @@ fn with_project_hooks(dir: &tempfile::TempDir, store_url: Option<String>) -> Con
         let path = dir.path().join(format!("{name}.hook"));
         std::fs::write(&path, secret).unwrap();
         let project = config.projects.get_mut(name).unwrap();
+        project.protected_refs = vec!["refs/heads/main".into()];
         project.webhooks = BTreeMap::from([(
             "github".to_string(),
             SecretSource {
@@ -1109,7 +1110,8 @@ async fn deliver(
     (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
-/// A project's webhook makes jobs of that project; a redelivery of a
+/// A project's webhook makes jobs of that project, of the ref pushed
+/// (protected, for a protected one) at the commit pushed; a redelivery of a
 /// delivery taken answers 200 and builds nothing, a replay under a new
 /// delivery id builds nothing and supersedes nothing, while a new push
 /// supersedes the genuine job as before. Another project's secret does
@@ -1120,7 +1122,9 @@ async fn project_webhooks_build_each_push_once(server: &Server) {
     let (status, job) = deliver(server, hook, A_HOOK_SECRET, "delivery-1", commit).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{job}");
     assert_eq!(job["project"], "team-a");
-    assert_eq!(job["ref"], commit);
+    assert_eq!(job["ref"], "refs/heads/main");
+    assert_eq!(job["pinned_commit"], commit, "the pushed commit is built");
+    assert_eq!(job["protected"], true, "a push to team-a's protected main");
     let genuine = job["id"].as_str().unwrap().to_string();
     assert!(genuine.starts_with("hook-github-"), "{genuine}");
 

@@ -86,6 +86,10 @@ pub struct Job {
     pub repo_url: String,
     #[serde(rename = "ref")]
     pub git_ref: String,
+    /// The commit it must build, on `ref` (the request's `commit`); when
+    /// absent, the ref's tip at checkout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pinned_commit: Option<String>,
     /// Directory of the checkout that is the build context (`.`: its root).
     #[serde(default = "root_context")]
     pub context: String,

@@ -18,8 +18,8 @@ use crate::platform::Platform;
 use crate::reference::{registry_of, validate_image_ref};
 use rules::{
     check_buildable, normalise_context, parse_platforms, refuse_hidden, refuse_reserved_image,
-    validate_build_args, validate_group, validate_labels, validate_ref, validate_relative_path,
-    validate_secrets, validate_target,
+    validate_build_args, validate_group, validate_labels, validate_pinned_commit, validate_ref,
+    validate_relative_path, validate_secrets, validate_target,
 };
 
 pub use rules::{reserved_build_arg, validate_repo_url};
@@ -35,6 +35,13 @@ pub struct JobRequest {
     /// Branch, tag or commit; the repository's default branch when absent.
     #[serde(rename = "ref", default)]
     pub git_ref: Option<String>,
+    /// The commit to build, which must be on `ref` (reachable from where
+    /// the ref is when the job checks out), as Buildkite's `commit`
+    /// beside its `branch`: the full id, 40 or 64 hex digits. A webhook
+    /// push builds the commit pushed, named with its ref, so a push to a
+    /// protected ref is a protected job. When absent, the ref's tip.
+    #[serde(default)]
+    pub commit: Option<String>,
     #[serde(default)]
     pub dockerfile_path: Option<String>,
     #[serde(default)]
@@ -228,6 +235,10 @@ impl Job {
         }
         let git_ref = request.git_ref.unwrap_or_else(|| DEFAULT_REF.into());
         validate_ref(&git_ref)?;
+        let pinned_commit = request
+            .commit
+            .map(|commit| validate_pinned_commit(&commit, &git_ref))
+            .transpose()?;
         let protected = project.is_some_and(|p| p.is_protected(&git_ref));
         let context = match request.context {
             Some(context) => normalise_context(&context)?,
@@ -282,6 +293,7 @@ impl Job {
             id,
             repo_url: request.repo_url,
             git_ref,
+            pinned_commit,
             context,
             dockerfile_path,
             build_args: request.build_args,

@@ -47,6 +47,8 @@ pub const RELATIVE_PATH_PATTERN: &str = "^[^/\\-]";
 /// A git ref that does not start an option, without the characters git
 /// refuses in one.
 pub const REF_PATTERN: &str = "^[^\\-\\s~^:?*\\[\\\\][^\\s~^:?*\\[\\\\]*$";
+/// A pinned commit: a full commit id, SHA-1 or SHA-256.
+pub const COMMIT_PATTERN: &str = "^([0-9a-fA-F]{40}|[0-9a-fA-F]{64})$";
 /// An scp-like repository, `user@host:path` (the URL forms are `uri`s).
 pub const SCP_REPO_PATTERN: &str =
     "^[A-Za-z0-9._-]+@[A-Za-z0-9.-]+\\.[A-Za-z0-9-]+:[^:\\s#][^\\s#]*$";

@@ -236,6 +236,24 @@ pub(super) fn validate_ref(git_ref: &str) -> Result<(), InvalidJob> {
     Ok(())
 }
 
+/// A pinned commit: a full commit id (40 hex digits, or 64 in a SHA-256
+/// repository), returned in lower case, beside a ref that is a branch,
+/// tag or `HEAD`, since the commit is checked to be on it.
+pub(super) fn validate_pinned_commit(commit: &str, git_ref: &str) -> Result<String, InvalidJob> {
+    let err = |message: String| Err(InvalidJob::new("commit", message));
+    if ![40, 64].contains(&commit.len()) || !commit.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return err(format!(
+            "{commit:?} must be a full commit id: 40 hex digits (64 in a SHA-256 repository)"
+        ));
+    }
+    if (7..=64).contains(&git_ref.len()) && git_ref.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return err(format!(
+            "ref {git_ref:?} is a commit already; `commit` pins a commit on the branch or tag `ref` names"
+        ));
+    }
+    Ok(commit.to_ascii_lowercase())
+}
+
 /// A path below a directory of the checkout: relative, no `..`, so it
 /// cannot leave the checkout whatever directory it is joined to (links in
 /// the checkout are checked where the path is used).
@@ -562,6 +580,37 @@ mod tests {
                 Utc::now(),
             );
             assert!(accepted.is_ok(), "{name}: {accepted:?}");
+        }
+    }
+
+    #[test]
+    fn a_pinned_commit_is_a_full_id_beside_a_ref_that_is_not_a_commit() {
+        let upper = "0123456789ABCDEF0123456789abcdef01234567";
+        let pinned = job(JobRequest {
+            git_ref: Some("refs/heads/main".into()),
+            commit: Some(upper.into()),
+            ..request()
+        })
+        .unwrap();
+        assert_eq!(
+            pinned.pinned_commit.as_deref(),
+            Some(upper.to_ascii_lowercase().as_str())
+        );
+        assert_eq!(pinned.git_ref, "refs/heads/main");
+        for (git_ref, commit, says) in [
+            ("main", "0123456", "must be a full commit id"),
+            ("main", &"g".repeat(40), "must be a full commit id"),
+            ("main", &"a".repeat(41), "must be a full commit id"),
+            ("0123456789abcdef", &"a".repeat(40), "is a commit already"),
+        ] {
+            let refused = job(JobRequest {
+                git_ref: Some(git_ref.into()),
+                commit: Some(commit.into()),
+                ..request()
+            })
+            .unwrap_err();
+            assert_eq!(refused.field, "commit", "{commit}");
+            assert!(refused.message.contains(says), "{refused:?}");
         }
     }
 

@@ -8,12 +8,23 @@
 //! says nothing about which one (if any) matched. When no token and no
 //! project is configured the API is open and every caller is the admin,
 //! as before projects existed.
+//!
+//! Besides the configured tokens, the server accepts the tokens it issued
+//! itself in exchange for a CI system's ID token ([`crate::oidc`]): each
+//! names its project, scopes, expiry and the one repository and ref its
+//! jobs may build, signed with the server's `oidc.token_key`
+//! (HMAC-SHA256), so every host holding the key checks them with no
+//! store.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::Arc;
 
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
+use hmac::{Hmac, Mac as _};
+use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 use crate::job::Job;
@@ -76,6 +87,7 @@ struct TokenEntry {
 pub struct Access {
     tokens: Vec<TokenEntry>,
     projects: BTreeMap<String, Arc<Project>>,
+    issued: Option<IssuedTokens>,
 }
 
 /// Who made a request.
@@ -84,6 +96,92 @@ pub struct Caller {
     /// `None`: the admin (every project).
     pub project: Option<Arc<Project>>,
     scopes: BTreeSet<Scope>,
+    /// What an issued token's jobs are bound to; `None` for a configured
+    /// token.
+    pub bound: Option<Arc<Binding>>,
+}
+
+/// The one repository and ref an issued token's jobs may build, and whom
+/// the ID token it was issued for named.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Binding {
+    pub repo_url: String,
+    /// A full ref name (`refs/heads/main`).
+    pub git_ref: String,
+    /// The ID token's issuer (its name in `[oidc.issuers]`) and `sub`.
+    pub issuer: String,
+    pub subject: String,
+}
+
+/// What an issued token says, signed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct IssuedClaims {
+    project: String,
+    scopes: Vec<String>,
+    /// Unix seconds from which it is refused.
+    expires: i64,
+    #[serde(flatten)]
+    bound: Binding,
+}
+
+/// Issued tokens start so, telling them from configured ones at a glance
+/// (and to secret scanners).
+const ISSUED_PREFIX: &str = "hxo_";
+
+/// The key the server signs and checks the tokens it issues with.
+#[derive(Clone)]
+pub struct IssuedTokens {
+    key: Arc<[u8]>,
+}
+
+impl fmt::Debug for IssuedTokens {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("IssuedTokens(..)")
+    }
+}
+
+impl IssuedTokens {
+    pub fn new(key: &[u8]) -> Self {
+        IssuedTokens { key: key.into() }
+    }
+
+    fn mac(&self) -> Hmac<Sha256> {
+        Hmac::<Sha256>::new_from_slice(&self.key).expect("HMAC takes any key length")
+    }
+
+    /// A token of `project` with `scopes`, bound to `bound`, refused from
+    /// `expires` on.
+    pub fn issue(
+        &self,
+        project: &str,
+        scopes: &BTreeSet<Scope>,
+        bound: Binding,
+        expires: DateTime<Utc>,
+    ) -> String {
+        let claims = IssuedClaims {
+            project: project.to_string(),
+            scopes: scopes.iter().map(|s| s.as_str().to_string()).collect(),
+            expires: expires.timestamp(),
+            bound,
+        };
+        let body = serde_json::to_vec(&claims).expect("claims serialise");
+        let signed = format!("{ISSUED_PREFIX}{}", URL_SAFE_NO_PAD.encode(body));
+        let mut mac = self.mac();
+        mac.update(signed.as_bytes());
+        let tag = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
+        format!("{signed}.{tag}")
+    }
+
+    /// What `token` says, if this key signed it (checked in constant time).
+    fn verify(&self, token: &str) -> Option<IssuedClaims> {
+        let (signed, tag) = token.rsplit_once('.')?;
+        let body = signed.strip_prefix(ISSUED_PREFIX)?;
+        let tag = URL_SAFE_NO_PAD.decode(tag).ok()?;
+        let mut mac = self.mac();
+        mac.update(signed.as_bytes());
+        mac.verify_slice(&tag).ok()?;
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(body).ok()?).ok()
+    }
 }
 
 /// Why a token was refused (answered 401 without saying which).
@@ -98,6 +196,17 @@ impl Access {
     /// No token at all: the API is open, every caller the admin.
     pub fn open() -> Self {
         Access::default()
+    }
+
+    /// Accepts the tokens `issued` signs (and lets it issue them).
+    pub fn with_issued(mut self, issued: IssuedTokens) -> Self {
+        self.issued = Some(issued);
+        self
+    }
+
+    /// The key of the tokens the server issues, if it issues any.
+    pub fn issued(&self) -> Option<&IssuedTokens> {
+        self.issued.as_ref()
     }
 
     /// Adds the admin token, by its SHA-256.
@@ -159,6 +268,9 @@ impl Access {
             return Ok(Caller::admin());
         }
         let token = token.filter(|t| !t.is_empty()).ok_or(Refused::Missing)?;
+        if let (Some(issued), true) = (&self.issued, token.starts_with(ISSUED_PREFIX)) {
+            return self.resolve_issued(issued, token, now);
+        }
         let given: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         // Compare with every entry, so the time says nothing about which.
         let mut found = None;
@@ -174,6 +286,31 @@ impl Access {
         Ok(Caller {
             project: entry.project.clone(),
             scopes: entry.scopes.clone(),
+            bound: None,
+        })
+    }
+
+    /// The caller presenting a token the server issued: of a project the
+    /// server still has, with no scope but a project's.
+    fn resolve_issued(
+        &self,
+        issued: &IssuedTokens,
+        token: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Caller, Refused> {
+        let claims = issued.verify(token).ok_or(Refused::Unknown)?;
+        if claims.expires <= now.timestamp() {
+            return Err(Refused::Expired);
+        }
+        let project = self.projects.get(&claims.project).ok_or(Refused::Unknown)?;
+        Ok(Caller {
+            project: Some(project.clone()),
+            scopes: claims
+                .scopes
+                .iter()
+                .filter_map(|s| Scope::parse_project(s))
+                .collect(),
+            bound: Some(Arc::new(claims.bound)),
         })
     }
 }
@@ -192,6 +329,7 @@ impl Caller {
         Caller {
             project: None,
             scopes: BTreeSet::from([Scope::Admin]),
+            bound: None,
         }
     }
 
@@ -270,6 +408,58 @@ mod tests {
         assert_eq!(
             access.resolve(Some("a-old"), now).unwrap_err(),
             Refused::Expired
+        );
+    }
+
+    #[test]
+    fn issued_tokens_resolve_only_unaltered_unexpired_and_of_a_known_project() {
+        let issued = IssuedTokens::new(b"0123456789abcdef0123456789abcdef");
+        let access = access().with_issued(issued.clone());
+        let now = Utc::now();
+        let bound = Binding {
+            repo_url: "https://git.example/team-a/app.git".into(),
+            git_ref: "refs/heads/main".into(),
+            issuer: "ci".into(),
+            subject: "repo:team-a/app:ref:refs/heads/main".into(),
+        };
+        let scopes = BTreeSet::from([Scope::JobsSubmit, Scope::Admin]);
+        let hour = chrono::Duration::hours(1);
+        let token = issued.issue("team-a", &scopes, bound.clone(), now + hour);
+        assert!(token.starts_with("hxo_"), "{token}");
+        let caller = access.resolve(Some(&token), now).unwrap();
+        assert_eq!(caller.project_name(), Some("team-a"));
+        assert!(caller.has(Scope::JobsSubmit) && !caller.has(Scope::JobsRead));
+        assert!(!caller.is_admin(), "no issued token is the admin's");
+        assert_eq!(caller.bound.as_deref(), Some(&bound));
+
+        let (signed, tag) = token.rsplit_once('.').unwrap();
+        let mut claims: serde_json::Value = serde_json::from_slice(
+            &URL_SAFE_NO_PAD
+                .decode(signed.strip_prefix("hxo_").unwrap())
+                .unwrap(),
+        )
+        .unwrap();
+        claims["project"] = "team-b".into();
+        let altered = format!("hxo_{}.{tag}", URL_SAFE_NO_PAD.encode(claims.to_string()));
+        assert_eq!(
+            access.resolve(Some(&altered), now).unwrap_err(),
+            Refused::Unknown
+        );
+        let other_key = IssuedTokens::new(b"another-key-another-key-another-key");
+        let foreign = other_key.issue("team-a", &scopes, bound.clone(), now + hour);
+        assert_eq!(
+            access.resolve(Some(&foreign), now).unwrap_err(),
+            Refused::Unknown
+        );
+        let late = issued.issue("team-a", &scopes, bound.clone(), now - hour);
+        assert_eq!(
+            access.resolve(Some(&late), now).unwrap_err(),
+            Refused::Expired
+        );
+        let gone = issued.issue("no-such-project", &scopes, bound, now + hour);
+        assert_eq!(
+            access.resolve(Some(&gone), now).unwrap_err(),
+            Refused::Unknown
         );
     }
 

@@ -134,12 +134,13 @@ pub async fn start_with(
 }
 
 /// The projects `config` defines: its tokens (read now from their
-/// sources), webhooks and quotas.
+/// sources), webhooks, quotas and the OIDC token exchange.
 fn projects(config: &Config) -> Result<Projects, ConfigError> {
     Ok(Projects {
         access: Arc::new(config.access()?),
         webhooks: Arc::new(config.webhooks()?),
         quotas: Arc::new(config.quotas()),
+        exchange: config.token_exchange()?.map(Arc::new),
     })
 }
 

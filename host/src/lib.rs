@@ -22,6 +22,7 @@ pub mod dashboard;
 pub mod hooks;
 pub mod layer_cache;
 pub mod notify;
+pub mod oidc;
 pub mod openapi;
 pub mod plugin_tools;
 pub mod provenance;

@@ -40,6 +40,7 @@ use crate::job::SubmitPolicy;
         api::token,
         api::hook,
         api::project_hook,
+        api::exchange_oidc,
     ),
     modifiers(&BearerToken),
     security(("bearer" = []))

@@ -22,7 +22,8 @@ pub(crate) async fn submit(
     body: Result<Json<JobRequest>, JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<Job>)> {
     require(&caller, Scope::JobsSubmit, "submit jobs")?;
-    let Json(request) = body?;
+    let Json(mut request) = body?;
+    tokens::bind(&mut request, &caller)?;
     let invalid = |message: String| {
         ApiError::from(ServiceError::Invalid(InvalidJob::new("project", message)))
     };

@@ -7,18 +7,20 @@
 //! `/readyz` and `/metrics` stay open.
 //!
 //! `jobs.rs` holds the job routes, `hooks.rs` the forges' deliveries,
-//! `error.rs` how errors answer; here: the router, the token check and
+//! `tokens.rs` the OIDC token exchange, `error.rs` how errors answer; here: the router, the token check and
 //! the server's own routes.
 
 mod error;
 mod hooks;
 mod jobs;
+mod tokens;
 
 pub use error::ApiError;
 use error::ApiResult;
 pub(crate) use error::ErrorBody;
 pub(crate) use hooks::*;
 pub(crate) use jobs::*;
+pub(crate) use tokens::*;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -57,6 +59,8 @@ pub fn router(service: Service) -> Router {
     let hooks = Router::new()
         .route("/v1/hooks/{forge}", post(hook))
         .route("/v1/hooks/{forge}/{project}", post(project_hook));
+    // Outside the token too: the ID token is the credential.
+    let exchange = Router::new().route("/v1/tokens/oidc", post(exchange_oidc));
     let v1 = Router::new()
         .route("/v1/jobs", post(submit).get(list))
         .route("/v1/jobs/{id}", get(get_job))
@@ -78,6 +82,7 @@ pub fn router(service: Service) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .merge(hooks)
+        .merge(exchange)
         .route("/metrics", get(metrics))
         .merge(crate::dashboard::router())
         .merge(v1)

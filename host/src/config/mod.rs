@@ -3,6 +3,7 @@
 //! registries, the store, projects) are checked in their modules.
 
 mod builders;
+mod oidc;
 mod projects;
 mod registry;
 mod store;
@@ -23,6 +24,7 @@ use crate::secrets::{BuildSecrets, SecretSource};
 use crate::service::Retention;
 
 pub use builders::{BuilderConfig, host_settings};
+pub use oidc::{IssuerConfig, OidcConfig, OidcRuleConfig};
 pub use projects::{ProjectConfig, TokenConfig};
 pub use registry::RegistryConfig;
 pub use store::StoreLocation;
@@ -42,6 +44,10 @@ pub struct Config {
     /// Projects by name: their tokens and the secrets their jobs may use
     /// (see [`ProjectConfig`]).
     pub projects: BTreeMap<String, ProjectConfig>,
+    /// OIDC token exchange: the CI systems whose ID tokens become
+    /// short-lived project tokens (`POST /v1/tokens/oidc`); none when
+    /// absent.
+    pub oidc: Option<OidcConfig>,
     /// Serve HTTPS with this certificate chain (PEM), with `tls_key`;
     /// both are read again on SIGHUP.
     pub tls_cert: Option<PathBuf>,
@@ -165,6 +171,7 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             token: None,
             projects: BTreeMap::new(),
+            oidc: None,
             tls_cert: None,
             tls_key: None,
             // hyper's own default, and under nginx's 60 s.
@@ -285,6 +292,7 @@ impl Config {
         self.build_secrets()?;
         crate::hooks::check_forges("webhooks", &self.webhooks).map_err(ConfigError::Invalid)?;
         self.validate_projects()?;
+        self.validate_oidc()?;
         if let Some(default) = &self.default_builder
             && !self.builder_configs().contains_key(default)
         {

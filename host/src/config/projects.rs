@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 
-use super::{Config, ConfigError};
+use super::{Config, ConfigError, OidcRuleConfig};
 use crate::access::{Access, Project, Scope};
 use crate::hooks::{HookConfig, HookRule, check_forges};
 use crate::secrets::SecretSource;
@@ -54,6 +54,10 @@ pub struct ProjectConfig {
     pub webhooks: BTreeMap<String, SecretSource>,
     /// What its webhooks' pushes build, as `[[webhook_rules]]`.
     pub webhook_rules: Vec<HookRule>,
+    /// Which CI systems' ID tokens are exchanged for a token of it (see
+    /// `[oidc]`): each rule's tokens build one repository, at the ID
+    /// token's ref.
+    pub oidc: Vec<OidcRuleConfig>,
 }
 
 /// A project token: exactly one of `digest` (the SHA-256 of the token,
@@ -159,14 +163,8 @@ impl Config {
             ));
         }
         for (i, pattern) in project.protected_refs.iter().enumerate() {
-            let probe = pattern.replace('*', "x");
-            if !pattern.starts_with("refs/")
-                || pattern.chars().any(|c| c.is_whitespace() || c.is_control())
-                || probe.contains("..")
-            {
-                return invalid(format!(
-                    "projects.{name}.protected_refs[{i}]: {pattern:?} must be a full ref name pattern, e.g. refs/heads/main or refs/tags/v*"
-                ));
+            if let Some(problem) = ref_pattern_problem(pattern) {
+                return invalid(format!("projects.{name}.protected_refs[{i}]: {problem}"));
             }
         }
         let nonempty = |field: &str, list: &Option<Vec<String>>| match list {
@@ -269,6 +267,9 @@ impl Config {
         host_env: impl Fn(&str) -> Option<String>,
     ) -> Result<Access, ConfigError> {
         let mut access = Access::open();
+        if let Some(issued) = self.issued_tokens(&host_env)? {
+            access = access.with_issued(issued);
+        }
         if let Some(token) = &self.token {
             access = access.with_admin(Sha256::digest(token.as_bytes()).into());
         }
@@ -328,9 +329,28 @@ fn is_project_name(name: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
+/// Why `pattern` is not a full ref name pattern (`refs/heads/main`,
+/// `refs/tags/v*`), if it is not.
+pub(super) fn ref_pattern_problem(pattern: &str) -> Option<String> {
+    let probe = pattern.replace('*', "x");
+    let wrong = !pattern.starts_with("refs/")
+        || pattern.chars().any(|c| c.is_whitespace() || c.is_control())
+        || probe.contains("..");
+    wrong.then(|| {
+        format!("{pattern:?} must be a full ref name pattern, e.g. refs/heads/main or refs/tags/v*")
+    })
+}
+
 fn token_scopes(at: &str, token: &TokenConfig) -> Result<BTreeSet<Scope>, ConfigError> {
-    token
-        .scopes
+    token_scopes_named(&format!("{at}.scopes"), &token.scopes)
+}
+
+/// The project scopes `names` (the list at `at`) name.
+pub(super) fn token_scopes_named(
+    at: &str,
+    names: &[String],
+) -> Result<BTreeSet<Scope>, ConfigError> {
+    names
         .iter()
         .map(|name| {
             Scope::parse_project(name).ok_or_else(|| {
@@ -341,7 +361,7 @@ fn token_scopes(at: &str, token: &TokenConfig) -> Result<BTreeSet<Scope>, Config
                     ""
                 };
                 ConfigError::Invalid(format!(
-                    "{at}.scopes: unknown scope \"{name}\"; known: {}{hint}",
+                    "{at}: unknown scope \"{name}\"; known: {}{hint}",
                     known.join(", ")
                 ))
             })

@@ -130,6 +130,8 @@ pub struct Projects {
     pub webhooks: Arc<Webhooks>,
     /// Each project's limits on its running and waiting jobs.
     pub quotas: Arc<Quotas>,
+    /// Which CI systems' ID tokens become project tokens; `None`: none.
+    pub exchange: Option<Arc<crate::oidc::TokenExchange>>,
 }
 
 /// Projects' limits (`[projects.NAME]` `max_running`, `max_queued`); a

@@ -4,7 +4,8 @@
 //! one, list isolation, admin-only reload, per-project secrets, expiry,
 //! and each rule a project's submissions must meet. With real builds
 //! (podman, BuildKit, a registry with a password): per-project registry
-//! credentials and layer caches.
+//! credentials and layer caches. `oidc`: tokens exchanged for a CI
+//! system's ID token.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -22,6 +23,8 @@ use sha2::{Digest as _, Sha256};
 
 use crate::common;
 use crate::common::LogText as _;
+
+mod oidc;
 
 const ADMIN: &str = "admin-token-0123456789";
 const A_ALL: &str = "team-a-all-scopes-token";

@@ -33,9 +33,17 @@ async fn run() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let idle = mb(resident_bytes());
 
-    submit_all(&services, "job", 0..FINISHED / 2, Some(NATIVE), true).await;
+    submit_all(&services, "job", 0..FINISHED / 2, Some(NATIVE), true, false).await;
     let half = mb(resident_bytes());
-    submit_all(&services, "job", FINISHED / 2..FINISHED, Some(NATIVE), true).await;
+    submit_all(
+        &services,
+        "job",
+        FINISHED / 2..FINISHED,
+        Some(NATIVE),
+        true,
+        false,
+    )
+    .await;
     let full = mb(resident_bytes());
 
     // Hold every worker with a long job, so what follows stays queued.
@@ -59,6 +67,7 @@ async fn run() {
         "job",
         FINISHED..FINISHED + QUEUED,
         Some(NATIVE),
+        false,
         false,
     )
     .await;

@@ -4,7 +4,9 @@
 //! throughput and p50/p99 latency for both. Each client keeps one HTTP/1.1
 //! connection open, as a CI system or load balancer in front of the server
 //! would. The server's workers run the submitted jobs (simulated builder)
-//! meanwhile, as they would in production.
+//! meanwhile, as they would in production. Then the same submissions to a
+//! second server with ten projects, each client with its project's bearer
+//! token: the price of projects.
 //!
 //! Run with `bench/run submit`.
 
@@ -13,7 +15,7 @@ use crate::common;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::row;
+use common::{PROJECTS, row};
 use helix_build::{api, app};
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
@@ -30,19 +32,32 @@ pub fn main() {
     common::block_on(run());
 }
 
-async fn run() {
-    let data = tempfile::tempdir().unwrap();
-    let config = common::config(&data, REQUESTS * 2);
+/// A server on a loopback port over a service made from `config`.
+async fn serve(config: helix_build::config::Config) -> std::net::SocketAddr {
     let service = app::start(&config.validated().unwrap()).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, api::router(service)).await });
+    address
+}
+
+async fn run() {
+    let data = tempfile::tempdir().unwrap();
+    let address = serve(common::config(&data, REQUESTS * 2)).await;
+    let projects_data = tempfile::tempdir().unwrap();
+    let projects_address = serve(common::with_projects(common::config(
+        &projects_data,
+        REQUESTS * 2,
+    )))
+    .await;
 
     println!("cores: {}", common::cores());
-    let mut health = load(address, Method::GET, "/healthz").await;
-    let mut submit = load(address, Method::POST, "/v1/jobs").await;
+    let mut health = load(address, Method::GET, "/healthz", false).await;
+    let mut submit = load(address, Method::POST, "/v1/jobs", false).await;
+    let mut spread = load(projects_address, Method::POST, "/v1/jobs", true).await;
     health.print("GET /healthz");
     submit.print("POST /v1/jobs (SQLite)");
+    spread.print(&format!("POST /v1/jobs, {PROJECTS} projects"));
     let ratio = submit.per_second() / health.per_second();
     println!("  submit throughput / healthz throughput = {ratio:.2}");
     let p99 = submit.quantile(0.99);
@@ -61,6 +76,24 @@ async fn run() {
         &format!("{ratio:.2}x"),
         ">= 5000/s, p99 <= 20 ms",
         Some(submit.per_second() >= TARGET_PER_SECOND && p99 <= TARGET_P99),
+    );
+    let ratio = spread.per_second() / submit.per_second();
+    let spread_p99 = spread.quantile(0.99);
+    row(
+        &format!("submit, {PROJECTS} projects"),
+        &format!(
+            "{:.0}/s, p99 {:.1} ms",
+            spread.per_second(),
+            common::ms(spread_p99)
+        ),
+        &format!(
+            "no project {:.0}/s, p99 {:.1} ms",
+            submit.per_second(),
+            common::ms(p99)
+        ),
+        &format!("{ratio:.2}x"),
+        ">= 0.90x, p99 <= 20 ms",
+        Some(ratio >= 0.90 && spread_p99 <= TARGET_P99),
     );
 }
 
@@ -91,8 +124,14 @@ impl Load {
 }
 
 /// `REQUESTS` requests from `CLIENTS` concurrent clients, each on its own
-/// kept-alive connection, stopping early at `TIME_LIMIT`.
-async fn load(address: std::net::SocketAddr, method: Method, path: &'static str) -> Load {
+/// kept-alive connection, stopping early at `TIME_LIMIT`; with
+/// `as_projects`, client `c` sends project `c % PROJECTS`'s token.
+async fn load(
+    address: std::net::SocketAddr,
+    method: Method,
+    path: &'static str,
+    as_projects: bool,
+) -> Load {
     let mut connections = Vec::with_capacity(CLIENTS);
     for _ in 0..CLIENTS {
         connections.push(connect(address).await);
@@ -113,13 +152,16 @@ async fn load(address: std::net::SocketAddr, method: Method, path: &'static str)
                     }
                     _ => String::new(),
                 };
-                let request = Request::builder()
+                let mut request = Request::builder()
                     .method(method.clone())
                     .uri(path)
                     .header("host", address.to_string())
-                    .header("content-type", "application/json")
-                    .body(Full::new(Bytes::from(body)))
-                    .unwrap();
+                    .header("content-type", "application/json");
+                if as_projects {
+                    let token = common::project_token(client % PROJECTS);
+                    request = request.header("authorization", format!("Bearer {token}"));
+                }
+                let request = request.body(Full::new(Bytes::from(body))).unwrap();
                 let sent = Instant::now();
                 connection.ready().await.unwrap();
                 let response = connection.send_request(request).await.unwrap();

@@ -48,6 +48,37 @@ pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
+/// Projects the rows "with projects" spread their jobs over.
+pub const PROJECTS: usize = 10;
+
+/// Project `i`'s token (every project scope), of [`with_projects`].
+pub fn project_token(i: usize) -> String {
+    format!("team-{i}-bench-token-0123456789")
+}
+
+/// `config` with [`PROJECTS`] projects, `team-0`…, each with one token
+/// ([`project_token`]) of every scope, and an admin token, as a server of
+/// many teams runs.
+pub fn with_projects(mut config: Config) -> Config {
+    use sha2::Digest as _;
+    config.token = Some("bench-admin-token-0123456789".into());
+    for i in 0..PROJECTS {
+        let token = helix_build::config::TokenConfig {
+            digest: Some(hex::encode(sha2::Sha256::digest(project_token(i)))),
+            scopes: ["jobs:submit", "jobs:read", "jobs:cancel"]
+                .map(String::from)
+                .to_vec(),
+            ..Default::default()
+        };
+        let project = helix_build::config::ProjectConfig {
+            tokens: vec![token],
+            ..Default::default()
+        };
+        config.projects.insert(format!("team-{i}"), project);
+    }
+    config
+}
+
 /// A config with data in `data`, one worker per core and room for
 /// `queue_capacity` queued jobs.
 pub fn config(data: &tempfile::TempDir, queue_capacity: usize) -> Config {
@@ -249,7 +280,8 @@ pub fn resident_bytes() -> u64 {
 pub const CLIENTS: usize = 64;
 
 /// Submits jobs `{prefix}-{i}` for every `i` in `ids` — for `builder`, or
-/// the default one — spread over `services`, from `CLIENTS` tasks. With
+/// the default one; with `projects`, job `i` for project `team-{i % PROJECTS}`
+/// of [`with_projects`] — spread over `services`, from `CLIENTS` tasks. With
 /// `finish`, each task waits for each of its jobs to succeed (through the
 /// first service) before submitting the next, so at most `CLIENTS` jobs
 /// are in flight. Returns the time from the first submission to the end.
@@ -259,6 +291,7 @@ pub async fn submit_all(
     ids: Range<usize>,
     builder: Option<&str>,
     finish: bool,
+    projects: bool,
 ) -> Duration {
     let started = Instant::now();
     let mut clients = tokio::task::JoinSet::new();
@@ -275,8 +308,18 @@ pub async fn submit_all(
                     builder: builder.clone(),
                     ..JobRequest::default()
                 };
-                let job = services[i % services.len()]
-                    .submit(request)
+                let service = &services[i % services.len()];
+                let project = projects.then(|| {
+                    let name = format!("team-{}", i % PROJECTS);
+                    service
+                        .projects()
+                        .access
+                        .project(&name)
+                        .cloned()
+                        .expect("a bench project")
+                });
+                let job = service
+                    .submit_for(request, project.as_ref())
                     .await
                     .expect("accepted");
                 if finish {

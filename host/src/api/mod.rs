@@ -4,11 +4,12 @@
 //! `Authorization: Bearer <token>`, resolved to a [`Caller`] whose scopes
 //! each route checks (403 naming the missing scope); another project's
 //! job answers exactly as a job that does not exist (404). `/healthz`,
-//! `/readyz` and `/metrics` stay open.
+//! `/readyz` and `/metrics` stay open; a forge's delivery and an OIDC ID
+//! token exchanged carry credentials of their own.
 //!
 //! `jobs.rs` holds the job routes, `hooks.rs` the forges' deliveries,
-//! `tokens.rs` the OIDC token exchange, `error.rs` how errors answer; here: the router, the token check and
-//! the server's own routes.
+//! `tokens.rs` the OIDC token exchange, `error.rs` how errors answer;
+//! here: the router, the token check and the server's own routes.
 
 mod error;
 mod hooks;

@@ -160,8 +160,9 @@ pub struct Checkout {
 
 impl Checkout {
     /// Checks `job`'s ref out into `<workspace>/src` (its pinned commit,
-    /// once found on the ref) and returns the commit. With `slot` (the job's cache slot), from the repository's mirror
-    /// there, fetching into it what it lacks; else by a shallow
+    /// once found on the ref) and returns the commit. With `slot` (the
+    /// job's cache slot), from the repository's mirror there, fetching
+    /// into it what it lacks; else by a shallow
     /// clone where the server allows it, else a full clone and a checkout
     /// of what the ref names there (commit shas, and servers that refuse
     /// `--depth`, such as dumb HTTP ones).

@@ -8,9 +8,14 @@
 //! above it) says, and lower layers are not read once every file is
 //! settled. What could not be read (a zstd layer, a file too large) is
 //! said in [`Found::notes`], never silently left out.
+//!
+//! What a layer said is kept by its digest ([`LayersRead`]): a rebuild's
+//! image shares every layer but its top ones with the build before, so
+//! only those are walked again, not the base image's.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::io::Read;
+use std::sync::{Mutex, MutexGuard};
 
 use oci_client::Reference;
 use serde_json::Value;
@@ -45,7 +50,7 @@ pub struct Found {
 }
 
 /// What one layer says of a wanted file.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Said {
     Content(Vec<u8>),
     TooLarge(u64),
@@ -136,14 +141,71 @@ fn scan(
     Ok((said, truncated))
 }
 
+/// What one layer says of each wanted file, and whether its walk stopped
+/// at [`MAX_LAYER`].
+type Scanned = (BTreeMap<&'static str, Said>, bool);
+
+/// What layers read lately said, by layer digest and the files looked
+/// for. A digest names a layer's content, and a job reads a layer's
+/// digest only from its own image in its own repository (with its own
+/// credentials), so what was read for it holds for every job that names
+/// it. At most [`LAYERS_KEPT`] layers and [`LAYERS_KEPT_BYTES`] of files
+/// are kept, the oldest dropped first.
+#[derive(Default)]
+pub struct LayersRead(Mutex<VecDeque<(String, Scanned)>>);
+
+const LAYERS_KEPT: usize = 256;
+const LAYERS_KEPT_BYTES: usize = 64 << 20;
+
+impl LayersRead {
+    fn lock(&self) -> MutexGuard<'_, VecDeque<(String, Scanned)>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn get(&self, key: &str) -> Option<Scanned> {
+        let kept = self.lock();
+        kept.iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, scanned)| scanned.clone())
+    }
+
+    fn keep(&self, key: String, scanned: &Scanned) {
+        let size = |scanned: &Scanned| -> usize {
+            scanned
+                .0
+                .values()
+                .map(|said| match said {
+                    Said::Content(bytes) => bytes.len(),
+                    _ => 0,
+                })
+                .sum()
+        };
+        if size(scanned) > LAYERS_KEPT_BYTES {
+            return;
+        }
+        let mut kept = self.lock();
+        if kept.iter().any(|(k, _)| *k == key) {
+            return;
+        }
+        kept.push_back((key, scanned.clone()));
+        while kept.len() > LAYERS_KEPT
+            || kept.iter().map(|(_, s)| size(s)).sum::<usize>() > LAYERS_KEPT_BYTES
+        {
+            kept.pop_front();
+        }
+    }
+}
+
 /// The wanted files of the image whose manifest (JSON) is `manifest`, in
-/// `repository`: its layers read through `registry`.
+/// `repository`: its layers read through `registry`, or taken from
+/// `kept` where read lately.
 pub async fn read(
     registry: &RegistryClient,
     repository: &Reference,
     digest: &str,
     manifest: &Value,
     wanted: &[&'static str],
+    kept: &LayersRead,
 ) -> Result<Found, LayerError> {
     let layers = manifest["layers"]
         .as_array()
@@ -167,23 +229,33 @@ pub async fn read(
             ));
             continue;
         };
-        let stream = registry
-            .blob_reader(repository, layer_digest)
-            .await
-            .map_err(LayerError::Registry)?;
-        let reader = tokio_util::io::SyncIoBridge::new(stream);
-        let looking = pending.clone();
-        let scanned = tokio::task::spawn_blocking(move || match gzip {
-            true => scan(flate2::read::MultiGzDecoder::new(reader), &looking),
-            false => scan(reader, &looking),
-        })
-        .await
-        .map_err(|e| std::io::Error::other(e.to_string()))
-        .and_then(|scanned| scanned)
-        .map_err(|source| LayerError::Read {
-            digest: layer_digest.to_string(),
-            source,
-        })?;
+        // Every wanted file is looked for, whatever is settled already, so
+        // what is kept answers any later image with this layer.
+        let key = format!("{layer_digest} {}", wanted.join(" "));
+        let scanned = match kept.get(&key) {
+            Some(scanned) => scanned,
+            None => {
+                let stream = registry
+                    .blob_reader(repository, layer_digest)
+                    .await
+                    .map_err(LayerError::Registry)?;
+                let reader = tokio_util::io::SyncIoBridge::new(stream);
+                let looking = wanted.to_vec();
+                let scanned = tokio::task::spawn_blocking(move || match gzip {
+                    true => scan(flate2::read::MultiGzDecoder::new(reader), &looking),
+                    false => scan(reader, &looking),
+                })
+                .await
+                .map_err(|e| std::io::Error::other(e.to_string()))
+                .and_then(|scanned| scanned)
+                .map_err(|source| LayerError::Read {
+                    digest: layer_digest.to_string(),
+                    source,
+                })?;
+                kept.keep(key, &scanned);
+                scanned
+            }
+        };
         let (said, truncated) = scanned;
         if truncated {
             found.notes.push(format!(
@@ -191,6 +263,9 @@ pub async fn read(
             ));
         }
         for (file, said) in said {
+            if !pending.contains(&file) {
+                continue;
+            }
             pending.retain(|p| *p != file);
             match said {
                 Said::Content(bytes) => {

@@ -224,11 +224,13 @@ pub async fn platform_images(
     Ok(images)
 }
 
-/// The packages of `image` (of `repository`), and what could not be read.
+/// The packages of `image` (of `repository`), and what could not be read;
+/// layers read lately taken from `kept`.
 async fn packages(
     registry: &RegistryClient,
     repository: &Reference,
     image: &PlatformImage,
+    kept: &layers::LayersRead,
 ) -> Result<ImagePackages, LayerError> {
     let ecosystems = [Ecosystem::Deb, Ecosystem::Apk];
     let wanted: Vec<&'static str> = ecosystems.iter().map(|e| e.database()).collect();
@@ -238,6 +240,7 @@ async fn packages(
         &image.digest,
         &image.manifest,
         &wanted,
+        kept,
     )
     .await?;
     let mut listed = Vec::new();
@@ -256,9 +259,13 @@ async fn packages(
 /// downloaded again for its SBOM. A digest names its layers, so what was
 /// read for it holds for every repository and project that has it (each
 /// reads the digest from its own repository first, with its own
-/// credentials).
+/// credentials). What each layer said is kept too, so a rebuild's image
+/// (new top layers over the same base) walks only its new layers.
 #[derive(Default)]
-pub struct PackagesRead(std::sync::Mutex<std::collections::VecDeque<(String, ImagePackages)>>);
+pub struct PackagesRead {
+    images: std::sync::Mutex<std::collections::VecDeque<(String, ImagePackages)>>,
+    layers: layers::LayersRead,
+}
 
 /// An image's packages, and what could not be read.
 type ImagePackages = (Vec<Package>, Vec<String>);
@@ -283,7 +290,7 @@ impl PackagesRead {
         if let Some(packages) = kept(&self.lock()) {
             return Ok(packages);
         }
-        let packages = packages(registry, repository, image).await?;
+        let packages = packages(registry, repository, image, &self.layers).await?;
         let mut read = self.lock();
         if kept(&read).is_none() {
             if read.len() == PACKAGES_KEPT {
@@ -297,7 +304,7 @@ impl PackagesRead {
     fn lock(
         &self,
     ) -> std::sync::MutexGuard<'_, std::collections::VecDeque<(String, ImagePackages)>> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+        self.images.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 

@@ -267,3 +267,44 @@ async fn the_sbom_lists_the_images_packages_and_outside_tools_verify_it_and_the_
         said(&refused)
     );
 }
+
+/// What a layer said is kept by its digest: reading an image again (as a
+/// rebuild's image over the same base is read) takes its layers from what
+/// was kept, though the registry no longer serves them, while a reader
+/// that kept nothing has to fetch them and cannot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_layer_read_once_is_taken_from_what_was_kept_not_fetched_again() {
+    use helix_build::provenance::layers::{self, LayersRead};
+    const STATUS: &str = "var/lib/dpkg/status";
+    let registry = Registry::start(false);
+    let dir = tempfile::tempdir().unwrap();
+    let repo = helix_fixtures::dockerfile_repo(
+        "FROM scratch\nCOPY Dockerfile /var/lib/dpkg/status\nCOPY Dockerfile /app\n",
+    );
+    let service = common::start(&common::real_config(&dir, &registry.address)).await;
+    let (job, _) = common::run_logged(&service, common::on_repo(repo.path(), "podman")).await;
+    assert_eq!(job.state, State::Succeeded, "{:?}", job.error);
+
+    let client = common::registry_client(&registry.address, None);
+    let image = reference(&job.image_tag.clone().unwrap()).unwrap();
+    let manifest = client.manifest(&image).await.unwrap().unwrap();
+    let json: Value = serde_json::from_slice(&manifest.bytes).unwrap();
+    let read = async |kept: &LayersRead| {
+        layers::read(&client, &image, &manifest.digest, &json, &[STATUS], kept).await
+    };
+    let kept = LayersRead::default();
+    let first = read(&kept).await.unwrap();
+    assert!(
+        first.files[STATUS].starts_with(b"FROM scratch"),
+        "{first:?}"
+    );
+
+    for layer in json["layers"].as_array().unwrap() {
+        registry.forget_blob(layer["digest"].as_str().unwrap());
+    }
+    assert_eq!(read(&kept).await.unwrap(), first, "from what was kept");
+    assert!(
+        read(&LayersRead::default()).await.is_err(),
+        "the registry no longer serves the layers"
+    );
+}

@@ -16,8 +16,11 @@ use helix_core::log::LogLine;
 /// A queue only this host uses.
 pub struct LocalQueue {
     store: Arc<dyn JobStore>,
-    /// Queued jobs, oldest first.
-    waiting: Mutex<VecDeque<Job>>,
+    /// Queued jobs, oldest first. Boxed: a claim may take one from the
+    /// middle (fair sharing between projects, priorities), and shifting
+    /// thousands of pointers is cheap where shifting thousands of jobs
+    /// was not (it held the lock submissions wait for).
+    waiting: Mutex<VecDeque<Box<Job>>>,
     /// The jobs this queue handed out that still run: what counts against
     /// their groups' and projects' places.
     running: Mutex<HashMap<JobId, Place>>,
@@ -42,7 +45,7 @@ impl LocalQueue {
         for stored in store.load_unfinished().await? {
             match stored.job.state {
                 State::Running => leftovers.push(stored.job),
-                _ => waiting.push_back(stored.job),
+                _ => waiting.push_back(Box::new(stored.job)),
             }
         }
         if !waiting.is_empty() {
@@ -57,7 +60,7 @@ impl LocalQueue {
         })
     }
 
-    fn waiting(&self) -> MutexGuard<'_, VecDeque<Job>> {
+    fn waiting(&self) -> MutexGuard<'_, VecDeque<Box<Job>>> {
         // Every change is one push or removal: a panic cannot leave the
         // queue half-changed.
         self.waiting.lock().unwrap_or_else(|e| e.into_inner())
@@ -120,7 +123,7 @@ impl LocalQueue {
                 may_start(job, project_running).then_some((at, order))
             })
             .max_by_key(|(_, order)| *order)?;
-        let job = waiting.remove(at)?;
+        let job = *waiting.remove(at)?;
         running.insert(
             job.id.clone(),
             Place {
@@ -149,7 +152,7 @@ impl JobQueue for LocalQueue {
     fn enqueue<'a>(&'a self, job: &'a Job) -> StoreCall<'a, ()> {
         async move {
             self.store.insert(job).await?;
-            self.waiting().push_back(job.clone());
+            self.waiting().push_back(Box::new(job.clone()));
             self.announce(Notice::Queued);
             Ok(())
         }
@@ -239,7 +242,7 @@ impl JobQueue for LocalQueue {
                     .iter()
                     .position(|job| job.created_at > recovered.created_at)
                     .unwrap_or(waiting.len());
-                waiting.insert(at, recovered.clone());
+                waiting.insert(at, Box::new(recovered.clone()));
                 drop(waiting);
                 self.announce(Notice::Queued);
             }
@@ -287,7 +290,7 @@ impl JobQueue for LocalQueue {
             .waiting()
             .iter()
             .filter(|job| job.is_overdue(default_ttl, now))
-            .cloned()
+            .map(|job| Job::clone(job))
             .collect();
         std::future::ready(Ok(overdue)).boxed()
     }

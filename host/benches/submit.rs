@@ -4,9 +4,10 @@
 //! throughput and p50/p99 latency for both. Each client keeps one HTTP/1.1
 //! connection open, as a CI system or load balancer in front of the server
 //! would. The server's workers run the submitted jobs (simulated builder)
-//! meanwhile, as they would in production. Then the same submissions to a
-//! second server with ten projects, each client with its project's bearer
-//! token: the price of projects.
+//! meanwhile, as they would in production. Then, once the first server's
+//! workers have run its backlog, the same submissions to a second server
+//! with ten projects, each client with its project's bearer token: the
+//! price of projects.
 //!
 //! Run with `bench/run submit`.
 
@@ -33,27 +34,31 @@ pub fn main() {
 }
 
 /// A server on a loopback port over a service made from `config`.
-async fn serve(config: helix_build::config::Config) -> std::net::SocketAddr {
+async fn serve(
+    config: helix_build::config::Config,
+) -> (std::net::SocketAddr, helix_build::service::Service) {
     let service = app::start(&config.validated().unwrap()).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, api::router(service)).await });
-    address
+    let router = api::router(service.clone());
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    (address, service)
 }
 
 async fn run() {
     let data = tempfile::tempdir().unwrap();
-    let address = serve(common::config(&data, REQUESTS * 2)).await;
+    let (address, service) = serve(common::config(&data, REQUESTS * 2)).await;
     let projects_data = tempfile::tempdir().unwrap();
-    let projects_address = serve(common::with_projects(common::config(
-        &projects_data,
-        REQUESTS * 2,
-    )))
-    .await;
+    let projects = common::with_projects(common::config(&projects_data, REQUESTS * 2));
+    let (projects_address, _projects) = serve(projects).await;
 
     println!("cores: {}", common::cores());
     let mut health = load(address, Method::GET, "/healthz", false).await;
     let mut submit = load(address, Method::POST, "/v1/jobs", false).await;
+    // Its workers' backlog would share the cores with the next load.
+    while service.queue_depth().await.unwrap() > 0 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let mut spread = load(projects_address, Method::POST, "/v1/jobs", true).await;
     health.print("GET /healthz");
     submit.print("POST /v1/jobs (SQLite)");

@@ -1,7 +1,7 @@
 //! One host's queue: the queued jobs in memory, oldest first, every change
 //! written through to the host's own store, so a restart finds them again.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -16,11 +16,8 @@ use helix_core::log::LogLine;
 /// A queue only this host uses.
 pub struct LocalQueue {
     store: Arc<dyn JobStore>,
-    /// Queued jobs, oldest first. Boxed: a claim may take one from the
-    /// middle (fair sharing between projects, priorities), and shifting
-    /// thousands of pointers is cheap where shifting thousands of jobs
-    /// was not (it held the lock submissions wait for).
-    waiting: Mutex<VecDeque<Box<Job>>>,
+    /// Queued jobs.
+    waiting: Mutex<Waiting>,
     /// The jobs this queue handed out that still run: what counts against
     /// their groups' and projects' places.
     running: Mutex<HashMap<JobId, Place>>,
@@ -28,6 +25,58 @@ pub struct LocalQueue {
     /// process died running them.
     leftovers: Mutex<Vec<Job>>,
     notices: broadcast::Sender<Notice>,
+}
+
+/// The queued jobs by project and priority, each bucket oldest first.
+/// Within a bucket the oldest job that may start always comes first (it
+/// has waited longest, so its aged priority is the highest, and it is the
+/// oldest), so a claim looks at the head of each bucket, not at every
+/// waiting job: with thousands waiting, a scan of them all under the lock
+/// submissions take was most of a busy server's CPU.
+#[derive(Default)]
+struct Waiting {
+    buckets: BTreeMap<(Option<String>, i32), VecDeque<Job>>,
+    len: usize,
+}
+
+impl Waiting {
+    /// Adds `job` in submission order among its bucket's.
+    fn push(&mut self, job: Job) {
+        let bucket = self
+            .buckets
+            .entry((job.project.clone(), job.priority))
+            .or_default();
+        let at = bucket
+            .iter()
+            .rposition(|waiting| waiting.created_at <= job.created_at)
+            .map_or(0, |before| before + 1);
+        bucket.insert(at, job);
+        self.len += 1;
+    }
+
+    /// Removes job `at` of bucket `key`.
+    fn take(&mut self, key: &(Option<String>, i32), at: usize) -> Option<Job> {
+        let bucket = self.buckets.get_mut(key)?;
+        let job = bucket.remove(at)?;
+        if bucket.is_empty() {
+            self.buckets.remove(key);
+        }
+        self.len -= 1;
+        Some(job)
+    }
+
+    /// Removes job `id`, wherever it waits.
+    fn remove(&mut self, id: &JobId) -> Option<Job> {
+        let (key, at) = self.buckets.iter().find_map(|(key, bucket)| {
+            let at = bucket.iter().position(|job| job.id == *id)?;
+            Some((key.clone(), at))
+        })?;
+        self.take(&key, at)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Job> {
+        self.buckets.values().flatten()
+    }
 }
 
 /// Where a running job counts: its group and its project.
@@ -40,16 +89,16 @@ impl LocalQueue {
     /// The queue as `store` left it: its queued jobs waiting in the order
     /// they were submitted, its running ones reported as lost runs.
     pub async fn open(store: Arc<dyn JobStore>) -> Result<Self, StoreError> {
-        let mut waiting = VecDeque::new();
+        let mut waiting = Waiting::default();
         let mut leftovers = Vec::new();
         for stored in store.load_unfinished().await? {
             match stored.job.state {
                 State::Running => leftovers.push(stored.job),
-                _ => waiting.push_back(Box::new(stored.job)),
+                _ => waiting.push(stored.job),
             }
         }
-        if !waiting.is_empty() {
-            tracing::info!(jobs = waiting.len(), "queued jobs restored from the store");
+        if waiting.len > 0 {
+            tracing::info!(jobs = waiting.len, "queued jobs restored from the store");
         }
         Ok(LocalQueue {
             store,
@@ -60,7 +109,7 @@ impl LocalQueue {
         })
     }
 
-    fn waiting(&self) -> MutexGuard<'_, VecDeque<Box<Job>>> {
+    fn waiting(&self) -> MutexGuard<'_, Waiting> {
         // Every change is one push or removal: a panic cannot leave the
         // queue half-changed.
         self.waiting.lock().unwrap_or_else(|e| e.into_inner())
@@ -90,40 +139,44 @@ impl LocalQueue {
                 None => in_project.push((project, 1)),
             }
         }
-        let may_start = |job: &Job, project_running: usize| {
+        let may_start = |job: &Job| {
             let group_has_room = job
                 .group
                 .as_deref()
                 .is_none_or(|g| in_group.get(g).copied().unwrap_or(0) < job.max_running as usize);
-            let project_has_room = job
-                .project
-                .as_ref()
-                .and_then(|p| rules.max_running.get(p))
-                .is_none_or(|most| project_running < *most as usize);
             group_has_room
-                && project_has_room
                 && job.not_before.is_none_or(|at| at <= now)
                 && !job.is_overdue(rules.default_ttl, now)
         };
         let mut waiting = self.waiting();
-        let (at, _) = waiting
-            .iter()
-            .enumerate()
-            .filter_map(|(at, job)| {
-                let project_running = in_project
-                    .iter()
-                    .find(|(p, _)| *p == job.project.as_deref())
-                    .map_or(0, |(_, count)| *count);
-                let waited = (now - job.created_at).num_seconds();
-                let order = (
-                    std::cmp::Reverse(project_running),
-                    effective_priority(job.priority, waited),
-                    std::cmp::Reverse(at),
-                );
-                may_start(job, project_running).then_some((at, order))
-            })
-            .max_by_key(|(_, order)| *order)?;
-        let job = *waiting.remove(at)?;
+        let mut best = None;
+        for ((project, _), bucket) in &waiting.buckets {
+            let project_running = in_project
+                .iter()
+                .find(|(p, _)| *p == project.as_deref())
+                .map_or(0, |(_, count)| *count);
+            let project_has_room = project
+                .as_ref()
+                .and_then(|p| rules.max_running.get(p))
+                .is_none_or(|most| project_running < *most as usize);
+            if !project_has_room {
+                continue;
+            }
+            let Some((at, job)) = bucket.iter().enumerate().find(|(_, job)| may_start(job)) else {
+                continue;
+            };
+            let waited = (now - job.created_at).num_seconds();
+            let order = (
+                std::cmp::Reverse(project_running),
+                effective_priority(job.priority, waited),
+                std::cmp::Reverse(job.created_at),
+            );
+            if best.as_ref().is_none_or(|(_, _, better)| order > *better) {
+                best = Some(((project.clone(), job.priority), at, order));
+            }
+        }
+        let (key, at, _) = best?;
+        let job = waiting.take(&key, at)?;
         running.insert(
             job.id.clone(),
             Place {
@@ -152,7 +205,7 @@ impl JobQueue for LocalQueue {
     fn enqueue<'a>(&'a self, job: &'a Job) -> StoreCall<'a, ()> {
         async move {
             self.store.insert(job).await?;
-            self.waiting().push_back(Box::new(job.clone()));
+            self.waiting().push(job.clone());
             self.announce(Notice::Queued);
             Ok(())
         }
@@ -190,11 +243,7 @@ impl JobQueue for LocalQueue {
 
     fn withdraw<'a>(&'a self, ended: &'a Job, line: &'a str) -> StoreCall<'a, bool> {
         async move {
-            let taken = {
-                let mut waiting = self.waiting();
-                let at = waiting.iter().position(|job| job.id == ended.id);
-                at.and_then(|at| waiting.remove(at))
-            };
+            let taken = self.waiting().remove(&ended.id);
             if taken.is_none() {
                 return Ok(false);
             }
@@ -237,13 +286,7 @@ impl JobQueue for LocalQueue {
             self.store.update(recovered).await?;
             if recovered.state == State::Queued {
                 // In submission order among the waiting jobs.
-                let mut waiting = self.waiting();
-                let at = waiting
-                    .iter()
-                    .position(|job| job.created_at > recovered.created_at)
-                    .unwrap_or(waiting.len());
-                waiting.insert(at, Box::new(recovered.clone()));
-                drop(waiting);
+                self.waiting().push(recovered.clone());
                 self.announce(Notice::Queued);
             }
             Ok(true)
@@ -261,7 +304,7 @@ impl JobQueue for LocalQueue {
     }
 
     fn depth(&self) -> StoreCall<'_, usize> {
-        std::future::ready(Ok(self.waiting().len())).boxed()
+        std::future::ready(Ok(self.waiting().len)).boxed()
     }
 
     fn depth_of<'a>(&'a self, project: &'a str) -> StoreCall<'a, usize> {
@@ -290,7 +333,7 @@ impl JobQueue for LocalQueue {
             .waiting()
             .iter()
             .filter(|job| job.is_overdue(default_ttl, now))
-            .map(|job| Job::clone(job))
+            .cloned()
             .collect();
         std::future::ready(Ok(overdue)).boxed()
     }

@@ -131,9 +131,14 @@ impl Drop for Server {
     /// Stops the server as its operator would (SIGTERM), which must leave
     /// nothing of its runs behind; killed only if it has not stopped
     /// within 30 s. One the test killed leaves that to the next start on
-    /// its data dir.
+    /// its data dir; when none came, its empty control groups are removed
+    /// here, as that start would have (a test of a host lost for good
+    /// otherwise left them on the machine).
     fn drop(&mut self) {
         if let Ok(Some(_)) = self.child.try_wait() {
+            for dir in server_groups(&self.data) {
+                let _ = std::fs::remove_dir(dir);
+            }
             return;
         }
         if let Ok(pid) = i32::try_from(self.child.id()) {
@@ -175,7 +180,14 @@ pub fn assert_nothing_left(data: &std::path::Path) {
         .collect();
     assert!(loops.is_empty(), "loop devices left over: {loops:#?}");
 
-    let groups: Vec<std::path::PathBuf> = std::fs::read_dir("/sys/fs/cgroup")
+    let groups = server_groups(&data);
+    assert!(groups.is_empty(), "control groups left over: {groups:#?}");
+}
+
+/// The control groups of a server on `data`, in every hierarchy.
+fn server_groups(data: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let data = data.canonicalize().unwrap_or_else(|_| data.to_path_buf());
+    std::fs::read_dir("/sys/fs/cgroup")
         .into_iter()
         .flatten()
         .flatten()
@@ -185,8 +197,7 @@ pub fn assert_nothing_left(data: &std::path::Path) {
                 .join(helix_build::cgroup::server_group(&data))
         })
         .filter(|dir| dir.exists())
-        .collect();
-    assert!(groups.is_empty(), "control groups left over: {groups:#?}");
+        .collect()
 }
 
 fn dechunk(mut body: &str) -> String {

@@ -82,6 +82,35 @@ pub struct HookRule {
     #[serde(default = "yes")]
     pub cancel_in_progress: bool,
     pub priority: Option<i32>,
+    /// Build secrets its jobs name, as a submission's `secrets`: of
+    /// `[secrets]` for the server's rules, of the project's `secrets` or
+    /// `protected_secrets` for a project's (a protected one only for
+    /// pushes to its protected refs; another push is refused naming it).
+    #[serde(default)]
+    pub secrets: Vec<String>,
+}
+
+/// Checks that every secret `rules` (the list at `at`) name is one `usable`
+/// (listed for the error as `from`) holds.
+pub fn check_rule_secrets(
+    at: &str,
+    rules: &[HookRule],
+    usable: &std::collections::BTreeSet<&str>,
+    from: &str,
+) -> Result<(), String> {
+    for (i, rule) in rules.iter().enumerate() {
+        if let Some(unknown) = rule.secrets.iter().find(|s| !usable.contains(s.as_str())) {
+            let known: Vec<&str> = usable.iter().copied().collect();
+            return Err(format!(
+                "{at}[{i}].secrets: unknown secret \"{unknown}\"; {from}: {}",
+                match known.is_empty() {
+                    true => "none".to_string(),
+                    false => known.join(", "),
+                }
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn every_branch() -> Vec<String> {
@@ -297,6 +326,7 @@ impl Webhooks {
             group: Some(group),
             cancel_in_progress: rule.cancel_in_progress,
             priority: rule.priority,
+            secrets: rule.secrets.clone(),
             ..JobRequest::default()
         })))
     }

@@ -291,6 +291,14 @@ impl Config {
         self.validate_registries()?;
         self.build_secrets()?;
         crate::hooks::check_forges("webhooks", &self.webhooks).map_err(ConfigError::Invalid)?;
+        let defined = self.secrets.keys().map(String::as_str).collect();
+        crate::hooks::check_rule_secrets(
+            "webhook_rules",
+            &self.webhook_rules,
+            &defined,
+            "[secrets] defines",
+        )
+        .map_err(ConfigError::Invalid)?;
         self.validate_projects()?;
         self.validate_oidc()?;
         if let Some(default) = &self.default_builder

@@ -121,6 +121,19 @@ impl Config {
             check_forges(&format!("projects.{name}.webhooks"), &project.webhooks)
                 .map_err(ConfigError::Invalid)?;
             self.validate_project_rules(name, project)?;
+            let usable = project
+                .secrets
+                .iter()
+                .chain(&project.protected_secrets)
+                .map(String::as_str)
+                .collect();
+            crate::hooks::check_rule_secrets(
+                &format!("projects.{name}.webhook_rules"),
+                &project.webhook_rules,
+                &usable,
+                &format!("project {name} may use"),
+            )
+            .map_err(ConfigError::Invalid)?;
         }
         Ok(())
     }
@@ -581,6 +594,31 @@ mod tests {
         assert_eq!(
             project.repositories.as_deref(),
             Some(&["https://git.example/team-a/*".to_string()][..])
+        );
+    }
+
+    #[test]
+    fn webhook_rules_name_only_secrets_their_owner_may_use() {
+        let rules = |project_rule: &str, server_rule: &str| {
+            parse(&format!(
+                "[secrets.npm]\nenv = 'PATH'\n[secrets.deploy]\nenv = 'PATH'\n\
+                 [[webhook_rules]]\nrepository = 'https://h/*'\nsecrets = [{server_rule}]\n\
+                 [projects.web]\nsecrets = ['npm']\n\
+                 [[projects.web.webhook_rules]]\nrepository = 'https://h/web/*'\nsecrets = [{project_rule}]\n"
+            ))
+        };
+        assert!(rules("'npm'", "'deploy'").is_ok());
+        let err = rules("'deploy'", "").unwrap_err().to_string();
+        assert!(
+            err.contains("projects.web.webhook_rules[0].secrets: unknown secret \"deploy\"; project web may use: npm"),
+            "{err}"
+        );
+        let err = rules("", "'nope'").unwrap_err().to_string();
+        assert!(
+            err.contains(
+                "webhook_rules[0].secrets: unknown secret \"nope\"; [secrets] defines: deploy, npm"
+            ),
+            "{err}"
         );
     }
 

@@ -1042,7 +1042,9 @@ const HOOKED_REPO: &str = "https://git.example/team-a/app.git";
 
 /// [`two_projects`] where each project has a GitHub webhook of its own,
 /// team-a's building pushes to `main` of its repositories, team-b's those
-/// of its own, `main` protected in both; the simulated builder's jobs run for a minute.
+/// of its own, `main` protected in both and each project's secret
+/// protected-only, named by its rule; the simulated builder's jobs run
+/// for a minute.
 fn with_project_hooks(dir: &tempfile::TempDir, store_url: Option<String>) -> Config {
     let mut config = two_projects(dir, store_url);
     config.builders.insert(
@@ -1057,6 +1059,7 @@ fn with_project_hooks(dir: &tempfile::TempDir, store_url: Option<String>) -> Con
         std::fs::write(&path, secret).unwrap();
         let project = config.projects.get_mut(name).unwrap();
         project.protected_refs = vec!["refs/heads/main".into()];
+        project.protected_secrets = std::mem::take(&mut project.secrets);
         project.webhooks = BTreeMap::from([(
             "github".to_string(),
             SecretSource {
@@ -1069,6 +1072,7 @@ fn with_project_hooks(dir: &tempfile::TempDir, store_url: Option<String>) -> Con
                 "repository": format!("https://git.example/{name}/*"),
                 "refs": ["refs/heads/main"],
                 "builder": "simulated",
+                "secrets": project.protected_secrets,
             }))
             .unwrap(),
         ];
@@ -1128,6 +1132,7 @@ async fn project_webhooks_build_each_push_once(server: &Server) {
     assert_eq!(job["ref"], "refs/heads/main");
     assert_eq!(job["pinned_commit"], commit, "the pushed commit is built");
     assert_eq!(job["protected"], true, "a push to team-a's protected main");
+    assert_eq!(job["secrets"], json!(["a_key"]), "its protected secret");
     let genuine = job["id"].as_str().unwrap().to_string();
     assert!(genuine.starts_with("hook-github-"), "{genuine}");
 

@@ -1,5 +1,6 @@
-//! One host's queue: the queued jobs in memory, oldest first, every change
-//! written through to the host's own store, so a restart finds them again.
+//! One host's queue: the queued jobs in memory (by project and priority,
+//! oldest first in each), every change written through to the host's own
+//! store, so a restart finds them again.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};

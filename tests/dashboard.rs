@@ -338,7 +338,7 @@ async fn the_dashboard_signs_in_submits_follows_logs_and_cancels_in_a_real_brows
     shoot(&browser, "jobs-laptop").await;
     browser.goto(&format!("{url}/#/jobs?state=cancelled")).await;
     let listed = browser
-        .until(10, "const rows = [...document.querySelectorAll('tr[data-job]')].map(r => r.dataset.job); return rows.length && rows")
+        .until(10, "const rows = [...document.querySelectorAll('tr[data-job]')].map(r => r.dataset.job); return rows.length ? rows : null")
         .await;
     assert_eq!(listed, json!(["doomed"]), "only the cancelled job");
     browser.resize(390, 844).await;

@@ -302,8 +302,12 @@ fn a_public_address_without_a_token_is_refused_unless_told_insecure() {
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
-    let _ = child.kill();
-    let _ = child.wait();
+    // Stopped as an operator stops it, so it leaves nothing behind (a
+    // kill left its control groups on the machine).
+    // SAFETY: signals the child this test started.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+    crate::common::assert_nothing_left(dir.path());
     assert!(
         line.starts_with("listening on http://0.0.0.0:"),
         "told --insecure-no-auth, it serves: {line:?}"

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use common::{PROJECTS, median, row, submit_all};
 use helix_build::app;
-use helix_build::config::Config;
+use helix_fixtures::config::ConfigBuilder;
 
 const JOBS: usize = 1_000;
 const ROUNDS: usize = 3;
@@ -79,16 +79,14 @@ async fn drain(
     let dirs: Vec<_> = (0..hosts).map(|_| tempfile::tempdir().unwrap()).collect();
     let mut services = Vec::new();
     for (i, dir) in dirs.iter().enumerate() {
-        let config = Config {
-            data_dir: dir.path().to_path_buf(),
-            cache_dir: Some(cache.to_path_buf()),
-            workers: WORKERS_PER_HOST,
-            queue_capacity: JOBS * 2,
-            store_url: Some(postgres.url()),
-            host_id: Some(format!("host-{i}")),
-            lease_secs: 10,
-            ..Config::default()
-        };
+        let mut config = ConfigBuilder::new(dir.path())
+            .compiled_components_in(cache.to_path_buf())
+            .workers(WORKERS_PER_HOST)
+            .queue_capacity(JOBS * 2)
+            .unvalidated();
+        config.store_url = Some(postgres.url());
+        config.host_id = Some(format!("host-{i}"));
+        config.lease_secs = 10;
         let config = match projects {
             true => common::with_projects(config),
             false => config,

@@ -5,10 +5,11 @@ mod phases;
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
-use helix_build::config::{BuilderConfig, Config, RegistryConfig};
+use helix_build::config::{BuilderConfig, Config, ProjectConfig};
 use helix_build::job::{BuildResult, Job, JobRequest, PhaseName, State};
 use helix_build::log::JobLog;
 use helix_build::service::Service;
+use helix_fixtures::config::{ConfigBuilder, token};
 
 pub use phases::{ByHand, print_phase_table};
 
@@ -59,35 +60,26 @@ pub fn project_token(i: usize) -> String {
 /// `config` with [`PROJECTS`] projects, `team-0`…, each with one token
 /// ([`project_token`]) of every scope, and an admin token, as a server of
 /// many teams runs.
-pub fn with_projects(mut config: Config) -> Config {
-    use sha2::Digest as _;
-    config.token = Some("bench-admin-token-0123456789".into());
+pub fn with_projects(config: Config) -> Config {
+    let scopes = ["jobs:submit", "jobs:read", "jobs:cancel"];
+    let mut config = ConfigBuilder::from(config).admin_token("bench-admin-token-0123456789");
     for i in 0..PROJECTS {
-        let token = helix_build::config::TokenConfig {
-            digest: Some(hex::encode(sha2::Sha256::digest(project_token(i)))),
-            scopes: ["jobs:submit", "jobs:read", "jobs:cancel"]
-                .map(String::from)
-                .to_vec(),
-            ..Default::default()
+        let project = ProjectConfig {
+            tokens: vec![token(&project_token(i), &scopes)],
+            ..ProjectConfig::default()
         };
-        let project = helix_build::config::ProjectConfig {
-            tokens: vec![token],
-            ..Default::default()
-        };
-        config.projects.insert(format!("team-{i}"), project);
+        config = config.project(&format!("team-{i}"), project);
     }
-    config
+    config.unvalidated()
 }
 
 /// A config with data in `data`, one worker per core and room for
 /// `queue_capacity` queued jobs.
 pub fn config(data: &tempfile::TempDir, queue_capacity: usize) -> Config {
-    Config {
-        data_dir: data.path().to_path_buf(),
-        workers: cores().max(1),
-        queue_capacity,
-        ..Config::default()
-    }
+    ConfigBuilder::new(data.path())
+        .workers(cores().max(1))
+        .queue_capacity(queue_capacity)
+        .unvalidated()
 }
 
 /// A config for real builds with the podman, buildah and (with `engine`)
@@ -98,33 +90,16 @@ pub fn real_build_config(
     registry: &str,
     engine: Option<&helix_fixtures::Dockerd>,
 ) -> Config {
-    let mut config = Config {
-        data_dir: data.path().to_path_buf(),
-        workers: 1,
-        allow_file_repos: true,
-        ..Config::default()
-    };
-    config.registries.insert(
-        registry.to_string(),
-        RegistryConfig {
-            tls_verify: false,
-            ..Default::default()
-        },
-    );
-    config
-        .builders
-        .insert("podman".into(), BuilderConfig::default());
-    if let Some(engine) = engine {
-        config.builders.insert(
-            "buildkit".into(),
-            BuilderConfig {
-                engine: Some(engine.socket.clone()),
-                engine_client: Some(helix_fixtures::DOCKER_CLIENT.into()),
-                ..BuilderConfig::default()
-            },
-        );
+    let config = ConfigBuilder::new(data.path())
+        .workers(1)
+        .file_repos()
+        .plain_http_registry(registry)
+        .builder("podman", BuilderConfig::default());
+    match engine {
+        Some(engine) => config.buildkit_in(&engine.socket),
+        None => config,
     }
-    config.validated().expect("a valid config")
+    .build()
 }
 
 /// The real builders, each compared with both floors.

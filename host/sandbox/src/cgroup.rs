@@ -245,16 +245,9 @@ impl Cgroups {
         match &self.layout {
             Layout::V1 {
                 pids, memory, cpu, ..
-            } => {
-                vec![pids.join(inside), memory.join(inside), cpu.join(inside)]
-            }
+            } => [pids, memory, cpu].map(|h| h.join(inside)).to_vec(),
             Layout::V2 { root } => vec![root.join(inside)],
         }
-    }
-
-    /// Every hierarchy's mount point.
-    fn hierarchies(&self) -> Vec<PathBuf> {
-        self.layout.hierarchies()
     }
 
     /// Creates `path` in every hierarchy; in v1's `cpuset` each new level
@@ -263,7 +256,7 @@ impl Cgroups {
     /// cannot from inside a jail, where only the run's groups are
     /// writable).
     fn create_everywhere(&self, path: &str) -> std::io::Result<()> {
-        for hierarchy in self.hierarchies() {
+        for hierarchy in self.layout.hierarchies() {
             let mut dir = hierarchy.clone();
             for part in path.trim_start_matches('/').split('/') {
                 let parent = dir.clone();
@@ -286,7 +279,7 @@ impl Cgroups {
     pub fn reap(&self) -> usize {
         let mut killed = 0;
         let inside = self.base.trim_start_matches('/');
-        for dir in self.hierarchies().iter().map(|h| h.join(inside)) {
+        for dir in self.layout.hierarchies().iter().map(|h| h.join(inside)) {
             let Ok(runs) = std::fs::read_dir(&dir) else {
                 continue;
             };
@@ -303,25 +296,20 @@ impl Cgroups {
     pub fn create(&self, name: &str, limits: &BuildLimits) -> std::io::Result<RunCgroup> {
         let path = format!("{}/{name}", self.base);
         let inside = path.trim_start_matches('/');
-        let run = RunCgroup {
+        let mut run = RunCgroup {
             dirs: self.dirs(&path),
             everywhere: self
+                .layout
                 .hierarchies()
                 .into_iter()
-                .map(|h| {
-                    let dir = h.join(inside);
-                    (h, dir)
-                })
+                .map(|h| (h.clone(), h.join(inside)))
                 .collect(),
             v2: matches!(self.layout, Layout::V2 { .. }),
             steps: format!("{path}/steps"),
             tools: Vec::new(),
             _instance: self.instance.clone(),
         };
-        for (_, dir) in &run.everywhere {
-            kill_tree(dir);
-            remove_tree(dir);
-        }
+        run.kill_and_remove();
         self.create_everywhere(&path)?;
         if let Layout::V2 { root } = &self.layout {
             enable_controllers(root, &path)?;
@@ -332,14 +320,15 @@ impl Cgroups {
         // program making groups of its own there (dockerd) must make
         // them within the run's.
         self.create_everywhere(&format!("{path}/tools"))?;
-        let mut run = run;
-        for (_, dir) in run.everywhere.clone() {
-            run.tools.push(
-                std::fs::OpenOptions::new()
+        run.tools = run
+            .everywhere
+            .iter()
+            .map(|(_, dir)| {
+                File::options()
                     .write(true)
-                    .open(dir.join("tools/cgroup.procs"))?,
-            );
-        }
+                    .open(dir.join("tools/cgroup.procs"))
+            })
+            .collect::<std::io::Result<_>>()?;
         Ok(run)
     }
 }
@@ -394,6 +383,13 @@ impl RunCgroup {
             }
         }
         Ok(())
+    }
+
+    fn kill_and_remove(&self) {
+        for (_, dir) in &self.everywhere {
+            kill_tree(dir);
+            remove_tree(dir);
+        }
     }
 
     /// The cgroup path for the build tool's `--cgroup-parent`.
@@ -485,10 +481,7 @@ impl RunCgroup {
 
 impl Drop for RunCgroup {
     fn drop(&mut self) {
-        for (_, dir) in &self.everywhere {
-            kill_tree(dir);
-            remove_tree(dir);
-        }
+        self.kill_and_remove();
     }
 }
 

@@ -11,6 +11,7 @@ use helix_build::config::{BuilderConfig, Config};
 use helix_build::exec::{Grants, ProgramGrant};
 use helix_build::job::{Job, JobRequest, State};
 use helix_build::service::Service;
+use helix_fixtures::config::{ConfigBuilder, buildkit_in, plain_http};
 
 /// A testing plugin's component file, built by host/build.rs.
 pub fn testing_plugin(stem: &str) -> PathBuf {
@@ -45,57 +46,48 @@ pub fn program(command: &str, args: &[&str]) -> ProgramGrant {
 /// are cached in one directory shared by all tests, so each is compiled once
 /// per test run; tests of the cache itself use [`own_cache`].
 pub fn config(dir: &tempfile::TempDir, workers: usize, queue_capacity: usize) -> Config {
-    let mut builders = BTreeMap::new();
+    test_config(dir, workers, queue_capacity).build()
+}
+
+/// [`config`], still to be finished.
+fn test_config(dir: &tempfile::TempDir, workers: usize, queue_capacity: usize) -> ConfigBuilder {
+    let mut config = ConfigBuilder::new(dir.path())
+        .workers(workers)
+        .queue_capacity(queue_capacity)
+        .compiled_components_in(PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("helix-compiled"))
+        // Jobs that name no builder are simulated here, whatever this
+        // host could run (the default when unset is a real builder).
+        .default_builder("simulated");
     for name in TESTING_PLUGINS {
         let programs = match name {
             "exec" => vec![program("sh", &["-c", "*"])],
             "shell" => vec![program("sh", &["-c", "echo hello"])],
             _ => Vec::new(),
         };
-        builders.insert(
-            name.to_string(),
-            BuilderConfig {
-                component: Some(testing_plugin(&name.replace('-', "_"))),
-                timeout_secs: 2,
-                memory_mib: 64,
-                grants: Some(Grants {
-                    programs,
-                    ..Grants::default()
-                }),
-                ..BuilderConfig::default()
-            },
-        );
+        let builder = BuilderConfig {
+            component: Some(testing_plugin(&name.replace('-', "_"))),
+            timeout_secs: 2,
+            memory_mib: 64,
+            grants: Some(Grants {
+                programs,
+                ..Grants::default()
+            }),
+            ..BuilderConfig::default()
+        };
+        config = config.builder(name, builder);
     }
-    Config {
-        data_dir: dir.path().to_path_buf(),
-        cache_dir: Some(PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("helix-compiled")),
-        workers,
-        queue_capacity,
-        builders,
-        // Jobs that name no builder are simulated here, whatever this
-        // host could run (the default when unset is a real builder).
-        default_builder: Some("simulated".into()),
-        ..Config::default()
-    }
-    .validated()
-    .expect("test config is valid")
+    config
 }
 
 /// `config` for real builds: `file://` repositories allowed, images going
 /// to `<registry>/team` unless a job names one, that registry reached over
 /// plain HTTP.
 pub fn real_config(dir: &tempfile::TempDir, registry: &str) -> Config {
-    let mut config = config(dir, 4, 50);
-    config.allow_file_repos = true;
-    config.default_registry = Some(format!("{registry}/team"));
-    config.registries.insert(
-        registry.to_string(),
-        helix_build::config::RegistryConfig {
-            tls_verify: false,
-            ..Default::default()
-        },
-    );
-    config
+    test_config(dir, 4, 50)
+        .file_repos()
+        .plain_http_registry(registry)
+        .default_repository(format!("{registry}/team"))
+        .build()
 }
 
 /// Submits `request` and waits for it to end; prints its log (shown when a
@@ -457,7 +449,6 @@ pub fn with_engine(config: Config, engine: &helix_fixtures::Dockerd) -> Config {
     with_engine_at(config, &engine.socket)
 }
 
-/// `config` with the `buildkit` builder pointed at the engine `socket`.
 /// Held by the tests that fill disks up to a quota or measure the host's
 /// free space: one fills while the other measures would fail the
 /// measurement (the tests of this binary run side by side).
@@ -468,15 +459,9 @@ pub fn with_managed_engine(config: Config) -> Config {
     with_engine_at(config, helix_build::plugin::MANAGED_ENGINE)
 }
 
+/// `config` with the `buildkit` builder pointed at the engine `socket`.
 pub fn with_engine_at(mut config: Config, socket: &str) -> Config {
-    config.builders.insert(
-        "buildkit".into(),
-        BuilderConfig {
-            engine: Some(socket.into()),
-            engine_client: Some(helix_fixtures::DOCKER_CLIENT.into()),
-            ..Default::default()
-        },
-    );
+    (config.builders).insert("buildkit".into(), buildkit_in(socket));
     config
 }
 
@@ -583,13 +568,7 @@ pub fn registry_client(
     registry: &str,
     auth_file: Option<PathBuf>,
 ) -> helix_build::registry::oci::RegistryClient {
-    let registries = BTreeMap::from([(
-        registry.to_string(),
-        helix_build::config::RegistryConfig {
-            tls_verify: false,
-            ..Default::default()
-        },
-    )]);
+    let registries = BTreeMap::from([plain_http(registry)]);
     let settings = helix_build::registry::RegistrySettings::new(registries, auth_file);
     helix_build::registry::oci::RegistryClient::new(std::sync::Arc::new(settings))
 }

@@ -17,7 +17,7 @@ use std::time::Duration;
 use crate::common::{
     image_name, pull, pull_as, push_base_image, start, until_logged, until_running,
 };
-use helix_build::config::RegistryConfig;
+use helix_fixtures::config::plain_http;
 use helix_build::job::{Job, JobRequest, State};
 use helix_build::secrets::SecretSource;
 use helix_build::service::Service;
@@ -181,25 +181,12 @@ async fn failures_say_whose_fault_they_are() {
     let repo = Repo::new();
     let dir = tempfile::tempdir().unwrap();
     let mut config = common::real_config(&dir, &registry.address);
-    config.registries.insert(
-        read_only.address.clone(),
-        RegistryConfig {
-            tls_verify: false,
-            ..Default::default()
-        },
-    );
     let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .to_string();
-    config.registries.insert(
-        closed_port.clone(),
-        RegistryConfig {
-            tls_verify: false,
-            ..Default::default()
-        },
-    );
+    (config.registries).extend([plain_http(&read_only.address), plain_http(&closed_port)]);
     let service = start(&config).await;
 
     let cases = [

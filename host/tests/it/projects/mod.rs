@@ -19,7 +19,7 @@ use helix_build::service::Service;
 use helix_build::{api, app};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use sha2::{Digest as _, Sha256};
+use sha2::Sha256;
 
 use crate::common;
 use crate::common::LogText as _;
@@ -35,10 +35,8 @@ const B_ALL: &str = "team-b-all-scopes-token";
 
 fn token(secret: &str, scopes: &[&str], expires: Option<&str>) -> TokenConfig {
     TokenConfig {
-        digest: Some(hex::encode(Sha256::digest(secret.as_bytes()))),
-        scopes: scopes.iter().map(|s| s.to_string()).collect(),
         expires: expires.map(str::to_string),
-        ..TokenConfig::default()
+        ..helix_fixtures::config::token(secret, scopes)
     }
 }
 

@@ -451,7 +451,9 @@ pub fn with_engine(config: Config, engine: &helix_fixtures::Dockerd) -> Config {
 
 /// Held by the tests that fill disks up to a quota or measure the host's
 /// free space: one fills while the other measures would fail the
-/// measurement (the tests of this binary run side by side).
+/// measurement (under `cargo test` the tests of this binary run side by
+/// side in one process; under nextest, test group `disk-fillers` in
+/// `.config/nextest.toml` keeps them apart).
 pub static DISK_FILLERS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// `config` with the `buildkit` builder in engines the host runs itself.

@@ -17,11 +17,11 @@ use std::time::Duration;
 use crate::common::{
     image_name, pull, pull_as, push_base_image, start, until_logged, until_running,
 };
-use helix_fixtures::config::plain_http;
 use helix_build::job::{Job, JobRequest, State};
 use helix_build::secrets::SecretSource;
 use helix_build::service::Service;
 use helix_build::workspace::run_name;
+use helix_fixtures::config::plain_http;
 
 fn job(repo: &Repo, builder: &str, git_ref: &str) -> JobRequest {
     JobRequest {

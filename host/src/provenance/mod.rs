@@ -42,7 +42,7 @@ use crate::registry::oci::{RegistryClient, digest_of, reference};
 use attach::{Artifact, ENVELOPE_TYPE};
 use bundle::BUNDLE_TYPE;
 use dsse::{Envelope, IN_TOTO_PAYLOAD, SigningKey};
-use sbom::{About, SPDX_DOCUMENT, Sbom};
+use sbom::{About, ImagePackages, PlatformImage, SPDX_DOCUMENT, Sbom};
 use statement::{
     BUILD_TYPE, BuildDefinition, BuildMetadata, COMPONENT, ExternalParameters, InternalParameters,
     ResourceDescriptor, RunDetails, SLSA_PROVENANCE, STATEMENT_TYPE, SlsaBuilder, Statement,
@@ -335,8 +335,14 @@ impl Provenance {
         log: &JobLog,
     ) -> Result<Attested, String> {
         let target = Target::of(facts.result)?;
-        let provenance = self.provenance(registry, &target, facts, log).await?;
-        let sboms = self.sboms(registry, &target, facts.job, log).await?;
+        // The image's layers are read while the provenance is attached;
+        // the attachments go one after another, so the registry lists
+        // them in that order.
+        let (provenance, read) = tokio::try_join!(
+            self.provenance(registry, &target, facts, log),
+            self.packages(registry, &target, log)
+        )?;
+        let sboms = self.sboms(registry, &target, facts.job, read, log).await?;
         Ok(Attested { provenance, sboms })
     }
 
@@ -410,15 +416,14 @@ impl Provenance {
         Ok((envelope, enveloped, bundled))
     }
 
-    /// The SBOM of each platform of `target` (built by `job`), read from
-    /// its layers, signed and attached.
-    async fn sboms(
+    /// The packages in each platform image of `target`, read from its
+    /// layers (the platforms side by side).
+    async fn packages(
         &self,
         registry: &RegistryClient,
         target: &Target,
-        job: &Job,
         log: &JobLog,
-    ) -> Result<Vec<Sbom>, String> {
+    ) -> Result<Vec<(PlatformImage, ImagePackages)>, String> {
         const READING: &str = "reading the image for its SBOM";
         let images = retried(READING, log, || async move {
             let pushed = registry
@@ -430,12 +435,28 @@ impl Provenance {
                 .map_err(|e| e.to_string())
         })
         .await?;
-        let mut sboms = Vec::new();
-        for image in &images {
-            let (packages, notes) = retried(READING, log, || {
-                self.packages.of(registry, &target.repository, image)
+        let read = images.into_iter().map(async |image| {
+            let packages = retried(READING, log, || {
+                self.packages.of(registry, &target.repository, &image)
             })
             .await?;
+            Ok::<_, String>((image, packages))
+        });
+        futures_util::future::try_join_all(read).await
+    }
+
+    /// The SBOM of each platform image of `target` (built by `job`) from
+    /// the packages `read` in it, signed and attached.
+    async fn sboms(
+        &self,
+        registry: &RegistryClient,
+        target: &Target,
+        job: &Job,
+        read: Vec<(PlatformImage, ImagePackages)>,
+        log: &JobLog,
+    ) -> Result<Vec<Sbom>, String> {
+        let mut sboms = Vec::new();
+        for (image, (packages, notes)) in &read {
             let about = About {
                 repository: &target.name,
                 pushed: &target.digest,
@@ -443,7 +464,7 @@ impl Provenance {
                 job: job.id.as_str(),
                 host: &self.host,
             };
-            let statement = sbom::statement(&about, sbom::document(&about, &packages, &notes));
+            let statement = sbom::statement(&about, sbom::document(&about, packages, notes));
             let (envelope, reference, bundle) = self
                 .publish(registry, target, &statement, SPDX_DOCUMENT, log)
                 .await?;
@@ -452,7 +473,7 @@ impl Provenance {
                 image.platform,
                 packages.len()
             ));
-            for note in &notes {
+            for note in notes {
                 log.push(&format!("[helix] sbom: {}: {note}", image.platform));
             }
             sboms.push(Sbom {

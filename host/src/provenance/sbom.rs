@@ -268,7 +268,7 @@ pub struct PackagesRead {
 }
 
 /// An image's packages, and what could not be read.
-type ImagePackages = (Vec<Package>, Vec<String>);
+pub type ImagePackages = (Vec<Package>, Vec<String>);
 
 /// How many images' packages [`PackagesRead`] keeps.
 const PACKAGES_KEPT: usize = 64;

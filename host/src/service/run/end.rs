@@ -45,14 +45,11 @@ impl Run<'_> {
     /// containers in the slot, its jail and control group, and its
     /// workspace — kept, without its secrets, when the job did not
     /// succeed and the operator keeps failed workspaces.
-    pub(super) async fn clean_up(self, outcome: &Outcome) {
+    pub(super) async fn clean_up(mut self, outcome: &Outcome) {
         if let (Some(engine), Some(name)) = (&self.engine, &self.engine_image) {
             engine.remove_images(name).await;
         }
-        if self.built {
-            self.remove_slot_leftovers().await;
-        }
-        self.keep_slot_layers_within_bounds();
+        self.tidy_slot().await;
         let Run {
             inner,
             job,

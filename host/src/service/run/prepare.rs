@@ -192,23 +192,23 @@ impl<'a> Run<'a> {
         Ok(())
     }
 
-    /// Empties the run's slot of containers and images an earlier run
-    /// left (before the build) or this one's build made (after it); an
-    /// engine's slot is the engine's to keep. A run that builds nothing
-    /// (its image reused, its checkout failed) runs no tool in the slot.
-    pub(super) async fn remove_slot_leftovers(&self) {
-        if let Some(slot) = self.slot.as_ref().filter(|_| self.engine.is_none()) {
-            let env = self.dirs.program_env();
-            slot.remove_leftovers(&env, self.jail.as_deref()).await;
+    /// Readies the run's slot for its build (see
+    /// [`CacheSlot::ready_for_build`]); an engine's slot is the engine's
+    /// to keep.
+    pub(super) async fn ready_slot(&mut self) {
+        let (env, storage) = (self.dirs.program_env(), self.engine.is_none());
+        if let Some(slot) = self.slot.as_mut().filter(|_| storage) {
+            (slot.ready_for_build(&env, self.jail.as_deref(), self.log)).await;
         }
     }
 
-    /// Empties the run's slot of layers where they have grown past its
-    /// cap (see [`CacheSlot::keep_layers_within_bounds`]); an engine's
-    /// slot is the engine's to keep.
-    pub(super) fn keep_slot_layers_within_bounds(&self) {
-        if let Some(slot) = self.slot.as_ref().filter(|_| self.engine.is_none()) {
-            slot.keep_layers_within_bounds(self.log);
+    /// Tidies the run's slot after its build (see [`CacheSlot::tidy`]).
+    /// A run that built nothing (its image reused, its checkout failed)
+    /// left it as it was, and runs no tool in it.
+    pub(super) async fn tidy_slot(&mut self) {
+        let (env, storage) = (self.dirs.program_env(), self.engine.is_none());
+        if let Some(slot) = self.slot.as_mut().filter(|_| storage && self.built) {
+            slot.tidy(&env, self.jail.as_deref(), self.log).await;
         }
     }
 }

@@ -48,7 +48,13 @@ impl Run<'_> {
                 Reuse::Reused(result, earlier) => {
                     if let Some(provenance) = &self.inner.config.provenance {
                         let attested = self
-                            .attest(provenance, None, checked, &result, Some(&earlier.job))
+                            .attest(
+                                provenance,
+                                BTreeMap::new(),
+                                checked,
+                                &result,
+                                Some(&earlier.job),
+                            )
                             .await;
                         clock.lap(PhaseName::Attest, Utc::now());
                         attested?;
@@ -60,8 +66,7 @@ impl Run<'_> {
         }
         self.confine().await?;
         self.built = true;
-        self.remove_slot_leftovers().await;
-        self.keep_slot_layers_within_bounds();
+        self.ready_slot().await;
         let instantiation = OnceLock::new();
         let built = self.build(checked.as_ref(), &instantiation).await;
         let instantiated = instantiation.get().copied();
@@ -88,15 +93,18 @@ impl Run<'_> {
                 }));
             }
         };
-        let digest = self.push(&built, &checked).await;
+        // What the base images resolved to in the storage, asked while the
+        // image is pushed from it.
+        let (digest, used) = tokio::join!(
+            self.push(&built, &checked),
+            self.bases_used(&built, &checked)
+        );
         clock.lap(PhaseName::Push, Utc::now());
         let result = self.check_pushed(&checked, &digest?).await;
         clock.lap(PhaseName::RegistryCheck, Utc::now());
         let result = result?;
         if let Some(provenance) = &self.inner.config.provenance {
-            let attested = self
-                .attest(provenance, Some(&built), &checked, &result, None)
-                .await;
+            let attested = self.attest(provenance, used, &checked, &result, None).await;
             clock.lap(PhaseName::Attest, Utc::now());
             attested?;
         }
@@ -253,36 +261,40 @@ impl Run<'_> {
         Ok(result)
     }
 
-    /// Signs and attaches the provenance and SBOMs of what the builder
-    /// `built` (or, for a job given its image, of the build
-    /// `reused_from`), and keeps them with the job; a registry that refuses it fails the job as it
-    /// would a refused push.
-    async fn attest(
-        &self,
-        provenance: &Provenance,
-        built: Option<&Built>,
-        checked: &Checked,
-        result: &BuildResult,
-        reused_from: Option<&str>,
-    ) -> Result<(), Failure> {
-        let (job, log) = (self.job, self.log);
-        let external = &checked.source.external_images;
-        // What the storage's base images resolved to, as the build used them.
-        let used = match (built, &self.engine) {
-            (Some(Built::LocalImage), None) => {
+    /// What the storage's base images resolved to, as the build used them:
+    /// for provenance, of an image built in the run's container storage.
+    async fn bases_used(&self, built: &Built, checked: &Checked) -> BTreeMap<String, String> {
+        match (built, &self.engine, &self.inner.config.provenance) {
+            (Built::LocalImage, None, Some(_)) => {
                 self.publisher()
                     .storage_digests(
-                        external,
+                        &checked.source.external_images,
                         &self.dirs.program_env(),
                         &self.dirs.workspace(),
-                        log,
+                        self.log,
                         self.cancel,
                         self.confinement(),
                     )
                     .await
             }
             _ => BTreeMap::new(),
-        };
+        }
+    }
+
+    /// Signs and attaches the provenance and SBOMs of what the builder
+    /// built from base images resolved as `used` (or, for a job given its
+    /// image, of the build `reused_from`), and keeps them with the job; a
+    /// registry that refuses it fails the job as it would a refused push.
+    async fn attest(
+        &self,
+        provenance: &Provenance,
+        used: BTreeMap<String, String>,
+        checked: &Checked,
+        result: &BuildResult,
+        reused_from: Option<&str>,
+    ) -> Result<(), Failure> {
+        let (job, log) = (self.job, self.log);
+        let external = &checked.source.external_images;
         let (_, trail) = self.audit.stored();
         let registry = RegistryClient::new(self.registries.clone());
         let facts = BuildFacts {
@@ -298,7 +310,8 @@ impl Run<'_> {
         let attested = match self.sboms_of(reused_from, result).await {
             Some(sboms) => {
                 log.push(&format!(
-                    "[helix] sbom: job {} attached this image's SBOMs (same repository, same digest):                      they are this job's too",
+                    "[helix] sbom: job {} attached this image's SBOMs (same repository, same digest): \
+                     they are this job's too",
                     reused_from.unwrap_or_default()
                 ));
                 provenance

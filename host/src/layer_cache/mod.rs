@@ -12,8 +12,9 @@
 //!   its working containers and their mounts) and the names the build gave
 //!   its image, keeping the layers as cache;
 //! - a Dockerfile cannot start `FROM` another job's image by name: the
-//!   image name is removed before and after every job; cached layers are
-//!   reachable only by content (their digests);
+//!   image name is removed after every build, and before one unless the
+//!   slot's last build in this process was cleaned up after; cached layers
+//!   are reachable only by content (their digests);
 //! - a slot serves one [`CacheScope`] at a time: the jobs of no project
 //!   (which share it, as jobs on one BuildKit daemon do), one project's
 //!   jobs, or one project's jobs of its protected refs. Handed to another
@@ -43,25 +44,20 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
-use crate::cancel::CancelSignal;
+mod tidy;
+
 use crate::cgroup::LimitHit;
 use crate::docker_engine::DockerEngine;
-use crate::exec::HostCommand;
-use crate::jail::Jail;
 pub use crate::job::CacheScope;
-use crate::log::JobLog;
 use crate::managed_engine::{EngineError, ManagedEngine};
 use crate::quota::{self, DiskQuota};
 
 /// What the build tools name the image they build (see `plugins/kit`).
 pub const LOCAL_IMAGE: &str = "localhost/helix-image";
 
-/// How long one cleanup command may take.
-const CLEANUP_TIMEOUT: Duration = Duration::from_secs(120);
 /// A slot's directory of cache mounts.
 const CACHE_MOUNTS: &str = "mounts";
 /// A slot's blob info cache: which blob each registry holds for a layer.
@@ -151,6 +147,11 @@ struct SlotState {
     disk: Option<DiskQuota>,
     /// Its repositories' mirrors' file system, once a job has used it.
     mirrors: Option<DiskQuota>,
+    /// Whether the last run that built in it removed its leftovers and
+    /// kept its layers within bounds after itself: never so once this
+    /// host starts (a crash may have left anything), nor while a run
+    /// builds in it.
+    tidy: bool,
 }
 
 /// One slot, held by one job until dropped.
@@ -473,113 +474,10 @@ impl CacheSlot {
     pub fn disk(&self) -> Option<&DiskQuota> {
         self.held.disk.as_ref()
     }
-
-    /// Takes away what one build may leave in the slot — build
-    /// containers (with their mounts) and the names of its image — keeping
-    /// the layers. Run before a build (in case a crashed host left
-    /// something) and after it, whatever its outcome.
-    pub async fn remove_leftovers(&self, env: &BTreeMap<String, String>, jail: Option<&Jail>) {
-        let cancel = CancelSignal::new();
-        for (program, args) in [
-            ("buildah", &["rm", "--all"][..]),
-            ("podman", &["manifest", "rm", LOCAL_IMAGE][..]),
-            ("podman", &["untag", LOCAL_IMAGE][..]),
-        ] {
-            let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-            // Output goes to a log of its own: "no such image" is the
-            // usual answer and nothing the job's reader needs.
-            let quiet = JobLog::new(20);
-            let _ = HostCommand {
-                program,
-                args: &args,
-                env,
-                cwd: &self.dir,
-                timeout: Some(CLEANUP_TIMEOUT),
-                log: &quiet,
-                cancel: &cancel,
-                cgroup: None,
-                jail,
-            }
-            .run()
-            .await;
-        }
-    }
-
-    /// Empties the slot's layers where they have grown past three
-    /// quarters of its file system. Run before a build and after every
-    /// job.
-    pub fn keep_layers_within_bounds(&self, log: &JobLog) {
-        let size = dir_size(&self.dir.join("storage")) + dir_size(&self.dir.join(CACHE_MOUNTS));
-        if size > self.max_bytes / 4 * 3 {
-            log.push(&format!(
-                "[helix] build cache slot {} holds {} MiB, most of its {} MiB: emptied",
-                self.dir.display(),
-                size / (1024 * 1024),
-                self.max_bytes / (1024 * 1024)
-            ));
-            for part in ["storage", CACHE_MOUNTS, BLOB_INFO_CACHE] {
-                match std::fs::remove_dir_all(self.dir.join(part)) {
-                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                        tracing::warn!("could not empty build cache {}: {e}", self.dir.display());
-                    }
-                    _ => {}
-                }
-            }
-        }
-    }
-
-    /// Empties the slot's repository mirrors (and their working trees)
-    /// where they have grown past three quarters of their file system.
-    /// Run after every job, once no layer of the job's is mounted over a
-    /// working tree.
-    pub fn keep_mirrors_within_bounds(&self, log: &JobLog) {
-        let (mirrors, mib) = (
-            self.mirrors(),
-            self.held.mirrors.as_ref().map_or(0, DiskQuota::mib),
-        );
-        if dir_size(mirrors) > mib * 1024 * 1024 / 4 * 3 {
-            log.push(&format!(
-                "[helix] the repository mirrors of build cache slot {} hold most of their {mib} MiB: emptied",
-                self.dir.display(),
-            ));
-            // Only this job holds the slot: no checkout reads them now.
-            let entries = std::fs::read_dir(mirrors).into_iter().flatten().flatten();
-            for entry in entries.filter(|e| e.file_name() != "lost+found") {
-                let path = entry.path();
-                let removed = match path.is_dir() {
-                    true => std::fs::remove_dir_all(&path),
-                    false => std::fs::remove_file(&path),
-                };
-                if let Err(e) = removed {
-                    tracing::warn!("could not empty git mirror {}: {e}", path.display());
-                }
-            }
-        }
-    }
 }
 
 impl Drop for CacheSlot {
     fn drop(&mut self) {
         self.held.idle_since = Some(std::time::Instant::now());
     }
-}
-
-/// Bytes under `dir`, not following links and not crossing into mounts'
-/// contents twice (hard links are counted once per name, an upper bound).
-fn dir_size(dir: &Path) -> u64 {
-    let mut total = 0;
-    let mut pending = vec![dir.to_path_buf()];
-    while let Some(dir) = pending.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            match entry.metadata() {
-                Ok(meta) if meta.is_dir() => pending.push(entry.path()),
-                Ok(meta) => total += meta.len(),
-                Err(_) => {}
-            }
-        }
-    }
-    total
 }

@@ -133,12 +133,11 @@ impl Drop for Server {
     /// within 30 s. One the test killed leaves that to the next start on
     /// its data dir; when none came, its empty control groups are removed
     /// here, as that start would have (a test of a host lost for good
-    /// otherwise left them on the machine).
+    /// otherwise left them on the machine), and so are those of one that
+    /// had to be killed here.
     fn drop(&mut self) {
         if let Ok(Some(_)) = self.child.try_wait() {
-            for dir in server_groups(&self.data) {
-                let _ = std::fs::remove_dir(dir);
-            }
+            remove_server_groups(&self.data);
             return;
         }
         if let Ok(pid) = i32::try_from(self.child.id()) {
@@ -157,6 +156,15 @@ impl Drop for Server {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        remove_server_groups(&self.data);
+    }
+}
+
+/// Removes the empty control groups a killed server on `data` left, as
+/// the next start on its data dir would.
+fn remove_server_groups(data: &std::path::Path) {
+    for dir in server_groups(data) {
+        let _ = std::fs::remove_dir(dir);
     }
 }
 

@@ -85,7 +85,12 @@ fn cli_submit_wait_and_follow_exit_zero_only_when_the_job_succeeds() {
 
 #[test]
 fn cli_lists_shows_cancels_and_reads_logs() {
-    let server = Server::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("helix.toml");
+    // The job still running at the end is cancelled a second into the
+    // server's stop.
+    std::fs::write(&config, "stop_grace_secs = 1\n").unwrap();
+    let server = Server::start(&["--config", config.to_str().unwrap()]);
     submit(&server, "long", json!({"HELIX_SIMULATE_DELAY_MS": "60000"}));
     submit(&server, "short", json!({}));
     server.json("GET", "/v1/jobs/short/wait?timeout_secs=20", None);

@@ -60,10 +60,12 @@ fn shared_host_config(
     lease_secs: u64,
 ) -> std::path::PathBuf {
     let path = dir.path().join("helix.toml");
+    // Jobs still running when a test stops the host are cancelled a
+    // second into its stop.
     std::fs::write(
         &path,
         format!(
-            "workers = {workers}\nlease_secs = {lease_secs}\nhost_id = '{name}'\nstore_url = '{}'\n",
+            "workers = {workers}\nlease_secs = {lease_secs}\nhost_id = '{name}'\nstore_url = '{}'\nstop_grace_secs = 1\n",
             postgres.url()
         ),
     )

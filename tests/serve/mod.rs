@@ -552,7 +552,12 @@ fn every_documented_operation_exists_and_answers_a_documented_status() {
 fn a_full_queue_answers_503_with_retry_after_and_stores_nothing() {
     let data = tempfile::tempdir().unwrap();
     let config = data.path().join("helix.toml");
-    std::fs::write(&config, "workers = 1\nqueue_capacity = 1\n").unwrap();
+    // The running job is cancelled a second into the server's stop.
+    std::fs::write(
+        &config,
+        "workers = 1\nqueue_capacity = 1\nstop_grace_secs = 1\n",
+    )
+    .unwrap();
     let server = Server::start_in(data.path(), &["--config", config.to_str().unwrap()]);
     submit(
         &server,

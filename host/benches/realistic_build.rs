@@ -155,7 +155,7 @@ async fn bench() {
         &mut cold_podman,
         &mut cold_buildkit,
         |builder, floor| match (builder, floor) {
-            ("podman", "podman") | ("buildkit", "BuildKit") => Some(1.15),
+            ("podman", "podman") | ("buildkit", "BuildKit") => Some(1.05),
             _ => None,
         },
     );
@@ -165,8 +165,7 @@ async fn bench() {
         &mut warm_podman,
         &mut warm_buildkit,
         |builder, floor| match (builder, floor) {
-            ("podman", "podman") => Some(1.3),
-            ("buildkit", "BuildKit") => Some(1.5),
+            ("podman", "podman") | ("buildkit", "BuildKit") => Some(1.0),
             _ => None,
         },
     );

@@ -32,10 +32,11 @@ impl CacheSlot {
     }
 
     /// Takes away what one build may leave in the slot — build
-    /// containers (with their mounts) and the names of its image — keeping
-    /// the layers, and then keeps the layers within bounds. Run after
-    /// every build, whatever its outcome, and before one where the slot's
-    /// last run could not.
+    /// containers (with their mounts), the manifest list of its image's
+    /// name and the name itself — keeping the layers, and then keeps the
+    /// layers within bounds. Run after every build, whatever its outcome,
+    /// and before one where the slot's last run could not. The slot counts
+    /// as tidy once no container and no image of that name is left.
     pub async fn tidy(
         &mut self,
         env: &BTreeMap<String, String>,
@@ -63,18 +64,21 @@ impl CacheSlot {
                 }
                 .run()
                 .await
-                .is_ok()
+                .ok()
             }
         };
-        // The containers beside the image's names; a manifest list's name
-        // goes before the plain image's (untagged first, the list would
-        // stay in the storage with no name).
-        let (containers, names) = tokio::join!(remove("buildah", &["rm", "--all"]), async {
-            let list = remove("podman", &["manifest", "rm", LOCAL_IMAGE]).await;
-            list & remove("podman", &["untag", LOCAL_IMAGE]).await
+        // The containers beside the image's name. A manifest list goes
+        // first: podman does not untag one (and, untagged, it would stay
+        // in the storage with no name).
+        let (containers, name) = tokio::join!(remove("buildah", &["rm", "--all"]), async {
+            remove("podman", &["manifest", "rm", LOCAL_IMAGE]).await;
+            remove("podman", &["untag", LOCAL_IMAGE]).await
         });
         self.keep_layers_within_bounds(log);
-        self.held.tidy = containers && names;
+        let containers = containers.is_some_and(|out| out.exit_code == 0);
+        let gone = format!("{LOCAL_IMAGE}: image not known");
+        let name = name.is_some_and(|out| out.exit_code == 0 || out.stderr.contains(&gone));
+        self.held.tidy = containers && name;
     }
 
     /// Empties the slot's layers where they have grown past three

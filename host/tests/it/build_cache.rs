@@ -180,6 +180,43 @@ async fn cancelled_and_failed_builds_leave_nothing_in_the_cache() {
     }
 }
 
+/// A build of several platforms names a manifest list in the slot; it
+/// goes with the job like a single image's name, and the slot's next
+/// build, of one platform, finds it clean too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manifest_list_leaves_the_cache_with_its_job() {
+    let registry = Registry::start(false);
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::real_config(&dir, &registry.address);
+    config.workers = 1;
+    let service = common::start(&config).await;
+    let base = format!("{}/platform/busybox:multi", registry.address);
+    common::push_base_image(&base, None, &["linux/amd64", "linux/arm64"]);
+    let repo = repo("v1");
+    let dockerfile = format!("FROM {base}\nCOPY app.txt /app.txt\n");
+    std::fs::write(repo.path().join("copy.Dockerfile"), dockerfile).unwrap();
+    git(repo.path(), &["add", "-A"]);
+    git(repo.path(), &["commit", "-qm", "copy only"]);
+    for builder in ["podman", "buildah"] {
+        for platforms in [vec!["linux/amd64", "linux/arm64"], vec!["linux/amd64"]] {
+            let request = JobRequest {
+                dockerfile_path: Some("copy.Dockerfile".into()),
+                platforms: platforms.iter().map(|p| p.to_string()).collect(),
+                ..common::on_repo(repo.path(), builder)
+            };
+            let (job, logs) = run(&service, request).await;
+            assert_eq!(
+                job.state,
+                State::Succeeded,
+                "{builder} {platforms:?}: {:?}",
+                job.error
+            );
+            let slot = slot_of(&logs).unwrap();
+            assert_clean(&slot, &format!("{builder} {platforms:?}"));
+        }
+    }
+}
+
 /// A host of its own (data directory, layer cache) whose podman and
 /// buildah builders keep their layers in `registry`'s cache too.
 async fn host_with_registry_cache(dir: &tempfile::TempDir, registry: &str) -> Service {

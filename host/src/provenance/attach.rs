@@ -73,19 +73,39 @@ pub enum Index {
     FallbackTag,
 }
 
-/// Pushes `artifact` as an attestation of `subject` (a manifest of
-/// `repository`) and makes it findable; the attestation's digest, and
-/// where it is listed.
-pub async fn attach(
+/// An attestation pushed to its repository, not yet listed as referring
+/// to its subject.
+pub struct Pushed {
+    pub digest: String,
+    /// Its entry in a referrers index.
+    entry: Value,
+}
+
+/// Pushes `artifacts` as attestations of `subject` (a manifest of
+/// `repository`): the empty config blob they share once (distribution 2.8
+/// answers 400 to uploads of one blob at once), then each one's blob and
+/// manifest, side by side.
+pub async fn push(
     registry: &RegistryClient,
     repository: &Reference,
     subject: &RawManifest,
+    artifacts: &[Artifact<'_>],
+) -> Result<Vec<Pushed>, String> {
+    let config = registry.push_blob(repository, EMPTY).await?;
+    let pushed = artifacts
+        .iter()
+        .map(|artifact| push_one(registry, repository, subject, &config, artifact));
+    futures_util::future::try_join_all(pushed).await
+}
+
+async fn push_one(
+    registry: &RegistryClient,
+    repository: &Reference,
+    subject: &RawManifest,
+    config: &str,
     artifact: &Artifact<'_>,
-) -> Result<(String, Index), String> {
-    let (config, layer) = tokio::try_join!(
-        registry.push_blob(repository, EMPTY),
-        registry.push_blob(repository, artifact.bytes)
-    )?;
+) -> Result<Pushed, String> {
+    let layer = registry.push_blob(repository, artifact.bytes).await?;
     let mut annotations = artifact.annotations();
     annotations["org.opencontainers.image.created"] = chrono::Utc::now().to_rfc3339().into();
     let manifest = json!({
@@ -108,43 +128,56 @@ pub async fn attach(
     });
     let bytes = serde_json::to_vec(&manifest).map_err(|e| e.to_string())?;
     let digest = digest_of(&bytes);
-    let size = bytes.len();
-    registry
-        .push_manifest(&by_digest(repository, &digest), bytes, OCI_MANIFEST)
-        .await?;
-    let subject_ref = by_digest(repository, &subject.digest);
-    if let Some(listed) = registry.referrers(&subject_ref).await?
-        && listed.iter().any(|d| d["digest"] == digest.as_str())
-    {
-        // The registry indexed it from the manifest's subject.
-        return Ok((digest, Index::Referrers));
-    }
-    let tag = fallback_tag(repository, &subject.digest);
     let entry = json!({
         "mediaType": OCI_MANIFEST,
         "digest": digest,
-        "size": size,
+        "size": bytes.len(),
         "artifactType": artifact.media_type,
         "annotations": annotations,
     });
-    list_in_fallback_tag(registry, &tag, entry).await?;
-    Ok((digest, Index::FallbackTag))
+    registry
+        .push_manifest(&by_digest(repository, &digest), bytes, OCI_MANIFEST)
+        .await?;
+    Ok(Pushed { digest, entry })
 }
 
-/// How many times an entry is added again to a fallback index that lost
-/// it to another host's update.
+/// Makes the attestations `pushed` (of `subject` in `repository`)
+/// findable, in their order: where the registry's referrers API lists
+/// them (it indexed their manifests' subject), as they are; else added to
+/// the fallback index in one update. Where they are listed.
+pub async fn list(
+    registry: &RegistryClient,
+    repository: &Reference,
+    subject: &str,
+    pushed: &[Pushed],
+) -> Result<Index, String> {
+    if let Some(listed) = registry.referrers(&by_digest(repository, subject)).await?
+        && pushed
+            .iter()
+            .all(|p| listed.iter().any(|d| d["digest"] == p.digest.as_str()))
+    {
+        return Ok(Index::Referrers);
+    }
+    let entries = pushed.iter().map(|p| p.entry.clone()).collect();
+    list_in_fallback_tag(registry, &fallback_tag(repository, subject), entries).await?;
+    Ok(Index::FallbackTag)
+}
+
+/// How many times entries are added again to a fallback index that lost
+/// them to another host's update.
 const FALLBACK_WRITES: usize = 4;
 
-/// Adds `entry` to the referrers index tagged `tag`. The registry offers
-/// no conditional write, so the index is read, extended and written
-/// back: updates of one tag on this host take turns (the attestations of
-/// one image, of several platforms, or of images reused from one build,
-/// are attached at once), and an entry that another host's update
-/// overwrote is added again, up to [`FALLBACK_WRITES`] times.
+/// Adds `entries` to the referrers index tagged `tag`, in their order. The
+/// registry offers no conditional write, so the index is read, extended
+/// and written back: updates of one tag on this host take turns (the
+/// attestations of one image, of several platforms, or of images reused
+/// from one build, are attached at once), and entries that another
+/// host's update overwrote are added again, up to [`FALLBACK_WRITES`]
+/// times.
 async fn list_in_fallback_tag(
     registry: &RegistryClient,
     tag: &Reference,
-    entry: Value,
+    entries: Vec<Value>,
 ) -> Result<(), String> {
     let name = tag.to_string();
     let turn = {
@@ -153,28 +186,32 @@ async fn list_in_fallback_tag(
         locks.entry(name).or_default().clone()
     };
     let _turn = turn.lock().await;
+    let mut lost = String::new();
     for writes in 0..=FALLBACK_WRITES {
         let mut index = match registry.manifest(tag).await? {
             Some(existing) => serde_json::from_slice::<Value>(&existing.bytes)
                 .map_err(|e| format!("the referrers index {tag} is not JSON: {e}"))?,
             None => json!({ "schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [] }),
         };
-        let Some(entries) = index["manifests"].as_array_mut() else {
+        let Some(listed) = index["manifests"].as_array_mut() else {
             return Err(format!("the referrers index {tag} lists no manifests"));
         };
-        if entries.iter().any(|e| e["digest"] == entry["digest"]) {
+        let missing: Vec<&Value> = (entries.iter())
+            .filter(|entry| !listed.iter().any(|e| e["digest"] == entry["digest"]))
+            .collect();
+        let Some(first) = missing.first() else {
             return Ok(());
-        }
+        };
         if writes == FALLBACK_WRITES {
+            lost = first["digest"].as_str().unwrap_or_default().to_string();
             break;
         }
-        entries.push(entry.clone());
+        listed.extend(missing.into_iter().cloned());
         let bytes = serde_json::to_vec(&index).map_err(|e| e.to_string())?;
         registry.push_manifest(tag, bytes, OCI_INDEX).await?;
     }
     Err(format!(
-        "the referrers index {tag} lost the attestation {} to other updates {FALLBACK_WRITES} times",
-        entry["digest"].as_str().unwrap_or_default()
+        "the referrers index {tag} lost the attestation {lost} to other updates {FALLBACK_WRITES} times"
     ))
 }
 
@@ -194,11 +231,27 @@ pub async fn attestations(
     index: Option<Index>,
     artifact_type: &str,
 ) -> Result<Vec<String>, String> {
+    let listed = referring(registry, repository, digest, index).await?;
+    Ok(listed
+        .iter()
+        .filter(|d| d["artifactType"] == artifact_type)
+        .filter_map(|d| d["digest"].as_str().map(String::from))
+        .collect())
+}
+
+/// The index entries of every artifact referring to `digest` in
+/// `repository` (see [`attestations`]).
+pub async fn referring(
+    registry: &RegistryClient,
+    repository: &Reference,
+    digest: &str,
+    index: Option<Index>,
+) -> Result<Vec<Value>, String> {
     let by_api = match index {
         Some(Index::FallbackTag) => None,
         _ => registry.referrers(&by_digest(repository, digest)).await?,
     };
-    let listed = match by_api {
+    Ok(match by_api {
         Some(listed) if !listed.is_empty() => listed,
         _ => match registry.manifest(&fallback_tag(repository, digest)).await? {
             Some(index) => serde_json::from_slice::<Value>(&index.bytes)
@@ -207,12 +260,7 @@ pub async fn attestations(
                 .unwrap_or_default(),
             None => Vec::new(),
         },
-    };
-    Ok(listed
-        .iter()
-        .filter(|d| d["artifactType"] == artifact_type)
-        .filter_map(|d| d["digest"].as_str().map(String::from))
-        .collect())
+    })
 }
 
 /// The envelope attestation `digest` of `repository` carries.

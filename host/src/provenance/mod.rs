@@ -57,33 +57,31 @@ const ATTACH_RETRY: Backoff = Backoff {
     max: Duration::from_secs(4),
 };
 
-/// Attaches `artifact` to the image `pinned` (in `repository`) and checks
-/// the registry lists it: the attestation's digest.
+/// Attaches `artifacts` to the image `pinned` (in `repository`), their
+/// uploads side by side and then listed in their order, and checks the
+/// registry lists each: the attestations' digests.
 async fn attach_listed(
     registry: &RegistryClient,
     repository: &Reference,
     pinned: &Reference,
-    artifact: &Artifact<'_>,
-) -> Result<String, String> {
+    artifacts: &[Artifact<'_>],
+) -> Result<Vec<String>, String> {
     let subject = registry
         .manifest(pinned)
         .await?
         .ok_or_else(|| format!("{pinned} is not in the registry"))?;
-    let (attached, index) = attach::attach(registry, repository, &subject, artifact).await?;
-    let listed = attach::attestations(
-        registry,
-        repository,
-        &subject.digest,
-        Some(index),
-        artifact.media_type,
-    )
-    .await?;
-    if !listed.contains(&attached) {
+    let pushed = attach::push(registry, repository, &subject, artifacts).await?;
+    let index = attach::list(registry, repository, &subject.digest, &pushed).await?;
+    let listed = attach::referring(registry, repository, &subject.digest, Some(index)).await?;
+    if let Some(unlisted) =
+        (pushed.iter()).find(|p| !listed.iter().any(|d| d["digest"] == p.digest.as_str()))
+    {
         return Err(format!(
-            "the registry does not list the attestation {attached} as referring to {pinned}"
+            "the registry does not list the attestation {} as referring to {pinned}",
+            unlisted.digest
         ));
     }
-    Ok(attached)
+    Ok(pushed.into_iter().map(|p| p.digest).collect())
 }
 
 /// `attempt`'s result once it succeeds, tried [`ATTACH_TRIES`] times in
@@ -398,22 +396,23 @@ impl Provenance {
         let dsse = serde_json::to_vec(&envelope).map_err(|e| e.to_string())?;
         let bundle = serde_json::to_vec(&bundle::bundle(&envelope, &self.key.id()))
             .map_err(|e| e.to_string())?;
-        let mut attached = Vec::new();
-        for (media_type, bytes) in [(ENVELOPE_TYPE, &dsse), (BUNDLE_TYPE, &bundle)] {
-            let artifact = Artifact {
+        let artifacts =
+            [(ENVELOPE_TYPE, &dsse), (BUNDLE_TYPE, &bundle)].map(|(media_type, bytes)| Artifact {
                 media_type,
                 bytes,
                 predicate_type,
-            };
-            let digest = retried("attaching", log, || {
-                attach_listed(registry, &target.repository, &target.pinned, &artifact)
-            })
-            .await?;
-            attached.push(format!("{}@{digest}", target.name));
-        }
-        let bundled = attached.pop().unwrap_or_default();
-        let enveloped = attached.pop().unwrap_or_default();
-        Ok((envelope, enveloped, bundled))
+            });
+        let attached = retried("attaching", log, || {
+            attach_listed(registry, &target.repository, &target.pinned, &artifacts)
+        })
+        .await?;
+        let mut attached = attached.iter().map(|d| format!("{}@{d}", target.name));
+        let (enveloped, bundled) = (attached.next(), attached.next());
+        Ok((
+            envelope,
+            enveloped.unwrap_or_default(),
+            bundled.unwrap_or_default(),
+        ))
     }
 
     /// The packages in each platform image of `target`, read from its

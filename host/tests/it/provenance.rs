@@ -13,10 +13,11 @@ use helix_build::job::{JobRequest, State};
 use helix_build::provenance::dsse::{PublicKey, SigningKey};
 use helix_build::provenance::statement::SLSA_PROVENANCE;
 use helix_build::provenance::{Policy, attach, verify};
-use helix_build::registry::oci::reference;
+use helix_build::registry::oci::{RawManifest, RegistryClient, reference};
 use helix_build::secrets::SecretSource;
 use helix_build::service::ServiceError;
 use helix_fixtures::{Registry, Repo};
+use oci_client::Reference;
 
 /// A key pair in `dir` named `name`; the private key's path and the public key.
 fn key_pair(dir: &std::path::Path, name: &str) -> (std::path::PathBuf, PublicKey) {
@@ -59,6 +60,27 @@ fn push_plain_image(reference: &str, label: &str) {
         "plain",
         &format!("docker://{reference}"),
     ]);
+}
+
+/// Attaches `artifact` to `subject` (a manifest of `repository`) as the
+/// attest step does, listed in its referrers.
+async fn attach_one(
+    registry: &RegistryClient,
+    repository: &Reference,
+    subject: &RawManifest,
+    artifact: &attach::Artifact<'_>,
+) {
+    let pushed = attach::push(
+        registry,
+        repository,
+        subject,
+        std::slice::from_ref(artifact),
+    )
+    .await
+    .unwrap();
+    attach::list(registry, repository, &subject.digest, &pushed)
+        .await
+        .unwrap();
 }
 
 /// `envelope` (JSON) as an attestation of SLSA provenance.
@@ -234,14 +256,13 @@ async fn a_two_platform_build_is_attested_verifies_and_forgeries_do_not() {
     let plain_ref = reference(&plain).unwrap();
     let plain_manifest = registry_client.manifest(&plain_ref).await.unwrap().unwrap();
     let envelope = serde_json::to_vec(&attestation.envelope).unwrap();
-    attach::attach(
+    attach_one(
         &registry_client,
         &plain_ref,
         &plain_manifest,
         &dsse_artifact(&envelope),
     )
-    .await
-    .unwrap();
+    .await;
     let err = failure(verify(&registry_client, &plain, &public, &Policy::default()).await);
     assert!(err.contains("it was made for another image"), "{err}");
 
@@ -261,14 +282,13 @@ async fn a_two_platform_build_is_attested_verifies_and_forgeries_do_not() {
     let mut tampered = attestation.envelope.clone();
     use base64::Engine as _;
     tampered.payload = base64::engine::general_purpose::STANDARD.encode(forged);
-    attach::attach(
+    attach_one(
         &registry_client,
         &other_ref,
         &other_manifest,
         &dsse_artifact(&serde_json::to_vec(&tampered).unwrap()),
     )
-    .await
-    .unwrap();
+    .await;
     let err = failure(verify(&registry_client, &other, &public, &Policy::default()).await);
     assert!(err.contains("altered after it was signed"), "{err}");
 
@@ -540,18 +560,20 @@ async fn attaching_provenance_rides_out_a_registry_restart_and_concurrent_upload
     let envelopes: Vec<Vec<u8>> = (0..6)
         .map(|i| format!(r#"{{"payload":"{i}"}}"#).into_bytes())
         .collect();
-    // The empty config blob they share is there first: distribution 2.8
-    // answers 400 to uploads of one blob at once, which the attest step
-    // retries (above) and a bare attach does not.
-    registry_client.push_blob(&subject, b"{}").await.unwrap();
     let artifacts: Vec<attach::Artifact> = envelopes.iter().map(|e| dsse_artifact(e)).collect();
-    let attached = futures_util::future::join_all(
-        artifacts
-            .iter()
-            .map(|artifact| attach::attach(&registry_client, &subject, &manifest, artifact)),
+    let pushed = attach::push(&registry_client, &subject, &manifest, &artifacts)
+        .await
+        .unwrap();
+    let listings = futures_util::future::join_all(
+        pushed
+            .chunks(1)
+            .map(|one| attach::list(&registry_client, &subject, &manifest.digest, one)),
     )
     .await;
-    let attached: Vec<String> = attached.into_iter().map(|a| a.unwrap().0).collect();
+    for listing in listings {
+        listing.unwrap();
+    }
+    let attached: Vec<String> = pushed.into_iter().map(|p| p.digest).collect();
     let listed = attach::attestations(
         &registry_client,
         &subject,

@@ -111,6 +111,13 @@ impl DiskQuota {
         std::fs::remove_file(&probe)
     }
 
+    /// Bytes in use on the file system, as it counts them (asked at once,
+    /// where walking it would visit every file); `None` when it cannot be
+    /// asked.
+    pub fn used_bytes(&self) -> Option<u64> {
+        space(&self.dir).map(|(free, total)| total.saturating_sub(free))
+    }
+
     /// Whether (nearly) nothing is left: what a build that failed for want
     /// of space leaves.
     pub fn is_full(&self) -> bool {

@@ -84,7 +84,9 @@ impl CacheSlot {
     /// Empties the slot's layers where they have grown past three
     /// quarters of its file system.
     fn keep_layers_within_bounds(&self, log: &JobLog) {
-        let size = dir_size(&self.dir.join("storage")) + dir_size(&self.dir.join(CACHE_MOUNTS));
+        let size = (self.held.disk.as_ref().and_then(DiskQuota::used_bytes)).unwrap_or_else(|| {
+            dir_size(&self.dir.join("storage")) + dir_size(&self.dir.join(CACHE_MOUNTS))
+        });
         if size > self.max_bytes / 4 * 3 {
             log.push(&format!(
                 "[helix] build cache slot {} holds {} MiB, most of its {} MiB: emptied",
@@ -108,11 +110,10 @@ impl CacheSlot {
     /// Run after every job, once no layer of the job's is mounted over a
     /// working tree.
     pub fn keep_mirrors_within_bounds(&self, log: &JobLog) {
-        let (mirrors, mib) = (
-            self.mirrors(),
-            self.held.mirrors.as_ref().map_or(0, DiskQuota::mib),
-        );
-        if dir_size(mirrors) > mib * 1024 * 1024 / 4 * 3 {
+        let (mirrors, quota) = (self.mirrors(), self.held.mirrors.as_ref());
+        let mib = quota.map_or(0, DiskQuota::mib);
+        let used = quota.and_then(DiskQuota::used_bytes);
+        if used.unwrap_or_else(|| dir_size(mirrors)) > mib * 1024 * 1024 / 4 * 3 {
             log.push(&format!(
                 "[helix] the repository mirrors of build cache slot {} hold most of their {mib} MiB: emptied",
                 self.dir.display(),
@@ -133,7 +134,7 @@ impl CacheSlot {
     }
 }
 
-/// Bytes under `dir`, not following links and not crossing into mounts'
+/// Bytes under `dir` where its file system cannot say: not following links and not crossing into mounts'
 /// contents twice (hard links are counted once per name, an upper bound).
 fn dir_size(dir: &Path) -> u64 {
     let mut total = 0;

@@ -1,7 +1,7 @@
 //! The cache slots' file systems over a service's life: unmounted (their
 //! loop devices detached) when it stops, orphans of servers that never
-//! stopped swept, and a slot that turned read-only made anew before the
-//! next job.
+//! stopped swept, a slot that turned read-only made anew before the next
+//! job, and what a slot's file system says it holds.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -66,6 +66,21 @@ async fn a_stopped_server_leaves_no_mount_or_loop_device_and_orphans_are_swept()
     drop(common::start(&common::config(&again, 1, 10)).await);
     assert_eq!(mounts_under(dir.path()), Vec::<PathBuf>::new());
     assert_eq!(loop_devices_under(dir.path()), Vec::<String>::new());
+}
+
+/// A slot's file system says how much it holds (what keeps a slot within
+/// its bounds after each build, with no walk of every layer's files).
+#[test]
+fn a_disk_quota_counts_what_is_written_into_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mounted = dir.path().join("fs");
+    let quota = helix_build::quota::DiskQuota::fresh(&mounted, 64).unwrap();
+    let empty = quota.used_bytes().unwrap();
+    let file = std::fs::File::create(mounted.join("data")).unwrap();
+    std::io::Write::write_all(&mut &file, &vec![1u8; 20 << 20]).unwrap();
+    file.sync_all().unwrap();
+    let used = quota.used_bytes().unwrap() - empty;
+    assert!((20 << 20..=21 << 20).contains(&used), "{used} bytes");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

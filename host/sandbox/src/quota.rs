@@ -135,7 +135,13 @@ impl DiskQuota {
 
 impl Drop for DiskQuota {
     fn drop(&mut self) {
-        unmount(&self.dir);
+        let image = self
+            .image
+            .canonicalize()
+            .unwrap_or_else(|_| self.image.clone());
+        if unmount(&self.dir) {
+            await_detached(&image);
+        }
         if !self.persistent {
             let _ = std::fs::remove_file(&self.image);
             let _ = std::fs::remove_dir(&self.dir);
@@ -218,11 +224,36 @@ pub fn image_of(dir: &Path) -> PathBuf {
 }
 
 /// Unmounts `dir`, lazily when busy: mounts a killed build left inside
-/// go with it.
-pub(crate) fn unmount(dir: &Path) {
+/// go with it. Whether it was unmounted at once.
+pub(crate) fn unmount(dir: &Path) -> bool {
     let done = Command::new("umount").arg(dir).output();
-    if !done.is_ok_and(|o| o.status.success()) {
-        let _ = Command::new("umount").arg("-l").arg(dir).output();
+    if done.is_ok_and(|o| o.status.success()) {
+        return true;
+    }
+    let _ = Command::new("umount").arg("-l").arg(dir).output();
+    false
+}
+
+/// Waits (at most a second) until no loop device is attached to `image`:
+/// the kernel detaches one that clears itself a moment after its last
+/// unmount, from a work queue, and nothing may be left once the quota's
+/// holder is gone.
+fn await_detached(image: &Path) {
+    let attached = || {
+        let devices = std::fs::read_dir("/sys/block")
+            .into_iter()
+            .flatten()
+            .flatten();
+        devices.into_iter().any(|device| {
+            std::fs::read_to_string(device.path().join("loop/backing_file"))
+                .is_ok_and(|backing| Path::new(backing.trim_end_matches('\n')) == image)
+        })
+    };
+    for _ in 0..100 {
+        if !attached() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }
 

@@ -84,9 +84,14 @@ impl CacheSlot {
     /// Empties the slot's layers where they have grown past three
     /// quarters of its file system.
     fn keep_layers_within_bounds(&self, log: &JobLog) {
-        let size = (self.held.disk.as_ref().and_then(DiskQuota::used_bytes)).unwrap_or_else(|| {
-            dir_size(&self.dir.join("storage")) + dir_size(&self.dir.join(CACHE_MOUNTS))
-        });
+        let size = self
+            .held
+            .disk
+            .as_ref()
+            .and_then(DiskQuota::used_bytes)
+            .unwrap_or_else(|| {
+                dir_size(&self.dir.join("storage")) + dir_size(&self.dir.join(CACHE_MOUNTS))
+            });
         if size > self.max_bytes / 4 * 3 {
             log.push(&format!(
                 "[helix] build cache slot {} holds {} MiB, most of its {} MiB: emptied",
@@ -134,8 +139,9 @@ impl CacheSlot {
     }
 }
 
-/// Bytes under `dir` where its file system cannot say: not following links and not crossing into mounts'
-/// contents twice (hard links are counted once per name, an upper bound).
+/// Bytes under `dir`, for a slot with no file system of its own: not
+/// following links and not crossing into mounts' contents twice (hard
+/// links are counted once per name, an upper bound).
 fn dir_size(dir: &Path) -> u64 {
     let mut total = 0;
     let mut pending = vec![dir.to_path_buf()];

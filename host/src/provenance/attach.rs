@@ -196,7 +196,8 @@ async fn list_in_fallback_tag(
         let Some(listed) = index["manifests"].as_array_mut() else {
             return Err(format!("the referrers index {tag} lists no manifests"));
         };
-        let missing: Vec<&Value> = (entries.iter())
+        let missing: Vec<&Value> = entries
+            .iter()
             .filter(|entry| !listed.iter().any(|e| e["digest"] == entry["digest"]))
             .collect();
         let Some(first) = missing.first() else {

@@ -73,8 +73,9 @@ async fn attach_listed(
     let pushed = attach::push(registry, repository, &subject, artifacts).await?;
     let index = attach::list(registry, repository, &subject.digest, &pushed).await?;
     let listed = attach::referring(registry, repository, &subject.digest, Some(index)).await?;
-    if let Some(unlisted) =
-        (pushed.iter()).find(|p| !listed.iter().any(|d| d["digest"] == p.digest.as_str()))
+    if let Some(unlisted) = pushed
+        .iter()
+        .find(|p| !listed.iter().any(|d| d["digest"] == p.digest.as_str()))
     {
         return Err(format!(
             "the registry does not list the attestation {} as referring to {pinned}",

@@ -463,7 +463,9 @@ pub fn with_managed_engine(config: Config) -> Config {
 
 /// `config` with the `buildkit` builder pointed at the engine `socket`.
 pub fn with_engine_at(mut config: Config, socket: &str) -> Config {
-    (config.builders).insert("buildkit".into(), buildkit_in(socket));
+    config
+        .builders
+        .insert("buildkit".into(), buildkit_in(socket));
     config
 }
 

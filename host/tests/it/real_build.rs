@@ -186,7 +186,9 @@ async fn failures_say_whose_fault_they_are() {
         .local_addr()
         .unwrap()
         .to_string();
-    (config.registries).extend([plain_http(&read_only.address), plain_http(&closed_port)]);
+    config
+        .registries
+        .extend([plain_http(&read_only.address), plain_http(&closed_port)]);
     let service = start(&config).await;
 
     let cases = [

@@ -198,7 +198,8 @@ impl<'a> Run<'a> {
     pub(super) async fn ready_slot(&mut self) {
         let (env, storage) = (self.dirs.program_env(), self.engine.is_none());
         if let Some(slot) = self.slot.as_mut().filter(|_| storage) {
-            (slot.ready_for_build(&env, self.jail.as_deref(), self.log)).await;
+            slot.ready_for_build(&env, self.jail.as_deref(), self.log)
+                .await;
         }
     }
 

@@ -68,8 +68,8 @@ impl CacheSlot {
             }
         };
         // The containers beside the image's name. A manifest list goes
-        // first: podman does not untag one (and, untagged, it would stay
-        // in the storage with no name).
+        // first, always: untagging one untags the image for this host's
+        // platform in it, and the list keeps the name.
         let (containers, name) = tokio::join!(remove("buildah", &["rm", "--all"]), async {
             remove("podman", &["manifest", "rm", LOCAL_IMAGE]).await;
             remove("podman", &["untag", LOCAL_IMAGE]).await

@@ -11,7 +11,7 @@ use helix_build::config::{BuilderConfig, Config};
 use helix_build::exec::{Grants, ProgramGrant};
 use helix_build::job::{Job, JobRequest, State};
 use helix_build::service::Service;
-use helix_fixtures::config::{ConfigBuilder, buildkit_in, plain_http};
+use helix_fixtures::config::{ConfigBuilder, plain_http};
 
 /// A testing plugin's component file, built by host/build.rs.
 pub fn testing_plugin(stem: &str) -> PathBuf {
@@ -462,11 +462,10 @@ pub fn with_managed_engine(config: Config) -> Config {
 }
 
 /// `config` with the `buildkit` builder pointed at the engine `socket`.
-pub fn with_engine_at(mut config: Config, socket: &str) -> Config {
-    config
-        .builders
-        .insert("buildkit".into(), buildkit_in(socket));
-    config
+pub fn with_engine_at(config: Config, socket: &str) -> Config {
+    ConfigBuilder::from(config)
+        .buildkit_in(socket)
+        .unvalidated()
 }
 
 /// Copies `reference` (by digest) out of the registry into a directory and

@@ -139,6 +139,21 @@ impl Target {
     }
 }
 
+/// A statement signed, in the two forms it is attached in.
+struct Signed {
+    envelope: Envelope,
+    predicate_type: &'static str,
+    dsse: Vec<u8>,
+    bundle: Vec<u8>,
+}
+
+/// A signed statement once attached: where its envelope and its bundle are.
+struct Attached {
+    envelope: Envelope,
+    reference: String,
+    bundle: String,
+}
+
 /// The name of the resolved dependency that is the Dockerfile built.
 pub const DOCKERFILE: &str = "dockerfile";
 
@@ -334,14 +349,57 @@ impl Provenance {
         log: &JobLog,
     ) -> Result<Attested, String> {
         let target = Target::of(facts.result)?;
-        // The image's layers are read while the provenance is attached;
-        // the attachments go one after another, so the registry lists
-        // them in that order.
-        let (provenance, read) = tokio::try_join!(
-            self.provenance(registry, &target, facts, log),
-            self.packages(registry, &target, log)
-        )?;
-        let sboms = self.sboms(registry, &target, facts.job, read, log).await?;
+        let statement = self.statement(facts);
+        let read = self.packages(registry, &target, log).await?;
+        let sboms: Vec<_> = read
+            .iter()
+            .map(|(image, (packages, notes))| {
+                let about = About {
+                    repository: &target.name,
+                    pushed: &target.digest,
+                    image,
+                    job: facts.job.id.as_str(),
+                    host: &self.host,
+                };
+                sbom::statement(&about, sbom::document(&about, packages, notes))
+            })
+            .collect();
+        let mut signed = vec![self.sign(&statement, SLSA_PROVENANCE)?];
+        for sbom in &sboms {
+            signed.push(self.sign(sbom, SPDX_DOCUMENT)?);
+        }
+        // The provenance first, then each platform's SBOM: one upload side
+        // by side and one update of the image's referrers, in that order.
+        let mut attached = self
+            .publish(registry, &target, signed, log)
+            .await?
+            .into_iter();
+        let provenance = self.attestation(statement, attached.next())?;
+        let sboms = read
+            .into_iter()
+            .zip(sboms)
+            .zip(attached)
+            .map(|(((image, (packages, notes)), statement), attached)| {
+                log.push(&format!(
+                    "[helix] sbom: {}: {} packages in a signed SPDX 2.3 document, attached as {}",
+                    image.platform,
+                    packages.len(),
+                    attached.reference
+                ));
+                for note in &notes {
+                    log.push(&format!("[helix] sbom: {}: {note}", image.platform));
+                }
+                Sbom {
+                    platform: image.platform.clone(),
+                    image: format!("{}@{}", target.name, image.digest),
+                    reference: attached.reference,
+                    bundle: attached.bundle,
+                    key_id: self.key.id(),
+                    envelope: attached.envelope,
+                    statement,
+                }
+            })
+            .collect();
         Ok(Attested { provenance, sboms })
     }
 
@@ -356,64 +414,83 @@ impl Provenance {
         log: &JobLog,
     ) -> Result<Attested, String> {
         let target = Target::of(facts.result)?;
-        let provenance = self.provenance(registry, &target, facts, log).await?;
+        let statement = self.statement(facts);
+        let signed = vec![self.sign(&statement, SLSA_PROVENANCE)?];
+        let attached = self.publish(registry, &target, signed, log).await?;
+        let provenance = self.attestation(statement, attached.into_iter().next())?;
         Ok(Attested { provenance, sboms })
     }
 
-    /// Signs and attaches the provenance statement about `facts`' build.
-    async fn provenance(
+    /// The provenance `statement` as kept with the job, once `attached`.
+    fn attestation(
         &self,
-        registry: &RegistryClient,
-        target: &Target,
-        facts: &BuildFacts<'_>,
-        log: &JobLog,
+        statement: Statement,
+        attached: Option<Attached>,
     ) -> Result<Attestation, String> {
-        let statement = self.statement(facts);
-        let (envelope, reference, bundle) = self
-            .publish(registry, target, &statement, SLSA_PROVENANCE, log)
-            .await?;
+        let attached = attached.ok_or("the provenance was not attached")?;
         Ok(Attestation {
-            reference,
-            bundle: Some(bundle),
+            reference: attached.reference,
+            bundle: Some(attached.bundle),
             key_id: self.key.id(),
-            envelope,
+            envelope: attached.envelope,
             statement,
         })
     }
 
-    /// Signs `statement` (about `predicate_type`) and attaches it to
-    /// `target` as a DSSE envelope and as a Sigstore bundle: the
-    /// envelope, and where each is.
-    async fn publish(
+    /// `statement` (about `predicate_type`) signed, as the DSSE envelope
+    /// and the Sigstore bundle it is attached as.
+    fn sign(
         &self,
-        registry: &RegistryClient,
-        target: &Target,
         statement: &impl Serialize,
-        predicate_type: &str,
-        log: &JobLog,
-    ) -> Result<(Envelope, String, String), String> {
+        predicate_type: &'static str,
+    ) -> Result<Signed, String> {
         let payload = serde_json::to_vec(statement).map_err(|e| e.to_string())?;
         let envelope = self.key.sign(IN_TOTO_PAYLOAD, &payload);
         let dsse = serde_json::to_vec(&envelope).map_err(|e| e.to_string())?;
         let bundle = serde_json::to_vec(&bundle::bundle(&envelope, &self.key.id()))
             .map_err(|e| e.to_string())?;
-        let artifacts =
-            [(ENVELOPE_TYPE, &dsse), (BUNDLE_TYPE, &bundle)].map(|(media_type, bytes)| Artifact {
-                media_type,
-                bytes,
-                predicate_type,
-            });
-        let attached = retried("attaching", log, || {
+        Ok(Signed {
+            envelope,
+            predicate_type,
+            dsse,
+            bundle,
+        })
+    }
+
+    /// Attaches each of the `signed` statements to `target` as its
+    /// envelope and its bundle, listed in their order: where each is.
+    async fn publish(
+        &self,
+        registry: &RegistryClient,
+        target: &Target,
+        signed: Vec<Signed>,
+        log: &JobLog,
+    ) -> Result<Vec<Attached>, String> {
+        let artifacts: Vec<Artifact> = signed
+            .iter()
+            .flat_map(|s| {
+                [(ENVELOPE_TYPE, &s.dsse), (BUNDLE_TYPE, &s.bundle)].map(|(media_type, bytes)| {
+                    Artifact {
+                        media_type,
+                        bytes,
+                        predicate_type: s.predicate_type,
+                    }
+                })
+            })
+            .collect();
+        let digests = retried("attaching", log, || {
             attach_listed(registry, &target.repository, &target.pinned, &artifacts)
         })
         .await?;
-        let mut attached = attached.iter().map(|d| format!("{}@{d}", target.name));
-        let (enveloped, bundled) = (attached.next(), attached.next());
-        Ok((
-            envelope,
-            enveloped.unwrap_or_default(),
-            bundled.unwrap_or_default(),
-        ))
+        let mut references = digests.iter().map(|d| format!("{}@{d}", target.name));
+        Ok(signed
+            .into_iter()
+            .map(|s| Attached {
+                envelope: s.envelope,
+                reference: references.next().unwrap_or_default(),
+                bundle: references.next().unwrap_or_default(),
+            })
+            .collect())
     }
 
     /// The packages in each platform image of `target`, read from its
@@ -443,50 +520,6 @@ impl Provenance {
             Ok::<_, String>((image, packages))
         });
         futures_util::future::try_join_all(read).await
-    }
-
-    /// The SBOM of each platform image of `target` (built by `job`) from
-    /// the packages `read` in it, signed and attached.
-    async fn sboms(
-        &self,
-        registry: &RegistryClient,
-        target: &Target,
-        job: &Job,
-        read: Vec<(PlatformImage, ImagePackages)>,
-        log: &JobLog,
-    ) -> Result<Vec<Sbom>, String> {
-        let mut sboms = Vec::new();
-        for (image, (packages, notes)) in &read {
-            let about = About {
-                repository: &target.name,
-                pushed: &target.digest,
-                image,
-                job: job.id.as_str(),
-                host: &self.host,
-            };
-            let statement = sbom::statement(&about, sbom::document(&about, packages, notes));
-            let (envelope, reference, bundle) = self
-                .publish(registry, target, &statement, SPDX_DOCUMENT, log)
-                .await?;
-            log.push(&format!(
-                "[helix] sbom: {}: {} packages in a signed SPDX 2.3 document, attached as {reference}",
-                image.platform,
-                packages.len()
-            ));
-            for note in notes {
-                log.push(&format!("[helix] sbom: {}: {note}", image.platform));
-            }
-            sboms.push(Sbom {
-                platform: image.platform.clone(),
-                image: format!("{}@{}", target.name, image.digest),
-                reference,
-                bundle,
-                key_id: self.key.id(),
-                envelope,
-                statement,
-            });
-        }
-        Ok(sboms)
     }
 
     /// Each of `images` (the external images the parsed Dockerfile uses)

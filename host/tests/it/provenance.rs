@@ -446,10 +446,10 @@ async fn the_statement_names_the_images_the_build_used_and_the_dockerfile_it_bui
 }
 
 /// A registry away for a moment (stopped, then started again) while a
-/// build's provenance is attached, and many builds attaching to one
-/// repository at once (each uploading the same empty config blob): each
-/// attach is tried again on its own and succeeds, so no build is redone
-/// or failed for it.
+/// build's provenance is attached (its image read for the SBOM first),
+/// and many builds attaching to one repository at once (each uploading
+/// the same empty config blob): each step is tried again on its own and
+/// succeeds, so no build is redone or failed for it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn attaching_provenance_rides_out_a_registry_restart_and_concurrent_uploads() {
     use helix_build::job::BuildResult;
@@ -497,10 +497,9 @@ async fn attaching_provenance_rides_out_a_registry_restart_and_concurrent_upload
         .provenance;
     let retries = log.snapshot();
     assert!(
-        retries
-            .iter()
-            .any(|l| l.starts_with("[helix] provenance: attaching failed (")
-                && l.contains("trying again in")),
+        retries.iter().any(|l| l.starts_with("[helix] provenance: ")
+            && l.contains(" failed (")
+            && l.contains("trying again in")),
         "{retries:?}"
     );
     let verified = verify(&registry_client, &image, &public, &Policy::default())

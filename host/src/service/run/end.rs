@@ -41,15 +41,16 @@ impl Run<'_> {
         }
     }
 
-    /// Removes what the run made: its images in the engine, its
-    /// containers in the slot, its jail and control group, and its
+    /// Removes what the run made: what its build left, unless taken away
+    /// already, its jail and control group, and its
     /// workspace — kept, without its secrets, when the job did not
     /// succeed and the operator keeps failed workspaces.
     pub(super) async fn clean_up(mut self, outcome: &Outcome) {
-        if let (Some(engine), Some(name)) = (&self.engine, &self.engine_image) {
-            engine.remove_images(name).await;
+        if std::mem::take(&mut self.leftovers) {
+            let mut slot = self.slot.take();
+            self.tidy_after_build(slot.as_mut()).await;
+            self.slot = slot;
         }
-        self.tidy_slot().await;
         let Run {
             inner,
             job,

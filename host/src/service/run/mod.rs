@@ -49,7 +49,8 @@ pub(super) struct Claimed {
 
 /// One run (attempt) of a job, once [`Run::prepare`] made what it builds
 /// with: then [`Run::checkout`], [`Run::build`], [`Run::push`],
-/// [`Run::check_pushed`], [`Run::attest`], [`Run::account`] and
+/// [`Run::check_pushed`] and [`Run::attest`] (while the build's leftovers
+/// are taken away, [`Run::tidy_after_build`]), [`Run::account`] and
 /// [`Run::clean_up`].
 struct Run<'a> {
     inner: &'a Inner,
@@ -71,8 +72,10 @@ struct Run<'a> {
     /// Where every program of the run runs, if it runs any.
     jail: Option<Arc<Jail>>,
     audit: Arc<AuditTrail>,
-    /// Whether the build step ran (and so may have left things in the slot).
-    built: bool,
+    /// Whether the build step ran and what it may have left (images in
+    /// the engine, containers and its image's name in the slot) is not
+    /// yet taken away.
+    leftovers: bool,
 }
 
 impl Inner {

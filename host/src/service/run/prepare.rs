@@ -164,7 +164,7 @@ impl<'a> Run<'a> {
             engine_image,
             jail: None,
             audit,
-            built: false,
+            leftovers: false,
         })
     }
 
@@ -203,13 +203,19 @@ impl<'a> Run<'a> {
         }
     }
 
-    /// Tidies the run's slot after its build (see [`CacheSlot::tidy`]).
-    /// A run that built nothing (its image reused, its checkout failed)
-    /// left it as it was, and runs no tool in it.
-    pub(super) async fn tidy_slot(&mut self) {
-        let (env, storage) = (self.dirs.program_env(), self.engine.is_none());
-        if let Some(slot) = self.slot.as_mut().filter(|_| storage && self.built) {
-            slot.tidy(&env, self.jail.as_deref(), self.log).await;
+    /// Takes away what the build left: its images in the engine, or its
+    /// containers and image name in the run's `slot` (see
+    /// [`CacheSlot::tidy`]); the layers stay. The slot is passed apart
+    /// from the run so this can go on beside the registry's steps.
+    pub(super) async fn tidy_after_build(&self, slot: Option<&mut CacheSlot>) {
+        match (&self.engine, &self.engine_image, slot) {
+            (Some(engine), Some(name), _) => engine.remove_images(name).await,
+            // An engine's slot is the engine's to keep.
+            (None, _, Some(slot)) => {
+                let env = self.dirs.program_env();
+                slot.tidy(&env, self.jail.as_deref(), self.log).await;
+            }
+            _ => {}
         }
     }
 }

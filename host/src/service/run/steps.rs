@@ -13,6 +13,7 @@ use super::reuse::Reuse;
 use crate::exec::{Confinement, JobValues};
 use crate::job::{BuildResult, PhaseClock, PhaseName};
 use crate::plugin::{Backend, BuilderError, Built, RunContext};
+use crate::provenance::statement::ResourceDescriptor;
 use crate::provenance::{BuildFacts, Provenance};
 use crate::registry::oci::RegistryClient;
 use crate::registry::{Published, Publisher, Pushed};
@@ -47,14 +48,9 @@ impl Run<'_> {
             match reuse {
                 Reuse::Reused(result, earlier) => {
                     if let Some(provenance) = &self.inner.config.provenance {
+                        let bases = self.base_images(provenance, None, checked).await;
                         let attested = self
-                            .attest(
-                                provenance,
-                                BTreeMap::new(),
-                                checked,
-                                &result,
-                                Some(&earlier.job),
-                            )
+                            .attest(provenance, bases, checked, &result, Some(&earlier.job))
                             .await;
                         clock.lap(PhaseName::Attest, Utc::now());
                         attested?;
@@ -65,7 +61,7 @@ impl Run<'_> {
             }
         }
         self.confine().await?;
-        self.built = true;
+        self.leftovers = true;
         self.ready_slot().await;
         let instantiation = OnceLock::new();
         let built = self.build(checked.as_ref(), &instantiation).await;
@@ -93,21 +89,39 @@ impl Run<'_> {
                 }));
             }
         };
-        // What the base images resolved to in the storage, asked while the
-        // image is pushed from it.
-        let (digest, used) = tokio::join!(
-            self.push(&built, &checked),
-            self.bases_used(&built, &checked)
-        );
+        // What the base images resolved to, for the provenance, asked while
+        // the image is pushed.
+        let provenance = self.inner.config.provenance.as_ref();
+        let (digest, bases) = tokio::join!(self.push(&built, &checked), async {
+            match provenance {
+                Some(provenance) => self.base_images(provenance, Some(&built), &checked).await,
+                None => Vec::new(),
+            }
+        });
         clock.lap(PhaseName::Push, Utc::now());
-        let result = self.check_pushed(&checked, &digest?).await;
-        clock.lap(PhaseName::RegistryCheck, Utc::now());
+        let digest = digest?;
+        // The image is in the registry: what the build left goes while the
+        // registry is read back and the provenance attached, which need
+        // only the registry. What outlasts them is clean-up's time.
+        let mut slot = self.slot.take();
+        let (result, ()) = tokio::join!(
+            async {
+                let result = self.check_pushed(&checked, &digest).await;
+                clock.lap(PhaseName::RegistryCheck, Utc::now());
+                let result = result?;
+                if let Some(provenance) = provenance {
+                    let attested = self
+                        .attest(provenance, bases, &checked, &result, None)
+                        .await;
+                    clock.lap(PhaseName::Attest, Utc::now());
+                    attested?;
+                }
+                Ok::<_, Failure>(result)
+            },
+            self.tidy_after_build(slot.as_mut())
+        );
+        (self.slot, self.leftovers) = (slot, false);
         let result = result?;
-        if let Some(provenance) = &self.inner.config.provenance {
-            let attested = self.attest(provenance, used, &checked, &result, None).await;
-            clock.lap(PhaseName::Attest, Utc::now());
-            attested?;
-        }
         if let Some(inputs) = &inputs {
             self.record_inputs(inputs);
         }
@@ -261,14 +275,21 @@ impl Run<'_> {
         Ok(result)
     }
 
-    /// What the storage's base images resolved to, as the build used them:
-    /// for provenance, of an image built in the run's container storage.
-    async fn bases_used(&self, built: &Built, checked: &Checked) -> BTreeMap<String, String> {
-        match (built, &self.engine, &self.inner.config.provenance) {
-            (Built::LocalImage, None, Some(_)) => {
+    /// The external images the build used, with their digests (see
+    /// [`Provenance::base_images`]): as the run's container storage holds
+    /// them after a build there (`built`), else as the registry has them.
+    async fn base_images(
+        &self,
+        provenance: &Provenance,
+        built: Option<&Built>,
+        checked: &Checked,
+    ) -> Vec<ResourceDescriptor> {
+        let external = &checked.source.external_images;
+        let used = match (built, &self.engine) {
+            (Some(Built::LocalImage), None) => {
                 self.publisher()
                     .storage_digests(
-                        &checked.source.external_images,
+                        external,
                         &self.dirs.program_env(),
                         &self.dirs.workspace(),
                         self.log,
@@ -278,23 +299,24 @@ impl Run<'_> {
                     .await
             }
             _ => BTreeMap::new(),
-        }
+        };
+        let registry = RegistryClient::new(self.registries.clone());
+        provenance.base_images(&registry, external, &used).await
     }
 
     /// Signs and attaches the provenance and SBOMs of what the builder
-    /// built from base images resolved as `used` (or, for a job given its
-    /// image, of the build `reused_from`), and keeps them with the job; a
-    /// registry that refuses it fails the job as it would a refused push.
+    /// built from `base_images` (or, for a job given its image, of the
+    /// build `reused_from`), and keeps them with the job; a registry that
+    /// refuses it fails the job as it would a refused push.
     async fn attest(
         &self,
         provenance: &Provenance,
-        used: BTreeMap<String, String>,
+        base_images: Vec<ResourceDescriptor>,
         checked: &Checked,
         result: &BuildResult,
         reused_from: Option<&str>,
     ) -> Result<(), Failure> {
         let (job, log) = (self.job, self.log);
-        let external = &checked.source.external_images;
         let (_, trail) = self.audit.stored();
         let registry = RegistryClient::new(self.registries.clone());
         let facts = BuildFacts {
@@ -303,7 +325,7 @@ impl Run<'_> {
             result,
             builder: self.builder.info(),
             dockerfile_sha256: &checked.source.dockerfile_sha256,
-            base_images: provenance.base_images(&registry, external, &used).await,
+            base_images,
             audit: trail.as_bytes(),
             reused_from,
         };

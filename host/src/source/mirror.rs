@@ -12,9 +12,10 @@
 //! than reading a mirror being fetched into or rebuilt.
 //!
 //! What is fetched: a commit id already in the mirror needs no network at
-//! all; a branch, tag or `HEAD` is asked of the server (`git ls-remote`:
-//! a ref can move), and fetched only when its commit is not in the
-//! mirror. A fetch takes every branch and tag with `+` refspecs and
+//! all; for a branch, tag or `HEAD` (a ref can move) the mirror fetches,
+//! which asks the server where its refs are and brings only the objects
+//! the mirror lacks: none when nothing moved, one request and no second
+//! program. A fetch takes every branch and tag with `+` refspecs and
 //! `--prune`, so force-pushed and deleted branches follow the server.
 //!
 //! Beside each mirror the slot keeps a working tree of the repository
@@ -128,14 +129,14 @@ impl Mirror {
     /// Checks `wanted` of `url` out into the workspace from the mirror,
     /// fetching into it first what it lacks; with `layer`, as a layer
     /// over the slot's working tree of the repository, moved to the
-    /// commit.
+    /// commit. The commit checked out.
     pub(super) async fn check_out(
         &self,
         git: &Git<'_>,
         url: &str,
         wanted: &Wanted<'_>,
         layer: Option<Layer<'_>>,
-    ) -> Result<(), MirrorFault> {
+    ) -> Result<String, MirrorFault> {
         let git_ref = wanted.git_ref;
         if !self.dir.join("objects").is_dir() || !self.dir.join("HEAD").is_file() {
             if self.dir.exists() {
@@ -160,7 +161,7 @@ impl Mirror {
         let commit = wanted.commit(url, tip, ancestry.as_ref())?;
         if let Some(layer) = layer {
             match self.layered(git, &commit, &layer).await {
-                Ok(()) => return Ok(()),
+                Ok(()) => return Ok(commit),
                 Err(why) => {
                     git.log.push(&format!(
                         "[helix] warning: the slot's working tree of the repository could not \
@@ -173,7 +174,7 @@ impl Mirror {
         let source = git.workspace.join(SOURCE_DIR);
         let output = self.check_out_into(git, &source, &commit).await?;
         if output.exit_code == 0 {
-            return Ok(());
+            return Ok(commit);
         }
         self.verify(git, &[]).await?;
         Err(MirrorFault::Checkout(CheckoutError::Checkout {
@@ -276,22 +277,21 @@ impl Mirror {
                 .await?
                 .ok_or_else(not_found)?);
         }
-        let tip = remote_tip(git, url, git_ref).await?.ok_or_else(not_found)?;
-        if self.local(git, &tip).await?.is_some() {
-            git.log.push(&format!(
-                "[helix] {git_ref} is at {tip}, already in the repository's mirror: nothing fetched"
-            ));
-            return Ok(tip);
+        // A ref can move, so the server is asked where it is, in the fetch
+        // itself: what the mirror has is not sent again.
+        let local = LocalRef::of(git_ref);
+        self.fetch(git, url, local.refspec.as_deref()).await?;
+        for name in &local.names {
+            if let Some(commit) = self.local(git, name).await? {
+                git.log.push(&format!(
+                    "[helix] {git_ref} is at {commit} in the repository's mirror"
+                ));
+                return Ok(commit);
+            }
         }
-        self.fetched(git, url, &tip).await?.ok_or_else(|| {
-            MirrorFault::Checkout(CheckoutError::Unresolved {
-                url: url.to_string(),
-                git_ref: git_ref.to_string(),
-                said: format!(
-                    "the server lists {tip} but fetching its branches and tags did not bring it"
-                ),
-            })
-        })
+        // Missing from a damaged mirror is not missing.
+        self.verify(git, &["--connectivity-only"]).await?;
+        Err(MirrorFault::Checkout(not_found()))
     }
 
     /// The commit `name` names in the mirror after a fetch; `None` when
@@ -302,7 +302,7 @@ impl Mirror {
         url: &str,
         name: &str,
     ) -> Result<Option<String>, MirrorFault> {
-        self.fetch(git, url).await?;
+        self.fetch(git, url, None).await?;
         let commit = self.local(git, name).await?;
         if commit.is_none() {
             // Missing from a damaged mirror is not missing.
@@ -318,13 +318,20 @@ impl Mirror {
         Ok(verified_commit(&self.git(git, &args).await?))
     }
 
-    /// Fetches every branch and tag of `url` the mirror lacks; a failure
-    /// the mirror's damage explains is that damage.
-    async fn fetch(&self, git: &Git<'_>, url: &str) -> Result<(), MirrorFault> {
+    /// Fetches every branch and tag of `url` the mirror lacks, and with
+    /// `refspec` one ref more; a failure the mirror's damage explains is
+    /// that damage.
+    async fn fetch(
+        &self,
+        git: &Git<'_>,
+        url: &str,
+        refspec: Option<&str>,
+    ) -> Result<(), MirrorFault> {
         git.log
             .push("[helix] fetching what the repository's mirror lacks");
         let mut args = vec!["fetch", "--quiet", "--prune", "--no-tags", "--", url];
         args.extend(REFSPECS);
+        args.extend(refspec);
         let output = self.git(git, &args).await?;
         if output.exit_code == 0 {
             return Ok(());
@@ -358,42 +365,46 @@ impl Mirror {
     }
 }
 
-/// The commit `git_ref` names on the server at `url`, the way a clone
-/// resolves it: `refs/heads/X` only as a branch and `refs/tags/X` only as
-/// a tag, a short name as a branch before a tag, a tag peeled to its
-/// commit. `None` when the server lists no such ref.
-async fn remote_tip(
-    git: &Git<'_>,
-    url: &str,
-    git_ref: &str,
-) -> Result<Option<String>, CheckoutError> {
-    let wanted: Vec<String> = if git_ref == "HEAD" || git_ref.starts_with("refs/") {
-        vec![git_ref.to_string()]
-    } else {
-        vec![
-            format!("refs/heads/{git_ref}"),
-            format!("refs/tags/{git_ref}"),
-        ]
-    };
-    let mut args = vec!["ls-remote", "--", url];
-    args.extend(wanted.iter().map(String::as_str));
-    let output = git.run(&args).await?;
-    if output.exit_code != 0 {
-        return Err(CheckoutError::Clone {
-            url: url.to_string(),
-            said: output.error_line(),
-        });
+/// Where the mirror keeps a ref after a fetch, resolved the way a clone
+/// resolves it: `refs/heads/X` only as a branch and `refs/tags/X` only
+/// as a tag, a short name as a branch before a tag, a tag peeled to its
+/// commit. `HEAD` and refs outside branches and tags (a merge request's
+/// `refs/pull/1/head`) are fetched by a refspec of their own.
+struct LocalRef {
+    /// Each name the ref may be in the mirror, in the order looked at.
+    names: Vec<String>,
+    refspec: Option<String>,
+}
+
+/// Where the one ref a fetch brings beside branches and tags is kept.
+const FETCHED_REF: &str = "refs/helix/fetched";
+
+impl LocalRef {
+    fn of(git_ref: &str) -> LocalRef {
+        let in_refspecs = ["refs/heads/", "refs/tags/"]
+            .iter()
+            .any(|prefix| git_ref.starts_with(prefix));
+        match (
+            git_ref == "HEAD" || git_ref.starts_with("refs/"),
+            in_refspecs,
+        ) {
+            (_, true) => LocalRef {
+                names: vec![git_ref.to_string()],
+                refspec: None,
+            },
+            (true, false) => LocalRef {
+                names: vec![FETCHED_REF.to_string()],
+                refspec: Some(format!("+{git_ref}:{FETCHED_REF}")),
+            },
+            (false, false) => LocalRef {
+                names: vec![
+                    format!("refs/heads/{git_ref}"),
+                    format!("refs/tags/{git_ref}"),
+                ],
+                refspec: None,
+            },
+        }
     }
-    // ls-remote matches patterns by their tail: keep exact names only.
-    let listed = |name: &str| {
-        output.stdout.lines().find_map(|line| {
-            let (commit, listed) = line.split_once('\t')?;
-            (listed == name && is_commit(commit)).then(|| commit.to_string())
-        })
-    };
-    Ok(wanted
-        .iter()
-        .find_map(|name| listed(&format!("{name}^{{}}")).or_else(|| listed(name))))
 }
 
 #[cfg(test)]

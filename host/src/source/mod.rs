@@ -192,13 +192,25 @@ impl Checkout {
             None => log.push(&format!("[helix] checking out {url} at {git_ref}")),
         }
         let wanted = Wanted { git_ref, pinned };
-        if let Some(slot) = slot {
-            from_mirror(&git, &slot, url, &wanted).await?;
-        } else if is_commit(git_ref) || pinned.is_some() {
+        let commit = match slot {
+            Some(slot) => from_mirror(&git, &slot, url, &wanted).await?,
+            None => git.clone_wanted(url, &wanted).await?,
+        };
+        log.push(&format!("[helix] checked out commit {commit}"));
+        Ok(commit)
+    }
+}
+
+impl Git<'_> {
+    /// Clones `wanted` of `url` into `<workspace>/src`: the commit
+    /// checked out.
+    async fn clone_wanted(&self, url: &str, wanted: &Wanted<'_>) -> Result<String, CheckoutError> {
+        let (git_ref, pinned) = (wanted.git_ref, wanted.pinned);
+        if is_commit(git_ref) || pinned.is_some() {
             // A commit's branch is not known, and a pinned one must be
             // found in the ref's history: both need the whole history.
-            git.clone(url, &[]).await?;
-            git.detach(url, &wanted).await?;
+            self.clone(url, &[]).await?;
+            self.detach(url, wanted).await?;
         } else {
             // `clone --branch` takes a short name only: a branch named in
             // full (what a protected ref is) is cloned by its short name
@@ -209,24 +221,25 @@ impl Checkout {
             if git_ref != "HEAD" {
                 shallow.extend(["--branch", full_branch.unwrap_or(git_ref)]);
             }
-            let cloned = git.clone(url, &shallow).await;
+            let cloned = self.clone(url, &shallow).await;
             let cloned = match (cloned, full_branch) {
-                (Ok(()), Some(_)) => git.detach(url, &wanted).await,
+                (Ok(()), Some(_)) => self.detach(url, wanted).await,
                 (cloned, _) => cloned,
             };
             if let Err(refused) = cloned {
                 if matches!(refused, CheckoutError::Cancelled { .. }) {
                     return Err(refused);
                 }
-                log.push("[helix] shallow clone failed; trying a full clone");
-                remove_partial(workspace);
-                git.clone(url, &[]).await?;
+                self.log
+                    .push("[helix] shallow clone failed; trying a full clone");
+                remove_partial(self.workspace);
+                self.clone(url, &[]).await?;
                 if git_ref != "HEAD" {
-                    git.detach(url, &wanted).await?;
+                    self.detach(url, wanted).await?;
                 }
             }
         }
-        let head = git
+        let head = self
             .run(&["-C", SOURCE_DIR, "rev-parse", "--verify", "HEAD^{commit}"])
             .await?;
         let commit = head.stdout.trim().to_string();
@@ -236,7 +249,6 @@ impl Checkout {
                 git_ref: git_ref.to_string(),
             });
         }
-        log.push(&format!("[helix] checked out commit {commit}"));
         Ok(commit)
     }
 }
@@ -292,7 +304,7 @@ async fn from_mirror(
     slot: &FromSlot<'_>,
     url: &str,
     wanted: &Wanted<'_>,
-) -> Result<(), CheckoutError> {
+) -> Result<String, CheckoutError> {
     let mirror = mirror::Mirror::of(slot.mirrors, url);
     let _held = mirror.lock().await?;
     let mut rebuilt = false;
@@ -302,7 +314,7 @@ async fn from_mirror(
             owner: slot.owner,
         });
         match mirror.check_out(git, url, wanted, layer).await {
-            Ok(()) => return Ok(()),
+            Ok(commit) => return Ok(commit),
             Err(mirror::MirrorFault::Checkout(e)) => return Err(e),
             Err(mirror::MirrorFault::Damaged(said)) if rebuilt => {
                 return Err(CheckoutError::MirrorDamaged { said });

@@ -9,6 +9,7 @@ pub use helix_core::{audit, backoff, job, log, manifest, platform, reference};
 pub use helix_plugin as plugin;
 pub use helix_sandbox::{
     cancel, cgroup, docker_engine, exec, jail, layer, managed_engine, network, quota, secrets,
+    written,
 };
 pub use helix_store::{self as store, queue};
 

@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::job::JobId;
-use crate::layer_cache::{StorageDriver, storage_conf};
+use crate::layer_cache::{STORAGE, StorageDriver, StorageRecord, storage_conf};
 use crate::quota::DiskQuota;
 use crate::registry::RegistrySettings;
 
@@ -33,6 +33,9 @@ pub const RUN_AUTH_FILE: &str = "auth.json";
 /// The run's Docker client directory (`DOCKER_CONFIG`: the same
 /// credentials as its `config.json`), in its state directory.
 pub const RUN_DOCKER_CONFIG: &str = "docker";
+
+/// The job's state directory, in its directory.
+const STATE: &str = "state";
 
 /// What one attempt of a job is called on this host: its directory under
 /// the workspaces and its control group. Attempts never share one.
@@ -44,6 +47,9 @@ pub fn run_name(id: &JobId, attempt: u32) -> String {
 #[derive(Debug)]
 pub struct JobDirs {
     root: PathBuf,
+    /// Where the run's container storage is: a directory the jail cannot
+    /// replace (the slot's, or `root`), the storage below it, its driver.
+    storage: (PathBuf, PathBuf, StorageDriver),
     /// What every program of the job gets, over its grants.
     program_env: BTreeMap<String, String>,
     /// The file system `root` is, when its size is limited.
@@ -74,7 +80,12 @@ impl JobDirs {
                 None
             }
         };
+        let storage = match shared {
+            Some(slot) => (slot.to_path_buf(), PathBuf::from(STORAGE), driver),
+            None => (root.clone(), Path::new(STATE).join(STORAGE), driver),
+        };
         let mut dirs = JobDirs {
+            storage,
             root,
             quota,
             program_env: BTreeMap::new(),
@@ -100,7 +111,13 @@ impl JobDirs {
     }
 
     fn state(&self) -> PathBuf {
-        self.root.join("state")
+        self.root.join(STATE)
+    }
+
+    /// What the run's container storage recorded it holds, if readable.
+    pub fn storage_record(&self) -> Option<StorageRecord> {
+        let (base, storage, driver) = &self.storage;
+        StorageRecord::read(base, storage, *driver)
     }
 
     /// Where the job's build secrets are written: outside the workspace,

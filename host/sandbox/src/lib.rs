@@ -16,6 +16,7 @@
 //! - [`docker_engine`]: a Docker Engine a BuildKit builder builds in,
 //!   spoken to over its unix socket; [`managed_engine`]: one the host
 //!   runs itself, per cache slot, in a jail and a control group.
+//! - [`written`]: reading on the host, safely, a file a jail wrote.
 //! - [`cancel`]: stopping a run, and why.
 
 pub mod cancel;
@@ -28,3 +29,4 @@ pub mod managed_engine;
 pub mod network;
 pub mod quota;
 pub mod secrets;
+pub mod written;

@@ -47,6 +47,7 @@ use std::sync::Arc;
 
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
+mod record;
 mod tidy;
 
 use crate::cgroup::LimitHit;
@@ -54,10 +55,14 @@ use crate::docker_engine::DockerEngine;
 pub use crate::job::CacheScope;
 use crate::managed_engine::{EngineError, ManagedEngine};
 use crate::quota::{self, DiskQuota};
+pub use record::{NameHolder, StorageRecord};
 
 /// What the build tools name the image they build (see `plugins/kit`).
 pub const LOCAL_IMAGE: &str = "localhost/helix-image";
 
+/// The container storage's directory in the directory [`storage_conf`]
+/// roots it in (a slot's, a job's state directory).
+pub const STORAGE: &str = "storage";
 /// A slot's directory of cache mounts.
 const CACHE_MOUNTS: &str = "mounts";
 /// A slot's blob info cache: which blob each registry holds for a layer.
@@ -114,7 +119,7 @@ pub fn storage_conf(driver: StorageDriver, dir: &Path) -> String {
     // The same storage for root of a user namespace (a jail's), which
     // containers/storage takes for rootless and which reads only
     // `rootless_storage_path`.
-    let storage = dir.join("storage").display().to_string();
+    let storage = dir.join(STORAGE).display().to_string();
     format!(
         "[storage]\ndriver = \"{}\"\ngraphroot = {storage:?}\nrunroot = {:?}\nrootless_storage_path = {storage:?}\n",
         driver.as_str(),

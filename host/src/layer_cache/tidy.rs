@@ -5,9 +5,11 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use super::{BLOB_INFO_CACHE, CACHE_MOUNTS, CacheSlot, LOCAL_IMAGE};
+use super::{
+    BLOB_INFO_CACHE, CACHE_MOUNTS, CacheSlot, LOCAL_IMAGE, NameHolder, STORAGE, StorageRecord,
+};
 use crate::cancel::CancelSignal;
-use crate::exec::HostCommand;
+use crate::exec::{CommandOutput, HostCommand};
 use crate::jail::Jail;
 use crate::log::JobLog;
 use crate::quota::DiskQuota;
@@ -35,8 +37,10 @@ impl CacheSlot {
     /// containers (with their mounts), the manifest list of its image's
     /// name and the name itself — keeping the layers, and then keeps the
     /// layers within bounds. Run after every build, whatever its outcome,
-    /// and before one where the slot's last run could not. The slot counts
-    /// as tidy once no container and no image of that name is left.
+    /// and before one where the slot's last run could not; a tool is
+    /// started only for what the storage's record ([`StorageRecord`])
+    /// says is there. The slot counts as tidy once no container and no
+    /// image of that name is left.
     pub async fn tidy(
         &mut self,
         env: &BTreeMap<String, String>,
@@ -67,17 +71,42 @@ impl CacheSlot {
                 .ok()
             }
         };
-        // The containers beside the image's name. A manifest list goes
-        // first, always: untagging one untags the image for this host's
-        // platform in it, and the list keeps the name.
-        let (containers, name) = tokio::join!(remove("buildah", &["rm", "--all"]), async {
-            remove("podman", &["manifest", "rm", LOCAL_IMAGE]).await;
-            remove("podman", &["untag", LOCAL_IMAGE]).await
-        });
-        self.keep_layers_within_bounds(log);
-        let containers = containers.is_some_and(|out| out.exit_code == 0);
+        // Only what the storage's record says is there, a tool's start
+        // each; all of it where the record cannot be read.
+        let record = StorageRecord::read(&self.dir, Path::new(STORAGE), self.driver);
+        let containers_left = record.as_ref().is_none_or(StorageRecord::holds_containers);
+        let holder = record.as_ref().and_then(|r| r.holder_of(LOCAL_IMAGE));
         let gone = format!("{LOCAL_IMAGE}: image not known");
-        let name = name.is_some_and(|out| out.exit_code == 0 || out.stderr.contains(&gone));
+        let succeeded = |out: Option<CommandOutput>| out.is_some_and(|out| out.exit_code == 0);
+        let (containers, name) = tokio::join!(
+            async {
+                match containers_left {
+                    true => succeeded(remove("buildah", &["rm", "--all"]).await),
+                    false => true,
+                }
+            },
+            async {
+                match holder {
+                    Some(NameHolder::Nothing) => true,
+                    Some(NameHolder::ManifestList) => {
+                        succeeded(remove("podman", &["manifest", "rm", LOCAL_IMAGE]).await)
+                    }
+                    Some(NameHolder::Image) => remove("podman", &["untag", LOCAL_IMAGE])
+                        .await
+                        .is_some_and(|out| out.exit_code == 0 || out.stderr.contains(&gone)),
+                    // A manifest list goes first, always: untagging one
+                    // untags the image for this host's platform in it, and
+                    // the list keeps the name.
+                    None => {
+                        remove("podman", &["manifest", "rm", LOCAL_IMAGE]).await;
+                        remove("podman", &["untag", LOCAL_IMAGE])
+                            .await
+                            .is_some_and(|out| out.exit_code == 0 || out.stderr.contains(&gone))
+                    }
+                }
+            }
+        );
+        self.keep_layers_within_bounds(log);
         self.held.tidy = containers && name;
     }
 
@@ -90,7 +119,7 @@ impl CacheSlot {
             .as_ref()
             .and_then(DiskQuota::used_bytes)
             .unwrap_or_else(|| {
-                dir_size(&self.dir.join("storage")) + dir_size(&self.dir.join(CACHE_MOUNTS))
+                dir_size(&self.dir.join(STORAGE)) + dir_size(&self.dir.join(CACHE_MOUNTS))
             });
         if size > self.max_bytes / 4 * 3 {
             log.push(&format!(
@@ -99,7 +128,7 @@ impl CacheSlot {
                 size / (1024 * 1024),
                 self.max_bytes / (1024 * 1024)
             ));
-            for part in ["storage", CACHE_MOUNTS, BLOB_INFO_CACHE] {
+            for part in [STORAGE, CACHE_MOUNTS, BLOB_INFO_CACHE] {
                 match std::fs::remove_dir_all(self.dir.join(part)) {
                     Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                         tracing::warn!("could not empty build cache {}: {e}", self.dir.display());

@@ -285,21 +285,31 @@ impl Run<'_> {
         checked: &Checked,
     ) -> Vec<ResourceDescriptor> {
         let external = &checked.source.external_images;
-        let used = match (built, &self.engine) {
-            (Some(Built::LocalImage), None) => {
-                self.publisher()
-                    .storage_digests(
-                        external,
-                        &self.dirs.program_env(),
-                        &self.dirs.workspace(),
-                        self.log,
-                        self.cancel,
-                        self.confinement(),
-                    )
-                    .await
+        let mut used = BTreeMap::new();
+        if let (Some(Built::LocalImage), None) = (built, &self.engine) {
+            // The storage's record answers for fully qualified names; the
+            // tools for the rest.
+            let record = self.dirs.storage_record();
+            let mut asked = Vec::new();
+            for image in external {
+                match record.as_ref().and_then(|r| r.digest_of(image)) {
+                    Some(digest) => {
+                        used.insert(image.clone(), digest.to_string());
+                    }
+                    None => asked.push(image.clone()),
+                }
             }
-            _ => BTreeMap::new(),
-        };
+            if !asked.is_empty() {
+                let publisher = self.publisher();
+                let env = self.dirs.program_env();
+                let (workspace, confined) = (self.dirs.workspace(), self.confinement());
+                used.extend(
+                    publisher
+                        .storage_digests(&asked, &env, &workspace, self.log, self.cancel, confined)
+                        .await,
+                );
+            }
+        }
         let registry = RegistryClient::new(self.registries.clone());
         provenance.base_images(&registry, external, &used).await
     }

@@ -2,7 +2,8 @@
 //! only what the mirror lacks (nothing for a commit it has, not even with
 //! the server gone), force-pushed branches follow the server, a damaged
 //! mirror is rebuilt, no hook in it ever runs, concurrent jobs of one
-//! repository both build, and a job's checkout is its own layer over the
+//! repository both build, a merge request's ref (outside branches and
+//! tags) builds its commit, and a job's checkout is its own layer over the
 //! slot's working tree, which a later commit's job writes only where it
 //! changed.
 
@@ -297,4 +298,47 @@ async fn a_checkout_is_a_layer_over_the_slots_tree_which_a_later_commit_writes_o
     );
     assert!(!tree.join("src/gone").exists());
     assert_eq!(layers_under(dir.path()), Vec::<String>::new());
+}
+
+/// A merge request's ref (outside branches and tags, as GitLab's
+/// `refs/merge-requests/N/head` and GitHub's `refs/pull/N/head` are)
+/// builds its commit, over dumb HTTP too; one the server lacks is the
+/// source's fault, named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merge_requests_ref_builds_its_commit_and_a_missing_one_is_the_sources_fault() {
+    let registry = Registry::start(false);
+    let repo = Repo::new();
+    let path = repo.dir.path();
+    helix_fixtures::git(path, &["checkout", "-q", "--detach"]);
+    helix_fixtures::git(path, &["commit", "--allow-empty", "-qm", "proposed"]);
+    let proposed = helix_fixtures::git(path, &["rev-parse", "HEAD"]);
+    helix_fixtures::git(
+        path,
+        &["update-ref", "refs/merge-requests/7/head", &proposed],
+    );
+    helix_fixtures::git(path, &["checkout", "-q", "main"]);
+    let server = DumbHttpGit::serve(path);
+    let dir = tempfile::tempdir().unwrap();
+    let service = common::start(&common::real_config(&dir, &registry.address)).await;
+
+    let (job, logs) =
+        common::run_logged(&service, on(&server.url, "refs/merge-requests/7/head")).await;
+    assert_eq!(job.state, State::Succeeded, "{:?}", job.error);
+    assert_eq!(job.commit.as_deref(), Some(proposed.as_str()));
+    assert!(
+        logs.contains(&format!(
+            "[helix] refs/merge-requests/7/head is at {proposed} in the repository's mirror"
+        )),
+        "{logs:?}"
+    );
+
+    let (job, _) =
+        common::run_logged(&service, on(&server.url, "refs/merge-requests/8/head")).await;
+    assert_eq!(job.state, State::Failed);
+    let error = job.error.unwrap();
+    assert!(
+        error.starts_with("source error: ") && error.contains("refs/merge-requests/8/head"),
+        "{error}"
+    );
+    assert_eq!(job.attempts, 1, "the source's fault is not retried");
 }

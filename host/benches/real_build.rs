@@ -76,6 +76,7 @@ async fn run() {
             (Isolation::Chroot, &mut by_hand_chroot),
         ] {
             let image = format!("{}/bench/by-hand:{round}", registry.address);
+            common::settle();
             let started = Instant::now();
             build_by_hand(&repo.url(), &image, isolation);
             times.push(started.elapsed());

@@ -16,7 +16,9 @@ pub struct ByHand {
 }
 
 impl ByHand {
+    /// Starts the clock, once the machine is [`super::settle`]d.
     pub fn start() -> Self {
+        super::settle();
         ByHand {
             started: Instant::now(),
             steps: Vec::new(),

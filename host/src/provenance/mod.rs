@@ -38,7 +38,7 @@ use crate::job::{BuildResult, Job};
 use crate::log::JobLog;
 use crate::plugin::{BuilderInfo, WIT_VERSION};
 use crate::reference::repository_of;
-use crate::registry::oci::{RegistryClient, digest_of, reference};
+use crate::registry::oci::{RawManifest, RegistryClient, digest_of, reference};
 use attach::{Artifact, ENVELOPE_TYPE};
 use bundle::BUNDLE_TYPE;
 use dsse::{Envelope, IN_TOTO_PAYLOAD, SigningKey};
@@ -57,20 +57,29 @@ const ATTACH_RETRY: Backoff = Backoff {
     max: Duration::from_secs(4),
 };
 
-/// Attaches `artifacts` to the image `pinned` (in `repository`), their
-/// uploads side by side and then listed in their order, and checks the
-/// registry lists each: the attestations' digests.
+/// Attaches `artifacts` to the image `pinned` (in `repository`; its
+/// manifest `subject` where it was just read), their uploads side by side
+/// and then listed in their order, and checks the registry lists each:
+/// the attestations' digests.
 async fn attach_listed(
     registry: &RegistryClient,
     repository: &Reference,
     pinned: &Reference,
+    subject: Option<&RawManifest>,
     artifacts: &[Artifact<'_>],
 ) -> Result<Vec<String>, String> {
-    let subject = registry
-        .manifest(pinned)
-        .await?
-        .ok_or_else(|| format!("{pinned} is not in the registry"))?;
-    let pushed = attach::push(registry, repository, &subject, artifacts).await?;
+    let read;
+    let subject = match subject {
+        Some(subject) => subject,
+        None => {
+            read = registry
+                .manifest(pinned)
+                .await?
+                .ok_or_else(|| format!("{pinned} is not in the registry"))?;
+            &read
+        }
+    };
+    let pushed = attach::push(registry, repository, subject, artifacts).await?;
     let index = attach::list(registry, repository, &subject.digest, &pushed).await?;
     let listed = attach::referring(registry, repository, &subject.digest, Some(index)).await?;
     if let Some(unlisted) = pushed
@@ -350,7 +359,7 @@ impl Provenance {
     ) -> Result<Attested, String> {
         let target = Target::of(facts.result)?;
         let statement = self.statement(facts);
-        let read = self.packages(registry, &target, log).await?;
+        let (subject, read) = self.packages(registry, &target, log).await?;
         let sboms: Vec<_> = read
             .iter()
             .map(|(image, (packages, notes))| {
@@ -371,7 +380,7 @@ impl Provenance {
         // The provenance first, then each platform's SBOM: one upload side
         // by side and one update of the image's referrers, in that order.
         let mut attached = self
-            .publish(registry, &target, signed, log)
+            .publish(registry, &target, Some(&subject), signed, log)
             .await?
             .into_iter();
         let provenance = self.attestation(statement, attached.next())?;
@@ -416,7 +425,7 @@ impl Provenance {
         let target = Target::of(facts.result)?;
         let statement = self.statement(facts);
         let signed = vec![self.sign(&statement, SLSA_PROVENANCE)?];
-        let attached = self.publish(registry, &target, signed, log).await?;
+        let attached = self.publish(registry, &target, None, signed, log).await?;
         let provenance = self.attestation(statement, attached.into_iter().next())?;
         Ok(Attested { provenance, sboms })
     }
@@ -457,12 +466,14 @@ impl Provenance {
         })
     }
 
-    /// Attaches each of the `signed` statements to `target` as its
-    /// envelope and its bundle, listed in their order: where each is.
+    /// Attaches each of the `signed` statements to `target` (its manifest
+    /// `subject`, where read already) as its envelope and its bundle,
+    /// listed in their order: where each is.
     async fn publish(
         &self,
         registry: &RegistryClient,
         target: &Target,
+        subject: Option<&RawManifest>,
         signed: Vec<Signed>,
         log: &JobLog,
     ) -> Result<Vec<Attached>, String> {
@@ -479,7 +490,13 @@ impl Provenance {
             })
             .collect();
         let digests = retried("attaching", log, || {
-            attach_listed(registry, &target.repository, &target.pinned, &artifacts)
+            attach_listed(
+                registry,
+                &target.repository,
+                &target.pinned,
+                subject,
+                &artifacts,
+            )
         })
         .await?;
         let mut references = digests.iter().map(|d| format!("{}@{d}", target.name));
@@ -493,23 +510,24 @@ impl Provenance {
             .collect())
     }
 
-    /// The packages in each platform image of `target`, read from its
-    /// layers (the platforms side by side).
+    /// The manifest of `target` and the packages in each of its platform
+    /// images, read from their layers (the platforms side by side).
     async fn packages(
         &self,
         registry: &RegistryClient,
         target: &Target,
         log: &JobLog,
-    ) -> Result<Vec<(PlatformImage, ImagePackages)>, String> {
+    ) -> Result<(RawManifest, Vec<(PlatformImage, ImagePackages)>), String> {
         const READING: &str = "reading the image for its SBOM";
-        let images = retried(READING, log, || async move {
+        let (pushed, images) = retried(READING, log, || async move {
             let pushed = registry
                 .manifest(&target.pinned)
                 .await?
                 .ok_or_else(|| format!("{} is not in the registry", target.pinned))?;
-            sbom::platform_images(registry, &target.repository, &pushed)
+            let images = sbom::platform_images(registry, &target.repository, &pushed)
                 .await
-                .map_err(|e| e.to_string())
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>((pushed, images))
         })
         .await?;
         let read = images.into_iter().map(async |image| {
@@ -519,7 +537,7 @@ impl Provenance {
             .await?;
             Ok::<_, String>((image, packages))
         });
-        futures_util::future::try_join_all(read).await
+        Ok((pushed, futures_util::future::try_join_all(read).await?))
     }
 
     /// Each of `images` (the external images the parsed Dockerfile uses)

@@ -78,6 +78,9 @@ impl CacheSlot {
         let holder = record.as_ref().and_then(|r| r.holder_of(LOCAL_IMAGE));
         let gone = format!("{LOCAL_IMAGE}: image not known");
         let succeeded = |out: Option<CommandOutput>| out.is_some_and(|out| out.exit_code == 0);
+        let untagged = |out: Option<CommandOutput>| {
+            out.is_some_and(|out| out.exit_code == 0 || out.stderr.contains(&gone))
+        };
         let (containers, name) = tokio::join!(
             async {
                 match containers_left {
@@ -91,17 +94,15 @@ impl CacheSlot {
                     Some(NameHolder::ManifestList) => {
                         succeeded(remove("podman", &["manifest", "rm", LOCAL_IMAGE]).await)
                     }
-                    Some(NameHolder::Image) => remove("podman", &["untag", LOCAL_IMAGE])
-                        .await
-                        .is_some_and(|out| out.exit_code == 0 || out.stderr.contains(&gone)),
+                    Some(NameHolder::Image) => {
+                        untagged(remove("podman", &["untag", LOCAL_IMAGE]).await)
+                    }
                     // A manifest list goes first, always: untagging one
                     // untags the image for this host's platform in it, and
                     // the list keeps the name.
                     None => {
                         remove("podman", &["manifest", "rm", LOCAL_IMAGE]).await;
-                        remove("podman", &["untag", LOCAL_IMAGE])
-                            .await
-                            .is_some_and(|out| out.exit_code == 0 || out.stderr.contains(&gone))
+                        untagged(remove("podman", &["untag", LOCAL_IMAGE]).await)
                     }
                 }
             }

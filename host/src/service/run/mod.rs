@@ -37,6 +37,7 @@ use crate::layer_cache::CacheSlot;
 use crate::log::JobLog;
 use crate::plugin::Builder;
 use crate::registry::RegistrySettings;
+use crate::registry::oci::RegistryClient;
 use crate::store::StoredJob;
 use crate::workspace::JobDirs;
 
@@ -65,6 +66,10 @@ struct Run<'a> {
     dirs: JobDirs,
     /// How the run reaches registries, with the job's credentials.
     registries: Arc<RegistrySettings>,
+    /// The host's own registry requests of the run (its reuse lookup, the
+    /// base images, the provenance) through one client: one connection
+    /// pool and one token per registry for all of them.
+    registry: RegistryClient,
     /// The Docker Engine it builds in, if it builds in one.
     engine: Option<Arc<DockerEngine>>,
     /// The run's image name in that engine.

@@ -12,6 +12,7 @@ use crate::job::Job;
 use crate::layer_cache::{CacheScope, CacheSlot};
 use crate::log::JobLog;
 use crate::plugin::{Backend, EngineKind};
+use crate::registry::oci::RegistryClient;
 use crate::service::Inner;
 use crate::service::fault::Failure;
 use crate::workspace::{JobDirs, run_name};
@@ -159,6 +160,7 @@ impl<'a> Run<'a> {
             slot,
             cgroup,
             dirs,
+            registry: RegistryClient::new(registries.clone()),
             registries,
             engine,
             engine_image,

@@ -8,7 +8,6 @@
 use super::Run;
 use super::steps::Checked;
 use crate::job::BuildResult;
-use crate::registry::oci::RegistryClient;
 use crate::reuse::{BuildInputs, EarlierBuild};
 
 /// What the reuse step found.
@@ -25,7 +24,7 @@ impl Run<'_> {
         let Some(key) = self.inner.config.reuse.as_ref().filter(|_| !job.no_cache) else {
             return Reuse::Build(None);
         };
-        let registry = RegistryClient::new(self.registries.clone());
+        let registry = &self.registry;
         let workspace = self.dirs.workspace();
         let context = &checked.source.checkout.context;
         let checkout = &self.inner.config.checkout;
@@ -38,7 +37,7 @@ impl Run<'_> {
                 self.builder.info(),
                 &checked.source,
                 tree,
-                &registry,
+                registry,
                 &self.inner.config.secrets,
                 key,
             )
@@ -55,7 +54,7 @@ impl Run<'_> {
         };
         let store = self.inner.config.store.as_ref();
         let Some(earlier) = inputs
-            .earlier_build(job, &checked.image, store, &registry)
+            .earlier_build(job, &checked.image, store, registry)
             .await
         else {
             return Reuse::Build(Some(Box::new(inputs)));

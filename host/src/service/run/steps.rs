@@ -15,7 +15,6 @@ use crate::job::{BuildResult, PhaseClock, PhaseName};
 use crate::plugin::{Backend, BuilderError, Built, RunContext};
 use crate::provenance::statement::ResourceDescriptor;
 use crate::provenance::{BuildFacts, Provenance};
-use crate::registry::oci::RegistryClient;
 use crate::registry::{Published, Publisher, Pushed};
 use crate::rules::CheckedBuild;
 use crate::service::fault::{self, Failure};
@@ -310,8 +309,9 @@ impl Run<'_> {
                 );
             }
         }
-        let registry = RegistryClient::new(self.registries.clone());
-        provenance.base_images(&registry, external, &used).await
+        provenance
+            .base_images(&self.registry, external, &used)
+            .await
     }
 
     /// Signs and attaches the provenance and SBOMs of what the builder
@@ -328,7 +328,7 @@ impl Run<'_> {
     ) -> Result<(), Failure> {
         let (job, log) = (self.job, self.log);
         let (_, trail) = self.audit.stored();
-        let registry = RegistryClient::new(self.registries.clone());
+        let registry = &self.registry;
         let facts = BuildFacts {
             job,
             commit: &checked.commit,
@@ -347,10 +347,10 @@ impl Run<'_> {
                     reused_from.unwrap_or_default()
                 ));
                 provenance
-                    .attest_with_sboms(&registry, &facts, sboms, log)
+                    .attest_with_sboms(registry, &facts, sboms, log)
                     .await
             }
-            None => provenance.attest(&registry, &facts, log).await,
+            None => provenance.attest(registry, &facts, log).await,
         };
         let crate::provenance::Attested {
             provenance: attestation,

@@ -78,29 +78,30 @@ impl StorageRecord {
     /// short name (the tools resolve those by their own settings) or one
     /// the storage does not hold.
     pub fn digest_of(&self, name: &str) -> Option<&str> {
-        let stored = stored_name(name)?;
-        self.images
-            .iter()
-            .find(|image| image.names.contains(&stored))
+        self.named(name)?
             .map(|image| image.digest.as_str())
             .filter(|digest| digest.starts_with("sha256:"))
     }
 
     /// What holds the fully qualified `name`; `None` for a short one.
     pub fn holder_of(&self, name: &str) -> Option<NameHolder> {
+        Some(match self.named(name)? {
+            None => NameHolder::Nothing,
+            Some(image) if image.kept.iter().any(|k| k == "instances.json") => {
+                NameHolder::ManifestList
+            }
+            Some(_) => NameHolder::Image,
+        })
+    }
+
+    /// The image the fully qualified `name` names, if the storage holds
+    /// one; `None` for a short name.
+    fn named(&self, name: &str) -> Option<Option<&StoredImage>> {
         let stored = stored_name(name)?;
         Some(
-            match self
-                .images
+            self.images
                 .iter()
-                .find(|image| image.names.contains(&stored))
-            {
-                None => NameHolder::Nothing,
-                Some(image) if image.kept.iter().any(|k| k == "instances.json") => {
-                    NameHolder::ManifestList
-                }
-                Some(_) => NameHolder::Image,
-            },
+                .find(|image| image.names.contains(&stored)),
         )
     }
 }

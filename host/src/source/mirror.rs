@@ -381,29 +381,19 @@ const FETCHED_REF: &str = "refs/helix/fetched";
 
 impl LocalRef {
     fn of(git_ref: &str) -> LocalRef {
-        let in_refspecs = ["refs/heads/", "refs/tags/"]
+        let (names, refspec) = if ["refs/heads/", "refs/tags/"]
             .iter()
-            .any(|prefix| git_ref.starts_with(prefix));
-        match (
-            git_ref == "HEAD" || git_ref.starts_with("refs/"),
-            in_refspecs,
-        ) {
-            (_, true) => LocalRef {
-                names: vec![git_ref.to_string()],
-                refspec: None,
-            },
-            (true, false) => LocalRef {
-                names: vec![FETCHED_REF.to_string()],
-                refspec: Some(format!("+{git_ref}:{FETCHED_REF}")),
-            },
-            (false, false) => LocalRef {
-                names: vec![
-                    format!("refs/heads/{git_ref}"),
-                    format!("refs/tags/{git_ref}"),
-                ],
-                refspec: None,
-            },
-        }
+            .any(|prefix| git_ref.starts_with(prefix))
+        {
+            (vec![git_ref.to_string()], None)
+        } else if git_ref == "HEAD" || git_ref.starts_with("refs/") {
+            let refspec = format!("+{git_ref}:{FETCHED_REF}");
+            (vec![FETCHED_REF.to_string()], Some(refspec))
+        } else {
+            let names = ["heads", "tags"].map(|kind| format!("refs/{kind}/{git_ref}"));
+            (names.to_vec(), None)
+        };
+        LocalRef { names, refspec }
     }
 }
 

@@ -379,21 +379,20 @@ async fn operator_delay_setting_is_honoured_and_invalid_values_fail_the_job() {
         ..JobRequest::default()
     };
     let job = service.submit(plain).await.unwrap();
-    let early = service
-        .wait(job.id.as_str(), Duration::from_millis(100))
-        .await
-        .unwrap();
-    assert_eq!(
-        early.state,
-        State::Running,
-        "the 400 ms setting delays the build"
+    // Timed by the host, not by when this test happens to look: a loaded
+    // machine may start the plugin late, never shorten its build.
+    let job = finished(&service, &job.id).await;
+    assert_eq!(job.state, State::Succeeded);
+    let build = job.phases.iter().find(|p| p.name.as_str() == "build");
+    assert!(
+        build.unwrap().ms >= 400,
+        "the 400 ms setting delays the build: {job:?}"
     );
     let logs = service.logs(job.id.as_str()).await.unwrap().texts();
     assert!(
         logs.iter().any(|l| l.contains("working for 400 ms")),
         "{logs:?}"
     );
-    assert_eq!(finished(&service, &job.id).await.state, State::Succeeded);
 
     let mut bad = simulated(0);
     bad.build_args

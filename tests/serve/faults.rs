@@ -288,6 +288,7 @@ fn backup_under_load_holds_every_job_committed_before_it_and_opens() {
     let data = server._data.as_ref().unwrap().path().to_path_buf();
     let copy = data.join("copy.db");
     let stop = std::sync::atomic::AtomicBool::new(false);
+    let submitted = std::sync::atomic::AtomicUsize::new(0);
     // A steady stream of submissions while the backup runs.
     let (accepted, began, backup) = std::thread::scope(|scope| {
         let submitter = scope.spawn(|| {
@@ -300,11 +301,19 @@ fn backup_under_load_holds_every_job_committed_before_it_and_opens() {
                 let request = json!({"builder": "simulated", "id": id, "repo_url": "https://git.example/app.git"});
                 if server.json("POST", "/v1/jobs", Some(&request)).0 == 201 {
                     accepted.push((id, std::time::Instant::now()));
+                    submitted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 }
             }
             accepted
         });
-        std::thread::sleep(Duration::from_millis(500));
+        // The backup begins once the load has committed jobs, however
+        // slowly a loaded machine takes them.
+        let loading = std::time::Instant::now();
+        while submitted.load(std::sync::atomic::Ordering::SeqCst) <= 20
+            && loading.elapsed() < Duration::from_secs(60)
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let began = std::time::Instant::now();
         let backup = Command::new(env!("CARGO_BIN_EXE_helix-build"))
             .args(["backup", copy.to_str().unwrap()])

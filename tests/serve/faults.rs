@@ -83,9 +83,20 @@ fn a_host_killed_mid_build_leaves_its_jobs_to_another_host() {
     for id in &ids {
         submit(&a, id, json!({"HELIX_SIMULATE_DELAY_MS": "3000"}));
     }
-    // A runs the first two and dies without warning; B starts after.
+    // A runs the first two and dies without warning, once what it said of
+    // running them is stored (its log lines are written behind); B starts
+    // after.
     for id in &ids[..2] {
         assert!(until_running(&a, id, 100).0, "{id} never ran on a");
+        let stored = format!(
+            "SELECT count(*) FROM job_logs WHERE job_id = '{id}' \
+             AND line LIKE '%running on builder%on host ''a''%'"
+        );
+        let said = (0..250).any(|_| {
+            std::thread::sleep(Duration::from_millis(20));
+            postgres.query(&stored) == "1"
+        });
+        assert!(said, "{id}'s run on a is in the store");
     }
     a.child.kill().unwrap();
     a.child.wait().unwrap();

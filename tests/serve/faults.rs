@@ -22,9 +22,24 @@ fn kill_9_during_builds_loses_no_accepted_job_and_runs_none_twice_at_once() {
         });
         assert_eq!(server.json("POST", "/v1/jobs", Some(&request)).0, 201);
     }
-    // Two are running, three queued: kill the host without warning.
+    // Two are running, three queued: kill the host without warning, once
+    // what it said of running them is stored (its log lines are written
+    // behind).
     let (_, job) = server.json("GET", "/v1/jobs/crash-1/wait?timeout_secs=1", None);
     assert_eq!(job["state"], "running");
+    let db = rusqlite::Connection::open(data.path().join("helix.db")).unwrap();
+    let said = (0..250).any(|_| {
+        std::thread::sleep(Duration::from_millis(20));
+        let stored: Result<i64, _> = db.query_row(
+            "SELECT count(*) FROM job_logs WHERE job_id IN ('crash-0', 'crash-1') \
+             AND line LIKE '%running on builder%'",
+            [],
+            |row| row.get(0),
+        );
+        stored.is_ok_and(|n| n == 2)
+    });
+    assert!(said, "the two runs are in the store");
+    drop(db);
     server.child.kill().unwrap();
     server.child.wait().unwrap();
 

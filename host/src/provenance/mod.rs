@@ -200,6 +200,9 @@ pub struct BuildFacts<'a> {
     pub commit: &'a str,
     /// What the host pushed and confirmed.
     pub result: &'a BuildResult,
+    /// The manifest (or index) at the result's digest, where the host's
+    /// check just read it; else it is read again.
+    pub manifest: Option<&'a RawManifest>,
     pub builder: &'a BuilderInfo,
     /// The sha256 (hex) of the Dockerfile the host checked and pinned the
     /// build tool to.
@@ -359,7 +362,9 @@ impl Provenance {
     ) -> Result<Attested, String> {
         let target = Target::of(facts.result)?;
         let statement = self.statement(facts);
-        let (subject, read) = self.packages(registry, &target, log).await?;
+        let (subject, read) = self
+            .packages(registry, &target, facts.manifest, log)
+            .await?;
         let sboms: Vec<_> = read
             .iter()
             .map(|(image, (packages, notes))| {
@@ -510,20 +515,26 @@ impl Provenance {
             .collect())
     }
 
-    /// The manifest of `target` and the packages in each of its platform
-    /// images, read from their layers (the platforms side by side).
+    /// The manifest of `target` (`read` already, if it is that digest's)
+    /// and the packages in each of its platform images, read from their
+    /// layers (the platforms side by side).
     async fn packages(
         &self,
         registry: &RegistryClient,
         target: &Target,
+        read: Option<&RawManifest>,
         log: &JobLog,
     ) -> Result<(RawManifest, Vec<(PlatformImage, ImagePackages)>), String> {
         const READING: &str = "reading the image for its SBOM";
+        let read = read.filter(|m| m.digest == target.digest);
         let (pushed, images) = retried(READING, log, || async move {
-            let pushed = registry
-                .manifest(&target.pinned)
-                .await?
-                .ok_or_else(|| format!("{} is not in the registry", target.pinned))?;
+            let pushed = match read {
+                Some(manifest) => manifest.clone(),
+                None => registry
+                    .manifest(&target.pinned)
+                    .await?
+                    .ok_or_else(|| format!("{} is not in the registry", target.pinned))?,
+            };
             let images = sbom::platform_images(registry, &target.repository, &pushed)
                 .await
                 .map_err(|e| e.to_string())?;

@@ -17,6 +17,7 @@ use std::time::Duration;
 use sha2::{Digest as _, Sha256};
 
 use super::RegistrySettings;
+use super::oci::RawManifest;
 use crate::cancel::CancelSignal;
 use crate::cgroup::RunCgroup;
 use crate::docker_engine::{DockerEngine, DockerEngineError, platform_tag};
@@ -185,6 +186,8 @@ pub struct Published {
     pub result: BuildResult,
     /// What the image at the tag holds, in bytes (see `size`).
     pub bytes: u64,
+    /// The manifest (or index) at the tag, as read back: the pushed one.
+    pub manifest: RawManifest,
 }
 
 /// Pushes images and asks registries what a tag really points to.
@@ -267,17 +270,21 @@ impl Publisher {
         requested: &[Platform],
         log: &JobLog,
     ) -> Result<Published, PublishError> {
-        let (result, raw) = self
+        let (result, manifest) = self
             .verify(image, digest, requested)
             .await
             .map_err(PublishError::Unverified)?;
         let client = super::oci::RegistryClient::new(self.registries.clone());
         let reference = super::oci::reference(image).map_err(PublishError::Unverified)?;
-        let bytes = super::size::image_bytes(&client, &reference, &raw).await;
+        let bytes = super::size::image_bytes(&client, &reference, &manifest.bytes).await;
         log.push(&format!(
             "[helix] verified: {image} is {digest} in the registry ({bytes} bytes)"
         ));
-        Ok(Published { result, bytes })
+        Ok(Published {
+            result,
+            bytes,
+            manifest,
+        })
     }
 
     /// Gives the image `from` (`repository@sha256:…`, an earlier job's)
@@ -457,9 +464,9 @@ impl Publisher {
         tag: &str,
         pushed: &str,
         requested: &[Platform],
-    ) -> Result<(BuildResult, Vec<u8>), String> {
-        let raw = self.raw_manifest(tag).await?;
-        let actual = format!("sha256:{}", hex::encode(Sha256::digest(&raw)));
+    ) -> Result<(BuildResult, RawManifest), String> {
+        let manifest = self.raw_manifest(tag).await?;
+        let actual = format!("sha256:{}", hex::encode(Sha256::digest(&manifest.bytes)));
         if pushed != actual {
             return Err(format!(
                 "{tag} resolves to {actual} in the registry, but the host pushed {pushed:?}; \
@@ -468,7 +475,7 @@ impl Publisher {
         }
         let mut platform_digests = Vec::new();
         if requested.len() > 1 {
-            let listed = index_platforms(&raw).map_err(|e| format!("{tag}: {e}"))?;
+            let listed = index_platforms(&manifest.bytes).map_err(|e| format!("{tag}: {e}"))?;
             let missing: Vec<String> = requested
                 .iter()
                 .filter(|p| !listed.iter().any(|(listed, _)| listed == *p))
@@ -489,13 +496,13 @@ impl Publisher {
         let result =
             BuildResult::validate(tag.to_string(), Some(actual), platform_digests, requested)
                 .map_err(|e| format!("the registry {e}"))?;
-        Ok((result, raw))
+        Ok((result, manifest))
     }
 
     /// The manifest `tag` names in the registry, as stored, read by the
     /// host itself (no program: nothing the registry answers reaches a
     /// tool outside a jail).
-    async fn raw_manifest(&self, tag: &str) -> Result<Vec<u8>, String> {
+    async fn raw_manifest(&self, tag: &str) -> Result<RawManifest, String> {
         let reference = super::oci::reference(tag)?;
         let client = super::oci::RegistryClient::new(self.registries.clone());
         match tokio::time::timeout(QUERY_TIMEOUT, client.manifest(&reference)).await {
@@ -507,7 +514,7 @@ impl Publisher {
             Ok(Ok(None)) => Err(format!(
                 "cannot read {tag} from the registry: it has no such manifest"
             )),
-            Ok(Ok(Some(manifest))) => Ok(manifest.bytes),
+            Ok(Ok(Some(manifest))) => Ok(manifest),
         }
     }
 }

@@ -476,6 +476,8 @@ async fn attaching_provenance_rides_out_a_registry_restart_and_concurrent_upload
         job: &job,
         commit: &commit,
         result: &result,
+        // Read from the registry, as for an image the host did not check.
+        manifest: None,
         builder: &builder,
         dockerfile_sha256: &dockerfile,
         base_images: Vec::new(),

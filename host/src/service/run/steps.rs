@@ -15,6 +15,7 @@ use crate::job::{BuildResult, PhaseClock, PhaseName};
 use crate::plugin::{Backend, BuilderError, Built, RunContext};
 use crate::provenance::statement::ResourceDescriptor;
 use crate::provenance::{BuildFacts, Provenance};
+use crate::registry::oci::RawManifest;
 use crate::registry::{Published, Publisher, Pushed};
 use crate::rules::CheckedBuild;
 use crate::service::fault::{self, Failure};
@@ -48,8 +49,9 @@ impl Run<'_> {
                 Reuse::Reused(result, earlier) => {
                     if let Some(provenance) = &self.inner.config.provenance {
                         let bases = self.base_images(provenance, None, checked).await;
+                        let reused_from = Some(earlier.job.as_str());
                         let attested = self
-                            .attest(provenance, bases, checked, &result, Some(&earlier.job))
+                            .attest(provenance, bases, checked, &result, None, reused_from)
                             .await;
                         clock.lap(PhaseName::Attest, Utc::now());
                         attested?;
@@ -105,12 +107,12 @@ impl Run<'_> {
         let mut slot = self.slot.take();
         let (result, ()) = tokio::join!(
             async {
-                let result = self.check_pushed(&checked, &digest).await;
+                let checked_back = self.check_pushed(&checked, &digest).await;
                 clock.lap(PhaseName::RegistryCheck, Utc::now());
-                let result = result?;
+                let (result, manifest) = checked_back?;
                 if let Some(provenance) = provenance {
                     let attested = self
-                        .attest(provenance, bases, &checked, &result, None)
+                        .attest(provenance, bases, &checked, &result, Some(&manifest), None)
                         .await;
                     clock.lap(PhaseName::Attest, Utc::now());
                     attested?;
@@ -263,15 +265,23 @@ impl Run<'_> {
     }
 
     /// The registry read back: the tag holds the pushed `digest`, with
-    /// every requested platform.
-    async fn check_pushed(&self, checked: &Checked, digest: &str) -> Result<BuildResult, Failure> {
-        let Published { result, bytes } = self
+    /// every requested platform; the manifest read there.
+    async fn check_pushed(
+        &self,
+        checked: &Checked,
+        digest: &str,
+    ) -> Result<(BuildResult, RawManifest), Failure> {
+        let Published {
+            result,
+            bytes,
+            manifest,
+        } = self
             .publisher()
             .check_pushed(&checked.image, digest, &self.job.platforms, self.log)
             .await?;
         self.inner
             .measured(self.job.id.as_str(), |r| r.pushed_bytes = bytes);
-        Ok(result)
+        Ok((result, manifest))
     }
 
     /// The external images the build used, with their digests (see
@@ -317,13 +327,15 @@ impl Run<'_> {
     /// Signs and attaches the provenance and SBOMs of what the builder
     /// built from `base_images` (or, for a job given its image, of the
     /// build `reused_from`), and keeps them with the job; a registry that
-    /// refuses it fails the job as it would a refused push.
+    /// refuses it fails the job as it would a refused push. `manifest` is
+    /// the result's, where the registry check just read it.
     async fn attest(
         &self,
         provenance: &Provenance,
         base_images: Vec<ResourceDescriptor>,
         checked: &Checked,
         result: &BuildResult,
+        manifest: Option<&RawManifest>,
         reused_from: Option<&str>,
     ) -> Result<(), Failure> {
         let (job, log) = (self.job, self.log);
@@ -333,6 +345,7 @@ impl Run<'_> {
             job,
             commit: &checked.commit,
             result,
+            manifest,
             builder: self.builder.info(),
             dockerfile_sha256: &checked.source.dockerfile_sha256,
             base_images,

@@ -6,12 +6,14 @@
 //! `docker build --no-cache` with BuildKit and `docker push` — alternating,
 //! side by side, medians over several rounds. The service's figure
 //! includes what the hand-run floors do not: a fresh wasm instance, grant
-//! checks, log streaming, the private build network, the registry check
-//! (`skopeo inspect`) before the job may succeed, and the provenance.
+//! checks, log streaming, the private build network, the registry read
+//! back before the job may succeed, and the provenance.
 //!
 //! A second row prices the provenance: the same build through a second
 //! service with `provenance = false`, against the first, which signs a
-//! SLSA statement and attaches it to the image (the default).
+//! SLSA statement and the image's SBOM and attaches them to the image (the
+//! default). The podman builder's phases with and without it are printed
+//! beside podman by hand's steps.
 //!
 //! A third row prices the isolation itself: the same hand-run build with
 //! every `RUN` step in an OCI container under runc, against `--isolation
@@ -24,12 +26,15 @@
 use crate::common;
 
 use helix_fixtures as fixtures;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{REAL_BUILDERS, buildkit_by_hand, median, ms, row, three_way_rows, through_service};
+use common::{
+    ByHand, REAL_BUILDERS, buildkit_by_hand, job_through_service, median, ms, print_phase_table,
+    row, three_way_rows,
+};
 
 use helix_build::app;
-use helix_build::job::JobRequest;
+use helix_build::job::{JobRequest, PhaseName};
 
 const ROUNDS: usize = 7;
 
@@ -52,6 +57,10 @@ async fn run() {
 
     let mut helix: Vec<(&str, Vec<Duration>)> = REAL_BUILDERS.map(|b| (b, Vec::new())).to_vec();
     let mut without_provenance = Vec::new();
+    // The podman builder's phases with provenance and without, and podman
+    // by hand's steps: where the provenance's price is paid.
+    let (mut attested_phases, mut unattested_phases) = (Vec::new(), Vec::new());
+    let mut hand_steps = Vec::new();
     let mut by_hand = Vec::new();
     let mut by_hand_chroot = Vec::new();
     let mut buildkit_hand = Vec::new();
@@ -66,20 +75,26 @@ async fn run() {
             ..JobRequest::default()
         };
         for (builder, times) in helix.iter_mut() {
-            times.push(through_service(&service, request(builder, builder)).await);
+            let (took, job) = job_through_service(&service, request(builder, builder)).await;
+            times.push(took);
+            if *builder == "podman" {
+                attested_phases.push(job.phases);
+            }
         }
-        without_provenance
-            .push(through_service(&unattested, request("podman", "unattested")).await);
+        let (took, job) = job_through_service(&unattested, request("podman", "unattested")).await;
+        without_provenance.push(took);
+        unattested_phases.push(job.phases);
 
         for (isolation, times) in [
             (Isolation::Oci, &mut by_hand),
             (Isolation::Chroot, &mut by_hand_chroot),
         ] {
             let image = format!("{}/bench/by-hand:{round}", registry.address);
-            common::settle();
-            let started = Instant::now();
-            build_by_hand(&repo.url(), &image, isolation);
-            times.push(started.elapsed());
+            let hand = build_by_hand(&repo.url(), &image, isolation);
+            times.push(hand.total);
+            if let Isolation::Oci = isolation {
+                hand_steps.push(hand);
+            }
         }
         buildkit_hand.push(
             buildkit_by_hand(
@@ -103,6 +118,10 @@ async fn run() {
         &mut buildkit_hand,
         |builder, floor| (builder, floor).eq(&("podman", "podman")).then_some(1.05),
     );
+    for (provenance, phases) in [("on", &attested_phases), ("off", &unattested_phases)] {
+        let scenario = format!("small build, provenance {provenance}");
+        print_phase_table(&scenario, "podman", phases, "podman", &hand_steps);
+    }
     let unattested_median = median(&mut without_provenance);
     let attesting = podman_median.as_secs_f64() / unattested_median.as_secs_f64();
     println!("  with provenance / without = {attesting:.2}x");
@@ -132,8 +151,9 @@ enum Isolation {
 }
 
 /// What the service runs (checkout, build in a fresh storage, push),
-/// typed in by hand, with `isolation` for the `RUN` steps.
-fn build_by_hand(url: &str, image: &str, isolation: Isolation) {
+/// typed in by hand, with `isolation` for the `RUN` steps; each step timed.
+fn build_by_hand(url: &str, image: &str, isolation: Isolation) -> ByHand {
+    let mut hand = ByHand::start();
     let dir = tempfile::tempdir().unwrap();
     let driver = format!(
         "--storage-driver={}",
@@ -181,15 +201,17 @@ fn build_by_hand(url: &str, image: &str, isolation: Isolation) {
         ])
         .copied()
         .collect();
-    let steps: [(&str, Vec<&str>); 3] = [
+    let steps: [(PhaseName, &str, Vec<&str>); 3] = [
         (
+            PhaseName::Checkout,
             "git",
             vec!["clone", "--depth", "1", "--branch", "v1", "--", url, "src"],
         ),
-        ("podman", build),
-        ("podman", push),
+        (PhaseName::Build, "podman", build),
+        (PhaseName::Push, "podman", push),
     ];
-    for (program, args) in steps {
-        fixtures::run(dir.path(), program, &args);
+    for (phase, program, args) in steps {
+        hand.step(phase, || fixtures::run(dir.path(), program, &args));
     }
+    hand.finish()
 }

@@ -3,8 +3,8 @@
 //! buildkit) and no layer cache (`no_cache`: a fresh storage of the job's
 //! own, or BuildKit's `--no-cache`), against the same work by hand —
 //! `git clone`, `podman build` in a fresh storage and `podman push`; or
-//! `docker build --no-cache` with BuildKit and `docker push` — alternating,
-//! side by side, medians over several rounds. The service's figure
+//! `docker build --no-cache` with BuildKit and `docker push` — side by
+//! side, each side first in one round, medians over the rounds. The service's figure
 //! includes what the hand-run floors do not: a fresh wasm instance, grant
 //! checks, log streaming, the private build network, the registry read
 //! back before the job may succeed, and the provenance.
@@ -36,7 +36,8 @@ use common::{
 use helix_build::app;
 use helix_build::job::{JobRequest, PhaseName};
 
-const ROUNDS: usize = 7;
+/// One round per side, so that each goes first once.
+const ROUNDS: usize = Side::ALL.len();
 
 pub fn main() {
     common::block_on(run());
@@ -74,38 +75,50 @@ async fn run() {
             no_cache: true,
             ..JobRequest::default()
         };
-        for (builder, times) in helix.iter_mut() {
-            let (took, job) = job_through_service(&service, request(builder, builder)).await;
-            times.push(took);
-            if *builder == "podman" {
-                attested_phases.push(job.phases);
+        // Each side goes first in one round: none always runs after the
+        // same neighbour (whose engine may still be busy).
+        let mut sides = Side::ALL;
+        sides.rotate_left(round % Side::ALL.len());
+        for side in sides {
+            match side {
+                Side::Helix(i) => {
+                    let (builder, times) = &mut helix[i];
+                    let (took, job) =
+                        job_through_service(&service, request(builder, builder)).await;
+                    times.push(took);
+                    if *builder == "podman" {
+                        attested_phases.push(job.phases);
+                    }
+                }
+                Side::Unattested => {
+                    let (took, job) =
+                        job_through_service(&unattested, request("podman", "unattested")).await;
+                    without_provenance.push(took);
+                    unattested_phases.push(job.phases);
+                }
+                Side::ByHand(isolation) => {
+                    let image = format!("{}/bench/by-hand:{round}", registry.address);
+                    let hand = build_by_hand(&repo.url(), &image, isolation);
+                    match isolation {
+                        Isolation::Oci => {
+                            by_hand.push(hand.total);
+                            hand_steps.push(hand);
+                        }
+                        Isolation::Chroot => by_hand_chroot.push(hand.total),
+                    }
+                }
+                Side::BuildkitByHand => buildkit_hand.push(
+                    buildkit_by_hand(
+                        &hand_engine,
+                        &repo.url(),
+                        &["GREETING=hello"],
+                        &format!("{}/bench/buildkit-by-hand:{round}", registry.address),
+                        true,
+                    )
+                    .total,
+                ),
             }
         }
-        let (took, job) = job_through_service(&unattested, request("podman", "unattested")).await;
-        without_provenance.push(took);
-        unattested_phases.push(job.phases);
-
-        for (isolation, times) in [
-            (Isolation::Oci, &mut by_hand),
-            (Isolation::Chroot, &mut by_hand_chroot),
-        ] {
-            let image = format!("{}/bench/by-hand:{round}", registry.address);
-            let hand = build_by_hand(&repo.url(), &image, isolation);
-            times.push(hand.total);
-            if let Isolation::Oci = isolation {
-                hand_steps.push(hand);
-            }
-        }
-        buildkit_hand.push(
-            buildkit_by_hand(
-                &hand_engine,
-                &repo.url(),
-                &["GREETING=hello"],
-                &format!("{}/bench/buildkit-by-hand:{round}", registry.address),
-                true,
-            )
-            .total,
-        );
     }
     println!("cores: {}", common::cores());
     let podman_median = median(&mut helix[0].1.clone());
@@ -142,6 +155,29 @@ async fn run() {
         "reported (no target)",
         None,
     );
+}
+
+/// One measured side of a round.
+#[derive(Clone, Copy)]
+enum Side {
+    /// Through the service, with `REAL_BUILDERS[i]`.
+    Helix(usize),
+    /// The podman builder through the service without provenance.
+    Unattested,
+    ByHand(Isolation),
+    BuildkitByHand,
+}
+
+impl Side {
+    const ALL: [Side; 7] = [
+        Side::Helix(0),
+        Side::Helix(1),
+        Side::Helix(2),
+        Side::Unattested,
+        Side::ByHand(Isolation::Oci),
+        Side::ByHand(Isolation::Chroot),
+        Side::BuildkitByHand,
+    ];
 }
 
 #[derive(Clone, Copy)]

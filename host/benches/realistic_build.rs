@@ -7,8 +7,9 @@
 //!
 //! The fixture: a base image of about 110 MB (busybox and 100 MB of data)
 //! in a loopback registry, and a multi-stage Dockerfile with a slow
-//! dependency step (3 s) and a source `COPY`. Two scenarios, alternating
-//! rounds, medians, each Helix builder against both floors:
+//! dependency step (3 s) and a source `COPY`. Two scenarios in each
+//! round, every side first in one round, medians, each Helix builder
+//! against both floors:
 //!
 //! - cold: nothing cached on any side (the base image is pulled; the
 //!   engines are emptied first);
@@ -42,7 +43,30 @@ use helix_build::log::JobLog;
 use helix_build::network::BuildNetwork;
 use helix_fixtures::{Dockerd, Registry, git, run as sh};
 
-const ROUNDS: usize = 5;
+/// One round per side, so that each goes first once.
+const ROUNDS: usize = Side::ALL.len();
+
+/// One measured side of a round.
+#[derive(Clone, Copy)]
+enum Side {
+    /// Through the service, with `REAL_BUILDERS[i]`.
+    Helix(usize),
+    PodmanByHand,
+    /// podman by hand in a jail made as Helix makes one.
+    PodmanJailed,
+    BuildkitByHand,
+}
+
+impl Side {
+    const ALL: [Side; 6] = [
+        Side::Helix(0),
+        Side::Helix(1),
+        Side::Helix(2),
+        Side::PodmanByHand,
+        Side::PodmanJailed,
+        Side::BuildkitByHand,
+    ];
+}
 
 pub fn main() {
     common::block_on(bench());
@@ -89,27 +113,36 @@ async fn bench() {
             no_cache,
             ..JobRequest::default()
         };
+        // Each side goes first in one round: none always runs after the
+        // same neighbour (whose engine may still be busy).
+        let mut sides = Side::ALL;
+        sides.rotate_left(round % Side::ALL.len());
         // Cold: the service in a storage of the job's own (no_cache) or
         // an emptied engine, by hand in an empty storage or engine.
         empty_engine(&helix_engine);
         empty_engine(&hand_engine);
-        for (builder, times) in cold.iter_mut() {
-            times.push(through_service(&service, job(builder, true)).await);
+        for side in sides {
+            let empty = tempfile::tempdir().unwrap();
+            match side {
+                Side::Helix(i) => {
+                    let (builder, times) = &mut cold[i];
+                    times.push(through_service(&service, job(builder, true)).await);
+                }
+                Side::PodmanByHand => cold_podman.push(
+                    by_hand(&url, &image("podman-hand"), empty.path(), None)
+                        .await
+                        .total,
+                ),
+                Side::PodmanJailed => cold_jailed.push(
+                    by_hand(&url, &image("podman-jailed"), empty.path(), jailed)
+                        .await
+                        .total,
+                ),
+                Side::BuildkitByHand => cold_buildkit.push(
+                    buildkit_by_hand(&hand_engine, &url, &[], &image("buildkit-hand"), true).total,
+                ),
+            }
         }
-        let empty = tempfile::tempdir().unwrap();
-        cold_podman.push(
-            by_hand(&url, &image("podman-hand"), empty.path(), None)
-                .await
-                .total,
-        );
-        let empty = tempfile::tempdir().unwrap();
-        cold_jailed.push(
-            by_hand(&url, &image("podman-jailed"), empty.path(), jailed)
-                .await
-                .total,
-        );
-        cold_buildkit
-            .push(buildkit_by_hand(&hand_engine, &url, &[], &image("buildkit-hand"), true).total);
 
         // Rebuild: every side has built the current commit before this round.
         for builder in REAL_BUILDERS {
@@ -124,22 +157,32 @@ async fn bench() {
         )
         .unwrap();
         git(repo.path(), &["commit", "-qam", "one-file change"]);
-        for ((builder, times), (_, phases)) in warm.iter_mut().zip(warm_phases.iter_mut()) {
-            let (took, ended) = job_through_service(&service, job(builder, false)).await;
-            times.push(took);
-            phases.push(ended.phases);
+        for side in sides {
+            match side {
+                Side::Helix(i) => {
+                    let ((builder, times), (_, phases)) = (&mut warm[i], &mut warm_phases[i]);
+                    let (took, ended) = job_through_service(&service, job(builder, false)).await;
+                    times.push(took);
+                    phases.push(ended.phases);
+                }
+                Side::PodmanByHand => {
+                    let podman = by_hand(&url, &image("podman-hand"), hand.path(), None).await;
+                    warm_podman.push(podman.total);
+                    podman_steps.push(podman);
+                }
+                Side::PodmanJailed => warm_jailed.push(
+                    by_hand(&url, &image("podman-jailed"), hand_jailed.path(), jailed)
+                        .await
+                        .total,
+                ),
+                Side::BuildkitByHand => {
+                    let buildkit =
+                        buildkit_by_hand(&hand_engine, &url, &[], &image("buildkit-hand"), false);
+                    warm_buildkit.push(buildkit.total);
+                    buildkit_steps.push(buildkit);
+                }
+            }
         }
-        let podman = by_hand(&url, &image("podman-hand"), hand.path(), None).await;
-        warm_podman.push(podman.total);
-        podman_steps.push(podman);
-        warm_jailed.push(
-            by_hand(&url, &image("podman-jailed"), hand_jailed.path(), jailed)
-                .await
-                .total,
-        );
-        let buildkit = buildkit_by_hand(&hand_engine, &url, &[], &image("buildkit-hand"), false);
-        warm_buildkit.push(buildkit.total);
-        buildkit_steps.push(buildkit);
     }
     println!("cores: {}", common::cores());
     for (builder, phases) in &warm_phases {

@@ -83,29 +83,36 @@ pub struct Pushed {
 
 /// Pushes `artifacts` as attestations of `subject` (a manifest of
 /// `repository`): the empty config blob they share once (distribution 2.8
-/// answers 400 to uploads of one blob at once), then each one's blob and
-/// manifest, side by side.
+/// answers 400 to uploads of one blob at once) beside each one's own blob,
+/// then their manifests, side by side.
 pub async fn push(
     registry: &RegistryClient,
     repository: &Reference,
     subject: &RawManifest,
     artifacts: &[Artifact<'_>],
 ) -> Result<Vec<Pushed>, String> {
-    let config = registry.push_blob(repository, EMPTY).await?;
-    let pushed = artifacts
+    let layers = artifacts
         .iter()
-        .map(|artifact| push_one(registry, repository, subject, &config, artifact));
+        .map(|artifact| registry.push_blob(repository, artifact.bytes));
+    let (config, layers) = tokio::try_join!(
+        registry.push_blob(repository, EMPTY),
+        futures_util::future::try_join_all(layers)
+    )?;
+    let pushed = artifacts.iter().zip(layers).map(|(artifact, layer)| {
+        push_manifest(registry, repository, subject, &config, artifact, layer)
+    });
     futures_util::future::try_join_all(pushed).await
 }
 
-async fn push_one(
+/// The manifest of `artifact`, whose blobs are `config` and `layer`.
+async fn push_manifest(
     registry: &RegistryClient,
     repository: &Reference,
     subject: &RawManifest,
     config: &str,
     artifact: &Artifact<'_>,
+    layer: String,
 ) -> Result<Pushed, String> {
-    let layer = registry.push_blob(repository, artifact.bytes).await?;
     let mut annotations = artifact.annotations();
     annotations["org.opencontainers.image.created"] = chrono::Utc::now().to_rfc3339().into();
     let manifest = json!({

@@ -2,11 +2,25 @@
 //! failure is blamed on found) and cleaned up (its engine images, slot
 //! and workspace, unless a failed one is kept for debugging).
 
+use std::sync::Arc;
+
 use super::Run;
+use crate::jail::Jail;
 use crate::job::{BuildResult, Outcome};
 use crate::layer_cache::CacheSlot;
 use crate::service::confine::limit_reached;
 use crate::service::fault::{self, Failure};
+
+/// Ends `jail`, if this holds its last reference, off the runtime's
+/// threads: its end waits for the jail's processes to be gone.
+pub(super) async fn end_jail(jail: Option<Arc<Jail>>) {
+    if let Some(jail) = jail {
+        let ended = tokio::task::spawn_blocking(move || drop(jail)).await;
+        if let Err(e) = ended {
+            tracing::error!("ending a run's jail failed: {e}");
+        }
+    }
+}
 
 impl Run<'_> {
     /// The run's outcome from what its work `built`, after storing its
@@ -48,7 +62,8 @@ impl Run<'_> {
     pub(super) async fn clean_up(mut self, outcome: &Outcome) {
         if std::mem::take(&mut self.leftovers) {
             let mut slot = self.slot.take();
-            self.tidy_after_build(slot.as_mut()).await;
+            self.tidy_after_build(slot.as_mut(), self.jail.as_deref())
+                .await;
             self.slot = slot;
         }
         let Run {
@@ -61,7 +76,7 @@ impl Run<'_> {
             slot,
             ..
         } = self;
-        drop(jail);
+        end_jail(jail).await;
         drop(cgroup);
         let failed = !matches!(outcome, Outcome::Succeeded(_));
         if failed && inner.config.keep_failed_workspaces {

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use super::Run;
 use crate::cancel::CancelSignal;
 use crate::docker_engine::DockerEngine;
+use crate::jail::Jail;
 use crate::job::Job;
 use crate::layer_cache::{CacheScope, CacheSlot};
 use crate::log::JobLog;
@@ -207,15 +208,16 @@ impl<'a> Run<'a> {
 
     /// Takes away what the build left: its images in the engine, or its
     /// containers and image name in the run's `slot` (see
-    /// [`CacheSlot::tidy`]); the layers stay. The slot is passed apart
-    /// from the run so this can go on beside the registry's steps.
-    pub(super) async fn tidy_after_build(&self, slot: Option<&mut CacheSlot>) {
+    /// [`CacheSlot::tidy`], its programs in `jail`); the layers stay. The
+    /// slot and the jail are passed apart from the run so this can go on
+    /// beside the registry's steps.
+    pub(super) async fn tidy_after_build(&self, slot: Option<&mut CacheSlot>, jail: Option<&Jail>) {
         match (&self.engine, &self.engine_image, slot) {
             (Some(engine), Some(name), _) => engine.remove_images(name).await,
             // An engine's slot is the engine's to keep.
             (None, _, Some(slot)) => {
                 let env = self.dirs.program_env();
-                slot.tidy(&env, self.jail.as_deref(), self.log).await;
+                slot.tidy(&env, jail, self.log).await;
             }
             _ => {}
         }

@@ -103,8 +103,9 @@ impl Run<'_> {
         let digest = digest?;
         // The image is in the registry: what the build left goes while the
         // registry is read back and the provenance attached, which need
-        // only the registry. What outlasts them is clean-up's time.
-        let mut slot = self.slot.take();
+        // only the registry, and then the jail, whose programs are done.
+        // What outlasts them is clean-up's time.
+        let (mut slot, jail) = (self.slot.take(), self.jail.take());
         let (result, ()) = tokio::join!(
             async {
                 let checked_back = self.check_pushed(&checked, &digest).await;
@@ -119,7 +120,10 @@ impl Run<'_> {
                 }
                 Ok::<_, Failure>(result)
             },
-            self.tidy_after_build(slot.as_mut())
+            async {
+                self.tidy_after_build(slot.as_mut(), jail.as_deref()).await;
+                super::end::end_jail(jail).await;
+            }
         );
         (self.slot, self.leftovers) = (slot, false);
         let result = result?;

@@ -273,42 +273,42 @@ impl Mirror {
                 return Ok(commit);
             }
             return Ok(self
-                .fetched(git, url, git_ref)
+                .fetched(git, url, None, &[git_ref.to_string()])
                 .await?
                 .ok_or_else(not_found)?);
         }
         // A ref can move, so the server is asked where it is, in the fetch
         // itself: what the mirror has is not sent again.
         let local = LocalRef::of(git_ref);
-        self.fetch(git, url, local.refspec.as_deref()).await?;
-        for name in &local.names {
-            if let Some(commit) = self.local(git, name).await? {
-                git.log.push(&format!(
-                    "[helix] {git_ref} is at {commit} in the repository's mirror"
-                ));
-                return Ok(commit);
-            }
-        }
-        // Missing from a damaged mirror is not missing.
-        self.verify(git, &["--connectivity-only"]).await?;
-        Err(MirrorFault::Checkout(not_found()))
+        let commit = self
+            .fetched(git, url, local.refspec.as_deref(), &local.names)
+            .await?
+            .ok_or_else(not_found)?;
+        git.log.push(&format!(
+            "[helix] {git_ref} is at {commit} in the repository's mirror"
+        ));
+        Ok(commit)
     }
 
-    /// The commit `name` names in the mirror after a fetch; `None` when
-    /// the mirror is sound and still lacks it.
+    /// The commit the first of `names` in the mirror names after a fetch
+    /// (with `refspec`, of one ref more); `None` when the mirror is sound
+    /// and still lacks them all.
     async fn fetched(
         &self,
         git: &Git<'_>,
         url: &str,
-        name: &str,
+        refspec: Option<&str>,
+        names: &[String],
     ) -> Result<Option<String>, MirrorFault> {
-        self.fetch(git, url, None).await?;
-        let commit = self.local(git, name).await?;
-        if commit.is_none() {
-            // Missing from a damaged mirror is not missing.
-            self.verify(git, &["--connectivity-only"]).await?;
+        self.fetch(git, url, refspec).await?;
+        for name in names {
+            if let Some(commit) = self.local(git, name).await? {
+                return Ok(Some(commit));
+            }
         }
-        Ok(commit)
+        // Missing from a damaged mirror is not missing.
+        self.verify(git, &["--connectivity-only"]).await?;
+        Ok(None)
     }
 
     /// The commit `name` (an id, maybe abbreviated) names in the mirror.

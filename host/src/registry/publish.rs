@@ -270,11 +270,11 @@ impl Publisher {
         requested: &[Platform],
         log: &JobLog,
     ) -> Result<Published, PublishError> {
-        let (result, manifest) = self
-            .verify(image, digest, requested)
+        // One client for the check's reads: one connection pool, one token.
+        let client = super::oci::RegistryClient::new(self.registries.clone());
+        let (result, manifest) = Self::verify(&client, image, digest, requested)
             .await
             .map_err(PublishError::Unverified)?;
-        let client = super::oci::RegistryClient::new(self.registries.clone());
         let reference = super::oci::reference(image).map_err(PublishError::Unverified)?;
         let bytes = super::size::image_bytes(&client, &reference, &manifest.bytes).await;
         log.push(&format!(
@@ -302,8 +302,7 @@ impl Publisher {
             .await
             .map_err(PublishError::Copy)?;
         let digest = from.rsplit_once('@').map(|(_, d)| d).unwrap_or_default();
-        let (result, _) = self
-            .verify(image, digest, requested)
+        let (result, _) = Self::verify(&client, image, digest, requested)
             .await
             .map_err(PublishError::Unverified)?;
         log.push(&format!(
@@ -457,15 +456,15 @@ impl Publisher {
         Ok(digest)
     }
 
-    /// What `tag` holds now, if it is the `pushed` digest with every
-    /// requested platform.
+    /// What `tag` holds now, read through `client`, if it is the `pushed`
+    /// digest with every requested platform.
     async fn verify(
-        &self,
+        client: &super::oci::RegistryClient,
         tag: &str,
         pushed: &str,
         requested: &[Platform],
     ) -> Result<(BuildResult, RawManifest), String> {
-        let manifest = self.raw_manifest(tag).await?;
+        let manifest = Self::raw_manifest(client, tag).await?;
         let actual = format!("sha256:{}", hex::encode(Sha256::digest(&manifest.bytes)));
         if pushed != actual {
             return Err(format!(
@@ -502,9 +501,11 @@ impl Publisher {
     /// The manifest `tag` names in the registry, as stored, read by the
     /// host itself (no program: nothing the registry answers reaches a
     /// tool outside a jail).
-    async fn raw_manifest(&self, tag: &str) -> Result<RawManifest, String> {
+    async fn raw_manifest(
+        client: &super::oci::RegistryClient,
+        tag: &str,
+    ) -> Result<RawManifest, String> {
         let reference = super::oci::reference(tag)?;
-        let client = super::oci::RegistryClient::new(self.registries.clone());
         match tokio::time::timeout(QUERY_TIMEOUT, client.manifest(&reference)).await {
             Err(_) => Err(format!(
                 "the registry did not answer about {tag} within {}s",

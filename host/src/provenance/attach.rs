@@ -148,25 +148,83 @@ async fn push_manifest(
     Ok(Pushed { digest, entry })
 }
 
+/// How a registry lists the attestations of one subject, asked before
+/// they are pushed (so beside their uploads): by its referrers API, or
+/// else by the fallback index.
+pub enum Listing {
+    Referrers,
+    FallbackTag(FallbackRead),
+}
+
+/// A fallback index read under this host's turn to update it, which is
+/// held until [`list`] has written it.
+pub struct FallbackRead {
+    /// The index as read, if the tag names one.
+    read: Option<RawManifest>,
+    _turn: tokio::sync::OwnedMutexGuard<()>,
+}
+
+/// How the registry lists the attestations of `subject` (a digest of
+/// `repository`): see [`Listing`].
+pub async fn listing(
+    registry: &RegistryClient,
+    repository: &Reference,
+    subject: &str,
+) -> Result<Listing, String> {
+    if registry
+        .referrers(&by_digest(repository, subject))
+        .await?
+        .is_some()
+    {
+        return Ok(Listing::Referrers);
+    }
+    let read = fallback_read(registry, &fallback_tag(repository, subject)).await?;
+    Ok(Listing::FallbackTag(read))
+}
+
+/// The fallback index `tag`, read once this host's turn to update it
+/// has come.
+async fn fallback_read(registry: &RegistryClient, tag: &Reference) -> Result<FallbackRead, String> {
+    let turn = {
+        let mut locks = FALLBACK_LOCKS.lock().unwrap_or_else(|e| e.into_inner());
+        locks.retain(|_, lock| std::sync::Arc::strong_count(lock) > 1);
+        locks.entry(tag.to_string()).or_default().clone()
+    };
+    let turn = turn.lock_owned().await;
+    Ok(FallbackRead {
+        read: registry.manifest(tag).await?,
+        _turn: turn,
+    })
+}
+
 /// Makes the attestations `pushed` (of `subject` in `repository`)
-/// findable, in their order: where the registry's referrers API lists
-/// them (it indexed their manifests' subject), as they are; else added to
-/// the fallback index in one update. Where they are listed.
+/// findable, in their order, as `listing` found the registry: where its
+/// referrers API lists them (it indexed their manifests' subject), as
+/// they are; else added to the fallback index in one update. Once this
+/// returns, the registry lists each; where.
 pub async fn list(
     registry: &RegistryClient,
     repository: &Reference,
     subject: &str,
     pushed: &[Pushed],
+    listing: Listing,
 ) -> Result<Index, String> {
-    if let Some(listed) = registry.referrers(&by_digest(repository, subject)).await?
-        && pushed
-            .iter()
-            .all(|p| listed.iter().any(|d| d["digest"] == p.digest.as_str()))
-    {
-        return Ok(Index::Referrers);
-    }
+    let tag = fallback_tag(repository, subject);
+    let fallback = match listing {
+        Listing::FallbackTag(fallback) => fallback,
+        Listing::Referrers => {
+            if let Some(listed) = registry.referrers(&by_digest(repository, subject)).await?
+                && pushed
+                    .iter()
+                    .all(|p| listed.iter().any(|d| d["digest"] == p.digest.as_str()))
+            {
+                return Ok(Index::Referrers);
+            }
+            fallback_read(registry, &tag).await?
+        }
+    };
     let entries = pushed.iter().map(|p| p.entry.clone()).collect();
-    list_in_fallback_tag(registry, &fallback_tag(repository, subject), entries).await?;
+    list_in_fallback_tag(registry, &tag, fallback, entries).await?;
     Ok(Index::FallbackTag)
 }
 
@@ -174,28 +232,27 @@ pub async fn list(
 /// them to another host's update.
 const FALLBACK_WRITES: usize = 4;
 
-/// Adds `entries` to the referrers index tagged `tag`, in their order. The
-/// registry offers no conditional write, so the index is read, extended
-/// and written back: updates of one tag on this host take turns (the
-/// attestations of one image, of several platforms, or of images reused
-/// from one build, are attached at once), and entries that another
-/// host's update overwrote are added again, up to [`FALLBACK_WRITES`]
-/// times.
+/// Adds `entries` to the referrers index tagged `tag` (as `fallback`
+/// read it when this host's turn to update it came), in their order, and
+/// reads it back. The registry offers no conditional write, so the index is
+/// extended and written back whole: updates of one tag on this host take
+/// turns (the attestations of one image, of several platforms, or of
+/// images reused from one build, are attached at once), and entries that
+/// another host's update overwrote are added again, up to
+/// [`FALLBACK_WRITES`] times.
 async fn list_in_fallback_tag(
     registry: &RegistryClient,
     tag: &Reference,
+    fallback: FallbackRead,
     entries: Vec<Value>,
 ) -> Result<(), String> {
-    let name = tag.to_string();
-    let turn = {
-        let mut locks = FALLBACK_LOCKS.lock().unwrap_or_else(|e| e.into_inner());
-        locks.retain(|_, lock| std::sync::Arc::strong_count(lock) > 1);
-        locks.entry(name).or_default().clone()
-    };
-    let _turn = turn.lock().await;
+    let FallbackRead { mut read, _turn } = fallback;
     let mut lost = String::new();
     for writes in 0..=FALLBACK_WRITES {
-        let mut index = match registry.manifest(tag).await? {
+        if writes > 0 {
+            read = registry.manifest(tag).await?;
+        }
+        let mut index = match &read {
             Some(existing) => serde_json::from_slice::<Value>(&existing.bytes)
                 .map_err(|e| format!("the referrers index {tag} is not JSON: {e}"))?,
             None => json!({ "schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [] }),
@@ -249,7 +306,7 @@ pub async fn attestations(
 
 /// The index entries of every artifact referring to `digest` in
 /// `repository` (see [`attestations`]).
-pub async fn referring(
+async fn referring(
     registry: &RegistryClient,
     repository: &Reference,
     digest: &str,

@@ -79,18 +79,12 @@ async fn attach_listed(
             &read
         }
     };
-    let pushed = attach::push(registry, repository, subject, artifacts).await?;
-    let index = attach::list(registry, repository, &subject.digest, &pushed).await?;
-    let listed = attach::referring(registry, repository, &subject.digest, Some(index)).await?;
-    if let Some(unlisted) = pushed
-        .iter()
-        .find(|p| !listed.iter().any(|d| d["digest"] == p.digest.as_str()))
-    {
-        return Err(format!(
-            "the registry does not list the attestation {} as referring to {pinned}",
-            unlisted.digest
-        ));
-    }
+    // How the registry lists them is asked while they are uploaded.
+    let (pushed, listing) = tokio::try_join!(
+        attach::push(registry, repository, subject, artifacts),
+        attach::listing(registry, repository, &subject.digest)
+    )?;
+    attach::list(registry, repository, &subject.digest, &pushed, listing).await?;
     Ok(pushed.into_iter().map(|p| p.digest).collect())
 }
 
@@ -122,6 +116,8 @@ async fn retried<T, E: std::fmt::Display, F: Future<Output = Result<T, E>>>(
 
 /// The image attestations are attached to: the digest pushed.
 struct Target {
+    /// As the job names it: `registry/path:tag`.
+    image: String,
     /// `registry/path`.
     name: String,
     /// The pushed digest.
@@ -136,16 +132,30 @@ impl Target {
         let digest = result
             .digest
             .as_ref()
-            .ok_or_else(|| format!("{image} was pushed without a digest"))?
-            .to_string();
+            .ok_or_else(|| format!("{image} was pushed without a digest"))?;
+        Target::new(image, digest.as_str())
+    }
+
+    fn new(image: &str, digest: &str) -> Result<Self, String> {
         let name = repository_of(image).to_string();
         Ok(Target {
+            image: image.to_string(),
             repository: reference(image)?,
             pinned: reference(&format!("{name}@{digest}"))?,
             name,
-            digest,
+            digest: digest.to_string(),
         })
     }
+}
+
+/// A pushed image as the registry holds it, read for its SBOMs (see
+/// [`Provenance::read`]).
+pub struct ImageRead {
+    target: Target,
+    /// Its manifest (or index), at the pushed digest.
+    subject: RawManifest,
+    /// Each platform image's packages, and what could not be read.
+    packages: Vec<(PlatformImage, ImagePackages)>,
 }
 
 /// A statement signed, in the two forms it is attached in.
@@ -200,9 +210,6 @@ pub struct BuildFacts<'a> {
     pub commit: &'a str,
     /// What the host pushed and confirmed.
     pub result: &'a BuildResult,
-    /// The manifest (or index) at the result's digest, where the host's
-    /// check just read it; else it is read again.
-    pub manifest: Option<&'a RawManifest>,
     pub builder: &'a BuilderInfo,
     /// The sha256 (hex) of the Dockerfile the host checked and pinned the
     /// build tool to.
@@ -349,11 +356,8 @@ impl Provenance {
 
     /// Writes, signs and attaches the statement about `facts`' build
     /// through `registry`, then each platform's SBOM, and checks the
-    /// registry lists each as referring to the image. A registry that
-    /// fails meanwhile (unreachable, a 5xx, a 400 while other jobs upload
-    /// the same small blob) is tried again, [`ATTACH_TRIES`] times in all
-    /// with backoff, each retry said in `log`, before the error is
-    /// returned.
+    /// registry lists each as referring to the image: [`Provenance::read`]
+    /// and then [`Provenance::attest_read`].
     pub async fn attest(
         &self,
         registry: &RegistryClient,
@@ -361,10 +365,74 @@ impl Provenance {
         log: &JobLog,
     ) -> Result<Attested, String> {
         let target = Target::of(facts.result)?;
-        let statement = self.statement(facts);
-        let (subject, read) = self
-            .packages(registry, &target, facts.manifest, log)
+        let read = self
+            .read(registry, &target.image, &target.digest, log)
             .await?;
+        self.attest_read(registry, facts, read, log).await
+    }
+
+    /// The image pushed as `digest` under `image`, as the registry holds
+    /// it, read for its SBOMs: its manifest and each platform image's
+    /// packages, read from their layers (the platforms side by side).
+    /// Needs nothing but the push, so it can go on beside the registry
+    /// check.
+    pub async fn read(
+        &self,
+        registry: &RegistryClient,
+        image: &str,
+        digest: &str,
+        log: &JobLog,
+    ) -> Result<ImageRead, String> {
+        const READING: &str = "reading the image for its SBOM";
+        let target = Target::new(image, digest)?;
+        let (subject, images) = retried(READING, log, || async {
+            let pushed = registry
+                .manifest(&target.pinned)
+                .await?
+                .ok_or_else(|| format!("{} is not in the registry", target.pinned))?;
+            let images = sbom::platform_images(registry, &target.repository, &pushed)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>((pushed, images))
+        })
+        .await?;
+        let read = images.into_iter().map(async |image| {
+            let packages = retried(READING, log, || {
+                self.packages.of(registry, &target.repository, &image)
+            })
+            .await?;
+            Ok::<_, String>((image, packages))
+        });
+        let packages = futures_util::future::try_join_all(read).await?;
+        Ok(ImageRead {
+            target,
+            subject,
+            packages,
+        })
+    }
+
+    /// As [`Provenance::attest`], with the image already `read` (at the
+    /// digest `facts`' result names: else an error, nothing attached).
+    pub async fn attest_read(
+        &self,
+        registry: &RegistryClient,
+        facts: &BuildFacts<'_>,
+        read: ImageRead,
+        log: &JobLog,
+    ) -> Result<Attested, String> {
+        let ImageRead {
+            target,
+            subject,
+            packages: read,
+        } = read;
+        let checked = Target::of(facts.result)?;
+        if (&checked.name, &checked.digest) != (&target.name, &target.digest) {
+            return Err(format!(
+                "the image read for its SBOM is {}@{}, but the build's result is {}@{}",
+                target.name, target.digest, checked.name, checked.digest
+            ));
+        }
+        let statement = self.statement(facts);
         let sboms: Vec<_> = read
             .iter()
             .map(|(image, (packages, notes))| {
@@ -513,42 +581,6 @@ impl Provenance {
                 bundle: references.next().unwrap_or_default(),
             })
             .collect())
-    }
-
-    /// The manifest of `target` (`read` already, if it is that digest's)
-    /// and the packages in each of its platform images, read from their
-    /// layers (the platforms side by side).
-    async fn packages(
-        &self,
-        registry: &RegistryClient,
-        target: &Target,
-        read: Option<&RawManifest>,
-        log: &JobLog,
-    ) -> Result<(RawManifest, Vec<(PlatformImage, ImagePackages)>), String> {
-        const READING: &str = "reading the image for its SBOM";
-        let read = read.filter(|m| m.digest == target.digest);
-        let (pushed, images) = retried(READING, log, || async move {
-            let pushed = match read {
-                Some(manifest) => manifest.clone(),
-                None => registry
-                    .manifest(&target.pinned)
-                    .await?
-                    .ok_or_else(|| format!("{} is not in the registry", target.pinned))?,
-            };
-            let images = sbom::platform_images(registry, &target.repository, &pushed)
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok::<_, String>((pushed, images))
-        })
-        .await?;
-        let read = images.into_iter().map(async |image| {
-            let packages = retried(READING, log, || {
-                self.packages.of(registry, &target.repository, &image)
-            })
-            .await?;
-            Ok::<_, String>((image, packages))
-        });
-        Ok((pushed, futures_util::future::try_join_all(read).await?))
     }
 
     /// Each of `images` (the external images the parsed Dockerfile uses)

@@ -186,8 +186,6 @@ pub struct Published {
     pub result: BuildResult,
     /// What the image at the tag holds, in bytes (see `size`).
     pub bytes: u64,
-    /// The manifest (or index) at the tag, as read back: the pushed one.
-    pub manifest: RawManifest,
 }
 
 /// Pushes images and asks registries what a tag really points to.
@@ -280,11 +278,7 @@ impl Publisher {
         log.push(&format!(
             "[helix] verified: {image} is {digest} in the registry ({bytes} bytes)"
         ));
-        Ok(Published {
-            result,
-            bytes,
-            manifest,
-        })
+        Ok(Published { result, bytes })
     }
 
     /// Gives the image `from` (`repository@sha256:…`, an earlier job's)

@@ -78,7 +78,10 @@ async fn attach_one(
     )
     .await
     .unwrap();
-    attach::list(registry, repository, &subject.digest, &pushed)
+    let listing = attach::listing(registry, repository, &subject.digest)
+        .await
+        .unwrap();
+    attach::list(registry, repository, &subject.digest, &pushed, listing)
         .await
         .unwrap();
 }
@@ -476,8 +479,6 @@ async fn attaching_provenance_rides_out_a_registry_restart_and_concurrent_upload
         job: &job,
         commit: &commit,
         result: &result,
-        // Read from the registry, as for an image the host did not check.
-        manifest: None,
         builder: &builder,
         dockerfile_sha256: &dockerfile,
         base_images: Vec::new(),
@@ -565,11 +566,10 @@ async fn attaching_provenance_rides_out_a_registry_restart_and_concurrent_upload
     let pushed = attach::push(&registry_client, &subject, &manifest, &artifacts)
         .await
         .unwrap();
-    let listings = futures_util::future::join_all(
-        pushed
-            .chunks(1)
-            .map(|one| attach::list(&registry_client, &subject, &manifest.digest, one)),
-    )
+    let listings = futures_util::future::join_all(pushed.chunks(1).map(async |one| {
+        let listing = attach::listing(&registry_client, &subject, &manifest.digest).await?;
+        attach::list(&registry_client, &subject, &manifest.digest, one, listing).await
+    }))
     .await;
     for listing in listings {
         listing.unwrap();

@@ -14,8 +14,7 @@ use crate::exec::{Confinement, JobValues};
 use crate::job::{BuildResult, PhaseClock, PhaseName};
 use crate::plugin::{Backend, BuilderError, Built, RunContext};
 use crate::provenance::statement::ResourceDescriptor;
-use crate::provenance::{BuildFacts, Provenance};
-use crate::registry::oci::RawManifest;
+use crate::provenance::{BuildFacts, ImageRead, Provenance};
 use crate::registry::{Published, Publisher, Pushed};
 use crate::rules::CheckedBuild;
 use crate::service::fault::{self, Failure};
@@ -108,13 +107,34 @@ impl Run<'_> {
         let (mut slot, jail) = (self.slot.take(), self.jail.take());
         let (result, ()) = tokio::join!(
             async {
-                let checked_back = self.check_pushed(&checked, &digest).await;
-                clock.lap(PhaseName::RegistryCheck, Utc::now());
-                let (result, manifest) = checked_back?;
-                if let Some(provenance) = provenance {
-                    let attested = self
-                        .attest(provenance, bases, &checked, &result, Some(&manifest), None)
-                        .await;
+                // The image is read for its SBOMs beside the check (which
+                // reads the tag): nothing is attached before the check
+                // passed, and a failed check ends the read.
+                let (result, read) = tokio::try_join!(
+                    async {
+                        let checked_back = self.check_pushed(&checked, &digest).await;
+                        clock.lap(PhaseName::RegistryCheck, Utc::now());
+                        checked_back
+                    },
+                    async {
+                        Ok(match provenance {
+                            Some(provenance) => Some(
+                                provenance
+                                    .read(&self.registry, &checked.image, &digest, self.log)
+                                    .await,
+                            ),
+                            None => None,
+                        })
+                    }
+                )?;
+                if let (Some(provenance), Some(read)) = (provenance, read) {
+                    let attested = match read {
+                        Ok(read) => {
+                            self.attest(provenance, bases, &checked, &result, Some(read), None)
+                                .await
+                        }
+                        Err(e) => Err(Failure::Attest(e)),
+                    };
                     clock.lap(PhaseName::Attest, Utc::now());
                     attested?;
                 }
@@ -269,23 +289,15 @@ impl Run<'_> {
     }
 
     /// The registry read back: the tag holds the pushed `digest`, with
-    /// every requested platform; the manifest read there.
-    async fn check_pushed(
-        &self,
-        checked: &Checked,
-        digest: &str,
-    ) -> Result<(BuildResult, RawManifest), Failure> {
-        let Published {
-            result,
-            bytes,
-            manifest,
-        } = self
+    /// every requested platform.
+    async fn check_pushed(&self, checked: &Checked, digest: &str) -> Result<BuildResult, Failure> {
+        let Published { result, bytes } = self
             .publisher()
             .check_pushed(&checked.image, digest, &self.job.platforms, self.log)
             .await?;
         self.inner
             .measured(self.job.id.as_str(), |r| r.pushed_bytes = bytes);
-        Ok((result, manifest))
+        Ok(result)
     }
 
     /// The external images the build used, with their digests (see
@@ -331,15 +343,16 @@ impl Run<'_> {
     /// Signs and attaches the provenance and SBOMs of what the builder
     /// built from `base_images` (or, for a job given its image, of the
     /// build `reused_from`), and keeps them with the job; a registry that
-    /// refuses it fails the job as it would a refused push. `manifest` is
-    /// the result's, where the registry check just read it.
+    /// refuses it fails the job as it would a refused push. The image is
+    /// `read` for its SBOMs already where it was beside the registry
+    /// check.
     async fn attest(
         &self,
         provenance: &Provenance,
         base_images: Vec<ResourceDescriptor>,
         checked: &Checked,
         result: &BuildResult,
-        manifest: Option<&RawManifest>,
+        read: Option<ImageRead>,
         reused_from: Option<&str>,
     ) -> Result<(), Failure> {
         let (job, log) = (self.job, self.log);
@@ -349,7 +362,6 @@ impl Run<'_> {
             job,
             commit: &checked.commit,
             result,
-            manifest,
             builder: self.builder.info(),
             dockerfile_sha256: &checked.source.dockerfile_sha256,
             base_images,
@@ -367,7 +379,10 @@ impl Run<'_> {
                     .attest_with_sboms(registry, &facts, sboms, log)
                     .await
             }
-            None => provenance.attest(registry, &facts, log).await,
+            None => match read {
+                Some(read) => provenance.attest_read(registry, &facts, read, log).await,
+                None => provenance.attest(registry, &facts, log).await,
+            },
         };
         let crate::provenance::Attested {
             provenance: attestation,

@@ -133,8 +133,19 @@ pub struct BuildCache {
     driver: StorageDriver,
     max_bytes: u64,
     /// Slots by builder.
-    slots: BTreeMap<String, Vec<Arc<Mutex<SlotState>>>>,
+    slots: BTreeMap<String, BuilderSlots>,
     root: PathBuf,
+}
+
+/// One builder's slots.
+#[derive(Debug, Default)]
+struct BuilderSlots {
+    each: Vec<Arc<Mutex<SlotState>>>,
+    /// Held (written) while their idle engines are stopped, and read while
+    /// a job chooses its slot: a job that comes meanwhile waits for its
+    /// repository's slot to be free again instead of taking another,
+    /// without its layers, while the stop holds that one.
+    engine_stops: tokio::sync::RwLock<()>,
 }
 
 #[derive(Debug, Default)]
@@ -181,9 +192,13 @@ impl BuildCache {
         let slots = builders
             .iter()
             .map(|b| {
-                let slots = (0..slots.max(1))
+                let each = (0..slots.max(1))
                     .map(|_| Arc::new(Mutex::new(SlotState::default())))
                     .collect();
+                let slots = BuilderSlots {
+                    each,
+                    ..BuilderSlots::default()
+                };
                 (b.clone(), slots)
             })
             .collect();
@@ -204,7 +219,7 @@ impl BuildCache {
     /// waiting for slots in use: what stopping the service does, so no
     /// mount or loop device outlives it.
     pub async fn release(&self) {
-        for slot in self.slots.values().flatten() {
+        for slot in self.slots.values().flat_map(|slots| &slots.each) {
             let mut held = slot.lock().await;
             if let Some(engine) = held.engine.take() {
                 engine.stop().await;
@@ -220,7 +235,8 @@ impl BuildCache {
     pub async fn stop_idle_engines(&self) -> usize {
         let mut stopped = 0;
         for (builder, slots) in &self.slots {
-            for (n, slot) in slots.iter().enumerate() {
+            let _stopping = slots.engine_stops.write().await;
+            for (n, slot) in slots.each.iter().enumerate() {
                 let Ok(mut held) = slot.try_lock() else {
                     continue;
                 };
@@ -253,7 +269,9 @@ impl BuildCache {
     /// a free one of the scope that last built the repository, else a
     /// free one of the scope, else a free one never used, else any free
     /// one, else the first to come free — emptied first when it held
-    /// another scope's layers. `None` when the builder has no cache.
+    /// another scope's layers. While idle engines of the builder are
+    /// being stopped, their slots are not free yet: it waits for the
+    /// stops. `None` when the builder has no cache.
     pub async fn acquire(
         &self,
         builder: &str,
@@ -264,7 +282,9 @@ impl BuildCache {
             return Ok(None);
         };
         let dir = |n: usize| self.root.join(builder).join(n.to_string());
+        let choosing = slots.engine_stops.read().await;
         let mut free: Vec<(usize, OwnedMutexGuard<SlotState>)> = slots
+            .each
             .iter()
             .enumerate()
             .filter_map(|(n, slot)| slot.clone().try_lock_owned().ok().map(|g| (n, g)))
@@ -286,14 +306,16 @@ impl BuildCache {
             .iter()
             .enumerate()
             .min_by_key(|(_, slot)| rank(slot))
-            .map(|(at, _)| at);
+            .map(|(at, _)| at)
+            .map(|at| free.swap_remove(at));
+        drop((free, choosing));
         let (n, mut held) = match chosen {
-            Some(at) => free.swap_remove(at),
+            Some(chosen) => chosen,
             None => {
-                let waits = slots
-                    .iter()
-                    .enumerate()
-                    .map(|(n, slot)| Box::pin(async move { (n, slot.clone().lock_owned().await) }));
+                let waits =
+                    slots.each.iter().enumerate().map(|(n, slot)| {
+                        Box::pin(async move { (n, slot.clone().lock_owned().await) })
+                    });
                 let (n, mut held) = futures_util::future::select_all(waits).await.0;
                 load_scope(&mut held, &dir(n));
                 (n, held)

@@ -59,6 +59,7 @@ pub async fn start_with(
     // no run of this data dir is live yet, and a slot's next job changes
     // the tree.
     crate::layer::unmount_below(&config.workspace_dir());
+    crate::quota::remove_spares(&config.workspace_dir());
     let used = data_dir_used(config);
     for dir in [config.data_dir.clone(), config.workspace_dir()] {
         std::fs::create_dir_all(&dir).map_err(|source| StartError::DataDir {

@@ -24,6 +24,10 @@ pub struct DiskQuota {
 impl DiskQuota {
     /// A new, empty file system of `mib` MiB at `dir` (created), replacing
     /// whatever was mounted or kept there; removed entirely on drop.
+    ///
+    /// Its file is the spare one made beside `dir` after the last call
+    /// (see [`spare_of`]) where there is one, so the caller does not wait
+    /// for `mkfs`; the next spare is made meanwhile.
     pub fn fresh(dir: &Path, mib: u64) -> std::io::Result<Self> {
         let image = image_of(dir);
         release(dir, &image);
@@ -32,7 +36,13 @@ impl DiskQuota {
         {
             return Err(e);
         }
-        Self::mount(dir, image, mib, false)
+        let spare = spare_of(dir, mib);
+        // Taken whole or not at all: a rename, and the spare's maker
+        // renames it in only once made.
+        let _ = std::fs::rename(&spare, &image);
+        let quota = Self::mount(dir, image, mib, false);
+        make_spare(spare, mib);
+        quota
     }
 
     /// The file system of `mib` MiB at `dir`, as an earlier start of the
@@ -58,21 +68,7 @@ impl DiskQuota {
     fn mount(dir: &Path, image: PathBuf, mib: u64, persistent: bool) -> std::io::Result<Self> {
         std::fs::create_dir_all(dir)?;
         if !image.exists() {
-            let file = std::fs::File::create(&image)?;
-            file.set_len(mib * 1024 * 1024)?;
-            // No reserved blocks and lazy initialisation: a build gets all
-            // of it, and making it takes milliseconds. A job's own file
-            // system goes with the job, so it needs no journal: the build
-            // tools' many fsyncs then cost what they cost outside.
-            let features = if persistent {
-                "has_journal"
-            } else {
-                "^has_journal"
-            };
-            run(Command::new("mkfs.ext4")
-                .args(["-q", "-F", "-m", "0", "-O", features, "-E"])
-                .arg("lazy_itable_init=1,lazy_journal_init=1,nodiscard")
-                .arg(&image))?;
+            make_file_system(&image, mib, persistent)?;
         }
         // Not `nosuid` or `nodev`: a jail's user namespace cannot remount
         // what it binds from here without them, and runc 1.1 (a build
@@ -145,6 +141,78 @@ impl Drop for DiskQuota {
         if !self.persistent {
             let _ = std::fs::remove_file(&self.image);
             let _ = std::fs::remove_dir(&self.dir);
+        }
+    }
+}
+
+/// Makes `image` a file of `mib` MiB holding an empty ext4 file system:
+/// with a journal if it is `persistent`.
+fn make_file_system(image: &Path, mib: u64, persistent: bool) -> std::io::Result<()> {
+    let file = std::fs::File::create(image)?;
+    file.set_len(mib * 1024 * 1024)?;
+    // No reserved blocks and lazy initialisation: a build gets all of it,
+    // and making it takes milliseconds. A job's own file system goes with
+    // the job, so it needs no journal: the build tools' many fsyncs then
+    // cost what they cost outside.
+    let features = if persistent {
+        "has_journal"
+    } else {
+        "^has_journal"
+    };
+    run(Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-m", "0", "-O", features, "-E"])
+        .arg("lazy_itable_init=1,lazy_journal_init=1,nodiscard")
+        .arg(image))
+}
+
+/// The file [`DiskQuota::fresh`] takes for a directory beside `dir`, of
+/// `mib` MiB, instead of making one: an empty file system made by the
+/// host and never mounted, in the directory that holds `dir` (which no
+/// jail shows: only `dir` itself).
+pub fn spare_of(dir: &Path, mib: u64) -> PathBuf {
+    dir.with_file_name(format!(".spare-{mib}MiB.img"))
+}
+
+/// Makes `spare` (of `mib` MiB) on a thread of its own, unless it is there
+/// or being made: written under a name of its own and renamed to
+/// `spare` once whole.
+fn make_spare(spare: PathBuf, mib: u64) {
+    static MAKING: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+    let making = || MAKING.lock().unwrap_or_else(|e| e.into_inner());
+    {
+        let mut making = making();
+        if spare.exists() || making.contains(&spare) {
+            return;
+        }
+        making.push(spare.clone());
+    }
+    std::thread::spawn(move || {
+        let mut partial = spare.clone().into_os_string();
+        partial.push(format!(".{}.partial", std::process::id()));
+        let partial = PathBuf::from(partial);
+        match make_file_system(&partial, mib, false) {
+            Ok(()) => {
+                if let Err(e) = std::fs::rename(&partial, &spare) {
+                    tracing::warn!(
+                        "cannot keep a spare file system at {}: {e}",
+                        spare.display()
+                    );
+                }
+            }
+            Err(e) => tracing::warn!("cannot make a spare file system {}: {e}", spare.display()),
+        }
+        let _ = std::fs::remove_file(&partial);
+        making().retain(|s| *s != spare);
+    });
+}
+
+/// Removes the spare file systems kept in `dir` and any a killed process
+/// left half made: what the next [`DiskQuota::fresh`] would otherwise
+/// take could be of a size no longer asked for.
+pub fn remove_spares(dir: &Path) {
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if entry.file_name().to_string_lossy().starts_with(".spare-") {
+            let _ = std::fs::remove_file(entry.path());
         }
     }
 }
@@ -249,11 +317,12 @@ fn await_detached(image: &Path) {
                 .is_ok_and(|backing| Path::new(backing.trim_end_matches('\n')) == image)
         })
     };
-    for _ in 0..100 {
+    // Usually gone within a few milliseconds: asked every one.
+    for _ in 0..1000 {
         if !attached() {
             return;
         }
-        std::thread::sleep(std::time::Duration::from_millis(10));
+        std::thread::sleep(std::time::Duration::from_millis(1));
     }
 }
 

@@ -403,6 +403,7 @@ impl Service {
         // No worker runs: the cache slots' mounts go with the service
         // (a later start mounts them again).
         self.inner.config.cache.release().await;
+        crate::quota::remove_spares(&self.inner.config.workspace_dir);
         tracing::info!("service stopped");
     }
 }

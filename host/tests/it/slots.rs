@@ -83,6 +83,55 @@ fn a_disk_quota_counts_what_is_written_into_it() {
     assert!((20 << 20..=21 << 20).contains(&used), "{used} bytes");
 }
 
+/// A run's file system is the spare one made after the last run's (no
+/// `mkfs` while the run waits): empty, never another run's, and made
+/// again for the next.
+#[test]
+fn a_fresh_quota_takes_the_spare_file_system_which_is_empty_and_made_again() {
+    use helix_build::quota::{DiskQuota, image_of, remove_spares, spare_of};
+    use std::os::unix::fs::MetadataExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let spare_made = |run: &std::path::Path| {
+        let spare = spare_of(run, 16);
+        for _ in 0..500 {
+            if spare.exists() {
+                return std::fs::metadata(&spare).unwrap().ino();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("no spare made at {}", spare.display());
+    };
+    let first = dir.path().join("run.1");
+    let quota = DiskQuota::fresh(&first, 16).unwrap();
+    let empty = quota.used_bytes().unwrap();
+    std::fs::write(first.join("secret"), vec![7u8; 1 << 20]).unwrap();
+    for run in ["run.2", "run.3"] {
+        let run = dir.path().join(run);
+        let spare = spare_made(&run);
+        let next = DiskQuota::fresh(&run, 16).unwrap();
+        assert_eq!(
+            std::fs::metadata(image_of(&run)).unwrap().ino(),
+            spare,
+            "the spare is the run's file"
+        );
+        let held: Vec<_> = std::fs::read_dir(&run)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .filter(|name| name != "lost+found")
+            .collect();
+        assert!(held.is_empty(), "{held:?}");
+        assert_eq!(next.used_bytes().unwrap(), empty);
+        std::fs::write(run.join("secret"), b"of this run").unwrap();
+        drop(next);
+        assert!(!image_of(&run).exists());
+    }
+    drop(quota);
+    spare_made(&first);
+    remove_spares(dir.path());
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slot_turned_read_only_is_made_anew_before_the_next_job() {
     let registry = Registry::start(false);

@@ -259,22 +259,22 @@ impl Publisher {
         Ok(digest.trim().to_string())
     }
 
-    /// Reads the registry back after a push of `digest` to `image`: the
-    /// job's result and what the image holds, or why it failed.
+    /// Reads the registry back through `client` (with the job's
+    /// credentials: the run's own, whose pool and token its other reads
+    /// share) after a push of `digest` to `image`: the job's result and
+    /// what the image holds, or why it failed.
     pub async fn check_pushed(
-        &self,
+        client: &super::oci::RegistryClient,
         image: &str,
         digest: &str,
         requested: &[Platform],
         log: &JobLog,
     ) -> Result<Published, PublishError> {
-        // One client for the check's reads: one connection pool, one token.
-        let client = super::oci::RegistryClient::new(self.registries.clone());
-        let (result, manifest) = Self::verify(&client, image, digest, requested)
+        let (result, manifest) = Self::verify(client, image, digest, requested)
             .await
             .map_err(PublishError::Unverified)?;
         let reference = super::oci::reference(image).map_err(PublishError::Unverified)?;
-        let bytes = super::size::image_bytes(&client, &reference, &manifest.bytes).await;
+        let bytes = super::size::image_bytes(client, &reference, &manifest.bytes).await;
         log.push(&format!(
             "[helix] verified: {image} is {digest} in the registry ({bytes} bytes)"
         ));
@@ -283,20 +283,20 @@ impl Publisher {
 
     /// Gives the image `from` (`repository@sha256:…`, an earlier job's)
     /// the name `image` within its registry and reads the registry back
-    /// as after a push: the job's result, or why it could not be reused.
+    /// as after a push, through `client` (as [`Publisher::check_pushed`]):
+    /// the job's result, or why it could not be reused.
     pub async fn publish_copy(
-        &self,
+        client: &super::oci::RegistryClient,
         from: &str,
         image: &str,
         requested: &[Platform],
         log: &JobLog,
     ) -> Result<BuildResult, PublishError> {
-        let client = super::oci::RegistryClient::new(self.registries.clone());
-        super::copy::copy(&client, from, image)
+        super::copy::copy(client, from, image)
             .await
             .map_err(PublishError::Copy)?;
         let digest = from.rsplit_once('@').map(|(_, d)| d).unwrap_or_default();
-        let (result, _) = Self::verify(&client, image, digest, requested)
+        let (result, _) = Self::verify(client, image, digest, requested)
             .await
             .map_err(PublishError::Unverified)?;
         log.push(&format!(

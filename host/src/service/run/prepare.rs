@@ -83,6 +83,12 @@ impl<'a> Run<'a> {
         };
         let root = inner.config.workspace_dir.join(&run);
         let registries = inner.config.registries.for_job(job);
+        // Its TLS roots are loaded and parsed while the directories are
+        // made.
+        let client = tokio::task::spawn_blocking({
+            let registries = registries.clone();
+            move || RegistryClient::new(registries)
+        });
         let dirs = JobDirs::create(
             root.clone(),
             &registries,
@@ -152,6 +158,10 @@ impl<'a> Run<'a> {
         let engine_image = engine.as_ref().map(|_| DockerEngine::image_name(&run));
         let audit =
             Arc::new(crate::audit::AuditTrail::new(job.attempts).of_project(job.project.clone()));
+        // Only a panic making it fails the task: made here then, to say so.
+        let registry = client
+            .await
+            .unwrap_or_else(|_| RegistryClient::new(registries.clone()));
         Ok(Run {
             inner,
             job,
@@ -161,7 +171,7 @@ impl<'a> Run<'a> {
             slot,
             cgroup,
             dirs,
-            registry: RegistryClient::new(registries.clone()),
+            registry,
             registries,
             engine,
             engine_image,

@@ -8,6 +8,7 @@
 use super::Run;
 use super::steps::Checked;
 use crate::job::BuildResult;
+use crate::registry::Publisher;
 use crate::reuse::{BuildInputs, EarlierBuild};
 
 /// What the reuse step found.
@@ -64,10 +65,14 @@ impl Run<'_> {
              giving it the name {} instead of building",
             earlier.job, earlier.pinned, checked.image
         ));
-        match self
-            .publisher()
-            .publish_copy(&earlier.pinned, &checked.image, &job.platforms, log)
-            .await
+        match Publisher::publish_copy(
+            registry,
+            &earlier.pinned,
+            &checked.image,
+            &job.platforms,
+            log,
+        )
+        .await
         {
             Ok(result) => {
                 self.record_inputs(&inputs);

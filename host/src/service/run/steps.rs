@@ -291,10 +291,14 @@ impl Run<'_> {
     /// The registry read back: the tag holds the pushed `digest`, with
     /// every requested platform.
     async fn check_pushed(&self, checked: &Checked, digest: &str) -> Result<BuildResult, Failure> {
-        let Published { result, bytes } = self
-            .publisher()
-            .check_pushed(&checked.image, digest, &self.job.platforms, self.log)
-            .await?;
+        let Published { result, bytes } = Publisher::check_pushed(
+            &self.registry,
+            &checked.image,
+            digest,
+            &self.job.platforms,
+            self.log,
+        )
+        .await?;
         self.inner
             .measured(self.job.id.as_str(), |r| r.pushed_bytes = bytes);
         Ok(result)

@@ -267,6 +267,7 @@ pub(crate) async fn by_hand(
         Some((registry, _)) => Some(
             Jail::create(JailSpec {
                 writable: vec![work.path().to_path_buf(), storage.to_path_buf()],
+                written_later: Vec::new(),
                 readable: Vec::new(),
                 scratch: work.path().join("tmp"),
                 cache_mounts: None,

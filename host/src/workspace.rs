@@ -135,6 +135,22 @@ impl JobDirs {
         self.state().join("tmp")
     }
 
+    /// What the host's checkout writes in the run's directory: the
+    /// source, and its layer when it is one.
+    pub fn written_by_checkout(&self) -> Vec<PathBuf> {
+        vec![
+            self.workspace().join(crate::exec::SOURCE_DIR),
+            self.source_layer(),
+        ]
+    }
+
+    /// Makes the workspace a directory whose later mounts reach a jail
+    /// made before them (see `layer::share`): for a checkout that is a
+    /// layer, mounted while the jail is made.
+    pub fn share_workspace(&self) -> std::io::Result<()> {
+        crate::layer::share(&self.workspace())
+    }
+
     /// Where the run's own layer over its cache slot's working tree of
     /// the repository is kept, when its checkout is one (see
     /// `source::mirror`): beside the workspace, within its quota.

@@ -6,11 +6,13 @@
 //! goes with it. Only the host mounts and changes the kept tree, and only
 //! while no layer is mounted over it.
 //!
-//! Mounted in the host's mount namespace before the run's jail is made
-//! (the host's mounts are private: a later one would not reach the jail),
-//! and unmounted before the run's directory is removed.
+//! Mounted in the host's mount namespace, at a directory [`share`]d
+//! before the run's jail was made (the host's mounts are private: a
+//! later one would not reach the jail otherwise), so the jail is made
+//! while the checkout runs; unmounted before the run's directory is
+//! removed.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Mounts at `target` (an empty directory) a layer over `tree`, its
@@ -43,23 +45,72 @@ pub fn mount(tree: &Path, layer: &Path, target: &Path) -> std::io::Result<()> {
     }
 }
 
-/// Unmounts every layer mounted at or below `dir` (lazily where busy: a
-/// killed build's processes may still hold it); nothing when none is.
+/// Makes `dir` a mount of its own (bound onto itself) that shares what
+/// is mounted in it later with the copies of it made meanwhile: a jail
+/// made now (whose copy only receives, never sends) shows a layer
+/// mounted in `dir` afterwards. [`unmount_below`] takes it away.
+pub fn share(dir: &Path) -> std::io::Result<()> {
+    let path = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())?;
+    let mounted = |source: *const libc::c_char, flags: libc::c_ulong| {
+        // SAFETY: valid NUL-terminated paths (or null where the call
+        // takes none) that outlive the call.
+        match unsafe {
+            libc::mount(
+                source,
+                path.as_ptr(),
+                std::ptr::null(),
+                flags,
+                std::ptr::null(),
+            )
+        } {
+            0 => Ok(()),
+            _ => Err(std::io::Error::last_os_error()),
+        }
+    };
+    mounted(path.as_ptr(), libc::MS_BIND)?;
+    mounted(std::ptr::null(), libc::MS_SHARED)
+}
+
+/// Unmounts every layer mounted at or below `dir`, and every directory
+/// [`share`]d (bound onto itself) below it (lazily where busy: a killed
+/// build's processes may still hold it); nothing when none is.
 pub fn unmount_below(dir: &Path) {
     let Ok(dir) = dir.canonicalize() else {
         return;
     };
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let mut points: Vec<std::path::PathBuf> = mounts
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    // `id parent dev root point options [tags] - type source super`.
+    let mounts: Vec<(&str, &str, PathBuf, PathBuf, &str)> = info
         .lines()
         .filter_map(|line| {
             let (before, after) = line.split_once(" - ")?;
-            (after.split(' ').next()? == "overlay").then_some(())?;
-            Some(std::path::PathBuf::from(
-                before.split(' ').nth(4)?.replace("\\040", " "),
+            let fields: Vec<&str> = before.split(' ').collect();
+            let path = |field: &str| PathBuf::from(field.replace("\\040", " "));
+            Some((
+                *fields.first()?,
+                *fields.get(1)?,
+                path(fields.get(3)?),
+                path(fields.get(4)?),
+                after.split(' ').next()?,
             ))
         })
-        .filter(|point| point.starts_with(&dir))
+        .collect();
+    let bound_onto_itself = |parent: &str, root: &Path, point: &Path| {
+        mounts
+            .iter()
+            .find(|(id, ..)| *id == parent)
+            .and_then(|(_, _, parent_root, parent_point, _)| {
+                Some(parent_root.join(point.strip_prefix(parent_point).ok()?))
+            })
+            .is_some_and(|same| same == root)
+    };
+    let mut points: Vec<PathBuf> = mounts
+        .iter()
+        .filter(|(_, parent, root, point, kind)| {
+            point.starts_with(&dir)
+                && (*kind == "overlay" || (*point != dir && bound_onto_itself(parent, root, point)))
+        })
+        .map(|(_, _, _, point, _)| point.clone())
         .collect();
     // Deepest first.
     points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));

@@ -119,6 +119,7 @@ impl ManagedEngine {
         }
         let jail = Jail::create(JailSpec {
             writable: vec![data_root.clone(), exec_root.clone()],
+            written_later: Vec::new(),
             readable: Vec::new(),
             scratch: data_root.join("tmp"),
             cache_mounts: None,

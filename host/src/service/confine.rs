@@ -57,7 +57,8 @@ impl Inner {
 
     /// The jail of a run of `builder` in `dirs`: its directories and
     /// cache slot, the engine's socket, the builder's network and the
-    /// configured registries.
+    /// configured registries; `written_later`, what the host is writing
+    /// there meanwhile (see [`JailSpec::written_later`]).
     pub(super) async fn jail(
         &self,
         builder: &Builder,
@@ -65,6 +66,7 @@ impl Inner {
         dirs: &JobDirs,
         slot: Option<&CacheSlot>,
         cgroup: Option<&RunCgroup>,
+        written_later: Vec<std::path::PathBuf>,
     ) -> Result<Jail, String> {
         let cache_mounts = slot
             .map(CacheSlot::cache_mounts)
@@ -78,6 +80,7 @@ impl Inner {
             writable: std::iter::once(dirs.root().to_path_buf())
                 .chain(slot.map(|s| s.dir().to_path_buf()))
                 .collect(),
+            written_later,
             readable: readable.unwrap_or_default(),
             scratch: dirs.scratch(),
             cache_mounts,

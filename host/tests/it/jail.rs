@@ -113,6 +113,7 @@ async fn a_program_in_the_jail_sees_only_its_run_and_reaches_only_the_registries
         let run = tempfile::tempdir().unwrap();
         let jail = Jail::create(JailSpec {
             writable: vec![run.path().to_path_buf()],
+            written_later: Vec::new(),
             readable: Vec::new(),
             scratch: run.path().join("tmp"),
             cache_mounts: None,
@@ -249,6 +250,7 @@ async fn run_in(
 pub(crate) async fn jail_in(run: &Path, registry: &str, blob_info_cache: Option<&Path>) -> Jail {
     Jail::create(JailSpec {
         writable: vec![run.to_path_buf()],
+        written_later: Vec::new(),
         readable: Vec::new(),
         scratch: run.join("tmp"),
         cache_mounts: None,

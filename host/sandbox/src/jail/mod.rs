@@ -116,6 +116,10 @@ pub struct JailSpec<'a> {
     /// Directories the run's programs read and write, each shown at its
     /// host path: the run's job directory, its cache slot.
     pub writable: Vec<PathBuf>,
+    /// Paths below `writable` the host is still writing while the jail is
+    /// made (the checkout): not handed over to its users now, but by the
+    /// host once written ([`Jail::hand_over`]).
+    pub written_later: Vec<PathBuf>,
     /// Files or directories they may read, at their host paths (a Docker
     /// Engine's socket and client settings), as they are when the jail is
     /// made; one missing is not shown.
@@ -252,7 +256,7 @@ impl Jail {
                 .chain(&spec.blob_info_cache);
             for path in handed {
                 users
-                    .hand_over(path)
+                    .hand_over_but(path, &spec.written_later)
                     .map_err(|source| JailError::HandOver {
                         path: path.clone(),
                         source,

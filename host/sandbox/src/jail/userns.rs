@@ -13,7 +13,7 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::MetadataExt as _;
 use std::os::unix::process::CommandExt as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 /// The host ids a jail's ids 0, 1, … are: `first` to `first + count - 1`.
@@ -46,6 +46,15 @@ impl IdRange {
     /// (so handing over again costs a look at each entry, no change);
     /// links are changed themselves, never followed.
     pub fn hand_over(&self, path: &Path) -> io::Result<()> {
+        self.hand_over_but(path, &[])
+    }
+
+    /// [`IdRange::hand_over`], leaving out `later` (paths below `path`
+    /// still being written, handed over once they are).
+    pub(super) fn hand_over_but(&self, path: &Path, later: &[PathBuf]) -> io::Result<()> {
+        if later.iter().any(|l| l == path) {
+            return Ok(());
+        }
         let root = self.first;
         let meta = path.symlink_metadata()?;
         let (end, owner) = (self.first + (self.count - 1), meta.uid());
@@ -54,7 +63,7 @@ impl IdRange {
         }
         if meta.is_dir() {
             for entry in std::fs::read_dir(path)? {
-                self.hand_over(&entry?.path())?;
+                self.hand_over_but(&entry?.path(), later)?;
             }
         }
         Ok(())
@@ -173,6 +182,11 @@ impl UserNs {
     /// See [`IdRange::hand_over`].
     pub(super) fn hand_over(&self, path: &Path) -> io::Result<()> {
         self.range.hand_over(path)
+    }
+
+    /// See [`IdRange::hand_over_but`].
+    pub(super) fn hand_over_but(&self, path: &Path, later: &[PathBuf]) -> io::Result<()> {
+        self.range.hand_over_but(path, later)
     }
 }
 

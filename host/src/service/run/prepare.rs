@@ -181,13 +181,12 @@ impl<'a> Run<'a> {
         })
     }
 
-    /// Makes the run's jail, where every program of its build runs:
-    /// after the checkout (a layer over the slot's working tree, mounted
-    /// on the host, must be there for the jail to show it) and only for
-    /// a run that builds.
-    pub(super) async fn confine(&mut self) -> Result<(), Failure> {
+    /// The run's jail, where every program of its build runs, made while
+    /// the host checks the source out (`confine` hands the checkout over
+    /// to it once there); none for a run that builds nothing.
+    pub(super) async fn make_jail(&self) -> Result<Option<Jail>, Failure> {
         if !self.builder.runs_programs() {
-            return Ok(());
+            return Ok(None);
         }
         let jail = self
             .inner
@@ -197,11 +196,25 @@ impl<'a> Run<'a> {
                 &self.dirs,
                 self.slot.as_ref(),
                 self.cgroup.as_deref(),
+                self.dirs.written_by_checkout(),
             )
             .await
             .map_err(Failure::Jail)?;
         self.log.push(&jail.describe());
-        self.jail = Some(Arc::new(jail));
+        Ok(Some(jail))
+    }
+
+    /// Hands the checkout over to the users of the run's jail, made beside
+    /// it: once the run is to build.
+    pub(super) fn confine(&self) -> Result<(), Failure> {
+        if let Some(jail) = &self.jail {
+            for written in self.dirs.written_by_checkout() {
+                if written.exists() {
+                    jail.hand_over(&written)
+                        .map_err(|e| Failure::Jail(e.to_string()))?;
+                }
+            }
+        }
         Ok(())
     }
 

@@ -3,7 +3,7 @@
 //! and attaches the build's provenance.
 
 use std::collections::BTreeMap;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use chrono::Utc;
@@ -35,9 +35,23 @@ impl Run<'_> {
         let checked = match self.builder.backend() {
             Backend::Simulated => None,
             Backend::Storage | Backend::Engine(_) => {
-                let checked = self.checkout().await;
+                // The jail is made while the source is checked out: a
+                // layer mounted meanwhile reaches it through the shared
+                // workspace.
+                if self.checks_out_a_layer() {
+                    self.dirs.share_workspace().map_err(|e| {
+                        Failure::Jail(format!(
+                            "cannot share the run's workspace with its jail: {e}"
+                        ))
+                    })?;
+                }
+                let (checked, jail) = tokio::join!(self.checkout(), self.make_jail());
                 clock.lap(PhaseName::Checkout, Utc::now());
-                Some(checked?)
+                // Kept whatever the checkout did: clean-up ends it.
+                let jail = jail.map(|jail| self.jail = jail.map(Arc::new));
+                let checked = checked?;
+                jail?;
+                Some(checked)
             }
         };
         let mut inputs = None;
@@ -60,7 +74,10 @@ impl Run<'_> {
                 Reuse::Build(to_record) => inputs = to_record,
             }
         }
-        self.confine().await?;
+        if self.jail.is_none() {
+            self.jail = self.make_jail().await?.map(Arc::new);
+        }
+        self.confine()?;
         self.leftovers = true;
         self.ready_slot().await;
         let instantiation = OnceLock::new();
@@ -176,8 +193,7 @@ impl Run<'_> {
                 self.cgroup.as_deref(),
                 self.slot.as_ref().map(|slot| FromSlot {
                     mirrors: slot.mirrors(),
-                    // A workspace that may be kept must hold its files.
-                    layer: (!self.inner.config.keep_failed_workspaces).then_some(&layer),
+                    layer: self.checks_out_a_layer().then_some(&layer),
                     owner: self.inner.jail_users(&self.builder),
                 }),
             )
@@ -191,6 +207,13 @@ impl Run<'_> {
             commit,
             source,
         })
+    }
+
+    /// Whether the checkout is a layer of the run's own over its slot's
+    /// working tree of the repository: unless it has no slot, or a
+    /// workspace that may be kept must hold its files.
+    fn checks_out_a_layer(&self) -> bool {
+        self.slot.is_some() && !self.inner.config.keep_failed_workspaces
     }
 
     /// The builder's run in a fresh instance, with the job's secrets,

@@ -1,7 +1,7 @@
 //! A run's first step: what it builds with, made before its first
 //! program — the builder it keeps, a slot of its layer cache, a control
-//! group, the workspace and the Docker Engine — and, once the checkout
-//! is there and the run is to build, its jail.
+//! group, the workspace and the Docker Engine — and, while the source is
+//! checked out, its jail.
 
 use std::sync::Arc;
 

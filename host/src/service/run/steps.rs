@@ -74,6 +74,8 @@ impl Run<'_> {
                 Reuse::Build(to_record) => inputs = to_record,
             }
         }
+        // A run that checked nothing out (a simulated builder's) makes
+        // its jail now, if it runs programs.
         if self.jail.is_none() {
             self.jail = self.make_jail().await?.map(Arc::new);
         }

@@ -32,12 +32,13 @@ impl Run<'_> {
     /// Checks out, builds, pushes, checks and attests, timing each step
     /// on `clock`, also when it fails.
     pub(super) async fn work(&mut self, clock: &mut PhaseClock) -> Result<BuildResult, Failure> {
-        let checked = match self.builder.backend() {
-            Backend::Simulated => None,
+        let (checked, reuse) = match self.builder.backend() {
+            Backend::Simulated => (None, None),
             Backend::Storage | Backend::Engine(_) => {
-                // The jail is made while the source is checked out: a
-                // layer mounted meanwhile reaches it through the shared
-                // workspace.
+                // The jail is made while the source is checked out and
+                // the earlier builds are looked up: a layer mounted
+                // meanwhile reaches it through the shared workspace. What
+                // of its making outlasts them counts in `reuse`.
                 if self.checks_out_a_layer() {
                     self.dirs.share_workspace().map_err(|e| {
                         Failure::Jail(format!(
@@ -45,30 +46,46 @@ impl Run<'_> {
                         ))
                     })?;
                 }
-                let (checked, jail) = tokio::join!(self.checkout(), self.make_jail());
-                clock.lap(PhaseName::Checkout, Utc::now());
+                let (checked, jail) = tokio::join!(
+                    async {
+                        let checked = self.checkout().await;
+                        clock.lap(PhaseName::Checkout, Utc::now());
+                        let checked = checked?;
+                        let reuse = self.reuse(&checked).await;
+                        Ok::<_, Failure>((checked, reuse))
+                    },
+                    self.make_jail()
+                );
                 // Kept whatever the checkout did: clean-up ends it.
                 let jail = jail.map(|jail| self.jail = jail.map(Arc::new));
-                let checked = checked?;
+                let (checked, reuse) = checked?;
+                clock.lap(PhaseName::Reuse, Utc::now());
                 jail?;
-                Some(checked)
+                (Some(checked), Some(reuse))
             }
         };
         let mut inputs = None;
-        if let Some(checked) = &checked {
-            let reuse = self.reuse(checked).await;
-            clock.lap(PhaseName::Reuse, Utc::now());
+        if let (Some(checked), Some(reuse)) = (&checked, reuse) {
             match reuse {
                 Reuse::Reused(result, earlier) => {
-                    if let Some(provenance) = &self.inner.config.provenance {
-                        let bases = self.base_images(provenance, None, checked).await;
-                        let reused_from = Some(earlier.job.as_str());
-                        let attested = self
-                            .attest(provenance, bases, checked, &result, None, reused_from)
-                            .await;
-                        clock.lap(PhaseName::Attest, Utc::now());
-                        attested?;
-                    }
+                    // Nothing runs in the jail: it ends beside the attest.
+                    let jail = self.jail.take();
+                    let (attested, ()) = tokio::join!(
+                        async {
+                            let Some(provenance) = &self.inner.config.provenance else {
+                                return Ok(());
+                            };
+                            let bases = self.base_images(provenance, None, checked).await;
+                            let reused_from = Some(earlier.job.as_str());
+                            let attested = self
+                                .attest(provenance, bases, checked, &result, None, reused_from)
+                                .await;
+                            clock.lap(PhaseName::Attest, Utc::now());
+                            attested
+                        },
+                        super::end::end_jail(jail)
+                    );
+                    attested?;
                     return Ok(result);
                 }
                 Reuse::Build(to_record) => inputs = to_record,

@@ -7,13 +7,27 @@ use std::sync::Arc;
 use super::Inner;
 use crate::cgroup::{LimitHit, RunCgroup};
 use crate::docker_engine::DockerEngine;
-use crate::jail::{IdRange, Jail, JailSpec};
+use crate::jail::{IdRange, Jail, JailError, JailSpec};
 use crate::job::Job;
 use crate::layer_cache::CacheSlot;
 use crate::log::JobLog;
 use crate::managed_engine::{EngineSettings, ManagedEngine};
 use crate::plugin::{Backend, Builder, BuilderInfo, EngineKind};
 use crate::workspace::JobDirs;
+
+/// Why a run's jail could not be made, or handed what the host wrote
+/// after it was made.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ConfineError {
+    #[error("cannot make the cache slot's cache mounts: {0}")]
+    CacheMounts(#[source] std::io::Error),
+    #[error("cannot make the Docker client's settings directory: {0}")]
+    ClientSettings(#[source] std::io::Error),
+    #[error("cannot share the run's workspace with its jail: {0}")]
+    SharedWorkspace(#[source] std::io::Error),
+    #[error(transparent)]
+    Jail(#[from] JailError),
+}
 
 impl Inner {
     /// The managed Docker Engine of `slot`, started for `builder` if the
@@ -67,16 +81,16 @@ impl Inner {
         slot: Option<&CacheSlot>,
         cgroup: Option<&RunCgroup>,
         written_later: Vec<std::path::PathBuf>,
-    ) -> Result<Jail, String> {
+    ) -> Result<Jail, ConfineError> {
         let cache_mounts = slot
             .map(CacheSlot::cache_mounts)
             .transpose()
-            .map_err(|e| format!("cannot make the cache slot's cache mounts: {e}"))?;
+            .map_err(ConfineError::CacheMounts)?;
         let readable = engine
             .map(DockerEngine::jail_paths)
             .transpose()
-            .map_err(|e| format!("cannot make the Docker client's settings directory: {e}"))?;
-        Jail::create(JailSpec {
+            .map_err(ConfineError::ClientSettings)?;
+        Ok(Jail::create(JailSpec {
             writable: std::iter::once(dirs.root().to_path_buf())
                 .chain(slot.map(|s| s.dir().to_path_buf()))
                 .collect(),
@@ -92,8 +106,7 @@ impl Inner {
             cgroup_namespace: false,
             users: self.jail_users(builder),
         })
-        .await
-        .map_err(|e| e.to_string())
+        .await?)
     }
 }
 

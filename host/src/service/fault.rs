@@ -45,7 +45,7 @@ pub(crate) enum Failure {
     #[error("builder '{0}' builds in managed engines but has no cache slot")]
     NoSlot(String),
     #[error("could not make the run's jail: {0}")]
-    Jail(String),
+    Jail(#[from] super::confine::ConfineError),
     /// The builder's Docker Engine does not answer.
     #[error(transparent)]
     Engine(crate::docker_engine::DockerEngineError),

@@ -15,6 +15,7 @@ use crate::log::JobLog;
 use crate::plugin::{Backend, EngineKind};
 use crate::registry::oci::RegistryClient;
 use crate::service::Inner;
+use crate::service::confine::ConfineError;
 use crate::service::fault::Failure;
 use crate::workspace::{JobDirs, run_name};
 
@@ -210,8 +211,7 @@ impl<'a> Run<'a> {
         if let Some(jail) = &self.jail {
             for written in self.dirs.written_by_checkout() {
                 if written.exists() {
-                    jail.hand_over(&written)
-                        .map_err(|e| Failure::Jail(e.to_string()))?;
+                    jail.hand_over(&written).map_err(ConfineError::from)?;
                 }
             }
         }

@@ -17,6 +17,7 @@ use crate::provenance::statement::ResourceDescriptor;
 use crate::provenance::{BuildFacts, ImageRead, Provenance};
 use crate::registry::{Published, Publisher, Pushed};
 use crate::rules::CheckedBuild;
+use crate::service::confine::ConfineError;
 use crate::service::fault::{self, Failure};
 use crate::source::FromSlot;
 
@@ -40,11 +41,9 @@ impl Run<'_> {
                 // meanwhile reaches it through the shared workspace. What
                 // of its making outlasts them counts in `reuse`.
                 if self.checks_out_a_layer() {
-                    self.dirs.share_workspace().map_err(|e| {
-                        Failure::Jail(format!(
-                            "cannot share the run's workspace with its jail: {e}"
-                        ))
-                    })?;
+                    self.dirs
+                        .share_workspace()
+                        .map_err(ConfineError::SharedWorkspace)?;
                 }
                 let (checked, jail) = tokio::join!(
                     async {
@@ -255,8 +254,7 @@ impl Run<'_> {
         if let Some(jail) = &self.jail {
             let secrets_dir = self.dirs.secrets();
             if secrets_dir.exists() {
-                jail.hand_over(&secrets_dir)
-                    .map_err(|e| Failure::Jail(e.to_string()))?;
+                jail.hand_over(&secrets_dir).map_err(ConfineError::from)?;
             }
         }
         let mut program_env = self.engine.as_ref().map(|e| e.env()).unwrap_or_default();

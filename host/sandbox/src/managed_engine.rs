@@ -227,7 +227,11 @@ impl ManagedEngine {
                 );
             }
         }
-        // The drop kills what is left and removes its directories.
+        // The drop kills what is left, waits for the jail's processes to
+        // be gone and removes its directories: off the runtime's threads.
+        if let Err(e) = tokio::task::spawn_blocking(move || drop(self)).await {
+            tracing::error!("ending a managed engine failed: {e}");
+        }
     }
 
     /// A limit the engine's processes reached since it started.

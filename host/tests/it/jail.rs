@@ -10,6 +10,9 @@
 //!   job left;
 //! - root in the jail, and in a `RUN` step, is a host user of the
 //!   jail's range, which owns what the jail writes;
+//! - a workspace shared with the jail (so the checkout can be mounted
+//!   while the jail is made) passes the host's later mounts in and none
+//!   of the jail's out;
 //! - twenty cancels during `RUN` steps leave no uplink, CNI lease, NAT
 //!   chain or control group of those runs.
 //!
@@ -264,6 +267,78 @@ pub(crate) async fn jail_in(run: &Path, registry: &str, blob_info_cache: Option<
     })
     .await
     .unwrap()
+}
+
+/// The mount points listed in the host's mount table at or below `dir`.
+fn host_mounts_below(dir: &Path) -> Vec<String> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4).map(str::to_string))
+        .filter(|point| Path::new(point).starts_with(dir))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_workspace_passes_the_hosts_later_mounts_into_the_jail_and_none_of_the_jails_out()
+{
+    let registry = Registry::start(false);
+    let run = tempfile::tempdir().unwrap();
+    let run_dir = run.path().canonicalize().unwrap();
+    let workspace = run_dir.join("workspace");
+    std::fs::create_dir_all(workspace.join("from-host")).unwrap();
+    helix_build::layer::share(&workspace).unwrap();
+    let jail = jail_in(&run_dir, &registry.address, None).await;
+    let env = BTreeMap::new();
+
+    // What the host mounts in the workspace once the jail is made (as a
+    // checkout's layer is) is there in the jail.
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "helix-from-host"])
+        .arg(workspace.join("from-host"))
+        .status()
+        .unwrap();
+    assert!(mounted.success());
+    std::fs::write(workspace.join("from-host/mark"), "host").unwrap();
+    let seen = sh(
+        Some(&jail),
+        &workspace,
+        &env,
+        "/bin/busybox cat from-host/mark",
+    )
+    .await;
+    assert_eq!(seen.stdout, "host", "{}", seen.stderr);
+
+    // Root in the jail can mount there (a build tool does), but the mount
+    // stays in the jail: the host never sees it, nor what is written on it.
+    let in_jail = sh(
+        Some(&jail),
+        &workspace,
+        &env,
+        "/bin/busybox mkdir from-jail && \
+         /bin/busybox mount -t tmpfs helix-from-jail from-jail && \
+         echo jail > from-jail/mark && /bin/busybox cat from-jail/mark",
+    )
+    .await;
+    assert_eq!(in_jail.stdout.trim(), "jail", "{}", in_jail.stderr);
+    assert!(!workspace.join("from-jail/mark").exists());
+    assert_eq!(
+        host_mounts_below(&run_dir),
+        [
+            workspace.display().to_string(),
+            workspace.join("from-host").display().to_string()
+        ],
+        "a mount made in the jail reached the host"
+    );
+
+    drop(jail);
+    let unmounted = std::process::Command::new("umount")
+        .arg(workspace.join("from-host"))
+        .status()
+        .unwrap();
+    assert!(unmounted.success());
+    helix_build::layer::unmount_below(&run_dir);
+    assert_eq!(host_mounts_below(&run_dir), Vec::<String>::new());
 }
 
 /// Host processes whose command line holds `marker`.

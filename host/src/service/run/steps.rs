@@ -16,6 +16,7 @@ use crate::plugin::{Backend, BuilderError, Built, RunContext};
 use crate::provenance::statement::ResourceDescriptor;
 use crate::provenance::{BuildFacts, ImageRead, Provenance};
 use crate::registry::{Published, Publisher, Pushed};
+use crate::reuse::EarlierBuild;
 use crate::rules::CheckedBuild;
 use crate::service::confine::ConfineError;
 use crate::service::fault::{self, Failure};
@@ -33,8 +34,12 @@ impl Run<'_> {
     /// Checks out, builds, pushes, checks and attests, timing each step
     /// on `clock`, also when it fails.
     pub(super) async fn work(&mut self, clock: &mut PhaseClock) -> Result<BuildResult, Failure> {
-        let (checked, reuse) = match self.builder.backend() {
-            Backend::Simulated => (None, None),
+        let (checked, inputs) = match self.builder.backend() {
+            Backend::Simulated => {
+                // Nothing to check out: its jail, if it runs programs, now.
+                self.jail = self.make_jail().await?.map(Arc::new);
+                (None, None)
+            }
             Backend::Storage | Backend::Engine(_) => {
                 // The jail is made while the source is checked out and
                 // the earlier builds are looked up: a layer mounted
@@ -60,41 +65,14 @@ impl Run<'_> {
                 let (checked, reuse) = checked?;
                 clock.lap(PhaseName::Reuse, Utc::now());
                 jail?;
-                (Some(checked), Some(reuse))
+                match reuse {
+                    Reuse::Reused(result, earlier) => {
+                        return self.reused(clock, &checked, result, &earlier).await;
+                    }
+                    Reuse::Build(to_record) => (Some(checked), to_record),
+                }
             }
         };
-        let mut inputs = None;
-        if let (Some(checked), Some(reuse)) = (&checked, reuse) {
-            match reuse {
-                Reuse::Reused(result, earlier) => {
-                    // Nothing runs in the jail: it ends beside the attest.
-                    let jail = self.jail.take();
-                    let (attested, ()) = tokio::join!(
-                        async {
-                            let Some(provenance) = &self.inner.config.provenance else {
-                                return Ok(());
-                            };
-                            let bases = self.base_images(provenance, None, checked).await;
-                            let reused_from = Some(earlier.job.as_str());
-                            let attested = self
-                                .attest(provenance, bases, checked, &result, None, reused_from)
-                                .await;
-                            clock.lap(PhaseName::Attest, Utc::now());
-                            attested
-                        },
-                        super::end::end_jail(jail)
-                    );
-                    attested?;
-                    return Ok(result);
-                }
-                Reuse::Build(to_record) => inputs = to_record,
-            }
-        }
-        // A run that checked nothing out (a simulated builder's) makes
-        // its jail now, if it runs programs.
-        if self.jail.is_none() {
-            self.jail = self.make_jail().await?.map(Arc::new);
-        }
         self.confine()?;
         self.leftovers = true;
         self.ready_slot().await;
@@ -186,6 +164,34 @@ impl Run<'_> {
             self.record_inputs(inputs);
         }
         Ok(result)
+    }
+
+    /// A job given the image `earlier` built of the same inputs: its
+    /// provenance is attested while the jail, in which nothing ran, ends.
+    async fn reused(
+        &mut self,
+        clock: &mut PhaseClock,
+        checked: &Checked,
+        result: BuildResult,
+        earlier: &EarlierBuild,
+    ) -> Result<BuildResult, Failure> {
+        let jail = self.jail.take();
+        let (attested, ()) = tokio::join!(
+            async {
+                let Some(provenance) = &self.inner.config.provenance else {
+                    return Ok(());
+                };
+                let bases = self.base_images(provenance, None, checked).await;
+                let reused_from = Some(earlier.job.as_str());
+                let attested = self
+                    .attest(provenance, bases, checked, &result, None, reused_from)
+                    .await;
+                clock.lap(PhaseName::Attest, Utc::now());
+                attested
+            },
+            super::end::end_jail(jail)
+        );
+        attested.map(|()| result)
     }
 
     /// The host's checkout of a real build's source at the resolved

@@ -227,11 +227,9 @@ impl ManagedEngine {
                 );
             }
         }
-        // The drop kills what is left, waits for the jail's processes to
-        // be gone and removes its directories: off the runtime's threads.
-        if let Err(e) = tokio::task::spawn_blocking(move || drop(self)).await {
-            tracing::error!("ending a managed engine failed: {e}");
-        }
+        // The drop kills what is left, ends the jail and removes the
+        // engine's directories.
+        crate::jail::end_off_runtime(self, "a managed engine").await;
     }
 
     /// A limit the engine's processes reached since it started.

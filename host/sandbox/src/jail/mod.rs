@@ -518,3 +518,12 @@ fn find_on_path(program: &str) -> Option<PathBuf> {
         .map(|dir| dir.join(program))
         .find(|candidate| candidate.is_file())
 }
+
+/// Drops `holder` (a jail, or what holds one) off the runtime's threads:
+/// a jail's end waits for its processes to be gone. `what` names it in
+/// the log if that fails.
+pub async fn end_off_runtime<T: Send + 'static>(holder: T, what: &str) {
+    if let Err(e) = tokio::task::spawn_blocking(move || drop(holder)).await {
+        tracing::error!("ending {what} failed: {e}");
+    }
+}

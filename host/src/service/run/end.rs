@@ -15,10 +15,7 @@ use crate::service::fault::{self, Failure};
 /// threads: its end waits for the jail's processes to be gone.
 pub(super) async fn end_jail(jail: Option<Arc<Jail>>) {
     if let Some(jail) = jail {
-        let ended = tokio::task::spawn_blocking(move || drop(jail)).await;
-        if let Err(e) = ended {
-            tracing::error!("ending a run's jail failed: {e}");
-        }
+        crate::jail::end_off_runtime(jail, "a run's jail").await;
     }
 }
 
